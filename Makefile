@@ -1,0 +1,163 @@
+# lmserve -- build, test, run, benchmark.
+#
+#   make            build build/lmserve (release)
+#   make run        install missing build deps, build, serve the default model
+#   make test       install what the tests need, build, run every test
+#   make test SANITIZE=address,undefined   the same in build/san-address-undefined
+#   make bench      engine + sampler + load benchmarks (not part of test)
+#   make fuzz       libFuzzer targets for FUZZ_SECONDS each
+#   make install / uninstall   PREFIX=/usr/local DESTDIR=
+#   make models     download the public test models into models/ (needs the internet)
+#
+# Layout: one build directory per variant, one static library per module
+# (model, sampler, server, train), header dependencies via -MMD -MP.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := all
+
+PREFIX  ?= /usr/local
+BINDIR  ?= $(PREFIX)/bin
+DATADIR ?= $(PREFIX)/share/lmserve
+DESTDIR ?=
+
+CC      ?= cc
+SANITIZE ?=
+comma := ,
+ifeq ($(strip $(SANITIZE)),)
+  VARIANT := release
+  OPTFLAGS ?= -O3 -march=native -g
+  SANFLAGS :=
+else
+  VARIANT := san-$(subst $(comma),-,$(SANITIZE))
+  OPTFLAGS ?= -O1 -march=native -g -fno-omit-frame-pointer
+  SANFLAGS := -fsanitize=$(SANITIZE) -fno-sanitize-recover=all
+endif
+B := build/$(VARIANT)
+
+PKGS     := libmicrohttpd jansson libuv
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+
+CPPFLAGS += -I. -D_GNU_SOURCE
+CFLAGS   += -std=c11 -Wall -Wextra -Wno-unused-parameter -Wshadow -Wvla $(OPTFLAGS) $(SANFLAGS) -pthread
+LDFLAGS  += $(SANFLAGS) -pthread
+LDLIBS   += -lm
+
+# Where the tests find real weights (CI points it at ../shared/models).
+LMSERVE_MODELS ?= $(firstword $(wildcard $(CURDIR)/../shared/models) $(CURDIR)/models)
+LMSERVE_FIXTURES ?= $(firstword $(wildcard $(CURDIR)/../shared/fixtures) $(CURDIR)/fixtures)
+export LMSERVE_MODELS LMSERVE_FIXTURES
+
+# ---- Modules -------------------------------------------------------------------
+MODULES := model sampler server train
+# Per-module extra flags (the sampler must keep IEEE semantics: never -ffast-math).
+CFLAGS_model   :=
+CFLAGS_sampler :=
+CFLAGS_server  := $(PKG_CFLAGS)
+CFLAGS_train   :=
+CFLAGS_cli     := $(PKG_CFLAGS)
+
+define module_rules
+SRC_$(1) := $$(sort $$(wildcard $(1)/*.c))
+OBJ_$(1) := $$(SRC_$(1):%.c=$(B)/obj/%.o)
+$(B)/lib$(1).a: $$(OBJ_$(1))
+	@mkdir -p $$(@D)
+	rm -f $$@ && ar rcs $$@ $$^
+$(B)/obj/$(1)/%.o: $(1)/%.c
+	@mkdir -p $$(@D)
+	$$(CC) $$(CPPFLAGS) $$(CFLAGS) $$(CFLAGS_$(1)) -MMD -MP -c $$< -o $$@
+endef
+$(foreach m,$(MODULES),$(eval $(call module_rules,$(m))))
+
+# Link order: dependants first (server -> sampler, server -> model, train -> model).
+LIBS := $(B)/libserver.a $(B)/libtrain.a $(B)/libsampler.a $(B)/libmodel.a
+
+# Generated sources (web assets compiled into the binary).
+GEN_SRC := $(sort $(wildcard web/*.mk))
+-include $(GEN_SRC)
+
+SRC_cli := $(sort $(wildcard cli/*.c))
+OBJ_cli := $(SRC_cli:%.c=$(B)/obj/%.o) $(GEN_OBJ)
+$(B)/obj/cli/%.o: cli/%.c
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(CFLAGS_cli) -MMD -MP -c $< -o $@
+
+$(B)/lmserve: $(OBJ_cli) $(LIBS)
+	$(CC) $(LDFLAGS) -o $@ $(OBJ_cli) $(LIBS) $(PKG_LIBS) $(LDLIBS)
+
+build/lmserve: $(B)/lmserve
+	cp $< $@
+
+# ---- Tests ----------------------------------------------------------------------
+# tests/<module>/test_*.c, one binary each, linked with Criterion and the libraries
+# (static libraries pull in only what a test references).
+TEST_SRC := $(sort $(wildcard tests/*/test_*.c))
+TEST_BIN := $(TEST_SRC:%.c=$(B)/%)
+TEST_HELPERS := $(sort $(wildcard tests/common/*.c))
+TEST_HELPER_OBJ := $(TEST_HELPERS:%.c=$(B)/obj/%.o)
+$(B)/obj/tests/%.o: tests/%.c
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(PKG_CFLAGS) -MMD -MP -c $< -o $@
+$(B)/tests/%: $(B)/obj/tests/%.o $(TEST_HELPER_OBJ) $(LIBS)
+	@mkdir -p $(@D)
+	$(CC) $(LDFLAGS) -o $@ $< $(TEST_HELPER_OBJ) $(LIBS) -lcriterion $(PKG_LIBS) $(LDLIBS)
+
+# ---- Benchmarks and tools -------------------------------------------------------
+BENCH_SRC := $(sort $(wildcard bench/*.c))
+BENCH_BIN := $(BENCH_SRC:%.c=$(B)/%)
+$(B)/obj/bench/%.o: bench/%.c
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(PKG_CFLAGS) -MMD -MP -c $< -o $@
+$(B)/bench/%: $(B)/obj/bench/%.o $(LIBS)
+	@mkdir -p $(@D)
+	$(CC) $(LDFLAGS) -o $@ $< $(LIBS) $(PKG_LIBS) $(LDLIBS)
+
+# ---- Phony targets ----------------------------------------------------------------
+.PHONY: all run test unit-tests bench fuzz install uninstall clean models deps deps-test default-model
+.SECONDARY:
+
+all: deps-check $(B)/lmserve $(if $(SANITIZE),,build/lmserve)
+
+deps-check:
+	@scripts/deps.sh check build
+
+deps:
+	@scripts/deps.sh install build
+
+deps-test:
+	@scripts/deps.sh install test
+
+LMSERVE_RUN_ARGS ?=
+run: deps
+	@$(MAKE) --no-print-directory all
+	@scripts/run.sh $(B)/lmserve $(LMSERVE_RUN_ARGS)
+
+test: deps-test
+	@$(MAKE) --no-print-directory $(B)/lmserve $(TEST_BIN) $(BENCH_BIN)
+	@LMSERVE_BIN=$(CURDIR)/$(B)/lmserve LMSERVE_BUILD=$(CURDIR)/$(B) SANITIZE=$(SANITIZE) \
+		scripts/run-tests.sh $(TEST_BIN)
+
+bench: deps
+	@$(MAKE) --no-print-directory $(B)/lmserve $(BENCH_BIN)
+	@LMSERVE_BIN=$(CURDIR)/$(B)/lmserve LMSERVE_BUILD=$(CURDIR)/$(B) scripts/bench.sh
+
+FUZZ_SECONDS ?= 60
+fuzz:
+	@FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/fuzz.sh
+
+install: all
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(DATADIR)
+	install -m 755 build/lmserve $(DESTDIR)$(BINDIR)/lmserve
+	if [ -d models/default ]; then cp -r models/default $(DESTDIR)$(DATADIR)/; fi
+
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/lmserve
+	rm -rf $(DESTDIR)$(DATADIR)
+
+clean:
+	rm -rf build
+
+models:
+	scripts/fetch-models.sh models
+
+-include $(shell find $(B) -name '*.d' 2>/dev/null)

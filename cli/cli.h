@@ -1,0 +1,10 @@
+/* cli.h -- the lmserve command's sub-commands, one file each (cli/<name>.c).
+ * Each takes the arguments after its own name and returns the process exit code. */
+#ifndef LMSERVE_CLI_H
+#define LMSERVE_CLI_H
+
+int cli_generate(int argc, char **argv); /* cli/generate.c */
+int cli_serve(int argc, char **argv);    /* cli/serve.c */
+int cli_train(int argc, char **argv);    /* cli/train.c */
+
+#endif

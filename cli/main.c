@@ -1,0 +1,37 @@
+/* main.c -- `lmserve COMMAND [options]`: dispatch to a sub-command. */
+#include "cli/cli.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static void usage(FILE *f)
+{
+    fputs("usage: lmserve COMMAND [options]\n"
+          "\n"
+          "commands:\n"
+          "  serve      serve a model over HTTP (OpenAI-compatible API, SSE streaming)\n"
+          "  generate   complete one prompt on the command line\n"
+          "  train      train a small llama-architecture model on a text file\n"
+          "\n"
+          "`lmserve COMMAND --help` lists the command's options and their defaults.\n",
+          f);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    const char *cmd = argv[1];
+    if (!strcmp(cmd, "--help") || !strcmp(cmd, "-h") || !strcmp(cmd, "help")) {
+        usage(stdout);
+        return 0;
+    }
+    if (!strcmp(cmd, "serve")) return cli_serve(argc - 1, argv + 1);
+    if (!strcmp(cmd, "generate")) return cli_generate(argc - 1, argv + 1);
+    if (!strcmp(cmd, "train")) return cli_train(argc - 1, argv + 1);
+    fprintf(stderr, "lmserve: unknown command '%s'\n", cmd);
+    usage(stderr);
+    return 2;
+}

@@ -1,0 +1,158 @@
+/* model.h -- load a transformer language model, tokenize, and run it.
+ *
+ * Design
+ * ------
+ * A `model` holds everything that is read-only and shared between requests: the
+ * hyper-parameters, the weights (memory-mapped from the file where the on-disk
+ * layout can be used as is), the tokenizer and a small thread pool for the
+ * kernels.  A `model_seq` holds everything that belongs to one sequence: its
+ * KV cache and the token ids that cache was computed from.
+ *
+ * `model_forward` runs one step for a *batch* of sequences.  Each batch item
+ * appends n_tokens >= 1 tokens to its sequence at the sequence's current
+ * position (prefill is simply n_tokens > 1).  Every weight matrix is read once
+ * per call for all rows of all items.  The numbers computed for one row do
+ * not depend on which other rows share the call, nor on the thread count:
+ * the same sequence gives bit-identical logits alone or inside any batch.
+ *
+ * This module knows nothing of HTTP or sampling.  Functions return 0 or a
+ * negative MODEL_E* code; loaders also write one human-readable line into a
+ * caller-supplied buffer ("FILE: what is wrong").  Every *_free accepts NULL.
+ * All functions may be called from any thread; a model may be used by several
+ * threads at once, as long as each model_seq is used by one thread at a time
+ * and model_forward calls are serialised by the caller (they share the pool).
+ */
+#ifndef LMSERVE_MODEL_H
+#define LMSERVE_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---- Types ---------------------------------------------------------------- */
+
+enum {
+    MODEL_OK = 0,
+    MODEL_EINVAL = -22,   /* bad argument (token id out of range, empty batch ...) */
+    MODEL_ENOMEM = -12,   /* allocation failed */
+    MODEL_EIO = -5,       /* file could not be opened, read or mapped */
+    MODEL_EFORMAT = -74,  /* file is not a valid model/tokenizer of a known format */
+    MODEL_ERANGE = -34,   /* sequence would exceed its context capacity */
+};
+
+typedef struct model model;
+typedef struct model_seq model_seq;
+
+/* Hyper-parameters and facts about a loaded model (owned by the model). */
+typedef struct {
+    const char *arch;        /* "llama" or "gpt2" */
+    const char *format;      /* "gguf", "llama2c", "torch", "safetensors" */
+    const char *weight_type; /* dominant matrix type: "F32", "F16", "BF16", "Q8_0" */
+    int dim;                 /* embedding width */
+    int hidden_dim;          /* feed-forward width */
+    int n_layers;
+    int n_heads;
+    int n_kv_heads;
+    int head_dim;
+    int vocab_size;
+    int ctx_len;             /* the model's context window (positions) */
+    int rope_dim;            /* llama: dimensions rotated per head */
+    float rope_theta;        /* llama: RoPE frequency base */
+    float norm_eps;          /* RMSNorm / LayerNorm epsilon */
+    int32_t bos_id;          /* -1 if none */
+    int32_t eos_id;          /* -1 if none */
+    int add_bos;             /* the tokenizer's convention: prepend BOS to prompts */
+    size_t n_params;         /* number of weights */
+    size_t weight_bytes;     /* bytes of weights as held in memory */
+} model_info;
+
+typedef struct {
+    const char *tokenizer_path; /* llama2.c tokenizer.bin; NULL = tokenizer.bin beside the model */
+    int n_threads;              /* kernel threads (including the caller); <= 0 = number of CPUs */
+} model_load_opts;
+
+/* One item of a batched forward call. */
+typedef struct {
+    model_seq *seq;          /* its KV cache grows by n_tokens */
+    const int32_t *tokens;   /* tokens to append at the sequence's current position */
+    int n_tokens;            /* >= 1 */
+    float *logits;           /* out: NULL (no logits wanted), or vocab_size floats for the
+                                last token, or n_tokens * vocab_size if all_logits */
+    int all_logits;          /* nonzero: logits for every appended position (prompt scoring) */
+} model_batch_item;
+
+/* Incremental detokenizer state: emits only whole UTF-8 characters. */
+typedef struct {
+    int32_t prev;            /* previous token id, -1 at start */
+    int n_pending;           /* bytes of an incomplete UTF-8 character held back */
+    unsigned char pending[8];
+} model_detok;
+
+/* ---- Loading ---------------------------------------------------------------- */
+
+/* Load a model from a file (GGUF, llama2.c .bin, ...) or a folder (HF, course
+ * artifact).  The format is detected from the content, not the name.
+ * On error, returns a negative code, writes one line into err and *out is NULL. */
+int model_load(model **out, const char *path, const model_load_opts *opts,
+               char *err, size_t errlen);
+void model_free(model *m);
+const model_info *model_get_info(const model *m);
+
+/* ---- Tokenizer -------------------------------------------------------------- */
+
+/* Encode text[0..len) into out (capacity cap), with BOS first if add_bos and the
+ * model has one.  Returns the number of tokens (which may exceed cap: then only
+ * cap were written and the caller should retry with a larger buffer), or a
+ * negative code. */
+int model_tokenize(const model *m, const char *text, size_t len, int add_bos,
+                   int32_t *out, int cap);
+
+/* The raw bytes a token stands for (byte tokens decoded, the vocabulary's space
+ * marker turned into ' ', special tokens as their text).  NULL if id is out of range. */
+const char *model_token_bytes(const model *m, int32_t id, size_t *len);
+
+/* The token's own vocabulary string, as stored (for /tokenize and logprobs "tokens"). */
+const char *model_token_str(const model *m, int32_t id);
+
+/* Nonzero if id is a control/special token (BOS, EOS, ...), which detokenizes to "". */
+int model_token_is_special(const model *m, int32_t id);
+
+void model_detok_init(model_detok *d);
+/* Append the text of token id to out (capacity cap), holding back an incomplete
+ * UTF-8 character until a later token completes it.  Applies the vocabulary's
+ * conventions (e.g. the leading space of the first piece after BOS is dropped
+ * when the tokenizer adds a space prefix).  Returns bytes written, or a
+ * negative code (MODEL_ERANGE if cap is too small: cap >= 64 + longest token is
+ * always enough). */
+int model_detok_push(const model *m, model_detok *d, int32_t id, char *out, size_t cap);
+/* Flush held-back bytes at the end of a stream (as U+FFFD for each broken
+ * sequence).  Returns bytes written. */
+int model_detok_flush(const model *m, model_detok *d, char *out, size_t cap);
+/* Convenience: decode a whole id list into a NUL-terminated malloc'd string. */
+char *model_detokenize(const model *m, const int32_t *ids, int n, size_t *len_out);
+
+/* ---- Sequences and the forward pass ----------------------------------------- */
+
+/* A sequence with room for n_ctx positions (<= 0 or > ctx_len means ctx_len). */
+model_seq *model_seq_new(const model *m, int n_ctx);
+void model_seq_free(model_seq *s);
+int model_seq_capacity(const model_seq *s);
+/* Number of positions in the cache, and the tokens they were computed from. */
+int model_seq_len(const model_seq *s);
+const int32_t *model_seq_tokens(const model_seq *s);
+/* Forget positions >= n (0 clears the sequence). */
+void model_seq_truncate(model_seq *s, int n);
+
+/* Run items[0..n_items) through the model together.  Not reentrant per model:
+ * the caller serialises calls on one model.  On error nothing is appended to
+ * any sequence. */
+int model_forward(model *m, model_batch_item *items, int n_items);
+
+/* Convenience for single-sequence use: make s hold exactly ctx[0..n_ctx) (reusing
+ * the longest cached common prefix, recomputing the rest) and write the logits
+ * of the last position into logits (vocab_size floats). */
+int model_seq_eval(model *m, model_seq *s, const int32_t *ctx, int n_ctx, float *logits);
+
+/* Short description of a return code. */
+const char *model_strerror(int code);
+
+#endif /* LMSERVE_MODEL_H */

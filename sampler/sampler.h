@@ -1,0 +1,128 @@
+/* sampler.h -- logit warpers, the decode loop, and a step-wise sampler for servers.
+ *
+ * Design
+ * ------
+ * The four warpers of the course are pure functions of (logits, args): they
+ * read logits[0..vocab) and write out[0..vocab) (out may equal logits), the
+ * shape never changes, dropped tokens become -INFINITY, survivors keep their
+ * exact values and nothing is normalised.  The argmax always survives top-k
+ * and top-p.  The one softmax comes last.
+ *
+ * The order of one step (documented, tested):
+ *   logit_bias -> repetition penalty (over the penalty window of prompt +
+ *   generated ids) -> presence/frequency penalties (over generated ids) ->
+ *   temperature (0 = argmax here, nothing below runs) -> top-k -> top-p ->
+ *   min-p -> softmax -> one draw from the sequence's own RNG.
+ *
+ * This module depends on libc and libm only.  It sees a model through the
+ * `sampler_lm` callback (whole-loop use) or not at all (step-wise use: the
+ * caller computes logits however it likes, e.g. batched across sequences).
+ */
+#ifndef LMSERVE_SAMPLER_H
+#define LMSERVE_SAMPLER_H
+
+#include <stdint.h>
+
+enum { SAMPLER_OK = 0, SAMPLER_EINVAL = -22, SAMPLER_ENOMEM = -12, SAMPLER_ECANCELED = -125 };
+
+/* ---- Warpers ------------------------------------------------------------------
+ * On an out-of-range argument: return SAMPLER_EINVAL and leave out untouched. */
+int sampler_apply_temperature(const float *logits, float *out, int vocab, float temperature); /* temperature > 0, finite */
+int sampler_top_k_filter(const float *logits, float *out, int vocab, int k);   /* k >= 1; k >= vocab keeps all; ties with the k-th value survive */
+int sampler_top_p_filter(const float *logits, float *out, int vocab, float p); /* 0 < p <= 1; keeps the smallest top prefix whose mass >= p, always incl. the crossing token */
+int sampler_apply_repetition_penalty(const float *logits, float *out, int vocab,
+                                     const int32_t *seen, int n_seen, float penalty); /* penalty > 0; each distinct seen id once: logit > 0 -> /penalty, else *penalty; ids must be in [0, vocab) */
+int sampler_softmax(const float *logits, float *probs, int vocab);             /* -INFINITY -> exactly 0 */
+
+/* Extras, same contract. */
+int sampler_min_p_filter(const float *logits, float *out, int vocab, float min_p); /* 0 <= min_p <= 1: drop p_i < min_p * p_max */
+int sampler_apply_logit_bias(const float *logits, float *out, int vocab,
+                             const int32_t *ids, const float *bias, int n); /* adds bias[j] to ids[j]; -INFINITY bias forbids */
+int sampler_apply_presence_frequency(const float *logits, float *out, int vocab,
+                                     const int32_t *seen, int n_seen,
+                                     float presence, float frequency); /* OpenAI: l -= c*frequency + (c>0)*presence, c = count in seen; each in [-2, 2] */
+
+/* ---- Whole-loop interface (the course's) ------------------------------------ */
+
+typedef struct sampler_lm sampler_lm;
+struct sampler_lm {
+    int vocab_size;
+    int max_seq_len;
+    /* Next-token logits for the last position of ctx[0..n_ctx), 1 <= n_ctx <= max_seq_len.
+     * Returns 0, or a negative value on failure. */
+    int (*next_logits)(sampler_lm *lm, const int32_t *ctx, int n_ctx, float *logits);
+};
+
+/* Every field's zero value means "off" / default, so (sampler_params){.temperature = 0.7f} is valid. */
+typedef struct {
+    float temperature;           /* 0 = greedy (argmax); < 0 or non-finite: invalid */
+    int top_k;                   /* 0 = off; < 0 invalid */
+    float top_p;                 /* 0 = off; else must be in (0, 1] */
+    float repetition_penalty;    /* 0 = off; else must be > 0 (1 is a no-op) */
+    uint64_t seed;               /* the RNG is seeded once per call from this */
+    const int32_t *stop_ids;     /* generation stops after emitting any of these (it is included) */
+    int n_stop_ids;
+    /* additions; zero = off */
+    float min_p;                 /* 0 = off; else in (0, 1] */
+    float presence_penalty;      /* [-2, 2] */
+    float frequency_penalty;     /* [-2, 2] */
+    int penalty_last_n;          /* repetition penalty window: 0 = whole sequence, else the last n ids */
+    const int32_t *bias_ids;     /* logit_bias */
+    const float *bias_values;
+    int n_bias;
+} sampler_params;
+
+/* Check every field; SAMPLER_OK or SAMPLER_EINVAL.  If name is not NULL, *name is
+ * set to the offending field's name ("temperature", "top_p", ...). */
+int sampler_params_validate(const sampler_params *p, int vocab, const char **name);
+
+/* Writes the prompt followed by the generated tokens into out (capacity n_prompt + max_new_tokens).
+ * Returns the total length, or a negative error (SAMPLER_EINVAL for bad params or an empty prompt,
+ * before the model is ever called; a model failure is passed through). */
+int sampler_generate(sampler_lm *lm, const int32_t *prompt, int n_prompt, int max_new_tokens,
+                     const sampler_params *params, int32_t *out);
+
+/* ---- RNG ---------------------------------------------------------------------
+ * Deterministic on every platform: xoshiro-style 64-bit generator seeded via
+ * splitmix64.  A draw takes a coin in [0, 1) so sampling tests can pass their own. */
+typedef struct { uint64_t s[4]; } sampler_rng;
+void sampler_rng_seed(sampler_rng *r, uint64_t seed);
+uint64_t sampler_rng_next(sampler_rng *r);
+float sampler_rng_uniform(sampler_rng *r); /* [0, 1), 24 random bits */
+
+/* Index drawn from probs[0..n) (sum 1) with coin in [0, 1). */
+int sampler_draw(const float *probs, int n, float coin);
+int sampler_argmax(const float *logits, int n); /* lowest index among equal maxima */
+
+/* ---- Step-wise interface (servers) ---------------------------------------------
+ * One sampler per sequence: owns its RNG and scratch buffers.  The caller feeds
+ * the logits of each step (computed however it likes) plus the sequence so far. */
+
+#define SAMPLER_MAX_TOP 20
+
+typedef struct {
+    int32_t id;
+    float logprob;            /* log softmax of the raw (unwarped) logits */
+} sampler_candidate;
+
+typedef struct {
+    int32_t token;            /* the chosen token */
+    float logprob;            /* its log-probability under the raw model distribution */
+    int n_top;                /* number of entries in top (= n_top asked, <= vocab) */
+    sampler_candidate top[SAMPLER_MAX_TOP]; /* most likely tokens under the raw distribution, best first */
+} sampler_choice;
+
+typedef struct sampler sampler;
+
+/* params is copied (including bias and stop arrays).  NULL on bad params or no memory. */
+sampler *sampler_new(int vocab, const sampler_params *params);
+void sampler_free(sampler *s);
+/* Choose the next token given this step's logits (not modified) and the ids so far
+ * (prompt + generated; the repetition window and presence/frequency counts use them,
+ * generated = the last n_generated of them).  n_top in [0, SAMPLER_MAX_TOP]. */
+int sampler_step(sampler *s, const float *logits, const int32_t *ids, int n_ids,
+                 int n_generated, int n_top, sampler_choice *out);
+/* Log-softmax entries for scoring a given token (echo/logprobs of prompts). */
+int sampler_logprobs(const float *logits, int vocab, int32_t token, int n_top, sampler_choice *out);
+
+#endif /* LMSERVE_SAMPLER_H */
