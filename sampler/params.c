@@ -58,7 +58,8 @@ int sampler__scratch_init(sampler_scratch *sc, int vocab)
     sc->weight = malloc(n * sizeof *sc->weight);
     sc->key = malloc(n * sizeof *sc->key);
     sc->count = calloc(n, sizeof *sc->count);
-    if (!sc->work || !sc->probs || !sc->weight || !sc->key || !sc->count) {
+    sc->idx = malloc(n * sizeof *sc->idx);
+    if (!sc->work || !sc->probs || !sc->weight || !sc->key || !sc->count || !sc->idx) {
         sampler__scratch_release(sc);
         return SAMPLER_ENOMEM;
     }
@@ -74,5 +75,6 @@ void sampler__scratch_release(sampler_scratch *sc)
     free(sc->weight);
     free(sc->key);
     free(sc->count);
+    free(sc->idx);
     *sc = (sampler_scratch){0};
 }

@@ -8,13 +8,52 @@
 
 #include <math.h>
 
-/* Largest non-NaN value; NAN if none. */
-static float finite_max(const float *x, int n)
+/* ---- Fixed-order reductions ---------------------------------------------------- */
+
+double sampler__sum_f(const float *x, int n)
 {
-    float m = NAN;
-    for (int i = 0; i < n; i++)
-        if (x[i] > m || (isnan(m) && !isnan(x[i])))
-            m = x[i];
+    double acc[8] = {0};
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; j++)
+            acc[j] += (double)x[i + j];
+    double s = 0.0;
+    for (; i < n; i++)
+        s += (double)x[i];
+    for (int j = 0; j < 8; j++)
+        s += acc[j];
+    return s;
+}
+
+double sampler__sum_d(const double *x, int n)
+{
+    double acc[8] = {0};
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; j++)
+            acc[j] += x[i + j];
+    double s = 0.0;
+    for (; i < n; i++)
+        s += x[i];
+    for (int j = 0; j < 8; j++)
+        s += acc[j];
+    return s;
+}
+
+float sampler__max(const float *x, int n)
+{
+    float acc[8];
+    for (int j = 0; j < 8; j++)
+        acc[j] = -INFINITY;
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; j++)
+            acc[j] = x[i + j] > acc[j] ? x[i + j] : acc[j]; /* NaN compares false */
+    float m = -INFINITY;
+    for (; i < n; i++)
+        m = x[i] > m ? x[i] : m;
+    for (int j = 0; j < 8; j++)
+        m = acc[j] > m ? acc[j] : m;
     return m;
 }
 
@@ -22,8 +61,8 @@ int sampler_softmax(const float *logits, float *probs, int vocab)
 {
     if (!logits || !probs || vocab <= 0)
         return SAMPLER_EINVAL;
-    float m = finite_max(logits, vocab);
-    if (isnan(m) || m == -INFINITY)
+    float m = sampler__max(logits, vocab);
+    if (m == -INFINITY)
         return SAMPLER_EINVAL; /* no token has any probability: nothing written */
     if (m == INFINITY) {
         int c = 0;
@@ -34,14 +73,9 @@ int sampler_softmax(const float *logits, float *probs, int vocab)
         return SAMPLER_OK;
     }
     /* Max-subtracted, accumulated in double; -INFINITY and NaN give exactly 0. */
-    double z = 0.0;
-    for (int i = 0; i < vocab; i++) {
-        float x = logits[i];
-        double e = (isnan(x) || x == -INFINITY) ? 0.0 : exp((double)x - (double)m);
-        probs[i] = (float)e;
-        z += e;
-    }
-    double inv = 1.0 / z; /* z >= 1: the max contributes exp(0) */
+    for (int i = 0; i < vocab; i++)
+        probs[i] = sampler__exp_neg(logits[i] - m);
+    double inv = 1.0 / sampler__sum_f(probs, vocab); /* sum >= 1: the max gives exp(0) */
     for (int i = 0; i < vocab; i++)
         probs[i] = (float)((double)probs[i] * inv);
     return SAMPLER_OK;
@@ -70,24 +104,21 @@ int sampler_argmax(const float *logits, int n)
 {
     if (!logits || n <= 0)
         return SAMPLER_EINVAL;
-    int best = -1;
-    for (int i = 0; i < n; i++) {
-        if (isnan(logits[i]))
-            continue;
-        if (best < 0 || logits[i] > logits[best])
-            best = i;
-    }
-    return best >= 0 ? best : SAMPLER_EINVAL;
+    float m = sampler__max(logits, n);
+    for (int i = 0; i < n; i++)
+        if (logits[i] == m)
+            return i;
+    return SAMPLER_EINVAL; /* only NaN (m = -INFINITY matches any -INFINITY above) */
 }
 
 /* ---- Log-probabilities ------------------------------------------------------------
- * log_softmax(x)_i = x_i - (max + log sum exp(x - max)), in double.  The top-n are
+ * log_softmax(x)_i = x_i - (max + log sum exp(x - max)), summed and subtracted in double.  The top-n are
  * kept in a small sorted array (insertion, O(vocab * n) worst case, usually one
  * comparison per token); equal logits rank by increasing id, NaN ranks last. */
 
 static double log_norm(const float *x, int n, float m)
 {
-    if (isnan(m) || m == -INFINITY)
+    if (m == -INFINITY)
         return NAN;
     if (m == INFINITY) {
         int c = 0;
@@ -95,10 +126,14 @@ static double log_norm(const float *x, int n, float m)
             c += x[i] == INFINITY;
         return log((double)c); /* relative to the +INFINITY entries */
     }
+    float e[256]; /* exp in blocks so no allocation is needed */
     double z = 0.0;
-    for (int i = 0; i < n; i++)
-        if (!isnan(x[i]) && x[i] != -INFINITY)
-            z += exp((double)x[i] - (double)m);
+    for (int i = 0; i < n; i += 256) {
+        int b = n - i < 256 ? n - i : 256;
+        for (int j = 0; j < b; j++)
+            e[j] = sampler__exp_neg(x[i + j] - m);
+        z += sampler__sum_f(e, b);
+    }
     return (double)m + log(z);
 }
 
@@ -121,7 +156,7 @@ int sampler_logprobs(const float *logits, int vocab, int32_t token, int n_top,
         return SAMPLER_EINVAL;
     if (n_top > vocab)
         n_top = vocab;
-    float m = finite_max(logits, vocab);
+    float m = sampler__max(logits, vocab);
     double lse = log_norm(logits, vocab, m);
 
     int32_t best[SAMPLER_MAX_TOP];

@@ -25,29 +25,41 @@
 
 /* ---- Weighted radix selection ---------------------------------------------------- */
 
-/* key[0..n) and weight[0..n) are scratch filled by the caller (both are destroyed).
+/* key[0..n) and weight[0..n) are scratch filled by the caller (both are destroyed);
+ * weight NULL means every weight is 1 (counting, for top-k).
  * Returns the key K such that, summing weights in decreasing key order,
  * above < target <= above + (weight at K), with above = total weight of keys > K
- * stored in *above.  If rounding keeps the total below target, K is the smallest
- * key present (so everything is kept). */
+ * stored in *above and the number of elements with key K in *n_at.  If rounding
+ * keeps the total below target, K is the smallest key present (everything kept).
+ * Levels of 11, 11 and 10 key bits; the compaction is branch-free. */
 static uint32_t radix_crossing(uint32_t *key, double *weight, int n, double target,
-                               double *above)
+                               double *above, int *n_at)
 {
+    static const int shifts[3] = {21, 10, 0}, widths[3] = {11, 11, 10};
     uint32_t prefix = 0;
     double acc_above = 0.0;
-    for (int shift = 24; shift >= 0; shift -= 8) {
-        double mass[256];
-        int count[256];
-        memset(mass, 0, sizeof mass);
-        memset(count, 0, sizeof count);
-        for (int i = 0; i < n; i++) {
-            unsigned b = (key[i] >> shift) & 255u;
-            mass[b] += weight[i];
-            count[b]++;
+    for (int level = 0; level < 3; level++) {
+        double mass[2048];
+        int count[2048];
+        int shift = shifts[level], nb = 1 << widths[level];
+        uint32_t mask = (uint32_t)nb - 1;
+        memset(mass, 0, (size_t)nb * sizeof mass[0]);
+        memset(count, 0, (size_t)nb * sizeof count[0]);
+        if (weight) {
+            for (int i = 0; i < n; i++) {
+                uint32_t b = (key[i] >> shift) & mask;
+                mass[b] += weight[i];
+                count[b]++;
+            }
+        } else {
+            for (int i = 0; i < n; i++)
+                count[(key[i] >> shift) & mask]++;
+            for (int b = 0; b < nb; b++)
+                mass[b] = (double)count[b];
         }
         double acc = 0.0;
         int chosen = -1, last = -1;
-        for (int b = 255; b >= 0; b--) {
+        for (int b = nb - 1; b >= 0; b--) {
             if (count[b] == 0)
                 continue;
             last = b;
@@ -65,27 +77,25 @@ static uint32_t radix_crossing(uint32_t *key, double *weight, int n, double targ
         target -= acc;
         prefix |= (uint32_t)chosen << shift;
         int m = 0;
-        for (int i = 0; i < n; i++) {
-            if (((key[i] >> shift) & 255u) == (unsigned)chosen) {
+        if (level == 2) {
+            m = count[chosen]; /* the last level only needs the tie count */
+        } else if (weight) {
+            for (int i = 0; i < n; i++) { /* keep the chosen bucket's members, in order */
                 key[m] = key[i];
                 weight[m] = weight[i];
-                m++;
+                m += ((key[i] >> shift) & mask) == (uint32_t)chosen;
+            }
+        } else {
+            for (int i = 0; i < n; i++) {
+                key[m] = key[i];
+                m += ((key[i] >> shift) & mask) == (uint32_t)chosen;
             }
         }
         n = m;
     }
     *above = acc_above;
+    *n_at = n;
     return prefix;
-}
-
-/* The largest non-NaN logit, or NAN if every logit is NaN. */
-static float max_logit(const float *x, int n)
-{
-    float m = NAN;
-    for (int i = 0; i < n; i++)
-        if (x[i] > m || (isnan(m) && !isnan(x[i])))
-            m = x[i];
-    return m;
 }
 
 /* Copy with NaN -> -INFINITY (the filters' "keep everything"). */
@@ -113,24 +123,21 @@ int sampler_apply_temperature(const float *logits, float *out, int vocab, float 
 
 /* ---- Top-k ------------------------------------------------------------------------ */
 
-int sampler__top_k(const float *logits, float *out, int vocab, int k, uint32_t *key,
-                   double *weight)
+int sampler__top_k(const float *logits, float *out, int vocab, int k, uint32_t *key)
 {
     if (k >= vocab) {
         copy_drop_nan(logits, out, vocab);
         return SAMPLER_OK;
     }
-    for (int i = 0; i < vocab; i++) {
+    for (int i = 0; i < vocab; i++)
         key[i] = sampler__key(logits[i]);
-        weight[i] = 1.0;
-    }
     double above;
-    uint32_t kth = radix_crossing(key, weight, vocab, (double)k, &above);
-    /* Ties with the k-th value survive: keep every key >= kth (never NaN). */
-    for (int i = 0; i < vocab; i++) {
-        uint32_t ki = sampler__key(logits[i]);
-        out[i] = (ki >= kth && ki != 0) ? logits[i] : -INFINITY;
-    }
+    int n_at;
+    uint32_t kth = radix_crossing(key, NULL, vocab, (double)k, &above, &n_at);
+    /* Ties with the k-th value survive: keep every key >= kth (never NaN: key 0). */
+    uint32_t lo = kth > 1u ? kth : 1u;
+    for (int i = 0; i < vocab; i++)
+        out[i] = sampler__key(logits[i]) >= lo ? logits[i] : -INFINITY;
     return SAMPLER_OK;
 }
 
@@ -139,63 +146,65 @@ int sampler_top_k_filter(const float *logits, float *out, int vocab, int k)
     if (!check_io(logits, out, vocab) || k < 1)
         return SAMPLER_EINVAL;
     if (k >= vocab)
-        return sampler__top_k(logits, out, vocab, k, NULL, NULL);
+        return sampler__top_k(logits, out, vocab, k, NULL);
     uint32_t *key = malloc((size_t)vocab * sizeof *key);
-    double *weight = malloc((size_t)vocab * sizeof *weight);
-    int rc = SAMPLER_ENOMEM;
-    if (key && weight)
-        rc = sampler__top_k(logits, out, vocab, k, key, weight);
+    if (!key)
+        return SAMPLER_ENOMEM;
+    int rc = sampler__top_k(logits, out, vocab, k, key);
     free(key);
-    free(weight);
     return rc;
 }
 
 /* ---- Top-p (nucleus) ---------------------------------------------------------------
- * Mass is the softmax of the input logits: w_i = exp(l_i - max) in double, summed in
- * double; the kept set is the smallest prefix, in decreasing logit order, whose mass
+ * Mass is the softmax of the input logits: w_i = exp(l_i - max) (sampler__exp_neg), summed
+ * in double; the kept set is the smallest prefix, in decreasing logit order, whose mass
  * reaches p * sum (the crossing token included).  Equal logits are ordered by
  * increasing index, so among ties at the crossing the lowest ids are kept first.
  * With a +INFINITY logit the mass sits uniformly on the +INFINITY entries. */
 
 static double top_p_weight(float x, float m)
 {
-    if (isinf(m)) /* m == +INFINITY */
+    if (m == INFINITY)
         return x == INFINITY ? 1.0 : 0.0;
-    if (isnan(x) || x == -INFINITY)
-        return 0.0;
-    return exp((double)x - (double)m);
+    return (double)sampler__exp_neg(x - m); /* NaN and -INFINITY give 0 */
 }
 
 int sampler__top_p(const float *logits, float *out, int vocab, float p, uint32_t *key,
                    double *weight)
 {
-    float m = max_logit(logits, vocab);
-    if (p >= 1.0f || isnan(m) || m == -INFINITY) {
+    float m = sampler__max(logits, vocab);
+    if (p >= 1.0f || m == -INFINITY) {
         /* p = 1 keeps every token with mass; with no finite logit there is no mass to
          * keep and the output is the input with NaN dropped (all -INFINITY). */
         copy_drop_nan(logits, out, vocab);
         return SAMPLER_OK;
     }
-    double total = 0.0;
-    for (int i = 0; i < vocab; i++) {
+    for (int i = 0; i < vocab; i++)
         key[i] = sampler__key(logits[i]);
-        weight[i] = top_p_weight(logits[i], m);
-        total += weight[i];
-    }
-    double target = (double)p * total;
+    if (m == INFINITY)
+        for (int i = 0; i < vocab; i++)
+            weight[i] = logits[i] == INFINITY ? 1.0 : 0.0;
+    else
+        for (int i = 0; i < vocab; i++)
+            weight[i] = (double)sampler__exp_neg(logits[i] - m);
+    double target = (double)p * sampler__sum_d(weight, vocab);
     double above;
-    uint32_t cross = radix_crossing(key, weight, vocab, target, &above);
-    double acc = above;
-    for (int i = 0; i < vocab; i++) {
-        float x = logits[i];
-        uint32_t ki = sampler__key(x);
-        if (ki > cross) {
-            out[i] = x;
-        } else if (ki == cross && ki != 0 && acc < target) {
-            acc += top_p_weight(x, m); /* the same value radix_crossing summed */
-            out[i] = x;
-        } else {
-            out[i] = -INFINITY;
+    int n_at;
+    uint32_t cross = radix_crossing(key, weight, vocab, target, &above, &n_at);
+    /* Keep every key >= cross (branch-free), then, if several tokens share the
+     * crossing value, drop those after the one where the mass reaches the target. */
+    uint32_t lo = cross > 1u ? cross : 1u;
+    for (int i = 0; i < vocab; i++)
+        out[i] = sampler__key(logits[i]) >= lo ? logits[i] : -INFINITY;
+    if (n_at > 1 && cross != 0) {
+        double acc = above;
+        for (int i = 0; i < vocab; i++) {
+            if (sampler__key(logits[i]) != cross)
+                continue;
+            if (acc < target)
+                acc += top_p_weight(logits[i], m); /* the value radix_crossing summed */
+            else
+                out[i] = -INFINITY;
         }
     }
     return SAMPLER_OK;
@@ -218,17 +227,18 @@ int sampler_top_p_filter(const float *logits, float *out, int vocab, float p)
 }
 
 /* ---- Min-p -------------------------------------------------------------------------
- * Keep token i iff p_i >= min_p * p_max, i.e. exp(l_i - max) >= min_p (in double). */
+ * Keep token i iff p_i >= min_p * p_max, i.e. l_i - max >= log(min_p) (in double). */
 
 int sampler_min_p_filter(const float *logits, float *out, int vocab, float min_p)
 {
     if (!check_io(logits, out, vocab) || !(min_p >= 0.0f && min_p <= 1.0f))
         return SAMPLER_EINVAL;
-    float m = max_logit(logits, vocab);
-    if (min_p == 0.0f || isnan(m) || m == -INFINITY) {
+    float m = sampler__max(logits, vocab);
+    if (min_p == 0.0f || m == -INFINITY) {
         copy_drop_nan(logits, out, vocab);
         return SAMPLER_OK;
     }
+    double cut = log((double)min_p);
     for (int i = 0; i < vocab; i++) {
         float x = logits[i];
         int keep;
@@ -237,7 +247,7 @@ int sampler_min_p_filter(const float *logits, float *out, int vocab, float min_p
         else if (m == INFINITY)
             keep = x == INFINITY;
         else
-            keep = exp((double)x - (double)m) >= (double)min_p;
+            keep = (double)x - (double)m >= cut;
         out[i] = keep ? x : -INFINITY;
     }
     return SAMPLER_OK;
