@@ -69,6 +69,76 @@ Test(step, same_tokens_as_generate_for_every_option)
     }
 }
 
+/* The documented order, composed from the public warpers with the same coins. */
+static int32_t reference_choice(const sampler_params *p, const float *logits, int vocab,
+                                const int32_t *ids, int n_ids, int n_gen, sampler_rng *rng)
+{
+    float *x = malloc((size_t)vocab * sizeof *x), *pr = malloc((size_t)vocab * sizeof *pr);
+    memcpy(x, logits, (size_t)vocab * sizeof *x);
+    if (p->n_bias)
+        sampler_apply_logit_bias(x, x, vocab, p->bias_ids, p->bias_values, p->n_bias);
+    if (p->repetition_penalty != 0.0f) {
+        int start = p->penalty_last_n && n_ids > p->penalty_last_n ? n_ids - p->penalty_last_n : 0;
+        sampler_apply_repetition_penalty(x, x, vocab, ids + start, n_ids - start,
+                                         p->repetition_penalty);
+    }
+    sampler_apply_presence_frequency(x, x, vocab, ids + n_ids - n_gen, n_gen,
+                                     p->presence_penalty, p->frequency_penalty);
+    int32_t t;
+    if (p->temperature == 0.0f) {
+        t = sampler_argmax(x, vocab);
+    } else {
+        sampler_apply_temperature(x, x, vocab, p->temperature);
+        if (p->top_k)
+            sampler_top_k_filter(x, x, vocab, p->top_k);
+        if (p->top_p != 0.0f)
+            sampler_top_p_filter(x, x, vocab, p->top_p);
+        sampler_min_p_filter(x, x, vocab, p->min_p);
+        sampler_softmax(x, pr, vocab);
+        t = sampler_draw(pr, vocab, sampler_rng_uniform(rng));
+    }
+    free(x);
+    free(pr);
+    return t;
+}
+
+Test(step, follows_the_documented_order_of_the_public_warpers)
+{
+    enum { VB = 3000, STEPS = 60 };
+    static float lg[VB];
+    static int32_t ids[STEPS + 8];
+    int32_t bias_ids[3] = {10, 20, 30};
+    float bias_v[3] = {4.0f, -INFINITY, 2.5f};
+    const sampler_params cases[] = {
+        {.temperature = 0.0f, .repetition_penalty = 1.5f, .presence_penalty = 0.4f},
+        {.temperature = 0.8f, .top_k = 50, .top_p = 0.9f, .seed = 1},
+        {.temperature = 1.2f, .top_p = 0.7f, .min_p = 0.02f, .repetition_penalty = 1.2f,
+         .penalty_last_n = 16, .frequency_penalty = 0.3f, .seed = 2},
+        {.temperature = 0.5f, .top_k = 5, .bias_ids = bias_ids, .bias_values = bias_v,
+         .n_bias = 3, .seed = 3},
+        {.temperature = 1.0f, .min_p = 0.1f, .seed = 4},
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        sampler *s = sampler_new(VB, &cases[c]);
+        sampler_rng ref_rng, lg_rng;
+        sampler_rng_seed(&ref_rng, cases[c].seed);
+        sampler_rng_seed(&lg_rng, 1000 + c);
+        int n = 8;
+        for (int i = 0; i < n; i++)
+            ids[i] = (int32_t)(sampler_rng_next(&lg_rng) % VB);
+        for (int st = 0; st < STEPS; st++) {
+            for (int v = 0; v < VB; v++)
+                lg[v] = 4.0f * (sampler_rng_uniform(&lg_rng) + sampler_rng_uniform(&lg_rng) - 1.0f);
+            sampler_choice ch;
+            cr_assert_eq(sampler_step(s, lg, ids, n, n - 8, 0, &ch), 0);
+            int32_t want = reference_choice(&cases[c], lg, VB, ids, n, n - 8, &ref_rng);
+            cr_assert_eq(ch.token, want, "case %zu step %d", c, st);
+            ids[n++] = ch.token;
+        }
+        sampler_free(s);
+    }
+}
+
 Test(step, logprobs_come_from_the_raw_logits)
 {
     float lg[V];
