@@ -32,7 +32,8 @@ static inline uint32_t sampler__key(float x)
  * with n = round(x / ln 2) and |r| <= ln(2)/2 (Cody-Waite: ln 2 split into a
  * short high part and a correction), exp(r) by its degree-7 Taylor polynomial
  * (truncation < 6e-9 relative).  Relative error within a few float ulps (tested
- * against exp() in double).  x < -87 (including -INFINITY) and NaN give exactly 0.
+ * against exp() in double).  x < -87 (including -INFINITY) and NaN give exactly 0;
+ * x > 0 is outside the domain and gives 1 (never an out-of-range conversion).
  * Plain IEEE float operations only, so every machine gets the same bits (the
  * build is ISO C: no FMA contraction, never -ffast-math).  The selects are bit
  * masks because the compiler will not if-convert floating-point arms. */
@@ -44,6 +45,9 @@ static inline float sampler__exp_neg(float x)
     memcpy(&xb, &x, sizeof xb);
     memcpy(&lo, &lim, sizeof lo);
     xb = (xb & keep) | (lo & ~keep);
+    float xk;
+    memcpy(&xk, &xb, sizeof xk);
+    xb &= ~(-(uint32_t)(xk > 0.0f)); /* outside the domain (x > 0): computed as exp(0) */
     float xc;
     memcpy(&xc, &xb, sizeof xc);
     float t = xc * 1.44269504088896341f;

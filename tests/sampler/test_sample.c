@@ -133,6 +133,8 @@ Test(internal, exp_neg_accuracy_and_edges)
     cr_assert(sampler__exp_neg(-87.5f) == 0.0f);
     cr_assert(sampler__exp_neg(-INFINITY) == 0.0f);
     cr_assert(sampler__exp_neg(NAN) == 0.0f);
+    cr_assert(sampler__exp_neg(5.0f) == 1.0f); /* outside the domain: clamped to exp(0) */
+    cr_assert(sampler__exp_neg(INFINITY) == 1.0f);
 }
 
 Test(internal, key_preserves_order)

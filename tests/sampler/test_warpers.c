@@ -107,6 +107,10 @@ Test(top_k, keeps_k_largest_exact_values)
     cr_assert_eq(sampler_top_k_filter(x, y, 7, 3), 0);
     const float want[7] = {NINF, 5.5f, NINF, 4.25f, NINF, 4.5f, NINF};
     cr_assert(same_bits(y, want, 7));
+    float pr[7]; /* the survivors' softmax sums to 1, the dropped get exactly 0 */
+    cr_assert_eq(sampler_softmax(y, pr, 7), 0);
+    cr_assert(pr[0] == 0.0f && pr[2] == 0.0f && pr[6] == 0.0f);
+    cr_assert_float_eq(pr[1] + pr[3] + pr[5], 1.0f, 1e-6);
 }
 
 Test(top_k, ties_with_kth_value_survive)
