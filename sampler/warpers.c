@@ -12,10 +12,12 @@
  * walking tokens in decreasing logit order, find the token where the running
  * weight first reaches a target (weight 1 and target k for top-k; weight
  * exp(l - max) and target p * sum for top-p).  That token is found by a radix
- * select on an order-preserving 32-bit key of the logit: a histogram of the
- * top 8 key bits locates the crossing bucket, the bucket's members are
- * compacted, and the next 8 bits are examined -- four passes over a shrinking
- * set, O(vocab) in all, whatever the distribution.
+ * select on an order-preserving 32-bit key of the logit: a histogram (count and
+ * weight) of the top 11 key bits locates the crossing bucket, the bucket's members
+ * are compacted, and the next 11, then the last 10 bits are examined -- three
+ * passes over a shrinking set, O(vocab) in all, whatever the distribution.  The
+ * final pass keeps every key above the crossing key (branch-free); ties at the
+ * crossing value are settled by a rare extra pass in id order.
  */
 #include "sampler/sampler_internal.h"
 
