@@ -153,6 +153,30 @@ static int skip_value(cursor *c, uint32_t t, int depth, uint32_t *arr_type, uint
     return 0;
 }
 
+static int cmp_str_ptr(const void *a, const void *b)
+{
+    const gguf_str *x = *(const gguf_str *const *)a, *y = *(const gguf_str *const *)b;
+    size_t n = x->len < y->len ? x->len : y->len;
+    int c = memcmp(x->s, y->s, n);
+    return c ? c : (x->len > y->len) - (x->len < y->len);
+}
+
+/* Any string that appears twice among n strings found every `stride` bytes from first
+ * (sorting pointers: O(n log n) even for hostile counts).  *dup = NULL if none. */
+static int find_duplicate(const gguf_str *first, size_t stride, size_t n, const gguf_str **dup)
+{
+    *dup = NULL;
+    if (n < 2) return MODEL_OK;
+    const gguf_str **v = malloc(n * sizeof *v);
+    if (!v) return MODEL_ENOMEM;
+    for (size_t i = 0; i < n; i++) v[i] = (const gguf_str *)((const char *)first + i * stride);
+    qsort(v, n, sizeof *v, cmp_str_ptr);
+    for (size_t i = 1; i < n && !*dup; i++)
+        if (cmp_str_ptr(&v[i - 1], &v[i]) == 0) *dup = v[i];
+    free(v);
+    return MODEL_OK;
+}
+
 /* ---- Parsing the header, metadata and tensor infos -------------------------------------- */
 
 #define GERR(...) model_errf(err, errlen, MODEL_EFORMAT, g->path, __VA_ARGS__)
@@ -191,10 +215,11 @@ static int parse(gguf_file *g, char *err, size_t errlen)
                 return GERR("metadata '%s' has unknown value type %u", str_show(kv->key, show, sizeof show), kv->type);
             return GERR("metadata '%s': %s", str_show(kv->key, show, sizeof show), why);
         }
-        for (size_t j = 0; j < i; j++)
-            if (g->kv[j].key.len == kv->key.len && memcmp(g->kv[j].key.s, kv->key.s, kv->key.len) == 0)
-                return GERR("metadata key '%s' appears twice", str_show(kv->key, show, sizeof show));
     }
+    const gguf_str *dup;
+    int rc = find_duplicate(&g->kv[0].key, sizeof *g->kv, g->n_kv, &dup);
+    if (rc) return model_errf(err, errlen, rc, g->path, "out of memory");
+    if (dup) return GERR("metadata key '%s' appears twice", str_show(*dup, show, sizeof show));
 
     /* general.alignment (u32, a power of two; we also need 8 | alignment for aligned float reads) */
     g->alignment = 32;
@@ -242,10 +267,10 @@ static int parse(gguf_file *g, char *err, size_t errlen)
         if (offset % g->alignment != 0)
             return GERR("tensor '%s' has offset %llu, not a multiple of the alignment %zu",
                         show, (unsigned long long)offset, g->alignment);
-        for (size_t j = 0; j < i; j++)
-            if (g->tensors[j].name.len == t->name.len && memcmp(g->tensors[j].name.s, t->name.s, t->name.len) == 0)
-                return GERR("tensor '%s' appears twice", show);
     }
+    rc = find_duplicate(&g->tensors[0].name, sizeof *g->tensors, g->n_tensors, &dup);
+    if (rc) return model_errf(err, errlen, rc, g->path, "out of memory");
+    if (dup) return GERR("tensor '%s' appears twice", str_show(*dup, show, sizeof show));
 
     /* the data section starts at the next multiple of the alignment */
     uint64_t data_off = c.off;

@@ -300,9 +300,8 @@ static int probe_llama2c(const uint8_t *head, size_t n, uint64_t file_size)
     if (n < 28 || file_size < 28) return 0;
     int32_t h[7];
     memcpy(h, head, sizeof h);
-    int32_t vocab = h[5] < 0 ? -(h[5] + 1) + 1 : h[5]; /* avoid negating INT32_MIN */
     return h[0] > 0 && h[1] > 0 && h[2] > 0 && h[3] > 0 && h[4] > 0 && h[4] <= h[3] &&
-           vocab > 0 && h[6] > 0 && h[0] % h[3] == 0;
+           h[5] != 0 && h[6] > 0 && h[0] % h[3] == 0;
 }
 
 static const file_format file_formats[] = {

@@ -107,11 +107,12 @@ typedef struct {
     const char *wide_tensor;  /* give this tensor one column too many */
     int64_t bos;              /* -2: omit */
     uint32_t alignment;       /* 0: omit */
+    int dup;                  /* 1: a key twice, 2: a tensor twice */
 } spec;
 
 static spec tiny(void)
 {
-    return (spec){"llama", "llama", 64, 96, 2, 4, 2, 40, 40, 128, MT_F32, MT_F32, 0, NULL, NULL, NULL, 1, 0};
+    return (spec){"llama", "llama", 64, 96, 2, 4, 2, 40, 40, 128, MT_F32, MT_F32, 0, NULL, NULL, NULL, 1, 0, 0};
 }
 
 static unsigned rng_state = 1;
@@ -172,6 +173,7 @@ static void build(const spec *s, const char *path)
         if (KEY(key)) cr_assert_eq(gguf_writer_kv_u32(w, key, (uint32_t)(v)), 0); } while (0)
     if (KEY("general.architecture")) gguf_writer_kv_str(w, "general.architecture", s->arch);
     if (s->alignment) gguf_writer_kv_u32(w, "general.alignment", s->alignment);
+    if (s->dup == 1) gguf_writer_kv_str(w, "general.architecture", s->arch);
     KV_U32("context_length", s->ctx);
     KV_U32("embedding_length", s->dim);
     KV_U32("block_count", s->layers);
@@ -208,6 +210,7 @@ static void build(const spec *s, const char *path)
 
     int hd = s->dim / s->heads;
     add_tensor(w, s, "token_embd.weight", s->mat_type, s->vocab, s->dim);
+    if (s->dup == 2) add_tensor(w, s, "token_embd.weight", s->mat_type, s->vocab, s->dim);
     add_tensor(w, s, "output_norm.weight", s->norm_type, 0, s->dim);
     if (!s->tied) add_tensor(w, s, "output.weight", s->mat_type, s->vocab, s->dim);
     for (int l = 0; l < s->layers; l++) {
@@ -317,7 +320,7 @@ Test(gguf, semantic_errors)
     th_tmp_init(&t);
     char p[160];
     snprintf(p, sizeof p, "%s", th_tmp_file(&t, "bad.gguf"));
-    struct { spec s; const char *want; } cases[16];
+    struct { spec s; const char *want; } cases[20];
     int n = 0;
 #define CASE(field_assign, msg) do { cases[n].s = tiny(); cases[n].s.field_assign; cases[n].want = msg; n++; } while (0)
     CASE(arch = "gpt2", "unsupported architecture 'gpt2'");
@@ -335,6 +338,8 @@ Test(gguf, semantic_errors)
     CASE(skip_key = "tokenizer.ggml.model", "no tokenizer in the file");
     CASE(norm_type = MT_Q8_0, "vectors must be F32, F16 or BF16");
     CASE(skip_tensor = "output_norm.weight", "missing tensor 'output_norm.weight'");
+    CASE(dup = 1, "metadata key 'general.architecture' appears twice");
+    CASE(dup = 2, "tensor 'token_embd.weight' appears twice");
 #undef CASE
     for (int k = 0; k < n; k++) {
         build(&cases[k].s, p);
@@ -473,4 +478,30 @@ Test(gguf, byte_surgery)
     free(raw);
     free(g);
     th_tmp_cleanup(&t);
+}
+
+Test(gguf, half_conversions)
+{
+    /* every finite half survives f16 -> f32 -> f16; NaNs stay NaN */
+    for (uint32_t h = 0; h < 65536; h++) {
+        float f = model_f16_to_f32((uint16_t)h);
+        if ((h & 0x7c00) == 0x7c00 && (h & 0x3ff)) {
+            cr_assert(isnan(f));
+            cr_assert(isnan(model_f16_to_f32(model_f32_to_f16(f))));
+            continue;
+        }
+        cr_assert_eq(model_f32_to_f16(f), h, "half 0x%04x -> %g -> 0x%04x", h, (double)f, model_f32_to_f16(f));
+    }
+    cr_assert_float_eq(model_f16_to_f32(0x3c00), 1.0f, 0);
+    cr_assert_float_eq(model_f16_to_f32(0x0001), 0x1p-24f, 0);   /* smallest subnormal */
+    cr_assert_float_eq(model_f16_to_f32(0x7bff), 65504.0f, 0);
+    cr_assert_eq(model_f32_to_f16(1.0f + 0x1p-11f), 0x3c00);      /* a tie rounds to even */
+    cr_assert_eq(model_f32_to_f16(1.0f + 3 * 0x1p-11f), 0x3c02);
+    cr_assert_eq(model_f32_to_f16(65520.0f), 0x7c00);             /* rounds up to infinity */
+    cr_assert_eq(model_f32_to_f16(-0x1p-26f), 0x8000);            /* underflows to -0 */
+    cr_assert_float_eq(model_bf16_to_f32(0x3fc0), 1.5f, 0);
+    cr_assert_eq(mtensor_row_bytes(MT_F32, 64), 256u);
+    cr_assert_eq(mtensor_row_bytes(MT_F16, 64), 128u);
+    cr_assert_eq(mtensor_row_bytes(MT_BF16, 64), 128u);
+    cr_assert_eq(mtensor_row_bytes(MT_Q8_0, 64), 68u);
 }
