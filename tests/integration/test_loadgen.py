@@ -4,9 +4,11 @@ no speed is asserted)."""
 import json
 import os
 import subprocess
+import sys
 import unittest
 
-from lmserve_testlib import REPO, Server, forward_is_stub, require_model, slow
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from lmserve_testlib import REPO, Server, forward_is_stub, require_model, slow  # noqa: E402
 
 
 def loadgen_bin():
