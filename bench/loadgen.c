@@ -47,7 +47,7 @@
 #include <time.h>
 #include <unistd.h>
 
-enum { LG_MAX_CONCURRENCY = 1024, LG_BUF = 16384, LG_ERRLEN = 200 };
+enum { LG_MAX_CONCURRENCY = 1024, LG_BUF = 16384, LG_ERRLEN = 200, LG_MAX_EVENT = 16 << 20 };
 
 /* ---- Configuration -------------------------------------------------------------- */
 
@@ -234,6 +234,8 @@ static int lg_grow(char **p, size_t *cap, size_t need)
 {
     if (need <= *cap)
         return 0;
+    if (need > LG_MAX_EVENT) /* a runaway line or event: treat the stream as broken */
+        return -1;
     size_t c = *cap ? *cap : 1024;
     while (c < need)
         c *= 2;
