@@ -834,7 +834,7 @@ int tok_bpe_load_gpt2_files(tokenizer *t, const char *encoder_json, const char *
         if (e) *e = 0;
         size_t L = strlen(p);
         if (L && p[L - 1] == '\r') p[L - 1] = 0;
-        if (!*p || p[0] == '#') continue;
+        if (!*p || (p == text && strncmp(p, "#version", 8) == 0)) continue; /* header line only */
         if (nl == cap) {
             cap *= 2;
             char **nlines = realloc(lines, (size_t)cap * sizeof *lines);

@@ -108,6 +108,10 @@ Test(bpe, gpt2_encoder_json_reproduces_hf_ids)
     int n = tok_bpe_encode(&t, "a<|endoftext|>b", 15, 0, ids, 8);
     cr_assert_eq(n, 3);
     cr_assert_eq(ids[1], 50256);
+    /* Merges whose first symbol starts with '#' are merges, not comments. */
+    n = tok_bpe_encode(&t, "@#$", 3, 0, ids, 8);
+    cr_assert_eq(n, 2);
+    cr_assert_eq(ids[1], 29953); /* "#$" (vocab.bpe line 29699 ranks before "@ #") */
     /* Capacity overflow reports the full count. */
     n = tok_bpe_encode(&t, "Hello world, again and again", 28, 0, ids, 2);
     cr_assert_eq(n, 6);
