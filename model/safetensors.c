@@ -303,6 +303,19 @@ void st_close(st_file *f)
     free(f);
 }
 
+int st_give_maps(st_file *f, model *m)
+{
+    int room = (int)(sizeof m->maps / sizeof m->maps[0]) - m->n_maps;
+    if (f->n_maps > room) return MODEL_EFORMAT;
+    for (int i = 0; i < f->n_maps; i++) {
+        m->maps[m->n_maps].addr = f->maps[i].addr;
+        m->maps[m->n_maps].len = f->maps[i].len;
+        m->n_maps++;
+    }
+    f->n_maps = 0;
+    return 0;
+}
+
 size_t st_count(const st_file *f) { return f ? f->n : 0; }
 const st_tensor *st_at(const st_file *f, size_t i) { return f && i < f->n ? &f->t[i] : NULL; }
 

@@ -40,6 +40,11 @@ int st_open(st_file **out, const char *path, char *err, size_t errlen);
 int st_open_mem(st_file **out, const void *buf, size_t len, const char *name, char *err, size_t errlen);
 void st_close(st_file *f);
 
+/* Hand the file mappings to a model (released by model_free), so tensors pointing
+ * into them outlive st_close.  MODEL_EFORMAT if the model has no room for them. */
+struct model;
+int st_give_maps(st_file *f, struct model *m);
+
 size_t st_count(const st_file *f);
 const st_tensor *st_at(const st_file *f, size_t i);
 const st_tensor *st_find(const st_file *f, const char *name);
