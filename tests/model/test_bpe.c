@@ -6,6 +6,7 @@
  * g2c: the fast encoder must agree with a deliberately slow reference written here. */
 #include <criterion/criterion.h>
 
+#include "model/formats.h"
 #include "model/tok_bpe.h"
 #include "tests/model/fmt_util.h"
 
@@ -115,6 +116,23 @@ Test(bpe, gpt2_encoder_json_reproduces_hf_ids)
     /* Capacity overflow reports the full count. */
     n = tok_bpe_encode(&t, "Hello world, again and again", 28, 0, ids, 2);
     cr_assert_eq(n, 6);
+    tok_bpe_clear(&t);
+}
+
+Test(bpe, gguf_gpt2_vocabulary_reproduces_hf_ids)
+{
+    char p[512], err[256] = "";
+    gguf_file g;
+    cr_assert_eq(gguf_open(&g, NULL, fx_path(p, sizeof p, "gguf/ggml-vocab-gpt-2.gguf"), err, sizeof err), 0, "%s", err);
+    tokenizer t;
+    cr_assert_eq(gguf_load_bpe_tokenizer(&t, &g, 0, err, sizeof err), 0, "%s", err);
+    gguf_close(&g);
+    cr_assert_eq(t.n_vocab, 50257);
+    cr_assert_eq(t.bos_id, 50256);
+    cr_assert_eq(t.eos_id, 50256);
+    cr_assert_eq(t.types[50256], TT_CONTROL);
+    cr_assert_eq(t.add_bos, 0);
+    check_cases(&t);
     tok_bpe_clear(&t);
 }
 
