@@ -162,6 +162,17 @@ static int cmp_str_ptr(const void *a, const void *b)
     return c ? c : (x->len > y->len) - (x->len < y->len);
 }
 
+static int cmp_str(const gguf_str *x, const gguf_str *y)
+{
+    return cmp_str_ptr(&x, &y);
+}
+
+static int cmp_tensor_ptr(const void *a, const void *b)
+{
+    const gguf_tensor *x = *(const gguf_tensor *const *)a, *y = *(const gguf_tensor *const *)b;
+    return cmp_str(&x->name, &y->name);
+}
+
 /* Any string that appears twice among n strings found every `stride` bytes from first
  * (sorting pointers: O(n log n) even for hostile counts).  *dup = NULL if none. */
 static int find_duplicate(const gguf_str *first, size_t stride, size_t n, const gguf_str **dup)
@@ -269,9 +280,14 @@ static int parse(gguf_file *g, char *err, size_t errlen)
             return GERR("tensor '%s' has offset %llu, not a multiple of the alignment %zu",
                         show, (unsigned long long)offset, g->alignment);
     }
-    rc = find_duplicate(&g->tensors[0].name, sizeof *g->tensors, g->n_tensors, &dup);
-    if (rc) return model_errf(err, errlen, rc, g->path, "out of memory");
-    if (dup) return GERR("tensor '%s' appears twice", str_show(*dup, show, sizeof show));
+    /* sorted by name for lookups; a name that sorts next to itself appears twice */
+    g->by_name = malloc((g->n_tensors ? g->n_tensors : 1) * sizeof *g->by_name);
+    if (!g->by_name) return model_errf(err, errlen, MODEL_ENOMEM, g->path, "out of memory");
+    for (size_t i = 0; i < g->n_tensors; i++) g->by_name[i] = &g->tensors[i];
+    qsort(g->by_name, g->n_tensors, sizeof *g->by_name, cmp_tensor_ptr);
+    for (size_t i = 1; i < g->n_tensors; i++)
+        if (cmp_tensor_ptr(&g->by_name[i - 1], &g->by_name[i]) == 0)
+            return GERR("tensor '%s' appears twice", str_show(g->by_name[i]->name, show, sizeof show));
 
     /* the data section starts at the next multiple of the alignment */
     uint64_t data_off = c.off;
@@ -307,8 +323,15 @@ const gguf_kv *gguf_find(const gguf_file *g, const char *key)
 
 const gguf_tensor *gguf_find_tensor(const gguf_file *g, const char *name)
 {
-    for (size_t i = 0; i < g->n_tensors; i++)
-        if (str_eq(g->tensors[i].name, name)) return &g->tensors[i];
+    gguf_str key = {name, strlen(name)};
+    size_t lo = 0, hi = g->n_tensors;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int c = cmp_str(&g->by_name[mid]->name, &key);
+        if (c == 0) return g->by_name[mid];
+        if (c < 0) lo = mid + 1;
+        else hi = mid;
+    }
     return NULL;
 }
 
@@ -616,6 +639,8 @@ void gguf_close(gguf_file *g)
     if (!g) return;
     free(g->kv);
     free(g->tensors);
+    free(g->by_name);
+    g->by_name = NULL;
     if (!g->mapped_by_model) model_unmap(g->data, g->size);
     g->kv = NULL;
     g->tensors = NULL;

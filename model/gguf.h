@@ -47,6 +47,7 @@ typedef struct {
     size_t n_kv;
     gguf_tensor *tensors;
     size_t n_tensors;
+    const gguf_tensor **by_name; /* tensors sorted by name (binary search) */
 } gguf_file;
 
 /* Map and validate path.  With m != NULL the mapping is handed to m. */

@@ -50,7 +50,9 @@ int model_load_llama2c(model *m, const char *path, const model_load_opts *opts, 
     in->rope_dim = in->head_dim;
     in->rope_theta = 10000.0f;
     in->norm_eps = 1e-5f;
-    if ((rc = model_check_hparams(m, path, err, errlen))) return rc;
+    char why[256];
+    if ((rc = model_check_hparams(m, "llama2.c header", why, sizeof why)))
+        return model_errf(err, errlen, rc, path, "%s", why);
 
     /* element counts, in file order; all small enough (checked above) for 64-bit math */
     uint64_t dim = (uint64_t)in->dim, hid = (uint64_t)in->hidden_dim, L = (uint64_t)in->n_layers;
@@ -81,7 +83,7 @@ int model_load_llama2c(model *m, const char *path, const model_load_opts *opts, 
     }
     if (off != size)
         return model_errf(err, errlen, MODEL_EFORMAT, path,
-                          "file is %zu bytes but its header (dim %d, hidden %d, %d layers, %d heads, "
+                          "file is %zu bytes but its llama2.c header (dim %d, hidden %d, %d layers, %d heads, "
                           "%d kv heads, vocab %d%s, seq_len %d) implies %llu", size, in->dim,
                           in->hidden_dim, in->n_layers, in->n_heads, in->n_kv_heads, in->vocab_size,
                           shared ? "" : " unshared", in->ctx_len, (unsigned long long)off);
@@ -120,10 +122,10 @@ int model_load_llama2c(model *m, const char *path, const model_load_opts *opts, 
         if (!tok_path) return model_errf(err, errlen, MODEL_ENOMEM, path, "out of memory");
         tp = tok_path;
     }
-    char why[512];
-    rc = tokenizer_load_llama2c(&m->tok, tp, in->vocab_size, why, sizeof why);
+    char why_tok[512];
+    rc = tokenizer_load_llama2c(&m->tok, tp, in->vocab_size, why_tok, sizeof why_tok);
     if (rc)
-        model_errf(err, errlen, rc, path, "tokenizer %s%s", why,
+        model_errf(err, errlen, rc, path, "tokenizer %s%s", why_tok,
                    tok_path ? " (give one with --tokenizer / tokenizer_path)" : "");
     free(tok_path);
     return rc;

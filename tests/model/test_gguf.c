@@ -505,3 +505,15 @@ Test(gguf, half_conversions)
     cr_assert_eq(mtensor_row_bytes(MT_BF16, 64), 128u);
     cr_assert_eq(mtensor_row_bytes(MT_Q8_0, 64), 68u);
 }
+
+Test(gguf, other_architecture_is_reported)
+{
+    /* llama.cpp's vocab-only GPT-2 GGUF (no tensors, no padding after the metadata):
+     * it parses, and the architecture is named in the error */
+    const char *dir = getenv("LMSERVE_FIXTURES");
+    if (!dir || !*dir) dir = "../shared/fixtures";
+    char p[512];
+    snprintf(p, sizeof p, "%s/gguf/ggml-vocab-gpt-2.gguf", dir);
+    const char *e = th_expect_load_error(p, NULL);
+    cr_assert(strstr(e, "unsupported architecture 'gpt2' (supported: llama)"), "'%s'", e);
+}
