@@ -275,17 +275,17 @@ int model_load_hf(model *m, const char *dir, const model_load_opts *opts, char *
     if (!rc && (rc = st_give_maps(st, m)))
         model_errf(err, errlen, rc, dir, "too many safetensors shards for one model");
     st_close(st);
-    /* Tokenizer: tokenizer.json beside the weights, or opts->tokenizer_path. */
+    /* Tokenizer: opts->tokenizer_path when given, else tokenizer.json beside the weights. */
     char tp[4096];
     snprintf(tp, sizeof tp, "%s/tokenizer.json", dir);
     if (!rc) {
-        if (access(tp, F_OK) == 0) {
-            rc = tok_bpe_load_hf(&m->tok, tp, err, errlen);
-        } else if (opts && opts->tokenizer_path) {
+        if (opts && opts->tokenizer_path) {
             snprintf(tp, sizeof tp, "%s", opts->tokenizer_path);
             const char *dot = strrchr(tp, '.');
             if (dot && !strcmp(dot, ".json")) rc = tok_bpe_load_hf(&m->tok, tp, err, errlen);
             else rc = tokenizer_load_llama2c(&m->tok, tp, m->info.vocab_size, err, errlen);
+        } else if (access(tp, F_OK) == 0) {
+            rc = tok_bpe_load_hf(&m->tok, tp, err, errlen);
         } else {
             rc = model_errf(err, errlen, MODEL_EFORMAT, dir, "no tokenizer.json in the folder (pass a "
                             "tokenizer path to use another)");

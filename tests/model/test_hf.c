@@ -89,6 +89,36 @@ Test(hf, tiny_gpt2_folder)
     cr_assert_eq(n, 2); /* no BOS: the GPT-2 post-processor adds none */
     cr_assert_eq(ids[0], 15496);
     cr_assert_eq(ids[1], 995);
+    /* Byte-level tokens split characters; the incremental detokenizer emits whole ones. */
+    const char *text = "caf\xc3\xa9 \xf0\x9f\xa6\x99\xf0\x9f\x91\x8d\xf0\x9f\x8f\xbd \xe6\x97\xa5\xe6\x9c\xac";
+    int32_t t2[64];
+    int n2 = model_tokenize(m, text, strlen(text), 0, t2, 64);
+    cr_assert_gt(n2, 6);
+    model_detok d;
+    model_detok_init(&d);
+    char acc[256], piece[256];
+    size_t al = 0;
+    int held = 0;
+    for (int i = 0; i < n2; i++) {
+        int w = model_detok_push(m, &d, t2[i], piece, sizeof piece);
+        cr_assert_geq(w, 0);
+        if (w == 0) held++;
+        if (w > 0) { /* every emitted chunk ends on a character boundary */
+            unsigned char lead = 0;
+            for (int j = w - 1; j >= 0; j--)
+                if (((unsigned char)piece[j] & 0xC0) != 0x80) { lead = (unsigned char)piece[j]; break; }
+            int need = lead < 0x80 ? 1 : lead >= 0xF0 ? 4 : lead >= 0xE0 ? 3 : 2;
+            int tail = 0;
+            for (int j = w - 1; j >= 0 && ((unsigned char)piece[j] & 0xC0) == 0x80; j--) tail++;
+            cr_assert_eq(tail + 1, need, "chunk %d ends inside a character", i);
+        }
+        memcpy(acc + al, piece, (size_t)w);
+        al += (size_t)w;
+    }
+    cr_assert_gt(held, 0); /* some token held back part of a character */
+    cr_assert_eq(model_detok_flush(m, &d, piece, sizeof piece), 0);
+    cr_assert_eq(al, strlen(text));
+    cr_assert(memcmp(acc, text, al) == 0);
 
     snprintf(p, sizeof p, "%s/model.safetensors", dir);
     st_file *f;
