@@ -221,7 +221,7 @@ const char *tz_dtype_name(int dtype)
 
 typedef struct {
     tz_file *f;
-    const unsigned char *p, *end;
+    const unsigned char *p, *end, *start;
     tz_value **stack;
     size_t sp, scap;
     size_t *marks;
@@ -295,7 +295,10 @@ static int memo_put(pvm *m, uint64_t idx)
 {
     tz_value *v = top(m);
     if (!v) return perr(m, "memo store with an empty stack");
-    if (idx >= PVM_MAX_MEMO) return perr(m, "memo index %llu is absurd", (unsigned long long)idx);
+    /* Real pickles number memo slots 0, 1, 2, ...: an index beyond what the pickle's
+     * length allows is hostile (it would make us allocate a huge table). */
+    if (idx >= PVM_MAX_MEMO || idx > (uint64_t)(m->end - m->start) + 64)
+        return perr(m, "memo index %llu is absurd", (unsigned long long)idx);
     if (idx >= m->memo_cap) {
         size_t nc = m->memo_cap ? m->memo_cap : 64;
         while (nc <= idx) nc *= 2;
@@ -497,7 +500,7 @@ static int op_persid(pvm *m)
 
 static int run_pickle(tz_file *f, const unsigned char *p, size_t len, char *err, size_t errlen)
 {
-    pvm m = {.f = f, .p = p, .end = p + len, .err = err, .errlen = errlen};
+    pvm m = {.f = f, .p = p, .end = p + len, .start = p, .err = err, .errlen = errlen};
     int rc = 0;
     size_t from = 0;
     tz_value *v, *w, *c;

@@ -240,6 +240,7 @@ Test(torchzip_writer, out_of_bounds_and_absurd)
     expect_reject("storage_past_record.pt", "but its entry holds 16 bytes");
     expect_reject("absurd_shape.pt", "absurd");
     expect_reject("compressed.pt", "is compressed");
+    expect_reject("huge_memo.pt", "memo index 16777215 is absurd");
 }
 
 Test(torchzip_writer, every_truncation_rejected)

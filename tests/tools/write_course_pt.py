@@ -31,6 +31,13 @@ class Tensor:
         self.numel = numel  # storage numel override (hostile files)
 
 
+class Raw:
+    """Opcodes emitted as given after pushing None (hostile files)."""
+
+    def __init__(self, ops):
+        self.ops = ops
+
+
 class Forbidden:
     """A call of an arbitrary global: what a malicious pickle would contain."""
 
@@ -96,6 +103,8 @@ class Pickler:
                 self.op(b"u")
         elif isinstance(obj, Tensor):
             self.tensor(obj)
+        elif isinstance(obj, Raw):
+            self.op(b"N" + obj.ops)
         elif isinstance(obj, Forbidden):
             self.global_(obj.module, obj.name)
             self.op(b"(")
@@ -245,6 +254,8 @@ def write_hostile(d):
     write_torch_zip(os.path.join(d, "absurd_shape.pt"),
                     {"t": Tensor((1 << 45, 1 << 45), [1.0] * 4, stride=(0, 0))})
     write_torch_zip(os.path.join(d, "compressed.pt"), {"t": ok}, compress_key="0")
+    # A memo index far beyond the pickle's size (would ask for a huge memo table).
+    write_torch_zip(os.path.join(d, "huge_memo.pt"), {"x": Raw(b"r\xff\xff\xff\x00")})
 
 
 def main():
