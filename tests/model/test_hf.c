@@ -346,3 +346,130 @@ Test(hf, broken_folders_rejected)
     expect_load_error(dst, tok_bin(), "outside the");
     fx_rmtree(dst);
 }
+
+/* ---- A SmolLM-shaped folder: tied head, grouped-query attention, the SmolLM tokenizer ---- */
+
+typedef struct { const char *name; int r, c; double *d; } st_in;
+
+/* Write tensors as F32 safetensors (header padded with spaces to 8). */
+static void st_write(const char *path, st_in *ts, int n)
+{
+    size_t cap = 1 << 16, hl = 0, off = 0;
+    char *hdr = malloc(cap);
+    hl += (size_t)snprintf(hdr, cap, "{\"__metadata__\":{\"format\":\"pt\"}");
+    for (int i = 0; i < n; i++) {
+        size_t bytes = (size_t)ts[i].r * ts[i].c * 4;
+        if (ts[i].r == 1)
+            hl += (size_t)snprintf(hdr + hl, cap - hl, ",\"%s\":{\"dtype\":\"F32\",\"shape\":[%d],\"data_offsets\":[%zu,%zu]}",
+                                   ts[i].name, ts[i].c, off, off + bytes);
+        else
+            hl += (size_t)snprintf(hdr + hl, cap - hl, ",\"%s\":{\"dtype\":\"F32\",\"shape\":[%d,%d],\"data_offsets\":[%zu,%zu]}",
+                                   ts[i].name, ts[i].r, ts[i].c, off, off + bytes);
+        off += bytes;
+    }
+    hl += (size_t)snprintf(hdr + hl, cap - hl, "}");
+    while (hl % 8) hdr[hl++] = ' ';
+    unsigned char *buf = malloc(8 + hl + off);
+    for (int i = 0; i < 8; i++) buf[i] = (unsigned char)((uint64_t)hl >> (8 * i));
+    memcpy(buf + 8, hdr, hl);
+    size_t at = 8 + hl;
+    for (int i = 0; i < n; i++)
+        for (size_t k = 0; k < (size_t)ts[i].r * ts[i].c; k++) {
+            float v = (float)ts[i].d[k];
+            memcpy(buf + at, &v, 4);
+            at += 4;
+        }
+    cr_assert_eq(fx_write(path, buf, at), 0);
+    free(buf);
+    free(hdr);
+}
+
+static double *rnd(unsigned *s, size_t n, double scale, double base)
+{
+    double *d = malloc(n * sizeof *d);
+    for (size_t i = 0; i < n; i++) {
+        *s = *s * 1664525u + 1013904223u;
+        d[i] = base + scale * (((double)(*s >> 8) / 16777216.0) * 2.0 - 1.0);
+        d[i] = (double)(float)d[i]; /* what the F32 file will hold */
+    }
+    return d;
+}
+
+Test(hf, smollm_shaped_llama_with_its_tokenizer)
+{
+    enum { V = 49152, D = 8, F = 16, NH = 2, NKV = 1, HD = 4 };
+    char dir[128], p[300], src[512];
+    cr_assert_not_null(fx_tmpdir(dir, sizeof dir));
+    unsigned seed = 42;
+    ref_model r = {.D = D, .H = F, .L = 1, .nh = NH, .nkv = NKV, .V = V, .T = 64, .eps = 1e-5, .llama = 1,
+                   .rope_theta = 10000.0};
+    r.tok = rnd(&seed, (size_t)V * D, 1.0, 0);
+    r.out = r.tok; /* tied */
+    r.lnfg = rnd(&seed, D, 0.2, 1.0);
+    r.layers = calloc(1, sizeof *r.layers);
+    ref_layer *w = r.layers;
+    w->ln1g = rnd(&seed, D, 0.2, 1.0);
+    w->ln2g = rnd(&seed, D, 0.2, 1.0);
+    w->wq = rnd(&seed, (size_t)NH * HD * D, 0.5, 0);
+    w->wk = rnd(&seed, (size_t)NKV * HD * D, 0.5, 0);
+    w->wv = rnd(&seed, (size_t)NKV * HD * D, 0.5, 0);
+    w->wo = rnd(&seed, (size_t)D * NH * HD, 0.5, 0);
+    w->w1 = rnd(&seed, (size_t)F * D, 0.5, 0);
+    w->w3 = rnd(&seed, (size_t)F * D, 0.5, 0);
+    w->w2 = rnd(&seed, (size_t)D * F, 0.5, 0);
+    st_in ts[] = {
+        {"model.embed_tokens.weight", V, D, r.tok}, {"model.norm.weight", 1, D, r.lnfg},
+        {"model.layers.0.input_layernorm.weight", 1, D, w->ln1g},
+        {"model.layers.0.post_attention_layernorm.weight", 1, D, w->ln2g},
+        {"model.layers.0.self_attn.q_proj.weight", NH * HD, D, w->wq},
+        {"model.layers.0.self_attn.k_proj.weight", NKV * HD, D, w->wk},
+        {"model.layers.0.self_attn.v_proj.weight", NKV * HD, D, w->wv},
+        {"model.layers.0.self_attn.o_proj.weight", D, NH * HD, w->wo},
+        {"model.layers.0.mlp.gate_proj.weight", F, D, w->w1},
+        {"model.layers.0.mlp.up_proj.weight", F, D, w->w3},
+        {"model.layers.0.mlp.down_proj.weight", D, F, w->w2},
+    };
+    snprintf(p, sizeof p, "%s/model.safetensors", dir);
+    st_write(p, ts, (int)(sizeof ts / sizeof ts[0]));
+    const char *cfg = "{\"architectures\":[\"LlamaForCausalLM\"],\"hidden_size\":8,\"intermediate_size\":16,"
+                      "\"num_hidden_layers\":1,\"num_attention_heads\":2,\"num_key_value_heads\":1,"
+                      "\"max_position_embeddings\":64,\"rms_norm_eps\":1e-05,\"rope_theta\":10000.0,"
+                      "\"tie_word_embeddings\":true,\"vocab_size\":49152,\"bos_token_id\":0,\"eos_token_id\":0,"
+                      "\"hidden_act\":\"silu\",\"rope_scaling\":null}";
+    snprintf(p, sizeof p, "%s/config.json", dir);
+    cr_assert_eq(fx_write(p, cfg, strlen(cfg)), 0);
+    size_t tl;
+    unsigned char *tj = fx_read(fx_path(src, sizeof src, "tokenizers/smollm-135m-derived/tokenizer.json"), &tl);
+    cr_assert_not_null(tj);
+    snprintf(p, sizeof p, "%s/tokenizer.json", dir);
+    cr_assert_eq(fx_write(p, tj, tl), 0);
+    free(tj);
+
+    model *m = load_opts(dir, NULL);
+    const model_info *in = model_get_info(m);
+    cr_assert_str_eq(in->arch, "llama");
+    cr_assert_eq(in->vocab_size, V);
+    cr_assert_eq(in->n_kv_heads, 1);
+    cr_assert_eq(in->ctx_len, 64);
+    cr_assert_eq(in->add_bos, 0);     /* SmolLM's tokenizer adds no BOS */
+    cr_assert_eq(in->eos_id, 0);      /* <|endoftext|> */
+    cr_assert_eq(m->tok.n_vocab, V);  /* the saver's [PAD] (id 49152) is cut to the model */
+    int32_t ids[64];
+    int n = model_tokenize(m, "In 2024, 7 cats", 15, in->add_bos, ids, 64);
+    int digits = 0;
+    for (int i = 0; i < n; i++) {
+        size_t bl;
+        const char *b = model_token_bytes(m, ids[i], &bl);
+        if (bl == 1 && b[0] >= '0' && b[0] <= '9') digits++;
+        cr_assert(!(bl > 1 && b[0] >= '0' && b[0] <= '9'), "a multi-digit token");
+    }
+    cr_assert_eq(digits, 5);
+    cr_assert_neq(ids[0], 0);
+    compare(m, &r, ids, n, 1e-3);
+    model_free(m);
+    free(r.tok); free(r.lnfg);
+    double *ps[] = {w->ln1g, w->ln2g, w->wq, w->wk, w->wv, w->wo, w->w1, w->w2, w->w3};
+    for (size_t i = 0; i < sizeof ps / sizeof ps[0]; i++) free(ps[i]);
+    free(r.layers);
+    fx_rmtree(dir);
+}
