@@ -359,12 +359,18 @@ static void emit(emit_t *e, int32_t id)
 static int bpe_piece(const tokenizer *t, const bpe_impl *b, const unsigned char *s, size_t n, emit_t *e)
 {
     if (n == 0) return 0;
-    /* Whole piece already a token?  (Same result as merging, only faster for
-     * common words; the merges would reach it anyway for GPT-2 vocabularies.) */
-    int32_t *id = malloc(n * sizeof *id);
-    int32_t *nx = malloc(n * sizeof *nx), *pv = malloc(n * sizeof *pv);
-    hent *h = malloc((2 * n + 1) * sizeof *h);
-    if (!id || !nx || !pv || !h) { free(id); free(nx); free(pv); free(h); return MODEL_ENOMEM; }
+    /* Small pieces (almost all) work on the stack; long ones on the heap. */
+    enum { SMALL = 64 };
+    int32_t s_id[SMALL], s_nx[SMALL], s_pv[SMALL];
+    hent s_h[2 * SMALL + 1];
+    int heap = n > SMALL;
+    int32_t *id = heap ? malloc(n * sizeof *id) : s_id;
+    int32_t *nx = heap ? malloc(n * sizeof *nx) : s_nx, *pv = heap ? malloc(n * sizeof *pv) : s_pv;
+    hent *h = heap ? malloc((2 * n + 1) * sizeof *h) : s_h;
+    if (!id || !nx || !pv || !h) {
+        if (heap) { free(id); free(nx); free(pv); free(h); }
+        return MODEL_ENOMEM;
+    }
     for (size_t i = 0; i < n; i++) {
         id[i] = t->byte_id[s[i]];
         if (id[i] < 0) id[i] = t->unk_id; /* a vocabulary without this byte */
@@ -399,7 +405,7 @@ static int bpe_piece(const tokenizer *t, const bpe_impl *b, const unsigned char 
     }
     for (int32_t i = 0; i >= 0; i = nx[i])
         if (id[i] >= 0) emit(e, id[i]);
-    free(id); free(nx); free(pv); free(h);
+    if (heap) { free(id); free(nx); free(pv); free(h); }
     return 0;
 }
 
