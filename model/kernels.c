@@ -5,11 +5,11 @@
  * out (n_rows, W.rows) = x (n_rows, cols) W^T, W row-major (rows, cols) in its
  * file type.  Batched decoding wants each weight row read from memory once
  * per step for every sequence, so a weight row is loaded once into registers
- * and dotted with up to 4 x rows at a time (register block: 4 x rows x 2 W
- * rows = 8 accumulators).  The pool splits the OUTPUT rows (W rows) into
- * tasks; the reduction over cols is never split.  Within a task, x is walked
- * in blocks small enough to stay in L2 while the task's W rows (also sized for
- * L2) are reused for every block.
+ * and dotted with up to 4 x rows at a time (register blocks of 4 x rows x 2 W
+ * rows, or 1-2 x rows x 4 W rows for decoding).  The pool splits the
+ * OUTPUT rows (W rows) into tasks; the reduction over cols is never split.
+ * Within a task, x is walked in blocks small enough to stay in L2 while the
+ * task's W rows (also sized for L2) are reused for every block.
  *
  * Determinism: every output element out[r][j] has its own single 8-lane
  * accumulator, fed k = 0, 8, 16, ... in order, reduced by one fixed
@@ -188,13 +188,13 @@ static inline float load1_bf16(const void *p, int k) { return bfloat_to_float(((
         float *out, size_t ldo, const float *x, size_t ldx, const uint8_t *w, size_t ldw,      \
         int cols, const int R, const int C)                                                    \
     {                                                                                          \
-        __m256 acc[4][2];                                                                      \
+        __m256 acc[4][4];                                                                      \
         for (int r = 0; r < R; r++)                                                            \
             for (int c = 0; c < C; c++)                                                        \
                 acc[r][c] = _mm256_setzero_ps();                                               \
         int k = 0;                                                                             \
         for (; k + 8 <= cols; k += 8) {                                                        \
-            __m256 wv[2];                                                                      \
+            __m256 wv[4];                                                                      \
             for (int c = 0; c < C; c++)                                                        \
                 wv[c] = load8_##TY(w + (size_t)c * ldw, k);                                    \
             for (int r = 0; r < R; r++) {                                                      \
@@ -237,14 +237,14 @@ static inline __attribute__((always_inline)) void block_q8(
     float *out, size_t ldo, const int8_t *xq, size_t ldq, const float *xd, size_t ldd,
     const uint8_t *w, size_t ldw, int nb, const int R, const int C)
 {
-    __m256 acc[4][2];
+    __m256 acc[4][4];
     const __m256i ones = _mm256_set1_epi16(1);
     for (int r = 0; r < R; r++)
         for (int c = 0; c < C; c++)
             acc[r][c] = _mm256_setzero_ps();
     for (int b = 0; b < nb; b++) {
-        __m256i wq[2], wa[2];
-        float dw[2];
+        __m256i wq[4], wa[4];
+        float dw[4];
         for (int c = 0; c < C; c++) {
             const uint8_t *blk = w + (size_t)c * ldw + (size_t)b * Q8_BYTES;
             dw[c] = half_to_float(rd16(blk));
@@ -328,16 +328,26 @@ static inline void block_q8(float *out, size_t ldo, const int8_t *xq, size_t ldq
 
 /* Dispatch a (R, C) block with compile-time shapes. */
 #define BLOCK_SWITCH(CALL)                                                                     \
-    switch (R * 2 + C) {                                                                       \
-    case 4 * 2 + 2: CALL(4, 2); break;                                                         \
-    case 4 * 2 + 1: CALL(4, 1); break;                                                         \
-    case 3 * 2 + 2: CALL(3, 2); break;                                                         \
-    case 3 * 2 + 1: CALL(3, 1); break;                                                         \
-    case 2 * 2 + 2: CALL(2, 2); break;                                                         \
-    case 2 * 2 + 1: CALL(2, 1); break;                                                         \
-    case 1 * 2 + 2: CALL(1, 2); break;                                                         \
+    switch (R * 8 + C) {                                                                       \
+    case 4 * 8 + 2: CALL(4, 2); break;                                                         \
+    case 4 * 8 + 1: CALL(4, 1); break;                                                         \
+    case 3 * 8 + 2: CALL(3, 2); break;                                                         \
+    case 3 * 8 + 1: CALL(3, 1); break;                                                         \
+    case 2 * 8 + 4: CALL(2, 4); break;                                                         \
+    case 2 * 8 + 3: CALL(2, 3); break;                                                         \
+    case 2 * 8 + 2: CALL(2, 2); break;                                                         \
+    case 2 * 8 + 1: CALL(2, 1); break;                                                         \
+    case 1 * 8 + 4: CALL(1, 4); break;                                                         \
+    case 1 * 8 + 3: CALL(1, 3); break;                                                         \
+    case 1 * 8 + 2: CALL(1, 2); break;                                                         \
     default: CALL(1, 1); break;                                                                \
     }
+
+/* W rows per register block: 4 when at most 2 x rows share it, else 2. */
+static inline int block_cols(int x_rows)
+{
+    return x_rows <= 2 ? 4 : 2;
+}
 
 /* x rows per L2 block (a multiple of 4, at least 4). */
 static int x_block_rows(size_t row_bytes)
@@ -356,8 +366,9 @@ static int x_block_rows(size_t row_bytes)
         int xb = x_block_rows((size_t)cols * 4);                                               \
         for (int rb = 0; rb < n_rows; rb += xb) {                                              \
             int re = rb + xb < n_rows ? rb + xb : n_rows;                                      \
-            for (int j = j0; j < j1; j += 2) {                                                 \
-                int C = j1 - j >= 2 ? 2 : 1;                                                   \
+            int cm = block_cols(re - rb);                                                      \
+            for (int j = j0; j < j1; j += cm) {                                                \
+                int C = j1 - j >= cm ? cm : j1 - j;                                            \
                 for (int r = rb; r < re; r += 4) {                                             \
                     int R = re - r >= 4 ? 4 : re - r;                                          \
                     float *o = out + (size_t)r * ldo + j;                                      \
@@ -384,8 +395,9 @@ static void rows_q8(float *out, int ldo, const int8_t *xq, const float *xd, int 
     int xb = x_block_rows((size_t)cols + (size_t)nb * 4);
     for (int rb = 0; rb < n_rows; rb += xb) {
         int re = rb + xb < n_rows ? rb + xb : n_rows;
-        for (int j = j0; j < j1; j += 2) {
-            int C = j1 - j >= 2 ? 2 : 1;
+        int cm = block_cols(re - rb);
+        for (int j = j0; j < j1; j += cm) {
+            int C = j1 - j >= cm ? cm : j1 - j;
             for (int r = rb; r < re; r += 4) {
                 int R = re - r >= 4 ? 4 : re - r;
                 float *o = out + (size_t)r * ldo + j;
@@ -465,7 +477,7 @@ static void matmul_group(model_pool *pool, const kernel_job *jobs, int n_jobs, c
         size_t ch = by_cache < by_share ? by_cache : by_share;
         if (ch < 8)
             ch = 8;
-        ch = (ch + 1) & ~(size_t)1;
+        ch = (ch + 3) & ~(size_t)3;
         c.chunk[i] = (int)ch;
         c.first[i + 1] = c.first[i] + (int)(((size_t)w->rows + ch - 1) / ch);
     }
