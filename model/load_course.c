@@ -91,12 +91,15 @@ int model_load_course(model *m, const char *dir, const model_load_opts *opts, ch
     if (err && errlen) err[0] = 0;
     cfg = fmt_json_load(dir, "config.json", 0, err, errlen);
     if (!cfg && err && errlen && err[0]) { rc = MODEL_EFORMAT; goto out; }
-    if ((rc = cfg_int(cfg, mc, "embedding_dim", -1, &in->dim, pt, err, errlen)) ||
-        (rc = cfg_int(cfg, mc, "num_layers", -1, &in->n_layers, pt, err, errlen)) ||
-        (rc = cfg_int(cfg, mc, "num_heads", -1, &in->n_heads, pt, err, errlen)) ||
-        (rc = cfg_int(cfg, mc, "max_seq_len", -1, &in->ctx_len, pt, err, errlen)))
+    /* config.json holds the model_config keys, flat or under "model_config"; keys it
+     * lacks come from the checkpoint's own model_config. */
+    const json_t *cj = json_is_object(json_object_get(cfg, "model_config")) ? json_object_get(cfg, "model_config") : cfg;
+    if ((rc = cfg_int(cj, mc, "embedding_dim", -1, &in->dim, pt, err, errlen)) ||
+        (rc = cfg_int(cj, mc, "num_layers", -1, &in->n_layers, pt, err, errlen)) ||
+        (rc = cfg_int(cj, mc, "num_heads", -1, &in->n_heads, pt, err, errlen)) ||
+        (rc = cfg_int(cj, mc, "max_seq_len", -1, &in->ctx_len, pt, err, errlen)))
         goto out;
-    if ((rc = cfg_int(cfg, mc, "hidden_dim", 4LL * in->dim, &in->hidden_dim, pt, err, errlen))) goto out;
+    if ((rc = cfg_int(cj, mc, "hidden_dim", 4LL * in->dim, &in->hidden_dim, pt, err, errlen))) goto out;
     if (vs->i <= 0 || vs->i > (1 << 22)) {
         rc = model_errf(err, errlen, MODEL_EFORMAT, pt, "vocab_size %lld is out of range", (long long)vs->i);
         goto out;

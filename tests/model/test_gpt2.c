@@ -253,8 +253,14 @@ Test(gpt2_course, broken_folders_rejected)
     cfg = "{\"embedding_dim\": 16, \"num_layers\": 2, \"num_heads\": 4, \"max_seq_len\": 32, \"hidden_dim\": 41}";
     cr_assert_eq(fx_write(p, cfg, strlen(cfg)), 0);
     expect_load_error(mdir, "(fc1 W) has shape (16, 40), expected (16, 41)");
-    cfg = "{\"embedding_dim\": 16, \"num_layers\": 2, \"num_heads\": 4, \"max_seq_len\": 32, \"hidden_dim\": 40}";
+    /* nested under model_config, and with hidden_dim left to the checkpoint: loads */
+    cfg = "{\"model_config\": {\"embedding_dim\": 16, \"num_layers\": 2, \"num_heads\": 4, \"max_seq_len\": 32}}";
     cr_assert_eq(fx_write(p, cfg, strlen(cfg)), 0);
+    char err[256];
+    model *m = NULL;
+    cr_assert_eq(model_load(&m, mdir, NULL, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(model_get_info(m)->hidden_dim, 40);
+    model_free(m);
     /* a manifest pointing outside the tokenizers folder */
     snprintf(p, sizeof p, "%s/manifest.json", mdir);
     const char *man = "{\"tokenizer_artifact\": \"../../etc\"}";
