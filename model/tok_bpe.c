@@ -8,6 +8,7 @@
  * (PropList.txt), \p{L} and \p{N} come from model/unicode_tables.h.
  */
 #include "model/tok_bpe.h"
+#include "model/tokenizer.h"
 #include "model/unicode_tables.h"
 
 #include <jansson.h>
@@ -635,6 +636,145 @@ static json_t *load_json(const char *path, char *err, size_t errlen, int *rc)
     return j;
 }
 
+/* A SentencePiece-converted BPE tokenizer.json (byte_fallback, "\u2581" spaces, as HF
+ * writes Llama/TinyLlama vocabularies) becomes a TOK_SPM tokenizer: such merge lists
+ * are generated in the order of the merged tokens' SentencePiece scores, so a token's
+ * score is minus the rank of the first merge producing it, and tokenizer.c's
+ * highest-score-first merging reproduces merge-rank order. */
+static int load_hf_spm(tokenizer *t, json_t *j, const char *path, char *err, size_t errlen)
+{
+    json_t *mdl = json_object_get(j, "model"), *vocab = json_object_get(mdl, "vocab");
+    json_t *merges = json_object_get(mdl, "merges"), *added = json_object_get(j, "added_tokens");
+    json_t *pre = json_object_get(j, "pre_tokenizer"), *norm = json_object_get(j, "normalizer");
+    int n = 0, rc = 0;
+    const char *key;
+    json_t *v, *p;
+    size_t k;
+    json_object_foreach(vocab, key, v) {
+        json_int_t id = json_integer_value(v);
+        if (!json_is_integer(v) || id < 0 || id >= (1 << 24))
+            return fail(err, errlen, MODEL_EFORMAT, path, "vocab entry '%.40s' has a bad id", key);
+        if (id + 1 > n) n = (int)id + 1;
+    }
+    json_array_foreach(added, k, p) {
+        json_int_t id = json_integer_value(json_object_get(p, "id"));
+        if (!json_is_string(json_object_get(p, "content")) || id < 0 || id >= (1 << 24))
+            return fail(err, errlen, MODEL_EFORMAT, path, "added_tokens[%zu] needs an id and content", k);
+        if (id + 1 > n) n = (int)id + 1;
+    }
+    if (n == 0) return fail(err, errlen, MODEL_EFORMAT, path, "empty vocabulary");
+    if (tokenizer_alloc(t, n)) return fail(err, errlen, MODEL_ENOMEM, path, "out of memory");
+    t->kind = TOK_SPM;
+    json_object_foreach(vocab, key, v) {
+        int id = (int)json_integer_value(v);
+        if (t->str[id]) return fail(err, errlen, MODEL_EFORMAT, path, "id %d appears twice in the vocab", id);
+        if (strlen(key) > TOKENIZER_MAX_TOKEN_LEN || tokenizer_set_token(t, id, key, (int)strlen(key)))
+            return fail(err, errlen, MODEL_EFORMAT, path, "vocab entry %d is unusable", id);
+    }
+    for (int id = 0; id < n; id++)
+        if (!t->str[id] && tokenizer_set_token(t, id, "", 0)) return fail(err, errlen, MODEL_ENOMEM, path, "out of memory");
+    tokenizer_guess_types(t);
+    for (int id = 0; id < n; id++)
+        if (!json_object_get(vocab, t->str[id]) && !t->str_len[id]) t->types[id] = TT_UNUSED;
+    json_array_foreach(added, k, p) {
+        int id = (int)json_integer_value(json_object_get(p, "id"));
+        const char *c = json_string_value(json_object_get(p, "content"));
+        if (tokenizer_set_token(t, id, c, (int)strlen(c))) return fail(err, errlen, MODEL_ENOMEM, path, "out of memory");
+        if (t->types[id] != TT_UNKNOWN)
+            t->types[id] = json_is_true(json_object_get(p, "special")) ? TT_CONTROL : TT_USER;
+    }
+    /* Scores from merge ranks, through a temporary string -> id table. */
+    uint32_t cap = 16;
+    while (cap < 2u * (uint32_t)n) cap *= 2;
+    int32_t *slot = malloc(cap * sizeof *slot);
+    char *buf = malloc(2 * TOKENIZER_MAX_TOKEN_LEN + 2);
+    if (!slot || !buf) { free(slot); free(buf); return fail(err, errlen, MODEL_ENOMEM, path, "out of memory"); }
+    memset(slot, 0xff, cap * sizeof *slot);
+    for (int id = 0; id < n; id++) {
+        uint32_t h = (uint32_t)hash_bytes(t->str[id], (size_t)t->str_len[id]) & (cap - 1);
+        while (slot[h] >= 0) h = (h + 1) & (cap - 1);
+        slot[h] = id;
+    }
+    for (int id = 0; id < n; id++) t->scores[id] = -1e30f;
+    json_array_foreach(merges, k, p) {
+        const char *a = NULL, *c = NULL;
+        size_t an = 0, cn = 0;
+        if (json_is_string(p)) {
+            a = json_string_value(p);
+            const char *sp = strchr(a, ' ');
+            if (sp) { an = (size_t)(sp - a); c = sp + 1; cn = strlen(c); }
+        } else if (json_is_array(p) && json_array_size(p) == 2) {
+            a = json_string_value(json_array_get(p, 0));
+            c = json_string_value(json_array_get(p, 1));
+            an = a ? strlen(a) : 0;
+            cn = c ? strlen(c) : 0;
+        }
+        if (!a || !c || an + cn > 2 * TOKENIZER_MAX_TOKEN_LEN) {
+            rc = fail(err, errlen, MODEL_EFORMAT, path, "merges[%zu] is not a pair of strings", k);
+            break;
+        }
+        memcpy(buf, a, an);
+        memcpy(buf + an, c, cn);
+        int32_t res = -1;
+        for (uint32_t h = (uint32_t)hash_bytes(buf, an + cn) & (cap - 1); slot[h] >= 0; h = (h + 1) & (cap - 1))
+            if ((size_t)t->str_len[slot[h]] == an + cn && memcmp(t->str[slot[h]], buf, an + cn) == 0) {
+                res = slot[h];
+                break;
+            }
+        if (res < 0) {
+            rc = fail(err, errlen, MODEL_EFORMAT, path, "merges[%zu] makes a string that is not in the vocab", k);
+            break;
+        }
+        if (t->scores[res] == -1e30f) t->scores[res] = -(float)k;
+    }
+    free(slot);
+    free(buf);
+    if (rc) return rc;
+    const char *unk = json_string_value(json_object_get(mdl, "unk_token"));
+    if (unk && json_is_integer(json_object_get(vocab, unk))) t->unk_id = (int32_t)json_integer_value(json_object_get(vocab, unk));
+    /* Space prefix: a Prepend("\u2581") normalizer or a Metaspace pre-tokenizer that adds one. */
+    json_t *ns = json_array();
+    const char *nt = json_string_value(json_object_get(norm, "type"));
+    if (nt && !strcmp(nt, "Sequence")) json_array_extend(ns, json_object_get(norm, "normalizers"));
+    else if (norm && !json_is_null(norm)) json_array_append(ns, norm);
+    json_array_foreach(ns, k, p) {
+        const char *ty = json_string_value(json_object_get(p, "type"));
+        if (ty && !strcmp(ty, "Prepend")) t->add_space_prefix = 1;
+        else if (ty && !strcmp(ty, "Replace")) continue;
+        else {
+            rc = fail(err, errlen, MODEL_EFORMAT, path, "normalizer '%s' is not supported", ty ? ty : "?");
+            break;
+        }
+    }
+    json_decref(ns);
+    if (rc) return rc;
+    const char *pt = json_string_value(json_object_get(pre, "type"));
+    if (pt && !strcmp(pt, "Metaspace")) {
+        const char *scheme = json_string_value(json_object_get(pre, "prepend_scheme"));
+        if (json_is_true(json_object_get(pre, "add_prefix_space")) || (scheme && strcmp(scheme, "never")))
+            t->add_space_prefix = 1;
+    } else if (pre && !json_is_null(pre)) {
+        return fail(err, errlen, MODEL_EFORMAT, path, "pre_tokenizer '%s' is not supported with byte_fallback",
+                    pt ? pt : "?");
+    }
+    /* BOS from the post-processor template. */
+    json_t *pp = json_object_get(j, "post_processor");
+    json_t *first = json_array_get(json_object_get(pp, "single"), 0);
+    const char *sid = json_string_value(json_object_get(json_object_get(first, "SpecialToken"), "id"));
+    if (sid) {
+        json_t *ids = json_object_get(json_object_get(json_object_get(pp, "special_tokens"), sid), "ids");
+        json_int_t bid = json_integer_value(json_array_get(ids, 0));
+        if (json_is_integer(json_array_get(ids, 0)) && bid >= 0 && bid < n) {
+            t->add_bos = 1;
+            t->bos_id = (int32_t)bid;
+        }
+    }
+    char why[160] = "";
+    if ((rc = tokenizer_finish(t, why, sizeof why)))
+        return fail(err, errlen, rc, path, "%s", rc == MODEL_ENOMEM ? "out of memory" : why);
+    return 0;
+}
+
 int tok_bpe_load_hf(tokenizer *t, const char *path, char *err, size_t errlen)
 {
     memset(t, 0, sizeof *t);
@@ -652,9 +792,8 @@ int tok_bpe_load_hf(tokenizer *t, const char *path, char *err, size_t errlen)
                   "(type '%s')", mtype ? mtype : "?");
         goto out;
     }
-    if (json_is_true(json_object_get(mdl, "byte_fallback"))) {
-        rc = fail(err, errlen, MODEL_EFORMAT, path, "byte_fallback BPE (SentencePiece-style) "
-                  "tokenizer.json is not supported; only byte-level BPE");
+    if (json_is_true(json_object_get(mdl, "byte_fallback"))) { /* Llama / TinyLlama style */
+        rc = load_hf_spm(t, j, path, err, errlen);
         goto out;
     }
     if (norm && !json_is_null(norm)) {

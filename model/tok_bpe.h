@@ -26,7 +26,9 @@
 #include <stdint.h>
 
 /* HF tokenizer.json with a BPE model and a ByteLevel pre-tokenizer (optionally in
- * a Sequence after Digits(individual_digits=true)). */
+ * a Sequence after Digits(individual_digits=true)).  A SentencePiece-converted one
+ * (byte_fallback: Llama, TinyLlama) becomes a TOK_SPM tokenizer (model/tokenizer.c)
+ * with scores from the merge ranks. */
 int tok_bpe_load_hf(tokenizer *t, const char *path, char *err, size_t errlen);
 /* OpenAI's encoder.json + vocab.bpe. */
 int tok_bpe_load_gpt2_files(tokenizer *t, const char *encoder_json, const char *vocab_bpe,

@@ -216,8 +216,10 @@ Test(bpe, hostile_tokenizer_json_rejected)
     snprintf(p, sizeof p, "%s/tokenizer.json", dir);
     struct { const char *json, *needle; } bad[] = {
         {"{\"model\":{\"type\":\"Unigram\"}}", "not a BPE model"},
+        {"{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":1},\"merges\":[\"a b\"],\"byte_fallback\":true},"
+         "\"pre_tokenizer\":null}", "merges[0] makes a string that is not in the vocab"},
         {"{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[],\"byte_fallback\":true},"
-         "\"pre_tokenizer\":null}", "byte_fallback"},
+         "\"normalizer\":{\"type\":\"NFKC\"}}", "normalizer 'NFKC'"},
         {"{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]},\"pre_tokenizer\":"
          "{\"type\":\"Whitespace\"}}", "pre_tokenizer 'Whitespace'"},
         {"{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":-4},\"merges\":[]},\"pre_tokenizer\":"
@@ -376,5 +378,100 @@ Test(bpe, g2c_hostile_files_rejected)
         cr_assert_eq(tok_g2c_load(&t, p, err, sizeof err), MODEL_EFORMAT, "case %zu accepted", i);
         cr_assert_not_null(strstr(err, bad[i].needle), "case %zu: '%s' lacks '%s'", i, err, bad[i].needle);
     }
+    fx_rmtree(dir);
+}
+
+/* ---- SentencePiece-converted tokenizer.json (byte_fallback) -> TOK_SPM ---- */
+
+#include "model/tokenizer.h"
+#include <jansson.h>
+
+static const tokenizer *g_sp;
+static int by_score_desc(const void *a, const void *b)
+{
+    float x = g_sp->scores[*(const int *)a], y = g_sp->scores[*(const int *)b];
+    return x > y ? -1 : x < y ? 1 : *(const int *)a - *(const int *)b;
+}
+
+/* Write llama2.c's tok512.bin the way HF's SentencePiece converter writes a
+ * tokenizer.json: vocab, merges ordered by the merged token's score, byte_fallback,
+ * Prepend/Replace normalizer, <s> template. */
+static void write_spm_json(const tokenizer *sp, const char *path)
+{
+    json_t *vocab = json_object(), *merges = json_array();
+    for (int i = 0; i < sp->n_vocab; i++)
+        if (!json_object_get(vocab, sp->str[i])) json_object_set_new(vocab, sp->str[i], json_integer(i));
+    int *order = malloc((size_t)sp->n_vocab * sizeof *order);
+    for (int i = 0; i < sp->n_vocab; i++) order[i] = i;
+    g_sp = sp;
+    qsort(order, (size_t)sp->n_vocab, sizeof *order, by_score_desc);
+    for (int k = 0; k < sp->n_vocab; k++) {
+        int id = order[k];
+        if (sp->types[id] != TT_NORMAL) continue;
+        const char *s = sp->str[id];
+        int len = sp->str_len[id];
+        for (int cut = 1; cut < len; cut++) {
+            if (((unsigned char)s[cut] & 0xC0) == 0x80) continue; /* inside a character */
+            char a[256], b[256];
+            snprintf(a, sizeof a, "%.*s", cut, s);
+            snprintf(b, sizeof b, "%s", s + cut);
+            json_t *ia = json_object_get(vocab, a), *ib = json_object_get(vocab, b);
+            if (!ia || !ib || sp->types[json_integer_value(ia)] != TT_NORMAL ||
+                sp->types[json_integer_value(ib)] != TT_NORMAL) continue;
+            json_array_append_new(merges, json_pack("[ss]", a, b));
+        }
+    }
+    free(order);
+    json_t *root = json_pack(
+        "{s:s, s:[{s:i,s:s,s:b},{s:i,s:s,s:b},{s:i,s:s,s:b}], s:{s:s,s:[{s:s,s:s},{s:s,s:{s:s},s:s}]},"
+        " s:n, s:{s:s,s:[{s:{s:s,s:i}},{s:{s:s,s:i}}],s:{s:{s:s,s:[i],s:[s]}}},"
+        " s:{s:s,s:b,s:s,s:o,s:o}}",
+        "version", "1.0",
+        "added_tokens", "id", 0, "content", "<unk>", "special", 1, "id", 1, "content", "<s>", "special", 1,
+        "id", 2, "content", "</s>", "special", 1,
+        "normalizer", "type", "Sequence", "normalizers", "type", "Prepend", "prepend", "\xe2\x96\x81",
+        "type", "Replace", "pattern", "String", " ", "content", "\xe2\x96\x81",
+        "pre_tokenizer",
+        "post_processor", "type", "TemplateProcessing", "single", "SpecialToken", "id", "<s>", "type_id", 0,
+        "Sequence", "id", "A", "type_id", 0, "special_tokens", "<s>", "id", "<s>", "ids", 1, "tokens", "<s>",
+        "model", "type", "BPE", "byte_fallback", 1, "unk_token", "<unk>", "vocab", vocab, "merges", merges);
+    cr_assert_not_null(root);
+    cr_assert_eq(json_dump_file(root, path, 0), 0);
+    json_decref(root);
+}
+
+Test(bpe, sentencepiece_tokenizer_json_matches_llama2c_vocab)
+{
+    const char *md = getenv("LMSERVE_MODELS");
+    char tb[512], dir[128], p[256], err[256] = "";
+    snprintf(tb, sizeof tb, "%s/tok512.bin", md && *md ? md : "../shared/models");
+    tokenizer sp;
+    memset(&sp, 0, sizeof sp);
+    cr_assert_eq(tokenizer_load_llama2c(&sp, tb, 512, err, sizeof err), 0, "%s", err);
+    cr_assert_not_null(fx_tmpdir(dir, sizeof dir));
+    snprintf(p, sizeof p, "%s/tokenizer.json", dir);
+    write_spm_json(&sp, p);
+    tokenizer hf;
+    cr_assert_eq(tok_bpe_load_hf(&hf, p, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(hf.kind, TOK_SPM);
+    cr_assert_eq(hf.add_bos, 1);
+    cr_assert_eq(hf.bos_id, 1);
+    cr_assert_eq(hf.add_space_prefix, 1);
+    const char *texts[] = {
+        "Once upon a time, there was a little girl named Lily.",
+        "She liked to play outside in the sun.  Two  spaces,\ttabs\nand lines.",
+        "caf\xc3\xa9 \xe6\x97\xa5\xe6\x9c\xac \xf0\x9f\x98\x80 (byte fallback)", "", " ", "123 4567",
+        "The quick brown fox jumps over the lazy dog!?", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+    };
+    for (size_t i = 0; i < sizeof texts / sizeof texts[0]; i++) {
+        int32_t a[256], b[256];
+        size_t n = strlen(texts[i]);
+        int na = tokenizer_encode(&sp, texts[i], n, 1, a, 256);
+        int nb = tokenizer_encode(&hf, texts[i], n, 1, b, 256);
+        cr_assert_eq(nb, na, "'%s': %d vs llama2c %d tokens", texts[i], nb, na);
+        for (int k = 0; k < na; k++) cr_assert_eq(b[k], a[k], "'%s' token %d", texts[i], k);
+    }
+    tokenizer_free(&sp);
+    tokenizer_free(&hf);
     fx_rmtree(dir);
 }
