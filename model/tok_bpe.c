@@ -1111,16 +1111,6 @@ int tok_bpe_trim(tokenizer *t, int n)
 void tok_bpe_clear(tokenizer *t)
 {
     if (!t) return;
-    for (int i = 0; i < t->n_vocab; i++) {
-        if (t->str) free(t->str[i]);
-        if (t->bytes) free(t->bytes[i]);
-    }
-    free(t->str);
-    free(t->str_len);
-    free(t->bytes);
-    free(t->bytes_len);
-    free(t->types);
-    free(t->scores);
-    if (t->impl_free) t->impl_free(t->impl);
+    tokenizer_free(t); /* per-token strings, arrays and impl (model/tokenizer.c) */
     memset(t, 0, sizeof *t);
 }
