@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
 # bench-load.sh -- the load benchmark of issue 9: lmserve under N concurrent streams.
 #
-# For each model shape (random F32 weights; the speed of a forward pass does not
-# depend on their values), generate the model once into build/bench-models/ with
-# bench/gen_model, start `lmserve serve` on a free loopback port, warm it with one
-# short request, then run bench/loadgen at each concurrency level (each client
+# For each model shape (random F32 weights: the speed of a forward pass does not
+# depend on their values; the llama2.c-format files scripts/bench-engine.sh generates
+# into build/bench-models/ with bench/gen_model), start `lmserve serve` on a free
+# loopback port, warm it with two short requests, then run bench/loadgen at each concurrency level (each client
 # sends streaming requests of 128 tokens at temperature 0.8 back to back over a
 # kept-alive connection for LOAD_DURATION seconds) and print one table per model.
-# Not part of `make test`; `make bench` runs it after the engine benchmarks.
+# Not part of `make test`; `make bench` (scripts/bench.sh) runs it after bench-engine.sh.
 #
 # Environment (defaults in brackets):
 #   LMSERVE_BIN [build/release/lmserve]   LMSERVE_BUILD [build/release]
 #   LOAD_SHAPES ["15M 110M"]   LOAD_LEVELS ["1 4 16 64"]   LOAD_DURATION [15] seconds per level
 #   LOAD_THREADS [2] server kernel threads   LOAD_NICE [-5] niceness of server and loadgen
 #   LOAD_MAX_TOKENS [128]   LOAD_TEMPERATURE [0.8]   LOAD_JSON_DIR [none] keep loadgen's JSON here
+#   LOAD_ENGINE [1] also print bench_forward's single-stream figure for the same model
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +22,7 @@ BUILD=${LMSERVE_BUILD:-build/release}
 BIN=${LMSERVE_BIN:-$BUILD/lmserve}
 LOADGEN=$BUILD/bench/loadgen
 GEN=$BUILD/bench/gen_model
+BENCH_FWD=$BUILD/bench/bench_forward
 MODEL_DIR=build/bench-models
 SHAPES=${LOAD_SHAPES:-"15M 110M"}
 LEVELS=${LOAD_LEVELS:-"1 4 16 64"}
@@ -30,6 +32,7 @@ NICE=${LOAD_NICE:--5}
 MAX_TOKENS=${LOAD_MAX_TOKENS:-128}
 TEMPERATURE=${LOAD_TEMPERATURE:-0.8}
 JSON_DIR=${LOAD_JSON_DIR:-}
+ENGINE=${LOAD_ENGINE:-1}
 
 for f in "$BIN" "$LOADGEN" "$GEN"; do
   [ -x "$f" ] || { echo "bench-load: $f is missing (run make bench)" >&2; exit 1; }
@@ -40,7 +43,7 @@ if [ "$NICE" = 0 ] || [ -n "$(nice -n "$NICE" true 2>&1)" ]; then
   nice_cmd=()
 fi
 
-shape_args() { # name -> gen_model shape options
+shape_args() { # name -> gen_model shape options (the same as scripts/bench-engine.sh)
   case $1 in
     15M)  echo "--dim 288 --hidden 768 --layers 6 --heads 6 --kv-heads 6 --vocab 32000 --ctx 256" ;;
     110M) echo "--dim 768 --hidden 2048 --layers 12 --heads 12 --kv-heads 12 --vocab 32000 --ctx 1024" ;;
@@ -73,17 +76,27 @@ echo "   stream tok/s = median of (tokens - 1) / (last chunk - first chunk)"
 mkdir -p "$MODEL_DIR"
 for shape in $SHAPES; do
   args=$(shape_args "$shape")
-  model=$MODEL_DIR/stories$shape-f32.gguf
-  if [ ! -s "$model" ]; then
+  # The engine benchmark's files (llama2.c F32 checkpoint + tokenizer), generated
+  # the same way if that section has not run.
+  name=s$(tr M m <<<"$shape")-f32
+  model=$MODEL_DIR/$name.bin
+  if [ ! -s "$model" ] || [ ! -s "$model.tokenizer.bin" ]; then
     echo "-- generating $model"
     # shellcheck disable=SC2086
-    "$GEN" --out "$model.tmp" --format gguf --type f32 $args --seed 1 >/dev/null
-    mv "$model.tmp" "$model"
+    nice "$GEN" --out "$model" --format llama2c $args >/dev/null
   fi
   log=$tmp/server-$shape.log
-  cmd=("$BIN" serve --model "$model" --host 127.0.0.1 --port 0 --parallel 64 --queue 256 --threads "$THREADS")
+  cmd=("$BIN" serve --model "$model" --tokenizer "$model.tokenizer.bin" --host 127.0.0.1 --port 0
+       --parallel 64 --queue 256 --threads "$THREADS")
   echo
-  echo "== stories$shape shape ($args), F32, random weights"
+  echo "== stories$shape shape ($args), F32, random weights: $model"
+  if [ "$ENGINE" = 1 ] && [ -x "$BENCH_FWD" ]; then
+    # The single-stream engine figure under the same load, for the concurrency-1 row.
+    single=$("${nice_cmd[@]}" "$BENCH_FWD" --model "$model" --tokenizer "$model.tokenizer.bin" \
+             --threads "$THREADS" --gen "$MAX_TOKENS" --prompt 8 --runs 3 --batch 1 --steps 1 2>&1 |
+             sed -n 's/^single stream: //p') || true
+    echo "   engine single stream (bench_forward, greedy, no HTTP): ${single:-failed}"
+  fi
   echo "   server: ${nice_cmd[*]} ${cmd[*]}"
   "${nice_cmd[@]}" "${cmd[@]}" 2>"$log" >/dev/null &
   server_pid=$!
