@@ -4,9 +4,10 @@
 # For each model shape (random F32 weights: the speed of a forward pass does not
 # depend on their values; the llama2.c-format files scripts/bench-engine.sh generates
 # into build/bench-models/ with bench/gen_model), start `lmserve serve` on a free
-# loopback port, warm it with two short requests, then run bench/loadgen at each concurrency level (each client
-# sends streaming requests of 128 tokens at temperature 0.8 back to back over a
-# kept-alive connection for LOAD_DURATION seconds) and print one table per model.
+# loopback port, warm it with two short requests, then run bench/loadgen at each
+# concurrency level (each client sends streaming requests of 128 tokens at
+# temperature 0.8 back to back over a kept-alive connection for LOAD_DURATION
+# seconds) and print one table per model.
 # Not part of `make test`; `make bench` (scripts/bench.sh) runs it after bench-engine.sh.
 #
 # Environment (defaults in brackets):
