@@ -54,6 +54,13 @@ shape_args() { # name -> gen_model shape options (the same as scripts/bench-engi
 
 # Value of a number (or null) field in loadgen's one-line JSON report.
 jget() { sed -n "s/.*\"$2\":\([^,}]*\).*/\1/p" <<<"$1"; }
+# CPU seconds (user + system) a process has used so far, from /proc/PID/stat.
+cpu_s() {
+  local st
+  st=$(cat "/proc/$1/stat" 2>/dev/null) || { echo 0; return; }
+  st=${st##*) }
+  awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($12 + $13) / hz }' <<<"$st"
+}
 fmt() { [ "$1" = null ] || [ -z "$1" ] && printf '%s' - || printf '%.1f' "$1"; }
 
 server_pid=
@@ -73,7 +80,8 @@ trap 'exit 130' INT TERM
 echo "== load benchmark ($(date -u +%FT%TZ), $(nproc) CPUs, load average:$(uptime | sed 's/.*load average://'))"
 echo "   each level: loadgen for ${DURATION}s, streaming, max_tokens $MAX_TOKENS, temperature $TEMPERATURE,"
 echo "   seeded, keep-alive; aggregate = generated tokens / wall time; TTFT = request -> first text chunk;"
-echo "   stream tok/s = median of (tokens - 1) / (last chunk - first chunk)"
+echo "   stream tok/s = median of (tokens - 1) / (last chunk - first chunk); srv CPU = server CPU"
+echo "   seconds (user + system) during the level; tok/CPU-s = tokens per server CPU second"
 mkdir -p "$MODEL_DIR"
 for shape in $SHAPES; do
   args=$(shape_args "$shape")
@@ -114,15 +122,22 @@ for shape in $SHAPES; do
   # Warm-up: page the weights in, start the threads.
   "$LOADGEN" --url "$url" --concurrency 1 --requests-per-client 2 --max-tokens 16 --json >/dev/null || true
   echo "   loadgen: ${nice_cmd[*]} $LOADGEN --url $url --concurrency N --max-tokens $MAX_TOKENS --temperature $TEMPERATURE --duration $DURATION --seed 1 --json"
-  printf '   %11s %10s %12s %12s %12s %13s %9s %7s\n' concurrency "tok/s" "TTFT p50 ms" "TTFT p99 ms" "lat p50 ms" "stream tok/s" requests errors
+  printf '   %11s %9s %11s %11s %11s %12s %8s %6s %8s %9s\n' concurrency "tok/s" "TTFT p50 ms" \
+    "TTFT p99 ms" "lat p50 ms" "stream tok/s" requests errors "srv CPU" "tok/CPU-s"
   for c in $LEVELS; do
+    cpu0=$(cpu_s "$server_pid")
     out=$("${nice_cmd[@]}" "$LOADGEN" --url "$url" --concurrency "$c" --max-tokens "$MAX_TOKENS" \
           --temperature "$TEMPERATURE" --duration "$DURATION" --seed 1 --json) || true
     [ -n "$JSON_DIR" ] && { mkdir -p "$JSON_DIR"; echo "$out" >"$JSON_DIR/load-$shape-c$c.json"; }
-    printf '   %11s %10s %12s %12s %12s %13s %9s %7s\n' "$c" \
+    cpu1=$(cpu_s "$server_pid")
+    cpu=$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN { printf "%.1f", b - a }')
+    tokens=$(jget "$out" tokens)
+    per_cpu=$(awk -v t="${tokens:-0}" -v c="$cpu" 'BEGIN { if (c > 0) printf "%.0f", t / c; else print "-" }')
+    printf '   %11s %9s %11s %11s %11s %12s %8s %6s %7ss %9s\n' "$c" \
       "$(fmt "$(jget "$out" tokens_per_s)")" "$(fmt "$(jget "$out" ttft_ms_p50)")" \
       "$(fmt "$(jget "$out" ttft_ms_p99)")" "$(fmt "$(jget "$out" latency_ms_p50)")" \
-      "$(fmt "$(jget "$out" stream_tokens_per_s_p50)")" "$(jget "$out" requests)" "$(jget "$out" errors)"
+      "$(fmt "$(jget "$out" stream_tokens_per_s_p50)")" "$(jget "$out" requests)" "$(jget "$out" errors)" \
+      "$cpu" "$per_cpu"
     err=$(sed -n 's/.*"first_error":"\(.*\)"}$/\1/p' <<<"$out")
     if [ -n "$err" ]; then echo "      first error: $err"; fi
   done
