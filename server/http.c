@@ -265,7 +265,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
             free(r);
             return MHD_NO;
         }
-        r->next = s->reqs;
+    r->next = s->reqs;
         if (s->reqs) s->reqs->prev = r;
         s->reqs = r;
         s->n_reqs++;
@@ -383,14 +383,25 @@ static void notify(void *cls, job *j)
     uv_async_send(&s->async);
 }
 
+/* Detach the ready list.  Jobs keep in_ready set until ready_next() has read their
+ * link, so the engine cannot re-link a job while the loop thread walks the list. */
 static job *ready_take(server *s)
 {
     uv_mutex_lock(&s->ready_mu);
     job *list = s->ready_head;
     s->ready_head = NULL;
-    for (job *j = list; j; j = j->ready_next) j->in_ready = 0;
     uv_mutex_unlock(&s->ready_mu);
     return list;
+}
+
+static job *ready_next(server *s, job *j)
+{
+    uv_mutex_lock(&s->ready_mu);
+    job *next = j->ready_next;
+    j->ready_next = NULL;
+    j->in_ready = 0;
+    uv_mutex_unlock(&s->ready_mu);
+    return next;
 }
 
 static void on_async(uv_async_t *a)
@@ -399,7 +410,7 @@ static void on_async(uv_async_t *a)
     job *list = ready_take(s);
     while (list) {
         job *j = list;
-        list = j->ready_next;
+        list = ready_next(s, j);
         if (j->req && j->req->parked) unpark(s, j->req);
         job_unref(j);
     }
@@ -456,7 +467,7 @@ static void finish_shutdown(server *s)
     uv_close((uv_handle_t *)&s->async, NULL);
     for (job *l = ready_take(s); l;) {
         job *j = l;
-        l = j->ready_next;
+        l = ready_next(s, j);
         job_unref(j);
     }
     MHD_stop_daemon(s->d);
