@@ -254,3 +254,20 @@ def stream_text(events, kind="completion", index=0):
             else:
                 out.append(ch["text"])
     return "".join(out)
+
+
+def forward_is_stub():
+    """True while the forward pass is a temporary stub (model/stub_forward.c exists)."""
+    return os.path.exists(os.path.join(REPO, "model", "stub_forward.c"))
+
+
+def needs_forward(fn):
+    """Decorator: skip a test that generates tokens while the forward pass is a stub."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*a, **kw):
+        if forward_is_stub():
+            raise unittest.SkipTest("forward pass not merged yet (model/stub_forward.c)")
+        return fn(*a, **kw)
+    return wrapper
