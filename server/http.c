@@ -212,10 +212,11 @@ static enum MHD_Result first_call(server *s, http_req *r, struct MHD_Connection 
     char allow[64];
     allow_string(allowed, allow, sizeof allow);
     if (r->method == M_OPTIONS) {
-        const char *h[] = {"Allow", allow, "Access-Control-Allow-Methods", allow,
-                           "Access-Control-Allow-Headers", "Authorization, Content-Type",
-                           "Access-Control-Max-Age", "86400", NULL};
-        return http_send(s, r, 204, NULL, "", 0, s->cfg.cors_origin ? h : h + 4 + 4);
+        const char *cors[] = {"Allow", allow, "Access-Control-Allow-Methods", allow,
+                              "Access-Control-Allow-Headers", "Authorization, Content-Type",
+                              "Access-Control-Max-Age", "86400", NULL};
+        const char *plain[] = {"Allow", allow, NULL};
+        return http_send(s, r, 204, NULL, "", 0, s->cfg.cors_origin ? cors : plain);
     }
     if (!(allowed & (unsigned)r->method)) {
         api_error_set(&e, 405, "invalid_request_error", NULL, "method_not_allowed",
