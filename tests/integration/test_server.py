@@ -646,6 +646,8 @@ class TestFaults(unittest.TestCase):
             for r in resps:
                 events = list(iter_sse(r))
                 self.assertEqual(events[-1], "[DONE]")
+            for c in conns:
+                c.close()
             rc = srv.wait(30)
             self.assertEqual(rc, 0, srv.stderr)
             self.assertIn("shutting down", srv.stderr)
@@ -666,6 +668,7 @@ class TestFaults(unittest.TestCase):
             t0 = time.time()
             srv.send_signal(signal.SIGTERM)
             events = list(iter_sse(r))
+            c.close()
             self.assertEqual(events[-1], "[DONE]")
             self.assertEqual(events[-2]["error"]["code"], "shutting_down")
             self.assertEqual(srv.wait(30), 0, srv.stderr)
