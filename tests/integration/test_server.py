@@ -677,5 +677,54 @@ class TestFaults(unittest.TestCase):
             srv.stop()
 
 
+class TestCli(unittest.TestCase):
+    OPTIONS = ["--model", "--tokenizer", "--model-id", "--host", "--port", "--threads", "--parallel",
+               "--queue", "--ctx", "--api-key", "--cors-origin", "--max-tokens-limit", "--body-limit",
+               "--timeout", "--max-connections", "--max-connections-per-ip", "--shutdown-timeout"]
+
+    def run_cli(self, *args, env=None):
+        import subprocess
+        from lmserve_testlib import binary
+        e = dict(os.environ)
+        e.update(env or {})
+        return subprocess.run([binary()] + list(args), capture_output=True, text=True, timeout=30 * slow, env=e)
+
+    def test_help_lists_every_option_with_default(self):
+        for args in (["--help"], ["serve", "--help"]):
+            r = self.run_cli(*args)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            for opt in self.OPTIONS:
+                self.assertIn(opt, r.stdout, (args, opt))
+            self.assertIn("(default: 8080)", r.stdout)
+            self.assertIn("(default: 127.0.0.1)", r.stdout)
+
+    def test_bad_arguments(self):
+        r = self.run_cli("serve", "--port", "http")
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("--port", r.stderr)
+        r = self.run_cli("serve", "--frobnicate", "1")
+        self.assertEqual(r.returncode, 2)
+        r = self.run_cli("serve", "--model", "/nonexistent/model.gguf")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("/nonexistent/model.gguf", r.stderr)
+        r = self.run_cli("serve", env={"LMSERVE_DEFAULT_MODEL": "/nonexistent/default.gguf"})
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("/nonexistent/default.gguf", r.stderr)
+
+    def test_model_id_and_request_log(self):
+        require_model()
+        with Server(["--model-id", "tiny-stories"]) as srv:
+            status, _, data = srv.get("/v1/models")
+            self.assertEqual(json.loads(data)["data"][0]["id"], "tiny-stories")
+            status, r = srv.post_json("/v1/completions", {"prompt": "x", "model": "stories260K"})
+            self.assertEqual(status, 404)
+            status, r = srv.post_json("/v1/completions", {"prompt": "x", "top_k": -3, "model": "tiny-stories"})
+            self.assertEqual(status, 400)
+            srv.post_json("/tokenize", {"content": "hello"})
+            self.assertIsNotNone(srv.wait_for_log(
+                r"lmserve: POST /v1/completions 400 prompt=0 completion=0 ttft=- total=[\d.]+ms$"), srv.stderr)
+            self.assertIsNotNone(srv.wait_for_log(r"lmserve: POST /tokenize 200 "), srv.stderr)
+
+
 if __name__ == "__main__":
     unittest.main()
