@@ -39,6 +39,7 @@ typedef struct {
     int n_prompt;
     int n_gen;
     int prompt_done;
+    int in_batch;            /* already fed in the step being built */
     int scoring;             /* echo + logprobs: logits of every prompt position */
     sampler *smp;
     model_detok dt;
@@ -456,6 +457,7 @@ static void step(engine *e)
     }
     /* decoding sequences: one token each */
     int starts[1024];
+    for (int i = 0; i < P; i++) e->slots[i].in_batch = 0;
     for (int i = 0; i < P; i++) {
         slot *s = &e->slots[i];
         if (!s->used || !s->prompt_done) continue;
@@ -470,21 +472,24 @@ static void step(engine *e)
             continue; /* prefilled below like a prompt */
         }
         int a = s->n_hist - 1;
+        s->in_batch = 1;
         starts[n_items] = a;
         e->items[n_items] = (model_batch_item){
             .seq = s->kv, .tokens = s->hist + a, .n_tokens = 1,
             .logits = e->logits + (size_t)n_items * (size_t)e->vocab, .all_logits = 0};
         e->item_slot[n_items++] = i;
     }
-    /* prefilling sequences: chunks, oldest first, within the budget */
+    /* prefilling sequences: chunks, oldest first, within the budget.  A sequence's
+     * chunks are always min(pending, prefill_chunk) long -- the budget decides only
+     * whether a chunk runs in this step, never its size -- so how a prompt is cut
+     * does not depend on what else is running. */
     int budget = e->c.step_budget;
     unsigned long after = 0;
     while (budget > 0) {
         int best = -1;
         for (int i = 0; i < P; i++) {
             slot *s = &e->slots[i];
-            if (!s->used || s->admitted <= after) continue;
-            if (s->prompt_done && slot_pending(s) <= 1 && model_seq_len(s->kv) > 0) continue;
+            if (!s->used || s->in_batch || s->admitted <= after) continue;
             if (!s->prompt_done && !wants_model(s)) continue;
             if (slot_pending(s) <= 0) continue;
             if (best < 0 || s->admitted < e->slots[best].admitted) best = i;
@@ -494,7 +499,8 @@ static void step(engine *e)
         after = s->admitted;
         int pending = slot_pending(s);
         int k = pending < e->c.prefill_chunk ? pending : e->c.prefill_chunk;
-        if (k > budget) k = budget;
+        if (k > budget) continue; /* waits for a step with room */
+        s->in_batch = 1;
         int a = s->win_start + model_seq_len(s->kv);
         int scoring = s->scoring && !s->prompt_done;
         starts[n_items] = a;
@@ -626,7 +632,7 @@ int engine_start(engine **out, const engine_config *c)
     e->vocab = mi->vocab_size;
     e->eos = mi->eos_id;
     if (e->c.prefill_chunk < 1) e->c.prefill_chunk = 64;
-    if (e->c.step_budget < 1) e->c.step_budget = 256;
+    if (e->c.step_budget < e->c.prefill_chunk) e->c.step_budget = e->c.prefill_chunk;
     if (e->c.parallel > 1024) e->c.parallel = 1024;
     int P = e->c.parallel;
     e->slots = calloc((size_t)P, sizeof *e->slots);

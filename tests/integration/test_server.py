@@ -167,6 +167,21 @@ class TestCompletions(SharedServer):
 
     @needs_forward
 
+    @needs_forward
+    def test_multibyte_characters_never_split(self):
+        # byte-fallback tokens: the echo must come out as whole characters, streamed or not
+        text = "Le caf\u00e9 \u2615 est chaud \U0001F600!"
+        status, r = completion(self.srv, prompt=text, max_tokens=0, echo=True, logprobs=0)
+        self.assertEqual(status, 200, r)
+        self.assertEqual(r["choices"][0]["text"], text)
+        status, _, events = self.srv.stream("/v1/completions", {
+            "prompt": text, "max_tokens": 8, "temperature": 0, "echo": True, "stream": True})
+        streamed = stream_text(events)
+        self.assertTrue(streamed.startswith(text), streamed)
+        self.assertNotIn("\ufffd", streamed)
+        _, r2 = completion(self.srv, prompt=text, max_tokens=8, echo=True)
+        self.assertEqual(streamed, r2["choices"][0]["text"])
+
     def test_seed_reproducible_and_n(self):
         body = {"temperature": 0.9, "seed": 1234, "max_tokens": 20}
         _, a = completion(self.srv, **body)
@@ -472,7 +487,9 @@ def run_threads(fns):
 
 class TestConcurrency(SharedServer):
     def seeded(self, stream=False):
-        body = {"prompt": "The little dog", "max_tokens": 48, "temperature": 0.8, "top_k": 40,
+        # a prompt longer than one prefill chunk (64 tokens): chunked the same way alone or not
+        body = {"prompt": "The little dog ran to the big park and played. " * 8, "max_tokens": 48,
+                "temperature": 0.8, "top_k": 40,
                 "seed": 424242, "logprobs": 2}
         if stream:
             _, _, ev = self.srv.stream("/v1/completions", dict(body, stream=True))
