@@ -182,6 +182,7 @@ class TestCompletions(SharedServer):
         _, r2 = completion(self.srv, prompt=text, max_tokens=8, echo=True)
         self.assertEqual(streamed, r2["choices"][0]["text"])
 
+    @needs_forward
     def test_seed_reproducible_and_n(self):
         body = {"temperature": 0.9, "seed": 1234, "max_tokens": 20}
         _, a = completion(self.srv, **body)
