@@ -695,6 +695,32 @@ class TestFaults(unittest.TestCase):
             srv.stop()
 
 
+class TestLimits(unittest.TestCase):
+    def test_per_ip_connection_limit_and_idle_timeout(self):
+        require_model()
+        with Server(["--timeout", "1", "--max-connections-per-ip", "2"]) as srv:
+            idle = []
+            for _ in range(2):
+                c = socket.create_connection((srv.host, srv.port), timeout=10 * slow)
+                c.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # headers never finished
+                idle.append(c)
+            time.sleep(0.2)
+            third = socket.create_connection((srv.host, srv.port), timeout=10 * slow)
+            try:
+                third.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+                self.assertEqual(third.recv(100), b"")  # closed: over the per-IP limit
+            except ConnectionResetError:
+                pass
+            third.close()
+            t0 = time.time()
+            self.assertEqual(idle[0].recv(100), b"")  # the slow client is timed out
+            self.assertLess(time.time() - t0, 5 * slow)
+            for c in idle:
+                c.close()
+            status, _, _ = srv.get("/health")
+            self.assertEqual(status, 200)
+
+
 class TestCli(unittest.TestCase):
     OPTIONS = ["--model", "--tokenizer", "--model-id", "--host", "--port", "--threads", "--parallel",
                "--queue", "--ctx", "--api-key", "--cors-origin", "--max-tokens-limit", "--body-limit",
