@@ -30,7 +30,7 @@ static void usage(FILE *f, const server_config *d)
         "  --queue N                requests that may wait for a slot before 503 (default: %d)\n"
         "  --ctx N                  context window per sequence; 0 = the model's (default: %d)\n"
         "  --api-key KEY            require 'Authorization: Bearer KEY' on every route but /health\n"
-        "                           (default: $LMSERVE_API_KEY, else none)\n"
+        "                           and the playground's files (default: $LMSERVE_API_KEY, else none)\n"
         "  --cors-origin ORIGIN     send CORS headers for this origin ('*' for any) (default: none)\n"
         "  --max-tokens-limit N     largest max_tokens accepted (default: %d)\n"
         "  --max-choices N          largest n x number of prompts per request (default: %d)\n"

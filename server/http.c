@@ -227,7 +227,8 @@ static enum MHD_Result first_call(server *s, http_req *r, struct MHD_Connection 
         free(body);
         return ret;
     }
-    if (s->cfg.api_key && r->route != ROUTE_HEALTH && !auth_ok(s, c)) {
+    /* /health and the playground's own files (GET /, its assets: no model access) need no key */
+    if (s->cfg.api_key && r->route != ROUTE_HEALTH && r->route != ROUTE_STATIC && !auth_ok(s, c)) {
         api_error_set(&e, 401, "invalid_request_error", NULL, "invalid_api_key",
                       "Missing or incorrect API key: send 'Authorization: Bearer KEY'");
         return http_send_error(s, r, &e);

@@ -443,8 +443,10 @@ class TestAuthCors(unittest.TestCase):
                 self.assertEqual(status, 401, (hdrs, path))
                 self.assertEqual(json.loads(data)["error"]["code"], "invalid_api_key")
 
-    def test_health_needs_no_key(self):
+    def test_health_and_playground_need_no_key(self):
         status, _, _ = self.srv.get("/health")
+        self.assertEqual(status, 200)
+        status, _, _ = self.srv.get("/")
         self.assertEqual(status, 200)
 
     @needs_forward
