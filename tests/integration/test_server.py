@@ -715,7 +715,10 @@ class TestLimits(unittest.TestCase):
                 pass
             third.close()
             t0 = time.time()
-            self.assertEqual(idle[0].recv(100), b"")  # the slow client is timed out
+            try:
+                self.assertEqual(idle[0].recv(100), b"")  # the slow client is timed out
+            except ConnectionResetError:
+                pass
             self.assertLess(time.time() - t0, 5 * slow)
             for c in idle:
                 c.close()
