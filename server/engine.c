@@ -512,7 +512,11 @@ static void step(engine *e)
         budget -= k;
     }
     if (n_items == 0) return;
+    int rows = 0;
+    for (int i = 0; i < n_items; i++) rows += e->items[i].n_tokens;
+    double t0 = srv_now();
     int rc = model_forward(e->m, e->items, n_items);
+    metrics_step(e->c.metrics, rows, srv_now() - t0);
     if (rc < 0) {
         fprintf(stderr, "lmserve: model_forward failed: %s\n", model_strerror(rc));
         for (int i = 0; i < n_items; i++) {

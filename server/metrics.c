@@ -52,6 +52,15 @@ void metrics_token_latency(metrics *m, double seconds)
     uv_mutex_unlock(&m->mu);
 }
 
+void metrics_step(metrics *m, int rows, double seconds)
+{
+    uv_mutex_lock(&m->mu);
+    m->steps++;
+    m->rows += (uint64_t)rows;
+    m->forward_seconds += seconds;
+    uv_mutex_unlock(&m->mu);
+}
+
 static void histogram(sbuf *b, const char *name, const char *help, const uint64_t *bk,
                       uint64_t count, double sum)
 {
@@ -89,6 +98,15 @@ int metrics_render(metrics *m, sbuf *b, int queued, int running_requests, int ru
                    "# TYPE lmserve_sequences_running gauge\nlmserve_sequences_running %d\n", running_seqs);
     sbuf_printf(b, "# HELP lmserve_slots Sequences the engine decodes together (--parallel).\n"
                    "# TYPE lmserve_slots gauge\nlmserve_slots %d\n", slots);
+    sbuf_printf(b, "# HELP lmserve_engine_steps_total Batched forward calls.\n"
+                   "# TYPE lmserve_engine_steps_total counter\nlmserve_engine_steps_total %llu\n",
+                (unsigned long long)m->steps);
+    sbuf_printf(b, "# HELP lmserve_engine_rows_total Token rows fed to the model (prompt and generated).\n"
+                   "# TYPE lmserve_engine_rows_total counter\nlmserve_engine_rows_total %llu\n",
+                (unsigned long long)m->rows);
+    sbuf_printf(b, "# HELP lmserve_engine_forward_seconds_total Time spent in model_forward.\n"
+                   "# TYPE lmserve_engine_forward_seconds_total counter\nlmserve_engine_forward_seconds_total %.6f\n",
+                m->forward_seconds);
     histogram(b, "lmserve_time_to_first_token_seconds", "Time from request to first generated token.",
               m->ttft_buckets, m->ttft_count, m->ttft_sum);
     histogram(b, "lmserve_time_per_output_token_seconds", "Time between consecutive generated tokens of a sequence.",

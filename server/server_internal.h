@@ -192,7 +192,8 @@ typedef struct {
     double ttft_sum;
     uint64_t tok_buckets[METRICS_NBUCKETS + 1], tok_count;
     double tok_sum;
-    uint64_t cancelled;
+    uint64_t steps, rows;      /* engine: batched forward calls, token rows fed */
+    double forward_seconds;
 } metrics;
 
 int metrics_init(metrics *m);
@@ -200,6 +201,7 @@ void metrics_destroy(metrics *m);
 void metrics_request(metrics *m, int status, int prompt_tokens, int completion_tokens);
 void metrics_ttft(metrics *m, double seconds);
 void metrics_token_latency(metrics *m, double seconds);
+void metrics_step(metrics *m, int rows, double seconds);
 /* Prometheus text exposition into b. */
 int metrics_render(metrics *m, sbuf *b, int queued, int running_requests, int running_seqs,
                    int slots);

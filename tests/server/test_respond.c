@@ -192,6 +192,8 @@ Test(metrics, prometheus_text)
     metrics_ttft(&m, 0.003);
     metrics_ttft(&m, 0.2);
     metrics_token_latency(&m, 0.0005);
+    metrics_step(&m, 17, 0.25);
+    metrics_step(&m, 3, 0.5);
     sbuf b = {0};
     metrics_render(&m, &b, 2, 3, 4, 16);
     cr_expect(strstr(b.data, "lmserve_requests_total{status=\"200\"} 2\n"));
@@ -204,6 +206,9 @@ Test(metrics, prometheus_text)
     cr_expect(strstr(b.data, "lmserve_time_to_first_token_seconds_bucket{le=\"0.25\"} 2\n"));
     cr_expect(strstr(b.data, "lmserve_time_to_first_token_seconds_count 2\n"));
     cr_expect(strstr(b.data, "lmserve_time_per_output_token_seconds_bucket{le=\"0.001\"} 1\n"));
+    cr_expect(strstr(b.data, "lmserve_engine_steps_total 2\n"));
+    cr_expect(strstr(b.data, "lmserve_engine_rows_total 20\n"));
+    cr_expect(strstr(b.data, "lmserve_engine_forward_seconds_total 0.750000\n"));
     sbuf_free(&b);
     metrics_destroy(&m);
 }
