@@ -381,6 +381,7 @@ static void slot_sample(engine *e, slot *s, const float *logits)
     if (s->n_gen == 0) {
         if (j->t_first == 0) {
             j->t_first = now;
+            atomic_store(&j->stat_ttft, now - j->t_submit);
             metrics_ttft(e->c.metrics, now - j->t_submit);
         }
     } else {
@@ -390,6 +391,7 @@ static void slot_sample(engine *e, slot *s, const float *logits)
     s->hist[s->n_hist++] = c.token;
     s->n_gen++;
     j->completion_tokens++;
+    atomic_store(&j->stat_completion, j->completion_tokens);
     if (c.token == e->eos) {
         choice_finish(e, s, "stop", 0);
         return;
@@ -666,12 +668,26 @@ fail:
     return -1;
 }
 
+/* Queued jobs that cannot start at the next step (the first ones fit in the free
+ * slots and are not really waiting).  Under qmu. */
+static int queue_waiting_locked(const engine *e)
+{
+    int free_slots = e->c.parallel - e->n_running_seqs, acc = 0, fit = 0;
+    for (const job *q = e->q_head; q; q = q->q_next) {
+        acc += q->n_choices - q->n_admitted;
+        if (acc > free_slots) break;
+        fit++;
+    }
+    return e->q_len - fit;
+}
+
 int engine_submit(engine *e, job *j)
 {
     int rc = -1;
     uv_mutex_lock(&e->qmu);
     int free_slots = e->c.parallel - e->n_running_seqs;
-    if (!e->stop && (e->q_waiting_choices + j->n_choices <= free_slots || e->q_len < e->c.queue)) {
+    if (!e->stop && (e->q_waiting_choices + j->n_choices <= free_slots ||
+                     queue_waiting_locked(e) < e->c.queue)) {
         job_ref(j);
         j->in_queue = 1;
         j->q_next = NULL;
@@ -707,7 +723,7 @@ void engine_cancel_all(engine *e, int reason)
 void engine_stats(engine *e, int *queued, int *running_requests, int *running_seqs)
 {
     uv_mutex_lock(&e->qmu);
-    *queued = e->q_len;
+    *queued = queue_waiting_locked(e);
     *running_requests = e->n_running_jobs;
     *running_seqs = e->n_running_seqs;
     uv_mutex_unlock(&e->qmu);

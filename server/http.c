@@ -313,11 +313,10 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
         int done = j->done;
         uv_mutex_unlock(&j->mu);
         if (!done || toe != MHD_REQUEST_TERMINATED_COMPLETED_OK) engine_cancel(s->eng, j, CANCEL_CLIENT);
-        if (done) {
-            prompt = atomic_load(&j->stat_prompt);
-            completion = atomic_load(&j->stat_completion);
-            ttft = atomic_load(&j->stat_ttft);
-        }
+        /* counts so far (a cancelled request reports what it got) */
+        prompt = atomic_load(&j->stat_prompt);
+        completion = atomic_load(&j->stat_completion);
+        ttft = atomic_load(&j->stat_ttft);
         j->req = NULL;
     }
     r->conn = NULL;

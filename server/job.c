@@ -28,6 +28,7 @@ job *job_new(server *srv, job_params *p, const char *model_id)
     j->p = *p;
     memset(p, 0, sizeof *p);
     for (int i = 0; i < j->p.n_prompts; i++) j->prompt_tokens += j->p.prompt_lens[i];
+    atomic_store(&j->stat_prompt, j->prompt_tokens);
     j->srv = srv;
     j->model_id = model_id;
     j->created = (long)time(NULL);

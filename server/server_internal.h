@@ -163,7 +163,7 @@ typedef struct job {
     int status;                /* HTTP status of a non-streamed answer */
     /* any thread */
     atomic_int cancel;         /* CANCEL_* */
-    atomic_int stat_prompt, stat_completion;
+    atomic_int stat_prompt, stat_completion; /* live counts for the log line and metrics */
     _Atomic double stat_ttft;  /* seconds, < 0 if none */
     /* [loop] */
     http_req *req;
