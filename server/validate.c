@@ -336,6 +336,20 @@ static int parse_logit_bias(const validate_ctx *vc, job_params *p, json_t *x, ap
         k++;
     }
     p->sp.n_bias = k;
+    /* banning every token leaves nothing to sample: a client error, not a 500 */
+    unsigned char *banned = calloc((size_t)vc->vocab, 1);
+    int n_banned = 0;
+    for (int i = 0; banned && i < k; i++)
+        if (isinf(vals[i]) && !banned[ids[i]]) {
+            banned[ids[i]] = 1;
+            n_banned++;
+        }
+    free(banned);
+    if (n_banned >= vc->vocab) {
+        api_error_set(err, 400, "invalid_request_error", "logit_bias", "invalid_value",
+                      "'logit_bias' bans every token of the vocabulary");
+        return -1;
+    }
     return 0;
 }
 

@@ -5,6 +5,7 @@
 
 #include <criterion/criterion.h>
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 
 static int byte_tok(void *cls, const char *text, size_t len, int add_bos, int32_t *out, int cap)
@@ -156,6 +157,13 @@ Test(validate, errors_name_the_parameter)
     expect_400(JOB_COMPLETION, "{\"prompt\": \"x\", \"logit_bias\": {\"1x\": 1}}", "logit_bias");
     expect_400(JOB_COMPLETION, "{\"prompt\": \"x\", \"logit_bias\": {\"\": 1}}", "logit_bias");
     expect_400(JOB_COMPLETION, "{\"prompt\": \"x\", \"logit_bias\": {\"5\": 101}}", "logit_bias");
+    {
+        char all[300 * 16 + 64] = "{\"prompt\": \"x\", \"logit_bias\": {";
+        for (int i = 0; i < 300; i++)
+            snprintf(all + strlen(all), sizeof all - strlen(all), "%s\"%d\": -100", i ? ", " : "", i);
+        strcat(all, "}}");
+        expect_400(JOB_COMPLETION, all, "logit_bias");
+    }
     expect_400(JOB_COMPLETION, "{\"prompt\": \"x\", \"stop\": \"\"}", "stop");
     expect_400(JOB_COMPLETION, "{\"prompt\": \"x\", \"stop\": [\"a\",\"b\",\"c\",\"d\",\"e\"]}", "stop");
     expect_400(JOB_COMPLETION, "{\"prompt\": \"x\", \"stop\": [1]}", "stop");
