@@ -68,6 +68,7 @@ typedef struct {
     double duration;        /* seconds; no new request starts after this */
     int requests_per_client; /* 0 = unbounded (duration only) */
     double timeout;         /* per socket read, seconds */
+    double max_time;        /* > 0: requests still in flight then are abandoned */
     int include_usage;
     int keep_alive;
     int json;
@@ -84,16 +85,38 @@ typedef struct {
     int tokens;      /* usage.completion_tokens, else content chunks */
     int chunks;      /* content chunks */
     int from_usage;  /* tokens came from a usage chunk */
+    int complete;    /* 0: abandoned at --max-time (tokens = chunks so far) */
 } lg_sample;
+
+/* What the clients share with the main thread: how many still run, and the stop
+ * flag raised at --max-time (after which every socket is shut down). */
+typedef struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int running;
+    int stop;       /* under mu; read by clients through lg_stopped() */
+    double t_stop;  /* seconds since t0 */
+} lg_shared;
+
+/* A blocking connection with a read buffer.  fd is written under mu by its client
+ * thread and read under mu by the main thread (to shut it down at --max-time). */
+typedef struct {
+    pthread_mutex_t mu;
+    int fd;
+    size_t pos, len;
+    char buf[LG_BUF];
+} lg_conn;
 
 typedef struct {
     const lg_config *cfg;
+    lg_shared *sh;
     int index;
     double t0;          /* run start, CLOCK_MONOTONIC seconds */
-    lg_sample *samples; /* successful requests */
+    lg_sample *samples; /* successful requests, then abandoned ones (complete = 0) */
     int n_samples, cap_samples;
     int errors, http_503, timeouts, reconnects;
     char first_error[LG_ERRLEN];
+    lg_conn conn;
 } lg_client;
 
 static double lg_now(void)
@@ -116,19 +139,25 @@ static void lg_client_error(lg_client *cl, const char *fmt, ...)
 
 /* ---- Buffered blocking connection --------------------------------------------------- */
 
-typedef struct {
-    int fd;
-    size_t pos, len;
-    char buf[LG_BUF];
-} lg_conn;
+static void lg_conn_close(lg_conn *c);
+static int lg_stopped(lg_shared *sh);
 
-/* Returns 0, or -1 with errno set. */
-static int lg_conn_open(lg_conn *c, const lg_config *cfg)
+/* Returns 0, or -1 with errno set.  The fd is published before the stop flag is
+ * checked, so the main thread either shuts it down or this sees the flag. */
+static int lg_conn_open(lg_conn *c, const lg_config *cfg, lg_shared *sh)
 {
     c->pos = c->len = 0;
-    c->fd = socket(cfg->addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (c->fd < 0)
+    int fd = socket(cfg->addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
         return -1;
+    pthread_mutex_lock(&c->mu);
+    c->fd = fd;
+    pthread_mutex_unlock(&c->mu);
+    if (lg_stopped(sh)) {
+        lg_conn_close(c);
+        errno = ECANCELED;
+        return -1;
+    }
     int one = 1;
     setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     struct timeval tv = { .tv_sec = (time_t)cfg->timeout,
@@ -137,8 +166,7 @@ static int lg_conn_open(lg_conn *c, const lg_config *cfg)
     setsockopt(c->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
     if (connect(c->fd, (const struct sockaddr *)&cfg->addr, cfg->addrlen) != 0) {
         int e = errno;
-        close(c->fd);
-        c->fd = -1;
+        lg_conn_close(c);
         errno = e;
         return -1;
     }
@@ -147,10 +175,29 @@ static int lg_conn_open(lg_conn *c, const lg_config *cfg)
 
 static void lg_conn_close(lg_conn *c)
 {
+    pthread_mutex_lock(&c->mu);
     if (c->fd >= 0)
         close(c->fd);
     c->fd = -1;
+    pthread_mutex_unlock(&c->mu);
     c->pos = c->len = 0;
+}
+
+/* From the main thread: make the client's blocking read return at once. */
+static void lg_conn_interrupt(lg_conn *c)
+{
+    pthread_mutex_lock(&c->mu);
+    if (c->fd >= 0)
+        shutdown(c->fd, SHUT_RDWR);
+    pthread_mutex_unlock(&c->mu);
+}
+
+static int lg_stopped(lg_shared *sh)
+{
+    pthread_mutex_lock(&sh->mu);
+    int st = sh->stop;
+    pthread_mutex_unlock(&sh->mu);
+    return st;
 }
 
 /* Read more bytes into the buffer (compacting it first).  1 = got bytes, 0 = EOF,
@@ -597,20 +644,19 @@ static void *lg_client_run(void *arg)
     const lg_config *cfg = cl->cfg;
     size_t pcap = strlen(cfg->prompt) * 6 + 1;
     char *prompt_esc = malloc(pcap);
-    lg_conn *c = malloc(sizeof *c);
+    lg_conn *c = &cl->conn;
     lg_sse sse = { 0 };
     char *req = NULL;
     size_t req_cap = 0;
-    if (!prompt_esc || !c) {
+    if (!prompt_esc) {
         lg_client_error(cl, "out of memory");
         goto out;
     }
     lg_json_escape(prompt_esc, pcap, cfg->prompt);
-    c->fd = -1;
     const double deadline = cl->t0 + cfg->duration;
 
     for (int r = 0; cfg->requests_per_client == 0 || r < cfg->requests_per_client; r++) {
-        if (lg_now() >= deadline)
+        if (lg_now() >= deadline || lg_stopped(cl->sh))
             break;
         long long seed = cfg->seed + cl->index + (long long)r * cfg->concurrency;
         long rl = lg_build_request(cfg, prompt_esc, seed, &req, &req_cap);
@@ -620,14 +666,16 @@ static void *lg_client_run(void *arg)
         }
         lg_sample s = { .t_first = -1.0, .t_last = -1.0 };
         lg_resp resp;
-        int attempt_ok = 0;
+        int attempt_ok = 0, sent = 0;
         for (int attempt = 0; attempt < 2 && !attempt_ok; attempt++) {
             int reused = c->fd >= 0;
-            if (c->fd < 0 && lg_conn_open(c, cfg) != 0) {
-                lg_client_error(cl, "connect: %s", strerror(errno));
+            if (c->fd < 0 && lg_conn_open(c, cfg, cl->sh) != 0) {
+                if (!lg_stopped(cl->sh))
+                    lg_client_error(cl, "connect: %s", strerror(errno));
                 break;
             }
             s.t_start = lg_now() - cl->t0;
+            sent = 1;
             lg_sse_reset(&sse, cl->t0, &s);
             if (lg_send_all(c->fd, req, (size_t)rl) == 0 && lg_read_headers(c, &resp) == 0) {
                 attempt_ok = 1;
@@ -635,6 +683,8 @@ static void *lg_client_run(void *arg)
             }
             int e = errno;
             lg_conn_close(c);
+            if (lg_stopped(cl->sh))
+                break;
             /* A kept-alive connection the server closed meanwhile: retry once, fresh. */
             if (reused && !resp.got_any) {
                 cl->reconnects++;
@@ -643,6 +693,11 @@ static void *lg_client_run(void *arg)
             if (e == EAGAIN || e == EWOULDBLOCK)
                 cl->timeouts++;
             lg_client_error(cl, "no response: %s", e ? strerror(e) : "bad status line");
+            break;
+        }
+        if (!attempt_ok && lg_stopped(cl->sh)) {
+            if (sent)
+                lg_add_sample(cl, &s); /* abandoned before its response began */
             break;
         }
         if (!attempt_ok) {
@@ -666,6 +721,11 @@ static void *lg_client_run(void *arg)
         int e = errno;
         if (rc != 0 || resp.close || !cfg->keep_alive)
             lg_conn_close(c);
+        if (rc != 0 && lg_stopped(cl->sh)) {
+            s.tokens = s.chunks; /* abandoned mid-stream: what arrived counts */
+            lg_add_sample(cl, &s);
+            break;
+        }
         if (rc != 0) {
             if (e == EAGAIN || e == EWOULDBLOCK)
                 cl->timeouts++;
@@ -681,6 +741,7 @@ static void *lg_client_run(void *arg)
             continue;
         }
         s.from_usage = sse.usage_seen;
+        s.complete = 1;
         if (!sse.usage_seen)
             s.tokens = s.chunks;
         if (lg_add_sample(cl, &s) != 0) {
@@ -689,13 +750,15 @@ static void *lg_client_run(void *arg)
         }
     }
 out:
-    if (c)
-        lg_conn_close(c);
-    free(c);
+    lg_conn_close(c);
     free(prompt_esc);
     free(req);
     free(sse.line);
     free(sse.data);
+    pthread_mutex_lock(&cl->sh->mu);
+    cl->sh->running--;
+    pthread_cond_signal(&cl->sh->cv);
+    pthread_mutex_unlock(&cl->sh->mu);
     return NULL;
 }
 
@@ -745,6 +808,8 @@ static void lg_usage(FILE *f)
         "                          (default 1; --no-seed sends none)\n"
         "  --duration S            no new request after S seconds (default 20)\n"
         "  --requests-per-client K stop each client after K requests (default 0 = no limit)\n"
+        "  --max-time S            hard stop: at S seconds abandon the requests in flight and\n"
+        "                          count the tokens they had streamed (default: none)\n"
         "  --timeout S             per-read socket timeout (default 60)\n"
         "  --model ID              send \"model\": ID\n"
         "  --api-key KEY           send Authorization: Bearer KEY\n"
@@ -902,6 +967,8 @@ int main(int argc, char **argv)
             bad = lg_arg_double(v, 0.001, 86400.0, &cfg.duration);
         } else if (strcmp(a, "--requests-per-client") == 0) {
             bad = lg_arg_int(v, 0, 1 << 30, &cfg.requests_per_client);
+        } else if (strcmp(a, "--max-time") == 0) {
+            bad = lg_arg_double(v, 0.001, 86400.0, &cfg.max_time);
         } else if (strcmp(a, "--timeout") == 0) {
             bad = lg_arg_double(v, 0.01, 3600.0, &cfg.timeout);
         } else if (strcmp(a, "--model") == 0) {
@@ -933,6 +1000,13 @@ int main(int argc, char **argv)
         fprintf(stderr, "loadgen: out of memory\n");
         return 1;
     }
+    lg_shared sh = { .running = 0 };
+    pthread_mutex_init(&sh.mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&sh.cv, &ca);
+    pthread_condattr_destroy(&ca);
     pthread_attr_t attr;
     pthread_attr_init(&attr);
     pthread_attr_setstacksize(&attr, 256 * 1024);
@@ -940,17 +1014,53 @@ int main(int argc, char **argv)
     int started = 0;
     for (int i = 0; i < cfg.concurrency; i++) {
         cl[i].cfg = &cfg;
+        cl[i].sh = &sh;
         cl[i].index = i;
         cl[i].t0 = t0;
+        cl[i].conn.fd = -1;
+        pthread_mutex_init(&cl[i].conn.mu, NULL);
+        pthread_mutex_lock(&sh.mu);
+        sh.running++;
+        pthread_mutex_unlock(&sh.mu);
         if (pthread_create(&th[i], &attr, lg_client_run, &cl[i]) != 0) {
+            pthread_mutex_lock(&sh.mu);
+            sh.running--;
+            pthread_mutex_unlock(&sh.mu);
+            pthread_mutex_destroy(&cl[i].conn.mu);
             fprintf(stderr, "loadgen: could not start client thread %d\n", i);
             break;
         }
         started++;
     }
     pthread_attr_destroy(&attr);
-    for (int i = 0; i < started; i++)
+    /* Wait for the clients; at --max-time abandon whatever is still in flight. */
+    pthread_mutex_lock(&sh.mu);
+    while (sh.running > 0) {
+        if (cfg.max_time <= 0) {
+            pthread_cond_wait(&sh.cv, &sh.mu);
+            continue;
+        }
+        double until = t0 + cfg.max_time;
+        if (lg_now() >= until) {
+            sh.stop = 1;
+            sh.t_stop = lg_now() - t0;
+            break;
+        }
+        struct timespec ts = { .tv_sec = (time_t)until,
+                               .tv_nsec = (long)((until - floor(until)) * 1e9) };
+        pthread_cond_timedwait(&sh.cv, &sh.mu, &ts);
+    }
+    int stopped = sh.stop;
+    pthread_mutex_unlock(&sh.mu);
+    if (stopped)
+        for (int i = 0; i < started; i++)
+            lg_conn_interrupt(&cl[i].conn);
+    for (int i = 0; i < started; i++) {
         pthread_join(th[i], NULL);
+        pthread_mutex_destroy(&cl[i].conn.mu);
+    }
+    pthread_cond_destroy(&sh.cv);
+    pthread_mutex_destroy(&sh.mu);
     const double wall_end = lg_now() - t0;
     struct rusage ru;
     double cpu = 0.0;
@@ -958,11 +1068,14 @@ int main(int argc, char **argv)
         cpu = (double)ru.ru_utime.tv_sec + 1e-6 * (double)ru.ru_utime.tv_usec +
               (double)ru.ru_stime.tv_sec + 1e-6 * (double)ru.ru_stime.tv_usec;
 
-    /* Gather. */
-    int n = 0, errors = 0, e503 = 0, timeouts = 0, reconnects = 0, all_usage = 1;
+    /* Gather.  Completed requests give latency and decode rate; abandoned ones (in
+     * flight at --max-time) add the tokens that had arrived, and their time to first
+     * token -- or, when none had arrived, the time they had waited, a lower bound
+     * ("censored"), so that a stop never hides slow first tokens. */
+    int n_all = 0, errors = 0, e503 = 0, timeouts = 0, reconnects = 0, all_usage = 1;
     const char *first_error = NULL;
     for (int i = 0; i < started; i++) {
-        n += cl[i].n_samples;
+        n_all += cl[i].n_samples;
         errors += cl[i].errors;
         e503 += cl[i].http_503;
         timeouts += cl[i].timeouts;
@@ -971,28 +1084,35 @@ int main(int argc, char **argv)
             first_error = cl[i].first_error;
     }
     errors += cfg.concurrency - started;
-    double *ttft = malloc(((size_t)n + 1) * sizeof *ttft);
-    double *lat = malloc(((size_t)n + 1) * sizeof *lat);
-    double *rate = malloc(((size_t)n + 1) * sizeof *rate);
+    double *ttft = malloc(((size_t)n_all + 1) * sizeof *ttft);
+    double *lat = malloc(((size_t)n_all + 1) * sizeof *lat);
+    double *rate = malloc(((size_t)n_all + 1) * sizeof *rate);
     if (!ttft || !lat || !rate) {
         fprintf(stderr, "loadgen: out of memory\n");
         return 1;
     }
-    int nt = 0, nr = 0;
+    int n = 0, nt = 0, nr = 0, abandoned = 0, censored = 0;
     long long tokens = 0, chunks = 0;
     double last_end = 0.0;
-    int m = 0;
     for (int i = 0; i < started; i++) {
         for (int k = 0; k < cl[i].n_samples; k++) {
             const lg_sample *s = &cl[i].samples[k];
             tokens += s->tokens;
             chunks += s->chunks;
+            if (s->t_first >= 0) {
+                ttft[nt++] = s->t_first - s->t_start;
+            } else if (!s->complete) {
+                ttft[nt++] = sh.t_stop - s->t_start;
+                censored++;
+            }
+            if (!s->complete) {
+                abandoned++;
+                continue;
+            }
             all_usage &= s->from_usage;
-            lat[m++] = s->t_end - s->t_start;
+            lat[n++] = s->t_end - s->t_start;
             if (s->t_end > last_end)
                 last_end = s->t_end;
-            if (s->t_first >= 0)
-                ttft[nt++] = s->t_first - s->t_start;
             if (s->tokens >= 2 && s->t_last > s->t_first && s->t_first >= 0)
                 rate[nr++] = (double)(s->tokens - 1) / (s->t_last - s->t_first);
         }
@@ -1000,9 +1120,9 @@ int main(int argc, char **argv)
     qsort(ttft, (size_t)nt, sizeof *ttft, lg_cmp_double);
     qsort(lat, (size_t)n, sizeof *lat, lg_cmp_double);
     qsort(rate, (size_t)nr, sizeof *rate, lg_cmp_double);
-    const double span = last_end > 0 ? last_end : wall_end;
-    const double tps = n > 0 && span > 0 ? (double)tokens / span : 0.0;
-    const char *src = n == 0 ? "none" : all_usage ? "usage" : "chunks";
+    const double span = stopped ? sh.t_stop : last_end > 0 ? last_end : wall_end;
+    const double tps = span > 0 ? (double)tokens / span : 0.0;
+    const char *src = n_all == 0 ? "none" : !all_usage ? "chunks" : abandoned ? "usage+chunks" : "usage";
 
     if (cfg.json) {
         printf("{\"url\":\"http://%s:%s%s\",\"concurrency\":%d,\"max_tokens\":%d,"
@@ -1010,8 +1130,9 @@ int main(int argc, char **argv)
                cfg.host, cfg.port, cfg.path, cfg.concurrency, cfg.max_tokens, cfg.temperature,
                cfg.keep_alive ? "true" : "false");
         printf("\"requests\":%d,\"errors\":%d,\"http_503\":%d,\"timeouts\":%d,\"reconnects\":%d,"
+               "\"abandoned\":%d,\"ttft_censored\":%d,"
                "\"tokens\":%lld,\"content_chunks\":%lld,\"token_source\":\"%s\",",
-               n, errors, e503, timeouts, reconnects, tokens, chunks, src);
+               n, errors, e503, timeouts, reconnects, abandoned, censored, tokens, chunks, src);
         lg_json_num(stdout, "duration_s", span, ",");
         lg_json_num(stdout, "tokens_per_s", tps, ",");
         lg_json_num(stdout, "ttft_ms_p50", 1e3 * lg_pct(ttft, nt, 50), ",");
@@ -1034,6 +1155,9 @@ int main(int argc, char **argv)
                cfg.keep_alive ? "keep-alive" : "new connection per request");
         printf("  requests      %d ok, %d errors (%d x 503, %d timeouts) in %.2f s\n",
                n, errors, e503, timeouts, span);
+        if (stopped)
+            printf("  max time      %d requests abandoned in flight (%d before their first token)\n",
+                   abandoned, censored);
         printf("  tokens        %lld (from %s), %.1f tok/s aggregate\n", tokens, src, tps);
         printf("  TTFT          p50 %.1f ms, p99 %.1f ms\n", 1e3 * lg_pct(ttft, nt, 50),
                1e3 * lg_pct(ttft, nt, 99));

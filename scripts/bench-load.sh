@@ -6,13 +6,16 @@
 # into build/bench-models/ with bench/gen_model), start `lmserve serve` on a free
 # loopback port, warm it with two short requests, then run bench/loadgen at each
 # concurrency level (each client sends streaming requests of 128 tokens at
-# temperature 0.8 back to back over a kept-alive connection for LOAD_DURATION
-# seconds) and print one table per model.
+# temperature 0.8 back to back over a kept-alive connection; none starts after
+# LOAD_DURATION seconds and the level ends at LOAD_MAX_TIME at the latest) and print
+# one table per model.
 # Not part of `make test`; `make bench` (scripts/bench.sh) runs it after bench-engine.sh.
 #
 # Environment (defaults in brackets):
 #   LMSERVE_BIN [build/release/lmserve]   LMSERVE_BUILD [build/release]
-#   LOAD_SHAPES ["15M 110M"]   LOAD_LEVELS ["1 4 16 64"]   LOAD_DURATION [15] seconds per level
+#   LOAD_SHAPES ["15M 110M"]   LOAD_LEVELS ["1 4 16 64"]
+#   LOAD_DURATION [15] seconds per level in which requests start; LOAD_MAX_TIME [2 x duration]
+#   hard end of a level: requests still streaming then are cut and their tokens counted
 #   LOAD_THREADS [2] server kernel threads   LOAD_NICE [-5] niceness of server and loadgen
 #   LOAD_MAX_TOKENS [128]   LOAD_TEMPERATURE [0.8]   LOAD_JSON_DIR [none] keep loadgen's JSON here
 #   LOAD_ENGINE [1] also print bench_forward's single-stream figure for the same model
@@ -28,6 +31,7 @@ MODEL_DIR=build/bench-models
 SHAPES=${LOAD_SHAPES:-"15M 110M"}
 LEVELS=${LOAD_LEVELS:-"1 4 16 64"}
 DURATION=${LOAD_DURATION:-15}
+MAX_TIME=${LOAD_MAX_TIME:-$((DURATION * 2))}
 THREADS=${LOAD_THREADS:-2}
 NICE=${LOAD_NICE:--5}
 MAX_TOKENS=${LOAD_MAX_TOKENS:-128}
@@ -78,10 +82,12 @@ trap 'stop_server; rm -rf "$tmp"' EXIT
 trap 'exit 130' INT TERM
 
 echo "== load benchmark ($(date -u +%FT%TZ), $(nproc) CPUs, load average:$(uptime | sed 's/.*load average://'))"
-echo "   each level: loadgen for ${DURATION}s, streaming, max_tokens $MAX_TOKENS, temperature $TEMPERATURE,"
+echo "   each level: loadgen, requests start for ${DURATION}s, cut at ${MAX_TIME}s, streaming, max_tokens $MAX_TOKENS, temperature $TEMPERATURE,"
 echo "   seeded, keep-alive; aggregate = generated tokens / wall time; TTFT = request -> first text chunk;"
 echo "   stream tok/s = median of (tokens - 1) / (last chunk - first chunk); srv CPU = server CPU"
-echo "   seconds (user + system) during the level; tok/CPU-s = tokens per server CPU second"
+echo "   seconds (user + system) during the level; tok/CPU-s = tokens per server CPU second;"
+echo "   done+cut = requests completed + requests cut at the hard end (their tokens count; a cut"
+echo "   request without a token counts its wait as its TTFT, a lower bound)"
 mkdir -p "$MODEL_DIR"
 for shape in $SHAPES; do
   args=$(shape_args "$shape")
@@ -121,13 +127,13 @@ for shape in $SHAPES; do
   fi
   # Warm-up: page the weights in, start the threads.
   "$LOADGEN" --url "$url" --concurrency 1 --requests-per-client 2 --max-tokens 16 --json >/dev/null || true
-  echo "   loadgen: ${nice_cmd[*]} $LOADGEN --url $url --concurrency N --max-tokens $MAX_TOKENS --temperature $TEMPERATURE --duration $DURATION --seed 1 --json"
+  echo "   loadgen: ${nice_cmd[*]} $LOADGEN --url $url --concurrency N --max-tokens $MAX_TOKENS --temperature $TEMPERATURE --duration $DURATION --max-time $MAX_TIME --seed 1 --json"
   printf '   %11s %9s %11s %11s %11s %12s %8s %6s %8s %9s\n' concurrency "tok/s" "TTFT p50 ms" \
-    "TTFT p99 ms" "lat p50 ms" "stream tok/s" requests errors "srv CPU" "tok/CPU-s"
+    "TTFT p99 ms" "lat p50 ms" "stream tok/s" "done+cut" errors "srv CPU" "tok/CPU-s"
   for c in $LEVELS; do
     cpu0=$(cpu_s "$server_pid")
     out=$("${nice_cmd[@]}" "$LOADGEN" --url "$url" --concurrency "$c" --max-tokens "$MAX_TOKENS" \
-          --temperature "$TEMPERATURE" --duration "$DURATION" --seed 1 --json) || true
+          --temperature "$TEMPERATURE" --duration "$DURATION" --max-time "$MAX_TIME" --seed 1 --json) || true
     [ -n "$JSON_DIR" ] && { mkdir -p "$JSON_DIR"; echo "$out" >"$JSON_DIR/load-$shape-c$c.json"; }
     cpu1=$(cpu_s "$server_pid")
     cpu=$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN { printf "%.1f", b - a }')
@@ -136,7 +142,7 @@ for shape in $SHAPES; do
     printf '   %11s %9s %11s %11s %11s %12s %8s %6s %7ss %9s\n' "$c" \
       "$(fmt "$(jget "$out" tokens_per_s)")" "$(fmt "$(jget "$out" ttft_ms_p50)")" \
       "$(fmt "$(jget "$out" ttft_ms_p99)")" "$(fmt "$(jget "$out" latency_ms_p50)")" \
-      "$(fmt "$(jget "$out" stream_tokens_per_s_p50)")" "$(jget "$out" requests)" "$(jget "$out" errors)" \
+      "$(fmt "$(jget "$out" stream_tokens_per_s_p50)")" "$(jget "$out" requests)+$(jget "$out" abandoned)" "$(jget "$out" errors)" \
       "$cpu" "$per_cpu"
     err=$(sed -n 's/.*"first_error":"\(.*\)"}$/\1/p' <<<"$out")
     if [ -n "$err" ]; then echo "      first error: $err"; fi

@@ -39,7 +39,8 @@ class Loadgen(unittest.TestCase):
             raise unittest.SkipTest("the forward pass is still a stub")
         if not os.access(loadgen_bin(), os.X_OK):
             raise unittest.SkipTest("loadgen not built: " + loadgen_bin())
-        cls.srv = Server(["--parallel", "4", "--queue", "16", "--no-log"])
+        cls.srv = Server(["--parallel", "4", "--queue", "16", "--no-log",
+                          "--max-tokens-limit", "100000"])
 
     @classmethod
     def tearDownClass(cls):
@@ -93,6 +94,26 @@ class Loadgen(unittest.TestCase):
         self.assertEqual(r["token_source"], "chunks")
         self.assertEqual(r["tokens"], 64)
         self.assertEqual(r["content_chunks"], 64)
+
+    def test_max_time_abandons_requests_in_flight(self):
+        """Requests far longer than --max-time (100000 greedy tokens; the context is
+        cropped, so no end of text) are cut at 0.5 s: none completes, all four count as
+        abandoned, the tokens they streamed are counted, and the report ends at the stop."""
+        r = run_loadgen(self.srv, "--concurrency", "4", "--max-tokens", "100000",
+                        "--temperature", "0", "--duration", "0.2", "--max-time", "0.5")
+        self.assertEqual(r["errors"], 0, r["first_error"])
+        self.assertEqual(r["requests"], 0)
+        self.assertEqual(r["abandoned"], 4)
+        self.assertGreater(r["tokens"], 0)
+        self.assertEqual(r["tokens"], r["content_chunks"])
+        self.assertEqual(r["token_source"], "usage+chunks")
+        self.assertGreaterEqual(r["duration_s"], 0.5)
+        self.assertLess(r["duration_s"], 1.5)
+        self.assertIsNone(r["latency_ms_p50"])
+        self.assertLessEqual(r["ttft_ms_p50"], r["ttft_ms_p99"])
+        # The server drops the abandoned streams and serves the next request.
+        status, body = self.srv.post_json("/v1/completions", {"prompt": "Hi", "max_tokens": 2})
+        self.assertEqual(status, 200, body)
 
     def test_errors_are_counted(self):
         """A model id the server does not have: every request is a 404, counted, none ok."""
