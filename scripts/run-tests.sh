@@ -13,6 +13,7 @@ passed=0 failed=0 skipped=0
 failures=()
 log_dir=${LMSERVE_BUILD:-build}/test-logs
 mkdir -p "$log_dir"
+log_dir=$(cd "$log_dir" && pwd)
 PY=/usr/bin/python3
 [ -x "$PY" ] || PY=python3
 only=${TESTS_ONLY:-}
@@ -57,7 +58,7 @@ fi
 if compgen -G "tests/node/*.test.mjs" >/dev/null; then
   echo "== integration tests (node)"
   if [ ! -d tests/node/node_modules ] || [ tests/node/package-lock.json -nt tests/node/node_modules ]; then
-    (cd tests/node && npm ci --no-audit --no-fund --loglevel=error >"../../$log_dir/npm-ci.log" 2>&1) \
+    (cd tests/node && npm ci --no-audit --no-fund --loglevel=error >"$log_dir/npm-ci.log" 2>&1) \
       || { echo "npm ci failed:"; tail -30 "$log_dir/npm-ci.log"; }
   fi
   for t in tests/node/*.test.mjs; do
