@@ -47,8 +47,13 @@ if [ -d tests/integration ]; then
     [ -n "$only" ] && [[ $t != *$only* ]] && continue
     log="$log_dir/$(basename "$t").log"
     "$PY" -m unittest -v "$t" >"$log" 2>&1; rc=$?
-    p=$(grep -aEc '\.\.\. ok$' "$log"); f=$(grep -aEc '\.\.\. (FAIL|ERROR)$' "$log")
-    s=$(grep -aEc '\.\.\. skipped' "$log")
+    # unittest's closing lines: "Ran N tests" then "OK", "OK (skipped=S)" or
+    # "FAILED (failures=F, errors=E, skipped=S)".
+    ran=$(sed -n 's/^Ran \([0-9]*\) tests\?.*/\1/p' "$log" | tail -1); ran=${ran:-0}
+    last=$(grep -aE '^(OK|FAILED)' "$log" | tail -1)
+    nf=$(sed -n 's/.*failures=\([0-9]*\).*/\1/p' <<<"$last"); ne=$(sed -n 's/.*errors=\([0-9]*\).*/\1/p' <<<"$last")
+    s=$(sed -n 's/.*skipped=\([0-9]*\).*/\1/p' <<<"$last"); s=${s:-0}
+    f=$(( ${nf:-0} + ${ne:-0} )); p=$(( ran - f - s ))
     if [ $rc -ne 0 ] && [ $f -eq 0 ]; then f=1; fi
     record "$t" "$p" "$f" "$s"
     [ $f -ne 0 ] && { echo "---- $log (tail)"; tail -60 "$log"; }

@@ -43,8 +43,11 @@ def free_port():
 
 def metric(port, name):
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    c.request("GET", "/metrics")
-    text = c.getresponse().read().decode()
+    try:
+        c.request("GET", "/metrics")
+        text = c.getresponse().read().decode()
+    finally:
+        c.close()
     total = 0.0
     for line in text.splitlines():
         if line.startswith(name) and not line.startswith("#"):
@@ -92,13 +95,16 @@ class NginxInFront(unittest.TestCase):
     def tearDownClass(cls):
         cls.nginx.send_signal(signal.SIGQUIT)
         cls.nginx.wait(10)
+        cls.nginx.stderr.close()
         for p, _ in cls.backends:
             p.send_signal(signal.SIGTERM)
             p.wait(30)
+            p.stderr.close()
         shutil.rmtree(cls.tmp, ignore_errors=True)
 
     def post(self, body):
         c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        self.addCleanup(c.close)
         c.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
         return c, c.getresponse()
 
@@ -140,7 +146,8 @@ class NginxInFront(unittest.TestCase):
         import concurrent.futures as cf
 
         def one(i):
-            _, r = self.post({"prompt": "Once upon a time", "max_tokens": 32, "seed": i})
+            c, r = self.post({"prompt": "Once upon a time", "max_tokens": 32, "seed": i})
+            r.read()
             return r.status
 
         with cf.ThreadPoolExecutor(8) as ex:
