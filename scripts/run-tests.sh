@@ -14,6 +14,8 @@ failures=()
 log_dir=${LMSERVE_BUILD:-build}/test-logs
 mkdir -p "$log_dir"
 log_dir=$(cd "$log_dir" && pwd)
+# Integration tests import their shared launcher (lmserve_testlib) from their folder.
+export PYTHONPATH="$PWD/tests/integration${PYTHONPATH:+:$PYTHONPATH}"
 PY=/usr/bin/python3
 [ -x "$PY" ] || PY=python3
 only=${TESTS_ONLY:-}
