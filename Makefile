@@ -54,7 +54,7 @@ MODULES := model sampler server train
 CFLAGS_model   :=
 CFLAGS_sampler :=
 CFLAGS_server  := $(PKG_CFLAGS)
-CFLAGS_train   :=
+CFLAGS_train   := -ffp-contract=fast
 CFLAGS_cli     := $(PKG_CFLAGS)
 
 define module_rules
