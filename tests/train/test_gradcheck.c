@@ -23,13 +23,27 @@ static float rnd(void) /* uniform in [-1, 1) */
 {
     return (float)((train_rng_next(&rs) >> 11) * (2.0 / 9007199254740992.0) - 1.0);
 }
+/* Test buffers, released after each test by the suite's fini. */
+static void *blocks[64];
+static int n_blocks;
+static void *keep(void *p)
+{
+    if (n_blocks < 64) blocks[n_blocks++] = p;
+    return p;
+}
+static void free_all(void)
+{
+    while (n_blocks) free(blocks[--n_blocks]);
+}
+TestSuite(gradcheck, .fini = free_all);
+
 static float *rvec(int n, float scale)
 {
-    float *p = malloc(sizeof(float) * n);
+    float *p = keep(malloc(sizeof(float) * n));
     for (int i = 0; i < n; i++) p[i] = scale * rnd();
     return p;
 }
-static float *zvec(int n) { return calloc(n, sizeof(float)); }
+static float *zvec(int n) { return keep(calloc(n, sizeof(float))); }
 
 /* A layer under test: fwd writes `out` from the current inputs. */
 typedef struct {
@@ -141,7 +155,7 @@ Test(gradcheck, rope)
     int T = 6, H = 2, E = 8;
     rope_ctx r = {zvec(T * H * E), rvec(T * H * E, 1), T, H, E};
     probe p = {rope_fwd, &r, r.out, T * H * E, rvec(T * H * E, 1)};
-    float *dx = malloc(sizeof(float) * T * H * E);
+    float *dx = keep(malloc(sizeof(float) * T * H * E));
     memcpy(dx, p.r, sizeof(float) * T * H * E);
     probe_loss(&p);
     rope_backward(dx, T, H, E, 10000.0f);
