@@ -118,7 +118,11 @@ int cli_train(int argc, char **argv)
         else if (!strcmp(a, "--untied")) { o.shape.tied = 0; used = 0; }
         else if (!strcmp(a, "--f16")) { o.f16 = 1; used = 0; }
         else if (!strcmp(a, "--quiet")) { o.progress = 0; used = 0; }
-        else if (!v) { fprintf(stderr, "lmserve train: %s needs a value (see --help)\n", a); return 2; }
+        else if (!v) {
+            fprintf(stderr, "lmserve train: %s %s (see --help)\n", a,
+                    strncmp(a, "--", 2) ? "is not an option" : "needs a value, or is unknown");
+            return 2;
+        }
         else if (!strcmp(a, "--data")) data = v;
         else if (!strcmp(a, "--out")) o.out_path = v;
         else if (!strcmp(a, "--ckpt")) o.ckpt_path = v;
