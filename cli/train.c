@@ -201,9 +201,13 @@ int cli_train(int argc, char **argv)
         free(ckpt_alloc);
         return 1;
     }
-    fprintf(stderr, "lmserve train: %d steps, %.1f s, %.0f tok/s; train %.4f bpb, val %.4f bpb; "
-            "wrote %s (checkpoint %s)\n", res.steps_done, res.seconds, res.tok_per_s,
-            res.train_bpb, res.val_bpb, o.out_path, o.ckpt_path);
+    if (res.steps_run > 0)
+        fprintf(stderr, "lmserve train: step %d (%d this run), %.1f s, %.0f tok/s; train %.4f bpb, "
+                "val %.4f bpb; wrote %s and %s\n", res.steps_done, res.steps_run, res.seconds,
+                res.tok_per_s, res.train_bpb, res.val_bpb, o.out_path, o.ckpt_path);
+    else
+        fprintf(stderr, "lmserve train: step %d (nothing left to train); val %.4f bpb; wrote %s\n",
+                res.steps_done, res.val_bpb, o.out_path);
     free(ckpt_alloc);
 
     if (n_sample > 0) {

@@ -212,6 +212,11 @@ int train_run(const train_opts *o, const unsigned char *text, size_t len,
             return rc;
         }
     }
+    if (n->step > o->steps) {
+        snprintf(err, errlen, "the checkpoint is at step %ld, beyond --steps %d", n->step, o->steps);
+        rc = TRAIN_EINVAL;
+        goto done;
+    }
     const int T = n->shape.ctx_len;
     rc = train_data_split(&data, text, len, o->val_frac);
     if (rc) { snprintf(err, errlen, "cannot split the data"); goto done; }
@@ -315,6 +320,7 @@ int train_run(const train_opts *o, const unsigned char *text, size_t len,
     }
     if (res) {
         res->steps_done = (int)n->step;
+        res->steps_run = (int)steps_run;
         res->train_bpb = last_train / M_LN2;
         res->val_bpb = last_val / M_LN2;
         res->seconds = now_s() - t_start;

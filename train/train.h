@@ -144,7 +144,8 @@ struct train_net {
 
 /* Statistics of a finished run. */
 typedef struct {
-    int steps_done;
+    int steps_done;       /* the model's step count at the end */
+    int steps_run;        /* steps taken by this call */
     double train_bpb;     /* mean training loss of the last eval interval, bits/byte */
     double val_bpb;       /* final validation loss, bits/byte */
     double seconds;
