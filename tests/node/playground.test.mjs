@@ -245,6 +245,12 @@ test('side by side: three settings columns stream at once and all complete', asy
   const overflow = await page.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth);
   assert.ok(overflow <= 0, `page scrolls sideways by ${overflow}px on a narrow screen`);
   await page.screenshot({ path: path.join(dir, 'playground-narrow.png'), fullPage: true });
+  // Dark scheme (prefers-color-scheme): the page switches its palette.
+  await page.emulateMedia({ colorScheme: 'dark' });
+  const bg = await page.evaluate(() => getComputedStyle(document.body).backgroundColor);
+  assert.notEqual(bg, 'rgb(246, 247, 249)', 'dark background');
+  await page.screenshot({ path: path.join(dir, 'playground-dark.png'), fullPage: true });
+  await page.emulateMedia({ colorScheme: 'light' });
   await page.setViewportSize({ width: 1280, height: 900 });
 });
 
@@ -252,7 +258,12 @@ test('Stop aborts a long generation and the server stops running it', async () =
   await freshPage();
   assert.equal(await runningRequests(), 0);
   await page.fill('#prompt', PROMPT);
-  await page.fill('#max-tokens', '4096');
+  // As many tokens as the context leaves room for after the prompt (the page learns the
+  // context length from /v1/models).
+  await page.waitForFunction(() => /context/.test(document.querySelector('#server-status').textContent));
+  const ctx = Number(await page.getAttribute('#max-tokens', 'max'));
+  assert.ok(ctx >= 256, `context ${ctx}`);
+  await page.fill('#max-tokens', String(ctx - 16));
   await page.click('#generate');
   // Running: tokens are arriving and the server counts one running request.
   await page.waitForFunction(() => document.querySelectorAll('#completion-0 span').length >= 3);

@@ -53,7 +53,6 @@ function el(tag, attrs = {}, text) {
 
 function pct(p) {
   if (!(p >= 0)) return '?';
-  if (p >= 0.995) return (p * 100).toFixed(1) + '%';
   if (p >= 0.001) return (p * 100).toFixed(1) + '%';
   return '<0.1%';
 }
@@ -221,7 +220,7 @@ class Column {
 
   buildField(spec) {
     const id = `${spec.name}-${this.index}`;
-    const wrap = el('div', { class: 'field' });
+    const wrap = el('div', { class: 'field sampler-field' });
     const label = el('label', { for: id }, spec.label);
     const hintId = `${id}-hint`, errId = `${id}-err`;
     const input = el('input', {
@@ -229,9 +228,9 @@ class Column {
       inputmode: spec.kind === 'int' ? 'numeric' : 'decimal',
       'aria-describedby': `${hintId} ${errId}`,
     });
-    const row = el('div', { class: 'field-row' });
     let slider = null;
     if (spec.slider) {
+      /* The slider is a pointer convenience; keyboard users have the number box (Tab order). */
       slider = el('input', {
         type: 'range', min: spec.slider[0], max: spec.slider[1], step: spec.step,
         'aria-label': `${spec.label} slider, column ${this.index + 1}`, tabindex: -1,
@@ -240,16 +239,16 @@ class Column {
         input.value = slider.value;
         this.onEdit(spec);
       });
-      row.append(slider);
     }
-    row.append(input);
     input.addEventListener('input', () => {
       if (slider && input.value !== '') slider.value = input.value;
       this.onEdit(spec);
     });
     const hint = el('p', { id: hintId, class: 'hint' }, spec.hint);
     const err = el('p', { id: errId, class: 'field-error', hidden: true });
-    wrap.append(label, row, hint, err);
+    wrap.append(label, input);
+    if (slider) wrap.append(slider);
+    wrap.append(hint, err);
     this.inputs[spec.name] = { spec, input, slider, err };
     return wrap;
   }
@@ -510,7 +509,7 @@ function readCommon() {
   const prompt = $('#prompt').value;
 
   const mt = $('#max-tokens');
-  const mtR = readNumber({ label: 'Max tokens', kind: 'int', def: 64, min: 1, max: 4096 }, mt.value);
+  const mtR = readNumber({ label: 'Max tokens', kind: 'int', def: 64, min: 1, max: Number(mt.max) || 4096 }, mt.value);
   setFieldError(mt, $('#max-tokens-err'), mtR.error);
   if (mtR.error) firstBad = firstBad || mt;
 
@@ -582,8 +581,16 @@ async function checkServer() {
       parts.push('an API key is required');
     } else if (m.ok) {
       const j = await m.json();
-      const ids = (j.data || []).map((x) => x.id).filter(Boolean);
+      const models = j.data || [];
+      const ids = models.map((x) => x.id).filter(Boolean);
       if (ids.length) parts.push('model ' + ids.join(', '));
+      const ctx = models.length ? models[0].context_length : undefined;
+      if (Number.isInteger(ctx) && ctx > 0) {
+        /* The prompt shares the context with the output: the server has the last word. */
+        $('#max-tokens').max = String(ctx);
+        $('#max-tokens-hint').textContent = `1–${ctx}, the model's context (server default 16)`;
+        parts.push(`context ${ctx} tokens`);
+      }
     }
   } catch (_) { /* the models list is informational only */ }
   out.textContent = parts.join(' · ');
