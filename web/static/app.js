@@ -353,6 +353,16 @@ class Column {
     }
   }
 
+  /* Keep the newest text in view while streaming, unless the reader scrolled up. */
+  followTail(wasAtBottom) {
+    if (wasAtBottom) this.output.scrollTop = this.output.scrollHeight;
+  }
+
+  atBottom() {
+    const o = this.output;
+    return o.scrollHeight - o.scrollTop - o.clientHeight < 8;
+  }
+
   onTokenKey(ev) {
     const t = ev.target;
     if (!t.classList || !t.classList.contains('tok')) return;
@@ -450,7 +460,9 @@ class Column {
           if (j.usage) usage = j.usage;
           for (const c of j.choices || []) {
             const before = this.tokens.length;
+            const follow = this.atBottom();
             this.appendChunk(c, tokenView);
+            this.followTail(follow);
             const lpN = c.logprobs && Array.isArray(c.logprobs.tokens) ? c.logprobs.tokens.length : 0;
             const added = lpN || (this.tokens.length > before ? 1 : 0);
             if (added) {
@@ -509,7 +521,7 @@ function readCommon() {
   const prompt = $('#prompt').value;
 
   const mt = $('#max-tokens');
-  const mtR = readNumber({ label: 'Max tokens', kind: 'int', def: 64, min: 1, max: Number(mt.max) || 4096 }, mt.value);
+  const mtR = readNumber({ label: 'Max tokens', kind: 'int', def: 64, min: 1, max: Number(mt.max) }, mt.value);
   setFieldError(mt, $('#max-tokens-err'), mtR.error);
   if (mtR.error) firstBad = firstBad || mt;
 
@@ -585,12 +597,9 @@ async function checkServer() {
       const ids = models.map((x) => x.id).filter(Boolean);
       if (ids.length) parts.push('model ' + ids.join(', '));
       const ctx = models.length ? models[0].context_length : undefined;
-      if (Number.isInteger(ctx) && ctx > 0) {
-        /* The prompt shares the context with the output: the server has the last word. */
-        $('#max-tokens').max = String(ctx);
-        $('#max-tokens-hint').textContent = `1–${ctx}, the model's context (server default 16)`;
-        parts.push(`context ${ctx} tokens`);
-      }
+      /* Informational: the server slides its window when a sequence fills it, so
+       * max tokens is bounded by the server's own limit, not by the context. */
+      if (Number.isInteger(ctx) && ctx > 0) parts.push(`context ${ctx} tokens`);
     }
   } catch (_) { /* the models list is informational only */ }
   out.textContent = parts.join(' · ');
