@@ -174,7 +174,8 @@ class Column {
   constructor(index, presetId) {
     this.index = index;
     this.controller = null;
-    this.tokens = [];          /* { text, p, alts: [[token, p], ...] } for each span */
+    this.tokens = [];          /* { token, p, alts: [[token, p], ...], merged } for each span */
+    this.pending = [];         /* tokens that carried no text yet */
     const root = $('#column-template').content.firstElementChild.cloneNode(true);
     this.root = root;
     root.id = `col-${index}`;
@@ -295,6 +296,7 @@ class Column {
 
   reset(prompt) {
     this.tokens = [];
+    this.pending = [];
     this.promptEcho.textContent = prompt;
     this.completion.textContent = '';
     this.error.hidden = true;
@@ -335,7 +337,16 @@ class Column {
       pieces.push({ text, token: text, p: NaN, top: null });
     }
     for (const pc of pieces) {
-      if (pc.text === '' && !tokenView) continue;
+      if (pc.text === '') {
+        /* A token with no complete character yet (e.g. the first byte of a multi-byte
+         * character): shown together with the text that completes it. */
+        this.pending.push(pc.token);
+        continue;
+      }
+      if (this.pending.length) {
+        pc.merged = this.pending.concat(pc.merged || [pc.token]);
+        this.pending = [];
+      }
       const alts = pc.top && typeof pc.top === 'object'
         ? Object.entries(pc.top).map(([t, l]) => [t, Math.exp(l)]).sort((a, b) => b[1] - a[1])
         : [];
@@ -391,7 +402,7 @@ class Column {
     d.textContent = '';
     const head = el('p', { class: 'detail-head' });
     head.append(el('strong', {}, `"${showToken(info.token)}"`), ` ${pct(info.p)}`);
-    if (info.merged) head.append(` (shown with: ${info.merged.slice(1).map((t) => `"${showToken(t)}"`).join(' ')})`);
+    if (info.merged) head.append(` (this text is the tokens ${info.merged.map((t) => `"${showToken(t)}"`).join(' ')})`);
     d.append(head);
     if (info.alts.length) {
       const tbl = el('table', { class: 'alts' });
