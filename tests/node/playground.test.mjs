@@ -149,6 +149,12 @@ test('serves the page and its files from the binary, with types and ETags', asyn
 
 test('greedy generation streams the exact stories260K continuation', async () => {
   await freshPage();
+  // Every control has an accessible name (a <label> or aria-label).
+  const unnamed = await page.$$eval('input, select, textarea, button', (els) => els
+    .filter((e) => !(e.labels && e.labels.length) && !e.getAttribute('aria-label') && !e.textContent.trim())
+    .map((e) => e.outerHTML.slice(0, 80)));
+  assert.deepEqual(unnamed, []);
+  assert.equal(await page.getAttribute('#output-0', 'aria-live'), 'polite');
   await page.fill('#prompt', PROMPT);
   await page.selectOption('#preset-0', 'greedy');
   assert.equal(await page.inputValue('#temperature-0'), '0');
@@ -174,7 +180,9 @@ test('token view colours tokens by probability and lists the alternatives', asyn
   await page.fill('#prompt', PROMPT);
   await page.selectOption('#preset-0', 'greedy');
   await page.fill('#max-tokens', '16');
-  await page.click('#generate');
+  // From the keyboard this time: Ctrl+Enter in the prompt generates.
+  await page.focus('#prompt');
+  await page.keyboard.press('Control+Enter');
   await waitColumnDone(0);
   const toks = await page.$$eval('#completion-0 .tok', (ss) => ss.map((s) => ({
     text: s.textContent, title: s.title, cls: s.className, tab: s.tabIndex,
