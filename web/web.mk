@@ -19,3 +19,8 @@ $(B)/gen/web_assets.o: $(B)/gen/web_assets.c
 	$(CC) $(CPPFLAGS) $(CFLAGS) -MMD -MP -c $< -o $@
 
 $(B)/libserver.a: $(B)/gen/web_assets.o
+
+# Also link the table straight into the lmserve binary (the top Makefile adds $(GEN_OBJ) to
+# its objects): a linker does not pull an archive member to satisfy a weak reference, and
+# server/static.c may refer to web_assets weakly so that it links without this module.
+GEN_OBJ += $(B)/gen/web_assets.o

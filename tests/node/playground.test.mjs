@@ -190,7 +190,7 @@ test('token view colours tokens by probability and lists the alternatives', asyn
   assert.equal(toks.length, 16, 'one span per generated token');
   assert.equal(toks.map((t) => t.text).join(''), GREEDY_16);
   for (const t of toks) {
-    assert.match(t.title, /^\d+(\.\d)?%/, `token ${JSON.stringify(t.text)} has its probability`);
+    assert.match(t.title, /^\d+(\.\d+)?%/, `token ${JSON.stringify(t.text)} has its probability`);
     assert.match(t.cls, /\bp[0-5]\b/, 'coloured by a probability class');
     const p = parseFloat(t.title);
     assert.ok(p > 0 && p <= 100);
@@ -204,14 +204,16 @@ test('token view colours tokens by probability and lists the alternatives', asyn
   assert.equal(focused, '1');
   await page.waitForSelector('#detail-0:not([hidden])');
   const rows = await page.$$eval('#detail-0 table tr', (trs) => trs.slice(1).map((tr) => ({
-    tok: tr.cells[0].textContent, p: parseFloat(tr.cells[1].textContent), chosen: tr.classList.contains('chosen'),
+    tok: tr.cells[0].textContent, p: Number(tr.dataset.p), shown: tr.cells[1].textContent, chosen: tr.classList.contains('chosen'),
   })));
   assert.equal(rows.length, 5, 'logprobs: 5 gives five alternatives');
   // Greedy picks the model's most likely token: it heads the list, and the list is sorted.
   assert.equal(rows[0].chosen, true);
   assert.equal(rows[0].tok, toks[1].text.replace(/ /g, '␣'));
   for (let i = 1; i < rows.length; i++) assert.ok(rows[i - 1].p >= rows[i].p, 'sorted by probability');
-  assert.equal(parseFloat(toks[1].title), rows[0].p);
+  for (const r of rows) assert.match(r.shown, /^[\d.e-]+%$/, 'each alternative shows a percentage');
+  assert.ok(rows[0].p > 0.1 && rows[0].p <= 1, `greedy token probability ${rows[0].p}`);
+  assert.equal(toks[1].title.split(' ')[0], rows[0].shown, 'tooltip and panel agree');
 });
 
 test('side by side: three settings columns stream at once and all complete', async () => {

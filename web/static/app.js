@@ -54,7 +54,8 @@ function el(tag, attrs = {}, text) {
 function pct(p) {
   if (!(p >= 0)) return '?';
   if (p >= 0.001) return (p * 100).toFixed(1) + '%';
-  return '<0.1%';
+  if (p > 0) return (p * 100).toPrecision(2) + '%';
+  return '0%';
 }
 
 /* Visible form of a token: spaces and newlines made readable in the detail panel. */
@@ -176,6 +177,10 @@ class Column {
     this.controller = null;
     this.tokens = [];          /* { token, p, alts: [[token, p], ...], merged } for each span */
     this.pending = [];         /* tokens that carried no text yet */
+    this.fragment = document.createDocumentFragment(); /* spans not yet in the page */
+    this.hasTabStop = false;   /* the first token span is the list's one tab stop */
+    this.statsText = null;     /* stats line waiting for the next flush */
+    this.flushHandle = null;
     const root = $('#column-template').content.firstElementChild.cloneNode(true);
     this.root = root;
     root.id = `col-${index}`;
@@ -297,6 +302,11 @@ class Column {
   reset(prompt) {
     this.tokens = [];
     this.pending = [];
+    this.fragment = document.createDocumentFragment();
+    this.hasTabStop = false;
+    this.statsText = null;
+    if (this.flushHandle !== null) cancelAnimationFrame(this.flushHandle);
+    this.flushHandle = null;
     this.promptEcho.textContent = prompt;
     this.completion.textContent = '';
     this.error.hidden = true;
@@ -307,6 +317,7 @@ class Column {
   }
 
   setState(s, text) {
+    this.flush();
     this.root.dataset.state = s;
     this.output.setAttribute('aria-busy', s === 'running' ? 'true' : 'false');
     this.stats.textContent = text;
@@ -358,20 +369,30 @@ class Column {
         span.title = `${pct(pc.p)}` + (alts.length
           ? ' · alternatives: ' + alts.slice(0, 5).map(([t, p]) => `"${showToken(t)}" ${pct(p)}`).join(', ')
           : '');
-        span.tabIndex = this.completion.querySelector('.tok') ? -1 : 0;
+        span.tabIndex = this.hasTabStop ? -1 : 0;
+        this.hasTabStop = true;
       }
-      this.completion.append(span);
+      this.fragment.append(span);
     }
+    this.scheduleFlush();
   }
 
-  /* Keep the newest text in view while streaming, unless the reader scrolled up. */
-  followTail(wasAtBottom) {
-    if (wasAtBottom) this.output.scrollTop = this.output.scrollHeight;
+  /* The DOM is touched at most once per frame: a small model streams thousands of
+   * tokens a second, and a layout per token would freeze the page (and its Stop button). */
+  scheduleFlush() {
+    if (this.flushHandle === null) this.flushHandle = requestAnimationFrame(() => this.flush());
   }
 
-  atBottom() {
+  flush() {
+    if (this.flushHandle !== null) cancelAnimationFrame(this.flushHandle);
+    this.flushHandle = null;
     const o = this.output;
-    return o.scrollHeight - o.scrollTop - o.clientHeight < 8;
+    /* Keep the newest text in view while streaming, unless the reader scrolled up. */
+    const follow = o.scrollHeight - o.scrollTop - o.clientHeight < 8;
+    if (this.fragment.childNodes.length) this.completion.append(this.fragment);
+    if (this.statsText !== null) this.stats.textContent = this.statsText;
+    this.statsText = null;
+    if (follow) o.scrollTop = o.scrollHeight;
   }
 
   onTokenKey(ev) {
@@ -411,7 +432,7 @@ class Column {
       thead.append(el('th', { scope: 'col' }, 'Token'), el('th', { scope: 'col' }, 'Probability'));
       tbl.append(thead);
       for (const [tok, p] of info.alts) {
-        const tr = el('tr', tok === info.token ? { class: 'chosen' } : {});
+        const tr = el('tr', { class: tok === info.token ? 'chosen' : null, 'data-p': p });
         const bar = el('span', { class: 'bar', style: `--w:${Math.max(1, Math.round(p * 100))}%` });
         const td2 = el('td');
         td2.append(bar, pct(p));
@@ -471,9 +492,7 @@ class Column {
           if (j.usage) usage = j.usage;
           for (const c of j.choices || []) {
             const before = this.tokens.length;
-            const follow = this.atBottom();
             this.appendChunk(c, tokenView);
-            this.followTail(follow);
             const lpN = c.logprobs && Array.isArray(c.logprobs.tokens) ? c.logprobs.tokens.length : 0;
             const added = lpN || (this.tokens.length > before ? 1 : 0);
             if (added) {
@@ -484,7 +503,8 @@ class Column {
             }
             if (c.finish_reason) finish = c.finish_reason;
           }
-          this.stats.textContent = summary(false);
+          this.statsText = summary(false);
+          this.scheduleFlush();
         }
         if (usage && typeof usage.completion_tokens === 'number') n = usage.completion_tokens;
       }
