@@ -58,13 +58,16 @@ function startServer(extraArgs = []) {
   });
 }
 
+/* SIGTERM, then wait; resolves to the exit code (or the signal's name). */
 async function stopServer(s) {
-  if (!s || s.proc.exitCode !== null) return;
-  const done = new Promise((r) => s.proc.once('exit', r));
+  if (!s) return null;
+  if (s.proc.exitCode !== null || s.proc.signalCode !== null) return s.proc.exitCode ?? s.proc.signalCode;
+  const done = new Promise((r) => s.proc.once('exit', (code, sig) => r(code ?? sig)));
   s.proc.kill('SIGTERM');
-  const t = setTimeout(() => s.proc.kill('SIGKILL'), 10000);
-  await done;
+  const t = setTimeout(() => s.proc.kill('SIGKILL'), SLOW ? 30000 : 10000);
+  const rc = await done;
   clearTimeout(t);
+  return rc;
 }
 
 async function runningRequests() {
@@ -308,4 +311,12 @@ test('invalid settings are flagged on the page; server errors are shown', async 
   assert.match(msg, /parameter: prompt/, 'the parameter the server named is shown');
   assert.equal(await page.isVisible('#error-0'), true);
   assert.equal(await page.getAttribute('#error-0', 'role'), 'alert');
+});
+
+test('the server ends cleanly after the browser session (exit 0, no sanitizer report)', async () => {
+  await context.close();
+  context = null;
+  const rc = await stopServer(server);
+  assert.equal(rc, 0, 'exit status after SIGTERM; stderr:\n' + server.log.slice(-3000));
+  assert.doesNotMatch(server.log, /ERROR: (Address|Leak)Sanitizer|runtime error:/, server.log.slice(-3000));
 });
