@@ -463,7 +463,10 @@ class Column {
     const summary = (final) => {
       const parts = [];
       if (tFirst !== null) parts.push(`first token ${Math.round(tFirst - t0)} ms`);
-      if (n > 1 && tLast > tFirst) parts.push(`${((n - 1) / ((tLast - tFirst) / 1000)).toFixed(1)} tokens/s`);
+      if (n > 1 && tLast > tFirst) {
+        const rate = (n - 1) / ((tLast - tFirst) / 1000);
+        parts.push(`${rate >= 100 ? Math.round(rate) : rate.toFixed(1)} tokens/s`);
+      }
       parts.push(`${n} token${n === 1 ? '' : 's'}`);
       if (final) parts.push(`${Math.round(performance.now() - t0)} ms total`);
       if (finish) parts.push(`finish: ${finish}`);
