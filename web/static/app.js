@@ -570,7 +570,7 @@ function readCommon() {
   }
 
   const st = $('#stop-strings');
-  const stop = st.value.split('\n').filter((s) => s !== '')
+  const stop = st.value.split(/\r?\n/).filter((s) => s !== '')
     .map((s) => s.replace(/\\n/g, '\n').replace(/\\t/g, '\t'));
   const stErr = stop.length > MAX_STOPS ? `At most ${MAX_STOPS} stop strings` : null;
   setFieldError(st, $('#stop-err'), stErr);
