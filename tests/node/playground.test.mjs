@@ -296,6 +296,40 @@ ptest('Stop aborts a long generation and the server stops running it', async () 
   assert.equal(await page.isDisabled('#generate'), false);
 });
 
+ptest('stop strings and the penalty fields reach the server', async () => {
+  await freshPage();
+  await page.fill('#prompt', PROMPT);
+  await page.selectOption('#preset-0', 'greedy');
+  await page.fill('#max-tokens', '16');
+  await page.fill('#stop-strings', 'Lily\nnever appears');
+  let sent = null;
+  const grab = (req) => { if (req.method() === 'POST') sent = req.postDataJSON(); };
+  page.on('request', grab);
+  await page.click('#generate');
+  await waitColumnDone(0);
+  page.off('request', grab);
+  // OpenAI semantics: the text ends before the stop string.
+  assert.equal(await page.textContent('#completion-0'), ', there was a little girl named ');
+  assert.match(await page.textContent('#stats-0'), /finish: stop/);
+  assert.deepEqual(sent.stop, ['Lily', 'never appears']);
+  assert.equal(sent.temperature, 0);
+  assert.equal(sent.repetition_penalty, 1);
+  assert.equal(sent.penalty_last_n, 0);
+  assert.equal(sent.stream, true);
+  assert.equal(sent.logprobs, 5);
+
+  // A repetition penalty changes the greedy text (the server applies it and its window).
+  await page.fill('#stop-strings', '');
+  await page.fill('#repetition_penalty-0', '2');
+  await page.fill('#penalty_last_n-0', '64');
+  assert.equal(await page.inputValue('#preset-0'), 'custom', 'editing a field leaves the preset');
+  await page.click('#generate');
+  await waitColumnDone(0);
+  const penalised = await page.textContent('#completion-0');
+  assert.ok(penalised.length > 0);
+  assert.notEqual(penalised, GREEDY_16);
+});
+
 ptest('invalid settings are flagged on the page; server errors are shown', async () => {
   await freshPage();
   let posts = 0;
