@@ -113,7 +113,7 @@ $(B)/bench/%: $(B)/obj/bench/%.o $(LIBS)
 	$(CC) $(LDFLAGS) -o $@ $< $(LIBS) $(PKG_LIBS) $(LDLIBS)
 
 # ---- Phony targets ----------------------------------------------------------------
-.PHONY: all run test unit-tests bench fuzz install uninstall clean models deps deps-test default-model
+.PHONY: all run test test-build unit-tests bench fuzz install uninstall clean models deps deps-test default-model
 .SECONDARY:
 
 all: deps-check $(B)/lmserve $(if $(SANITIZE),,build/lmserve)
@@ -132,8 +132,10 @@ run: deps
 	@$(MAKE) --no-print-directory all
 	@scripts/run.sh $(B)/lmserve $(LMSERVE_RUN_ARGS)
 
+test-build: $(B)/lmserve $(TEST_BIN) $(BENCH_BIN)
+
 test: deps-test
-	@$(MAKE) --no-print-directory $(B)/lmserve $(TEST_BIN) $(BENCH_BIN)
+	@$(MAKE) --no-print-directory test-build
 	@LMSERVE_BIN=$(CURDIR)/$(B)/lmserve LMSERVE_BUILD=$(CURDIR)/$(B) SANITIZE=$(SANITIZE) \
 		scripts/run-tests.sh $(TEST_BIN)
 
