@@ -50,7 +50,7 @@ def score_record(job, resp, latency, attempts):
         raise EvalError(f"cannot score through echo: {e} (does the server support "
                         "echo + logprobs with max_tokens 0?)") from None
     return {"id": job.id, "n_tokens": len(lps), "sum_logprob": sum(lps),
-            "logprobs": [round(x, 6) for x in lps], "tokens": toks,
+            "logprobs": lps, "tokens": toks,
             "latency": round(latency, 4)}
 
 
