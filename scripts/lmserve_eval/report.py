@@ -34,37 +34,41 @@ def plot_settings(path, rows, ykey, ylabel, title):
 
     pts = [(r["mean_logprob"], r[ykey], r) for r in rows
            if r.get("mean_logprob") is not None and r.get(ykey) is not None]
-    fig, ax = plt.subplots(figsize=(7.5, 5.0), dpi=100)
+    fig, ax = plt.subplots(figsize=(10.0, 5.2), dpi=100)
     try:
         temps = sorted({r.get("temperature", 1.0) for _, _, r in pts})
         cmap = plt.get_cmap("viridis")
+
+        def colour(t):
+            return cmap(0.85 * temps.index(t) / max(1, len(temps) - 1))
+
+        numbers = {}  # points that coincide share one annotation
         for x, y, r in pts:
-            t = r.get("temperature", 1.0)
-            c = cmap(temps.index(t) / max(1, len(temps) - 1))
             marker = "o" if r.get("repetition_penalty", 1.0) in (None, 1.0) else "s"
-            ax.scatter([x], [y], color=c, marker=marker, s=46, edgecolor="black", linewidth=0.5,
-                       zorder=3)
-            ax.annotate(r["label"], (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
-        for t in temps:
-            ax.scatter([], [], color=cmap(temps.index(t) / max(1, len(temps) - 1)),
-                       label=f"T={t:g}", edgecolor="black", linewidth=0.5)
+            ax.scatter([x], [y], color=colour(r.get("temperature", 1.0)), marker=marker, s=50,
+                       edgecolor="black", linewidth=0.5, zorder=3,
+                       label=f"{r['setting'] + 1}: {r['label']}")
+            numbers.setdefault((round(x, 3), round(y, 3)), []).append(str(r["setting"] + 1))
+        for (x, y), ns in numbers.items():
+            ax.annotate(",".join(ns), (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
         if pts:
-            ax.legend(fontsize=8, loc="best", title="squares: repetition penalty ≠ 1",
-                      title_fontsize=7)
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False,
+                      title="setting (square: repetition penalty)", title_fontsize=7,
+                      ncol=1 if len(pts) <= 24 else 2)
         else:
             ax.text(0.5, 0.5, "no scored samples", ha="center", va="center", transform=ax.transAxes)
         ax.set_xlabel("mean log-prob per token of the samples under the model (higher = more typical)")
         ax.set_ylabel(ylabel)
         ax.set_title(title, fontsize=10)
         ax.grid(True, alpha=0.3)
-        ax.margins(x=0.18, y=0.1)
+        ax.margins(x=0.12, y=0.1)
         fig.tight_layout()
         fig.savefig(path, format="png")
     finally:
         plt.close(fig)
 
 
-TABLE_COLUMNS = (("label", "setting", None), ("ttr", "TTR", 3), ("distinct_1", "distinct-1", 3),
+TABLE_COLUMNS = (("number", "#", None), ("label", "setting", None), ("ttr", "TTR", 3), ("distinct_1", "distinct-1", 3),
                  ("distinct_2", "distinct-2", 3), ("repeated_ngram_rate", "repeated n-grams", 3),
                  ("mean_tokens", "tokens", 1), ("mean_logprob", "log-prob/token", 3),
                  ("perplexity", "perplexity", 2), ("variation", "variation", 2))
@@ -75,9 +79,9 @@ def sweep_table(rows):
     data = [[(r["label"] if k == "label" else _fmt(r.get(k), d)) for k, _, d in TABLE_COLUMNS]
             for r in rows]
     widths = [max(len(h), *(len(row[i]) for row in data)) for i, h in enumerate(heads)]
-    out = ["  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(heads, widths)))]
+    out = ["  ".join(h.ljust(w) if i == 1 else h.rjust(w) for i, (h, w) in enumerate(zip(heads, widths)))]
     for row in data:
-        out.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+        out.append("  ".join(c.ljust(w) if i == 1 else c.rjust(w)
                              for i, (c, w) in enumerate(zip(row, widths))))
     return "\n".join(out)
 

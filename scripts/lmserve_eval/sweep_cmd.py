@@ -80,7 +80,17 @@ def build_settings(args):
         if not vals:
             raise EvalError(f"--{field.replace('_', '-')}: no values")
         axes.append([(field, v) for v in vals])
-    return [dict(combo) for combo in itertools.product(*axes)]
+    settings = []
+    for combo in itertools.product(*axes):
+        s = dict(combo)
+        if s.get("temperature") == 0:
+            # Greedy: the server takes the argmax before top-k/top-p/min-p would run,
+            # so those values give identical text; keep one such setting.
+            for f in ("top_k", "top_p", "min_p"):
+                s.pop(f, None)
+        if s not in settings:
+            settings.append(s)
+    return settings
 
 
 def setting_label(s):
@@ -111,7 +121,7 @@ def compute_metrics(settings, prompts, samples, gens, scores, rep_n):
                 lps.append(lookup_score(scores, ptext, g["text"]))
                 finish_stop += g.get("finish_reason") == "stop"
             var.append(metrics.variation(per_prompt))
-        row = {"setting": si, "label": setting_label(s), **s}
+        row = {"setting": si, "number": si + 1, "label": setting_label(s), **s}
         row.update(metrics.text_stats(texts, rep_n))
         mlp = metrics.pooled_logprob(lps)
         row.update({
@@ -126,7 +136,7 @@ def compute_metrics(settings, prompts, samples, gens, scores, rep_n):
     return rows
 
 
-CSV_COLUMNS = ["setting", "label", "temperature", "top_k", "top_p", "repetition_penalty", "min_p",
+CSV_COLUMNS = ["setting", "number", "label", "temperature", "top_k", "top_p", "repetition_penalty", "min_p",
                "texts", "ttr", "distinct_1", "distinct_2", "repeated_ngram_rate", "mean_words",
                "mean_tokens", "mean_logprob", "perplexity", "scored_tokens", "variation", "stop_rate"]
 
