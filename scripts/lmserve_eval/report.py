@@ -88,7 +88,7 @@ def sweep_table(rows):
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}
-td:first-child,th:first-child{text-align:left}th{background:#f2f2f2}
+td:nth-child(2),th:nth-child(2){text-align:left}th{background:#f2f2f2}
 img{max-width:100%;border:1px solid #ddd;margin:.5em 0}pre{white-space:pre-wrap;background:#f7f7f7;padding:.5em;font-size:13px}
 dt{font-weight:600}dd{margin:0 0 .4em 1.5em}.p{color:#777}"""
 
