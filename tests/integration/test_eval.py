@@ -24,10 +24,23 @@ PY = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executabl
 MODELS = os.environ.get("LMSERVE_MODELS", os.path.join(ROOT, "..", "shared", "models"))
 GREEDY_16 = ", there was a little girl named Lily. She loved to play"  # issue 4's reference
 
-# ---- a minimal launcher (to be replaced by tests/integration/lmserve_testlib.py) ----
+# ---- the server: the shared launcher when it is there, else a minimal one -----------
+
+sys.path.insert(0, HERE)
+try:
+    import lmserve_testlib  # tests/integration/lmserve_testlib.py (branch server)
+except ImportError:
+    lmserve_testlib = None
 
 
-class Server:
+def start_server():
+    if lmserve_testlib is not None:
+        lmserve_testlib.require_model()
+        return lmserve_testlib.Server()
+    return MiniServer()
+
+
+class MiniServer:
     def __init__(self, *extra):
         binary = os.environ.get("LMSERVE_BIN", os.path.join(ROOT, "build", "lmserve"))
         model = os.path.join(MODELS, "stories260K.gguf")
@@ -57,6 +70,9 @@ class Server:
     def log_text(self):
         with open(self.log.name, encoding="utf-8", errors="replace") as f:
             return f.read()
+
+    def stop(self):
+        self.close()
 
     def close(self):
         if self.proc.poll() is None:
@@ -104,12 +120,12 @@ PROMPTS = ["Once upon a time", "Tom had a big red ball", "The sun was hot", "Lil
 class EvalClient(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.server = Server()
+        cls.server = start_server()
         cls.url = cls.server.url
 
     @classmethod
     def tearDownClass(cls):
-        cls.server.close()
+        cls.server.stop()
 
     def setUp(self):
         self.tmp = tempfile.TemporaryDirectory(prefix="lmserve-eval-test-")
