@@ -311,5 +311,6 @@ def _progress_bar(total, label, enabled):
         from tqdm import tqdm
     except ImportError:
         return None
+    # disable=None: no bar when stderr is not a terminal (logs stay clean).
     return tqdm(total=total, desc=label, unit="req", file=sys.stderr, dynamic_ncols=True,
-                leave=False)
+                leave=False, disable=None)
