@@ -33,11 +33,11 @@ except ImportError:
     lmserve_testlib = None
 
 
-def start_server():
+def start_server(*extra):
     if lmserve_testlib is not None:
         lmserve_testlib.require_model()
-        return lmserve_testlib.Server()
-    return MiniServer()
+        return lmserve_testlib.Server(list(extra))
+    return MiniServer(*extra)
 
 
 class MiniServer:
@@ -224,6 +224,24 @@ class EvalClient(unittest.TestCase):
         want = read_jsonl(ref)
         self.assertEqual([r["text"] for r in got], [r["text"] for r in want])
         self.assertEqual([r["seed"] for r in got], [r["seed"] for r in want])
+
+    def test_run_retries_503_after_retry_after(self):
+        # One sequence at a time and one queued: 8 requests in flight overflow the queue.
+        small = start_server("--parallel", "1", "--queue", "1")
+        try:
+            inp, ids = self.prompts_file(8, max_tokens=64)
+            out = os.path.join(self.dir, "out.jsonl")
+            summary = os.path.join(self.dir, "summary.json")
+            self.cli("run", inp, "-o", out, "-j", "8", "--summary-json", summary, url=small.url)
+        finally:
+            small.stop()
+        res = read_jsonl(out)
+        self.assertEqual([r["id"] for r in res], ids)
+        self.assertTrue(all("error" not in r and r["tokens"] > 0 for r in res))
+        s = read_json(summary)
+        self.assertEqual(s["ok"], 8)
+        self.assertGreater(s["retries_after_503"], 0)
+        self.assertEqual(s["retries_after_503"], sum(r["attempts"] - 1 for r in res))
 
     # -- sweep --
 
