@@ -6,14 +6,23 @@ import json
 import os
 import sys
 
-from .client import EvalError
+from .client import EvalError, ServerError
 from .runner import Job, Runner
 from .scoring import ScoringError, continuation_logprobs, echo_request, score_id
 from .store import JsonlStore
 
 
 class PhaseFailed(EvalError):
-    pass
+    def __init__(self, message, cause=None):
+        super().__init__(message)
+        self.cause = cause
+
+    def hint(self):
+        """What to tell the user: rerunning helps unless the server rejected the request."""
+        c = self.cause
+        if isinstance(c, ServerError) and 400 <= c.status < 500 and c.status != 429:
+            return "fix the options and rerun"
+        return "rerun the same command to continue"
 
 
 def run_phase(client, rkw, jobs, path, label, make_record=None):
@@ -34,7 +43,7 @@ def run_phase(client, rkw, jobs, path, label, make_record=None):
     if summary.interrupted:
         raise KeyboardInterrupt
     if summary.aborted is not None:
-        raise PhaseFailed(f"{label}: {summary.aborted}")
+        raise PhaseFailed(f"{label}: {summary.aborted}", summary.aborted)
     bad = [r for r in records.values() if "error" in r]
     if bad:
         raise PhaseFailed(f"{label}: {len(bad)} requests failed, e.g. id {bad[0]['id']!r}: "
@@ -74,12 +83,15 @@ def lookup_score(scores, prompt, cont):
     return scores[score_id(prompt, cont)]["logprobs"]
 
 
-def check_config(out_dir, name, config):
+def check_config(out_dir, name, config, data_files=()):
     """The out folder remembers what it was made for; a rerun with other settings
-    would mix incompatible results, so refuse it."""
+    would mix incompatible results, so refuse it -- unless no result was written
+    yet (e.g. the first attempt failed on a bad option)."""
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, name)
-    if os.path.exists(path):
+    has_data = any(os.path.exists(os.path.join(out_dir, f)) and
+                   os.path.getsize(os.path.join(out_dir, f)) > 0 for f in data_files)
+    if os.path.exists(path) and has_data:
         with open(path, encoding="utf-8") as f:
             try:
                 old = json.load(f)

@@ -155,7 +155,7 @@ def main(args):
     config = {"kind": "score", "texts": [list(t) for t in items], "samples": args.samples,
               "seed": args.seed, "max_tokens": args.max_tokens, "sampler": fields}
     try:
-        check_config(args.out, "score.json", config)
+        check_config(args.out, "score.json", config, ("truth.jsonl", "samples.jsonl", "sample_scores.jsonl"))
     except EvalError as e:
         return fail(str(e), 2)
     rkw = runner_kwargs(args)
@@ -178,7 +178,7 @@ def main(args):
         sscores = score_pairs(client, rkw, pairs, os.path.join(out, "sample_scores.jsonl"),
                               "score samples", args.model)
     except PhaseFailed as e:
-        return fail(f"score stopped: {e}; rerun the same command to continue")
+        return fail(f"score stopped: {e}; {e.hint()}")
     except EvalError as e:
         return fail(describe_error(e))
     except KeyboardInterrupt:

@@ -167,7 +167,7 @@ def main(args):
               "samples": args.samples, "seed": args.seed, "max_tokens": args.max_tokens,
               "model": args.model}
     try:
-        check_config(args.out, "sweep.json", config)
+        check_config(args.out, "sweep.json", config, ("generations.jsonl", "scores.jsonl"))
     except EvalError as e:
         return fail(str(e), 2)
     rkw = runner_kwargs(args)
@@ -190,7 +190,7 @@ def main(args):
         scores = score_pairs(client, rkw, pairs, os.path.join(args.out, "scores.jsonl"), "score",
                              args.model)
     except PhaseFailed as e:
-        return fail(f"sweep stopped: {e}; rerun the same command to continue")
+        return fail(f"sweep stopped: {e}; {e.hint()}")
     except EvalError as e:
         return fail(describe_error(e))
     except KeyboardInterrupt:
