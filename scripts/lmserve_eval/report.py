@@ -165,7 +165,7 @@ def score_table(rows):
 
 
 def write_score_report(out_dir, meta, rows, per_text):
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>held-out score</title>",
+    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>held-out score</title>",
              f"<style>{CSS}</style></head><body><h1>Held-out comparison</h1>",
              "<p>" + " · ".join(html.escape(f"{k}: {v}") for k, v in meta.items()) + "</p>",
              "<p>Each text is split into a prefix and its true continuation. The true continuation's "

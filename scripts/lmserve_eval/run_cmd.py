@@ -1,7 +1,6 @@
 """run -- JSONL prompts in, JSONL results out, N at a time, resumable."""
 
 import json
-import os
 import sys
 
 from .client import EvalError

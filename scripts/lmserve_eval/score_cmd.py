@@ -13,7 +13,6 @@ from .common import (add_sampler_defaults, add_server_options, check_server, des
                      fail, make_client, positive_int, runner_kwargs)
 from .phases import PhaseFailed, check_config, lookup_score, run_phase, score_pairs, write_atomic
 from .runner import Job
-from .scoring import score_id
 from .store import StoreError, read_jsonl
 
 HELP = "held-out texts: perplexity of the true continuation vs sampled continuations"
