@@ -17,6 +17,11 @@ whose log-probability is null (the first token, BOS) are skipped.
 "Mean log-prob of a continuation" = mean of those tokens' log-probabilities:
 the per-token log-likelihood of the continuation given the prompt; perplexity
 is exp(-mean).
+
+A generated continuation is scored as text, tokenized afresh with its prompt:
+if the sampler happened to produce a non-canonical token sequence for that
+text, the score is that of the tokenizer's own segmentation (and the scored
+token count can differ from the server's completion_tokens).
 """
 
 import hashlib
