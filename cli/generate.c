@@ -1,11 +1,239 @@
-/* generate.c -- placeholder until the `generate` sub-command lands (see its issue). */
+/* generate.c -- `lmserve generate`: complete one prompt on the command line.
+ *
+ * Loads the model, tokenizes the prompt (BOS as the tokenizer wants), and runs
+ * the sampler's decode loop (sampler_generate) over a sampler_lm whose
+ * next_logits evaluates the model on one sequence (model_seq_eval reuses the
+ * cached prefix, so each step computes one new position).  Text is streamed:
+ * every time the model is asked for the next logits, the tokens added since
+ * the last call are detokenized (whole UTF-8 characters only) and printed.
+ * EOS is a stop id and prints as nothing.  The speed goes to stderr. */
 #include "cli/cli.h"
+#include "model/model.h"
+#include "sampler/sampler.h"
 
+#include <errno.h>
+#include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+typedef struct {
+    sampler_lm lm;      /* first: the sampler sees this */
+    model *m;
+    model_seq *seq;
+    model_detok detok;
+    int n_printed;      /* tokens of the context already printed */
+    int n_first;        /* tokens at the first call (the prompt) */
+    double t_first;     /* time of the first call */
+    int n_calls;
+} gen_lm;
+
+static double now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Print ids[from..to) through the incremental detokenizer. */
+static int print_tokens(gen_lm *g, const int32_t *ids, int from, int to)
+{
+    char buf[8192];
+    for (int i = from; i < to; i++) {
+        int n = model_detok_push(g->m, &g->detok, ids[i], buf, sizeof buf);
+        if (n < 0) return n;
+        fwrite(buf, 1, (size_t)n, stdout);
+    }
+    fflush(stdout);
+    return 0;
+}
+
+static int gen_next_logits(sampler_lm *lm, const int32_t *ctx, int n_ctx, float *logits)
+{
+    gen_lm *g = (gen_lm *)lm;
+    if (g->n_calls++ == 0) {
+        g->t_first = now_seconds();
+        g->n_first = n_ctx;
+    }
+    if (print_tokens(g, ctx, g->n_printed, n_ctx) < 0) return -1;
+    g->n_printed = n_ctx;
+    return model_seq_eval(g->m, g->seq, ctx, n_ctx, logits);
+}
+
+static void usage(FILE *f)
+{
+    fputs("usage: lmserve generate --model FILE --prompt TEXT [options]\n"
+          "\n"
+          "  --model PATH              GGUF file, llama2.c checkpoint, course or HF folder (required)\n"
+          "  --tokenizer FILE          llama2.c tokenizer.bin (default: tokenizer.bin beside the model)\n"
+          "  --prompt TEXT             the text to continue (required; may be \"\")\n"
+          "  --max-tokens N            new tokens to generate (default 256; capped by the context)\n"
+          "  --temperature T           0 = greedy (default 1)\n"
+          "  --top-k K                 keep the K most likely tokens (default 0 = off)\n"
+          "  --top-p P                 nucleus sampling, 0 < P <= 1 (default 0 = off)\n"
+          "  --repetition-penalty R    > 0, 1 = none (default 0 = off)\n"
+          "  --seed S                  RNG seed (default: from the clock)\n"
+          "  --threads N               kernel threads (default 0 = number of CPUs)\n"
+          "  -h, --help                this text\n"
+          "\n"
+          "Prints the prompt and its continuation to stdout, the speed to stderr.\n",
+          f);
+}
+
+static int parse_long(const char *s, long lo, long hi, long *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi) return -1;
+    *out = v;
+    return 0;
+}
+
+static int parse_float(const char *s, float *out)
+{
+    char *end;
+    errno = 0;
+    float v = strtof(s, &end);
+    if (errno || end == s || *end || !isfinite(v)) return -1;
+    *out = v;
+    return 0;
+}
 
 int cli_generate(int argc, char **argv)
 {
-    (void)argc; (void)argv;
-    fprintf(stderr, "lmserve: 'generate' is not built yet\n");
-    return 2;
+    const char *model_path = NULL, *tok_path = NULL, *prompt = NULL;
+    long max_tokens = 256, top_k = 0, threads = 0;
+    float temperature = 1.0f, top_p = 0.0f, rep = 0.0f;
+    unsigned long long seed = (unsigned long long)time(NULL);
+
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            usage(stdout);
+            return 0;
+        }
+        if (i + 1 >= argc) {
+            fprintf(stderr, "lmserve generate: unknown option or missing value: %s\n", a);
+            usage(stderr);
+            return 2;
+        }
+        const char *v = argv[++i];
+        int bad = 0;
+        if (!strcmp(a, "--model")) model_path = v;
+        else if (!strcmp(a, "--tokenizer")) tok_path = v;
+        else if (!strcmp(a, "--prompt")) prompt = v;
+        else if (!strcmp(a, "--max-tokens")) bad = parse_long(v, 0, 1L << 24, &max_tokens);
+        else if (!strcmp(a, "--temperature")) bad = parse_float(v, &temperature) || temperature < 0;
+        else if (!strcmp(a, "--top-k")) bad = parse_long(v, 0, 1L << 30, &top_k);
+        else if (!strcmp(a, "--top-p")) bad = parse_float(v, &top_p) || top_p < 0 || top_p > 1;
+        else if (!strcmp(a, "--repetition-penalty")) bad = parse_float(v, &rep) || rep < 0;
+        else if (!strcmp(a, "--threads")) bad = parse_long(v, 0, 1024, &threads);
+        else if (!strcmp(a, "--seed")) {
+            char *end;
+            errno = 0;
+            seed = strtoull(v, &end, 10);
+            bad = errno || end == v || *end || v[0] == '-';
+        } else {
+            fprintf(stderr, "lmserve generate: unknown option %s\n", a);
+            usage(stderr);
+            return 2;
+        }
+        if (bad) {
+            fprintf(stderr, "lmserve generate: invalid value for %s: '%s'\n", a, v);
+            return 2;
+        }
+    }
+    if (!model_path || !prompt) {
+        fprintf(stderr, "lmserve generate: --model and --prompt are required\n");
+        usage(stderr);
+        return 2;
+    }
+
+    char err[512];
+    model *m = NULL;
+    model_load_opts opts = {.tokenizer_path = tok_path, .n_threads = (int)threads};
+    if (model_load(&m, model_path, &opts, err, sizeof err) != MODEL_OK) {
+        fprintf(stderr, "lmserve generate: %s\n", err);
+        return 1;
+    }
+    const model_info *info = model_get_info(m);
+    int rc = 1;
+    int32_t *prompt_ids = NULL, *out = NULL;
+    gen_lm g = {.m = m};
+    size_t plen = strlen(prompt);
+    int n_prompt = model_tokenize(m, prompt, plen, info->add_bos, NULL, 0);
+    if (n_prompt < 0) {
+        fprintf(stderr, "lmserve generate: cannot tokenize the prompt: %s\n", model_strerror(n_prompt));
+        goto done;
+    }
+    if (n_prompt == 0) {
+        fprintf(stderr, "lmserve generate: the prompt is empty and the model has no BOS token\n");
+        goto done;
+    }
+    if (n_prompt >= info->ctx_len) {
+        fprintf(stderr, "lmserve generate: the prompt has %d tokens; the context holds %d\n", n_prompt, info->ctx_len);
+        goto done;
+    }
+    if (max_tokens > info->ctx_len - n_prompt) max_tokens = info->ctx_len - n_prompt;
+    prompt_ids = malloc((size_t)n_prompt * sizeof *prompt_ids);
+    out = malloc(((size_t)n_prompt + (size_t)max_tokens) * sizeof *out);
+    if (!prompt_ids || !out) {
+        fprintf(stderr, "lmserve generate: out of memory\n");
+        goto done;
+    }
+    model_tokenize(m, prompt, plen, info->add_bos, prompt_ids, n_prompt);
+
+    g.seq = model_seq_new(m, n_prompt + (int)max_tokens);
+    if (!g.seq) {
+        fprintf(stderr, "lmserve generate: cannot create a sequence (out of memory?)\n");
+        goto done;
+    }
+    model_detok_init(&g.detok);
+    g.lm.vocab_size = info->vocab_size;
+    g.lm.max_seq_len = n_prompt + (int)max_tokens;
+    g.lm.next_logits = gen_next_logits;
+    int32_t stop = info->eos_id;
+    sampler_params sp = {
+        .temperature = temperature, .top_k = (int)top_k, .top_p = top_p,
+        .repetition_penalty = rep, .seed = seed,
+        .stop_ids = stop >= 0 ? &stop : NULL, .n_stop_ids = stop >= 0 ? 1 : 0,
+    };
+    const char *bad_name = NULL;
+    if (sampler_params_validate(&sp, info->vocab_size, &bad_name) != SAMPLER_OK) {
+        fprintf(stderr, "lmserve generate: invalid sampling parameter '%s'\n", bad_name ? bad_name : "?");
+        goto done;
+    }
+    if (max_tokens == 0) {
+        print_tokens(&g, prompt_ids, 0, n_prompt);
+        rc = 0;
+        goto done;
+    }
+    int total = sampler_generate(&g.lm, prompt_ids, n_prompt, (int)max_tokens, &sp, out);
+    double t_end = now_seconds();
+    if (total < 0) {
+        fprintf(stdout, "\n");
+        fprintf(stderr, "lmserve generate: generation failed (error %d)\n", total);
+        goto done;
+    }
+    print_tokens(&g, out, g.n_printed, total);
+    char tail[16];
+    int n = model_detok_flush(m, &g.detok, tail, sizeof tail);
+    if (n > 0) fwrite(tail, 1, (size_t)n, stdout);
+    fputc('\n', stdout);
+    fflush(stdout);
+    /* speed: new tokens over the time since the first model call (prompt prefill included) */
+    int n_gen = total - n_prompt;
+    double dt = t_end - g.t_first;
+    if (n_gen > 0 && dt > 0)
+        fprintf(stderr, "achieved tok/s: %.1f (%d new tokens, %d prompt tokens, %.3f s)\n",
+                (double)n_gen / dt, n_gen, n_prompt, dt);
+    rc = 0;
+done:
+    model_seq_free(g.seq);
+    free(prompt_ids);
+    free(out);
+    model_free(m);
+    return rc;
 }

@@ -22,6 +22,7 @@
  */
 #include "forward.h"
 #include "kernels.h"
+#include "formats.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -352,7 +353,9 @@ int model_forward(model *m, model_batch_item *items, int n_items)
     case ARCH_LLAMA:
         forward_llama(m, sc, &b);
         break;
-    /* case ARCH_GPT2: forward_gpt2(m, sc, &b); break;  (its own file) */
+    case ARCH_GPT2:
+        forward_gpt2(m, sc, &b); /* model/forward_gpt2.c */
+        break;
     default:
         return MODEL_EINVAL;
     }

@@ -1,6 +1,6 @@
 /* model_internal.h -- what the loaders fill in and the forward pass reads.
  *
- * Included only by model/*.c and by tests/model/*.c.  Loaders (gguf.c,
+ * Included only by the .c files in model/ and tests/model/.  Loaders (gguf.c,
  * llama2c.c, and later torch/safetensors readers) produce a `struct model`;
  * forward.c and kernels.c consume it.  Keep the two sides talking only
  * through this header.

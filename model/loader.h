@@ -1,0 +1,52 @@
+/* loader.h -- helpers shared by the file-format readers (model.c, gguf.c,
+ * llama2c.c, tokenizer.c).  Internal to model/; not a public header.
+ *
+ * Every reader validates sizes against the file before it reads, and reports
+ * one line "PATH: what is wrong" through model_errf. */
+#ifndef LMSERVE_MODEL_LOADER_H
+#define LMSERVE_MODEL_LOADER_H
+
+#include "model/model_internal.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Write "path: <formatted message>" into err (if err and errlen are non-zero)
+ * and return code, so callers can write `return model_errf(...)`. */
+int model_errf(char *err, size_t errlen, int code, const char *path, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+
+/* Map a whole regular file read-only.  If m is not NULL the mapping is recorded
+ * in m->maps (released by model_free); otherwise the caller munmaps *data.
+ * An empty file is mapped as (a valid pointer, size 0). */
+int model_map_file(model *m, const char *path, const uint8_t **data, size_t *size,
+                   char *err, size_t errlen);
+void model_unmap(const uint8_t *data, size_t size);
+
+/* calloc that is recorded as owned by m; NULL on failure (nothing leaks). */
+void *model_calloc_owned(model *m, size_t n, size_t size);
+
+/* Size in bytes of n elements of an MT_* type (n % 32 == 0 for Q8_0); 0 for an
+ * unknown type.  Sets *ok = 0 on overflow or bad n. */
+size_t mtensor_bytes(int type, uint64_t n, int *ok);
+const char *mtensor_type_name(int type); /* "F32", ...; NULL if unknown */
+
+/* Pick the dominant matrix type of m's layers/embeddings and fill info.weight_type,
+ * n_params and weight_bytes from the tensors in m (counting a tied output once). */
+void model_fill_weight_stats(model *m);
+
+/* Check the hyper-parameters in m->info for consistency (all positive, divisible,
+ * within sane limits).  Writes err on failure. */
+int model_check_hparams(const model *m, const char *path, char *err, size_t errlen);
+
+/* Overflow-checked arithmetic: return 0 on overflow. */
+static inline int mul_ok(uint64_t a, uint64_t b, uint64_t *out)
+{
+    return !__builtin_mul_overflow(a, b, out);
+}
+static inline int add_ok(uint64_t a, uint64_t b, uint64_t *out)
+{
+    return !__builtin_add_overflow(a, b, out);
+}
+
+#endif

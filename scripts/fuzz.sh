@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# fuzz.sh -- build the libFuzzer targets in fuzz/ with clang (ASan + UBSan) and run
+# each for FUZZ_SECONDS (default 60).  Used by `make fuzz`; CI runs it briefly.
+#
+# Seed corpora come from the real files in $LMSERVE_MODELS / $LMSERVE_FIXTURES and
+# from tests/fuzz-seeds/<target>/; the growing corpus lives in build/fuzz/corpus/<target>.
+# A crash stops the run with the reproducer path; turn it into a regression test by
+# committing the input under tests/fuzz-regressions/<target>/ (replayed by `make test`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${FUZZ_SECONDS:-60}
+only=${FUZZ_TARGETS:-}
+out=build/fuzz
+mkdir -p "$out/corpus"
+CC=${FUZZ_CC:-clang}
+PKG_CFLAGS=$(pkg-config --cflags libmicrohttpd jansson libuv)
+PKG_LIBS=$(pkg-config --libs libmicrohttpd jansson libuv)
+CFLAGS="-g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -I. -D_GNU_SOURCE -std=c11 -pthread $PKG_CFLAGS"
+models=${LMSERVE_MODELS:-../shared/models}
+fixtures=${LMSERVE_FIXTURES:-../shared/fixtures}
+
+# Sources per target: the modules a target needs (all of a module's files, so the
+# linker finds whatever the target reaches), minus files with main().
+srcs_for() {
+  case $1 in
+    fuzz_request) echo model/*.c sampler/*.c server/*.c ;;
+    *) echo model/*.c ;;
+  esac
+}
+
+seed_corpus() { # target dir
+  local t=$1 d=$2
+  mkdir -p "$d"
+  case $t in
+    fuzz_model_file)
+      for f in "$models"/stories260K.gguf "$models"/stories260K.bin "$fixtures"/gguf/*.gguf; do
+        [ -f "$f" ] && cp -n "$f" "$d/" || true
+      done ;;
+    fuzz_tokenizer)
+      printf 'Once upon a time' >"$d/ascii"; printf 'caf\xc3\xa9 \xe4\xb8\xad\xe6\x96\x87 \xf0\x9f\x98\x80' >"$d/utf8"
+      printf '  two  spaces\n\ttab' >"$d/space"; printf '\xff\xfe broken \xc3' >"$d/invalid" ;;
+  esac
+  if [ -d "tests/fuzz-seeds/$t" ]; then cp -n tests/fuzz-seeds/"$t"/* "$d/" 2>/dev/null || true; fi
+}
+
+status=0
+for src in fuzz/fuzz_*.c; do
+  t=$(basename "$src" .c)
+  [ -n "$only" ] && [[ " $only " != *" $t "* ]] && continue
+  bin=$out/$t
+  # shellcheck disable=SC2046
+  $CC $CFLAGS -o "$bin" "$src" $(srcs_for "$t") $PKG_LIBS -lm
+  corpus=$out/corpus/$t
+  seed_corpus "$t" "$corpus"
+  # Replay committed regressions first.
+  if [ -d "tests/fuzz-regressions/$t" ]; then
+    "$bin" -runs=0 tests/fuzz-regressions/"$t"/* >/dev/null 2>&1 || { echo "$t: a regression input fails"; status=1; }
+  fi
+  log=$out/$t.log
+  if LMSERVE_MODELS=$models "$bin" -max_total_time="$secs" -max_len=65536 -timeout=20 -rss_limit_mb=4096 \
+        -artifact_prefix="$out/$t-" -print_final_stats=1 "$corpus" >"$log" 2>&1; then
+    execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")
+    echo "$t: ${execs:-?} executions in ${secs}s, no crash (corpus $(ls "$corpus" | wc -l) files)"
+  else
+    echo "$t: FAILED — see $log"; grep -m5 -E 'ERROR|SUMMARY|Test unit written' "$log" || true
+    status=1
+  fi
+done
+exit $status

@@ -1,0 +1,155 @@
+"""nginx (Debian's) in front of two lmserve processes on loopback, configured from
+docker/nginx.conf: streaming passes through unbuffered and load spreads over both."""
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import unittest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BIN = os.environ.get("LMSERVE_BIN", os.path.join(ROOT, "build/release/lmserve"))
+MODELS = os.environ.get("LMSERVE_MODELS", os.path.join(ROOT, "../shared/models"))
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+
+
+def start_lmserve():
+    p = subprocess.Popen([BIN, "serve", "--model", os.path.join(MODELS, "stories260K.gguf"),
+                          "--port", "0", "--parallel", "4"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 30
+    line = ""
+    while time.time() < deadline:
+        line = p.stderr.readline()
+        m = re.search(r"lmserve: listening on http://([\d.]+):(\d+)", line)
+        if m:
+            return p, int(m.group(2))
+        if not line and p.poll() is not None:
+            break
+    p.kill()
+    raise RuntimeError("lmserve did not start: " + line)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def metric(port, name):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    c.request("GET", "/metrics")
+    text = c.getresponse().read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and not line.startswith("#"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+@unittest.skipUnless(os.path.exists(NGINX), "nginx is not installed")
+class NginxInFront(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.backends = [start_lmserve() for _ in range(2)]
+        cls.tmp = tempfile.mkdtemp(prefix="lmserve-nginx-")
+        with open(os.path.join(ROOT, "docker/nginx.conf")) as f:
+            site = f.read()
+        servers = "".join(f"    server 127.0.0.1:{port};\n" for _, port in cls.backends)
+        site = re.sub(r"    server lmserve:8080[^\n]*\n", servers, site)
+        cls.port = free_port()
+        site = site.replace("listen 8080;", f"listen 127.0.0.1:{cls.port};")
+        conf = os.path.join(cls.tmp, "nginx.conf")
+        with open(conf, "w") as f:
+            f.write("worker_processes 1;\n"
+                    f"pid {cls.tmp}/nginx.pid;\n"
+                    f"error_log {cls.tmp}/error.log warn;\n"
+                    "events { worker_connections 256; }\n"
+                    "http {\n"
+                    f"  access_log {cls.tmp}/access.log;\n"
+                    f"  client_body_temp_path {cls.tmp}/body;\n"
+                    f"  proxy_temp_path {cls.tmp}/proxy;\n"
+                    f"  fastcgi_temp_path {cls.tmp}/fastcgi;\n"
+                    f"  uwsgi_temp_path {cls.tmp}/uwsgi;\n"
+                    f"  scgi_temp_path {cls.tmp}/scgi;\n"
+                    + site + "\n}\n")
+        cls.nginx = subprocess.Popen([NGINX, "-p", cls.tmp, "-c", conf, "-g", "daemon off;"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", cls.port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.nginx.send_signal(signal.SIGQUIT)
+        cls.nginx.wait(10)
+        for p, _ in cls.backends:
+            p.send_signal(signal.SIGTERM)
+            p.wait(30)
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def post(self, body):
+        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        c.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
+        return c, c.getresponse()
+
+    def test_greedy_through_nginx(self):
+        _, r = self.post({"prompt": "Once upon a time", "max_tokens": 16, "temperature": 0})
+        self.assertEqual(r.status, 200)
+        self.assertEqual(json.loads(r.read())["choices"][0]["text"],
+                         ", there was a little girl named Lily. She loved to play")
+
+    def test_stream_arrives_unbuffered(self):
+        # A long stream: its first event must reach the client long before the last one.
+        t0 = time.monotonic()
+        _, r = self.post({"prompt": "Once upon a time", "max_tokens": 400, "temperature": 1.0,
+                          "seed": 7, "stream": True, "logit_bias": {"2": -100}})
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.getheader("Content-Type").split(";")[0], "text/event-stream")
+        first = None
+        events = []
+        buf = b""
+        while True:
+            chunk = r.read1(65536)
+            if not chunk:
+                break
+            if first is None:
+                first = time.monotonic() - t0
+            buf += chunk
+            while b"\n\n" in buf:
+                ev, buf = buf.split(b"\n\n", 1)
+                events.append(ev.decode())
+        total = time.monotonic() - t0
+        self.assertEqual(events[-1], "data: [DONE]")
+        text = "".join(json.loads(e[6:])["choices"][0]["text"] for e in events[:-1]
+                       if json.loads(e[6:])["choices"])
+        self.assertGreater(len(text), 100)
+        self.assertLess(first, total / 2, f"first bytes after {first:.3f}s of {total:.3f}s: buffered?")
+
+    def test_load_spreads_over_both_backends(self):
+        before = [metric(port, "lmserve_requests_total") for _, port in self.backends]
+        import concurrent.futures as cf
+
+        def one(i):
+            _, r = self.post({"prompt": "Once upon a time", "max_tokens": 32, "seed": i})
+            return r.status
+
+        with cf.ThreadPoolExecutor(8) as ex:
+            statuses = list(ex.map(one, range(16)))
+        self.assertEqual(statuses, [200] * 16)
+        after = [metric(port, "lmserve_requests_total") for _, port in self.backends]
+        served = [a - b for a, b in zip(after, before)]
+        self.assertTrue(all(s >= 1 for s in served), f"per-backend requests: {served}")
+
+
+if __name__ == "__main__":
+    unittest.main()

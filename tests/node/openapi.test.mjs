@@ -1,0 +1,153 @@
+// openapi.test.mjs -- openapi.yaml lints clean, and every live response of the
+// server (successes, each error case, every streamed chunk) validates against it.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import YAML from 'yaml';
+import Ajv2020 from 'ajv/dist/2020.js';
+import addFormats from 'ajv-formats';
+import { startServer, parseSSE } from './lib/server.mjs';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const root = path.resolve(here, '../..');
+const spec = YAML.parse(readFileSync(path.join(root, 'openapi.yaml'), 'utf8'));
+const ajv = new Ajv2020({ strict: false, allErrors: true });
+addFormats(ajv);
+ajv.addSchema(spec, 'openapi');
+
+function deref(obj) {
+  while (obj && obj.$ref) {
+    const parts = obj.$ref.replace(/^#\//, '').split('/');
+    obj = parts.reduce((o, k) => o[k.replace(/~1/g, '/').replace(/~0/g, '~')], spec);
+  }
+  return obj;
+}
+
+function responseSpec(method, route, status) {
+  const op = spec.paths[route]?.[method.toLowerCase()];
+  assert.ok(op, `openapi.yaml has no ${method} ${route}`);
+  const r = op.responses[String(status)];
+  assert.ok(r, `openapi.yaml has no ${status} response for ${method} ${route}`);
+  return deref(r);
+}
+
+function validate(schema, value, what) {
+  const ok = ajv.validate(schema, value);
+  assert.ok(ok, `${what} does not match openapi.yaml: ${ajv.errorsText(ajv.errors)}\n${JSON.stringify(value).slice(0, 400)}`);
+}
+
+function schemaRef(s) {
+  // Schemas are validated through the spec document so nested $refs resolve.
+  if (s.$ref) return { $ref: 'openapi' + s.$ref };
+  return { ...s, $id: undefined };
+}
+
+let srv;
+const seen = new Set();
+
+before(async () => { srv = await startServer(['--parallel', '4', '--queue', '16']); });
+after(async () => { assert.equal(await srv.stop(), 0); });
+
+async function check(method, route, { body, raw, headers = {}, status, urlPath = route } = {}) {
+  const init = { method, headers: { ...headers } };
+  if (body !== undefined) { init.body = JSON.stringify(body); init.headers['Content-Type'] = 'application/json'; }
+  if (raw !== undefined) { init.body = raw; init.headers['Content-Type'] ??= 'application/json'; }
+  const res = await fetch(srv.url + urlPath, init);
+  const text = await res.text();
+  assert.equal(res.status, status, `${method} ${urlPath}: expected ${status}, got ${res.status}: ${text.slice(0, 300)}`);
+  seen.add(`${method} ${route} ${status}`);
+  const rs = responseSpec(method, route, status);
+  if (!rs.content) return { res, text };
+  const ctype = (res.headers.get('content-type') || '').split(';')[0].trim();
+  const media = rs.content[ctype];
+  assert.ok(media, `${method} ${route} ${status}: content type ${ctype} is not in openapi.yaml`);
+  if (ctype === 'application/json') {
+    validate(schemaRef(media.schema), JSON.parse(text), `${method} ${route} ${status}`);
+  } else if (ctype === 'text/event-stream') {
+    const events = parseSSE(text);
+    assert.equal(events.at(-1), '[DONE]');
+    for (const e of events.slice(0, -1)) validate(schemaRef(media['x-sse-event-schema']), e, `${route} stream chunk`);
+    assert.equal(res.headers.get('cache-control'), 'no-cache');
+    assert.equal(res.headers.get('x-accel-buffering'), 'no');
+  }
+  return { res, text };
+}
+
+test('openapi.yaml lints clean (redocly, recommended rules)', async () => {
+  const run = promisify(execFile);
+  const { stdout, stderr } = await run(path.join(here, 'node_modules/.bin/redocly'),
+    ['lint', '--config', path.join(root, 'redocly.yaml'), path.join(root, 'openapi.yaml')]);
+  assert.match(stdout + stderr, /Your API description is valid/);
+  assert.doesNotMatch(stdout + stderr, /warning/i);
+});
+
+test('completions: plain, logprobs, echo scoring, n, stop, streams', async () => {
+  await check('POST', '/v1/completions', { body: { prompt: 'Once upon a time', max_tokens: 8, temperature: 0 }, status: 200 });
+  await check('POST', '/v1/completions', { body: { prompt: 'Once upon a time', max_tokens: 4, logprobs: 3, temperature: 0 }, status: 200 });
+  await check('POST', '/v1/completions', { body: { prompt: 'Once upon a time', max_tokens: 0, echo: true, logprobs: 1 }, status: 200 });
+  await check('POST', '/v1/completions', { body: { prompt: [1, 403, 407], max_tokens: 4, n: 3, seed: 5 }, status: 200 });
+  await check('POST', '/v1/completions', { body: { prompt: 'Once upon a time', max_tokens: 30, stop: ['.', 'Lily'], temperature: 0 }, status: 200 });
+  await check('POST', '/v1/completions', { body: { prompt: 'Once upon a time', max_tokens: 8, stream: true, logprobs: 2 }, status: 200 });
+  await check('POST', '/v1/completions', {
+    body: { prompt: 'Once upon a time', max_tokens: 8, stream: true, n: 2, stream_options: { include_usage: true } }, status: 200,
+  });
+});
+
+test('chat completions, streamed and not', async () => {
+  const messages = [{ role: 'system', content: 'You tell stories.' }, { role: 'user', content: 'A story about a dog.' }];
+  await check('POST', '/v1/chat/completions', { body: { messages, max_tokens: 8, temperature: 0 }, status: 200 });
+  await check('POST', '/v1/chat/completions', { body: { messages, max_tokens: 8, stream: true, stream_options: { include_usage: true } }, status: 200 });
+  await check('POST', '/v1/chat/completions', { body: { messages, max_tokens: 4, logprobs: true, top_logprobs: 2 }, status: 200 });
+});
+
+test('models, health, metrics, tokenize, detokenize, playground', async () => {
+  await check('GET', '/v1/models', { status: 200 });
+  await check('GET', '/health', { status: 200 });
+  await check('GET', '/metrics', { status: 200 });
+  const { text } = await check('POST', '/tokenize', { body: { content: 'Once upon a time', with_pieces: true }, status: 200 });
+  const ids = JSON.parse(text).tokens;
+  const d = await check('POST', '/detokenize', { body: { tokens: ids }, status: 200 });
+  assert.equal(JSON.parse(d.text).content, 'Once upon a time');
+  await check('GET', '/', { status: 200 });
+});
+
+test('every error case validates and names its parameter', async () => {
+  const bad = [
+    [{ prompt: 'x', temperature: -1 }, 'temperature'],
+    [{ prompt: 'x', top_p: 0 }, 'top_p'],
+    [{ prompt: 'x', top_p: 1.01 }, 'top_p'],
+    [{ prompt: 'x', top_k: -1 }, 'top_k'],
+    [{ prompt: 'x', repetition_penalty: 0 }, 'repetition_penalty'],
+    [{ prompt: 'x', max_tokens: -5 }, 'max_tokens'],
+    [{ prompt: 'x', max_tokens: 'ten' }, 'max_tokens'],
+    [{ prompt: 'x', n: 0 }, 'n'],
+    [{ prompt: 'x', logprobs: 6 }, 'logprobs'],
+    [{ prompt: 'x', logit_bias: { 999999: 1 } }, 'logit_bias'],
+    [{ prompt: 'x', stop: '' }, 'stop'],
+    [{ prompt: 'x', stop: ['a', 'b', 'c', 'd', 'e'] }, 'stop'],
+    [{ prompt: 'x', stream_options: { include_usage: true } }, 'stream_options'],
+    [{ prompt: '' }, 'prompt'],
+    [{ prompt: [] }, 'prompt'],
+    [{ max_tokens: 3 }, 'prompt'],
+    [{ prompt: 'x', presence_penalty: 3 }, 'presence_penalty'],
+  ];
+  for (const [body, param] of bad) {
+    const { text } = await check('POST', '/v1/completions', { body, status: 400 });
+    assert.equal(JSON.parse(text).error.param, param, JSON.stringify(body));
+  }
+  await check('POST', '/v1/completions', { raw: '{"prompt": "x",', status: 400 });
+  await check('POST', '/v1/chat/completions', { body: { messages: [] }, status: 400 });
+  await check('POST', '/v1/completions', { body: { prompt: 'x', model: 'gpt-4' }, status: 404 });
+  await check('GET', '/v1/completions', { status: 405 });
+  await check('POST', '/v1/models', { status: 405 });
+  await check('POST', '/v1/completions', { raw: JSON.stringify({ prompt: 'x'.repeat(3 << 20) }), status: 413 });
+  await check('POST', '/tokenize', { body: { content: 5 }, status: 400 });
+  await check('POST', '/detokenize', { body: { tokens: [1e9] }, status: 400 });
+  const nf = await fetch(srv.url + '/no/such/route');
+  assert.equal(nf.status, 404);
+  validate(schemaRef(spec.components.responses.NotFound.content['application/json'].schema), await nf.json(), '404');
+});
