@@ -72,6 +72,7 @@ typedef struct {
     int include_usage;
     int keep_alive;
     int json;
+    const char *csv;        /* per-request rows to this file, or NULL */
     int chat;               /* path ends with /chat/completions: send messages */
 } lg_config;
 
@@ -815,7 +816,9 @@ static void lg_usage(FILE *f)
         "  --api-key KEY           send Authorization: Bearer KEY\n"
         "  --new-connection        one TCP connection per request (default: keep-alive)\n"
         "  --no-usage              do not ask for stream_options.include_usage; count content chunks\n"
-        "  --json                  print the report as one JSON object\n");
+        "  --json                  print the report as one JSON object\n"
+        "  --csv FILE              one line per request: client, start, TTFT, latency (seconds),\n"
+        "                          tokens, chunks, complete\n");
 }
 
 static int lg_parse_url(lg_config *cfg, const char *url, char *err, size_t errlen)
@@ -967,6 +970,8 @@ int main(int argc, char **argv)
             bad = lg_arg_double(v, 0.001, 86400.0, &cfg.duration);
         } else if (strcmp(a, "--requests-per-client") == 0) {
             bad = lg_arg_int(v, 0, 1 << 30, &cfg.requests_per_client);
+        } else if (strcmp(a, "--csv") == 0) {
+            cfg.csv = v;
         } else if (strcmp(a, "--max-time") == 0) {
             bad = lg_arg_double(v, 0.001, 86400.0, &cfg.max_time);
         } else if (strcmp(a, "--timeout") == 0) {
@@ -1115,6 +1120,23 @@ int main(int argc, char **argv)
                 last_end = s->t_end;
             if (s->tokens >= 2 && s->t_last > s->t_first && s->t_first >= 0)
                 rate[nr++] = (double)(s->tokens - 1) / (s->t_last - s->t_first);
+        }
+    }
+    if (cfg.csv) {
+        FILE *f = fopen(cfg.csv, "w");
+        if (!f) {
+            fprintf(stderr, "loadgen: %s: %s\n", cfg.csv, strerror(errno));
+        } else {
+            fprintf(f, "client,start_s,ttft_s,latency_s,tokens,chunks,complete\n");
+            for (int i = 0; i < started; i++)
+                for (int k = 0; k < cl[i].n_samples; k++) {
+                    const lg_sample *s = &cl[i].samples[k];
+                    fprintf(f, "%d,%.6f,%.6f,%.6f,%d,%d,%d\n", i, s->t_start,
+                            s->t_first >= 0 ? s->t_first - s->t_start : -1.0,
+                            s->complete ? s->t_end - s->t_start : -1.0, s->tokens, s->chunks,
+                            s->complete);
+                }
+            fclose(f);
         }
     }
     qsort(ttft, (size_t)nt, sizeof *ttft, lg_cmp_double);
