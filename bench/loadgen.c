@@ -2,10 +2,11 @@
  *
  * N client threads (one blocking socket each) on loopback, each sending
  * POST /v1/completions with "stream": true back to back, for a bounded number of
- * requests per client and a bounded time, whichever ends first (a request in flight
- * when the time is up is allowed to finish, within --timeout).  Connections are
- * kept alive (HTTP/1.1, one connection per client, reopened if the server closes
- * it); --new-connection opens one per request instead.
+ * requests per client and a bounded time, whichever ends first: no request starts
+ * after --duration; one in flight then may finish, unless --max-time (a hard end)
+ * comes first, when it is abandoned (its socket shut down) and the tokens it had
+ * streamed still count.  Connections are kept alive (HTTP/1.1, one connection per
+ * client, reopened if the server closes it); --new-connection opens one per request.
  *
  * Each response is read as HTTP/1.1 (chunked or Content-Length), then as
  * server-sent events: `data: {json}` lines, dispatched on the blank line, until
@@ -16,14 +17,16 @@
  * chunks stands in for the token count.  Scanning relies on one property of JSON:
  * inside a string every '"' is escaped, so `"key"` followed by ':' only matches a key.
  *
- * Reported: aggregate generated tokens/s (tokens of successful requests over the
- * wall time from the first request to the last response), time to first token
- * (request sent -> first content chunk) p50/p99, per-stream decode rate (median
- * over requests of (tokens - 1) / (last content chunk - first content chunk)),
- * request latency p50/p99 and errors.  Percentiles are nearest-rank.
+ * Reported: aggregate generated tokens/s (all tokens received over the wall time
+ * from the start to the last response, or to the hard end), time to first token
+ * (request sent -> first content chunk; for a request abandoned before its first
+ * token, the time it had waited, a lower bound) p50/p99, per-stream decode rate
+ * (median over completed requests of (tokens - 1) / (last content chunk - first
+ * content chunk)), request latency p50/p99 of completed requests and errors.
+ * Percentiles are nearest-rank.  --csv writes one line per request.
  *
  *   build/release/bench/loadgen --url http://127.0.0.1:8080 --concurrency 16 \
- *       --max-tokens 128 --temperature 0.8 --duration 20 [--json]
+ *       --max-tokens 128 --temperature 0.8 --duration 15 --max-time 30 [--json]
  *
  * Only loopback addresses are accepted: this is a benchmark, not a stress tool for
  * other people's servers.  CPU cost is kept low (one recv per socket read, memchr
@@ -670,6 +673,7 @@ static void *lg_client_run(void *arg)
         int attempt_ok = 0, sent = 0;
         for (int attempt = 0; attempt < 2 && !attempt_ok; attempt++) {
             int reused = c->fd >= 0;
+            memset(&resp, 0, sizeof resp);
             if (c->fd < 0 && lg_conn_open(c, cfg, cl->sh) != 0) {
                 if (!lg_stopped(cl->sh))
                     lg_client_error(cl, "connect: %s", strerror(errno));
