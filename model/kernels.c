@@ -340,6 +340,30 @@ static inline void block_q8(float *out, size_t ldo, const int8_t *xq, size_t ldq
 
 #endif
 
+/* ---- Attention for one query row ------------------------------------------------ */
+
+void kernel_attend(float *out, const float *q, const float *k, const float *v, int n, int hd,
+                   float scale, float *scores)
+{
+    float mx = -INFINITY;
+    for (int t = 0; t < n; t++) {
+        float d = kernel_dot(q, k + (size_t)t * hd, hd) * scale;
+        scores[t] = d;
+        if (d > mx)
+            mx = d;
+    }
+    float sum = 0.0f;
+    for (int t = 0; t < n; t++) {
+        float e = expf(scores[t] - mx);
+        scores[t] = e;
+        sum += e;
+    }
+    float isum = 1.0f / sum;
+    memset(out, 0, (size_t)hd * sizeof(float));
+    for (int t = 0; t < n; t++)
+        kernel_axpy(out, scores[t] * isum, v + (size_t)t * hd, hd);
+}
+
 /* ---- Row-range drivers ------------------------------------------------------- */
 
 /* Dispatch a (R, C) block with compile-time shapes. */

@@ -1,7 +1,7 @@
 """Integration tests for scripts/lmserve-eval against the real server with stories260K.
 
 One server for the module ($LMSERVE_BIN serve --model $LMSERVE_MODELS/stories260K.gguf
---port 0); the client runs as a subprocess under Debian's /usr/bin/python3, exactly
+--port 0, through lmserve_testlib); the client runs as a subprocess under Debian's /usr/bin/python3, exactly
 as a user runs it.  Small prompts and max_tokens keep the whole file to seconds.
 """
 
@@ -21,69 +21,17 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
 EVAL = os.path.join(ROOT, "scripts", "lmserve-eval")
 PY = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
-MODELS = os.environ.get("LMSERVE_MODELS", os.path.join(ROOT, "..", "shared", "models"))
 GREEDY_16 = ", there was a little girl named Lily. She loved to play"  # issue 4's reference
 
-# ---- the server: the shared launcher when it is there, else a minimal one -----------
+# ---- the server: the shared launcher (tests/integration/lmserve_testlib.py) ----------
 
 sys.path.insert(0, HERE)
-try:
-    import lmserve_testlib  # tests/integration/lmserve_testlib.py (branch server)
-except ImportError:
-    lmserve_testlib = None
+import lmserve_testlib  # noqa: E402
 
 
 def start_server(*extra):
-    if lmserve_testlib is not None:
-        lmserve_testlib.require_model()
-        return lmserve_testlib.Server(list(extra))
-    return MiniServer(*extra)
-
-
-class MiniServer:
-    def __init__(self, *extra):
-        binary = os.environ.get("LMSERVE_BIN", os.path.join(ROOT, "build", "lmserve"))
-        model = os.path.join(MODELS, "stories260K.gguf")
-        if not os.path.exists(binary):
-            raise unittest.SkipTest(f"no server binary at {binary} (run through `make test`)")
-        self.log = tempfile.NamedTemporaryFile(prefix="lmserve-eval-server-", suffix=".log", delete=False)
-        self.proc = subprocess.Popen([binary, "serve", "--model", model, "--port", "0", *extra],
-                                     stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log)
-        self.url = None
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            text = self.log_text()
-            for line in text.splitlines():
-                if line.startswith("lmserve: listening on "):
-                    self.url = line.split("listening on ", 1)[1].strip()
-                    return
-            if self.proc.poll() is not None:
-                if "not built yet" in text:
-                    self.close()
-                    raise unittest.SkipTest("the server's `serve` is not built yet")
-                self.close()
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{text}")
-            time.sleep(0.05)
-        self.close()
-        raise RuntimeError("server did not print its listening line within 30 s")
-
-    def log_text(self):
-        with open(self.log.name, encoding="utf-8", errors="replace") as f:
-            return f.read()
-
-    def stop(self):
-        self.close()
-
-    def close(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-        os.unlink(self.log.name)
+    lmserve_testlib.require_model()
+    return lmserve_testlib.Server(list(extra))
 
 
 def post(url, body):
@@ -136,7 +84,7 @@ class EvalClient(unittest.TestCase):
 
     def cli(self, *args, url=None, check=True, timeout=120):
         cmd = [PY, EVAL, *args, "--url", url or self.url, "--no-progress"]
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout * lmserve_testlib.slow)
         if check and p.returncode != 0:
             self.fail(f"{' '.join(cmd)} exited {p.returncode}:\n{p.stderr}")
         return p
@@ -198,7 +146,7 @@ class EvalClient(unittest.TestCase):
         proc = subprocess.Popen([PY, EVAL, "run", inp, "-o", out, "-j", "2", "--rate", "12",
                                  "--url", self.url, "--no-progress"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 30 * lmserve_testlib.slow
         lines = 0
         while time.monotonic() < deadline:
             if os.path.exists(out):

@@ -112,7 +112,9 @@ test('models, health, metrics, tokenize, detokenize, playground', async () => {
   await check('GET', '/health', { status: 200 });
   await check('GET', '/metrics', { status: 200 });
   const { text } = await check('POST', '/tokenize', { body: { content: 'Once upon a time', with_pieces: true }, status: 200 });
-  const ids = JSON.parse(text).tokens;
+  const { tokens: ids, pieces } = JSON.parse(text);
+  assert.deepEqual(pieces, ['<s>', '\u2581Once', '\u2581upon', '\u2581a', '\u2581time']);
+  assert.equal(ids.length, pieces.length);
   const d = await check('POST', '/detokenize', { body: { tokens: ids }, status: 200 });
   assert.equal(JSON.parse(d.text).content, 'Once upon a time');
   await check('GET', '/', { status: 200 });
