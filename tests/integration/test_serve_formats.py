@@ -1,0 +1,54 @@
+"""`lmserve serve --model DIR` for a Hugging Face folder and a course artifact folder:
+/v1/models reports the architecture, format and context length from the files, and
+a greedy completion over HTTP equals `lmserve generate` on the same folder."""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import unittest
+
+from lmserve_testlib import REPO, Server, binary
+
+FIXTURES = os.environ.get("LMSERVE_FIXTURES", os.path.join(REPO, "..", "shared", "fixtures"))
+WRITER = os.path.join(REPO, "tests", "tools", "write_course_pt.py")
+
+
+def generate(model, prompt, n):
+    out = subprocess.run([binary(), "generate", "--model", model, "--prompt", prompt,
+                          "--max-tokens", str(n), "--temperature", "0"],
+                         capture_output=True, check=True)
+    text = out.stdout.decode("utf-8", "replace")
+    return text[:-1] if text.endswith("\n") else text  # generate ends its output with a newline
+
+
+class ServeFolders(unittest.TestCase):
+    def check(self, folder, model_id, arch, fmt, ctx, vocab, prompt="Hello world", n=8):
+        with Server(["--parallel", "2"], model=folder) as srv:
+            status, _, data = srv.get("/v1/models")
+            self.assertEqual(status, 200)
+            m = json.loads(data)["data"][0]
+            self.assertEqual((m["id"], m["architecture"], m["format"], m["context_length"], m["vocab_size"]),
+                             (model_id, arch, fmt, ctx, vocab))
+            st, body = srv.post_json("/v1/completions", {"prompt": prompt, "max_tokens": n, "temperature": 0})
+            self.assertEqual(st, 200)
+            text = body["choices"][0]["text"]
+            self.assertEqual(body["usage"]["completion_tokens"], n)
+        self.assertEqual(generate(folder, prompt, n), prompt + text)
+
+    def test_hugging_face_gpt2_folder(self):
+        folder = os.path.join(FIXTURES, "hf", "tiny-gpt2")
+        if not os.path.isdir(folder):
+            self.skipTest("fixture not found: " + folder)
+        self.check(folder, "tiny-gpt2", "gpt2", "safetensors", 1024, 50257)
+
+    def test_course_artifact_folder(self):
+        with tempfile.TemporaryDirectory() as root:
+            subprocess.run([sys.executable, WRITER, "course", root, "storylm", "--seed", "3"], check=True,
+                           capture_output=True)
+            folder = os.path.join(root, "models", "storylm")
+            self.check(folder, "storylm", "gpt2", "torch", 32, 294, prompt="Once", n=6)
+
+
+if __name__ == "__main__":
+    unittest.main()
