@@ -5,7 +5,10 @@
 # Seed corpora come from the real files in $LMSERVE_MODELS / $LMSERVE_FIXTURES and
 # from tests/fuzz-seeds/<target>/; the growing corpus lives in build/fuzz/corpus/<target>.
 # A crash stops the run with the reproducer path; turn it into a regression test by
-# committing the input under tests/fuzz-regressions/<target>/ (replayed by `make test`).
+# committing the input under tests/fuzz-regressions/<target>/ (replayed by `make test`
+# through tests/fuzz/test_<target>.c, and here before each run).
+# FUZZ_TARGETS="a b" runs only those targets.  Prints one line per target:
+#   <target>: <N> executions in <S>s, no crash (corpus <K> files)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${FUZZ_SECONDS:-60}
@@ -36,11 +39,21 @@ seed_corpus() { # target dir
       for f in "$models"/stories260K.gguf "$models"/stories260K.bin "$fixtures"/gguf/*.gguf; do
         [ -f "$f" ] && cp -n "$f" "$d/" || true
       done ;;
-    fuzz_tokenizer)
-      printf 'Once upon a time' >"$d/ascii"; printf 'caf\xc3\xa9 \xe4\xb8\xad\xe6\x96\x87 \xf0\x9f\x98\x80' >"$d/utf8"
-      printf '  two  spaces\n\ttab' >"$d/space"; printf '\xff\xfe broken \xc3' >"$d/invalid" ;;
+    fuzz_tokenizer_file)
+      [ -f "$models/tok512.bin" ] && cp -n "$models/tok512.bin" "$d/" || true ;;
   esac
   if [ -d "tests/fuzz-seeds/$t" ]; then cp -n tests/fuzz-seeds/"$t"/* "$d/" 2>/dev/null || true; fi
+}
+
+# Largest input per target: whole real model files for fuzz_model_file (so the
+# seeds are not cut), small elsewhere (faster mutations).
+max_len_for() {
+  case $1 in
+    fuzz_model_file) echo 2097152 ;;
+    fuzz_gguf_struct) echo 256 ;;
+    fuzz_tokenizer) echo 4096 ;;
+    *) echo 65536 ;;
+  esac
 }
 
 status=0
@@ -57,7 +70,7 @@ for src in fuzz/fuzz_*.c; do
     "$bin" -runs=0 tests/fuzz-regressions/"$t"/* >/dev/null 2>&1 || { echo "$t: a regression input fails"; status=1; }
   fi
   log=$out/$t.log
-  if LMSERVE_MODELS=$models "$bin" -max_total_time="$secs" -max_len=65536 -timeout=20 -rss_limit_mb=4096 \
+  if LMSERVE_MODELS=$models "$bin" -max_total_time="$secs" -max_len="$(max_len_for "$t")" -timeout=20 -rss_limit_mb=4096 \
         -artifact_prefix="$out/$t-" -print_final_stats=1 "$corpus" >"$log" 2>&1; then
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")
     echo "$t: ${execs:-?} executions in ${secs}s, no crash (corpus $(ls "$corpus" | wc -l) files)"
