@@ -51,7 +51,7 @@ export LMSERVE_MODELS LMSERVE_FIXTURES
 # ---- Modules -------------------------------------------------------------------
 MODULES := model sampler server train
 # Per-module extra flags (the sampler must keep IEEE semantics: never -ffast-math).
-CFLAGS_model   :=
+CFLAGS_model   := $(PKG_CFLAGS)  # jansson: config.json, tokenizer.json, safetensors headers
 CFLAGS_sampler :=
 CFLAGS_server  := $(PKG_CFLAGS)
 CFLAGS_train   :=

@@ -65,7 +65,7 @@ static void usage(FILE *f)
 {
     fputs("usage: lmserve generate --model FILE --prompt TEXT [options]\n"
           "\n"
-          "  --model FILE              GGUF file or llama2.c checkpoint (required)\n"
+          "  --model PATH              GGUF file, llama2.c checkpoint, course or HF folder (required)\n"
           "  --tokenizer FILE          llama2.c tokenizer.bin (default: tokenizer.bin beside the model)\n"
           "  --prompt TEXT             the text to continue (required; may be \"\")\n"
           "  --max-tokens N            new tokens to generate (default 256; capped by the context)\n"

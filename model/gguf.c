@@ -14,6 +14,7 @@
  * to F32 copies on the heap.  The architecture is dispatched through arches[]
  * so other architectures (gpt2) can be added beside llama. */
 #include "model/gguf.h"
+#include "model/formats.h"
 #include "model/loader.h"
 #include "model/tokenizer.h"
 
@@ -616,6 +617,7 @@ static const struct {
     int (*load)(model *, const gguf_file *, const model_load_opts *, char *, size_t);
 } arches[] = {
     {"llama", load_llama},
+    {"gpt2", gguf_load_gpt2}, /* model/gguf_gpt2.c */
 };
 
 /* ---- Entry points --------------------------------------------------------------------- */
@@ -657,7 +659,7 @@ int model_load_gguf(model *m, const char *path, const model_load_opts *opts, cha
     if (!kv) rc = GERR("missing metadata 'general.architecture'");
     else if (!gguf_kv_string(g, kv, &arch)) rc = GERR("metadata 'general.architecture' is not a string");
     else {
-        rc = GERR("unsupported architecture '%s' (supported: llama)", str_show(arch, show, sizeof show));
+        rc = GERR("unsupported architecture '%s' (supported: llama, gpt2)", str_show(arch, show, sizeof show));
         for (size_t i = 0; i < sizeof arches / sizeof arches[0]; i++)
             if (str_eq(arch, arches[i].name)) {
                 if (err && errlen) err[0] = '\0';

@@ -22,6 +22,7 @@
  * turns invalid sequences into U+FFFD. */
 #include "model/loader.h"
 #include "model/tokenizer.h"
+#include "model/tok_bpe.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -367,6 +368,9 @@ static int utf8_char_len(uint8_t b)
 
 int tokenizer_encode(const tokenizer *t, const char *text, size_t len, int add_bos, int32_t *out, int cap)
 {
+    if (t && (t->kind == TOK_BPE_BYTES || t->kind == TOK_G2C)) /* model/tok_bpe.c */
+        return (!text && len) || cap < 0 || (cap > 0 && !out) ? MODEL_EINVAL
+                                                              : tok_bpe_encode(t, text, len, add_bos, out, cap);
     if (!t || !t->impl || (!text && len) || cap < 0 || (cap > 0 && !out)) return MODEL_EINVAL;
     if (len > (size_t)(1 << 28)) return MODEL_EINVAL;
     const spm_impl *im = t->impl;

@@ -1,0 +1,545 @@
+/* kernels.c -- matrix x matrix products on F32, F16, BF16 and Q8_0 weights.
+ *
+ * Design
+ * ------
+ * out (n_rows, W.rows) = x (n_rows, cols) W^T, W row-major (rows, cols) in its
+ * file type.  Batched decoding wants each weight row read from memory once
+ * per step for every sequence, so a weight row is loaded once into registers
+ * and dotted with up to 4 x rows at a time (register blocks of 4 x rows x 2 W
+ * rows, or 1-2 x rows x 4 W rows for decoding).  The pool splits the
+ * OUTPUT rows (W rows) into tasks; the reduction over cols is never split.
+ * Within a task, x is walked in blocks small enough to stay in L2 while the
+ * task's W rows (also sized for L2) are reused for every block.
+ *
+ * Determinism: every output element out[r][j] has its own single 8-lane
+ * accumulator, fed k = 0, 8, 16, ... in order, reduced by one fixed
+ * horizontal sum (hsum8), then the cols % 8 tail is added in order.  The
+ * register-block shape (1..4 x 1..2) only decides which elements are
+ * computed side by side, never the operations of one element, so the result
+ * is bit-identical for any n_rows, any position of the row in the batch and
+ * any thread count.  (This file relies on the ISO C default
+ * -ffp-contract=off: no silent a*b+c fusion in the scalar tails.)
+ *
+ * Q8_0 (GGML layout: blocks of 32 int8 with an f16 scale in front, 34 bytes;
+ * see ggml's block_q8_0): the activations are quantized per row to the same
+ * block shape (float scale = max|x| / 127, q = round-to-nearest-even(x / d)),
+ * each block's integer dot product is exact (maddubs/madd), and the float
+ * accumulation is done per element in the fixed lane order as above.
+ *
+ * Built with AVX2+FMA+F16C when the compiler targets them (-march=native);
+ * otherwise a portable scalar version (deterministic in the same sense).
+ */
+#include "kernels.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#define KERNEL_AVX2 1
+#include <immintrin.h>
+#endif
+
+#define Q8_BYTES 34
+#define L2_BLOCK (128 * 1024) /* bytes of x (or of W) a task keeps hot */
+#define MAX_JOBS 8
+
+/* ---- Scalar conversions ---------------------------------------------------- */
+
+static float half_to_float(uint16_t h)
+{
+#ifdef KERNEL_AVX2
+    return _cvtsh_ss(h);
+#else
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
+    if (exp == 0) {
+        if (man == 0) {
+            bits = sign;
+        } else { /* subnormal: normalise */
+            int e = -1;
+            do {
+                e++;
+                man <<= 1;
+            } while (!(man & 0x400));
+            bits = sign | ((uint32_t)(127 - 15 - e) << 23) | ((man & 0x3ff) << 13);
+        }
+    } else if (exp == 31) {
+        bits = sign | 0x7f800000u | (man << 13);
+    } else {
+        bits = sign | ((exp + 112) << 23) | (man << 13);
+    }
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+#endif
+}
+
+static float bfloat_to_float(uint16_t h)
+{
+    uint32_t bits = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+static uint16_t rd16(const uint8_t *p)
+{
+    uint16_t v;
+    memcpy(&v, p, 2);
+    return v;
+}
+
+size_t kernel_row_bytes(int type, int cols)
+{
+    if (cols <= 0)
+        return 0;
+    switch (type) {
+    case MT_F32: return (size_t)cols * 4;
+    case MT_F16:
+    case MT_BF16: return (size_t)cols * 2;
+    case MT_Q8_0: return cols % Q8_0_BLOCK ? 0 : (size_t)(cols / Q8_0_BLOCK) * Q8_BYTES;
+    default: return 0;
+    }
+}
+
+void mtensor_get_row(const mtensor *w, int row, float *out)
+{
+    size_t rb = kernel_row_bytes(w->type, w->cols);
+    const uint8_t *p = (const uint8_t *)w->data + rb * (size_t)row;
+    int n = w->cols;
+    switch (w->type) {
+    case MT_F32:
+        memcpy(out, p, (size_t)n * 4);
+        break;
+    case MT_F16:
+        for (int i = 0; i < n; i++)
+            out[i] = half_to_float(rd16(p + 2 * i));
+        break;
+    case MT_BF16:
+        for (int i = 0; i < n; i++)
+            out[i] = bfloat_to_float(rd16(p + 2 * i));
+        break;
+    case MT_Q8_0:
+        for (int b = 0; b < n / Q8_0_BLOCK; b++) {
+            const uint8_t *blk = p + (size_t)b * Q8_BYTES;
+            float d = half_to_float(rd16(blk));
+            for (int i = 0; i < Q8_0_BLOCK; i++)
+                out[b * Q8_0_BLOCK + i] = d * (float)(int8_t)blk[2 + i];
+        }
+        break;
+    default:
+        for (int i = 0; i < n; i++)
+            out[i] = NAN;
+    }
+}
+
+/* Quantize one row of cols floats (cols % 32 == 0) to int8 + one float scale per block. */
+static void quantize_row_q8(int8_t *q, float *d, const float *x, int cols)
+{
+    for (int b = 0; b < cols / Q8_0_BLOCK; b++) {
+        const float *xb = x + b * Q8_0_BLOCK;
+        float amax = 0.0f;
+        for (int i = 0; i < Q8_0_BLOCK; i++) {
+            float a = fabsf(xb[i]);
+            if (a > amax)
+                amax = a;
+        }
+        float s = amax / 127.0f;
+        float id = s != 0.0f ? 1.0f / s : 0.0f;
+        d[b] = s;
+        for (int i = 0; i < Q8_0_BLOCK; i++)
+            q[b * Q8_0_BLOCK + i] = (int8_t)lrintf(xb[i] * id);
+    }
+}
+
+/* ---- Per-element dot products ------------------------------------------------ */
+
+#ifdef KERNEL_AVX2
+
+static inline float hsum8(__m256 v)
+{
+    __m128 a = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    a = _mm_add_ps(a, _mm_movehl_ps(a, a));
+    a = _mm_add_ss(a, _mm_shuffle_ps(a, a, 1));
+    return _mm_cvtss_f32(a);
+}
+
+static inline __m256 load8_f32(const void *p, int k)
+{
+    return _mm256_loadu_ps((const float *)p + k);
+}
+static inline __m256 load8_f16(const void *p, int k)
+{
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)p + k)));
+}
+static inline __m256 load8_bf16(const void *p, int k)
+{
+    __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)((const uint16_t *)p + k)));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+}
+static inline float load1_f32(const void *p, int k) { return ((const float *)p)[k]; }
+static inline float load1_f16(const void *p, int k) { return half_to_float(((const uint16_t *)p)[k]); }
+static inline float load1_bf16(const void *p, int k) { return bfloat_to_float(((const uint16_t *)p)[k]); }
+
+/* R x rows times C W rows; out[r * ldo + c]. */
+#define DEF_BLOCK(TY)                                                                          \
+    static inline __attribute__((always_inline)) void block_##TY(                              \
+        float *out, size_t ldo, const float *x, size_t ldx, const uint8_t *w, size_t ldw,      \
+        int cols, const int R, const int C)                                                    \
+    {                                                                                          \
+        __m256 acc[4][4];                                                                      \
+        for (int r = 0; r < R; r++)                                                            \
+            for (int c = 0; c < C; c++)                                                        \
+                acc[r][c] = _mm256_setzero_ps();                                               \
+        int k = 0;                                                                             \
+        for (; k + 8 <= cols; k += 8) {                                                        \
+            __m256 wv[4];                                                                      \
+            for (int c = 0; c < C; c++)                                                        \
+                wv[c] = load8_##TY(w + (size_t)c * ldw, k);                                    \
+            for (int r = 0; r < R; r++) {                                                      \
+                __m256 xv = _mm256_loadu_ps(x + (size_t)r * ldx + k);                          \
+                for (int c = 0; c < C; c++)                                                    \
+                    acc[r][c] = _mm256_fmadd_ps(xv, wv[c], acc[r][c]);                         \
+            }                                                                                  \
+        }                                                                                      \
+        for (int r = 0; r < R; r++)                                                            \
+            for (int c = 0; c < C; c++) {                                                      \
+                float s = hsum8(acc[r][c]);                                                    \
+                for (int kk = k; kk < cols; kk++)                                              \
+                    s += x[(size_t)r * ldx + kk] * load1_##TY(w + (size_t)c * ldw, kk);        \
+                out[(size_t)r * ldo + c] = s;                                                  \
+            }                                                                                  \
+    }
+DEF_BLOCK(f32)
+DEF_BLOCK(f16)
+DEF_BLOCK(bf16)
+
+float kernel_dot(const float *a, const float *b, int n)
+{
+    float s;
+    block_f32(&s, 1, a, 0, (const uint8_t *)b, 0, n, 1, 1);
+    return s;
+}
+
+void kernel_axpy(float *y, float a, const float *x, int n)
+{
+    __m256 av = _mm256_set1_ps(a);
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+    for (; i < n; i++)
+        y[i] = fmaf(a, x[i], y[i]);
+}
+
+/* Q8_0: x pre-quantized (xq int8 with row stride ldq, xd scales with row stride ldd). */
+static inline __attribute__((always_inline)) void block_q8(
+    float *out, size_t ldo, const int8_t *xq, size_t ldq, const float *xd, size_t ldd,
+    const uint8_t *w, size_t ldw, int nb, const int R, const int C)
+{
+    __m256 acc[4][4];
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < C; c++)
+            acc[r][c] = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        __m256i wq[4], wa[4];
+        float dw[4];
+        for (int c = 0; c < C; c++) {
+            const uint8_t *blk = w + (size_t)c * ldw + (size_t)b * Q8_BYTES;
+            dw[c] = half_to_float(rd16(blk));
+            wq[c] = _mm256_loadu_si256((const __m256i *)(blk + 2));
+            wa[c] = _mm256_sign_epi8(wq[c], wq[c]);
+        }
+        for (int r = 0; r < R; r++) {
+            __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + (size_t)r * ldq + (size_t)b * 32));
+            float dx = xd[(size_t)r * ldd + b];
+            for (int c = 0; c < C; c++) {
+                __m256i p16 = _mm256_maddubs_epi16(wa[c], _mm256_sign_epi8(xv, wq[c]));
+                __m256 p = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));
+                acc[r][c] = _mm256_fmadd_ps(p, _mm256_set1_ps(dw[c] * dx), acc[r][c]);
+            }
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < C; c++)
+            out[(size_t)r * ldo + c] = hsum8(acc[r][c]);
+}
+
+#else /* portable scalar version */
+
+static inline float load1_f32(const void *p, int k) { return ((const float *)p)[k]; }
+static inline float load1_f16(const void *p, int k) { return half_to_float(((const uint16_t *)p)[k]); }
+static inline float load1_bf16(const void *p, int k) { return bfloat_to_float(((const uint16_t *)p)[k]); }
+
+#define DEF_BLOCK(TY)                                                                          \
+    static inline void block_##TY(float *out, size_t ldo, const float *x, size_t ldx,          \
+                                  const uint8_t *w, size_t ldw, int cols, const int R,         \
+                                  const int C)                                                 \
+    {                                                                                          \
+        for (int r = 0; r < R; r++)                                                            \
+            for (int c = 0; c < C; c++) {                                                      \
+                float s = 0.0f;                                                                \
+                for (int k = 0; k < cols; k++)                                                 \
+                    s += x[(size_t)r * ldx + k] * load1_##TY(w + (size_t)c * ldw, k);          \
+                out[(size_t)r * ldo + c] = s;                                                  \
+            }                                                                                  \
+    }
+DEF_BLOCK(f32)
+DEF_BLOCK(f16)
+DEF_BLOCK(bf16)
+
+float kernel_dot(const float *a, const float *b, int n)
+{
+    float s = 0.0f;
+    for (int i = 0; i < n; i++)
+        s += a[i] * b[i];
+    return s;
+}
+
+void kernel_axpy(float *y, float a, const float *x, int n)
+{
+    for (int i = 0; i < n; i++)
+        y[i] = fmaf(a, x[i], y[i]);
+}
+
+static inline void block_q8(float *out, size_t ldo, const int8_t *xq, size_t ldq,
+                            const float *xd, size_t ldd, const uint8_t *w, size_t ldw,
+                            int nb, const int R, const int C)
+{
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < C; c++) {
+            float s = 0.0f;
+            for (int b = 0; b < nb; b++) {
+                const uint8_t *blk = w + (size_t)c * ldw + (size_t)b * Q8_BYTES;
+                const int8_t *xb = xq + (size_t)r * ldq + (size_t)b * 32;
+                int32_t isum = 0;
+                for (int i = 0; i < 32; i++)
+                    isum += (int32_t)(int8_t)blk[2 + i] * xb[i];
+                s += (float)isum * (half_to_float(rd16(blk)) * xd[(size_t)r * ldd + b]);
+            }
+            out[(size_t)r * ldo + c] = s;
+        }
+}
+
+#endif
+
+/* ---- Row-range drivers ------------------------------------------------------- */
+
+/* Dispatch a (R, C) block with compile-time shapes. */
+#define BLOCK_SWITCH(CALL)                                                                     \
+    switch (R * 8 + C) {                                                                       \
+    case 4 * 8 + 2: CALL(4, 2); break;                                                         \
+    case 4 * 8 + 1: CALL(4, 1); break;                                                         \
+    case 3 * 8 + 2: CALL(3, 2); break;                                                         \
+    case 3 * 8 + 1: CALL(3, 1); break;                                                         \
+    case 2 * 8 + 4: CALL(2, 4); break;                                                         \
+    case 2 * 8 + 3: CALL(2, 3); break;                                                         \
+    case 2 * 8 + 2: CALL(2, 2); break;                                                         \
+    case 2 * 8 + 1: CALL(2, 1); break;                                                         \
+    case 1 * 8 + 4: CALL(1, 4); break;                                                         \
+    case 1 * 8 + 3: CALL(1, 3); break;                                                         \
+    case 1 * 8 + 2: CALL(1, 2); break;                                                         \
+    default: CALL(1, 1); break;                                                                \
+    }
+
+/* W rows per register block: 4 when at most 2 x rows share it, else 2. */
+static inline int block_cols(int x_rows)
+{
+    return x_rows <= 2 ? 4 : 2;
+}
+
+/* x rows per L2 block (a multiple of 4, at least 4). */
+static int x_block_rows(size_t row_bytes)
+{
+    size_t n = L2_BLOCK / (row_bytes ? row_bytes : 1);
+    n &= ~(size_t)3;
+    return n < 4 ? 4 : n > 1024 ? 1024 : (int)n;
+}
+
+#define DEF_ROWS(TY)                                                                           \
+    static void rows_##TY(float *out, int ldo, const float *x, int n_rows, int cols,           \
+                          const mtensor *w, int j0, int j1)                                    \
+    {                                                                                          \
+        size_t ldw = kernel_row_bytes(w->type, cols);                                          \
+        const uint8_t *wd = (const uint8_t *)w->data;                                          \
+        int xb = x_block_rows((size_t)cols * 4);                                               \
+        for (int rb = 0; rb < n_rows; rb += xb) {                                              \
+            int re = rb + xb < n_rows ? rb + xb : n_rows;                                      \
+            int cm = block_cols(re - rb);                                                      \
+            for (int j = j0; j < j1; j += cm) {                                                \
+                int C = j1 - j >= cm ? cm : j1 - j;                                            \
+                for (int r = rb; r < re; r += 4) {                                             \
+                    int R = re - r >= 4 ? 4 : re - r;                                          \
+                    float *o = out + (size_t)r * ldo + j;                                      \
+                    const float *xr = x + (size_t)r * cols;                                    \
+                    const uint8_t *wr = wd + (size_t)j * ldw;                                  \
+                    BLOCK_SWITCH(CALL_##TY)                                                    \
+                }                                                                              \
+            }                                                                                  \
+        }                                                                                      \
+    }
+#define CALL_f32(RR, CC) block_f32(o, ldo, xr, cols, wr, ldw, cols, RR, CC)
+#define CALL_f16(RR, CC) block_f16(o, ldo, xr, cols, wr, ldw, cols, RR, CC)
+#define CALL_bf16(RR, CC) block_bf16(o, ldo, xr, cols, wr, ldw, cols, RR, CC)
+DEF_ROWS(f32)
+DEF_ROWS(f16)
+DEF_ROWS(bf16)
+
+static void rows_q8(float *out, int ldo, const int8_t *xq, const float *xd, int n_rows, int cols,
+                    const mtensor *w, int j0, int j1)
+{
+    size_t ldw = kernel_row_bytes(MT_Q8_0, cols);
+    const uint8_t *wd = (const uint8_t *)w->data;
+    int nb = cols / Q8_0_BLOCK;
+    int xb = x_block_rows((size_t)cols + (size_t)nb * 4);
+    for (int rb = 0; rb < n_rows; rb += xb) {
+        int re = rb + xb < n_rows ? rb + xb : n_rows;
+        int cm = block_cols(re - rb);
+        for (int j = j0; j < j1; j += cm) {
+            int C = j1 - j >= cm ? cm : j1 - j;
+            for (int r = rb; r < re; r += 4) {
+                int R = re - r >= 4 ? 4 : re - r;
+                float *o = out + (size_t)r * ldo + j;
+                const int8_t *xr = xq + (size_t)r * cols;
+                const float *dr = xd + (size_t)r * nb;
+                const uint8_t *wr = wd + (size_t)j * ldw;
+#define CALL_q8(RR, CC) block_q8(o, ldo, xr, cols, dr, nb, wr, ldw, nb, RR, CC)
+                BLOCK_SWITCH(CALL_q8)
+#undef CALL_q8
+            }
+        }
+    }
+}
+
+/* ---- Pool dispatch ----------------------------------------------------------- */
+
+typedef struct {
+    const kernel_job *jobs;
+    int n_jobs;
+    const float *x;
+    int n_rows, cols;
+    const int8_t *xq; /* (n_rows, cols) when some job is Q8_0 */
+    const float *xd;  /* (n_rows, cols / 32) */
+    int chunk[MAX_JOBS];      /* W rows per task, per job (even) */
+    int first[MAX_JOBS + 1];  /* first task of each job */
+} mm_ctx;
+
+static void mm_task(void *arg, int task, int n_tasks)
+{
+    (void)n_tasks;
+    const mm_ctx *c = arg;
+    int jb = 0;
+    while (task >= c->first[jb + 1])
+        jb++;
+    const kernel_job *job = &c->jobs[jb];
+    const mtensor *w = job->w;
+    int j0 = (task - c->first[jb]) * c->chunk[jb];
+    int j1 = j0 + c->chunk[jb] < w->rows ? j0 + c->chunk[jb] : w->rows;
+    switch (w->type) {
+    case MT_F32: rows_f32(job->out, w->rows, c->x, c->n_rows, c->cols, w, j0, j1); break;
+    case MT_F16: rows_f16(job->out, w->rows, c->x, c->n_rows, c->cols, w, j0, j1); break;
+    case MT_BF16: rows_bf16(job->out, w->rows, c->x, c->n_rows, c->cols, w, j0, j1); break;
+    case MT_Q8_0: rows_q8(job->out, w->rows, c->xq, c->xd, c->n_rows, c->cols, w, j0, j1); break;
+    default:
+        for (int r = 0; r < c->n_rows; r++)
+            for (int j = j0; j < j1; j++)
+                job->out[(size_t)r * w->rows + j] = NAN;
+    }
+}
+
+static void quantize_task(void *arg, int task, int n_tasks)
+{
+    const mm_ctx *c = arg;
+    int nb = c->cols / Q8_0_BLOCK;
+    for (int r = task; r < c->n_rows; r += n_tasks)
+        quantize_row_q8((int8_t *)c->xq + (size_t)r * c->cols, (float *)c->xd + (size_t)r * nb,
+                        c->x + (size_t)r * c->cols, c->cols);
+}
+
+static void matmul_group(model_pool *pool, const kernel_job *jobs, int n_jobs, const float *x,
+                         int n_rows, int8_t *xq, float *xd)
+{
+    mm_ctx c = {.jobs = jobs, .n_jobs = n_jobs, .x = x, .n_rows = n_rows,
+                .cols = jobs[0].w->cols, .xq = xq, .xd = xd};
+    int nt = model_pool_size(pool);
+    if (xq) {
+        int qt = n_rows >= 8 * nt ? nt : 1;
+        model_pool_run(pool, quantize_task, &c, qt);
+    }
+    c.first[0] = 0;
+    for (int i = 0; i < n_jobs; i++) {
+        const mtensor *w = jobs[i].w;
+        size_t rb = kernel_row_bytes(w->type, w->cols);
+        /* W rows per task: fit L2, and give every thread several tasks. */
+        size_t by_cache = L2_BLOCK / (rb ? rb : 1);
+        size_t by_share = ((size_t)w->rows + (size_t)4 * nt - 1) / ((size_t)4 * nt);
+        size_t ch = by_cache < by_share ? by_cache : by_share;
+        if (ch < 8)
+            ch = 8;
+        ch = (ch + 3) & ~(size_t)3;
+        c.chunk[i] = (int)ch;
+        c.first[i + 1] = c.first[i] + (int)(((size_t)w->rows + ch - 1) / ch);
+    }
+    model_pool_run(pool, mm_task, &c, c.first[n_jobs]);
+}
+
+void kernel_matmul_multi(model_pool *pool, const kernel_job *jobs, int n_jobs, const float *x,
+                         int n_rows)
+{
+    if (n_rows <= 0 || n_jobs <= 0)
+        return;
+    if (n_jobs > MAX_JOBS) {
+        for (int i = 0; i < n_jobs; i += MAX_JOBS)
+            kernel_matmul_multi(pool, jobs + i, n_jobs - i < MAX_JOBS ? n_jobs - i : MAX_JOBS,
+                                x, n_rows);
+        return;
+    }
+    int cols = jobs[0].w->cols, need_q = 0;
+    for (int i = 0; i < n_jobs; i++)
+        if (jobs[i].w->type == MT_Q8_0)
+            need_q = 1;
+    if (!need_q || cols % Q8_0_BLOCK) {
+        matmul_group(pool, jobs, n_jobs, x, n_rows, NULL, NULL);
+        return;
+    }
+    /* Quantized copy of x: pool scratch, else malloc, else row chunks on the stack. */
+    int nb = cols / Q8_0_BLOCK;
+    size_t row_q = (size_t)cols + (size_t)nb * sizeof(float);
+    size_t qbytes = ((size_t)cols * n_rows + 15) & ~(size_t)15;
+    size_t need = qbytes + (size_t)nb * sizeof(float) * n_rows;
+    void *buf = model_pool_scratch(pool, need), *own = NULL;
+    if (!buf)
+        buf = own = malloc(need);
+    if (buf) {
+        int8_t *xq = buf;
+        float *xd = (float *)((int8_t *)buf + qbytes);
+        matmul_group(pool, jobs, n_jobs, x, n_rows, xq, xd);
+        free(own);
+        return;
+    }
+    /* Out of memory: same arithmetic, fewer rows at a time. */
+    _Alignas(32) int8_t qs[32768];
+    int per = (int)(sizeof qs / (row_q + 16));
+    if (per < 1) {
+        for (int i = 0; i < n_jobs; i++)
+            for (size_t e = 0; e < (size_t)n_rows * jobs[i].w->rows; e++)
+                jobs[i].out[e] = NAN;
+        return;
+    }
+    for (int r = 0; r < n_rows; r += per) {
+        int n = n_rows - r < per ? n_rows - r : per;
+        kernel_job sub[MAX_JOBS];
+        for (int i = 0; i < n_jobs; i++)
+            sub[i] = (kernel_job){jobs[i].out + (size_t)r * jobs[i].w->rows, jobs[i].w};
+        /* sub-jobs write rows r.. of out: out stride stays w->rows */
+        float *xd = (float *)(qs + (((size_t)cols * n + 15) & ~(size_t)15));
+        matmul_group(NULL, sub, n_jobs, x + (size_t)r * cols, n, qs, xd);
+    }
+}
+
+void kernel_matmul(model_pool *pool, float *out, const float *x, int n_rows, const mtensor *w)
+{
+    kernel_job job = {out, w};
+    kernel_matmul_multi(pool, &job, 1, x, n_rows);
+}

@@ -1,0 +1,41 @@
+/* kernels.h -- internal kernel entry points beyond model_internal.h.
+ *
+ * Included only by the model module and its tests.  kernel_matmul (declared in
+ * model_internal.h) is kernel_matmul_multi with one job.  Every kernel here
+ * computes each output element with one fixed sequence of floating-point
+ * operations, whatever the number of rows, the row's place in the batch and
+ * the thread count: results are bit-identical across batch compositions.
+ */
+#ifndef LMSERVE_MODEL_KERNELS_H
+#define LMSERVE_MODEL_KERNELS_H
+
+#include "model_internal.h"
+
+#include <stddef.h>
+
+/* One matrix of a grouped matmul: out (n_rows, w->rows) = x (n_rows, w->cols) W^T. */
+typedef struct {
+    float *out;
+    const mtensor *w;
+} kernel_job;
+
+/* Run several matmuls that share the same input x in one pool dispatch
+ * (e.g. Q, K and V).  All jobs must have w->cols equal. */
+void kernel_matmul_multi(model_pool *pool, const kernel_job *jobs, int n_jobs,
+                         const float *x, int n_rows);
+
+/* Bytes of one row of a (rows, cols) tensor of this type; 0 if the type is unknown
+ * or cols does not suit it (Q8_0 needs cols % 32 == 0). */
+size_t kernel_row_bytes(int type, int cols);
+
+/* sum_i a[i] * b[i] with a fixed order (8 lanes, then a fixed tree, then the tail). */
+float kernel_dot(const float *a, const float *b, int n);
+
+/* y[i] += a * x[i] */
+void kernel_axpy(float *y, float a, const float *x, int n);
+
+/* Scratch memory kept by the pool between calls (grown on demand); NULL on
+ * failure or when p is NULL.  Valid until the next call; not reentrant. */
+void *model_pool_scratch(model_pool *p, size_t bytes);
+
+#endif /* LMSERVE_MODEL_KERNELS_H */

@@ -1,0 +1,89 @@
+/* choose.c -- the one "warp + draw" step shared by sampler_generate and sampler_step.
+ *
+ * Order (sampler.h): logit_bias -> repetition penalty (window of the last
+ * penalty_last_n ids, or all) -> presence/frequency (generated ids) ->
+ * temperature (0: argmax, stop here) -> top-k -> top-p -> min-p -> softmax ->
+ * one draw.  Warpers that are off are skipped (each is the identity when off).
+ * Params and ids are validated by the callers; nothing here allocates.
+ *
+ * After a filter (top-k, top-p) the survivors are compacted, in id order, into
+ * (value, id) arrays, and the later stages run on that short list: the warpers
+ * are pure functions of a row, the dropped entries are -INFINITY (no mass, never
+ * drawn) and equal values still rank by id, so the result is the same as on the
+ * full row up to the order of floating-point sums.
+ */
+#include "sampler/sampler_internal.h"
+
+#include <math.h>
+#include <string.h>
+
+/* Move the entries of x[0..n) that are not -INFINITY to the front, in order, and
+ * their ids (id_in[i], or i when id_in is NULL) to id_out (may equal id_in).
+ * Returns how many.  Branch-free. */
+static int compact(float *x, int n, const int32_t *id_in, int32_t *id_out)
+{
+    int m = 0;
+    for (int i = 0; i < n; i++) {
+        float v = x[i];
+        x[m] = v;
+        id_out[m] = id_in ? id_in[i] : i;
+        m += v != -INFINITY;
+    }
+    return m;
+}
+
+int sampler__choose(const sampler_params *p, sampler_scratch *sc, sampler_rng *rng,
+                    const float *logits, const int32_t *ids, int n_ids, int n_generated,
+                    int32_t *token)
+{
+    int vocab = sc->vocab;
+    float *x = sc->work;
+    memcpy(x, logits, (size_t)vocab * sizeof *x);
+
+    if (p->n_bias > 0)
+        sampler_apply_logit_bias(x, x, vocab, p->bias_ids, p->bias_values, p->n_bias);
+    if (p->repetition_penalty != 0.0f && p->repetition_penalty != 1.0f) {
+        int start = (p->penalty_last_n > 0 && n_ids > p->penalty_last_n)
+                        ? n_ids - p->penalty_last_n : 0;
+        sampler__repetition(x, x, vocab, ids + start, n_ids - start, p->repetition_penalty,
+                            sc->count);
+    }
+    if (p->presence_penalty != 0.0f || p->frequency_penalty != 0.0f)
+        sampler__presence_frequency(x, x, vocab, ids + (n_ids - n_generated), n_generated,
+                                    p->presence_penalty, p->frequency_penalty, sc->count);
+
+    if (p->temperature == 0.0f) {
+        int a = sampler_argmax(x, vocab);
+        if (a < 0 || x[a] == -INFINITY)
+            return SAMPLER_EINVAL; /* every token forbidden or NaN */
+        *token = a;
+        return SAMPLER_OK;
+    }
+    if (p->temperature != 1.0f)
+        sampler_apply_temperature(x, x, vocab, p->temperature);
+    int n = vocab;           /* x[0..n) are the candidates */
+    const int32_t *id = NULL; /* their ids (NULL: x is the full row) */
+    if (p->top_k > 0 && p->top_k < n) {
+        sampler__top_k(x, x, n, p->top_k, sc->key);
+        n = compact(x, n, id, sc->idx);
+        id = sc->idx;
+    }
+    if (p->top_p > 0.0f && p->top_p < 1.0f) {
+        sampler__top_p(x, x, n, p->top_p, sc->key, sc->weight);
+        n = compact(x, n, id, sc->idx);
+        id = sc->idx;
+    }
+    if (p->min_p > 0.0f)
+        sampler_min_p_filter(x, x, n, p->min_p);
+    if (n == 0)
+        return SAMPLER_EINVAL;
+    int rc = sampler_softmax(x, sc->probs, n);
+    if (rc < 0)
+        return rc;
+    float coin = sampler_rng_uniform(rng);
+    rc = sampler_draw(sc->probs, n, coin);
+    if (rc < 0)
+        return rc;
+    *token = id ? id[rc] : rc;
+    return SAMPLER_OK;
+}

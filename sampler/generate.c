@@ -1,0 +1,72 @@
+/* generate.c -- the course's whole decode loop over a sampler_lm callback.
+ *
+ * Every step: ctx = the last max_seq_len ids of the full sequence (never more)
+ * -> next_logits (last position) -> sampler__choose (penalties over the full
+ * sequence or its window, temperature, top-k, top-p, min-p, softmax, one draw)
+ * -> append -> stop if the token is a stop id (it is kept).  The RNG is seeded
+ * once, before the loop.  Everything is validated before the model is called.
+ */
+#include "sampler/sampler_internal.h"
+
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int is_stop(const sampler_params *p, int32_t t)
+{
+    for (int i = 0; i < p->n_stop_ids; i++)
+        if (p->stop_ids[i] == t)
+            return 1;
+    return 0;
+}
+
+int sampler_generate(sampler_lm *lm, const int32_t *prompt, int n_prompt, int max_new_tokens,
+                     const sampler_params *params, int32_t *out)
+{
+    if (!lm || !lm->next_logits || lm->vocab_size <= 0 || lm->max_seq_len <= 0 || !prompt ||
+        n_prompt <= 0 || max_new_tokens < 0 || n_prompt > INT_MAX - max_new_tokens || !out)
+        return SAMPLER_EINVAL;
+    int vocab = lm->vocab_size;
+    if (sampler_params_validate(params, vocab, NULL) != SAMPLER_OK)
+        return SAMPLER_EINVAL;
+    for (int i = 0; i < n_prompt; i++)
+        if (prompt[i] < 0 || prompt[i] >= vocab)
+            return SAMPLER_EINVAL;
+
+    memmove(out, prompt, (size_t)n_prompt * sizeof *out);
+    int len = n_prompt;
+    if (max_new_tokens == 0)
+        return len;
+
+    sampler_scratch sc;
+    float *logits = malloc((size_t)vocab * sizeof *logits); /* (vocab) */
+    if (!logits)
+        return SAMPLER_ENOMEM;
+    if (sampler__scratch_init(&sc, vocab) != SAMPLER_OK) {
+        free(logits);
+        return SAMPLER_ENOMEM;
+    }
+    sampler_rng rng;
+    sampler_rng_seed(&rng, params->seed);
+
+    int rc = SAMPLER_OK;
+    for (int step = 0; step < max_new_tokens; step++) {
+        int n_ctx = len < lm->max_seq_len ? len : lm->max_seq_len;
+        rc = lm->next_logits(lm, out + (len - n_ctx), n_ctx, logits);
+        if (rc != 0) {
+            if (rc > 0)
+                rc = SAMPLER_EINVAL; /* contract breach: a failure must be negative */
+            break;
+        }
+        int32_t token;
+        rc = sampler__choose(params, &sc, &rng, logits, out, len, len - n_prompt, &token);
+        if (rc < 0)
+            break;
+        out[len++] = token;
+        if (is_stop(params, token))
+            break;
+    }
+    sampler__scratch_release(&sc);
+    free(logits);
+    return rc < 0 ? rc : len;
+}

@@ -1,0 +1,116 @@
+/* sampler_internal.h -- shared between the sampler's own sources; never included elsewhere.
+ *
+ * The warpers that need working memory come in two forms: the public one
+ * (allocates, may return SAMPLER_ENOMEM) and a sampler__ one taking caller
+ * scratch, which the per-token pipeline uses so a step never allocates.
+ * sampler__choose is the single "warp + draw" used by both sampler_generate
+ * and sampler_step, so the two can never drift apart.
+ */
+#ifndef LMSERVE_SAMPLER_INTERNAL_H
+#define LMSERVE_SAMPLER_INTERNAL_H
+
+#include "sampler/sampler.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+/* Order-preserving map float -> uint32: a > b (as numbers) iff key(a) > key(b).
+ * -0 maps like +0 (they compare equal), NaN maps to 0, below -INFINITY. */
+static inline uint32_t sampler__key(float x)
+{
+    uint32_t b;
+    memcpy(&b, &x, sizeof b);
+    b = b == 0x80000000u ? 0u : b;                  /* -0 -> +0 */
+    uint32_t neg = -(b >> 31);                      /* all ones for negatives */
+    uint32_t k = b ^ (neg | 0x80000000u);           /* negatives: ~b; others: set top bit */
+    return (b & 0x7fffffffu) > 0x7f800000u ? 0u : k; /* NaN -> 0 */
+}
+
+/* exp(x) in float for x <= 0 (a max-subtracted logit), without a libm call and
+ * without branches, so the loops that call it vectorise.  exp(x) = 2^n * exp(r)
+ * with n = round(x / ln 2) and |r| <= ln(2)/2 (Cody-Waite: ln 2 split into a
+ * short high part and a correction), exp(r) by its degree-7 Taylor polynomial
+ * (truncation < 6e-9 relative).  Relative error within a few float ulps (tested
+ * against exp() in double).  x < -87 (including -INFINITY) and NaN give exactly 0;
+ * x > 0 is outside the domain and gives 1 (never an out-of-range conversion).
+ * Plain IEEE float operations only, so every machine gets the same bits (the
+ * build is ISO C: no FMA contraction, never -ffast-math).  The selects are bit
+ * masks because the compiler will not if-convert floating-point arms. */
+static inline float sampler__exp_neg(float x)
+{
+    uint32_t keep = -(uint32_t)(x >= -87.0f); /* all ones, or 0 for small/NaN */
+    uint32_t xb, lo;
+    float lim = -87.0f;
+    memcpy(&xb, &x, sizeof xb);
+    memcpy(&lo, &lim, sizeof lo);
+    xb = (xb & keep) | (lo & ~keep);
+    float xk;
+    memcpy(&xk, &xb, sizeof xk);
+    xb &= ~(-(uint32_t)(xk > 0.0f)); /* outside the domain (x > 0): computed as exp(0) */
+    float xc;
+    memcpy(&xc, &xb, sizeof xc);
+    float t = xc * 1.44269504088896341f;
+    float n = (t + 12582912.0f) - 12582912.0f; /* round to nearest (1.5 * 2^23 trick) */
+    float r = xc - n * 0.693359375f;           /* ln 2 high part: exact product */
+    r = r - n * -2.12194440e-4f;               /* ln 2 - 0.693359375 */
+    float p = 1.0f / 5040.0f;
+    p = p * r + 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    int32_t e = (int32_t)n + 127; /* n in [-126, 0]: a normal scale */
+    uint32_t sb = (uint32_t)e << 23;
+    float scale;
+    memcpy(&scale, &sb, sizeof scale);
+    float y = p * scale;
+    uint32_t yb;
+    memcpy(&yb, &y, sizeof yb);
+    yb &= keep;
+    memcpy(&y, &yb, sizeof y);
+    return y;
+}
+
+/* Reductions in a fixed order (8 interleaved double partial sums, then combined
+ * in a fixed sequence): deterministic on every machine, and vectorisable. */
+double sampler__sum_f(const float *x, int n);
+double sampler__sum_d(const double *x, int n);
+/* Largest non-NaN value; -INFINITY if there is none (all NaN or -INFINITY). */
+float sampler__max(const float *x, int n);
+
+/* Working memory for one sequence's steps (vocab entries each). */
+typedef struct {
+    int vocab;
+    float *work;      /* (vocab) logits being warped */
+    float *probs;     /* (vocab) softmax of the survivors */
+    double *weight;   /* (vocab) selection weights (exp of shifted logits or 1) */
+    uint32_t *key;    /* (vocab) selection keys */
+    int32_t *count;   /* (vocab) per-id counts/marks, all zero between calls */
+    int32_t *idx;     /* (vocab) ids of the compacted survivors */
+} sampler_scratch;
+
+int sampler__scratch_init(sampler_scratch *sc, int vocab);
+void sampler__scratch_release(sampler_scratch *sc);
+
+/* Scratch forms of the warpers (same contracts as the public ones). */
+int sampler__top_k(const float *logits, float *out, int vocab, int k, uint32_t *key);
+int sampler__top_p(const float *logits, float *out, int vocab, float p,
+                   uint32_t *key, double *weight);
+int sampler__repetition(const float *logits, float *out, int vocab, const int32_t *seen,
+                        int n_seen, float penalty, int32_t *marks);
+int sampler__presence_frequency(const float *logits, float *out, int vocab,
+                                const int32_t *seen, int n_seen, float presence,
+                                float frequency, int32_t *counts);
+
+/* One step: copy logits into scratch, apply every enabled warper in the documented
+ * order, and pick a token (argmax at temperature 0, else one draw from rng).
+ * ids[0..n_ids) is the sequence so far, the last n_generated of which were generated.
+ * SAMPLER_EINVAL if no token can be chosen (every logit -INFINITY or NaN). */
+int sampler__choose(const sampler_params *p, sampler_scratch *sc, sampler_rng *rng,
+                    const float *logits, const int32_t *ids, int n_ids, int n_generated,
+                    int32_t *token);
+
+#endif /* LMSERVE_SAMPLER_INTERNAL_H */

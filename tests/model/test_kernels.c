@@ -1,0 +1,201 @@
+/* test_kernels.c -- kernel_matmul on F32, F16, BF16 and Q8_0 against naive double
+ * dot products; bit-identity across batch sizes, row positions and thread counts;
+ * mtensor_get_row; the thread pool.
+ *
+ * Tolerances, per output element with S = sum_k |x_k w_k| (w as stored):
+ *   F32/F16/BF16: |out - exact| <= 2e-6 * S   (float accumulation over <= 700 terms)
+ *   Q8_0: |out - exact| <= B + 2e-6 * S where B = sum_k |w_k| * d_k / 2 is the bound
+ *         of the activation rounding (d_k: the row's block scale max|x| / 127).
+ */
+#include <criterion/criterion.h>
+
+#include <stdatomic.h>
+#include <unistd.h>
+
+#include "fixture.h"
+
+typedef struct {
+    int rows, cols, n;
+} shape3;
+
+static void check_type(int type, const shape3 *shapes, int n_shapes, model_pool *pool)
+{
+    uint64_t rng = 1234 + type;
+    for (int si = 0; si < n_shapes; si++) {
+        int R = shapes[si].rows, C = shapes[si].cols, N = shapes[si].n;
+        double *src = malloc((size_t)R * C * 8), *deq = malloc((size_t)R * C * 8);
+        for (size_t i = 0; i < (size_t)R * C; i++)
+            src[i] = fx_unif(&rng);
+        void *data = fx_pack(src, R, C, type, deq);
+        mtensor w = {.data = data, .type = type, .rows = R, .cols = C};
+        float *x = malloc((size_t)N * C * 4), *out = malloc((size_t)N * R * 4);
+        for (size_t i = 0; i < (size_t)N * C; i++)
+            x[i] = (float)(fx_unif(&rng) * 2.0);
+        kernel_matmul(pool, out, x, N, &w);
+        double worst = 0;
+        for (int r = 0; r < N; r++) {
+            const float *xr = x + (size_t)r * C;
+            for (int j = 0; j < R; j++) {
+                double exact = 0, S = 0, B = 0;
+                for (int k = 0; k < C; k++) {
+                    double wk = deq[(size_t)j * C + k];
+                    exact += xr[k] * wk;
+                    S += fabs(xr[k] * wk);
+                    if (type == MT_Q8_0) {
+                        double amax = 0;
+                        for (int i = k / 32 * 32; i < k / 32 * 32 + 32; i++)
+                            amax = fmax(amax, fabs(xr[i]));
+                        B += fabs(wk) * amax / 127.0 / 2.0 * 1.0001;
+                    }
+                }
+                double err = fabs(out[(size_t)r * R + j] - exact), lim = B + 2e-6 * S + 1e-30;
+                worst = fmax(worst, err / lim);
+                cr_assert(err <= lim, "type %d shape %dx%d n=%d: out[%d][%d]=%.9g exact %.9g (lim %g)",
+                          type, R, C, N, r, j, out[(size_t)r * R + j], exact, lim);
+            }
+        }
+        /* get_row gives the stored values */
+        float *row = malloc((size_t)C * 4);
+        for (int j = 0; j < R; j += R / 3 + 1) {
+            mtensor_get_row(&w, j, row);
+            for (int k = 0; k < C; k++)
+                cr_assert_eq((double)row[k], deq[(size_t)j * C + k], "get_row type %d", type);
+        }
+        free(row);
+        free(src), free(deq), free(data), free(x), free(out);
+    }
+}
+
+Test(kernels, f32_f16_bf16_against_double)
+{
+    const shape3 shapes[] = {{1, 1, 1}, {1, 8, 1}, {3, 7, 2}, {5, 9, 5}, {17, 40, 3}, {33, 100, 7},
+                             {130, 257, 9}, {64, 64, 4}, {2, 700, 13}, {300, 24, 1}};
+    model_pool *p = model_pool_new(2);
+    check_type(MT_F32, shapes, 10, p);
+    check_type(MT_F16, shapes, 10, p);
+    check_type(MT_BF16, shapes, 10, p);
+    check_type(MT_F32, shapes, 10, NULL);
+    model_pool_free(p);
+}
+
+Test(kernels, q8_0_against_double)
+{
+    const shape3 shapes[] = {{1, 32, 1}, {3, 32, 2}, {5, 64, 5}, {37, 96, 6}, {130, 320, 9},
+                             {300, 64, 1}, {2, 704, 13}};
+    model_pool *p = model_pool_new(2);
+    check_type(MT_Q8_0, shapes, 7, p);
+    check_type(MT_Q8_0, shapes, 7, NULL);
+    model_pool_free(p);
+}
+
+/* Row r's result must not depend on n_rows, the row's position or the threads. */
+Test(kernels, bit_identical_across_batches_and_threads)
+{
+    const int types[] = {MT_F32, MT_F16, MT_BF16, MT_Q8_0};
+    const int cols_of[] = {203, 203, 203, 224};
+    model_pool *p1 = model_pool_new(1), *p2 = model_pool_new(2);
+    uint64_t rng = 99;
+    for (int ti = 0; ti < 4; ti++) {
+        int R = 77, C = cols_of[ti], maxn = 19;
+        double *src = malloc((size_t)R * C * 8), *deq = malloc((size_t)R * C * 8);
+        for (size_t i = 0; i < (size_t)R * C; i++)
+            src[i] = fx_unif(&rng);
+        void *data = fx_pack(src, R, C, types[ti], deq);
+        mtensor w = {.data = data, .type = types[ti], .rows = R, .cols = C};
+        float *probe = malloc((size_t)C * 4), *x = malloc((size_t)maxn * C * 4);
+        float *ref = malloc((size_t)R * 4), *out = malloc((size_t)maxn * R * 4);
+        for (int k = 0; k < C; k++)
+            probe[k] = (float)fx_unif(&rng);
+        kernel_matmul(p1, ref, probe, 1, &w);
+        for (int n = 1; n <= maxn; n++)
+            for (int at = 0; at < n; at += (n > 6 ? 3 : 1)) {
+                for (size_t i = 0; i < (size_t)n * C; i++)
+                    x[i] = (float)fx_unif(&rng);
+                memcpy(x + (size_t)at * C, probe, (size_t)C * 4);
+                kernel_matmul(n % 2 ? p2 : p1, out, x, n, &w);
+                cr_assert_eq(memcmp(out + (size_t)at * R, ref, (size_t)R * 4), 0,
+                             "type %d: row %d of %d differs", types[ti], at, n);
+            }
+        /* grouped dispatch gives the same bits as separate calls */
+        mtensor w2 = w;
+        w2.rows = 50;
+        float *o1 = malloc((size_t)maxn * R * 4), *o2 = malloc((size_t)maxn * 50 * 4);
+        kernel_job jobs[2] = {{o1, &w}, {o2, &w2}};
+        kernel_matmul_multi(p2, jobs, 2, x, maxn);
+        kernel_matmul(p1, out, x, maxn, &w);
+        cr_assert_eq(memcmp(o1, out, (size_t)maxn * R * 4), 0);
+        kernel_matmul(NULL, out, x, maxn, &w2);
+        cr_assert_eq(memcmp(o2, out, (size_t)maxn * 50 * 4), 0);
+        free(o1), free(o2);
+        free(src), free(deq), free(data), free(probe), free(x), free(ref), free(out);
+    }
+    model_pool_free(p1);
+    model_pool_free(p2);
+}
+
+Test(kernels, dot_and_axpy)
+{
+    uint64_t rng = 5;
+    float a[77], b[77], y[77], y0[77];
+    for (int i = 0; i < 77; i++) {
+        a[i] = (float)fx_unif(&rng);
+        b[i] = (float)fx_unif(&rng);
+        y[i] = y0[i] = (float)fx_unif(&rng);
+    }
+    for (int n = 0; n <= 77; n += 7) {
+        double e = 0, S = 0;
+        for (int i = 0; i < n; i++)
+            e += (double)a[i] * b[i], S += fabs((double)a[i] * b[i]);
+        cr_assert(fabs(kernel_dot(a, b, n) - e) <= 1e-6 * S + 1e-30, "n=%d", n);
+    }
+    kernel_axpy(y, 0.5f, a, 77);
+    for (int i = 0; i < 77; i++)
+        cr_assert(fabs(y[i] - (y0[i] + 0.5 * a[i])) < 1e-6);
+    cr_assert_eq(kernel_row_bytes(MT_Q8_0, 64), 68);
+    cr_assert_eq(kernel_row_bytes(MT_Q8_0, 65), 0);
+    cr_assert_eq(kernel_row_bytes(MT_F16, 10), 20);
+    cr_assert_eq(kernel_row_bytes(MT_F32, 10), 40);
+    cr_assert_eq(kernel_row_bytes(MT_BF16, 3), 6);
+    cr_assert_eq(kernel_row_bytes(99, 3), 0);
+}
+
+typedef struct {
+    _Atomic int hits[1000];
+    _Atomic int calls;
+    int expect_n;
+} pool_probe;
+
+static void probe_task(void *arg, int task, int n_tasks)
+{
+    pool_probe *pp = arg;
+    if (n_tasks == pp->expect_n)
+        atomic_fetch_add(&pp->hits[task], 1);
+    atomic_fetch_add(&pp->calls, 1);
+}
+
+Test(kernels, pool_runs_every_task_once)
+{
+    for (int nt = 1; nt <= 3; nt++) {
+        model_pool *p = model_pool_new(nt);
+        cr_assert_eq(model_pool_size(p), nt);
+        pool_probe *pp = calloc(1, sizeof *pp);
+        for (int round = 0; round < 2000; round++) {
+            int n = 1 + round % 97;
+            pp->expect_n = n;
+            for (int i = 0; i < n; i++)
+                atomic_store(&pp->hits[i], 0);
+            atomic_store(&pp->calls, 0);
+            model_pool_run(p, probe_task, pp, n);
+            cr_assert_eq(atomic_load(&pp->calls), n);
+            for (int i = 0; i < n; i++)
+                cr_assert_eq(atomic_load(&pp->hits[i]), 1, "threads %d round %d task %d", nt, round, i);
+            if (round == 1000)
+                usleep(2000); /* let the workers fall asleep once */
+        }
+        model_pool_run(p, probe_task, pp, 0);
+        free(pp);
+        model_pool_free(p);
+    }
+    model_pool_free(NULL);
+    cr_assert_eq(model_pool_size(NULL), 1);
+}
