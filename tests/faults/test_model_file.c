@@ -77,6 +77,36 @@ static void check_change(const char *name, const char *tok_name, int how)
     th_tmp_cleanup(&t);
 }
 
+/* A Hugging Face folder (safetensors weights): copy it, load it, truncate the weights. */
+Test(model_file, safetensors_truncated_while_loaded)
+{
+    const char *fx = getenv("LMSERVE_FIXTURES");
+    if (!fx || !*fx) fx = "../shared/fixtures";
+    th_tmp t;
+    th_tmp_init(&t);
+    const char *files[2] = {"config.json", "model.safetensors"};
+    for (int i = 0; i < 2; i++) {
+        char src[512];
+        snprintf(src, sizeof src, "%s/hf/tiny-random-llama/%s", fx, files[i]);
+        size_t len;
+        unsigned char *b = th_read_file(src, &len);
+        th_write_file(th_tmp_file(&t, files[i]), b, len);
+        free(b);
+    }
+    char *tok = th_model_path("tokenizer.bin");
+    model_load_opts opts = {.tokenizer_path = tok, .n_threads = 1};
+    model *m = NULL;
+    char err[512];
+    cr_assert_eq(model_load(&m, t.dir, &opts, err, sizeof err), 0, "%s", err);
+    cr_assert_str_eq(model_get_info(m)->format, "safetensors");
+    uint64_t before = weights_hash(m);
+    cr_assert_eq(truncate(th_tmp_file(&t, "model.safetensors"), 16), 0);
+    cr_assert_eq(weights_hash(m), before, "weights changed when the file did");
+    model_free(m);
+    free(tok);
+    th_tmp_cleanup(&t);
+}
+
 Test(model_file, gguf_truncated_while_loaded) { check_change("stories260K.gguf", NULL, TRUNCATE); }
 Test(model_file, gguf_overwritten_while_loaded) { check_change("stories260K.gguf", NULL, OVERWRITE); }
 Test(model_file, gguf_deleted_while_loaded) { check_change("stories260K.gguf", NULL, UNLINK); }
