@@ -26,6 +26,10 @@ int main(int argc, char **argv)
     const char *cmd = argv[1];
     if (!strcmp(cmd, "--help") || !strcmp(cmd, "-h") || !strcmp(cmd, "help")) {
         usage(stdout);
+        /* the server's options with their defaults (issue 4: `lmserve --help` lists them) */
+        char *serve_help[] = {"serve", "--help", NULL};
+        putchar('\n');
+        cli_serve(2, serve_help);
         return 0;
     }
     if (!strcmp(cmd, "serve")) return cli_serve(argc - 1, argv + 1);

@@ -1,11 +1,183 @@
-/* serve.c -- placeholder until the `serve` sub-command lands (see its issue). */
+/* serve.c -- `lmserve serve`: parse the command line into a server_config and run
+ * the server (server/server.h). */
 #include "cli/cli.h"
+#include "server/server.h"
 
+#include <errno.h>
+#include <limits.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define DEFAULT_MODEL_REL "models/default/model.gguf"
+
+static void usage(FILE *f, const server_config *d)
+{
+    fprintf(f,
+        "usage: lmserve serve [--model FILE] [options]\n"
+        "\n"
+        "Serve a model over HTTP with an OpenAI-compatible API (completions, chat, SSE streaming).\n"
+        "\n"
+        "  --model FILE             model file or folder (default: $LMSERVE_DEFAULT_MODEL, else\n"
+        "                           " DEFAULT_MODEL_REL " beside the binary's checkout or install)\n"
+        "  --tokenizer FILE         llama2.c tokenizer.bin (default: the model's own / beside it)\n"
+        "  --model-id NAME          id reported and accepted as \"model\" (default: file name without extension)\n"
+        "  --host ADDR              address to listen on (default: %s)\n"
+        "  --port N                 port; 0 picks a free one (default: %d)\n"
+        "  --threads N              kernel threads; 0 = number of CPUs (default: %d)\n"
+        "  --parallel N             sequences decoded together (slots) (default: %d)\n"
+        "  --queue N                requests that may wait for a slot before 503 (default: %d)\n"
+        "  --ctx N                  context window per sequence; 0 = the model's (default: %d)\n"
+        "  --api-key KEY            require 'Authorization: Bearer KEY' on every route but /health\n"
+        "                           and the playground's files (default: $LMSERVE_API_KEY, else none)\n"
+        "  --cors-origin ORIGIN     send CORS headers for this origin ('*' for any) (default: none)\n"
+        "  --max-tokens-limit N     largest max_tokens accepted (default: %d)\n"
+        "  --max-choices N          largest n x number of prompts per request (default: %d)\n"
+        "  --body-limit BYTES       largest request body; larger gets 413 (default: %zu)\n"
+        "  --timeout S              idle/slow connection timeout in seconds (default: %d)\n"
+        "  --max-connections N      concurrent connections (default: %d)\n"
+        "  --max-connections-per-ip N  concurrent connections per client address (default: %d)\n"
+        "  --shutdown-timeout S     on SIGINT/SIGTERM, let requests finish this long (default: %d)\n"
+        "  --prefill-chunk N        prompt tokens per sequence per step (default: %d)\n"
+        "  --step-budget N          prompt tokens per step over all sequences (default: %d)\n"
+        "  --outbox-limit BYTES     output buffered for a client that does not read before its\n"
+        "                           request is cancelled (default: %zu)\n"
+        "  --no-log                 no per-request log lines\n"
+        "  -h, --help               this help\n",
+        d->host, d->port, d->threads, d->parallel, d->queue, d->ctx, d->max_tokens_limit,
+        d->max_choices, d->body_limit, d->timeout, d->max_connections, d->max_connections_per_ip,
+        d->shutdown_timeout, d->prefill_chunk, d->step_budget, d->outbox_limit);
+}
+
+static int parse_int(const char *opt, const char *v, long min, long max, long *out)
+{
+    char *end;
+    errno = 0;
+    long x = strtol(v, &end, 10);
+    if (!*v || *end || errno || x < min || x > max) {
+        fprintf(stderr, "lmserve serve: %s expects an integer in [%ld, %ld], got '%s'\n", opt, min, max, v);
+        return -1;
+    }
+    *out = x;
+    return 0;
+}
+
+/* The default model: $LMSERVE_DEFAULT_MODEL, else models/default/model.gguf in the
+ * checkout the binary lives in (build/lmserve or build/<variant>/lmserve), else the
+ * install's share/lmserve/default/model.gguf. */
+static int default_model(char *out, size_t n)
+{
+    const char *env = getenv("LMSERVE_DEFAULT_MODEL");
+    if (env && *env) {
+        snprintf(out, n, "%s", env);
+        return 0;
+    }
+    char exe[PATH_MAX];
+    ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (len <= 0) return -1;
+    exe[len] = '\0';
+    char dir[PATH_MAX];
+    snprintf(dir, sizeof dir, "%s", exe);
+    for (int up = 0; up < 4; up++) {
+        char *slash = strrchr(dir, '/');
+        if (!slash) break;
+        *slash = '\0';
+        char cand[PATH_MAX + 64];
+        snprintf(cand, sizeof cand, "%s/" DEFAULT_MODEL_REL, dir);
+        if (access(cand, R_OK) == 0) {
+            snprintf(out, n, "%s", cand);
+            return 0;
+        }
+        snprintf(cand, sizeof cand, "%s/share/lmserve/default/model.gguf", dir);
+        if (access(cand, R_OK) == 0) {
+            snprintf(out, n, "%s", cand);
+            return 0;
+        }
+    }
+    return -1;
+}
 
 int cli_serve(int argc, char **argv)
 {
-    (void)argc; (void)argv;
-    fprintf(stderr, "lmserve: 'serve' is not built yet\n");
-    return 2;
+    server_config c, d;
+    server_config_init(&c);
+    server_config_init(&d);
+    const char *env_key = getenv("LMSERVE_API_KEY");
+    if (env_key && *env_key) c.api_key = env_key;
+    for (int i = 1; i < argc; i++) {
+        char *a = argv[i];
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            usage(stdout, &d);
+            return 0;
+        }
+        if (!strcmp(a, "--no-log")) {
+            c.log_requests = 0;
+            continue;
+        }
+        char name[64];
+        const char *val = NULL;
+        const char *eq = strchr(a, '=');
+        if (strncmp(a, "--", 2) != 0) {
+            fprintf(stderr, "lmserve serve: unexpected argument '%s' (see --help)\n", a);
+            return 2;
+        }
+        if (eq) {
+            snprintf(name, sizeof name, "%.*s", (int)(eq - a), a);
+            val = eq + 1;
+        } else {
+            snprintf(name, sizeof name, "%s", a);
+            if (i + 1 >= argc) {
+                fprintf(stderr, "lmserve serve: %s needs a value (see --help)\n", a);
+                return 2;
+            }
+            val = argv[++i];
+        }
+        long v = 0;
+#define INTOPT(flag, field, lo, hi) \
+    else if (!strcmp(name, flag)) { if (parse_int(flag, val, lo, hi, &v) < 0) return 2; c.field = (int)v; }
+#define SIZEOPT(flag, field, lo, hi) \
+    else if (!strcmp(name, flag)) { if (parse_int(flag, val, lo, hi, &v) < 0) return 2; c.field = (size_t)v; }
+        if (!strcmp(name, "--model")) c.model_path = val;
+        else if (!strcmp(name, "--tokenizer")) c.tokenizer_path = val;
+        else if (!strcmp(name, "--model-id")) c.model_id = val;
+        else if (!strcmp(name, "--host")) c.host = val;
+        else if (!strcmp(name, "--api-key")) c.api_key = *val ? val : NULL;
+        else if (!strcmp(name, "--cors-origin")) c.cors_origin = *val ? val : NULL;
+        INTOPT("--port", port, 0, 65535)
+        INTOPT("--threads", threads, 0, 1024)
+        INTOPT("--parallel", parallel, 1, 1024)
+        INTOPT("--queue", queue, 0, 1000000)
+        INTOPT("--ctx", ctx, 0, 1 << 24)
+        INTOPT("--max-tokens-limit", max_tokens_limit, 1, 1 << 24)
+        INTOPT("--max-choices", max_choices, 1, 1024)
+        SIZEOPT("--body-limit", body_limit, 64, 1L << 30)
+        INTOPT("--timeout", timeout, 1, 86400)
+        INTOPT("--max-connections", max_connections, 1, 1000000)
+        INTOPT("--max-connections-per-ip", max_connections_per_ip, 0, 1000000)
+        INTOPT("--shutdown-timeout", shutdown_timeout, 0, 86400)
+        INTOPT("--prefill-chunk", prefill_chunk, 1, 1 << 16)
+        INTOPT("--step-budget", step_budget, 1, 1 << 20)
+        SIZEOPT("--outbox-limit", outbox_limit, 4096, 1L << 30)
+        else {
+            fprintf(stderr, "lmserve serve: unknown option '%s' (see --help)\n", name);
+            return 2;
+        }
+#undef INTOPT
+#undef SIZEOPT
+    }
+    char path[PATH_MAX + 64];
+    if (!c.model_path) {
+        if (default_model(path, sizeof path) < 0) {
+            fprintf(stderr, "lmserve serve: no --model given and no default model found "
+                            "(set $LMSERVE_DEFAULT_MODEL or create " DEFAULT_MODEL_REL ")\n");
+            return 2;
+        }
+        c.model_path = path;
+    }
+    if (access(c.model_path, R_OK) != 0) {
+        fprintf(stderr, "lmserve serve: cannot read model '%s': %s\n", c.model_path, strerror(errno));
+        return 1;
+    }
+    return server_run(&c) == 0 ? 0 : 1;
 }

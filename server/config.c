@@ -1,0 +1,26 @@
+/* config.c -- the server's defaults (listed by `lmserve serve --help`). */
+#include "server/server.h"
+
+#include <string.h>
+
+void server_config_init(server_config *c)
+{
+    memset(c, 0, sizeof *c);
+    c->host = "127.0.0.1";
+    c->port = 8080;
+    c->threads = 0;
+    c->parallel = 16;
+    c->queue = 64;
+    c->ctx = 0;
+    c->max_tokens_limit = 4096;
+    c->max_choices = 64;
+    c->body_limit = 1u << 20;
+    c->timeout = 60;
+    c->max_connections = 512;
+    c->max_connections_per_ip = 256;
+    c->shutdown_timeout = 10;
+    c->prefill_chunk = 64;
+    c->step_budget = 256;
+    c->outbox_limit = 1u << 20;
+    c->log_requests = 1;
+}

@@ -1,0 +1,627 @@
+/* http.c -- libmicrohttpd driven by a libuv loop (external epoll mode), request
+ * lifecycle, parking/resuming connections, the ready list, signals and the
+ * graceful shutdown.  See server.h for the design and ../shared/DESIGN.md for
+ * the measured facts this follows. */
+#include "server/http.h"
+#include "model/model.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netdb.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static void mhd_run(server *s);
+
+/* ---- request objects -------------------------------------------------------------- */
+
+static void req_unref(http_req *r)
+{
+    if (--r->refs > 0) return;
+    if (r->job) {
+        if (r->job->req == r) r->job->req = NULL;
+        job_unref(r->job);
+    }
+    sbuf_free(&r->body);
+    free(r->url);
+    free(r);
+}
+
+static void on_fdpoll_closed(uv_handle_t *h)
+{
+    http_req *r = h->data;
+    free(h);
+    req_unref(r);
+}
+
+static void unpark(server *s, http_req *r)
+{
+    if (!r->parked) return;
+    if (r->fdpoll) uv_poll_stop(r->fdpoll);
+    r->parked = 0;
+    MHD_resume_connection(r->conn);
+    (void)s;
+}
+
+static void on_fd_event(uv_poll_t *h, int status, int events)
+{
+    http_req *r = h->data;
+    server *s = r->srv;
+    if (status < 0 || (events & UV_DISCONNECT)) {
+        uv_poll_stop(h);
+        if (r->job) engine_cancel(s->eng, r->job, CANCEL_CLIENT);
+        unpark(s, r);
+        mhd_run(s);
+    }
+}
+
+void http_park(server *s, http_req *r)
+{
+    if (r->parked) return;
+    MHD_suspend_connection(r->conn);
+    r->parked = 1;
+    if (!r->fdpoll) {
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+        if (!ci) return;
+        r->fdpoll = malloc(sizeof *r->fdpoll);
+        if (!r->fdpoll) return;
+        if (uv_poll_init(&s->loop, r->fdpoll, ci->connect_fd) != 0) {
+            free(r->fdpoll);
+            r->fdpoll = NULL;
+            return;
+        }
+        r->fdpoll->data = r;
+        r->refs++;
+    }
+    uv_poll_start(r->fdpoll, UV_DISCONNECT, on_fd_event);
+}
+
+/* ---- answering ------------------------------------------------------------------------ */
+
+static void add_common_headers(server *s, struct MHD_Response *resp)
+{
+    if (s->cfg.cors_origin) {
+        MHD_add_response_header(resp, "Access-Control-Allow-Origin", s->cfg.cors_origin);
+        if (strcmp(s->cfg.cors_origin, "*") != 0) MHD_add_response_header(resp, "Vary", "Origin");
+    }
+}
+
+enum MHD_Result http_send(server *s, http_req *r, int status, const char *ctype,
+                          const void *data, size_t len, const char *const *headers)
+{
+    struct MHD_Response *resp =
+        MHD_create_response_from_buffer(len, (void *)data, MHD_RESPMEM_MUST_COPY);
+    if (!resp) return MHD_NO;
+    if (ctype) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
+    for (int i = 0; headers && headers[i]; i += 2) MHD_add_response_header(resp, headers[i], headers[i + 1]);
+    add_common_headers(s, resp);
+    if (s->draining) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
+    r->status = status;
+    enum MHD_Result ret = MHD_queue_response(r->conn, (unsigned)status, resp);
+    MHD_destroy_response(resp);
+    return ret;
+}
+
+enum MHD_Result http_send_error(server *s, http_req *r, const api_error *e)
+{
+    char *body = api_error_json(e);
+    if (!body) return MHD_NO;
+    const char *retry[] = {"Retry-After", "1", NULL};
+    const char *auth[] = {"WWW-Authenticate", "Bearer", NULL};
+    const char *const *h = e->status == 503 ? retry : e->status == 401 ? auth : NULL;
+    enum MHD_Result ret = http_send(s, r, e->status, "application/json", body, strlen(body), h);
+    free(body);
+    return ret;
+}
+
+enum MHD_Result http_send_json(server *s, http_req *r, int status, json_t *o)
+{
+    char *body = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    if (!body) return MHD_NO;
+    enum MHD_Result ret = http_send(s, r, status, "application/json", body, strlen(body), NULL);
+    free(body);
+    return ret;
+}
+
+static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    (void)pos;
+    http_req *r = cls;
+    job *j = r->job;
+    if (!r->conn || !j) return MHD_CONTENT_READER_END_WITH_ERROR;
+    int c = atomic_load(&j->cancel);
+    if (c == CANCEL_CLIENT || c == CANCEL_OVERFLOW) return MHD_CONTENT_READER_END_WITH_ERROR;
+    int done = 0;
+    size_t n = job_out_take(j, buf, max, &done);
+    if (n) return (ssize_t)n;
+    if (done) return MHD_CONTENT_READER_END_OF_STREAM;
+    http_park(r->srv, r);
+    return 0;
+}
+
+static void stream_free(void *cls)
+{
+    req_unref(cls);
+}
+
+enum MHD_Result http_send_stream(server *s, http_req *r)
+{
+    struct MHD_Response *resp =
+        MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024, stream_reader, r, stream_free);
+    if (!resp) return MHD_NO;
+    r->refs++;
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+    MHD_add_response_header(resp, "X-Accel-Buffering", "no");
+    add_common_headers(s, resp);
+    r->status = 200;
+    enum MHD_Result ret = MHD_queue_response(r->conn, MHD_HTTP_OK, resp);
+    MHD_destroy_response(resp);
+    return ret;
+}
+
+/* ---- MHD callbacks -------------------------------------------------------------------- */
+
+static int method_bit(const char *m)
+{
+    if (!strcmp(m, "GET")) return M_GET;
+    if (!strcmp(m, "HEAD")) return M_HEAD;
+    if (!strcmp(m, "POST")) return M_POST;
+    if (!strcmp(m, "OPTIONS")) return M_OPTIONS;
+    return M_OTHER;
+}
+
+static void allow_string(unsigned allowed, char *out, size_t n)
+{
+    out[0] = '\0';
+    const char *names[] = {"GET", "HEAD", "POST", "OPTIONS"};
+    for (int i = 0; i < 4; i++) {
+        if (!(allowed & (1u << i)) && i != 3) continue;
+        if (out[0]) strncat(out, ", ", n - strlen(out) - 1);
+        strncat(out, names[i], n - strlen(out) - 1);
+    }
+}
+
+static int auth_ok(server *s, struct MHD_Connection *c)
+{
+    const char *h = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+    if (!h || strncasecmp(h, "Bearer ", 7) != 0) return 0;
+    h += 7;
+    while (*h == ' ') h++;
+    size_t a = strlen(h), b = strlen(s->cfg.api_key);
+    unsigned char diff = (unsigned char)(a != b);
+    for (size_t i = 0; i < b; i++) diff |= (unsigned char)((i < a ? h[i] : 0) ^ s->cfg.api_key[i]);
+    return diff == 0;
+}
+
+static enum MHD_Result first_call(server *s, http_req *r, struct MHD_Connection *c)
+{
+    unsigned allowed = 0;
+    r->route = route_find(r->url, &allowed);
+    api_error e;
+    if (r->route < 0) {
+        api_error_set(&e, 404, "invalid_request_error", NULL, "not_found", "Unknown route %s %.200s",
+                      r->method_s, r->url);
+        return http_send_error(s, r, &e);
+    }
+    char allow[64];
+    allow_string(allowed, allow, sizeof allow);
+    if (r->method == M_OPTIONS) {
+        const char *cors[] = {"Allow", allow, "Access-Control-Allow-Methods", allow,
+                              "Access-Control-Allow-Headers", "Authorization, Content-Type",
+                              "Access-Control-Max-Age", "86400", NULL};
+        const char *plain[] = {"Allow", allow, NULL};
+        return http_send(s, r, 204, NULL, "", 0, s->cfg.cors_origin ? cors : plain);
+    }
+    if (!(allowed & (unsigned)r->method)) {
+        api_error_set(&e, 405, "invalid_request_error", NULL, "method_not_allowed",
+                      "Method %s is not allowed on %.200s (allowed: %s)", r->method_s, r->url, allow);
+        char *body = api_error_json(&e);
+        const char *h[] = {"Allow", allow, NULL};
+        enum MHD_Result ret = http_send(s, r, 405, "application/json", body, body ? strlen(body) : 0, h);
+        free(body);
+        return ret;
+    }
+    /* /health and the playground's own files (GET /, its assets: no model access) need no key */
+    if (s->cfg.api_key && r->route != ROUTE_HEALTH && r->route != ROUTE_STATIC && !auth_ok(s, c)) {
+        api_error_set(&e, 401, "invalid_request_error", NULL, "invalid_api_key",
+                      "Missing or incorrect API key: send 'Authorization: Bearer KEY'");
+        return http_send_error(s, r, &e);
+    }
+    if (r->method == M_POST) {
+        const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+        if (cl && strtoull(cl, NULL, 10) > s->cfg.body_limit) {
+            api_error_set(&e, 413, "invalid_request_error", NULL, "request_too_large",
+                          "Request body is larger than %zu bytes", s->cfg.body_limit);
+            return http_send_error(s, r, &e);
+        }
+        return MHD_YES; /* wait for the body */
+    }
+    return routes_dispatch(s, r);
+}
+
+static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char *url,
+                                 const char *method, const char *version, const char *upload,
+                                 size_t *upload_size, void **con_cls)
+{
+    (void)version;
+    server *s = cls;
+    http_req *r = *con_cls;
+    if (!r) {
+        r = calloc(1, sizeof *r);
+        if (!r) return MHD_NO;
+        r->refs = 1;
+        r->srv = s;
+        r->conn = c;
+        r->t0 = srv_now();
+        r->route = -1;
+        r->method = method_bit(method);
+        snprintf(r->method_s, sizeof r->method_s, "%s", method);
+        r->url = strdup(url);
+        if (!r->url) {
+            free(r);
+            return MHD_NO;
+        }
+    r->next = s->reqs;
+        if (s->reqs) s->reqs->prev = r;
+        s->reqs = r;
+        s->n_reqs++;
+        *con_cls = r;
+        return first_call(s, r, c);
+    }
+    if (*upload_size) {
+        if (!r->too_large) {
+            if (r->body.len + *upload_size > s->cfg.body_limit) {
+                r->too_large = 1;
+                sbuf_free(&r->body);
+            } else if (sbuf_append(&r->body, upload, *upload_size) < 0) {
+                return MHD_NO;
+            }
+        }
+        *upload_size = 0;
+        return MHD_YES;
+    }
+    if (r->waiting) return routes_resume(s, r);
+    if (r->status) return MHD_YES; /* already answered */
+    if (r->too_large) {
+        api_error e;
+        api_error_set(&e, 413, "invalid_request_error", NULL, "request_too_large",
+                      "Request body is larger than %zu bytes", s->cfg.body_limit);
+        return http_send_error(s, r, &e);
+    }
+    return routes_dispatch(s, r);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    (void)c;
+    server *s = cls;
+    http_req *r = *con_cls;
+    if (!r) return;
+    *con_cls = NULL;
+    int prompt = 0, completion = 0;
+    double ttft = -1;
+    if (r->job) {
+        job *j = r->job;
+        uv_mutex_lock(&j->mu);
+        int done = j->done;
+        uv_mutex_unlock(&j->mu);
+        if (!done || toe != MHD_REQUEST_TERMINATED_COMPLETED_OK) engine_cancel(s->eng, j, CANCEL_CLIENT);
+        /* counts so far (a cancelled request reports what it got) */
+        prompt = atomic_load(&j->stat_prompt);
+        completion = atomic_load(&j->stat_completion);
+        ttft = atomic_load(&j->stat_ttft);
+        j->req = NULL;
+    }
+    r->conn = NULL;
+    if (r->fdpoll) {
+        uv_poll_stop(r->fdpoll);
+        uv_close((uv_handle_t *)r->fdpoll, on_fdpoll_closed);
+        r->fdpoll = NULL; /* the close callback drops its reference */
+    }
+    int status = r->status ? r->status : 499;
+    if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK && r->status == 200) status = 499;
+    metrics_request(&s->met, status, prompt, completion);
+    if (s->cfg.log_requests) {
+        double total = (srv_now() - r->t0) * 1e3;
+        char tt[32] = "-";
+        if (ttft >= 0) snprintf(tt, sizeof tt, "%.1fms", ttft * 1e3);
+        fprintf(stderr, "lmserve: %s %s %d prompt=%d completion=%d ttft=%s total=%.1fms\n",
+                r->method_s, r->url, status, prompt, completion, tt, total);
+    }
+    if (r->prev) r->prev->next = r->next;
+    else s->reqs = r->next;
+    if (r->next) r->next->prev = r->prev;
+    s->n_reqs--;
+    req_unref(r);
+}
+
+/* ---- the loop ------------------------------------------------------------------------------ */
+
+static void finish_shutdown(server *s);
+
+static void on_mhd_timer(uv_timer_t *t)
+{
+    mhd_run(t->data);
+}
+
+static void mhd_run(server *s)
+{
+    if (!s->d || s->finishing) return;
+    MHD_run(s->d);
+    MHD_UNSIGNED_LONG_LONG to = 0;
+    if (MHD_get_timeout(s->d, &to) == MHD_YES)
+        uv_timer_start(&s->mhd_timer, on_mhd_timer, (uint64_t)to, 0);
+    else
+        uv_timer_stop(&s->mhd_timer);
+    if (s->draining && s->n_reqs == 0) finish_shutdown(s);
+}
+
+static void on_mhd_poll(uv_poll_t *h, int status, int events)
+{
+    (void)status;
+    (void)events;
+    mhd_run(h->data);
+}
+
+static void notify(void *cls, job *j)
+{
+    server *s = cls;
+    uv_mutex_lock(&s->ready_mu);
+    if (!j->in_ready) {
+        j->in_ready = 1;
+        job_ref(j);
+        j->ready_next = s->ready_head;
+        s->ready_head = j;
+    }
+    uv_mutex_unlock(&s->ready_mu);
+    uv_async_send(&s->async);
+}
+
+/* Detach the ready list.  Jobs keep in_ready set until ready_next() has read their
+ * link, so the engine cannot re-link a job while the loop thread walks the list. */
+static job *ready_take(server *s)
+{
+    uv_mutex_lock(&s->ready_mu);
+    job *list = s->ready_head;
+    s->ready_head = NULL;
+    uv_mutex_unlock(&s->ready_mu);
+    return list;
+}
+
+static job *ready_next(server *s, job *j)
+{
+    uv_mutex_lock(&s->ready_mu);
+    job *next = j->ready_next;
+    j->ready_next = NULL;
+    j->in_ready = 0;
+    uv_mutex_unlock(&s->ready_mu);
+    return next;
+}
+
+static void on_async(uv_async_t *a)
+{
+    server *s = a->data;
+    job *list = ready_take(s);
+    while (list) {
+        job *j = list;
+        list = ready_next(s, j);
+        if (j->req && j->req->parked) unpark(s, j->req);
+        job_unref(j);
+    }
+    mhd_run(s);
+}
+
+static void on_force(uv_timer_t *t)
+{
+    server *s = t->data;
+    /* whatever is still parked after the grace period is closed */
+    for (http_req *r = s->reqs; r; r = r->next) {
+        if (r->job) engine_cancel(s->eng, r->job, CANCEL_CLIENT);
+        unpark(s, r);
+    }
+    mhd_run(s);
+}
+
+static void on_drain_deadline(uv_timer_t *t)
+{
+    server *s = t->data;
+    fprintf(stderr, "lmserve: drain deadline reached, ending %d request(s)\n", s->n_reqs);
+    engine_cancel_all(s->eng, CANCEL_SHUTDOWN);
+    uv_timer_start(&s->force_timer, on_force, 2000, 0);
+}
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+    server *s = h->data;
+    if (s->draining) {
+        uv_timer_start(&s->drain_timer, on_drain_deadline, 0, 0);
+        return;
+    }
+    fprintf(stderr, "lmserve: %s received, shutting down (%d request(s) in flight)\n",
+            signum == SIGINT ? "SIGINT" : "SIGTERM", s->n_reqs);
+    s->draining = 1;
+    MHD_socket fd = MHD_quiesce_daemon(s->d);
+    if (fd != MHD_INVALID_SOCKET) close(fd);
+    uv_timer_start(&s->drain_timer, on_drain_deadline, (uint64_t)s->cfg.shutdown_timeout * 1000, 0);
+    mhd_run(s);
+}
+
+static void finish_shutdown(server *s)
+{
+    if (s->finishing) return;
+    s->finishing = 1;
+    engine_stop(s->eng);
+    s->eng = NULL;
+    uv_close((uv_handle_t *)&s->mhd_poll, NULL);
+    uv_close((uv_handle_t *)&s->mhd_timer, NULL);
+    uv_close((uv_handle_t *)&s->drain_timer, NULL);
+    uv_close((uv_handle_t *)&s->force_timer, NULL);
+    uv_close((uv_handle_t *)&s->sigint, NULL);
+    uv_close((uv_handle_t *)&s->sigterm, NULL);
+    uv_close((uv_handle_t *)&s->async, NULL);
+    for (job *l = ready_take(s); l;) {
+        job *j = l;
+        l = ready_next(s, j);
+        job_unref(j);
+    }
+    MHD_stop_daemon(s->d);
+    s->d = NULL;
+}
+
+/* ---- setup --------------------------------------------------------------------------------- */
+
+static int tokenize_cb(void *cls, const char *text, size_t len, int add_bos, int32_t *out, int cap)
+{
+    return model_tokenize(cls, text, len, add_bos, out, cap);
+}
+
+static void default_model_id(const char *path, char *out, size_t n)
+{
+    size_t len = strlen(path);
+    while (len > 1 && path[len - 1] == '/') len--;
+    size_t start = len;
+    while (start > 0 && path[start - 1] != '/') start--;
+    size_t end = len;
+    for (size_t i = len; i > start; i--)
+        if (path[i - 1] == '.') {
+            if (i - 1 > start) end = i - 1;
+            break;
+        }
+    snprintf(out, n, "%.*s", (int)(end - start), path + start);
+}
+
+static void mhd_log(void *cls, const char *fmt, va_list ap)
+{
+    (void)cls;
+    fputs("lmserve: http: ", stderr);
+    vfprintf(stderr, fmt, ap);
+}
+
+int server_run(const server_config *cfg)
+{
+    int rc = -1;
+    server *s = calloc(1, sizeof *s);
+    if (!s) return -1;
+    s->cfg = *cfg;
+    json_object_seed(0);
+    signal(SIGPIPE, SIG_IGN);
+
+    char err[512] = "";
+    model_load_opts lo = {.tokenizer_path = cfg->tokenizer_path, .n_threads = cfg->threads};
+    int lrc = model_load(&s->m, cfg->model_path, &lo, err, sizeof err);
+    if (lrc < 0) {
+        fprintf(stderr, "lmserve: cannot load model: %s\n", err[0] ? err : model_strerror(lrc));
+        free(s);
+        return -1;
+    }
+    const model_info *mi = model_get_info(s->m);
+    s->ctx = cfg->ctx > 0 && cfg->ctx < mi->ctx_len ? cfg->ctx : mi->ctx_len;
+    if (cfg->model_id) snprintf(s->model_id, sizeof s->model_id, "%s", cfg->model_id);
+    else default_model_id(cfg->model_path, s->model_id, sizeof s->model_id);
+    s->vc = (validate_ctx){
+        .model_id = s->model_id, .vocab = mi->vocab_size, .ctx = s->ctx, .add_bos = mi->add_bos,
+        .bos_id = mi->bos_id, .max_tokens_limit = cfg->max_tokens_limit, .max_choices = cfg->max_choices,
+        .tokenize = tokenize_cb, .tok_cls = s->m};
+
+    metrics_init(&s->met);
+    uv_mutex_init(&s->ready_mu);
+    uv_loop_init(&s->loop);
+    uv_async_init(&s->loop, &s->async, on_async);
+    s->async.data = s;
+
+    engine_config ec = {
+        .model = s->m, .parallel = cfg->parallel, .ctx = s->ctx, .queue = cfg->queue,
+        .prefill_chunk = cfg->prefill_chunk, .step_budget = cfg->step_budget,
+        .outbox_limit = cfg->outbox_limit, .metrics = &s->met, .notify = notify, .notify_cls = s};
+    if (engine_start(&s->eng, &ec) < 0) {
+        fprintf(stderr, "lmserve: cannot start the engine thread\n");
+        goto out_loop;
+    }
+
+    /* bind address */
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE};
+    struct addrinfo *ai = NULL;
+    char port_s[16];
+    snprintf(port_s, sizeof port_s, "%d", cfg->port);
+    int gai = getaddrinfo(cfg->host, port_s, &hints, &ai);
+    if (gai != 0 || !ai) {
+        fprintf(stderr, "lmserve: cannot resolve host '%s': %s\n", cfg->host, gai_strerror(gai));
+        goto out_engine;
+    }
+    unsigned flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
+    if (ai->ai_family == AF_INET6) flags |= MHD_USE_IPv6;
+    s->d = MHD_start_daemon(flags, (uint16_t)cfg->port, NULL, NULL, on_access, s,
+                            MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
+                            MHD_OPTION_SOCK_ADDR, ai->ai_addr,
+                            MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
+                            MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->max_connections,
+                            MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)cfg->max_connections_per_ip,
+                            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->timeout,
+                            MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
+                            MHD_OPTION_END);
+    int family = ai->ai_family;
+    freeaddrinfo(ai);
+    if (!s->d) {
+        fprintf(stderr, "lmserve: cannot listen on %s:%d: %s\n", cfg->host, cfg->port, strerror(errno));
+        goto out_engine;
+    }
+    const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->d, MHD_DAEMON_INFO_EPOLL_FD);
+    const union MHD_DaemonInfo *li = MHD_get_daemon_info(s->d, MHD_DAEMON_INFO_LISTEN_FD);
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    int port = cfg->port;
+    if (li && getsockname(li->listen_fd, (struct sockaddr *)&ss, &sl) == 0)
+        port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                              : ((struct sockaddr_in *)&ss)->sin_port);
+    uv_poll_init(&s->loop, &s->mhd_poll, di->epoll_fd);
+    s->mhd_poll.data = s;
+    uv_poll_start(&s->mhd_poll, UV_READABLE, on_mhd_poll);
+    uv_timer_init(&s->loop, &s->mhd_timer);
+    uv_timer_init(&s->loop, &s->drain_timer);
+    uv_timer_init(&s->loop, &s->force_timer);
+    s->mhd_timer.data = s->drain_timer.data = s->force_timer.data = s;
+    uv_signal_init(&s->loop, &s->sigint);
+    uv_signal_init(&s->loop, &s->sigterm);
+    s->sigint.data = s->sigterm.data = s;
+    uv_signal_start(&s->sigint, on_signal, SIGINT);
+    uv_signal_start(&s->sigterm, on_signal, SIGTERM);
+
+    fprintf(stderr, "lmserve: model %s (%s %s, %d layers, dim %d, vocab %d, ctx %d), %d slots, queue %d\n",
+            s->model_id, mi->arch, mi->weight_type, mi->n_layers, mi->dim, mi->vocab_size, s->ctx,
+            cfg->parallel, cfg->queue);
+    if (family == AF_INET6) fprintf(stderr, "lmserve: listening on http://[%s]:%d\n", cfg->host, port);
+    else fprintf(stderr, "lmserve: listening on http://%s:%d\n", cfg->host, port);
+    fflush(stderr);
+
+    mhd_run(s);
+    uv_run(&s->loop, UV_RUN_DEFAULT);
+    if (!s->finishing) finish_shutdown(s);
+    uv_run(&s->loop, UV_RUN_DEFAULT);
+    fprintf(stderr, "lmserve: stopped\n");
+    rc = 0;
+    goto out_loop;
+
+out_engine:
+    engine_stop(s->eng);
+    s->eng = NULL;
+    uv_close((uv_handle_t *)&s->async, NULL);
+    uv_run(&s->loop, UV_RUN_DEFAULT);
+out_loop:
+    if (rc < 0 && !uv_is_closing((uv_handle_t *)&s->async)) {
+        uv_close((uv_handle_t *)&s->async, NULL);
+        uv_run(&s->loop, UV_RUN_DEFAULT);
+    }
+    uv_loop_close(&s->loop);
+    uv_mutex_destroy(&s->ready_mu);
+    metrics_destroy(&s->met);
+    model_free(s->m);
+    free(s);
+    return rc;
+}

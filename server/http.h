@@ -1,0 +1,76 @@
+/* http.h -- the loop-thread side of the server (internal to server/): the server
+ * object, one http_req per HTTP request, and the helpers routes.c uses to answer.
+ * Everything here runs on the loop thread only. */
+#ifndef LMSERVE_SERVER_HTTP_H
+#define LMSERVE_SERVER_HTTP_H
+
+#include "server/server_internal.h"
+
+#include <microhttpd.h>
+
+struct model;
+
+enum { M_GET = 1, M_HEAD = 2, M_POST = 4, M_OPTIONS = 8, M_OTHER = 16 };
+
+enum {
+    ROUTE_COMPLETIONS, ROUTE_CHAT, ROUTE_MODELS, ROUTE_MODEL, ROUTE_HEALTH, ROUTE_METRICS,
+    ROUTE_TOKENIZE, ROUTE_DETOKENIZE, ROUTE_STATIC,
+};
+
+struct http_req {
+    int refs;                  /* MHD's con_cls + a streaming response + the fd poll handle */
+    server *srv;
+    struct MHD_Connection *conn;
+    int route;                 /* ROUTE_* or -1 */
+    int method;                /* M_* */
+    char method_s[12];
+    char *url;
+    double t0;
+    sbuf body;
+    int too_large;
+    job *job;
+    int waiting;               /* a non-streamed job is running; the handler answers on resume */
+    int parked;                /* suspended by us */
+    uv_poll_t *fdpoll;         /* disconnect watch while parked */
+    int status;
+    http_req *prev, *next;     /* srv->reqs */
+};
+
+struct server {
+    server_config cfg;
+    struct model *m;
+    char model_id[256];
+    validate_ctx vc;
+    engine *eng;
+    metrics met;
+    uv_loop_t loop;
+    uv_poll_t mhd_poll;
+    uv_timer_t mhd_timer, drain_timer, force_timer;
+    uv_async_t async;
+    uv_signal_t sigint, sigterm;
+    struct MHD_Daemon *d;
+    uv_mutex_t ready_mu;
+    job *ready_head;
+    http_req *reqs;
+    int n_reqs;
+    int draining, finishing;
+    int ctx;
+};
+
+/* routes.c */
+int route_find(const char *url, unsigned *allowed);
+/* Answer a request whose body (if any) is complete.  Returns MHD_YES/MHD_NO. */
+enum MHD_Result routes_dispatch(server *s, http_req *r);
+/* Called again on resume for a parked non-streamed completion. */
+enum MHD_Result routes_resume(server *s, http_req *r);
+
+/* http.c */
+enum MHD_Result http_send(server *s, http_req *r, int status, const char *ctype,
+                          const void *data, size_t len, const char *const *headers);
+enum MHD_Result http_send_error(server *s, http_req *r, const api_error *e);
+enum MHD_Result http_send_json(server *s, http_req *r, int status, json_t *o); /* steals o */
+/* Start a streamed (SSE) answer for r->job. */
+enum MHD_Result http_send_stream(server *s, http_req *r);
+void http_park(server *s, http_req *r);
+
+#endif

@@ -1,0 +1,116 @@
+/* metrics.c -- Prometheus counters and histograms, updated from both threads
+ * under one mutex and rendered as text for GET /metrics. */
+#include "server/server_internal.h"
+
+#include <string.h>
+
+/* Upper bounds (seconds) shared by both histograms. */
+static const double buckets[METRICS_NBUCKETS] = {
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
+};
+
+int metrics_init(metrics *m)
+{
+    memset(m, 0, sizeof *m);
+    return uv_mutex_init(&m->mu) ? -1 : 0;
+}
+
+void metrics_destroy(metrics *m)
+{
+    if (m) uv_mutex_destroy(&m->mu);
+}
+
+void metrics_request(metrics *m, int status, int prompt_tokens, int completion_tokens)
+{
+    uv_mutex_lock(&m->mu);
+    if (status >= 100 && status < 600) m->by_status[status]++;
+    m->prompt_tokens += (uint64_t)(prompt_tokens > 0 ? prompt_tokens : 0);
+    m->completion_tokens += (uint64_t)(completion_tokens > 0 ? completion_tokens : 0);
+    uv_mutex_unlock(&m->mu);
+}
+
+static void observe(uint64_t *b, uint64_t *count, double *sum, double v)
+{
+    int i = 0;
+    while (i < METRICS_NBUCKETS && v > buckets[i]) i++;
+    b[i]++;
+    (*count)++;
+    *sum += v;
+}
+
+void metrics_ttft(metrics *m, double seconds)
+{
+    uv_mutex_lock(&m->mu);
+    observe(m->ttft_buckets, &m->ttft_count, &m->ttft_sum, seconds);
+    uv_mutex_unlock(&m->mu);
+}
+
+void metrics_token_latency(metrics *m, double seconds)
+{
+    uv_mutex_lock(&m->mu);
+    observe(m->tok_buckets, &m->tok_count, &m->tok_sum, seconds);
+    uv_mutex_unlock(&m->mu);
+}
+
+void metrics_step(metrics *m, int rows, double seconds)
+{
+    uv_mutex_lock(&m->mu);
+    m->steps++;
+    m->rows += (uint64_t)rows;
+    m->forward_seconds += seconds;
+    uv_mutex_unlock(&m->mu);
+}
+
+static void histogram(sbuf *b, const char *name, const char *help, const uint64_t *bk,
+                      uint64_t count, double sum)
+{
+    sbuf_printf(b, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
+    uint64_t cum = 0;
+    for (int i = 0; i < METRICS_NBUCKETS; i++) {
+        cum += bk[i];
+        sbuf_printf(b, "%s_bucket{le=\"%g\"} %llu\n", name, buckets[i], (unsigned long long)cum);
+    }
+    sbuf_printf(b, "%s_bucket{le=\"+Inf\"} %llu\n", name, (unsigned long long)count);
+    sbuf_printf(b, "%s_sum %.6f\n%s_count %llu\n", name, sum, name, (unsigned long long)count);
+}
+
+int metrics_render(metrics *m, sbuf *b, int queued, int running_requests, int running_seqs,
+                   int slots)
+{
+    uv_mutex_lock(&m->mu);
+    sbuf_printf(b, "# HELP lmserve_requests_total HTTP requests answered, by status code.\n"
+                   "# TYPE lmserve_requests_total counter\n");
+    for (int s = 100; s < 600; s++)
+        if (m->by_status[s])
+            sbuf_printf(b, "lmserve_requests_total{status=\"%d\"} %llu\n", s,
+                        (unsigned long long)m->by_status[s]);
+    sbuf_printf(b, "# HELP lmserve_prompt_tokens_total Prompt tokens processed.\n"
+                   "# TYPE lmserve_prompt_tokens_total counter\nlmserve_prompt_tokens_total %llu\n",
+                (unsigned long long)m->prompt_tokens);
+    sbuf_printf(b, "# HELP lmserve_completion_tokens_total Tokens generated.\n"
+                   "# TYPE lmserve_completion_tokens_total counter\nlmserve_completion_tokens_total %llu\n",
+                (unsigned long long)m->completion_tokens);
+    sbuf_printf(b, "# HELP lmserve_queue_length Requests waiting for a slot.\n"
+                   "# TYPE lmserve_queue_length gauge\nlmserve_queue_length %d\n", queued);
+    sbuf_printf(b, "# HELP lmserve_requests_running Requests with at least one sequence in the engine.\n"
+                   "# TYPE lmserve_requests_running gauge\nlmserve_requests_running %d\n", running_requests);
+    sbuf_printf(b, "# HELP lmserve_sequences_running Sequences being decoded.\n"
+                   "# TYPE lmserve_sequences_running gauge\nlmserve_sequences_running %d\n", running_seqs);
+    sbuf_printf(b, "# HELP lmserve_slots Sequences the engine decodes together (--parallel).\n"
+                   "# TYPE lmserve_slots gauge\nlmserve_slots %d\n", slots);
+    sbuf_printf(b, "# HELP lmserve_engine_steps_total Batched forward calls.\n"
+                   "# TYPE lmserve_engine_steps_total counter\nlmserve_engine_steps_total %llu\n",
+                (unsigned long long)m->steps);
+    sbuf_printf(b, "# HELP lmserve_engine_rows_total Token rows fed to the model (prompt and generated).\n"
+                   "# TYPE lmserve_engine_rows_total counter\nlmserve_engine_rows_total %llu\n",
+                (unsigned long long)m->rows);
+    sbuf_printf(b, "# HELP lmserve_engine_forward_seconds_total Time spent in model_forward.\n"
+                   "# TYPE lmserve_engine_forward_seconds_total counter\nlmserve_engine_forward_seconds_total %.6f\n",
+                m->forward_seconds);
+    histogram(b, "lmserve_time_to_first_token_seconds", "Time from request to first generated token.",
+              m->ttft_buckets, m->ttft_count, m->ttft_sum);
+    histogram(b, "lmserve_time_per_output_token_seconds", "Time between consecutive generated tokens of a sequence.",
+              m->tok_buckets, m->tok_count, m->tok_sum);
+    uv_mutex_unlock(&m->mu);
+    return 0;
+}

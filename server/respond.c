@@ -1,0 +1,306 @@
+/* respond.c -- byte buffers, UTF-8 helpers, OpenAI error bodies, stop-string
+ * matching and the JSON of completion responses (whole and streamed). */
+#include "server/server_internal.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+/* ---- sbuf ---------------------------------------------------------------------- */
+
+int sbuf_append(sbuf *b, const void *p, size_t n)
+{
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 256;
+        while (cap < b->len + n + 1) cap *= 2;
+        char *d = realloc(b->data, cap);
+        if (!d) return -1;
+        b->data = d;
+        b->cap = cap;
+    }
+    if (n) memcpy(b->data + b->len, p, n);
+    b->len += n;
+    b->data[b->len] = '\0';
+    return 0;
+}
+
+int sbuf_printf(sbuf *b, const char *fmt, ...)
+{
+    char tmp[512];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
+    va_end(ap);
+    if (n < 0) return -1;
+    if ((size_t)n < sizeof tmp) return sbuf_append(b, tmp, (size_t)n);
+    char *big = malloc((size_t)n + 1);
+    if (!big) return -1;
+    va_start(ap, fmt);
+    vsnprintf(big, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    int rc = sbuf_append(b, big, (size_t)n);
+    free(big);
+    return rc;
+}
+
+void sbuf_free(sbuf *b)
+{
+    if (!b) return;
+    free(b->data);
+    b->data = NULL;
+    b->len = b->cap = 0;
+}
+
+double srv_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* ---- UTF-8 ----------------------------------------------------------------------- */
+
+/* Length of the valid UTF-8 sequence at s (n bytes available), or 0 if invalid. */
+static size_t utf8_seq(const unsigned char *s, size_t n)
+{
+    unsigned c = s[0];
+    size_t len;
+    unsigned min;
+    if (c < 0x80) return 1;
+    if (c >= 0xC2 && c <= 0xDF) { len = 2; min = 0x80; }
+    else if (c >= 0xE0 && c <= 0xEF) { len = 3; min = 0x800; }
+    else if (c >= 0xF0 && c <= 0xF4) { len = 4; min = 0x10000; }
+    else return 0;
+    if (n < len) return 0;
+    unsigned cp = c & (0x3F >> (len - 1));
+    for (size_t i = 1; i < len; i++) {
+        if ((s[i] & 0xC0) != 0x80) return 0;
+        cp = (cp << 6) | (s[i] & 0x3F);
+    }
+    if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
+    return len;
+}
+
+size_t utf8_valid_prefix(const char *s, size_t n)
+{
+    size_t i = 0;
+    while (i < n) {
+        size_t l = utf8_seq((const unsigned char *)s + i, n - i);
+        if (!l) break;
+        i += l;
+    }
+    return i;
+}
+
+size_t utf8_count(const char *s, size_t n)
+{
+    size_t c = 0;
+    for (size_t i = 0; i < n; i++)
+        if (((unsigned char)s[i] & 0xC0) != 0x80) c++;
+    return c;
+}
+
+json_t *json_bytes(const char *s, size_t n)
+{
+    if (utf8_valid_prefix(s, n) == n) return json_stringn(s, n);
+    sbuf b = {0};
+    size_t i = 0;
+    while (i < n) {
+        size_t l = utf8_seq((const unsigned char *)s + i, n - i);
+        if (l) {
+            sbuf_append(&b, s + i, l);
+            i += l;
+        } else {
+            sbuf_append(&b, "\xEF\xBF\xBD", 3);
+            i++;
+        }
+    }
+    json_t *r = json_stringn(b.data ? b.data : "", b.len);
+    sbuf_free(&b);
+    return r;
+}
+
+/* ---- Errors ------------------------------------------------------------------------ */
+
+void api_error_set(api_error *e, int status, const char *type, const char *param,
+                   const char *code, const char *fmt, ...)
+{
+    e->status = status;
+    e->type = type;
+    e->param = param;
+    e->code = code;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(e->message, sizeof e->message, fmt, ap);
+    va_end(ap);
+}
+
+char *api_error_json(const api_error *e)
+{
+    json_t *err = json_object();
+    json_object_set_new(err, "message", json_bytes(e->message, strlen(e->message)));
+    json_object_set_new(err, "type", json_string(e->type ? e->type : "invalid_request_error"));
+    json_object_set_new(err, "param", e->param ? json_string(e->param) : json_null());
+    json_object_set_new(err, "code", e->code ? json_string(e->code) : json_null());
+    json_t *root = json_object();
+    json_object_set_new(root, "error", err);
+    char *s = json_dumps(root, JSON_COMPACT);
+    json_decref(root);
+    return s;
+}
+
+/* ---- Stop strings ----------------------------------------------------------------- */
+
+int stop_matcher_push(stop_matcher *sm, char *const *stops, int n_stops,
+                      const char *text, size_t n, size_t *release)
+{
+    if (n && sbuf_append(&sm->pending, text, n) < 0) {
+        *release = 0;
+        return 0;
+    }
+    const char *p = sm->pending.data ? sm->pending.data : "";
+    size_t len = sm->pending.len;
+    /* earliest complete match */
+    size_t best = (size_t)-1;
+    for (int i = 0; i < n_stops; i++) {
+        size_t sl = strlen(stops[i]);
+        if (!sl || sl > len) continue;
+        const char *m = memmem(p, len, stops[i], sl);
+        if (m && (size_t)(m - p) < best) best = (size_t)(m - p);
+    }
+    if (best != (size_t)-1) {
+        sm->pending.len = best;
+        if (sm->pending.data) sm->pending.data[best] = '\0';
+        *release = best;
+        return 1;
+    }
+    /* hold back the longest suffix that is a proper prefix of a stop string */
+    size_t hold = 0;
+    for (int i = 0; i < n_stops; i++) {
+        size_t sl = strlen(stops[i]);
+        size_t k = sl - 1 < len ? sl - 1 : len;
+        for (; k > hold; k--)
+            if (!memcmp(p + len - k, stops[i], k)) break;
+        if (k > hold) hold = k;
+    }
+    *release = len - hold;
+    return 0;
+}
+
+void stop_matcher_consume(stop_matcher *sm, size_t n)
+{
+    if (n >= sm->pending.len) {
+        sm->pending.len = 0;
+        if (sm->pending.data) sm->pending.data[0] = '\0';
+        return;
+    }
+    memmove(sm->pending.data, sm->pending.data + n, sm->pending.len - n + 1);
+    sm->pending.len -= n;
+}
+
+void stop_matcher_free(stop_matcher *sm)
+{
+    if (sm) sbuf_free(&sm->pending);
+}
+
+/* ---- Completion JSON ---------------------------------------------------------------- */
+
+static json_t *envelope(const job *j, int chunk)
+{
+    json_t *o = json_object();
+    json_object_set_new(o, "id", json_string(j->id));
+    const char *obj = j->p.kind == JOB_CHAT ? (chunk ? "chat.completion.chunk" : "chat.completion")
+                                            : "text_completion";
+    json_object_set_new(o, "object", json_string(obj));
+    json_object_set_new(o, "created", json_integer(j->created));
+    json_object_set_new(o, "model", json_string(j->model_id));
+    return o;
+}
+
+static json_t *usage_json(const job *j)
+{
+    json_t *u = json_object();
+    json_object_set_new(u, "prompt_tokens", json_integer(j->prompt_tokens));
+    json_object_set_new(u, "completion_tokens", json_integer(j->completion_tokens));
+    json_object_set_new(u, "total_tokens", json_integer(j->prompt_tokens + j->completion_tokens));
+    return u;
+}
+
+static char *sse_event(json_t *o)
+{
+    char *s = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    if (!s) return NULL;
+    size_t n = strlen(s);
+    char *ev = malloc(n + 9);
+    if (ev) {
+        memcpy(ev, "data: ", 6);
+        memcpy(ev + 6, s, n);
+        memcpy(ev + 6 + n, "\n\n", 3);
+    }
+    free(s);
+    return ev;
+}
+
+char *respond_chunk(const job *j, int index, const char *text, size_t n, json_t *lp,
+                    const char *finish_reason, int role_delta)
+{
+    json_t *o = envelope(j, 1);
+    json_t *c = json_object();
+    json_object_set_new(c, "index", json_integer(index));
+    if (j->p.kind == JOB_CHAT) {
+        json_t *d = json_object();
+        if (role_delta) json_object_set_new(d, "role", json_string("assistant"));
+        if (n || role_delta) json_object_set_new(d, "content", json_bytes(text, n));
+        json_object_set_new(c, "delta", d);
+    } else {
+        json_object_set_new(c, "text", json_bytes(text, n));
+    }
+    json_object_set_new(c, "logprobs", lp ? lp : json_null());
+    json_object_set_new(c, "finish_reason", finish_reason ? json_string(finish_reason) : json_null());
+    json_t *arr = json_array();
+    json_array_append_new(arr, c);
+    json_object_set_new(o, "choices", arr);
+    return sse_event(o);
+}
+
+char *respond_usage_chunk(const job *j)
+{
+    json_t *o = envelope(j, 1);
+    json_object_set_new(o, "choices", json_array());
+    json_object_set_new(o, "usage", usage_json(j));
+    return sse_event(o);
+}
+
+char *respond_final(const job *j)
+{
+    json_t *o = envelope(j, 0);
+    json_t *arr = json_array();
+    for (int i = 0; i < j->n_choices; i++) {
+        const job_choice *ch = &j->choices[i];
+        json_t *c = json_object();
+        json_t *text = json_bytes(ch->text.data ? ch->text.data : "", ch->text.len);
+        if (j->p.kind == JOB_CHAT) {
+            json_object_set_new(c, "index", json_integer(i));
+            json_t *m = json_object();
+            json_object_set_new(m, "role", json_string("assistant"));
+            json_object_set_new(m, "content", text);
+            json_object_set_new(c, "message", m);
+        } else {
+            json_object_set_new(c, "text", text);
+            json_object_set_new(c, "index", json_integer(i));
+        }
+        json_object_set(c, "logprobs", ch->logprobs ? ch->logprobs : json_null());
+        json_object_set_new(c, "finish_reason",
+                            json_string(ch->finish_reason ? ch->finish_reason : "length"));
+        json_array_append_new(arr, c);
+    }
+    json_object_set_new(o, "choices", arr);
+    json_object_set_new(o, "usage", usage_json(j));
+    char *s = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    return s;
+}

@@ -1,0 +1,270 @@
+/* routes.c -- the endpoints: completions, chat, models, health, metrics,
+ * tokenize/detokenize and the static playground files. */
+#include "server/http.h"
+#include "model/model.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    const char *path;
+    int prefix;
+    int route;
+    unsigned methods;
+} route_def;
+
+static const route_def routes[] = {
+    {"/v1/completions", 0, ROUTE_COMPLETIONS, M_POST},
+    {"/completions", 0, ROUTE_COMPLETIONS, M_POST},
+    {"/v1/chat/completions", 0, ROUTE_CHAT, M_POST},
+    {"/chat/completions", 0, ROUTE_CHAT, M_POST},
+    {"/v1/models", 0, ROUTE_MODELS, M_GET | M_HEAD},
+    {"/models", 0, ROUTE_MODELS, M_GET | M_HEAD},
+    {"/v1/models/", 1, ROUTE_MODEL, M_GET | M_HEAD},
+    {"/health", 0, ROUTE_HEALTH, M_GET | M_HEAD},
+    {"/metrics", 0, ROUTE_METRICS, M_GET | M_HEAD},
+    {"/tokenize", 0, ROUTE_TOKENIZE, M_POST},
+    {"/detokenize", 0, ROUTE_DETOKENIZE, M_POST},
+};
+
+int route_find(const char *url, unsigned *allowed)
+{
+    for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++) {
+        const route_def *d = &routes[i];
+        size_t n = strlen(d->path);
+        if (d->prefix ? (strncmp(url, d->path, n) == 0 && url[n]) : strcmp(url, d->path) == 0) {
+            *allowed = d->methods;
+            return d->route;
+        }
+    }
+    static_file f;
+    if (static_lookup(url, &f) == 0) {
+        *allowed = M_GET | M_HEAD;
+        return ROUTE_STATIC;
+    }
+    return -1;
+}
+
+/* ---- GET ------------------------------------------------------------------------------- */
+
+static json_t *model_card(server *s)
+{
+    const model_info *mi = model_get_info(s->m);
+    json_t *o = json_object();
+    json_object_set_new(o, "id", json_string(s->model_id));
+    json_object_set_new(o, "object", json_string("model"));
+    json_object_set_new(o, "created", json_integer(0));
+    json_object_set_new(o, "owned_by", json_string("lmserve"));
+    json_object_set_new(o, "architecture", json_string(mi->arch ? mi->arch : "unknown"));
+    json_object_set_new(o, "format", json_string(mi->format ? mi->format : "unknown"));
+    json_object_set_new(o, "weight_type", json_string(mi->weight_type ? mi->weight_type : "unknown"));
+    json_object_set_new(o, "context_length", json_integer(s->ctx));
+    json_object_set_new(o, "model_context_length", json_integer(mi->ctx_len));
+    json_object_set_new(o, "vocab_size", json_integer(mi->vocab_size));
+    json_object_set_new(o, "n_params", json_integer((json_int_t)mi->n_params));
+    json_object_set_new(o, "n_layers", json_integer(mi->n_layers));
+    json_object_set_new(o, "dim", json_integer(mi->dim));
+    return o;
+}
+
+static enum MHD_Result get_static(server *s, http_req *r)
+{
+    static_file f;
+    if (static_lookup(r->url, &f) < 0) {
+        api_error e;
+        api_error_set(&e, 404, "invalid_request_error", NULL, "not_found", "Unknown route");
+        return http_send_error(s, r, &e);
+    }
+    const char *inm = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_IF_NONE_MATCH);
+    const char *h[] = {"ETag", f.etag, "Cache-Control", "no-cache", NULL};
+    if (f.etag && inm && strstr(inm, f.etag)) return http_send(s, r, 304, NULL, "", 0, h);
+    return http_send(s, r, 200, f.content_type, f.data, f.len, f.etag ? h : h + 2);
+}
+
+/* ---- tokenize / detokenize -------------------------------------------------------------- */
+
+static json_t *parse_body(server *s, http_req *r, api_error *e)
+{
+    json_error_t je;
+    json_t *root = json_loadb(r->body.data ? r->body.data : "", r->body.len, 0, &je);
+    if (!root) {
+        api_error_set(e, 400, "invalid_request_error", NULL, "invalid_json",
+                      "request body is not valid JSON: %s", je.text);
+        return NULL;
+    }
+    if (!json_is_object(root)) {
+        json_decref(root);
+        api_error_set(e, 400, "invalid_request_error", NULL, "invalid_json", "request body must be a JSON object");
+        return NULL;
+    }
+    (void)s;
+    return root;
+}
+
+static enum MHD_Result post_tokenize(server *s, http_req *r)
+{
+    api_error e;
+    json_t *root = parse_body(s, r, &e);
+    if (!root) return http_send_error(s, r, &e);
+    const char *key = json_object_get(root, "content") ? "content" : "prompt";
+    json_t *c = json_object_get(root, key);
+    json_t *as = json_object_get(root, "add_special");
+    if (!json_is_string(c)) {
+        api_error_set(&e, 400, "invalid_request_error", "content", "invalid_type", "'content' must be a string");
+        json_decref(root);
+        return http_send_error(s, r, &e);
+    }
+    if (as && !json_is_null(as) && !json_is_boolean(as)) {
+        api_error_set(&e, 400, "invalid_request_error", "add_special", "invalid_type", "'add_special' must be a boolean");
+        json_decref(root);
+        return http_send_error(s, r, &e);
+    }
+    int add = as && json_is_boolean(as) ? json_is_true(as) : 1;
+    int32_t *toks = NULL;
+    int n = 0;
+    if (validate_tokenize(&s->vc, json_string_value(c), json_string_length(c), add && s->vc.add_bos, &toks, &n) < 0) {
+        api_error_set(&e, 400, "invalid_request_error", "content", "invalid_value", "'content' could not be tokenized");
+        json_decref(root);
+        return http_send_error(s, r, &e);
+    }
+    json_decref(root);
+    json_t *arr = json_array();
+    for (int i = 0; i < n; i++) json_array_append_new(arr, json_integer(toks[i]));
+    free(toks);
+    json_t *o = json_object();
+    json_object_set_new(o, "tokens", arr);
+    return http_send_json(s, r, 200, o);
+}
+
+static enum MHD_Result post_detokenize(server *s, http_req *r)
+{
+    api_error e;
+    json_t *root = parse_body(s, r, &e);
+    if (!root) return http_send_error(s, r, &e);
+    json_t *t = json_object_get(root, "tokens");
+    if (!json_is_array(t)) {
+        api_error_set(&e, 400, "invalid_request_error", "tokens", "invalid_type", "'tokens' must be an array of token ids");
+        json_decref(root);
+        return http_send_error(s, r, &e);
+    }
+    size_t n = json_array_size(t);
+    int32_t *ids = malloc(sizeof *ids * (n ? n : 1));
+    for (size_t i = 0; ids && i < n; i++) {
+        json_t *x = json_array_get(t, i);
+        if (!json_is_integer(x) || json_integer_value(x) < 0 || json_integer_value(x) >= s->vc.vocab) {
+            api_error_set(&e, 400, "invalid_request_error", "tokens", "invalid_value",
+                          "'tokens[%zu]' is not a token id in [0, %d)", i, s->vc.vocab);
+            free(ids);
+            json_decref(root);
+            return http_send_error(s, r, &e);
+        }
+        ids[i] = (int32_t)json_integer_value(x);
+    }
+    json_decref(root);
+    size_t len = 0;
+    char *text = ids ? model_detokenize(s->m, ids, (int)n, &len) : NULL;
+    free(ids);
+    json_t *o = json_object();
+    json_object_set_new(o, "content", json_bytes(text ? text : "", text ? len : 0));
+    free(text);
+    return http_send_json(s, r, 200, o);
+}
+
+/* ---- completions ---------------------------------------------------------------------------- */
+
+static enum MHD_Result post_completion(server *s, http_req *r, int kind)
+{
+    api_error e;
+    if (s->draining) {
+        api_error_set(&e, 503, "server_error", NULL, "shutting_down", "the server is shutting down");
+        return http_send_error(s, r, &e);
+    }
+    job_params p;
+    if (validate_request(&s->vc, kind, r->body.data, r->body.len, &p, &e) < 0) return http_send_error(s, r, &e);
+    job *j = job_new(s, &p, s->model_id);
+    if (!j) {
+        job_params_clear(&p);
+        api_error_set(&e, 503, "server_error", NULL, "out_of_memory", "out of memory");
+        return http_send_error(s, r, &e);
+    }
+    if (engine_submit(s->eng, j) < 0) {
+        job_unref(j);
+        api_error_set(&e, 503, "server_error", NULL, "queue_full",
+                      "the server is busy (queue full); retry later");
+        return http_send_error(s, r, &e);
+    }
+    r->job = j; /* the request's reference */
+    j->req = r;
+    if (j->p.stream) return http_send_stream(s, r);
+    r->waiting = 1;
+    http_park(s, r);
+    return MHD_YES;
+}
+
+enum MHD_Result routes_resume(server *s, http_req *r)
+{
+    job *j = r->job;
+    uv_mutex_lock(&j->mu);
+    int done = j->done;
+    uv_mutex_unlock(&j->mu);
+    int c = atomic_load(&j->cancel);
+    if (c == CANCEL_CLIENT || c == CANCEL_OVERFLOW) return MHD_NO;
+    if (!done) {
+        http_park(s, r);
+        return MHD_YES;
+    }
+    r->waiting = 0;
+    uv_mutex_lock(&j->mu);
+    enum MHD_Result ret = http_send(s, r, j->status, "application/json", j->out.data ? j->out.data : "",
+                                    j->out.len, j->status == 503 ? (const char *const[]){"Retry-After", "1", NULL} : NULL);
+    uv_mutex_unlock(&j->mu);
+    return ret;
+}
+
+enum MHD_Result routes_dispatch(server *s, http_req *r)
+{
+    api_error e;
+    switch (r->route) {
+    case ROUTE_COMPLETIONS: return post_completion(s, r, JOB_COMPLETION);
+    case ROUTE_CHAT: return post_completion(s, r, JOB_CHAT);
+    case ROUTE_TOKENIZE: return post_tokenize(s, r);
+    case ROUTE_DETOKENIZE: return post_detokenize(s, r);
+    case ROUTE_HEALTH: {
+        json_t *o = json_object();
+        json_object_set_new(o, "status", json_string(s->draining ? "draining" : "ok"));
+        return http_send_json(s, r, s->draining ? 503 : 200, o);
+    }
+    case ROUTE_MODELS: {
+        json_t *o = json_object();
+        json_object_set_new(o, "object", json_string("list"));
+        json_t *data = json_array();
+        json_array_append_new(data, model_card(s));
+        json_object_set_new(o, "data", data);
+        return http_send_json(s, r, 200, o);
+    }
+    case ROUTE_MODEL: {
+        const char *id = r->url + strlen("/v1/models/");
+        if (strcmp(id, s->model_id) != 0) {
+            api_error_set(&e, 404, "invalid_request_error", "model", "model_not_found",
+                          "The model '%.100s' does not exist", id);
+            return http_send_error(s, r, &e);
+        }
+        return http_send_json(s, r, 200, model_card(s));
+    }
+    case ROUTE_METRICS: {
+        sbuf b = {0};
+        int q = 0, rr = 0, rs = 0;
+        engine_stats(s->eng, &q, &rr, &rs);
+        metrics_render(&s->met, &b, q, rr, rs, s->cfg.parallel);
+        enum MHD_Result ret = http_send(s, r, 200, "text/plain; version=0.0.4; charset=utf-8",
+                                        b.data ? b.data : "", b.len, NULL);
+        sbuf_free(&b);
+        return ret;
+    }
+    case ROUTE_STATIC: return get_static(s, r);
+    default:
+        api_error_set(&e, 404, "invalid_request_error", NULL, "not_found", "Unknown route");
+        return http_send_error(s, r, &e);
+    }
+}

@@ -1,0 +1,82 @@
+/* server.h -- lmserve's HTTP server: OpenAI-compatible API over libmicrohttpd + libuv.
+ *
+ * Design
+ * ------
+ * Two threads own everything:
+ *
+ *   loop thread (the caller of server_run): one libuv loop drives libmicrohttpd in
+ *   external epoll mode (a uv_poll_t watches MHD's epoll fd, a uv_timer_t is re-armed
+ *   from MHD_get_timeout after every MHD_run).  Requests are routed (routes.c),
+ *   validated into job parameters before anything is queued (validate.c), and turned
+ *   into a `job` that is pushed onto the engine's bounded queue.  A connection whose
+ *   job has nothing to send yet is suspended ("parked"); while parked a uv_poll_t on
+ *   its socket watches for UV_DISCONNECT so a client that leaves cancels its job at
+ *   once.  Suspend and resume happen only on this thread, with the state tracked in
+ *   the request.
+ *
+ *   engine thread (engine.c): the only user of model_forward.  Continuous batching:
+ *   every step gathers all running sequences (up to --parallel; the n choices of a
+ *   request are separate sequences) into ONE model_forward call.  Decoding sequences
+ *   feed one token; prompts are prefilled in chunks under a per-step token budget so
+ *   running streams never freeze behind a long prompt.  Each sequence has its own
+ *   sampler seeded with seed + choice index, and model_forward computes each row the
+ *   same way whatever else is in the batch, so a seeded request gives bit-identical
+ *   tokens and logprobs alone or under load.  Output (SSE bytes, or the whole JSON
+ *   body at the end) goes into the job's mutex-protected outbox; the job is put on a
+ *   ready list and uv_async_send wakes the loop thread, which drains the whole list
+ *   (sends coalesce) and resumes the parked connections.
+ *
+ * Context window: when a sequence fills its KV cache (--ctx, default the model's
+ * window) it is cropped to its last ctx/2 tokens and those are recomputed (the same
+ * semantics as model_seq_eval on the cropped window), then generation continues.
+ * A prompt longer than the window is rejected with 400 context_length_exceeded.
+ *
+ * Shutdown (SIGINT/SIGTERM): MHD_quiesce_daemon, let in-flight requests finish until
+ * --shutdown-timeout, then cancel the rest (streams get an error event and [DONE]),
+ * join the engine, MHD_stop_daemon (no connection is suspended by then), close every
+ * handle, return 0.
+ */
+#ifndef LMSERVE_SERVER_H
+#define LMSERVE_SERVER_H
+
+#include <stddef.h>
+
+/* ---- Types ---------------------------------------------------------------- */
+
+typedef struct {
+    const char *model_path;     /* required */
+    const char *tokenizer_path; /* NULL: the model's own / tokenizer.bin beside it */
+    const char *model_id;       /* NULL: file name without extension */
+    const char *host;           /* "127.0.0.1" */
+    int port;                   /* 8080; 0 = a free port */
+    int threads;                /* kernel threads; 0 = number of CPUs */
+    int parallel;               /* sequences decoded together */
+    int queue;                  /* requests waiting for a slot before 503 */
+    int ctx;                    /* per-sequence context; 0 = the model's */
+    const char *api_key;        /* NULL: no auth */
+    const char *cors_origin;    /* NULL: no CORS headers */
+    int max_tokens_limit;       /* largest accepted max_tokens */
+    int max_choices;            /* largest n * number of prompts */
+    size_t body_limit;          /* bytes */
+    int timeout;                /* idle connection timeout, seconds */
+    int max_connections;
+    int max_connections_per_ip;
+    int shutdown_timeout;       /* seconds to let streams finish on SIGTERM */
+    int prefill_chunk;          /* prompt tokens per sequence per step */
+    int step_budget;            /* prompt tokens per step over all sequences */
+    size_t outbox_limit;        /* bytes buffered for a slow client before its job is cancelled */
+    int log_requests;           /* one line per request on stderr */
+} server_config;
+
+/* ---- Prototypes ------------------------------------------------------------- */
+
+/* Fill c with the defaults listed by `lmserve serve --help`. */
+void server_config_init(server_config *c);
+
+/* Load the model, listen, print "lmserve: listening on http://HOST:PORT" to stderr,
+ * serve until SIGINT/SIGTERM, shut down gracefully.  Returns 0 after a clean
+ * shutdown, a negative code if the model could not be loaded or the port bound
+ * (a message has been printed). */
+int server_run(const server_config *c);
+
+#endif /* LMSERVE_SERVER_H */

@@ -1,0 +1,213 @@
+/* test_validate.c -- request JSON -> job parameters: defaults, every 400 and the
+ * parameter it names, prompt forms, chat template.  Uses a byte tokenizer
+ * (BOS = 1, byte b = token 3 + b) so no model is needed. */
+#include "server/server_internal.h"
+
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+static int byte_tok(void *cls, const char *text, size_t len, int add_bos, int32_t *out, int cap)
+{
+    (void)cls;
+    int n = 0;
+    if (add_bos) {
+        if (n < cap) out[n] = 1;
+        n++;
+    }
+    for (size_t i = 0; i < len; i++) {
+        if (n < cap) out[n] = 3 + (unsigned char)text[i];
+        n++;
+    }
+    return n;
+}
+
+static const validate_ctx VC = {
+    .model_id = "tiny", .vocab = 300, .ctx = 64, .add_bos = 1, .bos_id = 1,
+    .max_tokens_limit = 100, .max_choices = 4, .tokenize = byte_tok, .tok_cls = NULL};
+
+static int run(int kind, const char *body, job_params *p, api_error *e)
+{
+    memset(e, 0, sizeof *e);
+    return validate_request(&VC, kind, body, strlen(body), p, e);
+}
+
+Test(validate, defaults)
+{
+    job_params p;
+    api_error e;
+    cr_assert_eq(run(JOB_COMPLETION, "{\"prompt\": \"hi\"}", &p, &e), 0, "%s", e.message);
+    cr_expect_eq(p.max_tokens, 16);
+    cr_expect_eq(p.n, 1);
+    cr_expect_eq(p.n_prompts, 1);
+    cr_expect_eq(p.prompt_lens[0], 3);
+    cr_expect_eq(p.prompts[0][0], 1);
+    cr_expect_eq(p.prompts[0][1], 3 + 'h');
+    cr_expect_eq(p.echo_from[0], 1);
+    cr_expect_float_eq(p.sp.temperature, 1.0f, 0);
+    cr_expect_float_eq(p.sp.top_p, 1.0f, 0);
+    cr_expect_eq(p.sp.top_k, 0);
+    cr_expect_eq(p.logprobs, -1);
+    cr_expect_eq(p.stream, 0);
+    cr_expect_eq(p.n_stops, 0);
+    cr_expect_eq(p.has_seed, 0);
+    job_params_clear(&p);
+}
+
+Test(validate, all_fields)
+{
+    job_params p;
+    api_error e;
+    const char *body =
+        "{\"model\": \"tiny\", \"prompt\": [5, 6, 7], \"max_tokens\": 0, \"temperature\": 0,"
+        " \"top_p\": 0.5, \"top_k\": 7, \"min_p\": 0.1, \"repetition_penalty\": 1.3,"
+        " \"presence_penalty\": -2, \"frequency_penalty\": 2, \"logit_bias\": {\"10\": -100, \"11\": 2.5},"
+        " \"seed\": -1, \"stop\": [\"a\", \"bc\"], \"n\": 2, \"logprobs\": 5, \"echo\": true,"
+        " \"stream\": true, \"stream_options\": {\"include_usage\": true}, \"user\": \"u\"}";
+    cr_assert_eq(run(JOB_COMPLETION, body, &p, &e), 0, "%s", e.message);
+    cr_expect_eq(p.prompt_lens[0], 3);
+    cr_expect_eq(p.echo_from[0], 0);
+    cr_expect_eq(p.max_tokens, 0);
+    cr_expect_float_eq(p.sp.temperature, 0.0f, 0);
+    cr_expect_float_eq(p.sp.top_p, 0.5f, 0);
+    cr_expect_eq(p.sp.top_k, 7);
+    cr_expect_float_eq(p.sp.min_p, 0.1f, 1e-7);
+    cr_expect_float_eq(p.sp.repetition_penalty, 1.3f, 1e-7);
+    cr_expect_float_eq(p.sp.presence_penalty, -2.0f, 0);
+    cr_expect_float_eq(p.sp.frequency_penalty, 2.0f, 0);
+    cr_assert_eq(p.sp.n_bias, 2);
+    for (int i = 0; i < 2; i++) {
+        if (p.sp.bias_ids[i] == 10) cr_expect(isinf(p.sp.bias_values[i]) && p.sp.bias_values[i] < 0);
+        else cr_expect_float_eq(p.sp.bias_values[i], 2.5f, 0);
+    }
+    cr_expect_eq(p.sp.seed, UINT64_MAX);
+    cr_expect_eq(p.has_seed, 1);
+    cr_assert_eq(p.n_stops, 2);
+    cr_expect_str_eq(p.stops[1], "bc");
+    cr_expect_eq(p.n, 2);
+    cr_expect_eq(p.logprobs, 5);
+    cr_expect_eq(p.echo, 1);
+    cr_expect_eq(p.stream, 1);
+    cr_expect_eq(p.include_usage, 1);
+    job_params_clear(&p);
+}
+
+Test(validate, several_prompts)
+{
+    job_params p;
+    api_error e;
+    cr_assert_eq(run(JOB_COMPLETION, "{\"prompt\": [\"ab\", [9, 8]], \"n\": 2}", &p, &e), 0, "%s", e.message);
+    cr_expect_eq(p.n_prompts, 2);
+    cr_expect_eq(p.prompt_lens[0], 3);
+    cr_expect_eq(p.prompt_lens[1], 2);
+    job_params_clear(&p);
+    /* 3 prompts x n 2 = 6 choices > 4 */
+    cr_expect_eq(run(JOB_COMPLETION, "{\"prompt\": [\"a\", \"b\", \"c\"], \"n\": 2}", &p, &e), -1);
+    cr_expect_str_eq(e.param, "n");
+}
+
+static void expect_400(int kind, const char *body, const char *param)
+{
+    job_params p;
+    api_error e;
+    cr_assert_eq(run(kind, body, &p, &e), -1, "accepted: %s", body);
+    cr_expect_eq(e.status, 400, "%s -> %d", body, e.status);
+    if (param) cr_expect(e.param && !strcmp(e.param, param), "%s -> param %s, want %s", body, e.param ? e.param : "(null)", param);
+    else cr_expect_null(e.param, "%s", body);
+    cr_expect_str_eq(e.type, "invalid_request_error");
+    cr_expect_gt(strlen(e.message), 0);
+    char *json = api_error_json(&e);
+    cr_expect(strstr(json, "\"error\""));
+    free(json);
+}
+
+Test(validate, errors_name_the_parameter)
+{
+    expect_400(JOB_COMPLETION, "{\"prompt\": \"x\"", NULL);
+    expect_400(JOB_COMPLETION, "[1]", NULL);
+    expect_400(JOB_COMPLETION, "", NULL);
+    expect_400(JOB_COMPLETION, "{}", "prompt");
+    expect_400(JOB_COMPLETION, "{\"prompt\": \"\"}", "prompt");
+    expect_400(JOB_COMPLETION, "{\"prompt\": []}", "prompt");
+    expect_400(JOB_COMPLETION, "{\"prompt\": [1, 300]}", "prompt");
+    expect_400(JOB_COMPLETION, "{\"prompt\": [1, -1]}", "prompt");
+    expect_400(JOB_COMPLETION, "{\"prompt\": [\"a\", 5]}", "prompt");
+    expect_400(JOB_COMPLETION, "{\"prompt\": 5}", "prompt");
+    char big[256];
+    snprintf(big, sizeof big, "{\"prompt\": \"%070d\"}", 0); /* 71 tokens > ctx 64 */
+    expect_400(JOB_COMPLETION, big, "prompt");
+    expect_400(JOB_COMPLETION, "{\"prompt\": \"x\", \"temperature\": -0.1}", "temperature");
+    expect_400(JOB_COMPLETION, "{\"prompt\": \"x\", \"temperature\": \"1\"}", "temperature");
+    expect_400(JOB_COMPLETION, "{\"prompt\": \"x\", \"top_p\": 0}", "top_p");
+    expect_400(JOB_COMPLETION, "{\"prompt\": \"x\", \"top_p\": 1.01}", "top_p");
+    expect_400(JOB_COMPLETION, "{\"prompt\": \"x\", \"top_k\": -1}", "top_k");
+    expect_400(JOB_COMPLETION, "{\"prompt\": \"x\", \"top_k\": 1.5}", "top_k");
+    expect_400(JOB_COMPLETION, "{\"prompt\": \"x\", \"min_p\": 1.5}", "min_p");
+    expect_400(JOB_COMPLETION, "{\"prompt\": \"x\", \"repetition_penalty\": 0}", "repetition_penalty");
+    expect_400(JOB_COMPLETION, "{\"prompt\": \"x\", \"repetition_penalty\": -1}", "repetition_penalty");
+    expect_400(JOB_COMPLETION, "{\"prompt\": \"x\", \"presence_penalty\": 2.5}", "presence_penalty");
+    expect_400(JOB_COMPLETION, "{\"prompt\": \"x\", \"frequency_penalty\": -3}", "frequency_penalty");
+    expect_400(JOB_COMPLETION, "{\"prompt\": \"x\", \"max_tokens\": -5}", "max_tokens");
+    expect_400(JOB_COMPLETION, "{\"prompt\": \"x\", \"max_tokens\": 101}", "max_tokens");
+    expect_400(JOB_COMPLETION, "{\"prompt\": \"x\", \"n\": 0}", "n");
+    expect_400(JOB_COMPLETION, "{\"prompt\": \"x\", \"n\": 5}", "n");
+    expect_400(JOB_COMPLETION, "{\"prompt\": \"x\", \"logprobs\": 6}", "logprobs");
+    expect_400(JOB_COMPLETION, "{\"prompt\": \"x\", \"logit_bias\": {\"300\": 1}}", "logit_bias");
+    expect_400(JOB_COMPLETION, "{\"prompt\": \"x\", \"logit_bias\": {\"1x\": 1}}", "logit_bias");
+    expect_400(JOB_COMPLETION, "{\"prompt\": \"x\", \"logit_bias\": {\"\": 1}}", "logit_bias");
+    expect_400(JOB_COMPLETION, "{\"prompt\": \"x\", \"logit_bias\": {\"5\": 101}}", "logit_bias");
+    {
+        char all[300 * 16 + 64] = "{\"prompt\": \"x\", \"logit_bias\": {";
+        for (int i = 0; i < 300; i++)
+            snprintf(all + strlen(all), sizeof all - strlen(all), "%s\"%d\": -100", i ? ", " : "", i);
+        strcat(all, "}}");
+        expect_400(JOB_COMPLETION, all, "logit_bias");
+    }
+    expect_400(JOB_COMPLETION, "{\"prompt\": \"x\", \"stop\": \"\"}", "stop");
+    expect_400(JOB_COMPLETION, "{\"prompt\": \"x\", \"stop\": [\"a\",\"b\",\"c\",\"d\",\"e\"]}", "stop");
+    expect_400(JOB_COMPLETION, "{\"prompt\": \"x\", \"stop\": [1]}", "stop");
+    expect_400(JOB_COMPLETION, "{\"prompt\": \"x\", \"stream_options\": {\"include_usage\": true}}", "stream_options");
+    expect_400(JOB_COMPLETION, "{\"prompt\": \"x\", \"stream\": 1}", "stream");
+    expect_400(JOB_COMPLETION, "{\"prompt\": \"x\", \"echo\": \"yes\"}", "echo");
+    expect_400(JOB_COMPLETION, "{\"prompt\": \"x\", \"seed\": 1.5}", "seed");
+    expect_400(JOB_COMPLETION, "{\"prompt\": \"x\", \"model\": 3}", "model");
+    expect_400(JOB_COMPLETION, "{\"prompt\": \"x\", \"best_of\": 3}", "best_of");
+    expect_400(JOB_CHAT, "{}", "messages");
+    expect_400(JOB_CHAT, "{\"messages\": []}", "messages");
+    expect_400(JOB_CHAT, "{\"messages\": [{\"content\": \"x\"}]}", "messages");
+    expect_400(JOB_CHAT, "{\"messages\": [{\"role\": \"user\", \"content\": 5}]}", "messages");
+    expect_400(JOB_CHAT, "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"top_logprobs\": 2}", "top_logprobs");
+    expect_400(JOB_CHAT, "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"logprobs\": true, \"top_logprobs\": 21}", "top_logprobs");
+}
+
+Test(validate, unknown_model_is_404)
+{
+    job_params p;
+    api_error e;
+    cr_assert_eq(run(JOB_COMPLETION, "{\"prompt\": \"x\", \"model\": \"gpt-4\"}", &p, &e), -1);
+    cr_expect_eq(e.status, 404);
+    cr_expect_str_eq(e.code, "model_not_found");
+}
+
+Test(validate, chat_template)
+{
+    api_error e;
+    json_t *m = json_loads("[{\"role\": \"system\", \"content\": \"Be kind.\"},"
+                           " {\"role\": \"user\", \"content\": [{\"type\": \"text\", \"text\": \"Hi\"}, {\"type\": \"text\", \"text\": \"!\"}]}]",
+                           0, NULL);
+    char *s = chat_render(m, &e);
+    cr_assert_not_null(s);
+    cr_expect_str_eq(s, "system: Be kind.\nuser: Hi!\nassistant:");
+    free(s);
+    json_decref(m);
+    job_params p;
+    cr_assert_eq(run(JOB_CHAT, "{\"messages\": [{\"role\": \"user\", \"content\": \"yo\"}], \"logprobs\": true, \"top_logprobs\": 3}", &p, &e), 0, "%s", e.message);
+    /* BOS + "user: yo\nassistant:" */
+    cr_expect_eq(p.prompt_lens[0], 1 + (int)strlen("user: yo\nassistant:"));
+    cr_expect_eq(p.logprobs, 3);
+    cr_expect_str_eq(p.stops[p.n_stops - 1], "\nuser:");
+    /* default max_tokens for chat: the rest of the window */
+    cr_expect_eq(p.max_tokens, 64 - p.prompt_lens[0]);
+    job_params_clear(&p);
+}
