@@ -26,6 +26,19 @@ except ImportError:  # the server and its test library are not in this tree yet
     def needs_forward(fn):
         return fn
 
+# Figures are collected and printed when the module ends (printing during a test
+# would split unittest's "... ok" line, which run-tests.sh counts).
+FIGURES = []
+
+
+def figure(line):
+    FIGURES.append(line)
+
+
+def tearDownModule():
+    print("\n" + "\n".join(FIGURES), file=sys.stderr, flush=True)
+
+
 PROMPT = "Once upon a time"
 GREEDY16 = ", there was a little girl named Lily. She loved to play"
 GREEDY = {"prompt": PROMPT, "max_tokens": 16, "temperature": 0}
@@ -62,7 +75,7 @@ class ModelFileChanges(unittest.TestCase):
                                   % (what, e, srv.proc.returncode))
                     self.assertEqual(status, 200, "%s: %r" % (what, r))
                     self.assertEqual(r["choices"][0]["text"], GREEDY16, what)
-                    print("faults: model file %-24s -> 200, same greedy text" % what, file=sys.stderr, flush=True)
+                    figure("faults: model file %-24s -> 200, same greedy text" % what)
                 self.assertIsNone(srv.proc.poll())
         finally:
             shutil.rmtree(d, ignore_errors=True)
@@ -92,8 +105,7 @@ class HugeContext(unittest.TestCase):
                 t0 = time.time()
                 status, r = srv.post_json(route, body)
                 took = time.time() - t0
-                print("faults: %-26s -> %d %s (%.0f ms)" % (name, status, r["error"].get("code"), 1000 * took),
-                      file=sys.stderr, flush=True)
+                figure("faults: %-26s -> %d %s (%.0f ms)" % (name, status, r["error"].get("code"), 1000 * took))
                 self.assertEqual(status, want, "%s: %r" % (name, r))
                 self.assertEqual(r["error"]["param"], param, name)
             # a declared 5 MiB body is refused from its Content-Length, before it is sent
@@ -151,8 +163,8 @@ class InternalError(unittest.TestCase):
             self.assertEqual(st, 200)  # the stream had started: the error comes as an event
             self.assertEqual(ev[-1], "[DONE]")
             self.assertIn("error", ev[-2])
-            print("faults: injected sampler error -> 500 %r; stream ended with %r; 6 others 200"
-                  % (r["error"]["message"], ev[-2]["error"]["message"]), file=sys.stderr, flush=True)
+            figure("faults: injected sampler error -> 500 %r; stream ended with %r; 6 others 200"
+                  % (r["error"]["message"], ev[-2]["error"]["message"]))
             status, r = srv.post_json("/v1/completions", GREEDY)
             self.assertEqual((status, r["choices"][0]["text"]), (200, GREEDY16))
 
@@ -203,8 +215,9 @@ class SigtermDuringFlood(unittest.TestCase):
         alive = sum(t.is_alive() for t in threads)
         if rc is None:
             srv.kill()
-        print("faults: SIGTERM during a flood of 32 clients -> exit %s after %.1fs; outcomes %s"
-              % (rc, took, dict(sorted(outcomes.items()))), file=sys.stderr, flush=True)
+        srv.stop()  # reaps and closes the stderr pipe
+        figure("faults: SIGTERM during a flood of 32 clients -> exit %s after %.1fs; outcomes %s"
+              % (rc, took, dict(sorted(outcomes.items()))))
         self.assertEqual(rc, 0, srv.stderr[-3000:])
         self.assertLess(took, (2 + 5) * slow)
         self.assertEqual(alive, 0, "client calls still hanging after the server exited")

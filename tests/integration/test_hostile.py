@@ -32,6 +32,19 @@ except ImportError:  # the server and its test library are not in this tree yet
     def needs_forward(fn):
         return fn
 
+# Figures are collected and printed when the module ends (printing during a test
+# would split unittest's "... ok" line, which run-tests.sh counts).
+FIGURES = []
+
+
+def figure(line):
+    FIGURES.append(line)
+
+
+def tearDownModule():
+    print("\n" + "\n".join(FIGURES), file=sys.stderr, flush=True)
+
+
 LIMITS = ["--max-connections", "96", "--max-connections-per-ip", "16", "--timeout", "3",
           "--parallel", "12", "--queue", "32", "--outbox-limit", "65536",
           "--body-limit", "65536", "--max-tokens-limit", "2048", "--no-log"]
@@ -142,7 +155,7 @@ class Probe:
 
 def report(name, probe, extra=""):
     line = "hostile: %-22s well-behaved %s%s" % (name, probe.summary(), ("  " + extra) if extra else "")
-    print(line, file=sys.stderr, flush=True)
+    figure(line)
     return line
 
 
@@ -281,9 +294,8 @@ class Hostile(unittest.TestCase):
         t0 = time.time()
         status, _, _ = self.srv.request("GET", "/health", timeout=10)
         recovery = time.time() - t0
-        print("hostile: %-22s server held %d of %d connections, %d closed by the idle timeout, "
-              "first request after %.1fms" % ("flood past the limit", held, len(socks), timed_out, 1000 * recovery),
-              file=sys.stderr, flush=True)
+        figure("hostile: %-22s server held %d of %d connections, %d closed by the idle timeout, "
+              "first request after %.1fms" % ("flood past the limit", held, len(socks), timed_out, 1000 * recovery))
         self.assertEqual(status, 200)
         self.assertLessEqual(held, 96 + 1)  # + the listening socket
         self.assertEqual(timed_out, len(socks))
@@ -378,8 +390,7 @@ class Hostile(unittest.TestCase):
         # either the answer, or a clean close without one; never a hang (recv_all has a timeout)
         if r:
             self.assertIn(b" 200 ", r.split(b"\r\n")[0])
-        print("hostile: %-22s %s" % ("half-closed socket", "answered" if r else "closed without an answer"),
-              file=sys.stderr, flush=True)
+        figure("hostile: %-22s %s" % ("half-closed socket", "answered" if r else "closed without an answer"))
 
     @needs_forward
     def test_half_closed_during_stream(self):
@@ -390,7 +401,7 @@ class Hostile(unittest.TestCase):
         s.shutdown(socket.SHUT_WR)
         r = recv_all(s, limit=1 << 22)
         s.close()
-        print("hostile: %-22s %d bytes received" % ("half-closed stream", len(r)), file=sys.stderr, flush=True)
+        figure("hostile: %-22s %d bytes received" % ("half-closed stream", len(r)))
 
     def test_oversized_headers_and_url(self):
         cases = {
@@ -411,8 +422,7 @@ class Hostile(unittest.TestCase):
                 r = recv_all(s)
                 s.close()
                 first = r.split(b"\r\n")[0] if r else b"(closed)"
-                print("hostile: %-22s %-20s -> %s" % ("oversized", name, first.decode("latin-1")),
-                      file=sys.stderr, flush=True)
+                figure("hostile: %-22s %-20s -> %s" % ("oversized", name, first.decode("latin-1")))
                 if r:
                     code = int(first.split()[1])
                     self.assertTrue(400 <= code < 500, "%s answered %s" % (name, first))

@@ -35,6 +35,19 @@ except ImportError:  # the server and its test library are not in this tree yet
     def needs_forward(fn):
         return fn
 
+# Figures are collected and printed when the module ends (printing during a test
+# would split unittest's "... ok" line, which run-tests.sh counts).
+FIGURES = []
+
+
+def figure(line):
+    FIGURES.append(line)
+
+
+def tearDownModule():
+    print("\n" + "\n".join(FIGURES), file=sys.stderr, flush=True)
+
+
 SANITIZED = bool(os.environ.get("SANITIZE"))
 N = int(os.environ.get("LMSERVE_SOAK_REQUESTS") or (300 if SANITIZED else 2000))
 WORKERS = 8
