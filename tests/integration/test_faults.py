@@ -96,7 +96,7 @@ class HugeContext(unittest.TestCase):
                 ("prompt of 1 MB text", {"prompt": "a " * 500000}, 400, "prompt"),
                 ("max_tokens 10^12", {"prompt": PROMPT, "max_tokens": 10 ** 12}, 400, "max_tokens"),
                 ("n 10^9", {"prompt": PROMPT, "n": 10 ** 9}, 400, "n"),
-                ("100000 prompts", {"prompt": ["a"] * 100000}, 400, "n"),
+                ("100000 prompts", {"prompt": ["a"] * 100000}, 400, "prompt"),
                 ("logprobs 10^6", {"prompt": PROMPT, "logprobs": 10 ** 6}, 400, "logprobs"),
                 ("chat of ctx+ tokens", {"messages": [{"role": "user", "content": "a " * 5000}]}, 400, "messages"),
             ]
