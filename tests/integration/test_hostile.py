@@ -331,7 +331,8 @@ class Hostile(unittest.TestCase):
         self.check_probe("stream never read", p, "cancelled (499) after %.1fs, server RSS %+d KiB"
                          % (cancelled_after, rss1 - rss0))
         self.assertEqual(after.get(key, 0), before.get(key, 0) + 1, "the unread stream was not cancelled")
-        self.assertLess(rss1 - rss0, 64 * 1024, "server memory grew by more than 64 MiB")
+        if not os.environ.get("SANITIZE"):  # ASan's quarantine and shadow memory: report only
+            self.assertLess(rss1 - rss0, 64 * 1024, "server memory grew by more than 64 MiB")
 
     # ---- protocol corners ------------------------------------------------------------
 

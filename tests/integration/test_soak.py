@@ -199,11 +199,10 @@ class Soak(unittest.TestCase):
         c1 = proc_counts(pid)
         took = time.time() - t0
         answered = sum(v for k, v in m.items() if k.startswith("lmserve_requests_total"))
-        print("soak: %d requests in %.1fs (%s); RSS KiB after warm-up %d -> end %d (%+d), series %s; "
-              "fds %d -> %d, threads %d -> %d" % (
-                  N, took, ", ".join("%s %d" % kv for kv in sorted(tally.items())), c0["rss"], c1["rss"],
-                  c1["rss"] - c0["rss"], samples, c0["fds"], c1["fds"], c0["threads"], c1["threads"]),
-              file=sys.stderr, flush=True)
+        figure("soak: %d requests in %.1fs (%s); RSS KiB after warm-up %d -> end %d (%+d), series %s; "
+               "fds %d -> %d, threads %d -> %d" % (
+                   N, took, ", ".join("%s %d" % kv for kv in sorted(tally.items())), c0["rss"], c1["rss"],
+                   c1["rss"] - c0["rss"], samples, c0["fds"], c1["fds"], c0["threads"], c1["threads"]))
         self.assertEqual(sum(tally.values()), N)
         self.assertEqual(c1["fds"], c0["fds"], "file descriptors leaked")
         self.assertEqual(c1["threads"], c0["threads"], "threads leaked")
