@@ -57,8 +57,9 @@ fi
 if compgen -G "tests/node/*.test.mjs" >/dev/null; then
   echo "== integration tests (node)"
   if [ ! -d tests/node/node_modules ] || [ tests/node/package-lock.json -nt tests/node/node_modules ]; then
-    (cd tests/node && npm ci --no-audit --no-fund --loglevel=error >"../../$log_dir/npm-ci.log" 2>&1) \
-      || { echo "npm ci failed:"; tail -30 "$log_dir/npm-ci.log"; }
+    npm_log="$(cd "$log_dir" && pwd)/npm-ci.log" # log_dir may be absolute (make test) or relative
+    (cd tests/node && npm ci --no-audit --no-fund --loglevel=error >"$npm_log" 2>&1) \
+      || { echo "npm ci failed:"; tail -30 "$npm_log"; }
   fi
   for t in tests/node/*.test.mjs; do
     [ -n "$only" ] && [[ $t != *$only* ]] && continue
