@@ -177,24 +177,7 @@ static void attn_task(void *arg, int task, int n_tasks)
     for (int r = b->row0[item]; r < b->row0[item + 1]; r++) {
         const float *q = c->sc->q + r * qd + (size_t)h * hd;
         float *out = c->sc->att + r * qd + (size_t)h * hd;
-        int n = b->pos[r] + 1;
-        float mx = -INFINITY;
-        for (int t = 0; t < n; t++) {
-            float v = kernel_dot(q, kbase + (size_t)t * hd, hd) * inv;
-            sc_buf[t] = v;
-            if (v > mx)
-                mx = v;
-        }
-        float sum = 0.0f;
-        for (int t = 0; t < n; t++) {
-            float e = expf(sc_buf[t] - mx);
-            sc_buf[t] = e;
-            sum += e;
-        }
-        float isum = 1.0f / sum;
-        memset(out, 0, (size_t)hd * sizeof(float));
-        for (int t = 0; t < n; t++)
-            kernel_axpy(out, sc_buf[t] * isum, vbase + (size_t)t * hd, hd);
+        kernel_attend(out, q, kbase, vbase, b->pos[r] + 1, hd, inv, sc_buf);
     }
 }
 

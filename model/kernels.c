@@ -4,17 +4,17 @@
  * ------
  * out (n_rows, W.rows) = x (n_rows, cols) W^T, W row-major (rows, cols) in its
  * file type.  Batched decoding wants each weight row read from memory once
- * per step for every sequence, so a weight row is loaded once into registers
- * and dotted with up to 4 x rows at a time (register blocks of 4 x rows x 2 W
- * rows, or 1-2 x rows x 4 W rows for decoding).  The pool splits the
+ * per step for every sequence, so W rows are loaded into registers once and
+ * dotted with 2 x rows at a time (register blocks of 2 x rows x 2 W rows;
+ * decoding a single row streams one W row at a time).  The pool splits the
  * OUTPUT rows (W rows) into tasks; the reduction over cols is never split.
  * Within a task, x is walked in blocks small enough to stay in L2 while the
  * task's W rows (also sized for L2) are reused for every block.
  *
- * Determinism: every output element out[r][j] has its own single 8-lane
- * accumulator, fed k = 0, 8, 16, ... in order, reduced by one fixed
- * horizontal sum (hsum8), then the cols % 8 tail is added in order.  The
- * register-block shape (1..4 x 1..2) only decides which elements are
+ * Determinism: every output element out[r][j] has its own two 8-lane
+ * accumulators fed in a fixed order over k (see DEF_BLOCK), reduced by one
+ * fixed horizontal sum (hsum8), then the cols % 8 tail is added in order.
+ * The register-block shape (1..2 x 1..2) only decides which elements are
  * computed side by side, never the operations of one element, so the result
  * is bit-identical for any n_rows, any position of the row in the batch and
  * any thread count.  (This file relies on the ISO C default
@@ -182,30 +182,45 @@ static inline float load1_f32(const void *p, int k) { return ((const float *)p)[
 static inline float load1_f16(const void *p, int k) { return half_to_float(((const uint16_t *)p)[k]); }
 static inline float load1_bf16(const void *p, int k) { return bfloat_to_float(((const uint16_t *)p)[k]); }
 
-/* R x rows times C W rows; out[r * ldo + c]. */
+/* R x rows times C W rows (R, C <= 2); out[r * ldo + c].  Each element has two
+ * 8-lane accumulators: 16-column steps feed acc0 with k..k+7 and acc1 with
+ * k+8..k+15, a last 8-column step feeds acc0, then hsum8(acc0 + acc1), then the
+ * scalar tail -- the same operations whatever R and C. */
 #define DEF_BLOCK(TY)                                                                          \
     static inline __attribute__((always_inline)) void block_##TY(                              \
         float *out, size_t ldo, const float *x, size_t ldx, const uint8_t *w, size_t ldw,      \
         int cols, const int R, const int C)                                                    \
     {                                                                                          \
-        __m256 acc[4][4];                                                                      \
+        __m256 acc[2][2][2];                                                                   \
         for (int r = 0; r < R; r++)                                                            \
             for (int c = 0; c < C; c++)                                                        \
-                acc[r][c] = _mm256_setzero_ps();                                               \
+                acc[r][c][0] = acc[r][c][1] = _mm256_setzero_ps();                             \
         int k = 0;                                                                             \
-        for (; k + 8 <= cols; k += 8) {                                                        \
-            __m256 wv[4];                                                                      \
+        for (; k + 16 <= cols; k += 16)                                                        \
+            for (int h = 0; h < 2; h++) {                                                      \
+                __m256 wv[2];                                                                  \
+                for (int c = 0; c < C; c++)                                                    \
+                    wv[c] = load8_##TY(w + (size_t)c * ldw, k + 8 * h);                        \
+                for (int r = 0; r < R; r++) {                                                  \
+                    __m256 xv = _mm256_loadu_ps(x + (size_t)r * ldx + k + 8 * h);              \
+                    for (int c = 0; c < C; c++)                                                \
+                        acc[r][c][h] = _mm256_fmadd_ps(xv, wv[c], acc[r][c][h]);               \
+                }                                                                              \
+            }                                                                                  \
+        if (k + 8 <= cols) {                                                                   \
+            __m256 wv[2];                                                                      \
             for (int c = 0; c < C; c++)                                                        \
                 wv[c] = load8_##TY(w + (size_t)c * ldw, k);                                    \
             for (int r = 0; r < R; r++) {                                                      \
                 __m256 xv = _mm256_loadu_ps(x + (size_t)r * ldx + k);                          \
                 for (int c = 0; c < C; c++)                                                    \
-                    acc[r][c] = _mm256_fmadd_ps(xv, wv[c], acc[r][c]);                         \
+                    acc[r][c][0] = _mm256_fmadd_ps(xv, wv[c], acc[r][c][0]);                   \
             }                                                                                  \
+            k += 8;                                                                            \
         }                                                                                      \
         for (int r = 0; r < R; r++)                                                            \
             for (int c = 0; c < C; c++) {                                                      \
-                float s = hsum8(acc[r][c]);                                                    \
+                float s = hsum8(_mm256_add_ps(acc[r][c][0], acc[r][c][1]));                    \
                 for (int kk = k; kk < cols; kk++)                                              \
                     s += x[(size_t)r * ldx + kk] * load1_##TY(w + (size_t)c * ldw, kk);        \
                 out[(size_t)r * ldo + c] = s;                                                  \
@@ -232,7 +247,8 @@ void kernel_axpy(float *y, float a, const float *x, int n)
         y[i] = fmaf(a, x[i], y[i]);
 }
 
-/* Q8_0: x pre-quantized (xq int8 with row stride ldq, xd scales with row stride ldd). */
+/* Q8_0: x pre-quantized (xq int8 with row stride ldq, xd scales with row stride ldd).
+ * One accumulator per element (R x C <= 8 of them), fed block by block. */
 static inline __attribute__((always_inline)) void block_q8(
     float *out, size_t ldo, const int8_t *xq, size_t ldq, const float *xd, size_t ldd,
     const uint8_t *w, size_t ldw, int nb, const int R, const int C)
@@ -324,10 +340,42 @@ static inline void block_q8(float *out, size_t ldo, const int8_t *xq, size_t ldq
 
 #endif
 
+/* ---- Attention for one query row ------------------------------------------------ */
+
+void kernel_attend(float *out, const float *q, const float *k, const float *v, int n, int hd,
+                   float scale, float *scores)
+{
+    float mx = -INFINITY;
+    for (int t = 0; t < n; t++) {
+        float d = kernel_dot(q, k + (size_t)t * hd, hd) * scale;
+        scores[t] = d;
+        if (d > mx)
+            mx = d;
+    }
+    float sum = 0.0f;
+    for (int t = 0; t < n; t++) {
+        float e = expf(scores[t] - mx);
+        scores[t] = e;
+        sum += e;
+    }
+    float isum = 1.0f / sum;
+    memset(out, 0, (size_t)hd * sizeof(float));
+    for (int t = 0; t < n; t++)
+        kernel_axpy(out, scores[t] * isum, v + (size_t)t * hd, hd);
+}
+
 /* ---- Row-range drivers ------------------------------------------------------- */
 
 /* Dispatch a (R, C) block with compile-time shapes. */
 #define BLOCK_SWITCH(CALL)                                                                     \
+    switch (R * 4 + C) {                                                                       \
+    case 2 * 4 + 2: CALL(2, 2); break;                                                         \
+    case 2 * 4 + 1: CALL(2, 1); break;                                                         \
+    case 1 * 4 + 2: CALL(1, 2); break;                                                         \
+    default: CALL(1, 1); break;                                                                \
+    }
+
+#define BLOCK_SWITCH_Q8(CALL)                                                                     \
     switch (R * 8 + C) {                                                                       \
     case 4 * 8 + 2: CALL(4, 2); break;                                                         \
     case 4 * 8 + 1: CALL(4, 1); break;                                                         \
@@ -343,10 +391,11 @@ static inline void block_q8(float *out, size_t ldo, const int8_t *xq, size_t ldq
     default: CALL(1, 1); break;                                                                \
     }
 
-/* W rows per register block: 4 when at most 2 x rows share it, else 2. */
+/* W rows per register block: decoding (one x row) streams one W row at a time,
+ * which measured best here; batches use 2 x rows x 2 W rows. */
 static inline int block_cols(int x_rows)
 {
-    return x_rows <= 2 ? 4 : 2;
+    return x_rows == 1 ? 1 : 2;
 }
 
 /* x rows per L2 block (a multiple of 4, at least 4). */
@@ -369,8 +418,8 @@ static int x_block_rows(size_t row_bytes)
             int cm = block_cols(re - rb);                                                      \
             for (int j = j0; j < j1; j += cm) {                                                \
                 int C = j1 - j >= cm ? cm : j1 - j;                                            \
-                for (int r = rb; r < re; r += 4) {                                             \
-                    int R = re - r >= 4 ? 4 : re - r;                                          \
+                for (int r = rb; r < re; r += 2) {                                             \
+                    int R = re - r >= 2 ? 2 : 1;                                               \
                     float *o = out + (size_t)r * ldo + j;                                      \
                     const float *xr = x + (size_t)r * cols;                                    \
                     const uint8_t *wr = wd + (size_t)j * ldw;                                  \
@@ -395,7 +444,7 @@ static void rows_q8(float *out, int ldo, const int8_t *xq, const float *xd, int 
     int xb = x_block_rows((size_t)cols + (size_t)nb * 4);
     for (int rb = 0; rb < n_rows; rb += xb) {
         int re = rb + xb < n_rows ? rb + xb : n_rows;
-        int cm = block_cols(re - rb);
+        int cm = re - rb <= 2 ? 4 : 2;
         for (int j = j0; j < j1; j += cm) {
             int C = j1 - j >= cm ? cm : j1 - j;
             for (int r = rb; r < re; r += 4) {
@@ -405,7 +454,7 @@ static void rows_q8(float *out, int ldo, const int8_t *xq, const float *xd, int 
                 const float *dr = xd + (size_t)r * nb;
                 const uint8_t *wr = wd + (size_t)j * ldw;
 #define CALL_q8(RR, CC) block_q8(o, ldo, xr, cols, dr, nb, wr, ldw, nb, RR, CC)
-                BLOCK_SWITCH(CALL_q8)
+                BLOCK_SWITCH_Q8(CALL_q8)
 #undef CALL_q8
             }
         }

@@ -34,6 +34,12 @@ float kernel_dot(const float *a, const float *b, int n);
 /* y[i] += a * x[i] */
 void kernel_axpy(float *y, float a, const float *x, int n);
 
+/* One query row of causal attention over n cached positions (k, v: (n, hd) rows):
+ * out = softmax(q.k_t * scale) . v, with scores (n floats) as scratch.  Fixed
+ * order throughout, so a row's result does not depend on its batch. */
+void kernel_attend(float *out, const float *q, const float *k, const float *v, int n, int hd,
+                   float scale, float *scores);
+
 /* Scratch memory kept by the pool between calls (grown on demand); NULL on
  * failure or when p is NULL.  Valid until the next call; not reentrant. */
 void *model_pool_scratch(model_pool *p, size_t bytes);

@@ -20,6 +20,15 @@
  *     microseconds during a forward pass), then sleep on a futex that the
  *     dispatcher bumps and wakes only when someone is asleep.
  *
+ * Oversubscribed machines (measured here with ~8 busy processes on 2 cores):
+ * workers that rarely get a CPU only slow the caller down (they spin on a
+ * sibling, claim tasks late, or hold a task while preempted so the caller
+ * waits a whole time slice).  So the caller watches two signals: waits longer
+ * than STRAGGLE_NS several times in a row, and the workers' share of the
+ * tasks over a window of dispatches falling well below their fair share.
+ * Either sends the next SOLO_RUNS dispatches to the calling thread alone; then
+ * the workers are tried again.  Results do not depend on this (see below).
+ *
  * Which thread runs which task is not deterministic; callers make each
  * task's result independent of that (kernels split output rows only).
  */
@@ -45,6 +54,10 @@
 
 #define POOL_MAX_THREADS 64
 #define SPIN_NS 300000L       /* idle workers spin this long before sleeping */
+#define STRAGGLE_NS 500000L   /* a caller wait this long means a worker was preempted */
+#define STRAGGLE_STRIKES 3    /* ... this many times in a row: go solo */
+#define SOLO_RUNS 4000        /* dispatches run by the caller alone before retrying */
+#define SHARE_WINDOW 256      /* dispatches per worker-share measurement */
 
 /* state = gen (20 bits) | n_tasks (22 bits) | next (22 bits) */
 #define ST_IDX_BITS 22
@@ -67,6 +80,10 @@ struct model_pool {
     _Atomic int stop;
     model_pool_fn fn;              /* the current job (see the design note) */
     void *arg;
+    int strikes;                   /* consecutive straggling dispatches (caller only) */
+    int solo_left;                 /* dispatches still to run on the caller alone */
+    int win_n;                     /* dispatches in the current share window */
+    long win_tasks, win_caller;    /* tasks in it, and how many the caller ran */
     void *scratch;                 /* model_pool_scratch */
     size_t scratch_len;
 };
@@ -188,7 +205,9 @@ void model_pool_run(model_pool *p, model_pool_fn fn, void *arg, int n_tasks)
 {
     if (n_tasks <= 0)
         return;
-    if (!p || p->n_workers == 0 || n_tasks == 1 || n_tasks > ST_MAX_TASKS) {
+    if (p && p->solo_left > 0)
+        p->solo_left--;
+    if (!p || p->n_workers == 0 || n_tasks == 1 || n_tasks > ST_MAX_TASKS || p->solo_left > 0) {
         for (int t = 0; t < n_tasks; t++)
             fn(arg, t, n_tasks);
         return;
@@ -204,13 +223,38 @@ void model_pool_run(model_pool *p, model_pool_fn fn, void *arg, int n_tasks)
     atomic_fetch_add(&p->wake, 1);
     if (atomic_load(&p->sleepers) > 0)
         futex(&p->wake, FUTEX_WAKE_PRIVATE, INT_MAX);
-    pool_work(p, gen);
+    int mine = pool_work(p, gen);
     unsigned spins = 0;
+    long t0 = 0, waited = 0;
     while (atomic_load_explicit(&p->done, memory_order_acquire) < n_tasks) {
-        if ((++spins & 1023) == 0)
-            sched_yield();
-        else
-            cpu_relax();
+        if ((++spins & 255) == 0) {
+            long t = now_ns();
+            if (!t0)
+                t0 = t;
+            waited = t - t0;
+            if (waited > STRAGGLE_NS)
+                sched_yield();
+        }
+        cpu_relax();
+    }
+    if (waited > STRAGGLE_NS) {
+        if (++p->strikes >= STRAGGLE_STRIKES) {
+            p->strikes = 0;
+            p->solo_left = SOLO_RUNS;
+        }
+    } else {
+        p->strikes = 0;
+    }
+    p->win_tasks += n_tasks;
+    p->win_caller += mine;
+    if (++p->win_n >= SHARE_WINDOW) {
+        /* workers' share vs their fair share (n_workers / n_threads), in 1/10s */
+        long fair10 = 10 * p->win_tasks * p->n_workers / p->n_threads;
+        long got = p->win_tasks - p->win_caller;
+        if (10 * got * 10 < 6 * fair10) /* below 60 % of fair */
+            p->solo_left = SOLO_RUNS;
+        p->win_n = 0;
+        p->win_tasks = p->win_caller = 0;
     }
 }
 

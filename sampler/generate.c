@@ -3,7 +3,8 @@
  * Every step: ctx = the last max_seq_len ids of the full sequence (never more)
  * -> next_logits (last position) -> sampler__choose (penalties over the full
  * sequence or its window, temperature, top-k, top-p, min-p, softmax, one draw)
- * -> append -> stop if the token is a stop id (it is kept).  The RNG is seeded
+ * -> append -> stop if the token is a stop id (it is kept) -> per-token callback
+ * (which may cancel before the next model call).  The RNG is seeded
  * once, before the loop.  Everything is validated before the model is called.
  */
 #include "sampler/sampler_internal.h"
@@ -65,6 +66,8 @@ int sampler_generate(sampler_lm *lm, const int32_t *prompt, int n_prompt, int ma
         out[len++] = token;
         if (is_stop(params, token))
             break;
+        if (params->on_token && params->on_token(params->on_token_user, token, len - n_prompt) != 0)
+            break; /* cancelled by the caller between steps */
     }
     sampler__scratch_release(&sc);
     free(logits);

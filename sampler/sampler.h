@@ -70,6 +70,11 @@ typedef struct {
     const int32_t *bias_ids;     /* logit_bias */
     const float *bias_values;
     int n_bias;
+    /* sampler_generate only: called after each new token is appended (prompt excluded),
+     * between model calls.  A nonzero return stops generation there (cancellation); the
+     * tokens so far are kept and their count returned as usual.  NULL = no callback. */
+    int (*on_token)(void *user, int32_t token, int n_generated);
+    void *on_token_user;
 } sampler_params;
 
 /* Check every field; SAMPLER_OK or SAMPLER_EINVAL.  If name is not NULL, *name is

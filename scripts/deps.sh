@@ -9,7 +9,7 @@ what=${2:-build}
 
 build_pkgs=(gcc make pkg-config libmicrohttpd-dev libjansson-dev libuv1-dev)
 test_pkgs=("${build_pkgs[@]}" libcriterion-dev python3 python3-tqdm python3-matplotlib
-           nginx-light chromium valgrind clang curl nodejs npm bible-kjv-text)
+           nginx-light chromium valgrind clang curl nodejs npm bible-kjv-text bible-kjv)
 
 case $what in
   build) pkgs=("${build_pkgs[@]}") ;;

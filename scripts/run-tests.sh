@@ -13,6 +13,9 @@ passed=0 failed=0 skipped=0
 failures=()
 log_dir=${LMSERVE_BUILD:-build}/test-logs
 mkdir -p "$log_dir"
+log_dir=$(cd "$log_dir" && pwd)
+# Integration tests import their shared launcher (lmserve_testlib) from their folder.
+export PYTHONPATH="$PWD/tests/integration${PYTHONPATH:+:$PYTHONPATH}"
 PY=/usr/bin/python3
 [ -x "$PY" ] || PY=python3
 only=${TESTS_ONLY:-}
@@ -46,8 +49,13 @@ if [ -d tests/integration ]; then
     [ -n "$only" ] && [[ $t != *$only* ]] && continue
     log="$log_dir/$(basename "$t").log"
     "$PY" -m unittest -v "$t" >"$log" 2>&1; rc=$?
-    p=$(grep -aEc '\.\.\. ok$' "$log"); f=$(grep -aEc '\.\.\. (FAIL|ERROR)$' "$log")
-    s=$(grep -aEc '\.\.\. skipped' "$log")
+    # unittest's closing lines: "Ran N tests" then "OK", "OK (skipped=S)" or
+    # "FAILED (failures=F, errors=E, skipped=S)".
+    ran=$(sed -n 's/^Ran \([0-9]*\) tests\?.*/\1/p' "$log" | tail -1); ran=${ran:-0}
+    last=$(grep -aE '^(OK|FAILED)' "$log" | tail -1)
+    nf=$(sed -n 's/.*failures=\([0-9]*\).*/\1/p' <<<"$last"); ne=$(sed -n 's/.*errors=\([0-9]*\).*/\1/p' <<<"$last")
+    s=$(sed -n 's/.*skipped=\([0-9]*\).*/\1/p' <<<"$last"); s=${s:-0}
+    f=$(( ${nf:-0} + ${ne:-0} )); p=$(( ran - f - s ))
     if [ $rc -ne 0 ] && [ $f -eq 0 ]; then f=1; fi
     record "$t" "$p" "$f" "$s"
     [ $f -ne 0 ] && { echo "---- $log (tail)"; tail -60 "$log"; }
@@ -57,9 +65,8 @@ fi
 if compgen -G "tests/node/*.test.mjs" >/dev/null; then
   echo "== integration tests (node)"
   if [ ! -d tests/node/node_modules ] || [ tests/node/package-lock.json -nt tests/node/node_modules ]; then
-    npm_log="$(cd "$log_dir" && pwd)/npm-ci.log" # log_dir may be absolute (make test) or relative
-    (cd tests/node && npm ci --no-audit --no-fund --loglevel=error >"$npm_log" 2>&1) \
-      || { echo "npm ci failed:"; tail -30 "$npm_log"; }
+    (cd tests/node && npm ci --no-audit --no-fund --loglevel=error >"$log_dir/npm-ci.log" 2>&1) \
+      || { echo "npm ci failed:"; tail -30 "$log_dir/npm-ci.log"; }
   fi
   for t in tests/node/*.test.mjs; do
     [ -n "$only" ] && [[ $t != *$only* ]] && continue

@@ -416,7 +416,13 @@ static void on_async(uv_async_t *a)
     while (list) {
         job *j = list;
         list = ready_next(s, j);
-        if (j->req && j->req->parked) unpark(s, j->req);
+        if (j->req && j->req->parked) {
+            unpark(s, j->req);
+        } else if (j->req && atomic_load(&j->cancel) == CANCEL_OVERFLOW && j->req->conn) {
+            /* the client stopped reading and its socket is full: MHD will not call the
+             * reader again, so let the connection time out now instead of at --timeout */
+            MHD_set_connection_option(j->req->conn, MHD_CONNECTION_OPTION_TIMEOUT, (unsigned int)1);
+        }
         job_unref(j);
     }
     mhd_run(s);

@@ -110,6 +110,7 @@ static enum MHD_Result post_tokenize(server *s, http_req *r)
     const char *key = json_object_get(root, "content") ? "content" : "prompt";
     json_t *c = json_object_get(root, key);
     json_t *as = json_object_get(root, "add_special");
+    json_t *wp = json_object_get(root, "with_pieces");
     if (!json_is_string(c)) {
         api_error_set(&e, 400, "invalid_request_error", "content", "invalid_type", "'content' must be a string");
         json_decref(root);
@@ -120,6 +121,12 @@ static enum MHD_Result post_tokenize(server *s, http_req *r)
         json_decref(root);
         return http_send_error(s, r, &e);
     }
+    if (wp && !json_is_null(wp) && !json_is_boolean(wp)) {
+        api_error_set(&e, 400, "invalid_request_error", "with_pieces", "invalid_type", "'with_pieces' must be a boolean");
+        json_decref(root);
+        return http_send_error(s, r, &e);
+    }
+    int pieces = wp && json_is_true(wp);
     int add = as && json_is_boolean(as) ? json_is_true(as) : 1;
     int32_t *toks = NULL;
     int n = 0;
@@ -134,6 +141,17 @@ static enum MHD_Result post_tokenize(server *s, http_req *r)
     free(toks);
     json_t *o = json_object();
     json_object_set_new(o, "tokens", arr);
+    if (pieces) {
+        /* Each token's own vocabulary string (not necessarily valid UTF-8 on its own:
+         * byte tokens show as "<0xNN>", as the vocabulary stores them). */
+        json_t *pa = json_array();
+        for (size_t i = 0; i < json_array_size(arr); i++) {
+            const char *str = model_token_str(s->m, (int32_t)json_integer_value(json_array_get(arr, i)));
+            json_t *v = str ? json_string(str) : NULL;
+            json_array_append_new(pa, v ? v : json_string(""));
+        }
+        json_object_set_new(o, "pieces", pa);
+    }
     return http_send_json(s, r, 200, o);
 }
 

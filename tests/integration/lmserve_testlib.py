@@ -56,8 +56,9 @@ def require_model(name="stories260K.gguf"):
 class Server:
     """One lmserve process on 127.0.0.1 and a free port."""
 
-    def __init__(self, extra_args=(), model=None, env=None, start=True, ready_timeout=None):
+    def __init__(self, extra_args=(), model=None, env=None, start=True, ready_timeout=None, wrapper=()):
         self.extra_args = list(extra_args)
+        self.wrapper = list(wrapper)  # e.g. ["valgrind", "--leak-check=full"]
         self.model = model or model_path()
         self.env = dict(os.environ)
         if env:
@@ -76,7 +77,7 @@ class Server:
     def start(self, extra_args=None):
         if extra_args is not None:
             self.extra_args = list(extra_args)
-        args = [binary(), "serve", "--model", self.model, "--host", self.host, "--port", "0"]
+        args = self.wrapper + [binary(), "serve", "--model", self.model, "--host", self.host, "--port", "0"]
         args += self.extra_args
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, env=self.env)

@@ -12,27 +12,9 @@ import tempfile
 import time
 import unittest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BIN = os.environ.get("LMSERVE_BIN", os.path.join(ROOT, "build/release/lmserve"))
-MODELS = os.environ.get("LMSERVE_MODELS", os.path.join(ROOT, "../shared/models"))
+from lmserve_testlib import REPO as ROOT, Server, require_model
+
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
-
-
-def start_lmserve():
-    p = subprocess.Popen([BIN, "serve", "--model", os.path.join(MODELS, "stories260K.gguf"),
-                          "--port", "0", "--parallel", "4"],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 30
-    line = ""
-    while time.time() < deadline:
-        line = p.stderr.readline()
-        m = re.search(r"lmserve: listening on http://([\d.]+):(\d+)", line)
-        if m:
-            return p, int(m.group(2))
-        if not line and p.poll() is not None:
-            break
-    p.kill()
-    raise RuntimeError("lmserve did not start: " + line)
 
 
 def free_port():
@@ -41,26 +23,20 @@ def free_port():
         return s.getsockname()[1]
 
 
-def metric(port, name):
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    c.request("GET", "/metrics")
-    text = c.getresponse().read().decode()
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name) and not line.startswith("#"):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+def requests_served(srv):
+    return sum(v for k, v in srv.metrics().items() if k.startswith("lmserve_requests_total"))
 
 
 @unittest.skipUnless(os.path.exists(NGINX), "nginx is not installed")
 class NginxInFront(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.backends = [start_lmserve() for _ in range(2)]
+        require_model()
+        cls.backends = [Server(["--parallel", "4"]) for _ in range(2)]
         cls.tmp = tempfile.mkdtemp(prefix="lmserve-nginx-")
         with open(os.path.join(ROOT, "docker/nginx.conf")) as f:
             site = f.read()
-        servers = "".join(f"    server 127.0.0.1:{port};\n" for _, port in cls.backends)
+        servers = "".join(f"    server 127.0.0.1:{srv.port};\n" for srv in cls.backends)
         site = re.sub(r"    server lmserve:8080[^\n]*\n", servers, site)
         cls.port = free_port()
         site = site.replace("listen 8080;", f"listen 127.0.0.1:{cls.port};")
@@ -92,13 +68,14 @@ class NginxInFront(unittest.TestCase):
     def tearDownClass(cls):
         cls.nginx.send_signal(signal.SIGQUIT)
         cls.nginx.wait(10)
-        for p, _ in cls.backends:
-            p.send_signal(signal.SIGTERM)
-            p.wait(30)
+        cls.nginx.stderr.close()
+        for srv in cls.backends:
+            assert srv.stop() == 0
         shutil.rmtree(cls.tmp, ignore_errors=True)
 
     def post(self, body):
         c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        self.addCleanup(c.close)
         c.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
         return c, c.getresponse()
 
@@ -136,17 +113,18 @@ class NginxInFront(unittest.TestCase):
         self.assertLess(first, total / 2, f"first bytes after {first:.3f}s of {total:.3f}s: buffered?")
 
     def test_load_spreads_over_both_backends(self):
-        before = [metric(port, "lmserve_requests_total") for _, port in self.backends]
+        before = [requests_served(srv) for srv in self.backends]
         import concurrent.futures as cf
 
         def one(i):
-            _, r = self.post({"prompt": "Once upon a time", "max_tokens": 32, "seed": i})
+            c, r = self.post({"prompt": "Once upon a time", "max_tokens": 32, "seed": i})
+            r.read()
             return r.status
 
         with cf.ThreadPoolExecutor(8) as ex:
             statuses = list(ex.map(one, range(16)))
         self.assertEqual(statuses, [200] * 16)
-        after = [metric(port, "lmserve_requests_total") for _, port in self.backends]
+        after = [requests_served(srv) for srv in self.backends]
         served = [a - b for a, b in zip(after, before)]
         self.assertTrue(all(s >= 1 for s in served), f"per-backend requests: {served}")
 

@@ -42,7 +42,6 @@ class SharedServer(unittest.TestCase):
 
 class TestCompletions(SharedServer):
     @needs_forward
-
     def test_greedy_not_streamed(self):
         status, r = completion(self.srv)
         self.assertEqual(status, 200, r)
@@ -61,7 +60,6 @@ class TestCompletions(SharedServer):
                          r["usage"]["prompt_tokens"] + r["usage"]["completion_tokens"])
 
     @needs_forward
-
     def test_greedy_streamed_equals_not_streamed(self):
         status, hdrs, events = self.srv.stream(
             "/v1/completions", {"prompt": PROMPT, "max_tokens": 16, "temperature": 0, "stream": True})
@@ -82,7 +80,6 @@ class TestCompletions(SharedServer):
         self.assertNotIn("usage", chunks[-1])
 
     @needs_forward
-
     def test_stream_include_usage(self):
         status, _, events = self.srv.stream("/v1/completions", {
             "prompt": PROMPT, "max_tokens": 5, "temperature": 0, "stream": True,
@@ -95,7 +92,6 @@ class TestCompletions(SharedServer):
         self.assertEqual(events[-3]["choices"][0]["finish_reason"], "length")
 
     @needs_forward
-
     def test_token_array_prompt_matches_text_prompt(self):
         _, tok = self.srv.post_json("/tokenize", {"content": PROMPT})
         status, r = completion(self.srv, prompt=tok["tokens"])
@@ -103,7 +99,6 @@ class TestCompletions(SharedServer):
         self.assertEqual(r["choices"][0]["text"], GREEDY16)
 
     @needs_forward
-
     def test_several_prompts(self):
         status, r = completion(self.srv, prompt=[PROMPT, "One day"], max_tokens=4)
         self.assertEqual(status, 200, r)
@@ -111,7 +106,6 @@ class TestCompletions(SharedServer):
         self.assertEqual(r["choices"][0]["text"], GREEDY16[:len(r["choices"][0]["text"])])
 
     @needs_forward
-
     def test_stop_string_never_emitted(self):
         status, r = completion(self.srv, stop=["little", "zzz"])
         self.assertEqual(status, 200, r)
@@ -126,7 +120,6 @@ class TestCompletions(SharedServer):
         self.assertEqual(r["choices"][0]["text"], ", there was a little girl ")
 
     @needs_forward
-
     def test_logprobs(self):
         status, r = completion(self.srv, max_tokens=6, logprobs=3)
         self.assertEqual(status, 200, r)
@@ -144,7 +137,6 @@ class TestCompletions(SharedServer):
             self.assertIn(tok, top)
 
     @needs_forward
-
     def test_echo_scoring_matches_generation(self):
         # generation: logprob of the first greedy token after the prompt
         _, g = completion(self.srv, max_tokens=1, logprobs=1)
@@ -198,7 +190,6 @@ class TestCompletions(SharedServer):
         self.assertEqual(d["choices"][0]["text"], texts[1])
 
     @needs_forward
-
     def test_sampler_fields_accepted(self):
         status, r = completion(self.srv, temperature=0.7, top_p=0.9, top_k=40, min_p=0.05,
                                repetition_penalty=1.1, presence_penalty=0.5, frequency_penalty=0.5,
@@ -207,7 +198,6 @@ class TestCompletions(SharedServer):
         self.assertEqual(r["usage"]["completion_tokens"], 16)
 
     @needs_forward
-
     def test_logit_bias_changes_greedy_choice(self):
         _, g = completion(self.srv, max_tokens=1, logprobs=1)
         _, tok = self.srv.post_json("/tokenize", {"content": PROMPT + g["choices"][0]["text"],
@@ -224,7 +214,6 @@ class TestChat(SharedServer):
             {"role": "user", "content": "Tell me about a cat."}]
 
     @needs_forward
-
     def test_chat_not_streamed_and_streamed(self):
         body = {"messages": self.MSGS, "max_tokens": 12, "temperature": 0}
         status, r = self.srv.post_json("/v1/chat/completions", body)
@@ -243,7 +232,6 @@ class TestChat(SharedServer):
         self.assertEqual(events[-2]["choices"][0]["finish_reason"], r["choices"][0]["finish_reason"])
 
     @needs_forward
-
     def test_chat_logprobs(self):
         status, r = self.srv.post_json("/v1/chat/completions", {
             "messages": self.MSGS, "max_tokens": 4, "temperature": 0, "logprobs": True, "top_logprobs": 2})
@@ -288,7 +276,6 @@ class TestOtherEndpoints(SharedServer):
         self.assertEqual(json.loads(data), {"status": "ok"})
 
     @needs_forward
-
     def test_metrics(self):
         before = self.srv.metrics()
         completion(self.srv, max_tokens=3)
@@ -451,7 +438,6 @@ class TestAuthCors(unittest.TestCase):
         self.assertEqual(status, 200)
 
     @needs_forward
-
     def test_with_key(self):
         status, r = self.srv.post_json("/v1/completions", {"prompt": PROMPT, "max_tokens": 2, "temperature": 0},
                                        {"Authorization": "Bearer sekrit"})
@@ -517,7 +503,6 @@ class TestConcurrency(SharedServer):
         return f
 
     @needs_forward
-
     def test_seeded_identical_alone_and_among_15_others(self):
         alone = self.seeded()
         self.assertEqual(len(alone[0]), 48)
@@ -530,14 +515,12 @@ class TestConcurrency(SharedServer):
         self.assertEqual(res[16], alone)
 
     @needs_forward
-
     def test_seeded_reproducible_with_8_concurrent(self):
         alone = self.seeded()
         res = run_threads([self.other(i) for i in range(8)] + [lambda: self.seeded()])
         self.assertEqual(res[-1], alone)
 
     @needs_forward
-
     def test_32_concurrent_streams_complete(self):
         def one(i):
             def f():
@@ -593,7 +576,6 @@ class TestFaults(unittest.TestCase):
         self.assertEqual(ta[:before_crop], tb[:before_crop])
 
     @needs_forward
-
     def test_disconnect_mid_stream_frees_slot(self):
         with Server(["--parallel", "1", "--ctx", "64", "--max-tokens-limit", "100000"]) as srv:
             s = open_stream(srv, {"prompt": PROMPT, "max_tokens": 90000, "stream": True, "seed": 1})
@@ -611,7 +593,6 @@ class TestFaults(unittest.TestCase):
             self.assertEqual(status, 200, r)
 
     @needs_forward
-
     def test_disconnect_while_queued_and_while_waiting(self):
         with Server(["--parallel", "1", "--queue", "4", "--ctx", "64", "--max-tokens-limit", "100000"]) as srv:
             a = open_stream(srv, {"prompt": PROMPT, "max_tokens": 90000, "stream": True})
@@ -629,7 +610,6 @@ class TestFaults(unittest.TestCase):
             self.assertTrue(wait_metric(srv, "lmserve_requests_running", 0), srv.stderr)
 
     @needs_forward
-
     def test_queue_overflow_503(self):
         with Server(["--parallel", "1", "--queue", "1", "--ctx", "64", "--max-tokens-limit", "100000"]) as srv:
             a = open_stream(srv, {"prompt": PROMPT, "max_tokens": 90000, "stream": True})
@@ -649,7 +629,6 @@ class TestFaults(unittest.TestCase):
             self.assertEqual(m['lmserve_requests_total{status="503"}'], 1)
 
     @needs_forward
-
     def test_sigterm_with_streams_in_flight(self):
         srv = Server(["--parallel", "4"])
         try:
@@ -676,7 +655,6 @@ class TestFaults(unittest.TestCase):
             srv.stop()
 
     @needs_forward
-
     def test_sigterm_deadline_ends_long_streams(self):
         srv = Server(["--parallel", "2", "--ctx", "64", "--max-tokens-limit", "100000",
                       "--shutdown-timeout", "1"])

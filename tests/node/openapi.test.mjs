@@ -10,6 +10,7 @@ import { fileURLToPath } from 'node:url';
 import YAML from 'yaml';
 import Ajv2020 from 'ajv/dist/2020.js';
 import addFormats from 'ajv-formats';
+import http from 'node:http';
 import { startServer, parseSSE } from './lib/server.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -28,6 +29,8 @@ function deref(obj) {
 }
 
 function responseSpec(method, route, status) {
+  // Wrong methods and unknown paths are described once, in components/responses.
+  if (status === 405) return deref(spec.components.responses.MethodNotAllowed);
   const op = spec.paths[route]?.[method.toLowerCase()];
   assert.ok(op, `openapi.yaml has no ${method} ${route}`);
   const r = op.responses[String(status)];
@@ -109,7 +112,9 @@ test('models, health, metrics, tokenize, detokenize, playground', async () => {
   await check('GET', '/health', { status: 200 });
   await check('GET', '/metrics', { status: 200 });
   const { text } = await check('POST', '/tokenize', { body: { content: 'Once upon a time', with_pieces: true }, status: 200 });
-  const ids = JSON.parse(text).tokens;
+  const { tokens: ids, pieces } = JSON.parse(text);
+  assert.deepEqual(pieces, ['<s>', '\u2581Once', '\u2581upon', '\u2581a', '\u2581time']);
+  assert.equal(ids.length, pieces.length);
   const d = await check('POST', '/detokenize', { body: { tokens: ids }, status: 200 });
   assert.equal(JSON.parse(d.text).content, 'Once upon a time');
   await check('GET', '/', { status: 200 });
@@ -142,9 +147,30 @@ test('every error case validates and names its parameter', async () => {
   await check('POST', '/v1/completions', { raw: '{"prompt": "x",', status: 400 });
   await check('POST', '/v1/chat/completions', { body: { messages: [] }, status: 400 });
   await check('POST', '/v1/completions', { body: { prompt: 'x', model: 'gpt-4' }, status: 404 });
-  await check('GET', '/v1/completions', { status: 405 });
-  await check('POST', '/v1/models', { status: 405 });
-  await check('POST', '/v1/completions', { raw: JSON.stringify({ prompt: 'x'.repeat(3 << 20) }), status: 413 });
+  for (const [method, route, allow] of [['GET', '/v1/completions', 'POST'], ['POST', '/v1/models', 'GET'],
+    ['DELETE', '/health', 'GET'], ['GET', '/tokenize', 'POST']]) {
+    const { res } = await check(method, route, { status: 405 });
+    assert.match(res.headers.get('allow') || '', new RegExp(allow));
+  }
+  // An oversized body, sent the way careful clients do (Expect: 100-continue): the
+  // server answers 413 from the Content-Length alone, before any body byte is sent.
+  const big = Buffer.from(JSON.stringify({ prompt: 'x'.repeat(3 << 20) }));
+  const tooLarge = await new Promise((resolve, reject) => {
+    const req = http.request(srv.url + '/v1/completions', {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json', 'Content-Length': big.length, Expect: '100-continue' },
+    }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (c) => { body += c; });
+      res.on('end', () => resolve({ status: res.statusCode, body }));
+    });
+    req.on('continue', () => req.end(big));
+    req.on('error', reject);
+  });
+  assert.equal(tooLarge.status, 413);
+  validate(schemaRef(spec.components.responses.TooLarge.content['application/json'].schema), JSON.parse(tooLarge.body), '413');
+  seen.add('POST /v1/completions 413');
   await check('POST', '/tokenize', { body: { content: 5 }, status: 400 });
   await check('POST', '/detokenize', { body: { tokens: [1e9] }, status: 400 });
   const nf = await fetch(srv.url + '/no/such/route');

@@ -282,3 +282,39 @@ Test(generate, out_may_alias_prompt)
     cr_assert_eq(gen(TOY_WAVE, 64, buf, 3, 10, &p, buf), 13);
     cr_assert(memcmp(buf, ref, sizeof ref) == 0);
 }
+
+/* The per-token callback sees every generated token in order, between model calls,
+ * and a nonzero return cancels before the next call (the tokens so far are kept). */
+typedef struct {
+    int seen;
+    int cancel_after;
+    int32_t tokens[64];
+    int calls_when_called[64];
+} token_log;
+
+static int log_token(void *user, int32_t token, int n_generated)
+{
+    token_log *t = user;
+    t->tokens[t->seen] = token;
+    t->calls_when_called[t->seen] = toy.calls;
+    t->seen++;
+    cr_assert_eq(n_generated, t->seen);
+    return t->cancel_after > 0 && t->seen >= t->cancel_after;
+}
+
+Test(generate, per_token_callback_and_cancellation_between_steps)
+{
+    int32_t full[3 + 20], cut[3 + 20];
+    token_log all = {0}, some = {.cancel_after = 7};
+    sampler_params p = {.temperature = 0.9f, .seed = 77, .on_token = log_token, .on_token_user = &all};
+    cr_assert_eq(gen(TOY_WAVE, 64, prompt3, 3, 20, &p, full), 23);
+    cr_assert_eq(all.seen, 20);
+    for (int i = 0; i < 20; i++) {
+        cr_assert_eq(all.tokens[i], full[3 + i]);
+        cr_assert_eq(all.calls_when_called[i], i + 1, "called after model call %d", i + 1);
+    }
+    p.on_token_user = &some;
+    cr_assert_eq(gen(TOY_WAVE, 64, prompt3, 3, 20, &p, cut), 3 + 7);
+    cr_assert_eq(toy.calls, 7, "no model call after the cancellation");
+    cr_assert(memcmp(cut, full, sizeof(int32_t) * (3 + 7)) == 0, "same seed, same tokens up to the cut");
+}

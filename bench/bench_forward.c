@@ -1,0 +1,215 @@
+/* bench_forward.c -- decode speed of the engine: single stream and batched.
+ *
+ * Single stream: a short prompt (prefill), then --gen tokens one step at a time,
+ * each step's input being the argmax of the previous logits (greedy decoding
+ * without the sampler); the time of the decode steps only, median of --runs.
+ * Batched: B sequences each prefilled with a short prompt, then --steps decode
+ * steps that run all B sequences in one model_forward call; reports B * steps /
+ * time.  Token ids are fixed by a seed, so runs are repeatable.
+ *
+ * usage: bench_forward --model FILE [--tokenizer FILE] [--threads N] [--gen N]
+ *                      [--prompt N] [--runs N] [--batch 1,4,16,64] [--steps N]
+ */
+#include "model/model.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static double now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static int argmax(const float *v, int n)
+{
+    int best = 0;
+    for (int i = 1; i < n; i++)
+        if (v[i] > v[best])
+            best = i;
+    return best;
+}
+
+static int32_t tok_at(uint64_t i, int vocab)
+{
+    uint64_t z = (i + 1) * 0x9E3779B97F4A7C15ull;
+    z ^= z >> 29;
+    return (int32_t)(3 + z % (uint64_t)(vocab - 3));
+}
+
+static int int_arg(const char *s, int lo, int hi, int *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || *end || v < lo || v > hi)
+        return -1;
+    *out = (int)v;
+    return 0;
+}
+
+/* One single-stream run: returns decode tokens/s or a negative code. */
+static double single_run(model *m, int prompt, int gen, int run)
+{
+    const model_info *in = model_get_info(m);
+    model_seq *s = model_seq_new(m, 0);
+    float *lg = malloc((size_t)in->vocab_size * sizeof(float));
+    int32_t *p = malloc((size_t)prompt * sizeof(int32_t));
+    double r = -1;
+    if (!s || !lg || !p)
+        goto out;
+    for (int i = 0; i < prompt; i++)
+        p[i] = tok_at((uint64_t)run * 1000 + i, in->vocab_size);
+    model_batch_item it = {.seq = s, .tokens = p, .n_tokens = prompt, .logits = lg};
+    if (model_forward(m, &it, 1))
+        goto out;
+    double t0 = now();
+    for (int g = 0; g < gen; g++) {
+        int32_t t = argmax(lg, in->vocab_size);
+        it = (model_batch_item){.seq = s, .tokens = &t, .n_tokens = 1, .logits = lg};
+        if (model_forward(m, &it, 1))
+            goto out;
+    }
+    r = gen / (now() - t0);
+out:
+    model_seq_free(s);
+    free(lg);
+    free(p);
+    return r;
+}
+
+static double batch_run(model *m, int B, int prompt, int steps)
+{
+    const model_info *in = model_get_info(m);
+    model_seq **s = calloc((size_t)B, sizeof *s);
+    model_batch_item *it = calloc((size_t)B, sizeof *it);
+    float *lg = malloc((size_t)B * in->vocab_size * sizeof(float));
+    int32_t *t = malloc((size_t)B * (prompt > 1 ? prompt : 1) * sizeof(int32_t));
+    double r = -1;
+    if (!s || !it || !lg || !t)
+        goto out;
+    for (int b = 0; b < B; b++) {
+        if (!(s[b] = model_seq_new(m, 0)))
+            goto out;
+        for (int i = 0; i < prompt; i++)
+            t[b * prompt + i] = tok_at((uint64_t)b * 7919 + i, in->vocab_size);
+        it[b] = (model_batch_item){.seq = s[b], .tokens = t + b * prompt, .n_tokens = prompt,
+                                   .logits = lg + (size_t)b * in->vocab_size};
+    }
+    if (model_forward(m, it, B)) /* all prompts in one prefill call */
+        goto out;
+    double t0 = now();
+    for (int st = 0; st < steps; st++) {
+        for (int b = 0; b < B; b++) {
+            t[b] = argmax(lg + (size_t)b * in->vocab_size, in->vocab_size);
+            it[b].tokens = t + b;
+            it[b].n_tokens = 1;
+        }
+        if (model_forward(m, it, B))
+            goto out;
+    }
+    r = (double)B * steps / (now() - t0);
+out:
+    for (int b = 0; s && b < B; b++)
+        model_seq_free(s[b]);
+    free(s);
+    free(it);
+    free(lg);
+    free(t);
+    return r;
+}
+
+int main(int argc, char **argv)
+{
+    const char *path = NULL, *tok = NULL, *batches = "1,4,16,64";
+    int threads = 2, gen = 256, prompt = 8, runs = 3, steps = 32;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        int bad = !v;
+        if (bad)
+            ;
+        else if (!strcmp(a, "--model"))
+            path = v;
+        else if (!strcmp(a, "--tokenizer"))
+            tok = v;
+        else if (!strcmp(a, "--batch"))
+            batches = v;
+        else if (!strcmp(a, "--threads"))
+            bad = int_arg(v, 1, 64, &threads);
+        else if (!strcmp(a, "--gen"))
+            bad = int_arg(v, 1, 1 << 20, &gen);
+        else if (!strcmp(a, "--prompt"))
+            bad = int_arg(v, 1, 1 << 20, &prompt);
+        else if (!strcmp(a, "--runs"))
+            bad = int_arg(v, 1, 100, &runs);
+        else if (!strcmp(a, "--steps"))
+            bad = int_arg(v, 1, 1 << 20, &steps);
+        else
+            bad = 1;
+        if (bad) {
+            fprintf(stderr, "bench_forward: bad option %s\n", a);
+            return 2;
+        }
+        i++;
+    }
+    if (!path) {
+        fprintf(stderr, "usage: bench_forward --model FILE [--tokenizer FILE] [--threads N] [--gen N]\n"
+                        "  [--prompt N] [--runs N] [--batch 1,4,16,64] [--steps N]\n");
+        return 2;
+    }
+    model *m;
+    char err[512];
+    model_load_opts o = {.tokenizer_path = tok, .n_threads = threads};
+    if (model_load(&m, path, &o, err, sizeof err)) {
+        fprintf(stderr, "bench_forward: %s\n", err);
+        return 1;
+    }
+    const model_info *in = model_get_info(m);
+    if (prompt + gen > in->ctx_len)
+        gen = in->ctx_len - prompt;
+    if (prompt + steps > in->ctx_len)
+        steps = in->ctx_len - prompt;
+    if (gen < 1 || steps < 1) {
+        fprintf(stderr, "bench_forward: context %d too short for a %d-token prompt\n", in->ctx_len, prompt);
+        model_free(m);
+        return 1;
+    }
+    printf("model %s: %s %s, dim %d, hidden %d, layers %d, heads %d/%d, vocab %d, ctx %d, "
+           "%.1f MB of weights, %d threads\n",
+           path, in->format, in->weight_type, in->dim, in->hidden_dim, in->n_layers, in->n_heads,
+           in->n_kv_heads, in->vocab_size, in->ctx_len, in->weight_bytes / 1e6, threads);
+    double *r = malloc((size_t)runs * sizeof(double));
+    single_run(m, prompt, gen < 16 ? gen : 16, 99); /* warm-up: page in the weights */
+    for (int k = 0; k < runs; k++)
+        r[k] = single_run(m, prompt, gen, k);
+    qsort(r, (size_t)runs, sizeof *r, cmp_double);
+    printf("single stream: %.1f tok/s (median of %d runs of %d tokens after a %d-token prompt; min %.1f max %.1f)\n",
+           r[runs / 2], runs, gen, prompt, r[0], r[runs - 1]);
+    free(r);
+    const char *b = batches;
+    while (*b) {
+        char *end;
+        long B = strtol(b, &end, 10);
+        if (end == b || B < 1 || B > 4096)
+            break;
+        double t = batch_run(m, (int)B, prompt, steps);
+        if (t < 0)
+            printf("batch %3ld: failed\n", B);
+        else
+            printf("batch %3ld: %.1f tok/s aggregate, %.1f tok/s per stream (%d steps)\n", B, t, t / B, steps);
+        fflush(stdout);
+        b = *end == ',' ? end + 1 : end;
+    }
+    model_free(m);
+    return 0;
+}

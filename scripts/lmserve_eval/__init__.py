@@ -1,0 +1,16 @@
+"""lmserve_eval -- a batch evaluation client for lmserve (and other OpenAI-style
+completion servers).
+
+Modules, in data-flow order:
+  client   HTTP with one keep-alive connection per thread, the server's errors as exceptions
+  store    append-only JSONL results that survive a kill (fsync per line, torn tail repaired)
+  runner   N concurrent requests, 503 retries after Retry-After, results in input order,
+           progress bar and the end-of-run summary
+  scoring  continuation log-probabilities from an echo + logprobs + max_tokens 0 answer
+  metrics  pure text metrics (type-token ratio, distinct-n, repeated n-grams, percentiles)
+  report   the sweep's HTML page and PNG plots
+  cli      the `run`, `sweep` and `score` sub-commands
+Standard library only, plus Debian's python3-tqdm and python3-matplotlib.
+"""
+
+__version__ = "0.1"

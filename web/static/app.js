@@ -1,0 +1,675 @@
+/* lmserve playground -- talks only to this server's public API:
+ *   POST /v1/completions (stream: true, SSE "data:" lines, logprobs for the token view),
+ *   GET /health, GET /v1/models.
+ * No framework and no outside resources.  One "column" = one set of sampler settings and
+ * its output; side-by-side mode runs 2-4 columns on the same prompt at once, each with its
+ * own request and AbortController. */
+'use strict';
+
+/* ---- Sampler fields: ranges and the server's defaults (issue 4) --------------------- */
+
+const SAMPLER_FIELDS = [
+  { name: 'temperature', label: 'Temperature', kind: 'float', def: 1, min: 0, max: 5, step: 0.05,
+    slider: [0, 2], hint: '0 = greedy; 0–5, default 1' },
+  { name: 'top_k', label: 'Top-k', kind: 'int', def: 0, min: 0, max: 100000, step: 1,
+    slider: [0, 100], hint: '0 = off; keep the k most likely' },
+  { name: 'top_p', label: 'Top-p', kind: 'float', def: 1, min: 0, minExclusive: true, max: 1, step: 0.01,
+    slider: [0.01, 1], hint: '(0, 1]; 1 = off' },
+  { name: 'min_p', label: 'Min-p', kind: 'float', def: 0, min: 0, max: 1, step: 0.01,
+    slider: [0, 1], hint: '[0, 1]; 0 = off; drop p < min_p × p_max' },
+  { name: 'repetition_penalty', label: 'Repetition penalty', kind: 'float', def: 1, min: 0, minExclusive: true,
+    max: 10, step: 0.01, slider: [0.5, 2], hint: '> 0; 1 = off, above 1 discourages repeats' },
+  { name: 'penalty_last_n', label: 'Penalty window', kind: 'int', def: 0, min: 0, max: 100000, step: 1,
+    hint: 'Last n tokens the penalty looks at; 0 = all' },
+];
+
+const PRESETS = [
+  { id: 'defaults', label: 'Server defaults', values: {} },
+  { id: 'greedy', label: 'Greedy', values: { temperature: 0 } },
+  { id: 'top_p', label: 'Top-p 0.9', values: { top_p: 0.9 } },
+  { id: 'top_k', label: 'Top-k 40', values: { top_k: 40 } },
+  { id: 'hot', label: 'High temperature', values: { temperature: 1.5 } },
+  { id: 'custom', label: 'Custom', values: null },
+];
+/* Presets given to columns 2-4 when they first appear. */
+const NEW_COLUMN_PRESETS = ['defaults', 'top_p', 'top_k', 'hot'];
+
+const MAX_COLUMNS = 4;
+const MAX_STOPS = 4;
+
+/* ---- Small helpers ------------------------------------------------------------------- */
+
+const $ = (sel, root = document) => root.querySelector(sel);
+
+function el(tag, attrs = {}, text) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === false || v === null || v === undefined) continue;
+    e.setAttribute(k, v === true ? '' : String(v));
+  }
+  if (text !== undefined) e.textContent = text;
+  return e;
+}
+
+function pct(p) {
+  if (!(p >= 0)) return '?';
+  if (p >= 0.001) return (p * 100).toFixed(1) + '%';
+  if (p > 0) return (p * 100).toPrecision(2) + '%';
+  return '0%';
+}
+
+/* Visible form of a token: spaces and newlines made readable in the detail panel. */
+function showToken(t) {
+  return JSON.stringify(t).slice(1, -1).replace(/ /g, '␣');
+}
+
+function probClass(p) {
+  if (p >= 0.9) return 'p5';
+  if (p >= 0.6) return 'p4';
+  if (p >= 0.3) return 'p3';
+  if (p >= 0.1) return 'p2';
+  if (p >= 0.03) return 'p1';
+  return 'p0';
+}
+
+/* Parse and check one number field.  Returns { value } or { error }. */
+function readNumber(spec, raw) {
+  const s = String(raw).trim();
+  if (s === '') return { value: spec.def };
+  const v = Number(s);
+  if (!Number.isFinite(v)) return { error: `${spec.label} must be a number` };
+  if (spec.kind === 'int' && !Number.isInteger(v)) return { error: `${spec.label} must be a whole number` };
+  if (spec.minExclusive ? v <= spec.min : v < spec.min)
+    return { error: `${spec.label} must be ${spec.minExclusive ? 'above' : 'at least'} ${spec.min}` };
+  if (v > spec.max) return { error: `${spec.label} must be at most ${spec.max}` };
+  return { value: v };
+}
+
+function setFieldError(input, errEl, msg) {
+  if (msg) {
+    input.setAttribute('aria-invalid', 'true');
+    errEl.textContent = msg;
+    errEl.hidden = false;
+  } else {
+    input.removeAttribute('aria-invalid');
+    errEl.textContent = '';
+    errEl.hidden = true;
+  }
+}
+
+/* ---- Server-sent events over fetch ---------------------------------------------------
+ * Yields the payload of each event (its "data:" lines joined by "\n").  Lines may end in
+ * \n, \r\n or \r; comment lines (":") and other fields are ignored. */
+async function* sseData(body) {
+  const reader = body.pipeThrough(new TextDecoderStream()).getReader();
+  let buf = '';
+  let data = [];
+  try {
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buf += value;
+      let m;
+      while ((m = /\r\n|\n|\r/.exec(buf)) !== null) {
+        /* A lone \r at the very end may be the first half of \r\n: wait for more. */
+        if (m[0] === '\r' && m.index === buf.length - 1) break;
+        const line = buf.slice(0, m.index);
+        buf = buf.slice(m.index + m[0].length);
+        if (line === '') {
+          if (data.length) yield data.join('\n');
+          data = [];
+        } else if (line.startsWith('data:')) {
+          data.push(line.slice(line[5] === ' ' ? 6 : 5));
+        }
+      }
+    }
+    if (buf.startsWith('data:')) data.push(buf.slice(buf[5] === ' ' ? 6 : 5));
+    if (data.length) yield data.join('\n');
+  } finally {
+    reader.releaseLock();
+  }
+}
+
+/* An error from the server, in OpenAI's shape or not, as one readable line. */
+async function describeHttpError(res) {
+  let text = '';
+  try { text = await res.text(); } catch (_) { /* ignore */ }
+  let msg = `HTTP ${res.status}${res.statusText ? ' ' + res.statusText : ''}`;
+  try {
+    const j = JSON.parse(text);
+    if (j && j.error) return msg + ': ' + describeErrorObject(j.error);
+  } catch (_) { /* not JSON */ }
+  if (text) msg += ': ' + text.slice(0, 300);
+  return msg;
+}
+
+function describeErrorObject(e) {
+  if (typeof e === 'string') return e;
+  let s = e.message || 'error';
+  const extra = [];
+  if (e.param) extra.push(`parameter: ${e.param}`);
+  if (e.type) extra.push(e.type);
+  if (e.code) extra.push(`code: ${e.code}`);
+  if (extra.length) s += ` (${extra.join(', ')})`;
+  return s;
+}
+
+/* ---- Page state ------------------------------------------------------------------------ */
+
+const state = {
+  columns: [],     /* Column objects */
+  running: 0,
+};
+
+function apiHeaders(json) {
+  const h = {};
+  if (json) h['Content-Type'] = 'application/json';
+  const key = $('#api-key').value.trim();
+  if (key) h['Authorization'] = 'Bearer ' + key;
+  return h;
+}
+
+/* ---- One column: settings + output ------------------------------------------------------ */
+
+class Column {
+  constructor(index, presetId) {
+    this.index = index;
+    this.controller = null;
+    this.tokens = [];          /* { token, p, alts: [[token, p], ...], merged } for each span */
+    this.pending = [];         /* tokens that carried no text yet */
+    this.fragment = document.createDocumentFragment(); /* spans not yet in the page */
+    this.hasTabStop = false;   /* the first token span is the list's one tab stop */
+    this.statsText = null;     /* stats line waiting for the next flush */
+    this.flushHandle = null;
+    const root = $('#column-template').content.firstElementChild.cloneNode(true);
+    this.root = root;
+    root.id = `col-${index}`;
+    const title = $('.column-title', root);
+    title.id = `col-${index}-title`;
+    title.textContent = `Column ${index + 1}`;
+    root.setAttribute('aria-labelledby', title.id);
+
+    const presetLabel = $('label[data-for="preset"]', root);
+    const preset = $('select[data-name="preset"]', root);
+    preset.id = `preset-${index}`;
+    presetLabel.htmlFor = preset.id;
+    for (const p of PRESETS) preset.append(el('option', { value: p.id }, p.label));
+    preset.addEventListener('change', () => this.applyPreset(preset.value));
+    this.preset = preset;
+
+    this.inputs = {};
+    const box = $('.sampler-fields', root);
+    for (const spec of SAMPLER_FIELDS) box.append(this.buildField(spec));
+
+    this.stats = $('.stats', root);
+    this.stats.id = `stats-${index}`;
+    this.output = $('[data-part="output"]', root);
+    this.output.id = `output-${index}`;
+    this.output.setAttribute('aria-label', `Output of column ${index + 1}`);
+    this.promptEcho = $('.prompt-echo', root);
+    this.completion = $('.completion', root);
+    this.completion.id = `completion-${index}`;
+    this.error = $('.error', root);
+    this.error.id = `error-${index}`;
+    this.detail = $('.token-detail', root);
+    this.detail.id = `detail-${index}`;
+
+    this.completion.addEventListener('keydown', (ev) => this.onTokenKey(ev));
+    this.completion.addEventListener('focusin', (ev) => this.showDetail(ev.target));
+    this.completion.addEventListener('mouseover', (ev) => this.showDetail(ev.target));
+    this.completion.addEventListener('click', (ev) => {
+      if (ev.target.classList.contains('tok')) ev.target.focus();
+    });
+
+    this.applyPreset(presetId);
+  }
+
+  buildField(spec) {
+    const id = `${spec.name}-${this.index}`;
+    const wrap = el('div', { class: 'field sampler-field' });
+    const label = el('label', { for: id }, spec.label);
+    const hintId = `${id}-hint`, errId = `${id}-err`;
+    const input = el('input', {
+      id, name: spec.name, type: 'number', min: spec.min, max: spec.max, step: spec.step,
+      inputmode: spec.kind === 'int' ? 'numeric' : 'decimal',
+      'aria-describedby': `${hintId} ${errId}`,
+    });
+    let slider = null;
+    if (spec.slider) {
+      /* The slider is a pointer convenience; keyboard users have the number box (Tab order). */
+      slider = el('input', {
+        type: 'range', min: spec.slider[0], max: spec.slider[1], step: spec.step,
+        'aria-label': `${spec.label} slider, column ${this.index + 1}`, tabindex: -1,
+      });
+      slider.addEventListener('input', () => {
+        input.value = slider.value;
+        this.onEdit(spec);
+      });
+    }
+    input.addEventListener('input', () => {
+      if (slider && input.value !== '') slider.value = input.value;
+      this.onEdit(spec);
+    });
+    const hint = el('p', { id: hintId, class: 'hint' }, spec.hint);
+    const err = el('p', { id: errId, class: 'field-error', hidden: true });
+    wrap.append(label, input);
+    if (slider) wrap.append(slider);
+    wrap.append(hint, err);
+    this.inputs[spec.name] = { spec, input, slider, err };
+    return wrap;
+  }
+
+  onEdit(spec) {
+    this.preset.value = 'custom';
+    this.validateField(this.inputs[spec.name]);
+  }
+
+  validateField(f) {
+    const r = readNumber(f.spec, f.input.value);
+    setFieldError(f.input, f.err, r.error);
+    return r;
+  }
+
+  applyPreset(id) {
+    const p = PRESETS.find((x) => x.id === id) || PRESETS[0];
+    this.preset.value = p.id;
+    if (!p.values) return;   /* "custom": keep whatever is there */
+    for (const spec of SAMPLER_FIELDS) {
+      const f = this.inputs[spec.name];
+      const v = spec.name in p.values ? p.values[spec.name] : spec.def;
+      f.input.value = String(v);
+      if (f.slider) f.slider.value = String(v);
+      setFieldError(f.input, f.err, null);
+    }
+  }
+
+  /* The sampler part of the request body, or null (errors shown next to the fields). */
+  readSettings() {
+    const out = {};
+    let firstBad = null;
+    for (const spec of SAMPLER_FIELDS) {
+      const r = this.validateField(this.inputs[spec.name]);
+      if (r.error) { firstBad = firstBad || this.inputs[spec.name].input; continue; }
+      out[spec.name] = r.value;
+    }
+    if (firstBad) {
+      $('details.sampler', this.root).open = true;
+      return { error: firstBad };
+    }
+    return { settings: out };
+  }
+
+  reset(prompt) {
+    this.tokens = [];
+    this.pending = [];
+    this.fragment = document.createDocumentFragment();
+    this.hasTabStop = false;
+    this.statsText = null;
+    if (this.flushHandle !== null) cancelAnimationFrame(this.flushHandle);
+    this.flushHandle = null;
+    this.promptEcho.textContent = prompt;
+    this.completion.textContent = '';
+    this.error.hidden = true;
+    this.error.textContent = '';
+    this.detail.hidden = true;
+    this.detail.textContent = '';
+    this.root.dataset.state = 'idle';
+  }
+
+  setState(s, text) {
+    this.flush();
+    this.root.dataset.state = s;
+    this.output.setAttribute('aria-busy', s === 'running' ? 'true' : 'false');
+    this.stats.textContent = text;
+  }
+
+  showError(msg) {
+    this.error.textContent = msg;
+    this.error.hidden = false;
+  }
+
+  /* Append one piece of streamed output (one SSE chunk's choice). */
+  appendChunk(choice, tokenView) {
+    const text = typeof choice.text === 'string' ? choice.text : '';
+    const lp = choice.logprobs;
+    const pieces = [];
+    if (lp && Array.isArray(lp.tokens) && lp.tokens.length) {
+      const toks = lp.tokens.map(String);
+      const probs = (lp.token_logprobs || []).map((x) => (typeof x === 'number' ? Math.exp(x) : NaN));
+      const tops = lp.top_logprobs || [];
+      if (toks.join('') === text) {
+        toks.forEach((t, i) => pieces.push({ text: t, token: t, p: probs[i], top: tops[i] }));
+      } else {
+        /* The server held back part of a multi-byte character, or tokens are not plain
+         * text: one span for the chunk, described by its first token. */
+        pieces.push({ text, token: toks[0], p: probs[0], top: tops[0], merged: toks });
+      }
+    } else if (text !== '') {
+      pieces.push({ text, token: text, p: NaN, top: null });
+    }
+    for (const pc of pieces) {
+      if (pc.text === '') {
+        /* A token with no complete character yet (e.g. the first byte of a multi-byte
+         * character): shown together with the text that completes it. */
+        this.pending.push(pc.token);
+        continue;
+      }
+      if (this.pending.length) {
+        pc.merged = this.pending.concat(pc.merged || [pc.token]);
+        this.pending = [];
+      }
+      const alts = pc.top && typeof pc.top === 'object'
+        ? Object.entries(pc.top).map(([t, l]) => [t, Math.exp(l)]).sort((a, b) => b[1] - a[1])
+        : [];
+      const i = this.tokens.length;
+      this.tokens.push({ token: pc.token, p: pc.p, alts, merged: pc.merged });
+      const span = el('span', { 'data-i': i }, pc.text);
+      if (tokenView && Number.isFinite(pc.p)) {
+        span.className = 'tok ' + probClass(pc.p);
+        span.title = `${pct(pc.p)}` + (alts.length
+          ? ' · alternatives: ' + alts.slice(0, 5).map(([t, p]) => `"${showToken(t)}" ${pct(p)}`).join(', ')
+          : '');
+        span.tabIndex = this.hasTabStop ? -1 : 0;
+        this.hasTabStop = true;
+      }
+      this.fragment.append(span);
+    }
+    this.scheduleFlush();
+  }
+
+  /* The DOM is touched at most once per frame: a small model streams thousands of
+   * tokens a second, and a layout per token would freeze the page (and its Stop button). */
+  scheduleFlush() {
+    if (this.flushHandle === null) this.flushHandle = requestAnimationFrame(() => this.flush());
+  }
+
+  flush() {
+    if (this.flushHandle !== null) cancelAnimationFrame(this.flushHandle);
+    this.flushHandle = null;
+    const o = this.output;
+    /* Keep the newest text in view while streaming, unless the reader scrolled up. */
+    const follow = o.scrollHeight - o.scrollTop - o.clientHeight < 8;
+    if (this.fragment.childNodes.length) this.completion.append(this.fragment);
+    if (this.statsText !== null) this.stats.textContent = this.statsText;
+    this.statsText = null;
+    if (follow) o.scrollTop = o.scrollHeight;
+  }
+
+  onTokenKey(ev) {
+    const t = ev.target;
+    if (!t.classList || !t.classList.contains('tok')) return;
+    const all = Array.from(this.completion.querySelectorAll('.tok'));
+    const i = all.indexOf(t);
+    let j = -1;
+    if (ev.key === 'ArrowRight' || ev.key === 'ArrowDown') j = Math.min(all.length - 1, i + 1);
+    else if (ev.key === 'ArrowLeft' || ev.key === 'ArrowUp') j = Math.max(0, i - 1);
+    else if (ev.key === 'Home') j = 0;
+    else if (ev.key === 'End') j = all.length - 1;
+    else if (ev.key === 'Escape') { this.detail.hidden = true; return; }
+    if (j < 0) return;
+    ev.preventDefault();
+    t.tabIndex = -1;
+    all[j].tabIndex = 0;
+    all[j].focus();
+  }
+
+  showDetail(target) {
+    if (!target || !target.classList || !target.classList.contains('tok')) return;
+    const info = this.tokens[Number(target.dataset.i)];
+    if (!info) return;
+    for (const s of this.completion.querySelectorAll('.tok.current')) s.classList.remove('current');
+    target.classList.add('current');
+    const d = this.detail;
+    d.textContent = '';
+    const head = el('p', { class: 'detail-head' });
+    head.append(el('strong', {}, `"${showToken(info.token)}"`), ` ${pct(info.p)}`);
+    if (info.merged) head.append(` (this text is the tokens ${info.merged.map((t) => `"${showToken(t)}"`).join(' ')})`);
+    d.append(head);
+    if (info.alts.length) {
+      const tbl = el('table', { class: 'alts' });
+      tbl.append(el('caption', {}, 'Most likely tokens at this step'));
+      const thead = el('tr');
+      thead.append(el('th', { scope: 'col' }, 'Token'), el('th', { scope: 'col' }, 'Probability'));
+      tbl.append(thead);
+      for (const [tok, p] of info.alts) {
+        const tr = el('tr', { class: tok === info.token ? 'chosen' : null, 'data-p': p });
+        const bar = el('span', { class: 'bar', style: `--w:${Math.max(1, Math.round(p * 100))}%` });
+        const td2 = el('td');
+        td2.append(bar, pct(p));
+        tr.append(el('td', { class: 'mono' }, showToken(tok)), td2);
+        tbl.append(tr);
+      }
+      d.append(tbl);
+    }
+    d.hidden = false;
+  }
+
+  /* Run one streaming completion with this column's settings. */
+  async run(common, settings) {
+    const tokenView = common.tokenView;
+    const body = Object.assign({ prompt: common.prompt, max_tokens: common.max_tokens }, settings, {
+      stream: true,
+      stream_options: { include_usage: true },
+    });
+    if (common.seed !== null) body.seed = common.seed;
+    if (common.stop.length) body.stop = common.stop;
+    if (tokenView) body.logprobs = 5;
+
+    this.reset(common.prompt);
+    this.controller = new AbortController();
+    this.setState('running', 'Waiting for the first token…');
+    const t0 = performance.now();
+    let tFirst = null, tLast = null, n = 0, finish = null, usage = null;
+    const summary = (final) => {
+      const parts = [];
+      if (tFirst !== null) parts.push(`first token ${Math.round(tFirst - t0)} ms`);
+      if (n > 1 && tLast > tFirst) {
+        const rate = (n - 1) / ((tLast - tFirst) / 1000);
+        parts.push(`${rate >= 100 ? Math.round(rate) : rate.toFixed(1)} tokens/s`);
+      }
+      parts.push(`${n} token${n === 1 ? '' : 's'}`);
+      if (final) parts.push(`${Math.round(performance.now() - t0)} ms total`);
+      if (finish) parts.push(`finish: ${finish}`);
+      return parts.join(' · ');
+    };
+    try {
+      const res = await fetch('/v1/completions', {
+        method: 'POST', headers: apiHeaders(true), body: JSON.stringify(body),
+        signal: this.controller.signal, cache: 'no-store',
+      });
+      if (!res.ok) throw new Error(await describeHttpError(res));
+      const ctype = res.headers.get('Content-Type') || '';
+      if (!ctype.includes('text/event-stream')) {
+        /* A server that ignored stream: true: take the whole response at once. */
+        const j = await res.json();
+        if (j.error) throw new Error(describeErrorObject(j.error));
+        for (const c of j.choices || []) { this.appendChunk(c, tokenView); finish = c.finish_reason || finish; }
+        tFirst = tLast = performance.now();
+        n = (j.usage && j.usage.completion_tokens) || this.tokens.length;
+      } else {
+        for await (const data of sseData(res.body)) {
+          if (data.trim() === '[DONE]') break;
+          let j;
+          try { j = JSON.parse(data); } catch (_) { throw new Error('the server sent an event that is not JSON: ' + data.slice(0, 200)); }
+          if (j.error) throw new Error(describeErrorObject(j.error));
+          if (j.usage) usage = j.usage;
+          for (const c of j.choices || []) {
+            const before = this.tokens.length;
+            this.appendChunk(c, tokenView);
+            const lpN = c.logprobs && Array.isArray(c.logprobs.tokens) ? c.logprobs.tokens.length : 0;
+            const added = lpN || (this.tokens.length > before ? 1 : 0);
+            if (added) {
+              const now = performance.now();
+              if (tFirst === null) tFirst = now;
+              tLast = now;
+              n += added;
+            }
+            if (c.finish_reason) finish = c.finish_reason;
+          }
+          this.statsText = summary(false);
+          this.scheduleFlush();
+        }
+        if (usage && typeof usage.completion_tokens === 'number') n = usage.completion_tokens;
+      }
+      this.setState('done', summary(true));
+    } catch (err) {
+      if (err && err.name === 'AbortError') {
+        this.setState('stopped', 'Stopped · ' + summary(true));
+      } else {
+        const msg = err && err.message ? err.message : String(err);
+        this.setState('error', 'Failed · ' + summary(true));
+        this.showError(err instanceof TypeError ? `Network error: ${msg}` : msg);
+      }
+    } finally {
+      this.controller = null;
+    }
+  }
+
+  stop() {
+    if (this.controller) this.controller.abort();
+  }
+}
+
+/* ---- The page ----------------------------------------------------------------------------- */
+
+function setColumnCount(n) {
+  n = Math.max(1, Math.min(MAX_COLUMNS, n));
+  const box = $('#columns');
+  while (state.columns.length > n) {
+    const c = state.columns.pop();
+    c.stop();
+    c.root.remove();
+  }
+  while (state.columns.length < n) {
+    const i = state.columns.length;
+    const c = new Column(i, NEW_COLUMN_PRESETS[i]);
+    state.columns.push(c);
+    box.append(c.root);
+  }
+  box.dataset.count = String(n);
+  $('#columns-count').value = String(n);
+}
+
+function readCommon() {
+  let firstBad = null;
+  const prompt = $('#prompt').value;
+
+  const mt = $('#max-tokens');
+  const mtR = readNumber({ label: 'Max tokens', kind: 'int', def: 64, min: 1, max: Number(mt.max) }, mt.value);
+  setFieldError(mt, $('#max-tokens-err'), mtR.error);
+  if (mtR.error) firstBad = firstBad || mt;
+
+  const sd = $('#seed');
+  let seed = null;
+  if (sd.value.trim() !== '') {
+    const r = readNumber({ label: 'Seed', kind: 'int', def: 0, min: 0, max: Number.MAX_SAFE_INTEGER }, sd.value);
+    setFieldError(sd, $('#seed-err'), r.error);
+    if (r.error) firstBad = firstBad || sd; else seed = r.value;
+  } else {
+    setFieldError(sd, $('#seed-err'), null);
+  }
+
+  const st = $('#stop-strings');
+  const stop = st.value.split(/\r?\n/).filter((s) => s !== '')
+    .map((s) => s.replace(/\\n/g, '\n').replace(/\\t/g, '\t'));
+  const stErr = stop.length > MAX_STOPS ? `At most ${MAX_STOPS} stop strings` : null;
+  setFieldError(st, $('#stop-err'), stErr);
+  if (stErr) firstBad = firstBad || st;
+
+  if (firstBad) return { error: firstBad };
+  return { common: { prompt, max_tokens: mtR.value, seed, stop, tokenView: $('#token-view').checked } };
+}
+
+function updateButtons() {
+  const busy = state.running > 0;
+  $('#generate').disabled = busy;
+  $('#stop').disabled = !busy;
+  document.body.dataset.running = busy ? 'true' : 'false';
+}
+
+async function generate() {
+  if (state.running > 0) return;
+  const c = readCommon();
+  const settings = state.columns.map((col) => col.readSettings());
+  const bad = c.error || (settings.find((s) => s.error) || {}).error;
+  if (bad) {
+    bad.focus();
+    return;
+  }
+  $('#legend').classList.toggle('shown', c.common.tokenView);
+  state.running = state.columns.length;
+  updateButtons();
+  await Promise.all(state.columns.map((col, i) =>
+    col.run(c.common, settings[i].settings).finally(() => {
+      state.running--;
+      updateButtons();
+    })));
+}
+
+function stopAll() {
+  for (const c of state.columns) c.stop();
+}
+
+async function checkServer() {
+  const out = $('#server-status');
+  const parts = [];
+  try {
+    const h = await fetch('/health', { cache: 'no-store' });
+    parts.push(h.ok ? 'Server ready' : `Server not ready (HTTP ${h.status})`);
+  } catch (_) {
+    out.textContent = 'Server unreachable';
+    out.dataset.ok = 'false';
+    return;
+  }
+  try {
+    const m = await fetch('/v1/models', { headers: apiHeaders(false), cache: 'no-store' });
+    if (m.status === 401) {
+      parts.push('an API key is required');
+    } else if (m.ok) {
+      const j = await m.json();
+      const models = j.data || [];
+      const ids = models.map((x) => x.id).filter(Boolean);
+      if (ids.length) parts.push('model ' + ids.join(', '));
+      const ctx = models.length ? models[0].context_length : undefined;
+      /* Informational: the server slides its window when a sequence fills it, so
+       * max tokens is bounded by the server's own limit, not by the context. */
+      if (Number.isInteger(ctx) && ctx > 0) parts.push(`context ${ctx} tokens`);
+    }
+  } catch (_) { /* the models list is informational only */ }
+  out.textContent = parts.join(' · ');
+  out.dataset.ok = parts[0] === 'Server ready' ? 'true' : 'false';
+}
+
+function init() {
+  setColumnCount(1);
+  updateButtons();
+  $('#run-form').addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    generate();
+  });
+  $('#stop').addEventListener('click', stopAll);
+  $('#columns-count').addEventListener('change', (ev) => setColumnCount(Number(ev.target.value)));
+  $('#compare').addEventListener('click', () => {
+    setColumnCount(3);
+    ['greedy', 'top_p', 'top_k'].forEach((p, i) => state.columns[i].applyPreset(p));
+  });
+  $('#prompt').addEventListener('keydown', (ev) => {
+    if (ev.key === 'Enter' && (ev.ctrlKey || ev.metaKey)) {
+      ev.preventDefault();
+      generate();
+    }
+  });
+  document.addEventListener('keydown', (ev) => {
+    if (ev.key === 'Escape' && state.running > 0) {
+      ev.preventDefault();
+      stopAll();
+    }
+  });
+  $('#token-view').addEventListener('change', (ev) => $('#legend').classList.toggle('shown', ev.target.checked));
+  $('#legend').classList.toggle('shown', $('#token-view').checked);
+  $('#api-key').addEventListener('change', checkServer);
+  checkServer();
+}
+
+if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', init);
+else init();
