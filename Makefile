@@ -6,6 +6,7 @@
 #   make test SANITIZE=address,undefined   the same in build/san-address-undefined
 #   make bench      engine + sampler + load benchmarks (not part of test)
 #   make fuzz       libFuzzer targets for FUZZ_SECONDS each
+#   make soak       10,000 mixed requests through the real server (LMSERVE_SOAK_REQUESTS)
 #   make install / uninstall   PREFIX=/usr/local DESTDIR=
 #   make models     download the public test models into models/ (needs the internet)
 #
@@ -146,6 +147,14 @@ bench: deps
 FUZZ_SECONDS ?= 60
 fuzz:
 	@FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/fuzz.sh
+
+# The soak test at full size (make test runs 2,000 requests; 300 under SANITIZE).
+LMSERVE_SOAK_REQUESTS ?= 10000
+.PHONY: soak
+soak: deps-test
+	@$(MAKE) --no-print-directory $(B)/lmserve
+	@LMSERVE_BIN=$(CURDIR)/$(B)/lmserve SANITIZE=$(SANITIZE) LMSERVE_SOAK_REQUESTS=$(LMSERVE_SOAK_REQUESTS) \
+		/usr/bin/python3 -m unittest -v tests/integration/test_soak.py
 
 install: all
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(DATADIR)

@@ -16,8 +16,10 @@
 int model_errf(char *err, size_t errlen, int code, const char *path, const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));
 
-/* Map a whole regular file read-only.  If m is not NULL the mapping is recorded
- * in m->maps (released by model_free); otherwise the caller munmaps *data.
+/* Load a whole regular file into private, read-only memory (an anonymous mapping
+ * filled with pread: never a file mapping, so truncating or rewriting the file
+ * later cannot SIGBUS the server).  If m is not NULL the mapping is recorded in
+ * m->maps (released by model_free); otherwise the caller munmaps *data.
  * An empty file is mapped as (a valid pointer, size 0). */
 int model_map_file(model *m, const char *path, const uint8_t **data, size_t *size,
                    char *err, size_t errlen);

@@ -104,10 +104,36 @@ int model_map_file(model *m, const char *path, const uint8_t **data, size_t *siz
         *data = empty;
         return MODEL_OK;
     }
-    addr = mmap(NULL, len, PROT_READ, MAP_PRIVATE, fd, 0);
-    int e = errno;
+    /* Copy the file into anonymous memory instead of mapping it: a file mapping
+     * raises SIGBUS in whichever thread next touches a page after someone
+     * truncates or rewrites the file in place (e.g. `cp new.gguf served.gguf`
+     * while the server runs) -- a crash of the whole server that no check can
+     * prevent.  A private copy costs one read at load time (the forward pass
+     * touches every weight anyway) and makes the loaded model immune to what
+     * happens to the file afterwards (tests/integration/test_faults.py). */
+    addr = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (addr == MAP_FAILED) {
+        int e = errno;
+        close(fd);
+        return model_errf(err, errlen, MODEL_ENOMEM, path, "cannot allocate %zu bytes: %s", len, strerror(e));
+    }
+    size_t got = 0;
+    while (got < len) {
+        ssize_t r = pread(fd, (uint8_t *)addr + got, len - got, (off_t)got);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) {
+            int e = r < 0 ? errno : 0;
+            close(fd);
+            munmap(addr, len);
+            if (r == 0)
+                return model_errf(err, errlen, MODEL_EIO, path,
+                                  "file shrank while it was being read (%zu of %zu bytes)", got, len);
+            return model_errf(err, errlen, MODEL_EIO, path, "cannot read: %s", strerror(e));
+        }
+        got += (size_t)r;
+    }
     close(fd);
-    if (addr == MAP_FAILED) return model_errf(err, errlen, MODEL_EIO, path, "cannot mmap: %s", strerror(e));
+    mprotect(addr, len, PROT_READ); /* weights are read-only from here on */
     if (m) {
         m->maps[m->n_maps].addr = addr;
         m->maps[m->n_maps].len = len;

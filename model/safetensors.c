@@ -1,6 +1,7 @@
 /* safetensors.c -- safetensors reader with full offset validation (see safetensors.h). */
 #include "model/safetensors.h"
 #include "model/model_internal.h"
+#include "model/loader.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -188,20 +189,23 @@ static int map_file(st_file *f, const char *path, char *err, size_t errlen)
 {
     if (f->n_maps == (int)(sizeof f->maps / sizeof f->maps[0]))
         return fail(err, errlen, MODEL_EFORMAT, path, "too many shards");
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return fail(err, errlen, MODEL_EIO, path, "cannot open: %s", strerror(errno));
     struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size < 8) {
-        close(fd);
+    if (stat(path, &st) != 0) return fail(err, errlen, MODEL_EIO, path, "cannot open: %s", strerror(errno));
+    if (!S_ISREG(st.st_mode) || st.st_size < 8)
+        return fail(err, errlen, MODEL_EFORMAT, path, "not a safetensors file (too short or not a file)");
+    /* a private copy, not a file mapping: see model_map_file (truncation = SIGBUS) */
+    const uint8_t *m;
+    size_t len;
+    int rc = model_map_file(NULL, path, &m, &len, err, errlen);
+    if (rc) return rc;
+    if (len < 8) {
+        model_unmap(m, len);
         return fail(err, errlen, MODEL_EFORMAT, path, "not a safetensors file (too short or not a file)");
     }
-    void *m = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
-    close(fd);
-    if (m == MAP_FAILED) return fail(err, errlen, MODEL_EIO, path, "cannot map: %s", strerror(errno));
-    f->maps[f->n_maps].addr = m;
-    f->maps[f->n_maps].len = (size_t)st.st_size;
+    f->maps[f->n_maps].addr = (void *)m;
+    f->maps[f->n_maps].len = len;
     f->n_maps++;
-    return parse_one(f, m, (size_t)st.st_size, path, err, errlen);
+    return parse_one(f, m, len, path, err, errlen);
 }
 
 static int open_index(st_file *f, const char *dir, const char *index, char *err, size_t errlen)

@@ -402,6 +402,12 @@ int tokenizer_encode(const tokenizer *t, const char *text, size_t len, int add_b
     for (size_t i = 0; i < n;) {
         size_t cl = (size_t)utf8_char_len((uint8_t)buf[i]);
         if (cl > n - i) cl = n - i;
+        /* a lead byte takes only the continuation bytes that really follow it: an
+         * invalid sequence must not swallow the next character (found by
+         * fuzz_tokenizer: "\xc9 " glued the lead byte to the first byte of the
+         * U+2581 space marker, and the decoded text showed a literal U+2581) */
+        for (size_t k = 1; k < cl; k++)
+            if (((uint8_t)buf[i + k] & 0xC0) != 0x80) { cl = k; break; }
         sym[n_sym] = (symbol){(int)i, (int)cl, n_sym - 1, n_sym + 1};
         n_sym++;
         i += cl;

@@ -8,6 +8,7 @@
  */
 #include "model/torchzip.h"
 #include "model/model.h"
+#include "model/loader.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -772,27 +773,23 @@ int tz_open_mem(tz_file **out, const void *buf, size_t len, const char *name, ch
 int tz_open(tz_file **out, const char *path, char *err, size_t errlen)
 {
     *out = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return fail(err, errlen, MODEL_EIO, path, "cannot open: %s", strerror(errno));
     struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        close(fd);
-        return fail(err, errlen, MODEL_EIO, path, "not a regular file");
-    }
-    if (st.st_size == 0) {
-        close(fd);
-        return fail(err, errlen, MODEL_EFORMAT, path, "empty file");
-    }
-    void *map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
-    close(fd);
-    if (map == MAP_FAILED) return fail(err, errlen, MODEL_EIO, path, "cannot map: %s", strerror(errno));
+    if (stat(path, &st) != 0) return fail(err, errlen, MODEL_EIO, path, "cannot open: %s", strerror(errno));
+    if (!S_ISREG(st.st_mode)) return fail(err, errlen, MODEL_EIO, path, "not a regular file");
+    /* a private copy, not a file mapping: see model_map_file (truncation = SIGBUS) */
+    const uint8_t *data;
+    size_t len;
+    int mrc = model_map_file(NULL, path, &data, &len, err, errlen);
+    if (mrc) return mrc;
+    if (len == 0) return fail(err, errlen, MODEL_EFORMAT, path, "empty file");
+    void *map = (void *)data;
     tz_file *f = calloc(1, sizeof *f);
     if (!f) {
-        munmap(map, (size_t)st.st_size);
+        munmap(map, len);
         return fail(err, errlen, MODEL_ENOMEM, path, "out of memory");
     }
     f->buf = map;
-    f->len = (size_t)st.st_size;
+    f->len = len;
     f->map = map;
     snprintf(f->name, sizeof f->name, "%s", path);
     int rc = tz_parse(f, err, errlen);

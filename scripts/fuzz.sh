@@ -5,7 +5,10 @@
 # Seed corpora come from the real files in $LMSERVE_MODELS / $LMSERVE_FIXTURES and
 # from tests/fuzz-seeds/<target>/; the growing corpus lives in build/fuzz/corpus/<target>.
 # A crash stops the run with the reproducer path; turn it into a regression test by
-# committing the input under tests/fuzz-regressions/<target>/ (replayed by `make test`).
+# committing the input under tests/fuzz-regressions/<target>/ (replayed by `make test`
+# through tests/fuzz/test_<target>.c, and here before each run).
+# FUZZ_TARGETS="a b" runs only those targets.  Prints one line per target:
+#   <target>: <N> executions in <S>s, no crash (corpus <K> files)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${FUZZ_SECONDS:-60}
@@ -19,12 +22,33 @@ CFLAGS="-g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefin
 models=${LMSERVE_MODELS:-../shared/models}
 fixtures=${LMSERVE_FIXTURES:-../shared/fixtures}
 
-# Sources per target: the modules a target needs (all of a module's files, so the
-# linker finds whatever the target reaches), minus files with main().
-srcs_for() {
+LIBCFLAGS="-g -O1 -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined -I. -D_GNU_SOURCE -std=c11 -pthread $PKG_CFLAGS"
+
+# The modules are compiled once into build/fuzz/obj/<module>.a (an object is rebuilt
+# when its source or any header is newer); each target then compiles only its own
+# file and links the archives it needs.
+build_module() { # module -> build/fuzz/obj/lib<module>.a
+  local m=$1 objs=() newest_h
+  mkdir -p "$out/obj/$m"
+  newest_h=$(ls -t model/*.h sampler/*.h server/*.h web/*.h 2>/dev/null | head -1)
+  local todo=()
+  for c in "$m"/*.c; do
+    local o=$out/obj/$m/$(basename "$c" .c).o
+    objs+=("$o")
+    if [ ! -f "$o" ] || [ "$c" -nt "$o" ] || { [ -n "$newest_h" ] && [ "$newest_h" -nt "$o" ]; }; then todo+=("$c"); fi
+  done
+  if [ ${#todo[@]} -gt 0 ]; then
+    # shellcheck disable=SC2086
+    printf '%s\n' "${todo[@]}" | xargs -P 2 -I{} sh -c \
+      '$0 '"$LIBCFLAGS"' -c "$1" -o "$2/$(basename "$1" .c).o"' "$CC" {} "$out/obj/$m" || return 1
+  fi
+  rm -f "$out/obj/lib$m.a" && ar rcs "$out/obj/lib$m.a" "${objs[@]}"
+}
+
+libs_for() {
   case $1 in
-    fuzz_request) echo model/*.c sampler/*.c server/*.c ;;
-    *) echo model/*.c ;;
+    fuzz_request) echo "$out/obj/libserver.a $out/obj/libsampler.a $out/obj/libmodel.a" ;;
+    *) echo "$out/obj/libmodel.a" ;;
   esac
 }
 
@@ -36,20 +60,37 @@ seed_corpus() { # target dir
       for f in "$models"/stories260K.gguf "$models"/stories260K.bin "$fixtures"/gguf/*.gguf; do
         [ -f "$f" ] && cp -n "$f" "$d/" || true
       done ;;
-    fuzz_tokenizer)
-      printf 'Once upon a time' >"$d/ascii"; printf 'caf\xc3\xa9 \xe4\xb8\xad\xe6\x96\x87 \xf0\x9f\x98\x80' >"$d/utf8"
-      printf '  two  spaces\n\ttab' >"$d/space"; printf '\xff\xfe broken \xc3' >"$d/invalid" ;;
+    fuzz_tokenizer_file)
+      [ -f "$models/tok512.bin" ] && cp -n "$models/tok512.bin" "$d/" || true ;;
   esac
   if [ -d "tests/fuzz-seeds/$t" ]; then cp -n tests/fuzz-seeds/"$t"/* "$d/" 2>/dev/null || true; fi
 }
 
+# Largest input per target: whole real model files for fuzz_model_file (so the
+# seeds are not cut), small elsewhere (faster mutations).
+max_len_for() {
+  case $1 in
+    fuzz_model_file) echo 2097152 ;;
+    fuzz_gguf_struct) echo 256 ;;
+    fuzz_tokenizer) echo 4096 ;;
+    *) echo 65536 ;;
+  esac
+}
+
 status=0
+build_module model || exit 1
+if [ -f server/http.h ] && { [ -z "$only" ] || [[ " $only " == *" fuzz_request "* ]]; }; then
+  build_module sampler && build_module server || exit 1
+fi
 for src in fuzz/fuzz_*.c; do
   t=$(basename "$src" .c)
   [ -n "$only" ] && [[ " $only " != *" $t "* ]] && continue
+  if [ "$t" = fuzz_request ] && [ ! -f server/http.h ]; then
+    echo "$t: skipped (the server is not in this tree)"; continue
+  fi
   bin=$out/$t
   # shellcheck disable=SC2046
-  $CC $CFLAGS -o "$bin" "$src" $(srcs_for "$t") $PKG_LIBS -lm
+  $CC $CFLAGS -o "$bin" "$src" $(libs_for "$t") $PKG_LIBS -lm || { echo "$t: does not build"; status=1; continue; }
   corpus=$out/corpus/$t
   seed_corpus "$t" "$corpus"
   # Replay committed regressions first.
@@ -57,7 +98,7 @@ for src in fuzz/fuzz_*.c; do
     "$bin" -runs=0 tests/fuzz-regressions/"$t"/* >/dev/null 2>&1 || { echo "$t: a regression input fails"; status=1; }
   fi
   log=$out/$t.log
-  if LMSERVE_MODELS=$models "$bin" -max_total_time="$secs" -max_len=65536 -timeout=20 -rss_limit_mb=4096 \
+  if LMSERVE_MODELS=$models LMSERVE_FIXTURES=$fixtures "$bin" -max_total_time="$secs" -max_len="$(max_len_for "$t")" -timeout=20 -rss_limit_mb=4096 \
         -artifact_prefix="$out/$t-" -print_final_stats=1 "$corpus" >"$log" 2>&1; then
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")
     echo "$t: ${execs:-?} executions in ${secs}s, no crash (corpus $(ls "$corpus" | wc -l) files)"

@@ -68,6 +68,9 @@ struct engine {
     int *item_slot;
     float *logits;           /* (parallel, vocab) */
     char detok[8192];
+    /* LMSERVE_FAULT_INJECT (tests only): sequences of requests with this seed fail */
+    int fault_sampler;
+    uint64_t fault_seed;
 };
 
 /* ---- output helpers ----------------------------------------------------------------- */
@@ -372,7 +375,8 @@ static void slot_sample(engine *e, slot *s, const float *logits)
     const job_params *p = &j->p;
     sampler_choice c;
     int n_top = p->logprobs > 0 ? p->logprobs : 0;
-    if (sampler_step(s->smp, logits, s->hist, s->n_hist, s->n_gen, n_top, &c) < 0) {
+    int injected = e->fault_sampler && p->has_seed && p->sp.seed == e->fault_seed && s->n_gen >= 2;
+    if (injected || sampler_step(s->smp, logits, s->hist, s->n_hist, s->n_gen, n_top, &c) < 0) {
         j->failed = 1;
         choice_finish(e, s, "length", 1);
         return;
@@ -640,6 +644,16 @@ int engine_start(engine **out, const engine_config *c)
     if (e->c.prefill_chunk < 1) e->c.prefill_chunk = 64;
     if (e->c.step_budget < e->c.prefill_chunk) e->c.step_budget = e->c.prefill_chunk;
     if (e->c.parallel > 1024) e->c.parallel = 1024;
+    /* Fault injection for tests (tests/integration/test_faults.py), off unless set:
+     * LMSERVE_FAULT_INJECT=sampler:SEED -- every sequence of a request with "seed":
+     * SEED fails in its sampler step after two tokens, as an internal error would. */
+    const char *fi = getenv("LMSERVE_FAULT_INJECT");
+    unsigned long long fseed;
+    if (fi && sscanf(fi, "sampler:%llu", &fseed) == 1) {
+        e->fault_sampler = 1;
+        e->fault_seed = (uint64_t)fseed;
+        fprintf(stderr, "lmserve: LMSERVE_FAULT_INJECT: requests with seed %llu will fail (testing only)\n", fseed);
+    }
     int P = e->c.parallel;
     e->slots = calloc((size_t)P, sizeof *e->slots);
     e->items = calloc((size_t)P, sizeof *e->items);

@@ -355,11 +355,15 @@ static void mhd_run(server *s)
 {
     if (!s->d || s->finishing) return;
     MHD_run(s->d);
+    /* Run MHD again at least once a second even when it has no timeout to report.
+     * At --max-connections MHD takes its listening socket out of its epoll set and
+     * puts it back only inside a later MHD_run; when the idle timeout then closes
+     * every connection, MHD has no timeout left and nothing polls, so no MHD_run
+     * ever comes and the server stops accepting for good (test_hostile.py
+     * test_flood_global: a flood past the limit wedged the server). */
     MHD_UNSIGNED_LONG_LONG to = 0;
-    if (MHD_get_timeout(s->d, &to) == MHD_YES)
-        uv_timer_start(&s->mhd_timer, on_mhd_timer, (uint64_t)to, 0);
-    else
-        uv_timer_stop(&s->mhd_timer);
+    if (MHD_get_timeout(s->d, &to) != MHD_YES || to > 1000) to = 1000;
+    uv_timer_start(&s->mhd_timer, on_mhd_timer, (uint64_t)to, 0);
     if (s->draining && s->n_reqs == 0) finish_shutdown(s);
 }
 
