@@ -21,16 +21,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-try:
-    from lmserve_testlib import Server, needs_forward, require_model, slow  # noqa: E402
-except ImportError:  # the server and its test library are not in this tree yet
-    def setUpModule():
-        raise unittest.SkipTest("tests/integration/lmserve_testlib.py (the server) is missing")
-    Server = require_model = None
-    slow = 1.0
-
-    def needs_forward(fn):
-        return fn
+from lmserve_testlib import Server, needs_forward, require_model, slow  # noqa: E402
 
 # Figures are collected and printed when the module ends (printing during a test
 # would split unittest's "... ok" line, which run-tests.sh counts).
