@@ -23,21 +23,6 @@ struct st_file {
     int n_maps;
 };
 
-static int fail(char *err, size_t errlen, int code, const char *name, const char *fmt, ...)
-{
-    if (err && errlen) {
-        int k = snprintf(err, errlen, "%s: ", name);
-        if (k < 0) k = 0;
-        if ((size_t)k < errlen) {
-            va_list ap;
-            va_start(ap, fmt);
-            vsnprintf(err + k, errlen - (size_t)k, fmt, ap);
-            va_end(ap);
-        }
-    }
-    return code;
-}
-
 static const struct { const char *name; int size; int mt; } dtypes[] = {
     {"F32", 4, MT_F32}, {"F16", 2, MT_F16}, {"BF16", 2, MT_BF16}, {"F64", 8, -1},
     {"I64", 8, -1}, {"U64", 8, -1}, {"I32", 4, -1}, {"U32", 4, -1}, {"I16", 2, -1},
@@ -57,28 +42,28 @@ static int cmp_range(const void *a, const void *b)
 static int parse_one(st_file *f, const unsigned char *buf, size_t len, const char *name,
                      char *err, size_t errlen)
 {
-    if (len < 8) return fail(err, errlen, MODEL_EFORMAT, name, "too short for a safetensors file");
+    if (len < 8) return model_errf(err, errlen, MODEL_EFORMAT, name, "too short for a safetensors file");
     uint64_t hlen = 0;
     for (int i = 7; i >= 0; i--) hlen = hlen << 8 | buf[i];
     if (hlen > ST_MAX_HEADER)
-        return fail(err, errlen, MODEL_EFORMAT, name, "header length %llu is absurd (not safetensors?)",
+        return model_errf(err, errlen, MODEL_EFORMAT, name, "header length %llu is absurd (not safetensors?)",
                     (unsigned long long)hlen);
     if (hlen > len - 8)
-        return fail(err, errlen, MODEL_EFORMAT, name, "header (%llu bytes) runs past the end of the "
+        return model_errf(err, errlen, MODEL_EFORMAT, name, "header (%llu bytes) runs past the end of the "
                     "file (truncated?)", (unsigned long long)hlen);
     if (hlen < 2 || buf[8] != '{')
-        return fail(err, errlen, MODEL_EFORMAT, name, "header is not a JSON object");
+        return model_errf(err, errlen, MODEL_EFORMAT, name, "header is not a JSON object");
     const unsigned char *data = buf + 8 + hlen;
     uint64_t dlen = len - 8 - hlen;
     json_error_t je;
     json_t *h = json_loadb((const char *)buf + 8, (size_t)hlen, JSON_REJECT_DUPLICATES, &je);
     if (!h || !json_is_object(h)) {
         json_decref(h);
-        return fail(err, errlen, MODEL_EFORMAT, name, "header JSON: %s", je.text);
+        return model_errf(err, errlen, MODEL_EFORMAT, name, "header JSON: %s", je.text);
     }
     size_t first = f->n, n_ent = json_object_size(h);
     range *rs = calloc(n_ent ? n_ent : 1, sizeof *rs);
-    if (!rs) { json_decref(h); return fail(err, errlen, MODEL_ENOMEM, name, "out of memory"); }
+    if (!rs) { json_decref(h); return model_errf(err, errlen, MODEL_ENOMEM, name, "out of memory"); }
     size_t nr = 0;
     int rc = 0;
     const char *key;
@@ -90,7 +75,7 @@ static int parse_one(st_file *f, const unsigned char *buf, size_t len, const cha
         if (!json_is_object(v) || !json_is_string(dt) || !json_is_array(sh) || !json_is_array(off)
             || json_array_size(off) != 2 || !json_is_integer(json_array_get(off, 0))
             || !json_is_integer(json_array_get(off, 1))) {
-            rc = fail(err, errlen, MODEL_EFORMAT, name, "tensor '%s': entry needs dtype, shape and "
+            rc = model_errf(err, errlen, MODEL_EFORMAT, name, "tensor '%s': entry needs dtype, shape and "
                       "data_offsets [begin, end]", key);
             break;
         }
@@ -98,19 +83,19 @@ static int parse_one(st_file *f, const unsigned char *buf, size_t len, const cha
         for (size_t i = 0; i < sizeof dtypes / sizeof dtypes[0]; i++)
             if (strcmp(json_string_value(dt), dtypes[i].name) == 0) di = (int)i;
         if (di < 0) {
-            rc = fail(err, errlen, MODEL_EFORMAT, name, "tensor '%s': unknown dtype '%.16s'", key,
+            rc = model_errf(err, errlen, MODEL_EFORMAT, name, "tensor '%s': unknown dtype '%.16s'", key,
                       json_string_value(dt));
             break;
         }
         if (json_array_size(sh) > ST_MAX_DIMS) {
-            rc = fail(err, errlen, MODEL_EFORMAT, name, "tensor '%s' has %zu dimensions", key,
+            rc = model_errf(err, errlen, MODEL_EFORMAT, name, "tensor '%s' has %zu dimensions", key,
                       json_array_size(sh));
             break;
         }
         json_int_t b = json_integer_value(json_array_get(off, 0));
         json_int_t e = json_integer_value(json_array_get(off, 1));
         if (b < 0 || e < b || (uint64_t)e > dlen) {
-            rc = fail(err, errlen, MODEL_EFORMAT, name, "tensor '%s': data_offsets [%lld, %lld] lie "
+            rc = model_errf(err, errlen, MODEL_EFORMAT, name, "tensor '%s': data_offsets [%lld, %lld] lie "
                       "outside the %llu-byte data buffer", key, (long long)b, (long long)e,
                       (unsigned long long)dlen);
             break;
@@ -118,14 +103,14 @@ static int parse_one(st_file *f, const unsigned char *buf, size_t len, const cha
         if (f->n == f->cap) {
             size_t nc = f->cap ? f->cap * 2 : 64;
             st_tensor *nt = realloc(f->t, nc * sizeof *nt);
-            if (!nt) { rc = fail(err, errlen, MODEL_ENOMEM, name, "out of memory"); break; }
+            if (!nt) { rc = model_errf(err, errlen, MODEL_ENOMEM, name, "out of memory"); break; }
             f->t = nt;
             f->cap = nc;
         }
         st_tensor *t = &f->t[f->n];
         memset(t, 0, sizeof *t);
         t->name = strdup(key);
-        if (!t->name) { rc = fail(err, errlen, MODEL_ENOMEM, name, "out of memory"); break; }
+        if (!t->name) { rc = model_errf(err, errlen, MODEL_ENOMEM, name, "out of memory"); break; }
         f->n++;
         snprintf(t->dtype, sizeof t->dtype, "%s", dtypes[di].name);
         t->mt_type = dtypes[di].mt;
@@ -135,13 +120,13 @@ static int parse_one(st_file *f, const unsigned char *buf, size_t len, const cha
             json_t *x = json_array_get(sh, (size_t)d);
             json_int_t s = json_is_integer(x) ? json_integer_value(x) : -1;
             if (s < 0 || s > ((json_int_t)1 << 40)) {
-                rc = fail(err, errlen, MODEL_EFORMAT, name, "tensor '%s': dimension %d is not a sane "
+                rc = model_errf(err, errlen, MODEL_EFORMAT, name, "tensor '%s': dimension %d is not a sane "
                           "size", key, d);
                 break;
             }
             t->shape[d] = s;
             if (s && numel > (((uint64_t)1 << 48) / (uint64_t)s)) {
-                rc = fail(err, errlen, MODEL_EFORMAT, name, "tensor '%s': absurd shape", key);
+                rc = model_errf(err, errlen, MODEL_EFORMAT, name, "tensor '%s': absurd shape", key);
                 break;
             }
             numel *= (uint64_t)s;
@@ -149,7 +134,7 @@ static int parse_one(st_file *f, const unsigned char *buf, size_t len, const cha
         if (rc) break;
         t->numel = (int64_t)numel;
         if (numel * (uint64_t)dtypes[di].size != (uint64_t)(e - b)) {
-            rc = fail(err, errlen, MODEL_EFORMAT, name, "tensor '%s': shape x %s size = %llu bytes but "
+            rc = model_errf(err, errlen, MODEL_EFORMAT, name, "tensor '%s': shape x %s size = %llu bytes but "
                       "data_offsets span %lld", key, t->dtype,
                       (unsigned long long)(numel * (uint64_t)dtypes[di].size), (long long)(e - b));
             break;
@@ -166,17 +151,17 @@ static int parse_one(st_file *f, const unsigned char *buf, size_t len, const cha
         uint64_t at = 0;
         for (size_t i = 0; i < nr && !rc; i++) {
             if (rs[i].b < at)
-                rc = fail(err, errlen, MODEL_EFORMAT, name, "tensor '%s' overlaps the one before it "
+                rc = model_errf(err, errlen, MODEL_EFORMAT, name, "tensor '%s' overlaps the one before it "
                           "(offset %llu < %llu)", f->t[rs[i].idx].name, (unsigned long long)rs[i].b,
                           (unsigned long long)at);
             else if (rs[i].b > at)
-                rc = fail(err, errlen, MODEL_EFORMAT, name, "hole in the data buffer before tensor "
+                rc = model_errf(err, errlen, MODEL_EFORMAT, name, "hole in the data buffer before tensor "
                           "'%s' (bytes %llu..%llu unused)", f->t[rs[i].idx].name,
                           (unsigned long long)at, (unsigned long long)rs[i].b);
             at = rs[i].e;
         }
         if (!rc && at != dlen)
-            rc = fail(err, errlen, MODEL_EFORMAT, name, "data buffer has %llu bytes but tensors use "
+            rc = model_errf(err, errlen, MODEL_EFORMAT, name, "data buffer has %llu bytes but tensors use "
                       "%llu", (unsigned long long)dlen, (unsigned long long)at);
     }
     (void)first;
@@ -188,11 +173,11 @@ static int parse_one(st_file *f, const unsigned char *buf, size_t len, const cha
 static int map_file(st_file *f, const char *path, char *err, size_t errlen)
 {
     if (f->n_maps == (int)(sizeof f->maps / sizeof f->maps[0]))
-        return fail(err, errlen, MODEL_EFORMAT, path, "too many shards");
+        return model_errf(err, errlen, MODEL_EFORMAT, path, "too many shards");
     struct stat st;
-    if (stat(path, &st) != 0) return fail(err, errlen, MODEL_EIO, path, "cannot open: %s", strerror(errno));
+    if (stat(path, &st) != 0) return model_errf(err, errlen, MODEL_EIO, path, "cannot open: %s", strerror(errno));
     if (!S_ISREG(st.st_mode) || st.st_size < 8)
-        return fail(err, errlen, MODEL_EFORMAT, path, "not a safetensors file (too short or not a file)");
+        return model_errf(err, errlen, MODEL_EFORMAT, path, "not a safetensors file (too short or not a file)");
     /* a private copy, not a file mapping: see model_map_file (truncation = SIGBUS) */
     const uint8_t *m;
     size_t len;
@@ -200,7 +185,7 @@ static int map_file(st_file *f, const char *path, char *err, size_t errlen)
     if (rc) return rc;
     if (len < 8) {
         model_unmap(m, len);
-        return fail(err, errlen, MODEL_EFORMAT, path, "not a safetensors file (too short or not a file)");
+        return model_errf(err, errlen, MODEL_EFORMAT, path, "not a safetensors file (too short or not a file)");
     }
     f->maps[f->n_maps].addr = (void *)m;
     f->maps[f->n_maps].len = len;
@@ -215,7 +200,7 @@ static int open_index(st_file *f, const char *dir, const char *index, char *err,
     json_t *wm = ix ? json_object_get(ix, "weight_map") : NULL;
     if (!json_is_object(wm)) {
         json_decref(ix);
-        return fail(err, errlen, MODEL_EFORMAT, index, "no weight_map object (%s)", ix ? "" : je.text);
+        return model_errf(err, errlen, MODEL_EFORMAT, index, "no weight_map object (%s)", ix ? "" : je.text);
     }
     /* Distinct shard names, in first-seen order. */
     const char *shards[64];
@@ -225,13 +210,13 @@ static int open_index(st_file *f, const char *dir, const char *index, char *err,
     json_object_foreach(wm, key, v) {
         const char *s = json_string_value(v);
         if (!s || strchr(s, '/') || strcmp(s, "..") == 0 || !*s) {
-            rc = fail(err, errlen, MODEL_EFORMAT, index, "weight_map['%s'] is not a plain file name", key);
+            rc = model_errf(err, errlen, MODEL_EFORMAT, index, "weight_map['%s'] is not a plain file name", key);
             break;
         }
         int seen = 0;
         for (int i = 0; i < ns; i++) seen |= strcmp(shards[i], s) == 0;
         if (seen) continue;
-        if (ns == 64) { rc = fail(err, errlen, MODEL_EFORMAT, index, "more than 64 shards"); break; }
+        if (ns == 64) { rc = model_errf(err, errlen, MODEL_EFORMAT, index, "more than 64 shards"); break; }
         shards[ns++] = s;
     }
     for (int i = 0; i < ns && !rc; i++) {
@@ -243,7 +228,7 @@ static int open_index(st_file *f, const char *dir, const char *index, char *err,
     if (!rc) {
         json_object_foreach(wm, key, v) {
             if (!st_find(f, key)) {
-                rc = fail(err, errlen, MODEL_EFORMAT, index, "tensor '%s' is listed but not in its shard", key);
+                rc = model_errf(err, errlen, MODEL_EFORMAT, index, "tensor '%s' is listed but not in its shard", key);
                 break;
             }
         }
@@ -256,11 +241,11 @@ int st_open(st_file **out, const char *path, char *err, size_t errlen)
 {
     *out = NULL;
     st_file *f = calloc(1, sizeof *f);
-    if (!f) return fail(err, errlen, MODEL_ENOMEM, path, "out of memory");
+    if (!f) return model_errf(err, errlen, MODEL_ENOMEM, path, "out of memory");
     struct stat st;
     int rc;
     if (stat(path, &st) != 0) {
-        rc = fail(err, errlen, MODEL_EIO, path, "cannot open: %s", strerror(errno));
+        rc = model_errf(err, errlen, MODEL_EIO, path, "cannot open: %s", strerror(errno));
     } else if (S_ISDIR(st.st_mode)) {
         char p[4096];
         snprintf(p, sizeof p, "%s/model.safetensors.index.json", path);
@@ -278,7 +263,7 @@ int st_open(st_file **out, const char *path, char *err, size_t errlen)
         for (size_t i = 1; i < f->n && !rc; i++)
             for (size_t j = 0; j < i; j++)
                 if (strcmp(f->t[i].name, f->t[j].name) == 0) {
-                    rc = fail(err, errlen, MODEL_EFORMAT, path, "tensor '%s' appears twice", f->t[i].name);
+                    rc = model_errf(err, errlen, MODEL_EFORMAT, path, "tensor '%s' appears twice", f->t[i].name);
                     break;
                 }
     }
@@ -291,7 +276,7 @@ int st_open_mem(st_file **out, const void *buf, size_t len, const char *name, ch
 {
     *out = NULL;
     st_file *f = calloc(1, sizeof *f);
-    if (!f) return fail(err, errlen, MODEL_ENOMEM, name, "out of memory");
+    if (!f) return model_errf(err, errlen, MODEL_ENOMEM, name, "out of memory");
     int rc = parse_one(f, buf, len, name, err, errlen);
     if (rc) { st_close(f); return rc; }
     *out = f;

@@ -8,6 +8,7 @@
  * (PropList.txt), \p{L} and \p{N} come from model/unicode_tables.h.
  */
 #include "model/tok_bpe.h"
+#include "model/loader.h"
 #include "model/tokenizer.h"
 #include "model/unicode_tables.h"
 
@@ -35,21 +36,6 @@ typedef struct {
     int prefix_space;     /* ByteLevel add_prefix_space */
     int pre_split;        /* 1 = GPT-2 regex, 0 = none (g2c) */
 } bpe_impl;
-
-static int fail(char *err, size_t errlen, int code, const char *name, const char *fmt, ...)
-{
-    if (err && errlen) {
-        int k = snprintf(err, errlen, "%s: ", name);
-        if (k < 0) k = 0;
-        if ((size_t)k < errlen) {
-            va_list ap;
-            va_start(ap, fmt);
-            vsnprintf(err + k, errlen - (size_t)k, fmt, ap);
-            va_end(ap);
-        }
-    }
-    return code;
-}
 
 static uint64_t hash_bytes(const char *s, size_t n)
 {
@@ -586,15 +572,15 @@ static int merges_from_strings(tokenizer *t, bpe_impl *b, int n, const char *con
                                char *err, size_t errlen)
 {
     int rc = pairs_alloc(b, n);
-    if (rc) return fail(err, errlen, rc, name, "out of memory");
+    if (rc) return model_errf(err, errlen, rc, name, "out of memory");
     char *scratch = malloc((size_t)t->max_str_len * 2 + 64);
-    if (!scratch) return fail(err, errlen, MODEL_ENOMEM, name, "out of memory");
+    if (!scratch) return model_errf(err, errlen, MODEL_ENOMEM, name, "out of memory");
     for (int i = 0; i < n; i++) {
         const char *sp = strchr(m[i], ' ');
         if (!sp || sp == m[i] || strlen(m[i]) > (size_t)t->max_str_len * 2 + 8 ||
             add_merge_str(t, b, m[i], (size_t)(sp - m[i]), sp + 1, strlen(sp + 1), i, scratch)) {
             free(scratch);
-            return fail(err, errlen, MODEL_EFORMAT, name, "merge %d ('%.40s') does not join two "
+            return model_errf(err, errlen, MODEL_EFORMAT, name, "merge %d ('%.40s') does not join two "
                         "vocabulary tokens into a third", i, m[i]);
         }
     }
@@ -608,21 +594,21 @@ int tok_bpe_load_lists(tokenizer *t, int n_vocab, const char *const *tokens, con
     const char *name = "gguf vocabulary";
     memset(t, 0, sizeof *t);
     if (n_vocab <= 0 || n_vocab > (1 << 24) || n_merges < 0)
-        return fail(err, errlen, MODEL_EFORMAT, name, "bad vocabulary size %d", n_vocab);
+        return model_errf(err, errlen, MODEL_EFORMAT, name, "bad vocabulary size %d", n_vocab);
     bpe_impl *b = impl_new(t, TOK_BPE_BYTES);
-    if (!b || vocab_alloc(t, n_vocab)) { tok_bpe_clear(t); return fail(err, errlen, MODEL_ENOMEM, name, "out of memory"); }
+    if (!b || vocab_alloc(t, n_vocab)) { tok_bpe_clear(t); return model_errf(err, errlen, MODEL_ENOMEM, name, "out of memory"); }
     for (int i = 0; i < n_vocab; i++) {
         int ty = types ? types[i] : TT_NORMAL;
         if (ty < TT_NORMAL || ty > TT_BYTE) ty = TT_NORMAL;
         int raw = ty == TT_CONTROL || ty == TT_USER;
         if (set_token(t, i, tokens[i], strlen(tokens[i]), ty, raw)) {
             tok_bpe_clear(t);
-            return fail(err, errlen, MODEL_ENOMEM, name, "out of memory");
+            return model_errf(err, errlen, MODEL_ENOMEM, name, "out of memory");
         }
     }
     int rc = finish(t, b);
     if (!rc) rc = merges_from_strings(t, b, n_merges, merges, name, err, errlen);
-    else fail(err, errlen, rc, name, "out of memory");
+    else model_errf(err, errlen, rc, name, "out of memory");
     if (rc) { tok_bpe_clear(t); return rc; }
     return 0;
 }
@@ -631,7 +617,7 @@ static json_t *load_json(const char *path, char *err, size_t errlen, int *rc)
 {
     json_error_t je;
     json_t *j = json_load_file(path, 0, &je);
-    if (!j) *rc = fail(err, errlen, je.line < 0 && je.position == 0 ? MODEL_EIO : MODEL_EFORMAT, path,
+    if (!j) *rc = model_errf(err, errlen, je.line < 0 && je.position == 0 ? MODEL_EIO : MODEL_EFORMAT, path,
                        "%s (line %d)", je.text, je.line);
     return j;
 }
@@ -653,33 +639,33 @@ static int load_hf_spm(tokenizer *t, json_t *j, const char *path, char *err, siz
     json_object_foreach(vocab, key, v) {
         json_int_t id = json_integer_value(v);
         if (!json_is_integer(v) || id < 0 || id >= (1 << 24))
-            return fail(err, errlen, MODEL_EFORMAT, path, "vocab entry '%.40s' has a bad id", key);
+            return model_errf(err, errlen, MODEL_EFORMAT, path, "vocab entry '%.40s' has a bad id", key);
         if (id + 1 > n) n = (int)id + 1;
     }
     json_array_foreach(added, k, p) {
         json_int_t id = json_integer_value(json_object_get(p, "id"));
         if (!json_is_string(json_object_get(p, "content")) || id < 0 || id >= (1 << 24))
-            return fail(err, errlen, MODEL_EFORMAT, path, "added_tokens[%zu] needs an id and content", k);
+            return model_errf(err, errlen, MODEL_EFORMAT, path, "added_tokens[%zu] needs an id and content", k);
         if (id + 1 > n) n = (int)id + 1;
     }
-    if (n == 0) return fail(err, errlen, MODEL_EFORMAT, path, "empty vocabulary");
-    if (tokenizer_alloc(t, n)) return fail(err, errlen, MODEL_ENOMEM, path, "out of memory");
+    if (n == 0) return model_errf(err, errlen, MODEL_EFORMAT, path, "empty vocabulary");
+    if (tokenizer_alloc(t, n)) return model_errf(err, errlen, MODEL_ENOMEM, path, "out of memory");
     t->kind = TOK_SPM;
     json_object_foreach(vocab, key, v) {
         int id = (int)json_integer_value(v);
-        if (t->str[id]) return fail(err, errlen, MODEL_EFORMAT, path, "id %d appears twice in the vocab", id);
+        if (t->str[id]) return model_errf(err, errlen, MODEL_EFORMAT, path, "id %d appears twice in the vocab", id);
         if (strlen(key) > TOKENIZER_MAX_TOKEN_LEN || tokenizer_set_token(t, id, key, (int)strlen(key)))
-            return fail(err, errlen, MODEL_EFORMAT, path, "vocab entry %d is unusable", id);
+            return model_errf(err, errlen, MODEL_EFORMAT, path, "vocab entry %d is unusable", id);
     }
     for (int id = 0; id < n; id++)
-        if (!t->str[id] && tokenizer_set_token(t, id, "", 0)) return fail(err, errlen, MODEL_ENOMEM, path, "out of memory");
+        if (!t->str[id] && tokenizer_set_token(t, id, "", 0)) return model_errf(err, errlen, MODEL_ENOMEM, path, "out of memory");
     tokenizer_guess_types(t);
     for (int id = 0; id < n; id++)
         if (!json_object_get(vocab, t->str[id]) && !t->str_len[id]) t->types[id] = TT_UNUSED;
     json_array_foreach(added, k, p) {
         int id = (int)json_integer_value(json_object_get(p, "id"));
         const char *c = json_string_value(json_object_get(p, "content"));
-        if (tokenizer_set_token(t, id, c, (int)strlen(c))) return fail(err, errlen, MODEL_ENOMEM, path, "out of memory");
+        if (tokenizer_set_token(t, id, c, (int)strlen(c))) return model_errf(err, errlen, MODEL_ENOMEM, path, "out of memory");
         if (t->types[id] != TT_UNKNOWN)
             t->types[id] = json_is_true(json_object_get(p, "special")) ? TT_CONTROL : TT_USER;
     }
@@ -688,7 +674,7 @@ static int load_hf_spm(tokenizer *t, json_t *j, const char *path, char *err, siz
     while (cap < 2u * (uint32_t)n) cap *= 2;
     int32_t *slot = malloc(cap * sizeof *slot);
     char *buf = malloc(2 * TOKENIZER_MAX_TOKEN_LEN + 2);
-    if (!slot || !buf) { free(slot); free(buf); return fail(err, errlen, MODEL_ENOMEM, path, "out of memory"); }
+    if (!slot || !buf) { free(slot); free(buf); return model_errf(err, errlen, MODEL_ENOMEM, path, "out of memory"); }
     memset(slot, 0xff, cap * sizeof *slot);
     for (int id = 0; id < n; id++) {
         uint32_t h = (uint32_t)hash_bytes(t->str[id], (size_t)t->str_len[id]) & (cap - 1);
@@ -710,7 +696,7 @@ static int load_hf_spm(tokenizer *t, json_t *j, const char *path, char *err, siz
             cn = c ? strlen(c) : 0;
         }
         if (!a || !c || an + cn > 2 * TOKENIZER_MAX_TOKEN_LEN) {
-            rc = fail(err, errlen, MODEL_EFORMAT, path, "merges[%zu] is not a pair of strings", k);
+            rc = model_errf(err, errlen, MODEL_EFORMAT, path, "merges[%zu] is not a pair of strings", k);
             break;
         }
         memcpy(buf, a, an);
@@ -722,7 +708,7 @@ static int load_hf_spm(tokenizer *t, json_t *j, const char *path, char *err, siz
                 break;
             }
         if (res < 0) {
-            rc = fail(err, errlen, MODEL_EFORMAT, path, "merges[%zu] makes a string that is not in the vocab", k);
+            rc = model_errf(err, errlen, MODEL_EFORMAT, path, "merges[%zu] makes a string that is not in the vocab", k);
             break;
         }
         if (t->scores[res] == -1e30f) t->scores[res] = -(float)k;
@@ -742,7 +728,7 @@ static int load_hf_spm(tokenizer *t, json_t *j, const char *path, char *err, siz
         if (ty && !strcmp(ty, "Prepend")) t->add_space_prefix = 1;
         else if (ty && !strcmp(ty, "Replace")) continue;
         else {
-            rc = fail(err, errlen, MODEL_EFORMAT, path, "normalizer '%s' is not supported", ty ? ty : "?");
+            rc = model_errf(err, errlen, MODEL_EFORMAT, path, "normalizer '%s' is not supported", ty ? ty : "?");
             break;
         }
     }
@@ -754,7 +740,7 @@ static int load_hf_spm(tokenizer *t, json_t *j, const char *path, char *err, siz
         if (json_is_true(json_object_get(pre, "add_prefix_space")) || (scheme && strcmp(scheme, "never")))
             t->add_space_prefix = 1;
     } else if (pre && !json_is_null(pre)) {
-        return fail(err, errlen, MODEL_EFORMAT, path, "pre_tokenizer '%s' is not supported with byte_fallback",
+        return model_errf(err, errlen, MODEL_EFORMAT, path, "pre_tokenizer '%s' is not supported with byte_fallback",
                     pt ? pt : "?");
     }
     /* BOS from the post-processor template. */
@@ -771,7 +757,7 @@ static int load_hf_spm(tokenizer *t, json_t *j, const char *path, char *err, siz
     }
     char why[160] = "";
     if ((rc = tokenizer_finish(t, why, sizeof why)))
-        return fail(err, errlen, rc, path, "%s", rc == MODEL_ENOMEM ? "out of memory" : why);
+        return model_errf(err, errlen, rc, path, "%s", rc == MODEL_ENOMEM ? "out of memory" : why);
     return 0;
 }
 
@@ -788,7 +774,7 @@ int tok_bpe_load_hf(tokenizer *t, const char *path, char *err, size_t errlen)
     const char *mtype = json_string_value(json_object_get(mdl, "type"));
     bpe_impl *b = NULL;
     if (!mtype || strcmp(mtype, "BPE") != 0 || !json_is_object(vocab) || !json_is_array(merges)) {
-        rc = fail(err, errlen, MODEL_EFORMAT, path, "model is not a BPE model with vocab and merges "
+        rc = model_errf(err, errlen, MODEL_EFORMAT, path, "model is not a BPE model with vocab and merges "
                   "(type '%s')", mtype ? mtype : "?");
         goto out;
     }
@@ -797,7 +783,7 @@ int tok_bpe_load_hf(tokenizer *t, const char *path, char *err, size_t errlen)
         goto out;
     }
     if (norm && !json_is_null(norm)) {
-        rc = fail(err, errlen, MODEL_EFORMAT, path, "normalizer '%s' is not supported (byte-level BPE "
+        rc = model_errf(err, errlen, MODEL_EFORMAT, path, "normalizer '%s' is not supported (byte-level BPE "
                   "without normalizer only)", json_is_string(json_object_get(norm, "type")) ? json_string_value(json_object_get(norm, "type")) : "?");
         goto out;
     }
@@ -818,7 +804,7 @@ int tok_bpe_load_hf(tokenizer *t, const char *path, char *err, size_t errlen)
                    && !bytelevel) {
             digits = 1;
         } else {
-            rc = fail(err, errlen, MODEL_EFORMAT, path, "pre_tokenizer '%s' is not supported (ByteLevel "
+            rc = model_errf(err, errlen, MODEL_EFORMAT, path, "pre_tokenizer '%s' is not supported (ByteLevel "
                       "with its regex, optionally after Digits(individual_digits))", ty ? ty : "?");
             break;
         }
@@ -826,7 +812,7 @@ int tok_bpe_load_hf(tokenizer *t, const char *path, char *err, size_t errlen)
     json_decref(list);
     if (rc) goto out;
     if (!bytelevel) {
-        rc = fail(err, errlen, MODEL_EFORMAT, path, "no ByteLevel pre_tokenizer: not a byte-level BPE");
+        rc = model_errf(err, errlen, MODEL_EFORMAT, path, "no ByteLevel pre_tokenizer: not a byte-level BPE");
         goto out;
     }
     /* Vocabulary size: largest id among vocab and added tokens. */
@@ -836,7 +822,7 @@ int tok_bpe_load_hf(tokenizer *t, const char *path, char *err, size_t errlen)
     json_object_foreach(vocab, key, v) {
         json_int_t id = json_integer_value(v);
         if (!json_is_integer(v) || id < 0 || id >= (1 << 24)) {
-            rc = fail(err, errlen, MODEL_EFORMAT, path, "vocab entry '%.40s' has a bad id", key);
+            rc = model_errf(err, errlen, MODEL_EFORMAT, path, "vocab entry '%.40s' has a bad id", key);
             goto out;
         }
         if (id + 1 > n) n = (int)id + 1;
@@ -844,19 +830,19 @@ int tok_bpe_load_hf(tokenizer *t, const char *path, char *err, size_t errlen)
     json_array_foreach(added, k, p) {
         json_int_t id = json_integer_value(json_object_get(p, "id"));
         if (!json_is_string(json_object_get(p, "content")) || id < 0 || id >= (1 << 24)) {
-            rc = fail(err, errlen, MODEL_EFORMAT, path, "added_tokens[%zu] needs an id and content", k);
+            rc = model_errf(err, errlen, MODEL_EFORMAT, path, "added_tokens[%zu] needs an id and content", k);
             goto out;
         }
         if (id + 1 > n) n = (int)id + 1;
     }
     b = impl_new(t, TOK_BPE_BYTES);
-    if (!b || vocab_alloc(t, n)) { rc = fail(err, errlen, MODEL_ENOMEM, path, "out of memory"); goto out; }
+    if (!b || vocab_alloc(t, n)) { rc = model_errf(err, errlen, MODEL_ENOMEM, path, "out of memory"); goto out; }
     b->digits_split = digits;
     b->prefix_space = prefix;
     json_object_foreach(vocab, key, v) {
         int id = (int)json_integer_value(v);
         if (t->str[id]) {
-            rc = fail(err, errlen, MODEL_EFORMAT, path, "id %d appears twice in the vocab", id);
+            rc = model_errf(err, errlen, MODEL_EFORMAT, path, "id %d appears twice in the vocab", id);
             goto out;
         }
         if (set_token(t, id, key, strlen(key), TT_NORMAL, 0)) { rc = MODEL_ENOMEM; goto out; }
@@ -867,12 +853,12 @@ int tok_bpe_load_hf(tokenizer *t, const char *path, char *err, size_t errlen)
         int special = json_is_true(json_object_get(p, "special"));
         if (set_token(t, id, c, strlen(c), special ? TT_CONTROL : TT_USER, 1)) { rc = MODEL_ENOMEM; goto out; }
     }
-    if ((rc = finish(t, b))) { fail(err, errlen, rc, path, "out of memory"); goto out; }
+    if ((rc = finish(t, b))) { model_errf(err, errlen, rc, path, "out of memory"); goto out; }
     /* Merges: "a b" strings or ["a", "b"] pairs. */
     size_t nm = json_array_size(merges);
-    if ((rc = pairs_alloc(b, (int)nm))) { fail(err, errlen, rc, path, "out of memory"); goto out; }
+    if ((rc = pairs_alloc(b, (int)nm))) { model_errf(err, errlen, rc, path, "out of memory"); goto out; }
     char *scratch = malloc((size_t)t->max_str_len * 2 + 64);
-    if (!scratch) { rc = fail(err, errlen, MODEL_ENOMEM, path, "out of memory"); goto out; }
+    if (!scratch) { rc = model_errf(err, errlen, MODEL_ENOMEM, path, "out of memory"); goto out; }
     json_array_foreach(merges, k, p) {
         const char *a = NULL, *c = NULL;
         size_t an = 0, cn = 0;
@@ -888,7 +874,7 @@ int tok_bpe_load_hf(tokenizer *t, const char *path, char *err, size_t errlen)
         }
         if (!a || !c || an + cn > (size_t)t->max_str_len * 2 ||
             add_merge_str(t, b, a, an, c, cn, (int)k, scratch)) {
-            rc = fail(err, errlen, MODEL_EFORMAT, path, "merges[%zu] does not join two vocabulary "
+            rc = model_errf(err, errlen, MODEL_EFORMAT, path, "merges[%zu] does not join two vocabulary "
                       "tokens into a third", k);
             break;
         }
@@ -935,7 +921,7 @@ int tok_bpe_load_gpt2_files(tokenizer *t, const char *encoder_json, const char *
     if (!j) return rc;
     if (!json_is_object(j)) {
         json_decref(j);
-        return fail(err, errlen, MODEL_EFORMAT, encoder_json, "not a JSON object of token -> id");
+        return model_errf(err, errlen, MODEL_EFORMAT, encoder_json, "not a JSON object of token -> id");
     }
     int n = 0;
     const char *key;
@@ -944,13 +930,13 @@ int tok_bpe_load_gpt2_files(tokenizer *t, const char *encoder_json, const char *
         json_int_t id = json_integer_value(v);
         if (!json_is_integer(v) || id < 0 || id >= (1 << 24)) {
             json_decref(j);
-            return fail(err, errlen, MODEL_EFORMAT, encoder_json, "entry '%.40s' has a bad id", key);
+            return model_errf(err, errlen, MODEL_EFORMAT, encoder_json, "entry '%.40s' has a bad id", key);
         }
         if (id + 1 > n) n = (int)id + 1;
     }
     bpe_impl *b = impl_new(t, TOK_BPE_BYTES);
     char *text = NULL, **lines = NULL;
-    if (!b || vocab_alloc(t, n)) { rc = fail(err, errlen, MODEL_ENOMEM, encoder_json, "out of memory"); goto out; }
+    if (!b || vocab_alloc(t, n)) { rc = model_errf(err, errlen, MODEL_ENOMEM, encoder_json, "out of memory"); goto out; }
     json_object_foreach(j, key, v) {
         int id = (int)json_integer_value(v);
         int special = strcmp(key, "<|endoftext|>") == 0;
@@ -959,14 +945,14 @@ int tok_bpe_load_gpt2_files(tokenizer *t, const char *encoder_json, const char *
     }
     if ((rc = finish(t, b))) goto out;
     FILE *f = fopen(vocab_bpe, "rb");
-    if (!f) { rc = fail(err, errlen, MODEL_EIO, vocab_bpe, "cannot open"); goto out; }
+    if (!f) { rc = model_errf(err, errlen, MODEL_EIO, vocab_bpe, "cannot open"); goto out; }
     fseek(f, 0, SEEK_END);
     long sz = ftell(f);
     fseek(f, 0, SEEK_SET);
     text = malloc(sz > 0 ? (size_t)sz + 1 : 1);
     if (!text || fread(text, 1, (size_t)sz, f) != (size_t)sz) {
         fclose(f);
-        rc = fail(err, errlen, MODEL_EIO, vocab_bpe, "cannot read");
+        rc = model_errf(err, errlen, MODEL_EIO, vocab_bpe, "cannot read");
         goto out;
     }
     fclose(f);
@@ -1008,23 +994,23 @@ int tok_g2c_load(tokenizer *t, const char *path, char *err, size_t errlen)
     json_t *sp = json_object_get(j, "special_tokens"), *mg = json_object_get(j, "merges");
     bpe_impl *b = NULL;
     if (!fmt || strcmp(fmt, "g2c.bpe") != 0 || (ver != 1 && ver != 2)) {
-        rc = fail(err, errlen, MODEL_EFORMAT, path, "not a course tokenizer (format \"g2c.bpe\" "
+        rc = model_errf(err, errlen, MODEL_EFORMAT, path, "not a course tokenizer (format \"g2c.bpe\" "
                   "version 1 or 2)");
         goto out;
     }
     if ((sp && !json_is_array(sp)) || !json_is_array(mg)) {
-        rc = fail(err, errlen, MODEL_EFORMAT, path, "special_tokens and merges must be arrays");
+        rc = model_errf(err, errlen, MODEL_EFORMAT, path, "special_tokens and merges must be arrays");
         goto out;
     }
     size_t ns = json_array_size(sp), nm = json_array_size(mg);
     if (ns > 4096 || nm > (1u << 22)) {
-        rc = fail(err, errlen, MODEL_EFORMAT, path, "absurd sizes (%zu specials, %zu merges)", ns, nm);
+        rc = model_errf(err, errlen, MODEL_EFORMAT, path, "absurd sizes (%zu specials, %zu merges)", ns, nm);
         goto out;
     }
     int n = 256 + (int)ns + (int)nm;
     b = impl_new(t, TOK_G2C);
     if (!b || vocab_alloc(t, n) || pairs_alloc(b, (int)nm)) {
-        rc = fail(err, errlen, MODEL_ENOMEM, path, "out of memory");
+        rc = model_errf(err, errlen, MODEL_ENOMEM, path, "out of memory");
         goto out;
     }
     uint32_t cp_of[256];
@@ -1036,7 +1022,7 @@ int tok_g2c_load(tokenizer *t, const char *path, char *err, size_t errlen)
     }
     for (size_t i = 0; i < ns; i++) {
         const char *s = json_string_value(json_array_get(sp, i));
-        if (!s || !*s) { rc = fail(err, errlen, MODEL_EFORMAT, path, "special_tokens[%zu] is not a "
+        if (!s || !*s) { rc = model_errf(err, errlen, MODEL_EFORMAT, path, "special_tokens[%zu] is not a "
                                    "non-empty string", i); goto out; }
         if (set_token(t, 256 + (int)i, s, strlen(s), TT_CONTROL, 1)) { rc = MODEL_ENOMEM; goto out; }
     }
@@ -1047,7 +1033,7 @@ int tok_g2c_load(tokenizer *t, const char *path, char *err, size_t errlen)
         json_int_t want = 256 + (json_int_t)ns + (json_int_t)i;
         if (!json_is_array(m) || json_array_size(m) != 3 || id != want || a < 0 || c < 0 || a >= id ||
             c >= id || (a >= 256 && a < 256 + (json_int_t)ns) || (c >= 256 && c < 256 + (json_int_t)ns)) {
-            rc = fail(err, errlen, MODEL_EFORMAT, path, "merges[%zu] must be [a, b, %lld] with a, b "
+            rc = model_errf(err, errlen, MODEL_EFORMAT, path, "merges[%zu] must be [a, b, %lld] with a, b "
                       "earlier non-special ids", i, (long long)want);
             goto out;
         }
@@ -1069,7 +1055,7 @@ int tok_g2c_load(tokenizer *t, const char *path, char *err, size_t errlen)
         t->types[id] = TT_NORMAL;
         if ((int)(sa + sc) > t->max_str_len) t->max_str_len = (int)(sa + sc);
         if (!pair_add(b, (int32_t)a, (int32_t)c, (int32_t)id, (int32_t)id)) {
-            rc = fail(err, errlen, MODEL_EFORMAT, path, "merges[%zu] repeats the pair (%lld, %lld)", i,
+            rc = model_errf(err, errlen, MODEL_EFORMAT, path, "merges[%zu] repeats the pair (%lld, %lld)", i,
                       (long long)a, (long long)c);
             goto out;
         }

@@ -40,21 +40,6 @@ struct tz_file {
     tz_value *root;
 };
 
-static int fail(char *err, size_t errlen, int code, const char *name, const char *fmt, ...)
-{
-    if (err && errlen) {
-        int k = snprintf(err, errlen, "%s: ", name);
-        if (k < 0) k = 0;
-        if ((size_t)k < errlen) {
-            va_list ap;
-            va_start(ap, fmt);
-            vsnprintf(err + k, errlen - (size_t)k, fmt, ap);
-            va_end(ap);
-        }
-    }
-    return code;
-}
-
 static uint16_t rd16(const unsigned char *p) { return (uint16_t)(p[0] | p[1] << 8); }
 static uint32_t rd32(const unsigned char *p)
 {
@@ -68,7 +53,7 @@ static int zip_read(tz_file *f, char *err, size_t errlen)
 {
     const unsigned char *b = f->buf;
     size_t len = f->len;
-    if (len < 22) return fail(err, errlen, MODEL_EFORMAT, f->name, "too short for a zip archive");
+    if (len < 22) return model_errf(err, errlen, MODEL_EFORMAT, f->name, "too short for a zip archive");
     /* End of central directory: scan back over at most a 64 KiB comment. */
     size_t eocd = (size_t)-1;
     size_t lo = len > 22 + 65535 ? len - 22 - 65535 : 0;
@@ -76,7 +61,7 @@ static int zip_read(tz_file *f, char *err, size_t errlen)
         if (b[i] == 'P' && b[i + 1] == 'K' && b[i + 2] == 5 && b[i + 3] == 6) { eocd = i; break; }
     }
     if (eocd == (size_t)-1)
-        return fail(err, errlen, MODEL_EFORMAT, f->name, "no zip end-of-central-directory record "
+        return model_errf(err, errlen, MODEL_EFORMAT, f->name, "no zip end-of-central-directory record "
                     "(truncated file, or not a zip archive)");
     uint64_t n_ent = rd16(b + eocd + 10);
     uint64_t cd_size = rd32(b + eocd + 12);
@@ -85,29 +70,29 @@ static int zip_read(tz_file *f, char *err, size_t errlen)
     if (eocd >= 20 && rd32(b + eocd - 20) == 0x07064b50) {
         uint64_t z64 = rd64(b + eocd - 20 + 8);
         if (z64 > len || len - z64 < 56 || rd32(b + z64) != 0x06064b50)
-            return fail(err, errlen, MODEL_EFORMAT, f->name, "bad zip64 end-of-central-directory record");
+            return model_errf(err, errlen, MODEL_EFORMAT, f->name, "bad zip64 end-of-central-directory record");
         n_ent = rd64(b + z64 + 32);
         cd_size = rd64(b + z64 + 40);
         cd_off = rd64(b + z64 + 48);
     }
     if (cd_off > len || cd_size > len - cd_off)
-        return fail(err, errlen, MODEL_EFORMAT, f->name, "zip central directory lies outside the file");
+        return model_errf(err, errlen, MODEL_EFORMAT, f->name, "zip central directory lies outside the file");
     if (n_ent > cd_size / 46)
-        return fail(err, errlen, MODEL_EFORMAT, f->name, "zip entry count %llu does not fit the "
+        return model_errf(err, errlen, MODEL_EFORMAT, f->name, "zip entry count %llu does not fit the "
                     "central directory", (unsigned long long)n_ent);
     f->entries = calloc(n_ent ? n_ent : 1, sizeof *f->entries);
-    if (!f->entries) return fail(err, errlen, MODEL_ENOMEM, f->name, "out of memory");
+    if (!f->entries) return model_errf(err, errlen, MODEL_ENOMEM, f->name, "out of memory");
     size_t p = (size_t)cd_off, end = (size_t)(cd_off + cd_size);
     for (uint64_t e = 0; e < n_ent; e++) {
         if (end - p < 46 || rd32(b + p) != 0x02014b50)
-            return fail(err, errlen, MODEL_EFORMAT, f->name, "zip central directory entry %llu is "
+            return model_errf(err, errlen, MODEL_EFORMAT, f->name, "zip central directory entry %llu is "
                         "damaged", (unsigned long long)e);
         unsigned method = rd16(b + p + 10);
         uint64_t csize = rd32(b + p + 20), usize = rd32(b + p + 24);
         size_t nlen = rd16(b + p + 28), xlen = rd16(b + p + 30), clen = rd16(b + p + 32);
         uint64_t loff = rd32(b + p + 42);
         if (end - p - 46 < nlen + xlen + clen)
-            return fail(err, errlen, MODEL_EFORMAT, f->name, "zip central directory entry %llu runs "
+            return model_errf(err, errlen, MODEL_EFORMAT, f->name, "zip central directory entry %llu runs "
                         "past the directory", (unsigned long long)e);
         const unsigned char *nm = b + p + 46, *x = nm + nlen, *xe = x + xlen;
         /* zip64 extended information: only the fields that are 0xFFFFFFFF, in order. */
@@ -123,23 +108,23 @@ static int zip_read(tz_file *f, char *err, size_t errlen)
             x += 4 + sz;
         }
         char *name = malloc(nlen + 1);
-        if (!name) return fail(err, errlen, MODEL_ENOMEM, f->name, "out of memory");
+        if (!name) return model_errf(err, errlen, MODEL_ENOMEM, f->name, "out of memory");
         memcpy(name, nm, nlen);
         name[nlen] = 0;
         f->entries[f->n_entries].name = name;
         f->n_entries++;
         if (method != 0)
-            return fail(err, errlen, MODEL_EFORMAT, f->name, "zip entry '%s' is compressed (method "
+            return model_errf(err, errlen, MODEL_EFORMAT, f->name, "zip entry '%s' is compressed (method "
                         "%u); torch.save writes STORED entries only", name, method);
         if (csize != usize)
-            return fail(err, errlen, MODEL_EFORMAT, f->name, "zip entry '%s' has differing stored and "
+            return model_errf(err, errlen, MODEL_EFORMAT, f->name, "zip entry '%s' has differing stored and "
                         "real sizes", name);
         if (loff > len || len - loff < 30 || rd32(b + loff) != 0x04034b50)
-            return fail(err, errlen, MODEL_EFORMAT, f->name, "zip entry '%s': local header missing "
+            return model_errf(err, errlen, MODEL_EFORMAT, f->name, "zip entry '%s': local header missing "
                         "or outside the file", name);
         uint64_t doff = loff + 30 + rd16(b + loff + 26) + rd16(b + loff + 28);
         if (doff > len || usize > len - doff)
-            return fail(err, errlen, MODEL_EFORMAT, f->name, "zip entry '%s' (%llu bytes) runs past "
+            return model_errf(err, errlen, MODEL_EFORMAT, f->name, "zip entry '%s' (%llu bytes) runs past "
                         "the end of the file (truncated?)", name, (unsigned long long)usize);
         f->entries[f->n_entries - 1].size = usize;
         f->entries[f->n_entries - 1].data_off = doff;
@@ -732,25 +717,25 @@ out:
 static int tz_parse(tz_file *f, char *err, size_t errlen)
 {
     if (f->len >= 2 && f->buf[0] == 0x80 && f->buf[1] <= 5)
-        return fail(err, errlen, MODEL_EFORMAT, f->name, "legacy (pre-1.6, non-zip) torch.save format "
+        return model_errf(err, errlen, MODEL_EFORMAT, f->name, "legacy (pre-1.6, non-zip) torch.save format "
                     "is not supported; re-save it with a current torch (zip format)");
     if (f->len < 4 || rd32(f->buf) != 0x04034b50)
-        return fail(err, errlen, MODEL_EFORMAT, f->name, "not a zip archive (torch.save zip format)");
+        return model_errf(err, errlen, MODEL_EFORMAT, f->name, "not a zip archive (torch.save zip format)");
     int rc = zip_read(f, err, errlen);
     if (rc) return rc;
     const tz_entry *pkl = NULL;
     for (size_t i = 0; i < f->n_entries; i++) {
         const char *n = f->entries[i].name, *slash = strchr(n, '/');
         if (slash && strcmp(slash + 1, "data.pkl") == 0) {
-            if (pkl) return fail(err, errlen, MODEL_EFORMAT, f->name, "archive holds two data.pkl records");
+            if (pkl) return model_errf(err, errlen, MODEL_EFORMAT, f->name, "archive holds two data.pkl records");
             pkl = &f->entries[i];
         }
     }
-    if (!pkl) return fail(err, errlen, MODEL_EFORMAT, f->name, "zip archive has no <prefix>/data.pkl "
+    if (!pkl) return model_errf(err, errlen, MODEL_EFORMAT, f->name, "zip archive has no <prefix>/data.pkl "
                           "record: not a torch.save file");
     size_t plen = (size_t)(strchr(pkl->name, '/') - pkl->name) + 1;
     f->prefix = malloc(plen + 1);
-    if (!f->prefix) return fail(err, errlen, MODEL_ENOMEM, f->name, "out of memory");
+    if (!f->prefix) return model_errf(err, errlen, MODEL_ENOMEM, f->name, "out of memory");
     memcpy(f->prefix, pkl->name, plen);
     f->prefix[plen] = 0;
     return run_pickle(f, f->buf + pkl->data_off, (size_t)pkl->size, err, errlen);
@@ -760,7 +745,7 @@ int tz_open_mem(tz_file **out, const void *buf, size_t len, const char *name, ch
 {
     *out = NULL;
     tz_file *f = calloc(1, sizeof *f);
-    if (!f) return fail(err, errlen, MODEL_ENOMEM, name, "out of memory");
+    if (!f) return model_errf(err, errlen, MODEL_ENOMEM, name, "out of memory");
     f->buf = buf;
     f->len = len;
     snprintf(f->name, sizeof f->name, "%s", name ? name : "(memory)");
@@ -774,19 +759,19 @@ int tz_open(tz_file **out, const char *path, char *err, size_t errlen)
 {
     *out = NULL;
     struct stat st;
-    if (stat(path, &st) != 0) return fail(err, errlen, MODEL_EIO, path, "cannot open: %s", strerror(errno));
-    if (!S_ISREG(st.st_mode)) return fail(err, errlen, MODEL_EIO, path, "not a regular file");
+    if (stat(path, &st) != 0) return model_errf(err, errlen, MODEL_EIO, path, "cannot open: %s", strerror(errno));
+    if (!S_ISREG(st.st_mode)) return model_errf(err, errlen, MODEL_EIO, path, "not a regular file");
     /* a private copy, not a file mapping: see model_map_file (truncation = SIGBUS) */
     const uint8_t *data;
     size_t len;
     int mrc = model_map_file(NULL, path, &data, &len, err, errlen);
     if (mrc) return mrc;
-    if (len == 0) return fail(err, errlen, MODEL_EFORMAT, path, "empty file");
+    if (len == 0) return model_errf(err, errlen, MODEL_EFORMAT, path, "empty file");
     void *map = (void *)data;
     tz_file *f = calloc(1, sizeof *f);
     if (!f) {
         munmap(map, len);
-        return fail(err, errlen, MODEL_ENOMEM, path, "out of memory");
+        return model_errf(err, errlen, MODEL_ENOMEM, path, "out of memory");
     }
     f->buf = map;
     f->len = len;
