@@ -627,6 +627,25 @@ static json_t *load_json(const char *path, char *err, size_t errlen, int *rc)
  * are generated in the order of the merged tokens' SentencePiece scores, so a token's
  * score is minus the rank of the first merge producing it, and tokenizer.c's
  * highest-score-first merging reproduces merge-rank order. */
+/* One tokenizer.json merge in either spelling, "a b" or ["a", "b"]: *a and *c are
+ * set to its two halves (lengths *an, *cn), or to NULL when the entry is neither. */
+static void merge_entry_parts(json_t *p, const char **a, size_t *an, const char **c, size_t *cn)
+{
+    *a = *c = NULL;
+    *an = *cn = 0;
+    if (json_is_string(p)) {
+        const char *s = json_string_value(p);
+        const char *sp = strchr(s, ' ');
+        if (sp) { *a = s; *an = (size_t)(sp - s); *c = sp + 1; *cn = strlen(*c); }
+        else *a = s;
+    } else if (json_is_array(p) && json_array_size(p) == 2) {
+        *a = json_string_value(json_array_get(p, 0));
+        *c = json_string_value(json_array_get(p, 1));
+        *an = *a ? strlen(*a) : 0;
+        *cn = *c ? strlen(*c) : 0;
+    }
+}
+
 static int load_hf_spm(tokenizer *t, json_t *j, const char *path, char *err, size_t errlen)
 {
     json_t *mdl = json_object_get(j, "model"), *vocab = json_object_get(mdl, "vocab");
@@ -683,18 +702,9 @@ static int load_hf_spm(tokenizer *t, json_t *j, const char *path, char *err, siz
     }
     for (int id = 0; id < n; id++) t->scores[id] = -1e30f;
     json_array_foreach(merges, k, p) {
-        const char *a = NULL, *c = NULL;
-        size_t an = 0, cn = 0;
-        if (json_is_string(p)) {
-            a = json_string_value(p);
-            const char *sp = strchr(a, ' ');
-            if (sp) { an = (size_t)(sp - a); c = sp + 1; cn = strlen(c); }
-        } else if (json_is_array(p) && json_array_size(p) == 2) {
-            a = json_string_value(json_array_get(p, 0));
-            c = json_string_value(json_array_get(p, 1));
-            an = a ? strlen(a) : 0;
-            cn = c ? strlen(c) : 0;
-        }
+        const char *a, *c;
+        size_t an, cn;
+        merge_entry_parts(p, &a, &an, &c, &cn);
         if (!a || !c || an + cn > 2 * TOKENIZER_MAX_TOKEN_LEN) {
             rc = model_errf(err, errlen, MODEL_EFORMAT, path, "merges[%zu] is not a pair of strings", k);
             break;
@@ -860,18 +870,9 @@ int tok_bpe_load_hf(tokenizer *t, const char *path, char *err, size_t errlen)
     char *scratch = malloc((size_t)t->max_str_len * 2 + 64);
     if (!scratch) { rc = model_errf(err, errlen, MODEL_ENOMEM, path, "out of memory"); goto out; }
     json_array_foreach(merges, k, p) {
-        const char *a = NULL, *c = NULL;
-        size_t an = 0, cn = 0;
-        if (json_is_string(p)) {
-            a = json_string_value(p);
-            const char *sp = strchr(a, ' ');
-            if (sp) { an = (size_t)(sp - a); c = sp + 1; cn = strlen(c); }
-        } else if (json_is_array(p) && json_array_size(p) == 2) {
-            a = json_string_value(json_array_get(p, 0));
-            c = json_string_value(json_array_get(p, 1));
-            an = a ? strlen(a) : 0;
-            cn = c ? strlen(c) : 0;
-        }
+        const char *a, *c;
+        size_t an, cn;
+        merge_entry_parts(p, &a, &an, &c, &cn);
         if (!a || !c || an + cn > (size_t)t->max_str_len * 2 ||
             add_merge_str(t, b, a, an, c, cn, (int)k, scratch)) {
             rc = model_errf(err, errlen, MODEL_EFORMAT, path, "merges[%zu] does not join two vocabulary "
