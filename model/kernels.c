@@ -5,8 +5,9 @@
  * out (n_rows, W.rows) = x (n_rows, cols) W^T, W row-major (rows, cols) in its
  * file type.  Batched decoding wants each weight row read from memory once
  * per step for every sequence, so W rows are loaded into registers once and
- * dotted with 2 x rows at a time (register blocks of 2 x rows x 2 W rows;
- * decoding a single row streams one W row at a time).  The pool splits the
+ * dotted with several x rows at a time (register blocks of BLK_R x rows x
+ * BLK_C W rows; decoding a single row streams BLK_C1 W rows at a time), and
+ * the W rows of the block a few blocks ahead are prefetched.  The pool splits the
  * OUTPUT rows (W rows) into tasks; the reduction over cols is never split.
  * Within a task, x is walked in blocks small enough to stay in L2 while the
  * task's W rows (also sized for L2) are reused for every block.
@@ -14,10 +15,11 @@
  * Determinism: every output element out[r][j] has its own two 8-lane
  * accumulators fed in a fixed order over k (see DEF_BLOCK), reduced by one
  * fixed horizontal sum (hsum8), then the cols % 8 tail is added in order.
- * The register-block shape (1..2 x 1..2) only decides which elements are
+ * The register-block shape (1..4 x 1..4) only decides which elements are
  * computed side by side, never the operations of one element, so the result
  * is bit-identical for any n_rows, any position of the row in the batch and
- * any thread count.  (This file relies on the ISO C default
+ * any thread count.  kernel_attend's dot products use the same blocks, so
+ * they equal kernel_dot's.  (This file relies on the ISO C default
  * -ffp-contract=off: no silent a*b+c fusion in the scalar tails.)
  *
  * Q8_0 (GGML layout: blocks of 32 int8 with an f16 scale in front, 34 bytes;
@@ -182,23 +184,29 @@ static inline float load1_f32(const void *p, int k) { return ((const float *)p)[
 static inline float load1_f16(const void *p, int k) { return half_to_float(((const uint16_t *)p)[k]); }
 static inline float load1_bf16(const void *p, int k) { return bfloat_to_float(((const uint16_t *)p)[k]); }
 
-/* R x rows times C W rows (R, C <= 2); out[r * ldo + c].  Each element has two
- * 8-lane accumulators: 16-column steps feed acc0 with k..k+7 and acc1 with
- * k+8..k+15, a last 8-column step feeds acc0, then hsum8(acc0 + acc1), then the
- * scalar tail -- the same operations whatever R and C. */
+/* R x rows times C W rows (R, C <= 4); out[r * ldo + c].  Each element has
+ * NACC 8-lane accumulators: steps of 8 * NACC columns feed accumulator h with
+ * k + 8h .. k + 8h + 7, leftover 8-column steps feed accumulator 0, then the
+ * accumulators are added in order, hsum8, then the scalar tail -- the same
+ * operations whatever R and C, so the block shape never changes a result.
+ * (NACC is a build constant: changing it changes results, consistently.) */
+#ifndef NACC
+#define NACC 2
+#endif
 #define DEF_BLOCK(TY)                                                                          \
     static inline __attribute__((always_inline)) void block_##TY(                              \
         float *out, size_t ldo, const float *x, size_t ldx, const uint8_t *w, size_t ldw,      \
         int cols, const int R, const int C)                                                    \
     {                                                                                          \
-        __m256 acc[2][2][2];                                                                   \
+        __m256 acc[4][4][NACC];                                                                \
         for (int r = 0; r < R; r++)                                                            \
             for (int c = 0; c < C; c++)                                                        \
-                acc[r][c][0] = acc[r][c][1] = _mm256_setzero_ps();                             \
+                for (int h = 0; h < NACC; h++)                                                 \
+                    acc[r][c][h] = _mm256_setzero_ps();                                        \
         int k = 0;                                                                             \
-        for (; k + 16 <= cols; k += 16)                                                        \
-            for (int h = 0; h < 2; h++) {                                                      \
-                __m256 wv[2];                                                                  \
+        for (; k + 8 * NACC <= cols; k += 8 * NACC)                                            \
+            for (int h = 0; h < NACC; h++) {                                                   \
+                __m256 wv[4];                                                                  \
                 for (int c = 0; c < C; c++)                                                    \
                     wv[c] = load8_##TY(w + (size_t)c * ldw, k + 8 * h);                        \
                 for (int r = 0; r < R; r++) {                                                  \
@@ -207,8 +215,8 @@ static inline float load1_bf16(const void *p, int k) { return bfloat_to_float(((
                         acc[r][c][h] = _mm256_fmadd_ps(xv, wv[c], acc[r][c][h]);               \
                 }                                                                              \
             }                                                                                  \
-        if (k + 8 <= cols) {                                                                   \
-            __m256 wv[2];                                                                      \
+        for (; k + 8 <= cols; k += 8) {                                                        \
+            __m256 wv[4];                                                                      \
             for (int c = 0; c < C; c++)                                                        \
                 wv[c] = load8_##TY(w + (size_t)c * ldw, k);                                    \
             for (int r = 0; r < R; r++) {                                                      \
@@ -216,11 +224,13 @@ static inline float load1_bf16(const void *p, int k) { return bfloat_to_float(((
                 for (int c = 0; c < C; c++)                                                    \
                     acc[r][c][0] = _mm256_fmadd_ps(xv, wv[c], acc[r][c][0]);                   \
             }                                                                                  \
-            k += 8;                                                                            \
         }                                                                                      \
         for (int r = 0; r < R; r++)                                                            \
             for (int c = 0; c < C; c++) {                                                      \
-                float s = hsum8(_mm256_add_ps(acc[r][c][0], acc[r][c][1]));                    \
+                __m256 a = acc[r][c][0];                                                       \
+                for (int h = 1; h < NACC; h++)                                                 \
+                    a = _mm256_add_ps(a, acc[r][c][h]);                                        \
+                float s = hsum8(a);                                                            \
                 for (int kk = k; kk < cols; kk++)                                              \
                     s += x[(size_t)r * ldx + kk] * load1_##TY(w + (size_t)c * ldw, kk);        \
                 out[(size_t)r * ldo + c] = s;                                                  \
@@ -342,36 +352,90 @@ static inline void block_q8(float *out, size_t ldo, const int8_t *xq, size_t ldq
 
 /* ---- Attention for one query row ------------------------------------------------ */
 
+#ifdef KERNEL_AVX2
+/* out = sum_t p[t] * v_t with NV 8-lane accumulators kept in registers: per
+ * element the same fma sequence as memset + kernel_axpy for t = 0, 1, ... */
+static inline __attribute__((always_inline)) void attend_v(float *out, const float *p,
+                                                           const float *v, int n, int hd,
+                                                           const int NV)
+{
+    __m256 acc[12];
+    for (int i = 0; i < NV; i++)
+        acc[i] = _mm256_setzero_ps();
+    for (int t = 0; t < n; t++) {
+        __m256 pv = _mm256_set1_ps(p[t]);
+        const float *vt = v + (size_t)t * hd;
+        for (int i = 0; i < NV; i++)
+            acc[i] = _mm256_fmadd_ps(pv, _mm256_loadu_ps(vt + 8 * i), acc[i]);
+    }
+    for (int i = 0; i < NV; i++)
+        _mm256_storeu_ps(out + 8 * i, acc[i]);
+}
+#endif
+
 void kernel_attend(float *out, const float *q, const float *k, const float *v, int n, int hd,
                    float scale, float *scores)
 {
+    int t = 0;
+#ifdef KERNEL_AVX2
+    /* four cached positions at a time: four independent chains, each position's
+     * dot product the same operations as kernel_dot */
+    for (; t + 4 <= n; t += 4)
+        block_f32(scores + t, 1, q, 0, (const uint8_t *)(k + (size_t)t * hd), (size_t)hd * 4, hd,
+                  1, 4);
+#endif
+    for (; t < n; t++)
+        scores[t] = kernel_dot(q, k + (size_t)t * hd, hd);
     float mx = -INFINITY;
-    for (int t = 0; t < n; t++) {
-        float d = kernel_dot(q, k + (size_t)t * hd, hd) * scale;
+    for (t = 0; t < n; t++) {
+        float d = scores[t] * scale;
         scores[t] = d;
         if (d > mx)
             mx = d;
     }
     float sum = 0.0f;
-    for (int t = 0; t < n; t++) {
+    for (t = 0; t < n; t++) {
         float e = expf(scores[t] - mx);
         scores[t] = e;
         sum += e;
     }
     float isum = 1.0f / sum;
+    for (t = 0; t < n; t++)
+        scores[t] *= isum;
+#ifdef KERNEL_AVX2
+    switch (hd) {
+    case 32: attend_v(out, scores, v, n, hd, 4); return;
+    case 48: attend_v(out, scores, v, n, hd, 6); return;
+    case 64: attend_v(out, scores, v, n, hd, 8); return;
+    case 96: attend_v(out, scores, v, n, hd, 12); return;
+    default: break;
+    }
+#endif
     memset(out, 0, (size_t)hd * sizeof(float));
-    for (int t = 0; t < n; t++)
-        kernel_axpy(out, scores[t] * isum, v + (size_t)t * hd, hd);
+    for (t = 0; t < n; t++)
+        kernel_axpy(out, scores[t], v + (size_t)t * hd, hd);
 }
 
 /* ---- Row-range drivers ------------------------------------------------------- */
 
 /* Dispatch a (R, C) block with compile-time shapes. */
 #define BLOCK_SWITCH(CALL)                                                                     \
-    switch (R * 4 + C) {                                                                       \
-    case 2 * 4 + 2: CALL(2, 2); break;                                                         \
-    case 2 * 4 + 1: CALL(2, 1); break;                                                         \
-    case 1 * 4 + 2: CALL(1, 2); break;                                                         \
+    switch (R * 8 + C) {                                                                   \
+    case 4 * 8 + 4: CALL(4, 4); break;                                                           \
+    case 4 * 8 + 3: CALL(4, 3); break;                                                           \
+    case 4 * 8 + 2: CALL(4, 2); break;                                                           \
+    case 4 * 8 + 1: CALL(4, 1); break;                                                           \
+    case 3 * 8 + 4: CALL(3, 4); break;                                                           \
+    case 3 * 8 + 3: CALL(3, 3); break;                                                           \
+    case 3 * 8 + 2: CALL(3, 2); break;                                                           \
+    case 3 * 8 + 1: CALL(3, 1); break;                                                           \
+    case 2 * 8 + 4: CALL(2, 4); break;                                                           \
+    case 2 * 8 + 3: CALL(2, 3); break;                                                           \
+    case 2 * 8 + 2: CALL(2, 2); break;                                                           \
+    case 2 * 8 + 1: CALL(2, 1); break;                                                           \
+    case 1 * 8 + 4: CALL(1, 4); break;                                                           \
+    case 1 * 8 + 3: CALL(1, 3); break;                                                           \
+    case 1 * 8 + 2: CALL(1, 2); break;                                                           \
     default: CALL(1, 1); break;                                                                \
     }
 
@@ -391,11 +455,23 @@ void kernel_attend(float *out, const float *q, const float *k, const float *v, i
     default: CALL(1, 1); break;                                                                \
     }
 
-/* W rows per register block: decoding (one x row) streams one W row at a time,
- * which measured best here; batches use 2 x rows x 2 W rows. */
+/* Register-block shape (compile-time tunables; none changes a result):
+ * BLK_R x rows by BLK_C W rows when batched, BLK_C1 W rows when decoding one
+ * row.  2 x 2 / 1 measured best here among 2x2, 2x3, 3x2 (two accumulators per
+ * element) and 4x3, 3x4 (one); see the engine benchmark in the README. */
+#ifndef BLK_R
+#define BLK_R 2
+#endif
+#ifndef BLK_C
+#define BLK_C 2
+#endif
+#ifndef BLK_C1
+#define BLK_C1 1
+#endif
+/* W rows per register block. */
 static inline int block_cols(int x_rows)
 {
-    return x_rows == 1 ? 1 : 2;
+    return x_rows == 1 ? BLK_C1 : BLK_C;
 }
 
 /* x rows per L2 block (a multiple of 4, at least 4). */
@@ -404,6 +480,26 @@ static int x_block_rows(size_t row_bytes)
     size_t n = L2_BLOCK / (row_bytes ? row_bytes : 1);
     n &= ~(size_t)3;
     return n < 4 ? 4 : n > 1024 ? 1024 : (int)n;
+}
+
+/* Ask for the W rows a few register blocks ahead: one core's hardware
+ * prefetchers alone fetch only ~5 GB/s of the row streams. */
+#ifndef PF_AHEAD
+#define PF_AHEAD 2
+#endif
+static inline void prefetch_rows(const uint8_t *wd, size_t ldw, int j, int n, int rows)
+{
+#ifdef KERNEL_AVX2
+    if (j >= rows)
+        return;
+    if (j + n > rows)
+        n = rows - j;
+    const uint8_t *p = wd + (size_t)j * ldw;
+    for (size_t off = 0; off < (size_t)n * ldw; off += 64)
+        _mm_prefetch((const char *)p + off, _MM_HINT_T0);
+#else
+    (void)wd, (void)ldw, (void)j, (void)n, (void)rows;
+#endif
 }
 
 #define DEF_ROWS(TY)                                                                           \
@@ -418,8 +514,10 @@ static int x_block_rows(size_t row_bytes)
             int cm = block_cols(re - rb);                                                      \
             for (int j = j0; j < j1; j += cm) {                                                \
                 int C = j1 - j >= cm ? cm : j1 - j;                                            \
-                for (int r = rb; r < re; r += 2) {                                             \
-                    int R = re - r >= 2 ? 2 : 1;                                               \
+                if (re - rb > 1)                                                               \
+                    prefetch_rows(wd, ldw, j + PF_AHEAD * cm, cm, w->rows);                    \
+                for (int r = rb; r < re; r += BLK_R) {                                         \
+                    int R = re - r >= BLK_R ? BLK_R : re - r;                                  \
                     float *o = out + (size_t)r * ldo + j;                                      \
                     const float *xr = x + (size_t)r * cols;                                    \
                     const uint8_t *wr = wd + (size_t)j * ldw;                                  \
@@ -526,7 +624,7 @@ static void matmul_group(model_pool *pool, const kernel_job *jobs, int n_jobs, c
         size_t ch = by_cache < by_share ? by_cache : by_share;
         if (ch < 8)
             ch = 8;
-        ch = (ch + 3) & ~(size_t)3;
+        ch = (ch + 11) / 12 * 12; /* whole register blocks (3 or 4 W rows) */
         c.chunk[i] = (int)ch;
         c.first[i + 1] = c.first[i] + (int)(((size_t)w->rows + ch - 1) / ch);
     }

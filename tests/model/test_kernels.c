@@ -159,6 +159,60 @@ Test(kernels, dot_and_axpy)
     cr_assert_eq(kernel_row_bytes(99, 3), 0);
 }
 
+/* kernel_attend has fast paths (four positions per block, the value sum kept in
+ * registers for head sizes 32/48/64/96): each must give exactly what the plain
+ * composition kernel_dot -> softmax -> kernel_axpy gives, and be close to a
+ * double-precision softmax attention. */
+Test(kernels, attend_equals_plain_composition)
+{
+    static const int hds[] = {32, 48, 64, 96, 40, 8, 13};
+    uint64_t rng = 11;
+    for (size_t hi = 0; hi < sizeof hds / sizeof hds[0]; hi++) {
+        int hd = hds[hi];
+        for (int n = 1; n <= 23; n += 3) {
+            float *q = malloc(sizeof(float) * hd), *k = malloc(sizeof(float) * hd * n),
+                  *v = malloc(sizeof(float) * hd * n), *out = malloc(sizeof(float) * hd),
+                  *plain = calloc((size_t)hd, sizeof(float)), *sc = malloc(sizeof(float) * n),
+                  *sc2 = malloc(sizeof(float) * n);
+            for (int i = 0; i < hd; i++)
+                q[i] = (float)fx_unif(&rng);
+            for (int i = 0; i < hd * n; i++)
+                k[i] = (float)fx_unif(&rng), v[i] = (float)fx_unif(&rng);
+            float scale = 1.0f / sqrtf((float)hd);
+            kernel_attend(out, q, k, v, n, hd, scale, sc);
+            float mx = -INFINITY, sum = 0.0f;
+            for (int t = 0; t < n; t++) {
+                sc2[t] = kernel_dot(q, k + (size_t)t * hd, hd) * scale;
+                mx = sc2[t] > mx ? sc2[t] : mx;
+            }
+            for (int t = 0; t < n; t++)
+                sc2[t] = expf(sc2[t] - mx), sum += sc2[t];
+            float isum = 1.0f / sum;
+            for (int t = 0; t < n; t++)
+                kernel_axpy(plain, sc2[t] * isum, v + (size_t)t * hd, hd);
+            cr_assert(memcmp(out, plain, sizeof(float) * hd) == 0, "hd=%d n=%d: not bit-identical", hd, n);
+            /* double reference */
+            double dm = -INFINITY, ds = 0, *p = malloc(sizeof(double) * n);
+            for (int t = 0; t < n; t++) {
+                double d = 0;
+                for (int i = 0; i < hd; i++)
+                    d += (double)q[i] * k[(size_t)t * hd + i];
+                p[t] = d * scale;
+                dm = p[t] > dm ? p[t] : dm;
+            }
+            for (int t = 0; t < n; t++)
+                p[t] = exp(p[t] - dm), ds += p[t];
+            for (int i = 0; i < hd; i++) {
+                double o = 0;
+                for (int t = 0; t < n; t++)
+                    o += p[t] / ds * v[(size_t)t * hd + i];
+                cr_assert(fabs(out[i] - o) < 1e-5, "hd=%d n=%d i=%d: %g vs %g", hd, n, i, out[i], o);
+            }
+            free(p), free(q), free(k), free(v), free(out), free(plain), free(sc), free(sc2);
+        }
+    }
+}
+
 typedef struct {
     _Atomic int hits[1000];
     _Atomic int calls;
