@@ -25,7 +25,7 @@ int model_load_llama2c(model *m, const char *path, const model_load_opts *opts, 
 {
     const uint8_t *d;
     size_t size;
-    int rc = model_map_file(m, path, &d, &size, err, errlen);
+    int rc = model_map_file_at(m, path, L2_HEADER, &d, &size, err, errlen); /* weights 64-byte aligned */
     if (rc) return rc;
     snprintf(m->format_name, sizeof m->format_name, "llama2c");
     snprintf(m->arch_name, sizeof m->arch_name, "llama");

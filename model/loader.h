@@ -23,6 +23,10 @@ int model_errf(char *err, size_t errlen, int code, const char *path, const char 
  * An empty file is mapped as (a valid pointer, size 0). */
 int model_map_file(model *m, const char *path, const uint8_t **data, size_t *size,
                    char *err, size_t errlen);
+/* model_map_file, with file offset align_at placed on a 64-byte boundary in
+ * memory (m must not be NULL when align_at % 64 != 0: the model keeps the map). */
+int model_map_file_at(model *m, const char *path, size_t align_at, const uint8_t **data,
+                      size_t *size, char *err, size_t errlen);
 void model_unmap(const uint8_t *data, size_t size);
 
 /* calloc that is recorded as owned by m; NULL on failure (nothing leaks). */

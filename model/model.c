@@ -80,6 +80,12 @@ void *model_calloc_owned(model *m, size_t n, size_t size)
 int model_map_file(model *m, const char *path, const uint8_t **data, size_t *size,
                    char *err, size_t errlen)
 {
+    return model_map_file_at(m, path, 0, data, size, err, errlen);
+}
+
+int model_map_file_at(model *m, const char *path, size_t align_at, const uint8_t **data,
+                      size_t *size, char *err, size_t errlen)
+{
     *data = NULL;
     *size = 0;
     if (m && m->n_maps >= (int)(sizeof m->maps / sizeof m->maps[0]))
@@ -111,7 +117,16 @@ int model_map_file(model *m, const char *path, const uint8_t **data, size_t *siz
      * prevent.  A private copy costs one read at load time (the forward pass
      * touches every weight anyway) and makes the loaded model immune to what
      * happens to the file afterwards (tests/integration/test_faults.py). */
-    addr = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    /* The copy starts pad bytes into the page so that file offset align_at lands
+     * on a 64-byte boundary (a llama2.c checkpoint's weights follow a 28-byte
+     * header: unaligned, every other 32-byte load would straddle a cache line). */
+    size_t pad = align_at % 64 ? 64 - align_at % 64 : 0;
+    if (pad && !m) {
+        close(fd);
+        return model_errf(err, errlen, MODEL_EIO, path, "aligned copy needs a model");
+    }
+    size_t maplen = len + pad;
+    addr = mmap(NULL, maplen, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (addr == MAP_FAILED) {
         int e = errno;
         close(fd);
@@ -119,12 +134,12 @@ int model_map_file(model *m, const char *path, const uint8_t **data, size_t *siz
     }
     size_t got = 0;
     while (got < len) {
-        ssize_t r = pread(fd, (uint8_t *)addr + got, len - got, (off_t)got);
+        ssize_t r = pread(fd, (uint8_t *)addr + pad + got, len - got, (off_t)got);
         if (r < 0 && errno == EINTR) continue;
         if (r <= 0) {
             int e = r < 0 ? errno : 0;
             close(fd);
-            munmap(addr, len);
+            munmap(addr, maplen);
             if (r == 0)
                 return model_errf(err, errlen, MODEL_EIO, path,
                                   "file shrank while it was being read (%zu of %zu bytes)", got, len);
@@ -133,13 +148,13 @@ int model_map_file(model *m, const char *path, const uint8_t **data, size_t *siz
         got += (size_t)r;
     }
     close(fd);
-    mprotect(addr, len, PROT_READ); /* weights are read-only from here on */
+    mprotect(addr, maplen, PROT_READ); /* weights are read-only from here on */
     if (m) {
         m->maps[m->n_maps].addr = addr;
-        m->maps[m->n_maps].len = len;
+        m->maps[m->n_maps].len = maplen;
         m->n_maps++;
     }
-    *data = addr;
+    *data = (const uint8_t *)addr + pad;
     *size = len;
     return MODEL_OK;
 }
