@@ -6,8 +6,8 @@
  * file type.  Batched decoding wants each weight row read from memory once
  * per step for every sequence, so W rows are loaded into registers once and
  * dotted with several x rows at a time (register blocks of BLK_R x rows x
- * BLK_C W rows; decoding a single row streams BLK_C1 W rows at a time), and
- * the W rows of the block a few blocks ahead are prefetched.  The pool splits the
+ * BLK_C W rows; decoding a single row streams BLK_C1 W rows at a time).
+ * (Software prefetching of the W rows ahead measured no gain here.)  The pool splits the
  * OUTPUT rows (W rows) into tasks; the reduction over cols is never split.
  * Within a task, x is walked in blocks small enough to stay in L2 while the
  * task's W rows (also sized for L2) are reused for every block.
@@ -457,8 +457,10 @@ void kernel_attend(float *out, const float *q, const float *k, const float *v, i
 
 /* Register-block shape (compile-time tunables; none changes a result):
  * BLK_R x rows by BLK_C W rows when batched, BLK_C1 W rows when decoding one
- * row.  2 x 2 / 1 measured best here among 2x2, 2x3, 3x2 (two accumulators per
- * element) and 4x3, 3x4 (one); see the engine benchmark in the README. */
+ * row.  2 x 2 / 1: the others tried (2x3, 3x2 with two accumulators per
+ * element; 4x3, 3x4 with one) were no faster on the 2-core test machine,
+ * where batched matmuls are bound by streaming W from memory, and one
+ * accumulator made single-row decoding about 25 % slower. */
 #ifndef BLK_R
 #define BLK_R 2
 #endif
@@ -482,26 +484,6 @@ static int x_block_rows(size_t row_bytes)
     return n < 4 ? 4 : n > 1024 ? 1024 : (int)n;
 }
 
-/* Ask for the W rows a few register blocks ahead: one core's hardware
- * prefetchers alone fetch only ~5 GB/s of the row streams. */
-#ifndef PF_AHEAD
-#define PF_AHEAD 2
-#endif
-static inline void prefetch_rows(const uint8_t *wd, size_t ldw, int j, int n, int rows)
-{
-#ifdef KERNEL_AVX2
-    if (j >= rows)
-        return;
-    if (j + n > rows)
-        n = rows - j;
-    const uint8_t *p = wd + (size_t)j * ldw;
-    for (size_t off = 0; off < (size_t)n * ldw; off += 64)
-        _mm_prefetch((const char *)p + off, _MM_HINT_T0);
-#else
-    (void)wd, (void)ldw, (void)j, (void)n, (void)rows;
-#endif
-}
-
 #define DEF_ROWS(TY)                                                                           \
     static void rows_##TY(float *out, int ldo, const float *x, int n_rows, int cols,           \
                           const mtensor *w, int j0, int j1)                                    \
@@ -514,8 +496,6 @@ static inline void prefetch_rows(const uint8_t *wd, size_t ldw, int j, int n, in
             int cm = block_cols(re - rb);                                                      \
             for (int j = j0; j < j1; j += cm) {                                                \
                 int C = j1 - j >= cm ? cm : j1 - j;                                            \
-                if (re - rb > 1)                                                               \
-                    prefetch_rows(wd, ldw, j + PF_AHEAD * cm, cm, w->rows);                    \
                 for (int r = rb; r < re; r += BLK_R) {                                         \
                     int R = re - r >= BLK_R ? BLK_R : re - r;                                  \
                     float *o = out + (size_t)r * ldo + j;                                      \
