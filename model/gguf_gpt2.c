@@ -153,9 +153,9 @@ int gguf_load_gpt2(model *m, const gguf_file *g, const model_load_opts *opts, ch
             return rc;
         size_t rb = mtensor_row_bytes(qkv.type, D);
         const uint8_t *base = qkv.data;
-        w->wq = (mtensor){base, qkv.type, D, D};
-        w->wk = (mtensor){base + rb * (size_t)D, qkv.type, D, D};
-        w->wv = (mtensor){base + 2 * rb * (size_t)D, qkv.type, D, D};
+        w->wq = (mtensor){base, qkv.type, D, D, 0};
+        w->wk = (mtensor){base + rb * (size_t)D, qkv.type, D, D, 0};
+        w->wv = (mtensor){base + 2 * rb * (size_t)D, qkv.type, D, D, 0};
         w->bq = qkvb;
         w->bk = qkvb + D;
         w->bv = qkvb + 2 * D;

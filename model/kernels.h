@@ -24,6 +24,19 @@ typedef struct {
 void kernel_matmul_multi(model_pool *pool, const kernel_job *jobs, int n_jobs,
                          const float *x, int n_rows);
 
+/* F32 weights packed in 16-row panels (mtensor.panel): the batched kernel reads
+ * one sequential stream per panel and keeps 6 x rows x 16 outputs in registers.
+ * Every output element is then sum_k x[k] * w[k] accumulated by fma in k order
+ * from 0 (one lane of one accumulator), whatever the batch: bit-identical across
+ * batch compositions, like the row-major kernels, but not bitwise equal to
+ * them (the row-major F32 kernel sums 8 lanes, then a tree). */
+#define KERNEL_PANEL 16
+/* 1 if this build has a packed kernel for tensors of this type. */
+int kernel_can_pack(int type);
+/* Write w's data into dst (w->rows * w->cols floats, 32-byte aligned) in the
+ * packed layout and describe it in *out (which may be w). */
+void kernel_pack_f32(const mtensor *w, float *dst, mtensor *out);
+
 /* Bytes of one row of a (rows, cols) tensor of this type; 0 if the type is unknown
  * or cols does not suit it (Q8_0 needs cols % 32 == 0). */
 size_t kernel_row_bytes(int type, int cols);

@@ -89,8 +89,8 @@ int model_load_llama2c(model *m, const char *path, const model_load_opts *opts, 
                           shared ? "" : " unshared", in->ctx_len, (unsigned long long)off);
 
     mtensor mat = {.type = MT_F32};
-    m->tok_embd = (mtensor){part[EMB], MT_F32, in->vocab_size, in->dim};
-    m->output = shared ? m->tok_embd : (mtensor){part[WCLS], MT_F32, in->vocab_size, in->dim};
+    m->tok_embd = (mtensor){part[EMB], MT_F32, in->vocab_size, in->dim, 0};
+    m->output = shared ? m->tok_embd : (mtensor){part[WCLS], MT_F32, in->vocab_size, in->dim, 0};
     m->out_norm = part[RMS_FINAL];
     m->layers = model_calloc_owned(m, (size_t)L, sizeof *m->layers);
     if (!m->layers) return model_errf(err, errlen, MODEL_ENOMEM, path, "out of memory");

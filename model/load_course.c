@@ -138,8 +138,8 @@ int model_load_course(model *m, const char *dir, const model_load_opts *opts, ch
     k = 0;
     float *e = as_f32(m, ps->items[k++]), *p = as_f32(m, ps->items[k++]);
     if (!e || !p) goto oom;
-    m->tok_embd = (mtensor){e, MT_F32, V, D};
-    m->pos_embd = (mtensor){p, MT_F32, in->ctx_len, D};
+    m->tok_embd = (mtensor){e, MT_F32, V, D, 0};
+    m->pos_embd = (mtensor){p, MT_F32, in->ctx_len, D, 0};
     for (int l = 0; l < L; l++) {
         layer_weights *w = &m->layers[l];
         const float **vec[] = {&w->attn_norm, &w->attn_norm_b};
@@ -151,7 +151,7 @@ int model_load_course(model *m, const char *dir, const model_load_opts *opts, ch
             float *raw = as_f32(m, ps->items[k++]);
             float *t = raw ? fmt_f32_transpose(m, raw, D, D) : NULL;
             if (!t || !(*bias[j] = as_f32(m, ps->items[k++]))) goto oom;
-            *mats[j] = (mtensor){t, MT_F32, D, D};
+            *mats[j] = (mtensor){t, MT_F32, D, D, 0};
         }
         if (!(w->ffn_norm = as_f32(m, ps->items[k++])) || !(w->ffn_norm_b = as_f32(m, ps->items[k++]))) goto oom;
         float *f1 = as_f32(m, ps->items[k++]);
@@ -160,8 +160,8 @@ int model_load_course(model *m, const char *dir, const model_load_opts *opts, ch
         float *f2 = as_f32(m, ps->items[k++]);
         float *f2t = f2 ? fmt_f32_transpose(m, f2, H, D) : NULL;
         if (!f2t || !(w->b2 = as_f32(m, ps->items[k++]))) goto oom;
-        w->w1 = (mtensor){f1t, MT_F32, H, D};
-        w->w2 = (mtensor){f2t, MT_F32, D, H};
+        w->w1 = (mtensor){f1t, MT_F32, H, D, 0};
+        w->w2 = (mtensor){f2t, MT_F32, D, H, 0};
     }
     if (!(m->out_norm = as_f32(m, ps->items[k++])) || !(m->out_norm_b = as_f32(m, ps->items[k++])) ||
         !(m->output_bias = as_f32(m, ps->items[k++])))

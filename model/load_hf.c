@@ -80,10 +80,10 @@ static int mat(hf_ctx *c, const char *name, int rows, int cols, int optional, mt
     if ((uintptr_t)d % es) { /* unaligned: an F32 copy */
         d = fmt_f32_copy(c->m, t->data, t->mt_type, (size_t)t->numel);
         if (!d) return model_errf(c->err, c->errlen, MODEL_ENOMEM, c->dir, "out of memory");
-        *out = (mtensor){d, MT_F32, rows, cols};
+        *out = (mtensor){d, MT_F32, rows, cols, 0};
         return 0;
     }
-    *out = (mtensor){d, t->mt_type, rows, cols};
+    *out = (mtensor){d, t->mt_type, rows, cols, 0};
     return 0;
 }
 
@@ -233,21 +233,21 @@ static int load_gpt2(hf_ctx *c, const json_t *cfg)
         float *qkv = conv1d(c, NM("attn.c_attn.weight"), D, 3 * D); /* -> (3D, D) */
         const float *qkvb;
         if (!qkv || (rc = vec(c, NM("attn.c_attn.bias"), 3 * D, &qkvb))) return MODEL_EFORMAT;
-        w->wq = (mtensor){qkv, MT_F32, D, D};
-        w->wk = (mtensor){qkv + (size_t)D * D, MT_F32, D, D};
-        w->wv = (mtensor){qkv + 2 * (size_t)D * D, MT_F32, D, D};
+        w->wq = (mtensor){qkv, MT_F32, D, D, 0};
+        w->wk = (mtensor){qkv + (size_t)D * D, MT_F32, D, D, 0};
+        w->wv = (mtensor){qkv + 2 * (size_t)D * D, MT_F32, D, D, 0};
         w->bq = qkvb;
         w->bk = qkvb + D;
         w->bv = qkvb + 2 * D;
         float *o = conv1d(c, NM("attn.c_proj.weight"), D, D);
         if (!o || (rc = vec(c, NM("attn.c_proj.bias"), D, &w->bo))) return MODEL_EFORMAT;
-        w->wo = (mtensor){o, MT_F32, D, D};
+        w->wo = (mtensor){o, MT_F32, D, D, 0};
         float *f1 = conv1d(c, NM("mlp.c_fc.weight"), D, F);
         if (!f1 || (rc = vec(c, NM("mlp.c_fc.bias"), F, &w->b1))) return MODEL_EFORMAT;
         float *f2 = conv1d(c, NM("mlp.c_proj.weight"), F, D);
         if (!f2 || (rc = vec(c, NM("mlp.c_proj.bias"), D, &w->b2))) return MODEL_EFORMAT;
-        w->w1 = (mtensor){f1, MT_F32, F, D};
-        w->w2 = (mtensor){f2, MT_F32, D, F};
+        w->w1 = (mtensor){f1, MT_F32, F, D, 0};
+        w->w2 = (mtensor){f2, MT_F32, D, F, 0};
 #undef NM
     }
     snprintf(m->arch_name, sizeof m->arch_name, "gpt2");

@@ -7,6 +7,7 @@
  * wins; the loader then owns every error message about the file. */
 #include "model/loader.h"
 #include "model/formats.h"
+#include "model/kernels.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -397,6 +398,64 @@ static int load_dispatch(model *m, const char *path, const model_load_opts *opts
                       "plausible llama2.c header)", n < 28 ? n : (size_t)28);
 }
 
+/* Give back the whole pages of [p, p + n) when they lie in one of the model's
+ * private file copies (nothing else points into a packed tensor's old bytes). */
+static void release_pages(model *m, const void *p, size_t n)
+{
+    uintptr_t a = (uintptr_t)p, e = a + n, pg = (uintptr_t)sysconf(_SC_PAGESIZE);
+    for (int i = 0; i < m->n_maps; i++) {
+        uintptr_t lo = (uintptr_t)m->maps[i].addr, hi = lo + m->maps[i].len;
+        if (a < lo || e > hi) continue;
+        uintptr_t b = (a + pg - 1) / pg * pg, t = e / pg * pg;
+        if (t > b) madvise((void *)b, t - b, MADV_DONTNEED);
+        return;
+    }
+}
+
+/* Repack the F32 matmul weights into the kernels' panel layout (kernels.h):
+ * one aligned block for all of them; the row-major bytes are released where
+ * they are a private file copy.  A tied classifier is packed once and the
+ * embedding lookup reads the packed copy.  Out of memory: left row-major
+ * (same kernels as before, still deterministic). */
+static void pack_weights(model *m)
+{
+    if (!kernel_can_pack(MT_F32) || getenv("LMSERVE_NO_PACK")) return;
+    int nl = m->info.n_layers;
+    int n = 0, cap = 7 * nl + 1;
+    mtensor **ts = malloc(sizeof *ts * (size_t)cap);
+    if (!ts) return;
+    for (int l = 0; l < nl; l++) {
+        layer_weights *w = &m->layers[l];
+        mtensor *c[] = {&w->wq, &w->wk, &w->wv, &w->wo, &w->w1, &w->w2, &w->w3};
+        for (int i = 0; i < 7; i++) ts[n++] = c[i];
+    }
+    ts[n++] = &m->output;
+    size_t total = 0;
+    for (int i = 0; i < n; i++) {
+        const mtensor *t = ts[i];
+        if (t->data && t->type == MT_F32 && !t->panel && t->rows >= KERNEL_PANEL)
+            total += ((size_t)t->rows * t->cols * sizeof(float) + 63) & ~(size_t)63;
+    }
+    float *buf = total ? aligned_alloc(64, total) : NULL;
+    if (!buf || model_own(m, buf) != MODEL_OK) {
+        free(ts);
+        return;
+    }
+    size_t off = 0;
+    for (int i = 0; i < n; i++) {
+        mtensor *t = ts[i];
+        if (!(t->data && t->type == MT_F32 && !t->panel && t->rows >= KERNEL_PANEL)) continue;
+        const void *old = t->data;
+        size_t bytes = (size_t)t->rows * t->cols * sizeof(float);
+        kernel_pack_f32(t, (float *)((char *)buf + off), t);
+        off += (bytes + 63) & ~(size_t)63;
+        if (m->tok_embd.data == old)
+            m->tok_embd = *t; /* tied: the lookup reads the packed copy */
+        release_pages(m, old, bytes);
+    }
+    free(ts);
+}
+
 int model_load(model **out, const char *path, const model_load_opts *opts,
                char *err, size_t errlen)
 {
@@ -416,6 +475,7 @@ int model_load(model **out, const char *path, const model_load_opts *opts,
     }
     int rc = load_dispatch(m, path, opts, err, errlen);
     if (rc == MODEL_OK) {
+        pack_weights(m);
         m->info.arch = m->arch_name;
         m->info.format = m->format_name;
         m->info.bos_id = m->tok.bos_id;

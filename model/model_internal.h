@@ -32,6 +32,10 @@ typedef struct {
     const void *data; /* rows * row_bytes */
     int type;         /* MT_* */
     int rows, cols;   /* cols % 32 == 0 for Q8_0 */
+    int panel;        /* 0: row-major.  KERNEL_PANEL (F32 only): the first rows / 16 * 16
+                       * rows are stored as 16-row panels, each k-major (16 floats of
+                       * column k, then column k + 1, ...); the remaining rows follow
+                       * row-major (kernel_pack_f32; kernels.c) */
 } mtensor;
 
 enum { ARCH_LLAMA = 0, ARCH_GPT2 = 1 };

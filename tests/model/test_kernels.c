@@ -18,8 +18,27 @@ typedef struct {
     int rows, cols, n;
 } shape3;
 
+/* F32 in the kernels' 16-row panel layout (a test-only pseudo type) */
+#define PACKED_F32 (-1)
+
+/* Repack w in place of its data when type is PACKED_F32; returns the block to free. */
+static float *maybe_pack(mtensor *w, int type)
+{
+    if (type != PACKED_F32 || !kernel_can_pack(MT_F32))
+        return NULL;
+    size_t n = (size_t)w->rows * w->cols;
+    float *pk = aligned_alloc(64, (n * 4 + 63) / 64 * 64);
+    cr_assert(pk);
+    kernel_pack_f32(w, pk, w);
+    cr_assert_eq(w->panel, KERNEL_PANEL);
+    return pk;
+}
+
 static void check_type(int type, const shape3 *shapes, int n_shapes, model_pool *pool)
 {
+    int packed = type == PACKED_F32;
+    if (packed)
+        type = MT_F32;
     uint64_t rng = 1234 + type;
     for (int si = 0; si < n_shapes; si++) {
         int R = shapes[si].rows, C = shapes[si].cols, N = shapes[si].n;
@@ -28,6 +47,7 @@ static void check_type(int type, const shape3 *shapes, int n_shapes, model_pool 
             src[i] = fx_unif(&rng);
         void *data = fx_pack(src, R, C, type, deq);
         mtensor w = {.data = data, .type = type, .rows = R, .cols = C};
+        float *pk = maybe_pack(&w, packed ? PACKED_F32 : type);
         float *x = malloc((size_t)N * C * 4), *out = malloc((size_t)N * R * 4);
         for (size_t i = 0; i < (size_t)N * C; i++)
             x[i] = (float)(fx_unif(&rng) * 2.0);
@@ -48,20 +68,30 @@ static void check_type(int type, const shape3 *shapes, int n_shapes, model_pool 
                         B += fabs(wk) * amax / 127.0 / 2.0 * 1.0001;
                     }
                 }
-                double err = fabs(out[(size_t)r * R + j] - exact), lim = B + 2e-6 * S + 1e-30;
+                /* packed: one float accumulator over k (bound C * 2^-24 * S); else 8 lanes + tree */
+                double rel = packed ? C * 0x1p-24 * 1.01 : 2e-6;
+                double err = fabs(out[(size_t)r * R + j] - exact), lim = B + rel * S + 1e-30;
                 worst = fmax(worst, err / lim);
                 cr_assert(err <= lim, "type %d shape %dx%d n=%d: out[%d][%d]=%.9g exact %.9g (lim %g)",
                           type, R, C, N, r, j, out[(size_t)r * R + j], exact, lim);
+                if (pk) { /* the packed layout's per-element sequence: fmaf over k from 0 */
+                    float f = 0.0f;
+                    for (int k = 0; k < C; k++)
+                        f = fmaf(xr[k], (float)deq[(size_t)j * C + k], f);
+                    cr_assert(out[(size_t)r * R + j] == f, "packed %dx%d n=%d: out[%d][%d] %.9g, fmaf chain %.9g",
+                              R, C, N, r, j, out[(size_t)r * R + j], f);
+                }
             }
         }
-        /* get_row gives the stored values */
+        /* get_row gives the stored values (every row when packed: panels and tail) */
         float *row = malloc((size_t)C * 4);
-        for (int j = 0; j < R; j += R / 3 + 1) {
+        for (int j = 0; j < R; j += packed ? 1 : R / 3 + 1) {
             mtensor_get_row(&w, j, row);
             for (int k = 0; k < C; k++)
                 cr_assert_eq((double)row[k], deq[(size_t)j * C + k], "get_row type %d", type);
         }
         free(row);
+        free(pk);
         free(src), free(deq), free(data), free(x), free(out);
     }
 }
@@ -75,6 +105,8 @@ Test(kernels, f32_f16_bf16_against_double)
     check_type(MT_F16, shapes, 10, p);
     check_type(MT_BF16, shapes, 10, p);
     check_type(MT_F32, shapes, 10, NULL);
+    check_type(PACKED_F32, shapes, 10, p);
+    check_type(PACKED_F32, shapes, 10, NULL);
     model_pool_free(p);
 }
 
@@ -91,17 +123,19 @@ Test(kernels, q8_0_against_double)
 /* Row r's result must not depend on n_rows, the row's position or the threads. */
 Test(kernels, bit_identical_across_batches_and_threads)
 {
-    const int types[] = {MT_F32, MT_F16, MT_BF16, MT_Q8_0};
-    const int cols_of[] = {203, 203, 203, 224};
+    const int types[] = {MT_F32, MT_F16, MT_BF16, MT_Q8_0, PACKED_F32};
+    const int cols_of[] = {203, 203, 203, 224, 203};
     model_pool *p1 = model_pool_new(1), *p2 = model_pool_new(2);
     uint64_t rng = 99;
-    for (int ti = 0; ti < 4; ti++) {
-        int R = 77, C = cols_of[ti], maxn = 19;
+    for (int ti = 0; ti < 5; ti++) {
+        int R = 77, C = cols_of[ti], maxn = 19; /* packed: 4 panels + 13 tail rows */
         double *src = malloc((size_t)R * C * 8), *deq = malloc((size_t)R * C * 8);
         for (size_t i = 0; i < (size_t)R * C; i++)
             src[i] = fx_unif(&rng);
-        void *data = fx_pack(src, R, C, types[ti], deq);
-        mtensor w = {.data = data, .type = types[ti], .rows = R, .cols = C};
+        int type = types[ti] == PACKED_F32 ? MT_F32 : types[ti];
+        void *data = fx_pack(src, R, C, type, deq);
+        mtensor w = {.data = data, .type = type, .rows = R, .cols = C};
+        float *pk = maybe_pack(&w, types[ti]);
         float *probe = malloc((size_t)C * 4), *x = malloc((size_t)maxn * C * 4);
         float *ref = malloc((size_t)R * 4), *out = malloc((size_t)maxn * R * 4);
         for (int k = 0; k < C; k++)
@@ -126,7 +160,7 @@ Test(kernels, bit_identical_across_batches_and_threads)
         cr_assert_eq(memcmp(o1, out, (size_t)maxn * R * 4), 0);
         kernel_matmul(NULL, out, x, maxn, &w2);
         cr_assert_eq(memcmp(o2, out, (size_t)maxn * 50 * 4), 0);
-        free(o1), free(o2);
+        free(o1), free(o2), free(pk);
         free(src), free(deq), free(data), free(probe), free(x), free(ref), free(out);
     }
     model_pool_free(p1);
