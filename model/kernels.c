@@ -605,6 +605,9 @@ static void rows_f32_tail(float *out, int ldo, const float *x, int n_rows, int c
         }
 }
 
+#ifndef PPF
+#define PPF 2
+#endif
 #ifdef KERNEL_AVX2
 /* R x rows times NP panels (16 * NP W rows): acc[r][v] holds 8 outputs; per
  * column k, the panels' 2 * NP vectors are loaded once and x[r][k] broadcast.
@@ -612,7 +615,8 @@ static void rows_f32_tail(float *out, int ldo, const float *x, int n_rows, int c
  * gives 4 independent chains over two sequential streams. */
 static inline __attribute__((always_inline)) void pblock(float *out, size_t ldo, const float *x,
                                                          size_t ldx, const float *wp, size_t pstride,
-                                                         int cols, const int R, const int NP)
+                                                         int cols, const int R, const int NP,
+                                                         const float *pf)
 {
     __m256 acc[6][4];
     for (int r = 0; r < R; r++)
@@ -620,6 +624,8 @@ static inline __attribute__((always_inline)) void pblock(float *out, size_t ldo,
             acc[r][v] = _mm256_setzero_ps();
     for (int k = 0; k < cols; k++) {
         __m256 wv[4];
+        if (pf) /* one 64-byte line of a panel ahead per column */
+            _mm_prefetch((const char *)(pf + (size_t)k * KERNEL_PANEL), _MM_HINT_T0);
         for (int p = 0; p < NP; p++) {
             wv[2 * p] = _mm256_load_ps(wp + (size_t)p * pstride + (size_t)k * KERNEL_PANEL);
             wv[2 * p + 1] = _mm256_load_ps(wp + (size_t)p * pstride + (size_t)k * KERNEL_PANEL + 8);
@@ -649,24 +655,26 @@ static void rows_f32p(float *out, int ldo, const float *x, int n_rows, int cols,
             int j = j0;
             for (; j + 2 * KERNEL_PANEL <= jp; j += 2 * KERNEL_PANEL)
                 pblock(out + (size_t)rb * ldo + j, ldo, x + (size_t)rb * cols, cols,
-                       d + (size_t)(j / KERNEL_PANEL) * ps, ps, cols, 1, 2);
+                       d + (size_t)(j / KERNEL_PANEL) * ps, ps, cols, 1, 2, NULL);
             if (j < jp)
                 pblock(out + (size_t)rb * ldo + j, ldo, x + (size_t)rb * cols, cols,
-                       d + (size_t)(j / KERNEL_PANEL) * ps, ps, cols, 1, 1);
+                       d + (size_t)(j / KERNEL_PANEL) * ps, ps, cols, 1, 1, NULL);
             continue;
         }
         for (int j = j0; j < jp; j += KERNEL_PANEL) {
             const float *wp = d + (size_t)(j / KERNEL_PANEL) * ps;
+            const float *ahead = PPF && j + (PPF + 1) * KERNEL_PANEL <= full ? wp + PPF * ps : NULL;
             for (int r = rb; r < re; r += 6) {
                 float *o = out + (size_t)r * ldo + j;
                 const float *xr = x + (size_t)r * cols;
+                const float *pf = r == rb ? ahead : NULL;
                 switch (re - r >= 6 ? 6 : re - r) {
-                case 6: pblock(o, ldo, xr, cols, wp, ps, cols, 6, 1); break;
-                case 5: pblock(o, ldo, xr, cols, wp, ps, cols, 5, 1); break;
-                case 4: pblock(o, ldo, xr, cols, wp, ps, cols, 4, 1); break;
-                case 3: pblock(o, ldo, xr, cols, wp, ps, cols, 3, 1); break;
-                case 2: pblock(o, ldo, xr, cols, wp, ps, cols, 2, 1); break;
-                default: pblock(o, ldo, xr, cols, wp, ps, cols, 1, 1); break;
+                case 6: pblock(o, ldo, xr, cols, wp, ps, cols, 6, 1, pf); break;
+                case 5: pblock(o, ldo, xr, cols, wp, ps, cols, 5, 1, pf); break;
+                case 4: pblock(o, ldo, xr, cols, wp, ps, cols, 4, 1, pf); break;
+                case 3: pblock(o, ldo, xr, cols, wp, ps, cols, 3, 1, pf); break;
+                case 2: pblock(o, ldo, xr, cols, wp, ps, cols, 2, 1, pf); break;
+                default: pblock(o, ldo, xr, cols, wp, ps, cols, 1, 1, pf); break;
                 }
             }
         }
