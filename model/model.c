@@ -506,6 +506,17 @@ void model_free(model *m)
     free(m);
 }
 
+void model_parallel(model *m, void (*fn)(void *arg, int task, int n_tasks), void *arg,
+                    int n_tasks)
+{
+    if (n_tasks <= 0) return;
+    if (m && m->pool) {
+        model_pool_run(m->pool, fn, arg, n_tasks);
+        return;
+    }
+    for (int t = 0; t < n_tasks; t++) fn(arg, t, n_tasks);
+}
+
 const model_info *model_get_info(const model *m)
 {
     return m ? &m->info : NULL;

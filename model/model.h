@@ -147,6 +147,13 @@ void model_seq_truncate(model_seq *s, int n);
  * any sequence. */
 int model_forward(model *m, model_batch_item *items, int n_items);
 
+/* Run fn(arg, task, n_tasks) for every task in [0, n_tasks) on the model's
+ * threads (the caller's thread included), returning when all are done: for
+ * work between forward passes, such as sampling every sequence of a step.
+ * Not concurrently with model_forward (they share the threads). */
+void model_parallel(model *m, void (*fn)(void *arg, int task, int n_tasks), void *arg,
+                    int n_tasks);
+
 /* Convenience for single-sequence use: make s hold exactly ctx[0..n_ctx) (reusing
  * the longest cached common prefix, recomputing the rest) and write the logits
  * of the last position into logits (vocab_size floats). */

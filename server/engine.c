@@ -48,6 +48,9 @@ typedef struct {
     double t_last;
     float *score;            /* (prefill_chunk, vocab) when scoring */
     sampler_choice *plp;     /* (n_prompt) scores of prompt tokens when scoring */
+    const float *pre_logits; /* this step's last logits when the slot samples now */
+    int pre_rc;              /* sampler_step's result for them (sample_task) */
+    sampler_choice pre;
 } slot;
 
 struct engine {
@@ -376,7 +379,15 @@ static void slot_sample(engine *e, slot *s, const float *logits)
     sampler_choice c;
     int n_top = p->logprobs > 0 ? p->logprobs : 0;
     int injected = e->fault_sampler && p->has_seed && p->sp.seed == e->fault_seed && s->n_gen >= 2;
-    if (injected || sampler_step(s->smp, logits, s->hist, s->n_hist, s->n_gen, n_top, &c) < 0) {
+    int rc;
+    if (s->pre_logits == logits) { /* sampled in parallel right after the forward pass */
+        c = s->pre;
+        rc = s->pre_rc;
+    } else {
+        rc = sampler_step(s->smp, logits, s->hist, s->n_hist, s->n_gen, n_top, &c);
+    }
+    s->pre_logits = NULL;
+    if (injected || rc < 0) {
         j->failed = 1;
         choice_finish(e, s, "length", 1);
         return;
@@ -431,6 +442,33 @@ static int wants_model(const slot *s)
 }
 
 /* After a successful forward: item fed k tokens starting at hist index a. */
+/* The logits a slot samples from after this item, or NULL if it does not
+ * sample in this step (prefill not finished). */
+static const float *sample_logits(engine *e, slot *s, const model_batch_item *it)
+{
+    if (!s->used || slot_pending(s) > 0) return NULL;
+    return it->all_logits ? s->score + (size_t)(it->n_tokens - 1) * (size_t)e->vocab : it->logits;
+}
+
+typedef struct {
+    engine *e;
+    slot **slots;
+} sample_ctx;
+
+/* Sampling touches only the slot's own sampler, history and logits, so the
+ * slots of a step are sampled on the model's threads in parallel; item_done
+ * then consumes each result in order, exactly where the serial code would
+ * have called sampler_step (same inputs, so the same tokens and logprobs). */
+static void sample_task(void *arg, int task, int n_tasks)
+{
+    (void)n_tasks;
+    sample_ctx *c = arg;
+    slot *s = c->slots[task];
+    const job_params *p = &s->j->p;
+    int n_top = p->logprobs > 0 ? p->logprobs : 0;
+    s->pre_rc = sampler_step(s->smp, s->pre_logits, s->hist, s->n_hist, s->n_gen, n_top, &s->pre);
+}
+
 static void item_done(engine *e, slot *s, const model_batch_item *it, int a)
 {
     int k = it->n_tokens;
@@ -444,7 +482,7 @@ static void item_done(engine *e, slot *s, const model_batch_item *it, int a)
         }
     }
     if (slot_pending(s) > 0) return; /* more prefill to come */
-    const float *last = it->all_logits ? s->score + (size_t)(k - 1) * (size_t)e->vocab : it->logits;
+    const float *last = sample_logits(e, s, it);
     if (!s->prompt_done) {
         choice_prompt_done(e, s);
         if (!s->used) return;
@@ -533,9 +571,23 @@ static void step(engine *e)
         }
         return;
     }
+    slot *to_sample[1024];
+    int n_sample = 0;
+    for (int i = 0; i < n_items; i++) {
+        slot *s = &e->slots[e->item_slot[i]];
+        s->pre_logits = sample_logits(e, s, &e->items[i]);
+        if (s->pre_logits) to_sample[n_sample++] = s;
+    }
+    if (n_sample > 1) {
+        sample_ctx sc = {e, to_sample};
+        model_parallel(e->m, sample_task, &sc, n_sample);
+    } else {
+        for (int i = 0; i < n_sample; i++) to_sample[i]->pre_logits = NULL; /* sample inline */
+    }
     for (int i = 0; i < n_items; i++) {
         slot *s = &e->slots[e->item_slot[i]];
         if (s->used) item_done(e, s, &e->items[i], starts[i]);
+        s->pre_logits = NULL;
     }
 }
 
