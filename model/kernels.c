@@ -543,7 +543,7 @@ static void rows_q8(float *out, int ldo, const int8_t *xq, const float *xd, int 
     int xb = x_block_rows((size_t)cols + (size_t)nb * 4);
     for (int rb = 0; rb < n_rows; rb += xb) {
         int re = rb + xb < n_rows ? rb + xb : n_rows;
-        int cm = re - rb <= 2 ? 4 : 2;
+        int cm = re - rb == 1 ? 1 : re - rb <= 2 ? 4 : 2; /* one row: one W row stream (measured 2x faster here) */
         for (int j = j0; j < j1; j += cm) {
             int C = j1 - j >= cm ? cm : j1 - j;
             for (int r = rb; r < re; r += 4) {
@@ -605,6 +605,9 @@ static void rows_f32_tail(float *out, int ldo, const float *x, int n_rows, int c
         }
 }
 
+#ifndef PNP
+#define PNP 2 /* panels per block when decoding one row */
+#endif
 #ifndef PPF
 #define PPF 2
 #endif
@@ -653,9 +656,12 @@ static void rows_f32p(float *out, int ldo, const float *x, int n_rows, int cols,
         int re = rb + xb < n_rows ? rb + xb : n_rows;
         if (re - rb == 1) {
             int j = j0;
-            for (; j + 2 * KERNEL_PANEL <= jp; j += 2 * KERNEL_PANEL)
+            for (; PNP == 2 && j + 2 * KERNEL_PANEL <= jp; j += 2 * KERNEL_PANEL)
                 pblock(out + (size_t)rb * ldo + j, ldo, x + (size_t)rb * cols, cols,
                        d + (size_t)(j / KERNEL_PANEL) * ps, ps, cols, 1, 2, NULL);
+            for (; PNP == 1 && j + KERNEL_PANEL <= jp; j += KERNEL_PANEL)
+                pblock(out + (size_t)rb * ldo + j, ldo, x + (size_t)rb * cols, cols,
+                       d + (size_t)(j / KERNEL_PANEL) * ps, ps, cols, 1, 1, NULL);
             if (j < jp)
                 pblock(out + (size_t)rb * ldo + j, ldo, x + (size_t)rb * cols, cols,
                        d + (size_t)(j / KERNEL_PANEL) * ps, ps, cols, 1, 1, NULL);
