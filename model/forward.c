@@ -210,8 +210,28 @@ void forward_logits(model *m, fwd_scratch *sc, const fwd_batch *b)
     }
     if (!n_last)
         return;
-    kernel_matmul(m->pool, sc->logits, sc->xl, n_last, &m->output);
+    /* When the callers' logits buffers are consecutive rows of one array (the
+     * server's are), write them in place instead of copying 4 * V bytes each. */
+    float *direct = NULL;
     int k = 0;
+    for (int i = 0; i < b->n_items; i++) {
+        model_batch_item *it = &b->items[i];
+        if (!it->logits || it->all_logits)
+            continue;
+        if (k == 0)
+            direct = it->logits;
+        else if (it->logits != direct + (size_t)k * V)
+            direct = NULL;
+        if (!direct)
+            break;
+        k++;
+    }
+    if (direct && !m->output_bias) {
+        kernel_matmul(m->pool, direct, sc->xl, n_last, &m->output);
+        return;
+    }
+    kernel_matmul(m->pool, sc->logits, sc->xl, n_last, &m->output);
+    k = 0;
     for (int i = 0; i < b->n_items; i++) {
         model_batch_item *it = &b->items[i];
         if (!it->logits || it->all_logits)
