@@ -619,7 +619,14 @@ static void rows_f32_tail(float *out, int ldo, const float *x, int n_rows, int c
 #define PNP 2 /* panels per block when decoding one row */
 #endif
 #ifndef PPF
-#define PPF 2
+/* batched: prefetch the panel this many ahead, spread over the current panel's x
+ * blocks.  Spreading it (it used to run only during the first x block, which then
+ * waited on memory while the others had nothing in flight) raised batch-16 decoding
+ * on the 15M shape from ~1,560-1,840 to ~1,790-2,160 tok/s in interleaved runs
+ * (bench_forward --batch 4,16,64); 1 panel ahead was level with or a little
+ * better than 2 or 3 (a 15M panel is 18 KiB: two no longer fit L1 beside the
+ * current one). */
+#define PPF 1
 #endif
 #ifdef KERNEL_AVX2
 /* R x rows times NP panels (16 * NP W rows): acc[r][v] holds 8 outputs; per
@@ -629,16 +636,20 @@ static void rows_f32_tail(float *out, int ldo, const float *x, int n_rows, int c
 static inline __attribute__((always_inline)) void pblock(float *out, size_t ldo, const float *x,
                                                          size_t ldx, const float *wp, size_t pstride,
                                                          int cols, const int R, const int NP,
-                                                         const float *pf)
+                                                         const float *pf, int pf_every)
 {
     __m256 acc[6][4];
     for (int r = 0; r < R; r++)
         for (int v = 0; v < 2 * NP; v++)
             acc[r][v] = _mm256_setzero_ps();
+    int pf_left = pf_every;
     for (int k = 0; k < cols; k++) {
         __m256 wv[4];
-        if (pf) /* one 64-byte line of a panel ahead per column */
-            _mm_prefetch((const char *)(pf + (size_t)k * KERNEL_PANEL), _MM_HINT_T0);
+        if (pf && --pf_left == 0) { /* one 64-byte line of a later panel every pf_every columns */
+            _mm_prefetch((const char *)pf, _MM_HINT_T0);
+            pf += KERNEL_PANEL;
+            pf_left = pf_every;
+        }
         for (int p = 0; p < NP; p++) {
             wv[2 * p] = _mm256_load_ps(wp + (size_t)p * pstride + (size_t)k * KERNEL_PANEL);
             wv[2 * p + 1] = _mm256_load_ps(wp + (size_t)p * pstride + (size_t)k * KERNEL_PANEL + 8);
@@ -668,29 +679,34 @@ static void rows_f32p(float *out, int ldo, const float *x, int n_rows, int cols,
             int j = j0;
             for (; PNP == 2 && j + 2 * KERNEL_PANEL <= jp; j += 2 * KERNEL_PANEL)
                 pblock(out + (size_t)rb * ldo + j, ldo, x + (size_t)rb * cols, cols,
-                       d + (size_t)(j / KERNEL_PANEL) * ps, ps, cols, 1, 2, NULL);
+                       d + (size_t)(j / KERNEL_PANEL) * ps, ps, cols, 1, 2, NULL, 0);
             for (; PNP == 1 && j + KERNEL_PANEL <= jp; j += KERNEL_PANEL)
                 pblock(out + (size_t)rb * ldo + j, ldo, x + (size_t)rb * cols, cols,
-                       d + (size_t)(j / KERNEL_PANEL) * ps, ps, cols, 1, 1, NULL);
+                       d + (size_t)(j / KERNEL_PANEL) * ps, ps, cols, 1, 1, NULL, 0);
             if (j < jp)
                 pblock(out + (size_t)rb * ldo + j, ldo, x + (size_t)rb * cols, cols,
-                       d + (size_t)(j / KERNEL_PANEL) * ps, ps, cols, 1, 1, NULL);
+                       d + (size_t)(j / KERNEL_PANEL) * ps, ps, cols, 1, 1, NULL, 0);
             continue;
         }
+        /* The panel PPF ahead is prefetched while this one is used, spread evenly
+         * over its x blocks (one line every nxb columns, each block its share), so
+         * W streams from memory during all of the panel's arithmetic. */
+        int nxb = (re - rb + 5) / 6, share = (cols + nxb - 1) / nxb;
         for (int j = j0; j < jp; j += KERNEL_PANEL) {
             const float *wp = d + (size_t)(j / KERNEL_PANEL) * ps;
             const float *ahead = PPF && j + (PPF + 1) * KERNEL_PANEL <= full ? wp + PPF * ps : NULL;
-            for (int r = rb; r < re; r += 6) {
+            for (int r = rb, bi = 0; r < re; r += 6, bi++) {
                 float *o = out + (size_t)r * ldo + j;
                 const float *xr = x + (size_t)r * cols;
-                const float *pf = r == rb ? ahead : NULL;
+                const float *pf = ahead ? ahead + (size_t)bi * share * KERNEL_PANEL : NULL;
+                int pe = nxb;
                 switch (re - r >= 6 ? 6 : re - r) {
-                case 6: pblock(o, ldo, xr, cols, wp, ps, cols, 6, 1, pf); break;
-                case 5: pblock(o, ldo, xr, cols, wp, ps, cols, 5, 1, pf); break;
-                case 4: pblock(o, ldo, xr, cols, wp, ps, cols, 4, 1, pf); break;
-                case 3: pblock(o, ldo, xr, cols, wp, ps, cols, 3, 1, pf); break;
-                case 2: pblock(o, ldo, xr, cols, wp, ps, cols, 2, 1, pf); break;
-                default: pblock(o, ldo, xr, cols, wp, ps, cols, 1, 1, pf); break;
+                case 6: pblock(o, ldo, xr, cols, wp, ps, cols, 6, 1, pf, pe); break;
+                case 5: pblock(o, ldo, xr, cols, wp, ps, cols, 5, 1, pf, pe); break;
+                case 4: pblock(o, ldo, xr, cols, wp, ps, cols, 4, 1, pf, pe); break;
+                case 3: pblock(o, ldo, xr, cols, wp, ps, cols, 3, 1, pf, pe); break;
+                case 2: pblock(o, ldo, xr, cols, wp, ps, cols, 2, 1, pf, pe); break;
+                default: pblock(o, ldo, xr, cols, wp, ps, cols, 1, 1, pf, pe); break;
                 }
             }
         }
