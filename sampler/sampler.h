@@ -124,7 +124,10 @@ sampler *sampler_new(int vocab, const sampler_params *params);
 void sampler_free(sampler *s);
 /* Choose the next token given this step's logits (not modified) and the ids so far
  * (prompt + generated; the repetition window and presence/frequency counts use them,
- * generated = the last n_generated of them).  n_top in [0, SAMPLER_MAX_TOP]. */
+ * generated = the last n_generated of them).  n_top in [0, SAMPLER_MAX_TOP], or
+ * SAMPLER_TOKEN_ONLY: the token alone (out->logprob NAN, out->n_top 0), which skips
+ * the pass over the vocabulary that log-probabilities cost when nobody asked for them. */
+#define SAMPLER_TOKEN_ONLY (-1)
 int sampler_step(sampler *s, const float *logits, const int32_t *ids, int n_ids,
                  int n_generated, int n_top, sampler_choice *out);
 /* Log-softmax entries for scoring a given token (echo/logprobs of prompts). */

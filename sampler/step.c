@@ -8,6 +8,8 @@
  */
 #include "sampler/sampler_internal.h"
 
+#include <math.h>
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -70,7 +72,7 @@ int sampler_step(sampler *s, const float *logits, const int32_t *ids, int n_ids,
                  int n_generated, int n_top, sampler_choice *out)
 {
     if (!s || !logits || !out || n_ids < 0 || (n_ids > 0 && !ids) || n_generated < 0 ||
-        n_generated > n_ids || n_top < 0 || n_top > SAMPLER_MAX_TOP)
+        n_generated > n_ids || n_top < SAMPLER_TOKEN_ONLY || n_top > SAMPLER_MAX_TOP)
         return SAMPLER_EINVAL;
     int vocab = s->scratch.vocab;
     for (int i = 0; i < n_ids; i++)
@@ -81,5 +83,11 @@ int sampler_step(sampler *s, const float *logits, const int32_t *ids, int n_ids,
                              n_generated, &token);
     if (rc < 0)
         return rc;
+    if (n_top == SAMPLER_TOKEN_ONLY) {
+        out->token = token;
+        out->logprob = NAN;
+        out->n_top = 0;
+        return SAMPLER_OK;
+    }
     return sampler_logprobs(logits, vocab, token, n_top, out);
 }

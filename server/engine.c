@@ -377,7 +377,7 @@ static void slot_sample(engine *e, slot *s, const float *logits)
     job *j = s->j;
     const job_params *p = &j->p;
     sampler_choice c;
-    int n_top = p->logprobs > 0 ? p->logprobs : 0;
+    int n_top = p->logprobs > 0 ? p->logprobs : p->logprobs == 0 ? 0 : SAMPLER_TOKEN_ONLY;
     int injected = e->fault_sampler && p->has_seed && p->sp.seed == e->fault_seed && s->n_gen >= 2;
     int rc;
     if (s->pre_logits == logits) { /* sampled in parallel right after the forward pass */
@@ -465,7 +465,7 @@ static void sample_task(void *arg, int task, int n_tasks)
     sample_ctx *c = arg;
     slot *s = c->slots[task];
     const job_params *p = &s->j->p;
-    int n_top = p->logprobs > 0 ? p->logprobs : 0;
+    int n_top = p->logprobs > 0 ? p->logprobs : p->logprobs == 0 ? 0 : SAMPLER_TOKEN_ONLY;
     s->pre_rc = sampler_step(s->smp, s->pre_logits, s->hist, s->n_hist, s->n_gen, n_top, &s->pre);
 }
 
@@ -493,7 +493,8 @@ static void item_done(engine *e, slot *s, const model_batch_item *it, int a)
 static void step(engine *e)
 {
     int P = e->c.parallel;
-    int n_items = 0;
+    int n_items = 0, n_logits = 0; /* n_logits: rows of e->logits in use, kept consecutive so the
+                                     * model writes them in place (forward.c) */
     /* sequences that need no model at all (max_tokens 0 without scoring) */
     for (int i = 0; i < P; i++) {
         slot *s = &e->slots[i];
@@ -520,7 +521,7 @@ static void step(engine *e)
         starts[n_items] = a;
         e->items[n_items] = (model_batch_item){
             .seq = s->kv, .tokens = s->hist + a, .n_tokens = 1,
-            .logits = e->logits + (size_t)n_items * (size_t)e->vocab, .all_logits = 0};
+            .logits = e->logits + (size_t)n_logits++ * (size_t)e->vocab, .all_logits = 0};
         e->item_slot[n_items++] = i;
     }
     /* prefilling sequences: chunks, oldest first, within the budget.  A sequence's
@@ -550,7 +551,7 @@ static void step(engine *e)
         starts[n_items] = a;
         e->items[n_items] = (model_batch_item){
             .seq = s->kv, .tokens = s->hist + a, .n_tokens = k,
-            .logits = scoring ? s->score : (k == pending ? e->logits + (size_t)n_items * (size_t)e->vocab : NULL),
+            .logits = scoring ? s->score : (k == pending ? e->logits + (size_t)n_logits++ * (size_t)e->vocab : NULL),
             .all_logits = scoring};
         e->item_slot[n_items++] = best;
         budget -= k;

@@ -323,3 +323,34 @@ Test(statistics, chi_square_detects_a_wrong_temperature)
     sampler_params p = {.temperature = 0.8f, .seed = 2024};
     cr_assert_gt(chi_square(lg, N, &p, DRAWS, e), 100.0);
 }
+
+/* SAMPLER_TOKEN_ONLY draws exactly the tokens a full step draws (same RNG use),
+ * and reports no log-probabilities. */
+Test(step, token_only_draws_the_same_tokens)
+{
+    float lg[V];
+    sampler_params p = {.temperature = 0.9f, .top_p = 0.95f, .top_k = 40, .repetition_penalty = 1.2f,
+                        .seed = 77};
+    sampler *a = sampler_new(V, &p), *b = sampler_new(V, &p);
+    cr_assert(a && b);
+    sampler_rng g;
+    sampler_rng_seed(&g, 5);
+    int32_t ids[64];
+    int n = 0;
+    for (int st = 0; st < 60; st++) {
+        for (int i = 0; i < V; i++)
+            lg[i] = 3.0f * sampler_rng_uniform(&g);
+        sampler_choice ca, cb;
+        cr_assert_eq(sampler_step(a, lg, ids, n, n, 2, &ca), 0);
+        cr_assert_eq(sampler_step(b, lg, ids, n, n, SAMPLER_TOKEN_ONLY, &cb), 0);
+        cr_assert_eq(ca.token, cb.token, "step %d", st);
+        cr_assert_eq(cb.n_top, 0);
+        cr_assert(isnan(cb.logprob));
+        cr_assert(isfinite(ca.logprob));
+        ids[n++] = ca.token;
+    }
+    cr_assert_eq(sampler_step(a, lg, ids, n, n, SAMPLER_TOKEN_ONLY - 1, &(sampler_choice){0}),
+                 SAMPLER_EINVAL);
+    sampler_free(a);
+    sampler_free(b);
+}
