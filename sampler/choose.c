@@ -37,47 +37,60 @@ int sampler__choose(const sampler_params *p, sampler_scratch *sc, sampler_rng *r
                     int32_t *token)
 {
     int vocab = sc->vocab;
+    /* Each warper reads src and writes the scratch row x; src is the caller's
+     * logits until the first warper runs (no copy of the row when none does). */
     float *x = sc->work;
-    memcpy(x, logits, (size_t)vocab * sizeof *x);
+    const float *src = logits;
 
-    if (p->n_bias > 0)
-        sampler_apply_logit_bias(x, x, vocab, p->bias_ids, p->bias_values, p->n_bias);
+    if (p->n_bias > 0) {
+        sampler_apply_logit_bias(src, x, vocab, p->bias_ids, p->bias_values, p->n_bias);
+        src = x;
+    }
     if (p->repetition_penalty != 0.0f && p->repetition_penalty != 1.0f) {
         int start = (p->penalty_last_n > 0 && n_ids > p->penalty_last_n)
                         ? n_ids - p->penalty_last_n : 0;
-        sampler__repetition(x, x, vocab, ids + start, n_ids - start, p->repetition_penalty,
+        sampler__repetition(src, x, vocab, ids + start, n_ids - start, p->repetition_penalty,
                             sc->count);
+        src = x;
     }
-    if (p->presence_penalty != 0.0f || p->frequency_penalty != 0.0f)
-        sampler__presence_frequency(x, x, vocab, ids + (n_ids - n_generated), n_generated,
+    if (p->presence_penalty != 0.0f || p->frequency_penalty != 0.0f) {
+        sampler__presence_frequency(src, x, vocab, ids + (n_ids - n_generated), n_generated,
                                     p->presence_penalty, p->frequency_penalty, sc->count);
+        src = x;
+    }
 
     if (p->temperature == 0.0f) {
-        int a = sampler_argmax(x, vocab);
-        if (a < 0 || x[a] == -INFINITY)
+        int a = sampler_argmax(src, vocab);
+        if (a < 0 || src[a] == -INFINITY)
             return SAMPLER_EINVAL; /* every token forbidden or NaN */
         *token = a;
         return SAMPLER_OK;
     }
-    if (p->temperature != 1.0f)
-        sampler_apply_temperature(x, x, vocab, p->temperature);
-    int n = vocab;           /* x[0..n) are the candidates */
-    const int32_t *id = NULL; /* their ids (NULL: x is the full row) */
+    if (p->temperature != 1.0f) {
+        sampler_apply_temperature(src, x, vocab, p->temperature);
+        src = x;
+    }
+    int n = vocab;           /* src[0..n) are the candidates */
+    const int32_t *id = NULL; /* their ids (NULL: the full row) */
     if (p->top_k > 0 && p->top_k < n) {
-        sampler__top_k(x, x, n, p->top_k, sc->key);
+        sampler__top_k(src, x, n, p->top_k, sc->key);
         n = compact(x, n, id, sc->idx);
         id = sc->idx;
+        src = x;
     }
     if (p->top_p > 0.0f && p->top_p < 1.0f) {
-        sampler__top_p(x, x, n, p->top_p, sc->key, sc->weight);
+        sampler__top_p(src, x, n, p->top_p, sc->key, sc->weight);
         n = compact(x, n, id, sc->idx);
         id = sc->idx;
+        src = x;
     }
-    if (p->min_p > 0.0f)
-        sampler_min_p_filter(x, x, n, p->min_p);
+    if (p->min_p > 0.0f) {
+        sampler_min_p_filter(src, x, n, p->min_p);
+        src = x;
+    }
     if (n == 0)
         return SAMPLER_EINVAL;
-    int rc = sampler_softmax(x, sc->probs, n);
+    int rc = sampler_softmax(src, sc->probs, n);
     if (rc < 0)
         return rc;
     float coin = sampler_rng_uniform(rng);
