@@ -5,7 +5,10 @@
 # Models are generated once into build/bench-models/ (the weights' values do not
 # change the speed).  For each model: single-stream decode tok/s (256 tokens after an
 # 8-token prompt, median of 3 runs) and batched decode tok/s at batch 1/4/16/64
-# (every sequence advanced by one token per model_forward call).
+# (every sequence advanced by one token per model_forward call).  First, bench/membw
+# measures the machine's memory read rate (512 MiB, 2 threads): single-stream decoding
+# reads every weight once per token, so rate / weight bytes is its ceiling (the
+# "bound" column).
 # Environment: LMSERVE_BUILD (default build/release), BENCH_THREADS (default 2),
 # BENCH_MODELS (default "s15m-f32 s15m-q8_0 s110m-f32 s110m-q8_0").
 set -euo pipefail
@@ -53,6 +56,9 @@ model_args() { # name -> the bench_forward arguments (generating the file if nee
 }
 
 echo "load before: $(uptime)"
+bw_line=$("${NICE[@]}" "$B/bench/membw" --threads "$THREADS" 512)
+echo "$bw_line"
+bw=$(sed -n 's/.*: *\([0-9.]*\) GB\/s.*/\1/p' <<<"$bw_line")
 rows=()
 cmds=()
 for name in $MODELS; do
@@ -67,14 +73,18 @@ for name in $MODELS; do
   for n in 1 4 16 64; do
     b+=("$(sed -n "s/^batch *$n: \([0-9.]*\) tok\/s aggregate.*/\1/p" <<<"$out")")
   done
-  rows+=("$(printf '%-12s %10s %10s %10s %10s %10s' "$name" "$single" "${b[0]}" "${b[1]}" "${b[2]}" "${b[3]}")")
+  mb=$(sed -n 's/.*, \([0-9.]*\) MB of weights.*/\1/p' <<<"$out")
+  bound=$(awk -v bw="$bw" -v mb="$mb" 'BEGIN { if (mb > 0 && bw > 0) printf "%.0f", bw * 1000 / mb; else print "?" }')
+  rows+=("$(printf '%-12s %10s %10s %10s %10s %10s %10s' "$name" "$single" "$bound" "${b[0]}" "${b[1]}" "${b[2]}" "${b[3]}")")
 done
 echo "load after: $(uptime)"
 echo
 echo "engine decode tokens/s ($THREADS threads; batch columns are aggregate over the batch)"
-printf '%-12s %10s %10s %10s %10s %10s\n' model single batch1 batch4 batch16 batch64
+printf '%-12s %10s %10s %10s %10s %10s %10s\n' model single bound batch1 batch4 batch16 batch64
 for r in "${rows[@]}"; do echo "$r"; done
 echo
 echo "targets (issue 2, single stream): s110m-f32 >= 67 (goal 108), s110m-q8_0 >= 160, s15m-f32 >= 600"
+echo "bound = memory read rate ($bw GB/s) / weight bytes: the single-stream ceiling"
 echo "commands:"
+echo "  ${NICE[*]} $B/bench/membw --threads $THREADS 512"
 for c in "${cmds[@]}"; do echo "  $c"; done

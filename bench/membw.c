@@ -1,0 +1,139 @@
+/* membw.c -- how fast can this machine read memory?  The ceiling for single-stream
+ * decoding, which must read every weight once per token.
+ *
+ *   membw [--threads N] [--rounds R] SIZE_MB [SIZE_MB ...]
+ *
+ * For each size: a buffer of SIZE_MB MiB (filled, so its pages exist) is summed by N
+ * threads (each a contiguous share, 32-byte vector loads the compiler emits from a
+ * plain loop), R times; prints the best round's rate in GB/s (10^9 bytes/s).  Sizes
+ * below the last-level cache measure the cache, not memory: use one well above it
+ * (e.g. 512) for the DRAM figure, and the model's own weight size to see what the
+ * forward pass can hope for.
+ */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+typedef struct {
+    const float *a;
+    size_t n;
+    pthread_barrier_t *go;
+    int rounds;
+    double sum;
+} share;
+
+static double now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+/* Eight independent partial sums so the adds do not serialize on one register. */
+static double sum_floats(const float *a, size_t n)
+{
+    float s[8] = {0};
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int k = 0; k < 8; k++)
+            s[k] += a[i + k];
+    double t = 0;
+    for (int k = 0; k < 8; k++)
+        t += s[k];
+    for (; i < n; i++)
+        t += a[i];
+    return t;
+}
+
+static void *reader(void *arg)
+{
+    share *s = arg;
+    for (int r = 0; r < s->rounds; r++) {
+        pthread_barrier_wait(s->go);
+        s->sum += sum_floats(s->a, s->n);
+        pthread_barrier_wait(s->go);
+    }
+    return NULL;
+}
+
+static double measure(size_t bytes, int threads, int rounds)
+{
+    size_t n = bytes / sizeof(float);
+    float *a = aligned_alloc(64, (n * sizeof(float) + 63) & ~(size_t)63);
+    if (!a) {
+        fprintf(stderr, "membw: cannot allocate %zu bytes\n", bytes);
+        exit(1);
+    }
+    for (size_t i = 0; i < n; i++)
+        a[i] = (float)(i & 7);
+    pthread_barrier_t go;
+    pthread_barrier_init(&go, NULL, (unsigned)threads + 1);
+    share *sh = calloc((size_t)threads, sizeof *sh);
+    pthread_t *tid = calloc((size_t)threads, sizeof *tid);
+    if (!sh || !tid) {
+        fprintf(stderr, "membw: out of memory\n");
+        exit(1);
+    }
+    size_t per = (n / (size_t)threads) & ~(size_t)15;
+    for (int t = 0; t < threads; t++) {
+        sh[t] = (share){a + per * (size_t)t, t == threads - 1 ? n - per * (size_t)t : per, &go, rounds, 0};
+        pthread_create(&tid[t], NULL, reader, &sh[t]);
+    }
+    double best = 0;
+    for (int r = 0; r < rounds; r++) {
+        pthread_barrier_wait(&go); /* all threads start together ... */
+        double t0 = now();
+        pthread_barrier_wait(&go); /* ... and the round ends when the last one is done */
+        double dt = now() - t0;
+        double rate = (double)(n * sizeof(float)) / dt / 1e9;
+        if (rate > best)
+            best = rate;
+    }
+    double check = 0;
+    for (int t = 0; t < threads; t++) {
+        pthread_join(tid[t], NULL);
+        check += sh[t].sum;
+    }
+    if (check < 0) /* never: keeps the sums from being optimised away */
+        printf("%g\n", check);
+    pthread_barrier_destroy(&go);
+    free(sh);
+    free(tid);
+    free(a);
+    return best;
+}
+
+int main(int argc, char **argv)
+{
+    int threads = 2, rounds = 20, nsizes = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--threads") && i + 1 < argc)
+            threads = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--rounds") && i + 1 < argc)
+            rounds = atoi(argv[++i]);
+        else if (atof(argv[i]) > 0)
+            nsizes++;
+        else {
+            fprintf(stderr, "usage: membw [--threads N] [--rounds R] SIZE_MB [SIZE_MB ...]\n");
+            return 2;
+        }
+    }
+    if (threads < 1 || rounds < 1 || !nsizes) {
+        fprintf(stderr, "usage: membw [--threads N] [--rounds R] SIZE_MB [SIZE_MB ...]\n");
+        return 2;
+    }
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--threads") || !strcmp(argv[i], "--rounds")) {
+            i++;
+            continue;
+        }
+        double mb = atof(argv[i]);
+        size_t bytes = (size_t)(mb * 1024 * 1024);
+        printf("read %8.1f MiB with %d threads: %6.1f GB/s (best of %d)\n", mb, threads,
+               measure(bytes, threads, rounds), rounds);
+        fflush(stdout);
+    }
+    return 0;
+}
