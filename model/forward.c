@@ -263,45 +263,138 @@ static void rope_row(float *v, int n_heads, int hd, int rope_dim, int neox, cons
     }
 }
 
+/* The element-wise steps between the matmuls, split over the pool by rows when a
+ * step has enough rows to be worth a dispatch (each row's arithmetic is the same
+ * either way: the results do not depend on the split). */
+#define ROWS_PAR_MIN 4
+
+typedef struct {
+    model *m;
+    fwd_scratch *sc;
+    const fwd_batch *b;
+    const layer_weights *lw;
+    int layer;
+} rows_ctx;
+
+static void row_span(int T, int task, int n_tasks, int *r0, int *r1)
+{
+    *r0 = (int)((long)T * task / n_tasks);
+    *r1 = (int)((long)T * (task + 1) / n_tasks);
+}
+
+/* rows [r0, r1): RoPE on q and k, then k and v into the KV cache */
+static void rope_store_rows(model *m, fwd_scratch *sc, const fwd_batch *b, int layer, int r0, int r1)
+{
+    const model_info *in = &m->info;
+    int hd = in->head_dim, qd = in->n_heads * hd, kvd = in->n_kv_heads * hd, rd = rope_dim_of(in);
+    int item = 0;
+    for (int r = r0; r < r1; r++) {
+        const float *cs = sc->rope + (size_t)b->pos[r] * (rd / 2) * 2;
+        rope_row(sc->q + (size_t)r * qd, in->n_heads, hd, rd, m->rope_neox, cs);
+        rope_row(sc->k + (size_t)r * kvd, in->n_kv_heads, hd, rd, m->rope_neox, cs);
+        while (r >= b->row0[item + 1])
+            item++;
+        model_seq *s = b->items[item].seq;
+        for (int h = 0; h < in->n_kv_heads; h++) {
+            memcpy(seq_k(s, layer, h, b->pos[r]), sc->k + (size_t)r * kvd + h * hd, hd * 4);
+            memcpy(seq_v(s, layer, h, b->pos[r]), sc->v + (size_t)r * kvd + h * hd, hd * 4);
+        }
+    }
+}
+
+static void rope_store_task(void *arg, int task, int n_tasks)
+{
+    const rows_ctx *c = arg;
+    int r0, r1;
+    row_span(c->b->n_rows, task, n_tasks, &r0, &r1);
+    rope_store_rows(c->m, c->sc, c->b, c->layer, r0, r1);
+}
+
+/* rows [r0, r1): x += xb (the sublayer's output), then xb = rmsnorm(x) * w
+ * (w NULL: the residual add alone) */
+static void residual_norm_rows(fwd_scratch *sc, int dim, const float *w, float eps, int r0, int r1)
+{
+    for (int r = r0; r < r1; r++) {
+        float *x = sc->x + (size_t)r * dim, *xb = sc->xb + (size_t)r * dim;
+        for (int e = 0; e < dim; e++)
+            x[e] += xb[e];
+        if (w)
+            forward_rmsnorm(xb, x, w, dim, eps);
+    }
+}
+
+typedef struct {
+    fwd_scratch *sc;
+    int T, dim, hidden;
+    const float *w;
+    float eps;
+} elem_ctx;
+
+static void residual_norm_task(void *arg, int task, int n_tasks)
+{
+    const elem_ctx *c = arg;
+    int r0, r1;
+    row_span(c->T, task, n_tasks, &r0, &r1);
+    residual_norm_rows(c->sc, c->dim, c->w, c->eps, r0, r1);
+}
+
+/* rows [r0, r1) of hb = silu(hb) * hb2 */
+static void swiglu_rows(fwd_scratch *sc, int hidden, int r0, int r1)
+{
+    for (size_t e = (size_t)r0 * hidden; e < (size_t)r1 * hidden; e++) {
+        float g = sc->hb[e];
+        sc->hb[e] = g / (1.0f + expf(-g)) * sc->hb2[e];
+    }
+}
+
+static void swiglu_task(void *arg, int task, int n_tasks)
+{
+    const elem_ctx *c = arg;
+    int r0, r1;
+    row_span(c->T, task, n_tasks, &r0, &r1);
+    swiglu_rows(c->sc, c->hidden, r0, r1);
+}
+
+/* Run task over the rows on the pool (enough rows) or inline. */
+static void run_rows(model *m, int T, model_pool_fn fn, void *ctx)
+{
+    int nt = model_pool_size(m->pool);
+    if (T >= ROWS_PAR_MIN && nt > 1)
+        model_pool_run(m->pool, fn, ctx, nt < T ? nt : T);
+    else
+        fn(ctx, 0, 1);
+}
+
 void forward_llama(model *m, fwd_scratch *sc, const fwd_batch *b)
 {
     const model_info *in = &m->info;
-    int T = b->n_rows, dim = in->dim, hd = in->head_dim, hidden = in->hidden_dim;
-    int qd = in->n_heads * hd, kvd = in->n_kv_heads * hd, rd = rope_dim_of(in);
+    int T = b->n_rows, dim = in->dim, hidden = in->hidden_dim;
     float eps = in->norm_eps;
 
     for (int i = 0; i < b->n_items; i++)
         for (int r = b->row0[i]; r < b->row0[i + 1]; r++)
             mtensor_get_row(&m->tok_embd, b->items[i].tokens[r - b->row0[i]], sc->x + (size_t)r * dim);
 
+    for (int r = 0; r < T && in->n_layers > 0; r++)
+        forward_rmsnorm(sc->xb + (size_t)r * dim, sc->x + (size_t)r * dim, m->layers[0].attn_norm, dim, eps);
     for (int l = 0; l < in->n_layers; l++) {
         const layer_weights *lw = &m->layers[l];
-        for (int r = 0; r < T; r++)
-            forward_rmsnorm(sc->xb + (size_t)r * dim, sc->x + (size_t)r * dim, lw->attn_norm, dim, eps);
         kernel_job qkv[3] = {{sc->q, &lw->wq}, {sc->k, &lw->wk}, {sc->v, &lw->wv}};
         kernel_matmul_multi(m->pool, qkv, 3, sc->xb, T);
-        for (int r = 0; r < T; r++) {
-            const float *cs = sc->rope + (size_t)b->pos[r] * (rd / 2) * 2;
-            rope_row(sc->q + (size_t)r * qd, in->n_heads, hd, rd, m->rope_neox, cs);
-            rope_row(sc->k + (size_t)r * kvd, in->n_kv_heads, hd, rd, m->rope_neox, cs);
-        }
-        forward_store_kv(m, sc, b, l);
+        rows_ctx rc = {m, sc, b, lw, l};
+        run_rows(m, T, rope_store_task, &rc);
         forward_attention(m, sc, b, l);
         kernel_matmul(m->pool, sc->xb, sc->att, T, &lw->wo);
-        for (size_t e = 0; e < (size_t)T * dim; e++)
-            sc->x[e] += sc->xb[e];
+        elem_ctx ec = {sc, T, dim, hidden, lw->ffn_norm, eps};
+        run_rows(m, T, residual_norm_task, &ec); /* x += attention out; xb = ffn_norm(x) */
 
-        for (int r = 0; r < T; r++)
-            forward_rmsnorm(sc->xb + (size_t)r * dim, sc->x + (size_t)r * dim, lw->ffn_norm, dim, eps);
         kernel_job gu[2] = {{sc->hb, &lw->w1}, {sc->hb2, &lw->w3}};
         kernel_matmul_multi(m->pool, gu, 2, sc->xb, T);
-        for (size_t e = 0; e < (size_t)T * hidden; e++) {
-            float g = sc->hb[e];
-            sc->hb[e] = g / (1.0f + expf(-g)) * sc->hb2[e];
-        }
+        run_rows(m, T, swiglu_task, &ec);
         kernel_matmul(m->pool, sc->xb, sc->hb, T, &lw->w2);
-        for (size_t e = 0; e < (size_t)T * dim; e++)
-            sc->x[e] += sc->xb[e];
+        /* x += ffn out; then the next layer's attn_norm (or none after the last) */
+        ec.w = l + 1 < in->n_layers ? m->layers[l + 1].attn_norm : NULL;
+        run_rows(m, T, residual_norm_task, &ec);
     }
     for (int r = 0; r < T; r++)
         forward_rmsnorm(sc->xb + (size_t)r * dim, sc->x + (size_t)r * dim, m->out_norm, dim, eps);
