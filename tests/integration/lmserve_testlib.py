@@ -59,7 +59,7 @@ class Server:
     def __init__(self, extra_args=(), model=None, env=None, start=True, ready_timeout=None, wrapper=()):
         self.extra_args = list(extra_args)
         self.wrapper = list(wrapper)  # e.g. ["valgrind", "--leak-check=full"]
-        self.model = model or model_path()
+        self.model = None if model is False else (model or model_path())  # False: no --model flag
         self.env = dict(os.environ)
         if env:
             self.env.update(env)
@@ -77,7 +77,8 @@ class Server:
     def start(self, extra_args=None):
         if extra_args is not None:
             self.extra_args = list(extra_args)
-        args = self.wrapper + [binary(), "serve", "--model", self.model, "--host", self.host, "--port", "0"]
+        args = self.wrapper + [binary(), "serve"] + (["--model", self.model] if self.model else [])
+        args += ["--host", self.host, "--port", "0"]
         args += self.extra_args
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, env=self.env)
