@@ -223,7 +223,9 @@ void model_pool_run(model_pool *p, model_pool_fn fn, void *arg, int n_tasks)
     atomic_fetch_add(&p->wake, 1);
     if (atomic_load(&p->sleepers) > 0)
         futex(&p->wake, FUTEX_WAKE_PRIVATE, INT_MAX);
+    long w0 = now_ns();
     int mine = pool_work(p, gen);
+    long worked = now_ns() - w0; /* the caller's own share of this dispatch */
     unsigned spins = 0;
     long t0 = 0, waited = 0;
     while (atomic_load_explicit(&p->done, memory_order_acquire) < n_tasks) {
@@ -237,7 +239,12 @@ void model_pool_run(model_pool *p, model_pool_fn fn, void *arg, int n_tasks)
         }
         cpu_relax();
     }
-    if (waited > STRAGGLE_NS) {
+    /* A long wait is a strike only when it is also long against the caller's own
+     * tasks: with coarse tasks (a batch-64 step of a large model runs ~1 ms per
+     * task) waiting up to about one task for the other thread's last one is the
+     * normal end of a dispatch, not a preempted worker. */
+    long per_task = mine > 0 ? worked / mine : worked;
+    if (waited > STRAGGLE_NS && waited > 2 * per_task) {
         if (++p->strikes >= STRAGGLE_STRIKES) {
             p->strikes = 0;
             p->solo_left = SOLO_RUNS;
