@@ -44,11 +44,6 @@
 #endif
 
 #define Q8_BYTES 34
-/* Q8_0 blocks prefetch the W bytes this far ahead of the block they read (0: none).
- * The hardware prefetcher stops at 4 KiB page boundaries; a software prefetch one
- * page ahead raised 110M-shape Q8_0 single-stream decoding from ~125 to ~145 tok/s
- * in interleaved runs here (256..16384 tried; 4096 best or tied).  Two W rows per
- * block when decoding was slower (~100 tok/s) with or without it. */
 /* Attention prefetches the K rows this many positions ahead, and the V rows of the
  * positions it scores (0: none).  A sequence's K and V for one head are contiguous
  * but short (hd floats per position), so the hardware prefetcher starts cold on
@@ -57,6 +52,11 @@
 #ifndef ATT_PF
 #define ATT_PF 16
 #endif
+/* Q8_0 blocks prefetch the W bytes this far ahead of the block they read (0: none).
+ * The hardware prefetcher stops at 4 KiB page boundaries; a software prefetch one
+ * page ahead raised 110M-shape Q8_0 single-stream decoding from ~125 to ~145 tok/s
+ * in interleaved runs here (256..16384 tried; 4096 best or tied).  Two W rows per
+ * block when decoding was slower (~100 tok/s) with or without it. */
 #ifndef Q8_PFD
 #define Q8_PFD 4096
 #endif
@@ -721,14 +721,13 @@ static void rows_f32p(float *out, int ldo, const float *x, int n_rows, int cols,
                 float *o = out + (size_t)r * ldo + j;
                 const float *xr = x + (size_t)r * cols;
                 const float *pf = ahead ? ahead + (size_t)bi * share * KERNEL_PANEL : NULL;
-                int pe = nxb;
                 switch (re - r >= 6 ? 6 : re - r) {
-                case 6: pblock(o, ldo, xr, cols, wp, ps, cols, 6, 1, pf, pe); break;
-                case 5: pblock(o, ldo, xr, cols, wp, ps, cols, 5, 1, pf, pe); break;
-                case 4: pblock(o, ldo, xr, cols, wp, ps, cols, 4, 1, pf, pe); break;
-                case 3: pblock(o, ldo, xr, cols, wp, ps, cols, 3, 1, pf, pe); break;
-                case 2: pblock(o, ldo, xr, cols, wp, ps, cols, 2, 1, pf, pe); break;
-                default: pblock(o, ldo, xr, cols, wp, ps, cols, 1, 1, pf, pe); break;
+                case 6: pblock(o, ldo, xr, cols, wp, ps, cols, 6, 1, pf, nxb); break;
+                case 5: pblock(o, ldo, xr, cols, wp, ps, cols, 5, 1, pf, nxb); break;
+                case 4: pblock(o, ldo, xr, cols, wp, ps, cols, 4, 1, pf, nxb); break;
+                case 3: pblock(o, ldo, xr, cols, wp, ps, cols, 3, 1, pf, nxb); break;
+                case 2: pblock(o, ldo, xr, cols, wp, ps, cols, 2, 1, pf, nxb); break;
+                default: pblock(o, ldo, xr, cols, wp, ps, cols, 1, 1, pf, nxb); break;
                 }
             }
         }
