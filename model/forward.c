@@ -139,18 +139,22 @@ void forward_rmsnorm(float *out, const float *x, const float *w, int n, float ep
         out[i] = w[i] * (x[i] * scale);
 }
 
+/* Row r's k and v (every kv head) into sequence s's cache at position pos. */
+static void store_kv_row(const model_info *in, const fwd_scratch *sc, model_seq *s, int layer,
+                         int r, int pos)
+{
+    int hd = in->head_dim, kvd = in->n_kv_heads * hd;
+    for (int h = 0; h < in->n_kv_heads; h++) {
+        memcpy(seq_k(s, layer, h, pos), sc->k + (size_t)r * kvd + h * hd, hd * 4);
+        memcpy(seq_v(s, layer, h, pos), sc->v + (size_t)r * kvd + h * hd, hd * 4);
+    }
+}
+
 void forward_store_kv(const model *m, fwd_scratch *sc, const fwd_batch *b, int layer)
 {
-    const model_info *in = &m->info;
-    int hd = in->head_dim, kvd = in->n_kv_heads * hd;
-    for (int i = 0; i < b->n_items; i++) {
-        model_seq *s = b->items[i].seq;
+    for (int i = 0; i < b->n_items; i++)
         for (int r = b->row0[i]; r < b->row0[i + 1]; r++)
-            for (int h = 0; h < in->n_kv_heads; h++) {
-                memcpy(seq_k(s, layer, h, b->pos[r]), sc->k + (size_t)r * kvd + h * hd, hd * 4);
-                memcpy(seq_v(s, layer, h, b->pos[r]), sc->v + (size_t)r * kvd + h * hd, hd * 4);
-            }
-    }
+            store_kv_row(&m->info, sc, b->items[i].seq, layer, r, b->pos[r]);
 }
 
 typedef struct {
@@ -294,11 +298,7 @@ static void rope_store_rows(model *m, fwd_scratch *sc, const fwd_batch *b, int l
         rope_row(sc->k + (size_t)r * kvd, in->n_kv_heads, hd, rd, m->rope_neox, cs);
         while (r >= b->row0[item + 1])
             item++;
-        model_seq *s = b->items[item].seq;
-        for (int h = 0; h < in->n_kv_heads; h++) {
-            memcpy(seq_k(s, layer, h, b->pos[r]), sc->k + (size_t)r * kvd + h * hd, hd * 4);
-            memcpy(seq_v(s, layer, h, b->pos[r]), sc->v + (size_t)r * kvd + h * hd, hd * 4);
-        }
+        store_kv_row(in, sc, b->items[item].seq, layer, r, b->pos[r]);
     }
 }
 
