@@ -132,7 +132,7 @@ out:
 int main(int argc, char **argv)
 {
     const char *path = NULL, *tok = NULL, *batches = "1,4,16,64";
-    int threads = 2, gen = 256, prompt = 8, runs = 3, steps = 32;
+    int threads = 2, gen = 256, prompt = 8, runs = 3, steps = 32, kv_f16 = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int bad = !v;
@@ -154,6 +154,10 @@ int main(int argc, char **argv)
             bad = int_arg(v, 1, 100, &runs);
         else if (!strcmp(a, "--steps"))
             bad = int_arg(v, 1, 1 << 20, &steps);
+        else if (!strcmp(a, "--kv-type")) {
+            bad = strcmp(v, "f32") && strcmp(v, "f16");
+            kv_f16 = !strcmp(v, "f16");
+        }
         else
             bad = 1;
         if (bad) {
@@ -164,7 +168,7 @@ int main(int argc, char **argv)
     }
     if (!path) {
         fprintf(stderr, "usage: bench_forward --model FILE [--tokenizer FILE] [--threads N] [--gen N]\n"
-                        "  [--prompt N] [--runs N] [--batch 1,4,16,64] [--steps N]\n");
+                        "  [--prompt N] [--runs N] [--batch 1,4,16,64] [--steps N] [--kv-type f32|f16]\n");
         return 2;
     }
     model *m;
@@ -174,6 +178,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "bench_forward: %s\n", err);
         return 1;
     }
+    model_set_kv_f16(m, kv_f16);
     const model_info *in = model_get_info(m);
     if (prompt + gen > in->ctx_len)
         gen = in->ctx_len - prompt;

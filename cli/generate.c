@@ -75,6 +75,7 @@ static void usage(FILE *f)
           "  --repetition-penalty R    > 0, 1 = none (default 0 = off)\n"
           "  --seed S                  RNG seed (default: from the clock)\n"
           "  --threads N               kernel threads (default 0 = number of CPUs)\n"
+          "  --kv-type f32|f16         KV cache element type (default f32; f16 halves its memory)\n"
           "  -h, --help                this text\n"
           "\n"
           "Prints the prompt and its continuation to stdout, the speed to stderr.\n",
@@ -105,6 +106,7 @@ int cli_generate(int argc, char **argv)
 {
     const char *model_path = NULL, *tok_path = NULL, *prompt = NULL;
     long max_tokens = 256, top_k = 0, threads = 0;
+    int kv_f16 = 0;
     float temperature = 1.0f, top_p = 0.0f, rep = 0.0f;
     unsigned long long seed = (unsigned long long)time(NULL);
 
@@ -130,6 +132,10 @@ int cli_generate(int argc, char **argv)
         else if (!strcmp(a, "--top-p")) bad = parse_float(v, &top_p) || top_p < 0 || top_p > 1;
         else if (!strcmp(a, "--repetition-penalty")) bad = parse_float(v, &rep) || rep < 0;
         else if (!strcmp(a, "--threads")) bad = parse_long(v, 0, 1024, &threads);
+        else if (!strcmp(a, "--kv-type")) {
+            bad = strcmp(v, "f32") && strcmp(v, "f16");
+            kv_f16 = !strcmp(v, "f16");
+        }
         else if (!strcmp(a, "--seed")) {
             char *end;
             errno = 0;
@@ -158,6 +164,7 @@ int cli_generate(int argc, char **argv)
         fprintf(stderr, "lmserve generate: %s\n", err);
         return 1;
     }
+    model_set_kv_f16(m, kv_f16);
     const model_info *info = model_get_info(m);
     int rc = 1;
     int32_t *prompt_ids = NULL, *out = NULL;

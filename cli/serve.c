@@ -29,6 +29,8 @@ static void usage(FILE *f, const server_config *d)
         "  --parallel N             sequences decoded together (slots) (default: %d)\n"
         "  --queue N                requests that may wait for a slot before 503 (default: %d)\n"
         "  --ctx N                  context window per sequence; 0 = the model's (default: %d)\n"
+        "  --kv-type f32|f16        KV cache element type: f16 halves its memory and attention's\n"
+        "                           memory traffic; logits move by ~1e-4 of their scale (default: f32)\n"
         "  --api-key KEY            require 'Authorization: Bearer KEY' on every route but /health\n"
         "                           and the playground's files (default: $LMSERVE_API_KEY, else none)\n"
         "  --cors-origin ORIGIN     send CORS headers for this origin ('*' for any) (default: none)\n"
@@ -144,6 +146,13 @@ int cli_serve(int argc, char **argv)
         else if (!strcmp(name, "--host")) c.host = val;
         else if (!strcmp(name, "--api-key")) c.api_key = *val ? val : NULL;
         else if (!strcmp(name, "--cors-origin")) c.cors_origin = *val ? val : NULL;
+        else if (!strcmp(name, "--kv-type")) {
+            if (strcmp(val, "f32") && strcmp(val, "f16")) {
+                fprintf(stderr, "lmserve serve: --kv-type must be f32 or f16, not '%s'\n", val);
+                return 2;
+            }
+            c.kv_f16 = !strcmp(val, "f16");
+        }
         INTOPT("--port", port, 0, 65535)
         INTOPT("--threads", threads, 0, 1024)
         INTOPT("--parallel", parallel, 1, 1024)

@@ -145,8 +145,14 @@ static void store_kv_row(const model_info *in, const fwd_scratch *sc, model_seq 
 {
     int hd = in->head_dim, kvd = in->n_kv_heads * hd;
     for (int h = 0; h < in->n_kv_heads; h++) {
-        memcpy(seq_k(s, layer, h, pos), sc->k + (size_t)r * kvd + h * hd, hd * 4);
-        memcpy(seq_v(s, layer, h, pos), sc->v + (size_t)r * kvd + h * hd, hd * 4);
+        const float *k = sc->k + (size_t)r * kvd + h * hd, *v = sc->v + (size_t)r * kvd + h * hd;
+        if (s->kv_f16) {
+            kernel_to_f16(seq_k(s, layer, h, pos), k, hd);
+            kernel_to_f16(seq_v(s, layer, h, pos), v, hd);
+        } else {
+            memcpy(seq_k(s, layer, h, pos), k, hd * 4);
+            memcpy(seq_v(s, layer, h, pos), v, hd * 4);
+        }
     }
 }
 
@@ -177,11 +183,14 @@ static void attn_task(void *arg, int task, int n_tasks)
     float *sc_buf = c->sc->scores + (size_t)task * b->max_len;
     float inv = 1.0f / sqrtf((float)hd);
     size_t qd = (size_t)nh * hd;
-    const float *kbase = seq_k(s, c->layer, kvh, 0), *vbase = seq_v(s, c->layer, kvh, 0);
+    const void *kbase = seq_k(s, c->layer, kvh, 0), *vbase = seq_v(s, c->layer, kvh, 0);
     for (int r = b->row0[item]; r < b->row0[item + 1]; r++) {
         const float *q = c->sc->q + r * qd + (size_t)h * hd;
         float *out = c->sc->att + r * qd + (size_t)h * hd;
-        kernel_attend(out, q, kbase, vbase, b->pos[r] + 1, hd, inv, sc_buf);
+        if (s->kv_f16)
+            kernel_attend_f16(out, q, kbase, vbase, b->pos[r] + 1, hd, inv, sc_buf);
+        else
+            kernel_attend(out, q, kbase, vbase, b->pos[r] + 1, hd, inv, sc_buf);
     }
 }
 

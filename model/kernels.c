@@ -93,6 +93,38 @@ static float half_to_float(uint16_t h)
 #endif
 }
 
+/* IEEE half, rounded to nearest even (what F16C's vcvtps2ph does with
+ * _MM_FROUND_TO_NEAREST_INT); NaN stays NaN, overflow gives infinity. */
+static uint16_t float_to_half(float f)
+{
+#ifdef KERNEL_AVX2
+    return _cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT);
+#else
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    uint32_t sign = (x >> 16) & 0x8000, ax = x & 0x7fffffffu;
+    if (ax >= 0x7f800000u) /* inf or NaN */
+        return (uint16_t)(sign | 0x7c00 | (ax > 0x7f800000u ? 0x200 | ((ax >> 13) & 0x3ff) : 0));
+    if (ax >= 0x477ff000u) /* rounds to >= 65520: infinity */
+        return (uint16_t)(sign | 0x7c00);
+    if (ax < 0x38800000u) { /* below the smallest normal half: subnormal or zero */
+        if (ax < 0x33000000u) /* below half the smallest subnormal: rounds to 0 */
+            return (uint16_t)sign;
+        uint32_t e = ax >> 23, m = (ax & 0x7fffff) | 0x800000;
+        uint32_t shift = 126 - e; /* f = m * 2^(e-150) = (m >> (126 - e)) * 2^-24 */
+        uint32_t q = m >> shift, rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
+        if (rem > half || (rem == half && (q & 1)))
+            q++;
+        return (uint16_t)(sign | q);
+    }
+    uint32_t h = ((ax >> 13) - (112u << 10)); /* rebias exponent, keep 10 mantissa bits */
+    uint32_t rem = ax & 0x1fff;
+    if (rem > 0x1000 || (rem == 0x1000 && (h & 1)))
+        h++; /* may carry into the exponent: still the right rounding */
+    return (uint16_t)(sign | h);
+#endif
+}
+
 static float bfloat_to_float(uint16_t h)
 {
     uint32_t bits = (uint32_t)h << 16;
@@ -386,30 +418,45 @@ static inline void block_q8(float *out, size_t ldo, const int8_t *xq, size_t ldq
 
 /* ---- Attention for one query row ------------------------------------------------ */
 
+/* The cache holds F32 or F16 (IEEE half) elements; both paths below do the same
+ * float operations on the element values, so F16 K/V give exactly what F32 K/V
+ * holding the same (converted) values give. */
+static inline float kv_load1(const void *p, size_t i, const int F16)
+{
+    return F16 ? half_to_float(((const uint16_t *)p)[i]) : ((const float *)p)[i];
+}
+
 #ifdef KERNEL_AVX2
 /* out = sum_t p[t] * v_t with NV 8-lane accumulators kept in registers: per
  * element the same fma sequence as memset + kernel_axpy for t = 0, 1, ... */
 static inline __attribute__((always_inline)) void attend_v(float *out, const float *p,
-                                                           const float *v, int n, int hd,
-                                                           const int NV)
+                                                           const void *v, int n, int hd,
+                                                           const int NV, const int F16)
 {
     __m256 acc[12];
     for (int i = 0; i < NV; i++)
         acc[i] = _mm256_setzero_ps();
     for (int t = 0; t < n; t++) {
         __m256 pv = _mm256_set1_ps(p[t]);
-        const float *vt = v + (size_t)t * hd;
-        for (int i = 0; i < NV; i++)
-            acc[i] = _mm256_fmadd_ps(pv, _mm256_loadu_ps(vt + 8 * i), acc[i]);
+        for (int i = 0; i < NV; i++) {
+            size_t e = (size_t)t * hd + 8 * (size_t)i;
+            __m256 vv = F16 ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)v + e)))
+                            : _mm256_loadu_ps((const float *)v + e);
+            acc[i] = _mm256_fmadd_ps(pv, vv, acc[i]);
+        }
     }
     for (int i = 0; i < NV; i++)
         _mm256_storeu_ps(out + 8 * i, acc[i]);
 }
 #endif
 
-void kernel_attend(float *out, const float *q, const float *k, const float *v, int n, int hd,
-                   float scale, float *scores)
+static inline __attribute__((always_inline)) void attend(float *out, const float *q,
+                                                         const void *k, const void *v, int n,
+                                                         int hd, float scale, float *scores,
+                                                         const int F16)
 {
+    const size_t esz = F16 ? 2 : 4, row = (size_t)hd * esz;
+    const uint8_t *kb = k;
     int t = 0;
 #ifdef KERNEL_AVX2
     /* four cached positions at a time: four independent chains, each position's
@@ -418,22 +465,27 @@ void kernel_attend(float *out, const float *q, const float *k, const float *v, i
         if (ATT_PF) {
             /* the K rows ATT_PF positions ahead, and the V rows of these positions
              * (read after the softmax) */
-            const char *kp = (const char *)(k + (size_t)(t + ATT_PF) * hd);
-            const char *vp = (const char *)(v + (size_t)t * hd);
-            size_t bytes = (size_t)4 * hd * sizeof(float);
+            const char *kp = (const char *)kb + (size_t)(t + ATT_PF) * row;
+            const char *vp = (const char *)v + (size_t)t * row;
             int kin = t + ATT_PF + 4 <= n;
-            for (size_t o = 0; o < bytes; o += 64) {
+            for (size_t o = 0; o < 4 * row; o += 64) {
                 if (kin)
                     _mm_prefetch(kp + o, _MM_HINT_T0);
                 _mm_prefetch(vp + o, _MM_HINT_T0);
             }
         }
-        block_f32(scores + t, 1, q, 0, (const uint8_t *)(k + (size_t)t * hd), (size_t)hd * 4, hd,
-                  1, 4, NULL);
+        if (F16)
+            block_f16(scores + t, 1, q, 0, kb + (size_t)t * row, row, hd, 1, 4, NULL);
+        else
+            block_f32(scores + t, 1, q, 0, kb + (size_t)t * row, row, hd, 1, 4, NULL);
     }
 #endif
-    for (; t < n; t++)
-        scores[t] = kernel_dot(q, k + (size_t)t * hd, hd);
+    for (; t < n; t++) { /* = kernel_dot for F32 */
+        if (F16)
+            block_f16(scores + t, 1, q, 0, kb + (size_t)t * row, 0, hd, 1, 1, NULL);
+        else
+            block_f32(scores + t, 1, q, 0, kb + (size_t)t * row, 0, hd, 1, 1, NULL);
+    }
     float mx = -INFINITY;
     for (t = 0; t < n; t++) {
         float d = scores[t] * scale;
@@ -452,16 +504,42 @@ void kernel_attend(float *out, const float *q, const float *k, const float *v, i
         scores[t] *= isum;
 #ifdef KERNEL_AVX2
     switch (hd) {
-    case 32: attend_v(out, scores, v, n, hd, 4); return;
-    case 48: attend_v(out, scores, v, n, hd, 6); return;
-    case 64: attend_v(out, scores, v, n, hd, 8); return;
-    case 96: attend_v(out, scores, v, n, hd, 12); return;
+    case 32: attend_v(out, scores, v, n, hd, 4, F16); return;
+    case 48: attend_v(out, scores, v, n, hd, 6, F16); return;
+    case 64: attend_v(out, scores, v, n, hd, 8, F16); return;
+    case 96: attend_v(out, scores, v, n, hd, 12, F16); return;
     default: break;
     }
 #endif
+    /* = memset + kernel_axpy per position for F32 */
     memset(out, 0, (size_t)hd * sizeof(float));
     for (t = 0; t < n; t++)
-        kernel_axpy(out, scores[t], v + (size_t)t * hd, hd);
+        for (int i = 0; i < hd; i++)
+            out[i] = fmaf(scores[t], kv_load1(v, (size_t)t * hd + i, F16), out[i]);
+}
+
+void kernel_attend(float *out, const float *q, const float *k, const float *v, int n, int hd,
+                   float scale, float *scores)
+{
+    attend(out, q, k, v, n, hd, scale, scores, 0);
+}
+
+void kernel_attend_f16(float *out, const float *q, const uint16_t *k, const uint16_t *v, int n,
+                       int hd, float scale, float *scores)
+{
+    attend(out, q, k, v, n, hd, scale, scores, 1);
+}
+
+void kernel_to_f16(uint16_t *dst, const float *src, int n)
+{
+    int i = 0;
+#ifdef KERNEL_AVX2
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(dst + i),
+                         _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+#endif
+    for (; i < n; i++)
+        dst[i] = float_to_half(src[i]);
 }
 
 /* ---- Row-range drivers ------------------------------------------------------- */

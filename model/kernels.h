@@ -53,6 +53,14 @@ void kernel_axpy(float *y, float a, const float *x, int n);
 void kernel_attend(float *out, const float *q, const float *k, const float *v, int n, int hd,
                    float scale, float *scores);
 
+/* kernel_attend over an F16 (IEEE half) cache: the same operations on the
+ * converted values, so the result equals kernel_attend on F32 copies of k and v. */
+void kernel_attend_f16(float *out, const float *q, const uint16_t *k, const uint16_t *v, int n,
+                       int hd, float scale, float *scores);
+
+/* dst[i] = src[i] as an IEEE half, rounded to nearest even. */
+void kernel_to_f16(uint16_t *dst, const float *src, int n);
+
 /* Scratch memory kept by the pool between calls (grown on demand); NULL on
  * failure or when p is NULL.  Valid until the next call; not reentrant. */
 void *model_pool_scratch(model_pool *p, size_t bytes);

@@ -132,6 +132,14 @@ char *model_detokenize(const model *m, const int32_t *ids, int n, size_t *len_ou
 
 /* ---- Sequences and the forward pass ----------------------------------------- */
 
+/* KV cache format of the sequences created from now on (existing ones keep theirs):
+ * 0 = F32 (the default; the arithmetic of run.c and the reference forward passes),
+ * 1 = F16 (IEEE half, round to nearest even: half the KV memory and the memory
+ * traffic of attention; keys and values keep ~3 significant digits, so logits move
+ * slightly; still bit-identical across batches and thread counts).  MODEL_EINVAL on
+ * another value. */
+int model_set_kv_f16(model *m, int on);
+
 /* A sequence with room for n_ctx positions (<= 0 or > ctx_len means ctx_len). */
 model_seq *model_seq_new(const model *m, int n_ctx);
 void model_seq_free(model_seq *s);

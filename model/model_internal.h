@@ -122,6 +122,7 @@ struct model {
 
     model_pool *pool;
     void *scratch;             /* forward-pass activations, grown on demand (forward.c) */
+    int kv_f16;                /* new sequences store K and V as F16 (model_set_kv_f16) */
 };
 
 /* Loaders, one per format; each fills *m (already zeroed, path set) or writes err. */

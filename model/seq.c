@@ -9,6 +9,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+int model_set_kv_f16(model *m, int on)
+{
+    if (!m || (on != 0 && on != 1))
+        return MODEL_EINVAL;
+    m->kv_f16 = on;
+    return MODEL_OK;
+}
+
 model_seq *model_seq_new(const model *m, int n_ctx)
 {
     if (!m || m->info.ctx_len <= 0)
@@ -17,6 +25,7 @@ model_seq *model_seq_new(const model *m, int n_ctx)
     if (!s)
         return NULL;
     s->m = m;
+    s->kv_f16 = m->kv_f16;
     s->cap_max = n_ctx <= 0 || n_ctx > m->info.ctx_len ? m->info.ctx_len : n_ctx;
     return s;
 }
@@ -64,10 +73,10 @@ int seq_reserve(model_seq *s, int n)
     if (cap > s->cap_max)
         cap = s->cap_max;
     const model_info *in = &s->m->info;
-    size_t lh = (size_t)in->n_layers * in->n_kv_heads, hd = (size_t)in->head_dim;
+    size_t lh = (size_t)in->n_layers * in->n_kv_heads, row = (size_t)in->head_dim * seq_esz(s);
     int32_t *tok = malloc((size_t)cap * sizeof *tok);
-    float *k = malloc(lh * cap * hd * sizeof(float));
-    float *v = malloc(lh * cap * hd * sizeof(float));
+    char *k = malloc(lh * cap * row);
+    char *v = malloc(lh * cap * row);
     if (!tok || !k || !v) {
         free(tok);
         free(k);
@@ -77,8 +86,8 @@ int seq_reserve(model_seq *s, int n)
     if (s->len > 0) {
         memcpy(tok, s->tokens, (size_t)s->len * sizeof *tok);
         for (size_t i = 0; i < lh; i++) {
-            memcpy(k + i * cap * hd, s->k + i * s->cap * hd, (size_t)s->len * hd * sizeof(float));
-            memcpy(v + i * cap * hd, s->v + i * s->cap * hd, (size_t)s->len * hd * sizeof(float));
+            memcpy(k + i * cap * row, (char *)s->k + i * s->cap * row, (size_t)s->len * row);
+            memcpy(v + i * cap * row, (char *)s->v + i * s->cap * row, (size_t)s->len * row);
         }
     }
     free(s->tokens);

@@ -19,6 +19,7 @@
 #   LOAD_THREADS [2] server kernel threads   LOAD_NICE [-5] niceness of server and loadgen
 #   LOAD_MAX_TOKENS [128]   LOAD_TEMPERATURE [0.8]   LOAD_JSON_DIR [none] keep loadgen's JSON here
 #   LOAD_ENGINE [1] also print bench_forward's single-stream figure for the same model
+#   LOAD_KV_TYPE [f32] the server's --kv-type (f16: half the KV memory and attention traffic)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,6 +39,7 @@ MAX_TOKENS=${LOAD_MAX_TOKENS:-128}
 TEMPERATURE=${LOAD_TEMPERATURE:-0.8}
 JSON_DIR=${LOAD_JSON_DIR:-}
 ENGINE=${LOAD_ENGINE:-1}
+KV_TYPE=${LOAD_KV_TYPE:-f32}
 
 for f in "$BIN" "$LOADGEN" "$GEN"; do
   [ -x "$f" ] || { echo "bench-load: $f is missing (run make bench)" >&2; exit 1; }
@@ -102,13 +104,13 @@ for shape in $SHAPES; do
   fi
   log=$tmp/server-$shape.log
   cmd=("$BIN" serve --model "$model" --tokenizer "$model.tokenizer.bin" --host 127.0.0.1 --port 0
-       --parallel 64 --queue 256 --threads "$THREADS")
+       --parallel 64 --queue 256 --threads "$THREADS" --kv-type "$KV_TYPE")
   echo
-  echo "== stories$shape shape ($args), F32, random weights: $model"
+  echo "== stories$shape shape ($args), F32 weights, $KV_TYPE KV cache, random weights: $model"
   if [ "$ENGINE" = 1 ] && [ -x "$BENCH_FWD" ]; then
     # The single-stream engine figure under the same load, for the concurrency-1 row.
     single=$("${nice_cmd[@]}" "$BENCH_FWD" --model "$model" --tokenizer "$model.tokenizer.bin" \
-             --threads "$THREADS" --gen "$MAX_TOKENS" --prompt 8 --runs 3 --batch 1 --steps 1 2>&1 |
+             --threads "$THREADS" --kv-type "$KV_TYPE" --gen "$MAX_TOKENS" --prompt 8 --runs 3 --batch 1 --steps 1 2>&1 |
              sed -n 's/^single stream: //p') || true
     echo "   engine single stream (bench_forward, greedy, no HTTP): ${single:-failed}"
   fi

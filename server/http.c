@@ -531,6 +531,7 @@ int server_run(const server_config *cfg)
         free(s);
         return -1;
     }
+    model_set_kv_f16(s->m, cfg->kv_f16);
     const model_info *mi = model_get_info(s->m);
     s->ctx = cfg->ctx > 0 && cfg->ctx < mi->ctx_len ? cfg->ctx : mi->ctx_len;
     if (cfg->model_id) snprintf(s->model_id, sizeof s->model_id, "%s", cfg->model_id);

@@ -53,6 +53,7 @@ typedef struct {
     int parallel;               /* sequences decoded together */
     int queue;                  /* requests waiting for a slot before 503 */
     int ctx;                    /* per-sequence context; 0 = the model's */
+    int kv_f16;                 /* KV cache in F16 (--kv-type f16); 0 = F32 */
     const char *api_key;        /* NULL: no auth */
     const char *cors_origin;    /* NULL: no CORS headers */
     int max_tokens_limit;       /* largest accepted max_tokens */

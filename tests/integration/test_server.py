@@ -747,6 +747,27 @@ class TestCli(unittest.TestCase):
         r = self.run_cli("serve", env={"LMSERVE_DEFAULT_MODEL": "/nonexistent/default.gguf"})
         self.assertEqual(r.returncode, 1)
         self.assertIn("/nonexistent/default.gguf", r.stderr)
+        r = self.run_cli("serve", "--kv-type", "f8")
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("--kv-type", r.stderr)
+
+    def test_f16_kv_cache(self):
+        # --kv-type f16: the same greedy text on stories260K (its logits move by ~1e-4 of their
+        # scale, not enough to change these tokens), and seeds still reproduce exactly.
+        require_model()
+        with Server(["--kv-type", "f16", "--parallel", "4"]) as srv:
+            st, body = srv.post_json("/v1/completions", {"prompt": "Once upon a time", "max_tokens": 16,
+                                                         "temperature": 0})
+            self.assertEqual(st, 200)
+            self.assertEqual(body["choices"][0]["text"],
+                             ", there was a little girl named Lily. She loved to play")
+            req = {"prompt": "Once upon a time", "max_tokens": 24, "seed": 9, "logprobs": 1}
+            st1, a = srv.post_json("/v1/completions", req)
+            st2, b = srv.post_json("/v1/completions", req)
+            self.assertEqual((st1, st2), (200, 200))
+            self.assertEqual(a["choices"][0]["text"], b["choices"][0]["text"])
+            self.assertEqual(a["choices"][0]["logprobs"]["token_logprobs"],
+                             b["choices"][0]["logprobs"]["token_logprobs"])
 
     def test_model_id_and_request_log(self):
         require_model()

@@ -6,7 +6,8 @@
  *   - a prefill chunk gives exactly the logits of feeding its tokens one at a
  *     time (all_logits rows vs step-by-step), and any split into chunks too;
  *   - 1 and 2 threads give the same bits;
- *   - for all four weight types, including across KV-cache growth.
+ *   - for all four weight types, including across KV-cache growth, and with the
+ *     F16 KV cache (model_set_kv_f16).
  * The schedule-independent values are also checked against the double reference
  * (tolerance 1e-4 relative to the logit scale, F32).
  */
@@ -73,7 +74,7 @@ static void run_schedule(fx_model *f, const int32_t toks[NSEQ][LEN], float *out,
     }
 }
 
-static void check_type(int type)
+static void check_type_kv(int type, int kv_f16)
 {
     int V = SHAPE.vocab;
     int32_t toks[NSEQ][LEN];
@@ -84,6 +85,8 @@ static void check_type(int type)
     float *base = malloc(n * 4), *got = malloc(n * 4);
     fx_model *f1 = fx_model_new(&SHAPE, type, 77, 1);
     fx_model *f2 = fx_model_new(&SHAPE, type, 77, 2);
+    cr_assert_eq(model_set_kv_f16(&f1->m, kv_f16), 0);
+    cr_assert_eq(model_set_kv_f16(&f2->m, kv_f16), 0);
     run_schedule(f1, toks, base, 0, 1); /* alone, token by token, 1 thread */
     struct {
         fx_model *f;
@@ -106,11 +109,16 @@ static void check_type(int type)
                              0, "type %d, %s: seq %d pos %d differs", type, runs[r].what, s, p);
     }
     if (type == MT_F32) {
+        /* F16 keys and values keep 11 significant bits: the logits move by a few
+         * 1e-4 of their scale (measured 3.4e-4 and 4.9e-4 here), against ~1e-7 with F32 */
+        double tol = kv_f16 ? 3e-3 : 1e-4;
         double *ref = malloc((size_t)LEN * V * 8), sc;
         for (int s = 0; s < 2; s++) {
             fx_reference(f1, toks[s], LEN, ref);
             double e = fx_max_err(base + (size_t)s * LEN * V, ref, (size_t)LEN * V, &sc);
-            cr_assert(e / fmax(sc, 1) < 1e-4, "seq %d vs reference: %g", s, e / fmax(sc, 1));
+            cr_assert(e / fmax(sc, 1) < tol, "seq %d vs reference: %g", s, e / fmax(sc, 1));
+            if (kv_f16) /* and it is not the F32 cache by another name */
+                cr_assert(e / fmax(sc, 1) > 1e-6, "kv_f16 logits match F32 too closely: %g", e / fmax(sc, 1));
         }
         free(ref);
     }
@@ -120,7 +128,20 @@ static void check_type(int type)
     free(got);
 }
 
+static void check_type(int type) { check_type_kv(type, 0); }
+
 Test(batch, f32_bit_identical) { check_type(MT_F32); }
+/* the F16 KV cache: bit-identical across schedules and threads too, and within
+ * its stated tolerance of the double reference */
+Test(batch, f32_weights_f16_kv_bit_identical) { check_type_kv(MT_F32, 1); }
+Test(batch, q8_0_weights_f16_kv_bit_identical) { check_type_kv(MT_Q8_0, 1); }
+Test(batch, kv_type_rejects_other_values)
+{
+    fx_model *f = fx_model_new(&SHAPE, MT_F32, 5, 1);
+    cr_assert_eq(model_set_kv_f16(&f->m, 2), MODEL_EINVAL);
+    cr_assert_eq(model_set_kv_f16(NULL, 1), MODEL_EINVAL);
+    fx_model_free(f);
+}
 Test(batch, f16_bit_identical) { check_type(MT_F16); }
 Test(batch, bf16_bit_identical) { check_type(MT_BF16); }
 Test(batch, q8_0_bit_identical) { check_type(MT_Q8_0); }

@@ -253,6 +253,85 @@ typedef struct {
     int expect_n;
 } pool_probe;
 
+/* Exact IEEE half -> double, written independently of the kernels. */
+static double half_value(uint16_t h)
+{
+    int e = (h >> 10) & 0x1f, m = h & 0x3ff;
+    double v = e == 0 ? ldexp(m, -24) : e == 31 ? (m ? NAN : INFINITY) : ldexp(1024 + m, e - 25);
+    return (h & 0x8000) ? -v : v;
+}
+
+Test(kernels, to_f16_rounds_to_nearest_even)
+{
+    static const struct {
+        float f;
+        uint16_t h;
+    } cases[] = {
+        {0.0f, 0x0000}, {-0.0f, 0x8000}, {1.0f, 0x3c00}, {-2.0f, 0xc000}, {65504.0f, 0x7bff},
+        {65519.0f, 0x7bff}, {65520.0f, 0x7c00}, {1e6f, 0x7c00}, {-INFINITY, 0xfc00},
+        {0x1p-24f, 0x0001}, {0x1p-25f, 0x0000}, {0x1.8p-25f, 0x0001}, {0x1p-14f, 0x0400},
+        {0x1.ff8p-15f, 0x03ff}, {0x1.ffap-15f, 0x03ff}, /* largest subnormal; below the tie */
+        {0x1.ffcp-15f, 0x0400}, /* tie: to even, up into the normals */
+        {1.0f + 0x1p-11f, 0x3c00}, {1.0f + 0x3p-11f, 0x3c02}, {1.0f + 0x1.8p-11f, 0x3c01},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        /* through the vector path (8 at a time) and the scalar tail (1) */
+        float in[9];
+        uint16_t out[9];
+        for (int j = 0; j < 9; j++)
+            in[j] = cases[i].f;
+        kernel_to_f16(out, in, 9);
+        for (int j = 0; j < 9; j++)
+            cr_assert_eq(out[j], cases[i].h, "%a -> %#x, want %#x (lane %d)", (double)cases[i].f,
+                         out[j], cases[i].h, j);
+    }
+    uint16_t nan_h;
+    float nan_f = NAN;
+    kernel_to_f16(&nan_h, &nan_f, 1);
+    cr_assert((nan_h & 0x7c00) == 0x7c00 && (nan_h & 0x3ff), "NaN -> %#x", nan_h);
+    /* random values: the nearest half (within half an ulp) */
+    uint64_t rng = 5;
+    for (int i = 0; i < 20000; i++) {
+        float x = (float)(fx_unif(&rng) * ldexp(1.0, (int)(fx_unif(&rng) * 20) - 10));
+        uint16_t h;
+        kernel_to_f16(&h, &x, 1);
+        double err = fabs(half_value(h) - x), ulp = ldexp(1.0, (int)floor(log2(fabs(x))) - 10);
+        if (fabs(x) < 0x1p-14)
+            ulp = 0x1p-24;
+        cr_assert(err <= ulp / 2, "%a -> %#x (%g): off by %g ulp", (double)x, h, half_value(h), err / ulp);
+    }
+}
+
+/* Attention over an F16 cache == attention over F32 copies of the same values. */
+Test(kernels, attend_f16_equals_attend_on_converted_values)
+{
+    static const int hds[] = {32, 48, 64, 96, 40, 8, 13};
+    uint64_t rng = 17;
+    for (size_t hi = 0; hi < sizeof hds / sizeof hds[0]; hi++) {
+        int hd = hds[hi];
+        for (int n = 1; n <= 40; n += 3) {
+            size_t e = (size_t)hd * n;
+            float *q = malloc(sizeof(float) * hd), *k = malloc(sizeof(float) * e),
+                  *v = malloc(sizeof(float) * e), *o16 = malloc(sizeof(float) * hd),
+                  *o32 = malloc(sizeof(float) * hd), *sc = malloc(sizeof(float) * n);
+            uint16_t *kh = malloc(2 * e), *vh = malloc(2 * e);
+            for (int i = 0; i < hd; i++)
+                q[i] = (float)fx_unif(&rng);
+            for (size_t i = 0; i < e; i++)
+                k[i] = (float)fx_unif(&rng), v[i] = (float)fx_unif(&rng);
+            kernel_to_f16(kh, k, (int)e);
+            kernel_to_f16(vh, v, (int)e);
+            for (size_t i = 0; i < e; i++)
+                k[i] = (float)half_value(kh[i]), v[i] = (float)half_value(vh[i]);
+            float scale = 1.0f / sqrtf((float)hd);
+            kernel_attend_f16(o16, q, kh, vh, n, hd, scale, sc);
+            kernel_attend(o32, q, k, v, n, hd, scale, sc);
+            cr_assert(memcmp(o16, o32, sizeof(float) * hd) == 0, "hd=%d n=%d: not bit-identical", hd, n);
+            free(q), free(k), free(v), free(o16), free(o32), free(sc), free(kh), free(vh);
+        }
+    }
+}
+
 static void probe_task(void *arg, int task, int n_tasks)
 {
     pool_probe *pp = arg;
