@@ -155,8 +155,8 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--steps"))
             bad = int_arg(v, 1, 1 << 20, &steps);
         else if (!strcmp(a, "--kv-type")) {
-            bad = strcmp(v, "f32") && strcmp(v, "f16");
-            kv_f16 = !strcmp(v, "f16");
+            kv_f16 = model_parse_kv_type(v);
+            bad = kv_f16 < 0;
         }
         else
             bad = 1;

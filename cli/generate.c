@@ -133,8 +133,8 @@ int cli_generate(int argc, char **argv)
         else if (!strcmp(a, "--repetition-penalty")) bad = parse_float(v, &rep) || rep < 0;
         else if (!strcmp(a, "--threads")) bad = parse_long(v, 0, 1024, &threads);
         else if (!strcmp(a, "--kv-type")) {
-            bad = strcmp(v, "f32") && strcmp(v, "f16");
-            kv_f16 = !strcmp(v, "f16");
+            kv_f16 = model_parse_kv_type(v);
+            bad = kv_f16 < 0;
         }
         else if (!strcmp(a, "--seed")) {
             char *end;

@@ -1,6 +1,7 @@
 /* serve.c -- `lmserve serve`: parse the command line into a server_config and run
  * the server (server/server.h). */
 #include "cli/cli.h"
+#include "model/model.h"
 #include "server/server.h"
 
 #include <errno.h>
@@ -147,11 +148,11 @@ int cli_serve(int argc, char **argv)
         else if (!strcmp(name, "--api-key")) c.api_key = *val ? val : NULL;
         else if (!strcmp(name, "--cors-origin")) c.cors_origin = *val ? val : NULL;
         else if (!strcmp(name, "--kv-type")) {
-            if (strcmp(val, "f32") && strcmp(val, "f16")) {
+            c.kv_f16 = model_parse_kv_type(val);
+            if (c.kv_f16 < 0) {
                 fprintf(stderr, "lmserve serve: --kv-type must be f32 or f16, not '%s'\n", val);
                 return 2;
             }
-            c.kv_f16 = !strcmp(val, "f16");
         }
         INTOPT("--port", port, 0, 65535)
         INTOPT("--threads", threads, 0, 1024)

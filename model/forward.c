@@ -285,7 +285,6 @@ typedef struct {
     model *m;
     fwd_scratch *sc;
     const fwd_batch *b;
-    const layer_weights *lw;
     int layer;
 } rows_ctx;
 
@@ -390,7 +389,7 @@ void forward_llama(model *m, fwd_scratch *sc, const fwd_batch *b)
         const layer_weights *lw = &m->layers[l];
         kernel_job qkv[3] = {{sc->q, &lw->wq}, {sc->k, &lw->wk}, {sc->v, &lw->wv}};
         kernel_matmul_multi(m->pool, qkv, 3, sc->xb, T);
-        rows_ctx rc = {m, sc, b, lw, l};
+        rows_ctx rc = {m, sc, b, l};
         run_rows(m, T, rope_store_task, &rc);
         forward_attention(m, sc, b, l);
         kernel_matmul(m->pool, sc->xb, sc->att, T, &lw->wo);

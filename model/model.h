@@ -139,6 +139,8 @@ char *model_detokenize(const model *m, const int32_t *ids, int n, size_t *len_ou
  * slightly; still bit-identical across batches and thread counts).  MODEL_EINVAL on
  * another value. */
 int model_set_kv_f16(model *m, int on);
+/* The --kv-type names: "f32" -> 0, "f16" -> 1 (model_set_kv_f16's argument); -1 otherwise. */
+int model_parse_kv_type(const char *name);
 
 /* A sequence with room for n_ctx positions (<= 0 or > ctx_len means ctx_len). */
 model_seq *model_seq_new(const model *m, int n_ctx);

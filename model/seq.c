@@ -17,6 +17,11 @@ int model_set_kv_f16(model *m, int on)
     return MODEL_OK;
 }
 
+int model_parse_kv_type(const char *name)
+{
+    return !name ? -1 : !strcmp(name, "f32") ? 0 : !strcmp(name, "f16") ? 1 : -1;
+}
+
 model_seq *model_seq_new(const model *m, int n_ctx)
 {
     if (!m || m->info.ctx_len <= 0)

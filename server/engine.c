@@ -372,12 +372,19 @@ static void choice_prompt_done(engine *e, slot *s)
 
 /* ---- sampling one token ----------------------------------------------------------------- */
 
+/* The n_top argument of sampler_step for a request: its top-logprobs count, or
+ * SAMPLER_TOKEN_ONLY when it asked for no logprobs at all (logprobs < 0). */
+static int sampler_n_top(const job_params *p)
+{
+    return p->logprobs > 0 ? p->logprobs : p->logprobs == 0 ? 0 : SAMPLER_TOKEN_ONLY;
+}
+
 static void slot_sample(engine *e, slot *s, const float *logits)
 {
     job *j = s->j;
     const job_params *p = &j->p;
     sampler_choice c;
-    int n_top = p->logprobs > 0 ? p->logprobs : p->logprobs == 0 ? 0 : SAMPLER_TOKEN_ONLY;
+    int n_top = sampler_n_top(p);
     int injected = e->fault_sampler && p->has_seed && p->sp.seed == e->fault_seed && s->n_gen >= 2;
     int rc;
     if (s->pre_logits == logits) { /* sampled in parallel right after the forward pass */
@@ -465,7 +472,7 @@ static void sample_task(void *arg, int task, int n_tasks)
     sample_ctx *c = arg;
     slot *s = c->slots[task];
     const job_params *p = &s->j->p;
-    int n_top = p->logprobs > 0 ? p->logprobs : p->logprobs == 0 ? 0 : SAMPLER_TOKEN_ONLY;
+    int n_top = sampler_n_top(p);
     s->pre_rc = sampler_step(s->smp, s->pre_logits, s->hist, s->n_hist, s->n_gen, n_top, &s->pre);
 }
 
