@@ -139,20 +139,18 @@ void forward_rmsnorm(float *out, const float *x, const float *w, int n, float ep
         out[i] = w[i] * (x[i] * scale);
 }
 
-/* Row r's k and v (every kv head) into sequence s's cache at position pos. */
-static void store_kv_row(const model_info *in, const fwd_scratch *sc, model_seq *s, int layer,
-                         int r, int pos)
+/* Row r's k and v of kv head h into sequence s's cache at position pos. */
+static void store_kv_head(const model_info *in, const fwd_scratch *sc, model_seq *s, int layer,
+                          int r, int pos, int h)
 {
     int hd = in->head_dim, kvd = in->n_kv_heads * hd;
-    for (int h = 0; h < in->n_kv_heads; h++) {
-        const float *k = sc->k + (size_t)r * kvd + h * hd, *v = sc->v + (size_t)r * kvd + h * hd;
-        if (s->kv_f16) {
-            kernel_to_f16(seq_k(s, layer, h, pos), k, hd);
-            kernel_to_f16(seq_v(s, layer, h, pos), v, hd);
-        } else {
-            memcpy(seq_k(s, layer, h, pos), k, hd * 4);
-            memcpy(seq_v(s, layer, h, pos), v, hd * 4);
-        }
+    const float *k = sc->k + (size_t)r * kvd + h * hd, *v = sc->v + (size_t)r * kvd + h * hd;
+    if (s->kv_f16) {
+        kernel_to_f16(seq_k(s, layer, h, pos), k, hd);
+        kernel_to_f16(seq_v(s, layer, h, pos), v, hd);
+    } else {
+        memcpy(seq_k(s, layer, h, pos), k, hd * 4);
+        memcpy(seq_v(s, layer, h, pos), v, hd * 4);
     }
 }
 
@@ -160,44 +158,72 @@ void forward_store_kv(const model *m, fwd_scratch *sc, const fwd_batch *b, int l
 {
     for (int i = 0; i < b->n_items; i++)
         for (int r = b->row0[i]; r < b->row0[i + 1]; r++)
-            store_kv_row(&m->info, sc, b->items[i].seq, layer, r, b->pos[r]);
+            for (int h = 0; h < m->info.n_kv_heads; h++)
+                store_kv_head(&m->info, sc, b->items[i].seq, layer, r, b->pos[r], h);
 }
+
+static void rope_row(float *v, int n_heads, int hd, int rope_dim, int neox, const float *cs);
 
 typedef struct {
     model *m;
     fwd_scratch *sc;
     const fwd_batch *b;
     int layer;
+    int rope; /* 1: RoPE q and k and store k, v first (llama); 0: k, v already stored */
 } attn_ctx;
 
-/* One (item, head): every query row of the item for that head. */
+/* One (item, kv head): with c->rope, RoPE on the item's rows of that kv head's k
+ * and of its q heads, and k, v into the cache; then every query row of the item
+ * for each of those q heads.  Doing the RoPE and the cache store here instead of
+ * in a dispatch of their own saves one pool barrier per layer; each element gets
+ * the same operations either way. */
 static void attn_task(void *arg, int task, int n_tasks)
 {
     (void)n_tasks;
     const attn_ctx *c = arg;
     const model_info *in = &c->m->info;
-    int nh = in->n_heads, hd = in->head_dim, group = nh / in->n_kv_heads;
-    int item = task / nh, h = task % nh, kvh = h / group;
+    int nh = in->n_heads, nkv = in->n_kv_heads, hd = in->head_dim, group = nh / nkv;
+    int item = task / nkv, kvh = task % nkv;
     const fwd_batch *b = c->b;
-    const model_seq *s = b->items[item].seq;
-    float *sc_buf = c->sc->scores + (size_t)task * b->max_len;
+    model_seq *s = b->items[item].seq;
+    fwd_scratch *sc = c->sc;
+    float *sc_buf = sc->scores + (size_t)task * b->max_len;
     float inv = 1.0f / sqrtf((float)hd);
-    size_t qd = (size_t)nh * hd;
-    const void *kbase = seq_k(s, c->layer, kvh, 0), *vbase = seq_v(s, c->layer, kvh, 0);
-    for (int r = b->row0[item]; r < b->row0[item + 1]; r++) {
-        const float *q = c->sc->q + r * qd + (size_t)h * hd;
-        float *out = c->sc->att + r * qd + (size_t)h * hd;
-        if (s->kv_f16)
-            kernel_attend_f16(out, q, kbase, vbase, b->pos[r] + 1, hd, inv, sc_buf);
-        else
-            kernel_attend(out, q, kbase, vbase, b->pos[r] + 1, hd, inv, sc_buf);
+    size_t qd = (size_t)nh * hd, kvd = (size_t)nkv * hd;
+    if (c->rope) {
+        int rd = rope_dim_of(in);
+        for (int r = b->row0[item]; r < b->row0[item + 1]; r++) {
+            const float *cs = sc->rope + (size_t)b->pos[r] * (rd / 2) * 2;
+            for (int g = 0; g < group; g++)
+                rope_row(sc->q + r * qd + (size_t)(kvh * group + g) * hd, 1, hd, rd,
+                         c->m->rope_neox, cs);
+            rope_row(sc->k + r * kvd + (size_t)kvh * hd, 1, hd, rd, c->m->rope_neox, cs);
+            store_kv_head(in, sc, s, c->layer, r, b->pos[r], kvh);
+        }
     }
+    const void *kbase = seq_k(s, c->layer, kvh, 0), *vbase = seq_v(s, c->layer, kvh, 0);
+    for (int g = 0; g < group; g++) {
+        int h = kvh * group + g;
+        for (int r = b->row0[item]; r < b->row0[item + 1]; r++) {
+            const float *q = sc->q + r * qd + (size_t)h * hd;
+            float *out = sc->att + r * qd + (size_t)h * hd;
+            if (s->kv_f16)
+                kernel_attend_f16(out, q, kbase, vbase, b->pos[r] + 1, hd, inv, sc_buf);
+            else
+                kernel_attend(out, q, kbase, vbase, b->pos[r] + 1, hd, inv, sc_buf);
+        }
+    }
+}
+
+static void attention(model *m, fwd_scratch *sc, const fwd_batch *b, int layer, int rope)
+{
+    attn_ctx c = {m, sc, b, layer, rope};
+    model_pool_run(m->pool, attn_task, &c, b->n_items * m->info.n_kv_heads);
 }
 
 void forward_attention(model *m, fwd_scratch *sc, const fwd_batch *b, int layer)
 {
-    attn_ctx c = {m, sc, b, layer};
-    model_pool_run(m->pool, attn_task, &c, b->n_items * m->info.n_heads);
+    attention(m, sc, b, layer, 0);
 }
 
 void forward_logits(model *m, fwd_scratch *sc, const fwd_batch *b)
@@ -281,41 +307,10 @@ static void rope_row(float *v, int n_heads, int hd, int rope_dim, int neox, cons
  * either way: the results do not depend on the split). */
 #define ROWS_PAR_MIN 4
 
-typedef struct {
-    model *m;
-    fwd_scratch *sc;
-    const fwd_batch *b;
-    int layer;
-} rows_ctx;
-
 static void row_span(int T, int task, int n_tasks, int *r0, int *r1)
 {
     *r0 = (int)((long)T * task / n_tasks);
     *r1 = (int)((long)T * (task + 1) / n_tasks);
-}
-
-/* rows [r0, r1): RoPE on q and k, then k and v into the KV cache */
-static void rope_store_rows(model *m, fwd_scratch *sc, const fwd_batch *b, int layer, int r0, int r1)
-{
-    const model_info *in = &m->info;
-    int hd = in->head_dim, qd = in->n_heads * hd, kvd = in->n_kv_heads * hd, rd = rope_dim_of(in);
-    int item = 0;
-    for (int r = r0; r < r1; r++) {
-        const float *cs = sc->rope + (size_t)b->pos[r] * (rd / 2) * 2;
-        rope_row(sc->q + (size_t)r * qd, in->n_heads, hd, rd, m->rope_neox, cs);
-        rope_row(sc->k + (size_t)r * kvd, in->n_kv_heads, hd, rd, m->rope_neox, cs);
-        while (r >= b->row0[item + 1])
-            item++;
-        store_kv_row(in, sc, b->items[item].seq, layer, r, b->pos[r]);
-    }
-}
-
-static void rope_store_task(void *arg, int task, int n_tasks)
-{
-    const rows_ctx *c = arg;
-    int r0, r1;
-    row_span(c->b->n_rows, task, n_tasks, &r0, &r1);
-    rope_store_rows(c->m, c->sc, c->b, c->layer, r0, r1);
 }
 
 /* rows [r0, r1): x += xb (the sublayer's output), then xb = rmsnorm(x) * w
@@ -389,9 +384,7 @@ void forward_llama(model *m, fwd_scratch *sc, const fwd_batch *b)
         const layer_weights *lw = &m->layers[l];
         kernel_job qkv[3] = {{sc->q, &lw->wq}, {sc->k, &lw->wk}, {sc->v, &lw->wv}};
         kernel_matmul_multi(m->pool, qkv, 3, sc->xb, T);
-        rows_ctx rc = {m, sc, b, l};
-        run_rows(m, T, rope_store_task, &rc);
-        forward_attention(m, sc, b, l);
+        attention(m, sc, b, l, 1); /* RoPE, KV store, attention */
         kernel_matmul(m->pool, sc->xb, sc->att, T, &lw->wo);
         elem_ctx ec = {sc, T, dim, hidden, lw->ffn_norm, eps};
         run_rows(m, T, residual_norm_task, &ec); /* x += attention out; xb = ffn_norm(x) */
