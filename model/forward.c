@@ -341,23 +341,6 @@ static void residual_norm_task(void *arg, int task, int n_tasks)
     residual_norm_rows(c->sc, c->dim, c->w, c->eps, r0, r1);
 }
 
-/* rows [r0, r1) of hb = silu(hb) * hb2 */
-static void swiglu_rows(fwd_scratch *sc, int hidden, int r0, int r1)
-{
-    for (size_t e = (size_t)r0 * hidden; e < (size_t)r1 * hidden; e++) {
-        float g = sc->hb[e];
-        sc->hb[e] = g / (1.0f + expf(-g)) * sc->hb2[e];
-    }
-}
-
-static void swiglu_task(void *arg, int task, int n_tasks)
-{
-    const elem_ctx *c = arg;
-    int r0, r1;
-    row_span(c->T, task, n_tasks, &r0, &r1);
-    swiglu_rows(c->sc, c->hidden, r0, r1);
-}
-
 /* Run task over the rows on the pool (enough rows) or inline. */
 static void run_rows(model *m, int T, model_pool_fn fn, void *ctx)
 {
@@ -389,9 +372,7 @@ void forward_llama(model *m, fwd_scratch *sc, const fwd_batch *b)
         elem_ctx ec = {sc, T, dim, hidden, lw->ffn_norm, eps};
         run_rows(m, T, residual_norm_task, &ec); /* x += attention out; xb = ffn_norm(x) */
 
-        kernel_job gu[2] = {{sc->hb, &lw->w1}, {sc->hb2, &lw->w3}};
-        kernel_matmul_multi(m->pool, gu, 2, sc->xb, T);
-        run_rows(m, T, swiglu_task, &ec);
+        kernel_matmul_swiglu(m->pool, sc->hb, sc->hb2, sc->xb, T, &lw->w1, &lw->w3);
         kernel_matmul(m->pool, sc->xb, sc->hb, T, &lw->w2);
         /* x += ffn out; then the next layer's attn_norm (or none after the last) */
         ec.w = l + 1 < in->n_layers ? m->layers[l + 1].attn_norm : NULL;

@@ -840,19 +840,12 @@ typedef struct {
     const float *xd;  /* (n_rows, cols / 32) */
     int chunk[MAX_JOBS];      /* W rows per task, per job (even) */
     int first[MAX_JOBS + 1];  /* first task of each job */
+    int swiglu;               /* jobs (w1, w3): a task does both for its rows, then the gate */
 } mm_ctx;
 
-static void mm_task(void *arg, int task, int n_tasks)
+static void mm_rows(const mm_ctx *c, const kernel_job *job, int j0, int j1)
 {
-    (void)n_tasks;
-    const mm_ctx *c = arg;
-    int jb = 0;
-    while (task >= c->first[jb + 1])
-        jb++;
-    const kernel_job *job = &c->jobs[jb];
     const mtensor *w = job->w;
-    int j0 = (task - c->first[jb]) * c->chunk[jb];
-    int j1 = j0 + c->chunk[jb] < w->rows ? j0 + c->chunk[jb] : w->rows;
     switch (w->type) {
     case MT_F32:
         if (w->panel)
@@ -870,6 +863,32 @@ static void mm_task(void *arg, int task, int n_tasks)
     }
 }
 
+void kernel_swiglu(float *g, const float *u, int n)
+{
+    for (int i = 0; i < n; i++)
+        g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+
+static void mm_task(void *arg, int task, int n_tasks)
+{
+    (void)n_tasks;
+    const mm_ctx *c = arg;
+    int jb = 0;
+    while (task >= c->first[jb + 1])
+        jb++;
+    const kernel_job *job = &c->jobs[jb];
+    int rows = job->w->rows;
+    int j0 = (task - c->first[jb]) * c->chunk[jb];
+    int j1 = j0 + c->chunk[jb] < rows ? j0 + c->chunk[jb] : rows;
+    mm_rows(c, job, j0, j1);
+    if (c->swiglu) { /* the same rows of w3, then g = silu(g) * u on them, in every x row */
+        mm_rows(c, &c->jobs[1], j0, j1);
+        for (int r = 0; r < c->n_rows; r++)
+            kernel_swiglu(job->out + (size_t)r * rows + j0, c->jobs[1].out + (size_t)r * rows + j0,
+                          j1 - j0);
+    }
+}
+
 static void quantize_task(void *arg, int task, int n_tasks)
 {
     const mm_ctx *c = arg;
@@ -880,10 +899,10 @@ static void quantize_task(void *arg, int task, int n_tasks)
 }
 
 static void matmul_group(model_pool *pool, const kernel_job *jobs, int n_jobs, const float *x,
-                         int n_rows, int8_t *xq, float *xd)
+                         int n_rows, int8_t *xq, float *xd, int swiglu)
 {
     mm_ctx c = {.jobs = jobs, .n_jobs = n_jobs, .x = x, .n_rows = n_rows,
-                .cols = jobs[0].w->cols, .xq = xq, .xd = xd};
+                .cols = jobs[0].w->cols, .xq = xq, .xd = xd, .swiglu = swiglu};
     int nt = model_pool_size(pool);
     if (xq) {
         int qt = n_rows >= 8 * nt ? nt : 1;
@@ -905,11 +924,12 @@ static void matmul_group(model_pool *pool, const kernel_job *jobs, int n_jobs, c
         c.chunk[i] = (int)ch;
         c.first[i + 1] = c.first[i] + (int)(((size_t)w->rows + ch - 1) / ch);
     }
-    model_pool_run(pool, mm_task, &c, c.first[n_jobs]);
+    /* swiglu: the tasks of the first job also run the second's same rows */
+    model_pool_run(pool, mm_task, &c, c.first[swiglu ? 1 : n_jobs]);
 }
 
-void kernel_matmul_multi(model_pool *pool, const kernel_job *jobs, int n_jobs, const float *x,
-                         int n_rows)
+static void matmul_jobs(model_pool *pool, const kernel_job *jobs, int n_jobs, const float *x,
+                        int n_rows, int swiglu)
 {
     if (n_rows <= 0 || n_jobs <= 0)
         return;
@@ -924,7 +944,7 @@ void kernel_matmul_multi(model_pool *pool, const kernel_job *jobs, int n_jobs, c
         if (jobs[i].w->type == MT_Q8_0)
             need_q = 1;
     if (!need_q || cols % Q8_0_BLOCK) {
-        matmul_group(pool, jobs, n_jobs, x, n_rows, NULL, NULL);
+        matmul_group(pool, jobs, n_jobs, x, n_rows, NULL, NULL, swiglu);
         return;
     }
     /* Quantized copy of x: pool scratch, else malloc, else row chunks on the stack. */
@@ -938,7 +958,7 @@ void kernel_matmul_multi(model_pool *pool, const kernel_job *jobs, int n_jobs, c
     if (buf) {
         int8_t *xq = buf;
         float *xd = (float *)((int8_t *)buf + qbytes);
-        matmul_group(pool, jobs, n_jobs, x, n_rows, xq, xd);
+        matmul_group(pool, jobs, n_jobs, x, n_rows, xq, xd, swiglu);
         free(own);
         return;
     }
@@ -958,8 +978,28 @@ void kernel_matmul_multi(model_pool *pool, const kernel_job *jobs, int n_jobs, c
             sub[i] = (kernel_job){jobs[i].out + (size_t)r * jobs[i].w->rows, jobs[i].w};
         /* sub-jobs write rows r.. of out: out stride stays w->rows */
         float *xd = (float *)(qs + (((size_t)cols * n + 15) & ~(size_t)15));
-        matmul_group(NULL, sub, n_jobs, x + (size_t)r * cols, n, qs, xd);
+        matmul_group(NULL, sub, n_jobs, x + (size_t)r * cols, n, qs, xd, swiglu);
     }
+}
+
+void kernel_matmul_multi(model_pool *pool, const kernel_job *jobs, int n_jobs, const float *x,
+                         int n_rows)
+{
+    matmul_jobs(pool, jobs, n_jobs, x, n_rows, 0);
+}
+
+void kernel_matmul_swiglu(model_pool *pool, float *g, float *u, const float *x, int n_rows,
+                          const mtensor *w1, const mtensor *w3)
+{
+    kernel_job jobs[2] = {{g, w1}, {u, w3}};
+    if (w1->rows != w3->rows || w1->cols != w3->cols || w1->type != w3->type ||
+        w1->panel != w3->panel) { /* not the same shape and layout: one after the other */
+        matmul_jobs(pool, jobs, 2, x, n_rows, 0);
+        for (int r = 0; r < n_rows; r++)
+            kernel_swiglu(g + (size_t)r * w1->rows, u + (size_t)r * w1->rows, w1->rows);
+        return;
+    }
+    matmul_jobs(pool, jobs, 2, x, n_rows, 1);
 }
 
 void kernel_matmul(model_pool *pool, float *out, const float *x, int n_rows, const mtensor *w)

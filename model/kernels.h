@@ -23,6 +23,13 @@ typedef struct {
  * (e.g. Q, K and V).  All jobs must have w->cols equal. */
 void kernel_matmul_multi(model_pool *pool, const kernel_job *jobs, int n_jobs,
                          const float *x, int n_rows);
+/* g (n_rows, w1->rows) = silu(x W1^T) * (x W3^T), u = x W3^T (scratch): the two
+ * matmuls and the gate in one pool dispatch (each task gates the rows it made).
+ * Per element the same operations as kernel_matmul twice, then kernel_swiglu. */
+void kernel_matmul_swiglu(model_pool *pool, float *g, float *u, const float *x, int n_rows,
+                          const mtensor *w1, const mtensor *w3);
+/* g[i] = g[i] / (1 + exp(-g[i])) * u[i] (SwiGLU's silu gate). */
+void kernel_swiglu(float *g, const float *u, int n);
 
 /* F32 weights packed in 16-row panels (mtensor.panel): the batched kernel reads
  * one sequential stream per panel and keeps 6 x rows x 16 outputs in registers.
