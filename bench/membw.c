@@ -1,7 +1,7 @@
 /* membw.c -- how fast can this machine read memory?  The ceiling for single-stream
  * decoding, which must read every weight once per token.
  *
- *   membw [--threads N] [--rounds R] SIZE_MB [SIZE_MB ...]
+ *   membw [--threads N] [--rounds R] [--fma] SIZE_MB [SIZE_MB ...]
  *
  * For each size: a buffer of SIZE_MB MiB (filled, so its pages exist) is summed by N
  * threads (each a contiguous share, 32-byte vector loads the compiler emits from a
@@ -9,7 +9,16 @@
  * below the last-level cache measure the cache, not memory: use one well above it
  * (e.g. 512) for the DRAM figure, and the model's own weight size to see what the
  * forward pass can hope for.
+ *
+ * --fma first prints one thread's rate of 8-lane fused multiply-adds (12 independent
+ * chains, enough to fill both FMA pipes), in GFLOP/s: the arithmetic ceiling of one
+ * core at the clock it runs at now.  On a VM the host's clock moves (seen here: 96
+ * and 78 GFLOP/s on the same morning), and the batched kernels, which are
+ * compute-bound, move with it; the figure dates a benchmark run's machine state.
  */
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#endif
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,6 +31,7 @@ typedef struct {
     pthread_barrier_t *go;
     int rounds;
     double sum;
+    double t0, t1; /* this round's start and end, taken by the reader itself */
 } share;
 
 static double now(void)
@@ -52,7 +62,9 @@ static void *reader(void *arg)
     share *s = arg;
     for (int r = 0; r < s->rounds; r++) {
         pthread_barrier_wait(s->go);
+        s->t0 = now();
         s->sum += sum_floats(s->a, s->n);
+        s->t1 = now();
         pthread_barrier_wait(s->go);
     }
     return NULL;
@@ -78,15 +90,23 @@ static double measure(size_t bytes, int threads, int rounds)
     }
     size_t per = (n / (size_t)threads) & ~(size_t)15;
     for (int t = 0; t < threads; t++) {
-        sh[t] = (share){a + per * (size_t)t, t == threads - 1 ? n - per * (size_t)t : per, &go, rounds, 0};
+        sh[t] = (share){.a = a + per * (size_t)t, .n = t == threads - 1 ? n - per * (size_t)t : per,
+                        .go = &go, .rounds = rounds};
         pthread_create(&tid[t], NULL, reader, &sh[t]);
     }
     double best = 0;
     for (int r = 0; r < rounds; r++) {
         pthread_barrier_wait(&go); /* all threads start together ... */
-        double t0 = now();
         pthread_barrier_wait(&go); /* ... and the round ends when the last one is done */
-        double dt = now() - t0;
+        /* The readers time themselves: this thread is one too many for the CPUs when
+         * threads == cores, and its own clock readings could land late after the
+         * start barrier (a round that seemed to take almost no time). */
+        double t0 = sh[0].t0, t1 = sh[0].t1;
+        for (int t = 1; t < threads; t++) {
+            t0 = sh[t].t0 < t0 ? sh[t].t0 : t0;
+            t1 = sh[t].t1 > t1 ? sh[t].t1 : t1;
+        }
+        double dt = t1 - t0;
         double rate = (double)(n * sizeof(float)) / dt / 1e9;
         if (rate > best)
             best = rate;
@@ -105,26 +125,84 @@ static double measure(size_t bytes, int threads, int rounds)
     return best;
 }
 
+/* GFLOP/s of one thread's FMAs (best of 5 rounds of ~0.1 s); 0 without AVX2/FMA. */
+static double fma_rate(void)
+{
+#if defined(__AVX2__) && defined(__FMA__)
+    double best = 0;
+    for (int round = 0; round < 5; round++) {
+        __m256 b = _mm256_set1_ps(1.0000001f), c = _mm256_set1_ps(1e-9f), a[12];
+        for (int k = 0; k < 12; k++)
+            a[k] = _mm256_set1_ps((float)k);
+        long n = 20000000;
+        double t0 = now();
+        for (long i = 0; i < n; i++) {
+            a[0] = _mm256_fmadd_ps(a[0], b, c);
+            a[1] = _mm256_fmadd_ps(a[1], b, c);
+            a[2] = _mm256_fmadd_ps(a[2], b, c);
+            a[3] = _mm256_fmadd_ps(a[3], b, c);
+            a[4] = _mm256_fmadd_ps(a[4], b, c);
+            a[5] = _mm256_fmadd_ps(a[5], b, c);
+            a[6] = _mm256_fmadd_ps(a[6], b, c);
+            a[7] = _mm256_fmadd_ps(a[7], b, c);
+            a[8] = _mm256_fmadd_ps(a[8], b, c);
+            a[9] = _mm256_fmadd_ps(a[9], b, c);
+            a[10] = _mm256_fmadd_ps(a[10], b, c);
+            a[11] = _mm256_fmadd_ps(a[11], b, c);
+            __asm__ volatile("" : "+x"(a[0]), "+x"(a[1]), "+x"(a[2]), "+x"(a[3]), "+x"(a[4]),
+                             "+x"(a[5]), "+x"(a[6]), "+x"(a[7]), "+x"(a[8]), "+x"(a[9]),
+                             "+x"(a[10]), "+x"(a[11]));
+        }
+        double dt = now() - t0;
+        float out[8];
+        __m256 s = a[0];
+        for (int k = 1; k < 12; k++)
+            s = _mm256_add_ps(s, a[k]);
+        _mm256_storeu_ps(out, s);
+        if (out[0] < 0) /* never: keeps the chains live */
+            printf("%g\n", out[0]);
+        double rate = (double)n * 12 * 16 / dt / 1e9;
+        if (rate > best)
+            best = rate;
+    }
+    return best;
+#else
+    return 0;
+#endif
+}
+
 int main(int argc, char **argv)
 {
-    int threads = 2, rounds = 20, nsizes = 0;
+    int threads = 2, rounds = 20, nsizes = 0, fma = 0;
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--threads") && i + 1 < argc)
+        if (!strcmp(argv[i], "--fma"))
+            fma = 1;
+        else if (!strcmp(argv[i], "--threads") && i + 1 < argc)
             threads = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--rounds") && i + 1 < argc)
             rounds = atoi(argv[++i]);
         else if (atof(argv[i]) > 0)
             nsizes++;
         else {
-            fprintf(stderr, "usage: membw [--threads N] [--rounds R] SIZE_MB [SIZE_MB ...]\n");
+            fprintf(stderr, "usage: membw [--threads N] [--rounds R] [--fma] SIZE_MB [SIZE_MB ...]\n");
             return 2;
         }
     }
     if (threads < 1 || rounds < 1 || !nsizes) {
-        fprintf(stderr, "usage: membw [--threads N] [--rounds R] SIZE_MB [SIZE_MB ...]\n");
+        fprintf(stderr, "usage: membw [--threads N] [--rounds R] [--fma] SIZE_MB [SIZE_MB ...]\n");
         return 2;
     }
+    if (fma) {
+        double r = fma_rate();
+        if (r > 0)
+            printf("fma  one thread: %6.1f GFLOP/s (8-lane fused multiply-adds, best of 5)\n", r);
+        else
+            printf("fma  one thread: n/a (built without AVX2/FMA)\n");
+        fflush(stdout);
+    }
     for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--fma"))
+            continue;
         if (!strcmp(argv[i], "--threads") || !strcmp(argv[i], "--rounds")) {
             i++;
             continue;
