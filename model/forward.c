@@ -4,11 +4,13 @@
  * ------
  * All rows of all batch items travel together through the matmuls (one
  * kernel call per weight matrix per layer, Q/K/V and gate/up grouped into one
- * dispatch each), so every weight is read once per call.  Attention is the
- * only per-item step; it runs as pool tasks over (item, head).  A prefill
- * chunk's row t attends to positions [0, pos_t] of its own sequence, whose
- * K/V for the chunk were stored just before, so it is causal within the chunk
- * and over the cache.
+ * dispatch each; the SwiGLU gate runs inside the gate/up tasks), so every
+ * weight is read once per call.  Attention is the only per-item step; it runs
+ * as pool tasks over (item, kv head), each first applying RoPE to its heads
+ * and storing the item's new K/V rows for its kv head.  A prefill chunk's row
+ * t attends to positions [0, pos_t] of its own sequence, whose K/V for the
+ * chunk were stored just before, so it is causal within the chunk and over
+ * the cache.
  *
  * Batch independence: every per-row step (embedding, RMSNorm, RoPE, the
  * kernels, SwiGLU, attention for one query row, the classifier) computes a
