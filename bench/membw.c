@@ -137,18 +137,8 @@ static double fma_rate(void)
         long n = 20000000;
         double t0 = now();
         for (long i = 0; i < n; i++) {
-            a[0] = _mm256_fmadd_ps(a[0], b, c);
-            a[1] = _mm256_fmadd_ps(a[1], b, c);
-            a[2] = _mm256_fmadd_ps(a[2], b, c);
-            a[3] = _mm256_fmadd_ps(a[3], b, c);
-            a[4] = _mm256_fmadd_ps(a[4], b, c);
-            a[5] = _mm256_fmadd_ps(a[5], b, c);
-            a[6] = _mm256_fmadd_ps(a[6], b, c);
-            a[7] = _mm256_fmadd_ps(a[7], b, c);
-            a[8] = _mm256_fmadd_ps(a[8], b, c);
-            a[9] = _mm256_fmadd_ps(a[9], b, c);
-            a[10] = _mm256_fmadd_ps(a[10], b, c);
-            a[11] = _mm256_fmadd_ps(a[11], b, c);
+            for (int k = 0; k < 12; k++) /* unrolled by the compiler: 12 chains in registers */
+                a[k] = _mm256_fmadd_ps(a[k], b, c);
             __asm__ volatile("" : "+x"(a[0]), "+x"(a[1]), "+x"(a[2]), "+x"(a[3]), "+x"(a[4]),
                              "+x"(a[5]), "+x"(a[6]), "+x"(a[7]), "+x"(a[8]), "+x"(a[9]),
                              "+x"(a[10]), "+x"(a[11]));
