@@ -366,3 +366,61 @@ Test(kernels, pool_runs_every_task_once)
     model_pool_free(NULL);
     cr_assert_eq(model_pool_size(NULL), 1);
 }
+
+/* kernel_matmul_swiglu (w1, w3 and the gate in one dispatch) gives exactly what two
+ * kernel_matmul calls and kernel_swiglu give, for matching types (packed F32, Q8_0,
+ * F16: the fused path) and for mismatched ones (the fallback), over batch sizes that
+ * exercise every register block, with one and three threads. */
+Test(kernels, matmul_swiglu_equals_two_matmuls_and_the_gate)
+{
+    const int R = 80, C = 64; /* 5 panels: two tasks' worth at most, one row tail */
+    const int pairs[][2] = {{PACKED_F32, PACKED_F32}, {MT_Q8_0, MT_Q8_0}, {MT_F16, MT_F16},
+                            {PACKED_F32, MT_Q8_0}, {MT_F16, MT_F32}};
+    model_pool *pool3 = model_pool_new(3);
+    cr_assert(pool3);
+    uint64_t rng = 99;
+    for (size_t pi = 0; pi < sizeof pairs / sizeof pairs[0]; pi++) {
+        mtensor w[2];
+        void *data[2];
+        float *pk[2];
+        for (int m = 0; m < 2; m++) {
+            int type = pairs[pi][m], base = type == PACKED_F32 ? MT_F32 : type;
+            double *src = malloc((size_t)R * C * 8), *deq = malloc((size_t)R * C * 8);
+            for (size_t i = 0; i < (size_t)R * C; i++)
+                src[i] = fx_unif(&rng);
+            data[m] = fx_pack(src, R, C, base, deq);
+            w[m] = (mtensor){.data = data[m], .type = base, .rows = R, .cols = C};
+            pk[m] = maybe_pack(&w[m], type);
+            free(src);
+            free(deq);
+        }
+        for (int n = 1; n <= 20; n += 3) {
+            float *x = malloc((size_t)n * C * 4);
+            for (size_t i = 0; i < (size_t)n * C; i++)
+                x[i] = (float)(fx_unif(&rng) * 4.0);
+            float *g = malloc((size_t)n * R * 4), *u = malloc((size_t)n * R * 4);
+            float *g2 = malloc((size_t)n * R * 4), *u2 = malloc((size_t)n * R * 4);
+            kernel_matmul(NULL, g, x, n, &w[0]);
+            kernel_matmul(NULL, u, x, n, &w[1]);
+            for (int r = 0; r < n; r++)
+                kernel_swiglu(g + (size_t)r * R, u + (size_t)r * R, R);
+            int gated_negative = 0;
+            for (size_t i = 0; i < (size_t)n * R; i++)
+                gated_negative += g[i] < 0.0f; /* silu(h) * u takes both signs */
+            cr_assert_gt(gated_negative, 0);
+            for (int t = 0; t < 2; t++) {
+                model_pool *pool = t ? pool3 : NULL;
+                memset(g2, 0xff, (size_t)n * R * 4);
+                kernel_matmul_swiglu(pool, g2, u2, x, n, &w[0], &w[1]);
+                cr_assert_eq(memcmp(g, g2, (size_t)n * R * 4), 0,
+                             "pair %zu, %d rows, %d threads: gated output differs", pi, n, t ? 3 : 1);
+            }
+            free(x), free(g), free(u), free(g2), free(u2);
+        }
+        for (int m = 0; m < 2; m++) {
+            free(pk[m]);
+            free(data[m]);
+        }
+    }
+    model_pool_free(pool3);
+}
