@@ -156,14 +156,6 @@ static void store_kv_head(const model_info *in, const fwd_scratch *sc, model_seq
     }
 }
 
-void forward_store_kv(const model *m, fwd_scratch *sc, const fwd_batch *b, int layer)
-{
-    for (int i = 0; i < b->n_items; i++)
-        for (int r = b->row0[i]; r < b->row0[i + 1]; r++)
-            for (int h = 0; h < m->info.n_kv_heads; h++)
-                store_kv_head(&m->info, sc, b->items[i].seq, layer, r, b->pos[r], h);
-}
-
 static void rope_row(float *v, int n_heads, int hd, int rope_dim, int neox, const float *cs);
 
 typedef struct {
@@ -171,14 +163,14 @@ typedef struct {
     fwd_scratch *sc;
     const fwd_batch *b;
     int layer;
-    int rope; /* 1: RoPE q and k and store k, v first (llama); 0: k, v already stored */
+    int rope; /* 1: RoPE on q and k first (llama); 0: none (gpt2) */
 } attn_ctx;
 
-/* One (item, kv head): with c->rope, RoPE on the item's rows of that kv head's k
- * and of its q heads, and k, v into the cache; then every query row of the item
- * for each of those q heads.  Doing the RoPE and the cache store here instead of
- * in a dispatch of their own saves one pool barrier per layer; each element gets
- * the same operations either way. */
+/* One (item, kv head): (with c->rope, RoPE on the item's rows of that kv head's k
+ * and of its q heads, then) k, v of those rows into the cache; then every query
+ * row of the item for each of those q heads.  Doing the RoPE and the cache store
+ * here instead of in a step of their own saves one pool barrier per layer; each
+ * element gets the same operations either way. */
 static void attn_task(void *arg, int task, int n_tasks)
 {
     (void)n_tasks;
@@ -192,16 +184,16 @@ static void attn_task(void *arg, int task, int n_tasks)
     float *sc_buf = sc->scores + (size_t)task * b->max_len;
     float inv = 1.0f / sqrtf((float)hd);
     size_t qd = (size_t)nh * hd, kvd = (size_t)nkv * hd;
-    if (c->rope) {
-        int rd = rope_dim_of(in);
-        for (int r = b->row0[item]; r < b->row0[item + 1]; r++) {
+    int rd = c->rope ? rope_dim_of(in) : 0;
+    for (int r = b->row0[item]; r < b->row0[item + 1]; r++) {
+        if (c->rope) {
             const float *cs = sc->rope + (size_t)b->pos[r] * (rd / 2) * 2;
             for (int g = 0; g < group; g++)
                 rope_row(sc->q + r * qd + (size_t)(kvh * group + g) * hd, 1, hd, rd,
                          c->m->rope_neox, cs);
             rope_row(sc->k + r * kvd + (size_t)kvh * hd, 1, hd, rd, c->m->rope_neox, cs);
-            store_kv_head(in, sc, s, c->layer, r, b->pos[r], kvh);
         }
+        store_kv_head(in, sc, s, c->layer, r, b->pos[r], kvh);
     }
     const void *kbase = seq_k(s, c->layer, kvh, 0), *vbase = seq_v(s, c->layer, kvh, 0);
     for (int g = 0; g < group; g++) {
@@ -330,7 +322,7 @@ static void residual_norm_rows(fwd_scratch *sc, int dim, const float *w, float e
 
 typedef struct {
     fwd_scratch *sc;
-    int T, dim, hidden;
+    int T, dim;
     const float *w;
     float eps;
 } elem_ctx;
@@ -356,7 +348,7 @@ static void run_rows(model *m, int T, model_pool_fn fn, void *ctx)
 void forward_llama(model *m, fwd_scratch *sc, const fwd_batch *b)
 {
     const model_info *in = &m->info;
-    int T = b->n_rows, dim = in->dim, hidden = in->hidden_dim;
+    int T = b->n_rows, dim = in->dim;
     float eps = in->norm_eps;
 
     for (int i = 0; i < b->n_items; i++)
@@ -371,7 +363,7 @@ void forward_llama(model *m, fwd_scratch *sc, const fwd_batch *b)
         kernel_matmul_multi(m->pool, qkv, 3, sc->xb, T);
         attention(m, sc, b, l, 1); /* RoPE, KV store, attention */
         kernel_matmul(m->pool, sc->xb, sc->att, T, &lw->wo);
-        elem_ctx ec = {sc, T, dim, hidden, lw->ffn_norm, eps};
+        elem_ctx ec = {sc, T, dim, lw->ffn_norm, eps};
         run_rows(m, T, residual_norm_task, &ec); /* x += attention out; xb = ffn_norm(x) */
 
         kernel_matmul_swiglu(m->pool, sc->hb, sc->hb2, sc->xb, T, &lw->w1, &lw->w3);

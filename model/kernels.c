@@ -794,8 +794,8 @@ static void rows_f32p(float *out, int ldo, const float *x, int n_rows, int cols,
          * The rows are split into nxb blocks of near-equal size (16 = 6 + 5 + 5,
          * not 6 + 6 + 4): a block of R rows has 2R independent fma chains and the
          * fma latency here (~5 cycles, 2 pipes) needs about 10 to keep both pipes
-         * busy.  Measured on the 15M shape at batch 16 (interleaved steps, 3 runs
-         * of 128): +4-10 % per step over 6 + 6 + 4. */
+         * busy.  Measured on the 15M shape at batch 16 (the two splits interleaved
+         * step by step, 5 runs of 128-240 steps): median +4-11 % over 6 + 6 + 4. */
         int nxb = (re - rb + 5) / 6, share = (cols + nxb - 1) / nxb, bsz = 0;
         for (int j = j0; j < jp; j += KERNEL_PANEL) {
             const float *wp = d + (size_t)(j / KERNEL_PANEL) * ps;
