@@ -28,6 +28,12 @@ int model_map_file(model *m, const char *path, const uint8_t **data, size_t *siz
 int model_map_file_at(model *m, const char *path, size_t align_at, const uint8_t **data,
                       size_t *size, char *err, size_t errlen);
 void model_unmap(const uint8_t *data, size_t size);
+/* The length of the mapping model_map_file makes for a file of size bytes
+ * (large copies are rounded up to 2 MiB huge-page boundaries): for munmap. */
+size_t model_map_len(size_t size);
+/* Anonymous read-write memory for weights (2 MiB-aligned and advised for
+ * transparent huge pages when n >= 2 MiB); *len = the mapping's length. */
+void *model_alloc_weights(size_t n, size_t *len);
 
 /* calloc that is recorded as owned by m; NULL on failure (nothing leaks). */
 void *model_calloc_owned(model *m, size_t n, size_t size);

@@ -188,7 +188,7 @@ static int map_file(st_file *f, const char *path, char *err, size_t errlen)
         return model_errf(err, errlen, MODEL_EFORMAT, path, "not a safetensors file (too short or not a file)");
     }
     f->maps[f->n_maps].addr = (void *)m;
-    f->maps[f->n_maps].len = len;
+    f->maps[f->n_maps].len = model_map_len(len);
     f->n_maps++;
     return parse_one(f, m, len, path, err, errlen);
 }

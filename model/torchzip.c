@@ -770,7 +770,7 @@ int tz_open(tz_file **out, const char *path, char *err, size_t errlen)
     void *map = (void *)data;
     tz_file *f = calloc(1, sizeof *f);
     if (!f) {
-        munmap(map, len);
+        model_unmap(data, len);
         return model_errf(err, errlen, MODEL_ENOMEM, path, "out of memory");
     }
     f->buf = map;
@@ -791,7 +791,7 @@ void tz_close(tz_file *f)
     for (size_t i = 0; i < f->n_entries; i++) free(f->entries[i].name);
     free(f->entries);
     free(f->prefix);
-    if (f->map) munmap(f->map, f->len);
+    if (f->map) model_unmap(f->map, f->len);
     free(f);
 }
 
