@@ -8,7 +8,9 @@
  * plain loop), R times; prints the best round's rate in GB/s (10^9 bytes/s).  Sizes
  * below the last-level cache measure the cache, not memory: use one well above it
  * (e.g. 512) for the DRAM figure, and the model's own weight size to see what the
- * forward pass can hope for.
+ * forward pass can hope for.  The buffer is the memory the model's weights get
+ * (model_alloc_weights: 2 MiB-aligned, advised for transparent huge pages;
+ * LMSERVE_NO_HUGEPAGES=1 for 4 KiB pages -- the read rate differs, see README).
  *
  * --fma first prints one thread's rate of 8-lane fused multiply-adds (12 independent
  * chains, enough to fill both FMA pipes), in GFLOP/s: the arithmetic ceiling of one
@@ -19,6 +21,8 @@
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #endif
+#include "model/loader.h"
+
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -73,7 +77,8 @@ static void *reader(void *arg)
 static double measure(size_t bytes, int threads, int rounds)
 {
     size_t n = bytes / sizeof(float);
-    float *a = aligned_alloc(64, (n * sizeof(float) + 63) & ~(size_t)63);
+    size_t maplen;
+    float *a = model_alloc_weights(n * sizeof(float), &maplen); /* the weights' kind of memory */
     if (!a) {
         fprintf(stderr, "membw: cannot allocate %zu bytes\n", bytes);
         exit(1);
@@ -121,7 +126,7 @@ static double measure(size_t bytes, int threads, int rounds)
     pthread_barrier_destroy(&go);
     free(sh);
     free(tid);
-    free(a);
+    model_unmap((const uint8_t *)a, n * sizeof(float));
     return best;
 }
 
