@@ -4,7 +4,8 @@
  * 3 with a handful of boosted tokens, roughly what a small LM emits.  Each
  * configuration runs a fresh row per token (rows are precomputed so only the
  * sampler is timed) and prints microseconds of CPU time per token, the best of
- * ROUNDS rounds.  Not part of `make test`.
+ * ROUNDS rounds.  "token only" rows skip the chosen token's log-probability, as the
+ * server does when a request asks for no logprobs.  Not part of `make test`.
  *
  *   build/release/bench/bench_sampler [tokens]     (tokens per round, default 1000)
  */
@@ -68,7 +69,9 @@ int main(int argc, char **argv)
 
     struct { const char *name; sampler_params p; int n_top; } cfg[] = {
         {"greedy", {.temperature = 0.0f}, 0},
+        {"greedy, token only", {.temperature = 0.0f}, SAMPLER_TOKEN_ONLY},
         {"temperature 0.8", {.temperature = 0.8f, .seed = 1}, 0},
+        {"temperature 0.8, token only", {.temperature = 0.8f, .seed = 1}, SAMPLER_TOKEN_ONLY},
         {"top_k 40", {.temperature = 0.8f, .top_k = 40, .seed = 1}, 0},
         {"top_p 0.9", {.temperature = 0.8f, .top_p = 0.9f, .seed = 1}, 0},
         {"top_p 0.9, T 1.0", {.temperature = 1.0f, .top_p = 0.9f, .seed = 1}, 0},

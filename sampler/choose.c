@@ -90,11 +90,12 @@ int sampler__choose(const sampler_params *p, sampler_scratch *sc, sampler_rng *r
     }
     if (n == 0)
         return SAMPLER_EINVAL;
-    int rc = sampler_softmax(src, sc->probs, n);
+    double scale;
+    int rc = sampler__softmax_scaled(src, sc->probs, n, &scale);
     if (rc < 0)
         return rc;
     float coin = sampler_rng_uniform(rng);
-    rc = sampler_draw(sc->probs, n, coin);
+    rc = sampler__draw_scaled(sc->probs, scale, n, coin);
     if (rc < 0)
         return rc;
     *token = id ? id[rc] : rc;

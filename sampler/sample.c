@@ -7,6 +7,9 @@
 #include "sampler/sampler_internal.h"
 
 #include <math.h>
+#ifdef __AVX__
+#include <immintrin.h>
+#endif
 
 /* ---- Fixed-order reductions ---------------------------------------------------- */
 
@@ -46,6 +49,16 @@ float sampler__max(const float *x, int n)
     for (int j = 0; j < 8; j++)
         acc[j] = -INFINITY;
     int i = 0;
+#ifdef __AVX__
+    /* The same eight lanes in one register: maxps(a, b) is exactly "a > b ? a : b"
+     * (b when equal or either is NaN), so the result is the portable loop's to the
+     * bit.  The compiler does not vectorise that loop itself (it will not assume
+     * away NaN and signed zeros); this is ~3x faster at 32,000 logits. */
+    __m256 v = _mm256_set1_ps(-INFINITY);
+    for (; i + 8 <= n; i += 8)
+        v = _mm256_max_ps(_mm256_loadu_ps(x + i), v);
+    _mm256_storeu_ps(acc, v);
+#endif
     for (; i + 8 <= n; i += 8)
         for (int j = 0; j < 8; j++)
             acc[j] = x[i + j] > acc[j] ? x[i + j] : acc[j]; /* NaN compares false */
@@ -57,9 +70,9 @@ float sampler__max(const float *x, int n)
     return m;
 }
 
-int sampler_softmax(const float *logits, float *probs, int vocab)
+int sampler__softmax_scaled(const float *logits, float *e, int vocab, double *scale)
 {
-    if (!logits || !probs || vocab <= 0)
+    if (!logits || !e || vocab <= 0)
         return SAMPLER_EINVAL;
     float m = sampler__max(logits, vocab);
     if (m == -INFINITY)
@@ -69,30 +82,43 @@ int sampler_softmax(const float *logits, float *probs, int vocab)
         for (int i = 0; i < vocab; i++)
             c += logits[i] == INFINITY;
         for (int i = 0; i < vocab; i++)
-            probs[i] = logits[i] == INFINITY ? (float)(1.0 / c) : 0.0f;
+            e[i] = logits[i] == INFINITY ? (float)(1.0 / c) : 0.0f;
+        *scale = 1.0; /* exact: (float)((double)p * 1.0) == p */
         return SAMPLER_OK;
     }
     /* Max-subtracted, accumulated in double; -INFINITY and NaN give exactly 0. */
     for (int i = 0; i < vocab; i++)
-        probs[i] = sampler__exp_neg(logits[i] - m);
-    double inv = 1.0 / sampler__sum_f(probs, vocab); /* sum >= 1: the max gives exp(0) */
+        e[i] = sampler__exp_neg(logits[i] - m);
+    *scale = 1.0 / sampler__sum_f(e, vocab); /* sum >= 1: the max gives exp(0) */
+    return SAMPLER_OK;
+}
+
+int sampler_softmax(const float *logits, float *probs, int vocab)
+{
+    double inv;
+    int rc = sampler__softmax_scaled(logits, probs, vocab, &inv);
+    if (rc < 0)
+        return rc;
     for (int i = 0; i < vocab; i++)
         probs[i] = (float)((double)probs[i] * inv);
     return SAMPLER_OK;
 }
 
-int sampler_draw(const float *probs, int n, float coin)
+int sampler__draw_scaled(const float *e, double scale, int n, float coin)
 {
-    if (!probs || n <= 0 || !(coin >= 0.0f && coin < 1.0f))
+    if (!e || n <= 0 || !(coin >= 0.0f && coin < 1.0f))
         return SAMPLER_EINVAL;
     /* Inverse CDF in double.  If rounding leaves the CDF below the coin, the last
-     * token with nonzero probability is taken: a zero-probability token is never drawn. */
+     * token with nonzero probability is taken: a zero-probability token is never drawn.
+     * The running sum is a chain of dependent additions, so the multiply and the
+     * rounding to float that make each probability cost nothing here. */
     double cdf = 0.0;
     int last = -1;
     for (int i = 0; i < n; i++) {
-        if (!(probs[i] > 0.0f))
+        float p = (float)((double)e[i] * scale);
+        if (!(p > 0.0f))
             continue;
-        cdf += probs[i];
+        cdf += p;
         last = i;
         if ((double)coin < cdf)
             return i;
@@ -100,12 +126,26 @@ int sampler_draw(const float *probs, int n, float coin)
     return last >= 0 ? last : SAMPLER_EINVAL;
 }
 
+int sampler_draw(const float *probs, int n, float coin)
+{
+    return sampler__draw_scaled(probs, 1.0, n, coin);
+}
+
 int sampler_argmax(const float *logits, int n)
 {
     if (!logits || n <= 0)
         return SAMPLER_EINVAL;
     float m = sampler__max(logits, n);
-    for (int i = 0; i < n; i++)
+    int i = 0;
+#ifdef __AVX__
+    __m256 mv = _mm256_set1_ps(m);
+    for (; i + 8 <= n; i += 8) {
+        int hit = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(logits + i), mv, _CMP_EQ_OQ));
+        if (hit)
+            return i + __builtin_ctz((unsigned)hit); /* the first equal lane */
+    }
+#endif
+    for (; i < n; i++)
         if (logits[i] == m)
             return i;
     return SAMPLER_EINVAL; /* only NaN (m = -INFINITY matches any -INFINITY above) */

@@ -113,4 +113,11 @@ int sampler__choose(const sampler_params *p, sampler_scratch *sc, sampler_rng *r
                     const float *logits, const int32_t *ids, int n_ids, int n_generated,
                     int32_t *token);
 
+/* softmax and draw without the pass that normalises: e[i] = exp(logits[i] - max) and
+ * *scale = 1 / sum e, and the draw takes (float)(e[i] * scale) as token i's
+ * probability -- exactly the value sampler_softmax stores -- only for the tokens it
+ * walks past.  sampler_softmax and sampler_draw are these two with the pass. */
+int sampler__softmax_scaled(const float *logits, float *e, int vocab, double *scale);
+int sampler__draw_scaled(const float *e, double scale, int n, float coin);
+
 #endif /* LMSERVE_SAMPLER_INTERNAL_H */

@@ -171,3 +171,111 @@ Test(internal, fixed_order_reductions)
     float none[3] = {NAN, -INFINITY, NAN};
     cr_assert(sampler__max(none, 3) == -INFINITY);
 }
+
+/* The portable eight-lane maximum that sampler__max must equal to the bit (its AVX
+ * path keeps the same lanes), and the first index holding it. */
+static float ref_max(const float *x, int n)
+{
+    float acc[8];
+    for (int j = 0; j < 8; j++)
+        acc[j] = -INFINITY;
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; j++)
+            acc[j] = x[i + j] > acc[j] ? x[i + j] : acc[j];
+    float m = -INFINITY;
+    for (; i < n; i++)
+        m = x[i] > m ? x[i] : m;
+    for (int j = 0; j < 8; j++)
+        m = acc[j] > m ? acc[j] : m;
+    return m;
+}
+
+static uint64_t lcg(uint64_t *s)
+{
+    *s = *s * 6364136223846793005ull + 1442695040888963407ull;
+    return *s >> 33;
+}
+
+Test(internal, max_and_argmax_equal_the_portable_loops)
+{
+    static float x[32000 + 9];
+    uint64_t s = 42;
+    int lens[] = {1, 2, 7, 8, 9, 15, 16, 17, 31, 33, 64, 100, 1001, 32000, 32009};
+    for (size_t li = 0; li < sizeof lens / sizeof lens[0]; li++) {
+        int n = lens[li];
+        for (int trial = 0; trial < 40; trial++) {
+            for (int i = 0; i < n; i++)
+                x[i] = (float)((int)(lcg(&s) % 2001) - 1000) / 64.0f;
+            int kind = trial % 8, at = (int)(lcg(&s) % (uint64_t)n);
+            if (kind == 1) x[at] = NAN;                    /* NaN never wins */
+            if (kind == 2) x[at] = INFINITY;
+            if (kind == 3)                                   /* only -inf and NaN */
+                for (int i = 0; i < n; i++) x[i] = i % 3 ? -INFINITY : NAN;
+            if (kind == 4) {                                 /* ties: the first must win */
+                x[at] = 100.0f;
+                if ((at ^ 1) < n) x[at ^ 1] = 100.0f; /* two in one group of 8 */
+                x[(at + 1 + (int)(lcg(&s) % (uint64_t)n)) % n] = 100.0f;
+            }
+            if (kind == 5) {                                 /* signed zeros at the top */
+                for (int i = 0; i < n; i++) x[i] = -1.0f;
+                x[at] = -0.0f;
+                x[(int)(lcg(&s) % (uint64_t)n)] = 0.0f;
+            }
+            if (kind == 6) x[n - 1] = 1000.0f;               /* in the tail past the lanes */
+            if (kind == 7) x[0] = 1000.0f;
+            float want = ref_max(x, n), got = sampler__max(x, n);
+            cr_assert_eq(memcmp(&want, &got, sizeof want), 0, "n %d kind %d: max %a, want %a",
+                         n, kind, (double)got, (double)want);
+            int first = -1;
+            for (int i = 0; i < n && first < 0; i++)
+                if (x[i] == want) first = i;
+            int a = sampler_argmax(x, n);
+            cr_assert_eq(a, first < 0 ? SAMPLER_EINVAL : first, "n %d kind %d: argmax %d, want %d",
+                         n, kind, a, first);
+        }
+    }
+}
+
+Test(draw, without_the_normalising_pass_equals_softmax_then_draw)
+{
+    enum { N = 32000 + 5 };
+    static float x[N], p[N], e[N];
+    uint64_t s = 7;
+    for (int trial = 0; trial < 12; trial++) {
+        int n = trial < 6 ? N : 1 + (int)(lcg(&s) % 300);
+        float spread = trial % 3 == 0 ? 30.0f : 3.0f; /* wide spreads make tiny probabilities */
+        for (int i = 0; i < n; i++)
+            x[i] = spread * ((float)(lcg(&s) % 100000) / 100000.0f - 0.5f);
+        for (int k = 0; k < n / 50; k++)
+            x[lcg(&s) % (uint64_t)n] = -INFINITY;
+        if (trial == 5) x[n / 2] = x[n - 1] = INFINITY;
+        double scale;
+        cr_assert_eq(sampler_softmax(x, p, n), 0);
+        cr_assert_eq(sampler__softmax_scaled(x, e, n, &scale), 0);
+        for (int i = 0; i < n; i++) {
+            float q = (float)((double)e[i] * scale);
+            cr_assert_eq(memcmp(&q, &p[i], sizeof q), 0, "probability %d differs", i);
+        }
+        for (int c = 0; c < 400; c++) {
+            float coin = (float)(lcg(&s) % 16777216) / 16777216.0f;
+            cr_assert_eq(sampler__draw_scaled(e, scale, n, coin), sampler_draw(p, n, coin),
+                         "trial %d coin %a", trial, (double)coin);
+        }
+        cr_assert_eq(sampler__draw_scaled(e, scale, n, 0.99999994f), sampler_draw(p, n, 0.99999994f));
+        /* coins on the float grid around every CDF boundary: where a draw that kept
+         * the probabilities in double (not rounded to float) would part from it */
+        double cdf = 0.0;
+        for (int i = 0; i < n; i++) {
+            if (!(p[i] > 0.0f)) continue;
+            cdf += p[i];
+            if (i > 2000 && i % 97) continue; /* each check walks i entries: sample the far ones */
+            float f = (float)cdf;
+            float coins[3] = {nextafterf(f, 0.0f), f, nextafterf(f, 1.0f)};
+            for (int c = 0; c < 3; c++)
+                if (coins[c] >= 0.0f && coins[c] < 1.0f)
+                    cr_assert_eq(sampler__draw_scaled(e, scale, n, coins[c]), sampler_draw(p, n, coins[c]),
+                                 "trial %d boundary %d coin %a", trial, i, (double)coins[c]);
+        }
+    }
+}
