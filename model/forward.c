@@ -209,15 +209,10 @@ static void attn_task(void *arg, int task, int n_tasks)
     }
 }
 
-static void attention(model *m, fwd_scratch *sc, const fwd_batch *b, int layer, int rope)
+void forward_attention(model *m, fwd_scratch *sc, const fwd_batch *b, int layer, int rope)
 {
     attn_ctx c = {m, sc, b, layer, rope};
     model_pool_run(m->pool, attn_task, &c, b->n_items * m->info.n_kv_heads);
-}
-
-void forward_attention(model *m, fwd_scratch *sc, const fwd_batch *b, int layer)
-{
-    attention(m, sc, b, layer, 0);
 }
 
 void forward_logits(model *m, fwd_scratch *sc, const fwd_batch *b)
@@ -361,7 +356,7 @@ void forward_llama(model *m, fwd_scratch *sc, const fwd_batch *b)
         const layer_weights *lw = &m->layers[l];
         kernel_job qkv[3] = {{sc->q, &lw->wq}, {sc->k, &lw->wk}, {sc->v, &lw->wv}};
         kernel_matmul_multi(m->pool, qkv, 3, sc->xb, T);
-        attention(m, sc, b, l, 1); /* RoPE, KV store, attention */
+        forward_attention(m, sc, b, l, 1); /* RoPE, KV store, attention */
         kernel_matmul(m->pool, sc->xb, sc->att, T, &lw->wo);
         elem_ctx ec = {sc, T, dim, lw->ffn_norm, eps};
         run_rows(m, T, residual_norm_task, &ec); /* x += attention out; xb = ffn_norm(x) */

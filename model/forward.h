@@ -89,9 +89,10 @@ void forward_llama(model *m, fwd_scratch *sc, const fwd_batch *b);
 
 /* Shared steps. */
 void forward_rmsnorm(float *out, const float *x, const float *w, int n, float eps);
-/* Rows' K and V (sc->k, sc->v) into their sequences' caches for `layer`, then
- * causal grouped-query attention of sc->q over the caches -> sc->att. */
-void forward_attention(model *m, fwd_scratch *sc, const fwd_batch *b, int layer);
+/* (rope: RoPE on the rows' q and k first, then) rows' K and V (sc->k, sc->v) into
+ * their sequences' caches for `layer`, then causal grouped-query attention of
+ * sc->q over the caches -> sc->att. */
+void forward_attention(model *m, fwd_scratch *sc, const fwd_batch *b, int layer, int rope);
 /* Classifier on the final rows in sc->xb for the items that want logits. */
 void forward_logits(model *m, fwd_scratch *sc, const fwd_batch *b);
 

@@ -65,7 +65,7 @@ void forward_gpt2(model *m, fwd_scratch *sc, const fwd_batch *b)
         add_bias(sc->q, lw->bq, T, qd);
         add_bias(sc->k, lw->bk, T, kvd);
         add_bias(sc->v, lw->bv, T, kvd);
-        forward_attention(m, sc, b, l); /* KV store, attention */
+        forward_attention(m, sc, b, l, 0); /* KV store, attention (no RoPE) */
         kernel_matmul(m->pool, sc->xb, sc->att, T, &lw->wo);
         add_bias(sc->xb, lw->bo, T, dim);
         for (size_t e = 0; e < (size_t)T * dim; e++) sc->x[e] += sc->xb[e];

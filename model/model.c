@@ -471,17 +471,14 @@ static void pack_weights(model *m)
         if (t->data && t->type == MT_F32 && !t->panel && t->rows >= KERNEL_PANEL)
             total += ((size_t)t->rows * t->cols * sizeof(float) + 63) & ~(size_t)63;
     }
-    float *buf = NULL;
     size_t buflen = 0;
-    if (total && m->n_maps < (int)(sizeof m->maps / sizeof m->maps[0]))
-        buf = model_alloc_weights(total, &buflen);
+    float *buf = total ? model_alloc_weights(total, &buflen) : NULL;
     if (!buf) {
         free(ts);
         return;
     }
-    m->maps[m->n_maps].addr = buf;
-    m->maps[m->n_maps].len = buflen;
-    m->n_maps++;
+    m->packed = buf;
+    m->packed_len = buflen;
     size_t off = 0;
     for (int i = 0; i < n; i++) {
         mtensor *t = ts[i];
@@ -542,6 +539,7 @@ void model_free(model *m)
     forward_scratch_free(m->scratch);
     tokenizer_free(&m->tok);
     for (int i = 0; i < m->n_maps; i++) munmap(m->maps[i].addr, m->maps[i].len);
+    if (m->packed) munmap(m->packed, m->packed_len);
     for (int i = 0; i < m->n_heap; i++) free(m->heap[i]);
     free(m->heap);
     free(m->path);

@@ -117,6 +117,8 @@ struct model {
     /* Memory the model owns: mmaps and heap blocks, released by model_free. */
     struct { void *addr; size_t len; } maps[8];
     int n_maps;
+    void *packed;              /* the F32 matrices in panel layout (model_alloc_weights) */
+    size_t packed_len;
     void **heap;               /* malloc'd blocks (converted weights, tables) */
     int n_heap, cap_heap;
 
