@@ -83,6 +83,7 @@ typedef struct {
 /* Incremental detokenizer state: emits only whole UTF-8 characters. */
 typedef struct {
     int32_t prev;            /* previous token id, -1 at start */
+    int emitted;             /* nonzero once a token with text (not a special token) was pushed */
     int n_pending;           /* bytes of an incomplete UTF-8 character held back */
     unsigned char pending[8];
 } model_detok;
@@ -119,8 +120,9 @@ int model_token_is_special(const model *m, int32_t id);
 void model_detok_init(model_detok *d);
 /* Append the text of token id to out (capacity cap), holding back an incomplete
  * UTF-8 character until a later token completes it.  Applies the vocabulary's
- * conventions (e.g. the leading space of the first piece after BOS is dropped
- * when the tokenizer adds a space prefix).  Returns bytes written, or a
+ * conventions: when the tokenizer adds a space prefix and the stream starts with
+ * BOS, the leading space of the first piece with text is dropped (a BOS in the
+ * middle of a text drops nothing, as in SentencePiece).  Returns bytes written, or a
  * negative code (MODEL_ERANGE if cap is too small: cap >= 64 + longest token is
  * always enough). */
 int model_detok_push(const model *m, model_detok *d, int32_t id, char *out, size_t cap);

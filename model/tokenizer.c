@@ -556,11 +556,19 @@ int model_detok_push(const model *m, model_detok *d, int32_t id, char *out, size
     }
     const uint8_t *p = (const uint8_t *)t->bytes[id];
     size_t n = (size_t)t->bytes_len[id];
-    if (d->prev >= 0 && d->prev == t->bos_id && t->add_space_prefix && n > 0 && p[0] == ' ') {
+    /* The space prefix the encoder added after BOS is dropped from the first piece
+     * with text, as SentencePiece decodes a sequence -- only there: a BOS in the middle
+     * of a text (a TinyStories model ends one story and starts the next with BOS) does
+     * not drop the space of the piece after it (" Once" after "fun.", as SentencePiece
+     * and llama.cpp print it).  Without a BOS first, the space is kept, so the texts of
+     * consecutive id lists concatenate (llama.cpp's /detokenize does the same). */
+    if (!d->emitted && d->prev >= 0 && d->prev == t->bos_id && t->add_space_prefix && n > 0 &&
+        p[0] == ' ') {
         p++;
         n--;
     }
     model_detok st = *d;
+    st.emitted = 1;
     size_t w = 0;
     int rc = utf8_feed(&st, p, n, out, cap, &w);
     if (rc) return rc;
