@@ -70,6 +70,8 @@ static int put_vocab(gguf_writer *w)
         if (i == TRAIN_UNK) toks[i] = "<unk>";
         else if (i == TRAIN_BOS) toks[i] = "<s>";
         else if (i == TRAIN_EOS) toks[i] = "</s>";
+        else if (i == TRAIN_BYTE0 + ' ')
+            toks[i] = "\xe2\x96\x81"; /* U+2581, see below */
         else {
             snprintf(names[i], sizeof names[i], "<0x%02X>", i - TRAIN_BYTE0);
             toks[i] = names[i];
@@ -77,6 +79,13 @@ static int put_vocab(gguf_writer *w)
         scores[i] = 0.0f;
         types[i] = i == TRAIN_UNK ? 2 : i < TRAIN_BYTE0 ? 3 : 6; /* UNKNOWN, CONTROL, BYTE */
     }
+    /* A "llama" (SentencePiece) tokenizer turns every space into U+2581 before it
+     * looks pieces up, so a space only ever reaches the byte token for 0x20 as the
+     * three bytes of U+2581 (llama.cpp does exactly that).  The trainer's text has one
+     * token per byte, space = TRAIN_BYTE0 + 0x20; naming that token U+2581 (a normal
+     * piece) makes every SentencePiece implementation encode a space as the id the
+     * model was trained on, and decode it back to ' '. */
+    types[TRAIN_BYTE0 + ' '] = 1; /* NORMAL */
     int rc = 0;
     rc = rc ? rc : gguf_writer_kv_str(w, "tokenizer.ggml.model", "llama");
     rc = rc ? rc : gguf_writer_kv_arr_str(w, "tokenizer.ggml.tokens", toks, TRAIN_VOCAB);

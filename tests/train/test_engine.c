@@ -92,6 +92,19 @@ static void compare(int f16, int tied, int kv_heads)
     cr_expect_eq(ids[0], TRAIN_BOS);
     for (size_t i = 0; i < strlen(prompt); i++)
         cr_expect_eq(ids[1 + i], TRAIN_BYTE0 + (unsigned char)prompt[i], "byte %zu", i);
+    /* The space token is the SentencePiece space piece U+2581, a normal token: a
+     * SentencePiece tokenizer (llama.cpp) replaces ' ' by U+2581 before looking it up,
+     * so it reaches the trained id only under that name (as "<0x20>" it would fall
+     * back to the three bytes of U+2581).  Every other byte keeps its <0xNN> name. */
+    cr_expect_str_eq(model_token_str(m, TRAIN_BYTE0 + ' '), "\xe2\x96\x81");
+    cr_expect_str_eq(model_token_str(m, TRAIN_BYTE0 + 'A'), "<0x41>");
+    cr_expect_str_eq(model_token_str(m, TRAIN_BYTE0 + 0xE2), "<0xE2>");
+    cr_expect(!model_token_is_special(m, TRAIN_BYTE0 + ' '));
+    {
+        size_t bl;
+        const char *sp = model_token_bytes(m, TRAIN_BYTE0 + ' ', &bl);
+        cr_expect(sp && bl == 1 && sp[0] == ' ', "the space token decodes to ' '");
+    }
 
     /* logits at every position */
     const int V = TRAIN_VOCAB;
