@@ -5,6 +5,8 @@
 #   make test       install what the tests need, build, run every test
 #   make test SANITIZE=address,undefined   the same in build/san-address-undefined
 #   make bench      engine + sampler + load benchmarks (not part of test)
+#   make bench-compare   side by side with llama.cpp (built by scripts/get-llama-cpp.sh) and,
+#                   given RUNC=path/to/run, llama2.c's run.c, on the same files
 #   make fuzz       libFuzzer targets for FUZZ_SECONDS each
 #   make soak       10,000 mixed requests through the real server (LMSERVE_SOAK_REQUESTS)
 #   make install / uninstall   PREFIX=/usr/local DESTDIR=
@@ -143,6 +145,13 @@ test: deps-test
 bench: deps
 	@$(MAKE) --no-print-directory $(B)/lmserve $(BENCH_BIN)
 	@LMSERVE_BIN=$(CURDIR)/$(B)/lmserve LMSERVE_BUILD=$(CURDIR)/$(B) scripts/bench.sh
+
+# Side by side with llama.cpp (and llama2.c's run.c when RUNC= names a built `run`).
+.PHONY: bench-compare
+bench-compare: deps
+	@$(MAKE) --no-print-directory $(B)/lmserve $(BENCH_BIN)
+	@[ -n "$(LLAMA_CPP_BIN)" ] || [ -x build/ref/llama.cpp/build/bin/llama-server ] || scripts/get-llama-cpp.sh
+	@LMSERVE_BIN=$(CURDIR)/$(B)/lmserve LMSERVE_BUILD=$(CURDIR)/$(B) scripts/bench-compare.sh
 
 FUZZ_SECONDS ?= 60
 fuzz:

@@ -1,0 +1,191 @@
+#!/usr/bin/env bash
+# bench-compare.sh -- lmserve side by side with llama.cpp (and llama2.c's run.c when given)
+# on the same model files, on this machine, in interleaved rounds (the speed of a shared
+# VM drifts by 10-20 % over minutes, so each round runs every program once, back to back,
+# and the table shows the median and range over the rounds).  `make bench-compare`.
+#
+#   1. Decode, one stream, greedy, 128 tokens after a short prompt, 2 threads:
+#        lmserve generate --model M.gguf --prompt "Once upon a time" --max-tokens 128 --temperature 0
+#        llama-bench -m M.gguf -p 0 -n 128 -t 2 -r 1          (tg128: llama.cpp's own timing)
+#        RUNC M.bin -z M.bin.tokenizer.bin -t 0 -n 132 -i "Once upon a time"   (F32 only)
+#      on the bench models of `make bench` (random weights, real shapes; GGUF files for
+#      lmserve and llama.cpp, the llama2.c checkpoint for run.c).
+#   2. Load: the stories15M shape (F32 GGUF), 16 concurrent streaming clients (bench/loadgen,
+#      128 tokens at temperature 0.8, LOAD_DURATION seconds) against `lmserve serve` and
+#      `llama-server -np 16` (16 slots of 256 tokens), alternating.
+#   3. Agreement: greedy 100-token completions of fixed prompts (scripts/compare-greedy.py)
+#      from lmserve and llama-server (-ctk f32 -ctv f32 -fa off: F32 KV, no flash attention,
+#      the same arithmetic as ours) on real models: $LMSERVE_MODELS/stories260K.gguf (20
+#      story prompts) and models/default/model.gguf (10 KJV prompts).
+#
+# Environment (defaults in brackets):
+#   LLAMA_CPP_BIN [build/ref/llama.cpp/build/bin] dir with llama-bench and llama-server
+#                 (scripts/get-llama-cpp.sh builds them)
+#   RUNC [none]   a built llama2.c run binary (gcc -Ofast -fopenmp -march=native run.c -lm)
+#   COMPARE_MODELS ["s15m-f32 s15m-q8_0 s110m-f32 s110m-q8_0"]   COMPARE_ROUNDS [3]
+#   COMPARE_LOAD [1] run part 2   LOAD_DURATION [15]   LOAD_STREAMS [16]   THREADS [2]
+#   COMPARE_AGREE [1] run part 3   LMSERVE_MODELS [models] folder with stories260K.gguf
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+B=${LMSERVE_BUILD:-build/release}
+LM=${LMSERVE_BIN:-$B/lmserve}
+GEN=$B/bench/gen_model
+LOADGEN=$B/bench/loadgen
+LC=${LLAMA_CPP_BIN:-build/ref/llama.cpp/build/bin}
+RUNC=${RUNC:-}
+MODELS=${COMPARE_MODELS:-"s15m-f32 s15m-q8_0 s110m-f32 s110m-q8_0"}
+ROUNDS=${COMPARE_ROUNDS:-3}
+LOAD=${COMPARE_LOAD:-1}
+AGREE=${COMPARE_AGREE:-1}
+REAL=${LMSERVE_MODELS:-models}
+DURATION=${LOAD_DURATION:-15}
+STREAMS=${LOAD_STREAMS:-16}
+THREADS=${THREADS:-2}
+M=build/bench-models
+PROMPT="Once upon a time"
+NTOK=128
+
+for f in "$LM" "$GEN" "$LOADGEN"; do
+  [ -x "$f" ] || { echo "bench-compare: $f is missing (run make bench first)" >&2; exit 1; }
+done
+for t in llama-bench llama-server; do
+  [ -x "$LC/$t" ] || { echo "bench-compare: $LC/$t is missing (run scripts/get-llama-cpp.sh, or set LLAMA_CPP_BIN)" >&2; exit 1; }
+done
+[ -z "$RUNC" ] || [ -x "$RUNC" ] || { echo "bench-compare: RUNC=$RUNC is not executable" >&2; exit 1; }
+
+shape_args() {
+  case $1 in
+    s15m)  echo "--dim 288 --hidden 768 --layers 6 --heads 6 --kv-heads 6 --vocab 32000 --ctx 256" ;;
+    s110m) echo "--dim 768 --hidden 2048 --layers 12 --heads 12 --kv-heads 12 --vocab 32000 --ctx 1024" ;;
+    *) echo "bench-compare: unknown shape $1" >&2; return 1 ;;
+  esac
+}
+ensure_model() { # name (e.g. s15m-f32) -> generates M/name.gguf (and M/name.bin for F32) if missing
+  local name=$1 shape=${1%%-*} type=${1#*-} args
+  args=$(shape_args "$shape")
+  mkdir -p "$M"
+  if [ ! -s "$M/$name.gguf" ]; then
+    echo "-- generating $M/$name.gguf" >&2
+    # shellcheck disable=SC2086
+    nice "$GEN" --out "$M/$name.gguf" --format gguf --type "$type" $args >/dev/null
+  fi
+  if [ "$type" = f32 ] && { [ ! -s "$M/$name.bin" ] || [ ! -s "$M/$name.bin.tokenizer.bin" ]; }; then
+    echo "-- generating $M/$name.bin" >&2
+    # shellcheck disable=SC2086
+    nice "$GEN" --out "$M/$name.bin" --format llama2c $args >/dev/null
+  fi
+}
+median_range() { # numbers on stdin -> "median (min-max)"
+  sort -g | awk '{ v[NR] = $1 } END {
+    if (NR == 0) { print "-"; exit }
+    m = NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+    printf "%.1f (%.1f-%.1f)", m, v[1], v[NR] }'
+}
+
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/lmserve-compare.XXXXXX")
+server_pid=
+stop_server() { # every server started since the last call
+  local p
+  for p in $server_pid; do
+    kill -TERM "$p" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.2; done
+    kill -KILL "$p" 2>/dev/null || true
+    wait "$p" 2>/dev/null || true
+  done
+  server_pid=
+}
+trap 'stop_server; rm -rf "$tmp"' EXIT
+trap 'exit 130' INT TERM
+
+echo "== side by side ($(date -u +%FT%TZ), $(nproc) CPUs, $(sed -n 's/^model name[^:]*: //p' /proc/cpuinfo | head -1), load average:$(uptime | sed 's/.*load average://'))"
+echo "   llama.cpp: $LC ($("$LC/llama-server" --version 2>&1 | sed -n 's/^version: //p' | head -1))"
+[ -n "$RUNC" ] && echo "   run.c: $RUNC"
+echo
+echo "-- decode, one stream, greedy, $NTOK tokens, $THREADS threads: tok/s median (min-max) over $ROUNDS interleaved rounds"
+for name in $MODELS; do ensure_model "$name"; done
+for name in $MODELS; do : >"$tmp/$name.lm"; : >"$tmp/$name.lc"; : >"$tmp/$name.rc"; done
+for r in $(seq "$ROUNDS"); do
+  for name in $MODELS; do
+    g=$M/$name.gguf
+    "$LM" generate --model "$g" --prompt "$PROMPT" --max-tokens $NTOK --temperature 0 --threads "$THREADS" \
+      2>&1 >/dev/null | sed -n 's/.*achieved tok\/s: \([0-9.]*\).*/\1/p' >>"$tmp/$name.lm"
+    "$LC/llama-bench" -m "$g" -p 0 -n $NTOK -t "$THREADS" -r 1 -o csv 2>/dev/null |
+      awk -F, 'NR == 1 { for (i = 1; i <= NF; i++) if ($i ~ /avg_ts/) c = i; next }
+               c { gsub(/"/, "", $c); print $c }' >>"$tmp/$name.lc"
+    if [ -n "$RUNC" ] && [ -s "$M/$name.bin" ] && [ "${name#*-}" = f32 ]; then
+      "$RUNC" "$M/$name.bin" -z "$M/$name.bin.tokenizer.bin" -t 0 -n $((NTOK + 4)) -i "$PROMPT" 2>&1 >/dev/null |
+        sed -n 's/.*achieved tok\/s: \([0-9.]*\).*/\1/p' >>"$tmp/$name.rc"
+    fi
+  done
+done
+printf '   %-12s %24s %24s %24s %10s\n' model lmserve llama.cpp run.c "lm/llama"
+for name in $MODELS; do
+  lm=$(median_range <"$tmp/$name.lm"); lc=$(median_range <"$tmp/$name.lc"); rc=$(median_range <"$tmp/$name.rc")
+  ratio=$(awk -v a="${lm%% *}" -v b="${lc%% *}" 'BEGIN { if (a > 0 && b > 0) printf "%.2fx", a / b; else print "-" }')
+  printf '   %-12s %24s %24s %24s %10s\n' "$name" "$lm" "$lc" "$rc" "$ratio"
+done
+echo "   lmserve:   $LM generate --model $M/NAME.gguf --prompt \"$PROMPT\" --max-tokens $NTOK --temperature 0 --threads $THREADS"
+echo "   llama.cpp: $LC/llama-bench -m $M/NAME.gguf -p 0 -n $NTOK -t $THREADS -r 1"
+[ -n "$RUNC" ] && echo "   run.c:     $RUNC $M/NAME.bin -z $M/NAME.bin.tokenizer.bin -t 0 -n $((NTOK + 4)) -i \"$PROMPT\""
+
+port=${COMPARE_PORT:-18093}
+port2=$((port + 1))
+start_server() { # label port cmd... -> starts it, waits until /health answers
+  local label=$1 p=$2; shift 2
+  "$@" >"$tmp/$label.log" 2>&1 &
+  server_pid="$server_pid $!"
+  for _ in $(seq 300); do
+    if curl -fs "http://127.0.0.1:$p/health" >/dev/null 2>&1; then return 0; fi
+    kill -0 "$!" 2>/dev/null || break
+    sleep 0.2
+  done
+  echo "bench-compare: $label did not start:" >&2; tail -20 "$tmp/$label.log" >&2; exit 1
+}
+
+if [ "$LOAD" = 1 ]; then
+name=s15m-f32
+ensure_model "$name"
+g=$M/$name.gguf
+lm_cmd=("$LM" serve --model "$g" --host 127.0.0.1 --port "$port" --parallel 64 --queue 256
+        --threads "$THREADS" --kv-type f32)
+lc_cmd=("$LC/llama-server" -m "$g" -c $((256 * STREAMS)) -np "$STREAMS" -t "$THREADS" -tb "$THREADS"
+        --host 127.0.0.1 --port "$port")
+load_args=(--concurrency "$STREAMS" --max-tokens $NTOK --temperature 0.8 --duration "$DURATION"
+           --max-time $((DURATION * 2)) --seed 1 --json)
+echo
+echo "-- load: $name, $STREAMS streams, $NTOK tokens at T 0.8, ${DURATION} s per run: aggregate tok/s and TTFT p50 ms, median (min-max) over $ROUNDS rounds"
+: >"$tmp/lm.tps"; : >"$tmp/lc.tps"; : >"$tmp/lm.ttft"; : >"$tmp/lc.ttft"
+jget() { sed -n "s/.*\"$2\":\([^,}]*\).*/\1/p" <<<"$1"; }
+for r in $(seq "$ROUNDS"); do
+  for who in lm lc; do
+    if [ $who = lm ]; then start_server lmserve "$port" "${lm_cmd[@]}"; else start_server llama-server "$port" "${lc_cmd[@]}"; fi
+    "$LOADGEN" --url "http://127.0.0.1:$port" --concurrency 1 --requests-per-client 2 --max-tokens 16 --json >/dev/null || true
+    out=$("$LOADGEN" --url "http://127.0.0.1:$port" "${load_args[@]}") || true
+    jget "$out" tokens_per_s >>"$tmp/$who.tps"
+    t=$(jget "$out" ttft_ms_p50); [ -n "$t" ] && [ "$t" != null ] && echo "$t" >>"$tmp/$who.ttft"
+    stop_server
+  done
+done
+printf '   %-14s %24s %24s\n' server "tok/s" "TTFT p50 ms"
+printf '   %-14s %24s %24s\n' lmserve "$(median_range <"$tmp/lm.tps")" "$(median_range <"$tmp/lm.ttft")"
+printf '   %-14s %24s %24s\n' llama-server "$(median_range <"$tmp/lc.tps")" "$(median_range <"$tmp/lc.ttft")"
+echo "   lmserve:      ${lm_cmd[*]}"
+echo "   llama-server: ${lc_cmd[*]}"
+echo "   loadgen:      $LOADGEN --url http://127.0.0.1:$port ${load_args[*]}"
+fi
+
+[ "$AGREE" = 1 ] || exit 0
+echo
+echo "-- agreement: greedy 100-token completions, lmserve vs llama-server -ctk f32 -ctv f32 -fa off"
+for pair in "$REAL/stories260K.gguf:stories" "models/default/model.gguf:kjv"; do
+  f=${pair%:*} set=${pair##*:}
+  if [ ! -s "$f" ]; then echo "   $f: missing (set LMSERVE_MODELS, or make models)"; continue; fi
+  start_server lmserve-agree "$port" "$LM" serve --model "$f" --host 127.0.0.1 --port "$port" --threads "$THREADS"
+  start_server llama-agree "$port2" "$LC/llama-server" -m "$f" -np 1 -t "$THREADS" -ctk f32 -ctv f32 -fa off \
+    --host 127.0.0.1 --port "$port2"
+  out=$(python3 scripts/compare-greedy.py "http://127.0.0.1:$port" "http://127.0.0.1:$port2" 100 "$set") || true
+  echo "   $f ($set prompts): $(tail -1 <<<"$out")"
+  grep -A2 '^   differs' <<<"$out" || true
+  stop_server
+done

@@ -1,0 +1,51 @@
+#!/usr/bin/env python3
+"""compare-greedy.py LMSERVE_URL LLAMA_SERVER_URL [N_TOKENS] [PROMPT_SET]
+
+Greedy completions of the same prompts from lmserve (/v1/completions) and llama.cpp's
+llama-server (/completion), compared as text; prints each difference (first differing
+character and both texts) and "K/N identical".  PROMPT_SET: stories (default) or kjv.
+Used by scripts/bench-compare.sh; start llama-server with -ctk f32 -ctv f32 -fa off for
+the same arithmetic as lmserve's F32 KV cache (its flash-attention path rounds through F16).
+"""
+import json
+import sys
+import urllib.request
+
+PROMPTS = {
+    "stories": ["Once upon a time", "The little dog", "Lily and Tom went to the park.", "One day, a big bird",
+                "Sam was sad because", "The sun was shining and", "There was a girl named Sue. She",
+                "Ben liked to play with his toy car", "Mom said, \"", "In a small house, there lived",
+                "The cat and the mouse", "It was a cold winter day.", "Tim found a shiny stone",
+                "The tree was very tall", "Anna wanted to bake a cake", "Once", "Hello", "The end.",
+                "Why is the sky blue?", "Max the dog ran to"],
+    "kjv": ["In the beginning", "And God said", "The LORD is my shepherd", "Blessed are the",
+            "And it came to pass", "Thou shalt not", "For God so loved", "Then Jesus said unto them,",
+            "And the earth was", "Praise ye the LORD"],
+}
+
+
+def post(url, body):
+    req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=120) as r:
+        return json.load(r)
+
+
+def main():
+    lm, lc = sys.argv[1].rstrip("/"), sys.argv[2].rstrip("/")
+    n = int(sys.argv[3]) if len(sys.argv) > 3 else 100
+    prompts = PROMPTS[sys.argv[4] if len(sys.argv) > 4 else "stories"]
+    same = 0
+    for p in prompts:
+        a = post(lm + "/v1/completions", {"prompt": p, "max_tokens": n, "temperature": 0})["choices"][0]["text"]
+        b = post(lc + "/completion", {"prompt": p, "n_predict": n, "temperature": 0, "cache_prompt": False})["content"]
+        if a == b:
+            same += 1
+            continue
+        k = next((i for i in range(min(len(a), len(b))) if a[i] != b[i]), min(len(a), len(b)))
+        print(f"   differs: {p!r} at character {k}\n     lmserve: {a!r}\n     llama:   {b!r}")
+    print(f"{same}/{len(prompts)} identical")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
