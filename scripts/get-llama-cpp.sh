@@ -23,7 +23,9 @@ done
 mkdir -p build/ref
 
 if [ -n "${LLAMA_CPP_SRC:-}" ]; then
-  src=$LLAMA_CPP_SRC
+  src=$(cd "$LLAMA_CPP_SRC" && pwd)
+  # bench-compare.sh looks in build/ref/llama.cpp/build/bin
+  [ -e "$DEST" ] || ln -s "$src" "$DEST"
 elif [ -d "$DEST/.git" ]; then
   src=$DEST
   echo "get-llama-cpp: using the checkout in $DEST ($(git -C "$DEST" log --oneline -1 | cut -c1-60))"
