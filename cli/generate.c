@@ -201,11 +201,14 @@ int cli_generate(int argc, char **argv)
     g.lm.vocab_size = info->vocab_size;
     g.lm.max_seq_len = n_prompt + (int)max_tokens;
     g.lm.next_logits = gen_next_logits;
-    int32_t stop = info->eos_id;
+    int32_t stop[2];
+    int n_stop = 0;
+    if (info->eos_id >= 0) stop[n_stop++] = info->eos_id;
+    if (info->bos_ends_text) stop[n_stop++] = info->bos_id; /* llama2.c: as run.c */
     sampler_params sp = {
         .temperature = temperature, .top_k = (int)top_k, .top_p = top_p,
         .repetition_penalty = rep, .seed = seed,
-        .stop_ids = stop >= 0 ? &stop : NULL, .n_stop_ids = stop >= 0 ? 1 : 0,
+        .stop_ids = n_stop ? stop : NULL, .n_stop_ids = n_stop,
     };
     const char *bad_name = NULL;
     if (sampler_params_validate(&sp, info->vocab_size, &bad_name) != SAMPLER_OK) {

@@ -519,6 +519,7 @@ int model_load(model **out, const char *path, const model_load_opts *opts,
         m->info.format = m->format_name;
         m->info.bos_id = m->tok.bos_id;
         m->info.eos_id = m->tok.eos_id;
+        m->info.bos_ends_text = !strcmp(m->format_name, "llama2c") && m->tok.bos_id >= 0;
         m->info.add_bos = m->tok.add_bos;
         m->pool = model_pool_new(opts->n_threads);
         if (!m->pool) rc = model_errf(err, errlen, MODEL_ENOMEM, path, "cannot start the thread pool");

@@ -60,6 +60,9 @@ typedef struct {
     float norm_eps;          /* RMSNorm / LayerNorm epsilon */
     int32_t bos_id;          /* -1 if none */
     int32_t eos_id;          /* -1 if none */
+    int bos_ends_text;       /* a generated BOS ends the text like EOS: llama2.c checkpoints,
+                                whose training data separates documents with BOS (and has
+                                no EOS); run.c stops there */
     int add_bos;             /* the tokenizer's convention: prepend BOS to prompts */
     size_t n_params;         /* number of weights */
     size_t weight_bytes;     /* bytes of weights as held in memory */

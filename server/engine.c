@@ -57,6 +57,7 @@ struct engine {
     engine_config c;
     model *m;
     int vocab, eos;
+    int bos_stop;            /* BOS id when a generated BOS ends the text (llama2.c models), else -1 */
     uv_thread_t th;
     int started;
     uv_mutex_t qmu;
@@ -414,7 +415,7 @@ static void slot_sample(engine *e, slot *s, const float *logits)
     s->n_gen++;
     j->completion_tokens++;
     atomic_store(&j->stat_completion, j->completion_tokens);
-    if (c.token == e->eos) {
+    if (c.token == e->eos || (e->bos_stop >= 0 && c.token == e->bos_stop)) {
         choice_finish(e, s, "stop", 0);
         return;
     }
@@ -701,6 +702,7 @@ int engine_start(engine **out, const engine_config *c)
     const model_info *mi = model_get_info(e->m);
     e->vocab = mi->vocab_size;
     e->eos = mi->eos_id;
+    e->bos_stop = mi->bos_ends_text ? mi->bos_id : -1;
     if (e->c.prefill_chunk < 1) e->c.prefill_chunk = 64;
     if (e->c.step_budget < e->c.prefill_chunk) e->c.step_budget = e->c.prefill_chunk;
     if (e->c.parallel > 1024) e->c.parallel = 1024;
