@@ -4,8 +4,11 @@
  *
  * Tolerances, per output element with S = sum_k |x_k w_k| (w as stored):
  *   F32/F16/BF16: |out - exact| <= 2e-6 * S   (float accumulation over <= 700 terms)
- *   Q8_0: |out - exact| <= B + 2e-6 * S where B = sum_k |w_k| * d_k / 2 is the bound
- *         of the activation rounding (d_k: the row's block scale max|x| / 127).
+ *   Q8_0: |out - exact| <= B + 2e-6 * S where B = sum_k |w_k| * d_k * (1/2 + 127 * 2^-11)
+ *         bounds the activation rounding (d_k: the row's block scale max|x| / 127; the
+ *         int8 value is off by at most 1/2 step, and the scale is kept as an IEEE half,
+ *         relative error <= 2^-11, times |q| <= 127).
+ *   Q8_0 also exactly: q8_0_equals_the_ggml_formula.
  */
 #include <criterion/criterion.h>
 
@@ -65,7 +68,7 @@ static void check_type(int type, const shape3 *shapes, int n_shapes, model_pool 
                         double amax = 0;
                         for (int i = k / 32 * 32; i < k / 32 * 32 + 32; i++)
                             amax = fmax(amax, fabs(xr[i]));
-                        B += fabs(wk) * amax / 127.0 / 2.0 * 1.0001;
+                        B += fabs(wk) * amax / 127.0 * (0.5 + 127.0 * 0x1p-11) * 1.0001;
                     }
                 }
                 /* packed: one float accumulator over k (bound C * 2^-24 * S); else 8 lanes + tree */
@@ -117,6 +120,81 @@ Test(kernels, q8_0_against_double)
     model_pool *p = model_pool_new(2);
     check_type(MT_Q8_0, shapes, 7, p);
     check_type(MT_Q8_0, shapes, 7, NULL);
+    model_pool_free(p);
+}
+
+/* Q8_0 x float rows, bit for bit, as llama.cpp's CPU backend computes them (its AVX2
+ * quantize_row_q8_0 + ggml_vec_dot_q8_0_q8_0; the arithmetic is restated here, not taken
+ * from the kernel): per block of 32 the activations become q = nearest-even(x * 127/amax)
+ * with the scale amax/127 rounded to IEEE half; eight lanes each take the integer sum of
+ * four products w*q and accumulate fma(d_w * d_x, sum, lane) over the blocks; the lanes
+ * are then added as (l0+l4 + l2+l6) + (l1+l5 + l3+l7).  This is what makes greedy text on
+ * llama-quantize'd Q8_0 files equal llama.cpp's.  Fails with a float activation scale, with
+ * 1/(amax/127) as the multiplier, or with another lane order. */
+Test(kernels, q8_0_equals_the_ggml_formula)
+{
+    const shape3 shapes[] = {{1, 32, 1}, {37, 96, 1}, {19, 256, 5}, {130, 320, 16}, {64, 2048, 3}};
+    model_pool *p = model_pool_new(2);
+    uint64_t rng = 77;
+    for (int si = 0; si < 5; si++) {
+        int R = shapes[si].rows, C = shapes[si].cols, N = shapes[si].n, nb = C / 32;
+        double *src = malloc((size_t)R * C * 8), *deq = malloc((size_t)R * C * 8);
+        for (size_t i = 0; i < (size_t)R * C; i++)
+            src[i] = fx_unif(&rng);
+        const uint8_t *w = fx_pack(src, R, C, MT_Q8_0, deq);
+        mtensor t = {.data = w, .type = MT_Q8_0, .rows = R, .cols = C};
+        float *x = malloc((size_t)N * C * 4), *out = malloc((size_t)N * R * 4);
+        for (size_t i = 0; i < (size_t)N * C; i++) /* magnitudes over 2^-12 .. 2^3 */
+            x[i] = (float)(fx_unif(&rng) * ldexp(1.0, (int)(fx_unif(&rng) * 7.5) - 4));
+        /* and blocks of halfway values: x = amax * (k + 1/2) / 127, where the rounding of
+         * the multiplier decides which integer x * mul goes to */
+        for (size_t b = 0; b < (size_t)N * C / 32; b += 2) {
+            float amax = (float)(1.0 + fx_unif(&rng)) * 0.37f;
+            x[b * 32] = amax;
+            for (int i = 1; i < 32; i++)
+                x[b * 32 + i] = amax * (float)((i * 4 % 127) + 0.5) / 127.0f * (i & 1 ? 1.0f : -1.0f);
+        }
+        for (int pass = 0; pass < 2; pass++) {
+            kernel_matmul(pass ? p : NULL, out, x, N, &t);
+            int bad = 0;
+            for (int r = 0; r < N; r++) {
+                const float *xr = x + (size_t)r * C;
+                for (int j = 0; j < R; j++) {
+                    const uint8_t *wr = w + (size_t)j * nb * 34;
+                    float lane[8] = {0};
+                    for (int b = 0; b < nb; b++) {
+                        float amax = 0.0f;
+                        for (int i = 0; i < 32; i++)
+                            amax = fmaxf(amax, fabsf(xr[b * 32 + i]));
+                        float mul = amax != 0.0f ? 127.0f / amax : 0.0f;
+                        float dx = (float)(_Float16)(amax / 127.0f);
+                        uint16_t hb = (uint16_t)(wr[b * 34] | wr[b * 34 + 1] << 8);
+                        _Float16 hw;
+                        memcpy(&hw, &hb, 2);
+                        float dd = (float)hw * dx;
+                        for (int l = 0; l < 8; l++) {
+                            int sum = 0;
+                            for (int i = 4 * l; i < 4 * l + 4; i++)
+                                sum += (int8_t)wr[b * 34 + 2 + i] * (int)nearbyintf(xr[b * 32 + i] * mul);
+                            lane[l] = fmaf(dd, (float)sum, lane[l]);
+                        }
+                    }
+                    float want = ((lane[0] + lane[4]) + (lane[2] + lane[6])) +
+                                 ((lane[1] + lane[5]) + (lane[3] + lane[7]));
+                    float got = out[(size_t)r * R + j];
+                    if (memcmp(&got, &want, 4) != 0 && bad++ < 5)
+                        cr_log_error("shape %dx%d n=%d pool=%d: out[%d][%d] = %.9g, formula %.9g", R, C, N,
+                                     pass, r, j, got, want);
+                }
+            }
+            cr_expect_eq(bad, 0, "%d outputs differ from the formula (shape %dx%d, n=%d)", bad, R, C, N);
+        }
+        free(x);
+        free(out);
+        free(src);
+        free(deq);
+        free((void *)w);
+    }
     model_pool_free(p);
 }
 
