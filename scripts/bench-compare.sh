@@ -16,7 +16,10 @@
 #   3. Agreement: greedy 100-token completions of fixed prompts (scripts/compare-greedy.py)
 #      from lmserve and llama-server (-ctk f32 -ctv f32 -fa off: F32 KV, no flash attention,
 #      the same arithmetic as ours) on real models: $LMSERVE_MODELS/stories260K.gguf (20
-#      story prompts) and models/default/model.gguf (10 KJV prompts).
+#      story prompts) and models/default/model.gguf (10 KJV prompts); and, when llama-quantize
+#      is there, stories260K quantized to Q8_0 by it: as is (its ffn_down, 172 columns, falls
+#      back to F16, where llama.cpp rounds the activations to F16 and lmserve does not) and
+#      with ffn_down kept F32 (Q8_0 arithmetic only).
 #
 # Environment (defaults in brackets):
 #   LLAMA_CPP_BIN [build/ref/llama.cpp/build/bin] dir with llama-bench and llama-server
@@ -178,7 +181,14 @@ fi
 [ "$AGREE" = 1 ] || exit 0
 echo
 echo "-- agreement: greedy 100-token completions, lmserve vs llama-server -ctk f32 -ctv f32 -fa off"
-for pair in "$REAL/stories260K.gguf:stories" "models/default/model.gguf:kjv"; do
+pairs=("$REAL/stories260K.gguf:stories" "models/default/model.gguf:kjv")
+if [ -x "$LC/llama-quantize" ] && [ -s "$REAL/stories260K.gguf" ]; then
+  "$LC/llama-quantize" "$REAL/stories260K.gguf" "$tmp/stories260K-q8_0.gguf" Q8_0 >/dev/null 2>&1 &&
+    pairs+=("$tmp/stories260K-q8_0.gguf:stories")
+  "$LC/llama-quantize" --tensor-type ffn_down=f32 "$REAL/stories260K.gguf" "$tmp/stories260K-q8_0-down-f32.gguf" \
+    Q8_0 >/dev/null 2>&1 && pairs+=("$tmp/stories260K-q8_0-down-f32.gguf:stories")
+fi
+for pair in "${pairs[@]}"; do
   f=${pair%:*} set=${pair##*:}
   if [ ! -s "$f" ]; then echo "   $f: missing (set LMSERVE_MODELS, or make models)"; continue; fi
   start_server lmserve-agree "$port" "$LM" serve --model "$f" --host 127.0.0.1 --port "$port" --threads "$THREADS"
@@ -186,6 +196,6 @@ for pair in "$REAL/stories260K.gguf:stories" "models/default/model.gguf:kjv"; do
     --host 127.0.0.1 --port "$port2"
   out=$(python3 scripts/compare-greedy.py "http://127.0.0.1:$port" "http://127.0.0.1:$port2" 100 "$set") || true
   echo "   $f ($set prompts): $(tail -1 <<<"$out")"
-  grep -A2 '^   differs' <<<"$out" || true
+  grep '^   differs' <<<"$out" | sed 's/^/  /' || true
   stop_server
 done

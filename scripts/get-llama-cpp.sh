@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# get-llama-cpp.sh -- build llama.cpp's llama-bench and llama-server for the side-by-side
+# get-llama-cpp.sh -- build llama.cpp's llama-bench, llama-server and llama-quantize for the side-by-side
 # benchmark (scripts/bench-compare.sh, `make bench-compare`).  Not used by `make test`.
 #
 # Source, first that works:
@@ -51,8 +51,8 @@ fi
 echo "get-llama-cpp: building llama-bench and llama-server in $src/build ($JOBS jobs)"
 cmake -S "$src" -B "$src/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF \
   -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF >/dev/null
-cmake --build "$src/build" -j "$JOBS" --target llama-bench llama-server >/dev/null
-for t in llama-bench llama-server; do
+cmake --build "$src/build" -j "$JOBS" --target llama-bench llama-server llama-quantize >/dev/null
+for t in llama-bench llama-server llama-quantize; do
   [ -x "$src/build/bin/$t" ] || { echo "get-llama-cpp: $src/build/bin/$t was not built" >&2; exit 1; }
 done
 echo "get-llama-cpp: $src/build/bin/llama-bench and llama-server are ready"
