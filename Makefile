@@ -151,7 +151,7 @@ bench: deps
 bench-compare: deps
 	@$(MAKE) --no-print-directory $(B)/lmserve $(BENCH_BIN)
 	@[ -n "$(LLAMA_CPP_BIN)" ] || [ -x build/ref/llama.cpp/build/bin/llama-server ] || scripts/get-llama-cpp.sh
-	@LMSERVE_BIN=$(CURDIR)/$(B)/lmserve LMSERVE_BUILD=$(CURDIR)/$(B) scripts/bench-compare.sh
+	@LMSERVE_BIN=$(CURDIR)/$(B)/lmserve LMSERVE_BUILD=$(CURDIR)/$(B) scripts/side-by-side.sh
 
 FUZZ_SECONDS ?= 60
 fuzz:

@@ -4,7 +4,7 @@
 Greedy completions of the same prompts from lmserve (/v1/completions) and llama.cpp's
 llama-server (/completion), compared as text; prints each difference (first differing
 character and both texts) and "K/N identical".  PROMPT_SET: stories (default) or kjv.
-Used by scripts/bench-compare.sh; start llama-server with -ctk f32 -ctv f32 -fa off for
+Used by scripts/side-by-side.sh; start llama-server with -ctk f32 -ctv f32 -fa off for
 the same arithmetic as lmserve's F32 KV cache (its flash-attention path rounds through F16).
 """
 import json

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # get-llama-cpp.sh -- build llama.cpp's llama-bench, llama-server and llama-quantize for the side-by-side
-# benchmark (scripts/bench-compare.sh, `make bench-compare`).  Not used by `make test`.
+# benchmark (scripts/side-by-side.sh, `make bench-compare`).  Not used by `make test`.
 #
 # Source, first that works:
 #   1. LLAMA_CPP_SRC=DIR: an existing llama.cpp checkout;
@@ -24,7 +24,7 @@ mkdir -p build/ref
 
 if [ -n "${LLAMA_CPP_SRC:-}" ]; then
   src=$(cd "$LLAMA_CPP_SRC" && pwd)
-  # bench-compare.sh looks in build/ref/llama.cpp/build/bin
+  # side-by-side.sh looks in build/ref/llama.cpp/build/bin
   [ -e "$DEST" ] || ln -s "$src" "$DEST"
 elif [ -d "$DEST/.git" ]; then
   src=$DEST

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# bench-compare.sh -- lmserve side by side with llama.cpp (and llama2.c's run.c when given)
+# side-by-side.sh -- lmserve side by side with llama.cpp (and llama2.c's run.c when given)
 # on the same model files, on this machine, in interleaved rounds (the speed of a shared
 # VM drifts by 10-20 % over minutes, so each round runs every program once, back to back,
 # and the table shows the median and range over the rounds).  `make bench-compare`.
+# (Not named bench-*.sh: `make bench` runs those, and this one needs llama.cpp.)
 #
 #   1. Decode, one stream, greedy, 128 tokens after a short prompt, 2 threads:
 #        lmserve generate --model M.gguf --prompt "Once upon a time" --max-tokens 128 --temperature 0
