@@ -57,50 +57,60 @@ def put_value(out, t, v):
             put_value(out, et, x)
 
 
-def main():
-    if len(sys.argv) != 3:
-        sys.exit(__doc__.strip().splitlines()[0])
-    b = open(sys.argv[1], "rb").read()
+def parse(b):
+    """GGUF bytes -> (version, tensor count, [key, type, value] list, tensor-info bytes,
+    alignment, offset of the tensor data)."""
     r = Reader(b)
     if r.take("4s") != b"GGUF":
-        sys.exit("not a GGUF file")
+        raise ValueError("not a GGUF file")
     version, n_t, n_kv = r.take("I"), r.take("Q"), r.take("Q")
     kvs = []
     for _ in range(n_kv):
         k = r.string()
         t = r.take("I")
         kvs.append([k, t, r.value(t)])
-    kv = {k: (t, v) for k, t, v in kvs}
-    align = kv.get(b"general.alignment", (4, 32))[1]
+    align = next((v for k, _, v in kvs if k == b"general.alignment"), 32)
     infos_start = r.pos
     for _ in range(n_t):  # name, n_dims, dims, type, offset
         r.string()
         nd = r.take("I")
         r.pos += 8 * nd + 4 + 8
-    infos = b[infos_start:r.pos]
-    data_start = (r.pos + align - 1) // align * align
+    return version, n_t, kvs, b[infos_start:r.pos], align, (r.pos + align - 1) // align * align
 
-    toks = kv.get(b"tokenizer.ggml.tokens")
-    types = kv.get(b"tokenizer.ggml.token_type")
-    if not toks or len(toks[1][1]) != 259:
-        sys.exit("not a vocabulary written by lmserve train (259 tokens expected)")
-    space = 3 + 0x20
-    if toks[1][1][space] == "\u2581".encode():
-        sys.exit("already fixed: token %d is U+2581" % space)
-    if toks[1][1][space] != b"<0x20>":
-        sys.exit("token %d is %r, not <0x20>" % (space, toks[1][1][space]))
-    toks[1][1][space] = "\u2581".encode()
-    if types:
-        types[1][1][space] = 1  # NORMAL
 
-    out = bytearray(b"GGUF") + struct.pack("<IQQ", version, n_t, n_kv)
+def build(version, n_t, kvs, infos, align, data):
+    """The inverse of parse: header, KVs, tensor infos, padding to align, tensor data."""
+    out = bytearray(b"GGUF") + struct.pack("<IQQ", version, n_t, len(kvs))
     for k, t, v in kvs:
         out += struct.pack("<Q", len(k)) + k + struct.pack("<I", t)
         put_value(out, t, v)
     out += infos
     out += b"\0" * ((-len(out)) % align)
-    out += b[data_start:]
-    open(sys.argv[2], "wb").write(out)
+    return out + data
+
+
+def main():
+    if len(sys.argv) != 3:
+        sys.exit(__doc__.strip().splitlines()[0])
+    b = open(sys.argv[1], "rb").read()
+    try:
+        version, n_t, kvs, infos, align, data_start = parse(b)
+    except (ValueError, struct.error) as e:
+        sys.exit(f"{sys.argv[1]}: {e}")
+    kv = {k: v for k, _, v in kvs}
+    toks = kv.get(b"tokenizer.ggml.tokens")
+    types = kv.get(b"tokenizer.ggml.token_type")
+    if not toks or len(toks[1]) != 259:
+        sys.exit("not a vocabulary written by lmserve train (259 tokens expected)")
+    space = 3 + 0x20
+    if toks[1][space] == "\u2581".encode():
+        sys.exit("already fixed: token %d is U+2581" % space)
+    if toks[1][space] != b"<0x20>":
+        sys.exit("token %d is %r, not <0x20>" % (space, toks[1][space]))
+    toks[1][space] = "\u2581".encode()
+    if types:
+        types[1][space] = 1  # NORMAL
+    open(sys.argv[2], "wb").write(build(version, n_t, kvs, infos, align, b[data_start:]))
     print(f"{sys.argv[2]}: token {space} renamed <0x20> -> U+2581 (normal); {n_t} tensors copied")
 
 

@@ -1,9 +1,9 @@
 """scripts/fix-train-vocab.py: a GGUF written by an older `lmserve train` (space token named
 "<0x20>", a byte token) becomes exactly today's file (space token U+2581, a normal piece).
 
-The old-style file is made from models/default/model.gguf by the reverse edit (this test's own
-writer, through the script's parser), so the round trip must give the committed file back byte
-for byte -- metadata order, tensor infos, padding and tensor data included.  The script also
+The old-style file is made from models/default/model.gguf by the reverse edit (with the
+script's own parse and build), so the round trip must give the committed file back byte for
+byte -- metadata order, tensor infos, padding and tensor data included.  The script also
 refuses a file that is already fixed and one that is not a trainer vocabulary, without writing."""
 import importlib.util
 import os
@@ -28,30 +28,11 @@ def load_script():
 def write_old_style(mod, src, dst):
     """src with token 35 renamed back to <0x20> (type BYTE): what `lmserve train` wrote before."""
     b = open(src, "rb").read()
-    r = mod.Reader(b)
-    assert r.take("4s") == b"GGUF"
-    version, n_t, n_kv = r.take("I"), r.take("Q"), r.take("Q")
-    kvs = []
-    for _ in range(n_kv):
-        k = r.string()
-        t = r.take("I")
-        kvs.append([k, t, r.value(t)])
+    version, n_t, kvs, infos, align, data_start = mod.parse(b)
     kv = {k: v for k, _, v in kvs}
-    align = kv.get(b"general.alignment", 32)
-    start = r.pos
-    for _ in range(n_t):
-        r.string()
-        nd = r.take("I")
-        r.pos += 8 * nd + 4 + 8
-    infos, data_start = b[start:r.pos], (r.pos + align - 1) // align * align
     kv[b"tokenizer.ggml.tokens"][1][35] = b"<0x20>"
     kv[b"tokenizer.ggml.token_type"][1][35] = 6
-    out = bytearray(b"GGUF") + mod.struct.pack("<IQQ", version, n_t, n_kv)
-    for k, t, v in kvs:
-        out += mod.struct.pack("<Q", len(k)) + k + mod.struct.pack("<I", t)
-        mod.put_value(out, t, v)
-    out += infos + b"\0" * ((-(len(out) + len(infos))) % align) + b[data_start:]
-    open(dst, "wb").write(out)
+    open(dst, "wb").write(mod.build(version, n_t, kvs, infos, align, b[data_start:]))
 
 
 class FixTrainVocab(unittest.TestCase):
