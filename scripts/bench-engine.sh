@@ -26,8 +26,8 @@ for t in "$gen" "$bf"; do
 done
 mkdir -p "$M"
 
-shape_s15m="--dim 288 --hidden 768 --layers 6 --heads 6 --kv-heads 6 --vocab 32000 --ctx 256"
-shape_s110m="--dim 768 --hidden 2048 --layers 12 --heads 12 --kv-heads 12 --vocab 32000 --ctx 1024"
+# shellcheck source=scripts/shapes.sh
+. scripts/shapes.sh
 
 # Run at a higher priority when allowed (the machine is shared); else as is.
 NICE=()
@@ -36,8 +36,8 @@ if nice -n -5 true 2>/dev/null; then NICE=(nice -n -5); fi
 model_args() { # name -> the bench_forward arguments (generating the file if needed)
   local name=$1 shape type file
   shape=${name%%-*}; type=${name#*-}
-  local sargs_var="shape_$shape"
-  local sargs=${!sargs_var}
+  local sargs
+  sargs=$(shape_args "$shape") || return 1
   if [ "$type" = f32 ]; then
     file=$M/$name.bin
     if [ ! -s "$file" ] || [ ! -s "$file.tokenizer.bin" ]; then

@@ -50,13 +50,8 @@ if [ "$NICE" = 0 ] || [ -n "$(nice -n "$NICE" true 2>&1)" ]; then
   nice_cmd=()
 fi
 
-shape_args() { # name -> gen_model shape options (the same as scripts/bench-engine.sh)
-  case $1 in
-    15M)  echo "--dim 288 --hidden 768 --layers 6 --heads 6 --kv-heads 6 --vocab 32000 --ctx 256" ;;
-    110M) echo "--dim 768 --hidden 2048 --layers 12 --heads 12 --kv-heads 12 --vocab 32000 --ctx 1024" ;;
-    *) echo "bench-load: unknown shape $1 (15M or 110M)" >&2; return 1 ;;
-  esac
-}
+# shellcheck source=scripts/shapes.sh
+. scripts/shapes.sh
 
 # Value of a number (or null) field in loadgen's one-line JSON report.
 jget() { sed -n "s/.*\"$2\":\([^,}]*\).*/\1/p" <<<"$1"; }

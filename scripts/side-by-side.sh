@@ -51,20 +51,15 @@ PROMPT="Once upon a time"
 NTOK=128
 
 for f in "$LM" "$GEN" "$LOADGEN"; do
-  [ -x "$f" ] || { echo "bench-compare: $f is missing (run make bench first)" >&2; exit 1; }
+  [ -x "$f" ] || { echo "side-by-side: $f is missing (run make bench first)" >&2; exit 1; }
 done
 for t in llama-bench llama-server; do
-  [ -x "$LC/$t" ] || { echo "bench-compare: $LC/$t is missing (run scripts/get-llama-cpp.sh, or set LLAMA_CPP_BIN)" >&2; exit 1; }
+  [ -x "$LC/$t" ] || { echo "side-by-side: $LC/$t is missing (run scripts/get-llama-cpp.sh, or set LLAMA_CPP_BIN)" >&2; exit 1; }
 done
-[ -z "$RUNC" ] || [ -x "$RUNC" ] || { echo "bench-compare: RUNC=$RUNC is not executable" >&2; exit 1; }
+[ -z "$RUNC" ] || [ -x "$RUNC" ] || { echo "side-by-side: RUNC=$RUNC is not executable" >&2; exit 1; }
 
-shape_args() {
-  case $1 in
-    s15m)  echo "--dim 288 --hidden 768 --layers 6 --heads 6 --kv-heads 6 --vocab 32000 --ctx 256" ;;
-    s110m) echo "--dim 768 --hidden 2048 --layers 12 --heads 12 --kv-heads 12 --vocab 32000 --ctx 1024" ;;
-    *) echo "bench-compare: unknown shape $1" >&2; return 1 ;;
-  esac
-}
+# shellcheck source=scripts/shapes.sh
+. scripts/shapes.sh
 ensure_model() { # name (e.g. s15m-f32) -> generates M/name.gguf (and M/name.bin for F32) if missing
   local name=$1 shape=${1%%-*} type=${1#*-} args
   args=$(shape_args "$shape")
@@ -144,7 +139,7 @@ start_server() { # label port cmd... -> starts it, waits until /health answers
     kill -0 "$!" 2>/dev/null || break
     sleep 0.2
   done
-  echo "bench-compare: $label did not start:" >&2; tail -20 "$tmp/$label.log" >&2; exit 1
+  echo "side-by-side: $label did not start:" >&2; tail -20 "$tmp/$label.log" >&2; exit 1
 }
 
 if [ "$LOAD" = 1 ]; then

@@ -1,0 +1,10 @@
+# shapes.sh -- sourced by the benchmark scripts: the bench models' shapes, one place.
+# shape_args NAME -> bench/gen_model shape options; NAME is s15m or 15M (stories15M-like),
+# s110m or 110M (stories110M-like).
+shape_args() {
+  case $1 in
+    s15m | 15M)   echo "--dim 288 --hidden 768 --layers 6 --heads 6 --kv-heads 6 --vocab 32000 --ctx 256" ;;
+    s110m | 110M) echo "--dim 768 --hidden 2048 --layers 12 --heads 12 --kv-heads 12 --vocab 32000 --ctx 1024" ;;
+    *) echo "unknown model shape $1 (s15m/15M or s110m/110M)" >&2; return 1 ;;
+  esac
+}
