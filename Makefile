@@ -13,7 +13,8 @@
 #   make models     download the public test models into models/ (needs the internet)
 #
 # Layout: one build directory per variant, one static library per module
-# (model, sampler, server, train), header dependencies via -MMD -MP.
+# (model, sampler, server, train; a module's sources may sit one folder deeper,
+# e.g. model/formats/*.c), header dependencies via -MMD -MP.
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := all
@@ -61,7 +62,7 @@ CFLAGS_train   := -ffp-contract=fast
 CFLAGS_cli     := $(PKG_CFLAGS)
 
 define module_rules
-SRC_$(1) := $$(sort $$(wildcard $(1)/*.c))
+SRC_$(1) := $$(sort $$(wildcard $(1)/*.c $(1)/*/*.c))
 OBJ_$(1) := $$(SRC_$(1):%.c=$(B)/obj/%.o)
 $(B)/lib$(1).a: $$(OBJ_$(1))
 	@mkdir -p $$(@D)
@@ -92,9 +93,10 @@ build/lmserve: $(B)/lmserve
 	cp $< $@
 
 # ---- Tests ----------------------------------------------------------------------
-# tests/<module>/test_*.c, one binary each, linked with Criterion and the libraries
-# (static libraries pull in only what a test references).
-TEST_SRC := $(sort $(wildcard tests/*/test_*.c))
+# tests/<module>/test_*.c and tests/<module>/<part>/test_*.c (mirroring the sources), one
+# binary each, linked with Criterion and the libraries (static libraries pull in only
+# what a test references).
+TEST_SRC := $(sort $(wildcard tests/*/test_*.c tests/*/*/test_*.c))
 TEST_BIN := $(TEST_SRC:%.c=$(B)/%)
 TEST_HELPERS := $(sort $(wildcard tests/common/*.c))
 TEST_HELPER_OBJ := $(TEST_HELPERS:%.c=$(B)/obj/%.o)

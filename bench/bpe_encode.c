@@ -6,7 +6,7 @@
  *
  * Each input line is a JSON string; each output line is a JSON array of ids.
  * The throughput (input bytes per second) goes to stderr. */
-#include "model/tok_bpe.h"
+#include "model/tokenizers/tok_bpe.h"
 
 #include <jansson.h>
 #include <stdio.h>

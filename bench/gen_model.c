@@ -6,7 +6,7 @@
  *            in run.c's order, shared classifier) plus a tokenizer.bin of the same
  *            vocabulary size (max_token_length, then per token: float score,
  *            int32 length, bytes) -- layout as read by llama2.c's run.c.
- *   gguf:    GGUF v3 through model/gguf_write.c, tensor names and metadata keys
+ *   gguf:    GGUF v3 through model/formats/gguf_write.c, tensor names and metadata keys
  *            as llama.cpp writes them for "llama", in F32, F16 or Q8_0, with an
  *            embedded SentencePiece-style vocabulary.
  * Vocabulary: <unk>, <s>, </s>, the 256 byte tokens <0x00>..<0xFF>, then unique
@@ -16,7 +16,7 @@
  *                  [--dim N] [--hidden N] [--layers N] [--heads N] [--kv-heads N]
  *                  [--vocab N] [--ctx N] [--seed N] [--tokenizer-out FILE]
  */
-#include "model/gguf_write.h"
+#include "model/formats/gguf_write.h"
 #include "model/model_internal.h"
 
 #include <errno.h>

@@ -1,7 +1,7 @@
 /* fuzz_bpe.c -- libFuzzer target: arbitrary bytes through the GPT-2 byte-level BPE
  * ($LMSERVE_FIXTURES/tokenizers/gpt2).  Every input must encode, and the tokens'
  * bytes must concatenate back to the input exactly. */
-#include "model/tok_bpe.h"
+#include "model/tokenizers/tok_bpe.h"
 
 #include <stdint.h>
 #include <stdio.h>

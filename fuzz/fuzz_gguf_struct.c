@@ -5,11 +5,11 @@
  * first bounds check.  Here the input is a recipe: it picks hyper-parameters,
  * tensor types, which keys and tensors to omit, retype or reshape, odd special
  * token ids, NaN/inf weights, and finally a few byte flips of the written file.
- * The file is written with gguf_writer (model/gguf_write.h) and loaded with
+ * The file is written with gguf_writer (model/formats/gguf_write.h) and loaded with
  * model_load.  Every input must load, or fail with a one-line message and no
  * model.  A loaded model must report consistent facts and, when the forward pass
  * is available, run a couple of tokens (logits may be anything, but no crash). */
-#include "model/gguf_write.h"
+#include "model/formats/gguf_write.h"
 #include "model/loader.h"
 
 #include <math.h>

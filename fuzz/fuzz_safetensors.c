@@ -1,7 +1,7 @@
 /* fuzz_safetensors.c -- libFuzzer target: arbitrary bytes as a safetensors file.
  * Accepted files have every tensor's bytes read (sums), so the validated ranges
  * are really inside the buffer. */
-#include "model/safetensors.h"
+#include "model/formats/safetensors.h"
 
 #include <stdint.h>
 #include <stdlib.h>

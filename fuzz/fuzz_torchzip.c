@@ -2,7 +2,7 @@
  * Every input either parses into a value tree (then every tensor is read in full,
  * so the bounds the reader accepted are really exercised) or is rejected with a
  * message.  Seeds: tests/fuzz-seeds/fuzz_torchzip (files from write_course_pt.py). */
-#include "model/torchzip.h"
+#include "model/formats/torchzip.h"
 
 #include <stdint.h>
 #include <stdlib.h>

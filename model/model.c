@@ -6,8 +6,8 @@
  * dir_formats[] (a probe for folders).  The first probe that claims the path
  * wins; the loader then owns every error message about the file. */
 #include "model/loader.h"
-#include "model/formats.h"
-#include "model/kernels.h"
+#include "model/formats/formats.h"
+#include "model/compute/kernels.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -389,8 +389,8 @@ static const file_format file_formats[] = {
 
 /* Folder formats (Hugging Face, course artifacts) are added here by their readers. */
 static const dir_format dir_formats[] = {
-    {"course", probe_course_dir, model_load_course}, /* model/load_course.c */
-    {"hf", probe_hf_dir, model_load_hf},             /* model/load_hf.c */
+    {"course", probe_course_dir, model_load_course}, /* model/formats/load_course.c */
+    {"hf", probe_hf_dir, model_load_hf},             /* model/formats/load_hf.c */
 };
 
 static int load_dispatch(model *m, const char *path, const model_load_opts *opts,

@@ -13,7 +13,7 @@
 #ifndef LMSERVE_MODEL_INTERNAL_H
 #define LMSERVE_MODEL_INTERNAL_H
 
-#include "model.h"
+#include "model/model.h"
 
 #include <stddef.h>
 #include <stdint.h>

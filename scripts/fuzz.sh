@@ -30,17 +30,18 @@ LIBCFLAGS="-g -O1 -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-reco
 build_module() { # module -> build/fuzz/obj/lib<module>.a
   local m=$1 objs=() newest_h
   mkdir -p "$out/obj/$m"
-  newest_h=$(ls -t model/*.h sampler/*.h server/*.h web/*.h 2>/dev/null | head -1)
+  newest_h=$(ls -t model/*.h model/*/*.h sampler/*.h server/*.h web/*.h 2>/dev/null | head -1)
   local todo=()
-  for c in "$m"/*.c; do
-    local o=$out/obj/$m/$(basename "$c" .c).o
+  for c in "$m"/*.c "$m"/*/*.c; do
+    [ -f "$c" ] || continue
+    local o=$out/obj/$m/$(tr / _ <<<"${c%.c}").o
     objs+=("$o")
     if [ ! -f "$o" ] || [ "$c" -nt "$o" ] || { [ -n "$newest_h" ] && [ "$newest_h" -nt "$o" ]; }; then todo+=("$c"); fi
   done
   if [ ${#todo[@]} -gt 0 ]; then
     # shellcheck disable=SC2086
     printf '%s\n' "${todo[@]}" | xargs -P 2 -I{} sh -c \
-      '$0 '"$LIBCFLAGS"' -c "$1" -o "$2/$(basename "$1" .c).o"' "$CC" {} "$out/obj/$m" || return 1
+      '$0 '"$LIBCFLAGS"' -c "$1" -o "$2/$(echo "${1%.c}" | tr / _).o"' "$CC" {} "$out/obj/$m" || return 1
   fi
   rm -f "$out/obj/lib$m.a" && ar rcs "$out/obj/lib$m.a" "${objs[@]}"
 }

@@ -1,10 +1,10 @@
 #!/usr/bin/python3
-"""gen_unicode_tables.py -- write model/unicode_tables.h from Python's unicodedata.
+"""gen_unicode_tables.py -- write model/tokenizers/unicode_tables.h from Python's unicodedata.
 
 The GPT-2 pre-tokenizer regex needs \\p{L} (letters), \\p{N} (numbers) and \\s.
 This script lists the code-point ranges of general categories L* and N* as
 Python's bundled Unicode database knows them (Debian's python3).  Re-run it
-with /usr/bin/python3 scripts/gen_unicode_tables.py > model/unicode_tables.h
+with /usr/bin/python3 scripts/gen_unicode_tables.py > model/tokenizers/unicode_tables.h
 """
 import sys
 import unicodedata

@@ -1,4 +1,4 @@
-/* ckpt.c -- save the model as GGUF (through model/gguf_write.h) and read a
+/* ckpt.c -- save the model as GGUF (through model/formats/gguf_write.h) and read a
  * checkpoint back for --resume.
  *
  * What is written (GGUF v3, keys as llama.cpp's "llama" architecture names them,
@@ -13,7 +13,7 @@
  * offset is checked against the file size before use.
  */
 #include "train/train_internal.h"
-#include "model/gguf_write.h"
+#include "model/formats/gguf_write.h"
 #include "model/model.h"
 
 #include <math.h>

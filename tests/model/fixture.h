@@ -12,8 +12,8 @@
 #ifndef TESTS_MODEL_FIXTURE_H
 #define TESTS_MODEL_FIXTURE_H
 
-#include "model/forward.h"
-#include "model/kernels.h"
+#include "model/compute/forward.h"
+#include "model/compute/kernels.h"
 #include "model/model_internal.h"
 
 #include <math.h>

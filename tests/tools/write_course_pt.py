@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """write_course_pt.py -- write torch.save-style zip files with the standard library only.
 
-Used by the C tests (tests/model/test_torchzip.c, test_gpt2.c) to make:
+Used by the C tests (tests/model/formats/test_torchzip.c, test_gpt2.c) to make:
   * a course artifact folder (the layout of issue 10): ROOT/models/NAME/{model.pt,
     config.json, manifest.json} and ROOT/tokenizers/NAME-bpe/tokenizer.json ("g2c.bpe");
   * hostile files that a reader must reject.

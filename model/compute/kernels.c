@@ -1,0 +1,1017 @@
+/* kernels.c -- matrix x matrix products on F32, F16, BF16 and Q8_0 weights.
+ *
+ * Design
+ * ------
+ * out (n_rows, W.rows) = x (n_rows, cols) W^T, W row-major (rows, cols) in its
+ * file type.  Batched decoding wants each weight row read from memory once
+ * per step for every sequence, so W rows are loaded into registers once and
+ * dotted with several x rows at a time (register blocks of BLK_R x rows x
+ * BLK_C W rows; decoding a single row streams BLK_C1 W rows at a time).
+ * (Software prefetching of the W rows ahead measured no gain here.)  The pool splits the
+ * OUTPUT rows (W rows) into tasks; the reduction over cols is never split.
+ * Within a task, x is walked in blocks small enough to stay in L2 while the
+ * task's W rows (also sized for L2) are reused for every block.
+ *
+ * Determinism: every output element out[r][j] has its own two 8-lane
+ * accumulators fed in a fixed order over k (see DEF_BLOCK), reduced by one
+ * fixed horizontal sum (hsum8), then the cols % 8 tail is added in order.
+ * The register-block shape (1..4 x 1..4) only decides which elements are
+ * computed side by side, never the operations of one element, so the result
+ * is bit-identical for any n_rows, any position of the row in the batch and
+ * any thread count.  kernel_attend's dot products use the same blocks, so
+ * they equal kernel_dot's.  (This file relies on the ISO C default
+ * -ffp-contract=off: no silent a*b+c fusion in the scalar tails.)
+ *
+ * Q8_0 (GGML layout: blocks of 32 int8 with an f16 scale in front, 34 bytes;
+ * see ggml's block_q8_0): the activations are quantized per row to the same
+ * block shape (float scale = max|x| / 127, q = round-to-nearest-even(x / d)),
+ * each block's integer dot product is exact (maddubs/madd), and the float
+ * accumulation is done per element in the fixed lane order as above.
+ *
+ * Built with AVX2+FMA+F16C when the compiler targets them (-march=native);
+ * otherwise a portable scalar version (deterministic in the same sense).
+ */
+#include "model/compute/kernels.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#define KERNEL_AVX2 1
+#include <immintrin.h>
+#endif
+
+#define Q8_BYTES 34
+/* Attention prefetches the K rows this many positions ahead, and the V rows of the
+ * positions it scores (0: none).  A sequence's K and V for one head are contiguous
+ * but short (hd floats per position), so the hardware prefetcher starts cold on
+ * every head and page: batch 16 over 200 steps on the 15M shape went from ~1,600 to
+ * ~1,770 tok/s (means of six interleaved runs; 8, 16 and 32 alike). */
+#ifndef ATT_PF
+#define ATT_PF 16
+#endif
+/* Q8_0 blocks prefetch the W bytes this far ahead of the block they read (0: none).
+ * The hardware prefetcher stops at 4 KiB page boundaries; a software prefetch one
+ * page ahead raised 110M-shape Q8_0 single-stream decoding from ~125 to ~145 tok/s
+ * in interleaved runs here (256..16384 tried; 4096 best or tied).  Two W rows per
+ * block when decoding was slower (~100 tok/s) with or without it. */
+#ifndef Q8_PFD
+#define Q8_PFD 4096
+#endif
+#define L2_BLOCK (128 * 1024) /* bytes of x (or of W) a task keeps hot */
+#define MAX_JOBS 8
+
+/* ---- Scalar conversions ---------------------------------------------------- */
+
+static float half_to_float(uint16_t h)
+{
+#ifdef KERNEL_AVX2
+    return _cvtsh_ss(h);
+#else
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
+    if (exp == 0) {
+        if (man == 0) {
+            bits = sign;
+        } else { /* subnormal: normalise */
+            int e = -1;
+            do {
+                e++;
+                man <<= 1;
+            } while (!(man & 0x400));
+            bits = sign | ((uint32_t)(127 - 15 - e) << 23) | ((man & 0x3ff) << 13);
+        }
+    } else if (exp == 31) {
+        bits = sign | 0x7f800000u | (man << 13);
+    } else {
+        bits = sign | ((exp + 112) << 23) | (man << 13);
+    }
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+#endif
+}
+
+/* IEEE half, rounded to nearest even (what F16C's vcvtps2ph does with
+ * _MM_FROUND_TO_NEAREST_INT); NaN stays NaN, overflow gives infinity. */
+static uint16_t float_to_half(float f)
+{
+#ifdef KERNEL_AVX2
+    return _cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT);
+#else
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    uint32_t sign = (x >> 16) & 0x8000, ax = x & 0x7fffffffu;
+    if (ax >= 0x7f800000u) /* inf or NaN */
+        return (uint16_t)(sign | 0x7c00 | (ax > 0x7f800000u ? 0x200 | ((ax >> 13) & 0x3ff) : 0));
+    if (ax >= 0x477ff000u) /* rounds to >= 65520: infinity */
+        return (uint16_t)(sign | 0x7c00);
+    if (ax < 0x38800000u) { /* below the smallest normal half: subnormal or zero */
+        if (ax < 0x33000000u) /* below half the smallest subnormal: rounds to 0 */
+            return (uint16_t)sign;
+        uint32_t e = ax >> 23, m = (ax & 0x7fffff) | 0x800000;
+        uint32_t shift = 126 - e; /* f = m * 2^(e-150) = (m >> (126 - e)) * 2^-24 */
+        uint32_t q = m >> shift, rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
+        if (rem > half || (rem == half && (q & 1)))
+            q++;
+        return (uint16_t)(sign | q);
+    }
+    uint32_t h = ((ax >> 13) - (112u << 10)); /* rebias exponent, keep 10 mantissa bits */
+    uint32_t rem = ax & 0x1fff;
+    if (rem > 0x1000 || (rem == 0x1000 && (h & 1)))
+        h++; /* may carry into the exponent: still the right rounding */
+    return (uint16_t)(sign | h);
+#endif
+}
+
+static float bfloat_to_float(uint16_t h)
+{
+    uint32_t bits = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+static uint16_t rd16(const uint8_t *p)
+{
+    uint16_t v;
+    memcpy(&v, p, 2);
+    return v;
+}
+
+size_t kernel_row_bytes(int type, int cols)
+{
+    if (cols <= 0)
+        return 0;
+    switch (type) {
+    case MT_F32: return (size_t)cols * 4;
+    case MT_F16:
+    case MT_BF16: return (size_t)cols * 2;
+    case MT_Q8_0: return cols % Q8_0_BLOCK ? 0 : (size_t)(cols / Q8_0_BLOCK) * Q8_BYTES;
+    default: return 0;
+    }
+}
+
+void mtensor_get_row(const mtensor *w, int row, float *out)
+{
+    size_t rb = kernel_row_bytes(w->type, w->cols);
+    const uint8_t *p = (const uint8_t *)w->data + rb * (size_t)row;
+    int n = w->cols;
+    switch (w->type) {
+    case MT_F32:
+        if (w->panel && row < w->rows / KERNEL_PANEL * KERNEL_PANEL) {
+            const float *pb = (const float *)w->data + (size_t)(row / KERNEL_PANEL) * KERNEL_PANEL * n
+                              + row % KERNEL_PANEL;
+            for (int k = 0; k < n; k++)
+                out[k] = pb[(size_t)k * KERNEL_PANEL];
+        } else { /* row-major (the tail rows of a packed tensor sit at the same offset) */
+            memcpy(out, p, (size_t)n * 4);
+        }
+        break;
+    case MT_F16:
+        for (int i = 0; i < n; i++)
+            out[i] = half_to_float(rd16(p + 2 * i));
+        break;
+    case MT_BF16:
+        for (int i = 0; i < n; i++)
+            out[i] = bfloat_to_float(rd16(p + 2 * i));
+        break;
+    case MT_Q8_0:
+        for (int b = 0; b < n / Q8_0_BLOCK; b++) {
+            const uint8_t *blk = p + (size_t)b * Q8_BYTES;
+            float d = half_to_float(rd16(blk));
+            for (int i = 0; i < Q8_0_BLOCK; i++)
+                out[b * Q8_0_BLOCK + i] = d * (float)(int8_t)blk[2 + i];
+        }
+        break;
+    default:
+        for (int i = 0; i < n; i++)
+            out[i] = NAN;
+    }
+}
+
+/* Quantize one row of cols floats (cols % 32 == 0) to Q8_0 blocks: per 32 values, int8
+ * q = round-to-nearest-even(x * 127 / amax) and the scale amax / 127 rounded to IEEE half,
+ * as a Q8_0 block stores it (kept here as the float of that half).  This is the activation
+ * format llama.cpp's CPU backend uses for Q8_0 matrices (ggml quantize_row_q8_0: the same
+ * multiplier 127 / amax, the same rounding, the half scale), so with the same per-lane
+ * accumulation below a Q8_0 matrix-vector product gives its values bit for bit.  Measured
+ * with scripts/compare-greedy.py against llama-server on stories260K quantized by
+ * llama-quantize (greedy, 100 tokens): only the attention matrices Q8_0, 20/20 identical
+ * (17/20 with the former float scale and 1 / (amax / 127)); every matrix but ffn_down Q8_0,
+ * 18/20 with logprobs equal to ~1e-6 (the two others part at near-ties). */
+static void quantize_row_q8(int8_t *q, float *d, const float *x, int cols)
+{
+    for (int b = 0; b < cols / Q8_0_BLOCK; b++) {
+        const float *xb = x + b * Q8_0_BLOCK;
+        float amax = 0.0f;
+        for (int i = 0; i < Q8_0_BLOCK; i++) {
+            float a = fabsf(xb[i]);
+            if (a > amax)
+                amax = a;
+        }
+        float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+        d[b] = half_to_float(float_to_half(amax / 127.0f));
+        for (int i = 0; i < Q8_0_BLOCK; i++)
+            q[b * Q8_0_BLOCK + i] = (int8_t)lrintf(xb[i] * id);
+    }
+}
+
+/* ---- Per-element dot products ------------------------------------------------ */
+
+#ifdef KERNEL_AVX2
+
+static inline float hsum8(__m256 v)
+{
+    __m128 a = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    a = _mm_add_ps(a, _mm_movehl_ps(a, a));
+    a = _mm_add_ss(a, _mm_shuffle_ps(a, a, 1));
+    return _mm_cvtss_f32(a);
+}
+
+static inline __m256 load8_f32(const void *p, int k)
+{
+    return _mm256_loadu_ps((const float *)p + k);
+}
+static inline __m256 load8_f16(const void *p, int k)
+{
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)p + k)));
+}
+static inline __m256 load8_bf16(const void *p, int k)
+{
+    __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)((const uint16_t *)p + k)));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+}
+static inline float load1_f32(const void *p, int k) { return ((const float *)p)[k]; }
+static inline float load1_f16(const void *p, int k) { return half_to_float(((const uint16_t *)p)[k]); }
+static inline float load1_bf16(const void *p, int k) { return bfloat_to_float(((const uint16_t *)p)[k]); }
+
+/* R x rows times C W rows (R, C <= 4); out[r * ldo + c].  Each element has
+ * NACC 8-lane accumulators: steps of 8 * NACC columns feed accumulator h with
+ * k + 8h .. k + 8h + 7, leftover 8-column steps feed accumulator 0, then the
+ * accumulators are added in order, hsum8, then the scalar tail -- the same
+ * operations whatever R and C, so the block shape never changes a result.
+ * (NACC is a build constant: changing it changes results, consistently.) */
+#ifndef NACC
+#define NACC 2
+#endif
+#define ESZ_f32 4
+#define ESZ_f16 2
+#define ESZ_bf16 2
+#define DEF_BLOCK(TY)                                                                          \
+    static inline __attribute__((always_inline)) void block_##TY(                              \
+        float *out, size_t ldo, const float *x, size_t ldx, const uint8_t *w, size_t ldw,      \
+        int cols, const int R, const int C, const uint8_t *pf)                                 \
+    {                                                                                          \
+        __m256 acc[4][4][NACC];                                                                \
+        for (int r = 0; r < R; r++)                                                            \
+            for (int c = 0; c < C; c++)                                                        \
+                for (int h = 0; h < NACC; h++)                                                 \
+                    acc[r][c][h] = _mm256_setzero_ps();                                        \
+        int k = 0;                                                                             \
+        for (; k + 8 * NACC <= cols; k += 8 * NACC) {                                          \
+            if (pf)                                                                            \
+                for (int c = 0; c < C; c++)                                                    \
+                    _mm_prefetch((const char *)pf + (size_t)c * ldw + (size_t)k * ESZ_##TY,    \
+                                 _MM_HINT_T0);                                                 \
+            for (int h = 0; h < NACC; h++) {                                                   \
+                __m256 wv[4];                                                                  \
+                for (int c = 0; c < C; c++)                                                    \
+                    wv[c] = load8_##TY(w + (size_t)c * ldw, k + 8 * h);                        \
+                for (int r = 0; r < R; r++) {                                                  \
+                    __m256 xv = _mm256_loadu_ps(x + (size_t)r * ldx + k + 8 * h);              \
+                    for (int c = 0; c < C; c++)                                                \
+                        acc[r][c][h] = _mm256_fmadd_ps(xv, wv[c], acc[r][c][h]);               \
+                }                                                                              \
+            }                                                                                  \
+        }                                                                                      \
+        for (; k + 8 <= cols; k += 8) {                                                        \
+            __m256 wv[4];                                                                      \
+            for (int c = 0; c < C; c++)                                                        \
+                wv[c] = load8_##TY(w + (size_t)c * ldw, k);                                    \
+            for (int r = 0; r < R; r++) {                                                      \
+                __m256 xv = _mm256_loadu_ps(x + (size_t)r * ldx + k);                          \
+                for (int c = 0; c < C; c++)                                                    \
+                    acc[r][c][0] = _mm256_fmadd_ps(xv, wv[c], acc[r][c][0]);                   \
+            }                                                                                  \
+        }                                                                                      \
+        for (int r = 0; r < R; r++)                                                            \
+            for (int c = 0; c < C; c++) {                                                      \
+                __m256 a = acc[r][c][0];                                                       \
+                for (int h = 1; h < NACC; h++)                                                 \
+                    a = _mm256_add_ps(a, acc[r][c][h]);                                        \
+                float s = hsum8(a);                                                            \
+                for (int kk = k; kk < cols; kk++)                                              \
+                    s += x[(size_t)r * ldx + kk] * load1_##TY(w + (size_t)c * ldw, kk);        \
+                out[(size_t)r * ldo + c] = s;                                                  \
+            }                                                                                  \
+    }
+DEF_BLOCK(f32)
+DEF_BLOCK(f16)
+DEF_BLOCK(bf16)
+
+float kernel_dot(const float *a, const float *b, int n)
+{
+    float s;
+    block_f32(&s, 1, a, 0, (const uint8_t *)b, 0, n, 1, 1, NULL);
+    return s;
+}
+
+void kernel_axpy(float *y, float a, const float *x, int n)
+{
+    __m256 av = _mm256_set1_ps(a);
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+    for (; i < n; i++)
+        y[i] = fmaf(a, x[i], y[i]);
+}
+
+/* Q8_0: x pre-quantized (xq int8 with row stride ldq, xd scales with row stride ldd).
+ * One accumulator per element (R x C <= 8 of them), fed block by block. */
+static inline __attribute__((always_inline)) void block_q8(
+    float *out, size_t ldo, const int8_t *xq, size_t ldq, const float *xd, size_t ldd,
+    const uint8_t *w, size_t ldw, int nb, const int R, const int C)
+{
+    __m256 acc[4][4];
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < C; c++)
+            acc[r][c] = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        __m256i wq[4], wa[4];
+        float dw[4];
+        for (int c = 0; c < C; c++) {
+            const uint8_t *blk = w + (size_t)c * ldw + (size_t)b * Q8_BYTES;
+            if (Q8_PFD)
+                _mm_prefetch((const char *)blk + Q8_PFD, _MM_HINT_T0);
+            dw[c] = half_to_float(rd16(blk));
+            wq[c] = _mm256_loadu_si256((const __m256i *)(blk + 2));
+            wa[c] = _mm256_sign_epi8(wq[c], wq[c]);
+        }
+        for (int r = 0; r < R; r++) {
+            __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + (size_t)r * ldq + (size_t)b * 32));
+            float dx = xd[(size_t)r * ldd + b];
+            for (int c = 0; c < C; c++) {
+                __m256i p16 = _mm256_maddubs_epi16(wa[c], _mm256_sign_epi8(xv, wq[c]));
+                __m256 p = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));
+                acc[r][c] = _mm256_fmadd_ps(p, _mm256_set1_ps(dw[c] * dx), acc[r][c]);
+            }
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < C; c++)
+            out[(size_t)r * ldo + c] = hsum8(acc[r][c]);
+}
+
+#else /* portable scalar version */
+
+static inline float load1_f32(const void *p, int k) { return ((const float *)p)[k]; }
+static inline float load1_f16(const void *p, int k) { return half_to_float(((const uint16_t *)p)[k]); }
+static inline float load1_bf16(const void *p, int k) { return bfloat_to_float(((const uint16_t *)p)[k]); }
+
+#define DEF_BLOCK(TY)                                                                          \
+    static inline void block_##TY(float *out, size_t ldo, const float *x, size_t ldx,          \
+                                  const uint8_t *w, size_t ldw, int cols, const int R,         \
+                                  const int C, const uint8_t *pf)                              \
+    {                                                                                          \
+        (void)pf;                                                                              \
+        for (int r = 0; r < R; r++)                                                            \
+            for (int c = 0; c < C; c++) {                                                      \
+                float s = 0.0f;                                                                \
+                for (int k = 0; k < cols; k++)                                                 \
+                    s += x[(size_t)r * ldx + k] * load1_##TY(w + (size_t)c * ldw, k);          \
+                out[(size_t)r * ldo + c] = s;                                                  \
+            }                                                                                  \
+    }
+DEF_BLOCK(f32)
+DEF_BLOCK(f16)
+DEF_BLOCK(bf16)
+
+float kernel_dot(const float *a, const float *b, int n)
+{
+    float s = 0.0f;
+    for (int i = 0; i < n; i++)
+        s += a[i] * b[i];
+    return s;
+}
+
+void kernel_axpy(float *y, float a, const float *x, int n)
+{
+    for (int i = 0; i < n; i++)
+        y[i] = fmaf(a, x[i], y[i]);
+}
+
+static inline void block_q8(float *out, size_t ldo, const int8_t *xq, size_t ldq,
+                            const float *xd, size_t ldd, const uint8_t *w, size_t ldw,
+                            int nb, const int R, const int C)
+{
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < C; c++) {
+            float s = 0.0f;
+            for (int b = 0; b < nb; b++) {
+                const uint8_t *blk = w + (size_t)c * ldw + (size_t)b * Q8_BYTES;
+                const int8_t *xb = xq + (size_t)r * ldq + (size_t)b * 32;
+                int32_t isum = 0;
+                for (int i = 0; i < 32; i++)
+                    isum += (int32_t)(int8_t)blk[2 + i] * xb[i];
+                s += (float)isum * (half_to_float(rd16(blk)) * xd[(size_t)r * ldd + b]);
+            }
+            out[(size_t)r * ldo + c] = s;
+        }
+}
+
+#endif
+
+/* ---- Attention for one query row ------------------------------------------------ */
+
+/* The cache holds F32 or F16 (IEEE half) elements; both paths below do the same
+ * float operations on the element values, so F16 K/V give exactly what F32 K/V
+ * holding the same (converted) values give. */
+static inline float kv_load1(const void *p, size_t i, const int F16)
+{
+    return F16 ? half_to_float(((const uint16_t *)p)[i]) : ((const float *)p)[i];
+}
+
+#ifdef KERNEL_AVX2
+/* out = sum_t p[t] * v_t with NV 8-lane accumulators kept in registers: per
+ * element the same fma sequence as memset + kernel_axpy for t = 0, 1, ... */
+static inline __attribute__((always_inline)) void attend_v(float *out, const float *p,
+                                                           const void *v, int n, int hd,
+                                                           const int NV, const int F16)
+{
+    __m256 acc[12];
+    for (int i = 0; i < NV; i++)
+        acc[i] = _mm256_setzero_ps();
+    for (int t = 0; t < n; t++) {
+        __m256 pv = _mm256_set1_ps(p[t]);
+        for (int i = 0; i < NV; i++) {
+            size_t e = (size_t)t * hd + 8 * (size_t)i;
+            __m256 vv = F16 ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)v + e)))
+                            : _mm256_loadu_ps((const float *)v + e);
+            acc[i] = _mm256_fmadd_ps(pv, vv, acc[i]);
+        }
+    }
+    for (int i = 0; i < NV; i++)
+        _mm256_storeu_ps(out + 8 * i, acc[i]);
+}
+#endif
+
+static inline __attribute__((always_inline)) void attend(float *out, const float *q,
+                                                         const void *k, const void *v, int n,
+                                                         int hd, float scale, float *scores,
+                                                         const int F16)
+{
+    const size_t esz = F16 ? 2 : 4, row = (size_t)hd * esz;
+    const uint8_t *kb = k;
+    int t = 0;
+#ifdef KERNEL_AVX2
+    /* four cached positions at a time: four independent chains, each position's
+     * dot product the same operations as kernel_dot */
+    for (; t + 4 <= n; t += 4) {
+        if (ATT_PF) {
+            /* the K rows ATT_PF positions ahead, and the V rows of these positions
+             * (read after the softmax) */
+            const char *kp = (const char *)kb + (size_t)(t + ATT_PF) * row;
+            const char *vp = (const char *)v + (size_t)t * row;
+            int kin = t + ATT_PF + 4 <= n;
+            for (size_t o = 0; o < 4 * row; o += 64) {
+                if (kin)
+                    _mm_prefetch(kp + o, _MM_HINT_T0);
+                _mm_prefetch(vp + o, _MM_HINT_T0);
+            }
+        }
+        if (F16)
+            block_f16(scores + t, 1, q, 0, kb + (size_t)t * row, row, hd, 1, 4, NULL);
+        else
+            block_f32(scores + t, 1, q, 0, kb + (size_t)t * row, row, hd, 1, 4, NULL);
+    }
+#endif
+    for (; t < n; t++) { /* = kernel_dot for F32 */
+        if (F16)
+            block_f16(scores + t, 1, q, 0, kb + (size_t)t * row, 0, hd, 1, 1, NULL);
+        else
+            block_f32(scores + t, 1, q, 0, kb + (size_t)t * row, 0, hd, 1, 1, NULL);
+    }
+    float mx = -INFINITY;
+    for (t = 0; t < n; t++) {
+        float d = scores[t] * scale;
+        scores[t] = d;
+        if (d > mx)
+            mx = d;
+    }
+    float sum = 0.0f;
+    for (t = 0; t < n; t++) {
+        float e = expf(scores[t] - mx);
+        scores[t] = e;
+        sum += e;
+    }
+    float isum = 1.0f / sum;
+    for (t = 0; t < n; t++)
+        scores[t] *= isum;
+#ifdef KERNEL_AVX2
+    switch (hd) {
+    case 32: attend_v(out, scores, v, n, hd, 4, F16); return;
+    case 48: attend_v(out, scores, v, n, hd, 6, F16); return;
+    case 64: attend_v(out, scores, v, n, hd, 8, F16); return;
+    case 96: attend_v(out, scores, v, n, hd, 12, F16); return;
+    default: break;
+    }
+#endif
+    /* = memset + kernel_axpy per position for F32 */
+    memset(out, 0, (size_t)hd * sizeof(float));
+    for (t = 0; t < n; t++)
+        for (int i = 0; i < hd; i++)
+            out[i] = fmaf(scores[t], kv_load1(v, (size_t)t * hd + i, F16), out[i]);
+}
+
+void kernel_attend(float *out, const float *q, const float *k, const float *v, int n, int hd,
+                   float scale, float *scores)
+{
+    attend(out, q, k, v, n, hd, scale, scores, 0);
+}
+
+void kernel_attend_f16(float *out, const float *q, const uint16_t *k, const uint16_t *v, int n,
+                       int hd, float scale, float *scores)
+{
+    attend(out, q, k, v, n, hd, scale, scores, 1);
+}
+
+void kernel_to_f16(uint16_t *dst, const float *src, int n)
+{
+    int i = 0;
+#ifdef KERNEL_AVX2
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(dst + i),
+                         _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+#endif
+    for (; i < n; i++)
+        dst[i] = float_to_half(src[i]);
+}
+
+/* ---- Row-range drivers ------------------------------------------------------- */
+
+/* Dispatch a (R, C) block with compile-time shapes. */
+#define BLOCK_SWITCH(CALL)                                                                     \
+    switch (R * 8 + C) {                                                                   \
+    case 4 * 8 + 4: CALL(4, 4); break;                                                           \
+    case 4 * 8 + 3: CALL(4, 3); break;                                                           \
+    case 4 * 8 + 2: CALL(4, 2); break;                                                           \
+    case 4 * 8 + 1: CALL(4, 1); break;                                                           \
+    case 3 * 8 + 4: CALL(3, 4); break;                                                           \
+    case 3 * 8 + 3: CALL(3, 3); break;                                                           \
+    case 3 * 8 + 2: CALL(3, 2); break;                                                           \
+    case 3 * 8 + 1: CALL(3, 1); break;                                                           \
+    case 2 * 8 + 4: CALL(2, 4); break;                                                           \
+    case 2 * 8 + 3: CALL(2, 3); break;                                                           \
+    case 2 * 8 + 2: CALL(2, 2); break;                                                           \
+    case 2 * 8 + 1: CALL(2, 1); break;                                                           \
+    case 1 * 8 + 4: CALL(1, 4); break;                                                           \
+    case 1 * 8 + 3: CALL(1, 3); break;                                                           \
+    case 1 * 8 + 2: CALL(1, 2); break;                                                           \
+    default: CALL(1, 1); break;                                                                \
+    }
+
+#define BLOCK_SWITCH_Q8(CALL)                                                                     \
+    switch (R * 8 + C) {                                                                       \
+    case 4 * 8 + 2: CALL(4, 2); break;                                                         \
+    case 4 * 8 + 1: CALL(4, 1); break;                                                         \
+    case 3 * 8 + 2: CALL(3, 2); break;                                                         \
+    case 3 * 8 + 1: CALL(3, 1); break;                                                         \
+    case 2 * 8 + 4: CALL(2, 4); break;                                                         \
+    case 2 * 8 + 3: CALL(2, 3); break;                                                         \
+    case 2 * 8 + 2: CALL(2, 2); break;                                                         \
+    case 2 * 8 + 1: CALL(2, 1); break;                                                         \
+    case 1 * 8 + 4: CALL(1, 4); break;                                                         \
+    case 1 * 8 + 3: CALL(1, 3); break;                                                         \
+    case 1 * 8 + 2: CALL(1, 2); break;                                                         \
+    default: CALL(1, 1); break;                                                                \
+    }
+
+/* Register-block shape (compile-time tunables; none changes a result):
+ * BLK_R x rows by BLK_C W rows when batched, BLK_C1 W rows when decoding one
+ * row.  2 x 2 / 1: the others tried (2x3, 3x2 with two accumulators per
+ * element; 4x3, 3x4 with one) were no faster on the 2-core test machine,
+ * where batched matmuls are bound by streaming W from memory, and one
+ * accumulator made single-row decoding about 25 % slower. */
+#ifndef PF_AHEAD
+#define PF_AHEAD 2 /* prefetch the W rows this many blocks ahead while the first x block runs */
+#endif
+#ifndef BLK_R
+#define BLK_R 2
+#endif
+#ifndef BLK_C
+#define BLK_C 2
+#endif
+#ifndef BLK_C1
+#define BLK_C1 1
+#endif
+/* W rows per register block. */
+static inline int block_cols(int x_rows)
+{
+    return x_rows == 1 ? BLK_C1 : BLK_C;
+}
+
+/* x rows per L2 block (a multiple of 4, at least 4). */
+static int x_block_rows(size_t row_bytes)
+{
+    size_t n = L2_BLOCK / (row_bytes ? row_bytes : 1);
+    n &= ~(size_t)3;
+    return n < 4 ? 4 : n > 1024 ? 1024 : (int)n;
+}
+
+#define DEF_ROWS(TY)                                                                           \
+    static void rows_##TY(float *out, int ldo, const float *x, int n_rows, int cols,           \
+                          const mtensor *w, int j0, int j1)                                    \
+    {                                                                                          \
+        size_t ldw = kernel_row_bytes(w->type, cols);                                          \
+        const uint8_t *wd = (const uint8_t *)w->data;                                          \
+        int xb = x_block_rows((size_t)cols * 4);                                               \
+        for (int rb = 0; rb < n_rows; rb += xb) {                                              \
+            int re = rb + xb < n_rows ? rb + xb : n_rows;                                      \
+            int cm = block_cols(re - rb);                                                      \
+            for (int j = j0; j < j1; j += cm) {                                                \
+                int C = j1 - j >= cm ? cm : j1 - j;                                            \
+                for (int r = rb; r < re; r += BLK_R) {                                         \
+                    int R = re - r >= BLK_R ? BLK_R : re - r;                                  \
+                    float *o = out + (size_t)r * ldo + j;                                      \
+                    const float *xr = x + (size_t)r * cols;                                    \
+                    const uint8_t *wr = wd + (size_t)j * ldw;                                  \
+                    const uint8_t *pf = r == rb && PF_AHEAD && j + (PF_AHEAD + 1) * cm <= w->rows \
+                                            ? wr + (size_t)PF_AHEAD * cm * ldw : NULL;         \
+                    BLOCK_SWITCH(CALL_##TY)                                                    \
+                }                                                                              \
+            }                                                                                  \
+        }                                                                                      \
+    }
+#define CALL_f32(RR, CC) block_f32(o, ldo, xr, cols, wr, ldw, cols, RR, CC, pf)
+#define CALL_f16(RR, CC) block_f16(o, ldo, xr, cols, wr, ldw, cols, RR, CC, pf)
+#define CALL_bf16(RR, CC) block_bf16(o, ldo, xr, cols, wr, ldw, cols, RR, CC, pf)
+DEF_ROWS(f32)
+DEF_ROWS(f16)
+DEF_ROWS(bf16)
+
+static void rows_q8(float *out, int ldo, const int8_t *xq, const float *xd, int n_rows, int cols,
+                    const mtensor *w, int j0, int j1)
+{
+    size_t ldw = kernel_row_bytes(MT_Q8_0, cols);
+    const uint8_t *wd = (const uint8_t *)w->data;
+    int nb = cols / Q8_0_BLOCK;
+    int xb = x_block_rows((size_t)cols + (size_t)nb * 4);
+    for (int rb = 0; rb < n_rows; rb += xb) {
+        int re = rb + xb < n_rows ? rb + xb : n_rows;
+        int cm = re - rb == 1 ? 1 : re - rb <= 2 ? 4 : 2; /* one row: one W row stream (measured 2x faster here) */
+        for (int j = j0; j < j1; j += cm) {
+            int C = j1 - j >= cm ? cm : j1 - j;
+            for (int r = rb; r < re; r += 4) {
+                int R = re - r >= 4 ? 4 : re - r;
+                float *o = out + (size_t)r * ldo + j;
+                const int8_t *xr = xq + (size_t)r * cols;
+                const float *dr = xd + (size_t)r * nb;
+                const uint8_t *wr = wd + (size_t)j * ldw;
+#define CALL_q8(RR, CC) block_q8(o, ldo, xr, cols, dr, nb, wr, ldw, nb, RR, CC)
+                BLOCK_SWITCH_Q8(CALL_q8)
+#undef CALL_q8
+            }
+        }
+    }
+}
+
+/* ---- F32 in 16-row panels (see kernels.h) -------------------------------------- */
+
+int kernel_can_pack(int type)
+{
+#ifdef KERNEL_AVX2
+    return type == MT_F32;
+#else
+    return 0;
+#endif
+}
+
+void kernel_pack_f32(const mtensor *w, float *dst, mtensor *out)
+{
+    const float *src = w->data;
+    int cols = w->cols, full = w->rows / KERNEL_PANEL;
+    for (int p = 0; p < full; p++) {
+        const float *sp = src + (size_t)p * KERNEL_PANEL * cols;
+        float *dp = dst + (size_t)p * KERNEL_PANEL * cols;
+        for (int i = 0; i < KERNEL_PANEL; i++)
+            for (int k = 0; k < cols; k++)
+                dp[(size_t)k * KERNEL_PANEL + i] = sp[(size_t)i * cols + k];
+    }
+    size_t done = (size_t)full * KERNEL_PANEL * cols;
+    memcpy(dst + done, src + done, ((size_t)w->rows * cols - done) * sizeof(float));
+    mtensor t = *w;
+    t.data = dst;
+    t.panel = KERNEL_PANEL;
+    *out = t;
+}
+
+/* Rows of the tail (row-major): the same per-element sequence as one lane of a
+ * panel accumulator -- fmaf in k order from 0. */
+static void rows_f32_tail(float *out, int ldo, const float *x, int n_rows, int cols,
+                          const float *w, int j0, int j1)
+{
+    for (int r = 0; r < n_rows; r++)
+        for (int j = j0; j < j1; j++) {
+            const float *xr = x + (size_t)r * cols, *wr = w + (size_t)j * cols;
+            float s = 0.0f;
+            for (int k = 0; k < cols; k++)
+                s = fmaf(xr[k], wr[k], s);
+            out[(size_t)r * ldo + j] = s;
+        }
+}
+
+#ifndef PNP
+#define PNP 2 /* panels per block when decoding one row */
+#endif
+#ifndef PPF
+/* batched: prefetch the panel this many ahead, spread over the current panel's x
+ * blocks.  Spreading it (it used to run only during the first x block, which then
+ * waited on memory while the others had nothing in flight) raised batch-16 decoding
+ * on the 15M shape from ~1,560-1,840 to ~1,790-2,160 tok/s in interleaved runs
+ * (bench_forward --batch 4,16,64); 1 panel ahead was level with or a little
+ * better than 2 or 3 (a 15M panel is 18 KiB: two no longer fit L1 beside the
+ * current one). */
+#define PPF 1
+#endif
+#ifdef KERNEL_AVX2
+/* R x rows times NP panels (16 * NP W rows): acc[r][v] holds 8 outputs; per
+ * column k, the panels' 2 * NP vectors are loaded once and x[r][k] broadcast.
+ * 6 x 1 uses 12 accumulators + 2 W vectors + 1 broadcast; 1 x 2 (decoding)
+ * gives 4 independent chains over two sequential streams. */
+static inline __attribute__((always_inline)) void pblock(float *out, size_t ldo, const float *x,
+                                                         size_t ldx, const float *wp, size_t pstride,
+                                                         int cols, const int R, const int NP,
+                                                         const float *pf, int pf_every)
+{
+    __m256 acc[6][4];
+    for (int r = 0; r < R; r++)
+        for (int v = 0; v < 2 * NP; v++)
+            acc[r][v] = _mm256_setzero_ps();
+    int pf_left = pf_every;
+    for (int k = 0; k < cols; k++) {
+        __m256 wv[4];
+        if (pf && --pf_left == 0) { /* one 64-byte line of a later panel every pf_every columns */
+            _mm_prefetch((const char *)pf, _MM_HINT_T0);
+            pf += KERNEL_PANEL;
+            pf_left = pf_every;
+        }
+        for (int p = 0; p < NP; p++) {
+            wv[2 * p] = _mm256_load_ps(wp + (size_t)p * pstride + (size_t)k * KERNEL_PANEL);
+            wv[2 * p + 1] = _mm256_load_ps(wp + (size_t)p * pstride + (size_t)k * KERNEL_PANEL + 8);
+        }
+        for (int r = 0; r < R; r++) {
+            __m256 xb = _mm256_broadcast_ss(x + (size_t)r * ldx + k);
+            for (int v = 0; v < 2 * NP; v++)
+                acc[r][v] = _mm256_fmadd_ps(xb, wv[v], acc[r][v]);
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int v = 0; v < 2 * NP; v++)
+            _mm256_storeu_ps(out + (size_t)r * ldo + 8 * v, acc[r][v]);
+}
+
+static void rows_f32p(float *out, int ldo, const float *x, int n_rows, int cols, const mtensor *w,
+                      int j0, int j1)
+{
+    const float *d = w->data;
+    int full = w->rows / KERNEL_PANEL * KERNEL_PANEL;
+    int jp = j1 < full ? j1 : full; /* packed part: [j0, jp), j0 a multiple of 16 */
+    size_t ps = (size_t)KERNEL_PANEL * cols;
+    int xb = x_block_rows((size_t)cols * 4);
+    for (int rb = 0; rb < n_rows; rb += xb) {
+        int re = rb + xb < n_rows ? rb + xb : n_rows;
+        if (re - rb == 1) {
+            int j = j0;
+            for (; PNP == 2 && j + 2 * KERNEL_PANEL <= jp; j += 2 * KERNEL_PANEL)
+                pblock(out + (size_t)rb * ldo + j, ldo, x + (size_t)rb * cols, cols,
+                       d + (size_t)(j / KERNEL_PANEL) * ps, ps, cols, 1, 2, NULL, 0);
+            for (; PNP == 1 && j + KERNEL_PANEL <= jp; j += KERNEL_PANEL)
+                pblock(out + (size_t)rb * ldo + j, ldo, x + (size_t)rb * cols, cols,
+                       d + (size_t)(j / KERNEL_PANEL) * ps, ps, cols, 1, 1, NULL, 0);
+            if (j < jp)
+                pblock(out + (size_t)rb * ldo + j, ldo, x + (size_t)rb * cols, cols,
+                       d + (size_t)(j / KERNEL_PANEL) * ps, ps, cols, 1, 1, NULL, 0);
+            continue;
+        }
+        /* The panel PPF ahead is prefetched while this one is used, spread evenly
+         * over its x blocks (one line every nxb columns, each block its share), so
+         * W streams from memory during all of the panel's arithmetic.
+         * The rows are split into nxb blocks of near-equal size (16 = 6 + 5 + 5,
+         * not 6 + 6 + 4): a block of R rows has 2R independent fma chains and the
+         * fma latency here (~5 cycles, 2 pipes) needs about 10 to keep both pipes
+         * busy.  Measured on the 15M shape at batch 16 (the two splits interleaved
+         * step by step, 5 runs of 128-240 steps): median +4-11 % over 6 + 6 + 4. */
+        int nxb = (re - rb + 5) / 6, share = (cols + nxb - 1) / nxb, bsz = 0;
+        for (int j = j0; j < jp; j += KERNEL_PANEL) {
+            const float *wp = d + (size_t)(j / KERNEL_PANEL) * ps;
+            const float *ahead = PPF && j + (PPF + 1) * KERNEL_PANEL <= full ? wp + PPF * ps : NULL;
+            for (int r = rb, bi = 0; r < re; r += bsz, bi++) {
+                float *o = out + (size_t)r * ldo + j;
+                const float *xr = x + (size_t)r * cols;
+                const float *pf = ahead ? ahead + (size_t)bi * share * KERNEL_PANEL : NULL;
+                bsz = (re - rb) / nxb + (bi < (re - rb) % nxb);
+                switch (bsz) {
+                case 6: pblock(o, ldo, xr, cols, wp, ps, cols, 6, 1, pf, nxb); break;
+                case 5: pblock(o, ldo, xr, cols, wp, ps, cols, 5, 1, pf, nxb); break;
+                case 4: pblock(o, ldo, xr, cols, wp, ps, cols, 4, 1, pf, nxb); break;
+                case 3: pblock(o, ldo, xr, cols, wp, ps, cols, 3, 1, pf, nxb); break;
+                case 2: pblock(o, ldo, xr, cols, wp, ps, cols, 2, 1, pf, nxb); break;
+                default: pblock(o, ldo, xr, cols, wp, ps, cols, 1, 1, pf, nxb); break;
+                }
+            }
+        }
+    }
+    int jt = j0 > full ? j0 : full;
+    if (jt < j1)
+        rows_f32_tail(out, ldo, x, n_rows, cols, d, jt, j1);
+}
+#else
+static void rows_f32p(float *out, int ldo, const float *x, int n_rows, int cols, const mtensor *w,
+                      int j0, int j1)
+{ /* never packed in this build (kernel_can_pack), but keep it correct anyway */
+    (void)out, (void)ldo, (void)x, (void)n_rows, (void)cols, (void)w, (void)j0, (void)j1;
+    abort();
+}
+#endif
+
+/* ---- Pool dispatch ----------------------------------------------------------- */
+
+typedef struct {
+    const kernel_job *jobs;
+    int n_jobs;
+    const float *x;
+    int n_rows, cols;
+    const int8_t *xq; /* (n_rows, cols) when some job is Q8_0 */
+    const float *xd;  /* (n_rows, cols / 32) */
+    int chunk[MAX_JOBS];      /* W rows per task, per job (even) */
+    int first[MAX_JOBS + 1];  /* first task of each job */
+    int swiglu;               /* jobs (w1, w3): a task does both for its rows, then the gate */
+} mm_ctx;
+
+static void mm_rows(const mm_ctx *c, const kernel_job *job, int j0, int j1)
+{
+    const mtensor *w = job->w;
+    switch (w->type) {
+    case MT_F32:
+        if (w->panel)
+            rows_f32p(job->out, w->rows, c->x, c->n_rows, c->cols, w, j0, j1);
+        else
+            rows_f32(job->out, w->rows, c->x, c->n_rows, c->cols, w, j0, j1);
+        break;
+    case MT_F16: rows_f16(job->out, w->rows, c->x, c->n_rows, c->cols, w, j0, j1); break;
+    case MT_BF16: rows_bf16(job->out, w->rows, c->x, c->n_rows, c->cols, w, j0, j1); break;
+    case MT_Q8_0: rows_q8(job->out, w->rows, c->xq, c->xd, c->n_rows, c->cols, w, j0, j1); break;
+    default:
+        for (int r = 0; r < c->n_rows; r++)
+            for (int j = j0; j < j1; j++)
+                job->out[(size_t)r * w->rows + j] = NAN;
+    }
+}
+
+void kernel_swiglu(float *g, const float *u, int n)
+{
+    for (int i = 0; i < n; i++)
+        g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+
+static void mm_task(void *arg, int task, int n_tasks)
+{
+    (void)n_tasks;
+    const mm_ctx *c = arg;
+    int jb = 0;
+    while (task >= c->first[jb + 1])
+        jb++;
+    const kernel_job *job = &c->jobs[jb];
+    int rows = job->w->rows;
+    int j0 = (task - c->first[jb]) * c->chunk[jb];
+    int j1 = j0 + c->chunk[jb] < rows ? j0 + c->chunk[jb] : rows;
+    mm_rows(c, job, j0, j1);
+    if (c->swiglu) { /* the same rows of w3, then g = silu(g) * u on them, in every x row */
+        mm_rows(c, &c->jobs[1], j0, j1);
+        for (int r = 0; r < c->n_rows; r++)
+            kernel_swiglu(job->out + (size_t)r * rows + j0, c->jobs[1].out + (size_t)r * rows + j0,
+                          j1 - j0);
+    }
+}
+
+static void quantize_task(void *arg, int task, int n_tasks)
+{
+    const mm_ctx *c = arg;
+    int nb = c->cols / Q8_0_BLOCK;
+    for (int r = task; r < c->n_rows; r += n_tasks)
+        quantize_row_q8((int8_t *)c->xq + (size_t)r * c->cols, (float *)c->xd + (size_t)r * nb,
+                        c->x + (size_t)r * c->cols, c->cols);
+}
+
+static void matmul_group(model_pool *pool, const kernel_job *jobs, int n_jobs, const float *x,
+                         int n_rows, int8_t *xq, float *xd, int swiglu)
+{
+    mm_ctx c = {.jobs = jobs, .n_jobs = n_jobs, .x = x, .n_rows = n_rows,
+                .cols = jobs[0].w->cols, .xq = xq, .xd = xd, .swiglu = swiglu};
+    int nt = model_pool_size(pool);
+    if (xq) {
+        int qt = n_rows >= 8 * nt ? nt : 1;
+        model_pool_run(pool, quantize_task, &c, qt);
+    }
+    c.first[0] = 0;
+    for (int i = 0; i < n_jobs; i++) {
+        const mtensor *w = jobs[i].w;
+        size_t rb = kernel_row_bytes(w->type, w->cols);
+        /* W rows per task: fit L2, and give every thread several tasks. */
+        size_t by_cache = L2_BLOCK / (rb ? rb : 1);
+        size_t by_share = ((size_t)w->rows + (size_t)4 * nt - 1) / ((size_t)4 * nt);
+        size_t ch = by_cache < by_share ? by_cache : by_share;
+        if (ch < 8)
+            ch = 8;
+        /* whole register blocks: pairs of 16-row panels, or 4 rows */
+        ch = w->panel ? (ch + 2 * KERNEL_PANEL - 1) / (2 * KERNEL_PANEL) * (2 * KERNEL_PANEL)
+                      : (ch + 3) & ~(size_t)3;
+        c.chunk[i] = (int)ch;
+        c.first[i + 1] = c.first[i] + (int)(((size_t)w->rows + ch - 1) / ch);
+    }
+    /* swiglu: the tasks of the first job also run the second's same rows */
+    model_pool_run(pool, mm_task, &c, c.first[swiglu ? 1 : n_jobs]);
+}
+
+static void matmul_jobs(model_pool *pool, const kernel_job *jobs, int n_jobs, const float *x,
+                        int n_rows, int swiglu)
+{
+    if (n_rows <= 0 || n_jobs <= 0)
+        return;
+    if (n_jobs > MAX_JOBS) {
+        for (int i = 0; i < n_jobs; i += MAX_JOBS)
+            kernel_matmul_multi(pool, jobs + i, n_jobs - i < MAX_JOBS ? n_jobs - i : MAX_JOBS,
+                                x, n_rows);
+        return;
+    }
+    int cols = jobs[0].w->cols, need_q = 0;
+    for (int i = 0; i < n_jobs; i++)
+        if (jobs[i].w->type == MT_Q8_0)
+            need_q = 1;
+    if (!need_q || cols % Q8_0_BLOCK) {
+        matmul_group(pool, jobs, n_jobs, x, n_rows, NULL, NULL, swiglu);
+        return;
+    }
+    /* Quantized copy of x: pool scratch, else malloc, else row chunks on the stack. */
+    int nb = cols / Q8_0_BLOCK;
+    size_t row_q = (size_t)cols + (size_t)nb * sizeof(float);
+    size_t qbytes = ((size_t)cols * n_rows + 15) & ~(size_t)15;
+    size_t need = qbytes + (size_t)nb * sizeof(float) * n_rows;
+    void *buf = model_pool_scratch(pool, need), *own = NULL;
+    if (!buf)
+        buf = own = malloc(need);
+    if (buf) {
+        int8_t *xq = buf;
+        float *xd = (float *)((int8_t *)buf + qbytes);
+        matmul_group(pool, jobs, n_jobs, x, n_rows, xq, xd, swiglu);
+        free(own);
+        return;
+    }
+    /* Out of memory: same arithmetic, fewer rows at a time. */
+    _Alignas(32) int8_t qs[32768];
+    int per = (int)(sizeof qs / (row_q + 16));
+    if (per < 1) {
+        for (int i = 0; i < n_jobs; i++)
+            for (size_t e = 0; e < (size_t)n_rows * jobs[i].w->rows; e++)
+                jobs[i].out[e] = NAN;
+        return;
+    }
+    for (int r = 0; r < n_rows; r += per) {
+        int n = n_rows - r < per ? n_rows - r : per;
+        kernel_job sub[MAX_JOBS];
+        for (int i = 0; i < n_jobs; i++)
+            sub[i] = (kernel_job){jobs[i].out + (size_t)r * jobs[i].w->rows, jobs[i].w};
+        /* sub-jobs write rows r.. of out: out stride stays w->rows */
+        float *xd = (float *)(qs + (((size_t)cols * n + 15) & ~(size_t)15));
+        matmul_group(NULL, sub, n_jobs, x + (size_t)r * cols, n, qs, xd, swiglu);
+    }
+}
+
+void kernel_matmul_multi(model_pool *pool, const kernel_job *jobs, int n_jobs, const float *x,
+                         int n_rows)
+{
+    matmul_jobs(pool, jobs, n_jobs, x, n_rows, 0);
+}
+
+void kernel_matmul_swiglu(model_pool *pool, float *g, float *u, const float *x, int n_rows,
+                          const mtensor *w1, const mtensor *w3)
+{
+    kernel_job jobs[2] = {{g, w1}, {u, w3}};
+    if (w1->rows != w3->rows || w1->cols != w3->cols || w1->type != w3->type ||
+        w1->panel != w3->panel) { /* not the same shape and layout: one after the other */
+        matmul_jobs(pool, jobs, 2, x, n_rows, 0);
+        for (int r = 0; r < n_rows; r++)
+            kernel_swiglu(g + (size_t)r * w1->rows, u + (size_t)r * w1->rows, w1->rows);
+        return;
+    }
+    matmul_jobs(pool, jobs, 2, x, n_rows, 1);
+}
+
+void kernel_matmul(model_pool *pool, float *out, const float *x, int n_rows, const mtensor *w)
+{
+    kernel_job job = {out, w};
+    kernel_matmul_multi(pool, &job, 1, x, n_rows);
+}

@@ -1,0 +1,75 @@
+/* kernels.h -- internal kernel entry points beyond model_internal.h.
+ *
+ * Included only by the model module and its tests.  kernel_matmul (declared in
+ * model_internal.h) is kernel_matmul_multi with one job.  Every kernel here
+ * computes each output element with one fixed sequence of floating-point
+ * operations, whatever the number of rows, the row's place in the batch and
+ * the thread count: results are bit-identical across batch compositions.
+ */
+#ifndef LMSERVE_MODEL_KERNELS_H
+#define LMSERVE_MODEL_KERNELS_H
+
+#include "model/model_internal.h"
+
+#include <stddef.h>
+
+/* One matrix of a grouped matmul: out (n_rows, w->rows) = x (n_rows, w->cols) W^T. */
+typedef struct {
+    float *out;
+    const mtensor *w;
+} kernel_job;
+
+/* Run several matmuls that share the same input x in one pool dispatch
+ * (e.g. Q, K and V).  All jobs must have w->cols equal. */
+void kernel_matmul_multi(model_pool *pool, const kernel_job *jobs, int n_jobs,
+                         const float *x, int n_rows);
+/* g (n_rows, w1->rows) = silu(x W1^T) * (x W3^T), u = x W3^T (scratch): the two
+ * matmuls and the gate in one pool dispatch (each task gates the rows it made).
+ * Per element the same operations as kernel_matmul twice, then kernel_swiglu. */
+void kernel_matmul_swiglu(model_pool *pool, float *g, float *u, const float *x, int n_rows,
+                          const mtensor *w1, const mtensor *w3);
+/* g[i] = g[i] / (1 + exp(-g[i])) * u[i] (SwiGLU's silu gate). */
+void kernel_swiglu(float *g, const float *u, int n);
+
+/* F32 weights packed in 16-row panels (mtensor.panel): the batched kernel reads
+ * one sequential stream per panel and keeps 6 x rows x 16 outputs in registers.
+ * Every output element is then sum_k x[k] * w[k] accumulated by fma in k order
+ * from 0 (one lane of one accumulator), whatever the batch: bit-identical across
+ * batch compositions, like the row-major kernels, but not bitwise equal to
+ * them (the row-major F32 kernel sums 8 lanes, then a tree). */
+#define KERNEL_PANEL 16
+/* 1 if this build has a packed kernel for tensors of this type. */
+int kernel_can_pack(int type);
+/* Write w's data into dst (w->rows * w->cols floats, 32-byte aligned) in the
+ * packed layout and describe it in *out (which may be w). */
+void kernel_pack_f32(const mtensor *w, float *dst, mtensor *out);
+
+/* Bytes of one row of a (rows, cols) tensor of this type; 0 if the type is unknown
+ * or cols does not suit it (Q8_0 needs cols % 32 == 0). */
+size_t kernel_row_bytes(int type, int cols);
+
+/* sum_i a[i] * b[i] with a fixed order (8 lanes, then a fixed tree, then the tail). */
+float kernel_dot(const float *a, const float *b, int n);
+
+/* y[i] += a * x[i] */
+void kernel_axpy(float *y, float a, const float *x, int n);
+
+/* One query row of causal attention over n cached positions (k, v: (n, hd) rows):
+ * out = softmax(q.k_t * scale) . v, with scores (n floats) as scratch.  Fixed
+ * order throughout, so a row's result does not depend on its batch. */
+void kernel_attend(float *out, const float *q, const float *k, const float *v, int n, int hd,
+                   float scale, float *scores);
+
+/* kernel_attend over an F16 (IEEE half) cache: the same operations on the
+ * converted values, so the result equals kernel_attend on F32 copies of k and v. */
+void kernel_attend_f16(float *out, const float *q, const uint16_t *k, const uint16_t *v, int n,
+                       int hd, float scale, float *scores);
+
+/* dst[i] = src[i] as an IEEE half, rounded to nearest even. */
+void kernel_to_f16(uint16_t *dst, const float *src, int n);
+
+/* Scratch memory kept by the pool between calls (grown on demand); NULL on
+ * failure or when p is NULL.  Valid until the next call; not reentrant. */
+void *model_pool_scratch(model_pool *p, size_t bytes);
+
+#endif /* LMSERVE_MODEL_KERNELS_H */
