@@ -47,9 +47,10 @@ CFLAGS   += -std=c11 -Wall -Wextra -Wno-unused-parameter -Wshadow -Wvla $(OPTFLA
 LDFLAGS  += $(SANFLAGS) -pthread
 LDLIBS   += -lm
 
-# Where the tests find real weights (CI points it at ../shared/models).
-LMSERVE_MODELS ?= $(firstword $(wildcard $(CURDIR)/../shared/models) $(CURDIR)/models)
-LMSERVE_FIXTURES ?= $(firstword $(wildcard $(CURDIR)/../shared/fixtures) $(CURDIR)/fixtures)
+# Where the tests find real weights and model-file fixtures: the repository's own copy
+# (tests/data/SOURCES.md); set either variable to use another folder.
+LMSERVE_MODELS ?= $(CURDIR)/tests/data/models
+LMSERVE_FIXTURES ?= $(CURDIR)/tests/data/fixtures
 export LMSERVE_MODELS LMSERVE_FIXTURES
 
 # ---- Modules -------------------------------------------------------------------
@@ -118,7 +119,7 @@ $(B)/bench/%: $(B)/obj/bench/%.o $(LIBS)
 	$(CC) $(LDFLAGS) -o $@ $< $(LIBS) $(PKG_LIBS) $(LDLIBS)
 
 # ---- Phony targets ----------------------------------------------------------------
-.PHONY: all run test test-build unit-tests bench fuzz install uninstall clean models deps deps-test default-model
+.PHONY: all run test test-build valgrind-build unit-tests bench fuzz install uninstall clean models deps deps-test default-model
 .SECONDARY:
 
 all: deps-check $(B)/lmserve $(if $(SANITIZE),,build/lmserve)
@@ -139,9 +140,18 @@ run: deps
 
 test-build: $(B)/lmserve $(TEST_BIN) $(BENCH_BIN)
 
+# valgrind (tests/integration/test_valgrind.py) cannot decode AVX-512 instructions, which
+# -march=native lets the compiler emit on such CPUs: that test runs a second build of the
+# server without them (same sources, -O2).  Sanitizer builds do not run it (see README).
+VALGRIND_B := build/valgrind
+valgrind-build:
+	@$(MAKE) --no-print-directory B=$(VALGRIND_B) OPTFLAGS="-O2 -g -march=native -mno-avx512f" \
+		$(VALGRIND_B)/lmserve
+
 test: deps-test
-	@$(MAKE) --no-print-directory test-build
+	@$(MAKE) --no-print-directory test-build $(if $(SANITIZE),,valgrind-build)
 	@LMSERVE_BIN=$(CURDIR)/$(B)/lmserve LMSERVE_BUILD=$(CURDIR)/$(B) SANITIZE=$(SANITIZE) \
+		$(if $(SANITIZE),,LMSERVE_VALGRIND_BIN=$(CURDIR)/$(VALGRIND_B)/lmserve) \
 		scripts/run-tests.sh $(TEST_BIN)
 
 bench: deps

@@ -16,8 +16,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     (void)argc; (void)argv;
     const char *fx = getenv("LMSERVE_FIXTURES");
     char e[512], v[512], err[256];
-    snprintf(e, sizeof e, "%s/tokenizers/gpt2/encoder.json", fx ? fx : "../shared/fixtures");
-    snprintf(v, sizeof v, "%s/tokenizers/gpt2/vocab.bpe", fx ? fx : "../shared/fixtures");
+    snprintf(e, sizeof e, "%s/tokenizers/gpt2/encoder.json", fx ? fx : "tests/data/fixtures");
+    snprintf(v, sizeof v, "%s/tokenizers/gpt2/vocab.bpe", fx ? fx : "tests/data/fixtures");
     g_ok = tok_bpe_load_gpt2_files(&g_tok, e, v, err, sizeof err) == 0;
     if (!g_ok) fprintf(stderr, "fuzz_bpe: %s\n", err);
     return 0;

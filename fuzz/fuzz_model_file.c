@@ -22,7 +22,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     (void)argc; (void)argv;
     snprintf(g_path, sizeof g_path, "/tmp/lmserve-fuzz-model-%d.bin", (int)getpid());
     const char *dir = getenv("LMSERVE_MODELS");
-    snprintf(g_tok, sizeof g_tok, "%s/tok512.bin", dir ? dir : "../shared/models");
+    snprintf(g_tok, sizeof g_tok, "%s/tok512.bin", dir ? dir : "tests/data/models");
     return 0;
 }
 

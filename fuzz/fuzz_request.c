@@ -44,7 +44,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     (void)argc; (void)argv;
     const char *dir = getenv("LMSERVE_MODELS");
     char path[512], err[512];
-    snprintf(path, sizeof path, "%s/stories260K.gguf", dir ? dir : "../shared/models");
+    snprintf(path, sizeof path, "%s/stories260K.gguf", dir ? dir : "tests/data/models");
     model_load_opts opts = {.n_threads = 1};
     if (model_load(&g_model, path, &opts, err, sizeof err)) { fprintf(stderr, "%s\n", err); abort(); }
     json_object_seed(1);

@@ -78,7 +78,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     (void)argc; (void)argv;
     const char *dir = getenv("LMSERVE_MODELS");
-    if (!dir) dir = "../shared/models";
+    if (!dir) dir = "tests/data/models";
     char path[512], tok[512], err[512];
     model_load_opts opts = {.n_threads = 1};
     snprintf(path, sizeof path, "%s/stories260K.gguf", dir);

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # fetch-models.sh DIR -- download the public test models (`make models`), check their sha256.
 #
-# The same four files the test suite uses (provenance: their public homes; the
-# sha256 values are the ones pinned publicly for these files).  Needs the internet.
-# Afterwards: export LMSERVE_MODELS=$PWD/DIR  (the Makefile uses ./models by default
-# when ../shared/models does not exist).
+# The same four files the test suite uses (tests/data/models holds copies; provenance
+# in tests/data/SOURCES.md; the sha256 values are the ones pinned publicly for these
+# files), from their public homes.  Needs the internet.  To test against them instead
+# of the repository's copies: make test LMSERVE_MODELS=$PWD/DIR
 set -euo pipefail
 dir=${1:-models}
 mkdir -p "$dir"

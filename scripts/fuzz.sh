@@ -19,8 +19,8 @@ CC=${FUZZ_CC:-clang}
 PKG_CFLAGS=$(pkg-config --cflags libmicrohttpd jansson libuv)
 PKG_LIBS=$(pkg-config --libs libmicrohttpd jansson libuv)
 CFLAGS="-g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -I. -D_GNU_SOURCE -std=c11 -pthread $PKG_CFLAGS"
-models=${LMSERVE_MODELS:-../shared/models}
-fixtures=${LMSERVE_FIXTURES:-../shared/fixtures}
+models=${LMSERVE_MODELS:-tests/data/models}
+fixtures=${LMSERVE_FIXTURES:-tests/data/fixtures}
 
 LIBCFLAGS="-g -O1 -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined -I. -D_GNU_SOURCE -std=c11 -pthread $PKG_CFLAGS"
 

@@ -28,7 +28,7 @@
 #   RUNC [none]   a built llama2.c run binary (gcc -Ofast -fopenmp -march=native run.c -lm)
 #   COMPARE_MODELS ["s15m-f32 s15m-q8_0 s110m-f32 s110m-q8_0"]   COMPARE_ROUNDS [3]
 #   COMPARE_LOAD [1] run part 2   LOAD_DURATION [15]   LOAD_STREAMS [16]   THREADS [2]
-#   COMPARE_AGREE [1] run part 3   LMSERVE_MODELS [models] folder with stories260K.gguf
+#   COMPARE_AGREE [1] run part 3   LMSERVE_MODELS [tests/data/models] folder with stories260K.gguf
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,7 +42,7 @@ MODELS=${COMPARE_MODELS:-"s15m-f32 s15m-q8_0 s110m-f32 s110m-q8_0"}
 ROUNDS=${COMPARE_ROUNDS:-3}
 LOAD=${COMPARE_LOAD:-1}
 AGREE=${COMPARE_AGREE:-1}
-REAL=${LMSERVE_MODELS:-models}
+REAL=${LMSERVE_MODELS:-tests/data/models}
 DURATION=${LOAD_DURATION:-15}
 STREAMS=${LOAD_STREAMS:-16}
 THREADS=${THREADS:-2}

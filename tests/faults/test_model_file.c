@@ -81,7 +81,7 @@ static void check_change(const char *name, const char *tok_name, int how)
 Test(model_file, safetensors_truncated_while_loaded)
 {
     const char *fx = getenv("LMSERVE_FIXTURES");
-    if (!fx || !*fx) fx = "../shared/fixtures";
+    if (!fx || !*fx) fx = "tests/data/fixtures";
     th_tmp t;
     th_tmp_init(&t);
     const char *files[2] = {"config.json", "model.safetensors"};

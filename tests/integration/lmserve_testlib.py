@@ -10,7 +10,7 @@ Shared by every tests/integration/test_*.py (Python 3 standard library only).
     # srv.stderr holds everything the server printed.
 
 Environment: LMSERVE_BIN (the binary; default build/release/lmserve), LMSERVE_MODELS
-(folder with stories260K.gguf; default ../shared/models), SANITIZE (non-empty under
+(folder with stories260K.gguf; default tests/data/models), SANITIZE (non-empty under
 sanitizer builds: timeouts are stretched by `slow`).
 """
 import http.client
@@ -35,10 +35,13 @@ def binary():
 
 
 def models_dir():
-    d = os.environ.get("LMSERVE_MODELS")
-    if d:
-        return d
-    return os.path.join(REPO, "..", "shared", "models")
+    """$LMSERVE_MODELS, else the repository's own tests/data/models."""
+    return os.environ.get("LMSERVE_MODELS") or os.path.join(REPO, "tests", "data", "models")
+
+
+def fixtures_dir():
+    """$LMSERVE_FIXTURES, else the repository's own tests/data/fixtures."""
+    return os.environ.get("LMSERVE_FIXTURES") or os.path.join(REPO, "tests", "data", "fixtures")
 
 
 def model_path(name="stories260K.gguf"):
@@ -56,8 +59,10 @@ def require_model(name="stories260K.gguf"):
 class Server:
     """One lmserve process on 127.0.0.1 and a free port."""
 
-    def __init__(self, extra_args=(), model=None, env=None, start=True, ready_timeout=None, wrapper=()):
+    def __init__(self, extra_args=(), model=None, env=None, start=True, ready_timeout=None, wrapper=(),
+                 binary_path=None):
         self.extra_args = list(extra_args)
+        self.binary = binary_path or binary()
         self.wrapper = list(wrapper)  # e.g. ["valgrind", "--leak-check=full"]
         self.model = None if model is False else (model or model_path())  # False: no --model flag
         self.env = dict(os.environ)
@@ -77,7 +82,7 @@ class Server:
     def start(self, extra_args=None):
         if extra_args is not None:
             self.extra_args = list(extra_args)
-        args = self.wrapper + [binary(), "serve"] + (["--model", self.model] if self.model else [])
+        args = self.wrapper + [self.binary, "serve"] + (["--model", self.model] if self.model else [])
         args += ["--host", self.host, "--port", "0"]
         args += self.extra_args
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,

@@ -12,7 +12,7 @@ import sys
 import tempfile
 import unittest
 
-from lmserve_testlib import REPO, binary
+from lmserve_testlib import REPO, binary, require_model
 
 SCRIPT = os.path.join(REPO, "scripts", "fix-train-vocab.py")
 MODEL = os.path.join(REPO, "models", "default", "model.gguf")
@@ -59,12 +59,10 @@ class FixTrainVocab(unittest.TestCase):
             out = subprocess.run([sys.executable, SCRIPT, MODEL, dst], capture_output=True, text=True)
             self.assertNotEqual(out.returncode, 0)
             self.assertIn("already fixed", out.stderr)
-            stories = os.path.join(os.environ.get("LMSERVE_MODELS", os.path.join(REPO, "..", "shared", "models")),
-                                   "stories260K.gguf")
-            if os.path.exists(stories):
-                out = subprocess.run([sys.executable, SCRIPT, stories, dst], capture_output=True, text=True)
-                self.assertNotEqual(out.returncode, 0)
-                self.assertIn("259 tokens expected", out.stderr)
+            stories = require_model("stories260K.gguf")
+            out = subprocess.run([sys.executable, SCRIPT, stories, dst], capture_output=True, text=True)
+            self.assertNotEqual(out.returncode, 0)
+            self.assertIn("259 tokens expected", out.stderr)
             self.assertFalse(os.path.exists(dst))
 
 

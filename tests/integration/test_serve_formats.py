@@ -8,9 +8,9 @@ import sys
 import tempfile
 import unittest
 
-from lmserve_testlib import REPO, Server, binary, model_path, require_model
+from lmserve_testlib import REPO, Server, binary, fixtures_dir, model_path, require_model
 
-FIXTURES = os.environ.get("LMSERVE_FIXTURES", os.path.join(REPO, "..", "shared", "fixtures"))
+FIXTURES = fixtures_dir()
 WRITER = os.path.join(REPO, "tests", "tools", "write_course_pt.py")
 
 

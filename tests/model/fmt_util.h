@@ -12,7 +12,7 @@
 static inline const char *fx_path(char *buf, size_t n, const char *rel)
 {
     const char *root = getenv("LMSERVE_FIXTURES");
-    if (!root || !*root) root = "../shared/fixtures";
+    if (!root || !*root) root = "tests/data/fixtures";
     snprintf(buf, n, "%s/%s", root, rel);
     return buf;
 }

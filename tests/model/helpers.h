@@ -16,7 +16,7 @@
 static inline char *th_model_path(const char *name)
 {
     const char *dir = getenv("LMSERVE_MODELS");
-    if (!dir || !*dir) dir = "../shared/models";
+    if (!dir || !*dir) dir = "tests/data/models";
     size_t n = strlen(dir) + strlen(name) + 2;
     char *p = malloc(n);
     cr_assert_not_null(p);

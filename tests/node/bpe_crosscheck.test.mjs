@@ -17,7 +17,7 @@ const gpt3 = require('gpt-3-encoder');
 const here = path.dirname(fileURLToPath(import.meta.url));
 const root = path.resolve(here, '..', '..');
 const build = process.env.LMSERVE_BUILD || path.join(root, 'build', 'release');
-const fixtures = process.env.LMSERVE_FIXTURES || path.resolve(root, '..', 'shared', 'fixtures');
+const fixtures = process.env.LMSERVE_FIXTURES || path.join(root, 'tests', 'data', 'fixtures');
 const tool = path.join(build, 'bench', 'bpe_encode');
 
 // A small seeded generator (mulberry32) so the corpus is the same on every run.

@@ -14,7 +14,7 @@ import { chromium } from 'playwright-core';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const BIN = process.env.LMSERVE_BIN || path.join(ROOT, 'build/release/lmserve');
-const MODELS = process.env.LMSERVE_MODELS || path.join(ROOT, '../shared/models');
+const MODELS = process.env.LMSERVE_MODELS || path.join(ROOT, 'tests/data/models');
 const BUILD = process.env.LMSERVE_BUILD || path.dirname(BIN);
 const MODEL = path.join(MODELS, 'stories260K.gguf');
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';

@@ -198,7 +198,7 @@ static char tokbin[512];
 static const char *tok_bin(void)
 {
     const char *d = getenv("LMSERVE_MODELS");
-    snprintf(tokbin, sizeof tokbin, "%s/tokenizer.bin", d && *d ? d : "../shared/models");
+    snprintf(tokbin, sizeof tokbin, "%s/tokenizer.bin", d && *d ? d : "tests/data/models");
     return tokbin;
 }
 

@@ -7,9 +7,13 @@
 // LMSERVE_BIN names the binary (set by `make test`), LMSERVE_MODELS the model folder.
 import { spawn } from 'node:child_process';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 
-export const MODELS = process.env.LMSERVE_MODELS || path.resolve('../shared/models');
-export const BIN = process.env.LMSERVE_BIN || path.resolve('build/release/lmserve');
+// The repository's root (this file is tests/node/lib/server.mjs).
+export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
+export const MODELS = process.env.LMSERVE_MODELS || path.join(ROOT, 'tests/data/models');
+export const FIXTURES = process.env.LMSERVE_FIXTURES || path.join(ROOT, 'tests/data/fixtures');
+export const BIN = process.env.LMSERVE_BIN || path.join(ROOT, 'build/release/lmserve');
 
 export function startServer(extraArgs = [], { model = path.join(MODELS, 'stories260K.gguf'), timeoutMs = 30000 } = {}) {
   const args = ['serve', '--model', model, '--host', '127.0.0.1', '--port', '0', ...extraArgs];
