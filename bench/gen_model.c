@@ -17,6 +17,7 @@
  *                  [--vocab N] [--ctx N] [--seed N] [--tokenizer-out FILE]
  */
 #include "model/formats/gguf_write.h"
+#include "model/half.h"
 #include "model/model_internal.h"
 
 #include <errno.h>

@@ -10,6 +10,7 @@
  * model.  A loaded model must report consistent facts and, when the forward pass
  * is available, run a couple of tokens (logits may be anything, but no crash). */
 #include "model/formats/gguf_write.h"
+#include "model/half.h"
 #include "model/loader.h"
 
 #include <math.h>

@@ -12,6 +12,7 @@
  *   - when the vocabulary is "complete" (a byte token for every byte, BOS a
  *     control token) decoding gives back exactly the text. */
 #include "model/model_internal.h"
+#include "model/formats/formats.h"
 #include "model/tokenizers/tokenizer.h"
 
 #include <stdint.h>

@@ -1,5 +1,6 @@
-/* loader.h -- helpers shared by the file-format readers (model.c, gguf.c,
- * llama2c.c, tokenizer.c).  Internal to model/; not a public header.
+/* loader.h -- helpers every part of the model module shares (loader.c): error
+ * lines, memory the model owns, private copies of files, element-type sizes.
+ * Internal to model/; not a public header.
  *
  * Every reader validates sizes against the file before it reads, and reports
  * one line "PATH: what is wrong" through model_errf. */
@@ -42,14 +43,13 @@ void *model_calloc_owned(model *m, size_t n, size_t size);
  * unknown type.  Sets *ok = 0 on overflow or bad n. */
 size_t mtensor_bytes(int type, uint64_t n, int *ok);
 const char *mtensor_type_name(int type); /* "F32", ...; NULL if unknown */
+/* Bytes of one row of cols elements; 0 if the type is unknown or cols does not suit
+ * it (Q8_0 needs cols % 32 == 0). */
+size_t mtensor_row_bytes(int type, int cols);
 
-/* Pick the dominant matrix type of m's layers/embeddings and fill info.weight_type,
- * n_params and weight_bytes from the tensors in m (counting a tied output once). */
-void model_fill_weight_stats(model *m);
-
-/* Check the hyper-parameters in m->info for consistency (all positive, divisible,
- * within sane limits).  Writes err on failure. */
-int model_check_hparams(const model *m, const char *path, char *err, size_t errlen);
+/* Keep the pointer to a malloc'd block so model_free frees it; 0, or MODEL_ENOMEM
+ * after freeing the block. */
+int model_own(model *m, void *block);
 
 /* Overflow-checked arithmetic: return 0 on overflow. */
 static inline int mul_ok(uint64_t a, uint64_t b, uint64_t *out)

@@ -1,34 +1,37 @@
-/* model_internal.h -- what the loaders fill in and the forward pass reads.
+/* model_internal.h -- what the readers fill in and the forward pass reads.
  *
- * Included only by the .c files in model/ and tests/model/.  Loaders (gguf.c,
- * llama2c.c, and later torch/safetensors readers) produce a `struct model`;
- * forward.c and kernels.c consume it.  Keep the two sides talking only
- * through this header.
+ * Included only by the files of model/ and its tests, never by another module.
+ * The readers (model/formats/) produce a `struct model` with its `tokenizer`;
+ * model/tokenizers/ and model/compute/ consume it.  The parts talk through this
+ * header and the internal header of each folder:
+ *   model/loader.h                helpers everyone shares (errors, owned memory,
+ *                                 private file copies, element-type sizes)
+ *   model/formats/formats.h       the readers' entry points and helpers
+ *   model/formats/gguf.h          the GGUF reader (gguf_write.h: the writer)
+ *   model/tokenizers/tokenizer.h  building a vocabulary; SentencePiece-style BPE
+ *   model/tokenizers/tok_bpe.h    byte-level BPE
+ *   model/compute/forward.h       the forward pass's steps and scratch memory
+ *   model/compute/seq.h           a sequence's KV cache
+ *   model/compute/kernels.h       matrix products and attention
+ *   model/compute/pool.h          the worker threads
+ *   model/half.h, model/tensor_types.h   number formats (self-contained)
  *
  * Matrix convention: a `mtensor` is a row-major (rows, cols) matrix used as
  * y = W x with x of length cols and y of length rows ("out, in"), which is
  * GGUF's and llama2.c's on-disk layout for every projection.  Data stays in
- * the file's type (F32, F16, BF16 or Q8_0) and usually points into the mmap.
+ * the file's type (F32, F16, BF16 or Q8_0) and usually points into the file's
+ * private copy (loader.h).
  */
 #ifndef LMSERVE_MODEL_INTERNAL_H
 #define LMSERVE_MODEL_INTERNAL_H
 
 #include "model/model.h"
+#include "model/tensor_types.h"
 
 #include <stddef.h>
 #include <stdint.h>
 
-/* Element types, numbered as GGML numbers them (GGUF tensor_info type). */
-enum {
-    MT_F32 = 0,
-    MT_F16 = 1,
-    MT_Q8_0 = 8,
-    MT_BF16 = 30,
-};
-
-#define Q8_0_BLOCK 32 /* Q8_0: blocks of 32 int8 with one f16 scale: 34 bytes */
-
-typedef struct {
+typedef struct mtensor {
     const void *data; /* rows * row_bytes */
     int type;         /* MT_* */
     int rows, cols;   /* cols % 32 == 0 for Q8_0 */
@@ -86,15 +89,8 @@ struct tokenizer {
     void (*impl_free)(void *);
 };
 
-/* A per-model pool of worker threads for the kernels (see pool.c). */
+/* A per-model pool of worker threads for the kernels (model/compute/pool.h). */
 typedef struct model_pool model_pool;
-typedef void (*model_pool_fn)(void *arg, int task, int n_tasks);
-model_pool *model_pool_new(int n_threads);
-void model_pool_free(model_pool *p);
-int model_pool_size(const model_pool *p);
-/* Run fn(arg, t, n_tasks) for t in [0, n_tasks), spread over the pool and the
- * calling thread; returns when all are done. */
-void model_pool_run(model_pool *p, model_pool_fn fn, void *arg, int n_tasks);
 
 struct model {
     model_info info;
@@ -126,29 +122,5 @@ struct model {
     void *scratch;             /* forward-pass activations, grown on demand (forward.c) */
     int kv_f16;                /* new sequences store K and V as F16 (model_set_kv_f16) */
 };
-
-/* Loaders, one per format; each fills *m (already zeroed, path set) or writes err. */
-int model_load_gguf(model *m, const char *path, const model_load_opts *opts, char *err, size_t errlen);
-int model_load_llama2c(model *m, const char *path, const model_load_opts *opts, char *err, size_t errlen);
-
-/* Helpers shared by loaders. */
-int model_own(model *m, void *block);      /* take ownership of a malloc'd block; 0 or MODEL_ENOMEM */
-size_t mtensor_row_bytes(int type, int cols);
-float model_f16_to_f32(uint16_t h);
-uint16_t model_f32_to_f16(float f);
-float model_bf16_to_f32(uint16_t h);
-
-/* Tokenizer internals. */
-void tokenizer_free(tokenizer *t);
-int tokenizer_load_llama2c(tokenizer *t, const char *path, int vocab_size, char *err, size_t errlen);
-int tokenizer_finish(tokenizer *t, char *err, size_t errlen); /* build lookup tables after vocab is set */
-int tokenizer_encode(const tokenizer *t, const char *text, size_t len, int add_bos, int32_t *out, int cap);
-
-/* Forward-pass internals (forward.c / kernels.c). */
-void forward_scratch_free(void *scratch);
-/* out[r, :] = W x[r, :] for r in [0, n_rows): x is (n_rows, W.cols), out (n_rows, W.rows). */
-void kernel_matmul(model_pool *pool, float *out, const float *x, int n_rows, const mtensor *w);
-/* Row `row` of W as floats (embedding lookup). */
-void mtensor_get_row(const mtensor *w, int row, float *out);
 
 #endif /* LMSERVE_MODEL_INTERNAL_H */

@@ -2,9 +2,10 @@
  *
  * model_forward (forward.c) validates a batch, makes room in every sequence's
  * KV cache and in the scratch activations, calls the architecture's compute
- * function (forward_llama here; a GPT-2 one can live in its own file and be
- * added to the switch in model_forward), and only then appends the tokens.
+ * function (forward_llama.c, forward_gpt2.c; a new architecture adds a file and
+ * a case to the switch in model_forward), and only then appends the tokens.
  * Compute functions cannot fail: everything they need is allocated before.
+ * The steps the architectures share live in layers.c.
  *
  * Row legend: T = total rows of the batch (sum of n_tokens), rows of item i
  * are [b->row0[i], b->row0[i + 1]), row r has position b->pos[r] in its
@@ -13,47 +14,11 @@
 #ifndef LMSERVE_MODEL_FORWARD_H
 #define LMSERVE_MODEL_FORWARD_H
 
+#include "model/compute/seq.h"
 #include "model/model_internal.h"
 
 #include <stddef.h>
 #include <stdint.h>
-
-/* KV cache of one sequence: K and V are (n_layers, n_kv_heads, cap, head_dim),
- * so the keys one head attends over are contiguous. */
-struct model_seq {
-    const model *m;
-    int cap_max;         /* positions this sequence may hold */
-    int cap;             /* positions allocated so far (grows on demand) */
-    int len;             /* positions filled */
-    int32_t *tokens;     /* (cap) */
-    int kv_f16;          /* k and v hold IEEE halves (uint16_t), else floats */
-    void *k, *v;         /* (n_layers, n_kv_heads, cap, head_dim) */
-};
-
-/* Bytes of one cached K or V element. */
-static inline size_t seq_esz(const model_seq *s)
-{
-    return s->kv_f16 ? 2 : 4;
-}
-
-/* Make room for n positions (n <= cap_max); contents are kept.  0 or MODEL_ENOMEM. */
-int seq_reserve(model_seq *s, int n);
-
-/* Where (layer, kv head, position)'s head_dim elements start, in k or v. */
-static inline void *seq_at(const model_seq *s, void *base, int layer, int kvh, int pos)
-{
-    const model_info *in = &s->m->info;
-    return (char *)base +
-           (((size_t)layer * in->n_kv_heads + kvh) * s->cap + pos) * in->head_dim * seq_esz(s);
-}
-static inline void *seq_k(const model_seq *s, int layer, int kvh, int pos)
-{
-    return seq_at(s, s->k, layer, kvh, pos);
-}
-static inline void *seq_v(const model_seq *s, int layer, int kvh, int pos)
-{
-    return seq_at(s, s->v, layer, kvh, pos);
-}
 
 typedef struct {
     int cap_rows;        /* rows the buffers below hold */
@@ -83,12 +48,29 @@ typedef struct {
     int max_len;         /* longest sequence after this call */
 } fwd_batch;
 
+/* Release the scratch activations (model_free). */
+void forward_scratch_free(void *scratch);
+
+/* Dimensions RoPE rotates per head: rope_dim, or head_dim when out of range; even. */
+static inline int forward_rope_dim(const model_info *in)
+{
+    int rd = in->rope_dim;
+    if (rd <= 0 || rd > in->head_dim)
+        rd = in->head_dim;
+    return rd & ~1;
+}
+
 /* Architecture compute functions: run every row through the layers, leave the
  * final-normalised rows in sc->xb (T, dim) for forward_logits. */
-void forward_llama(model *m, fwd_scratch *sc, const fwd_batch *b);
+void forward_llama(model *m, fwd_scratch *sc, const fwd_batch *b); /* forward_llama.c */
+void forward_gpt2(model *m, fwd_scratch *sc, const fwd_batch *b);  /* forward_gpt2.c */
 
-/* Shared steps. */
+/* ---- Shared steps (layers.c) ---- */
+
+/* RMSNorm of one row: out = x / sqrt(mean(x^2) + eps) * w. */
 void forward_rmsnorm(float *out, const float *x, const float *w, int n, float eps);
+/* LayerNorm of one row: out = (x - mean) / sqrt(var + eps) * w + bias, population variance. */
+void forward_layernorm(float *out, const float *x, const float *w, const float *bias, int n, float eps);
 /* (rope: RoPE on the rows' q and k first, then) rows' K and V (sc->k, sc->v) into
  * their sequences' caches for `layer`, then causal grouped-query attention of
  * sc->q over the caches -> sc->att. */

@@ -1,12 +1,13 @@
-/* forward_gpt2.c -- the GPT-2 architecture's forward step (see formats.h).
+/* forward_gpt2.c -- the GPT-2 architecture's forward step (see forward.h): learned
+ * positions, pre-norm LayerNorm with bias, biased MHA, GELU (erf, or tanh when
+ * m->gelu_tanh), biased FFN, final LayerNorm; forward_logits adds the output bias.
  *
  * Per layer, for all T rows of the batch at once (each weight read once):
  *   xb = LN1(x); q, k, v = xb Wq^T + bq, ...; store k, v; att = causal MHA;
  *   x += att Wo^T + bo; xb = LN2(x); hb = GELU(xb W1^T + b1); x += hb W2^T + b2
  * then xb = LN_f(x).  Positions are absolute: row r adds pos_embd[pos[r]]. */
-#include "model/formats/formats.h"
+#include "model/compute/forward.h"
 #include "model/compute/kernels.h"
-#include "model/loader.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -83,23 +84,4 @@ void forward_gpt2(model *m, fwd_scratch *sc, const fwd_batch *b)
     for (int r = 0; r < T; r++)
         forward_layernorm(sc->xb + (size_t)r * dim, sc->x + (size_t)r * dim, m->out_norm, m->out_norm_b,
                           dim, eps);
-}
-
-int gpt2_check_hparams(const model *m, const char *path, char *err, size_t errlen)
-{
-    const model_info *i = &m->info;
-#define HP(cond, ...) \
-    do { if (!(cond)) return model_errf(err, errlen, MODEL_EFORMAT, path, __VA_ARGS__); } while (0)
-    HP(i->dim > 0 && i->dim <= (1 << 16), "embedding width %d is out of range [1, 65536]", i->dim);
-    HP(i->hidden_dim > 0 && i->hidden_dim <= (1 << 18), "feed-forward width %d is out of range", i->hidden_dim);
-    HP(i->n_layers > 0 && i->n_layers <= 1024, "layer count %d is out of range [1, 1024]", i->n_layers);
-    HP(i->n_heads > 0 && i->n_heads <= i->dim && i->dim % i->n_heads == 0,
-       "head count %d does not divide the width %d", i->n_heads, i->dim);
-    HP(i->n_kv_heads == i->n_heads && i->head_dim * i->n_heads == i->dim, "inconsistent head sizes");
-    HP(i->vocab_size > 0 && i->vocab_size <= (1 << 22), "vocabulary size %d is out of range", i->vocab_size);
-    HP(i->ctx_len > 0 && i->ctx_len <= (1 << 20), "context length %d is out of range", i->ctx_len);
-    HP(isfinite(i->norm_eps) && i->norm_eps > 0 && i->norm_eps < 1, "norm epsilon %g is out of range",
-       (double)i->norm_eps);
-#undef HP
-    return MODEL_OK;
 }

@@ -32,6 +32,8 @@
  * otherwise a portable scalar version (deterministic in the same sense).
  */
 #include "model/compute/kernels.h"
+#include "model/half.h"
+#include "model/loader.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -63,75 +65,7 @@
 #define L2_BLOCK (128 * 1024) /* bytes of x (or of W) a task keeps hot */
 #define MAX_JOBS 8
 
-/* ---- Scalar conversions ---------------------------------------------------- */
-
-static float half_to_float(uint16_t h)
-{
-#ifdef KERNEL_AVX2
-    return _cvtsh_ss(h);
-#else
-    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
-    if (exp == 0) {
-        if (man == 0) {
-            bits = sign;
-        } else { /* subnormal: normalise */
-            int e = -1;
-            do {
-                e++;
-                man <<= 1;
-            } while (!(man & 0x400));
-            bits = sign | ((uint32_t)(127 - 15 - e) << 23) | ((man & 0x3ff) << 13);
-        }
-    } else if (exp == 31) {
-        bits = sign | 0x7f800000u | (man << 13);
-    } else {
-        bits = sign | ((exp + 112) << 23) | (man << 13);
-    }
-    float f;
-    memcpy(&f, &bits, 4);
-    return f;
-#endif
-}
-
-/* IEEE half, rounded to nearest even (what F16C's vcvtps2ph does with
- * _MM_FROUND_TO_NEAREST_INT); NaN stays NaN, overflow gives infinity. */
-static uint16_t float_to_half(float f)
-{
-#ifdef KERNEL_AVX2
-    return _cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT);
-#else
-    uint32_t x;
-    memcpy(&x, &f, 4);
-    uint32_t sign = (x >> 16) & 0x8000, ax = x & 0x7fffffffu;
-    if (ax >= 0x7f800000u) /* inf or NaN */
-        return (uint16_t)(sign | 0x7c00 | (ax > 0x7f800000u ? 0x200 | ((ax >> 13) & 0x3ff) : 0));
-    if (ax >= 0x477ff000u) /* rounds to >= 65520: infinity */
-        return (uint16_t)(sign | 0x7c00);
-    if (ax < 0x38800000u) { /* below the smallest normal half: subnormal or zero */
-        if (ax < 0x33000000u) /* below half the smallest subnormal: rounds to 0 */
-            return (uint16_t)sign;
-        uint32_t e = ax >> 23, m = (ax & 0x7fffff) | 0x800000;
-        uint32_t shift = 126 - e; /* f = m * 2^(e-150) = (m >> (126 - e)) * 2^-24 */
-        uint32_t q = m >> shift, rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
-        if (rem > half || (rem == half && (q & 1)))
-            q++;
-        return (uint16_t)(sign | q);
-    }
-    uint32_t h = ((ax >> 13) - (112u << 10)); /* rebias exponent, keep 10 mantissa bits */
-    uint32_t rem = ax & 0x1fff;
-    if (rem > 0x1000 || (rem == 0x1000 && (h & 1)))
-        h++; /* may carry into the exponent: still the right rounding */
-    return (uint16_t)(sign | h);
-#endif
-}
-
-static float bfloat_to_float(uint16_t h)
-{
-    uint32_t bits = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &bits, 4);
-    return f;
-}
+/* ---- Element access ---------------------------------------------------------- */
 
 static uint16_t rd16(const uint8_t *p)
 {
@@ -140,22 +74,9 @@ static uint16_t rd16(const uint8_t *p)
     return v;
 }
 
-size_t kernel_row_bytes(int type, int cols)
-{
-    if (cols <= 0)
-        return 0;
-    switch (type) {
-    case MT_F32: return (size_t)cols * 4;
-    case MT_F16:
-    case MT_BF16: return (size_t)cols * 2;
-    case MT_Q8_0: return cols % Q8_0_BLOCK ? 0 : (size_t)(cols / Q8_0_BLOCK) * Q8_BYTES;
-    default: return 0;
-    }
-}
-
 void mtensor_get_row(const mtensor *w, int row, float *out)
 {
-    size_t rb = kernel_row_bytes(w->type, w->cols);
+    size_t rb = mtensor_row_bytes(w->type, w->cols);
     const uint8_t *p = (const uint8_t *)w->data + rb * (size_t)row;
     int n = w->cols;
     switch (w->type) {
@@ -171,16 +92,16 @@ void mtensor_get_row(const mtensor *w, int row, float *out)
         break;
     case MT_F16:
         for (int i = 0; i < n; i++)
-            out[i] = half_to_float(rd16(p + 2 * i));
+            out[i] = model_f16_to_f32(rd16(p + 2 * i));
         break;
     case MT_BF16:
         for (int i = 0; i < n; i++)
-            out[i] = bfloat_to_float(rd16(p + 2 * i));
+            out[i] = model_bf16_to_f32(rd16(p + 2 * i));
         break;
     case MT_Q8_0:
         for (int b = 0; b < n / Q8_0_BLOCK; b++) {
             const uint8_t *blk = p + (size_t)b * Q8_BYTES;
-            float d = half_to_float(rd16(blk));
+            float d = model_f16_to_f32(rd16(blk));
             for (int i = 0; i < Q8_0_BLOCK; i++)
                 out[b * Q8_0_BLOCK + i] = d * (float)(int8_t)blk[2 + i];
         }
@@ -212,7 +133,7 @@ static void quantize_row_q8(int8_t *q, float *d, const float *x, int cols)
                 amax = a;
         }
         float id = amax != 0.0f ? 127.0f / amax : 0.0f;
-        d[b] = half_to_float(float_to_half(amax / 127.0f));
+        d[b] = model_f16_to_f32(model_f32_to_f16(amax / 127.0f));
         for (int i = 0; i < Q8_0_BLOCK; i++)
             q[b * Q8_0_BLOCK + i] = (int8_t)lrintf(xb[i] * id);
     }
@@ -244,8 +165,8 @@ static inline __m256 load8_bf16(const void *p, int k)
     return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
 }
 static inline float load1_f32(const void *p, int k) { return ((const float *)p)[k]; }
-static inline float load1_f16(const void *p, int k) { return half_to_float(((const uint16_t *)p)[k]); }
-static inline float load1_bf16(const void *p, int k) { return bfloat_to_float(((const uint16_t *)p)[k]); }
+static inline float load1_f16(const void *p, int k) { return model_f16_to_f32(((const uint16_t *)p)[k]); }
+static inline float load1_bf16(const void *p, int k) { return model_bf16_to_f32(((const uint16_t *)p)[k]); }
 
 /* R x rows times C W rows (R, C <= 4); out[r * ldo + c].  Each element has
  * NACC 8-lane accumulators: steps of 8 * NACC columns feed accumulator h with
@@ -346,7 +267,7 @@ static inline __attribute__((always_inline)) void block_q8(
             const uint8_t *blk = w + (size_t)c * ldw + (size_t)b * Q8_BYTES;
             if (Q8_PFD)
                 _mm_prefetch((const char *)blk + Q8_PFD, _MM_HINT_T0);
-            dw[c] = half_to_float(rd16(blk));
+            dw[c] = model_f16_to_f32(rd16(blk));
             wq[c] = _mm256_loadu_si256((const __m256i *)(blk + 2));
             wa[c] = _mm256_sign_epi8(wq[c], wq[c]);
         }
@@ -368,8 +289,8 @@ static inline __attribute__((always_inline)) void block_q8(
 #else /* portable scalar version */
 
 static inline float load1_f32(const void *p, int k) { return ((const float *)p)[k]; }
-static inline float load1_f16(const void *p, int k) { return half_to_float(((const uint16_t *)p)[k]); }
-static inline float load1_bf16(const void *p, int k) { return bfloat_to_float(((const uint16_t *)p)[k]); }
+static inline float load1_f16(const void *p, int k) { return model_f16_to_f32(((const uint16_t *)p)[k]); }
+static inline float load1_bf16(const void *p, int k) { return model_bf16_to_f32(((const uint16_t *)p)[k]); }
 
 #define DEF_BLOCK(TY)                                                                          \
     static inline void block_##TY(float *out, size_t ldo, const float *x, size_t ldx,          \
@@ -416,7 +337,7 @@ static inline void block_q8(float *out, size_t ldo, const int8_t *xq, size_t ldq
                 int32_t isum = 0;
                 for (int i = 0; i < 32; i++)
                     isum += (int32_t)(int8_t)blk[2 + i] * xb[i];
-                s += (float)isum * (half_to_float(rd16(blk)) * xd[(size_t)r * ldd + b]);
+                s += (float)isum * (model_f16_to_f32(rd16(blk)) * xd[(size_t)r * ldd + b]);
             }
             out[(size_t)r * ldo + c] = s;
         }
@@ -431,7 +352,7 @@ static inline void block_q8(float *out, size_t ldo, const int8_t *xq, size_t ldq
  * holding the same (converted) values give. */
 static inline float kv_load1(const void *p, size_t i, const int F16)
 {
-    return F16 ? half_to_float(((const uint16_t *)p)[i]) : ((const float *)p)[i];
+    return F16 ? model_f16_to_f32(((const uint16_t *)p)[i]) : ((const float *)p)[i];
 }
 
 #ifdef KERNEL_AVX2
@@ -547,7 +468,7 @@ void kernel_to_f16(uint16_t *dst, const float *src, int n)
                          _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
 #endif
     for (; i < n; i++)
-        dst[i] = float_to_half(src[i]);
+        dst[i] = model_f32_to_f16(src[i]);
 }
 
 /* ---- Row-range drivers ------------------------------------------------------- */
@@ -625,7 +546,7 @@ static int x_block_rows(size_t row_bytes)
     static void rows_##TY(float *out, int ldo, const float *x, int n_rows, int cols,           \
                           const mtensor *w, int j0, int j1)                                    \
     {                                                                                          \
-        size_t ldw = kernel_row_bytes(w->type, cols);                                          \
+        size_t ldw = mtensor_row_bytes(w->type, cols);                                          \
         const uint8_t *wd = (const uint8_t *)w->data;                                          \
         int xb = x_block_rows((size_t)cols * 4);                                               \
         for (int rb = 0; rb < n_rows; rb += xb) {                                              \
@@ -655,7 +576,7 @@ DEF_ROWS(bf16)
 static void rows_q8(float *out, int ldo, const int8_t *xq, const float *xd, int n_rows, int cols,
                     const mtensor *w, int j0, int j1)
 {
-    size_t ldw = kernel_row_bytes(MT_Q8_0, cols);
+    size_t ldw = mtensor_row_bytes(MT_Q8_0, cols);
     const uint8_t *wd = (const uint8_t *)w->data;
     int nb = cols / Q8_0_BLOCK;
     int xb = x_block_rows((size_t)cols + (size_t)nb * 4);
@@ -919,7 +840,7 @@ static void matmul_group(model_pool *pool, const kernel_job *jobs, int n_jobs, c
     c.first[0] = 0;
     for (int i = 0; i < n_jobs; i++) {
         const mtensor *w = jobs[i].w;
-        size_t rb = kernel_row_bytes(w->type, w->cols);
+        size_t rb = mtensor_row_bytes(w->type, w->cols);
         /* W rows per task: fit L2, and give every thread several tasks. */
         size_t by_cache = L2_BLOCK / (rb ? rb : 1);
         size_t by_share = ((size_t)w->rows + (size_t)4 * nt - 1) / ((size_t)4 * nt);

@@ -1,7 +1,7 @@
-/* kernels.h -- internal kernel entry points beyond model_internal.h.
+/* kernels.h -- matrix products, attention and element conversions (kernels.c).
  *
- * Included only by the model module and its tests.  kernel_matmul (declared in
- * model_internal.h) is kernel_matmul_multi with one job.  Every kernel here
+ * Included only by the model module and its tests.  kernel_matmul is
+ * kernel_matmul_multi with one job.  Every kernel here
  * computes each output element with one fixed sequence of floating-point
  * operations, whatever the number of rows, the row's place in the batch and
  * the thread count: results are bit-identical across batch compositions.
@@ -9,9 +9,15 @@
 #ifndef LMSERVE_MODEL_KERNELS_H
 #define LMSERVE_MODEL_KERNELS_H
 
+#include "model/compute/pool.h"
 #include "model/model_internal.h"
 
 #include <stddef.h>
+
+/* out[r, :] = W x[r, :] for r in [0, n_rows): x is (n_rows, W.cols), out (n_rows, W.rows). */
+void kernel_matmul(model_pool *pool, float *out, const float *x, int n_rows, const mtensor *w);
+/* Row `row` of W as floats (embedding lookup). */
+void mtensor_get_row(const mtensor *w, int row, float *out);
 
 /* One matrix of a grouped matmul: out (n_rows, w->rows) = x (n_rows, w->cols) W^T. */
 typedef struct {
@@ -44,10 +50,6 @@ int kernel_can_pack(int type);
  * packed layout and describe it in *out (which may be w). */
 void kernel_pack_f32(const mtensor *w, float *dst, mtensor *out);
 
-/* Bytes of one row of a (rows, cols) tensor of this type; 0 if the type is unknown
- * or cols does not suit it (Q8_0 needs cols % 32 == 0). */
-size_t kernel_row_bytes(int type, int cols);
-
 /* sum_i a[i] * b[i] with a fixed order (8 lanes, then a fixed tree, then the tail). */
 float kernel_dot(const float *a, const float *b, int n);
 
@@ -67,9 +69,5 @@ void kernel_attend_f16(float *out, const float *q, const uint16_t *k, const uint
 
 /* dst[i] = src[i] as an IEEE half, rounded to nearest even. */
 void kernel_to_f16(uint16_t *dst, const float *src, int n);
-
-/* Scratch memory kept by the pool between calls (grown on demand); NULL on
- * failure or when p is NULL.  Valid until the next call; not reentrant. */
-void *model_pool_scratch(model_pool *p, size_t bytes);
 
 #endif /* LMSERVE_MODEL_KERNELS_H */

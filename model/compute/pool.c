@@ -32,7 +32,7 @@
  * Which thread runs which task is not deterministic; callers make each
  * task's result independent of that (kernels split output rows only).
  */
-#include "model/compute/kernels.h"
+#include "model/compute/pool.h"
 
 #include <errno.h>
 #include <limits.h>

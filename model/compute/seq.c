@@ -4,7 +4,7 @@
  * a long-context model cost only what they use.  Growing copies the filled
  * positions into the new (n_layers, n_kv_heads, cap, head_dim) layout.
  */
-#include "model/compute/forward.h"
+#include "model/compute/seq.h"
 
 #include <stdlib.h>
 #include <string.h>

@@ -1,5 +1,6 @@
 /* fmt_util.c -- helpers shared by the course / Hugging Face / GPT-2 GGUF readers. */
 #include "model/formats/formats.h"
+#include "model/half.h"
 #include "model/loader.h"
 #include "model/tokenizers/tok_bpe.h"
 

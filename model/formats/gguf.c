@@ -1,4 +1,4 @@
-/* gguf.c -- read GGUF v2/v3 model files (memory-mapped, read-only).
+/* gguf.c -- read GGUF v2/v3 files (a private read-only copy, gguf.h).
  *
  * Layout (from the GGUF specification in ggml's docs/gguf.md; all integers
  * little-endian): "GGUF", u32 version, u64 n_tensors, u64 n_kv, then n_kv
@@ -10,36 +10,29 @@
  *
  * Everything is parsed into small tables first, with every length, count and
  * offset checked against the file size (with overflow checks) before the data
- * is used.  Matrices stay in the mapping; F16/BF16 norm vectors are converted
- * to F32 copies on the heap.  The architecture is dispatched through arches[]
- * so other architectures (gpt2) can be added beside llama. */
+ * is used.  Matrices stay in the copy; F16/BF16 vectors are converted to F32
+ * copies on the heap.  The model readers built on this are load_gguf.c (llama,
+ * and the dispatch by architecture) and gguf_gpt2.c. */
 #include "model/formats/gguf.h"
-#include "model/formats/formats.h"
+#include "model/half.h"
 #include "model/loader.h"
-#include "model/tokenizers/tokenizer.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-/* GGUF metadata value types. */
-enum {
-    GV_U8 = 0, GV_I8, GV_U16, GV_I16, GV_U32, GV_I32, GV_F32, GV_BOOL, GV_STRING, GV_ARRAY,
-    GV_U64, GV_I64, GV_F64, GV_COUNT
-};
-
 static size_t gv_scalar_size(uint32_t t)
 {
-    static const size_t sz[GV_COUNT] = {1, 1, 2, 2, 4, 4, 4, 1, 0, 0, 8, 8, 8};
-    return t < GV_COUNT ? sz[t] : 0;
+    static const size_t sz[GGUF_TYPE_COUNT] = {1, 1, 2, 2, 4, 4, 4, 1, 0, 0, 8, 8, 8};
+    return t < GGUF_TYPE_COUNT ? sz[t] : 0;
 }
 
 static const char *gv_name(uint32_t t)
 {
-    static const char *names[GV_COUNT] = {"u8", "i8", "u16", "i16", "u32", "i32", "f32", "bool",
+    static const char *names[GGUF_TYPE_COUNT] = {"u8", "i8", "u16", "i16", "u32", "i32", "f32", "bool",
                                           "string", "array", "u64", "i64", "f64"};
-    return t < GV_COUNT ? names[t] : "unknown";
+    return t < GGUF_TYPE_COUNT ? names[t] : "unknown";
 }
 
 /* ---- Reader with bounds checks ------------------------------------------------------ */
@@ -81,14 +74,13 @@ static int cur_str(cursor *c, gguf_str *s)
     return 1;
 }
 
-static int str_eq(gguf_str s, const char *z)
+int gguf_str_eq(gguf_str s, const char *z)
 {
     size_t n = strlen(z);
     return s.len == n && memcmp(s.s, z, n) == 0;
 }
 
-/* Print a file string safely (bounded, non-printables as '?') into buf. */
-static const char *str_show(gguf_str s, char *buf, size_t cap)
+const char *gguf_str_show(gguf_str s, char *buf, size_t cap)
 {
     size_t n = 0;
     for (size_t i = 0; i < s.len && n + 4 < cap; i++) {
@@ -113,12 +105,12 @@ static int skip_value(cursor *c, uint32_t t, int depth, uint32_t *arr_type, uint
         c->off += sz;
         return 1;
     }
-    if (t == GV_STRING) {
+    if (t == GGUF_TYPE_STRING) {
         gguf_str s;
         if (!cur_str(c, &s)) { *why = "string runs past the end of the file"; return 0; }
         return 1;
     }
-    if (t != GV_ARRAY) { *why = "unknown value type"; return 0; }
+    if (t != GGUF_TYPE_ARRAY) { *why = "unknown value type"; return 0; }
     uint32_t et;
     uint64_t n;
     if (!cur_u32(c, &et) || !cur_u64(c, &n)) { *why = "array header runs past the end of the file"; return 0; }
@@ -134,7 +126,7 @@ static int skip_value(cursor *c, uint32_t t, int depth, uint32_t *arr_type, uint
         c->off += (size_t)bytes;
         return 1;
     }
-    if (et == GV_STRING) {
+    if (et == GGUF_TYPE_STRING) {
         /* every string takes at least 8 bytes: reject absurd counts before walking */
         if (n > (c->size - c->off) / 8) { *why = "array is longer than the rest of the file"; return 0; }
         for (uint64_t i = 0; i < n; i++) {
@@ -143,11 +135,11 @@ static int skip_value(cursor *c, uint32_t t, int depth, uint32_t *arr_type, uint
         }
         return 1;
     }
-    if (et == GV_ARRAY) {
+    if (et == GGUF_TYPE_ARRAY) {
         if (depth >= 2) { *why = "arrays nested too deeply"; return 0; }
         if (n > (c->size - c->off) / 12) { *why = "array is longer than the rest of the file"; return 0; }
         for (uint64_t i = 0; i < n; i++)
-            if (!skip_value(c, GV_ARRAY, depth + 1, NULL, NULL, why)) return 0;
+            if (!skip_value(c, GGUF_TYPE_ARRAY, depth + 1, NULL, NULL, why)) return 0;
         return 1;
     }
     *why = "array of unknown element type";
@@ -219,19 +211,19 @@ static int parse(gguf_file *g, char *err, size_t errlen)
         gguf_kv *kv = &g->kv[i];
         if (!cur_str(&c, &kv->key)) return GERR("metadata key %zu runs past the end of the file", i);
         if (!cur_u32(&c, &kv->type))
-            return GERR("metadata '%s' runs past the end of the file", str_show(kv->key, show, sizeof show));
+            return GERR("metadata '%s' runs past the end of the file", gguf_str_show(kv->key, show, sizeof show));
         kv->val_off = c.off;
         const char *why = NULL;
         if (!skip_value(&c, kv->type, 0, &kv->arr_type, &kv->arr_n, &why)) {
-            if (kv->type >= GV_COUNT)
-                return GERR("metadata '%s' has unknown value type %u", str_show(kv->key, show, sizeof show), kv->type);
-            return GERR("metadata '%s': %s", str_show(kv->key, show, sizeof show), why);
+            if (kv->type >= GGUF_TYPE_COUNT)
+                return GERR("metadata '%s' has unknown value type %u", gguf_str_show(kv->key, show, sizeof show), kv->type);
+            return GERR("metadata '%s': %s", gguf_str_show(kv->key, show, sizeof show), why);
         }
     }
     const gguf_str *dup;
     int rc = find_duplicate(&g->kv[0].key, sizeof *g->kv, g->n_kv, &dup);
     if (rc) return model_errf(err, errlen, rc, g->path, "out of memory");
-    if (dup) return GERR("metadata key '%s' appears twice", str_show(*dup, show, sizeof show));
+    if (dup) return GERR("metadata key '%s' appears twice", gguf_str_show(*dup, show, sizeof show));
 
     /* general.alignment (u32, a power of two; we also need 8 | alignment for aligned float reads) */
     g->alignment = 32;
@@ -249,7 +241,7 @@ static int parse(gguf_file *g, char *err, size_t errlen)
         uint32_t n_dims, type;
         uint64_t offset;
         if (!cur_str(&c, &t->name)) return GERR("tensor info %zu runs past the end of the file", i);
-        str_show(t->name, show, sizeof show);
+        gguf_str_show(t->name, show, sizeof show);
         if (t->name.len == 0 || t->name.len > 256) return GERR("tensor %zu has a name of length %zu", i, t->name.len);
         if (!cur_u32(&c, &n_dims)) return GERR("tensor '%s': info runs past the end of the file", show);
         if (n_dims < 1 || n_dims > 4) return GERR("tensor '%s' has %u dimensions (1 to 4 allowed)", show, n_dims);
@@ -287,7 +279,7 @@ static int parse(gguf_file *g, char *err, size_t errlen)
     qsort(g->by_name, g->n_tensors, sizeof *g->by_name, cmp_tensor_ptr);
     for (size_t i = 1; i < g->n_tensors; i++)
         if (cmp_tensor_ptr(&g->by_name[i - 1], &g->by_name[i]) == 0)
-            return GERR("tensor '%s' appears twice", str_show(g->by_name[i]->name, show, sizeof show));
+            return GERR("tensor '%s' appears twice", gguf_str_show(g->by_name[i]->name, show, sizeof show));
 
     /* the data section starts at the next multiple of the alignment */
     uint64_t data_off = c.off;
@@ -305,7 +297,7 @@ static int parse(gguf_file *g, char *err, size_t errlen)
         uint64_t end;
         if (!add_ok(t->offset, t->nbytes, &end) || end > data_size)
             return GERR("tensor '%s' (offset %llu, %zu bytes) runs past the end of the file "
-                        "(data section is %zu bytes)", str_show(t->name, show, sizeof show),
+                        "(data section is %zu bytes)", gguf_str_show(t->name, show, sizeof show),
                         (unsigned long long)t->offset, t->nbytes, data_size);
         t->data = g->data + g->data_off + t->offset;
     }
@@ -317,7 +309,7 @@ static int parse(gguf_file *g, char *err, size_t errlen)
 const gguf_kv *gguf_find(const gguf_file *g, const char *key)
 {
     for (size_t i = 0; i < g->n_kv; i++)
-        if (str_eq(g->kv[i].key, key)) return &g->kv[i];
+        if (gguf_str_eq(g->kv[i].key, key)) return &g->kv[i];
     return NULL;
 }
 
@@ -339,14 +331,14 @@ int gguf_kv_uint(const gguf_file *g, const gguf_kv *kv, uint64_t *out)
 {
     const uint8_t *p = g->data + kv->val_off;
     switch (kv->type) {
-    case GV_U8: *out = p[0]; return 1;
-    case GV_U16: { uint16_t v; memcpy(&v, p, 2); *out = v; return 1; }
-    case GV_U32: { uint32_t v; memcpy(&v, p, 4); *out = v; return 1; }
-    case GV_U64: { uint64_t v; memcpy(&v, p, 8); *out = v; return 1; }
-    case GV_I8: { int8_t v; memcpy(&v, p, 1); if (v < 0) return 0; *out = (uint64_t)v; return 1; }
-    case GV_I16: { int16_t v; memcpy(&v, p, 2); if (v < 0) return 0; *out = (uint64_t)v; return 1; }
-    case GV_I32: { int32_t v; memcpy(&v, p, 4); if (v < 0) return 0; *out = (uint64_t)v; return 1; }
-    case GV_I64: { int64_t v; memcpy(&v, p, 8); if (v < 0) return 0; *out = (uint64_t)v; return 1; }
+    case GGUF_TYPE_UINT8: *out = p[0]; return 1;
+    case GGUF_TYPE_UINT16: { uint16_t v; memcpy(&v, p, 2); *out = v; return 1; }
+    case GGUF_TYPE_UINT32: { uint32_t v; memcpy(&v, p, 4); *out = v; return 1; }
+    case GGUF_TYPE_UINT64: { uint64_t v; memcpy(&v, p, 8); *out = v; return 1; }
+    case GGUF_TYPE_INT8: { int8_t v; memcpy(&v, p, 1); if (v < 0) return 0; *out = (uint64_t)v; return 1; }
+    case GGUF_TYPE_INT16: { int16_t v; memcpy(&v, p, 2); if (v < 0) return 0; *out = (uint64_t)v; return 1; }
+    case GGUF_TYPE_INT32: { int32_t v; memcpy(&v, p, 4); if (v < 0) return 0; *out = (uint64_t)v; return 1; }
+    case GGUF_TYPE_INT64: { int64_t v; memcpy(&v, p, 8); if (v < 0) return 0; *out = (uint64_t)v; return 1; }
     default: return 0;
     }
 }
@@ -354,8 +346,8 @@ int gguf_kv_uint(const gguf_file *g, const gguf_kv *kv, uint64_t *out)
 int gguf_kv_float(const gguf_file *g, const gguf_kv *kv, double *out)
 {
     const uint8_t *p = g->data + kv->val_off;
-    if (kv->type == GV_F32) { float v; memcpy(&v, p, 4); *out = v; return 1; }
-    if (kv->type == GV_F64) { double v; memcpy(&v, p, 8); *out = v; return 1; }
+    if (kv->type == GGUF_TYPE_FLOAT32) { float v; memcpy(&v, p, 4); *out = v; return 1; }
+    if (kv->type == GGUF_TYPE_FLOAT64) { double v; memcpy(&v, p, 8); *out = v; return 1; }
     uint64_t u;
     if (gguf_kv_uint(g, kv, &u)) { *out = (double)u; return 1; }
     return 0;
@@ -363,14 +355,14 @@ int gguf_kv_float(const gguf_file *g, const gguf_kv *kv, double *out)
 
 int gguf_kv_bool(const gguf_file *g, const gguf_kv *kv, int *out)
 {
-    if (kv->type != GV_BOOL) return 0;
+    if (kv->type != GGUF_TYPE_BOOL) return 0;
     *out = g->data[kv->val_off] != 0;
     return 1;
 }
 
 int gguf_kv_string(const gguf_file *g, const gguf_kv *kv, gguf_str *out)
 {
-    if (kv->type != GV_STRING) return 0;
+    if (kv->type != GGUF_TYPE_STRING) return 0;
     cursor c = {g->data, g->size, kv->val_off};
     return cur_str(&c, out);
 }
@@ -413,7 +405,7 @@ int gguf_get_array(const gguf_file *g, const char *key, uint32_t elem_type, uint
     const gguf_kv *kv = gguf_find(g, key);
     *out = kv;
     if (!kv) return MODEL_OK;
-    if (kv->type != GV_ARRAY) return GERR("metadata '%s' is a %s, expected an array", key, gv_name(kv->type));
+    if (kv->type != GGUF_TYPE_ARRAY) return GERR("metadata '%s' is a %s, expected an array", key, gv_name(kv->type));
     if (kv->arr_type != elem_type)
         return GERR("metadata '%s' is an array of %s, expected %s", key, gv_name(kv->arr_type), gv_name(elem_type));
     if (kv->arr_n != n)
@@ -425,6 +417,26 @@ int gguf_get_array(const gguf_file *g, const char *key, uint32_t elem_type, uint
 const uint8_t *gguf_array_data(const gguf_file *g, const gguf_kv *kv)
 {
     return g->data + kv->val_off + 4 + 8; /* after element type and count */
+}
+
+int gguf_str_iter_init(gguf_str_iter *it, const gguf_file *g, const gguf_kv *kv)
+{
+    it->g = g;
+    it->left = 0;
+    if (kv->type != GGUF_TYPE_ARRAY || kv->arr_type != GGUF_TYPE_STRING) return 0;
+    it->off = kv->val_off + 4 + 8;
+    it->left = kv->arr_n;
+    return 1;
+}
+
+int gguf_str_iter_next(gguf_str_iter *it, gguf_str *s)
+{
+    if (it->left == 0) return 0;
+    cursor c = {it->g->data, it->g->size, it->off};
+    if (!cur_str(&c, s)) return 0; /* cannot happen: gguf_open validated every string */
+    it->off = c.off;
+    it->left--;
+    return 1;
 }
 
 /* ---- Tensors into the model ------------------------------------------------------------ */
@@ -475,151 +487,6 @@ int gguf_get_vector(model *m, const gguf_file *g, const char *name, int n, int o
     return MODEL_OK;
 }
 
-/* ---- The llama architecture ------------------------------------------------------------- */
-
-static int load_tokenizer_llama(model *m, const gguf_file *g, char *err, size_t errlen)
-{
-    tokenizer *t = &m->tok;
-    char show[96];
-    const gguf_kv *kv = gguf_find(g, "tokenizer.ggml.model");
-    gguf_str s;
-    if (!kv) return GERR("no tokenizer in the file (missing 'tokenizer.ggml.model')");
-    if (!gguf_kv_string(g, kv, &s)) return GERR("metadata 'tokenizer.ggml.model' is not a string");
-    if (!str_eq(s, "llama"))
-        return GERR("unsupported tokenizer model '%s' (supported: llama)", str_show(s, show, sizeof show));
-    int n = m->info.vocab_size, rc;
-    const gguf_kv *tokens, *scores, *types;
-    if ((rc = gguf_get_array(g, "tokenizer.ggml.tokens", GV_STRING, (uint64_t)n, &tokens, err, errlen))) return rc;
-    if (!tokens) return GERR("missing metadata 'tokenizer.ggml.tokens'");
-    if ((rc = gguf_get_array(g, "tokenizer.ggml.scores", GV_F32, (uint64_t)n, &scores, err, errlen))) return rc;
-    if ((rc = gguf_get_array(g, "tokenizer.ggml.token_type", GV_I32, (uint64_t)n, &types, err, errlen))) return rc;
-
-    if ((rc = tokenizer_alloc(t, n)) != MODEL_OK) return model_errf(err, errlen, rc, g->path, "out of memory");
-    t->kind = TOK_SPM;
-    cursor c = {g->data, g->size, tokens->val_off + 12};
-    for (int i = 0; i < n; i++) {
-        if (!cur_str(&c, &s)) return GERR("token %d runs past the end of the file", i); /* validated already */
-        if (s.len > 4096) return GERR("token %d is %zu bytes long (at most 4096)", i, s.len);
-        if (memchr(s.s, '\0', s.len)) return GERR("token %d contains a NUL byte", i);
-        if ((rc = tokenizer_set_token(t, i, s.s, (int)s.len)) != MODEL_OK)
-            return model_errf(err, errlen, rc, g->path, "out of memory");
-    }
-    for (int i = 0; i < n; i++) {
-        float sc = 0;
-        if (scores) memcpy(&sc, gguf_array_data(g, scores) + 4 * (size_t)i, 4);
-        if (isnan(sc)) return GERR("token %d has a NaN score", i);
-        t->scores[i] = sc;
-        int32_t ty = TT_NORMAL;
-        if (types) memcpy(&ty, gguf_array_data(g, types) + 4 * (size_t)i, 4);
-        if (ty < 0 || ty > TT_BYTE) return GERR("token %d has invalid token type %d", i, ty);
-        t->types[i] = (uint8_t)(ty == 0 ? TT_NORMAL : ty);
-    }
-    if (!types) tokenizer_guess_types(t);
-    /* special ids: absent -> the SentencePiece llama defaults; 0xFFFFFFFF -> none */
-    static const struct { const char *key; int dflt; } ids[3] = {
-        {"tokenizer.ggml.bos_token_id", 1}, {"tokenizer.ggml.eos_token_id", 2},
-        {"tokenizer.ggml.unknown_token_id", 0}};
-    int32_t *dst[3] = {&t->bos_id, &t->eos_id, &t->unk_id};
-    for (int k = 0; k < 3; k++) {
-        const gguf_kv *e = gguf_find(g, ids[k].key);
-        uint64_t v = (uint64_t)ids[k].dflt;
-        if (e && !gguf_kv_uint(g, e, &v)) return GERR("metadata '%s' is not an unsigned integer", ids[k].key);
-        if (v == 0xFFFFFFFFu) *dst[k] = -1;
-        else if (v >= (uint64_t)n)
-            return GERR("metadata '%s' = %llu is not a token id (vocabulary has %d)", ids[k].key,
-                        (unsigned long long)v, n);
-        else *dst[k] = (int32_t)v;
-        if (!e && *dst[k] >= n) *dst[k] = -1;
-    }
-    t->add_bos = 1;
-    t->add_space_prefix = 1;
-    kv = gguf_find(g, "tokenizer.ggml.add_bos_token");
-    if (kv && !gguf_kv_bool(g, kv, &t->add_bos)) return GERR("metadata 'tokenizer.ggml.add_bos_token' is not a bool");
-    kv = gguf_find(g, "tokenizer.ggml.add_space_prefix");
-    if (kv && !gguf_kv_bool(g, kv, &t->add_space_prefix))
-        return GERR("metadata 'tokenizer.ggml.add_space_prefix' is not a bool");
-    char why[160] = "";
-    if ((rc = tokenizer_finish(t, why, sizeof why)) != MODEL_OK)
-        return model_errf(err, errlen, rc, g->path, "tokenizer: %s", why);
-    return MODEL_OK;
-}
-
-static int load_llama(model *m, const gguf_file *g, const model_load_opts *opts, char *err, size_t errlen)
-{
-    (void)opts;
-    model_info *in = &m->info;
-    char key[96];
-    int rc;
-    m->arch = ARCH_LLAMA;
-    m->rope_neox = 0; /* llama.cpp's llama GGUFs rotate adjacent pairs */
-#define GETI(name, req, dflt, lo, hi, dst) \
-    do { snprintf(key, sizeof key, "llama.%s", name); \
-         if ((rc = gguf_get_int(g, key, req, dflt, lo, hi, dst, err, errlen))) return rc; } while (0)
-    GETI("context_length", 1, 0, 1, 1 << 20, &in->ctx_len);
-    GETI("embedding_length", 1, 0, 1, 1 << 16, &in->dim);
-    GETI("block_count", 1, 0, 1, 1024, &in->n_layers);
-    GETI("feed_forward_length", 1, 0, 1, 1 << 18, &in->hidden_dim);
-    GETI("attention.head_count", 1, 0, 1, 1 << 16, &in->n_heads);
-    GETI("attention.head_count_kv", 0, in->n_heads, 1, 1 << 16, &in->n_kv_heads);
-    in->head_dim = in->dim / in->n_heads;
-    GETI("rope.dimension_count", 0, in->head_dim, 1, 1 << 16, &in->rope_dim);
-#undef GETI
-    if ((rc = gguf_get_float(g, "llama.rope.freq_base", 10000.0, &in->rope_theta, err, errlen))) return rc;
-    if ((rc = gguf_get_float(g, "llama.attention.layer_norm_rms_epsilon", 1e-5, &in->norm_eps, err, errlen))) return rc;
-
-    const gguf_tensor *emb = gguf_find_tensor(g, "token_embd.weight");
-    if (!emb) return GERR("missing tensor 'token_embd.weight'");
-    if (emb->n_dims != 2 || emb->ne[1] > (1 << 22))
-        return GERR("tensor 'token_embd.weight' is not a (vocab, dim) matrix");
-    in->vocab_size = (int)emb->ne[1];
-    const gguf_kv *vkv = gguf_find(g, "llama.vocab_size");
-    if (vkv) {
-        uint64_t v;
-        if (!gguf_kv_uint(g, vkv, &v) || v != (uint64_t)in->vocab_size)
-            return GERR("metadata 'llama.vocab_size' does not match token_embd.weight's %d rows", in->vocab_size);
-    }
-    if ((rc = model_check_hparams(m, g->path, err, errlen))) return rc;
-
-    int dim = in->dim, hd = in->head_dim, q_dim = in->n_heads * hd, kv_dim = in->n_kv_heads * hd;
-    if ((rc = gguf_get_matrix(g, "token_embd.weight", in->vocab_size, dim, 0, &m->tok_embd, err, errlen))) return rc;
-    if ((rc = gguf_get_vector(m, g, "output_norm.weight", dim, 0, &m->out_norm, err, errlen))) return rc;
-    if ((rc = gguf_get_matrix(g, "output.weight", in->vocab_size, dim, 1, &m->output, err, errlen))) return rc;
-    if (!m->output.data) m->output = m->tok_embd; /* tied classifier */
-
-    m->layers = model_calloc_owned(m, (size_t)in->n_layers, sizeof *m->layers);
-    if (!m->layers) return model_errf(err, errlen, MODEL_ENOMEM, g->path, "out of memory");
-    for (int l = 0; l < in->n_layers; l++) {
-        layer_weights *w = &m->layers[l];
-        struct { const char *suffix; mtensor *t; int rows, cols; } mats[] = {
-            {"attn_q", &w->wq, q_dim, dim},      {"attn_k", &w->wk, kv_dim, dim},
-            {"attn_v", &w->wv, kv_dim, dim},     {"attn_output", &w->wo, dim, q_dim},
-            {"ffn_gate", &w->w1, in->hidden_dim, dim}, {"ffn_down", &w->w2, dim, in->hidden_dim},
-            {"ffn_up", &w->w3, in->hidden_dim, dim},
-        };
-        for (size_t k = 0; k < sizeof mats / sizeof mats[0]; k++) {
-            snprintf(key, sizeof key, "blk.%d.%s.weight", l, mats[k].suffix);
-            if ((rc = gguf_get_matrix(g, key, mats[k].rows, mats[k].cols, 0, mats[k].t, err, errlen))) return rc;
-        }
-        snprintf(key, sizeof key, "blk.%d.attn_norm.weight", l);
-        if ((rc = gguf_get_vector(m, g, key, dim, 0, &w->attn_norm, err, errlen))) return rc;
-        snprintf(key, sizeof key, "blk.%d.ffn_norm.weight", l);
-        if ((rc = gguf_get_vector(m, g, key, dim, 0, &w->ffn_norm, err, errlen))) return rc;
-    }
-    if ((rc = load_tokenizer_llama(m, g, err, errlen))) return rc;
-    snprintf(m->arch_name, sizeof m->arch_name, "llama");
-    model_fill_weight_stats(m);
-    return MODEL_OK;
-}
-
-/* Architectures this reader knows; add a row for each new one. */
-static const struct {
-    const char *name;
-    int (*load)(model *, const gguf_file *, const model_load_opts *, char *, size_t);
-} arches[] = {
-    {"llama", load_llama},
-    {"gpt2", gguf_load_gpt2}, /* model/formats/gguf_gpt2.c */
-};
-
 /* ---- Entry points --------------------------------------------------------------------- */
 
 int gguf_open(gguf_file *g, model *m, const char *path, char *err, size_t errlen)
@@ -645,28 +512,4 @@ void gguf_close(gguf_file *g)
     g->kv = NULL;
     g->tensors = NULL;
     g->data = NULL;
-}
-
-int model_load_gguf(model *m, const char *path, const model_load_opts *opts, char *err, size_t errlen)
-{
-    gguf_file gf, *g = &gf;
-    int rc = gguf_open(g, m, path, err, errlen);
-    if (rc) return rc;
-    snprintf(m->format_name, sizeof m->format_name, "gguf");
-    const gguf_kv *kv = gguf_find(g, "general.architecture");
-    gguf_str arch;
-    char show[96];
-    if (!kv) rc = GERR("missing metadata 'general.architecture'");
-    else if (!gguf_kv_string(g, kv, &arch)) rc = GERR("metadata 'general.architecture' is not a string");
-    else {
-        rc = GERR("unsupported architecture '%s' (supported: llama, gpt2)", str_show(arch, show, sizeof show));
-        for (size_t i = 0; i < sizeof arches / sizeof arches[0]; i++)
-            if (str_eq(arch, arches[i].name)) {
-                if (err && errlen) err[0] = '\0';
-                rc = arches[i].load(m, g, opts, err, errlen);
-                break;
-            }
-    }
-    gguf_close(g);
-    return rc;
 }

@@ -1,9 +1,9 @@
 /* gguf_gpt2.c -- GGUF general.architecture = "gpt2" (tensor names as llama.cpp's
  * converter writes them: token_embd, position_embd, blk.N.{attn_norm, attn_qkv,
  * attn_output, ffn_norm, ffn_up, ffn_down}.{weight,bias}, output_norm, output) and
- * tokenizer.ggml.model = "gpt2" (tokens, token_type, merges in the file).
- * GGUF value type numbers are from the GGUF specification (ggml docs/gguf.md). */
+ * tokenizer.ggml.model = "gpt2" (tokens, token_type, merges in the file). */
 #include "model/formats/formats.h"
+#include "model/formats/gguf.h"
 #include "model/loader.h"
 #include "model/tokenizers/tok_bpe.h"
 
@@ -11,42 +11,36 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum { GT_I32 = 5, GT_STRING = 8 }; /* GGUF value types */
-
 #define GERR(...) model_errf(err, errlen, MODEL_EFORMAT, g->path, __VA_ARGS__)
 
-/* An array of n strings from kv as NUL-terminated copies (one block, freed by the caller). */
+/* The strings of an array (kv, n of them) as NUL-terminated copies in one block,
+ * freed by the caller. */
 static char **read_strings(const gguf_file *g, const gguf_kv *kv, uint64_t n, char *err, size_t errlen)
 {
-    const uint8_t *p = gguf_array_data(g, kv), *end = g->data + g->size;
+    gguf_str_iter it;
+    gguf_str s;
     size_t total = 0;
-    const uint8_t *q = p;
-    for (uint64_t i = 0; i < n; i++) { /* sizes were validated by gguf_open; check again cheaply */
-        uint64_t len;
-        if ((size_t)(end - q) < 8) { GERR("string array '%.*s' runs past the file", (int)kv->key.len, kv->key.s); return NULL; }
-        memcpy(&len, q, 8);
-        if (len > (uint64_t)(end - q - 8) || len > 65536) {
+    gguf_str_iter_init(&it, g, kv);
+    for (uint64_t i = 0; gguf_str_iter_next(&it, &s); i++) {
+        if (s.len > 65536) {
             GERR("string %llu of '%.*s' is too long", (unsigned long long)i, (int)kv->key.len, kv->key.s);
             return NULL;
         }
-        if (memchr(q + 8, 0, (size_t)len)) {
+        if (memchr(s.s, 0, s.len)) {
             GERR("string %llu of '%.*s' contains a NUL byte", (unsigned long long)i, (int)kv->key.len, kv->key.s);
             return NULL;
         }
-        total += (size_t)len + 1;
-        q += 8 + len;
+        total += s.len + 1;
     }
     char **v = malloc((size_t)n * sizeof *v + total);
     if (!v) { model_errf(err, errlen, MODEL_ENOMEM, g->path, "out of memory"); return NULL; }
-    char *s = (char *)(v + n);
-    for (uint64_t i = 0; i < n; i++) {
-        uint64_t len;
-        memcpy(&len, p, 8);
-        memcpy(s, p + 8, (size_t)len);
-        s[len] = 0;
-        v[i] = s;
-        s += len + 1;
-        p += 8 + len;
+    char *d = (char *)(v + n);
+    gguf_str_iter_init(&it, g, kv);
+    for (uint64_t i = 0; i < n && gguf_str_iter_next(&it, &s); i++) {
+        memcpy(d, s.s, s.len);
+        d[s.len] = 0;
+        v[i] = d;
+        d += s.len + 1;
     }
     return v;
 }
@@ -65,11 +59,11 @@ int gguf_load_bpe_tokenizer(tokenizer *t, const gguf_file *g, int n_vocab, char 
         return GERR("tokenizer has %llu tokens but the model %d", (unsigned long long)n, n_vocab);
     int rc;
     const gguf_kv *ty, *mg;
-    if ((rc = gguf_get_array(g, "tokenizer.ggml.tokens", GT_STRING, n, &tk, err, errlen))) return rc;
-    if ((rc = gguf_get_array(g, "tokenizer.ggml.token_type", GT_I32, n, &ty, err, errlen))) return rc;
+    if ((rc = gguf_get_array(g, "tokenizer.ggml.tokens", GGUF_TYPE_STRING, n, &tk, err, errlen))) return rc;
+    if ((rc = gguf_get_array(g, "tokenizer.ggml.token_type", GGUF_TYPE_INT32, n, &ty, err, errlen))) return rc;
     mg = gguf_find(g, "tokenizer.ggml.merges");
     if (!mg) return GERR("missing metadata 'tokenizer.ggml.merges'");
-    if ((rc = gguf_get_array(g, "tokenizer.ggml.merges", GT_STRING, mg->arr_n, &mg, err, errlen))) return rc;
+    if ((rc = gguf_get_array(g, "tokenizer.ggml.merges", GGUF_TYPE_STRING, mg->arr_n, &mg, err, errlen))) return rc;
     char **tokens = read_strings(g, tk, n, err, errlen);
     if (!tokens) return MODEL_EFORMAT;
     char **merges = read_strings(g, mg, mg->arr_n, err, errlen);

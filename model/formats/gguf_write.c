@@ -4,6 +4,7 @@
  * tensors are copied.  gguf_writer_write emits header, metadata, tensor infos,
  * padding to 32 bytes, then each tensor's data padded to 32 bytes. */
 #include "model/formats/gguf_write.h"
+#include "model/formats/gguf.h"
 #include "model/loader.h"
 
 #include <errno.h>
@@ -88,38 +89,38 @@ static int put_key(gguf_writer *w, const char *key, uint32_t type)
 int gguf_writer_kv_str(gguf_writer *w, const char *key, const char *val)
 {
     if (!val) return MODEL_EINVAL;
-    int rc = put_key(w, key, 8);
+    int rc = put_key(w, key, GGUF_TYPE_STRING);
     return rc ? rc : put_str(w, val);
 }
 
 int gguf_writer_kv_u32(gguf_writer *w, const char *key, uint32_t val)
 {
-    int rc = put_key(w, key, 4);
+    int rc = put_key(w, key, GGUF_TYPE_UINT32);
     return rc ? rc : put_u32(w, val);
 }
 
 int gguf_writer_kv_i32(gguf_writer *w, const char *key, int32_t val)
 {
-    int rc = put_key(w, key, 5);
+    int rc = put_key(w, key, GGUF_TYPE_INT32);
     return rc ? rc : put(w, &val, 4);
 }
 
 int gguf_writer_kv_f32(gguf_writer *w, const char *key, float val)
 {
-    int rc = put_key(w, key, 6);
+    int rc = put_key(w, key, GGUF_TYPE_FLOAT32);
     return rc ? rc : put(w, &val, 4);
 }
 
 int gguf_writer_kv_bool(gguf_writer *w, const char *key, int val)
 {
     uint8_t b = val != 0;
-    int rc = put_key(w, key, 7);
+    int rc = put_key(w, key, GGUF_TYPE_BOOL);
     return rc ? rc : put(w, &b, 1);
 }
 
 static int put_arr(gguf_writer *w, const char *key, uint32_t et, size_t n)
 {
-    int rc = put_key(w, key, 9);
+    int rc = put_key(w, key, GGUF_TYPE_ARRAY);
     if (!rc) rc = put_u32(w, et);
     if (!rc) rc = put_u64(w, n);
     return rc;
@@ -130,7 +131,7 @@ int gguf_writer_kv_arr_str(gguf_writer *w, const char *key, const char *const *v
     if (n && !vals) return MODEL_EINVAL;
     for (size_t i = 0; i < n; i++)
         if (!vals[i]) return MODEL_EINVAL;
-    int rc = put_arr(w, key, 8, n);
+    int rc = put_arr(w, key, GGUF_TYPE_STRING, n);
     for (size_t i = 0; !rc && i < n; i++) rc = put_str(w, vals[i]);
     return rc;
 }
@@ -138,14 +139,14 @@ int gguf_writer_kv_arr_str(gguf_writer *w, const char *key, const char *const *v
 int gguf_writer_kv_arr_f32(gguf_writer *w, const char *key, const float *vals, size_t n)
 {
     if (n && !vals) return MODEL_EINVAL;
-    int rc = put_arr(w, key, 6, n);
+    int rc = put_arr(w, key, GGUF_TYPE_FLOAT32, n);
     return rc ? rc : put(w, vals, 4 * n);
 }
 
 int gguf_writer_kv_arr_i32(gguf_writer *w, const char *key, const int32_t *vals, size_t n)
 {
     if (n && !vals) return MODEL_EINVAL;
-    int rc = put_arr(w, key, 5, n);
+    int rc = put_arr(w, key, GGUF_TYPE_INT32, n);
     return rc ? rc : put(w, vals, 4 * n);
 }
 

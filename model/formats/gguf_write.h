@@ -9,6 +9,8 @@
 #ifndef LMSERVE_GGUF_WRITE_H
 #define LMSERVE_GGUF_WRITE_H
 
+#include "model/tensor_types.h"
+
 #include <stddef.h>
 #include <stdint.h>
 
@@ -26,7 +28,7 @@ int gguf_writer_kv_arr_str(gguf_writer *w, const char *key, const char *const *v
 int gguf_writer_kv_arr_f32(gguf_writer *w, const char *key, const float *vals, size_t n);
 int gguf_writer_kv_arr_i32(gguf_writer *w, const char *key, const int32_t *vals, size_t n);
 
-/* type is an MT_* (GGML) type id; nbytes must equal what ne and type imply. */
+/* type is an MT_* (tensor_types.h); nbytes must equal what ne and type imply. */
 int gguf_writer_tensor(gguf_writer *w, const char *name, int type,
                        const int64_t *ne, int n_dims, const void *data, size_t nbytes);
 

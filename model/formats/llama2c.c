@@ -11,10 +11,14 @@
  *   wcls (vocab, dim) only if unshared.
  * (Shapes above as run.c writes them, "out, in" for every matrix.)
  * The file size must equal what the header implies exactly.  The tokenizer
- * is llama2.c's tokenizer.bin, from opts->tokenizer_path or beside the model. */
+ * is llama2.c's tokenizer.bin, from opts->tokenizer_path or beside the model;
+ * its reader is at the end of this file. */
+#include "model/formats/formats.h"
 #include "model/loader.h"
+#include "model/tokenizers/tokenizer.h"
 
 #include <libgen.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -128,5 +132,63 @@ int model_load_llama2c(model *m, const char *path, const model_load_opts *opts, 
         model_errf(err, errlen, rc, path, "tokenizer %s%s", why_tok,
                    tok_path ? " (give one with --tokenizer / tokenizer_path)" : "");
     free(tok_path);
+    return rc;
+}
+
+/* ---- llama2.c tokenizer.bin ------------------------------------------------------------
+ * Layout (llama2.c run.c, build_tokenizer): u32 max_token_length, then for each id:
+ * f32 score, i32 len, len bytes. */
+int tokenizer_load_llama2c(tokenizer *t, const char *path, int vocab_size, char *err, size_t errlen)
+{
+    const uint8_t *d;
+    size_t size;
+    int rc = model_map_file(NULL, path, &d, &size, err, errlen);
+    if (rc) return rc;
+#define TERR(...) do { rc = model_errf(err, errlen, MODEL_EFORMAT, path, __VA_ARGS__); goto done; } while (0)
+    size_t off = 4;
+    if (size < 4) TERR("truncated tokenizer (file is %zu bytes)", size);
+    if (vocab_size <= 0) TERR("vocabulary size %d is not positive", vocab_size);
+    if ((rc = tokenizer_alloc(t, vocab_size)) != MODEL_OK) {
+        rc = model_errf(err, errlen, rc, path, "out of memory");
+        goto done;
+    }
+    t->kind = TOK_SPM;
+    for (int i = 0; i < vocab_size; i++) {
+        float score;
+        int32_t len;
+        if (size - off < 8) TERR("truncated at token %d of %d (file is %zu bytes)", i, vocab_size, size);
+        memcpy(&score, d + off, 4);
+        memcpy(&len, d + off + 4, 4);
+        off += 8;
+        if (len < 0 || len > TOKENIZER_MAX_TOKEN_LEN) TERR("token %d has length %d (0 to %d allowed)", i, (int)len, TOKENIZER_MAX_TOKEN_LEN);
+        if ((size_t)len > size - off) TERR("token %d (length %d) runs past the end of the file (%zu bytes)", i, (int)len, size);
+        if (isnan(score)) TERR("token %d has a NaN score", i);
+        if (memchr(d + off, '\0', (size_t)len)) TERR("token %d contains a NUL byte", i);
+        if ((rc = tokenizer_set_token(t, i, (const char *)d + off, len)) != MODEL_OK) {
+            rc = model_errf(err, errlen, rc, path, "out of memory");
+            goto done;
+        }
+        t->scores[i] = score;
+        off += (size_t)len;
+    }
+    if (off != size)
+        TERR("%zu bytes follow the last of the model's %d tokens (a tokenizer for another vocabulary?)",
+             size - off, vocab_size);
+    tokenizer_guess_types(t);
+    t->unk_id = 0;
+    t->bos_id = 1;
+    t->eos_id = 2;
+    t->add_bos = 1;
+    t->add_space_prefix = 1;
+    char why[160] = "";
+    if ((rc = tokenizer_finish(t, why, sizeof why)) != MODEL_OK) {
+        rc = model_errf(err, errlen, rc, path, "%s", rc == MODEL_ENOMEM ? "out of memory" : why);
+        goto done;
+    }
+    rc = MODEL_OK;
+#undef TERR
+done:
+    model_unmap(d, size);
+    if (rc) tokenizer_free(t);
     return rc;
 }

@@ -7,6 +7,7 @@
  * argument order are facts observed in the fixture files (pickletools.dis).
  */
 #include "model/formats/torchzip.h"
+#include "model/half.h"
 #include "model/model.h"
 #include "model/loader.h"
 
@@ -809,32 +810,13 @@ int tz_tensor_is_contiguous(const tz_tensor *t)
     return 1;
 }
 
-static float half_to_f32(uint16_t h)
-{
-    uint32_t sign = (uint32_t)(h >> 15) << 31, exp = (h >> 10) & 31, man = h & 1023, bits;
-    if (exp == 0) {
-        if (man == 0) bits = sign;
-        else {
-            float v = ldexpf((float)man, -24);
-            return sign ? -v : v;
-        }
-    } else if (exp == 31) {
-        bits = sign | 0x7f800000u | man << 13;
-    } else {
-        bits = sign | (exp + 112) << 23 | man << 13;
-    }
-    float f;
-    memcpy(&f, &bits, 4);
-    return f;
-}
-
 static double elem_at(const tz_tensor *t, int64_t idx)
 {
     const unsigned char *p = t->storage + (size_t)idx * tz_dtype_size(t->dtype);
     switch (t->dtype) {
     case TZ_F32: { float v; memcpy(&v, p, 4); return v; }
-    case TZ_F16: return half_to_f32(rd16(p));
-    case TZ_BF16: { uint32_t b = (uint32_t)rd16(p) << 16; float v; memcpy(&v, &b, 4); return v; }
+    case TZ_F16: return model_f16_to_f32(rd16(p));
+    case TZ_BF16: return model_bf16_to_f32(rd16(p));
     case TZ_F64: { double v; memcpy(&v, p, 8); return v; }
     case TZ_I64: return (double)(int64_t)rd64(p);
     case TZ_I32: return (double)(int32_t)rd32(p);

@@ -8,6 +8,7 @@
  * in each of those ways, and check that every weight byte still reads back the
  * same (a crash here means the weights are still mapped from the file). */
 #include "model/model_internal.h"
+#include "model/loader.h"
 #include "tests/model/helpers.h"
 
 #include <stdint.h>

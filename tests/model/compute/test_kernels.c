@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "tests/model/fixture.h"
+#include "model/loader.h"
 
 typedef struct {
     int rows, cols, n;
@@ -263,12 +264,12 @@ Test(kernels, dot_and_axpy)
     kernel_axpy(y, 0.5f, a, 77);
     for (int i = 0; i < 77; i++)
         cr_assert(fabs(y[i] - (y0[i] + 0.5 * a[i])) < 1e-6);
-    cr_assert_eq(kernel_row_bytes(MT_Q8_0, 64), 68);
-    cr_assert_eq(kernel_row_bytes(MT_Q8_0, 65), 0);
-    cr_assert_eq(kernel_row_bytes(MT_F16, 10), 20);
-    cr_assert_eq(kernel_row_bytes(MT_F32, 10), 40);
-    cr_assert_eq(kernel_row_bytes(MT_BF16, 3), 6);
-    cr_assert_eq(kernel_row_bytes(99, 3), 0);
+    cr_assert_eq(mtensor_row_bytes(MT_Q8_0, 64), 68);
+    cr_assert_eq(mtensor_row_bytes(MT_Q8_0, 65), 0);
+    cr_assert_eq(mtensor_row_bytes(MT_F16, 10), 20);
+    cr_assert_eq(mtensor_row_bytes(MT_F32, 10), 40);
+    cr_assert_eq(mtensor_row_bytes(MT_BF16, 3), 6);
+    cr_assert_eq(mtensor_row_bytes(99, 3), 0);
 }
 
 /* kernel_attend has fast paths (four positions per block, the value sum kept in

@@ -6,6 +6,9 @@
  * out of bounds. */
 #include "tests/model/helpers.h"
 #include "model/formats/gguf_write.h"
+#include "model/compute/kernels.h"
+#include "model/half.h"
+#include "model/loader.h"
 
 #include <math.h>
 

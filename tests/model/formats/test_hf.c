@@ -6,6 +6,7 @@
 #include <criterion/criterion.h>
 
 #include "model/formats/formats.h"
+#include "model/half.h"
 #include "model/formats/safetensors.h"
 #include "tests/model/fmt_util.h"
 #include "tests/model/ref_forward.h"

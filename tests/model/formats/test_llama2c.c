@@ -2,6 +2,7 @@
  * a hand-built unshared-classifier model, and corrupt files (truncations,
  * absurd headers, wrong tokenizers) that must fail with one line naming the file. */
 #include "tests/model/helpers.h"
+#include "model/compute/kernels.h"
 
 #include <math.h>
 

@@ -6,6 +6,8 @@
  * repeats; vocabulary lookups by binary search over sorted strings; byte
  * fallback by looking up "<0xNN>".  Exact equality of id lists is required. */
 #include "tests/model/helpers.h"
+#include "model/formats/formats.h"
+#include "model/tokenizers/tokenizer.h"
 
 #include <math.h>
 
