@@ -99,14 +99,12 @@ build/lmserve: $(B)/lmserve
 # what a test references).
 TEST_SRC := $(sort $(wildcard tests/*/test_*.c tests/*/*/test_*.c))
 TEST_BIN := $(TEST_SRC:%.c=$(B)/%)
-TEST_HELPERS := $(sort $(wildcard tests/common/*.c))
-TEST_HELPER_OBJ := $(TEST_HELPERS:%.c=$(B)/obj/%.o)
 $(B)/obj/tests/%.o: tests/%.c
 	@mkdir -p $(@D)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(PKG_CFLAGS) -MMD -MP -c $< -o $@
-$(B)/tests/%: $(B)/obj/tests/%.o $(TEST_HELPER_OBJ) $(LIBS)
+$(B)/tests/%: $(B)/obj/tests/%.o $(LIBS)
 	@mkdir -p $(@D)
-	$(CC) $(LDFLAGS) -o $@ $< $(TEST_HELPER_OBJ) $(LIBS) -lcriterion $(PKG_LIBS) $(LDLIBS)
+	$(CC) $(LDFLAGS) -o $@ $< $(LIBS) -lcriterion $(PKG_LIBS) $(LDLIBS)
 
 # ---- Benchmarks and tools -------------------------------------------------------
 BENCH_SRC := $(sort $(wildcard bench/*.c))
@@ -119,7 +117,7 @@ $(B)/bench/%: $(B)/obj/bench/%.o $(LIBS)
 	$(CC) $(LDFLAGS) -o $@ $< $(LIBS) $(PKG_LIBS) $(LDLIBS)
 
 # ---- Phony targets ----------------------------------------------------------------
-.PHONY: all run test test-build valgrind-build unit-tests bench fuzz install uninstall clean models deps deps-test default-model
+.PHONY: all run test test-build valgrind-build bench fuzz install uninstall clean models deps deps-test default-model
 .SECONDARY:
 
 all: deps-check $(B)/lmserve $(if $(SANITIZE),,build/lmserve)
@@ -148,8 +146,10 @@ valgrind-build:
 	@$(MAKE) --no-print-directory B=$(VALGRIND_B) OPTFLAGS="-O2 -g -march=native -mno-avx512f" \
 		$(VALGRIND_B)/lmserve
 
+# Parallel jobs for the test build (its objects are independent); JOBS=1 for a serial build.
+JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 test: deps-test
-	@$(MAKE) --no-print-directory test-build $(if $(SANITIZE),,valgrind-build)
+	@$(MAKE) --no-print-directory -j$(JOBS) test-build $(if $(SANITIZE),,valgrind-build)
 	@LMSERVE_BIN=$(CURDIR)/$(B)/lmserve LMSERVE_BUILD=$(CURDIR)/$(B) SANITIZE=$(SANITIZE) \
 		$(if $(SANITIZE),,LMSERVE_VALGRIND_BIN=$(CURDIR)/$(VALGRIND_B)/lmserve) \
 		scripts/run-tests.sh $(TEST_BIN)

@@ -81,14 +81,13 @@ static void check_change(const char *name, const char *tok_name, int how)
 /* A Hugging Face folder (safetensors weights): copy it, load it, truncate the weights. */
 Test(model_file, safetensors_truncated_while_loaded)
 {
-    const char *fx = getenv("LMSERVE_FIXTURES");
-    if (!fx || !*fx) fx = "tests/data/fixtures";
     th_tmp t;
     th_tmp_init(&t);
     const char *files[2] = {"config.json", "model.safetensors"};
     for (int i = 0; i < 2; i++) {
-        char src[512];
-        snprintf(src, sizeof src, "%s/hf/tiny-random-llama/%s", fx, files[i]);
+        char rel[128], src[512];
+        snprintf(rel, sizeof rel, "hf/tiny-random-llama/%s", files[i]);
+        td_fixture(src, sizeof src, rel);
         size_t len;
         unsigned char *b = th_read_file(src, &len);
         th_write_file(th_tmp_file(&t, files[i]), b, len);

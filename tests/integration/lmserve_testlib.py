@@ -21,7 +21,6 @@ import signal
 import subprocess
 import threading
 import time
-import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -48,11 +47,30 @@ def model_path(name="stories260K.gguf"):
     return os.path.join(models_dir(), name)
 
 
+def _require(path, var, what):
+    if not os.path.exists(path):
+        raise AssertionError("%s not found: %s (tests/data/ comes with the repository: restore it with "
+                             "`git checkout -- tests/data`, or set %s to a folder that has it)" % (what, path, var))
+    return path
+
+
 def require_model(name="stories260K.gguf"):
-    """unittest skip decorator-free check: raise SkipTest if the model file is missing."""
-    p = model_path(name)
-    if not os.path.exists(p):
-        raise unittest.SkipTest("model not found: %s (set LMSERVE_MODELS)" % p)
+    """The path of a test model; fails the test (never skips it) when the file is missing."""
+    return _require(model_path(name), "LMSERVE_MODELS", "model")
+
+
+def require_fixture(rel):
+    """The path of a fixture (file or folder) under fixtures_dir(); fails the test when missing."""
+    return _require(os.path.join(fixtures_dir(), rel), "LMSERVE_FIXTURES", "fixture")
+
+
+def require_program(path_or_name, how):
+    """The path of an external program the test drives; fails the test, saying how to get
+    it (`how`), when it is not installed."""
+    import shutil
+    p = path_or_name if os.path.isabs(path_or_name) else shutil.which(path_or_name)
+    if not p or not os.access(p, os.X_OK):
+        raise AssertionError("%s is not installed (%s)" % (path_or_name, how))
     return p
 
 
@@ -264,22 +282,3 @@ def stream_text(events, kind="completion", index=0):
             else:
                 out.append(ch["text"])
     return "".join(out)
-
-
-def forward_is_stub():
-    """True while the forward pass is a temporary stub (model/stub_forward.c exists)."""
-    if os.environ.get("LMSERVE_ASSUME_FORWARD"):
-        return False
-    return os.path.exists(os.path.join(REPO, "model", "stub_forward.c"))
-
-
-def needs_forward(fn):
-    """Decorator: skip a test that generates tokens while the forward pass is a stub."""
-    import functools
-
-    @functools.wraps(fn)
-    def wrapper(*a, **kw):
-        if forward_is_stub():
-            raise unittest.SkipTest("forward pass not merged yet (model/stub_forward.c)")
-        return fn(*a, **kw)
-    return wrapper

@@ -13,9 +13,10 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 DEFAULT = os.path.join(ROOT, "models", "default", "model.gguf")
 
 
-@unittest.skipUnless(os.path.exists(DEFAULT), "models/default/model.gguf is not in this checkout")
 class DefaultModel(unittest.TestCase):
     def test_serve_without_model_serves_the_default(self):
+        self.assertTrue(os.path.exists(DEFAULT), "%s is part of the repository: restore it with "
+                        "`git checkout -- models/default`" % DEFAULT)
         env = {k: v for k, v in os.environ.items() if k != "LMSERVE_DEFAULT_MODEL"}
         prompt = "And God said"
         gen = subprocess.run([binary(), "generate", "--model", DEFAULT, "--prompt", prompt,
@@ -23,8 +24,7 @@ class DefaultModel(unittest.TestCase):
                              capture_output=True, text=True, env=env, timeout=120)
         self.assertEqual(gen.returncode, 0, gen.stderr)
         self.assertTrue(gen.stdout.startswith(prompt))
-        srv = Server(model=False, env={"LMSERVE_DEFAULT_MODEL": ""})
-        try:
+        with Server(model=False, env={"LMSERVE_DEFAULT_MODEL": ""}) as srv:  # exit 0 checked on leaving
             st, _, data = srv.get("/v1/models")
             self.assertEqual(st, 200)
             self.assertEqual(json.loads(data)["data"][0]["id"], "model")
@@ -40,8 +40,6 @@ class DefaultModel(unittest.TestCase):
             self.assertGreaterEqual(len(words), 5, text)
             self.assertRegex(text, r"\b(LORD|God|unto|the|and)\b")
             self.assertTrue(all(ch.isascii() for ch in text), text)
-        finally:
-            srv.stop()
 
 
 if __name__ == "__main__":

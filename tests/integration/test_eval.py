@@ -73,7 +73,8 @@ class EvalClient(unittest.TestCase):
 
     @classmethod
     def tearDownClass(cls):
-        cls.server.stop()
+        rc = cls.server.stop()
+        assert rc == 0, "lmserve exited with %s:\n%s" % (rc, cls.server.stderr[-3000:])
 
     def setUp(self):
         self.tmp = tempfile.TemporaryDirectory(prefix="lmserve-eval-test-")
@@ -182,7 +183,8 @@ class EvalClient(unittest.TestCase):
             summary = os.path.join(self.dir, "summary.json")
             self.cli("run", inp, "-o", out, "-j", "8", "--summary-json", summary, url=small.url)
         finally:
-            small.stop()
+            rc = small.stop()
+        self.assertEqual(rc, 0, small.stderr[-3000:])
         res = read_jsonl(out)
         self.assertEqual([r["id"] for r in res], ids)
         self.assertTrue(all("error" not in r and r["tokens"] > 0 for r in res))

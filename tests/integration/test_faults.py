@@ -15,7 +15,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from lmserve_testlib import Server, model_path, needs_forward, require_model, slow, stream_text  # noqa: E402
+from lmserve_testlib import Server, model_path, require_model, slow, stream_text  # noqa: E402
 
 # Figures are collected and printed when the module ends (printing during a test
 # would split unittest's "... ok" line, which run-tests.sh counts).
@@ -41,7 +41,6 @@ class ModelFileChanges(unittest.TestCase):
     (model_map_file), so the server keeps answering with the same weights; with a
     file mapping the truncation killed the server with SIGBUS."""
 
-    @needs_forward
     def test_truncate_overwrite_delete_while_served(self):
         require_model()
         d = tempfile.mkdtemp(prefix="lmserve-faults-")
@@ -117,7 +116,6 @@ class InternalError(unittest.TestCase):
     with a message (a streamed one: an error event, then [DONE]); the requests
     running beside it finish normally."""
 
-    @needs_forward
     def test_one_request_fails_others_continue(self):
         require_model()
         with Server(["--parallel", "8", "--no-log"], env={"LMSERVE_FAULT_INJECT": "sampler:666"}) as srv:
@@ -177,16 +175,16 @@ class SigtermDuringFlood(unittest.TestCase):
             while not stop.is_set():
                 try:
                     if k % 3 == 0:
-                        st, _, _ = srv.stream("/v1/completions", {"prompt": PROMPT, "max_tokens": 64,
-                                                                  "stream": True}, timeout=20)
+                        st, _, ev = srv.stream("/v1/completions", {"prompt": PROMPT, "max_tokens": 64,
+                                                                   "stream": True}, timeout=20)
+                        if st == 200 and ev[-1:] != ["[DONE]"]:
+                            st = "200 stream without [DONE]"
                     elif k % 3 == 1:
                         st, _ = srv.post_json("/v1/completions", {"prompt": PROMPT, "max_tokens": 32}, timeout=20)
                     else:
                         st, _, _ = srv.get("/health")
                     tag = str(st)
-                except (ConnectionError, socket.timeout, OSError) as e:
-                    tag = type(e).__name__
-                except Exception as e:  # noqa: BLE001 -- e.g. a truncated response
+                except Exception as e:  # noqa: BLE001 -- tallied, then checked against ALLOWED
                     tag = type(e).__name__
                 with lock:
                     outcomes[tag] = outcomes.get(tag, 0) + 1
@@ -213,6 +211,11 @@ class SigtermDuringFlood(unittest.TestCase):
         self.assertLess(took, (2 + 5) * slow)
         self.assertEqual(alive, 0, "client calls still hanging after the server exited")
         self.assertGreater(outcomes.get("200", 0), 0)
+        # An answer, a 503 while draining, or a connection refused / closed once the server
+        # is gone.  A timeout (a call that hung) or any other error is a finding.
+        allowed = {"200", "503", "ConnectionRefusedError", "ConnectionResetError", "BrokenPipeError",
+                   "RemoteDisconnected"}
+        self.assertLessEqual(set(outcomes), allowed, "unexpected outcomes: %r" % outcomes)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import sys
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from lmserve_testlib import REPO, Server, forward_is_stub, require_model, slow  # noqa: E402
+from lmserve_testlib import REPO, Server, require_model, require_program, slow  # noqa: E402
 
 
 def loadgen_bin():
@@ -35,15 +35,14 @@ class Loadgen(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         require_model()
-        if forward_is_stub():
-            raise unittest.SkipTest("the forward pass is still a stub")
-        if not os.access(loadgen_bin(), os.X_OK):
-            raise unittest.SkipTest("loadgen not built: " + loadgen_bin())
+        require_program(loadgen_bin(), "`make test-build` builds it")
         cls.srv = Server(["--parallel", "4", "--queue", "16", "--no-log",
                           "--max-tokens-limit", "100000"])
 
     @classmethod
     def tearDownClass(cls):
+        if getattr(cls, "srv", None) is None:
+            return
         rc = cls.srv.stop()
         if rc != 0:
             raise AssertionError("lmserve exited with %s:\n%s" % (rc, cls.srv.stderr[-4000:]))

@@ -11,7 +11,7 @@ import sys
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from lmserve_testlib import REPO  # noqa: E402
+from lmserve_testlib import REPO, require_program  # noqa: E402
 
 
 def membw_bin():
@@ -21,8 +21,7 @@ def membw_bin():
 
 class Membw(unittest.TestCase):
     def setUp(self):
-        if not os.access(membw_bin(), os.X_OK):
-            self.skipTest("bench/membw is not built")
+        require_program(membw_bin(), "`make test-build` builds it")
 
     def run_membw(self, *args):
         p = subprocess.run([membw_bin(), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -12,7 +12,7 @@ import tempfile
 import time
 import unittest
 
-from lmserve_testlib import REPO as ROOT, Server, require_model
+from lmserve_testlib import REPO as ROOT, Server, require_model, require_program
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
@@ -27,18 +27,25 @@ def requests_served(srv):
     return sum(v for k, v in srv.metrics().items() if k.startswith("lmserve_requests_total"))
 
 
-@unittest.skipUnless(os.path.exists(NGINX), "nginx is not installed")
 class NginxInFront(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         require_model()
-        cls.backends = [Server(["--parallel", "4"]) for _ in range(2)]
+        require_program(NGINX, "apt-get install nginx-light; `make test` installs it")
+        # class cleanups run even when setUpClass fails half-way (tearDownClass would not)
         cls.tmp = tempfile.mkdtemp(prefix="lmserve-nginx-")
+        cls.addClassCleanup(shutil.rmtree, cls.tmp, ignore_errors=True)
+        cls.backends = []
+        cls.addClassCleanup(cls.stop_backends)
+        for _ in range(2):
+            cls.backends.append(Server(["--parallel", "4"]))
         with open(os.path.join(ROOT, "docker/nginx.conf")) as f:
             site = f.read()
         servers = "".join(f"    server 127.0.0.1:{srv.port};\n" for srv in cls.backends)
-        site = re.sub(r"    server lmserve:8080[^\n]*\n", servers, site)
+        site, n = re.subn(r"    server lmserve:8080[^\n]*\n", servers, site)
+        assert n == 1, "docker/nginx.conf no longer has the 'server lmserve:8080' line this test replaces"
         cls.port = free_port()
+        assert "listen 8080;" in site, "docker/nginx.conf no longer has the 'listen 8080;' line this test replaces"
         site = site.replace("listen 8080;", f"listen 127.0.0.1:{cls.port};")
         conf = os.path.join(cls.tmp, "nginx.conf")
         with open(conf, "w") as f:
@@ -56,22 +63,30 @@ class NginxInFront(unittest.TestCase):
                     + site + "\n}\n")
         cls.nginx = subprocess.Popen([NGINX, "-p", cls.tmp, "-c", conf, "-g", "daemon off;"],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        cls.addClassCleanup(cls.stop_nginx)
         deadline = time.time() + 10
-        while time.time() < deadline:
+        while True:
             try:
                 socket.create_connection(("127.0.0.1", cls.port), timeout=1).close()
                 break
             except OSError:
+                if cls.nginx.poll() is not None or time.time() > deadline:
+                    cls.nginx.kill()
+                    raise AssertionError("nginx did not listen on %d (exit %s):\n%s" % (
+                        cls.port, cls.nginx.wait(), cls.nginx.stderr.read().decode(errors="replace")))
                 time.sleep(0.05)
 
     @classmethod
-    def tearDownClass(cls):
-        cls.nginx.send_signal(signal.SIGQUIT)
+    def stop_nginx(cls):
+        if cls.nginx.poll() is None:
+            cls.nginx.send_signal(signal.SIGQUIT)
         cls.nginx.wait(10)
         cls.nginx.stderr.close()
-        for srv in cls.backends:
-            assert srv.stop() == 0
-        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    @classmethod
+    def stop_backends(cls):
+        codes = [srv.stop() for srv in cls.backends]
+        assert all(rc == 0 for rc in codes), "backend exit codes %s" % codes
 
     def post(self, body):
         c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)

@@ -8,9 +8,8 @@ import sys
 import tempfile
 import unittest
 
-from lmserve_testlib import REPO, Server, binary, fixtures_dir, model_path, require_model
+from lmserve_testlib import REPO, Server, binary, model_path, require_fixture, require_model
 
-FIXTURES = fixtures_dir()
 WRITER = os.path.join(REPO, "tests", "tools", "write_course_pt.py")
 
 
@@ -37,9 +36,7 @@ class ServeFolders(unittest.TestCase):
         self.assertEqual(generate(folder, prompt, n), prompt + text)
 
     def test_hugging_face_gpt2_folder(self):
-        folder = os.path.join(FIXTURES, "hf", "tiny-gpt2")
-        if not os.path.isdir(folder):
-            self.skipTest("fixture not found: " + folder)
+        folder = require_fixture(os.path.join("hf", "tiny-gpt2"))
         self.check(folder, "tiny-gpt2", "gpt2", "safetensors", 1024, 50257)
 
     def test_course_artifact_folder(self):

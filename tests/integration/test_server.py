@@ -11,7 +11,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from lmserve_testlib import Server, iter_sse, needs_forward, require_model, slow, stream_text  # noqa: E402
+from lmserve_testlib import Server, iter_sse, require_model, slow, stream_text  # noqa: E402
 
 PROMPT = "Once upon a time"
 GREEDY16 = ", there was a little girl named Lily. She loved to play"
@@ -41,7 +41,6 @@ class SharedServer(unittest.TestCase):
 
 
 class TestCompletions(SharedServer):
-    @needs_forward
     def test_greedy_not_streamed(self):
         status, r = completion(self.srv)
         self.assertEqual(status, 200, r)
@@ -59,7 +58,6 @@ class TestCompletions(SharedServer):
         self.assertEqual(r["usage"]["total_tokens"],
                          r["usage"]["prompt_tokens"] + r["usage"]["completion_tokens"])
 
-    @needs_forward
     def test_greedy_streamed_equals_not_streamed(self):
         status, hdrs, events = self.srv.stream(
             "/v1/completions", {"prompt": PROMPT, "max_tokens": 16, "temperature": 0, "stream": True})
@@ -79,7 +77,6 @@ class TestCompletions(SharedServer):
         self.assertEqual(chunks[-1]["choices"][0]["finish_reason"], "length")
         self.assertNotIn("usage", chunks[-1])
 
-    @needs_forward
     def test_stream_include_usage(self):
         status, _, events = self.srv.stream("/v1/completions", {
             "prompt": PROMPT, "max_tokens": 5, "temperature": 0, "stream": True,
@@ -91,21 +88,18 @@ class TestCompletions(SharedServer):
         self.assertEqual(usage["usage"]["completion_tokens"], 5)
         self.assertEqual(events[-3]["choices"][0]["finish_reason"], "length")
 
-    @needs_forward
     def test_token_array_prompt_matches_text_prompt(self):
         _, tok = self.srv.post_json("/tokenize", {"content": PROMPT})
         status, r = completion(self.srv, prompt=tok["tokens"])
         self.assertEqual(status, 200, r)
         self.assertEqual(r["choices"][0]["text"], GREEDY16)
 
-    @needs_forward
     def test_several_prompts(self):
         status, r = completion(self.srv, prompt=[PROMPT, "One day"], max_tokens=4)
         self.assertEqual(status, 200, r)
         self.assertEqual([c["index"] for c in r["choices"]], [0, 1])
         self.assertEqual(r["choices"][0]["text"], GREEDY16[:len(r["choices"][0]["text"])])
 
-    @needs_forward
     def test_stop_string_never_emitted(self):
         status, r = completion(self.srv, stop=["little", "zzz"])
         self.assertEqual(status, 200, r)
@@ -119,7 +113,6 @@ class TestCompletions(SharedServer):
         status, r = completion(self.srv, stop="named Li")
         self.assertEqual(r["choices"][0]["text"], ", there was a little girl ")
 
-    @needs_forward
     def test_logprobs(self):
         status, r = completion(self.srv, max_tokens=6, logprobs=3)
         self.assertEqual(status, 200, r)
@@ -136,7 +129,6 @@ class TestCompletions(SharedServer):
             self.assertAlmostEqual(max(top.values()), val, places=6)
             self.assertIn(tok, top)
 
-    @needs_forward
     def test_echo_scoring_matches_generation(self):
         # generation: logprob of the first greedy token after the prompt
         _, g = completion(self.srv, max_tokens=1, logprobs=1)
@@ -158,9 +150,6 @@ class TestCompletions(SharedServer):
         status, r = completion(self.srv, echo=True)
         self.assertEqual(r["choices"][0]["text"], PROMPT + GREEDY16)
 
-    @needs_forward
-
-    @needs_forward
     def test_multibyte_characters_never_split(self):
         # byte-fallback tokens: the echo must come out as whole characters, streamed or not
         text = "Le caf\u00e9 \u2615 est chaud \U0001F600!"
@@ -175,7 +164,6 @@ class TestCompletions(SharedServer):
         _, r2 = completion(self.srv, prompt=text, max_tokens=8, echo=True)
         self.assertEqual(streamed, r2["choices"][0]["text"])
 
-    @needs_forward
     def test_seed_reproducible_and_n(self):
         body = {"temperature": 0.9, "seed": 1234, "max_tokens": 20}
         _, a = completion(self.srv, **body)
@@ -189,7 +177,6 @@ class TestCompletions(SharedServer):
         _, d = completion(self.srv, **dict(body, seed=1235))
         self.assertEqual(d["choices"][0]["text"], texts[1])
 
-    @needs_forward
     def test_sampler_fields_accepted(self):
         status, r = completion(self.srv, temperature=0.7, top_p=0.9, top_k=40, min_p=0.05,
                                repetition_penalty=1.1, presence_penalty=0.5, frequency_penalty=0.5,
@@ -197,7 +184,6 @@ class TestCompletions(SharedServer):
         self.assertEqual(status, 200, r)
         self.assertEqual(r["usage"]["completion_tokens"], 16)
 
-    @needs_forward
     def test_logit_bias_changes_greedy_choice(self):
         _, g = completion(self.srv, max_tokens=1, logprobs=1)
         _, tok = self.srv.post_json("/tokenize", {"content": PROMPT + g["choices"][0]["text"],
@@ -213,7 +199,6 @@ class TestChat(SharedServer):
     MSGS = [{"role": "system", "content": "You tell stories."},
             {"role": "user", "content": "Tell me about a cat."}]
 
-    @needs_forward
     def test_chat_not_streamed_and_streamed(self):
         body = {"messages": self.MSGS, "max_tokens": 12, "temperature": 0}
         status, r = self.srv.post_json("/v1/chat/completions", body)
@@ -231,7 +216,6 @@ class TestChat(SharedServer):
         self.assertEqual(stream_text(events, "chat"), msg["content"])
         self.assertEqual(events[-2]["choices"][0]["finish_reason"], r["choices"][0]["finish_reason"])
 
-    @needs_forward
     def test_chat_logprobs(self):
         status, r = self.srv.post_json("/v1/chat/completions", {
             "messages": self.MSGS, "max_tokens": 4, "temperature": 0, "logprobs": True, "top_logprobs": 2})
@@ -275,7 +259,6 @@ class TestOtherEndpoints(SharedServer):
         self.assertEqual(status, 200)
         self.assertEqual(json.loads(data), {"status": "ok"})
 
-    @needs_forward
     def test_metrics(self):
         before = self.srv.metrics()
         completion(self.srv, max_tokens=3)
@@ -437,7 +420,6 @@ class TestAuthCors(unittest.TestCase):
         status, _, _ = self.srv.get("/")
         self.assertEqual(status, 200)
 
-    @needs_forward
     def test_with_key(self):
         status, r = self.srv.post_json("/v1/completions", {"prompt": PROMPT, "max_tokens": 2, "temperature": 0},
                                        {"Authorization": "Bearer sekrit"})
@@ -502,7 +484,6 @@ class TestConcurrency(SharedServer):
             return ev[-1]
         return f
 
-    @needs_forward
     def test_seeded_identical_alone_and_among_15_others(self):
         alone = self.seeded()
         self.assertEqual(len(alone[0]), 48)
@@ -514,13 +495,11 @@ class TestConcurrency(SharedServer):
         self.assertEqual(res[15], alone)
         self.assertEqual(res[16], alone)
 
-    @needs_forward
     def test_seeded_reproducible_with_8_concurrent(self):
         alone = self.seeded()
         res = run_threads([self.other(i) for i in range(8)] + [lambda: self.seeded()])
         self.assertEqual(res[-1], alone)
 
-    @needs_forward
     def test_32_concurrent_streams_complete(self):
         def one(i):
             def f():
@@ -560,7 +539,6 @@ class TestFaults(unittest.TestCase):
     def setUp(self):
         require_model()
 
-    @needs_forward
     def test_generation_past_the_context_window(self):
         # --ctx 64: the cache is cropped to its last 32 tokens and recomputed; the
         # tokens before the first crop are those of an uncropped run
@@ -569,13 +547,14 @@ class TestFaults(unittest.TestCase):
             s1, a = small.post_json("/v1/completions", body)
             s2, b = big.post_json("/v1/completions", body)
         self.assertEqual((s1, s2), (200, 200), (a, b))
-        self.assertEqual(a["usage"]["completion_tokens"] if a["choices"][0]["finish_reason"] == "length" else 150, 150)
+        # greedy stories260K.gguf does not end its text within 150 tokens of this prompt
+        for r in (a, b):
+            self.assertEqual((r["choices"][0]["finish_reason"], r["usage"]["completion_tokens"]), ("length", 150))
         ta, tb = a["choices"][0]["logprobs"]["tokens"], b["choices"][0]["logprobs"]["tokens"]
         n_prompt = a["usage"]["prompt_tokens"]
         before_crop = 64 - n_prompt
         self.assertEqual(ta[:before_crop], tb[:before_crop])
 
-    @needs_forward
     def test_disconnect_mid_stream_frees_slot(self):
         with Server(["--parallel", "1", "--ctx", "64", "--max-tokens-limit", "100000"]) as srv:
             s = open_stream(srv, {"prompt": PROMPT, "max_tokens": 90000, "stream": True, "seed": 1})
@@ -592,7 +571,6 @@ class TestFaults(unittest.TestCase):
             status, r = completion(srv, max_tokens=4)
             self.assertEqual(status, 200, r)
 
-    @needs_forward
     def test_disconnect_while_queued_and_while_waiting(self):
         with Server(["--parallel", "1", "--queue", "4", "--ctx", "64", "--max-tokens-limit", "100000"]) as srv:
             a = open_stream(srv, {"prompt": PROMPT, "max_tokens": 90000, "stream": True})
@@ -609,7 +587,6 @@ class TestFaults(unittest.TestCase):
             c.close()
             self.assertTrue(wait_metric(srv, "lmserve_requests_running", 0), srv.stderr)
 
-    @needs_forward
     def test_queue_overflow_503(self):
         with Server(["--parallel", "1", "--queue", "1", "--ctx", "64", "--max-tokens-limit", "100000"]) as srv:
             a = open_stream(srv, {"prompt": PROMPT, "max_tokens": 90000, "stream": True})
@@ -628,7 +605,6 @@ class TestFaults(unittest.TestCase):
             m = srv.metrics()
             self.assertEqual(m['lmserve_requests_total{status="503"}'], 1)
 
-    @needs_forward
     def test_sigterm_with_streams_in_flight(self):
         srv = Server(["--parallel", "4"])
         try:
@@ -654,7 +630,6 @@ class TestFaults(unittest.TestCase):
         finally:
             srv.stop()
 
-    @needs_forward
     def test_sigterm_deadline_ends_long_streams(self):
         srv = Server(["--parallel", "2", "--ctx", "64", "--max-tokens-limit", "100000",
                       "--shutdown-timeout", "1"])

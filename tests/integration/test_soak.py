@@ -24,7 +24,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from lmserve_testlib import Server, needs_forward, require_model, slow  # noqa: E402
+from lmserve_testlib import Server, require_model, slow  # noqa: E402
 
 # Figures are collected and printed when the module ends (printing during a test
 # would split unittest's "... ok" line, which run-tests.sh counts).
@@ -69,7 +69,6 @@ def proc_counts(pid):
 
 
 class Soak(unittest.TestCase):
-    @needs_forward
     def test_soak(self):
         require_model()
         srv = Server(["--parallel", "8", "--queue", "256", "--no-log", "--max-tokens-limit", "256",

@@ -1,20 +1,19 @@
 /* fmt_util.h -- small helpers shared by the format tests (fixtures, temp dirs, the
- * Python writer).  Header-only so that it does not collide with tests/common. */
+ * Python writer).  Header-only: each test binary is built from its one source. */
 #ifndef LMSERVE_TESTS_FMT_UTIL_H
 #define LMSERVE_TESTS_FMT_UTIL_H
+
+#include "tests/testdata.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
-/* $LMSERVE_FIXTURES/rel into buf. */
+/* $LMSERVE_FIXTURES/rel into buf (tests/testdata.h); fails the test when it is missing. */
 static inline const char *fx_path(char *buf, size_t n, const char *rel)
 {
-    const char *root = getenv("LMSERVE_FIXTURES");
-    if (!root || !*root) root = "tests/data/fixtures";
-    snprintf(buf, n, "%s/%s", root, rel);
-    return buf;
+    return td_fixture(buf, n, rel);
 }
 
 /* Whole file into a malloc'd buffer (NULL on error). */

@@ -3,6 +3,7 @@
 #define LMSERVE_TESTS_MODEL_HELPERS_H
 
 #include "model/model_internal.h"
+#include "tests/testdata.h"
 
 #include <criterion/criterion.h>
 #include <fcntl.h>
@@ -12,15 +13,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-/* $LMSERVE_MODELS/name in a static buffer per call site (caller copies if needed). */
+/* $LMSERVE_MODELS/name (tests/testdata.h), malloc'd; fails the test when it is missing. */
 static inline char *th_model_path(const char *name)
 {
-    const char *dir = getenv("LMSERVE_MODELS");
-    if (!dir || !*dir) dir = "tests/data/models";
-    size_t n = strlen(dir) + strlen(name) + 2;
-    char *p = malloc(n);
+    char *p = malloc(4096);
     cr_assert_not_null(p);
-    snprintf(p, n, "%s/%s", dir, name);
+    td_model(p, 4096, name);
     return p;
 }
 
@@ -28,7 +26,7 @@ static inline char *th_model_path(const char *name)
 static inline unsigned char *th_read_file(const char *path, size_t *len)
 {
     FILE *f = fopen(path, "rb");
-    cr_assert_not_null(f, "cannot open %s (set LMSERVE_MODELS)", path);
+    cr_assert_not_null(f, "cannot open %s", path);
     fseek(f, 0, SEEK_END);
     long n = ftell(f);
     fseek(f, 0, SEEK_SET);

@@ -6,10 +6,10 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createRequire } from 'node:module';
+import { requireFile } from './lib/server.mjs';
 
 const require = createRequire(import.meta.url);
 const gpt3 = require('gpt-3-encoder');
@@ -75,7 +75,9 @@ function runTool(strings) {
   return res.stdout.toString().trim().split('\n').map((l) => JSON.parse(l));
 }
 
-test('byte-level BPE ids equal gpt-3-encoder on a varied corpus', { skip: !existsSync(tool) && `no ${tool}` }, () => {
+test('byte-level BPE ids equal gpt-3-encoder on a varied corpus', () => {
+  requireFile(tool, '`make test-build` builds it');
+  requireFile(path.join(fixtures, 'tokenizers/gpt2/encoder.json'), 'tests/data comes with the repository; or set LMSERVE_FIXTURES');
   const texts = corpus(1500, 20240601);
   // Long runs and edge shapes as well.
   texts.push(' '.repeat(300) + 'x', '\n'.repeat(50), '9'.repeat(200), 'a'.repeat(500), '', ' ', "'s's's",

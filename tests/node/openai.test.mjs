@@ -15,7 +15,7 @@ before(async () => {
   client = new OpenAI({ baseURL: srv.url + '/v1', apiKey: 'test-key', maxRetries: 0 });
 });
 after(async () => {
-  assert.equal(await srv.stop(), 0);
+  if (srv) assert.equal(await srv.stop(), 0, srv.stderr.slice(-3000)); // before() may have failed
 });
 
 test('completions.create, greedy', async () => {

@@ -53,7 +53,7 @@ let srv;
 const seen = new Set();
 
 before(async () => { srv = await startServer(['--parallel', '4', '--queue', '16']); });
-after(async () => { assert.equal(await srv.stop(), 0); });
+after(async () => { if (srv) assert.equal(await srv.stop(), 0, srv.stderr.slice(-3000)); });
 
 async function check(method, route, { body, raw, headers = {}, status, urlPath = route } = {}) {
   const init = { method, headers: { ...headers } };

@@ -2,14 +2,10 @@
  * formats, greedy (argmax, lowest id on ties), prompt "Once upon a time", 60
  * new tokens, must print exactly the text llama2.c's run.c prints (-t 0).
  * Tolerance: none, the text must match byte for byte.
- *
- * Needs the real forward pass: while model/stub_forward.c stands in for it
- * (before the model-fwd branch is merged) the tests are skipped. */
+ */
 #include "tests/model/helpers.h"
 
 #include <math.h>
-
-extern const int model_forward_is_stub __attribute__((weak));
 
 static const char expected[] =
     "Once upon a time, there was a little girl named Lily. She loved to play outside in the park. "
@@ -17,8 +13,6 @@ static const char expected[] =
 
 static void greedy(const char *name, const char *tok_name)
 {
-    if (&model_forward_is_stub != NULL && model_forward_is_stub)
-        cr_skip_test("the forward pass is a stub on this branch (model/stub_forward.c)");
     char *p = th_model_path(name), *t = tok_name ? th_model_path(tok_name) : NULL;
     char err[512] = "";
     model *m = NULL;

@@ -521,10 +521,8 @@ Test(gguf, other_architecture_is_reported)
 {
     /* llama.cpp's vocab-only GPT-2 GGUF (no tensors, no padding after the metadata):
      * it parses, reaches the gpt2 reader (issue 10), and is refused for its lack of weights */
-    const char *dir = getenv("LMSERVE_FIXTURES");
-    if (!dir || !*dir) dir = "tests/data/fixtures";
     char p[512];
-    snprintf(p, sizeof p, "%s/gguf/ggml-vocab-gpt-2.gguf", dir);
+    td_fixture(p, sizeof p, "gguf/ggml-vocab-gpt-2.gguf");
     const char *e = th_expect_load_error(p, NULL);
     cr_assert(strstr(e, "missing tensor 'token_embd.weight' (a vocabulary-only file"), "'%s'", e);
 }

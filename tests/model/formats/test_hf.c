@@ -198,9 +198,7 @@ static void ref_llama_free(ref_model *r)
 static char tokbin[512];
 static const char *tok_bin(void)
 {
-    const char *d = getenv("LMSERVE_MODELS");
-    snprintf(tokbin, sizeof tokbin, "%s/tokenizer.bin", d && *d ? d : "tests/data/models");
-    return tokbin;
+    return td_model(tokbin, sizeof tokbin, "tokenizer.bin");
 }
 
 Test(hf, tiny_llama_folder_rotate_halves)

@@ -442,9 +442,8 @@ static void write_spm_json(const tokenizer *sp, const char *path)
 
 Test(bpe, sentencepiece_tokenizer_json_matches_llama2c_vocab)
 {
-    const char *md = getenv("LMSERVE_MODELS");
     char tb[512], dir[128], p[256], err[256] = "";
-    snprintf(tb, sizeof tb, "%s/tok512.bin", md && *md ? md : "tests/data/models");
+    td_model(tb, sizeof tb, "tok512.bin");
     tokenizer sp;
     memset(&sp, 0, sizeof sp);
     cr_assert_eq(tokenizer_load_llama2c(&sp, tb, 512, err, sizeof err), 0, "%s", err);

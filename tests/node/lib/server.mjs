@@ -6,6 +6,7 @@
 //
 // LMSERVE_BIN names the binary (set by `make test`), LMSERVE_MODELS the model folder.
 import { spawn } from 'node:child_process';
+import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -15,7 +16,15 @@ export const MODELS = process.env.LMSERVE_MODELS || path.join(ROOT, 'tests/data/
 export const FIXTURES = process.env.LMSERVE_FIXTURES || path.join(ROOT, 'tests/data/fixtures');
 export const BIN = process.env.LMSERVE_BIN || path.join(ROOT, 'build/release/lmserve');
 
+// Fail (never skip) when a file a test needs is missing, saying how to get it.
+export function requireFile(file, how) {
+  if (!fs.existsSync(file)) throw new Error(`missing ${file} (${how})`);
+  return file;
+}
+
 export function startServer(extraArgs = [], { model = path.join(MODELS, 'stories260K.gguf'), timeoutMs = 30000 } = {}) {
+  requireFile(BIN, '`make test-build` builds it, or set LMSERVE_BIN');
+  requireFile(model, 'tests/data comes with the repository; or set LMSERVE_MODELS');
   const args = ['serve', '--model', model, '--host', '127.0.0.1', '--port', '0', ...extraArgs];
   const child = spawn(BIN, args, { stdio: ['ignore', 'ignore', 'pipe'] });
   let stderr = '';
