@@ -14,6 +14,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from lmserve_testlib import REPO, require_program  # noqa: E402
 
 
+# Lower bounds hold for an optimised build on an idle-enough machine.  A sanitizer build
+# (-O1, every access checked) on a loaded 2-core machine measured 0.6-0.7 GFLOP/s and
+# 0.2 GB/s: there only the upper bounds (physically possible) and a positive rate are checked.
+SANITIZED = bool(os.environ.get("SANITIZE"))
+MIN_GBS, MIN_GFLOPS = (0.0, 0.0) if SANITIZED else (0.1, 1.0)
+
+
 def membw_bin():
     build = os.environ.get("LMSERVE_BUILD") or os.path.join(REPO, "build", "release")
     return os.path.join(build, "bench", "membw")
@@ -39,7 +46,7 @@ class Membw(unittest.TestCase):
         rates = [float(x) for x in re.findall(r"read +[0-9.]+ MiB with \d+ threads: +([0-9.]+) GB/s", out)]
         self.assertEqual(len(rates), 4, out)
         for r in rates:
-            self.assertGreater(r, 0.1, out)
+            self.assertGreater(r, MIN_GBS, out)
             self.assertLess(r, 1000.0, out)
 
     def test_fma_line_and_bad_usage(self):
@@ -47,7 +54,7 @@ class Membw(unittest.TestCase):
         m = re.search(r"fma  one thread: +([0-9.]+) GFLOP/s", out)
         if m:  # a build with AVX2/FMA; otherwise the line says n/a
             gf = float(m.group(1))
-            self.assertGreater(gf, 1.0, out)
+            self.assertGreater(gf, MIN_GFLOPS, out)
             self.assertLess(gf, 2000.0, out)  # one core: far below this
         else:
             self.assertIn("n/a", out)
