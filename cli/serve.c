@@ -156,7 +156,7 @@ int cli_serve(int argc, char **argv)
         }
         INTOPT("--port", port, 0, 65535)
         INTOPT("--threads", threads, 0, 1024)
-        INTOPT("--parallel", parallel, 1, 1024)
+        INTOPT("--parallel", parallel, 1, SERVER_MAX_PARALLEL)
         INTOPT("--queue", queue, 0, 1000000)
         INTOPT("--ctx", ctx, 0, 1 << 24)
         INTOPT("--max-tokens-limit", max_tokens_limit, 1, 1 << 24)

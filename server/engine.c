@@ -1,22 +1,27 @@
-/* engine.c -- the scheduler thread: continuous batching over one model.
+/* engine.c -- the scheduler: one thread, continuous batching over one model.
  *
- * One uv_thread_t owns model_forward.  Each iteration:
- *   1. under the queue mutex: drop cancelled queued jobs, admit queued choices
- *      into free slots (a request with n choices becomes n sequences; they are
- *      admitted one by one, so any n works with any --parallel);
- *   2. release slots whose job was cancelled (client gone, shutdown, outbox full);
- *   3. build ONE batch: every decoding sequence feeds its last token; sequences
- *      still prefilling (prompt, or recompute after a context crop) feed a chunk
- *      of at most --prefill-chunk tokens, oldest admission first, until the step's
- *      prompt-token budget is spent -- so a long prompt never freezes the streams;
- *   4. model_forward, then per sequence that reached the end of its pending tokens:
- *      sample with its own sampler (seed + choice index), detokenize incrementally
- *      (whole UTF-8 characters only), match stop strings (held-back text that could
- *      still become a stop string is released only once it cannot), and append the
- *      output to the job's outbox, then notify the loop thread.
- * Rows never influence each other in model_forward, and each sampler only sees
- * its own sequence, so a seeded request's tokens and logprobs do not depend on
- * what else is running.
+ * Each iteration (engine_iterate):
+ *   1. drop cancelled queued jobs and release the sequences whose job was
+ *      cancelled (client gone, shutdown, output over its limit, a failure);
+ *   2. admission, under the queue mutex: queued choices go into free slots (a
+ *      request with n choices becomes n sequences, admitted one by one, so any
+ *      n works with any --parallel);
+ *   3. one step: build ONE batch -- every decoding sequence feeds its last
+ *      token; sequences with a prefill pending (a prompt, or the window
+ *      recomputed after a context crop) feed a chunk of at most --prefill-chunk
+ *      tokens, in the order they started waiting, until the step's budget
+ *      (--step-budget) is spent, so a long prompt never freezes the streams --
+ *      then model_forward, then for every sequence whose pending tokens are all
+ *      in: sample (seed + choice index; on the model's threads, one task per
+ *      sequence), detokenize incrementally (whole UTF-8 characters), hold back
+ *      text that could still become a stop string, and emit typed events
+ *      (server_internal.h) to the job.
+ * Rows never influence each other in model_forward, a sequence's prefill is
+ * always cut into the same chunks, and each sampler sees only its own sequence,
+ * so a seeded request's tokens and logprobs do not depend on what else runs.
+ *
+ * The engine knows nothing of HTTP or JSON: the output stage (output.c) turns
+ * the events into response bytes on the loop thread.
  */
 #include "server/server_internal.h"
 #include "model/model.h"
@@ -26,16 +31,17 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* One running choice. */
 typedef struct {
     int used;
     job *j;
-    int choice;              /* index into j->choices */
+    int choice;              /* index into the job's choices */
     int prompt_idx;
-    unsigned long admitted;  /* admission order (prefill fairness) */
-    model_seq *kv;           /* kept across requests */
-    int32_t *hist;           /* prompt + generated: (n_hist) */
+    unsigned long ticket;    /* prefill order: taken when the sequence starts waiting */
+    seq_kv kv;               /* kept across requests */
+    int32_t *hist;           /* prompt + generated: (cap_hist) */
     int n_hist, cap_hist;
-    int win_start;           /* hist index of the KV cache's first position */
+    int win;                 /* hist index of the window's first token (the cache's position 0) */
     int n_prompt;
     int n_gen;
     int prompt_done;
@@ -44,14 +50,14 @@ typedef struct {
     sampler *smp;
     model_detok dt;
     stop_matcher sm;
-    size_t chars;            /* code points produced so far (text_offset) */
+    size_t chars;            /* code points of the choice's text so far (text offsets) */
     double t_last;
     float *score;            /* (prefill_chunk, vocab) when scoring */
     sampler_choice *plp;     /* (n_prompt) scores of prompt tokens when scoring */
-    const float *pre_logits; /* this step's last logits when the slot samples now */
+    const float *pre_logits; /* this step's logits when the sequence samples now */
     int pre_rc;              /* sampler_step's result for them (sample_task) */
     sampler_choice pre;
-} slot;
+} seq;
 
 struct engine {
     engine_config c;
@@ -59,17 +65,21 @@ struct engine {
     int vocab, eos;
     int bos_stop;            /* BOS id when a generated BOS ends the text (llama2.c models), else -1 */
     uv_thread_t th;
-    int started;
+    int threaded;
     uv_mutex_t qmu;
     uv_cond_t qcv;
+    /* [qmu] */
     job *q_head, *q_tail;
     int q_len, q_waiting_choices;
     int n_running_seqs, n_running_jobs;
     int stop, cancel_all;
-    unsigned long admit_counter;
-    slot *slots;
-    model_batch_item *items;
-    int *item_slot;
+    /* engine thread */
+    unsigned long tickets;
+    seq *seqs;               /* (parallel) */
+    model_batch_item *items; /* (parallel) */
+    int *item_seq;           /* (parallel) index into seqs of each item */
+    int *starts;             /* (parallel) hist index of each item's first token */
+    seq **to_sample;         /* (parallel) */
     float *logits;           /* (parallel, vocab) */
     char detok[8192];
     /* LMSERVE_FAULT_INJECT (tests only): sequences of requests with this seed fail */
@@ -77,204 +87,61 @@ struct engine {
     uint64_t fault_seed;
 };
 
-/* ---- output helpers ----------------------------------------------------------------- */
+/* ---- events -------------------------------------------------------------------------- */
 
-static void emit(engine *e, job *j, char *ev)
+static void notify(engine *e, job *j)
 {
-    if (!ev) return;
-    if (atomic_load(&j->cancel) == CANCEL_NONE &&
-        job_out_append(j, ev, strlen(ev), e->c.outbox_limit) < 0) {
-        int none = CANCEL_NONE;
-        atomic_compare_exchange_strong(&j->cancel, &none, CANCEL_OVERFLOW);
-    }
-    free(ev);
-    e->c.notify(e->c.notify_cls, j);
+    if (e->c.notify) e->c.notify(e->c.notify_cls, j);
 }
 
-static json_t *token_json(engine *e, int32_t id)
+/* The job cannot be answered normally any more: it ends with `error` and its
+ * other sequences are dropped at the next iteration. */
+static void job_fail(job *j, int error)
 {
-    size_t n = 0;
-    const char *b = model_token_bytes(e->m, id, &n);
-    return json_bytes(b ? b : "", b ? n : 0);
+    if (!j->error) j->error = error;
+    job_cancel(j, CANCEL_FAILED);
 }
 
-static json_t *num(float v)
+/* Hand ev to the job (NULL: the allocation failed, the job fails). */
+static void emit(engine *e, job *j, job_event *ev)
 {
-    return json_real(isfinite(v) ? (double)v : -9999.0);
-}
-
-/* Completions: top entries as {token: logprob}. */
-static json_t *top_object(engine *e, const sampler_choice *c)
-{
-    json_t *o = json_object();
-    for (int i = 0; i < c->n_top; i++) {
-        json_t *t = token_json(e, c->top[i].id);
-        const char *k = json_string_value(t);
-        if (k && !json_object_get(o, k)) json_object_set_new(o, k, num(c->top[i].logprob));
-        json_decref(t);
-    }
-    return o;
-}
-
-static json_t *bytes_array(engine *e, int32_t id)
-{
-    size_t n = 0;
-    const char *b = model_token_bytes(e->m, id, &n);
-    json_t *a = json_array();
-    for (size_t i = 0; b && i < n; i++) json_array_append_new(a, json_integer((unsigned char)b[i]));
-    return a;
-}
-
-static json_t *lp_new(int chat)
-{
-    json_t *o = json_object();
-    if (chat) {
-        json_object_set_new(o, "content", json_array());
-    } else {
-        json_object_set_new(o, "tokens", json_array());
-        json_object_set_new(o, "token_logprobs", json_array());
-        json_object_set_new(o, "top_logprobs", json_array());
-        json_object_set_new(o, "text_offset", json_array());
-    }
-    return o;
-}
-
-/* Add one token's entry; c NULL = no logprob (first prompt token). */
-static void lp_add(engine *e, json_t *lp, int chat, int32_t id, const sampler_choice *c, size_t offset)
-{
-    if (chat) {
-        json_t *ent = json_object();
-        json_object_set_new(ent, "token", token_json(e, id));
-        json_object_set_new(ent, "logprob", c ? num(c->logprob) : json_null());
-        json_object_set_new(ent, "bytes", bytes_array(e, id));
-        json_t *tops = json_array();
-        for (int i = 0; c && i < c->n_top; i++) {
-            json_t *t = json_object();
-            json_object_set_new(t, "token", token_json(e, c->top[i].id));
-            json_object_set_new(t, "logprob", num(c->top[i].logprob));
-            json_object_set_new(t, "bytes", bytes_array(e, c->top[i].id));
-            json_array_append_new(tops, t);
-        }
-        json_object_set_new(ent, "top_logprobs", tops);
-        json_array_append_new(json_object_get(lp, "content"), ent);
+    if (!ev) {
+        job_fail(j, JOB_ERR_NOMEM);
         return;
     }
-    json_array_append_new(json_object_get(lp, "tokens"), token_json(e, id));
-    json_array_append_new(json_object_get(lp, "token_logprobs"), c ? num(c->logprob) : json_null());
-    json_array_append_new(json_object_get(lp, "top_logprobs"), c ? top_object(e, c) : json_null());
-    json_array_append_new(json_object_get(lp, "text_offset"), json_integer((json_int_t)offset));
-}
-
-/* Merge a one-token logprobs object into the choice's accumulated one. */
-static void lp_merge(json_t *dst, json_t *src)
-{
-    const char *k;
-    json_t *v;
-    json_object_foreach(src, k, v) json_array_extend(json_object_get(dst, k), v);
-}
-
-/* ---- slots -------------------------------------------------------------------------- */
-
-static int slot_pending(const slot *s)
-{
-    return s->n_hist - (s->win_start + model_seq_len(s->kv));
-}
-
-static int slot_setup(engine *e, slot *s, job *j, int choice)
-{
-    const job_params *p = &j->p;
-    int pi = choice / p->n;
-    int n_prompt = p->prompt_lens[pi];
-    memset(&s->dt, 0, sizeof s->dt);
-    s->j = j;
-    s->choice = choice;
-    s->prompt_idx = pi;
-    s->admitted = ++e->admit_counter;
-    s->cap_hist = n_prompt + p->max_tokens + 1;
-    s->hist = malloc(sizeof *s->hist * (size_t)s->cap_hist);
-    if (!s->kv) s->kv = model_seq_new(e->m, e->c.ctx);
-    else model_seq_truncate(s->kv, 0);
-    sampler_params sp = p->sp;
-    sp.seed = p->sp.seed + (uint64_t)choice;
-    s->smp = sampler_new(e->vocab, &sp);
-    s->scoring = p->echo && p->logprobs >= 0;
-    if (s->scoring && !s->score)
-        s->score = malloc(sizeof(float) * (size_t)e->c.prefill_chunk * (size_t)e->vocab);
-    s->plp = s->scoring ? calloc((size_t)n_prompt, sizeof *s->plp) : NULL;
-    if (!s->hist || !s->kv || !s->smp || (s->scoring && (!s->score || !s->plp))) {
-        free(s->plp);
-        s->plp = NULL;
-        free(s->hist);
-        s->hist = NULL;
-        sampler_free(s->smp);
-        s->smp = NULL;
-        return -1;
+    if (atomic_load(&j->cancel) != CANCEL_NONE) { /* nobody will read it */
+        job_event_free(ev);
+        return;
     }
-    memcpy(s->hist, p->prompts[pi], sizeof *s->hist * (size_t)n_prompt);
-    s->n_hist = s->n_prompt = n_prompt;
-    s->win_start = 0;
-    s->n_gen = 0;
-    s->prompt_done = 0;
-    s->chars = 0;
-    model_detok_init(&s->dt);
-    memset(&s->sm, 0, sizeof s->sm);
-    s->used = 1;
-    return 0;
+    job_emit(j, ev);
+    notify(e, j);
 }
 
-static void job_complete(engine *e, job *j)
+/* The engine is done with j: record how it ended, wake the loop thread, drop
+ * the engine's reference. */
+static void job_finish(engine *e, job *j)
 {
-    int cancel = atomic_load(&j->cancel);
-    if (cancel == CANCEL_SHUTDOWN || j->failed) {
-        api_error err;
-        if (j->failed)
-            api_error_set(&err, 500, "server_error", NULL, "model_error", "the model failed to run");
-        else
-            api_error_set(&err, 503, "server_error", NULL, "shutting_down", "the server is shutting down");
-        char *body = api_error_json(&err);
-        if (body) {
-            uv_mutex_lock(&j->mu);
-            if (j->p.stream) {
-                sbuf_append(&j->out, "data: ", 6);
-                sbuf_append(&j->out, body, strlen(body));
-                sbuf_append(&j->out, "\n\ndata: [DONE]\n\n", 16);
-            } else {
-                j->status = err.status;
-                sbuf_append(&j->out, body, strlen(body));
-            }
-            uv_mutex_unlock(&j->mu);
-            free(body);
-        }
-    } else if (cancel == CANCEL_NONE) {
-        if (j->p.stream) {
-            char *u = j->p.include_usage ? respond_usage_chunk(j) : NULL;
-            uv_mutex_lock(&j->mu);
-            if (u) sbuf_append(&j->out, u, strlen(u));
-            sbuf_append(&j->out, "data: [DONE]\n\n", 14);
-            uv_mutex_unlock(&j->mu);
-            free(u);
-        } else {
-            char *body = respond_final(j);
-            uv_mutex_lock(&j->mu);
-            if (body) sbuf_append(&j->out, body, strlen(body));
-            else j->status = 500;
-            uv_mutex_unlock(&j->mu);
-            free(body);
-        }
-    }
+    job_end end = {.error = j->error, .prompt_tokens = j->prompt_tokens,
+                   .completion_tokens = j->completion_tokens};
+    if (!end.error && atomic_load(&j->cancel) == CANCEL_SHUTDOWN) end.error = JOB_ERR_SHUTDOWN;
     atomic_store(&j->stat_prompt, j->prompt_tokens);
     atomic_store(&j->stat_completion, j->completion_tokens);
     if (j->t_first > 0) atomic_store(&j->stat_ttft, j->t_first - j->t_submit);
-    uv_mutex_lock(&j->mu);
-    j->done = 1;
-    uv_mutex_unlock(&j->mu);
-    e->c.notify(e->c.notify_cls, j);
+    job_set_end(j, &end);
+    notify(e, j);
     job_unref(j);
 }
 
-static void slot_release(engine *e, slot *s)
+/* ---- sequences ------------------------------------------------------------------------ */
+
+/* Tokens of the window not yet in the cache. */
+static int seq_pending(const seq *s)
 {
-    job *j = s->j;
+    return s->n_hist - (s->win + seq_kv_len(&s->kv));
+}
+
+static void seq_free_request(seq *s)
+{
     sampler_free(s->smp);
     s->smp = NULL;
     free(s->hist);
@@ -282,6 +149,50 @@ static void slot_release(engine *e, slot *s)
     free(s->plp);
     s->plp = NULL;
     stop_matcher_free(&s->sm);
+}
+
+static int seq_setup(engine *e, seq *s, job *j, int choice)
+{
+    const job_params *p = &j->p;
+    int pi = choice / p->n;
+    int n_prompt = p->prompt_lens[pi];
+    memset(&s->dt, 0, sizeof s->dt);
+    memset(&s->sm, 0, sizeof s->sm);
+    s->j = j;
+    s->choice = choice;
+    s->prompt_idx = pi;
+    s->ticket = ++e->tickets;
+    s->cap_hist = n_prompt + p->max_tokens + 1;
+    s->hist = malloc(sizeof *s->hist * (size_t)s->cap_hist);
+    sampler_params sp = p->sp;
+    sp.seed = p->sp.seed + (uint64_t)choice;
+    s->smp = sampler_new(e->vocab, &sp);
+    s->scoring = p->echo && p->logprobs >= 0;
+    if (s->scoring && !s->score)
+        s->score = malloc(sizeof(float) * (size_t)e->c.prefill_chunk * (size_t)e->vocab);
+    s->plp = s->scoring ? calloc((size_t)n_prompt, sizeof *s->plp) : NULL;
+    if (!s->hist || seq_kv_open(&s->kv, e->m, e->c.ctx) < 0 || !s->smp ||
+        (s->scoring && (!s->score || !s->plp))) {
+        seq_free_request(s);
+        s->j = NULL;
+        return -1;
+    }
+    seq_kv_sync(&s->kv, NULL, 0, 0);
+    memcpy(s->hist, p->prompts[pi], sizeof *s->hist * (size_t)n_prompt);
+    s->n_hist = s->n_prompt = n_prompt;
+    s->win = 0;
+    s->n_gen = 0;
+    s->prompt_done = 0;
+    s->chars = 0;
+    model_detok_init(&s->dt);
+    s->used = 1;
+    return 0;
+}
+
+static void seq_release(engine *e, seq *s)
+{
+    job *j = s->j;
+    seq_free_request(s);
     s->used = 0;
     s->j = NULL;
     uv_mutex_lock(&e->qmu);
@@ -290,42 +201,23 @@ static void slot_release(engine *e, slot *s)
     if (last) e->n_running_jobs--;
     int complete = last && !j->in_queue;
     uv_mutex_unlock(&e->qmu);
-    if (complete) job_complete(e, j);
+    if (complete) job_finish(e, j);
 }
 
-/* Released text of a choice: stream it or keep it. */
-static void choice_text(engine *e, slot *s, const char *text, size_t n, json_t *lp, const char *finish)
+/* The choice ends: flush what the detokenizer and the stop matcher hold (unless
+ * a stop string ended it), emit EV_FINISH, free the slot. */
+static void seq_finish(engine *e, seq *s, const char *reason, int stopped)
 {
     job *j = s->j;
-    job_choice *ch = &j->choices[s->choice];
-    int chat = j->p.kind == JOB_CHAT;
-    if (j->p.stream) {
-        if (chat && !ch->started) {
-            ch->started = 1;
-            emit(e, j, respond_chunk(j, s->choice, "", 0, NULL, NULL, 1));
-        }
-        if (n || lp || finish) emit(e, j, respond_chunk(j, s->choice, text, n, lp, finish, 0));
-        else json_decref(lp);
-    } else {
-        sbuf_append(&ch->text, text, n);
-        if (lp) {
-            if (!ch->logprobs) ch->logprobs = lp_new(chat);
-            lp_merge(ch->logprobs, lp);
-            json_decref(lp);
-        }
-    }
-    if (finish) ch->finish_reason = finish;
-}
-
-static void choice_finish(engine *e, slot *s, const char *reason, int stopped)
-{
-    char *buf = e->detok;
     const char *text = "";
     size_t tn = 0;
     if (!stopped) {
+        char *buf = e->detok;
         int f = model_detok_flush(e->m, &s->dt, buf, sizeof e->detok);
         size_t rel = 0;
-        if (stop_matcher_push(&s->sm, s->j->p.stops, s->j->p.n_stops, buf, f > 0 ? (size_t)f : 0, &rel)) {
+        int m = stop_matcher_push(&s->sm, j->p.stops, j->p.n_stops, buf, f > 0 ? (size_t)f : 0, &rel);
+        if (m < 0) job_fail(j, JOB_ERR_NOMEM);
+        if (m > 0) {
             reason = "stop";
             tn = rel;
         } else {
@@ -333,42 +225,74 @@ static void choice_finish(engine *e, slot *s, const char *reason, int stopped)
         }
         text = s->sm.pending.data ? s->sm.pending.data : "";
     }
-    job_choice *ch = &s->j->choices[s->choice];
-    ch->n_gen = s->n_gen;
-    if (s->j->p.logprobs >= 0 && !ch->logprobs && !s->j->p.stream)
-        ch->logprobs = lp_new(s->j->p.kind == JOB_CHAT);
-    choice_text(e, s, text, tn, NULL, reason);
-    s->j->n_done++;
-    slot_release(e, s);
+    job_event *ev = job_event_new(EV_FINISH, s->choice, text, tn, 0);
+    if (ev) ev->finish = reason;
+    emit(e, j, ev);
+    j->n_done++;
+    seq_release(e, s);
 }
 
 /* The prompt is in the cache: run it through the detokenizer (so the first
- * generated piece is spelled as it follows the prompt) and echo it if asked,
- * with the scores step() stored in s->plp. */
-static void choice_prompt_done(engine *e, slot *s)
+ * generated piece is spelled as it follows the prompt) and, for echo, emit it
+ * with the scores item_done stored in s->plp. */
+static void seq_prompt_done(engine *e, seq *s)
 {
     job *j = s->j;
-    int chat = j->p.kind == JOB_CHAT;
     int from = j->p.echo_from[s->prompt_idx];
-    int echo = j->p.echo && !chat;
-    json_t *lp = echo && j->p.logprobs >= 0 ? lp_new(chat) : NULL;
+    int echo = j->p.echo && j->p.kind != JOB_CHAT;
+    int n_echo = echo ? s->n_prompt - from : 0;
+    size_t *offs = n_echo > 0 ? malloc(sizeof *offs * (size_t)n_echo) : NULL;
     sbuf text = {0};
+    int ok = n_echo == 0 || offs;
     char *buf = e->detok;
     s->prompt_done = 1;
     for (int i = 0; i < s->n_prompt; i++) {
-        int32_t id = s->hist[i];
-        int w = model_detok_push(e->m, &s->dt, id, buf, sizeof e->detok);
+        int w = model_detok_push(e->m, &s->dt, s->hist[i], buf, sizeof e->detok);
         if (w < 0) w = 0;
-        if (!echo || i < from) continue;
-        size_t offset = s->chars;
+        if (!echo || i < from || !ok) continue;
+        offs[i - from] = s->chars;
         s->chars += utf8_count(buf, (size_t)w);
-        if (lp) lp_add(e, lp, chat, id, i > 0 && s->plp ? &s->plp[i] : NULL, offset);
-        sbuf_append(&text, buf, (size_t)w);
+        if (sbuf_append(&text, buf, (size_t)w) < 0) ok = 0;
     }
     if (!echo) s->dt.n_pending = 0;
-    if (echo) choice_text(e, s, text.data ? text.data : "", text.len, lp, NULL);
+    if (echo && n_echo > 0) {
+        size_t nb = (size_t)n_echo;
+        int scored = s->plp != NULL;
+        job_event *ev = !ok ? NULL
+                            : job_event_new(EV_PROMPT, s->choice, text.data ? text.data : "", text.len,
+                                            nb * (sizeof(size_t) + sizeof(int32_t) +
+                                                  (scored ? sizeof(sampler_choice) : 0)));
+        if (ev) {
+            char *x = job_event_extra(ev);
+            size_t *o = (size_t *)x;
+            sampler_choice *sc = scored ? (sampler_choice *)(x + nb * sizeof(size_t)) : NULL;
+            int32_t *ids = (int32_t *)(x + nb * sizeof(size_t) + (scored ? nb * sizeof(sampler_choice) : 0));
+            memcpy(o, offs, nb * sizeof *o);
+            memcpy(ids, s->hist + from, nb * sizeof *ids);
+            if (sc) memcpy(sc, s->plp + from, nb * sizeof *sc);
+            ev->n_ids = n_echo;
+            ev->pos0 = from;
+            ev->ids = ids;
+            ev->offsets = o;
+            ev->scores = sc;
+        }
+        emit(e, j, ev);
+    }
     sbuf_free(&text);
-    if (j->p.max_tokens == 0) choice_finish(e, s, "length", 0);
+    free(offs);
+    if (j->p.max_tokens == 0) seq_finish(e, s, "length", 0);
+}
+
+/* After a token was appended: keep hist[win..n_hist) within the window the cache
+ * can hold.  When it no longer fits, keep the last ctx/2 tokens and recompute them
+ * (the cache is cleared; they are prefilled like a prompt). */
+static void seq_fit_window(engine *e, seq *s)
+{
+    int W = e->c.ctx;
+    if (s->n_hist - s->win <= W) return;
+    int keep = W / 2 > 0 ? W / 2 : 1;
+    s->win = s->n_hist - keep;
+    seq_kv_sync(&s->kv, NULL, 0, 0);
 }
 
 /* ---- sampling one token ----------------------------------------------------------------- */
@@ -380,24 +304,31 @@ static int sampler_n_top(const job_params *p)
     return p->logprobs > 0 ? p->logprobs : p->logprobs == 0 ? 0 : SAMPLER_TOKEN_ONLY;
 }
 
-static void slot_sample(engine *e, slot *s, const float *logits)
+/* Choose the next token from logits.  This is the one place a choice's
+ * distribution is turned into a token: a constraint on what may come next would
+ * mask the logits here, before sampler_step's warpers. */
+static int seq_choose(seq *s, const float *logits, sampler_choice *c)
+{
+    return sampler_step(s->smp, logits, s->hist, s->n_hist, s->n_gen, sampler_n_top(&s->j->p), c);
+}
+
+static void seq_sample(engine *e, seq *s, const float *logits)
 {
     job *j = s->j;
     const job_params *p = &j->p;
     sampler_choice c;
-    int n_top = sampler_n_top(p);
     int injected = e->fault_sampler && p->has_seed && p->sp.seed == e->fault_seed && s->n_gen >= 2;
     int rc;
     if (s->pre_logits == logits) { /* sampled in parallel right after the forward pass */
         c = s->pre;
         rc = s->pre_rc;
     } else {
-        rc = sampler_step(s->smp, logits, s->hist, s->n_hist, s->n_gen, n_top, &c);
+        rc = seq_choose(s, logits, &c);
     }
     s->pre_logits = NULL;
     if (injected || rc < 0) {
-        j->failed = 1;
-        choice_finish(e, s, "length", 1);
+        job_fail(j, JOB_ERR_MODEL);
+        seq_finish(e, s, "length", 1);
         return;
     }
     double now = srv_now();
@@ -405,9 +336,9 @@ static void slot_sample(engine *e, slot *s, const float *logits)
         if (j->t_first == 0) {
             j->t_first = now;
             atomic_store(&j->stat_ttft, now - j->t_submit);
-            metrics_ttft(e->c.metrics, now - j->t_submit);
+            if (e->c.metrics) metrics_ttft(e->c.metrics, now - j->t_submit);
         }
-    } else {
+    } else if (e->c.metrics) {
         metrics_token_latency(e->c.metrics, now - s->t_last);
     }
     s->t_last = now;
@@ -416,7 +347,7 @@ static void slot_sample(engine *e, slot *s, const float *logits)
     j->completion_tokens++;
     atomic_store(&j->stat_completion, j->completion_tokens);
     if (c.token == e->eos || (e->bos_stop >= 0 && c.token == e->bos_stop)) {
-        choice_finish(e, s, "stop", 0);
+        seq_finish(e, s, "stop", 0);
         return;
     }
     char *buf = e->detok;
@@ -424,60 +355,56 @@ static void slot_sample(engine *e, slot *s, const float *logits)
     if (w < 0) w = 0;
     size_t offset = s->chars;
     s->chars += utf8_count(buf, (size_t)w);
-    json_t *lp = NULL;
-    if (p->logprobs >= 0) {
-        lp = lp_new(p->kind == JOB_CHAT);
-        lp_add(e, lp, p->kind == JOB_CHAT, c.token, &c, offset);
-    }
     size_t rel = 0;
     int matched = stop_matcher_push(&s->sm, p->stops, p->n_stops, buf, (size_t)w, &rel);
-    choice_text(e, s, s->sm.pending.data ? s->sm.pending.data : "", rel, lp, NULL);
+    if (matched < 0) job_fail(j, JOB_ERR_NOMEM);
+    job_event *ev = job_event_new(EV_TOKEN, s->choice, s->sm.pending.data ? s->sm.pending.data : "", rel, 0);
+    if (ev) {
+        ev->tok = c;
+        ev->scored = p->logprobs >= 0;
+        ev->offset = offset;
+    }
+    emit(e, j, ev);
     stop_matcher_consume(&s->sm, rel);
-    if (matched) {
+    if (matched > 0) {
         stop_matcher_consume(&s->sm, s->sm.pending.len);
-        choice_finish(e, s, "stop", 1);
+        seq_finish(e, s, "stop", 1);
     } else if (s->n_gen >= p->max_tokens) {
-        choice_finish(e, s, "length", 0);
+        seq_finish(e, s, "length", 0);
+    } else {
+        seq_fit_window(e, s);
     }
 }
 
 /* ---- one step ------------------------------------------------------------------------------ */
 
-static int wants_model(const slot *s)
+static int wants_model(const seq *s)
 {
-    const job_params *p = &s->j->p;
-    return p->max_tokens > 0 || s->scoring;
+    return s->j->p.max_tokens > 0 || s->scoring;
 }
 
-/* After a successful forward: item fed k tokens starting at hist index a. */
-/* The logits a slot samples from after this item, or NULL if it does not
- * sample in this step (prefill not finished). */
-static const float *sample_logits(engine *e, slot *s, const model_batch_item *it)
+/* The logits s samples from after its item, or NULL if it does not sample in
+ * this step (a prefill not finished). */
+static const float *sample_logits(engine *e, seq *s, const model_batch_item *it)
 {
-    if (!s->used || slot_pending(s) > 0) return NULL;
+    if (!s->used || seq_pending(s) > 0) return NULL;
     return it->all_logits ? s->score + (size_t)(it->n_tokens - 1) * (size_t)e->vocab : it->logits;
 }
 
-typedef struct {
-    engine *e;
-    slot **slots;
-} sample_ctx;
-
-/* Sampling touches only the slot's own sampler, history and logits, so the
- * slots of a step are sampled on the model's threads in parallel; item_done
- * then consumes each result in order, exactly where the serial code would
- * have called sampler_step (same inputs, so the same tokens and logprobs). */
+/* Sampling touches only the sequence's own sampler, history and logits, so the
+ * sequences of a step are sampled on the model's threads in parallel; item_done
+ * then consumes each result in order, exactly where the serial code would have
+ * called seq_choose (same inputs, so the same tokens and logprobs). */
 static void sample_task(void *arg, int task, int n_tasks)
 {
     (void)n_tasks;
-    sample_ctx *c = arg;
-    slot *s = c->slots[task];
-    const job_params *p = &s->j->p;
-    int n_top = sampler_n_top(p);
-    s->pre_rc = sampler_step(s->smp, s->pre_logits, s->hist, s->n_hist, s->n_gen, n_top, &s->pre);
+    seq **to_sample = arg;
+    seq *s = to_sample[task];
+    s->pre_rc = seq_choose(s, s->pre_logits, &s->pre);
 }
 
-static void item_done(engine *e, slot *s, const model_batch_item *it, int a)
+/* After a successful forward: the item fed hist[a .. a + n_tokens). */
+static void item_done(engine *e, seq *s, const model_batch_item *it, int a)
 {
     int k = it->n_tokens;
     if (!s->prompt_done && s->scoring) {
@@ -489,50 +416,41 @@ static void item_done(engine *e, slot *s, const model_batch_item *it, int a)
                                  &s->plp[t]);
         }
     }
-    if (slot_pending(s) > 0) return; /* more prefill to come */
+    if (seq_pending(s) > 0) return; /* more prefill to come */
     const float *last = sample_logits(e, s, it);
     if (!s->prompt_done) {
-        choice_prompt_done(e, s);
+        seq_prompt_done(e, s);
         if (!s->used) return;
     }
-    slot_sample(e, s, last);
+    seq_sample(e, s, last);
 }
 
-static void step(engine *e)
+/* Build one batch, run it, consume the results.  Returns the number of items. */
+static int step(engine *e, engine_step_info *info)
 {
     int P = e->c.parallel;
     int n_items = 0, n_logits = 0; /* n_logits: rows of e->logits in use, kept consecutive so the
                                      * model writes them in place (forward.c) */
     /* sequences that need no model at all (max_tokens 0 without scoring) */
     for (int i = 0; i < P; i++) {
-        slot *s = &e->slots[i];
-        if (s->used && !s->prompt_done && !wants_model(s)) choice_prompt_done(e, s);
+        seq *s = &e->seqs[i];
+        if (s->used && !s->prompt_done && !wants_model(s)) seq_prompt_done(e, s);
     }
     /* decoding sequences: one token each */
-    int starts[1024];
-    for (int i = 0; i < P; i++) e->slots[i].in_batch = 0;
+    for (int i = 0; i < P; i++) e->seqs[i].in_batch = 0;
     for (int i = 0; i < P; i++) {
-        slot *s = &e->slots[i];
-        if (!s->used || !s->prompt_done) continue;
-        int pending = slot_pending(s);
-        if (pending != 1) continue;
-        int c = model_seq_capacity(s->kv);
-        if (model_seq_len(s->kv) + 1 > c) {
-            /* context full: keep the last c/2 tokens and recompute them */
-            int keep = c / 2 > 0 ? c / 2 : 1;
-            s->win_start = s->n_hist - keep;
-            model_seq_truncate(s->kv, 0);
-            continue; /* prefilled below like a prompt */
-        }
+        seq *s = &e->seqs[i];
+        if (!s->used || !s->prompt_done || seq_pending(s) != 1) continue;
         int a = s->n_hist - 1;
         s->in_batch = 1;
-        starts[n_items] = a;
+        e->starts[n_items] = a;
         e->items[n_items] = (model_batch_item){
-            .seq = s->kv, .tokens = s->hist + a, .n_tokens = 1,
+            .seq = s->kv.seq, .tokens = s->hist + a, .n_tokens = 1,
             .logits = e->logits + (size_t)n_logits++ * (size_t)e->vocab, .all_logits = 0};
-        e->item_slot[n_items++] = i;
+        e->item_seq[n_items++] = i;
     }
-    /* prefilling sequences: chunks, oldest first, within the budget.  A sequence's
+    int decode_rows = n_items;
+    /* prefilling sequences: chunks, in ticket order, within the budget.  A sequence's
      * chunks are always min(pending, prefill_chunk) long -- the budget decides only
      * whether a chunk runs in this step, never its size -- so how a prompt is cut
      * does not depend on what else is running. */
@@ -541,158 +459,178 @@ static void step(engine *e)
     while (budget > 0) {
         int best = -1;
         for (int i = 0; i < P; i++) {
-            slot *s = &e->slots[i];
-            if (!s->used || s->in_batch || s->admitted <= after) continue;
+            seq *s = &e->seqs[i];
+            if (!s->used || s->in_batch || s->ticket <= after) continue;
             if (!s->prompt_done && !wants_model(s)) continue;
-            if (slot_pending(s) <= 0) continue;
-            if (best < 0 || s->admitted < e->slots[best].admitted) best = i;
+            if (seq_pending(s) <= 0) continue;
+            if (best < 0 || s->ticket < e->seqs[best].ticket) best = i;
         }
         if (best < 0) break;
-        slot *s = &e->slots[best];
-        after = s->admitted;
-        int pending = slot_pending(s);
+        seq *s = &e->seqs[best];
+        after = s->ticket;
+        int pending = seq_pending(s);
         int k = pending < e->c.prefill_chunk ? pending : e->c.prefill_chunk;
         if (k > budget) continue; /* waits for a step with room */
         s->in_batch = 1;
-        int a = s->win_start + model_seq_len(s->kv);
+        int a = s->win + seq_kv_len(&s->kv);
         int scoring = s->scoring && !s->prompt_done;
-        starts[n_items] = a;
+        e->starts[n_items] = a;
         e->items[n_items] = (model_batch_item){
-            .seq = s->kv, .tokens = s->hist + a, .n_tokens = k,
-            .logits = scoring ? s->score : (k == pending ? e->logits + (size_t)n_logits++ * (size_t)e->vocab : NULL),
+            .seq = s->kv.seq, .tokens = s->hist + a, .n_tokens = k,
+            .logits = scoring ? s->score
+                              : (k == pending ? e->logits + (size_t)n_logits++ * (size_t)e->vocab : NULL),
             .all_logits = scoring};
-        e->item_slot[n_items++] = best;
+        e->item_seq[n_items++] = best;
         budget -= k;
     }
-    if (n_items == 0) return;
+    if (info) *info = (engine_step_info){.items = n_items};
+    if (n_items == 0) return 0;
     int rows = 0;
     for (int i = 0; i < n_items; i++) rows += e->items[i].n_tokens;
     double t0 = srv_now();
     int rc = model_forward(e->m, e->items, n_items);
-    metrics_step(e->c.metrics, rows, srv_now() - t0);
+    if (e->c.metrics) metrics_step(e->c.metrics, rows, srv_now() - t0);
+    if (info) {
+        info->rows = rows;
+        info->prefill_rows = rows - decode_rows;
+    }
     if (rc < 0) {
         fprintf(stderr, "lmserve: model_forward failed: %s\n", model_strerror(rc));
         for (int i = 0; i < n_items; i++) {
-            slot *s = &e->slots[e->item_slot[i]];
+            seq *s = &e->seqs[e->item_seq[i]];
             if (!s->used) continue;
-            s->j->failed = 1;
-            slot_release(e, s);
+            job_fail(s->j, JOB_ERR_MODEL);
+            seq_release(e, s);
         }
-        return;
+        return n_items;
     }
-    slot *to_sample[1024];
     int n_sample = 0;
     for (int i = 0; i < n_items; i++) {
-        slot *s = &e->slots[e->item_slot[i]];
+        seq *s = &e->seqs[e->item_seq[i]];
         s->pre_logits = sample_logits(e, s, &e->items[i]);
-        if (s->pre_logits) to_sample[n_sample++] = s;
+        if (s->pre_logits) e->to_sample[n_sample++] = s;
     }
     if (n_sample > 1) {
-        sample_ctx sc = {e, to_sample};
-        model_parallel(e->m, sample_task, &sc, n_sample);
+        model_parallel(e->m, sample_task, e->to_sample, n_sample);
     } else {
-        for (int i = 0; i < n_sample; i++) to_sample[i]->pre_logits = NULL; /* sample inline */
+        for (int i = 0; i < n_sample; i++) e->to_sample[i]->pre_logits = NULL; /* sample inline */
     }
+    if (info) info->sampled = n_sample;
     for (int i = 0; i < n_items; i++) {
-        slot *s = &e->slots[e->item_slot[i]];
-        if (s->used) item_done(e, s, &e->items[i], starts[i]);
+        seq *s = &e->seqs[e->item_seq[i]];
+        if (s->used) item_done(e, s, &e->items[i], e->starts[i]);
         s->pre_logits = NULL;
     }
+    return n_items;
+}
+
+/* ---- admission ------------------------------------------------------------------------------ */
+
+/* Under qmu: apply a pending cancel-all, unlink cancelled queued jobs (those with
+ * no running sequence are chained on *finished through q_next, to be ended
+ * outside the lock). */
+static void drop_cancelled_locked(engine *e, job **finished)
+{
+    if (e->cancel_all) {
+        int reason = e->cancel_all;
+        e->cancel_all = 0;
+        for (job *j = e->q_head; j; j = j->q_next) job_cancel(j, reason);
+        for (int i = 0; i < e->c.parallel; i++)
+            if (e->seqs[i].used) job_cancel(e->seqs[i].j, reason);
+    }
+    job **pp = &e->q_head;
+    e->q_tail = NULL;
+    while (*pp) {
+        job *j = *pp;
+        if (atomic_load(&j->cancel) != CANCEL_NONE) {
+            *pp = j->q_next;
+            j->q_next = NULL;
+            j->in_queue = 0;
+            e->q_len--;
+            e->q_waiting_choices -= j->n_choices - j->n_admitted;
+            if (j->n_active == 0) {
+                j->q_next = *finished;
+                *finished = j;
+            }
+        } else {
+            e->q_tail = j;
+            pp = &j->q_next;
+        }
+    }
+}
+
+/* The admission point, once per step, under qmu: queued choices go into free
+ * slots in queue order. */
+static void admit_locked(engine *e)
+{
+    for (int i = 0; i < e->c.parallel && e->q_head; i++) {
+        seq *s = &e->seqs[i];
+        if (s->used) continue;
+        job *j = e->q_head;
+        int choice = j->n_admitted;
+        uv_mutex_unlock(&e->qmu); /* allocations: do not hold up engine_submit */
+        int ok = seq_setup(e, s, j, choice) == 0;
+        uv_mutex_lock(&e->qmu);
+        if (!ok) {
+            job_fail(j, JOB_ERR_NOMEM); /* dropped from the queue at the next iteration */
+            break;
+        }
+        j->n_admitted++;
+        e->q_waiting_choices--;
+        e->n_running_seqs++;
+        if (j->n_active++ == 0) e->n_running_jobs++;
+        if (j->n_admitted == j->n_choices) {
+            e->q_head = j->q_next;
+            if (!e->q_head) e->q_tail = NULL;
+            j->q_next = NULL;
+            j->in_queue = 0;
+            e->q_len--;
+        }
+    }
+}
+
+/* One iteration: drop what was cancelled (freeing its slots), admit, step.
+ * Returns -1 when stopping and idle, 0 when idle, 1 otherwise. */
+static int engine_iterate(engine *e, int wait, engine_step_info *info)
+{
+    job *finished = NULL;
+    uv_mutex_lock(&e->qmu);
+    while (wait && !e->stop && e->n_running_seqs == 0 && !e->q_head && !e->cancel_all)
+        uv_cond_wait(&e->qcv, &e->qmu);
+    if (e->stop && e->n_running_seqs == 0 && !e->q_head && !e->cancel_all) {
+        uv_mutex_unlock(&e->qmu);
+        if (info) *info = (engine_step_info){0};
+        return -1;
+    }
+    int busy = e->n_running_seqs > 0 || e->q_head != NULL;
+    drop_cancelled_locked(e, &finished);
+    uv_mutex_unlock(&e->qmu);
+    while (finished) {
+        job *j = finished;
+        finished = j->q_next;
+        j->q_next = NULL;
+        job_finish(e, j);
+    }
+    for (int i = 0; i < e->c.parallel; i++) {
+        seq *s = &e->seqs[i];
+        if (s->used && atomic_load(&s->j->cancel) != CANCEL_NONE) seq_release(e, s);
+    }
+    uv_mutex_lock(&e->qmu);
+    admit_locked(e);
+    uv_mutex_unlock(&e->qmu);
+    step(e, info);
+    return busy;
 }
 
 static void engine_main(void *arg)
 {
     engine *e = arg;
-    int P = e->c.parallel;
-    job **finish = malloc(sizeof *finish * 64);
-    int finish_cap = 64;
-    for (;;) {
-        int n_finish = 0;
-        uv_mutex_lock(&e->qmu);
-        while (!e->stop && e->n_running_seqs == 0 && !e->q_head && !e->cancel_all)
-            uv_cond_wait(&e->qcv, &e->qmu);
-        if (e->stop && e->n_running_seqs == 0 && !e->q_head) {
-            uv_mutex_unlock(&e->qmu);
-            break;
-        }
-        if (e->cancel_all) {
-            int reason = e->cancel_all;
-            e->cancel_all = 0;
-            for (job *j = e->q_head; j; j = j->q_next) {
-                int none = CANCEL_NONE;
-                atomic_compare_exchange_strong(&j->cancel, &none, reason);
-            }
-            for (int i = 0; i < P; i++) {
-                int none = CANCEL_NONE;
-                if (e->slots[i].used) atomic_compare_exchange_strong(&e->slots[i].j->cancel, &none, reason);
-            }
-        }
-        /* drop cancelled queued jobs */
-        job **pp = &e->q_head;
-        e->q_tail = NULL;
-        while (*pp) {
-            job *j = *pp;
-            if (atomic_load(&j->cancel) != CANCEL_NONE) {
-                *pp = j->q_next;
-                j->q_next = NULL;
-                j->in_queue = 0;
-                e->q_len--;
-                e->q_waiting_choices -= j->n_choices - j->n_admitted;
-                if (j->n_active == 0) {
-                    if (n_finish == finish_cap) {
-                        finish_cap *= 2;
-                        job **f = realloc(finish, sizeof *f * (size_t)finish_cap);
-                        if (f) finish = f;
-                    }
-                    if (n_finish < finish_cap) finish[n_finish++] = j;
-                }
-            } else {
-                e->q_tail = j;
-                pp = &j->q_next;
-            }
-        }
-        /* admit queued choices into free slots */
-        for (int i = 0; i < P && e->q_head; i++) {
-            slot *s = &e->slots[i];
-            if (s->used) continue;
-            job *j = e->q_head;
-            int choice = j->n_admitted;
-            uv_mutex_unlock(&e->qmu);
-            int ok = slot_setup(e, s, j, choice) == 0;
-            uv_mutex_lock(&e->qmu);
-            if (!ok) {
-                j->failed = 1;
-                int none = CANCEL_NONE;
-                atomic_compare_exchange_strong(&j->cancel, &none, CANCEL_SHUTDOWN);
-                break;
-            }
-            j->n_admitted++;
-            e->q_waiting_choices--;
-            e->n_running_seqs++;
-            if (j->n_active++ == 0) e->n_running_jobs++;
-            if (j->n_admitted == j->n_choices) {
-                e->q_head = j->q_next;
-                if (!e->q_head) e->q_tail = NULL;
-                j->q_next = NULL;
-                j->in_queue = 0;
-                e->q_len--;
-            }
-        }
-        uv_mutex_unlock(&e->qmu);
-        for (int i = 0; i < n_finish; i++) job_complete(e, finish[i]);
-        /* release cancelled sequences */
-        for (int i = 0; i < P; i++) {
-            slot *s = &e->slots[i];
-            if (s->used && atomic_load(&s->j->cancel) != CANCEL_NONE) slot_release(e, s);
-        }
-        step(e);
-    }
-    free(finish);
+    while (engine_iterate(e, 1, NULL) >= 0) {}
 }
 
 /* ---- API ---------------------------------------------------------------------------------- */
 
-int engine_start(engine **out, const engine_config *c)
+int engine_new(engine **out, const engine_config *c)
 {
     *out = NULL;
     engine *e = calloc(1, sizeof *e);
@@ -703,9 +641,11 @@ int engine_start(engine **out, const engine_config *c)
     e->vocab = mi->vocab_size;
     e->eos = mi->eos_id;
     e->bos_stop = mi->bos_ends_text ? mi->bos_id : -1;
+    if (e->c.ctx <= 0 || e->c.ctx > mi->ctx_len) e->c.ctx = mi->ctx_len;
     if (e->c.prefill_chunk < 1) e->c.prefill_chunk = 64;
     if (e->c.step_budget < e->c.prefill_chunk) e->c.step_budget = e->c.prefill_chunk;
-    if (e->c.parallel > 1024) e->c.parallel = 1024;
+    if (e->c.parallel < 1) e->c.parallel = 1;
+    if (e->c.parallel > SERVER_MAX_PARALLEL) e->c.parallel = SERVER_MAX_PARALLEL;
     /* Fault injection for tests (tests/integration/test_faults.py), off unless set:
      * LMSERVE_FAULT_INJECT=sampler:SEED -- every sequence of a request with "seed":
      * SEED fails in its sampler step after two tokens, as an internal error would. */
@@ -716,32 +656,54 @@ int engine_start(engine **out, const engine_config *c)
         e->fault_seed = (uint64_t)fseed;
         fprintf(stderr, "lmserve: LMSERVE_FAULT_INJECT: requests with seed %llu will fail (testing only)\n", fseed);
     }
-    int P = e->c.parallel;
-    e->slots = calloc((size_t)P, sizeof *e->slots);
-    e->items = calloc((size_t)P, sizeof *e->items);
-    e->item_slot = calloc((size_t)P, sizeof *e->item_slot);
-    e->logits = malloc(sizeof(float) * (size_t)P * (size_t)e->vocab);
-    if (!e->slots || !e->items || !e->item_slot || !e->logits) goto fail;
+    size_t P = (size_t)e->c.parallel;
+    e->seqs = calloc(P, sizeof *e->seqs);
+    e->items = calloc(P, sizeof *e->items);
+    e->item_seq = calloc(P, sizeof *e->item_seq);
+    e->starts = calloc(P, sizeof *e->starts);
+    e->to_sample = calloc(P, sizeof *e->to_sample);
+    e->logits = malloc(sizeof(float) * P * (size_t)e->vocab);
+    if (!e->seqs || !e->items || !e->item_seq || !e->starts || !e->to_sample || !e->logits) goto fail;
     if (uv_mutex_init(&e->qmu)) goto fail;
     if (uv_cond_init(&e->qcv)) {
         uv_mutex_destroy(&e->qmu);
         goto fail;
     }
-    if (uv_thread_create(&e->th, engine_main, e)) {
-        uv_cond_destroy(&e->qcv);
-        uv_mutex_destroy(&e->qmu);
-        goto fail;
-    }
-    e->started = 1;
     *out = e;
     return 0;
 fail:
-    free(e->slots);
+    free(e->seqs);
     free(e->items);
-    free(e->item_slot);
+    free(e->item_seq);
+    free(e->starts);
+    free(e->to_sample);
     free(e->logits);
     free(e);
     return -1;
+}
+
+int engine_run_thread(engine *e)
+{
+    if (e->threaded) return 0;
+    if (uv_thread_create(&e->th, engine_main, e)) return -1;
+    e->threaded = 1;
+    return 0;
+}
+
+int engine_start(engine **out, const engine_config *c)
+{
+    if (engine_new(out, c) < 0) return -1;
+    if (engine_run_thread(*out) < 0) {
+        engine_stop(*out);
+        *out = NULL;
+        return -1;
+    }
+    return 0;
+}
+
+int engine_step(engine *e, engine_step_info *info)
+{
+    return engine_iterate(e, 0, info) > 0;
 }
 
 /* Queued jobs that cannot start at the next step (the first ones fit in the free
@@ -760,6 +722,8 @@ static int queue_waiting_locked(const engine *e)
 int engine_submit(engine *e, job *j)
 {
     int rc = -1;
+    j->out_limit = j->p.stream ? e->c.outbox_limit : 0;
+    j->model = e->m;
     uv_mutex_lock(&e->qmu);
     int free_slots = e->c.parallel - e->n_running_seqs;
     if (!e->stop && (e->q_waiting_choices + j->n_choices <= free_slots ||
@@ -781,8 +745,7 @@ int engine_submit(engine *e, job *j)
 
 void engine_cancel(engine *e, job *j, int reason)
 {
-    int none = CANCEL_NONE;
-    atomic_compare_exchange_strong(&j->cancel, &none, reason);
+    job_cancel(j, reason);
     uv_mutex_lock(&e->qmu);
     uv_cond_signal(&e->qcv);
     uv_mutex_unlock(&e->qmu);
@@ -808,23 +771,25 @@ void engine_stats(engine *e, int *queued, int *running_requests, int *running_se
 void engine_stop(engine *e)
 {
     if (!e) return;
-    if (e->started) {
-        uv_mutex_lock(&e->qmu);
-        e->stop = 1;
-        e->cancel_all = CANCEL_SHUTDOWN;
-        uv_cond_signal(&e->qcv);
-        uv_mutex_unlock(&e->qmu);
-        uv_thread_join(&e->th);
-        uv_cond_destroy(&e->qcv);
-        uv_mutex_destroy(&e->qmu);
-    }
+    uv_mutex_lock(&e->qmu);
+    e->stop = 1;
+    e->cancel_all = CANCEL_SHUTDOWN;
+    uv_cond_signal(&e->qcv);
+    uv_mutex_unlock(&e->qmu);
+    if (e->threaded) uv_thread_join(&e->th);
+    else
+        while (engine_iterate(e, 0, NULL) >= 0) {}
+    uv_cond_destroy(&e->qcv);
+    uv_mutex_destroy(&e->qmu);
     for (int i = 0; i < e->c.parallel; i++) {
-        model_seq_free(e->slots[i].kv);
-        free(e->slots[i].score);
+        seq_kv_close(&e->seqs[i].kv);
+        free(e->seqs[i].score);
     }
-    free(e->slots);
+    free(e->seqs);
     free(e->items);
-    free(e->item_slot);
+    free(e->item_seq);
+    free(e->starts);
+    free(e->to_sample);
     free(e->logits);
     free(e);
 }

@@ -416,6 +416,7 @@ static void on_async(uv_async_t *a)
     while (list) {
         job *j = list;
         list = ready_next(s, j);
+        output_drain(j); /* format the engine's events now: overflow is seen even if nobody reads */
         if (j->req && j->req->parked) {
             unpark(s, j->req);
         } else if (j->req && atomic_load(&j->cancel) == CANCEL_OVERFLOW && j->req->conn) {

@@ -1,7 +1,10 @@
-/* job.c -- one request's unit of work: parameters, per-choice results, and the
- * outbox the engine fills and the connection drains (see server_internal.h). */
+/* job.c -- one request's unit of work: its parameters, the events the engine
+ * emits for it (taken in order by the output stage) and how it ended.  The
+ * output itself is the output stage's (output.c).  See server_internal.h for
+ * which thread touches what. */
 #include "server/server_internal.h"
 
+#include <stdalign.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,9 +17,7 @@ job *job_new(server *srv, job_params *p, const char *model_id)
     job *j = calloc(1, sizeof *j);
     if (!j) return NULL;
     j->n_choices = p->n * p->n_prompts;
-    j->choices = calloc((size_t)j->n_choices, sizeof *j->choices);
-    if (!j->choices || uv_mutex_init(&j->mu) != 0) {
-        free(j->choices);
+    if (uv_mutex_init(&j->mu) != 0) {
         free(j);
         return NULL;
     }
@@ -48,41 +49,106 @@ void job_ref(job *j)
 void job_unref(job *j)
 {
     if (!j || atomic_fetch_sub(&j->refs, 1) != 1) return;
-    for (int i = 0; i < j->n_choices; i++) {
-        sbuf_free(&j->choices[i].text);
-        json_decref(j->choices[i].logprobs);
+    for (job_event *ev = j->ev_head, *next; ev; ev = next) {
+        next = ev->next;
+        job_event_free(ev);
     }
-    free(j->choices);
+    output_free(j);
     job_params_clear(&j->p);
     sbuf_free(&j->out);
     uv_mutex_destroy(&j->mu);
     free(j);
 }
 
-int job_out_append(job *j, const char *data, size_t n, size_t limit)
+void job_cancel(job *j, int reason)
 {
-    int rc = 0;
-    uv_mutex_lock(&j->mu);
-    if (limit && j->out.len - j->out_off + n > limit) rc = -1;
-    else if (sbuf_append(&j->out, data, n) < 0) rc = -1;
-    uv_mutex_unlock(&j->mu);
-    return rc;
+    int none = CANCEL_NONE;
+    atomic_compare_exchange_strong(&j->cancel, &none, reason);
 }
+
+/* ---- events ------------------------------------------------------------------------ */
+
+#define EXTRA_ALIGN alignof(max_align_t)
+
+static size_t extra_offset(size_t text_len)
+{
+    size_t off = sizeof(job_event) + text_len + 1;
+    return (off + EXTRA_ALIGN - 1) / EXTRA_ALIGN * EXTRA_ALIGN;
+}
+
+job_event *job_event_new(int type, int choice, const char *text, size_t n, size_t extra)
+{
+    size_t off = extra_offset(n);
+    if (extra > SIZE_MAX - off) return NULL;
+    job_event *ev = malloc(off + extra);
+    if (!ev) return NULL;
+    memset(ev, 0, sizeof *ev);
+    ev->type = type;
+    ev->choice = choice;
+    ev->tok.n_top = 0;
+    if (n) memcpy(ev->text, text, n);
+    ev->text[n] = '\0';
+    ev->text_len = n;
+    return ev;
+}
+
+void *job_event_extra(job_event *ev)
+{
+    return (char *)ev + extra_offset(ev->text_len);
+}
+
+void job_event_free(job_event *ev)
+{
+    if (!ev) return;
+    free(ev->trace);
+    free(ev);
+}
+
+void job_emit(job *j, job_event *ev)
+{
+    ev->next = NULL;
+    uv_mutex_lock(&j->mu);
+    if (j->ev_tail) j->ev_tail->next = ev;
+    else j->ev_head = ev;
+    j->ev_tail = ev;
+    uv_mutex_unlock(&j->mu);
+}
+
+void job_set_end(job *j, const job_end *end)
+{
+    uv_mutex_lock(&j->mu);
+    j->end = *end;
+    j->ended = 1;
+    uv_mutex_unlock(&j->mu);
+}
+
+job_event *job_take_events(job *j, int *ended, job_end *end)
+{
+    uv_mutex_lock(&j->mu);
+    job_event *list = j->ev_head;
+    j->ev_head = j->ev_tail = NULL;
+    *ended = j->ended;
+    if (j->ended) *end = j->end;
+    uv_mutex_unlock(&j->mu);
+    return list;
+}
+
+/* ---- the connection's side --------------------------------------------------------- */
 
 size_t job_out_take(job *j, char *buf, size_t max, int *done)
 {
-    uv_mutex_lock(&j->mu);
+    output_drain(j);
     size_t avail = j->out.len - j->out_off;
     size_t n = avail < max ? avail : max;
     if (n) {
         memcpy(buf, j->out.data + j->out_off, n);
         j->out_off += n;
+        j->out_held -= n;
         if (j->out_off == j->out.len) {
             j->out_off = j->out.len = 0;
             if (j->out.cap > (1u << 16)) sbuf_free(&j->out);
         }
     }
     *done = (n == avail) && j->done;
-    uv_mutex_unlock(&j->mu);
     return n;
 }

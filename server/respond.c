@@ -1,5 +1,5 @@
-/* respond.c -- byte buffers, UTF-8 helpers, OpenAI error bodies, stop-string
- * matching and the JSON of completion responses (whole and streamed). */
+/* respond.c -- byte buffers, UTF-8 helpers, OpenAI error bodies and stop-string
+ * matching (the responses themselves are output.c's). */
 #include "server/server_internal.h"
 
 #include <math.h>
@@ -13,9 +13,10 @@
 
 int sbuf_append(sbuf *b, const void *p, size_t n)
 {
+    if (n > SIZE_MAX - b->len - 1) return -1;
     if (b->len + n + 1 > b->cap) {
         size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->len + n + 1) cap *= 2;
+        while (cap < b->len + n + 1) cap = cap > SIZE_MAX / 2 ? b->len + n + 1 : cap * 2;
         char *d = realloc(b->data, cap);
         if (!d) return -1;
         b->data = d;
@@ -110,13 +111,12 @@ json_t *json_bytes(const char *s, size_t n)
     size_t i = 0;
     while (i < n) {
         size_t l = utf8_seq((const unsigned char *)s + i, n - i);
-        if (l) {
-            sbuf_append(&b, s + i, l);
-            i += l;
-        } else {
-            sbuf_append(&b, "\xEF\xBF\xBD", 3);
-            i++;
+        int rc = l ? sbuf_append(&b, s + i, l) : sbuf_append(&b, "\xEF\xBF\xBD", 3);
+        if (rc < 0) {
+            sbuf_free(&b);
+            return NULL;
         }
+        i += l ? l : 1;
     }
     json_t *r = json_stringn(b.data ? b.data : "", b.len);
     sbuf_free(&b);
@@ -159,7 +159,7 @@ int stop_matcher_push(stop_matcher *sm, char *const *stops, int n_stops,
 {
     if (n && sbuf_append(&sm->pending, text, n) < 0) {
         *release = 0;
-        return 0;
+        return -1;
     }
     const char *p = sm->pending.data ? sm->pending.data : "";
     size_t len = sm->pending.len;
@@ -204,103 +204,4 @@ void stop_matcher_consume(stop_matcher *sm, size_t n)
 void stop_matcher_free(stop_matcher *sm)
 {
     if (sm) sbuf_free(&sm->pending);
-}
-
-/* ---- Completion JSON ---------------------------------------------------------------- */
-
-static json_t *envelope(const job *j, int chunk)
-{
-    json_t *o = json_object();
-    json_object_set_new(o, "id", json_string(j->id));
-    const char *obj = j->p.kind == JOB_CHAT ? (chunk ? "chat.completion.chunk" : "chat.completion")
-                                            : "text_completion";
-    json_object_set_new(o, "object", json_string(obj));
-    json_object_set_new(o, "created", json_integer(j->created));
-    json_object_set_new(o, "model", json_string(j->model_id));
-    return o;
-}
-
-static json_t *usage_json(const job *j)
-{
-    json_t *u = json_object();
-    json_object_set_new(u, "prompt_tokens", json_integer(j->prompt_tokens));
-    json_object_set_new(u, "completion_tokens", json_integer(j->completion_tokens));
-    json_object_set_new(u, "total_tokens", json_integer(j->prompt_tokens + j->completion_tokens));
-    return u;
-}
-
-static char *sse_event(json_t *o)
-{
-    char *s = json_dumps(o, JSON_COMPACT);
-    json_decref(o);
-    if (!s) return NULL;
-    size_t n = strlen(s);
-    char *ev = malloc(n + 9);
-    if (ev) {
-        memcpy(ev, "data: ", 6);
-        memcpy(ev + 6, s, n);
-        memcpy(ev + 6 + n, "\n\n", 3);
-    }
-    free(s);
-    return ev;
-}
-
-char *respond_chunk(const job *j, int index, const char *text, size_t n, json_t *lp,
-                    const char *finish_reason, int role_delta)
-{
-    json_t *o = envelope(j, 1);
-    json_t *c = json_object();
-    json_object_set_new(c, "index", json_integer(index));
-    if (j->p.kind == JOB_CHAT) {
-        json_t *d = json_object();
-        if (role_delta) json_object_set_new(d, "role", json_string("assistant"));
-        if (n || role_delta) json_object_set_new(d, "content", json_bytes(text, n));
-        json_object_set_new(c, "delta", d);
-    } else {
-        json_object_set_new(c, "text", json_bytes(text, n));
-    }
-    json_object_set_new(c, "logprobs", lp ? lp : json_null());
-    json_object_set_new(c, "finish_reason", finish_reason ? json_string(finish_reason) : json_null());
-    json_t *arr = json_array();
-    json_array_append_new(arr, c);
-    json_object_set_new(o, "choices", arr);
-    return sse_event(o);
-}
-
-char *respond_usage_chunk(const job *j)
-{
-    json_t *o = envelope(j, 1);
-    json_object_set_new(o, "choices", json_array());
-    json_object_set_new(o, "usage", usage_json(j));
-    return sse_event(o);
-}
-
-char *respond_final(const job *j)
-{
-    json_t *o = envelope(j, 0);
-    json_t *arr = json_array();
-    for (int i = 0; i < j->n_choices; i++) {
-        const job_choice *ch = &j->choices[i];
-        json_t *c = json_object();
-        json_t *text = json_bytes(ch->text.data ? ch->text.data : "", ch->text.len);
-        if (j->p.kind == JOB_CHAT) {
-            json_object_set_new(c, "index", json_integer(i));
-            json_t *m = json_object();
-            json_object_set_new(m, "role", json_string("assistant"));
-            json_object_set_new(m, "content", text);
-            json_object_set_new(c, "message", m);
-        } else {
-            json_object_set_new(c, "text", text);
-            json_object_set_new(c, "index", json_integer(i));
-        }
-        json_object_set(c, "logprobs", ch->logprobs ? ch->logprobs : json_null());
-        json_object_set_new(c, "finish_reason",
-                            json_string(ch->finish_reason ? ch->finish_reason : "length"));
-        json_array_append_new(arr, c);
-    }
-    json_object_set_new(o, "choices", arr);
-    json_object_set_new(o, "usage", usage_json(j));
-    char *s = json_dumps(o, JSON_COMPACT);
-    json_decref(o);
-    return s;
 }

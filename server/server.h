@@ -43,6 +43,8 @@
 
 /* ---- Types ---------------------------------------------------------------- */
 
+#define SERVER_MAX_PARALLEL 1024 /* most sequences one engine step may hold (--parallel) */
+
 typedef struct {
     const char *model_path;     /* required */
     const char *tokenizer_path; /* NULL: the model's own / tokenizer.bin beside it */

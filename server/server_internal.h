@@ -3,9 +3,16 @@
  *
  * Ownership: a `job` is reference-counted.  References are held by the HTTP request
  * that created it (until MHD's completed callback), by the engine (from submit until
- * it finishes the job) and by the ready list (while queued for the loop thread).
- * Fields marked [const] never change after submit; [engine] are touched only by the
- * engine thread; [loop] only by the loop thread; [mu] under job->mu.
+ * it ends the job) and by the ready list (while queued for the loop thread).
+ *
+ * Thread tags on every field (keep them true):
+ *   [const]   set before engine_submit, never changed after;
+ *   [engine]  touched only by the engine thread;
+ *   [loop]    touched only by the loop thread (the output stage runs there);
+ *   [qmu]     under the engine's queue mutex (engine_submit on the loop thread,
+ *             admission on the engine thread);
+ *   [mu]      under job->mu (the engine appends events, the loop thread takes them);
+ *   [atomic]  any thread.
  */
 #ifndef LMSERVE_SERVER_INTERNAL_H
 #define LMSERVE_SERVER_INTERNAL_H
@@ -94,7 +101,7 @@ typedef struct {
 
 /* Parse and check a /v1/completions (kind JOB_COMPLETION) or /v1/chat/completions
  * body.  0 and *out filled (free with job_params_clear), or -1 and *err filled
- * (400 naming the parameter, 404 model_not_found). */
+ * (400 naming the parameter, 404 model_not_found, 503 out of memory). */
 int validate_request(const validate_ctx *vc, int kind, const char *body, size_t len,
                      job_params *out, api_error *err);
 void job_params_clear(job_params *p);
@@ -103,7 +110,9 @@ void job_params_clear(job_params *p);
  * "<role>: <content>\n" per message, then "assistant:".  malloc'd; NULL + err on bad input. */
 char *chat_render(json_t *messages, api_error *err);
 
-/* Tokenize text with vc->tokenize into a malloc'd array. */
+/* Tokenize text with vc->tokenize into a malloc'd array: 0, VALIDATE_ENOMEM, or the
+ * tokenizer's negative code. */
+#define VALIDATE_ENOMEM (-12)
 int validate_tokenize(const validate_ctx *vc, const char *text, size_t len, int add_bos,
                       int32_t **out, int *n_out);
 
@@ -115,25 +124,74 @@ typedef struct {
 
 /* Append text; write how many bytes of pending may be released into *release and
  * return 1 if a stop string matched (pending is then cut at the match and
- * *release covers everything before it), else 0. */
+ * *release covers everything before it), else 0.  -1 if out of memory (nothing
+ * appended, *release 0). */
 int stop_matcher_push(stop_matcher *sm, char *const *stops, int n_stops,
                       const char *text, size_t n, size_t *release);
 /* Drop the first n bytes of pending. */
 void stop_matcher_consume(stop_matcher *sm, size_t n);
 void stop_matcher_free(stop_matcher *sm);
 
+/* ---- Events: what the engine reports, for the output stage ---------------------------
+ * The engine thread describes each choice's progress with typed events (token ids,
+ * scores, text the detokenizer released) and appends them to the job (job_emit); the
+ * output stage (output.c, on the loop thread) takes them in order and alone turns
+ * them into response bytes.  Nothing here is JSON. */
+
+enum {
+    EV_PROMPT = 1, /* a choice's prompt is processed: the echoed part, with per-token scores */
+    EV_TOKEN,      /* a choice generated a token; text: what was released with it */
+    EV_FINISH,     /* a choice ended; text: the rest that was held back */
+};
+
+typedef struct job_event {
+    struct job_event *next;
+    int type;                  /* EV_* */
+    int choice;                /* index into the job's choices: prompt * n + k */
+    /* EV_TOKEN */
+    sampler_choice tok;        /* the token; logprob and top entries when `scored` */
+    int scored;                /* the request asked for logprobs */
+    size_t offset;             /* code points of the choice's text before this token */
+    /* EV_PROMPT: n_ids prompt tokens from prompt position pos0 on (position 0 has no
+     * score: nothing precedes it) */
+    int n_ids, pos0;
+    const int32_t *ids;        /* (n_ids) */
+    const sampler_choice *scores; /* (n_ids), NULL when no logprobs were asked */
+    const size_t *offsets;     /* (n_ids) code points before each token */
+    /* EV_FINISH */
+    const char *finish;        /* "stop" or "length" */
+    void *trace;               /* optional per-step data for the output stage (none yet);
+                                * a malloc'd block freed with the event */
+    size_t text_len;           /* text: UTF-8 released by the detokenizer and the stop matcher */
+    char text[];               /* EV_PROMPT's arrays follow the text */
+} job_event;
+
+/* One allocation holding text[0..n) and extra bytes after it (aligned), or NULL. */
+job_event *job_event_new(int type, int choice, const char *text, size_t n, size_t extra);
+void job_event_free(job_event *ev);
+/* The extra bytes of job_event_new (aligned for any type). */
+void *job_event_extra(job_event *ev);
+
+/* How a job ended, set by the engine after its last event. */
+enum { JOB_OK = 0, JOB_ERR_MODEL = 1, JOB_ERR_NOMEM = 2, JOB_ERR_SHUTDOWN = 3 };
+typedef struct {
+    int error;                 /* JOB_OK or JOB_ERR_* */
+    int prompt_tokens;         /* every prompt token of every choice's prompt (counted once per prompt) */
+    int completion_tokens;
+} job_end;
+
 /* ---- Jobs (job.c) -------------------------------------------------------------- */
 
-enum { CANCEL_NONE = 0, CANCEL_CLIENT = 1, CANCEL_SHUTDOWN = 2, CANCEL_OVERFLOW = 3 };
+enum {
+    CANCEL_NONE = 0,
+    CANCEL_CLIENT = 1,         /* the client left: no answer */
+    CANCEL_SHUTDOWN = 2,       /* the server is stopping: an error answer */
+    CANCEL_OVERFLOW = 3,       /* the output passed the job's limit: no answer */
+    CANCEL_FAILED = 4,         /* out of memory or a model error: an error answer */
+};
 
-typedef struct job_choice {    /* [engine] results of one choice */
-    sbuf text;
-    json_t *logprobs;          /* completions: {tokens, token_logprobs, top_logprobs, text_offset}; chat: {content: []} */
-    const char *finish_reason;
-    int n_gen;
-    int started;               /* chat stream: role delta sent */
-} job_choice;
-
+typedef struct out_choice out_choice; /* output.c */
+struct model;
 typedef struct server server;
 typedef struct http_req http_req;
 
@@ -146,22 +204,33 @@ typedef struct job {
     long created;
     const char *model_id;
     double t_submit;
+    int prompt_tokens;         /* sum of the prompts' lengths */
+    size_t out_limit;          /* bytes the output may hold (0: no limit); set by engine_submit */
+    const struct model *model; /* whose tokens the events name; set by engine_submit */
     server *srv;
-    /* [engine] */
-    job_choice *choices;
-    int n_admitted, n_active, n_done;
+    /* [qmu] */
     int in_queue;
     struct job *q_next;
-    int failed;                /* model error: 500 */
-    int prompt_tokens, completion_tokens;
+    int n_admitted, n_active;
+    /* [engine] */
+    int n_done;
+    int error;                 /* JOB_ERR_* once something failed */
+    int completion_tokens;
     double t_first;            /* first generated token (0: none yet) */
     /* [mu] */
     uv_mutex_t mu;
+    job_event *ev_head, *ev_tail; /* emitted, not yet taken by the output stage */
+    int ended;                 /* the engine is done with the job: `end` is set */
+    job_end end;
+    /* [loop] the output stage (output.c) */
     sbuf out;                  /* bytes not yet taken by the connection */
     size_t out_off;
-    int done;                  /* no more output will come */
+    size_t out_held;           /* bytes held for the answer: out from out_off + the choices' */
+    out_choice *outc;          /* (n_choices) a non-streamed answer in the making */
+    int out_failed;            /* out of memory while formatting */
+    int done;                  /* the answer is complete in `out` */
     int status;                /* HTTP status of a non-streamed answer */
-    /* any thread */
+    /* [atomic] */
     atomic_int cancel;         /* CANCEL_* */
     atomic_int stat_prompt, stat_completion; /* live counts for the log line and metrics */
     _Atomic double stat_ttft;  /* seconds, < 0 if none */
@@ -172,14 +241,36 @@ typedef struct job {
     struct job *ready_next;
 } job;
 
-/* Takes ownership of *p (cleared). */
+/* Takes ownership of *p (cleared).  NULL if out of memory (p untouched). */
 job *job_new(server *srv, job_params *p, const char *model_id);
 void job_ref(job *j);
 void job_unref(job *j);
-/* Append output; returns -1 if the outbox would exceed limit (nothing appended). */
-int job_out_append(job *j, const char *data, size_t n, size_t limit);
-/* Copy up to max bytes out; returns bytes copied (0 if empty). *done set when done and empty. */
+/* Ask for the job to end with CANCEL_* `reason` unless another reason came first. */
+void job_cancel(job *j, int reason);
+
+/* Engine side: append an event (ownership passes to the job). */
+void job_emit(job *j, job_event *ev);
+/* Engine side: the job has no more events; end says how it went. */
+void job_set_end(job *j, const job_end *end);
+/* Output side: detach the events emitted so far (oldest first; free each with
+ * job_event_free).  *ended is set once the engine is done and then *end is filled. */
+job_event *job_take_events(job *j, int *ended, job_end *end);
+
+/* Copy up to max bytes of output out (formatting pending events first); returns
+ * bytes copied (0 if none).  *done is set when the answer is complete and taken. */
 size_t job_out_take(job *j, char *buf, size_t max, int *done);
+
+/* ---- Output stage (output.c): events -> OpenAI JSON / SSE, on the loop thread ------
+ * Streams get `data: {chunk}\n\n` per event (and, at the end, the usage chunk when
+ * asked, then `data: [DONE]\n\n`); a non-streamed answer is built per choice as events
+ * come and written whole when the job ends.  Every byte passes one append path that
+ * enforces job->out_limit: past it the job is cancelled with CANCEL_OVERFLOW. */
+
+/* Take the job's pending events and format them.  Sets job->done (and status) when
+ * the answer is complete. */
+void output_drain(job *j);
+/* Free the output stage's per-job state (job_unref calls it). */
+void output_free(job *j);
 
 /* ---- Metrics (metrics.c) --------------------------------------------------------- */
 
@@ -206,25 +297,61 @@ void metrics_step(metrics *m, int rows, double seconds);
 int metrics_render(metrics *m, sbuf *b, int queued, int running_requests, int running_seqs,
                    int slots);
 
-/* ---- Engine (engine.c) ---------------------------------------------------------- */
+/* ---- A sequence's key/value cache (kv.c) --------------------------------------------
+ * The engine says which window of tokens (positions 0, 1, ...) the next logits must be
+ * computed from; the cache keeps what it can of what it holds and says how many of the
+ * window's leading tokens are already computed.  model_forward computes the rest.
+ * Today each engine slot owns one model_seq, reused from request to request; sharing
+ * entries between sequences would be implemented here. */
+struct model_seq;
+typedef struct {
+    struct model_seq *seq;
+} seq_kv;
 
-struct model;
+/* 0, or -1 if out of memory.  ctx: positions the cache may hold. */
+int seq_kv_open(seq_kv *kv, struct model *m, int ctx);
+void seq_kv_close(seq_kv *kv);
+/* Make the cache hold a prefix of window[0..n): with reuse, the longest common
+ * prefix of what it holds and the window (exact: an entry depends only on the
+ * tokens at and before its position); without, nothing.  Returns the number of
+ * window tokens held. */
+int seq_kv_sync(seq_kv *kv, const int32_t *window, int n, int reuse);
+int seq_kv_len(const seq_kv *kv);
+
+/* ---- Engine (engine.c): the scheduler ----------------------------------------------- */
+
 typedef struct engine engine;
 
 typedef struct {
     struct model *model;
-    int parallel;
-    int ctx;
+    int parallel;              /* slots; at most SERVER_MAX_PARALLEL */
+    int ctx;                   /* positions per sequence */
     int queue;
     int prefill_chunk;
     int step_budget;
-    size_t outbox_limit;
-    metrics *metrics;
+    size_t outbox_limit;       /* a stream's output limit (job->out_limit) */
+    metrics *metrics;          /* NULL: not recorded */
     void (*notify)(void *cls, job *j);   /* called from the engine thread when j has news */
     void *notify_cls;
 } engine_config;
 
+/* What one step did (engine_step; tests and benchmarks). */
+typedef struct {
+    int items;                 /* sequences in the model_forward call */
+    int rows;                  /* tokens fed */
+    int prefill_rows;          /* of which prompt or window recompute tokens */
+    int sampled;               /* sequences that produced a token */
+} engine_step_info;
+
+/* Create an engine (no thread yet).  0, or -1 if out of memory. */
+int engine_new(engine **out, const engine_config *c);
+/* Run the engine on its own thread.  0 or -1. */
+int engine_run_thread(engine *e);
+/* engine_new + engine_run_thread. */
 int engine_start(engine **out, const engine_config *c);
+/* Without a thread: admit what the queue holds, drop cancelled work, run one
+ * batched step.  Returns 1 if there was anything to do, 0 if idle. */
+int engine_step(engine *e, engine_step_info *info);
 /* Queue a job (takes a reference).  0, or -1 if the queue is full (503). */
 int engine_submit(engine *e, job *j);
 /* Ask the engine to drop j at its next step (any thread). */
@@ -232,17 +359,9 @@ void engine_cancel(engine *e, job *j, int reason);
 /* Cancel every queued and running job. */
 void engine_cancel_all(engine *e, int reason);
 void engine_stats(engine *e, int *queued, int *running_requests, int *running_seqs);
-/* Finish what is running (after engine_cancel_all it ends quickly) and join. */
+/* Stop: every queued and running job ends (with the shutdown error unless it
+ * finished first), the thread is joined, everything is freed.  Accepts NULL. */
 void engine_stop(engine *e);
-
-/* ---- Response building (respond.c) ---------------------------------------------- */
-
-/* Streaming chunk for one choice; text may be empty; lp may be NULL (stolen). */
-char *respond_chunk(const job *j, int index, const char *text, size_t n, json_t *lp,
-                    const char *finish_reason, int role_delta);
-char *respond_usage_chunk(const job *j);
-/* Whole non-streamed answer. */
-char *respond_final(const job *j);
 
 /* ---- Static files (static.c) ------------------------------------------------------ */
 typedef struct {

@@ -1,5 +1,6 @@
-/* test_respond.c -- stop-string hold-back, UTF-8 helpers, error and SSE JSON,
- * the job outbox and the Prometheus text. */
+/* test_respond.c -- stop-string hold-back, UTF-8 helpers, error JSON, the output
+ * stage (events -> SSE chunks and whole answers, errors, the output limit) and the
+ * Prometheus text. */
 #include "server/server_internal.h"
 
 #include <criterion/criterion.h>
@@ -84,11 +85,13 @@ Test(respond, error_json_shape)
     free(s);
 }
 
-static job *make_job(int kind, int n)
+static job *make_job(int kind, int n, int stream)
 {
     job_params p = {0};
     p.kind = kind;
     p.n = n;
+    p.stream = stream;
+    p.logprobs = -1;
     p.n_prompts = 1;
     p.prompts = calloc(1, sizeof *p.prompts);
     p.prompts[0] = calloc(3, sizeof(int32_t));
@@ -98,87 +101,165 @@ static job *make_job(int kind, int n)
     return job_new(NULL, &p, "tiny");
 }
 
-Test(respond, sse_chunks)
+/* What the engine would emit. */
+static void emit_text(job *j, int type, int choice, const char *text, const char *finish)
 {
-    job *j = make_job(JOB_COMPLETION, 1);
+    job_event *ev = job_event_new(type, choice, text, strlen(text), 0);
+    cr_assert_not_null(ev);
+    ev->finish = finish;
+    job_emit(j, ev);
+}
+
+static void end_job(job *j, int error, int completion_tokens)
+{
+    job_end e = {.error = error, .prompt_tokens = j->prompt_tokens, .completion_tokens = completion_tokens};
+    job_set_end(j, &e);
+}
+
+/* The SSE events of a finished stream, as JSON (NULL for [DONE]). */
+static int sse_events(job *j, json_t **ev, int max)
+{
+    output_drain(j);
+    cr_assert(j->done);
+    int n = 0;
+    char *p = j->out.data;
+    while (p && (p = strstr(p, "data: "))) {
+        p += 6;
+        char *end = strstr(p, "\n\n");
+        cr_assert_not_null(end);
+        cr_assert_null(memchr(p, '\n', (size_t)(end - p)), "one line per event");
+        *end = '\0';
+        cr_assert_lt(n, max);
+        ev[n++] = strcmp(p, "[DONE]") ? json_loads(p, 0, NULL) : NULL;
+        p = end + 2;
+    }
+    return n;
+}
+
+Test(output, sse_chunks)
+{
+    job *j = make_job(JOB_COMPLETION, 1, 1);
+    j->p.include_usage = 1;
     cr_expect_eq(j->prompt_tokens, 3);
-    char *ev = respond_chunk(j, 0, "hi", 2, NULL, NULL, 0);
-    cr_assert(!strncmp(ev, "data: {", 7));
-    size_t n = strlen(ev);
-    cr_expect(!strcmp(ev + n - 2, "\n\n"));
-    cr_expect_null(memchr(ev, '\n', n - 2)); /* one line per event */
-    json_t *o = json_loads(ev + 6, 0, NULL);
-    cr_expect_str_eq(json_string_value(json_object_get(o, "object")), "text_completion");
-    json_t *c = json_array_get(json_object_get(o, "choices"), 0);
+    emit_text(j, EV_TOKEN, 0, "hi", NULL);
+    emit_text(j, EV_TOKEN, 0, "", NULL); /* nothing released, no logprobs: no chunk */
+    emit_text(j, EV_FINISH, 0, "!", "length");
+    end_job(j, JOB_OK, 5);
+    json_t *ev[8];
+    int n = sse_events(j, ev, 8);
+    cr_assert_eq(n, 4);
+    cr_expect_str_eq(json_string_value(json_object_get(ev[0], "object")), "text_completion");
+    json_t *c = json_array_get(json_object_get(ev[0], "choices"), 0);
     cr_expect_str_eq(json_string_value(json_object_get(c, "text")), "hi");
     cr_expect(json_is_null(json_object_get(c, "finish_reason")));
-    json_decref(o);
-    free(ev);
-    j->completion_tokens = 5;
-    ev = respond_usage_chunk(j);
-    o = json_loads(ev + 6, 0, NULL);
-    cr_expect_eq(json_array_size(json_object_get(o, "choices")), 0);
-    cr_expect_eq(json_integer_value(json_object_get(json_object_get(o, "usage"), "total_tokens")), 8);
-    json_decref(o);
-    free(ev);
+    c = json_array_get(json_object_get(ev[1], "choices"), 0);
+    cr_expect_str_eq(json_string_value(json_object_get(c, "text")), "!");
+    cr_expect_str_eq(json_string_value(json_object_get(c, "finish_reason")), "length");
+    cr_expect_eq(json_array_size(json_object_get(ev[2], "choices")), 0);
+    cr_expect_eq(json_integer_value(json_object_get(json_object_get(ev[2], "usage"), "total_tokens")), 8);
+    cr_expect_null(ev[3]);
+    for (int i = 0; i < n; i++) json_decref(ev[i]);
     job_unref(j);
 
-    j = make_job(JOB_CHAT, 1);
-    ev = respond_chunk(j, 0, "", 0, NULL, NULL, 1);
-    o = json_loads(ev + 6, 0, NULL);
-    cr_expect_str_eq(json_string_value(json_object_get(o, "object")), "chat.completion.chunk");
-    json_t *d = json_object_get(json_array_get(json_object_get(o, "choices"), 0), "delta");
+    j = make_job(JOB_CHAT, 1, 1);
+    emit_text(j, EV_FINISH, 0, "", "stop");
+    end_job(j, JOB_OK, 1);
+    n = sse_events(j, ev, 8);
+    cr_assert_eq(n, 3);
+    cr_expect_str_eq(json_string_value(json_object_get(ev[0], "object")), "chat.completion.chunk");
+    json_t *d = json_object_get(json_array_get(json_object_get(ev[0], "choices"), 0), "delta");
     cr_expect_str_eq(json_string_value(json_object_get(d, "role")), "assistant");
-    json_decref(o);
-    free(ev);
-    ev = respond_chunk(j, 0, "", 0, NULL, "stop", 0);
-    o = json_loads(ev + 6, 0, NULL);
-    c = json_array_get(json_object_get(o, "choices"), 0);
+    c = json_array_get(json_object_get(ev[1], "choices"), 0);
     cr_expect_eq(json_object_size(json_object_get(c, "delta")), 0);
     cr_expect_str_eq(json_string_value(json_object_get(c, "finish_reason")), "stop");
-    json_decref(o);
-    free(ev);
+    for (int i = 0; i < n; i++) json_decref(ev[i]);
     job_unref(j);
 }
 
-Test(respond, final_body)
+Test(output, final_body)
 {
-    job *j = make_job(JOB_COMPLETION, 2);
-    sbuf_append(&j->choices[0].text, "one", 3);
-    j->choices[0].finish_reason = "stop";
-    sbuf_append(&j->choices[1].text, "two", 3);
-    j->choices[1].finish_reason = "length";
-    j->completion_tokens = 4;
-    char *s = respond_final(j);
-    json_t *o = json_loads(s, 0, NULL);
+    job *j = make_job(JOB_COMPLETION, 2, 0);
+    emit_text(j, EV_TOKEN, 1, "tw", NULL);
+    emit_text(j, EV_TOKEN, 0, "one", NULL);
+    emit_text(j, EV_FINISH, 0, "", "stop");
+    output_drain(j); /* the answer is built as events come */
+    cr_expect_not(j->done);
+    emit_text(j, EV_FINISH, 1, "o", "length");
+    end_job(j, JOB_OK, 4);
+    output_drain(j);
+    cr_assert(j->done);
+    cr_expect_eq(j->status, 200);
+    json_t *o = json_loads(j->out.data, 0, NULL);
+    cr_assert_not_null(o, "%s", j->out.data);
     json_t *ch = json_object_get(o, "choices");
     cr_assert_eq(json_array_size(ch), 2);
     cr_expect_str_eq(json_string_value(json_object_get(json_array_get(ch, 1), "text")), "two");
     cr_expect_eq(json_integer_value(json_object_get(json_array_get(ch, 1), "index")), 1);
     cr_expect_str_eq(json_string_value(json_object_get(json_array_get(ch, 0), "finish_reason")), "stop");
+    cr_expect(json_is_null(json_object_get(json_array_get(ch, 0), "logprobs")));
     cr_expect_eq(json_integer_value(json_object_get(json_object_get(o, "usage"), "prompt_tokens")), 3);
+    cr_expect_str_eq(json_string_value(json_object_get(o, "object")), "text_completion");
     json_decref(o);
-    free(s);
     job_unref(j);
 }
 
-Test(job, outbox_limit_and_take)
+Test(output, errors_become_openai_errors)
 {
-    job *j = make_job(JOB_COMPLETION, 1);
-    cr_expect_eq(job_out_append(j, "abcdef", 6, 8), 0);
-    cr_expect_eq(job_out_append(j, "ghi", 3, 8), -1); /* 9 > 8 */
-    char buf[4];
+    job *j = make_job(JOB_COMPLETION, 1, 0);
+    emit_text(j, EV_TOKEN, 0, "partial", NULL);
+    end_job(j, JOB_ERR_SHUTDOWN, 1);
+    output_drain(j);
+    cr_expect_eq(j->status, 503);
+    json_t *o = json_loads(j->out.data, 0, NULL);
+    cr_expect_str_eq(json_string_value(json_object_get(json_object_get(o, "error"), "code")), "shutting_down");
+    json_decref(o);
+    job_unref(j);
+
+    j = make_job(JOB_COMPLETION, 1, 1);
+    emit_text(j, EV_TOKEN, 0, "partial", NULL);
+    end_job(j, JOB_ERR_MODEL, 1);
+    json_t *ev[8];
+    int n = sse_events(j, ev, 8);
+    cr_assert_eq(n, 3, "the text so far, the error, [DONE]");
+    cr_expect_str_eq(json_string_value(json_object_get(json_object_get(ev[1], "error"), "code")), "model_error");
+    cr_expect_null(ev[2]);
+    for (int i = 0; i < n; i++) json_decref(ev[i]);
+    job_unref(j);
+
+    /* a client that left gets nothing, whatever came */
+    j = make_job(JOB_COMPLETION, 1, 1);
+    emit_text(j, EV_TOKEN, 0, "x", NULL);
+    job_cancel(j, CANCEL_CLIENT);
+    end_job(j, JOB_OK, 1);
+    output_drain(j);
+    cr_expect(j->done);
+    cr_expect_eq(j->out.len, 0);
+    job_unref(j);
+}
+
+Test(output, limit_and_take)
+{
+    job *j = make_job(JOB_COMPLETION, 1, 1);
+    j->out_limit = 300;
+    emit_text(j, EV_TOKEN, 0, "abcdef", NULL);
+    output_drain(j);
+    size_t first = j->out_held;
+    cr_assert_gt(first, 6);
+    cr_assert_leq(first, 300);
+    char buf[16];
     int done = 1;
-    cr_expect_eq(job_out_take(j, buf, 4, &done), 4);
+    cr_expect_eq(job_out_take(j, buf, 10, &done), 10);
     cr_expect_eq(done, 0);
-    cr_expect(!memcmp(buf, "abcd", 4));
-    cr_expect_eq(job_out_append(j, "ghi", 3, 8), 0); /* 2 + 3 <= 8 */
-    j->done = 1;
-    cr_expect_eq(job_out_take(j, buf, 4, &done), 4);
-    cr_expect_eq(done, 0);
-    cr_expect_eq(job_out_take(j, buf, 4, &done), 1);
-    cr_expect_eq(buf[0], 'i');
-    cr_expect_eq(done, 1);
+    cr_expect(!memcmp(buf, "data: {", 7));
+    cr_expect_eq(j->out_held, first - 10, "what the client took no longer counts");
+    /* chunks pile up while nobody reads: the limit cancels the job */
+    for (int i = 0; i < 10; i++) emit_text(j, EV_TOKEN, 0, "abcdef", NULL);
+    output_drain(j);
+    cr_expect_eq(atomic_load(&j->cancel), CANCEL_OVERFLOW);
+    cr_expect_leq(j->out_held, 300);
+    end_job(j, JOB_OK, 11);
+    output_drain(j);
+    cr_expect(j->done);
     job_unref(j);
 }
 
