@@ -2,18 +2,19 @@
  *
  * Everything a client sends is checked here, before anything is queued: wrong
  * types, out-of-range values, unknown token ids, over-long prompts.  Each error
- * names the offending parameter.  Ranges follow the issue / OpenAI:
- *   temperature >= 0 finite; top_p in (0, 1]; top_k >= 0; min_p in [0, 1];
- *   repetition_penalty > 0; presence/frequency_penalty in [-2, 2];
- *   logit_bias: token-id keys in the vocabulary, values in [-100, 100] (-100 bans);
- *   max_tokens in [0, --max-tokens-limit]; n >= 1 and n * prompts <= the choice
- *   limit; logprobs 0..5 (chat: top_logprobs 0..20); stop: a non-empty string or up
- *   to 4 of them; stream_options only with stream; a prompt must have tokens.
+ * names the offending parameter.  The scalar fields are one table (`fields`:
+ * name, routes, type, range, default -- the ranges OpenAI documents, plus the
+ * server's limits); the rest have a small reader each: logit_bias (token-id keys
+ * in the vocabulary, values in [-100, 100], -100 bans), stop (a non-empty string
+ * or up to 4), seed, stream_options (only with stream), prompt or messages (must
+ * have tokens).  Running out of memory is a 503, never blamed on the client.
  */
 #include "server/server_internal.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +24,13 @@
     do { api_error_set(err, 400, "invalid_request_error", param, "invalid_value", __VA_ARGS__); goto fail; } while (0)
 #define BADTYPE(param, what) \
     do { api_error_set(err, 400, "invalid_request_error", param, "invalid_type", "'%s' must be %s", param, what); goto fail; } while (0)
+
+/* Out of memory while reading the request: a 503, not the client's fault. */
+static int oom(api_error *err)
+{
+    api_error_set(err, 503, "server_error", NULL, "out_of_memory", "out of memory");
+    return -1;
+}
 
 void job_params_clear(job_params *p)
 {
@@ -43,7 +51,7 @@ int validate_tokenize(const validate_ctx *vc, const char *text, size_t len, int 
     int cap = (int)(len + 8 < 1024 ? len + 8 : 1024);
     for (;;) {
         int32_t *buf = malloc(sizeof *buf * (size_t)cap);
-        if (!buf) return -1;
+        if (!buf) return VALIDATE_ENOMEM;
         int n = vc->tokenize(vc->tok_cls, text, len, add_bos, buf, cap);
         if (n < 0) {
             free(buf);
@@ -59,52 +67,144 @@ int validate_tokenize(const validate_ctx *vc, const char *text, size_t len, int 
     }
 }
 
-/* Optional number field: 0 = absent/null, 1 = set, -1 = wrong type (err set). */
-static int get_number(json_t *root, const char *key, double *v, api_error *err)
-{
-    json_t *x = json_object_get(root, key);
-    if (!x || json_is_null(x)) return 0;
-    if (!json_is_number(x)) {
-        api_error_set(err, 400, "invalid_request_error", key, "invalid_type", "'%s' must be a number", key);
-        return -1;
-    }
-    *v = json_number_value(x);
-    if (!isfinite(*v)) {
-        api_error_set(err, 400, "invalid_request_error", key, "invalid_value", "'%s' must be finite", key);
-        return -1;
-    }
-    return 1;
-}
+/* ---- the fields: one row each ----------------------------------------------------------- */
 
-static int get_int(json_t *root, const char *key, long long *v, api_error *err)
+enum { T_NUMBER, T_INT, T_BOOL };           /* JSON type accepted */
+enum { D_FLOAT, D_INT };                    /* how the value is stored */
+enum { K_COMPLETION = 1 << JOB_COMPLETION, K_CHAT = 1 << JOB_CHAT, K_BOTH = K_COMPLETION | K_CHAT };
+enum { HI_FIXED, HI_MAX_TOKENS, HI_MAX_CHOICES }; /* where the upper bound comes from */
+
+/* The request as parsed: the job's parameters and what only validation needs. */
+typedef struct {
+    job_params p;
+    int chat_logprobs;         /* chat: "logprobs": true */
+    int top_logprobs;          /* chat */
+    int max_tokens;            /* -1: not given */
+    int best_of;               /* -1: not given */
+} request;
+
+typedef struct {
+    const char *name;
+    int kinds;                 /* K_*: the routes that read it */
+    int type;                  /* T_* */
+    double lo, hi;             /* allowed range, bounds included unless *_open */
+    unsigned char lo_open, hi_open;
+    unsigned char hi_from;     /* HI_*: hi is a server limit instead */
+    int dest;                  /* D_* */
+    size_t off;                /* offset of the value in `request` */
+    double def;                /* value when absent or null */
+} field;
+
+#define F(name, kinds, type, lo, lo_open, hi, hi_open, hi_from, dest, member, def) \
+    {name, kinds, type, lo, hi, lo_open, hi_open, hi_from, dest, offsetof(request, member), def}
+#define INF INFINITY
+static const field fields[] = {
+    F("temperature",        K_BOTH,       T_NUMBER, 0, 0, INF, 0, HI_FIXED, D_FLOAT, p.sp.temperature, 1),
+    F("top_p",              K_BOTH,       T_NUMBER, 0, 1, 1, 0, HI_FIXED, D_FLOAT, p.sp.top_p, 1),
+    F("top_k",              K_BOTH,       T_INT,    0, 0, INF, 0, HI_FIXED, D_INT, p.sp.top_k, 0),
+    F("min_p",              K_BOTH,       T_NUMBER, 0, 0, 1, 0, HI_FIXED, D_FLOAT, p.sp.min_p, 0),
+    F("repetition_penalty", K_BOTH,       T_NUMBER, 0, 1, INF, 0, HI_FIXED, D_FLOAT, p.sp.repetition_penalty, 0),
+    F("presence_penalty",   K_BOTH,       T_NUMBER, -2, 0, 2, 0, HI_FIXED, D_FLOAT, p.sp.presence_penalty, 0),
+    F("frequency_penalty",  K_BOTH,       T_NUMBER, -2, 0, 2, 0, HI_FIXED, D_FLOAT, p.sp.frequency_penalty, 0),
+    F("stream",             K_BOTH,       T_BOOL,   0, 0, 1, 0, HI_FIXED, D_INT, p.stream, 0),
+    F("n",                  K_BOTH,       T_INT,    1, 0, 0, 0, HI_MAX_CHOICES, D_INT, p.n, 1),
+    F("best_of",            K_BOTH,       T_INT,    1, 0, INF, 0, HI_FIXED, D_INT, best_of, -1),
+    F("max_tokens",         K_BOTH,       T_INT,    0, 0, 0, 0, HI_MAX_TOKENS, D_INT, max_tokens, -1),
+    F("logprobs",           K_COMPLETION, T_INT,    0, 0, JOB_MAX_LOGPROBS, 0, HI_FIXED, D_INT, p.logprobs, -1),
+    F("echo",               K_COMPLETION, T_BOOL,   0, 0, 1, 0, HI_FIXED, D_INT, p.echo, 0),
+    F("logprobs",           K_CHAT,       T_BOOL,   0, 0, 1, 0, HI_FIXED, D_INT, chat_logprobs, 0),
+    F("top_logprobs",       K_CHAT,       T_INT,    0, 0, JOB_MAX_TOP_LOGPROBS, 0, HI_FIXED, D_INT, top_logprobs, -1),
+};
+#undef F
+#undef INF
+
+/* An integer, also written as 3.0.  0, or -1 if x is not one. */
+static int json_int(json_t *x, long long *v)
 {
-    json_t *x = json_object_get(root, key);
-    if (!x || json_is_null(x)) return 0;
     if (json_is_integer(x)) {
         *v = json_integer_value(x);
-        return 1;
+        return 0;
     }
-    if (json_is_real(x)) {
-        double d = json_real_value(x);
-        if (d == floor(d) && fabs(d) < 9e15) {
-            *v = (long long)d;
-            return 1;
-        }
-    }
-    api_error_set(err, 400, "invalid_request_error", key, "invalid_type", "'%s' must be an integer", key);
-    return -1;
+    double d = json_is_real(x) ? json_real_value(x) : 0.5;
+    if (d != floor(d) || fabs(d) >= 9e15) return -1;
+    *v = (long long)d;
+    return 0;
 }
 
-static int get_bool(json_t *root, const char *key, int *v, api_error *err)
+static void store(request *r, const field *f, double v)
 {
-    json_t *x = json_object_get(root, key);
-    if (!x || json_is_null(x)) return 0;
-    if (!json_is_boolean(x)) {
-        api_error_set(err, 400, "invalid_request_error", key, "invalid_type", "'%s' must be a boolean", key);
+    char *dst = (char *)r + f->off;
+    if (f->dest == D_FLOAT) {
+        float x = (float)v;
+        memcpy(dst, &x, sizeof x);
+    } else {
+        int x = v > INT_MAX ? INT_MAX : (int)v;
+        memcpy(dst, &x, sizeof x);
+    }
+}
+
+/* "'top_p' must be in (0, 1] (got 2)", "'temperature' must be >= 0 (got -1)", and
+ * for a server limit "'max_tokens' must be <= 4096, this server's limit (got 5000)". */
+static void range_error(api_error *err, const field *f, const char *name, double lo, double hi, double v)
+{
+    char got[40];
+    if (f->type == T_INT) snprintf(got, sizeof got, "%lld", (long long)v);
+    else snprintf(got, sizeof got, "%g", v);
+    const char *lo_op = f->lo_open ? ">" : ">=";
+    if (f->hi_from == HI_MAX_TOKENS && v > hi)
+        api_error_set(err, 400, "invalid_request_error", name, "invalid_value",
+                      "'%s' must be <= %g, this server's limit (got %s)", name, hi, got);
+    else if (isinf(hi) || f->hi_from == HI_MAX_TOKENS)
+        api_error_set(err, 400, "invalid_request_error", name, "invalid_value", "'%s' must be %s %g (got %s)",
+                      name, lo_op, lo, got);
+    else
+        api_error_set(err, 400, "invalid_request_error", name, "invalid_value", "'%s' must be in %c%g, %g%c (got %s)",
+                      name, f->lo_open ? '(' : '[', lo, hi, f->hi_open ? ')' : ']', got);
+}
+
+/* Read one field (absent or null: its default).  0, or -1 with err set. */
+static int read_field(const validate_ctx *vc, json_t *root, const field *f, const char *name, request *r,
+                      api_error *err)
+{
+    json_t *x = json_object_get(root, name);
+    if (!x || json_is_null(x)) {
+        store(r, f, f->def);
+        return 0;
+    }
+    double v;
+    if (f->type == T_BOOL) {
+        if (!json_is_boolean(x)) {
+            api_error_set(err, 400, "invalid_request_error", name, "invalid_type", "'%s' must be a boolean", name);
+            return -1;
+        }
+        v = json_is_true(x);
+    } else if (f->type == T_INT) {
+        long long ll;
+        if (json_int(x, &ll) < 0) {
+            api_error_set(err, 400, "invalid_request_error", name, "invalid_type", "'%s' must be an integer", name);
+            return -1;
+        }
+        v = (double)ll;
+    } else {
+        if (!json_is_number(x)) {
+            api_error_set(err, 400, "invalid_request_error", name, "invalid_type", "'%s' must be a number", name);
+            return -1;
+        }
+        v = json_number_value(x);
+        if (!isfinite(v)) {
+            api_error_set(err, 400, "invalid_request_error", name, "invalid_value", "'%s' must be finite", name);
+            return -1;
+        }
+    }
+    double lo = f->lo, hi = f->hi;
+    if (f->hi_from == HI_MAX_TOKENS) hi = vc->max_tokens_limit;
+    if (f->hi_from == HI_MAX_CHOICES) hi = vc->max_choices;
+    if (v < lo || (f->lo_open && v == lo) || v > hi || (f->hi_open && v == hi)) {
+        range_error(err, f, name, lo, hi, v);
         return -1;
     }
-    *v = json_is_true(x);
-    return 1;
+    store(r, f, v);
+    return 0;
 }
 
 static int add_prompt(job_params *p, int32_t *toks, int n, int echo_from)
@@ -135,7 +235,9 @@ static int prompt_from_text(const validate_ctx *vc, job_params *p, const char *s
     }
     int32_t *t = NULL;
     int n = 0;
-    if (validate_tokenize(vc, s, len, vc->add_bos, &t, &n) < 0) {
+    int rc = validate_tokenize(vc, s, len, vc->add_bos, &t, &n);
+    if (rc == VALIDATE_ENOMEM) return oom(err);
+    if (rc < 0) {
         api_error_set(err, 400, "invalid_request_error", "prompt", "invalid_value", "'prompt' could not be tokenized");
         return -1;
     }
@@ -147,8 +249,7 @@ static int prompt_from_text(const validate_ctx *vc, job_params *p, const char *s
     }
     if (add_prompt(p, t, n, echo_from) < 0) {
         free(t);
-        api_error_set(err, 400, "invalid_request_error", "prompt", NULL, "out of memory");
-        return -1;
+        return oom(err);
     }
     return 0;
 }
@@ -161,7 +262,7 @@ static int prompt_from_ids(const validate_ctx *vc, job_params *p, json_t *arr, a
         return -1;
     }
     int32_t *t = malloc(sizeof *t * n);
-    if (!t) return -1;
+    if (!t) return oom(err);
     for (size_t i = 0; i < n; i++) {
         json_t *x = json_array_get(arr, i);
         if (!json_is_integer(x) || json_integer_value(x) < 0 || json_integer_value(x) >= vc->vocab) {
@@ -174,7 +275,7 @@ static int prompt_from_ids(const validate_ctx *vc, job_params *p, json_t *arr, a
     }
     if (add_prompt(p, t, (int)n, 0) < 0) {
         free(t);
-        return -1;
+        return oom(err);
     }
     return 0;
 }
@@ -221,7 +322,7 @@ static int append_part(sbuf *b, json_t *content, api_error *err)
 {
     if (!content || json_is_null(content)) return 0;
     if (json_is_string(content))
-        return sbuf_append(b, json_string_value(content), json_string_length(content));
+        return sbuf_append(b, json_string_value(content), json_string_length(content)) < 0 ? oom(err) : 0;
     if (json_is_array(content)) {
         size_t i;
         json_t *part;
@@ -232,7 +333,7 @@ static int append_part(sbuf *b, json_t *content, api_error *err)
                               "'messages' content parts must be objects with a 'text' string");
                 return -1;
             }
-            if (sbuf_append(b, json_string_value(t), json_string_length(t)) < 0) return -1;
+            if (sbuf_append(b, json_string_value(t), json_string_length(t)) < 0) return oom(err);
         }
         return 0;
     }
@@ -259,15 +360,27 @@ char *chat_render(json_t *messages, api_error *err)
             sbuf_free(&b);
             return NULL;
         }
-        sbuf_append(&b, json_string_value(role), json_string_length(role));
-        sbuf_append(&b, ": ", 2);
+        if (sbuf_append(&b, json_string_value(role), json_string_length(role)) < 0 ||
+            sbuf_append(&b, ": ", 2) < 0) {
+            oom(err);
+            sbuf_free(&b);
+            return NULL;
+        }
         if (append_part(&b, json_object_get(m, "content"), err) < 0) {
             sbuf_free(&b);
             return NULL;
         }
-        sbuf_append(&b, "\n", 1);
+        if (sbuf_append(&b, "\n", 1) < 0) {
+            oom(err);
+            sbuf_free(&b);
+            return NULL;
+        }
     }
-    sbuf_append(&b, "assistant:", 10);
+    if (sbuf_append(&b, "assistant:", 10) < 0) {
+        oom(err);
+        sbuf_free(&b);
+        return NULL;
+    }
     return b.data;
 }
 
@@ -298,7 +411,11 @@ static int parse_stop(job_params *p, json_t *x, api_error *err)
             api_error_set(err, 400, "invalid_request_error", "stop", "invalid_value", "'stop' strings must not be empty");
             return -1;
         }
-        p->stops[p->n_stops++] = strdup(json_string_value(s));
+        char *copy = strdup(json_string_value(s));
+        if (!copy) {
+            return oom(err);
+        }
+        p->stops[p->n_stops++] = copy;
     }
     return 0;
 }
@@ -317,7 +434,7 @@ static int parse_logit_bias(const validate_ctx *vc, job_params *p, json_t *x, ap
     if (!ids || !vals) {
         free(ids);
         free(vals);
-        return -1;
+        return oom(err);
     }
     p->sp.bias_ids = ids;
     p->sp.bias_values = vals;
@@ -346,8 +463,9 @@ static int parse_logit_bias(const validate_ctx *vc, job_params *p, json_t *x, ap
     p->sp.n_bias = k;
     /* banning every token leaves nothing to sample: a client error, not a 500 */
     unsigned char *banned = calloc((size_t)vc->vocab, 1);
+    if (!banned) return oom(err);
     int n_banned = 0;
-    for (int i = 0; banned && i < k; i++)
+    for (int i = 0; i < k; i++)
         if (isinf(vals[i]) && !banned[ids[i]]) {
             banned[ids[i]] = 1;
             n_banned++;
@@ -361,10 +479,100 @@ static int parse_logit_bias(const validate_ctx *vc, job_params *p, json_t *x, ap
     return 0;
 }
 
-int validate_request(const validate_ctx *vc, int kind, const char *body, size_t len,
-                     job_params *p, api_error *err)
+/* Fields the table cannot express. */
+static int read_model(const validate_ctx *vc, json_t *root, api_error *err)
 {
-    memset(p, 0, sizeof *p);
+    json_t *model = json_object_get(root, "model");
+    if (!model || json_is_null(model)) return 0;
+    if (!json_is_string(model)) BADTYPE("model", "a string");
+    if (strcmp(json_string_value(model), vc->model_id) != 0) {
+        api_error_set(err, 404, "invalid_request_error", "model", "model_not_found",
+                      "The model '%.100s' does not exist (this server has '%.100s')",
+                      json_string_value(model), vc->model_id);
+        return -1;
+    }
+    return 0;
+fail:
+    return -1;
+}
+
+static int read_seed(json_t *root, job_params *p, api_error *err)
+{
+    json_t *x = json_object_get(root, "seed");
+    if (x && !json_is_null(x)) {
+        long long v;
+        if (json_int(x, &v) < 0) BADTYPE("seed", "an integer");
+        p->sp.seed = (uint64_t)v;
+        p->has_seed = 1;
+        return 0;
+    }
+    uint64_t s = 0;
+    if (getrandom(&s, sizeof s, 0) != (ssize_t)sizeof s) s = (uint64_t)(srv_now() * 1e9);
+    p->sp.seed = s;
+    return 0;
+fail:
+    return -1;
+}
+
+static int read_stream_options(json_t *root, job_params *p, api_error *err)
+{
+    json_t *so = json_object_get(root, "stream_options");
+    if (!so || json_is_null(so)) return 0;
+    if (!json_is_object(so)) BADTYPE("stream_options", "an object");
+    if (!p->stream) BAD("stream_options", "'stream_options' is only allowed when 'stream' is true");
+    json_t *iu = json_object_get(so, "include_usage");
+    if (iu && !json_is_null(iu)) {
+        if (!json_is_boolean(iu)) BADTYPE("stream_options", "an object whose 'include_usage' is a boolean");
+        p->include_usage = json_is_true(iu);
+    }
+    return 0;
+fail:
+    return -1;
+}
+
+/* user (ignored), suffix (only empty). */
+static int read_accepted(json_t *root, int kind, api_error *err)
+{
+    json_t *user = json_object_get(root, "user");
+    if (user && !json_is_null(user) && !json_is_string(user)) BADTYPE("user", "a string");
+    json_t *suffix = json_object_get(root, "suffix");
+    if (kind == JOB_COMPLETION && suffix && !json_is_null(suffix) &&
+        !(json_is_string(suffix) && json_string_length(suffix) == 0))
+        BAD("suffix", "'suffix' is not supported");
+    return 0;
+fail:
+    return -1;
+}
+
+static int read_messages(const validate_ctx *vc, json_t *root, job_params *p, api_error *err)
+{
+    json_t *msgs = json_object_get(root, "messages");
+    if (!msgs || json_is_null(msgs)) {
+        api_error_set(err, 400, "invalid_request_error", "messages", "missing_required_parameter", "'messages' is required");
+        return -1;
+    }
+    char *text = chat_render(msgs, err);
+    if (!text) return -1;
+    int rc = prompt_from_text(vc, p, text, strlen(text), err);
+    free(text);
+    if (rc < 0) {
+        err->param = "messages";
+        return -1;
+    }
+    if (p->n_stops < JOB_MAX_STOPS) {
+        char *s = strdup("\nuser:");
+        if (!s) {
+            return oom(err);
+        }
+        p->stops[p->n_stops++] = s;
+    }
+    return 0;
+}
+
+int validate_request(const validate_ctx *vc, int kind, const char *body, size_t len,
+                     job_params *out, api_error *err)
+{
+    memset(out, 0, sizeof *out);
     json_error_t jerr;
     json_t *root = json_loadb(body ? body : "", len, 0, &jerr);
     if (!root) {
@@ -377,149 +585,32 @@ int validate_request(const validate_ctx *vc, int kind, const char *body, size_t 
         json_decref(root);
         return -1;
     }
+    request r = {0};
+    job_params *p = &r.p;
     p->kind = kind;
-    p->n = 1;
-    p->logprobs = -1;
-    p->sp.temperature = 1.0f;
-    p->sp.top_p = 1.0f;
-    double d;
-    long long ll;
-    int b, rc;
-
-    json_t *model = json_object_get(root, "model");
-    if (model && !json_is_null(model)) {
-        if (!json_is_string(model)) BADTYPE("model", "a string");
-        if (strcmp(json_string_value(model), vc->model_id) != 0) {
-            api_error_set(err, 404, "invalid_request_error", "model", "model_not_found",
-                          "The model '%.100s' does not exist (this server has '%.100s')",
-                          json_string_value(model), vc->model_id);
-            goto fail;
-        }
+    if (read_model(vc, root, err) < 0) goto fail;
+    for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
+        const field *f = &fields[i];
+        if (!(f->kinds & (1 << kind))) continue;
+        const char *name = f->name;
+        json_t *mct = json_object_get(root, "max_completion_tokens");
+        if (f->hi_from == HI_MAX_TOKENS && kind == JOB_CHAT && mct && !json_is_null(mct))
+            name = "max_completion_tokens"; /* chat's newer name wins */
+        if (read_field(vc, root, f, name, &r, err) < 0) goto fail;
     }
-
-    if ((rc = get_number(root, "temperature", &d, err)) < 0) goto fail;
-    if (rc) {
-        if (d < 0) BAD("temperature", "'temperature' must be >= 0 (got %g)", d);
-        p->sp.temperature = (float)d;
-    }
-    if ((rc = get_number(root, "top_p", &d, err)) < 0) goto fail;
-    if (rc) {
-        if (!(d > 0 && d <= 1)) BAD("top_p", "'top_p' must be in (0, 1] (got %g)", d);
-        p->sp.top_p = (float)d;
-    }
-    if ((rc = get_int(root, "top_k", &ll, err)) < 0) goto fail;
-    if (rc) {
-        if (ll < 0) BAD("top_k", "'top_k' must be >= 0 (got %lld)", ll);
-        p->sp.top_k = ll > vc->vocab ? vc->vocab : (int)ll;
-    }
-    if ((rc = get_number(root, "min_p", &d, err)) < 0) goto fail;
-    if (rc) {
-        if (!(d >= 0 && d <= 1)) BAD("min_p", "'min_p' must be in [0, 1] (got %g)", d);
-        p->sp.min_p = (float)d;
-    }
-    if ((rc = get_number(root, "repetition_penalty", &d, err)) < 0) goto fail;
-    if (rc) {
-        if (!(d > 0)) BAD("repetition_penalty", "'repetition_penalty' must be > 0 (got %g)", d);
-        p->sp.repetition_penalty = (float)d;
-    }
-    if ((rc = get_number(root, "presence_penalty", &d, err)) < 0) goto fail;
-    if (rc) {
-        if (!(d >= -2 && d <= 2)) BAD("presence_penalty", "'presence_penalty' must be in [-2, 2] (got %g)", d);
-        p->sp.presence_penalty = (float)d;
-    }
-    if ((rc = get_number(root, "frequency_penalty", &d, err)) < 0) goto fail;
-    if (rc) {
-        if (!(d >= -2 && d <= 2)) BAD("frequency_penalty", "'frequency_penalty' must be in [-2, 2] (got %g)", d);
-        p->sp.frequency_penalty = (float)d;
-    }
-    if ((rc = get_int(root, "seed", &ll, err)) < 0) goto fail;
-    if (rc) {
-        p->sp.seed = (uint64_t)ll;
-        p->has_seed = 1;
-    } else {
-        uint64_t s = 0;
-        if (getrandom(&s, sizeof s, 0) != (ssize_t)sizeof s) s = (uint64_t)(srv_now() * 1e9);
-        p->sp.seed = s;
-    }
+    if (p->sp.top_k > vc->vocab) p->sp.top_k = vc->vocab;
+    if (read_seed(root, p, err) < 0) goto fail;
     if (parse_logit_bias(vc, p, json_object_get(root, "logit_bias"), err) < 0) goto fail;
     if (parse_stop(p, json_object_get(root, "stop"), err) < 0) goto fail;
-
-    if ((rc = get_bool(root, "stream", &b, err)) < 0) goto fail;
-    if (rc) p->stream = b;
-    json_t *so = json_object_get(root, "stream_options");
-    if (so && !json_is_null(so)) {
-        if (!json_is_object(so)) BADTYPE("stream_options", "an object");
-        if (!p->stream) BAD("stream_options", "'stream_options' is only allowed when 'stream' is true");
-        json_t *iu = json_object_get(so, "include_usage");
-        if (iu && !json_is_null(iu)) {
-            if (!json_is_boolean(iu)) BADTYPE("stream_options", "an object whose 'include_usage' is a boolean");
-            p->include_usage = json_is_true(iu);
-        }
-    }
-    json_t *user = json_object_get(root, "user");
-    if (user && !json_is_null(user) && !json_is_string(user)) BADTYPE("user", "a string");
-
-    if ((rc = get_int(root, "n", &ll, err)) < 0) goto fail;
-    if (rc) {
-        if (ll < 1 || ll > vc->max_choices) BAD("n", "'n' must be in [1, %d] (got %lld)", vc->max_choices, ll);
-        p->n = (int)ll;
-    }
-    if ((rc = get_int(root, "best_of", &ll, err)) < 0) goto fail;
-    if (rc && ll != p->n) BAD("best_of", "'best_of' other than 'n' is not supported");
-
-    int max_set = 0;
-    long long max_tokens = 16;
-    const char *mt_name = "max_tokens";
-    if (kind == JOB_CHAT && json_object_get(root, "max_completion_tokens") &&
-        !json_is_null(json_object_get(root, "max_completion_tokens")))
-        mt_name = "max_completion_tokens";
-    if ((rc = get_int(root, mt_name, &ll, err)) < 0) goto fail;
-    if (rc) {
-        if (ll < 0) BAD(mt_name, "'%s' must be >= 0 (got %lld)", mt_name, ll);
-        if (ll > vc->max_tokens_limit)
-            BAD(mt_name, "'%s' must be <= %d, this server's limit (got %lld)", mt_name, vc->max_tokens_limit, ll);
-        max_tokens = ll;
-        max_set = 1;
-    }
-
-    if (kind == JOB_COMPLETION) {
-        if ((rc = get_int(root, "logprobs", &ll, err)) < 0) goto fail;
-        if (rc) {
-            if (ll < 0 || ll > JOB_MAX_LOGPROBS) BAD("logprobs", "'logprobs' must be in [0, %d] (got %lld)", JOB_MAX_LOGPROBS, ll);
-            p->logprobs = (int)ll;
-        }
-        if ((rc = get_bool(root, "echo", &b, err)) < 0) goto fail;
-        if (rc) p->echo = b;
-        json_t *suffix = json_object_get(root, "suffix");
-        if (suffix && !json_is_null(suffix) && !(json_is_string(suffix) && json_string_length(suffix) == 0))
-            BAD("suffix", "'suffix' is not supported");
-        if (parse_prompt(vc, p, json_object_get(root, "prompt"), err) < 0) goto fail;
-    } else {
-        int lp = 0;
-        if ((rc = get_bool(root, "logprobs", &lp, err)) < 0) goto fail;
-        if ((rc = get_int(root, "top_logprobs", &ll, err)) < 0) goto fail;
-        if (rc) {
-            if (ll < 0 || ll > JOB_MAX_TOP_LOGPROBS)
-                BAD("top_logprobs", "'top_logprobs' must be in [0, %d] (got %lld)", JOB_MAX_TOP_LOGPROBS, ll);
-            if (!lp) BAD("top_logprobs", "'top_logprobs' requires 'logprobs': true");
-        } else {
-            ll = 0;
-        }
-        if (lp) p->logprobs = (int)ll;
-        json_t *msgs = json_object_get(root, "messages");
-        if (!msgs || json_is_null(msgs)) {
-            api_error_set(err, 400, "invalid_request_error", "messages", "missing_required_parameter", "'messages' is required");
-            goto fail;
-        }
-        char *text = chat_render(msgs, err);
-        if (!text) goto fail;
-        rc = prompt_from_text(vc, p, text, strlen(text), err);
-        free(text);
-        if (rc < 0) {
-            err->param = "messages";
-            goto fail;
-        }
-        if (p->n_stops < JOB_MAX_STOPS) p->stops[p->n_stops++] = strdup("\nuser:");
+    if (read_stream_options(root, p, err) < 0) goto fail;
+    if (read_accepted(root, kind, err) < 0) goto fail;
+    if (r.best_of >= 0 && r.best_of != p->n) BAD("best_of", "'best_of' other than 'n' is not supported");
+    if (kind == JOB_CHAT) {
+        if (r.top_logprobs >= 0 && !r.chat_logprobs) BAD("top_logprobs", "'top_logprobs' requires 'logprobs': true");
+        p->logprobs = r.chat_logprobs ? (r.top_logprobs > 0 ? r.top_logprobs : 0) : -1;
+        if (read_messages(vc, root, p, err) < 0) goto fail;
+    } else if (parse_prompt(vc, p, json_object_get(root, "prompt"), err) < 0) {
+        goto fail;
     }
 
     if ((long long)p->n * p->n_prompts > vc->max_choices)
@@ -532,18 +623,21 @@ int validate_request(const validate_ctx *vc, int kind, const char *body, size_t 
             goto fail;
         }
     }
-    if (kind == JOB_CHAT && !max_set) {
+    if (r.max_tokens >= 0) {
+        p->max_tokens = r.max_tokens;
+    } else if (kind == JOB_CHAT) {
         /* chat default: until the context window is full */
         long long room = vc->ctx - p->prompt_lens[0];
-        max_tokens = room < 1 ? 1 : room;
-        if (max_tokens > vc->max_tokens_limit) max_tokens = vc->max_tokens_limit;
+        p->max_tokens = room < 1 ? 1 : room > vc->max_tokens_limit ? vc->max_tokens_limit : (int)room;
+    } else {
+        p->max_tokens = 16;
     }
-    p->max_tokens = (int)max_tokens;
 
     const char *bad = NULL;
     if (sampler_params_validate(&p->sp, vc->vocab, &bad) != SAMPLER_OK)
         BAD(bad ? bad : NULL, "'%s' is out of range", bad ? bad : "sampling parameters");
     json_decref(root);
+    *out = r.p;
     return 0;
 fail:
     json_decref(root);
