@@ -106,6 +106,7 @@ static const field fields[] = {
     F("repetition_penalty", K_BOTH,       T_NUMBER, 0, 1, INF, 0, HI_FIXED, D_FLOAT, p.sp.repetition_penalty, 0),
     F("presence_penalty",   K_BOTH,       T_NUMBER, -2, 0, 2, 0, HI_FIXED, D_FLOAT, p.sp.presence_penalty, 0),
     F("frequency_penalty",  K_BOTH,       T_NUMBER, -2, 0, 2, 0, HI_FIXED, D_FLOAT, p.sp.frequency_penalty, 0),
+    F("penalty_last_n",     K_BOTH,       T_INT,    0, 0, INF, 0, HI_FIXED, D_INT, p.sp.penalty_last_n, 0),
     F("stream",             K_BOTH,       T_BOOL,   0, 0, 1, 0, HI_FIXED, D_INT, p.stream, 0),
     F("n",                  K_BOTH,       T_INT,    1, 0, 0, 0, HI_MAX_CHOICES, D_INT, p.n, 1),
     F("best_of",            K_BOTH,       T_INT,    1, 0, INF, 0, HI_FIXED, D_INT, best_of, -1),

@@ -211,3 +211,18 @@ Test(validate, chat_template)
     cr_expect_eq(p.max_tokens, 64 - p.prompt_lens[0]);
     job_params_clear(&p);
 }
+
+Test(validate, penalty_last_n)
+{
+    job_params p;
+    api_error e;
+    cr_assert_eq(run(JOB_COMPLETION, "{\"prompt\": \"x\", \"penalty_last_n\": 8, \"repetition_penalty\": 1.2}", &p, &e), 0,
+                 "%s", e.message);
+    cr_expect_eq(p.sp.penalty_last_n, 8);
+    job_params_clear(&p);
+    cr_assert_eq(run(JOB_CHAT, "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"penalty_last_n\": 0}", &p, &e), 0);
+    cr_expect_eq(p.sp.penalty_last_n, 0);
+    job_params_clear(&p);
+    expect_400(JOB_COMPLETION, "{\"prompt\": \"x\", \"penalty_last_n\": -1}", "penalty_last_n");
+    expect_400(JOB_COMPLETION, "{\"prompt\": \"x\", \"penalty_last_n\": 0.5}", "penalty_last_n");
+}
