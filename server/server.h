@@ -14,17 +14,23 @@
  *   once.  Suspend and resume happen only on this thread, with the state tracked in
  *   the request.
  *
- *   engine thread (engine.c): the only user of model_forward.  Continuous batching:
- *   every step gathers all running sequences (up to --parallel; the n choices of a
- *   request are separate sequences) into ONE model_forward call.  Decoding sequences
- *   feed one token; prompts are prefilled in chunks under a per-step token budget so
- *   running streams never freeze behind a long prompt.  Each sequence has its own
- *   sampler seeded with seed + choice index, and model_forward computes each row the
- *   same way whatever else is in the batch, so a seeded request gives bit-identical
- *   tokens and logprobs alone or under load.  Output (SSE bytes, or the whole JSON
- *   body at the end) goes into the job's mutex-protected outbox; the job is put on a
- *   ready list and uv_async_send wakes the loop thread, which drains the whole list
- *   (sends coalesce) and resumes the parked connections.
+ *   engine thread (engine.c, the scheduler): the only user of model_forward.
+ *   Continuous batching: every step gathers all running sequences (up to
+ *   --parallel; the n choices of a request are separate sequences) into ONE
+ *   model_forward call.  Decoding sequences feed one token; prompts are prefilled
+ *   in chunks under a per-step token budget so running streams never freeze
+ *   behind a long prompt.  Each sequence has its own sampler seeded with seed +
+ *   choice index, and model_forward computes each row the same way whatever else
+ *   is in the batch, so a seeded request gives bit-identical tokens and logprobs
+ *   alone or under load.  The scheduler knows nothing of JSON: it appends typed
+ *   events to the job (a token with its scores, the text the detokenizer
+ *   released, a finish reason; at the end, how the job ended and its usage),
+ *   puts the job on a ready list and uv_async_send wakes the loop thread, which
+ *   drains the whole list (sends coalesce).
+ *
+ *   output stage (output.c, on the loop thread): turns a job's events into SSE
+ *   chunks or, at the end, the whole JSON body, through one append path that
+ *   holds each answer to its size limit, then resumes the parked connection.
  *
  * Context window: when a sequence fills its KV cache (--ctx, default the model's
  * window) it is cropped to its last ctx/2 tokens and those are recomputed (the same
