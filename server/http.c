@@ -8,10 +8,13 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netdb.h>
+#include <linux/sockios.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 static void mhd_run(server *s);
@@ -30,54 +33,141 @@ static void req_unref(http_req *r)
     free(r);
 }
 
-static void on_fdpoll_closed(uv_handle_t *h)
-{
-    http_req *r = h->data;
-    free(h);
-    req_unref(r);
-}
-
 static void unpark(server *s, http_req *r)
 {
     if (!r->parked) return;
-    if (r->fdpoll) uv_poll_stop(r->fdpoll);
     r->parked = 0;
     MHD_resume_connection(r->conn);
     (void)s;
 }
 
-static void on_fd_event(uv_poll_t *h, int status, int events)
+/* The client of r has gone: its job (if any) is cancelled and, if r is parked, it
+ * is resumed so that libmicrohttpd finishes it (a stream's reader and a waiting
+ * completion both end the connection on a client cancel). */
+static void req_client_gone(server *s, http_req *r)
 {
-    http_req *r = h->data;
-    server *s = r->srv;
-    if (status < 0 || (events & UV_DISCONNECT)) {
-        uv_poll_stop(h);
-        if (r->job) engine_cancel(s->eng, r->job, CANCEL_CLIENT);
-        unpark(s, r);
-        mhd_run(s);
-    }
+    if (r->job) engine_cancel(s->eng, r->job, CANCEL_CLIENT);
+    unpark(s, r);
 }
 
 void http_park(server *s, http_req *r)
 {
     if (r->parked) return;
+    if (r->hc && r->hc->peer_closed) {
+        /* the client left before there was anything to wait for */
+        if (r->job) engine_cancel(s->eng, r->job, CANCEL_CLIENT);
+        return;
+    }
     MHD_suspend_connection(r->conn);
     r->parked = 1;
-    if (!r->fdpoll) {
-        const union MHD_ConnectionInfo *ci =
-            MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
-        if (!ci) return;
-        r->fdpoll = malloc(sizeof *r->fdpoll);
-        if (!r->fdpoll) return;
-        if (uv_poll_init(&s->loop, r->fdpoll, ci->connect_fd) != 0) {
-            free(r->fdpoll);
-            r->fdpoll = NULL;
+}
+
+/* ---- connections: noticing a client that has closed ------------------------------
+ *
+ * libmicrohttpd 0.9.75 in epoll mode registers each connection edge-triggered and
+ * reads it once per readiness edge; a read that returns fewer bytes than its buffer
+ * holds clears the connection's read-ready flag, as if the socket were drained.  A
+ * client that sends part of a request and closes makes its data and its FIN arrive
+ * together: one edge, one short read of the data, and the end-of-file behind it is
+ * never read, because no further edge will come.  The socket stays in CLOSE-WAIT,
+ * holding a connection slot and a per-address slot, until the idle timeout.
+ *
+ * So every connection is watched from accept to close with a uv_poll_t for
+ * UV_DISCONNECT (EPOLLRDHUP, level-triggered, in libuv's own epoll set).  When the
+ * client has closed:
+ *   - a request in progress is cancelled (engine_cancel) and resumed if parked;
+ *   - once libmicrohttpd has read every byte the client sent (SIOCINQ is 0), we call
+ *     shutdown(fd, SHUT_RD).  That changes nothing for the peer (it has sent its FIN;
+ *     no byte can follow it) but wakes the socket's waiters: MHD's epoll gets a new
+ *     edge and its next read returns 0, the end-of-file, so MHD closes the connection
+ *     itself (at once when it is reading a request; after the answer has been sent
+ *     when it is writing one).  Nudging only when nothing is left unread matters:
+ *     an edge that merged with one MHD has not consumed yet, followed by another
+ *     short read, would be lost the same way.
+ * The watch is closed in MHD's connection-closed notification, which MHD makes before
+ * it closes the descriptor. */
+
+static void on_watch_closed(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+static void eofs_remove(server *s, http_conn *hc)
+{
+    if (!hc->in_eofs) return;
+    if (hc->eof_prev) hc->eof_prev->eof_next = hc->eof_next;
+    else s->eofs = hc->eof_next;
+    if (hc->eof_next) hc->eof_next->eof_prev = hc->eof_prev;
+    hc->eof_prev = hc->eof_next = NULL;
+    hc->in_eofs = 0;
+}
+
+/* After each MHD_run: tell MHD about the end-of-file of every closed client whose
+ * bytes it has all read. */
+static void eofs_tell(server *s)
+{
+    for (http_conn *hc = s->eofs, *next; hc; hc = next) {
+        next = hc->eof_next;
+        int unread = 0;
+        if (ioctl(hc->fd, SIOCINQ, &unread) == 0 && unread > 0) continue;
+        shutdown(hc->fd, SHUT_RD);
+        eofs_remove(s, hc);
+    }
+}
+
+static void on_peer_closed(uv_poll_t *h, int status, int events)
+{
+    http_conn *hc = h->data;
+    server *s = hc->srv;
+    if (status == 0 && !(events & UV_DISCONNECT)) return;
+    uv_poll_stop(h); /* level-triggered: once is enough */
+    hc->peer_closed = 1;
+    if (hc->req) req_client_gone(s, hc->req);
+    if (!hc->in_eofs) {
+        hc->in_eofs = 1;
+        hc->eof_prev = NULL;
+        hc->eof_next = s->eofs;
+        if (s->eofs) s->eofs->eof_prev = hc;
+        s->eofs = hc;
+    }
+    mhd_run(s);
+}
+
+static void on_connection(void *cls, struct MHD_Connection *c, void **socket_context,
+                          enum MHD_ConnectionNotificationCode code)
+{
+    server *s = cls;
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+        s->n_conns++;
+        *socket_context = NULL;
+        const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+        http_conn *hc = ci ? calloc(1, sizeof *hc) : NULL;
+        /* without a watch the connection still works; a client that leaves is then
+         * noticed by the idle timeout only */
+        if (!hc) return;
+        hc->srv = s;
+        hc->mc = c;
+        hc->fd = ci->connect_fd;
+        if (uv_poll_init(&s->loop, &hc->watch, hc->fd) != 0) {
+            free(hc);
             return;
         }
-        r->fdpoll->data = r;
-        r->refs++;
+        hc->watch.data = hc;
+        if (uv_poll_start(&hc->watch, UV_DISCONNECT, on_peer_closed) != 0) {
+            uv_close((uv_handle_t *)&hc->watch, on_watch_closed);
+            return;
+        }
+        *socket_context = hc;
+        return;
     }
-    uv_poll_start(r->fdpoll, UV_DISCONNECT, on_fd_event);
+    /* MHD_CONNECTION_NOTIFY_CLOSED: the descriptor is still open */
+    s->n_conns--;
+    http_conn *hc = *socket_context;
+    if (!hc) return;
+    *socket_context = NULL;
+    if (hc->req) hc->req->hc = NULL;
+    eofs_remove(s, hc);
+    uv_close((uv_handle_t *)&hc->watch, on_watch_closed);
 }
 
 /* ---- answering ------------------------------------------------------------------------ */
@@ -141,7 +231,7 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
     if (n) return (ssize_t)n;
     if (done) return MHD_CONTENT_READER_END_OF_STREAM;
     http_park(r->srv, r);
-    return 0;
+    return r->parked ? 0 : MHD_CONTENT_READER_END_WITH_ERROR;
 }
 
 static void stream_free(void *cls)
@@ -267,7 +357,10 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
             free(r);
             return MHD_NO;
         }
-    r->next = s->reqs;
+        const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+        r->hc = ci ? ci->socket_context : NULL;
+        if (r->hc) r->hc->req = r;
+        r->next = s->reqs;
         if (s->reqs) s->reqs->prev = r;
         s->reqs = r;
         s->n_reqs++;
@@ -320,10 +413,9 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
         j->req = NULL;
     }
     r->conn = NULL;
-    if (r->fdpoll) {
-        uv_poll_stop(r->fdpoll);
-        uv_close((uv_handle_t *)r->fdpoll, on_fdpoll_closed);
-        r->fdpoll = NULL; /* the close callback drops its reference */
+    if (r->hc) {
+        if (r->hc->req == r) r->hc->req = NULL;
+        r->hc = NULL;
     }
     int status = r->status ? r->status : 499;
     if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK && r->status == 200) status = 499;
@@ -355,6 +447,7 @@ static void mhd_run(server *s)
 {
     if (!s->d || s->finishing) return;
     MHD_run(s->d);
+    eofs_tell(s);
     /* Run MHD again at least once a second even when it has no timeout to report.
      * At --max-connections MHD takes its listening socket out of its epoll set and
      * puts it back only inside a later MHD_run; when the idle timeout then closes
@@ -573,6 +666,7 @@ int server_run(const server_config *cfg)
                             MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
                             MHD_OPTION_SOCK_ADDR, ai->ai_addr,
                             MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
+                            MHD_OPTION_NOTIFY_CONNECTION, on_connection, s,
                             MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->max_connections,
                             MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)cfg->max_connections_per_ip,
                             MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->timeout,

@@ -17,10 +17,25 @@ enum {
     ROUTE_TOKENIZE, ROUTE_DETOKENIZE, ROUTE_STATIC,
 };
 
+typedef struct http_conn http_conn;
+
+/* One per TCP connection, from accept to close (MHD's socket context). */
+struct http_conn {
+    server *srv;
+    struct MHD_Connection *mc;
+    int fd;
+    uv_poll_t watch;           /* UV_DISCONNECT on fd, stopped once it fires */
+    int peer_closed;           /* the client has closed (FIN or reset) */
+    http_req *req;             /* the request in progress on it, or NULL */
+    http_conn *eof_prev, *eof_next; /* srv->eofs: closed by the client, MHD not yet told */
+    int in_eofs;
+};
+
 struct http_req {
-    int refs;                  /* MHD's con_cls + a streaming response + the fd poll handle */
+    int refs;                  /* MHD's con_cls + a streaming response */
     server *srv;
     struct MHD_Connection *conn;
+    http_conn *hc;             /* NULL once the request is completed */
     int route;                 /* ROUTE_* or -1 */
     int method;                /* M_* */
     char method_s[12];
@@ -31,7 +46,6 @@ struct http_req {
     job *job;
     int waiting;               /* a non-streamed job is running; the handler answers on resume */
     int parked;                /* suspended by us */
-    uv_poll_t *fdpoll;         /* disconnect watch while parked */
     int status;
     http_req *prev, *next;     /* srv->reqs */
 };
@@ -53,6 +67,8 @@ struct server {
     job *ready_head;
     http_req *reqs;
     int n_reqs;
+    http_conn *eofs;
+    int n_conns;
     int draining, finishing;
     int ctx;
 };

@@ -9,10 +9,12 @@
  *   from MHD_get_timeout after every MHD_run).  Requests are routed (routes.c),
  *   validated into job parameters before anything is queued (validate.c), and turned
  *   into a `job` that is pushed onto the engine's bounded queue.  A connection whose
- *   job has nothing to send yet is suspended ("parked"); while parked a uv_poll_t on
- *   its socket watches for UV_DISCONNECT so a client that leaves cancels its job at
- *   once.  Suspend and resume happen only on this thread, with the state tracked in
- *   the request.
+ *   job has nothing to send yet is suspended ("parked").  Every connection's socket is
+ *   watched for UV_DISCONNECT from accept to close: a client that leaves cancels its
+ *   job at once, and libmicrohttpd is made to read the end-of-file its edge-triggered
+ *   epoll would otherwise miss (http.c), so the connection is released at once.
+ *   Suspend and resume happen only on this thread, with the state tracked in the
+ *   request.
  *
  *   engine thread (engine.c, the scheduler): the only user of model_forward.
  *   Continuous batching: every step gathers all running sequences (up to
