@@ -177,4 +177,21 @@ int model_seq_eval(model *m, model_seq *s, const int32_t *ctx, int n_ctx, float 
 /* Short description of a return code. */
 const char *model_strerror(int code);
 
+/* ---- UTF-8 ------------------------------------------------------------------ */
+
+#define MODEL_UTF8_INVALID 0xFFFFFFFFu /* an ill-formed part: stands for one U+FFFD */
+#define MODEL_UTF8_PARTIAL 0xFFFFFFFEu /* a well-formed start cut off by the end of the input */
+
+/* The one UTF-8 decoder of lmserve (the rule, Unicode's well-formed UTF-8, is
+ * spelled out in model/tokenizers/utf8.c).  Decodes the character at s[0..n):
+ * returns the bytes it takes and sets *cp to its code point.  Bytes that are not
+ * well-formed UTF-8 -- overlong forms (C0, C1, E0 80..9F, F0 80..8F), surrogates
+ * (ED A0..BF), code points above U+10FFFF (F4 90.., F5..FF), stray continuation
+ * bytes, sequences that break off -- give the length of the ill-formed part
+ * (>= 1: the longest start of a well-formed sequence, or the one bad byte) with
+ * *cp = MODEL_UTF8_INVALID; a caller replaces each such part by one U+FFFD.  When
+ * the part is a well-formed start that runs to the end of s, *cp is
+ * MODEL_UTF8_PARTIAL instead (more bytes may complete it).  0 only when n == 0. */
+size_t model_utf8_decode(const char *s, size_t n, uint32_t *cp);
+
 #endif /* LMSERVE_MODEL_H */

@@ -1,6 +1,7 @@
 /* respond.c -- byte buffers, UTF-8 helpers, OpenAI error bodies and stop-string
  * matching (the responses themselves are output.c's). */
 #include "server/server_internal.h"
+#include "model/model.h"
 
 #include <math.h>
 #include <stdarg.h>
@@ -64,33 +65,15 @@ double srv_now(void)
 
 /* ---- UTF-8 ----------------------------------------------------------------------- */
 
-/* Length of the valid UTF-8 sequence at s (n bytes available), or 0 if invalid. */
-static size_t utf8_seq(const unsigned char *s, size_t n)
-{
-    unsigned c = s[0];
-    size_t len;
-    unsigned min;
-    if (c < 0x80) return 1;
-    if (c >= 0xC2 && c <= 0xDF) { len = 2; min = 0x80; }
-    else if (c >= 0xE0 && c <= 0xEF) { len = 3; min = 0x800; }
-    else if (c >= 0xF0 && c <= 0xF4) { len = 4; min = 0x10000; }
-    else return 0;
-    if (n < len) return 0;
-    unsigned cp = c & (0x3F >> (len - 1));
-    for (size_t i = 1; i < len; i++) {
-        if ((s[i] & 0xC0) != 0x80) return 0;
-        cp = (cp << 6) | (s[i] & 0x3F);
-    }
-    if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
-    return len;
-}
+/* The UTF-8 rule is model_utf8_decode's (model.h): one decoder for the whole server. */
 
 size_t utf8_valid_prefix(const char *s, size_t n)
 {
     size_t i = 0;
     while (i < n) {
-        size_t l = utf8_seq((const unsigned char *)s + i, n - i);
-        if (!l) break;
+        uint32_t cp;
+        size_t l = model_utf8_decode(s + i, n - i, &cp);
+        if (cp > 0x10FFFF) break; /* ill-formed or cut off */
         i += l;
     }
     return i;
@@ -109,14 +92,15 @@ json_t *json_bytes(const char *s, size_t n)
     if (utf8_valid_prefix(s, n) == n) return json_stringn(s, n);
     sbuf b = {0};
     size_t i = 0;
-    while (i < n) {
-        size_t l = utf8_seq((const unsigned char *)s + i, n - i);
-        int rc = l ? sbuf_append(&b, s + i, l) : sbuf_append(&b, "\xEF\xBF\xBD", 3);
+    while (i < n) { /* one U+FFFD per ill-formed part, as the detokenizer does */
+        uint32_t cp;
+        size_t l = model_utf8_decode(s + i, n - i, &cp);
+        int rc = cp <= 0x10FFFF ? sbuf_append(&b, s + i, l) : sbuf_append(&b, "\xEF\xBF\xBD", 3);
         if (rc < 0) {
             sbuf_free(&b);
             return NULL;
         }
-        i += l ? l : 1;
+        i += l;
     }
     json_t *r = json_stringn(b.data ? b.data : "", b.len);
     sbuf_free(&b);

@@ -207,12 +207,6 @@ static int try_pair(const tokenizer *t, const char *text, const symbol *sym, int
     return heap_push(h, (bigram){t->scores[id], l, (int)n});
 }
 
-static int utf8_char_len(uint8_t b)
-{
-    static const uint8_t len[16] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 3, 4};
-    return len[b >> 4];
-}
-
 int spm_encode(const tokenizer *t, const char *text, size_t len, int add_bos, int32_t *out, int cap)
 {
     if (!t || !t->impl || (!text && len) || cap < 0 || (cap > 0 && !out)) return MODEL_EINVAL;
@@ -244,14 +238,12 @@ int spm_encode(const tokenizer *t, const char *text, size_t len, int add_bos, in
     if (!sym) goto out;
     int n_sym = 0;
     for (size_t i = 0; i < n;) {
-        size_t cl = (size_t)utf8_char_len((uint8_t)buf[i]);
-        if (cl > n - i) cl = n - i;
-        /* a lead byte takes only the continuation bytes that really follow it: an
-         * invalid sequence must not swallow the next character (found by
-         * fuzz_tokenizer: "\xc9 " glued the lead byte to the first byte of the
-         * U+2581 space marker, and the decoded text showed a literal U+2581) */
-        for (size_t k = 1; k < cl; k++)
-            if (((uint8_t)buf[i + k] & 0xC0) != 0x80) { cl = k; break; }
+        /* an ill-formed part is one symbol of its own (model_utf8_decode's rule), so it
+         * never swallows the character after it ("\xc9 " must not glue the lead byte to
+         * the first byte of the U+2581 space marker); not being in the vocabulary, it
+         * ends up as byte tokens */
+        uint32_t cp;
+        size_t cl = model_utf8_decode(buf + i, n - i, &cp);
         sym[n_sym] = (symbol){(int)i, (int)cl, n_sym - 1, n_sym + 1};
         n_sym++;
         i += cl;

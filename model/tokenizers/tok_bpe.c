@@ -158,24 +158,13 @@ static int cp_to_byte(uint32_t cp)
     return -1;
 }
 
-/* Decode one UTF-8 code point; invalid bytes decode as themselves with *n = 1
- * and cp = 0xFFFFFFFF (treated as "other"). */
+/* One character of s[0..len) (len >= 1): its code point, or for an ill-formed part
+ * (model_utf8_decode's rule) MODEL_UTF8_INVALID / _PARTIAL, which is in no class
+ * ("other"); its length in *n. */
 static uint32_t utf8_next(const unsigned char *s, size_t len, size_t *n)
 {
-    unsigned c = s[0];
-    if (c < 0x80) { *n = 1; return c; }
-    int k = c >= 0xF0 && c < 0xF5 ? 4 : c >= 0xE0 ? (c < 0xF0 ? 3 : 0) : c >= 0xC2 ? 2 : 0;
-    if (k == 0 || (size_t)k > len) { *n = 1; return 0xFFFFFFFFu; }
-    uint32_t cp = c & (0x7F >> k);
-    for (int i = 1; i < k; i++) {
-        if ((s[i] & 0xC0) != 0x80) { *n = 1; return 0xFFFFFFFFu; }
-        cp = cp << 6 | (s[i] & 0x3F);
-    }
-    if ((k == 3 && (cp < 0x800 || (cp >= 0xD800 && cp < 0xE000))) || (k == 4 && (cp < 0x10000 || cp > 0x10FFFF))) {
-        *n = 1;
-        return 0xFFFFFFFFu;
-    }
-    *n = (size_t)k;
+    uint32_t cp;
+    *n = model_utf8_decode((const char *)s, len, &cp);
     return cp;
 }
 
@@ -197,7 +186,7 @@ static int unmap_bytes(const char *s, size_t n, char *out)
     while (i < n) {
         size_t m;
         uint32_t cp = utf8_next((const unsigned char *)s + i, n - i, &m);
-        int b = cp == 0xFFFFFFFFu ? -1 : cp_to_byte(cp);
+        int b = cp > 0x10FFFF ? -1 : cp_to_byte(cp);
         if (b < 0) return -1;
         out[k++] = (char)b;
         i += m;
@@ -222,14 +211,14 @@ static int in_ranges(const uint32_t (*r)[2], size_t n, uint32_t cp)
 static int is_letter(uint32_t cp)
 {
     if (cp < 128) return (cp | 32) >= 'a' && (cp | 32) <= 'z';
-    return cp != 0xFFFFFFFFu &&
+    return cp <= 0x10FFFF &&
            in_ranges(uc_letter_ranges, sizeof uc_letter_ranges / sizeof uc_letter_ranges[0], cp);
 }
 
 static int is_number(uint32_t cp)
 {
     if (cp < 128) return cp >= '0' && cp <= '9';
-    return cp != 0xFFFFFFFFu &&
+    return cp <= 0x10FFFF &&
            in_ranges(uc_number_ranges, sizeof uc_number_ranges / sizeof uc_number_ranges[0], cp);
 }
 
@@ -968,10 +957,10 @@ int tok_bpe_load_gpt2_files(tokenizer *t, const char *encoder_json, const char *
         if (L && p[L - 1] == '\r') p[L - 1] = 0;
         if (!*p || (p == text && strncmp(p, "#version", 8) == 0)) continue; /* header line only */
         if (nl == cap) {
-            cap *= 2;
-            char **nlines = realloc(lines, (size_t)cap * sizeof *lines);
+            char **nlines = realloc(lines, (size_t)cap * 2 * sizeof *lines);
             if (!nlines) { rc = MODEL_ENOMEM; goto out; }
             lines = nlines;
+            cap *= 2;
         }
         lines[nl++] = p;
     }

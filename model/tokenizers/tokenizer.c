@@ -55,59 +55,57 @@ void model_detok_init(model_detok *d)
     d->prev = -1;
 }
 
-/* Total length of a UTF-8 sequence from its first byte; 0 if it cannot start one. */
-static int utf8_need(uint8_t b)
-{
-    if (b < 0x80) return 1;
-    if (b >= 0xC2 && b <= 0xDF) return 2;
-    if (b >= 0xE0 && b <= 0xEF) return 3;
-    if (b >= 0xF0 && b <= 0xF4) return 4;
-    return 0;
-}
-
-/* Is b valid at position pos (>= 1) of a sequence starting with lead? */
-static int utf8_cont_ok(uint8_t lead, int pos, uint8_t b)
-{
-    if (pos == 1) {
-        if (lead == 0xE0) return b >= 0xA0 && b <= 0xBF;
-        if (lead == 0xED) return b >= 0x80 && b <= 0x9F;
-        if (lead == 0xF0) return b >= 0x90 && b <= 0xBF;
-        if (lead == 0xF4) return b >= 0x80 && b <= 0x8F;
-    }
-    return (b & 0xC0) == 0x80;
-}
-
 static const char REPLACEMENT[] = "\xef\xbf\xbd"; /* U+FFFD */
 
-/* Feed bytes through the held-back state st; MODEL_ERANGE if out is too small
- * (then st is unusable: callers pass a copy). */
+/* Append one part model_utf8_decode found: a character's bytes, or U+FFFD for an
+ * ill-formed part.  MODEL_ERANGE if out is too small. */
+static int put_part(uint32_t cp, const uint8_t *src, size_t len, char *out, size_t cap, size_t *w)
+{
+    if (cp == MODEL_UTF8_INVALID) {
+        src = (const uint8_t *)REPLACEMENT;
+        len = 3;
+    }
+    if (*w + len > cap) return MODEL_ERANGE;
+    memcpy(out + *w, src, len);
+    *w += len;
+    return MODEL_OK;
+}
+
+/* Feed bytes through the held-back state st: whole characters go out, each
+ * ill-formed part becomes one U+FFFD, and a well-formed start cut off by the end
+ * of p is held back for the next call.  MODEL_ERANGE if out is too small (then
+ * st is unusable: callers pass a copy). */
 static int utf8_feed(model_detok *st, const uint8_t *p, size_t n, char *out, size_t cap, size_t *w)
 {
-#define PUT(src, k) do { if (*w + (k) > cap) return MODEL_ERANGE; memcpy(out + *w, (src), (k)); *w += (k); } while (0)
-    for (size_t i = 0; i < n;) {
-        uint8_t b = p[i];
-        if (st->n_pending == 0) {
-            int need = utf8_need(b);
-            if (need == 1) PUT(&b, 1);
-            else if (need == 0) PUT(REPLACEMENT, 3);
-            else st->pending[st->n_pending++] = b;
-            i++;
-            continue;
+    size_t i = 0;
+    uint32_t cp;
+    int rc;
+    if (st->n_pending > 0) { /* the held bytes are decoded together with the first new ones */
+        uint8_t tmp[8];
+        size_t k = (size_t)st->n_pending, take = n < 4 ? n : 4;
+        memcpy(tmp, st->pending, k);
+        memcpy(tmp + k, p, take);
+        size_t len = model_utf8_decode((const char *)tmp, k + take, &cp);
+        if (cp == MODEL_UTF8_PARTIAL) { /* still cut off: all of p joins the held bytes */
+            memcpy(st->pending + k, p, take);
+            st->n_pending = (int)(k + take);
+            return MODEL_OK;
         }
-        if (utf8_cont_ok(st->pending[0], st->n_pending, b)) {
-            st->pending[st->n_pending++] = b;
-            i++;
-            if (st->n_pending == utf8_need(st->pending[0])) {
-                PUT(st->pending, (size_t)st->n_pending);
-                st->n_pending = 0;
-            }
-        } else { /* broken sequence: one U+FFFD, then look at b afresh */
-            PUT(REPLACEMENT, 3);
-            st->n_pending = 0;
+        if ((rc = put_part(cp, tmp, len, out, cap, w))) return rc;
+        st->n_pending = 0;
+        i = len > k ? len - k : 0; /* held bytes start a well-formed sequence: len >= k */
+    }
+    while (i < n) {
+        size_t len = model_utf8_decode((const char *)p + i, n - i, &cp);
+        if (cp == MODEL_UTF8_PARTIAL) {
+            memcpy(st->pending, p + i, len);
+            st->n_pending = (int)len;
+            break;
         }
+        if ((rc = put_part(cp, p + i, len, out, cap, w))) return rc;
+        i += len;
     }
     return MODEL_OK;
-#undef PUT
 }
 
 int model_detok_push(const model *m, model_detok *d, int32_t id, char *out, size_t cap)

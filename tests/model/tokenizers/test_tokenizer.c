@@ -368,6 +368,12 @@ Test(tokenizer, incremental_detok_never_splits_a_character)
     cr_assert_eq(model_detok_push(m, &d, m->tok.byte_id[0xED], out, sizeof out), 0);
     n = model_detok_push(m, &d, m->tok.byte_id[0xA0], out, sizeof out);
     cr_assert_eq(n, 6);
+    /* a held lead byte, then a token of several characters: one U+FFFD, then all of them */
+    model_detok_init(&d);
+    cr_assert_eq(model_detok_push(m, &d, m->tok.byte_id[0xE4], out, sizeof out), 0);
+    n = model_detok_push(m, &d, 403, out, sizeof out);
+    cr_assert_eq(n, 8);
+    cr_assert_eq(memcmp(out, "\xef\xbf\xbd Once", 8), 0);
     /* too small a buffer: MODEL_ERANGE and nothing consumed */
     model_detok_init(&d);
     cr_assert_eq(model_detok_push(m, &d, 403, out, 2), MODEL_ERANGE);
