@@ -48,8 +48,15 @@ int main(int argc, char **argv)
         clock_gettime(CLOCK_MONOTONIC, &a);
         int k = tok_bpe_encode(&t, json_string_value(s), len, 0, ids, idcap);
         if (k > idcap) {
+            int32_t *more = realloc(ids, (size_t)k * sizeof *ids);
+            if (!more) {
+                fprintf(stderr, "bpe_encode: out of memory\n");
+                json_decref(s);
+                rc = 1;
+                break;
+            }
+            ids = more;
             idcap = k;
-            ids = realloc(ids, (size_t)idcap * sizeof *ids);
             k = tok_bpe_encode(&t, json_string_value(s), len, 0, ids, idcap);
         }
         clock_gettime(CLOCK_MONOTONIC, &b);
