@@ -87,6 +87,11 @@ $(B)/obj/cli/%.o: cli/%.c
 	@mkdir -p $(@D)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(CFLAGS_cli) -MMD -MP -c $< -o $@
 
+# cli/ without main.c is also a library, so tests can link its parts (cli/opt.c).
+$(B)/libcli.a: $(filter-out $(B)/obj/cli/main.o,$(SRC_cli:%.c=$(B)/obj/%.o))
+	@mkdir -p $(@D)
+	rm -f $@ && ar rcs $@ $^
+
 $(B)/lmserve: $(OBJ_cli) $(LIBS)
 	$(CC) $(LDFLAGS) -o $@ $(OBJ_cli) $(LIBS) $(PKG_LIBS) $(LDLIBS)
 
@@ -102,9 +107,9 @@ TEST_BIN := $(TEST_SRC:%.c=$(B)/%)
 $(B)/obj/tests/%.o: tests/%.c
 	@mkdir -p $(@D)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(PKG_CFLAGS) -MMD -MP -c $< -o $@
-$(B)/tests/%: $(B)/obj/tests/%.o $(LIBS)
+$(B)/tests/%: $(B)/obj/tests/%.o $(B)/libcli.a $(LIBS)
 	@mkdir -p $(@D)
-	$(CC) $(LDFLAGS) -o $@ $< $(LIBS) -lcriterion $(PKG_LIBS) $(LDLIBS)
+	$(CC) $(LDFLAGS) -o $@ $< $(B)/libcli.a $(LIBS) -lcriterion $(PKG_LIBS) $(LDLIBS)
 
 # ---- Benchmarks and tools -------------------------------------------------------
 BENCH_SRC := $(sort $(wildcard bench/*.c))

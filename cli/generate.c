@@ -8,10 +8,11 @@
  * the last call are detokenized (whole UTF-8 characters only) and printed.
  * EOS is a stop id and prints as nothing.  The speed goes to stderr. */
 #include "cli/cli.h"
+#include "cli/opt.h"
 #include "model/model.h"
 #include "sampler/sampler.h"
 
-#include <errno.h>
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -82,75 +83,40 @@ static void usage(FILE *f)
           f);
 }
 
-static int parse_long(const char *s, long lo, long hi, long *out)
+static int parse_kv_type(const char *v, void *out)
 {
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi) return -1;
-    *out = v;
-    return 0;
-}
-
-static int parse_float(const char *s, float *out)
-{
-    char *end;
-    errno = 0;
-    float v = strtof(s, &end);
-    if (errno || end == s || *end || !isfinite(v)) return -1;
-    *out = v;
+    int k = model_parse_kv_type(v);
+    if (k < 0) return -1;
+    *(int *)out = k;
     return 0;
 }
 
 int cli_generate(int argc, char **argv)
 {
     const char *model_path = NULL, *tok_path = NULL, *prompt = NULL;
-    long max_tokens = 256, top_k = 0, threads = 0;
-    int kv_f16 = 0;
+    int max_tokens = 256, top_k = 0, threads = 0, kv_f16 = 0;
     float temperature = 1.0f, top_p = 0.0f, rep = 0.0f;
-    unsigned long long seed = (unsigned long long)time(NULL);
+    uint64_t seed = (uint64_t)time(NULL);
 
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-            usage(stdout);
-            return 0;
-        }
-        if (i + 1 >= argc) {
-            fprintf(stderr, "lmserve generate: unknown option or missing value: %s\n", a);
-            usage(stderr);
-            return 2;
-        }
-        const char *v = argv[++i];
-        int bad = 0;
-        if (!strcmp(a, "--model")) model_path = v;
-        else if (!strcmp(a, "--tokenizer")) tok_path = v;
-        else if (!strcmp(a, "--prompt")) prompt = v;
-        else if (!strcmp(a, "--max-tokens")) bad = parse_long(v, 0, 1L << 24, &max_tokens);
-        else if (!strcmp(a, "--temperature")) bad = parse_float(v, &temperature) || temperature < 0;
-        else if (!strcmp(a, "--top-k")) bad = parse_long(v, 0, 1L << 30, &top_k);
-        else if (!strcmp(a, "--top-p")) bad = parse_float(v, &top_p) || top_p < 0 || top_p > 1;
-        else if (!strcmp(a, "--repetition-penalty")) bad = parse_float(v, &rep) || rep < 0;
-        else if (!strcmp(a, "--threads")) bad = parse_long(v, 0, 1024, &threads);
-        else if (!strcmp(a, "--kv-type")) {
-            kv_f16 = model_parse_kv_type(v);
-            bad = kv_f16 < 0;
-        }
-        else if (!strcmp(a, "--seed")) {
-            char *end;
-            errno = 0;
-            seed = strtoull(v, &end, 10);
-            bad = errno || end == v || *end || v[0] == '-';
-        } else {
-            fprintf(stderr, "lmserve generate: unknown option %s\n", a);
-            usage(stderr);
-            return 2;
-        }
-        if (bad) {
-            fprintf(stderr, "lmserve generate: invalid value for %s: '%s'\n", a, v);
-            return 2;
-        }
+    const cli_opt options[] = {
+        OPT_STR("--model", &model_path),
+        OPT_STR("--tokenizer", &tok_path),
+        OPT_STR("--prompt", &prompt),
+        OPT_INT("--max-tokens", &max_tokens, 0, 1 << 24),
+        OPT_FLOAT("--temperature", &temperature, 0, FLT_MAX),
+        OPT_INT("--top-k", &top_k, 0, 1 << 30),
+        OPT_FLOAT("--top-p", &top_p, 0, 1),
+        OPT_FLOAT("--repetition-penalty", &rep, 0, FLT_MAX),
+        OPT_INT("--threads", &threads, 0, 1024),
+        OPT_FN("--kv-type", &kv_f16, parse_kv_type, "f32 or f16"),
+        OPT_U64("--seed", &seed),
+    };
+    int prc = cli_parse("lmserve generate", options, sizeof options / sizeof options[0], argc, argv);
+    if (prc == CLI_HELP) {
+        usage(stdout);
+        return 0;
     }
+    if (prc != CLI_OK) return 2;
     if (!model_path || !prompt) {
         fprintf(stderr, "lmserve generate: --model and --prompt are required\n");
         usage(stderr);

@@ -1,6 +1,7 @@
 /* serve.c -- `lmserve serve`: parse the command line into a server_config and run
  * the server (server/server.h). */
 #include "cli/cli.h"
+#include "cli/opt.h"
 #include "model/model.h"
 #include "server/server.h"
 
@@ -53,16 +54,11 @@ static void usage(FILE *f, const server_config *d)
         d->shutdown_timeout, d->prefill_chunk, d->step_budget, d->outbox_limit);
 }
 
-static int parse_int(const char *opt, const char *v, long min, long max, long *out)
+static int parse_kv_type(const char *v, void *out)
 {
-    char *end;
-    errno = 0;
-    long x = strtol(v, &end, 10);
-    if (!*v || *end || errno || x < min || x > max) {
-        fprintf(stderr, "lmserve serve: %s expects an integer in [%ld, %ld], got '%s'\n", opt, min, max, v);
-        return -1;
-    }
-    *out = x;
+    int k = model_parse_kv_type(v);
+    if (k < 0) return -1;
+    *(int *)out = k;
     return 0;
 }
 
@@ -108,74 +104,39 @@ int cli_serve(int argc, char **argv)
     server_config_init(&d);
     const char *env_key = getenv("LMSERVE_API_KEY");
     if (env_key && *env_key) c.api_key = env_key;
-    for (int i = 1; i < argc; i++) {
-        char *a = argv[i];
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-            usage(stdout, &d);
-            return 0;
-        }
-        if (!strcmp(a, "--no-log")) {
-            c.log_requests = 0;
-            continue;
-        }
-        char name[64];
-        const char *val = NULL;
-        const char *eq = strchr(a, '=');
-        if (strncmp(a, "--", 2) != 0) {
-            fprintf(stderr, "lmserve serve: unexpected argument '%s' (see --help)\n", a);
-            return 2;
-        }
-        if (eq) {
-            snprintf(name, sizeof name, "%.*s", (int)(eq - a), a);
-            val = eq + 1;
-        } else {
-            snprintf(name, sizeof name, "%s", a);
-            if (i + 1 >= argc) {
-                fprintf(stderr, "lmserve serve: %s needs a value (see --help)\n", a);
-                return 2;
-            }
-            val = argv[++i];
-        }
-        long v = 0;
-#define INTOPT(flag, field, lo, hi) \
-    else if (!strcmp(name, flag)) { if (parse_int(flag, val, lo, hi, &v) < 0) return 2; c.field = (int)v; }
-#define SIZEOPT(flag, field, lo, hi) \
-    else if (!strcmp(name, flag)) { if (parse_int(flag, val, lo, hi, &v) < 0) return 2; c.field = (size_t)v; }
-        if (!strcmp(name, "--model")) c.model_path = val;
-        else if (!strcmp(name, "--tokenizer")) c.tokenizer_path = val;
-        else if (!strcmp(name, "--model-id")) c.model_id = val;
-        else if (!strcmp(name, "--host")) c.host = val;
-        else if (!strcmp(name, "--api-key")) c.api_key = *val ? val : NULL;
-        else if (!strcmp(name, "--cors-origin")) c.cors_origin = *val ? val : NULL;
-        else if (!strcmp(name, "--kv-type")) {
-            c.kv_f16 = model_parse_kv_type(val);
-            if (c.kv_f16 < 0) {
-                fprintf(stderr, "lmserve serve: --kv-type must be f32 or f16, not '%s'\n", val);
-                return 2;
-            }
-        }
-        INTOPT("--port", port, 0, 65535)
-        INTOPT("--threads", threads, 0, 1024)
-        INTOPT("--parallel", parallel, 1, SERVER_MAX_PARALLEL)
-        INTOPT("--queue", queue, 0, 1000000)
-        INTOPT("--ctx", ctx, 0, 1 << 24)
-        INTOPT("--max-tokens-limit", max_tokens_limit, 1, 1 << 24)
-        INTOPT("--max-choices", max_choices, 1, 1024)
-        SIZEOPT("--body-limit", body_limit, 64, 1L << 30)
-        INTOPT("--timeout", timeout, 1, 86400)
-        INTOPT("--max-connections", max_connections, 1, 1000000)
-        INTOPT("--max-connections-per-ip", max_connections_per_ip, 0, 1000000)
-        INTOPT("--shutdown-timeout", shutdown_timeout, 0, 86400)
-        INTOPT("--prefill-chunk", prefill_chunk, 1, 1 << 16)
-        INTOPT("--step-budget", step_budget, 1, 1 << 20)
-        SIZEOPT("--outbox-limit", outbox_limit, 4096, 1L << 30)
-        else {
-            fprintf(stderr, "lmserve serve: unknown option '%s' (see --help)\n", name);
-            return 2;
-        }
-#undef INTOPT
-#undef SIZEOPT
+    const cli_opt opts[] = {
+        OPT_STR("--model", &c.model_path),
+        OPT_STR("--tokenizer", &c.tokenizer_path),
+        OPT_STR("--model-id", &c.model_id),
+        OPT_STR("--host", &c.host),
+        OPT_STR("--api-key", &c.api_key),
+        OPT_STR("--cors-origin", &c.cors_origin),
+        OPT_FN("--kv-type", &c.kv_f16, parse_kv_type, "f32 or f16"),
+        OPT_INT("--port", &c.port, 0, 65535),
+        OPT_INT("--threads", &c.threads, 0, 1024),
+        OPT_INT("--parallel", &c.parallel, 1, SERVER_MAX_PARALLEL),
+        OPT_INT("--queue", &c.queue, 0, 1000000),
+        OPT_INT("--ctx", &c.ctx, 0, 1 << 24),
+        OPT_INT("--max-tokens-limit", &c.max_tokens_limit, 1, 1 << 24),
+        OPT_INT("--max-choices", &c.max_choices, 1, 1024),
+        OPT_SIZE("--body-limit", &c.body_limit, 64, 1L << 30),
+        OPT_INT("--timeout", &c.timeout, 1, 86400),
+        OPT_INT("--max-connections", &c.max_connections, 1, 1000000),
+        OPT_INT("--max-connections-per-ip", &c.max_connections_per_ip, 0, 1000000),
+        OPT_INT("--shutdown-timeout", &c.shutdown_timeout, 0, 86400),
+        OPT_INT("--prefill-chunk", &c.prefill_chunk, 1, 1 << 16),
+        OPT_INT("--step-budget", &c.step_budget, 1, 1 << 20),
+        OPT_SIZE("--outbox-limit", &c.outbox_limit, 4096, 1L << 30),
+        OPT_FLAG("--no-log", &c.log_requests, 0),
+    };
+    int rc = cli_parse("lmserve serve", opts, sizeof opts / sizeof opts[0], argc, argv);
+    if (rc == CLI_HELP) {
+        usage(stdout, &d);
+        return 0;
     }
+    if (rc != CLI_OK) return 2;
+    if (c.api_key && !*c.api_key) c.api_key = NULL; /* an empty key or origin: none */
+    if (c.cors_origin && !*c.cors_origin) c.cors_origin = NULL;
     char path[PATH_MAX + 64];
     if (!c.model_path) {
         if (default_model(path, sizeof path) < 0) {

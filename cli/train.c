@@ -1,5 +1,6 @@
 /* train.c -- `lmserve train`: train a byte-level llama model on a text file. */
 #include "cli/cli.h"
+#include "cli/opt.h"
 #include "train/train.h"
 
 #include <errno.h>
@@ -53,26 +54,6 @@ static void usage(FILE *f)
           f);
 }
 
-static int parse_long(const char *s, long lo, long hi, long *out)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi) return -1;
-    *out = v;
-    return 0;
-}
-
-static int parse_float(const char *s, double lo, double hi, float *out)
-{
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno || end == s || *end || !(v >= lo && v <= hi)) return -1;
-    *out = (float)v;
-    return 0;
-}
-
 static unsigned char *read_file(const char *path, size_t *len)
 {
     FILE *f = fopen(path, "rb");
@@ -109,57 +90,44 @@ int cli_train(int argc, char **argv)
     const char *prompt = "And";
     char *ckpt_alloc = NULL;
 
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-        long l = 0;
-        int bad = 0, used = 1;
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) { usage(stdout); return 0; }
-        else if (!strcmp(a, "--untied")) { o.shape.tied = 0; used = 0; }
-        else if (!strcmp(a, "--f16")) { o.f16 = 1; used = 0; }
-        else if (!strcmp(a, "--quiet")) { o.progress = 0; used = 0; }
-        else if (!v) {
-            fprintf(stderr, "lmserve train: %s %s (see --help)\n", a,
-                    strncmp(a, "--", 2) ? "is not an option" : "needs a value, or is unknown");
-            return 2;
-        }
-        else if (!strcmp(a, "--data")) data = v;
-        else if (!strcmp(a, "--out")) o.out_path = v;
-        else if (!strcmp(a, "--ckpt")) o.ckpt_path = v;
-        else if (!strcmp(a, "--resume")) o.resume_path = v;
-        else if (!strcmp(a, "--prompt")) prompt = v;
-        else if (!strcmp(a, "--dim")) { bad = parse_long(v, 8, 8192, &l); o.shape.dim = (int)l; }
-        else if (!strcmp(a, "--layers")) { bad = parse_long(v, 1, 256, &l); o.shape.n_layers = (int)l; }
-        else if (!strcmp(a, "--heads")) { bad = parse_long(v, 1, 1024, &l); o.shape.n_heads = (int)l; }
-        else if (!strcmp(a, "--kv-heads")) { bad = parse_long(v, 1, 1024, &l); kv_heads = (int)l; }
-        else if (!strcmp(a, "--hidden")) { bad = parse_long(v, 8, 65536, &l); hidden = (int)l; }
-        else if (!strcmp(a, "--ctx")) { bad = parse_long(v, 2, 8192, &l); o.shape.ctx_len = (int)l; }
-        else if (!strcmp(a, "--steps")) { bad = parse_long(v, 0, 100000000, &l); o.steps = (int)l; }
-        else if (!strcmp(a, "--batch")) { bad = parse_long(v, 1, 4096, &l); o.batch = (int)l; }
-        else if (!strcmp(a, "--warmup")) { bad = parse_long(v, 0, 100000000, &l); o.warmup = (int)l; }
-        else if (!strcmp(a, "--threads")) { bad = parse_long(v, 1, 64, &l); o.n_threads = (int)l; }
-        else if (!strcmp(a, "--eval-every")) { bad = parse_long(v, 0, 100000000, &l); o.eval_every = (int)l; }
-        else if (!strcmp(a, "--eval-tokens")) { bad = parse_long(v, 1, 100000000, &l); o.eval_tokens = (int)l; }
-        else if (!strcmp(a, "--save-every")) { bad = parse_long(v, 0, 100000000, &l); o.save_every = (int)l; }
-        else if (!strcmp(a, "--stop-at")) { bad = parse_long(v, 0, 100000000, &l); o.stop_at = (int)l; }
-        else if (!strcmp(a, "--sample")) { bad = parse_long(v, 0, 100000, &l); n_sample = (int)l; }
-        else if (!strcmp(a, "--seed")) {
-            char *end;
-            errno = 0;
-            unsigned long long s = strtoull(v, &end, 10);
-            bad = errno || end == v || *end || v[0] == '-';
-            o.seed = s;
-        }
-        else if (!strcmp(a, "--lr")) bad = parse_float(v, 1e-9, 10.0, &o.lr);
-        else if (!strcmp(a, "--min-lr")) bad = parse_float(v, 0.0, 10.0, &min_lr);
-        else if (!strcmp(a, "--weight-decay")) bad = parse_float(v, 0.0, 10.0, &o.weight_decay);
-        else if (!strcmp(a, "--clip")) bad = parse_float(v, 0.0, 1e9, &o.clip);
-        else if (!strcmp(a, "--beta2")) bad = parse_float(v, 0.0, 0.99999999, &o.beta2);
-        else if (!strcmp(a, "--val-frac")) bad = parse_float(v, 0.0, 0.5, &o.val_frac);
-        else { fprintf(stderr, "lmserve train: unknown option '%s' (see --help)\n", a); return 2; }
-        if (bad) { fprintf(stderr, "lmserve train: bad value '%s' for %s (see --help)\n", v, a); return 2; }
-        i += used;
+    const cli_opt opts[] = {
+        OPT_STR("--data", &data),
+        OPT_STR("--out", &o.out_path),
+        OPT_STR("--ckpt", &o.ckpt_path),
+        OPT_STR("--resume", &o.resume_path),
+        OPT_STR("--prompt", &prompt),
+        OPT_FLAG("--untied", &o.shape.tied, 0),
+        OPT_FLAG("--f16", &o.f16, 1),
+        OPT_FLAG("--quiet", &o.progress, 0),
+        OPT_INT("--dim", &o.shape.dim, 8, 8192),
+        OPT_INT("--layers", &o.shape.n_layers, 1, 256),
+        OPT_INT("--heads", &o.shape.n_heads, 1, 1024),
+        OPT_INT("--kv-heads", &kv_heads, 1, 1024),
+        OPT_INT("--hidden", &hidden, 8, 65536),
+        OPT_INT("--ctx", &o.shape.ctx_len, 2, 8192),
+        OPT_INT("--steps", &o.steps, 0, 100000000),
+        OPT_INT("--batch", &o.batch, 1, 4096),
+        OPT_INT("--warmup", &o.warmup, 0, 100000000),
+        OPT_INT("--threads", &o.n_threads, 1, 64),
+        OPT_INT("--eval-every", &o.eval_every, 0, 100000000),
+        OPT_INT("--eval-tokens", &o.eval_tokens, 1, 100000000),
+        OPT_INT("--save-every", &o.save_every, 0, 100000000),
+        OPT_INT("--stop-at", &o.stop_at, 0, 100000000),
+        OPT_INT("--sample", &n_sample, 0, 100000),
+        OPT_U64("--seed", &o.seed),
+        OPT_FLOAT("--lr", &o.lr, 1e-9, 10.0),
+        OPT_FLOAT("--min-lr", &min_lr, 0.0, 10.0),
+        OPT_FLOAT("--weight-decay", &o.weight_decay, 0.0, 10.0),
+        OPT_FLOAT("--clip", &o.clip, 0.0, 1e9),
+        OPT_FLOAT("--beta2", &o.beta2, 0.0, 0.99999999),
+        OPT_FLOAT("--val-frac", &o.val_frac, 0.0, 0.5),
+    };
+    int rc = cli_parse("lmserve train", opts, sizeof opts / sizeof opts[0], argc, argv);
+    if (rc == CLI_HELP) {
+        usage(stdout);
+        return 0;
     }
+    if (rc != CLI_OK) return 2;
     if (!data || !o.out_path) {
         fprintf(stderr, "lmserve train: --data and --out are required (see --help)\n");
         return 2;
@@ -194,7 +162,7 @@ int cli_train(int argc, char **argv)
         return 1;
     }
     train_result res;
-    int rc = train_run(&o, text, len, &res, err, sizeof err);
+    rc = train_run(&o, text, len, &res, err, sizeof err);
     free(text);
     if (rc) {
         fprintf(stderr, "lmserve train: %s\n", err);
