@@ -5,7 +5,9 @@
  * configuration runs a fresh row per token (rows are precomputed so only the
  * sampler is timed) and prints microseconds of CPU time per token, the best of
  * ROUNDS rounds.  "token only" rows skip the chosen token's log-probability, as the
- * server does when a request asks for no logprobs.  Not part of `make test`.
+ * server does when a request asks for no logprobs.  "trace N" rows record the step's
+ * stages (sampler_step_traced, what a request with sampler_trace: N costs); every
+ * other row is the untraced step.  Not part of `make test`.
  *
  *   build/release/bench/bench_sampler [tokens]     (tokens per round, default 1000)
  */
@@ -67,23 +69,29 @@ int main(int argc, char **argv)
     for (int i = 0; i < tokens; i++)
         ids[i] = (int32_t)(sampler_rng_next(&r) % VOCAB);
 
-    struct { const char *name; sampler_params p; int n_top; } cfg[] = {
-        {"greedy", {.temperature = 0.0f}, 0},
-        {"greedy, token only", {.temperature = 0.0f}, SAMPLER_TOKEN_ONLY},
-        {"temperature 0.8", {.temperature = 0.8f, .seed = 1}, 0},
-        {"temperature 0.8, token only", {.temperature = 0.8f, .seed = 1}, SAMPLER_TOKEN_ONLY},
-        {"top_k 40", {.temperature = 0.8f, .top_k = 40, .seed = 1}, 0},
-        {"top_p 0.9", {.temperature = 0.8f, .top_p = 0.9f, .seed = 1}, 0},
-        {"top_p 0.9, T 1.0", {.temperature = 1.0f, .top_p = 0.9f, .seed = 1}, 0},
-        {"top_k 40 + top_p 0.9", {.temperature = 0.8f, .top_k = 40, .top_p = 0.9f, .seed = 1}, 0},
+    struct { const char *name; sampler_params p; int n_top; int trace; } cfg[] = {
+        {"greedy", {.temperature = 0.0f}, 0, 0},
+        {"greedy, token only", {.temperature = 0.0f}, SAMPLER_TOKEN_ONLY, 0},
+        {"temperature 0.8", {.temperature = 0.8f, .seed = 1}, 0, 0},
+        {"temperature 0.8, token only", {.temperature = 0.8f, .seed = 1}, SAMPLER_TOKEN_ONLY, 0},
+        {"top_k 40", {.temperature = 0.8f, .top_k = 40, .seed = 1}, 0, 0},
+        {"top_p 0.9", {.temperature = 0.8f, .top_p = 0.9f, .seed = 1}, 0, 0},
+        {"top_p 0.9, T 1.0", {.temperature = 1.0f, .top_p = 0.9f, .seed = 1}, 0, 0},
+        {"top_k 40 + top_p 0.9", {.temperature = 0.8f, .top_k = 40, .top_p = 0.9f, .seed = 1}, 0, 0},
         {"top_p 0.9 + rep 1.1 (64) + 5 logprobs",
          {.temperature = 0.8f, .top_p = 0.9f, .repetition_penalty = 1.1f, .penalty_last_n = 64,
-          .seed = 1}, 5},
+          .seed = 1}, 5, 0},
+        {"top_k 40 + top_p 0.9, trace 5", {.temperature = 0.8f, .top_k = 40, .top_p = 0.9f, .seed = 1},
+         0, 5},
+        {"top_p 0.9 + rep 1.1 (64), trace 20",
+         {.temperature = 0.8f, .top_p = 0.9f, .repetition_penalty = 1.1f, .penalty_last_n = 64,
+          .seed = 1}, 0, 20},
     };
+    static sampler_trace trace;
     printf("sampler warp+draw per token (CPU us, best of %d rounds), vocab %d, %d tokens per round\n", ROUNDS, VOCAB, tokens);
     for (size_t c = 0; c < sizeof cfg / sizeof cfg[0]; c++) {
         sampler *s = sampler_new(VOCAB, &cfg[c].p);
-        if (!s)
+        if (!s || (cfg[c].trace && sampler_trace_enable(s, cfg[c].trace) != 0))
             return 1;
         sampler_choice ch;
         long sum = 0;
@@ -93,7 +101,10 @@ int main(int argc, char **argv)
             for (int i = 0; i < tokens; i++) {
                 const float *lg = rows + (size_t)(i % ROWS) * VOCAB;
                 int n_ids = i < 256 ? i : 256;
-                if (sampler_step(s, lg, ids + (i - n_ids), n_ids, n_ids, cfg[c].n_top, &ch) < 0)
+                int rc = cfg[c].trace
+                    ? sampler_step_traced(s, lg, ids + (i - n_ids), n_ids, n_ids, cfg[c].n_top, &ch, &trace)
+                    : sampler_step(s, lg, ids + (i - n_ids), n_ids, n_ids, cfg[c].n_top, &ch);
+                if (rc < 0)
                     return 1;
                 sum += ch.token;
             }

@@ -60,7 +60,7 @@ int sampler_generate(sampler_lm *lm, const int32_t *prompt, int n_prompt, int ma
             break;
         }
         int32_t token;
-        rc = sampler__choose(params, &sc, &rng, logits, out, len, len - n_prompt, &token);
+        rc = sampler__choose(params, &sc, &rng, logits, out, len, len - n_prompt, NULL, &token);
         if (rc < 0)
             break;
         out[len++] = token;

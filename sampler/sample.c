@@ -100,7 +100,7 @@ int sampler_softmax(const float *logits, float *probs, int vocab)
     if (rc < 0)
         return rc;
     for (int i = 0; i < vocab; i++)
-        probs[i] = (float)((double)probs[i] * inv);
+        probs[i] = sampler__prob(probs[i], inv);
     return SAMPLER_OK;
 }
 
@@ -115,7 +115,7 @@ int sampler__draw_scaled(const float *e, double scale, int n, float coin)
     double cdf = 0.0;
     int last = -1;
     for (int i = 0; i < n; i++) {
-        float p = (float)((double)e[i] * scale);
+        float p = sampler__prob(e[i], scale);
         if (!(p > 0.0f))
             continue;
         cdf += p;

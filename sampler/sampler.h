@@ -133,4 +133,70 @@ int sampler_step(sampler *s, const float *logits, const int32_t *ids, int n_ids,
 /* Log-softmax entries for scoring a given token (echo/logprobs of prompts). */
 int sampler_logprobs(const float *logits, int vocab, int32_t token, int n_top, sampler_choice *out);
 
+/* ---- Trace of a step: what each stage did ---------------------------------------
+ * A traced step records, for the stages of the order above, the row each stage
+ * left behind -- the very arrays the step warped and drew from, copied as it goes,
+ * not recomputed -- and reduces them afterwards to a few candidates:
+ *   candidates = the raw top N, then any token that is in the top N after a later
+ *   stage, then the drawn token if it is none of those (each once; top N ranks by
+ *   value, equal values by increasing id, dropped tokens never rank).
+ * For every stage that ran: how many tokens survive it (not -INFINITY; after
+ * softmax, probability > 0) and each candidate's value after it: a logit (bias,
+ * penalties, temperature, filters; -INFINITY = dropped) or, after softmax, the
+ * probability the draw used.  A stage that is off for the request (an identity:
+ * temperature 1, top-p 1, top-k 0 or >= the candidates left, ...) does not run
+ * and is marked so.  Greedy (temperature 0) takes the argmax after the penalties:
+ * temperature and everything after it are marked not run, and there is no coin.
+ * Top-k keeps ties with the k-th value, so more than k may survive it.
+ * Tracing only reads the step's arrays: the tokens drawn are the untraced ones. */
+
+#define SAMPLER_TRACE_MAX 20 /* largest N */
+
+typedef enum {
+    SAMPLER_STAGE_LOGITS,             /* the model's logits, as given */
+    SAMPLER_STAGE_LOGIT_BIAS,
+    SAMPLER_STAGE_REPETITION_PENALTY,
+    SAMPLER_STAGE_PRESENCE_FREQUENCY,
+    SAMPLER_STAGE_TEMPERATURE,
+    SAMPLER_STAGE_TOP_K,
+    SAMPLER_STAGE_TOP_P,
+    SAMPLER_STAGE_MIN_P,
+    SAMPLER_STAGE_SOFTMAX,            /* values are probabilities */
+    SAMPLER_STAGE_COUNT
+} sampler_stage;
+
+/* "logits", "logit_bias", "repetition_penalty", "presence_frequency", "temperature",
+ * "top_k", "top_p", "min_p", "softmax"; NULL out of range. */
+const char *sampler_stage_name(int stage);
+
+/* A stage can bring at most N new tokens into the top N. */
+#define SAMPLER_TRACE_MAX_CANDIDATES (SAMPLER_TRACE_MAX * SAMPLER_STAGE_COUNT + 1)
+
+typedef struct {
+    int ran;                   /* 0: skipped (off for this request, or after greedy's argmax) */
+    int survivors;             /* tokens left after the stage (set when ran) */
+    float value[SAMPLER_TRACE_MAX_CANDIDATES]; /* per candidate (set when ran) */
+} sampler_trace_stage;
+
+typedef struct {
+    int n;                     /* N: the candidates' top-N */
+    int n_candidates;
+    int32_t candidate[SAMPLER_TRACE_MAX_CANDIDATES]; /* token ids, in the order above */
+    sampler_trace_stage stage[SAMPLER_STAGE_COUNT];  /* indexed by sampler_stage */
+    int greedy;                /* 1: argmax after the penalties, nothing after ran */
+    float coin;                /* the uniform number in [0, 1) the draw used; NAN when greedy */
+    int32_t token;             /* the chosen token (always a candidate) */
+    float probability;         /* its probability after softmax; NAN when greedy */
+} sampler_trace;
+
+/* Give the sampler the memory to trace its steps with N = n (1..SAMPLER_TRACE_MAX):
+ * a copy of each stage's row, (SAMPLER_STAGE_COUNT + 4) * vocab * 4 bytes, allocated
+ * here once.  Again with another n: only n changes.  SAMPLER_OK, SAMPLER_EINVAL
+ * (n out of range), SAMPLER_ENOMEM (the sampler is unchanged). */
+int sampler_trace_enable(sampler *s, int n);
+/* sampler_step, and if trace is not NULL, the step's trace written there
+ * (SAMPLER_EINVAL when tracing was not enabled).  trace NULL is sampler_step. */
+int sampler_step_traced(sampler *s, const float *logits, const int32_t *ids, int n_ids,
+                        int n_generated, int n_top, sampler_choice *out, sampler_trace *trace);
+
 #endif /* LMSERVE_SAMPLER_H */

@@ -105,13 +105,50 @@ int sampler__presence_frequency(const float *logits, float *out, int vocab,
                                 const int32_t *seen, int n_seen, float presence,
                                 float frequency, int32_t *counts);
 
+/* The recorder of a traced step (trace.c): a copy of the row each stage left
+ * behind, taken by sampler__choose as it goes, reduced to a sampler_trace after
+ * the draw.  Rows after a filter are compacted (survivors only) with their ids. */
+typedef struct {
+    int n;                                  /* N */
+    int vocab;
+    float *row[SAMPLER_STAGE_COUNT];        /* (vocab) each: the stage's output row */
+    int32_t *row_id[SAMPLER_STAGE_COUNT];   /* (vocab) ids of row's entries for stages
+                                             * after a compaction, else NULL (entry i is id i) */
+    int32_t *id_buf[4];                     /* (vocab) each: storage for row_id */
+    int len[SAMPLER_STAGE_COUNT];           /* entries in row; 0 = stage did not run */
+    int n_id_bufs;                          /* id_buf entries handed out this step */
+    int greedy;
+    float coin;
+    void *block;                            /* the one allocation behind row and id_buf */
+} sampler_recorder;
+
+int sampler__recorder_init(sampler_recorder *r, int vocab, int n);
+void sampler__recorder_release(sampler_recorder *r);
+/* Start a step: every stage "did not run". */
+void sampler__record_begin(sampler_recorder *r);
+/* Stage `stage` left x[0..n) with ids id[0..n) (NULL: entry i is token i). */
+void sampler__record(sampler_recorder *r, int stage, const float *x, int n, const int32_t *id);
+/* The softmax stage: probabilities sampler__prob(e[i], scale). */
+void sampler__record_softmax(sampler_recorder *r, const float *e, double scale, int n,
+                             const int32_t *id);
+/* Reduce the recorded rows to candidates and their values (sampler.h). */
+void sampler__record_finish(const sampler_recorder *r, int32_t token, sampler_trace *out);
+
+/* One token's probability from softmax_scaled's e[i] and scale: the one expression
+ * that softmax, the draw and the trace all use, so they agree to the bit. */
+static inline float sampler__prob(float e, double scale)
+{
+    return (float)((double)e * scale);
+}
+
 /* One step: copy logits into scratch, apply every enabled warper in the documented
  * order, and pick a token (argmax at temperature 0, else one draw from rng).
  * ids[0..n_ids) is the sequence so far, the last n_generated of which were generated.
+ * rec: NULL, or a recorder that receives each stage's row (a traced step).
  * SAMPLER_EINVAL if no token can be chosen (every logit -INFINITY or NaN). */
 int sampler__choose(const sampler_params *p, sampler_scratch *sc, sampler_rng *rng,
                     const float *logits, const int32_t *ids, int n_ids, int n_generated,
-                    int32_t *token);
+                    sampler_recorder *rec, int32_t *token);
 
 /* softmax and draw without the pass that normalises: e[i] = exp(logits[i] - max) and
  * *scale = 1 / sum e, and the draw takes (float)(e[i] * scale) as token i's

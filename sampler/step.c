@@ -4,7 +4,8 @@
  * sampler_step with that sequence's logits; the per-token callback, stop checks
  * and cancellation live in the caller's loop, between steps.  A sampler owns a
  * copy of its params (bias and stop arrays included), its RNG (seeded once, in
- * sampler_new) and its scratch memory, so a step never allocates.
+ * sampler_new) and its scratch memory, so a step never allocates.  A sampler
+ * that traces (sampler_trace_enable) also owns the recorder's rows (trace.c).
  */
 #include "sampler/sampler_internal.h"
 
@@ -20,6 +21,7 @@ struct sampler {
     float *bias_values;     /* (n_bias) */
     sampler_rng rng;
     sampler_scratch scratch;
+    sampler_recorder rec;   /* traced steps only: rec.block NULL until sampler_trace_enable */
 };
 
 sampler *sampler_new(int vocab, const sampler_params *params)
@@ -62,27 +64,52 @@ void sampler_free(sampler *s)
     if (!s)
         return;
     sampler__scratch_release(&s->scratch);
+    sampler__recorder_release(&s->rec);
     free(s->stop_ids);
     free(s->bias_ids);
     free(s->bias_values);
     free(s);
 }
 
+int sampler_trace_enable(sampler *s, int n)
+{
+    if (!s || n < 1 || n > SAMPLER_TRACE_MAX)
+        return SAMPLER_EINVAL;
+    if (!s->rec.block) {
+        sampler_recorder r;
+        if (sampler__recorder_init(&r, s->scratch.vocab, n) != SAMPLER_OK)
+            return SAMPLER_ENOMEM;
+        s->rec = r;
+    }
+    s->rec.n = n;
+    return SAMPLER_OK;
+}
+
 int sampler_step(sampler *s, const float *logits, const int32_t *ids, int n_ids,
                  int n_generated, int n_top, sampler_choice *out)
 {
+    return sampler_step_traced(s, logits, ids, n_ids, n_generated, n_top, out, NULL);
+}
+
+int sampler_step_traced(sampler *s, const float *logits, const int32_t *ids, int n_ids,
+                        int n_generated, int n_top, sampler_choice *out, sampler_trace *trace)
+{
     if (!s || !logits || !out || n_ids < 0 || (n_ids > 0 && !ids) || n_generated < 0 ||
-        n_generated > n_ids || n_top < SAMPLER_TOKEN_ONLY || n_top > SAMPLER_MAX_TOP)
+        n_generated > n_ids || n_top < SAMPLER_TOKEN_ONLY || n_top > SAMPLER_MAX_TOP ||
+        (trace && !s->rec.block))
         return SAMPLER_EINVAL;
     int vocab = s->scratch.vocab;
     for (int i = 0; i < n_ids; i++)
         if (ids[i] < 0 || ids[i] >= vocab)
             return SAMPLER_EINVAL;
     int32_t token;
+    sampler_recorder *rec = trace ? &s->rec : NULL;
     int rc = sampler__choose(&s->params, &s->scratch, &s->rng, logits, ids, n_ids,
-                             n_generated, &token);
+                             n_generated, rec, &token);
     if (rc < 0)
         return rc;
+    if (rec)
+        sampler__record_finish(rec, token, trace);
     if (n_top == SAMPLER_TOKEN_ONLY) {
         out->token = token;
         out->logprob = NAN;
