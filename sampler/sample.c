@@ -112,7 +112,7 @@ int sampler__draw_scaled(const float *e, double scale, int n, float coin)
      * token with nonzero probability is taken: a zero-probability token is never drawn.
      * The running sum is a chain of dependent additions, so the multiply and the
      * rounding to float that make each probability cost nothing here. */
-    double cdf = 0.0;
+    double cdf = 0.0; /* trace.c sums the same way for sampler_trace.cdf_before */
     int last = -1;
     for (int i = 0; i < n; i++) {
         float p = sampler__prob(e[i], scale);

@@ -187,6 +187,14 @@ typedef struct {
     float coin;                /* the uniform number in [0, 1) the draw used; NAN when greedy */
     int32_t token;             /* the chosen token (always a candidate) */
     float probability;         /* its probability after softmax; NAN when greedy */
+    /* Where each candidate sits on the draw's line: the draw walks the survivors in
+     * increasing id order, summing probabilities, and stops at the first token whose
+     * running sum passes the coin.  cdf_before[c] is that sum just before candidate c
+     * (in double, as the draw adds), so the chosen token has
+     * cdf_before <= coin < cdf_before + probability (unless rounding left the total
+     * below the coin: then the last survivor is taken).  NAN when the candidate has
+     * probability 0, and for every candidate when greedy. */
+    double cdf_before[SAMPLER_TRACE_MAX_CANDIDATES];
 } sampler_trace;
 
 /* Give the sampler the memory to trace its steps with N = n (1..SAMPLER_TRACE_MAX):

@@ -183,12 +183,42 @@ void sampler__record_finish(const sampler_recorder *r, int32_t token, sampler_tr
     }
     out->greedy = r->greedy;
     out->token = token;
+    for (int c = 0; c < out->n_candidates; c++)
+        out->cdf_before[c] = NAN;
     if (r->greedy) {
         out->coin = NAN;
         out->probability = NAN;
-    } else {
-        out->coin = r->coin;
-        out->probability = lookup(r->row[SAMPLER_STAGE_SOFTMAX], r->row_id[SAMPLER_STAGE_SOFTMAX],
-                                  r->len[SAMPLER_STAGE_SOFTMAX], token);
+        return;
+    }
+    out->coin = r->coin;
+    const float *row = r->row[SAMPLER_STAGE_SOFTMAX];
+    const int32_t *id = r->row_id[SAMPLER_STAGE_SOFTMAX];
+    int len = r->len[SAMPLER_STAGE_SOFTMAX];
+    out->probability = lookup(row, id, len, token);
+    /* The draw's running sum, walked in its order (increasing id), noted at each
+     * candidate: the candidates in increasing id order first (a few, insertion). */
+    int order[SAMPLER_TRACE_MAX_CANDIDATES];
+    for (int c = 0; c < out->n_candidates; c++) {
+        int j = c;
+        while (j > 0 && out->candidate[order[j - 1]] > out->candidate[c]) {
+            order[j] = order[j - 1];
+            j--;
+        }
+        order[j] = c;
+    }
+    double cdf = 0.0;
+    int next = 0;
+    for (int i = 0; i < len && next < out->n_candidates; i++) {
+        int32_t t = id ? id[i] : i;
+        while (next < out->n_candidates && out->candidate[order[next]] < t)
+            next++; /* dropped before softmax: not in this row */
+        float p = row[i];
+        if (next < out->n_candidates && out->candidate[order[next]] == t) {
+            if (p > 0.0f)
+                out->cdf_before[order[next]] = cdf;
+            next++;
+        }
+        if (p > 0.0f)
+            cdf += p;
     }
 }

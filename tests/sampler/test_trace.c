@@ -209,6 +209,8 @@ Test(trace, equals_the_public_warpers_stage_by_stage)
              * the reference distribution. */
             if (p->temperature == 0.0f) {
                 cr_assert(isnan(tr.coin) && isnan(tr.probability));
+                for (int d = 0; d < tr.n_candidates; d++)
+                    cr_assert(isnan(tr.cdf_before[d]));
                 int last = 0;
                 for (int sg = 0; sg < SAMPLER_STAGE_COUNT; sg++)
                     last = ref.ran[sg] ? sg : last;
@@ -218,6 +220,22 @@ Test(trace, equals_the_public_warpers_stage_by_stage)
                 cr_assert_eq(sampler_draw(ref.row[SAMPLER_STAGE_SOFTMAX], VB, tr.coin), tr.token);
                 int c = cand_index(&tr, tr.token);
                 cr_assert(tr.probability == tr.stage[SAMPLER_STAGE_SOFTMAX].value[c]);
+                /* Every candidate's place on the draw's line: the reference probabilities
+                 * of the lower ids, summed; the coin inside the chosen token's interval. */
+                const float *pr = ref.row[SAMPLER_STAGE_SOFTMAX];
+                for (int d = 0; d < tr.n_candidates; d++) {
+                    int32_t t = tr.candidate[d];
+                    if (!(pr[t] > 0.0f)) {
+                        cr_assert(isnan(tr.cdf_before[d]));
+                        continue;
+                    }
+                    double below = 0;
+                    for (int v = 0; v < t; v++)
+                        below += pr[v];
+                    cr_assert_float_eq(tr.cdf_before[d], below, 1e-6, "case %zu step %d", k, st);
+                }
+                cr_assert_leq(tr.cdf_before[c], (double)tr.coin);
+                cr_assert_lt((double)tr.coin, tr.cdf_before[c] + (double)tr.probability);
             }
             ids[n++] = ch.token;
         }
