@@ -57,6 +57,8 @@ typedef struct {
     const float *pre_logits; /* this step's logits when the sequence samples now */
     int pre_rc;              /* sampler_step's result for them (sample_task) */
     sampler_choice pre;
+    sampler_trace *trace;    /* the step's trace when the request asks for one (sampler_trace
+                              * > 0); allocated on first use, kept across requests */
 } seq;
 
 struct engine {
@@ -167,12 +169,15 @@ static int seq_setup(engine *e, seq *s, job *j, int choice)
     sampler_params sp = p->sp;
     sp.seed = p->sp.seed + (uint64_t)choice;
     s->smp = sampler_new(e->vocab, &sp);
+    int traced = p->sampler_trace > 0;
+    if (traced && !s->trace) s->trace = malloc(sizeof *s->trace);
     s->scoring = p->echo && p->logprobs >= 0;
     if (s->scoring && !s->score)
         s->score = malloc(sizeof(float) * (size_t)e->c.prefill_chunk * (size_t)e->vocab);
     s->plp = s->scoring ? calloc((size_t)n_prompt, sizeof *s->plp) : NULL;
     if (!s->hist || seq_kv_open(&s->kv, e->m, e->c.ctx) < 0 || !s->smp ||
-        (s->scoring && (!s->score || !s->plp))) {
+        (s->scoring && (!s->score || !s->plp)) ||
+        (traced && (!s->trace || sampler_trace_enable(s->smp, p->sampler_trace) != SAMPLER_OK))) {
         seq_free_request(s);
         s->j = NULL;
         return -1;
@@ -205,8 +210,9 @@ static void seq_release(engine *e, seq *s)
 }
 
 /* The choice ends: flush what the detokenizer and the stop matcher hold (unless
- * a stop string ended it), emit EV_FINISH, free the slot. */
-static void seq_finish(engine *e, seq *s, const char *reason, int stopped)
+ * a stop string ended it), emit EV_FINISH, free the slot.  trace: the step of the
+ * end-of-text token that ended it (owned by the event), or NULL. */
+static void seq_finish(engine *e, seq *s, const char *reason, int stopped, sampler_trace *trace)
 {
     job *j = s->j;
     const char *text = "";
@@ -226,7 +232,12 @@ static void seq_finish(engine *e, seq *s, const char *reason, int stopped)
         text = s->sm.pending.data ? s->sm.pending.data : "";
     }
     job_event *ev = job_event_new(EV_FINISH, s->choice, text, tn, 0);
-    if (ev) ev->finish = reason;
+    if (ev) {
+        ev->finish = reason;
+        ev->trace = trace;
+    } else {
+        free(trace);
+    }
     emit(e, j, ev);
     j->n_done++;
     seq_release(e, s);
@@ -280,7 +291,7 @@ static void seq_prompt_done(engine *e, seq *s)
     }
     sbuf_free(&text);
     free(offs);
-    if (j->p.max_tokens == 0) seq_finish(e, s, "length", 0);
+    if (j->p.max_tokens == 0) seq_finish(e, s, "length", 0, NULL);
 }
 
 /* After a token was appended: keep hist[win..n_hist) within the window the cache
@@ -309,7 +320,8 @@ static int sampler_n_top(const job_params *p)
  * mask the logits here, before sampler_step's warpers. */
 static int seq_choose(seq *s, const float *logits, sampler_choice *c)
 {
-    return sampler_step(s->smp, logits, s->hist, s->n_hist, s->n_gen, sampler_n_top(&s->j->p), c);
+    sampler_trace *tr = s->j->p.sampler_trace > 0 ? s->trace : NULL;
+    return sampler_step_traced(s->smp, logits, s->hist, s->n_hist, s->n_gen, sampler_n_top(&s->j->p), c, tr);
 }
 
 static void seq_sample(engine *e, seq *s, const float *logits)
@@ -328,8 +340,19 @@ static void seq_sample(engine *e, seq *s, const float *logits)
     s->pre_logits = NULL;
     if (injected || rc < 0) {
         job_fail(j, JOB_ERR_MODEL);
-        seq_finish(e, s, "length", 1);
+        seq_finish(e, s, "length", 1, NULL);
         return;
+    }
+    /* The step's trace travels with its token's event (the output stage formats it). */
+    sampler_trace *trace = NULL;
+    if (p->sampler_trace > 0) {
+        trace = malloc(sizeof *trace);
+        if (!trace) {
+            job_fail(j, JOB_ERR_NOMEM);
+            seq_finish(e, s, "length", 1, NULL);
+            return;
+        }
+        memcpy(trace, s->trace, sizeof *trace);
     }
     double now = srv_now();
     if (s->n_gen == 0) {
@@ -347,7 +370,7 @@ static void seq_sample(engine *e, seq *s, const float *logits)
     j->completion_tokens++;
     atomic_store(&j->stat_completion, j->completion_tokens);
     if (c.token == e->eos || (e->bos_stop >= 0 && c.token == e->bos_stop)) {
-        seq_finish(e, s, "stop", 0);
+        seq_finish(e, s, "stop", 0, trace);
         return;
     }
     char *buf = e->detok;
@@ -363,14 +386,17 @@ static void seq_sample(engine *e, seq *s, const float *logits)
         ev->tok = c;
         ev->scored = p->logprobs >= 0;
         ev->offset = offset;
+        ev->trace = trace;
+    } else {
+        free(trace);
     }
     emit(e, j, ev);
     stop_matcher_consume(&s->sm, rel);
     if (matched > 0) {
         stop_matcher_consume(&s->sm, s->sm.pending.len);
-        seq_finish(e, s, "stop", 1);
+        seq_finish(e, s, "stop", 1, NULL);
     } else if (s->n_gen >= p->max_tokens) {
-        seq_finish(e, s, "length", 0);
+        seq_finish(e, s, "length", 0, NULL);
     } else {
         seq_fit_window(e, s);
     }
@@ -784,6 +810,7 @@ void engine_stop(engine *e)
     for (int i = 0; i < e->c.parallel; i++) {
         seq_kv_close(&e->seqs[i].kv);
         free(e->seqs[i].score);
+        free(e->seqs[i].trace);
     }
     free(e->seqs);
     free(e->items);

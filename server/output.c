@@ -4,9 +4,10 @@
  * and before the connection reads).  A stream gets one `data: {chunk}\n\n` per
  * event that has something to say, then the usage chunk when asked and
  * `data: [DONE]\n\n`.  A non-streamed answer is kept per choice as it comes --
- * the text, and the logprobs entries already rendered as JSON text (no tree of
- * JSON values per token) -- and written whole into the outbox when the job
- * ends.  Errors (model failure, shutdown, out of memory) become OpenAI error
+ * the text, and the logprobs entries and sampler-trace steps already rendered
+ * as JSON text (no tree of JSON values per token) -- and written whole into the
+ * outbox when the job ends.  A streamed chunk carries the trace steps of the
+ * tokens it carries (trace_json.c formats one step).  Errors (model failure, shutdown, out of memory) become OpenAI error
  * bodies, or for a stream an error event before [DONE].
  *
  * Every byte goes through out_put, the one append path: it counts the bytes the
@@ -27,6 +28,7 @@ struct out_choice {
     sbuf text;                 /* non-streamed: the choice's text */
     sbuf lp[LP_N];             /* non-streamed: rendered logprobs entries, comma-separated
                                 * (completions: the four arrays; chat: "content" in lp[0]) */
+    sbuf trace;                /* non-streamed: rendered sampler_trace steps, comma-separated */
     const char *finish;
     int started;               /* chat stream: the role delta went out */
 };
@@ -118,6 +120,8 @@ static void choice_bufs_free(job *j, out_choice *c)
         j->out_held -= c->lp[k].len;
         sbuf_free(&c->lp[k]);
     }
+    j->out_held -= c->trace.len;
+    sbuf_free(&c->trace);
 }
 
 void output_free(job *j)
@@ -247,6 +251,33 @@ static int lp_add(job *j, json_t *lp, out_choice *oc, int32_t id, const sampler_
     return rc;
 }
 
+/* ---- sampler trace ---------------------------------------------------------------------- */
+
+static json_t *trace_token_text(void *cls, int32_t id)
+{
+    return token_json(cls, id);
+}
+
+/* A stream chunk's "sampler_trace": [step], or NULL (and the job failed) if out of memory. */
+static json_t *trace_array(job *j, const sampler_trace *t)
+{
+    json_t *a = json_array();
+    json_t *st = trace_json(t, trace_token_text, j);
+    if (!a || !st || json_array_append_new(a, st) < 0) {
+        json_decref(a);
+        out_fail(j);
+        return NULL;
+    }
+    return a;
+}
+
+/* Non-streamed: one more step in the choice's rendered list. */
+static int trace_add(job *j, out_choice *oc, const sampler_trace *t)
+{
+    if (oc->trace.len && out_lit(j, &oc->trace, ",") < 0) return -1;
+    return out_json(j, &oc->trace, trace_json(t, trace_token_text, j));
+}
+
 /* ---- stream chunks ---------------------------------------------------------------------- */
 
 static json_t *envelope(const job *j, int chunk)
@@ -262,8 +293,9 @@ static json_t *envelope(const job *j, int chunk)
     return o;
 }
 
-/* One choice's chunk: text (may be empty), lp (stolen, may be NULL). */
-static int chunk(job *j, int index, const char *text, size_t n, json_t *lp, const char *finish, int role_delta)
+/* One choice's chunk: text (may be empty), lp and trace (stolen, may be NULL). */
+static int chunk(job *j, int index, const char *text, size_t n, json_t *lp, json_t *trace, const char *finish,
+                 int role_delta)
 {
     json_t *o = envelope(j, 1);
     json_t *c = json_object();
@@ -273,6 +305,7 @@ static int chunk(job *j, int index, const char *text, size_t n, json_t *lp, cons
         json_decref(c);
         json_decref(arr);
         json_decref(lp);
+        json_decref(trace);
         out_fail(j);
         return -1;
     }
@@ -286,6 +319,7 @@ static int chunk(job *j, int index, const char *text, size_t n, json_t *lp, cons
         json_object_set_new(c, "text", json_bytes(text, n));
     }
     json_object_set_new(c, "logprobs", lp ? lp : json_null());
+    if (trace) json_object_set_new(c, "sampler_trace", trace);
     json_object_set_new(c, "finish_reason", finish ? json_string(finish) : json_null());
     json_array_append_new(arr, c);
     json_object_set_new(o, "choices", arr);
@@ -319,7 +353,7 @@ static void on_prompt(job *j, out_choice *oc, const job_event *ev)
             return;
         }
     }
-    if (j->p.stream) chunk(j, ev->choice, ev->text, ev->text_len, lp, NULL, 0);
+    if (j->p.stream) chunk(j, ev->choice, ev->text, ev->text_len, lp, NULL, NULL, 0);
     else out_put(j, &oc->text, ev->text, ev->text_len);
 }
 
@@ -327,14 +361,15 @@ static void on_token(job *j, out_choice *oc, const job_event *ev)
 {
     if (!j->p.stream) {
         if (ev->scored && lp_add(j, NULL, oc, ev->tok.token, &ev->tok, ev->offset) < 0) return;
+        if (ev->trace && trace_add(j, oc, ev->trace) < 0) return;
         out_put(j, &oc->text, ev->text, ev->text_len);
         return;
     }
     if (j->p.kind == JOB_CHAT && !oc->started) {
         oc->started = 1;
-        if (chunk(j, ev->choice, "", 0, NULL, NULL, 1) < 0) return;
+        if (chunk(j, ev->choice, "", 0, NULL, NULL, NULL, 1) < 0) return;
     }
-    if (!ev->text_len && !ev->scored) return;
+    if (!ev->text_len && !ev->scored && !ev->trace) return;
     json_t *lp = NULL;
     if (ev->scored) {
         lp = lp_object_new(j);
@@ -347,21 +382,31 @@ static void on_token(job *j, out_choice *oc, const job_event *ev)
             return;
         }
     }
-    chunk(j, ev->choice, ev->text, ev->text_len, lp, NULL, 0);
+    json_t *trace = NULL;
+    if (ev->trace && !(trace = trace_array(j, ev->trace))) {
+        json_decref(lp);
+        return;
+    }
+    chunk(j, ev->choice, ev->text, ev->text_len, lp, trace, NULL, 0);
 }
 
+/* ev->trace: the end-of-text token that ended the choice (it has no text and no
+ * logprobs entry). */
 static void on_finish(job *j, out_choice *oc, const job_event *ev)
 {
     oc->finish = ev->finish;
     if (!j->p.stream) {
+        if (ev->trace && trace_add(j, oc, ev->trace) < 0) return;
         out_put(j, &oc->text, ev->text, ev->text_len);
         return;
     }
     if (j->p.kind == JOB_CHAT && !oc->started) {
         oc->started = 1;
-        if (chunk(j, ev->choice, "", 0, NULL, NULL, 1) < 0) return;
+        if (chunk(j, ev->choice, "", 0, NULL, NULL, NULL, 1) < 0) return;
     }
-    chunk(j, ev->choice, ev->text, ev->text_len, NULL, ev->finish, 0);
+    json_t *trace = NULL;
+    if (ev->trace && !(trace = trace_array(j, ev->trace))) return;
+    chunk(j, ev->choice, ev->text, ev->text_len, NULL, trace, ev->finish, 0);
 }
 
 /* ---- the end ------------------------------------------------------------------------------ */
@@ -444,6 +489,11 @@ static int answer_final(job *j, const job_end *end)
                 rc = rc < 0 ? rc : out_lit(j, b, "]");
             }
             rc = rc < 0 ? rc : out_lit(j, b, "}");
+        }
+        if (j->p.sampler_trace > 0) {
+            rc = rc < 0 ? rc : out_lit(j, b, ",\"sampler_trace\":[");
+            rc = rc < 0 ? rc : out_put(j, b, oc->trace.data ? oc->trace.data : "", oc->trace.len);
+            rc = rc < 0 ? rc : out_lit(j, b, "]");
         }
         rc = rc < 0 ? rc : out_lit(j, b, ",\"finish_reason\":");
         rc = rc < 0 ? rc : out_json(j, b, json_string(oc->finish ? oc->finish : "length"));

@@ -67,6 +67,7 @@ enum { JOB_COMPLETION = 0, JOB_CHAT = 1 };
 #define JOB_MAX_STOPS 5   /* 4 from the client + the chat template's own */
 #define JOB_MAX_LOGPROBS 5
 #define JOB_MAX_TOP_LOGPROBS 20
+#define JOB_MAX_SAMPLER_TRACE SAMPLER_TRACE_MAX
 
 typedef struct {
     int kind;                  /* JOB_* */
@@ -78,6 +79,7 @@ typedef struct {
     int *prompt_lens;
     int *echo_from;            /* first token echoed (1 when BOS was added) */
     int logprobs;              /* -1: none; else number of top entries (completions 0..5, chat 0..20) */
+    int sampler_trace;         /* 0: off; else N of every step's trace (1..JOB_MAX_SAMPLER_TRACE) */
     int echo;
     char *stops[JOB_MAX_STOPS];
     int n_stops;
@@ -160,7 +162,8 @@ typedef struct job_event {
     const size_t *offsets;     /* (n_ids) code points before each token */
     /* EV_FINISH */
     const char *finish;        /* "stop" or "length" */
-    void *trace;               /* optional per-step data for the output stage (none yet);
+    sampler_trace *trace;      /* EV_TOKEN, and EV_FINISH for an end-of-text token: the
+                                * step's trace when the request asked for one, else NULL;
                                 * a malloc'd block freed with the event */
     size_t text_len;           /* text: UTF-8 released by the detokenizer and the stop matcher */
     char text[];               /* EV_PROMPT's arrays follow the text */
@@ -271,6 +274,10 @@ size_t job_out_take(job *j, char *buf, size_t max, int *done);
 void output_drain(job *j);
 /* Free the output stage's per-job state (job_unref calls it). */
 void output_free(job *j);
+
+/* One step's sampler trace as the API shows it (trace_json.c); token_text gives a
+ * candidate's text (a new JSON string).  NULL if out of memory. */
+json_t *trace_json(const sampler_trace *t, json_t *(*token_text)(void *cls, int32_t id), void *cls);
 
 /* ---- Metrics (metrics.c) --------------------------------------------------------- */
 

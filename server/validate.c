@@ -115,6 +115,7 @@ static const field fields[] = {
     F("echo",               K_COMPLETION, T_BOOL,   0, 0, 1, 0, HI_FIXED, D_INT, p.echo, 0),
     F("logprobs",           K_CHAT,       T_BOOL,   0, 0, 1, 0, HI_FIXED, D_INT, chat_logprobs, 0),
     F("top_logprobs",       K_CHAT,       T_INT,    0, 0, JOB_MAX_TOP_LOGPROBS, 0, HI_FIXED, D_INT, top_logprobs, -1),
+    F("sampler_trace",      K_BOTH,       T_INT,    0, 0, JOB_MAX_SAMPLER_TRACE, 0, HI_FIXED, D_INT, p.sampler_trace, 0),
 };
 #undef F
 #undef INF
