@@ -105,6 +105,37 @@ test('chat completions, streamed and not', async () => {
   await check('POST', '/v1/chat/completions', { body: { messages, max_tokens: 4, logprobs: true, top_logprobs: 2 }, status: 200 });
 });
 
+test('sampler_trace: traced completions and chats, streamed and not, validate; values line up', async () => {
+  const every = { temperature: 0.9, top_k: 40, top_p: 0.9, min_p: 0.02, repetition_penalty: 1.2,
+    presence_penalty: 0.3, frequency_penalty: 0.2, logit_bias: { 261: 1.5, 383: -100 }, seed: 3 };
+  const messages = [{ role: 'user', content: 'A story about a dog.' }];
+  const cases = [
+    ['/v1/completions', { prompt: 'Once upon a time', max_tokens: 6, temperature: 0, sampler_trace: 4 }],
+    ['/v1/completions', { prompt: 'Once upon a time', max_tokens: 6, sampler_trace: 20, logprobs: 2, ...every }],
+    ['/v1/completions', { prompt: 'Once upon a time', max_tokens: 6, sampler_trace: 3, stream: true, n: 2, ...every }],
+    ['/v1/completions', { prompt: 'Once upon a time', max_tokens: 6, sampler_trace: 1, logit_bias: { 2: 100 }, stream: true }],
+    ['/v1/chat/completions', { messages, max_tokens: 6, sampler_trace: 5, ...every }],
+    ['/v1/chat/completions', { messages, max_tokens: 6, sampler_trace: 5, temperature: 0, stream: true }],
+  ];
+  for (const [route, body] of cases) {
+    const { text } = await check('POST', route, { body, status: 200 });
+    const docs = body.stream ? parseSSE(text).slice(0, -1) : [JSON.parse(text)];
+    let steps = 0;
+    for (const d of docs) {
+      for (const ch of d.choices) {
+        for (const st of ch.sampler_trace || []) {
+          steps++;
+          const n = st.candidates.length;
+          for (const s of st.stages) if (!s.skipped) assert.equal(s.values.length, n, `${route} ${s.name}`);
+          assert.equal(st.draw.cdf_before.length, n);
+          assert.ok(st.candidates.some((c) => c.id === st.draw.token), 'the drawn token is a candidate');
+        }
+      }
+    }
+    assert.ok(steps > 0, `${route} ${JSON.stringify(body)}: no trace steps`);
+  }
+});
+
 test('models, health, metrics, tokenize, detokenize, playground', async () => {
   await check('GET', '/v1/models', { status: 200 });
   await check('GET', '/health', { status: 200 });
@@ -137,6 +168,9 @@ test('every error case validates and names its parameter', async () => {
     [{ prompt: [] }, 'prompt'],
     [{ max_tokens: 3 }, 'prompt'],
     [{ prompt: 'x', presence_penalty: 3 }, 'presence_penalty'],
+    [{ prompt: 'x', sampler_trace: 21 }, 'sampler_trace'],
+    [{ prompt: 'x', sampler_trace: -1 }, 'sampler_trace'],
+    [{ prompt: 'x', sampler_trace: 'all' }, 'sampler_trace'],
   ];
   for (const [body, param] of bad) {
     const { text } = await check('POST', '/v1/completions', { body, status: 400 });
