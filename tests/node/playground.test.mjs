@@ -2,7 +2,8 @@
 // Debian's headless Chromium through playwright-core, against the real server:
 //   lmserve serve --model $LMSERVE_MODELS/stories260K.gguf --port 0
 // Environment: LMSERVE_BIN (the binary), LMSERVE_MODELS (weights folder), LMSERVE_BUILD (where
-// screenshots/playground.png is written), CHROMIUM (default /usr/bin/chromium).
+// screenshots/*.png are written: the playground, narrow and dark, and the pipeline view wide,
+// narrow, side by side and its panel alone), CHROMIUM (default /usr/bin/chromium).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -141,7 +142,8 @@ after(async () => {
 });
 
 test('serves the page and its files from the binary, with types and ETags', async () => {
-  const files = [['/', 'index.html', 'text/html'], ['/app.js', 'app.js', 'javascript'], ['/style.css', 'style.css', 'text/css']];
+  const files = [['/', 'index.html', 'text/html'], ['/app.js', 'app.js', 'javascript'],
+    ['/pipeline.js', 'pipeline.js', 'javascript'], ['/style.css', 'style.css', 'text/css']];
   for (const [url, file, type] of files) {
     const res = await fetch(server.base + url);
     assert.equal(res.status, 200, url);
@@ -352,9 +354,250 @@ test('invalid settings are flagged on the page; server errors are shown', async 
   assert.equal(await page.getAttribute('#error-0', 'role'), 'alert');
 });
 
+/* ---- The pipeline view and the course's exercises (issue 23) ---------------------------- */
+
+/* The last POST /v1/completions the page sends while fn runs. */
+async function capturePost(fn) {
+  let sent = null;
+  const grab = (req) => { if (req.method() === 'POST' && req.url().endsWith('/v1/completions')) sent = req.postDataJSON(); };
+  page.on('request', grab);
+  try { await fn(); } finally { page.off('request', grab); }
+  assert.ok(sent, 'the page sent a completion request');
+  return sent;
+}
+
+/* The same request from here, not streamed: the trace the page was sent. */
+async function apiTwin(sent) {
+  const body = { ...sent, stream: false };
+  delete body.stream_options;
+  const res = await fetch(server.base + '/v1/completions', {
+    method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body),
+  });
+  assert.equal(res.status, 200);
+  return (await res.json()).choices[0];
+}
+
+/* What column i's pipeline shows, read from the page. */
+function readPipeline(i) {
+  return page.$eval(`#pipeline-${i}`, (box) => ({
+    hidden: box.hidden,
+    step: box.dataset.step,
+    head: box.querySelector('.pipe-head')?.textContent || '',
+    stages: Array.from(box.querySelectorAll('.stage')).map((p) => ({
+      name: p.dataset.stage,
+      survivors: Number(p.querySelector('.survivors').dataset.survivors),
+      rows: Array.from(p.querySelectorAll('.bar-row')).map((r) => ({
+        id: Number(r.dataset.id), val: r.querySelector('.val').textContent,
+        dropped: r.classList.contains('dropped'), chosen: r.classList.contains('chosen'),
+        argmax: r.classList.contains('argmax'),
+      })),
+    })),
+    draw: box.querySelector('.draw')?.textContent || '',
+    coin: !!box.querySelector('.draw .coin'),
+    skipped: box.querySelector('.skipped')?.textContent || '',
+  }));
+}
+
+/* The page's pipeline of a step against the API's trace of it. */
+function assertPipelineShows(view, st, k) {
+  assert.equal(view.hidden, false, 'the pipeline is shown');
+  assert.equal(view.step, String(k));
+  const ran = st.stages.filter((s) => !s.skipped);
+  assert.deepEqual(view.stages.map((s) => s.name), ran.map((s) => s.name), 'one panel per stage that ran, in order');
+  ran.forEach((s, j) => {
+    const p = view.stages[j];
+    assert.equal(p.survivors, s.survivors, `${s.name}: survivors`);
+    assert.equal(p.rows.length, st.candidates.length, `${s.name}: a bar per candidate`);
+    const chosen = p.rows.filter((r) => r.chosen);
+    assert.deepEqual(chosen.map((r) => r.id), [st.draw.token], `${s.name}: the chosen token marked`);
+    const dead = s.values.filter((v) => v === null || (s.name === 'softmax' && v === 0)).length;
+    assert.equal(p.rows.filter((r) => r.dropped).length, dead, `${s.name}: dropped tokens greyed`);
+    for (const r of p.rows.filter((x) => x.dropped && s.name !== 'softmax')) assert.equal(r.val, '−∞');
+    let best = -1;
+    s.values.forEach((v, c) => { if (v !== null && (best < 0 || v > s.values[best])) best = c; });
+    assert.deepEqual(p.rows.filter((r) => r.argmax).map((r) => r.id), [st.candidates[best].id], `${s.name}: argmax`);
+  });
+  for (const s of st.stages.filter((x) => x.skipped && x.name !== 'temperature')) {
+    const label = { logit_bias: 'Logit bias', repetition_penalty: 'Repetition penalty', presence_frequency: 'Presence',
+      top_k: 'Top-k', top_p: 'Top-p', min_p: 'Min-p', softmax: 'Softmax' }[s.name];
+    assert.match(view.skipped, new RegExp(label), `skipped ${s.name} is listed as skipped`);
+  }
+  if (st.draw.method === 'sample') {
+    assert.ok(view.coin, 'the coin is drawn on the line');
+    assert.match(view.draw, new RegExp('Coin ' + st.draw.coin.toFixed(4)));
+  } else {
+    assert.match(view.draw, /Greedy/);
+  }
+}
+
+test('pipeline view: a token\'s stages with their survivors, stepping by keyboard, the same step side by side', async () => {
+  await freshPage();
+  await page.fill('#prompt', PROMPT);
+  await page.fill('#max-tokens', '16');
+  await page.fill('#seed', '99');
+  await page.fill('#temperature-0', '0.8');
+  await page.fill('#top_k-0', '20');
+  await page.fill('#top_p-0', '0.9');
+  await page.fill('#min_p-0', '0.02');
+  await page.fill('#repetition_penalty-0', '1.2');
+  assert.equal(await page.inputValue('#trace-n'), '8');
+  const sent = await capturePost(async () => { await page.click('#generate'); await waitColumnDone(0); });
+  assert.equal(sent.sampler_trace, 8);
+  const api = await apiTwin(sent);
+  assert.equal(await page.textContent('#completion-0'), api.text);
+  const steps = api.sampler_trace;
+  assert.equal(steps.length, 16);
+
+  // Click a token: its step's pipeline.
+  await page.click('#completion-0 .tok[data-i="0"]');
+  await page.waitForSelector('#pipeline-0:not([hidden])');
+  assertPipelineShows(await readPipeline(0), steps[0], 0);
+  assert.match((await readPipeline(0)).head, /^Step 1 of 16/);
+  // The keyboard steps through the generation: ArrowRight, then End.
+  await page.keyboard.press('ArrowRight');
+  assert.equal(await page.evaluate(() => document.activeElement?.dataset.i), '1');
+  assertPipelineShows(await readPipeline(0), steps[1], 1);
+  await page.keyboard.press('ArrowRight');
+  assertPipelineShows(await readPipeline(0), steps[2], 2);
+  await page.keyboard.press('End');
+  assertPipelineShows(await readPipeline(0), steps[15], 15);
+  await page.keyboard.press('Home');
+  assertPipelineShows(await readPipeline(0), steps[0], 0);
+  assert.deepEqual(pageErrors, []);
+
+  const dir = path.join(BUILD, 'screenshots');
+  fs.mkdirSync(dir, { recursive: true });
+  // The screenshots show the step whose draw had the most tokens to choose from.
+  const survivors = (st) => st.stages.find((s) => s.name === 'softmax').survivors;
+  const wide = steps.reduce((best, st, k) => (survivors(st) > survivors(steps[best]) ? k : best), 0);
+  await page.click(`#completion-0 .tok[data-i="${wide}"]`);
+  assertPipelineShows(await readPipeline(0), steps[wide], wide);
+  await page.screenshot({ path: path.join(dir, 'playground-pipeline.png'), fullPage: true });
+  await page.locator('#pipeline-0').screenshot({ path: path.join(dir, 'pipeline-panel.png') });
+  await page.setViewportSize({ width: 390, height: 844 });
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth);
+  assert.ok(overflow <= 0, `the pipeline view scrolls sideways by ${overflow}px on a narrow screen`);
+  await page.screenshot({ path: path.join(dir, 'playground-pipeline-narrow.png'), fullPage: true });
+  await page.setViewportSize({ width: 1280, height: 900 });
+
+  // Side by side: a second, greedy column; selecting step 3 in one shows step 3 in both.
+  await page.selectOption('#columns-count', '2');
+  await page.selectOption('#preset-1', 'greedy');
+  const sent2 = await capturePost(async () => {
+    await page.click('#generate');
+    await waitColumnDone(0);
+    await waitColumnDone(1);
+  });
+  assert.equal(sent2.temperature, 0);
+  const greedy = await apiTwin(sent2);
+  assert.equal(await page.textContent('#completion-1'), GREEDY_16);
+  await page.click('#completion-0 .tok[data-i="3"]');
+  assertPipelineShows(await readPipeline(0), steps[3], 3);
+  assertPipelineShows(await readPipeline(1), greedy.sampler_trace[3], 3);
+  assert.equal(await page.$eval('#completion-1 .tok.peer', (s) => s.dataset.i), '3', 'the other column marks its token');
+  assert.match(await page.textContent('#detail-1'), new RegExp(`^"${greedy.logprobs.tokens[3].replace(/ /g, '␣')}"`),
+    'and shows its detail');
+  await page.focus('#completion-1 .tok.peer');
+  await page.keyboard.press('ArrowRight');
+  assertPipelineShows(await readPipeline(1), greedy.sampler_trace[4], 4);
+  assertPipelineShows(await readPipeline(0), steps[4], 4);
+  await page.screenshot({ path: path.join(dir, 'playground-pipeline-side-by-side.png'), fullPage: true });
+  assert.deepEqual(pageErrors, []);
+});
+
+test('forbid a token from the token view: logit_bias −100 in that column, shown, removable; it regenerates without it', async () => {
+  await freshPage();
+  await page.fill('#prompt', PROMPT);
+  await page.selectOption('#preset-0', 'greedy');
+  await page.fill('#max-tokens', '16');
+  await page.click('#generate');
+  await waitColumnDone(0);
+  assert.equal(await page.textContent('#completion-0'), GREEDY_16);
+  await page.focus('#completion-0 .tok[data-i="0"]');
+  const forbid = page.locator('#detail-0 tr.chosen button[data-action="forbid"]');
+  const id = Number(await forbid.getAttribute('data-id'));
+  const sent = await capturePost(async () => { await forbid.click(); await waitColumnDone(0); });
+  assert.deepEqual(sent.logit_bias, { [id]: -100 });
+  assert.equal(await page.isVisible('#bias-0'), true);
+  assert.match(await page.textContent('#bias-0'), new RegExp(`"," \\(id ${id}\\) −100`));
+  const text = await page.textContent('#completion-0');
+  assert.notEqual(text, GREEDY_16);
+  assert.ok(!text.startsWith(','), text);
+  const api = await apiTwin(sent);
+  assert.equal(api.text, text);
+  for (const st of api.sampler_trace) assert.notEqual(st.draw.token, id, 'the forbidden token is never chosen');
+  // Its pipeline shows the bias stage dropping it.
+  await page.click('#completion-0 .tok[data-i="0"]');
+  const view = await readPipeline(0);
+  assertPipelineShows(view, api.sampler_trace[0], 0);
+  const biasPanel = view.stages.find((s) => s.name === 'logit_bias');
+  assert.ok(biasPanel, 'a logit-bias panel');
+  assert.deepEqual(biasPanel.rows.filter((r) => r.id === id).map((r) => [r.dropped, r.val]), [[true, '−∞']]);
+  // Removable: the chip goes, the next run sends no bias and gives the greedy text back.
+  await page.click(`#bias-0 .chip[data-id="${id}"] .chip-x`);
+  assert.equal(await page.isHidden('#bias-0'), true);
+  const again = await capturePost(async () => { await page.click('#generate'); await waitColumnDone(0); });
+  assert.equal(again.logit_bias, undefined);
+  assert.equal(await page.textContent('#completion-0'), GREEDY_16);
+});
+
+test('forced first token: chosen from the alternatives, and the column continues from it', async () => {
+  await freshPage();
+  await page.fill('#prompt', PROMPT);
+  await page.selectOption('#preset-0', 'greedy');
+  await page.fill('#max-tokens', '16');
+  await page.click('#generate');
+  await waitColumnDone(0);
+  await page.focus('#completion-0 .tok[data-i="1"]');
+  assert.equal(await page.locator('#detail-0 button[data-action="force"]').count(), 0, 'only the first token can be forced');
+  await page.focus('#completion-0 .tok[data-i="0"]');
+  const start = page.locator('#detail-0 tr:not(.chosen) button[data-action="force"]').first();
+  const id = Number(await start.getAttribute('data-id'));
+  const tokText = await page.locator('#detail-0 tr:not(.chosen) td.mono').first().textContent();
+  const sent = await capturePost(async () => { await start.click(); await waitColumnDone(0); });
+  const tk = await (await fetch(server.base + '/tokenize', { method: 'POST', body: JSON.stringify({ content: PROMPT }) })).json();
+  assert.deepEqual(sent.prompt, [...tk.tokens, id], 'the prompt goes as ids, the chosen token last');
+  assert.equal(await page.textContent('#output-0 .forced-tok'), tokText.replace(/␣/g, ' '));
+  assert.match(await page.textContent('#forced-0'), new RegExp(`\\(id ${id}\\)`));
+  const api = await apiTwin(sent);
+  assert.equal(await page.textContent('#completion-0'), api.text);
+  assert.ok(!GREEDY_16.startsWith(api.text.slice(0, 5)), 'a different continuation');
+  await page.click(`#forced-0 .chip[data-id="${id}"] .chip-x`);
+  const again = await capturePost(async () => { await page.click('#generate'); await waitColumnDone(0); });
+  assert.equal(again.prompt, PROMPT);
+  assert.equal(await page.textContent('#completion-0'), GREEDY_16);
+});
+
+test('greedy two ways: temperature 0 and top-k 1 give the same text, and the pipelines show why', async () => {
+  await freshPage();
+  await page.fill('#prompt', PROMPT);
+  await page.fill('#max-tokens', '16');
+  await page.click('#greedy-two-ways');
+  assert.equal(await page.$$eval('#columns > .column', (c) => c.length), 2);
+  assert.deepEqual([await page.inputValue('#preset-0'), await page.inputValue('#preset-1')], ['greedy', 'top_k1']);
+  assert.equal(await page.inputValue('#temperature-0'), '0');
+  assert.equal(await page.inputValue('#top_k-1'), '1');
+  assert.equal(await page.inputValue('#temperature-1'), '1');
+  await page.click('#generate');
+  await waitColumnDone(0);
+  await waitColumnDone(1);
+  assert.equal(await page.textContent('#completion-0'), GREEDY_16);
+  assert.equal(await page.textContent('#completion-1'), GREEDY_16);
+  await page.click('#completion-1 .tok[data-i="2"]');
+  const topk = await readPipeline(1);
+  assert.deepEqual(topk.stages.map((s) => [s.name, s.survivors]), [['logits', 512], ['top_k', 1], ['softmax', 1]]);
+  assert.deepEqual(topk.stages[2].rows.filter((r) => r.chosen).map((r) => r.val), ['100.0%']);
+  assert.match(topk.draw, /Coin/);
+  const greedy = await readPipeline(0);
+  assert.equal(greedy.step, '2');
+  assert.deepEqual(greedy.stages.map((s) => s.name), ['logits']);
+  assert.match(greedy.draw, /Greedy/);
+  assert.deepEqual(pageErrors, []);
+});
+
 let keyed = null; // a second server, started with --api-key
 const API_KEY = 'playground-test-key';
-const STATIC_PATHS = ['/', '/index.html', '/app.js', '/style.css'];
+const STATIC_PATHS = ['/', '/index.html', '/app.js', '/pipeline.js', '/style.css'];
 
 test('with --api-key the page itself loads without a key (openapi.yaml: / is exempt)', async () => {
   keyed = await startServer(['--api-key', API_KEY]);

@@ -1,5 +1,6 @@
 /* lmserve playground -- talks only to this server's public API:
- *   POST /v1/completions (stream: true, SSE "data:" lines, logprobs for the token view),
+ *   POST /v1/completions (stream: true, SSE "data:" lines, logprobs for the token view,
+ *   sampler_trace for the pipeline view), POST /tokenize (a forced first token),
  *   GET /health, GET /v1/models.
  * No framework and no outside resources.  One "column" = one set of sampler settings and
  * its output; side-by-side mode runs 2-4 columns on the same prompt at once, each with its
@@ -29,6 +30,8 @@ const PRESETS = [
   { id: 'top_p', label: 'Top-p 0.9', values: { top_p: 0.9 } },
   { id: 'top_k', label: 'Top-k 40', values: { top_k: 40 } },
   { id: 'hot', label: 'High temperature', values: { temperature: 1.5 } },
+  /* Greedy the other way: keep one token, then draw from a distribution of one. */
+  { id: 'top_k1', label: 'Top-k 1', values: { top_k: 1 } },
   { id: 'custom', label: 'Custom', values: null },
 ];
 /* Presets given to columns 2-4 when they first appear. */
@@ -175,8 +178,13 @@ class Column {
   constructor(index, presetId) {
     this.index = index;
     this.controller = null;
-    this.tokens = [];          /* { token, p, alts: [[token, p], ...], merged } for each span */
+    this.tokens = [];          /* { token, p, alts: [[token, p], ...], merged, steps } for each span */
     this.pending = [];         /* tokens that carried no text yet */
+    this.steps = [];           /* sampler_trace steps of the generation, in order */
+    this.pendingSteps = [];    /* steps of the pending tokens */
+    this.sent = null;          /* the sampler settings of the last run (pipeline panel titles) */
+    this.bias = new Map();     /* token id -> its text: forbidden (logit_bias -100) in this column */
+    this.forced = null;        /* { id, token }: the first generated token, chosen by hand */
     this.fragment = document.createDocumentFragment(); /* spans not yet in the page */
     this.hasTabStop = false;   /* the first token span is the list's one tab stop */
     this.statsText = null;     /* stats line waiting for the next flush */
@@ -213,10 +221,19 @@ class Column {
     this.error.id = `error-${index}`;
     this.detail = $('.token-detail', root);
     this.detail.id = `detail-${index}`;
+    this.pipeline = $('.pipeline', root);
+    this.pipeline.id = `pipeline-${index}`;
+    this.pipeline.setAttribute('aria-label', `Pipeline view, column ${index + 1}`);
+    this.biasBox = $('[data-part="bias"]', root);
+    this.biasBox.id = `bias-${index}`;
+    this.forcedBox = $('[data-part="forced"]', root);
+    this.forcedBox.id = `forced-${index}`;
 
     this.completion.addEventListener('keydown', (ev) => this.onTokenKey(ev));
-    this.completion.addEventListener('focusin', (ev) => this.showDetail(ev.target));
-    this.completion.addEventListener('mouseover', (ev) => this.showDetail(ev.target));
+    /* Focus (click, Tab, arrows) selects a token: its detail and its pipeline; hovering
+     * shows only the detail. */
+    this.completion.addEventListener('focusin', (ev) => this.showDetail(ev.target, true));
+    this.completion.addEventListener('mouseover', (ev) => this.showDetail(ev.target, false));
     this.completion.addEventListener('click', (ev) => {
       if (ev.target.classList.contains('tok')) ev.target.focus();
     });
@@ -302,12 +319,21 @@ class Column {
   reset(prompt) {
     this.tokens = [];
     this.pending = [];
+    this.steps = [];
+    this.pendingSteps = [];
+    this.pipeline.hidden = true;
+    this.pipeline.textContent = '';
+    delete this.pipeline.dataset.step;
     this.fragment = document.createDocumentFragment();
     this.hasTabStop = false;
     this.statsText = null;
     if (this.flushHandle !== null) cancelAnimationFrame(this.flushHandle);
     this.flushHandle = null;
     this.promptEcho.textContent = prompt;
+    if (this.forced) {
+      /* The forced token was sent as part of the prompt (ids); shown where it belongs. */
+      this.promptEcho.append(el('mark', { class: 'forced-tok', title: 'first token, forced' }, this.forced.token));
+    }
     this.completion.textContent = '';
     this.error.hidden = true;
     this.error.textContent = '';
@@ -347,22 +373,38 @@ class Column {
     } else if (text !== '') {
       pieces.push({ text, token: text, p: NaN, top: null });
     }
+    /* The chunk's trace steps, one per token in order: the i-th goes with the i-th piece;
+     * a step left over when the choice ends is its end-of-text token (no text, no
+     * logprobs entry); otherwise it waits with the pending tokens. */
+    const steps = [];
+    for (const st of Array.isArray(choice.sampler_trace) ? choice.sampler_trace : []) {
+      this.steps.push(st);
+      steps.push(this.steps.length - 1);
+    }
+    pieces.forEach((pc, i) => { pc.steps = i < steps.length ? [steps[i]] : []; });
+    const leftover = steps.slice(pieces.length);
+    if (leftover.length && !choice.finish_reason) this.pendingSteps.push(...leftover);
     for (const pc of pieces) {
       if (pc.text === '') {
         /* A token with no complete character yet (e.g. the first byte of a multi-byte
          * character): shown together with the text that completes it. */
         this.pending.push(pc.token);
+        this.pendingSteps.push(...pc.steps);
         continue;
       }
       if (this.pending.length) {
         pc.merged = this.pending.concat(pc.merged || [pc.token]);
         this.pending = [];
       }
+      if (this.pendingSteps.length) {
+        pc.steps = this.pendingSteps.concat(pc.steps);
+        this.pendingSteps = [];
+      }
       const alts = pc.top && typeof pc.top === 'object'
         ? Object.entries(pc.top).map(([t, l]) => [t, Math.exp(l)]).sort((a, b) => b[1] - a[1])
         : [];
       const i = this.tokens.length;
-      this.tokens.push({ token: pc.token, p: pc.p, alts, merged: pc.merged });
+      this.tokens.push({ token: pc.token, p: pc.p, alts, merged: pc.merged, steps: pc.steps });
       const span = el('span', { 'data-i': i }, pc.text);
       if (tokenView && Number.isFinite(pc.p)) {
         span.className = 'tok ' + probClass(pc.p);
@@ -372,6 +414,17 @@ class Column {
         span.tabIndex = this.hasTabStop ? -1 : 0;
         this.hasTabStop = true;
       }
+      this.fragment.append(span);
+    }
+    if (leftover.length && choice.finish_reason && tokenView) {
+      /* The model chose its end of text: a token with no text, selectable for its step. */
+      const i = this.tokens.length;
+      this.tokens.push({ token: '', p: NaN, alts: [], eos: true, steps: this.pendingSteps.concat(leftover) });
+      this.pendingSteps = [];
+      const span = el('span', { 'data-i': i, class: 'tok eos', title: 'end of text: the model chose its end-of-text token',
+        'aria-label': 'end of text' });
+      span.tabIndex = this.hasTabStop ? -1 : 0;
+      this.hasTabStop = true;
       this.fragment.append(span);
     }
     this.scheduleFlush();
@@ -413,35 +466,171 @@ class Column {
     all[j].focus();
   }
 
-  showDetail(target) {
+  /* The detail panel of a token span; select: also its pipeline (and, side by side,
+   * the same step in the other columns). */
+  showDetail(target, select) {
     if (!target || !target.classList || !target.classList.contains('tok')) return;
     const info = this.tokens[Number(target.dataset.i)];
     if (!info) return;
     for (const s of this.completion.querySelectorAll('.tok.current')) s.classList.remove('current');
     target.classList.add('current');
+    const step = info.steps && info.steps.length ? this.steps[info.steps[0]] : null;
+    const first = !!(info.steps && info.steps[0] === 0 && !this.forced);
+    /* Token ids come from the trace's candidates (logprobs carry text only). */
+    const idOf = (tok) => {
+      const c = step && step.candidates.find((x) => x.token === tok);
+      return c ? c.id : undefined;
+    };
     const d = this.detail;
     d.textContent = '';
     const head = el('p', { class: 'detail-head' });
-    head.append(el('strong', {}, `"${showToken(info.token)}"`), ` ${pct(info.p)}`);
-    if (info.merged) head.append(` (this text is the tokens ${info.merged.map((t) => `"${showToken(t)}"`).join(' ')})`);
+    if (info.eos) {
+      head.append(el('strong', {}, 'End of text'), ': the model chose its end-of-text token' +
+        (step ? ` (id ${step.draw.token})` : ''));
+    } else {
+      head.append(el('strong', {}, `"${showToken(info.token)}"`), ` ${pct(info.p)}`);
+      if (info.merged) head.append(` (this text is the tokens ${info.merged.map((t) => `"${showToken(t)}"`).join(' ')})`);
+    }
     d.append(head);
-    if (info.alts.length) {
+    const rows = info.alts.length ? info.alts
+      : step ? step.candidates.map((c) => [c.token, NaN]) : [];
+    if (rows.length) {
       const tbl = el('table', { class: 'alts' });
       tbl.append(el('caption', {}, 'Most likely tokens at this step'));
       const thead = el('tr');
       thead.append(el('th', { scope: 'col' }, 'Token'), el('th', { scope: 'col' }, 'Probability'));
+      if (step) thead.append(el('th', { scope: 'col' }, 'Exercises'));
       tbl.append(thead);
-      for (const [tok, p] of info.alts) {
-        const tr = el('tr', { class: tok === info.token ? 'chosen' : null, 'data-p': p });
-        const bar = el('span', { class: 'bar', style: `--w:${Math.max(1, Math.round(p * 100))}%` });
+      const chosenTok = step ? (step.candidates.find((c) => c.id === step.draw.token) || {}).token : info.token;
+      for (const [tok, p] of rows) {
+        const tr = el('tr', { class: tok === chosenTok ? 'chosen' : null, 'data-p': p });
         const td2 = el('td');
-        td2.append(bar, pct(p));
+        if (Number.isFinite(p)) {
+          td2.append(el('span', { class: 'bar', style: `--w:${Math.max(1, Math.round(p * 100))}%` }), pct(p));
+        }
         tr.append(el('td', { class: 'mono' }, showToken(tok)), td2);
+        if (step) {
+          const td3 = el('td', { class: 'actions-cell' });
+          const id = idOf(tok);
+          if (id !== undefined) {
+            const fb = el('button', { type: 'button', class: 'small', 'data-action': 'forbid', 'data-id': id,
+              'aria-label': `Forbid "${showToken(tok)}" (token ${id}) in column ${this.index + 1} and regenerate` }, 'Forbid');
+            fb.addEventListener('click', () => this.forbid(id, tok));
+            td3.append(fb);
+            if (first) {
+              const sb = el('button', { type: 'button', class: 'small', 'data-action': 'force', 'data-id': id,
+                'aria-label': `Start column ${this.index + 1} with "${showToken(tok)}" (token ${id}) and continue` }, 'Start with');
+              sb.addEventListener('click', () => this.forceFirst(id, tok));
+              td3.append(' ', sb);
+            }
+          }
+          tr.append(td3);
+        }
         tbl.append(tr);
       }
       d.append(tbl);
     }
+    for (const b of d.querySelectorAll('button[data-action]')) b.disabled = state.running > 0;
     d.hidden = false;
+    if (select) this.selectSpan(target, info);
+  }
+
+  selectSpan(target, info) {
+    for (const s of this.completion.querySelectorAll('.tok.selected')) s.classList.remove('selected');
+    target.classList.add('selected');
+    if (!info.steps || !info.steps.length) return;
+    const k = info.steps[0];
+    this.showStep(k, false);
+    if (state.columns.length > 1 && $('#sync-steps').checked) {
+      for (const c of state.columns) if (c !== this) c.showStep(k, true);
+    }
+  }
+
+  /* Step k of this column's generation in its pipeline panel.  peer: chosen in another
+   * column (side by side); the token of that step is marked, focus stays where it is. */
+  showStep(k, peer) {
+    const box = this.pipeline;
+    box.dataset.step = String(k);
+    box.hidden = false;
+    if (peer) {
+      for (const s of this.completion.querySelectorAll('.tok.peer, .tok.selected')) s.classList.remove('peer', 'selected');
+      const i = this.tokens.findIndex((t) => t.steps && t.steps.includes(k));
+      const span = i >= 0 ? this.completion.querySelector(`[data-i="${i}"]`) : null;
+      if (span) {
+        span.classList.add('peer');
+        this.showDetail(span, false); /* its detail too; focus stays in the other column */
+      }
+    }
+    const st = this.steps[k];
+    if (!st) {
+      box.textContent = '';
+      box.append(el('p', { class: 'hint' }, this.steps.length
+        ? `This column has ${this.steps.length} traced step${this.steps.length === 1 ? '' : 's'}: no step ${k + 1}.`
+        : 'No pipeline trace here: turn on the token view and the pipeline view, then generate.'));
+      return;
+    }
+    renderPipeline(box, st, { index: k, total: this.steps.length, settings: this.sent });
+  }
+
+  /* ---- The course's exercises -------------------------------------------------------- */
+
+  forbid(id, token) {
+    if (state.running > 0) return;
+    this.bias.set(id, token);
+    this.renderChips();
+    runColumns([this]);
+  }
+
+  forceFirst(id, token) {
+    if (state.running > 0) return;
+    this.forced = { id, token };
+    this.renderChips();
+    runColumns([this]);
+  }
+
+  /* The exercise settings as removable chips under the sampler fields. */
+  renderChips() {
+    const chip = (label, what, onRemove) => {
+      const c = el('span', { class: 'chip' });
+      c.append(label);
+      const x = el('button', { type: 'button', class: 'chip-x', 'aria-label': `Remove ${what}` }, '✕');
+      x.addEventListener('click', () => {
+        onRemove();
+        this.renderChips();
+        this.preset.focus();
+      });
+      c.append(x);
+      return c;
+    };
+    for (const c of this.root.querySelectorAll('.chips .chip')) c.remove();
+    for (const [id, token] of this.bias) {
+      const c = chip(`"${showToken(token)}" (id ${id}) −100`, `the logit bias on "${showToken(token)}" (token ${id})`,
+        () => this.bias.delete(id));
+      c.dataset.id = String(id);
+      this.biasBox.append(c);
+    }
+    this.biasBox.hidden = this.bias.size === 0;
+    if (this.forced) {
+      const f = this.forced;
+      const c = chip(`"${showToken(f.token)}" (id ${f.id})`, `the forced first token "${showToken(f.token)}"`,
+        () => { this.forced = null; });
+      c.dataset.id = String(f.id);
+      this.forcedBox.append(c);
+    }
+    this.forcedBox.hidden = !this.forced;
+    if (this.bias.size || this.forced) $('details.sampler', this.root).open = true;
+  }
+
+  /* The prompt's token ids as the server tokenizes a text prompt (BOS included). */
+  async promptIds(prompt) {
+    const res = await fetch('/tokenize', {
+      method: 'POST', headers: apiHeaders(true), body: JSON.stringify({ content: prompt }),
+      signal: this.controller.signal, cache: 'no-store',
+    });
+    if (!res.ok) throw new Error(await describeHttpError(res));
+    const j = await res.json();
+    if (!j || !Array.isArray(j.tokens)) throw new Error('the server sent no tokens for the prompt');
+    return j.tokens;
   }
 
   /* Run one streaming completion with this column's settings. */
@@ -454,6 +643,9 @@ class Column {
     if (common.seed !== null) body.seed = common.seed;
     if (common.stop.length) body.stop = common.stop;
     if (tokenView) body.logprobs = 5;
+    if (tokenView && common.traceN > 0) body.sampler_trace = common.traceN;
+    if (this.bias.size) body.logit_bias = Object.fromEntries([...this.bias.keys()].map((id) => [String(id), -100]));
+    this.sent = Object.assign({}, settings, body.logit_bias ? { logit_bias: body.logit_bias } : {});
 
     this.reset(common.prompt);
     this.controller = new AbortController();
@@ -473,6 +665,8 @@ class Column {
       return parts.join(' · ');
     };
     try {
+      /* A forced first token: the prompt goes as ids with the chosen token after it. */
+      if (this.forced) body.prompt = (await this.promptIds(common.prompt)).concat([this.forced.id]);
       const res = await fetch('/v1/completions', {
         method: 'POST', headers: apiHeaders(true), body: JSON.stringify(body),
         signal: this.controller.signal, cache: 'no-store',
@@ -577,33 +771,40 @@ function readCommon() {
   if (stErr) firstBad = firstBad || st;
 
   if (firstBad) return { error: firstBad };
-  return { common: { prompt, max_tokens: mtR.value, seed, stop, tokenView: $('#token-view').checked } };
+  return { common: { prompt, max_tokens: mtR.value, seed, stop, tokenView: $('#token-view').checked,
+    traceN: Number($('#trace-n').value) || 0 } };
 }
 
 function updateButtons() {
   const busy = state.running > 0;
   $('#generate').disabled = busy;
   $('#stop').disabled = !busy;
+  for (const b of document.querySelectorAll('.token-detail button[data-action]')) b.disabled = busy;
   document.body.dataset.running = busy ? 'true' : 'false';
 }
 
-async function generate() {
+/* Run the given columns (all of them for Generate; one to regenerate after an exercise). */
+async function runColumns(cols) {
   if (state.running > 0) return;
   const c = readCommon();
-  const settings = state.columns.map((col) => col.readSettings());
+  const settings = cols.map((col) => col.readSettings());
   const bad = c.error || (settings.find((s) => s.error) || {}).error;
   if (bad) {
     bad.focus();
     return;
   }
   $('#legend').classList.toggle('shown', c.common.tokenView);
-  state.running = state.columns.length;
+  state.running = cols.length;
   updateButtons();
-  await Promise.all(state.columns.map((col, i) =>
+  await Promise.all(cols.map((col, i) =>
     col.run(c.common, settings[i].settings).finally(() => {
       state.running--;
       updateButtons();
     })));
+}
+
+function generate() {
+  return runColumns(state.columns);
 }
 
 function stopAll() {
@@ -652,6 +853,12 @@ function init() {
   $('#compare').addEventListener('click', () => {
     setColumnCount(3);
     ['greedy', 'top_p', 'top_k'].forEach((p, i) => state.columns[i].applyPreset(p));
+  });
+  /* The course's "greedy two ways": temperature 0 takes the argmax; top-k 1 at
+   * temperature 1 keeps only the argmax and draws from a distribution of one. */
+  $('#greedy-two-ways').addEventListener('click', () => {
+    setColumnCount(2);
+    ['greedy', 'top_k1'].forEach((p, i) => state.columns[i].applyPreset(p));
   });
   $('#prompt').addEventListener('keydown', (ev) => {
     if (ev.key === 'Enter' && (ev.ctrlKey || ev.metaKey)) {
