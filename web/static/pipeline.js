@@ -6,7 +6,7 @@
  * with −∞, the survivors counted, the stage's argmax marked; then where the draw's coin
  * landed on the final distribution (or, for greedy, that the argmax was taken).  It only
  * reads the trace: no sampling is redone here.  Loaded before app.js, which calls
- * renderPipeline(). */
+ * renderPipeline(); it uses app.js's el(), showToken() and pct() (one global scope). */
 'use strict';
 
 const STAGE_LABELS = {
@@ -39,35 +39,13 @@ function stageSetting(name, s) {
   }
 }
 
-function pel(tag, attrs = {}, text) {
-  const e = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (v === false || v === null || v === undefined) continue;
-    e.setAttribute(k, v === true ? '' : String(v));
-  }
-  if (text !== undefined) e.textContent = text;
-  return e;
-}
-
-/* A token as text in a bar's label: spaces and newlines made visible. */
-function tokenLabel(t) {
-  return JSON.stringify(String(t)).slice(1, -1).replace(/ /g, '␣');
-}
-
 function fmtLogit(v) {
   if (v === null) return '−∞';
   const a = Math.abs(v);
   return (a >= 100 ? v.toFixed(1) : a >= 1 ? v.toFixed(2) : v.toPrecision(3)).replace('-', '−');
 }
 
-function fmtProb(p) {
-  if (!(p > 0)) return '0%';
-  if (p >= 0.001) return (p * 100).toFixed(1) + '%';
-  return (p * 100).toPrecision(2) + '%';
-}
-
-/* Candidate indices of a stage, best first (dropped last, by id among equals), and the
- * index of the stage's argmax (-1 if everything was dropped). */
+/* Candidate indices of a stage, best first: by value, equal values by id, dropped last. */
 function orderOf(values, ids) {
   const idx = values.map((_, i) => i);
   idx.sort((a, b) => {
@@ -101,23 +79,23 @@ function renderPipeline(box, step, info) {
   const span = hi > lo ? hi - lo : 1;
   const floor = lo - span * 0.08; /* the lowest finite value still gets a visible bar */
 
-  const head = pel('p', { class: 'pipe-head' });
-  head.append(pel('strong', {}, `Step ${info.index + 1} of ${info.total}`), ': ',
-    pel('span', { class: 'mono' }, `"${tokenLabel(cands[ci].token)}"`));
+  const head = el('p', { class: 'pipe-head' });
+  head.append(el('strong', {}, `Step ${info.index + 1} of ${info.total}`), ': ',
+    el('span', { class: 'mono' }, `"${showToken(cands[ci].token)}"`));
   if (step.draw.method === 'argmax') head.append(' · greedy (argmax)');
-  else head.append(` · drawn with probability ${fmtProb(step.draw.probability)}`);
+  else head.append(` · drawn with probability ${pct(step.draw.probability)}`);
   box.append(head);
 
-  const grid = pel('div', { class: 'stages' });
+  const grid = el('div', { class: 'stages' });
   let prevSurvivors = null;
   for (const s of ran) {
     const isProb = s.name === 'softmax';
-    const panel = pel('section', { class: 'stage', 'data-stage': s.name });
-    const title = pel('h4', {}, STAGE_LABELS[s.name] || s.name);
+    const panel = el('section', { class: 'stage', 'data-stage': s.name });
+    const title = el('h4', {}, STAGE_LABELS[s.name] || s.name);
     const setting = stageSetting(s.name, info.settings);
-    if (setting) title.append(' ', pel('span', { class: 'stage-setting' }, setting));
+    if (setting) title.append(' ', el('span', { class: 'stage-setting' }, setting));
     panel.append(title);
-    const surv = pel('p', { class: 'survivors', 'data-survivors': s.survivors },
+    const surv = el('p', { class: 'survivors', 'data-survivors': s.survivors },
       `${s.survivors} ${isProb ? 'with probability > 0' : 'survive'}` +
       (prevSurvivors !== null && prevSurvivors !== s.survivors ? ` (of ${prevSurvivors})` : ''));
     panel.append(surv);
@@ -125,23 +103,23 @@ function renderPipeline(box, step, info) {
 
     const order = orderOf(s.values, ids);
     const top = order.length && s.values[order[0]] !== null ? order[0] : -1;
-    const list = pel('ol', { class: 'bars' });
+    const list = el('ol', { class: 'bars' });
     for (const i of order) {
       const v = s.values[i];
       const dropped = v === null || (isProb && v === 0);
-      const li = pel('li', {
+      const li = el('li', {
         class: ['bar-row', dropped ? 'dropped' : '', i === ci ? 'chosen' : '', i === top ? 'argmax' : '']
           .filter(Boolean).join(' '),
         'data-id': ids[i],
       });
       const w = dropped ? 0 : isProb ? v * 100 : ((v - floor) / (hi - floor)) * 100;
-      const bar = pel('span', { class: 'pbar', style: `--w:${Math.max(dropped ? 0 : 1, Math.min(100, w)).toFixed(1)}%` });
-      const label = pel('span', { class: 'tok-label mono', title: `token ${ids[i]}` });
-      if (i === top) label.append(pel('span', { class: 'mark-max', title: 'the largest value at this stage' }, '★'));
-      label.append(tokenLabel(cands[i].token));
-      if (i === top) label.append(pel('span', { class: 'sr-only' }, ' (largest)'));
-      if (i === ci) label.append(pel('span', { class: 'sr-only' }, ' (chosen)'));
-      li.append(label, bar, pel('span', { class: 'val' }, isProb ? fmtProb(v) : fmtLogit(v)));
+      const bar = el('span', { class: 'pbar', style: `--w:${Math.max(dropped ? 0 : 1, Math.min(100, w)).toFixed(1)}%` });
+      const label = el('span', { class: 'tok-label mono', title: `token ${ids[i]}` });
+      if (i === top) label.append(el('span', { class: 'mark-max', title: 'the largest value at this stage' }, '★'));
+      label.append(showToken(cands[i].token));
+      if (i === top) label.append(el('span', { class: 'sr-only' }, ' (largest)'));
+      if (i === ci) label.append(el('span', { class: 'sr-only' }, ' (chosen)'));
+      li.append(label, bar, el('span', { class: 'val' }, isProb ? pct(v) : fmtLogit(v)));
       list.append(li);
     }
     panel.append(list);
@@ -150,39 +128,39 @@ function renderPipeline(box, step, info) {
   box.append(grid);
 
   /* The draw. */
-  const draw = pel('section', { class: 'draw' });
+  const draw = el('section', { class: 'draw' });
   if (step.draw.method === 'argmax') {
-    draw.append(pel('h4', {}, 'Greedy'),
-      pel('p', {}, 'Temperature 0: the token with the largest logit after the penalties is taken; ' +
+    draw.append(el('h4', {}, 'Greedy'),
+      el('p', {}, 'Temperature 0: the token with the largest logit after the penalties is taken; ' +
         'temperature, the filters, softmax and the draw do not run.'));
   } else {
-    draw.append(pel('h4', {}, 'The draw'));
+    draw.append(el('h4', {}, 'The draw'));
     const cb = step.draw.cdf_before;
-    const line = pel('div', { class: 'cdf', role: 'img',
-      'aria-label': `The coin ${step.draw.coin.toFixed(4)} lands in the interval of "${tokenLabel(cands[ci].token)}"` });
+    const line = el('div', { class: 'cdf', role: 'img',
+      'aria-label': `The coin ${step.draw.coin.toFixed(4)} lands in the interval of "${showToken(cands[ci].token)}"` });
     const probs = (ran.find((s) => s.name === 'softmax') || { values: [] }).values;
     cands.forEach((c, i) => {
       if (cb[i] === null || !(probs[i] > 0)) return;
-      line.append(pel('span', {
+      line.append(el('span', {
         class: 'seg' + (i === ci ? ' chosen' : ''),
         style: `left:${(cb[i] * 100).toFixed(3)}%;width:${Math.max(0.2, probs[i] * 100).toFixed(3)}%`,
-        title: `"${tokenLabel(c.token)}" [${cb[i].toFixed(4)}, ${(cb[i] + probs[i]).toFixed(4)})`,
+        title: `"${showToken(c.token)}" [${cb[i].toFixed(4)}, ${(cb[i] + probs[i]).toFixed(4)})`,
       }));
     });
-    line.append(pel('span', { class: 'coin', style: `left:${(step.draw.coin * 100).toFixed(3)}%` }));
+    line.append(el('span', { class: 'coin', style: `left:${(step.draw.coin * 100).toFixed(3)}%` }));
     draw.append(line);
     const start = cb[ci];
-    draw.append(pel('p', { class: 'draw-text' },
-      `Coin ${step.draw.coin.toFixed(4)} → "${tokenLabel(cands[ci].token)}", whose interval is ` +
+    draw.append(el('p', { class: 'draw-text' },
+      `Coin ${step.draw.coin.toFixed(4)} → "${showToken(cands[ci].token)}", whose interval is ` +
       `[${start.toFixed(4)}, ${(start + step.draw.probability).toFixed(4)}) ` +
       '(the survivors in token-id order; other survivors fill the gaps).'));
   }
   box.append(draw);
 
-  box.append(pel('p', { class: 'legend-line' },
+  box.append(el('p', { class: 'legend-line' },
     '★ the largest value at a stage · orange: the chosen token · struck out: dropped (−∞, probability 0)'));
   if (skipped.length) {
-    box.append(pel('p', { class: 'skipped' },
+    box.append(el('p', { class: 'skipped' },
       'Skipped (off for this request' + (step.draw.method === 'argmax' ? ', or after the argmax' : '') + '): ' +
       skipped.map((s) => STAGE_LABELS[s.name] || s.name).join(', ')));
   }
