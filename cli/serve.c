@@ -41,7 +41,8 @@ static void usage(FILE *f, const server_config *d)
         "  --body-limit BYTES       largest request body; larger gets 413 (default: %zu)\n"
         "  --timeout S              idle/slow connection timeout in seconds (default: %d)\n"
         "  --max-connections N      concurrent connections (default: %d)\n"
-        "  --max-connections-per-ip N  concurrent connections per client address (default: %d)\n"
+        "  --max-connections-per-ip N  concurrent connections per client address; 0 = no limit\n"
+        "                           (default: --max-connections / 8; behind a proxy: --max-connections)\n"
         "  --shutdown-timeout S     on SIGINT/SIGTERM, let requests finish this long (default: %d)\n"
         "  --prefill-chunk N        prompt tokens per sequence per step (default: %d)\n"
         "  --step-budget N          prompt tokens per step over all sequences (default: %d)\n"
@@ -50,7 +51,7 @@ static void usage(FILE *f, const server_config *d)
         "  --no-log                 no per-request log lines\n"
         "  -h, --help               this help\n",
         d->host, d->port, d->threads, d->parallel, d->queue, d->ctx, d->max_tokens_limit,
-        d->max_choices, d->body_limit, d->timeout, d->max_connections, d->max_connections_per_ip,
+        d->max_choices, d->body_limit, d->timeout, d->max_connections,
         d->shutdown_timeout, d->prefill_chunk, d->step_budget, d->outbox_limit);
 }
 

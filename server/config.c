@@ -17,7 +17,7 @@ void server_config_init(server_config *c)
     c->body_limit = 1u << 20;
     c->timeout = 60;
     c->max_connections = 512;
-    c->max_connections_per_ip = 256;
+    c->max_connections_per_ip = -1; /* max_connections / 8 */
     c->shutdown_timeout = 10;
     c->prefill_chunk = 64;
     /* 128, not 256: when 16 streams finish together and resubmit, their prompts take two

@@ -660,6 +660,8 @@ int server_run(const server_config *cfg)
         fprintf(stderr, "lmserve: cannot resolve host '%s': %s\n", cfg->host, gai_strerror(gai));
         goto out_engine;
     }
+    int per_ip = cfg->max_connections_per_ip;
+    if (per_ip < 0) per_ip = cfg->max_connections / 8 > 0 ? cfg->max_connections / 8 : 1;
     unsigned flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
     if (ai->ai_family == AF_INET6) flags |= MHD_USE_IPv6;
     s->d = MHD_start_daemon(flags, (uint16_t)cfg->port, NULL, NULL, on_access, s,
@@ -668,7 +670,7 @@ int server_run(const server_config *cfg)
                             MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
                             MHD_OPTION_NOTIFY_CONNECTION, on_connection, s,
                             MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->max_connections,
-                            MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)cfg->max_connections_per_ip,
+                            MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)per_ip,
                             MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->timeout,
                             MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
                             MHD_OPTION_END);

@@ -71,6 +71,10 @@ typedef struct {
     size_t body_limit;          /* bytes */
     int timeout;                /* idle connection timeout, seconds */
     int max_connections;
+    /* Connections one client address may hold.  -1: max_connections / 8, so it takes
+     * eight addresses to fill the server; 0: no per-address limit.  Behind a proxy every
+     * client has the proxy's address: give the proxy the whole budget (= max_connections)
+     * and let it limit its own clients (docker/nginx.conf). */
     int max_connections_per_ip;
     int shutdown_timeout;       /* seconds to let streams finish on SIGTERM */
     int prefill_chunk;          /* prompt tokens per sequence per step */

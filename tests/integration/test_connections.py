@@ -258,5 +258,58 @@ class Released(unittest.TestCase):
                        % (took * 1e3, c * 1e3))
 
 
+class PerAddressLimit(unittest.TestCase):
+    """With the default limits (--max-connections 512, --max-connections-per-ip
+    --max-connections / 8), two addresses holding every connection they may cannot
+    lock out a third (the per-address default used to be half the total)."""
+
+    def test_two_addresses_cannot_hold_every_slot(self):
+        require_model()
+        srv = Server(["--no-log", "--parallel", "4"])
+        self.addCleanup(srv.stop)
+        held = {}
+        socks = []
+        for src in ("127.0.0.2", "127.0.0.3"):
+            mine = []
+            for _ in range(300):
+                try:
+                    s = connect(srv.port, src)
+                    s.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # never finished
+                except OSError:
+                    break
+                mine.append(s)
+            socks += mine
+            # the server closes what passes the per-address limit at once
+            time.sleep(0.3 * slow)
+            alive = []
+            for s in mine:
+                s.setblocking(False)
+                try:
+                    gone = s.recv(1) == b""
+                except BlockingIOError:
+                    gone = False
+                except OSError:
+                    gone = True
+                if not gone:
+                    alive.append(s)
+            held[src] = len(alive)
+        self.addCleanup(lambda: [s.close() for s in socks])
+        t0 = time.monotonic()
+        s = connect(srv.port, "127.0.0.4")
+        try:
+            s.sendall(headers(len(BODY)) + BODY)
+            answer = read_answer(s)
+        except OSError as e:
+            answer = repr(e).encode()
+        finally:
+            s.close()
+        took = time.monotonic() - t0
+        FIGURES.append("connections: two addresses held %s connections; a third address answered in %.0f ms"
+                       % (held, took * 1e3))
+        self.assertTrue(answer.startswith(b"HTTP/1.1 200"),
+                        "a third address was locked out while two held %s: %r" % (held, answer[:200]))
+        self.assertEqual(held, {"127.0.0.2": 64, "127.0.0.3": 64}, "per-address default: 512 / 8")
+
+
 if __name__ == "__main__":
     unittest.main()

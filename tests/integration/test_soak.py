@@ -1,23 +1,28 @@
-"""Soak: many mixed requests through the real server (issue 11).
+"""Soak: many mixed requests through the real server (issues 11 and 21).
 
 A seeded mix of completions (streamed and not, n > 1, logprobs, echo scoring),
-chat, tokenize/detokenize, client errors (400/404/405) and cancellations (a
-stream dropped after its first event) runs with bounded concurrency (8 client
-threads).  Checked: every answer has the expected status and shape; after a
-warm-up, the server's resident memory stays flat (bound below), its file
-descriptors and threads come back to the warm-up count, and /metrics returns
-to idle with every request counted.  The RSS series is printed
-("soak: ... RSS KiB ...").
+chat, tokenize/detokenize, client errors (400/404/405), cancellations (a stream
+dropped after its first event) and hang-ups (part of a request -- request line,
+headers, part of the body -- or a whole request, then close; some with a reset)
+runs with bounded concurrency (8 client threads) against the default connection
+limits and idle timeout (60 s).  Checked: every answer has the expected status and
+shape; no well-behaved client is ever reset or refused; after a warm-up, the
+server's resident memory stays within 20 MiB (bound below); within 2 s of the end
+its file descriptors are back to their count before the first request, its threads
+to theirs; /metrics returns to idle with every request counted.  The RSS series is
+printed ("soak: ... RSS KiB ...").
 
 Size: LMSERVE_SOAK_REQUESTS (default 2000; 300 under SANITIZE, where ASan's
 quarantine makes RSS meaningless: it is reported, not bounded).
 `make soak` runs the full 10,000.
 """
 import concurrent.futures
+import http.client
 import json
 import os
 import random
 import socket
+import struct
 import sys
 import threading
 import time
@@ -42,37 +47,53 @@ def tearDownModule():
 SANITIZED = bool(os.environ.get("SANITIZE"))
 N = int(os.environ.get("LMSERVE_SOAK_REQUESTS") or (300 if SANITIZED else 2000))
 WORKERS = 8
-RSS_BOUND_KIB = 16 * 1024  # growth allowed after warm-up (release builds)
+RSS_BOUND_KIB = 20 * 1024  # growth allowed after warm-up (release builds)
+FDS_BACK_WITHIN = 2.0  # seconds after the last request (scaled by `slow`)
+# what a well-behaved client must never see
+RESETS = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError, http.client.RemoteDisconnected)
 PROMPTS = ["Once upon a time", "Lily and Ben", "The cat sat", "One day, a little", "Tom had a red ball",
            "caf\u00e9 \u4e2d\u6587 \U0001F600", " ", "a" * 300]
 
 
 def proc_counts(pid):
-    """RSS (KiB), threads, and open fds of the server once no client connection is
-    left open (sockets other than the listening one close a moment after the
-    client's side; wait up to 10 s for that)."""
-    deadline = time.time() + 10 * slow
-    while True:
-        kinds = []
-        for fd in os.listdir("/proc/%d/fd" % pid):
-            try:
-                kinds.append(os.readlink("/proc/%d/fd/%s" % (pid, fd)))
-            except OSError:
-                pass
-        sockets = sum(k.startswith("socket:") for k in kinds)
-        if sockets <= 1 or time.time() > deadline:
-            break
-        time.sleep(0.05)
+    """RSS (KiB), threads, and open fds (and how many of them are sockets) of the server."""
+    kinds = []
+    for fd in os.listdir("/proc/%d/fd" % pid):
+        try:
+            kinds.append(os.readlink("/proc/%d/fd/%s" % (pid, fd)))
+        except OSError:
+            pass
     with open("/proc/%d/status" % pid) as f:
         st = dict(line.split(":", 1) for line in f)
-    return {"rss": int(st["VmRSS"].split()[0]), "threads": int(st["Threads"]), "fds": len(kinds)}
+    return {"rss": int(st["VmRSS"].split()[0]), "threads": int(st["Threads"]), "fds": len(kinds),
+            "sockets": sum(k.startswith("socket:") for k in kinds)}
+
+
+def fds_back(pid, count, within):
+    """Seconds until the server has at most `count` fds (None if not within `within` s),
+    and its counts then."""
+    t0 = time.monotonic()
+    while True:
+        c = proc_counts(pid)
+        if c["fds"] <= count:
+            return time.monotonic() - t0, c
+        if time.monotonic() - t0 > within:
+            return None, c
+        time.sleep(0.02)
+
+
+# What a client that hangs up may have sent first (then it closes).
+def partial_requests(body):
+    head = (b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body))
+    return [b"", b"POST /v1/compl", b"GET /health HTTP/1.1\r\nHost: x\r\nAcc", head,
+            head + body[:len(body) // 2], head + body]
 
 
 class Soak(unittest.TestCase):
     def test_soak(self):
         require_model()
-        srv = Server(["--parallel", "8", "--queue", "256", "--no-log", "--max-tokens-limit", "256",
-                      "--timeout", "10"])
+        srv = Server(["--parallel", "8", "--queue", "256", "--no-log", "--max-tokens-limit", "256"])
         try:
             self.run_soak(srv)
         finally:
@@ -82,10 +103,32 @@ class Soak(unittest.TestCase):
     # ---- one request of each kind; returns a short tag for the tally ----------------------
 
     def one(self, srv, i):
+        """One request; returns its kind, or "reset: ..." if a well-behaved request was
+        reset or refused."""
         rnd = random.Random(1000 + i)  # each request reproducible on its own
-        kind = rnd.choices(["plain", "stream", "chat", "multi", "echo", "tok", "error", "cancel"],
-                           [25, 20, 10, 10, 5, 10, 10, 10])[0]
+        kind = rnd.choices(["plain", "stream", "chat", "multi", "echo", "tok", "error", "cancel", "hangup"],
+                           [25, 20, 10, 10, 5, 10, 10, 5, 10])[0]
+        try:
+            self.one_kind(srv, i, rnd, kind)
+        except RESETS as e:
+            return "reset: %s %r" % (kind, e)
+        return kind
+
+    def one_kind(self, srv, i, rnd, kind):
         prompt = rnd.choice(PROMPTS)
+        if kind == "hangup":  # a hostile or unlucky client: part of a request, then close
+            body = json.dumps({"prompt": prompt, "max_tokens": 64, "seed": i}).encode()
+            s = socket.create_connection((srv.host, srv.port), timeout=30 * slow)
+            try:
+                part = rnd.choice(partial_requests(body))
+                if part:
+                    s.sendall(part)
+                if rnd.random() < 0.2:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            except RESETS:
+                pass  # the server may close first (it has an answer for a bad request)
+            s.close()
+            return
         if kind == "plain":
             mt = rnd.randint(0, 16)
             status, r = srv.post_json("/v1/completions", {
@@ -162,19 +205,22 @@ class Soak(unittest.TestCase):
                 got += b
             s.close()
             self.assertIn(b"data: ", got)
-        return kind
 
     def run_soak(self, srv):
         pid = srv.proc.pid
         warm = max(50, N // 10)
-        tally, samples = {}, []
+        tally, samples, resets = {}, [], []
         lock = threading.Lock()
+        start = proc_counts(pid)  # before any request: the listening socket and the loop's own
         t0 = time.time()
 
         def batch(lo, hi):
             with concurrent.futures.ThreadPoolExecutor(WORKERS) as ex:
                 for k in ex.map(lambda i: self.one(srv, i), range(lo, hi)):
                     with lock:
+                        if k.startswith("reset"):
+                            resets.append(k)
+                            k = "reset"
                         tally[k] = tally.get(k, 0) + 1
 
         batch(0, warm)
@@ -185,19 +231,25 @@ class Soak(unittest.TestCase):
         for lo in range(warm, N, step):
             batch(lo, min(N, lo + step))
             samples.append(proc_counts(pid)["rss"])
-        m = self.wait_idle(srv)
-        c1 = proc_counts(pid)
         took = time.time() - t0
+        back, c1 = fds_back(pid, start["fds"], FDS_BACK_WITHIN * slow)
+        m = self.wait_idle(srv)
         answered = sum(v for k, v in m.items() if k.startswith("lmserve_requests_total"))
         figure("soak: %d requests in %.1fs (%s); RSS KiB after warm-up %d -> end %d (%+d), series %s; "
-               "fds %d -> %d, threads %d -> %d" % (
+               "fds %d at start, %d after warm-up, back to %d %s after the end; threads %d -> %d; "
+               "well-behaved clients reset: %d" % (
                    N, took, ", ".join("%s %d" % kv for kv in sorted(tally.items())), c0["rss"], c1["rss"],
-                   c1["rss"] - c0["rss"], samples, c0["fds"], c1["fds"], c0["threads"], c1["threads"]))
+                   c1["rss"] - c0["rss"], samples, start["fds"], c0["fds"], c1["fds"],
+                   "in %.0f ms" % (1e3 * back) if back is not None else "NOT within %.0f s" % (FDS_BACK_WITHIN * slow),
+                   c0["threads"], c1["threads"], len(resets)))
         self.assertEqual(sum(tally.values()), N)
-        self.assertEqual(c1["fds"], c0["fds"], "file descriptors leaked")
+        self.assertEqual(resets, [], "well-behaved clients were reset or refused")
+        self.assertIsNotNone(back, "file descriptors not back to their start count (%d) within %.0f s of the "
+                             "end: %d (%d sockets)" % (start["fds"], FDS_BACK_WITHIN * slow, c1["fds"],
+                                                        c1["sockets"]))
         self.assertEqual(c1["threads"], c0["threads"], "threads leaked")
-        # every request and every /metrics poll is counted once (cancelled streams too)
-        self.assertGreaterEqual(answered, N)
+        # every request but the hang-ups, and every /metrics poll, is counted once
+        self.assertGreaterEqual(answered, N - tally.get("hangup", 0))
         if not SANITIZED:
             self.assertLess(c1["rss"] - c0["rss"], RSS_BOUND_KIB, "RSS grew after warm-up: %s" % samples)
 
