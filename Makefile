@@ -7,6 +7,7 @@
 #   make bench      engine + sampler + load benchmarks (not part of test)
 #   make bench-compare   side by side with llama.cpp (built by scripts/get-llama-cpp.sh) and,
 #                   given RUNC=path/to/run, llama2.c's run.c, on the same files
+#   make test-container   build docker/Dockerfile with podman and test the image (root)
 #   make fuzz       libFuzzer targets for FUZZ_SECONDS each
 #   make soak       10,000 mixed requests through the real server (LMSERVE_SOAK_REQUESTS)
 #   make install / uninstall   PREFIX=/usr/local DESTDIR=
@@ -80,6 +81,20 @@ LIBS := $(B)/libserver.a $(B)/libtrain.a $(B)/libsampler.a $(B)/libmodel.a
 # Generated sources (web assets compiled into the binary).
 GEN_SRC := $(sort $(wildcard web/*.mk))
 -include $(GEN_SRC)
+
+# The version (scripts/version.sh: VERSION + the commit) goes into $(B)/gen/version.h, which
+# is rewritten only when the text changes, so a new commit recompiles the one file using it.
+LMSERVE_VERSION := $(shell scripts/version.sh)
+$(B)/gen/version.h: FORCE
+	@mkdir -p $(@D)
+	@v='#define LMSERVE_VERSION "$(LMSERVE_VERSION)"'; \
+	  [ "$$(cat $@ 2>/dev/null)" = "$$v" ] || echo "$$v" > $@
+$(B)/obj/cli/version.o: $(B)/gen/version.h
+$(B)/obj/cli/version.o: CPPFLAGS += -I$(B)/gen
+.PHONY: FORCE version
+FORCE:
+version:
+	@echo $(LMSERVE_VERSION)
 
 SRC_cli := $(sort $(wildcard cli/*.c))
 OBJ_cli := $(SRC_cli:%.c=$(B)/obj/%.o) $(GEN_OBJ)
@@ -170,6 +185,12 @@ bench-compare: deps
 	@[ -n "$(LLAMA_CPP_BIN)" ] || [ -x build/ref/llama.cpp/build/bin/llama-server ] || scripts/get-llama-cpp.sh
 	@LMSERVE_BIN=$(CURDIR)/$(B)/lmserve LMSERVE_BUILD=$(CURDIR)/$(B) scripts/side-by-side.sh
 
+# The container image built from docker/Dockerfile with podman and tested for real
+# (scripts/test-container.sh: base image by debootstrap when missing, compose with nginx).
+.PHONY: test-container
+test-container:
+	@scripts/test-container.sh
+
 FUZZ_SECONDS ?= 60
 fuzz:
 	@FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/fuzz.sh
@@ -207,5 +228,7 @@ default-model: $(B)/lmserve
 	@mkdir -p build/default models/default
 	nice -n 5 $(B)/lmserve train --data build/corpus/kjv.txt --out models/default/model.gguf \
 		--ckpt build/default/model.ckpt.gguf $(DEFAULT_MODEL_ARGS) --sample 300 --prompt "And God said"
+	scripts/gguf-set-meta.py models/default/model.gguf general.name=lmserve-kjv-1.8M \
+		"lmserve.sample_prompt=In the beginning"
 
 -include $(shell find $(B) -name '*.d' 2>/dev/null)

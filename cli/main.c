@@ -12,8 +12,10 @@ static void usage(FILE *f)
           "  serve      serve a model over HTTP (OpenAI-compatible API, SSE streaming)\n"
           "  generate   complete one prompt on the command line\n"
           "  train      train a small llama-architecture model on a text file\n"
+          "  health     ask a running server's /health (exit 0 when ready)\n"
           "\n"
-          "`lmserve COMMAND --help` lists the command's options and their defaults.\n",
+          "`lmserve COMMAND --help` lists the command's options and their defaults;\n"
+          "`lmserve --version` prints the version.\n",
           f);
 }
 
@@ -32,6 +34,11 @@ int main(int argc, char **argv)
         cli_serve(2, serve_help);
         return 0;
     }
+    if (!strcmp(cmd, "--version") || !strcmp(cmd, "-V") || !strcmp(cmd, "version")) {
+        printf("lmserve %s\n", cli_version());
+        return 0;
+    }
+    if (!strcmp(cmd, "health")) return cli_health(argc - 1, argv + 1);
     if (!strcmp(cmd, "serve")) return cli_serve(argc - 1, argv + 1);
     if (!strcmp(cmd, "generate")) return cli_generate(argc - 1, argv + 1);
     if (!strcmp(cmd, "train")) return cli_train(argc - 1, argv + 1);

@@ -24,7 +24,8 @@ static void usage(FILE *f, const server_config *d)
         "  --model FILE             model file or folder (default: $LMSERVE_DEFAULT_MODEL, else\n"
         "                           " DEFAULT_MODEL_REL " beside the binary's checkout or install)\n"
         "  --tokenizer FILE         llama2.c tokenizer.bin (default: the model's own / beside it)\n"
-        "  --model-id NAME          id reported and accepted as \"model\" (default: file name without extension)\n"
+        "  --model-id NAME          id reported and accepted as \"model\" (default: the file's own name,\n"
+        "                           GGUF general.name, else the file or folder name without extension)\n"
         "  --host ADDR              address to listen on (default: %s)\n"
         "  --port N                 port; 0 picks a free one (default: %d)\n"
         "  --threads N              kernel threads; 0 = number of CPUs (default: %d)\n"
@@ -103,6 +104,7 @@ int cli_serve(int argc, char **argv)
     server_config c, d;
     server_config_init(&c);
     server_config_init(&d);
+    c.version = cli_version();
     const char *env_key = getenv("LMSERVE_API_KEY");
     if (env_key && *env_key) c.api_key = env_key;
     const cli_opt opts[] = {

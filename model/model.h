@@ -66,6 +66,11 @@ typedef struct {
     int add_bos;             /* the tokenizer's convention: prepend BOS to prompts */
     size_t n_params;         /* number of weights */
     size_t weight_bytes;     /* bytes of weights as held in memory */
+    /* Text the file carries about itself (NUL-terminated, owned by the model; NULL if absent): */
+    const char *name;          /* GGUF general.name */
+    const char *chat_template; /* GGUF tokenizer.chat_template; HF tokenizer_config.json's
+                                  chat_template (the "default" one of a list) */
+    const char *sample_prompt; /* GGUF lmserve.sample_prompt: a prompt to show first */
 } model_info;
 
 typedef struct {

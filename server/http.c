@@ -174,6 +174,7 @@ static void on_connection(void *cls, struct MHD_Connection *c, void **socket_con
 
 static void add_common_headers(server *s, struct MHD_Response *resp)
 {
+    MHD_add_response_header(resp, "Server", s->server_header);
     if (s->cfg.cors_origin) {
         MHD_add_response_header(resp, "Access-Control-Allow-Origin", s->cfg.cors_origin);
         if (strcmp(s->cfg.cors_origin, "*") != 0) MHD_add_response_header(resp, "Vary", "Origin");
@@ -586,8 +587,19 @@ static int tokenize_cb(void *cls, const char *text, size_t len, int add_bos, int
     return model_tokenize(cls, text, len, add_bos, out, cap);
 }
 
-static void default_model_id(const char *path, char *out, size_t n)
+/* The id a model is served under without --model-id: the name the file gives itself (GGUF
+ * general.name) unless that is just the architecture's name (llama.cpp's converters write
+ * "llama" for llama2.c checkpoints), else the file or folder name without its extension
+ * (Hugging Face and course folders are named after their model).  Spaces and control
+ * characters become '-', so the id can be typed and put in a URL path. */
+static void default_model_id(const char *path, const model_info *mi, char *out, size_t n)
 {
+    if (mi->name && mi->name[0] && strcmp(mi->name, mi->arch ? mi->arch : "") != 0) {
+        snprintf(out, n, "%s", mi->name);
+        for (char *p = out; *p; p++)
+            if ((unsigned char)*p <= ' ' || *p == 0x7f) *p = '-';
+        return;
+    }
     size_t len = strlen(path);
     while (len > 1 && path[len - 1] == '/') len--;
     size_t start = len;
@@ -614,6 +626,7 @@ int server_run(const server_config *cfg)
     server *s = calloc(1, sizeof *s);
     if (!s) return -1;
     s->cfg = *cfg;
+    snprintf(s->server_header, sizeof s->server_header, "lmserve/%s", cfg->version ? cfg->version : "unknown");
     json_object_seed(0);
     signal(SIGPIPE, SIG_IGN);
 
@@ -629,7 +642,7 @@ int server_run(const server_config *cfg)
     const model_info *mi = model_get_info(s->m);
     s->ctx = cfg->ctx > 0 && cfg->ctx < mi->ctx_len ? cfg->ctx : mi->ctx_len;
     if (cfg->model_id) snprintf(s->model_id, sizeof s->model_id, "%s", cfg->model_id);
-    else default_model_id(cfg->model_path, s->model_id, sizeof s->model_id);
+    else default_model_id(cfg->model_path, mi, s->model_id, sizeof s->model_id);
     s->vc = (validate_ctx){
         .model_id = s->model_id, .vocab = mi->vocab_size, .ctx = s->ctx, .add_bos = mi->add_bos,
         .bos_id = mi->bos_id, .max_tokens_limit = cfg->max_tokens_limit, .max_choices = cfg->max_choices,

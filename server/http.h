@@ -54,6 +54,7 @@ struct server {
     server_config cfg;
     struct model *m;
     char model_id[256];
+    char server_header[96];    /* "lmserve/VERSION" */
     validate_ctx vc;
     engine *eng;
     metrics met;

@@ -65,6 +65,7 @@ static json_t *model_card(server *s)
     json_object_set_new(o, "n_params", json_integer((json_int_t)mi->n_params));
     json_object_set_new(o, "n_layers", json_integer(mi->n_layers));
     json_object_set_new(o, "dim", json_integer(mi->dim));
+    if (mi->sample_prompt) json_object_set_new(o, "sample_prompt", json_string(mi->sample_prompt));
     return o;
 }
 
@@ -251,6 +252,7 @@ enum MHD_Result routes_dispatch(server *s, http_req *r)
     case ROUTE_HEALTH: {
         json_t *o = json_object();
         json_object_set_new(o, "status", json_string(s->draining ? "draining" : "ok"));
+        json_object_set_new(o, "version", json_string(s->cfg.version ? s->cfg.version : "unknown"));
         return http_send_json(s, r, s->draining ? 503 : 200, o);
     }
     case ROUTE_MODELS: {

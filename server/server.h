@@ -81,6 +81,7 @@ typedef struct {
     int step_budget;            /* prompt tokens per step over all sequences */
     size_t outbox_limit;        /* bytes buffered for a slow client before its job is cancelled */
     int log_requests;           /* one line per request on stderr */
+    const char *version;        /* the build's version: /health, the Server header (NULL: "unknown") */
 } server_config;
 
 /* ---- Prototypes ------------------------------------------------------------- */

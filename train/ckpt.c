@@ -62,6 +62,17 @@ static int put_vocab(gguf_writer *w)
     return rc;
 }
 
+/* general.name for a file written to path: its file name without the extension (`--out
+ * book.gguf` is served as "book", as the file would be without a name). */
+static void name_from_path(const char *path, char *out, size_t n)
+{
+    const char *base = strrchr(path, '/');
+    base = base ? base + 1 : path;
+    const char *dot = strrchr(base, '.');
+    size_t len = dot && dot > base ? (size_t)(dot - base) : strlen(base);
+    snprintf(out, n, "%.*s", (int)len, base);
+}
+
 int train_net_save(const train_net *n, const char *path, int f16, int with_state,
                    char *err, size_t errlen)
 {
@@ -80,7 +91,9 @@ int train_net_save(const train_net *n, const char *path, int f16, int with_state
     }
     int rc = 0;
     rc = rc ? rc : gguf_writer_kv_str(w, "general.architecture", "llama");
-    rc = rc ? rc : gguf_writer_kv_str(w, "general.name", "lmserve-trained-bytes");
+    char name[256];
+    name_from_path(path, name, sizeof name);
+    rc = rc ? rc : gguf_writer_kv_str(w, "general.name", name[0] ? name : "lmserve-trained");
     rc = rc ? rc : gguf_writer_kv_u32(w, "general.file_type", f16 ? 1 : 0);
     rc = rc ? rc : gguf_writer_kv_u32(w, "llama.context_length", s->ctx_len);
     rc = rc ? rc : gguf_writer_kv_u32(w, "llama.embedding_length", s->dim);

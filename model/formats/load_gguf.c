@@ -9,6 +9,7 @@
 
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define GERR(...) model_errf(err, errlen, MODEL_EFORMAT, g->path, __VA_ARGS__)
@@ -159,6 +160,21 @@ static const struct {
     {"gpt2", gguf_load_gpt2}, /* model/formats/gguf_gpt2.c */
 };
 
+/* A string value of the metadata as a NUL-terminated copy owned by m; NULL if the key is
+ * absent, not a string, contains a NUL, or memory runs out (the text is optional). */
+static const char *gguf_meta_copy(model *m, const gguf_file *g, const char *key)
+{
+    const gguf_kv *kv = gguf_find(g, key);
+    gguf_str v;
+    if (!kv || !gguf_kv_string(g, kv, &v) || memchr(v.s, 0, v.len)) return NULL;
+    char *s = malloc(v.len + 1);
+    if (!s) return NULL;
+    memcpy(s, v.s, v.len);
+    s[v.len] = '\0';
+    if (model_own(m, s) != MODEL_OK) return NULL; /* model_own frees s on failure */
+    return s;
+}
+
 int model_load_gguf(model *m, const char *path, const model_load_opts *opts, char *err, size_t errlen)
 {
     gguf_file gf, *g = &gf;
@@ -178,6 +194,11 @@ int model_load_gguf(model *m, const char *path, const model_load_opts *opts, cha
                 rc = arches[i].load(m, g, opts, err, errlen);
                 break;
             }
+    }
+    if (!rc) {
+        m->info.name = gguf_meta_copy(m, g, "general.name");
+        m->info.chat_template = gguf_meta_copy(m, g, "tokenizer.chat_template");
+        m->info.sample_prompt = gguf_meta_copy(m, g, "lmserve.sample_prompt");
     }
     gguf_close(g);
     return rc;

@@ -17,6 +17,7 @@
 #include "model/tokenizers/tokenizer.h"
 
 #include <jansson.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -254,6 +255,50 @@ static int load_gpt2(hf_ctx *c, const json_t *cfg)
     return 0;
 }
 
+/* The folder's chat template: chat_template.jinja (where recent transformers save it), else
+ * tokenizer_config.json's "chat_template", a string or a list of {"name", "template"} (the
+ * one named "default", else the first).  A copy owned by m, or NULL if there is none (a
+ * missing or unreadable template is not an error: the server then renders chats plainly). */
+static const char *hf_chat_template(model *m, const char *dir)
+{
+    char p[4096];
+    char *text = NULL;
+    snprintf(p, sizeof p, "%s/chat_template.jinja", dir);
+    FILE *f = fopen(p, "rb");
+    if (f) {
+        long n = fseek(f, 0, SEEK_END) == 0 ? ftell(f) : -1;
+        if (n >= 0 && n < (1L << 24) && fseek(f, 0, SEEK_SET) == 0 && (text = malloc((size_t)n + 1))) {
+            if (fread(text, 1, (size_t)n, f) != (size_t)n || memchr(text, 0, (size_t)n)) {
+                free(text);
+                text = NULL;
+            } else {
+                text[n] = '\0';
+            }
+        }
+        fclose(f);
+    }
+    if (!text) {
+        snprintf(p, sizeof p, "%s/tokenizer_config.json", dir);
+        json_t *j = json_load_file(p, 0, NULL);
+        json_t *t = json_object_get(j, "chat_template");
+        if (json_is_array(t)) {
+            json_t *pick = NULL, *item;
+            size_t i;
+            json_array_foreach(t, i, item) {
+                const char *name = json_string_value(json_object_get(item, "name"));
+                if (!pick || (name && !strcmp(name, "default"))) pick = json_object_get(item, "template");
+                if (name && !strcmp(name, "default")) break;
+            }
+            t = pick;
+        }
+        if (json_is_string(t) && strlen(json_string_value(t)) == json_string_length(t))
+            text = strdup(json_string_value(t));
+        json_decref(j);
+    }
+    if (!text || model_own(m, text) != MODEL_OK) return NULL;
+    return text;
+}
+
 int model_load_hf(model *m, const char *dir, const model_load_opts *opts, char *err, size_t errlen)
 {
     if (err && errlen) err[0] = 0;
@@ -299,6 +344,7 @@ int model_load_hf(model *m, const char *dir, const model_load_opts *opts, char *
         if (eos >= 0 && eos < m->tok.n_vocab) m->tok.eos_id = (int32_t)eos;
         if (m->tok.add_bos && m->tok.bos_id < 0) m->tok.add_bos = 0;
         snprintf(m->format_name, sizeof m->format_name, "safetensors");
+        m->info.chat_template = hf_chat_template(m, dir);
         model_fill_weight_stats(m);
     }
     json_decref(cfg);

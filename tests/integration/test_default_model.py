@@ -27,7 +27,8 @@ class DefaultModel(unittest.TestCase):
         with Server(model=False, env={"LMSERVE_DEFAULT_MODEL": ""}) as srv:  # exit 0 checked on leaving
             st, _, data = srv.get("/v1/models")
             self.assertEqual(st, 200)
-            self.assertEqual(json.loads(data)["data"][0]["id"], "model")
+            # its id is its own general.name, not the file name "model"
+            self.assertEqual(json.loads(data)["data"][0]["id"], "lmserve-kjv-1.8M")
             st, body = srv.post_json("/v1/completions", {"prompt": prompt, "max_tokens": 40,
                                                          "temperature": 0})
             self.assertEqual(st, 200)

@@ -257,7 +257,9 @@ class TestOtherEndpoints(SharedServer):
     def test_health(self):
         status, _, data = self.srv.get("/health")
         self.assertEqual(status, 200)
-        self.assertEqual(json.loads(data), {"status": "ok"})
+        h = json.loads(data)
+        self.assertEqual(h["status"], "ok")
+        self.assertRegex(h["version"], r"^\d+\.\d+\.\d+")  # the build's (test_conventions.py)
 
     def test_metrics(self):
         before = self.srv.metrics()

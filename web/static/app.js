@@ -162,6 +162,7 @@ function describeErrorObject(e) {
 const state = {
   columns: [],     /* Column objects */
   running: 0,
+  promptEdited: false, /* the user typed in the prompt box (keeps the model's sample prompt out) */
 };
 
 function apiHeaders(json) {
@@ -835,6 +836,11 @@ async function checkServer() {
       /* Informational: the server slides its window when a sequence fills it, so
        * max tokens is bounded by the server's own limit, not by the context. */
       if (Number.isInteger(ctx) && ctx > 0) parts.push(`context ${ctx} tokens`);
+      /* The model's own sample prompt (GGUF lmserve.sample_prompt) replaces the page's
+       * fallback, unless the user has typed something already. */
+      const sample = models.length ? models[0].sample_prompt : undefined;
+      const box = $('#prompt');
+      if (typeof sample === 'string' && sample && !state.promptEdited) box.value = sample;
     }
   } catch (_) { /* the models list is informational only */ }
   out.textContent = parts.join(' · ');
@@ -860,6 +866,7 @@ function init() {
     setColumnCount(2);
     ['greedy', 'top_k1'].forEach((p, i) => state.columns[i].applyPreset(p));
   });
+  $('#prompt').addEventListener('input', () => { state.promptEdited = true; });
   $('#prompt').addEventListener('keydown', (ev) => {
     if (ev.key === 'Enter' && (ev.ctrlKey || ev.metaKey)) {
       ev.preventDefault();
