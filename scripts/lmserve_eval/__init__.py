@@ -10,7 +10,8 @@ Modules, in data-flow order:
   metrics  pure text metrics (type-token ratio, distinct-n, repeated n-grams, percentiles)
   report   the sweep's HTML page and PNG plots
   cli      the `run`, `sweep` and `score` sub-commands
-Standard library only, plus Debian's python3-tqdm and python3-matplotlib.
+Standard library only; tqdm draws the progress bar when present and matplotlib the sweep's
+plots (Debian: python3-tqdm, python3-matplotlib; pip: the extras [progress], [plots], [all]).
 """
 
 __version__ = "0.1"

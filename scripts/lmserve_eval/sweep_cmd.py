@@ -3,6 +3,7 @@ metrics per setting and an HTML report with plots."""
 
 import argparse
 import csv
+import importlib.util
 import io
 import itertools
 import json
@@ -158,6 +159,9 @@ def main(args):
         settings = build_settings(args)
     except EvalError as e:
         return fail(str(e), 2)
+    if importlib.util.find_spec("matplotlib") is None:
+        return fail("sweep draws its plots with matplotlib, which this Python lacks: "
+                    "apt-get install python3-matplotlib, or pip install 'lmserve-eval[plots]'", 2)
     client = make_client(args)
     try:
         server_model = check_server(client)
