@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# deps.sh check|install build|test -- make sure the Debian packages lmserve needs are present.
+# deps.sh check|install build|test|container -- make sure the Debian packages lmserve needs are present.
 #
 # "check" only reports; "install" installs what is missing with apt-get when run
 # as root, and otherwise prints the exact sudo line and fails.
@@ -9,11 +9,17 @@ what=${2:-build}
 
 build_pkgs=(gcc make pkg-config libmicrohttpd-dev libjansson-dev libuv1-dev)
 test_pkgs=("${build_pkgs[@]}" libcriterion-dev python3 python3-tqdm python3-matplotlib
-           nginx-light chromium valgrind clang curl nodejs npm bible-kjv-text bible-kjv)
+           nginx-light chromium valgrind clang curl nodejs npm bible-kjv-text bible-kjv
+           python3-venv python3-setuptools python3-pip)
+# make test-container: podman with runc (crun fails on these VMs' hybrid cgroups), the base
+# image made by debootstrap, compose through podman-compose with container DNS (dnsname).
+container_pkgs=(podman runc uidmap fuse-overlayfs slirp4netns debootstrap containernetworking-plugins
+           catatonit podman-compose golang-github-containernetworking-plugin-dnsname python3 curl)
 
 case $what in
   build) pkgs=("${build_pkgs[@]}") ;;
   test)  pkgs=("${test_pkgs[@]}") ;;
+  container) pkgs=("${container_pkgs[@]}") ;;
   *) echo "deps.sh: unknown set '$what'" >&2; exit 2 ;;
 esac
 
