@@ -14,9 +14,9 @@
  *
  * --fma first prints one thread's rate of 8-lane fused multiply-adds (12 independent
  * chains, enough to fill both FMA pipes), in GFLOP/s: the arithmetic ceiling of one
- * core at the clock it runs at now.  On a VM the host's clock moves (seen here: 96
- * and 78 GFLOP/s on the same morning), and the batched kernels, which are
- * compute-bound, move with it; the figure dates a benchmark run's machine state.
+ * core at the clock it runs at now.  On a VM the host's clock moves between runs
+ * (docs/TUNING.md), and the batched kernels, which are compute-bound, move with it;
+ * the figure records the machine state a benchmark run saw.
  */
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>

@@ -28,7 +28,7 @@ int main(int argc, char **argv)
     const char *cmd = argv[1];
     if (!strcmp(cmd, "--help") || !strcmp(cmd, "-h") || !strcmp(cmd, "help")) {
         usage(stdout);
-        /* the server's options with their defaults (issue 4: `lmserve --help` lists them) */
+        /* the server's options with their defaults: `lmserve --help` lists them too */
         char *serve_help[] = {"serve", "--help", NULL};
         putchar('\n');
         cli_serve(2, serve_help);

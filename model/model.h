@@ -21,6 +21,12 @@
  * All functions may be called from any thread; a model may be used by several
  * threads at once, as long as each model_seq is used by one thread at a time
  * and model_forward calls are serialised by the caller (they share the pool).
+ *
+ * This is the module's one public header.  Inside, model.c loads (it picks a
+ * reader in formats/), tokenizers/ encodes and decodes text, compute/ runs the
+ * forward pass; model_internal.h lists the internal headers.  Three of those are
+ * self-contained file-format tools that train/ and bench/ use as well:
+ * formats/gguf.h (the GGUF parser), formats/gguf_write.h and half.h.
  */
 #ifndef LMSERVE_MODEL_H
 #define LMSERVE_MODEL_H

@@ -63,7 +63,7 @@ typedef struct {
 enum {
     TOK_SPM = 0,        /* SentencePiece-style: merges by score, byte fallback, U+2581 or ' ' spaces */
     TOK_BPE_BYTES = 1,  /* GPT-2 byte-level BPE (merges by rank, regex pre-split) */
-    TOK_G2C = 2,        /* course "g2c.bpe": bytes + specials + merges by new id */
+    TOK_G2C = 2,        /* "g2c.bpe" (course artifacts): bytes + specials + merges by new id */
 };
 
 enum { /* token types, as GGUF numbers them */

@@ -1,4 +1,4 @@
-/* generate.c -- the course's whole decode loop over a sampler_lm callback.
+/* generate.c -- the whole decode loop (sampler_generate) over a sampler_lm callback.
  *
  * Every step: ctx = the last max_seq_len ids of the full sequence (never more)
  * -> next_logits (last position) -> sampler__choose (penalties over the full

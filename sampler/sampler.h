@@ -2,7 +2,8 @@
  *
  * Design
  * ------
- * The four warpers of the course are pure functions of (logits, args): they
+ * The four warpers (repetition penalty, temperature, top-k, top-p) are pure
+ * functions of (logits, args): they
  * read logits[0..vocab) and write out[0..vocab) (out may equal logits), the
  * shape never changes, dropped tokens become -INFINITY, survivors keep their
  * exact values and nothing is normalised.  The argmax always survives top-k
@@ -42,7 +43,7 @@ int sampler_apply_presence_frequency(const float *logits, float *out, int vocab,
                                      const int32_t *seen, int n_seen,
                                      float presence, float frequency); /* OpenAI: l -= c*frequency + (c>0)*presence, c = count in seen; each in [-2, 2] */
 
-/* ---- Whole-loop interface (the course's) ------------------------------------ */
+/* ---- Whole-loop interface ------------------------------------------------------ */
 
 typedef struct sampler_lm sampler_lm;
 struct sampler_lm {

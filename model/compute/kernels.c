@@ -7,8 +7,8 @@
  * per step for every sequence, so W rows are loaded into registers once and
  * dotted with several x rows at a time (register blocks of BLK_R x rows x
  * BLK_C W rows; decoding a single row streams BLK_C1 W rows at a time).
- * (Software prefetching of the W rows ahead measured no gain here.)  The pool splits the
- * OUTPUT rows (W rows) into tasks; the reduction over cols is never split.
+ * The pool splits the OUTPUT rows (W rows) into tasks; the reduction over cols
+ * is never split.
  * Within a task, x is walked in blocks small enough to stay in L2 while the
  * task's W rows (also sized for L2) are reused for every block.
  *
@@ -24,9 +24,14 @@
  *
  * Q8_0 (GGML layout: blocks of 32 int8 with an f16 scale in front, 34 bytes;
  * see ggml's block_q8_0): the activations are quantized per row to the same
- * block shape (float scale = max|x| / 127, q = round-to-nearest-even(x / d)),
- * each block's integer dot product is exact (maddubs/madd), and the float
- * accumulation is done per element in the fixed lane order as above.
+ * block shape as ggml's quantize_row_q8_0 does it (per 32 values: q =
+ * round-to-nearest-even(x * 127 / max|x|), scale d = max|x| / 127 rounded to
+ * an IEEE half; quantize_row_q8), each block's integer dot product is exact
+ * (maddubs/madd), and the float accumulation is done per element in the fixed
+ * lane order as above.
+ *
+ * The tunables below (prefetch distances, block shapes) change speed, never a
+ * result; docs/TUNING.md has the measurements that chose their values.
  *
  * Built with AVX2+FMA+F16C when the compiler targets them (-march=native);
  * otherwise a portable scalar version (deterministic in the same sense).
@@ -49,16 +54,13 @@
 /* Attention prefetches the K rows this many positions ahead, and the V rows of the
  * positions it scores (0: none).  A sequence's K and V for one head are contiguous
  * but short (hd floats per position), so the hardware prefetcher starts cold on
- * every head and page: batch 16 over 200 steps on the 15M shape went from ~1,600 to
- * ~1,770 tok/s (means of six interleaved runs; 8, 16 and 32 alike). */
+ * every head and page. */
 #ifndef ATT_PF
 #define ATT_PF 16
 #endif
 /* Q8_0 blocks prefetch the W bytes this far ahead of the block they read (0: none).
- * The hardware prefetcher stops at 4 KiB page boundaries; a software prefetch one
- * page ahead raised 110M-shape Q8_0 single-stream decoding from ~125 to ~145 tok/s
- * in interleaved runs here (256..16384 tried; 4096 best or tied).  Two W rows per
- * block when decoding was slower (~100 tok/s) with or without it. */
+ * The hardware prefetcher stops at 4 KiB page boundaries; this one runs a page
+ * ahead of it. */
 #ifndef Q8_PFD
 #define Q8_PFD 4096
 #endif
@@ -117,11 +119,9 @@ void mtensor_get_row(const mtensor *w, int row, float *out)
  * as a Q8_0 block stores it (kept here as the float of that half).  This is the activation
  * format llama.cpp's CPU backend uses for Q8_0 matrices (ggml quantize_row_q8_0: the same
  * multiplier 127 / amax, the same rounding, the half scale), so with the same per-lane
- * accumulation below a Q8_0 matrix-vector product gives its values bit for bit.  Measured
- * with scripts/compare-greedy.py against llama-server on stories260K quantized by
- * llama-quantize (greedy, 100 tokens): only the attention matrices Q8_0, 20/20 identical
- * (17/20 with the former float scale and 1 / (amax / 127)); every matrix but ffn_down Q8_0,
- * 18/20 with logprobs equal to ~1e-6 (the two others part at near-ties). */
+ * accumulation below a Q8_0 matrix-vector product gives its values bit for bit
+ * (tests/model/compute/test_kernels.c restates the formula; the greedy agreement with
+ * llama-server it gives is in docs/TUNING.md). */
 static void quantize_row_q8(int8_t *q, float *d, const float *x, int cols)
 {
     for (int b = 0; b < cols / Q8_0_BLOCK; b++) {
@@ -512,10 +512,9 @@ void kernel_to_f16(uint16_t *dst, const float *src, int n)
 
 /* Register-block shape (compile-time tunables; none changes a result):
  * BLK_R x rows by BLK_C W rows when batched, BLK_C1 W rows when decoding one
- * row.  2 x 2 / 1: the others tried (2x3, 3x2 with two accumulators per
- * element; 4x3, 3x4 with one) were no faster on the 2-core test machine,
- * where batched matmuls are bound by streaming W from memory, and one
- * accumulator made single-row decoding about 25 % slower. */
+ * row.  Batched matmuls are bound by streaming W from memory, so larger blocks
+ * do not pay; single-row decoding needs two accumulators per element to hide
+ * the fma latency (the shapes tried: docs/TUNING.md). */
 #ifndef PF_AHEAD
 #define PF_AHEAD 2 /* prefetch the W rows this many blocks ahead while the first x block runs */
 #endif
@@ -582,7 +581,7 @@ static void rows_q8(float *out, int ldo, const int8_t *xq, const float *xd, int 
     int xb = x_block_rows((size_t)cols + (size_t)nb * 4);
     for (int rb = 0; rb < n_rows; rb += xb) {
         int re = rb + xb < n_rows ? rb + xb : n_rows;
-        int cm = re - rb == 1 ? 1 : re - rb <= 2 ? 4 : 2; /* one row: one W row stream (measured 2x faster here) */
+        int cm = re - rb == 1 ? 1 : re - rb <= 2 ? 4 : 2; /* one row: one W row stream at a time (docs/TUNING.md) */
         for (int j = j0; j < j1; j += cm) {
             int C = j1 - j >= cm ? cm : j1 - j;
             for (int r = rb; r < re; r += 4) {
@@ -649,12 +648,10 @@ static void rows_f32_tail(float *out, int ldo, const float *x, int n_rows, int c
 #endif
 #ifndef PPF
 /* batched: prefetch the panel this many ahead, spread over the current panel's x
- * blocks.  Spreading it (it used to run only during the first x block, which then
- * waited on memory while the others had nothing in flight) raised batch-16 decoding
- * on the 15M shape from ~1,560-1,840 to ~1,790-2,160 tok/s in interleaved runs
- * (bench_forward --batch 4,16,64); 1 panel ahead was level with or a little
- * better than 2 or 3 (a 15M panel is 18 KiB: two no longer fit L1 beside the
- * current one). */
+ * blocks, so that W streams from memory during all of them (a prefetch issued in
+ * the first block only leaves the later ones with nothing in flight).  One panel
+ * ahead: a panel of a small model is already 18 KiB, so two would not fit L1
+ * beside the current one. */
 #define PPF 1
 #endif
 #ifdef KERNEL_AVX2
@@ -722,9 +719,8 @@ static void rows_f32p(float *out, int ldo, const float *x, int n_rows, int cols,
          * W streams from memory during all of the panel's arithmetic.
          * The rows are split into nxb blocks of near-equal size (16 = 6 + 5 + 5,
          * not 6 + 6 + 4): a block of R rows has 2R independent fma chains and the
-         * fma latency here (~5 cycles, 2 pipes) needs about 10 to keep both pipes
-         * busy.  Measured on the 15M shape at batch 16 (the two splits interleaved
-         * step by step, 5 runs of 128-240 steps): median +4-11 % over 6 + 6 + 4. */
+         * fma latency (about 5 cycles on 2 pipes on current x86 cores) needs about
+         * 10 to keep both pipes busy (docs/TUNING.md). */
         int nxb = (re - rb + 5) / 6, share = (cols + nxb - 1) / nxb, bsz = 0;
         for (int j = j0; j < jp; j += KERNEL_PANEL) {
             const float *wp = d + (size_t)(j / KERNEL_PANEL) * ps;

@@ -20,8 +20,8 @@
  *     microseconds during a forward pass), then sleep on a futex that the
  *     dispatcher bumps and wakes only when someone is asleep.
  *
- * Oversubscribed machines (measured here with ~8 busy processes on 2 cores):
- * workers that rarely get a CPU only slow the caller down (they spin on a
+ * Oversubscribed machines (more runnable threads than cores, e.g. other busy
+ * processes): workers that rarely get a CPU only slow the caller down (they spin on a
  * sibling, claim tasks late, or hold a task while preempted so the caller
  * waits a whole time slice).  So the caller watches two signals: waits longer
  * than STRAGGLE_NS several times in a row, and the workers' share of the
@@ -240,9 +240,9 @@ void model_pool_run(model_pool *p, model_pool_fn fn, void *arg, int n_tasks)
         cpu_relax();
     }
     /* A long wait is a strike only when it is also long against the caller's own
-     * tasks: with coarse tasks (a batch-64 step of a large model runs ~1 ms per
-     * task) waiting up to about one task for the other thread's last one is the
-     * normal end of a dispatch, not a preempted worker. */
+     * tasks: with coarse tasks (a large batch of a large model) waiting up to about
+     * one task for the other thread's last one is the normal end of a dispatch, not
+     * a preempted worker (docs/TUNING.md). */
     long per_task = mine > 0 ? worked / mine : worked;
     if (waited > STRAGGLE_NS && waited > 2 * per_task) {
         if (++p->strikes >= STRAGGLE_STRIKES) {

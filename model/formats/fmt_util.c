@@ -1,4 +1,4 @@
-/* fmt_util.c -- helpers shared by the course / Hugging Face / GPT-2 GGUF readers. */
+/* fmt_util.c -- helpers shared by the course-artifact, Hugging Face and GPT-2 GGUF readers. */
 #include "model/formats/formats.h"
 #include "model/half.h"
 #include "model/loader.h"

@@ -9,9 +9,11 @@
  *   - model_load_gguf (load_gguf.c): GGUF with general.architecture "llama",
  *     or "gpt2" through gguf_load_gpt2 (gguf_gpt2.c, llama.cpp tensor names);
  *   - model_load_llama2c (llama2c.c): llama2.c checkpoints + tokenizer.bin;
- *   - model_load_course (load_course.c): a course artifact folder (model.pt via
+ *   - model_load_course (load_course.c): a course artifact folder, the layout
+ *     README's "Bring your own model" names (a GPT-2-style model.pt read by
  *     torchzip.c, config.json, manifest.json -> ../../tokenizers/<name>/
- *     tokenizer.json, g2c BPE).  Its W are stored (in, out): copied transposed;
+ *     tokenizer.json in the "g2c.bpe" format).  Its W are stored (in, out):
+ *     copied transposed;
  *   - model_load_hf (load_hf.c): config.json + safetensors (+ index) +
  *     tokenizer.json for LlamaForCausalLM (rope_neox = 1: HF rotates halves)
  *     and GPT2LMHeadModel (Conv1D weights (in, out): copied transposed).

@@ -1,6 +1,7 @@
-/* load_course.c -- a course artifact folder (GPT-2-style TransformerLM).
+/* load_course.c -- a course artifact folder: a GPT-2-style TransformerLM saved by
+ * PyTorch with its config and tokenizer (README, "Bring your own model").
  *
- * Layout (issue 10): artifacts/models/<name>/{model.pt, config.json, manifest.json};
+ * Layout: artifacts/models/<name>/{model.pt, config.json, manifest.json};
  * the tokenizer is artifacts/tokenizers/<manifest.tokenizer_artifact>/tokenizer.json.
  * model.pt holds {"vocab_size", "model_config", "params": [tensor, ...]} with params
  * in the model's parameters() order:

@@ -9,7 +9,7 @@
  *   mlp.c_fc, mlp.c_proj}, ln_f}; Conv1D weights are (in, out): copied transposed to
  *   F32; c_attn is q, k, v fused along out.  The head is tied to wte unless lm_head exists.
  * Names and layouts: transformers' modeling_llama.py / modeling_gpt2.py, as the fixture
- * files show them (fixtures/SOURCES.md). */
+ * files show them (tests/data/SOURCES.md). */
 #include "model/formats/formats.h"
 #include "model/loader.h"
 #include "model/formats/safetensors.h"

@@ -15,7 +15,7 @@
  * point into the mmapped storage; their extent is checked against the
  * storage entry.  Values live as long as the tz_file.
  *
- * Format facts (from the fixture files, see fixtures/SOURCES.md, and the zip
+ * Format facts (from the fixture files, see tests/data/SOURCES.md, and the zip
  * APPNOTE): entries are STORED; local headers carry zero sizes (flag 0x0808),
  * so sizes come from the central directory and the data offset from the local
  * header's name + extra lengths; the archive prefix varies (look for "PREFIX/data.pkl").

@@ -1,4 +1,4 @@
-/* tok_bpe.c -- GPT-2 byte-level BPE and course g2c BPE (see tok_bpe.h).
+/* tok_bpe.c -- GPT-2 byte-level BPE and g2c BPE (see tok_bpe.h).
  *
  * Facts used: GPT-2's byte-to-unicode table and pre-tokenizer pattern
  *   's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
@@ -611,11 +611,6 @@ static json_t *load_json(const char *path, char *err, size_t errlen, int *rc)
     return j;
 }
 
-/* A SentencePiece-converted BPE tokenizer.json (byte_fallback, "\u2581" spaces, as HF
- * writes Llama/TinyLlama vocabularies) becomes a TOK_SPM tokenizer: such merge lists
- * are generated in the order of the merged tokens' SentencePiece scores, so a token's
- * score is minus the rank of the first merge producing it, and tokenizer.c's
- * highest-score-first merging reproduces merge-rank order. */
 /* One tokenizer.json merge in either spelling, "a b" or ["a", "b"]: *a and *c are
  * set to its two halves (lengths *an, *cn), or to NULL when the entry is neither. */
 static void merge_entry_parts(json_t *p, const char **a, size_t *an, const char **c, size_t *cn)
@@ -635,6 +630,11 @@ static void merge_entry_parts(json_t *p, const char **a, size_t *an, const char 
     }
 }
 
+/* A SentencePiece-converted BPE tokenizer.json (byte_fallback, "\u2581" spaces, as HF
+ * writes Llama/TinyLlama vocabularies) becomes a TOK_SPM tokenizer: such merge lists
+ * are generated in the order of the merged tokens' SentencePiece scores, so a token's
+ * score is minus the rank of the first merge producing it, and spm.c's
+ * highest-score-first merging reproduces merge-rank order. */
 static int load_hf_spm(tokenizer *t, json_t *j, const char *path, char *err, size_t errlen)
 {
     json_t *mdl = json_object_get(j, "model"), *vocab = json_object_get(mdl, "vocab");
@@ -1087,6 +1087,6 @@ int tok_bpe_trim(tokenizer *t, int n)
 void tok_bpe_clear(tokenizer *t)
 {
     if (!t) return;
-    tokenizer_free(t); /* per-token strings, arrays and impl (model/tokenizers/tokenizer.c) */
+    tokenizer_free(t); /* per-token strings, arrays and impl (model/tokenizers/vocab.c) */
     memset(t, 0, sizeof *t);
 }

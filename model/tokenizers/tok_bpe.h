@@ -1,5 +1,6 @@
 /* tok_bpe.h -- byte-level BPE tokenizers: GPT-2 style (TOK_BPE_BYTES) and the
- * course's "g2c.bpe" (TOK_G2C).
+ * "g2c.bpe" tokenizer.json of course artifact folders (TOK_G2C: raw bytes, special
+ * tokens, merges numbered by the id they create).
  *
  * Design
  * ------
@@ -10,7 +11,7 @@
  * Digits(individual_digits) split; g2c: no pre-split), and each piece is
  * merged pair by pair, lowest rank first (GPT-2: merge-list order; g2c: the
  * merge's new id), leftmost first among equal ranks -- the order HF's
- * `tokenizers` BPE and the course's reference encoder use.  Merging uses a
+ * `tokenizers` BPE uses, and the one g2c merge ids encode.  Merging uses a
  * heap, so a piece of n bytes costs O(n log n).
  *
  * Loaders fill a `tokenizer` (model_internal.h): str (the vocabulary string as
@@ -27,7 +28,7 @@
 
 /* HF tokenizer.json with a BPE model and a ByteLevel pre-tokenizer (optionally in
  * a Sequence after Digits(individual_digits=true)).  A SentencePiece-converted one
- * (byte_fallback: Llama, TinyLlama) becomes a TOK_SPM tokenizer (model/tokenizers/tokenizer.c)
+ * (byte_fallback: Llama, TinyLlama) becomes a TOK_SPM tokenizer (model/tokenizers/spm.c)
  * with scores from the merge ranks. */
 int tok_bpe_load_hf(tokenizer *t, const char *path, char *err, size_t errlen);
 /* OpenAI's encoder.json + vocab.bpe. */
@@ -37,7 +38,7 @@ int tok_bpe_load_gpt2_files(tokenizer *t, const char *encoder_json, const char *
  * (NULL = all normal) and merges "a b".  Control/user-defined tokens are special. */
 int tok_bpe_load_lists(tokenizer *t, int n_vocab, const char *const *tokens, const int32_t *types,
                        int n_merges, const char *const *merges, char *err, size_t errlen);
-/* The course's tokenizer.json (format "g2c.bpe", version 1 or 2). */
+/* A course artifact's tokenizer.json (format "g2c.bpe", version 1 or 2). */
 int tok_g2c_load(tokenizer *t, const char *path, char *err, size_t errlen);
 
 /* Encode (TOK_BPE_BYTES or TOK_G2C), same contract as tokenizer_encode. */
