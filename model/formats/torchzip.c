@@ -263,10 +263,10 @@ static tz_value *top(pvm *m)
     return m->sp > floor ? m->stack[m->sp - 1] : NULL;
 }
 
-/* Pop the items since the last MARK into a new container of the given kind
- * (TZ_NONE: just return the position, items stay on the stack). */
+/* Remove the last MARK and give its stack position (the items above it stay). */
 static int pop_mark(pvm *m, size_t *from)
 {
+    *from = 0;
     if (!m->n_marks) return perr(m, "opcode needs a MARK but there is none");
     *from = m->marks[--m->n_marks];
     return 0;
@@ -485,228 +485,249 @@ static int op_persid(pvm *m)
     return push(m, s);
 }
 
+/* ---- Opcodes, by group (each after its opcode byte was read) ---- */
+
+static int op_proto(pvm *m) /* PROTO: the protocol number */
+{
+    int rc = need(m, 1);
+    if (!rc && *m->p > 5) rc = perr(m, "pickle protocol %u is unknown", *m->p);
+    m->p++;
+    return rc;
+}
+
+static int op_mark(pvm *m) /* MARK */
+{
+    if (m->n_marks == m->cap_marks) {
+        size_t nc = m->cap_marks ? m->cap_marks * 2 : 16;
+        size_t *na = realloc(m->marks, nc * sizeof *na);
+        if (!na) return MODEL_ENOMEM;
+        m->marks = na;
+        m->cap_marks = nc;
+    }
+    m->marks[m->n_marks++] = m->sp;
+    return 0;
+}
+
+static int op_int(pvm *m, unsigned op) /* BININT1, BININT2, BININT, LONG1 */
+{
+    static const unsigned width[4] = {1, 2, 4, 0}; /* K M J; LONG1 reads its width */
+    unsigned w = width[op == 'K' ? 0 : op == 'M' ? 1 : op == 'J' ? 2 : 3];
+    int rc;
+    int64_t i;
+    if (w) {
+        if ((rc = need(m, w))) return rc;
+        i = w == 1 ? *m->p : w == 2 ? rd16(m->p) : (int32_t)rd32(m->p); /* BININT is signed */
+        m->p += w;
+        return push(m, new_int(m, i, TZ_INT));
+    }
+    /* LONG1: n bytes little-endian two's complement */
+    if ((rc = need(m, 1))) return rc;
+    unsigned n = *m->p++;
+    if ((rc = need(m, n))) return rc;
+    if (n > 8) return perr(m, "integer of %u bytes is too large", n);
+    uint64_t u = 0;
+    for (unsigned k = 0; k < n; k++) u |= (uint64_t)m->p[k] << (8 * k);
+    if (n && n < 8 && (m->p[n - 1] & 0x80)) u |= ~(uint64_t)0 << (8 * n);
+    m->p += n;
+    return push(m, new_int(m, (int64_t)u, TZ_INT));
+}
+
+static int op_binfloat(pvm *m) /* BINFLOAT: big-endian double */
+{
+    int rc = need(m, 8);
+    if (rc) return rc;
+    uint64_t u = 0;
+    for (int i = 0; i < 8; i++) u = u << 8 | m->p[i];
+    m->p += 8;
+    double d;
+    memcpy(&d, &u, 8);
+    tz_value *v = val_new(m->f, TZ_FLOAT);
+    if (v) v->f = d;
+    return push(m, v);
+}
+
+/* Strings and bytes: a 1-byte (SHORT_BINUNICODE, SHORT_BINSTRING, SHORT_BINBYTES),
+ * 8-byte (BINBYTES8) or 4-byte length, then the bytes. */
+static int op_string(pvm *m, unsigned op)
+{
+    int rc;
+    uint64_t n;
+    if (op == 0x8c || op == 'U' || op == 'C') {
+        if ((rc = need(m, 1))) return rc;
+        n = *m->p++;
+    } else if (op == 0x8d) {
+        if ((rc = need(m, 8))) return rc;
+        n = rd64(m->p);
+        m->p += 8;
+    } else {
+        if ((rc = need(m, 4))) return rc;
+        n = rd32(m->p);
+        m->p += 4;
+    }
+    if ((uint64_t)(m->end - m->p) < n) return perr(m, "string runs past the pickle");
+    rc = push(m, new_str(m, m->p, (size_t)n));
+    m->p += n;
+    return rc;
+}
+
+static int op_global_line(pvm *m) /* GLOBAL "module\nname\n" */
+{
+    const unsigned char *a = m->p, *nl1 = memchr(a, '\n', (size_t)(m->end - a));
+    if (!nl1) return perr(m, "GLOBAL without a newline");
+    const unsigned char *b = nl1 + 1, *nl2 = memchr(b, '\n', (size_t)(m->end - b));
+    if (!nl2) return perr(m, "GLOBAL without a second newline");
+    m->p = nl2 + 1;
+    return op_global(m, (const char *)a, (size_t)(nl1 - a), (const char *)b, (size_t)(nl2 - b));
+}
+
+static int op_stack_global(pvm *m) /* STACK_GLOBAL: module and name from the stack */
+{
+    tz_value *w = pop(m), *v = pop(m);
+    if (!v || !w || v->kind != TZ_STR || w->kind != TZ_STR) return perr(m, "STACK_GLOBAL needs two strings");
+    return op_global(m, v->s, v->slen, w->s, w->slen);
+}
+
+/* TUPLE, LIST, DICT: the items since the last MARK into a new container. */
+static int op_collect(pvm *m, unsigned op)
+{
+    size_t from;
+    int rc = pop_mark(m, &from);
+    if (rc) return rc;
+    if (op == 'd' && (m->sp - from) % 2) return perr(m, "DICT with an odd item count");
+    tz_value *c = val_new(m->f, op == 't' ? TZ_TUPLE : op == 'l' ? TZ_LIST : TZ_DICT);
+    if (!c) return MODEL_ENOMEM;
+    for (size_t i = from; i < m->sp && !rc; i++) rc = val_push(c, m->stack[i]);
+    m->sp = from;
+    return rc ? rc : push(m, c);
+}
+
+static int op_tuple_n(pvm *m, size_t n) /* TUPLE1..3: the top n items */
+{
+    tz_value *c = val_new(m->f, TZ_TUPLE), *it[3];
+    if (!c) return MODEL_ENOMEM;
+    for (size_t i = n; i-- > 0;)
+        if (!(it[i] = pop(m))) return perr(m, "TUPLE%zu with too few items", n);
+    int rc = 0;
+    for (size_t i = 0; i < n && !rc; i++) rc = val_push(c, it[i]);
+    return rc ? rc : push(m, c);
+}
+
+/* SETITEM, APPEND: one pair / item into the dict / list below it; SETITEMS,
+ * APPENDS: every item since the last MARK. */
+static int op_fill(pvm *m, unsigned op)
+{
+    int is_dict = op == 's' || op == 'u';
+    if (op == 's' || op == 'a') {
+        tz_value *w = is_dict ? pop(m) : NULL, *v = pop(m), *c = top(m);
+        if (is_dict ? !w || !v || !c || c->kind != TZ_DICT : !v || !c || c->kind != TZ_LIST)
+            return perr(m, is_dict ? "SETITEM without a dict" : "APPEND without a list");
+        int rc = val_push(c, v);
+        return rc || !is_dict ? rc : val_push(c, w);
+    }
+    size_t from;
+    int rc = pop_mark(m, &from);
+    if (rc) return rc;
+    if (from == 0 || m->stack[from - 1]->kind != (is_dict ? TZ_DICT : TZ_LIST) || (is_dict && (m->sp - from) % 2))
+        return perr(m, is_dict ? "SETITEMS without a dict or with an odd item count" : "APPENDS without a list");
+    tz_value *c = m->stack[from - 1];
+    for (size_t i = from; i < m->sp && !rc; i++) rc = val_push(c, m->stack[i]);
+    m->sp = from;
+    return rc;
+}
+
+/* BINPUT, LONG_BINPUT, MEMOIZE (stores at index len(memo)); BINGET, LONG_BINGET. */
+static int op_memo(pvm *m, unsigned op)
+{
+    if (op == 0x94) return memo_put(m, m->memo_count);
+    int rc;
+    uint64_t idx;
+    if (op == 'q' || op == 'h') {
+        if ((rc = need(m, 1))) return rc;
+        idx = *m->p++;
+    } else {
+        if ((rc = need(m, 4))) return rc;
+        idx = rd32(m->p);
+        m->p += 4;
+    }
+    return op == 'q' || op == 'r' ? memo_put(m, idx) : memo_get(m, idx);
+}
+
+static int op_stack(pvm *m, unsigned op) /* POP, POP_MARK, DUP */
+{
+    size_t from;
+    tz_value *v;
+    switch (op) {
+    case '0': return pop(m) ? 0 : perr(m, "POP with an empty stack");
+    case '1': {
+        int rc = pop_mark(m, &from);
+        if (!rc) m->sp = from;
+        return rc;
+    }
+    default:
+        v = top(m);
+        return v ? push(m, v) : perr(m, "DUP with an empty stack");
+    }
+}
+
+static int op_build(pvm *m) /* BUILD: state for the object below; data only, so it is dropped */
+{
+    tz_value *v = pop(m), *c = top(m);
+    if (!v || !c) return perr(m, "BUILD with too few stack items");
+    if (c->kind != TZ_DICT && c->kind != TZ_TENSOR) return perr(m, "BUILD on a value that is not a dict or tensor");
+    return 0;
+}
+
+/* Run one opcode (STOP is run_pickle's). */
+static int step(pvm *m, unsigned op)
+{
+    switch (op) {
+    case 0x80: return op_proto(m);
+    case 0x95: /* FRAME: an 8-byte frame length, not needed */
+        if (need(m, 8)) return MODEL_EFORMAT; /* need wrote the message */
+        m->p += 8;
+        return 0;
+    case '(': return op_mark(m);
+    case '}': return push(m, val_new(m->f, TZ_DICT));  /* EMPTY_DICT */
+    case ']': return push(m, val_new(m->f, TZ_LIST));  /* EMPTY_LIST */
+    case ')': return push(m, val_new(m->f, TZ_TUPLE)); /* EMPTY_TUPLE */
+    case 'N': return push(m, val_new(m->f, TZ_NONE));  /* NONE */
+    case 0x88: return push(m, new_int(m, 1, TZ_BOOL)); /* NEWTRUE */
+    case 0x89: return push(m, new_int(m, 0, TZ_BOOL)); /* NEWFALSE */
+    case 'K': case 'M': case 'J': case 0x8a: return op_int(m, op);
+    case 'G': return op_binfloat(m);
+    case 'X': case 0x8c: case 'T': case 'U': case 'B': case 'C': case 0x8d: return op_string(m, op);
+    case 'c': return op_global_line(m);
+    case 0x93: return op_stack_global(m);
+    case 't': case 'l': case 'd': return op_collect(m, op);
+    case 0x85: case 0x86: case 0x87: return op_tuple_n(m, op - 0x84);
+    case 's': case 'u': case 'a': case 'e': return op_fill(m, op);
+    case 'q': case 'r': case 0x94: case 'h': case 'j': return op_memo(m, op);
+    case '0': case '1': case '2': return op_stack(m, op);
+    case 'R': return op_reduce(m);
+    case 'Q': return op_persid(m);
+    case 'b': return op_build(m);
+    default: return perr(m, "pickle opcode 0x%02x is not one torch.save emits; refusing", op);
+    }
+}
+
 static int run_pickle(tz_file *f, const unsigned char *p, size_t len, char *err, size_t errlen)
 {
     pvm m = {.f = f, .p = p, .end = p + len, .start = p, .err = err, .errlen = errlen};
     int rc = 0;
-    size_t from = 0;
-    tz_value *v, *w, *c;
     while (!rc) {
-        if (m.p >= m.end) { rc = perr(&m, "pickle ends without STOP (truncated)"); break; }
+        if (m.p >= m.end) {
+            rc = perr(&m, "pickle ends without STOP (truncated)");
+            break;
+        }
         unsigned op = *m.p++;
-        switch (op) {
-        case 0x80: /* PROTO */
-            if ((rc = need(&m, 1))) break;
-            if (*m.p > 5) rc = perr(&m, "pickle protocol %u is unknown", *m.p);
-            m.p++;
-            break;
-        case 0x95: /* FRAME */
-            if ((rc = need(&m, 8))) break;
-            m.p += 8;
-            break;
-        case '.': /* STOP */
-            v = pop(&m);
+        if (op == '.') { /* STOP: the one value left is the result */
+            tz_value *v = pop(&m);
             if (!v || m.sp != 0) rc = perr(&m, "STOP with %zu stack items", m.sp + (v != NULL));
             else f->root = v;
-            goto out;
-        case '(': /* MARK */
-            if (m.n_marks == m.cap_marks) {
-                size_t nc = m.cap_marks ? m.cap_marks * 2 : 16;
-                size_t *na = realloc(m.marks, nc * sizeof *na);
-                if (!na) { rc = MODEL_ENOMEM; break; }
-                m.marks = na;
-                m.cap_marks = nc;
-            }
-            m.marks[m.n_marks++] = m.sp;
-            break;
-        case '}': rc = push(&m, val_new(f, TZ_DICT)); break;  /* EMPTY_DICT */
-        case ']': rc = push(&m, val_new(f, TZ_LIST)); break;  /* EMPTY_LIST */
-        case ')': rc = push(&m, val_new(f, TZ_TUPLE)); break; /* EMPTY_TUPLE */
-        case 'N': rc = push(&m, val_new(f, TZ_NONE)); break;  /* NONE */
-        case 0x88: rc = push(&m, new_int(&m, 1, TZ_BOOL)); break; /* NEWTRUE */
-        case 0x89: rc = push(&m, new_int(&m, 0, TZ_BOOL)); break; /* NEWFALSE */
-        case 'K': /* BININT1 */
-            if ((rc = need(&m, 1))) break;
-            rc = push(&m, new_int(&m, *m.p, TZ_INT));
-            m.p += 1;
-            break;
-        case 'M': /* BININT2 */
-            if ((rc = need(&m, 2))) break;
-            rc = push(&m, new_int(&m, rd16(m.p), TZ_INT));
-            m.p += 2;
-            break;
-        case 'J': /* BININT (signed 32) */
-            if ((rc = need(&m, 4))) break;
-            rc = push(&m, new_int(&m, (int32_t)rd32(m.p), TZ_INT));
-            m.p += 4;
-            break;
-        case 0x8a: { /* LONG1: n bytes little-endian two's complement */
-            if ((rc = need(&m, 1))) break;
-            unsigned n = *m.p++;
-            if ((rc = need(&m, n))) break;
-            if (n > 8) { rc = perr(&m, "integer of %u bytes is too large", n); break; }
-            uint64_t u = 0;
-            for (unsigned i = 0; i < n; i++) u |= (uint64_t)m.p[i] << (8 * i);
-            if (n && n < 8 && (m.p[n - 1] & 0x80)) u |= ~(uint64_t)0 << (8 * n);
-            m.p += n;
-            rc = push(&m, new_int(&m, (int64_t)u, TZ_INT));
             break;
         }
-        case 'G': { /* BINFLOAT: big-endian double */
-            if ((rc = need(&m, 8))) break;
-            uint64_t u = 0;
-            for (int i = 0; i < 8; i++) u = u << 8 | m.p[i];
-            m.p += 8;
-            double d;
-            memcpy(&d, &u, 8);
-            v = val_new(f, TZ_FLOAT);
-            if (v) v->f = d;
-            rc = push(&m, v);
-            break;
-        }
-        case 'X': case 0x8c: case 'T': case 'U': case 'B': case 'C': case 0x8d: { /* strings/bytes */
-            uint64_t n;
-            if (op == 0x8c || op == 'U' || op == 'C') {
-                if ((rc = need(&m, 1))) break;
-                n = *m.p++;
-            } else if (op == 0x8d) {
-                if ((rc = need(&m, 8))) break;
-                n = rd64(m.p);
-                m.p += 8;
-            } else {
-                if ((rc = need(&m, 4))) break;
-                n = rd32(m.p);
-                m.p += 4;
-            }
-            if ((uint64_t)(m.end - m.p) < n) { rc = perr(&m, "string runs past the pickle"); break; }
-            rc = push(&m, new_str(&m, m.p, (size_t)n));
-            m.p += n;
-            break;
-        }
-        case 'c': { /* GLOBAL "module\nname\n" */
-            const unsigned char *a = m.p, *nl1 = memchr(a, '\n', (size_t)(m.end - a));
-            if (!nl1) { rc = perr(&m, "GLOBAL without a newline"); break; }
-            const unsigned char *b = nl1 + 1, *nl2 = memchr(b, '\n', (size_t)(m.end - b));
-            if (!nl2) { rc = perr(&m, "GLOBAL without a second newline"); break; }
-            m.p = nl2 + 1;
-            rc = op_global(&m, (const char *)a, (size_t)(nl1 - a), (const char *)b, (size_t)(nl2 - b));
-            break;
-        }
-        case 0x93: /* STACK_GLOBAL */
-            w = pop(&m);
-            v = pop(&m);
-            if (!v || !w || v->kind != TZ_STR || w->kind != TZ_STR) {
-                rc = perr(&m, "STACK_GLOBAL needs two strings");
-                break;
-            }
-            rc = op_global(&m, v->s, v->slen, w->s, w->slen);
-            break;
-        case 't': /* TUPLE */
-            if ((rc = pop_mark(&m, &from))) break;
-            c = val_new(f, TZ_TUPLE);
-            if (!c) { rc = MODEL_ENOMEM; break; }
-            for (size_t i = from; i < m.sp && !rc; i++) rc = val_push(c, m.stack[i]);
-            m.sp = from;
-            if (!rc) rc = push(&m, c);
-            break;
-        case 0x85: case 0x86: case 0x87: { /* TUPLE1..3 */
-            size_t n = op - 0x84;
-            c = val_new(f, TZ_TUPLE);
-            if (!c) { rc = MODEL_ENOMEM; break; }
-            tz_value *it[3];
-            for (size_t i = n; i-- > 0;)
-                if (!(it[i] = pop(&m))) { rc = perr(&m, "TUPLE%zu with too few items", n); break; }
-            for (size_t i = 0; i < n && !rc; i++) rc = val_push(c, it[i]);
-            if (!rc) rc = push(&m, c);
-            break;
-        }
-        case 'l': /* LIST */
-        case 'd': /* DICT */
-            if ((rc = pop_mark(&m, &from))) break;
-            if (op == 'd' && (m.sp - from) % 2) { rc = perr(&m, "DICT with an odd item count"); break; }
-            c = val_new(f, op == 'l' ? TZ_LIST : TZ_DICT);
-            if (!c) { rc = MODEL_ENOMEM; break; }
-            for (size_t i = from; i < m.sp && !rc; i++) rc = val_push(c, m.stack[i]);
-            m.sp = from;
-            if (!rc) rc = push(&m, c);
-            break;
-        case 's': /* SETITEM */
-            w = pop(&m);
-            v = pop(&m);
-            c = top(&m);
-            if (!w || !v || !c || c->kind != TZ_DICT) { rc = perr(&m, "SETITEM without a dict"); break; }
-            if (!(rc = val_push(c, v))) rc = val_push(c, w);
-            break;
-        case 'u': /* SETITEMS */
-            if ((rc = pop_mark(&m, &from))) break;
-            if (from == 0 || m.stack[from - 1]->kind != TZ_DICT || (m.sp - from) % 2) {
-                rc = perr(&m, "SETITEMS without a dict or with an odd item count");
-                break;
-            }
-            c = m.stack[from - 1];
-            for (size_t i = from; i < m.sp && !rc; i++) rc = val_push(c, m.stack[i]);
-            m.sp = from;
-            break;
-        case 'a': /* APPEND */
-            v = pop(&m);
-            c = top(&m);
-            if (!v || !c || c->kind != TZ_LIST) { rc = perr(&m, "APPEND without a list"); break; }
-            rc = val_push(c, v);
-            break;
-        case 'e': /* APPENDS */
-            if ((rc = pop_mark(&m, &from))) break;
-            if (from == 0 || m.stack[from - 1]->kind != TZ_LIST) { rc = perr(&m, "APPENDS without a list"); break; }
-            c = m.stack[from - 1];
-            for (size_t i = from; i < m.sp && !rc; i++) rc = val_push(c, m.stack[i]);
-            m.sp = from;
-            break;
-        case 'q': /* BINPUT */
-            if ((rc = need(&m, 1))) break;
-            rc = memo_put(&m, *m.p++);
-            break;
-        case 'r': /* LONG_BINPUT */
-            if ((rc = need(&m, 4))) break;
-            rc = memo_put(&m, rd32(m.p));
-            m.p += 4;
-            break;
-        case 0x94: /* MEMOIZE */
-            rc = memo_put(&m, m.memo_count); /* stores at index len(memo) */
-            break;
-        case 'h': /* BINGET */
-            if ((rc = need(&m, 1))) break;
-            rc = memo_get(&m, *m.p++);
-            break;
-        case 'j': /* LONG_BINGET */
-            if ((rc = need(&m, 4))) break;
-            rc = memo_get(&m, rd32(m.p));
-            m.p += 4;
-            break;
-        case '0': /* POP */
-            if (!pop(&m)) rc = perr(&m, "POP with an empty stack");
-            break;
-        case '1': /* POP_MARK */
-            rc = pop_mark(&m, &from);
-            if (!rc) m.sp = from;
-            break;
-        case '2': /* DUP */
-            v = top(&m);
-            rc = v ? push(&m, v) : perr(&m, "DUP with an empty stack");
-            break;
-        case 'R': rc = op_reduce(&m); break;
-        case 'Q': rc = op_persid(&m); break;
-        case 'b': /* BUILD: set state on the object below; data only, so the state is dropped */
-            v = pop(&m);
-            c = top(&m);
-            if (!v || !c) { rc = perr(&m, "BUILD with too few stack items"); break; }
-            if (c->kind != TZ_DICT && c->kind != TZ_TENSOR)
-                rc = perr(&m, "BUILD on a value that is not a dict or tensor");
-            break;
-        default:
-            rc = perr(&m, "pickle opcode 0x%02x is not one torch.save emits; refusing", op);
-            break;
-        }
+        rc = step(&m, op);
     }
-out:
     free(m.stack);
     free(m.marks);
     free(m.memo);
