@@ -38,9 +38,10 @@ static int cmp_range(const void *a, const void *b)
     return x->b < y->b ? -1 : x->b > y->b ? 1 : (x->e < y->e ? -1 : x->e > y->e);
 }
 
-/* Parse one file image into f (appending tensors). */
-static int parse_one(st_file *f, const unsigned char *buf, size_t len, const char *name,
-                     char *err, size_t errlen)
+/* The header of a file image: its JSON object into *h (caller json_decref's), the
+ * data buffer after it into *data, *dlen. */
+static int read_header(const unsigned char *buf, size_t len, const char *name, json_t **h,
+                       const unsigned char **data, uint64_t *dlen, char *err, size_t errlen)
 {
     if (len < 8) return model_errf(err, errlen, MODEL_EFORMAT, name, "too short for a safetensors file");
     uint64_t hlen = 0;
@@ -53,118 +54,148 @@ static int parse_one(st_file *f, const unsigned char *buf, size_t len, const cha
                     "file (truncated?)", (unsigned long long)hlen);
     if (hlen < 2 || buf[8] != '{')
         return model_errf(err, errlen, MODEL_EFORMAT, name, "header is not a JSON object");
-    const unsigned char *data = buf + 8 + hlen;
-    uint64_t dlen = len - 8 - hlen;
+    *data = buf + 8 + hlen;
+    *dlen = len - 8 - hlen;
     json_error_t je;
-    json_t *h = json_loadb((const char *)buf + 8, (size_t)hlen, JSON_REJECT_DUPLICATES, &je);
-    if (!h || !json_is_object(h)) {
-        json_decref(h);
+    *h = json_loadb((const char *)buf + 8, (size_t)hlen, JSON_REJECT_DUPLICATES, &je);
+    if (!*h || !json_is_object(*h)) {
+        json_decref(*h);
+        *h = NULL;
         return model_errf(err, errlen, MODEL_EFORMAT, name, "header JSON: %s", je.text);
     }
-    size_t first = f->n, n_ent = json_object_size(h);
+    return 0;
+}
+
+/* A new tensor named key at the end of f->t (zeroed but for its name). */
+static st_tensor *add_tensor(st_file *f, const char *key)
+{
+    if (f->n == f->cap) {
+        size_t nc = f->cap ? f->cap * 2 : 64;
+        st_tensor *nt = realloc(f->t, nc * sizeof *nt);
+        if (!nt) return NULL;
+        f->t = nt;
+        f->cap = nc;
+    }
+    st_tensor *t = &f->t[f->n];
+    memset(t, 0, sizeof *t);
+    t->name = strdup(key);
+    if (!t->name) return NULL;
+    f->n++;
+    return t;
+}
+
+/* The shape of entry key into t (ndim already set); *numel gets the product. */
+static int read_shape(st_tensor *t, const json_t *sh, const char *key, const char *name, uint64_t *numel,
+                      char *err, size_t errlen)
+{
+    *numel = 1;
+    for (int d = 0; d < t->ndim; d++) {
+        json_t *x = json_array_get(sh, (size_t)d);
+        json_int_t s = json_is_integer(x) ? json_integer_value(x) : -1;
+        if (s < 0 || s > ((json_int_t)1 << 40))
+            return model_errf(err, errlen, MODEL_EFORMAT, name, "tensor '%s': dimension %d is not a sane "
+                              "size", key, d);
+        t->shape[d] = s;
+        if (s && *numel > (((uint64_t)1 << 48) / (uint64_t)s))
+            return model_errf(err, errlen, MODEL_EFORMAT, name, "tensor '%s': absurd shape", key);
+        *numel *= (uint64_t)s;
+    }
+    return 0;
+}
+
+/* One header entry (key: {dtype, shape, data_offsets}) appended to f as a tensor
+ * pointing into data; its byte range into *r. */
+static int parse_entry(st_file *f, const char *key, const json_t *v, const unsigned char *data, uint64_t dlen,
+                       const char *name, range *r, char *err, size_t errlen)
+{
+    json_t *dt = json_object_get(v, "dtype"), *sh = json_object_get(v, "shape"),
+           *off = json_object_get(v, "data_offsets");
+    if (!json_is_object(v) || !json_is_string(dt) || !json_is_array(sh) || !json_is_array(off)
+        || json_array_size(off) != 2 || !json_is_integer(json_array_get(off, 0))
+        || !json_is_integer(json_array_get(off, 1)))
+        return model_errf(err, errlen, MODEL_EFORMAT, name, "tensor '%s': entry needs dtype, shape and "
+                          "data_offsets [begin, end]", key);
+    int di = -1;
+    for (size_t i = 0; i < sizeof dtypes / sizeof dtypes[0]; i++)
+        if (strcmp(json_string_value(dt), dtypes[i].name) == 0) di = (int)i;
+    if (di < 0)
+        return model_errf(err, errlen, MODEL_EFORMAT, name, "tensor '%s': unknown dtype '%.16s'", key,
+                          json_string_value(dt));
+    if (json_array_size(sh) > ST_MAX_DIMS)
+        return model_errf(err, errlen, MODEL_EFORMAT, name, "tensor '%s' has %zu dimensions", key,
+                          json_array_size(sh));
+    json_int_t b = json_integer_value(json_array_get(off, 0));
+    json_int_t e = json_integer_value(json_array_get(off, 1));
+    if (b < 0 || e < b || (uint64_t)e > dlen)
+        return model_errf(err, errlen, MODEL_EFORMAT, name, "tensor '%s': data_offsets [%lld, %lld] lie "
+                          "outside the %llu-byte data buffer", key, (long long)b, (long long)e,
+                          (unsigned long long)dlen);
+    st_tensor *t = add_tensor(f, key);
+    if (!t) return model_errf(err, errlen, MODEL_ENOMEM, name, "out of memory");
+    snprintf(t->dtype, sizeof t->dtype, "%s", dtypes[di].name);
+    t->mt_type = dtypes[di].mt;
+    t->ndim = (int)json_array_size(sh);
+    uint64_t numel;
+    int rc = read_shape(t, sh, key, name, &numel, err, errlen);
+    if (rc) return rc;
+    t->numel = (int64_t)numel;
+    if (numel * (uint64_t)dtypes[di].size != (uint64_t)(e - b))
+        return model_errf(err, errlen, MODEL_EFORMAT, name, "tensor '%s': shape x %s size = %llu bytes but "
+                          "data_offsets span %lld", key, t->dtype,
+                          (unsigned long long)(numel * (uint64_t)dtypes[di].size), (long long)(e - b));
+    t->data = data + b;
+    t->nbytes = (size_t)(e - b);
+    *r = (range){f->n - 1, (uint64_t)b, (uint64_t)e};
+    return 0;
+}
+
+/* The tensors' byte ranges (rs, nr of them) must tile the dlen-byte data buffer:
+ * no overlap, no hole, nothing left over. */
+static int check_tiling(const st_file *f, range *rs, size_t nr, uint64_t dlen, const char *name,
+                        char *err, size_t errlen)
+{
+    qsort(rs, nr, sizeof *rs, cmp_range);
+    uint64_t at = 0;
+    for (size_t i = 0; i < nr; i++) {
+        if (rs[i].b < at)
+            return model_errf(err, errlen, MODEL_EFORMAT, name, "tensor '%s' overlaps the one before it "
+                              "(offset %llu < %llu)", f->t[rs[i].idx].name, (unsigned long long)rs[i].b,
+                              (unsigned long long)at);
+        if (rs[i].b > at)
+            return model_errf(err, errlen, MODEL_EFORMAT, name, "hole in the data buffer before tensor "
+                              "'%s' (bytes %llu..%llu unused)", f->t[rs[i].idx].name,
+                              (unsigned long long)at, (unsigned long long)rs[i].b);
+        at = rs[i].e;
+    }
+    if (at != dlen)
+        return model_errf(err, errlen, MODEL_EFORMAT, name, "data buffer has %llu bytes but tensors use "
+                          "%llu", (unsigned long long)dlen, (unsigned long long)at);
+    return 0;
+}
+
+/* Parse one file image into f (appending tensors). */
+static int parse_one(st_file *f, const unsigned char *buf, size_t len, const char *name,
+                     char *err, size_t errlen)
+{
+    json_t *h;
+    const unsigned char *data;
+    uint64_t dlen;
+    int rc = read_header(buf, len, name, &h, &data, &dlen, err, errlen);
+    if (rc) return rc;
+    size_t n_ent = json_object_size(h), nr = 0;
     range *rs = calloc(n_ent ? n_ent : 1, sizeof *rs);
-    if (!rs) { json_decref(h); return model_errf(err, errlen, MODEL_ENOMEM, name, "out of memory"); }
-    size_t nr = 0;
-    int rc = 0;
+    if (!rs) {
+        json_decref(h);
+        return model_errf(err, errlen, MODEL_ENOMEM, name, "out of memory");
+    }
     const char *key;
     json_t *v;
     json_object_foreach(h, key, v) {
         if (strcmp(key, "__metadata__") == 0) continue;
-        json_t *dt = json_object_get(v, "dtype"), *sh = json_object_get(v, "shape"),
-               *off = json_object_get(v, "data_offsets");
-        if (!json_is_object(v) || !json_is_string(dt) || !json_is_array(sh) || !json_is_array(off)
-            || json_array_size(off) != 2 || !json_is_integer(json_array_get(off, 0))
-            || !json_is_integer(json_array_get(off, 1))) {
-            rc = model_errf(err, errlen, MODEL_EFORMAT, name, "tensor '%s': entry needs dtype, shape and "
-                      "data_offsets [begin, end]", key);
-            break;
-        }
-        int di = -1;
-        for (size_t i = 0; i < sizeof dtypes / sizeof dtypes[0]; i++)
-            if (strcmp(json_string_value(dt), dtypes[i].name) == 0) di = (int)i;
-        if (di < 0) {
-            rc = model_errf(err, errlen, MODEL_EFORMAT, name, "tensor '%s': unknown dtype '%.16s'", key,
-                      json_string_value(dt));
-            break;
-        }
-        if (json_array_size(sh) > ST_MAX_DIMS) {
-            rc = model_errf(err, errlen, MODEL_EFORMAT, name, "tensor '%s' has %zu dimensions", key,
-                      json_array_size(sh));
-            break;
-        }
-        json_int_t b = json_integer_value(json_array_get(off, 0));
-        json_int_t e = json_integer_value(json_array_get(off, 1));
-        if (b < 0 || e < b || (uint64_t)e > dlen) {
-            rc = model_errf(err, errlen, MODEL_EFORMAT, name, "tensor '%s': data_offsets [%lld, %lld] lie "
-                      "outside the %llu-byte data buffer", key, (long long)b, (long long)e,
-                      (unsigned long long)dlen);
-            break;
-        }
-        if (f->n == f->cap) {
-            size_t nc = f->cap ? f->cap * 2 : 64;
-            st_tensor *nt = realloc(f->t, nc * sizeof *nt);
-            if (!nt) { rc = model_errf(err, errlen, MODEL_ENOMEM, name, "out of memory"); break; }
-            f->t = nt;
-            f->cap = nc;
-        }
-        st_tensor *t = &f->t[f->n];
-        memset(t, 0, sizeof *t);
-        t->name = strdup(key);
-        if (!t->name) { rc = model_errf(err, errlen, MODEL_ENOMEM, name, "out of memory"); break; }
-        f->n++;
-        snprintf(t->dtype, sizeof t->dtype, "%s", dtypes[di].name);
-        t->mt_type = dtypes[di].mt;
-        t->ndim = (int)json_array_size(sh);
-        uint64_t numel = 1;
-        for (int d = 0; d < t->ndim && !rc; d++) {
-            json_t *x = json_array_get(sh, (size_t)d);
-            json_int_t s = json_is_integer(x) ? json_integer_value(x) : -1;
-            if (s < 0 || s > ((json_int_t)1 << 40)) {
-                rc = model_errf(err, errlen, MODEL_EFORMAT, name, "tensor '%s': dimension %d is not a sane "
-                          "size", key, d);
-                break;
-            }
-            t->shape[d] = s;
-            if (s && numel > (((uint64_t)1 << 48) / (uint64_t)s)) {
-                rc = model_errf(err, errlen, MODEL_EFORMAT, name, "tensor '%s': absurd shape", key);
-                break;
-            }
-            numel *= (uint64_t)s;
-        }
-        if (rc) break;
-        t->numel = (int64_t)numel;
-        if (numel * (uint64_t)dtypes[di].size != (uint64_t)(e - b)) {
-            rc = model_errf(err, errlen, MODEL_EFORMAT, name, "tensor '%s': shape x %s size = %llu bytes but "
-                      "data_offsets span %lld", key, t->dtype,
-                      (unsigned long long)(numel * (uint64_t)dtypes[di].size), (long long)(e - b));
-            break;
-        }
-        t->data = data + b;
-        t->nbytes = (size_t)(e - b);
-        rs[nr].idx = f->n - 1;
-        rs[nr].b = (uint64_t)b;
-        rs[nr].e = (uint64_t)e;
+        if ((rc = parse_entry(f, key, v, data, dlen, name, &rs[nr], err, errlen))) break;
         nr++;
     }
-    if (!rc) {
-        qsort(rs, nr, sizeof *rs, cmp_range);
-        uint64_t at = 0;
-        for (size_t i = 0; i < nr && !rc; i++) {
-            if (rs[i].b < at)
-                rc = model_errf(err, errlen, MODEL_EFORMAT, name, "tensor '%s' overlaps the one before it "
-                          "(offset %llu < %llu)", f->t[rs[i].idx].name, (unsigned long long)rs[i].b,
-                          (unsigned long long)at);
-            else if (rs[i].b > at)
-                rc = model_errf(err, errlen, MODEL_EFORMAT, name, "hole in the data buffer before tensor "
-                          "'%s' (bytes %llu..%llu unused)", f->t[rs[i].idx].name,
-                          (unsigned long long)at, (unsigned long long)rs[i].b);
-            at = rs[i].e;
-        }
-        if (!rc && at != dlen)
-            rc = model_errf(err, errlen, MODEL_EFORMAT, name, "data buffer has %llu bytes but tensors use "
-                      "%llu", (unsigned long long)dlen, (unsigned long long)at);
-    }
-    (void)first;
+    if (!rc) rc = check_tiling(f, rs, nr, dlen, name, err, errlen);
     free(rs);
     json_decref(h);
     return rc;
