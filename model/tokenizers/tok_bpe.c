@@ -630,33 +630,81 @@ static void merge_entry_parts(json_t *p, const char **a, size_t *an, const char 
     }
 }
 
-/* A SentencePiece-converted BPE tokenizer.json (byte_fallback, "\u2581" spaces, as HF
- * writes Llama/TinyLlama vocabularies) becomes a TOK_SPM tokenizer: such merge lists
- * are generated in the order of the merged tokens' SentencePiece scores, so a token's
- * score is minus the rank of the first merge producing it, and spm.c's
- * highest-score-first merging reproduces merge-rank order. */
-static int load_hf_spm(tokenizer *t, json_t *j, const char *path, char *err, size_t errlen)
+/* ---- tokenizer.json: the parts both kinds read ---- */
+
+/* A component (pre_tokenizer, normalizer, post_processor) as a list: the items of a
+ * "Sequence" (under seq_key), else the component itself, else nothing.  A new
+ * array (json_decref it), or NULL when out of memory. */
+static json_t *hf_list(const json_t *o, const char *seq_key)
 {
-    json_t *mdl = json_object_get(j, "model"), *vocab = json_object_get(mdl, "vocab");
-    json_t *merges = json_object_get(mdl, "merges"), *added = json_object_get(j, "added_tokens");
-    json_t *pre = json_object_get(j, "pre_tokenizer"), *norm = json_object_get(j, "normalizer");
-    int n = 0, rc = 0;
+    json_t *list = json_array();
+    if (!list) return NULL;
+    const char *ty = json_string_value(json_object_get(o, "type"));
+    int rc = 0;
+    if (ty && strcmp(ty, "Sequence") == 0) rc = json_array_extend(list, json_object_get(o, seq_key));
+    else if (o && !json_is_null(o)) rc = json_array_append(list, (json_t *)o);
+    if (rc && json_is_array(json_object_get(o, seq_key))) { /* extend fails on a non-array: nothing */
+        json_decref(list);
+        return NULL;
+    }
+    return list;
+}
+
+/* Vocabulary size: the largest id among model.vocab and added_tokens, plus one. */
+static int hf_vocab_size(json_t *vocab, json_t *added, const char *path, int *n, char *err, size_t errlen)
+{
     const char *key;
     json_t *v, *p;
     size_t k;
+    *n = 0;
     json_object_foreach(vocab, key, v) {
         json_int_t id = json_integer_value(v);
         if (!json_is_integer(v) || id < 0 || id >= (1 << 24))
             return model_errf(err, errlen, MODEL_EFORMAT, path, "vocab entry '%.40s' has a bad id", key);
-        if (id + 1 > n) n = (int)id + 1;
+        if (id + 1 > *n) *n = (int)id + 1;
     }
     json_array_foreach(added, k, p) {
         json_int_t id = json_integer_value(json_object_get(p, "id"));
         if (!json_is_string(json_object_get(p, "content")) || id < 0 || id >= (1 << 24))
             return model_errf(err, errlen, MODEL_EFORMAT, path, "added_tokens[%zu] needs an id and content", k);
-        if (id + 1 > n) n = (int)id + 1;
+        if (id + 1 > *n) *n = (int)id + 1;
     }
-    if (n == 0) return model_errf(err, errlen, MODEL_EFORMAT, path, "empty vocabulary");
+    return 0;
+}
+
+/* BOS from the post-processor: a TemplateProcessing (alone or in a Sequence) whose
+ * single-sequence template starts with a special token means "add BOS". */
+static int hf_template_bos(tokenizer *t, json_t *j, const char *path, char *err, size_t errlen)
+{
+    json_t *procs = hf_list(json_object_get(j, "post_processor"), "processors"), *p;
+    if (!procs) return model_errf(err, errlen, MODEL_ENOMEM, path, "out of memory");
+    size_t k;
+    json_array_foreach(procs, k, p) {
+        const char *ty = json_string_value(json_object_get(p, "type"));
+        if (!ty || strcmp(ty, "TemplateProcessing") != 0) continue;
+        json_t *first = json_array_get(json_object_get(p, "single"), 0);
+        const char *sid = json_string_value(json_object_get(json_object_get(first, "SpecialToken"), "id"));
+        if (!sid) continue;
+        json_t *ids = json_object_get(json_object_get(json_object_get(p, "special_tokens"), sid), "ids");
+        json_int_t bid = json_integer_value(json_array_get(ids, 0));
+        if (json_is_integer(json_array_get(ids, 0)) && bid >= 0 && bid < t->n_vocab) {
+            t->add_bos = 1;
+            t->bos_id = (int32_t)bid;
+        }
+    }
+    json_decref(procs);
+    return 0;
+}
+
+/* ---- tokenizer.json, SentencePiece-converted (byte_fallback) ---- */
+
+/* The vocabulary and added tokens into t (n ids; unnamed ids unused). */
+static int spm_vocab(tokenizer *t, json_t *vocab, json_t *added, int n, const char *path, char *err,
+                     size_t errlen)
+{
+    const char *key;
+    json_t *v, *p;
+    size_t k;
     if (tokenizer_alloc(t, n)) return model_errf(err, errlen, MODEL_ENOMEM, path, "out of memory");
     t->kind = TOK_SPM;
     json_object_foreach(vocab, key, v) {
@@ -677,7 +725,15 @@ static int load_hf_spm(tokenizer *t, json_t *j, const char *path, char *err, siz
         if (t->types[id] != TT_UNKNOWN)
             t->types[id] = json_is_true(json_object_get(p, "special")) ? TT_CONTROL : TT_USER;
     }
-    /* Scores from merge ranks, through a temporary string -> id table. */
+    return 0;
+}
+
+/* Scores from merge ranks: a token's score is minus the rank of the first merge
+ * producing it (through a temporary string -> id table); tokens no merge makes
+ * score -1e30. */
+static int spm_scores(tokenizer *t, json_t *merges, const char *path, char *err, size_t errlen)
+{
+    int n = t->n_vocab, rc = 0;
     uint32_t cap = 16;
     while (cap < 2u * (uint32_t)n) cap *= 2;
     int32_t *slot = malloc(cap * sizeof *slot);
@@ -690,6 +746,8 @@ static int load_hf_spm(tokenizer *t, json_t *j, const char *path, char *err, siz
         slot[h] = id;
     }
     for (int id = 0; id < n; id++) t->scores[id] = -1e30f;
+    size_t k;
+    json_t *p;
     json_array_foreach(merges, k, p) {
         const char *a, *c;
         size_t an, cn;
@@ -714,14 +772,17 @@ static int load_hf_spm(tokenizer *t, json_t *j, const char *path, char *err, siz
     }
     free(slot);
     free(buf);
-    if (rc) return rc;
-    const char *unk = json_string_value(json_object_get(mdl, "unk_token"));
-    if (unk && json_is_integer(json_object_get(vocab, unk))) t->unk_id = (int32_t)json_integer_value(json_object_get(vocab, unk));
-    /* Space prefix: a Prepend("\u2581") normalizer or a Metaspace pre-tokenizer that adds one. */
-    json_t *ns = json_array();
-    const char *nt = json_string_value(json_object_get(norm, "type"));
-    if (nt && !strcmp(nt, "Sequence")) json_array_extend(ns, json_object_get(norm, "normalizers"));
-    else if (norm && !json_is_null(norm)) json_array_append(ns, norm);
+    return rc;
+}
+
+/* Space prefix: a Prepend("\u2581") normalizer, or a Metaspace pre-tokenizer that
+ * adds one.  Other normalizers than Prepend/Replace, other pre-tokenizers: refused. */
+static int spm_space_prefix(tokenizer *t, json_t *norm, json_t *pre, const char *path, char *err, size_t errlen)
+{
+    json_t *ns = hf_list(norm, "normalizers"), *p;
+    if (!ns) return model_errf(err, errlen, MODEL_ENOMEM, path, "out of memory");
+    int rc = 0;
+    size_t k;
     json_array_foreach(ns, k, p) {
         const char *ty = json_string_value(json_object_get(p, "type"));
         if (ty && !strcmp(ty, "Prepend")) t->add_space_prefix = 1;
@@ -742,66 +803,55 @@ static int load_hf_spm(tokenizer *t, json_t *j, const char *path, char *err, siz
         return model_errf(err, errlen, MODEL_EFORMAT, path, "pre_tokenizer '%s' is not supported with byte_fallback",
                     pt ? pt : "?");
     }
-    /* BOS from the post-processor template. */
-    json_t *pp = json_object_get(j, "post_processor");
-    json_t *first = json_array_get(json_object_get(pp, "single"), 0);
-    const char *sid = json_string_value(json_object_get(json_object_get(first, "SpecialToken"), "id"));
-    if (sid) {
-        json_t *ids = json_object_get(json_object_get(json_object_get(pp, "special_tokens"), sid), "ids");
-        json_int_t bid = json_integer_value(json_array_get(ids, 0));
-        if (json_is_integer(json_array_get(ids, 0)) && bid >= 0 && bid < n) {
-            t->add_bos = 1;
-            t->bos_id = (int32_t)bid;
-        }
-    }
+    return 0;
+}
+
+/* A SentencePiece-converted BPE tokenizer.json (byte_fallback, "\u2581" spaces, as HF
+ * writes Llama/TinyLlama vocabularies) becomes a TOK_SPM tokenizer: such merge lists
+ * are generated in the order of the merged tokens' SentencePiece scores, so a token's
+ * score is minus the rank of the first merge producing it, and spm.c's
+ * highest-score-first merging reproduces merge-rank order. */
+static int load_hf_spm(tokenizer *t, json_t *j, const char *path, char *err, size_t errlen)
+{
+    json_t *mdl = json_object_get(j, "model"), *vocab = json_object_get(mdl, "vocab");
+    json_t *added = json_object_get(j, "added_tokens");
+    int n, rc;
+    if ((rc = hf_vocab_size(vocab, added, path, &n, err, errlen))) return rc;
+    if (n == 0) return model_errf(err, errlen, MODEL_EFORMAT, path, "empty vocabulary");
+    if ((rc = spm_vocab(t, vocab, added, n, path, err, errlen)) ||
+        (rc = spm_scores(t, json_object_get(mdl, "merges"), path, err, errlen)))
+        return rc;
+    const char *unk = json_string_value(json_object_get(mdl, "unk_token"));
+    if (unk && json_is_integer(json_object_get(vocab, unk))) t->unk_id = (int32_t)json_integer_value(json_object_get(vocab, unk));
+    if ((rc = spm_space_prefix(t, json_object_get(j, "normalizer"), json_object_get(j, "pre_tokenizer"), path,
+                               err, errlen)) ||
+        (rc = hf_template_bos(t, j, path, err, errlen)))
+        return rc;
     char why[160] = "";
     if ((rc = tokenizer_finish(t, why, sizeof why)))
         return model_errf(err, errlen, rc, path, "%s", rc == MODEL_ENOMEM ? "out of memory" : why);
     return 0;
 }
 
-int tok_bpe_load_hf(tokenizer *t, const char *path, char *err, size_t errlen)
+/* ---- tokenizer.json, byte-level BPE ---- */
+
+/* The pre-tokenizer must be ByteLevel with its regex, optionally after
+ * Digits(individual_digits); *digits and *prefix (add_prefix_space) from it. */
+static int bytes_pretokenizer(json_t *pre, const char *path, int *digits, int *prefix, char *err, size_t errlen)
 {
-    memset(t, 0, sizeof *t);
-    int rc = 0;
-    json_t *j = load_json(path, err, errlen, &rc);
-    if (!j) return rc;
-    json_t *mdl = json_object_get(j, "model");
-    json_t *vocab = json_object_get(mdl, "vocab"), *merges = json_object_get(mdl, "merges");
-    json_t *pre = json_object_get(j, "pre_tokenizer"), *added = json_object_get(j, "added_tokens");
-    json_t *norm = json_object_get(j, "normalizer");
-    const char *mtype = json_string_value(json_object_get(mdl, "type"));
-    bpe_impl *b = NULL;
-    if (!mtype || strcmp(mtype, "BPE") != 0 || !json_is_object(vocab) || !json_is_array(merges)) {
-        rc = model_errf(err, errlen, MODEL_EFORMAT, path, "model is not a BPE model with vocab and merges "
-                  "(type '%s')", mtype ? mtype : "?");
-        goto out;
-    }
-    if (json_is_true(json_object_get(mdl, "byte_fallback"))) { /* Llama / TinyLlama style */
-        rc = load_hf_spm(t, j, path, err, errlen);
-        goto out;
-    }
-    if (norm && !json_is_null(norm)) {
-        rc = model_errf(err, errlen, MODEL_EFORMAT, path, "normalizer '%s' is not supported (byte-level BPE "
-                  "without normalizer only)", json_is_string(json_object_get(norm, "type")) ? json_string_value(json_object_get(norm, "type")) : "?");
-        goto out;
-    }
-    /* Pre-tokenizer: ByteLevel, or Sequence [Digits(individual), ByteLevel]. */
-    int digits = 0, bytelevel = 0, prefix = 0;
-    json_t *list = json_array();
-    const char *ptype = json_string_value(json_object_get(pre, "type"));
-    if (ptype && strcmp(ptype, "Sequence") == 0) json_array_extend(list, json_object_get(pre, "pretokenizers"));
-    else if (pre) json_array_append(list, pre);
+    *digits = *prefix = 0;
+    json_t *list = hf_list(pre, "pretokenizers"), *p;
+    if (!list) return model_errf(err, errlen, MODEL_ENOMEM, path, "out of memory");
+    int bytelevel = 0, rc = 0;
     size_t k;
-    json_t *p;
     json_array_foreach(list, k, p) {
         const char *ty = json_string_value(json_object_get(p, "type"));
         if (ty && strcmp(ty, "ByteLevel") == 0 && !json_is_false(json_object_get(p, "use_regex")) && !bytelevel) {
             bytelevel = 1;
-            prefix = json_is_true(json_object_get(p, "add_prefix_space"));
+            *prefix = json_is_true(json_object_get(p, "add_prefix_space"));
         } else if (ty && strcmp(ty, "Digits") == 0 && json_is_true(json_object_get(p, "individual_digits"))
                    && !bytelevel) {
-            digits = 1;
+            *digits = 1;
         } else {
             rc = model_errf(err, errlen, MODEL_EFORMAT, path, "pre_tokenizer '%s' is not supported (ByteLevel "
                       "with its regex, optionally after Digits(individual_digits))", ty ? ty : "?");
@@ -809,55 +859,41 @@ int tok_bpe_load_hf(tokenizer *t, const char *path, char *err, size_t errlen)
         }
     }
     json_decref(list);
-    if (rc) goto out;
-    if (!bytelevel) {
+    if (!rc && !bytelevel)
         rc = model_errf(err, errlen, MODEL_EFORMAT, path, "no ByteLevel pre_tokenizer: not a byte-level BPE");
-        goto out;
-    }
-    /* Vocabulary size: largest id among vocab and added tokens. */
-    int n = 0;
+    return rc;
+}
+
+/* The vocabulary (byte-level spellings) and added tokens (literal) into t. */
+static int bytes_vocab(tokenizer *t, json_t *vocab, json_t *added, const char *path, char *err, size_t errlen)
+{
     const char *key;
-    json_t *v;
-    json_object_foreach(vocab, key, v) {
-        json_int_t id = json_integer_value(v);
-        if (!json_is_integer(v) || id < 0 || id >= (1 << 24)) {
-            rc = model_errf(err, errlen, MODEL_EFORMAT, path, "vocab entry '%.40s' has a bad id", key);
-            goto out;
-        }
-        if (id + 1 > n) n = (int)id + 1;
-    }
-    json_array_foreach(added, k, p) {
-        json_int_t id = json_integer_value(json_object_get(p, "id"));
-        if (!json_is_string(json_object_get(p, "content")) || id < 0 || id >= (1 << 24)) {
-            rc = model_errf(err, errlen, MODEL_EFORMAT, path, "added_tokens[%zu] needs an id and content", k);
-            goto out;
-        }
-        if (id + 1 > n) n = (int)id + 1;
-    }
-    b = impl_new(t, TOK_BPE_BYTES);
-    if (!b || vocab_alloc(t, n)) { rc = model_errf(err, errlen, MODEL_ENOMEM, path, "out of memory"); goto out; }
-    b->digits_split = digits;
-    b->prefix_space = prefix;
+    json_t *v, *p;
+    size_t k;
     json_object_foreach(vocab, key, v) {
         int id = (int)json_integer_value(v);
-        if (t->str[id]) {
-            rc = model_errf(err, errlen, MODEL_EFORMAT, path, "id %d appears twice in the vocab", id);
-            goto out;
-        }
-        if (set_token(t, id, key, strlen(key), TT_NORMAL, 0)) { rc = MODEL_ENOMEM; goto out; }
+        if (t->str[id]) return model_errf(err, errlen, MODEL_EFORMAT, path, "id %d appears twice in the vocab", id);
+        if (set_token(t, id, key, strlen(key), TT_NORMAL, 0)) return model_errf(err, errlen, MODEL_ENOMEM, path, "out of memory");
     }
     json_array_foreach(added, k, p) {
         int id = (int)json_integer_value(json_object_get(p, "id"));
         const char *c = json_string_value(json_object_get(p, "content"));
         int special = json_is_true(json_object_get(p, "special"));
-        if (set_token(t, id, c, strlen(c), special ? TT_CONTROL : TT_USER, 1)) { rc = MODEL_ENOMEM; goto out; }
+        if (set_token(t, id, c, strlen(c), special ? TT_CONTROL : TT_USER, 1))
+            return model_errf(err, errlen, MODEL_ENOMEM, path, "out of memory");
     }
-    if ((rc = finish(t, b))) { model_errf(err, errlen, rc, path, "out of memory"); goto out; }
-    /* Merges: "a b" strings or ["a", "b"] pairs. */
-    size_t nm = json_array_size(merges);
-    if ((rc = pairs_alloc(b, (int)nm))) { model_errf(err, errlen, rc, path, "out of memory"); goto out; }
+    return 0;
+}
+
+/* Merges ("a b" strings or ["a", "b"] pairs), ranked in list order. */
+static int bytes_merges(tokenizer *t, bpe_impl *b, json_t *merges, const char *path, char *err, size_t errlen)
+{
+    int rc = pairs_alloc(b, (int)json_array_size(merges));
+    if (rc) return model_errf(err, errlen, rc, path, "out of memory");
     char *scratch = malloc((size_t)t->max_str_len * 2 + 64);
-    if (!scratch) { rc = model_errf(err, errlen, MODEL_ENOMEM, path, "out of memory"); goto out; }
+    if (!scratch) return model_errf(err, errlen, MODEL_ENOMEM, path, "out of memory");
+    size_t k;
+    json_t *p;
     json_array_foreach(merges, k, p) {
         const char *a, *c;
         size_t an, cn;
@@ -870,33 +906,53 @@ int tok_bpe_load_hf(tokenizer *t, const char *path, char *err, size_t errlen)
         }
     }
     free(scratch);
-    if (rc) goto out;
-    /* Post-processor: a TemplateProcessing whose single template starts with a
-     * special token means "add BOS". */
-    json_t *pp = json_object_get(j, "post_processor");
-    json_t *procs = json_array();
-    const char *pt = json_string_value(json_object_get(pp, "type"));
-    if (pt && strcmp(pt, "Sequence") == 0) json_array_extend(procs, json_object_get(pp, "processors"));
-    else if (pp) json_array_append(procs, pp);
-    json_array_foreach(procs, k, p) {
-        const char *ty = json_string_value(json_object_get(p, "type"));
-        if (!ty || strcmp(ty, "TemplateProcessing") != 0) continue;
-        json_t *first = json_array_get(json_object_get(p, "single"), 0);
-        json_t *st = json_object_get(first, "SpecialToken");
-        const char *sid = json_string_value(json_object_get(st, "id"));
-        if (!sid) continue;
-        json_t *ids = json_object_get(json_object_get(json_object_get(p, "special_tokens"), sid), "ids");
-        json_int_t bid = json_integer_value(json_array_get(ids, 0));
-        if (json_is_integer(json_array_get(ids, 0)) && bid >= 0 && bid < t->n_vocab) {
-            t->add_bos = 1;
-            t->bos_id = (int32_t)bid;
-        }
+    return rc;
+}
+
+static int load_hf_bytes(tokenizer *t, json_t *j, const char *path, char *err, size_t errlen)
+{
+    json_t *mdl = json_object_get(j, "model"), *norm = json_object_get(j, "normalizer");
+    json_t *vocab = json_object_get(mdl, "vocab"), *added = json_object_get(j, "added_tokens");
+    if (norm && !json_is_null(norm)) {
+        const char *ty = json_string_value(json_object_get(norm, "type"));
+        return model_errf(err, errlen, MODEL_EFORMAT, path, "normalizer '%s' is not supported (byte-level BPE "
+                          "without normalizer only)", ty ? ty : "?");
     }
-    json_decref(procs);
+    int digits, prefix, n, rc;
+    if ((rc = bytes_pretokenizer(json_object_get(j, "pre_tokenizer"), path, &digits, &prefix, err, errlen)) ||
+        (rc = hf_vocab_size(vocab, added, path, &n, err, errlen)))
+        return rc;
+    bpe_impl *b = impl_new(t, TOK_BPE_BYTES);
+    if (!b || vocab_alloc(t, n)) return model_errf(err, errlen, MODEL_ENOMEM, path, "out of memory");
+    b->digits_split = digits;
+    b->prefix_space = prefix;
+    if ((rc = bytes_vocab(t, vocab, added, path, err, errlen))) return rc;
+    if ((rc = finish(t, b))) return model_errf(err, errlen, rc, path, "out of memory");
+    if ((rc = bytes_merges(t, b, json_object_get(mdl, "merges"), path, err, errlen)) ||
+        (rc = hf_template_bos(t, j, path, err, errlen)))
+        return rc;
     /* Default EOS: <|endoftext|> when present (the model's config may override). */
     for (int id = 0; id < t->n_vocab; id++)
         if (t->types[id] == TT_CONTROL && strcmp(t->str[id], "<|endoftext|>") == 0) { t->eos_id = id; break; }
-out:
+    return 0;
+}
+
+int tok_bpe_load_hf(tokenizer *t, const char *path, char *err, size_t errlen)
+{
+    memset(t, 0, sizeof *t);
+    int rc = 0;
+    json_t *j = load_json(path, err, errlen, &rc);
+    if (!j) return rc;
+    json_t *mdl = json_object_get(j, "model");
+    const char *mtype = json_string_value(json_object_get(mdl, "type"));
+    if (!mtype || strcmp(mtype, "BPE") != 0 || !json_is_object(json_object_get(mdl, "vocab")) ||
+        !json_is_array(json_object_get(mdl, "merges")))
+        rc = model_errf(err, errlen, MODEL_EFORMAT, path, "model is not a BPE model with vocab and merges "
+                        "(type '%s')", mtype ? mtype : "?");
+    else if (json_is_true(json_object_get(mdl, "byte_fallback"))) /* Llama / TinyLlama style */
+        rc = load_hf_spm(t, j, path, err, errlen);
+    else
+        rc = load_hf_bytes(t, j, path, err, errlen);
     json_decref(j);
     if (rc) tok_bpe_clear(t);
     return rc;
