@@ -71,40 +71,28 @@ static int cfg_int(const json_t *cfg, const tz_value *mc, const char *key, long 
     return 0;
 }
 
-int model_load_course(model *m, const char *dir, const model_load_opts *opts, char *err, size_t errlen)
+/* Hyper-parameters: config.json's model_config keys (flat or under "model_config"),
+ * else the checkpoint's own model_config; the vocabulary size from the checkpoint. */
+static int read_hparams(model *m, const tz_value *root, const char *dir, const char *pt, char *err, size_t errlen)
 {
-    (void)opts;
-    char pt[4096];
-    snprintf(pt, sizeof pt, "%s/model.pt", dir);
-    tz_file *tz = NULL;
-    json_t *cfg = NULL, *man = NULL;
-    int rc = tz_open(&tz, pt, err, errlen);
-    if (rc) return rc;
     model_info *in = &m->info;
-    const tz_value *root = tz_root(tz);
-    const tz_value *ps = tz_dict_get(root, "params"), *vs = tz_dict_get(root, "vocab_size");
-    const tz_value *mc = tz_dict_get(root, "model_config");
-    if (!ps || ps->kind != TZ_LIST || !vs || vs->kind != TZ_INT) {
-        rc = model_errf(err, errlen, MODEL_EFORMAT, pt, "not a course checkpoint (expected a dict with "
-                        "'vocab_size' and a 'params' list)");
-        goto out;
-    }
+    const tz_value *vs = tz_dict_get(root, "vocab_size"), *mc = tz_dict_get(root, "model_config");
     if (err && errlen) err[0] = 0;
-    cfg = fmt_json_load(dir, "config.json", 0, err, errlen);
-    if (!cfg && err && errlen && err[0]) { rc = MODEL_EFORMAT; goto out; }
-    /* config.json holds the model_config keys, flat or under "model_config"; keys it
-     * lacks come from the checkpoint's own model_config. */
+    json_t *cfg = fmt_json_load(dir, "config.json", 0, err, errlen);
+    if (!cfg && err && errlen && err[0]) return MODEL_EFORMAT;
     const json_t *cj = json_is_object(json_object_get(cfg, "model_config")) ? json_object_get(cfg, "model_config") : cfg;
+    int rc;
     if ((rc = cfg_int(cj, mc, "embedding_dim", -1, &in->dim, pt, err, errlen)) ||
         (rc = cfg_int(cj, mc, "num_layers", -1, &in->n_layers, pt, err, errlen)) ||
         (rc = cfg_int(cj, mc, "num_heads", -1, &in->n_heads, pt, err, errlen)) ||
-        (rc = cfg_int(cj, mc, "max_seq_len", -1, &in->ctx_len, pt, err, errlen)))
-        goto out;
-    if ((rc = cfg_int(cj, mc, "hidden_dim", 4LL * in->dim, &in->hidden_dim, pt, err, errlen))) goto out;
-    if (vs->i <= 0 || vs->i > (1 << 22)) {
-        rc = model_errf(err, errlen, MODEL_EFORMAT, pt, "vocab_size %lld is out of range", (long long)vs->i);
-        goto out;
+        (rc = cfg_int(cj, mc, "max_seq_len", -1, &in->ctx_len, pt, err, errlen)) ||
+        (rc = cfg_int(cj, mc, "hidden_dim", 4LL * in->dim, &in->hidden_dim, pt, err, errlen))) {
+        json_decref(cfg);
+        return rc;
     }
+    json_decref(cfg);
+    if (vs->i <= 0 || vs->i > (1 << 22))
+        return model_errf(err, errlen, MODEL_EFORMAT, pt, "vocab_size %lld is out of range", (long long)vs->i);
     in->vocab_size = (int)vs->i;
     in->n_kv_heads = in->n_heads;
     in->head_dim = in->n_heads > 0 ? in->dim / in->n_heads : 0;
@@ -113,17 +101,19 @@ int model_load_course(model *m, const char *dir, const model_load_opts *opts, ch
     in->rope_theta = 0;
     m->arch = ARCH_GPT2;
     m->gelu_tanh = 0; /* exact erf GELU */
-    if ((rc = gpt2_check_hparams(m, pt, err, errlen))) goto out;
-    int D = in->dim, H = in->hidden_dim, V = in->vocab_size, L = in->n_layers;
-    size_t need = 2 + 16 * (size_t)L + 3;
-    if (ps->n != need) {
-        rc = model_errf(err, errlen, MODEL_EFORMAT, pt, "params has %zu tensors; a %d-layer model has %zu",
-                        ps->n, L, need);
-        goto out;
-    }
-    /* Check every shape before converting anything. */
-    size_t k = 0;
-#define W(nd, a, b, what) do { if ((rc = want(ps, k++, nd, a, b, what, pt, err, errlen))) goto out; } while (0)
+    return gpt2_check_hparams(m, pt, err, errlen);
+}
+
+/* Every params[] shape, in the file's order (see the top of this file), before
+ * anything is converted. */
+static int check_params(const tz_value *ps, const model_info *in, const char *pt, char *err, size_t errlen)
+{
+    int D = in->dim, H = in->hidden_dim, V = in->vocab_size, L = in->n_layers, rc;
+    size_t need = 2 + 16 * (size_t)L + 3, k = 0;
+    if (ps->n != need)
+        return model_errf(err, errlen, MODEL_EFORMAT, pt, "params has %zu tensors; a %d-layer model has %zu",
+                          ps->n, L, need);
+#define W(nd, a, b, what) do { if ((rc = want(ps, k++, nd, a, b, what, pt, err, errlen))) return rc; } while (0)
     W(2, V, D, "token embedding");
     W(2, in->ctx_len, D, "position embedding");
     for (int l = 0; l < L; l++) {
@@ -134,65 +124,103 @@ int model_load_course(model *m, const char *dir, const model_load_opts *opts, ch
     }
     W(1, D, 0, "final gamma"); W(1, D, 0, "final beta"); W(1, V, 0, "output bias");
 #undef W
-    m->layers = model_calloc_owned(m, (size_t)L, sizeof *m->layers);
-    if (!m->layers) goto oom;
-    k = 0;
-    float *e = as_f32(m, ps->items[k++]), *p = as_f32(m, ps->items[k++]);
-    if (!e || !p) goto oom;
-    m->tok_embd = (mtensor){e, MT_F32, V, D, 0};
-    m->pos_embd = (mtensor){p, MT_F32, in->ctx_len, D, 0};
-    for (int l = 0; l < L; l++) {
-        layer_weights *w = &m->layers[l];
-        const float **vec[] = {&w->attn_norm, &w->attn_norm_b};
-        for (int j = 0; j < 2; j++)
-            if (!(*vec[j] = as_f32(m, ps->items[k++]))) goto oom;
-        mtensor *mats[4] = {&w->wq, &w->wk, &w->wv, &w->wo};
-        const float **bias[4] = {&w->bq, &w->bk, &w->bv, &w->bo};
-        for (int j = 0; j < 4; j++) {
-            float *raw = as_f32(m, ps->items[k++]);
-            float *t = raw ? fmt_f32_transpose(m, raw, D, D) : NULL;
-            if (!t || !(*bias[j] = as_f32(m, ps->items[k++]))) goto oom;
-            *mats[j] = (mtensor){t, MT_F32, D, D, 0};
-        }
-        if (!(w->ffn_norm = as_f32(m, ps->items[k++])) || !(w->ffn_norm_b = as_f32(m, ps->items[k++]))) goto oom;
-        float *f1 = as_f32(m, ps->items[k++]);
-        float *f1t = f1 ? fmt_f32_transpose(m, f1, D, H) : NULL;
-        if (!f1t || !(w->b1 = as_f32(m, ps->items[k++]))) goto oom;
-        float *f2 = as_f32(m, ps->items[k++]);
-        float *f2t = f2 ? fmt_f32_transpose(m, f2, H, D) : NULL;
-        if (!f2t || !(w->b2 = as_f32(m, ps->items[k++]))) goto oom;
-        w->w1 = (mtensor){f1t, MT_F32, H, D, 0};
-        w->w2 = (mtensor){f2t, MT_F32, D, H, 0};
+    return 0;
+}
+
+/* params[*k] as a heap F32 (rows, cols) matrix owned by m, transposed from its
+ * (cols, rows) = (in, out) storage; NULL when out of memory. */
+static float *next_matrix(model *m, const tz_value *ps, size_t *k, int in, int out)
+{
+    float *raw = as_f32(m, ps->items[(*k)++]);
+    return raw ? fmt_f32_transpose(m, raw, in, out) : NULL;
+}
+
+/* One block's 16 tensors from params[*k]; MODEL_ENOMEM or 0. */
+static int copy_layer(model *m, layer_weights *w, const tz_value *ps, size_t *k)
+{
+    int D = m->info.dim, H = m->info.hidden_dim;
+    if (!(w->attn_norm = as_f32(m, ps->items[(*k)++])) || !(w->attn_norm_b = as_f32(m, ps->items[(*k)++])))
+        return MODEL_ENOMEM;
+    mtensor *mats[4] = {&w->wq, &w->wk, &w->wv, &w->wo};
+    const float **bias[4] = {&w->bq, &w->bk, &w->bv, &w->bo};
+    for (int j = 0; j < 4; j++) {
+        float *t = next_matrix(m, ps, k, D, D);
+        if (!t || !(*bias[j] = as_f32(m, ps->items[(*k)++]))) return MODEL_ENOMEM;
+        *mats[j] = (mtensor){t, MT_F32, D, D, 0};
     }
+    if (!(w->ffn_norm = as_f32(m, ps->items[(*k)++])) || !(w->ffn_norm_b = as_f32(m, ps->items[(*k)++])))
+        return MODEL_ENOMEM;
+    float *f1t = next_matrix(m, ps, k, D, H);
+    if (!f1t || !(w->b1 = as_f32(m, ps->items[(*k)++]))) return MODEL_ENOMEM;
+    float *f2t = next_matrix(m, ps, k, H, D);
+    if (!f2t || !(w->b2 = as_f32(m, ps->items[(*k)++]))) return MODEL_ENOMEM;
+    w->w1 = (mtensor){f1t, MT_F32, H, D, 0};
+    w->w2 = (mtensor){f2t, MT_F32, D, H, 0};
+    return 0;
+}
+
+/* All params into m as F32 (shapes checked already); MODEL_ENOMEM or 0. */
+static int copy_params(model *m, const tz_value *ps)
+{
+    int D = m->info.dim, V = m->info.vocab_size, L = m->info.n_layers;
+    size_t k = 0;
+    m->layers = model_calloc_owned(m, (size_t)L, sizeof *m->layers);
+    if (!m->layers) return MODEL_ENOMEM;
+    float *e = as_f32(m, ps->items[k++]), *p = as_f32(m, ps->items[k++]);
+    if (!e || !p) return MODEL_ENOMEM;
+    m->tok_embd = (mtensor){e, MT_F32, V, D, 0};
+    m->pos_embd = (mtensor){p, MT_F32, m->info.ctx_len, D, 0};
+    for (int l = 0; l < L; l++)
+        if (copy_layer(m, &m->layers[l], ps, &k)) return MODEL_ENOMEM;
     if (!(m->out_norm = as_f32(m, ps->items[k++])) || !(m->out_norm_b = as_f32(m, ps->items[k++])) ||
         !(m->output_bias = as_f32(m, ps->items[k++])))
-        goto oom;
+        return MODEL_ENOMEM;
     m->output = m->tok_embd; /* tied unembedding */
+    return 0;
+}
 
-    /* Tokenizer: ../../tokenizers/<tokenizer_artifact>/tokenizer.json */
-    man = fmt_json_load(dir, "manifest.json", 1, err, errlen);
-    if (!man) { rc = MODEL_EFORMAT; goto out; }
+/* The tokenizer manifest.json names: ../../tokenizers/<tokenizer_artifact>/tokenizer.json */
+static int load_tokenizer(model *m, const char *dir, char *err, size_t errlen)
+{
+    json_t *man = fmt_json_load(dir, "manifest.json", 1, err, errlen);
+    if (!man) return MODEL_EFORMAT;
     const char *tname = json_string_value(json_object_get(man, "tokenizer_artifact"));
-    if (!tname || !*tname || strchr(tname, '/') || strcmp(tname, "..") == 0 || strcmp(tname, ".") == 0) {
-        rc = model_errf(err, errlen, MODEL_EFORMAT, dir, "manifest.json has no usable 'tokenizer_artifact'");
-        goto out;
-    }
+    int rc = 0;
     char tp[4096];
-    snprintf(tp, sizeof tp, "%s/../../tokenizers/%s/tokenizer.json", dir, tname);
-    if ((rc = tok_g2c_load(&m->tok, tp, err, errlen))) goto out;
-    if ((rc = fmt_tok_fit(&m->tok, V, tp, err, errlen))) goto out;
+    if (!tname || !*tname || strchr(tname, '/') || strcmp(tname, "..") == 0 || strcmp(tname, ".") == 0)
+        rc = model_errf(err, errlen, MODEL_EFORMAT, dir, "manifest.json has no usable 'tokenizer_artifact'");
+    else
+        snprintf(tp, sizeof tp, "%s/../../tokenizers/%s/tokenizer.json", dir, tname);
+    json_decref(man);
+    if (rc || (rc = tok_g2c_load(&m->tok, tp, err, errlen)) ||
+        (rc = fmt_tok_fit(&m->tok, m->info.vocab_size, tp, err, errlen)))
+        return rc;
     m->tok.bos_id = -1;
     m->tok.add_bos = 0;
+    return 0;
+}
+
+int model_load_course(model *m, const char *dir, const model_load_opts *opts, char *err, size_t errlen)
+{
+    (void)opts;
+    char pt[4096];
+    snprintf(pt, sizeof pt, "%s/model.pt", dir);
+    tz_file *tz = NULL;
+    int rc = tz_open(&tz, pt, err, errlen);
+    if (rc) return rc;
+    const tz_value *root = tz_root(tz);
+    const tz_value *ps = tz_dict_get(root, "params"), *vs = tz_dict_get(root, "vocab_size");
+    if (!ps || ps->kind != TZ_LIST || !vs || vs->kind != TZ_INT)
+        rc = model_errf(err, errlen, MODEL_EFORMAT, pt, "not a course checkpoint (expected a dict with "
+                        "'vocab_size' and a 'params' list)");
+    if (!rc) rc = read_hparams(m, root, dir, pt, err, errlen);
+    if (!rc) rc = check_params(ps, &m->info, pt, err, errlen);
+    if (!rc && copy_params(m, ps)) rc = model_errf(err, errlen, MODEL_ENOMEM, pt, "out of memory");
+    if (!rc) rc = load_tokenizer(m, dir, err, errlen);
+    tz_close(tz);
+    if (rc) return rc;
     snprintf(m->arch_name, sizeof m->arch_name, "gpt2");
     snprintf(m->format_name, sizeof m->format_name, "torch");
     model_fill_weight_stats(m);
-    rc = 0;
-    goto out;
-oom:
-    rc = model_errf(err, errlen, MODEL_ENOMEM, pt, "out of memory");
-out:
-    json_decref(cfg);
-    json_decref(man);
-    tz_close(tz);
-    return rc;
+    return 0;
 }
