@@ -183,159 +183,215 @@ static void progress_line(progress *p, const char *fmt, ...)
 
 /* ---- The loop ---------------------------------------------------------------------------- */
 
-int train_run(const train_opts *o, const unsigned char *text, size_t len,
-              train_result *res, char *err, size_t errlen)
-{
-    int rc = 0;
-    train_net *n = NULL;
-    train_data data = {0};
+/* Everything one train_run holds. */
+typedef struct {
+    const train_opts *o;
+    train_net *n;
+    train_data data;
     worker wk[64];
-    int n_workers = 0;
-    int32_t *tok = NULL, *tgt = NULL;
-    memset(wk, 0, sizeof wk);
-    progress pg = {o->progress ? o->log : NULL, o->log ? isatty(fileno(o->log)) : 0, 0.0, 0};
+    int n_workers, T, cap_seq;
+    int32_t *tok, *tgt;                  /* (cap_seq, T) windows and their targets */
+    progress pg;
+    long stop;                           /* the step this run ends at */
+    double t_start, t_train;             /* run start; seconds spent in steps */
+    double loss_acc, last_train, last_val;
+    long tokens_done, loss_n, steps_run;
+} run;
 
+static int check_opts(const train_opts *o, char *err, size_t errlen)
+{
     if (o->steps < 0 || o->batch < 1 || o->batch > 4096 || !(o->lr > 0) || o->min_lr < 0 ||
         o->warmup < 0 || o->weight_decay < 0 || !(o->beta1 >= 0 && o->beta1 < 1) ||
         !(o->beta2 >= 0 && o->beta2 < 1) || !(o->adam_eps > 0) || o->eval_tokens < 1) {
         snprintf(err, errlen, "invalid training options");
         return TRAIN_EINVAL;
     }
+    return 0;
+}
+
+/* The model: from the checkpoint to resume, or new from the shape and seed. */
+static int open_net(const train_opts *o, train_net **n, char *err, size_t errlen)
+{
+    int rc;
     if (o->resume_path) {
-        rc = train_net_load(&n, o->resume_path, err, errlen);
-        if (rc) return rc;
-        if (n->step == 0) n->rng = o->seed;
-    } else {
-        if ((rc = train_shape_check(&o->shape, err, errlen))) return rc;
-        if ((rc = train_net_new(&n, &o->shape, o->seed))) {
-            snprintf(err, errlen, "cannot allocate the model");
-            return rc;
-        }
+        if ((rc = train_net_load(n, o->resume_path, err, errlen))) return rc;
+        if ((*n)->step == 0) (*n)->rng = o->seed;
+        return 0;
     }
+    if ((rc = train_shape_check(&o->shape, err, errlen))) return rc;
+    if ((rc = train_net_new(n, &o->shape, o->seed))) snprintf(err, errlen, "cannot allocate the model");
+    return rc;
+}
+
+/* The data split, the workers (each with its activations and gradient buffer) and
+ * the window buffers. */
+static int run_setup(run *r, const unsigned char *text, size_t len, char *err, size_t errlen)
+{
+    const train_opts *o = r->o;
+    train_net *n = r->n;
     if (n->step > o->steps) {
         snprintf(err, errlen, "the checkpoint is at step %ld, beyond --steps %d", n->step, o->steps);
-        rc = TRAIN_EINVAL;
-        goto done;
+        return TRAIN_EINVAL;
     }
-    const int T = n->shape.ctx_len;
-    rc = train_data_split(&data, text, len, o->val_frac);
-    if (rc) { snprintf(err, errlen, "cannot split the data"); goto done; }
-    if (data.n_train < (size_t)T + 1) {
+    r->T = n->shape.ctx_len;
+    int rc = train_data_split(&r->data, text, len, o->val_frac);
+    if (rc) {
+        snprintf(err, errlen, "cannot split the data");
+        return rc;
+    }
+    if (r->data.n_train < (size_t)r->T + 1) {
         snprintf(err, errlen, "the training text (%zu bytes after the split) is shorter than ctx + 1 = %d",
-                 data.n_train, T + 1);
-        rc = TRAIN_EINVAL;
-        goto done;
+                 r->data.n_train, r->T + 1);
+        return TRAIN_EINVAL;
     }
     int nthr = o->n_threads > 0 ? o->n_threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
     if (nthr < 1) nthr = 1;
     if (nthr > 64) nthr = 64;
     if (nthr > o->batch) nthr = o->batch;
-    n_workers = nthr;
-    for (int j = 0; j < n_workers; j++) {
-        wk[j].net = n;
-        wk[j].T = T;
-        wk[j].act = train_act_new(&n->shape, T);
-        wk[j].gbuf = calloc(n->n_params, sizeof(float));
-        wk[j].glayers = calloc(n->shape.n_layers, sizeof(train_layer));
-        if (!wk[j].act || !wk[j].gbuf || !wk[j].glayers) { rc = TRAIN_ENOMEM; snprintf(err, errlen, "out of memory"); goto done; }
-        train_params_view(&n->shape, wk[j].gbuf, &wk[j].gview, wk[j].glayers);
+    r->n_workers = nthr;
+    for (int j = 0; j < r->n_workers; j++) {
+        worker *w = &r->wk[j];
+        w->net = n;
+        w->T = r->T;
+        w->act = train_act_new(&n->shape, r->T);
+        w->gbuf = calloc(n->n_params, sizeof(float));
+        w->glayers = calloc(n->shape.n_layers, sizeof(train_layer));
+        if (!w->act || !w->gbuf || !w->glayers) {
+            snprintf(err, errlen, "out of memory");
+            return TRAIN_ENOMEM;
+        }
+        train_params_view(&n->shape, w->gbuf, &w->gview, w->glayers);
     }
-    int cap_seq = o->batch > n_workers * 8 ? o->batch : n_workers * 8;
-    tok = malloc(sizeof(int32_t) * (size_t)cap_seq * T);
-    tgt = malloc(sizeof(int32_t) * (size_t)cap_seq * T);
-    if (!tok || !tgt) { rc = TRAIN_ENOMEM; snprintf(err, errlen, "out of memory"); goto done; }
+    r->cap_seq = o->batch > r->n_workers * 8 ? o->batch : r->n_workers * 8;
+    r->tok = malloc(sizeof(int32_t) * (size_t)r->cap_seq * r->T);
+    r->tgt = malloc(sizeof(int32_t) * (size_t)r->cap_seq * r->T);
+    if (!r->tok || !r->tgt) {
+        snprintf(err, errlen, "out of memory");
+        return TRAIN_ENOMEM;
+    }
+    r->stop = o->stop_at > 0 && o->stop_at < o->steps ? o->stop_at : o->steps;
+    return 0;
+}
 
-    const long steps = o->steps;
-    long stop = o->stop_at > 0 && o->stop_at < steps ? o->stop_at : steps;
-    progress_line(&pg, "train: %zu parameters (%d layers, dim %d, heads %d/%d, hidden %d, ctx %d, %s), "
-                  "%zu train / %zu val bytes, batch %d x %d tokens, %d threads, step %ld -> %ld of %ld\n",
-                  n->n_params, n->shape.n_layers, n->shape.dim, n->shape.n_heads, n->shape.n_kv_heads,
-                  n->shape.hidden_dim, T, n->shape.tied ? "tied" : "untied", data.n_train, data.n_val,
-                  o->batch, T, n_workers, n->step, stop, steps);
-
-    const double t_start = now_s();
-    double t_train = 0.0, loss_acc = 0.0, last_train = NAN, last_val = NAN;
-    long tokens_done = 0, loss_n = 0, steps_run = 0;
+/* One optimizer step at learning rate lr: a batch of random windows through the
+ * workers, their gradients summed in worker order, clipped, then AdamW.  Returns
+ * the batch's mean loss (nats per token). */
+static double train_step(run *r, float lr)
+{
+    const train_opts *o = r->o;
+    train_net *n = r->n;
+    int T = r->T;
+    const size_t span = r->data.n_train - T; /* windows start in [0, span] */
+    for (int b = 0; b < o->batch; b++) {
+        size_t off = (size_t)(train_rng_next(&n->rng) % (uint64_t)(span + 1));
+        train_data_window(r->data.train, r->data.n_train, off, T, r->tok + (size_t)b * T, r->tgt + (size_t)b * T);
+    }
     const float scale = 1.0f / ((float)o->batch * T);
-    const size_t span = data.n_train - T; /* windows start in [0, span] */
-    while (n->step < stop) {
+    double loss = run_workers(r->wk, r->n_workers, o->batch, 1, scale, r->tok, r->tgt) / ((double)o->batch * T);
+    memcpy(n->g, r->wk[0].gbuf, sizeof(float) * n->n_params);
+    for (int j = 1; j < r->n_workers; j++)
+        for (size_t i = 0; i < n->n_params; i++) n->g[i] += r->wk[j].gbuf[i];
+    double gn = train_grad_norm(n);
+    if (o->clip > 0 && gn > o->clip) {
+        float c = (float)(o->clip / gn);
+        for (size_t i = 0; i < n->n_params; i++) n->g[i] *= c;
+    }
+    n->step++;
+    adamw_update(n, lr, o->beta1, o->beta2, o->adam_eps, o->weight_decay, n->step);
+    return loss;
+}
+
+/* After a step: progress, evaluation every eval_every steps and at the end, the
+ * checkpoint every save_every steps and at the end. */
+static int after_step(run *r, double loss, float lr, char *err, size_t errlen)
+{
+    const train_opts *o = r->o;
+    train_net *n = r->n;
+    r->loss_acc += loss;
+    r->loss_n++;
+    double tps = r->tokens_done / (r->t_train > 0 ? r->t_train : 1e-9);
+    double eta = (double)(r->stop - n->step) * (r->t_train / r->steps_run);
+    int at_end = n->step == r->stop;
+    int do_eval = at_end || (o->eval_every > 0 && n->step % o->eval_every == 0);
+    progress_step(&r->pg, n->step, o->steps, loss, lr, tps, eta, do_eval);
+    if (do_eval) {
+        r->last_train = r->loss_acc / r->loss_n;
+        r->loss_acc = 0.0;
+        r->loss_n = 0;
+        if (r->data.n_val >= (size_t)r->T) {
+            r->last_val = evaluate(r->wk, r->n_workers, r->data.val, r->data.n_val, r->T, o->eval_tokens,
+                                   r->tok, r->tgt, r->cap_seq);
+            progress_line(&r->pg, "eval step %ld: train %.4f bpb, val %.4f bpb (%.4f nats), %.0f s\n",
+                          n->step, r->last_train / M_LN2, r->last_val / M_LN2, r->last_val,
+                          now_s() - r->t_start);
+        } else {
+            progress_line(&r->pg, "eval step %ld: train %.4f bpb (no held-out text)\n", n->step,
+                          r->last_train / M_LN2);
+        }
+    }
+    if (o->ckpt_path && (at_end || (o->save_every > 0 && n->step % o->save_every == 0)))
+        return train_net_save(n, o->ckpt_path, 0, 1, err, errlen);
+    return 0;
+}
+
+static void run_free(run *r)
+{
+    for (int j = 0; j < r->n_workers; j++) {
+        train_act_free(r->wk[j].act);
+        free(r->wk[j].gbuf);
+        free(r->wk[j].glayers);
+    }
+    free(r->tok);
+    free(r->tgt);
+    train_data_free(&r->data);
+    train_net_free(r->n);
+}
+
+int train_run(const train_opts *o, const unsigned char *text, size_t len,
+              train_result *res, char *err, size_t errlen)
+{
+    int rc = check_opts(o, err, errlen);
+    if (rc) return rc;
+    run r = {.o = o, .last_train = NAN, .last_val = NAN};
+    r.pg = (progress){o->progress ? o->log : NULL, o->log ? isatty(fileno(o->log)) : 0, 0.0, 0};
+    if ((rc = open_net(o, &r.n, err, errlen))) return rc;
+    if ((rc = run_setup(&r, text, len, err, errlen))) goto done;
+    train_net *n = r.n;
+    progress_line(&r.pg, "train: %zu parameters (%d layers, dim %d, heads %d/%d, hidden %d, ctx %d, %s), "
+                  "%zu train / %zu val bytes, batch %d x %d tokens, %d threads, step %ld -> %ld of %d\n",
+                  n->n_params, n->shape.n_layers, n->shape.dim, n->shape.n_heads, n->shape.n_kv_heads,
+                  n->shape.hidden_dim, r.T, n->shape.tied ? "tied" : "untied", r.data.n_train, r.data.n_val,
+                  o->batch, r.T, r.n_workers, n->step, r.stop, o->steps);
+    r.t_start = now_s();
+    while (n->step < r.stop) {
         double t0 = now_s();
-        float lr = train_lr_at(n->step, steps, o->warmup, o->lr, o->min_lr);
-        for (int b = 0; b < o->batch; b++) {
-            size_t off = (size_t)(train_rng_next(&n->rng) % (uint64_t)(span + 1));
-            train_data_window(data.train, data.n_train, off, T, tok + (size_t)b * T, tgt + (size_t)b * T);
-        }
-        double loss = run_workers(wk, n_workers, o->batch, 1, scale, tok, tgt) / ((double)o->batch * T);
-        /* g = sum of worker gradients, in worker order */
-        memcpy(n->g, wk[0].gbuf, sizeof(float) * n->n_params);
-        for (int j = 1; j < n_workers; j++)
-            for (size_t i = 0; i < n->n_params; i++) n->g[i] += wk[j].gbuf[i];
-        double gn = train_grad_norm(n);
-        if (o->clip > 0 && gn > o->clip) {
-            float c = (float)(o->clip / gn);
-            for (size_t i = 0; i < n->n_params; i++) n->g[i] *= c;
-        }
-        n->step++;
-        adamw_update(n, lr, o->beta1, o->beta2, o->adam_eps, o->weight_decay, n->step);
+        float lr = train_lr_at(n->step, o->steps, o->warmup, o->lr, o->min_lr);
+        double loss = train_step(&r, lr);
         if (!isfinite(loss)) {
-            progress_line(&pg, "\ntrain: loss is not finite at step %ld; stopping\n", n->step);
+            progress_line(&r.pg, "\ntrain: loss is not finite at step %ld; stopping\n", n->step);
             snprintf(err, errlen, "training diverged (loss not finite) at step %ld", n->step);
             rc = TRAIN_EINVAL;
             goto done;
         }
-        t_train += now_s() - t0;
-        tokens_done += (long)o->batch * T;
-        steps_run++;
-        loss_acc += loss;
-        loss_n++;
-        double tps = tokens_done / (t_train > 0 ? t_train : 1e-9);
-        double eta = (double)(stop - n->step) * (t_train / steps_run);
-        int at_end = n->step == stop;
-        int do_eval = at_end || (o->eval_every > 0 && n->step % o->eval_every == 0);
-        progress_step(&pg, n->step, steps, loss, lr, tps, eta, do_eval);
-        if (do_eval) {
-            last_train = loss_acc / loss_n;
-            loss_acc = 0.0;
-            loss_n = 0;
-            if (data.n_val >= (size_t)T) {
-                last_val = evaluate(wk, n_workers, data.val, data.n_val, T, o->eval_tokens, tok, tgt, cap_seq);
-                progress_line(&pg, "eval step %ld: train %.4f bpb, val %.4f bpb (%.4f nats), %.0f s\n",
-                              n->step, last_train / M_LN2, last_val / M_LN2, last_val,
-                              now_s() - t_start);
-            } else {
-                progress_line(&pg, "eval step %ld: train %.4f bpb (no held-out text)\n", n->step,
-                              last_train / M_LN2);
-            }
-        }
-        if (o->ckpt_path && (at_end || (o->save_every > 0 && n->step % o->save_every == 0))) {
-            rc = train_net_save(n, o->ckpt_path, 0, 1, err, errlen);
-            if (rc) goto done;
-        }
+        r.t_train += now_s() - t0;
+        r.tokens_done += (long)o->batch * r.T;
+        r.steps_run++;
+        if ((rc = after_step(&r, loss, lr, err, errlen))) goto done;
     }
-    if (steps_run == 0 && data.n_val >= (size_t)T) /* nothing to do: still report where we are */
-        last_val = evaluate(wk, n_workers, data.val, data.n_val, T, o->eval_tokens, tok, tgt, cap_seq);
-    if (o->out_path) {
-        rc = train_net_save(n, o->out_path, o->f16, 0, err, errlen);
-        if (rc) goto done;
-    }
+    if (r.steps_run == 0 && r.data.n_val >= (size_t)r.T) /* nothing to do: still report where we are */
+        r.last_val = evaluate(r.wk, r.n_workers, r.data.val, r.data.n_val, r.T, o->eval_tokens, r.tok, r.tgt,
+                              r.cap_seq);
+    if (o->out_path && (rc = train_net_save(n, o->out_path, o->f16, 0, err, errlen))) goto done;
     if (res) {
         res->steps_done = (int)n->step;
-        res->steps_run = (int)steps_run;
-        res->train_bpb = last_train / M_LN2;
-        res->val_bpb = last_val / M_LN2;
-        res->seconds = now_s() - t_start;
-        res->tok_per_s = t_train > 0 ? tokens_done / t_train : 0.0;
+        res->steps_run = (int)r.steps_run;
+        res->train_bpb = r.last_train / M_LN2;
+        res->val_bpb = r.last_val / M_LN2;
+        res->seconds = now_s() - r.t_start;
+        res->tok_per_s = r.t_train > 0 ? r.tokens_done / r.t_train : 0.0;
     }
 done:
-    for (int j = 0; j < n_workers; j++) {
-        train_act_free(wk[j].act);
-        free(wk[j].gbuf);
-        free(wk[j].glayers);
-    }
-    free(tok);
-    free(tgt);
-    train_data_free(&data);
-    train_net_free(n);
+    run_free(&r);
     return rc;
 }
 
