@@ -132,9 +132,9 @@ BENCH_BIN := $(BENCH_SRC:%.c=$(B)/%)
 $(B)/obj/bench/%.o: bench/%.c
 	@mkdir -p $(@D)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(PKG_CFLAGS) -MMD -MP -c $< -o $@
-$(B)/bench/%: $(B)/obj/bench/%.o $(LIBS)
+$(B)/bench/%: $(B)/obj/bench/%.o $(B)/libcli.a $(LIBS)
 	@mkdir -p $(@D)
-	$(CC) $(LDFLAGS) -o $@ $< $(LIBS) $(PKG_LIBS) $(LDLIBS)
+	$(CC) $(LDFLAGS) -o $@ $< $(B)/libcli.a $(LIBS) $(PKG_LIBS) $(LDLIBS)
 
 # ---- Phony targets ----------------------------------------------------------------
 .PHONY: all run test test-build valgrind-build bench fuzz install uninstall clean models deps deps-test default-model

@@ -10,6 +10,7 @@
  * usage: bench_forward --model FILE [--tokenizer FILE] [--threads N] [--gen N]
  *                      [--prompt N] [--runs N] [--batch 1,4,16,64] [--steps N]
  */
+#include "cli/opt.h"
 #include "model/model.h"
 
 #include <errno.h>
@@ -45,17 +46,6 @@ static int32_t tok_at(uint64_t i, int vocab)
     uint64_t z = (i + 1) * 0x9E3779B97F4A7C15ull;
     z ^= z >> 29;
     return (int32_t)(3 + z % (uint64_t)(vocab - 3));
-}
-
-static int int_arg(const char *s, int lo, int hi, int *out)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || *end || v < lo || v > hi)
-        return -1;
-    *out = (int)v;
-    return 0;
 }
 
 /* One single-stream run: returns decode tokens/s or a negative code; the prompt's
@@ -136,40 +126,21 @@ int main(int argc, char **argv)
 {
     const char *path = NULL, *tok = NULL, *batches = "1,4,16,64";
     int threads = 2, gen = 256, prompt = 8, runs = 3, steps = 32, kv_f16 = 0;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        int bad = !v;
-        if (bad)
-            ;
-        else if (!strcmp(a, "--model"))
-            path = v;
-        else if (!strcmp(a, "--tokenizer"))
-            tok = v;
-        else if (!strcmp(a, "--batch"))
-            batches = v;
-        else if (!strcmp(a, "--threads"))
-            bad = int_arg(v, 1, 64, &threads);
-        else if (!strcmp(a, "--gen"))
-            bad = int_arg(v, 1, 1 << 20, &gen);
-        else if (!strcmp(a, "--prompt"))
-            bad = int_arg(v, 1, 1 << 20, &prompt);
-        else if (!strcmp(a, "--runs"))
-            bad = int_arg(v, 1, 100, &runs);
-        else if (!strcmp(a, "--steps"))
-            bad = int_arg(v, 1, 1 << 20, &steps);
-        else if (!strcmp(a, "--kv-type")) {
-            kv_f16 = model_parse_kv_type(v);
-            bad = kv_f16 < 0;
-        }
-        else
-            bad = 1;
-        if (bad) {
-            fprintf(stderr, "bench_forward: bad option %s\n", a);
-            return 2;
-        }
-        i++;
-    }
-    if (!path) {
+    const cli_opt opts[] = {
+        OPT_STR("--model", &path),
+        OPT_STR("--tokenizer", &tok),
+        OPT_STR("--batch", &batches),
+        OPT_INT("--threads", &threads, 1, 64),
+        OPT_INT("--gen", &gen, 1, 1 << 20),
+        OPT_INT("--prompt", &prompt, 1, 1 << 20),
+        OPT_INT("--runs", &runs, 1, 100),
+        OPT_INT("--steps", &steps, 1, 1 << 20),
+        OPT_FN("--kv-type", &kv_f16, cli_kv_type, CLI_KV_TYPE_EXPECT),
+    };
+    int prc = cli_parse("bench_forward", opts, sizeof opts / sizeof opts[0], argc, argv);
+    if (prc == CLI_BAD)
+        return 2;
+    if (prc == CLI_HELP || !path) {
         fprintf(stderr, "usage: bench_forward --model FILE [--tokenizer FILE] [--threads N] [--gen N]\n"
                         "  [--prompt N] [--runs N] [--batch 1,4,16,64] [--steps N] [--kv-type f32|f16]\n");
         return 2;

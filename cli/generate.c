@@ -83,14 +83,6 @@ static void usage(FILE *f)
           f);
 }
 
-static int parse_kv_type(const char *v, void *out)
-{
-    int k = model_parse_kv_type(v);
-    if (k < 0) return -1;
-    *(int *)out = k;
-    return 0;
-}
-
 int cli_generate(int argc, char **argv)
 {
     const char *model_path = NULL, *tok_path = NULL, *prompt = NULL;
@@ -108,7 +100,7 @@ int cli_generate(int argc, char **argv)
         OPT_FLOAT("--top-p", &top_p, 0, 1),
         OPT_FLOAT("--repetition-penalty", &rep, 0, FLT_MAX),
         OPT_INT("--threads", &threads, 0, 1024),
-        OPT_FN("--kv-type", &kv_f16, parse_kv_type, "f32 or f16"),
+        OPT_FN("--kv-type", &kv_f16, cli_kv_type, CLI_KV_TYPE_EXPECT),
         OPT_U64("--seed", &seed),
     };
     int prc = cli_parse("lmserve generate", options, sizeof options / sizeof options[0], argc, argv);

@@ -1,5 +1,6 @@
 /* opt.c -- the one command-line parser (opt.h). */
 #include "cli/opt.h"
+#include "model/model.h"
 
 #include <errno.h>
 #include <math.h>
@@ -102,4 +103,12 @@ int cli_parse(const char *cmd, const cli_opt *opts, size_t n_opts, int argc, cha
         if (store(cmd, o, v)) return CLI_BAD;
     }
     return CLI_OK;
+}
+
+int cli_kv_type(const char *value, void *out)
+{
+    int k = model_parse_kv_type(value);
+    if (k < 0) return -1;
+    *(int *)out = k;
+    return 0;
 }

@@ -43,6 +43,11 @@ typedef struct {
 
 enum { CLI_OK = 0, CLI_HELP = 1, CLI_BAD = -1 };
 
+/* A value parser several commands share (an OPT_FN): --kv-type "f32" | "f16" into
+ * an int, model_set_kv_f16's argument. */
+int cli_kv_type(const char *value, void *out);
+#define CLI_KV_TYPE_EXPECT "f32 or f16"
+
 /* Parse argv[1..argc) (argv[0] is the sub-command's name) against opts[0..n_opts).
  * cmd starts every message ("lmserve serve").  Returns CLI_OK, CLI_HELP (-h or
  * --help came first; nothing after it is read) or CLI_BAD (message printed). */

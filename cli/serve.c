@@ -56,14 +56,6 @@ static void usage(FILE *f, const server_config *d)
         d->shutdown_timeout, d->prefill_chunk, d->step_budget, d->outbox_limit);
 }
 
-static int parse_kv_type(const char *v, void *out)
-{
-    int k = model_parse_kv_type(v);
-    if (k < 0) return -1;
-    *(int *)out = k;
-    return 0;
-}
-
 /* The default model: $LMSERVE_DEFAULT_MODEL, else models/default/model.gguf in the
  * checkout the binary lives in (build/lmserve or build/<variant>/lmserve), else the
  * install's share/lmserve/default/model.gguf. */
@@ -114,7 +106,7 @@ int cli_serve(int argc, char **argv)
         OPT_STR("--host", &c.host),
         OPT_STR("--api-key", &c.api_key),
         OPT_STR("--cors-origin", &c.cors_origin),
-        OPT_FN("--kv-type", &c.kv_f16, parse_kv_type, "f32 or f16"),
+        OPT_FN("--kv-type", &c.kv_f16, cli_kv_type, CLI_KV_TYPE_EXPECT),
         OPT_INT("--port", &c.port, 0, 65535),
         OPT_INT("--threads", &c.threads, 0, 1024),
         OPT_INT("--parallel", &c.parallel, 1, SERVER_MAX_PARALLEL),

@@ -4,7 +4,7 @@
 #include <math.h>
 #include <stdlib.h>
 
-static int ids_in_range(const int32_t *ids, int n, int vocab)
+int sampler__ids_valid(const int32_t *ids, int n, int vocab)
 {
     if (n < 0 || (n > 0 && !ids))
         return 0;
@@ -28,7 +28,7 @@ int sampler_params_validate(const sampler_params *p, int vocab, const char **nam
     else if (!(p->repetition_penalty == 0.0f ||
                (p->repetition_penalty > 0.0f && isfinite(p->repetition_penalty))))
         bad = "repetition_penalty";
-    else if (!ids_in_range(p->stop_ids, p->n_stop_ids, vocab))
+    else if (!sampler__ids_valid(p->stop_ids, p->n_stop_ids, vocab))
         bad = "stop_ids";
     else if (!(p->min_p >= 0.0f && p->min_p <= 1.0f))
         bad = "min_p";
@@ -38,7 +38,7 @@ int sampler_params_validate(const sampler_params *p, int vocab, const char **nam
         bad = "frequency_penalty";
     else if (p->penalty_last_n < 0)
         bad = "penalty_last_n";
-    else if (!ids_in_range(p->bias_ids, p->n_bias, vocab) || (p->n_bias > 0 && !p->bias_values))
+    else if (!sampler__ids_valid(p->bias_ids, p->n_bias, vocab) || (p->n_bias > 0 && !p->bias_values))
         bad = "logit_bias";
     else
         for (int j = 0; j < p->n_bias; j++)

@@ -93,6 +93,9 @@ typedef struct {
 } sampler_scratch;
 
 int sampler__scratch_init(sampler_scratch *sc, int vocab);
+
+/* 1 if ids[0..n) are all token ids in [0, vocab) (ids may be NULL when n == 0). */
+int sampler__ids_valid(const int32_t *ids, int n, int vocab);
 void sampler__scratch_release(sampler_scratch *sc);
 
 /* Scratch forms of the warpers (same contracts as the public ones). */

@@ -257,16 +257,6 @@ int sampler_min_p_filter(const float *logits, float *out, int vocab, float min_p
 
 /* ---- Repetition penalty ----------------------------------------------------------- */
 
-static int ids_valid(const int32_t *ids, int n, int vocab)
-{
-    if (n < 0 || (n > 0 && !ids))
-        return 0;
-    for (int i = 0; i < n; i++)
-        if (ids[i] < 0 || ids[i] >= vocab)
-            return 0;
-    return 1;
-}
-
 static float penalise(float x, float penalty)
 {
     return x > 0.0f ? x / penalty : x * penalty;
@@ -294,7 +284,7 @@ int sampler_apply_repetition_penalty(const float *logits, float *out, int vocab,
                                      const int32_t *seen, int n_seen, float penalty)
 {
     if (!check_io(logits, out, vocab) || !isfinite(penalty) || !(penalty > 0.0f) ||
-        !ids_valid(seen, n_seen, vocab))
+        !sampler__ids_valid(seen, n_seen, vocab))
         return SAMPLER_EINVAL;
     int32_t *marks = calloc((size_t)vocab, sizeof *marks);
     if (!marks)
@@ -309,7 +299,7 @@ int sampler_apply_repetition_penalty(const float *logits, float *out, int vocab,
 int sampler_apply_logit_bias(const float *logits, float *out, int vocab, const int32_t *ids,
                              const float *bias, int n)
 {
-    if (!check_io(logits, out, vocab) || !ids_valid(ids, n, vocab) || (n > 0 && !bias))
+    if (!check_io(logits, out, vocab) || !sampler__ids_valid(ids, n, vocab) || (n > 0 && !bias))
         return SAMPLER_EINVAL;
     for (int j = 0; j < n; j++) /* finite or -INFINITY (forbid) */
         if (isnan(bias[j]) || bias[j] == INFINITY)
@@ -350,7 +340,7 @@ int sampler_apply_presence_frequency(const float *logits, float *out, int vocab,
                                      const int32_t *seen, int n_seen, float presence,
                                      float frequency)
 {
-    if (!check_io(logits, out, vocab) || !ids_valid(seen, n_seen, vocab) ||
+    if (!check_io(logits, out, vocab) || !sampler__ids_valid(seen, n_seen, vocab) ||
         !(presence >= -2.0f && presence <= 2.0f) || !(frequency >= -2.0f && frequency <= 2.0f))
         return SAMPLER_EINVAL;
     int32_t *counts = calloc((size_t)vocab, sizeof *counts);

@@ -473,33 +473,10 @@ void kernel_to_f16(uint16_t *dst, const float *src, int n)
 
 /* ---- Row-range drivers ------------------------------------------------------- */
 
-/* Dispatch a (R, C) block with compile-time shapes. */
-#define BLOCK_SWITCH(CALL)                                                                     \
-    switch (R * 8 + C) {                                                                   \
-    case 4 * 8 + 4: CALL(4, 4); break;                                                           \
-    case 4 * 8 + 3: CALL(4, 3); break;                                                           \
-    case 4 * 8 + 2: CALL(4, 2); break;                                                           \
-    case 4 * 8 + 1: CALL(4, 1); break;                                                           \
-    case 3 * 8 + 4: CALL(3, 4); break;                                                           \
-    case 3 * 8 + 3: CALL(3, 3); break;                                                           \
-    case 3 * 8 + 2: CALL(3, 2); break;                                                           \
-    case 3 * 8 + 1: CALL(3, 1); break;                                                           \
-    case 2 * 8 + 4: CALL(2, 4); break;                                                           \
-    case 2 * 8 + 3: CALL(2, 3); break;                                                           \
-    case 2 * 8 + 2: CALL(2, 2); break;                                                           \
-    case 2 * 8 + 1: CALL(2, 1); break;                                                           \
-    case 1 * 8 + 4: CALL(1, 4); break;                                                           \
-    case 1 * 8 + 3: CALL(1, 3); break;                                                           \
-    case 1 * 8 + 2: CALL(1, 2); break;                                                           \
-    default: CALL(1, 1); break;                                                                \
-    }
-
-#define BLOCK_SWITCH_Q8(CALL)                                                                     \
-    switch (R * 8 + C) {                                                                       \
-    case 4 * 8 + 2: CALL(4, 2); break;                                                         \
-    case 4 * 8 + 1: CALL(4, 1); break;                                                         \
-    case 3 * 8 + 2: CALL(3, 2); break;                                                         \
-    case 3 * 8 + 1: CALL(3, 1); break;                                                         \
+/* Dispatch a (R, C) block with compile-time shapes: the cases with one or two x
+ * rows, shared by both switches, then every shape (BLOCK_SWITCH) or the ones Q8_0
+ * uses (BLOCK_SWITCH_Q8: at most two W rows when three or four x rows). */
+#define BLOCK_CASES_R12(CALL)                                                                  \
     case 2 * 8 + 4: CALL(2, 4); break;                                                         \
     case 2 * 8 + 3: CALL(2, 3); break;                                                         \
     case 2 * 8 + 2: CALL(2, 2); break;                                                         \
@@ -507,7 +484,28 @@ void kernel_to_f16(uint16_t *dst, const float *src, int n)
     case 1 * 8 + 4: CALL(1, 4); break;                                                         \
     case 1 * 8 + 3: CALL(1, 3); break;                                                         \
     case 1 * 8 + 2: CALL(1, 2); break;                                                         \
-    default: CALL(1, 1); break;                                                                \
+    default: CALL(1, 1); break;
+
+#define BLOCK_SWITCH(CALL)                                                                     \
+    switch (R * 8 + C) {                                                                       \
+    case 4 * 8 + 4: CALL(4, 4); break;                                                         \
+    case 4 * 8 + 3: CALL(4, 3); break;                                                         \
+    case 4 * 8 + 2: CALL(4, 2); break;                                                         \
+    case 4 * 8 + 1: CALL(4, 1); break;                                                         \
+    case 3 * 8 + 4: CALL(3, 4); break;                                                         \
+    case 3 * 8 + 3: CALL(3, 3); break;                                                         \
+    case 3 * 8 + 2: CALL(3, 2); break;                                                         \
+    case 3 * 8 + 1: CALL(3, 1); break;                                                         \
+    BLOCK_CASES_R12(CALL)                                                                      \
+    }
+
+#define BLOCK_SWITCH_Q8(CALL)                                                                  \
+    switch (R * 8 + C) {                                                                       \
+    case 4 * 8 + 2: CALL(4, 2); break;                                                         \
+    case 4 * 8 + 1: CALL(4, 1); break;                                                         \
+    case 3 * 8 + 2: CALL(3, 2); break;                                                         \
+    case 3 * 8 + 1: CALL(3, 1); break;                                                         \
+    BLOCK_CASES_R12(CALL)                                                                      \
     }
 
 /* Register-block shape (compile-time tunables; none changes a result):

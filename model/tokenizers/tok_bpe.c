@@ -611,9 +611,10 @@ static json_t *load_json(const char *path, char *err, size_t errlen, int *rc)
     return j;
 }
 
-/* One tokenizer.json merge in either spelling, "a b" or ["a", "b"]: *a and *c are
- * set to its two halves (lengths *an, *cn), or to NULL when the entry is neither. */
-static void merge_entry_parts(json_t *p, const char **a, size_t *an, const char **c, size_t *cn)
+/* One tokenizer.json merge in either spelling, "a b" or ["a", "b"]: its two halves
+ * into *a and *c (lengths *an, *cn).  -1 when the entry is neither spelling or the
+ * halves together are longer than max. */
+static int merge_pair(json_t *p, size_t max, const char **a, size_t *an, const char **c, size_t *cn)
 {
     *a = *c = NULL;
     *an = *cn = 0;
@@ -621,13 +622,13 @@ static void merge_entry_parts(json_t *p, const char **a, size_t *an, const char 
         const char *s = json_string_value(p);
         const char *sp = strchr(s, ' ');
         if (sp) { *a = s; *an = (size_t)(sp - s); *c = sp + 1; *cn = strlen(*c); }
-        else *a = s;
     } else if (json_is_array(p) && json_array_size(p) == 2) {
         *a = json_string_value(json_array_get(p, 0));
         *c = json_string_value(json_array_get(p, 1));
         *an = *a ? strlen(*a) : 0;
         *cn = *c ? strlen(*c) : 0;
     }
+    return *a && *c && *an + *cn <= max ? 0 : -1;
 }
 
 /* ---- tokenizer.json: the parts both kinds read ---- */
@@ -751,8 +752,7 @@ static int spm_scores(tokenizer *t, json_t *merges, const char *path, char *err,
     json_array_foreach(merges, k, p) {
         const char *a, *c;
         size_t an, cn;
-        merge_entry_parts(p, &a, &an, &c, &cn);
-        if (!a || !c || an + cn > 2 * TOKENIZER_MAX_TOKEN_LEN) {
+        if (merge_pair(p, 2 * TOKENIZER_MAX_TOKEN_LEN, &a, &an, &c, &cn)) {
             rc = model_errf(err, errlen, MODEL_EFORMAT, path, "merges[%zu] is not a pair of strings", k);
             break;
         }
@@ -897,8 +897,7 @@ static int bytes_merges(tokenizer *t, bpe_impl *b, json_t *merges, const char *p
     json_array_foreach(merges, k, p) {
         const char *a, *c;
         size_t an, cn;
-        merge_entry_parts(p, &a, &an, &c, &cn);
-        if (!a || !c || an + cn > (size_t)t->max_str_len * 2 ||
+        if (merge_pair(p, (size_t)t->max_str_len * 2, &a, &an, &c, &cn) ||
             add_merge_str(t, b, a, an, c, cn, (int)k, scratch)) {
             rc = model_errf(err, errlen, MODEL_EFORMAT, path, "merges[%zu] does not join two vocabulary "
                       "tokens into a third", k);
