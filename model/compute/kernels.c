@@ -141,6 +141,11 @@ static void quantize_row_q8(int8_t *q, float *d, const float *x, int cols)
 
 /* ---- Per-element dot products ------------------------------------------------ */
 
+/* One element of a row of each type, as a float (the scalar tails and the portable build). */
+static inline float load1_f32(const void *p, int k) { return ((const float *)p)[k]; }
+static inline float load1_f16(const void *p, int k) { return model_f16_to_f32(((const uint16_t *)p)[k]); }
+static inline float load1_bf16(const void *p, int k) { return model_bf16_to_f32(((const uint16_t *)p)[k]); }
+
 #ifdef KERNEL_AVX2
 
 static inline float hsum8(__m256 v)
@@ -164,9 +169,6 @@ static inline __m256 load8_bf16(const void *p, int k)
     __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)((const uint16_t *)p + k)));
     return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
 }
-static inline float load1_f32(const void *p, int k) { return ((const float *)p)[k]; }
-static inline float load1_f16(const void *p, int k) { return model_f16_to_f32(((const uint16_t *)p)[k]); }
-static inline float load1_bf16(const void *p, int k) { return model_bf16_to_f32(((const uint16_t *)p)[k]); }
 
 /* R x rows times C W rows (R, C <= 4); out[r * ldo + c].  Each element has
  * NACC 8-lane accumulators: steps of 8 * NACC columns feed accumulator h with
@@ -288,9 +290,6 @@ static inline __attribute__((always_inline)) void block_q8(
 
 #else /* portable scalar version */
 
-static inline float load1_f32(const void *p, int k) { return ((const float *)p)[k]; }
-static inline float load1_f16(const void *p, int k) { return model_f16_to_f32(((const uint16_t *)p)[k]); }
-static inline float load1_bf16(const void *p, int k) { return model_bf16_to_f32(((const uint16_t *)p)[k]); }
 
 #define DEF_BLOCK(TY)                                                                          \
     static inline void block_##TY(float *out, size_t ldo, const float *x, size_t ldx,          \
