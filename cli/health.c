@@ -2,6 +2,7 @@
  * answers 200.  The container image's HEALTHCHECK runs it, so the image needs no HTTP
  * client of its own (curl and its libraries would add ~10 MB for one request). */
 #include "cli/cli.h"
+#include "cli/opt.h"
 
 #include <errno.h>
 #include <netdb.h>
@@ -24,6 +25,16 @@ static void usage(FILE *f)
           "  --port N        server port (default: 8080)\n"
           "  --timeout S     give up after S seconds (default: 3)\n",
           f);
+}
+
+/* --timeout: seconds in (0, 3600] into a double. */
+static int parse_seconds(const char *v, void *out)
+{
+    char *end;
+    double t = strtod(v, &end);
+    if (!*v || *end || !(t > 0 && t <= 3600)) return -1;
+    *(double *)out = t;
+    return 0;
 }
 
 static double now(void)
@@ -50,30 +61,14 @@ int cli_health(int argc, char **argv)
 {
     const char *host = "127.0.0.1", *port = "8080";
     double timeout = 3;
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
-            usage(stdout);
-            return 0;
-        }
-        if (i + 1 >= argc) {
-            fprintf(stderr, "lmserve health: unknown option or missing value '%s' (see --help)\n", argv[i]);
-            return 2;
-        }
-        const char *v = argv[++i];
-        if (!strcmp(argv[i - 1], "--host")) host = v;
-        else if (!strcmp(argv[i - 1], "--port")) port = v;
-        else if (!strcmp(argv[i - 1], "--timeout")) {
-            char *end;
-            timeout = strtod(v, &end);
-            if (*end || !(timeout > 0 && timeout <= 3600)) {
-                fprintf(stderr, "lmserve health: --timeout expects seconds in (0, 3600], got '%s'\n", v);
-                return 2;
-            }
-        } else {
-            fprintf(stderr, "lmserve health: unknown option '%s' (see --help)\n", argv[i - 1]);
-            return 2;
-        }
-    }
+    const cli_opt opts[] = {
+        OPT_STR("--host", &host),
+        OPT_STR("--port", &port),
+        OPT_FN("--timeout", &timeout, parse_seconds, "seconds in (0, 3600]"),
+    };
+    int rc = cli_parse("lmserve health", opts, sizeof opts / sizeof opts[0], argc, argv);
+    if (rc == CLI_HELP) usage(stdout);
+    if (rc != CLI_OK) return rc == CLI_HELP ? 0 : 2;
     double deadline = now() + timeout;
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *ai = NULL;
     int gai = getaddrinfo(host, port, &hints, &ai);
