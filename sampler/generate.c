@@ -1,7 +1,8 @@
 /* generate.c -- the whole decode loop (sampler_generate) over a sampler_lm callback.
  *
- * Every step: ctx = the last max_seq_len ids of the full sequence (never more)
- * -> next_logits (last position) -> sampler__choose (penalties over the full
+ * Every step: crop -- ctx = the last max_seq_len ids of the full sequence (never
+ * more; or, as params->crop asks, the shifted window, or stop when the window is
+ * full) -> next_logits (last position) -> sampler__choose (penalties over the full
  * sequence or its window, temperature, top-k, top-p, min-p, softmax, one draw)
  * -> append -> stop if the token is a stop id (it is kept) -> per-token callback
  * (which may cancel before the next model call).  The RNG is seeded
@@ -12,6 +13,30 @@
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+
+int sampler_crop_start(int policy, int start, int n, int W)
+{
+    if (policy == SAMPLER_CROP_STOP) return n < W ? 0 : -1;
+    if (policy == SAMPLER_CROP_SHIFT) {
+        int keep = W / 2 > 0 ? W / 2 : 1;
+        return n - start > W ? n - keep : start;
+    }
+    return n > W ? n - W : 0;
+}
+
+int sampler_crop_parse(const char *name)
+{
+    static const char *const names[] = {"slide", "shift", "stop"};
+    for (int i = 0; name && i < 3; i++)
+        if (!strcmp(name, names[i]))
+            return i;
+    return -1;
+}
+
+const char *sampler_crop_name(int policy)
+{
+    return policy == SAMPLER_CROP_SHIFT ? "shift" : policy == SAMPLER_CROP_STOP ? "stop" : "slide";
+}
 
 static int is_stop(const sampler_params *p, int32_t t)
 {
@@ -50,10 +75,12 @@ int sampler_generate(sampler_lm *lm, const int32_t *prompt, int n_prompt, int ma
     sampler_rng rng;
     sampler_rng_seed(&rng, params->seed);
 
-    int rc = SAMPLER_OK;
+    int rc = SAMPLER_OK, start = 0;
     for (int step = 0; step < max_new_tokens; step++) {
-        int n_ctx = len < lm->max_seq_len ? len : lm->max_seq_len;
-        rc = lm->next_logits(lm, out + (len - n_ctx), n_ctx, logits);
+        start = sampler_crop_start(params->crop, start, len, lm->max_seq_len);
+        if (start < 0)
+            break; /* the window is full and the policy stops there */
+        rc = lm->next_logits(lm, out + start, len - start, logits);
         if (rc != 0) {
             if (rc > 0)
                 rc = SAMPLER_EINVAL; /* contract breach: a failure must be negative */

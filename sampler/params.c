@@ -38,6 +38,8 @@ int sampler_params_validate(const sampler_params *p, int vocab, const char **nam
         bad = "frequency_penalty";
     else if (p->penalty_last_n < 0)
         bad = "penalty_last_n";
+    else if (p->crop < SAMPLER_CROP_SLIDE || p->crop > SAMPLER_CROP_STOP)
+        bad = "crop";
     else if (!sampler__ids_valid(p->bias_ids, p->n_bias, vocab) || (p->n_bias > 0 && !p->bias_values))
         bad = "logit_bias";
     else

@@ -43,12 +43,35 @@ int sampler_apply_presence_frequency(const float *logits, float *out, int vocab,
                                      const int32_t *seen, int n_seen,
                                      float presence, float frequency); /* OpenAI: l -= c*frequency + (c>0)*presence, c = count in seen; each in [-2, 2] */
 
+/* ---- The crop: what the next logits are computed from ------------------------
+ * A model sees at most max_seq_len (W) positions.  Once a sequence seq[0..n) no
+ * longer fits, a policy decides the window seq[start..n) the next logits come from:
+ *   SAMPLER_CROP_SLIDE (the default): the last W tokens, every step, at
+ *     positions 0..W-1, as the reference decode loop crops.  No cached position survives a step (every input
+ *     of every layer moves), so past the window each new token costs a forward
+ *     pass over W tokens.
+ *   SAMPLER_CROP_SHIFT: when the window is full, keep its last W/2 tokens and go
+ *     on from there: W/2 recomputed once, then one new position per step until the
+ *     window is full again.  Cheaper, but an approximation: the model sees between
+ *     W/2 and W tokens.
+ *   SAMPLER_CROP_STOP: no crop; the sequence ends when it fills the window
+ *     (prompt + generated = W). */
+enum { SAMPLER_CROP_SLIDE = 0, SAMPLER_CROP_SHIFT = 1, SAMPLER_CROP_STOP = 2 };
+
+/* The window's first index for the next logits of seq[0..n), given where the
+ * window started so far (0 at first) and W >= 1; -1 if the policy ends the
+ * sequence here (STOP at n >= W). */
+int sampler_crop_start(int policy, int start, int n, int W);
+/* "slide", "shift", "stop" -> SAMPLER_CROP_*; -1 for anything else. */
+int sampler_crop_parse(const char *name);
+const char *sampler_crop_name(int policy);
+
 /* ---- Whole-loop interface ------------------------------------------------------ */
 
 typedef struct sampler_lm sampler_lm;
 struct sampler_lm {
     int vocab_size;
-    int max_seq_len;
+    int max_seq_len;          /* W: the window the crop keeps the context within */
     /* Next-token logits for the last position of ctx[0..n_ctx), 1 <= n_ctx <= max_seq_len.
      * Returns 0, or a negative value on failure. */
     int (*next_logits)(sampler_lm *lm, const int32_t *ctx, int n_ctx, float *logits);
@@ -68,6 +91,7 @@ typedef struct {
     float presence_penalty;      /* [-2, 2] */
     float frequency_penalty;     /* [-2, 2] */
     int penalty_last_n;          /* repetition penalty window: 0 = whole sequence, else the last n ids */
+    int crop;                    /* sampler_generate: SAMPLER_CROP_* (0 = slide) */
     const int32_t *bias_ids;     /* logit_bias */
     const float *bias_values;
     int n_bias;

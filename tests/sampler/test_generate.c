@@ -129,6 +129,56 @@ Test(generate, crops_context_to_max_seq_len)
     }
 }
 
+Test(generate, shift_keeps_half_the_window_when_full)
+{
+    enum { L = 8, NP = 3, NEW = 20 };
+    int32_t out[NP + NEW];
+    sampler_params p = {.temperature = 0.8f, .seed = 77, .crop = SAMPLER_CROP_SHIFT};
+    cr_assert_eq(gen(TOY_WAVE, L, prompt3, NP, NEW, &p, out), NP + NEW);
+    int start = 0;
+    for (int s = 0; s < NEW; s++) {
+        int len = NP + s;
+        if (len - start > L) start = len - L / 2; /* full: keep the last 4 */
+        cr_assert_eq(toy.n_ctx[s], len - start, "step %d", s);
+        cr_assert(memcmp(toy.ctx[s], out + start, (size_t)(len - start) * sizeof(int32_t)) == 0, "step %d", s);
+    }
+    cr_assert_eq(toy.max_ctx_seen, L);
+}
+
+Test(generate, stop_ends_when_the_window_is_full)
+{
+    int32_t out[3 + 20];
+    sampler_params p = {.temperature = 0.8f, .seed = 77, .crop = SAMPLER_CROP_STOP};
+    cr_assert_eq(gen(TOY_WAVE, 8, prompt3, 3, 20, &p, out), 8, "prompt + generated = the window");
+    cr_assert_eq(toy.calls, 5);
+    cr_assert_eq(gen(TOY_WAVE, 3, prompt3, 3, 20, &p, out), 3, "a prompt that fills the window");
+    cr_assert_eq(toy.calls, 0);
+}
+
+Test(generate, crop_names_and_starts)
+{
+    cr_assert_eq(sampler_crop_parse("slide"), SAMPLER_CROP_SLIDE);
+    cr_assert_eq(sampler_crop_parse("shift"), SAMPLER_CROP_SHIFT);
+    cr_assert_eq(sampler_crop_parse("stop"), SAMPLER_CROP_STOP);
+    cr_assert_eq(sampler_crop_parse("Slide"), -1);
+    cr_assert_eq(sampler_crop_parse(NULL), -1);
+    cr_assert_str_eq(sampler_crop_name(SAMPLER_CROP_SHIFT), "shift");
+    /* slide: the last W, whatever came before */
+    cr_assert_eq(sampler_crop_start(SAMPLER_CROP_SLIDE, 0, 5, 8), 0);
+    cr_assert_eq(sampler_crop_start(SAMPLER_CROP_SLIDE, 0, 8, 8), 0);
+    cr_assert_eq(sampler_crop_start(SAMPLER_CROP_SLIDE, 0, 9, 8), 1);
+    cr_assert_eq(sampler_crop_start(SAMPLER_CROP_SLIDE, 1, 30, 8), 22);
+    /* shift: moves only when the window overflows */
+    cr_assert_eq(sampler_crop_start(SAMPLER_CROP_SHIFT, 0, 8, 8), 0);
+    cr_assert_eq(sampler_crop_start(SAMPLER_CROP_SHIFT, 0, 9, 8), 5);
+    cr_assert_eq(sampler_crop_start(SAMPLER_CROP_SHIFT, 5, 13, 8), 5);
+    cr_assert_eq(sampler_crop_start(SAMPLER_CROP_SHIFT, 5, 14, 8), 10);
+    cr_assert_eq(sampler_crop_start(SAMPLER_CROP_SHIFT, 0, 2, 1), 1);
+    /* stop */
+    cr_assert_eq(sampler_crop_start(SAMPLER_CROP_STOP, 0, 7, 8), 0);
+    cr_assert_eq(sampler_crop_start(SAMPLER_CROP_STOP, 0, 8, 8), -1);
+}
+
 Test(generate, invalid_params_and_prompt_rejected_before_the_model)
 {
     int32_t out[3 + 4];
@@ -136,7 +186,7 @@ Test(generate, invalid_params_and_prompt_rejected_before_the_model)
         {.temperature = -0.5f}, {.temperature = NAN}, {.temperature = INFINITY},
         {.top_k = -1}, {.top_p = -0.1f}, {.top_p = 1.5f}, {.repetition_penalty = -1.0f},
         {.min_p = 2.0f}, {.presence_penalty = 3.0f}, {.frequency_penalty = -2.5f},
-        {.penalty_last_n = -1}, {.n_stop_ids = 1}, {.n_bias = 1},
+        {.penalty_last_n = -1}, {.n_stop_ids = 1}, {.n_bias = 1}, {.crop = 3}, {.crop = -1},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         cr_assert_eq(gen(TOY_WAVE, 64, prompt3, 3, 4, &bad[i], out), SAMPLER_EINVAL, "case %zu", i);
