@@ -3,10 +3,13 @@
  * Loads the model, tokenizes the prompt (BOS as the tokenizer wants), and runs
  * the sampler's decode loop (sampler_generate) over a sampler_lm whose
  * next_logits evaluates the model on one sequence (model_seq_eval reuses the
- * cached prefix, so each step computes one new position).  Text is streamed:
- * every time the model is asked for the next logits, the tokens added since
- * the last call are detokenized (whole UTF-8 characters only) and printed.
- * EOS is a stop id and prints as nothing.  The speed goes to stderr. */
+ * cached prefix, so within the window each step computes one new position).
+ * Past the window (--ctx, default the model's) the loop crops as
+ * --context-overflow says: slide (the default, the course's loop: the last ctx
+ * tokens every step, so each step recomputes the window), shift or stop.  Text
+ * is streamed: the prompt first, then each new token as it is appended,
+ * detokenized (whole UTF-8 characters only).  EOS is a stop id and prints as
+ * nothing.  The speed goes to stderr. */
 #include "cli/cli.h"
 #include "cli/opt.h"
 #include "model/model.h"
@@ -24,10 +27,9 @@ typedef struct {
     model *m;
     model_seq *seq;
     model_detok detok;
-    int n_printed;      /* tokens of the context already printed */
-    int n_first;        /* tokens at the first call (the prompt) */
     double t_first;     /* time of the first call */
     int n_calls;
+    int print_failed;
 } gen_lm;
 
 static double now_seconds(void)
@@ -53,13 +55,20 @@ static int print_tokens(gen_lm *g, const int32_t *ids, int from, int to)
 static int gen_next_logits(sampler_lm *lm, const int32_t *ctx, int n_ctx, float *logits)
 {
     gen_lm *g = (gen_lm *)lm;
-    if (g->n_calls++ == 0) {
-        g->t_first = now_seconds();
-        g->n_first = n_ctx;
-    }
-    if (print_tokens(g, ctx, g->n_printed, n_ctx) < 0) return -1;
-    g->n_printed = n_ctx;
+    if (g->n_calls++ == 0) g->t_first = now_seconds();
     return model_seq_eval(g->m, g->seq, ctx, n_ctx, logits);
+}
+
+/* sampler_generate's per-token callback: print the token just appended. */
+static int gen_on_token(void *user, int32_t token, int n_generated)
+{
+    (void)n_generated;
+    gen_lm *g = user;
+    if (print_tokens(g, &token, 0, 1) < 0) {
+        g->print_failed = 1;
+        return 1; /* stop */
+    }
+    return 0;
 }
 
 static void usage(FILE *f)
@@ -69,7 +78,13 @@ static void usage(FILE *f)
           "  --model PATH              GGUF file, llama2.c checkpoint, course or HF folder (required)\n"
           "  --tokenizer FILE          llama2.c tokenizer.bin (default: tokenizer.bin beside the model)\n"
           "  --prompt TEXT             the text to continue (required; may be \"\")\n"
-          "  --max-tokens N            new tokens to generate (default 256; capped by the context)\n"
+          "  --max-tokens N            new tokens to generate (default 256)\n"
+          "  --ctx N                   the window the model sees; 0 = the model's (default 0)\n"
+          "  --context-overflow slide|shift|stop  past the window: slide = the last ctx tokens\n"
+          "                            every step, recomputed (the course's loop; a forward pass\n"
+          "                            over the window per token); shift = keep the last ctx/2\n"
+          "                            when full (cheaper, approximate); stop = end there\n"
+          "                            (default slide)\n"
           "  --temperature T           0 = greedy (default 1)\n"
           "  --top-k K                 keep the K most likely tokens (default 0 = off)\n"
           "  --top-p P                 nucleus sampling, 0 < P <= 1 (default 0 = off)\n"
@@ -86,7 +101,7 @@ static void usage(FILE *f)
 int cli_generate(int argc, char **argv)
 {
     const char *model_path = NULL, *tok_path = NULL, *prompt = NULL;
-    int max_tokens = 256, top_k = 0, threads = 0, kv_f16 = 0;
+    int max_tokens = 256, top_k = 0, threads = 0, kv_f16 = 0, ctx = 0, crop = SAMPLER_CROP_SLIDE;
     float temperature = 1.0f, top_p = 0.0f, rep = 0.0f;
     uint64_t seed = (uint64_t)time(NULL);
 
@@ -95,6 +110,8 @@ int cli_generate(int argc, char **argv)
         OPT_STR("--tokenizer", &tok_path),
         OPT_STR("--prompt", &prompt),
         OPT_INT("--max-tokens", &max_tokens, 0, 1 << 24),
+        OPT_INT("--ctx", &ctx, 0, 1 << 24),
+        OPT_FN("--context-overflow", &crop, cli_context_overflow, CLI_CONTEXT_OVERFLOW_EXPECT),
         OPT_FLOAT("--temperature", &temperature, 0, FLT_MAX),
         OPT_INT("--top-k", &top_k, 0, 1 << 30),
         OPT_FLOAT("--top-p", &top_p, 0, 1),
@@ -137,11 +154,12 @@ int cli_generate(int argc, char **argv)
         fprintf(stderr, "lmserve generate: the prompt is empty and the model has no BOS token\n");
         goto done;
     }
-    if (n_prompt >= info->ctx_len) {
-        fprintf(stderr, "lmserve generate: the prompt has %d tokens; the context holds %d\n", n_prompt, info->ctx_len);
+    int W = ctx > 0 && ctx < info->ctx_len ? ctx : info->ctx_len;
+    if (n_prompt > W && crop != SAMPLER_CROP_SLIDE) {
+        fprintf(stderr, "lmserve generate: the prompt has %d tokens; the window holds %d "
+                        "(--context-overflow slide would keep its last %d)\n", n_prompt, W, W);
         goto done;
     }
-    if (max_tokens > info->ctx_len - n_prompt) max_tokens = info->ctx_len - n_prompt;
     prompt_ids = malloc((size_t)n_prompt * sizeof *prompt_ids);
     out = malloc(((size_t)n_prompt + (size_t)max_tokens) * sizeof *out);
     if (!prompt_ids || !out) {
@@ -150,14 +168,14 @@ int cli_generate(int argc, char **argv)
     }
     model_tokenize(m, prompt, plen, info->add_bos, prompt_ids, n_prompt);
 
-    g.seq = model_seq_new(m, n_prompt + (int)max_tokens);
+    g.seq = model_seq_new(m, W);
     if (!g.seq) {
         fprintf(stderr, "lmserve generate: cannot create a sequence (out of memory?)\n");
         goto done;
     }
     model_detok_init(&g.detok);
     g.lm.vocab_size = info->vocab_size;
-    g.lm.max_seq_len = n_prompt + (int)max_tokens;
+    g.lm.max_seq_len = W;
     g.lm.next_logits = gen_next_logits;
     int32_t stop[2];
     int n_stop = 0;
@@ -167,25 +185,28 @@ int cli_generate(int argc, char **argv)
         .temperature = temperature, .top_k = (int)top_k, .top_p = top_p,
         .repetition_penalty = rep, .seed = seed,
         .stop_ids = n_stop ? stop : NULL, .n_stop_ids = n_stop,
+        .crop = crop, .on_token = gen_on_token, .on_token_user = &g,
     };
     const char *bad_name = NULL;
     if (sampler_params_validate(&sp, info->vocab_size, &bad_name) != SAMPLER_OK) {
         fprintf(stderr, "lmserve generate: invalid sampling parameter '%s'\n", bad_name ? bad_name : "?");
         goto done;
     }
+    if (print_tokens(&g, prompt_ids, 0, n_prompt) < 0) {
+        fprintf(stderr, "lmserve generate: cannot detokenize the prompt\n");
+        goto done;
+    }
     if (max_tokens == 0) {
-        print_tokens(&g, prompt_ids, 0, n_prompt);
         rc = 0;
         goto done;
     }
     int total = sampler_generate(&g.lm, prompt_ids, n_prompt, (int)max_tokens, &sp, out);
     double t_end = now_seconds();
-    if (total < 0) {
+    if (total < 0 || g.print_failed) {
         fprintf(stdout, "\n");
-        fprintf(stderr, "lmserve generate: generation failed (error %d)\n", total);
+        fprintf(stderr, "lmserve generate: generation failed (error %d)\n", total < 0 ? total : -1);
         goto done;
     }
-    print_tokens(&g, out, g.n_printed, total);
     char tail[16];
     int n = model_detok_flush(m, &g.detok, tail, sizeof tail);
     if (n > 0) fwrite(tail, 1, (size_t)n, stdout);

@@ -1,6 +1,7 @@
 /* opt.c -- the one command-line parser (opt.h). */
 #include "cli/opt.h"
 #include "model/model.h"
+#include "sampler/sampler.h"
 
 #include <errno.h>
 #include <math.h>
@@ -110,5 +111,13 @@ int cli_kv_type(const char *value, void *out)
     int k = model_parse_kv_type(value);
     if (k < 0) return -1;
     *(int *)out = k;
+    return 0;
+}
+
+int cli_context_overflow(const char *value, void *out)
+{
+    int policy = sampler_crop_parse(value);
+    if (policy < 0) return -1;
+    *(int *)out = policy;
     return 0;
 }

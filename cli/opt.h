@@ -47,6 +47,9 @@ enum { CLI_OK = 0, CLI_HELP = 1, CLI_BAD = -1 };
  * an int, model_set_kv_f16's argument. */
 int cli_kv_type(const char *value, void *out);
 #define CLI_KV_TYPE_EXPECT "f32 or f16"
+/* --context-overflow "slide" | "shift" | "stop" into an int, SAMPLER_CROP_*. */
+int cli_context_overflow(const char *value, void *out);
+#define CLI_CONTEXT_OVERFLOW_EXPECT "slide, shift or stop"
 
 /* Parse argv[1..argc) (argv[0] is the sub-command's name) against opts[0..n_opts).
  * cmd starts every message ("lmserve serve").  Returns CLI_OK, CLI_HELP (-h or

@@ -3,6 +3,7 @@
 #include "cli/cli.h"
 #include "cli/opt.h"
 #include "model/model.h"
+#include "sampler/sampler.h"
 #include "server/server.h"
 
 #include <errno.h>
@@ -32,6 +33,11 @@ static void usage(FILE *f, const server_config *d)
         "  --parallel N             sequences decoded together (slots) (default: %d)\n"
         "  --queue N                requests that may wait for a slot before 503 (default: %d)\n"
         "  --ctx N                  context window per sequence; 0 = the model's (default: %d)\n"
+        "  --context-overflow slide|shift|stop  past the window (a request's context_overflow may\n"
+        "                           choose): slide = the last ctx tokens every step, recomputed\n"
+        "                           (exact; a forward pass over the window per token); shift = keep\n"
+        "                           the last ctx/2 when full (cheaper, approximate); stop = end the\n"
+        "                           choice, finish_reason length (default: %s)\n"
         "  --kv-type f32|f16        KV cache element type: f16 halves its memory and attention's\n"
         "                           memory traffic; logits move by ~1e-4 of their scale (default: f32)\n"
         "  --api-key KEY            require 'Authorization: Bearer KEY' on every route but /health\n"
@@ -51,7 +57,8 @@ static void usage(FILE *f, const server_config *d)
         "                           request is cancelled (default: %zu)\n"
         "  --no-log                 no per-request log lines\n"
         "  -h, --help               this help\n",
-        d->host, d->port, d->threads, d->parallel, d->queue, d->ctx, d->max_tokens_limit,
+        d->host, d->port, d->threads, d->parallel, d->queue, d->ctx,
+        sampler_crop_name(d->context_overflow), d->max_tokens_limit,
         d->max_choices, d->body_limit, d->timeout, d->max_connections,
         d->shutdown_timeout, d->prefill_chunk, d->step_budget, d->outbox_limit);
 }
@@ -107,6 +114,7 @@ int cli_serve(int argc, char **argv)
         OPT_STR("--api-key", &c.api_key),
         OPT_STR("--cors-origin", &c.cors_origin),
         OPT_FN("--kv-type", &c.kv_f16, cli_kv_type, CLI_KV_TYPE_EXPECT),
+        OPT_FN("--context-overflow", &c.context_overflow, cli_context_overflow, CLI_CONTEXT_OVERFLOW_EXPECT),
         OPT_INT("--port", &c.port, 0, 65535),
         OPT_INT("--threads", &c.threads, 0, 1024),
         OPT_INT("--parallel", &c.parallel, 1, SERVER_MAX_PARALLEL),

@@ -41,7 +41,9 @@ typedef struct {
     seq_kv kv;               /* kept across requests */
     int32_t *hist;           /* prompt + generated: (cap_hist) */
     int n_hist, cap_hist;
-    int win;                 /* hist index of the window's first token (the cache's position 0) */
+    int policy;              /* SAMPLER_CROP_*: what happens past the window */
+    int win;                 /* the window, hist[win..end): what the next logits come from */
+    int end;                 /* n_hist, except while a long prompt is scored window by window */
     int n_prompt;
     int n_gen;
     int prompt_done;
@@ -124,7 +126,7 @@ static void emit(engine *e, job *j, job_event *ev)
 static void job_finish(engine *e, job *j)
 {
     job_end end = {.error = j->error, .prompt_tokens = j->prompt_tokens,
-                   .completion_tokens = j->completion_tokens};
+                   .completion_tokens = j->completion_tokens, .prompt_tokens_dropped = j->prompt_dropped};
     if (!end.error && atomic_load(&j->cancel) == CANCEL_SHUTDOWN) end.error = JOB_ERR_SHUTDOWN;
     atomic_store(&j->stat_prompt, j->prompt_tokens);
     atomic_store(&j->stat_completion, j->completion_tokens);
@@ -139,7 +141,26 @@ static void job_finish(engine *e, job *j)
 /* Tokens of the window not yet in the cache. */
 static int seq_pending(const seq *s)
 {
-    return s->n_hist - (s->win + seq_kv_len(&s->kv));
+    return s->end - (s->win + seq_kv_len(&s->kv));
+}
+
+/* Scoring a prompt longer than the window: positions past the first window are
+ * scored one window each, before anything is sampled. */
+static int seq_scoring_past_window(const seq *s)
+{
+    return !s->prompt_done && s->end < s->n_prompt;
+}
+
+/* The window moved to hist[start..end), whose last `fresh` tokens were never fed:
+ * keep what the cache still holds exactly (slide: a common prefix; shift:
+ * nothing, as it always did), count the recompute, and wait in line for the
+ * prefill like a new prompt. */
+static void seq_move_window(engine *e, seq *s, int start, int fresh)
+{
+    s->win = start;
+    int held = seq_kv_sync(&s->kv, s->hist + start, s->end - start, s->policy == SAMPLER_CROP_SLIDE);
+    s->ticket = ++e->tickets;
+    if (e->c.metrics) metrics_context(e->c.metrics, s->end - start - held - fresh);
 }
 
 static void seq_free_request(seq *s)
@@ -185,7 +206,16 @@ static int seq_setup(engine *e, seq *s, job *j, int choice)
     seq_kv_sync(&s->kv, NULL, 0, 0);
     memcpy(s->hist, p->prompts[pi], sizeof *s->hist * (size_t)n_prompt);
     s->n_hist = s->n_prompt = n_prompt;
-    s->win = 0;
+    s->policy = p->context_overflow;
+    int W = e->c.ctx;
+    if (s->scoring && s->policy == SAMPLER_CROP_SLIDE && n_prompt > W) {
+        s->win = 0; /* the first window, all positions scored; then one window per position */
+        s->end = W;
+    } else {
+        int start = sampler_crop_start(s->policy, 0, n_prompt, W);
+        s->win = start > 0 ? start : 0; /* slide: a long prompt's last W tokens */
+        s->end = n_prompt;
+    }
     s->n_gen = 0;
     s->prompt_done = 0;
     s->chars = 0;
@@ -291,19 +321,18 @@ static void seq_prompt_done(engine *e, seq *s)
     }
     sbuf_free(&text);
     free(offs);
-    if (j->p.max_tokens == 0) seq_finish(e, s, "length", 0, NULL);
+    if (j->p.max_tokens == 0 || sampler_crop_start(s->policy, s->win, s->end, e->c.ctx) < 0)
+        seq_finish(e, s, "length", 0, NULL);
 }
 
-/* After a token was appended: keep hist[win..n_hist) within the window the cache
- * can hold.  When it no longer fits, keep the last ctx/2 tokens and recompute them
- * (the cache is cleared; they are prefilled like a prompt). */
+/* After a token was appended: the window for the next one, as the policy says
+ * (sampler_crop_start): slide -- the last ctx tokens, recomputed; shift -- when
+ * full, the last ctx/2, recomputed once; stop -- the choice ends. */
 static void seq_fit_window(engine *e, seq *s)
 {
-    int W = e->c.ctx;
-    if (s->n_hist - s->win <= W) return;
-    int keep = W / 2 > 0 ? W / 2 : 1;
-    s->win = s->n_hist - keep;
-    seq_kv_sync(&s->kv, NULL, 0, 0);
+    int start = sampler_crop_start(s->policy, s->win, s->end, e->c.ctx);
+    if (start < 0) seq_finish(e, s, "length", 0, NULL);
+    else if (start != s->win) seq_move_window(e, s, start, 1);
 }
 
 /* ---- sampling one token ----------------------------------------------------------------- */
@@ -366,6 +395,7 @@ static void seq_sample(engine *e, seq *s, const float *logits)
     }
     s->t_last = now;
     s->hist[s->n_hist++] = c.token;
+    s->end = s->n_hist;
     s->n_gen++;
     j->completion_tokens++;
     atomic_store(&j->stat_completion, j->completion_tokens);
@@ -404,17 +434,26 @@ static void seq_sample(engine *e, seq *s, const float *logits)
 
 /* ---- one step ------------------------------------------------------------------------------ */
 
-static int wants_model(const seq *s)
+/* Whether the prompt must go through the model: to score it, or to generate
+ * (not when max_tokens is 0 or, under stop, the prompt fills the window). */
+static int wants_model(const engine *e, const seq *s)
 {
-    return s->j->p.max_tokens > 0 || s->scoring;
+    return s->scoring ||
+           (s->j->p.max_tokens > 0 && sampler_crop_start(s->policy, s->win, s->end, e->c.ctx) >= 0);
+}
+
+/* The logits after item it: its last position's. */
+static const float *last_logits(engine *e, seq *s, const model_batch_item *it)
+{
+    return it->all_logits ? s->score + (size_t)(it->n_tokens - 1) * (size_t)e->vocab : it->logits;
 }
 
 /* The logits s samples from after its item, or NULL if it does not sample in
- * this step (a prefill not finished). */
+ * this step (a prefill not finished, or a prompt still scored window by window). */
 static const float *sample_logits(engine *e, seq *s, const model_batch_item *it)
 {
-    if (!s->used || seq_pending(s) > 0) return NULL;
-    return it->all_logits ? s->score + (size_t)(it->n_tokens - 1) * (size_t)e->vocab : it->logits;
+    if (!s->used || seq_pending(s) > 0 || seq_scoring_past_window(s)) return NULL;
+    return last_logits(e, s, it);
 }
 
 /* Sampling touches only the sequence's own sampler, history and logits, so the
@@ -433,7 +472,7 @@ static void sample_task(void *arg, int task, int n_tasks)
 static void item_done(engine *e, seq *s, const model_batch_item *it, int a)
 {
     int k = it->n_tokens;
-    if (!s->prompt_done && s->scoring) {
+    if (!s->prompt_done && s->scoring && it->all_logits) {
         int n_top = s->j->p.logprobs;
         for (int r = 0; r < k; r++) {
             int t = a + r + 1;
@@ -443,7 +482,16 @@ static void item_done(engine *e, seq *s, const model_batch_item *it, int a)
         }
     }
     if (seq_pending(s) > 0) return; /* more prefill to come */
-    const float *last = sample_logits(e, s, it);
+    if (seq_scoring_past_window(s)) {
+        /* the window hist[win..end) predicts hist[end] (already scored when the
+         * window was the first, all of whose positions were) */
+        if (!it->all_logits)
+            sampler_logprobs(it->logits, e->vocab, s->hist[s->end], s->j->p.logprobs, &s->plp[s->end]);
+        s->end++;
+        seq_move_window(e, s, sampler_crop_start(SAMPLER_CROP_SLIDE, s->win, s->end, e->c.ctx), 0);
+        return;
+    }
+    const float *last = last_logits(e, s, it);
     if (!s->prompt_done) {
         seq_prompt_done(e, s);
         if (!s->used) return;
@@ -460,14 +508,14 @@ static int step(engine *e, engine_step_info *info)
     /* sequences that need no model at all (max_tokens 0 without scoring) */
     for (int i = 0; i < P; i++) {
         seq *s = &e->seqs[i];
-        if (s->used && !s->prompt_done && !wants_model(s)) seq_prompt_done(e, s);
+        if (s->used && !s->prompt_done && !wants_model(e, s)) seq_prompt_done(e, s);
     }
     /* decoding sequences: one token each */
     for (int i = 0; i < P; i++) e->seqs[i].in_batch = 0;
     for (int i = 0; i < P; i++) {
         seq *s = &e->seqs[i];
         if (!s->used || !s->prompt_done || seq_pending(s) != 1) continue;
-        int a = s->n_hist - 1;
+        int a = s->end - 1;
         s->in_batch = 1;
         e->starts[n_items] = a;
         e->items[n_items] = (model_batch_item){
@@ -487,7 +535,7 @@ static int step(engine *e, engine_step_info *info)
         for (int i = 0; i < P; i++) {
             seq *s = &e->seqs[i];
             if (!s->used || s->in_batch || s->ticket <= after) continue;
-            if (!s->prompt_done && !wants_model(s)) continue;
+            if (!s->prompt_done && !wants_model(e, s)) continue;
             if (seq_pending(s) <= 0) continue;
             if (best < 0 || s->ticket < e->seqs[best].ticket) best = i;
         }
@@ -499,7 +547,7 @@ static int step(engine *e, engine_step_info *info)
         if (k > budget) continue; /* waits for a step with room */
         s->in_batch = 1;
         int a = s->win + seq_kv_len(&s->kv);
-        int scoring = s->scoring && !s->prompt_done;
+        int scoring = s->scoring && !s->prompt_done && s->win == 0; /* every position of the first window */
         e->starts[n_items] = a;
         e->items[n_items] = (model_batch_item){
             .seq = s->kv.seq, .tokens = s->hist + a, .n_tokens = k,
@@ -750,6 +798,9 @@ int engine_submit(engine *e, job *j)
     int rc = -1;
     j->out_limit = j->p.stream ? e->c.outbox_limit : 0;
     j->model = e->m;
+    j->prompt_dropped = 0;
+    for (int i = 0; j->p.context_overflow == SAMPLER_CROP_SLIDE && i < j->p.n_prompts; i++)
+        if (j->p.prompt_lens[i] > e->c.ctx) j->prompt_dropped += j->p.prompt_lens[i] - e->c.ctx;
     uv_mutex_lock(&e->qmu);
     int free_slots = e->c.parallel - e->n_running_seqs;
     if (!e->stop && (e->q_waiting_choices + j->n_choices <= free_slots ||

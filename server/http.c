@@ -646,6 +646,7 @@ int server_run(const server_config *cfg)
     s->vc = (validate_ctx){
         .model_id = s->model_id, .vocab = mi->vocab_size, .ctx = s->ctx, .add_bos = mi->add_bos,
         .bos_id = mi->bos_id, .max_tokens_limit = cfg->max_tokens_limit, .max_choices = cfg->max_choices,
+        .context_overflow = cfg->context_overflow,
         .tokenize = tokenize_cb, .tok_cls = s->m};
 
     metrics_init(&s->met);

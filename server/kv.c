@@ -27,7 +27,8 @@ int seq_kv_sync(seq_kv *kv, const int32_t *window, int n, int reuse)
     if (reuse) {
         const int32_t *held = model_seq_tokens(kv->seq);
         int len = model_seq_len(kv->seq);
-        while (keep < len && keep < n && held[keep] == window[keep]) keep++;
+        /* the window's last token is always fed again: its logits are what the caller needs */
+        while (keep < len && keep < n - 1 && held[keep] == window[keep]) keep++;
     }
     model_seq_truncate(kv->seq, keep);
     return keep;

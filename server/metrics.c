@@ -61,6 +61,14 @@ void metrics_step(metrics *m, int rows, double seconds)
     uv_mutex_unlock(&m->mu);
 }
 
+void metrics_context(metrics *m, int recomputed)
+{
+    uv_mutex_lock(&m->mu);
+    m->window_moves++;
+    m->recomputed += (uint64_t)(recomputed > 0 ? recomputed : 0);
+    uv_mutex_unlock(&m->mu);
+}
+
 static void histogram(sbuf *b, const char *name, const char *help, const uint64_t *bk,
                       uint64_t count, double sum)
 {
@@ -107,6 +115,14 @@ int metrics_render(metrics *m, sbuf *b, int queued, int running_requests, int ru
     sbuf_printf(b, "# HELP lmserve_engine_forward_seconds_total Time spent in model_forward.\n"
                    "# TYPE lmserve_engine_forward_seconds_total counter\nlmserve_engine_forward_seconds_total %.6f\n",
                 m->forward_seconds);
+    sbuf_printf(b, "# HELP lmserve_context_window_moves_total Times a sequence's window moved past the context "
+                   "(slide: every token past it; shift: every time the window filled).\n"
+                   "# TYPE lmserve_context_window_moves_total counter\nlmserve_context_window_moves_total %llu\n",
+                (unsigned long long)m->window_moves);
+    sbuf_printf(b, "# HELP lmserve_context_recomputed_tokens_total Tokens fed to the model again because their "
+                   "window moved.\n"
+                   "# TYPE lmserve_context_recomputed_tokens_total counter\nlmserve_context_recomputed_tokens_total %llu\n",
+                (unsigned long long)m->recomputed);
     histogram(b, "lmserve_time_to_first_token_seconds", "Time from request to first generated token.",
               m->ttft_buckets, m->ttft_count, m->ttft_sum);
     histogram(b, "lmserve_time_per_output_token_seconds", "Time between consecutive generated tokens of a sequence.",

@@ -333,6 +333,8 @@ static json_t *usage_json(const job_end *end)
     json_object_set_new(u, "prompt_tokens", json_integer(end->prompt_tokens));
     json_object_set_new(u, "completion_tokens", json_integer(end->completion_tokens));
     json_object_set_new(u, "total_tokens", json_integer(end->prompt_tokens + end->completion_tokens));
+    if (end->prompt_tokens_dropped > 0) /* the prompt was longer than the window (slide) */
+        json_object_set_new(u, "prompt_tokens_dropped", json_integer(end->prompt_tokens_dropped));
     return u;
 }
 

@@ -82,6 +82,8 @@ typedef struct {
     size_t outbox_limit;        /* bytes buffered for a slow client before its job is cancelled */
     int log_requests;           /* one line per request on stderr */
     const char *version;        /* the build's version: /health, the Server header (NULL: "unknown") */
+    int context_overflow;       /* past the window: 0 slide (the default), 1 shift, 2 stop
+                                 * (sampler.h's SAMPLER_CROP_*); a request may choose */
 } server_config;
 
 /* ---- Prototypes ------------------------------------------------------------- */

@@ -85,6 +85,7 @@ typedef struct {
     int n_stops;
     sampler_params sp;         /* bias arrays owned (bias_ids/bias_values malloc'd) */
     int has_seed;
+    int context_overflow;      /* SAMPLER_CROP_*: past the window, slide, shift or stop */
 } job_params;
 
 /* What validation needs to know about the model and the limits. */
@@ -96,6 +97,7 @@ typedef struct {
     int32_t bos_id;            /* -1 if none */
     int max_tokens_limit;
     int max_choices;
+    int context_overflow;      /* the server's default SAMPLER_CROP_* */
     /* tokenizer: returns count (may exceed cap) or < 0 */
     int (*tokenize)(void *cls, const char *text, size_t len, int add_bos, int32_t *out, int cap);
     void *tok_cls;
@@ -181,6 +183,7 @@ typedef struct {
     int error;                 /* JOB_OK or JOB_ERR_* */
     int prompt_tokens;         /* every prompt token of every choice's prompt (counted once per prompt) */
     int completion_tokens;
+    int prompt_tokens_dropped; /* of those, before the window the generation started from (slide) */
 } job_end;
 
 /* ---- Jobs (job.c) -------------------------------------------------------------- */
@@ -210,6 +213,7 @@ typedef struct job {
     int prompt_tokens;         /* sum of the prompts' lengths */
     size_t out_limit;          /* bytes the output may hold (0: no limit); set by engine_submit */
     const struct model *model; /* whose tokens the events name; set by engine_submit */
+    int prompt_dropped;        /* prompt tokens cropped away (slide); set by engine_submit */
     server *srv;
     /* [qmu] */
     int in_queue;
@@ -292,6 +296,8 @@ typedef struct {
     double tok_sum;
     uint64_t steps, rows;      /* engine: batched forward calls, token rows fed */
     double forward_seconds;
+    uint64_t window_moves;     /* engine: a window slid or shifted past the context */
+    uint64_t recomputed;       /* engine: tokens fed again because their window moved */
 } metrics;
 
 int metrics_init(metrics *m);
@@ -300,6 +306,8 @@ void metrics_request(metrics *m, int status, int prompt_tokens, int completion_t
 void metrics_ttft(metrics *m, double seconds);
 void metrics_token_latency(metrics *m, double seconds);
 void metrics_step(metrics *m, int rows, double seconds);
+/* A sequence's window moved; `recomputed` tokens it had already been fed must be fed again. */
+void metrics_context(metrics *m, int recomputed);
 /* Prometheus text exposition into b. */
 int metrics_render(metrics *m, sbuf *b, int queued, int running_requests, int running_seqs,
                    int slots);
@@ -319,9 +327,9 @@ typedef struct {
 int seq_kv_open(seq_kv *kv, struct model *m, int ctx);
 void seq_kv_close(seq_kv *kv);
 /* Make the cache hold a prefix of window[0..n): with reuse, the longest common
- * prefix of what it holds and the window (exact: an entry depends only on the
- * tokens at and before its position); without, nothing.  Returns the number of
- * window tokens held. */
+ * prefix of what it holds and window[0..n-1) (exact: an entry depends only on the
+ * tokens at and before its position; the last token is always left to compute,
+ * for its logits); without, nothing.  Returns the number of window tokens held. */
 int seq_kv_sync(seq_kv *kv, const int32_t *window, int n, int reuse);
 int seq_kv_len(const seq_kv *kv);
 

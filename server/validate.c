@@ -516,6 +516,49 @@ fail:
     return -1;
 }
 
+/* "slide" (the course's crop), "shift" or "stop"; absent: the server's default. */
+static int read_context_overflow(const validate_ctx *vc, json_t *root, job_params *p, api_error *err)
+{
+    json_t *x = json_object_get(root, "context_overflow");
+    p->context_overflow = vc->context_overflow;
+    if (!x || json_is_null(x)) return 0;
+    if (!json_is_string(x)) BADTYPE("context_overflow", "a string");
+    int policy = sampler_crop_parse(json_string_value(x));
+    if (policy < 0) BAD("context_overflow", "'context_overflow' must be \"slide\", \"shift\" or \"stop\"");
+    p->context_overflow = policy;
+    return 0;
+fail:
+    return -1;
+}
+
+/* The prompts against the window.  slide crops a longer prompt to its last ctx
+ * tokens, as the course's loop does; with echo and logprobs each prompt position
+ * past the first window is scored from its own window (one forward pass over the
+ * window each, what generating a token costs), so at most --max-tokens-limit of
+ * them.  shift and stop do not crop prompts: a longer one is refused. */
+static int check_prompt_lengths(const validate_ctx *vc, int kind, job_params *p, api_error *err)
+{
+    const char *param = kind == JOB_CHAT ? "messages" : "prompt";
+    for (int i = 0; i < p->n_prompts; i++) {
+        int n = p->prompt_lens[i];
+        if (n <= vc->ctx) continue;
+        if (p->context_overflow != SAMPLER_CROP_SLIDE) {
+            api_error_set(err, 400, "invalid_request_error", param, "context_length_exceeded",
+                          "This model's context window is %d tokens; the prompt has %d (context_overflow "
+                          "\"slide\" would keep its last %d)", vc->ctx, n, vc->ctx);
+            return -1;
+        }
+        if (p->echo && p->logprobs >= 0 && n - 1 - vc->ctx > vc->max_tokens_limit) {
+            api_error_set(err, 400, "invalid_request_error", param, "context_length_exceeded",
+                          "echo with logprobs scores each prompt token past the %d-token window from its own "
+                          "window (one forward pass over the window each): this prompt needs %d of them, this "
+                          "server allows %d (--max-tokens-limit)", vc->ctx, n - 1 - vc->ctx, vc->max_tokens_limit);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 static int read_stream_options(json_t *root, job_params *p, api_error *err)
 {
     json_t *so = json_object_get(root, "stream_options");
@@ -605,6 +648,7 @@ int validate_request(const validate_ctx *vc, int kind, const char *body, size_t 
     if (parse_logit_bias(vc, p, json_object_get(root, "logit_bias"), err) < 0) goto fail;
     if (parse_stop(p, json_object_get(root, "stop"), err) < 0) goto fail;
     if (read_stream_options(root, p, err) < 0) goto fail;
+    if (read_context_overflow(vc, root, p, err) < 0) goto fail;
     if (read_accepted(root, kind, err) < 0) goto fail;
     if (r.best_of >= 0 && r.best_of != p->n) BAD("best_of", "'best_of' other than 'n' is not supported");
     if (kind == JOB_CHAT) {
@@ -617,19 +661,14 @@ int validate_request(const validate_ctx *vc, int kind, const char *body, size_t 
 
     if ((long long)p->n * p->n_prompts > vc->max_choices)
         BAD("n", "'n' times the number of prompts must be <= %d", vc->max_choices);
-    for (int i = 0; i < p->n_prompts; i++) {
-        if (p->prompt_lens[i] > vc->ctx) {
-            api_error_set(err, 400, "invalid_request_error", kind == JOB_CHAT ? "messages" : "prompt",
-                          "context_length_exceeded",
-                          "This model's context window is %d tokens; the prompt has %d", vc->ctx, p->prompt_lens[i]);
-            goto fail;
-        }
-    }
+    if (check_prompt_lengths(vc, kind, p, err) < 0) goto fail;
     if (r.max_tokens >= 0) {
         p->max_tokens = r.max_tokens;
     } else if (kind == JOB_CHAT) {
-        /* chat default: until the context window is full */
+        /* chat default: until the window is full -- and under slide, which goes on
+         * past it, at least half a window when the history already fills most of it */
         long long room = vc->ctx - p->prompt_lens[0];
+        if (p->context_overflow == SAMPLER_CROP_SLIDE && room < vc->ctx / 2) room = vc->ctx / 2;
         p->max_tokens = room < 1 ? 1 : room > vc->max_tokens_limit ? vc->max_tokens_limit : (int)room;
     } else {
         p->max_tokens = 16;

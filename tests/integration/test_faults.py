@@ -81,14 +81,18 @@ class HugeContext(unittest.TestCase):
             status, _, body = srv.get("/v1/models")
             ctx = json.loads(body)["data"][0]["context_length"]
             self.assertEqual(ctx, 2048, "--ctx beyond the model's window is capped to it")
+            # context_overflow "stop" (and "shift") refuse a prompt longer than the window;
+            # "slide", the default, crops it (test_context_slide.py)
+            stop = {"context_overflow": "stop"}
             cases = [
-                ("prompt of ctx+1 token ids", {"prompt": [1] * (ctx + 1)}, 400, "prompt"),
-                ("prompt of 1 MB text", {"prompt": "a " * 500000}, 400, "prompt"),
+                ("prompt of ctx+1 token ids", dict(stop, prompt=[1] * (ctx + 1)), 400, "prompt"),
+                ("prompt of 1 MB text", dict(stop, prompt="a " * 500000), 400, "prompt"),
                 ("max_tokens 10^12", {"prompt": PROMPT, "max_tokens": 10 ** 12}, 400, "max_tokens"),
                 ("n 10^9", {"prompt": PROMPT, "n": 10 ** 9}, 400, "n"),
                 ("100000 prompts", {"prompt": ["a"] * 100000}, 400, "prompt"),
                 ("logprobs 10^6", {"prompt": PROMPT, "logprobs": 10 ** 6}, 400, "logprobs"),
-                ("chat of ctx+ tokens", {"messages": [{"role": "user", "content": "a " * 5000}]}, 400, "messages"),
+                ("chat of ctx+ tokens", dict(stop, messages=[{"role": "user", "content": "a " * 5000}]), 400,
+                 "messages"),
             ]
             for name, body, want, param in cases:
                 route = "/v1/chat/completions" if "messages" in body else "/v1/completions"
@@ -98,6 +102,16 @@ class HugeContext(unittest.TestCase):
                 figure("faults: %-26s -> %d %s (%.0f ms)" % (name, status, r["error"].get("code"), 1000 * took))
                 self.assertEqual(status, want, "%s: %r" % (name, r))
                 self.assertEqual(r["error"]["param"], param, name)
+            # slide (the default) keeps the last ctx tokens of the 1 MB prompt: only those are computed
+            t0 = time.time()
+            status, r = srv.post_json("/v1/completions", {"prompt": "a " * 500000, "max_tokens": 2})
+            took = time.time() - t0
+            self.assertEqual(status, 200, r)
+            u = r["usage"]
+            figure("faults: %-26s -> %d, %d prompt tokens, %d dropped (%.0f ms)"
+                   % ("prompt of 1 MB text, slide", status, u["prompt_tokens"], u["prompt_tokens_dropped"],
+                      1000 * took))
+            self.assertEqual(u["prompt_tokens"] - u["prompt_tokens_dropped"], ctx)
             # a declared 5 MiB body is refused from its Content-Length, before it is sent
             s = socket.create_connection((srv.host, srv.port), timeout=10 * slow)
             s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"

@@ -331,7 +331,10 @@ class TestErrors(SharedServer):
         ({"prompt": None}, "prompt"),
         ({"prompt": [1, 2, 99999]}, "prompt"),
         ({"prompt": {"a": 1}}, "prompt"),
-        ({"prompt": "x " * 5000}, "prompt"),
+        ({"prompt": "x " * 5000, "context_overflow": "shift"}, "prompt"),  # slide would crop it
+        ({"prompt": "x " * 5000, "context_overflow": "stop"}, "prompt"),
+        ({"context_overflow": "crop"}, "context_overflow"),
+        ({"context_overflow": 1}, "context_overflow"),
         ({"seed": "abc"}, "seed"),
         ({"model": 5}, "model"),
     ]

@@ -194,7 +194,8 @@ Test(engine, context_crop_keeps_half_the_window)
     int W = 16;
     engine *e = ef_engine(F.m, 4, W, 4, 8, 16);
     job *j = ef_job(F.m, W, JOB_COMPLETION,
-                    "{\"prompt\": [1, 300, 301, 302, 303], \"max_tokens\": 40, \"temperature\": 0, " NO_EOS "}");
+                    "{\"prompt\": [1, 300, 301, 302, 303], \"max_tokens\": 40, \"temperature\": 0,"
+                    " \"context_overflow\": \"shift\", " NO_EOS "}");
     ef_result *r = result_new();
     ef_complete(e, j, r);
     cr_assert_eq(r->ch[0].n_tok, 40);
@@ -204,6 +205,279 @@ Test(engine, context_crop_keeps_half_the_window)
     job_unref(j);
     free(r);
     engine_stop(e);
+}
+
+/* The course's loop run directly on the model: every step a fresh cache and one
+ * model_forward over full[-W:] (the last W tokens, at positions 0..W-1), then the
+ * project's sampler on those logits (the same sampler_step the engine calls, seeded
+ * as the engine seeds choice `choice`).  No scheduler, no chunks, no cache reuse.
+ * The engine must give the same tokens and scores bit for bit: model_forward's rows
+ * do not depend on how a window is cut into chunks or batched. */
+static void ref_course(model *m, const job *j, int choice, int W, int32_t *tok, sampler_choice *sc)
+{
+    int V = model_get_info(m)->vocab_size;
+    const int32_t *prompt = j->p.prompts[choice / j->p.n];
+    int n_prompt = j->p.prompt_lens[choice / j->p.n], n_new = j->p.max_tokens;
+    sampler_params sp = j->p.sp;
+    sp.seed += (uint64_t)choice;
+    sampler *smp = sampler_new(V, &sp);
+    int32_t *full = malloc(sizeof *full * (size_t)(n_prompt + n_new));
+    float *logits = malloc(sizeof *logits * (size_t)V);
+    cr_assert(smp && full && logits);
+    memcpy(full, prompt, sizeof *full * (size_t)n_prompt);
+    int n = n_prompt;
+    int n_top = j->p.logprobs > 0 ? j->p.logprobs : j->p.logprobs == 0 ? 0 : SAMPLER_TOKEN_ONLY;
+    for (int t = 0; t < n_new; t++) {
+        int start = n > W ? n - W : 0;
+        model_seq *s = model_seq_new(m, W);
+        model_batch_item it = {.seq = s, .tokens = full + start, .n_tokens = n - start, .logits = logits};
+        cr_assert_eq(model_forward(m, &it, 1), 0);
+        model_seq_free(s);
+        cr_assert_eq(sampler_step(smp, logits, full, n, t, n_top, &sc[t]), 0);
+        full[n++] = tok[t] = sc[t].token;
+    }
+    sampler_free(smp);
+    free(full);
+    free(logits);
+}
+
+static void check_against_course(ef_result *r, job *j, int W)
+{
+    for (int c = 0; c < j->n_choices; c++) {
+        int32_t want[EF_MAX_TOKENS];
+        sampler_choice wsc[EF_MAX_TOKENS];
+        ref_course(F.m, j, c, W, want, wsc);
+        cr_assert_eq(r->ch[c].n_tok, j->p.max_tokens, "choice %d", c);
+        for (int t = 0; t < j->p.max_tokens; t++)
+            cr_assert_eq(r->ch[c].tok[t], want[t], "choice %d token %d", c, t);
+        cr_assert(score_eq(r->ch[c].score, wsc, j->p.max_tokens), "choice %d: scores differ", c);
+    }
+}
+
+/* slide, the default: 4 windows past a 16-token window, greedy and seeded, n = 2,
+ * alone and beside 7 other streams (some sliding too). */
+Test(engine, slide_is_the_course_loop)
+{
+    int W = 16;
+    const char *bodies[] = {
+        "{\"prompt\": [1, 300, 301, 302, 303], \"max_tokens\": 70, \"temperature\": 0, \"n\": 2,"
+        " \"logprobs\": 2, " NO_EOS "}",
+        "{\"prompt\": [1, 300, 301, 302, 303], \"max_tokens\": 70, \"temperature\": 0.9, \"top_k\": 50,"
+        " \"seed\": 99, \"n\": 2, \"logprobs\": 2, \"repetition_penalty\": 1.1, " NO_EOS "}",
+    };
+    ef_result *r = result_new();
+    for (int b = 0; b < 2; b++) {
+        engine *e = ef_engine(F.m, 2, W, 4, 8, 16);
+        job *j = ef_job(F.m, W, JOB_COMPLETION, bodies[b]);
+        ef_complete(e, j, r);
+        check_against_course(r, j, W);
+        cr_assert_eq(r->end.prompt_tokens_dropped, 0);
+        job_unref(j);
+        engine_stop(e);
+
+        /* under load: 7 other requests, long and short, sliding and not, before and after */
+        e = ef_engine(F.m, 9, W, 16, 8, 16);
+        job *others[7];
+        for (int i = 0; i < 7; i++) {
+            char body[256];
+            snprintf(body, sizeof body, "{\"prompt\": \"%.*s\", \"max_tokens\": %d, \"seed\": %d%s}",
+                     2 + 3 * i, "the brown fox and the lazy dog", 5 + 13 * i, i,
+                     i % 2 ? ", \"context_overflow\": \"shift\"" : "");
+            others[i] = ef_job(F.m, W, JOB_COMPLETION, body);
+            if (i < 3) cr_assert_eq(engine_submit(e, others[i]), 0);
+        }
+        engine_step(e, NULL);
+        engine_step(e, NULL);
+        job *k = ef_job(F.m, W, JOB_COMPLETION, bodies[b]);
+        cr_assert_eq(engine_submit(e, k), 0);
+        for (int i = 3; i < 7; i++) cr_assert_eq(engine_submit(e, others[i]), 0);
+        ef_run(e, 100000);
+        memset(r, 0, sizeof *r);
+        ef_collect(k, r);
+        check_against_course(r, k, W);
+        for (int i = 0; i < 7; i++) job_unref(others[i]);
+        job_unref(k);
+        engine_stop(e);
+    }
+    free(r);
+}
+
+/* A prompt longer than the window: the course's loop crops it to its last W tokens. */
+Test(engine, slide_crops_a_long_prompt)
+{
+    int W = 16;
+    char body[512] = "{\"prompt\": [1";
+    for (int i = 1; i < 40; i++) snprintf(body + strlen(body), sizeof body - strlen(body), ", %d", 260 + 7 * i % 250);
+    strcat(body, "], \"max_tokens\": 50, \"temperature\": 0.8, \"seed\": 5, \"logprobs\": 1, " NO_EOS "}");
+    engine *e = ef_engine(F.m, 2, W, 4, 8, 16);
+    job *j = ef_job(F.m, W, JOB_COMPLETION, body);
+    ef_result *r = result_new();
+    engine_step_info info;
+    cr_assert_eq(engine_submit(e, j), 0);
+    int prefill = 0;
+    while (r->ch[0].n_tok == 0) {
+        cr_assert(engine_step(e, &info));
+        prefill += info.prefill_rows;
+        ef_collect(j, r);
+    }
+    cr_assert_eq(prefill, W, "only the last W prompt tokens are computed");
+    ef_run(e, 10000);
+    ef_collect(j, r);
+    check_against_course(r, j, W);
+    cr_assert_eq(r->end.prompt_tokens, 40);
+    cr_assert_eq(r->end.prompt_tokens_dropped, 40 - W);
+    job_unref(j);
+    free(r);
+    engine_stop(e);
+}
+
+/* echo + logprobs over a prompt longer than the window: position t is scored from
+ * its own window full[max(0, t - W):t], as the course's loop would see it. */
+Test(engine, slide_scores_each_prompt_position_from_its_own_window)
+{
+    int W = 16, N = 30, V = model_get_info(F.m)->vocab_size;
+    char body[512] = "{\"prompt\": [1";
+    int32_t prompt[30] = {1};
+    for (int i = 1; i < N; i++) {
+        prompt[i] = 260 + 11 * i % 250;
+        snprintf(body + strlen(body), sizeof body - strlen(body), ", %d", prompt[i]);
+    }
+    strcat(body, "], \"max_tokens\": 3, \"temperature\": 0, \"echo\": true, \"logprobs\": 3, " NO_EOS "}");
+    engine *e = ef_engine(F.m, 2, W, 4, 8, 16);
+    job *j = ef_job(F.m, W, JOB_COMPLETION, body);
+    cr_assert_eq(engine_submit(e, j), 0);
+    ef_run(e, 10000);
+    /* the scores travel in the EV_PROMPT event: read them from the job's queue */
+    int ended = 0;
+    job_end end;
+    job_event *ev = job_take_events(j, &ended, &end), *pe = NULL;
+    for (job_event *x = ev; x; x = x->next)
+        if (x->type == EV_PROMPT) pe = x;
+    cr_assert_not_null(pe);
+    cr_assert_eq(pe->n_ids, N);
+    cr_assert_eq(pe->pos0, 0);
+    float *logits = malloc(sizeof *logits * (size_t)V);
+    for (int t = 1; t < N; t++) {
+        int start = t > W ? t - W : 0;
+        model_seq *s = model_seq_new(F.m, W);
+        model_batch_item it = {.seq = s, .tokens = prompt + start, .n_tokens = t - start, .logits = logits};
+        cr_assert_eq(model_forward(F.m, &it, 1), 0);
+        model_seq_free(s);
+        sampler_choice want;
+        sampler_logprobs(logits, V, prompt[t], 3, &want);
+        cr_assert(score_eq(&pe->scores[t], &want, 1), "prompt position %d", t);
+    }
+    /* and the generation after it: from the last W prompt tokens */
+    int n_tok = 0;
+    for (job_event *x = ev; x; x = x->next) n_tok += x->type == EV_TOKEN;
+    cr_assert_eq(n_tok, 3);
+    cr_assert(ended);
+    while (ev) {
+        job_event *next = ev->next;
+        job_event_free(ev);
+        ev = next;
+    }
+    free(logits);
+    job_unref(j);
+    engine_stop(e);
+}
+
+/* A window that repeats one token: each slide finds all but the last position still
+ * in the cache (an entry depends only on the tokens up to it), computes one token,
+ * and still gives the course's loop's tokens and scores. */
+Test(engine, slide_reuses_what_the_cache_still_holds)
+{
+    int W = 16;
+    metrics m;
+    cr_assert_eq(metrics_init(&m), 0);
+    engine_config c = {.model = F.m, .parallel = 2, .ctx = W, .queue = 4, .prefill_chunk = 8,
+                       .step_budget = 16, .metrics = &m};
+    engine *e = NULL;
+    cr_assert_eq(engine_new(&e, &c), 0);
+    job *j = ef_job(F.m, W, JOB_COMPLETION,
+                    "{\"prompt\": [1, 300, 300, 300], \"max_tokens\": 40, \"temperature\": 0, \"logprobs\": 1,"
+                    " \"logit_bias\": {\"300\": 100}}");
+    ef_result *r = result_new();
+    cr_assert_eq(engine_submit(e, j), 0);
+    int steps = ef_run(e, 200);
+    ef_collect(j, r);
+    cr_assert(r->ended);
+    for (int t = 0; t < 40; t++) cr_assert_eq(r->ch[0].tok[t], 300);
+    check_against_course(r, j, W);
+    cr_assert_eq(steps, 1 + 40, "prefill, then one step per token");
+    cr_assert_eq(m.window_moves, 4 + 40 - 1 - W);
+    cr_assert_eq(m.recomputed, (uint64_t)(W - 1), "only the first slide (the BOS leaves) recomputes");
+    job_unref(j);
+    free(r);
+    engine_stop(e);
+    metrics_destroy(&m);
+}
+
+Test(engine, stop_ends_at_the_window)
+{
+    int W = 16;
+    engine *e = ef_engine(F.m, 2, W, 4, 8, 16);
+    job *j = ef_job(F.m, W, JOB_COMPLETION,
+                    "{\"prompt\": [1, 300, 301, 302, 303], \"max_tokens\": 40, \"temperature\": 0,"
+                    " \"context_overflow\": \"stop\", " NO_EOS "}");
+    ef_result *r = result_new();
+    ef_complete(e, j, r);
+    cr_assert_eq(r->ch[0].n_tok, W - 5, "prompt + completion = the window");
+    cr_assert_str_eq(r->ch[0].finish, "length");
+    /* the same tokens as slide up to there */
+    job *k = ef_job(F.m, W, JOB_COMPLETION,
+                    "{\"prompt\": [1, 300, 301, 302, 303], \"max_tokens\": 40, \"temperature\": 0, " NO_EOS "}");
+    ef_result *r2 = result_new();
+    ef_complete(e, k, r2);
+    cr_assert_eq(memcmp(r->ch[0].tok, r2->ch[0].tok, sizeof(int32_t) * (size_t)(W - 5)), 0);
+    /* a prompt that fills the window: nothing to generate, no model call */
+    job *f = ef_job(F.m, W, JOB_COMPLETION,
+                    "{\"prompt\": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16], \"max_tokens\": 4,"
+                    " \"context_overflow\": \"stop\"}");
+    memset(r, 0, sizeof *r);
+    cr_assert_eq(engine_submit(e, f), 0);
+    engine_step_info info;
+    engine_step(e, &info);
+    cr_assert_eq(info.rows, 0);
+    ef_collect(f, r);
+    cr_assert(r->ended);
+    cr_assert_eq(r->ch[0].n_tok, 0);
+    cr_assert_str_eq(r->ch[0].finish, "length");
+    job_unref(j);
+    job_unref(k);
+    job_unref(f);
+    free(r);
+    free(r2);
+    engine_stop(e);
+}
+
+Test(engine, window_moves_are_counted)
+{
+    int W = 16;
+    metrics m;
+    cr_assert_eq(metrics_init(&m), 0);
+    engine_config c = {.model = F.m, .parallel = 2, .ctx = W, .queue = 4, .prefill_chunk = 8,
+                       .step_budget = 16, .metrics = &m};
+    engine *e = NULL;
+    cr_assert_eq(engine_new(&e, &c), 0);
+    job *j = ef_job(F.m, W, JOB_COMPLETION,
+                    "{\"prompt\": [1, 300, 301, 302, 303], \"max_tokens\": 40, \"temperature\": 0, " NO_EOS "}");
+    ef_result *r = result_new();
+    ef_complete(e, j, r);
+    /* a move for every token appended past the window but the last: 5 + 40 - 1 - 16 */
+    cr_assert_eq(m.window_moves, 28);
+    cr_assert_leq(m.recomputed, 28 * (uint64_t)(W - 1));
+    cr_assert_geq(m.recomputed, 28 * (uint64_t)(W - 1) / 2, "%llu", (unsigned long long)m.recomputed);
+    job *k = ef_job(F.m, W, JOB_COMPLETION,
+                    "{\"prompt\": [1, 300, 301, 302, 303], \"max_tokens\": 40, \"temperature\": 0,"
+                    " \"context_overflow\": \"shift\", " NO_EOS "}");
+    ef_complete(e, k, r);
+    cr_assert_eq(m.window_moves, 28 + 4, "shift: when 17, 26, 35 and 44 tokens no longer fit");
+    job_unref(j);
+    job_unref(k);
+    free(r);
+    engine_stop(e);
+    metrics_destroy(&m);
 }
 
 /* ---- chunked prefill -------------------------------------------------------------------- */

@@ -275,6 +275,8 @@ Test(metrics, prometheus_text)
     metrics_token_latency(&m, 0.0005);
     metrics_step(&m, 17, 0.25);
     metrics_step(&m, 3, 0.5);
+    metrics_context(&m, 31);
+    metrics_context(&m, 0);
     sbuf b = {0};
     metrics_render(&m, &b, 2, 3, 4, 16);
     cr_expect(strstr(b.data, "lmserve_requests_total{status=\"200\"} 2\n"));
@@ -290,6 +292,8 @@ Test(metrics, prometheus_text)
     cr_expect(strstr(b.data, "lmserve_engine_steps_total 2\n"));
     cr_expect(strstr(b.data, "lmserve_engine_rows_total 20\n"));
     cr_expect(strstr(b.data, "lmserve_engine_forward_seconds_total 0.750000\n"));
+    cr_expect(strstr(b.data, "lmserve_context_window_moves_total 2\n"));
+    cr_expect(strstr(b.data, "lmserve_context_recomputed_tokens_total 31\n"));
     sbuf_free(&b);
     metrics_destroy(&m);
 }

@@ -135,7 +135,7 @@ Test(validate, errors_name_the_parameter)
     expect_400(JOB_COMPLETION, "{\"prompt\": [\"a\", 5]}", "prompt");
     expect_400(JOB_COMPLETION, "{\"prompt\": 5}", "prompt");
     char big[256];
-    snprintf(big, sizeof big, "{\"prompt\": \"%070d\"}", 0); /* 71 tokens > ctx 64 */
+    snprintf(big, sizeof big, "{\"prompt\": \"%070d\", \"context_overflow\": \"shift\"}", 0); /* 71 tokens > ctx 64 */
     expect_400(JOB_COMPLETION, big, "prompt");
     expect_400(JOB_COMPLETION, "{\"prompt\": \"x\", \"temperature\": -0.1}", "temperature");
     expect_400(JOB_COMPLETION, "{\"prompt\": \"x\", \"temperature\": \"1\"}", "temperature");
@@ -225,4 +225,51 @@ Test(validate, penalty_last_n)
     job_params_clear(&p);
     expect_400(JOB_COMPLETION, "{\"prompt\": \"x\", \"penalty_last_n\": -1}", "penalty_last_n");
     expect_400(JOB_COMPLETION, "{\"prompt\": \"x\", \"penalty_last_n\": 0.5}", "penalty_last_n");
+}
+
+/* A prompt of n tokens: BOS + n - 1 bytes. */
+static char *long_prompt(int n, const char *extra)
+{
+    static char b[1024];
+    int o = snprintf(b, sizeof b, "{\"prompt\": \"");
+    for (int i = 0; i < n - 1; i++) b[o++] = 'a' + i % 26;
+    snprintf(b + o, sizeof b - (size_t)o, "\"%s}", extra);
+    return b;
+}
+
+Test(validate, context_overflow)
+{
+    job_params p;
+    api_error e;
+    /* slide, the default: a prompt longer than the window is accepted (the engine keeps its last 64) */
+    cr_assert_eq(run(JOB_COMPLETION, long_prompt(71, ""), &p, &e), 0, "%s", e.message);
+    cr_expect_eq(p.prompt_lens[0], 71);
+    cr_expect_eq(p.context_overflow, SAMPLER_CROP_SLIDE);
+    job_params_clear(&p);
+    cr_assert_eq(run(JOB_COMPLETION, "{\"prompt\": \"x\", \"context_overflow\": \"stop\"}", &p, &e), 0);
+    cr_expect_eq(p.context_overflow, SAMPLER_CROP_STOP);
+    job_params_clear(&p);
+    cr_assert_eq(run(JOB_COMPLETION, "{\"prompt\": \"x\", \"context_overflow\": null}", &p, &e), 0);
+    cr_expect_eq(p.context_overflow, SAMPLER_CROP_SLIDE);
+    job_params_clear(&p);
+    /* shift and stop do not crop prompts */
+    expect_400(JOB_COMPLETION, long_prompt(65, ", \"context_overflow\": \"stop\""), "prompt");
+    cr_assert_eq(run(JOB_COMPLETION, long_prompt(64, ", \"context_overflow\": \"stop\""), &p, &e), 0);
+    job_params_clear(&p);
+    expect_400(JOB_COMPLETION, "{\"prompt\": \"x\", \"context_overflow\": \"crop\"}", "context_overflow");
+    expect_400(JOB_COMPLETION, "{\"prompt\": \"x\", \"context_overflow\": 1}", "context_overflow");
+    /* echo + logprobs past the window: one window per position, at most max_tokens_limit (100) of them */
+    cr_assert_eq(run(JOB_COMPLETION, long_prompt(64 + 1 + 100, ", \"echo\": true, \"logprobs\": 0"), &p, &e), 0,
+                 "%s", e.message);
+    job_params_clear(&p);
+    expect_400(JOB_COMPLETION, long_prompt(64 + 1 + 101, ", \"echo\": true, \"logprobs\": 0"), "prompt");
+    cr_assert_eq(run(JOB_COMPLETION, long_prompt(64 + 1 + 101, ", \"echo\": true"), &p, &e), 0, "echo alone scores nothing");
+    job_params_clear(&p);
+    /* chat default under slide: the rest of the window, at least half of it */
+    char chat[512];
+    snprintf(chat, sizeof chat, "{\"messages\": [{\"role\": \"user\", \"content\": \"%060d\"}]}", 0);
+    cr_assert_eq(run(JOB_CHAT, chat, &p, &e), 0, "%s", e.message);
+    cr_expect_gt(p.prompt_lens[0], 64);
+    cr_expect_eq(p.max_tokens, 32);
+    job_params_clear(&p);
 }
