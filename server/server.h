@@ -34,10 +34,13 @@
  *   chunks or, at the end, the whole JSON body, through one append path that
  *   holds each answer to its size limit, then resumes the parked connection.
  *
- * Context window: when a sequence fills its KV cache (--ctx, default the model's
- * window) it is cropped to its last ctx/2 tokens and those are recomputed (the same
- * semantics as model_seq_eval on the cropped window), then generation continues.
- * A prompt longer than the window is rejected with 400 context_length_exceeded.
+ * Context window (--ctx, default the model's): past it, --context-overflow (or a
+ * request's context_overflow) decides, with the sampler's crop (sampler_crop_start):
+ * slide, the default, computes every token from the last ctx tokens at positions
+ * 0..ctx-1 -- the window is recomputed as a prefill (what the cache still holds
+ * exactly is kept) and a longer prompt is cropped to its last ctx tokens; shift keeps
+ * the last ctx/2 tokens when the window is full; stop ends the choice.  Under shift
+ * and stop a prompt longer than the window is a 400 context_length_exceeded.
  *
  * Shutdown (SIGINT/SIGTERM): MHD_quiesce_daemon, let in-flight requests finish until
  * --shutdown-timeout, then cancel the rest (streams get an error event and [DONE]),
