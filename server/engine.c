@@ -488,6 +488,10 @@ static void item_done(engine *e, seq *s, const model_batch_item *it, int a)
         if (!it->all_logits)
             sampler_logprobs(it->logits, e->vocab, s->hist[s->end], s->j->p.logprobs, &s->plp[s->end]);
         s->end++;
+        if (s->end == s->n_prompt && s->j->p.max_tokens == 0) {
+            seq_prompt_done(e, s); /* every position scored; no window needed to sample from */
+            return;
+        }
         seq_move_window(e, s, sampler_crop_start(SAMPLER_CROP_SLIDE, s->win, s->end, e->c.ctx), 0);
         return;
     }
