@@ -193,7 +193,10 @@ class NginxInFront(unittest.TestCase):
         self.addCleanup(c.close)
         c.request("POST", "/v1/completions", json.dumps({
             "prompt": "Once upon a time", "max_tokens": 4000, "temperature": 1.0, "seed": 7,
-            "stream": True, "logit_bias": {"2": -100}}), {"Content-Type": "application/json"})
+            # past the 2048-token window: shift keeps the stream cheap (slide would recompute
+            # the whole window for every token)
+            "stream": True, "logit_bias": {"2": -100}, "context_overflow": "shift"}),
+            {"Content-Type": "application/json"})
         r = c.getresponse()
         self.assertEqual(r.status, 200)
         arrivals, buf, attack, done = [], b"", None, False
