@@ -64,10 +64,12 @@ if [ ! -s "$model" ] || [ ! -s "$model.tokenizer.bin" ]; then
   nice "$GEN" --out "$model" --format llama2c $(shape_args 15M) >/dev/null
 fi
 
-# start NAME ARGS...: a server in the background; prints its URL.
+# start NAME ARGS...: a server in the background (its pid kept for stop_servers, so not
+# in a subshell); sets url.
 start() {
-  local name=$1 log=$tmp/$1.log url=
+  local name=$1 log=$tmp/$1.log
   shift
+  url=
   "$BIN" serve --model "$model" --tokenizer "$model.tokenizer.bin" --host 127.0.0.1 --port 0 \
     --threads "$THREADS" --parallel 16 --queue 64 --no-log "$@" 2>"$log" >/dev/null &
   pids+=($!)
@@ -77,7 +79,6 @@ start() {
     sleep 0.2
   done
   [ -n "$url" ] || { echo "bench-context: the $name server did not start:" >&2; tail -5 "$log" >&2; exit 1; }
-  echo "$url"
 }
 
 # The longest run of "story" that tokenizes to at most ctx tokens (BOS included).
@@ -103,8 +104,10 @@ echo "   loadgen: streaming, max_tokens $MAX_TOKENS, temperature $TEMPERATURE, s
 echo "   cut at $((DURATION * 2))s; tok/s = generated tokens / wall time; $ROUNDS rounds, slide and shift in turn"
 for ctx in $CTXS; do
   stop_servers
-  url_slide=$(start slide --ctx "$ctx" --context-overflow slide)
-  url_shift=$(start shift --ctx "$ctx" --context-overflow shift)
+  start slide --ctx "$ctx" --context-overflow slide
+  url_slide=$url
+  start shift --ctx "$ctx" --context-overflow shift
+  url_shift=$url
   read -r n_prompt prompt < <(prompt_for "$url_slide" "$ctx")
   for u in "$url_slide" "$url_shift"; do  # warm-up: page the weights in
     "$LOADGEN" --url "$u" --concurrency 1 --requests-per-client 1 --max-tokens 8 --json >/dev/null || true
