@@ -5,7 +5,7 @@
  * next_logits evaluates the model on one sequence (model_seq_eval reuses the
  * cached prefix, so within the window each step computes one new position).
  * Past the window (--ctx, default the model's) the loop crops as
- * --context-overflow says: slide (the default, the course's loop: the last ctx
+ * --context-overflow says: slide (the default, the reference loop's crop: the last ctx
  * tokens every step, so each step recomputes the window), shift or stop.  Text
  * is streamed: the prompt first, then each new token as it is appended,
  * detokenized (whole UTF-8 characters only).  EOS is a stop id and prints as
@@ -81,7 +81,7 @@ static void usage(FILE *f)
           "  --max-tokens N            new tokens to generate (default 256)\n"
           "  --ctx N                   the window the model sees; 0 = the model's (default 0)\n"
           "  --context-overflow slide|shift|stop  past the window: slide = the last ctx tokens\n"
-          "                            every step, recomputed (the course's loop; a forward pass\n"
+          "                            every step, recomputed (exact; a forward pass\n"
           "                            over the window per token); shift = keep the last ctx/2\n"
           "                            when full (cheaper, approximate); stop = end there\n"
           "                            (default slide)\n"

@@ -516,7 +516,7 @@ fail:
     return -1;
 }
 
-/* "slide" (the course's crop), "shift" or "stop"; absent: the server's default. */
+/* "slide" (the last ctx tokens every step), "shift" or "stop"; absent: the server's default. */
 static int read_context_overflow(const validate_ctx *vc, json_t *root, job_params *p, api_error *err)
 {
     json_t *x = json_object_get(root, "context_overflow");
@@ -532,7 +532,7 @@ fail:
 }
 
 /* The prompts against the window.  slide crops a longer prompt to its last ctx
- * tokens, as the course's loop does; with echo and logprobs each prompt position
+ * tokens, as the reference decode loop does; with echo and logprobs each prompt position
  * past the first window is scored from its own window (one forward pass over the
  * window each, what generating a token costs), so at most --max-tokens-limit of
  * them.  shift and stop do not crop prompts: a longer one is refused. */
