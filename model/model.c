@@ -30,6 +30,9 @@ const char *model_strerror(int code)
     case MODEL_EIO: return "input/output error";
     case MODEL_EFORMAT: return "invalid or unsupported model file";
     case MODEL_ERANGE: return "sequence exceeds its context capacity";
+    case MODEL_ECHAT_RAISE: return "the chat template refused the conversation";
+    case MODEL_ECHAT_UNSUPPORTED: return "the chat template uses an unsupported construct";
+    case MODEL_ECHAT_EVAL: return "the chat template could not be rendered";
     default: return "unknown error";
     }
 }

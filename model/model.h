@@ -205,4 +205,54 @@ const char *model_strerror(int code);
  * MODEL_UTF8_PARTIAL instead (more bytes may complete it).  0 only when n == 0. */
 size_t model_utf8_decode(const char *s, size_t n, uint32_t *cp);
 
+/* ---- Chat templates (model/tokenizers/chat_template.c) ------------------------ *
+ * A model's chat template is Jinja source (GGUF tokenizer.chat_template, HF
+ * tokenizer_config.json).  model_chat_template_new compiles it with a small Jinja
+ * evaluator (the subset chat templates use, rendered as Hugging Face does: trim_blocks
+ * and lstrip_blocks on); see the file's header for what is supported and why.
+ * Rendering errors come back as:
+ *   MODEL_ECHAT_RAISE        the template itself refused the conversation
+ *                            (raise_exception("..."): err holds its message)
+ *   MODEL_ECHAT_UNSUPPORTED  the template needs a construct this evaluator lacks
+ *   MODEL_ECHAT_EVAL         a type error or a limit (output size, loop count) */
+enum { MODEL_ECHAT_RAISE = -1001, MODEL_ECHAT_UNSUPPORTED = -1002, MODEL_ECHAT_EVAL = -1003 };
+
+typedef struct model_chat_template model_chat_template;
+struct json_t;
+
+typedef struct {
+    const struct json_t *messages; /* array of objects: "role", "content" (a string, null, or
+                                      an array of parts whose "text" strings are joined), and
+                                      any other fields, passed through as they are */
+    int add_generation_prompt;
+    const char *bos_token;         /* "" when the model has none */
+    const char *eos_token;
+} model_chat_input;
+
+/* Compile source[0..len).  0, or a negative code with one line in err (a syntax error
+ * with its line number, or MODEL_ECHAT_UNSUPPORTED naming the construct). */
+int model_chat_template_new(model_chat_template **out, const char *source, size_t len,
+                            char *err, size_t errlen);
+void model_chat_template_free(model_chat_template *t);
+/* Render a conversation into *out (malloc'd, NUL-terminated, *len bytes).  Reentrant:
+ * one compiled template may render on several threads at once. */
+int model_chat_template_render(const model_chat_template *t, const model_chat_input *in,
+                               char **out, size_t *len, char *err, size_t errlen);
+/* The built-in templates `--chat-template NAME` selects: "chatml", "llama2", "llama3",
+ * "zephyr", "gemma", "phi3" -> their Jinja source; NULL for another name. */
+const char *model_chat_template_builtin(const char *name);
+/* The names of the built-in templates, NULL-terminated. */
+extern const char *const model_chat_template_names[];
+/* The family a template's source belongs to, recognised by its markers (one of the
+ * built-in names), or "custom". */
+const char *model_chat_template_family(const char *source);
+
+/* Tokenize text in which the model's control and user-defined tokens may be spelled out
+ * (a rendered chat template: "<|im_start|>", "</s>", ...): each such spelling becomes its
+ * token, the text between them is tokenized as model_tokenize does (each piece with the
+ * vocabulary's space prefix, as llama.cpp and SentencePiece's legacy mode do).  No BOS is
+ * added unless add_bos.  Same return convention as model_tokenize. */
+int model_tokenize_special(const model *m, const char *text, size_t len, int add_bos,
+                           int32_t *out, int cap);
+
 #endif /* LMSERVE_MODEL_H */

@@ -28,6 +28,65 @@ int model_tokenize(const model *m, const char *text, size_t len, int add_bos, in
     return tokenizer_encode(&m->tok, text, len, add_bos, out, cap);
 }
 
+/* Longer spellings first, so "<|im_end|>" wins over a shorter token that prefixes it. */
+static int cmp_len_desc(const void *a, const void *b, void *ctx)
+{
+    const tokenizer *t = ctx;
+    return t->bytes_len[*(const int32_t *)b] - t->bytes_len[*(const int32_t *)a];
+}
+
+int model_tokenize_special(const model *m, const char *text, size_t len, int add_bos, int32_t *out, int cap)
+{
+    if (!m || (!text && len) || cap < 0 || (cap > 0 && !out)) return MODEL_EINVAL;
+    const tokenizer *t = &m->tok;
+    /* the byte-level BPE tokenizers already turn their added tokens' spellings into the
+     * tokens wherever they occur (as Hugging Face's tokenizers do) */
+    if (t->kind != TOK_SPM) return tokenizer_encode(t, text, len, add_bos, out, cap);
+    int32_t *sp = malloc(sizeof *sp * (size_t)(t->n_vocab ? t->n_vocab : 1));
+    if (!sp) return MODEL_ENOMEM;
+    int n_sp = 0;
+    for (int id = 0; id < t->n_vocab; id++)
+        if ((t->types[id] == TT_CONTROL || t->types[id] == TT_USER) && t->bytes_len[id] > 0) sp[n_sp++] = id;
+    qsort_r(sp, (size_t)n_sp, sizeof *sp, cmp_len_desc, (void *)t);
+    int count = 0;
+    if (add_bos && t->bos_id >= 0) {
+        if (count < cap) out[count] = t->bos_id;
+        count++;
+    }
+    size_t seg = 0, i = 0;
+    int rc = 0;
+    for (;;) {
+        int32_t hit = -1;
+        if (i < len)
+            for (int k = 0; k < n_sp; k++) {
+                size_t n = (size_t)t->bytes_len[sp[k]];
+                if (n <= len - i && t->bytes[sp[k]][0] == text[i] && memcmp(t->bytes[sp[k]], text + i, n) == 0) {
+                    hit = sp[k];
+                    break;
+                }
+            }
+        if (hit < 0 && i < len) {
+            i++;
+            continue;
+        }
+        /* the text before the special token (or the end): a piece of its own, with the
+         * vocabulary's space prefix as at the start of a text */
+        if (i > seg) {
+            rc = tokenizer_encode(t, text + seg, i - seg, 0, count < cap ? out + count : out, count < cap ? cap - count : 0);
+            if (rc < 0) break;
+            count += rc;
+            rc = 0;
+        }
+        if (hit < 0) break;
+        if (count < cap) out[count] = hit;
+        count++;
+        i += (size_t)t->bytes_len[hit];
+        seg = i;
+    }
+    free(sp);
+    return rc < 0 ? rc : count;
+}
+
 const char *model_token_bytes(const model *m, int32_t id, size_t *len)
 {
     if (!m || id < 0 || id >= m->tok.n_vocab) return NULL;
