@@ -27,6 +27,9 @@ static void usage(FILE *f, const server_config *d)
         "  --tokenizer FILE         llama2.c tokenizer.bin (default: the model's own / beside it)\n"
         "  --model-id NAME          id reported and accepted as \"model\" (default: the file's own name,\n"
         "                           GGUF general.name, else the file or folder name without extension)\n"
+        "  --chat-template NAME|FILE  how chats are rendered: a built-in template (chatml, llama2,\n"
+        "                           llama3, zephyr, gemma, phi3), a Jinja file, or 'none' for plain\n"
+        "                           'role: content' lines (default: the model's own template, if any)\n"
         "  --host ADDR              address to listen on (default: %s)\n"
         "  --port N                 port; 0 picks a free one (default: %d)\n"
         "  --threads N              kernel threads; 0 = number of CPUs (default: %d)\n"
@@ -110,6 +113,7 @@ int cli_serve(int argc, char **argv)
         OPT_STR("--model", &c.model_path),
         OPT_STR("--tokenizer", &c.tokenizer_path),
         OPT_STR("--model-id", &c.model_id),
+        OPT_STR("--chat-template", &c.chat_template),
         OPT_STR("--host", &c.host),
         OPT_STR("--api-key", &c.api_key),
         OPT_STR("--cors-origin", &c.cors_origin),

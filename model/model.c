@@ -210,6 +210,8 @@ int model_load(model **out, const char *path, const model_load_opts *opts,
         m->info.eos_id = m->tok.eos_id;
         m->info.bos_ends_text = !strcmp(m->format_name, "llama2c") && m->tok.bos_id >= 0;
         m->info.add_bos = m->tok.add_bos;
+        m->info.tokenizer = m->tok.kind == TOK_SPM ? "sentencepiece"
+                            : m->tok.kind == TOK_BPE_BYTES ? "byte-level-bpe" : "course-bpe";
         m->pool = model_pool_new(opts->n_threads);
         if (!m->pool) rc = model_errf(err, errlen, MODEL_ENOMEM, path, "cannot start the thread pool");
     }

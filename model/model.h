@@ -77,6 +77,7 @@ typedef struct {
     const char *chat_template; /* GGUF tokenizer.chat_template; HF tokenizer_config.json's
                                   chat_template (the "default" one of a list) */
     const char *sample_prompt; /* GGUF lmserve.sample_prompt: a prompt to show first */
+    const char *tokenizer;     /* "sentencepiece", "byte-level-bpe" or "course-bpe" */
 } model_info;
 
 typedef struct {

@@ -399,7 +399,20 @@ static void seq_sample(engine *e, seq *s, const float *logits)
     s->n_gen++;
     j->completion_tokens++;
     atomic_store(&j->stat_completion, j->completion_tokens);
-    if (c.token == e->eos || (e->bos_stop >= 0 && c.token == e->bos_stop)) {
+    if (c.token == e->eos || (e->bos_stop >= 0 && c.token == e->bos_stop) ||
+        (p->has_stop_token && c.token == p->stop_token)) {
+        if (p->logprobs >= 0) {
+            /* the token that ends the text is scored too, with no text (vLLM lists it as well):
+             * a client asking for one token with logprobs -- lm-evaluation-harness scoring a
+             * continuation -- always finds that token last and can drop it */
+            job_event *eev = job_event_new(EV_TOKEN, s->choice, "", 0, 0);
+            if (eev) {
+                eev->tok = c;
+                eev->scored = 1;
+                eev->offset = s->chars;
+            }
+            emit(e, j, eev);
+        }
         seq_finish(e, s, "stop", 0, trace);
         return;
     }

@@ -592,6 +592,12 @@ static int tokenize_cb(void *cls, const char *text, size_t len, int add_bos, int
  * "llama" for llama2.c checkpoints), else the file or folder name without its extension
  * (Hugging Face and course folders are named after their model).  Spaces and control
  * characters become '-', so the id can be typed and put in a URL path. */
+static int chat_prompt_cb(void *cls, json_t *messages, int32_t **out, int *n_out, api_error *err)
+{
+    server *s = cls;
+    return chat_prompt(&s->chat, s->m, messages, out, n_out, err);
+}
+
 static void default_model_id(const char *path, const model_info *mi, char *out, size_t n)
 {
     if (mi->name && mi->name[0] && strcmp(mi->name, mi->arch ? mi->arch : "") != 0) {
@@ -648,6 +654,20 @@ int server_run(const server_config *cfg)
         .bos_id = mi->bos_id, .max_tokens_limit = cfg->max_tokens_limit, .max_choices = cfg->max_choices,
         .context_overflow = cfg->context_overflow,
         .tokenize = tokenize_cb, .tok_cls = s->m};
+    char cmsg[512];
+    if (chat_setup(&s->chat, s->m, cfg->chat_template, cmsg, sizeof cmsg) < 0) {
+        fprintf(stderr, "lmserve: %s\n", cmsg);
+        chat_free(&s->chat);
+        model_free(s->m);
+        free(s);
+        return -1;
+    }
+    if (chat_active(&s->chat)) {
+        s->vc.chat_prompt = chat_prompt_cb;
+        s->vc.chat_cls = s;
+        s->vc.chat_stop_token = s->chat.stop_token;
+        s->vc.chat_stop_text = s->chat.stop_is_text ? s->chat.stop_text : NULL;
+    }
 
     metrics_init(&s->met);
     uv_mutex_init(&s->ready_mu);
@@ -718,6 +738,14 @@ int server_run(const server_config *cfg)
     fprintf(stderr, "lmserve: model %s (%s %s, %d layers, dim %d, vocab %d, ctx %d), %d slots, queue %d\n",
             s->model_id, mi->arch, mi->weight_type, mi->n_layers, mi->dim, mi->vocab_size, s->ctx,
             cfg->parallel, cfg->queue);
+    if (s->chat.error[0])
+        fprintf(stderr, "lmserve: warning: the model's chat template is not understood (%s): chat requests "
+                        "will be refused (501); choose one with --chat-template NAME|FILE, or 'none' for plain "
+                        "'role: content' lines\n", s->chat.error);
+    else if (s->chat.tpl)
+        fprintf(stderr, "lmserve: chat template: %s (%s)%s%s\n", s->chat.name,
+                !strcmp(s->chat.source, "model") ? "from the model" : s->chat.source,
+                s->chat.stop_token >= 0 || s->chat.stop_is_text ? ", stops at " : "", s->chat.stop_text);
     if (family == AF_INET6) fprintf(stderr, "lmserve: listening on http://[%s]:%d\n", cfg->host, port);
     else fprintf(stderr, "lmserve: listening on http://%s:%d\n", cfg->host, port);
     fflush(stderr);
@@ -743,6 +771,7 @@ out_loop:
     uv_loop_close(&s->loop);
     uv_mutex_destroy(&s->ready_mu);
     metrics_destroy(&s->met);
+    chat_free(&s->chat);
     model_free(s->m);
     free(s);
     return rc;

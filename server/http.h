@@ -5,6 +5,7 @@
 #define LMSERVE_SERVER_HTTP_H
 
 #include "server/server_internal.h"
+#include "server/chat.h"
 
 #include <microhttpd.h>
 
@@ -14,7 +15,7 @@ enum { M_GET = 1, M_HEAD = 2, M_POST = 4, M_OPTIONS = 8, M_OTHER = 16 };
 
 enum {
     ROUTE_COMPLETIONS, ROUTE_CHAT, ROUTE_MODELS, ROUTE_MODEL, ROUTE_HEALTH, ROUTE_METRICS,
-    ROUTE_TOKENIZE, ROUTE_DETOKENIZE, ROUTE_STATIC,
+    ROUTE_TOKENIZE, ROUTE_DETOKENIZE, ROUTE_TOKENIZER_INFO, ROUTE_STATIC,
 };
 
 typedef struct http_conn http_conn;
@@ -54,6 +55,7 @@ struct server {
     server_config cfg;
     struct model *m;
     char model_id[256];
+    chat_cfg chat;             /* [const] how chats are rendered (chat.c) */
     char server_header[96];    /* "lmserve/VERSION" */
     validate_ctx vc;
     engine *eng;

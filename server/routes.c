@@ -26,6 +26,7 @@ static const route_def routes[] = {
     {"/metrics", 0, ROUTE_METRICS, M_GET | M_HEAD},
     {"/tokenize", 0, ROUTE_TOKENIZE, M_POST},
     {"/detokenize", 0, ROUTE_DETOKENIZE, M_POST},
+    {"/tokenizer_info", 0, ROUTE_TOKENIZER_INFO, M_GET | M_HEAD},
 };
 
 int route_find(const char *url, unsigned *allowed)
@@ -66,6 +67,7 @@ static json_t *model_card(server *s)
     json_object_set_new(o, "n_layers", json_integer(mi->n_layers));
     json_object_set_new(o, "dim", json_integer(mi->dim));
     if (mi->sample_prompt) json_object_set_new(o, "sample_prompt", json_string(mi->sample_prompt));
+    json_object_set_new(o, "chat_template", chat_card(&s->chat));
     return o;
 }
 
@@ -83,7 +85,12 @@ static enum MHD_Result get_static(server *s, http_req *r)
     return http_send(s, r, 200, f.content_type, f.data, f.len, f.etag ? h : h + 2);
 }
 
-/* ---- tokenize / detokenize -------------------------------------------------------------- */
+/* ---- tokenize / detokenize / tokenizer_info -------------------------------------------------
+ * Two request shapes: llama.cpp's {"content", "add_special", "with_pieces"} and vLLM's
+ * {"prompt", "add_special_tokens"}, which lm-evaluation-harness's "remote" tokenizer sends.  The
+ * text is characters ("</s>" typed is four of them) unless "parse_special" is true: the
+ * default of vLLM's shape, whose clients expect a control token spelled in the text to be that
+ * token (lm-eval finds the EOS id by tokenizing the eos_token of /tokenizer_info). */
 
 static json_t *parse_body(server *s, http_req *r, api_error *e)
 {
@@ -103,57 +110,90 @@ static json_t *parse_body(server *s, http_req *r, api_error *e)
     return root;
 }
 
+static int opt_bool(json_t *root, const char *key, int dflt, int *out, api_error *e)
+{
+    json_t *v = json_object_get(root, key);
+    if (!v || json_is_null(v)) {
+        *out = dflt;
+        return 0;
+    }
+    if (!json_is_boolean(v)) {
+        api_error_set(e, 400, "invalid_request_error", key, "invalid_type", "'%s' must be a boolean", key);
+        return -1;
+    }
+    *out = json_is_true(v);
+    return 0;
+}
+
+/* Tokens of text[0..len) into a malloc'd list: 0, or -1 (out of memory or untokenizable). */
+static int tokenize_text(server *s, const char *text, size_t len, int add_bos, int special, int32_t **out, int *n_out)
+{
+    if (!special) return validate_tokenize(&s->vc, text, len, add_bos, out, n_out) < 0 ? -1 : 0;
+    int cap = (int)(len + 8 < 1024 ? len + 8 : 1024);
+    for (;;) {
+        int32_t *buf = malloc(sizeof *buf * (size_t)cap);
+        if (!buf) return -1;
+        int n = model_tokenize_special(s->m, text, len, add_bos, buf, cap);
+        if (n < 0) {
+            free(buf);
+            return -1;
+        }
+        if (n <= cap) {
+            *out = buf;
+            *n_out = n;
+            return 0;
+        }
+        free(buf);
+        cap = n;
+    }
+}
+
 static enum MHD_Result post_tokenize(server *s, http_req *r)
 {
     api_error e;
     json_t *root = parse_body(s, r, &e);
     if (!root) return http_send_error(s, r, &e);
     const char *key = json_object_get(root, "content") ? "content" : "prompt";
+    int vllm = !strcmp(key, "prompt");
     json_t *c = json_object_get(root, key);
-    json_t *as = json_object_get(root, "add_special");
-    json_t *wp = json_object_get(root, "with_pieces");
+    int add = 1, pieces = 0, special = 0;
     if (!json_is_string(c)) {
-        api_error_set(&e, 400, "invalid_request_error", "content", "invalid_type", "'content' must be a string");
-        json_decref(root);
-        return http_send_error(s, r, &e);
+        if (!c) api_error_set(&e, 400, "invalid_request_error", "content", "missing_required_parameter",
+                              "'content' (or 'prompt') is required");
+        else api_error_set(&e, 400, "invalid_request_error", key, "invalid_type", "'%s' must be a string", key);
+        goto fail;
     }
-    if (as && !json_is_null(as) && !json_is_boolean(as)) {
-        api_error_set(&e, 400, "invalid_request_error", "add_special", "invalid_type", "'add_special' must be a boolean");
-        json_decref(root);
-        return http_send_error(s, r, &e);
-    }
-    if (wp && !json_is_null(wp) && !json_is_boolean(wp)) {
-        api_error_set(&e, 400, "invalid_request_error", "with_pieces", "invalid_type", "'with_pieces' must be a boolean");
-        json_decref(root);
-        return http_send_error(s, r, &e);
-    }
-    int pieces = wp && json_is_true(wp);
-    int add = as && json_is_boolean(as) ? json_is_true(as) : 1;
+    if (opt_bool(root, "add_special", 1, &add, &e) < 0 || opt_bool(root, "add_special_tokens", add, &add, &e) < 0 ||
+        opt_bool(root, "with_pieces", 0, &pieces, &e) < 0 || opt_bool(root, "parse_special", vllm, &special, &e) < 0)
+        goto fail;
     int32_t *toks = NULL;
     int n = 0;
-    if (validate_tokenize(&s->vc, json_string_value(c), json_string_length(c), add && s->vc.add_bos, &toks, &n) < 0) {
-        api_error_set(&e, 400, "invalid_request_error", "content", "invalid_value", "'content' could not be tokenized");
-        json_decref(root);
-        return http_send_error(s, r, &e);
+    if (tokenize_text(s, json_string_value(c), json_string_length(c), add && s->vc.add_bos, special, &toks, &n) < 0) {
+        api_error_set(&e, 400, "invalid_request_error", key, "invalid_value", "'%s' could not be tokenized", key);
+        goto fail;
     }
     json_decref(root);
-    json_t *arr = json_array();
-    for (int i = 0; i < n; i++) json_array_append_new(arr, json_integer(toks[i]));
-    free(toks);
     json_t *o = json_object();
-    json_object_set_new(o, "tokens", arr);
-    if (pieces) {
-        /* Each token's own vocabulary string (not necessarily valid UTF-8 on its own:
-         * byte tokens show as "<0xNN>", as the vocabulary stores them). */
-        json_t *pa = json_array();
-        for (size_t i = 0; i < json_array_size(arr); i++) {
-            const char *str = model_token_str(s->m, (int32_t)json_integer_value(json_array_get(arr, i)));
+    json_t *arr = json_array();
+    json_t *pa = pieces ? json_array() : NULL;
+    for (int i = 0; arr && i < n; i++) {
+        json_array_append_new(arr, json_integer(toks[i]));
+        if (pa) {
+            /* each token's own vocabulary string (byte tokens show as "<0xNN>", as stored) */
+            const char *str = model_token_str(s->m, toks[i]);
             json_t *v = str ? json_string(str) : NULL;
             json_array_append_new(pa, v ? v : json_string(""));
         }
-        json_object_set_new(o, "pieces", pa);
     }
+    free(toks);
+    json_object_set_new(o, "tokens", arr);
+    json_object_set_new(o, "count", json_integer(n));            /* vLLM's fields */
+    json_object_set_new(o, "max_model_len", json_integer(s->ctx));
+    if (pa) json_object_set_new(o, "pieces", pa);
     return http_send_json(s, r, 200, o);
+fail:
+    json_decref(root);
+    return http_send_error(s, r, &e);
 }
 
 static enum MHD_Result post_detokenize(server *s, http_req *r)
@@ -169,7 +209,12 @@ static enum MHD_Result post_detokenize(server *s, http_req *r)
     }
     size_t n = json_array_size(t);
     int32_t *ids = malloc(sizeof *ids * (n ? n : 1));
-    for (size_t i = 0; ids && i < n; i++) {
+    if (!ids) {
+        json_decref(root);
+        api_error_set(&e, 503, "server_error", NULL, "out_of_memory", "out of memory");
+        return http_send_error(s, r, &e);
+    }
+    for (size_t i = 0; i < n; i++) {
         json_t *x = json_array_get(t, i);
         if (!json_is_integer(x) || json_integer_value(x) < 0 || json_integer_value(x) >= s->vc.vocab) {
             api_error_set(&e, 400, "invalid_request_error", "tokens", "invalid_value",
@@ -181,12 +226,70 @@ static enum MHD_Result post_detokenize(server *s, http_req *r)
         ids[i] = (int32_t)json_integer_value(x);
     }
     json_decref(root);
-    size_t len = 0;
-    char *text = ids ? model_detokenize(s->m, ids, (int)n, &len) : NULL;
+    /* "content" keeps llama.cpp's text: a SentencePiece space prefix on the first piece stays
+     * unless the list starts with BOS, so the texts of consecutive lists concatenate.
+     * "prompt" is decoded as Hugging Face's tokenizers (and so vLLM) decode a whole sequence:
+     * that space goes, as if the list started with BOS -- lm-evaluation-harness sends the
+     * decoded text back as a prompt and counts on it tokenizing to the same ids. */
+    size_t len = 0, plen = 0;
+    char *text = model_detokenize(s->m, ids, (int)n, &len);
+    char *ptext = NULL;
+    int oom = !text;
+    const model_info *mi = model_get_info(s->m);
+    if (!oom && mi->bos_id >= 0 && n > 0 && ids[0] != mi->bos_id) {
+        int32_t *with_bos = malloc(sizeof *with_bos * (n + 1));
+        if (with_bos) {
+            with_bos[0] = mi->bos_id;
+            memcpy(with_bos + 1, ids, sizeof *ids * n);
+            ptext = model_detokenize(s->m, with_bos, (int)n + 1, &plen);
+            free(with_bos);
+        }
+        oom = !ptext;
+    }
     free(ids);
+    if (oom) {
+        free(text);
+        api_error_set(&e, 503, "server_error", NULL, "out_of_memory", "out of memory");
+        return http_send_error(s, r, &e);
+    }
     json_t *o = json_object();
     json_object_set_new(o, "content", json_bytes(text ? text : "", text ? len : 0));
+    json_object_set_new(o, "prompt", ptext ? json_bytes(ptext, plen) : json_bytes(text ? text : "", text ? len : 0));
     free(text);
+    free(ptext);
+    return http_send_json(s, r, 200, o);
+}
+
+/* A special token's text as a JSON string, or null when the model has none. */
+static json_t *token_text_json(server *s, int32_t id)
+{
+    size_t n = 0;
+    const char *t = id >= 0 ? model_token_bytes(s->m, id, &n) : NULL;
+    return t ? json_bytes(t, n) : json_null();
+}
+
+/* GET /tokenizer_info: the tokenizer as vLLM describes it.  lm-evaluation-harness's "remote"
+ * tokenizer backend needs eos_token (and reads bos_token, pad_token and chat_template); the
+ * class names the Hugging Face tokenizer with the same algorithm. */
+static enum MHD_Result get_tokenizer_info(server *s, http_req *r)
+{
+    const model_info *mi = model_get_info(s->m);
+    const char *cls = !mi->tokenizer ? "unknown"
+                      : !strcmp(mi->tokenizer, "sentencepiece") ? "LlamaTokenizer"
+                      : !strcmp(mi->tokenizer, "byte-level-bpe") ? "GPT2Tokenizer"
+                                                                 : "PreTrainedTokenizerFast";
+    json_t *o = json_object();
+    json_object_set_new(o, "tokenizer_class", json_string(cls));
+    json_object_set_new(o, "bos_token", token_text_json(s, mi->bos_id));
+    json_object_set_new(o, "eos_token", token_text_json(s, mi->eos_id));
+    json_object_set_new(o, "pad_token", json_null());
+    json_object_set_new(o, "bos_token_id", mi->bos_id >= 0 ? json_integer(mi->bos_id) : json_null());
+    json_object_set_new(o, "eos_token_id", mi->eos_id >= 0 ? json_integer(mi->eos_id) : json_null());
+    json_object_set_new(o, "add_bos_token", json_boolean(mi->add_bos && mi->bos_id >= 0));
+    json_object_set_new(o, "add_eos_token", json_false());
+    json_object_set_new(o, "model_max_length", json_integer(s->ctx));
+    json_object_set_new(o, "vocab_size", json_integer(mi->vocab_size));
+    json_object_set_new(o, "chat_template", s->chat.tpl ? json_string(s->chat.source_text) : json_null());
     return http_send_json(s, r, 200, o);
 }
 
@@ -249,6 +352,7 @@ enum MHD_Result routes_dispatch(server *s, http_req *r)
     case ROUTE_CHAT: return post_completion(s, r, JOB_CHAT);
     case ROUTE_TOKENIZE: return post_tokenize(s, r);
     case ROUTE_DETOKENIZE: return post_detokenize(s, r);
+    case ROUTE_TOKENIZER_INFO: return get_tokenizer_info(s, r);
     case ROUTE_HEALTH: {
         json_t *o = json_object();
         json_object_set_new(o, "status", json_string(s->draining ? "draining" : "ok"));

@@ -87,6 +87,7 @@ typedef struct {
     const char *version;        /* the build's version: /health, the Server header (NULL: "unknown") */
     int context_overflow;       /* past the window: 0 slide (the default), 1 shift, 2 stop
                                  * (sampler.h's SAMPLER_CROP_*); a request may choose */
+    const char *chat_template;  /* --chat-template NAME|FILE|none; NULL: the model's own */
 } server_config;
 
 /* ---- Prototypes ------------------------------------------------------------- */

@@ -86,6 +86,8 @@ typedef struct {
     sampler_params sp;         /* bias arrays owned (bias_ids/bias_values malloc'd) */
     int has_seed;
     int context_overflow;      /* SAMPLER_CROP_*: past the window, slide, shift or stop */
+    int has_stop_token;        /* chat: the template's end-of-turn token ends a choice like EOS */
+    int32_t stop_token;
 } job_params;
 
 /* What validation needs to know about the model and the limits. */
@@ -101,6 +103,12 @@ typedef struct {
     /* tokenizer: returns count (may exceed cap) or < 0 */
     int (*tokenize)(void *cls, const char *text, size_t len, int add_bos, int32_t *out, int cap);
     void *tok_cls;
+    /* chat through the model's template (server/chat.c): messages -> prompt tokens, 0 or -1
+     * with err set.  NULL: the plain "role: content" rendering (chat_render). */
+    int (*chat_prompt)(void *cls, json_t *messages, int32_t **out, int *n_out, api_error *err);
+    void *chat_cls;
+    int32_t chat_stop_token;   /* with chat_prompt: the template's end of turn, -1 if none */
+    const char *chat_stop_text; /* with chat_prompt: a stop string for it, or NULL */
 } validate_ctx;
 
 /* Parse and check a /v1/completions (kind JOB_COMPLETION) or /v1/chat/completions

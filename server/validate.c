@@ -596,6 +596,25 @@ static int read_messages(const validate_ctx *vc, json_t *root, job_params *p, ap
         api_error_set(err, 400, "invalid_request_error", "messages", "missing_required_parameter", "'messages' is required");
         return -1;
     }
+    if (vc->chat_prompt) { /* the model's chat template (server/chat.c) */
+        int32_t *toks = NULL;
+        int n = 0;
+        if (vc->chat_prompt(vc->chat_cls, msgs, &toks, &n, err) < 0) return -1;
+        if (add_prompt(p, toks, n, 0) < 0) {
+            free(toks);
+            return oom(err);
+        }
+        if (vc->chat_stop_token >= 0) {
+            p->has_stop_token = 1;
+            p->stop_token = vc->chat_stop_token;
+        }
+        if (vc->chat_stop_text && p->n_stops < JOB_MAX_STOPS) {
+            char *s = strdup(vc->chat_stop_text);
+            if (!s) return oom(err);
+            p->stops[p->n_stops++] = s;
+        }
+        return 0;
+    }
     char *text = chat_render(msgs, err);
     if (!text) return -1;
     int rc = prompt_from_text(vc, p, text, strlen(text), err);

@@ -24,8 +24,10 @@ static int load_tokenizer_llama(model *m, const gguf_file *g, char *err, size_t 
     gguf_str s;
     if (!kv) return GERR("no tokenizer in the file (missing 'tokenizer.ggml.model')");
     if (!gguf_kv_string(g, kv, &s)) return GERR("metadata 'tokenizer.ggml.model' is not a string");
+    /* a llama model with a byte-level BPE vocabulary: SmolLM, Qwen, Llama 3 as converted */
+    if (gguf_str_eq(s, "gpt2")) return gguf_load_bpe_tokenizer(t, g, m->info.vocab_size, err, errlen);
     if (!gguf_str_eq(s, "llama"))
-        return GERR("unsupported tokenizer model '%s' (supported: llama)", gguf_str_show(s, show, sizeof show));
+        return GERR("unsupported tokenizer model '%s' (supported: llama, gpt2)", gguf_str_show(s, show, sizeof show));
     int n = m->info.vocab_size, rc;
     const gguf_kv *tokens, *scores, *types;
     if ((rc = gguf_get_array(g, "tokenizer.ggml.tokens", GGUF_TYPE_STRING, (uint64_t)n, &tokens, err, errlen))) return rc;

@@ -146,6 +146,12 @@ test('models, health, metrics, tokenize, detokenize, playground', async () => {
   assert.equal(ids.length, pieces.length);
   const d = await check('POST', '/detokenize', { body: { tokens: ids }, status: 200 });
   assert.equal(JSON.parse(d.text).content, 'Once upon a time');
+  assert.equal(JSON.parse(d.text).prompt, 'Once upon a time');
+  // vLLM's shapes, as lm-evaluation-harness's remote tokenizer sends them
+  const info = JSON.parse((await check('GET', '/tokenizer_info', { status: 200 })).text);
+  assert.equal(info.eos_token, '</s>');
+  const v = await check('POST', '/tokenize', { body: { prompt: info.eos_token, add_special_tokens: false }, status: 200 });
+  assert.deepEqual(JSON.parse(v.text).tokens, [2]);
   await check('GET', '/', { status: 200 });
 });
 
