@@ -32,7 +32,7 @@
  * values, freed at the end, so a render may run on any thread.  Errors (syntax, type,
  * limits, out of memory) unwind with longjmp to the entry point, which frees the render's
  * memory: nothing else is held between the jump and its target.  Limits: 8 MiB of output,
- * 1,000,000 loop iterations, expression nesting 200.
+ * 64 MiB of working memory, 1,000,000 loop iterations, expression nesting 200.
  */
 #include "model/model.h"
 
@@ -49,6 +49,7 @@
 #define CT_MAX_OUTPUT (8u << 20)
 #define CT_MAX_STEPS 1000000L
 #define CT_MAX_DEPTH 200
+#define CT_MAX_MEMORY (64u << 20) /* working memory of one compile or render */
 
 /* ---- Arena ------------------------------------------------------------------------- */
 
@@ -60,6 +61,8 @@ typedef struct arena_block {
 
 typedef struct {
     arena_block *head;
+    size_t total;              /* bytes taken from malloc */
+    int over;                  /* the last NULL was the budget, not malloc */
 } arena;
 
 static void arena_free(arena *a)
@@ -71,17 +74,27 @@ static void arena_free(arena *a)
         b = n;
     }
     a->head = NULL;
+    a->total = 0;
 }
 
-/* NULL when memory runs out (callers unwind). */
+/* NULL when memory runs out or the budget (CT_MAX_MEMORY) would be passed (callers unwind). */
 static void *arena_alloc(arena *a, size_t n)
 {
+    if (n > CT_MAX_MEMORY) {
+        a->over = 1;
+        return NULL;
+    }
     n = (n + 15) & ~(size_t)15;
     arena_block *b = a->head;
     if (!b || b->cap - b->used < n) {
         size_t cap = n > 60000 ? n : 60000;
+        if (a->total + cap > CT_MAX_MEMORY) {
+            a->over = 1;
+            return NULL;
+        }
         arena_block *nb = malloc(sizeof *nb + cap);
         if (!nb) return NULL;
+        a->total += cap;
         nb->next = b;
         nb->used = 0;
         nb->cap = cap;
@@ -124,6 +137,7 @@ static void fail(failer *f, int code, int line, const char *fmt, ...)
 static void *xalloc(failer *f, size_t n)
 {
     void *p = arena_alloc(f->mem, n ? n : 1);
+    if (!p && f->mem->over) fail(f, MODEL_ECHAT_EVAL, 0, "the template needs more than %u MiB of memory", CT_MAX_MEMORY >> 20);
     if (!p) fail(f, MODEL_ENOMEM, 0, "out of memory");
     return p;
 }

@@ -428,6 +428,9 @@ Test(errors, type_errors_and_limits)
     snprintf(deep + k, sizeof deep - k, " }}");
     r = try_src(deep);
     cr_assert_eq(r.rc, MODEL_ECHAT_EVAL, "nesting limit: %d %s", r.rc, r.err);
+    r = try_src("{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s + ns.s %}{% endfor %}");
+    cr_assert_eq(r.rc, MODEL_ECHAT_EVAL, "memory budget: %d %s", r.rc, r.err);
+    cr_assert(strstr(r.err, "MiB of memory"), "%s", r.err);
     r = try_src("{{ raise_exception('no ' ~ 'way') }}");
     cr_assert_eq(r.rc, MODEL_ECHAT_RAISE);
     cr_assert_str_eq(r.err, "no way");
