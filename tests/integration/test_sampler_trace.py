@@ -151,12 +151,13 @@ class TestSamplerTrace(unittest.TestCase):
         self.assertEqual(stream_text(events), plain["choices"][0]["text"])
 
     def test_the_end_of_text_token_has_its_step(self):
-        """EOS forced by logit_bias: no text, no logprobs entry, but its step is traced (in the
-        chunk with finish_reason when streamed)."""
+        """EOS forced by logit_bias: no text, but its step is traced (in the chunk with
+        finish_reason when streamed) and scored in logprobs, as vLLM scores it (lm-eval's echo
+        parse drops the last entry as the generated token)."""
         r = self.complete(temperature=0.7, seed=3, logit_bias={str(EOS): 100}, sampler_trace=4, logprobs=1)
         ch = r["choices"][0]
         self.assertEqual((ch["text"], ch["finish_reason"]), ("", "stop"))
-        self.assertEqual(ch["logprobs"]["tokens"], [])
+        self.assertEqual(ch["logprobs"]["tokens"], ["</s>"])
         self.assertEqual(len(ch["sampler_trace"]), 1)
         st = ch["sampler_trace"][0]
         self.assertEqual(st["draw"]["token"], EOS)

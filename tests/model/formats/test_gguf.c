@@ -345,7 +345,8 @@ Test(gguf, semantic_errors)
     CASE(wide_tensor = "blk.0.attn_k.weight", "tensor 'blk.0.attn_k.weight' has shape [96, 32");
     CASE(n_tokens = 41, "'tokenizer.ggml.tokens' has 41 entries, expected 40");
     CASE(bos = 40, "'tokenizer.ggml.bos_token_id' = 40 is not a token id");
-    CASE(tok_model = "gpt2", "unsupported tokenizer model 'gpt2'");
+    CASE(tok_model = "bert", "unsupported tokenizer model 'bert'");
+    CASE(tok_model = "gpt2", "missing metadata 'tokenizer.ggml.merges'"); /* a byte-level BPE vocabulary needs its merges */
     CASE(skip_key = "tokenizer.ggml.model", "no tokenizer in the file");
     CASE(norm_type = MT_Q8_0, "vectors must be F32, F16 or BF16");
     CASE(skip_tensor = "output_norm.weight", "missing tensor 'output_norm.weight'");
