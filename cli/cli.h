@@ -3,6 +3,7 @@
 #ifndef LMSERVE_CLI_H
 #define LMSERVE_CLI_H
 
+int cli_chat_template(int argc, char **argv); /* cli/chat_template.c */
 int cli_generate(int argc, char **argv); /* cli/generate.c */
 int cli_health(int argc, char **argv);   /* cli/health.c */
 int cli_serve(int argc, char **argv);    /* cli/serve.c */

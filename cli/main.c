@@ -13,6 +13,7 @@ static void usage(FILE *f)
           "  generate   complete one prompt on the command line\n"
           "  train      train a small llama-architecture model on a text file\n"
           "  health     ask a running server's /health (exit 0 when ready)\n"
+          "  chat-template  print the prompt a chat template renders for messages on stdin\n"
           "\n"
           "`lmserve COMMAND --help` lists the command's options and their defaults;\n"
           "`lmserve --version` prints the version.\n",
@@ -39,6 +40,7 @@ int main(int argc, char **argv)
         return 0;
     }
     if (!strcmp(cmd, "health")) return cli_health(argc - 1, argv + 1);
+    if (!strcmp(cmd, "chat-template")) return cli_chat_template(argc - 1, argv + 1);
     if (!strcmp(cmd, "serve")) return cli_serve(argc - 1, argv + 1);
     if (!strcmp(cmd, "generate")) return cli_generate(argc - 1, argv + 1);
     if (!strcmp(cmd, "train")) return cli_train(argc - 1, argv + 1);
