@@ -58,12 +58,16 @@ static void usage(FILE *f, const server_config *d)
         "  --step-budget N          prompt tokens per step over all sequences (default: %d)\n"
         "  --outbox-limit BYTES     output buffered for a client that does not read before its\n"
         "                           request is cancelled (default: %zu)\n"
+        "  --response-limit BYTES   largest answer that is not streamed; one that could not fit is\n"
+        "                           refused (400), one that grows past it ends with a 400; 0 = no\n"
+        "                           limit (default: %zu)\n"
         "  --no-log                 no per-request log lines\n"
         "  -h, --help               this help\n",
         d->host, d->port, d->threads, d->parallel, d->queue, d->ctx,
         sampler_crop_name(d->context_overflow), d->max_tokens_limit,
         d->max_choices, d->body_limit, d->timeout, d->max_connections,
-        d->shutdown_timeout, d->prefill_chunk, d->step_budget, d->outbox_limit);
+        d->shutdown_timeout, d->prefill_chunk, d->step_budget, d->outbox_limit,
+        d->response_limit);
 }
 
 /* The default model: $LMSERVE_DEFAULT_MODEL, else models/default/model.gguf in the
@@ -134,6 +138,7 @@ int cli_serve(int argc, char **argv)
         OPT_INT("--prefill-chunk", &c.prefill_chunk, 1, 1 << 16),
         OPT_INT("--step-budget", &c.step_budget, 1, 1 << 20),
         OPT_SIZE("--outbox-limit", &c.outbox_limit, 4096, 1L << 30),
+        OPT_SIZE("--response-limit", &c.response_limit, 0, 1L << 40),
         OPT_FLAG("--no-log", &c.log_requests, 0),
     };
     int rc = cli_parse("lmserve serve", opts, sizeof opts / sizeof opts[0], argc, argv);

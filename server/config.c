@@ -26,5 +26,6 @@ void server_config_init(server_config *c)
      * (the measurements are in the commit that set this value), while 64 cost throughput. */
     c->step_budget = 128;
     c->outbox_limit = 1u << 20;
+    c->response_limit = 16u << 20;
     c->log_requests = 1;
 }

@@ -813,7 +813,8 @@ static int queue_waiting_locked(const engine *e)
 int engine_submit(engine *e, job *j)
 {
     int rc = -1;
-    j->out_limit = j->p.stream ? e->c.outbox_limit : 0;
+    j->out_limit = j->p.stream ? e->c.outbox_limit : e->c.response_limit;
+    j->met = e->c.metrics;
     j->model = e->m;
     j->prompt_dropped = 0;
     for (int i = 0; j->p.context_overflow == SAMPLER_CROP_SLIDE && i < j->p.n_prompts; i++)

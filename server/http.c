@@ -240,6 +240,24 @@ static void stream_free(void *cls)
     req_unref(cls);
 }
 
+enum MHD_Result http_send_job_body(server *s, http_req *r, int status, const char *const *headers)
+{
+    /* the job's outbox holds the whole answer: MHD reads it in blocks (no copy of it) */
+    job *j = r->job;
+    struct MHD_Response *resp = MHD_create_response_from_callback(j->out.len - j->out_off, 64 * 1024,
+                                                                  stream_reader, r, stream_free);
+    if (!resp) return MHD_NO;
+    r->refs++;
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+    for (int i = 0; headers && headers[i]; i += 2) MHD_add_response_header(resp, headers[i], headers[i + 1]);
+    add_common_headers(s, resp);
+    if (s->draining) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
+    r->status = status;
+    enum MHD_Result ret = MHD_queue_response(r->conn, (unsigned)status, resp);
+    MHD_destroy_response(resp);
+    return ret;
+}
+
 enum MHD_Result http_send_stream(server *s, http_req *r)
 {
     struct MHD_Response *resp =
@@ -652,7 +670,7 @@ int server_run(const server_config *cfg)
     s->vc = (validate_ctx){
         .model_id = s->model_id, .vocab = mi->vocab_size, .ctx = s->ctx, .add_bos = mi->add_bos,
         .bos_id = mi->bos_id, .max_tokens_limit = cfg->max_tokens_limit, .max_choices = cfg->max_choices,
-        .context_overflow = cfg->context_overflow,
+        .context_overflow = cfg->context_overflow, .response_limit = cfg->response_limit,
         .tokenize = tokenize_cb, .tok_cls = s->m};
     char cmsg[512];
     if (chat_setup(&s->chat, s->m, cfg->chat_template, cmsg, sizeof cmsg) < 0) {
@@ -678,7 +696,7 @@ int server_run(const server_config *cfg)
     engine_config ec = {
         .model = s->m, .parallel = cfg->parallel, .ctx = s->ctx, .queue = cfg->queue,
         .prefill_chunk = cfg->prefill_chunk, .step_budget = cfg->step_budget,
-        .outbox_limit = cfg->outbox_limit, .metrics = &s->met, .notify = notify, .notify_cls = s};
+        .outbox_limit = cfg->outbox_limit, .response_limit = cfg->response_limit, .metrics = &s->met, .notify = notify, .notify_cls = s};
     if (engine_start(&s->eng, &ec) < 0) {
         fprintf(stderr, "lmserve: cannot start the engine thread\n");
         goto out_loop;

@@ -90,6 +90,8 @@ enum MHD_Result http_send_error(server *s, http_req *r, const api_error *e);
 enum MHD_Result http_send_json(server *s, http_req *r, int status, json_t *o); /* steals o */
 /* Start a streamed (SSE) answer for r->job. */
 enum MHD_Result http_send_stream(server *s, http_req *r);
+/* r's job is done: its outbox (the whole answer) is the body, read without a copy. */
+enum MHD_Result http_send_job_body(server *s, http_req *r, int status, const char *const *headers);
 void http_park(server *s, http_req *r);
 
 #endif

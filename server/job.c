@@ -54,6 +54,7 @@ void job_unref(job *j)
         job_event_free(ev);
     }
     output_free(j);
+    if (j->out_held) output_account(j, -(ptrdiff_t)j->out_held); /* what was never sent */
     job_params_clear(&j->p);
     sbuf_free(&j->out);
     uv_mutex_destroy(&j->mu);
@@ -143,7 +144,7 @@ size_t job_out_take(job *j, char *buf, size_t max, int *done)
     if (n) {
         memcpy(buf, j->out.data + j->out_off, n);
         j->out_off += n;
-        j->out_held -= n;
+        output_account(j, -(ptrdiff_t)n);
         if (j->out_off == j->out.len) {
             j->out_off = j->out.len = 0;
             if (j->out.cap > (1u << 16)) sbuf_free(&j->out);

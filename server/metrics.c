@@ -12,7 +12,13 @@ static const double buckets[METRICS_NBUCKETS] = {
 int metrics_init(metrics *m)
 {
     memset(m, 0, sizeof *m);
+    atomic_init(&m->response_bytes, 0);
     return uv_mutex_init(&m->mu) ? -1 : 0;
+}
+
+void metrics_response_bytes(metrics *m, ptrdiff_t delta)
+{
+    atomic_fetch_add(&m->response_bytes, (long long)delta);
 }
 
 void metrics_destroy(metrics *m)
@@ -123,6 +129,10 @@ int metrics_render(metrics *m, sbuf *b, int queued, int running_requests, int ru
                    "window moved.\n"
                    "# TYPE lmserve_context_recomputed_tokens_total counter\nlmserve_context_recomputed_tokens_total %llu\n",
                 (unsigned long long)m->recomputed);
+    sbuf_printf(b, "# HELP lmserve_response_bytes Bytes held by answers: non-streamed answers being built "
+                   "or sent, and streamed output a client has not read yet.\n"
+                   "# TYPE lmserve_response_bytes gauge\nlmserve_response_bytes %lld\n",
+                atomic_load(&m->response_bytes));
     histogram(b, "lmserve_time_to_first_token_seconds", "Time from request to first generated token.",
               m->ttft_buckets, m->ttft_count, m->ttft_sum);
     histogram(b, "lmserve_time_per_output_token_seconds", "Time between consecutive generated tokens of a sequence.",

@@ -11,9 +11,17 @@
  * bodies, or for a stream an error event before [DONE].
  *
  * Every byte goes through out_put, the one append path: it counts the bytes the
- * answer holds (job->out_held) against job->out_limit and, past it, cancels the
- * job with CANCEL_OVERFLOW instead of growing.  An allocation failure cancels
- * the job with CANCEL_FAILED and the answer becomes a 503.
+ * answer holds (job->out_held, and the server-wide total in metrics) against
+ * job->out_limit and, past it, ends the job instead of growing: a stream whose
+ * client does not read is cancelled with CANCEL_OVERFLOW (no answer); a
+ * non-streamed answer (--response-limit) ends with a 400 response_too_large.
+ * An allocation failure cancels the job with CANCEL_FAILED and the answer
+ * becomes a 503.
+ *
+ * A non-streamed answer is built once: each token's entries are rendered into
+ * the choice's buffers, moved into the outbox when the job ends (each part freed
+ * as soon as it is copied, so the bytes held stay within the limit), and the
+ * connection reads the outbox directly (no further copy).
  */
 #include "server/server_internal.h"
 #include "model/model.h"
@@ -41,10 +49,18 @@ static int out_stopped(const job *j)
     return c == CANCEL_CLIENT || c == CANCEL_OVERFLOW;
 }
 
+enum { OUT_NOMEM = 1, OUT_TOO_LARGE = 2 }; /* job->out_failed */
+
 static void out_fail(job *j)
 {
-    j->out_failed = 1;
+    if (!j->out_failed) j->out_failed = OUT_NOMEM;
     job_cancel(j, CANCEL_FAILED);
+}
+
+void output_account(job *j, ptrdiff_t delta)
+{
+    j->out_held = (size_t)((ptrdiff_t)j->out_held + delta);
+    if (j->met) metrics_response_bytes(j->met, delta);
 }
 
 /* Append data to dst (the outbox or a choice's buffer).  -1 if the job's output
@@ -52,15 +68,20 @@ static void out_fail(job *j)
 static int out_put(job *j, sbuf *dst, const char *data, size_t n)
 {
     if (out_stopped(j) || j->out_failed) return -1;
-    if (j->out_limit && j->out_held + n > j->out_limit) {
-        job_cancel(j, CANCEL_OVERFLOW);
+    if (j->out_limit && (n > j->out_limit || j->out_held > j->out_limit - n)) {
+        if (j->p.stream) {
+            job_cancel(j, CANCEL_OVERFLOW);
+        } else {
+            j->out_failed = OUT_TOO_LARGE;
+            job_cancel(j, CANCEL_FAILED); /* the engine stops generating for it */
+        }
         return -1;
     }
     if (sbuf_append(dst, data, n) < 0) {
         out_fail(j);
         return -1;
     }
-    j->out_held += n;
+    output_account(j, (ptrdiff_t)n);
     return 0;
 }
 
@@ -112,16 +133,30 @@ static int out_sse(job *j, json_t *o)
     return rc;
 }
 
+/* Free one of a choice's buffers and stop counting its bytes. */
+static void part_free(job *j, sbuf *b)
+{
+    output_account(j, -(ptrdiff_t)b->len);
+    sbuf_free(b);
+}
+
 static void choice_bufs_free(job *j, out_choice *c)
 {
-    j->out_held -= c->text.len;
-    sbuf_free(&c->text);
-    for (int k = 0; k < LP_N; k++) {
-        j->out_held -= c->lp[k].len;
-        sbuf_free(&c->lp[k]);
-    }
-    j->out_held -= c->trace.len;
-    sbuf_free(&c->trace);
+    part_free(j, &c->text);
+    for (int k = 0; k < LP_N; k++) part_free(j, &c->lp[k]);
+    part_free(j, &c->trace);
+}
+
+/* Move a choice's buffer to the end of dst: its bytes stop counting first, so the
+ * copy never counts twice against the limit; the buffer is freed after. */
+static int part_move(job *j, sbuf *dst, sbuf *part)
+{
+    sbuf b = *part;
+    *part = (sbuf){0};
+    output_account(j, -(ptrdiff_t)b.len);
+    int rc = out_put(j, dst, b.data ? b.data : "", b.len);
+    sbuf_free(&b);
+    return rc;
 }
 
 void output_free(job *j)
@@ -249,6 +284,21 @@ static int lp_add(job *j, json_t *lp, out_choice *oc, int32_t id, const sampler_
     }
     if (rc < 0 && !j->out_failed && !out_stopped(j)) out_fail(j);
     return rc;
+}
+
+/* The smallest entry lp_add can write, for the admission estimate: an empty token
+ * (no bytes), a logprob of 0.0 (three characters, jansson's shortest real), and
+ * for chat each top entry the same; completions' top object may hold a single
+ * entry (equal spellings are written once).  Separating commas are not counted. */
+size_t output_min_token_bytes(int kind, int logprobs, int vocab)
+{
+    if (logprobs < 0) return 0;
+    int top = logprobs < vocab ? logprobs : vocab;
+    if (kind == JOB_CHAT) /* {"token":"","logprob":0.0,"bytes":[],"top_logprobs":[...]} */
+        return sizeof "{\"token\":\"\",\"logprob\":0.0,\"bytes\":[],\"top_logprobs\":[]}" - 1 +
+               (size_t)top * (sizeof "{\"token\":\"\",\"logprob\":0.0,\"bytes\":[]}" - 1);
+    /* "" + 0.0 + {} (+ "":0.0) + 0 */
+    return 2 + 3 + 2 + 1 + (top > 0 ? 6 : 0);
 }
 
 /* ---- sampler trace ---------------------------------------------------------------------- */
@@ -415,7 +465,7 @@ static void on_finish(job *j, out_choice *oc, const job_event *ev)
 
 static void drop_out(job *j)
 {
-    j->out_held -= j->out.len - j->out_off;
+    output_account(j, -(ptrdiff_t)(j->out.len - j->out_off));
     sbuf_free(&j->out);
     j->out_off = 0;
 }
@@ -423,7 +473,12 @@ static void drop_out(job *j)
 static void answer_error(job *j, int error)
 {
     api_error err;
-    if (error == JOB_ERR_MODEL)
+    if (j->out_failed == OUT_TOO_LARGE)
+        api_error_set(&err, 400, "invalid_request_error", "max_tokens", "response_too_large",
+                      "the response passed the server's limit of %zu bytes (--response-limit) after %d "
+                      "generated tokens; ask for fewer tokens, choices or logprobs, or stream it",
+                      j->out_limit, atomic_load(&j->stat_completion));
+    else if (error == JOB_ERR_MODEL)
         api_error_set(&err, 500, "server_error", NULL, "model_error", "the model failed to run");
     else if (error == JOB_ERR_SHUTDOWN)
         api_error_set(&err, 503, "server_error", NULL, "shutting_down", "the server is shutting down");
@@ -464,6 +519,7 @@ static int answer_final(job *j, const job_end *end)
     for (int i = 0; rc == 0 && i < j->n_choices; i++) {
         out_choice *oc = &j->outc[i];
         json_t *text = json_bytes(oc->text.data ? oc->text.data : "", oc->text.len);
+        part_free(j, &oc->text); /* json_bytes copied it */
         char idx[32];
         snprintf(idx, sizeof idx, "\"index\":%d", i);
         rc = out_lit(j, b, i ? ",{" : "{");
@@ -487,14 +543,14 @@ static int answer_final(job *j, const job_end *end)
                 char key[40];
                 snprintf(key, sizeof key, "%s\"%s\":[", k ? "," : "", lp_keys[chat][k]);
                 rc = out_lit(j, b, key);
-                rc = rc < 0 ? rc : out_put(j, b, oc->lp[k].data ? oc->lp[k].data : "", oc->lp[k].len);
+                rc = rc < 0 ? rc : part_move(j, b, &oc->lp[k]);
                 rc = rc < 0 ? rc : out_lit(j, b, "]");
             }
             rc = rc < 0 ? rc : out_lit(j, b, "}");
         }
         if (j->p.sampler_trace > 0) {
             rc = rc < 0 ? rc : out_lit(j, b, ",\"sampler_trace\":[");
-            rc = rc < 0 ? rc : out_put(j, b, oc->trace.data ? oc->trace.data : "", oc->trace.len);
+            rc = rc < 0 ? rc : part_move(j, b, &oc->trace);
             rc = rc < 0 ? rc : out_lit(j, b, "]");
         }
         rc = rc < 0 ? rc : out_lit(j, b, ",\"finish_reason\":");
@@ -514,6 +570,7 @@ static void on_end(job *j, const job_end *end)
         /* nobody to answer */
     } else if (j->out_failed || end->error) {
         answer_error(j, end->error ? end->error : JOB_ERR_NOMEM);
+
     } else if (j->p.stream) {
         if (j->p.include_usage) {
             json_t *o = envelope(j, 1);

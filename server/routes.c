@@ -337,11 +337,7 @@ enum MHD_Result routes_resume(server *s, http_req *r)
         return MHD_YES;
     }
     r->waiting = 0;
-    uv_mutex_lock(&j->mu);
-    enum MHD_Result ret = http_send(s, r, j->status, "application/json", j->out.data ? j->out.data : "",
-                                    j->out.len, j->status == 503 ? (const char *const[]){"Retry-After", "1", NULL} : NULL);
-    uv_mutex_unlock(&j->mu);
-    return ret;
+    return http_send_job_body(s, r, j->status, j->status == 503 ? (const char *const[]){"Retry-After", "1", NULL} : NULL);
 }
 
 enum MHD_Result routes_dispatch(server *s, http_req *r)

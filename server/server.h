@@ -83,6 +83,8 @@ typedef struct {
     int prefill_chunk;          /* prompt tokens per sequence per step */
     int step_budget;            /* prompt tokens per step over all sequences */
     size_t outbox_limit;        /* bytes buffered for a slow client before its job is cancelled */
+    size_t response_limit;      /* bytes a non-streamed answer may reach (0: no limit): refused
+                                 * up front when it could not fit, else ended at the limit (400) */
     int log_requests;           /* one line per request on stderr */
     const char *version;        /* the build's version: /health, the Server header (NULL: "unknown") */
     int context_overflow;       /* past the window: 0 slide (the default), 1 shift, 2 stop

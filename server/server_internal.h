@@ -100,6 +100,7 @@ typedef struct {
     int max_tokens_limit;
     int max_choices;
     int context_overflow;      /* the server's default SAMPLER_CROP_* */
+    size_t response_limit;     /* bytes a non-streamed answer may hold (0: no limit) */
     /* tokenizer: returns count (may exceed cap) or < 0 */
     int (*tokenize)(void *cls, const char *text, size_t len, int add_bos, int32_t *out, int cap);
     void *tok_cls;
@@ -219,7 +220,9 @@ typedef struct job {
     const char *model_id;
     double t_submit;
     int prompt_tokens;         /* sum of the prompts' lengths */
-    size_t out_limit;          /* bytes the output may hold (0: no limit); set by engine_submit */
+    size_t out_limit;          /* bytes the output may hold (0: no limit); set by engine_submit:
+                                * a stream's unsent bytes, or a whole non-streamed answer */
+    struct metrics *met;       /* the server's response-bytes gauge (NULL: none); set by engine_submit */
     const struct model *model; /* whose tokens the events name; set by engine_submit */
     int prompt_dropped;        /* prompt tokens cropped away (slide); set by engine_submit */
     server *srv;
@@ -242,7 +245,7 @@ typedef struct job {
     size_t out_off;
     size_t out_held;           /* bytes held for the answer: out from out_off + the choices' */
     out_choice *outc;          /* (n_choices) a non-streamed answer in the making */
-    int out_failed;            /* out of memory while formatting */
+    int out_failed;            /* 0, or why the answer is an error: out of memory, or too large */
     int done;                  /* the answer is complete in `out` */
     int status;                /* HTTP status of a non-streamed answer */
     /* [atomic] */
@@ -286,6 +289,12 @@ size_t job_out_take(job *j, char *buf, size_t max, int *done);
 void output_drain(job *j);
 /* Free the output stage's per-job state (job_unref calls it). */
 void output_free(job *j);
+/* The answer's held bytes changed by delta (job->out_held and the metrics gauge). */
+void output_account(job *j, ptrdiff_t delta);
+/* The fewest bytes one token adds to a non-streamed answer: its smallest logprobs
+ * entry (kind JOB_*, logprobs as in job_params: -1 none, else the top count), 0
+ * without logprobs.  The admission estimate of --response-limit uses it. */
+size_t output_min_token_bytes(int kind, int logprobs, int vocab);
 
 /* One step's sampler trace as the API shows it (trace_json.c); token_text gives a
  * candidate's text (a new JSON string).  NULL if out of memory. */
@@ -294,7 +303,7 @@ json_t *trace_json(const sampler_trace *t, json_t *(*token_text)(void *cls, int3
 /* ---- Metrics (metrics.c) --------------------------------------------------------- */
 
 #define METRICS_NBUCKETS 14
-typedef struct {
+typedef struct metrics {
     uv_mutex_t mu;
     uint64_t by_status[600];
     uint64_t prompt_tokens, completion_tokens;
@@ -306,6 +315,7 @@ typedef struct {
     double forward_seconds;
     uint64_t window_moves;     /* engine: a window slid or shifted past the context */
     uint64_t recomputed;       /* engine: tokens fed again because their window moved */
+    atomic_llong response_bytes; /* output stage: bytes answers hold (built, or not yet sent) */
 } metrics;
 
 int metrics_init(metrics *m);
@@ -316,6 +326,8 @@ void metrics_token_latency(metrics *m, double seconds);
 void metrics_step(metrics *m, int rows, double seconds);
 /* A sequence's window moved; `recomputed` tokens it had already been fed must be fed again. */
 void metrics_context(metrics *m, int recomputed);
+/* Bytes held by answers changed by delta (any thread; no lock). */
+void metrics_response_bytes(metrics *m, ptrdiff_t delta);
 /* Prometheus text exposition into b. */
 int metrics_render(metrics *m, sbuf *b, int queued, int running_requests, int running_seqs,
                    int slots);
@@ -353,6 +365,7 @@ typedef struct {
     int prefill_chunk;
     int step_budget;
     size_t outbox_limit;       /* a stream's output limit (job->out_limit) */
+    size_t response_limit;     /* a non-streamed answer's limit (job->out_limit; 0: none) */
     metrics *metrics;          /* NULL: not recorded */
     void (*notify)(void *cls, job *j);   /* called from the engine thread when j has news */
     void *notify_cls;

@@ -5,9 +5,11 @@
  * names the offending parameter.  The scalar fields are one table (`fields`:
  * name, routes, type, range, default -- the ranges OpenAI documents, plus the
  * server's limits); the rest have a small reader each: logit_bias (token-id keys
- * in the vocabulary, values in [-100, 100], -100 bans), stop (a non-empty string
- * or up to 4), seed, stream_options (only with stream), prompt or messages (must
- * have tokens).  Running out of memory is a 503, never blamed on the client.
+ * in the vocabulary, each id once however it is spelt, values in [-100, 100],
+ * -100 bans), stop (a non-empty string or up to 4), seed, stream_options (only
+ * with stream), prompt or messages (must have tokens).  A non-streamed answer
+ * that could not fit in --response-limit is refused before it starts.  Running
+ * out of memory is a 503, never blamed on the client.
  */
 #include "server/server_internal.h"
 
@@ -422,6 +424,20 @@ static int parse_stop(job_params *p, json_t *x, api_error *err)
     return 0;
 }
 
+/* A logit_bias key: decimal digits only (no sign, no spaces), leading zeros
+ * allowed; the token id, or -1 if it is not one in [0, vocab). */
+static long bias_key_id(const char *key, int vocab)
+{
+    if (!*key) return -1;
+    long id = 0;
+    for (const char *c = key; *c; c++) {
+        if (*c < '0' || *c > '9') return -1;
+        id = id * 10 + (*c - '0');
+        if (id >= vocab) return -1;
+    }
+    return id;
+}
+
 static int parse_logit_bias(const validate_ctx *vc, job_params *p, json_t *x, api_error *err)
 {
     if (!x || json_is_null(x)) return 0;
@@ -444,10 +460,8 @@ static int parse_logit_bias(const validate_ctx *vc, job_params *p, json_t *x, ap
     json_t *v;
     int k = 0;
     json_object_foreach(x, key, v) {
-        char *end;
-        errno = 0;
-        long id = strtol(key, &end, 10);
-        if (!*key || *end || errno || id < 0 || id >= vc->vocab) {
+        long id = bias_key_id(key, vc->vocab);
+        if (id < 0) {
             api_error_set(err, 400, "invalid_request_error", "logit_bias", "invalid_value",
                           "'logit_bias' key '%.40s' is not a token id in [0, %d)", key, vc->vocab);
             return -1;
@@ -463,16 +477,23 @@ static int parse_logit_bias(const validate_ctx *vc, job_params *p, json_t *x, ap
         k++;
     }
     p->sp.n_bias = k;
-    /* banning every token leaves nothing to sample: a client error, not a 500 */
-    unsigned char *banned = calloc((size_t)vc->vocab, 1);
-    if (!banned) return oom(err);
+    /* one key per id ("1" and "01" are the same token: which value would win?); and
+     * banning every token leaves nothing to sample -- both client errors, not a 500 */
+    unsigned char *seen = calloc((size_t)vc->vocab, 1);
+    if (!seen) return oom(err);
     int n_banned = 0;
-    for (int i = 0; i < k; i++)
-        if (isinf(vals[i]) && !banned[ids[i]]) {
-            banned[ids[i]] = 1;
-            n_banned++;
+    for (int i = 0; i < k; i++) {
+        if (seen[ids[i]]) {
+            free(seen);
+            api_error_set(err, 400, "invalid_request_error", "logit_bias", "invalid_value",
+                          "'logit_bias' names token %d more than once (keys are token ids: \"1\" and \"01\" "
+                          "are the same)", (int)ids[i]);
+            return -1;
         }
-    free(banned);
+        seen[ids[i]] = 1;
+        if (isinf(vals[i])) n_banned++;
+    }
+    free(seen);
     if (n_banned >= vc->vocab) {
         api_error_set(err, 400, "invalid_request_error", "logit_bias", "invalid_value",
                       "'logit_bias' bans every token of the vocabulary");
@@ -557,6 +578,30 @@ static int check_prompt_lengths(const validate_ctx *vc, int kind, job_params *p,
         }
     }
     return 0;
+}
+
+/* A non-streamed answer is held whole until it ends, so it must fit in
+ * --response-limit.  Refuse now what could not fit if the choices ran to
+ * max_tokens, counting for each token the smallest logprobs entry the output
+ * stage can write (text counts 0: a token may release none), plus the echoed
+ * prompt's entries.  What passes may still hit the limit as it grows: it ends
+ * then with the same error, without allocating past the limit. */
+static int check_response_size(const validate_ctx *vc, const job_params *p, api_error *err)
+{
+    if (p->stream || !vc->response_limit) return 0;
+    size_t per = output_min_token_bytes(p->kind, p->logprobs, vc->vocab);
+    if (!per) return 0;
+    double tokens = 0;
+    for (int i = 0; i < p->n_prompts; i++)
+        tokens += (double)p->n * ((double)p->max_tokens + (p->echo ? p->prompt_lens[i] : 0));
+    double least = tokens * (double)per;
+    if (least <= (double)vc->response_limit) return 0;
+    api_error_set(err, 400, "invalid_request_error", "max_tokens", "response_too_large",
+                  "this response would hold %.0f tokens with logprobs, at least %zu bytes each: %.0f bytes, over "
+                  "the server's limit of %zu for a response that is not streamed (--response-limit); ask for "
+                  "fewer tokens, choices or top_logprobs, or stream it",
+                  tokens, per, least, vc->response_limit);
+    return -1;
 }
 
 static int read_stream_options(json_t *root, job_params *p, api_error *err)
@@ -692,6 +737,8 @@ int validate_request(const validate_ctx *vc, int kind, const char *body, size_t 
     } else {
         p->max_tokens = 16;
     }
+
+    if (check_response_size(vc, p, err) < 0) goto fail;
 
     const char *bad = NULL;
     if (sampler_params_validate(&p->sp, vc->vocab, &bad) != SAMPLER_OK)

@@ -273,3 +273,90 @@ Test(validate, context_overflow)
     cr_expect_eq(p.max_tokens, 32);
     job_params_clear(&p);
 }
+
+/* logit_bias keys are token ids: the same id however written is named once. */
+Test(validate, logit_bias_keys_are_ids)
+{
+    job_params p;
+    api_error e;
+    const char *dups[] = {"{\"1\": 1, \"01\": 2}", "{\"7\": -100, \"007\": -100}", "{\"0\": 1, \"00\": 1}",
+                          "{\"299\": 1, \"5\": 1, \"0299\": 1}"};
+    for (size_t i = 0; i < sizeof dups / sizeof dups[0]; i++) {
+        char body[128];
+        snprintf(body, sizeof body, "{\"prompt\": \"x\", \"logit_bias\": %s}", dups[i]);
+        cr_expect_eq(run(JOB_COMPLETION, body, &p, &e), -1, "%s", body);
+        cr_expect_eq(e.status, 400);
+        cr_expect_str_eq(e.param ? e.param : "", "logit_bias");
+        cr_expect(strstr(e.message, "more than once"), "%s", e.message);
+    }
+    const char *bad[] = {"+1", " 1", "1 ", "-0", "0x1", "1e1", "1.0"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char body[128];
+        snprintf(body, sizeof body, "{\"prompt\": \"x\", \"logit_bias\": {\"%s\": 1}}", bad[i]);
+        expect_400(JOB_COMPLETION, body, "logit_bias");
+    }
+    /* leading zeros name the plain id */
+    cr_assert_eq(run(JOB_COMPLETION, "{\"prompt\": \"x\", \"logit_bias\": {\"0042\": 3, \"7\": -1}}", &p, &e), 0,
+                 "%s", e.message);
+    cr_assert_eq(p.sp.n_bias, 2);
+    int found = 0;
+    for (int i = 0; i < 2; i++)
+        if (p.sp.bias_ids[i] == 42) {
+            cr_expect_float_eq(p.sp.bias_values[i], 3.0f, 0);
+            found = 1;
+        }
+    cr_expect(found);
+    job_params_clear(&p);
+}
+
+/* A non-streamed answer that could not fit in response_limit is refused up front:
+ * n x max_tokens tokens x the smallest logprobs entry; streams are not. */
+Test(validate, response_limit_estimate)
+{
+    validate_ctx vc = VC;
+    vc.vocab = 300;
+    vc.max_tokens_limit = 4096;
+    vc.max_choices = 64;
+    vc.response_limit = 16u << 20;
+    job_params p;
+    api_error e;
+    const char *issue = "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"n\": 32, \"max_tokens\": 1024,"
+                        " \"logprobs\": true, \"top_logprobs\": 20%s}";
+    char body[256];
+    snprintf(body, sizeof body, issue, "");
+    cr_assert_eq(validate_request(&vc, JOB_CHAT, body, strlen(body), &p, &e), -1);
+    cr_expect_eq(e.status, 400);
+    cr_expect_str_eq(e.param ? e.param : "", "max_tokens");
+    cr_expect_str_eq(e.code ? e.code : "", "response_too_large");
+    cr_expect(strstr(e.message, "16777216"), "%s", e.message);
+    /* streamed: only the unsent bytes are held (--outbox-limit) */
+    snprintf(body, sizeof body, issue, ", \"stream\": true");
+    cr_assert_eq(validate_request(&vc, JOB_CHAT, body, strlen(body), &p, &e), 0, "%s", e.message);
+    job_params_clear(&p);
+    /* no limit */
+    vc.response_limit = 0;
+    snprintf(body, sizeof body, issue, "");
+    cr_assert_eq(validate_request(&vc, JOB_CHAT, body, strlen(body), &p, &e), 0, "%s", e.message);
+    job_params_clear(&p);
+    /* at the edge: per token exactly output_min_token_bytes */
+    size_t per = output_min_token_bytes(JOB_CHAT, 20, vc.vocab);
+    cr_assert_gt(per, 20 * 30);
+    vc.response_limit = per * 32 * 1024;
+    cr_assert_eq(validate_request(&vc, JOB_CHAT, body, strlen(body), &p, &e), 0, "%s", e.message);
+    job_params_clear(&p);
+    vc.response_limit--;
+    cr_assert_eq(validate_request(&vc, JOB_CHAT, body, strlen(body), &p, &e), -1);
+    /* without logprobs a token may add no bytes: nothing to refuse up front */
+    vc.response_limit = 1;
+    const char *plain = "{\"prompt\": \"x\", \"n\": 64, \"max_tokens\": 4096}";
+    cr_assert_eq(validate_request(&vc, JOB_COMPLETION, plain, strlen(plain), &p, &e), 0, "%s", e.message);
+    job_params_clear(&p);
+    /* echo counts the prompt's entries too */
+    vc.response_limit = output_min_token_bytes(JOB_COMPLETION, 5, vc.vocab) * 10;
+    const char *echo = "{\"prompt\": \"abcdefghi\", \"max_tokens\": 0, \"logprobs\": 5, \"echo\": true}"; /* 10 tokens */
+    cr_assert_eq(validate_request(&vc, JOB_COMPLETION, echo, strlen(echo), &p, &e), 0, "%s", e.message);
+    job_params_clear(&p);
+    vc.response_limit--;
+    cr_assert_eq(validate_request(&vc, JOB_COMPLETION, echo, strlen(echo), &p, &e), -1);
+    cr_expect_str_eq(e.code ? e.code : "", "response_too_large");
+}
