@@ -16,8 +16,14 @@ int sbuf_append(sbuf *b, const void *p, size_t n)
 {
     if (n > SIZE_MAX - b->len - 1) return -1;
     if (b->len + n + 1 > b->cap) {
+        /* doubling while small; past 64 KiB a quarter more each time, so a large
+         * answer's buffers hold at most ~25 % unused (realloc of such blocks remaps
+         * pages rather than copying them) */
         size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->len + n + 1) cap = cap > SIZE_MAX / 2 ? b->len + n + 1 : cap * 2;
+        while (cap < b->len + n + 1) {
+            size_t more = cap < (1u << 16) ? cap : cap / 4;
+            cap = cap > SIZE_MAX - more ? b->len + n + 1 : cap + more;
+        }
         char *d = realloc(b->data, cap);
         if (!d) return -1;
         b->data = d;
