@@ -184,6 +184,40 @@ test('greedy generation streams the exact stories260K continuation', async () =>
   assert.deepEqual(pageErrors, []);
 });
 
+test('a prompt longer than the window is cropped, not refused: the playground shows what the API answers', async () => {
+  // The server's default, slide: the model sees the prompt's last --ctx tokens.  A
+  // 64-token window keeps each token past it cheap (one pass over the window each).
+  const small = await startServer(['--ctx', '64']);
+  try {
+    let long = PROMPT;
+    for (;;) {
+      const t = await (await fetch(small.base + '/tokenize', { method: 'POST', body: JSON.stringify({ content: long }) })).json();
+      if (t.tokens.length > 64 + 16) break;
+      long += ' Lily and Ben went to the park to play on the swings.';
+    }
+    const api = await (await fetch(small.base + '/v1/completions', {
+      method: 'POST', body: JSON.stringify({ prompt: long, max_tokens: 12, temperature: 0 }),
+    })).json();
+    assert.ok(api.usage.prompt_tokens_dropped > 16, JSON.stringify(api.usage));
+    await page.goto(small.base + '/', { waitUntil: 'load' });
+    await page.waitForSelector('#col-0');
+    await page.fill('#prompt', long);
+    await page.selectOption('#preset-0', 'greedy');
+    await page.fill('#max-tokens', '12');
+    let sent = null;
+    const grab = (req) => { if (req.method() === 'POST') sent = req.postDataJSON(); };
+    page.on('request', grab);
+    await page.click('#generate');
+    await waitColumnDone(0);
+    page.off('request', grab);
+    assert.equal(sent.context_overflow, undefined, 'the playground leaves the crop to the server (slide)');
+    assert.equal(await page.textContent('#completion-0'), api.choices[0].text);
+    assert.match(await page.textContent('#stats-0'), /finish: length/);
+  } finally {
+    assert.equal(await stopServer(small), 0);
+  }
+});
+
 test('token view colours tokens by probability and lists the alternatives', async () => {
   await freshPage();
   assert.equal(await page.isChecked('#token-view'), true);
