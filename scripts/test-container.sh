@@ -12,7 +12,7 @@
 #     `podman import` and tagged as the registry's name too; nginx:1.22 (for the compose file)
 #     is Debian bookworm's nginx 1.22 on that base.
 #  4. `podman build --pull=never --format docker --network=host -f docker/Dockerfile`.
-#  5. tests/container/test_image.py: /health, a completion, a streamed completion, the
+#  5. tests/container/test_image.py: the build context (.dockerignore), /health, a completion, a streamed completion, the
 #     HEALTHCHECK, the non-root user, SIGTERM drain (podman stop -> exit 0), and
 #     docker/compose.yaml's nginx over two replicas, run by podman-compose.
 # Prints the image size and the time of each phase.  Environment: LMSERVE_IMAGE (the tag,

@@ -85,6 +85,43 @@ def run_container(name, *args):
     return port
 
 
+class BuildContext(unittest.TestCase):
+    """.dockerignore: the build context holds what `make build/lmserve` and the runtime stage
+    need (sources, Makefile, VERSION, scripts/version.sh, web/, models/default) and nothing
+    else -- not .git, build outputs, the tests' 200 MB of data, benchmarks or docs.  What the
+    context really holds is seen by building it: COPY . into a throwaway image and list it."""
+
+    CONTEXT_BUDGET = 12_000_000  # bytes: ~1 MB of sources + the 3.6 MB default model
+    NEEDED = ["Makefile", "VERSION", "scripts/version.sh", "cli/main.c", "model/model.h",
+              "model/tokenizers/chat_template.c", "server/http.c", "sampler/sampler.h", "train/train.h",
+              "web/web.mk", "models/default/model.gguf", "docker/Dockerfile"]
+    LEFT_OUT = [".git/", "build/", "tests/", ".ci/", "bench/", "fuzz/", "docs/", "eval-out/", "fuzz-corpus/"]
+
+    def test_context_has_what_the_build_needs_and_nothing_else(self):
+        tag = "lmserve-context:test"
+        with open(os.path.join(REPO, "build", "context.Containerfile"), "w") as f:
+            f.write("FROM docker.io/library/debian:bookworm-slim\nCOPY . /ctx\n")
+        try:
+            podman("build", "--pull=never", "--network=host", "-f", f.name, "-t", tag, REPO, timeout=300)
+            r = podman("run", "--rm", "--entrypoint", "find", tag, "/ctx", "-type", "f", "-printf", "%s %P\\n")
+        finally:
+            podman("rmi", "-f", tag, check=False)
+            os.unlink(f.name)
+        files = {}
+        for line in r.stdout.splitlines():
+            size, path = line.split(" ", 1)
+            files[path] = int(size)
+        total = sum(files.values())
+        print("\nbuild context: %d files, %d bytes" % (len(files), total))
+        for need in self.NEEDED:
+            self.assertIn(need, files, "the build needs %s" % need)
+        for prefix in self.LEFT_OUT:
+            self.assertEqual([p for p in files if p.startswith(prefix)][:5], [], "%s is in the context" % prefix)
+        self.assertEqual([p for p in files if p.startswith("models/") and not p.startswith("models/default/")], [])
+        self.assertEqual([p for p in files if "__pycache__" in p or "node_modules" in p][:5], [])
+        self.assertLess(total, self.CONTEXT_BUDGET, "build context is %d bytes" % total)
+
+
 class Image(unittest.TestCase):
     """One container of the image, as `docker run -p 8080:8080 lmserve` starts it."""
 
@@ -186,7 +223,11 @@ class Drain(unittest.TestCase):
             c = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
             c.request("POST", "/v1/completions", body=json.dumps(
                 {"prompt": "In the beginning", "max_tokens": n, "temperature": 0.8, "seed": 7, "stream": True,
-                 "stream_options": {"include_usage": True}}), headers={"Content-Type": "application/json"})
+                 "stream_options": {"include_usage": True},
+                 # past the default model's 128-token window, "shift" keeps a token's cost flat: the
+                 # stream lasts a second or two, well inside the server's 10 s drain deadline
+                 # ("slide", the default, recomputes the whole window for every token past it)
+                 "context_overflow": "shift"}), headers={"Content-Type": "application/json"})
             r = c.getresponse()
             buf = b""
             while True:
@@ -208,6 +249,7 @@ class Drain(unittest.TestCase):
         self.assertFalse(t.is_alive())
         ev = sse_events(got["raw"])
         self.assertEqual(ev[-1], "[DONE]")
+        self.assertIn("usage", ev[-2], "the stream ended early: %s" % (ev[-3:],))
         usage = ev[-2]["usage"]
         self.assertEqual(usage["completion_tokens"], n, "the stream in flight ran to its end")
         finish = [e["choices"][0]["finish_reason"] for e in ev[:-2] if e["choices"]]
