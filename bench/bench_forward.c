@@ -152,6 +152,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "bench_forward: %s\n", err);
         return 1;
     }
+    model_settle(m); /* measure on the weights' final (huge) pages */
     model_set_kv_f16(m, kv_f16);
     const model_info *in = model_get_info(m);
     if (prompt + gen > in->ctx_len)

@@ -9,8 +9,8 @@
  * below the last-level cache measure the cache, not memory: use one well above it
  * (e.g. 512) for the DRAM figure, and the model's own weight size to see what the
  * forward pass can hope for.  The buffer is the memory the model's weights get
- * (model_alloc_weights: 2 MiB-aligned, advised for transparent huge pages;
- * LMSERVE_NO_HUGEPAGES=1 for 4 KiB pages -- the read rate differs, see README).
+ * (model_alloc_weights, then model_weights_huge: 2 MiB-aligned, on transparent huge
+ * pages; LMSERVE_NO_HUGEPAGES=1 for 4 KiB pages -- the read rate differs, see README).
  *
  * --fma first prints one thread's rate of 8-lane fused multiply-adds (12 independent
  * chains, enough to fill both FMA pipes), in GFLOP/s: the arithmetic ceiling of one
@@ -85,6 +85,7 @@ static double measure(size_t bytes, int threads, int rounds)
     }
     for (size_t i = 0; i < n; i++)
         a[i] = (float)(i & 7);
+    model_weights_huge(a, maplen, NULL); /* as the model's weights end up after loading */
     pthread_barrier_t go;
     pthread_barrier_init(&go, NULL, (unsigned)threads + 1);
     share *sh = calloc((size_t)threads, sizeof *sh);

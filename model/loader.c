@@ -3,6 +3,7 @@
 #include "model/loader.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -57,12 +58,15 @@ void *model_calloc_owned(model *m, size_t n, size_t size)
     return p;
 }
 
-/* Anonymous memory for weights, on 2 MiB boundaries and marked for transparent
- * huge pages when it is large enough: a decode step streams every weight once,
- * and with 4 KiB pages that is one TLB miss (a page walk) per 4 KiB -- 15,000
- * per step for a 60 MB model.  The mapping is n bytes rounded up to the
- * alignment; *len gets that length (for munmap).  LMSERVE_NO_HUGEPAGES=1 keeps
- * 4 KiB pages (for comparisons).  NULL when out of memory. */
+/* Anonymous memory for weights, on 2 MiB boundaries when it is large enough
+ * (so that model_weights_huge can later give it huge pages, whole).  It is not
+ * advised for huge pages here: a fault on fresh huge-page memory must find and
+ * clear a free 2 MiB block, and on a VM whose host takes free memory back
+ * (balloon free-page reporting) that costs 0.2 to 1.8 s of CPU per 440 MB,
+ * depending on what was freed before -- while 4 KiB pages come from memory the
+ * guest just used.  So weights are read on 4 KiB pages and collapsed into huge
+ * pages afterwards, off the start-up path.  The mapping is n bytes rounded up to
+ * the alignment; *len gets that length (for munmap).  NULL when out of memory. */
 #define HUGE_ALIGN ((size_t)2 << 20)
 size_t model_map_len(size_t n)
 {
@@ -82,14 +86,91 @@ void *model_alloc_weights(size_t n, size_t *len)
         if (head) munmap(p, head);
         if (tail) munmap((uint8_t *)a + want, tail);
         p = (uint8_t *)a;
-#ifdef MADV_HUGEPAGE
-        const char *no = getenv("LMSERVE_NO_HUGEPAGES");
-        if (!(no && no[0] && strcmp(no, "0")))
-            madvise(p, want, MADV_HUGEPAGE); /* advice only: without THP we keep 4 KiB pages */
-#endif
     }
     *len = want;
     return p;
+}
+
+int model_hugepages_wanted(void)
+{
+    const char *no = getenv("LMSERVE_NO_HUGEPAGES");
+    return !(no && no[0] && strcmp(no, "0"));
+}
+
+#ifndef MADV_COLLAPSE
+#define MADV_COLLAPSE 25 /* Linux 6.1; older kernels answer EINVAL */
+#endif
+
+int model_weights_huge(void *p, size_t len, atomic_int *stop)
+{
+    if (!p || len < HUGE_ALIGN || !model_hugepages_wanted()) return 0;
+    int got = 0;
+#ifdef MADV_HUGEPAGE
+    /* The advice first: khugepaged then collapses whatever MADV_COLLAPSE could not
+     * (an older kernel, or no free 2 MiB block just then). */
+    madvise(p, len, MADV_HUGEPAGE);
+    for (size_t off = 0; off + HUGE_ALIGN <= len; off += HUGE_ALIGN) {
+        if (stop && atomic_load(stop)) break;
+        if (madvise((uint8_t *)p + off, HUGE_ALIGN, MADV_COLLAPSE) == 0) got++;
+        else if (errno == EINVAL) break; /* no MADV_COLLAPSE: the advice alone */
+    }
+#endif
+    return got;
+}
+
+/* ---- Reading files --------------------------------------------------------------- */
+
+/* Reads [0, len) of fd into dst in chunks that several threads take in turn: the
+ * cost of a large read is mostly the kernel's (faulting in and clearing the
+ * fresh pages, then copying from the page cache), which both cores can share. */
+#define READ_CHUNK ((size_t)8 << 20)
+typedef struct {
+    int fd;
+    uint8_t *dst;
+    size_t len;
+    atomic_size_t next;
+    atomic_int err;            /* first failure: an errno, or -1 when the file ended early */
+    atomic_size_t short_at;    /* where it ended, for the message */
+} file_read;
+
+static void *read_chunks(void *arg)
+{
+    file_read *r = arg;
+    for (;;) {
+        size_t off = atomic_fetch_add(&r->next, READ_CHUNK);
+        if (off >= r->len || atomic_load(&r->err)) break;
+        size_t end = r->len - off < READ_CHUNK ? r->len : off + READ_CHUNK;
+        while (off < end) {
+            ssize_t n = pread(r->fd, r->dst + off, end - off, (off_t)off);
+            if (n < 0 && errno == EINTR) continue;
+            if (n <= 0) {
+                int e = n < 0 ? errno : -1, zero = 0;
+                if (atomic_compare_exchange_strong(&r->err, &zero, e)) atomic_store(&r->short_at, off);
+                return NULL;
+            }
+            off += (size_t)n;
+        }
+    }
+    return NULL;
+}
+
+/* 0, or an errno, or -1 when the file ended before len (*at: where). */
+static int read_file_parallel(int fd, uint8_t *dst, size_t len, int threads, size_t *at)
+{
+    file_read r = {.fd = fd, .dst = dst, .len = len};
+    atomic_init(&r.next, 0);
+    atomic_init(&r.err, 0);
+    atomic_init(&r.short_at, 0);
+    pthread_t th[16];
+    int n = 0;
+    if (threads > 16) threads = 16;
+    while (n < threads - 1 && (size_t)(n + 1) * READ_CHUNK < len &&
+           pthread_create(&th[n], NULL, read_chunks, &r) == 0)
+        n++; /* a thread that cannot start leaves its share to the others */
+    read_chunks(&r);
+    for (int i = 0; i < n; i++) pthread_join(th[i], NULL);
+    *at = atomic_load(&r.short_at);
+    return atomic_load(&r.err);
 }
 
 int model_map_file(model *m, const char *path, const uint8_t **data, size_t *size,
@@ -130,8 +211,11 @@ int model_map_file_at(model *m, const char *path, size_t align_at, const uint8_t
      * truncates or rewrites the file in place (e.g. `cp new.gguf served.gguf`
      * while the server runs) -- a crash of the whole server that no check can
      * prevent.  A private copy costs one read at load time (the forward pass
-     * touches every weight anyway) and makes the loaded model immune to what
-     * happens to the file afterwards (tests/integration/test_faults.py). */
+     * touches every weight anyway), made by m->n_threads threads at once, and
+     * makes the loaded model immune to what happens to the file afterwards
+     * (tests/integration/test_faults.py, tests/faults/test_model_file.c).  With
+     * m the copy stays writable: model_load repacks matrices inside it, then
+     * makes it read-only. */
     /* The copy starts pad bytes into the page so that file offset align_at lands
      * on a 64-byte boundary (a llama2.c checkpoint's weights follow a 28-byte
      * header: unaligned, every other 32-byte load would straddle a cache line). */
@@ -147,27 +231,24 @@ int model_map_file_at(model *m, const char *path, size_t align_at, const uint8_t
         close(fd);
         return model_errf(err, errlen, MODEL_ENOMEM, path, "cannot allocate %zu bytes: %s", len, strerror(e));
     }
-    size_t got = 0;
-    while (got < len) {
-        ssize_t r = pread(fd, (uint8_t *)addr + pad + got, len - got, (off_t)got);
-        if (r < 0 && errno == EINTR) continue;
-        if (r <= 0) {
-            int e = r < 0 ? errno : 0;
-            close(fd);
-            munmap(addr, maplen);
-            if (r == 0)
-                return model_errf(err, errlen, MODEL_EIO, path,
-                                  "file shrank while it was being read (%zu of %zu bytes)", got, len);
-            return model_errf(err, errlen, MODEL_EIO, path, "cannot read: %s", strerror(e));
-        }
-        got += (size_t)r;
-    }
+    size_t at = 0;
+    int rerr = read_file_parallel(fd, (uint8_t *)addr + pad, len, m && m->n_threads > 1 ? m->n_threads : 1, &at);
     close(fd);
-    mprotect(addr, maplen, PROT_READ); /* weights are read-only from here on */
+    if (rerr) {
+        munmap(addr, maplen);
+        if (rerr < 0)
+            return model_errf(err, errlen, MODEL_EIO, path,
+                              "file shrank while it was being read (%zu of %zu bytes)", at, len);
+        return model_errf(err, errlen, MODEL_EIO, path, "cannot read: %s", strerror(rerr));
+    }
     if (m) {
+        /* kept writable until model_load has packed the matrices in place, then
+         * made read-only with the rest (model_protect) */
         m->maps[m->n_maps].addr = addr;
         m->maps[m->n_maps].len = maplen;
         m->n_maps++;
+    } else {
+        mprotect(addr, maplen, PROT_READ); /* read-only from here on */
     }
     *data = (const uint8_t *)addr + pad;
     *size = len;

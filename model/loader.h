@@ -9,6 +9,7 @@
 
 #include "model/model_internal.h"
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -17,10 +18,12 @@
 int model_errf(char *err, size_t errlen, int code, const char *path, const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));
 
-/* Load a whole regular file into private, read-only memory (an anonymous mapping
- * filled with pread: never a file mapping, so truncating or rewriting the file
- * later cannot SIGBUS the server).  If m is not NULL the mapping is recorded in
- * m->maps (released by model_free); otherwise the caller munmaps *data.
+/* Load a whole regular file into private memory (an anonymous mapping filled
+ * with pread, by m->n_threads threads when m is given: never a file mapping, so
+ * truncating or rewriting the file later cannot SIGBUS the server).  If m is not
+ * NULL the mapping is recorded in m->maps (released by model_free) and stays
+ * writable until model_load makes the model's memory read-only (model_protect);
+ * otherwise it is read-only at once and the caller munmaps *data.
  * An empty file is mapped as (a valid pointer, size 0). */
 int model_map_file(model *m, const char *path, const uint8_t **data, size_t *size,
                    char *err, size_t errlen);
@@ -32,9 +35,15 @@ void model_unmap(const uint8_t *data, size_t size);
 /* The length of the mapping model_map_file makes for a file of size bytes
  * (large copies are rounded up to 2 MiB huge-page boundaries): for munmap. */
 size_t model_map_len(size_t size);
-/* Anonymous read-write memory for weights (2 MiB-aligned and advised for
- * transparent huge pages when n >= 2 MiB); *len = the mapping's length. */
+/* Anonymous read-write memory for weights, 2 MiB-aligned when n >= 2 MiB, on
+ * 4 KiB pages until model_weights_huge; *len = the mapping's length. */
 void *model_alloc_weights(size_t n, size_t *len);
+/* Move [p, p + len) (from model_alloc_weights) onto transparent huge pages:
+ * advised (MADV_HUGEPAGE) and collapsed 2 MiB at a time (MADV_COLLAPSE), until
+ * *stop (if given) is set.  Returns the number of 2 MiB blocks collapsed.  Does
+ * nothing when LMSERVE_NO_HUGEPAGES=1 (model_hugepages_wanted() is 0). */
+int model_weights_huge(void *p, size_t len, atomic_int *stop);
+int model_hugepages_wanted(void);
 
 /* calloc that is recorded as owned by m; NULL on failure (nothing leaks). */
 void *model_calloc_owned(model *m, size_t n, size_t size);

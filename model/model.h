@@ -110,6 +110,11 @@ typedef struct {
  * On error, returns a negative code, writes one line into err and *out is NULL. */
 int model_load(model **out, const char *path, const model_load_opts *opts,
                char *err, size_t errlen);
+/* The model is usable as soon as model_load returns; a thread it started keeps
+ * moving the weights onto huge pages (fewer TLB misses per step) for a moment at
+ * the lowest priority.  model_settle waits for that (benchmarks call it before
+ * they measure). */
+void model_settle(model *m);
 void model_free(model *m);
 const model_info *model_get_info(const model *m);
 

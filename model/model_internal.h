@@ -28,6 +28,8 @@
 #include "model/model.h"
 #include "model/tensor_types.h"
 
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -119,6 +121,12 @@ struct model {
     int n_heap, cap_heap;
 
     model_pool *pool;
+    int n_threads;             /* the pool's threads, also used to read files (loader.c) */
+    /* After loading, a background thread moves the weights onto huge pages
+     * (model.c, model_weights_huge); model_free stops and joins it. */
+    pthread_t huge_thread;
+    int huge_started;
+    atomic_int huge_stop;
     void *scratch;             /* forward-pass activations, grown on demand (forward.c) */
     int kv_f16;                /* new sequences store K and V as F16 (model_set_kv_f16) */
 };

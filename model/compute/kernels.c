@@ -606,6 +606,36 @@ int kernel_can_pack(int type)
 #endif
 }
 
+int kernel_pack_rows(int type)
+{
+    return kernel_can_pack(type) && type == MT_F32 ? KERNEL_PANEL : 0;
+}
+
+#ifdef KERNEL_AVX2
+/* dp[k * 16 + i] = sp[i * cols + k] for i in [i0, i0 + 8), k in [k0, k0 + 8): an 8x8
+ * transpose in registers. */
+static void transpose8(float *dp, const float *sp, int cols, int i0, int k0)
+{
+    __m256 r[8], t[8];
+    for (int i = 0; i < 8; i++) r[i] = _mm256_loadu_ps(sp + (size_t)(i0 + i) * cols + k0);
+    for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 8; i += 4) {
+        r[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+        r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xee);
+        r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xee);
+    }
+    for (int i = 0; i < 4; i++) {
+        t[i] = _mm256_permute2f128_ps(r[i], r[i + 4], 0x20);
+        t[i + 4] = _mm256_permute2f128_ps(r[i], r[i + 4], 0x31);
+    }
+    for (int k = 0; k < 8; k++) _mm256_storeu_ps(dp + (size_t)(k0 + k) * KERNEL_PANEL + i0, t[k]);
+}
+#endif
+
 void kernel_pack_f32(const mtensor *w, float *dst, mtensor *out)
 {
     const float *src = w->data;
@@ -613,8 +643,15 @@ void kernel_pack_f32(const mtensor *w, float *dst, mtensor *out)
     for (int p = 0; p < full; p++) {
         const float *sp = src + (size_t)p * KERNEL_PANEL * cols;
         float *dp = dst + (size_t)p * KERNEL_PANEL * cols;
-        for (int i = 0; i < KERNEL_PANEL; i++)
-            for (int k = 0; k < cols; k++)
+        int k0 = 0;
+#ifdef KERNEL_AVX2
+        for (; k0 + 8 <= cols; k0 += 8) {
+            transpose8(dp, sp, cols, 0, k0);
+            transpose8(dp, sp, cols, 8, k0);
+        }
+#endif
+        for (int k = k0; k < cols; k++)
+            for (int i = 0; i < KERNEL_PANEL; i++)
                 dp[(size_t)k * KERNEL_PANEL + i] = sp[(size_t)i * cols + k];
     }
     size_t done = (size_t)full * KERNEL_PANEL * cols;

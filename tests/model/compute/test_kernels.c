@@ -246,6 +246,56 @@ Test(kernels, bit_identical_across_batches_and_threads)
     model_pool_free(p2);
 }
 
+/* The packed F32 layout element by element (k-major 16-row panels, the tail rows
+ * row-major after them), and panel-local: packing each panel alone, in place
+ * through a copy of it (as model_load does), gives the same bytes as packing the
+ * whole matrix at once.  Column counts cover the 8-wide transpose and its tail. */
+Test(kernels, pack_f32_layout_and_panel_local)
+{
+    if (!kernel_can_pack(MT_F32)) cr_skip_test("no packed F32 kernel in this build");
+    cr_assert_eq(kernel_pack_rows(MT_F32), KERNEL_PANEL);
+    cr_assert_eq(kernel_pack_rows(MT_F16), 0);
+    static const int rows_s[] = {16, 37, 48}, cols_s[] = {1, 7, 8, 13, 64, 100};
+    uint64_t rng = 99;
+    for (size_t a = 0; a < sizeof rows_s / sizeof *rows_s; a++)
+        for (size_t b = 0; b < sizeof cols_s / sizeof *cols_s; b++) {
+            int R = rows_s[a], C = cols_s[b], full = R / KERNEL_PANEL;
+            size_t n = (size_t)R * C;
+            float *src = malloc(n * 4), *whole = aligned_alloc(64, (n * 4 + 63) / 64 * 64);
+            float *inplace = aligned_alloc(64, (n * 4 + 63) / 64 * 64), *tmp = malloc((size_t)KERNEL_PANEL * C * 4);
+            cr_assert(src && whole && inplace && tmp);
+            for (size_t i = 0; i < n; i++) src[i] = (float)fx_unif(&rng);
+            mtensor w = {.data = src, .type = MT_F32, .rows = R, .cols = C}, pw;
+            kernel_pack_f32(&w, whole, &pw);
+            cr_assert_eq(pw.panel, KERNEL_PANEL);
+            for (int r = 0; r < R; r++)
+                for (int k = 0; k < C; k++) {
+                    size_t at = r < full * KERNEL_PANEL
+                                    ? (size_t)(r / KERNEL_PANEL) * KERNEL_PANEL * C + (size_t)k * KERNEL_PANEL + r % KERNEL_PANEL
+                                    : (size_t)r * C + k;
+                    cr_assert_eq(whole[at], src[(size_t)r * C + k], "%dx%d: row %d col %d", R, C, r, k);
+                }
+            memcpy(inplace, src, n * 4);
+            for (int p = 0; p < full; p++) {
+                float *panel = inplace + (size_t)p * KERNEL_PANEL * C;
+                memcpy(tmp, panel, (size_t)KERNEL_PANEL * C * 4);
+                mtensor one = {.data = tmp, .type = MT_F32, .rows = KERNEL_PANEL, .cols = C}, unused;
+                kernel_pack_f32(&one, panel, &unused);
+            }
+            cr_assert_eq(memcmp(inplace, whole, n * 4), 0, "%dx%d: panel by panel differs from whole", R, C);
+            float *row = malloc((size_t)C * 4);
+            for (int r = 0; r < R; r++) {
+                mtensor_get_row(&pw, r, row);
+                cr_assert_eq(memcmp(row, src + (size_t)r * C, (size_t)C * 4), 0, "get_row %d of %dx%d", r, R, C);
+            }
+            free(row);
+            free(src);
+            free(whole);
+            free(inplace);
+            free(tmp);
+        }
+}
+
 Test(kernels, dot_and_axpy)
 {
     uint64_t rng = 5;
