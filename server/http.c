@@ -654,11 +654,47 @@ int server_run(const server_config *cfg)
     json_object_seed(0);
     signal(SIGPIPE, SIG_IGN);
 
+    /* Listen first, then load: an address that cannot be listened on fails before
+     * a long load, and a client that connects while the model loads waits in the
+     * listen backlog and is answered once the model is ready (MHD accepts nothing
+     * before the loop runs). */
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE};
+    struct addrinfo *ai = NULL;
+    char port_s[16];
+    snprintf(port_s, sizeof port_s, "%d", cfg->port);
+    int gai = getaddrinfo(cfg->host, port_s, &hints, &ai);
+    if (gai != 0 || !ai) {
+        fprintf(stderr, "lmserve: cannot resolve host '%s': %s\n", cfg->host, gai_strerror(gai));
+        free(s);
+        return -1;
+    }
+    int per_ip = cfg->max_connections_per_ip;
+    if (per_ip < 0) per_ip = cfg->max_connections / 8 > 0 ? cfg->max_connections / 8 : 1;
+    unsigned flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
+    if (ai->ai_family == AF_INET6) flags |= MHD_USE_IPv6;
+    s->d = MHD_start_daemon(flags, (uint16_t)cfg->port, NULL, NULL, on_access, s,
+                            MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
+                            MHD_OPTION_SOCK_ADDR, ai->ai_addr,
+                            MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
+                            MHD_OPTION_NOTIFY_CONNECTION, on_connection, s,
+                            MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->max_connections,
+                            MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)per_ip,
+                            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->timeout,
+                            MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
+                            MHD_OPTION_END);
+    int family = ai->ai_family;
+    freeaddrinfo(ai);
+    if (!s->d) {
+        fprintf(stderr, "lmserve: cannot listen on %s:%d: %s\n", cfg->host, cfg->port, strerror(errno));
+        free(s);
+        return -1;
+    }
     char err[512] = "";
     model_load_opts lo = {.tokenizer_path = cfg->tokenizer_path, .n_threads = cfg->threads};
     int lrc = model_load(&s->m, cfg->model_path, &lo, err, sizeof err);
     if (lrc < 0) {
         fprintf(stderr, "lmserve: cannot load model: %s\n", err[0] ? err : model_strerror(lrc));
+        MHD_stop_daemon(s->d);
         free(s);
         return -1;
     }
@@ -702,36 +738,6 @@ int server_run(const server_config *cfg)
         goto out_loop;
     }
 
-    /* bind address */
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE};
-    struct addrinfo *ai = NULL;
-    char port_s[16];
-    snprintf(port_s, sizeof port_s, "%d", cfg->port);
-    int gai = getaddrinfo(cfg->host, port_s, &hints, &ai);
-    if (gai != 0 || !ai) {
-        fprintf(stderr, "lmserve: cannot resolve host '%s': %s\n", cfg->host, gai_strerror(gai));
-        goto out_engine;
-    }
-    int per_ip = cfg->max_connections_per_ip;
-    if (per_ip < 0) per_ip = cfg->max_connections / 8 > 0 ? cfg->max_connections / 8 : 1;
-    unsigned flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
-    if (ai->ai_family == AF_INET6) flags |= MHD_USE_IPv6;
-    s->d = MHD_start_daemon(flags, (uint16_t)cfg->port, NULL, NULL, on_access, s,
-                            MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
-                            MHD_OPTION_SOCK_ADDR, ai->ai_addr,
-                            MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
-                            MHD_OPTION_NOTIFY_CONNECTION, on_connection, s,
-                            MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->max_connections,
-                            MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)per_ip,
-                            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->timeout,
-                            MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
-                            MHD_OPTION_END);
-    int family = ai->ai_family;
-    freeaddrinfo(ai);
-    if (!s->d) {
-        fprintf(stderr, "lmserve: cannot listen on %s:%d: %s\n", cfg->host, cfg->port, strerror(errno));
-        goto out_engine;
-    }
     const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->d, MHD_DAEMON_INFO_EPOLL_FD);
     const union MHD_DaemonInfo *li = MHD_get_daemon_info(s->d, MHD_DAEMON_INFO_LISTEN_FD);
     struct sockaddr_storage ss;
@@ -774,14 +780,12 @@ int server_run(const server_config *cfg)
     uv_run(&s->loop, UV_RUN_DEFAULT);
     fprintf(stderr, "lmserve: stopped\n");
     rc = 0;
-    goto out_loop;
 
-out_engine:
-    engine_stop(s->eng);
-    s->eng = NULL;
-    uv_close((uv_handle_t *)&s->async, NULL);
-    uv_run(&s->loop, UV_RUN_DEFAULT);
 out_loop:
+    if (s->d) { /* a failure after listening (finish_shutdown clears it otherwise) */
+        MHD_stop_daemon(s->d);
+        s->d = NULL;
+    }
     if (rc < 0 && !uv_is_closing((uv_handle_t *)&s->async)) {
         uv_close((uv_handle_t *)&s->async, NULL);
         uv_run(&s->loop, UV_RUN_DEFAULT);
