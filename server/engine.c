@@ -77,6 +77,7 @@ struct engine {
     int q_len, q_waiting_choices;
     int n_running_seqs, n_running_jobs;
     int stop, cancel_all;
+    atomic_ulong steps;      /* model_forward calls begun (written by the engine thread) */
     /* engine thread */
     unsigned long tickets;
     seq *seqs;               /* (parallel) */
@@ -387,6 +388,10 @@ static void seq_sample(engine *e, seq *s, const float *logits)
     if (s->n_gen == 0) {
         if (j->t_first == 0) {
             j->t_first = now;
+            atomic_store(&j->stat_queue, j->t_admit - j->t_submit);
+            atomic_store(&j->stat_wait, j->t_fwd - j->t_admit);
+            atomic_store(&j->stat_fwd, now - j->t_fwd);
+            atomic_store(&j->stat_steps, (int)(atomic_load(&e->steps) - j->step_submit));
             atomic_store(&j->stat_ttft, now - j->t_submit);
             if (e->c.metrics) metrics_ttft(e->c.metrics, now - j->t_submit);
         }
@@ -579,6 +584,11 @@ static int step(engine *e, engine_step_info *info)
     int rows = 0;
     for (int i = 0; i < n_items; i++) rows += e->items[i].n_tokens;
     double t0 = srv_now();
+    atomic_fetch_add(&e->steps, 1);
+    for (int i = 0; i < n_items; i++) {
+        job *j = e->seqs[e->item_seq[i]].j;
+        if (j->t_fwd == 0) j->t_fwd = t0;
+    }
     int rc = model_forward(e->m, e->items, n_items);
     if (e->c.metrics) metrics_step(e->c.metrics, rows, srv_now() - t0);
     if (info) {
@@ -666,7 +676,7 @@ static void admit_locked(engine *e)
             job_fail(j, JOB_ERR_NOMEM); /* dropped from the queue at the next iteration */
             break;
         }
-        j->n_admitted++;
+        if (j->n_admitted++ == 0) j->t_admit = srv_now();
         e->q_waiting_choices--;
         e->n_running_seqs++;
         if (j->n_active++ == 0) e->n_running_jobs++;
@@ -726,6 +736,7 @@ int engine_new(engine **out, const engine_config *c)
     *out = NULL;
     engine *e = calloc(1, sizeof *e);
     if (!e) return -1;
+    atomic_init(&e->steps, 0);
     e->c = *c;
     e->m = c->model;
     const model_info *mi = model_get_info(e->m);
@@ -824,6 +835,7 @@ int engine_submit(engine *e, job *j)
     if (!e->stop && (e->q_waiting_choices + j->n_choices <= free_slots ||
                      queue_waiting_locked(e) < e->c.queue)) {
         job_ref(j);
+        j->step_submit = atomic_load(&e->steps);
         j->in_queue = 1;
         j->q_next = NULL;
         if (e->q_tail) e->q_tail->q_next = j;

@@ -229,6 +229,7 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
     if (c == CANCEL_CLIENT || c == CANCEL_OVERFLOW) return MHD_CONTENT_READER_END_WITH_ERROR;
     int done = 0;
     size_t n = job_out_take(j, buf, max, &done);
+    if (n && r->t_out == 0 && atomic_load(&j->stat_ttft) >= 0) r->t_out = srv_now();
     if (n) return (ssize_t)n;
     if (done) return MHD_CONTENT_READER_END_OF_STREAM;
     http_park(r->srv, r);
@@ -417,8 +418,8 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
     http_req *r = *con_cls;
     if (!r) return;
     *con_cls = NULL;
-    int prompt = 0, completion = 0;
-    double ttft = -1;
+    int prompt = 0, completion = 0, steps = -1;
+    double ttft = -1, queue = -1, wait = -1, fwd = -1, t_submit = 0, t_first = 0;
     if (r->job) {
         job *j = r->job;
         uv_mutex_lock(&j->mu);
@@ -429,6 +430,12 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
         prompt = atomic_load(&j->stat_prompt);
         completion = atomic_load(&j->stat_completion);
         ttft = atomic_load(&j->stat_ttft);
+        queue = atomic_load(&j->stat_queue);
+        wait = atomic_load(&j->stat_wait);
+        fwd = atomic_load(&j->stat_fwd);
+        steps = atomic_load(&j->stat_steps);
+        t_submit = j->t_submit;
+        t_first = t_submit + ttft;
         j->req = NULL;
     }
     r->conn = NULL;
@@ -441,10 +448,20 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
     metrics_request(&s->met, status, prompt, completion);
     if (s->cfg.log_requests) {
         double total = (srv_now() - r->t0) * 1e3;
-        char tt[32] = "-";
-        if (ttft >= 0) snprintf(tt, sizeof tt, "%.1fms", ttft * 1e3);
-        fprintf(stderr, "lmserve: %s %s %d prompt=%d completion=%d ttft=%s total=%.1fms\n",
-                r->method_s, r->url, status, prompt, completion, tt, total);
+        char tt[32] = "-", tl[160] = "";
+        if (ttft >= 0) {
+            snprintf(tt, sizeof tt, "%.1fms", ttft * 1e3);
+            /* the timeline to the first token: arrival -> queued (in: body, validation,
+             * tokenizing) -> admitted (queue) -> first forward with its tokens begins
+             * (wait) -> first token (fwd) -> a stream's first bytes taken (out); steps:
+             * engine steps begun from queued to first token */
+            char out[32] = "-";
+            if (r->t_out > 0) snprintf(out, sizeof out, "%.1fms", (r->t_out - t_first) * 1e3);
+            snprintf(tl, sizeof tl, " in=%.1fms queue=%.1fms wait=%.1fms fwd=%.1fms out=%s steps=%d",
+                     (t_submit - r->t0) * 1e3, queue * 1e3, wait * 1e3, fwd * 1e3, out, steps);
+        }
+        fprintf(stderr, "lmserve: %s %s %d prompt=%d completion=%d ttft=%s total=%.1fms%s\n",
+                r->method_s, r->url, status, prompt, completion, tt, total, tl);
     }
     if (r->prev) r->prev->next = r->next;
     else s->reqs = r->next;

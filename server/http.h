@@ -41,7 +41,8 @@ struct http_req {
     int method;                /* M_* */
     char method_s[12];
     char *url;
-    double t0;
+    double t0;                 /* arrival: the request's headers are in */
+    double t_out;              /* a stream's first bytes taken by the connection (0: none yet) */
     sbuf body;
     int too_large;
     job *job;

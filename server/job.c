@@ -26,6 +26,10 @@ job *job_new(server *srv, job_params *p, const char *model_id)
     atomic_init(&j->stat_prompt, 0);
     atomic_init(&j->stat_completion, 0);
     atomic_init(&j->stat_ttft, -1.0);
+    atomic_init(&j->stat_queue, -1.0);
+    atomic_init(&j->stat_wait, -1.0);
+    atomic_init(&j->stat_fwd, -1.0);
+    atomic_init(&j->stat_steps, -1);
     j->p = *p;
     memset(p, 0, sizeof *p);
     for (int i = 0; i < j->p.n_prompts; i++) j->prompt_tokens += j->p.prompt_lens[i];

@@ -230,10 +230,13 @@ typedef struct job {
     int in_queue;
     struct job *q_next;
     int n_admitted, n_active;
+    unsigned long step_submit; /* engine steps begun before it was queued */
     /* [engine] */
     int n_done;
     int error;                 /* JOB_ERR_* once something failed */
     int completion_tokens;
+    double t_admit;            /* its first choice got a slot (0: not yet) */
+    double t_fwd;              /* start of the first model_forward that fed one of its tokens */
     double t_first;            /* first generated token (0: none yet) */
     /* [mu] */
     uv_mutex_t mu;
@@ -252,6 +255,12 @@ typedef struct job {
     atomic_int cancel;         /* CANCEL_* */
     atomic_int stat_prompt, stat_completion; /* live counts for the log line and metrics */
     _Atomic double stat_ttft;  /* seconds, < 0 if none */
+    /* The timeline up to the first token (seconds, set with stat_ttft): submitted ->
+     * admitted into a slot (queue) -> first model_forward with its tokens begins (wait)
+     * -> first token sampled (fwd); and how many engine steps began from submission to
+     * the first token (the step that produced it included). */
+    _Atomic double stat_queue, stat_wait, stat_fwd;
+    atomic_int stat_steps;
     /* [loop] */
     http_req *req;
     /* ready list, under srv->ready_mu */

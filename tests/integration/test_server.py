@@ -762,6 +762,19 @@ class TestCli(unittest.TestCase):
             self.assertIsNotNone(srv.wait_for_log(
                 r"lmserve: POST /v1/completions 400 prompt=0 completion=0 ttft=- total=[\d.]+ms$"), srv.stderr)
             self.assertIsNotNone(srv.wait_for_log(r"lmserve: POST /tokenize 200 "), srv.stderr)
+            # a request with a first token logs its timeline (scripts/serve-load.sh reads it)
+            st, _, events = srv.stream("/v1/completions", {"prompt": "Once upon a time", "max_tokens": 3,
+                                                           "stream": True, "model": "tiny-stories"})
+            self.assertEqual(st, 200)
+            m = srv.wait_for_log(r"lmserve: POST /v1/completions 200 prompt=5 completion=3 ttft=([\d.]+)ms "
+                                 r"total=[\d.]+ms in=([\d.]+)ms queue=([\d.]+)ms wait=([\d.]+)ms "
+                                 r"fwd=([\d.]+)ms out=([\d.]+)ms steps=(\d+)$")
+            self.assertIsNotNone(m, srv.stderr)
+            ttft, queue, wait, fwd = (float(m.group(i)) for i in (1, 3, 4, 5))
+            # the parts from queued to first token add up to the time to first token
+            self.assertAlmostEqual(queue + wait + fwd, ttft, delta=0.3)
+            self.assertGreaterEqual(int(m.group(7)), 1)  # an idle server: its first step
+            self.assertLessEqual(int(m.group(7)), 2)
 
 
 if __name__ == "__main__":
