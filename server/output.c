@@ -570,7 +570,6 @@ static void on_end(job *j, const job_end *end)
         /* nobody to answer */
     } else if (j->out_failed || end->error) {
         answer_error(j, end->error ? end->error : JOB_ERR_NOMEM);
-
     } else if (j->p.stream) {
         if (j->p.include_usage) {
             json_t *o = envelope(j, 1);
