@@ -44,8 +44,13 @@ static void usage(FILE *f, const server_config *d)
         "  --kv-type f32|f16        KV cache element type: f16 halves its memory and attention's\n"
         "                           memory traffic; logits move by ~1e-4 of their scale (default: f32)\n"
         "  --api-key KEY            require 'Authorization: Bearer KEY' on every route but /health\n"
-        "                           and the playground's files (default: $LMSERVE_API_KEY, else none)\n"
-        "  --cors-origin ORIGIN     send CORS headers for this origin ('*' for any) (default: none)\n"
+        "                           and the playground's files; an empty key is an error\n"
+        "                           (default: $LMSERVE_API_KEY, else none)\n"
+        "  --cors-origin ORIGIN     send CORS headers for this origin ('*' for any), and accept POSTs\n"
+        "                           from its pages (default: none: only the server's own pages)\n"
+        "  --allowed-hosts LIST     Host names answered besides loopback ones, comma-separated;\n"
+        "                           .example.com = it and its subdomains; '*' = any (default: on a\n"
+        "                           loopback address loopback names only, elsewhere any)\n"
         "  --max-tokens-limit N     largest max_tokens accepted (default: %d)\n"
         "  --max-choices N          largest n x number of prompts per request (default: %d)\n"
         "  --body-limit BYTES       largest request body; larger gets 413 (default: %zu)\n"
@@ -112,7 +117,7 @@ int cli_serve(int argc, char **argv)
     server_config_init(&d);
     c.version = cli_version();
     const char *env_key = getenv("LMSERVE_API_KEY");
-    if (env_key && *env_key) c.api_key = env_key;
+    if (env_key) c.api_key = env_key; /* even empty: the server refuses that, loudly */
     const cli_opt opts[] = {
         OPT_STR("--model", &c.model_path),
         OPT_STR("--tokenizer", &c.tokenizer_path),
@@ -121,6 +126,7 @@ int cli_serve(int argc, char **argv)
         OPT_STR("--host", &c.host),
         OPT_STR("--api-key", &c.api_key),
         OPT_STR("--cors-origin", &c.cors_origin),
+        OPT_STR("--allowed-hosts", &c.allowed_hosts),
         OPT_FN("--kv-type", &c.kv_f16, cli_kv_type, CLI_KV_TYPE_EXPECT),
         OPT_FN("--context-overflow", &c.context_overflow, cli_context_overflow, CLI_CONTEXT_OVERFLOW_EXPECT),
         OPT_INT("--port", &c.port, 0, 65535),
@@ -147,8 +153,7 @@ int cli_serve(int argc, char **argv)
         return 0;
     }
     if (rc != CLI_OK) return 2;
-    if (c.api_key && !*c.api_key) c.api_key = NULL; /* an empty key or origin: none */
-    if (c.cors_origin && !*c.cors_origin) c.cors_origin = NULL;
+    if (c.cors_origin && !*c.cors_origin) c.cors_origin = NULL; /* an empty origin: none */
     char path[PATH_MAX + 64];
     if (!c.model_path) {
         if (default_model(path, sizeof path) < 0) {

@@ -190,7 +190,7 @@ enum MHD_Result http_send(server *s, http_req *r, int status, const char *ctype,
     if (ctype) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
     for (int i = 0; headers && headers[i]; i += 2) MHD_add_response_header(resp, headers[i], headers[i + 1]);
     add_common_headers(s, resp);
-    if (s->draining) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
+    if (s->draining || r->close) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
     r->status = status;
     enum MHD_Result ret = MHD_queue_response(r->conn, (unsigned)status, resp);
     MHD_destroy_response(resp);
@@ -309,11 +309,22 @@ static int auth_ok(server *s, struct MHD_Connection *c)
     return diff == 0;
 }
 
-static enum MHD_Result first_call(server *s, http_req *r, struct MHD_Connection *c)
+static enum MHD_Result first_call(server *s, http_req *r, struct MHD_Connection *c, const char *version)
 {
+    api_error e;
+    if (guard_framing(c, version, &e) < 0) {
+        r->close = 1; /* where this request ends is unknown: nothing after it can be read */
+        return http_send_error(s, r, &e);
+    }
+    const char *host = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_HOST);
+    if (!guard_host_allowed(&s->hosts, host)) {
+        api_error_set(&e, 403, "invalid_request_error", NULL, "host_not_allowed",
+                      "Host '%.100s' is not allowed: this server answers loopback names only (it listens "
+                      "on a loopback address); name others with --allowed-hosts", host);
+        return http_send_error(s, r, &e);
+    }
     unsigned allowed = 0;
     r->route = route_find(r->url, &allowed);
-    api_error e;
     if (r->route < 0) {
         api_error_set(&e, 404, "invalid_request_error", NULL, "not_found", "Unknown route %s %.200s",
                       r->method_s, r->url);
@@ -337,6 +348,15 @@ static enum MHD_Result first_call(server *s, http_req *r, struct MHD_Connection 
         free(body);
         return ret;
     }
+    /* a web page on another site can send a POST (text/plain needs no preflight): only the
+     * server's own pages and --cors-origin may */
+    const char *origin = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Origin");
+    if (r->method == M_POST && !guard_origin_allowed(origin, host, s->cfg.cors_origin)) {
+        api_error_set(&e, 403, "invalid_request_error", NULL, "cross_origin",
+                      "A request from the page at '%.100s' is refused: allow that origin with --cors-origin",
+                      origin);
+        return http_send_error(s, r, &e);
+    }
     /* /health and the playground's own files (GET /, its assets: no model access) need no key */
     if (s->cfg.api_key && r->route != ROUTE_HEALTH && r->route != ROUTE_STATIC && !auth_ok(s, c)) {
         api_error_set(&e, 401, "invalid_request_error", NULL, "invalid_api_key",
@@ -359,7 +379,6 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
                                  const char *method, const char *version, const char *upload,
                                  size_t *upload_size, void **con_cls)
 {
-    (void)version;
     server *s = cls;
     http_req *r = *con_cls;
     if (!r) {
@@ -385,7 +404,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
         s->reqs = r;
         s->n_reqs++;
         *con_cls = r;
-        return first_call(s, r, c);
+        return first_call(s, r, c, version);
     }
     if (*upload_size) {
         if (!r->too_large) {
@@ -460,8 +479,11 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
             snprintf(tl, sizeof tl, " in=%.1fms queue=%.1fms wait=%.1fms fwd=%.1fms out=%s steps=%d",
                      (t_submit - r->t0) * 1e3, queue * 1e3, wait * 1e3, fwd * 1e3, out, steps);
         }
+        char method[4 * sizeof r->method_s + 4], url[256];
+        guard_log_escape(method, sizeof method, r->method_s, sizeof r->method_s);
+        guard_log_escape(url, sizeof url, r->url, (size_t)-1);
         fprintf(stderr, "lmserve: %s %s %d prompt=%d completion=%d ttft=%s total=%.1fms%s\n",
-                r->method_s, r->url, status, prompt, completion, tt, total, tl);
+                method, url, status, prompt, completion, tt, total, tl);
     }
     if (r->prev) r->prev->next = r->next;
     else s->reqs = r->next;
@@ -654,16 +676,27 @@ static void default_model_id(const char *path, const model_info *mi, char *out, 
     snprintf(out, n, "%.*s", (int)(end - start), path + start);
 }
 
+/* libmicrohttpd's messages, one line each, escaped like everything else in the log */
 static void mhd_log(void *cls, const char *fmt, va_list ap)
 {
     (void)cls;
-    fputs("lmserve: http: ", stderr);
-    vfprintf(stderr, fmt, ap);
+    char msg[512], line[512];
+    int n = vsnprintf(msg, sizeof msg, fmt, ap);
+    if (n < 0) return;
+    size_t len = strlen(msg);
+    while (len && msg[len - 1] == '\n') msg[--len] = '\0';
+    guard_log_escape(line, sizeof line, msg, (size_t)-1);
+    fprintf(stderr, "lmserve: http: %s\n", line);
 }
 
 int server_run(const server_config *cfg)
 {
     int rc = -1;
+    if (cfg->api_key && !*cfg->api_key) {
+        fprintf(stderr, "lmserve: the API key is empty, which would accept any client: give a key, or "
+                        "to serve without one, give no --api-key and leave LMSERVE_API_KEY unset\n");
+        return -1;
+    }
     server *s = calloc(1, sizeof *s);
     if (!s) return -1;
     s->cfg = *cfg;
@@ -700,9 +733,16 @@ int server_run(const server_config *cfg)
                             MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
                             MHD_OPTION_END);
     int family = ai->ai_family;
+    int on_loopback = guard_addr_is_loopback(ai->ai_addr);
     freeaddrinfo(ai);
     if (!s->d) {
         fprintf(stderr, "lmserve: cannot listen on %s:%d: %s\n", cfg->host, cfg->port, strerror(errno));
+        free(s);
+        return -1;
+    }
+    if (guard_hosts_init(&s->hosts, cfg->allowed_hosts, on_loopback) < 0) {
+        fprintf(stderr, "lmserve: out of memory\n");
+        MHD_stop_daemon(s->d);
         free(s);
         return -1;
     }
@@ -712,6 +752,7 @@ int server_run(const server_config *cfg)
     if (lrc < 0) {
         fprintf(stderr, "lmserve: cannot load model: %s\n", err[0] ? err : model_strerror(lrc));
         MHD_stop_daemon(s->d);
+        guard_hosts_free(&s->hosts);
         free(s);
         return -1;
     }
@@ -728,6 +769,8 @@ int server_run(const server_config *cfg)
     char cmsg[512];
     if (chat_setup(&s->chat, s->m, cfg->chat_template, cmsg, sizeof cmsg) < 0) {
         fprintf(stderr, "lmserve: %s\n", cmsg);
+        MHD_stop_daemon(s->d);
+        guard_hosts_free(&s->hosts);
         chat_free(&s->chat);
         model_free(s->m);
         free(s);
@@ -808,6 +851,7 @@ out_loop:
         uv_run(&s->loop, UV_RUN_DEFAULT);
     }
     uv_loop_close(&s->loop);
+    guard_hosts_free(&s->hosts);
     uv_mutex_destroy(&s->ready_mu);
     metrics_destroy(&s->met);
     chat_free(&s->chat);

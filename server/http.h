@@ -8,6 +8,7 @@
 #include "server/chat.h"
 
 #include <microhttpd.h>
+#include <sys/socket.h>
 
 struct model;
 
@@ -49,11 +50,20 @@ struct http_req {
     int waiting;               /* a non-streamed job is running; the handler answers on resume */
     int parked;                /* suspended by us */
     int status;
+    int close;                 /* close the connection after the answer (bad framing) */
     http_req *prev, *next;     /* srv->reqs */
 };
 
+/* The Host names a server answers (guard.c). */
+typedef struct {
+    int check;                 /* 0: any Host */
+    char **names;              /* --allowed-hosts, lower case; ".example.com": it and its subdomains */
+    int n;
+} guard_hosts;
+
 struct server {
     server_config cfg;
+    guard_hosts hosts;
     struct model *m;
     char model_id[256];
     chat_cfg chat;             /* [const] how chats are rendered (chat.c) */
@@ -83,6 +93,21 @@ int route_find(const char *url, unsigned *allowed);
 enum MHD_Result routes_dispatch(server *s, http_req *r);
 /* Called again on resume for a parked non-streamed completion. */
 enum MHD_Result routes_resume(server *s, http_req *r);
+
+/* guard.c: checks before routing, and log escaping (see the file's comment) */
+/* 0, or -1 with e set (400, or 501 for a transfer coding other than chunked). */
+int guard_framing(struct MHD_Connection *c, const char *version, api_error *e);
+/* g checks Host names when the server listens on loopback or list is given; list is
+ * --allowed-hosts ("a.example,.b.example"; "*": any).  0, or -1 out of memory. */
+int guard_hosts_init(guard_hosts *g, const char *list, int on_loopback);
+void guard_hosts_free(guard_hosts *g);
+int guard_host_allowed(const guard_hosts *g, const char *host);
+int guard_addr_is_loopback(const struct sockaddr *sa);
+/* A POST may carry no Origin, the server's own (the Host's) or cors_origin ("*": any). */
+int guard_origin_allowed(const char *origin, const char *host, const char *cors_origin);
+/* s (at most max_in bytes of it) with every byte outside printable ASCII, and the
+ * backslash, written \xNN, and "..." if cut; into out (cap > 0).  Returns the length. */
+size_t guard_log_escape(char *out, size_t cap, const char *s, size_t max_in);
 
 /* http.c */
 enum MHD_Result http_send(server *s, http_req *r, int status, const char *ctype,

@@ -68,7 +68,11 @@ typedef struct {
     int ctx;                    /* per-sequence context; 0 = the model's */
     int kv_f16;                 /* KV cache in F16 (--kv-type f16); 0 = F32 */
     const char *api_key;        /* NULL: no auth */
-    const char *cors_origin;    /* NULL: no CORS headers */
+    const char *cors_origin;    /* NULL: no CORS headers; also the one other origin a POST may come from */
+    /* Host names answered besides loopback ones, comma-separated; ".example.com" is it and
+     * its subdomains; "*" any.  NULL: on a loopback address only loopback names (a page
+     * whose name an attacker rebinds to 127.0.0.1 is refused), elsewhere any. */
+    const char *allowed_hosts;
     int max_tokens_limit;       /* largest accepted max_tokens */
     int max_choices;            /* largest n * number of prompts */
     size_t body_limit;          /* bytes */

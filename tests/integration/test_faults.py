@@ -114,7 +114,7 @@ class HugeContext(unittest.TestCase):
             self.assertEqual(u["prompt_tokens"] - u["prompt_tokens_dropped"], ctx)
             # a declared 5 MiB body is refused from its Content-Length, before it is sent
             s = socket.create_connection((srv.host, srv.port), timeout=10 * slow)
-            s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                       b"Content-Length: %d\r\n\r\n" % (5 << 20))
             first = s.recv(4096).split(b"\r\n")[0]
             s.close()

@@ -192,7 +192,7 @@ class Hostile(unittest.TestCase):
         for i in range(40):  # more than --max-connections-per-ip (16) from one address
             try:
                 s = raw_connect(self.srv.port, "127.0.0.2")
-                s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n")
+                s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n")
                 socks.append(s)
             except OSError:
                 pass
@@ -221,7 +221,7 @@ class Hostile(unittest.TestCase):
         socks = []
         for i in range(12):
             s = raw_connect(self.srv.port, "127.0.0.3")
-            s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                       b"Content-Length: 5000\r\n\r\n{\"prompt\": \"")
             socks.append(s)
         with Probe(self.srv) as p:
@@ -297,7 +297,7 @@ class Hostile(unittest.TestCase):
         body = json.dumps({"prompt": "Once upon a time", "max_tokens": 2048, "n": 8, "logprobs": 5,
                            "stream": True, "temperature": 1, "seed": 1}).encode()
         s = raw_connect(self.srv.port, "127.0.0.5", rcvbuf=2048)
-        s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                   b"Content-Length: %d\r\n\r\n" % len(body) + body)
         key = 'lmserve_requests_total{status="499"}'
         with Probe(self.srv) as p:
@@ -333,10 +333,10 @@ class Hostile(unittest.TestCase):
         # after it, so the GET goes last.)
         s = raw_connect(self.srv.port, "127.0.0.6")
         tok = b'{"content": "Once upon"}'
-        post = (b"POST /tokenize HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        post = (b"POST /tokenize HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                 b"Content-Length: %d\r\n\r\n" % len(tok) + tok)
         s.sendall(post + post.replace(b"Once upon", b"Lily said") +
-                  b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
+                  b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         r = recv_all(s)
         s.close()
         statuses = re.findall(rb"HTTP/1\.1 \d+ ", r)
@@ -353,7 +353,7 @@ class Hostile(unittest.TestCase):
         parts = [body[:7], body[7:20], body[20:]]
         chunked = b"".join(b"%x\r\n%s\r\n" % (len(x), x) for x in parts) + b"0\r\n\r\n"
         s = raw_connect(self.srv.port, "127.0.0.7")
-        s.sendall(b"POST /tokenize HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        s.sendall(b"POST /tokenize HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                   b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n" + chunked)
         r = recv_all(s)
         s.close()
@@ -367,7 +367,7 @@ class Hostile(unittest.TestCase):
         comes, whole, and the connection is closed (by the idle timeout, 3 s) rather than hung."""
         s = raw_connect(self.srv.port, "127.0.0.8")
         body = json.dumps({"content": "Once upon a time"}).encode()
-        s.sendall(b"POST /tokenize HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        s.sendall(b"POST /tokenize HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                   b"Content-Length: %d\r\n\r\n" % len(body) + body)
         s.shutdown(socket.SHUT_WR)
         r = recv_all(s)
@@ -389,7 +389,7 @@ class Hostile(unittest.TestCase):
         s = raw_connect(self.srv.port, "127.0.0.8", timeout=30 * slow)
         body = json.dumps({"prompt": "Once upon a time", "max_tokens": 200, "temperature": 0,
                            "stream": True}).encode()
-        s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                   b"Content-Length: %d\r\n\r\n" % len(body) + body)
         s.shutdown(socket.SHUT_WR)
         r = recv_all(s, limit=1 << 22)
@@ -412,12 +412,12 @@ class Hostile(unittest.TestCase):
 
     def test_oversized_headers_and_url(self):
         cases = {
-            "100 KiB header": b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100000 + b"\r\n\r\n",
-            "2000 headers": b"GET /health HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(2000)) + b"\r\n",
-            "64 KiB URL": b"GET /" + b"a" * 65536 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+            "100 KiB header": b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 100000 + b"\r\n\r\n",
+            "2000 headers": b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(2000)) + b"\r\n",
+            "64 KiB URL": b"GET /" + b"a" * 65536 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
             "garbage": bytes(range(256)) * 64,
             "bad request line": b"HELLO\r\n\r\n",
-            "huge Content-Length": b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999\r\n\r\n",
+            "huge Content-Length": b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 99999999999999999999\r\n\r\n",
         }
         # the answer each case gets; None: closed without one (libmicrohttpd drops a
         # request line it cannot parse at all)

@@ -137,6 +137,17 @@ class NginxInFront(unittest.TestCase):
         self.assertGreater(len(text), 100)
         self.assertLess(first, total / 2, f"first bytes after {first:.3f}s of {total:.3f}s: buffered?")
 
+    def test_page_served_through_nginx_may_post(self):
+        # the playground's own origin is nginx's address; a foreign page's is refused
+        for origin, status in (("http://127.0.0.1:%d" % self.port, 200), ("https://attacker.example", 403)):
+            c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+            self.addCleanup(c.close)
+            c.request("POST", "/v1/completions", json.dumps({"prompt": "Once", "max_tokens": 2}),
+                      {"Content-Type": "text/plain", "Origin": origin})
+            r = c.getresponse()
+            self.assertEqual(r.status, status, "%s: %s" % (origin, r.read()[:300]))
+            r.read()
+
     def test_load_spreads_over_both_backends(self):
         before = [requests_served(srv) for srv in self.backends]
         import concurrent.futures as cf
@@ -219,18 +230,16 @@ class NginxInFront(unittest.TestCase):
             if attack is None and now - t_start >= 2.0:  # two seconds of the stream alone first
                 t_attack = time.monotonic()
                 waited = -sum(cpu_wait(srv.proc.pid) for srv in self.backends)
-                # niced: the attackers would be other machines; here they share our 2 cores
                 attack = subprocess.Popen([sys.executable, "-c", ABORTED_UPLOADS, str(self.port), "300"],
-                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                          preexec_fn=lambda: os.nice(19))
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         c.close()
         self.assertTrue(done, "the stream did not end with [DONE]")
         self.assertIsNotNone(attack, "the stream ended within 2 s")
         out, err = attack.communicate(timeout=60)
         self.assertEqual(attack.returncode, 0, err.decode(errors="replace"))
         t_end = t_attack + float(out.split()[-1]) + 0.5  # and nginx's reading of what was sent
-        self.assertGreaterEqual(waited, 0, "the stream ended before the uploads did: make it longer")
-        self.assertLess(t_end, arrivals[-1], "the stream ended before the uploads did: make it longer")
+        if waited < 0 or t_end >= arrivals[-1]:  # the machine was too slow for this attempt
+            return float("inf"), "nginx: the %d-event stream ended before the uploads did" % len(arrivals)
         during = [b - a for a, b in zip(arrivals, arrivals[1:]) if b >= t_attack and a <= t_end]
         before = [b - a for a, b in zip(arrivals, arrivals[1:]) if t_start + 0.2 <= a and b < t_attack]
         delay = max(during) - max(before)

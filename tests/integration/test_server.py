@@ -526,7 +526,7 @@ def open_stream(srv, body):
     """Raw socket streaming request; returns the socket after the response headers."""
     s = socket.create_connection((srv.host, srv.port), timeout=30 * slow)
     data = json.dumps(body).encode()
-    s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
               b"Content-Length: %d\r\n\r\n%s" % (len(data), data))
     return s
 
@@ -663,12 +663,12 @@ class TestLimits(unittest.TestCase):
             idle = []
             for _ in range(2):
                 c = socket.create_connection((srv.host, srv.port), timeout=10 * slow)
-                c.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # headers never finished
+                c.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # headers never finished
                 idle.append(c)
             time.sleep(0.2)
             third = socket.create_connection((srv.host, srv.port), timeout=10 * slow)
             try:
-                third.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+                third.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
                 self.assertEqual(third.recv(100), b"")  # closed: over the per-IP limit
             except ConnectionResetError:
                 pass

@@ -84,9 +84,9 @@ def fds_back(pid, count, within):
 
 # What a client that hangs up may have sent first (then it closes).
 def partial_requests(body):
-    head = (b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    head = (b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
             b"Content-Length: %d\r\n\r\n" % len(body))
-    return [b"", b"POST /v1/compl", b"GET /health HTTP/1.1\r\nHost: x\r\nAcc", head,
+    return [b"", b"POST /v1/compl", b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nAcc", head,
             head + body[:len(body) // 2], head + body]
 
 
@@ -195,7 +195,7 @@ class Soak(unittest.TestCase):
         else:  # cancel: read the first event of a long stream, then drop the connection
             body = json.dumps({"prompt": prompt, "max_tokens": 256, "stream": True, "seed": i}).encode()
             s = socket.create_connection((srv.host, srv.port), timeout=30 * slow)
-            s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                       b"Content-Length: %d\r\n\r\n" % len(body) + body)
             got = b""
             while b"data: " not in got:

@@ -55,7 +55,7 @@ class ValgrindClean(unittest.TestCase):
             s = socket.create_connection(("127.0.0.1", srv.port), timeout=120)
             body = json.dumps({"prompt": "Once upon a time", "max_tokens": 2000, "stream": True,
                                "logit_bias": {"2": -100}}).encode()
-            s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                       b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
             got = b""
             while b"data:" not in got:
