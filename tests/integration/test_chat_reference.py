@@ -199,6 +199,33 @@ class Command(unittest.TestCase):
         self.assertEqual(r.returncode, 2)
         self.assertIn("carries no chat template", r.stderr.decode())
 
+    def test_a_hugging_face_folders_template(self):
+        """An HF folder's template: tokenizer_config.json's chat_template as a string, or as a
+        list of named templates (the one named "default"), and chat_template.jinja beside it
+        first (where recent transformers save it).  The folder is tests/data's tiny GPT-2, whose
+        BOS and EOS are <|endoftext|>."""
+        src = os.path.join(REPO, "tests", "data", "fixtures", "hf", "tiny-gpt2")
+        with open(os.path.join(TEMPLATES, "zephyr-7b-beta.jinja"), encoding="utf-8") as f:
+            zephyr = f.read()
+        conv = json.dumps([msg("user", "Hi")]).encode()
+        want = b"<|user|>\nHi<|endoftext|>\n<|assistant|>\n"
+        with tempfile.TemporaryDirectory(prefix="lmserve-chat-hf-") as d:
+            for name in ("config.json", "model.safetensors", "tokenizer.json"):
+                if not os.path.exists(os.path.join(src, name)):
+                    raise AssertionError("missing test data %s (see tests/data/SOURCES.md)" % os.path.join(src, name))
+                os.symlink(os.path.join(src, name), os.path.join(d, name))
+            cfg = os.path.join(d, "tokenizer_config.json")
+            for template in (zephyr, [{"name": "tool_use", "template": "TOOLS"}, {"name": "default", "template": zephyr},
+                                      {"name": "rag", "template": "RAG"}]):
+                with open(cfg, "w", encoding="utf-8") as f:
+                    json.dump({"chat_template": template}, f)
+                r = self.run_cmd(["--model", d], conv)
+                self.assertEqual((r.returncode, r.stdout), (0, want), r.stderr)
+            with open(os.path.join(d, "chat_template.jinja"), "w", encoding="utf-8") as f:
+                f.write("{% for m in messages %}[{{ m.role }}]{{ m.content }}{% endfor %}")
+            r = self.run_cmd(["--model", d], conv)
+            self.assertEqual((r.returncode, r.stdout), (0, b"[user]Hi"), r.stderr)
+
     def test_bad_usage_is_exit_2_with_a_message(self):
         for args, stdin, words in ((["--template", "chatml"], b"{not json", "not JSON"),
                                    (["--template", "chatml"], b"{\"messages\": 3}", "array of messages"),
