@@ -1,6 +1,7 @@
 /* loader.c -- helpers every part of the model module shares (loader.h): error
  * lines, memory the model owns, private copies of files, element-type sizes. */
 #include "model/loader.h"
+#include "model/compute/quant.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -270,10 +271,7 @@ size_t mtensor_bytes(int type, uint64_t n, int *ok)
     case MT_F32: good = mul_ok(n, 4, &r); break;
     case MT_F16:
     case MT_BF16: good = mul_ok(n, 2, &r); break;
-    case MT_Q8_0:
-        good = n % Q8_0_BLOCK == 0 && mul_ok(n / Q8_0_BLOCK, 2 + Q8_0_BLOCK, &r);
-        break;
-    default: good = 0; break;
+    default: r = quant_bytes(type, n, &good); break; /* block-quantized (compute/quant.h) */
     }
     if (r > (uint64_t)SIZE_MAX) good = 0;
     if (ok) *ok = good;
@@ -292,7 +290,6 @@ const char *mtensor_type_name(int type)
     case MT_F32: return "F32";
     case MT_F16: return "F16";
     case MT_BF16: return "BF16";
-    case MT_Q8_0: return "Q8_0";
-    default: return NULL;
+    default: return quant_is_quantized(type) ? quant_type_name(type) : NULL;
     }
 }

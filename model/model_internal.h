@@ -19,8 +19,8 @@
  * Matrix convention: a `mtensor` is a row-major (rows, cols) matrix used as
  * y = W x with x of length cols and y of length rows ("out, in"), which is
  * GGUF's and llama2.c's on-disk layout for every projection.  Data stays in
- * the file's type (F32, F16, BF16 or Q8_0) and usually points into the file's
- * private copy (loader.h).
+ * the file's type (F32, F16, BF16 or a block-quantized type, model/compute/quant.h)
+ * and usually points into the file's private copy (loader.h).
  */
 #ifndef LMSERVE_MODEL_INTERNAL_H
 #define LMSERVE_MODEL_INTERNAL_H
@@ -36,7 +36,7 @@
 typedef struct mtensor {
     const void *data; /* rows * row_bytes */
     int type;         /* MT_* */
-    int rows, cols;   /* cols % 32 == 0 for Q8_0 */
+    int rows, cols;   /* cols a multiple of the type's block (32 or 256 weights) */
     int panel;        /* 0: row-major.  KERNEL_PANEL (F32 only): the first rows / 16 * 16
                        * rows are stored as 16-row panels, each k-major (16 floats of
                        * column k, then column k + 1, ...); the remaining rows follow

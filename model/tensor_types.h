@@ -8,7 +8,16 @@
 enum {
     MT_F32 = 0,
     MT_F16 = 1,
+    MT_Q4_0 = 2, /* the block-quantized types: layouts and kernels in model/compute/quant.h */
+    MT_Q4_1 = 3,
+    MT_Q5_0 = 6,
+    MT_Q5_1 = 7,
     MT_Q8_0 = 8,
+    MT_Q2_K = 10,
+    MT_Q3_K = 11,
+    MT_Q4_K = 12,
+    MT_Q5_K = 13,
+    MT_Q6_K = 14,
     MT_BF16 = 30,
 };
 

@@ -1,4 +1,4 @@
-/* kernels.c -- matrix x matrix products on F32, F16, BF16 and Q8_0 weights.
+/* kernels.c -- matrix x matrix products on F32, F16, BF16 and quantized weights.
  *
  * Design
  * ------
@@ -24,11 +24,12 @@
  *
  * Q8_0 (GGML layout: blocks of 32 int8 with an f16 scale in front, 34 bytes;
  * see ggml's block_q8_0): the activations are quantized per row to the same
- * block shape as ggml's quantize_row_q8_0 does it (per 32 values: q =
+ * block shape (quant_act_rows: ggml's quantize_row_q8_0 -- per 32 values q =
  * round-to-nearest-even(x * 127 / max|x|), scale d = max|x| / 127 rounded to
- * an IEEE half; quantize_row_q8), each block's integer dot product is exact
- * (maddubs/madd), and the float accumulation is done per element in the fixed
- * lane order as above.
+ * an IEEE half), each block's integer dot product is exact (maddubs/madd),
+ * and the float accumulation is done per element in ggml's lane order.  The
+ * other block-quantized types go to model/compute/quant_kern.c (quant.h), with
+ * the activations quantized once per call in every format the jobs need.
  *
  * The tunables below (prefetch distances, block shapes) change speed, never a
  * result; docs/TUNING.md has the measurements that chose their values.
@@ -37,6 +38,7 @@
  * otherwise a portable scalar version (deterministic in the same sense).
  */
 #include "model/compute/kernels.h"
+#include "model/compute/quant.h"
 #include "model/half.h"
 #include "model/loader.h"
 
@@ -108,34 +110,8 @@ void mtensor_get_row(const mtensor *w, int row, float *out)
                 out[b * Q8_0_BLOCK + i] = d * (float)(int8_t)blk[2 + i];
         }
         break;
-    default:
-        for (int i = 0; i < n; i++)
-            out[i] = NAN;
-    }
-}
-
-/* Quantize one row of cols floats (cols % 32 == 0) to Q8_0 blocks: per 32 values, int8
- * q = round-to-nearest-even(x * 127 / amax) and the scale amax / 127 rounded to IEEE half,
- * as a Q8_0 block stores it (kept here as the float of that half).  This is the activation
- * format llama.cpp's CPU backend uses for Q8_0 matrices (ggml quantize_row_q8_0: the same
- * multiplier 127 / amax, the same rounding, the half scale), so with the same per-lane
- * accumulation below a Q8_0 matrix-vector product gives its values bit for bit
- * (tests/model/compute/test_kernels.c restates the formula; the greedy agreement with
- * llama-server it gives is in docs/TUNING.md). */
-static void quantize_row_q8(int8_t *q, float *d, const float *x, int cols)
-{
-    for (int b = 0; b < cols / Q8_0_BLOCK; b++) {
-        const float *xb = x + b * Q8_0_BLOCK;
-        float amax = 0.0f;
-        for (int i = 0; i < Q8_0_BLOCK; i++) {
-            float a = fabsf(xb[i]);
-            if (a > amax)
-                amax = a;
-        }
-        float id = amax != 0.0f ? 127.0f / amax : 0.0f;
-        d[b] = model_f16_to_f32(model_f32_to_f16(amax / 127.0f));
-        for (int i = 0; i < Q8_0_BLOCK; i++)
-            q[b * Q8_0_BLOCK + i] = (int8_t)lrintf(xb[i] * id);
+    default: /* the other block-quantized types (NaN for an unknown type) */
+        quant_dequantize_row(w->type, p, out, n);
     }
 }
 
@@ -795,8 +771,7 @@ typedef struct {
     int n_jobs;
     const float *x;
     int n_rows, cols;
-    const int8_t *xq; /* (n_rows, cols) when some job is Q8_0 */
-    const float *xd;  /* (n_rows, cols / 32) */
+    quant_act act[QACT_COUNT]; /* x quantized in each format some job needs (quant.h) */
     int chunk[MAX_JOBS];      /* W rows per task, per job (even) */
     int first[MAX_JOBS + 1];  /* first task of each job */
     int swiglu;               /* jobs (w1, w3): a task does both for its rows, then the gate */
@@ -805,6 +780,7 @@ typedef struct {
 static void mm_rows(const mm_ctx *c, const kernel_job *job, int j0, int j1)
 {
     const mtensor *w = job->w;
+    const quant_act *a = &c->act[quant_act_format(w->type)];
     switch (w->type) {
     case MT_F32:
         if (w->panel)
@@ -814,8 +790,12 @@ static void mm_rows(const mm_ctx *c, const kernel_job *job, int j0, int j1)
         break;
     case MT_F16: rows_f16(job->out, w->rows, c->x, c->n_rows, c->cols, w, j0, j1); break;
     case MT_BF16: rows_bf16(job->out, w->rows, c->x, c->n_rows, c->cols, w, j0, j1); break;
-    case MT_Q8_0: rows_q8(job->out, w->rows, c->xq, c->xd, c->n_rows, c->cols, w, j0, j1); break;
+    case MT_Q8_0: rows_q8(job->out, w->rows, a->q, a->d, c->n_rows, c->cols, w, j0, j1); break;
     default:
+        if (quant_is_quantized(w->type) && a->q) {
+            quant_matmul_rows(job->out, (size_t)w->rows, a, c->n_rows, w, j0, j1);
+            break;
+        }
         for (int r = 0; r < c->n_rows; r++)
             for (int j = j0; j < j1; j++)
                 job->out[(size_t)r * w->rows + j] = NAN;
@@ -848,22 +828,29 @@ static void mm_task(void *arg, int task, int n_tasks)
     }
 }
 
+/* Task t of n quantizes every format's rows t, t + n, ... */
 static void quantize_task(void *arg, int task, int n_tasks)
 {
-    const mm_ctx *c = arg;
-    int nb = c->cols / Q8_0_BLOCK;
-    for (int r = task; r < c->n_rows; r += n_tasks)
-        quantize_row_q8((int8_t *)c->xq + (size_t)r * c->cols, (float *)c->xd + (size_t)r * nb,
-                        c->x + (size_t)r * c->cols, c->cols);
+    mm_ctx *c = arg;
+    for (int f = 1; f < QACT_COUNT; f++)
+        if (c->act[f].q)
+            for (int r = task; r < c->n_rows; r += n_tasks)
+                quant_act_rows(&c->act[f], c->x, r, r + 1);
 }
 
+/* fmt_buf[f]: a buffer for format f (quant_act_bytes) or NULL if no job needs it. */
 static void matmul_group(model_pool *pool, const kernel_job *jobs, int n_jobs, const float *x,
-                         int n_rows, int8_t *xq, float *xd, int swiglu)
+                         int n_rows, void *const fmt_buf[QACT_COUNT], int swiglu)
 {
     mm_ctx c = {.jobs = jobs, .n_jobs = n_jobs, .x = x, .n_rows = n_rows,
-                .cols = jobs[0].w->cols, .xq = xq, .xd = xd, .swiglu = swiglu};
-    int nt = model_pool_size(pool);
-    if (xq) {
+                .cols = jobs[0].w->cols, .swiglu = swiglu};
+    int nt = model_pool_size(pool), any = 0;
+    for (int f = 1; f < QACT_COUNT; f++)
+        if (fmt_buf[f]) {
+            quant_act_init(&c.act[f], f, c.cols, n_rows, fmt_buf[f]);
+            any = 1;
+        }
+    if (any) {
         int qt = n_rows >= 8 * nt ? nt : 1;
         model_pool_run(pool, quantize_task, &c, qt);
     }
@@ -877,9 +864,10 @@ static void matmul_group(model_pool *pool, const kernel_job *jobs, int n_jobs, c
         size_t ch = by_cache < by_share ? by_cache : by_share;
         if (ch < 8)
             ch = 8;
-        /* whole register blocks: pairs of 16-row panels, or 4 rows */
+        /* whole register blocks: pairs of 16-row panels, or 8 rows (the quantized
+         * kernels take weight rows 8 at a time) */
         ch = w->panel ? (ch + 2 * KERNEL_PANEL - 1) / (2 * KERNEL_PANEL) * (2 * KERNEL_PANEL)
-                      : (ch + 3) & ~(size_t)3;
+                      : (ch + 7) & ~(size_t)7;
         c.chunk[i] = (int)ch;
         c.first[i + 1] = c.first[i] + (int)(((size_t)w->rows + ch - 1) / ch);
     }
@@ -898,47 +886,60 @@ static void matmul_jobs(model_pool *pool, const kernel_job *jobs, int n_jobs, co
                                 x, n_rows);
         return;
     }
-    int cols = jobs[0].w->cols, need_q = 0;
-    for (int i = 0; i < n_jobs; i++)
-        if (jobs[i].w->type == MT_Q8_0)
-            need_q = 1;
-    if (!need_q || cols % Q8_0_BLOCK) {
-        matmul_group(pool, jobs, n_jobs, x, n_rows, NULL, NULL, swiglu);
+    /* The activation formats the jobs' types need (quant.h), each a quantized copy of
+     * x in pool scratch, else malloc, else row chunks on the stack. */
+    int cols = jobs[0].w->cols;
+    size_t fmt_bytes[QACT_COUNT] = {0}, need = 0;
+    for (int i = 0; i < n_jobs; i++) {
+        int f = quant_act_format(jobs[i].w->type);
+        if (f != QACT_NONE && !fmt_bytes[f])
+            need += fmt_bytes[f] = quant_act_bytes(f, cols, n_rows);
+    }
+    void *fmt_buf[QACT_COUNT] = {NULL};
+    if (!need) {
+        matmul_group(pool, jobs, n_jobs, x, n_rows, fmt_buf, swiglu);
         return;
     }
-    /* Quantized copy of x: pool scratch, else malloc, else row chunks on the stack. */
-    int nb = cols / Q8_0_BLOCK;
-    size_t row_q = (size_t)cols + (size_t)nb * sizeof(float);
-    size_t qbytes = ((size_t)cols * n_rows + 15) & ~(size_t)15;
-    size_t need = qbytes + (size_t)nb * sizeof(float) * n_rows;
     void *buf = model_pool_scratch(pool, need), *own = NULL;
     if (!buf)
         buf = own = malloc(need);
     if (buf) {
-        int8_t *xq = buf;
-        float *xd = (float *)((int8_t *)buf + qbytes);
-        matmul_group(pool, jobs, n_jobs, x, n_rows, xq, xd, swiglu);
+        size_t off = 0;
+        for (int f = 1; f < QACT_COUNT; f++)
+            if (fmt_bytes[f]) {
+                fmt_buf[f] = (char *)buf + off;
+                off += fmt_bytes[f];
+            }
+        matmul_group(pool, jobs, n_jobs, x, n_rows, fmt_buf, swiglu);
         free(own);
         return;
     }
-    /* Out of memory: same arithmetic, fewer rows at a time. */
-    _Alignas(32) int8_t qs[32768];
-    int per = (int)(sizeof qs / (row_q + 16));
-    if (per < 1) {
-        for (int i = 0; i < n_jobs; i++)
+    /* Out of memory: same arithmetic, one job and fewer rows at a time (a swiglu pair
+     * then runs as two matmuls and the gate; each element's operations are unchanged). */
+    _Alignas(32) uint8_t qs[32768];
+    for (int i = 0; i < n_jobs; i++) {
+        int f = quant_act_format(jobs[i].w->type);
+        size_t row = quant_act_bytes(f, cols, 1) + 64;
+        int per = f == QACT_NONE ? n_rows : (int)(sizeof qs / row);
+        if (per < 1) {
             for (size_t e = 0; e < (size_t)n_rows * jobs[i].w->rows; e++)
                 jobs[i].out[e] = NAN;
-        return;
+            continue;
+        }
+        for (int r = 0; r < n_rows; r += per) {
+            int n = n_rows - r < per ? n_rows - r : per;
+            /* the sub-job writes rows r.. of out: out stride stays w->rows */
+            kernel_job sub = {jobs[i].out + (size_t)r * jobs[i].w->rows, jobs[i].w};
+            void *one[QACT_COUNT] = {NULL};
+            if (f != QACT_NONE)
+                one[f] = qs;
+            matmul_group(NULL, &sub, 1, x + (size_t)r * cols, n, one, 0);
+        }
     }
-    for (int r = 0; r < n_rows; r += per) {
-        int n = n_rows - r < per ? n_rows - r : per;
-        kernel_job sub[MAX_JOBS];
-        for (int i = 0; i < n_jobs; i++)
-            sub[i] = (kernel_job){jobs[i].out + (size_t)r * jobs[i].w->rows, jobs[i].w};
-        /* sub-jobs write rows r.. of out: out stride stays w->rows */
-        float *xd = (float *)(qs + (((size_t)cols * n + 15) & ~(size_t)15));
-        matmul_group(NULL, sub, n_jobs, x + (size_t)r * cols, n, qs, xd, swiglu);
-    }
+    if (swiglu)
+        for (int r = 0; r < n_rows; r++)
+            kernel_swiglu(jobs[0].out + (size_t)r * jobs[0].w->rows,
+                          jobs[1].out + (size_t)r * jobs[1].w->rows, jobs[0].w->rows);
 }
 
 void kernel_matmul_multi(model_pool *pool, const kernel_job *jobs, int n_jobs, const float *x,

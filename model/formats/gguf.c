@@ -16,6 +16,7 @@
 #include "model/formats/gguf.h"
 #include "model/half.h"
 #include "model/loader.h"
+#include "model/compute/quant.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -261,11 +262,12 @@ static int parse(gguf_file *g, char *err, size_t errlen)
         t->n_elems = ne_prod;
         t->offset = offset;
         if (!mtensor_type_name((int)type))
-            return GERR("tensor '%s' has unsupported type %u (supported: F32, F16, BF16, Q8_0)", show, type);
-        int ok;
-        if (type == MT_Q8_0 && t->ne[0] % Q8_0_BLOCK != 0)
-            return GERR("tensor '%s' is Q8_0 but its row length %llu is not a multiple of 32",
-                        show, (unsigned long long)t->ne[0]);
+            return GERR("tensor '%s' has unsupported type %u (supported: F32, F16, BF16, Q4_0, Q4_1, "
+                        "Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K)", show, type);
+        int ok, blk = quant_block_elems((int)type);
+        if (blk > 1 && t->ne[0] % (uint64_t)blk != 0)
+            return GERR("tensor '%s' is %s but its row length %llu is not a multiple of its block (%d)",
+                        show, mtensor_type_name((int)type), (unsigned long long)t->ne[0], blk);
         t->nbytes = mtensor_bytes((int)type, ne_prod, &ok);
         if (!ok) return GERR("tensor '%s': byte size overflows", show);
         if (offset % g->alignment != 0)

@@ -6,6 +6,7 @@
 #include "model/formats/gguf_write.h"
 #include "model/formats/gguf.h"
 #include "model/loader.h"
+#include "model/compute/quant.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -158,7 +159,8 @@ int gguf_writer_tensor(gguf_writer *w, const char *name, int type, const int64_t
     uint64_t n = 1;
     for (int d = 0; d < n_dims; d++)
         if (ne[d] <= 0 || !mul_ok(n, (uint64_t)ne[d], &n)) return MODEL_EINVAL;
-    if (type == MT_Q8_0 && ne[0] % Q8_0_BLOCK) return MODEL_EINVAL;
+    int blk = quant_block_elems(type);
+    if (blk > 1 && ne[0] % blk) return MODEL_EINVAL; /* rows are whole blocks */
     int ok;
     size_t want = mtensor_bytes(type, n, &ok);
     if (!ok || want != nbytes) return MODEL_EINVAL;

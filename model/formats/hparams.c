@@ -30,19 +30,20 @@ int model_check_hparams(const model *m, const char *path, char *err, size_t errl
     return MODEL_OK;
 }
 
-static void count_tensor(const mtensor *t, size_t per_type[4], size_t *params, size_t *bytes)
+#define N_TYPE_SLOTS 32 /* MT_* ids are below 32 */
+
+static void count_tensor(const mtensor *t, size_t per_type[N_TYPE_SLOTS], size_t *params, size_t *bytes)
 {
     if (!t->data) return;
     size_t n = (size_t)t->rows * (size_t)t->cols;
     *params += n;
     *bytes += (size_t)t->rows * mtensor_row_bytes(t->type, t->cols);
-    int slot = t->type == MT_F32 ? 0 : t->type == MT_F16 ? 1 : t->type == MT_BF16 ? 2 : 3;
-    per_type[slot] += n;
+    if (t->type >= 0 && t->type < N_TYPE_SLOTS) per_type[t->type] += n;
 }
 
 void model_fill_weight_stats(model *m)
 {
-    size_t per[4] = {0}, params = 0, bytes = 0;
+    size_t per[N_TYPE_SLOTS] = {0}, params = 0, bytes = 0;
     size_t vec = (size_t)m->info.dim * (2 * (size_t)m->info.n_layers + 1); /* norms, always F32 */
     count_tensor(&m->tok_embd, per, &params, &bytes);
     if (m->output.data != m->tok_embd.data) count_tensor(&m->output, per, &params, &bytes);
@@ -51,12 +52,11 @@ void model_fill_weight_stats(model *m)
         const mtensor *ts[] = {&w->wq, &w->wk, &w->wv, &w->wo, &w->w1, &w->w2, &w->w3};
         for (size_t k = 0; k < sizeof ts / sizeof ts[0]; k++) count_tensor(ts[k], per, &params, &bytes);
     }
-    /* the dominant type is the one holding most matrix weights (ties: the lower slot) */
-    static const int types[4] = {MT_F32, MT_F16, MT_BF16, MT_Q8_0};
+    /* the dominant type is the one holding most matrix weights (ties: the lower type id) */
     int best = 0;
-    for (int k = 1; k < 4; k++)
+    for (int k = 1; k < N_TYPE_SLOTS; k++)
         if (per[k] > per[best]) best = k;
-    snprintf(m->type_name, sizeof m->type_name, "%s", mtensor_type_name(types[best]));
+    snprintf(m->type_name, sizeof m->type_name, "%s", mtensor_type_name(best));
     m->info.weight_type = m->type_name;
     m->info.n_params = params + vec;
     m->info.weight_bytes = bytes + vec * sizeof(float);
