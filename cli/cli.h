@@ -8,6 +8,7 @@ int cli_generate(int argc, char **argv); /* cli/generate.c */
 int cli_health(int argc, char **argv);   /* cli/health.c */
 int cli_serve(int argc, char **argv);    /* cli/serve.c */
 int cli_train(int argc, char **argv);    /* cli/train.c */
+int cli_quantize(int argc, char **argv); /* cli/quantize.c */
 
 /* The version this binary was built as (cli/version.c). */
 const char *cli_version(void);

@@ -14,6 +14,7 @@ static void usage(FILE *f)
           "  train      train a small llama-architecture model on a text file\n"
           "  health     ask a running server's /health (exit 0 when ready)\n"
           "  chat-template  print the prompt a chat template renders for messages on stdin\n"
+          "  quantize   write a GGUF model with its matrices quantized (Q4_0 ... Q8_0, K-quants)\n"
           "\n"
           "`lmserve COMMAND --help` lists the command's options and their defaults;\n"
           "`lmserve --version` prints the version.\n",
@@ -44,6 +45,7 @@ int main(int argc, char **argv)
     if (!strcmp(cmd, "serve")) return cli_serve(argc - 1, argv + 1);
     if (!strcmp(cmd, "generate")) return cli_generate(argc - 1, argv + 1);
     if (!strcmp(cmd, "train")) return cli_train(argc - 1, argv + 1);
+    if (!strcmp(cmd, "quantize")) return cli_quantize(argc - 1, argv + 1);
     fprintf(stderr, "lmserve: unknown command '%s'\n", cmd);
     usage(stderr);
     return 2;

@@ -52,7 +52,7 @@ typedef struct model_seq model_seq;
 typedef struct {
     const char *arch;        /* "llama" or "gpt2" */
     const char *format;      /* "gguf", "llama2c", "torch", "safetensors" */
-    const char *weight_type; /* dominant matrix type: "F32", "F16", "BF16", "Q8_0" */
+    const char *weight_type; /* dominant matrix type: "F32", "F16", "BF16", "Q8_0", "Q4_K", ... */
     int dim;                 /* embedding width */
     int hidden_dim;          /* feed-forward width */
     int n_layers;
@@ -190,6 +190,25 @@ void model_parallel(model *m, void (*fn)(void *arg, int task, int n_tasks), void
  * the longest cached common prefix, recomputing the rest) and write the logits
  * of the last position into logits (vocab_size floats). */
 int model_seq_eval(model *m, model_seq *s, const int32_t *ctx, int n_ctx, float *logits);
+
+/* ---- Quantizing a GGUF file (model/quantize.c) -------------------------------- */
+
+typedef struct {
+    const char *type;        /* a file type: "Q4_0", "Q8_0", "Q4_K_M", ... (model_quantize_types) */
+    int n_threads;           /* <= 0: number of CPUs */
+    int allow_requantize;    /* quantize tensors that are already quantized (else an error) */
+    void (*log)(void *ctx, const char *line); /* one line per tensor and a summary, or NULL */
+    void *log_ctx;
+} model_quantize_opts;
+
+/* Write the GGUF model at `in` to `out` with its matrices in opts->type, the way
+ * llama.cpp's llama-quantize does (same recipes, fall-backs, tensor order and
+ * bytes; no importance matrix).  On error returns a negative code and writes one
+ * line into err; `out` may then be missing or partial. */
+int model_quantize(const char *in, const char *out, const model_quantize_opts *opts, char *err,
+                   size_t errlen);
+/* The accepted opts->type names, for help texts. */
+const char *model_quantize_types(void);
 
 /* Short description of a return code. */
 const char *model_strerror(int code);

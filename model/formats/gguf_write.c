@@ -151,6 +151,13 @@ int gguf_writer_kv_arr_i32(gguf_writer *w, const char *key, const int32_t *vals,
     return rc ? rc : put(w, vals, 4 * n);
 }
 
+int gguf_writer_kv_raw(gguf_writer *w, const char *key, uint32_t vtype, const void *val, size_t len)
+{
+    if (len && !val) return MODEL_EINVAL;
+    int rc = put_key(w, key, vtype);
+    return rc ? rc : put(w, val, len);
+}
+
 int gguf_writer_tensor(gguf_writer *w, const char *name, int type, const int64_t *ne, int n_dims,
                        const void *data, size_t nbytes)
 {

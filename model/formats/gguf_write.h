@@ -28,6 +28,10 @@ int gguf_writer_kv_arr_str(gguf_writer *w, const char *key, const char *const *v
 int gguf_writer_kv_arr_f32(gguf_writer *w, const char *key, const float *vals, size_t n);
 int gguf_writer_kv_arr_i32(gguf_writer *w, const char *key, const int32_t *vals, size_t n);
 
+/* A value already in GGUF's serialized form (val[0..len) as it follows the value type
+ * in a file): for copying pairs from another file.  vtype is the GGUF value type. */
+int gguf_writer_kv_raw(gguf_writer *w, const char *key, uint32_t vtype, const void *val, size_t len);
+
 /* type is an MT_* (tensor_types.h); nbytes must equal what ne and type imply. */
 int gguf_writer_tensor(gguf_writer *w, const char *name, int type,
                        const int64_t *ne, int n_dims, const void *data, size_t nbytes);
