@@ -7,18 +7,23 @@
  *            vocabulary size (max_token_length, then per token: float score,
  *            int32 length, bytes) -- layout as read by llama2.c's run.c.
  *   gguf:    GGUF v3 through model/formats/gguf_write.c, tensor names and metadata keys
- *            as llama.cpp writes them for "llama", in F32, F16 or Q8_0, with an
- *            embedded SentencePiece-style vocabulary.
+ *            as llama.cpp writes them for "llama", with an embedded SentencePiece-style
+ *            vocabulary; --type f32, f16, bf16, or a block-quantized type (q8_0, q4_0, q4_k,
+ *            ...: every matrix that type), or one of llama.cpp's mixtures (q4_k_m,
+ *            q5_k_m, ...: written as F16 beside OUT, then model_quantize, as
+ *            `lmserve quantize` does).
  * Vocabulary: <unk>, <s>, </s>, the 256 byte tokens <0x00>..<0xFF>, then unique
  * made-up lowercase pieces (half with a leading space marker).
  *
- * usage: gen_model --out FILE [--format llama2c|gguf] [--type f32|f16|q8_0]
+ * usage: gen_model --out FILE [--format llama2c|gguf] [--type f32|f16|q8_0|q4_k_m|...]
  *                  [--dim N] [--hidden N] [--layers N] [--heads N] [--kv-heads N]
  *                  [--vocab N] [--ctx N] [--seed N] [--tokenizer-out FILE]
  */
 #include "model/formats/gguf_write.h"
 #include "model/half.h"
+#include "model/model.h"
 #include "model/model_internal.h"
+#include "model/compute/quant.h"
 
 #include <errno.h>
 #include <math.h>
@@ -160,7 +165,8 @@ static uint16_t to_f16(float f)
     return model_f32_to_f16(f);
 }
 
-/* Convert a (rows, cols) float matrix to type; returns malloc'd data and its size. */
+/* Convert a (rows, cols) float matrix to type (F32, F16, BF16 or a block-quantized type: the
+ * reference quantizers of model/quant.h); returns malloc'd data and its size. */
 static void *convert(const float *x, int rows, int cols, int type, size_t *nbytes)
 {
     size_t n = (size_t)rows * cols;
@@ -178,18 +184,21 @@ static void *convert(const float *x, int rows, int cols, int type, size_t *nbyte
             d[i] = to_f16(x[i]);
         return d;
     }
-    size_t nb = n / 32;
-    *nbytes = nb * 34;
-    uint8_t *d = malloc(*nbytes);
-    for (size_t b = 0; d && b < nb; b++) {
-        float amax = 0;
-        for (int i = 0; i < 32; i++)
-            amax = fmaxf(amax, fabsf(x[b * 32 + i]));
-        float sc = amax / 127.0f, inv = sc ? 1.0f / sc : 0.0f;
-        uint16_t h = to_f16(sc);
-        memcpy(d + b * 34, &h, 2);
-        for (int i = 0; i < 32; i++)
-            d[b * 34 + 2 + i] = (uint8_t)(int8_t)lrintf(x[b * 32 + i] * inv);
+    if (type == MT_BF16) { /* round to nearest even (the values are finite) */
+        *nbytes = n * 2;
+        uint16_t *d = malloc(*nbytes);
+        for (size_t i = 0; d && i < n; i++) {
+            uint32_t b;
+            memcpy(&b, &x[i], 4);
+            d[i] = (uint16_t)((b + 0x7fff + ((b >> 16) & 1)) >> 16);
+        }
+        return d;
+    }
+    *nbytes = quant_bytes(type, n, NULL);
+    void *d = malloc(*nbytes ? *nbytes : 1);
+    if (d && quant_quantize_rows(type, x, d, rows, cols) != *nbytes) {
+        free(d);
+        return NULL;
     }
     return d;
 }
@@ -201,8 +210,8 @@ static int add_matrix(gguf_writer *w, const char *name, int rows, int cols, int 
     if (!x)
         return MODEL_ENOMEM;
     fill(x, (size_t)rows * cols, a, s);
-    if (type == MT_Q8_0 && cols % 32)
-        type = MT_F16;
+    if (quant_block_elems(type) > 1 && cols % quant_block_elems(type))
+        type = MT_F16; /* rows that are not whole blocks (recipes: lmserve quantize) */
     size_t nb;
     void *d = convert(x, rows, cols, type, &nb);
     free(x);
@@ -369,13 +378,12 @@ int main(int argc, char **argv)
     if (!sh.kv_heads)
         sh.kv_heads = sh.heads;
     if (!out || sh.dim % sh.heads || sh.heads % sh.kv_heads || sh.vocab < 260 || (sh.dim / sh.heads) % 2) {
-        fprintf(stderr, "usage: gen_model --out FILE [--format llama2c|gguf] [--type f32|f16|q8_0]\n"
+        fprintf(stderr, "usage: gen_model --out FILE [--format llama2c|gguf] [--type f32|f16|q8_0|q4_k_m|...]\n"
                         "  [--dim N] [--hidden N] [--layers N] [--heads N] [--kv-heads N] [--vocab N>=260]\n"
                         "  [--ctx N] [--seed N] [--tokenizer-out FILE]  (dim %% heads == 0, heads %% kv-heads == 0)\n");
         return 2;
     }
-    int type = !strcmp(type_s, "f32") ? MT_F32 : !strcmp(type_s, "f16") ? MT_F16
-             : !strcmp(type_s, "q8_0") ? MT_Q8_0 : -1;
+    int type = quant_type_from_name(type_s); /* F32, F16, BF16, Q8_0, Q4_K, ... */
     char err[256] = "";
     if (!strcmp(format, "llama2c")) {
         if (type != MT_F32) {
@@ -392,9 +400,19 @@ int main(int argc, char **argv)
             return 1;
         }
     } else if (!strcmp(format, "gguf")) {
-        if (type < 0) {
-            fprintf(stderr, "gen_model: unknown type %s\n", type_s);
-            return 2;
+        if (type < 0) { /* a mixture: F16 first, then model_quantize */
+            char tmp[4096];
+            snprintf(tmp, sizeof tmp, "%s.f16.tmp", out);
+            model_quantize_opts qo = {.type = type_s};
+            int rc = write_gguf(tmp, &sh, MT_F16, err, sizeof err);
+            if (!rc)
+                rc = model_quantize(tmp, out, &qo, err, sizeof err);
+            remove(tmp);
+            if (rc) {
+                fprintf(stderr, "gen_model: %s\n", err[0] ? err : "failed");
+                return rc == MODEL_EINVAL ? 2 : 1;
+            }
+            return 0;
         }
         if (write_gguf(out, &sh, type, err, sizeof err)) {
             fprintf(stderr, "gen_model: %s\n", err[0] ? err : "failed");

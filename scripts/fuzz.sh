@@ -18,11 +18,14 @@ mkdir -p "$out/corpus"
 CC=${FUZZ_CC:-clang}
 PKG_CFLAGS=$(pkg-config --cflags libmicrohttpd jansson libuv)
 PKG_LIBS=$(pkg-config --libs libmicrohttpd jansson libuv)
-CFLAGS="-g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -I. -D_GNU_SOURCE -std=c11 -pthread $PKG_CFLAGS"
+# -march=native: the model's AVX2 kernels are what fuzz_quant checks against their portable
+# statement (FUZZ_MARCH= for a portable build)
+MARCH=${FUZZ_MARCH--march=native}
+CFLAGS="-g -O1 $MARCH -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -I. -D_GNU_SOURCE -std=c11 -pthread $PKG_CFLAGS"
 models=${LMSERVE_MODELS:-tests/data/models}
 fixtures=${LMSERVE_FIXTURES:-tests/data/fixtures}
 
-LIBCFLAGS="-g -O1 -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined -I. -D_GNU_SOURCE -std=c11 -pthread $PKG_CFLAGS"
+LIBCFLAGS="-g -O1 $MARCH -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined -I. -D_GNU_SOURCE -std=c11 -pthread $PKG_CFLAGS"
 
 # The modules are compiled once into build/fuzz/obj/<module>.a (an object is rebuilt
 # when its source or any header is newer); each target then compiles only its own

@@ -369,9 +369,9 @@ static void act_row_q8(int8_t *q, float *d, float *s, int32_t *x32, const float 
         p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
         _mm256_storeu_si256((__m256i *)qb, p);
 #else
-        for (int i = 0; i < 32; i++) {
+        for (int i = 0; i < 32; i++) { /* a NaN gives -128, as cvtps2dq + saturating packs do */
             float r = rintf(xb[i] * id);
-            qb[i] = (int8_t)(r > 127.0f ? 127 : r < -128.0f ? -128 : (int)r);
+            qb[i] = (int8_t)(r >= 127.0f ? 127 : r > -128.0f ? (int)r : -128);
             sum += qb[i];
         }
 #endif
@@ -420,9 +420,9 @@ static void act_row_q8k(int8_t *q, float *d, int16_t *bs, int32_t *x32, const fl
             _mm256_storeu_si256((__m256i *)(qb + i), p);
         }
 #else
-        for (int i = 0; i < QK_K; i++) {
+        for (int i = 0; i < QK_K; i++) { /* a NaN gives 127, as minps(NaN, 127) does */
             float r = rintf(iscale * xb[i]);
-            qb[i] = (int8_t)(r > 127.0f ? 127 : (int)r);
+            qb[i] = (int8_t)(r < 127.0f ? (int)r : 127);
         }
 #endif
         for (int j = 0; j < 16; j++) {

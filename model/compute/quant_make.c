@@ -47,6 +47,18 @@ static inline int nearest(float x)
     return (i & 0x007fffff) - 0x00400000;
 }
 
+/* (int8_t) and (uint8_t) of a float, as C converts an in-range value (truncation); out of
+ * range or NaN (which only broken inputs produce, and where C leaves the conversion
+ * undefined) the nearest end, NaN the low end. */
+static inline int to_i8(float v)
+{
+    return v >= 127.0f ? 127 : v > -128.0f ? (int)v : -128;
+}
+static inline int to_u8(float v)
+{
+    return v >= 255.0f ? 255 : v > 0.0f ? (int)v : 0;
+}
+
 static inline int imin(int a, int b) { return a < b ? a : b; }
 static inline int imax(int a, int b) { return a > b ? a : b; }
 
@@ -68,8 +80,8 @@ static void make_q4_0_q5_0(int bits, const float *x, uint8_t *y)
     uint8_t *qs = y + (bits == 4 ? 2 : 6);
     uint32_t qh = 0;
     for (int j = 0; j < 16; j++) {
-        int a = imin(top, (int8_t)(x[j] * id + off));
-        int b = imin(top, (int8_t)(x[j + 16] * id + off));
+        int a = imin(top, to_i8(x[j] * id + off));
+        int b = imin(top, to_i8(x[j + 16] * id + off));
         qs[j] = (uint8_t)((a & 0xF) | (b & 0xF) << 4);
         qh |= (uint32_t)((a >> 4) & 1) << j;
         qh |= (uint32_t)((b >> 4) & 1) << (j + 16);
@@ -96,11 +108,11 @@ static void make_q4_1_q5_1(int bits, const float *x, uint8_t *y)
     for (int j = 0; j < 16; j++) {
         int a, b;
         if (bits == 4) {
-            a = imin(15, (int8_t)((x[j] - min) * id + 0.5f));
-            b = imin(15, (int8_t)((x[j + 16] - min) * id + 0.5f));
+            a = imin(15, to_i8((x[j] - min) * id + 0.5f));
+            b = imin(15, to_i8((x[j + 16] - min) * id + 0.5f));
         } else {
-            a = (uint8_t)((x[j] - min) * id + 0.5f);
-            b = (uint8_t)((x[j + 16] - min) * id + 0.5f);
+            a = to_u8((x[j] - min) * id + 0.5f);
+            b = to_u8((x[j + 16] - min) * id + 0.5f);
         }
         qs[j] = (uint8_t)((a & 0xF) | (b & 0xF) << 4);
         qh |= (uint32_t)((a >> 4) & 1) << j;
@@ -119,7 +131,7 @@ static void make_q8_0(const float *x, uint8_t *y)
     const float id = d != 0.0f ? 1.0f / d : 0.0f;
     put16(y, f2h(d));
     for (int j = 0; j < 32; j++)
-        y[2 + j] = (uint8_t)(int8_t)roundf(x[j] * id);
+        y[2 + j] = (uint8_t)(int8_t)to_i8(roundf(x[j] * id));
 }
 
 /* ---- Scale fitting for the K-quants ------------------------------------------------------ */

@@ -31,6 +31,7 @@
 #include "model/compute/quant.h"
 #include "model/half.h"
 
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -177,7 +178,8 @@ typedef struct {
     int dst_type;
     int64_t rows, cols;
     uint8_t *dst;
-    int failed; /* a task could not allocate its row buffer */
+    int failed;    /* a task could not allocate its row buffer */
+    int nonfinite; /* a weight is NaN or infinite */
 } conv_job;
 
 /* Rows of src as floats (F32 / F16 / BF16 / quantized). */
@@ -242,6 +244,11 @@ static void conv_task(void *arg, int task, int n_tasks)
     for (int64_t r = r0; r < r1; r += CONV_ROWS) {
         int64_t n = r1 - r < CONV_ROWS ? r1 - r : CONV_ROWS;
         rows_to_f32(j->src, r, n, j->cols, buf);
+        for (size_t i = 0; i < (size_t)n * (size_t)j->cols; i++)
+            if (!isfinite(buf[i])) {
+                __atomic_store_n(&j->nonfinite, 1, __ATOMIC_RELAXED);
+                break;
+            }
         store_f32(j->dst_type, buf, j->dst + (size_t)r * rb, n, j->cols);
     }
     free(buf);
@@ -416,12 +423,16 @@ int model_quantize(const char *in, const char *out, const model_quantize_opts *o
                           "(allow it with --allow-requantize)", name, mtensor_type_name(t->type));
                 goto done;
             }
-            conv_job job = {t, type, rows, cols, dst, 0};
+            conv_job job = {t, type, rows, cols, dst, 0, 0};
             int nt = model_pool_size(pool) * 4;
             if (rows < nt) nt = rows > 0 ? (int)rows : 1;
             model_pool_run(pool, conv_task, &job, nt);
             if (job.failed) {
                 rc = QERR(MODEL_ENOMEM, "out of memory (converting tensor '%s')", name);
+                goto done;
+            }
+            if (job.nonfinite) {
+                rc = QERR(MODEL_EFORMAT, "tensor '%s' holds a NaN or infinite weight", name);
                 goto done;
             }
             rc = gguf_writer_tensor(w, name, type, ne, t->n_dims, dst, nbytes);
