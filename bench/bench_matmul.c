@@ -1,0 +1,147 @@
+/* bench_matmul.c -- how fast does one matrix kernel stream its weights?
+ *
+ *   bench_matmul [--type TYPE] [--mb SIZE] [--cols K] [--rows-x N] [--threads T] [--runs R]
+ *
+ * Builds a (rows, K) matrix of TYPE (F32, F16, BF16, Q8_0, Q4_K, ...) of about SIZE MiB
+ * in the memory the model's weights get (model_alloc_weights: huge pages), from one
+ * quantized block of 8 MiB repeated (the speed does not depend on the values), then
+ * runs kernel_matmul over all of it R times with N activation rows on T threads.  Prints
+ * the best and median pass in GB/s of weights read (10^9 bytes/s) and in tokens/s for N
+ * rows.  With SIZE well above the last-level cache this is the kernel's streaming rate,
+ * to compare with bench/membw's read rate measured in the same minutes; with a small
+ * SIZE (e.g. 1) it is the arithmetic rate on cached weights.
+ */
+#include "model/compute/kernels.h"
+#include "model/compute/pool.h"
+#include "model/loader.h"
+#include "model/compute/quant.h"
+#include "model/half.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+
+static double now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static int int_arg(const char *s, long lo, long hi, long *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    const char *type_s = "Q8_0";
+    long mb = 512, cols = 2048, nx = 1, threads = 2, runs = 10;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        int bad = !v;
+        if (!bad && !strcmp(a, "--type")) type_s = v;
+        else if (!bad && !strcmp(a, "--mb")) bad = int_arg(v, 1, 1 << 16, &mb);
+        else if (!bad && !strcmp(a, "--cols")) bad = int_arg(v, 256, 1 << 16, &cols);
+        else if (!bad && !strcmp(a, "--rows-x")) bad = int_arg(v, 1, 1024, &nx);
+        else if (!bad && !strcmp(a, "--threads")) bad = int_arg(v, 1, 256, &threads);
+        else if (!bad && !strcmp(a, "--runs")) bad = int_arg(v, 1, 100000, &runs);
+        else bad = 1;
+        if (bad) {
+            fprintf(stderr, "usage: bench_matmul [--type TYPE] [--mb SIZE] [--cols K] [--rows-x N] "
+                            "[--threads T] [--runs R]\n");
+            return 2;
+        }
+        i++;
+    }
+    int type = quant_type_from_name(type_s);
+    size_t rb = type >= 0 ? mtensor_row_bytes(type, (int)cols) : 0;
+    if (!rb) {
+        fprintf(stderr, "bench_matmul: type %s with %ld columns is not supported\n", type_s, cols);
+        return 2;
+    }
+    /* one 8 MiB (or smaller) tile of valid rows, repeated */
+    long tile_rows = (long)((8u << 20) / rb);
+    long rows = (long)(((size_t)mb << 20) / rb);
+    if (tile_rows < 1) tile_rows = 1;
+    if (tile_rows > rows) tile_rows = rows;
+    rows = rows / 8 * 8;
+    if (rows < 8) rows = 8;
+    size_t maplen, total = (size_t)rows * rb;
+    uint8_t *w = model_alloc_weights(total, &maplen);
+    float *src = malloc((size_t)tile_rows * cols * sizeof *src);
+    float *x = malloc((size_t)nx * cols * sizeof *x), *out = malloc((size_t)nx * rows * sizeof *out);
+    if (!w || !src || !x || !out) {
+        fprintf(stderr, "bench_matmul: out of memory\n");
+        return 1;
+    }
+    uint64_t s = 12345;
+    for (size_t i = 0; i < (size_t)tile_rows * cols; i++) {
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        src[i] = (float)((int64_t)(s >> 33) - (1ll << 30)) * 0x1p-30f * 0.05f;
+    }
+    for (size_t i = 0; i < (size_t)nx * cols; i++)
+        x[i] = src[i % ((size_t)tile_rows * cols)] * 20.0f;
+    uint8_t *tile = w;
+    if (type == MT_F32) {
+        memcpy(tile, src, (size_t)tile_rows * rb);
+    } else if (type == MT_F16 || type == MT_BF16) {
+        for (size_t i = 0; i < (size_t)tile_rows * cols; i++) {
+            uint16_t h;
+            if (type == MT_F16) {
+                h = model_f32_to_f16(src[i]);
+            } else {
+                uint32_t b;
+                memcpy(&b, &src[i], 4);
+                h = (uint16_t)(b >> 16);
+            }
+            memcpy(tile + 2 * i, &h, 2);
+        }
+    } else {
+        quant_quantize_rows(type, src, tile, tile_rows, (int)cols);
+    }
+    for (long r = tile_rows; r < rows; r += tile_rows) {
+        long n = rows - r < tile_rows ? rows - r : tile_rows;
+        memcpy(w + (size_t)r * rb, tile, (size_t)n * rb);
+    }
+    mtensor m = {.data = w, .type = type, .rows = (int)rows, .cols = (int)cols};
+    model_pool *pool = model_pool_new((int)threads);
+    double *t = malloc((size_t)runs * sizeof *t);
+    kernel_matmul(pool, out, x, (int)nx, &m); /* warm-up */
+    for (long r = 0; r < runs; r++) {
+        double t0 = now();
+        kernel_matmul(pool, out, x, (int)nx, &m);
+        t[r] = now() - t0;
+    }
+    qsort(t, (size_t)runs, sizeof *t, cmp_double);
+    double gb = (double)total / 1e9;
+    printf("%s %ld x %ld (%.1f MiB), %ld activation row(s), %ld thread(s): best %.2f GB/s, median %.2f GB/s "
+           "(%.3f ms per pass, %.1f tokens/s)\n",
+           quant_type_name(type), rows, cols, (double)total / 1048576.0, nx, threads, gb / t[0],
+           gb / t[runs / 2], t[runs / 2] * 1e3, (double)nx / t[runs / 2]);
+    volatile float sink = out[0];
+    (void)sink;
+    model_pool_free(pool);
+    munmap(w, maplen);
+    free(src);
+    free(x);
+    free(out);
+    free(t);
+    return 0;
+}
