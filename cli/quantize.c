@@ -1,12 +1,12 @@
 /* quantize.c -- `lmserve quantize IN OUT --type TYPE`: write a GGUF model with its
  * matrices quantized (model_quantize: llama.cpp's recipes, fall-backs and bytes).
- * One line per tensor goes to stderr unless --quiet. */
+ * IN and OUT come first; the options after them go through cli_parse.  One line per
+ * tensor goes to stderr unless --quiet. */
 #include "cli/cli.h"
+#include "cli/opt.h"
 #include "model/model.h"
 
-#include <errno.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
 static void usage(FILE *f)
@@ -33,60 +33,34 @@ static void log_line(void *ctx, const char *line)
 
 int cli_quantize(int argc, char **argv)
 {
-    const char *in = NULL, *out = NULL, *type = NULL;
-    long threads = 0;
-    int quiet = 0, requant = 0;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-            usage(stdout);
-            return 0;
-        }
-        if (!strcmp(a, "--quiet")) {
-            quiet = 1;
-            continue;
-        }
-        if (!strcmp(a, "--allow-requantize")) {
-            requant = 1;
-            continue;
-        }
-        if (!strcmp(a, "--type") || !strcmp(a, "--threads")) {
-            if (i + 1 >= argc) {
-                fprintf(stderr, "lmserve quantize: %s needs a value\n", a);
-                return 2;
-            }
-            const char *v = argv[++i];
-            if (!strcmp(a, "--type")) {
-                type = v;
-            } else {
-                char *end;
-                errno = 0;
-                threads = strtol(v, &end, 10);
-                if (errno || end == v || *end || threads < 0 || threads > 1024) {
-                    fprintf(stderr, "lmserve quantize: invalid value for --threads: '%s'\n", v);
-                    return 2;
-                }
-            }
-            continue;
-        }
-        if (a[0] == '-' && a[1]) {
-            fprintf(stderr, "lmserve quantize: unknown option %s\n", a);
-            usage(stderr);
-            return 2;
-        }
-        if (!in) in = a;
-        else if (!out) out = a;
-        else {
-            fprintf(stderr, "lmserve quantize: one input and one output file (extra: %s)\n", a);
-            return 2;
-        }
+    if (argc >= 2 && (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help"))) {
+        usage(stdout);
+        return 0;
     }
-    if (!in || !out || !type) {
-        fprintf(stderr, "lmserve quantize: IN, OUT and --type are required\n");
-        usage(stderr);
+    if (argc < 3 || argv[1][0] == '-' || argv[2][0] == '-') {
+        fprintf(stderr, "lmserve quantize: IN and OUT come first (see --help)\n");
         return 2;
     }
-    model_quantize_opts o = {.type = type, .n_threads = (int)threads, .allow_requantize = requant,
+    const char *in = argv[1], *out = argv[2], *type = NULL;
+    int threads = 0, quiet = 0, requant = 0;
+    const cli_opt options[] = {
+        OPT_STR("--type", &type),
+        OPT_INT("--threads", &threads, 0, 1024),
+        OPT_FLAG("--allow-requantize", &requant, 1),
+        OPT_FLAG("--quiet", &quiet, 1),
+    };
+    /* the options after IN OUT (cli_parse skips its argv[0]: OUT here) */
+    int prc = cli_parse("lmserve quantize", options, sizeof options / sizeof options[0], argc - 2, argv + 2);
+    if (prc == CLI_HELP) {
+        usage(stdout);
+        return 0;
+    }
+    if (prc != CLI_OK) return 2;
+    if (!type) {
+        fprintf(stderr, "lmserve quantize: --type is required (see --help)\n");
+        return 2;
+    }
+    model_quantize_opts o = {.type = type, .n_threads = threads, .allow_requantize = requant,
                              .log = quiet ? NULL : log_line};
     char err[512];
     if (model_quantize(in, out, &o, err, sizeof err) != MODEL_OK) {
