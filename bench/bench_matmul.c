@@ -1,13 +1,15 @@
 /* bench_matmul.c -- how fast does one matrix kernel stream its weights?
  *
  *   bench_matmul [--type TYPE] [--mb SIZE] [--cols K] [--rows-x N] [--threads T] [--runs R]
+ *                [--no-pack]
  *
  * Builds a (rows, K) matrix of TYPE (F32, F16, BF16, Q8_0, Q4_K, ...) of about SIZE MiB
  * in the memory the model's weights get (model_alloc_weights: huge pages), from one
  * quantized block of 8 MiB repeated (the speed does not depend on the values), then
  * runs kernel_matmul over all of it R times with N activation rows on T threads.  Prints
  * the best and median pass in GB/s of weights read (10^9 bytes/s) and in tokens/s for N
- * rows.  With SIZE well above the last-level cache this is the kernel's streaming rate,
+ * rows.  The matrix is packed as a model's would be (kernel_pack: F32 16-row panels,
+ * quantized 8-row panels) unless --no-pack.  With SIZE well above the last-level cache this is the kernel's streaming rate,
  * to compare with bench/membw's read rate measured in the same minutes; with a small
  * SIZE (e.g. 1) it is the arithmetic rate on cached weights.
  */
@@ -53,8 +55,13 @@ int main(int argc, char **argv)
 {
     const char *type_s = "Q8_0";
     long mb = 512, cols = 2048, nx = 1, threads = 2, runs = 10;
+    int pack = 1;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--no-pack")) {
+            pack = 0;
+            continue;
+        }
         int bad = !v;
         if (!bad && !strcmp(a, "--type")) type_s = v;
         else if (!bad && !strcmp(a, "--mb")) bad = int_arg(v, 1, 1 << 16, &mb);
@@ -121,6 +128,20 @@ int main(int argc, char **argv)
         memcpy(w + (size_t)r * rb, tile, (size_t)n * rb);
     }
     mtensor m = {.data = w, .type = type, .rows = (int)rows, .cols = (int)cols};
+    size_t plen = 0;
+    void *pk = NULL;
+    int panel = kernel_pack_rows(type);
+    if (pack && panel && rows >= panel) {
+        pk = model_alloc_weights((size_t)rows * rb, &plen);
+        if (!pk) {
+            fprintf(stderr, "bench_matmul: out of memory\n");
+            return 1;
+        }
+        kernel_pack(&m, pk, &m);
+        munmap(w, maplen);
+        w = pk;
+        maplen = plen;
+    }
     model_pool *pool = model_pool_new((int)threads);
     double *t = malloc((size_t)runs * sizeof *t);
     kernel_matmul(pool, out, x, (int)nx, &m); /* warm-up */
@@ -131,9 +152,9 @@ int main(int argc, char **argv)
     }
     qsort(t, (size_t)runs, sizeof *t, cmp_double);
     double gb = (double)total / 1e9;
-    printf("%s %ld x %ld (%.1f MiB), %ld activation row(s), %ld thread(s): best %.2f GB/s, median %.2f GB/s "
+    printf("%s%s %ld x %ld (%.1f MiB), %ld activation row(s), %ld thread(s): best %.2f GB/s, median %.2f GB/s "
            "(%.3f ms per pass, %.1f tokens/s)\n",
-           quant_type_name(type), rows, cols, (double)total / 1048576.0, nx, threads, gb / t[0],
+           quant_type_name(type), m.panel ? " (packed)" : "", rows, cols, (double)total / 1048576.0, nx, threads, gb / t[0],
            gb / t[runs / 2], t[runs / 2] * 1e3, (double)nx / t[runs / 2]);
     volatile float sink = out[0];
     (void)sink;

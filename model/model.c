@@ -194,7 +194,7 @@ static void pack_task(void *arg, int task, int n_tasks)
         mtensor panel = *t, unused;
         panel.data = from;
         panel.rows = P;
-        kernel_pack_f32(&panel, (float *)(pc->dst + (size_t)p * pbytes), &unused);
+        kernel_pack(&panel, pc->dst + (size_t)p * pbytes, &unused);
     }
     if (pc->tail && pc->src != pc->dst) {
         size_t done = (size_t)(t->rows / P) * pbytes;
@@ -207,7 +207,8 @@ static void pack_task(void *arg, int task, int n_tasks)
     }
 }
 
-/* Repack the matmul weights the kernels have a panel layout for (kernels.h) on
+/* Repack the matmul weights the kernels have a panel layout for (F32: 16-row
+ * panels; block-quantized types: 8-row panels of interleaved blocks; kernels.h) on
  * the pool's threads.  A matrix inside the model's private file copy (a GGUF or
  * llama2.c file: all of them) is packed in place, a panel at a time (the layout
  * is panel-local), so the weights take their file's size once and are touched

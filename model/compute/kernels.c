@@ -22,14 +22,10 @@
  * they equal kernel_dot's.  (This file relies on the ISO C default
  * -ffp-contract=off: no silent a*b+c fusion in the scalar tails.)
  *
- * Q8_0 (GGML layout: blocks of 32 int8 with an f16 scale in front, 34 bytes;
- * see ggml's block_q8_0): the activations are quantized per row to the same
- * block shape (quant_act_rows: ggml's quantize_row_q8_0 -- per 32 values q =
- * round-to-nearest-even(x * 127 / max|x|), scale d = max|x| / 127 rounded to
- * an IEEE half), each block's integer dot product is exact (maddubs/madd),
- * and the float accumulation is done per element in ggml's lane order.  The
- * other block-quantized types go to model/compute/quant_kern.c (quant.h), with
- * the activations quantized once per call in every format the jobs need.
+ * The block-quantized types (Q8_0, Q4_K, ...; model/compute/quant.h) go to
+ * quant_matmul_rows (quant_kern.c), with the activations quantized once per
+ * call in every format the jobs need (ggml's formats, so the products equal
+ * llama.cpp's bit for bit).
  *
  * The tunables below (prefetch distances, block shapes) change speed, never a
  * result; docs/TUNING.md has the measurements that chose their values.
@@ -52,19 +48,12 @@
 #include <immintrin.h>
 #endif
 
-#define Q8_BYTES 34
 /* Attention prefetches the K rows this many positions ahead, and the V rows of the
  * positions it scores (0: none).  A sequence's K and V for one head are contiguous
  * but short (hd floats per position), so the hardware prefetcher starts cold on
  * every head and page. */
 #ifndef ATT_PF
 #define ATT_PF 16
-#endif
-/* Q8_0 blocks prefetch the W bytes this far ahead of the block they read (0: none).
- * The hardware prefetcher stops at 4 KiB page boundaries; this one runs a page
- * ahead of it. */
-#ifndef Q8_PFD
-#define Q8_PFD 4096
 #endif
 #define L2_BLOCK (128 * 1024) /* bytes of x (or of W) a task keeps hot */
 #define MAX_JOBS 8
@@ -102,16 +91,11 @@ void mtensor_get_row(const mtensor *w, int row, float *out)
         for (int i = 0; i < n; i++)
             out[i] = model_bf16_to_f32(rd16(p + 2 * i));
         break;
-    case MT_Q8_0:
-        for (int b = 0; b < n / Q8_0_BLOCK; b++) {
-            const uint8_t *blk = p + (size_t)b * Q8_BYTES;
-            float d = model_f16_to_f32(rd16(blk));
-            for (int i = 0; i < Q8_0_BLOCK; i++)
-                out[b * Q8_0_BLOCK + i] = d * (float)(int8_t)blk[2 + i];
-        }
-        break;
-    default: /* the other block-quantized types (NaN for an unknown type) */
-        quant_dequantize_row(w->type, p, out, n);
+    default: /* the block-quantized types, either layout (NaN for an unknown type) */
+        if (quant_is_quantized(w->type))
+            quant_get_row(w, row, out);
+        else
+            quant_dequantize_row(w->type, p, out, n);
     }
 }
 
@@ -227,43 +211,6 @@ void kernel_axpy(float *y, float a, const float *x, int n)
         y[i] = fmaf(a, x[i], y[i]);
 }
 
-/* Q8_0: x pre-quantized (xq int8 with row stride ldq, xd scales with row stride ldd).
- * One accumulator per element (R x C <= 8 of them), fed block by block. */
-static inline __attribute__((always_inline)) void block_q8(
-    float *out, size_t ldo, const int8_t *xq, size_t ldq, const float *xd, size_t ldd,
-    const uint8_t *w, size_t ldw, int nb, const int R, const int C)
-{
-    __m256 acc[4][4];
-    const __m256i ones = _mm256_set1_epi16(1);
-    for (int r = 0; r < R; r++)
-        for (int c = 0; c < C; c++)
-            acc[r][c] = _mm256_setzero_ps();
-    for (int b = 0; b < nb; b++) {
-        __m256i wq[4], wa[4];
-        float dw[4];
-        for (int c = 0; c < C; c++) {
-            const uint8_t *blk = w + (size_t)c * ldw + (size_t)b * Q8_BYTES;
-            if (Q8_PFD)
-                _mm_prefetch((const char *)blk + Q8_PFD, _MM_HINT_T0);
-            dw[c] = model_f16_to_f32(rd16(blk));
-            wq[c] = _mm256_loadu_si256((const __m256i *)(blk + 2));
-            wa[c] = _mm256_sign_epi8(wq[c], wq[c]);
-        }
-        for (int r = 0; r < R; r++) {
-            __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + (size_t)r * ldq + (size_t)b * 32));
-            float dx = xd[(size_t)r * ldd + b];
-            for (int c = 0; c < C; c++) {
-                __m256i p16 = _mm256_maddubs_epi16(wa[c], _mm256_sign_epi8(xv, wq[c]));
-                __m256 p = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));
-                acc[r][c] = _mm256_fmadd_ps(p, _mm256_set1_ps(dw[c] * dx), acc[r][c]);
-            }
-        }
-    }
-    for (int r = 0; r < R; r++)
-        for (int c = 0; c < C; c++)
-            out[(size_t)r * ldo + c] = hsum8(acc[r][c]);
-}
-
 #else /* portable scalar version */
 
 
@@ -297,25 +244,6 @@ void kernel_axpy(float *y, float a, const float *x, int n)
 {
     for (int i = 0; i < n; i++)
         y[i] = fmaf(a, x[i], y[i]);
-}
-
-static inline void block_q8(float *out, size_t ldo, const int8_t *xq, size_t ldq,
-                            const float *xd, size_t ldd, const uint8_t *w, size_t ldw,
-                            int nb, const int R, const int C)
-{
-    for (int r = 0; r < R; r++)
-        for (int c = 0; c < C; c++) {
-            float s = 0.0f;
-            for (int b = 0; b < nb; b++) {
-                const uint8_t *blk = w + (size_t)c * ldw + (size_t)b * Q8_BYTES;
-                const int8_t *xb = xq + (size_t)r * ldq + (size_t)b * 32;
-                int32_t isum = 0;
-                for (int i = 0; i < 32; i++)
-                    isum += (int32_t)(int8_t)blk[2 + i] * xb[i];
-                s += (float)isum * (model_f16_to_f32(rd16(blk)) * xd[(size_t)r * ldd + b]);
-            }
-            out[(size_t)r * ldo + c] = s;
-        }
 }
 
 #endif
@@ -448,19 +376,7 @@ void kernel_to_f16(uint16_t *dst, const float *src, int n)
 
 /* ---- Row-range drivers ------------------------------------------------------- */
 
-/* Dispatch a (R, C) block with compile-time shapes: the cases with one or two x
- * rows, shared by both switches, then every shape (BLOCK_SWITCH) or the ones Q8_0
- * uses (BLOCK_SWITCH_Q8: at most two W rows when three or four x rows). */
-#define BLOCK_CASES_R12(CALL)                                                                  \
-    case 2 * 8 + 4: CALL(2, 4); break;                                                         \
-    case 2 * 8 + 3: CALL(2, 3); break;                                                         \
-    case 2 * 8 + 2: CALL(2, 2); break;                                                         \
-    case 2 * 8 + 1: CALL(2, 1); break;                                                         \
-    case 1 * 8 + 4: CALL(1, 4); break;                                                         \
-    case 1 * 8 + 3: CALL(1, 3); break;                                                         \
-    case 1 * 8 + 2: CALL(1, 2); break;                                                         \
-    default: CALL(1, 1); break;
-
+/* Dispatch a (R, C) block with compile-time shapes. */
 #define BLOCK_SWITCH(CALL)                                                                     \
     switch (R * 8 + C) {                                                                       \
     case 4 * 8 + 4: CALL(4, 4); break;                                                         \
@@ -471,16 +387,14 @@ void kernel_to_f16(uint16_t *dst, const float *src, int n)
     case 3 * 8 + 3: CALL(3, 3); break;                                                         \
     case 3 * 8 + 2: CALL(3, 2); break;                                                         \
     case 3 * 8 + 1: CALL(3, 1); break;                                                         \
-    BLOCK_CASES_R12(CALL)                                                                      \
-    }
-
-#define BLOCK_SWITCH_Q8(CALL)                                                                  \
-    switch (R * 8 + C) {                                                                       \
-    case 4 * 8 + 2: CALL(4, 2); break;                                                         \
-    case 4 * 8 + 1: CALL(4, 1); break;                                                         \
-    case 3 * 8 + 2: CALL(3, 2); break;                                                         \
-    case 3 * 8 + 1: CALL(3, 1); break;                                                         \
-    BLOCK_CASES_R12(CALL)                                                                      \
+    case 2 * 8 + 4: CALL(2, 4); break;                                                         \
+    case 2 * 8 + 3: CALL(2, 3); break;                                                         \
+    case 2 * 8 + 2: CALL(2, 2); break;                                                         \
+    case 2 * 8 + 1: CALL(2, 1); break;                                                         \
+    case 1 * 8 + 4: CALL(1, 4); break;                                                         \
+    case 1 * 8 + 3: CALL(1, 3); break;                                                         \
+    case 1 * 8 + 2: CALL(1, 2); break;                                                         \
+    default: CALL(1, 1); break;                                                                \
     }
 
 /* Register-block shape (compile-time tunables; none changes a result):
@@ -545,38 +459,12 @@ DEF_ROWS(f32)
 DEF_ROWS(f16)
 DEF_ROWS(bf16)
 
-static void rows_q8(float *out, int ldo, const int8_t *xq, const float *xd, int n_rows, int cols,
-                    const mtensor *w, int j0, int j1)
-{
-    size_t ldw = mtensor_row_bytes(MT_Q8_0, cols);
-    const uint8_t *wd = (const uint8_t *)w->data;
-    int nb = cols / Q8_0_BLOCK;
-    int xb = x_block_rows((size_t)cols + (size_t)nb * 4);
-    for (int rb = 0; rb < n_rows; rb += xb) {
-        int re = rb + xb < n_rows ? rb + xb : n_rows;
-        int cm = re - rb == 1 ? 1 : re - rb <= 2 ? 4 : 2; /* one row: one W row stream at a time (docs/TUNING.md) */
-        for (int j = j0; j < j1; j += cm) {
-            int C = j1 - j >= cm ? cm : j1 - j;
-            for (int r = rb; r < re; r += 4) {
-                int R = re - r >= 4 ? 4 : re - r;
-                float *o = out + (size_t)r * ldo + j;
-                const int8_t *xr = xq + (size_t)r * cols;
-                const float *dr = xd + (size_t)r * nb;
-                const uint8_t *wr = wd + (size_t)j * ldw;
-#define CALL_q8(RR, CC) block_q8(o, ldo, xr, cols, dr, nb, wr, ldw, nb, RR, CC)
-                BLOCK_SWITCH_Q8(CALL_q8)
-#undef CALL_q8
-            }
-        }
-    }
-}
-
-/* ---- F32 in 16-row panels (see kernels.h) -------------------------------------- */
+/* ---- Packed layouts: F32 in 16-row panels, block types in 8-row panels (kernels.h) */
 
 int kernel_can_pack(int type)
 {
 #ifdef KERNEL_AVX2
-    return type == MT_F32;
+    return type == MT_F32 || quant_is_quantized(type);
 #else
     return 0;
 #endif
@@ -584,7 +472,16 @@ int kernel_can_pack(int type)
 
 int kernel_pack_rows(int type)
 {
-    return kernel_can_pack(type) && type == MT_F32 ? KERNEL_PANEL : 0;
+    if (!kernel_can_pack(type)) return 0;
+    return type == MT_F32 ? KERNEL_PANEL : QUANT_PANEL;
+}
+
+void kernel_pack(const mtensor *w, void *dst, mtensor *out)
+{
+    if (w->type == MT_F32)
+        kernel_pack_f32(w, dst, out);
+    else
+        quant_pack(w, dst, out);
 }
 
 #ifdef KERNEL_AVX2
@@ -790,7 +687,6 @@ static void mm_rows(const mm_ctx *c, const kernel_job *job, int j0, int j1)
         break;
     case MT_F16: rows_f16(job->out, w->rows, c->x, c->n_rows, c->cols, w, j0, j1); break;
     case MT_BF16: rows_bf16(job->out, w->rows, c->x, c->n_rows, c->cols, w, j0, j1); break;
-    case MT_Q8_0: rows_q8(job->out, w->rows, a->q, a->d, c->n_rows, c->cols, w, j0, j1); break;
     default:
         if (quant_is_quantized(w->type) && a->q) {
             quant_matmul_rows(job->out, (size_t)w->rows, a, c->n_rows, w, j0, j1);

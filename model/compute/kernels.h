@@ -44,18 +44,25 @@ void kernel_swiglu(float *g, const float *u, int n);
  * batch compositions, like the row-major kernels, but not bitwise equal to
  * them (the row-major F32 kernel sums 8 lanes, then a tree). */
 #define KERNEL_PANEL 16
-/* 1 if this build has a packed kernel for tensors of this type. */
+/* 1 if this build has a packed kernel for tensors of this type: F32 (16-row panels,
+ * above) and the block-quantized types (8-row panels of interleaved blocks,
+ * model/compute/quant.h), with AVX2. */
 int kernel_can_pack(int type);
 /* Write w's data into dst (w->rows * w->cols floats, 32-byte aligned) in the
  * packed layout and describe it in *out (which may be w). */
 void kernel_pack_f32(const mtensor *w, float *dst, mtensor *out);
-/* Rows per panel of the packed layout of this type; 0 if this build does not pack
- * it.  The layout is panel-local: the packed bytes of rows [p n, (p + 1) n) take
+/* Rows per panel of the packed layout of this type (KERNEL_PANEL for F32,
+ * QUANT_PANEL for the block-quantized types); 0 if this build does not pack it.
+ * The layout is panel-local: the packed bytes of rows [p n, (p + 1) n) take
  * exactly the bytes those rows take row-major and depend on those rows only, and
  * the rows after the last whole panel stay row-major where they were.  So a matrix
  * may be packed one panel at a time, and in place (model.c does both). */
 int kernel_pack_rows(int type);
 #define KERNEL_PACK_ALIGN 32 /* packed data starts on this boundary (aligned loads) */
+/* Write w (a type kernel_pack_rows accepts) into dst (the same byte count,
+ * KERNEL_PACK_ALIGN-aligned) in the packed layout and describe it in *out (which
+ * may be w): kernel_pack_f32, or quant_pack for the block-quantized types. */
+void kernel_pack(const mtensor *w, void *dst, mtensor *out);
 
 /* sum_i a[i] * b[i] with a fixed order (8 lanes, then a fixed tree, then the tail). */
 float kernel_dot(const float *a, const float *b, int n);

@@ -280,6 +280,53 @@ void quant_dequantize_row(int type, const void *src, float *dst, int n)
     }
 }
 
+/* ---- Layouts ------------------------------------------------------------------------------ */
+
+const uint8_t *quant_row_blocks(const mtensor *w, int j, size_t *stride)
+{
+    size_t bb = quant_block_bytes(w->type), rb = quant_bytes(w->type, (uint64_t)w->cols, NULL);
+    const uint8_t *d = w->data;
+    int full = w->panel ? w->rows / QUANT_PANEL * QUANT_PANEL : 0;
+    if (j < full) {
+        *stride = bb * QUANT_PANEL;
+        return d + (size_t)(j / QUANT_PANEL) * QUANT_PANEL * rb + (size_t)(j % QUANT_PANEL) * bb;
+    }
+    *stride = bb;
+    return d + (size_t)j * rb; /* row-major (the tail rows of a packed matrix too) */
+}
+
+void quant_get_row(const mtensor *w, int j, float *out)
+{
+    size_t stride;
+    const uint8_t *p = quant_row_blocks(w, j, &stride);
+    int blk = quant_block_elems(w->type);
+    if (blk <= 1 || w->cols % blk) {
+        quant_dequantize_row(w->type, p, out, w->cols);
+        return;
+    }
+    for (int b = 0; b < w->cols / blk; b++)
+        quant_dequantize_row(w->type, p + (size_t)b * stride, out + (size_t)b * blk, blk);
+}
+
+void quant_pack(const mtensor *w, void *dst, mtensor *out)
+{
+    size_t bb = quant_block_bytes(w->type), rb = quant_bytes(w->type, (uint64_t)w->cols, NULL);
+    int nb = (int)(rb / bb), full = w->rows / QUANT_PANEL;
+    const uint8_t *src = w->data;
+    uint8_t *d = dst;
+    for (int p = 0; p < full; p++)
+        for (int c = 0; c < QUANT_PANEL; c++)
+            for (int b = 0; b < nb; b++)
+                memcpy(d + (size_t)p * QUANT_PANEL * rb + ((size_t)b * QUANT_PANEL + c) * bb,
+                       src + ((size_t)p * QUANT_PANEL + c) * rb + (size_t)b * bb, bb);
+    size_t done = (size_t)full * QUANT_PANEL * rb;
+    memcpy(d + done, src + done, (size_t)w->rows * rb - done);
+    mtensor t = *w;
+    t.data = dst;
+    t.panel = QUANT_PANEL;
+    *out = t;
+}
+
 /* ---- Activations ------------------------------------------------------------------------ */
 
 static size_t up16(size_t n)
@@ -464,7 +511,8 @@ float quant_dot_ref(const quant_act *a, int r, const mtensor *w, int j)
 {
     const qtype *t = qt(w->type);
     int cols = w->cols, nb = cols / t->elems;
-    const uint8_t *row = (const uint8_t *)w->data + (size_t)j * quant_bytes(w->type, (uint64_t)cols, NULL);
+    size_t bstride;
+    const uint8_t *row = quant_row_blocks(w, j, &bstride);
     const int8_t *xq = a->q + (size_t)r * cols;
     const float *xd = a->d + (size_t)r * nb;
     float acc[8] = {0};
@@ -473,7 +521,7 @@ float quant_dot_ref(const quant_act *a, int r, const mtensor *w, int j)
         if (quant_is_serial(w->type, w->rows)) { /* Q4_0, rows % 8 == 0 */
             float s = 0.0f;
             for (int b = 0; b < nb; b++) {
-                const uint8_t *blk = row + (size_t)b * t->bytes;
+                const uint8_t *blk = row + (size_t)b * bstride;
                 int32_t isum = 0;
                 for (int i = 0; i < 32; i++)
                     isum += b32_weight(w->type, blk, i) * xq[32 * b + i];
@@ -483,7 +531,7 @@ float quant_dot_ref(const quant_act *a, int r, const mtensor *w, int j)
         }
         float summs = 0.0f;
         for (int b = 0; b < nb; b++) {
-            const uint8_t *blk = row + (size_t)b * t->bytes;
+            const uint8_t *blk = row + (size_t)b * bstride;
             float d = h2f(blk) * xd[b];
             for (int u = 0; u < 8; u++) {
                 int32_t lane = 0;
@@ -504,7 +552,7 @@ float quant_dot_ref(const quant_act *a, int r, const mtensor *w, int j)
     float accm[4] = {0}, summs = 0.0f, serial = 0.0f, serial_m = 0.0f;
     int ser = quant_is_serial(w->type, w->rows);
     for (int b = 0; b < nb; b++) {
-        const uint8_t *blk = row + (size_t)b * t->bytes;
+        const uint8_t *blk = row + (size_t)b * bstride;
         const int8_t *x = xq + QK_K * b;
         const int16_t *bsb = bs + 16 * b;
         int32_t lane[8] = {0}, sc[16], mn[16];

@@ -24,12 +24,15 @@
  * Every output element thus has one fixed sequence of float operations,
  * whatever the batch, the element's row in it, the register blocking or the
  * thread count (the module's bit-identity rule), and equals llama.cpp's value
- * bit for bit (tests/model/test_quant.c restates each formula).  The portable
+ * bit for bit (tests/model/compute/test_quant.c checks golden values of llama.cpp).  The portable
  * build computes the same lanes in scalar code and gives the same bits.
  *
  * Activation rows are quantized by quant_act_rows into a quant_act (one layout
  * per format, described below); quant_matmul_rows then computes a rectangle of
- * outputs.  quant_quantize_rows is the other direction, for `lmserve quantize`:
+ * outputs.  A matrix may be repacked at load (quant_pack, mtensor.panel =
+ * QUANT_PANEL): the same blocks, those of 8 consecutive rows interleaved, so that
+ * the kernels, which take weight rows 8 at a time when decoding, read one
+ * sequential stream; the arithmetic does not change.  quant_quantize_rows is the other direction, for `lmserve quantize`:
  * the reference quantizers (ggml's quantize_row_*_ref algorithms, no importance
  * matrix), so a file made here holds what llama-quantize writes.
  */
@@ -70,6 +73,12 @@ typedef struct {
     int32_t *x32;
 } quant_act;
 
+/* Rows per panel of a packed quantized matrix (mtensor.panel == QUANT_PANEL): the
+ * first rows / 8 * 8 rows are stored in panels of 8 rows, where block b of the
+ * panel's row c sits at (b * 8 + c) * block bytes; the remaining rows follow
+ * row-major. */
+#define QUANT_PANEL 8
+
 /* ---- Type facts ---------------------------------------------------------------- */
 
 /* Weights per block (1 for F32/F16/BF16), bytes per block; 0 for an unknown type. */
@@ -106,6 +115,15 @@ size_t quant_act_bytes(int fmt, int cols, int n_rows);
 void quant_act_init(quant_act *a, int fmt, int cols, int n_rows, void *buf);
 /* Quantize rows [r0, r1) of x (row stride cols) into a. */
 void quant_act_rows(quant_act *a, const float *x, int r0, int r1);
+
+/* Where row j's blocks are in w (either layout): returns its first block; *stride is
+ * the distance between its consecutive blocks. */
+const uint8_t *quant_row_blocks(const mtensor *w, int j, size_t *stride);
+/* Row j of w as floats (quant_dequantize_row's operations, either layout). */
+void quant_get_row(const mtensor *w, int j, float *out);
+/* Write w's blocks (row-major, rows >= QUANT_PANEL) into dst (the same byte count)
+ * in the packed layout, and describe it in *out (which may be w). */
+void quant_pack(const mtensor *w, void *dst, mtensor *out);
 
 /* ---- Products ------------------------------------------------------------------- */
 

@@ -3,19 +3,27 @@
  *
  * Every kernel computes each output element with exactly the operations of
  * quant_dot_ref (quant.c), which states ggml's arithmetic: the integer parts are
- * exact, so any instruction sequence that forms the same per-lane integers will do;
- * the float parts (one fused multiply-add per block and lane, the final lane tree)
- * are done in the same order.  Register blocks of R activation rows x C weight rows
- * decide only which elements are computed side by side.
+ * exact, so any instruction sequence that forms the same integers will do (sums
+ * are regrouped freely below); the float parts (one fused multiply-add per block
+ * and lane, the final lane tree) are done in the same order.  Register blocks of
+ * R activation rows x C weight rows decide only which elements are computed side
+ * by side.
  *
- * Weight rows are read straight from the file's layout, one block at a time.  When
- * decoding (one activation row) "lane" types read one or two weight rows at a time
- * and "serial" types (quant.h) eight, their integer sums reduced across the eight rows
- * into one vector so that the eight outputs share one vector of accumulators, as the
- * repacked kernels of llama.cpp do.
+ * A kernel sees C weight rows through (w, rs, bs): block b of row c is at
+ * w + c rs + b bs.  Row-major: rs = the row's bytes, bs = the block's; in a packed
+ * panel (quant.h): rs = the block's bytes, bs = 8 times that, so that the 8 rows of
+ * a panel are one sequential stream.  Decoding (one activation row) takes weight
+ * rows 8 at a time; batches take them 4 (or 2) at a time against up to 4
+ * activation rows, to reuse each decoded block from registers.
+ *
+ * "Serial" matrices (quant.h) reduce each weight row's per-block integer sums
+ * across lanes and 8 rows at once (two rows per 256-bit vector, then three
+ * horizontal adds), so that the 8 outputs share one vector of accumulators, as
+ * llama.cpp's repacked kernels do.
  */
 #include "model/compute/quant.h"
 #include "model/half.h"
+#include "model/loader.h"
 
 #include <math.h>
 #include <string.h>
@@ -25,7 +33,7 @@
 #include <immintrin.h>
 #endif
 
-/* Prefetch distance for the weight rows, in bytes ahead of the block being read (the
+/* Software prefetch of the weights, this many bytes ahead of the block being read (the
  * hardware prefetcher stops at 4 KiB page boundaries). */
 #ifndef QPF
 #define QPF 2048
@@ -40,7 +48,9 @@ static inline float h2f(const uint8_t *p)
 
 #ifdef QUANT_AVX2
 
-static inline float hsum8(__m256 v)
+#define AI static inline __attribute__((always_inline))
+
+AI float hsum8(__m256 v)
 {
     __m128 a = _mm_add_ps(_mm256_extractf128_ps(v, 1), _mm256_castps256_ps128(v));
     a = _mm_add_ps(a, _mm_movehl_ps(a, a));
@@ -48,16 +58,8 @@ static inline float hsum8(__m256 v)
     return _mm_cvtss_f32(a);
 }
 
-/* Eight int32x8 vectors -> one vector whose lane c is the sum of p[c]'s lanes. */
-static inline __m256i reduce8(const __m256i p[8])
-{
-    __m256i a = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
-    __m256i b = _mm256_hadd_epi32(_mm256_hadd_epi32(p[4], p[5]), _mm256_hadd_epi32(p[6], p[7]));
-    return _mm256_add_epi32(_mm256_permute2x128_si256(a, b, 0x20), _mm256_permute2x128_si256(a, b, 0x31));
-}
-
 /* 16 bytes of nibbles -> 32 bytes: low nibbles in bytes 0..15, high in 16..31. */
-static inline __m256i nibbles32(const uint8_t *p)
+AI __m256i nibbles32(const uint8_t *p)
 {
     __m128i t = _mm_loadu_si128((const __m128i *)p);
     __m256i v = _mm256_inserti128_si256(_mm256_castsi128_si256(t), _mm_srli_epi16(t, 4), 1);
@@ -65,7 +67,7 @@ static inline __m256i nibbles32(const uint8_t *p)
 }
 
 /* 32 bits -> 32 bytes, 0xFF where the bit is set. */
-static inline __m256i bits32(const uint8_t *p)
+AI __m256i bits32(const uint8_t *p)
 {
     uint32_t x;
     memcpy(&x, p, 4);
@@ -76,10 +78,42 @@ static inline __m256i bits32(const uint8_t *p)
     return _mm256_cmpeq_epi8(b, _mm256_set1_epi64x(-1));
 }
 
-/* ---- 32-weight blocks, lane arithmetic ------------------------------------------------ */
+/* Pair sums of bytes to int32 lanes: lane u = sum of bytes 4u..4u+3 products. */
+AI __m256i dot_us(__m256i u, __m256i s) /* u unsigned, s signed */
+{
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+}
+AI __m256i dot_ss(__m256i a, __m256i b) /* both signed (b's sign moved onto a) */
+{
+    return dot_us(_mm256_sign_epi8(a, a), _mm256_sign_epi8(b, a));
+}
+
+/* Prefetch block b of C weight rows, QPF bytes ahead: one stream when the rows' blocks
+ * are contiguous (a packed panel), else one per row. */
+AI void pf_rows(const uint8_t *w, size_t rs, size_t bs, int b, const int C, const int bb)
+{
+    if (!QPF)
+        return;
+    const char *p = (const char *)(w + (size_t)b * bs) + QPF;
+    if ((size_t)C * rs == bs) {
+        for (int k = 0; k < C * bb; k += 64)
+            _mm_prefetch(p + k, _MM_HINT_T0);
+    } else {
+        for (int c = 0; c < C; c++)
+            for (int k = 0; k < bb; k += 64)
+                _mm_prefetch(p + (size_t)c * rs + k, _MM_HINT_T0);
+    }
+}
+
+/* ---- 32-weight blocks, lane arithmetic --------------------------------------------- */
+
+AI int b32_bytes_of(const int type)
+{
+    return type == MT_Q4_0 ? 18 : type == MT_Q4_1 ? 20 : type == MT_Q5_0 ? 22 : type == MT_Q5_1 ? 24 : 34;
+}
 
 /* The block's 32 weights as bytes: signed (Q4_0, Q5_0, Q8_0) or unsigned (Q4_1, Q5_1). */
-static inline __attribute__((always_inline)) __m256i b32_bytes(const int type, const uint8_t *b)
+AI __m256i b32_bytes(const int type, const uint8_t *b)
 {
     switch (type) {
     case MT_Q4_0: return _mm256_sub_epi8(nibbles32(b + 2), _mm256_set1_epi8(8));
@@ -93,53 +127,40 @@ static inline __attribute__((always_inline)) __m256i b32_bytes(const int type, c
     }
 }
 
-static inline __attribute__((always_inline)) int b32_signed(const int type)
-{
-    return type == MT_Q4_0 || type == MT_Q5_0 || type == MT_Q8_0;
-}
-
 /* R activation rows x C weight rows of a lane type; out[r * ldo + c]. */
-static inline __attribute__((always_inline)) void lane32(const int type, float *out, size_t ldo,
-                                                          const quant_act *a, int r0, const uint8_t *w,
-                                                          size_t ldw, int nb, const int R, const int C)
+AI void lane32(const int type, float *out, size_t ldo, const quant_act *a, int r0, const int R,
+               const uint8_t *w, size_t rs, size_t bs, int nb, const int C)
 {
-    const int bytes = type == MT_Q4_0 ? 18 : type == MT_Q4_1 ? 20 : type == MT_Q5_0 ? 22
-                    : type == MT_Q5_1 ? 24 : 34;
     const int mins = type == MT_Q4_1 || type == MT_Q5_1;
-    const __m256i ones = _mm256_set1_epi16(1);
-    __m256 acc[4][4];
-    float summs[4][4];
+    const int sgn = type == MT_Q4_0 || type == MT_Q5_0 || type == MT_Q8_0;
+    __m256 acc[4][8];
+    float summs[4][8];
     for (int r = 0; r < R; r++)
         for (int c = 0; c < C; c++) {
             acc[r][c] = _mm256_setzero_ps();
             summs[r][c] = 0.0f;
         }
-    const int8_t *xq = a->q + (size_t)r0 * a->cols;
+    const size_t cols = (size_t)a->cols;
+    const int8_t *xq = a->q + (size_t)r0 * cols;
     const float *xd = a->d + (size_t)r0 * nb;
     for (int b = 0; b < nb; b++) {
-        __m256i wv[4], wa[4];
-        float dw[4], mw[4];
-        for (int c = 0; c < C; c++) {
-            const uint8_t *blk = w + (size_t)c * ldw + (size_t)b * bytes;
-            if (QPF)
-                _mm_prefetch((const char *)blk + QPF, _MM_HINT_T0);
-            dw[c] = h2f(blk);
-            if (mins)
-                mw[c] = h2f(blk + 2);
-            wv[c] = b32_bytes(type, blk);
-            if (b32_signed(type))
-                wa[c] = _mm256_sign_epi8(wv[c], wv[c]);
-        }
+        __m256i xv[4];
+        float dx[4];
         for (int r = 0; r < R; r++) {
-            __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + (size_t)r * a->cols + 32 * (size_t)b));
-            float dx = xd[(size_t)r * nb + b];
-            for (int c = 0; c < C; c++) {
-                __m256i p16 = b32_signed(type) ? _mm256_maddubs_epi16(wa[c], _mm256_sign_epi8(xv, wv[c]))
-                                               : _mm256_maddubs_epi16(wv[c], xv);
-                __m256 p = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));
-                acc[r][c] = _mm256_fmadd_ps(_mm256_set1_ps(dw[c] * dx), p, acc[r][c]);
+            xv[r] = _mm256_loadu_si256((const __m256i *)(xq + (size_t)r * cols + 32 * (size_t)b));
+            dx[r] = xd[(size_t)r * nb + b];
+        }
+        pf_rows(w, rs, bs, b, C, b32_bytes_of(type));
+        for (int c = 0; c < C; c++) {
+            const uint8_t *blk = w + (size_t)c * rs + (size_t)b * bs;
+            float dw = h2f(blk), mw = mins ? h2f(blk + 2) : 0.0f;
+            __m256i wv = b32_bytes(type, blk);
+            __m256i wa = sgn ? _mm256_sign_epi8(wv, wv) : wv;
+            for (int r = 0; r < R; r++) {
+                __m256i p = sgn ? dot_us(wa, _mm256_sign_epi8(xv[r], wv)) : dot_us(wv, xv[r]);
+                acc[r][c] = _mm256_fmadd_ps(_mm256_set1_ps(dw * dx[r]), _mm256_cvtepi32_ps(p), acc[r][c]);
                 if (mins)
-                    summs[r][c] = fmaf(mw[c], a->s[(size_t)(r0 + r) * nb + b], summs[r][c]);
+                    summs[r][c] = fmaf(mw, a->s[(size_t)(r0 + r) * nb + b], summs[r][c]);
             }
         }
     }
@@ -150,255 +171,278 @@ static inline __attribute__((always_inline)) void lane32(const int type, float *
         }
 }
 
-/* ---- Q4_0 serial: 8 weight rows per vector of outputs ------------------------------- */
+/* ---- Q4_0 serial: 8 weight rows into one vector of outputs ------------------------------ */
 
-/* R activation rows x 8 weight rows.  Per block and row: isum = sum nibble * x - 8 sum x,
- * then acc = fma(isum, d_w * d_x, acc), lane c holding weight row c. */
-static inline __attribute__((always_inline)) void serial_q4_0(float *out, size_t ldo, const quant_act *a,
-                                                              int r0, const uint8_t *w, size_t ldw,
-                                                              int nb, const int R)
+/* Per block and weight row: isum = sum nibble * x - 8 sum x (exact), then
+ * acc = fma(isum, d_w * d_x, acc), lane c holding weight row c.  Two rows' nibbles
+ * share a 256-bit vector: [row c bytes | row c + 1 bytes], multiplied by the
+ * activation halves [x0..15 | x0..15] and [x16..31 | x16..31]. */
+AI void serial_q4_0(float *out, size_t ldo, const quant_act *a, int r0, const int R, const uint8_t *w,
+                    size_t rs, size_t bs, int nb)
 {
-    const __m256i ones = _mm256_set1_epi16(1);
+    const __m256i m4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     __m256 acc[4];
     for (int r = 0; r < R; r++)
         acc[r] = _mm256_setzero_ps();
-    const int8_t *xq = a->q + (size_t)r0 * a->cols;
-    const float *xd = a->d + (size_t)r0 * nb;
-    const int32_t *xs = a->x32 + (size_t)r0 * nb;
+    const size_t cols = (size_t)a->cols;
     for (int b = 0; b < nb; b++) {
-        __m256i wv[8];
+        const uint8_t *blk = w + (size_t)b * bs;
         uint16_t dh[8];
-        for (int c = 0; c < 8; c++) {
-            const uint8_t *blk = w + (size_t)c * ldw + (size_t)b * 18;
-            if (QPF)
-                _mm_prefetch((const char *)blk + QPF, _MM_HINT_T0);
-            memcpy(&dh[c], blk, 2);
-            wv[c] = nibbles32(blk + 2);
+        __m256i lo[4], hi[4];
+        pf_rows(w, rs, bs, b, 8, 18);
+        for (int pr = 0; pr < 4; pr++) {
+            const uint8_t *b0 = blk + (size_t)(2 * pr) * rs, *b1 = b0 + rs;
+            memcpy(&dh[2 * pr], b0, 2);
+            memcpy(&dh[2 * pr + 1], b1, 2);
+            __m256i v = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(b0 + 2))),
+                                                _mm_loadu_si128((const __m128i *)(b1 + 2)), 1);
+            lo[pr] = _mm256_and_si256(v, m4);
+            hi[pr] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
         }
         __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)dh));
         for (int r = 0; r < R; r++) {
-            __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + (size_t)r * a->cols + 32 * (size_t)b));
-            __m256i p[8];
-            for (int c = 0; c < 8; c++)
-                p[c] = _mm256_madd_epi16(_mm256_maddubs_epi16(wv[c], xv), ones);
-            __m256i is = _mm256_sub_epi32(reduce8(p), _mm256_set1_epi32(8 * xs[(size_t)r * nb + b]));
-            __m256 d = _mm256_mul_ps(dw, _mm256_set1_ps(xd[(size_t)r * nb + b]));
-            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(is), d, acc[r]);
+            const int8_t *x = a->q + (size_t)(r0 + r) * cols + 32 * (size_t)b;
+            __m256i xl = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)x));
+            __m256i xh = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(x + 16)));
+            __m256i p[4];
+            for (int pr = 0; pr < 4; pr++) /* int16 pair sums <= 2 * 15 * 128 each: their sum fits */
+                p[pr] = _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(lo[pr], xl),
+                                                           _mm256_maddubs_epi16(hi[pr], xh)), ones);
+            /* [c0 c0 c2 c2 | c1 c1 c3 c3], [c4 c4 c6 c6 | c5 c5 c7 c7] -> [c0 c2 c4 c6 | c1 c3 c5 c7] */
+            __m256i s = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
+            s = _mm256_permutevar8x32_epi32(s, order);
+            s = _mm256_sub_epi32(s, _mm256_set1_epi32(8 * a->x32[(size_t)(r0 + r) * nb + b]));
+            __m256 d = _mm256_mul_ps(dw, _mm256_set1_ps(a->d[(size_t)(r0 + r) * nb + b]));
+            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), d, acc[r]);
         }
     }
     for (int r = 0; r < R; r++)
         _mm256_storeu_ps(out + (size_t)r * ldo, acc[r]);
 }
 
-/* ---- K-quants -------------------------------------------------------------------------- */
+/* ---- K-quants --------------------------------------------------------------------------- */
 
-/* Scales and mins of a Q4_K / Q5_K super-block, as 8 + 8 bytes. */
-static inline void k4_unpack(const uint8_t *s, uint8_t sc[8], uint8_t mn[8])
+/* Q4_K / Q5_K: the 8 six-bit scales (int16 lanes 0..7) and mins (8..15) of a super-block. */
+AI __m256i k4_scales_mins(const uint8_t *s)
 {
-    for (int j = 0; j < 4; j++) {
-        sc[j] = s[j] & 63;
-        mn[j] = s[j + 4] & 63;
-        sc[j + 4] = (s[j + 8] & 0xF) | ((s[j] >> 6) << 4);
-        mn[j + 4] = (s[j + 8] >> 4) | ((s[j + 4] >> 6) << 4);
-    }
+    uint32_t u[4];
+    memcpy(u, s, 12);
+    const uint32_t m1 = 0x3f3f3f3f, m2 = 0x0f0f0f0f, m3 = 0x03030303;
+    u[3] = ((u[2] >> 4) & m2) | (((u[1] >> 6) & m3) << 4); /* mins 4..7 */
+    uint32_t mins03 = u[1] & m1;
+    u[1] = (u[2] & m2) | (((u[0] >> 6) & m3) << 4); /* scales 4..7 */
+    u[2] = mins03;
+    u[0] &= m1; /* scales 0..3 */
+    return _mm256_cvtepu8_epi16(_mm_set_epi32((int)u[3], (int)u[2], (int)u[1], (int)u[0]));
 }
 
-static inline void q3k_unpack(const uint8_t *s, int8_t sc[16])
+/* Broadcast int16 lane i of the low 128 bits (i < 8) to a whole vector. */
+static const uint8_t kshuf16[8][32] __attribute__((aligned(32))) = {
+#define KS(i) {2 * i, 2 * i + 1, 2 * i, 2 * i + 1, 2 * i, 2 * i + 1, 2 * i, 2 * i + 1, 2 * i, 2 * i + 1, \
+               2 * i, 2 * i + 1, 2 * i, 2 * i + 1, 2 * i, 2 * i + 1, 2 * i, 2 * i + 1, 2 * i, 2 * i + 1,   \
+               2 * i, 2 * i + 1, 2 * i, 2 * i + 1, 2 * i, 2 * i + 1, 2 * i, 2 * i + 1, 2 * i, 2 * i + 1,   \
+               2 * i, 2 * i + 1}
+    KS(0), KS(1), KS(2), KS(3), KS(4), KS(5), KS(6), KS(7)
+#undef KS
+};
+AI __m256i bcast16(__m256i lo8x2, int i) /* lo8x2: the 8 int16 in both 128-bit halves */
 {
-    for (int j = 0; j < 16; j++) {
-        int lo = j < 8 ? s[j] & 0xF : s[j - 8] >> 4;
-        int hi = (s[8 + j % 4] >> (2 * (j / 4))) & 3;
-        sc[j] = (int8_t)((lo | hi << 4) - 32);
-    }
+    return _mm256_shuffle_epi8(lo8x2, _mm256_load_si256((const __m256i *)kshuf16[i]));
+}
+/* int16 scales 2g in the low and 2g + 1 in the high 128 bits, from 16 int16 scales
+ * s16 = [s0..s7 | s8..s15]: for g < 4 from s0..s7, else from s8..s15. */
+static const uint8_t kshuf_pair[4][32] __attribute__((aligned(32))) = {
+#define KP(g) {4 * g, 4 * g + 1, 4 * g, 4 * g + 1, 4 * g, 4 * g + 1, 4 * g, 4 * g + 1, 4 * g, 4 * g + 1,      \
+               4 * g, 4 * g + 1, 4 * g, 4 * g + 1, 4 * g, 4 * g + 1, 4 * g + 2, 4 * g + 3, 4 * g + 2, 4 * g + 3, \
+               4 * g + 2, 4 * g + 3, 4 * g + 2, 4 * g + 3, 4 * g + 2, 4 * g + 3, 4 * g + 2, 4 * g + 3,        \
+               4 * g + 2, 4 * g + 3, 4 * g + 2, 4 * g + 3}
+    KP(0), KP(1), KP(2), KP(3)
+#undef KP
+};
+AI void pair_scales(__m256i s16, __m256i out[8])
+{
+    __m256i lo = _mm256_permute4x64_epi64(s16, 0x44), hi = _mm256_permute4x64_epi64(s16, 0xEE);
+    for (int g = 0; g < 8; g++)
+        out[g] = _mm256_shuffle_epi8(g < 4 ? lo : hi, _mm256_load_si256((const __m256i *)kshuf_pair[g % 4]));
 }
 
-/* int16 vector: scale lo in the low 128 bits, hi in the high 128 bits. */
-static inline __m256i sc16(int lo, int hi)
-{
-    return _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_set1_epi16((short)lo)),
-                                   _mm_set1_epi16((short)hi), 1);
-}
+/* One K-quant super-block of one weight row against R activation rows: the per-lane
+ * integer sums without min/offset terms (lanes[r]); plus the type's extra integers:
+ * Q2_K prod16[r] (lanes of mins x bsums), Q6_K the offset subtracted already,
+ * Q4_K/Q5_K m4[r] (4 int32: m_2t q8s_2t + m_2t+1 q8s_2t+1) and im[r] (their total). */
+typedef struct {
+    __m256i lanes[4];
+    __m256i prod[4];  /* Q2_K */
+    __m128i m4[4];    /* Q4_K, Q5_K */
+} kres;
 
-/* Per-lane integer sums of one K-quant super-block and one activation row (lane u: the
- * weights with (e % 32) / 4 == u), without the min / offset terms; wdec: the
- * super-block's 8 groups of 32 weights as unsigned bytes (Q3_K: see below), scl: the
- * 8 groups' int16 scale vectors. */
-static inline __m256i k_lanes(const __m256i wdec[8], const __m256i scl[8], const int8_t *x)
-{
-    __m256i s = _mm256_setzero_si256();
-    for (int g = 0; g < 8; g++) {
-        __m256i xv = _mm256_loadu_si256((const __m256i *)(x + 32 * g));
-        s = _mm256_add_epi32(s, _mm256_madd_epi16(scl[g], _mm256_maddubs_epi16(wdec[g], xv)));
-    }
-    return s;
-}
-
-/* Decode a K-quant super-block: wdec (unsigned weights per group of 32), scl (int16
- * scales), and the type's extras: Q3_K's "minus 4" bytes in wneg (4 where the high bit
- * is clear), Q2/Q4/Q5_K's mins in mn[16] (per 16 weights for Q2_K, per 32 in mn[0..7]
- * for Q4/Q5_K), Q6_K's scales in sc6[16]. */
-static inline __attribute__((always_inline)) void k_decode(const int type, const uint8_t *blk,
-                                                          __m256i wdec[8], __m256i scl[8],
-                                                          __m256i wneg[8], int32_t mn[16],
-                                                          int32_t sc6[16])
+AI void k_block(const int type, const uint8_t *blk, const quant_act *a, int r0, int b, const int R,
+                kres *o)
 {
     const __m256i m3 = _mm256_set1_epi8(3), m4 = _mm256_set1_epi8(0xF);
+    const size_t cols = (size_t)a->cols;
+    const int8_t *x[4];
+    const int16_t *bsr[4];
+    for (int r = 0; r < R; r++) {
+        x[r] = a->q + (size_t)(r0 + r) * cols + (size_t)b * QK_K;
+        bsr[r] = a->bs + (size_t)(r0 + r) * (cols / 16) + 16 * (size_t)b;
+        o->lanes[r] = _mm256_setzero_si256();
+    }
+#define ACC(g, W, SC)                                                                              \
+    do {                                                                                           \
+        for (int r = 0; r < R; r++)                                                                \
+            o->lanes[r] = _mm256_add_epi32(                                                        \
+                o->lanes[r], _mm256_madd_epi16(SC, _mm256_maddubs_epi16(W, _mm256_loadu_si256(      \
+                                                       (const __m256i *)(x[r] + 32 * (g))))));      \
+    } while (0)
     switch (type) {
-    case MT_Q2_K: {
-        for (int k = 0; k < 16; k++)
-            mn[k] = blk[k] >> 4;
-        for (int n = 0; n < 2; n++) {
-            __m256i q = _mm256_loadu_si256((const __m256i *)(blk + 16 + 32 * n));
-            for (int j = 0; j < 4; j++) {
-                int g = 4 * n + j;
-                wdec[g] = _mm256_and_si256(_mm256_srli_epi16(q, 2 * j), m3);
-                scl[g] = sc16(blk[2 * g] & 0xF, blk[2 * g + 1] & 0xF);
-            }
-        }
-        break;
-    }
-    case MT_Q3_K: {
-        int8_t sc[16];
-        q3k_unpack(blk + 96, sc);
-        __m256i hb = _mm256_loadu_si256((const __m256i *)blk);
-        for (int n = 0; n < 2; n++) {
-            __m256i q = _mm256_loadu_si256((const __m256i *)(blk + 32 + 32 * n));
-            for (int j = 0; j < 4; j++) {
-                int g = 4 * n + j, bit = 4 * n + j;
-                wdec[g] = _mm256_and_si256(_mm256_srli_epi16(q, 2 * j), m3);
-                /* 4 where the high bit is clear, else 0 */
-                __m256i h = _mm256_and_si256(hb, _mm256_set1_epi8((char)(1 << bit)));
-                wneg[g] = _mm256_andnot_si256(_mm256_cmpeq_epi8(h, _mm256_set1_epi8((char)(1 << bit))),
-                                              _mm256_set1_epi8(4));
-                scl[g] = sc16(sc[2 * g], sc[2 * g + 1]);
-            }
-        }
-        break;
-    }
     case MT_Q4_K:
     case MT_Q5_K: {
-        uint8_t sc[8], m8[8];
-        k4_unpack(blk + 4, sc, m8);
-        for (int k = 0; k < 8; k++)
-            mn[k] = m8[k];
+        __m256i sm = k4_scales_mins(blk + 4);
+        __m256i sc2 = _mm256_permute4x64_epi64(sm, 0x44); /* scales in both halves */
         const uint8_t *qs = blk + (type == MT_Q4_K ? 16 : 48);
         __m256i hb = type == MT_Q5_K ? _mm256_loadu_si256((const __m256i *)(blk + 16)) : _mm256_setzero_si256();
         for (int j = 0; j < 4; j++) {
             __m256i q = _mm256_loadu_si256((const __m256i *)(qs + 32 * j));
-            wdec[2 * j] = _mm256_and_si256(q, m4);
-            wdec[2 * j + 1] = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
-            if (type == MT_Q5_K)
-                for (int h = 0; h < 2; h++) {
-                    int g = 2 * j + h;
-                    __m256i bit = _mm256_and_si256(hb, _mm256_set1_epi8((char)(1 << g)));
-                    bit = _mm256_cmpeq_epi8(bit, _mm256_set1_epi8((char)(1 << g)));
-                    wdec[g] = _mm256_or_si256(wdec[g], _mm256_and_si256(bit, _mm256_set1_epi8(16)));
-                }
-            scl[2 * j] = _mm256_set1_epi16(sc[2 * j]);
-            scl[2 * j + 1] = _mm256_set1_epi16(sc[2 * j + 1]);
+            __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+            if (type == MT_Q5_K) { /* bit 2j of qh for the low group, 2j + 1 for the high */
+                const __m256i b0 = _mm256_set1_epi8((char)(1 << (2 * j))), b1 = _mm256_set1_epi8((char)(2 << (2 * j)));
+                lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hb, b0), b0),
+                                                          _mm256_set1_epi8(16)));
+                hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hb, b1), b1),
+                                                          _mm256_set1_epi8(16)));
+            }
+            ACC(2 * j, lo, bcast16(sc2, 2 * j));
+            ACC(2 * j + 1, hi, bcast16(sc2, 2 * j + 1));
+        }
+        /* mins x (bsums of each 32) */
+        __m128i mn = _mm256_extracti128_si256(sm, 1);
+        for (int r = 0; r < R; r++) {
+            __m256i bsv = _mm256_loadu_si256((const __m256i *)bsr[r]);
+            __m128i q8s = _mm_hadd_epi16(_mm256_castsi256_si128(bsv), _mm256_extracti128_si256(bsv, 1));
+            o->m4[r] = _mm_madd_epi16(mn, q8s);
         }
         break;
     }
-    default: { /* Q6_K */
-        for (int k = 0; k < 16; k++)
-            sc6[k] = (int8_t)blk[192 + k];
+    case MT_Q6_K: {
+        __m256i s16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(blk + 192)));
+        __m256i sc[8];
+        pair_scales(s16, sc);
         for (int n = 0; n < 2; n++) {
             __m256i l1 = _mm256_loadu_si256((const __m256i *)(blk + 64 * n));
             __m256i l2 = _mm256_loadu_si256((const __m256i *)(blk + 64 * n + 32));
             __m256i hb = _mm256_loadu_si256((const __m256i *)(blk + 128 + 32 * n));
-            __m256i lo[4] = {_mm256_and_si256(l1, m4), _mm256_and_si256(l2, m4),
-                             _mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
-                             _mm256_and_si256(_mm256_srli_epi16(l2, 4), m4)};
+            __m256i q0 = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_slli_epi16(_mm256_and_si256(hb, m3), 4));
+            __m256i q1 = _mm256_or_si256(_mm256_and_si256(l2, m4),
+                                         _mm256_slli_epi16(_mm256_and_si256(hb, _mm256_set1_epi8(12)), 2));
+            __m256i q2 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                                         _mm256_and_si256(hb, _mm256_set1_epi8(48)));
+            __m256i q3 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l2, 4), m4),
+                                         _mm256_srli_epi16(_mm256_and_si256(hb, _mm256_set1_epi8((char)0xC0)), 2));
+            ACC(4 * n + 0, q0, sc[4 * n + 0]);
+            ACC(4 * n + 1, q1, sc[4 * n + 1]);
+            ACC(4 * n + 2, q2, sc[4 * n + 2]);
+            ACC(4 * n + 3, q3, sc[4 * n + 3]);
+        }
+        for (int r = 0; r < R; r++) { /* - 32 x (scale x bsum) per lane pair of sixteens */
+            __m256i corr = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)bsr[r]), s16);
+            o->lanes[r] = _mm256_sub_epi32(o->lanes[r], _mm256_slli_epi32(corr, 5));
+        }
+        break;
+    }
+    case MT_Q2_K: {
+        __m128i raw = _mm_loadu_si128((const __m128i *)blk);
+        __m256i s16 = _mm256_cvtepi8_epi16(_mm_and_si128(raw, _mm_set1_epi8(0xF)));
+        __m256i mn16 = _mm256_cvtepi8_epi16(_mm_and_si128(_mm_srli_epi16(raw, 4), _mm_set1_epi8(0xF)));
+        __m256i sc[8];
+        pair_scales(s16, sc);
+        for (int n = 0; n < 2; n++) {
+            __m256i q = _mm256_loadu_si256((const __m256i *)(blk + 16 + 32 * n));
+            ACC(4 * n + 0, _mm256_and_si256(q, m3), sc[4 * n + 0]);
+            ACC(4 * n + 1, _mm256_and_si256(_mm256_srli_epi16(q, 2), m3), sc[4 * n + 1]);
+            ACC(4 * n + 2, _mm256_and_si256(_mm256_srli_epi16(q, 4), m3), sc[4 * n + 2]);
+            ACC(4 * n + 3, _mm256_and_si256(_mm256_srli_epi16(q, 6), m3), sc[4 * n + 3]);
+        }
+        for (int r = 0; r < R; r++)
+            o->prod[r] = _mm256_madd_epi16(mn16, _mm256_loadu_si256((const __m256i *)bsr[r]));
+        break;
+    }
+    default: { /* Q3_K: (low 2 bits) - 4 where the high bit is clear; 6-bit signed scales */
+        uint32_t u[3];
+        memcpy(u, blk + 96, 12);
+        const uint32_t k1 = 0x03030303, k2 = 0x0f0f0f0f;
+        __m128i s8 = _mm_set_epi32((int)(((u[1] >> 4) & k2) | (((u[2] >> 6) & k1) << 4)),
+                                   (int)(((u[0] >> 4) & k2) | (((u[2] >> 4) & k1) << 4)),
+                                   (int)((u[1] & k2) | (((u[2] >> 2) & k1) << 4)),
+                                   (int)((u[0] & k2) | (((u[2] >> 0) & k1) << 4)));
+        __m256i s16 = _mm256_cvtepi8_epi16(_mm_sub_epi8(s8, _mm_set1_epi8(32)));
+        __m256i sc[8];
+        pair_scales(s16, sc);
+        __m256i hb = _mm256_loadu_si256((const __m256i *)blk);
+        for (int n = 0; n < 2; n++) {
+            __m256i q = _mm256_loadu_si256((const __m256i *)(blk + 32 + 32 * n));
             for (int j = 0; j < 4; j++) {
                 int g = 4 * n + j;
-                __m256i hi = _mm256_and_si256(_mm256_srli_epi16(hb, 2 * j), m3);
-                wdec[g] = _mm256_or_si256(lo[j], _mm256_slli_epi16(hi, 4));
-                scl[g] = sc16(sc6[2 * g], sc6[2 * g + 1]);
+                __m256i lo = _mm256_and_si256(_mm256_srli_epi16(q, 2 * j), m3);
+                __m256i bit = _mm256_set1_epi8((char)(1 << g));
+                __m256i neg = _mm256_andnot_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hb, bit), bit),
+                                                  _mm256_set1_epi8(4));
+                for (int r = 0; r < R; r++) {
+                    __m256i xv = _mm256_loadu_si256((const __m256i *)(x[r] + 32 * g));
+                    __m256i p16 = _mm256_sub_epi16(_mm256_maddubs_epi16(lo, xv), _mm256_maddubs_epi16(neg, xv));
+                    o->lanes[r] = _mm256_add_epi32(o->lanes[r], _mm256_madd_epi16(sc[g], p16));
+                }
             }
         }
         break;
     }
     }
+#undef ACC
+}
+
+AI int kbytes_of(const int type)
+{
+    return type == MT_Q2_K ? 84 : type == MT_Q3_K ? 110 : type == MT_Q4_K ? 144 : type == MT_Q5_K ? 176 : 210;
 }
 
 /* R activation rows x C weight rows of a K-quant in lane arithmetic. */
-static inline __attribute__((always_inline)) void lane_k(const int type, float *out, size_t ldo,
-                                                         const quant_act *a, int r0, const uint8_t *w,
-                                                         size_t ldw, int nb, const int R, const int C)
+AI void lane_k(const int type, float *out, size_t ldo, const quant_act *a, int r0, const int R,
+               const uint8_t *w, size_t rs, size_t bs, int nb, const int C)
 {
-    const int bytes = type == MT_Q2_K ? 84 : type == MT_Q3_K ? 110 : type == MT_Q4_K ? 144
-                    : type == MT_Q5_K ? 176 : 210;
     const int dpos = type == MT_Q2_K ? 80 : type == MT_Q3_K ? 108 : type == MT_Q6_K ? 208 : 0;
-    __m256 acc[4][4];
-    __m128 accm[4][4];
-    float summs[4][4];
+    const int mpos = type == MT_Q2_K ? 82 : 2;
+    __m256 acc[4][8];
+    __m128 accm[4][8];
+    float summs[4][8];
     for (int r = 0; r < R; r++)
         for (int c = 0; c < C; c++) {
             acc[r][c] = _mm256_setzero_ps();
             accm[r][c] = _mm_setzero_ps();
             summs[r][c] = 0.0f;
         }
-    const int cols = a->cols;
     for (int b = 0; b < nb; b++) {
+        pf_rows(w, rs, bs, b, C, kbytes_of(type));
         for (int c = 0; c < C; c++) {
-            const uint8_t *blk = w + (size_t)c * ldw + (size_t)b * bytes;
-            if (QPF)
-                _mm_prefetch((const char *)blk + QPF, _MM_HINT_T0);
-            __m256i wdec[8], scl[8], wneg[8];
-            int32_t mn[16], sc6[16];
-            k_decode(type, blk, wdec, scl, wneg, mn, sc6);
-            float dw = h2f(blk + dpos), dmw = type == MT_Q3_K || type == MT_Q6_K ? 0.0f
-                                         : h2f(blk + (type == MT_Q2_K ? 82 : 2));
+            const uint8_t *blk = w + (size_t)c * rs + (size_t)b * bs;
+            kres o;
+            k_block(type, blk, a, r0, b, R, &o);
+            float dw = h2f(blk + dpos);
+            float dmw = type == MT_Q3_K || type == MT_Q6_K ? 0.0f : h2f(blk + mpos);
             for (int r = 0; r < R; r++) {
-                const int8_t *x = a->q + (size_t)(r0 + r) * cols + (size_t)b * QK_K;
-                const int16_t *bs = a->bs + (size_t)(r0 + r) * (cols / 16) + 16 * (size_t)b;
                 float dx = a->d[(size_t)(r0 + r) * nb + b];
-                __m256i lanes = k_lanes(wdec, scl, x);
-                if (type == MT_Q3_K) {
-                    __m256i s = _mm256_setzero_si256();
-                    for (int g = 0; g < 8; g++) {
-                        __m256i xv = _mm256_loadu_si256((const __m256i *)(x + 32 * g));
-                        s = _mm256_add_epi32(s, _mm256_madd_epi16(scl[g], _mm256_maddubs_epi16(wneg[g], xv)));
-                    }
-                    lanes = _mm256_sub_epi32(lanes, s);
+                if (type == MT_Q2_K)
+                    acc[r][c] = _mm256_fmadd_ps(_mm256_set1_ps(-dx * dmw), _mm256_cvtepi32_ps(o.prod[r]), acc[r][c]);
+                if (type == MT_Q4_K) {
+                    __m128 pm = _mm_cvtepi32_ps(o.m4[r]);
+                    accm[r][c] = _mm_fmadd_ps(_mm_set1_ps(-dx * dmw), pm, accm[r][c]);
                 }
-                if (type == MT_Q6_K) {
-                    __m256i bsv = _mm256_loadu_si256((const __m256i *)bs);
-                    __m256i s16 = _mm256_setr_epi16(
-                        (short)sc6[0], (short)sc6[1], (short)sc6[2], (short)sc6[3], (short)sc6[4],
-                        (short)sc6[5], (short)sc6[6], (short)sc6[7], (short)sc6[8], (short)sc6[9],
-                        (short)sc6[10], (short)sc6[11], (short)sc6[12], (short)sc6[13], (short)sc6[14],
-                        (short)sc6[15]);
-                    lanes = _mm256_sub_epi32(lanes, _mm256_slli_epi32(_mm256_madd_epi16(bsv, s16), 5));
+                if (type == MT_Q5_K) {
+                    __m128i t = _mm_hadd_epi32(o.m4[r], o.m4[r]);
+                    t = _mm_hadd_epi32(t, t);
+                    summs[r][c] = fmaf((float)_mm_cvtsi128_si32(t), -dx * dmw, summs[r][c]);
                 }
-                float d = dx * dw;
-                if (type == MT_Q2_K) {
-                    __m256i bsv = _mm256_loadu_si256((const __m256i *)bs);
-                    __m256i m16 = _mm256_setr_epi16(
-                        (short)mn[0], (short)mn[1], (short)mn[2], (short)mn[3], (short)mn[4], (short)mn[5],
-                        (short)mn[6], (short)mn[7], (short)mn[8], (short)mn[9], (short)mn[10],
-                        (short)mn[11], (short)mn[12], (short)mn[13], (short)mn[14], (short)mn[15]);
-                    float dmin = -dx * dmw;
-                    acc[r][c] = _mm256_fmadd_ps(_mm256_set1_ps(dmin),
-                                                _mm256_cvtepi32_ps(_mm256_madd_epi16(m16, bsv)), acc[r][c]);
-                }
-                if (type == MT_Q4_K || type == MT_Q5_K) {
-                    int32_t m32[8];
-                    for (int k = 0; k < 8; k++)
-                        m32[k] = mn[k] * (bs[2 * k] + bs[2 * k + 1]);
-                    float dmin = -dx * dmw;
-                    if (type == MT_Q4_K) {
-                        __m128 pm = _mm_cvtepi32_ps(_mm_setr_epi32(m32[0] + m32[1], m32[2] + m32[3],
-                                                                   m32[4] + m32[5], m32[6] + m32[7]));
-                        accm[r][c] = _mm_fmadd_ps(_mm_set1_ps(dmin), pm, accm[r][c]);
-                    } else {
-                        int32_t im = 0;
-                        for (int k = 0; k < 8; k++)
-                            im += m32[k];
-                        summs[r][c] = fmaf((float)im, dmin, summs[r][c]);
-                    }
-                }
-                acc[r][c] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(lanes), acc[r][c]);
+                acc[r][c] = _mm256_fmadd_ps(_mm256_set1_ps(dx * dw), _mm256_cvtepi32_ps(o.lanes[r]), acc[r][c]);
             }
         }
     }
@@ -417,46 +461,48 @@ static inline __attribute__((always_inline)) void lane_k(const int type, float *
         }
 }
 
-/* Q4_K serial: R activation rows x 8 weight rows. */
-static inline __attribute__((always_inline)) void serial_q4_k(float *out, size_t ldo, const quant_act *a,
-                                                              int r0, const uint8_t *w, size_t ldw,
-                                                              int nb, const int R)
+/* Q4_K serial: R activation rows x 8 weight rows.  Per block and row: isum (the
+ * scaled integer sum over the super-block) and imin (mins x sums of x per 32), then
+ * acc = fma(isum, d_w d_x, acc), accm = fma(imin, dmin_w d_x, accm); out = acc - accm. */
+AI void serial_q4_k(float *out, size_t ldo, const quant_act *a, int r0, const int R, const uint8_t *w,
+                    size_t rs, size_t bs, int nb)
 {
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     __m256 acc[4], accm[4];
     for (int r = 0; r < R; r++)
         acc[r] = accm[r] = _mm256_setzero_ps();
-    const int cols = a->cols;
     for (int b = 0; b < nb; b++) {
-        __m256i p[4][8];
-        int32_t im[4][8];
+        __m256i p[4][4];
+        __m128i mm[4][4];
         uint16_t dh[8], mh[8];
-        for (int c = 0; c < 8; c++) {
-            const uint8_t *blk = w + (size_t)c * ldw + (size_t)b * 144;
-            if (QPF)
-                _mm_prefetch((const char *)blk + QPF, _MM_HINT_T0);
-            memcpy(&dh[c], blk, 2);
-            memcpy(&mh[c], blk + 2, 2);
-            __m256i wdec[8], scl[8];
-            int32_t mn[16];
-            k_decode(MT_Q4_K, blk, wdec, scl, NULL, mn, NULL);
+        pf_rows(w, rs, bs, b, 8, 144);
+        for (int pr = 0; pr < 4; pr++) {
+            kres o[2];
+            for (int h = 0; h < 2; h++) {
+                const uint8_t *blk = w + (size_t)(2 * pr + h) * rs + (size_t)b * bs;
+                memcpy(&dh[2 * pr + h], blk, 2);
+                memcpy(&mh[2 * pr + h], blk + 2, 2);
+                k_block(MT_Q4_K, blk, a, r0, b, R, &o[h]);
+            }
             for (int r = 0; r < R; r++) {
-                const int8_t *x = a->q + (size_t)(r0 + r) * cols + (size_t)b * QK_K;
-                const int32_t *x32 = a->x32 + (size_t)(r0 + r) * (cols / 32) + 8 * (size_t)b;
-                p[r][c] = k_lanes(wdec, scl, x);
-                int32_t m = 0;
-                for (int k = 0; k < 8; k++)
-                    m += mn[k] * x32[k];
-                im[r][c] = m;
+                __m256i u = o[0].lanes[r], v = o[1].lanes[r];
+                /* [u0..3 + u4..7 | v0..3 + v4..7] */
+                p[r][pr] = _mm256_add_epi32(_mm256_permute2x128_si256(u, v, 0x20),
+                                            _mm256_permute2x128_si256(u, v, 0x31));
+                mm[r][pr] = _mm_hadd_epi32(o[0].m4[r], o[1].m4[r]); /* [u01 u23 v01 v23] */
             }
         }
         __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)dh));
         __m256 mw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)mh));
         for (int r = 0; r < R; r++) {
+            /* [c0 c0 c2 c2 | c1 c1 c3 c3] + [c4 ..] -> [c0 c2 c4 c6 | c1 c3 c5 c7] -> rows in order */
+            __m256i s = _mm256_hadd_epi32(_mm256_hadd_epi32(p[r][0], p[r][1]), _mm256_hadd_epi32(p[r][2], p[r][3]));
+            s = _mm256_permutevar8x32_epi32(s, order);
+            __m256i ms = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_hadd_epi32(mm[r][0], mm[r][1])),
+                                                 _mm_hadd_epi32(mm[r][2], mm[r][3]), 1);
             __m256 dx = _mm256_set1_ps(a->d[(size_t)(r0 + r) * nb + b]);
-            __m256 is = _mm256_cvtepi32_ps(reduce8(p[r]));
-            __m256 ms = _mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i *)im[r]));
-            acc[r] = _mm256_fmadd_ps(is, _mm256_mul_ps(dw, dx), acc[r]);
-            accm[r] = _mm256_fmadd_ps(ms, _mm256_mul_ps(mw, dx), accm[r]);
+            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, dx), acc[r]);
+            accm[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ms), _mm256_mul_ps(mw, dx), accm[r]);
         }
     }
     for (int r = 0; r < R; r++)
@@ -465,105 +511,110 @@ static inline __attribute__((always_inline)) void serial_q4_k(float *out, size_t
 
 /* ---- Drivers ----------------------------------------------------------------------------- */
 
-#define ROW_SWITCH(R, CALL)                                                                       \
-    switch (R) {                                                                                  \
-    case 4: CALL(4); break;                                                                       \
-    case 3: CALL(3); break;                                                                       \
-    case 2: CALL(2); break;                                                                       \
-    default: CALL(1); break;                                                                      \
-    }
-
-/* One register block of a lane type: R (1..4) activation rows x C (1, 2 or 4) weight rows. */
+/* One register block of a lane type. */
 static void block_lane(int type, float *out, size_t ldo, const quant_act *a, int r0, int R,
-                       const uint8_t *w, size_t ldw, int nb, int C)
+                       const uint8_t *w, size_t rs, size_t bs, int nb, int C)
 {
-#define L32(TY, RR, CC) lane32(TY, out, ldo, a, r0, w, ldw, nb, RR, CC)
-#define LK(TY, RR, CC) lane_k(TY, out, ldo, a, r0, w, ldw, nb, RR, CC)
-#define BY_C(M, TY, RR)                                                                           \
+#define L32(TY, RR, CC) lane32(TY, out, ldo, a, r0, RR, w, rs, bs, nb, CC)
+#define LK(TY, RR, CC) lane_k(TY, out, ldo, a, r0, RR, w, rs, bs, nb, CC)
+#define BY_R(M, TY, CC)                                                                           \
     do {                                                                                          \
-        if (C == 4) M(TY, RR, 4); else if (C == 2) M(TY, RR, 2); else M(TY, RR, 1);               \
+        if (R == 4) M(TY, 4, CC); else if (R == 3) M(TY, 3, CC);                                  \
+        else if (R == 2) M(TY, 2, CC); else M(TY, 1, CC);                                         \
     } while (0)
-#define BY_R(M, TY)                                                                               \
+#define BY_RC(M, TY)                                                                              \
     do {                                                                                          \
-        if (R == 4) BY_C(M, TY, 4); else if (R == 3) BY_C(M, TY, 3);                              \
-        else if (R == 2) BY_C(M, TY, 2); else BY_C(M, TY, 1);                                     \
+        if (C == 8) M(TY, 1, 8); /* decoding only */                                             \
+        else if (C == 4) BY_R(M, TY, 4);                                                          \
+        else BY_R(M, TY, 1);                                                                      \
     } while (0)
     switch (type) {
-    case MT_Q4_0: BY_R(L32, MT_Q4_0); break;
-    case MT_Q4_1: BY_R(L32, MT_Q4_1); break;
-    case MT_Q5_0: BY_R(L32, MT_Q5_0); break;
-    case MT_Q5_1: BY_R(L32, MT_Q5_1); break;
-    case MT_Q8_0: BY_R(L32, MT_Q8_0); break;
-    case MT_Q2_K: BY_R(LK, MT_Q2_K); break;
-    case MT_Q3_K: BY_R(LK, MT_Q3_K); break;
-    case MT_Q4_K: BY_R(LK, MT_Q4_K); break;
-    case MT_Q5_K: BY_R(LK, MT_Q5_K); break;
-    case MT_Q6_K: BY_R(LK, MT_Q6_K); break;
+    case MT_Q4_0: BY_RC(L32, MT_Q4_0); break;
+    case MT_Q4_1: BY_RC(L32, MT_Q4_1); break;
+    case MT_Q5_0: BY_RC(L32, MT_Q5_0); break;
+    case MT_Q5_1: BY_RC(L32, MT_Q5_1); break;
+    case MT_Q8_0: BY_RC(L32, MT_Q8_0); break;
+    case MT_Q2_K: BY_RC(LK, MT_Q2_K); break;
+    case MT_Q3_K: BY_RC(LK, MT_Q3_K); break;
+    case MT_Q4_K: BY_RC(LK, MT_Q4_K); break;
+    case MT_Q5_K: BY_RC(LK, MT_Q5_K); break;
+    case MT_Q6_K: BY_RC(LK, MT_Q6_K); break;
     }
+#undef BY_RC
 #undef BY_R
-#undef BY_C
 #undef LK
 #undef L32
 }
 
 static void block_serial(int type, float *out, size_t ldo, const quant_act *a, int r0, int R,
-                         const uint8_t *w, size_t ldw, int nb)
+                         const uint8_t *w, size_t rs, size_t bs, int nb)
 {
-#define SQ4(RR) serial_q4_0(out, ldo, a, r0, w, ldw, nb, RR)
-#define SQK(RR) serial_q4_k(out, ldo, a, r0, w, ldw, nb, RR)
-    if (type == MT_Q4_0) {
-        ROW_SWITCH(R, SQ4)
-    } else {
-        ROW_SWITCH(R, SQK)
-    }
-#undef SQ4
-#undef SQK
+#define SER(F)                                                                                    \
+    do {                                                                                          \
+        if (R == 4) F(out, ldo, a, r0, 4, w, rs, bs, nb);                                         \
+        else if (R == 3) F(out, ldo, a, r0, 3, w, rs, bs, nb);                                    \
+        else if (R == 2) F(out, ldo, a, r0, 2, w, rs, bs, nb);                                    \
+        else F(out, ldo, a, r0, 1, w, rs, bs, nb);                                                \
+    } while (0)
+    if (type == MT_Q4_0)
+        SER(serial_q4_0);
+    else
+        SER(serial_q4_k);
+#undef SER
 }
 
 #endif /* QUANT_AVX2 */
 
-/* x rows per pass over a task's weight rows: enough to reuse each weight block from
- * registers, few enough that their activations stay in L1/L2. */
+/* Activation rows per pass over a task's weight rows (their quants stay in L1/L2). */
 #define XBLK 64
 
 void quant_matmul_rows(float *out, size_t ldo, const quant_act *a, int n_rows, const mtensor *w,
                        int j0, int j1)
 {
-    int type = w->type, cols = w->cols;
-    size_t ldw = quant_bytes(type, (uint64_t)cols, NULL);
-    int nb = cols / quant_block_elems(type);
-    const uint8_t *wd = w->data;
 #ifdef QUANT_AVX2
+    int type = w->type, nb = w->cols / quant_block_elems(type);
     int serial = quant_is_serial(type, w->rows);
+    int full = w->panel ? w->rows / QUANT_PANEL * QUANT_PANEL : 0;
+    size_t row_bytes = mtensor_row_bytes(type, w->cols);
     for (int rb = 0; rb < n_rows; rb += XBLK) {
         int re = rb + XBLK < n_rows ? rb + XBLK : n_rows;
-        int j = j0;
-        if (serial) {
-            /* whole groups of 8 weight rows (tasks start at multiples of 8); a partial
-             * group at the end of a task computes its rows in scalar code */
-            for (; j + 8 <= j1; j += 8)
-                for (int r = rb; r < re; r += 4) {
-                    int R = re - r < 4 ? re - r : 4;
-                    block_serial(type, out + (size_t)r * ldo + j, ldo, a, r, R, wd + (size_t)j * ldw, ldw, nb);
-                }
-            for (; j < j1; j++)
+        for (int j = j0; j < j1;) {
+            size_t rs, bs;
+            const uint8_t *wj = quant_row_blocks(w, j, &bs);
+            int group;
+            if (j < full) { /* a whole packed panel (tasks start at multiples of 8) */
+                rs = bs / QUANT_PANEL;
+                group = 8;
+            } else { /* row-major: 8 rows when decoding (or serial), else 4, then singles */
+                rs = row_bytes;
+                int want = serial || re - rb == 1 ? 8 : 4;
+                group = j1 - j >= want ? want : serial ? 0 : 1;
+            }
+            if (group == 0) { /* a lone serial row (not reached: tasks take whole 8s) */
                 for (int r = rb; r < re; r++)
                     out[(size_t)r * ldo + j] = quant_dot_ref(a, r, w, j);
-            continue;
-        }
-        int cm = re - rb == 1 ? 2 : 2;
-        for (; j < j1; j += cm) {
-            int C = j1 - j >= cm ? cm : 1;
-            if (C < cm)
-                cm = 1;
-            for (int r = rb; r < re; r += 4) {
-                int R = re - r < 4 ? re - r : 4;
-                block_lane(type, out + (size_t)r * ldo + j, ldo, a, r, R, wd + (size_t)j * ldw, ldw, nb, C);
+                j++;
+                continue;
             }
+            for (int r = rb; r < re;) {
+                int R = re - r >= 4 ? 4 : re - r;
+                float *o = out + (size_t)r * ldo + j;
+                if (serial) {
+                    block_serial(type, o, ldo, a, r, R, wj, rs, bs, nb);
+                } else if (group == 8 && re - rb == 1) {
+                    block_lane(type, o, ldo, a, r, 1, wj, rs, bs, nb, 8);
+                } else if (group == 8) { /* a panel against a batch: its two halves */
+                    block_lane(type, o, ldo, a, r, R, wj, rs, bs, nb, 4);
+                    block_lane(type, o + 4, ldo, a, r, R, wj + 4 * rs, rs, bs, nb, 4);
+                } else {
+                    block_lane(type, o, ldo, a, r, R, wj, rs, bs, nb, group);
+                }
+                r += R;
+            }
+            j += group;
         }
     }
 #else
-    (void)ldw, (void)nb, (void)wd;
     for (int r = 0; r < n_rows; r++)
         for (int j = j0; j < j1; j++)
             out[(size_t)r * ldo + j] = quant_dot_ref(a, r, w, j);

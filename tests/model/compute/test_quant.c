@@ -12,7 +12,8 @@
  *  - kernels_equal_the_portable_statement: the AVX2 kernels equal quant_dot_ref (the
  *    portable code) bit for bit, for every type, for shapes that exercise every register
  *    block, 1..9 activation rows, 1 and 2 threads; a row's result is the same alone and
- *    inside any batch.
+ *    inside any batch; a matrix packed in 8-row panels (quant_pack) gives the same
+ *    outputs and rows.
  *  - dot_against_double: each output against sum_k w_k x_k in double over the
  *    dequantized weights and the unquantized activations.  Tolerance per output:
  *      |out - exact| <= sum_k |w_k| e_k + 1e-5 S + M
@@ -201,6 +202,30 @@ Test(quant, kernels_equal_the_portable_statement)
                                   "%s %dx%d, %d rows: out[%d][%d] = %.9g, the statement %.9g",
                                   quant_type_name(t), R, K, n, r, j, (double)y[(size_t)r * R + j], (double)ref);
                     }
+            }
+            /* the packed layout (8-row panels): the same outputs and rows */
+            if (R >= QUANT_PANEL) {
+                size_t nbytes = mtensor_row_bytes(t, K) * (size_t)R;
+                uint8_t *pk = malloc(nbytes);
+                mtensor wp;
+                quant_pack(&w, pk, &wp);
+                cr_assert_eq(wp.panel, QUANT_PANEL);
+                float *yp = malloc((size_t)N * R * 4), *r1 = malloc((size_t)K * 4), *r2 = malloc((size_t)K * 4);
+                for (int n = 1; n <= N; n += 4) {
+                    kernel_matmul(pool, y, x, n, &w);
+                    kernel_matmul(n % 2 ? NULL : pool, yp, x, n, &wp);
+                    cr_assert(memcmp(y, yp, (size_t)n * R * 4) == 0, "%s %dx%d, %d rows: packed differs",
+                              quant_type_name(t), R, K, n);
+                }
+                for (int j = 0; j < R; j++) {
+                    mtensor_get_row(&w, j, r1);
+                    mtensor_get_row(&wp, j, r2);
+                    cr_assert(memcmp(r1, r2, (size_t)K * 4) == 0, "%s: packed row %d differs", quant_type_name(t), j);
+                }
+                free(pk);
+                free(yp);
+                free(r1);
+                free(r2);
             }
             /* a row alone equals the same row inside the batch of 9 */
             kernel_matmul(pool, y, x, N, &w);
