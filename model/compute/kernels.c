@@ -685,8 +685,9 @@ static void mm_rows(const mm_ctx *c, const kernel_job *job, int j0, int j1)
         else
             rows_f32(job->out, w->rows, c->x, c->n_rows, c->cols, w, j0, j1);
         break;
-    case MT_F16: rows_f16(job->out, w->rows, c->x, c->n_rows, c->cols, w, j0, j1); break;
-    case MT_BF16: rows_bf16(job->out, w->rows, c->x, c->n_rows, c->cols, w, j0, j1); break;
+    /* F16 / BF16: x rounded to the weights' type first, as ggml does */
+    case MT_F16: rows_f16(job->out, w->rows, a->xr ? a->xr : c->x, c->n_rows, c->cols, w, j0, j1); break;
+    case MT_BF16: rows_bf16(job->out, w->rows, a->xr ? a->xr : c->x, c->n_rows, c->cols, w, j0, j1); break;
     default:
         if (quant_is_quantized(w->type) && a->q) {
             quant_matmul_rows(job->out, (size_t)w->rows, a, c->n_rows, w, j0, j1);
@@ -729,7 +730,7 @@ static void quantize_task(void *arg, int task, int n_tasks)
 {
     mm_ctx *c = arg;
     for (int f = 1; f < QACT_COUNT; f++)
-        if (c->act[f].q)
+        if (c->act[f].q || c->act[f].xr)
             for (int r = task; r < c->n_rows; r += n_tasks)
                 quant_act_rows(&c->act[f], c->x, r, r + 1);
 }

@@ -48,8 +48,8 @@ typedef struct {
 } qtype;
 
 static const qtype qtypes[] = {
-    {MT_F32, "F32", 1, 4, QACT_NONE},    {MT_F16, "F16", 1, 2, QACT_NONE},
-    {MT_BF16, "BF16", 1, 2, QACT_NONE},  {MT_Q4_0, "Q4_0", 32, 18, QACT_Q8_0},
+    {MT_F32, "F32", 1, 4, QACT_NONE},    {MT_F16, "F16", 1, 2, QACT_F16},
+    {MT_BF16, "BF16", 1, 2, QACT_BF16},  {MT_Q4_0, "Q4_0", 32, 18, QACT_Q8_0},
     {MT_Q4_1, "Q4_1", 32, 20, QACT_Q8_1}, {MT_Q5_0, "Q5_0", 32, 22, QACT_Q8_0},
     {MT_Q5_1, "Q5_1", 32, 24, QACT_Q8_1}, {MT_Q8_0, "Q8_0", 32, 34, QACT_Q8_0},
     {MT_Q2_K, "Q2_K", 256, 84, QACT_Q8_K}, {MT_Q3_K, "Q3_K", 256, 110, QACT_Q8_K},
@@ -337,6 +337,8 @@ static size_t up16(size_t n)
 size_t quant_act_bytes(int fmt, int cols, int n_rows)
 {
     int blk = fmt == QACT_Q8_K ? QK_K : 32;
+    if ((fmt == QACT_F16 || fmt == QACT_BF16) && cols > 0 && n_rows >= 0)
+        return up16((size_t)n_rows * (size_t)cols * sizeof(float));
     if (fmt <= QACT_NONE || fmt >= QACT_COUNT || cols <= 0 || cols % blk || n_rows < 0)
         return 0;
     size_t n = (size_t)n_rows, nb = (size_t)(cols / blk), nb32 = (size_t)(cols / 32);
@@ -356,6 +358,10 @@ void quant_act_init(quant_act *a, int fmt, int cols, int n_rows, void *buf)
     memset(a, 0, sizeof *a);
     a->fmt = fmt;
     a->cols = cols;
+    if (fmt == QACT_F16 || fmt == QACT_BF16) {
+        a->xr = (float *)p;
+        return;
+    }
     a->q = (int8_t *)p;
     p += up16(n * cols);
     a->d = (float *)p;
@@ -484,8 +490,36 @@ static void act_row_q8k(int8_t *q, float *d, int16_t *bs, int32_t *x32, const fl
     }
 }
 
+/* x rounded to half or bfloat16 (to nearest even), kept as floats. */
+static void act_row_round(float *xr, const float *x, int cols, int bf16)
+{
+    int i = 0;
+#ifdef QUANT_AVX2
+    if (!bf16)
+        for (; i + 8 <= cols; i += 8)
+            _mm256_storeu_ps(xr + i, _mm256_cvtph_ps(_mm256_cvtps_ph(_mm256_loadu_ps(x + i),
+                                                                    _MM_FROUND_TO_NEAREST_INT)));
+#endif
+    for (; i < cols; i++) {
+        if (!bf16) {
+            xr[i] = half_round(x[i]);
+            continue;
+        }
+        uint32_t b;
+        memcpy(&b, &x[i], 4);
+        b = (b & 0x7fffffff) > 0x7f800000 ? (b | 0x400000) & 0xffff0000u /* NaN stays NaN */
+                                          : ((b + 0x7fff + ((b >> 16) & 1)) & 0xffff0000u);
+        memcpy(&xr[i], &b, 4);
+    }
+}
+
 void quant_act_rows(quant_act *a, const float *x, int r0, int r1)
 {
+    if (a->fmt == QACT_F16 || a->fmt == QACT_BF16) {
+        for (int r = r0; r < r1; r++)
+            act_row_round(a->xr + (size_t)r * a->cols, x + (size_t)r * a->cols, a->cols, a->fmt == QACT_BF16);
+        return;
+    }
     int cols = a->cols, blk = a->fmt == QACT_Q8_K ? QK_K : 32;
     size_t nb = (size_t)(cols / blk), nb32 = (size_t)(cols / 32);
     for (int r = r0; r < r1; r++) {

@@ -54,6 +54,8 @@ enum {
     QACT_Q8_0 = 1, /* per 32: int8 q, scale d = half(amax / 127) */
     QACT_Q8_1 = 2, /* Q8_0 plus s = half(d * sum q) per 32 */
     QACT_Q8_K = 3, /* per 256: int8 q, float d = 1 / (-127 / max), int16 sums per 16 */
+    QACT_F16 = 4,  /* F16 weights: x rounded to IEEE half (kept as floats in xr) */
+    QACT_BF16 = 5, /* BF16 weights: x rounded to bfloat16 (floats in xr) */
     QACT_COUNT
 };
 
@@ -63,9 +65,13 @@ enum {
  *                                        as ggml stores it (Q8_0/Q8_1: a half's value)
  *   s   float (n_rows, cols / 32)        Q8_1 only: half(d * sum of the block's q)
  *   bs  int16 (n_rows, cols / 16)        Q8_K only: sum of each 16 q
- *   x32 int32 (n_rows, cols / 32)        sum of each 32 q (Q8_0: for Q4_0's offset trick) */
+ *   x32 int32 (n_rows, cols / 32)        sum of each 32 q (Q8_0: for Q4_0's offset trick)
+ * or, for QACT_F16 / QACT_BF16 (ggml multiplies F16 / BF16 weights by activations
+ * converted to the weights' type, rounding to nearest even):
+ *   xr  float (n_rows, cols)             x rounded to that type, as floats */
 typedef struct {
     int fmt, cols;
+    float *xr;
     int8_t *q;
     float *d;
     float *s;

@@ -113,7 +113,10 @@ Test(forward, half_and_q8_types_match_reference)
     int32_t toks[33];
     fx_tokens(toks, 33, sh.vocab, 8);
     const int types[] = {MT_F16, MT_BF16, MT_Q8_0};
-    const double tol[] = {1e-4, 1e-4, 3e-2};
+    /* F16 / BF16 matrices multiply activations rounded to half / bfloat16 (as ggml does:
+     * relative error up to 2^-11 / 2^-8 per activation), which the double reference
+     * does not */
+    const double tol[] = {3e-3, 3e-2, 3e-2};
     for (int i = 0; i < 3; i++) {
         fx_model *f = fx_model_new(&sh, types[i], 21, 2);
         double err = prefill_err(f, toks, 33, NULL);

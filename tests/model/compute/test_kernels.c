@@ -2,7 +2,8 @@
  * dot products; bit-identity across batch sizes, row positions and thread counts;
  * mtensor_get_row; the thread pool.
  *
- * Tolerances, per output element with S = sum_k |x_k w_k| (w as stored):
+ * Tolerances, per output element with S = sum_k |x_k w_k| (w as stored; for F16 and
+ * BF16 weights x_k rounded to that type first, as the kernels do, following ggml):
  *   F32/F16/BF16: |out - exact| <= 2e-6 * S   (float accumulation over <= 700 terms)
  *   Q8_0: |out - exact| <= B + 2e-6 * S where B = sum_k |w_k| * d_k * (1/2 + 127 * 2^-11)
  *         bounds the activation rounding (d_k: the row's block scale max|x| / 127; the
@@ -63,8 +64,11 @@ static void check_type(int type, const shape3 *shapes, int n_shapes, model_pool 
                 double exact = 0, S = 0, B = 0;
                 for (int k = 0; k < C; k++) {
                     double wk = deq[(size_t)j * C + k];
-                    exact += xr[k] * wk;
-                    S += fabs(xr[k] * wk);
+                    /* F16 / BF16 weights multiply x rounded to their type (ggml's convention) */
+                    double xk = type == MT_F16 ? fx_f16_to_f64(fx_f32_to_f16(xr[k]))
+                              : type == MT_BF16 ? fx_bf16_to_f64(fx_f32_to_bf16(xr[k])) : xr[k];
+                    exact += xk * wk;
+                    S += fabs(xk * wk);
                     if (type == MT_Q8_0) {
                         double amax = 0;
                         for (int i = k / 32 * 32; i < k / 32 * 32 + 32; i++)
