@@ -1,27 +1,32 @@
 #!/usr/bin/env bash
-# bench-engine.sh -- decode speed of the engine on random-weight models shaped like
-# stories15M and stories110M, in F32 (llama2.c checkpoint) and Q8_0 (GGUF).
+# bench-engine.sh -- decode speed of the engine on random-weight models of real shapes
+# (scripts/shapes.sh: stories15M, stories110M, SmolLM-360M) in every weight type, and
+# its share of the memory-bandwidth bound.
 #
 # Models are generated once into build/bench-models/ (the weights' values do not
-# change the speed).  For each model: single-stream decode tok/s (256 tokens after an
-# 8-token prompt, median of 3 runs) and batched decode tok/s at batch 1/4/16/64
-# (every sequence advanced by one token per model_forward call).  First, bench/membw
-# measures the machine's memory read rate (512 MiB, 2 threads): single-stream decoding
-# reads every weight once per token, so rate / weight bytes is its ceiling (the
-# "bound" column; approximate: part of a small model can stay in the last-level
-# cache), and one core's FMA rate (--fma), the arithmetic ceiling at the clock the
-# VM runs at during this run (it moves by ~20 % here; the batched kernels move with it).
+# change the speed): NAME = SHAPE-TYPE, TYPE f32 (a llama2.c checkpoint) or any
+# bench/gen_model --type (f16, bf16, q8_0, q4_0, q4_k_m, ...; the mixtures are made by
+# `lmserve quantize`'s code from an F16 file).  For each model: single-stream decode
+# tok/s (256 tokens after an 8-token prompt, median of 3 runs) and batched decode tok/s
+# at batch 1/4/16/64 (every sequence advanced by one token per model_forward call).
+# Just before each model, bench/membw measures the machine's memory read rate (2
+# threads, a buffer as large as the model's weights but at least 256 MiB): single-stream
+# decoding reads every weight once per token, so rate / weight bytes is its ceiling
+# (the "bound" column) and single / bound its share ("share"; part of a small model can
+# stay in the last-level cache, so small models may pass 100 %).  First, one core's FMA
+# rate (membw --fma), the arithmetic ceiling at the clock the VM runs at during the run.
 # Environment: LMSERVE_BUILD (default build/release), BENCH_THREADS (default 2),
-# BENCH_MODELS (default "s15m-f32 s15m-q8_0 s110m-f32 s110m-q8_0").
+# BENCH_MODELS (default below), BENCH_BATCH (default 1,4,16,64).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 B=${LMSERVE_BUILD:-build/release}
 M=build/bench-models
 THREADS=${BENCH_THREADS:-2}
-MODELS=${BENCH_MODELS:-"s15m-f32 s15m-q8_0 s110m-f32 s110m-q8_0"}
+MODELS=${BENCH_MODELS:-"s15m-f32 s15m-q8_0 s15m-q4_k_m s110m-f32 s110m-f16 s110m-bf16 s110m-q8_0 s110m-q4_k_m smol360m-f16 smol360m-bf16 smol360m-q8_0 smol360m-q4_k_m"}
+BATCH=${BENCH_BATCH:-1,4,16,64}
 gen=$B/bench/gen_model
 bf=$B/bench/bench_forward
-for t in "$gen" "$bf"; do
+for t in "$gen" "$bf" "$B/bench/membw"; do
   [ -x "$t" ] || { echo "bench-engine: $t is not built (run make bench)" >&2; exit 1; }
 done
 mkdir -p "$M"
@@ -58,35 +63,42 @@ model_args() { # name -> the bench_forward arguments (generating the file if nee
 }
 
 echo "load before: $(uptime)"
-bw_line=$("${NICE[@]}" "$B/bench/membw" --fma --threads "$THREADS" 512)
-echo "$bw_line"
-bw=$(sed -n 's/^read.*: *\([0-9.]*\) GB\/s.*/\1/p' <<<"$bw_line")
+fma_line=$("${NICE[@]}" "$B/bench/membw" --fma --threads "$THREADS" 256 | sed -n 1p)
+echo "$fma_line"
 rows=()
 cmds=()
 for name in $MODELS; do
   args=$(model_args "$name")
-  cmd="${NICE[*]} $bf $args --threads $THREADS --gen 256 --prompt 8 --runs 3 --batch 1,4,16,64 --steps 32"
-  cmds+=("$cmd")
+  cmd="${NICE[*]} $bf $args --threads $THREADS --gen 256 --prompt 8 --runs 3 --batch $BATCH --steps 32"
+  # the read rate now, over a buffer the size of this model's weights
+  mb=$("$bf" $args --threads 1 --gen 1 --prompt 1 --runs 1 --batch 1 --steps 1 2>/dev/null |
+       sed -n 's/.*, \([0-9.]*\) MB of weights.*/\1/p')
+  bufmb=$(awk -v m="$mb" 'BEGIN { v = int(m / 1.048576) + 1; print v < 256 ? 256 : v }')
+  bw_line=$("${NICE[@]}" "$B/bench/membw" --threads "$THREADS" "$bufmb" | tail -1)
+  bw=$(sed -n 's/^read.*: *\([0-9.]*\) GB\/s.*/\1/p' <<<"$bw_line")
+  cmds+=("$cmd   (read rate: ${NICE[*]} $B/bench/membw --threads $THREADS $bufmb)")
   # shellcheck disable=SC2086
   out=$($cmd 2>&1) || { echo "$out"; echo "bench-engine: $name failed" >&2; exit 1; }
+  echo "  $bw_line"
   echo "$out" | sed 's/^/  /'
   single=$(sed -n 's/^single stream: \([0-9.]*\) tok\/s.*/\1/p' <<<"$out")
   b=()
   for n in 1 4 16 64; do
     b+=("$(sed -n "s/^batch *$n: \([0-9.]*\) tok\/s aggregate.*/\1/p" <<<"$out")")
   done
-  mb=$(sed -n 's/.*, \([0-9.]*\) MB of weights.*/\1/p' <<<"$out")
-  bound=$(awk -v bw="$bw" -v mb="$mb" 'BEGIN { if (mb > 0 && bw > 0) printf "%.0f", bw * 1000 / mb; else print "?" }')
-  rows+=("$(printf '%-12s %10s %10s %10s %10s %10s %10s' "$name" "$single" "$bound" "${b[0]}" "${b[1]}" "${b[2]}" "${b[3]}")")
+  bound=$(awk -v bw="$bw" -v mb="$mb" 'BEGIN { if (mb > 0 && bw > 0) printf "%.1f", bw * 1000 / mb; else print "?" }')
+  share=$(awk -v s="$single" -v b="$bound" 'BEGIN { if (b > 0) printf "%.0f%%", 100 * s / b; else print "?" }')
+  rows+=("$(printf '%-16s %8s %6s %9s %8s %6s %9s %9s %9s %9s' "$name" "$mb" "$bw" "$single" "$bound" "$share" \
+    "${b[0]:--}" "${b[1]:--}" "${b[2]:--}" "${b[3]:--}")")
 done
 echo "load after: $(uptime)"
 echo
 echo "engine decode tokens/s ($THREADS threads; batch columns are aggregate over the batch)"
-printf '%-12s %10s %10s %10s %10s %10s %10s\n' model single bound batch1 batch4 batch16 batch64
+printf '%-16s %8s %6s %9s %8s %6s %9s %9s %9s %9s\n' model MB GB/s single bound share batch1 batch4 batch16 batch64
 for r in "${rows[@]}"; do echo "$r"; done
 echo
-echo "targets (issue 2, single stream): s110m-f32 >= 67 (goal 108), s110m-q8_0 >= 160, s15m-f32 >= 600"
-echo "bound = memory read rate ($bw GB/s) / weight bytes: the single-stream ceiling"
+echo "MB = weight bytes (10^6); GB/s = memory read rate measured just before the model (membw, a"
+echo "buffer of the weights' size); bound = GB/s / MB: the single-stream ceiling; share = single / bound"
 echo "commands:"
-echo "  ${NICE[*]} $B/bench/membw --fma --threads $THREADS 512"
+echo "  ${NICE[*]} $B/bench/membw --fma --threads $THREADS 256"
 for c in "${cmds[@]}"; do echo "  $c"; done

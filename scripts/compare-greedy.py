@@ -3,7 +3,10 @@
 
 Greedy completions of the same prompts from lmserve (/v1/completions) and llama.cpp's
 llama-server (/completion), compared as text; prints each difference (first differing
-character and both texts) and "K/N identical".  PROMPT_SET: stories (default) or kjv.
+character and both texts) and "K/N identical, logprobs within D".  D is the largest
+difference between the two servers' log-probabilities of the chosen tokens (lmserve's
+logprobs, llama-server's n_probs), over the tokens both chose alike (up to the first
+difference).  PROMPT_SET: stories (default) or kjv.
 Used by scripts/side-by-side.sh; start llama-server with -ctk f32 -ctv f32 -fa off for
 the same arithmetic as lmserve's F32 KV cache (its flash-attention path rounds through F16).
 """
@@ -35,15 +38,26 @@ def main():
     n = int(sys.argv[3]) if len(sys.argv) > 3 else 100
     prompts = PROMPTS[sys.argv[4] if len(sys.argv) > 4 else "stories"]
     same = 0
+    worst = 0.0
     for p in prompts:
-        a = post(lm + "/v1/completions", {"prompt": p, "max_tokens": n, "temperature": 0})["choices"][0]["text"]
-        b = post(lc + "/completion", {"prompt": p, "n_predict": n, "temperature": 0, "cache_prompt": False})["content"]
+        ra = post(lm + "/v1/completions", {"prompt": p, "max_tokens": n, "temperature": 0, "logprobs": 1})
+        rb = post(lc + "/completion", {"prompt": p, "n_predict": n, "temperature": 0, "n_probs": 1,
+                                       "cache_prompt": False})
+        a, b = ra["choices"][0]["text"], rb["content"]
+        la = ra["choices"][0]["logprobs"]
+        ta, lpa = la["tokens"], la["token_logprobs"]
+        tb = [t["token"] for t in rb.get("completion_probabilities", [])]
+        lpb = [t["logprob"] for t in rb.get("completion_probabilities", [])]
+        for i in range(min(len(ta), len(tb))):
+            if ta[i] != tb[i]:
+                break
+            worst = max(worst, abs(lpa[i] - lpb[i]))
         if a == b:
             same += 1
             continue
         k = next((i for i in range(min(len(a), len(b))) if a[i] != b[i]), min(len(a), len(b)))
         print(f"   differs: {p!r} at character {k}\n     lmserve: {a!r}\n     llama:   {b!r}")
-    print(f"{same}/{len(prompts)} identical")
+    print(f"{same}/{len(prompts)} identical, logprobs within {worst:.2g}")
     return 0
 
 

@@ -25,14 +25,17 @@
 #      the same arithmetic as ours) on real models: $LMSERVE_MODELS/stories260K.gguf (20
 #      story prompts) and models/default/model.gguf (10 KJV prompts); and, when llama-quantize
 #      is there, stories260K quantized to Q8_0 by it: as is (its ffn_down, 172 columns, falls
-#      back to F16, where llama.cpp rounds the activations to F16 and lmserve does not) and
-#      with ffn_down kept F32 (Q8_0 arithmetic only).
+#      back to F16, where both round the activations to F16) and with ffn_down kept F32 (Q8_0
+#      arithmetic only).  Every llama-quantize type, its bytes against `lmserve quantize`'s
+#      and the continuations on three models: scripts/quant-agree.sh (docs/QUANT.md).
 #
 # Environment (defaults in brackets):
 #   LLAMA_CPP_BIN [build/ref/llama.cpp/build/bin] dir with llama-bench and llama-server
 #                 (scripts/get-llama-cpp.sh builds them)
 #   RUNC [none]   a built llama2.c run binary (gcc -Ofast -fopenmp -march=native run.c -lm)
-#   COMPARE_MODELS ["s15m-f32 s15m-q8_0 s110m-f32 s110m-q8_0"]   COMPARE_ROUNDS [3]
+#   COMPARE_MODELS ["s15m-f32 s15m-q8_0 s110m-f32 s110m-q8_0 s110m-q4_0 s110m-q4_k_m"]
+#                  (bench/gen_model types; mixtures such as q4_k_m by lmserve quantize's code)
+#   COMPARE_ROUNDS [3]
 #   COMPARE_DECODE [1] run part 1   COMPARE_LOAD [1] run part 2   THREADS [2]
 #   LOAD_SHAPES ["15M 110M 360M"]   LOAD_LEVELS ["1 4 16 64"]   LOAD_DURATION [15]   LLAMA_NP [16]
 #   COMPARE_ROWS [none] keep part 2's raw rows (serve-load.sh lines) in this file
@@ -46,7 +49,7 @@ GEN=$B/bench/gen_model
 LOADGEN=$B/bench/loadgen
 LC=${LLAMA_CPP_BIN:-build/ref/llama.cpp/build/bin}
 RUNC=${RUNC:-}
-MODELS=${COMPARE_MODELS:-"s15m-f32 s15m-q8_0 s110m-f32 s110m-q8_0"}
+MODELS=${COMPARE_MODELS:-"s15m-f32 s15m-q8_0 s110m-f32 s110m-q8_0 s110m-q4_0 s110m-q4_k_m"}
 ROUNDS=${COMPARE_ROUNDS:-3}
 LOAD=${COMPARE_LOAD:-1}
 AGREE=${COMPARE_AGREE:-1}
