@@ -9,6 +9,7 @@
  * model_load.  Every input must load, or fail with a one-line message and no
  * model.  A loaded model must report consistent facts and, when the forward pass
  * is available, run a couple of tokens (logits may be anything, but no crash). */
+#include "model/compute/quant.h"
 #include "model/formats/gguf_write.h"
 #include "model/half.h"
 #include "model/loader.h"
@@ -52,6 +53,15 @@ static void *make_data(int type, size_t n, int poison, size_t *nbytes)
     if (!ok || *nbytes == 0) return NULL;
     uint8_t *d = calloc(1, *nbytes);
     if (!d) return NULL;
+    if (quant_is_quantized(type) && type != MT_Q8_0) { /* the reference quantizer's blocks */
+        float *f = malloc(n * sizeof *f);
+        if (!f) { free(d); return NULL; }
+        for (size_t i = 0; i < n; i++) f[i] = (float)((int)(i * 7 % 13) - 6) / 16.0f;
+        if (poison) f[0] = poison == 1 ? NAN : INFINITY;
+        quant_quantize_rows(type, f, d, 1, (int)n);
+        free(f);
+        return d;
+    }
     for (size_t i = 0; i < n; i++) {
         float v = (float)((int)(i * 7 % 13) - 6) / 16.0f;
         if (i == 0 && poison == 1) v = NAN;
@@ -69,12 +79,13 @@ static void *make_data(int type, size_t n, int poison, size_t *nbytes)
     return d;
 }
 
-static const int mat_types[4] = {MT_F32, MT_F16, MT_BF16, MT_Q8_0};
+static const int mat_types[8] = {MT_F32, MT_F16, MT_BF16, MT_Q8_0, MT_Q4_0, MT_Q4_1, MT_Q5_0, MT_Q5_1};
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     recipe r = {data, size, 0};
-    /* hyper-parameters: dim in {32, 64}, heads dividing it, 1-2 layers (Q8_0 needs cols % 32) */
+    /* hyper-parameters: dim in {32, 64}, heads dividing it, 1-2 layers (the block types need
+     * cols % 32) */
     int dim = 32 * (1 + (int)take(&r, 2));
     static const int heads_choice[3] = {1, 2, 4};
     int n_heads = heads_choice[take(&r, 3)];
@@ -83,7 +94,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     int hidden = 32 * (1 + (int)take(&r, 2));
     int ctx = 1 + (int)take(&r, 64);
     int n_vocab = 8 + (int)take(&r, 32);
-    int mtype = mat_types[take(&r, 4)];
+    int mtype = mat_types[take(&r, 8)];
     int vtype = mat_types[take(&r, 3)]; /* norm vectors: F32, F16 or BF16 */
     /* every choice is 0 for "as a valid model has it", so the empty input loads */
     unsigned omit = take(&r, 24);       /* which key or tensor to leave out (0, >= 16: none) */

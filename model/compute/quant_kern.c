@@ -145,20 +145,21 @@ AI void lane32(const int type, float *out, size_t ldo, const quant_act *a, int r
     const float *xd = a->d + (size_t)r0 * nb;
     for (int b = 0; b < nb; b++) {
         __m256i xv[4];
-        float dx[4];
+        __m256 dx[4];
         for (int r = 0; r < R; r++) {
             xv[r] = _mm256_loadu_si256((const __m256i *)(xq + (size_t)r * cols + 32 * (size_t)b));
-            dx[r] = xd[(size_t)r * nb + b];
+            dx[r] = _mm256_broadcast_ss(xd + (size_t)r * nb + b);
         }
         pf_rows(w, rs, bs, b, C, b32_bytes_of(type));
         for (int c = 0; c < C; c++) {
             const uint8_t *blk = w + (size_t)c * rs + (size_t)b * bs;
-            float dw = h2f(blk), mw = mins ? h2f(blk + 2) : 0.0f;
+            __m256 dw = _mm256_set1_ps(h2f(blk));
+            float mw = mins ? h2f(blk + 2) : 0.0f;
             __m256i wv = b32_bytes(type, blk);
             __m256i wa = sgn ? _mm256_sign_epi8(wv, wv) : wv;
-            for (int r = 0; r < R; r++) {
+            for (int r = 0; r < R; r++) { /* d = d_w d_x, the same product in every lane */
                 __m256i p = sgn ? dot_us(wa, _mm256_sign_epi8(xv[r], wv)) : dot_us(wv, xv[r]);
-                acc[r][c] = _mm256_fmadd_ps(_mm256_set1_ps(dw * dx[r]), _mm256_cvtepi32_ps(p), acc[r][c]);
+                acc[r][c] = _mm256_fmadd_ps(_mm256_mul_ps(dw, dx[r]), _mm256_cvtepi32_ps(p), acc[r][c]);
                 if (mins)
                     summs[r][c] = fmaf(mw, a->s[(size_t)(r0 + r) * nb + b], summs[r][c]);
             }
@@ -427,7 +428,8 @@ AI void lane_k(const int type, float *out, size_t ldo, const quant_act *a, int r
             const uint8_t *blk = w + (size_t)c * rs + (size_t)b * bs;
             kres o;
             k_block(type, blk, a, r0, b, R, &o);
-            float dw = h2f(blk + dpos);
+            float dwf = h2f(blk + dpos);
+            __m256 dw = _mm256_set1_ps(dwf);
             float dmw = type == MT_Q3_K || type == MT_Q6_K ? 0.0f : h2f(blk + mpos);
             for (int r = 0; r < R; r++) {
                 float dx = a->d[(size_t)(r0 + r) * nb + b];
@@ -442,7 +444,8 @@ AI void lane_k(const int type, float *out, size_t ldo, const quant_act *a, int r
                     t = _mm_hadd_epi32(t, t);
                     summs[r][c] = fmaf((float)_mm_cvtsi128_si32(t), -dx * dmw, summs[r][c]);
                 }
-                acc[r][c] = _mm256_fmadd_ps(_mm256_set1_ps(dx * dw), _mm256_cvtepi32_ps(o.lanes[r]), acc[r][c]);
+                acc[r][c] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(dx), dw), _mm256_cvtepi32_ps(o.lanes[r]),
+                                            acc[r][c]);
             }
         }
     }
