@@ -31,6 +31,18 @@
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #define QUANT_AVX2 1
 #include <immintrin.h>
+/* With VNNI (AVX512-VNNI with VL, or AVX-VNNI) a byte dot product accumulates four
+ * products into each 32-bit lane in one instruction (vpdpbusd: unsigned x signed,
+ * no 16-bit saturation), and vpdpwssd does madd + add.  The integers are the same. */
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+#define QUANT_VNNI 1
+#define DPBUSD(acc, u, s) _mm256_dpbusd_epi32(acc, u, s)
+#define DPWSSD(acc, a, b) _mm256_dpwssd_epi32(acc, a, b)
+#elif defined(__AVXVNNI__)
+#define QUANT_VNNI 1
+#define DPBUSD(acc, u, s) _mm256_dpbusd_avx_epi32(acc, u, s)
+#define DPWSSD(acc, a, b) _mm256_dpwssd_avx_epi32(acc, a, b)
+#endif
 #endif
 
 /* Software prefetch of the weights, this many bytes ahead of the block being read (the
@@ -127,6 +139,25 @@ AI __m256i b32_bytes(const int type, const uint8_t *b)
     }
 }
 
+#ifdef QUANT_VNNI
+/* The block's weights as unsigned bytes u = w + off (Q8_0 128, Q4_0 8, Q5_0 16; the
+ * Q4_1 / Q5_1 quants are unsigned already, off 0): lanes = dpbusd(-off sum4(x), u, x). */
+AI int b32_off(const int type)
+{
+    return type == MT_Q8_0 ? 128 : type == MT_Q4_0 ? 8 : type == MT_Q5_0 ? 16 : 0;
+}
+AI __m256i b32_ubytes(const int type, const uint8_t *b)
+{
+    switch (type) {
+    case MT_Q4_0: return nibbles32(b + 2);
+    case MT_Q4_1: return nibbles32(b + 4);
+    case MT_Q5_0: return _mm256_or_si256(nibbles32(b + 6), _mm256_and_si256(bits32(b + 2), _mm256_set1_epi8(0x10)));
+    case MT_Q5_1: return _mm256_or_si256(nibbles32(b + 8), _mm256_and_si256(bits32(b + 4), _mm256_set1_epi8(0x10)));
+    default: return _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(b + 2)), _mm256_set1_epi8((char)0x80));
+    }
+}
+#endif
+
 /* R activation rows x C weight rows of a lane type; out[r * ldo + c]. */
 AI void lane32(const int type, float *out, size_t ldo, const quant_act *a, int r0, const int R,
                const uint8_t *w, size_t rs, size_t bs, int nb, const int C)
@@ -151,14 +182,31 @@ AI void lane32(const int type, float *out, size_t ldo, const quant_act *a, int r
             dx[r] = _mm256_broadcast_ss(xd + (size_t)r * nb + b);
         }
         pf_rows(w, rs, bs, b, C, b32_bytes_of(type));
+#ifdef QUANT_VNNI
+        __m256i corr[4]; /* - off * (sum of x over each lane's 4 bytes) */
+        for (int r = 0; r < R; r++)
+            corr[r] = b32_off(type) ? _mm256_sub_epi32(_mm256_setzero_si256(),
+                                                        DPBUSD(_mm256_setzero_si256(),
+                                                               _mm256_set1_epi8((char)b32_off(type)), xv[r]))
+                                    : _mm256_setzero_si256();
+#endif
         for (int c = 0; c < C; c++) {
             const uint8_t *blk = w + (size_t)c * rs + (size_t)b * bs;
             __m256 dw = _mm256_set1_ps(h2f(blk));
             float mw = mins ? h2f(blk + 2) : 0.0f;
+#ifdef QUANT_VNNI
+            __m256i wu = b32_ubytes(type, blk);
+#else
             __m256i wv = b32_bytes(type, blk);
             __m256i wa = sgn ? _mm256_sign_epi8(wv, wv) : wv;
+#endif
             for (int r = 0; r < R; r++) { /* d = d_w d_x, the same product in every lane */
+#ifdef QUANT_VNNI
+                __m256i p = DPBUSD(corr[r], wu, xv[r]);
+                (void)sgn;
+#else
                 __m256i p = sgn ? dot_us(wa, _mm256_sign_epi8(xv[r], wv)) : dot_us(wv, xv[r]);
+#endif
                 acc[r][c] = _mm256_fmadd_ps(_mm256_mul_ps(dw, dx[r]), _mm256_cvtepi32_ps(p), acc[r][c]);
                 if (mins)
                     summs[r][c] = fmaf(mw, a->s[(size_t)(r0 + r) * nb + b], summs[r][c]);
@@ -181,7 +229,10 @@ AI void lane32(const int type, float *out, size_t ldo, const quant_act *a, int r
 AI void serial_q4_0(float *out, size_t ldo, const quant_act *a, int r0, const int R, const uint8_t *w,
                     size_t rs, size_t bs, int nb)
 {
-    const __m256i m4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+#ifndef QUANT_VNNI
+    const __m256i ones = _mm256_set1_epi16(1);
+#endif
     const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     __m256 acc[4];
     for (int r = 0; r < R; r++)
@@ -208,8 +259,12 @@ AI void serial_q4_0(float *out, size_t ldo, const quant_act *a, int r0, const in
             __m256i xh = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(x + 16)));
             __m256i p[4];
             for (int pr = 0; pr < 4; pr++) /* int16 pair sums <= 2 * 15 * 128 each: their sum fits */
+#ifdef QUANT_VNNI
+                p[pr] = DPBUSD(DPBUSD(_mm256_setzero_si256(), lo[pr], xl), hi[pr], xh);
+#else
                 p[pr] = _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(lo[pr], xl),
                                                            _mm256_maddubs_epi16(hi[pr], xh)), ones);
+#endif
             /* [c0 c0 c2 c2 | c1 c1 c3 c3], [c4 c4 c6 c6 | c5 c5 c7 c7] -> [c0 c2 c4 c6 | c1 c3 c5 c7] */
             __m256i s = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
             s = _mm256_permutevar8x32_epi32(s, order);
@@ -290,12 +345,16 @@ AI void k_block(const int type, const uint8_t *blk, const quant_act *a, int r0, 
         bsr[r] = a->bs + (size_t)(r0 + r) * (cols / 16) + 16 * (size_t)b;
         o->lanes[r] = _mm256_setzero_si256();
     }
+#ifdef QUANT_VNNI
+#define SCALED_ADD(acc, sc, p16) DPWSSD(acc, sc, p16)
+#else
+#define SCALED_ADD(acc, sc, p16) _mm256_add_epi32(acc, _mm256_madd_epi16(sc, p16))
+#endif
 #define ACC(g, W, SC)                                                                              \
     do {                                                                                           \
         for (int r = 0; r < R; r++)                                                                \
-            o->lanes[r] = _mm256_add_epi32(                                                        \
-                o->lanes[r], _mm256_madd_epi16(SC, _mm256_maddubs_epi16(W, _mm256_loadu_si256(      \
-                                                       (const __m256i *)(x[r] + 32 * (g))))));      \
+            o->lanes[r] = SCALED_ADD(o->lanes[r], SC, _mm256_maddubs_epi16(W, _mm256_loadu_si256(   \
+                                                         (const __m256i *)(x[r] + 32 * (g)))));     \
     } while (0)
     switch (type) {
     case MT_Q4_K:
@@ -392,7 +451,7 @@ AI void k_block(const int type, const uint8_t *blk, const quant_act *a, int r0, 
                 for (int r = 0; r < R; r++) {
                     __m256i xv = _mm256_loadu_si256((const __m256i *)(x[r] + 32 * g));
                     __m256i p16 = _mm256_sub_epi16(_mm256_maddubs_epi16(lo, xv), _mm256_maddubs_epi16(neg, xv));
-                    o->lanes[r] = _mm256_add_epi32(o->lanes[r], _mm256_madd_epi16(sc[g], p16));
+                    o->lanes[r] = SCALED_ADD(o->lanes[r], sc[g], p16);
                 }
             }
         }
@@ -400,6 +459,7 @@ AI void k_block(const int type, const uint8_t *blk, const quant_act *a, int r0, 
     }
     }
 #undef ACC
+#undef SCALED_ADD
 }
 
 AI int kbytes_of(const int type)
