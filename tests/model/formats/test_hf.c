@@ -1,8 +1,10 @@
 /* test_hf.c -- Hugging Face folders: the real tiny GPT-2 and tiny Llama fixtures, an
  * F16/BF16 re-encoding of the Llama, and broken folders.  Logits are compared with
  * the double reference (ref_forward.h) built from the safetensors data read here,
- * independently of the loader.  Tolerance: 1e-4 * max(1, max |reference|) for F32;
- * for F16/BF16 weights the reference uses the same rounded weights, so the same. */
+ * independently of the loader.  Tolerance: tol * max(1, max |reference|), tol 1e-4 for
+ * F32.  For F16/BF16 weights the reference uses the same rounded weights, but the kernels
+ * also round the activations they multiply to half / bfloat16 (as ggml does; relative error
+ * up to 2^-11 / 2^-8 per activation) and the reference does not: tol 1e-3 / 1e-2. */
 #include <criterion/criterion.h>
 
 #include "model/formats/formats.h"
@@ -51,7 +53,8 @@ static model *load_opts(const char *path, const char *tok)
     return m;
 }
 
-static void compare(model *m, const ref_model *r, const int32_t *toks, int n, double min_scale)
+static void compare(model *m, const ref_model *r, const int32_t *toks, int n, double min_scale,
+                    double tol)
 {
     int V = r->V;
     float *lg = malloc((size_t)n * V * sizeof *lg);
@@ -63,7 +66,7 @@ static void compare(model *m, const ref_model *r, const int32_t *toks, int n, do
     cr_assert_eq(model_forward(m, &it, 1), 0);
     ref_forward(r, ti, n, want);
     double bmax, d = ref_maxdiff(lg, want, (size_t)n * V, &bmax);
-    cr_assert_leq(d, 1e-4 * fmax(1.0, bmax), "max diff %g (max |ref| %g)", d, bmax);
+    cr_assert_leq(d, tol * fmax(1.0, bmax), "max diff %g (max |ref| %g)", d, bmax);
     cr_assert_gt(bmax, min_scale, "reference logits are suspiciously flat (%g)", bmax);
     model_seq_free(s);
     free(lg);
@@ -151,7 +154,7 @@ Test(hf, tiny_gpt2_folder)
     st_close(f);
     int32_t toks[24];
     for (int i = 0; i < 24; i++) toks[i] = (int32_t)((i * 7919 + 13) % 50257);
-    compare(m, &r, toks, 24, 1e-6);
+    compare(m, &r, toks, 24, 1e-6, 1e-4);
     for (int l = 0; l < 2; l++) {
         ref_layer *w = &r.layers[l];
         double *ps[] = {w->ln1g, w->ln1b, w->ln2g, w->ln2b, w->wq, w->wk, w->wv, w->bq, w->bk, w->bv,
@@ -221,7 +224,7 @@ Test(hf, tiny_llama_folder_rotate_halves)
     st_close(f);
     int32_t toks[40];
     for (int i = 0; i < 40; i++) toks[i] = (int32_t)((i * 104729 + 17) % 32000);
-    compare(m, &r, toks, 40, 1e-3);
+    compare(m, &r, toks, 40, 1e-3, 1e-4);
     ref_llama_free(&r);
     model_free(m);
 }
@@ -292,7 +295,7 @@ Test(hf, llama_in_f16_and_bf16)
         st_close(f);
         int32_t toks[16];
         for (int i = 0; i < 16; i++) toks[i] = (int32_t)((i * 7727 + 5) % 32000);
-        compare(m, &r, toks, 16, 1e-3);
+        compare(m, &r, toks, 16, 1e-3, ti == 0 ? 1e-3 : 1e-2);
         ref_llama_free(&r);
         model_free(m);
         fx_rmtree(dst);
@@ -464,7 +467,7 @@ Test(hf, smollm_shaped_llama_with_its_tokenizer)
     }
     cr_assert_eq(digits, 5);
     cr_assert_neq(ids[0], 0);
-    compare(m, &r, ids, n, 1e-3);
+    compare(m, &r, ids, n, 1e-3, 1e-4);
     model_free(m);
     free(r.tok); free(r.lnfg);
     double *ps[] = {w->ln1g, w->ln2g, w->wq, w->wk, w->wv, w->wo, w->w1, w->w2, w->w3};
