@@ -1,6 +1,6 @@
 /* choose.c -- the one "warp + draw" step shared by sampler_generate and sampler_step.
  *
- * Order (sampler.h): logit_bias -> repetition penalty (window of the last
+ * Order (sampler.h): [constraint ->] logit_bias -> repetition penalty (window of the last
  * penalty_last_n ids, or all) -> presence/frequency (generated ids) ->
  * temperature (0: argmax, stop here) -> top-k -> top-p -> min-p -> softmax ->
  * one draw.  Warpers that are off are skipped (each is the identity when off).
@@ -49,6 +49,12 @@ int sampler__choose(const sampler_params *p, sampler_scratch *sc, sampler_rng *r
         sampler__record(rec, SAMPLER_STAGE_LOGITS, logits, vocab, NULL);
     }
 
+    if (p->constraint) { /* first: every later stage sees only the allowed tokens */
+        int rc = sampler_constraint_apply(p->constraint, src, x, vocab);
+        if (rc < 0)
+            return rc;
+        src = x;
+    }
     if (p->n_bias > 0) {
         sampler_apply_logit_bias(src, x, vocab, p->bias_ids, p->bias_values, p->n_bias);
         src = x;

@@ -4,7 +4,8 @@
  * more; or, as params->crop asks, the shifted window, or stop when the window is
  * full) -> next_logits (last position) -> sampler__choose (penalties over the full
  * sequence or its window, temperature, top-k, top-p, min-p, softmax, one draw)
- * -> append -> stop if the token is a stop id (it is kept) -> per-token callback
+ * -> append -> advance the constraint, if any, and stop when its text is complete
+ * -> stop if the token is a stop id (it is kept) -> per-token callback
  * (which may cancel before the next model call).  The RNG is seeded
  * once, before the loop.  Everything is validated before the model is called.
  */
@@ -91,6 +92,17 @@ int sampler_generate(sampler_lm *lm, const int32_t *prompt, int n_prompt, int ma
         if (rc < 0)
             break;
         out[len++] = token;
+        if (params->constraint) {
+            rc = sampler_constraint_accept(params->constraint, token);
+            int status = rc < 0 ? rc : sampler_constraint_status(params->constraint);
+            if (status < 0) {
+                rc = status;
+                break;
+            }
+            rc = SAMPLER_OK;
+            if (status == SAMPLER_CONSTRAINT_COMPLETE || status == SAMPLER_CONSTRAINT_STUCK)
+                break; /* the text is whole (or cannot go on) */
+        }
         if (is_stop(params, token))
             break;
         if (params->on_token && params->on_token(params->on_token_user, token, len - n_prompt) != 0)

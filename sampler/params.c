@@ -42,6 +42,8 @@ int sampler_params_validate(const sampler_params *p, int vocab, const char **nam
         bad = "crop";
     else if (!sampler__ids_valid(p->bias_ids, p->n_bias, vocab) || (p->n_bias > 0 && !p->bias_values))
         bad = "logit_bias";
+    else if (p->constraint && sampler__constraint_vocab(p->constraint) != vocab)
+        bad = "constraint";
     else
         for (int j = 0; j < p->n_bias; j++)
             if (isnan(p->bias_values[j]) || p->bias_values[j] == INFINITY)

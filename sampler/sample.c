@@ -218,6 +218,7 @@ int sampler_logprobs(const float *logits, int vocab, int32_t token, int n_top,
     out->token = token;
     out->logprob = logprob_of(logits[token], m, lse);
     out->n_top = n_top;
+    out->constraint = SAMPLER_CONSTRAINT_NONE;
     for (int j = 0; j < n_top; j++) {
         out->top[j].id = best[j];
         out->top[j].logprob = logprob_of(logits[best[j]], m, lse);

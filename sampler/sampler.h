@@ -10,7 +10,7 @@
  * and top-p.  The one softmax comes last.
  *
  * The order of one step (documented, tested):
- *   logit_bias -> repetition penalty (over the penalty window of prompt +
+ *   [constraint ->] logit_bias -> repetition penalty (over the penalty window of prompt +
  *   generated ids) -> presence/frequency penalties (over generated ids) ->
  *   temperature (0 = argmax here, nothing below runs) -> top-k -> top-p ->
  *   min-p -> softmax -> one draw from the sequence's own RNG.
@@ -22,6 +22,7 @@
 #ifndef LMSERVE_SAMPLER_H
 #define LMSERVE_SAMPLER_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 enum { SAMPLER_OK = 0, SAMPLER_EINVAL = -22, SAMPLER_ENOMEM = -12, SAMPLER_ECANCELED = -125 };
@@ -66,6 +67,8 @@ int sampler_crop_start(int policy, int start, int n, int W);
 int sampler_crop_parse(const char *name);
 const char *sampler_crop_name(int policy);
 
+struct sampler_constraint;
+
 /* ---- Whole-loop interface ------------------------------------------------------ */
 
 typedef struct sampler_lm sampler_lm;
@@ -100,6 +103,11 @@ typedef struct {
      * tokens so far are kept and their count returned as usual.  NULL = no callback. */
     int (*on_token)(void *user, int32_t token, int n_generated);
     void *on_token_user;
+    /* Constrained decoding (see below): NULL = off.  Borrowed, not copied: it must
+     * outlive the sampler, and it belongs to one sequence (it holds that sequence's
+     * automaton state).  It is the FIRST warper; sampler_step and sampler_generate
+     * advance it with each chosen token. */
+    struct sampler_constraint *constraint;
 } sampler_params;
 
 /* Check every field; SAMPLER_OK or SAMPLER_EINVAL.  If name is not NULL, *name is
@@ -140,6 +148,8 @@ typedef struct {
     float logprob;            /* its log-probability under the raw model distribution */
     int n_top;                /* number of entries in top (= n_top asked, <= vocab) */
     sampler_candidate top[SAMPLER_MAX_TOP]; /* most likely tokens under the raw distribution, best first */
+    int constraint;           /* with a constraint: its status after this token
+                                 (SAMPLER_CONSTRAINT_*); without one: SAMPLER_CONSTRAINT_NONE */
 } sampler_choice;
 
 typedef struct sampler sampler;
@@ -231,5 +241,84 @@ int sampler_trace_enable(sampler *s, int n);
  * (SAMPLER_EINVAL when tracing was not enabled).  trace NULL is sampler_step. */
 int sampler_step_traced(sampler *s, const float *logits, const int32_t *ids, int n_ids,
                         int n_generated, int n_top, sampler_choice *out, sampler_trace *trace);
+/* ---- Constrained decoding ------------------------------------------------------
+ * A grammar (a documented subset of llama.cpp's GBNF, see grammar.c) compiles to
+ * one byte-level pushdown automaton.  A constraint runs it for one sequence: per
+ * step it is the first warper, setting to -INFINITY every token whose bytes the
+ * automaton cannot read next from its current state, and the chosen token then
+ * advances the state.  The end tokens (EOS, ...) are allowed exactly when the
+ * automaton is in an accepting state.  The later warpers see only allowed tokens,
+ * so the argmax of the allowed tokens survives top-k and top-p as before;
+ * log-probabilities (sampler_choice) still describe the model's raw distribution.
+ *
+ * Three objects, by lifetime:
+ *   sampler_grammar     compiled once per request; immutable, shareable across threads;
+ *   sampler_vocab       the model's token bytes as a byte trie plus its end tokens;
+ *                       built once per model; immutable, shareable across threads;
+ *   sampler_constraint  one sequence's automaton state and its caches (the lazily
+ *                       built transition tables and per-state token masks); one
+ *                       thread at a time.
+ * How the mask is computed and cached: constrain.c. */
+
+typedef struct sampler_grammar sampler_grammar;
+typedef struct sampler_vocab sampler_vocab;
+typedef struct sampler_constraint sampler_constraint;
+
+typedef struct {
+    size_t offset;            /* byte offset in the grammar text where the problem is */
+    int line, column;         /* 1-based, columns in bytes */
+    char message[200];        /* what is wrong, e.g. "undefined rule 'valeu'" */
+} sampler_grammar_error;
+
+/* Compile GBNF text.  SAMPLER_OK and *out, or SAMPLER_EINVAL with *err filled
+ * (err may be NULL), or SAMPLER_ENOMEM.  Limits (element count, nesting depth,
+ * repetition counts) are errors too, never truncation. */
+int sampler_grammar_parse(sampler_grammar **out, const char *text, size_t len,
+                          sampler_grammar_error *err);
+void sampler_grammar_free(sampler_grammar *g);
+/* Nonzero if the grammar's strings may hold byte b anywhere. */
+int sampler_grammar_uses_byte(const sampler_grammar *g, unsigned char b);
+
+/* Run the automaton over s[0..n) from the start: SAMPLER_MATCH_FULL if s is a whole
+ * string of the language, SAMPLER_MATCH_PREFIX if it is only a proper prefix of
+ * one, SAMPLER_MATCH_NONE if it is neither; or a negative error. */
+enum { SAMPLER_MATCH_NONE = 0, SAMPLER_MATCH_PREFIX = 1, SAMPLER_MATCH_FULL = 2 };
+int sampler_grammar_match(const sampler_grammar *g, const char *s, size_t n);
+
+/* The bytes of token id, or NULL for a token a constrained text can never hold
+ * (control tokens, tokens with no bytes).  The pointer need only stay valid until
+ * the next call. */
+typedef const char *(*sampler_token_bytes_fn)(void *user, int32_t id, size_t *len);
+
+/* Build the trie of n_vocab tokens; end_ids[0..n_end) are the tokens that end a
+ * text (EOS, and BOS for models that end there).  SAMPLER_OK, SAMPLER_EINVAL, SAMPLER_ENOMEM. */
+int sampler_vocab_new(sampler_vocab **out, int n_vocab, sampler_token_bytes_fn bytes,
+                      void *user, const int32_t *end_ids, int n_end);
+void sampler_vocab_free(sampler_vocab *v);
+int sampler_vocab_size(const sampler_vocab *v);
+/* Nonzero if the vocabulary has a one-byte token for b (a constrained text can
+ * never get stuck on a byte that has one). */
+int sampler_vocab_has_byte(const sampler_vocab *v, unsigned char b);
+
+/* The constraint's status, after the tokens accepted so far. */
+enum {
+    SAMPLER_CONSTRAINT_NONE = -1,   /* no constraint (sampler_choice only) */
+    SAMPLER_CONSTRAINT_OPEN = 0,    /* the text must go on */
+    SAMPLER_CONSTRAINT_MAY_END = 1, /* the text is complete; an end token or more text may follow */
+    SAMPLER_CONSTRAINT_COMPLETE = 2,/* complete and nothing can follow: end it now (or an end token was accepted) */
+    SAMPLER_CONSTRAINT_STUCK = 3,   /* not complete, yet no token of the vocabulary can continue it */
+};
+
+/* g and v are borrowed and must outlive c.  NULL on bad arguments or no memory. */
+sampler_constraint *sampler_constraint_new(const sampler_grammar *g, const sampler_vocab *v);
+void sampler_constraint_free(sampler_constraint *c);
+/* The warper: out[i] = logits[i] if token i may come next, else -INFINITY (out may
+ * equal logits).  SAMPLER_EINVAL if vocab differs from the vocabulary's size or an
+ * end token was already accepted, SAMPLER_ENOMEM; out is untouched on error. */
+int sampler_constraint_apply(sampler_constraint *c, const float *logits, float *out, int vocab);
+/* Advance by one token.  SAMPLER_EINVAL (state unchanged) if the token may not come next. */
+int sampler_constraint_accept(sampler_constraint *c, int32_t token);
+/* SAMPLER_CONSTRAINT_OPEN .. STUCK, or a negative error (no memory). */
+int sampler_constraint_status(sampler_constraint *c);
 
 #endif /* LMSERVE_SAMPLER_H */

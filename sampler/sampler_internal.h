@@ -160,4 +160,11 @@ int sampler__choose(const sampler_params *p, sampler_scratch *sc, sampler_rng *r
 int sampler__softmax_scaled(const float *logits, float *e, int vocab, double *scale);
 int sampler__draw_scaled(const float *e, double scale, int n, float coin);
 
+/* The vocabulary size a constraint was built for. */
+int sampler__constraint_vocab(const sampler_constraint *c);
+/* Tests: the cache size past which the tables are dropped between steps, and how
+ * many automaton states are cached now. */
+void sampler__constraint_set_cache_limit(sampler_constraint *c, size_t bytes);
+int sampler__constraint_cached_states(const sampler_constraint *c);
+
 #endif /* LMSERVE_SAMPLER_INTERNAL_H */

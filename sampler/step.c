@@ -110,11 +110,24 @@ int sampler_step_traced(sampler *s, const float *logits, const int32_t *ids, int
         return rc;
     if (rec)
         sampler__record_finish(rec, token, trace);
+    int status = SAMPLER_CONSTRAINT_NONE;
+    if (s->params.constraint) {
+        rc = sampler_constraint_accept(s->params.constraint, token);
+        if (rc >= 0)
+            status = sampler_constraint_status(s->params.constraint);
+        if (rc < 0 || status < 0)
+            return rc < 0 ? rc : status;
+    }
     if (n_top == SAMPLER_TOKEN_ONLY) {
         out->token = token;
         out->logprob = NAN;
         out->n_top = 0;
-        return SAMPLER_OK;
+    } else {
+        /* the raw logits: log-probabilities describe the model, not the warped row */
+        rc = sampler_logprobs(logits, vocab, token, n_top, out);
+        if (rc < 0)
+            return rc;
     }
-    return sampler_logprobs(logits, vocab, token, n_top, out);
+    out->constraint = status;
+    return SAMPLER_OK;
 }
