@@ -52,6 +52,8 @@ build_module() { # module -> build/fuzz/obj/lib<module>.a
 libs_for() {
   case $1 in
     fuzz_request) echo "$out/obj/libserver.a $out/obj/libsampler.a $out/obj/libmodel.a" ;;
+    fuzz_schema) echo "$out/obj/libserver.a $out/obj/libsampler.a" ;;
+    fuzz_grammar) echo "$out/obj/libsampler.a" ;;
     *) echo "$out/obj/libmodel.a" ;;
   esac
 }
@@ -77,14 +79,17 @@ max_len_for() {
     fuzz_model_file) echo 2097152 ;;
     fuzz_gguf_struct) echo 256 ;;
     fuzz_tokenizer) echo 4096 ;;
+    fuzz_grammar | fuzz_schema) echo 2048 ;;
     *) echo 65536 ;;
   esac
 }
 
 status=0
 build_module model || exit 1
-if [ -f server/http.h ] && { [ -z "$only" ] || [[ " $only " == *" fuzz_request "* ]]; }; then
+if [ -f server/http.h ] && { [ -z "$only" ] || [[ " $only " == *" fuzz_request "* ]] || [[ " $only " == *" fuzz_schema "* ]]; }; then
   build_module sampler && build_module server || exit 1
+elif [ -z "$only" ] || [[ " $only " == *" fuzz_grammar "* ]]; then
+  build_module sampler || exit 1
 fi
 for src in fuzz/fuzz_*.c; do
   t=$(basename "$src" .c)

@@ -26,7 +26,7 @@
  *   - objects hold their declared properties only, in declaration order (the
  *     required ones always, the others optionally); with no declared properties
  *     and additionalProperties not false, any object;
- *   - numbers have at most 16 integer and 16 fraction digits and a 3-digit
+ *   - numbers have at most 16 integer and 16 fraction digits and a 2-digit
  *     exponent; bounded numbers no exponent and at most 6 fraction digits (so that
  *     a double compares with the bound as the decimal does); integers and numbers
  *     are written without leading zeros, integers never as "-0";
@@ -72,7 +72,7 @@
     "j-char   ::= [^\"\\\\\\x00-\\x1f] | \"\\\\\" ( [\"\\\\/bfnrt] | \"u\" j-hex4 )\n" \
     "j-hex4   ::= [0-9a-cA-Ce-fE-F] j-hex j-hex j-hex | [dD] [0-7] j-hex j-hex\n" \
     "j-hex    ::= [0-9a-fA-F]\n" \
-    "j-number ::= \"-\"? j-int ( \".\" [0-9]{1,16} )? ( [eE] [-+]? [0-9]{1,3} )?\n" \
+    "j-number ::= \"-\"? j-int ( \".\" [0-9]{1,16} )? ( [eE] [-+]? [0-9]{1,2} )?\n" \
     "j-int    ::= \"0\" | [1-9] [0-9]{0,15}\n" \
     "j-integer ::= \"0\" | \"-\"? [1-9] [0-9]{0,15}\n" \
     "j-frac   ::= \".\" [0-9]{1,6}\n" \
