@@ -591,10 +591,11 @@ static int mask_of(sampler_constraint *c, int s)
     int any = 0;
     int32_t *walk = c->walk;
     walk[0] = s;
+    const vnode *node = v->node;
     for (int k = 0; k < v->n_nodes;) {
-        int d = v->node_depth[k];
-        int ps = walk[d - 1];
-        int cl = cls[v->node_byte[k]];
+        const vnode *nd = &node[k];
+        int ps = walk[nd->depth - 1];
+        int cl = cls[nd->byte];
         int t = a->next[(size_t)ps * nc + (size_t)cl];
         if (t == UNKNOWN) {
             t = ga_next(a, ps, cl);
@@ -602,15 +603,19 @@ static int mask_of(sampler_constraint *c, int s)
                 return t;
         }
         if (t == DEAD) {
-            k = v->node_end[k];
+            k = nd->end;
             continue;
         }
-        walk[d] = t;
-        for (int j = v->node_tok[k]; j < v->node_tok[k + 1]; j++) {
-            int32_t id = v->toks[j];
-            mask[id >> 5] |= 1u << (id & 31);
-            any = 1;
-        }
+        walk[nd->depth] = t;
+        /* most nodes spell one token or none: set its bit without a branch (a
+         * node without one sets bit 0 of word 0 to itself) */
+        int32_t id = nd->tok, has = id >= 0;
+        int32_t at = id & -has;
+        mask[at >> 5] |= (uint32_t)has << (at & 31);
+        any |= has;
+        if (nd->more)
+            for (const int32_t *e = v->extra + v->extra_at[k]; *e >= 0; e++)
+                mask[*e >> 5] |= 1u << (*e & 31);
         k++;
     }
     if (a->sacc[s])

@@ -14,17 +14,15 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define TOKEN_MAX_BYTES 65535 /* node_depth is 16 bits; longer tokens are never allowed */
+#define TOKEN_MAX_BYTES 65535 /* vnode.depth is 16 bits; longer tokens are never allowed */
 
 void sampler_vocab_free(sampler_vocab *v)
 {
     if (!v)
         return;
-    free(v->node_byte);
-    free(v->node_depth);
-    free(v->node_end);
-    free(v->node_tok);
-    free(v->toks);
+    free(v->node);
+    free(v->extra_at);
+    free(v->extra);
     free(v->tok_off);
     free(v->bytes);
     free(v->tok_kind);
@@ -116,13 +114,11 @@ int sampler_vocab_new(sampler_vocab **out, int n_vocab, sampler_token_bytes_fn b
     }
 
     order = malloc(((size_t)n_text + 1) * sizeof *order);
-    v->toks = malloc(((size_t)n_text + 1) * sizeof *v->toks);
-    /* at most one node per byte */
-    v->node_byte = malloc((size_t)total + 1);
-    v->node_depth = malloc(((size_t)total + 1) * sizeof *v->node_depth);
-    v->node_end = malloc(((size_t)total + 1) * sizeof *v->node_end);
-    v->node_tok = calloc((size_t)total + 2, sizeof *v->node_tok);
-    if (!order || !v->toks || !v->node_byte || !v->node_depth || !v->node_end || !v->node_tok)
+    /* at most one node per byte; the extra tokens at most one each plus an end mark */
+    v->node = malloc(((size_t)total + 1) * sizeof *v->node);
+    v->extra_at = malloc(((size_t)total + 1) * sizeof *v->extra_at);
+    v->extra = malloc(2 * ((size_t)n_text + 1) * sizeof *v->extra);
+    if (!order || !v->node || !v->extra_at || !v->extra)
         goto nomem;
     int m = 0;
     for (int i = 0; i < n_vocab; i++)
@@ -136,7 +132,7 @@ int sampler_vocab_new(sampler_vocab **out, int n_vocab, sampler_token_bytes_fn b
     path = malloc(((size_t)max_len + 1) * sizeof *path);
     if (!path)
         goto nomem;
-    int n_nodes = 0, depth = 0; /* depth: length of the open path */
+    int n_nodes = 0, depth = 0, n_extra = 0; /* depth: length of the open path */
     const char *prev = NULL;
     int prev_len = 0;
     for (int k = 0; k < m; k++) {
@@ -146,22 +142,31 @@ int sampler_vocab_new(sampler_vocab **out, int n_vocab, sampler_token_bytes_fn b
         while (prev && lcp < len && lcp < prev_len && s[lcp] == prev[lcp])
             lcp++;
         for (; depth > lcp; depth--) /* close the nodes not shared */
-            v->node_end[path[depth - 1]] = n_nodes;
+            v->node[path[depth - 1]].end = n_nodes;
         for (; depth < len; depth++) {
             int nd = n_nodes++;
-            v->node_byte[nd] = (uint8_t)s[depth];
-            v->node_depth[nd] = (uint16_t)(depth + 1);
+            v->node[nd] = (vnode){.end = -1, .tok = -1, .depth = (uint16_t)(depth + 1),
+                                  .byte = (uint8_t)s[depth], .more = 0};
             path[depth] = nd;
         }
-        v->node_tok[path[len - 1] + 1]++; /* counted now, laid out below */
-        v->toks[k] = id;                  /* sorted order = node order */
+        vnode *nd = &v->node[path[len - 1]];
+        if (nd->tok < 0) {
+            nd->tok = id;
+        } else { /* same bytes as the previous token (sorted order): its run continues */
+            if (!nd->more) {
+                nd->more = 1;
+                v->extra_at[path[len - 1]] = n_extra;
+            } else {
+                n_extra--; /* drop the run's end mark, re-added below */
+            }
+            v->extra[n_extra++] = id;
+            v->extra[n_extra++] = -1;
+        }
         prev = s;
         prev_len = len;
     }
     for (; depth > 0; depth--)
-        v->node_end[path[depth - 1]] = n_nodes;
-    for (int k = 0; k < n_nodes; k++)
-        v->node_tok[k + 1] += v->node_tok[k];
+        v->node[path[depth - 1]].end = n_nodes;
     v->n_nodes = n_nodes;
     v->max_depth = max_len;
     free(order);

@@ -55,14 +55,20 @@ struct sampler_grammar {
  * and a walk that rejects node k skips straight to node_end[k]. */
 enum { TK_NEVER = 0, TK_TEXT = 1, TK_END = 2 };
 
+typedef struct {
+    int32_t end;              /* one past the node's subtree */
+    int32_t tok;              /* a token spelled by the node, or -1 */
+    uint16_t depth;           /* 1 for a child of the root */
+    uint8_t byte;             /* the byte on the edge into the node */
+    uint8_t more;             /* other tokens spell the same bytes: see extra */
+} vnode;
+
 struct sampler_vocab {
     int n_vocab;
     int n_nodes;
-    uint8_t *node_byte;       /* (n_nodes) byte on the edge into the node */
-    uint16_t *node_depth;     /* (n_nodes) 1 for a child of the root */
-    int32_t *node_end;        /* (n_nodes) one past the node's subtree */
-    int32_t *node_tok;        /* (n_nodes + 1) tokens spelled by node k: toks[node_tok[k] .. node_tok[k+1]) */
-    int32_t *toks;            /* (tokens in the trie) */
+    vnode *node;              /* (n_nodes) one array, read front to back by a walk */
+    int32_t *extra_at;        /* (n_nodes) for nodes with `more`: start of their other tokens in extra */
+    int32_t *extra;           /* the other tokens, each node's run ended by -1 */
     int max_depth;            /* longest token in bytes */
     int64_t *tok_off;         /* (n_vocab + 1) token i's bytes: bytes[tok_off[i] .. tok_off[i+1]) */
     char *bytes;
