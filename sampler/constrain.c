@@ -30,11 +30,18 @@
  * allowed is recorded with the mask, which gives the status (may the text end here,
  * must it, or is it stuck).
  *
- * Memory.  The tables only grow while a sequence runs; past CACHE_LIMIT bytes they
- * are dropped between steps and the current state is re-interned from its
- * stacks (correctness never depends on the cache).  A single closure or walk may
- * not push them past HARD_LIMIT: that fails the step with SAMPLER_ENOMEM (a
- * pathological grammar), never a wrong mask.
+ * Sharing and memory.  The tables belong to a cache made for one grammar and
+ * vocabulary, and every constraint made from the cache (the n choices of a
+ * request, later requests with the same grammar) works in them under their
+ * mutex, so a state's walk is paid once for all of them.  Tables only grow; past
+ * CACHE_LIMIT bytes the cache starts new ones for the constraints made after that
+ * (the old ones are freed with their last constraint), and a constraint whose
+ * tables pass twice that moves, before its next new mask, to private tables
+ * holding only its current state (read out as stacks of positions and interned
+ * anew) -- correctness never depends on what is cached.  A single closure or walk
+ * may not push tables past HARD_LIMIT: that fails the step with SAMPLER_ENOMEM (a
+ * pathological grammar), never a wrong mask.  (The mutexes are POSIX's, in glibc's
+ * libc itself; C11's mtx_t would do, but thread sanitizers do not see it.)
  *
  * Why not llama.cpp's way: it keeps the stacks as vectors and, every step,
  * advances every candidate token's bytes through them (with a partial-UTF-8
@@ -45,12 +52,14 @@
 #include "sampler/sampler_internal.h"
 
 #include <math.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <pthread.h>
 
 #define DEAD (-1)
 #define UNKNOWN (-2)
-#define CACHE_LIMIT ((size_t)16 << 20) /* bytes of tables kept between steps */
+#define CACHE_LIMIT ((size_t)8 << 20)  /* bytes of shared tables before new ones are started */
 #define HARD_LIMIT ((size_t)256 << 20) /* bytes one step may reach */
 
 /* ---- The lazy automaton ------------------------------------------------------------- */
@@ -458,75 +467,214 @@ int sampler_grammar_match(const sampler_grammar *g, const char *s, size_t n)
     return rc;
 }
 
-/* ---- The constraint ---------------------------------------------------------------- */
+/* ---- Tables, caches and constraints ------------------------------------------------
+ * One `tables` is a lazy automaton with its masks.  A cache hands its current tables
+ * to every constraint made from it, so sequences (and requests) with the same grammar
+ * share what any of them computed; each use of the tables holds their mutex.  When
+ * the current tables pass the cache's limit, the next constraint starts new ones; the
+ * old ones live on for the constraints that use them.  A constraint whose tables pass
+ * its own limit moves to private, empty tables before its next new mask (its state is
+ * read out of the old tables as stacks of positions and interned anew). */
 
-struct sampler_constraint {
+typedef struct {
+    pthread_mutex_t mu;
+    atomic_int refs;
     const sampler_grammar *g;
     const sampler_vocab *v;
     gauto a;
-    int cur;                  /* current state (never DEAD) */
-    int ended;                /* an end token was accepted */
+    int start;                /* the start state */
     int words;                /* 32-bit words per mask */
     uint32_t *masks;          /* (cap_masks * words) */
     uint8_t *mask_any;        /* (cap_masks) a text token is allowed */
     int n_masks, cap_masks;
     int32_t *walk;            /* (max_depth + 1) states along the trie path */
-    size_t cache_limit;       /* CACHE_LIMIT, or a test's value */
+} tables;
+
+struct sampler_constraint_cache {
+    sampler_grammar *g;
+    int owns_g;
+    const sampler_vocab *v;
+    pthread_mutex_t mu;                 /* guards cur */
+    atomic_int refs;          /* the creator's, the holders', one per constraint */
+    tables *cur;              /* where new constraints start */
+    size_t limit;             /* bytes; past it, new constraints get new tables */
 };
 
-static size_t cache_bytes(const sampler_constraint *c)
+struct sampler_constraint {
+    sampler_constraint_cache *cache;
+    tables *t;
+    int cur;                  /* current state in t (never DEAD) */
+    int ended;                /* an end token was accepted */
+    size_t limit;             /* bytes of t past which this constraint moves to private tables */
+};
+
+static size_t tables_bytes(const tables *t)
 {
-    return ga_bytes(&c->a) + (size_t)c->cap_masks * ((size_t)c->words * 4 + 1);
+    return ga_bytes(&t->a) + (size_t)t->cap_masks * ((size_t)t->words * 4 + 1);
 }
 
-void sampler_constraint_free(sampler_constraint *c)
+static void tables_unref(tables *t)
 {
-    if (!c)
+    if (!t || atomic_fetch_sub(&t->refs, 1) != 1)
         return;
-    ga_release(&c->a);
-    free(c->masks);
-    free(c->mask_any);
-    free(c->walk);
-    free(c);
+    ga_release(&t->a);
+    free(t->masks);
+    free(t->mask_any);
+    free(t->walk);
+    pthread_mutex_destroy(&t->mu);
+    free(t);
+}
+
+/* New tables, their start state interned unless empty (rebase interns its own). */
+static tables *tables_new(const sampler_grammar *g, const sampler_vocab *v, int with_start)
+{
+    tables *t = calloc(1, sizeof *t);
+    if (!t)
+        return NULL;
+    if (pthread_mutex_init(&t->mu, NULL)) {
+        free(t);
+        return NULL;
+    }
+    atomic_init(&t->refs, 1);
+    t->g = g;
+    t->v = v;
+    ga_init(&t->a, g);
+    t->words = (v->n_vocab + 31) / 32;
+    t->walk = malloc(((size_t)v->max_depth + 1) * sizeof *t->walk);
+    t->start = -1;
+    if (!t->walk || (with_start && (t->start = ga_start(&t->a)) < 0)) {
+        tables_unref(t); /* the start state is never DEAD: root has an alternative */
+        return NULL;
+    }
+    return t;
+}
+
+static sampler_constraint_cache *cache_new(sampler_grammar *g, int owns_g, const sampler_vocab *v)
+{
+    sampler_constraint_cache *cc = calloc(1, sizeof *cc);
+    if (!cc)
+        goto fail;
+    if (pthread_mutex_init(&cc->mu, NULL)) {
+        free(cc);
+        goto fail;
+    }
+    cc->g = g;
+    cc->owns_g = owns_g;
+    cc->v = v;
+    cc->limit = CACHE_LIMIT;
+    atomic_init(&cc->refs, 1);
+    cc->cur = tables_new(g, v, 1);
+    if (!cc->cur) {
+        sampler_constraint_cache_free(cc);
+        return NULL;
+    }
+    return cc;
+fail:
+    if (owns_g)
+        sampler_grammar_free(g);
+    return NULL;
+}
+
+sampler_constraint_cache *sampler_constraint_cache_new(sampler_grammar *g, const sampler_vocab *v)
+{
+    if (!g || !v) {
+        sampler_grammar_free(g);
+        return NULL;
+    }
+    return cache_new(g, 1, v);
+}
+
+sampler_constraint_cache *sampler_constraint_cache_ref(sampler_constraint_cache *cc)
+{
+    if (cc)
+        atomic_fetch_add(&cc->refs, 1);
+    return cc;
+}
+
+void sampler_constraint_cache_free(sampler_constraint_cache *cc)
+{
+    if (!cc || atomic_fetch_sub(&cc->refs, 1) != 1)
+        return;
+    tables_unref(cc->cur);
+    if (cc->owns_g)
+        sampler_grammar_free(cc->g);
+    pthread_mutex_destroy(&cc->mu);
+    free(cc);
+}
+
+const sampler_grammar *sampler_constraint_cache_grammar(const sampler_constraint_cache *cc)
+{
+    return cc ? cc->g : NULL;
+}
+
+sampler_constraint *sampler_constraint_new_shared(sampler_constraint_cache *cc)
+{
+    if (!cc)
+        return NULL;
+    sampler_constraint *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    pthread_mutex_lock(&cc->mu); /* lock order: the cache's, then a tables' */
+    tables *t = cc->cur;
+    pthread_mutex_lock(&t->mu);
+    size_t size = tables_bytes(t);
+    pthread_mutex_unlock(&t->mu);
+    if (size > cc->limit) {
+        tables *fresh = tables_new(cc->g, cc->v, 1);
+        if (fresh) {
+            cc->cur = fresh;
+            tables_unref(t);
+            t = fresh;
+        }
+    }
+    atomic_fetch_add(&t->refs, 1);
+    pthread_mutex_unlock(&cc->mu);
+    c->cache = sampler_constraint_cache_ref(cc);
+    c->t = t;
+    c->cur = t->start;
+    c->limit = 2 * CACHE_LIMIT;
+    return c;
 }
 
 sampler_constraint *sampler_constraint_new(const sampler_grammar *g, const sampler_vocab *v)
 {
     if (!g || !v)
         return NULL;
-    sampler_constraint *c = calloc(1, sizeof *c);
-    if (!c)
+    sampler_constraint_cache *cc = cache_new((sampler_grammar *)g, 0, v);
+    if (!cc)
         return NULL;
-    c->g = g;
-    c->v = v;
-    c->cache_limit = CACHE_LIMIT;
-    ga_init(&c->a, g);
-    c->words = (v->n_vocab + 31) / 32;
-    c->walk = malloc(((size_t)v->max_depth + 1) * sizeof *c->walk);
-    if (!c->walk)
-        goto err;
-    c->cur = ga_start(&c->a);
-    if (c->cur < 0) /* the start state is never DEAD: root has an alternative */
-        goto err;
+    sampler_constraint *c = sampler_constraint_new_shared(cc);
+    sampler_constraint_cache_free(cc); /* the constraint holds it now */
     return c;
-err:
-    sampler_constraint_free(c);
-    return NULL;
 }
 
-/* Drop every cached table and mask, keeping the current state: its stacks are
- * read out as position lists, then interned again into empty tables. */
+void sampler_constraint_free(sampler_constraint *c)
+{
+    if (!c)
+        return;
+    tables_unref(c->t);
+    sampler_constraint_cache_free(c->cache);
+    free(c);
+}
+
+/* Move c to private, empty tables holding only its current state.  Called with
+ * c->t->mu held; returns with the new tables' mutex held instead. */
 static int rebase(sampler_constraint *c)
 {
-    gauto *a = &c->a;
+    tables *old = c->t;
+    gauto *a = &old->a;
     int s = c->cur, acc = a->sacc[s], n = a->slen[s];
     int total = 0;
     for (int k = 0; k < n; k++)
         for (int32_t q = a->pool[a->soff[s] + k]; q >= 0; q = a->npar[q])
             total++;
     int32_t *buf = malloc(((size_t)total + (size_t)n + 1) * sizeof *buf);
-    if (!buf)
+    int32_t *tops = malloc(((size_t)n + 1) * sizeof *tops);
+    tables *t = tables_new(old->g, old->v, 0);
+    if (!buf || !tops || !t) {
+        free(buf), free(tops), tables_unref(t);
         return SAMPLER_ENOMEM;
+    }
     int m = 0;
     for (int k = 0; k < n; k++) { /* each stack: its depth, then positions top to bottom */
         int start = m++, d = 0;
@@ -534,62 +682,67 @@ static int rebase(sampler_constraint *c)
             buf[m++] = a->npos[q], d++;
         buf[start] = d;
     }
-    ga_release(a);
-    c->n_masks = 0;
     int rc = 0;
-    int32_t *tops = malloc(((size_t)n + 1) * sizeof *tops);
-    if (!tops)
-        rc = SAMPLER_ENOMEM;
     for (int k = 0, i = 0; !rc && k < n; k++) {
         int d = buf[i++];
         int32_t par = -1;
         for (int j = d - 1; j >= 0 && par >= -1; j--)
-            par = node_intern(a, buf[i + j], par);
+            par = node_intern(&t->a, buf[i + j], par);
         i += d;
         if (par < -1)
             rc = par;
         else
             tops[k] = par;
     }
+    int st = -1;
     if (!rc) {
         qsort(tops, (size_t)n, sizeof *tops, cmp_i32); /* node ids are new: sort again */
-        int st = state_intern(a, acc, tops, n);
+        st = state_intern(&t->a, acc, tops, n);
         if (st < 0)
             rc = st < DEAD ? st : SAMPLER_EINVAL;
-        else
-            c->cur = st;
     }
     free(tops);
     free(buf);
-    return rc;
+    if (rc) {
+        tables_unref(t);
+        return rc;
+    }
+    t->start = -1; /* private: never handed to a new constraint */
+    pthread_mutex_lock(&t->mu);
+    pthread_mutex_unlock(&old->mu);
+    tables_unref(old);
+    c->t = t;
+    c->cur = st;
+    return 0;
 }
 
-/* The mask of state s (computed by a trie walk if new): its index, or an error. */
-static int mask_of(sampler_constraint *c, int s)
+/* The mask of state s (computed by a trie walk if new): its index, or an error.
+ * With t->mu held. */
+static int mask_of(tables *tb, int s)
 {
-    gauto *a = &c->a;
+    gauto *a = &tb->a;
     if (a->smask[s] >= 0)
         return a->smask[s];
-    const sampler_vocab *v = c->v;
-    if (c->n_masks == c->cap_masks) {
-        int nc = c->cap_masks ? 2 * c->cap_masks : 16;
-        uint32_t *m = realloc(c->masks, (size_t)nc * (size_t)c->words * sizeof *m);
+    const sampler_vocab *v = tb->v;
+    if (tb->n_masks == tb->cap_masks) {
+        int nc = tb->cap_masks ? 2 * tb->cap_masks : 16;
+        uint32_t *m = realloc(tb->masks, (size_t)nc * (size_t)tb->words * sizeof *m);
         if (!m)
             return SAMPLER_ENOMEM;
-        c->masks = m;
-        uint8_t *any = realloc(c->mask_any, (size_t)nc);
+        tb->masks = m;
+        uint8_t *any = realloc(tb->mask_any, (size_t)nc);
         if (!any)
             return SAMPLER_ENOMEM;
-        c->mask_any = any;
-        c->cap_masks = nc;
+        tb->mask_any = any;
+        tb->cap_masks = nc;
     }
-    int idx = c->n_masks;
-    uint32_t *mask = c->masks + (size_t)idx * (size_t)c->words;
-    memset(mask, 0, (size_t)c->words * sizeof *mask);
-    const uint8_t *cls = c->g->byte_class;
+    int idx = tb->n_masks;
+    uint32_t *mask = tb->masks + (size_t)idx * (size_t)tb->words;
+    memset(mask, 0, (size_t)tb->words * sizeof *mask);
+    const uint8_t *cls = tb->g->byte_class;
     const size_t nc = (size_t)a->nc;
     int any = 0;
-    int32_t *walk = c->walk;
+    int32_t *walk = tb->walk;
     walk[0] = s;
     const vnode *node = v->node;
     for (int k = 0; k < v->n_nodes;) {
@@ -621,46 +774,62 @@ static int mask_of(sampler_constraint *c, int s)
     if (a->sacc[s])
         for (int j = 0; j < v->n_end; j++)
             mask[v->end_ids[j] >> 5] |= 1u << (v->end_ids[j] & 31);
-    c->mask_any[idx] = (uint8_t)any;
+    tb->mask_any[idx] = (uint8_t)any;
     a->smask[s] = idx;
-    c->n_masks++;
+    tb->n_masks++;
     return idx;
 }
 
-/* The current state's mask, dropping the caches first if they grew too big. */
-static int current_mask(sampler_constraint *c)
+/* Lock c's tables and find the current state's mask, moving to private tables
+ * first if they grew past c's limit.  Returns the mask index with c->t->mu held,
+ * or an error with nothing held. */
+static int lock_mask(sampler_constraint *c)
 {
-    if (c->a.smask[c->cur] < 0 && cache_bytes(c) > c->cache_limit) {
+    pthread_mutex_lock(&c->t->mu);
+    if (c->t->a.smask[c->cur] < 0 && tables_bytes(c->t) > c->limit) {
         int rc = rebase(c);
-        if (rc)
+        if (rc) {
+            pthread_mutex_unlock(&c->t->mu);
             return rc;
+        }
     }
-    return mask_of(c, c->cur);
+    int idx = mask_of(c->t, c->cur);
+    if (idx < 0)
+        pthread_mutex_unlock(&c->t->mu);
+    return idx;
 }
 
 int sampler__constraint_vocab(const sampler_constraint *c)
 {
-    return c ? c->v->n_vocab : 0;
+    return c ? c->cache->v->n_vocab : 0;
 }
 
 void sampler__constraint_set_cache_limit(sampler_constraint *c, size_t bytes)
 {
-    c->cache_limit = bytes;
+    c->limit = bytes;
+}
+
+void sampler__constraint_cache_set_limit(sampler_constraint_cache *cc, size_t bytes)
+{
+    cc->limit = bytes;
 }
 
 int sampler__constraint_cached_states(const sampler_constraint *c)
 {
-    return c->a.n_states;
+    pthread_mutex_lock(&c->t->mu);
+    int n = c->t->a.n_states;
+    pthread_mutex_unlock(&c->t->mu);
+    return n;
 }
 
 int sampler_constraint_apply(sampler_constraint *c, const float *logits, float *out, int vocab)
 {
-    if (!c || !logits || !out || vocab != c->v->n_vocab || c->ended)
+    if (!c || !logits || !out || vocab != c->cache->v->n_vocab || c->ended)
         return SAMPLER_EINVAL;
-    int idx = current_mask(c);
+    int idx = lock_mask(c);
     if (idx < 0)
         return idx;
-    const uint32_t *mask = c->masks + (size_t)idx * (size_t)c->words;
+    const uint32_t *mask = c->t->masks + (size_t)idx * (size_t)c->t->words;
     int i = 0;
     for (int w = 0; i + 32 <= vocab; w++, i += 32) {
         uint32_t m = mask[w];
@@ -677,31 +846,36 @@ int sampler_constraint_apply(sampler_constraint *c, const float *logits, float *
     }
     for (; i < vocab; i++)
         out[i] = (mask[i >> 5] >> (i & 31)) & 1u ? logits[i] : -INFINITY;
+    pthread_mutex_unlock(&c->t->mu);
     return SAMPLER_OK;
 }
 
 int sampler_constraint_accept(sampler_constraint *c, int32_t token)
 {
-    if (!c || token < 0 || token >= c->v->n_vocab || c->ended)
+    if (!c || token < 0 || token >= c->cache->v->n_vocab || c->ended)
         return SAMPLER_EINVAL;
-    const sampler_vocab *v = c->v;
-    gauto *a = &c->a;
+    const sampler_vocab *v = c->cache->v;
+    if (v->tok_kind[token] != TK_TEXT && v->tok_kind[token] != TK_END)
+        return SAMPLER_EINVAL;
+    pthread_mutex_lock(&c->t->mu);
+    gauto *a = &c->t->a;
+    int rc = SAMPLER_OK;
     if (v->tok_kind[token] == TK_END) {
-        if (!a->sacc[c->cur])
-            return SAMPLER_EINVAL;
-        c->ended = 1;
-        return SAMPLER_OK;
+        if (a->sacc[c->cur])
+            c->ended = 1;
+        else
+            rc = SAMPLER_EINVAL;
+    } else {
+        int s = c->cur;
+        for (int64_t k = v->tok_off[token]; k < v->tok_off[token + 1] && s >= 0; k++)
+            s = ga_next(a, s, c->t->g->byte_class[(unsigned char)v->bytes[k]]);
+        if (s >= 0)
+            c->cur = s;
+        else
+            rc = s == DEAD ? SAMPLER_EINVAL : s;
     }
-    if (v->tok_kind[token] != TK_TEXT)
-        return SAMPLER_EINVAL;
-    int s = c->cur;
-    for (int64_t k = v->tok_off[token]; k < v->tok_off[token + 1]; k++) {
-        s = ga_next(a, s, c->g->byte_class[(unsigned char)v->bytes[k]]);
-        if (s < 0)
-            return s == DEAD ? SAMPLER_EINVAL : s;
-    }
-    c->cur = s;
-    return SAMPLER_OK;
+    pthread_mutex_unlock(&c->t->mu);
+    return rc;
 }
 
 int sampler_constraint_status(sampler_constraint *c)
@@ -710,11 +884,12 @@ int sampler_constraint_status(sampler_constraint *c)
         return SAMPLER_EINVAL;
     if (c->ended)
         return SAMPLER_CONSTRAINT_COMPLETE;
-    int idx = current_mask(c);
+    int idx = lock_mask(c);
     if (idx < 0)
         return idx;
-    int any = c->mask_any[idx];
-    if (c->a.sacc[c->cur])
+    int any = c->t->mask_any[idx], acc = c->t->a.sacc[c->cur];
+    pthread_mutex_unlock(&c->t->mu);
+    if (acc)
         return any ? SAMPLER_CONSTRAINT_MAY_END : SAMPLER_CONSTRAINT_COMPLETE;
     return any ? SAMPLER_CONSTRAINT_OPEN : SAMPLER_CONSTRAINT_STUCK;
 }

@@ -255,9 +255,10 @@ int sampler_step_traced(sampler *s, const float *logits, const int32_t *ids, int
  *   sampler_grammar     compiled once per request; immutable, shareable across threads;
  *   sampler_vocab       the model's token bytes as a byte trie plus its end tokens;
  *                       built once per model; immutable, shareable across threads;
- *   sampler_constraint  one sequence's automaton state and its caches (the lazily
- *                       built transition tables and per-state token masks); one
- *                       thread at a time.
+ *   sampler_constraint_cache  the lazily built transition tables and per-state
+ *                       token masks of one grammar; shared by the sequences and
+ *                       requests that use the grammar, on any threads;
+ *   sampler_constraint  one sequence's automaton state; one thread at a time.
  * How the mask is computed and cached: constrain.c. */
 
 typedef struct sampler_grammar sampler_grammar;
@@ -309,7 +310,21 @@ enum {
     SAMPLER_CONSTRAINT_STUCK = 3,   /* not complete, yet no token of the vocabulary can continue it */
 };
 
-/* g and v are borrowed and must outlive c.  NULL on bad arguments or no memory. */
+/* A cache of automaton tables and masks for one grammar and vocabulary, shared
+ * by every constraint made from it, on any threads: a state's mask is computed
+ * once for all of them.  It takes ownership of g (freed with the cache, also when
+ * this fails); v is borrowed and must outlive it.  Reference-counted: _ref adds a
+ * holder, _free drops one, and each constraint made from it holds one too.
+ * NULL on bad arguments or no memory. */
+typedef struct sampler_constraint_cache sampler_constraint_cache;
+sampler_constraint_cache *sampler_constraint_cache_new(sampler_grammar *g, const sampler_vocab *v);
+sampler_constraint_cache *sampler_constraint_cache_ref(sampler_constraint_cache *cc);
+void sampler_constraint_cache_free(sampler_constraint_cache *cc);
+const sampler_grammar *sampler_constraint_cache_grammar(const sampler_constraint_cache *cc);
+/* A constraint at the start of the language, working in cc's tables. */
+sampler_constraint *sampler_constraint_new_shared(sampler_constraint_cache *cc);
+/* The same with a private cache; g and v are borrowed and must outlive c.  NULL on
+ * bad arguments or no memory. */
 sampler_constraint *sampler_constraint_new(const sampler_grammar *g, const sampler_vocab *v);
 void sampler_constraint_free(sampler_constraint *c);
 /* The warper: out[i] = logits[i] if token i may come next, else -INFINITY (out may

@@ -162,9 +162,11 @@ int sampler__draw_scaled(const float *e, double scale, int n, float coin);
 
 /* The vocabulary size a constraint was built for. */
 int sampler__constraint_vocab(const sampler_constraint *c);
-/* Tests: the cache size past which the tables are dropped between steps, and how
- * many automaton states are cached now. */
+/* Tests: the size of its tables past which a constraint moves to private ones,
+ * the size of a cache's tables past which new constraints get new ones, and how
+ * many automaton states the constraint's tables hold. */
 void sampler__constraint_set_cache_limit(sampler_constraint *c, size_t bytes);
+void sampler__constraint_cache_set_limit(sampler_constraint_cache *cc, size_t bytes);
 int sampler__constraint_cached_states(const sampler_constraint *c);
 
 #endif /* LMSERVE_SAMPLER_INTERNAL_H */

@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <threads.h>
 
 /* ---- A synthetic vocabulary, shaped like a SentencePiece one ---------------------
  * 0 <unk> and 1 <s>: control tokens (no bytes); 2 </s>: the end token; 3..258 the
@@ -135,10 +136,11 @@ static int bf_allowed(const sampler_grammar *g, const tvocab *v, const tbuf *t, 
 
 /* Walk: at each step compare the mask and the status with the brute force, then
  * take a random allowed token.  Returns the number of steps taken. */
-static int walk_and_check(const sampler_grammar *g, const tvocab *tv, const sampler_vocab *sv,
-                          uint64_t seed, int max_steps, size_t cache_limit, int *n_complete)
+static int walk_and_check_in(sampler_constraint_cache *cc, const sampler_grammar *g, const tvocab *tv,
+                             const sampler_vocab *sv, uint64_t seed, int max_steps, size_t cache_limit,
+                             int *n_complete)
 {
-    sampler_constraint *c = sampler_constraint_new(g, sv);
+    sampler_constraint *c = cc ? sampler_constraint_new_shared(cc) : sampler_constraint_new(g, sv);
     cr_assert_not_null(c);
     if (cache_limit)
         sampler__constraint_set_cache_limit(c, cache_limit);
@@ -204,6 +206,12 @@ static int walk_and_check(const sampler_grammar *g, const tvocab *tv, const samp
     return steps;
 }
 
+static int walk_and_check(const sampler_grammar *g, const tvocab *tv, const sampler_vocab *sv,
+                          uint64_t seed, int max_steps, size_t cache_limit, int *n_complete)
+{
+    return walk_and_check_in(NULL, g, tv, sv, seed, max_steps, cache_limit, n_complete);
+}
+
 static const char *mask_grammars[] = {
     JSON_GBNF,
     "root ::= \"yes\" | \"no\" | \"maybe so\" | \"\xC3\xA9t\xC3\xA9\"",
@@ -243,6 +251,112 @@ Test(constrain, masks_stay_exact_when_the_cache_is_dropped)
     sampler_grammar_free(g);
     g = compile(mask_grammars[4]);
     steps = walk_and_check(g, &tv, sv, 6, 30, 1, &completes);
+    sampler_grammar_free(g);
+    sampler_vocab_free(sv);
+    tv_free(&tv);
+}
+
+Test(constrain, a_shared_cache_gives_the_same_masks_and_saves_the_work)
+{
+    tvocab tv;
+    tv_build(&tv, 300, 11);
+    sampler_vocab *sv = tv_vocab(&tv);
+    sampler_grammar *g = compile(JSON_GBNF);
+    sampler_constraint_cache *cc = sampler_constraint_cache_new(g, sv); /* owns g now */
+    cr_assert_not_null(cc);
+    cr_assert_eq(sampler_constraint_cache_grammar(cc), g);
+    int completes = 0;
+    for (uint64_t seed = 1; seed <= 3; seed++)
+        walk_and_check_in(cc, g, &tv, sv, seed, 20, 0, &completes);
+    /* the same walk again: every state and mask is already there */
+    sampler_constraint *probe = sampler_constraint_new_shared(cc);
+    int before = sampler__constraint_cached_states(probe);
+    walk_and_check_in(cc, g, &tv, sv, 2, 20, 0, &completes);
+    cr_assert_eq(sampler__constraint_cached_states(probe), before, "a repeated walk added states");
+    sampler_constraint_free(probe);
+    /* tables past the cache's limit: the next constraints start new ones, still exact */
+    sampler__constraint_cache_set_limit(cc, 1);
+    for (uint64_t seed = 4; seed <= 5; seed++)
+        walk_and_check_in(cc, g, &tv, sv, seed, 20, 0, &completes);
+    /* a constraint outlives the holder's reference */
+    sampler_constraint *late = sampler_constraint_new_shared(cc);
+    sampler_constraint_cache_free(cc);
+    cr_assert_eq(sampler_constraint_accept(late, 3 + '{'), SAMPLER_OK);
+    cr_assert_eq(sampler_constraint_status(late), SAMPLER_CONSTRAINT_OPEN);
+    sampler_constraint_free(late);
+    sampler_vocab_free(sv);
+    tv_free(&tv);
+}
+
+/* Several threads walk one cache at once; each compares every mask with what a
+ * private constraint fed the same tokens gives. */
+typedef struct {
+    sampler_constraint_cache *cc;
+    const sampler_grammar *g;
+    const tvocab *tv;
+    const sampler_vocab *sv;
+    uint64_t seed;
+    int mismatches, steps;
+} thread_job;
+
+static int thread_walk(void *arg)
+{
+    thread_job *j = arg;
+    int V = j->tv->n;
+    float *zero = calloc((size_t)V, sizeof *zero), *a = malloc((size_t)V * sizeof *a), *b = malloc((size_t)V * sizeof *b);
+    for (int rep = 0; rep < 4; rep++) {
+        sampler_constraint *shared = sampler_constraint_new_shared(j->cc), *own = sampler_constraint_new(j->g, j->sv);
+        sampler_rng r;
+        sampler_rng_seed(&r, j->seed * 31 + (uint64_t)rep);
+        for (int step = 0; step < 40; step++) {
+            if (sampler_constraint_apply(shared, zero, a, V) || sampler_constraint_apply(own, zero, b, V)) {
+                j->mismatches++;
+                break;
+            }
+            j->mismatches += memcmp(a, b, (size_t)V * sizeof *a) != 0;
+            int n_ok = 0;
+            for (int id = 3; id < V; id++)
+                n_ok += a[id] == 0.0f;
+            if (!n_ok)
+                break;
+            int k = (int)(sampler_rng_next(&r) % (uint64_t)n_ok), pick = -1;
+            for (int id = 3; id < V && pick < 0; id++)
+                if (a[id] == 0.0f && k-- == 0)
+                    pick = id;
+            j->mismatches += sampler_constraint_accept(shared, pick) != SAMPLER_OK;
+            j->mismatches += sampler_constraint_accept(own, pick) != SAMPLER_OK;
+            j->mismatches += sampler_constraint_status(shared) != sampler_constraint_status(own);
+            j->steps++;
+        }
+        sampler_constraint_free(shared);
+        sampler_constraint_free(own);
+    }
+    free(zero), free(a), free(b);
+    return 0;
+}
+
+Test(constrain, threads_share_a_cache)
+{
+    tvocab tv;
+    tv_build(&tv, 400, 21);
+    sampler_vocab *sv = tv_vocab(&tv);
+    sampler_grammar *g = compile(JSON_GBNF), *g2 = compile(JSON_GBNF);
+    sampler_constraint_cache *cc = sampler_constraint_cache_new(g2, sv);
+    enum { T = 4 };
+    thrd_t th[T];
+    thread_job jobs[T];
+    for (int k = 0; k < T; k++) {
+        jobs[k] = (thread_job){cc, g, &tv, sv, (uint64_t)k + 1, 0, 0};
+        cr_assert_eq(thrd_create(&th[k], thread_walk, &jobs[k]), thrd_success);
+    }
+    int steps = 0;
+    for (int k = 0; k < T; k++) {
+        thrd_join(th[k], NULL);
+        cr_assert_eq(jobs[k].mismatches, 0, "thread %d: %d mismatches", k, jobs[k].mismatches);
+        steps += jobs[k].steps;
+    }
+    cr_assert_gt(steps, 200);
+    sampler_constraint_cache_free(cc);
     sampler_grammar_free(g);
     sampler_vocab_free(sv);
     tv_free(&tv);
