@@ -1666,12 +1666,9 @@ int schema_compile_json_object(sampler_grammar **out)
     return rc == SAMPLER_OK ? SCHEMA_OK : rc == SAMPLER_ENOMEM ? SCHEMA_ENOMEM : SCHEMA_EINVAL;
 }
 
-int schema_compile_choice(const char *const *s, const size_t *len, int n, sampler_grammar **out,
-                          schema_error *err)
+int schema_choice_to_gbnf(const char *const *s, const size_t *len, int n, char **gbnf, size_t *glen)
 {
-    if (err)
-        memset(err, 0, sizeof *err);
-    if (!s || !len || n < 1 || !out)
+    if (!s || !len || n < 1 || !gbnf)
         return SCHEMA_EINVAL;
     gbuf b = {0};
     gb_str(&b, "root ::= ");
@@ -1684,9 +1681,27 @@ int schema_compile_choice(const char *const *s, const size_t *len, int n, sample
         free(b.d);
         return SCHEMA_ENOMEM;
     }
+    *gbnf = b.d;
+    if (glen)
+        *glen = b.n;
+    return SCHEMA_OK;
+}
+
+int schema_compile_choice(const char *const *s, const size_t *len, int n, sampler_grammar **out,
+                          schema_error *err)
+{
+    if (err)
+        memset(err, 0, sizeof *err);
+    if (!out)
+        return SCHEMA_EINVAL;
+    char *text = NULL;
+    size_t tlen = 0;
+    int rc = schema_choice_to_gbnf(s, len, n, &text, &tlen);
+    if (rc)
+        return rc;
     sampler_grammar_error ge;
-    int rc = sampler_grammar_parse(out, b.d, b.n, &ge);
-    free(b.d);
+    rc = sampler_grammar_parse(out, text, tlen, &ge);
+    free(text);
     if (rc == SAMPLER_OK)
         return SCHEMA_OK;
     if (rc == SAMPLER_ENOMEM)

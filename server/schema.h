@@ -34,7 +34,9 @@ int schema_compile(json_t *schema, sampler_grammar **out, schema_error *err);
 extern const char schema_json_object_gbnf[];
 int schema_compile_json_object(sampler_grammar **out);
 
-/* Exactly one of the strings s[0..n) (raw text, not JSON-quoted); n >= 1. */
+/* Exactly one of the strings s[0..n) (raw text, not JSON-quoted); n >= 1.  As GBNF
+ * text (malloc'd, length in *glen), or compiled. */
+int schema_choice_to_gbnf(const char *const *s, const size_t *len, int n, char **gbnf, size_t *glen);
 int schema_compile_choice(const char *const *s, const size_t *len, int n, sampler_grammar **out,
                           schema_error *err);
 

@@ -1,0 +1,48 @@
+/* constraint.h -- the request fields that constrain what a completion may say
+ * (response_format, grammar, choice), read into a shared constraint cache; and the
+ * server's table of caches by grammar, so requests repeating a schema share its
+ * automaton and masks.  Server-internal; see constraint.c. */
+#ifndef LMSERVE_CONSTRAINT_H
+#define LMSERVE_CONSTRAINT_H
+
+#include "sampler/sampler.h"
+
+#include <jansson.h>
+#include <stddef.h>
+
+/* ---- The table of compiled grammars ---------------------------------------------- */
+
+typedef struct constraint_table constraint_table;
+
+/* A table holding up to `capacity` grammars (least recently used first out) for
+ * the vocabulary v (borrowed; it must outlive the table and every cache handed
+ * out).  NULL if out of memory. */
+constraint_table *constraint_table_new(const sampler_vocab *v, int capacity);
+void constraint_table_free(constraint_table *t);
+const sampler_vocab *constraint_table_vocab(const constraint_table *t);
+
+/* The cache for GBNF text gbnf[0..len): a new reference (free it with
+ * sampler_constraint_cache_free), compiled on first use.  SAMPLER_OK,
+ * SAMPLER_EINVAL with *err (a grammar error), or SAMPLER_ENOMEM. */
+int constraint_table_get(constraint_table *t, const char *gbnf, size_t len,
+                         sampler_constraint_cache **out, sampler_grammar_error *err);
+
+/* ---- The request fields --------------------------------------------------------- */
+
+typedef struct {
+    int status;               /* 400, or 503 when out of memory */
+    const char *code;         /* "invalid_value", "invalid_type" or "out_of_memory" */
+    char param[320];          /* e.g. "response_format.json_schema.schema.properties.age.format" */
+    char message[256];
+} constraint_error;
+
+/* Read response_format, grammar and choice from a request body.  0 with *out a
+ * cache reference (or NULL when the request has no constraint), or -1 with *err.
+ * At most one of the three may constrain a request; response_format "text" is none.
+ * The vocabulary must have a one-byte token for every byte the grammar can need
+ * (true of every byte-fallback and byte-level vocabulary), so a constrained text
+ * can never get stuck. */
+int constraint_from_request(constraint_table *t, json_t *root, sampler_constraint_cache **out,
+                            constraint_error *err);
+
+#endif /* LMSERVE_CONSTRAINT_H */
