@@ -14,6 +14,7 @@
  */
 #include "server/constraint.h"
 #include "server/schema.h"
+#include "model/model.h"
 
 #include <pthread.h>
 #include <stdarg.h>
@@ -23,6 +24,29 @@
 #include <string.h>
 
 #define MAX_CHOICES 1024 /* strings in `choice` */
+
+/* ---- The vocabulary --------------------------------------------------------------------- */
+
+static const char *token_bytes(void *user, int32_t id, size_t *len)
+{
+    const model *m = user;
+    if (model_token_is_special(m, id))
+        return NULL;
+    return model_token_bytes(m, id, len);
+}
+
+int constraint_vocab_from_model(const model *m, sampler_vocab **out)
+{
+    const model_info *mi = model_get_info(m);
+    int32_t ends[2];
+    int n = 0;
+    if (mi->eos_id >= 0)
+        ends[n++] = mi->eos_id;
+    if (mi->bos_ends_text && mi->bos_id >= 0 && mi->bos_id != mi->eos_id)
+        ends[n++] = mi->bos_id;
+    int rc = sampler_vocab_new(out, mi->vocab_size, token_bytes, (void *)m, ends, n);
+    return rc == SAMPLER_OK ? SAMPLER_OK : SAMPLER_ENOMEM;
+}
 
 /* ---- The table ------------------------------------------------------------------------ */
 

@@ -10,6 +10,14 @@
 #include <jansson.h>
 #include <stddef.h>
 
+/* ---- The model's vocabulary ---------------------------------------------------------- */
+
+struct model;
+/* The tokens of m as a constraint sees them: each token's bytes as the detokenizer
+ * writes them (control tokens never appear), and the tokens that end a text (EOS, and
+ * BOS for the models whose texts end there).  SAMPLER_OK or SAMPLER_ENOMEM. */
+int constraint_vocab_from_model(const struct model *m, sampler_vocab **out);
+
 /* ---- The table of compiled grammars ---------------------------------------------- */
 
 typedef struct constraint_table constraint_table;

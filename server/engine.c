@@ -13,7 +13,8 @@
  *      (--step-budget) is spent, so a long prompt never freezes the streams --
  *      then model_forward, then for every sequence whose pending tokens are all
  *      in: sample (seed + choice index; on the model's threads, one task per
- *      sequence), detokenize incrementally (whole UTF-8 characters), hold back
+ *      sequence; a constrained choice's grammar masks first, and a text the
+ *      grammar says is whole ends with "stop"), detokenize incrementally (whole UTF-8 characters), hold back
  *      text that could still become a stop string, and emit typed events
  *      (server_internal.h) to the job.
  * Rows never influence each other in model_forward, a sequence's prefill is
@@ -50,6 +51,7 @@ typedef struct {
     int in_batch;            /* already fed in the step being built */
     int scoring;             /* echo + logprobs: logits of every prompt position */
     sampler *smp;
+    sampler_constraint *con; /* the request's constraint for this choice, or NULL; smp uses it */
     model_detok dt;
     stop_matcher sm;
     size_t chars;            /* code points of the choice's text so far (text offsets) */
@@ -168,6 +170,8 @@ static void seq_free_request(seq *s)
 {
     sampler_free(s->smp);
     s->smp = NULL;
+    sampler_constraint_free(s->con); /* after the sampler, which borrows it */
+    s->con = NULL;
     free(s->hist);
     s->hist = NULL;
     free(s->plp);
@@ -190,7 +194,10 @@ static int seq_setup(engine *e, seq *s, job *j, int choice)
     s->hist = malloc(sizeof *s->hist * (size_t)s->cap_hist);
     sampler_params sp = p->sp;
     sp.seed = p->sp.seed + (uint64_t)choice;
-    s->smp = sampler_new(e->vocab, &sp);
+    /* a constrained choice starts at the grammar's start, in the request's shared cache */
+    s->con = p->constraint ? sampler_constraint_new_shared(p->constraint) : NULL;
+    sp.constraint = s->con;
+    s->smp = p->constraint && !s->con ? NULL : sampler_new(e->vocab, &sp);
     int traced = p->sampler_trace > 0;
     if (traced && !s->trace) s->trace = malloc(sizeof *s->trace);
     s->scoring = p->echo && p->logprobs >= 0;
@@ -250,6 +257,9 @@ static void seq_finish(engine *e, seq *s, const char *reason, int stopped, sampl
     size_t tn = 0;
     if (!stopped) {
         char *buf = e->detok;
+        /* a constrained text cut by max_tokens must stay a prefix of the language:
+         * drop an unfinished UTF-8 character rather than write U+FFFD for it */
+        if (s->con) s->dt.n_pending = 0;
         int f = model_detok_flush(e->m, &s->dt, buf, sizeof e->detok);
         size_t rel = 0;
         int m = stop_matcher_push(&s->sm, j->p.stops, j->p.n_stops, buf, f > 0 ? (size_t)f : 0, &rel);
@@ -297,6 +307,9 @@ static void seq_prompt_done(engine *e, seq *s)
         if (sbuf_append(&text, buf, (size_t)w) < 0) ok = 0;
     }
     if (!echo) s->dt.n_pending = 0;
+    /* the constraint read the first piece's bytes as they are: never drop its leading
+     * space (the detokenizer would when the prompt has no text, e.g. BOS alone) */
+    if (s->con) s->dt.emitted = 1;
     if (echo && n_echo > 0) {
         size_t nb = (size_t)n_echo;
         int scored = s->plp != NULL;
@@ -346,8 +359,9 @@ static int sampler_n_top(const job_params *p)
 }
 
 /* Choose the next token from logits.  This is the one place a choice's
- * distribution is turned into a token: a constraint on what may come next would
- * mask the logits here, before sampler_step's warpers. */
+ * distribution is turned into a token.  A constrained choice's sampler holds its
+ * constraint (s->con), the first of sampler_step's warpers: it masks the tokens
+ * the grammar does not allow next and advances with the chosen one. */
 static int seq_choose(seq *s, const float *logits, sampler_choice *c)
 {
     sampler_trace *tr = s->j->p.sampler_trace > 0 ? s->trace : NULL;
@@ -443,6 +457,13 @@ static void seq_sample(engine *e, seq *s, const float *logits)
     if (matched > 0) {
         stop_matcher_consume(&s->sm, s->sm.pending.len);
         seq_finish(e, s, "stop", 1, NULL);
+    } else if (c.constraint == SAMPLER_CONSTRAINT_COMPLETE) {
+        seq_finish(e, s, "stop", 0, NULL); /* the text is whole and nothing may follow */
+    } else if (c.constraint == SAMPLER_CONSTRAINT_STUCK) {
+        /* cannot happen: validation refuses grammars needing a byte the vocabulary
+         * has no one-byte token for */
+        job_fail(j, JOB_ERR_MODEL);
+        seq_finish(e, s, "length", 1, NULL);
     } else if (s->n_gen >= p->max_tokens) {
         seq_finish(e, s, "length", 0, NULL);
     } else {

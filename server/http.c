@@ -3,6 +3,7 @@
  * graceful shutdown.  See server.h for the design and ../shared/DESIGN.md for
  * the measured facts this follows. */
 #include "server/http.h"
+#include "server/constraint.h"
 #include "model/model.h"
 
 #include <arpa/inet.h>
@@ -16,6 +17,10 @@
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
+
+/* Grammars kept compiled, with their automaton tables and masks, for requests that
+ * repeat them (constraint.c). */
+#define CONSTRAINT_TABLE_SIZE 16
 
 static void mhd_run(server *s);
 
@@ -766,12 +771,23 @@ int server_run(const server_config *cfg)
         .bos_id = mi->bos_id, .max_tokens_limit = cfg->max_tokens_limit, .max_choices = cfg->max_choices,
         .context_overflow = cfg->context_overflow, .response_limit = cfg->response_limit,
         .tokenize = tokenize_cb, .tok_cls = s->m};
+    if (constraint_vocab_from_model(s->m, &s->cvocab) != SAMPLER_OK ||
+        !(s->constraints = constraint_table_new(s->cvocab, CONSTRAINT_TABLE_SIZE))) {
+        fprintf(stderr, "lmserve: out of memory building the vocabulary trie\n");
+        sampler_vocab_free(s->cvocab);
+        model_free(s->m);
+        free(s);
+        return -1;
+    }
+    s->vc.constraints = s->constraints;
     char cmsg[512];
     if (chat_setup(&s->chat, s->m, cfg->chat_template, cmsg, sizeof cmsg) < 0) {
         fprintf(stderr, "lmserve: %s\n", cmsg);
         MHD_stop_daemon(s->d);
         guard_hosts_free(&s->hosts);
         chat_free(&s->chat);
+        constraint_table_free(s->constraints);
+        sampler_vocab_free(s->cvocab);
         model_free(s->m);
         free(s);
         return -1;
@@ -855,6 +871,8 @@ out_loop:
     uv_mutex_destroy(&s->ready_mu);
     metrics_destroy(&s->met);
     chat_free(&s->chat);
+    constraint_table_free(s->constraints); /* every job is gone: no cache is held elsewhere */
+    sampler_vocab_free(s->cvocab);
     model_free(s->m);
     free(s);
     return rc;

@@ -69,6 +69,8 @@ struct server {
     chat_cfg chat;             /* [const] how chats are rendered (chat.c) */
     char server_header[96];    /* "lmserve/VERSION" */
     validate_ctx vc;
+    sampler_vocab *cvocab;     /* the model's tokens for constraints */
+    struct constraint_table *constraints; /* compiled grammars by text (constraint.h) */
     engine *eng;
     metrics met;
     uv_loop_t loop;

@@ -54,6 +54,7 @@ typedef struct {
     const char *param;     /* offending field or NULL */
     const char *code;      /* machine-readable code or NULL */
     char message[256];
+    char param_buf[320];   /* storage for a param built at run time (a path inside a schema) */
 } api_error;
 
 void api_error_set(api_error *e, int status, const char *type, const char *param,
@@ -88,6 +89,8 @@ typedef struct {
     int context_overflow;      /* SAMPLER_CROP_*: past the window, slide, shift or stop */
     int has_stop_token;        /* chat: the template's end-of-turn token ends a choice like EOS */
     int32_t stop_token;
+    sampler_constraint_cache *constraint; /* response_format/grammar/choice: an owned
+                                             reference, or NULL (constraint.h) */
 } job_params;
 
 /* What validation needs to know about the model and the limits. */
@@ -110,6 +113,8 @@ typedef struct {
     void *chat_cls;
     int32_t chat_stop_token;   /* with chat_prompt: the template's end of turn, -1 if none */
     const char *chat_stop_text; /* with chat_prompt: a stop string for it, or NULL */
+    struct constraint_table *constraints; /* compiled grammars (constraint.h); NULL: a
+                                             constrained request is refused */
 } validate_ctx;
 
 /* Parse and check a /v1/completions (kind JOB_COMPLETION) or /v1/chat/completions

@@ -7,11 +7,13 @@
  * server's limits); the rest have a small reader each: logit_bias (token-id keys
  * in the vocabulary, each id once however it is spelt, values in [-100, 100],
  * -100 bans), stop (a non-empty string or up to 4), seed, stream_options (only
- * with stream), prompt or messages (must have tokens).  A non-streamed answer
- * that could not fit in --response-limit is refused before it starts.  Running
- * out of memory is a 503, never blamed on the client.
+ * with stream), prompt or messages (must have tokens), and the constraint fields
+ * response_format, grammar and choice (constraint.c; no stop strings beside them).
+ * A non-streamed answer that could not fit in --response-limit is refused before
+ * it starts.  Running out of memory is a 503, never blamed on the client.
  */
 #include "server/server_internal.h"
+#include "server/constraint.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -44,6 +46,7 @@ void job_params_clear(job_params *p)
     for (int i = 0; i < p->n_stops; i++) free(p->stops[i]);
     free((void *)p->sp.bias_ids);
     free((void *)p->sp.bias_values);
+    sampler_constraint_cache_free(p->constraint);
     memset(p, 0, sizeof *p);
 }
 
@@ -634,6 +637,29 @@ fail:
     return -1;
 }
 
+/* response_format, grammar, choice (constraint.c).  A constrained text ends where the
+ * grammar says: client stop strings are refused with it, and chat's implicit one is
+ * not added. */
+static int read_constraint(const validate_ctx *vc, json_t *root, job_params *p, api_error *err)
+{
+    constraint_error ce;
+    if (constraint_from_request(vc->constraints, root, &p->constraint, &ce) < 0) {
+        api_error_set(err, ce.status, ce.status == 503 ? "server_error" : "invalid_request_error", NULL, ce.code,
+                      "%s", ce.message);
+        if (ce.param[0]) {
+            snprintf(err->param_buf, sizeof err->param_buf, "%s", ce.param);
+            err->param = err->param_buf;
+        }
+        return -1;
+    }
+    if (p->constraint && p->n_stops > 0)
+        BAD("stop", "'stop' cannot be combined with response_format, grammar or choice: the constraint decides "
+                    "where the text ends");
+    return 0;
+fail:
+    return -1;
+}
+
 static int read_messages(const validate_ctx *vc, json_t *root, job_params *p, api_error *err)
 {
     json_t *msgs = json_object_get(root, "messages");
@@ -653,7 +679,7 @@ static int read_messages(const validate_ctx *vc, json_t *root, job_params *p, ap
             p->has_stop_token = 1;
             p->stop_token = vc->chat_stop_token;
         }
-        if (vc->chat_stop_text && p->n_stops < JOB_MAX_STOPS) {
+        if (vc->chat_stop_text && p->n_stops < JOB_MAX_STOPS && !p->constraint) {
             char *s = strdup(vc->chat_stop_text);
             if (!s) return oom(err);
             p->stops[p->n_stops++] = s;
@@ -668,7 +694,7 @@ static int read_messages(const validate_ctx *vc, json_t *root, job_params *p, ap
         err->param = "messages";
         return -1;
     }
-    if (p->n_stops < JOB_MAX_STOPS) {
+    if (p->n_stops < JOB_MAX_STOPS && !p->constraint) {
         char *s = strdup("\nuser:");
         if (!s) {
             return oom(err);
@@ -714,6 +740,7 @@ int validate_request(const validate_ctx *vc, int kind, const char *body, size_t 
     if (read_stream_options(root, p, err) < 0) goto fail;
     if (read_context_overflow(vc, root, p, err) < 0) goto fail;
     if (read_accepted(root, kind, err) < 0) goto fail;
+    if (read_constraint(vc, root, p, err) < 0) goto fail;
     if (r.best_of >= 0 && r.best_of != p->n) BAD("best_of", "'best_of' other than 'n' is not supported");
     if (kind == JOB_CHAT) {
         if (r.top_logprobs >= 0 && !r.chat_logprobs) BAD("top_logprobs", "'top_logprobs' requires 'logprobs': true");
