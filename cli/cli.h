@@ -6,6 +6,7 @@
 int cli_chat_template(int argc, char **argv); /* cli/chat_template.c */
 int cli_generate(int argc, char **argv); /* cli/generate.c */
 int cli_health(int argc, char **argv);   /* cli/health.c */
+int cli_grammar(int argc, char **argv);  /* cli/grammar.c */
 int cli_serve(int argc, char **argv);    /* cli/serve.c */
 int cli_train(int argc, char **argv);    /* cli/train.c */
 int cli_quantize(int argc, char **argv); /* cli/quantize.c */

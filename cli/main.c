@@ -15,6 +15,7 @@ static void usage(FILE *f)
           "  health     ask a running server's /health (exit 0 when ready)\n"
           "  chat-template  print the prompt a chat template renders for messages on stdin\n"
           "  quantize   write a GGUF model with its matrices quantized (Q4_0 ... Q8_0, K-quants)\n"
+          "  grammar    print the GBNF a request's response_format, grammar or choice compiles to\n"
           "\n"
           "`lmserve COMMAND --help` lists the command's options and their defaults;\n"
           "`lmserve --version` prints the version.\n",
@@ -46,6 +47,7 @@ int main(int argc, char **argv)
     if (!strcmp(cmd, "generate")) return cli_generate(argc - 1, argv + 1);
     if (!strcmp(cmd, "train")) return cli_train(argc - 1, argv + 1);
     if (!strcmp(cmd, "quantize")) return cli_quantize(argc - 1, argv + 1);
+    if (!strcmp(cmd, "grammar")) return cli_grammar(argc - 1, argv + 1);
     fprintf(stderr, "lmserve: unknown command '%s'\n", cmd);
     usage(stderr);
     return 2;

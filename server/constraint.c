@@ -216,24 +216,7 @@ static int check_bytes(constraint_table *t, sampler_constraint_cache **cc, const
     return 0;
 }
 
-/* Compile (or find) GBNF text for the parameter `param`, and check its bytes. */
-static int to_cache(constraint_table *t, const char *gbnf, size_t len, const char *param,
-                    sampler_constraint_cache **out, constraint_error *e)
-{
-    sampler_grammar_error ge;
-    int rc = constraint_table_get(t, gbnf, len, out, &ge);
-    if (rc == SAMPLER_ENOMEM)
-        return oom(e);
-    if (rc != SAMPLER_OK) {
-        if (!strcmp(param, "grammar"))
-            return cfail(e, "invalid_value", param, "'grammar': line %d, column %d: %s", ge.line, ge.column,
-                         ge.message);
-        return cfail(e, "invalid_value", param, "'%s' does not compile: %s", param, ge.message);
-    }
-    return check_bytes(t, out, param, e);
-}
-
-static int from_schema(constraint_table *t, json_t *rf, sampler_constraint_cache **out, constraint_error *e)
+static int schema_gbnf(json_t *rf, char **gbnf, size_t *len, constraint_error *e)
 {
     static const char *const keys[] = {"type", "json_schema"};
     static const char *const js_keys[] = {"name", "description", "schema", "strict"};
@@ -260,10 +243,8 @@ static int from_schema(constraint_table *t, json_t *rf, sampler_constraint_cache
     if (!present(schema))
         return cfail(e, "invalid_value", "response_format.json_schema.schema",
                      "'response_format.json_schema.schema' is required");
-    char *gbnf = NULL;
-    size_t len = 0;
     schema_error se;
-    int rc = schema_to_gbnf(schema, &gbnf, &len, &se);
+    int rc = schema_to_gbnf(schema, gbnf, len, &se);
     if (rc == SCHEMA_ENOMEM)
         return oom(e);
     if (rc != SCHEMA_OK) {
@@ -271,27 +252,10 @@ static int from_schema(constraint_table *t, json_t *rf, sampler_constraint_cache
         snprintf(p, sizeof p, "response_format.json_schema.schema%s%.256s", se.path[0] ? "." : "", se.path);
         return cfail(e, "invalid_value", p, "%s", se.message);
     }
-    sampler_grammar_error ge;
-    rc = constraint_table_get(t, gbnf, len, out, &ge);
-    free(gbnf);
-    if (rc == SAMPLER_ENOMEM)
-        return oom(e);
-    if (rc != SAMPLER_OK) {
-        /* only the grammar compiler sees these (a schema with no finite instance, a
-         * size limit): schema_compile maps them to the part of the schema at fault */
-        sampler_grammar *g = NULL;
-        rc = schema_compile(schema, &g, &se);
-        sampler_grammar_free(g);
-        if (rc == SCHEMA_ENOMEM)
-            return oom(e);
-        char p[320];
-        snprintf(p, sizeof p, "response_format.json_schema.schema%s%.256s", se.path[0] ? "." : "", se.path);
-        return cfail(e, "invalid_value", p, "%s", rc == SCHEMA_OK ? ge.message : se.message);
-    }
-    return check_bytes(t, out, "response_format", e);
+    return 0;
 }
 
-static int from_choice(constraint_table *t, json_t *ch, sampler_constraint_cache **out, constraint_error *e)
+static int choice_gbnf(json_t *ch, char **gbnf, size_t *glen, constraint_error *e)
 {
     if (!json_is_array(ch))
         return cfail(e, "invalid_type", "choice", "'choice' must be an array of strings");
@@ -317,22 +281,22 @@ static int from_choice(constraint_table *t, json_t *ch, sampler_constraint_cache
             s[i] = json_string_value(x), len[i] = json_string_length(x);
     }
     if (!rc) {
-        char *g = NULL;
-        size_t glen = 0;
-        int src = schema_choice_to_gbnf(s, len, (int)n, &g, &glen);
-        rc = src == SCHEMA_ENOMEM ? oom(e) : src ? cfail(e, "invalid_value", "choice", "'choice' cannot be compiled")
-                                                 : to_cache(t, g, glen, "choice", out, e);
-        free(g);
+        int src = schema_choice_to_gbnf(s, len, (int)n, gbnf, glen);
+        if (src == SCHEMA_ENOMEM)
+            rc = oom(e);
+        else if (src)
+            rc = cfail(e, "invalid_value", "choice", "'choice' cannot be compiled");
     }
     free(s);
     free(len);
     return rc;
 }
 
-int constraint_from_request(constraint_table *t, json_t *root, sampler_constraint_cache **out,
-                            constraint_error *err)
+int constraint_gbnf(json_t *root, char **gbnf, size_t *len, const char **field, constraint_error *err)
 {
-    *out = NULL;
+    *gbnf = NULL;
+    *len = 0;
+    *field = NULL;
     memset(err, 0, sizeof *err);
     json_t *rf = json_object_get(root, "response_format"), *gr = json_object_get(root, "grammar");
     json_t *ch = json_object_get(root, "choice");
@@ -348,12 +312,13 @@ int constraint_from_request(constraint_table *t, json_t *root, sampler_constrain
         if (strcmp(kind, "text") && strcmp(kind, "json_object") && strcmp(kind, "json_schema"))
             return cfail(err, "invalid_value", "response_format.type",
                          "'response_format.type' must be 'text', 'json_object' or 'json_schema' (got '%.40s')", kind);
-        if (!strcmp(kind, "text")) {
+        if (strcmp(kind, "json_schema")) { /* text and json_object have no other field */
             static const char *const keys[] = {"type"};
             if (only_keys(rf, "response_format", keys, 1, err))
                 return -1;
-            kind = NULL;
         }
+        if (!strcmp(kind, "text"))
+            kind = NULL;
     }
     const char *given[3];
     int n = 0;
@@ -369,21 +334,93 @@ int constraint_from_request(constraint_table *t, json_t *root, sampler_constrain
                      given[1], given[0]);
     if (!kind)
         return 0;
-    if (!t)
-        return cfail(err, "invalid_value", !strcmp(kind, "grammar") || !strcmp(kind, "choice") ? kind : "response_format",
-                     "constrained output is not available on this server");
+    *field = n ? given[0] : NULL;
     if (!strcmp(kind, "grammar")) {
         if (!json_is_string(gr))
             return cfail(err, "invalid_type", "grammar", "'grammar' must be a string (GBNF)");
-        return to_cache(t, json_string_value(gr), json_string_length(gr), "grammar", out, err);
+        *gbnf = malloc(json_string_length(gr) + 1);
+        if (!*gbnf)
+            return oom(err);
+        memcpy(*gbnf, json_string_value(gr), json_string_length(gr) + 1);
+        *len = json_string_length(gr);
+        return 0;
     }
     if (!strcmp(kind, "choice"))
-        return from_choice(t, ch, out, err);
+        return choice_gbnf(ch, gbnf, len, err);
     if (!strcmp(kind, "json_object")) {
-        static const char *const keys[] = {"type"};
-        if (only_keys(rf, "response_format", keys, 1, err))
-            return -1;
-        return to_cache(t, schema_json_object_gbnf, strlen(schema_json_object_gbnf), "response_format", out, err);
+        *len = strlen(schema_json_object_gbnf);
+        *gbnf = malloc(*len + 1);
+        if (!*gbnf)
+            return oom(err);
+        memcpy(*gbnf, schema_json_object_gbnf, *len + 1);
+        return 0;
     }
-    return from_schema(t, rf, out, err);
+    return schema_gbnf(rf, gbnf, len, err);
+}
+
+/* A grammar error for the field: with the line and column for a client's grammar,
+ * with the path of the part at fault for a schema (only the grammar compiler sees
+ * a schema with no finite instance or past the size limit; schema_compile maps them). */
+static int grammar_error(json_t *root, const char *field, const sampler_grammar_error *ge, constraint_error *e)
+{
+    if (!strcmp(field, "grammar"))
+        return cfail(e, "invalid_value", field, "'grammar': line %d, column %d: %s", ge->line, ge->column, ge->message);
+    json_t *rf = json_object_get(root, "response_format");
+    json_t *schema = json_object_get(json_object_get(rf, "json_schema"), "schema");
+    if (!strcmp(field, "response_format") && schema) {
+        sampler_grammar *g = NULL;
+        schema_error se;
+        int rc = schema_compile(schema, &g, &se);
+        sampler_grammar_free(g);
+        if (rc == SCHEMA_ENOMEM)
+            return oom(e);
+        if (rc != SCHEMA_OK) {
+            char p[320];
+            snprintf(p, sizeof p, "response_format.json_schema.schema%s%.256s", se.path[0] ? "." : "", se.path);
+            return cfail(e, "invalid_value", p, "%s", se.message);
+        }
+    }
+    return cfail(e, "invalid_value", field, "'%s' does not compile: %s", field, ge->message);
+}
+
+int constraint_from_request(constraint_table *t, json_t *root, sampler_constraint_cache **out,
+                            constraint_error *err)
+{
+    *out = NULL;
+    char *gbnf;
+    size_t len;
+    const char *field;
+    if (constraint_gbnf(root, &gbnf, &len, &field, err) < 0)
+        return -1;
+    if (!gbnf)
+        return 0;
+    if (!t) {
+        free(gbnf);
+        return cfail(err, "invalid_value", field, "constrained output is not available on this server");
+    }
+    sampler_grammar_error ge;
+    int rc = constraint_table_get(t, gbnf, len, out, &ge);
+    free(gbnf);
+    if (rc == SAMPLER_ENOMEM)
+        return oom(err);
+    if (rc != SAMPLER_OK)
+        return grammar_error(root, field, &ge, err);
+    return check_bytes(t, out, field, err);
+}
+
+int constraint_compile(json_t *root, sampler_grammar **g, char **gbnf, size_t *len, constraint_error *err)
+{
+    *g = NULL;
+    const char *field;
+    if (constraint_gbnf(root, gbnf, len, &field, err) < 0)
+        return -1;
+    if (!*gbnf)
+        return 0;
+    sampler_grammar_error ge;
+    int rc = sampler_grammar_parse(g, *gbnf, *len, &ge);
+    if (rc == SAMPLER_OK)
+        return 0;
+    free(*gbnf);
+    *gbnf = NULL;
+    return rc == SAMPLER_ENOMEM ? oom(err) : grammar_error(root, field, &ge, err);
 }

@@ -53,4 +53,12 @@ typedef struct {
 int constraint_from_request(constraint_table *t, json_t *root, sampler_constraint_cache **out,
                             constraint_error *err);
 
+/* The GBNF text the constraint fields of a request stand for: 0 with *gbnf (malloc'd,
+ * NUL-terminated; NULL when the request has none) and *field ("response_format",
+ * "grammar" or "choice"), or -1 with *err.  Nothing is compiled. */
+int constraint_gbnf(json_t *root, char **gbnf, size_t *len, const char **field, constraint_error *err);
+/* constraint_gbnf, then compiled, with the errors constraint_from_request gives
+ * (no vocabulary check): 0 with *g and *gbnf (both NULL without a constraint), or -1. */
+int constraint_compile(json_t *root, sampler_grammar **g, char **gbnf, size_t *len, constraint_error *err);
+
 #endif /* LMSERVE_CONSTRAINT_H */
