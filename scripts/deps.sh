@@ -8,7 +8,7 @@ mode=${1:-check}
 what=${2:-build}
 
 build_pkgs=(gcc make pkg-config libmicrohttpd-dev libjansson-dev libuv1-dev)
-test_pkgs=("${build_pkgs[@]}" libcriterion-dev python3 python3-tqdm python3-matplotlib python3-numpy
+test_pkgs=("${build_pkgs[@]}" libcriterion-dev python3 python3-tqdm python3-matplotlib python3-numpy python3-jsonschema
            nginx-light chromium valgrind clang curl nodejs npm bible-kjv-text bible-kjv
            python3-venv python3-setuptools python3-pip python3-jinja2)
 # make test-container: podman with runc (crun fails on these VMs' hybrid cgroups), the base
