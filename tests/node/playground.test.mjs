@@ -629,6 +629,79 @@ test('greedy two ways: temperature 0 and top-k 1 give the same text, and the pip
   assert.deepEqual(pageErrors, []);
 });
 
+test('Format: JSON Schema, choice list and grammar constrain their columns; refusals show the parameter', async () => {
+  await freshPage();
+  await page.fill('#prompt', PROMPT);
+  await page.fill('#max-tokens', '150');
+  await page.fill('#seed', '3');
+  await page.selectOption('#columns-count', '3');
+  await page.selectOption('#format-0', 'json_schema');
+  await page.selectOption('#format-1', 'choice');
+  await page.selectOption('#format-2', 'grammar');
+  assert.equal(await page.isVisible('#format-spec-0'), true, 'the schema editor appears');
+  assert.match(await page.inputValue('#format-spec-0'), /"required"/);
+  assert.equal(await page.textContent('label[for="format-spec-1"]'), 'Choices');
+  await page.fill('#format-spec-1', ' yes\n no\nmaybe');
+  const sent = [];
+  const grab = (req) => { if (req.method() === 'POST') sent.push(req.postDataJSON()); };
+  page.on('request', grab);
+  await page.click('#generate');
+  for (let i = 0; i < 3; i++) await waitColumnDone(i);
+  page.off('request', grab);
+  assert.equal(sent.length, 3);
+  const byFormat = (k) => sent.find((b) => k in b);
+  const rf = byFormat('response_format').response_format;
+  assert.equal(rf.type, 'json_schema');
+  assert.deepEqual(rf.json_schema.schema.required, ['name', 'age', 'mood']);
+  assert.deepEqual(byFormat('choice').choice, [' yes', ' no', 'maybe']);
+  assert.match(byFormat('grammar').grammar, /^root ::= /);
+  // the choice column says exactly one of the choices, and ends with stop
+  assert.ok([' yes', ' no', 'maybe'].includes(await page.textContent('#completion-1')));
+  assert.match(await page.textContent('#stats-1'), /finish: stop/);
+  // the schema column: valid JSON for the schema when it finished, else a prefix of it
+  const json = await page.textContent('#completion-0');
+  if (/finish: stop/.test(await page.textContent('#stats-0'))) {
+    const v = JSON.parse(json);
+    assert.equal(typeof v.name, 'string');
+    assert.ok(Number.isInteger(v.age) && v.age >= 0 && v.age <= 120);
+    assert.ok(['happy', 'sad', 'curious'].includes(v.mood));
+  } else {
+    assert.match(json, /^\s*\{/);
+  }
+  assert.match(await page.textContent('#completion-2'), /^[A-Z][a-z]/);
+
+  // switching formats keeps each one's text
+  await page.selectOption('#format-0', 'text');
+  assert.equal(await page.isVisible('#format-spec-0'), false);
+  await page.selectOption('#format-0', 'json_schema');
+  assert.match(await page.inputValue('#format-spec-0'), /"mood"/);
+
+  // checked on the page: a schema that is not JSON, stop strings beside a format
+  await page.selectOption('#columns-count', '1');
+  let posts = 0;
+  const count = (req) => { if (req.method() === 'POST') posts++; };
+  page.on('request', count);
+  await page.fill('#format-spec-0', '{"type": ');
+  await page.click('#generate');
+  assert.equal(await page.getAttribute('#format-spec-0', 'aria-invalid'), 'true');
+  assert.match(await page.textContent('#format-err-0'), /not JSON/);
+  await page.fill('#format-spec-0', '{"type": "string"}');
+  await page.fill('#stop-strings', 'x');
+  await page.click('#generate');
+  assert.match(await page.textContent('#stop-err'), /cannot be combined/);
+  assert.equal(posts, 0, 'nothing sent');
+  page.off('request', count);
+  await page.fill('#stop-strings', '');
+
+  // refused by the server: the parameter is the path to the keyword
+  await page.fill('#format-spec-0', '{"type": "object", "properties": {"a": {"type": "string", "format": "date"}}}');
+  await page.click('#generate');
+  await waitColumnDone(0, ['error']);
+  const msg = await page.textContent('#error-0');
+  assert.match(msg, /^HTTP 400\b/);
+  assert.match(msg, /parameter: response_format\.json_schema\.schema\.properties\.a\.format/);
+});
+
 let keyed = null; // a second server, started with --api-key
 const API_KEY = 'playground-test-key';
 const STATIC_PATHS = ['/', '/index.html', '/app.js', '/pipeline.js', '/style.css'];

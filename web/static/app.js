@@ -1,6 +1,7 @@
 /* lmserve playground -- talks only to this server's public API:
  *   POST /v1/completions (stream: true, SSE "data:" lines, logprobs for the token view,
- *   sampler_trace for the pipeline view), POST /tokenize (a forced first token),
+ *   sampler_trace for the pipeline view; response_format / choice / grammar from a
+ *   column's Format control), POST /tokenize (a forced first token),
  *   GET /health, GET /v1/models.
  * No framework and no outside resources.  One "column" = one set of sampler settings and
  * its output; side-by-side mode runs 2-4 columns on the same prompt at once, each with its
@@ -39,6 +40,37 @@ const NEW_COLUMN_PRESETS = ['defaults', 'top_p', 'top_k', 'hot'];
 
 const MAX_COLUMNS = 4;
 const MAX_STOPS = 4;
+
+/* ---- Output formats: the constrained-decoding fields of a request ------------------------
+ * Each column may restrict its output: any JSON object, JSON valid against a schema, one of
+ * a list of strings, or a GBNF grammar.  `spec`: the text area's label, hint and first
+ * content (each column keeps its own text per format while the user switches). */
+const FORMATS = [
+  { id: 'text', label: 'Text' },
+  { id: 'json_object', label: 'JSON (any object)' },
+  { id: 'json_schema', label: 'JSON Schema', spec: {
+    label: 'JSON Schema',
+    hint: 'The supported subset: type, properties, required, additionalProperties, items, min/maxItems, enum, const, anyOf, $ref, min/maxLength, pattern, ranges',
+    text: JSON.stringify({
+      type: 'object',
+      properties: {
+        name: { type: 'string', maxLength: 20 },
+        age: { type: 'integer', minimum: 0, maximum: 120 },
+        mood: { enum: ['happy', 'sad', 'curious'] },
+      },
+      required: ['name', 'age', 'mood'],
+      additionalProperties: false,
+    }, null, 2),
+  } },
+  { id: 'choice', label: 'Choice list', spec: {
+    label: 'Choices', hint: 'The output is exactly one of these; one per line, \\n for a newline',
+    text: ' yes\n no',
+  } },
+  { id: 'grammar', label: 'Grammar (GBNF)', spec: {
+    label: 'GBNF grammar', hint: 'llama.cpp\'s format; "root" is the start rule',
+    text: 'root ::= sentence (" " sentence){0,2}\nsentence ::= [A-Z] [a-z]{1,8} (" " [a-z]{1,8}){1,5} "."',
+  } },
+];
 
 /* ---- Small helpers ------------------------------------------------------------------- */
 
@@ -209,6 +241,7 @@ class Column {
     this.inputs = {};
     const box = $('.sampler-fields', root);
     for (const spec of SAMPLER_FIELDS) box.append(this.buildField(spec));
+    this.buildFormat(root);
 
     this.stats = $('.stats', root);
     this.stats.id = `stats-${index}`;
@@ -277,6 +310,78 @@ class Column {
     return wrap;
   }
 
+  /* The Format control: a select, and a text area for the formats that need one. */
+  buildFormat(root) {
+    const i = this.index;
+    const sel = $('select[data-name="format"]', root);
+    sel.id = `format-${i}`;
+    $('label[data-for="format"]', root).htmlFor = sel.id;
+    for (const f of FORMATS) sel.append(el('option', { value: f.id }, f.label));
+    const wrap = $('[data-part="format-spec"]', root);
+    const area = $('textarea[data-name="format-spec"]', root);
+    area.id = `format-spec-${i}`;
+    const label = $('label[data-for="format-spec"]', root);
+    label.htmlFor = area.id;
+    const hint = $('[data-part="format-hint"]', root);
+    hint.id = `format-hint-${i}`;
+    const err = $('[data-part="format-err"]', root);
+    err.id = `format-err-${i}`;
+    area.setAttribute('aria-describedby', `${hint.id} ${err.id}`);
+    this.format = { sel, wrap, area, label, hint, err, texts: {} };
+    for (const f of FORMATS) if (f.spec) this.format.texts[f.id] = f.spec.text;
+    let shown = 'text';
+    sel.addEventListener('change', () => {
+      if (this.format.texts[shown] !== undefined) this.format.texts[shown] = area.value;
+      shown = sel.value;
+      this.showFormat();
+    });
+    this.showFormat();
+  }
+
+  showFormat() {
+    const f = FORMATS.find((x) => x.id === this.format.sel.value) || FORMATS[0];
+    const ui = this.format;
+    ui.wrap.hidden = !f.spec;
+    setFieldError(ui.area, ui.err, null);
+    if (!f.spec) return;
+    ui.label.textContent = f.spec.label;
+    ui.hint.textContent = f.spec.hint;
+    ui.area.value = ui.texts[f.id];
+  }
+
+  /* The format's request fields ({} for text), or { error: input } with the message shown. */
+  readFormat() {
+    const ui = this.format;
+    const id = ui.sel.value;
+    const bad = (msg) => {
+      setFieldError(ui.area, ui.err, msg);
+      return { error: ui.area };
+    };
+    setFieldError(ui.area, ui.err, null);
+    if (id === 'text') return { fields: {} };
+    if (id === 'json_object') return { fields: { response_format: { type: 'json_object' } } };
+    const text = ui.area.value;
+    if (id === 'json_schema') {
+      let schema;
+      try { schema = JSON.parse(text); } catch (e) { return bad(`The schema is not JSON: ${e.message}`); }
+      if (schema === null || (typeof schema !== 'object' && typeof schema !== 'boolean') || Array.isArray(schema))
+        return bad('A schema is a JSON object (or true)');
+      return { fields: { response_format: { type: 'json_schema', json_schema: { name: 'playground', schema } } } };
+    }
+    if (id === 'choice') {
+      const choices = text.split(/\r?\n/).filter((s) => s !== '')
+        .map((s) => s.replace(/\\n/g, '\n').replace(/\\t/g, '\t'));
+      if (!choices.length) return bad('Write at least one choice');
+      return { fields: { choice: choices } };
+    }
+    if (!text.trim()) return bad('Write a grammar with a root rule');
+    return { fields: { grammar: text } };
+  }
+
+  hasFormat() {
+    return this.format.sel.value !== 'text';
+  }
+
   onEdit(spec) {
     this.preset.value = 'custom';
     this.validateField(this.inputs[spec.name]);
@@ -314,7 +419,9 @@ class Column {
       $('details.sampler', this.root).open = true;
       return { error: firstBad };
     }
-    return { settings: out };
+    const fmt = this.readFormat();
+    if (fmt.error) return { error: fmt.error };
+    return { settings: Object.assign(out, fmt.fields) };
   }
 
   reset(prompt) {
@@ -789,7 +896,13 @@ async function runColumns(cols) {
   if (state.running > 0) return;
   const c = readCommon();
   const settings = cols.map((col) => col.readSettings());
-  const bad = c.error || (settings.find((s) => s.error) || {}).error;
+  let bad = c.error || (settings.find((s) => s.error) || {}).error;
+  /* a constrained text ends where its format says: the server refuses stop strings beside it */
+  const st = $('#stop-strings');
+  if (!bad && c.common.stop.length && cols.some((col) => col.hasFormat())) {
+    setFieldError(st, $('#stop-err'), 'Stop strings cannot be combined with a column\'s Format (the format decides where the text ends)');
+    bad = st;
+  }
   if (bad) {
     bad.focus();
     return;
