@@ -12,6 +12,7 @@
  *   - an accepted body gives parameters inside every documented range (choices,
  *     max_tokens, prompt lengths within the context, token ids within the
  *     vocabulary, logprobs, stop strings, logit_bias ids, sampler ranges);
+ *   - a constrained body (response_format, grammar, choice) has no stop strings;
  *   - validating the same body twice gives the same verdict;
  *   - the accepted stop strings, run through the stop matcher over the body's own
  *     bytes fed in small pieces, release only a prefix of the text that holds no
@@ -19,6 +20,7 @@
  * Headers (Authorization, Content-Length) are checked inside MHD callbacks that
  * need a live connection; tests/integration covers them over real sockets. */
 #include "server/http.h"
+#include "server/constraint.h"
 #include "model/model.h"
 
 #include <jansson.h>
@@ -54,6 +56,10 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
         .bos_id = mi->bos_id, .max_tokens_limit = 256, .max_choices = 8,
         .tokenize = tok_cb, .tok_cls = g_model,
     };
+    /* response_format / grammar / choice go through the server's table of grammars */
+    static sampler_vocab *cv;
+    if (constraint_vocab_from_model(g_model, &cv) != SAMPLER_OK ||
+        !(g_vc.constraints = constraint_table_new(cv, 4))) { fprintf(stderr, "out of memory\n"); abort(); }
     return 0;
 }
 
@@ -93,6 +99,7 @@ static void check_params(const job_params *p, int kind)
     FZ_CHECK(p->logprobs >= -1 && p->logprobs <= (kind == JOB_CHAT ? JOB_MAX_TOP_LOGPROBS : JOB_MAX_LOGPROBS), "logprobs");
     FZ_CHECK(p->n_stops >= 0 && p->n_stops <= JOB_MAX_STOPS, "stop count");
     for (int i = 0; i < p->n_stops; i++) FZ_CHECK(p->stops[i] && p->stops[i][0], "empty stop string");
+    FZ_CHECK(!p->constraint || p->n_stops == 0, "stop strings beside a constraint");
     FZ_CHECK(!p->include_usage || p->stream, "include_usage without stream");
     const sampler_params *sp = &p->sp;
     FZ_CHECK(isfinite(sp->temperature) && sp->temperature >= 0, "temperature");
