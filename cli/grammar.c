@@ -1,12 +1,13 @@
-/* grammar.c -- `lmserve grammar [FILE]`: the GBNF a request's constraint compiles to.
+/* grammar.c -- `lmserve grammar`: the GBNF a request's constraint compiles to.
  *
- * Reads a request body (JSON with response_format, grammar or choice) from FILE or
- * standard input and prints the GBNF text the server runs for it -- what a JSON
+ * Reads a request body (JSON with response_format, grammar or choice) from --request
+ * FILE or standard input and prints the GBNF text the server runs for it -- what a JSON
  * Schema became, whitespace rule and all -- or, for a request the server would
  * refuse, the 400's param and message on standard error (exit 1).  With
  * --check TEXT-FILE it also says whether that text is a whole string of the
  * language, a prefix of one, or neither (exit 0, 3 or 4). */
 #include "cli/cli.h"
+#include "cli/opt.h"
 #include "server/constraint.h"
 
 #include <stdio.h>
@@ -54,25 +55,22 @@ static char *read_path(const char *path, size_t *n)
 int cli_grammar(int argc, char **argv)
 {
     const char *in = "-", *check = NULL;
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-            printf("usage: lmserve grammar [FILE] [--check TEXT-FILE]\n"
-                   "  FILE               a request body with response_format, grammar or choice\n"
-                   "                     (default: standard input)\n"
-                   "  --check TEXT-FILE  also match the text: exit 0 whole, 3 prefix, 4 neither\n"
-                   "Prints the GBNF the server compiles the constraint to; a request the server\n"
-                   "would refuse prints its 400 param and message on standard error (exit 1).\n");
-            return 0;
-        }
-        if (!strcmp(argv[i], "--check") && i + 1 < argc)
-            check = argv[++i];
-        else if (argv[i][0] != '-' || !strcmp(argv[i], "-"))
-            in = argv[i];
-        else {
-            fprintf(stderr, "lmserve grammar: unknown option '%s' (see --help)\n", argv[i]);
-            return 2;
-        }
+    const cli_opt opts[] = {
+        OPT_STR("--request", &in),
+        OPT_STR("--check", &check),
+    };
+    int prc = cli_parse("lmserve grammar", opts, sizeof opts / sizeof opts[0], argc, argv);
+    if (prc == CLI_HELP) {
+        printf("usage: lmserve grammar [--request FILE] [--check TEXT-FILE]\n"
+               "  --request FILE     a request body with response_format, grammar or choice\n"
+               "                     (default: standard input, also written -)\n"
+               "  --check TEXT-FILE  also match the text: exit 0 whole, 3 prefix, 4 neither\n"
+               "Prints the GBNF the server compiles the constraint to; a request the server\n"
+               "would refuse prints its 400 param and message on standard error (exit 1).\n");
+        return 0;
     }
+    if (prc != CLI_OK)
+        return 2;
     size_t n;
     char *body = read_path(in, &n);
     if (!body)
