@@ -15,7 +15,8 @@
  *   temperature (0 = argmax here, nothing below runs) -> top-k -> top-p ->
  *   min-p -> softmax -> one draw from the sequence's own RNG.
  *
- * This module depends on libc and libm only.  It sees a model through the
+ * This module depends on libc and libm only (the constraint caches' mutexes are
+ * POSIX threads', part of glibc's libc).  It sees a model through the
  * `sampler_lm` callback (whole-loop use) or not at all (step-wise use: the
  * caller computes logits however it likes, e.g. batched across sequences).
  */
