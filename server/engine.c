@@ -368,6 +368,14 @@ static int seq_choose(seq *s, const float *logits, sampler_choice *c)
     return sampler_step_traced(s->smp, logits, s->hist, s->n_hist, s->n_gen, sampler_n_top(&s->j->p), c, tr);
 }
 
+static int any_finite(const float *x, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (isfinite(x[i]))
+            return 1;
+    return 0;
+}
+
 static void seq_sample(engine *e, seq *s, const float *logits)
 {
     job *j = s->j;
@@ -382,8 +390,15 @@ static void seq_sample(engine *e, seq *s, const float *logits)
         rc = seq_choose(s, logits, &c);
     }
     s->pre_logits = NULL;
+    if (!injected && rc == SAMPLER_EINVAL && s->con && any_finite(logits, e->vocab)) {
+        /* the model gave scores, but logit_bias bans every token the grammar allows
+         * here: the client's own contradiction, not a failure; the text so far is a
+         * prefix of the language, so the choice ends as if cut by max_tokens */
+        seq_finish(e, s, "length", 0, NULL);
+        return;
+    }
     if (injected || rc < 0) {
-        job_fail(j, JOB_ERR_MODEL);
+        job_fail(j, rc == SAMPLER_ENOMEM ? JOB_ERR_NOMEM : JOB_ERR_MODEL);
         seq_finish(e, s, "length", 1, NULL);
         return;
     }

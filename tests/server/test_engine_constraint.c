@@ -199,6 +199,15 @@ Test(engine_constraint, choices_spaces_and_cut_characters)
     cr_assert_str_eq(r->ch[0].text, "\xC3\xA9", "[%s]", r->ch[0].text);
     free(r);
     job_unref(j);
+    /* logit_bias bans both tokens that write "q" (its byte token and the piece "q"): the
+     * text cannot go on, and the choice ends as a prefix, not as a server failure */
+    j = cjob(JOB_COMPLETION, "{\"prompt\": \"a\", \"max_tokens\": 5, \"choice\": [\"xq\"], "
+                             "\"logit_bias\": {\"116\": -100, \"291\": -100}}");
+    r = run_one(e, j);
+    cr_assert_str_eq(r->ch[0].finish, "length");
+    cr_assert_str_eq(r->ch[0].text, "x");
+    free(r);
+    job_unref(j);
     /* chat: the template's implicit stop string is not added; the grammar ends the text */
     j = cjob(JOB_CHAT, "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"max_tokens\": 30, "
                        "\"grammar\": \"root ::= \\\"\\\\nuser: done\\\"\"}");
