@@ -54,6 +54,8 @@ int sampler__choose(const sampler_params *p, sampler_scratch *sc, sampler_rng *r
         if (rc < 0)
             return rc;
         src = x;
+        if (rec)
+            sampler__record(rec, SAMPLER_STAGE_CONSTRAINT, x, vocab, NULL);
     }
     if (p->n_bias > 0) {
         sampler_apply_logit_bias(src, x, vocab, p->bias_ids, p->bias_values, p->n_bias);

@@ -190,6 +190,7 @@ int sampler_logprobs(const float *logits, int vocab, int32_t token, int n_top, s
 
 typedef enum {
     SAMPLER_STAGE_LOGITS,             /* the model's logits, as given */
+    SAMPLER_STAGE_CONSTRAINT,         /* the grammar's mask (response_format, grammar, choice) */
     SAMPLER_STAGE_LOGIT_BIAS,
     SAMPLER_STAGE_REPETITION_PENALTY,
     SAMPLER_STAGE_PRESENCE_FREQUENCY,
@@ -201,7 +202,7 @@ typedef enum {
     SAMPLER_STAGE_COUNT
 } sampler_stage;
 
-/* "logits", "logit_bias", "repetition_penalty", "presence_frequency", "temperature",
+/* "logits", "constraint", "logit_bias", "repetition_penalty", "presence_frequency", "temperature",
  * "top_k", "top_p", "min_p", "softmax"; NULL out of range. */
 const char *sampler_stage_name(int stage);
 

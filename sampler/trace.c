@@ -16,7 +16,7 @@
 #include <string.h>
 
 static const char *const stage_names[SAMPLER_STAGE_COUNT] = {
-    "logits", "logit_bias", "repetition_penalty", "presence_frequency", "temperature",
+    "logits", "constraint", "logit_bias", "repetition_penalty", "presence_frequency", "temperature",
     "top_k", "top_p", "min_p", "softmax",
 };
 

@@ -274,6 +274,28 @@ class Constrained(unittest.TestCase):
             self.assertEqual(again["choices"][0]["text"], text)
             self.assertEqual(sorted(results.values()), [200] * 12)
 
+    def test_trace_shows_the_constraint_stage(self):
+        """sampler_trace: the constraint is the stage after the raw logits; it keeps exactly
+        the candidates the grammar allows (their raw values) and drops the rest."""
+        with Server() as srv:
+            st, out = srv.post_json("/v1/completions", {
+                "prompt": "Once upon a time", "max_tokens": 4, "temperature": 0.8, "seed": 2,
+                "sampler_trace": 6, "choice": [" yes", " no"]})
+            self.assertEqual(st, 200, out)
+            ch = out["choices"][0]
+            self.assertIn(ch["text"], [" yes", " no"])
+            for step in ch["sampler_trace"]:
+                names = [s["name"] for s in step["stages"]]
+                self.assertEqual(names[:3], ["logits", "constraint", "logit_bias"])
+                raw, con = step["stages"][0], step["stages"][1]
+                self.assertFalse(con["skipped"])
+                self.assertGreaterEqual(con["survivors"], 1)
+                self.assertLess(con["survivors"], raw["survivors"])
+                for i, v in enumerate(con["values"]):
+                    self.assertIn(v, (raw["values"][i], None))
+                chosen = [c["id"] for c in step["candidates"]].index(step["draw"]["token"])
+                self.assertEqual(con["values"][chosen], raw["values"][chosen], "the drawn token was allowed")
+
 
 if __name__ == "__main__":
     unittest.main()

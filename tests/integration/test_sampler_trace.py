@@ -12,7 +12,7 @@ from lmserve_testlib import Server, model_path, stream_text  # noqa: E402
 
 PROMPT = "Once upon a time"
 GREEDY16 = ", there was a little girl named Lily. She loved to play"
-STAGES = ["logits", "logit_bias", "repetition_penalty", "presence_frequency", "temperature",
+STAGES = ["logits", "constraint", "logit_bias", "repetition_penalty", "presence_frequency", "temperature",
           "top_k", "top_p", "min_p", "softmax"]
 EOS = 2  # stories260K's </s>
 
@@ -94,7 +94,8 @@ class TestSamplerTrace(unittest.TestCase):
             for st, tok, lp, top in zip(steps, b["logprobs"]["tokens"], b["logprobs"]["token_logprobs"],
                                         b["logprobs"]["top_logprobs"]):
                 ids, ci = self.check_step(st, 8)
-                self.assertEqual([s["skipped"] for s in st["stages"]], [False] * len(STAGES))
+                # every stage but the constraint (the request has none)
+                self.assertEqual([s["skipped"] for s in st["stages"]], [n == "constraint" for n in STAGES])
                 self.assertEqual(st["draw"]["method"], "sample")
                 self.assertEqual(st["candidates"][ci]["token"], tok)
                 self.assertNotEqual(st["draw"]["token"], 383, "logit_bias -100 forbids ' there'")

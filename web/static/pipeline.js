@@ -11,6 +11,7 @@
 
 const STAGE_LABELS = {
   logits: 'Raw logits',
+  constraint: 'Format (grammar mask)',
   logit_bias: 'Logit bias',
   repetition_penalty: 'Repetition penalty',
   presence_frequency: 'Presence / frequency penalties',
