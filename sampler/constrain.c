@@ -505,6 +505,7 @@ struct sampler_constraint {
     tables *t;
     int cur;                  /* current state in t (never DEAD) */
     int ended;                /* an end token was accepted */
+    int32_t end_extra;        /* one more end token of this constraint's own, or -1 */
     size_t limit;             /* bytes of t past which this constraint moves to private tables */
 };
 
@@ -632,6 +633,7 @@ sampler_constraint *sampler_constraint_new_shared(sampler_constraint_cache *cc)
     c->cache = sampler_constraint_cache_ref(cc);
     c->t = t;
     c->cur = t->start;
+    c->end_extra = -1;
     c->limit = 2 * CACHE_LIMIT;
     return c;
 }
@@ -646,6 +648,14 @@ sampler_constraint *sampler_constraint_new(const sampler_grammar *g, const sampl
     sampler_constraint *c = sampler_constraint_new_shared(cc);
     sampler_constraint_cache_free(cc); /* the constraint holds it now */
     return c;
+}
+
+int sampler_constraint_add_end(sampler_constraint *c, int32_t token)
+{
+    if (!c || token < 0 || token >= c->cache->v->n_vocab || c->end_extra >= 0)
+        return SAMPLER_EINVAL;
+    c->end_extra = token;
+    return SAMPLER_OK;
 }
 
 void sampler_constraint_free(sampler_constraint *c)
@@ -846,6 +856,10 @@ int sampler_constraint_apply(sampler_constraint *c, const float *logits, float *
     }
     for (; i < vocab; i++)
         out[i] = (mask[i >> 5] >> (i & 31)) & 1u ? logits[i] : -INFINITY;
+    /* the constraint's own end token, whatever the shared mask says of its bytes:
+     * allowed exactly where the vocabulary's end tokens are */
+    if (c->end_extra >= 0)
+        out[c->end_extra] = c->t->a.sacc[c->cur] ? logits[c->end_extra] : -INFINITY;
     pthread_mutex_unlock(&c->t->mu);
     return SAMPLER_OK;
 }
@@ -855,12 +869,13 @@ int sampler_constraint_accept(sampler_constraint *c, int32_t token)
     if (!c || token < 0 || token >= c->cache->v->n_vocab || c->ended)
         return SAMPLER_EINVAL;
     const sampler_vocab *v = c->cache->v;
-    if (v->tok_kind[token] != TK_TEXT && v->tok_kind[token] != TK_END)
+    int is_end = v->tok_kind[token] == TK_END || token == c->end_extra;
+    if (v->tok_kind[token] != TK_TEXT && !is_end)
         return SAMPLER_EINVAL;
     pthread_mutex_lock(&c->t->mu);
     gauto *a = &c->t->a;
     int rc = SAMPLER_OK;
-    if (v->tok_kind[token] == TK_END) {
+    if (is_end) {
         if (a->sacc[c->cur])
             c->ended = 1;
         else

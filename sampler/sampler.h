@@ -329,6 +329,12 @@ sampler_constraint *sampler_constraint_new_shared(sampler_constraint_cache *cc);
  * bad arguments or no memory. */
 sampler_constraint *sampler_constraint_new(const sampler_grammar *g, const sampler_vocab *v);
 void sampler_constraint_free(sampler_constraint *c);
+/* One more token that ends the text for this constraint alone, beside the
+ * vocabulary's end tokens (a chat template's end of turn): allowed exactly when
+ * the text is whole, whatever bytes it has, and accepting it ends the text.  Once,
+ * before the first token; SAMPLER_EINVAL for an id outside the vocabulary or a
+ * second call. */
+int sampler_constraint_add_end(sampler_constraint *c, int32_t token);
 /* The warper: out[i] = logits[i] if token i may come next, else -INFINITY (out may
  * equal logits).  SAMPLER_EINVAL if vocab differs from the vocabulary's size or an
  * end token was already accepted, SAMPLER_ENOMEM; out is untouched on error. */

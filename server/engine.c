@@ -196,6 +196,8 @@ static int seq_setup(engine *e, seq *s, job *j, int choice)
     sp.seed = p->sp.seed + (uint64_t)choice;
     /* a constrained choice starts at the grammar's start, in the request's shared cache */
     s->con = p->constraint ? sampler_constraint_new_shared(p->constraint) : NULL;
+    /* a chat template's end of turn ends a constrained text like EOS: once it is whole */
+    if (s->con && p->has_stop_token) (void)sampler_constraint_add_end(s->con, p->stop_token);
     sp.constraint = s->con;
     s->smp = p->constraint && !s->con ? NULL : sampler_new(e->vocab, &sp);
     int traced = p->sampler_trace > 0;

@@ -8,9 +8,9 @@
  * in the vocabulary, each id once however it is spelt, values in [-100, 100],
  * -100 bans), stop (a non-empty string or up to 4), seed, stream_options (only
  * with stream), prompt or messages (must have tokens), and the constraint fields
- * response_format, grammar and choice (constraint.c; no stop strings beside them).
- * A non-streamed answer that could not fit in --response-limit is refused before
- * it starts.  Running out of memory is a 503, never blamed on the client.
+ * response_format, grammar and choice (constraint.c; no stop strings or echo beside
+ * them).  A non-streamed answer that could not fit in --response-limit is refused
+ * before it starts.  Running out of memory is a 503, never blamed on the client.
  */
 #include "server/server_internal.h"
 #include "server/constraint.h"
@@ -639,7 +639,8 @@ fail:
 
 /* response_format, grammar, choice (constraint.c).  A constrained text ends where the
  * grammar says: client stop strings are refused with it, and chat's implicit one is
- * not added. */
+ * not added; echo is refused with it (the prompt in front of the text would leave the
+ * constraint's language). */
 static int read_constraint(const validate_ctx *vc, json_t *root, job_params *p, api_error *err)
 {
     constraint_error ce;
@@ -655,6 +656,9 @@ static int read_constraint(const validate_ctx *vc, json_t *root, job_params *p, 
     if (p->constraint && p->n_stops > 0)
         BAD("stop", "'stop' cannot be combined with response_format, grammar or choice: the constraint decides "
                     "where the text ends");
+    if (p->constraint && p->echo)
+        BAD("echo", "'echo' cannot be combined with response_format, grammar or choice: the text would start "
+                    "with the prompt, outside the constraint's language");
     return 0;
 fail:
     return -1;

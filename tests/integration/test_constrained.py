@@ -17,12 +17,14 @@ ranges) and each grammar of a set, 20 seeded samples at temperature 1 from each 
 import json
 import os
 import subprocess
+import tempfile
 import threading
 import unittest
 
 import jsonschema
 
 import gbnf_check
+from chat_model import write_chat_model
 from lmserve_testlib import REPO, Server, binary, require_model, slow
 
 DEFAULT = os.path.join(REPO, "models", "default", "model.gguf")
@@ -219,6 +221,10 @@ class Constrained(unittest.TestCase):
                     self.assertEqual(out["error"]["param"], param, (route, body, out))
                     self.assertEqual(out["error"]["type"], "invalid_request_error")
                     self.assertTrue(out["error"]["message"])
+            # echo would put the prompt in front of the constrained text (completions only)
+            st, out = srv.post_json("/v1/completions", {"prompt": "x", "choice": ["a"], "echo": True})
+            self.assertEqual(st, 400, out)
+            self.assertEqual(out["error"]["param"], "echo")
             # the grammar's message says where
             st, out = srv.post_json("/v1/completions", {"prompt": "x", "grammar": "root ::= \"a\"\nb ::= c"})
             self.assertIn("line 2, column 7", out["error"]["message"])
@@ -273,6 +279,54 @@ class Constrained(unittest.TestCase):
             self.assertEqual(st, 200)
             self.assertEqual(again["choices"][0]["text"], text)
             self.assertEqual(sorted(results.values()), [200] * 12)
+
+    def test_end_token_waits_for_a_whole_text(self):
+        """A model pushed to end at once (logit_bias +100 on EOS): unconstrained it writes
+        nothing; constrained, EOS is masked until the text is whole, so every choice ends
+        with "stop" on a valid text, or with "length" on a prefix when max_tokens is short."""
+        schema = SCHEMAS["nested"]
+        rf = {"type": "json_schema", "json_schema": {"name": "n", "schema": schema, "strict": True}}
+        g = gbnf_check.Grammar(gbnf_of({"response_format": rf}))
+        with Server(["--parallel", "10"]) as srv:
+            base = {"prompt": "Once upon a time", "n": 10, "seed": 4, "temperature": 1,
+                    "logit_bias": {"2": 100}}  # 2: stories260K's EOS
+            st, out = srv.post_json("/v1/completions", dict(base, max_tokens=50))
+            self.assertEqual(st, 200, out)
+            self.assertEqual({(c["text"], c["finish_reason"]) for c in out["choices"]}, {("", "stop")})
+            st, out = srv.post_json("/v1/completions", dict(base, max_tokens=200, response_format=rf), timeout=300)
+            self.assertEqual(st, 200, out)
+            for c in out["choices"]:
+                self.assertEqual(c["finish_reason"], "stop", c)
+                self.assertEqual(g.match(c["text"]), "full", c)
+                jsonschema.validate(json.loads(c["text"]), schema)
+            st, out = srv.post_json("/v1/completions", dict(base, max_tokens=4, response_format=rf))
+            self.assertEqual(st, 200, out)
+            self.assertEqual(out["usage"]["completion_tokens"], 40)
+            for c in out["choices"]:
+                self.assertEqual(c["finish_reason"], "length", c)
+                self.assertEqual(g.match(c["text"]), "prefix", c)
+
+    def test_chat_template_end_of_turn(self):
+        """A model whose chat template ends a turn with <|im_end|> (a control token, not its
+        EOS): under a constraint <|im_end|> ends the text like EOS -- only once it is whole.
+        [a-z]+ is whole after one token, so with <|im_end|> pushed every choice is one
+        token of letters, then the end of turn."""
+        im_end = 2
+        with tempfile.TemporaryDirectory(prefix="lmserve-constrained-chat-") as d:
+            with open(os.path.join(REPO, "tests", "data", "chat_templates", "smollm-instruct.jinja")) as f:
+                model = write_chat_model(d, f.read())
+            with Server(["--parallel", "6"], model=model) as srv:
+                base = {"messages": [{"role": "user", "content": "Say a word."}], "n": 6, "seed": 1,
+                        "temperature": 1, "logit_bias": {str(im_end): 100}, "max_tokens": 40}
+                st, out = srv.post_json("/v1/chat/completions", base)
+                self.assertEqual(st, 200, out)
+                self.assertEqual({(c["message"]["content"], c["finish_reason"]) for c in out["choices"]}, {("", "stop")})
+                st, out = srv.post_json("/v1/chat/completions", dict(base, grammar="root ::= [a-z]+"))
+                self.assertEqual(st, 200, out)
+                self.assertEqual(out["usage"]["completion_tokens"], 12, out)  # a token of text + <|im_end|>, 6 times
+                for c in out["choices"]:
+                    self.assertEqual(c["finish_reason"], "stop", c)
+                    self.assertRegex(c["message"]["content"], r"^[a-z]+$")
 
     def test_trace_shows_the_constraint_stage(self):
         """sampler_trace: the constraint is the stage after the raw logits; it keeps exactly

@@ -464,6 +464,57 @@ static sampler_vocab *toy_vocab(void)
     return sv;
 }
 
+/* A constraint's own end token (a chat template's end of turn): masked until the text
+ * is whole, then allowed like EOS, and accepting it ends the text -- also for a token
+ * with bytes, which then never counts as text. */
+Test(constrain, a_constraints_own_end_token)
+{
+    sampler_vocab *sv = toy_vocab();
+    sampler_grammar *g = compile("root ::= \"ab\" \"c\"?");
+    float logits[V], out[V];
+    for (int i = 0; i < V; i++)
+        logits[i] = 0.25f * (float)i;
+    sampler_constraint *plain = sampler_constraint_new(g, sv), *c = sampler_constraint_new(g, sv);
+    sampler_constraint *x = sampler_constraint_new(g, sv);
+    cr_assert_eq(sampler_constraint_add_end(c, 1), SAMPLER_OK); /* <s>: no bytes */
+    cr_assert_eq(sampler_constraint_add_end(c, 1), SAMPLER_EINVAL, "only once");
+    cr_assert_eq(sampler_constraint_add_end(x, V), SAMPLER_EINVAL);
+    cr_assert_eq(sampler_constraint_add_end(x, 19), SAMPLER_OK); /* "x": bytes the grammar never takes */
+    cr_assert_eq(sampler_constraint_add_end(NULL, 1), SAMPLER_EINVAL);
+    /* at the start nothing is whole: neither end token may come */
+    cr_assert_eq(sampler_constraint_apply(c, logits, out, V), SAMPLER_OK);
+    cr_assert(isinf(out[1]) && out[1] < 0 && isinf(out[2]) && out[2] < 0);
+    cr_assert_eq(out[6], logits[6], "\"ab\" may start the text");
+    cr_assert_eq(sampler_constraint_accept(c, 1), SAMPLER_EINVAL);
+    cr_assert_eq(sampler_constraint_apply(x, logits, out, V), SAMPLER_OK);
+    cr_assert(isinf(out[19]) && out[19] < 0);
+    cr_assert_eq(sampler_constraint_accept(x, 19), SAMPLER_EINVAL);
+    for (sampler_constraint **k = (sampler_constraint *[]){plain, c, x, NULL}; *k; k++) {
+        cr_assert_eq(sampler_constraint_accept(*k, 6), SAMPLER_OK);
+        cr_assert_eq(sampler_constraint_status(*k), SAMPLER_CONSTRAINT_MAY_END);
+    }
+    /* whole: the own end token is allowed beside EOS, for that constraint alone */
+    cr_assert_eq(sampler_constraint_apply(c, logits, out, V), SAMPLER_OK);
+    cr_assert_eq(out[1], logits[1]);
+    cr_assert_eq(out[2], logits[2]);
+    cr_assert_eq(out[5], logits[5], "\"c\" may still follow");
+    cr_assert_eq(sampler_constraint_apply(plain, logits, out, V), SAMPLER_OK);
+    cr_assert(isinf(out[1]) && out[1] < 0);
+    cr_assert_eq(sampler_constraint_accept(plain, 1), SAMPLER_EINVAL);
+    cr_assert_eq(sampler_constraint_apply(x, logits, out, V), SAMPLER_OK);
+    cr_assert_eq(out[19], logits[19]);
+    cr_assert_eq(sampler_constraint_accept(c, 1), SAMPLER_OK);
+    cr_assert_eq(sampler_constraint_status(c), SAMPLER_CONSTRAINT_COMPLETE);
+    cr_assert_eq(sampler_constraint_accept(x, 19), SAMPLER_OK);
+    cr_assert_eq(sampler_constraint_status(x), SAMPLER_CONSTRAINT_COMPLETE);
+    cr_assert_eq(sampler_constraint_status(plain), SAMPLER_CONSTRAINT_MAY_END);
+    sampler_constraint_free(plain);
+    sampler_constraint_free(c);
+    sampler_constraint_free(x);
+    sampler_grammar_free(g);
+    sampler_vocab_free(sv);
+}
+
 static void text_of(const int32_t *ids, int n, char *out)
 {
     out[0] = 0;

@@ -4,7 +4,8 @@
  * ends with "stop", a text cut by max_tokens is a prefix (no U+FFFD for a split
  * character), choices are exact, seeded requests give the same tokens alone and
  * beside other requests, logprobs are the raw distribution's, a prompt of BOS
- * alone keeps the first piece's space, and the refusals carry their parameter. */
+ * alone keeps the first piece's space, the end token waits for a whole text, and the
+ * refusals carry their parameter. */
 #include "tests/server/engine_fixture.h"
 #include "server/constraint.h"
 #include "server/schema.h"
@@ -220,6 +221,134 @@ Test(engine_constraint, choices_spaces_and_cut_characters)
     engine_stop(e);
 }
 
+/* A model that wants nothing but its end token (logit_bias +100 on EOS, id 2): inside an
+ * unfinished text the constraint masks EOS, so the text goes on until it is whole and
+ * only then ends with EOS ("stop"); cut by max_tokens first, it is a prefix ("length"). */
+Test(engine_constraint, eos_waits_for_a_whole_text)
+{
+    engine *e = ef_engine(F.m, 8, 128, 8, 16, 64);
+    /* unconstrained, the bias ends every choice at once */
+    job *j = cjob(JOB_COMPLETION, "{\"prompt\": \"ab\", \"max_tokens\": 40, \"n\": 4, \"seed\": 9, "
+                                  "\"temperature\": 1, \"logit_bias\": {\"2\": 100}}");
+    ef_result *r = run_one(e, j);
+    for (int c = 0; c < 4; c++) {
+        cr_assert_str_eq(r->ch[c].finish, "stop");
+        cr_assert_eq(r->ch[c].n_tok, 0, "choice %d wrote %d tokens", c, r->ch[c].n_tok); /* EOS is no text */
+        cr_assert_str_eq(r->ch[c].text, "");
+    }
+    free(r);
+    job_unref(j);
+    /* a schema: every choice is whole JSON, ended by EOS as soon as EOS was allowed */
+    j = cjob(JOB_COMPLETION, "{\"prompt\": \"ab\", \"max_tokens\": 100, \"n\": 6, \"seed\": 9, "
+                             "\"temperature\": 1, \"logit_bias\": {\"2\": 100}, \"response_format\": "
+                             "{\"type\": \"json_schema\", \"json_schema\": {\"name\": \"t\", \"schema\": " SCHEMA "}}}");
+    r = run_one(e, j);
+    json_t *schema = json_loads(SCHEMA, 0, NULL);
+    char *gbnf = NULL;
+    cr_assert_eq(schema_to_gbnf(schema, &gbnf, NULL, NULL), 0);
+    sampler_grammar *g = grammar_of(gbnf);
+    for (int c = 0; c < 6; c++) {
+        const ef_choice *ch = &r->ch[c];
+        cr_assert_str_eq(ch->finish, "stop", "choice %d: [%s]", c, ch->text);
+        cr_assert_eq(sampler_grammar_match(g, ch->text, ch->text_len), SAMPLER_MATCH_FULL, "choice %d: [%s]", c,
+                     ch->text);
+        json_t *o = json_loads(ch->text, 0, NULL);
+        cr_assert_not_null(o, "choice %d: [%s]", c, ch->text);
+        json_decref(o);
+    }
+    free(r);
+    job_unref(j);
+    /* too few tokens for a whole object: EOS is never taken, the text is a prefix */
+    j = cjob(JOB_COMPLETION, "{\"prompt\": \"ab\", \"max_tokens\": 3, \"n\": 4, \"seed\": 9, "
+                             "\"temperature\": 1, \"logit_bias\": {\"2\": 100}, \"response_format\": "
+                             "{\"type\": \"json_schema\", \"json_schema\": {\"name\": \"t\", \"schema\": " SCHEMA "}}}");
+    r = run_one(e, j);
+    for (int c = 0; c < 4; c++) {
+        const ef_choice *ch = &r->ch[c];
+        cr_assert_str_eq(ch->finish, "length", "choice %d: [%s]", c, ch->text);
+        cr_assert_eq(ch->n_tok, 3);
+        cr_assert_eq(sampler_grammar_match(g, ch->text, ch->text_len), SAMPLER_MATCH_PREFIX, "choice %d: [%s]", c,
+                     ch->text);
+    }
+    free(r);
+    job_unref(j);
+    free(gbnf);
+    json_decref(schema);
+    sampler_grammar_free(g);
+    engine_stop(e);
+}
+
+/* A chat template's end-of-turn token (job_params.stop_token; here a token with text,
+ * 300, pushed +100) ends a constrained text like EOS: never before the text is whole,
+ * and at once when it is -- [a-z]+ is whole after its first token, so every choice has
+ * exactly one (without the end of turn, the text would go on to max_tokens or a rare EOS). */
+Test(engine_constraint, end_of_turn_waits_for_a_whole_text)
+{
+    engine *e = ef_engine(F.m, 8, 128, 8, 16, 64);
+    const char *plain = "{\"prompt\": \"ab\", \"max_tokens\": 40, \"n\": 3, \"seed\": 2, \"temperature\": 1, "
+                        "\"logit_bias\": {\"300\": 100}}";
+    const char *constrained = "{\"prompt\": \"ab\", \"max_tokens\": 40, \"n\": 5, \"seed\": 2, \"temperature\": 1, "
+                              "\"logit_bias\": {\"300\": 100}, \"grammar\": \"root ::= [a-z]+\"}";
+    sampler_grammar *g = grammar_of("root ::= [a-z]+");
+    for (int k = 0; k < 2; k++) {
+        job *j = cjob(JOB_COMPLETION, k ? constrained : plain);
+        j->p.has_stop_token = 1;
+        j->p.stop_token = 300;
+        ef_result *r = run_one(e, j);
+        for (int c = 0; c < j->p.n; c++) {
+            const ef_choice *ch = &r->ch[c];
+            cr_assert_str_eq(ch->finish, "stop", "choice %d: [%s]", c, ch->text);
+            cr_assert_eq(ch->n_tok, k, "choice %d: [%s] in %d tokens", c, ch->text, ch->n_tok);
+            if (k)
+                cr_assert_eq(sampler_grammar_match(g, ch->text, ch->text_len), SAMPLER_MATCH_FULL, "choice %d: [%s]",
+                             c, ch->text);
+        }
+        free(r);
+        job_unref(j);
+    }
+    sampler_grammar_free(g);
+    engine_stop(e);
+}
+
+static int stub_chat_prompt(void *cls, json_t *messages, int32_t **out, int *n_out, api_error *err)
+{
+    (void)cls, (void)messages, (void)err;
+    *out = malloc(3 * sizeof **out);
+    cr_assert_not_null(*out);
+    (*out)[0] = 1, (*out)[1] = 40, (*out)[2] = 41;
+    *n_out = 3;
+    return 0;
+}
+
+/* Chat through a template: its end-of-turn token still ends a constrained choice (the
+ * constraint allows it once the text is whole), but a plain-text end of turn, a stop
+ * string, is not added beside a constraint (it could cut a JSON string short). */
+Test(engine_constraint, chat_template_ends_beside_a_constraint)
+{
+    validate_ctx vc = ef_vc(F.m, 128);
+    vc.constraints = T;
+    vc.chat_prompt = stub_chat_prompt;
+    vc.chat_stop_token = 300;
+    vc.chat_stop_text = "<|end|>";
+    const char *msgs = "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"max_tokens\": 8";
+    char body[512];
+    job_params p;
+    api_error err;
+    snprintf(body, sizeof body, "%s}", msgs);
+    cr_assert_eq(validate_request(&vc, JOB_CHAT, body, strlen(body), &p, &err), 0, "%s", err.message);
+    cr_assert_eq(p.n_stops, 1);
+    cr_assert_str_eq(p.stops[0], "<|end|>");
+    cr_assert_eq(p.has_stop_token, 1);
+    job_params_clear(&p);
+    snprintf(body, sizeof body, "%s, \"response_format\": {\"type\": \"json_object\"}}", msgs);
+    cr_assert_eq(validate_request(&vc, JOB_CHAT, body, strlen(body), &p, &err), 0, "%s", err.message);
+    cr_assert_eq(p.n_stops, 0);
+    cr_assert_eq(p.has_stop_token, 1);
+    cr_assert_eq(p.stop_token, 300);
+    cr_assert_not_null(p.constraint);
+    job_params_clear(&p);
+}
+
 Test(engine_constraint, refusals_name_their_parameter)
 {
     api_error err;
@@ -240,6 +369,11 @@ Test(engine_constraint, refusals_name_their_parameter)
     cr_assert_str_eq(err.param, "stop");
     cr_assert_eq(refuse("{\"prompt\": \"a\", \"choice\": []}", &err), -1);
     cr_assert_str_eq(err.param, "choice");
+    /* echo would put the prompt in front of the constrained text */
+    cr_assert_eq(refuse("{\"prompt\": \"a\", \"choice\": [\"x\"], \"echo\": true}", &err), -1);
+    cr_assert_str_eq(err.param, "echo");
+    cr_assert_eq(err.status, 400);
+    cr_assert_eq(refuse("{\"prompt\": \"a\", \"choice\": [\"x\"], \"echo\": false}", &err), 0);
     /* a server without the table refuses, never ignores */
     validate_ctx vc = ef_vc(F.m, 128);
     job_params p;
