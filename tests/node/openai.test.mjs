@@ -112,3 +112,60 @@ test('curl -N streams the same text', async () => {
   const text = events.slice(0, -1).map((e) => JSON.parse(e.slice(6)).choices[0].text).join('');
   assert.equal(text, GREEDY16);
 });
+
+test("response_format in OpenAI's shapes: json_schema (strict, named, described) and json_object", async () => {
+  const schema = {
+    type: 'object',
+    properties: {
+      name: { type: 'string', description: 'first name', maxLength: 10 },
+      age: { type: 'integer', minimum: 0, maximum: 120 },
+      pet: { type: 'string', enum: ['cat', 'dog'] },
+    },
+    required: ['name', 'age', 'pet'],
+    additionalProperties: false,
+  };
+  const messages = [{ role: 'user', content: 'Describe a child and her pet.' }];
+  const rf = { type: 'json_schema', json_schema: { name: 'child', description: 'a child', schema, strict: true } };
+  const r = await client.chat.completions.create({ messages, max_tokens: 200, n: 4, seed: 8, temperature: 1,
+    response_format: rf });
+  let whole = 0;
+  for (const c of r.choices) {
+    if (c.finish_reason !== 'stop') continue;
+    whole++;
+    const v = JSON.parse(c.message.content);
+    assert.deepEqual(Object.keys(v), ['name', 'age', 'pet'], c.message.content);
+    assert.ok(typeof v.name === 'string' && [...v.name].length <= 10, c.message.content);
+    assert.ok(Number.isInteger(v.age) && v.age >= 0 && v.age <= 120, c.message.content);
+    assert.ok(v.pet === 'cat' || v.pet === 'dog', c.message.content);
+  }
+  assert.ok(whole >= 1, 'no choice finished its object in 200 tokens');
+  // streamed, the same text
+  const one = { messages, max_tokens: 200, seed: 8, temperature: 1, response_format: rf };
+  const a = await client.chat.completions.create(one);
+  let text = '';
+  for await (const chunk of await client.chat.completions.create({ ...one, stream: true })) {
+    text += chunk.choices[0]?.delta?.content ?? '';
+  }
+  assert.equal(text, a.choices[0].message.content);
+  // json_object, on completions too
+  const o = await client.completions.create({ prompt: 'A person:', max_tokens: 200, n: 4, seed: 2,
+    response_format: { type: 'json_object' } });
+  for (const c of o.choices) {
+    if (c.finish_reason === 'stop') {
+      const v = JSON.parse(c.text);
+      assert.ok(v !== null && typeof v === 'object' && !Array.isArray(v), c.text);
+    } else {
+      assert.equal(c.finish_reason, 'length');
+    }
+  }
+  // a keyword outside the subset: a BadRequestError whose param is its path
+  await assert.rejects(
+    client.chat.completions.create({ messages, max_tokens: 4, response_format: { type: 'json_schema',
+      json_schema: { name: 'x', schema: { type: 'string', format: 'email' }, strict: true } } }),
+    (err) => {
+      assert.equal(err.status, 400);
+      assert.equal(err.error?.param ?? err.param, 'response_format.json_schema.schema.format');
+      return true;
+    },
+  );
+});

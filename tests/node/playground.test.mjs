@@ -452,7 +452,7 @@ function assertPipelineShows(view, st, k) {
     assert.deepEqual(p.rows.filter((r) => r.argmax).map((r) => r.id), [st.candidates[best].id], `${s.name}: argmax`);
   });
   for (const s of st.stages.filter((x) => x.skipped && x.name !== 'temperature')) {
-    const label = { logit_bias: 'Logit bias', repetition_penalty: 'Repetition penalty', presence_frequency: 'Presence',
+    const label = { constraint: 'Format', logit_bias: 'Logit bias', repetition_penalty: 'Repetition penalty', presence_frequency: 'Presence',
       top_k: 'Top-k', top_p: 'Top-p', min_p: 'Min-p', softmax: 'Softmax' }[s.name];
     assert.match(view.skipped, new RegExp(label), `skipped ${s.name} is listed as skipped`);
   }
