@@ -25,9 +25,20 @@
  * the median step is slowed far more than the constraint, so the share of the fastest
  * is the honest upper figure).
  *
+ * --decode N [--case NAME] [--cache cold|warm]: instead, a whole decode loop at one
+ * stream for timing the process from outside, A against B: N tokens, each a
+ * model_forward of one token and a sampler_step (temperature 0.8) on its logits, in
+ * sequences of --tokens tokens after a 16-token prompt (a new sequence when one is
+ * full).  --case none (the default) samples unconstrained; a case name constrains every
+ * token, starting the constraint again whenever its text is complete (as the next
+ * request would), its cache new each time (cold) or shared (warm).  Everything else --
+ * loading, the trie, compiling the cases -- is the same whatever the case, so the
+ * difference of two runs is the constraint's cost over N decode steps; --decode 0
+ * times that common setup alone.
+ *
  * usage: bench_constrain --model FILE [--tokenizer FILE] [--vocab-model PATH]
  *                        [--vocab-tokenizer FILE] [--threads N] [--steps N] [--seqs N]
- *                        [--tokens N] [--seed N]
+ *                        [--tokens N] [--seed N] [--decode N [--case NAME] [--cache cold|warm]]
  */
 #include "model/model.h"
 #include "sampler/sampler.h"
@@ -147,10 +158,99 @@ typedef struct {
     sampler_grammar *g;
 } bcase;
 
+static const char *const CASE_NAMES[4] = {"json_object", "json_schema", "choice", "grammar"};
+
+/* Case c's grammar, compiled anew (a cache that owns its grammar needs its own). */
+static int compile_case(int c, sampler_grammar **g)
+{
+    static const char *const choices[3] = {"positive", "negative", "neutral"};
+    static const size_t lens[3] = {8, 8, 7};
+    schema_error se;
+    *g = NULL;
+    if (c == 0)
+        return schema_compile_json_object(g);
+    if (c == 2)
+        return schema_compile_choice(choices, lens, 3, g, &se);
+    if (c == 3)
+        return sampler_grammar_parse(g, GRAMMAR, strlen(GRAMMAR), NULL);
+    json_t *sj = json_loads(SCHEMA, 0, NULL);
+    int rc = sj ? schema_compile(sj, g, &se) : -1;
+    json_decref(sj);
+    return rc;
+}
+
+/* The --decode loop (see the header): the tokens decoded and the constrained texts
+ * completed, or -1 on a failure. */
+static int decode_loop(model *m, const sampler_vocab *sv, const sampler_grammar *g, int c_index, int warm,
+                       int n_tokens, int seq_tokens, uint64_t seed, int *completed)
+{
+    const model_info *in = model_get_info(m);
+    int V = in->vocab_size, done = 0, pos = 0, ok = 0;
+    uint64_t texts = 0;
+    float *lg = malloc((size_t)V * sizeof *lg);
+    model_seq *s = NULL;
+    sampler *smp = NULL;
+    sampler_constraint *con = NULL;
+    sampler_constraint_cache *cc = NULL;
+    *completed = 0;
+    if (!lg)
+        goto out;
+    if (g && warm) {
+        sampler_grammar *copy = NULL;
+        if (compile_case(c_index, &copy) || !(cc = sampler_constraint_cache_new(copy, sv)))
+            goto out;
+    }
+    int32_t prompt[16], tok = 0;
+    for (int i = 0; i < 16; i++)
+        prompt[i] = 3 + (int32_t)((i * 2654435761u) % (uint32_t)(V - 3));
+    while (done < n_tokens) {
+        if (!s || pos >= seq_tokens) {
+            model_seq_free(s);
+            s = model_seq_new(m, 0);
+            model_batch_item it = {.seq = s, .tokens = prompt, .n_tokens = 16, .logits = lg};
+            if (!s || model_forward(m, &it, 1))
+                goto out;
+            pos = 0;
+        }
+        if (!smp) {
+            if (g && !(con = warm ? sampler_constraint_new_shared(cc) : sampler_constraint_new(g, sv)))
+                goto out;
+            sampler_params sp = {.temperature = 0.8f, .seed = seed + texts++, .constraint = con};
+            if (!(smp = sampler_new(V, &sp)))
+                goto out;
+        }
+        sampler_choice c;
+        if (sampler_step(smp, lg, &tok, 1, 0, SAMPLER_TOKEN_ONLY, &c))
+            goto out;
+        tok = c.token;
+        if (con && c.constraint == SAMPLER_CONSTRAINT_COMPLETE) { /* the next text starts afresh */
+            sampler_free(smp);
+            sampler_constraint_free(con);
+            smp = NULL;
+            con = NULL;
+            (*completed)++;
+        }
+        model_batch_item one = {.seq = s, .tokens = &tok, .n_tokens = 1, .logits = lg};
+        if (model_forward(m, &one, 1))
+            goto out;
+        done++;
+        pos++;
+    }
+    ok = 1;
+out:
+    sampler_free(smp);
+    sampler_constraint_free(con);
+    sampler_constraint_cache_free(cc);
+    model_seq_free(s);
+    free(lg);
+    return ok ? done : -1;
+}
+
 int main(int argc, char **argv)
 {
     const char *model_path = NULL, *tok_path = NULL, *vpath = NULL, *vtok = NULL;
-    int threads = 2, steps = 64, seqs = 20, tokens = 128;
+    int threads = 2, steps = 64, seqs = 20, tokens = 128, decode = -1, warm_decode = 0;
+    const char *case_name = "none";
     unsigned long long seed = 1;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -174,11 +274,17 @@ int main(int argc, char **argv)
             tokens = atoi(v);
         else if (!strcmp(a, "--seed"))
             seed = strtoull(v, NULL, 10);
+        else if (!strcmp(a, "--decode"))
+            decode = atoi(v);
+        else if (!strcmp(a, "--case"))
+            case_name = v;
+        else if (!strcmp(a, "--cache") && (!strcmp(v, "cold") || !strcmp(v, "warm")))
+            warm_decode = !strcmp(v, "warm");
         else
             goto usage;
         i++;
     }
-    if (!model_path || threads < 1 || steps < 1 || seqs < 1 || tokens < 1)
+    if (!model_path || threads < 1 || steps < 1 || seqs < 1 || tokens < 1 || decode < -1)
         goto usage;
 
     char err[512];
@@ -216,6 +322,42 @@ int main(int argc, char **argv)
     }
     double t_trie = now() - t0;
 
+    bcase cases[4];
+    for (int c = 0; c < 4; c++) {
+        cases[c].name = CASE_NAMES[c];
+        if (compile_case(c, &cases[c].g)) {
+            fprintf(stderr, "bench_constrain: case %s does not compile\n", CASE_NAMES[c]);
+            return 1;
+        }
+    }
+
+    if (decode >= 0) {
+        const sampler_grammar *g = NULL;
+        int known = !strcmp(case_name, "none"), ci = -1;
+        for (int c = 0; c < 4; c++)
+            if (!strcmp(case_name, cases[c].name))
+                g = cases[c].g, known = 1, ci = c;
+        if (!known) {
+            fprintf(stderr, "bench_constrain: --case is none, json_object, json_schema, choice or grammar\n");
+            return 2;
+        }
+        int completed = 0;
+        t0 = now();
+        int n = decode_loop(m, sv, g, ci, warm_decode, decode, tokens, seed, &completed);
+        if (n < 0) {
+            fprintf(stderr, "bench_constrain: the decode loop failed\n");
+            return 1;
+        }
+        printf("decode %s (%s cache): %d tokens, %d texts completed, %.3f s (trie built in %.1f ms)\n",
+               case_name, warm_decode ? "warm" : "cold", n, completed, now() - t0, t_trie * 1e3);
+        for (int c = 0; c < 4; c++)
+            sampler_grammar_free(cases[c].g);
+        sampler_vocab_free(sv);
+        model_free(vm);
+        model_free(m);
+        return 0;
+    }
+
     double best_step = 0;
     double step = step_time(m, steps, &best_step);
     if (step <= 0) {
@@ -224,19 +366,6 @@ int main(int argc, char **argv)
     }
     printf("model %s (vocab %d); vocabulary of %s; trie built in %.1f ms; one decode step at batch 1: %.3f ms "
            "(median of %d; fastest %.3f ms)\n", model_path, V, vpath ? vpath : model_path, t_trie * 1e3, step * 1e3, steps, best_step * 1e3);
-
-    bcase cases[4] = {{"json_object", NULL}, {"json_schema", NULL}, {"choice", NULL}, {"grammar", NULL}};
-    schema_error se;
-    json_t *sj = json_loads(SCHEMA, 0, NULL);
-    const char *choices[3] = {"positive", "negative", "neutral"};
-    size_t lens[3] = {8, 8, 7};
-    if (schema_compile_json_object(&cases[0].g) || !sj || schema_compile(sj, &cases[1].g, &se) ||
-        schema_compile_choice(choices, lens, 3, &cases[2].g, &se) ||
-        sampler_grammar_parse(&cases[3].g, GRAMMAR, strlen(GRAMMAR), NULL)) {
-        fprintf(stderr, "bench_constrain: a case does not compile\n");
-        return 1;
-    }
-    json_decref(sj);
 
     float *lg = malloc((size_t)V * sizeof *lg);
     size_t cap = (size_t)seqs * (size_t)tokens;
@@ -253,18 +382,8 @@ int main(int argc, char **argv)
         sampler_constraint_cache *cc = NULL;
         if (warm) {
             sampler_grammar *copy = NULL;
-            if (c / 2 == 1) {
-                json_t *sj2 = json_loads(SCHEMA, 0, NULL);
-                schema_compile(sj2, &copy, &se);
-                json_decref(sj2);
-            } else if (c / 2 == 0) {
-                schema_compile_json_object(&copy);
-            } else if (c / 2 == 2) {
-                schema_compile_choice(choices, lens, 3, &copy, &se);
-            } else {
-                sampler_grammar_parse(&copy, GRAMMAR, strlen(GRAMMAR), NULL);
-            }
-            cc = sampler_constraint_cache_new(copy, sv);
+            if (compile_case(c / 2, &copy) == 0)
+                cc = sampler_constraint_cache_new(copy, sv);
             if (!cc)
                 return 1;
         }
@@ -321,6 +440,7 @@ int main(int argc, char **argv)
     return 0;
 usage:
     fprintf(stderr, "usage: bench_constrain --model FILE [--tokenizer FILE] [--vocab-model PATH]\n"
-                    "         [--vocab-tokenizer FILE] [--threads N] [--steps N] [--seqs N] [--tokens N] [--seed N]\n");
+                    "         [--vocab-tokenizer FILE] [--threads N] [--steps N] [--seqs N] [--tokens N] [--seed N]\n"
+                    "         [--decode N [--case none|json_object|json_schema|choice|grammar] [--cache cold|warm]]\n");
     return 2;
 }
