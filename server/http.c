@@ -775,6 +775,7 @@ int server_run(const server_config *cfg)
         !(s->constraints = constraint_table_new(s->cvocab, CONSTRAINT_TABLE_SIZE))) {
         fprintf(stderr, "lmserve: out of memory building the vocabulary trie\n");
         sampler_vocab_free(s->cvocab);
+        MHD_stop_daemon(s->d);
         model_free(s->m);
         free(s);
         return -1;
@@ -788,6 +789,7 @@ int server_run(const server_config *cfg)
         chat_free(&s->chat);
         constraint_table_free(s->constraints);
         sampler_vocab_free(s->cvocab);
+        MHD_stop_daemon(s->d);
         model_free(s->m);
         free(s);
         return -1;
