@@ -34,7 +34,8 @@
  * request would), its cache new each time (cold) or shared (warm).  Everything else --
  * loading, the trie, compiling the cases -- is the same whatever the case, so the
  * difference of two runs is the constraint's cost over N decode steps; --decode 0
- * times that common setup alone.
+ * times that common setup alone.  It also prints sampler_step's own thread CPU time per
+ * token, so paired runs give the constraint's share without the forward pass's noise.
  *
  * usage: bench_constrain --model FILE [--tokenizer FILE] [--vocab-model PATH]
  *                        [--vocab-tokenizer FILE] [--threads N] [--steps N] [--seqs N]
@@ -182,7 +183,7 @@ static int compile_case(int c, sampler_grammar **g)
 /* The --decode loop (see the header): the tokens decoded and the constrained texts
  * completed, or -1 on a failure. */
 static int decode_loop(model *m, const sampler_vocab *sv, const sampler_grammar *g, int c_index, int warm,
-                       int n_tokens, int seq_tokens, uint64_t seed, int *completed)
+                       int n_tokens, int seq_tokens, uint64_t seed, int *completed, double *sampler_cpu)
 {
     const model_info *in = model_get_info(m);
     int V = in->vocab_size, done = 0, pos = 0, ok = 0;
@@ -193,6 +194,7 @@ static int decode_loop(model *m, const sampler_vocab *sv, const sampler_grammar 
     sampler_constraint *con = NULL;
     sampler_constraint_cache *cc = NULL;
     *completed = 0;
+    *sampler_cpu = 0;
     if (!lg)
         goto out;
     if (g && warm) {
@@ -220,7 +222,10 @@ static int decode_loop(model *m, const sampler_vocab *sv, const sampler_grammar 
                 goto out;
         }
         sampler_choice c;
-        if (sampler_step(smp, lg, &tok, 1, 0, SAMPLER_TOKEN_ONLY, &c))
+        double t0 = cpu_now();
+        int rc = sampler_step(smp, lg, &tok, 1, 0, SAMPLER_TOKEN_ONLY, &c);
+        *sampler_cpu += cpu_now() - t0;
+        if (rc)
             goto out;
         tok = c.token;
         if (con && c.constraint == SAMPLER_CONSTRAINT_COMPLETE) { /* the next text starts afresh */
@@ -342,14 +347,16 @@ int main(int argc, char **argv)
             return 2;
         }
         int completed = 0;
+        double sampler_cpu = 0;
         t0 = now();
-        int n = decode_loop(m, sv, g, ci, warm_decode, decode, tokens, seed, &completed);
+        int n = decode_loop(m, sv, g, ci, warm_decode, decode, tokens, seed, &completed, &sampler_cpu);
         if (n < 0) {
             fprintf(stderr, "bench_constrain: the decode loop failed\n");
             return 1;
         }
-        printf("decode %s (%s cache): %d tokens, %d texts completed, %.3f s (trie built in %.1f ms)\n",
-               case_name, warm_decode ? "warm" : "cold", n, completed, now() - t0, t_trie * 1e3);
+        printf("decode %s (%s cache): %d tokens, %d texts completed, %.3f s; sampler_step %.1f us/token "
+               "(thread CPU); trie built in %.1f ms\n", case_name, warm_decode ? "warm" : "cold", n, completed,
+               now() - t0, n ? sampler_cpu * 1e6 / n : 0.0, t_trie * 1e3);
         for (int c = 0; c < 4; c++)
             sampler_grammar_free(cases[c].g);
         sampler_vocab_free(sv);
