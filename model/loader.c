@@ -174,6 +174,20 @@ static int read_file_parallel(int fd, uint8_t *dst, size_t len, int threads, siz
     return atomic_load(&r.err);
 }
 
+/* 1 if the file was written to (or truncated, or extended) between two fstat calls
+ * on the same descriptor: a copy read in between may mix old and new bytes -- a
+ * header from one version with weights of another, which the format's checks
+ * would accept (tests/faults/test_file_changes_during_load.c).  The times are the
+ * file system's, which advance in clock ticks of a few ms: a rewrite to the same
+ * size within the tick of the write before the first fstat goes unseen; a change
+ * of size never does. */
+static int file_changed(const struct stat *a, const struct stat *b)
+{
+    return a->st_size != b->st_size || a->st_mtim.tv_sec != b->st_mtim.tv_sec ||
+           a->st_mtim.tv_nsec != b->st_mtim.tv_nsec || a->st_ctim.tv_sec != b->st_ctim.tv_sec ||
+           a->st_ctim.tv_nsec != b->st_ctim.tv_nsec;
+}
+
 int model_map_file(model *m, const char *path, const uint8_t **data, size_t *size,
                    char *err, size_t errlen)
 {
@@ -234,9 +248,16 @@ int model_map_file_at(model *m, const char *path, size_t align_at, const uint8_t
     }
     size_t at = 0;
     int rerr = read_file_parallel(fd, (uint8_t *)addr + pad, len, m && m->n_threads > 1 ? m->n_threads : 1, &at);
+    struct stat after = st;
+    int changed = !rerr && (fstat(fd, &after) != 0 || file_changed(&st, &after));
     close(fd);
-    if (rerr) {
+    if (rerr || changed) {
         munmap(addr, maplen);
+        if (changed)
+            return model_errf(err, errlen, MODEL_EIO, path,
+                              "file changed while it was being read (%zu bytes, now %lld); "
+                              "load it again once it is written",
+                              len, (long long)after.st_size);
         if (rerr < 0)
             return model_errf(err, errlen, MODEL_EIO, path,
                               "file shrank while it was being read (%zu of %zu bytes)", at, len);
