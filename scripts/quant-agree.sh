@@ -6,11 +6,14 @@
 # served by lmserve and by llama-server (-ctk f32 -ctv f32 -fa off: F32 KV cache, no flash
 # attention, lmserve's arithmetic) and scripts/compare-greedy.py compares the greedy
 # continuations of fixed prompts and the chosen tokens' logprobs (up to the first difference).
-# One line per (model, type): bytes, continuations identical / prompts, largest logprob difference.
+# One line per (model, type): bytes, continuations identical / prompts, largest logprob difference,
+# and how many first generated tokens agree within 1e-4 (see compare-greedy.py).
 #
 # Models: tests/data/models/stories260K.gguf (F32, rows of 64 and 172: the K-quants fall back),
-# models/default/model.gguf (F16, rows of 192 and 512) and a random-weight model whose rows are
-# multiples of 256 (bench/gen_model --dim 256 --hidden 768, generated under build/agree).
+# models/default/model.gguf (F16, rows of 192 and 512) and a small KJV model whose rows are all
+# multiples of 256 (dim 256, hidden 768, untied classifier: build/agree/kjv256.gguf, trained on
+# first use by `lmserve train` with AGREE_256_TRAIN, a few minutes on 2 cores; a random-weight
+# model would not do: its greedy tokens have probability ~1, so every logprob is 0).
 #
 # Environment: LLAMA_CPP_BIN [build/ref/llama.cpp/build/bin] (llama-quantize, llama-server);
 #   LLAMA_CPP_LIBS [none] a directory put first on LD_LIBRARY_PATH for llama-server (e.g. a
@@ -23,23 +26,26 @@ cd "$(dirname "$0")/.."
 
 B=${LMSERVE_BUILD:-build/release}
 LM=${LMSERVE_BIN:-$B/lmserve}
-GEN=$B/bench/gen_model
 LC=${LLAMA_CPP_BIN:-build/ref/llama.cpp/build/bin}
 TYPES=${AGREE_TYPES:-"Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 Q2_K Q3_K_S Q3_K_M Q3_K_L Q4_K_S Q4_K_M Q5_K_S Q5_K_M Q6_K"}
 NTOK=${AGREE_TOKENS:-100}
 THREADS=${THREADS:-1}
 port=${COMPARE_PORT:-18193}
 port2=$((port + 1))
-G256=build/agree/rand256-f32.gguf
-MODELS=${AGREE_MODELS:-"tests/data/models/stories260K.gguf:stories models/default/model.gguf:kjv $G256:stories"}
+G256=${AGREE_256:-build/agree/kjv256.gguf}
+G256_TRAIN=${AGREE_256_TRAIN:-"--dim 256 --layers 2 --heads 4 --hidden 768 --ctx 128 --steps 300 --batch 2 --lr 3e-3 --warmup 30 --seed 1337 --threads 1 --untied --eval-every 0 --eval-tokens 4096"}
+MODELS=${AGREE_MODELS:-"tests/data/models/stories260K.gguf:stories models/default/model.gguf:kjv $G256:kjv"}
 
-for f in "$LM" "$GEN" "$LC/llama-quantize" "$LC/llama-server"; do
+for f in "$LM" "$LC/llama-quantize" "$LC/llama-server"; do
   [ -x "$f" ] || { echo "quant-agree: $f is missing" >&2; exit 1; }
 done
 if [[ " $MODELS " == *" $G256:"* ]] && [ ! -s "$G256" ]; then
   mkdir -p "$(dirname "$G256")"
-  "$GEN" --out "$G256" --format gguf --type f32 --dim 256 --hidden 768 --layers 2 --heads 4 \
-    --kv-heads 4 --vocab 1024 --ctx 256 --seed 7 >/dev/null
+  [ -s build/corpus/kjv.txt ] || scripts/make-corpus.sh build/corpus
+  echo "-- training $G256 (lmserve train $G256_TRAIN)" >&2
+  # shellcheck disable=SC2086
+  nice "$LM" train --data build/corpus/kjv.txt --out "$G256" --ckpt "${G256%.gguf}.ckpt.gguf" $G256_TRAIN \
+    --quiet >/dev/null
 fi
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/lmserve-agree.XXXXXX")
