@@ -25,6 +25,7 @@ import struct
 import sys
 import time
 import unittest
+from unittest import mock
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from lmserve_testlib import Server, require_model, slow  # noqa: E402
@@ -59,8 +60,13 @@ PARTIAL = [
 ]
 
 
+TCP_LISTEN = 10
+
+
 def socket_states(port):
-    """{state: count} of the TCP sockets whose local port is `port`."""
+    """{state: count} of the TCP sockets whose local port is `port`.  The check must be
+    able to fail: /proc/net/tcp (the server listens on 127.0.0.1) has to be readable and
+    has to show the server's listening socket, or this raises instead of answering {}."""
     out = {}
     for name in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
@@ -72,7 +78,13 @@ def socket_states(port):
                     if int(local.rsplit(":", 1)[1], 16) == port:
                         out[st] = out.get(st, 0) + 1
         except FileNotFoundError:
-            pass
+            if name == "/proc/net/tcp":
+                raise AssertionError("/proc/net/tcp is missing: the socket states cannot be checked")
+        except OSError as e:  # unreadable
+            raise AssertionError("%s cannot be read (%s): the socket states cannot be checked" % (name, e))
+    if not out.get(TCP_LISTEN):
+        raise AssertionError("the server's listening socket (port %d) is not in /proc/net/tcp: "
+                             "the socket states cannot be checked" % port)
     return out
 
 
@@ -256,6 +268,31 @@ class Released(unittest.TestCase):
         FIGURES.append("connections: 50 clients gone in later states (keep-alive, half-closed, streaming, "
                        "parked): released %.0f ms after the closes; completion %.0f ms"
                        % (took * 1e3, c * 1e3))
+
+
+class SocketStateCheck(unittest.TestCase):
+    """The CLOSE-WAIT checks above cannot pass by seeing nothing."""
+
+    def test_unreadable_proc_net_tcp_fails(self):
+        real_open = open
+
+        def refuse(name, *a, **k):
+            if str(name).startswith("/proc/net/tcp"):
+                raise PermissionError(13, "Permission denied", name)
+            return real_open(name, *a, **k)
+        with mock.patch("builtins.open", refuse):
+            with self.assertRaises(AssertionError):
+                socket_states(80)
+
+    def test_a_port_nobody_listens_on_fails(self):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, not listening: in no LISTEN row
+        try:
+            with self.assertRaises(AssertionError):
+                socket_states(port)
+        finally:
+            s.close()
 
 
 class PerAddressLimit(unittest.TestCase):
