@@ -18,6 +18,10 @@
  * This module knows nothing of HTTP or sampling.  Functions return 0 or a
  * negative MODEL_E* code; loaders also write one human-readable line into a
  * caller-supplied buffer ("FILE: what is wrong").  Every *_free accepts NULL.
+ * Out of memory, the rule for this module (server.h states the server's side): every
+ * allocation is checked and a failure is returned as MODEL_ENOMEM (a load also writes its
+ * message), never a partial result, so a server can fail one request and serve the next;
+ * a buffer's capacity grows only after its realloc succeeded, never `p = realloc(p, n)`.
  * All functions may be called from any thread; a model may be used by several
  * threads at once, as long as each model_seq is used by one thread at a time
  * and model_forward calls are serialised by the caller (they share the pool).

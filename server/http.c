@@ -1,7 +1,7 @@
 /* http.c -- libmicrohttpd driven by a libuv loop (external epoll mode), request
  * lifecycle, parking/resuming connections, the ready list, signals and the
- * graceful shutdown.  See server.h for the design and ../shared/DESIGN.md for
- * the measured facts this follows. */
+ * graceful shutdown, and running request work off the loop thread.  See server.h for
+ * the design and RELIABILITY.md for how connections, limits and failures are tested. */
 #include "server/http.h"
 #include "server/constraint.h"
 #include "model/model.h"
@@ -15,7 +15,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 /* Grammars kept compiled, with their automaton tables and masks, for requests that
@@ -23,6 +26,56 @@
 #define CONSTRAINT_TABLE_SIZE 16
 
 static void mhd_run(server *s);
+
+/* the nice value of the threads that parse and tokenize request bodies (offload_work) */
+#define WORKER_NICE 10
+/* Bodies up to this size are parsed on the loop thread: parsing and tokenizing cost
+ * about 0.3 us a byte on this VM (a 1 MiB body ~0.3 s), so at most a few milliseconds. */
+#define OFFLOAD_MIN_BODY (8 * 1024)
+
+/* ---- how long the loop thread is busy ----------------------------------------------------
+ *
+ * While the loop thread runs one callback, every other connection waits, streams included.
+ * Each callback's CPU time (the thread's own clock: time the thread was descheduled by a
+ * busy machine is not counted) is summed and its maximum kept; /metrics shows both. */
+
+static double thread_cpu(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static void busy_begin(server *s)
+{
+    if (s->busy_depth++ == 0) s->busy_t0 = thread_cpu();
+}
+
+static void busy_end(server *s)
+{
+    if (--s->busy_depth > 0) return;
+    double d = thread_cpu() - s->busy_t0;
+    s->loop_busy_total += d;
+    if (d > s->loop_busy_max) s->loop_busy_max = d;
+}
+
+/* ---- jansson's allocations ---------------------------------------------------------------- */
+
+static _Thread_local int json_oom;
+
+static void *json_malloc_noted(size_t n)
+{
+    void *p = malloc(n);
+    if (!p) json_oom = 1;
+    return p;
+}
+
+int json_alloc_failed(void)
+{
+    int f = json_oom;
+    json_oom = 0;
+    return f;
+}
 
 /* ---- request objects -------------------------------------------------------------- */
 
@@ -33,6 +86,8 @@ static void req_unref(http_req *r)
         if (r->job->req == r) r->job->req = NULL;
         job_unref(r->job);
     }
+    job_params_clear(&r->wp); /* results of work that was never answered */
+    free(r->wbody);
     sbuf_free(&r->body);
     free(r->url);
     free(r);
@@ -51,6 +106,9 @@ static void unpark(server *s, http_req *r)
  * completion both end the connection on a client cancel). */
 static void req_client_gone(server *s, http_req *r)
 {
+    /* Work on its body is bounded and is left to finish: the client may have only
+     * half-closed, and then it still reads the answer (what happens next is as above). */
+    if (r->working) return;
     if (r->job) engine_cancel(s->eng, r->job, CANCEL_CLIENT);
     unpark(s, r);
 }
@@ -113,6 +171,9 @@ static void eofs_tell(server *s)
 {
     for (http_conn *hc = s->eofs, *next; hc; hc = next) {
         next = hc->eof_next;
+        /* not while its request's body is being worked on: MHD would read the end-of-file
+         * before the answer is queued and drop a half-closed client's answer */
+        if (hc->req && (hc->req->working || hc->req->worked)) continue;
         int unread = 0;
         if (ioctl(hc->fd, SIOCINQ, &unread) == 0 && unread > 0) continue;
         shutdown(hc->fd, SHUT_RD);
@@ -125,6 +186,7 @@ static void on_peer_closed(uv_poll_t *h, int status, int events)
     http_conn *hc = h->data;
     server *s = hc->srv;
     if (status == 0 && !(events & UV_DISCONNECT)) return;
+    busy_begin(s);
     uv_poll_stop(h); /* level-triggered: once is enough */
     hc->peer_closed = 1;
     if (hc->req) req_client_gone(s, hc->req);
@@ -136,6 +198,7 @@ static void on_peer_closed(uv_poll_t *h, int status, int events)
         s->eofs = hc;
     }
     mhd_run(s);
+    busy_end(s);
 }
 
 static void on_connection(void *cls, struct MHD_Connection *c, void **socket_context,
@@ -177,13 +240,36 @@ static void on_connection(void *cls, struct MHD_Connection *c, void **socket_con
 
 /* ---- answering ------------------------------------------------------------------------ */
 
-static void add_common_headers(server *s, struct MHD_Response *resp)
+/* Out of memory (the policy is in server.h): a header libmicrohttpd cannot add makes
+ * the answer fail as a whole, never go out without it. */
+static int add_common_headers(server *s, struct MHD_Response *resp)
 {
-    MHD_add_response_header(resp, "Server", s->server_header);
+    int ok = MHD_add_response_header(resp, "Server", s->server_header) == MHD_YES;
     if (s->cfg.cors_origin) {
-        MHD_add_response_header(resp, "Access-Control-Allow-Origin", s->cfg.cors_origin);
-        if (strcmp(s->cfg.cors_origin, "*") != 0) MHD_add_response_header(resp, "Vary", "Origin");
+        ok &= MHD_add_response_header(resp, "Access-Control-Allow-Origin", s->cfg.cors_origin) == MHD_YES;
+        if (strcmp(s->cfg.cors_origin, "*") != 0) ok &= MHD_add_response_header(resp, "Vary", "Origin") == MHD_YES;
     }
+    return ok;
+}
+
+/* Queue resp (and drop our reference).  MHD_NO, which closes the connection, when a
+ * header cannot be added or the answer cannot be queued. */
+static enum MHD_Result send_response(server *s, http_req *r, int status, const char *ctype,
+                                     struct MHD_Response *resp, const char *const *headers)
+{
+    int ok = !ctype || MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, ctype) == MHD_YES;
+    for (int i = 0; ok && headers && headers[i]; i += 2)
+        ok &= MHD_add_response_header(resp, headers[i], headers[i + 1]) == MHD_YES;
+    ok = ok && add_common_headers(s, resp);
+    if (ok && (s->draining || r->close))
+        ok &= MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close") == MHD_YES;
+    enum MHD_Result ret = MHD_NO;
+    if (ok) {
+        r->status = status;
+        ret = MHD_queue_response(r->conn, (unsigned)status, resp);
+    }
+    MHD_destroy_response(resp);
+    return ret;
 }
 
 enum MHD_Result http_send(server *s, http_req *r, int status, const char *ctype,
@@ -192,36 +278,56 @@ enum MHD_Result http_send(server *s, http_req *r, int status, const char *ctype,
     struct MHD_Response *resp =
         MHD_create_response_from_buffer(len, (void *)data, MHD_RESPMEM_MUST_COPY);
     if (!resp) return MHD_NO;
-    if (ctype) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
-    for (int i = 0; headers && headers[i]; i += 2) MHD_add_response_header(resp, headers[i], headers[i + 1]);
-    add_common_headers(s, resp);
-    if (s->draining || r->close) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
-    r->status = status;
-    enum MHD_Result ret = MHD_queue_response(r->conn, (unsigned)status, resp);
-    MHD_destroy_response(resp);
-    return ret;
+    return send_response(s, r, status, ctype, resp, headers);
 }
+
+enum MHD_Result http_send_owned(server *s, http_req *r, int status, const char *ctype, char *data,
+                                size_t len, const char *const *headers)
+{
+    struct MHD_Response *resp = MHD_create_response_from_buffer(len, data, MHD_RESPMEM_MUST_FREE);
+    if (!resp) {
+        free(data);
+        return MHD_NO;
+    }
+    return send_response(s, r, status, ctype, resp, headers);
+}
+
+/* The answer when not even the error's body can be built */
+static const char OOM_BODY[] = "{\"error\":{\"message\":\"out of memory\",\"type\":\"server_error\","
+                               "\"param\":null,\"code\":\"out_of_memory\"}}";
 
 enum MHD_Result http_send_error(server *s, http_req *r, const api_error *e)
 {
-    char *body = api_error_json(e);
-    if (!body) return MHD_NO;
     const char *retry[] = {"Retry-After", "1", NULL};
     const char *auth[] = {"WWW-Authenticate", "Bearer", NULL};
+    char *body = api_error_json(e);
+    if (!body) {
+        struct MHD_Response *resp = MHD_create_response_from_buffer(sizeof OOM_BODY - 1, (void *)OOM_BODY,
+                                                                    MHD_RESPMEM_PERSISTENT);
+        return resp ? send_response(s, r, 503, "application/json", resp, retry) : MHD_NO;
+    }
     const char *const *h = e->status == 503 ? retry : e->status == 401 ? auth : NULL;
-    enum MHD_Result ret = http_send(s, r, e->status, "application/json", body, strlen(body), h);
-    free(body);
-    return ret;
+    return http_send_owned(s, r, e->status, "application/json", body, strlen(body), h);
+}
+
+enum MHD_Result http_send_oom(server *s, http_req *r)
+{
+    api_error e;
+    api_error_set(&e, 503, "server_error", NULL, "out_of_memory", "out of memory");
+    return http_send_error(s, r, &e);
 }
 
 enum MHD_Result http_send_json(server *s, http_req *r, int status, json_t *o)
 {
-    char *body = json_dumps(o, JSON_COMPACT);
+    char *body = o ? json_dumps(o, JSON_COMPACT) : NULL;
     json_decref(o);
-    if (!body) return MHD_NO;
-    enum MHD_Result ret = http_send(s, r, status, "application/json", body, strlen(body), NULL);
-    free(body);
-    return ret;
+    /* a value built since routes_dispatch began, or the text, may lack a part */
+    if (body && json_alloc_failed()) {
+        free(body);
+        body = NULL;
+    }
+    if (!body) return http_send_oom(s, r);
+    return http_send_owned(s, r, status, "application/json", body, strlen(body), NULL);
 }
 
 static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
@@ -229,11 +335,18 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
     (void)pos;
     http_req *r = cls;
     job *j = r->job;
-    if (!r->conn || !j) return MHD_CONTENT_READER_END_WITH_ERROR;
+    if (!r->conn || !j || r->out_broken) return MHD_CONTENT_READER_END_WITH_ERROR;
     int c = atomic_load(&j->cancel);
     if (c == CANCEL_CLIENT || c == CANCEL_OVERFLOW) return MHD_CONTENT_READER_END_WITH_ERROR;
     int done = 0;
-    size_t n = job_out_take(j, buf, max, &done);
+    json_alloc_failed(); /* forget an earlier failure */
+    size_t n = job_out_take(j, buf, max, &done); /* formats what the engine sent (output_drain) */
+    if (json_alloc_failed()) {
+        /* as in on_async: these bytes may lack a field, the stream is cut short instead */
+        r->out_broken = 1;
+        engine_cancel(r->srv->eng, j, CANCEL_CLIENT);
+        return MHD_CONTENT_READER_END_WITH_ERROR;
+    }
     if (n && r->t_out == 0 && atomic_load(&j->stat_ttft) >= 0) r->t_out = srv_now();
     if (n) return (ssize_t)n;
     if (done) return MHD_CONTENT_READER_END_OF_STREAM;
@@ -253,15 +366,8 @@ enum MHD_Result http_send_job_body(server *s, http_req *r, int status, const cha
     struct MHD_Response *resp = MHD_create_response_from_callback(j->out.len - j->out_off, 64 * 1024,
                                                                   stream_reader, r, stream_free);
     if (!resp) return MHD_NO;
-    r->refs++;
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
-    for (int i = 0; headers && headers[i]; i += 2) MHD_add_response_header(resp, headers[i], headers[i + 1]);
-    add_common_headers(s, resp);
-    if (s->draining) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
-    r->status = status;
-    enum MHD_Result ret = MHD_queue_response(r->conn, (unsigned)status, resp);
-    MHD_destroy_response(resp);
-    return ret;
+    r->refs++; /* the response's, dropped by stream_free */
+    return send_response(s, r, status, "application/json", resp, headers);
 }
 
 enum MHD_Result http_send_stream(server *s, http_req *r)
@@ -269,15 +375,69 @@ enum MHD_Result http_send_stream(server *s, http_req *r)
     struct MHD_Response *resp =
         MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024, stream_reader, r, stream_free);
     if (!resp) return MHD_NO;
-    r->refs++;
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
-    MHD_add_response_header(resp, "X-Accel-Buffering", "no");
-    add_common_headers(s, resp);
-    r->status = 200;
-    enum MHD_Result ret = MHD_queue_response(r->conn, MHD_HTTP_OK, resp);
-    MHD_destroy_response(resp);
-    return ret;
+    r->refs++; /* the response's, dropped by stream_free */
+    const char *h[] = {MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache", "X-Accel-Buffering", "no", NULL};
+    return send_response(s, r, 200, "text/event-stream", resp, h);
+}
+
+/* ---- work off the loop thread --------------------------------------------------------- */
+
+static void offload_work(uv_work_t *w)
+{
+    /* Parsing a large body yields the CPU to token generation: on Linux the nice value
+     * is per thread, and libuv's worker threads run only this server's work.  On a busy
+     * machine the engine thread otherwise shares its core with the parse. */
+    static _Thread_local int niced;
+    if (!niced) {
+        niced = 1;
+        setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), WORKER_NICE);
+    }
+    http_req *r = w->data;
+    r->work_fn(r);
+}
+
+static void offload_done(uv_work_t *w, int status)
+{
+    http_req *r = w->data;
+    server *s = r->srv;
+    busy_begin(s);
+    r->working = 0;
+    if (r->conn && status == 0) {
+        r->worked = 1;
+        unpark(s, r);
+    }
+    /* else the connection ended while the work ran (the client left): nobody waits for
+     * the results, req_unref frees them */
+    req_unref(r);
+    mhd_run(s);
+    busy_end(s);
+}
+
+enum MHD_Result http_offload(server *s, http_req *r)
+{
+    if (r->body.len <= OFFLOAD_MIN_BODY) {
+        /* a small body costs less than the trip to a worker thread; answered at once, a
+         * client that half-closed after its request still gets its answer */
+        r->work_fn(r);
+        return r->finish_fn(s, r);
+    }
+    r->work.data = r;
+    r->refs++; /* the work's reference: r outlives its connection until offload_done */
+    r->working = 1;
+    if (uv_queue_work(&s->loop, &r->work, offload_work, offload_done) != 0) {
+        r->working = 0;
+        r->refs--;
+        api_error e;
+        api_error_set(&e, 503, "server_error", NULL, "server_busy", "the server could not start the request");
+        return http_send_error(s, r, &e);
+    }
+    /* parked even when the client has already closed (http_park would not): it may have
+     * only half-closed, and the work ends by itself */
+    if (!r->parked) {
+        MHD_suspend_connection(r->conn);
+        r->parked = 1;
+    }
+    return MHD_YES;
 }
 
 /* ---- MHD callbacks -------------------------------------------------------------------- */
@@ -348,10 +508,9 @@ static enum MHD_Result first_call(server *s, http_req *r, struct MHD_Connection 
         api_error_set(&e, 405, "invalid_request_error", NULL, "method_not_allowed",
                       "Method %s is not allowed on %.200s (allowed: %s)", r->method_s, r->url, allow);
         char *body = api_error_json(&e);
+        if (!body) return http_send_oom(s, r);
         const char *h[] = {"Allow", allow, NULL};
-        enum MHD_Result ret = http_send(s, r, 405, "application/json", body, body ? strlen(body) : 0, h);
-        free(body);
-        return ret;
+        return http_send_owned(s, r, 405, "application/json", body, strlen(body), h);
     }
     /* a web page on another site can send a POST (text/plain needs no preflight): only the
      * server's own pages and --cors-origin may */
@@ -380,6 +539,22 @@ static enum MHD_Result first_call(server *s, http_req *r, struct MHD_Connection 
     return routes_dispatch(s, r);
 }
 
+/* 503 for a request that has no record (it could not be allocated); MHD_NO if even
+ * that fails.  Not counted in /metrics nor logged: on_completed has nothing to count. */
+static enum MHD_Result oom_unrecorded(server *s, struct MHD_Connection *c)
+{
+    struct MHD_Response *resp =
+        MHD_create_response_from_buffer(sizeof OOM_BODY - 1, (void *)OOM_BODY, MHD_RESPMEM_PERSISTENT);
+    if (!resp) return MHD_NO;
+    enum MHD_Result ret = MHD_NO;
+    if (MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json") == MHD_YES &&
+        MHD_add_response_header(resp, "Retry-After", "1") == MHD_YES && add_common_headers(s, resp) &&
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close") == MHD_YES)
+        ret = MHD_queue_response(c, 503, resp);
+    MHD_destroy_response(resp);
+    return ret;
+}
+
 static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char *url,
                                  const char *method, const char *version, const char *upload,
                                  size_t *upload_size, void **con_cls)
@@ -388,7 +563,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
     http_req *r = *con_cls;
     if (!r) {
         r = calloc(1, sizeof *r);
-        if (!r) return MHD_NO;
+        if (!r) return oom_unrecorded(s, c);
         r->refs = 1;
         r->srv = s;
         r->conn = c;
@@ -399,7 +574,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
         r->url = strdup(url);
         if (!r->url) {
             free(r);
-            return MHD_NO;
+            return oom_unrecorded(s, c);
         }
         const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
         r->hc = ci ? ci->socket_context : NULL;
@@ -412,19 +587,27 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
         return first_call(s, r, c, version);
     }
     if (*upload_size) {
-        if (!r->too_large) {
+        if (!r->too_large && !r->oom) {
             if (r->body.len + *upload_size > s->cfg.body_limit) {
                 r->too_large = 1;
                 sbuf_free(&r->body);
             } else if (sbuf_append(&r->body, upload, *upload_size) < 0) {
-                return MHD_NO;
+                r->oom = 1; /* the rest is read and dropped; the answer is 503 */
+                sbuf_free(&r->body);
             }
         }
         *upload_size = 0;
         return MHD_YES;
     }
+    /* resumed while its work runs: only shutdown's last resort (on_force) does that */
+    if (r->working) return MHD_NO;
+    if (r->worked) {
+        r->worked = 0;
+        return r->finish_fn(s, r);
+    }
     if (r->waiting) return routes_resume(s, r);
     if (r->status) return MHD_YES; /* already answered */
+    if (r->oom) return http_send_oom(s, r);
     if (r->too_large) {
         api_error e;
         api_error_set(&e, 413, "invalid_request_error", NULL, "request_too_large",
@@ -503,7 +686,9 @@ static void finish_shutdown(server *s);
 
 static void on_mhd_timer(uv_timer_t *t)
 {
+    busy_begin(t->data);
     mhd_run(t->data);
+    busy_end(t->data);
 }
 
 static void mhd_run(server *s)
@@ -527,7 +712,9 @@ static void on_mhd_poll(uv_poll_t *h, int status, int events)
 {
     (void)status;
     (void)events;
+    busy_begin(h->data);
     mhd_run(h->data);
+    busy_end(h->data);
 }
 
 static void notify(void *cls, job *j)
@@ -568,11 +755,19 @@ static job *ready_next(server *s, job *j)
 static void on_async(uv_async_t *a)
 {
     server *s = a->data;
+    busy_begin(s);
     job *list = ready_take(s);
     while (list) {
         job *j = list;
         list = ready_next(s, j);
+        json_alloc_failed(); /* forget an earlier failure */
         output_drain(j); /* format the engine's events now: overflow is seen even if nobody reads */
+        if (json_alloc_failed() && j->req) {
+            /* a JSON value could not be built: what was formatted may lack a field, so
+             * the request ends here (503, or a stream cut short) rather than send it */
+            j->req->out_broken = 1;
+            engine_cancel(s->eng, j, CANCEL_CLIENT);
+        }
         if (j->req && j->req->parked) {
             unpark(s, j->req);
         } else if (j->req && atomic_load(&j->cancel) == CANCEL_OVERFLOW && j->req->conn) {
@@ -583,6 +778,7 @@ static void on_async(uv_async_t *a)
         job_unref(j);
     }
     mhd_run(s);
+    busy_end(s);
 }
 
 static void on_force(uv_timer_t *t)
@@ -707,6 +903,7 @@ int server_run(const server_config *cfg)
     s->cfg = *cfg;
     snprintf(s->server_header, sizeof s->server_header, "lmserve/%s", cfg->version ? cfg->version : "unknown");
     json_object_seed(0);
+    json_set_alloc_funcs(json_malloc_noted, free);
     signal(SIGPIPE, SIG_IGN);
 
     /* Listen first, then load: an address that cannot be listened on fails before

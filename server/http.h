@@ -46,11 +46,25 @@ struct http_req {
     double t_out;              /* a stream's first bytes taken by the connection (0: none yet) */
     sbuf body;
     int too_large;
+    int oom;                   /* the body could not be stored: answered 503 */
+    int out_broken;            /* its job's output could not be formatted whole (on_async) */
     job *job;
     int waiting;               /* a non-streamed job is running; the handler answers on resume */
     int parked;                /* suspended by us */
     int status;
     int close;                 /* close the connection after the answer (bad framing) */
+    /* Work done off the loop thread (http_offload): parsing, validating, tokenizing. */
+    uv_work_t work;
+    void (*work_fn)(http_req *r);         /* on a libuv worker thread */
+    enum MHD_Result (*finish_fn)(server *s, http_req *r); /* on the loop thread, in the handler */
+    int working;               /* work_fn is running (or queued) */
+    int worked;                /* work_fn is done: finish_fn answers on resume */
+    /* the work's results */
+    int wrc;                   /* 0 or -1 with werr set */
+    api_error werr;
+    job_params wp;             /* completions (freed with r unless a job took them) */
+    char *wbody;               /* tokenize/detokenize: the answer's JSON (freed with r) */
+    size_t wbody_len;
     http_req *prev, *next;     /* srv->reqs */
 };
 
@@ -87,6 +101,8 @@ struct server {
     int n_conns;
     int draining, finishing;
     int ctx;
+    int busy_depth;            /* the loop thread's time in callbacks (http.c) */
+    double busy_t0, loop_busy_total, loop_busy_max;
 };
 
 /* routes.c */
@@ -114,12 +130,25 @@ size_t guard_log_escape(char *out, size_t cap, const char *s, size_t max_in);
 /* http.c */
 enum MHD_Result http_send(server *s, http_req *r, int status, const char *ctype,
                           const void *data, size_t len, const char *const *headers);
+/* The same with a malloc'd body that the response takes (freed with it, even on failure):
+ * no copy of a large answer on the loop thread. */
+enum MHD_Result http_send_owned(server *s, http_req *r, int status, const char *ctype, char *data,
+                                size_t len, const char *const *headers);
 enum MHD_Result http_send_error(server *s, http_req *r, const api_error *e);
-enum MHD_Result http_send_json(server *s, http_req *r, int status, json_t *o); /* steals o */
+/* 503 out_of_memory; MHD_NO (the connection closes) when not even that can be sent. */
+enum MHD_Result http_send_oom(server *s, http_req *r);
+/* Steals o; NULL (a failed build) or a failed dump is 503 out_of_memory. */
+enum MHD_Result http_send_json(server *s, http_req *r, int status, json_t *o);
 /* Start a streamed (SSE) answer for r->job. */
 enum MHD_Result http_send_stream(server *s, http_req *r);
 /* r's job is done: its outbox (the whole answer) is the body, read without a copy. */
 enum MHD_Result http_send_job_body(server *s, http_req *r, int status, const char *const *headers);
 void http_park(server *s, http_req *r);
+/* Run r->work_fn (set with finish_fn) on a libuv worker thread and park r
+ * meanwhile; when it is done r is resumed and finish_fn answers.  The loop thread never
+ * parses or tokenizes a large request body itself: a 1 MiB body takes a few hundred
+ * milliseconds, during which every other connection, streams included, would wait.
+ * Bodies of at most 8 KiB are worked on at once, on the loop thread. */
+enum MHD_Result http_offload(server *s, http_req *r);
 
 #endif

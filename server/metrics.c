@@ -75,68 +75,71 @@ void metrics_context(metrics *m, int recomputed)
     uv_mutex_unlock(&m->mu);
 }
 
-static void histogram(sbuf *b, const char *name, const char *help, const uint64_t *bk,
+static int histogram(sbuf *b, const char *name, const char *help, const uint64_t *bk,
                       uint64_t count, double sum)
 {
-    sbuf_printf(b, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
+    int bad = 0;
+    bad |= sbuf_printf(b, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
     uint64_t cum = 0;
     for (int i = 0; i < METRICS_NBUCKETS; i++) {
         cum += bk[i];
-        sbuf_printf(b, "%s_bucket{le=\"%g\"} %llu\n", name, buckets[i], (unsigned long long)cum);
+        bad |= sbuf_printf(b, "%s_bucket{le=\"%g\"} %llu\n", name, buckets[i], (unsigned long long)cum);
     }
-    sbuf_printf(b, "%s_bucket{le=\"+Inf\"} %llu\n", name, (unsigned long long)count);
-    sbuf_printf(b, "%s_sum %.6f\n%s_count %llu\n", name, sum, name, (unsigned long long)count);
+    bad |= sbuf_printf(b, "%s_bucket{le=\"+Inf\"} %llu\n", name, (unsigned long long)count);
+    bad |= sbuf_printf(b, "%s_sum %.6f\n%s_count %llu\n", name, sum, name, (unsigned long long)count);
+    return bad;
 }
 
 int metrics_render(metrics *m, sbuf *b, int queued, int running_requests, int running_seqs,
                    int slots)
 {
+    int bad = 0; /* an append that failed for want of memory: no partial page is served */
     uv_mutex_lock(&m->mu);
-    sbuf_printf(b, "# HELP lmserve_requests_total HTTP requests answered, by status code.\n"
+    bad |= sbuf_printf(b, "# HELP lmserve_requests_total HTTP requests answered, by status code.\n"
                    "# TYPE lmserve_requests_total counter\n");
     for (int s = 100; s < 600; s++)
         if (m->by_status[s])
-            sbuf_printf(b, "lmserve_requests_total{status=\"%d\"} %llu\n", s,
+            bad |= sbuf_printf(b, "lmserve_requests_total{status=\"%d\"} %llu\n", s,
                         (unsigned long long)m->by_status[s]);
-    sbuf_printf(b, "# HELP lmserve_prompt_tokens_total Prompt tokens processed.\n"
+    bad |= sbuf_printf(b, "# HELP lmserve_prompt_tokens_total Prompt tokens processed.\n"
                    "# TYPE lmserve_prompt_tokens_total counter\nlmserve_prompt_tokens_total %llu\n",
                 (unsigned long long)m->prompt_tokens);
-    sbuf_printf(b, "# HELP lmserve_completion_tokens_total Tokens generated.\n"
+    bad |= sbuf_printf(b, "# HELP lmserve_completion_tokens_total Tokens generated.\n"
                    "# TYPE lmserve_completion_tokens_total counter\nlmserve_completion_tokens_total %llu\n",
                 (unsigned long long)m->completion_tokens);
-    sbuf_printf(b, "# HELP lmserve_queue_length Requests waiting for a slot.\n"
+    bad |= sbuf_printf(b, "# HELP lmserve_queue_length Requests waiting for a slot.\n"
                    "# TYPE lmserve_queue_length gauge\nlmserve_queue_length %d\n", queued);
-    sbuf_printf(b, "# HELP lmserve_requests_running Requests with at least one sequence in the engine.\n"
+    bad |= sbuf_printf(b, "# HELP lmserve_requests_running Requests with at least one sequence in the engine.\n"
                    "# TYPE lmserve_requests_running gauge\nlmserve_requests_running %d\n", running_requests);
-    sbuf_printf(b, "# HELP lmserve_sequences_running Sequences being decoded.\n"
+    bad |= sbuf_printf(b, "# HELP lmserve_sequences_running Sequences being decoded.\n"
                    "# TYPE lmserve_sequences_running gauge\nlmserve_sequences_running %d\n", running_seqs);
-    sbuf_printf(b, "# HELP lmserve_slots Sequences the engine decodes together (--parallel).\n"
+    bad |= sbuf_printf(b, "# HELP lmserve_slots Sequences the engine decodes together (--parallel).\n"
                    "# TYPE lmserve_slots gauge\nlmserve_slots %d\n", slots);
-    sbuf_printf(b, "# HELP lmserve_engine_steps_total Batched forward calls.\n"
+    bad |= sbuf_printf(b, "# HELP lmserve_engine_steps_total Batched forward calls.\n"
                    "# TYPE lmserve_engine_steps_total counter\nlmserve_engine_steps_total %llu\n",
                 (unsigned long long)m->steps);
-    sbuf_printf(b, "# HELP lmserve_engine_rows_total Token rows fed to the model (prompt and generated).\n"
+    bad |= sbuf_printf(b, "# HELP lmserve_engine_rows_total Token rows fed to the model (prompt and generated).\n"
                    "# TYPE lmserve_engine_rows_total counter\nlmserve_engine_rows_total %llu\n",
                 (unsigned long long)m->rows);
-    sbuf_printf(b, "# HELP lmserve_engine_forward_seconds_total Time spent in model_forward.\n"
+    bad |= sbuf_printf(b, "# HELP lmserve_engine_forward_seconds_total Time spent in model_forward.\n"
                    "# TYPE lmserve_engine_forward_seconds_total counter\nlmserve_engine_forward_seconds_total %.6f\n",
                 m->forward_seconds);
-    sbuf_printf(b, "# HELP lmserve_context_window_moves_total Times a sequence's window moved past the context "
+    bad |= sbuf_printf(b, "# HELP lmserve_context_window_moves_total Times a sequence's window moved past the context "
                    "(slide: every token past it; shift: every time the window filled).\n"
                    "# TYPE lmserve_context_window_moves_total counter\nlmserve_context_window_moves_total %llu\n",
                 (unsigned long long)m->window_moves);
-    sbuf_printf(b, "# HELP lmserve_context_recomputed_tokens_total Tokens fed to the model again because their "
+    bad |= sbuf_printf(b, "# HELP lmserve_context_recomputed_tokens_total Tokens fed to the model again because their "
                    "window moved.\n"
                    "# TYPE lmserve_context_recomputed_tokens_total counter\nlmserve_context_recomputed_tokens_total %llu\n",
                 (unsigned long long)m->recomputed);
-    sbuf_printf(b, "# HELP lmserve_response_bytes Bytes held by answers: non-streamed answers being built "
+    bad |= sbuf_printf(b, "# HELP lmserve_response_bytes Bytes held by answers: non-streamed answers being built "
                    "or sent, and streamed output a client has not read yet.\n"
                    "# TYPE lmserve_response_bytes gauge\nlmserve_response_bytes %lld\n",
                 atomic_load(&m->response_bytes));
-    histogram(b, "lmserve_time_to_first_token_seconds", "Time from request to first generated token.",
+    bad |= histogram(b, "lmserve_time_to_first_token_seconds", "Time from request to first generated token.",
               m->ttft_buckets, m->ttft_count, m->ttft_sum);
-    histogram(b, "lmserve_time_per_output_token_seconds", "Time between consecutive generated tokens of a sequence.",
+    bad |= histogram(b, "lmserve_time_per_output_token_seconds", "Time between consecutive generated tokens of a sequence.",
               m->tok_buckets, m->tok_count, m->tok_sum);
     uv_mutex_unlock(&m->mu);
-    return 0;
+    return bad ? -1 : 0;
 }

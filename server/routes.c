@@ -49,25 +49,32 @@ int route_find(const char *url, unsigned *allowed)
 
 /* ---- GET ------------------------------------------------------------------------------- */
 
+/* Every json_* call can fail for want of memory: `bad` collects the failures (a NULL
+ * value makes json_object_set_new fail too) and the object is then not sent. */
 static json_t *model_card(server *s)
 {
     const model_info *mi = model_get_info(s->m);
     json_t *o = json_object();
-    json_object_set_new(o, "id", json_string(s->model_id));
-    json_object_set_new(o, "object", json_string("model"));
-    json_object_set_new(o, "created", json_integer(0));
-    json_object_set_new(o, "owned_by", json_string("lmserve"));
-    json_object_set_new(o, "architecture", json_string(mi->arch ? mi->arch : "unknown"));
-    json_object_set_new(o, "format", json_string(mi->format ? mi->format : "unknown"));
-    json_object_set_new(o, "weight_type", json_string(mi->weight_type ? mi->weight_type : "unknown"));
-    json_object_set_new(o, "context_length", json_integer(s->ctx));
-    json_object_set_new(o, "model_context_length", json_integer(mi->ctx_len));
-    json_object_set_new(o, "vocab_size", json_integer(mi->vocab_size));
-    json_object_set_new(o, "n_params", json_integer((json_int_t)mi->n_params));
-    json_object_set_new(o, "n_layers", json_integer(mi->n_layers));
-    json_object_set_new(o, "dim", json_integer(mi->dim));
-    if (mi->sample_prompt) json_object_set_new(o, "sample_prompt", json_string(mi->sample_prompt));
-    json_object_set_new(o, "chat_template", chat_card(&s->chat));
+    int bad = 0;
+    bad |= json_object_set_new(o, "id", json_string(s->model_id));
+    bad |= json_object_set_new(o, "object", json_string("model"));
+    bad |= json_object_set_new(o, "created", json_integer(0));
+    bad |= json_object_set_new(o, "owned_by", json_string("lmserve"));
+    bad |= json_object_set_new(o, "architecture", json_string(mi->arch ? mi->arch : "unknown"));
+    bad |= json_object_set_new(o, "format", json_string(mi->format ? mi->format : "unknown"));
+    bad |= json_object_set_new(o, "weight_type", json_string(mi->weight_type ? mi->weight_type : "unknown"));
+    bad |= json_object_set_new(o, "context_length", json_integer(s->ctx));
+    bad |= json_object_set_new(o, "model_context_length", json_integer(mi->ctx_len));
+    bad |= json_object_set_new(o, "vocab_size", json_integer(mi->vocab_size));
+    bad |= json_object_set_new(o, "n_params", json_integer((json_int_t)mi->n_params));
+    bad |= json_object_set_new(o, "n_layers", json_integer(mi->n_layers));
+    bad |= json_object_set_new(o, "dim", json_integer(mi->dim));
+    if (mi->sample_prompt) bad |= json_object_set_new(o, "sample_prompt", json_string(mi->sample_prompt));
+    bad |= json_object_set_new(o, "chat_template", chat_card(&s->chat));
+    if (bad) {
+        json_decref(o);
+        return NULL;
+    }
     return o;
 }
 
@@ -92,10 +99,18 @@ static enum MHD_Result get_static(server *s, http_req *r)
  * default of vLLM's shape, whose clients expect a control token spelled in the text to be that
  * token (lm-eval finds the EOS id by tokenizing the eos_token of /tokenizer_info). */
 
-static json_t *parse_body(server *s, http_req *r, api_error *e)
+#define OOM(e) api_error_set(e, 503, "server_error", NULL, "out_of_memory", "out of memory")
+
+static json_t *parse_body(const http_req *r, api_error *e)
 {
     json_error_t je;
+    json_alloc_failed(); /* forget an earlier failure */
     json_t *root = json_loadb(r->body.data ? r->body.data : "", r->body.len, 0, &je);
+    if (json_alloc_failed()) { /* even a parse that succeeded may have lost bytes of a string */
+        json_decref(root);
+        OOM(e);
+        return NULL;
+    }
     if (!root) {
         api_error_set(e, 400, "invalid_request_error", NULL, "invalid_json",
                       "request body is not valid JSON: %s", je.text);
@@ -106,7 +121,6 @@ static json_t *parse_body(server *s, http_req *r, api_error *e)
         api_error_set(e, 400, "invalid_request_error", NULL, "invalid_json", "request body must be a JSON object");
         return NULL;
     }
-    (void)s;
     return root;
 }
 
@@ -125,18 +139,19 @@ static int opt_bool(json_t *root, const char *key, int dflt, int *out, api_error
     return 0;
 }
 
-/* Tokens of text[0..len) into a malloc'd list: 0, or -1 (out of memory or untokenizable). */
+/* Tokens of text[0..len) into a malloc'd list: 0, VALIDATE_ENOMEM, or another negative
+ * code (untokenizable). */
 static int tokenize_text(server *s, const char *text, size_t len, int add_bos, int special, int32_t **out, int *n_out)
 {
-    if (!special) return validate_tokenize(&s->vc, text, len, add_bos, out, n_out) < 0 ? -1 : 0;
+    if (!special) return validate_tokenize(&s->vc, text, len, add_bos, out, n_out);
     int cap = (int)(len + 8 < 1024 ? len + 8 : 1024);
     for (;;) {
         int32_t *buf = malloc(sizeof *buf * (size_t)cap);
-        if (!buf) return -1;
+        if (!buf) return VALIDATE_ENOMEM;
         int n = model_tokenize_special(s->m, text, len, add_bos, buf, cap);
         if (n < 0) {
             free(buf);
-            return -1;
+            return n == MODEL_ENOMEM ? VALIDATE_ENOMEM : n;
         }
         if (n <= cap) {
             *out = buf;
@@ -148,80 +163,112 @@ static int tokenize_text(server *s, const char *text, size_t len, int add_bos, i
     }
 }
 
-static enum MHD_Result post_tokenize(server *s, http_req *r)
+/* {"tokens", "count", "max_model_len", "pieces"?} as JSON text, or NULL out of memory.
+ * Every json_* call here can fail for want of memory: `bad` collects it (a NULL value makes
+ * the append or set fail too), and jansson's own dropped allocations are caught after. */
+static char *tokenize_answer(server *s, const int32_t *toks, int n, int pieces)
 {
-    api_error e;
-    json_t *root = parse_body(s, r, &e);
-    if (!root) return http_send_error(s, r, &e);
+    json_alloc_failed(); /* forget an earlier failure */
+    json_t *o = json_object(), *arr = json_array(), *pa = pieces ? json_array() : NULL;
+    int bad = !o || !arr || (pieces && !pa);
+    for (int i = 0; !bad && i < n; i++) {
+        bad |= json_array_append_new(arr, json_integer(toks[i])) < 0;
+        if (pa) {
+            /* each token's own vocabulary string (byte tokens show as "<0xNN>", as stored) */
+            const char *str = model_token_str(s->m, toks[i]);
+            json_t *v = str ? json_string(str) : NULL; /* NULL too when not UTF-8 */
+            bad |= json_array_append_new(pa, v ? v : json_string("")) < 0;
+        }
+    }
+    bad = bad || json_object_set(o, "tokens", arr) < 0;
+    bad = bad || json_object_set_new(o, "count", json_integer(n)) < 0; /* vLLM's fields */
+    bad = bad || json_object_set_new(o, "max_model_len", json_integer(s->ctx)) < 0;
+    bad = bad || (pa && json_object_set(o, "pieces", pa) < 0);
+    char *text = bad ? NULL : json_dumps(o, JSON_COMPACT);
+    json_decref(arr);
+    json_decref(pa);
+    json_decref(o);
+    if (json_alloc_failed()) { /* jansson may have dropped part of the text without saying */
+        free(text);
+        text = NULL;
+    }
+    return text;
+}
+
+static void set_answer(http_req *r, char *text)
+{
+    r->wbody = text;
+    if (text) {
+        r->wbody_len = strlen(text);
+        r->wrc = 0;
+    } else {
+        OOM(&r->werr);
+    }
+}
+
+static void tokenize_work(http_req *r)
+{
+    server *s = r->srv;
+    api_error *e = &r->werr;
+    r->wrc = -1;
+    json_t *root = parse_body(r, e);
+    if (!root) return;
     const char *key = json_object_get(root, "content") ? "content" : "prompt";
     int vllm = !strcmp(key, "prompt");
     json_t *c = json_object_get(root, key);
     int add = 1, pieces = 0, special = 0;
     if (!json_is_string(c)) {
-        if (!c) api_error_set(&e, 400, "invalid_request_error", "content", "missing_required_parameter",
+        if (!c) api_error_set(e, 400, "invalid_request_error", "content", "missing_required_parameter",
                               "'content' (or 'prompt') is required");
-        else api_error_set(&e, 400, "invalid_request_error", key, "invalid_type", "'%s' must be a string", key);
-        goto fail;
+        else api_error_set(e, 400, "invalid_request_error", key, "invalid_type", "'%s' must be a string", key);
+        goto out;
     }
-    if (opt_bool(root, "add_special", 1, &add, &e) < 0 || opt_bool(root, "add_special_tokens", add, &add, &e) < 0 ||
-        opt_bool(root, "with_pieces", 0, &pieces, &e) < 0 || opt_bool(root, "parse_special", vllm, &special, &e) < 0)
-        goto fail;
+    if (opt_bool(root, "add_special", 1, &add, e) < 0 || opt_bool(root, "add_special_tokens", add, &add, e) < 0 ||
+        opt_bool(root, "with_pieces", 0, &pieces, e) < 0 || opt_bool(root, "parse_special", vllm, &special, e) < 0)
+        goto out;
     int32_t *toks = NULL;
     int n = 0;
-    if (tokenize_text(s, json_string_value(c), json_string_length(c), add && s->vc.add_bos, special, &toks, &n) < 0) {
-        api_error_set(&e, 400, "invalid_request_error", key, "invalid_value", "'%s' could not be tokenized", key);
-        goto fail;
+    int trc = tokenize_text(s, json_string_value(c), json_string_length(c), add && s->vc.add_bos, special, &toks, &n);
+    if (trc == VALIDATE_ENOMEM) {
+        OOM(e);
+    } else if (trc < 0) {
+        api_error_set(e, 400, "invalid_request_error", key, "invalid_value", "'%s' could not be tokenized", key);
+    } else {
+        set_answer(r, tokenize_answer(s, toks, n, pieces));
+        free(toks);
     }
+out:
     json_decref(root);
-    json_t *o = json_object();
-    json_t *arr = json_array();
-    json_t *pa = pieces ? json_array() : NULL;
-    for (int i = 0; arr && i < n; i++) {
-        json_array_append_new(arr, json_integer(toks[i]));
-        if (pa) {
-            /* each token's own vocabulary string (byte tokens show as "<0xNN>", as stored) */
-            const char *str = model_token_str(s->m, toks[i]);
-            json_t *v = str ? json_string(str) : NULL;
-            json_array_append_new(pa, v ? v : json_string(""));
-        }
-    }
-    free(toks);
-    json_object_set_new(o, "tokens", arr);
-    json_object_set_new(o, "count", json_integer(n));            /* vLLM's fields */
-    json_object_set_new(o, "max_model_len", json_integer(s->ctx));
-    if (pa) json_object_set_new(o, "pieces", pa);
-    return http_send_json(s, r, 200, o);
-fail:
-    json_decref(root);
-    return http_send_error(s, r, &e);
 }
 
-static enum MHD_Result post_detokenize(server *s, http_req *r)
+static void detokenize_work(http_req *r)
 {
-    api_error e;
-    json_t *root = parse_body(s, r, &e);
-    if (!root) return http_send_error(s, r, &e);
+    server *s = r->srv;
+    api_error *e = &r->werr;
+    r->wrc = -1;
+    json_t *root = parse_body(r, e);
+    if (!root) return;
     json_t *t = json_object_get(root, "tokens");
     if (!json_is_array(t)) {
-        api_error_set(&e, 400, "invalid_request_error", "tokens", "invalid_type", "'tokens' must be an array of token ids");
+        api_error_set(e, 400, "invalid_request_error", "tokens", "invalid_type", "'tokens' must be an array of token ids");
         json_decref(root);
-        return http_send_error(s, r, &e);
+        return;
     }
     size_t n = json_array_size(t);
     int32_t *ids = malloc(sizeof *ids * (n ? n : 1));
     if (!ids) {
         json_decref(root);
-        api_error_set(&e, 503, "server_error", NULL, "out_of_memory", "out of memory");
-        return http_send_error(s, r, &e);
+        OOM(e);
+        return;
     }
     for (size_t i = 0; i < n; i++) {
         json_t *x = json_array_get(t, i);
         if (!json_is_integer(x) || json_integer_value(x) < 0 || json_integer_value(x) >= s->vc.vocab) {
-            api_error_set(&e, 400, "invalid_request_error", "tokens", "invalid_value",
+            api_error_set(e, 400, "invalid_request_error", "tokens", "invalid_value",
                           "'tokens[%zu]' is not a token id in [0, %d)", i, s->vc.vocab);
             free(ids);
             json_decref(root);
-            return http_send_error(s, r, &e);
+            return;
         }
         ids[i] = (int32_t)json_integer_value(x);
     }
@@ -247,17 +294,31 @@ static enum MHD_Result post_detokenize(server *s, http_req *r)
         oom = !ptext;
     }
     free(ids);
-    if (oom) {
-        free(text);
-        api_error_set(&e, 503, "server_error", NULL, "out_of_memory", "out of memory");
-        return http_send_error(s, r, &e);
+    char *answer = NULL;
+    if (!oom) {
+        json_alloc_failed(); /* forget an earlier failure */
+        json_t *o = json_object();
+        int bad = json_object_set_new(o, "content", json_bytes(text, len)) < 0;
+        bad = bad || json_object_set_new(o, "prompt", ptext ? json_bytes(ptext, plen) : json_bytes(text, len)) < 0;
+        answer = bad ? NULL : json_dumps(o, JSON_COMPACT);
+        json_decref(o);
+        if (json_alloc_failed()) { /* jansson may have dropped part of the text without saying */
+            free(answer);
+            answer = NULL;
+        }
     }
-    json_t *o = json_object();
-    json_object_set_new(o, "content", json_bytes(text ? text : "", text ? len : 0));
-    json_object_set_new(o, "prompt", ptext ? json_bytes(ptext, plen) : json_bytes(text ? text : "", text ? len : 0));
     free(text);
     free(ptext);
-    return http_send_json(s, r, 200, o);
+    set_answer(r, answer);
+}
+
+/* the work's answer: its JSON, or its error */
+static enum MHD_Result finish_answer(server *s, http_req *r)
+{
+    if (r->wrc < 0) return http_send_error(s, r, &r->werr);
+    char *body = r->wbody;
+    r->wbody = NULL;
+    return http_send_owned(s, r, 200, "application/json", body, r->wbody_len, NULL);
 }
 
 /* A special token's text as a JSON string, or null when the model has none. */
@@ -279,37 +340,39 @@ static enum MHD_Result get_tokenizer_info(server *s, http_req *r)
                       : !strcmp(mi->tokenizer, "byte-level-bpe") ? "GPT2Tokenizer"
                                                                  : "PreTrainedTokenizerFast";
     json_t *o = json_object();
-    json_object_set_new(o, "tokenizer_class", json_string(cls));
-    json_object_set_new(o, "bos_token", token_text_json(s, mi->bos_id));
-    json_object_set_new(o, "eos_token", token_text_json(s, mi->eos_id));
-    json_object_set_new(o, "pad_token", json_null());
-    json_object_set_new(o, "bos_token_id", mi->bos_id >= 0 ? json_integer(mi->bos_id) : json_null());
-    json_object_set_new(o, "eos_token_id", mi->eos_id >= 0 ? json_integer(mi->eos_id) : json_null());
-    json_object_set_new(o, "add_bos_token", json_boolean(mi->add_bos && mi->bos_id >= 0));
-    json_object_set_new(o, "add_eos_token", json_false());
-    json_object_set_new(o, "model_max_length", json_integer(s->ctx));
-    json_object_set_new(o, "vocab_size", json_integer(mi->vocab_size));
-    json_object_set_new(o, "chat_template", s->chat.tpl ? json_string(s->chat.source_text) : json_null());
-    return http_send_json(s, r, 200, o);
+    int bad = json_object_set_new(o, "tokenizer_class", json_string(cls));
+    bad |= json_object_set_new(o, "bos_token", token_text_json(s, mi->bos_id));
+    bad |= json_object_set_new(o, "eos_token", token_text_json(s, mi->eos_id));
+    bad |= json_object_set_new(o, "pad_token", json_null());
+    bad |= json_object_set_new(o, "bos_token_id", mi->bos_id >= 0 ? json_integer(mi->bos_id) : json_null());
+    bad |= json_object_set_new(o, "eos_token_id", mi->eos_id >= 0 ? json_integer(mi->eos_id) : json_null());
+    bad |= json_object_set_new(o, "add_bos_token", json_boolean(mi->add_bos && mi->bos_id >= 0));
+    bad |= json_object_set_new(o, "add_eos_token", json_false());
+    bad |= json_object_set_new(o, "model_max_length", json_integer(s->ctx));
+    bad |= json_object_set_new(o, "vocab_size", json_integer(mi->vocab_size));
+    bad |= json_object_set_new(o, "chat_template", s->chat.tpl ? json_string(s->chat.source_text) : json_null());
+    if (bad) json_decref(o);
+    return http_send_json(s, r, 200, bad ? NULL : o);
 }
 
 /* ---- completions ---------------------------------------------------------------------------- */
 
-static enum MHD_Result post_completion(server *s, http_req *r, int kind)
+static void completion_work(http_req *r)
+{
+    int kind = r->route == ROUTE_CHAT ? JOB_CHAT : JOB_COMPLETION;
+    r->wrc = validate_request(&r->srv->vc, kind, r->body.data, r->body.len, &r->wp, &r->werr);
+}
+
+static enum MHD_Result completion_finish(server *s, http_req *r)
 {
     api_error e;
+    if (r->wrc < 0) return http_send_error(s, r, &r->werr);
     if (s->draining) {
         api_error_set(&e, 503, "server_error", NULL, "shutting_down", "the server is shutting down");
         return http_send_error(s, r, &e);
     }
-    job_params p;
-    if (validate_request(&s->vc, kind, r->body.data, r->body.len, &p, &e) < 0) return http_send_error(s, r, &e);
-    job *j = job_new(s, &p, s->model_id);
-    if (!j) {
-        job_params_clear(&p);
-        api_error_set(&e, 503, "server_error", NULL, "out_of_memory", "out of memory");
-        return http_send_error(s, r, &e);
-    }
+    job *j = job_new(s, &r->wp, s->model_id); /* takes r->wp's contents */
+    if (!j) return http_send_oom(s, r);
     if (engine_submit(s->eng, j) < 0) {
         job_unref(j);
         api_error_set(&e, 503, "server_error", NULL, "queue_full",
@@ -324,6 +387,18 @@ static enum MHD_Result post_completion(server *s, http_req *r, int kind)
     return MHD_YES;
 }
 
+static enum MHD_Result post_completion(server *s, http_req *r)
+{
+    if (s->draining) {
+        api_error e;
+        api_error_set(&e, 503, "server_error", NULL, "shutting_down", "the server is shutting down");
+        return http_send_error(s, r, &e);
+    }
+    r->work_fn = completion_work;
+    r->finish_fn = completion_finish;
+    return http_offload(s, r);
+}
+
 enum MHD_Result routes_resume(server *s, http_req *r)
 {
     job *j = r->job;
@@ -331,6 +406,10 @@ enum MHD_Result routes_resume(server *s, http_req *r)
     int done = j->done;
     uv_mutex_unlock(&j->mu);
     int c = atomic_load(&j->cancel);
+    if (r->out_broken) {
+        r->waiting = 0;
+        return http_send_oom(s, r);
+    }
     if (c == CANCEL_CLIENT || c == CANCEL_OVERFLOW) return MHD_NO;
     if (!done) {
         http_park(s, r);
@@ -343,25 +422,33 @@ enum MHD_Result routes_resume(server *s, http_req *r)
 enum MHD_Result routes_dispatch(server *s, http_req *r)
 {
     api_error e;
+    json_alloc_failed(); /* from here, a failure of jansson's is this request's (http_send_json) */
     switch (r->route) {
-    case ROUTE_COMPLETIONS: return post_completion(s, r, JOB_COMPLETION);
-    case ROUTE_CHAT: return post_completion(s, r, JOB_CHAT);
-    case ROUTE_TOKENIZE: return post_tokenize(s, r);
-    case ROUTE_DETOKENIZE: return post_detokenize(s, r);
+    case ROUTE_COMPLETIONS:
+    case ROUTE_CHAT: return post_completion(s, r);
+    case ROUTE_TOKENIZE:
+        r->work_fn = tokenize_work;
+        r->finish_fn = finish_answer;
+        return http_offload(s, r);
+    case ROUTE_DETOKENIZE:
+        r->work_fn = detokenize_work;
+        r->finish_fn = finish_answer;
+        return http_offload(s, r);
     case ROUTE_TOKENIZER_INFO: return get_tokenizer_info(s, r);
     case ROUTE_HEALTH: {
         json_t *o = json_object();
-        json_object_set_new(o, "status", json_string(s->draining ? "draining" : "ok"));
-        json_object_set_new(o, "version", json_string(s->cfg.version ? s->cfg.version : "unknown"));
-        return http_send_json(s, r, s->draining ? 503 : 200, o);
+        int bad = json_object_set_new(o, "status", json_string(s->draining ? "draining" : "ok"));
+        bad |= json_object_set_new(o, "version", json_string(s->cfg.version ? s->cfg.version : "unknown"));
+        if (bad) json_decref(o);
+        return http_send_json(s, r, s->draining ? 503 : 200, bad ? NULL : o);
     }
     case ROUTE_MODELS: {
-        json_t *o = json_object();
-        json_object_set_new(o, "object", json_string("list"));
-        json_t *data = json_array();
-        json_array_append_new(data, model_card(s));
-        json_object_set_new(o, "data", data);
-        return http_send_json(s, r, 200, o);
+        json_t *o = json_object(), *data = json_array();
+        int bad = json_array_append_new(data, model_card(s));
+        bad |= json_object_set_new(o, "object", json_string("list"));
+        bad |= json_object_set_new(o, "data", data);
+        if (bad) json_decref(o);
+        return http_send_json(s, r, 200, bad ? NULL : o);
     }
     case ROUTE_MODEL: {
         const char *id = r->url + strlen("/v1/models/");
@@ -376,7 +463,17 @@ enum MHD_Result routes_dispatch(server *s, http_req *r)
         sbuf b = {0};
         int q = 0, rr = 0, rs = 0;
         engine_stats(s->eng, &q, &rr, &rs);
-        metrics_render(&s->met, &b, q, rr, rs, s->cfg.parallel);
+        int bad = metrics_render(&s->met, &b, q, rr, rs, s->cfg.parallel) < 0;
+        bad |= sbuf_printf(&b, "# HELP lmserve_loop_busy_seconds_total CPU time the loop thread spent in its callbacks.\n"
+                               "# TYPE lmserve_loop_busy_seconds_total counter\nlmserve_loop_busy_seconds_total %.6f\n"
+                               "# HELP lmserve_loop_busy_max_seconds Longest CPU time of one loop callback, during "
+                               "which every other connection waited.\n"
+                               "# TYPE lmserve_loop_busy_max_seconds gauge\nlmserve_loop_busy_max_seconds %.6f\n",
+                           s->loop_busy_total, s->loop_busy_max) < 0;
+        if (bad) {
+            sbuf_free(&b);
+            return http_send_oom(s, r);
+        }
         enum MHD_Result ret = http_send(s, r, 200, "text/plain; version=0.0.4; charset=utf-8",
                                         b.data ? b.data : "", b.len, NULL);
         sbuf_free(&b);

@@ -42,6 +42,16 @@
  * the last ctx/2 tokens when the window is full; stop ends the choice.  Under shift
  * and stop a prompt longer than the window is a 400 context_length_exceeded.
  *
+ * Out of memory: every allocation is checked, and a failure ends only the request that
+ * met it, with 503 out_of_memory in OpenAI's error shape (a stream that has begun is cut
+ * short or ends with an error event; when not even the error can be built, the connection
+ * is closed).  Nothing is left half-built behind a 200: jansson drops some allocation
+ * failures silently (a string that loses a byte), so its allocator notes every failure
+ * (json_alloc_failed) and the server checks that note after each parse and each answer it
+ * builds.  A capacity is grown only after its realloc succeeded, never `p = realloc(p, n)`.
+ * Failing to start (model, port, loop) is a message on stderr and a negative return.
+ * tests/integration/test_failalloc.py fails each allocation of the loop thread in turn.
+ *
  * Shutdown (SIGINT/SIGTERM): MHD_quiesce_daemon, let in-flight requests finish until
  * --shutdown-timeout, then cancel the rest (streams get an error event and [DONE]),
  * join the engine, MHD_stop_daemon (no connection is suspended by then), close every

@@ -45,6 +45,10 @@ size_t utf8_valid_prefix(const char *s, size_t n);
 size_t utf8_count(const char *s, size_t n);
 /* A JSON string from arbitrary bytes: invalid sequences become U+FFFD. */
 json_t *json_bytes(const char *s, size_t n);
+/* 1 if an allocation of jansson's failed on this thread since the last call (then
+ * cleared): jansson reports some of them as syntax errors.  Its allocator is set by
+ * server_run (http.c); without it this is always 0. */
+int json_alloc_failed(void);
 
 /* ---- Errors (respond.c) --------------------------------------------------------- */
 

@@ -713,7 +713,13 @@ int validate_request(const validate_ctx *vc, int kind, const char *body, size_t 
 {
     memset(out, 0, sizeof *out);
     json_error_t jerr;
+    json_alloc_failed(); /* forget an earlier failure */
     json_t *root = json_loadb(body ? body : "", len, 0, &jerr);
+    if (json_alloc_failed()) { /* even a parse that succeeded may have lost bytes of a string */
+        json_decref(root);
+        api_error_set(err, 503, "server_error", NULL, "out_of_memory", "out of memory");
+        return -1;
+    }
     if (!root) {
         api_error_set(err, 400, "invalid_request_error", NULL, "invalid_json",
                       "request body is not valid JSON: %s (line %d, column %d)", jerr.text, jerr.line, jerr.column);
