@@ -167,5 +167,9 @@ int cli_serve(int argc, char **argv)
         fprintf(stderr, "lmserve serve: cannot read model '%s': %s\n", c.model_path, strerror(errno));
         return 1;
     }
-    return server_run(&c) == 0 ? 0 : 1;
+    server *srv;
+    if (server_new(&srv, &c) < 0) return 1;
+    int run = server_run(srv);
+    server_free(srv);
+    return run == 0 ? 0 : 1;
 }

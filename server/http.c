@@ -816,19 +816,23 @@ static void on_signal(uv_signal_t *h, int signum)
     mhd_run(s);
 }
 
+/* Close every handle server_new initialised (each once); uv_run then completes the closes. */
+static void close_handles(server *s)
+{
+    uv_handle_t *h[] = {(uv_handle_t *)&s->async, (uv_handle_t *)&s->mhd_poll, (uv_handle_t *)&s->mhd_timer,
+                        (uv_handle_t *)&s->drain_timer, (uv_handle_t *)&s->force_timer,
+                        (uv_handle_t *)&s->sigint, (uv_handle_t *)&s->sigterm};
+    for (unsigned i = 0; i < sizeof h / sizeof h[0]; i++)
+        if ((s->handles & (1u << i)) && !uv_is_closing(h[i])) uv_close(h[i], NULL);
+}
+
 static void finish_shutdown(server *s)
 {
     if (s->finishing) return;
     s->finishing = 1;
     engine_stop(s->eng);
     s->eng = NULL;
-    uv_close((uv_handle_t *)&s->mhd_poll, NULL);
-    uv_close((uv_handle_t *)&s->mhd_timer, NULL);
-    uv_close((uv_handle_t *)&s->drain_timer, NULL);
-    uv_close((uv_handle_t *)&s->force_timer, NULL);
-    uv_close((uv_handle_t *)&s->sigint, NULL);
-    uv_close((uv_handle_t *)&s->sigterm, NULL);
-    uv_close((uv_handle_t *)&s->async, NULL);
+    close_handles(s);
     for (job *l = ready_take(s); l;) {
         job *j = l;
         l = ready_next(s, j);
@@ -890,26 +894,52 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
     fprintf(stderr, "lmserve: http: %s\n", line);
 }
 
-int server_run(const server_config *cfg)
+/* Each handle's bit in s->handles, in close_handles' order: set once its init succeeded. */
+enum { H_ASYNC = 1, H_POLL = 2, H_TIMER = 4, H_DRAIN = 8, H_FORCE = 16, H_SIGINT = 32, H_SIGTERM = 64 };
+
+/* The model, the chat template and the validation context. */
+static int setup_model(server *s, const server_config *cfg)
 {
-    int rc = -1;
-    if (cfg->api_key && !*cfg->api_key) {
-        fprintf(stderr, "lmserve: the API key is empty, which would accept any client: give a key, or "
-                        "to serve without one, give no --api-key and leave LMSERVE_API_KEY unset\n");
+    char err[512] = "";
+    model_load_opts lo = {.tokenizer_path = cfg->tokenizer_path, .n_threads = cfg->threads};
+    int lrc = model_load(&s->m, cfg->model_path, &lo, err, sizeof err);
+    if (lrc < 0) {
+        fprintf(stderr, "lmserve: cannot load model: %s\n", err[0] ? err : model_strerror(lrc));
         return -1;
     }
-    server *s = calloc(1, sizeof *s);
-    if (!s) return -1;
-    s->cfg = *cfg;
-    snprintf(s->server_header, sizeof s->server_header, "lmserve/%s", cfg->version ? cfg->version : "unknown");
-    json_object_seed(0);
-    json_set_alloc_funcs(json_malloc_noted, free);
-    signal(SIGPIPE, SIG_IGN);
+    model_set_kv_f16(s->m, cfg->kv_f16);
+    const model_info *mi = model_get_info(s->m);
+    s->ctx = cfg->ctx > 0 && cfg->ctx < mi->ctx_len ? cfg->ctx : mi->ctx_len;
+    if (cfg->model_id) snprintf(s->model_id, sizeof s->model_id, "%s", cfg->model_id);
+    else default_model_id(cfg->model_path, mi, s->model_id, sizeof s->model_id);
+    s->vc = (validate_ctx){
+        .model_id = s->model_id, .vocab = mi->vocab_size, .ctx = s->ctx, .add_bos = mi->add_bos,
+        .bos_id = mi->bos_id, .max_tokens_limit = cfg->max_tokens_limit, .max_choices = cfg->max_choices,
+        .context_overflow = cfg->context_overflow, .response_limit = cfg->response_limit,
+        .tokenize = tokenize_cb, .tok_cls = s->m};
+    if (constraint_vocab_from_model(s->m, &s->cvocab) != SAMPLER_OK ||
+        !(s->constraints = constraint_table_new(s->cvocab, CONSTRAINT_TABLE_SIZE))) {
+        fprintf(stderr, "lmserve: out of memory building the vocabulary trie\n");
+        return -1;
+    }
+    s->vc.constraints = s->constraints;
+    char cmsg[512];
+    if (chat_setup(&s->chat, s->m, cfg->chat_template, cmsg, sizeof cmsg) < 0) {
+        fprintf(stderr, "lmserve: %s\n", cmsg);
+        return -1;
+    }
+    if (chat_active(&s->chat)) {
+        s->vc.chat_prompt = chat_prompt_cb;
+        s->vc.chat_cls = s;
+        s->vc.chat_stop_token = s->chat.stop_token;
+        s->vc.chat_stop_text = s->chat.stop_is_text ? s->chat.stop_text : NULL;
+    }
+    return 0;
+}
 
-    /* Listen first, then load: an address that cannot be listened on fails before
-     * a long load, and a client that connects while the model loads waits in the
-     * listen backlog and is answered once the model is ready (MHD accepts nothing
-     * before the loop runs). */
+/* libmicrohttpd listening on cfg->host:cfg->port, and s->port the port it got. */
+static int setup_listener(server *s, const server_config *cfg)
+{
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE};
     struct addrinfo *ai = NULL;
     char port_s[16];
@@ -917,7 +947,7 @@ int server_run(const server_config *cfg)
     int gai = getaddrinfo(cfg->host, port_s, &hints, &ai);
     if (gai != 0 || !ai) {
         fprintf(stderr, "lmserve: cannot resolve host '%s': %s\n", cfg->host, gai_strerror(gai));
-        free(s);
+        if (ai) freeaddrinfo(ai);
         return -1;
     }
     int per_ip = cfg->max_connections_per_ip;
@@ -934,106 +964,100 @@ int server_run(const server_config *cfg)
                             MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->timeout,
                             MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
                             MHD_OPTION_END);
-    int family = ai->ai_family;
+    int listen_errno = errno;
+    s->ipv6 = ai->ai_family == AF_INET6;
     int on_loopback = guard_addr_is_loopback(ai->ai_addr);
     freeaddrinfo(ai);
     if (!s->d) {
-        fprintf(stderr, "lmserve: cannot listen on %s:%d: %s\n", cfg->host, cfg->port, strerror(errno));
-        free(s);
+        fprintf(stderr, "lmserve: cannot listen on %s:%d: %s\n", cfg->host, cfg->port, strerror(listen_errno));
         return -1;
     }
     if (guard_hosts_init(&s->hosts, cfg->allowed_hosts, on_loopback) < 0) {
         fprintf(stderr, "lmserve: out of memory\n");
-        MHD_stop_daemon(s->d);
-        free(s);
         return -1;
     }
-    char err[512] = "";
-    model_load_opts lo = {.tokenizer_path = cfg->tokenizer_path, .n_threads = cfg->threads};
-    int lrc = model_load(&s->m, cfg->model_path, &lo, err, sizeof err);
-    if (lrc < 0) {
-        fprintf(stderr, "lmserve: cannot load model: %s\n", err[0] ? err : model_strerror(lrc));
-        MHD_stop_daemon(s->d);
-        guard_hosts_free(&s->hosts);
-        free(s);
-        return -1;
-    }
-    model_set_kv_f16(s->m, cfg->kv_f16);
-    const model_info *mi = model_get_info(s->m);
-    s->ctx = cfg->ctx > 0 && cfg->ctx < mi->ctx_len ? cfg->ctx : mi->ctx_len;
-    if (cfg->model_id) snprintf(s->model_id, sizeof s->model_id, "%s", cfg->model_id);
-    else default_model_id(cfg->model_path, mi, s->model_id, sizeof s->model_id);
-    s->vc = (validate_ctx){
-        .model_id = s->model_id, .vocab = mi->vocab_size, .ctx = s->ctx, .add_bos = mi->add_bos,
-        .bos_id = mi->bos_id, .max_tokens_limit = cfg->max_tokens_limit, .max_choices = cfg->max_choices,
-        .context_overflow = cfg->context_overflow, .response_limit = cfg->response_limit,
-        .tokenize = tokenize_cb, .tok_cls = s->m};
-    if (constraint_vocab_from_model(s->m, &s->cvocab) != SAMPLER_OK ||
-        !(s->constraints = constraint_table_new(s->cvocab, CONSTRAINT_TABLE_SIZE))) {
-        fprintf(stderr, "lmserve: out of memory building the vocabulary trie\n");
-        sampler_vocab_free(s->cvocab);
-        MHD_stop_daemon(s->d);
-        model_free(s->m);
-        free(s);
-        return -1;
-    }
-    s->vc.constraints = s->constraints;
-    char cmsg[512];
-    if (chat_setup(&s->chat, s->m, cfg->chat_template, cmsg, sizeof cmsg) < 0) {
-        fprintf(stderr, "lmserve: %s\n", cmsg);
-        MHD_stop_daemon(s->d);
-        guard_hosts_free(&s->hosts);
-        chat_free(&s->chat);
-        constraint_table_free(s->constraints);
-        sampler_vocab_free(s->cvocab);
-        MHD_stop_daemon(s->d);
-        model_free(s->m);
-        free(s);
-        return -1;
-    }
-    if (chat_active(&s->chat)) {
-        s->vc.chat_prompt = chat_prompt_cb;
-        s->vc.chat_cls = s;
-        s->vc.chat_stop_token = s->chat.stop_token;
-        s->vc.chat_stop_text = s->chat.stop_is_text ? s->chat.stop_text : NULL;
-    }
+    const union MHD_DaemonInfo *li = MHD_get_daemon_info(s->d, MHD_DAEMON_INFO_LISTEN_FD);
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    s->port = cfg->port;
+    if (li && getsockname(li->listen_fd, (struct sockaddr *)&ss, &sl) == 0)
+        s->port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                                 : ((struct sockaddr_in *)&ss)->sin_port);
+    return 0;
+}
 
-    metrics_init(&s->met);
-    uv_mutex_init(&s->ready_mu);
-    uv_loop_init(&s->loop);
-    uv_async_init(&s->loop, &s->async, on_async);
+/* The loop's handles: MHD's epoll fd, its timer, the shutdown timers, the signals. */
+static int setup_handles(server *s)
+{
+    const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->d, MHD_DAEMON_INFO_EPOLL_FD);
+    if (!di || uv_poll_init(&s->loop, &s->mhd_poll, di->epoll_fd) != 0) return -1;
+    s->handles |= H_POLL;
+    s->mhd_poll.data = s;
+    if (uv_timer_init(&s->loop, &s->mhd_timer) != 0) return -1;
+    s->handles |= H_TIMER;
+    if (uv_timer_init(&s->loop, &s->drain_timer) != 0) return -1;
+    s->handles |= H_DRAIN;
+    if (uv_timer_init(&s->loop, &s->force_timer) != 0) return -1;
+    s->handles |= H_FORCE;
+    s->mhd_timer.data = s->drain_timer.data = s->force_timer.data = s;
+    if (uv_signal_init(&s->loop, &s->sigint) != 0) return -1;
+    s->handles |= H_SIGINT;
+    if (uv_signal_init(&s->loop, &s->sigterm) != 0) return -1;
+    s->handles |= H_SIGTERM;
+    s->sigint.data = s->sigterm.data = s;
+    if (uv_poll_start(&s->mhd_poll, UV_READABLE, on_mhd_poll) != 0 ||
+        uv_signal_start(&s->sigint, on_signal, SIGINT) != 0 || uv_signal_start(&s->sigterm, on_signal, SIGTERM) != 0)
+        return -1;
+    return 0;
+}
+
+int server_new(server **out, const server_config *cfg)
+{
+    *out = NULL;
+    if (cfg->api_key && !*cfg->api_key) {
+        fprintf(stderr, "lmserve: the API key is empty, which would accept any client: give a key, or "
+                        "to serve without one, give no --api-key and leave LMSERVE_API_KEY unset\n");
+        return -1;
+    }
+    server *s = calloc(1, sizeof *s);
+    if (!s) {
+        fprintf(stderr, "lmserve: out of memory\n");
+        return -1;
+    }
+    s->cfg = *cfg;
+    snprintf(s->server_header, sizeof s->server_header, "lmserve/%s", cfg->version ? cfg->version : "unknown");
+    /* process-wide, and the same for every server: jansson's hash seed and allocator, and
+     * SIGPIPE ignored (a client that leaves mid-write is an error return, not a signal) */
+    json_object_seed(0);
+    json_set_alloc_funcs(json_malloc_noted, free);
+    signal(SIGPIPE, SIG_IGN);
+
+    /* Listen first, then load: an address that cannot be listened on fails before a long
+     * load, and a client that connects while the model loads waits in the listen backlog
+     * and is answered once the model is ready (MHD accepts nothing before the loop runs). */
+    const char *what = "out of memory";
+    if (setup_listener(s, cfg) < 0 || setup_model(s, cfg) < 0) goto fail_quiet;
+    if (metrics_init(&s->met) != 0) goto fail;
+    s->met_ok = 1;
+    if (uv_mutex_init(&s->ready_mu) != 0) goto fail;
+    s->mutex_ok = 1;
+    what = "cannot set up the event loop";
+    if (uv_loop_init(&s->loop) != 0) goto fail;
+    s->loop_ok = 1;
+    if (uv_async_init(&s->loop, &s->async, on_async) != 0) goto fail;
+    s->handles |= H_ASYNC;
     s->async.data = s;
-
     engine_config ec = {
         .model = s->m, .parallel = cfg->parallel, .ctx = s->ctx, .queue = cfg->queue,
         .prefill_chunk = cfg->prefill_chunk, .step_budget = cfg->step_budget,
         .outbox_limit = cfg->outbox_limit, .response_limit = cfg->response_limit, .metrics = &s->met, .notify = notify, .notify_cls = s};
     if (engine_start(&s->eng, &ec) < 0) {
-        fprintf(stderr, "lmserve: cannot start the engine thread\n");
-        goto out_loop;
+        what = "cannot start the engine thread";
+        goto fail;
     }
+    if (setup_handles(s) < 0) goto fail;
 
-    const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->d, MHD_DAEMON_INFO_EPOLL_FD);
-    const union MHD_DaemonInfo *li = MHD_get_daemon_info(s->d, MHD_DAEMON_INFO_LISTEN_FD);
-    struct sockaddr_storage ss;
-    socklen_t sl = sizeof ss;
-    int port = cfg->port;
-    if (li && getsockname(li->listen_fd, (struct sockaddr *)&ss, &sl) == 0)
-        port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
-                                              : ((struct sockaddr_in *)&ss)->sin_port);
-    uv_poll_init(&s->loop, &s->mhd_poll, di->epoll_fd);
-    s->mhd_poll.data = s;
-    uv_poll_start(&s->mhd_poll, UV_READABLE, on_mhd_poll);
-    uv_timer_init(&s->loop, &s->mhd_timer);
-    uv_timer_init(&s->loop, &s->drain_timer);
-    uv_timer_init(&s->loop, &s->force_timer);
-    s->mhd_timer.data = s->drain_timer.data = s->force_timer.data = s;
-    uv_signal_init(&s->loop, &s->sigint);
-    uv_signal_init(&s->loop, &s->sigterm);
-    s->sigint.data = s->sigterm.data = s;
-    uv_signal_start(&s->sigint, on_signal, SIGINT);
-    uv_signal_start(&s->sigterm, on_signal, SIGTERM);
-
+    const model_info *mi = model_get_info(s->m);
     fprintf(stderr, "lmserve: model %s (%s %s, %d layers, dim %d, vocab %d, ctx %d), %d slots, queue %d\n",
             s->model_id, mi->arch, mi->weight_type, mi->n_layers, mi->dim, mi->vocab_size, s->ctx,
             cfg->parallel, cfg->queue);
@@ -1045,34 +1069,55 @@ int server_run(const server_config *cfg)
         fprintf(stderr, "lmserve: chat template: %s (%s)%s%s\n", s->chat.name,
                 !strcmp(s->chat.source, "model") ? "from the model" : s->chat.source,
                 s->chat.stop_token >= 0 || s->chat.stop_is_text ? ", stops at " : "", s->chat.stop_text);
-    if (family == AF_INET6) fprintf(stderr, "lmserve: listening on http://[%s]:%d\n", cfg->host, port);
-    else fprintf(stderr, "lmserve: listening on http://%s:%d\n", cfg->host, port);
+    if (s->ipv6) fprintf(stderr, "lmserve: listening on http://[%s]:%d\n", cfg->host, s->port);
+    else fprintf(stderr, "lmserve: listening on http://%s:%d\n", cfg->host, s->port);
     fflush(stderr);
+    *out = s;
+    return 0;
 
+fail:
+    fprintf(stderr, "lmserve: %s\n", what);
+fail_quiet:
+    server_free(s);
+    return -1;
+}
+
+int server_port(const server *s)
+{
+    return s->port;
+}
+
+int server_run(server *s)
+{
     mhd_run(s);
     uv_run(&s->loop, UV_RUN_DEFAULT);
     if (!s->finishing) finish_shutdown(s);
     uv_run(&s->loop, UV_RUN_DEFAULT);
     fprintf(stderr, "lmserve: stopped\n");
-    rc = 0;
+    return 0;
+}
 
-out_loop:
-    if (s->d) { /* a failure after listening (finish_shutdown clears it otherwise) */
-        MHD_stop_daemon(s->d);
+void server_free(server *s)
+{
+    if (!s) return;
+    if (!s->finishing) {
+        /* never run, or set up only in part */
+        engine_stop(s->eng);
+        s->eng = NULL;
+        if (s->d) MHD_stop_daemon(s->d);
         s->d = NULL;
+        if (s->loop_ok) close_handles(s);
     }
-    if (rc < 0 && !uv_is_closing((uv_handle_t *)&s->async)) {
-        uv_close((uv_handle_t *)&s->async, NULL);
-        uv_run(&s->loop, UV_RUN_DEFAULT);
+    if (s->loop_ok) {
+        uv_run(&s->loop, UV_RUN_DEFAULT); /* the closes complete */
+        uv_loop_close(&s->loop);
     }
-    uv_loop_close(&s->loop);
     guard_hosts_free(&s->hosts);
-    uv_mutex_destroy(&s->ready_mu);
-    metrics_destroy(&s->met);
+    if (s->mutex_ok) uv_mutex_destroy(&s->ready_mu);
+    if (s->met_ok) metrics_destroy(&s->met);
     chat_free(&s->chat);
     constraint_table_free(s->constraints); /* every job is gone: no cache is held elsewhere */
     sampler_vocab_free(s->cvocab);
     model_free(s->m);
     free(s);
-    return rc;
 }

@@ -101,6 +101,9 @@ struct server {
     int n_conns;
     int draining, finishing;
     int ctx;
+    int port, ipv6;            /* where it listens */
+    unsigned handles;          /* H_* (http.c): the loop handles initialised */
+    int loop_ok, mutex_ok, met_ok; /* what server_free must undo */
     int busy_depth;            /* the loop thread's time in callbacks (http.c) */
     double busy_t0, loop_busy_total, loop_busy_max;
 };

@@ -111,10 +111,20 @@ typedef struct {
 /* Fill c with the defaults listed by `lmserve serve --help`. */
 void server_config_init(server_config *c);
 
-/* Load the model, listen, print "lmserve: listening on http://HOST:PORT" to stderr,
- * serve until SIGINT/SIGTERM, shut down gracefully.  Returns 0 after a clean
- * shutdown, a negative code if the model could not be loaded or the port bound
- * (a message has been printed). */
-int server_run(const server_config *c);
+typedef struct server server;
+
+/* Load the model, start the engine thread, listen and print "lmserve: listening on
+ * http://HOST:PORT" to stderr.  0 and *out set, or a negative code with a message printed
+ * (an empty API key, a model that cannot be loaded, a port that cannot be bound, an
+ * init that failed); nothing is left behind then.  Process-wide: SIGPIPE is ignored and
+ * jansson's allocator set (the same for every server); SIGINT and SIGTERM are watched
+ * while a server exists.  c's strings must outlive the server. */
+int server_new(server **out, const server_config *c);
+/* The port it listens on (the one the system chose for port 0). */
+int server_port(const server *s);
+/* Serve until SIGINT/SIGTERM, then shut down gracefully (see Shutdown above).  0. */
+int server_run(server *s);
+/* Free s (NULL is fine), run or not. */
+void server_free(server *s);
 
 #endif /* LMSERVE_SERVER_H */
