@@ -187,7 +187,8 @@ class StreamBesideLargeBodies(unittest.TestCase):
         self.assertEqual(st.errors, [], "a stream failed")
         base, during = sorted(st.within(b0, b1) + st.within(t1, t2)), st.overlapping(t0, t1)
         self.assertGreater(len(base), 20, "too few stream chunks without posts")
-        quiet = base[-1] < GAP_LIMIT
+        # timings under a sanitizer say nothing of the release server: the loop bound only
+        quiet = not os.environ.get("SANITIZE") and base[-1] < GAP_LIMIT
         FIGURES.append(
             "loop stall: %d bodies of %d bytes posted in %.2f s (each %.0f-%.0f ms) beside streams; "
             "longest loop callback %.1f ms CPU; stream gaps without posts: %d, median %.1f p99 %.1f max %.1f ms; "
@@ -195,8 +196,8 @@ class StreamBesideLargeBodies(unittest.TestCase):
             % (len(results), size, t1 - t0, min(r[3] for r in results) * 1e3, max(r[3] for r in results) * 1e3,
                busy_max * 1e3, len(base), pct(base, .5), pct(base, .99), base[-1] * 1e3,
                len(during), pct(during or [0], .5), pct(during or [0], .99), (during or [0])[-1] * 1e3,
-               "limit 50 ms" if quiet else "not held to 50 ms: the streams' gaps exceed it without any post, "
-               "other processes hold the cores; the loop-callback bound is checked",
+               "limit 50 ms" if quiet else "not held to 50 ms: a sanitizer build, or the streams' gaps exceed "
+               "it without any post (other processes hold the cores); the loop-callback bound is checked",
                " ".join("%.1f" % x for x in os.getloadavg())))
         # a stream starved while posting has few chunks and so few gaps to measure
         self.assertGreater(len(during), 50, "too few stream chunks while posting: " + FIGURES[-1])
