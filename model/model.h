@@ -177,6 +177,20 @@ int model_seq_len(const model_seq *s);
 const int32_t *model_seq_tokens(const model_seq *s);
 /* Forget positions >= n (0 clears the sequence). */
 void model_seq_truncate(model_seq *s, int n);
+/* Make dst hold exactly the first n positions of src: their tokens and K/V entries,
+ * bit for bit.  A sequence's entries are always what a forward pass over its tokens
+ * from position 0 gives (model_forward appends, model_seq_truncate forgets, nothing
+ * else writes them), and an entry depends only on the tokens at and before its
+ * position, so dst then goes on exactly as if it had computed them itself.  Leading
+ * positions dst already holds with the same tokens are kept, not copied.  Both must
+ * come from the same model with the same KV type.  0; MODEL_EINVAL (another model or
+ * KV type, dst == src, n outside [0, len(src)]); MODEL_ERANGE (n over dst's capacity);
+ * MODEL_ENOMEM (dst unchanged). */
+int model_seq_copy(model_seq *dst, const model_seq *src, int n);
+/* Bytes s has allocated for its cache (K, V and token ids): what keeping it costs. */
+size_t model_seq_bytes(const model_seq *s);
+/* Bytes one position of K, V and token id takes in sequences created now. */
+size_t model_seq_position_bytes(const model *m);
 
 /* Run items[0..n_items) through the model together.  Not reentrant per model:
  * the caller serialises calls on one model.  On error nothing is appended to

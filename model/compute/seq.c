@@ -3,6 +3,8 @@
  * Memory grows on demand (doubling, from 64 positions), so many sequences of
  * a long-context model cost only what they use.  Growing copies the filled
  * positions into the new (n_layers, n_kv_heads, cap, head_dim) layout.
+ * model_seq_copy copies a prefix from one sequence to another the same way: per
+ * (layer, kv head), one contiguous run of positions.
  */
 #include "model/compute/seq.h"
 
@@ -102,5 +104,48 @@ int seq_reserve(model_seq *s, int n)
     s->k = k;
     s->v = v;
     s->cap = cap;
+    return 0;
+}
+
+/* Bytes of one position: K and V for every (layer, kv head), and its token id. */
+static size_t position_bytes(const model_info *in, size_t esz)
+{
+    return 2 * (size_t)in->n_layers * in->n_kv_heads * in->head_dim * esz + sizeof(int32_t);
+}
+
+size_t model_seq_position_bytes(const model *m)
+{
+    return m ? position_bytes(&m->info, m->kv_f16 ? 2 : 4) : 0;
+}
+
+size_t model_seq_bytes(const model_seq *s)
+{
+    return s ? (size_t)s->cap * position_bytes(&s->m->info, seq_esz(s)) : 0;
+}
+
+int model_seq_copy(model_seq *dst, const model_seq *src, int n)
+{
+    if (!dst || !src || dst == src || dst->m != src->m || dst->kv_f16 != src->kv_f16 || n < 0 ||
+        n > src->len)
+        return MODEL_EINVAL;
+    if (n > dst->cap_max)
+        return MODEL_ERANGE;
+    int p = 0; /* positions dst already holds with the same tokens */
+    while (p < dst->len && p < n && dst->tokens[p] == src->tokens[p])
+        p++;
+    int rc = seq_reserve(dst, n);
+    if (rc)
+        return rc;
+    if (n > p) {
+        const model_info *in = &dst->m->info;
+        size_t row = (size_t)in->head_dim * seq_esz(dst), run = (size_t)(n - p) * row;
+        for (int l = 0; l < in->n_layers; l++)
+            for (int h = 0; h < in->n_kv_heads; h++) {
+                memcpy(seq_k(dst, l, h, p), seq_k(src, l, h, p), run);
+                memcpy(seq_v(dst, l, h, p), seq_v(src, l, h, p), run);
+            }
+        memcpy(dst->tokens + p, src->tokens + p, (size_t)(n - p) * sizeof *dst->tokens);
+    }
+    dst->len = n;
     return 0;
 }
