@@ -43,6 +43,10 @@ static void usage(FILE *f, const server_config *d)
         "                           choice, finish_reason length (default: %s)\n"
         "  --kv-type f32|f16        KV cache element type: f16 halves its memory and attention's\n"
         "                           memory traffic; logits move by ~1e-4 of their scale (default: f32)\n"
+        "  --cache-mb N             prefix cache: KV entries of finished requests kept for later ones\n"
+        "                           with the same prompt start, within N MiB; 0 = no KV reuse at all,\n"
+        "                           not even between the n choices of a request (default: room for 4\n"
+        "                           full windows, at least 64)\n"
         "  --api-key KEY            require 'Authorization: Bearer KEY' on every route but /health\n"
         "                           and the playground's files; an empty key is an error\n"
         "                           (default: $LMSERVE_API_KEY, else none)\n"
@@ -134,6 +138,7 @@ int cli_serve(int argc, char **argv)
         OPT_INT("--parallel", &c.parallel, 1, SERVER_MAX_PARALLEL),
         OPT_INT("--queue", &c.queue, 0, 1000000),
         OPT_INT("--ctx", &c.ctx, 0, 1 << 24),
+        OPT_INT("--cache-mb", &c.cache_mb, 0, 1 << 30),
         OPT_INT("--max-tokens-limit", &c.max_tokens_limit, 1, 1 << 24),
         OPT_INT("--max-choices", &c.max_choices, 1, 1024),
         OPT_SIZE("--body-limit", &c.body_limit, 64, 1L << 30),

@@ -12,6 +12,7 @@ void server_config_init(server_config *c)
     c->parallel = 16;
     c->queue = 64;
     c->ctx = 0;
+    c->cache_mb = -1; /* kv_store_default_budget: 4 full windows, at least 64 MiB */
     c->max_tokens_limit = 4096;
     c->max_choices = 64;
     c->body_limit = 1u << 20;

@@ -21,6 +21,14 @@
  * always cut into the same chunks, and each sampler sees only its own sequence,
  * so a seeded request's tokens and logprobs do not depend on what else runs.
  *
+ * With a prefix cache (--cache-mb, prefix.c), a sequence starting a window first
+ * takes the longest prefix of it that another sequence -- running, or finished and
+ * retained -- has computed, and computes only the rest; one that an earlier
+ * sequence (lower ticket) is computing waits for it instead of computing it too (so
+ * the n choices of a request prefill their prompt once).  Its chunks then start
+ * where the taken prefix ends: the chunk boundaries move, which changes no bit
+ * (model_forward computes each row alone; tests/model/compute/test_seq.c).
+ *
  * The engine knows nothing of HTTP or JSON: the output stage (output.c) turns
  * the events into response bytes on the loop thread.
  */
@@ -49,6 +57,8 @@ typedef struct {
     int n_gen;
     int prompt_done;
     int in_batch;            /* already fed in the step being built */
+    int waiting;             /* waits this step for an earlier sequence computing its prefix */
+    int reused;              /* prompt positions taken from the prefix cache */
     int scoring;             /* echo + logprobs: logits of every prompt position */
     sampler *smp;
     sampler_constraint *con; /* the request's constraint for this choice, or NULL; smp uses it */
@@ -92,6 +102,8 @@ struct engine {
     /* LMSERVE_FAULT_INJECT (tests only): sequences of requests with this seed fail */
     int fault_sampler;
     uint64_t fault_seed;
+    kv_store *store;         /* the prefix cache; NULL: off */
+    int step_computed, step_reused; /* prompt positions fed / taken in this step (metrics) */
 };
 
 /* ---- events -------------------------------------------------------------------------- */
@@ -130,6 +142,10 @@ static void job_finish(engine *e, job *j)
 {
     job_end end = {.error = j->error, .prompt_tokens = j->prompt_tokens,
                    .completion_tokens = j->completion_tokens, .prompt_tokens_dropped = j->prompt_dropped};
+    for (int i = 0; j->cached && i < j->p.n_prompts; i++) end.cached_tokens += j->cached[i] > 0 ? j->cached[i] : 0;
+    free(j->cached);
+    j->cached = NULL;
+    atomic_store(&j->stat_cached, end.cached_tokens);
     if (!end.error && atomic_load(&j->cancel) == CANCEL_SHUTDOWN) end.error = JOB_ERR_SHUTDOWN;
     atomic_store(&j->stat_prompt, j->prompt_tokens);
     atomic_store(&j->stat_completion, j->completion_tokens);
@@ -164,6 +180,41 @@ static void seq_move_window(engine *e, seq *s, int start, int fresh)
     int held = seq_kv_sync(&s->kv, s->hist + start, s->end - start, s->policy == SAMPLER_CROP_SLIDE);
     s->ticket = ++e->tickets;
     if (e->c.metrics) metrics_context(e->c.metrics, s->end - start - held - fresh);
+}
+
+/* Whether every position of s's window is scored (echo + logprobs): a prompt's
+ * first window only; past it, each window gives the score of its next token. */
+static int seq_scores_window(const seq *s)
+{
+    return s->scoring && !s->prompt_done && s->win == 0;
+}
+
+/* With a prefix cache, before s feeds a chunk of its window: if an earlier
+ * sequence (lower ticket) is computing positions s could take, wait for it; else
+ * take the longest prefix of the window another sequence holds (with its scores
+ * when the prompt is scored).  Sets s->waiting. */
+static void seq_prepare(engine *e, seq *s)
+{
+    s->waiting = 0;
+    if (!e->store) return;
+    int scoring = seq_scores_window(s);
+    const int32_t *w = s->hist + s->win;
+    int n = s->end - s->win, held = seq_kv_len(&s->kv);
+    for (int i = 0; i < e->c.parallel; i++) {
+        const seq *t = &e->seqs[i];
+        if (!t->used || t == s || t->ticket > s->ticket || seq_pending(t) < 2) continue;
+        if (scoring && (!seq_scores_window(t) || t->j->p.logprobs != s->j->p.logprobs)) continue;
+        int k = seq_kv_reuse_len(w, n, t->hist + t->win, t->end - t->win, scoring);
+        if (k > held && seq_kv_len(&t->kv) < k) {
+            s->waiting = 1;
+            return;
+        }
+    }
+    int got = seq_kv_reuse(&s->kv, w, n, scoring ? s->j->p.logprobs : -1, scoring ? s->plp + s->win : NULL);
+    if (!s->prompt_done) {
+        s->reused += got;
+        e->step_reused += got;
+    }
 }
 
 static void seq_free_request(seq *s)
@@ -206,7 +257,11 @@ static int seq_setup(engine *e, seq *s, job *j, int choice)
     if (s->scoring && !s->score)
         s->score = malloc(sizeof(float) * (size_t)e->c.prefill_chunk * (size_t)e->vocab);
     s->plp = s->scoring ? calloc((size_t)n_prompt, sizeof *s->plp) : NULL;
-    if (!s->hist || seq_kv_open(&s->kv, e->m, e->c.ctx) < 0 || !s->smp ||
+    if (!j->cached && e->store) { /* per prompt: the least any of its choices took from the cache */
+        j->cached = malloc(sizeof *j->cached * (size_t)p->n_prompts);
+        for (int i = 0; j->cached && i < p->n_prompts; i++) j->cached[i] = -1;
+    }
+    if (!s->hist || seq_kv_open(&s->kv, e->m, e->c.ctx) < 0 || !s->smp || (e->store && !j->cached) ||
         (s->scoring && (!s->score || !s->plp)) ||
         (traced && (!s->trace || sampler_trace_enable(s->smp, p->sampler_trace) != SAMPLER_OK))) {
         seq_free_request(s);
@@ -229,6 +284,7 @@ static int seq_setup(engine *e, seq *s, job *j, int choice)
     s->n_gen = 0;
     s->prompt_done = 0;
     s->chars = 0;
+    s->reused = 0; /* seq_prepare takes what the cache holds before its first chunk */
     model_detok_init(&s->dt);
     s->used = 1;
     return 0;
@@ -237,6 +293,11 @@ static int seq_setup(engine *e, seq *s, job *j, int choice)
 static void seq_release(engine *e, seq *s)
 {
     job *j = s->j;
+    if (j->cached) {
+        int *c = &j->cached[s->prompt_idx];
+        if (*c < 0 || s->reused < *c) *c = s->reused;
+    }
+    if (j->error != JOB_ERR_MODEL) seq_kv_retain(&s->kv); /* its entries are exact whatever ended it */
     seq_free_request(s);
     s->used = 0;
     s->j = NULL;
@@ -528,6 +589,7 @@ static void sample_task(void *arg, int task, int n_tasks)
 static void item_done(engine *e, seq *s, const model_batch_item *it, int a)
 {
     int k = it->n_tokens;
+    if (!s->prompt_done) e->step_computed += k;
     if (!s->prompt_done && s->scoring && it->all_logits) {
         int n_top = s->j->p.logprobs;
         for (int r = 0; r < k; r++) {
@@ -536,6 +598,7 @@ static void item_done(engine *e, seq *s, const model_batch_item *it, int a)
                 sampler_logprobs(s->score + (size_t)r * (size_t)e->vocab, e->vocab, s->hist[t], n_top,
                                  &s->plp[t]);
         }
+        if (s->win == 0) seq_kv_scored(&s->kv, s->plp, a + k + 1 < s->n_prompt ? a + k + 1 : s->n_prompt, n_top);
     }
     if (seq_pending(s) > 0) return; /* more prefill to come */
     if (seq_scoring_past_window(s)) {
@@ -584,6 +647,12 @@ static int step(engine *e, engine_step_info *info)
         e->item_seq[n_items++] = i;
     }
     int decode_rows = n_items;
+    for (int i = 0; i < P; i++) {
+        seq *s = &e->seqs[i];
+        s->waiting = 0;
+        if (s->used && !s->in_batch && (s->prompt_done || wants_model(e, s)) && seq_pending(s) > 1)
+            seq_prepare(e, s);
+    }
     /* prefilling sequences: chunks, in ticket order, within the budget.  A sequence's
      * chunks are always min(pending, prefill_chunk) long -- the budget decides only
      * whether a chunk runs in this step, never its size -- so how a prompt is cut
@@ -596,7 +665,7 @@ static int step(engine *e, engine_step_info *info)
             seq *s = &e->seqs[i];
             if (!s->used || s->in_batch || s->ticket <= after) continue;
             if (!s->prompt_done && !wants_model(e, s)) continue;
-            if (seq_pending(s) <= 0) continue;
+            if (seq_pending(s) <= 0 || s->waiting) continue;
             if (best < 0 || s->ticket < e->seqs[best].ticket) best = i;
         }
         if (best < 0) break;
@@ -607,7 +676,7 @@ static int step(engine *e, engine_step_info *info)
         if (k > budget) continue; /* waits for a step with room */
         s->in_batch = 1;
         int a = s->win + seq_kv_len(&s->kv);
-        int scoring = s->scoring && !s->prompt_done && s->win == 0; /* every position of the first window */
+        int scoring = seq_scores_window(s);
         e->starts[n_items] = a;
         e->items[n_items] = (model_batch_item){
             .seq = s->kv.seq, .tokens = s->hist + a, .n_tokens = k,
@@ -758,6 +827,13 @@ static int engine_iterate(engine *e, int wait, engine_step_info *info)
     admit_locked(e);
     uv_mutex_unlock(&e->qmu);
     step(e, info);
+    if (e->c.metrics) {
+        kv_store_stats st;
+        kv_store_get_stats(e->store, &st);
+        metrics_prefix(e->c.metrics, e->step_computed, e->step_reused, e->store ? e->c.cache_bytes : 0, st.bytes, st.entries,
+                       st.evictions);
+    }
+    e->step_computed = e->step_reused = 0;
     return busy;
 }
 
@@ -804,6 +880,10 @@ int engine_new(engine **out, const engine_config *c)
     e->to_sample = calloc(P, sizeof *e->to_sample);
     e->logits = malloc(sizeof(float) * P * (size_t)e->vocab);
     if (!e->seqs || !e->items || !e->item_seq || !e->starts || !e->to_sample || !e->logits) goto fail;
+    if (c->cache_bytes > 0) {
+        if (kv_store_new(&e->store, c->cache_bytes, e->c.parallel) < 0) goto fail;
+        for (int i = 0; i < e->c.parallel; i++) kv_store_attach(e->store, &e->seqs[i].kv);
+    }
     if (uv_mutex_init(&e->qmu)) goto fail;
     if (uv_cond_init(&e->qcv)) {
         uv_mutex_destroy(&e->qmu);
@@ -812,6 +892,7 @@ int engine_new(engine **out, const engine_config *c)
     *out = e;
     return 0;
 fail:
+    kv_store_free(e->store);
     free(e->seqs);
     free(e->items);
     free(e->item_seq);
@@ -931,6 +1012,7 @@ void engine_stop(engine *e)
         free(e->seqs[i].score);
         free(e->seqs[i].trace);
     }
+    kv_store_free(e->store);
     free(e->seqs);
     free(e->items);
     free(e->item_seq);

@@ -625,7 +625,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
     http_req *r = *con_cls;
     if (!r) return;
     *con_cls = NULL;
-    int prompt = 0, completion = 0, steps = -1;
+    int prompt = 0, completion = 0, cached = 0, steps = -1;
     double ttft = -1, queue = -1, wait = -1, fwd = -1, t_submit = 0, t_first = 0;
     if (r->job) {
         job *j = r->job;
@@ -636,6 +636,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
         /* counts so far (a cancelled request reports what it got) */
         prompt = atomic_load(&j->stat_prompt);
         completion = atomic_load(&j->stat_completion);
+        cached = atomic_load(&j->stat_cached);
         ttft = atomic_load(&j->stat_ttft);
         queue = atomic_load(&j->stat_queue);
         wait = atomic_load(&j->stat_wait);
@@ -670,8 +671,8 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
         char method[4 * sizeof r->method_s + 4], url[256];
         guard_log_escape(method, sizeof method, r->method_s, sizeof r->method_s);
         guard_log_escape(url, sizeof url, r->url, (size_t)-1);
-        fprintf(stderr, "lmserve: %s %s %d prompt=%d completion=%d ttft=%s total=%.1fms%s\n",
-                method, url, status, prompt, completion, tt, total, tl);
+        fprintf(stderr, "lmserve: %s %s %d prompt=%d reused=%d completion=%d ttft=%s total=%.1fms%s\n",
+                method, url, status, prompt, cached, completion, tt, total, tl);
     }
     if (r->prev) r->prev->next = r->next;
     else s->reqs = r->next;
@@ -1050,7 +1051,8 @@ int server_new(server **out, const server_config *cfg)
     engine_config ec = {
         .model = s->m, .parallel = cfg->parallel, .ctx = s->ctx, .queue = cfg->queue,
         .prefill_chunk = cfg->prefill_chunk, .step_budget = cfg->step_budget,
-        .outbox_limit = cfg->outbox_limit, .response_limit = cfg->response_limit, .metrics = &s->met, .notify = notify, .notify_cls = s};
+        .outbox_limit = cfg->outbox_limit, .response_limit = cfg->response_limit, .metrics = &s->met, .notify = notify, .notify_cls = s,
+        .cache_bytes = cfg->cache_mb < 0 ? kv_store_default_budget(s->m, s->ctx) : (size_t)cfg->cache_mb << 20};
     if (engine_start(&s->eng, &ec) < 0) {
         what = "cannot start the engine thread";
         goto fail;
@@ -1058,9 +1060,10 @@ int server_new(server **out, const server_config *cfg)
     if (setup_handles(s) < 0) goto fail;
 
     const model_info *mi = model_get_info(s->m);
-    fprintf(stderr, "lmserve: model %s (%s %s, %d layers, dim %d, vocab %d, ctx %d), %d slots, queue %d\n",
+    fprintf(stderr, "lmserve: model %s (%s %s, %d layers, dim %d, vocab %d, ctx %d), %d slots, queue %d, "
+                    "prefix cache %zu MiB\n",
             s->model_id, mi->arch, mi->weight_type, mi->n_layers, mi->dim, mi->vocab_size, s->ctx,
-            cfg->parallel, cfg->queue);
+            cfg->parallel, cfg->queue, ec.cache_bytes >> 20);
     if (s->chat.error[0])
         fprintf(stderr, "lmserve: warning: the model's chat template is not understood (%s): chat requests "
                         "will be refused (501); choose one with --chat-template NAME|FILE, or 'none' for plain "

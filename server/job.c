@@ -25,6 +25,7 @@ job *job_new(server *srv, job_params *p, const char *model_id)
     atomic_init(&j->cancel, CANCEL_NONE);
     atomic_init(&j->stat_prompt, 0);
     atomic_init(&j->stat_completion, 0);
+    atomic_init(&j->stat_cached, 0);
     atomic_init(&j->stat_ttft, -1.0);
     atomic_init(&j->stat_queue, -1.0);
     atomic_init(&j->stat_wait, -1.0);

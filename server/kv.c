@@ -8,6 +8,8 @@
 #include "server/server_internal.h"
 #include "model/model.h"
 
+#include <stdlib.h>
+
 int seq_kv_open(seq_kv *kv, struct model *m, int ctx)
 {
     if (kv->seq) return 0;
@@ -19,6 +21,9 @@ void seq_kv_close(seq_kv *kv)
 {
     model_seq_free(kv->seq);
     kv->seq = NULL;
+    free(kv->scores);
+    kv->scores = NULL;
+    kv->n_scores = kv->cap_scores = 0;
 }
 
 int seq_kv_sync(seq_kv *kv, const int32_t *window, int n, int reuse)
@@ -31,6 +36,7 @@ int seq_kv_sync(seq_kv *kv, const int32_t *window, int n, int reuse)
         while (keep < len && keep < n - 1 && held[keep] == window[keep]) keep++;
     }
     model_seq_truncate(kv->seq, keep);
+    if (kv->n_scores > keep) kv->n_scores = keep; /* a score needs its token held */
     return keep;
 }
 

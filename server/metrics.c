@@ -58,6 +58,19 @@ void metrics_token_latency(metrics *m, double seconds)
     uv_mutex_unlock(&m->mu);
 }
 
+void metrics_prefix(metrics *m, int computed, int reused, size_t budget, size_t bytes, int entries,
+                    uint64_t evictions)
+{
+    uv_mutex_lock(&m->mu);
+    m->prompt_computed += (uint64_t)(computed > 0 ? computed : 0);
+    m->prompt_reused += (uint64_t)(reused > 0 ? reused : 0);
+    m->cache_budget = budget;
+    m->cache_bytes = bytes;
+    m->cache_entries = entries;
+    m->cache_evictions = evictions;
+    uv_mutex_unlock(&m->mu);
+}
+
 void metrics_step(metrics *m, int rows, double seconds)
 {
     uv_mutex_lock(&m->mu);
@@ -140,6 +153,26 @@ int metrics_render(metrics *m, sbuf *b, int queued, int running_requests, int ru
               m->ttft_buckets, m->ttft_count, m->ttft_sum);
     bad |= histogram(b, "lmserve_time_per_output_token_seconds", "Time between consecutive generated tokens of a sequence.",
               m->tok_buckets, m->tok_count, m->tok_sum);
+    sbuf_printf(b, "# HELP lmserve_prompt_tokens_computed_total Prompt positions fed to the model (each "
+                   "choice's; window recomputes not included).\n"
+                   "# TYPE lmserve_prompt_tokens_computed_total counter\nlmserve_prompt_tokens_computed_total %llu\n",
+                (unsigned long long)m->prompt_computed);
+    sbuf_printf(b, "# HELP lmserve_prompt_tokens_reused_total Prompt positions taken from the prefix cache "
+                   "instead of computed.\n"
+                   "# TYPE lmserve_prompt_tokens_reused_total counter\nlmserve_prompt_tokens_reused_total %llu\n",
+                (unsigned long long)m->prompt_reused);
+    sbuf_printf(b, "# HELP lmserve_prefix_cache_budget_bytes The prefix cache's budget (--cache-mb; 0: off).\n"
+                   "# TYPE lmserve_prefix_cache_budget_bytes gauge\nlmserve_prefix_cache_budget_bytes %zu\n",
+                m->cache_budget);
+    sbuf_printf(b, "# HELP lmserve_prefix_cache_bytes Bytes of KV entries the prefix cache retains "
+                   "(running sequences not included).\n"
+                   "# TYPE lmserve_prefix_cache_bytes gauge\nlmserve_prefix_cache_bytes %zu\n", m->cache_bytes);
+    sbuf_printf(b, "# HELP lmserve_prefix_cache_entries Finished sequences the prefix cache retains.\n"
+                   "# TYPE lmserve_prefix_cache_entries gauge\nlmserve_prefix_cache_entries %d\n", m->cache_entries);
+    sbuf_printf(b, "# HELP lmserve_prefix_cache_evictions_total Retained sequences freed to stay within the "
+                   "budget.\n"
+                   "# TYPE lmserve_prefix_cache_evictions_total counter\nlmserve_prefix_cache_evictions_total %llu\n",
+                (unsigned long long)m->cache_evictions);
     uv_mutex_unlock(&m->mu);
     return bad ? -1 : 0;
 }

@@ -385,6 +385,12 @@ static json_t *usage_json(const job_end *end)
     json_object_set_new(u, "total_tokens", json_integer(end->prompt_tokens + end->completion_tokens));
     if (end->prompt_tokens_dropped > 0) /* the prompt was longer than the window (slide) */
         json_object_set_new(u, "prompt_tokens_dropped", json_integer(end->prompt_tokens_dropped));
+    json_t *d = json_object(); /* OpenAI's shape: prompt tokens the prefix cache held */
+    if (json_object_set_new(u, "prompt_tokens_details", d) < 0 || /* takes d, NULL included */
+        json_object_set_new(d, "cached_tokens", json_integer(end->cached_tokens)) < 0) {
+        json_decref(u);
+        return NULL;
+    }
     return u;
 }
 

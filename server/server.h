@@ -77,6 +77,7 @@ typedef struct {
     int queue;                  /* requests waiting for a slot before 503 */
     int ctx;                    /* per-sequence context; 0 = the model's */
     int kv_f16;                 /* KV cache in F16 (--kv-type f16); 0 = F32 */
+    int cache_mb;               /* prefix cache budget in MiB; 0 = no KV reuse; -1 = sized for the model */
     const char *api_key;        /* NULL: no auth */
     const char *cors_origin;    /* NULL: no CORS headers; also the one other origin a POST may come from */
     /* Host names answered besides loopback ones, comma-separated; ".example.com" is it and

@@ -202,6 +202,8 @@ typedef struct {
     int prompt_tokens;         /* every prompt token of every choice's prompt (counted once per prompt) */
     int completion_tokens;
     int prompt_tokens_dropped; /* of those, before the window the generation started from (slide) */
+    int cached_tokens;         /* of the prompt tokens, those taken from the prefix cache (per
+                                * prompt, the fewest any of its choices took) */
 } job_end;
 
 /* ---- Jobs (job.c) -------------------------------------------------------------- */
@@ -247,6 +249,8 @@ typedef struct job {
     double t_admit;            /* its first choice got a slot (0: not yet) */
     double t_fwd;              /* start of the first model_forward that fed one of its tokens */
     double t_first;            /* first generated token (0: none yet) */
+    int *cached;               /* (n_prompts) with a prefix cache: per prompt, the fewest positions
+                                * one of its ended choices took from it (-1: none ended yet) */
     /* [mu] */
     uv_mutex_t mu;
     job_event *ev_head, *ev_tail; /* emitted, not yet taken by the output stage */
@@ -263,6 +267,7 @@ typedef struct job {
     /* [atomic] */
     atomic_int cancel;         /* CANCEL_* */
     atomic_int stat_prompt, stat_completion; /* live counts for the log line and metrics */
+    atomic_int stat_cached;    /* prompt tokens taken from the prefix cache, once the job ended */
     _Atomic double stat_ttft;  /* seconds, < 0 if none */
     /* The timeline up to the first token (seconds, set with stat_ttft): submitted ->
      * admitted into a slot (queue) -> first model_forward with its tokens begins (wait)
@@ -334,6 +339,12 @@ typedef struct metrics {
     uint64_t window_moves;     /* engine: a window slid or shifted past the context */
     uint64_t recomputed;       /* engine: tokens fed again because their window moved */
     atomic_llong response_bytes; /* output stage: bytes answers hold (built, or not yet sent) */
+    uint64_t prompt_computed;  /* engine: prompt positions fed to the model (every choice's) */
+    uint64_t prompt_reused;    /* engine: prompt positions taken from the prefix cache instead */
+    size_t cache_budget;       /* --cache-mb in bytes (0: no prefix cache) */
+    size_t cache_bytes;        /* the prefix cache's retained entries */
+    int cache_entries;
+    uint64_t cache_evictions;
 } metrics;
 
 int metrics_init(metrics *m);
@@ -346,6 +357,10 @@ void metrics_step(metrics *m, int rows, double seconds);
 void metrics_context(metrics *m, int recomputed);
 /* Bytes held by answers changed by delta (any thread; no lock). */
 void metrics_response_bytes(metrics *m, ptrdiff_t delta);
+/* Prompt positions computed and reused since the last call; the prefix cache's
+ * budget (0: none), the bytes and entries it holds and the evictions so far. */
+void metrics_prefix(metrics *m, int computed, int reused, size_t budget, size_t bytes, int entries,
+                    uint64_t evictions);
 /* Prometheus text exposition into b. */
 int metrics_render(metrics *m, sbuf *b, int queued, int running_requests, int running_seqs,
                    int slots);
@@ -354,11 +369,20 @@ int metrics_render(metrics *m, sbuf *b, int queued, int running_requests, int ru
  * The engine says which window of tokens (positions 0, 1, ...) the next logits must be
  * computed from; the cache keeps what it can of what it holds and says how many of the
  * window's leading tokens are already computed.  model_forward computes the rest.
- * Today each engine slot owns one model_seq, reused from request to request; sharing
- * entries between sequences would be implemented here. */
+ * Each engine slot owns one seq_kv; with a prefix cache (prefix.c) a window may also
+ * start from entries another sequence computed, and a finished sequence's entries are
+ * kept for later ones. */
 struct model_seq;
+typedef struct kv_store kv_store;
 typedef struct {
-    struct model_seq *seq;
+    struct model_seq *seq;     /* NULL until opened (and after its entries went to the store) */
+    kv_store *store;           /* the prefix cache it shares with (NULL: none); kv_store_attach */
+    /* Prompt scores (echo + logprobs) of the held tokens, kept so a later request that
+     * scores the same prefix can take them with the entries: scores[t] for t in
+     * [1, n_scores) is token t's score given the tokens before it, computed with
+     * score_top alternatives.  n_scores <= the held length (trimmed with it). */
+    sampler_choice *scores;    /* (cap_scores) or NULL */
+    int n_scores, cap_scores, score_top;
 } seq_kv;
 
 /* 0, or -1 if out of memory.  ctx: positions the cache may hold. */
@@ -370,6 +394,49 @@ void seq_kv_close(seq_kv *kv);
  * for its logits); without, nothing.  Returns the number of window tokens held. */
 int seq_kv_sync(seq_kv *kv, const int32_t *window, int n, int reuse);
 int seq_kv_len(const seq_kv *kv);
+
+/* ---- The prefix cache (prefix.c): KV entries shared between sequences -----------------
+ * Every engine slot's seq_kv is attached to the store; a sequence starting a window
+ * takes the longest exact prefix of it that any other slot or any retained entry
+ * holds (seq_kv_reuse); a finished sequence's entries are retained within a byte
+ * budget, least recently used evicted first (seq_kv_retain).  All on the engine thread. */
+
+/* A store with room for `budget` bytes of retained entries and `slots` attached
+ * sequences.  0 and *out, or -1 if out of memory. */
+int kv_store_new(kv_store **out, size_t budget, int slots);
+/* Frees every retained entry (not the attached seq_kvs).  Accepts NULL. */
+void kv_store_free(kv_store *st);
+/* kv becomes a source for the others and may retain into st (at most `slots` of them). */
+void kv_store_attach(kv_store *st, seq_kv *kv);
+/* The --cache-mb default: room for 4 full windows of ctx positions, at least 64 MiB. */
+size_t kv_store_default_budget(const struct model *m, int ctx);
+
+typedef struct {
+    size_t bytes;              /* held by retained entries */
+    int entries;
+    unsigned long long evictions;
+} kv_store_stats;
+void kv_store_get_stats(const kv_store *st, kv_store_stats *out);
+
+/* The positions a sequence with window w[0..n) could take from one whose window is
+ * src[0..n_src) once that one has computed it (scoring: positions must come with
+ * their scores, which the source computes for its tokens 1..n_src-1).  The engine
+ * uses it to let a sequence wait for another that is computing what it needs. */
+int seq_kv_reuse_len(const int32_t *w, int n, const int32_t *src, int n_src, int scoring);
+/* Take from the attached sequences and the retained entries the longest prefix of
+ * window w[0..n) any of them holds beyond what kv holds (a prefix of w: call
+ * seq_kv_sync first), never the window's last token (its logits are needed).  When
+ * scoring (n_top >= 0), only positions whose scores come with them, computed with
+ * n_top alternatives, and those scores are written into plp[1..] (plp indexed like w).
+ * Returns the positions gained (0: nothing better, or out of memory). */
+int seq_kv_reuse(seq_kv *kv, const int32_t *w, int n, int n_top, sampler_choice *plp);
+/* Scoring: the scores of the held tokens [1, to) are plp[1..to) (n_top alternatives);
+ * recorded with the entries (best effort: nothing is recorded if out of memory). */
+void seq_kv_scored(seq_kv *kv, const sampler_choice *plp, int to, int n_top);
+/* The sequence is done: its entries go to the store (unless they add nothing to what
+ * it already holds, or there is no store), evicting the least recently used beyond
+ * the budget.  kv is left open-able (seq_kv_open gives it a new model_seq). */
+void seq_kv_retain(seq_kv *kv);
 
 /* ---- Engine (engine.c): the scheduler ----------------------------------------------- */
 
@@ -384,6 +451,7 @@ typedef struct {
     int step_budget;
     size_t outbox_limit;       /* a stream's output limit (job->out_limit) */
     size_t response_limit;     /* a non-streamed answer's limit (job->out_limit; 0: none) */
+    size_t cache_bytes;        /* the prefix cache's budget (prefix.c); 0: no KV reuse at all */
     metrics *metrics;          /* NULL: not recorded */
     void (*notify)(void *cls, job *j);   /* called from the engine thread when j has news */
     void *notify_cls;

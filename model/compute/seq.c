@@ -133,7 +133,12 @@ int model_seq_copy(model_seq *dst, const model_seq *src, int n)
     int p = 0; /* positions dst already holds with the same tokens */
     while (p < dst->len && p < n && dst->tokens[p] == src->tokens[p])
         p++;
-    int rc = seq_reserve(dst, n);
+    /* the capacity growth would have given it, so the next position does not
+     * reallocate (and copy) at once */
+    int want = dst->cap ? dst->cap : 64;
+    while (want < n)
+        want *= 2;
+    int rc = seq_reserve(dst, want < dst->cap_max ? want : dst->cap_max);
     if (rc)
         return rc;
     if (n > p) {

@@ -166,6 +166,12 @@ Test(seq, bytes_count_what_is_allocated)
     model_batch_item it = {.seq = s, .tokens = t, .n_tokens = 70};
     cr_assert_eq(model_forward(&f->m, &it, 1), 0);
     cr_assert_eq(model_seq_bytes(s), 70 * per, "grown to exactly the first request (over 64)");
+    model_seq *c = model_seq_new(&f->m, 0);
+    cr_assert_eq(model_seq_copy(c, s, 70), 0);
+    cr_assert_eq(model_seq_bytes(c), 128 * per, "a copy gets the capacity growth gives: 64, 128, ...");
+    cr_assert_eq(model_seq_copy(c, s, 10), 0);
+    cr_assert_eq(model_seq_bytes(c), 128 * per, "a shorter copy keeps the allocation");
+    model_seq_free(c);
     cr_assert_eq(model_set_kv_f16(&f->m, 1), 0);
     cr_assert_eq(model_seq_position_bytes(&f->m), 2 * (size_t)in->n_layers * in->n_kv_heads * in->head_dim * 2 + 4);
     model_seq_free(s);
