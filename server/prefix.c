@@ -27,7 +27,8 @@
  *
  * Memory: retained sequences count their allocated bytes (K, V, token ids,
  * scores) against the budget; running sequences are not counted (they exist with
- * or without the cache).  Past the budget the least recently used are freed.  A
+ * or without the cache).  Past the budget the least recently used are freed (the
+ * first one's memory goes to the slot that just handed its own sequence over).  A
  * finished sequence whose tokens and scores another retained one already holds
  * is not kept; retained ones it makes redundant are dropped.
  *
@@ -279,8 +280,14 @@ void seq_kv_retain(seq_kv *kv)
     entry_push_front(st, en);
     st->bytes += bytes;
     st->n_entries++;
-    while (st->bytes > st->budget && st->tail) {
-        entry_drop(st, st->tail);
+    while (st->bytes > st->budget && st->tail != en) {
+        kv_entry *old = st->tail;
+        if (!kv->seq) { /* the slot's next request gets its memory (no new allocation to fault in) */
+            kv->seq = old->kv.seq;
+            old->kv.seq = NULL;
+            model_seq_truncate(kv->seq, 0);
+        }
+        entry_drop(st, old);
         st->evictions++;
     }
 }
