@@ -569,7 +569,7 @@ class TestFaults(unittest.TestCase):
             self.assertEqual(srv.metrics()["lmserve_requests_running"], 1)
             s.close()
             self.assertTrue(wait_metric(srv, "lmserve_requests_running", 0), srv.stderr)
-            m = srv.wait_for_log(r"POST /v1/completions 499 prompt=\d+ completion=(\d+)")
+            m = srv.wait_for_log(r"POST /v1/completions 499 prompt=\d+ reused=\d+ completion=(\d+)")
             self.assertIsNotNone(m, srv.stderr)
             self.assertLess(int(m.group(1)), 90000)
             # the slot serves the next request at once
@@ -760,7 +760,7 @@ class TestCli(unittest.TestCase):
             self.assertEqual(status, 400)
             srv.post_json("/tokenize", {"content": "hello"})
             self.assertIsNotNone(srv.wait_for_log(
-                r"lmserve: POST /v1/completions 400 prompt=0 completion=0 ttft=- total=[\d.]+ms$"), srv.stderr)
+                r"lmserve: POST /v1/completions 400 prompt=0 reused=0 completion=0 ttft=- total=[\d.]+ms$"), srv.stderr)
             self.assertIsNotNone(srv.wait_for_log(r"lmserve: POST /tokenize 200 "), srv.stderr)
             # a request with a first token logs its timeline (scripts/serve-load.sh reads it)
             st, _, events = srv.stream("/v1/completions", {"prompt": "Once upon a time", "max_tokens": 3,

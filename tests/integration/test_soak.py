@@ -93,7 +93,11 @@ def partial_requests(body):
 class Soak(unittest.TestCase):
     def test_soak(self):
         require_model()
-        srv = Server(["--parallel", "8", "--queue", "256", "--no-log", "--max-tokens-limit", "256"])
+        # --cache-mb 4: the prefix cache keeps finished requests' KV entries up to its budget
+        # (64 MiB by default); a small one is filled and evicted all through the soak, so RSS
+        # growth past it would be a leak
+        srv = Server(["--parallel", "8", "--queue", "256", "--no-log", "--max-tokens-limit", "256",
+                      "--cache-mb", "4"])
         try:
             self.run_soak(srv)
         finally:
