@@ -766,7 +766,7 @@ class TestCli(unittest.TestCase):
             st, _, events = srv.stream("/v1/completions", {"prompt": "Once upon a time", "max_tokens": 3,
                                                            "stream": True, "model": "tiny-stories"})
             self.assertEqual(st, 200)
-            m = srv.wait_for_log(r"lmserve: POST /v1/completions 200 prompt=5 completion=3 ttft=([\d.]+)ms "
+            m = srv.wait_for_log(r"lmserve: POST /v1/completions 200 prompt=5 reused=0 completion=3 ttft=([\d.]+)ms "
                                  r"total=[\d.]+ms in=([\d.]+)ms queue=([\d.]+)ms wait=([\d.]+)ms "
                                  r"fwd=([\d.]+)ms out=([\d.]+)ms steps=(\d+)$")
             self.assertIsNotNone(m, srv.stderr)
