@@ -154,7 +154,7 @@ int metrics_render(metrics *m, sbuf *b, int queued, int running_requests, int ru
     bad |= histogram(b, "lmserve_time_per_output_token_seconds", "Time between consecutive generated tokens of a sequence.",
               m->tok_buckets, m->tok_count, m->tok_sum);
     sbuf_printf(b, "# HELP lmserve_prompt_tokens_computed_total Prompt positions fed to the model (each "
-                   "choice's; window recomputes not included).\n"
+                   "choice's, until it samples its first token).\n"
                    "# TYPE lmserve_prompt_tokens_computed_total counter\nlmserve_prompt_tokens_computed_total %llu\n",
                 (unsigned long long)m->prompt_computed);
     sbuf_printf(b, "# HELP lmserve_prompt_tokens_reused_total Prompt positions taken from the prefix cache "

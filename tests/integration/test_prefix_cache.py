@@ -142,6 +142,13 @@ class TestPrefixCache(unittest.TestCase):
         self.assertGreater(m["lmserve_prefix_cache_entries"], 0)
         self.assertLessEqual(m["lmserve_prefix_cache_bytes"], m["lmserve_prefix_cache_budget_bytes"])
         self.assertGreaterEqual(m["lmserve_prefix_cache_budget_bytes"], 64 << 20, "the default: at least 64 MiB")
+        # the series openapi.yaml documents for the cache are the ones served, and all of them
+        spec = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "openapi.yaml")).read()
+        doc = spec[spec.index("operationId: metrics"):spec.index("/tokenize:")]
+        documented = set(re.findall(r"`(lmserve_(?:prompt_tokens|prefix_cache)_\w+)`", doc))
+        served = {k for k in m if re.match(r"lmserve_(prompt_tokens_(computed|reused)|prefix_cache)_", k)}
+        self.assertEqual(documented, served)
+        self.assertEqual(len(served), 6)
         moff = self.off.metrics()
         self.assertEqual(moff["lmserve_prefix_cache_budget_bytes"], 0)
         self.assertEqual(moff["lmserve_prompt_tokens_reused_total"], 0)
@@ -164,6 +171,74 @@ class TestPrefixCache(unittest.TestCase):
         body.update(stream=False, max_tokens=30)
         self.both(body)
         st, r = self.on.post_json("/v1/completions", body)
+        self.assertGreater(r["usage"]["prompt_tokens_details"]["cached_tokens"], 0)
+
+
+class TestPastTheWindow(unittest.TestCase):
+    """--ctx 32: prompts longer than the window are cropped and every choice slides past
+    it (the default context_overflow), so every window is recomputed from position 0;
+    what the cache holds is reusable only where a window starts with the same tokens.
+    The answers must not change."""
+    on = off = None
+
+    @classmethod
+    def setUpClass(cls):
+        require_model()
+        args = ["--parallel", "4", "--ctx", "32"]
+        cls.on = Server(args)
+        cls.off = Server(args + ["--cache-mb", "0"])
+
+    @classmethod
+    def tearDownClass(cls):
+        for s in (cls.on, cls.off):
+            if s:
+                rc = s.stop()
+                assert rc == 0, "server exit code %s\n%s" % (rc, s.stderr)
+
+    def both(self, body):
+        st1, a = self.on.post_json("/v1/completions", body)
+        st2, b = self.off.post_json("/v1/completions", body)
+        self.assertEqual((st1, st2), (200, 200), (a, b))
+        self.assertEqual(strip(a), strip(b), "the cache changed the answer to %s" % json.dumps(body)[:200])
+        self.assertEqual(a["usage"].get("prompt_tokens_dropped"), b["usage"].get("prompt_tokens_dropped"))
+        return a
+
+    def test_sliding_choices(self):
+        # (shift refuses a prompt longer than the window)
+        for policy, prompt in (("slide", "Once upon a time"), ("slide", STORY), ("shift", "Once upon a time")):
+            body = {"prompt": prompt, "max_tokens": 80, "n": 2, "temperature": 0.8, "seed": 31, "logprobs": 1,
+                    "logit_bias": {"2": -100}, "context_overflow": policy}
+            a = self.both(body)
+            self.assertTrue(all(len(c["logprobs"]["tokens"]) == 80 for c in a["choices"]), "past the window")
+            body["stream"] = True
+            runs = []
+            for srv in (self.on, self.off):
+                st, _, events = srv.stream("/v1/completions", body)
+                self.assertEqual(st, 200)
+                runs.append([[strip(e)["choices"] for e in events if e != "[DONE]" and e.get("choices")
+                              and e["choices"][0]["index"] == i] for i in range(2)])
+            self.assertEqual(runs[0], runs[1], "streamed choices past the window differ with the cache")
+
+    def test_cropped_prompt_repeated(self):
+        """A prompt longer than the window, answered without sliding (max_tokens 1): the
+        cropped window is retained, and the same prompt again takes all of it but its
+        last token."""
+        body = {"prompt": STORY + " Max", "max_tokens": 1, "temperature": 0, "logprobs": 3}
+        first = self.both(body)
+        self.assertGreater(first["usage"]["prompt_tokens_dropped"], 150)
+        again = self.both(body)
+        self.assertEqual(again["usage"]["prompt_tokens_details"]["cached_tokens"], 31)
+        self.assertEqual(again["choices"], first["choices"])
+
+    def test_scoring_a_prompt_longer_than_the_window(self):
+        """echo + logprobs past the window: every position scored from its own last 32
+        tokens.  Only the first window's positions are scored all at once (and kept with
+        their scores); each later window is recomputed for its last position, and the
+        window the previous request ended with is taken from the cache."""
+        for _ in range(2):
+            a = self.both({"prompt": STORY, "max_tokens": 0, "echo": True, "logprobs": 1})
+            self.assertGreater(len(a["choices"][0]["logprobs"]["tokens"]), 200)
+        st, r = self.on.post_json("/v1/completions", {"prompt": STORY, "max_tokens": 0, "echo": True, "logprobs": 1})
         self.assertGreater(r["usage"]["prompt_tokens_details"]["cached_tokens"], 0)
 
 

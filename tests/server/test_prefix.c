@@ -455,6 +455,68 @@ Test(prefix, context_crop)
     engine_stop(on);
 }
 
+/* Past the window (slide) every window is computed from position 0, so what a sequence
+ * retains is its last window, exact for those tokens at positions 0..W-1: a prompt that
+ * IS that window takes W - 1 positions, and so does a longer prompt cropped to it; a
+ * prompt whose window starts one token later shares no position with it (the same
+ * tokens sit one position earlier there) and takes only what the token ids have in
+ * common from position 0.  Every answer is the cache-off engine's. */
+Test(prefix, reuse_across_a_slide_only_where_exact)
+{
+    enum { W = 48, NP = 40, NG = 30 };
+    int32_t ids[NP];
+    pf_ids(ids, NP, 12);
+    engine *off = pf_engine(2, W, 16, 32, 0, NULL), *on = pf_engine(2, W, 16, 32, 64 * MB, NULL);
+    pf_result *r = pf_new(2);
+    char params[160];
+    snprintf(params, sizeof params, "\"max_tokens\": %d, \"temperature\": 0.8, \"seed\": 21, \"logprobs\": 1, " NO_EOS, NG);
+    char *b = pf_body(ids, NP, params);
+    job *j = ef_job(F.m, W, JOB_COMPLETION, b);
+    pf_one(off, j, &r[0]);
+    job_unref(j);
+    j = ef_job(F.m, W, JOB_COMPLETION, b);
+    pf_one(on, j, &r[1]);
+    job_unref(j);
+    free(b);
+    pf_assert_same(&r[0], &r[1], 1, "a sequence that slid");
+    cr_assert_eq(r[1].r.ch[0].n_tok, NG);
+    int32_t all[NP + NG];
+    memcpy(all, ids, sizeof ids);
+    memcpy(all + NP, r[1].r.ch[0].tok, sizeof(int32_t) * NG);
+    /* its last token was sampled from the window all[n-1-W .. n-1): the entry it retained */
+    const int n = NP + NG, last = n - 1 - W;
+    struct {
+        const int32_t *ids;
+        int len, want_cached, want_dropped;
+        const char *what;
+    } cases[3] = {
+        /* first, while the store holds only that entry */
+        {all + last + 1, W, 0, 0, "the window one token later"},
+        {all + last, W, W - 1, 0, "a prompt that is the last window"},
+        {all, n - 1, W - 1, last, "a longer prompt cropped to the last window"},
+    };
+    /* the later window takes what its ids share with the retained one from position 0 */
+    while (cases[0].want_cached < W - 1 && all[last + 1 + cases[0].want_cached] == all[last + cases[0].want_cached])
+        cases[0].want_cached++;
+    for (int c = 0; c < 3; c++) {
+        b = pf_body(cases[c].ids, cases[c].len, "\"max_tokens\": 6, \"temperature\": 0, \"logprobs\": 2, " NO_EOS);
+        j = ef_job(F.m, W, JOB_COMPLETION, b);
+        pf_one(off, j, &r[0]);
+        job_unref(j);
+        j = ef_job(F.m, W, JOB_COMPLETION, b);
+        pf_one(on, j, &r[1]);
+        job_unref(j);
+        free(b);
+        pf_assert_same(&r[0], &r[1], 1, cases[c].what);
+        cr_assert_eq(r[1].r.end.cached_tokens, cases[c].want_cached, "%s: took %d positions, want %d", cases[c].what,
+                     r[1].r.end.cached_tokens, cases[c].want_cached);
+        cr_assert_eq(r[1].r.end.prompt_tokens_dropped, cases[c].want_dropped, "%s", cases[c].what);
+    }
+    free(r);
+    engine_stop(off);
+    engine_stop(on);
+}
+
 /* --cache-mb 0: nothing is shared, not even between choices. */
 Test(prefix, off_means_no_reuse)
 {
