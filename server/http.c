@@ -955,6 +955,9 @@ static int setup_listener(server *s, const server_config *cfg)
     if (per_ip < 0) per_ip = cfg->max_connections / 8 > 0 ? cfg->max_connections / 8 : 1;
     unsigned flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
     if (ai->ai_family == AF_INET6) flags |= MHD_USE_IPv6;
+    /* No MHD_OPTION_LISTENING_ADDRESS_REUSE: MHD's default (SO_REUSEADDR) lets a restart
+     * bind while old connections linger in TIME_WAIT, and SO_REUSEPORT, which that option
+     * adds, would let a second server share a busy port and take some of its clients. */
     s->d = MHD_start_daemon(flags, (uint16_t)cfg->port, NULL, NULL, on_access, s,
                             MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
                             MHD_OPTION_SOCK_ADDR, ai->ai_addr,
@@ -963,7 +966,6 @@ static int setup_listener(server *s, const server_config *cfg)
                             MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->max_connections,
                             MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)per_ip,
                             MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->timeout,
-                            MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
                             MHD_OPTION_END);
     int listen_errno = errno;
     s->ipv6 = ai->ai_family == AF_INET6;

@@ -13,7 +13,7 @@ import sys
 import tempfile
 import unittest
 
-from lmserve_testlib import REPO, Server, binary, require_model
+from lmserve_testlib import REPO, Server, binary, model_path, require_model
 
 SET_META = os.path.join(REPO, "scripts", "gguf-set-meta.py")
 DEFAULT = os.path.join(REPO, "models", "default", "model.gguf")
@@ -93,6 +93,15 @@ class ServerVersion(unittest.TestCase):
         self.assertIn("cannot connect", r.stderr)
         r = subprocess.run([binary(), "health", "--bogus", "1"], capture_output=True, text=True, timeout=30)
         self.assertEqual(r.returncode, 2)
+
+    def test_a_second_server_on_a_busy_port_fails(self):
+        # Two listeners on one port would split the clients between two models without a word.
+        r = subprocess.run([binary(), "serve", "--model", model_path(), "--host", "127.0.0.1",
+                            "--port", str(self.srv.port)], capture_output=True, text=True, timeout=60)
+        self.assertNotEqual(r.returncode, 0, r.stderr)
+        self.assertIn("cannot listen on 127.0.0.1:%d" % self.srv.port, r.stderr)
+        st, _, _ = self.srv.get("/health")  # the first one is untouched
+        self.assertEqual(st, 200)
 
 
 def served_id(args, model):
