@@ -231,4 +231,11 @@ default-model: $(B)/lmserve
 	scripts/gguf-set-meta.py models/default/model.gguf general.name=lmserve-kjv-1.8M \
 		"lmserve.sample_prompt=In the beginning"
 
+# The C sources in the style of .clang-format (clang-format 14, Debian's `clang-format`);
+# the generated Unicode tables stay as the generator writes them.
+FORMAT_SRC = $(filter-out model/tokenizers/unicode_tables.h,$(shell git ls-files '*.c' '*.h'))
+.PHONY: format
+format:
+	clang-format -i $(FORMAT_SRC)
+
 -include $(shell find $(B) -name '*.d' 2>/dev/null)
