@@ -77,8 +77,7 @@ static int cmp_double(const void *a, const void *b)
 static const char *token_bytes(void *user, int32_t id, size_t *len)
 {
     const model *m = user;
-    if (model_token_is_special(m, id))
-        return NULL;
+    if (model_token_is_special(m, id)) return NULL;
     return model_token_bytes(m, id, len);
 }
 
@@ -91,25 +90,20 @@ static double step_time(model *m, int steps, double *best)
     float *lg = malloc((size_t)in->vocab_size * sizeof *lg);
     double *t = malloc((size_t)steps * sizeof *t);
     double r = -1;
-    if (!s || !lg || !t)
-        goto out;
+    if (!s || !lg || !t) goto out;
     int32_t prompt[16];
-    for (int i = 0; i < 16; i++)
-        prompt[i] = 3 + (int32_t)((i * 2654435761u) % (uint32_t)(in->vocab_size - 3));
-    model_batch_item it = {.seq = s, .tokens = prompt, .n_tokens = 16, .logits = lg};
-    if (model_forward(m, &it, 1))
-        goto out;
+    for (int i = 0; i < 16; i++) prompt[i] = 3 + (int32_t)((i * 2654435761u) % (uint32_t)(in->vocab_size - 3));
+    model_batch_item it = { .seq = s, .tokens = prompt, .n_tokens = 16, .logits = lg };
+    if (model_forward(m, &it, 1)) goto out;
     int done = 0;
     for (int k = 0; k < steps && model_seq_len(s) < model_seq_capacity(s); k++) {
         int32_t tok = 3 + (int32_t)((k * 40503u + 7) % (uint32_t)(in->vocab_size - 3));
-        model_batch_item one = {.seq = s, .tokens = &tok, .n_tokens = 1, .logits = lg};
+        model_batch_item one = { .seq = s, .tokens = &tok, .n_tokens = 1, .logits = lg };
         double t0 = now();
-        if (model_forward(m, &one, 1))
-            goto out;
+        if (model_forward(m, &one, 1)) goto out;
         t[done++] = now() - t0;
     }
-    if (done == 0)
-        goto out;
+    if (done == 0) goto out;
     qsort(t, (size_t)done, sizeof *t, cmp_double);
     r = t[done / 2];
     *best = t[0];
@@ -128,10 +122,8 @@ static void gaussian(float *x, int n, sampler_rng *r)
         x[i] = (float)(rad * cos(6.283185307179586 * u2));
         x[i + 1] = (float)(rad * sin(6.283185307179586 * u2));
     }
-    if (n & 1)
-        x[n - 1] = 0.0f;
-    for (int j = 0; j < 4; j++)
-        x[sampler_rng_next(r) % (uint64_t)n] += 6.0f + (float)j;
+    if (n & 1) x[n - 1] = 0.0f;
+    for (int j = 0; j < 4; j++) x[sampler_rng_next(r) % (uint64_t)n] += 6.0f + (float)j;
 }
 
 static const char *SCHEMA =
@@ -144,36 +136,33 @@ static const char *SCHEMA =
     "\"score\": {\"anyOf\": [{\"type\": \"number\", \"minimum\": 0, \"maximum\": 1}, {\"type\": \"null\"}]}},"
     "\"required\": [\"name\", \"age\", \"tags\", \"address\"], \"additionalProperties\": false,"
     "\"$defs\": {\"address\": {\"type\": \"object\", \"properties\": {"
-    "\"street\": {\"type\": \"string\", \"maxLength\": 40}, \"zip\": {\"type\": \"string\", \"pattern\": \"^[0-9]{5}$\"}},"
+    "\"street\": {\"type\": \"string\", \"maxLength\": 40}, \"zip\": {\"type\": \"string\", \"pattern\": "
+    "\"^[0-9]{5}$\"}},"
     "\"required\": [\"street\", \"zip\"]}}}";
 
-static const char *GRAMMAR =
-    "root ::= expr\n"
-    "expr ::= term ( ws [-+] ws term )*\n"
-    "term ::= factor ( ws [*/] ws factor )*\n"
-    "factor ::= [0-9]{1,6} | \"(\" ws expr ws \")\" | [a-z]+\n"
-    "ws ::= \" \"?\n";
+static const char *GRAMMAR = "root ::= expr\n"
+                             "expr ::= term ( ws [-+] ws term )*\n"
+                             "term ::= factor ( ws [*/] ws factor )*\n"
+                             "factor ::= [0-9]{1,6} | \"(\" ws expr ws \")\" | [a-z]+\n"
+                             "ws ::= \" \"?\n";
 
 typedef struct {
     const char *name;
     sampler_grammar *g;
 } bcase;
 
-static const char *const CASE_NAMES[4] = {"json_object", "json_schema", "choice", "grammar"};
+static const char *const CASE_NAMES[4] = { "json_object", "json_schema", "choice", "grammar" };
 
 /* Case c's grammar, compiled anew (a cache that owns its grammar needs its own). */
 static int compile_case(int c, sampler_grammar **g)
 {
-    static const char *const choices[3] = {"positive", "negative", "neutral"};
-    static const size_t lens[3] = {8, 8, 7};
+    static const char *const choices[3] = { "positive", "negative", "neutral" };
+    static const size_t lens[3] = { 8, 8, 7 };
     schema_error se;
     *g = NULL;
-    if (c == 0)
-        return schema_compile_json_object(g);
-    if (c == 2)
-        return schema_compile_choice(choices, lens, 3, g, &se);
-    if (c == 3)
-        return sampler_grammar_parse(g, GRAMMAR, strlen(GRAMMAR), NULL);
+    if (c == 0) return schema_compile_json_object(g);
+    if (c == 2) return schema_compile_choice(choices, lens, 3, g, &se);
+    if (c == 3) return sampler_grammar_parse(g, GRAMMAR, strlen(GRAMMAR), NULL);
     json_t *sj = json_loads(SCHEMA, 0, NULL);
     int rc = sj ? schema_compile(sj, g, &se) : -1;
     json_decref(sj);
@@ -182,8 +171,8 @@ static int compile_case(int c, sampler_grammar **g)
 
 /* The --decode loop (see the header): the tokens decoded and the constrained texts
  * completed, or -1 on a failure. */
-static int decode_loop(model *m, const sampler_vocab *sv, const sampler_grammar *g, int c_index, int warm,
-                       int n_tokens, int seq_tokens, uint64_t seed, int *completed, double *sampler_cpu)
+static int decode_loop(model *m, const sampler_vocab *sv, const sampler_grammar *g, int c_index, int warm, int n_tokens,
+                       int seq_tokens, uint64_t seed, int *completed, double *sampler_cpu)
 {
     const model_info *in = model_get_info(m);
     int V = in->vocab_size, done = 0, pos = 0, ok = 0;
@@ -195,38 +184,31 @@ static int decode_loop(model *m, const sampler_vocab *sv, const sampler_grammar 
     sampler_constraint_cache *cc = NULL;
     *completed = 0;
     *sampler_cpu = 0;
-    if (!lg)
-        goto out;
+    if (!lg) goto out;
     if (g && warm) {
         sampler_grammar *copy = NULL;
-        if (compile_case(c_index, &copy) || !(cc = sampler_constraint_cache_new(copy, sv)))
-            goto out;
+        if (compile_case(c_index, &copy) || !(cc = sampler_constraint_cache_new(copy, sv))) goto out;
     }
     int32_t prompt[16], tok = 0;
-    for (int i = 0; i < 16; i++)
-        prompt[i] = 3 + (int32_t)((i * 2654435761u) % (uint32_t)(V - 3));
+    for (int i = 0; i < 16; i++) prompt[i] = 3 + (int32_t)((i * 2654435761u) % (uint32_t)(V - 3));
     while (done < n_tokens) {
         if (!s || pos >= seq_tokens) {
             model_seq_free(s);
             s = model_seq_new(m, 0);
-            model_batch_item it = {.seq = s, .tokens = prompt, .n_tokens = 16, .logits = lg};
-            if (!s || model_forward(m, &it, 1))
-                goto out;
+            model_batch_item it = { .seq = s, .tokens = prompt, .n_tokens = 16, .logits = lg };
+            if (!s || model_forward(m, &it, 1)) goto out;
             pos = 0;
         }
         if (!smp) {
-            if (g && !(con = warm ? sampler_constraint_new_shared(cc) : sampler_constraint_new(g, sv)))
-                goto out;
-            sampler_params sp = {.temperature = 0.8f, .seed = seed + texts++, .constraint = con};
-            if (!(smp = sampler_new(V, &sp)))
-                goto out;
+            if (g && !(con = warm ? sampler_constraint_new_shared(cc) : sampler_constraint_new(g, sv))) goto out;
+            sampler_params sp = { .temperature = 0.8f, .seed = seed + texts++, .constraint = con };
+            if (!(smp = sampler_new(V, &sp))) goto out;
         }
         sampler_choice c;
         double t0 = cpu_now();
         int rc = sampler_step(smp, lg, &tok, 1, 0, SAMPLER_TOKEN_ONLY, &c);
         *sampler_cpu += cpu_now() - t0;
-        if (rc)
-            goto out;
+        if (rc) goto out;
         tok = c.token;
         if (con && c.constraint == SAMPLER_CONSTRAINT_COMPLETE) { /* the next text starts afresh */
             sampler_free(smp);
@@ -235,9 +217,8 @@ static int decode_loop(model *m, const sampler_vocab *sv, const sampler_grammar 
             con = NULL;
             (*completed)++;
         }
-        model_batch_item one = {.seq = s, .tokens = &tok, .n_tokens = 1, .logits = lg};
-        if (model_forward(m, &one, 1))
-            goto out;
+        model_batch_item one = { .seq = s, .tokens = &tok, .n_tokens = 1, .logits = lg };
+        if (model_forward(m, &one, 1)) goto out;
         done++;
         pos++;
     }
@@ -259,8 +240,7 @@ int main(int argc, char **argv)
     unsigned long long seed = 1;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!v)
-            goto usage;
+        if (!v) goto usage;
         if (!strcmp(a, "--model"))
             model_path = v;
         else if (!strcmp(a, "--tokenizer"))
@@ -289,18 +269,17 @@ int main(int argc, char **argv)
             goto usage;
         i++;
     }
-    if (!model_path || threads < 1 || steps < 1 || seqs < 1 || tokens < 1 || decode < -1)
-        goto usage;
+    if (!model_path || threads < 1 || steps < 1 || seqs < 1 || tokens < 1 || decode < -1) goto usage;
 
     char err[512];
     model *m = NULL, *vm = NULL;
-    model_load_opts o = {.tokenizer_path = tok_path, .n_threads = threads};
+    model_load_opts o = { .tokenizer_path = tok_path, .n_threads = threads };
     if (model_load(&m, model_path, &o, err, sizeof err)) {
         fprintf(stderr, "bench_constrain: %s\n", err);
         return 1;
     }
     if (vpath) {
-        model_load_opts vo = {.tokenizer_path = vtok, .n_threads = 1};
+        model_load_opts vo = { .tokenizer_path = vtok, .n_threads = 1 };
         if (model_load(&vm, vpath, &vo, err, sizeof err)) {
             fprintf(stderr, "bench_constrain: %s\n", err);
             return 1;
@@ -315,10 +294,8 @@ int main(int argc, char **argv)
     }
     int32_t ends[2];
     int n_end = 0;
-    if (vi->eos_id >= 0)
-        ends[n_end++] = vi->eos_id;
-    if (vi->bos_ends_text && vi->bos_id >= 0)
-        ends[n_end++] = vi->bos_id;
+    if (vi->eos_id >= 0) ends[n_end++] = vi->eos_id;
+    if (vi->bos_ends_text && vi->bos_id >= 0) ends[n_end++] = vi->bos_id;
     sampler_vocab *sv = NULL;
     double t0 = now();
     if (sampler_vocab_new(&sv, V, token_bytes, (void *)vocab_model, ends, n_end) != SAMPLER_OK) {
@@ -340,8 +317,7 @@ int main(int argc, char **argv)
         const sampler_grammar *g = NULL;
         int known = !strcmp(case_name, "none"), ci = -1;
         for (int c = 0; c < 4; c++)
-            if (!strcmp(case_name, cases[c].name))
-                g = cases[c].g, known = 1, ci = c;
+            if (!strcmp(case_name, cases[c].name)) g = cases[c].g, known = 1, ci = c;
         if (!known) {
             fprintf(stderr, "bench_constrain: --case is none, json_object, json_schema, choice or grammar\n");
             return 2;
@@ -355,10 +331,10 @@ int main(int argc, char **argv)
             return 1;
         }
         printf("decode %s (%s cache): %d tokens, %d texts completed, %.3f s; sampler_step %.1f us/token "
-               "(thread CPU); trie built in %.1f ms\n", case_name, warm_decode ? "warm" : "cold", n, completed,
-               now() - t0, n ? sampler_cpu * 1e6 / n : 0.0, t_trie * 1e3);
-        for (int c = 0; c < 4; c++)
-            sampler_grammar_free(cases[c].g);
+               "(thread CPU); trie built in %.1f ms\n",
+               case_name, warm_decode ? "warm" : "cold", n, completed, now() - t0, n ? sampler_cpu * 1e6 / n : 0.0,
+               t_trie * 1e3);
+        for (int c = 0; c < 4; c++) sampler_grammar_free(cases[c].g);
         sampler_vocab_free(sv);
         model_free(vm);
         model_free(m);
@@ -372,13 +348,13 @@ int main(int argc, char **argv)
         return 1;
     }
     printf("model %s (vocab %d); vocabulary of %s; trie built in %.1f ms; one decode step at batch 1: %.3f ms "
-           "(median of %d; fastest %.3f ms)\n", model_path, V, vpath ? vpath : model_path, t_trie * 1e3, step * 1e3, steps, best_step * 1e3);
+           "(median of %d; fastest %.3f ms)\n",
+           model_path, V, vpath ? vpath : model_path, t_trie * 1e3, step * 1e3, steps, best_step * 1e3);
 
     float *lg = malloc((size_t)V * sizeof *lg);
     size_t cap = (size_t)seqs * (size_t)tokens;
     double *over = malloc(cap * sizeof *over);
-    if (!lg || !over)
-        return 1;
+    if (!lg || !over) return 1;
     printf("%-12s %-6s %7s %9s %10s %9s %9s %9s %11s\n", "case", "cache", "tokens", "complete", "us/token", "p50 us",
            "p99 us", "of step", "of fastest");
     for (int c = 0; c < 8; c++) {
@@ -389,10 +365,8 @@ int main(int argc, char **argv)
         sampler_constraint_cache *cc = NULL;
         if (warm) {
             sampler_grammar *copy = NULL;
-            if (compile_case(c / 2, &copy) == 0)
-                cc = sampler_constraint_cache_new(copy, sv);
-            if (!cc)
-                return 1;
+            if (compile_case(c / 2, &copy) == 0) cc = sampler_constraint_cache_new(copy, sv);
+            if (!cc) return 1;
         }
         sampler_rng r;
         sampler_rng_seed(&r, seed);
@@ -401,12 +375,11 @@ int main(int argc, char **argv)
         double sum = 0;
         for (int q = 0; q < seqs; q++) {
             sampler_constraint *con = warm ? sampler_constraint_new_shared(cc) : sampler_constraint_new(bc->g, sv);
-            sampler_params pw = {.temperature = 0.8f, .seed = seed + (uint64_t)q, .constraint = con};
-            sampler_params po = {.temperature = 0.8f, .seed = seed + (uint64_t)q};
+            sampler_params pw = { .temperature = 0.8f, .seed = seed + (uint64_t)q, .constraint = con };
+            sampler_params po = { .temperature = 0.8f, .seed = seed + (uint64_t)q };
             sampler *sw = sampler_new(V, &pw), *so = sampler_new(V, &po);
-            if (!con || !sw || !so)
-                return 1;
-            int32_t ids[1] = {3};
+            if (!con || !sw || !so) return 1;
+            int32_t ids[1] = { 3 };
             for (int k = 0; k < tokens; k++) {
                 gaussian(lg, V, &r);
                 sampler_choice a, b;
@@ -432,13 +405,12 @@ int main(int argc, char **argv)
         }
         qsort(over, n, sizeof *over, cmp_double);
         double mean = sum / (double)n, p50 = over[(n - 1) / 2], p99 = over[(size_t)((double)(n - 1) * 0.99)];
-        printf("%-12s %-6s %7zu %6d/%-3d %10.1f %9.1f %9.1f %8.2f%% %10.2f%%\n", bc->name, warm ? "warm" : "cold",
-               n, complete, seqs, mean * 1e6, p50 * 1e6, p99 * 1e6, 100.0 * mean / step, 100.0 * mean / best_step);
+        printf("%-12s %-6s %7zu %6d/%-3d %10.1f %9.1f %9.1f %8.2f%% %10.2f%%\n", bc->name, warm ? "warm" : "cold", n,
+               complete, seqs, mean * 1e6, p50 * 1e6, p99 * 1e6, 100.0 * mean / step, 100.0 * mean / best_step);
         fflush(stdout);
         sampler_constraint_cache_free(cc);
     }
-    for (int c = 0; c < 4; c++)
-        sampler_grammar_free(cases[c].g);
+    for (int c = 0; c < 4; c++) sampler_grammar_free(cases[c].g);
     free(lg);
     free(over);
     sampler_vocab_free(sv);

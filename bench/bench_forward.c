@@ -36,8 +36,7 @@ static int argmax(const float *v, int n)
 {
     int best = 0;
     for (int i = 1; i < n; i++)
-        if (v[i] > v[best])
-            best = i;
+        if (v[i] > v[best]) best = i;
     return best;
 }
 
@@ -57,21 +56,17 @@ static double single_run(model *m, int prompt, int gen, int run, double *pre)
     float *lg = malloc((size_t)in->vocab_size * sizeof(float));
     int32_t *p = malloc((size_t)prompt * sizeof(int32_t));
     double r = -1;
-    if (!s || !lg || !p)
-        goto out;
-    for (int i = 0; i < prompt; i++)
-        p[i] = tok_at((uint64_t)run * 1000 + i, in->vocab_size);
-    model_batch_item it = {.seq = s, .tokens = p, .n_tokens = prompt, .logits = lg};
+    if (!s || !lg || !p) goto out;
+    for (int i = 0; i < prompt; i++) p[i] = tok_at((uint64_t)run * 1000 + i, in->vocab_size);
+    model_batch_item it = { .seq = s, .tokens = p, .n_tokens = prompt, .logits = lg };
     double tp = now();
-    if (model_forward(m, &it, 1))
-        goto out;
+    if (model_forward(m, &it, 1)) goto out;
     *pre = prompt / (now() - tp);
     double t0 = now();
     for (int g = 0; g < gen; g++) {
         int32_t t = argmax(lg, in->vocab_size);
-        it = (model_batch_item){.seq = s, .tokens = &t, .n_tokens = 1, .logits = lg};
-        if (model_forward(m, &it, 1))
-            goto out;
+        it = (model_batch_item){ .seq = s, .tokens = &t, .n_tokens = 1, .logits = lg };
+        if (model_forward(m, &it, 1)) goto out;
     }
     r = gen / (now() - t0);
 out:
@@ -89,15 +84,13 @@ static double batch_run(model *m, int B, int prompt, int steps)
     float *lg = malloc((size_t)B * in->vocab_size * sizeof(float));
     int32_t *t = malloc((size_t)B * (prompt > 1 ? prompt : 1) * sizeof(int32_t));
     double r = -1;
-    if (!s || !it || !lg || !t)
-        goto out;
+    if (!s || !it || !lg || !t) goto out;
     for (int b = 0; b < B; b++) {
-        if (!(s[b] = model_seq_new(m, 0)))
-            goto out;
-        for (int i = 0; i < prompt; i++)
-            t[b * prompt + i] = tok_at((uint64_t)b * 7919 + i, in->vocab_size);
-        it[b] = (model_batch_item){.seq = s[b], .tokens = t + b * prompt, .n_tokens = prompt,
-                                   .logits = lg + (size_t)b * in->vocab_size};
+        if (!(s[b] = model_seq_new(m, 0))) goto out;
+        for (int i = 0; i < prompt; i++) t[b * prompt + i] = tok_at((uint64_t)b * 7919 + i, in->vocab_size);
+        it[b] = (model_batch_item){
+            .seq = s[b], .tokens = t + b * prompt, .n_tokens = prompt, .logits = lg + (size_t)b * in->vocab_size
+        };
     }
     if (model_forward(m, it, B)) /* all prompts in one prefill call */
         goto out;
@@ -108,13 +101,11 @@ static double batch_run(model *m, int B, int prompt, int steps)
             it[b].tokens = t + b;
             it[b].n_tokens = 1;
         }
-        if (model_forward(m, it, B))
-            goto out;
+        if (model_forward(m, it, B)) goto out;
     }
     r = (double)B * steps / (now() - t0);
 out:
-    for (int b = 0; s && b < B; b++)
-        model_seq_free(s[b]);
+    for (int b = 0; s && b < B; b++) model_seq_free(s[b]);
     free(s);
     free(it);
     free(lg);
@@ -138,8 +129,7 @@ int main(int argc, char **argv)
         OPT_FN("--kv-type", &kv_f16, cli_kv_type, CLI_KV_TYPE_EXPECT),
     };
     int prc = cli_parse("bench_forward", opts, sizeof opts / sizeof opts[0], argc, argv);
-    if (prc == CLI_BAD)
-        return 2;
+    if (prc == CLI_BAD) return 2;
     if (prc == CLI_HELP || !path) {
         fprintf(stderr, "usage: bench_forward --model FILE [--tokenizer FILE] [--threads N] [--gen N]\n"
                         "  [--prompt N] [--runs N] [--batch 1,4,16,64] [--steps N] [--kv-type f32|f16]\n");
@@ -147,7 +137,7 @@ int main(int argc, char **argv)
     }
     model *m;
     char err[512];
-    model_load_opts o = {.tokenizer_path = tok, .n_threads = threads};
+    model_load_opts o = { .tokenizer_path = tok, .n_threads = threads };
     if (model_load(&m, path, &o, err, sizeof err)) {
         fprintf(stderr, "bench_forward: %s\n", err);
         return 1;
@@ -155,10 +145,8 @@ int main(int argc, char **argv)
     model_settle(m); /* measure on the weights' final (huge) pages */
     model_set_kv_f16(m, kv_f16);
     const model_info *in = model_get_info(m);
-    if (prompt + gen > in->ctx_len)
-        gen = in->ctx_len - prompt;
-    if (prompt + steps > in->ctx_len)
-        steps = in->ctx_len - prompt;
+    if (prompt + gen > in->ctx_len) gen = in->ctx_len - prompt;
+    if (prompt + steps > in->ctx_len) steps = in->ctx_len - prompt;
     if (gen < 1 || steps < 1) {
         fprintf(stderr, "bench_forward: context %d too short for a %d-token prompt\n", in->ctx_len, prompt);
         model_free(m);
@@ -166,8 +154,8 @@ int main(int argc, char **argv)
     }
     printf("model %s: %s %s, dim %d, hidden %d, layers %d, heads %d/%d, vocab %d, ctx %d, "
            "%.1f MB of weights, %d threads\n",
-           path, in->format, in->weight_type, in->dim, in->hidden_dim, in->n_layers, in->n_heads,
-           in->n_kv_heads, in->vocab_size, in->ctx_len, in->weight_bytes / 1e6, threads);
+           path, in->format, in->weight_type, in->dim, in->hidden_dim, in->n_layers, in->n_heads, in->n_kv_heads,
+           in->vocab_size, in->ctx_len, in->weight_bytes / 1e6, threads);
     double *r = malloc(2 * (size_t)runs * sizeof(double)), ignored;
     if (!r) {
         model_free(m);
@@ -175,8 +163,7 @@ int main(int argc, char **argv)
     }
     double *pre = r + runs;
     single_run(m, prompt, gen < 16 ? gen : 16, 99, &ignored); /* warm-up: page in the weights */
-    for (int k = 0; k < runs; k++)
-        r[k] = single_run(m, prompt, gen, k, &pre[k]);
+    for (int k = 0; k < runs; k++) r[k] = single_run(m, prompt, gen, k, &pre[k]);
     qsort(r, (size_t)runs, sizeof *r, cmp_double);
     qsort(pre, (size_t)runs, sizeof *pre, cmp_double);
     printf("single stream: %.1f tok/s (median of %d runs of %d tokens after a %d-token prompt; min %.1f max %.1f)\n",
@@ -188,8 +175,7 @@ int main(int argc, char **argv)
     while (*b) {
         char *end;
         long B = strtol(b, &end, 10);
-        if (end == b || B < 1 || B > 4096)
-            break;
+        if (end == b || B < 1 || B > 4096) break;
         double t = batch_run(m, (int)B, prompt, steps);
         if (t < 0)
             printf("batch %3ld: failed\n", B);

@@ -45,8 +45,7 @@ static int int_arg(const char *s, long lo, long hi, long *out)
     char *end;
     errno = 0;
     long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi)
-        return -1;
+    if (errno || end == s || *end || v < lo || v > hi) return -1;
     *out = v;
     return 0;
 }
@@ -63,13 +62,20 @@ int main(int argc, char **argv)
             continue;
         }
         int bad = !v;
-        if (!bad && !strcmp(a, "--type")) type_s = v;
-        else if (!bad && !strcmp(a, "--mb")) bad = int_arg(v, 1, 1 << 16, &mb);
-        else if (!bad && !strcmp(a, "--cols")) bad = int_arg(v, 256, 1 << 16, &cols);
-        else if (!bad && !strcmp(a, "--rows-x")) bad = int_arg(v, 1, 1024, &nx);
-        else if (!bad && !strcmp(a, "--threads")) bad = int_arg(v, 1, 256, &threads);
-        else if (!bad && !strcmp(a, "--runs")) bad = int_arg(v, 1, 100000, &runs);
-        else bad = 1;
+        if (!bad && !strcmp(a, "--type"))
+            type_s = v;
+        else if (!bad && !strcmp(a, "--mb"))
+            bad = int_arg(v, 1, 1 << 16, &mb);
+        else if (!bad && !strcmp(a, "--cols"))
+            bad = int_arg(v, 256, 1 << 16, &cols);
+        else if (!bad && !strcmp(a, "--rows-x"))
+            bad = int_arg(v, 1, 1024, &nx);
+        else if (!bad && !strcmp(a, "--threads"))
+            bad = int_arg(v, 1, 256, &threads);
+        else if (!bad && !strcmp(a, "--runs"))
+            bad = int_arg(v, 1, 100000, &runs);
+        else
+            bad = 1;
         if (bad) {
             fprintf(stderr, "usage: bench_matmul [--type TYPE] [--mb SIZE] [--cols K] [--rows-x N] "
                             "[--threads T] [--runs R]\n");
@@ -103,8 +109,7 @@ int main(int argc, char **argv)
         s = s * 6364136223846793005ull + 1442695040888963407ull;
         src[i] = (float)((int64_t)(s >> 33) - (1ll << 30)) * 0x1p-30f * 0.05f;
     }
-    for (size_t i = 0; i < (size_t)nx * cols; i++)
-        x[i] = src[i % ((size_t)tile_rows * cols)] * 20.0f;
+    for (size_t i = 0; i < (size_t)nx * cols; i++) x[i] = src[i % ((size_t)tile_rows * cols)] * 20.0f;
     uint8_t *tile = w;
     if (type == MT_F32) {
         memcpy(tile, src, (size_t)tile_rows * rb);
@@ -127,7 +132,7 @@ int main(int argc, char **argv)
         long n = rows - r < tile_rows ? rows - r : tile_rows;
         memcpy(w + (size_t)r * rb, tile, (size_t)n * rb);
     }
-    mtensor m = {.data = w, .type = type, .rows = (int)rows, .cols = (int)cols};
+    mtensor m = { .data = w, .type = type, .rows = (int)rows, .cols = (int)cols };
     size_t plen = 0;
     void *pk = NULL;
     int panel = kernel_pack_rows(type);
@@ -154,8 +159,8 @@ int main(int argc, char **argv)
     double gb = (double)total / 1e9;
     printf("%s%s %ld x %ld (%.1f MiB), %ld activation row(s), %ld thread(s): best %.2f GB/s, median %.2f GB/s "
            "(%.3f ms per pass, %.1f tokens/s)\n",
-           quant_type_name(type), m.panel ? " (packed)" : "", rows, cols, (double)total / 1048576.0, nx, threads, gb / t[0],
-           gb / t[runs / 2], t[runs / 2] * 1e3, (double)nx / t[runs / 2]);
+           quant_type_name(type), m.panel ? " (packed)" : "", rows, cols, (double)total / 1048576.0, nx, threads,
+           gb / t[0], gb / t[runs / 2], t[runs / 2] * 1e3, (double)nx / t[runs / 2]);
     volatile float sink = out[0];
     (void)sink;
     model_pool_free(pool);

@@ -63,7 +63,10 @@ int main(int argc, char **argv)
         secs += (double)(b.tv_sec - a.tv_sec) + (double)(b.tv_nsec - a.tv_nsec) * 1e-9;
         total += len;
         json_decref(s);
-        if (k < 0) { rc = 1; break; }
+        if (k < 0) {
+            rc = 1;
+            break;
+        }
         putchar('[');
         for (int i = 0; i < k; i++) printf(i ? ",%d" : "%d", ids[i]);
         puts("]");

@@ -49,8 +49,7 @@ static uint64_t rng_next(uint64_t *s)
 /* n floats uniform in [-a, a) */
 static void fill(float *d, size_t n, float a, uint64_t *s)
 {
-    for (size_t i = 0; i < n; i++)
-        d[i] = a * ((float)(rng_next(s) >> 40) / 8388608.0f - 1.0f);
+    for (size_t i = 0; i < n; i++) d[i] = a * ((float)(rng_next(s) >> 40) / 8388608.0f - 1.0f);
 }
 
 /* ---- Vocabulary ------------------------------------------------------------------ */
@@ -75,10 +74,8 @@ static char *piece(int id, int *len)
             k /= 26;
         } while (k && n < 15);
         int o = 0;
-        if (id & 1)
-            buf[o++] = ' ';
-        while (n)
-            buf[o++] = t[--n];
+        if (id & 1) buf[o++] = ' ';
+        while (n) buf[o++] = t[--n];
         buf[o] = 0;
     }
     *len = (int)strlen(buf);
@@ -88,8 +85,7 @@ static char *piece(int id, int *len)
 static int write_tokenizer_bin(const char *path, int vocab)
 {
     FILE *f = fopen(path, "wb");
-    if (!f)
-        return -1;
+    if (!f) return -1;
     int32_t maxlen = 16;
     fwrite(&maxlen, 4, 1, f);
     for (int i = 0; i < vocab; i++) {
@@ -114,8 +110,7 @@ static int write_floats(FILE *f, size_t n, float a, uint64_t *s)
     while (n) {
         size_t k = n < 4096 ? n : 4096;
         fill(buf, k, a, s);
-        if (fwrite(buf, 4, k, f) != k)
-            return -1;
+        if (fwrite(buf, 4, k, f) != k) return -1;
         n -= k;
     }
     return 0;
@@ -125,45 +120,39 @@ static int write_ones(FILE *f, size_t n)
 {
     float one = 1.0f;
     for (size_t i = 0; i < n; i++)
-        if (fwrite(&one, 4, 1, f) != 1)
-            return -1;
+        if (fwrite(&one, 4, 1, f) != 1) return -1;
     return 0;
 }
 
 static int write_llama2c(const char *path, const shape *sh)
 {
     FILE *f = fopen(path, "wb");
-    if (!f)
-        return -1;
-    int32_t hdr[7] = {sh->dim, sh->hidden, sh->layers, sh->heads, sh->kv_heads, sh->vocab, sh->ctx};
+    if (!f) return -1;
+    int32_t hdr[7] = { sh->dim, sh->hidden, sh->layers, sh->heads, sh->kv_heads, sh->vocab, sh->ctx };
     uint64_t s = sh->seed;
     size_t D = (size_t)sh->dim, H = (size_t)sh->hidden, L = (size_t)sh->layers;
     size_t hd = D / sh->heads, kvd = hd * sh->kv_heads;
     float ad = 1.0f / sqrtf((float)D), ah = 1.0f / sqrtf((float)H);
     int rc = fwrite(hdr, 4, 7, f) == 7 ? 0 : -1;
     rc |= write_floats(f, (size_t)sh->vocab * D, 1.0f, &s); /* token_embedding_table */
-    rc |= write_ones(f, L * D);                                /* rms_att_weight */
-    rc |= write_floats(f, L * D * D, ad, &s);                  /* wq */
-    rc |= write_floats(f, L * D * kvd, ad, &s);                /* wk */
-    rc |= write_floats(f, L * D * kvd, ad, &s);                /* wv */
-    rc |= write_floats(f, L * D * D, ad, &s);                  /* wo */
-    rc |= write_ones(f, L * D);                                /* rms_ffn_weight */
-    rc |= write_floats(f, L * H * D, ad, &s);                  /* w1 */
-    rc |= write_floats(f, L * D * H, ah, &s);                  /* w2 */
-    rc |= write_floats(f, L * H * D, ad, &s);                  /* w3 */
-    rc |= write_ones(f, D);                                    /* rms_final_weight */
-    rc |= write_floats(f, (size_t)sh->ctx * hd, 0.0f, &s);     /* freq_cis_real + imag (unused) */
-    if (fclose(f))
-        rc = -1;
+    rc |= write_ones(f, L * D);                             /* rms_att_weight */
+    rc |= write_floats(f, L * D * D, ad, &s);               /* wq */
+    rc |= write_floats(f, L * D * kvd, ad, &s);             /* wk */
+    rc |= write_floats(f, L * D * kvd, ad, &s);             /* wv */
+    rc |= write_floats(f, L * D * D, ad, &s);               /* wo */
+    rc |= write_ones(f, L * D);                             /* rms_ffn_weight */
+    rc |= write_floats(f, L * H * D, ad, &s);               /* w1 */
+    rc |= write_floats(f, L * D * H, ah, &s);               /* w2 */
+    rc |= write_floats(f, L * H * D, ad, &s);               /* w3 */
+    rc |= write_ones(f, D);                                 /* rms_final_weight */
+    rc |= write_floats(f, (size_t)sh->ctx * hd, 0.0f, &s);  /* freq_cis_real + imag (unused) */
+    if (fclose(f)) rc = -1;
     return rc;
 }
 
 /* ---- GGUF ------------------------------------------------------------------------ */
 
-static uint16_t to_f16(float f)
-{
-    return model_f32_to_f16(f);
-}
+static uint16_t to_f16(float f) { return model_f32_to_f16(f); }
 
 /* Convert a (rows, cols) float matrix to type (F32, F16, BF16 or a block-quantized type: the
  * reference quantizers of model/quant.h); returns malloc'd data and its size. */
@@ -173,15 +162,13 @@ static void *convert(const float *x, int rows, int cols, int type, size_t *nbyte
     if (type == MT_F32) {
         *nbytes = n * 4;
         void *d = malloc(*nbytes);
-        if (d)
-            memcpy(d, x, *nbytes);
+        if (d) memcpy(d, x, *nbytes);
         return d;
     }
     if (type == MT_F16) {
         *nbytes = n * 2;
         uint16_t *d = malloc(*nbytes);
-        for (size_t i = 0; d && i < n; i++)
-            d[i] = to_f16(x[i]);
+        for (size_t i = 0; d && i < n; i++) d[i] = to_f16(x[i]);
         return d;
     }
     if (type == MT_BF16) { /* round to nearest even (the values are finite) */
@@ -203,21 +190,18 @@ static void *convert(const float *x, int rows, int cols, int type, size_t *nbyte
     return d;
 }
 
-static int add_matrix(gguf_writer *w, const char *name, int rows, int cols, int type, float a,
-                      uint64_t *s)
+static int add_matrix(gguf_writer *w, const char *name, int rows, int cols, int type, float a, uint64_t *s)
 {
     float *x = malloc((size_t)rows * cols * sizeof(float));
-    if (!x)
-        return MODEL_ENOMEM;
+    if (!x) return MODEL_ENOMEM;
     fill(x, (size_t)rows * cols, a, s);
     if (quant_block_elems(type) > 1 && cols % quant_block_elems(type))
         type = MT_F16; /* rows that are not whole blocks (recipes: lmserve quantize) */
     size_t nb;
     void *d = convert(x, rows, cols, type, &nb);
     free(x);
-    if (!d)
-        return MODEL_ENOMEM;
-    int64_t ne[2] = {cols, rows};
+    if (!d) return MODEL_ENOMEM;
+    int64_t ne[2] = { cols, rows };
     int rc = gguf_writer_tensor(w, name, type, ne, 2, d, nb);
     free(d);
     return rc;
@@ -226,11 +210,9 @@ static int add_matrix(gguf_writer *w, const char *name, int rows, int cols, int 
 static int add_ones(gguf_writer *w, const char *name, int n)
 {
     float *x = malloc((size_t)n * sizeof(float));
-    if (!x)
-        return MODEL_ENOMEM;
-    for (int i = 0; i < n; i++)
-        x[i] = 1.0f;
-    int64_t ne[1] = {n};
+    if (!x) return MODEL_ENOMEM;
+    for (int i = 0; i < n; i++) x[i] = 1.0f;
+    int64_t ne[1] = { n };
     int rc = gguf_writer_tensor(w, name, MT_F32, ne, 1, x, (size_t)n * 4);
     free(x);
     return rc;
@@ -239,8 +221,7 @@ static int add_ones(gguf_writer *w, const char *name, int n)
 static int write_gguf(const char *path, const shape *sh, int type, char *err, size_t errlen)
 {
     gguf_writer *w = gguf_writer_new();
-    if (!w)
-        return MODEL_ENOMEM;
+    if (!w) return MODEL_ENOMEM;
     int rc = 0, D = sh->dim, H = sh->hidden, hd = sh->dim / sh->heads, kvd = hd * sh->kv_heads;
     float ad = 1.0f / sqrtf((float)D), ah = 1.0f / sqrtf((float)H);
     uint64_t s = sh->seed;
@@ -277,8 +258,7 @@ static int write_gguf(const char *path, const shape *sh, int type, char *err, si
             toks[i] = p;
             scores[i] = i < 259 ? 0.0f : -(float)(i - 259);
             types[i] = i == 0 ? TT_UNKNOWN : i < 3 ? TT_CONTROL : i < 259 ? TT_BYTE : TT_NORMAL;
-            if (!p)
-                rc = MODEL_ENOMEM;
+            if (!p) rc = MODEL_ENOMEM;
         }
         if (!rc) {
             rc |= gguf_writer_kv_arr_str(w, "tokenizer.ggml.tokens", (const char *const *)toks, (size_t)sh->vocab);
@@ -289,8 +269,7 @@ static int write_gguf(const char *path, const shape *sh, int type, char *err, si
             rc |= gguf_writer_kv_u32(w, "tokenizer.ggml.unknown_token_id", 0);
         }
     }
-    for (int i = 0; toks && i < sh->vocab; i++)
-        free(toks[i]);
+    for (int i = 0; toks && i < sh->vocab; i++) free(toks[i]);
     free(toks);
     free(scores);
     free(types);
@@ -316,8 +295,7 @@ static int write_gguf(const char *path, const shape *sh, int type, char *err, si
         snprintf(name, sizeof name, "blk.%d.ffn_up.weight", l);
         rc |= add_matrix(w, name, H, D, type, ad, &s);
     }
-    if (!rc)
-        rc = add_ones(w, "output_norm.weight", D);
+    if (!rc) rc = add_ones(w, "output_norm.weight", D);
     if (!rc)
         rc = gguf_writer_write(w, path, err, errlen);
     else if (!err[0])
@@ -333,23 +311,27 @@ static int parse_int(const char *s, int lo, int hi, int *out)
     char *end;
     errno = 0;
     long v = strtol(s, &end, 10);
-    if (errno || *end || v < lo || v > hi)
-        return -1;
+    if (errno || *end || v < lo || v > hi) return -1;
     *out = (int)v;
     return 0;
 }
 
 int main(int argc, char **argv)
 {
-    shape sh = {.dim = 288, .hidden = 768, .layers = 6, .heads = 6, .kv_heads = 0,
-                .vocab = 32000, .ctx = 256, .seed = 1};
+    shape sh = {
+        .dim = 288, .hidden = 768, .layers = 6, .heads = 6, .kv_heads = 0, .vocab = 32000, .ctx = 256, .seed = 1
+    };
     const char *out = NULL, *format = "llama2c", *type_s = "f32", *tok_out = NULL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        int *dst = !strcmp(a, "--dim") ? &sh.dim : !strcmp(a, "--hidden") ? &sh.hidden
-                 : !strcmp(a, "--layers") ? &sh.layers : !strcmp(a, "--heads") ? &sh.heads
-                 : !strcmp(a, "--kv-heads") ? &sh.kv_heads : !strcmp(a, "--vocab") ? &sh.vocab
-                 : !strcmp(a, "--ctx") ? &sh.ctx : NULL;
+        int *dst = !strcmp(a, "--dim")        ? &sh.dim
+                   : !strcmp(a, "--hidden")   ? &sh.hidden
+                   : !strcmp(a, "--layers")   ? &sh.layers
+                   : !strcmp(a, "--heads")    ? &sh.heads
+                   : !strcmp(a, "--kv-heads") ? &sh.kv_heads
+                   : !strcmp(a, "--vocab")    ? &sh.vocab
+                   : !strcmp(a, "--ctx")      ? &sh.ctx
+                                              : NULL;
         if (!v) {
             fprintf(stderr, "gen_model: %s needs a value\n", a);
             return 2;
@@ -375,8 +357,7 @@ int main(int argc, char **argv)
         }
         i++;
     }
-    if (!sh.kv_heads)
-        sh.kv_heads = sh.heads;
+    if (!sh.kv_heads) sh.kv_heads = sh.heads;
     if (!out || sh.dim % sh.heads || sh.heads % sh.kv_heads || sh.vocab < 260 || (sh.dim / sh.heads) % 2) {
         fprintf(stderr, "usage: gen_model --out FILE [--format llama2c|gguf] [--type f32|f16|q8_0|q4_k_m|...]\n"
                         "  [--dim N] [--hidden N] [--layers N] [--heads N] [--kv-heads N] [--vocab N>=260]\n"
@@ -403,10 +384,9 @@ int main(int argc, char **argv)
         if (type < 0) { /* a mixture: F16 first, then model_quantize */
             char tmp[4096];
             snprintf(tmp, sizeof tmp, "%s.f16.tmp", out);
-            model_quantize_opts qo = {.type = type_s};
+            model_quantize_opts qo = { .type = type_s };
             int rc = write_gguf(tmp, &sh, MT_F16, err, sizeof err);
-            if (!rc)
-                rc = model_quantize(tmp, out, &qo, err, sizeof err);
+            if (!rc) rc = model_quantize(tmp, out, &qo, err, sizeof err);
             remove(tmp);
             if (rc) {
                 fprintf(stderr, "gen_model: %s\n", err[0] ? err : "failed");

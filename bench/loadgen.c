@@ -64,32 +64,32 @@ typedef struct {
     int max_tokens;
     double temperature;
     const char *prompt;
-    const char *model;      /* "model" field, or NULL to leave it out */
-    const char *api_key;    /* Authorization: Bearer, or NULL */
-    long long seed;         /* request r of client c gets seed + c + r * concurrency */
+    const char *model;   /* "model" field, or NULL to leave it out */
+    const char *api_key; /* Authorization: Bearer, or NULL */
+    long long seed;      /* request r of client c gets seed + c + r * concurrency */
     int use_seed;
-    double duration;        /* seconds; no new request starts after this */
+    double duration;         /* seconds; no new request starts after this */
     int requests_per_client; /* 0 = unbounded (duration only) */
-    double timeout;         /* per socket read, seconds */
-    double max_time;        /* > 0: requests still in flight then are abandoned */
+    double timeout;          /* per socket read, seconds */
+    double max_time;         /* > 0: requests still in flight then are abandoned */
     int include_usage;
     int keep_alive;
     int json;
-    const char *csv;        /* per-request rows to this file, or NULL */
-    int chat;               /* path ends with /chat/completions: send messages */
+    const char *csv; /* per-request rows to this file, or NULL */
+    int chat;        /* path ends with /chat/completions: send messages */
 } lg_config;
 
 /* ---- One request's timings --------------------------------------------------------- */
 
 typedef struct {
-    double t_start;  /* request written (seconds since the run began) */
-    double t_first;  /* first content chunk, or < 0 */
-    double t_last;   /* last content chunk */
-    double t_end;    /* response complete */
-    int tokens;      /* usage.completion_tokens, else content chunks */
-    int chunks;      /* content chunks */
-    int from_usage;  /* tokens came from a usage chunk */
-    int complete;    /* 0: abandoned at --max-time (tokens = chunks so far) */
+    double t_start; /* request written (seconds since the run began) */
+    double t_first; /* first content chunk, or < 0 */
+    double t_last;  /* last content chunk */
+    double t_end;   /* response complete */
+    int tokens;     /* usage.completion_tokens, else content chunks */
+    int chunks;     /* content chunks */
+    int from_usage; /* tokens came from a usage chunk */
+    int complete;   /* 0: abandoned at --max-time (tokens = chunks so far) */
 } lg_sample;
 
 /* What the clients share with the main thread: how many still run, and the stop
@@ -98,8 +98,8 @@ typedef struct {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int running;
-    int stop;       /* under mu; read by clients through lg_stopped() */
-    double t_stop;  /* seconds since t0 */
+    int stop;      /* under mu; read by clients through lg_stopped() */
+    double t_stop; /* seconds since t0 */
 } lg_shared;
 
 /* A blocking connection with a read buffer.  fd is written under mu by its client
@@ -133,8 +133,7 @@ static double lg_now(void)
 static void lg_client_error(lg_client *cl, const char *fmt, ...)
 {
     cl->errors++;
-    if (cl->first_error[0])
-        return;
+    if (cl->first_error[0]) return;
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(cl->first_error, sizeof cl->first_error, fmt, ap);
@@ -152,8 +151,7 @@ static int lg_conn_open(lg_conn *c, const lg_config *cfg, lg_shared *sh)
 {
     c->pos = c->len = 0;
     int fd = socket(cfg->addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return -1;
+    if (fd < 0) return -1;
     pthread_mutex_lock(&c->mu);
     c->fd = fd;
     pthread_mutex_unlock(&c->mu);
@@ -180,8 +178,7 @@ static int lg_conn_open(lg_conn *c, const lg_config *cfg, lg_shared *sh)
 static void lg_conn_close(lg_conn *c)
 {
     pthread_mutex_lock(&c->mu);
-    if (c->fd >= 0)
-        close(c->fd);
+    if (c->fd >= 0) close(c->fd);
     c->fd = -1;
     pthread_mutex_unlock(&c->mu);
     c->pos = c->len = 0;
@@ -191,8 +188,7 @@ static void lg_conn_close(lg_conn *c)
 static void lg_conn_interrupt(lg_conn *c)
 {
     pthread_mutex_lock(&c->mu);
-    if (c->fd >= 0)
-        shutdown(c->fd, SHUT_RDWR);
+    if (c->fd >= 0) shutdown(c->fd, SHUT_RDWR);
     pthread_mutex_unlock(&c->mu);
 }
 
@@ -223,10 +219,8 @@ static int lg_conn_fill(lg_conn *c)
             c->len += (size_t)n;
             return 1;
         }
-        if (n == 0)
-            return 0;
-        if (errno != EINTR)
-            return -1;
+        if (n == 0) return 0;
+        if (errno != EINTR) return -1;
     }
 }
 
@@ -240,14 +234,12 @@ static long lg_conn_line(lg_conn *c, char **line)
             char *s = c->buf + c->pos;
             size_t n = (size_t)(nl - s);
             c->pos += n + 1;
-            if (n > 0 && s[n - 1] == '\r')
-                n--;
+            if (n > 0 && s[n - 1] == '\r') n--;
             s[n] = '\0';
             *line = s;
             return (long)n;
         }
-        if (lg_conn_fill(c) <= 0)
-            return -1;
+        if (lg_conn_fill(c) <= 0) return -1;
     }
 }
 
@@ -256,8 +248,7 @@ static int lg_send_all(int fd, const char *p, size_t n)
     while (n > 0) {
         ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
         if (w < 0) {
-            if (errno == EINTR)
-                continue;
+            if (errno == EINTR) continue;
             return -1;
         }
         p += w;
@@ -269,9 +260,9 @@ static int lg_send_all(int fd, const char *p, size_t n)
 /* ---- Server-sent events --------------------------------------------------------------- */
 
 typedef struct {
-    char *line;   /* the line being assembled */
+    char *line; /* the line being assembled */
     size_t llen, lcap;
-    char *data;   /* the event's data lines, joined by '\n' */
+    char *data; /* the event's data lines, joined by '\n' */
     size_t dlen, dcap;
     int has_data;
     /* What the events said, for the current request. */
@@ -283,16 +274,13 @@ typedef struct {
 
 static int lg_grow(char **p, size_t *cap, size_t need)
 {
-    if (need <= *cap)
-        return 0;
+    if (need <= *cap) return 0;
     if (need > LG_MAX_EVENT) /* a runaway line or event: treat the stream as broken */
         return -1;
     size_t c = *cap ? *cap : 1024;
-    while (c < need)
-        c *= 2;
+    while (c < need) c *= 2;
     char *q = realloc(*p, c);
-    if (!q)
-        return -1;
+    if (!q) return -1;
     *p = q;
     *cap = c;
     return 0;
@@ -303,16 +291,12 @@ static const char *lg_json_key(const char *js, const char *key)
 {
     size_t kl = strlen(key);
     for (const char *p = js; (p = strchr(p, '"')) != NULL; p++) {
-        if (strncmp(p + 1, key, kl) != 0 || p[1 + kl] != '"')
-            continue;
+        if (strncmp(p + 1, key, kl) != 0 || p[1 + kl] != '"') continue;
         const char *q = p + 2 + kl;
-        while (*q == ' ' || *q == '\t' || *q == '\n' || *q == '\r')
-            q++;
-        if (*q != ':')
-            continue;
+        while (*q == ' ' || *q == '\t' || *q == '\n' || *q == '\r') q++;
+        if (*q != ':') continue;
         q++;
-        while (*q == ' ' || *q == '\t' || *q == '\n' || *q == '\r')
-            q++;
+        while (*q == ' ' || *q == '\t' || *q == '\n' || *q == '\r') q++;
         return q;
     }
     return NULL;
@@ -324,8 +308,7 @@ static int lg_json_count_nonempty(const char *js, const char *key)
     int n = 0;
     const char *p = js;
     while ((p = lg_json_key(p, key)) != NULL) {
-        if (p[0] == '"' && p[1] != '"')
-            n++;
+        if (p[0] == '"' && p[1] != '"') n++;
     }
     return n;
 }
@@ -337,8 +320,7 @@ static void lg_sse_event(lg_sse *e)
         e->done = 1;
         return;
     }
-    if (e->done)
-        return;
+    if (e->done) return;
     const char *er = lg_json_key(js, "error");
     if (er && strncmp(er, "null", 4) != 0) {
         if (!e->error) {
@@ -351,8 +333,7 @@ static void lg_sse_event(lg_sse *e)
     int content = lg_json_count_nonempty(js, "text") + lg_json_count_nonempty(js, "content");
     if (content > 0) {
         double t = lg_now() - e->t0;
-        if (e->s->t_first < 0)
-            e->s->t_first = t;
+        if (e->s->t_first < 0) e->s->t_first = t;
         e->s->t_last = t;
         e->s->chunks += content;
     }
@@ -370,8 +351,7 @@ static int lg_sse_line(lg_sse *e)
 {
     char *l = e->line;
     size_t n = e->llen;
-    if (n > 0 && l[n - 1] == '\r')
-        n--;
+    if (n > 0 && l[n - 1] == '\r') n--;
     if (n == 0) { /* blank line: dispatch */
         if (e->has_data) {
             e->data[e->dlen] = '\0';
@@ -383,13 +363,10 @@ static int lg_sse_line(lg_sse *e)
     }
     if (n >= 5 && memcmp(l, "data:", 5) == 0) {
         size_t off = 5;
-        if (off < n && l[off] == ' ')
-            off++;
+        if (off < n && l[off] == ' ') off++;
         size_t add = n - off + (e->has_data ? 1 : 0);
-        if (lg_grow(&e->data, &e->dcap, e->dlen + add + 1) != 0)
-            return -1;
-        if (e->has_data)
-            e->data[e->dlen++] = '\n';
+        if (lg_grow(&e->data, &e->dcap, e->dlen + add + 1) != 0) return -1;
+        if (e->has_data) e->data[e->dlen++] = '\n';
         memcpy(e->data + e->dlen, l + off, n - off);
         e->dlen += n - off;
         e->has_data = 1;
@@ -403,16 +380,14 @@ static int lg_sse_feed(lg_sse *e, const char *p, size_t n)
     while (n > 0) {
         const char *nl = memchr(p, '\n', n);
         size_t take = nl ? (size_t)(nl - p) : n;
-        if (lg_grow(&e->line, &e->lcap, e->llen + take + 1) != 0)
-            return -1;
+        if (lg_grow(&e->line, &e->lcap, e->llen + take + 1) != 0) return -1;
         memcpy(e->line + e->llen, p, take);
         e->llen += take;
         p += take;
         n -= take;
         if (nl) {
             e->line[e->llen] = '\0';
-            if (lg_sse_line(e) != 0)
-                return -1;
+            if (lg_sse_line(e) != 0) return -1;
             e->llen = 0;
             p++;
             n--;
@@ -450,27 +425,20 @@ static int lg_read_headers(lg_conn *c, lg_resp *r)
     r->close = 0;
     r->got_any = 0;
     long n = lg_conn_line(c, &line);
-    if (n < 0)
-        return -1;
+    if (n < 0) return -1;
     r->got_any = 1;
     int minor = 1;
-    if (sscanf(line, "HTTP/1.%d %d", &minor, &r->status) != 2)
-        return -1;
-    if (minor == 0)
-        r->close = 1;
+    if (sscanf(line, "HTTP/1.%d %d", &minor, &r->status) != 2) return -1;
+    if (minor == 0) r->close = 1;
     for (;;) {
         n = lg_conn_line(c, &line);
-        if (n < 0)
-            return -1;
-        if (n == 0)
-            return 0;
+        if (n < 0) return -1;
+        if (n == 0) return 0;
         char *colon = strchr(line, ':');
-        if (!colon)
-            continue;
+        if (!colon) continue;
         *colon = '\0';
         char *v = colon + 1;
-        while (*v == ' ' || *v == '\t')
-            v++;
+        while (*v == ' ' || *v == '\t') v++;
         if (strcasecmp(line, "content-length") == 0)
             r->content_length = strtoll(v, NULL, 10);
         else if (strcasecmp(line, "transfer-encoding") == 0 && strcasestr(v, "chunked"))
@@ -485,23 +453,18 @@ static int lg_read_headers(lg_conn *c, lg_resp *r)
 }
 
 /* Pass n body bytes (n < 0: until EOF) to the SSE parser, or to `keep` (error bodies). */
-static int lg_body_bytes(lg_conn *c, long long n, lg_sse *sse, char *keep, size_t *kept,
-                         size_t keepcap)
+static int lg_body_bytes(lg_conn *c, long long n, lg_sse *sse, char *keep, size_t *kept, size_t keepcap)
 {
     while (n != 0) {
         if (c->pos == c->len) {
             int f = lg_conn_fill(c);
-            if (f < 0)
-                return -1;
-            if (f == 0)
-                return n < 0 ? 0 : -1;
+            if (f < 0) return -1;
+            if (f == 0) return n < 0 ? 0 : -1;
         }
         size_t m = c->len - c->pos;
-        if (n > 0 && (long long)m > n)
-            m = (size_t)n;
+        if (n > 0 && (long long)m > n) m = (size_t)n;
         if (sse) {
-            if (lg_sse_feed(sse, c->buf + c->pos, m) != 0)
-                return -1;
+            if (lg_sse_feed(sse, c->buf + c->pos, m) != 0) return -1;
         } else if (keep && *kept + 1 < keepcap) {
             size_t k = keepcap - 1 - *kept < m ? keepcap - 1 - *kept : m;
             memcpy(keep + *kept, c->buf + c->pos, k);
@@ -509,8 +472,7 @@ static int lg_body_bytes(lg_conn *c, long long n, lg_sse *sse, char *keep, size_
             keep[*kept] = '\0';
         }
         c->pos += m;
-        if (n > 0)
-            n -= (long long)m;
+        if (n > 0) n -= (long long)m;
     }
     return 0;
 }
@@ -518,34 +480,27 @@ static int lg_body_bytes(lg_conn *c, long long n, lg_sse *sse, char *keep, size_
 static int lg_read_body(lg_conn *c, const lg_resp *r, lg_sse *sse, char *keep, size_t keepcap)
 {
     size_t kept = 0;
-    if (keep)
-        keep[0] = '\0';
+    if (keep) keep[0] = '\0';
     if (r->chunked) {
         for (;;) {
             char *line;
-            if (lg_conn_line(c, &line) < 0)
-                return -1;
+            if (lg_conn_line(c, &line) < 0) return -1;
             char *end;
             long long size = strtoll(line, &end, 16);
-            if (end == line || size < 0)
-                return -1;
+            if (end == line || size < 0) return -1;
             if (size == 0) { /* trailers until a blank line */
                 for (;;) {
                     long n = lg_conn_line(c, &line);
-                    if (n < 0)
-                        return -1;
-                    if (n == 0)
-                        return 0;
+                    if (n < 0) return -1;
+                    if (n == 0) return 0;
                 }
             }
-            if (lg_body_bytes(c, size, sse, keep, &kept, keepcap) != 0)
-                return -1;
+            if (lg_body_bytes(c, size, sse, keep, &kept, keepcap) != 0) return -1;
             if (lg_conn_line(c, &line) != 0) /* the CR LF after the data */
                 return -1;
         }
     }
-    if (r->content_length >= 0)
-        return lg_body_bytes(c, r->content_length, sse, keep, &kept, keepcap);
+    if (r->content_length >= 0) return lg_body_bytes(c, r->content_length, sse, keep, &kept, keepcap);
     return lg_body_bytes(c, -1, sse, keep, &kept, keepcap);
 }
 
@@ -577,8 +532,7 @@ static size_t lg_json_escape(char *out, size_t cap, const char *s)
             rep = tmp;
             rl = 1;
         }
-        if (o + rl < cap)
-            memcpy(out + o, rep, rl);
+        if (o + rl < cap) memcpy(out + o, rep, rl);
         o += rl;
     }
     if (o < cap)
@@ -589,36 +543,28 @@ static size_t lg_json_escape(char *out, size_t cap, const char *s)
 }
 
 /* The request bytes (headers + body) into *req; returns its length or -1. */
-static long lg_build_request(const lg_config *cfg, const char *prompt_esc, long long seed,
-                             char **req, size_t *cap)
+static long lg_build_request(const lg_config *cfg, const char *prompt_esc, long long seed, char **req, size_t *cap)
 {
     char body_head[1024], seedbuf[64] = "";
-    if (cfg->use_seed)
-        snprintf(seedbuf, sizeof seedbuf, ",\"seed\":%lld", seed);
+    if (cfg->use_seed) snprintf(seedbuf, sizeof seedbuf, ",\"seed\":%lld", seed);
     char modelbuf[300] = "";
-    if (cfg->model)
-        snprintf(modelbuf, sizeof modelbuf, "\"model\":\"%.256s\",", cfg->model);
-    snprintf(body_head, sizeof body_head,
-             "{%s\"max_tokens\":%d,\"temperature\":%.9g%s,\"stream\":true%s,",
-             modelbuf, cfg->max_tokens, cfg->temperature, seedbuf,
+    if (cfg->model) snprintf(modelbuf, sizeof modelbuf, "\"model\":\"%.256s\",", cfg->model);
+    snprintf(body_head, sizeof body_head, "{%s\"max_tokens\":%d,\"temperature\":%.9g%s,\"stream\":true%s,", modelbuf,
+             cfg->max_tokens, cfg->temperature, seedbuf,
              cfg->include_usage ? ",\"stream_options\":{\"include_usage\":true}" : "");
     const char *pfx = cfg->chat ? "\"messages\":[{\"role\":\"user\",\"content\":\"" : "\"prompt\":\"";
     const char *sfx = cfg->chat ? "\"}]}" : "\"}";
     size_t body_len = strlen(body_head) + strlen(pfx) + strlen(prompt_esc) + strlen(sfx);
     char auth[600] = "";
-    if (cfg->api_key)
-        snprintf(auth, sizeof auth, "Authorization: Bearer %.500s\r\n", cfg->api_key);
+    if (cfg->api_key) snprintf(auth, sizeof auth, "Authorization: Bearer %.500s\r\n", cfg->api_key);
     char head[2048];
     int hl = snprintf(head, sizeof head,
                       "POST %s HTTP/1.1\r\nHost: %s:%s\r\nContent-Type: application/json\r\n"
                       "Accept: text/event-stream\r\n%s%sContent-Length: %zu\r\n\r\n",
-                      cfg->path, cfg->host, cfg->port, auth,
-                      cfg->keep_alive ? "" : "Connection: close\r\n", body_len);
-    if (hl < 0 || (size_t)hl >= sizeof head)
-        return -1;
+                      cfg->path, cfg->host, cfg->port, auth, cfg->keep_alive ? "" : "Connection: close\r\n", body_len);
+    if (hl < 0 || (size_t)hl >= sizeof head) return -1;
     size_t total = (size_t)hl + body_len;
-    if (lg_grow(req, cap, total + 1) != 0)
-        return -1;
+    if (lg_grow(req, cap, total + 1) != 0) return -1;
     char *p = *req;
     memcpy(p, head, (size_t)hl);
     p += hl;
@@ -633,8 +579,7 @@ static int lg_add_sample(lg_client *cl, const lg_sample *s)
     if (cl->n_samples == cl->cap_samples) {
         int nc = cl->cap_samples ? cl->cap_samples * 2 : 64;
         lg_sample *ns = realloc(cl->samples, (size_t)nc * sizeof *ns);
-        if (!ns)
-            return -1;
+        if (!ns) return -1;
         cl->samples = ns;
         cl->cap_samples = nc;
     }
@@ -660,8 +605,7 @@ static void *lg_client_run(void *arg)
     const double deadline = cl->t0 + cfg->duration;
 
     for (int r = 0; cfg->requests_per_client == 0 || r < cfg->requests_per_client; r++) {
-        if (lg_now() >= deadline || lg_stopped(cl->sh))
-            break;
+        if (lg_now() >= deadline || lg_stopped(cl->sh)) break;
         long long seed = cfg->seed + cl->index + (long long)r * cfg->concurrency;
         long rl = lg_build_request(cfg, prompt_esc, seed, &req, &req_cap);
         if (rl < 0) {
@@ -675,8 +619,7 @@ static void *lg_client_run(void *arg)
             int reused = c->fd >= 0;
             memset(&resp, 0, sizeof resp);
             if (c->fd < 0 && lg_conn_open(c, cfg, cl->sh) != 0) {
-                if (!lg_stopped(cl->sh))
-                    lg_client_error(cl, "connect: %s", strerror(errno));
+                if (!lg_stopped(cl->sh)) lg_client_error(cl, "connect: %s", strerror(errno));
                 break;
             }
             s.t_start = lg_now() - cl->t0;
@@ -688,21 +631,18 @@ static void *lg_client_run(void *arg)
             }
             int e = errno;
             lg_conn_close(c);
-            if (lg_stopped(cl->sh))
-                break;
+            if (lg_stopped(cl->sh)) break;
             /* A kept-alive connection the server closed meanwhile: retry once, fresh. */
             if (reused && !resp.got_any) {
                 cl->reconnects++;
                 continue;
             }
-            if (e == EAGAIN || e == EWOULDBLOCK)
-                cl->timeouts++;
+            if (e == EAGAIN || e == EWOULDBLOCK) cl->timeouts++;
             lg_client_error(cl, "no response: %s", e ? strerror(e) : "bad status line");
             break;
         }
         if (!attempt_ok && lg_stopped(cl->sh)) {
-            if (sent)
-                lg_add_sample(cl, &s); /* abandoned before its response began */
+            if (sent) lg_add_sample(cl, &s); /* abandoned before its response began */
             break;
         }
         if (!attempt_ok) {
@@ -712,28 +652,23 @@ static void *lg_client_run(void *arg)
         if (resp.status != 200) {
             char body[160];
             int rc = lg_read_body(c, &resp, NULL, body, sizeof body);
-            if (resp.status == 503)
-                cl->http_503++;
+            if (resp.status == 503) cl->http_503++;
             lg_client_error(cl, "HTTP %d: %.120s", resp.status, body);
-            if (rc != 0 || resp.close)
-                lg_conn_close(c);
-            if (resp.status == 503)
-                usleep(50000); /* the queue is full: back off a little */
+            if (rc != 0 || resp.close) lg_conn_close(c);
+            if (resp.status == 503) usleep(50000); /* the queue is full: back off a little */
             continue;
         }
         int rc = lg_read_body(c, &resp, &sse, NULL, 0);
         s.t_end = lg_now() - cl->t0;
         int e = errno;
-        if (rc != 0 || resp.close || !cfg->keep_alive)
-            lg_conn_close(c);
+        if (rc != 0 || resp.close || !cfg->keep_alive) lg_conn_close(c);
         if (rc != 0 && lg_stopped(cl->sh)) {
             s.tokens = s.chunks; /* abandoned mid-stream: what arrived counts */
             lg_add_sample(cl, &s);
             break;
         }
         if (rc != 0) {
-            if (e == EAGAIN || e == EWOULDBLOCK)
-                cl->timeouts++;
+            if (e == EAGAIN || e == EWOULDBLOCK) cl->timeouts++;
             lg_client_error(cl, "stream broken: %s", strerror(e));
             continue;
         }
@@ -747,8 +682,7 @@ static void *lg_client_run(void *arg)
         }
         s.from_usage = sse.usage_seen;
         s.complete = 1;
-        if (!sse.usage_seen)
-            s.tokens = s.chunks;
+        if (!sse.usage_seen) s.tokens = s.chunks;
         if (lg_add_sample(cl, &s) != 0) {
             lg_client_error(cl, "out of memory");
             break;
@@ -778,13 +712,10 @@ static int lg_cmp_double(const void *a, const void *b)
 /* Nearest-rank percentile of sorted v[n]; NAN when n == 0. */
 static double lg_pct(const double *v, int n, double p)
 {
-    if (n <= 0)
-        return NAN;
+    if (n <= 0) return NAN;
     int k = (int)ceil(p / 100.0 * n) - 1;
-    if (k < 0)
-        k = 0;
-    if (k >= n)
-        k = n - 1;
+    if (k < 0) k = 0;
+    if (k >= n) k = n - 1;
     return v[k];
 }
 
@@ -800,29 +731,28 @@ static void lg_json_num(FILE *f, const char *key, double v, const char *sep)
 
 static void lg_usage(FILE *f)
 {
-    fprintf(f,
-        "usage: loadgen [options]\n"
-        "Closed-loop streaming load on an lmserve (OpenAI completions) server on loopback.\n"
-        "  --url URL               server (default http://127.0.0.1:8080/v1/completions;\n"
-        "                          a URL without a path gets /v1/completions)\n"
-        "  --concurrency N         client threads, each with one request in flight (default 1)\n"
-        "  --max-tokens N          max_tokens per request (default 128)\n"
-        "  --temperature T         (default 0.8)\n"
-        "  --prompt TEXT           (default \"Once upon a time\")\n"
-        "  --seed N                seed base: request r of client c uses N + c + r*concurrency\n"
-        "                          (default 1; --no-seed sends none)\n"
-        "  --duration S            no new request after S seconds (default 20)\n"
-        "  --requests-per-client K stop each client after K requests (default 0 = no limit)\n"
-        "  --max-time S            hard stop: at S seconds abandon the requests in flight and\n"
-        "                          count the tokens they had streamed (default: none)\n"
-        "  --timeout S             per-read socket timeout (default 60)\n"
-        "  --model ID              send \"model\": ID\n"
-        "  --api-key KEY           send Authorization: Bearer KEY\n"
-        "  --new-connection        one TCP connection per request (default: keep-alive)\n"
-        "  --no-usage              do not ask for stream_options.include_usage; count content chunks\n"
-        "  --json                  print the report as one JSON object\n"
-        "  --csv FILE              one line per request: client, start, TTFT, latency (seconds),\n"
-        "                          tokens, chunks, complete\n");
+    fprintf(f, "usage: loadgen [options]\n"
+               "Closed-loop streaming load on an lmserve (OpenAI completions) server on loopback.\n"
+               "  --url URL               server (default http://127.0.0.1:8080/v1/completions;\n"
+               "                          a URL without a path gets /v1/completions)\n"
+               "  --concurrency N         client threads, each with one request in flight (default 1)\n"
+               "  --max-tokens N          max_tokens per request (default 128)\n"
+               "  --temperature T         (default 0.8)\n"
+               "  --prompt TEXT           (default \"Once upon a time\")\n"
+               "  --seed N                seed base: request r of client c uses N + c + r*concurrency\n"
+               "                          (default 1; --no-seed sends none)\n"
+               "  --duration S            no new request after S seconds (default 20)\n"
+               "  --requests-per-client K stop each client after K requests (default 0 = no limit)\n"
+               "  --max-time S            hard stop: at S seconds abandon the requests in flight and\n"
+               "                          count the tokens they had streamed (default: none)\n"
+               "  --timeout S             per-read socket timeout (default 60)\n"
+               "  --model ID              send \"model\": ID\n"
+               "  --api-key KEY           send Authorization: Bearer KEY\n"
+               "  --new-connection        one TCP connection per request (default: keep-alive)\n"
+               "  --no-usage              do not ask for stream_options.include_usage; count content chunks\n"
+               "  --json                  print the report as one JSON object\n"
+               "  --csv FILE              one line per request: client, start, TTFT, latency (seconds),\n"
+               "                          tokens, chunks, complete\n");
 }
 
 static int lg_parse_url(lg_config *cfg, const char *url, char *err, size_t errlen)
@@ -843,8 +773,7 @@ static int lg_parse_url(lg_config *cfg, const char *url, char *err, size_t errle
         }
         p = he + 1;
     } else {
-        while (*p && *p != ':' && *p != '/')
-            p++;
+        while (*p && *p != ':' && *p != '/') p++;
         he = p;
     }
     if (he == hs || (size_t)(he - hs) >= sizeof cfg->host) {
@@ -857,8 +786,7 @@ static int lg_parse_url(lg_config *cfg, const char *url, char *err, size_t errle
     if (*p == ':') {
         p++;
         const char *ps = p;
-        while (*p >= '0' && *p <= '9')
-            p++;
+        while (*p >= '0' && *p <= '9') p++;
         if (p == ps || p - ps > 5) {
             snprintf(err, errlen, "bad port in URL: %s", url);
             return -1;
@@ -866,8 +794,7 @@ static int lg_parse_url(lg_config *cfg, const char *url, char *err, size_t errle
         memcpy(cfg->port, ps, (size_t)(p - ps));
         cfg->port[p - ps] = '\0';
     }
-    if (*p == '\0' || strcmp(p, "/") == 0)
-        p = "/v1/completions";
+    if (*p == '\0' || strcmp(p, "/") == 0) p = "/v1/completions";
     if (*p != '/' || strlen(p) >= sizeof cfg->path || strpbrk(p, " \r\n")) {
         snprintf(err, errlen, "bad path in URL: %s", url);
         return -1;
@@ -900,8 +827,7 @@ static int lg_parse_url(lg_config *cfg, const char *url, char *err, size_t errle
     }
     freeaddrinfo(ai);
     if (!found) {
-        snprintf(err, errlen, "%.200s is not a loopback address (loadgen only targets this machine)",
-                 cfg->host);
+        snprintf(err, errlen, "%.200s is not a loopback address (loadgen only targets this machine)", cfg->host);
         return -1;
     }
     return 0;
@@ -912,8 +838,7 @@ static int lg_arg_int(const char *s, int lo, int hi, int *out)
     char *end;
     errno = 0;
     long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi)
-        return -1;
+    if (errno || end == s || *end || v < lo || v > hi) return -1;
     *out = (int)v;
     return 0;
 }
@@ -923,8 +848,7 @@ static int lg_arg_double(const char *s, double lo, double hi, double *out)
     char *end;
     errno = 0;
     double v = strtod(s, &end);
-    if (errno || end == s || *end || !isfinite(v) || v < lo || v > hi)
-        return -1;
+    if (errno || end == s || *end || !isfinite(v) || v < lo || v > hi) return -1;
     *out = v;
     return 0;
 }
@@ -932,9 +856,16 @@ static int lg_arg_double(const char *s, double lo, double hi, double *out)
 int main(int argc, char **argv)
 {
     lg_config cfg = {
-        .concurrency = 1, .max_tokens = 128, .temperature = 0.8,
-        .prompt = "Once upon a time", .seed = 1, .use_seed = 1, .duration = 20.0,
-        .timeout = 60.0, .include_usage = 1, .keep_alive = 1,
+        .concurrency = 1,
+        .max_tokens = 128,
+        .temperature = 0.8,
+        .prompt = "Once upon a time",
+        .seed = 1,
+        .use_seed = 1,
+        .duration = 20.0,
+        .timeout = 60.0,
+        .include_usage = 1,
+        .keep_alive = 1,
     };
     const char *url = "http://127.0.0.1:8080/v1/completions";
     for (int i = 1; i < argc; i++) {
@@ -1055,15 +986,13 @@ int main(int argc, char **argv)
             sh.t_stop = lg_now() - t0;
             break;
         }
-        struct timespec ts = { .tv_sec = (time_t)until,
-                               .tv_nsec = (long)((until - floor(until)) * 1e9) };
+        struct timespec ts = { .tv_sec = (time_t)until, .tv_nsec = (long)((until - floor(until)) * 1e9) };
         pthread_cond_timedwait(&sh.cv, &sh.mu, &ts);
     }
     int stopped = sh.stop;
     pthread_mutex_unlock(&sh.mu);
     if (stopped)
-        for (int i = 0; i < started; i++)
-            lg_conn_interrupt(&cl[i].conn);
+        for (int i = 0; i < started; i++) lg_conn_interrupt(&cl[i].conn);
     for (int i = 0; i < started; i++) {
         pthread_join(th[i], NULL);
         pthread_mutex_destroy(&cl[i].conn.mu);
@@ -1074,8 +1003,8 @@ int main(int argc, char **argv)
     struct rusage ru;
     double cpu = 0.0;
     if (getrusage(RUSAGE_SELF, &ru) == 0)
-        cpu = (double)ru.ru_utime.tv_sec + 1e-6 * (double)ru.ru_utime.tv_usec +
-              (double)ru.ru_stime.tv_sec + 1e-6 * (double)ru.ru_stime.tv_usec;
+        cpu = (double)ru.ru_utime.tv_sec + 1e-6 * (double)ru.ru_utime.tv_usec + (double)ru.ru_stime.tv_sec +
+              1e-6 * (double)ru.ru_stime.tv_usec;
 
     /* Gather.  Completed requests give latency and decode rate; abandoned ones (in
      * flight at --max-time) add the tokens that had arrived, and their time to first
@@ -1089,8 +1018,7 @@ int main(int argc, char **argv)
         e503 += cl[i].http_503;
         timeouts += cl[i].timeouts;
         reconnects += cl[i].reconnects;
-        if (!first_error && cl[i].first_error[0])
-            first_error = cl[i].first_error;
+        if (!first_error && cl[i].first_error[0]) first_error = cl[i].first_error;
     }
     errors += cfg.concurrency - started;
     double *ttft = malloc(((size_t)n_all + 1) * sizeof *ttft);
@@ -1120,8 +1048,7 @@ int main(int argc, char **argv)
             }
             all_usage &= s->from_usage;
             lat[n++] = s->t_end - s->t_start;
-            if (s->t_end > last_end)
-                last_end = s->t_end;
+            if (s->t_end > last_end) last_end = s->t_end;
             if (s->tokens >= 2 && s->t_last > s->t_first && s->t_first >= 0)
                 rate[nr++] = (double)(s->tokens - 1) / (s->t_last - s->t_first);
         }
@@ -1137,8 +1064,7 @@ int main(int argc, char **argv)
                     const lg_sample *s = &cl[i].samples[k];
                     fprintf(f, "%d,%.6f,%.6f,%.6f,%d,%d,%d\n", i, s->t_start,
                             s->t_first >= 0 ? s->t_first - s->t_start : -1.0,
-                            s->complete ? s->t_end - s->t_start : -1.0, s->tokens, s->chunks,
-                            s->complete);
+                            s->complete ? s->t_end - s->t_start : -1.0, s->tokens, s->chunks, s->complete);
                 }
             fclose(f);
         }
@@ -1176,27 +1102,21 @@ int main(int argc, char **argv)
             printf("null}\n");
         }
     } else {
-        printf("loadgen: http://%s:%s%s, concurrency %d, max_tokens %d, temperature %g, %s\n",
-               cfg.host, cfg.port, cfg.path, cfg.concurrency, cfg.max_tokens, cfg.temperature,
+        printf("loadgen: http://%s:%s%s, concurrency %d, max_tokens %d, temperature %g, %s\n", cfg.host, cfg.port,
+               cfg.path, cfg.concurrency, cfg.max_tokens, cfg.temperature,
                cfg.keep_alive ? "keep-alive" : "new connection per request");
-        printf("  requests      %d ok, %d errors (%d x 503, %d timeouts) in %.2f s\n",
-               n, errors, e503, timeouts, span);
+        printf("  requests      %d ok, %d errors (%d x 503, %d timeouts) in %.2f s\n", n, errors, e503, timeouts, span);
         if (stopped)
-            printf("  max time      %d requests abandoned in flight (%d before their first token)\n",
-                   abandoned, censored);
+            printf("  max time      %d requests abandoned in flight (%d before their first token)\n", abandoned,
+                   censored);
         printf("  tokens        %lld (from %s), %.1f tok/s aggregate\n", tokens, src, tps);
-        printf("  TTFT          p50 %.1f ms, p99 %.1f ms\n", 1e3 * lg_pct(ttft, nt, 50),
-               1e3 * lg_pct(ttft, nt, 99));
-        printf("  latency       p50 %.1f ms, p99 %.1f ms\n", 1e3 * lg_pct(lat, n, 50),
-               1e3 * lg_pct(lat, n, 99));
-        printf("  per stream    %.1f tok/s (median decode rate after the first token)\n",
-               lg_pct(rate, nr, 50));
+        printf("  TTFT          p50 %.1f ms, p99 %.1f ms\n", 1e3 * lg_pct(ttft, nt, 50), 1e3 * lg_pct(ttft, nt, 99));
+        printf("  latency       p50 %.1f ms, p99 %.1f ms\n", 1e3 * lg_pct(lat, n, 50), 1e3 * lg_pct(lat, n, 99));
+        printf("  per stream    %.1f tok/s (median decode rate after the first token)\n", lg_pct(rate, nr, 50));
         printf("  loadgen CPU   %.2f s user+system\n", cpu);
-        if (first_error)
-            printf("  first error   %s\n", first_error);
+        if (first_error) printf("  first error   %s\n", first_error);
     }
-    for (int i = 0; i < cfg.concurrency; i++)
-        free(cl[i].samples);
+    for (int i = 0; i < cfg.concurrency; i++) free(cl[i].samples);
     free(cl);
     free(th);
     free(ttft);

@@ -48,16 +48,13 @@ static double now(void)
 /* Eight independent partial sums so the adds do not serialize on one register. */
 static double sum_floats(const float *a, size_t n)
 {
-    float s[8] = {0};
+    float s[8] = { 0 };
     size_t i = 0;
     for (; i + 8 <= n; i += 8)
-        for (int k = 0; k < 8; k++)
-            s[k] += a[i + k];
+        for (int k = 0; k < 8; k++) s[k] += a[i + k];
     double t = 0;
-    for (int k = 0; k < 8; k++)
-        t += s[k];
-    for (; i < n; i++)
-        t += a[i];
+    for (int k = 0; k < 8; k++) t += s[k];
+    for (; i < n; i++) t += a[i];
     return t;
 }
 
@@ -83,8 +80,7 @@ static double measure(size_t bytes, int threads, int rounds)
         fprintf(stderr, "membw: cannot allocate %zu bytes\n", bytes);
         exit(1);
     }
-    for (size_t i = 0; i < n; i++)
-        a[i] = (float)(i & 7);
+    for (size_t i = 0; i < n; i++) a[i] = (float)(i & 7);
     model_weights_huge(a, maplen, NULL); /* as the model's weights end up after loading */
     pthread_barrier_t go;
     pthread_barrier_init(&go, NULL, (unsigned)threads + 1);
@@ -96,8 +92,9 @@ static double measure(size_t bytes, int threads, int rounds)
     }
     size_t per = (n / (size_t)threads) & ~(size_t)15;
     for (int t = 0; t < threads; t++) {
-        sh[t] = (share){.a = a + per * (size_t)t, .n = t == threads - 1 ? n - per * (size_t)t : per,
-                        .go = &go, .rounds = rounds};
+        sh[t] = (share){
+            .a = a + per * (size_t)t, .n = t == threads - 1 ? n - per * (size_t)t : per, .go = &go, .rounds = rounds
+        };
         pthread_create(&tid[t], NULL, reader, &sh[t]);
     }
     double best = 0;
@@ -114,8 +111,7 @@ static double measure(size_t bytes, int threads, int rounds)
         }
         double dt = t1 - t0;
         double rate = (double)(n * sizeof(float)) / dt / 1e9;
-        if (rate > best)
-            best = rate;
+        if (rate > best) best = rate;
     }
     double check = 0;
     for (int t = 0; t < threads; t++) {
@@ -138,28 +134,25 @@ static double fma_rate(void)
     double best = 0;
     for (int round = 0; round < 5; round++) {
         __m256 b = _mm256_set1_ps(1.0000001f), c = _mm256_set1_ps(1e-9f), a[12];
-        for (int k = 0; k < 12; k++)
-            a[k] = _mm256_set1_ps((float)k);
+        for (int k = 0; k < 12; k++) a[k] = _mm256_set1_ps((float)k);
         long n = 20000000;
         double t0 = now();
         for (long i = 0; i < n; i++) {
             for (int k = 0; k < 12; k++) /* unrolled by the compiler: 12 chains in registers */
                 a[k] = _mm256_fmadd_ps(a[k], b, c);
-            __asm__ volatile("" : "+x"(a[0]), "+x"(a[1]), "+x"(a[2]), "+x"(a[3]), "+x"(a[4]),
-                             "+x"(a[5]), "+x"(a[6]), "+x"(a[7]), "+x"(a[8]), "+x"(a[9]),
-                             "+x"(a[10]), "+x"(a[11]));
+            __asm__ volatile(""
+                             : "+x"(a[0]), "+x"(a[1]), "+x"(a[2]), "+x"(a[3]), "+x"(a[4]), "+x"(a[5]), "+x"(a[6]),
+                               "+x"(a[7]), "+x"(a[8]), "+x"(a[9]), "+x"(a[10]), "+x"(a[11]));
         }
         double dt = now() - t0;
         float out[8];
         __m256 s = a[0];
-        for (int k = 1; k < 12; k++)
-            s = _mm256_add_ps(s, a[k]);
+        for (int k = 1; k < 12; k++) s = _mm256_add_ps(s, a[k]);
         _mm256_storeu_ps(out, s);
         if (out[0] < 0) /* never: keeps the chains live */
             printf("%g\n", out[0]);
         double rate = (double)n * 12 * 16 / dt / 1e9;
-        if (rate > best)
-            best = rate;
+        if (rate > best) best = rate;
     }
     return best;
 #else
@@ -197,8 +190,7 @@ int main(int argc, char **argv)
         fflush(stdout);
     }
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--fma"))
-            continue;
+        if (!strcmp(argv[i], "--fma")) continue;
         if (!strcmp(argv[i], "--threads") || !strcmp(argv[i], "--rounds")) {
             i++;
             continue;

@@ -95,7 +95,7 @@ int cli_chat_template(int argc, char **argv)
     /* the template's source, and the model's BOS/EOS when a model is given */
     if (model_path) {
         model *m = NULL;
-        model_load_opts lo = {NULL, 1};
+        model_load_opts lo = { NULL, 1 };
         if (model_load(&m, model_path, &lo, err, sizeof err) != 0) {
             fprintf(stderr, "lmserve chat-template: %s\n", err);
             goto done;
@@ -181,7 +181,7 @@ int cli_chat_template(int argc, char **argv)
         fprintf(stderr, "lmserve chat-template: %s\n", err);
         goto done;
     }
-    model_chat_input in = {msgs, add_gen, bos_opt ? bos_opt : bos ? bos : "", eos_opt ? eos_opt : eos ? eos : ""};
+    model_chat_input in = { msgs, add_gen, bos_opt ? bos_opt : bos ? bos : "", eos_opt ? eos_opt : eos ? eos : "" };
     size_t olen = 0;
     if (model_chat_template_render(t, &in, &out, &olen, err, sizeof err) != 0) {
         fprintf(stderr, "lmserve chat-template: %s\n", err);

@@ -4,12 +4,12 @@
 #define LMSERVE_CLI_H
 
 int cli_chat_template(int argc, char **argv); /* cli/chat_template.c */
-int cli_generate(int argc, char **argv); /* cli/generate.c */
-int cli_health(int argc, char **argv);   /* cli/health.c */
-int cli_grammar(int argc, char **argv);  /* cli/grammar.c */
-int cli_serve(int argc, char **argv);    /* cli/serve.c */
-int cli_train(int argc, char **argv);    /* cli/train.c */
-int cli_quantize(int argc, char **argv); /* cli/quantize.c */
+int cli_generate(int argc, char **argv);      /* cli/generate.c */
+int cli_health(int argc, char **argv);        /* cli/health.c */
+int cli_grammar(int argc, char **argv);       /* cli/grammar.c */
+int cli_serve(int argc, char **argv);         /* cli/serve.c */
+int cli_train(int argc, char **argv);         /* cli/train.c */
+int cli_quantize(int argc, char **argv);      /* cli/quantize.c */
 
 /* The version this binary was built as (cli/version.c). */
 const char *cli_version(void);

@@ -23,11 +23,11 @@
 #include <time.h>
 
 typedef struct {
-    sampler_lm lm;      /* first: the sampler sees this */
+    sampler_lm lm; /* first: the sampler sees this */
     model *m;
     model_seq *seq;
     model_detok detok;
-    double t_first;     /* time of the first call */
+    double t_first; /* time of the first call */
     int n_calls;
     int print_failed;
 } gen_lm;
@@ -134,7 +134,7 @@ int cli_generate(int argc, char **argv)
 
     char err[512];
     model *m = NULL;
-    model_load_opts opts = {.tokenizer_path = tok_path, .n_threads = (int)threads};
+    model_load_opts opts = { .tokenizer_path = tok_path, .n_threads = (int)threads };
     if (model_load(&m, model_path, &opts, err, sizeof err) != MODEL_OK) {
         fprintf(stderr, "lmserve generate: %s\n", err);
         return 1;
@@ -143,7 +143,7 @@ int cli_generate(int argc, char **argv)
     const model_info *info = model_get_info(m);
     int rc = 1;
     int32_t *prompt_ids = NULL, *out = NULL;
-    gen_lm g = {.m = m};
+    gen_lm g = { .m = m };
     size_t plen = strlen(prompt);
     int n_prompt = model_tokenize(m, prompt, plen, info->add_bos, NULL, 0);
     if (n_prompt < 0) {
@@ -156,8 +156,10 @@ int cli_generate(int argc, char **argv)
     }
     int W = ctx > 0 && ctx < info->ctx_len ? ctx : info->ctx_len;
     if (n_prompt > W && crop != SAMPLER_CROP_SLIDE) {
-        fprintf(stderr, "lmserve generate: the prompt has %d tokens; the window holds %d "
-                        "(--context-overflow slide would keep its last %d)\n", n_prompt, W, W);
+        fprintf(stderr,
+                "lmserve generate: the prompt has %d tokens; the window holds %d "
+                "(--context-overflow slide would keep its last %d)\n",
+                n_prompt, W, W);
         goto done;
     }
     prompt_ids = malloc((size_t)n_prompt * sizeof *prompt_ids);
@@ -182,10 +184,16 @@ int cli_generate(int argc, char **argv)
     if (info->eos_id >= 0) stop[n_stop++] = info->eos_id;
     if (info->bos_ends_text) stop[n_stop++] = info->bos_id; /* llama2.c: as run.c */
     sampler_params sp = {
-        .temperature = temperature, .top_k = (int)top_k, .top_p = top_p,
-        .repetition_penalty = rep, .seed = seed,
-        .stop_ids = n_stop ? stop : NULL, .n_stop_ids = n_stop,
-        .crop = crop, .on_token = gen_on_token, .on_token_user = &g,
+        .temperature = temperature,
+        .top_k = (int)top_k,
+        .top_p = top_p,
+        .repetition_penalty = rep,
+        .seed = seed,
+        .stop_ids = n_stop ? stop : NULL,
+        .n_stop_ids = n_stop,
+        .crop = crop,
+        .on_token = gen_on_token,
+        .on_token_user = &g,
     };
     const char *bad_name = NULL;
     if (sampler_params_validate(&sp, info->vocab_size, &bad_name) != SAMPLER_OK) {
@@ -216,8 +224,8 @@ int cli_generate(int argc, char **argv)
     int n_gen = total - n_prompt;
     double dt = t_end - g.t_first;
     if (n_gen > 0 && dt > 0)
-        fprintf(stderr, "achieved tok/s: %.1f (%d new tokens, %d prompt tokens, %.3f s)\n",
-                (double)n_gen / dt, n_gen, n_prompt, dt);
+        fprintf(stderr, "achieved tok/s: %.1f (%d new tokens, %d prompt tokens, %.3f s)\n", (double)n_gen / dt, n_gen,
+                n_prompt, dt);
     rc = 0;
 done:
     model_seq_free(g.seq);

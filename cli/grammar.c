@@ -21,8 +21,7 @@ static char *read_all(FILE *f, size_t *n)
     while (b) {
         size_t got = fread(b + len, 1, cap - len, f);
         len += got;
-        if (got == 0)
-            break;
+        if (got == 0) break;
         if (len == cap) {
             char *q = realloc(b, cap * 2);
             if (!q) {
@@ -45,10 +44,8 @@ static char *read_path(const char *path, size_t *n)
         return NULL;
     }
     char *b = read_all(f, n);
-    if (f != stdin)
-        fclose(f);
-    if (!b)
-        fprintf(stderr, "lmserve grammar: out of memory reading %s\n", path);
+    if (f != stdin) fclose(f);
+    if (!b) fprintf(stderr, "lmserve grammar: out of memory reading %s\n", path);
     return b;
 }
 
@@ -69,12 +66,10 @@ int cli_grammar(int argc, char **argv)
                "would refuse prints its 400 param and message on standard error (exit 1).\n");
         return 0;
     }
-    if (prc != CLI_OK)
-        return 2;
+    if (prc != CLI_OK) return 2;
     size_t n;
     char *body = read_path(in, &n);
-    if (!body)
-        return 1;
+    if (!body) return 1;
     json_error_t je;
     json_t *root = json_loadb(body, n, 0, &je);
     free(body);

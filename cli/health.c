@@ -50,7 +50,7 @@ static int wait_fd(int fd, short events, double deadline)
     for (;;) {
         double left = deadline - now();
         if (left <= 0) return 0;
-        struct pollfd p = {.fd = fd, .events = events};
+        struct pollfd p = { .fd = fd, .events = events };
         int rc = poll(&p, 1, (int)(left * 1000) + 1);
         if (rc < 0 && errno == EINTR) continue;
         return rc < 0 ? -1 : rc > 0;
@@ -70,7 +70,7 @@ int cli_health(int argc, char **argv)
     if (rc == CLI_HELP) usage(stdout);
     if (rc != CLI_OK) return rc == CLI_HELP ? 0 : 2;
     double deadline = now() + timeout;
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *ai = NULL;
+    struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM }, *ai = NULL;
     int gai = getaddrinfo(host, port, &hints, &ai);
     if (gai != 0) {
         fprintf(stderr, "lmserve health: cannot resolve %s:%s: %s\n", host, port, gai_strerror(gai));

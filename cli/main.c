@@ -32,7 +32,7 @@ int main(int argc, char **argv)
     if (!strcmp(cmd, "--help") || !strcmp(cmd, "-h") || !strcmp(cmd, "help")) {
         usage(stdout);
         /* the server's options with their defaults: `lmserve --help` lists them too */
-        char *serve_help[] = {"serve", "--help", NULL};
+        char *serve_help[] = { "serve", "--help", NULL };
         putchar('\n');
         cli_serve(2, serve_help);
         return 0;

@@ -29,18 +29,17 @@ static int store(const char *cmd, const cli_opt *o, const char *v)
     double d;
     char *end;
     switch (o->kind) {
-    case CLI_STR:
-        *(const char **)o->out = v;
-        return 0;
+    case CLI_STR: *(const char **)o->out = v; return 0;
     case CLI_INT:
     case CLI_SIZE:
         if (parse_ll(v, &i) || (double)i < o->lo || (double)i > o->hi) {
-            fprintf(stderr, "%s: %s expects an integer in [%.0f, %.0f], got '%s'\n", cmd, o->name, o->lo,
-                    o->hi, v);
+            fprintf(stderr, "%s: %s expects an integer in [%.0f, %.0f], got '%s'\n", cmd, o->name, o->lo, o->hi, v);
             return -1;
         }
-        if (o->kind == CLI_INT) *(int *)o->out = (int)i;
-        else *(size_t *)o->out = (size_t)i;
+        if (o->kind == CLI_INT)
+            *(int *)o->out = (int)i;
+        else
+            *(size_t *)o->out = (size_t)i;
         return 0;
     case CLI_U64:
         errno = 0;
@@ -64,8 +63,7 @@ static int store(const char *cmd, const cli_opt *o, const char *v)
         if (o->parse(v, o->out) == 0) return 0;
         fprintf(stderr, "%s: %s expects %s, got '%s'\n", cmd, o->name, o->expect, v);
         return -1;
-    case CLI_FLAG:
-        break;
+    case CLI_FLAG: break;
     }
     return -1;
 }

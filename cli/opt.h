@@ -23,23 +23,44 @@ typedef enum {
 } cli_kind;
 
 typedef struct {
-    const char *name;   /* "--port" */
+    const char *name; /* "--port" */
     cli_kind kind;
     void *out;
-    double lo, hi;      /* CLI_INT, CLI_SIZE, CLI_FLOAT: the accepted range (inclusive) */
-    int set;            /* CLI_FLAG: the value stored */
+    double lo, hi;                              /* CLI_INT, CLI_SIZE, CLI_FLOAT: the accepted range (inclusive) */
+    int set;                                    /* CLI_FLAG: the value stored */
     int (*parse)(const char *value, void *out); /* CLI_FN */
-    const char *expect; /* CLI_FN: what a good value looks like, for the message */
+    const char *expect;                         /* CLI_FN: what a good value looks like, for the message */
 } cli_opt;
 
 /* Table rows, one macro per kind (the fields a kind does not use stay zero). */
-#define OPT_FLAG(n, p, v) {.name = (n), .kind = CLI_FLAG, .out = (p), .set = (v)}
-#define OPT_STR(n, p) {.name = (n), .kind = CLI_STR, .out = (p)}
-#define OPT_INT(n, p, l, h) {.name = (n), .kind = CLI_INT, .out = (p), .lo = (l), .hi = (h)}
-#define OPT_SIZE(n, p, l, h) {.name = (n), .kind = CLI_SIZE, .out = (p), .lo = (l), .hi = (h)}
-#define OPT_U64(n, p) {.name = (n), .kind = CLI_U64, .out = (p)}
-#define OPT_FLOAT(n, p, l, h) {.name = (n), .kind = CLI_FLOAT, .out = (p), .lo = (l), .hi = (h)}
-#define OPT_FN(n, p, fn, what) {.name = (n), .kind = CLI_FN, .out = (p), .parse = (fn), .expect = (what)}
+#define OPT_FLAG(n, p, v)                                     \
+    {                                                         \
+        .name = (n), .kind = CLI_FLAG, .out = (p), .set = (v) \
+    }
+#define OPT_STR(n, p)                            \
+    {                                            \
+        .name = (n), .kind = CLI_STR, .out = (p) \
+    }
+#define OPT_INT(n, p, l, h)                                            \
+    {                                                                  \
+        .name = (n), .kind = CLI_INT, .out = (p), .lo = (l), .hi = (h) \
+    }
+#define OPT_SIZE(n, p, l, h)                                            \
+    {                                                                   \
+        .name = (n), .kind = CLI_SIZE, .out = (p), .lo = (l), .hi = (h) \
+    }
+#define OPT_U64(n, p)                            \
+    {                                            \
+        .name = (n), .kind = CLI_U64, .out = (p) \
+    }
+#define OPT_FLOAT(n, p, l, h)                                            \
+    {                                                                    \
+        .name = (n), .kind = CLI_FLOAT, .out = (p), .lo = (l), .hi = (h) \
+    }
+#define OPT_FN(n, p, fn, what)                                                   \
+    {                                                                            \
+        .name = (n), .kind = CLI_FN, .out = (p), .parse = (fn), .expect = (what) \
+    }
 
 enum { CLI_OK = 0, CLI_HELP = 1, CLI_BAD = -1 };
 

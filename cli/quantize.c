@@ -60,8 +60,9 @@ int cli_quantize(int argc, char **argv)
         fprintf(stderr, "lmserve quantize: --type is required (see --help)\n");
         return 2;
     }
-    model_quantize_opts o = {.type = type, .n_threads = threads, .allow_requantize = requant,
-                             .log = quiet ? NULL : log_line};
+    model_quantize_opts o = {
+        .type = type, .n_threads = threads, .allow_requantize = requant, .log = quiet ? NULL : log_line
+    };
     char err[512];
     if (model_quantize(in, out, &o, err, sizeof err) != MODEL_OK) {
         fprintf(stderr, "lmserve quantize: %s\n", err);

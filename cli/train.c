@@ -63,14 +63,21 @@ static unsigned char *read_file(const char *path, size_t *len)
     while (buf) {
         if (n == cap) {
             unsigned char *q = cap < ((size_t)1 << 31) ? realloc(buf, cap * 2) : NULL;
-            if (!q) { free(buf); buf = NULL; break; }
+            if (!q) {
+                free(buf);
+                buf = NULL;
+                break;
+            }
             buf = q;
             cap *= 2;
         }
         size_t r = fread(buf + n, 1, cap - n, f);
         n += r;
         if (r == 0) {
-            if (ferror(f)) { free(buf); buf = NULL; }
+            if (ferror(f)) {
+                free(buf);
+                buf = NULL;
+            }
             break;
         }
     }
@@ -189,7 +196,7 @@ int cli_train(int argc, char **argv)
     train_opts o;
     train_opts_default(&o);
     o.log = stderr;
-    train_args a = {.prompt = "And"};
+    train_args a = { .prompt = "And" };
     int rc = parse_args(argc, argv, &o, &a);
     if (rc != CLI_OK) return rc == CLI_HELP ? 0 : 2;
     char *ckpt_alloc = o.ckpt_path ? NULL : default_ckpt(o.out_path);
@@ -215,12 +222,14 @@ int cli_train(int argc, char **argv)
         return 1;
     }
     if (res.steps_run > 0)
-        fprintf(stderr, "lmserve train: step %d (%d this run), %.1f s, %.0f tok/s; train %.4f bpb, "
-                "val %.4f bpb; wrote %s and %s\n", res.steps_done, res.steps_run, res.seconds,
-                res.tok_per_s, res.train_bpb, res.val_bpb, o.out_path, o.ckpt_path);
+        fprintf(stderr,
+                "lmserve train: step %d (%d this run), %.1f s, %.0f tok/s; train %.4f bpb, "
+                "val %.4f bpb; wrote %s and %s\n",
+                res.steps_done, res.steps_run, res.seconds, res.tok_per_s, res.train_bpb, res.val_bpb, o.out_path,
+                o.ckpt_path);
     else
-        fprintf(stderr, "lmserve train: step %d (nothing left to train); val %.4f bpb; wrote %s\n",
-                res.steps_done, res.val_bpb, o.out_path);
+        fprintf(stderr, "lmserve train: step %d (nothing left to train); val %.4f bpb; wrote %s\n", res.steps_done,
+                res.val_bpb, o.out_path);
     free(ckpt_alloc);
     return a.n_sample > 0 ? print_samples(o.out_path, a.prompt, a.n_sample, o.seed) : 0;
 }

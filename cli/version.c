@@ -3,7 +3,4 @@
 #include "cli/cli.h"
 #include "version.h"
 
-const char *cli_version(void)
-{
-    return LMSERVE_VERSION;
-}
+const char *cli_version(void) { return LMSERVE_VERSION; }

@@ -13,7 +13,8 @@ static int g_ok;
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
-    (void)argc; (void)argv;
+    (void)argc;
+    (void)argv;
     const char *fx = getenv("LMSERVE_FIXTURES");
     char e[512], v[512], err[256];
     snprintf(e, sizeof e, "%s/tokenizers/gpt2/encoder.json", fx ? fx : "tests/data/fixtures");

@@ -18,11 +18,17 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define FZ_CHECK(cond, what) \
-    do { if (!(cond)) { fprintf(stderr, "fuzz_chat_template: %s\n", what); abort(); } } while (0)
+#define FZ_CHECK(cond, what)                                   \
+    do {                                                       \
+        if (!(cond)) {                                         \
+            fprintf(stderr, "fuzz_chat_template: %s\n", what); \
+            abort();                                           \
+        }                                                      \
+    } while (0)
 
-static const char fixed_conv[] = "[{\"role\": \"system\", \"content\": \"sys\"}, {\"role\": \"user\", \"content\": \"hi\"},"
-                                 " {\"role\": \"assistant\", \"content\": \" ok \"}, {\"role\": \"user\", \"content\": \"more\"}]";
+static const char fixed_conv[] =
+    "[{\"role\": \"system\", \"content\": \"sys\"}, {\"role\": \"user\", \"content\": \"hi\"},"
+    " {\"role\": \"assistant\", \"content\": \" ok \"}, {\"role\": \"user\", \"content\": \"more\"}]";
 
 static int known_compile(int rc)
 {
@@ -61,7 +67,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         msgs = json_loads(fixed_conv, 0, NULL);
     }
     FZ_CHECK(msgs != NULL, "fixed conversation");
-    model_chat_input in = {msgs, 1, "<s>", "</s>"};
+    model_chat_input in = { msgs, 1, "<s>", "</s>" };
     char *a = NULL, *b = NULL;
     size_t na = 0, nb = 0;
     int ra = model_chat_template_render(t, &in, &a, &na, err, sizeof err);

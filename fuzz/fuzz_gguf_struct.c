@@ -21,8 +21,13 @@
 #include <string.h>
 #include <unistd.h>
 
-#define FZ_CHECK(cond, what) \
-    do { if (!(cond)) { fprintf(stderr, "fuzz_gguf_struct: %s\n", what); abort(); } } while (0)
+#define FZ_CHECK(cond, what)                                 \
+    do {                                                     \
+        if (!(cond)) {                                       \
+            fprintf(stderr, "fuzz_gguf_struct: %s\n", what); \
+            abort();                                         \
+        }                                                    \
+    } while (0)
 
 static char g_path[64];
 
@@ -39,7 +44,8 @@ static unsigned take(recipe *r, unsigned range) /* a value in [0, range) */
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
-    (void)argc; (void)argv;
+    (void)argc;
+    (void)argv;
     snprintf(g_path, sizeof g_path, "/tmp/lmserve-fuzz-gguf-%d.gguf", (int)getpid());
     return 0;
 }
@@ -55,7 +61,10 @@ static void *make_data(int type, size_t n, int poison, size_t *nbytes)
     if (!d) return NULL;
     if (quant_is_quantized(type) && type != MT_Q8_0) { /* the reference quantizer's blocks */
         float *f = malloc(n * sizeof *f);
-        if (!f) { free(d); return NULL; }
+        if (!f) {
+            free(d);
+            return NULL;
+        }
         for (size_t i = 0; i < n; i++) f[i] = (float)((int)(i * 7 % 13) - 6) / 16.0f;
         if (poison) f[0] = poison == 1 ? NAN : INFINITY;
         quant_quantize_rows(type, f, d, 1, (int)n);
@@ -66,28 +75,38 @@ static void *make_data(int type, size_t n, int poison, size_t *nbytes)
         float v = (float)((int)(i * 7 % 13) - 6) / 16.0f;
         if (i == 0 && poison == 1) v = NAN;
         if (i == 0 && poison == 2) v = INFINITY;
-        if (type == MT_F32) memcpy(d + 4 * i, &v, 4);
-        else if (type == MT_F16) { uint16_t h = model_f32_to_f16(v); memcpy(d + 2 * i, &h, 2); }
-        else if (type == MT_BF16) { uint32_t b; memcpy(&b, &v, 4); uint16_t h = (uint16_t)(b >> 16); memcpy(d + 2 * i, &h, 2); }
-        else if (type == MT_Q8_0) {
+        if (type == MT_F32)
+            memcpy(d + 4 * i, &v, 4);
+        else if (type == MT_F16) {
+            uint16_t h = model_f32_to_f16(v);
+            memcpy(d + 2 * i, &h, 2);
+        } else if (type == MT_BF16) {
+            uint32_t b;
+            memcpy(&b, &v, 4);
+            uint16_t h = (uint16_t)(b >> 16);
+            memcpy(d + 2 * i, &h, 2);
+        } else if (type == MT_Q8_0) {
             size_t blk = i / Q8_0_BLOCK, k = i % Q8_0_BLOCK;
             uint8_t *q = d + blk * (2 + Q8_0_BLOCK);
-            if (k == 0) { uint16_t s = model_f32_to_f16(poison == 1 ? NAN : 1.0f / 16.0f); memcpy(q, &s, 2); }
+            if (k == 0) {
+                uint16_t s = model_f32_to_f16(poison == 1 ? NAN : 1.0f / 16.0f);
+                memcpy(q, &s, 2);
+            }
             q[2 + k] = (uint8_t)(int8_t)((int)(i * 7 % 13) - 6);
         }
     }
     return d;
 }
 
-static const int mat_types[8] = {MT_F32, MT_F16, MT_BF16, MT_Q8_0, MT_Q4_0, MT_Q4_1, MT_Q5_0, MT_Q5_1};
+static const int mat_types[8] = { MT_F32, MT_F16, MT_BF16, MT_Q8_0, MT_Q4_0, MT_Q4_1, MT_Q5_0, MT_Q5_1 };
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    recipe r = {data, size, 0};
+    recipe r = { data, size, 0 };
     /* hyper-parameters: dim in {32, 64}, heads dividing it, 1-2 layers (the block types need
      * cols % 32) */
     int dim = 32 * (1 + (int)take(&r, 2));
-    static const int heads_choice[3] = {1, 2, 4};
+    static const int heads_choice[3] = { 1, 2, 4 };
     int n_heads = heads_choice[take(&r, 3)];
     int n_kv = take(&r, 2) ? n_heads : 1;
     int n_layers = 1 + (int)take(&r, 2);
@@ -97,8 +116,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     int mtype = mat_types[take(&r, 8)];
     int vtype = mat_types[take(&r, 3)]; /* norm vectors: F32, F16 or BF16 */
     /* every choice is 0 for "as a valid model has it", so the empty input loads */
-    unsigned omit = take(&r, 24);       /* which key or tensor to leave out (0, >= 16: none) */
-    unsigned bad_shape = take(&r, 16);  /* 1 + which tensor gets a wrong shape (0: none) */
+    unsigned omit = take(&r, 24);      /* which key or tensor to leave out (0, >= 16: none) */
+    unsigned bad_shape = take(&r, 16); /* 1 + which tensor gets a wrong shape (0: none) */
     int tied = take(&r, 2);
     int poison = (int)take(&r, 8); /* 1: NaN, 2: inf in some tensor */
     int bos = (int)take(&r, 4) == 3 ? (int)take(&r, 64) - 8 : 1;
@@ -107,18 +126,29 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     gguf_writer *w = gguf_writer_new();
     if (!w) return 0;
     if (omit != 15) gguf_writer_kv_str(w, "general.architecture", take(&r, 16) == 1 ? "gpt2" : "llama");
-    const struct { const char *key; int val; } ints[] = {
-        {"llama.context_length", ctx}, {"llama.embedding_length", dim}, {"llama.block_count", n_layers},
-        {"llama.feed_forward_length", hidden}, {"llama.attention.head_count", n_heads},
-        {"llama.attention.head_count_kv", n_kv}, {"llama.rope.dimension_count", dim / n_heads},
+    const struct {
+        const char *key;
+        int val;
+    } ints[] = {
+        { "llama.context_length", ctx },
+        { "llama.embedding_length", dim },
+        { "llama.block_count", n_layers },
+        { "llama.feed_forward_length", hidden },
+        { "llama.attention.head_count", n_heads },
+        { "llama.attention.head_count_kv", n_kv },
+        { "llama.rope.dimension_count", dim / n_heads },
     };
     for (unsigned k = 0; k < sizeof ints / sizeof ints[0]; k++) {
         if (omit == 1 + k) continue;
         unsigned how = take(&r, 16);
-        if (how == 1) gguf_writer_kv_i32(w, ints[k].key, -ints[k].val);
-        else if (how == 2) gguf_writer_kv_f32(w, ints[k].key, (float)ints[k].val);
-        else if (how == 3) gguf_writer_kv_u32(w, ints[k].key, (uint32_t)ints[k].val * 3u);
-        else gguf_writer_kv_u32(w, ints[k].key, (uint32_t)ints[k].val);
+        if (how == 1)
+            gguf_writer_kv_i32(w, ints[k].key, -ints[k].val);
+        else if (how == 2)
+            gguf_writer_kv_f32(w, ints[k].key, (float)ints[k].val);
+        else if (how == 3)
+            gguf_writer_kv_u32(w, ints[k].key, (uint32_t)ints[k].val * 3u);
+        else
+            gguf_writer_kv_u32(w, ints[k].key, (uint32_t)ints[k].val);
     }
     gguf_writer_kv_f32(w, "llama.attention.layer_norm_rms_epsilon", take(&r, 16) == 1 ? -1.0f : 1e-5f);
     gguf_writer_kv_f32(w, "llama.rope.freq_base", take(&r, 16) == 1 ? NAN : 10000.0f);
@@ -129,11 +159,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     int32_t types[40];
     char buf[40][8];
     for (int i = 0; i < n_vocab; i++) {
-        if (i == 0) snprintf(buf[i], sizeof buf[i], "<unk>");
-        else if (i == 1) snprintf(buf[i], sizeof buf[i], "<s>");
-        else if (i == 2) snprintf(buf[i], sizeof buf[i], "</s>");
-        else if (i < 12) snprintf(buf[i], sizeof buf[i], "<0x%02X>", 0x20 + i);
-        else snprintf(buf[i], sizeof buf[i], "\xe2\x96\x81%c", 'a' + i % 26);
+        if (i == 0)
+            snprintf(buf[i], sizeof buf[i], "<unk>");
+        else if (i == 1)
+            snprintf(buf[i], sizeof buf[i], "<s>");
+        else if (i == 2)
+            snprintf(buf[i], sizeof buf[i], "</s>");
+        else if (i < 12)
+            snprintf(buf[i], sizeof buf[i], "<0x%02X>", 0x20 + i);
+        else
+            snprintf(buf[i], sizeof buf[i], "\xe2\x96\x81%c", 'a' + i % 26);
         toks[i] = buf[i];
         scores[i] = (float)-i;
         types[i] = i == 0 ? TT_UNKNOWN : i < 3 ? TT_CONTROL : i < 12 ? TT_BYTE : TT_NORMAL;
@@ -153,16 +188,29 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     /* tensors */
     int hd = dim / n_heads;
-    struct { char name[40]; int rows, cols, vec; } ts[4 + 9 * 2];
+    struct {
+        char name[40];
+        int rows, cols, vec;
+    } ts[4 + 9 * 2];
     int nt = 0;
-#define T(nm, rw, cl, vc) do { snprintf(ts[nt].name, sizeof ts[nt].name, "%s", nm); \
-        ts[nt].rows = rw; ts[nt].cols = cl; ts[nt].vec = vc; nt++; } while (0)
+#define T(nm, rw, cl, vc)                                    \
+    do {                                                     \
+        snprintf(ts[nt].name, sizeof ts[nt].name, "%s", nm); \
+        ts[nt].rows = rw;                                    \
+        ts[nt].cols = cl;                                    \
+        ts[nt].vec = vc;                                     \
+        nt++;                                                \
+    } while (0)
     T("token_embd.weight", n_vocab, dim, 0);
     T("output_norm.weight", 0, dim, 1);
     if (!tied) T("output.weight", n_vocab, dim, 0);
     for (int l = 0; l < n_layers; l++) {
         char nm[40];
-#define L(sfx, rw, cl, vc) do { snprintf(nm, sizeof nm, "blk.%d.%s.weight", l, sfx); T(nm, rw, cl, vc); } while (0)
+#define L(sfx, rw, cl, vc)                                   \
+    do {                                                     \
+        snprintf(nm, sizeof nm, "blk.%d.%s.weight", l, sfx); \
+        T(nm, rw, cl, vc);                                   \
+    } while (0)
         L("attn_norm", 0, dim, 1);
         L("attn_q", n_heads * hd, dim, 0);
         L("attn_k", n_kv * hd, dim, 0);
@@ -179,12 +227,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (omit == 13 && i == nt - 1) continue;
         if (omit == 14 && i == 0) continue;
         int rows = ts[i].rows, cols = ts[i].cols;
-        if ((unsigned)i + 1 == bad_shape) { if (rows) rows += 1; else cols += 32; }
+        if ((unsigned)i + 1 == bad_shape) {
+            if (rows)
+                rows += 1;
+            else
+                cols += 32;
+        }
         int type = ts[i].vec ? vtype : mtype;
         size_t n = (size_t)(rows ? rows : 1) * (size_t)cols, nb;
         void *d = make_data(type, n, (i == nt / 2) ? poison : 0, &nb);
         if (!d) continue;
-        int64_t ne[2] = {cols, rows};
+        int64_t ne[2] = { cols, rows };
         gguf_writer_tensor(w, ts[i].name, type, ne, rows ? 2 : 1, d, nb);
         free(d);
     }
@@ -210,7 +263,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         fclose(f);
     }
 
-    model_load_opts opts = {.n_threads = 1};
+    model_load_opts opts = { .n_threads = 1 };
     model *m = (model *)0x1;
     int rc = model_load(&m, g_path, &opts, err, sizeof err);
     if (rc != 0) {
@@ -227,9 +280,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     model_seq *s = model_seq_new(m, 4);
     if (s) {
         float *logits = malloc(sizeof(float) * (size_t)in->vocab_size);
-        int32_t toks2[2] = {in->bos_id >= 0 ? in->bos_id : 0, in->vocab_size - 1};
+        int32_t toks2[2] = { in->bos_id >= 0 ? in->bos_id : 0, in->vocab_size - 1 };
         if (logits) {
-            model_batch_item it = {.seq = s, .tokens = toks2, .n_tokens = 2, .logits = logits};
+            model_batch_item it = { .seq = s, .tokens = toks2, .n_tokens = 2, .logits = logits };
             int frc = model_forward(m, &it, 1);
             FZ_CHECK(frc == 0 || frc < 0, "forward returned a positive code");
             if (frc == 0) FZ_CHECK(model_seq_len(s) == 2, "sequence did not grow by 2");

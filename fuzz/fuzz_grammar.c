@@ -17,10 +17,15 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define FZ_CHECK(cond, what) \
-    do { if (!(cond)) { fprintf(stderr, "fuzz_grammar: %s\n", what); abort(); } } while (0)
+#define FZ_CHECK(cond, what)                             \
+    do {                                                 \
+        if (!(cond)) {                                   \
+            fprintf(stderr, "fuzz_grammar: %s\n", what); \
+            abort();                                     \
+        }                                                \
+    } while (0)
 
-static const char *pieces[] = {"ab", "\"", "{\"", "\": ", "true", "  ", "\xC3\xA9", "\xE2\x82", "12", "\n"};
+static const char *pieces[] = { "ab", "\"", "{\"", "\": ", "true", "  ", "\xC3\xA9", "\xE2\x82", "12", "\n" };
 enum { NP = sizeof pieces / sizeof pieces[0], END = 256, VOCAB = 257 + NP };
 
 static const char *bytes_of(void *user, int32_t id, size_t *len)
@@ -32,8 +37,7 @@ static const char *bytes_of(void *user, int32_t id, size_t *len)
         *len = 1;
         return &one[id];
     }
-    if (id == END)
-        return NULL;
+    if (id == END) return NULL;
     *len = strlen(pieces[id - 257]);
     return pieces[id - 257];
 }
@@ -64,8 +68,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     sampler_grammar_error e;
     int rc = sampler_grammar_parse(&g, (const char *)data, size, &e);
     FZ_CHECK(rc == SAMPLER_OK || rc == SAMPLER_EINVAL || rc == SAMPLER_ENOMEM, "unexpected result");
-    if (rc == SAMPLER_EINVAL)
-        check_error(data, size, &e);
+    if (rc == SAMPLER_EINVAL) check_error(data, size, &e);
     if (rc != SAMPLER_OK) {
         FZ_CHECK(g == NULL, "*out set on failure");
         return 0;
@@ -79,22 +82,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     char text[1024];
     size_t n = 0;
     uint32_t h = 2166136261u;
-    for (size_t k = 0; k < size; k++)
-        h = (h ^ data[k]) * 16777619u;
+    for (size_t k = 0; k < size; k++) h = (h ^ data[k]) * 16777619u;
     for (int step = 0; step < 8; step++) {
         FZ_CHECK(sampler_constraint_apply(c, zero, out, VOCAB) == SAMPLER_OK, "apply");
         int whole = sampler_grammar_match(g, text, n) == SAMPLER_MATCH_FULL;
         FZ_CHECK((out[END] == 0.0f) == whole, "the end token is allowed exactly on whole strings");
         int allowed[VOCAB], na = 0;
         for (int id = 0; id < VOCAB; id++) {
-            if (out[id] != 0.0f)
-                continue;
+            if (out[id] != 0.0f) continue;
             allowed[na++] = id;
         }
         if (step < 3) {
             for (int id = 0; id < VOCAB; id++) {
-                if (id == END)
-                    continue;
+                if (id == END) continue;
                 size_t len;
                 const char *b = bytes_of(NULL, id, &len);
                 char buf[1024 + 8];
@@ -114,8 +114,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         h = h * 1664525u + 1013904223u;
         int pick = allowed[(h >> 8) % (uint32_t)na];
         FZ_CHECK(sampler_constraint_accept(c, pick) == SAMPLER_OK, "an allowed token is refused");
-        if (pick == END)
-            break;
+        if (pick == END) break;
         size_t len;
         const char *b = bytes_of(NULL, pick, &len);
         memcpy(text + n, b, len);

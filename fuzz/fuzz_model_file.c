@@ -19,7 +19,8 @@ static char g_tok[512];
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
-    (void)argc; (void)argv;
+    (void)argc;
+    (void)argv;
     snprintf(g_path, sizeof g_path, "/tmp/lmserve-fuzz-model-%d.bin", (int)getpid());
     const char *dir = getenv("LMSERVE_MODELS");
     snprintf(g_tok, sizeof g_tok, "%s/tok512.bin", dir ? dir : "tests/data/models");
@@ -30,10 +31,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     FILE *f = fopen(g_path, "wb");
     if (!f) return 0;
-    if (size && fwrite(data, 1, size, f) != size) { fclose(f); return 0; }
+    if (size && fwrite(data, 1, size, f) != size) {
+        fclose(f);
+        return 0;
+    }
     fclose(f);
 
-    model_load_opts opts = {.tokenizer_path = g_tok, .n_threads = 1};
+    model_load_opts opts = { .tokenizer_path = g_tok, .n_threads = 1 };
     char err[512] = "";
     model *m = NULL;
     int rc = model_load(&m, g_path, &opts, err, sizeof err);

@@ -18,8 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const int types[] = {MT_Q4_0, MT_Q4_1, MT_Q5_0, MT_Q5_1, MT_Q8_0,
-                            MT_Q2_K, MT_Q3_K, MT_Q4_K, MT_Q5_K, MT_Q6_K};
+static const int types[] = { MT_Q4_0, MT_Q4_1, MT_Q5_0, MT_Q5_1, MT_Q8_0, MT_Q2_K, MT_Q3_K, MT_Q4_K, MT_Q5_K, MT_Q6_K };
 
 static model_pool *pool;
 
@@ -49,7 +48,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             x[i] = (float)(int8_t)p[at++ % len] / 16.0f;
         }
     }
-    mtensor m = {.data = w, .type = t, .rows = rows, .cols = cols};
+    mtensor m = { .data = w, .type = t, .rows = rows, .cols = cols };
     quant_act a;
     quant_act_init(&a, quant_act_format(t), cols, n, abuf);
     quant_act_rows(&a, x, 0, n);

@@ -30,8 +30,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define FZ_CHECK(cond, what) \
-    do { if (!(cond)) { fprintf(stderr, "fuzz_request: %s\n", what); abort(); } } while (0)
+#define FZ_CHECK(cond, what)                             \
+    do {                                                 \
+        if (!(cond)) {                                   \
+            fprintf(stderr, "fuzz_request: %s\n", what); \
+            abort();                                     \
+        }                                                \
+    } while (0)
 
 static model *g_model;
 static validate_ctx g_vc;
@@ -43,23 +48,35 @@ static int tok_cb(void *cls, const char *text, size_t len, int add_bos, int32_t 
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
-    (void)argc; (void)argv;
+    (void)argc;
+    (void)argv;
     const char *dir = getenv("LMSERVE_MODELS");
     char path[512], err[512];
     snprintf(path, sizeof path, "%s/stories260K.gguf", dir ? dir : "tests/data/models");
-    model_load_opts opts = {.n_threads = 1};
-    if (model_load(&g_model, path, &opts, err, sizeof err)) { fprintf(stderr, "%s\n", err); abort(); }
+    model_load_opts opts = { .n_threads = 1 };
+    if (model_load(&g_model, path, &opts, err, sizeof err)) {
+        fprintf(stderr, "%s\n", err);
+        abort();
+    }
     json_object_seed(1);
     const model_info *mi = model_get_info(g_model);
     g_vc = (validate_ctx){
-        .model_id = "stories260K", .vocab = mi->vocab_size, .ctx = 64, .add_bos = mi->add_bos,
-        .bos_id = mi->bos_id, .max_tokens_limit = 256, .max_choices = 8,
-        .tokenize = tok_cb, .tok_cls = g_model,
+        .model_id = "stories260K",
+        .vocab = mi->vocab_size,
+        .ctx = 64,
+        .add_bos = mi->add_bos,
+        .bos_id = mi->bos_id,
+        .max_tokens_limit = 256,
+        .max_choices = 8,
+        .tokenize = tok_cb,
+        .tok_cls = g_model,
     };
     /* response_format / grammar / choice go through the server's table of grammars */
     static sampler_vocab *cv;
-    if (constraint_vocab_from_model(g_model, &cv) != SAMPLER_OK ||
-        !(g_vc.constraints = constraint_table_new(cv, 4))) { fprintf(stderr, "out of memory\n"); abort(); }
+    if (constraint_vocab_from_model(g_model, &cv) != SAMPLER_OK || !(g_vc.constraints = constraint_table_new(cv, 4))) {
+        fprintf(stderr, "out of memory\n");
+        abort();
+    }
     return 0;
 }
 
@@ -96,7 +113,8 @@ static void check_params(const job_params *p, int kind)
         for (int k = 0; k < p->prompt_lens[i]; k++)
             FZ_CHECK(p->prompts[i][k] >= 0 && p->prompts[i][k] < vc->vocab, "prompt token id");
     }
-    FZ_CHECK(p->logprobs >= -1 && p->logprobs <= (kind == JOB_CHAT ? JOB_MAX_TOP_LOGPROBS : JOB_MAX_LOGPROBS), "logprobs");
+    FZ_CHECK(p->logprobs >= -1 && p->logprobs <= (kind == JOB_CHAT ? JOB_MAX_TOP_LOGPROBS : JOB_MAX_LOGPROBS),
+             "logprobs");
     FZ_CHECK(p->n_stops >= 0 && p->n_stops <= JOB_MAX_STOPS, "stop count");
     for (int i = 0; i < p->n_stops; i++) FZ_CHECK(p->stops[i] && p->stops[i][0], "empty stop string");
     FZ_CHECK(!p->constraint || p->n_stops == 0, "stop strings beside a constraint");
@@ -117,8 +135,8 @@ static void check_params(const job_params *p, int kind)
 static void check_stops(const job_params *p, const char *text, size_t n)
 {
     if (p->n_stops == 0) return;
-    stop_matcher sm = {0};
-    sbuf out = {0};
+    stop_matcher sm = { 0 };
+    sbuf out = { 0 };
     int matched = 0;
     for (size_t i = 0; i < n && !matched;) {
         size_t step = 1 + (i * 7 + (unsigned char)text[i]) % 7;
@@ -133,7 +151,8 @@ static void check_stops(const job_params *p, const char *text, size_t n)
     FZ_CHECK(out.len <= n && (out.len == 0 || memcmp(out.data, text, out.len) == 0), "released text is not a prefix");
     for (int k = 0; k < p->n_stops; k++) {
         size_t sl = strlen(p->stops[k]);
-        FZ_CHECK(out.len == 0 || memmem(out.data, out.len, p->stops[k], sl) == NULL, "released text holds a stop string");
+        FZ_CHECK(out.len == 0 || memmem(out.data, out.len, p->stops[k], sl) == NULL,
+                 "released text holds a stop string");
     }
     if (matched) {
         int starts = 0;

@@ -15,8 +15,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define FZ_CHECK(cond, what) \
-    do { if (!(cond)) { fprintf(stderr, "fuzz_schema: %s\n", what); abort(); } } while (0)
+#define FZ_CHECK(cond, what)                            \
+    do {                                                \
+        if (!(cond)) {                                  \
+            fprintf(stderr, "fuzz_schema: %s\n", what); \
+            abort();                                    \
+        }                                               \
+    } while (0)
 
 enum { END = 256, VOCAB = 257 };
 
@@ -24,8 +29,7 @@ static const char *bytes_of(void *user, int32_t id, size_t *len)
 {
     static char one[256];
     (void)user;
-    if (id == END)
-        return NULL;
+    if (id == END) return NULL;
     one[id] = (char)id;
     *len = 1;
     return &one[id];
@@ -40,15 +44,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         FZ_CHECK(sampler_vocab_new(&g_vocab, VOCAB, bytes_of, NULL, &end, 1) == SAMPLER_OK, "vocab");
     }
     json_t *s = json_loadb((const char *)data, size, JSON_DECODE_ANY, NULL);
-    if (!s)
-        return 0;
+    if (!s) return 0;
     char *text = NULL;
     size_t len = 0;
     schema_error e;
     int rc = schema_to_gbnf(s, &text, &len, &e);
     FZ_CHECK(rc == SCHEMA_OK || rc == SCHEMA_EINVAL || rc == SCHEMA_ENOMEM, "unexpected result");
-    if (rc == SCHEMA_EINVAL)
-        FZ_CHECK(e.message[0] != 0, "an error without a message");
+    if (rc == SCHEMA_EINVAL) FZ_CHECK(e.message[0] != 0, "an error without a message");
     sampler_grammar *g = NULL;
     int grc = SAMPLER_EINVAL;
     if (rc == SCHEMA_OK) {
@@ -57,7 +59,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         grc = sampler_grammar_parse(&g, text, len, &ge);
         if (grc == SAMPLER_EINVAL) {
             if (!strstr(ge.message, "can never finish") && !strstr(ge.message, "too large")) {
-                fprintf(stderr, "generated GBNF does not compile: %d:%d %s\n%s\n", ge.line, ge.column, ge.message, text);
+                fprintf(stderr, "generated GBNF does not compile: %d:%d %s\n%s\n", ge.line, ge.column, ge.message,
+                        text);
                 abort();
             }
         }
@@ -71,8 +74,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     free(text);
     if (g) {
         uint32_t h = 2166136261u;
-        for (size_t k = 0; k < size; k++)
-            h = (h ^ data[k]) * 16777619u;
+        for (size_t k = 0; k < size; k++) h = (h ^ data[k]) * 16777619u;
         for (int walk = 0; walk < 2; walk++) {
             sampler_constraint *c = sampler_constraint_new(g, g_vocab);
             FZ_CHECK(c != NULL, "constraint");
@@ -83,13 +85,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             while (n < 512) {
                 st = sampler_constraint_status(c);
                 FZ_CHECK(st >= SAMPLER_CONSTRAINT_OPEN && st != SAMPLER_CONSTRAINT_STUCK, "status");
-                if (st == SAMPLER_CONSTRAINT_COMPLETE)
-                    break;
+                if (st == SAMPLER_CONSTRAINT_COMPLETE) break;
                 FZ_CHECK(sampler_constraint_apply(c, zero, out, VOCAB) == SAMPLER_OK, "apply");
                 int allowed[VOCAB], na = 0;
                 for (int id = 0; id < VOCAB; id++)
-                    if (out[id] == 0.0f)
-                        allowed[na++] = id;
+                    if (out[id] == 0.0f) allowed[na++] = id;
                 FZ_CHECK(na > 0, "open but nothing allowed");
                 h = h * 1664525u + 1013904223u;
                 /* prefer closing characters now and then, so that texts finish */

@@ -52,9 +52,16 @@ static size_t sanitize_utf8(const uint8_t *s, size_t n, uint8_t *out)
     size_t o = 0;
     for (size_t i = 0; i < n;) {
         uint8_t b = s[i];
-        int need = b < 0x80 ? 1 : b >= 0xC2 && b <= 0xDF ? 2 : b >= 0xE0 && b <= 0xEF ? 3
-                 : b >= 0xF0 && b <= 0xF4 ? 4 : 0;
-        if (need == 1) { out[o++] = b; i++; continue; }
+        int need = b < 0x80                 ? 1
+                   : b >= 0xC2 && b <= 0xDF ? 2
+                   : b >= 0xE0 && b <= 0xEF ? 3
+                   : b >= 0xF0 && b <= 0xF4 ? 4
+                                            : 0;
+        if (need == 1) {
+            out[o++] = b;
+            i++;
+            continue;
+        }
         size_t k = 1;
         if (need > 0) {
             for (; k < (size_t)need && i + k < n; k++) {
@@ -65,7 +72,12 @@ static size_t sanitize_utf8(const uint8_t *s, size_t n, uint8_t *out)
                 if (k == 1 && b == 0xF4) hi = 0x8F;
                 if (c < lo || c > hi) break;
             }
-            if (k == (size_t)need) { memcpy(out + o, s + i, k); o += k; i += k; continue; }
+            if (k == (size_t)need) {
+                memcpy(out + o, s + i, k);
+                o += k;
+                i += k;
+                continue;
+            }
         }
         memcpy(out + o, "\xef\xbf\xbd", 3); /* the maximal subpart s[i..i+k) */
         o += 3;
@@ -76,17 +88,24 @@ static size_t sanitize_utf8(const uint8_t *s, size_t n, uint8_t *out)
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
-    (void)argc; (void)argv;
+    (void)argc;
+    (void)argv;
     const char *dir = getenv("LMSERVE_MODELS");
     if (!dir) dir = "tests/data/models";
     char path[512], tok[512], err[512];
-    model_load_opts opts = {.n_threads = 1};
+    model_load_opts opts = { .n_threads = 1 };
     snprintf(path, sizeof path, "%s/stories260K.gguf", dir);
-    if (model_load(&g_models[0], path, &opts, err, sizeof err)) { fprintf(stderr, "%s\n", err); abort(); }
+    if (model_load(&g_models[0], path, &opts, err, sizeof err)) {
+        fprintf(stderr, "%s\n", err);
+        abort();
+    }
     snprintf(path, sizeof path, "%s/stories260K.bin", dir);
     snprintf(tok, sizeof tok, "%s/tok512.bin", dir);
     opts.tokenizer_path = tok;
-    if (model_load(&g_models[1], path, &opts, err, sizeof err)) { fprintf(stderr, "%s\n", err); abort(); }
+    if (model_load(&g_models[1], path, &opts, err, sizeof err)) {
+        fprintf(stderr, "%s\n", err);
+        abort();
+    }
     for (int k = 0; k < 2; k++) {
         int n_mark = 0, n_space = 0;
         for (int id = 0; id < model_get_info(g_models[k])->vocab_size; id++) {
@@ -112,7 +131,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
          * spaces written as 3-byte U+2581 */
         int cap = 3 * (int)size + 8;
         int32_t *ids = malloc(sizeof(int32_t) * (size_t)cap);
-        int n = model_tokenize(m, (const char *)data, size, 1, ids, cap); /* BOS: a leading dummy space is dropped after it */
+        int n = model_tokenize(m, (const char *)data, size, 1, ids,
+                               cap); /* BOS: a leading dummy space is dropped after it */
         if (n < 0 || n > cap) abort();
         if (n >= 2) { /* a too-small buffer: same count, the first cap ids written */
             int half = n / 2;

@@ -21,14 +21,20 @@
 #include <string.h>
 #include <unistd.h>
 
-#define FZ_CHECK(cond, what) \
-    do { if (!(cond)) { fprintf(stderr, "fuzz_tokenizer_file: %s\n", what); abort(); } } while (0)
+#define FZ_CHECK(cond, what)                                    \
+    do {                                                        \
+        if (!(cond)) {                                          \
+            fprintf(stderr, "fuzz_tokenizer_file: %s\n", what); \
+            abort();                                            \
+        }                                                       \
+    } while (0)
 
 static char g_tok_path[64];
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
-    (void)argc; (void)argv;
+    (void)argc;
+    (void)argv;
     snprintf(g_tok_path, sizeof g_tok_path, "/tmp/lmserve-fuzz-tok-%d.bin", (int)getpid());
     return 0;
 }
@@ -99,7 +105,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     FILE *f = fopen(g_tok_path, "wb");
     if (!f) return 0;
-    if (size && fwrite(data, 1, size, f) != size) { fclose(f); return 0; }
+    if (size && fwrite(data, 1, size, f) != size) {
+        fclose(f);
+        return 0;
+    }
     fclose(f);
     int vocab = count_records(data, size) + (int)(size % 3) - 1;
     tokenizer t;

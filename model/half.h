@@ -60,20 +60,18 @@ static inline uint16_t model_f32_to_f16(float f)
         return (uint16_t)(sign | 0x7c00 | (ax > 0x7f800000u ? 0x200 | ((ax >> 13) & 0x3ff) : 0));
     if (ax >= 0x477ff000u) /* rounds to >= 65520: infinity */
         return (uint16_t)(sign | 0x7c00);
-    if (ax < 0x38800000u) { /* below the smallest normal half 2^-14: subnormal or zero */
+    if (ax < 0x38800000u) {   /* below the smallest normal half 2^-14: subnormal or zero */
         if (ax < 0x33000000u) /* at most half the smallest subnormal: rounds to 0 */
             return (uint16_t)sign;
         uint32_t e = ax >> 23, m = (ax & 0x7fffff) | 0x800000;
         uint32_t shift = 126 - e; /* f = m * 2^(e-150) = (m >> (126 - e)) * 2^-24 */
         uint32_t q = m >> shift, rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
-        if (rem > half || (rem == half && (q & 1)))
-            q++;
+        if (rem > half || (rem == half && (q & 1))) q++;
         return (uint16_t)(sign | q);
     }
     uint32_t h = (ax >> 13) - (112u << 10); /* rebias 127 -> 15, keep 10 mantissa bits */
     uint32_t rem = ax & 0x1fff;
-    if (rem > 0x1000 || (rem == 0x1000 && (h & 1)))
-        h++; /* may carry into the exponent: still the right rounding */
+    if (rem > 0x1000 || (rem == 0x1000 && (h & 1))) h++; /* may carry into the exponent: still the right rounding */
     return (uint16_t)(sign | h);
 #endif
 }

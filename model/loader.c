@@ -69,10 +69,7 @@ void *model_calloc_owned(model *m, size_t n, size_t size)
  * pages afterwards, off the start-up path.  The mapping is n bytes rounded up to
  * the alignment; *len gets that length (for munmap).  NULL when out of memory. */
 #define HUGE_ALIGN ((size_t)2 << 20)
-size_t model_map_len(size_t n)
-{
-    return n >= HUGE_ALIGN ? (n + HUGE_ALIGN - 1) & ~(HUGE_ALIGN - 1) : n;
-}
+size_t model_map_len(size_t n) { return n >= HUGE_ALIGN ? (n + HUGE_ALIGN - 1) & ~(HUGE_ALIGN - 1) : n; }
 
 void *model_alloc_weights(size_t n, size_t *len)
 {
@@ -112,8 +109,10 @@ int model_weights_huge(void *p, size_t len, atomic_int *stop)
     madvise(p, len, MADV_HUGEPAGE);
     for (size_t off = 0; off + HUGE_ALIGN <= len; off += HUGE_ALIGN) {
         if (stop && atomic_load(stop)) break;
-        if (madvise((uint8_t *)p + off, HUGE_ALIGN, MADV_COLLAPSE) == 0) got++;
-        else if (errno == EINVAL) break; /* no MADV_COLLAPSE: the advice alone */
+        if (madvise((uint8_t *)p + off, HUGE_ALIGN, MADV_COLLAPSE) == 0)
+            got++;
+        else if (errno == EINVAL)
+            break; /* no MADV_COLLAPSE: the advice alone */
     }
 #endif
     return got;
@@ -130,8 +129,8 @@ typedef struct {
     uint8_t *dst;
     size_t len;
     atomic_size_t next;
-    atomic_int err;            /* first failure: an errno, or -1 when the file ended early */
-    atomic_size_t short_at;    /* where it ended, for the message */
+    atomic_int err;         /* first failure: an errno, or -1 when the file ended early */
+    atomic_size_t short_at; /* where it ended, for the message */
 } file_read;
 
 static void *read_chunks(void *arg)
@@ -158,15 +157,14 @@ static void *read_chunks(void *arg)
 /* 0, or an errno, or -1 when the file ended before len (*at: where). */
 static int read_file_parallel(int fd, uint8_t *dst, size_t len, int threads, size_t *at)
 {
-    file_read r = {.fd = fd, .dst = dst, .len = len};
+    file_read r = { .fd = fd, .dst = dst, .len = len };
     atomic_init(&r.next, 0);
     atomic_init(&r.err, 0);
     atomic_init(&r.short_at, 0);
     pthread_t th[16];
     int n = 0;
     if (threads > 16) threads = 16;
-    while (n < threads - 1 && (size_t)(n + 1) * READ_CHUNK < len &&
-           pthread_create(&th[n], NULL, read_chunks, &r) == 0)
+    while (n < threads - 1 && (size_t)(n + 1) * READ_CHUNK < len && pthread_create(&th[n], NULL, read_chunks, &r) == 0)
         n++; /* a thread that cannot start leaves its share to the others */
     read_chunks(&r);
     for (int i = 0; i < n; i++) pthread_join(th[i], NULL);
@@ -188,14 +186,13 @@ static int file_changed(const struct stat *a, const struct stat *b)
            a->st_ctim.tv_nsec != b->st_ctim.tv_nsec;
 }
 
-int model_map_file(model *m, const char *path, const uint8_t **data, size_t *size,
-                   char *err, size_t errlen)
+int model_map_file(model *m, const char *path, const uint8_t **data, size_t *size, char *err, size_t errlen)
 {
     return model_map_file_at(m, path, 0, data, size, err, errlen);
 }
 
-int model_map_file_at(model *m, const char *path, size_t align_at, const uint8_t **data,
-                      size_t *size, char *err, size_t errlen)
+int model_map_file_at(model *m, const char *path, size_t align_at, const uint8_t **data, size_t *size, char *err,
+                      size_t errlen)
 {
     *data = NULL;
     *size = 0;
@@ -259,8 +256,8 @@ int model_map_file_at(model *m, const char *path, size_t align_at, const uint8_t
                               "load it again once it is written",
                               len, (long long)after.st_size);
         if (rerr < 0)
-            return model_errf(err, errlen, MODEL_EIO, path,
-                              "file shrank while it was being read (%zu of %zu bytes)", at, len);
+            return model_errf(err, errlen, MODEL_EIO, path, "file shrank while it was being read (%zu of %zu bytes)",
+                              at, len);
         return model_errf(err, errlen, MODEL_EIO, path, "cannot read: %s", strerror(rerr));
     }
     if (m) {

@@ -25,12 +25,11 @@ int model_errf(char *err, size_t errlen, int code, const char *path, const char 
  * writable until model_load makes the model's memory read-only (model_protect);
  * otherwise it is read-only at once and the caller munmaps *data.
  * An empty file is mapped as (a valid pointer, size 0). */
-int model_map_file(model *m, const char *path, const uint8_t **data, size_t *size,
-                   char *err, size_t errlen);
+int model_map_file(model *m, const char *path, const uint8_t **data, size_t *size, char *err, size_t errlen);
 /* model_map_file, with file offset align_at placed on a 64-byte boundary in
  * memory (m must not be NULL when align_at % 64 != 0: the model keeps the map). */
-int model_map_file_at(model *m, const char *path, size_t align_at, const uint8_t **data,
-                      size_t *size, char *err, size_t errlen);
+int model_map_file_at(model *m, const char *path, size_t align_at, const uint8_t **data, size_t *size, char *err,
+                      size_t errlen);
 void model_unmap(const uint8_t *data, size_t size);
 /* The length of the mapping model_map_file makes for a file of size bytes
  * (large copies are rounded up to 2 MiB huge-page boundaries): for munmap. */
@@ -61,13 +60,7 @@ size_t mtensor_row_bytes(int type, int cols);
 int model_own(model *m, void *block);
 
 /* Overflow-checked arithmetic: return 0 on overflow. */
-static inline int mul_ok(uint64_t a, uint64_t b, uint64_t *out)
-{
-    return !__builtin_mul_overflow(a, b, out);
-}
-static inline int add_ok(uint64_t a, uint64_t b, uint64_t *out)
-{
-    return !__builtin_add_overflow(a, b, out);
-}
+static inline int mul_ok(uint64_t a, uint64_t b, uint64_t *out) { return !__builtin_mul_overflow(a, b, out); }
+static inline int add_ok(uint64_t a, uint64_t b, uint64_t *out) { return !__builtin_add_overflow(a, b, out); }
 
 #endif

@@ -70,36 +70,32 @@ static int probe_llama2c(const uint8_t *head, size_t n, uint64_t file_size)
     if (n < 28 || file_size < 28) return 0;
     int32_t h[7];
     memcpy(h, head, sizeof h);
-    return h[0] > 0 && h[1] > 0 && h[2] > 0 && h[3] > 0 && h[4] > 0 && h[4] <= h[3] &&
-           h[5] != 0 && h[6] > 0 && h[0] % h[3] == 0;
+    return h[0] > 0 && h[1] > 0 && h[2] > 0 && h[3] > 0 && h[4] > 0 && h[4] <= h[3] && h[5] != 0 && h[6] > 0 &&
+           h[0] % h[3] == 0;
 }
 
 static const file_format file_formats[] = {
-    {"gguf", probe_gguf, model_load_gguf},
-    {"llama2c", probe_llama2c, model_load_llama2c},
+    { "gguf", probe_gguf, model_load_gguf },
+    { "llama2c", probe_llama2c, model_load_llama2c },
 };
 
 /* Folder formats (Hugging Face, course artifacts) are added here by their readers. */
 static const dir_format dir_formats[] = {
-    {"course", probe_course_dir, model_load_course}, /* model/formats/load_course.c */
-    {"hf", probe_hf_dir, model_load_hf},             /* model/formats/load_hf.c */
+    { "course", probe_course_dir, model_load_course }, /* model/formats/load_course.c */
+    { "hf", probe_hf_dir, model_load_hf },             /* model/formats/load_hf.c */
 };
 
-static int load_dispatch(model *m, const char *path, const model_load_opts *opts,
-                         char *err, size_t errlen)
+static int load_dispatch(model *m, const char *path, const model_load_opts *opts, char *err, size_t errlen)
 {
     struct stat st;
-    if (stat(path, &st) != 0)
-        return model_errf(err, errlen, MODEL_EIO, path, "cannot open: %s", strerror(errno));
+    if (stat(path, &st) != 0) return model_errf(err, errlen, MODEL_EIO, path, "cannot open: %s", strerror(errno));
     if (S_ISDIR(st.st_mode)) {
         for (size_t i = 0; i < sizeof dir_formats / sizeof dir_formats[0]; i++)
             if (dir_formats[i].probe && dir_formats[i].probe(path))
                 return dir_formats[i].load(m, path, opts, err, errlen);
-        return model_errf(err, errlen, MODEL_EFORMAT, path,
-                          "unsupported folder (no model format recognised in it)");
+        return model_errf(err, errlen, MODEL_EFORMAT, path, "unsupported folder (no model format recognised in it)");
     }
-    if (!S_ISREG(st.st_mode))
-        return model_errf(err, errlen, MODEL_EIO, path, "not a regular file or folder");
+    if (!S_ISREG(st.st_mode)) return model_errf(err, errlen, MODEL_EIO, path, "not a regular file or folder");
     uint8_t head[64];
     size_t n = 0;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -122,7 +118,8 @@ static int load_dispatch(model *m, const char *path, const model_load_opts *opts
     if (n == 0) return model_errf(err, errlen, MODEL_EFORMAT, path, "file is empty");
     return model_errf(err, errlen, MODEL_EFORMAT, path,
                       "unknown model format (no GGUF magic, and the first %zu bytes are not a "
-                      "plausible llama2.c header)", n < 28 ? n : (size_t)28);
+                      "plausible llama2.c header)",
+                      n < 28 ? n : (size_t)28);
 }
 
 /* Give back the whole pages of [p, p + n) when they lie in one of the model's
@@ -166,7 +163,7 @@ typedef struct {
 
 typedef struct {
     const pack_piece *pieces;
-    pthread_mutex_t mu;      /* guards bufs: one panel buffer per running task */
+    pthread_mutex_t mu; /* guards bufs: one panel buffer per running task */
     void **bufs;
     int n_bufs;
 } pack_job;
@@ -227,7 +224,7 @@ static void pack_weights(model *m)
     if (!ts) return;
     for (int l = 0; l < nl; l++) {
         layer_weights *w = &m->layers[l];
-        mtensor *c[] = {&w->wq, &w->wk, &w->wv, &w->wo, &w->w1, &w->w2, &w->w3};
+        mtensor *c[] = { &w->wq, &w->wk, &w->wv, &w->wo, &w->w1, &w->w2, &w->w3 };
         for (int i = 0; i < 7; i++) ts[n++] = c[i];
     }
     ts[n++] = &m->output;
@@ -254,15 +251,17 @@ static void pack_weights(model *m)
     size_t buflen = 0;
     char *block = total ? model_alloc_weights(total, &buflen) : NULL;
     int threads = model_pool_size(m->pool);
-    pack_job job = {.n_bufs = 0};
+    pack_job job = { .n_bufs = 0 };
     pack_piece *pieces = n_pieces ? calloc((size_t)n_pieces, sizeof *pieces) : NULL;
     job.bufs = calloc((size_t)threads, sizeof *job.bufs);
     int mu_ok = pthread_mutex_init(&job.mu, NULL) == 0;
     int ok = dst_off && inplace && (total == 0 || block) && (n_pieces == 0 || pieces) && job.bufs && mu_ok;
     for (int i = 0; ok && i < threads; i++) {
         job.bufs[i] = max_panel ? aligned_alloc(64, (max_panel + 63) & ~(size_t)63) : NULL;
-        if (max_panel && !job.bufs[i]) ok = 0;
-        else job.n_bufs++;
+        if (max_panel && !job.bufs[i])
+            ok = 0;
+        else
+            job.n_bufs++;
     }
     if (ok && n_pieces) {
         int k = 0;
@@ -274,8 +273,12 @@ static void pack_weights(model *m)
             int per = (int)(PACK_PIECE_BYTES / pbytes) > 0 ? (int)(PACK_PIECE_BYTES / pbytes) : 1;
             uint8_t *dst = inplace[i] > 0 ? (uint8_t *)t->data : (uint8_t *)block + dst_off[i];
             for (int p = 0; p < full; p += per)
-                pieces[k++] = (pack_piece){.t = t, .src = t->data, .dst = dst, .p0 = p,
-                                           .p1 = p + per < full ? p + per : full, .tail = p + per >= full};
+                pieces[k++] = (pack_piece){ .t = t,
+                                            .src = t->data,
+                                            .dst = dst,
+                                            .p0 = p,
+                                            .p1 = p + per < full ? p + per : full,
+                                            .tail = p + per >= full };
         }
         job.pieces = pieces;
         model_pool_run(m->pool, pack_task, &job, n_pieces);
@@ -338,14 +341,13 @@ void model_settle(model *m)
     m->huge_started = 0;
 }
 
-int model_load(model **out, const char *path, const model_load_opts *opts,
-               char *err, size_t errlen)
+int model_load(model **out, const char *path, const model_load_opts *opts, char *err, size_t errlen)
 {
     if (err && errlen) err[0] = '\0';
     if (!out) return MODEL_EINVAL;
     *out = NULL;
     if (!path) return model_errf(err, errlen, MODEL_EINVAL, "(null)", "no model path given");
-    model_load_opts defaults = {0};
+    model_load_opts defaults = { 0 };
     if (!opts) opts = &defaults;
     model *m = calloc(1, sizeof *m);
     if (!m) return model_errf(err, errlen, MODEL_ENOMEM, path, "out of memory");
@@ -372,8 +374,9 @@ int model_load(model **out, const char *path, const model_load_opts *opts,
         m->info.eos_id = m->tok.eos_id;
         m->info.bos_ends_text = !strcmp(m->format_name, "llama2c") && m->tok.bos_id >= 0;
         m->info.add_bos = m->tok.add_bos;
-        m->info.tokenizer = m->tok.kind == TOK_SPM ? "sentencepiece"
-                            : m->tok.kind == TOK_BPE_BYTES ? "byte-level-bpe" : "course-bpe";
+        m->info.tokenizer = m->tok.kind == TOK_SPM         ? "sentencepiece"
+                            : m->tok.kind == TOK_BPE_BYTES ? "byte-level-bpe"
+                                                           : "course-bpe";
     }
     if (rc != MODEL_OK) {
         if (err && errlen && !err[0]) model_errf(err, errlen, rc, path, "%s", model_strerror(rc));
@@ -403,8 +406,7 @@ void model_free(model *m)
     free(m);
 }
 
-void model_parallel(model *m, void (*fn)(void *arg, int task, int n_tasks), void *arg,
-                    int n_tasks)
+void model_parallel(model *m, void (*fn)(void *arg, int task, int n_tasks), void *arg, int n_tasks)
 {
     if (n_tasks <= 0) return;
     if (m && m->pool) {
@@ -414,7 +416,4 @@ void model_parallel(model *m, void (*fn)(void *arg, int task, int n_tasks), void
     for (int t = 0; t < n_tasks; t++) fn(arg, t, n_tasks);
 }
 
-const model_info *model_get_info(const model *m)
-{
-    return m ? &m->info : NULL;
-}
+const model_info *model_get_info(const model *m) { return m ? &m->info : NULL; }

@@ -42,11 +42,11 @@
 
 enum {
     MODEL_OK = 0,
-    MODEL_EINVAL = -22,   /* bad argument (token id out of range, empty batch ...) */
-    MODEL_ENOMEM = -12,   /* allocation failed */
-    MODEL_EIO = -5,       /* file could not be opened, read or mapped */
-    MODEL_EFORMAT = -74,  /* file is not a valid model/tokenizer of a known format */
-    MODEL_ERANGE = -34,   /* sequence would exceed its context capacity */
+    MODEL_EINVAL = -22,  /* bad argument (token id out of range, empty batch ...) */
+    MODEL_ENOMEM = -12,  /* allocation failed */
+    MODEL_EIO = -5,      /* file could not be opened, read or mapped */
+    MODEL_EFORMAT = -74, /* file is not a valid model/tokenizer of a known format */
+    MODEL_ERANGE = -34,  /* sequence would exceed its context capacity */
 };
 
 typedef struct model model;
@@ -64,18 +64,18 @@ typedef struct {
     int n_kv_heads;
     int head_dim;
     int vocab_size;
-    int ctx_len;             /* the model's context window (positions) */
-    int rope_dim;            /* llama: dimensions rotated per head */
-    float rope_theta;        /* llama: RoPE frequency base */
-    float norm_eps;          /* RMSNorm / LayerNorm epsilon */
-    int32_t bos_id;          /* -1 if none */
-    int32_t eos_id;          /* -1 if none */
-    int bos_ends_text;       /* a generated BOS ends the text like EOS: llama2.c checkpoints,
+    int ctx_len;         /* the model's context window (positions) */
+    int rope_dim;        /* llama: dimensions rotated per head */
+    float rope_theta;    /* llama: RoPE frequency base */
+    float norm_eps;      /* RMSNorm / LayerNorm epsilon */
+    int32_t bos_id;      /* -1 if none */
+    int32_t eos_id;      /* -1 if none */
+    int bos_ends_text;   /* a generated BOS ends the text like EOS: llama2.c checkpoints,
                                 whose training data separates documents with BOS (and has
                                 no EOS); run.c stops there */
-    int add_bos;             /* the tokenizer's convention: prepend BOS to prompts */
-    size_t n_params;         /* number of weights */
-    size_t weight_bytes;     /* bytes of weights as held in memory */
+    int add_bos;         /* the tokenizer's convention: prepend BOS to prompts */
+    size_t n_params;     /* number of weights */
+    size_t weight_bytes; /* bytes of weights as held in memory */
     /* Text the file carries about itself (NUL-terminated, owned by the model; NULL if absent): */
     const char *name;          /* GGUF general.name */
     const char *chat_template; /* GGUF tokenizer.chat_template; HF tokenizer_config.json's
@@ -91,19 +91,19 @@ typedef struct {
 
 /* One item of a batched forward call. */
 typedef struct {
-    model_seq *seq;          /* its KV cache grows by n_tokens */
-    const int32_t *tokens;   /* tokens to append at the sequence's current position */
-    int n_tokens;            /* >= 1 */
-    float *logits;           /* out: NULL (no logits wanted), or vocab_size floats for the
+    model_seq *seq;        /* its KV cache grows by n_tokens */
+    const int32_t *tokens; /* tokens to append at the sequence's current position */
+    int n_tokens;          /* >= 1 */
+    float *logits;         /* out: NULL (no logits wanted), or vocab_size floats for the
                                 last token, or n_tokens * vocab_size if all_logits */
-    int all_logits;          /* nonzero: logits for every appended position (prompt scoring) */
+    int all_logits;        /* nonzero: logits for every appended position (prompt scoring) */
 } model_batch_item;
 
 /* Incremental detokenizer state: emits only whole UTF-8 characters. */
 typedef struct {
-    int32_t prev;            /* previous token id, -1 at start */
-    int emitted;             /* nonzero once a token with text (not a special token) was pushed */
-    int n_pending;           /* bytes of an incomplete UTF-8 character held back */
+    int32_t prev;  /* previous token id, -1 at start */
+    int emitted;   /* nonzero once a token with text (not a special token) was pushed */
+    int n_pending; /* bytes of an incomplete UTF-8 character held back */
     unsigned char pending[8];
 } model_detok;
 
@@ -112,8 +112,7 @@ typedef struct {
 /* Load a model from a file (GGUF, llama2.c .bin, ...) or a folder (HF, course
  * artifact).  The format is detected from the content, not the name.
  * On error, returns a negative code, writes one line into err and *out is NULL. */
-int model_load(model **out, const char *path, const model_load_opts *opts,
-               char *err, size_t errlen);
+int model_load(model **out, const char *path, const model_load_opts *opts, char *err, size_t errlen);
 /* The model is usable as soon as model_load returns; a thread it started keeps
  * moving the weights onto huge pages (fewer TLB misses per step) for a moment at
  * the lowest priority.  model_settle waits for that (benchmarks call it before
@@ -128,8 +127,7 @@ const model_info *model_get_info(const model *m);
  * model has one.  Returns the number of tokens (which may exceed cap: then only
  * cap were written and the caller should retry with a larger buffer), or a
  * negative code. */
-int model_tokenize(const model *m, const char *text, size_t len, int add_bos,
-                   int32_t *out, int cap);
+int model_tokenize(const model *m, const char *text, size_t len, int add_bos, int32_t *out, int cap);
 
 /* The raw bytes a token stands for (byte tokens decoded, the vocabulary's space
  * marker turned into ' ', special tokens as their text).  NULL if id is out of range. */
@@ -201,8 +199,7 @@ int model_forward(model *m, model_batch_item *items, int n_items);
  * threads (the caller's thread included), returning when all are done: for
  * work between forward passes, such as sampling every sequence of a step.
  * Not concurrently with model_forward (they share the threads). */
-void model_parallel(model *m, void (*fn)(void *arg, int task, int n_tasks), void *arg,
-                    int n_tasks);
+void model_parallel(model *m, void (*fn)(void *arg, int task, int n_tasks), void *arg, int n_tasks);
 
 /* Convenience for single-sequence use: make s hold exactly ctx[0..n_ctx) (reusing
  * the longest cached common prefix, recomputing the rest) and write the logits
@@ -212,9 +209,9 @@ int model_seq_eval(model *m, model_seq *s, const int32_t *ctx, int n_ctx, float 
 /* ---- Quantizing a GGUF file (model/quantize.c) -------------------------------- */
 
 typedef struct {
-    const char *type;        /* a file type: "Q4_0", "Q8_0", "Q4_K_M", ... (model_quantize_types) */
-    int n_threads;           /* <= 0: number of CPUs */
-    int allow_requantize;    /* quantize tensors that are already quantized (else an error) */
+    const char *type;                         /* a file type: "Q4_0", "Q8_0", "Q4_K_M", ... (model_quantize_types) */
+    int n_threads;                            /* <= 0: number of CPUs */
+    int allow_requantize;                     /* quantize tensors that are already quantized (else an error) */
     void (*log)(void *ctx, const char *line); /* one line per tensor and a summary, or NULL */
     void *log_ctx;
 } model_quantize_opts;
@@ -223,8 +220,7 @@ typedef struct {
  * llama.cpp's llama-quantize does (same recipes, fall-backs, tensor order and
  * bytes; no importance matrix).  On error returns a negative code and writes one
  * line into err; `out` may then be missing or partial. */
-int model_quantize(const char *in, const char *out, const model_quantize_opts *opts, char *err,
-                   size_t errlen);
+int model_quantize(const char *in, const char *out, const model_quantize_opts *opts, char *err, size_t errlen);
 /* The accepted opts->type names, for help texts. */
 const char *model_quantize_types(void);
 
@@ -268,19 +264,18 @@ typedef struct {
                                       an array of parts whose "text" strings are joined), and
                                       any other fields, passed through as they are */
     int add_generation_prompt;
-    const char *bos_token;         /* "" when the model has none */
+    const char *bos_token; /* "" when the model has none */
     const char *eos_token;
 } model_chat_input;
 
 /* Compile source[0..len).  0, or a negative code with one line in err (a syntax error
  * with its line number, or MODEL_ECHAT_UNSUPPORTED naming the construct). */
-int model_chat_template_new(model_chat_template **out, const char *source, size_t len,
-                            char *err, size_t errlen);
+int model_chat_template_new(model_chat_template **out, const char *source, size_t len, char *err, size_t errlen);
 void model_chat_template_free(model_chat_template *t);
 /* Render a conversation into *out (malloc'd, NUL-terminated, *len bytes).  Reentrant:
  * one compiled template may render on several threads at once. */
-int model_chat_template_render(const model_chat_template *t, const model_chat_input *in,
-                               char **out, size_t *len, char *err, size_t errlen);
+int model_chat_template_render(const model_chat_template *t, const model_chat_input *in, char **out, size_t *len,
+                               char *err, size_t errlen);
 /* The built-in templates `--chat-template NAME` selects: "chatml", "llama2", "llama3",
  * "zephyr", "gemma", "phi3" -> their Jinja source; NULL for another name. */
 const char *model_chat_template_builtin(const char *name);
@@ -295,7 +290,6 @@ const char *model_chat_template_family(const char *source);
  * token, the text between them is tokenized as model_tokenize does (each piece with the
  * vocabulary's space prefix, as llama.cpp and SentencePiece's legacy mode do).  No BOS is
  * added unless add_bos.  Same return convention as model_tokenize. */
-int model_tokenize_special(const model *m, const char *text, size_t len, int add_bos,
-                           int32_t *out, int cap);
+int model_tokenize_special(const model *m, const char *text, size_t len, int add_bos, int32_t *out, int cap);
 
 #endif /* LMSERVE_MODEL_H */

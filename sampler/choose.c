@@ -34,9 +34,8 @@ static int compact(float *x, int n, const int32_t *id_in, int32_t *id_out)
     return m;
 }
 
-int sampler__choose(const sampler_params *p, sampler_scratch *sc, sampler_rng *rng,
-                    const float *logits, const int32_t *ids, int n_ids, int n_generated,
-                    sampler_recorder *rec, int32_t *token)
+int sampler__choose(const sampler_params *p, sampler_scratch *sc, sampler_rng *rng, const float *logits,
+                    const int32_t *ids, int n_ids, int n_generated, sampler_recorder *rec, int32_t *token)
 {
     int vocab = sc->vocab;
     /* Each warper reads src and writes the scratch row x; src is the caller's
@@ -51,88 +50,70 @@ int sampler__choose(const sampler_params *p, sampler_scratch *sc, sampler_rng *r
 
     if (p->constraint) { /* first: every later stage sees only the allowed tokens */
         int rc = sampler_constraint_apply(p->constraint, src, x, vocab);
-        if (rc < 0)
-            return rc;
+        if (rc < 0) return rc;
         src = x;
-        if (rec)
-            sampler__record(rec, SAMPLER_STAGE_CONSTRAINT, x, vocab, NULL);
+        if (rec) sampler__record(rec, SAMPLER_STAGE_CONSTRAINT, x, vocab, NULL);
     }
     if (p->n_bias > 0) {
         sampler_apply_logit_bias(src, x, vocab, p->bias_ids, p->bias_values, p->n_bias);
         src = x;
-        if (rec)
-            sampler__record(rec, SAMPLER_STAGE_LOGIT_BIAS, x, vocab, NULL);
+        if (rec) sampler__record(rec, SAMPLER_STAGE_LOGIT_BIAS, x, vocab, NULL);
     }
     if (p->repetition_penalty != 0.0f && p->repetition_penalty != 1.0f) {
-        int start = (p->penalty_last_n > 0 && n_ids > p->penalty_last_n)
-                        ? n_ids - p->penalty_last_n : 0;
-        sampler__repetition(src, x, vocab, ids + start, n_ids - start, p->repetition_penalty,
-                            sc->count);
+        int start = (p->penalty_last_n > 0 && n_ids > p->penalty_last_n) ? n_ids - p->penalty_last_n : 0;
+        sampler__repetition(src, x, vocab, ids + start, n_ids - start, p->repetition_penalty, sc->count);
         src = x;
-        if (rec)
-            sampler__record(rec, SAMPLER_STAGE_REPETITION_PENALTY, x, vocab, NULL);
+        if (rec) sampler__record(rec, SAMPLER_STAGE_REPETITION_PENALTY, x, vocab, NULL);
     }
     if (p->presence_penalty != 0.0f || p->frequency_penalty != 0.0f) {
-        sampler__presence_frequency(src, x, vocab, ids + (n_ids - n_generated), n_generated,
-                                    p->presence_penalty, p->frequency_penalty, sc->count);
+        sampler__presence_frequency(src, x, vocab, ids + (n_ids - n_generated), n_generated, p->presence_penalty,
+                                    p->frequency_penalty, sc->count);
         src = x;
-        if (rec)
-            sampler__record(rec, SAMPLER_STAGE_PRESENCE_FREQUENCY, x, vocab, NULL);
+        if (rec) sampler__record(rec, SAMPLER_STAGE_PRESENCE_FREQUENCY, x, vocab, NULL);
     }
 
     if (p->temperature == 0.0f) {
         int a = sampler_argmax(src, vocab);
-        if (a < 0 || src[a] == -INFINITY)
-            return SAMPLER_EINVAL; /* every token forbidden or NaN */
-        if (rec)
-            rec->greedy = 1;
+        if (a < 0 || src[a] == -INFINITY) return SAMPLER_EINVAL; /* every token forbidden or NaN */
+        if (rec) rec->greedy = 1;
         *token = a;
         return SAMPLER_OK;
     }
     if (p->temperature != 1.0f) {
         sampler_apply_temperature(src, x, vocab, p->temperature);
         src = x;
-        if (rec)
-            sampler__record(rec, SAMPLER_STAGE_TEMPERATURE, x, vocab, NULL);
+        if (rec) sampler__record(rec, SAMPLER_STAGE_TEMPERATURE, x, vocab, NULL);
     }
-    int n = vocab;           /* src[0..n) are the candidates */
+    int n = vocab;            /* src[0..n) are the candidates */
     const int32_t *id = NULL; /* their ids (NULL: the full row) */
     if (p->top_k > 0 && p->top_k < n) {
         sampler__top_k(src, x, n, p->top_k, sc->key);
         n = compact(x, n, id, sc->idx);
         id = sc->idx;
         src = x;
-        if (rec)
-            sampler__record(rec, SAMPLER_STAGE_TOP_K, x, n, id);
+        if (rec) sampler__record(rec, SAMPLER_STAGE_TOP_K, x, n, id);
     }
     if (p->top_p > 0.0f && p->top_p < 1.0f) {
         sampler__top_p(src, x, n, p->top_p, sc->key, sc->weight);
         n = compact(x, n, id, sc->idx);
         id = sc->idx;
         src = x;
-        if (rec)
-            sampler__record(rec, SAMPLER_STAGE_TOP_P, x, n, id);
+        if (rec) sampler__record(rec, SAMPLER_STAGE_TOP_P, x, n, id);
     }
     if (p->min_p > 0.0f) {
         sampler_min_p_filter(src, x, n, p->min_p);
         src = x;
-        if (rec)
-            sampler__record(rec, SAMPLER_STAGE_MIN_P, x, n, id);
+        if (rec) sampler__record(rec, SAMPLER_STAGE_MIN_P, x, n, id);
     }
-    if (n == 0)
-        return SAMPLER_EINVAL;
+    if (n == 0) return SAMPLER_EINVAL;
     double scale;
     int rc = sampler__softmax_scaled(src, sc->probs, n, &scale);
-    if (rc < 0)
-        return rc;
-    if (rec)
-        sampler__record_softmax(rec, sc->probs, scale, n, id);
+    if (rc < 0) return rc;
+    if (rec) sampler__record_softmax(rec, sc->probs, scale, n, id);
     float coin = sampler_rng_uniform(rng);
-    if (rec)
-        rec->coin = coin;
+    if (rec) rec->coin = coin;
     rc = sampler__draw_scaled(sc->probs, scale, n, coin);
-    if (rc < 0)
-        return rc;
+    if (rc < 0) return rc;
     *token = id ? id[rc] : rc;
     return SAMPLER_OK;
 }

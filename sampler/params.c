@@ -6,11 +6,9 @@
 
 int sampler__ids_valid(const int32_t *ids, int n, int vocab)
 {
-    if (n < 0 || (n > 0 && !ids))
-        return 0;
+    if (n < 0 || (n > 0 && !ids)) return 0;
     for (int i = 0; i < n; i++)
-        if (ids[i] < 0 || ids[i] >= vocab)
-            return 0;
+        if (ids[i] < 0 || ids[i] >= vocab) return 0;
     return 1;
 }
 
@@ -25,8 +23,7 @@ int sampler_params_validate(const sampler_params *p, int vocab, const char **nam
         bad = "top_k";
     else if (!(p->top_p == 0.0f || (p->top_p > 0.0f && p->top_p <= 1.0f)))
         bad = "top_p";
-    else if (!(p->repetition_penalty == 0.0f ||
-               (p->repetition_penalty > 0.0f && isfinite(p->repetition_penalty))))
+    else if (!(p->repetition_penalty == 0.0f || (p->repetition_penalty > 0.0f && isfinite(p->repetition_penalty))))
         bad = "repetition_penalty";
     else if (!sampler__ids_valid(p->stop_ids, p->n_stop_ids, vocab))
         bad = "stop_ids";
@@ -46,10 +43,8 @@ int sampler_params_validate(const sampler_params *p, int vocab, const char **nam
         bad = "constraint";
     else
         for (int j = 0; j < p->n_bias; j++)
-            if (isnan(p->bias_values[j]) || p->bias_values[j] == INFINITY)
-                bad = "logit_bias";
-    if (name)
-        *name = bad;
+            if (isnan(p->bias_values[j]) || p->bias_values[j] == INFINITY) bad = "logit_bias";
+    if (name) *name = bad;
     return bad ? SAMPLER_EINVAL : SAMPLER_OK;
 }
 
@@ -72,13 +67,12 @@ int sampler__scratch_init(sampler_scratch *sc, int vocab)
 
 void sampler__scratch_release(sampler_scratch *sc)
 {
-    if (!sc)
-        return;
+    if (!sc) return;
     free(sc->work);
     free(sc->probs);
     free(sc->weight);
     free(sc->key);
     free(sc->count);
     free(sc->idx);
-    *sc = (sampler_scratch){0};
+    *sc = (sampler_scratch){ 0 };
 }

@@ -15,16 +15,12 @@ static uint64_t splitmix64_next(uint64_t *x)
     return z ^ (z >> 31);
 }
 
-static inline uint64_t rotl64(uint64_t v, int k)
-{
-    return (v << k) | (v >> (64 - k));
-}
+static inline uint64_t rotl64(uint64_t v, int k) { return (v << k) | (v >> (64 - k)); }
 
 void sampler_rng_seed(sampler_rng *r, uint64_t seed)
 {
     uint64_t x = seed;
-    for (int i = 0; i < 4; i++)
-        r->s[i] = splitmix64_next(&x);
+    for (int i = 0; i < 4; i++) r->s[i] = splitmix64_next(&x);
     /* splitmix64 is a bijection of its counter, so four successive outputs are
      * never all zero; the all-zero state (the one xoshiro forbids) cannot occur. */
 }

@@ -30,20 +30,27 @@ enum { SAMPLER_OK = 0, SAMPLER_EINVAL = -22, SAMPLER_ENOMEM = -12, SAMPLER_ECANC
 
 /* ---- Warpers ------------------------------------------------------------------
  * On an out-of-range argument: return SAMPLER_EINVAL and leave out untouched. */
-int sampler_apply_temperature(const float *logits, float *out, int vocab, float temperature); /* temperature > 0, finite */
-int sampler_top_k_filter(const float *logits, float *out, int vocab, int k);   /* k >= 1; k >= vocab keeps all; ties with the k-th value survive */
-int sampler_top_p_filter(const float *logits, float *out, int vocab, float p); /* 0 < p <= 1; keeps the smallest top prefix whose mass >= p, always incl. the crossing token */
-int sampler_apply_repetition_penalty(const float *logits, float *out, int vocab,
-                                     const int32_t *seen, int n_seen, float penalty); /* penalty > 0; each distinct seen id once: logit > 0 -> /penalty, else *penalty; ids must be in [0, vocab) */
-int sampler_softmax(const float *logits, float *probs, int vocab);             /* -INFINITY -> exactly 0 */
+int sampler_apply_temperature(const float *logits, float *out, int vocab,
+                              float temperature); /* temperature > 0, finite */
+int sampler_top_k_filter(const float *logits, float *out, int vocab,
+                         int k); /* k >= 1; k >= vocab keeps all; ties with the k-th value survive */
+int sampler_top_p_filter(
+    const float *logits, float *out, int vocab,
+    float p); /* 0 < p <= 1; keeps the smallest top prefix whose mass >= p, always incl. the crossing token */
+int sampler_apply_repetition_penalty(
+    const float *logits, float *out, int vocab, const int32_t *seen, int n_seen,
+    float
+        penalty); /* penalty > 0; each distinct seen id once: logit > 0 -> /penalty, else *penalty; ids must be in [0, vocab) */
+int sampler_softmax(const float *logits, float *probs, int vocab); /* -INFINITY -> exactly 0 */
 
 /* Extras, same contract. */
-int sampler_min_p_filter(const float *logits, float *out, int vocab, float min_p); /* 0 <= min_p <= 1: drop p_i < min_p * p_max */
-int sampler_apply_logit_bias(const float *logits, float *out, int vocab,
-                             const int32_t *ids, const float *bias, int n); /* adds bias[j] to ids[j]; -INFINITY bias forbids */
-int sampler_apply_presence_frequency(const float *logits, float *out, int vocab,
-                                     const int32_t *seen, int n_seen,
-                                     float presence, float frequency); /* OpenAI: l -= c*frequency + (c>0)*presence, c = count in seen; each in [-2, 2] */
+int sampler_min_p_filter(const float *logits, float *out, int vocab,
+                         float min_p); /* 0 <= min_p <= 1: drop p_i < min_p * p_max */
+int sampler_apply_logit_bias(const float *logits, float *out, int vocab, const int32_t *ids, const float *bias,
+                             int n); /* adds bias[j] to ids[j]; -INFINITY bias forbids */
+int sampler_apply_presence_frequency(
+    const float *logits, float *out, int vocab, const int32_t *seen, int n_seen, float presence,
+    float frequency); /* OpenAI: l -= c*frequency + (c>0)*presence, c = count in seen; each in [-2, 2] */
 
 /* ---- The crop: what the next logits are computed from ------------------------
  * A model sees at most max_seq_len (W) positions.  Once a sequence seq[0..n) no
@@ -75,7 +82,7 @@ struct sampler_constraint;
 typedef struct sampler_lm sampler_lm;
 struct sampler_lm {
     int vocab_size;
-    int max_seq_len;          /* W: the window the crop keeps the context within */
+    int max_seq_len; /* W: the window the crop keeps the context within */
     /* Next-token logits for the last position of ctx[0..n_ctx), 1 <= n_ctx <= max_seq_len.
      * Returns 0, or a negative value on failure. */
     int (*next_logits)(sampler_lm *lm, const int32_t *ctx, int n_ctx, float *logits);
@@ -83,20 +90,20 @@ struct sampler_lm {
 
 /* Every field's zero value means "off" / default, so (sampler_params){.temperature = 0.7f} is valid. */
 typedef struct {
-    float temperature;           /* 0 = greedy (argmax); < 0 or non-finite: invalid */
-    int top_k;                   /* 0 = off; < 0 invalid */
-    float top_p;                 /* 0 = off; else must be in (0, 1] */
-    float repetition_penalty;    /* 0 = off; else must be > 0 (1 is a no-op) */
-    uint64_t seed;               /* the RNG is seeded once per call from this */
-    const int32_t *stop_ids;     /* generation stops after emitting any of these (it is included) */
+    float temperature;        /* 0 = greedy (argmax); < 0 or non-finite: invalid */
+    int top_k;                /* 0 = off; < 0 invalid */
+    float top_p;              /* 0 = off; else must be in (0, 1] */
+    float repetition_penalty; /* 0 = off; else must be > 0 (1 is a no-op) */
+    uint64_t seed;            /* the RNG is seeded once per call from this */
+    const int32_t *stop_ids;  /* generation stops after emitting any of these (it is included) */
     int n_stop_ids;
     /* additions; zero = off */
-    float min_p;                 /* 0 = off; else in (0, 1] */
-    float presence_penalty;      /* [-2, 2] */
-    float frequency_penalty;     /* [-2, 2] */
-    int penalty_last_n;          /* repetition penalty window: 0 = whole sequence, else the last n ids */
-    int crop;                    /* sampler_generate: SAMPLER_CROP_* (0 = slide) */
-    const int32_t *bias_ids;     /* logit_bias */
+    float min_p;             /* 0 = off; else in (0, 1] */
+    float presence_penalty;  /* [-2, 2] */
+    float frequency_penalty; /* [-2, 2] */
+    int penalty_last_n;      /* repetition penalty window: 0 = whole sequence, else the last n ids */
+    int crop;                /* sampler_generate: SAMPLER_CROP_* (0 = slide) */
+    const int32_t *bias_ids; /* logit_bias */
     const float *bias_values;
     int n_bias;
     /* sampler_generate only: called after each new token is appended (prompt excluded),
@@ -124,7 +131,9 @@ int sampler_generate(sampler_lm *lm, const int32_t *prompt, int n_prompt, int ma
 /* ---- RNG ---------------------------------------------------------------------
  * Deterministic on every platform: xoshiro-style 64-bit generator seeded via
  * splitmix64.  A draw takes a coin in [0, 1) so sampling tests can pass their own. */
-typedef struct { uint64_t s[4]; } sampler_rng;
+typedef struct {
+    uint64_t s[4];
+} sampler_rng;
 void sampler_rng_seed(sampler_rng *r, uint64_t seed);
 uint64_t sampler_rng_next(sampler_rng *r);
 float sampler_rng_uniform(sampler_rng *r); /* [0, 1), 24 random bits */
@@ -141,15 +150,15 @@ int sampler_argmax(const float *logits, int n); /* lowest index among equal maxi
 
 typedef struct {
     int32_t id;
-    float logprob;            /* log softmax of the raw (unwarped) logits */
+    float logprob; /* log softmax of the raw (unwarped) logits */
 } sampler_candidate;
 
 typedef struct {
-    int32_t token;            /* the chosen token */
-    float logprob;            /* its log-probability under the raw model distribution */
-    int n_top;                /* number of entries in top (= n_top asked, <= vocab) */
+    int32_t token;                          /* the chosen token */
+    float logprob;                          /* its log-probability under the raw model distribution */
+    int n_top;                              /* number of entries in top (= n_top asked, <= vocab) */
     sampler_candidate top[SAMPLER_MAX_TOP]; /* most likely tokens under the raw distribution, best first */
-    int constraint;           /* with a constraint: its status after this token
+    int constraint;                         /* with a constraint: its status after this token
                                  (SAMPLER_CONSTRAINT_*); without one: SAMPLER_CONSTRAINT_NONE */
 } sampler_choice;
 
@@ -164,8 +173,8 @@ void sampler_free(sampler *s);
  * SAMPLER_TOKEN_ONLY: the token alone (out->logprob NAN, out->n_top 0), which skips
  * the pass over the vocabulary that log-probabilities cost when nobody asked for them. */
 #define SAMPLER_TOKEN_ONLY (-1)
-int sampler_step(sampler *s, const float *logits, const int32_t *ids, int n_ids,
-                 int n_generated, int n_top, sampler_choice *out);
+int sampler_step(sampler *s, const float *logits, const int32_t *ids, int n_ids, int n_generated, int n_top,
+                 sampler_choice *out);
 /* Log-softmax entries for scoring a given token (echo/logprobs of prompts). */
 int sampler_logprobs(const float *logits, int vocab, int32_t token, int n_top, sampler_choice *out);
 
@@ -189,8 +198,8 @@ int sampler_logprobs(const float *logits, int vocab, int32_t token, int n_top, s
 #define SAMPLER_TRACE_MAX 20 /* largest N */
 
 typedef enum {
-    SAMPLER_STAGE_LOGITS,             /* the model's logits, as given */
-    SAMPLER_STAGE_CONSTRAINT,         /* the grammar's mask (response_format, grammar, choice) */
+    SAMPLER_STAGE_LOGITS,     /* the model's logits, as given */
+    SAMPLER_STAGE_CONSTRAINT, /* the grammar's mask (response_format, grammar, choice) */
     SAMPLER_STAGE_LOGIT_BIAS,
     SAMPLER_STAGE_REPETITION_PENALTY,
     SAMPLER_STAGE_PRESENCE_FREQUENCY,
@@ -198,7 +207,7 @@ typedef enum {
     SAMPLER_STAGE_TOP_K,
     SAMPLER_STAGE_TOP_P,
     SAMPLER_STAGE_MIN_P,
-    SAMPLER_STAGE_SOFTMAX,            /* values are probabilities */
+    SAMPLER_STAGE_SOFTMAX, /* values are probabilities */
     SAMPLER_STAGE_COUNT
 } sampler_stage;
 
@@ -210,20 +219,20 @@ const char *sampler_stage_name(int stage);
 #define SAMPLER_TRACE_MAX_CANDIDATES (SAMPLER_TRACE_MAX * SAMPLER_STAGE_COUNT + 1)
 
 typedef struct {
-    int ran;                   /* 0: skipped (off for this request, or after greedy's argmax) */
-    int survivors;             /* tokens left after the stage (set when ran) */
+    int ran;                                   /* 0: skipped (off for this request, or after greedy's argmax) */
+    int survivors;                             /* tokens left after the stage (set when ran) */
     float value[SAMPLER_TRACE_MAX_CANDIDATES]; /* per candidate (set when ran) */
 } sampler_trace_stage;
 
 typedef struct {
-    int n;                     /* N: the candidates' top-N */
+    int n; /* N: the candidates' top-N */
     int n_candidates;
     int32_t candidate[SAMPLER_TRACE_MAX_CANDIDATES]; /* token ids, in the order above */
     sampler_trace_stage stage[SAMPLER_STAGE_COUNT];  /* indexed by sampler_stage */
-    int greedy;                /* 1: argmax after the penalties, nothing after ran */
-    float coin;                /* the uniform number in [0, 1) the draw used; NAN when greedy */
-    int32_t token;             /* the chosen token (always a candidate) */
-    float probability;         /* its probability after softmax; NAN when greedy */
+    int greedy;                                      /* 1: argmax after the penalties, nothing after ran */
+    float coin;                                      /* the uniform number in [0, 1) the draw used; NAN when greedy */
+    int32_t token;                                   /* the chosen token (always a candidate) */
+    float probability;                               /* its probability after softmax; NAN when greedy */
     /* Where each candidate sits on the draw's line: the draw walks the survivors in
      * increasing id order, summing probabilities, and stops at the first token whose
      * running sum passes the coin.  cdf_before[c] is that sum just before candidate c
@@ -241,8 +250,8 @@ typedef struct {
 int sampler_trace_enable(sampler *s, int n);
 /* sampler_step, and if trace is not NULL, the step's trace written there
  * (SAMPLER_EINVAL when tracing was not enabled).  trace NULL is sampler_step. */
-int sampler_step_traced(sampler *s, const float *logits, const int32_t *ids, int n_ids,
-                        int n_generated, int n_top, sampler_choice *out, sampler_trace *trace);
+int sampler_step_traced(sampler *s, const float *logits, const int32_t *ids, int n_ids, int n_generated, int n_top,
+                        sampler_choice *out, sampler_trace *trace);
 /* ---- Constrained decoding ------------------------------------------------------
  * A grammar (a documented subset of llama.cpp's GBNF, see grammar.c) compiles to
  * one byte-level pushdown automaton.  A constraint runs it for one sequence: per
@@ -268,16 +277,15 @@ typedef struct sampler_vocab sampler_vocab;
 typedef struct sampler_constraint sampler_constraint;
 
 typedef struct {
-    size_t offset;            /* byte offset in the grammar text where the problem is */
-    int line, column;         /* 1-based, columns in bytes */
-    char message[200];        /* what is wrong, e.g. "undefined rule 'valeu'" */
+    size_t offset;     /* byte offset in the grammar text where the problem is */
+    int line, column;  /* 1-based, columns in bytes */
+    char message[200]; /* what is wrong, e.g. "undefined rule 'valeu'" */
 } sampler_grammar_error;
 
 /* Compile GBNF text.  SAMPLER_OK and *out, or SAMPLER_EINVAL with *err filled
  * (err may be NULL), or SAMPLER_ENOMEM.  Limits (element count, nesting depth,
  * repetition counts) are errors too, never truncation. */
-int sampler_grammar_parse(sampler_grammar **out, const char *text, size_t len,
-                          sampler_grammar_error *err);
+int sampler_grammar_parse(sampler_grammar **out, const char *text, size_t len, sampler_grammar_error *err);
 void sampler_grammar_free(sampler_grammar *g);
 /* Nonzero if the grammar's strings may hold byte b anywhere. */
 int sampler_grammar_uses_byte(const sampler_grammar *g, unsigned char b);
@@ -295,8 +303,8 @@ typedef const char *(*sampler_token_bytes_fn)(void *user, int32_t id, size_t *le
 
 /* Build the trie of n_vocab tokens; end_ids[0..n_end) are the tokens that end a
  * text (EOS, and BOS for models that end there).  SAMPLER_OK, SAMPLER_EINVAL, SAMPLER_ENOMEM. */
-int sampler_vocab_new(sampler_vocab **out, int n_vocab, sampler_token_bytes_fn bytes,
-                      void *user, const int32_t *end_ids, int n_end);
+int sampler_vocab_new(sampler_vocab **out, int n_vocab, sampler_token_bytes_fn bytes, void *user,
+                      const int32_t *end_ids, int n_end);
 void sampler_vocab_free(sampler_vocab *v);
 int sampler_vocab_size(const sampler_vocab *v);
 /* Nonzero if the vocabulary has a one-byte token for b (a constrained text can
@@ -305,11 +313,11 @@ int sampler_vocab_has_byte(const sampler_vocab *v, unsigned char b);
 
 /* The constraint's status, after the tokens accepted so far. */
 enum {
-    SAMPLER_CONSTRAINT_NONE = -1,   /* no constraint (sampler_choice only) */
-    SAMPLER_CONSTRAINT_OPEN = 0,    /* the text must go on */
-    SAMPLER_CONSTRAINT_MAY_END = 1, /* the text is complete; an end token or more text may follow */
-    SAMPLER_CONSTRAINT_COMPLETE = 2,/* complete and nothing can follow: end it now (or an end token was accepted) */
-    SAMPLER_CONSTRAINT_STUCK = 3,   /* not complete, yet no token of the vocabulary can continue it */
+    SAMPLER_CONSTRAINT_NONE = -1,    /* no constraint (sampler_choice only) */
+    SAMPLER_CONSTRAINT_OPEN = 0,     /* the text must go on */
+    SAMPLER_CONSTRAINT_MAY_END = 1,  /* the text is complete; an end token or more text may follow */
+    SAMPLER_CONSTRAINT_COMPLETE = 2, /* complete and nothing can follow: end it now (or an end token was accepted) */
+    SAMPLER_CONSTRAINT_STUCK = 3,    /* not complete, yet no token of the vocabulary can continue it */
 };
 
 /* A cache of automaton tables and masks for one grammar and vocabulary, shared

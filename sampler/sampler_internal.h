@@ -21,9 +21,9 @@ static inline uint32_t sampler__key(float x)
 {
     uint32_t b;
     memcpy(&b, &x, sizeof b);
-    b = b == 0x80000000u ? 0u : b;                  /* -0 -> +0 */
-    uint32_t neg = -(b >> 31);                      /* all ones for negatives */
-    uint32_t k = b ^ (neg | 0x80000000u);           /* negatives: ~b; others: set top bit */
+    b = b == 0x80000000u ? 0u : b;                   /* -0 -> +0 */
+    uint32_t neg = -(b >> 31);                       /* all ones for negatives */
+    uint32_t k = b ^ (neg | 0x80000000u);            /* negatives: ~b; others: set top bit */
     return (b & 0x7fffffffu) > 0x7f800000u ? 0u : k; /* NaN -> 0 */
 }
 
@@ -84,12 +84,12 @@ float sampler__max(const float *x, int n);
 /* Working memory for one sequence's steps (vocab entries each). */
 typedef struct {
     int vocab;
-    float *work;      /* (vocab) logits being warped */
-    float *probs;     /* (vocab) softmax of the survivors */
-    double *weight;   /* (vocab) selection weights (exp of shifted logits or 1) */
-    uint32_t *key;    /* (vocab) selection keys */
-    int32_t *count;   /* (vocab) per-id counts/marks, all zero between calls */
-    int32_t *idx;     /* (vocab) ids of the compacted survivors */
+    float *work;    /* (vocab) logits being warped */
+    float *probs;   /* (vocab) softmax of the survivors */
+    double *weight; /* (vocab) selection weights (exp of shifted logits or 1) */
+    uint32_t *key;  /* (vocab) selection keys */
+    int32_t *count; /* (vocab) per-id counts/marks, all zero between calls */
+    int32_t *idx;   /* (vocab) ids of the compacted survivors */
 } sampler_scratch;
 
 int sampler__scratch_init(sampler_scratch *sc, int vocab);
@@ -100,29 +100,27 @@ void sampler__scratch_release(sampler_scratch *sc);
 
 /* Scratch forms of the warpers (same contracts as the public ones). */
 int sampler__top_k(const float *logits, float *out, int vocab, int k, uint32_t *key);
-int sampler__top_p(const float *logits, float *out, int vocab, float p,
-                   uint32_t *key, double *weight);
-int sampler__repetition(const float *logits, float *out, int vocab, const int32_t *seen,
-                        int n_seen, float penalty, int32_t *marks);
-int sampler__presence_frequency(const float *logits, float *out, int vocab,
-                                const int32_t *seen, int n_seen, float presence,
-                                float frequency, int32_t *counts);
+int sampler__top_p(const float *logits, float *out, int vocab, float p, uint32_t *key, double *weight);
+int sampler__repetition(const float *logits, float *out, int vocab, const int32_t *seen, int n_seen, float penalty,
+                        int32_t *marks);
+int sampler__presence_frequency(const float *logits, float *out, int vocab, const int32_t *seen, int n_seen,
+                                float presence, float frequency, int32_t *counts);
 
 /* The recorder of a traced step (trace.c): a copy of the row each stage left
  * behind, taken by sampler__choose as it goes, reduced to a sampler_trace after
  * the draw.  Rows after a filter are compacted (survivors only) with their ids. */
 typedef struct {
-    int n;                                  /* N */
+    int n; /* N */
     int vocab;
-    float *row[SAMPLER_STAGE_COUNT];        /* (vocab) each: the stage's output row */
-    int32_t *row_id[SAMPLER_STAGE_COUNT];   /* (vocab) ids of row's entries for stages
+    float *row[SAMPLER_STAGE_COUNT];      /* (vocab) each: the stage's output row */
+    int32_t *row_id[SAMPLER_STAGE_COUNT]; /* (vocab) ids of row's entries for stages
                                              * after a compaction, else NULL (entry i is id i) */
-    int32_t *id_buf[4];                     /* (vocab) each: storage for row_id */
-    int len[SAMPLER_STAGE_COUNT];           /* entries in row; 0 = stage did not run */
-    int n_id_bufs;                          /* id_buf entries handed out this step */
+    int32_t *id_buf[4];                   /* (vocab) each: storage for row_id */
+    int len[SAMPLER_STAGE_COUNT];         /* entries in row; 0 = stage did not run */
+    int n_id_bufs;                        /* id_buf entries handed out this step */
     int greedy;
     float coin;
-    void *block;                            /* the one allocation behind row and id_buf */
+    void *block; /* the one allocation behind row and id_buf */
 } sampler_recorder;
 
 int sampler__recorder_init(sampler_recorder *r, int vocab, int n);
@@ -132,26 +130,21 @@ void sampler__record_begin(sampler_recorder *r);
 /* Stage `stage` left x[0..n) with ids id[0..n) (NULL: entry i is token i). */
 void sampler__record(sampler_recorder *r, int stage, const float *x, int n, const int32_t *id);
 /* The softmax stage: probabilities sampler__prob(e[i], scale). */
-void sampler__record_softmax(sampler_recorder *r, const float *e, double scale, int n,
-                             const int32_t *id);
+void sampler__record_softmax(sampler_recorder *r, const float *e, double scale, int n, const int32_t *id);
 /* Reduce the recorded rows to candidates and their values (sampler.h). */
 void sampler__record_finish(const sampler_recorder *r, int32_t token, sampler_trace *out);
 
 /* One token's probability from softmax_scaled's e[i] and scale: the one expression
  * that softmax, the draw and the trace all use, so they agree to the bit. */
-static inline float sampler__prob(float e, double scale)
-{
-    return (float)((double)e * scale);
-}
+static inline float sampler__prob(float e, double scale) { return (float)((double)e * scale); }
 
 /* One step: copy logits into scratch, apply every enabled warper in the documented
  * order, and pick a token (argmax at temperature 0, else one draw from rng).
  * ids[0..n_ids) is the sequence so far, the last n_generated of which were generated.
  * rec: NULL, or a recorder that receives each stage's row (a traced step).
  * SAMPLER_EINVAL if no token can be chosen (every logit -INFINITY or NaN). */
-int sampler__choose(const sampler_params *p, sampler_scratch *sc, sampler_rng *rng,
-                    const float *logits, const int32_t *ids, int n_ids, int n_generated,
-                    sampler_recorder *rec, int32_t *token);
+int sampler__choose(const sampler_params *p, sampler_scratch *sc, sampler_rng *rng, const float *logits,
+                    const int32_t *ids, int n_ids, int n_generated, sampler_recorder *rec, int32_t *token);
 
 /* softmax and draw without the pass that normalises: e[i] = exp(logits[i] - max) and
  * *scale = 1 / sum e, and the draw takes (float)(e[i] * scale) as token i's

@@ -15,43 +15,38 @@
 #include <string.h>
 
 struct sampler {
-    sampler_params params;  /* array fields point into the copies below */
-    int32_t *stop_ids;      /* (n_stop_ids) */
-    int32_t *bias_ids;      /* (n_bias) */
-    float *bias_values;     /* (n_bias) */
+    sampler_params params; /* array fields point into the copies below */
+    int32_t *stop_ids;     /* (n_stop_ids) */
+    int32_t *bias_ids;     /* (n_bias) */
+    float *bias_values;    /* (n_bias) */
     sampler_rng rng;
     sampler_scratch scratch;
-    sampler_recorder rec;   /* traced steps only: rec.block NULL until sampler_trace_enable */
+    sampler_recorder rec; /* traced steps only: rec.block NULL until sampler_trace_enable */
 };
 
 sampler *sampler_new(int vocab, const sampler_params *params)
 {
-    if (sampler_params_validate(params, vocab, NULL) != SAMPLER_OK)
-        return NULL;
+    if (sampler_params_validate(params, vocab, NULL) != SAMPLER_OK) return NULL;
     sampler *s = calloc(1, sizeof *s);
-    if (!s)
-        return NULL;
+    if (!s) return NULL;
     s->params = *params;
     int ns = params->n_stop_ids, nb = params->n_bias;
     if (ns > 0) {
         s->stop_ids = malloc((size_t)ns * sizeof *s->stop_ids);
-        if (!s->stop_ids)
-            goto err;
+        if (!s->stop_ids) goto err;
         memcpy(s->stop_ids, params->stop_ids, (size_t)ns * sizeof *s->stop_ids);
     }
     if (nb > 0) {
         s->bias_ids = malloc((size_t)nb * sizeof *s->bias_ids);
         s->bias_values = malloc((size_t)nb * sizeof *s->bias_values);
-        if (!s->bias_ids || !s->bias_values)
-            goto err;
+        if (!s->bias_ids || !s->bias_values) goto err;
         memcpy(s->bias_ids, params->bias_ids, (size_t)nb * sizeof *s->bias_ids);
         memcpy(s->bias_values, params->bias_values, (size_t)nb * sizeof *s->bias_values);
     }
     s->params.stop_ids = s->stop_ids;
     s->params.bias_ids = s->bias_ids;
     s->params.bias_values = s->bias_values;
-    if (sampler__scratch_init(&s->scratch, vocab) != SAMPLER_OK)
-        goto err;
+    if (sampler__scratch_init(&s->scratch, vocab) != SAMPLER_OK) goto err;
     sampler_rng_seed(&s->rng, params->seed);
     return s;
 err:
@@ -61,8 +56,7 @@ err:
 
 void sampler_free(sampler *s)
 {
-    if (!s)
-        return;
+    if (!s) return;
     sampler__scratch_release(&s->scratch);
     sampler__recorder_release(&s->rec);
     free(s->stop_ids);
@@ -73,50 +67,41 @@ void sampler_free(sampler *s)
 
 int sampler_trace_enable(sampler *s, int n)
 {
-    if (!s || n < 1 || n > SAMPLER_TRACE_MAX)
-        return SAMPLER_EINVAL;
+    if (!s || n < 1 || n > SAMPLER_TRACE_MAX) return SAMPLER_EINVAL;
     if (!s->rec.block) {
         sampler_recorder r;
-        if (sampler__recorder_init(&r, s->scratch.vocab, n) != SAMPLER_OK)
-            return SAMPLER_ENOMEM;
+        if (sampler__recorder_init(&r, s->scratch.vocab, n) != SAMPLER_OK) return SAMPLER_ENOMEM;
         s->rec = r;
     }
     s->rec.n = n;
     return SAMPLER_OK;
 }
 
-int sampler_step(sampler *s, const float *logits, const int32_t *ids, int n_ids,
-                 int n_generated, int n_top, sampler_choice *out)
+int sampler_step(sampler *s, const float *logits, const int32_t *ids, int n_ids, int n_generated, int n_top,
+                 sampler_choice *out)
 {
     return sampler_step_traced(s, logits, ids, n_ids, n_generated, n_top, out, NULL);
 }
 
-int sampler_step_traced(sampler *s, const float *logits, const int32_t *ids, int n_ids,
-                        int n_generated, int n_top, sampler_choice *out, sampler_trace *trace)
+int sampler_step_traced(sampler *s, const float *logits, const int32_t *ids, int n_ids, int n_generated, int n_top,
+                        sampler_choice *out, sampler_trace *trace)
 {
-    if (!s || !logits || !out || n_ids < 0 || (n_ids > 0 && !ids) || n_generated < 0 ||
-        n_generated > n_ids || n_top < SAMPLER_TOKEN_ONLY || n_top > SAMPLER_MAX_TOP ||
-        (trace && !s->rec.block))
+    if (!s || !logits || !out || n_ids < 0 || (n_ids > 0 && !ids) || n_generated < 0 || n_generated > n_ids ||
+        n_top < SAMPLER_TOKEN_ONLY || n_top > SAMPLER_MAX_TOP || (trace && !s->rec.block))
         return SAMPLER_EINVAL;
     int vocab = s->scratch.vocab;
     for (int i = 0; i < n_ids; i++)
-        if (ids[i] < 0 || ids[i] >= vocab)
-            return SAMPLER_EINVAL;
+        if (ids[i] < 0 || ids[i] >= vocab) return SAMPLER_EINVAL;
     int32_t token;
     sampler_recorder *rec = trace ? &s->rec : NULL;
-    int rc = sampler__choose(&s->params, &s->scratch, &s->rng, logits, ids, n_ids,
-                             n_generated, rec, &token);
-    if (rc < 0)
-        return rc;
-    if (rec)
-        sampler__record_finish(rec, token, trace);
+    int rc = sampler__choose(&s->params, &s->scratch, &s->rng, logits, ids, n_ids, n_generated, rec, &token);
+    if (rc < 0) return rc;
+    if (rec) sampler__record_finish(rec, token, trace);
     int status = SAMPLER_CONSTRAINT_NONE;
     if (s->params.constraint) {
         rc = sampler_constraint_accept(s->params.constraint, token);
-        if (rc >= 0)
-            status = sampler_constraint_status(s->params.constraint);
-        if (rc < 0 || status < 0)
-            return rc < 0 ? rc : status;
+        if (rc >= 0) status = sampler_constraint_status(s->params.constraint);
+        if (rc < 0 || status < 0) return rc < 0 ? rc : status;
     }
     if (n_top == SAMPLER_TOKEN_ONLY) {
         out->token = token;
@@ -125,8 +110,7 @@ int sampler_step_traced(sampler *s, const float *logits, const int32_t *ids, int
     } else {
         /* the raw logits: log-probabilities describe the model, not the warped row */
         rc = sampler_logprobs(logits, vocab, token, n_top, out);
-        if (rc < 0)
-            return rc;
+        if (rc < 0) return rc;
     }
     out->constraint = status;
     return SAMPLER_OK;

@@ -34,10 +34,9 @@
  * stored in *above and the number of elements with key K in *n_at.  If rounding
  * keeps the total below target, K is the smallest key present (everything kept).
  * Levels of 11, 11 and 10 key bits; the compaction is branch-free. */
-static uint32_t radix_crossing(uint32_t *key, double *weight, int n, double target,
-                               double *above, int *n_at)
+static uint32_t radix_crossing(uint32_t *key, double *weight, int n, double target, double *above, int *n_at)
 {
-    static const int shifts[3] = {21, 10, 0}, widths[3] = {11, 11, 10};
+    static const int shifts[3] = { 21, 10, 0 }, widths[3] = { 11, 11, 10 };
     uint32_t prefix = 0;
     double acc_above = 0.0;
     for (int level = 0; level < 3; level++) {
@@ -54,16 +53,13 @@ static uint32_t radix_crossing(uint32_t *key, double *weight, int n, double targ
                 count[b]++;
             }
         } else {
-            for (int i = 0; i < n; i++)
-                count[(key[i] >> shift) & mask]++;
-            for (int b = 0; b < nb; b++)
-                mass[b] = (double)count[b];
+            for (int i = 0; i < n; i++) count[(key[i] >> shift) & mask]++;
+            for (int b = 0; b < nb; b++) mass[b] = (double)count[b];
         }
         double acc = 0.0;
         int chosen = -1, last = -1;
         for (int b = nb - 1; b >= 0; b--) {
-            if (count[b] == 0)
-                continue;
+            if (count[b] == 0) continue;
             last = b;
             if (acc + mass[b] >= target) {
                 chosen = b;
@@ -103,23 +99,17 @@ static uint32_t radix_crossing(uint32_t *key, double *weight, int n, double targ
 /* Copy with NaN -> -INFINITY (the filters' "keep everything"). */
 static void copy_drop_nan(const float *x, float *out, int n)
 {
-    for (int i = 0; i < n; i++)
-        out[i] = isnan(x[i]) ? -INFINITY : x[i];
+    for (int i = 0; i < n; i++) out[i] = isnan(x[i]) ? -INFINITY : x[i];
 }
 
-static int check_io(const float *logits, const float *out, int vocab)
-{
-    return logits && out && vocab > 0;
-}
+static int check_io(const float *logits, const float *out, int vocab) { return logits && out && vocab > 0; }
 
 /* ---- Temperature ------------------------------------------------------------------ */
 
 int sampler_apply_temperature(const float *logits, float *out, int vocab, float temperature)
 {
-    if (!check_io(logits, out, vocab) || !isfinite(temperature) || !(temperature > 0.0f))
-        return SAMPLER_EINVAL;
-    for (int i = 0; i < vocab; i++)
-        out[i] = logits[i] / temperature;
+    if (!check_io(logits, out, vocab) || !isfinite(temperature) || !(temperature > 0.0f)) return SAMPLER_EINVAL;
+    for (int i = 0; i < vocab; i++) out[i] = logits[i] / temperature;
     return SAMPLER_OK;
 }
 
@@ -131,27 +121,22 @@ int sampler__top_k(const float *logits, float *out, int vocab, int k, uint32_t *
         copy_drop_nan(logits, out, vocab);
         return SAMPLER_OK;
     }
-    for (int i = 0; i < vocab; i++)
-        key[i] = sampler__key(logits[i]);
+    for (int i = 0; i < vocab; i++) key[i] = sampler__key(logits[i]);
     double above;
     int n_at;
     uint32_t kth = radix_crossing(key, NULL, vocab, (double)k, &above, &n_at);
     /* Ties with the k-th value survive: keep every key >= kth (never NaN: key 0). */
     uint32_t lo = kth > 1u ? kth : 1u;
-    for (int i = 0; i < vocab; i++)
-        out[i] = sampler__key(logits[i]) >= lo ? logits[i] : -INFINITY;
+    for (int i = 0; i < vocab; i++) out[i] = sampler__key(logits[i]) >= lo ? logits[i] : -INFINITY;
     return SAMPLER_OK;
 }
 
 int sampler_top_k_filter(const float *logits, float *out, int vocab, int k)
 {
-    if (!check_io(logits, out, vocab) || k < 1)
-        return SAMPLER_EINVAL;
-    if (k >= vocab)
-        return sampler__top_k(logits, out, vocab, k, NULL);
+    if (!check_io(logits, out, vocab) || k < 1) return SAMPLER_EINVAL;
+    if (k >= vocab) return sampler__top_k(logits, out, vocab, k, NULL);
     uint32_t *key = malloc((size_t)vocab * sizeof *key);
-    if (!key)
-        return SAMPLER_ENOMEM;
+    if (!key) return SAMPLER_ENOMEM;
     int rc = sampler__top_k(logits, out, vocab, k, key);
     free(key);
     return rc;
@@ -166,13 +151,11 @@ int sampler_top_k_filter(const float *logits, float *out, int vocab, int k)
 
 static double top_p_weight(float x, float m)
 {
-    if (m == INFINITY)
-        return x == INFINITY ? 1.0 : 0.0;
+    if (m == INFINITY) return x == INFINITY ? 1.0 : 0.0;
     return (double)sampler__exp_neg(x - m); /* NaN and -INFINITY give 0 */
 }
 
-int sampler__top_p(const float *logits, float *out, int vocab, float p, uint32_t *key,
-                   double *weight)
+int sampler__top_p(const float *logits, float *out, int vocab, float p, uint32_t *key, double *weight)
 {
     float m = sampler__max(logits, vocab);
     if (p >= 1.0f || m == -INFINITY) {
@@ -181,14 +164,11 @@ int sampler__top_p(const float *logits, float *out, int vocab, float p, uint32_t
         copy_drop_nan(logits, out, vocab);
         return SAMPLER_OK;
     }
-    for (int i = 0; i < vocab; i++)
-        key[i] = sampler__key(logits[i]);
+    for (int i = 0; i < vocab; i++) key[i] = sampler__key(logits[i]);
     if (m == INFINITY)
-        for (int i = 0; i < vocab; i++)
-            weight[i] = logits[i] == INFINITY ? 1.0 : 0.0;
+        for (int i = 0; i < vocab; i++) weight[i] = logits[i] == INFINITY ? 1.0 : 0.0;
     else
-        for (int i = 0; i < vocab; i++)
-            weight[i] = (double)sampler__exp_neg(logits[i] - m);
+        for (int i = 0; i < vocab; i++) weight[i] = (double)sampler__exp_neg(logits[i] - m);
     double target = (double)p * sampler__sum_d(weight, vocab);
     double above;
     int n_at;
@@ -196,13 +176,11 @@ int sampler__top_p(const float *logits, float *out, int vocab, float p, uint32_t
     /* Keep every key >= cross (branch-free), then, if several tokens share the
      * crossing value, drop those after the one where the mass reaches the target. */
     uint32_t lo = cross > 1u ? cross : 1u;
-    for (int i = 0; i < vocab; i++)
-        out[i] = sampler__key(logits[i]) >= lo ? logits[i] : -INFINITY;
+    for (int i = 0; i < vocab; i++) out[i] = sampler__key(logits[i]) >= lo ? logits[i] : -INFINITY;
     if (n_at > 1 && cross != 0) {
         double acc = above;
         for (int i = 0; i < vocab; i++) {
-            if (sampler__key(logits[i]) != cross)
-                continue;
+            if (sampler__key(logits[i]) != cross) continue;
             if (acc < target)
                 acc += top_p_weight(logits[i], m); /* the value radix_crossing summed */
             else
@@ -214,15 +192,12 @@ int sampler__top_p(const float *logits, float *out, int vocab, float p, uint32_t
 
 int sampler_top_p_filter(const float *logits, float *out, int vocab, float p)
 {
-    if (!check_io(logits, out, vocab) || !(p > 0.0f && p <= 1.0f))
-        return SAMPLER_EINVAL;
-    if (p >= 1.0f)
-        return sampler__top_p(logits, out, vocab, p, NULL, NULL);
+    if (!check_io(logits, out, vocab) || !(p > 0.0f && p <= 1.0f)) return SAMPLER_EINVAL;
+    if (p >= 1.0f) return sampler__top_p(logits, out, vocab, p, NULL, NULL);
     uint32_t *key = malloc((size_t)vocab * sizeof *key);
     double *weight = malloc((size_t)vocab * sizeof *weight);
     int rc = SAMPLER_ENOMEM;
-    if (key && weight)
-        rc = sampler__top_p(logits, out, vocab, p, key, weight);
+    if (key && weight) rc = sampler__top_p(logits, out, vocab, p, key, weight);
     free(key);
     free(weight);
     return rc;
@@ -233,8 +208,7 @@ int sampler_top_p_filter(const float *logits, float *out, int vocab, float p)
 
 int sampler_min_p_filter(const float *logits, float *out, int vocab, float min_p)
 {
-    if (!check_io(logits, out, vocab) || !(min_p >= 0.0f && min_p <= 1.0f))
-        return SAMPLER_EINVAL;
+    if (!check_io(logits, out, vocab) || !(min_p >= 0.0f && min_p <= 1.0f)) return SAMPLER_EINVAL;
     float m = sampler__max(logits, vocab);
     if (min_p == 0.0f || m == -INFINITY) {
         copy_drop_nan(logits, out, vocab);
@@ -257,38 +231,31 @@ int sampler_min_p_filter(const float *logits, float *out, int vocab, float min_p
 
 /* ---- Repetition penalty ----------------------------------------------------------- */
 
-static float penalise(float x, float penalty)
-{
-    return x > 0.0f ? x / penalty : x * penalty;
-}
+static float penalise(float x, float penalty) { return x > 0.0f ? x / penalty : x * penalty; }
 
 /* marks: (vocab) zeros on entry, zeros again on return. */
-int sampler__repetition(const float *logits, float *out, int vocab, const int32_t *seen,
-                        int n_seen, float penalty, int32_t *marks)
+int sampler__repetition(const float *logits, float *out, int vocab, const int32_t *seen, int n_seen, float penalty,
+                        int32_t *marks)
 {
-    if (out != logits)
-        memcpy(out, logits, (size_t)vocab * sizeof *out);
+    if (out != logits) memcpy(out, logits, (size_t)vocab * sizeof *out);
     for (int i = 0; i < n_seen; i++) {
         int32_t id = seen[i];
-        if (marks[id])
-            continue;
+        if (marks[id]) continue;
         marks[id] = 1;
         out[id] = penalise(logits[id], penalty); /* once per id, so logits[id] is original */
     }
-    for (int i = 0; i < n_seen; i++)
-        marks[seen[i]] = 0;
+    for (int i = 0; i < n_seen; i++) marks[seen[i]] = 0;
     return SAMPLER_OK;
 }
 
-int sampler_apply_repetition_penalty(const float *logits, float *out, int vocab,
-                                     const int32_t *seen, int n_seen, float penalty)
+int sampler_apply_repetition_penalty(const float *logits, float *out, int vocab, const int32_t *seen, int n_seen,
+                                     float penalty)
 {
     if (!check_io(logits, out, vocab) || !isfinite(penalty) || !(penalty > 0.0f) ||
         !sampler__ids_valid(seen, n_seen, vocab))
         return SAMPLER_EINVAL;
     int32_t *marks = calloc((size_t)vocab, sizeof *marks);
-    if (!marks)
-        return SAMPLER_ENOMEM;
+    if (!marks) return SAMPLER_ENOMEM;
     int rc = sampler__repetition(logits, out, vocab, seen, n_seen, penalty, marks);
     free(marks);
     return rc;
@@ -296,16 +263,12 @@ int sampler_apply_repetition_penalty(const float *logits, float *out, int vocab,
 
 /* ---- Logit bias ------------------------------------------------------------------- */
 
-int sampler_apply_logit_bias(const float *logits, float *out, int vocab, const int32_t *ids,
-                             const float *bias, int n)
+int sampler_apply_logit_bias(const float *logits, float *out, int vocab, const int32_t *ids, const float *bias, int n)
 {
-    if (!check_io(logits, out, vocab) || !sampler__ids_valid(ids, n, vocab) || (n > 0 && !bias))
-        return SAMPLER_EINVAL;
+    if (!check_io(logits, out, vocab) || !sampler__ids_valid(ids, n, vocab) || (n > 0 && !bias)) return SAMPLER_EINVAL;
     for (int j = 0; j < n; j++) /* finite or -INFINITY (forbid) */
-        if (isnan(bias[j]) || bias[j] == INFINITY)
-            return SAMPLER_EINVAL;
-    if (out != logits)
-        memcpy(out, logits, (size_t)vocab * sizeof *out);
+        if (isnan(bias[j]) || bias[j] == INFINITY) return SAMPLER_EINVAL;
+    if (out != logits) memcpy(out, logits, (size_t)vocab * sizeof *out);
     for (int j = 0; j < n; j++) /* a repeated id gets each of its biases */
         out[ids[j]] += bias[j];
     return SAMPLER_OK;
@@ -316,19 +279,15 @@ int sampler_apply_logit_bias(const float *logits, float *out, int vocab, const i
  * computed in double and rounded once. */
 
 /* counts: (vocab) zeros on entry, zeros again on return. */
-int sampler__presence_frequency(const float *logits, float *out, int vocab,
-                                const int32_t *seen, int n_seen, float presence,
-                                float frequency, int32_t *counts)
+int sampler__presence_frequency(const float *logits, float *out, int vocab, const int32_t *seen, int n_seen,
+                                float presence, float frequency, int32_t *counts)
 {
-    if (out != logits)
-        memcpy(out, logits, (size_t)vocab * sizeof *out);
-    for (int i = 0; i < n_seen; i++)
-        counts[seen[i]]++;
+    if (out != logits) memcpy(out, logits, (size_t)vocab * sizeof *out);
+    for (int i = 0; i < n_seen; i++) counts[seen[i]]++;
     for (int i = 0; i < n_seen; i++) {
         int32_t id = seen[i];
         int32_t c = counts[id];
-        if (c == 0)
-            continue; /* already applied */
+        if (c == 0) continue; /* already applied */
         double d = (double)c * (double)frequency + (double)presence;
         out[id] = (float)((double)logits[id] - d);
         counts[id] = 0;
@@ -336,18 +295,15 @@ int sampler__presence_frequency(const float *logits, float *out, int vocab,
     return SAMPLER_OK;
 }
 
-int sampler_apply_presence_frequency(const float *logits, float *out, int vocab,
-                                     const int32_t *seen, int n_seen, float presence,
-                                     float frequency)
+int sampler_apply_presence_frequency(const float *logits, float *out, int vocab, const int32_t *seen, int n_seen,
+                                     float presence, float frequency)
 {
     if (!check_io(logits, out, vocab) || !sampler__ids_valid(seen, n_seen, vocab) ||
         !(presence >= -2.0f && presence <= 2.0f) || !(frequency >= -2.0f && frequency <= 2.0f))
         return SAMPLER_EINVAL;
     int32_t *counts = calloc((size_t)vocab, sizeof *counts);
-    if (!counts)
-        return SAMPLER_ENOMEM;
-    int rc = sampler__presence_frequency(logits, out, vocab, seen, n_seen, presence,
-                                         frequency, counts);
+    if (!counts) return SAMPLER_ENOMEM;
+    int rc = sampler__presence_frequency(logits, out, vocab, seen, n_seen, presence, frequency, counts);
     free(counts);
     return rc;
 }

@@ -62,7 +62,9 @@ static char *read_file(const char *path, char *msg, size_t msglen)
     fclose(f);
     if (!buf || bad || n > CHAT_MAX_TEMPLATE) {
         snprintf(msg, msglen, "cannot read chat template '%s': %s", path,
-                 !buf ? "out of memory" : bad ? "read error" : "larger than 1 MiB");
+                 !buf  ? "out of memory"
+                 : bad ? "read error"
+                       : "larger than 1 MiB");
         free(buf);
         return NULL;
     }
@@ -74,12 +76,11 @@ static char *read_file(const char *path, char *msg, size_t msglen)
  * text: the end of a turn. */
 static void learn_stop(chat_cfg *c, struct model *m)
 {
-    static const char probe[] =
-        "[{\"role\": \"user\", \"content\": \"\\u0001user\\u0001\"},"
-        " {\"role\": \"assistant\", \"content\": \"\\u0001answer\\u0001\"}]";
+    static const char probe[] = "[{\"role\": \"user\", \"content\": \"\\u0001user\\u0001\"},"
+                                " {\"role\": \"assistant\", \"content\": \"\\u0001answer\\u0001\"}]";
     json_t *msgs = json_loads(probe, 0, NULL);
     if (!msgs) return;
-    model_chat_input in = {msgs, 0, c->bos, c->eos};
+    model_chat_input in = { msgs, 0, c->bos, c->eos };
     char *text = NULL;
     size_t len = 0;
     char err[256];
@@ -168,8 +169,10 @@ int chat_setup(chat_cfg *c, struct model *m, const char *option, char *msg, size
         snprintf(msg, msglen, "out of memory");
         return -1;
     }
-    if (rc) snprintf(c->error, sizeof c->error, "%s", err);
-    else learn_stop(c, m);
+    if (rc)
+        snprintf(c->error, sizeof c->error, "%s", err);
+    else
+        learn_stop(c, m);
     if (c->error[0]) {
         model_chat_template_free(c->tpl);
         c->tpl = NULL;
@@ -192,10 +195,7 @@ void chat_free(chat_cfg *c)
     memset(c, 0, sizeof *c);
 }
 
-int chat_active(const chat_cfg *c)
-{
-    return c && (c->tpl || c->error[0]);
-}
+int chat_active(const chat_cfg *c) { return c && (c->tpl || c->error[0]); }
 
 json_t *chat_card(const chat_cfg *c)
 {
@@ -214,12 +214,14 @@ json_t *chat_card(const chat_cfg *c)
 static int check_messages(json_t *messages, api_error *err)
 {
     if (!json_is_array(messages) || json_array_size(messages) == 0) {
-        api_error_set(err, 400, "invalid_request_error", "messages", "invalid_value", "'messages' must be a non-empty array");
+        api_error_set(err, 400, "invalid_request_error", "messages", "invalid_value",
+                      "'messages' must be a non-empty array");
         return -1;
     }
     size_t i;
     json_t *m;
-    json_array_foreach(messages, i, m) {
+    json_array_foreach(messages, i, m)
+    {
         json_t *role = json_object_get(m, "role");
         if (!json_is_object(m) || !json_is_string(role) || json_string_length(role) == 0) {
             api_error_set(err, 400, "invalid_request_error", "messages", "invalid_value",
@@ -235,7 +237,8 @@ static int check_messages(json_t *messages, api_error *err)
         }
         size_t k;
         json_t *part;
-        json_array_foreach(content, k, part) {
+        json_array_foreach(content, k, part)
+        {
             if (!json_is_object(part) || !json_is_string(json_object_get(part, "text"))) {
                 api_error_set(err, 400, "invalid_request_error", "messages", "invalid_type",
                               "'messages' content parts must be objects with a 'text' string");
@@ -254,16 +257,18 @@ int chat_prompt(const chat_cfg *c, struct model *m, json_t *messages, int32_t **
     if (!c->tpl) {
         api_error_set(err, 501, "server_error", "messages", "chat_template_unsupported",
                       "this model's chat template cannot be rendered (%s); start the server with "
-                      "--chat-template NAME|FILE to choose one", c->error);
+                      "--chat-template NAME|FILE to choose one",
+                      c->error);
         return -1;
     }
-    model_chat_input in = {messages, 1, c->bos, c->eos};
+    model_chat_input in = { messages, 1, c->bos, c->eos };
     char *text = NULL;
     size_t len = 0;
     char why[256];
     int rc = model_chat_template_render(c->tpl, &in, &text, &len, why, sizeof why);
     if (rc) {
-        if (rc == MODEL_ENOMEM) api_error_set(err, 503, "server_error", NULL, "out_of_memory", "out of memory");
+        if (rc == MODEL_ENOMEM)
+            api_error_set(err, 503, "server_error", NULL, "out_of_memory", "out of memory");
         else if (rc == MODEL_ECHAT_UNSUPPORTED)
             api_error_set(err, 501, "server_error", "messages", "chat_template_unsupported",
                           "the chat template cannot render this conversation: %s", why);

@@ -32,15 +32,15 @@ const sampler_vocab *constraint_table_vocab(const constraint_table *t);
 /* The cache for GBNF text gbnf[0..len): a new reference (free it with
  * sampler_constraint_cache_free), compiled on first use.  SAMPLER_OK,
  * SAMPLER_EINVAL with *err (a grammar error), or SAMPLER_ENOMEM. */
-int constraint_table_get(constraint_table *t, const char *gbnf, size_t len,
-                         sampler_constraint_cache **out, sampler_grammar_error *err);
+int constraint_table_get(constraint_table *t, const char *gbnf, size_t len, sampler_constraint_cache **out,
+                         sampler_grammar_error *err);
 
 /* ---- The request fields --------------------------------------------------------- */
 
 typedef struct {
-    int status;               /* 400, or 503 when out of memory */
-    const char *code;         /* "invalid_value", "invalid_type" or "out_of_memory" */
-    char param[320];          /* e.g. "response_format.json_schema.schema.properties.age.format" */
+    int status;       /* 400, or 503 when out of memory */
+    const char *code; /* "invalid_value", "invalid_type" or "out_of_memory" */
+    char param[320];  /* e.g. "response_format.json_schema.schema.properties.age.format" */
     char message[256];
 } constraint_error;
 
@@ -50,8 +50,7 @@ typedef struct {
  * The vocabulary must have a one-byte token for every byte the grammar can need
  * (true of every byte-fallback and byte-level vocabulary), so a constrained text
  * can never get stuck. */
-int constraint_from_request(constraint_table *t, json_t *root, sampler_constraint_cache **out,
-                            constraint_error *err);
+int constraint_from_request(constraint_table *t, json_t *root, sampler_constraint_cache **out, constraint_error *err);
 
 /* The GBNF text the constraint fields of a request stand for: 0 with *gbnf (malloc'd,
  * NUL-terminated; NULL when the request has none) and *field ("response_format",

@@ -44,34 +44,34 @@
 typedef struct {
     int used;
     job *j;
-    int choice;              /* index into the job's choices */
+    int choice; /* index into the job's choices */
     int prompt_idx;
-    unsigned long ticket;    /* prefill order: taken when the sequence starts waiting */
-    seq_kv kv;               /* kept across requests */
-    int32_t *hist;           /* prompt + generated: (cap_hist) */
+    unsigned long ticket; /* prefill order: taken when the sequence starts waiting */
+    seq_kv kv;            /* kept across requests */
+    int32_t *hist;        /* prompt + generated: (cap_hist) */
     int n_hist, cap_hist;
-    int policy;              /* SAMPLER_CROP_*: what happens past the window */
-    int win;                 /* the window, hist[win..end): what the next logits come from */
-    int end;                 /* n_hist, except while a long prompt is scored window by window */
+    int policy; /* SAMPLER_CROP_*: what happens past the window */
+    int win;    /* the window, hist[win..end): what the next logits come from */
+    int end;    /* n_hist, except while a long prompt is scored window by window */
     int n_prompt;
     int n_gen;
     int prompt_done;
-    int in_batch;            /* already fed in the step being built */
-    int waiting;             /* waits this step for an earlier sequence computing its prefix */
-    int reused;              /* prompt positions taken from the prefix cache */
-    int scoring;             /* echo + logprobs: logits of every prompt position */
+    int in_batch; /* already fed in the step being built */
+    int waiting;  /* waits this step for an earlier sequence computing its prefix */
+    int reused;   /* prompt positions taken from the prefix cache */
+    int scoring;  /* echo + logprobs: logits of every prompt position */
     sampler *smp;
     sampler_constraint *con; /* the request's constraint for this choice, or NULL; smp uses it */
     model_detok dt;
     stop_matcher sm;
-    size_t chars;            /* code points of the choice's text so far (text offsets) */
+    size_t chars; /* code points of the choice's text so far (text offsets) */
     double t_last;
     float *score;            /* (prefill_chunk, vocab) when scoring */
     sampler_choice *plp;     /* (n_prompt) scores of prompt tokens when scoring */
     const float *pre_logits; /* this step's logits when the sequence samples now */
     int pre_rc;              /* sampler_step's result for them (sample_task) */
     sampler_choice pre;
-    sampler_trace *trace;    /* the step's trace when the request asks for one (sampler_trace
+    sampler_trace *trace; /* the step's trace when the request asks for one (sampler_trace
                               * > 0); allocated on first use, kept across requests */
 } seq;
 
@@ -79,7 +79,7 @@ struct engine {
     engine_config c;
     model *m;
     int vocab, eos;
-    int bos_stop;            /* BOS id when a generated BOS ends the text (llama2.c models), else -1 */
+    int bos_stop; /* BOS id when a generated BOS ends the text (llama2.c models), else -1 */
     uv_thread_t th;
     int threaded;
     uv_mutex_t qmu;
@@ -89,7 +89,7 @@ struct engine {
     int q_len, q_waiting_choices;
     int n_running_seqs, n_running_jobs;
     int stop, cancel_all;
-    atomic_ulong steps;      /* model_forward calls begun (written by the engine thread) */
+    atomic_ulong steps; /* model_forward calls begun (written by the engine thread) */
     /* engine thread */
     unsigned long tickets;
     seq *seqs;               /* (parallel) */
@@ -102,7 +102,7 @@ struct engine {
     /* LMSERVE_FAULT_INJECT (tests only): sequences of requests with this seed fail */
     int fault_sampler;
     uint64_t fault_seed;
-    kv_store *store;         /* the prefix cache; NULL: off */
+    kv_store *store;                /* the prefix cache; NULL: off */
     int step_computed, step_reused; /* prompt positions fed / taken in this step (metrics) */
 };
 
@@ -140,8 +140,10 @@ static void emit(engine *e, job *j, job_event *ev)
  * the engine's reference. */
 static void job_finish(engine *e, job *j)
 {
-    job_end end = {.error = j->error, .prompt_tokens = j->prompt_tokens,
-                   .completion_tokens = j->completion_tokens, .prompt_tokens_dropped = j->prompt_dropped};
+    job_end end = { .error = j->error,
+                    .prompt_tokens = j->prompt_tokens,
+                    .completion_tokens = j->completion_tokens,
+                    .prompt_tokens_dropped = j->prompt_dropped };
     for (int i = 0; j->cached && i < j->p.n_prompts; i++) end.cached_tokens += j->cached[i] > 0 ? j->cached[i] : 0;
     free(j->cached);
     j->cached = NULL;
@@ -158,17 +160,11 @@ static void job_finish(engine *e, job *j)
 /* ---- sequences ------------------------------------------------------------------------ */
 
 /* Tokens of the window not yet in the cache. */
-static int seq_pending(const seq *s)
-{
-    return s->end - (s->win + seq_kv_len(&s->kv));
-}
+static int seq_pending(const seq *s) { return s->end - (s->win + seq_kv_len(&s->kv)); }
 
 /* Scoring a prompt longer than the window: positions past the first window are
  * scored one window each, before anything is sampled. */
-static int seq_scoring_past_window(const seq *s)
-{
-    return !s->prompt_done && s->end < s->n_prompt;
-}
+static int seq_scoring_past_window(const seq *s) { return !s->prompt_done && s->end < s->n_prompt; }
 
 /* The window moved to hist[start..end), whose last `fresh` tokens were never fed:
  * keep what the cache still holds exactly (slide: a common prefix; shift:
@@ -184,10 +180,7 @@ static void seq_move_window(engine *e, seq *s, int start, int fresh)
 
 /* Whether every position of s's window is scored (echo + logprobs): a prompt's
  * first window only; past it, each window gives the score of its next token. */
-static int seq_scores_window(const seq *s)
-{
-    return s->scoring && !s->prompt_done && s->win == 0;
-}
+static int seq_scores_window(const seq *s) { return s->scoring && !s->prompt_done && s->win == 0; }
 
 /* With a prefix cache, before s feeds a chunk of its window: if an earlier
  * sequence (lower ticket) is computing positions s could take, wait for it; else
@@ -254,8 +247,7 @@ static int seq_setup(engine *e, seq *s, job *j, int choice)
     int traced = p->sampler_trace > 0;
     if (traced && !s->trace) s->trace = malloc(sizeof *s->trace);
     s->scoring = p->echo && p->logprobs >= 0;
-    if (s->scoring && !s->score)
-        s->score = malloc(sizeof(float) * (size_t)e->c.prefill_chunk * (size_t)e->vocab);
+    if (s->scoring && !s->score) s->score = malloc(sizeof(float) * (size_t)e->c.prefill_chunk * (size_t)e->vocab);
     s->plp = s->scoring ? calloc((size_t)n_prompt, sizeof *s->plp) : NULL;
     if (!j->cached && e->store) { /* per prompt: the least any of its choices took from the cache */
         j->cached = malloc(sizeof *j->cached * (size_t)p->n_prompts);
@@ -357,7 +349,7 @@ static void seq_prompt_done(engine *e, seq *s)
     int echo = j->p.echo && j->p.kind != JOB_CHAT;
     int n_echo = echo ? s->n_prompt - from : 0;
     size_t *offs = n_echo > 0 ? malloc(sizeof *offs * (size_t)n_echo) : NULL;
-    sbuf text = {0};
+    sbuf text = { 0 };
     int ok = n_echo == 0 || offs;
     char *buf = e->detok;
     s->prompt_done = 1;
@@ -376,10 +368,10 @@ static void seq_prompt_done(engine *e, seq *s)
     if (echo && n_echo > 0) {
         size_t nb = (size_t)n_echo;
         int scored = s->plp != NULL;
-        job_event *ev = !ok ? NULL
-                            : job_event_new(EV_PROMPT, s->choice, text.data ? text.data : "", text.len,
-                                            nb * (sizeof(size_t) + sizeof(int32_t) +
-                                                  (scored ? sizeof(sampler_choice) : 0)));
+        job_event *ev =
+            !ok ? NULL
+                : job_event_new(EV_PROMPT, s->choice, text.data ? text.data : "", text.len,
+                                nb * (sizeof(size_t) + sizeof(int32_t) + (scored ? sizeof(sampler_choice) : 0)));
         if (ev) {
             char *x = job_event_extra(ev);
             size_t *o = (size_t *)x;
@@ -408,8 +400,10 @@ static void seq_prompt_done(engine *e, seq *s)
 static void seq_fit_window(engine *e, seq *s)
 {
     int start = sampler_crop_start(s->policy, s->win, s->end, e->c.ctx);
-    if (start < 0) seq_finish(e, s, "length", 0, NULL);
-    else if (start != s->win) seq_move_window(e, s, start, 1);
+    if (start < 0)
+        seq_finish(e, s, "length", 0, NULL);
+    else if (start != s->win)
+        seq_move_window(e, s, start, 1);
 }
 
 /* ---- sampling one token ----------------------------------------------------------------- */
@@ -434,8 +428,7 @@ static int seq_choose(seq *s, const float *logits, sampler_choice *c)
 static int any_finite(const float *x, int n)
 {
     for (int i = 0; i < n; i++)
-        if (isfinite(x[i]))
-            return 1;
+        if (isfinite(x[i])) return 1;
     return 0;
 }
 
@@ -555,8 +548,7 @@ static void seq_sample(engine *e, seq *s, const float *logits)
  * (not when max_tokens is 0 or, under stop, the prompt fills the window). */
 static int wants_model(const engine *e, const seq *s)
 {
-    return s->scoring ||
-           (s->j->p.max_tokens > 0 && sampler_crop_start(s->policy, s->win, s->end, e->c.ctx) >= 0);
+    return s->scoring || (s->j->p.max_tokens > 0 && sampler_crop_start(s->policy, s->win, s->end, e->c.ctx) >= 0);
 }
 
 /* The logits after item it: its last position's. */
@@ -595,8 +587,7 @@ static void item_done(engine *e, seq *s, const model_batch_item *it, int a)
         for (int r = 0; r < k; r++) {
             int t = a + r + 1;
             if (t < s->n_prompt)
-                sampler_logprobs(s->score + (size_t)r * (size_t)e->vocab, e->vocab, s->hist[t], n_top,
-                                 &s->plp[t]);
+                sampler_logprobs(s->score + (size_t)r * (size_t)e->vocab, e->vocab, s->hist[t], n_top, &s->plp[t]);
         }
         if (s->win == 0) seq_kv_scored(&s->kv, s->plp, a + k + 1 < s->n_prompt ? a + k + 1 : s->n_prompt, n_top);
     }
@@ -604,8 +595,7 @@ static void item_done(engine *e, seq *s, const model_batch_item *it, int a)
     if (seq_scoring_past_window(s)) {
         /* the window hist[win..end) predicts hist[end] (already scored when the
          * window was the first, all of whose positions were) */
-        if (!it->all_logits)
-            sampler_logprobs(it->logits, e->vocab, s->hist[s->end], s->j->p.logprobs, &s->plp[s->end]);
+        if (!it->all_logits) sampler_logprobs(it->logits, e->vocab, s->hist[s->end], s->j->p.logprobs, &s->plp[s->end]);
         s->end++;
         if (s->end == s->n_prompt && s->j->p.max_tokens == 0) {
             seq_prompt_done(e, s); /* every position scored; no window needed to sample from */
@@ -641,17 +631,18 @@ static int step(engine *e, engine_step_info *info)
         int a = s->end - 1;
         s->in_batch = 1;
         e->starts[n_items] = a;
-        e->items[n_items] = (model_batch_item){
-            .seq = s->kv.seq, .tokens = s->hist + a, .n_tokens = 1,
-            .logits = e->logits + (size_t)n_logits++ * (size_t)e->vocab, .all_logits = 0};
+        e->items[n_items] = (model_batch_item){ .seq = s->kv.seq,
+                                                .tokens = s->hist + a,
+                                                .n_tokens = 1,
+                                                .logits = e->logits + (size_t)n_logits++ * (size_t)e->vocab,
+                                                .all_logits = 0 };
         e->item_seq[n_items++] = i;
     }
     int decode_rows = n_items;
     for (int i = 0; i < P; i++) {
         seq *s = &e->seqs[i];
         s->waiting = 0;
-        if (s->used && !s->in_batch && (s->prompt_done || wants_model(e, s)) && seq_pending(s) > 1)
-            seq_prepare(e, s);
+        if (s->used && !s->in_batch && (s->prompt_done || wants_model(e, s)) && seq_pending(s) > 1) seq_prepare(e, s);
     }
     /* prefilling sequences: chunks, in ticket order, within the budget.  A sequence's
      * chunks are always min(pending, prefill_chunk) long -- the budget decides only
@@ -679,14 +670,16 @@ static int step(engine *e, engine_step_info *info)
         int scoring = seq_scores_window(s);
         e->starts[n_items] = a;
         e->items[n_items] = (model_batch_item){
-            .seq = s->kv.seq, .tokens = s->hist + a, .n_tokens = k,
-            .logits = scoring ? s->score
-                              : (k == pending ? e->logits + (size_t)n_logits++ * (size_t)e->vocab : NULL),
-            .all_logits = scoring};
+            .seq = s->kv.seq,
+            .tokens = s->hist + a,
+            .n_tokens = k,
+            .logits = scoring ? s->score : (k == pending ? e->logits + (size_t)n_logits++ * (size_t)e->vocab : NULL),
+            .all_logits = scoring
+        };
         e->item_seq[n_items++] = best;
         budget -= k;
     }
-    if (info) *info = (engine_step_info){.items = n_items};
+    if (info) *info = (engine_step_info){ .items = n_items };
     if (n_items == 0) return 0;
     int rows = 0;
     for (int i = 0; i < n_items; i++) rows += e->items[i].n_tokens;
@@ -803,11 +796,10 @@ static int engine_iterate(engine *e, int wait, engine_step_info *info)
 {
     job *finished = NULL;
     uv_mutex_lock(&e->qmu);
-    while (wait && !e->stop && e->n_running_seqs == 0 && !e->q_head && !e->cancel_all)
-        uv_cond_wait(&e->qcv, &e->qmu);
+    while (wait && !e->stop && e->n_running_seqs == 0 && !e->q_head && !e->cancel_all) uv_cond_wait(&e->qcv, &e->qmu);
     if (e->stop && e->n_running_seqs == 0 && !e->q_head && !e->cancel_all) {
         uv_mutex_unlock(&e->qmu);
-        if (info) *info = (engine_step_info){0};
+        if (info) *info = (engine_step_info){ 0 };
         return -1;
     }
     int busy = e->n_running_seqs > 0 || e->q_head != NULL;
@@ -830,8 +822,8 @@ static int engine_iterate(engine *e, int wait, engine_step_info *info)
     if (e->c.metrics) {
         kv_store_stats st;
         kv_store_get_stats(e->store, &st);
-        metrics_prefix(e->c.metrics, e->step_computed, e->step_reused, e->store ? e->c.cache_bytes : 0, st.bytes, st.entries,
-                       st.evictions);
+        metrics_prefix(e->c.metrics, e->step_computed, e->step_reused, e->store ? e->c.cache_bytes : 0, st.bytes,
+                       st.entries, st.evictions);
     }
     e->step_computed = e->step_reused = 0;
     return busy;
@@ -922,10 +914,7 @@ int engine_start(engine **out, const engine_config *c)
     return 0;
 }
 
-int engine_step(engine *e, engine_step_info *info)
-{
-    return engine_iterate(e, 0, info) > 0;
-}
+int engine_step(engine *e, engine_step_info *info) { return engine_iterate(e, 0, info) > 0; }
 
 /* Queued jobs that cannot start at the next step (the first ones fit in the free
  * slots and are not really waiting).  Under qmu. */
@@ -951,14 +940,15 @@ int engine_submit(engine *e, job *j)
         if (j->p.prompt_lens[i] > e->c.ctx) j->prompt_dropped += j->p.prompt_lens[i] - e->c.ctx;
     uv_mutex_lock(&e->qmu);
     int free_slots = e->c.parallel - e->n_running_seqs;
-    if (!e->stop && (e->q_waiting_choices + j->n_choices <= free_slots ||
-                     queue_waiting_locked(e) < e->c.queue)) {
+    if (!e->stop && (e->q_waiting_choices + j->n_choices <= free_slots || queue_waiting_locked(e) < e->c.queue)) {
         job_ref(j);
         j->step_submit = atomic_load(&e->steps);
         j->in_queue = 1;
         j->q_next = NULL;
-        if (e->q_tail) e->q_tail->q_next = j;
-        else e->q_head = j;
+        if (e->q_tail)
+            e->q_tail->q_next = j;
+        else
+            e->q_head = j;
         e->q_tail = j;
         e->q_len++;
         e->q_waiting_choices += j->n_choices;
@@ -1002,7 +992,8 @@ void engine_stop(engine *e)
     e->cancel_all = CANCEL_SHUTDOWN;
     uv_cond_signal(&e->qcv);
     uv_mutex_unlock(&e->qmu);
-    if (e->threaded) uv_thread_join(&e->th);
+    if (e->threaded)
+        uv_thread_join(&e->th);
     else
         while (engine_iterate(e, 0, NULL) >= 0) {}
     uv_cond_destroy(&e->qcv);

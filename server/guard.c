@@ -36,10 +36,7 @@ typedef struct {
     const char *coding;
 } framing_seen;
 
-static int is_tchar(unsigned char c) /* RFC 9110 token */
-{
-    return isalnum(c) || (c && strchr("!#$%&'*+-.^_`|~", c));
-}
+static int is_tchar(unsigned char c) /* RFC 9110 token */ { return isalnum(c) || (c && strchr("!#$%&'*+-.^_`|~", c)); }
 
 static enum MHD_Result framing_visit(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
 {
@@ -69,7 +66,7 @@ static int is_chunked(const char *v)
 
 int guard_framing(struct MHD_Connection *c, const char *version, api_error *e)
 {
-    framing_seen f = {0};
+    framing_seen f = { 0 };
     MHD_get_connection_values(c, MHD_HEADER_KIND, framing_visit, &f);
     if (f.bad_name) {
         api_error_set(e, 400, "invalid_request_error", NULL, "bad_header",
@@ -112,8 +109,10 @@ static int host_name(const char *host, char *out, size_t cap, int *has_port)
         end = close;
     } else {
         end = strrchr(host, ':');
-        if (end) *has_port = 1;
-        else end = host + strlen(host);
+        if (end)
+            *has_port = 1;
+        else
+            end = host + strlen(host);
     }
     size_t n = (size_t)(end - host);
     if (n == 0 || n >= cap) return -1;
@@ -136,8 +135,7 @@ static int name_is_loopback(const char *name)
 
 int guard_addr_is_loopback(const struct sockaddr *sa)
 {
-    if (sa->sa_family == AF_INET)
-        return (ntohl(((const struct sockaddr_in *)sa)->sin_addr.s_addr) >> 24) == 127;
+    if (sa->sa_family == AF_INET) return (ntohl(((const struct sockaddr_in *)sa)->sin_addr.s_addr) >> 24) == 127;
     if (sa->sa_family == AF_INET6) {
         const struct in6_addr *a = &((const struct sockaddr_in6 *)sa)->sin6_addr;
         return IN6_IS_ADDR_LOOPBACK(a) || (IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127);

@@ -150,16 +150,15 @@ void http_park(server *s, http_req *r)
  * The watch is closed in MHD's connection-closed notification, which MHD makes before
  * it closes the descriptor. */
 
-static void on_watch_closed(uv_handle_t *h)
-{
-    free(h->data);
-}
+static void on_watch_closed(uv_handle_t *h) { free(h->data); }
 
 static void eofs_remove(server *s, http_conn *hc)
 {
     if (!hc->in_eofs) return;
-    if (hc->eof_prev) hc->eof_prev->eof_next = hc->eof_next;
-    else s->eofs = hc->eof_next;
+    if (hc->eof_prev)
+        hc->eof_prev->eof_next = hc->eof_next;
+    else
+        s->eofs = hc->eof_next;
     if (hc->eof_next) hc->eof_next->eof_prev = hc->eof_prev;
     hc->eof_prev = hc->eof_next = NULL;
     hc->in_eofs = 0;
@@ -254,8 +253,8 @@ static int add_common_headers(server *s, struct MHD_Response *resp)
 
 /* Queue resp (and drop our reference).  MHD_NO, which closes the connection, when a
  * header cannot be added or the answer cannot be queued. */
-static enum MHD_Result send_response(server *s, http_req *r, int status, const char *ctype,
-                                     struct MHD_Response *resp, const char *const *headers)
+static enum MHD_Result send_response(server *s, http_req *r, int status, const char *ctype, struct MHD_Response *resp,
+                                     const char *const *headers)
 {
     int ok = !ctype || MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, ctype) == MHD_YES;
     for (int i = 0; ok && headers && headers[i]; i += 2)
@@ -272,17 +271,16 @@ static enum MHD_Result send_response(server *s, http_req *r, int status, const c
     return ret;
 }
 
-enum MHD_Result http_send(server *s, http_req *r, int status, const char *ctype,
-                          const void *data, size_t len, const char *const *headers)
+enum MHD_Result http_send(server *s, http_req *r, int status, const char *ctype, const void *data, size_t len,
+                          const char *const *headers)
 {
-    struct MHD_Response *resp =
-        MHD_create_response_from_buffer(len, (void *)data, MHD_RESPMEM_MUST_COPY);
+    struct MHD_Response *resp = MHD_create_response_from_buffer(len, (void *)data, MHD_RESPMEM_MUST_COPY);
     if (!resp) return MHD_NO;
     return send_response(s, r, status, ctype, resp, headers);
 }
 
-enum MHD_Result http_send_owned(server *s, http_req *r, int status, const char *ctype, char *data,
-                                size_t len, const char *const *headers)
+enum MHD_Result http_send_owned(server *s, http_req *r, int status, const char *ctype, char *data, size_t len,
+                                const char *const *headers)
 {
     struct MHD_Response *resp = MHD_create_response_from_buffer(len, data, MHD_RESPMEM_MUST_FREE);
     if (!resp) {
@@ -298,12 +296,12 @@ static const char OOM_BODY[] = "{\"error\":{\"message\":\"out of memory\",\"type
 
 enum MHD_Result http_send_error(server *s, http_req *r, const api_error *e)
 {
-    const char *retry[] = {"Retry-After", "1", NULL};
-    const char *auth[] = {"WWW-Authenticate", "Bearer", NULL};
+    const char *retry[] = { "Retry-After", "1", NULL };
+    const char *auth[] = { "WWW-Authenticate", "Bearer", NULL };
     char *body = api_error_json(e);
     if (!body) {
-        struct MHD_Response *resp = MHD_create_response_from_buffer(sizeof OOM_BODY - 1, (void *)OOM_BODY,
-                                                                    MHD_RESPMEM_PERSISTENT);
+        struct MHD_Response *resp =
+            MHD_create_response_from_buffer(sizeof OOM_BODY - 1, (void *)OOM_BODY, MHD_RESPMEM_PERSISTENT);
         return resp ? send_response(s, r, 503, "application/json", resp, retry) : MHD_NO;
     }
     const char *const *h = e->status == 503 ? retry : e->status == 401 ? auth : NULL;
@@ -339,7 +337,7 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
     int c = atomic_load(&j->cancel);
     if (c == CANCEL_CLIENT || c == CANCEL_OVERFLOW) return MHD_CONTENT_READER_END_WITH_ERROR;
     int done = 0;
-    json_alloc_failed(); /* forget an earlier failure */
+    json_alloc_failed();                         /* forget an earlier failure */
     size_t n = job_out_take(j, buf, max, &done); /* formats what the engine sent (output_drain) */
     if (json_alloc_failed()) {
         /* as in on_async: these bytes may lack a field, the stream is cut short instead */
@@ -354,17 +352,14 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
     return r->parked ? 0 : MHD_CONTENT_READER_END_WITH_ERROR;
 }
 
-static void stream_free(void *cls)
-{
-    req_unref(cls);
-}
+static void stream_free(void *cls) { req_unref(cls); }
 
 enum MHD_Result http_send_job_body(server *s, http_req *r, int status, const char *const *headers)
 {
     /* the job's outbox holds the whole answer: MHD reads it in blocks (no copy of it) */
     job *j = r->job;
-    struct MHD_Response *resp = MHD_create_response_from_callback(j->out.len - j->out_off, 64 * 1024,
-                                                                  stream_reader, r, stream_free);
+    struct MHD_Response *resp =
+        MHD_create_response_from_callback(j->out.len - j->out_off, 64 * 1024, stream_reader, r, stream_free);
     if (!resp) return MHD_NO;
     r->refs++; /* the response's, dropped by stream_free */
     return send_response(s, r, status, "application/json", resp, headers);
@@ -376,7 +371,7 @@ enum MHD_Result http_send_stream(server *s, http_req *r)
         MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024, stream_reader, r, stream_free);
     if (!resp) return MHD_NO;
     r->refs++; /* the response's, dropped by stream_free */
-    const char *h[] = {MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache", "X-Accel-Buffering", "no", NULL};
+    const char *h[] = { MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache", "X-Accel-Buffering", "no", NULL };
     return send_response(s, r, 200, "text/event-stream", resp, h);
 }
 
@@ -454,7 +449,7 @@ static int method_bit(const char *m)
 static void allow_string(unsigned allowed, char *out, size_t n)
 {
     out[0] = '\0';
-    const char *names[] = {"GET", "HEAD", "POST", "OPTIONS"};
+    const char *names[] = { "GET", "HEAD", "POST", "OPTIONS" };
     for (int i = 0; i < 4; i++) {
         if (!(allowed & (1u << i)) && i != 3) continue;
         if (out[0]) strncat(out, ", ", n - strlen(out) - 1);
@@ -485,23 +480,30 @@ static enum MHD_Result first_call(server *s, http_req *r, struct MHD_Connection 
     if (!guard_host_allowed(&s->hosts, host)) {
         api_error_set(&e, 403, "invalid_request_error", NULL, "host_not_allowed",
                       "Host '%.100s' is not allowed: this server answers loopback names only (it listens "
-                      "on a loopback address); name others with --allowed-hosts", host);
+                      "on a loopback address); name others with --allowed-hosts",
+                      host);
         return http_send_error(s, r, &e);
     }
     unsigned allowed = 0;
     r->route = route_find(r->url, &allowed);
     if (r->route < 0) {
-        api_error_set(&e, 404, "invalid_request_error", NULL, "not_found", "Unknown route %s %.200s",
-                      r->method_s, r->url);
+        api_error_set(&e, 404, "invalid_request_error", NULL, "not_found", "Unknown route %s %.200s", r->method_s,
+                      r->url);
         return http_send_error(s, r, &e);
     }
     char allow[64];
     allow_string(allowed, allow, sizeof allow);
     if (r->method == M_OPTIONS) {
-        const char *cors[] = {"Allow", allow, "Access-Control-Allow-Methods", allow,
-                              "Access-Control-Allow-Headers", "Authorization, Content-Type",
-                              "Access-Control-Max-Age", "86400", NULL};
-        const char *plain[] = {"Allow", allow, NULL};
+        const char *cors[] = { "Allow",
+                               allow,
+                               "Access-Control-Allow-Methods",
+                               allow,
+                               "Access-Control-Allow-Headers",
+                               "Authorization, Content-Type",
+                               "Access-Control-Max-Age",
+                               "86400",
+                               NULL };
+        const char *plain[] = { "Allow", allow, NULL };
         return http_send(s, r, 204, NULL, "", 0, s->cfg.cors_origin ? cors : plain);
     }
     if (!(allowed & (unsigned)r->method)) {
@@ -509,7 +511,7 @@ static enum MHD_Result first_call(server *s, http_req *r, struct MHD_Connection 
                       "Method %s is not allowed on %.200s (allowed: %s)", r->method_s, r->url, allow);
         char *body = api_error_json(&e);
         if (!body) return http_send_oom(s, r);
-        const char *h[] = {"Allow", allow, NULL};
+        const char *h[] = { "Allow", allow, NULL };
         return http_send_owned(s, r, 405, "application/json", body, strlen(body), h);
     }
     /* a web page on another site can send a POST (text/plain needs no preflight): only the
@@ -517,8 +519,7 @@ static enum MHD_Result first_call(server *s, http_req *r, struct MHD_Connection 
     const char *origin = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Origin");
     if (r->method == M_POST && !guard_origin_allowed(origin, host, s->cfg.cors_origin)) {
         api_error_set(&e, 403, "invalid_request_error", NULL, "cross_origin",
-                      "A request from the page at '%.100s' is refused: allow that origin with --cors-origin",
-                      origin);
+                      "A request from the page at '%.100s' is refused: allow that origin with --cors-origin", origin);
         return http_send_error(s, r, &e);
     }
     /* /health and the playground's own files (GET /, its assets: no model access) need no key */
@@ -555,9 +556,8 @@ static enum MHD_Result oom_unrecorded(server *s, struct MHD_Connection *c)
     return ret;
 }
 
-static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char *url,
-                                 const char *method, const char *version, const char *upload,
-                                 size_t *upload_size, void **con_cls)
+static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char *url, const char *method,
+                                 const char *version, const char *upload, size_t *upload_size, void **con_cls)
 {
     server *s = cls;
     http_req *r = *con_cls;
@@ -617,8 +617,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
     return routes_dispatch(s, r);
 }
 
-static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
-                         enum MHD_RequestTerminationCode toe)
+static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode toe)
 {
     (void)c;
     server *s = cls;
@@ -671,11 +670,13 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
         char method[4 * sizeof r->method_s + 4], url[256];
         guard_log_escape(method, sizeof method, r->method_s, sizeof r->method_s);
         guard_log_escape(url, sizeof url, r->url, (size_t)-1);
-        fprintf(stderr, "lmserve: %s %s %d prompt=%d reused=%d completion=%d ttft=%s total=%.1fms%s\n",
-                method, url, status, prompt, cached, completion, tt, total, tl);
+        fprintf(stderr, "lmserve: %s %s %d prompt=%d reused=%d completion=%d ttft=%s total=%.1fms%s\n", method, url,
+                status, prompt, cached, completion, tt, total, tl);
     }
-    if (r->prev) r->prev->next = r->next;
-    else s->reqs = r->next;
+    if (r->prev)
+        r->prev->next = r->next;
+    else
+        s->reqs = r->next;
     if (r->next) r->next->prev = r->prev;
     s->n_reqs--;
     req_unref(r);
@@ -762,7 +763,7 @@ static void on_async(uv_async_t *a)
         job *j = list;
         list = ready_next(s, j);
         json_alloc_failed(); /* forget an earlier failure */
-        output_drain(j); /* format the engine's events now: overflow is seen even if nobody reads */
+        output_drain(j);     /* format the engine's events now: overflow is seen even if nobody reads */
         if (json_alloc_failed() && j->req) {
             /* a JSON value could not be built: what was formatted may lack a field, so
              * the request ends here (503, or a stream cut short) rather than send it */
@@ -820,9 +821,9 @@ static void on_signal(uv_signal_t *h, int signum)
 /* Close every handle server_new initialised (each once); uv_run then completes the closes. */
 static void close_handles(server *s)
 {
-    uv_handle_t *h[] = {(uv_handle_t *)&s->async, (uv_handle_t *)&s->mhd_poll, (uv_handle_t *)&s->mhd_timer,
-                        (uv_handle_t *)&s->drain_timer, (uv_handle_t *)&s->force_timer,
-                        (uv_handle_t *)&s->sigint, (uv_handle_t *)&s->sigterm};
+    uv_handle_t *h[] = { (uv_handle_t *)&s->async,       (uv_handle_t *)&s->mhd_poll,    (uv_handle_t *)&s->mhd_timer,
+                         (uv_handle_t *)&s->drain_timer, (uv_handle_t *)&s->force_timer, (uv_handle_t *)&s->sigint,
+                         (uv_handle_t *)&s->sigterm };
     for (unsigned i = 0; i < sizeof h / sizeof h[0]; i++)
         if ((s->handles & (1u << i)) && !uv_is_closing(h[i])) uv_close(h[i], NULL);
 }
@@ -902,7 +903,7 @@ enum { H_ASYNC = 1, H_POLL = 2, H_TIMER = 4, H_DRAIN = 8, H_FORCE = 16, H_SIGINT
 static int setup_model(server *s, const server_config *cfg)
 {
     char err[512] = "";
-    model_load_opts lo = {.tokenizer_path = cfg->tokenizer_path, .n_threads = cfg->threads};
+    model_load_opts lo = { .tokenizer_path = cfg->tokenizer_path, .n_threads = cfg->threads };
     int lrc = model_load(&s->m, cfg->model_path, &lo, err, sizeof err);
     if (lrc < 0) {
         fprintf(stderr, "lmserve: cannot load model: %s\n", err[0] ? err : model_strerror(lrc));
@@ -911,13 +912,21 @@ static int setup_model(server *s, const server_config *cfg)
     model_set_kv_f16(s->m, cfg->kv_f16);
     const model_info *mi = model_get_info(s->m);
     s->ctx = cfg->ctx > 0 && cfg->ctx < mi->ctx_len ? cfg->ctx : mi->ctx_len;
-    if (cfg->model_id) snprintf(s->model_id, sizeof s->model_id, "%s", cfg->model_id);
-    else default_model_id(cfg->model_path, mi, s->model_id, sizeof s->model_id);
-    s->vc = (validate_ctx){
-        .model_id = s->model_id, .vocab = mi->vocab_size, .ctx = s->ctx, .add_bos = mi->add_bos,
-        .bos_id = mi->bos_id, .max_tokens_limit = cfg->max_tokens_limit, .max_choices = cfg->max_choices,
-        .context_overflow = cfg->context_overflow, .response_limit = cfg->response_limit,
-        .tokenize = tokenize_cb, .tok_cls = s->m};
+    if (cfg->model_id)
+        snprintf(s->model_id, sizeof s->model_id, "%s", cfg->model_id);
+    else
+        default_model_id(cfg->model_path, mi, s->model_id, sizeof s->model_id);
+    s->vc = (validate_ctx){ .model_id = s->model_id,
+                            .vocab = mi->vocab_size,
+                            .ctx = s->ctx,
+                            .add_bos = mi->add_bos,
+                            .bos_id = mi->bos_id,
+                            .max_tokens_limit = cfg->max_tokens_limit,
+                            .max_choices = cfg->max_choices,
+                            .context_overflow = cfg->context_overflow,
+                            .response_limit = cfg->response_limit,
+                            .tokenize = tokenize_cb,
+                            .tok_cls = s->m };
     if (constraint_vocab_from_model(s->m, &s->cvocab) != SAMPLER_OK ||
         !(s->constraints = constraint_table_new(s->cvocab, CONSTRAINT_TABLE_SIZE))) {
         fprintf(stderr, "lmserve: out of memory building the vocabulary trie\n");
@@ -941,7 +950,7 @@ static int setup_model(server *s, const server_config *cfg)
 /* libmicrohttpd listening on cfg->host:cfg->port, and s->port the port it got. */
 static int setup_listener(server *s, const server_config *cfg)
 {
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE};
+    struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE };
     struct addrinfo *ai = NULL;
     char port_s[16];
     snprintf(port_s, sizeof port_s, "%d", cfg->port);
@@ -958,15 +967,11 @@ static int setup_listener(server *s, const server_config *cfg)
     /* No MHD_OPTION_LISTENING_ADDRESS_REUSE: MHD's default (SO_REUSEADDR) lets a restart
      * bind while old connections linger in TIME_WAIT, and SO_REUSEPORT, which that option
      * adds, would let a second server share a busy port and take some of its clients. */
-    s->d = MHD_start_daemon(flags, (uint16_t)cfg->port, NULL, NULL, on_access, s,
-                            MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
-                            MHD_OPTION_SOCK_ADDR, ai->ai_addr,
-                            MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
-                            MHD_OPTION_NOTIFY_CONNECTION, on_connection, s,
-                            MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->max_connections,
-                            MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)per_ip,
-                            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->timeout,
-                            MHD_OPTION_END);
+    s->d = MHD_start_daemon(flags, (uint16_t)cfg->port, NULL, NULL, on_access, s, MHD_OPTION_EXTERNAL_LOGGER, mhd_log,
+                            NULL, MHD_OPTION_SOCK_ADDR, ai->ai_addr, MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
+                            MHD_OPTION_NOTIFY_CONNECTION, on_connection, s, MHD_OPTION_CONNECTION_LIMIT,
+                            (unsigned)cfg->max_connections, MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)per_ip,
+                            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->timeout, MHD_OPTION_END);
     int listen_errno = errno;
     s->ipv6 = ai->ai_family == AF_INET6;
     int on_loopback = guard_addr_is_loopback(ai->ai_addr);
@@ -1050,11 +1055,19 @@ int server_new(server **out, const server_config *cfg)
     if (uv_async_init(&s->loop, &s->async, on_async) != 0) goto fail;
     s->handles |= H_ASYNC;
     s->async.data = s;
-    engine_config ec = {
-        .model = s->m, .parallel = cfg->parallel, .ctx = s->ctx, .queue = cfg->queue,
-        .prefill_chunk = cfg->prefill_chunk, .step_budget = cfg->step_budget,
-        .outbox_limit = cfg->outbox_limit, .response_limit = cfg->response_limit, .metrics = &s->met, .notify = notify, .notify_cls = s,
-        .cache_bytes = cfg->cache_mb < 0 ? kv_store_default_budget(s->m, s->ctx) : (size_t)cfg->cache_mb << 20};
+    engine_config ec = { .model = s->m,
+                         .parallel = cfg->parallel,
+                         .ctx = s->ctx,
+                         .queue = cfg->queue,
+                         .prefill_chunk = cfg->prefill_chunk,
+                         .step_budget = cfg->step_budget,
+                         .outbox_limit = cfg->outbox_limit,
+                         .response_limit = cfg->response_limit,
+                         .metrics = &s->met,
+                         .notify = notify,
+                         .notify_cls = s,
+                         .cache_bytes =
+                             cfg->cache_mb < 0 ? kv_store_default_budget(s->m, s->ctx) : (size_t)cfg->cache_mb << 20 };
     if (engine_start(&s->eng, &ec) < 0) {
         what = "cannot start the engine thread";
         goto fail;
@@ -1062,20 +1075,25 @@ int server_new(server **out, const server_config *cfg)
     if (setup_handles(s) < 0) goto fail;
 
     const model_info *mi = model_get_info(s->m);
-    fprintf(stderr, "lmserve: model %s (%s %s, %d layers, dim %d, vocab %d, ctx %d), %d slots, queue %d, "
-                    "prefix cache %zu MiB\n",
-            s->model_id, mi->arch, mi->weight_type, mi->n_layers, mi->dim, mi->vocab_size, s->ctx,
-            cfg->parallel, cfg->queue, ec.cache_bytes >> 20);
+    fprintf(stderr,
+            "lmserve: model %s (%s %s, %d layers, dim %d, vocab %d, ctx %d), %d slots, queue %d, "
+            "prefix cache %zu MiB\n",
+            s->model_id, mi->arch, mi->weight_type, mi->n_layers, mi->dim, mi->vocab_size, s->ctx, cfg->parallel,
+            cfg->queue, ec.cache_bytes >> 20);
     if (s->chat.error[0])
-        fprintf(stderr, "lmserve: warning: the model's chat template is not understood (%s): chat requests "
-                        "will be refused (501); choose one with --chat-template NAME|FILE, or 'none' for plain "
-                        "'role: content' lines\n", s->chat.error);
+        fprintf(stderr,
+                "lmserve: warning: the model's chat template is not understood (%s): chat requests "
+                "will be refused (501); choose one with --chat-template NAME|FILE, or 'none' for plain "
+                "'role: content' lines\n",
+                s->chat.error);
     else if (s->chat.tpl)
         fprintf(stderr, "lmserve: chat template: %s (%s)%s%s\n", s->chat.name,
                 !strcmp(s->chat.source, "model") ? "from the model" : s->chat.source,
                 s->chat.stop_token >= 0 || s->chat.stop_is_text ? ", stops at " : "", s->chat.stop_text);
-    if (s->ipv6) fprintf(stderr, "lmserve: listening on http://[%s]:%d\n", cfg->host, s->port);
-    else fprintf(stderr, "lmserve: listening on http://%s:%d\n", cfg->host, s->port);
+    if (s->ipv6)
+        fprintf(stderr, "lmserve: listening on http://[%s]:%d\n", cfg->host, s->port);
+    else
+        fprintf(stderr, "lmserve: listening on http://%s:%d\n", cfg->host, s->port);
     fflush(stderr);
     *out = s;
     return 0;
@@ -1087,10 +1105,7 @@ fail_quiet:
     return -1;
 }
 
-int server_port(const server *s)
-{
-    return s->port;
-}
+int server_port(const server *s) { return s->port; }
 
 int server_run(server *s)
 {

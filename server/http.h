@@ -15,8 +15,16 @@ struct model;
 enum { M_GET = 1, M_HEAD = 2, M_POST = 4, M_OPTIONS = 8, M_OTHER = 16 };
 
 enum {
-    ROUTE_COMPLETIONS, ROUTE_CHAT, ROUTE_MODELS, ROUTE_MODEL, ROUTE_HEALTH, ROUTE_METRICS,
-    ROUTE_TOKENIZE, ROUTE_DETOKENIZE, ROUTE_TOKENIZER_INFO, ROUTE_STATIC,
+    ROUTE_COMPLETIONS,
+    ROUTE_CHAT,
+    ROUTE_MODELS,
+    ROUTE_MODEL,
+    ROUTE_HEALTH,
+    ROUTE_METRICS,
+    ROUTE_TOKENIZE,
+    ROUTE_DETOKENIZE,
+    ROUTE_TOKENIZER_INFO,
+    ROUTE_STATIC,
 };
 
 typedef struct http_conn http_conn;
@@ -26,52 +34,52 @@ struct http_conn {
     server *srv;
     struct MHD_Connection *mc;
     int fd;
-    uv_poll_t watch;           /* UV_DISCONNECT on fd, stopped once it fires */
-    int peer_closed;           /* the client has closed (FIN or reset) */
-    http_req *req;             /* the request in progress on it, or NULL */
+    uv_poll_t watch;                /* UV_DISCONNECT on fd, stopped once it fires */
+    int peer_closed;                /* the client has closed (FIN or reset) */
+    http_req *req;                  /* the request in progress on it, or NULL */
     http_conn *eof_prev, *eof_next; /* srv->eofs: closed by the client, MHD not yet told */
     int in_eofs;
 };
 
 struct http_req {
-    int refs;                  /* MHD's con_cls + a streaming response */
+    int refs; /* MHD's con_cls + a streaming response */
     server *srv;
     struct MHD_Connection *conn;
-    http_conn *hc;             /* NULL once the request is completed */
-    int route;                 /* ROUTE_* or -1 */
-    int method;                /* M_* */
+    http_conn *hc; /* NULL once the request is completed */
+    int route;     /* ROUTE_* or -1 */
+    int method;    /* M_* */
     char method_s[12];
     char *url;
-    double t0;                 /* arrival: the request's headers are in */
-    double t_out;              /* a stream's first bytes taken by the connection (0: none yet) */
+    double t0;    /* arrival: the request's headers are in */
+    double t_out; /* a stream's first bytes taken by the connection (0: none yet) */
     sbuf body;
     int too_large;
-    int oom;                   /* the body could not be stored: answered 503 */
-    int out_broken;            /* its job's output could not be formatted whole (on_async) */
+    int oom;        /* the body could not be stored: answered 503 */
+    int out_broken; /* its job's output could not be formatted whole (on_async) */
     job *job;
-    int waiting;               /* a non-streamed job is running; the handler answers on resume */
-    int parked;                /* suspended by us */
+    int waiting; /* a non-streamed job is running; the handler answers on resume */
+    int parked;  /* suspended by us */
     int status;
-    int close;                 /* close the connection after the answer (bad framing) */
+    int close; /* close the connection after the answer (bad framing) */
     /* Work done off the loop thread (http_offload): parsing, validating, tokenizing. */
     uv_work_t work;
-    void (*work_fn)(http_req *r);         /* on a libuv worker thread */
+    void (*work_fn)(http_req *r);                         /* on a libuv worker thread */
     enum MHD_Result (*finish_fn)(server *s, http_req *r); /* on the loop thread, in the handler */
-    int working;               /* work_fn is running (or queued) */
-    int worked;                /* work_fn is done: finish_fn answers on resume */
+    int working;                                          /* work_fn is running (or queued) */
+    int worked;                                           /* work_fn is done: finish_fn answers on resume */
     /* the work's results */
-    int wrc;                   /* 0 or -1 with werr set */
+    int wrc; /* 0 or -1 with werr set */
     api_error werr;
-    job_params wp;             /* completions (freed with r unless a job took them) */
-    char *wbody;               /* tokenize/detokenize: the answer's JSON (freed with r) */
+    job_params wp; /* completions (freed with r unless a job took them) */
+    char *wbody;   /* tokenize/detokenize: the answer's JSON (freed with r) */
     size_t wbody_len;
-    http_req *prev, *next;     /* srv->reqs */
+    http_req *prev, *next; /* srv->reqs */
 };
 
 /* The Host names a server answers (guard.c). */
 typedef struct {
-    int check;                 /* 0: any Host */
-    char **names;              /* --allowed-hosts, lower case; ".example.com": it and its subdomains */
+    int check;    /* 0: any Host */
+    char **names; /* --allowed-hosts, lower case; ".example.com": it and its subdomains */
     int n;
 } guard_hosts;
 
@@ -80,10 +88,10 @@ struct server {
     guard_hosts hosts;
     struct model *m;
     char model_id[256];
-    chat_cfg chat;             /* [const] how chats are rendered (chat.c) */
-    char server_header[96];    /* "lmserve/VERSION" */
+    chat_cfg chat;          /* [const] how chats are rendered (chat.c) */
+    char server_header[96]; /* "lmserve/VERSION" */
     validate_ctx vc;
-    sampler_vocab *cvocab;     /* the model's tokens for constraints */
+    sampler_vocab *cvocab;                /* the model's tokens for constraints */
     struct constraint_table *constraints; /* compiled grammars by text (constraint.h) */
     engine *eng;
     metrics met;
@@ -101,10 +109,10 @@ struct server {
     int n_conns;
     int draining, finishing;
     int ctx;
-    int port, ipv6;            /* where it listens */
-    unsigned handles;          /* H_* (http.c): the loop handles initialised */
+    int port, ipv6;                /* where it listens */
+    unsigned handles;              /* H_* (http.c): the loop handles initialised */
     int loop_ok, mutex_ok, met_ok; /* what server_free must undo */
-    int busy_depth;            /* the loop thread's time in callbacks (http.c) */
+    int busy_depth;                /* the loop thread's time in callbacks (http.c) */
     double busy_t0, loop_busy_total, loop_busy_max;
 };
 
@@ -131,12 +139,12 @@ int guard_origin_allowed(const char *origin, const char *host, const char *cors_
 size_t guard_log_escape(char *out, size_t cap, const char *s, size_t max_in);
 
 /* http.c */
-enum MHD_Result http_send(server *s, http_req *r, int status, const char *ctype,
-                          const void *data, size_t len, const char *const *headers);
+enum MHD_Result http_send(server *s, http_req *r, int status, const char *ctype, const void *data, size_t len,
+                          const char *const *headers);
 /* The same with a malloc'd body that the response takes (freed with it, even on failure):
  * no copy of a large answer on the loop thread. */
-enum MHD_Result http_send_owned(server *s, http_req *r, int status, const char *ctype, char *data,
-                                size_t len, const char *const *headers);
+enum MHD_Result http_send_owned(server *s, http_req *r, int status, const char *ctype, char *data, size_t len,
+                                const char *const *headers);
 enum MHD_Result http_send_error(server *s, http_req *r, const api_error *e);
 /* 503 out_of_memory; MHD_NO (the connection closes) when not even that can be sent. */
 enum MHD_Result http_send_oom(server *s, http_req *r);

@@ -41,15 +41,12 @@ job *job_new(server *srv, job_params *p, const char *model_id)
     j->t_submit = srv_now();
     j->status = 200;
     unsigned long k = atomic_fetch_add(&job_counter, 1) + 1;
-    snprintf(j->id, sizeof j->id, "%s-%lx%06lx", j->p.kind == JOB_CHAT ? "chatcmpl" : "cmpl",
-             (unsigned long)j->created, k & 0xFFFFFFul);
+    snprintf(j->id, sizeof j->id, "%s-%lx%06lx", j->p.kind == JOB_CHAT ? "chatcmpl" : "cmpl", (unsigned long)j->created,
+             k & 0xFFFFFFul);
     return j;
 }
 
-void job_ref(job *j)
-{
-    atomic_fetch_add(&j->refs, 1);
-}
+void job_ref(job *j) { atomic_fetch_add(&j->refs, 1); }
 
 void job_unref(job *j)
 {
@@ -98,10 +95,7 @@ job_event *job_event_new(int type, int choice, const char *text, size_t n, size_
     return ev;
 }
 
-void *job_event_extra(job_event *ev)
-{
-    return (char *)ev + extra_offset(ev->text_len);
-}
+void *job_event_extra(job_event *ev) { return (char *)ev + extra_offset(ev->text_len); }
 
 void job_event_free(job_event *ev)
 {
@@ -114,8 +108,10 @@ void job_emit(job *j, job_event *ev)
 {
     ev->next = NULL;
     uv_mutex_lock(&j->mu);
-    if (j->ev_tail) j->ev_tail->next = ev;
-    else j->ev_head = ev;
+    if (j->ev_tail)
+        j->ev_tail->next = ev;
+    else
+        j->ev_head = ev;
     j->ev_tail = ev;
     uv_mutex_unlock(&j->mu);
 }

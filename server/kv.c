@@ -40,7 +40,4 @@ int seq_kv_sync(seq_kv *kv, const int32_t *window, int n, int reuse)
     return keep;
 }
 
-int seq_kv_len(const seq_kv *kv)
-{
-    return model_seq_len(kv->seq);
-}
+int seq_kv_len(const seq_kv *kv) { return model_seq_len(kv->seq); }

@@ -33,12 +33,12 @@
 enum { LP_TOKENS, LP_TOKEN_LOGPROBS, LP_TOP_LOGPROBS, LP_TEXT_OFFSET, LP_N }; /* chat: LP_TOKENS only */
 
 struct out_choice {
-    sbuf text;                 /* non-streamed: the choice's text */
-    sbuf lp[LP_N];             /* non-streamed: rendered logprobs entries, comma-separated
+    sbuf text;     /* non-streamed: the choice's text */
+    sbuf lp[LP_N]; /* non-streamed: rendered logprobs entries, comma-separated
                                 * (completions: the four arrays; chat: "content" in lp[0]) */
-    sbuf trace;                /* non-streamed: rendered sampler_trace steps, comma-separated */
+    sbuf trace;    /* non-streamed: rendered sampler_trace steps, comma-separated */
     const char *finish;
-    int started;               /* chat stream: the role delta went out */
+    int started; /* chat stream: the role delta went out */
 };
 
 /* ---- the one append path ---------------------------------------------------------------- */
@@ -85,10 +85,7 @@ static int out_put(job *j, sbuf *dst, const char *data, size_t n)
     return 0;
 }
 
-static int out_lit(job *j, sbuf *dst, const char *s)
-{
-    return out_put(j, dst, s, strlen(s));
-}
+static int out_lit(job *j, sbuf *dst, const char *s) { return out_put(j, dst, s, strlen(s)); }
 
 /* Render v (stolen) as JSON text into dst; NULL v is an allocation failure. */
 static int out_json(job *j, sbuf *dst, json_t *v)
@@ -122,7 +119,7 @@ static int out_sse(job *j, json_t *o)
         return -1;
     }
     size_t n = strlen(s);
-    sbuf ev = {0};
+    sbuf ev = { 0 };
     int rc = -1;
     if (sbuf_append(&ev, "data: ", 6) == 0 && sbuf_append(&ev, s, n) == 0 && sbuf_append(&ev, "\n\n", 2) == 0)
         rc = out_put(j, &j->out, ev.data, ev.len);
@@ -152,7 +149,7 @@ static void choice_bufs_free(job *j, out_choice *c)
 static int part_move(job *j, sbuf *dst, sbuf *part)
 {
     sbuf b = *part;
-    *part = (sbuf){0};
+    *part = (sbuf){ 0 };
     output_account(j, -(ptrdiff_t)b.len);
     int rc = out_put(j, dst, b.data ? b.data : "", b.len);
     sbuf_free(&b);
@@ -169,10 +166,7 @@ void output_free(job *j)
 
 /* ---- logprobs entries ------------------------------------------------------------------- */
 
-static json_t *num(float v)
-{
-    return json_real(isfinite(v) ? (double)v : -9999.0);
-}
+static json_t *num(float v) { return json_real(isfinite(v) ? (double)v : -9999.0); }
 
 static const char *token_bytes(const job *j, int32_t id, size_t *n)
 {
@@ -245,22 +239,18 @@ static void lp_parts(const job *j, int32_t id, const sampler_choice *c, size_t o
     part[LP_TEXT_OFFSET] = json_integer((json_int_t)offset);
 }
 
-static int lp_nparts(const job *j)
-{
-    return j->p.kind == JOB_CHAT ? 1 : LP_N;
-}
+static int lp_nparts(const job *j) { return j->p.kind == JOB_CHAT ? 1 : LP_N; }
 
 static const char *const lp_keys[2][LP_N] = {
-    {"tokens", "token_logprobs", "top_logprobs", "text_offset"},
-    {"content", NULL, NULL, NULL},
+    { "tokens", "token_logprobs", "top_logprobs", "text_offset" },
+    { "content", NULL, NULL, NULL },
 };
 
 /* A stream's logprobs object for entries about to be added (empty arrays). */
 static json_t *lp_object_new(const job *j)
 {
     json_t *o = json_object();
-    for (int k = 0; o && k < lp_nparts(j); k++)
-        json_object_set_new(o, lp_keys[j->p.kind == JOB_CHAT][k], json_array());
+    for (int k = 0; o && k < lp_nparts(j); k++) json_object_set_new(o, lp_keys[j->p.kind == JOB_CHAT][k], json_array());
     return o;
 }
 
@@ -303,10 +293,7 @@ size_t output_min_token_bytes(int kind, int logprobs, int vocab)
 
 /* ---- sampler trace ---------------------------------------------------------------------- */
 
-static json_t *trace_token_text(void *cls, int32_t id)
-{
-    return token_json(cls, id);
-}
+static json_t *trace_token_text(void *cls, int32_t id) { return token_json(cls, id); }
 
 /* A stream chunk's "sampler_trace": [step], or NULL (and the job failed) if out of memory. */
 static json_t *trace_array(job *j, const sampler_trace *t)
@@ -335,8 +322,7 @@ static json_t *envelope(const job *j, int chunk)
     json_t *o = json_object();
     if (!o) return NULL;
     json_object_set_new(o, "id", json_string(j->id));
-    const char *obj = j->p.kind == JOB_CHAT ? (chunk ? "chat.completion.chunk" : "chat.completion")
-                                            : "text_completion";
+    const char *obj = j->p.kind == JOB_CHAT ? (chunk ? "chat.completion.chunk" : "chat.completion") : "text_completion";
     json_object_set_new(o, "object", json_string(obj));
     json_object_set_new(o, "created", json_integer(j->created));
     json_object_set_new(o, "model", json_string(j->model_id));
@@ -411,8 +397,10 @@ static void on_prompt(job *j, out_choice *oc, const job_event *ev)
             return;
         }
     }
-    if (j->p.stream) chunk(j, ev->choice, ev->text, ev->text_len, lp, NULL, NULL, 0);
-    else out_put(j, &oc->text, ev->text, ev->text_len);
+    if (j->p.stream)
+        chunk(j, ev->choice, ev->text, ev->text_len, lp, NULL, NULL, 0);
+    else
+        out_put(j, &oc->text, ev->text, ev->text_len);
 }
 
 static void on_token(job *j, out_choice *oc, const job_event *ev)
@@ -608,9 +596,12 @@ void output_drain(job *j)
         job_event *next = ev->next;
         if (j->outc && !out_stopped(j) && !j->out_failed && ev->choice >= 0 && ev->choice < j->n_choices) {
             out_choice *oc = &j->outc[ev->choice];
-            if (ev->type == EV_PROMPT) on_prompt(j, oc, ev);
-            else if (ev->type == EV_TOKEN) on_token(j, oc, ev);
-            else if (ev->type == EV_FINISH) on_finish(j, oc, ev);
+            if (ev->type == EV_PROMPT)
+                on_prompt(j, oc, ev);
+            else if (ev->type == EV_TOKEN)
+                on_token(j, oc, ev);
+            else if (ev->type == EV_FINISH)
+                on_finish(j, oc, ev);
         }
         job_event_free(ev);
         ev = next;

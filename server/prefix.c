@@ -77,10 +77,14 @@ int kv_store_new(kv_store **out, size_t budget, int slots)
 
 static void entry_unlink(kv_store *st, kv_entry *en)
 {
-    if (en->prev) en->prev->next = en->next;
-    else st->head = en->next;
-    if (en->next) en->next->prev = en->prev;
-    else st->tail = en->prev;
+    if (en->prev)
+        en->prev->next = en->next;
+    else
+        st->head = en->next;
+    if (en->next)
+        en->next->prev = en->prev;
+    else
+        st->tail = en->prev;
     en->prev = en->next = NULL;
 }
 
@@ -88,8 +92,10 @@ static void entry_push_front(kv_store *st, kv_entry *en)
 {
     en->prev = NULL;
     en->next = st->head;
-    if (st->head) st->head->prev = en;
-    else st->tail = en;
+    if (st->head)
+        st->head->prev = en;
+    else
+        st->tail = en;
     st->head = en;
 }
 
@@ -126,7 +132,7 @@ size_t kv_store_default_budget(const struct model *m, int ctx)
 
 void kv_store_get_stats(const kv_store *st, kv_store_stats *out)
 {
-    *out = (kv_store_stats){0};
+    *out = (kv_store_stats){ 0 };
     if (!st) return;
     out->bytes = st->bytes;
     out->entries = st->n_entries;
@@ -198,8 +204,8 @@ int seq_kv_reuse(seq_kv *kv, const int32_t *w, int n, int n_top, sampler_choice 
         if (k > best) best = k, src = o, from = NULL;
     }
     for (kv_entry *en = st->head; en; en = en->next) {
-        int k = usable(w, n, model_seq_tokens(en->kv.seq), model_seq_len(en->kv.seq), scoring,
-                       scores_for(&en->kv, n_top));
+        int k =
+            usable(w, n, model_seq_tokens(en->kv.seq), model_seq_len(en->kv.seq), scoring, scores_for(&en->kv, n_top));
         if (k > best) best = k, src = &en->kv, from = en;
     }
     if (!src) return 0;

@@ -96,7 +96,7 @@ size_t utf8_count(const char *s, size_t n)
 json_t *json_bytes(const char *s, size_t n)
 {
     if (utf8_valid_prefix(s, n) == n) return json_stringn(s, n);
-    sbuf b = {0};
+    sbuf b = { 0 };
     size_t i = 0;
     while (i < n) { /* one U+FFFD per ill-formed part, as the detokenizer does */
         uint32_t cp;
@@ -115,8 +115,8 @@ json_t *json_bytes(const char *s, size_t n)
 
 /* ---- Errors ------------------------------------------------------------------------ */
 
-void api_error_set(api_error *e, int status, const char *type, const char *param,
-                   const char *code, const char *fmt, ...)
+void api_error_set(api_error *e, int status, const char *type, const char *param, const char *code, const char *fmt,
+                   ...)
 {
     e->status = status;
     e->type = type;
@@ -144,8 +144,7 @@ char *api_error_json(const api_error *e)
 
 /* ---- Stop strings ----------------------------------------------------------------- */
 
-int stop_matcher_push(stop_matcher *sm, char *const *stops, int n_stops,
-                      const char *text, size_t n, size_t *release)
+int stop_matcher_push(stop_matcher *sm, char *const *stops, int n_stops, const char *text, size_t n, size_t *release)
 {
     if (n && sbuf_append(&sm->pending, text, n) < 0) {
         *release = 0;

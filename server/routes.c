@@ -15,18 +15,12 @@ typedef struct {
 } route_def;
 
 static const route_def routes[] = {
-    {"/v1/completions", 0, ROUTE_COMPLETIONS, M_POST},
-    {"/completions", 0, ROUTE_COMPLETIONS, M_POST},
-    {"/v1/chat/completions", 0, ROUTE_CHAT, M_POST},
-    {"/chat/completions", 0, ROUTE_CHAT, M_POST},
-    {"/v1/models", 0, ROUTE_MODELS, M_GET | M_HEAD},
-    {"/models", 0, ROUTE_MODELS, M_GET | M_HEAD},
-    {"/v1/models/", 1, ROUTE_MODEL, M_GET | M_HEAD},
-    {"/health", 0, ROUTE_HEALTH, M_GET | M_HEAD},
-    {"/metrics", 0, ROUTE_METRICS, M_GET | M_HEAD},
-    {"/tokenize", 0, ROUTE_TOKENIZE, M_POST},
-    {"/detokenize", 0, ROUTE_DETOKENIZE, M_POST},
-    {"/tokenizer_info", 0, ROUTE_TOKENIZER_INFO, M_GET | M_HEAD},
+    { "/v1/completions", 0, ROUTE_COMPLETIONS, M_POST }, { "/completions", 0, ROUTE_COMPLETIONS, M_POST },
+    { "/v1/chat/completions", 0, ROUTE_CHAT, M_POST },   { "/chat/completions", 0, ROUTE_CHAT, M_POST },
+    { "/v1/models", 0, ROUTE_MODELS, M_GET | M_HEAD },   { "/models", 0, ROUTE_MODELS, M_GET | M_HEAD },
+    { "/v1/models/", 1, ROUTE_MODEL, M_GET | M_HEAD },   { "/health", 0, ROUTE_HEALTH, M_GET | M_HEAD },
+    { "/metrics", 0, ROUTE_METRICS, M_GET | M_HEAD },    { "/tokenize", 0, ROUTE_TOKENIZE, M_POST },
+    { "/detokenize", 0, ROUTE_DETOKENIZE, M_POST },      { "/tokenizer_info", 0, ROUTE_TOKENIZER_INFO, M_GET | M_HEAD },
 };
 
 int route_find(const char *url, unsigned *allowed)
@@ -87,7 +81,7 @@ static enum MHD_Result get_static(server *s, http_req *r)
         return http_send_error(s, r, &e);
     }
     const char *inm = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_IF_NONE_MATCH);
-    const char *h[] = {"ETag", f.etag, "Cache-Control", "no-cache", NULL};
+    const char *h[] = { "ETag", f.etag, "Cache-Control", "no-cache", NULL };
     if (f.etag && inm && strstr(inm, f.etag)) return http_send(s, r, 304, NULL, "", 0, h);
     return http_send(s, r, 200, f.content_type, f.data, f.len, f.etag ? h : h + 2);
 }
@@ -112,8 +106,8 @@ static json_t *parse_body(const http_req *r, api_error *e)
         return NULL;
     }
     if (!root) {
-        api_error_set(e, 400, "invalid_request_error", NULL, "invalid_json",
-                      "request body is not valid JSON: %s", je.text);
+        api_error_set(e, 400, "invalid_request_error", NULL, "invalid_json", "request body is not valid JSON: %s",
+                      je.text);
         return NULL;
     }
     if (!json_is_object(root)) {
@@ -218,9 +212,11 @@ static void tokenize_work(http_req *r)
     json_t *c = json_object_get(root, key);
     int add = 1, pieces = 0, special = 0;
     if (!json_is_string(c)) {
-        if (!c) api_error_set(e, 400, "invalid_request_error", "content", "missing_required_parameter",
-                              "'content' (or 'prompt') is required");
-        else api_error_set(e, 400, "invalid_request_error", key, "invalid_type", "'%s' must be a string", key);
+        if (!c)
+            api_error_set(e, 400, "invalid_request_error", "content", "missing_required_parameter",
+                          "'content' (or 'prompt') is required");
+        else
+            api_error_set(e, 400, "invalid_request_error", key, "invalid_type", "'%s' must be a string", key);
         goto out;
     }
     if (opt_bool(root, "add_special", 1, &add, e) < 0 || opt_bool(root, "add_special_tokens", add, &add, e) < 0 ||
@@ -250,7 +246,8 @@ static void detokenize_work(http_req *r)
     if (!root) return;
     json_t *t = json_object_get(root, "tokens");
     if (!json_is_array(t)) {
-        api_error_set(e, 400, "invalid_request_error", "tokens", "invalid_type", "'tokens' must be an array of token ids");
+        api_error_set(e, 400, "invalid_request_error", "tokens", "invalid_type",
+                      "'tokens' must be an array of token ids");
         json_decref(root);
         return;
     }
@@ -335,8 +332,8 @@ static json_t *token_text_json(server *s, int32_t id)
 static enum MHD_Result get_tokenizer_info(server *s, http_req *r)
 {
     const model_info *mi = model_get_info(s->m);
-    const char *cls = !mi->tokenizer ? "unknown"
-                      : !strcmp(mi->tokenizer, "sentencepiece") ? "LlamaTokenizer"
+    const char *cls = !mi->tokenizer                             ? "unknown"
+                      : !strcmp(mi->tokenizer, "sentencepiece")  ? "LlamaTokenizer"
                       : !strcmp(mi->tokenizer, "byte-level-bpe") ? "GPT2Tokenizer"
                                                                  : "PreTrainedTokenizerFast";
     json_t *o = json_object();
@@ -375,8 +372,7 @@ static enum MHD_Result completion_finish(server *s, http_req *r)
     if (!j) return http_send_oom(s, r);
     if (engine_submit(s->eng, j) < 0) {
         job_unref(j);
-        api_error_set(&e, 503, "server_error", NULL, "queue_full",
-                      "the server is busy (queue full); retry later");
+        api_error_set(&e, 503, "server_error", NULL, "queue_full", "the server is busy (queue full); retry later");
         return http_send_error(s, r, &e);
     }
     r->job = j; /* the request's reference */
@@ -416,7 +412,8 @@ enum MHD_Result routes_resume(server *s, http_req *r)
         return MHD_YES;
     }
     r->waiting = 0;
-    return http_send_job_body(s, r, j->status, j->status == 503 ? (const char *const[]){"Retry-After", "1", NULL} : NULL);
+    return http_send_job_body(s, r, j->status,
+                              j->status == 503 ? (const char *const[]){ "Retry-After", "1", NULL } : NULL);
 }
 
 enum MHD_Result routes_dispatch(server *s, http_req *r)
@@ -460,22 +457,23 @@ enum MHD_Result routes_dispatch(server *s, http_req *r)
         return http_send_json(s, r, 200, model_card(s));
     }
     case ROUTE_METRICS: {
-        sbuf b = {0};
+        sbuf b = { 0 };
         int q = 0, rr = 0, rs = 0;
         engine_stats(s->eng, &q, &rr, &rs);
         int bad = metrics_render(&s->met, &b, q, rr, rs, s->cfg.parallel) < 0;
-        bad |= sbuf_printf(&b, "# HELP lmserve_loop_busy_seconds_total CPU time the loop thread spent in its callbacks.\n"
-                               "# TYPE lmserve_loop_busy_seconds_total counter\nlmserve_loop_busy_seconds_total %.6f\n"
-                               "# HELP lmserve_loop_busy_max_seconds Longest CPU time of one loop callback, during "
-                               "which every other connection waited.\n"
-                               "# TYPE lmserve_loop_busy_max_seconds gauge\nlmserve_loop_busy_max_seconds %.6f\n",
+        bad |= sbuf_printf(&b,
+                           "# HELP lmserve_loop_busy_seconds_total CPU time the loop thread spent in its callbacks.\n"
+                           "# TYPE lmserve_loop_busy_seconds_total counter\nlmserve_loop_busy_seconds_total %.6f\n"
+                           "# HELP lmserve_loop_busy_max_seconds Longest CPU time of one loop callback, during "
+                           "which every other connection waited.\n"
+                           "# TYPE lmserve_loop_busy_max_seconds gauge\nlmserve_loop_busy_max_seconds %.6f\n",
                            s->loop_busy_total, s->loop_busy_max) < 0;
         if (bad) {
             sbuf_free(&b);
             return http_send_oom(s, r);
         }
-        enum MHD_Result ret = http_send(s, r, 200, "text/plain; version=0.0.4; charset=utf-8",
-                                        b.data ? b.data : "", b.len, NULL);
+        enum MHD_Result ret =
+            http_send(s, r, 200, "text/plain; version=0.0.4; charset=utf-8", b.data ? b.data : "", b.len, NULL);
         sbuf_free(&b);
         return ret;
     }

@@ -55,30 +55,30 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define MAX_DEPTH 64           /* schema nesting */
-#define MAX_COUNT 100000       /* minLength, maxItems, ... */
+#define MAX_DEPTH        64     /* schema nesting */
+#define MAX_COUNT        100000 /* minLength, maxItems, ... */
 #define MAX_REGEX_REPEAT 1000
-#define INT_BOUND 1e15
-#define NUM_BOUND 1e9
+#define INT_BOUND        1e15
+#define NUM_BOUND        1e9
 
 /* ---- The shared JSON rules ------------------------------------------------------------ */
 
-#define JSON_RULES \
-    "j-value  ::= j-object | j-array | j-string | j-number | \"true\" | \"false\" | \"null\"\n" \
-    "j-object ::= \"{\" ws ( j-member ( \",\" ws j-member )* )? \"}\"\n" \
-    "j-member ::= j-string ws \":\" ws j-value ws\n" \
-    "j-array  ::= \"[\" ws ( j-value ws ( \",\" ws j-value ws )* )? \"]\"\n" \
-    "j-string ::= \"\\\"\" j-char* \"\\\"\"\n" \
-    "j-char   ::= [^\"\\\\\\x00-\\x1f] | \"\\\\\" ( [\"\\\\/bfnrt] | \"u\" j-hex4 )\n" \
-    "j-hex4   ::= [0-9a-cA-Ce-fE-F] j-hex j-hex j-hex | [dD] [0-7] j-hex j-hex\n" \
-    "j-hex    ::= [0-9a-fA-F]\n" \
-    "j-number ::= \"-\"? j-int ( \".\" [0-9]{1,16} )? ( [eE] [-+]? [0-9]{1,2} )?\n" \
-    "j-int    ::= \"0\" | [1-9] [0-9]{0,15}\n" \
-    "j-integer ::= \"0\" | \"-\"? [1-9] [0-9]{0,15}\n" \
-    "j-frac   ::= \".\" [0-9]{1,6}\n" \
+#define JSON_RULES                                                                                 \
+    "j-value  ::= j-object | j-array | j-string | j-number | \"true\" | \"false\" | \"null\"\n"    \
+    "j-object ::= \"{\" ws ( j-member ( \",\" ws j-member )* )? \"}\"\n"                           \
+    "j-member ::= j-string ws \":\" ws j-value ws\n"                                               \
+    "j-array  ::= \"[\" ws ( j-value ws ( \",\" ws j-value ws )* )? \"]\"\n"                       \
+    "j-string ::= \"\\\"\" j-char* \"\\\"\"\n"                                                     \
+    "j-char   ::= [^\"\\\\\\x00-\\x1f] | \"\\\\\" ( [\"\\\\/bfnrt] | \"u\" j-hex4 )\n"             \
+    "j-hex4   ::= [0-9a-cA-Ce-fE-F] j-hex j-hex j-hex | [dD] [0-7] j-hex j-hex\n"                  \
+    "j-hex    ::= [0-9a-fA-F]\n"                                                                   \
+    "j-number ::= \"-\"? j-int ( \".\" [0-9]{1,16} )? ( [eE] [-+]? [0-9]{1,2} )?\n"                \
+    "j-int    ::= \"0\" | [1-9] [0-9]{0,15}\n"                                                     \
+    "j-integer ::= \"0\" | \"-\"? [1-9] [0-9]{0,15}\n"                                             \
+    "j-frac   ::= \".\" [0-9]{1,6}\n"                                                              \
     "j-nzfrac ::= \".\" ( [1-9] [0-9]{0,5} | \"0\" [1-9] [0-9]{0,4} | \"00\" [1-9] [0-9]{0,3} |\n" \
-    "             \"000\" [1-9] [0-9]{0,2} | \"0000\" [1-9] [0-9]? | \"00000\" [1-9] )\n" \
-    "j-zfrac  ::= \".\" \"0\"{1,6}\n" \
+    "             \"000\" [1-9] [0-9]{0,2} | \"0000\" [1-9] [0-9]? | \"00000\" [1-9] )\n"          \
+    "j-zfrac  ::= \".\" \"0\"{1,6}\n"                                                              \
     "ws       ::= ( \" \" | \"\\n\" [ \\t]{0,20} )?\n"
 
 const char schema_json_object_gbnf[] = "root ::= ws j-object\n" JSON_RULES;
@@ -93,12 +93,10 @@ typedef struct {
 
 static void gb_put(gbuf *b, const char *s, size_t n)
 {
-    if (b->oom)
-        return;
+    if (b->oom) return;
     if (b->n + n + 1 > b->cap) {
         size_t nc = b->cap ? b->cap : 256;
-        while (nc < b->n + n + 1)
-            nc *= 2;
+        while (nc < b->n + n + 1) nc *= 2;
         char *q = realloc(b->d, nc);
         if (!q) {
             b->oom = 1;
@@ -112,10 +110,7 @@ static void gb_put(gbuf *b, const char *s, size_t n)
     b->d[b->n] = 0;
 }
 
-static void gb_str(gbuf *b, const char *s)
-{
-    gb_put(b, s, strlen(s));
-}
+static void gb_str(gbuf *b, const char *s) { gb_put(b, s, strlen(s)); }
 
 static void gb_printf(gbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void gb_printf(gbuf *b, const char *fmt, ...)
@@ -141,7 +136,7 @@ static void gb_literal(gbuf *b, const char *s, size_t n)
     for (size_t k = 0; k < n; k++) {
         unsigned char c = (unsigned char)s[k];
         if (c == '"' || c == '\\') {
-            char e[2] = {'\\', (char)c};
+            char e[2] = { '\\', (char)c };
             gb_put(b, e, 2);
         } else if (c < 0x20 || c == 0x7f) {
             gb_printf(b, "\\x%02X", c);
@@ -160,13 +155,13 @@ typedef struct {
 } ref_entry;
 
 typedef struct {
-    size_t off;               /* where the rule's line starts in out */
+    size_t off; /* where the rule's line starts in out */
     char *path;
 } rule_line;
 
 typedef struct {
     gbuf out;
-    int n_rules;              /* r0, r1, ... */
+    int n_rules; /* r0, r1, ... */
     rule_line *lines;
     int n_lines, cap_lines;
     json_t *root;
@@ -182,8 +177,7 @@ typedef struct {
 static int gfail(gen *g, const char *key, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static int gfail(gen *g, const char *key, const char *fmt, ...)
 {
-    if (g->rc)
-        return g->rc;
+    if (g->rc) return g->rc;
     g->rc = SCHEMA_EINVAL;
     if (g->err) {
         if (key)
@@ -215,8 +209,7 @@ static size_t path_key(gen *g, const char *key)
 {
     size_t mark = g->plen;
     int n = snprintf(g->path + g->plen, sizeof g->path - g->plen, "%s%s", g->plen ? "." : "", key);
-    if (n > 0)
-        g->plen = g->plen + (size_t)n < sizeof g->path ? g->plen + (size_t)n : sizeof g->path - 1;
+    if (n > 0) g->plen = g->plen + (size_t)n < sizeof g->path ? g->plen + (size_t)n : sizeof g->path - 1;
     return mark;
 }
 
@@ -224,8 +217,7 @@ static size_t path_index(gen *g, size_t i)
 {
     size_t mark = g->plen;
     int n = snprintf(g->path + g->plen, sizeof g->path - g->plen, "[%zu]", i);
-    if (n > 0)
-        g->plen = g->plen + (size_t)n < sizeof g->path ? g->plen + (size_t)n : sizeof g->path - 1;
+    if (n > 0) g->plen = g->plen + (size_t)n < sizeof g->path ? g->plen + (size_t)n : sizeof g->path - 1;
     return mark;
 }
 
@@ -253,7 +245,7 @@ static void emit_rule(gen *g, int id, const gbuf *body)
         goom(g);
         return;
     }
-    g->lines[g->n_lines++] = (rule_line){g->out.n, p};
+    g->lines[g->n_lines++] = (rule_line){ g->out.n, p };
     gb_printf(&g->out, "r%d ::= ", id);
     gb_put(&g->out, body->d ? body->d : "\"\"", body->d ? body->n : 2);
     gb_put(&g->out, "\n", 1);
@@ -276,7 +268,7 @@ static int compile(gen *g, json_t *s); /* -> rule id, or negative */
 /* A rule whose body is a fixed text. */
 static int text_rule(gen *g, const char *text)
 {
-    gbuf b = {0};
+    gbuf b = { 0 };
     gb_str(&b, text);
     int id = g->n_rules++;
     emit_rule(g, id, &b);
@@ -289,12 +281,10 @@ static int text_rule(gen *g, const char *text)
 
 static int is_annotation(const char *k, int at_root)
 {
-    static const char *const ann[] = {"title", "description", "$comment", "$schema", "default",
-                                      "examples", "deprecated", "readOnly", "writeOnly", "$defs",
-                                      "definitions"};
+    static const char *const ann[] = { "title",      "description", "$comment",  "$schema", "default",    "examples",
+                                       "deprecated", "readOnly",    "writeOnly", "$defs",   "definitions" };
     for (size_t i = 0; i < sizeof ann / sizeof ann[0]; i++)
-        if (!strcmp(k, ann[i]))
-            return 1;
+        if (!strcmp(k, ann[i])) return 1;
     return at_root && !strcmp(k, "$id");
 }
 
@@ -306,24 +296,30 @@ static int keyword_family(const char *k)
         const char *k;
         int f;
     } kw[] = {
-        {"properties", F_OBJECT}, {"required", F_OBJECT}, {"additionalProperties", F_OBJECT},
-        {"items", F_ARRAY}, {"minItems", F_ARRAY}, {"maxItems", F_ARRAY}, {"uniqueItems", F_ARRAY},
-        {"minLength", F_STRING}, {"maxLength", F_STRING}, {"pattern", F_STRING},
-        {"minimum", F_NUMERIC}, {"maximum", F_NUMERIC}, {"exclusiveMinimum", F_NUMERIC},
-        {"exclusiveMaximum", F_NUMERIC},
+        { "properties", F_OBJECT },
+        { "required", F_OBJECT },
+        { "additionalProperties", F_OBJECT },
+        { "items", F_ARRAY },
+        { "minItems", F_ARRAY },
+        { "maxItems", F_ARRAY },
+        { "uniqueItems", F_ARRAY },
+        { "minLength", F_STRING },
+        { "maxLength", F_STRING },
+        { "pattern", F_STRING },
+        { "minimum", F_NUMERIC },
+        { "maximum", F_NUMERIC },
+        { "exclusiveMinimum", F_NUMERIC },
+        { "exclusiveMaximum", F_NUMERIC },
     };
     for (size_t i = 0; i < sizeof kw / sizeof kw[0]; i++)
-        if (!strcmp(k, kw[i].k))
-            return kw[i].f;
+        if (!strcmp(k, kw[i].k)) return kw[i].f;
     return 0;
 }
 
 static const char *unsupported_hint(const char *k)
 {
-    if (!strcmp(k, "oneOf"))
-        return " (use anyOf)";
-    if (!strcmp(k, "format"))
-        return " (use pattern)";
+    if (!strcmp(k, "oneOf")) return " (use anyOf)";
+    if (!strcmp(k, "format")) return " (use pattern)";
     return "";
 }
 
@@ -333,9 +329,10 @@ static int check_keywords(gen *g, json_t *s, int at_root)
 {
     const char *k;
     json_t *v;
-    json_object_foreach(s, k, v) {
-        if (is_annotation(k, at_root) || keyword_family(k) || !strcmp(k, "type") ||
-            !strcmp(k, "enum") || !strcmp(k, "const") || !strcmp(k, "anyOf") || !strcmp(k, "$ref"))
+    json_object_foreach(s, k, v)
+    {
+        if (is_annotation(k, at_root) || keyword_family(k) || !strcmp(k, "type") || !strcmp(k, "enum") ||
+            !strcmp(k, "const") || !strcmp(k, "anyOf") || !strcmp(k, "$ref"))
             continue;
         return gfail(g, k, "unsupported JSON Schema keyword '%.60s'%s", k, unsupported_hint(k));
     }
@@ -347,14 +344,12 @@ static const char *other_constraint(json_t *s, const char *const *allowed, int n
 {
     const char *k;
     json_t *v;
-    json_object_foreach(s, k, v) {
-        if (is_annotation(k, at_root))
-            continue;
+    json_object_foreach(s, k, v)
+    {
+        if (is_annotation(k, at_root)) continue;
         int ok = 0;
-        for (int i = 0; i < n_allowed; i++)
-            ok |= !strcmp(k, allowed[i]);
-        if (!ok)
-            return k;
+        for (int i = 0; i < n_allowed; i++) ok |= !strcmp(k, allowed[i]);
+        if (!ok) return k;
     }
     return NULL;
 }
@@ -363,13 +358,10 @@ static const char *other_constraint(json_t *s, const char *const *allowed, int n
 static int get_count(gen *g, json_t *s, const char *key, long *v)
 {
     json_t *x = json_object_get(s, key);
-    if (!x)
-        return 0;
+    if (!x) return 0;
     double d = json_is_integer(x) ? (double)json_integer_value(x) : json_is_real(x) ? json_real_value(x) : -1;
-    if (!json_is_number(x) || d < 0 || d != floor(d))
-        return gfail(g, key, "'%s' must be a non-negative integer", key);
-    if (d > MAX_COUNT)
-        return gfail(g, key, "'%s' above %d is not supported", key, MAX_COUNT);
+    if (!json_is_number(x) || d < 0 || d != floor(d)) return gfail(g, key, "'%s' must be a non-negative integer", key);
+    if (d > MAX_COUNT) return gfail(g, key, "'%s' above %d is not supported", key, MAX_COUNT);
     *v = (long)d;
     return 1;
 }
@@ -377,12 +369,9 @@ static int get_count(gen *g, json_t *s, const char *key, long *v)
 static int get_bound(gen *g, json_t *s, const char *key, double *v)
 {
     json_t *x = json_object_get(s, key);
-    if (!x)
-        return 0;
-    if (json_is_boolean(x))
-        return gfail(g, key, "'%s' must be a number (the boolean form is from draft 4)", key);
-    if (!json_is_number(x))
-        return gfail(g, key, "'%s' must be a number", key);
+    if (!x) return 0;
+    if (json_is_boolean(x)) return gfail(g, key, "'%s' must be a number (the boolean form is from draft 4)", key);
+    if (!json_is_number(x)) return gfail(g, key, "'%s' must be a number", key);
     *v = json_number_value(x);
     return 1;
 }
@@ -404,11 +393,9 @@ static int ndigits(long long v)
 static void digits_range(gbuf *o, const char *x, const char *y, int n)
 {
     int k = 0;
-    while (k < n && x[k] == y[k])
-        k++;
+    while (k < n && x[k] == y[k]) k++;
     gb_str(o, "(");
-    if (k > 0)
-        gb_literal(o, x, (size_t)k);
+    if (k > 0) gb_literal(o, x, (size_t)k);
     if (k == n) {
         gb_str(o, ")");
         return;
@@ -432,17 +419,14 @@ static void digits_range(gbuf *o, const char *x, const char *y, int n)
     }
     char top = highall ? hi : (char)(hi - 1);
     if (lo <= top) {
-        if (alts++)
-            gb_str(o, " | ");
+        if (alts++) gb_str(o, " | ");
         gb_printf(o, "[%c-%c]", lo, top);
-        if (m > 0)
-            gb_printf(o, " [0-9]{%d}", m);
+        if (m > 0) gb_printf(o, " [0-9]{%d}", m);
     }
     if (!highall) {
         char zeros[32];
         memset(zeros, '0', (size_t)m);
-        if (alts++)
-            gb_str(o, " | ");
+        if (alts++) gb_str(o, " | ");
         gb_printf(o, "\"%c\" ", hi);
         digits_range(o, zeros, y + k + 1, m);
     }
@@ -473,21 +457,18 @@ static void magnitude_range(gbuf *o, long long a, long long b)
         }
         char x[32], y[32];
         long long lo = d == da ? a : 1;
-        for (int i = 1; d != da && i < d; i++)
-            lo *= 10;
+        for (int i = 1; d != da && i < d; i++) lo *= 10;
         long long hi;
         if (b >= 0 && d == db) {
             hi = b;
         } else {
             hi = 1;
-            for (int i = 0; i < d; i++)
-                hi *= 10;
+            for (int i = 0; i < d; i++) hi *= 10;
             hi -= 1;
         }
         fixed_digits(x, lo, d);
         fixed_digits(y, hi, d);
-        if (alts++)
-            gb_str(o, " | ");
+        if (alts++) gb_str(o, " | ");
         digits_range(o, x, y, d);
     }
     gb_str(o, ")");
@@ -505,8 +486,7 @@ static void integer_range(gbuf *o, int has_lo, long long lo, int has_hi, long lo
         alts++;
     }
     if (!has_hi || hi >= 0) {
-        if (alts++)
-            gb_str(o, " | ");
+        if (alts++) gb_str(o, " | ");
         magnitude_range(o, has_lo && lo > 0 ? lo : 0, has_hi ? hi : -1);
     }
     gb_str(o, ")");
@@ -518,8 +498,7 @@ static int number_magnitude(gbuf *o, long long a, int ae, long long b, int be)
 {
     int alts = 0;
     if (b >= 0 && a == b) {
-        if (ae || be)
-            return 0;
+        if (ae || be) return 0;
         gb_printf(o, "\"%lld\" j-zfrac?", a);
         return 1;
     }
@@ -529,8 +508,7 @@ static int number_magnitude(gbuf *o, long long a, int ae, long long b, int be)
         gb_str(o, " j-frac?)");
         alts++;
     }
-    if (alts++)
-        gb_str(o, " | ");
+    if (alts++) gb_str(o, " | ");
     gb_printf(o, ae ? "\"%lld\" j-nzfrac" : "\"%lld\" j-frac?", a);
     if (b >= 0 && !be) {
         gb_printf(o, " | \"%lld\" j-zfrac?", b);
@@ -548,7 +526,7 @@ static int number_range(gbuf *o, int has_lo, long long lo, int le, int has_hi, l
         long long a = has_hi && hi < 0 ? -hi : 0;
         int ae = has_hi && hi < 0 ? he : 1;
         long long b = has_lo ? -lo : -1;
-        gbuf t = {0};
+        gbuf t = { 0 };
         int n = number_magnitude(&t, a, ae, b, le);
         if (n) {
             gb_str(o, "\"-\" (");
@@ -560,12 +538,10 @@ static int number_range(gbuf *o, int has_lo, long long lo, int le, int has_hi, l
         free(t.d);
     }
     if (!has_hi || hi > 0 || (hi == 0 && !he)) {
-        gbuf t = {0};
-        int n = number_magnitude(&t, has_lo && lo >= 0 ? lo : 0, has_lo && lo >= 0 ? le : 0,
-                                 has_hi ? hi : -1, he);
+        gbuf t = { 0 };
+        int n = number_magnitude(&t, has_lo && lo >= 0 ? lo : 0, has_lo && lo >= 0 ? le : 0, has_hi ? hi : -1, he);
         if (n) {
-            if (alts++)
-                gb_str(o, " | ");
+            if (alts++) gb_str(o, " | ");
             gb_put(o, t.d, t.n);
         }
         o->oom |= t.oom;
@@ -581,21 +557,18 @@ static int numeric(gen *g, json_t *s, int integer, gbuf *o)
     double mn = 0, mx = 0, xmn = 0, xmx = 0;
     int h_mn = get_bound(g, s, "minimum", &mn), h_mx = get_bound(g, s, "maximum", &mx);
     int h_xmn = get_bound(g, s, "exclusiveMinimum", &xmn), h_xmx = get_bound(g, s, "exclusiveMaximum", &xmx);
-    if (g->rc)
-        return g->rc;
+    if (g->rc) return g->rc;
     if (!h_mn && !h_mx && !h_xmn && !h_xmx) {
         gb_str(o, integer ? "j-integer" : "j-number");
         return 0;
     }
     double limit = integer ? INT_BOUND : NUM_BOUND;
-    static const char *const names[4] = {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"};
-    const double vals[4] = {mn, mx, xmn, xmx};
-    const int has[4] = {h_mn, h_mx, h_xmn, h_xmx};
+    static const char *const names[4] = { "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum" };
+    const double vals[4] = { mn, mx, xmn, xmx };
+    const int has[4] = { h_mn, h_mx, h_xmn, h_xmx };
     for (int i = 0; i < 4; i++) {
-        if (!has[i])
-            continue;
-        if (fabs(vals[i]) > limit)
-            return gfail(g, names[i], "'%s' beyond +-%g is not supported", names[i], limit);
+        if (!has[i]) continue;
+        if (fabs(vals[i]) > limit) return gfail(g, names[i], "'%s' beyond +-%g is not supported", names[i], limit);
         if (!integer && vals[i] != floor(vals[i]))
             return gfail(g, names[i], "'%s' of a number must be a whole number here (got %g)", names[i], vals[i]);
     }
@@ -603,23 +576,15 @@ static int numeric(gen *g, json_t *s, int integer, gbuf *o)
     long long lo = 0, hi = 0;
     int le = 0, he = 0;
     if (integer) { /* whole bounds, inclusive */
-        if (h_mn)
-            lo = (long long)ceil(mn);
-        if (h_xmn && (!h_mn || (long long)floor(xmn) + 1 > lo))
-            lo = (long long)floor(xmn) + 1;
-        if (h_mx)
-            hi = (long long)floor(mx);
-        if (h_xmx && (!h_mx || (long long)ceil(xmx) - 1 < hi))
-            hi = (long long)ceil(xmx) - 1;
+        if (h_mn) lo = (long long)ceil(mn);
+        if (h_xmn && (!h_mn || (long long)floor(xmn) + 1 > lo)) lo = (long long)floor(xmn) + 1;
+        if (h_mx) hi = (long long)floor(mx);
+        if (h_xmx && (!h_mx || (long long)ceil(xmx) - 1 < hi)) hi = (long long)ceil(xmx) - 1;
     } else {
-        if (h_mn)
-            lo = (long long)mn;
-        if (h_xmn && (!h_mn || xmn >= mn))
-            lo = (long long)xmn, le = 1;
-        if (h_mx)
-            hi = (long long)mx;
-        if (h_xmx && (!h_mx || xmx <= mx))
-            hi = (long long)xmx, he = 1;
+        if (h_mn) lo = (long long)mn;
+        if (h_xmn && (!h_mn || xmn >= mn)) lo = (long long)xmn, le = 1;
+        if (h_mx) hi = (long long)mx;
+        if (h_xmx && (!h_mx || xmx <= mx)) hi = (long long)xmx, he = 1;
     }
     const char *which = h_mx ? "maximum" : "exclusiveMaximum";
     if (has_lo && has_hi && (lo > hi || (lo == hi && (le || he))))
@@ -628,8 +593,7 @@ static int numeric(gen *g, json_t *s, int integer, gbuf *o)
         integer_range(o, has_lo, lo, has_hi, hi);
         return 0;
     }
-    if (!number_range(o, has_lo, lo, le, has_hi, hi, he))
-        return gfail(g, which, "no number lies between the bounds");
+    if (!number_range(o, has_lo, lo, le, has_hi, hi, he)) return gfail(g, which, "no number lies between the bounds");
     return 0;
 }
 
@@ -651,7 +615,7 @@ static void cps_add(cpset *s, uint32_t lo, uint32_t hi)
         s->overflow = 1;
         return;
     }
-    s->v[s->n++] = (cpr){lo, hi};
+    s->v[s->n++] = (cpr){ lo, hi };
 }
 
 static int cmp_cpr(const void *a, const void *b)
@@ -662,27 +626,23 @@ static int cmp_cpr(const void *a, const void *b)
 
 static void cps_normalize(cpset *s, int neg)
 {
-    if (s->n > 1)
-        qsort(s->v, (size_t)s->n, sizeof s->v[0], cmp_cpr);
+    if (s->n > 1) qsort(s->v, (size_t)s->n, sizeof s->v[0], cmp_cpr);
     int m = 0;
     for (int k = 0; k < s->n; k++) {
         if (m && s->v[k].lo <= s->v[m - 1].hi + 1) {
-            if (s->v[k].hi > s->v[m - 1].hi)
-                s->v[m - 1].hi = s->v[k].hi;
+            if (s->v[k].hi > s->v[m - 1].hi) s->v[m - 1].hi = s->v[k].hi;
         } else {
             s->v[m++] = s->v[k];
         }
     }
     s->n = m;
     if (neg) {
-        cpset c = {.n = 0};
+        cpset c = { .n = 0 };
         uint32_t next = 0;
         for (int k = 0; k <= s->n; k++) {
             uint32_t lo = k < s->n ? s->v[k].lo : 0x110000;
-            if (lo > next)
-                cps_add(&c, next, lo - 1);
-            if (k < s->n)
-                next = s->v[k].hi + 1;
+            if (lo > next) cps_add(&c, next, lo - 1);
+            if (k < s->n) next = s->v[k].hi + 1;
         }
         c.overflow |= s->overflow;
         *s = c;
@@ -692,8 +652,7 @@ static void cps_normalize(cpset *s, int neg)
 static int cps_has(const cpset *s, uint32_t c)
 {
     for (int k = 0; k < s->n; k++)
-        if (c >= s->v[k].lo && c <= s->v[k].hi)
-            return 1;
+        if (c >= s->v[k].lo && c <= s->v[k].hi) return 1;
     return 0;
 }
 
@@ -729,16 +688,14 @@ static void emit_cpset(gbuf *o, const cpset *s)
     int alts = 0;
     gb_str(o, "(");
     /* the characters written as themselves: s minus controls, quote, backslash */
-    gbuf cls = {0};
+    gbuf cls = { 0 };
     int any = 0;
     for (int k = 0; k < s->n; k++) {
         uint32_t lo = s->v[k].lo, hi = s->v[k].hi;
-        static const uint32_t cut[3] = {'"', '\\', 0x110000};
-        if (lo < 0x20)
-            lo = 0x20;
+        static const uint32_t cut[3] = { '"', '\\', 0x110000 };
+        if (lo < 0x20) lo = 0x20;
         for (int q = 0; q < 3 && lo <= hi; q++) { /* the pieces between the excluded characters */
-            if (cut[q] < lo)
-                continue;
+            if (cut[q] < lo) continue;
             uint32_t end = cut[q] - 1 < hi ? cut[q] - 1 : hi;
             if (lo <= end) {
                 class_char(&cls, lo);
@@ -760,8 +717,7 @@ static void emit_cpset(gbuf *o, const cpset *s)
     o->oom |= cls.oom;
     free(cls.d);
     for (uint32_t c = 0; c < 0x20; c++) {
-        if (!cps_has(s, c))
-            continue;
+        if (!cps_has(s, c)) continue;
         char b[8];
         const char *e = json_escape(c, b);
         gb_str(o, alts++ ? " | " : "");
@@ -769,8 +725,7 @@ static void emit_cpset(gbuf *o, const cpset *s)
     }
     for (int q = 0; q < 2; q++) {
         uint32_t c = q ? '\\' : '"';
-        if (!cps_has(s, c))
-            continue;
+        if (!cps_has(s, c)) continue;
         char b[8];
         const char *e = json_escape(c, b);
         gb_str(o, alts++ ? " | " : "");
@@ -801,17 +756,16 @@ static int rx_hex(rx *r, int digits, uint32_t *out)
 {
     uint32_t v = 0;
     for (int k = 0; k < digits; k++) {
-        if (r->i >= r->n)
-            return rx_fail(r, "escape needs %d hex digits", digits);
+        if (r->i >= r->n) return rx_fail(r, "escape needs %d hex digits", digits);
         char c = r->s[r->i++];
-        int h = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10
-                : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
-        if (h < 0)
-            return rx_fail(r, "escape needs %d hex digits", digits);
+        int h = c >= '0' && c <= '9'   ? c - '0'
+                : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                       : -1;
+        if (h < 0) return rx_fail(r, "escape needs %d hex digits", digits);
         v = v * 16 + (uint32_t)h;
     }
-    if (v >= 0xD800 && v <= 0xDFFF)
-        return rx_fail(r, "surrogate code points are not supported");
+    if (v >= 0xD800 && v <= 0xDFFF) return rx_fail(r, "surrogate code points are not supported");
     *out = v;
     return 0;
 }
@@ -820,12 +774,10 @@ static int rx_hex(rx *r, int digits, uint32_t *out)
 static uint32_t rx_utf8(rx *r)
 {
     unsigned char c = (unsigned char)r->s[r->i++];
-    if (c < 0x80)
-        return c;
+    if (c < 0x80) return c;
     int need = c >= 0xF0 ? 3 : c >= 0xE0 ? 2 : 1;
     uint32_t cp = c & (0x3F >> need);
-    for (int k = 0; k < need && r->i < r->n; k++)
-        cp = (cp << 6) | ((unsigned char)r->s[r->i++] & 0x3F);
+    for (int k = 0; k < need && r->i < r->n; k++) cp = (cp << 6) | ((unsigned char)r->s[r->i++] & 0x3F);
     return cp;
 }
 
@@ -833,13 +785,11 @@ static uint32_t rx_utf8(rx *r)
  * set (1) or a single one into *cp (0); negative on error. */
 static int rx_escape(rx *r, cpset *set, uint32_t *cp, int in_class)
 {
-    if (r->i >= r->n)
-        return rx_fail(r, "'\\' at the end");
+    if (r->i >= r->n) return rx_fail(r, "'\\' at the end");
     char c = r->s[r->i++];
     switch (c) {
     case 'd': cps_add(set, '0', '9'); return 1;
-    case 'w': cps_add(set, '0', '9'), cps_add(set, 'A', 'Z'), cps_add(set, 'a', 'z'), cps_add(set, '_', '_');
-        return 1;
+    case 'w': cps_add(set, '0', '9'), cps_add(set, 'A', 'Z'), cps_add(set, 'a', 'z'), cps_add(set, '_', '_'); return 1;
     case 's': cps_add(set, '\t', '\r'), cps_add(set, ' ', ' '); return 1;
     case 't': *cp = '\t'; return 0;
     case 'n': *cp = '\n'; return 0;
@@ -850,8 +800,7 @@ static int rx_escape(rx *r, cpset *set, uint32_t *cp, int in_class)
     case 'u': return rx_hex(r, 4, cp) ? -1 : 0;
     default: break;
     }
-    if ((c >= 0x21 && c <= 0x2F) || (c >= 0x3A && c <= 0x40) || (c >= 0x5B && c <= 0x60) ||
-        (c >= 0x7B && c <= 0x7E)) {
+    if ((c >= 0x21 && c <= 0x2F) || (c >= 0x3A && c <= 0x40) || (c >= 0x5B && c <= 0x60) || (c >= 0x7B && c <= 0x7E)) {
         *cp = (uint32_t)c; /* escaped punctuation stands for itself */
         return 0;
     }
@@ -872,18 +821,17 @@ static int rx_class(rx *r, cpset *set)
     while (r->i < r->n && (r->s[r->i] != ']' || first)) {
         first = 0;
         uint32_t lo;
-        if (r->s[r->i] == '[')
-            return rx_fail(r, "'[' inside a class is ambiguous; write '\\['");
+        if (r->s[r->i] == '[') return rx_fail(r, "'[' inside a class is ambiguous; write '\\['");
         if (r->s[r->i] == '\\') {
             r->i++;
             size_t at = r->i;
             int k = rx_escape(r, set, &lo, 1);
-            if (k < 0)
-                return -1;
+            if (k < 0) return -1;
             if (k == 1) {
                 if (neg) {
                     r->i = at;
-                    return rx_fail(r, "\\d, \\w and \\s inside [^...] are not supported (their Unicode meaning differs)");
+                    return rx_fail(r,
+                                   "\\d, \\w and \\s inside [^...] are not supported (their Unicode meaning differs)");
                 }
                 continue;
             }
@@ -895,42 +843,34 @@ static int rx_class(rx *r, cpset *set)
             r->i++;
             if (r->s[r->i] == '\\') {
                 r->i++;
-                cpset dummy = {.n = 0};
+                cpset dummy = { .n = 0 };
                 int k = rx_escape(r, &dummy, &hi, 1);
-                if (k < 0)
-                    return -1;
-                if (k == 1)
-                    return rx_fail(r, "a class escape cannot end a range");
+                if (k < 0) return -1;
+                if (k == 1) return rx_fail(r, "a class escape cannot end a range");
             } else {
                 hi = rx_utf8(r);
             }
-            if (hi < lo)
-                return rx_fail(r, "reversed range in a class");
+            if (hi < lo) return rx_fail(r, "reversed range in a class");
         }
         cps_add(set, lo, hi);
     }
-    if (r->i >= r->n)
-        return rx_fail(r, "unterminated '['");
+    if (r->i >= r->n) return rx_fail(r, "unterminated '['");
     r->i++;
     cps_normalize(set, neg);
-    if (set->overflow)
-        return rx_fail(r, "class too large");
+    if (set->overflow) return rx_fail(r, "class too large");
     /* surrogates never appear in text */
-    cpset t = {.n = 0};
+    cpset t = { .n = 0 };
     for (int k = 0; k < set->n; k++) {
         cpr a = set->v[k];
         if (a.hi < 0xD800 || a.lo > 0xDFFF) {
             cps_add(&t, a.lo, a.hi);
             continue;
         }
-        if (a.lo < 0xD800)
-            cps_add(&t, a.lo, 0xD7FF);
-        if (a.hi > 0xDFFF)
-            cps_add(&t, 0xE000, a.hi);
+        if (a.lo < 0xD800) cps_add(&t, a.lo, 0xD7FF);
+        if (a.hi > 0xDFFF) cps_add(&t, 0xE000, a.hi);
     }
     *set = t;
-    if (set->n == 0)
-        return rx_fail(r, "the class matches nothing");
+    if (set->n == 0) return rx_fail(r, "the class matches nothing");
     return 0;
 }
 
@@ -939,8 +879,7 @@ static int rx_alt(rx *r, gbuf *o, int top);
 /* A quantifier after an atom, appended to o; 0 if none. */
 static int rx_quant(rx *r, gbuf *o)
 {
-    if (r->i >= r->n)
-        return 0;
+    if (r->i >= r->n) return 0;
     char c = r->s[r->i];
     if (c == '*' || c == '+' || c == '?') {
         r->i++;
@@ -962,8 +901,7 @@ static int rx_quant(rx *r, gbuf *o)
             return rx_fail(r, "'{' must start a repetition {m}, {m,} or {m,n} (write '\\{' for the character)");
         }
         r->i++;
-        if (!comma)
-            n = m;
+        if (!comma) n = m;
         if ((n >= 0 && n < m) || m > MAX_REGEX_REPEAT || n > MAX_REGEX_REPEAT) {
             r->i = start;
             return rx_fail(r, "repetition {%ld,%ld} is out of range (at most %d)", m, n, MAX_REGEX_REPEAT);
@@ -997,10 +935,8 @@ static int rx_seq(rx *r, gbuf *o, int top, int *anchored_end)
             *anchored_end = 1;
             break;
         }
-        if (c == '^')
-            return rx_fail(r, "'^' is supported only at the start of a top-level alternative");
-        if (c == '*' || c == '+' || c == '?' || c == '{')
-            return rx_fail(r, "a quantifier needs something before it");
+        if (c == '^') return rx_fail(r, "'^' is supported only at the start of a top-level alternative");
+        if (c == '*' || c == '+' || c == '?' || c == '{') return rx_fail(r, "a quantifier needs something before it");
         gb_str(o, items++ ? " " : "");
         if (c == '(') {
             r->i++;
@@ -1011,38 +947,32 @@ static int rx_seq(rx *r, gbuf *o, int top, int *anchored_end)
                     return rx_fail(r, "lookarounds and named groups are not supported");
                 }
             }
-            if (++r->depth > 50)
-                return rx_fail(r, "groups nested too deeply");
-            if (rx_alt(r, o, 0))
-                return -1;
+            if (++r->depth > 50) return rx_fail(r, "groups nested too deeply");
+            if (rx_alt(r, o, 0)) return -1;
             r->depth--;
-            if (r->i >= r->n || r->s[r->i] != ')')
-                return rx_fail(r, "missing ')'");
+            if (r->i >= r->n || r->s[r->i] != ')') return rx_fail(r, "missing ')'");
             r->i++;
         } else if (c == ')') {
             break;
         } else if (c == '[') {
-            cpset set = {.n = 0};
-            if (rx_class(r, &set))
-                return -1;
+            cpset set = { .n = 0 };
+            if (rx_class(r, &set)) return -1;
             emit_cpset(o, &set);
         } else if (c == '.') {
             r->i++;
-            cpset set = {.n = 0}; /* any character but the line terminators of ECMA-262 (Python's: \n) */
+            cpset set = { .n = 0 }; /* any character but the line terminators of ECMA-262 (Python's: \n) */
             cps_add(&set, '\n', '\n'), cps_add(&set, '\r', '\r'), cps_add(&set, 0x2028, 0x2029);
             cps_add(&set, 0xD800, 0xDFFF);
             cps_normalize(&set, 1);
             emit_cpset(o, &set);
         } else {
-            cpset set = {.n = 0};
+            cpset set = { .n = 0 };
             uint32_t cp;
             if (c == '\\') {
                 r->i++;
                 int k = rx_escape(r, &set, &cp, 0);
-                if (k < 0)
-                    return -1;
-                if (k == 0)
-                    cps_add(&set, cp, cp);
+                if (k < 0) return -1;
+                if (k == 0) cps_add(&set, cp, cp);
                 cps_normalize(&set, 0);
             } else {
                 cp = rx_utf8(r);
@@ -1050,11 +980,9 @@ static int rx_seq(rx *r, gbuf *o, int top, int *anchored_end)
             }
             emit_cpset(o, &set);
         }
-        if (rx_quant(r, o))
-            return -1;
+        if (rx_quant(r, o)) return -1;
     }
-    if (!items)
-        gb_str(o, "\"\"");
+    if (!items) gb_str(o, "\"\"");
     gb_str(o, ")");
     return 0;
 }
@@ -1065,19 +993,15 @@ static int rx_alt(rx *r, gbuf *o, int top)
 {
     gb_str(o, "(");
     for (int alt = 0;; alt++) {
-        if (alt)
-            gb_str(o, " | ");
+        if (alt) gb_str(o, " | ");
         int start = 0, end = 0;
         if (top && r->i < r->n && r->s[r->i] == '^') {
             start = 1;
             r->i++;
         }
-        if (top && !start)
-            gb_str(o, "j-char* ");
-        if (rx_seq(r, o, top, &end))
-            return -1;
-        if (top && !end)
-            gb_str(o, " j-char*");
+        if (top && !start) gb_str(o, "j-char* ");
+        if (rx_seq(r, o, top, &end)) return -1;
+        if (top && !end) gb_str(o, " j-char*");
         if (r->i < r->n && r->s[r->i] == '|') {
             r->i++;
             continue;
@@ -1085,8 +1009,7 @@ static int rx_alt(rx *r, gbuf *o, int top)
         break;
     }
     gb_str(o, ")");
-    if (top && r->i < r->n)
-        return rx_fail(r, "unmatched ')'");
+    if (top && r->i < r->n) return rx_fail(r, "unmatched ')'");
     return 0;
 }
 
@@ -1094,24 +1017,20 @@ static int string_rule(gen *g, json_t *s, gbuf *o)
 {
     long mn = 0, mx = -1;
     int h_mn = get_count(g, s, "minLength", &mn), h_mx = get_count(g, s, "maxLength", &mx);
-    if (g->rc)
-        return g->rc;
+    if (g->rc) return g->rc;
     json_t *pat = json_object_get(s, "pattern");
     if (pat) {
-        if (!json_is_string(pat))
-            return gfail(g, "pattern", "'pattern' must be a string");
+        if (!json_is_string(pat)) return gfail(g, "pattern", "'pattern' must be a string");
         if (h_mn || h_mx)
-            return gfail(g, h_mn ? "minLength" : "maxLength",
-                         "'%s' cannot be combined with 'pattern' here", h_mn ? "minLength" : "maxLength");
-        rx r = {json_string_value(pat), json_string_length(pat), 0, g, 0};
+            return gfail(g, h_mn ? "minLength" : "maxLength", "'%s' cannot be combined with 'pattern' here",
+                         h_mn ? "minLength" : "maxLength");
+        rx r = { json_string_value(pat), json_string_length(pat), 0, g, 0 };
         gb_str(o, "\"\\\"\" ");
-        if (rx_alt(&r, o, 1))
-            return g->rc;
+        if (rx_alt(&r, o, 1)) return g->rc;
         gb_str(o, " \"\\\"\"");
         return 0;
     }
-    if (h_mx && mx < mn)
-        return gfail(g, "maxLength", "'maxLength' is below 'minLength'");
+    if (h_mx && mx < mn) return gfail(g, "maxLength", "'maxLength' is below 'minLength'");
     if (!h_mn && !h_mx) {
         gb_str(o, "j-string");
         return 0;
@@ -1130,29 +1049,25 @@ static int array_rule(gen *g, json_t *s, gbuf *o)
     long mn = 0, mx = -1;
     get_count(g, s, "minItems", &mn);
     int h_mx = get_count(g, s, "maxItems", &mx);
-    if (g->rc)
-        return g->rc;
+    if (g->rc) return g->rc;
     json_t *u = json_object_get(s, "uniqueItems");
     if (u && !json_is_false(u))
-        return gfail(g, "uniqueItems", json_is_true(u) ? "'uniqueItems': true is not supported"
-                                                       : "'uniqueItems' must be a boolean");
-    if (h_mx && mx < mn)
-        return gfail(g, "maxItems", "'maxItems' is below 'minItems'");
+        return gfail(g, "uniqueItems",
+                     json_is_true(u) ? "'uniqueItems': true is not supported" : "'uniqueItems' must be a boolean");
+    if (h_mx && mx < mn) return gfail(g, "maxItems", "'maxItems' is below 'minItems'");
     json_t *items = json_object_get(s, "items");
-    rname item = {"j-value"};
+    rname item = { "j-value" };
     if (items) {
         if (json_is_array(items))
             return gfail(g, "items", "'items' must be a schema (the array form is prefixItems, not supported)");
         if (json_is_false(items)) {
-            if (mn > 0)
-                return gfail(g, "items", "'items': false allows no items but minItems is %ld", mn);
+            if (mn > 0) return gfail(g, "items", "'items': false allows no items but minItems is %ld", mn);
             mx = 0, h_mx = 1;
         } else {
             size_t mark = path_key(g, "items");
             int id = compile(g, items);
             path_restore(g, mark);
-            if (id < 0)
-                return id;
+            if (id < 0) return id;
             item = rule_name(id);
         }
     }
@@ -1161,23 +1076,21 @@ static int array_rule(gen *g, json_t *s, gbuf *o)
         return 0;
     }
     gb_str(o, "\"[\" ws ");
-    if (mn == 0)
-        gb_str(o, "( ");
+    if (mn == 0) gb_str(o, "( ");
     gb_printf(o, "%s ws ( \",\" ws %s ws )", item.name, item.name);
     long lo = mn > 0 ? mn - 1 : 0;
     if (h_mx)
         gb_printf(o, "{%ld,%ld}", lo, mx - 1);
     else
         gb_printf(o, "{%ld,}", lo);
-    if (mn == 0)
-        gb_str(o, " )?");
+    if (mn == 0) gb_str(o, " )?");
     gb_str(o, " \"]\"");
     return 0;
 }
 
 typedef struct {
     const char *key;
-    json_t *schema;           /* NULL: any value (required but not declared) */
+    json_t *schema; /* NULL: any value (required but not declared) */
     int required;
 } prop;
 
@@ -1185,10 +1098,8 @@ static int object_rule(gen *g, json_t *s, gbuf *o)
 {
     json_t *props = json_object_get(s, "properties"), *req = json_object_get(s, "required");
     json_t *add = json_object_get(s, "additionalProperties");
-    if (props && !json_is_object(props))
-        return gfail(g, "properties", "'properties' must be an object");
-    if (req && !json_is_array(req))
-        return gfail(g, "required", "'required' must be an array of strings");
+    if (props && !json_is_object(props)) return gfail(g, "properties", "'properties' must be an object");
+    if (req && !json_is_array(req)) return gfail(g, "required", "'required' must be an array of strings");
     if (add && !json_is_boolean(add))
         return gfail(g, "additionalProperties",
                      "'additionalProperties' must be true or false here (a schema is not supported)");
@@ -1211,27 +1122,25 @@ static int object_rule(gen *g, json_t *s, gbuf *o)
         return 0;
     }
     prop *ps = calloc(np + nr + 1, sizeof *ps);
-    if (!ps)
-        return goom(g);
+    if (!ps) return goom(g);
     size_t n = 0;
     const char *k;
     json_t *v;
-    json_object_foreach(props, k, v) {
+    json_object_foreach(props, k, v)
+    {
         int r = 0;
-        for (size_t i = 0; i < nr; i++)
-            r |= !strcmp(json_string_value(json_array_get(req, i)), k);
-        ps[n++] = (prop){k, v, r};
+        for (size_t i = 0; i < nr; i++) r |= !strcmp(json_string_value(json_array_get(req, i)), k);
+        ps[n++] = (prop){ k, v, r };
     }
     for (size_t i = 0; i < nr; i++) {
         const char *name = json_string_value(json_array_get(req, i));
-        if (!props || !json_object_get(props, name))
-            ps[n++] = (prop){name, NULL, 1};
+        if (!props || !json_object_get(props, name)) ps[n++] = (prop){ name, NULL, 1 };
     }
     /* each property's member text: "key" ws ":" ws VALUE ws */
     char **member = calloc(n + 1, sizeof *member);
     int rc = member ? 0 : goom(g);
     for (size_t i = 0; !rc && i < n; i++) {
-        rname val = {"j-value"};
+        rname val = { "j-value" };
         if (ps[i].schema) {
             size_t mark = path_key(g, "properties");
             path_key(g, ps[i].key);
@@ -1246,9 +1155,8 @@ static int object_rule(gen *g, json_t *s, gbuf *o)
         json_t *ks = json_string(ps[i].key);
         char *kj = ks ? json_dumps(ks, JSON_ENCODE_ANY | JSON_COMPACT) : NULL;
         json_decref(ks);
-        gbuf m = {0};
-        if (kj)
-            gb_literal(&m, kj, strlen(kj));
+        gbuf m = { 0 };
+        if (kj) gb_literal(&m, kj, strlen(kj));
         gb_printf(&m, " ws \":\" ws %s ws", val.name);
         free(kj);
         if (!kj || m.oom) {
@@ -1265,7 +1173,7 @@ static int object_rule(gen *g, json_t *s, gbuf *o)
          * each present one is preceded by a comma).  Built from the end. */
         int next_first = -1, next_rest = -1;
         for (size_t ii = n; ii-- > 0 && !rc;) {
-            gbuf rb = {0}, fb = {0};
+            gbuf rb = { 0 }, fb = { 0 };
             rname nr_ = rule_name(next_rest), nf_ = rule_name(next_first);
             const char *rest_after = next_rest >= 0 ? nr_.name : "";
             if (ps[ii].required) {
@@ -1278,18 +1186,15 @@ static int object_rule(gen *g, json_t *s, gbuf *o)
             int idr = g->n_rules++, idf = g->n_rules++;
             emit_rule(g, idr, &rb);
             emit_rule(g, idf, &fb);
-            if (rb.oom || fb.oom)
-                rc = goom(g);
+            if (rb.oom || fb.oom) rc = goom(g);
             free(rb.d);
             free(fb.d);
             next_rest = idr;
             next_first = idf;
         }
-        if (!rc)
-            gb_printf(o, "\"{\" ws %s \"}\"", rule_name(next_first).name);
+        if (!rc) gb_printf(o, "\"{\" ws %s \"}\"", rule_name(next_first).name);
     }
-    for (size_t i = 0; member && i < n; i++)
-        free(member[i]);
+    for (size_t i = 0; member && i < n; i++) free(member[i]);
     free(member);
     free(ps);
     return rc ? rc : g->rc;
@@ -1300,14 +1205,12 @@ static int object_rule(gen *g, json_t *s, gbuf *o)
 /* Resolve "#..." (a JSON pointer) in the root document. */
 static json_t *resolve(gen *g, const char *ref, char *where, size_t where_len)
 {
-    if (ref[0] != '#')
-        return NULL;
+    if (ref[0] != '#') return NULL;
     json_t *cur = g->root;
     const char *p = ref + 1;
     where[0] = 0;
     size_t wl = 0;
-    if (*p && *p != '/')
-        return NULL;
+    if (*p && *p != '/') return NULL;
     while (*p == '/') {
         p++;
         char tok[256];
@@ -1321,11 +1224,9 @@ static json_t *resolve(gen *g, const char *ref, char *where, size_t where_len)
                 tok[n++] = *p++;
         }
         tok[n] = 0;
-        if (*p && *p != '/')
-            return NULL;
+        if (*p && *p != '/') return NULL;
         int w = snprintf(where + wl, where_len - wl, "%s%s", wl ? "." : "", tok);
-        if (w > 0)
-            wl = wl + (size_t)w < where_len ? wl + (size_t)w : where_len - 1;
+        if (w > 0) wl = wl + (size_t)w < where_len ? wl + (size_t)w : where_len - 1;
         if (json_is_object(cur)) {
             cur = json_object_get(cur, tok);
         } else if (json_is_array(cur)) {
@@ -1335,39 +1236,37 @@ static json_t *resolve(gen *g, const char *ref, char *where, size_t where_len)
         } else {
             cur = NULL;
         }
-        if (!cur)
-            return NULL;
+        if (!cur) return NULL;
     }
     return cur;
 }
 
 static int ref_rule(gen *g, json_t *s)
 {
-    static const char *const allowed[] = {"$ref"};
+    static const char *const allowed[] = { "$ref" };
     const char *other = other_constraint(s, allowed, 1, g->depth == 1);
     if (other)
-        return gfail(g, other, "'%.60s' beside '$ref' is not supported (put the constraint in the referenced schema)", other);
+        return gfail(g, other, "'%.60s' beside '$ref' is not supported (put the constraint in the referenced schema)",
+                     other);
     json_t *ref = json_object_get(s, "$ref");
-    if (!json_is_string(ref))
-        return gfail(g, "$ref", "'$ref' must be a string");
+    if (!json_is_string(ref)) return gfail(g, "$ref", "'$ref' must be a string");
     char where[256];
     json_t *target = resolve(g, json_string_value(ref), where, sizeof where);
     if (!target)
-        return gfail(g, "$ref", "'$ref' '%.80s' does not resolve (only '#' and '#/...' pointers into this schema are supported)",
+        return gfail(g, "$ref",
+                     "'$ref' '%.80s' does not resolve (only '#' and '#/...' pointers into this schema are supported)",
                      json_string_value(ref));
     for (int i = 0; i < g->n_refs; i++)
-        if (g->refs[i].node == target)
-            return g->refs[i].rule;
+        if (g->refs[i].node == target) return g->refs[i].rule;
     if (g->n_refs == g->cap_refs) {
         int nc = g->cap_refs ? 2 * g->cap_refs : 16;
         ref_entry *q = realloc(g->refs, (size_t)nc * sizeof *q);
-        if (!q)
-            return goom(g);
+        if (!q) return goom(g);
         g->refs = q;
         g->cap_refs = nc;
     }
     int id = g->n_rules++;
-    g->refs[g->n_refs++] = (ref_entry){target, id};
+    g->refs[g->n_refs++] = (ref_entry){ target, id };
     /* compile the target where it lives, so errors inside it name its own path */
     char saved[sizeof g->path];
     size_t saved_len = g->plen;
@@ -1377,9 +1276,8 @@ static int ref_rule(gen *g, json_t *s)
     int inner = compile(g, target);
     memcpy(g->path, saved, sizeof saved);
     g->plen = saved_len;
-    if (inner < 0)
-        return inner;
-    gbuf b = {0};
+    if (inner < 0) return inner;
+    gbuf b = { 0 };
     gb_str(&b, rule_name(inner).name);
     /* the alias line carries the path of the $ref itself */
     size_t mark = path_key(g, "$ref");
@@ -1403,18 +1301,17 @@ static int type_matches(json_t *v, const char *t)
     return 0;
 }
 
-static const char *const type_names[] = {"null", "boolean", "object", "array", "string", "integer", "number"};
+static const char *const type_names[] = { "null", "boolean", "object", "array", "string", "integer", "number" };
 
 /* The listed types as a bit set over type_names; 0 and an error if bad. */
 static int read_types(gen *g, json_t *t, unsigned *mask)
 {
-    json_t *one[1] = {t};
+    json_t *one[1] = { t };
     size_t n = 1;
     json_t **items = one;
     if (json_is_array(t)) {
         n = json_array_size(t);
-        if (n == 0)
-            return gfail(g, "type", "'type' must not be an empty list");
+        if (n == 0) return gfail(g, "type", "'type' must not be an empty list");
         items = NULL;
     }
     *mask = 0;
@@ -1422,10 +1319,11 @@ static int read_types(gen *g, json_t *t, unsigned *mask)
         json_t *x = items ? items[i] : json_array_get(t, i);
         int found = -1;
         for (int k = 0; json_is_string(x) && k < 7; k++)
-            if (!strcmp(json_string_value(x), type_names[k]))
-                found = k;
+            if (!strcmp(json_string_value(x), type_names[k])) found = k;
         if (found < 0)
-            return gfail(g, "type", "'type' must be one of null, boolean, object, array, string, integer, number (or a list of them)");
+            return gfail(
+                g, "type",
+                "'type' must be one of null, boolean, object, array, string, integer, number (or a list of them)");
         *mask |= 1u << found;
     }
     return 0;
@@ -1433,10 +1331,9 @@ static int read_types(gen *g, json_t *t, unsigned *mask)
 
 static int enum_rule(gen *g, json_t *s, unsigned types, int has_types, gbuf *o)
 {
-    static const char *const allowed[] = {"enum", "const", "type"};
+    static const char *const allowed[] = { "enum", "const", "type" };
     const char *other = other_constraint(s, allowed, 3, g->depth == 1);
-    if (other)
-        return gfail(g, other, "'%.60s' beside 'enum'/'const' is not supported", other);
+    if (other) return gfail(g, other, "'%.60s' beside 'enum'/'const' is not supported", other);
     json_t *en = json_object_get(s, "enum"), *cn = json_object_get(s, "const");
     if (en && (!json_is_array(en) || json_array_size(en) == 0))
         return gfail(g, "enum", "'enum' must be a non-empty array");
@@ -1445,32 +1342,28 @@ static int enum_rule(gen *g, json_t *s, unsigned types, int has_types, gbuf *o)
     gb_str(o, "(");
     for (size_t i = 0; i < n; i++) {
         json_t *v = en ? json_array_get(en, i) : cn;
-        if (en && cn && !json_equal(v, cn))
-            continue;
+        if (en && cn && !json_equal(v, cn)) continue;
         int ok = !has_types;
-        for (int k = 0; k < 7 && !ok; k++)
-            ok = (types >> k & 1u) && type_matches(v, type_names[k]);
-        if (!ok)
-            continue;
+        for (int k = 0; k < 7 && !ok; k++) ok = (types >> k & 1u) && type_matches(v, type_names[k]);
+        if (!ok) continue;
         char *text = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
-        if (!text)
-            return goom(g);
+        if (!text) return goom(g);
         gb_str(o, alts++ ? " | " : "");
         gb_literal(o, text, strlen(text));
         free(text);
     }
     gb_str(o, ")");
     if (!alts)
-        return gfail(g, en ? "enum" : "const", "no value of '%s' is allowed by the other keywords", en ? "enum" : "const");
+        return gfail(g, en ? "enum" : "const", "no value of '%s' is allowed by the other keywords",
+                     en ? "enum" : "const");
     return 0;
 }
 
 static int any_of_rule(gen *g, json_t *s, gbuf *o)
 {
-    static const char *const allowed[] = {"anyOf"};
+    static const char *const allowed[] = { "anyOf" };
     const char *other = other_constraint(s, allowed, 1, g->depth == 1);
-    if (other)
-        return gfail(g, other, "'%.60s' beside 'anyOf' is not supported (move it into each branch)", other);
+    if (other) return gfail(g, other, "'%.60s' beside 'anyOf' is not supported (move it into each branch)", other);
     json_t *a = json_object_get(s, "anyOf");
     if (!json_is_array(a) || json_array_size(a) == 0)
         return gfail(g, "anyOf", "'anyOf' must be a non-empty array of schemas");
@@ -1480,8 +1373,7 @@ static int any_of_rule(gen *g, json_t *s, gbuf *o)
         path_index(g, i);
         int id = compile(g, json_array_get(a, i));
         path_restore(g, mark);
-        if (id < 0)
-            return id;
+        if (id < 0) return id;
         gb_str(o, i ? " | " : "");
         gb_str(o, rule_name(id).name);
     }
@@ -1491,32 +1383,32 @@ static int any_of_rule(gen *g, json_t *s, gbuf *o)
 
 static int compile_object(gen *g, json_t *s, int id)
 {
-    gbuf b = {0};
+    gbuf b = { 0 };
     int rc = check_keywords(g, s, g->depth == 1);
     if (!rc && json_object_get(s, "$ref")) {
         int r = ref_rule(g, s);
-        if (r < 0)
-            return r;
+        if (r < 0) return r;
         gb_str(&b, rule_name(r).name);
     } else if (!rc && json_object_get(s, "anyOf")) {
         rc = any_of_rule(g, s, &b);
     } else if (!rc) {
         json_t *t = json_object_get(s, "type");
         unsigned types = 0;
-        if (t)
-            rc = read_types(g, t, &types);
+        if (t) rc = read_types(g, t, &types);
         /* which families of keywords are present, and do they fit the types */
         int fam = 0;
         const char *k;
         json_t *v;
-        json_object_foreach(s, k, v) {
+        json_object_foreach(s, k, v)
+        {
             int f = keyword_family(k);
             fam |= f;
             if (!rc && t && f) {
-                unsigned need = f == F_OBJECT ? 1u << 2 : f == F_ARRAY ? 1u << 3 : f == F_STRING ? 1u << 4
-                                                                                    : (1u << 5) | (1u << 6);
-                if (!(types & need))
-                    rc = gfail(g, k, "'%.60s' does not apply to the schema's type", k);
+                unsigned need = f == F_OBJECT   ? 1u << 2
+                                : f == F_ARRAY  ? 1u << 3
+                                : f == F_STRING ? 1u << 4
+                                                : (1u << 5) | (1u << 6);
+                if (!(types & need)) rc = gfail(g, k, "'%.60s' does not apply to the schema's type", k);
             }
         }
         if (!rc && (json_object_get(s, "enum") || json_object_get(s, "const"))) {
@@ -1531,12 +1423,10 @@ static int compile_object(gen *g, json_t *s, int id)
                             (fam & F_STRING ? 1u << 4 : 0) | (fam & F_NUMERIC ? 1u << 6 : 0);
                 }
             }
-            if (types & (1u << 6))
-                types &= ~(1u << 5); /* number includes integer */
+            if (types & (1u << 6)) types &= ~(1u << 5); /* number includes integer */
             int alts = 0;
             for (int k2 = 0; k2 < 7 && !rc; k2++) {
-                if (!(types >> k2 & 1u))
-                    continue;
+                if (!(types >> k2 & 1u)) continue;
                 gb_str(&b, alts++ ? " | " : "( ");
                 switch (k2) {
                 case 0: gb_str(&b, "\"null\""); break;
@@ -1548,22 +1438,18 @@ static int compile_object(gen *g, json_t *s, int id)
                 default: rc = numeric(g, s, 0, &b); break;
                 }
             }
-            if (alts)
-                gb_str(&b, " )");
+            if (alts) gb_str(&b, " )");
         }
     }
-    if (!rc && !g->rc)
-        emit_rule(g, id, &b);
-    if (b.oom)
-        goom(g);
+    if (!rc && !g->rc) emit_rule(g, id, &b);
+    if (b.oom) goom(g);
     free(b.d);
     return g->rc ? g->rc : rc ? rc : id;
 }
 
 static int compile(gen *g, json_t *s)
 {
-    if (g->rc)
-        return g->rc;
+    if (g->rc) return g->rc;
     if (++g->depth > MAX_DEPTH) {
         g->depth--;
         return gfail(g, NULL, "the schema is nested more than %d levels deep", MAX_DEPTH);
@@ -1584,8 +1470,7 @@ static int compile(gen *g, json_t *s)
 static void gen_release(gen *g)
 {
     free(g->out.d);
-    for (int i = 0; i < g->n_lines; i++)
-        free(g->lines[i].path);
+    for (int i = 0; i < g->n_lines; i++) free(g->lines[i].path);
     free(g->lines);
     free(g->refs);
 }
@@ -1594,8 +1479,7 @@ static void gen_release(gen *g)
 static int generate(gen *g, json_t *schema)
 {
     int id = compile(g, schema);
-    if (id < 0)
-        return id;
+    if (id < 0) return id;
     gb_printf(&g->out, "root ::= ws r%d\n", id);
     gb_str(&g->out, JSON_RULES);
     return g->out.oom ? goom(g) : 0;
@@ -1603,19 +1487,16 @@ static int generate(gen *g, json_t *schema)
 
 int schema_to_gbnf(json_t *schema, char **gbnf, size_t *len, schema_error *err)
 {
-    if (err)
-        memset(err, 0, sizeof *err);
-    if (!schema || !gbnf)
-        return SCHEMA_EINVAL;
-    gen g = {.root = schema, .err = err};
+    if (err) memset(err, 0, sizeof *err);
+    if (!schema || !gbnf) return SCHEMA_EINVAL;
+    gen g = { .root = schema, .err = err };
     int rc = generate(&g, schema);
     if (rc) {
         gen_release(&g);
         return rc;
     }
     *gbnf = g.out.d;
-    if (len)
-        *len = g.out.n;
+    if (len) *len = g.out.n;
     g.out.d = NULL;
     gen_release(&g);
     return SCHEMA_OK;
@@ -1623,12 +1504,10 @@ int schema_to_gbnf(json_t *schema, char **gbnf, size_t *len, schema_error *err)
 
 int schema_compile(json_t *schema, sampler_grammar **out, schema_error *err)
 {
-    if (err)
-        memset(err, 0, sizeof *err);
-    if (!schema || !out)
-        return SCHEMA_EINVAL;
+    if (err) memset(err, 0, sizeof *err);
+    if (!schema || !out) return SCHEMA_EINVAL;
     *out = NULL;
-    gen g = {.root = schema, .err = err};
+    gen g = { .root = schema, .err = err };
     int rc = generate(&g, schema);
     if (!rc) {
         sampler_grammar_error ge;
@@ -1639,8 +1518,7 @@ int schema_compile(json_t *schema, sampler_grammar **out, schema_error *err)
             /* the rule the grammar compiler pointed at, and the schema path behind it */
             const char *path = "";
             for (int i = 0; i < g.n_lines; i++)
-                if (g.lines[i].off <= ge.offset)
-                    path = g.lines[i].path;
+                if (g.lines[i].off <= ge.offset) path = g.lines[i].path;
             rc = SCHEMA_EINVAL;
             if (err) {
                 snprintf(err->path, sizeof err->path, "%s", path);
@@ -1668,9 +1546,8 @@ int schema_compile_json_object(sampler_grammar **out)
 
 int schema_choice_to_gbnf(const char *const *s, const size_t *len, int n, char **gbnf, size_t *glen)
 {
-    if (!s || !len || n < 1 || !gbnf)
-        return SCHEMA_EINVAL;
-    gbuf b = {0};
+    if (!s || !len || n < 1 || !gbnf) return SCHEMA_EINVAL;
+    gbuf b = { 0 };
     gb_str(&b, "root ::= ");
     for (int i = 0; i < n; i++) {
         gb_str(&b, i ? " | " : "");
@@ -1682,30 +1559,23 @@ int schema_choice_to_gbnf(const char *const *s, const size_t *len, int n, char *
         return SCHEMA_ENOMEM;
     }
     *gbnf = b.d;
-    if (glen)
-        *glen = b.n;
+    if (glen) *glen = b.n;
     return SCHEMA_OK;
 }
 
-int schema_compile_choice(const char *const *s, const size_t *len, int n, sampler_grammar **out,
-                          schema_error *err)
+int schema_compile_choice(const char *const *s, const size_t *len, int n, sampler_grammar **out, schema_error *err)
 {
-    if (err)
-        memset(err, 0, sizeof *err);
-    if (!out)
-        return SCHEMA_EINVAL;
+    if (err) memset(err, 0, sizeof *err);
+    if (!out) return SCHEMA_EINVAL;
     char *text = NULL;
     size_t tlen = 0;
     int rc = schema_choice_to_gbnf(s, len, n, &text, &tlen);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     sampler_grammar_error ge;
     rc = sampler_grammar_parse(out, text, tlen, &ge);
     free(text);
-    if (rc == SAMPLER_OK)
-        return SCHEMA_OK;
-    if (rc == SAMPLER_ENOMEM)
-        return SCHEMA_ENOMEM;
+    if (rc == SAMPLER_OK) return SCHEMA_OK;
+    if (rc == SAMPLER_ENOMEM) return SCHEMA_ENOMEM;
     if (err) /* a string that is not valid UTF-8 (jansson's are) */
         snprintf(err->message, sizeof err->message, "a choice could not be compiled: %s", ge.message);
     return SCHEMA_EINVAL;

@@ -13,9 +13,9 @@
 enum { SCHEMA_OK = 0, SCHEMA_EINVAL = -22, SCHEMA_ENOMEM = -12 };
 
 typedef struct {
-    char path[256];     /* where, inside the schema: "properties.age.format", "anyOf[1]",
+    char path[256];    /* where, inside the schema: "properties.age.format", "anyOf[1]",
                            "" for the schema itself */
-    char message[256];  /* what is wrong or unsupported */
+    char message[256]; /* what is wrong or unsupported */
 } schema_error;
 
 /* GBNF text whose strings are exactly the (whitespace-limited, see schema.c) JSON
@@ -37,7 +37,6 @@ int schema_compile_json_object(sampler_grammar **out);
 /* Exactly one of the strings s[0..n) (raw text, not JSON-quoted); n >= 1.  As GBNF
  * text (malloc'd, length in *glen), or compiled. */
 int schema_choice_to_gbnf(const char *const *s, const size_t *len, int n, char **gbnf, size_t *glen);
-int schema_compile_choice(const char *const *s, const size_t *len, int n, sampler_grammar **out,
-                          schema_error *err);
+int schema_compile_choice(const char *const *s, const size_t *len, int n, sampler_grammar **out, schema_error *err);
 
 #endif /* LMSERVE_SCHEMA_H */

@@ -84,27 +84,27 @@ typedef struct {
      * its subdomains; "*" any.  NULL: on a loopback address only loopback names (a page
      * whose name an attacker rebinds to 127.0.0.1 is refused), elsewhere any. */
     const char *allowed_hosts;
-    int max_tokens_limit;       /* largest accepted max_tokens */
-    int max_choices;            /* largest n * number of prompts */
-    size_t body_limit;          /* bytes */
-    int timeout;                /* idle connection timeout, seconds */
+    int max_tokens_limit; /* largest accepted max_tokens */
+    int max_choices;      /* largest n * number of prompts */
+    size_t body_limit;    /* bytes */
+    int timeout;          /* idle connection timeout, seconds */
     int max_connections;
     /* Connections one client address may hold.  -1: max_connections / 8, so it takes
      * eight addresses to fill the server; 0: no per-address limit.  Behind a proxy every
      * client has the proxy's address: give the proxy the whole budget (= max_connections)
      * and let it limit its own clients (docker/nginx.conf). */
     int max_connections_per_ip;
-    int shutdown_timeout;       /* seconds to let streams finish on SIGTERM */
-    int prefill_chunk;          /* prompt tokens per sequence per step */
-    int step_budget;            /* prompt tokens per step over all sequences */
-    size_t outbox_limit;        /* bytes buffered for a slow client before its job is cancelled */
-    size_t response_limit;      /* bytes a non-streamed answer may reach (0: no limit): refused
+    int shutdown_timeout;      /* seconds to let streams finish on SIGTERM */
+    int prefill_chunk;         /* prompt tokens per sequence per step */
+    int step_budget;           /* prompt tokens per step over all sequences */
+    size_t outbox_limit;       /* bytes buffered for a slow client before its job is cancelled */
+    size_t response_limit;     /* bytes a non-streamed answer may reach (0: no limit): refused
                                  * up front when it could not fit, else ended at the limit (400) */
-    int log_requests;           /* one line per request on stderr */
-    const char *version;        /* the build's version: /health, the Server header (NULL: "unknown") */
-    int context_overflow;       /* past the window: 0 slide (the default), 1 shift, 2 stop
+    int log_requests;          /* one line per request on stderr */
+    const char *version;       /* the build's version: /health, the Server header (NULL: "unknown") */
+    int context_overflow;      /* past the window: 0 slide (the default), 1 shift, 2 stop
                                  * (sampler.h's SAMPLER_CROP_*); a request may choose */
-    const char *chat_template;  /* --chat-template NAME|FILE|none; NULL: the model's own */
+    const char *chat_template; /* --chat-template NAME|FILE|none; NULL: the model's own */
 } server_config;
 
 /* ---- Prototypes ------------------------------------------------------------- */

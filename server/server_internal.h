@@ -53,45 +53,45 @@ int json_alloc_failed(void);
 /* ---- Errors (respond.c) --------------------------------------------------------- */
 
 typedef struct {
-    int status;            /* HTTP status */
-    const char *type;      /* "invalid_request_error", ... */
-    const char *param;     /* offending field or NULL */
-    const char *code;      /* machine-readable code or NULL */
+    int status;        /* HTTP status */
+    const char *type;  /* "invalid_request_error", ... */
+    const char *param; /* offending field or NULL */
+    const char *code;  /* machine-readable code or NULL */
     char message[256];
-    char param_buf[320];   /* storage for a param built at run time (a path inside a schema) */
+    char param_buf[320]; /* storage for a param built at run time (a path inside a schema) */
 } api_error;
 
-void api_error_set(api_error *e, int status, const char *type, const char *param,
-                   const char *code, const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+void api_error_set(api_error *e, int status, const char *type, const char *param, const char *code, const char *fmt,
+                   ...) __attribute__((format(printf, 6, 7)));
 /* {"error": {...}} as a malloc'd string. */
 char *api_error_json(const api_error *e);
 
 /* ---- Request parameters (validate.c) -------------------------------------------- */
 
 enum { JOB_COMPLETION = 0, JOB_CHAT = 1 };
-#define JOB_MAX_STOPS 5   /* 4 from the client + the chat template's own */
-#define JOB_MAX_LOGPROBS 5
-#define JOB_MAX_TOP_LOGPROBS 20
+#define JOB_MAX_STOPS         5 /* 4 from the client + the chat template's own */
+#define JOB_MAX_LOGPROBS      5
+#define JOB_MAX_TOP_LOGPROBS  20
 #define JOB_MAX_SAMPLER_TRACE SAMPLER_TRACE_MAX
 
 typedef struct {
-    int kind;                  /* JOB_* */
+    int kind; /* JOB_* */
     int stream, include_usage;
     int max_tokens;
-    int n;                     /* choices per prompt */
+    int n; /* choices per prompt */
     int n_prompts;
-    int32_t **prompts;         /* n_prompts token lists */
+    int32_t **prompts; /* n_prompts token lists */
     int *prompt_lens;
-    int *echo_from;            /* first token echoed (1 when BOS was added) */
-    int logprobs;              /* -1: none; else number of top entries (completions 0..5, chat 0..20) */
-    int sampler_trace;         /* 0: off; else N of every step's trace (1..JOB_MAX_SAMPLER_TRACE) */
+    int *echo_from;    /* first token echoed (1 when BOS was added) */
+    int logprobs;      /* -1: none; else number of top entries (completions 0..5, chat 0..20) */
+    int sampler_trace; /* 0: off; else N of every step's trace (1..JOB_MAX_SAMPLER_TRACE) */
     int echo;
     char *stops[JOB_MAX_STOPS];
     int n_stops;
-    sampler_params sp;         /* bias arrays owned (bias_ids/bias_values malloc'd) */
+    sampler_params sp; /* bias arrays owned (bias_ids/bias_values malloc'd) */
     int has_seed;
-    int context_overflow;      /* SAMPLER_CROP_*: past the window, slide, shift or stop */
-    int has_stop_token;        /* chat: the template's end-of-turn token ends a choice like EOS */
+    int context_overflow; /* SAMPLER_CROP_*: past the window, slide, shift or stop */
+    int has_stop_token;   /* chat: the template's end-of-turn token ends a choice like EOS */
     int32_t stop_token;
     sampler_constraint_cache *constraint; /* response_format/grammar/choice: an owned
                                              reference, or NULL (constraint.h) */
@@ -101,13 +101,13 @@ typedef struct {
 typedef struct {
     const char *model_id;
     int vocab;
-    int ctx;                   /* per-sequence context */
+    int ctx; /* per-sequence context */
     int add_bos;
-    int32_t bos_id;            /* -1 if none */
+    int32_t bos_id; /* -1 if none */
     int max_tokens_limit;
     int max_choices;
-    int context_overflow;      /* the server's default SAMPLER_CROP_* */
-    size_t response_limit;     /* bytes a non-streamed answer may hold (0: no limit) */
+    int context_overflow;  /* the server's default SAMPLER_CROP_* */
+    size_t response_limit; /* bytes a non-streamed answer may hold (0: no limit) */
     /* tokenizer: returns count (may exceed cap) or < 0 */
     int (*tokenize)(void *cls, const char *text, size_t len, int add_bos, int32_t *out, int cap);
     void *tok_cls;
@@ -115,8 +115,8 @@ typedef struct {
      * with err set.  NULL: the plain "role: content" rendering (chat_render). */
     int (*chat_prompt)(void *cls, json_t *messages, int32_t **out, int *n_out, api_error *err);
     void *chat_cls;
-    int32_t chat_stop_token;   /* with chat_prompt: the template's end of turn, -1 if none */
-    const char *chat_stop_text; /* with chat_prompt: a stop string for it, or NULL */
+    int32_t chat_stop_token;              /* with chat_prompt: the template's end of turn, -1 if none */
+    const char *chat_stop_text;           /* with chat_prompt: a stop string for it, or NULL */
     struct constraint_table *constraints; /* compiled grammars (constraint.h); NULL: a
                                              constrained request is refused */
 } validate_ctx;
@@ -124,8 +124,7 @@ typedef struct {
 /* Parse and check a /v1/completions (kind JOB_COMPLETION) or /v1/chat/completions
  * body.  0 and *out filled (free with job_params_clear), or -1 and *err filled
  * (400 naming the parameter, 404 model_not_found, 503 out of memory). */
-int validate_request(const validate_ctx *vc, int kind, const char *body, size_t len,
-                     job_params *out, api_error *err);
+int validate_request(const validate_ctx *vc, int kind, const char *body, size_t len, job_params *out, api_error *err);
 void job_params_clear(job_params *p);
 
 /* Render chat messages with the documented base-model template:
@@ -135,21 +134,19 @@ char *chat_render(json_t *messages, api_error *err);
 /* Tokenize text with vc->tokenize into a malloc'd array: 0, VALIDATE_ENOMEM, or the
  * tokenizer's negative code. */
 #define VALIDATE_ENOMEM (-12)
-int validate_tokenize(const validate_ctx *vc, const char *text, size_t len, int add_bos,
-                      int32_t **out, int *n_out);
+int validate_tokenize(const validate_ctx *vc, const char *text, size_t len, int add_bos, int32_t **out, int *n_out);
 
 /* ---- Stop strings (respond.c) ------------------------------------------------------
  * Text is released only once it can no longer be the start of a stop string. */
 typedef struct {
-    sbuf pending;              /* produced but held back */
+    sbuf pending; /* produced but held back */
 } stop_matcher;
 
 /* Append text; write how many bytes of pending may be released into *release and
  * return 1 if a stop string matched (pending is then cut at the match and
  * *release covers everything before it), else 0.  -1 if out of memory (nothing
  * appended, *release 0). */
-int stop_matcher_push(stop_matcher *sm, char *const *stops, int n_stops,
-                      const char *text, size_t n, size_t *release);
+int stop_matcher_push(stop_matcher *sm, char *const *stops, int n_stops, const char *text, size_t n, size_t *release);
 /* Drop the first n bytes of pending. */
 void stop_matcher_consume(stop_matcher *sm, size_t n);
 void stop_matcher_free(stop_matcher *sm);
@@ -168,25 +165,25 @@ enum {
 
 typedef struct job_event {
     struct job_event *next;
-    int type;                  /* EV_* */
-    int choice;                /* index into the job's choices: prompt * n + k */
+    int type;   /* EV_* */
+    int choice; /* index into the job's choices: prompt * n + k */
     /* EV_TOKEN */
-    sampler_choice tok;        /* the token; logprob and top entries when `scored` */
-    int scored;                /* the request asked for logprobs */
-    size_t offset;             /* code points of the choice's text before this token */
+    sampler_choice tok; /* the token; logprob and top entries when `scored` */
+    int scored;         /* the request asked for logprobs */
+    size_t offset;      /* code points of the choice's text before this token */
     /* EV_PROMPT: n_ids prompt tokens from prompt position pos0 on (position 0 has no
      * score: nothing precedes it) */
     int n_ids, pos0;
-    const int32_t *ids;        /* (n_ids) */
+    const int32_t *ids;           /* (n_ids) */
     const sampler_choice *scores; /* (n_ids), NULL when no logprobs were asked */
-    const size_t *offsets;     /* (n_ids) code points before each token */
+    const size_t *offsets;        /* (n_ids) code points before each token */
     /* EV_FINISH */
-    const char *finish;        /* "stop" or "length" */
-    sampler_trace *trace;      /* EV_TOKEN, and EV_FINISH for an end-of-text token: the
+    const char *finish;   /* "stop" or "length" */
+    sampler_trace *trace; /* EV_TOKEN, and EV_FINISH for an end-of-text token: the
                                 * step's trace when the request asked for one, else NULL;
                                 * a malloc'd block freed with the event */
-    size_t text_len;           /* text: UTF-8 released by the detokenizer and the stop matcher */
-    char text[];               /* EV_PROMPT's arrays follow the text */
+    size_t text_len;      /* text: UTF-8 released by the detokenizer and the stop matcher */
+    char text[];          /* EV_PROMPT's arrays follow the text */
 } job_event;
 
 /* One allocation holding text[0..n) and extra bytes after it (aligned), or NULL. */
@@ -198,8 +195,8 @@ void *job_event_extra(job_event *ev);
 /* How a job ended, set by the engine after its last event. */
 enum { JOB_OK = 0, JOB_ERR_MODEL = 1, JOB_ERR_NOMEM = 2, JOB_ERR_SHUTDOWN = 3 };
 typedef struct {
-    int error;                 /* JOB_OK or JOB_ERR_* */
-    int prompt_tokens;         /* every prompt token of every choice's prompt (counted once per prompt) */
+    int error;         /* JOB_OK or JOB_ERR_* */
+    int prompt_tokens; /* every prompt token of every choice's prompt (counted once per prompt) */
     int completion_tokens;
     int prompt_tokens_dropped; /* of those, before the window the generation started from (slide) */
     int cached_tokens;         /* of the prompt tokens, those taken from the prefix cache (per
@@ -210,10 +207,10 @@ typedef struct {
 
 enum {
     CANCEL_NONE = 0,
-    CANCEL_CLIENT = 1,         /* the client left: no answer */
-    CANCEL_SHUTDOWN = 2,       /* the server is stopping: an error answer */
-    CANCEL_OVERFLOW = 3,       /* the output passed the job's limit: no answer */
-    CANCEL_FAILED = 4,         /* out of memory or a model error: an error answer */
+    CANCEL_CLIENT = 1,   /* the client left: no answer */
+    CANCEL_SHUTDOWN = 2, /* the server is stopping: an error answer */
+    CANCEL_OVERFLOW = 3, /* the output passed the job's limit: no answer */
+    CANCEL_FAILED = 4,   /* out of memory or a model error: an error answer */
 };
 
 typedef struct out_choice out_choice; /* output.c */
@@ -225,7 +222,7 @@ typedef struct job {
     atomic_int refs;
     /* [const] */
     job_params p;
-    int n_choices;             /* n * n_prompts */
+    int n_choices; /* n * n_prompts */
     char id[48];
     long created;
     const char *model_id;
@@ -244,31 +241,31 @@ typedef struct job {
     unsigned long step_submit; /* engine steps begun before it was queued */
     /* [engine] */
     int n_done;
-    int error;                 /* JOB_ERR_* once something failed */
+    int error; /* JOB_ERR_* once something failed */
     int completion_tokens;
-    double t_admit;            /* its first choice got a slot (0: not yet) */
-    double t_fwd;              /* start of the first model_forward that fed one of its tokens */
-    double t_first;            /* first generated token (0: none yet) */
-    int *cached;               /* (n_prompts) with a prefix cache: per prompt, the fewest positions
+    double t_admit; /* its first choice got a slot (0: not yet) */
+    double t_fwd;   /* start of the first model_forward that fed one of its tokens */
+    double t_first; /* first generated token (0: none yet) */
+    int *cached;    /* (n_prompts) with a prefix cache: per prompt, the fewest positions
                                 * one of its ended choices took from it (-1: none ended yet) */
     /* [mu] */
     uv_mutex_t mu;
     job_event *ev_head, *ev_tail; /* emitted, not yet taken by the output stage */
-    int ended;                 /* the engine is done with the job: `end` is set */
+    int ended;                    /* the engine is done with the job: `end` is set */
     job_end end;
     /* [loop] the output stage (output.c) */
-    sbuf out;                  /* bytes not yet taken by the connection */
+    sbuf out; /* bytes not yet taken by the connection */
     size_t out_off;
-    size_t out_held;           /* bytes held for the answer: out from out_off + the choices' */
-    out_choice *outc;          /* (n_choices) a non-streamed answer in the making */
-    int out_failed;            /* 0, or why the answer is an error: out of memory, or too large */
-    int done;                  /* the answer is complete in `out` */
-    int status;                /* HTTP status of a non-streamed answer */
+    size_t out_held;  /* bytes held for the answer: out from out_off + the choices' */
+    out_choice *outc; /* (n_choices) a non-streamed answer in the making */
+    int out_failed;   /* 0, or why the answer is an error: out of memory, or too large */
+    int done;         /* the answer is complete in `out` */
+    int status;       /* HTTP status of a non-streamed answer */
     /* [atomic] */
-    atomic_int cancel;         /* CANCEL_* */
+    atomic_int cancel;                       /* CANCEL_* */
     atomic_int stat_prompt, stat_completion; /* live counts for the log line and metrics */
-    atomic_int stat_cached;    /* prompt tokens taken from the prefix cache, once the job ended */
-    _Atomic double stat_ttft;  /* seconds, < 0 if none */
+    atomic_int stat_cached;                  /* prompt tokens taken from the prefix cache, once the job ended */
+    _Atomic double stat_ttft;                /* seconds, < 0 if none */
     /* The timeline up to the first token (seconds, set with stat_ttft): submitted ->
      * admitted into a slot (queue) -> first model_forward with its tokens begins (wait)
      * -> first token sampled (fwd); and how many engine steps began from submission to
@@ -334,15 +331,15 @@ typedef struct metrics {
     double ttft_sum;
     uint64_t tok_buckets[METRICS_NBUCKETS + 1], tok_count;
     double tok_sum;
-    uint64_t steps, rows;      /* engine: batched forward calls, token rows fed */
+    uint64_t steps, rows; /* engine: batched forward calls, token rows fed */
     double forward_seconds;
-    uint64_t window_moves;     /* engine: a window slid or shifted past the context */
-    uint64_t recomputed;       /* engine: tokens fed again because their window moved */
+    uint64_t window_moves;       /* engine: a window slid or shifted past the context */
+    uint64_t recomputed;         /* engine: tokens fed again because their window moved */
     atomic_llong response_bytes; /* output stage: bytes answers hold (built, or not yet sent) */
-    uint64_t prompt_computed;  /* engine: prompt positions fed to the model (every choice's) */
-    uint64_t prompt_reused;    /* engine: prompt positions taken from the prefix cache instead */
-    size_t cache_budget;       /* --cache-mb in bytes (0: no prefix cache) */
-    size_t cache_bytes;        /* the prefix cache's retained entries */
+    uint64_t prompt_computed;    /* engine: prompt positions fed to the model (every choice's) */
+    uint64_t prompt_reused;      /* engine: prompt positions taken from the prefix cache instead */
+    size_t cache_budget;         /* --cache-mb in bytes (0: no prefix cache) */
+    size_t cache_bytes;          /* the prefix cache's retained entries */
     int cache_entries;
     uint64_t cache_evictions;
 } metrics;
@@ -359,11 +356,9 @@ void metrics_context(metrics *m, int recomputed);
 void metrics_response_bytes(metrics *m, ptrdiff_t delta);
 /* Prompt positions computed and reused since the last call; the prefix cache's
  * budget (0: none), the bytes and entries it holds and the evictions so far. */
-void metrics_prefix(metrics *m, int computed, int reused, size_t budget, size_t bytes, int entries,
-                    uint64_t evictions);
+void metrics_prefix(metrics *m, int computed, int reused, size_t budget, size_t bytes, int entries, uint64_t evictions);
 /* Prometheus text exposition into b. */
-int metrics_render(metrics *m, sbuf *b, int queued, int running_requests, int running_seqs,
-                   int slots);
+int metrics_render(metrics *m, sbuf *b, int queued, int running_requests, int running_seqs, int slots);
 
 /* ---- A sequence's key/value cache (kv.c) --------------------------------------------
  * The engine says which window of tokens (positions 0, 1, ...) the next logits must be
@@ -375,13 +370,13 @@ int metrics_render(metrics *m, sbuf *b, int queued, int running_requests, int ru
 struct model_seq;
 typedef struct kv_store kv_store;
 typedef struct {
-    struct model_seq *seq;     /* NULL until opened (and after its entries went to the store) */
-    kv_store *store;           /* the prefix cache it shares with (NULL: none); kv_store_attach */
+    struct model_seq *seq; /* NULL until opened (and after its entries went to the store) */
+    kv_store *store;       /* the prefix cache it shares with (NULL: none); kv_store_attach */
     /* Prompt scores (echo + logprobs) of the held tokens, kept so a later request that
      * scores the same prefix can take them with the entries: scores[t] for t in
      * [1, n_scores) is token t's score given the tokens before it, computed with
      * score_top alternatives.  n_scores <= the held length (trimmed with it). */
-    sampler_choice *scores;    /* (cap_scores) or NULL */
+    sampler_choice *scores; /* (cap_scores) or NULL */
     int n_scores, cap_scores, score_top;
 } seq_kv;
 
@@ -412,7 +407,7 @@ void kv_store_attach(kv_store *st, seq_kv *kv);
 size_t kv_store_default_budget(const struct model *m, int ctx);
 
 typedef struct {
-    size_t bytes;              /* held by retained entries */
+    size_t bytes; /* held by retained entries */
     int entries;
     unsigned long long evictions;
 } kv_store_stats;
@@ -444,25 +439,25 @@ typedef struct engine engine;
 
 typedef struct {
     struct model *model;
-    int parallel;              /* slots; at most SERVER_MAX_PARALLEL */
-    int ctx;                   /* positions per sequence */
+    int parallel; /* slots; at most SERVER_MAX_PARALLEL */
+    int ctx;      /* positions per sequence */
     int queue;
     int prefill_chunk;
     int step_budget;
-    size_t outbox_limit;       /* a stream's output limit (job->out_limit) */
-    size_t response_limit;     /* a non-streamed answer's limit (job->out_limit; 0: none) */
-    size_t cache_bytes;        /* the prefix cache's budget (prefix.c); 0: no KV reuse at all */
-    metrics *metrics;          /* NULL: not recorded */
-    void (*notify)(void *cls, job *j);   /* called from the engine thread when j has news */
+    size_t outbox_limit;               /* a stream's output limit (job->out_limit) */
+    size_t response_limit;             /* a non-streamed answer's limit (job->out_limit; 0: none) */
+    size_t cache_bytes;                /* the prefix cache's budget (prefix.c); 0: no KV reuse at all */
+    metrics *metrics;                  /* NULL: not recorded */
+    void (*notify)(void *cls, job *j); /* called from the engine thread when j has news */
     void *notify_cls;
 } engine_config;
 
 /* What one step did (engine_step; tests and benchmarks). */
 typedef struct {
-    int items;                 /* sequences in the model_forward call */
-    int rows;                  /* tokens fed */
-    int prefill_rows;          /* of which prompt or window recompute tokens */
-    int sampled;               /* sequences that produced a token */
+    int items;        /* sequences in the model_forward call */
+    int rows;         /* tokens fed */
+    int prefill_rows; /* of which prompt or window recompute tokens */
+    int sampled;      /* sequences that produced a token */
 } engine_step_info;
 
 /* Create an engine (no thread yet).  0, or -1 if out of memory. */

@@ -19,10 +19,7 @@
 
 #include <math.h>
 
-static json_t *value_json(float v)
-{
-    return isfinite(v) ? json_real((double)v) : json_null();
-}
+static json_t *value_json(float v) { return isfinite(v) ? json_real((double)v) : json_null(); }
 
 json_t *trace_json(const sampler_trace *t, json_t *(*token_text)(void *cls, int32_t id), void *cls)
 {
@@ -44,8 +41,7 @@ json_t *trace_json(const sampler_trace *t, json_t *(*token_text)(void *cls, int3
         if (st->ran) {
             json_object_set_new(e, "survivors", json_integer(st->survivors));
             json_t *vals = json_array();
-            for (int c = 0; c < t->n_candidates; c++)
-                json_array_append_new(vals, value_json(st->value[c]));
+            for (int c = 0; c < t->n_candidates; c++) json_array_append_new(vals, value_json(st->value[c]));
             json_object_set_new(e, "values", vals);
         }
         json_array_append_new(stages, e);

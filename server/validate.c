@@ -24,10 +24,16 @@
 #include <string.h>
 #include <sys/random.h>
 
-#define BAD(param, ...) \
-    do { api_error_set(err, 400, "invalid_request_error", param, "invalid_value", __VA_ARGS__); goto fail; } while (0)
-#define BADTYPE(param, what) \
-    do { api_error_set(err, 400, "invalid_request_error", param, "invalid_type", "'%s' must be %s", param, what); goto fail; } while (0)
+#define BAD(param, ...)                                                                        \
+    do {                                                                                       \
+        api_error_set(err, 400, "invalid_request_error", param, "invalid_value", __VA_ARGS__); \
+        goto fail;                                                                             \
+    } while (0)
+#define BADTYPE(param, what)                                                                                     \
+    do {                                                                                                         \
+        api_error_set(err, 400, "invalid_request_error", param, "invalid_type", "'%s' must be %s", param, what); \
+        goto fail;                                                                                               \
+    } while (0)
 
 /* Out of memory while reading the request: a 503, not the client's fault. */
 static int oom(api_error *err)
@@ -50,8 +56,7 @@ void job_params_clear(job_params *p)
     memset(p, 0, sizeof *p);
 }
 
-int validate_tokenize(const validate_ctx *vc, const char *text, size_t len, int add_bos,
-                      int32_t **out, int *n_out)
+int validate_tokenize(const validate_ctx *vc, const char *text, size_t len, int add_bos, int32_t **out, int *n_out)
 {
     int cap = (int)(len + 8 < 1024 ? len + 8 : 1024);
     for (;;) {
@@ -74,53 +79,55 @@ int validate_tokenize(const validate_ctx *vc, const char *text, size_t len, int 
 
 /* ---- the fields: one row each ----------------------------------------------------------- */
 
-enum { T_NUMBER, T_INT, T_BOOL };           /* JSON type accepted */
-enum { D_FLOAT, D_INT };                    /* how the value is stored */
+enum { T_NUMBER, T_INT, T_BOOL }; /* JSON type accepted */
+enum { D_FLOAT, D_INT };          /* how the value is stored */
 enum { K_COMPLETION = 1 << JOB_COMPLETION, K_CHAT = 1 << JOB_CHAT, K_BOTH = K_COMPLETION | K_CHAT };
 enum { HI_FIXED, HI_MAX_TOKENS, HI_MAX_CHOICES }; /* where the upper bound comes from */
 
 /* The request as parsed: the job's parameters and what only validation needs. */
 typedef struct {
     job_params p;
-    int chat_logprobs;         /* chat: "logprobs": true */
-    int top_logprobs;          /* chat */
-    int max_tokens;            /* -1: not given */
-    int best_of;               /* -1: not given */
+    int chat_logprobs; /* chat: "logprobs": true */
+    int top_logprobs;  /* chat */
+    int max_tokens;    /* -1: not given */
+    int best_of;       /* -1: not given */
 } request;
 
 typedef struct {
     const char *name;
-    int kinds;                 /* K_*: the routes that read it */
-    int type;                  /* T_* */
-    double lo, hi;             /* allowed range, bounds included unless *_open */
+    int kinds;     /* K_*: the routes that read it */
+    int type;      /* T_* */
+    double lo, hi; /* allowed range, bounds included unless *_open */
     unsigned char lo_open, hi_open;
-    unsigned char hi_from;     /* HI_*: hi is a server limit instead */
-    int dest;                  /* D_* */
-    size_t off;                /* offset of the value in `request` */
-    double def;                /* value when absent or null */
+    unsigned char hi_from; /* HI_*: hi is a server limit instead */
+    int dest;              /* D_* */
+    size_t off;            /* offset of the value in `request` */
+    double def;            /* value when absent or null */
 } field;
 
-#define F(name, kinds, type, lo, lo_open, hi, hi_open, hi_from, dest, member, def) \
-    {name, kinds, type, lo, hi, lo_open, hi_open, hi_from, dest, offsetof(request, member), def}
+#define F(name, kinds, type, lo, lo_open, hi, hi_open, hi_from, dest, member, def)                 \
+    {                                                                                              \
+        name, kinds, type, lo, hi, lo_open, hi_open, hi_from, dest, offsetof(request, member), def \
+    }
 #define INF INFINITY
 static const field fields[] = {
-    F("temperature",        K_BOTH,       T_NUMBER, 0, 0, INF, 0, HI_FIXED, D_FLOAT, p.sp.temperature, 1),
-    F("top_p",              K_BOTH,       T_NUMBER, 0, 1, 1, 0, HI_FIXED, D_FLOAT, p.sp.top_p, 1),
-    F("top_k",              K_BOTH,       T_INT,    0, 0, INF, 0, HI_FIXED, D_INT, p.sp.top_k, 0),
-    F("min_p",              K_BOTH,       T_NUMBER, 0, 0, 1, 0, HI_FIXED, D_FLOAT, p.sp.min_p, 0),
-    F("repetition_penalty", K_BOTH,       T_NUMBER, 0, 1, INF, 0, HI_FIXED, D_FLOAT, p.sp.repetition_penalty, 0),
-    F("presence_penalty",   K_BOTH,       T_NUMBER, -2, 0, 2, 0, HI_FIXED, D_FLOAT, p.sp.presence_penalty, 0),
-    F("frequency_penalty",  K_BOTH,       T_NUMBER, -2, 0, 2, 0, HI_FIXED, D_FLOAT, p.sp.frequency_penalty, 0),
-    F("penalty_last_n",     K_BOTH,       T_INT,    0, 0, INF, 0, HI_FIXED, D_INT, p.sp.penalty_last_n, 0),
-    F("stream",             K_BOTH,       T_BOOL,   0, 0, 1, 0, HI_FIXED, D_INT, p.stream, 0),
-    F("n",                  K_BOTH,       T_INT,    1, 0, 0, 0, HI_MAX_CHOICES, D_INT, p.n, 1),
-    F("best_of",            K_BOTH,       T_INT,    1, 0, INF, 0, HI_FIXED, D_INT, best_of, -1),
-    F("max_tokens",         K_BOTH,       T_INT,    0, 0, 0, 0, HI_MAX_TOKENS, D_INT, max_tokens, -1),
-    F("logprobs",           K_COMPLETION, T_INT,    0, 0, JOB_MAX_LOGPROBS, 0, HI_FIXED, D_INT, p.logprobs, -1),
-    F("echo",               K_COMPLETION, T_BOOL,   0, 0, 1, 0, HI_FIXED, D_INT, p.echo, 0),
-    F("logprobs",           K_CHAT,       T_BOOL,   0, 0, 1, 0, HI_FIXED, D_INT, chat_logprobs, 0),
-    F("top_logprobs",       K_CHAT,       T_INT,    0, 0, JOB_MAX_TOP_LOGPROBS, 0, HI_FIXED, D_INT, top_logprobs, -1),
-    F("sampler_trace",      K_BOTH,       T_INT,    0, 0, JOB_MAX_SAMPLER_TRACE, 0, HI_FIXED, D_INT, p.sampler_trace, 0),
+    F("temperature", K_BOTH, T_NUMBER, 0, 0, INF, 0, HI_FIXED, D_FLOAT, p.sp.temperature, 1),
+    F("top_p", K_BOTH, T_NUMBER, 0, 1, 1, 0, HI_FIXED, D_FLOAT, p.sp.top_p, 1),
+    F("top_k", K_BOTH, T_INT, 0, 0, INF, 0, HI_FIXED, D_INT, p.sp.top_k, 0),
+    F("min_p", K_BOTH, T_NUMBER, 0, 0, 1, 0, HI_FIXED, D_FLOAT, p.sp.min_p, 0),
+    F("repetition_penalty", K_BOTH, T_NUMBER, 0, 1, INF, 0, HI_FIXED, D_FLOAT, p.sp.repetition_penalty, 0),
+    F("presence_penalty", K_BOTH, T_NUMBER, -2, 0, 2, 0, HI_FIXED, D_FLOAT, p.sp.presence_penalty, 0),
+    F("frequency_penalty", K_BOTH, T_NUMBER, -2, 0, 2, 0, HI_FIXED, D_FLOAT, p.sp.frequency_penalty, 0),
+    F("penalty_last_n", K_BOTH, T_INT, 0, 0, INF, 0, HI_FIXED, D_INT, p.sp.penalty_last_n, 0),
+    F("stream", K_BOTH, T_BOOL, 0, 0, 1, 0, HI_FIXED, D_INT, p.stream, 0),
+    F("n", K_BOTH, T_INT, 1, 0, 0, 0, HI_MAX_CHOICES, D_INT, p.n, 1),
+    F("best_of", K_BOTH, T_INT, 1, 0, INF, 0, HI_FIXED, D_INT, best_of, -1),
+    F("max_tokens", K_BOTH, T_INT, 0, 0, 0, 0, HI_MAX_TOKENS, D_INT, max_tokens, -1),
+    F("logprobs", K_COMPLETION, T_INT, 0, 0, JOB_MAX_LOGPROBS, 0, HI_FIXED, D_INT, p.logprobs, -1),
+    F("echo", K_COMPLETION, T_BOOL, 0, 0, 1, 0, HI_FIXED, D_INT, p.echo, 0),
+    F("logprobs", K_CHAT, T_BOOL, 0, 0, 1, 0, HI_FIXED, D_INT, chat_logprobs, 0),
+    F("top_logprobs", K_CHAT, T_INT, 0, 0, JOB_MAX_TOP_LOGPROBS, 0, HI_FIXED, D_INT, top_logprobs, -1),
+    F("sampler_trace", K_BOTH, T_INT, 0, 0, JOB_MAX_SAMPLER_TRACE, 0, HI_FIXED, D_INT, p.sampler_trace, 0),
 };
 #undef F
 #undef INF
@@ -155,15 +162,17 @@ static void store(request *r, const field *f, double v)
 static void range_error(api_error *err, const field *f, const char *name, double lo, double hi, double v)
 {
     char got[40];
-    if (f->type == T_INT) snprintf(got, sizeof got, "%lld", (long long)v);
-    else snprintf(got, sizeof got, "%g", v);
+    if (f->type == T_INT)
+        snprintf(got, sizeof got, "%lld", (long long)v);
+    else
+        snprintf(got, sizeof got, "%g", v);
     const char *lo_op = f->lo_open ? ">" : ">=";
     if (f->hi_from == HI_MAX_TOKENS && v > hi)
         api_error_set(err, 400, "invalid_request_error", name, "invalid_value",
                       "'%s' must be <= %g, this server's limit (got %s)", name, hi, got);
     else if (isinf(hi) || f->hi_from == HI_MAX_TOKENS)
-        api_error_set(err, 400, "invalid_request_error", name, "invalid_value", "'%s' must be %s %g (got %s)",
-                      name, lo_op, lo, got);
+        api_error_set(err, 400, "invalid_request_error", name, "invalid_value", "'%s' must be %s %g (got %s)", name,
+                      lo_op, lo, got);
     else
         api_error_set(err, 400, "invalid_request_error", name, "invalid_value", "'%s' must be in %c%g, %g%c (got %s)",
                       name, f->lo_open ? '(' : '[', lo, hi, f->hi_open ? ')' : ']', got);
@@ -233,8 +242,7 @@ static int add_prompt(job_params *p, int32_t *toks, int n, int echo_from)
     return 0;
 }
 
-static int prompt_from_text(const validate_ctx *vc, job_params *p, const char *s, size_t len,
-                            api_error *err)
+static int prompt_from_text(const validate_ctx *vc, job_params *p, const char *s, size_t len, api_error *err)
 {
     if (len == 0) {
         api_error_set(err, 400, "invalid_request_error", "prompt", "invalid_value", "'prompt' must not be empty");
@@ -290,7 +298,8 @@ static int prompt_from_ids(const validate_ctx *vc, job_params *p, json_t *arr, a
 static int parse_prompt(const validate_ctx *vc, job_params *p, json_t *x, api_error *err)
 {
     if (!x || json_is_null(x)) {
-        api_error_set(err, 400, "invalid_request_error", "prompt", "missing_required_parameter", "'prompt' is required");
+        api_error_set(err, 400, "invalid_request_error", "prompt", "missing_required_parameter",
+                      "'prompt' is required");
         return -1;
     }
     if (json_is_string(x)) return prompt_from_text(vc, p, json_string_value(x), json_string_length(x), err);
@@ -311,11 +320,15 @@ static int parse_prompt(const validate_ctx *vc, job_params *p, json_t *x, api_er
     }
     size_t i;
     json_t *el;
-    json_array_foreach(x, i, el) {
+    json_array_foreach(x, i, el)
+    {
         int rc;
-        if (json_is_string(el)) rc = prompt_from_text(vc, p, json_string_value(el), json_string_length(el), err);
-        else if (json_is_array(el)) rc = prompt_from_ids(vc, p, el, err);
-        else goto type;
+        if (json_is_string(el))
+            rc = prompt_from_text(vc, p, json_string_value(el), json_string_length(el), err);
+        else if (json_is_array(el))
+            rc = prompt_from_ids(vc, p, el, err);
+        else
+            goto type;
         if (rc < 0) return -1;
     }
     return 0;
@@ -333,7 +346,8 @@ static int append_part(sbuf *b, json_t *content, api_error *err)
     if (json_is_array(content)) {
         size_t i;
         json_t *part;
-        json_array_foreach(content, i, part) {
+        json_array_foreach(content, i, part)
+        {
             json_t *t = json_object_get(part, "text");
             if (!json_is_object(part) || !json_is_string(t)) {
                 api_error_set(err, 400, "invalid_request_error", "messages", "invalid_type",
@@ -356,10 +370,11 @@ char *chat_render(json_t *messages, api_error *err)
                       "'messages' must be a non-empty array");
         return NULL;
     }
-    sbuf b = {0};
+    sbuf b = { 0 };
     size_t i;
     json_t *m;
-    json_array_foreach(messages, i, m) {
+    json_array_foreach(messages, i, m)
+    {
         json_t *role = json_object_get(m, "role");
         if (!json_is_object(m) || !json_is_string(role) || json_string_length(role) == 0) {
             api_error_set(err, 400, "invalid_request_error", "messages", "invalid_value",
@@ -367,8 +382,7 @@ char *chat_render(json_t *messages, api_error *err)
             sbuf_free(&b);
             return NULL;
         }
-        if (sbuf_append(&b, json_string_value(role), json_string_length(role)) < 0 ||
-            sbuf_append(&b, ": ", 2) < 0) {
+        if (sbuf_append(&b, json_string_value(role), json_string_length(role)) < 0 || sbuf_append(&b, ": ", 2) < 0) {
             oom(err);
             sbuf_free(&b);
             return NULL;
@@ -394,34 +408,36 @@ char *chat_render(json_t *messages, api_error *err)
 static int parse_stop(job_params *p, json_t *x, api_error *err)
 {
     if (!x || json_is_null(x)) return 0;
-    json_t *one[1] = {x};
+    json_t *one[1] = { x };
     json_t **items = one;
     size_t n = 1;
     if (json_is_array(x)) {
         n = json_array_size(x);
         if (n > 4) {
-            api_error_set(err, 400, "invalid_request_error", "stop", "invalid_value", "'stop' may hold at most 4 strings");
+            api_error_set(err, 400, "invalid_request_error", "stop", "invalid_value",
+                          "'stop' may hold at most 4 strings");
             return -1;
         }
         items = NULL;
     } else if (!json_is_string(x)) {
-        api_error_set(err, 400, "invalid_request_error", "stop", "invalid_type", "'stop' must be a string or an array of strings");
+        api_error_set(err, 400, "invalid_request_error", "stop", "invalid_type",
+                      "'stop' must be a string or an array of strings");
         return -1;
     }
     for (size_t i = 0; i < n; i++) {
         json_t *s = items ? items[i] : json_array_get(x, i);
         if (!json_is_string(s)) {
-            api_error_set(err, 400, "invalid_request_error", "stop", "invalid_type", "'stop' must be a string or an array of strings");
+            api_error_set(err, 400, "invalid_request_error", "stop", "invalid_type",
+                          "'stop' must be a string or an array of strings");
             return -1;
         }
         if (json_string_length(s) == 0 || strlen(json_string_value(s)) != json_string_length(s)) {
-            api_error_set(err, 400, "invalid_request_error", "stop", "invalid_value", "'stop' strings must not be empty");
+            api_error_set(err, 400, "invalid_request_error", "stop", "invalid_value",
+                          "'stop' strings must not be empty");
             return -1;
         }
         char *copy = strdup(json_string_value(s));
-        if (!copy) {
-            return oom(err);
-        }
+        if (!copy) { return oom(err); }
         p->stops[p->n_stops++] = copy;
     }
     return 0;
@@ -445,7 +461,8 @@ static int parse_logit_bias(const validate_ctx *vc, job_params *p, json_t *x, ap
 {
     if (!x || json_is_null(x)) return 0;
     if (!json_is_object(x)) {
-        api_error_set(err, 400, "invalid_request_error", "logit_bias", "invalid_type", "'logit_bias' must be an object");
+        api_error_set(err, 400, "invalid_request_error", "logit_bias", "invalid_type",
+                      "'logit_bias' must be an object");
         return -1;
     }
     size_t n = json_object_size(x);
@@ -462,7 +479,8 @@ static int parse_logit_bias(const validate_ctx *vc, job_params *p, json_t *x, ap
     const char *key;
     json_t *v;
     int k = 0;
-    json_object_foreach(x, key, v) {
+    json_object_foreach(x, key, v)
+    {
         long id = bias_key_id(key, vc->vocab);
         if (id < 0) {
             api_error_set(err, 400, "invalid_request_error", "logit_bias", "invalid_value",
@@ -490,7 +508,8 @@ static int parse_logit_bias(const validate_ctx *vc, job_params *p, json_t *x, ap
             free(seen);
             api_error_set(err, 400, "invalid_request_error", "logit_bias", "invalid_value",
                           "'logit_bias' names token %d more than once (keys are token ids: \"1\" and \"01\" "
-                          "are the same)", (int)ids[i]);
+                          "are the same)",
+                          (int)ids[i]);
             return -1;
         }
         seen[ids[i]] = 1;
@@ -513,8 +532,8 @@ static int read_model(const validate_ctx *vc, json_t *root, api_error *err)
     if (!json_is_string(model)) BADTYPE("model", "a string");
     if (strcmp(json_string_value(model), vc->model_id) != 0) {
         api_error_set(err, 404, "invalid_request_error", "model", "model_not_found",
-                      "The model '%.100s' does not exist (this server has '%.100s')",
-                      json_string_value(model), vc->model_id);
+                      "The model '%.100s' does not exist (this server has '%.100s')", json_string_value(model),
+                      vc->model_id);
         return -1;
     }
     return 0;
@@ -569,14 +588,16 @@ static int check_prompt_lengths(const validate_ctx *vc, int kind, job_params *p,
         if (p->context_overflow != SAMPLER_CROP_SLIDE) {
             api_error_set(err, 400, "invalid_request_error", param, "context_length_exceeded",
                           "This model's context window is %d tokens; the prompt has %d (context_overflow "
-                          "\"slide\" would keep its last %d)", vc->ctx, n, vc->ctx);
+                          "\"slide\" would keep its last %d)",
+                          vc->ctx, n, vc->ctx);
             return -1;
         }
         if (p->echo && p->logprobs >= 0 && n - 1 - vc->ctx > vc->max_tokens_limit) {
             api_error_set(err, 400, "invalid_request_error", param, "context_length_exceeded",
                           "echo with logprobs scores each prompt token past the %d-token window from its own "
                           "window (one forward pass over the window each): this prompt needs %d of them, this "
-                          "server allows %d (--max-tokens-limit)", vc->ctx, n - 1 - vc->ctx, vc->max_tokens_limit);
+                          "server allows %d (--max-tokens-limit)",
+                          vc->ctx, n - 1 - vc->ctx, vc->max_tokens_limit);
             return -1;
         }
     }
@@ -645,8 +666,8 @@ static int read_constraint(const validate_ctx *vc, json_t *root, job_params *p, 
 {
     constraint_error ce;
     if (constraint_from_request(vc->constraints, root, &p->constraint, &ce) < 0) {
-        api_error_set(err, ce.status, ce.status == 503 ? "server_error" : "invalid_request_error", NULL, ce.code,
-                      "%s", ce.message);
+        api_error_set(err, ce.status, ce.status == 503 ? "server_error" : "invalid_request_error", NULL, ce.code, "%s",
+                      ce.message);
         if (ce.param[0]) {
             snprintf(err->param_buf, sizeof err->param_buf, "%s", ce.param);
             err->param = err->param_buf;
@@ -668,7 +689,8 @@ static int read_messages(const validate_ctx *vc, json_t *root, job_params *p, ap
 {
     json_t *msgs = json_object_get(root, "messages");
     if (!msgs || json_is_null(msgs)) {
-        api_error_set(err, 400, "invalid_request_error", "messages", "missing_required_parameter", "'messages' is required");
+        api_error_set(err, 400, "invalid_request_error", "messages", "missing_required_parameter",
+                      "'messages' is required");
         return -1;
     }
     if (vc->chat_prompt) { /* the model's chat template (server/chat.c) */
@@ -700,16 +722,13 @@ static int read_messages(const validate_ctx *vc, json_t *root, job_params *p, ap
     }
     if (p->n_stops < JOB_MAX_STOPS && !p->constraint) {
         char *s = strdup("\nuser:");
-        if (!s) {
-            return oom(err);
-        }
+        if (!s) { return oom(err); }
         p->stops[p->n_stops++] = s;
     }
     return 0;
 }
 
-int validate_request(const validate_ctx *vc, int kind, const char *body, size_t len,
-                     job_params *out, api_error *err)
+int validate_request(const validate_ctx *vc, int kind, const char *body, size_t len, job_params *out, api_error *err)
 {
     memset(out, 0, sizeof *out);
     json_error_t jerr;
@@ -730,7 +749,7 @@ int validate_request(const validate_ctx *vc, int kind, const char *body, size_t 
         json_decref(root);
         return -1;
     }
-    request r = {0};
+    request r = { 0 };
     job_params *p = &r.p;
     p->kind = kind;
     if (read_model(vc, root, err) < 0) goto fail;

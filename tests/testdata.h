@@ -13,8 +13,7 @@
 #include <stdlib.h>
 #include <unistd.h>
 
-static inline const char *td_path(char *buf, size_t n, const char *var, const char *dflt,
-                                  const char *rel)
+static inline const char *td_path(char *buf, size_t n, const char *var, const char *dflt, const char *rel)
 {
     const char *root = getenv(var);
     if (!root || !*root) root = dflt;
@@ -22,7 +21,8 @@ static inline const char *td_path(char *buf, size_t n, const char *var, const ch
     cr_assert(w > 0 && (size_t)w < n, "path too long: %s/%s", root, rel);
     cr_assert(access(buf, R_OK) == 0,
               "missing test data %s: tests/data comes with the repository (restore it with "
-              "`git checkout -- tests/data`), or set %s to a folder that has %s", buf, var, rel);
+              "`git checkout -- tests/data`), or set %s to a folder that has %s",
+              buf, var, rel);
     return buf;
 }
 

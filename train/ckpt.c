@@ -29,9 +29,12 @@ static int put_vocab(gguf_writer *w)
     float scores[TRAIN_VOCAB];
     int32_t types[TRAIN_VOCAB];
     for (int i = 0; i < TRAIN_VOCAB; i++) {
-        if (i == TRAIN_UNK) toks[i] = "<unk>";
-        else if (i == TRAIN_BOS) toks[i] = "<s>";
-        else if (i == TRAIN_EOS) toks[i] = "</s>";
+        if (i == TRAIN_UNK)
+            toks[i] = "<unk>";
+        else if (i == TRAIN_BOS)
+            toks[i] = "<s>";
+        else if (i == TRAIN_EOS)
+            toks[i] = "</s>";
         else if (i == TRAIN_BYTE0 + ' ')
             toks[i] = "\xe2\x96\x81"; /* U+2581, see below */
         else {
@@ -73,8 +76,7 @@ static void name_from_path(const char *path, char *out, size_t n)
     snprintf(out, n, "%.*s", (int)len, base);
 }
 
-int train_net_save(const train_net *n, const char *path, int f16, int with_state,
-                   char *err, size_t errlen)
+int train_net_save(const train_net *n, const char *path, int f16, int with_state, char *err, size_t errlen)
 {
     const train_shape *s = &n->shape;
     size_t most = 0; /* elements of the largest matrix: the F16 buffer's size */
@@ -117,11 +119,11 @@ int train_net_save(const train_net *n, const char *path, int f16, int with_state
         const float *data = n->w + t->offset;
         size_t cnt = (size_t)t->rows * t->cols;
         if (t->rows == 1) {
-            int64_t ne[1] = {t->cols};
+            int64_t ne[1] = { t->cols };
             rc = gguf_writer_tensor(w, t->name, MT_F32, ne, 1, data, cnt * 4);
             continue;
         }
-        int64_t ne[2] = {t->cols, t->rows};
+        int64_t ne[2] = { t->cols, t->rows };
         if (f16) {
             for (size_t j = 0; j < cnt; j++) half[j] = model_f32_to_f16(data[j]);
             rc = gguf_writer_tensor(w, t->name, MT_F16, ne, 2, half, cnt * 2);
@@ -130,12 +132,14 @@ int train_net_save(const train_net *n, const char *path, int f16, int with_state
         }
     }
     if (!rc && with_state) {
-        int64_t ne[1] = {(int64_t)n->n_params};
+        int64_t ne[1] = { (int64_t)n->n_params };
         rc = gguf_writer_tensor(w, "train.adam_m", MT_F32, ne, 1, n->m, n->n_params * 4);
         rc = rc ? rc : gguf_writer_tensor(w, "train.adam_v", MT_F32, ne, 1, n->v, n->n_params * 4);
     }
-    if (!rc) rc = gguf_writer_write(w, path, err, errlen);
-    else if (err && errlen) snprintf(err, errlen, "%s: %s", path, train_strerror(rc));
+    if (!rc)
+        rc = gguf_writer_write(w, path, err, errlen);
+    else if (err && errlen)
+        snprintf(err, errlen, "%s: %s", path, train_strerror(rc));
     free(half);
     gguf_writer_free(w);
     return rc;
@@ -144,8 +148,7 @@ int train_net_save(const train_net *n, const char *path, int f16, int with_state
 /* ---- Reading ------------------------------------------------------------------------ */
 
 /* "PATH: message" into err; returns TRAIN_EFORMAT. */
-static int bad(char *err, size_t errlen, const char *path, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
+static int bad(char *err, size_t errlen, const char *path, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 static int bad(char *err, size_t errlen, const char *path, const char *fmt, ...)
 {
     if (err && errlen) {
@@ -172,13 +175,16 @@ static int read_shape(const gguf_file *g, train_shape *s, char *err, size_t errl
         return bad(err, errlen, g->path, "vocabulary is not the trainer's %d byte tokens", TRAIN_VOCAB);
     memset(s, 0, sizeof *s);
     s->vocab_size = TRAIN_VOCAB;
-    static const struct { const char *key; size_t off; } ints[] = {
-        {"llama.context_length", offsetof(train_shape, ctx_len)},
-        {"llama.embedding_length", offsetof(train_shape, dim)},
-        {"llama.block_count", offsetof(train_shape, n_layers)},
-        {"llama.feed_forward_length", offsetof(train_shape, hidden_dim)},
-        {"llama.attention.head_count", offsetof(train_shape, n_heads)},
-        {"llama.attention.head_count_kv", offsetof(train_shape, n_kv_heads)},
+    static const struct {
+        const char *key;
+        size_t off;
+    } ints[] = {
+        { "llama.context_length", offsetof(train_shape, ctx_len) },
+        { "llama.embedding_length", offsetof(train_shape, dim) },
+        { "llama.block_count", offsetof(train_shape, n_layers) },
+        { "llama.feed_forward_length", offsetof(train_shape, hidden_dim) },
+        { "llama.attention.head_count", offsetof(train_shape, n_heads) },
+        { "llama.attention.head_count_kv", offsetof(train_shape, n_kv_heads) },
     };
     int rc;
     for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++)
@@ -195,8 +201,8 @@ static int read_shape(const gguf_file *g, train_shape *s, char *err, size_t errl
 
 /* Tensor name as n floats into dst; its first dimension must be cols.  Weights
  * may be F32 or F16 (a final model saved with --f16); the optimizer state is F32. */
-static int read_floats(const gguf_file *g, const char *name, uint64_t cols, uint64_t n, int f16_ok,
-                       float *dst, char *err, size_t errlen)
+static int read_floats(const gguf_file *g, const char *name, uint64_t cols, uint64_t n, int f16_ok, float *dst,
+                       char *err, size_t errlen)
 {
     const gguf_tensor *t = gguf_find_tensor(g, name);
     if (!t) return bad(err, errlen, g->path, "tensor '%s' is missing", name);
@@ -222,8 +228,8 @@ static int read_state(const gguf_file *g, train_net *n, char *err, size_t errlen
                   *hi = gguf_find(g, "train.rng_hi");
     if (!step) return 0; /* a final model: weights only, step 0 */
     uint64_t v[3];
-    if (!lo || !hi || !gguf_kv_uint(g, step, &v[0]) || !gguf_kv_uint(g, lo, &v[1]) ||
-        !gguf_kv_uint(g, hi, &v[2]) || v[0] > 100000000 || v[1] > 0xFFFFFFFFu || v[2] > 0xFFFFFFFFu)
+    if (!lo || !hi || !gguf_kv_uint(g, step, &v[0]) || !gguf_kv_uint(g, lo, &v[1]) || !gguf_kv_uint(g, hi, &v[2]) ||
+        v[0] > 100000000 || v[1] > 0xFFFFFFFFu || v[2] > 0xFFFFFFFFu)
         return bad(err, errlen, g->path, "training state incomplete");
     int rc;
     if ((rc = read_floats(g, "train.adam_m", n->n_params, n->n_params, 0, n->m, err, errlen)) ||
@@ -246,8 +252,7 @@ int train_net_load(train_net **out, const char *path, char *err, size_t errlen)
         bad(err, errlen, path, "out of memory");
     for (int k = 0; !rc && k < n->n_tensors; k++) {
         const train_tensor *t = &n->tensors[k];
-        rc = read_floats(&g, t->name, (uint64_t)t->cols, (uint64_t)t->rows * t->cols, 1, n->w + t->offset,
-                         err, errlen);
+        rc = read_floats(&g, t->name, (uint64_t)t->cols, (uint64_t)t->rows * t->cols, 1, n->w + t->offset, err, errlen);
     }
     if (!rc) rc = read_state(&g, n, err, errlen);
     gguf_close(&g);

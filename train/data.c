@@ -49,8 +49,7 @@ int train_data_split(train_data *d, const unsigned char *text, size_t len, float
     return 0;
 }
 
-void train_data_window(const unsigned char *buf, size_t n, size_t off, int T,
-                       int32_t *tokens, int32_t *targets)
+void train_data_window(const unsigned char *buf, size_t n, size_t off, int T, int32_t *tokens, int32_t *targets)
 {
     (void)n; /* the caller guarantees off + T <= n */
     tokens[0] = TRAIN_BOS;

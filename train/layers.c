@@ -21,14 +21,11 @@ static inline v8f v8_load(const float *p)
     return v;
 }
 
-static inline float v8_sum(v8f v)
-{
-    return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]));
-}
+static inline float v8_sum(v8f v) { return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7])); }
 
 static float dot(const float *a, const float *b, int n)
 {
-    v8f acc = {0};
+    v8f acc = { 0 };
     int i = 0;
     for (; i + 8 <= n; i += 8) acc += v8_load(a + i) * v8_load(b + i);
     float s = v8_sum(acc);
@@ -68,8 +65,8 @@ void rmsnorm_forward(float *out, float *rstd, const float *x, const float *w, in
 
 /* y_i = w_i x_i r, r = (mean x^2 + eps)^-1/2, dr/dx_j = -r^3 x_j / D:
  * dx_j = r w_j dy_j - (r^3 / D) x_j sum_i dy_i w_i x_i ; dw_i = sum_t dy_i x_i r */
-void rmsnorm_backward(float *dx, float *dw, const float *dout, const float *x, const float *w,
-                      const float *rstd, int T, int D)
+void rmsnorm_backward(float *dx, float *dw, const float *dout, const float *x, const float *w, const float *rstd, int T,
+                      int D)
 {
     for (int t = 0; t < T; t++) {
         const float *xr = x + (size_t)t * D, *dy = dout + (size_t)t * D;
@@ -98,7 +95,7 @@ void matmul_forward(float *out, const float *x, const float *W, int T, int I, in
             int o = o0;
             for (; o + 4 <= o1; o += 4) {
                 const float *w0 = W + (size_t)o * I, *w1 = w0 + I, *w2 = w1 + I, *w3 = w2 + I;
-                v8f a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+                v8f a0 = { 0 }, a1 = { 0 }, a2 = { 0 }, a3 = { 0 };
                 int i = 0;
                 for (; i + 8 <= I; i += 8) {
                     v8f xv = v8_load(xr + i);
@@ -109,10 +106,15 @@ void matmul_forward(float *out, const float *x, const float *W, int T, int I, in
                 }
                 float s0 = v8_sum(a0), s1 = v8_sum(a1), s2 = v8_sum(a2), s3 = v8_sum(a3);
                 for (; i < I; i++) {
-                    s0 += xr[i] * w0[i]; s1 += xr[i] * w1[i];
-                    s2 += xr[i] * w2[i]; s3 += xr[i] * w3[i];
+                    s0 += xr[i] * w0[i];
+                    s1 += xr[i] * w1[i];
+                    s2 += xr[i] * w2[i];
+                    s3 += xr[i] * w3[i];
                 }
-                yr[o] = s0; yr[o + 1] = s1; yr[o + 2] = s2; yr[o + 3] = s3;
+                yr[o] = s0;
+                yr[o + 1] = s1;
+                yr[o + 2] = s2;
+                yr[o + 3] = s3;
             }
             for (; o < o1; o++) yr[o] = dot(xr, W + (size_t)o * I, I);
         }
@@ -122,8 +124,7 @@ void matmul_forward(float *out, const float *x, const float *W, int T, int I, in
 /* C (M, N) += A B with A read through strides (A[m, k] = A[m * sam + k * sak])
  * and B (K, N) row-major with row stride ldb.  Register-blocked 4 x 16; every
  * element sums over k in increasing order whatever block it falls in. */
-static void gemm_acc(float *C, int ldc, const float *A, int sam, int sak, const float *B, int ldb,
-                     int M, int N, int K)
+static void gemm_acc(float *C, int ldc, const float *A, int sam, int sak, const float *B, int ldb, int M, int N, int K)
 {
     int m = 0;
     for (; m + 4 <= M; m += 4) {
@@ -131,22 +132,30 @@ static void gemm_acc(float *C, int ldc, const float *A, int sam, int sak, const 
         float *c0 = C + (size_t)m * ldc, *c1 = c0 + ldc, *c2 = c1 + ldc, *c3 = c2 + ldc;
         int n = 0;
         for (; n + 16 <= N; n += 16) {
-            v8f s00 = {0}, s01 = {0}, s10 = {0}, s11 = {0}, s20 = {0}, s21 = {0}, s30 = {0}, s31 = {0};
+            v8f s00 = { 0 }, s01 = { 0 }, s10 = { 0 }, s11 = { 0 }, s20 = { 0 }, s21 = { 0 }, s30 = { 0 }, s31 = { 0 };
             for (int k = 0; k < K; k++) {
                 const float *b = B + (size_t)k * ldb + n;
                 v8f b0 = v8_load(b), b1 = v8_load(b + 8);
                 size_t ak = (size_t)k * sak;
                 float x0 = a0[ak], x1 = a1[ak], x2 = a2[ak], x3 = a3[ak];
-                s00 += x0 * b0; s01 += x0 * b1;
-                s10 += x1 * b0; s11 += x1 * b1;
-                s20 += x2 * b0; s21 += x2 * b1;
-                s30 += x3 * b0; s31 += x3 * b1;
+                s00 += x0 * b0;
+                s01 += x0 * b1;
+                s10 += x1 * b0;
+                s11 += x1 * b1;
+                s20 += x2 * b0;
+                s21 += x2 * b1;
+                s30 += x3 * b0;
+                s31 += x3 * b1;
             }
             for (int j = 0; j < 8; j++) {
-                c0[n + j] += s00[j]; c0[n + 8 + j] += s01[j];
-                c1[n + j] += s10[j]; c1[n + 8 + j] += s11[j];
-                c2[n + j] += s20[j]; c2[n + 8 + j] += s21[j];
-                c3[n + j] += s30[j]; c3[n + 8 + j] += s31[j];
+                c0[n + j] += s00[j];
+                c0[n + 8 + j] += s01[j];
+                c1[n + j] += s10[j];
+                c1[n + 8 + j] += s11[j];
+                c2[n + j] += s20[j];
+                c2[n + 8 + j] += s21[j];
+                c3[n + j] += s30[j];
+                c3[n + 8 + j] += s31[j];
             }
         }
         for (; n < N; n++) {
@@ -154,9 +163,15 @@ static void gemm_acc(float *C, int ldc, const float *A, int sam, int sak, const 
             for (int k = 0; k < K; k++) {
                 float b = B[(size_t)k * ldb + n];
                 size_t ak = (size_t)k * sak;
-                s0 += a0[ak] * b; s1 += a1[ak] * b; s2 += a2[ak] * b; s3 += a3[ak] * b;
+                s0 += a0[ak] * b;
+                s1 += a1[ak] * b;
+                s2 += a2[ak] * b;
+                s3 += a3[ak] * b;
             }
-            c0[n] += s0; c1[n] += s1; c2[n] += s2; c3[n] += s3;
+            c0[n] += s0;
+            c1[n] += s1;
+            c2[n] += s2;
+            c3[n] += s3;
         }
     }
     for (; m < M; m++) {
@@ -164,7 +179,7 @@ static void gemm_acc(float *C, int ldc, const float *A, int sam, int sak, const 
         float *c0 = C + (size_t)m * ldc;
         int n = 0;
         for (; n + 8 <= N; n += 8) {
-            v8f s0 = {0};
+            v8f s0 = { 0 };
             for (int k = 0; k < K; k++) s0 += a0[(size_t)k * sak] * v8_load(B + (size_t)k * ldb + n);
             for (int j = 0; j < 8; j++) c0[n + j] += s0[j];
         }
@@ -176,8 +191,7 @@ static void gemm_acc(float *C, int ldc, const float *A, int sam, int sak, const 
     }
 }
 
-void matmul_backward(float *dx, float *dW, const float *dout, const float *x, const float *W,
-                     int T, int I, int O)
+void matmul_backward(float *dx, float *dW, const float *dout, const float *x, const float *W, int T, int I, int O)
 {
     /* dx[t, i] += sum_o dout[t, o] W[o, i] */
     if (dx) gemm_acc(dx, I, dout, O, 1, W, I, T, I, O);
@@ -204,21 +218,14 @@ static void rope_rotate(float *x, int T, int n_heads, int E, float theta, float 
     }
 }
 
-void rope_forward(float *x, int T, int n_heads, int E, float theta)
-{
-    rope_rotate(x, T, n_heads, E, theta, 1.0f);
-}
+void rope_forward(float *x, int T, int n_heads, int E, float theta) { rope_rotate(x, T, n_heads, E, theta, 1.0f); }
 
 /* The rotation is orthogonal: its transpose is the rotation by -angle. */
-void rope_backward(float *dx, int T, int n_heads, int E, float theta)
-{
-    rope_rotate(dx, T, n_heads, E, theta, -1.0f);
-}
+void rope_backward(float *dx, int T, int n_heads, int E, float theta) { rope_rotate(dx, T, n_heads, E, theta, -1.0f); }
 
 /* ---- Attention ------------------------------------------------------------------------ */
 
-void attention_forward(float *out, float *p, const float *q, const float *k, const float *v,
-                       int T, int H, int K, int E)
+void attention_forward(float *out, float *p, const float *q, const float *k, const float *v, int T, int H, int K, int E)
 {
     const int Q = H * E, KV = K * E, group = H / K;
     const float scale = 1.0f / sqrtf((float)E);
@@ -250,8 +257,8 @@ void attention_forward(float *out, float *p, const float *q, const float *k, con
 /* o_t = sum_u p_tu v_u, p_t = softmax(s_t), s_tu = scale q_t.k_u:
  * dp_tu = do_t.v_u, dv_u += p_tu do_t, ds_tu = p_tu (dp_tu - sum_w p_tw dp_tw),
  * dq_t += scale sum_u ds_tu k_u, dk_u += scale ds_tu q_t */
-void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *p,
-                        const float *q, const float *k, const float *v, int T, int H, int K, int E)
+void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *p, const float *q,
+                        const float *k, const float *v, int T, int H, int K, int E)
 {
     const int Q = H * E, KV = K * E, group = H / K;
     const float scale = 1.0f / sqrtf((float)E);
@@ -310,7 +317,8 @@ double crossentropy_forward(float *probs, const float *logits, const int32_t *ta
         const float *l = logits + (size_t)t * V;
         float *pr = probs + (size_t)t * V;
         float mx = l[0];
-        for (int i = 1; i < V; i++) if (l[i] > mx) mx = l[i];
+        for (int i = 1; i < V; i++)
+            if (l[i] > mx) mx = l[i];
         double sum = 0.0;
         for (int i = 0; i < V; i++) {
             pr[i] = expf(l[i] - mx);
@@ -323,8 +331,7 @@ double crossentropy_forward(float *probs, const float *logits, const int32_t *ta
     return loss;
 }
 
-void crossentropy_backward(float *dlogits, const float *probs, const int32_t *targets, float scale,
-                           int T, int V)
+void crossentropy_backward(float *dlogits, const float *probs, const int32_t *targets, float scale, int T, int V)
 {
     for (int t = 0; t < T; t++) {
         const float *pr = probs + (size_t)t * V;

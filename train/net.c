@@ -20,16 +20,24 @@
 int train_shape_check(const train_shape *s, char *err, size_t errlen)
 {
     const char *why = NULL;
-    if (s->dim < 8 || s->dim > 8192 || s->dim % 8) why = "dim must be a multiple of 8 in [8, 8192]";
-    else if (s->n_layers < 1 || s->n_layers > 256) why = "layers must be in [1, 256]";
-    else if (s->n_heads < 1 || s->dim % s->n_heads) why = "heads must divide dim";
-    else if ((s->dim / s->n_heads) % 2) why = "dim / heads (the head size) must be even";
-    else if (s->n_kv_heads < 1 || s->n_heads % s->n_kv_heads) why = "kv-heads must divide heads";
+    if (s->dim < 8 || s->dim > 8192 || s->dim % 8)
+        why = "dim must be a multiple of 8 in [8, 8192]";
+    else if (s->n_layers < 1 || s->n_layers > 256)
+        why = "layers must be in [1, 256]";
+    else if (s->n_heads < 1 || s->dim % s->n_heads)
+        why = "heads must divide dim";
+    else if ((s->dim / s->n_heads) % 2)
+        why = "dim / heads (the head size) must be even";
+    else if (s->n_kv_heads < 1 || s->n_heads % s->n_kv_heads)
+        why = "kv-heads must divide heads";
     else if (s->hidden_dim < 8 || s->hidden_dim > 65536 || s->hidden_dim % 8)
         why = "hidden must be a multiple of 8 in [8, 65536]";
-    else if (s->ctx_len < 2 || s->ctx_len > 8192) why = "ctx must be in [2, 8192]";
-    else if (s->vocab_size != TRAIN_VOCAB) why = "vocabulary must be the 259 byte tokens";
-    else if (!(s->rope_theta > 0.0f) || !(s->norm_eps > 0.0f)) why = "rope theta and norm eps must be > 0";
+    else if (s->ctx_len < 2 || s->ctx_len > 8192)
+        why = "ctx must be in [2, 8192]";
+    else if (s->vocab_size != TRAIN_VOCAB)
+        why = "vocabulary must be the 259 byte tokens";
+    else if (!(s->rope_theta > 0.0f) || !(s->norm_eps > 0.0f))
+        why = "rope theta and norm eps must be > 0";
     if (why) {
         if (err && errlen) snprintf(err, errlen, "%s", why);
         return TRAIN_EINVAL;
@@ -43,23 +51,25 @@ static int layout_build(const train_shape *s, train_tensor *t, size_t *n_params)
     const int F = s->hidden_dim, V = s->vocab_size;
     size_t off = 0;
     int n = 0;
-#define ADD(nm, r, c, dec)                                                      \
-    do {                                                                        \
-        if (t) {                                                                \
-            snprintf(t[n].name, sizeof t[n].name, "%s", nm);                    \
-            t[n].offset = off; t[n].rows = (r); t[n].cols = (c); t[n].decay = (dec); \
-        }                                                                       \
-        off += (size_t)(r) * (c);                                               \
-        n++;                                                                    \
+#define ADD(nm, r, c, dec)                                   \
+    do {                                                     \
+        if (t) {                                             \
+            snprintf(t[n].name, sizeof t[n].name, "%s", nm); \
+            t[n].offset = off;                               \
+            t[n].rows = (r);                                 \
+            t[n].cols = (c);                                 \
+            t[n].decay = (dec);                              \
+        }                                                    \
+        off += (size_t)(r) * (c);                            \
+        n++;                                                 \
     } while (0)
     char nm[48];
     ADD("token_embd.weight", V, D, 1);
     for (int l = 0; l < s->n_layers; l++) {
-        static const char *const names[9] = {"attn_norm", "attn_q", "attn_k", "attn_v",
-                                             "attn_output", "ffn_norm", "ffn_gate",
-                                             "ffn_down", "ffn_up"};
-        const int rows[9] = {1, Q, KV, KV, D, 1, F, D, F};
-        const int cols[9] = {D, D, D, D, Q, D, D, F, D};
+        static const char *const names[9] = { "attn_norm", "attn_q",   "attn_k",   "attn_v", "attn_output",
+                                              "ffn_norm",  "ffn_gate", "ffn_down", "ffn_up" };
+        const int rows[9] = { 1, Q, KV, KV, D, 1, F, D, F };
+        const int cols[9] = { D, D, D, D, Q, D, D, F, D };
         for (int j = 0; j < 9; j++) {
             snprintf(nm, sizeof nm, "blk.%d.%s.weight", l, names[j]);
             ADD(nm, rows[j], cols[j], rows[j] > 1);
@@ -77,21 +87,32 @@ void train_params_view(const train_shape *s, float *base, train_params *p, train
     const int D = s->dim, E = D / s->n_heads, Q = s->n_heads * E, KV = s->n_kv_heads * E;
     const int F = s->hidden_dim, V = s->vocab_size;
     float *c = base;
-    p->tok_embd = c; c += (size_t)V * D;
+    p->tok_embd = c;
+    c += (size_t)V * D;
     p->layers = layers;
     for (int l = 0; l < s->n_layers; l++) {
         train_layer *L = &layers[l];
-        L->attn_norm = c; c += D;
-        L->wq = c; c += (size_t)Q * D;
-        L->wk = c; c += (size_t)KV * D;
-        L->wv = c; c += (size_t)KV * D;
-        L->wo = c; c += (size_t)D * Q;
-        L->ffn_norm = c; c += D;
-        L->w1 = c; c += (size_t)F * D;
-        L->w2 = c; c += (size_t)D * F;
-        L->w3 = c; c += (size_t)F * D;
+        L->attn_norm = c;
+        c += D;
+        L->wq = c;
+        c += (size_t)Q * D;
+        L->wk = c;
+        c += (size_t)KV * D;
+        L->wv = c;
+        c += (size_t)KV * D;
+        L->wo = c;
+        c += (size_t)D * Q;
+        L->ffn_norm = c;
+        c += D;
+        L->w1 = c;
+        c += (size_t)F * D;
+        L->w2 = c;
+        c += (size_t)D * F;
+        L->w3 = c;
+        c += (size_t)F * D;
     }
-    p->out_norm = c; c += D;
+    p->out_norm = c;
+    c += D;
     p->output = s->tied ? p->tok_embd : c;
 }
 
@@ -120,8 +141,12 @@ static float rng_normal(uint64_t *s)
 void train_net_free(train_net *n)
 {
     if (!n) return;
-    free(n->w); free(n->g); free(n->m); free(n->v);
-    free(n->pw.layers); free(n->pg.layers);
+    free(n->w);
+    free(n->g);
+    free(n->m);
+    free(n->v);
+    free(n->pw.layers);
+    free(n->pg.layers);
     free(n->tensors);
     free(n);
 }
@@ -212,8 +237,7 @@ train_act *train_act_new(const train_shape *s, int T)
     const size_t D = s->dim, H = s->n_heads, E = D / H, Q = H * E, KV = s->n_kv_heads * E;
     const size_t F = s->hidden_dim, V = s->vocab_size, t = T;
     size_t per_layer = t * (D * 4 + 2 + Q * 2 + KV * 2 + F * 3) + H * t * t;
-    size_t total = per_layer * s->n_layers + t * (D * 2 + 1 + V * 2) +
-                   t * (D * 2 + Q * 2 + KV * 2 + F * 3 + V);
+    size_t total = per_layer * s->n_layers + t * (D * 2 + 1 + V * 2) + t * (D * 2 + Q * 2 + KV * 2 + F * 3 + V);
     train_act *a = calloc(1, sizeof *a);
     if (!a) return NULL;
     a->T = T;
@@ -224,20 +248,43 @@ train_act *train_act_new(const train_shape *s, int T)
         return NULL;
     }
     float *c = a->mem;
-#define TAKE(ptr, cnt) do { (ptr) = c; c += (cnt); } while (0)
+#define TAKE(ptr, cnt) \
+    do {               \
+        (ptr) = c;     \
+        c += (cnt);    \
+    } while (0)
     for (int l = 0; l < s->n_layers; l++) {
         act_layer *L = &a->L[l];
-        TAKE(L->x, t * D); TAKE(L->xn1, t * D); TAKE(L->r1, t);
-        TAKE(L->q, t * Q); TAKE(L->k, t * KV); TAKE(L->v, t * KV);
-        TAKE(L->p, H * t * t); TAKE(L->ao, t * Q); TAKE(L->xm, t * D);
-        TAKE(L->xn2, t * D); TAKE(L->r2, t);
-        TAKE(L->g, t * F); TAKE(L->u, t * F); TAKE(L->a, t * F);
+        TAKE(L->x, t * D);
+        TAKE(L->xn1, t * D);
+        TAKE(L->r1, t);
+        TAKE(L->q, t * Q);
+        TAKE(L->k, t * KV);
+        TAKE(L->v, t * KV);
+        TAKE(L->p, H * t * t);
+        TAKE(L->ao, t * Q);
+        TAKE(L->xm, t * D);
+        TAKE(L->xn2, t * D);
+        TAKE(L->r2, t);
+        TAKE(L->g, t * F);
+        TAKE(L->u, t * F);
+        TAKE(L->a, t * F);
     }
-    TAKE(a->xf, t * D); TAKE(a->xnf, t * D); TAKE(a->rf, t);
-    TAKE(a->logits, t * V); TAKE(a->probs, t * V);
-    TAKE(a->dx, t * D); TAKE(a->dxn, t * D); TAKE(a->dq, t * Q); TAKE(a->dk, t * KV);
-    TAKE(a->dv, t * KV); TAKE(a->dao, t * Q); TAKE(a->dg, t * F); TAKE(a->du, t * F);
-    TAKE(a->da, t * F); TAKE(a->dlogits, t * V);
+    TAKE(a->xf, t * D);
+    TAKE(a->xnf, t * D);
+    TAKE(a->rf, t);
+    TAKE(a->logits, t * V);
+    TAKE(a->probs, t * V);
+    TAKE(a->dx, t * D);
+    TAKE(a->dxn, t * D);
+    TAKE(a->dq, t * Q);
+    TAKE(a->dk, t * KV);
+    TAKE(a->dv, t * KV);
+    TAKE(a->dao, t * Q);
+    TAKE(a->dg, t * F);
+    TAKE(a->du, t * F);
+    TAKE(a->da, t * F);
+    TAKE(a->dlogits, t * V);
 #undef TAKE
     return a;
 }
@@ -246,9 +293,8 @@ train_act *train_act_new(const train_shape *s, int T)
 
 #define ZERO(p, cnt) memset((p), 0, sizeof(float) * (size_t)(cnt))
 
-double train_net_pass(const train_net *n, train_act *a, const int32_t *tokens,
-                      const int32_t *targets, int T, train_params *grads, float scale,
-                      float *logits)
+double train_net_pass(const train_net *n, train_act *a, const int32_t *tokens, const int32_t *targets, int T,
+                      train_params *grads, float scale, float *logits)
 {
     const train_shape *s = &n->shape;
     const int D = s->dim, H = s->n_heads, K = s->n_kv_heads, E = D / H, Q = H * E, KV = K * E;

@@ -55,7 +55,7 @@ static double now_s(void)
 typedef struct {
     const train_net *net;
     train_act *act;
-    float *gbuf;            /* n_params: this worker's gradient sum */
+    float *gbuf; /* n_params: this worker's gradient sum */
     train_params gview;
     train_layer *glayers;
     const int32_t *tokens, *targets; /* (n_seq, T) */
@@ -72,19 +72,19 @@ static void *worker_run(void *arg)
     if (wk->backward) memset(wk->gbuf, 0, sizeof(float) * wk->net->n_params);
     for (int i = wk->first; i < wk->first + wk->count; i++) {
         const int32_t *tok = wk->tokens + (size_t)i * wk->T, *tgt = wk->targets + (size_t)i * wk->T;
-        wk->loss += train_net_pass(wk->net, wk->act, tok, tgt, wk->T,
-                                   wk->backward ? &wk->gview : NULL, wk->scale, NULL);
+        wk->loss +=
+            train_net_pass(wk->net, wk->act, tok, tgt, wk->T, wk->backward ? &wk->gview : NULL, wk->scale, NULL);
     }
     return NULL;
 }
 
 /* Run n_seq sequences over the workers (contiguous fixed ranges); the caller's
  * thread runs worker 0.  Returns the summed loss, added in worker order. */
-static double run_workers(worker *wk, int n_workers, int n_seq, int backward, float scale,
-                          const int32_t *tokens, const int32_t *targets)
+static double run_workers(worker *wk, int n_workers, int n_seq, int backward, float scale, const int32_t *tokens,
+                          const int32_t *targets)
 {
     pthread_t th[64];
-    int started[64] = {0};
+    int started[64] = { 0 };
     for (int j = 0; j < n_workers; j++) {
         wk[j].first = (int)((long)n_seq * j / n_workers);
         wk[j].count = (int)((long)n_seq * (j + 1) / n_workers) - wk[j].first;
@@ -96,8 +96,10 @@ static double run_workers(worker *wk, int n_workers, int n_seq, int backward, fl
     for (int j = 1; j < n_workers; j++) started[j] = !pthread_create(&th[j], NULL, worker_run, &wk[j]);
     worker_run(&wk[0]);
     for (int j = 1; j < n_workers; j++) {
-        if (started[j]) pthread_join(th[j], NULL);
-        else worker_run(&wk[j]); /* could not start a thread: same work, same result */
+        if (started[j])
+            pthread_join(th[j], NULL);
+        else
+            worker_run(&wk[j]); /* could not start a thread: same work, same result */
     }
     double loss = 0.0;
     for (int j = 0; j < n_workers; j++) loss += wk[j].loss;
@@ -107,8 +109,8 @@ static double run_workers(worker *wk, int n_workers, int n_seq, int backward, fl
 /* ---- Evaluation ---------------------------------------------------------------------- */
 
 /* Mean loss (nats per byte) over fixed, evenly spaced windows of buf. */
-static double evaluate(worker *wk, int n_workers, const unsigned char *buf, size_t n, int T,
-                       int eval_tokens, int32_t *tok, int32_t *tgt, int cap_seq)
+static double evaluate(worker *wk, int n_workers, const unsigned char *buf, size_t n, int T, int eval_tokens,
+                       int32_t *tok, int32_t *tgt, int cap_seq)
 {
     if (n < (size_t)T) return NAN;
     int nw = eval_tokens / T;
@@ -132,10 +134,15 @@ static double evaluate(worker *wk, int n_workers, const unsigned char *buf, size
 
 static void fmt_hms(char *out, size_t cap, double s)
 {
-    if (!(s >= 0) || s > 1e7) { snprintf(out, cap, "--:--"); return; }
+    if (!(s >= 0) || s > 1e7) {
+        snprintf(out, cap, "--:--");
+        return;
+    }
     long t = (long)(s + 0.5);
-    if (t >= 3600) snprintf(out, cap, "%ld:%02ld:%02ld", t / 3600, t / 60 % 60, t % 60);
-    else snprintf(out, cap, "%02ld:%02ld", t / 60, t % 60);
+    if (t >= 3600)
+        snprintf(out, cap, "%ld:%02ld:%02ld", t / 3600, t / 60 % 60, t % 60);
+    else
+        snprintf(out, cap, "%02ld:%02ld", t / 60, t % 60);
 }
 
 typedef struct {
@@ -145,8 +152,8 @@ typedef struct {
     int line_open;
 } progress;
 
-static void progress_step(progress *p, long step, long steps, double loss, float lr,
-                          double tok_s, double eta, int force)
+static void progress_step(progress *p, long step, long steps, double loss, float lr, double tok_s, double eta,
+                          int force)
 {
     if (!p->f) return;
     double t = now_s();
@@ -159,12 +166,12 @@ static void progress_step(progress *p, long step, long steps, double loss, float
     for (int i = 0; i < width; i++) bar[i] = i < fill ? '#' : '.';
     bar[width] = 0;
     if (p->tty) {
-        fprintf(p->f, "\r[%s] %ld/%ld loss %.3f (%.3f bpb) lr %.2e %.0f tok/s ETA %s\033[K",
-                bar, step, steps, loss, loss / M_LN2, lr, tok_s, e);
+        fprintf(p->f, "\r[%s] %ld/%ld loss %.3f (%.3f bpb) lr %.2e %.0f tok/s ETA %s\033[K", bar, step, steps, loss,
+                loss / M_LN2, lr, tok_s, e);
         p->line_open = 1;
     } else {
-        fprintf(p->f, "step %ld/%ld loss %.3f (%.3f bpb) lr %.2e %.0f tok/s ETA %s\n",
-                step, steps, loss, loss / M_LN2, lr, tok_s, e);
+        fprintf(p->f, "step %ld/%ld loss %.3f (%.3f bpb) lr %.2e %.0f tok/s ETA %s\n", step, steps, loss, loss / M_LN2,
+                lr, tok_s, e);
     }
     fflush(p->f);
 }
@@ -173,7 +180,10 @@ static void progress_line(progress *p, const char *fmt, ...) __attribute__((form
 static void progress_line(progress *p, const char *fmt, ...)
 {
     if (!p->f) return;
-    if (p->line_open) { fputs("\r\033[K", p->f); p->line_open = 0; }
+    if (p->line_open) {
+        fputs("\r\033[K", p->f);
+        p->line_open = 0;
+    }
     va_list ap;
     va_start(ap, fmt);
     vfprintf(p->f, fmt, ap);
@@ -190,19 +200,19 @@ typedef struct {
     train_data data;
     worker wk[64];
     int n_workers, T, cap_seq;
-    int32_t *tok, *tgt;                  /* (cap_seq, T) windows and their targets */
+    int32_t *tok, *tgt; /* (cap_seq, T) windows and their targets */
     progress pg;
-    long stop;                           /* the step this run ends at */
-    double t_start, t_train;             /* run start; seconds spent in steps */
+    long stop;               /* the step this run ends at */
+    double t_start, t_train; /* run start; seconds spent in steps */
     double loss_acc, last_train, last_val;
     long tokens_done, loss_n, steps_run;
 } run;
 
 static int check_opts(const train_opts *o, char *err, size_t errlen)
 {
-    if (o->steps < 0 || o->batch < 1 || o->batch > 4096 || !(o->lr > 0) || o->min_lr < 0 ||
-        o->warmup < 0 || o->weight_decay < 0 || !(o->beta1 >= 0 && o->beta1 < 1) ||
-        !(o->beta2 >= 0 && o->beta2 < 1) || !(o->adam_eps > 0) || o->eval_tokens < 1) {
+    if (o->steps < 0 || o->batch < 1 || o->batch > 4096 || !(o->lr > 0) || o->min_lr < 0 || o->warmup < 0 ||
+        o->weight_decay < 0 || !(o->beta1 >= 0 && o->beta1 < 1) || !(o->beta2 >= 0 && o->beta2 < 1) ||
+        !(o->adam_eps > 0) || o->eval_tokens < 1) {
         snprintf(err, errlen, "invalid training options");
         return TRAIN_EINVAL;
     }
@@ -319,14 +329,12 @@ static int after_step(run *r, double loss, float lr, char *err, size_t errlen)
         r->loss_acc = 0.0;
         r->loss_n = 0;
         if (r->data.n_val >= (size_t)r->T) {
-            r->last_val = evaluate(r->wk, r->n_workers, r->data.val, r->data.n_val, r->T, o->eval_tokens,
-                                   r->tok, r->tgt, r->cap_seq);
-            progress_line(&r->pg, "eval step %ld: train %.4f bpb, val %.4f bpb (%.4f nats), %.0f s\n",
-                          n->step, r->last_train / M_LN2, r->last_val / M_LN2, r->last_val,
-                          now_s() - r->t_start);
+            r->last_val = evaluate(r->wk, r->n_workers, r->data.val, r->data.n_val, r->T, o->eval_tokens, r->tok,
+                                   r->tgt, r->cap_seq);
+            progress_line(&r->pg, "eval step %ld: train %.4f bpb, val %.4f bpb (%.4f nats), %.0f s\n", n->step,
+                          r->last_train / M_LN2, r->last_val / M_LN2, r->last_val, now_s() - r->t_start);
         } else {
-            progress_line(&r->pg, "eval step %ld: train %.4f bpb (no held-out text)\n", n->step,
-                          r->last_train / M_LN2);
+            progress_line(&r->pg, "eval step %ld: train %.4f bpb (no held-out text)\n", n->step, r->last_train / M_LN2);
         }
     }
     if (o->ckpt_path && (at_end || (o->save_every > 0 && n->step % o->save_every == 0)))
@@ -347,21 +355,21 @@ static void run_free(run *r)
     train_net_free(r->n);
 }
 
-int train_run(const train_opts *o, const unsigned char *text, size_t len,
-              train_result *res, char *err, size_t errlen)
+int train_run(const train_opts *o, const unsigned char *text, size_t len, train_result *res, char *err, size_t errlen)
 {
     int rc = check_opts(o, err, errlen);
     if (rc) return rc;
-    run r = {.o = o, .last_train = NAN, .last_val = NAN};
-    r.pg = (progress){o->progress ? o->log : NULL, o->log ? isatty(fileno(o->log)) : 0, 0.0, 0};
+    run r = { .o = o, .last_train = NAN, .last_val = NAN };
+    r.pg = (progress){ o->progress ? o->log : NULL, o->log ? isatty(fileno(o->log)) : 0, 0.0, 0 };
     if ((rc = open_net(o, &r.n, err, errlen))) return rc;
     if ((rc = run_setup(&r, text, len, err, errlen))) goto done;
     train_net *n = r.n;
-    progress_line(&r.pg, "train: %zu parameters (%d layers, dim %d, heads %d/%d, hidden %d, ctx %d, %s), "
+    progress_line(&r.pg,
+                  "train: %zu parameters (%d layers, dim %d, heads %d/%d, hidden %d, ctx %d, %s), "
                   "%zu train / %zu val bytes, batch %d x %d tokens, %d threads, step %ld -> %ld of %d\n",
                   n->n_params, n->shape.n_layers, n->shape.dim, n->shape.n_heads, n->shape.n_kv_heads,
-                  n->shape.hidden_dim, r.T, n->shape.tied ? "tied" : "untied", r.data.n_train, r.data.n_val,
-                  o->batch, r.T, r.n_workers, n->step, r.stop, o->steps);
+                  n->shape.hidden_dim, r.T, n->shape.tied ? "tied" : "untied", r.data.n_train, r.data.n_val, o->batch,
+                  r.T, r.n_workers, n->step, r.stop, o->steps);
     r.t_start = now_s();
     while (n->step < r.stop) {
         double t0 = now_s();
@@ -379,8 +387,8 @@ int train_run(const train_opts *o, const unsigned char *text, size_t len,
         if ((rc = after_step(&r, loss, lr, err, errlen))) goto done;
     }
     if (r.steps_run == 0 && r.data.n_val >= (size_t)r.T) /* nothing to do: still report where we are */
-        r.last_val = evaluate(r.wk, r.n_workers, r.data.val, r.data.n_val, r.T, o->eval_tokens, r.tok, r.tgt,
-                              r.cap_seq);
+        r.last_val =
+            evaluate(r.wk, r.n_workers, r.data.val, r.data.n_val, r.T, o->eval_tokens, r.tok, r.tgt, r.cap_seq);
     if (o->out_path && (rc = train_net_save(n, o->out_path, o->f16, 0, err, errlen))) goto done;
     if (res) {
         res->steps_done = (int)n->step;
@@ -397,8 +405,8 @@ done:
 
 /* ---- Sampling ------------------------------------------------------------------------------ */
 
-int train_generate(const train_net *n, const char *prompt, int n_new, float temperature,
-                   uint64_t seed, char *out, size_t cap)
+int train_generate(const train_net *n, const char *prompt, int n_new, float temperature, uint64_t seed, char *out,
+                   size_t cap)
 {
     const int T = n->shape.ctx_len, V = n->shape.vocab_size;
     if (!cap || n_new < 0) return TRAIN_EINVAL;
@@ -408,7 +416,9 @@ int train_generate(const train_net *n, const char *prompt, int n_new, float temp
     float *logits = malloc(sizeof(float) * (size_t)T * V);
     train_act *a = train_act_new(&n->shape, T);
     if (!ids || !logits || !a) {
-        free(ids); free(logits); train_act_free(a);
+        free(ids);
+        free(logits);
+        train_act_free(a);
         return TRAIN_ENOMEM;
     }
     int len = 0;
@@ -420,22 +430,31 @@ int train_generate(const train_net *n, const char *prompt, int n_new, float temp
         /* the window: BOS + the last T-1 tokens (as in training) */
         int32_t win[8192];
         int m = len <= T ? len : T;
-        if (len <= T) memcpy(win, ids, sizeof(int32_t) * len);
-        else { win[0] = TRAIN_BOS; memcpy(win + 1, ids + len - (T - 1), sizeof(int32_t) * (T - 1)); }
+        if (len <= T)
+            memcpy(win, ids, sizeof(int32_t) * len);
+        else {
+            win[0] = TRAIN_BOS;
+            memcpy(win + 1, ids + len - (T - 1), sizeof(int32_t) * (T - 1));
+        }
         train_net_pass(n, a, win, NULL, m, NULL, 0.0f, logits);
         const float *l = logits + (size_t)(m - 1) * V;
         int best = TRAIN_BYTE0;
         if (temperature <= 0.0f) {
-            for (int i = TRAIN_BYTE0; i < V; i++) if (l[i] > l[best]) best = i;
+            for (int i = TRAIN_BYTE0; i < V; i++)
+                if (l[i] > l[best]) best = i;
         } else {
             double mx = l[TRAIN_BYTE0], sum = 0.0;
-            for (int i = TRAIN_BYTE0; i < V; i++) if (l[i] > mx) mx = l[i];
+            for (int i = TRAIN_BYTE0; i < V; i++)
+                if (l[i] > mx) mx = l[i];
             for (int i = TRAIN_BYTE0; i < V; i++) sum += exp((l[i] - mx) / temperature);
             double r = ((train_rng_next(&rng) >> 11) * (1.0 / 9007199254740992.0)) * sum, c = 0.0;
             best = V - 1;
             for (int i = TRAIN_BYTE0; i < V; i++) {
                 c += exp((l[i] - mx) / temperature);
-                if (c > r) { best = i; break; }
+                if (c > r) {
+                    best = i;
+                    break;
+                }
             }
         }
         ids[len++] = best;

@@ -61,7 +61,7 @@ enum {
 enum { TRAIN_VOCAB = 259, TRAIN_UNK = 0, TRAIN_BOS = 1, TRAIN_EOS = 2, TRAIN_BYTE0 = 3 };
 
 typedef struct {
-    int dim;          /* embedding width, multiple of 8 */
+    int dim; /* embedding width, multiple of 8 */
     int n_layers;
     int n_heads;
     int n_kv_heads;   /* divides n_heads */
@@ -87,42 +87,42 @@ typedef struct {
 } train_layer;
 
 typedef struct {
-    float *tok_embd;  /* (vocab, dim) */
+    float *tok_embd;     /* (vocab, dim) */
     train_layer *layers; /* n_layers */
-    float *out_norm;  /* (dim) */
-    float *output;    /* (vocab, dim); == tok_embd when tied */
+    float *out_norm;     /* (dim) */
+    float *output;       /* (vocab, dim); == tok_embd when tied */
 } train_params;
 
 /* One named tensor of the layout (for files and tests). */
 typedef struct {
-    char name[48];    /* GGUF name, e.g. "blk.0.attn_q.weight" */
-    size_t offset;    /* in floats, into the flat buffer */
-    int rows, cols;   /* vectors: rows = 1 */
-    int decay;        /* 1 if AdamW weight decay applies (matrices) */
+    char name[48];  /* GGUF name, e.g. "blk.0.attn_q.weight" */
+    size_t offset;  /* in floats, into the flat buffer */
+    int rows, cols; /* vectors: rows = 1 */
+    int decay;      /* 1 if AdamW weight decay applies (matrices) */
 } train_tensor;
 
 typedef struct {
     train_shape shape;
-    int steps;            /* total optimizer steps */
-    int batch;            /* sequences per step */
-    float lr, min_lr;     /* peak and final learning rate (cosine) */
-    int warmup;           /* linear warmup steps */
-    float weight_decay;   /* decoupled, matrices only */
-    float clip;           /* global gradient-norm clip (<= 0: off) */
+    int steps;          /* total optimizer steps */
+    int batch;          /* sequences per step */
+    float lr, min_lr;   /* peak and final learning rate (cosine) */
+    int warmup;         /* linear warmup steps */
+    float weight_decay; /* decoupled, matrices only */
+    float clip;         /* global gradient-norm clip (<= 0: off) */
     float beta1, beta2, adam_eps;
     uint64_t seed;
     int n_threads;
-    float val_frac;       /* fraction of the text held out */
-    int eval_every;       /* steps between validations (0: only at the end) */
-    int eval_tokens;      /* held-out tokens per validation */
-    int save_every;       /* steps between checkpoints (0: only at the end) */
-    int stop_at;          /* stop after this step (schedule still spans `steps`); 0: no */
-    const char *out_path;     /* final model (GGUF) */
-    const char *ckpt_path;    /* checkpoint (GGUF with train state); NULL: none */
-    const char *resume_path;  /* checkpoint to continue from, or NULL */
-    int f16;              /* final model's matrices as F16 */
-    int progress;         /* 0: silent; 1: progress on `log` */
-    FILE *log;            /* progress and messages (stderr in the CLI); may be NULL */
+    float val_frac;          /* fraction of the text held out */
+    int eval_every;          /* steps between validations (0: only at the end) */
+    int eval_tokens;         /* held-out tokens per validation */
+    int save_every;          /* steps between checkpoints (0: only at the end) */
+    int stop_at;             /* stop after this step (schedule still spans `steps`); 0: no */
+    const char *out_path;    /* final model (GGUF) */
+    const char *ckpt_path;   /* checkpoint (GGUF with train state); NULL: none */
+    const char *resume_path; /* checkpoint to continue from, or NULL */
+    int f16;                 /* final model's matrices as F16 */
+    int progress;            /* 0: silent; 1: progress on `log` */
+    FILE *log;               /* progress and messages (stderr in the CLI); may be NULL */
 } train_opts;
 
 /* Fill opts with the defaults listed by `lmserve train --help`. */
@@ -134,20 +134,20 @@ typedef struct train_net train_net;
 struct train_net {
     train_shape shape;
     size_t n_params;
-    float *w, *g, *m, *v;     /* each n_params */
-    train_params pw, pg;      /* views of w and g */
+    float *w, *g, *m, *v; /* each n_params */
+    train_params pw, pg;  /* views of w and g */
     int n_tensors;
     train_tensor *tensors;
-    long step;                /* optimizer steps taken */
-    uint64_t rng;             /* data-sampling RNG state */
+    long step;    /* optimizer steps taken */
+    uint64_t rng; /* data-sampling RNG state */
 };
 
 /* Statistics of a finished run. */
 typedef struct {
-    int steps_done;       /* the model's step count at the end */
-    int steps_run;        /* steps taken by this call */
-    double train_bpb;     /* mean training loss of the last eval interval, bits/byte */
-    double val_bpb;       /* final validation loss, bits/byte */
+    int steps_done;   /* the model's step count at the end */
+    int steps_run;    /* steps taken by this call */
+    double train_bpb; /* mean training loss of the last eval interval, bits/byte */
+    double val_bpb;   /* final validation loss, bits/byte */
     double seconds;
     double tok_per_s;
 } train_result;
@@ -164,19 +164,17 @@ const train_tensor *train_net_find(const train_net *n, const char *name);
 
 /* Save a GGUF file: the model (as F16 matrices if f16), plus the training
  * state if with_state.  Load a checkpoint written with with_state for resume. */
-int train_net_save(const train_net *n, const char *path, int f16, int with_state,
-                   char *err, size_t errlen);
+int train_net_save(const train_net *n, const char *path, int f16, int with_state, char *err, size_t errlen);
 int train_net_load(train_net **out, const char *path, char *err, size_t errlen);
 
 /* Train on text[0..len) according to opts.  On success fills *res (may be NULL). */
-int train_run(const train_opts *o, const unsigned char *text, size_t len,
-              train_result *res, char *err, size_t errlen);
+int train_run(const train_opts *o, const unsigned char *text, size_t len, train_result *res, char *err, size_t errlen);
 
 /* Generate up to n bytes after prompt with the trainer's own forward pass
  * (temperature 0 = greedy), for samples and tests.  Writes a NUL-terminated
  * string into out (capacity cap).  Returns the bytes written or a negative code. */
-int train_generate(const train_net *n, const char *prompt, int n_new, float temperature,
-                   uint64_t seed, char *out, size_t cap);
+int train_generate(const train_net *n, const char *prompt, int n_new, float temperature, uint64_t seed, char *out,
+                   size_t cap);
 
 const char *train_strerror(int code);
 

@@ -6,11 +6,11 @@
 #include <stddef.h>
 
 typedef struct {
-    const char *path;          /* URL path, e.g. "/" or "/app.js" */
-    const char *content_type;  /* e.g. "text/html; charset=utf-8" */
+    const char *path;         /* URL path, e.g. "/" or "/app.js" */
+    const char *content_type; /* e.g. "text/html; charset=utf-8" */
     const unsigned char *data;
     size_t len;
-    const char *etag;          /* quoted strong validator derived from the content */
+    const char *etag; /* quoted strong validator derived from the content */
 } web_asset;
 
 extern const web_asset web_assets[];

@@ -21,31 +21,31 @@
 #include <stdint.h>
 
 typedef struct {
-    int cap_rows;        /* rows the buffers below hold */
+    int cap_rows; /* rows the buffers below hold */
     int cap_items;
-    float *x;            /* (T, dim) residual stream */
-    float *xb;           /* (T, max(dim, q_dim)) normed input / projection output */
-    float *q;            /* (T, n_heads * head_dim) */
-    float *k, *v;        /* (T, n_kv_heads * head_dim) */
-    float *att;          /* (T, n_heads * head_dim) attention output */
-    float *hb, *hb2;     /* (T, hidden_dim) */
-    int *pos;            /* (T) */
-    int *row0;           /* (n_items + 1) */
-    float *scores;       /* (n_items * n_heads, max positions) attention weights */
+    float *x;        /* (T, dim) residual stream */
+    float *xb;       /* (T, max(dim, q_dim)) normed input / projection output */
+    float *q;        /* (T, n_heads * head_dim) */
+    float *k, *v;    /* (T, n_kv_heads * head_dim) */
+    float *att;      /* (T, n_heads * head_dim) attention output */
+    float *hb, *hb2; /* (T, hidden_dim) */
+    int *pos;        /* (T) */
+    int *row0;       /* (n_items + 1) */
+    float *scores;   /* (n_items * n_heads, max positions) attention weights */
     size_t cap_scores;
-    float *xl;           /* (n_items, dim) final rows whose last-position logits are wanted */
-    float *logits;       /* (n_items, vocab) */
-    float *rope;         /* (ctx_len, rope_dim / 2, 2): cos, sin per position and pair */
+    float *xl;     /* (n_items, dim) final rows whose last-position logits are wanted */
+    float *logits; /* (n_items, vocab) */
+    float *rope;   /* (ctx_len, rope_dim / 2, 2): cos, sin per position and pair */
     int rope_ctx;
 } fwd_scratch;
 
 typedef struct {
     model_batch_item *items;
     int n_items;
-    int n_rows;          /* T */
-    const int *row0;     /* (n_items + 1) */
-    const int *pos;      /* (T) */
-    int max_len;         /* longest sequence after this call */
+    int n_rows;      /* T */
+    const int *row0; /* (n_items + 1) */
+    const int *pos;  /* (T) */
+    int max_len;     /* longest sequence after this call */
 } fwd_batch;
 
 /* Release the scratch activations (model_free). */
@@ -55,8 +55,7 @@ void forward_scratch_free(void *scratch);
 static inline int forward_rope_dim(const model_info *in)
 {
     int rd = in->rope_dim;
-    if (rd <= 0 || rd > in->head_dim)
-        rd = in->head_dim;
+    if (rd <= 0 || rd > in->head_dim) rd = in->head_dim;
     return rd & ~1;
 }
 

@@ -59,9 +59,9 @@ void forward_gpt2(model *m, fwd_scratch *sc, const fwd_batch *b)
     for (int l = 0; l < in->n_layers; l++) {
         const layer_weights *lw = &m->layers[l];
         for (int r = 0; r < T; r++)
-            forward_layernorm(sc->xb + (size_t)r * dim, sc->x + (size_t)r * dim, lw->attn_norm,
-                              lw->attn_norm_b, dim, eps);
-        kernel_job qkv[3] = {{sc->q, &lw->wq}, {sc->k, &lw->wk}, {sc->v, &lw->wv}};
+            forward_layernorm(sc->xb + (size_t)r * dim, sc->x + (size_t)r * dim, lw->attn_norm, lw->attn_norm_b, dim,
+                              eps);
+        kernel_job qkv[3] = { { sc->q, &lw->wq }, { sc->k, &lw->wk }, { sc->v, &lw->wv } };
         kernel_matmul_multi(m->pool, qkv, 3, sc->xb, T);
         add_bias(sc->q, lw->bq, T, qd);
         add_bias(sc->k, lw->bk, T, kvd);
@@ -72,8 +72,8 @@ void forward_gpt2(model *m, fwd_scratch *sc, const fwd_batch *b)
         for (size_t e = 0; e < (size_t)T * dim; e++) sc->x[e] += sc->xb[e];
 
         for (int r = 0; r < T; r++)
-            forward_layernorm(sc->xb + (size_t)r * dim, sc->x + (size_t)r * dim, lw->ffn_norm,
-                              lw->ffn_norm_b, dim, eps);
+            forward_layernorm(sc->xb + (size_t)r * dim, sc->x + (size_t)r * dim, lw->ffn_norm, lw->ffn_norm_b, dim,
+                              eps);
         kernel_matmul(m->pool, sc->hb, sc->xb, T, &lw->w1);
         add_bias(sc->hb, lw->b1, T, hidden);
         for (size_t e = 0; e < (size_t)T * hidden; e++) sc->hb[e] = gelu(sc->hb[e], m->gelu_tanh);
@@ -82,6 +82,5 @@ void forward_gpt2(model *m, fwd_scratch *sc, const fwd_batch *b)
         for (size_t e = 0; e < (size_t)T * dim; e++) sc->x[e] += sc->xb[e];
     }
     for (int r = 0; r < T; r++)
-        forward_layernorm(sc->xb + (size_t)r * dim, sc->x + (size_t)r * dim, m->out_norm, m->out_norm_b,
-                          dim, eps);
+        forward_layernorm(sc->xb + (size_t)r * dim, sc->x + (size_t)r * dim, m->out_norm, m->out_norm_b, dim, eps);
 }

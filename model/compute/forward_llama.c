@@ -26,10 +26,8 @@ static void residual_norm_rows(fwd_scratch *sc, int dim, const float *w, float e
 {
     for (int r = r0; r < r1; r++) {
         float *x = sc->x + (size_t)r * dim, *xb = sc->xb + (size_t)r * dim;
-        for (int e = 0; e < dim; e++)
-            x[e] += xb[e];
-        if (w)
-            forward_rmsnorm(xb, x, w, dim, eps);
+        for (int e = 0; e < dim; e++) x[e] += xb[e];
+        if (w) forward_rmsnorm(xb, x, w, dim, eps);
     }
 }
 
@@ -72,11 +70,11 @@ void forward_llama(model *m, fwd_scratch *sc, const fwd_batch *b)
         forward_rmsnorm(sc->xb + (size_t)r * dim, sc->x + (size_t)r * dim, m->layers[0].attn_norm, dim, eps);
     for (int l = 0; l < in->n_layers; l++) {
         const layer_weights *lw = &m->layers[l];
-        kernel_job qkv[3] = {{sc->q, &lw->wq}, {sc->k, &lw->wk}, {sc->v, &lw->wv}};
+        kernel_job qkv[3] = { { sc->q, &lw->wq }, { sc->k, &lw->wk }, { sc->v, &lw->wv } };
         kernel_matmul_multi(m->pool, qkv, 3, sc->xb, T);
         forward_attention(m, sc, b, l, 1); /* RoPE, KV store, attention */
         kernel_matmul(m->pool, sc->xb, sc->att, T, &lw->wo);
-        elem_ctx ec = {sc, T, dim, lw->ffn_norm, eps};
+        elem_ctx ec = { sc, T, dim, lw->ffn_norm, eps };
         run_rows(m, T, residual_norm_task, &ec); /* x += attention out; xb = ffn_norm(x) */
 
         kernel_matmul_swiglu(m->pool, sc->hb, sc->hb2, sc->xb, T, &lw->w1, &lw->w3);

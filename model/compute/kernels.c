@@ -75,21 +75,18 @@ void mtensor_get_row(const mtensor *w, int row, float *out)
     switch (w->type) {
     case MT_F32:
         if (w->panel && row < w->rows / KERNEL_PANEL * KERNEL_PANEL) {
-            const float *pb = (const float *)w->data + (size_t)(row / KERNEL_PANEL) * KERNEL_PANEL * n
-                              + row % KERNEL_PANEL;
-            for (int k = 0; k < n; k++)
-                out[k] = pb[(size_t)k * KERNEL_PANEL];
+            const float *pb =
+                (const float *)w->data + (size_t)(row / KERNEL_PANEL) * KERNEL_PANEL * n + row % KERNEL_PANEL;
+            for (int k = 0; k < n; k++) out[k] = pb[(size_t)k * KERNEL_PANEL];
         } else { /* row-major (the tail rows of a packed tensor sit at the same offset) */
             memcpy(out, p, (size_t)n * 4);
         }
         break;
     case MT_F16:
-        for (int i = 0; i < n; i++)
-            out[i] = model_f16_to_f32(rd16(p + 2 * i));
+        for (int i = 0; i < n; i++) out[i] = model_f16_to_f32(rd16(p + 2 * i));
         break;
     case MT_BF16:
-        for (int i = 0; i < n; i++)
-            out[i] = model_bf16_to_f32(rd16(p + 2 * i));
+        for (int i = 0; i < n; i++) out[i] = model_bf16_to_f32(rd16(p + 2 * i));
         break;
     default: /* the block-quantized types, either layout (NaN for an unknown type) */
         if (quant_is_quantized(w->type))
@@ -116,10 +113,7 @@ static inline float hsum8(__m256 v)
     return _mm_cvtss_f32(a);
 }
 
-static inline __m256 load8_f32(const void *p, int k)
-{
-    return _mm256_loadu_ps((const float *)p + k);
-}
+static inline __m256 load8_f32(const void *p, int k) { return _mm256_loadu_ps((const float *)p + k); }
 static inline __m256 load8_f16(const void *p, int k)
 {
     return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)p + k)));
@@ -139,56 +133,48 @@ static inline __m256 load8_bf16(const void *p, int k)
 #ifndef NACC
 #define NACC 2
 #endif
-#define ESZ_f32 4
-#define ESZ_f16 2
+#define ESZ_f32  4
+#define ESZ_f16  2
 #define ESZ_bf16 2
-#define DEF_BLOCK(TY)                                                                          \
-    static inline __attribute__((always_inline)) void block_##TY(                              \
-        float *out, size_t ldo, const float *x, size_t ldx, const uint8_t *w, size_t ldw,      \
-        int cols, const int R, const int C, const uint8_t *pf)                                 \
-    {                                                                                          \
-        __m256 acc[4][4][NACC];                                                                \
-        for (int r = 0; r < R; r++)                                                            \
-            for (int c = 0; c < C; c++)                                                        \
-                for (int h = 0; h < NACC; h++)                                                 \
-                    acc[r][c][h] = _mm256_setzero_ps();                                        \
-        int k = 0;                                                                             \
-        for (; k + 8 * NACC <= cols; k += 8 * NACC) {                                          \
-            if (pf)                                                                            \
-                for (int c = 0; c < C; c++)                                                    \
-                    _mm_prefetch((const char *)pf + (size_t)c * ldw + (size_t)k * ESZ_##TY,    \
-                                 _MM_HINT_T0);                                                 \
-            for (int h = 0; h < NACC; h++) {                                                   \
-                __m256 wv[4];                                                                  \
-                for (int c = 0; c < C; c++)                                                    \
-                    wv[c] = load8_##TY(w + (size_t)c * ldw, k + 8 * h);                        \
-                for (int r = 0; r < R; r++) {                                                  \
-                    __m256 xv = _mm256_loadu_ps(x + (size_t)r * ldx + k + 8 * h);              \
-                    for (int c = 0; c < C; c++)                                                \
-                        acc[r][c][h] = _mm256_fmadd_ps(xv, wv[c], acc[r][c][h]);               \
-                }                                                                              \
-            }                                                                                  \
-        }                                                                                      \
-        for (; k + 8 <= cols; k += 8) {                                                        \
-            __m256 wv[4];                                                                      \
-            for (int c = 0; c < C; c++)                                                        \
-                wv[c] = load8_##TY(w + (size_t)c * ldw, k);                                    \
-            for (int r = 0; r < R; r++) {                                                      \
-                __m256 xv = _mm256_loadu_ps(x + (size_t)r * ldx + k);                          \
-                for (int c = 0; c < C; c++)                                                    \
-                    acc[r][c][0] = _mm256_fmadd_ps(xv, wv[c], acc[r][c][0]);                   \
-            }                                                                                  \
-        }                                                                                      \
-        for (int r = 0; r < R; r++)                                                            \
-            for (int c = 0; c < C; c++) {                                                      \
-                __m256 a = acc[r][c][0];                                                       \
-                for (int h = 1; h < NACC; h++)                                                 \
-                    a = _mm256_add_ps(a, acc[r][c][h]);                                        \
-                float s = hsum8(a);                                                            \
-                for (int kk = k; kk < cols; kk++)                                              \
-                    s += x[(size_t)r * ldx + kk] * load1_##TY(w + (size_t)c * ldw, kk);        \
-                out[(size_t)r * ldo + c] = s;                                                  \
-            }                                                                                  \
+#define DEF_BLOCK(TY)                                                                                                 \
+    static inline __attribute__((always_inline)) void block_##TY(float *out, size_t ldo, const float *x, size_t ldx,  \
+                                                                 const uint8_t *w, size_t ldw, int cols, const int R, \
+                                                                 const int C, const uint8_t *pf)                      \
+    {                                                                                                                 \
+        __m256 acc[4][4][NACC];                                                                                       \
+        for (int r = 0; r < R; r++)                                                                                   \
+            for (int c = 0; c < C; c++)                                                                               \
+                for (int h = 0; h < NACC; h++) acc[r][c][h] = _mm256_setzero_ps();                                    \
+        int k = 0;                                                                                                    \
+        for (; k + 8 * NACC <= cols; k += 8 * NACC) {                                                                 \
+            if (pf)                                                                                                   \
+                for (int c = 0; c < C; c++)                                                                           \
+                    _mm_prefetch((const char *)pf + (size_t)c * ldw + (size_t)k * ESZ_##TY, _MM_HINT_T0);             \
+            for (int h = 0; h < NACC; h++) {                                                                          \
+                __m256 wv[4];                                                                                         \
+                for (int c = 0; c < C; c++) wv[c] = load8_##TY(w + (size_t)c * ldw, k + 8 * h);                       \
+                for (int r = 0; r < R; r++) {                                                                         \
+                    __m256 xv = _mm256_loadu_ps(x + (size_t)r * ldx + k + 8 * h);                                     \
+                    for (int c = 0; c < C; c++) acc[r][c][h] = _mm256_fmadd_ps(xv, wv[c], acc[r][c][h]);              \
+                }                                                                                                     \
+            }                                                                                                         \
+        }                                                                                                             \
+        for (; k + 8 <= cols; k += 8) {                                                                               \
+            __m256 wv[4];                                                                                             \
+            for (int c = 0; c < C; c++) wv[c] = load8_##TY(w + (size_t)c * ldw, k);                                   \
+            for (int r = 0; r < R; r++) {                                                                             \
+                __m256 xv = _mm256_loadu_ps(x + (size_t)r * ldx + k);                                                 \
+                for (int c = 0; c < C; c++) acc[r][c][0] = _mm256_fmadd_ps(xv, wv[c], acc[r][c][0]);                  \
+            }                                                                                                         \
+        }                                                                                                             \
+        for (int r = 0; r < R; r++)                                                                                   \
+            for (int c = 0; c < C; c++) {                                                                             \
+                __m256 a = acc[r][c][0];                                                                              \
+                for (int h = 1; h < NACC; h++) a = _mm256_add_ps(a, acc[r][c][h]);                                    \
+                float s = hsum8(a);                                                                                   \
+                for (int kk = k; kk < cols; kk++) s += x[(size_t)r * ldx + kk] * load1_##TY(w + (size_t)c * ldw, kk); \
+                out[(size_t)r * ldo + c] = s;                                                                         \
+            }                                                                                                         \
     }
 DEF_BLOCK(f32)
 DEF_BLOCK(f16)
@@ -207,26 +193,23 @@ void kernel_axpy(float *y, float a, const float *x, int n)
     int i = 0;
     for (; i + 8 <= n; i += 8)
         _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
-    for (; i < n; i++)
-        y[i] = fmaf(a, x[i], y[i]);
+    for (; i < n; i++) y[i] = fmaf(a, x[i], y[i]);
 }
 
 #else /* portable scalar version */
 
 
-#define DEF_BLOCK(TY)                                                                          \
-    static inline void block_##TY(float *out, size_t ldo, const float *x, size_t ldx,          \
-                                  const uint8_t *w, size_t ldw, int cols, const int R,         \
-                                  const int C, const uint8_t *pf)                              \
-    {                                                                                          \
-        (void)pf;                                                                              \
-        for (int r = 0; r < R; r++)                                                            \
-            for (int c = 0; c < C; c++) {                                                      \
-                float s = 0.0f;                                                                \
-                for (int k = 0; k < cols; k++)                                                 \
-                    s += x[(size_t)r * ldx + k] * load1_##TY(w + (size_t)c * ldw, k);          \
-                out[(size_t)r * ldo + c] = s;                                                  \
-            }                                                                                  \
+#define DEF_BLOCK(TY)                                                                                               \
+    static inline void block_##TY(float *out, size_t ldo, const float *x, size_t ldx, const uint8_t *w, size_t ldw, \
+                                  int cols, const int R, const int C, const uint8_t *pf)                            \
+    {                                                                                                               \
+        (void)pf;                                                                                                   \
+        for (int r = 0; r < R; r++)                                                                                 \
+            for (int c = 0; c < C; c++) {                                                                           \
+                float s = 0.0f;                                                                                     \
+                for (int k = 0; k < cols; k++) s += x[(size_t)r * ldx + k] * load1_##TY(w + (size_t)c * ldw, k);    \
+                out[(size_t)r * ldo + c] = s;                                                                       \
+            }                                                                                                       \
     }
 DEF_BLOCK(f32)
 DEF_BLOCK(f16)
@@ -235,15 +218,13 @@ DEF_BLOCK(bf16)
 float kernel_dot(const float *a, const float *b, int n)
 {
     float s = 0.0f;
-    for (int i = 0; i < n; i++)
-        s += a[i] * b[i];
+    for (int i = 0; i < n; i++) s += a[i] * b[i];
     return s;
 }
 
 void kernel_axpy(float *y, float a, const float *x, int n)
 {
-    for (int i = 0; i < n; i++)
-        y[i] = fmaf(a, x[i], y[i]);
+    for (int i = 0; i < n; i++) y[i] = fmaf(a, x[i], y[i]);
 }
 
 #endif
@@ -261,13 +242,11 @@ static inline float kv_load1(const void *p, size_t i, const int F16)
 #ifdef KERNEL_AVX2
 /* out = sum_t p[t] * v_t with NV 8-lane accumulators kept in registers: per
  * element the same fma sequence as memset + kernel_axpy for t = 0, 1, ... */
-static inline __attribute__((always_inline)) void attend_v(float *out, const float *p,
-                                                           const void *v, int n, int hd,
+static inline __attribute__((always_inline)) void attend_v(float *out, const float *p, const void *v, int n, int hd,
                                                            const int NV, const int F16)
 {
     __m256 acc[12];
-    for (int i = 0; i < NV; i++)
-        acc[i] = _mm256_setzero_ps();
+    for (int i = 0; i < NV; i++) acc[i] = _mm256_setzero_ps();
     for (int t = 0; t < n; t++) {
         __m256 pv = _mm256_set1_ps(p[t]);
         for (int i = 0; i < NV; i++) {
@@ -277,15 +256,12 @@ static inline __attribute__((always_inline)) void attend_v(float *out, const flo
             acc[i] = _mm256_fmadd_ps(pv, vv, acc[i]);
         }
     }
-    for (int i = 0; i < NV; i++)
-        _mm256_storeu_ps(out + 8 * i, acc[i]);
+    for (int i = 0; i < NV; i++) _mm256_storeu_ps(out + 8 * i, acc[i]);
 }
 #endif
 
-static inline __attribute__((always_inline)) void attend(float *out, const float *q,
-                                                         const void *k, const void *v, int n,
-                                                         int hd, float scale, float *scores,
-                                                         const int F16)
+static inline __attribute__((always_inline)) void attend(float *out, const float *q, const void *k, const void *v,
+                                                         int n, int hd, float scale, float *scores, const int F16)
 {
     const size_t esz = F16 ? 2 : 4, row = (size_t)hd * esz;
     const uint8_t *kb = k;
@@ -301,8 +277,7 @@ static inline __attribute__((always_inline)) void attend(float *out, const float
             const char *vp = (const char *)v + (size_t)t * row;
             int kin = t + ATT_PF + 4 <= n;
             for (size_t o = 0; o < 4 * row; o += 64) {
-                if (kin)
-                    _mm_prefetch(kp + o, _MM_HINT_T0);
+                if (kin) _mm_prefetch(kp + o, _MM_HINT_T0);
                 _mm_prefetch(vp + o, _MM_HINT_T0);
             }
         }
@@ -322,8 +297,7 @@ static inline __attribute__((always_inline)) void attend(float *out, const float
     for (t = 0; t < n; t++) {
         float d = scores[t] * scale;
         scores[t] = d;
-        if (d > mx)
-            mx = d;
+        if (d > mx) mx = d;
     }
     float sum = 0.0f;
     for (t = 0; t < n; t++) {
@@ -332,8 +306,7 @@ static inline __attribute__((always_inline)) void attend(float *out, const float
         sum += e;
     }
     float isum = 1.0f / sum;
-    for (t = 0; t < n; t++)
-        scores[t] *= isum;
+    for (t = 0; t < n; t++) scores[t] *= isum;
 #ifdef KERNEL_AVX2
     switch (hd) {
     case 32: attend_v(out, scores, v, n, hd, 4, F16); return;
@@ -346,18 +319,17 @@ static inline __attribute__((always_inline)) void attend(float *out, const float
     /* = memset + kernel_axpy per position for F32 */
     memset(out, 0, (size_t)hd * sizeof(float));
     for (t = 0; t < n; t++)
-        for (int i = 0; i < hd; i++)
-            out[i] = fmaf(scores[t], kv_load1(v, (size_t)t * hd + i, F16), out[i]);
+        for (int i = 0; i < hd; i++) out[i] = fmaf(scores[t], kv_load1(v, (size_t)t * hd + i, F16), out[i]);
 }
 
-void kernel_attend(float *out, const float *q, const float *k, const float *v, int n, int hd,
-                   float scale, float *scores)
+void kernel_attend(float *out, const float *q, const float *k, const float *v, int n, int hd, float scale,
+                   float *scores)
 {
     attend(out, q, k, v, n, hd, scale, scores, 0);
 }
 
-void kernel_attend_f16(float *out, const float *q, const uint16_t *k, const uint16_t *v, int n,
-                       int hd, float scale, float *scores)
+void kernel_attend_f16(float *out, const float *q, const uint16_t *k, const uint16_t *v, int n, int hd, float scale,
+                       float *scores)
 {
     attend(out, q, k, v, n, hd, scale, scores, 1);
 }
@@ -367,34 +339,32 @@ void kernel_to_f16(uint16_t *dst, const float *src, int n)
     int i = 0;
 #ifdef KERNEL_AVX2
     for (; i + 8 <= n; i += 8)
-        _mm_storeu_si128((__m128i *)(dst + i),
-                         _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+        _mm_storeu_si128((__m128i *)(dst + i), _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
 #endif
-    for (; i < n; i++)
-        dst[i] = model_f32_to_f16(src[i]);
+    for (; i < n; i++) dst[i] = model_f32_to_f16(src[i]);
 }
 
 /* ---- Row-range drivers ------------------------------------------------------- */
 
 /* Dispatch a (R, C) block with compile-time shapes. */
-#define BLOCK_SWITCH(CALL)                                                                     \
-    switch (R * 8 + C) {                                                                       \
-    case 4 * 8 + 4: CALL(4, 4); break;                                                         \
-    case 4 * 8 + 3: CALL(4, 3); break;                                                         \
-    case 4 * 8 + 2: CALL(4, 2); break;                                                         \
-    case 4 * 8 + 1: CALL(4, 1); break;                                                         \
-    case 3 * 8 + 4: CALL(3, 4); break;                                                         \
-    case 3 * 8 + 3: CALL(3, 3); break;                                                         \
-    case 3 * 8 + 2: CALL(3, 2); break;                                                         \
-    case 3 * 8 + 1: CALL(3, 1); break;                                                         \
-    case 2 * 8 + 4: CALL(2, 4); break;                                                         \
-    case 2 * 8 + 3: CALL(2, 3); break;                                                         \
-    case 2 * 8 + 2: CALL(2, 2); break;                                                         \
-    case 2 * 8 + 1: CALL(2, 1); break;                                                         \
-    case 1 * 8 + 4: CALL(1, 4); break;                                                         \
-    case 1 * 8 + 3: CALL(1, 3); break;                                                         \
-    case 1 * 8 + 2: CALL(1, 2); break;                                                         \
-    default: CALL(1, 1); break;                                                                \
+#define BLOCK_SWITCH(CALL)             \
+    switch (R * 8 + C) {               \
+    case 4 * 8 + 4: CALL(4, 4); break; \
+    case 4 * 8 + 3: CALL(4, 3); break; \
+    case 4 * 8 + 2: CALL(4, 2); break; \
+    case 4 * 8 + 1: CALL(4, 1); break; \
+    case 3 * 8 + 4: CALL(3, 4); break; \
+    case 3 * 8 + 3: CALL(3, 3); break; \
+    case 3 * 8 + 2: CALL(3, 2); break; \
+    case 3 * 8 + 1: CALL(3, 1); break; \
+    case 2 * 8 + 4: CALL(2, 4); break; \
+    case 2 * 8 + 3: CALL(2, 3); break; \
+    case 2 * 8 + 2: CALL(2, 2); break; \
+    case 2 * 8 + 1: CALL(2, 1); break; \
+    case 1 * 8 + 4: CALL(1, 4); break; \
+    case 1 * 8 + 3: CALL(1, 3); break; \
+    case 1 * 8 + 2: CALL(1, 2); break; \
+    default: CALL(1, 1); break;        \
     }
 
 /* Register-block shape (compile-time tunables; none changes a result):
@@ -415,10 +385,7 @@ void kernel_to_f16(uint16_t *dst, const float *src, int n)
 #define BLK_C1 1
 #endif
 /* W rows per register block. */
-static inline int block_cols(int x_rows)
-{
-    return x_rows == 1 ? BLK_C1 : BLK_C;
-}
+static inline int block_cols(int x_rows) { return x_rows == 1 ? BLK_C1 : BLK_C; }
 
 /* x rows per L2 block (a multiple of 4, at least 4). */
 static int x_block_rows(size_t row_bytes)
@@ -428,32 +395,32 @@ static int x_block_rows(size_t row_bytes)
     return n < 4 ? 4 : n > 1024 ? 1024 : (int)n;
 }
 
-#define DEF_ROWS(TY)                                                                           \
-    static void rows_##TY(float *out, int ldo, const float *x, int n_rows, int cols,           \
-                          const mtensor *w, int j0, int j1)                                    \
-    {                                                                                          \
-        size_t ldw = mtensor_row_bytes(w->type, cols);                                          \
-        const uint8_t *wd = (const uint8_t *)w->data;                                          \
-        int xb = x_block_rows((size_t)cols * 4);                                               \
-        for (int rb = 0; rb < n_rows; rb += xb) {                                              \
-            int re = rb + xb < n_rows ? rb + xb : n_rows;                                      \
-            int cm = block_cols(re - rb);                                                      \
-            for (int j = j0; j < j1; j += cm) {                                                \
-                int C = j1 - j >= cm ? cm : j1 - j;                                            \
-                for (int r = rb; r < re; r += BLK_R) {                                         \
-                    int R = re - r >= BLK_R ? BLK_R : re - r;                                  \
-                    float *o = out + (size_t)r * ldo + j;                                      \
-                    const float *xr = x + (size_t)r * cols;                                    \
-                    const uint8_t *wr = wd + (size_t)j * ldw;                                  \
-                    const uint8_t *pf = r == rb && PF_AHEAD && j + (PF_AHEAD + 1) * cm <= w->rows \
-                                            ? wr + (size_t)PF_AHEAD * cm * ldw : NULL;         \
-                    BLOCK_SWITCH(CALL_##TY)                                                    \
-                }                                                                              \
-            }                                                                                  \
-        }                                                                                      \
+#define DEF_ROWS(TY)                                                                                                   \
+    static void rows_##TY(float *out, int ldo, const float *x, int n_rows, int cols, const mtensor *w, int j0, int j1) \
+    {                                                                                                                  \
+        size_t ldw = mtensor_row_bytes(w->type, cols);                                                                 \
+        const uint8_t *wd = (const uint8_t *)w->data;                                                                  \
+        int xb = x_block_rows((size_t)cols * 4);                                                                       \
+        for (int rb = 0; rb < n_rows; rb += xb) {                                                                      \
+            int re = rb + xb < n_rows ? rb + xb : n_rows;                                                              \
+            int cm = block_cols(re - rb);                                                                              \
+            for (int j = j0; j < j1; j += cm) {                                                                        \
+                int C = j1 - j >= cm ? cm : j1 - j;                                                                    \
+                for (int r = rb; r < re; r += BLK_R) {                                                                 \
+                    int R = re - r >= BLK_R ? BLK_R : re - r;                                                          \
+                    float *o = out + (size_t)r * ldo + j;                                                              \
+                    const float *xr = x + (size_t)r * cols;                                                            \
+                    const uint8_t *wr = wd + (size_t)j * ldw;                                                          \
+                    const uint8_t *pf = r == rb && PF_AHEAD && j + (PF_AHEAD + 1) * cm <= w->rows                      \
+                                            ? wr + (size_t)PF_AHEAD * cm * ldw                                         \
+                                            : NULL;                                                                    \
+                    BLOCK_SWITCH(CALL_##TY)                                                                            \
+                }                                                                                                      \
+            }                                                                                                          \
+        }                                                                                                              \
     }
-#define CALL_f32(RR, CC) block_f32(o, ldo, xr, cols, wr, ldw, cols, RR, CC, pf)
-#define CALL_f16(RR, CC) block_f16(o, ldo, xr, cols, wr, ldw, cols, RR, CC, pf)
+#define CALL_f32(RR, CC)  block_f32(o, ldo, xr, cols, wr, ldw, cols, RR, CC, pf)
+#define CALL_f16(RR, CC)  block_f16(o, ldo, xr, cols, wr, ldw, cols, RR, CC, pf)
 #define CALL_bf16(RR, CC) block_bf16(o, ldo, xr, cols, wr, ldw, cols, RR, CC, pf)
 DEF_ROWS(f32)
 DEF_ROWS(f16)
@@ -524,8 +491,7 @@ void kernel_pack_f32(const mtensor *w, float *dst, mtensor *out)
         }
 #endif
         for (int k = k0; k < cols; k++)
-            for (int i = 0; i < KERNEL_PANEL; i++)
-                dp[(size_t)k * KERNEL_PANEL + i] = sp[(size_t)i * cols + k];
+            for (int i = 0; i < KERNEL_PANEL; i++) dp[(size_t)k * KERNEL_PANEL + i] = sp[(size_t)i * cols + k];
     }
     size_t done = (size_t)full * KERNEL_PANEL * cols;
     memcpy(dst + done, src + done, ((size_t)w->rows * cols - done) * sizeof(float));
@@ -537,15 +503,13 @@ void kernel_pack_f32(const mtensor *w, float *dst, mtensor *out)
 
 /* Rows of the tail (row-major): the same per-element sequence as one lane of a
  * panel accumulator -- fmaf in k order from 0. */
-static void rows_f32_tail(float *out, int ldo, const float *x, int n_rows, int cols,
-                          const float *w, int j0, int j1)
+static void rows_f32_tail(float *out, int ldo, const float *x, int n_rows, int cols, const float *w, int j0, int j1)
 {
     for (int r = 0; r < n_rows; r++)
         for (int j = j0; j < j1; j++) {
             const float *xr = x + (size_t)r * cols, *wr = w + (size_t)j * cols;
             float s = 0.0f;
-            for (int k = 0; k < cols; k++)
-                s = fmaf(xr[k], wr[k], s);
+            for (int k = 0; k < cols; k++) s = fmaf(xr[k], wr[k], s);
             out[(size_t)r * ldo + j] = s;
         }
 }
@@ -566,15 +530,13 @@ static void rows_f32_tail(float *out, int ldo, const float *x, int n_rows, int c
  * column k, the panels' 2 * NP vectors are loaded once and x[r][k] broadcast.
  * 6 x 1 uses 12 accumulators + 2 W vectors + 1 broadcast; 1 x 2 (decoding)
  * gives 4 independent chains over two sequential streams. */
-static inline __attribute__((always_inline)) void pblock(float *out, size_t ldo, const float *x,
-                                                         size_t ldx, const float *wp, size_t pstride,
-                                                         int cols, const int R, const int NP,
-                                                         const float *pf, int pf_every)
+static inline __attribute__((always_inline)) void pblock(float *out, size_t ldo, const float *x, size_t ldx,
+                                                         const float *wp, size_t pstride, int cols, const int R,
+                                                         const int NP, const float *pf, int pf_every)
 {
     __m256 acc[6][4];
     for (int r = 0; r < R; r++)
-        for (int v = 0; v < 2 * NP; v++)
-            acc[r][v] = _mm256_setzero_ps();
+        for (int v = 0; v < 2 * NP; v++) acc[r][v] = _mm256_setzero_ps();
     int pf_left = pf_every;
     for (int k = 0; k < cols; k++) {
         __m256 wv[4];
@@ -589,17 +551,14 @@ static inline __attribute__((always_inline)) void pblock(float *out, size_t ldo,
         }
         for (int r = 0; r < R; r++) {
             __m256 xb = _mm256_broadcast_ss(x + (size_t)r * ldx + k);
-            for (int v = 0; v < 2 * NP; v++)
-                acc[r][v] = _mm256_fmadd_ps(xb, wv[v], acc[r][v]);
+            for (int v = 0; v < 2 * NP; v++) acc[r][v] = _mm256_fmadd_ps(xb, wv[v], acc[r][v]);
         }
     }
     for (int r = 0; r < R; r++)
-        for (int v = 0; v < 2 * NP; v++)
-            _mm256_storeu_ps(out + (size_t)r * ldo + 8 * v, acc[r][v]);
+        for (int v = 0; v < 2 * NP; v++) _mm256_storeu_ps(out + (size_t)r * ldo + 8 * v, acc[r][v]);
 }
 
-static void rows_f32p(float *out, int ldo, const float *x, int n_rows, int cols, const mtensor *w,
-                      int j0, int j1)
+static void rows_f32p(float *out, int ldo, const float *x, int n_rows, int cols, const mtensor *w, int j0, int j1)
 {
     const float *d = w->data;
     int full = w->rows / KERNEL_PANEL * KERNEL_PANEL;
@@ -649,12 +608,10 @@ static void rows_f32p(float *out, int ldo, const float *x, int n_rows, int cols,
         }
     }
     int jt = j0 > full ? j0 : full;
-    if (jt < j1)
-        rows_f32_tail(out, ldo, x, n_rows, cols, d, jt, j1);
+    if (jt < j1) rows_f32_tail(out, ldo, x, n_rows, cols, d, jt, j1);
 }
 #else
-static void rows_f32p(float *out, int ldo, const float *x, int n_rows, int cols, const mtensor *w,
-                      int j0, int j1)
+static void rows_f32p(float *out, int ldo, const float *x, int n_rows, int cols, const mtensor *w, int j0, int j1)
 { /* never packed in this build (kernel_can_pack), but keep it correct anyway */
     (void)out, (void)ldo, (void)x, (void)n_rows, (void)cols, (void)w, (void)j0, (void)j1;
     abort();
@@ -669,9 +626,9 @@ typedef struct {
     const float *x;
     int n_rows, cols;
     quant_act act[QACT_COUNT]; /* x quantized in each format some job needs (quant.h) */
-    int chunk[MAX_JOBS];      /* W rows per task, per job (even) */
-    int first[MAX_JOBS + 1];  /* first task of each job */
-    int swiglu;               /* jobs (w1, w3): a task does both for its rows, then the gate */
+    int chunk[MAX_JOBS];       /* W rows per task, per job (even) */
+    int first[MAX_JOBS + 1];   /* first task of each job */
+    int swiglu;                /* jobs (w1, w3): a task does both for its rows, then the gate */
 } mm_ctx;
 
 static void mm_rows(const mm_ctx *c, const kernel_job *job, int j0, int j1)
@@ -694,15 +651,13 @@ static void mm_rows(const mm_ctx *c, const kernel_job *job, int j0, int j1)
             break;
         }
         for (int r = 0; r < c->n_rows; r++)
-            for (int j = j0; j < j1; j++)
-                job->out[(size_t)r * w->rows + j] = NAN;
+            for (int j = j0; j < j1; j++) job->out[(size_t)r * w->rows + j] = NAN;
     }
 }
 
 void kernel_swiglu(float *g, const float *u, int n)
 {
-    for (int i = 0; i < n; i++)
-        g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+    for (int i = 0; i < n; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
 }
 
 static void mm_task(void *arg, int task, int n_tasks)
@@ -710,8 +665,7 @@ static void mm_task(void *arg, int task, int n_tasks)
     (void)n_tasks;
     const mm_ctx *c = arg;
     int jb = 0;
-    while (task >= c->first[jb + 1])
-        jb++;
+    while (task >= c->first[jb + 1]) jb++;
     const kernel_job *job = &c->jobs[jb];
     int rows = job->w->rows;
     int j0 = (task - c->first[jb]) * c->chunk[jb];
@@ -720,8 +674,7 @@ static void mm_task(void *arg, int task, int n_tasks)
     if (c->swiglu) { /* the same rows of w3, then g = silu(g) * u on them, in every x row */
         mm_rows(c, &c->jobs[1], j0, j1);
         for (int r = 0; r < c->n_rows; r++)
-            kernel_swiglu(job->out + (size_t)r * rows + j0, c->jobs[1].out + (size_t)r * rows + j0,
-                          j1 - j0);
+            kernel_swiglu(job->out + (size_t)r * rows + j0, c->jobs[1].out + (size_t)r * rows + j0, j1 - j0);
     }
 }
 
@@ -731,16 +684,14 @@ static void quantize_task(void *arg, int task, int n_tasks)
     mm_ctx *c = arg;
     for (int f = 1; f < QACT_COUNT; f++)
         if (c->act[f].q || c->act[f].xr)
-            for (int r = task; r < c->n_rows; r += n_tasks)
-                quant_act_rows(&c->act[f], c->x, r, r + 1);
+            for (int r = task; r < c->n_rows; r += n_tasks) quant_act_rows(&c->act[f], c->x, r, r + 1);
 }
 
 /* fmt_buf[f]: a buffer for format f (quant_act_bytes) or NULL if no job needs it. */
-static void matmul_group(model_pool *pool, const kernel_job *jobs, int n_jobs, const float *x,
-                         int n_rows, void *const fmt_buf[QACT_COUNT], int swiglu)
+static void matmul_group(model_pool *pool, const kernel_job *jobs, int n_jobs, const float *x, int n_rows,
+                         void *const fmt_buf[QACT_COUNT], int swiglu)
 {
-    mm_ctx c = {.jobs = jobs, .n_jobs = n_jobs, .x = x, .n_rows = n_rows,
-                .cols = jobs[0].w->cols, .swiglu = swiglu};
+    mm_ctx c = { .jobs = jobs, .n_jobs = n_jobs, .x = x, .n_rows = n_rows, .cols = jobs[0].w->cols, .swiglu = swiglu };
     int nt = model_pool_size(pool), any = 0;
     for (int f = 1; f < QACT_COUNT; f++)
         if (fmt_buf[f]) {
@@ -759,12 +710,10 @@ static void matmul_group(model_pool *pool, const kernel_job *jobs, int n_jobs, c
         size_t by_cache = L2_BLOCK / (rb ? rb : 1);
         size_t by_share = ((size_t)w->rows + (size_t)4 * nt - 1) / ((size_t)4 * nt);
         size_t ch = by_cache < by_share ? by_cache : by_share;
-        if (ch < 8)
-            ch = 8;
+        if (ch < 8) ch = 8;
         /* whole register blocks: pairs of 16-row panels, or 8 rows (the quantized
          * kernels take weight rows 8 at a time) */
-        ch = w->panel ? (ch + 2 * KERNEL_PANEL - 1) / (2 * KERNEL_PANEL) * (2 * KERNEL_PANEL)
-                      : (ch + 7) & ~(size_t)7;
+        ch = w->panel ? (ch + 2 * KERNEL_PANEL - 1) / (2 * KERNEL_PANEL) * (2 * KERNEL_PANEL) : (ch + 7) & ~(size_t)7;
         c.chunk[i] = (int)ch;
         c.first[i + 1] = c.first[i] + (int)(((size_t)w->rows + ch - 1) / ch);
     }
@@ -772,34 +721,29 @@ static void matmul_group(model_pool *pool, const kernel_job *jobs, int n_jobs, c
     model_pool_run(pool, mm_task, &c, c.first[swiglu ? 1 : n_jobs]);
 }
 
-static void matmul_jobs(model_pool *pool, const kernel_job *jobs, int n_jobs, const float *x,
-                        int n_rows, int swiglu)
+static void matmul_jobs(model_pool *pool, const kernel_job *jobs, int n_jobs, const float *x, int n_rows, int swiglu)
 {
-    if (n_rows <= 0 || n_jobs <= 0)
-        return;
+    if (n_rows <= 0 || n_jobs <= 0) return;
     if (n_jobs > MAX_JOBS) {
         for (int i = 0; i < n_jobs; i += MAX_JOBS)
-            kernel_matmul_multi(pool, jobs + i, n_jobs - i < MAX_JOBS ? n_jobs - i : MAX_JOBS,
-                                x, n_rows);
+            kernel_matmul_multi(pool, jobs + i, n_jobs - i < MAX_JOBS ? n_jobs - i : MAX_JOBS, x, n_rows);
         return;
     }
     /* The activation formats the jobs' types need (quant.h), each a quantized copy of
      * x in pool scratch, else malloc, else row chunks on the stack. */
     int cols = jobs[0].w->cols;
-    size_t fmt_bytes[QACT_COUNT] = {0}, need = 0;
+    size_t fmt_bytes[QACT_COUNT] = { 0 }, need = 0;
     for (int i = 0; i < n_jobs; i++) {
         int f = quant_act_format(jobs[i].w->type);
-        if (f != QACT_NONE && !fmt_bytes[f])
-            need += fmt_bytes[f] = quant_act_bytes(f, cols, n_rows);
+        if (f != QACT_NONE && !fmt_bytes[f]) need += fmt_bytes[f] = quant_act_bytes(f, cols, n_rows);
     }
-    void *fmt_buf[QACT_COUNT] = {NULL};
+    void *fmt_buf[QACT_COUNT] = { NULL };
     if (!need) {
         matmul_group(pool, jobs, n_jobs, x, n_rows, fmt_buf, swiglu);
         return;
     }
     void *buf = model_pool_scratch(pool, need), *own = NULL;
-    if (!buf)
-        buf = own = malloc(need);
+    if (!buf) buf = own = malloc(need);
     if (buf) {
         size_t off = 0;
         for (int f = 1; f < QACT_COUNT; f++)
@@ -819,41 +763,37 @@ static void matmul_jobs(model_pool *pool, const kernel_job *jobs, int n_jobs, co
         size_t row = quant_act_bytes(f, cols, 1) + 64;
         int per = f == QACT_NONE ? n_rows : (int)(sizeof qs / row);
         if (per < 1) {
-            for (size_t e = 0; e < (size_t)n_rows * jobs[i].w->rows; e++)
-                jobs[i].out[e] = NAN;
+            for (size_t e = 0; e < (size_t)n_rows * jobs[i].w->rows; e++) jobs[i].out[e] = NAN;
             continue;
         }
         for (int r = 0; r < n_rows; r += per) {
             int n = n_rows - r < per ? n_rows - r : per;
             /* the sub-job writes rows r.. of out: out stride stays w->rows */
-            kernel_job sub = {jobs[i].out + (size_t)r * jobs[i].w->rows, jobs[i].w};
-            void *one[QACT_COUNT] = {NULL};
-            if (f != QACT_NONE)
-                one[f] = qs;
+            kernel_job sub = { jobs[i].out + (size_t)r * jobs[i].w->rows, jobs[i].w };
+            void *one[QACT_COUNT] = { NULL };
+            if (f != QACT_NONE) one[f] = qs;
             matmul_group(NULL, &sub, 1, x + (size_t)r * cols, n, one, 0);
         }
     }
     if (swiglu)
         for (int r = 0; r < n_rows; r++)
-            kernel_swiglu(jobs[0].out + (size_t)r * jobs[0].w->rows,
-                          jobs[1].out + (size_t)r * jobs[1].w->rows, jobs[0].w->rows);
+            kernel_swiglu(jobs[0].out + (size_t)r * jobs[0].w->rows, jobs[1].out + (size_t)r * jobs[1].w->rows,
+                          jobs[0].w->rows);
 }
 
-void kernel_matmul_multi(model_pool *pool, const kernel_job *jobs, int n_jobs, const float *x,
-                         int n_rows)
+void kernel_matmul_multi(model_pool *pool, const kernel_job *jobs, int n_jobs, const float *x, int n_rows)
 {
     matmul_jobs(pool, jobs, n_jobs, x, n_rows, 0);
 }
 
-void kernel_matmul_swiglu(model_pool *pool, float *g, float *u, const float *x, int n_rows,
-                          const mtensor *w1, const mtensor *w3)
+void kernel_matmul_swiglu(model_pool *pool, float *g, float *u, const float *x, int n_rows, const mtensor *w1,
+                          const mtensor *w3)
 {
-    kernel_job jobs[2] = {{g, w1}, {u, w3}};
+    kernel_job jobs[2] = { { g, w1 }, { u, w3 } };
     if (w1->rows != w3->rows || w1->cols != w3->cols || w1->type != w3->type ||
         w1->panel != w3->panel) { /* not the same shape and layout: one after the other */
         matmul_jobs(pool, jobs, 2, x, n_rows, 0);
-        for (int r = 0; r < n_rows; r++)
-            kernel_swiglu(g + (size_t)r * w1->rows, u + (size_t)r * w1->rows, w1->rows);
+        for (int r = 0; r < n_rows; r++) kernel_swiglu(g + (size_t)r * w1->rows, u + (size_t)r * w1->rows, w1->rows);
         return;
     }
     matmul_jobs(pool, jobs, 2, x, n_rows, 1);
@@ -861,6 +801,6 @@ void kernel_matmul_swiglu(model_pool *pool, float *g, float *u, const float *x, 
 
 void kernel_matmul(model_pool *pool, float *out, const float *x, int n_rows, const mtensor *w)
 {
-    kernel_job job = {out, w};
+    kernel_job job = { out, w };
     kernel_matmul_multi(pool, &job, 1, x, n_rows);
 }

@@ -27,13 +27,12 @@ typedef struct {
 
 /* Run several matmuls that share the same input x in one pool dispatch
  * (e.g. Q, K and V).  All jobs must have w->cols equal. */
-void kernel_matmul_multi(model_pool *pool, const kernel_job *jobs, int n_jobs,
-                         const float *x, int n_rows);
+void kernel_matmul_multi(model_pool *pool, const kernel_job *jobs, int n_jobs, const float *x, int n_rows);
 /* g (n_rows, w1->rows) = silu(x W1^T) * (x W3^T), u = x W3^T (scratch): the two
  * matmuls and the gate in one pool dispatch (each task gates the rows it made).
  * Per element the same operations as kernel_matmul twice, then kernel_swiglu. */
-void kernel_matmul_swiglu(model_pool *pool, float *g, float *u, const float *x, int n_rows,
-                          const mtensor *w1, const mtensor *w3);
+void kernel_matmul_swiglu(model_pool *pool, float *g, float *u, const float *x, int n_rows, const mtensor *w1,
+                          const mtensor *w3);
 /* g[i] = g[i] / (1 + exp(-g[i])) * u[i] (SwiGLU's silu gate). */
 void kernel_swiglu(float *g, const float *u, int n);
 
@@ -73,13 +72,13 @@ void kernel_axpy(float *y, float a, const float *x, int n);
 /* One query row of causal attention over n cached positions (k, v: (n, hd) rows):
  * out = softmax(q.k_t * scale) . v, with scores (n floats) as scratch.  Fixed
  * order throughout, so a row's result does not depend on its batch. */
-void kernel_attend(float *out, const float *q, const float *k, const float *v, int n, int hd,
-                   float scale, float *scores);
+void kernel_attend(float *out, const float *q, const float *k, const float *v, int n, int hd, float scale,
+                   float *scores);
 
 /* kernel_attend over an F16 (IEEE half) cache: the same operations on the
  * converted values, so the result equals kernel_attend on F32 copies of k and v. */
-void kernel_attend_f16(float *out, const float *q, const uint16_t *k, const uint16_t *v, int n,
-                       int hd, float scale, float *scores);
+void kernel_attend_f16(float *out, const float *q, const uint16_t *k, const uint16_t *v, int n, int hd, float scale,
+                       float *scores);
 
 /* dst[i] = src[i] as an IEEE half, rounded to nearest even. */
 void kernel_to_f16(uint16_t *dst, const float *src, int n);

@@ -11,11 +11,9 @@
 void forward_rmsnorm(float *out, const float *x, const float *w, int n, float eps)
 {
     double ss = 0.0;
-    for (int i = 0; i < n; i++)
-        ss += (double)x[i] * x[i];
+    for (int i = 0; i < n; i++) ss += (double)x[i] * x[i];
     float scale = (float)(1.0 / sqrt(ss / n + eps));
-    for (int i = 0; i < n; i++)
-        out[i] = w[i] * (x[i] * scale);
+    for (int i = 0; i < n; i++) out[i] = w[i] * (x[i] * scale);
 }
 
 /* Rotate the pairs of each head of one row (n_heads heads) at position pos. */
@@ -35,8 +33,7 @@ static void rope_row(float *v, int n_heads, int hd, int rope_dim, int neox, cons
 }
 
 /* Row r's k and v of kv head h into sequence s's cache at position pos. */
-static void store_kv_head(const model_info *in, const fwd_scratch *sc, model_seq *s, int layer,
-                          int r, int pos, int h)
+static void store_kv_head(const model_info *in, const fwd_scratch *sc, model_seq *s, int layer, int r, int pos, int h)
 {
     int hd = in->head_dim, kvd = in->n_kv_heads * hd;
     const float *k = sc->k + (size_t)r * kvd + h * hd, *v = sc->v + (size_t)r * kvd + h * hd;
@@ -80,8 +77,7 @@ static void attn_task(void *arg, int task, int n_tasks)
         if (c->rope) {
             const float *cs = sc->rope + (size_t)b->pos[r] * (rd / 2) * 2;
             for (int g = 0; g < group; g++)
-                rope_row(sc->q + r * qd + (size_t)(kvh * group + g) * hd, 1, hd, rd,
-                         c->m->rope_neox, cs);
+                rope_row(sc->q + r * qd + (size_t)(kvh * group + g) * hd, 1, hd, rd, c->m->rope_neox, cs);
             rope_row(sc->k + r * kvd + (size_t)kvh * hd, 1, hd, rd, c->m->rope_neox, cs);
         }
         store_kv_head(in, sc, s, c->layer, r, b->pos[r], kvh);
@@ -102,7 +98,7 @@ static void attn_task(void *arg, int task, int n_tasks)
 
 void forward_attention(model *m, fwd_scratch *sc, const fwd_batch *b, int layer, int rope)
 {
-    attn_ctx c = {m, sc, b, layer, rope};
+    attn_ctx c = { m, sc, b, layer, rope };
     model_pool_run(m->pool, attn_task, &c, b->n_items * m->info.n_kv_heads);
 }
 
@@ -112,37 +108,32 @@ void forward_logits(model *m, fwd_scratch *sc, const fwd_batch *b)
     int dim = in->dim, V = in->vocab_size, n_last = 0;
     for (int i = 0; i < b->n_items; i++) {
         model_batch_item *it = &b->items[i];
-        if (!it->logits)
-            continue;
+        if (!it->logits) continue;
         if (it->all_logits) {
             int n = b->row0[i + 1] - b->row0[i];
             kernel_matmul(m->pool, it->logits, sc->xb + (size_t)b->row0[i] * dim, n, &m->output);
             if (m->output_bias)
                 for (int r = 0; r < n; r++)
-                    for (int j = 0; j < V; j++)
-                        it->logits[(size_t)r * V + j] += m->output_bias[j];
+                    for (int j = 0; j < V; j++) it->logits[(size_t)r * V + j] += m->output_bias[j];
         } else {
             memcpy(sc->xl + (size_t)n_last * dim, sc->xb + (size_t)(b->row0[i + 1] - 1) * dim,
                    (size_t)dim * sizeof(float));
             n_last++;
         }
     }
-    if (!n_last)
-        return;
+    if (!n_last) return;
     /* When the callers' logits buffers are consecutive rows of one array (the
      * server's are), write them in place instead of copying 4 * V bytes each. */
     float *direct = NULL;
     int k = 0;
     for (int i = 0; i < b->n_items; i++) {
         model_batch_item *it = &b->items[i];
-        if (!it->logits || it->all_logits)
-            continue;
+        if (!it->logits || it->all_logits) continue;
         if (k == 0)
             direct = it->logits;
         else if (it->logits != direct + (size_t)k * V)
             direct = NULL;
-        if (!direct)
-            break;
+        if (!direct) break;
         k++;
     }
     if (direct && !m->output_bias) {
@@ -153,12 +144,10 @@ void forward_logits(model *m, fwd_scratch *sc, const fwd_batch *b)
     k = 0;
     for (int i = 0; i < b->n_items; i++) {
         model_batch_item *it = &b->items[i];
-        if (!it->logits || it->all_logits)
-            continue;
+        if (!it->logits || it->all_logits) continue;
         const float *src = sc->logits + (size_t)k++ * V;
         if (m->output_bias)
-            for (int j = 0; j < V; j++)
-                it->logits[j] = src[j] + m->output_bias[j];
+            for (int j = 0; j < V; j++) it->logits[j] = src[j] + m->output_bias[j];
         else
             memcpy(it->logits, src, (size_t)V * sizeof(float));
     }

@@ -53,38 +53,38 @@
 #endif
 
 #define POOL_MAX_THREADS 64
-#define SPIN_NS 300000L       /* idle workers spin this long before sleeping */
-#define STRAGGLE_NS 500000L   /* a caller wait this long means a worker was preempted */
-#define STRAGGLE_STRIKES 3    /* ... this many times in a row: go solo */
-#define SOLO_RUNS 4000        /* dispatches run by the caller alone before retrying */
-#define SHARE_WINDOW 256      /* dispatches per worker-share measurement */
+#define SPIN_NS          300000L /* idle workers spin this long before sleeping */
+#define STRAGGLE_NS      500000L /* a caller wait this long means a worker was preempted */
+#define STRAGGLE_STRIKES 3       /* ... this many times in a row: go solo */
+#define SOLO_RUNS        4000    /* dispatches run by the caller alone before retrying */
+#define SHARE_WINDOW     256     /* dispatches per worker-share measurement */
 
 /* state = gen (20 bits) | n_tasks (22 bits) | next (22 bits) */
-#define ST_IDX_BITS 22
-#define ST_N_BITS 22
-#define ST_IDX_MASK ((UINT64_C(1) << ST_IDX_BITS) - 1)
-#define ST_N_MASK ((UINT64_C(1) << ST_N_BITS) - 1)
+#define ST_IDX_BITS  22
+#define ST_N_BITS    22
+#define ST_IDX_MASK  ((UINT64_C(1) << ST_IDX_BITS) - 1)
+#define ST_N_MASK    ((UINT64_C(1) << ST_N_BITS) - 1)
 #define ST_MAX_TASKS ((int)ST_N_MASK)
-#define st_gen(s) ((s) >> (ST_IDX_BITS + ST_N_BITS))
-#define st_n(s) (((s) >> ST_IDX_BITS) & ST_N_MASK)
-#define st_idx(s) ((s) & ST_IDX_MASK)
+#define st_gen(s)    ((s) >> (ST_IDX_BITS + ST_N_BITS))
+#define st_n(s)      (((s) >> ST_IDX_BITS) & ST_N_MASK)
+#define st_idx(s)    ((s)&ST_IDX_MASK)
 
 struct model_pool {
-    int n_threads;                 /* including the caller */
+    int n_threads; /* including the caller */
     int n_workers;
     pthread_t threads[POOL_MAX_THREADS];
     _Atomic uint64_t state;
     _Atomic int done;
-    _Atomic uint32_t wake;         /* futex word, bumped on each dispatch */
+    _Atomic uint32_t wake; /* futex word, bumped on each dispatch */
     _Atomic int sleepers;
     _Atomic int stop;
-    model_pool_fn fn;              /* the current job (see the design note) */
+    model_pool_fn fn; /* the current job (see the design note) */
     void *arg;
-    int strikes;                   /* consecutive straggling dispatches (caller only) */
-    int solo_left;                 /* dispatches still to run on the caller alone */
-    int win_n;                     /* dispatches in the current share window */
-    long win_tasks, win_caller;    /* tasks in it, and how many the caller ran */
-    void *scratch;                 /* model_pool_scratch */
+    int strikes;                /* consecutive straggling dispatches (caller only) */
+    int solo_left;              /* dispatches still to run on the caller alone */
+    int win_n;                  /* dispatches in the current share window */
+    long win_tasks, win_caller; /* tasks in it, and how many the caller ran */
+    void *scratch;              /* model_pool_scratch */
     size_t scratch_len;
 };
 
@@ -107,10 +107,8 @@ static int pool_work(model_pool *p, uint64_t gen)
     int ran = 0;
     uint64_t s = atomic_load_explicit(&p->state, memory_order_acquire);
     for (;;) {
-        if (st_gen(s) != gen || st_idx(s) >= st_n(s))
-            break;
-        if (!atomic_compare_exchange_weak_explicit(&p->state, &s, s + 1,
-                                                   memory_order_acq_rel, memory_order_acquire))
+        if (st_gen(s) != gen || st_idx(s) >= st_n(s)) break;
+        if (!atomic_compare_exchange_weak_explicit(&p->state, &s, s + 1, memory_order_acq_rel, memory_order_acquire))
             continue;
         int task = (int)st_idx(s), n = (int)st_n(s);
         p->fn(p->arg, task, n);
@@ -131,11 +129,9 @@ static void *pool_worker(void *arg)
         long t0 = 0;
         unsigned spins = 0;
         for (;;) {
-            if (atomic_load_explicit(&p->stop, memory_order_acquire))
-                return NULL;
+            if (atomic_load_explicit(&p->stop, memory_order_acquire)) return NULL;
             gen = st_gen(atomic_load_explicit(&p->state, memory_order_acquire));
-            if (gen != seen)
-                break;
+            if (gen != seen) break;
             if ((++spins & 255) == 0) {
                 long t = now_ns();
                 if (!t0)
@@ -162,11 +158,9 @@ model_pool *model_pool_new(int n_threads)
         long n = sysconf(_SC_NPROCESSORS_ONLN);
         n_threads = n > 0 ? (int)n : 1;
     }
-    if (n_threads > POOL_MAX_THREADS)
-        n_threads = POOL_MAX_THREADS;
+    if (n_threads > POOL_MAX_THREADS) n_threads = POOL_MAX_THREADS;
     model_pool *p = calloc(1, sizeof *p);
-    if (!p)
-        return NULL;
+    if (!p) return NULL;
     p->n_threads = n_threads;
     atomic_init(&p->state, 0);
     atomic_init(&p->done, 0);
@@ -185,31 +179,23 @@ model_pool *model_pool_new(int n_threads)
 
 void model_pool_free(model_pool *p)
 {
-    if (!p)
-        return;
+    if (!p) return;
     atomic_store(&p->stop, 1);
     atomic_fetch_add(&p->wake, 1);
     futex(&p->wake, FUTEX_WAKE_PRIVATE, INT_MAX);
-    for (int i = 0; i < p->n_workers; i++)
-        pthread_join(p->threads[i], NULL);
+    for (int i = 0; i < p->n_workers; i++) pthread_join(p->threads[i], NULL);
     free(p->scratch);
     free(p);
 }
 
-int model_pool_size(const model_pool *p)
-{
-    return p ? p->n_threads : 1;
-}
+int model_pool_size(const model_pool *p) { return p ? p->n_threads : 1; }
 
 void model_pool_run(model_pool *p, model_pool_fn fn, void *arg, int n_tasks)
 {
-    if (n_tasks <= 0)
-        return;
-    if (p && p->solo_left > 0)
-        p->solo_left--;
+    if (n_tasks <= 0) return;
+    if (p && p->solo_left > 0) p->solo_left--;
     if (!p || p->n_workers == 0 || n_tasks == 1 || n_tasks > ST_MAX_TASKS || p->solo_left > 0) {
-        for (int t = 0; t < n_tasks; t++)
-            fn(arg, t, n_tasks);
+        for (int t = 0; t < n_tasks; t++) fn(arg, t, n_tasks);
         return;
     }
     uint64_t s = atomic_load_explicit(&p->state, memory_order_relaxed);
@@ -217,12 +203,10 @@ void model_pool_run(model_pool *p, model_pool_fn fn, void *arg, int n_tasks)
     p->fn = fn;
     p->arg = arg;
     atomic_store_explicit(&p->done, 0, memory_order_relaxed);
-    atomic_store_explicit(&p->state,
-                          (gen << (ST_IDX_BITS + ST_N_BITS)) | ((uint64_t)n_tasks << ST_IDX_BITS),
+    atomic_store_explicit(&p->state, (gen << (ST_IDX_BITS + ST_N_BITS)) | ((uint64_t)n_tasks << ST_IDX_BITS),
                           memory_order_seq_cst);
     atomic_fetch_add(&p->wake, 1);
-    if (atomic_load(&p->sleepers) > 0)
-        futex(&p->wake, FUTEX_WAKE_PRIVATE, INT_MAX);
+    if (atomic_load(&p->sleepers) > 0) futex(&p->wake, FUTEX_WAKE_PRIVATE, INT_MAX);
     long w0 = now_ns();
     int mine = pool_work(p, gen);
     long worked = now_ns() - w0; /* the caller's own share of this dispatch */
@@ -231,11 +215,9 @@ void model_pool_run(model_pool *p, model_pool_fn fn, void *arg, int n_tasks)
     while (atomic_load_explicit(&p->done, memory_order_acquire) < n_tasks) {
         if ((++spins & 255) == 0) {
             long t = now_ns();
-            if (!t0)
-                t0 = t;
+            if (!t0) t0 = t;
             waited = t - t0;
-            if (waited > STRAGGLE_NS)
-                sched_yield();
+            if (waited > STRAGGLE_NS) sched_yield();
         }
         cpu_relax();
     }
@@ -267,13 +249,11 @@ void model_pool_run(model_pool *p, model_pool_fn fn, void *arg, int n_tasks)
 
 void *model_pool_scratch(model_pool *p, size_t bytes)
 {
-    if (!p)
-        return NULL;
+    if (!p) return NULL;
     if (bytes > p->scratch_len) {
         size_t n = p->scratch_len * 2 > bytes ? p->scratch_len * 2 : bytes;
         void *b = aligned_alloc(64, (n + 63) & ~(size_t)63);
-        if (!b)
-            return NULL;
+        if (!b) return NULL;
         free(p->scratch);
         p->scratch = b;
         p->scratch_len = n;

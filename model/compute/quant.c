@@ -42,26 +42,25 @@
 typedef struct {
     int type;
     const char *name;
-    int elems;   /* weights per block */
-    int bytes;   /* bytes per block */
-    int act;     /* QACT_* */
+    int elems; /* weights per block */
+    int bytes; /* bytes per block */
+    int act;   /* QACT_* */
 } qtype;
 
 static const qtype qtypes[] = {
-    {MT_F32, "F32", 1, 4, QACT_NONE},    {MT_F16, "F16", 1, 2, QACT_F16},
-    {MT_BF16, "BF16", 1, 2, QACT_BF16},  {MT_Q4_0, "Q4_0", 32, 18, QACT_Q8_0},
-    {MT_Q4_1, "Q4_1", 32, 20, QACT_Q8_1}, {MT_Q5_0, "Q5_0", 32, 22, QACT_Q8_0},
-    {MT_Q5_1, "Q5_1", 32, 24, QACT_Q8_1}, {MT_Q8_0, "Q8_0", 32, 34, QACT_Q8_0},
-    {MT_Q2_K, "Q2_K", 256, 84, QACT_Q8_K}, {MT_Q3_K, "Q3_K", 256, 110, QACT_Q8_K},
-    {MT_Q4_K, "Q4_K", 256, 144, QACT_Q8_K}, {MT_Q5_K, "Q5_K", 256, 176, QACT_Q8_K},
-    {MT_Q6_K, "Q6_K", 256, 210, QACT_Q8_K},
+    { MT_F32, "F32", 1, 4, QACT_NONE },       { MT_F16, "F16", 1, 2, QACT_F16 },
+    { MT_BF16, "BF16", 1, 2, QACT_BF16 },     { MT_Q4_0, "Q4_0", 32, 18, QACT_Q8_0 },
+    { MT_Q4_1, "Q4_1", 32, 20, QACT_Q8_1 },   { MT_Q5_0, "Q5_0", 32, 22, QACT_Q8_0 },
+    { MT_Q5_1, "Q5_1", 32, 24, QACT_Q8_1 },   { MT_Q8_0, "Q8_0", 32, 34, QACT_Q8_0 },
+    { MT_Q2_K, "Q2_K", 256, 84, QACT_Q8_K },  { MT_Q3_K, "Q3_K", 256, 110, QACT_Q8_K },
+    { MT_Q4_K, "Q4_K", 256, 144, QACT_Q8_K }, { MT_Q5_K, "Q5_K", 256, 176, QACT_Q8_K },
+    { MT_Q6_K, "Q6_K", 256, 210, QACT_Q8_K },
 };
 
 static const qtype *qt(int type)
 {
     for (size_t i = 0; i < sizeof qtypes / sizeof qtypes[0]; i++)
-        if (qtypes[i].type == type)
-            return &qtypes[i];
+        if (qtypes[i].type == type) return &qtypes[i];
     return NULL;
 }
 
@@ -92,8 +91,7 @@ const char *quant_type_name(int type)
 int quant_type_from_name(const char *name)
 {
     for (size_t i = 0; name && i < sizeof qtypes / sizeof qtypes[0]; i++)
-        if (!strcasecmp(name, qtypes[i].name))
-            return qtypes[i].type;
+        if (!strcasecmp(name, qtypes[i].name)) return qtypes[i].type;
     return -1;
 }
 
@@ -102,10 +100,8 @@ size_t quant_bytes(int type, uint64_t n, int *ok)
     const qtype *t = qt(type);
     uint64_t r;
     int good = t && n % (uint64_t)t->elems == 0 &&
-               !__builtin_mul_overflow(n / (uint64_t)t->elems, (uint64_t)t->bytes, &r) &&
-               r <= (uint64_t)SIZE_MAX;
-    if (ok)
-        *ok = good;
+               !__builtin_mul_overflow(n / (uint64_t)t->elems, (uint64_t)t->bytes, &r) && r <= (uint64_t)SIZE_MAX;
+    if (ok) *ok = good;
     return good ? (size_t)r : 0;
 }
 
@@ -115,10 +111,7 @@ int quant_act_format(int type)
     return t ? t->act : QACT_NONE;
 }
 
-int quant_is_serial(int type, int rows)
-{
-    return (type == MT_Q4_0 || type == MT_Q4_K) && rows % 8 == 0;
-}
+int quant_is_serial(int type, int rows) { return (type == MT_Q4_0 || type == MT_Q4_K) && rows % 8 == 0; }
 
 /* ---- Small helpers ------------------------------------------------------------------ */
 
@@ -129,10 +122,7 @@ static inline float h2f(const uint8_t *p)
     return model_f16_to_f32(h);
 }
 
-static inline float half_round(float f)
-{
-    return model_f16_to_f32(model_f32_to_f16(f));
-}
+static inline float half_round(float f) { return model_f16_to_f32(model_f32_to_f16(f)); }
 
 /* Q4_K / Q5_K: scale and min of sub-block j (0..7), 6 bits each (ggml's get_scale_min_k4). */
 static inline void k4_scale_min(const uint8_t *s, int j, int *sc, int *m)
@@ -194,11 +184,8 @@ static inline int b32_weight(int type, const uint8_t *b, int i)
     int nib;
     uint32_t qh;
     switch (type) {
-    case MT_Q4_0:
-        nib = i < 16 ? b[2 + i] & 0xF : b[2 + i - 16] >> 4;
-        return nib - 8;
-    case MT_Q4_1:
-        return i < 16 ? b[4 + i] & 0xF : b[4 + i - 16] >> 4;
+    case MT_Q4_0: nib = i < 16 ? b[2 + i] & 0xF : b[2 + i - 16] >> 4; return nib - 8;
+    case MT_Q4_1: return i < 16 ? b[4 + i] & 0xF : b[4 + i - 16] >> 4;
     case MT_Q5_0:
         memcpy(&qh, b + 2, 4);
         nib = i < 16 ? b[6 + i] & 0xF : b[6 + i - 16] >> 4;
@@ -207,10 +194,8 @@ static inline int b32_weight(int type, const uint8_t *b, int i)
         memcpy(&qh, b + 4, 4);
         nib = i < 16 ? b[8 + i] & 0xF : b[8 + i - 16] >> 4;
         return nib | ((qh >> i) & 1) << 4;
-    case MT_Q8_0:
-        return (int8_t)b[2 + i];
-    default:
-        return 0;
+    case MT_Q8_0: return (int8_t)b[2 + i];
+    default: return 0;
     }
 }
 
@@ -220,8 +205,7 @@ void quant_dequantize_row(int type, const void *src, float *dst, int n)
 {
     const qtype *t = qt(type);
     if (!t || t->elems <= 1 || n % t->elems) {
-        for (int i = 0; i < n; i++)
-            dst[i] = NAN;
+        for (int i = 0; i < n; i++) dst[i] = NAN;
         return;
     }
     const uint8_t *b = src;
@@ -231,15 +215,13 @@ void quant_dequantize_row(int type, const void *src, float *dst, int n)
         case MT_Q5_0:
         case MT_Q8_0: {
             float d = h2f(b);
-            for (int i = 0; i < 32; i++)
-                dst[i] = (float)b32_weight(type, b, i) * d;
+            for (int i = 0; i < 32; i++) dst[i] = (float)b32_weight(type, b, i) * d;
             break;
         }
         case MT_Q4_1:
         case MT_Q5_1: {
             float d = h2f(b), m = h2f(b + 2);
-            for (int i = 0; i < 32; i++)
-                dst[i] = (float)b32_weight(type, b, i) * d + m;
+            for (int i = 0; i < 32; i++) dst[i] = (float)b32_weight(type, b, i) * d + m;
             break;
         }
         case MT_Q2_K: {
@@ -329,24 +311,18 @@ void quant_pack(const mtensor *w, void *dst, mtensor *out)
 
 /* ---- Activations ------------------------------------------------------------------------ */
 
-static size_t up16(size_t n)
-{
-    return (n + 15) & ~(size_t)15;
-}
+static size_t up16(size_t n) { return (n + 15) & ~(size_t)15; }
 
 size_t quant_act_bytes(int fmt, int cols, int n_rows)
 {
     int blk = fmt == QACT_Q8_K ? QK_K : 32;
     if ((fmt == QACT_F16 || fmt == QACT_BF16) && cols > 0 && n_rows >= 0)
         return up16((size_t)n_rows * (size_t)cols * sizeof(float));
-    if (fmt <= QACT_NONE || fmt >= QACT_COUNT || cols <= 0 || cols % blk || n_rows < 0)
-        return 0;
+    if (fmt <= QACT_NONE || fmt >= QACT_COUNT || cols <= 0 || cols % blk || n_rows < 0) return 0;
     size_t n = (size_t)n_rows, nb = (size_t)(cols / blk), nb32 = (size_t)(cols / 32);
     size_t bytes = up16(n * cols) + up16(n * nb * 4) + up16(n * nb32 * 4);
-    if (fmt == QACT_Q8_1)
-        bytes += up16(n * nb * 4);
-    if (fmt == QACT_Q8_K)
-        bytes += up16(n * (size_t)(cols / 16) * 2);
+    if (fmt == QACT_Q8_1) bytes += up16(n * nb * 4);
+    if (fmt == QACT_Q8_K) bytes += up16(n * (size_t)(cols / 16) * 2);
     return bytes;
 }
 
@@ -372,8 +348,7 @@ void quant_act_init(quant_act *a, int fmt, int cols, int n_rows, void *buf)
         a->s = (float *)p;
         p += up16(n * nb * 4);
     }
-    if (fmt == QACT_Q8_K)
-        a->bs = (int16_t *)p;
+    if (fmt == QACT_Q8_K) a->bs = (int16_t *)p;
 }
 
 /* One row to Q8_0 / Q8_1 (ggml's AVX2 quantize_row_q8_0 / q8_1: multiplier 127 / amax,
@@ -399,8 +374,7 @@ static void act_row_q8(int8_t *q, float *d, float *s, int32_t *x32, const float 
 #else
         for (int i = 0; i < 32; i++) {
             float a = fabsf(xb[i]);
-            if (a > amax)
-                amax = a;
+            if (a > amax) amax = a;
         }
 #endif
         float dd = amax / 127.0f, id = amax != 0.0f ? 127.0f / amax : 0.0f;
@@ -410,8 +384,8 @@ static void act_row_q8(int8_t *q, float *d, float *s, int32_t *x32, const float 
         __m256 mul = _mm256_set1_ps(id);
         __m256i iv[4];
         for (int k = 0; k < 4; k++)
-            iv[k] = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v[k], mul),
-                                                       _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+            iv[k] = _mm256_cvtps_epi32(
+                _mm256_round_ps(_mm256_mul_ps(v[k], mul), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
         __m256i s01 = _mm256_add_epi32(_mm256_add_epi32(iv[0], iv[1]), _mm256_add_epi32(iv[2], iv[3]));
         __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s01), _mm256_extracti128_si256(s01, 1));
         s4 = _mm_add_epi32(s4, _mm_unpackhi_epi64(s4, s4));
@@ -429,8 +403,7 @@ static void act_row_q8(int8_t *q, float *d, float *s, int32_t *x32, const float 
         }
 #endif
         x32[b] = sum;
-        if (s)
-            s[b] = half_round(dd * (float)sum);
+        if (s) s[b] = half_round(dd * (float)sum);
     }
 }
 
@@ -454,8 +427,7 @@ static void act_row_q8k(int8_t *q, float *d, int16_t *bs, int32_t *x32, const fl
             d[b] = 0.0f;
             memset(qb, 0, QK_K);
             memset(bs + 16 * b, 0, 16 * sizeof *bs);
-            for (int k = 0; k < 8; k++)
-                x32[8 * b + k] = 0;
+            for (int k = 0; k < 8; k++) x32[8 * b + k] = 0;
             continue;
         }
         float iscale = -127.0f / max;
@@ -480,12 +452,10 @@ static void act_row_q8k(int8_t *q, float *d, int16_t *bs, int32_t *x32, const fl
 #endif
         for (int j = 0; j < 16; j++) {
             int sum = 0;
-            for (int i = 0; i < 16; i++)
-                sum += qb[16 * j + i];
+            for (int i = 0; i < 16; i++) sum += qb[16 * j + i];
             bs[16 * b + j] = (int16_t)sum;
         }
-        for (int k = 0; k < 8; k++)
-            x32[8 * b + k] = bs[16 * b + 2 * k] + bs[16 * b + 2 * k + 1];
+        for (int k = 0; k < 8; k++) x32[8 * b + k] = bs[16 * b + 2 * k] + bs[16 * b + 2 * k + 1];
         d[b] = 1.0f / iscale;
     }
 }
@@ -497,8 +467,8 @@ static void act_row_round(float *xr, const float *x, int cols, int bf16)
 #ifdef QUANT_AVX2
     if (!bf16)
         for (; i + 8 <= cols; i += 8)
-            _mm256_storeu_ps(xr + i, _mm256_cvtph_ps(_mm256_cvtps_ph(_mm256_loadu_ps(x + i),
-                                                                    _MM_FROUND_TO_NEAREST_INT)));
+            _mm256_storeu_ps(xr + i,
+                             _mm256_cvtph_ps(_mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT)));
 #endif
     for (; i < cols; i++) {
         if (!bf16) {
@@ -549,7 +519,7 @@ float quant_dot_ref(const quant_act *a, int r, const mtensor *w, int j)
     const uint8_t *row = quant_row_blocks(w, j, &bstride);
     const int8_t *xq = a->q + (size_t)r * cols;
     const float *xd = a->d + (size_t)r * nb;
-    float acc[8] = {0};
+    float acc[8] = { 0 };
 
     if (t->elems == 32) {
         if (quant_is_serial(w->type, w->rows)) { /* Q4_0, rows % 8 == 0 */
@@ -557,8 +527,7 @@ float quant_dot_ref(const quant_act *a, int r, const mtensor *w, int j)
             for (int b = 0; b < nb; b++) {
                 const uint8_t *blk = row + (size_t)b * bstride;
                 int32_t isum = 0;
-                for (int i = 0; i < 32; i++)
-                    isum += b32_weight(w->type, blk, i) * xq[32 * b + i];
+                for (int i = 0; i < 32; i++) isum += b32_weight(w->type, blk, i) * xq[32 * b + i];
                 s = fmaf((float)isum, h2f(blk) * xd[b], s);
             }
             return s;
@@ -569,12 +538,10 @@ float quant_dot_ref(const quant_act *a, int r, const mtensor *w, int j)
             float d = h2f(blk) * xd[b];
             for (int u = 0; u < 8; u++) {
                 int32_t lane = 0;
-                for (int i = 4 * u; i < 4 * u + 4; i++)
-                    lane += b32_weight(w->type, blk, i) * xq[32 * b + i];
+                for (int i = 4 * u; i < 4 * u + 4; i++) lane += b32_weight(w->type, blk, i) * xq[32 * b + i];
                 acc[u] = fmaf(d, (float)lane, acc[u]);
             }
-            if (w->type == MT_Q4_1 || w->type == MT_Q5_1)
-                summs = fmaf(h2f(blk + 2), a->s[(size_t)r * nb + b], summs);
+            if (w->type == MT_Q4_1 || w->type == MT_Q5_1) summs = fmaf(h2f(blk + 2), a->s[(size_t)r * nb + b], summs);
         }
         float s = hsum8_ref(acc);
         return w->type == MT_Q4_1 || w->type == MT_Q5_1 ? s + summs : s;
@@ -583,23 +550,31 @@ float quant_dot_ref(const quant_act *a, int r, const mtensor *w, int j)
     /* K-quants: per super-block, lane u gathers sc(e) * q(e) * x(e) over the weights e
      * with (e % 32) / 4 == u (exact integers) */
     const int16_t *bs = a->bs + (size_t)r * (cols / 16);
-    float accm[4] = {0}, summs = 0.0f, serial = 0.0f, serial_m = 0.0f;
+    float accm[4] = { 0 }, summs = 0.0f, serial = 0.0f, serial_m = 0.0f;
     int ser = quant_is_serial(w->type, w->rows);
     for (int b = 0; b < nb; b++) {
         const uint8_t *blk = row + (size_t)b * bstride;
         const int8_t *x = xq + QK_K * b;
         const int16_t *bsb = bs + 16 * b;
-        int32_t lane[8] = {0}, sc[16], mn[16];
+        int32_t lane[8] = { 0 }, sc[16], mn[16];
         for (int e = 0; e < 16; e++) {
             switch (w->type) {
-            case MT_Q2_K: sc[e] = blk[e] & 0xF; mn[e] = blk[e] >> 4; break;
-            case MT_Q3_K: sc[e] = q3k_scale(blk + 96, e); mn[e] = 0; break;
-            case MT_Q6_K: sc[e] = (int8_t)blk[192 + e]; mn[e] = 0; break;
+            case MT_Q2_K:
+                sc[e] = blk[e] & 0xF;
+                mn[e] = blk[e] >> 4;
+                break;
+            case MT_Q3_K:
+                sc[e] = q3k_scale(blk + 96, e);
+                mn[e] = 0;
+                break;
+            case MT_Q6_K:
+                sc[e] = (int8_t)blk[192 + e];
+                mn[e] = 0;
+                break;
             default: k4_scale_min(blk + 4, e / 2, &sc[e], &mn[e]); break; /* per 32: pairs */
             }
         }
-        for (int e = 0; e < QK_K; e++)
-            lane[(e % 32) / 4] += sc[e / 16] * k_weight(w->type, blk, e) * x[e];
+        for (int e = 0; e < QK_K; e++) lane[(e % 32) / 4] += sc[e / 16] * k_weight(w->type, blk, e) * x[e];
         switch (w->type) {
         case MT_Q2_K: {
             float d = xd[b] * h2f(blk + 80), dmin = -xd[b] * h2f(blk + 82);
@@ -612,8 +587,7 @@ float quant_dot_ref(const quant_act *a, int r, const mtensor *w, int j)
         }
         case MT_Q3_K: {
             float d = xd[b] * h2f(blk + 108);
-            for (int u = 0; u < 8; u++)
-                acc[u] = fmaf(d, (float)lane[u], acc[u]);
+            for (int u = 0; u < 8; u++) acc[u] = fmaf(d, (float)lane[u], acc[u]);
             break;
         }
         case MT_Q6_K: {
@@ -633,31 +607,25 @@ float quant_dot_ref(const quant_act *a, int r, const mtensor *w, int j)
             }
             if (ser) { /* Q4_K, rows % 8 == 0 */
                 int32_t isum = 0;
-                for (int u = 0; u < 8; u++)
-                    isum += lane[u];
+                for (int u = 0; u < 8; u++) isum += lane[u];
                 serial = fmaf((float)isum, h2f(blk) * xd[b], serial);
                 serial_m = fmaf((float)imin, h2f(blk + 2) * xd[b], serial_m);
                 break;
             }
             float d = xd[b] * h2f(blk), dmin = -xd[b] * h2f(blk + 2);
             if (w->type == MT_Q4_K) {
-                for (int k = 0; k < 4; k++)
-                    accm[k] = fmaf(dmin, (float)(m32[2 * k] + m32[2 * k + 1]), accm[k]);
+                for (int k = 0; k < 4; k++) accm[k] = fmaf(dmin, (float)(m32[2 * k] + m32[2 * k + 1]), accm[k]);
             } else {
                 summs = fmaf((float)imin, dmin, summs);
             }
-            for (int u = 0; u < 8; u++)
-                acc[u] = fmaf(d, (float)lane[u], acc[u]);
+            for (int u = 0; u < 8; u++) acc[u] = fmaf(d, (float)lane[u], acc[u]);
             break;
         }
         }
     }
-    if (ser)
-        return serial - serial_m;
+    if (ser) return serial - serial_m;
     float s = hsum8_ref(acc);
-    if (w->type == MT_Q4_K)
-        return s + ((accm[0] + accm[2]) + (accm[1] + accm[3]));
-    if (w->type == MT_Q5_K)
-        return s + summs;
+    if (w->type == MT_Q4_K) return s + ((accm[0] + accm[2]) + (accm[1] + accm[3]));
+    if (w->type == MT_Q5_K) return s + summs;
     return s;
 }

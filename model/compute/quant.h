@@ -135,8 +135,7 @@ void quant_pack(const mtensor *w, void *dst, mtensor *out);
 
 /* out[r * ldo + j] = row r of the activations . row j of w, for r in [0, n_rows) and
  * j in [j0, j1).  a must be in quant_act_format(w->type) with a->cols == w->cols. */
-void quant_matmul_rows(float *out, size_t ldo, const quant_act *a, int n_rows, const mtensor *w,
-                       int j0, int j1);
+void quant_matmul_rows(float *out, size_t ldo, const quant_act *a, int n_rows, const mtensor *w, int j0, int j1);
 
 /* The same dot product for one activation row and one weight row, computed by the
  * portable code whatever the build (for tests: the kernels must equal it). */

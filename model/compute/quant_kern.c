@@ -35,11 +35,11 @@
  * products into each 32-bit lane in one instruction (vpdpbusd: unsigned x signed,
  * no 16-bit saturation), and vpdpwssd does madd + add.  The integers are the same. */
 #if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-#define QUANT_VNNI 1
+#define QUANT_VNNI        1
 #define DPBUSD(acc, u, s) _mm256_dpbusd_epi32(acc, u, s)
 #define DPWSSD(acc, a, b) _mm256_dpwssd_epi32(acc, a, b)
 #elif defined(__AVXVNNI__)
-#define QUANT_VNNI 1
+#define QUANT_VNNI        1
 #define DPBUSD(acc, u, s) _mm256_dpbusd_avx_epi32(acc, u, s)
 #define DPWSSD(acc, a, b) _mm256_dpwssd_avx_epi32(acc, a, b)
 #endif
@@ -83,8 +83,8 @@ AI __m256i bits32(const uint8_t *p)
 {
     uint32_t x;
     memcpy(&x, p, 4);
-    const __m256i shuf = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202,
-                                           0x0101010101010101, 0x0000000000000000);
+    const __m256i shuf =
+        _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0x0000000000000000);
     __m256i b = _mm256_shuffle_epi8(_mm256_set1_epi32((int)x), shuf);
     b = _mm256_or_si256(b, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe));
     return _mm256_cmpeq_epi8(b, _mm256_set1_epi64x(-1));
@@ -104,16 +104,13 @@ AI __m256i dot_ss(__m256i a, __m256i b) /* both signed (b's sign moved onto a) *
  * are contiguous (a packed panel), else one per row. */
 AI void pf_rows(const uint8_t *w, size_t rs, size_t bs, int b, const int C, const int bb)
 {
-    if (!QPF)
-        return;
+    if (!QPF) return;
     const char *p = (const char *)(w + (size_t)b * bs) + QPF;
     if ((size_t)C * rs == bs) {
-        for (int k = 0; k < C * bb; k += 64)
-            _mm_prefetch(p + k, _MM_HINT_T0);
+        for (int k = 0; k < C * bb; k += 64) _mm_prefetch(p + k, _MM_HINT_T0);
     } else {
         for (int c = 0; c < C; c++)
-            for (int k = 0; k < bb; k += 64)
-                _mm_prefetch(p + (size_t)c * rs + k, _MM_HINT_T0);
+            for (int k = 0; k < bb; k += 64) _mm_prefetch(p + (size_t)c * rs + k, _MM_HINT_T0);
     }
 }
 
@@ -131,10 +128,8 @@ AI __m256i b32_bytes(const int type, const uint8_t *b)
     case MT_Q4_0: return _mm256_sub_epi8(nibbles32(b + 2), _mm256_set1_epi8(8));
     case MT_Q4_1: return nibbles32(b + 4);
     case MT_Q5_0:
-        return _mm256_or_si256(nibbles32(b + 6),
-                               _mm256_andnot_si256(bits32(b + 2), _mm256_set1_epi8((char)0xF0)));
-    case MT_Q5_1:
-        return _mm256_or_si256(nibbles32(b + 8), _mm256_and_si256(bits32(b + 4), _mm256_set1_epi8(0x10)));
+        return _mm256_or_si256(nibbles32(b + 6), _mm256_andnot_si256(bits32(b + 2), _mm256_set1_epi8((char)0xF0)));
+    case MT_Q5_1: return _mm256_or_si256(nibbles32(b + 8), _mm256_and_si256(bits32(b + 4), _mm256_set1_epi8(0x10)));
     default: return _mm256_loadu_si256((const __m256i *)(b + 2)); /* Q8_0 */
     }
 }
@@ -142,10 +137,7 @@ AI __m256i b32_bytes(const int type, const uint8_t *b)
 #ifdef QUANT_VNNI
 /* The block's weights as unsigned bytes u = w + off (Q8_0 128, Q4_0 8, Q5_0 16; the
  * Q4_1 / Q5_1 quants are unsigned already, off 0): lanes = dpbusd(-off sum4(x), u, x). */
-AI int b32_off(const int type)
-{
-    return type == MT_Q8_0 ? 128 : type == MT_Q4_0 ? 8 : type == MT_Q5_0 ? 16 : 0;
-}
+AI int b32_off(const int type) { return type == MT_Q8_0 ? 128 : type == MT_Q4_0 ? 8 : type == MT_Q5_0 ? 16 : 0; }
 AI __m256i b32_ubytes(const int type, const uint8_t *b)
 {
     switch (type) {
@@ -159,8 +151,8 @@ AI __m256i b32_ubytes(const int type, const uint8_t *b)
 #endif
 
 /* R activation rows x C weight rows of a lane type; out[r * ldo + c]. */
-AI void lane32(const int type, float *out, size_t ldo, const quant_act *a, int r0, const int R,
-               const uint8_t *w, size_t rs, size_t bs, int nb, const int C)
+AI void lane32(const int type, float *out, size_t ldo, const quant_act *a, int r0, const int R, const uint8_t *w,
+               size_t rs, size_t bs, int nb, const int C)
 {
     const int mins = type == MT_Q4_1 || type == MT_Q5_1;
     const int sgn = type == MT_Q4_0 || type == MT_Q5_0 || type == MT_Q8_0;
@@ -185,10 +177,11 @@ AI void lane32(const int type, float *out, size_t ldo, const quant_act *a, int r
 #ifdef QUANT_VNNI
         __m256i corr[4]; /* - off * (sum of x over each lane's 4 bytes) */
         for (int r = 0; r < R; r++)
-            corr[r] = b32_off(type) ? _mm256_sub_epi32(_mm256_setzero_si256(),
-                                                        DPBUSD(_mm256_setzero_si256(),
-                                                               _mm256_set1_epi8((char)b32_off(type)), xv[r]))
-                                    : _mm256_setzero_si256();
+            corr[r] =
+                b32_off(type)
+                    ? _mm256_sub_epi32(_mm256_setzero_si256(),
+                                       DPBUSD(_mm256_setzero_si256(), _mm256_set1_epi8((char)b32_off(type)), xv[r]))
+                    : _mm256_setzero_si256();
 #endif
         for (int c = 0; c < C; c++) {
             const uint8_t *blk = w + (size_t)c * rs + (size_t)b * bs;
@@ -208,8 +201,7 @@ AI void lane32(const int type, float *out, size_t ldo, const quant_act *a, int r
                 __m256i p = sgn ? dot_us(wa, _mm256_sign_epi8(xv[r], wv)) : dot_us(wv, xv[r]);
 #endif
                 acc[r][c] = _mm256_fmadd_ps(_mm256_mul_ps(dw, dx[r]), _mm256_cvtepi32_ps(p), acc[r][c]);
-                if (mins)
-                    summs[r][c] = fmaf(mw, a->s[(size_t)(r0 + r) * nb + b], summs[r][c]);
+                if (mins) summs[r][c] = fmaf(mw, a->s[(size_t)(r0 + r) * nb + b], summs[r][c]);
             }
         }
     }
@@ -226,8 +218,8 @@ AI void lane32(const int type, float *out, size_t ldo, const quant_act *a, int r
  * acc = fma(isum, d_w * d_x, acc), lane c holding weight row c.  Two rows' nibbles
  * share a 256-bit vector: [row c bytes | row c + 1 bytes], multiplied by the
  * activation halves [x0..15 | x0..15] and [x16..31 | x16..31]. */
-AI void serial_q4_0(float *out, size_t ldo, const quant_act *a, int r0, const int R, const uint8_t *w,
-                    size_t rs, size_t bs, int nb)
+AI void serial_q4_0(float *out, size_t ldo, const quant_act *a, int r0, const int R, const uint8_t *w, size_t rs,
+                    size_t bs, int nb)
 {
     const __m256i m4 = _mm256_set1_epi8(0x0F);
 #ifndef QUANT_VNNI
@@ -235,8 +227,7 @@ AI void serial_q4_0(float *out, size_t ldo, const quant_act *a, int r0, const in
 #endif
     const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     __m256 acc[4];
-    for (int r = 0; r < R; r++)
-        acc[r] = _mm256_setzero_ps();
+    for (int r = 0; r < R; r++) acc[r] = _mm256_setzero_ps();
     const size_t cols = (size_t)a->cols;
     for (int b = 0; b < nb; b++) {
         const uint8_t *blk = w + (size_t)b * bs;
@@ -262,8 +253,8 @@ AI void serial_q4_0(float *out, size_t ldo, const quant_act *a, int r0, const in
 #ifdef QUANT_VNNI
                 p[pr] = DPBUSD(DPBUSD(_mm256_setzero_si256(), lo[pr], xl), hi[pr], xh);
 #else
-                p[pr] = _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(lo[pr], xl),
-                                                           _mm256_maddubs_epi16(hi[pr], xh)), ones);
+                p[pr] = _mm256_madd_epi16(
+                    _mm256_add_epi16(_mm256_maddubs_epi16(lo[pr], xl), _mm256_maddubs_epi16(hi[pr], xh)), ones);
 #endif
             /* [c0 c0 c2 c2 | c1 c1 c3 c3], [c4 c4 c6 c6 | c5 c5 c7 c7] -> [c0 c2 c4 c6 | c1 c3 c5 c7] */
             __m256i s = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
@@ -273,8 +264,7 @@ AI void serial_q4_0(float *out, size_t ldo, const quant_act *a, int r0, const in
             acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), d, acc[r]);
         }
     }
-    for (int r = 0; r < R; r++)
-        _mm256_storeu_ps(out + (size_t)r * ldo, acc[r]);
+    for (int r = 0; r < R; r++) _mm256_storeu_ps(out + (size_t)r * ldo, acc[r]);
 }
 
 /* ---- K-quants --------------------------------------------------------------------------- */
@@ -295,10 +285,12 @@ AI __m256i k4_scales_mins(const uint8_t *s)
 
 /* Broadcast int16 lane i of the low 128 bits (i < 8) to a whole vector. */
 static const uint8_t kshuf16[8][32] __attribute__((aligned(32))) = {
-#define KS(i) {2 * i, 2 * i + 1, 2 * i, 2 * i + 1, 2 * i, 2 * i + 1, 2 * i, 2 * i + 1, 2 * i, 2 * i + 1, \
-               2 * i, 2 * i + 1, 2 * i, 2 * i + 1, 2 * i, 2 * i + 1, 2 * i, 2 * i + 1, 2 * i, 2 * i + 1,   \
-               2 * i, 2 * i + 1, 2 * i, 2 * i + 1, 2 * i, 2 * i + 1, 2 * i, 2 * i + 1, 2 * i, 2 * i + 1,   \
-               2 * i, 2 * i + 1}
+#define KS(i)                                                                                                       \
+    {                                                                                                               \
+        2 * i, 2 * i + 1, 2 * i, 2 * i + 1, 2 * i, 2 * i + 1, 2 * i, 2 * i + 1, 2 * i, 2 * i + 1, 2 * i, 2 * i + 1, \
+            2 * i, 2 * i + 1, 2 * i, 2 * i + 1, 2 * i, 2 * i + 1, 2 * i, 2 * i + 1, 2 * i, 2 * i + 1, 2 * i,        \
+            2 * i + 1, 2 * i, 2 * i + 1, 2 * i, 2 * i + 1, 2 * i, 2 * i + 1, 2 * i, 2 * i + 1                       \
+    }
     KS(0), KS(1), KS(2), KS(3), KS(4), KS(5), KS(6), KS(7)
 #undef KS
 };
@@ -309,10 +301,13 @@ AI __m256i bcast16(__m256i lo8x2, int i) /* lo8x2: the 8 int16 in both 128-bit h
 /* int16 scales 2g in the low and 2g + 1 in the high 128 bits, from 16 int16 scales
  * s16 = [s0..s7 | s8..s15]: for g < 4 from s0..s7, else from s8..s15. */
 static const uint8_t kshuf_pair[4][32] __attribute__((aligned(32))) = {
-#define KP(g) {4 * g, 4 * g + 1, 4 * g, 4 * g + 1, 4 * g, 4 * g + 1, 4 * g, 4 * g + 1, 4 * g, 4 * g + 1,      \
-               4 * g, 4 * g + 1, 4 * g, 4 * g + 1, 4 * g, 4 * g + 1, 4 * g + 2, 4 * g + 3, 4 * g + 2, 4 * g + 3, \
-               4 * g + 2, 4 * g + 3, 4 * g + 2, 4 * g + 3, 4 * g + 2, 4 * g + 3, 4 * g + 2, 4 * g + 3,        \
-               4 * g + 2, 4 * g + 3, 4 * g + 2, 4 * g + 3}
+#define KP(g)                                                                                                       \
+    {                                                                                                               \
+        4 * g, 4 * g + 1, 4 * g, 4 * g + 1, 4 * g, 4 * g + 1, 4 * g, 4 * g + 1, 4 * g, 4 * g + 1, 4 * g, 4 * g + 1, \
+            4 * g, 4 * g + 1, 4 * g, 4 * g + 1, 4 * g + 2, 4 * g + 3, 4 * g + 2, 4 * g + 3, 4 * g + 2, 4 * g + 3,   \
+            4 * g + 2, 4 * g + 3, 4 * g + 2, 4 * g + 3, 4 * g + 2, 4 * g + 3, 4 * g + 2, 4 * g + 3, 4 * g + 2,      \
+            4 * g + 3                                                                                               \
+    }
     KP(0), KP(1), KP(2), KP(3)
 #undef KP
 };
@@ -329,12 +324,11 @@ AI void pair_scales(__m256i s16, __m256i out[8])
  * Q4_K/Q5_K m4[r] (4 int32: m_2t q8s_2t + m_2t+1 q8s_2t+1) and im[r] (their total). */
 typedef struct {
     __m256i lanes[4];
-    __m256i prod[4];  /* Q2_K */
-    __m128i m4[4];    /* Q4_K, Q5_K */
+    __m256i prod[4]; /* Q2_K */
+    __m128i m4[4];   /* Q4_K, Q5_K */
 } kres;
 
-AI void k_block(const int type, const uint8_t *blk, const quant_act *a, int r0, int b, const int R,
-                kres *o)
+AI void k_block(const int type, const uint8_t *blk, const quant_act *a, int r0, int b, const int R, kres *o)
 {
     const __m256i m3 = _mm256_set1_epi8(3), m4 = _mm256_set1_epi8(0xF);
     const size_t cols = (size_t)a->cols;
@@ -350,11 +344,11 @@ AI void k_block(const int type, const uint8_t *blk, const quant_act *a, int r0, 
 #else
 #define SCALED_ADD(acc, sc, p16) _mm256_add_epi32(acc, _mm256_madd_epi16(sc, p16))
 #endif
-#define ACC(g, W, SC)                                                                              \
-    do {                                                                                           \
-        for (int r = 0; r < R; r++)                                                                \
-            o->lanes[r] = SCALED_ADD(o->lanes[r], SC, _mm256_maddubs_epi16(W, _mm256_loadu_si256(   \
-                                                         (const __m256i *)(x[r] + 32 * (g)))));     \
+#define ACC(g, W, SC)                                                                                                  \
+    do {                                                                                                               \
+        for (int r = 0; r < R; r++)                                                                                    \
+            o->lanes[r] = SCALED_ADD(o->lanes[r], SC,                                                                  \
+                                     _mm256_maddubs_epi16(W, _mm256_loadu_si256((const __m256i *)(x[r] + 32 * (g))))); \
     } while (0)
     switch (type) {
     case MT_Q4_K:
@@ -368,10 +362,10 @@ AI void k_block(const int type, const uint8_t *blk, const quant_act *a, int r0, 
             __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
             if (type == MT_Q5_K) { /* bit 2j of qh for the low group, 2j + 1 for the high */
                 const __m256i b0 = _mm256_set1_epi8((char)(1 << (2 * j))), b1 = _mm256_set1_epi8((char)(2 << (2 * j)));
-                lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hb, b0), b0),
-                                                          _mm256_set1_epi8(16)));
-                hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hb, b1), b1),
-                                                          _mm256_set1_epi8(16)));
+                lo = _mm256_or_si256(
+                    lo, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hb, b0), b0), _mm256_set1_epi8(16)));
+                hi = _mm256_or_si256(
+                    hi, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hb, b1), b1), _mm256_set1_epi8(16)));
             }
             ACC(2 * j, lo, bcast16(sc2, 2 * j));
             ACC(2 * j + 1, hi, bcast16(sc2, 2 * j + 1));
@@ -424,8 +418,7 @@ AI void k_block(const int type, const uint8_t *blk, const quant_act *a, int r0, 
             ACC(4 * n + 2, _mm256_and_si256(_mm256_srli_epi16(q, 4), m3), sc[4 * n + 2]);
             ACC(4 * n + 3, _mm256_and_si256(_mm256_srli_epi16(q, 6), m3), sc[4 * n + 3]);
         }
-        for (int r = 0; r < R; r++)
-            o->prod[r] = _mm256_madd_epi16(mn16, _mm256_loadu_si256((const __m256i *)bsr[r]));
+        for (int r = 0; r < R; r++) o->prod[r] = _mm256_madd_epi16(mn16, _mm256_loadu_si256((const __m256i *)bsr[r]));
         break;
     }
     default: { /* Q3_K: (low 2 bits) - 4 where the high bit is clear; 6-bit signed scales */
@@ -446,8 +439,8 @@ AI void k_block(const int type, const uint8_t *blk, const quant_act *a, int r0, 
                 int g = 4 * n + j;
                 __m256i lo = _mm256_and_si256(_mm256_srli_epi16(q, 2 * j), m3);
                 __m256i bit = _mm256_set1_epi8((char)(1 << g));
-                __m256i neg = _mm256_andnot_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hb, bit), bit),
-                                                  _mm256_set1_epi8(4));
+                __m256i neg =
+                    _mm256_andnot_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hb, bit), bit), _mm256_set1_epi8(4));
                 for (int r = 0; r < R; r++) {
                     __m256i xv = _mm256_loadu_si256((const __m256i *)(x[r] + 32 * g));
                     __m256i p16 = _mm256_sub_epi16(_mm256_maddubs_epi16(lo, xv), _mm256_maddubs_epi16(neg, xv));
@@ -468,8 +461,8 @@ AI int kbytes_of(const int type)
 }
 
 /* R activation rows x C weight rows of a K-quant in lane arithmetic. */
-AI void lane_k(const int type, float *out, size_t ldo, const quant_act *a, int r0, const int R,
-               const uint8_t *w, size_t rs, size_t bs, int nb, const int C)
+AI void lane_k(const int type, float *out, size_t ldo, const quant_act *a, int r0, const int R, const uint8_t *w,
+               size_t rs, size_t bs, int nb, const int C)
 {
     const int dpos = type == MT_Q2_K ? 80 : type == MT_Q3_K ? 108 : type == MT_Q6_K ? 208 : 0;
     const int mpos = type == MT_Q2_K ? 82 : 2;
@@ -504,8 +497,8 @@ AI void lane_k(const int type, float *out, size_t ldo, const quant_act *a, int r
                     t = _mm_hadd_epi32(t, t);
                     summs[r][c] = fmaf((float)_mm_cvtsi128_si32(t), -dx * dmw, summs[r][c]);
                 }
-                acc[r][c] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(dx), dw), _mm256_cvtepi32_ps(o.lanes[r]),
-                                            acc[r][c]);
+                acc[r][c] =
+                    _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(dx), dw), _mm256_cvtepi32_ps(o.lanes[r]), acc[r][c]);
             }
         }
     }
@@ -527,13 +520,12 @@ AI void lane_k(const int type, float *out, size_t ldo, const quant_act *a, int r
 /* Q4_K serial: R activation rows x 8 weight rows.  Per block and row: isum (the
  * scaled integer sum over the super-block) and imin (mins x sums of x per 32), then
  * acc = fma(isum, d_w d_x, acc), accm = fma(imin, dmin_w d_x, accm); out = acc - accm. */
-AI void serial_q4_k(float *out, size_t ldo, const quant_act *a, int r0, const int R, const uint8_t *w,
-                    size_t rs, size_t bs, int nb)
+AI void serial_q4_k(float *out, size_t ldo, const quant_act *a, int r0, const int R, const uint8_t *w, size_t rs,
+                    size_t bs, int nb)
 {
     const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     __m256 acc[4], accm[4];
-    for (int r = 0; r < R; r++)
-        acc[r] = accm[r] = _mm256_setzero_ps();
+    for (int r = 0; r < R; r++) acc[r] = accm[r] = _mm256_setzero_ps();
     for (int b = 0; b < nb; b++) {
         __m256i p[4][4];
         __m128i mm[4][4];
@@ -550,8 +542,8 @@ AI void serial_q4_k(float *out, size_t ldo, const quant_act *a, int r0, const in
             for (int r = 0; r < R; r++) {
                 __m256i u = o[0].lanes[r], v = o[1].lanes[r];
                 /* [u0..3 + u4..7 | v0..3 + v4..7] */
-                p[r][pr] = _mm256_add_epi32(_mm256_permute2x128_si256(u, v, 0x20),
-                                            _mm256_permute2x128_si256(u, v, 0x31));
+                p[r][pr] =
+                    _mm256_add_epi32(_mm256_permute2x128_si256(u, v, 0x20), _mm256_permute2x128_si256(u, v, 0x31));
                 mm[r][pr] = _mm_hadd_epi32(o[0].m4[r], o[1].m4[r]); /* [u01 u23 v01 v23] */
             }
         }
@@ -568,28 +560,36 @@ AI void serial_q4_k(float *out, size_t ldo, const quant_act *a, int r0, const in
             accm[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ms), _mm256_mul_ps(mw, dx), accm[r]);
         }
     }
-    for (int r = 0; r < R; r++)
-        _mm256_storeu_ps(out + (size_t)r * ldo, _mm256_sub_ps(acc[r], accm[r]));
+    for (int r = 0; r < R; r++) _mm256_storeu_ps(out + (size_t)r * ldo, _mm256_sub_ps(acc[r], accm[r]));
 }
 
 /* ---- Drivers ----------------------------------------------------------------------------- */
 
 /* One register block of a lane type. */
-static void block_lane(int type, float *out, size_t ldo, const quant_act *a, int r0, int R,
-                       const uint8_t *w, size_t rs, size_t bs, int nb, int C)
+static void block_lane(int type, float *out, size_t ldo, const quant_act *a, int r0, int R, const uint8_t *w, size_t rs,
+                       size_t bs, int nb, int C)
 {
 #define L32(TY, RR, CC) lane32(TY, out, ldo, a, r0, RR, w, rs, bs, nb, CC)
-#define LK(TY, RR, CC) lane_k(TY, out, ldo, a, r0, RR, w, rs, bs, nb, CC)
-#define BY_R(M, TY, CC)                                                                           \
-    do {                                                                                          \
-        if (R == 4) M(TY, 4, CC); else if (R == 3) M(TY, 3, CC);                                  \
-        else if (R == 2) M(TY, 2, CC); else M(TY, 1, CC);                                         \
+#define LK(TY, RR, CC)  lane_k(TY, out, ldo, a, r0, RR, w, rs, bs, nb, CC)
+#define BY_R(M, TY, CC)   \
+    do {                  \
+        if (R == 4)       \
+            M(TY, 4, CC); \
+        else if (R == 3)  \
+            M(TY, 3, CC); \
+        else if (R == 2)  \
+            M(TY, 2, CC); \
+        else              \
+            M(TY, 1, CC); \
     } while (0)
-#define BY_RC(M, TY)                                                                              \
-    do {                                                                                          \
-        if (C == 8) M(TY, 1, 8); /* decoding only */                                             \
-        else if (C == 4) BY_R(M, TY, 4);                                                          \
-        else BY_R(M, TY, 1);                                                                      \
+#define BY_RC(M, TY)                         \
+    do {                                     \
+        if (C == 8)                          \
+            M(TY, 1, 8); /* decoding only */ \
+        else if (C == 4)                     \
+            BY_R(M, TY, 4);                  \
+        else                                 \
+            BY_R(M, TY, 1);                  \
     } while (0)
     switch (type) {
     case MT_Q4_0: BY_RC(L32, MT_Q4_0); break;
@@ -609,15 +609,19 @@ static void block_lane(int type, float *out, size_t ldo, const quant_act *a, int
 #undef L32
 }
 
-static void block_serial(int type, float *out, size_t ldo, const quant_act *a, int r0, int R,
-                         const uint8_t *w, size_t rs, size_t bs, int nb)
+static void block_serial(int type, float *out, size_t ldo, const quant_act *a, int r0, int R, const uint8_t *w,
+                         size_t rs, size_t bs, int nb)
 {
-#define SER(F)                                                                                    \
-    do {                                                                                          \
-        if (R == 4) F(out, ldo, a, r0, 4, w, rs, bs, nb);                                         \
-        else if (R == 3) F(out, ldo, a, r0, 3, w, rs, bs, nb);                                    \
-        else if (R == 2) F(out, ldo, a, r0, 2, w, rs, bs, nb);                                    \
-        else F(out, ldo, a, r0, 1, w, rs, bs, nb);                                                \
+#define SER(F)                                    \
+    do {                                          \
+        if (R == 4)                               \
+            F(out, ldo, a, r0, 4, w, rs, bs, nb); \
+        else if (R == 3)                          \
+            F(out, ldo, a, r0, 3, w, rs, bs, nb); \
+        else if (R == 2)                          \
+            F(out, ldo, a, r0, 2, w, rs, bs, nb); \
+        else                                      \
+            F(out, ldo, a, r0, 1, w, rs, bs, nb); \
     } while (0)
     if (type == MT_Q4_0)
         SER(serial_q4_0);
@@ -631,8 +635,7 @@ static void block_serial(int type, float *out, size_t ldo, const quant_act *a, i
 /* Activation rows per pass over a task's weight rows (their quants stay in L1/L2). */
 #define XBLK 64
 
-void quant_matmul_rows(float *out, size_t ldo, const quant_act *a, int n_rows, const mtensor *w,
-                       int j0, int j1)
+void quant_matmul_rows(float *out, size_t ldo, const quant_act *a, int n_rows, const mtensor *w, int j0, int j1)
 {
 #ifdef QUANT_AVX2
     int type = w->type, nb = w->cols / quant_block_elems(type);
@@ -654,8 +657,7 @@ void quant_matmul_rows(float *out, size_t ldo, const quant_act *a, int n_rows, c
                 group = j1 - j >= want ? want : serial ? 0 : 1;
             }
             if (group == 0) { /* a lone serial row (not reached: tasks take whole 8s) */
-                for (int r = rb; r < re; r++)
-                    out[(size_t)r * ldo + j] = quant_dot_ref(a, r, w, j);
+                for (int r = rb; r < re; r++) out[(size_t)r * ldo + j] = quant_dot_ref(a, r, w, j);
                 j++;
                 continue;
             }
@@ -679,7 +681,6 @@ void quant_matmul_rows(float *out, size_t ldo, const quant_act *a, int n_rows, c
     }
 #else
     for (int r = 0; r < n_rows; r++)
-        for (int j = j0; j < j1; j++)
-            out[(size_t)r * ldo + j] = quant_dot_ref(a, r, w, j);
+        for (int j = j0; j < j1; j++) out[(size_t)r * ldo + j] = quant_dot_ref(a, r, w, j);
 #endif
 }

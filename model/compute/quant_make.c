@@ -23,20 +23,11 @@
 
 #define GROUP_MAX_EPS 1e-15f
 
-static inline uint16_t f2h(float f)
-{
-    return model_f32_to_f16(f);
-}
+static inline uint16_t f2h(float f) { return model_f32_to_f16(f); }
 
-static inline float h2f16(uint16_t h)
-{
-    return model_f16_to_f32(h);
-}
+static inline float h2f16(uint16_t h) { return model_f16_to_f32(h); }
 
-static inline void put16(uint8_t *p, uint16_t v)
-{
-    memcpy(p, &v, 2);
-}
+static inline void put16(uint8_t *p, uint16_t v) { memcpy(p, &v, 2); }
 
 /* round to nearest, ties to even, for |x| < 2^22 (ggml's nearest_int) */
 static inline int nearest(float x)
@@ -50,14 +41,8 @@ static inline int nearest(float x)
 /* (int8_t) and (uint8_t) of a float, as C converts an in-range value (truncation); out of
  * range or NaN (which only broken inputs produce, and where C leaves the conversion
  * undefined) the nearest end, NaN the low end. */
-static inline int to_i8(float v)
-{
-    return v >= 127.0f ? 127 : v > -128.0f ? (int)v : -128;
-}
-static inline int to_u8(float v)
-{
-    return v >= 255.0f ? 255 : v > 0.0f ? (int)v : 0;
-}
+static inline int to_i8(float v) { return v >= 127.0f ? 127 : v > -128.0f ? (int)v : -128; }
+static inline int to_u8(float v) { return v >= 255.0f ? 255 : v > 0.0f ? (int)v : 0; }
 
 static inline int imin(int a, int b) { return a < b ? a : b; }
 static inline int imax(int a, int b) { return a > b ? a : b; }
@@ -86,18 +71,15 @@ static void make_q4_0_q5_0(int bits, const float *x, uint8_t *y)
         qh |= (uint32_t)((a >> 4) & 1) << j;
         qh |= (uint32_t)((b >> 4) & 1) << (j + 16);
     }
-    if (bits == 5)
-        memcpy(y + 2, &qh, 4);
+    if (bits == 5) memcpy(y + 2, &qh, 4);
 }
 
 static void make_q4_1_q5_1(int bits, const float *x, uint8_t *y)
 {
     float min = FLT_MAX, max = -FLT_MAX;
     for (int j = 0; j < 32; j++) {
-        if (x[j] < min)
-            min = x[j];
-        if (x[j] > max)
-            max = x[j];
+        if (x[j] < min) min = x[j];
+        if (x[j] > max) max = x[j];
     }
     const float d = (max - min) / (float)((1 << bits) - 1);
     const float id = d != 0.0f ? 1.0f / d : 0.0f;
@@ -118,20 +100,17 @@ static void make_q4_1_q5_1(int bits, const float *x, uint8_t *y)
         qh |= (uint32_t)((a >> 4) & 1) << j;
         qh |= (uint32_t)((b >> 4) & 1) << (j + 16);
     }
-    if (bits == 5)
-        memcpy(y + 4, &qh, 4);
+    if (bits == 5) memcpy(y + 4, &qh, 4);
 }
 
 static void make_q8_0(const float *x, uint8_t *y)
 {
     float amax = 0.0f;
-    for (int j = 0; j < 32; j++)
-        amax = fmaxf(amax, fabsf(x[j]));
+    for (int j = 0; j < 32; j++) amax = fmaxf(amax, fabsf(x[j]));
     const float d = amax / 127.0f;
     const float id = d != 0.0f ? 1.0f / d : 0.0f;
     put16(y, f2h(d));
-    for (int j = 0; j < 32; j++)
-        y[2 + j] = (uint8_t)(int8_t)to_i8(roundf(x[j] * id));
+    for (int j = 0; j < 32; j++) y[2 + j] = (uint8_t)(int8_t)to_i8(roundf(x[j] * id));
 }
 
 /* ---- Scale fitting for the K-quants ------------------------------------------------------ */
@@ -150,8 +129,7 @@ static float fit_qx(int n, int nmax, const float *x, int8_t *L)
         }
     }
     if (amax < GROUP_MAX_EPS) {
-        for (int i = 0; i < n; i++)
-            L[i] = 0;
+        for (int i = 0; i < n; i++) L[i] = 0;
         return 0.0f;
     }
     float iscale = -nmax / max;
@@ -166,8 +144,7 @@ static float fit_qx(int n, int nmax, const float *x, int8_t *L)
     float scale = suml2 != 0.0f ? sumlx / suml2 : 0.0f;
     float best = scale * sumlx;
     for (int is = -9; is <= 9; is++) {
-        if (is == 0)
-            continue;
+        if (is == 0) continue;
         iscale = -(nmax + 0.1f * is) / max;
         sumlx = suml2 = 0.0f;
         for (int i = 0; i < n; i++) {
@@ -177,8 +154,7 @@ static float fit_qx(int n, int nmax, const float *x, int8_t *L)
             suml2 += w * l * l;
         }
         if (suml2 > 0.0f && sumlx * sumlx > best * suml2) {
-            for (int i = 0; i < n; i++)
-                L[i] = (int8_t)(nmax + imax(-nmax, imin(nmax - 1, nearest(iscale * x[i]))));
+            for (int i = 0; i < n; i++) L[i] = (int8_t)(nmax + imax(-nmax, imin(nmax - 1, nearest(iscale * x[i]))));
             scale = sumlx / suml2;
             best = scale * sumlx;
         }
@@ -199,8 +175,7 @@ static float fit_q3(int n, int nmax, const float *x, int8_t *L)
         }
     }
     if (amax < GROUP_MAX_EPS) {
-        for (int i = 0; i < n; i++)
-            L[i] = 0;
+        for (int i = 0; i < n; i++) L[i] = 0;
         return 0.0f;
     }
     float iscale = -nmax / max;
@@ -232,34 +207,28 @@ static float fit_q3(int n, int nmax, const float *x, int8_t *L)
                 }
             }
         }
-        if (!changed)
-            break;
+        if (!changed) break;
     }
-    for (int i = 0; i < n; i++)
-        L[i] = (int8_t)(L[i] + nmax);
+    for (int i = 0; i < n; i++) L[i] = (int8_t)(L[i] + nmax);
     return suml2 > 0.0f ? sumlx / suml2 : 0.0f;
 }
 
 /* Affine levels L in [0, nmax] with scale and min (x ~ scale L - *mneg): from the range,
  * then nstep + 1 trial scales (rmin + rdelta is) / range, each refitted by weighted least
  * squares; the lowest weighted error (absolute with use_mad, else squared) wins. */
-static float fit_qkx(int n, int nmax, const float *x, const float *wt, uint8_t *L, float *mneg,
-                     uint8_t *Laux, float rmin, float rdelta, int nstep, int use_mad)
+static float fit_qkx(int n, int nmax, const float *x, const float *wt, uint8_t *L, float *mneg, uint8_t *Laux,
+                     float rmin, float rdelta, int nstep, int use_mad)
 {
     float min = x[0], max = x[0], sum_w = wt[0], sum_x = sum_w * x[0];
     for (int i = 1; i < n; i++) {
-        if (x[i] < min)
-            min = x[i];
-        if (x[i] > max)
-            max = x[i];
+        if (x[i] < min) min = x[i];
+        if (x[i] > max) max = x[i];
         sum_w += wt[i];
         sum_x += wt[i] * x[i];
     }
-    if (min > 0.0f)
-        min = 0.0f;
+    if (min > 0.0f) min = 0.0f;
     if (max == min) {
-        for (int i = 0; i < n; i++)
-            L[i] = 0;
+        for (int i = 0; i < n; i++) L[i] = 0;
         *mneg = -min;
         return 0.0f;
     }
@@ -313,19 +282,15 @@ static void make_q2_k(const float *x, uint8_t *y)
     uint8_t L[QK_K], Laux[16];
     float wt[16], mins[16], scales[16], max_scale = 0.0f, max_min = 0.0f;
     for (int j = 0; j < 16; j++) {
-        for (int l = 0; l < 16; l++)
-            wt[l] = fabsf(x[16 * j + l]);
+        for (int l = 0; l < 16; l++) wt[l] = fabsf(x[16 * j + l]);
         scales[j] = fit_qkx(16, 3, x + 16 * j, wt, L + 16 * j, &mins[j], Laux, -0.5f, 0.1f, 15, 1);
-        if (scales[j] > max_scale)
-            max_scale = scales[j];
-        if (mins[j] > max_min)
-            max_min = mins[j];
+        if (scales[j] > max_scale) max_scale = scales[j];
+        if (mins[j] > max_min) max_min = mins[j];
     }
     uint8_t *sc = y;
     if (max_scale > 0.0f) {
         float iscale = 15.0f / max_scale;
-        for (int j = 0; j < 16; j++)
-            sc[j] = (uint8_t)nearest(iscale * scales[j]);
+        for (int j = 0; j < 16; j++) sc[j] = (uint8_t)nearest(iscale * scales[j]);
         put16(y + 80, f2h(max_scale / 15.0f));
     } else {
         memset(sc, 0, 16);
@@ -333,8 +298,7 @@ static void make_q2_k(const float *x, uint8_t *y)
     }
     if (max_min > 0.0f) {
         float iscale = 15.0f / max_min;
-        for (int j = 0; j < 16; j++)
-            sc[j] |= (uint8_t)(nearest(iscale * mins[j]) << 4);
+        for (int j = 0; j < 16; j++) sc[j] |= (uint8_t)(nearest(iscale * mins[j]) << 4);
         put16(y + 82, f2h(max_min / 15.0f));
     } else {
         put16(y + 82, f2h(0.0f));
@@ -344,11 +308,9 @@ static void make_q2_k(const float *x, uint8_t *y)
     memcpy(&mh, y + 82, 2);
     for (int j = 0; j < 16; j++) {
         const float d = h2f16(dh) * (sc[j] & 0xF);
-        if (d == 0.0f)
-            continue;
+        if (d == 0.0f) continue;
         const float dm = h2f16(mh) * (sc[j] >> 4);
-        for (int i = 0; i < 16; i++)
-            L[16 * j + i] = (uint8_t)imax(0, imin(3, nearest((x[16 * j + i] + dm) / d)));
+        for (int i = 0; i < 16; i++) L[16 * j + i] = (uint8_t)imax(0, imin(3, nearest((x[16 * j + i] + dm) / d)));
     }
     for (int j = 0; j < QK_K; j += 128)
         for (int l = 0; l < 32; l++)
@@ -391,10 +353,8 @@ static void make_q3_k(const float *x, uint8_t *y)
         int8_t s = (int8_t)(j < 8 ? sc[j] & 0xF : sc[j - 8] >> 4);
         s = (int8_t)((s | ((sc[8 + j % 4] >> (2 * (j / 4))) & 3) << 4) - 32);
         float d = h2f16(dh) * s;
-        if (d == 0.0f)
-            continue;
-        for (int i = 0; i < 16; i++)
-            L[16 * j + i] = (int8_t)(imax(-4, imin(3, nearest(x[16 * j + i] / d))) + 4);
+        if (d == 0.0f) continue;
+        for (int i = 0; i < 16; i++) L[16 * j + i] = (int8_t)(imax(-4, imin(3, nearest(x[16 * j + i] / d))) + 4);
     }
     uint8_t *hm = y;
     memset(hm, 0, 32);
@@ -423,17 +383,13 @@ static void make_q45_k(int bits, const float *x, uint8_t *y)
     const int nmax = (1 << bits) - 1;
     for (int j = 0; j < 8; j++) {
         float sum_x2 = 0.0f;
-        for (int l = 0; l < 32; l++)
-            sum_x2 += x[32 * j + l] * x[32 * j + l];
+        for (int l = 0; l < 32; l++) sum_x2 += x[32 * j + l] * x[32 * j + l];
         float av_x = sqrtf(sum_x2 / 32);
-        for (int l = 0; l < 32; l++)
-            wt[l] = av_x + fabsf(x[32 * j + l]);
+        for (int l = 0; l < 32; l++) wt[l] = av_x + fabsf(x[32 * j + l]);
         scales[j] = bits == 4 ? fit_qkx(32, nmax, x + 32 * j, wt, L + 32 * j, &mins[j], Laux, -1.0f, 0.1f, 20, 0)
                               : fit_qkx(32, nmax, x + 32 * j, wt, L + 32 * j, &mins[j], Laux, -0.5f, 0.1f, 15, 0);
-        if (scales[j] > max_scale)
-            max_scale = scales[j];
-        if (mins[j] > max_min)
-            max_min = mins[j];
+        if (scales[j] > max_scale) max_scale = scales[j];
+        if (mins[j] > max_min) max_min = mins[j];
     }
     float inv_scale = max_scale > 0.0f ? 63.0f / max_scale : 0.0f;
     float inv_min = max_min > 0.0f ? 63.0f / max_min : 0.0f;
@@ -468,17 +424,14 @@ static void make_q45_k(int bits, const float *x, uint8_t *y)
             m = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
         }
         const float d = h2f16(dh) * sc;
-        if (d == 0.0f)
-            continue;
+        if (d == 0.0f) continue;
         const float dm = h2f16(mh) * m;
-        for (int i = 0; i < 32; i++)
-            L[32 * j + i] = (uint8_t)imax(0, imin(nmax, nearest((x[32 * j + i] + dm) / d)));
+        for (int i = 0; i < 32; i++) L[32 * j + i] = (uint8_t)imax(0, imin(nmax, nearest((x[32 * j + i] + dm) / d)));
     }
     if (bits == 4) {
         uint8_t *q = y + 16;
         for (int j = 0; j < QK_K; j += 64, q += 32)
-            for (int l = 0; l < 32; l++)
-                q[l] = (uint8_t)(L[j + l] | L[j + l + 32] << 4);
+            for (int l = 0; l < 32; l++) q[l] = (uint8_t)(L[j + l] | L[j + l + 32] << 4);
         return;
     }
     uint8_t *qh = y + 16, *ql = y + 48;
@@ -521,22 +474,18 @@ static void make_q6_k(const float *x, uint8_t *y)
     float iscale = -128.0f / max_scale;
     put16(y + 208, f2h(1.0f / iscale));
     int8_t *sc = (int8_t *)(y + 192);
-    for (int ib = 0; ib < 16; ib++)
-        sc[ib] = (int8_t)imin(127, nearest(iscale * scales[ib]));
+    for (int ib = 0; ib < 16; ib++) sc[ib] = (int8_t)imin(127, nearest(iscale * scales[ib]));
     uint16_t dh;
     memcpy(&dh, y + 208, 2);
     for (int j = 0; j < 16; j++) {
         float d = h2f16(dh) * sc[j];
-        if (d == 0.0f)
-            continue;
-        for (int i = 0; i < 16; i++)
-            L[16 * j + i] = (int8_t)(imax(-32, imin(31, nearest(x[16 * j + i] / d))) + 32);
+        if (d == 0.0f) continue;
+        for (int i = 0; i < 16; i++) L[16 * j + i] = (int8_t)(imax(-32, imin(31, nearest(x[16 * j + i] / d))) + 32);
     }
     uint8_t *ql = y, *qh = y + 128;
     for (int j = 0; j < QK_K; j += 128, ql += 64, qh += 32)
         for (int l = 0; l < 32; l++) {
-            uint8_t q1 = L[j + l] & 0xF, q2 = L[j + l + 32] & 0xF, q3 = L[j + l + 64] & 0xF,
-                    q4 = L[j + l + 96] & 0xF;
+            uint8_t q1 = L[j + l] & 0xF, q2 = L[j + l + 32] & 0xF, q3 = L[j + l + 64] & 0xF, q4 = L[j + l + 96] & 0xF;
             ql[l] = (uint8_t)(q1 | q3 << 4);
             ql[l + 32] = (uint8_t)(q2 | q4 << 4);
             qh[l] = (uint8_t)((L[j + l] >> 4) | (L[j + l + 32] >> 4) << 2 | (L[j + l + 64] >> 4) << 4 |
@@ -548,8 +497,7 @@ size_t quant_quantize_rows(int type, const float *src, void *dst, int64_t nrows,
 {
     int blk = quant_block_elems(type);
     size_t bb = quant_block_bytes(type);
-    if (blk <= 1 || n_per_row <= 0 || n_per_row % blk || nrows < 0)
-        return 0;
+    if (blk <= 1 || n_per_row <= 0 || n_per_row % blk || nrows < 0) return 0;
     uint64_t nblocks = (uint64_t)nrows * (uint64_t)(n_per_row / blk);
     uint8_t *y = dst;
     for (uint64_t b = 0; b < nblocks; b++, src += blk, y += bb) {

@@ -17,7 +17,11 @@ static float elem(const unsigned char *p, int type, size_t i)
     switch (type) {
     case MT_F16: memcpy(&h, p + 2 * i, 2); return model_f16_to_f32(h);
     case MT_BF16: memcpy(&h, p + 2 * i, 2); return model_bf16_to_f32(h);
-    default: { float f; memcpy(&f, p + 4 * i, 4); return f; }
+    default: {
+        float f;
+        memcpy(&f, p + 4 * i, 4);
+        return f;
+    }
     }
 }
 
@@ -25,7 +29,8 @@ float *fmt_f32_copy(model *m, const void *src, int type, size_t n)
 {
     float *d = model_calloc_owned(m, n, sizeof *d);
     if (!d) return NULL;
-    if (type == MT_F32) memcpy(d, src, n * sizeof *d);
+    if (type == MT_F32)
+        memcpy(d, src, n * sizeof *d);
     else
         for (size_t i = 0; i < n; i++) d[i] = elem(src, type, i);
     return d;
@@ -84,8 +89,10 @@ int fmt_tok_fit(tokenizer *t, int n, const char *path, char *err, size_t errlen)
 {
     if (t->n_vocab > n) {
         if (t->kind == TOK_SPM || tok_bpe_trim(t, n))
-            return model_errf(err, errlen, MODEL_EFORMAT, path, "the tokenizer has %d tokens but the "
-                              "model only %d", t->n_vocab, n);
+            return model_errf(err, errlen, MODEL_EFORMAT, path,
+                              "the tokenizer has %d tokens but the "
+                              "model only %d",
+                              t->n_vocab, n);
         return 0;
     }
     if (t->n_vocab == n) return 0;

@@ -25,14 +25,14 @@
 
 static size_t gv_scalar_size(uint32_t t)
 {
-    static const size_t sz[GGUF_TYPE_COUNT] = {1, 1, 2, 2, 4, 4, 4, 1, 0, 0, 8, 8, 8};
+    static const size_t sz[GGUF_TYPE_COUNT] = { 1, 1, 2, 2, 4, 4, 4, 1, 0, 0, 8, 8, 8 };
     return t < GGUF_TYPE_COUNT ? sz[t] : 0;
 }
 
 static const char *gv_name(uint32_t t)
 {
-    static const char *names[GGUF_TYPE_COUNT] = {"u8", "i8", "u16", "i16", "u32", "i32", "f32", "bool",
-                                          "string", "array", "u64", "i64", "f64"};
+    static const char *names[GGUF_TYPE_COUNT] = { "u8",   "i8",     "u16",   "i16", "u32", "i32", "f32",
+                                                  "bool", "string", "array", "u64", "i64", "f64" };
     return t < GGUF_TYPE_COUNT ? names[t] : "unknown";
 }
 
@@ -43,10 +43,7 @@ typedef struct {
     size_t size, off;
 } cursor;
 
-static int cur_need(const cursor *c, uint64_t n)
-{
-    return c->off <= c->size && n <= c->size - c->off;
-}
+static int cur_need(const cursor *c, uint64_t n) { return c->off <= c->size && n <= c->size - c->off; }
 
 static int cur_u32(cursor *c, uint32_t *v)
 {
@@ -97,24 +94,35 @@ const char *gguf_str_show(gguf_str s, char *buf, size_t cap)
 }
 
 /* Skip one value of type t (validating it); depth limits nested arrays. */
-static int skip_value(cursor *c, uint32_t t, int depth, uint32_t *arr_type, uint64_t *arr_n,
-                      const char **why)
+static int skip_value(cursor *c, uint32_t t, int depth, uint32_t *arr_type, uint64_t *arr_n, const char **why)
 {
     size_t sz = gv_scalar_size(t);
     if (sz) {
-        if (!cur_need(c, sz)) { *why = "value runs past the end of the file"; return 0; }
+        if (!cur_need(c, sz)) {
+            *why = "value runs past the end of the file";
+            return 0;
+        }
         c->off += sz;
         return 1;
     }
     if (t == GGUF_TYPE_STRING) {
         gguf_str s;
-        if (!cur_str(c, &s)) { *why = "string runs past the end of the file"; return 0; }
+        if (!cur_str(c, &s)) {
+            *why = "string runs past the end of the file";
+            return 0;
+        }
         return 1;
     }
-    if (t != GGUF_TYPE_ARRAY) { *why = "unknown value type"; return 0; }
+    if (t != GGUF_TYPE_ARRAY) {
+        *why = "unknown value type";
+        return 0;
+    }
     uint32_t et;
     uint64_t n;
-    if (!cur_u32(c, &et) || !cur_u64(c, &n)) { *why = "array header runs past the end of the file"; return 0; }
+    if (!cur_u32(c, &et) || !cur_u64(c, &n)) {
+        *why = "array header runs past the end of the file";
+        return 0;
+    }
     if (arr_type) *arr_type = et;
     if (arr_n) *arr_n = n;
     size_t esz = gv_scalar_size(et);
@@ -129,16 +137,28 @@ static int skip_value(cursor *c, uint32_t t, int depth, uint32_t *arr_type, uint
     }
     if (et == GGUF_TYPE_STRING) {
         /* every string takes at least 8 bytes: reject absurd counts before walking */
-        if (n > (c->size - c->off) / 8) { *why = "array is longer than the rest of the file"; return 0; }
+        if (n > (c->size - c->off) / 8) {
+            *why = "array is longer than the rest of the file";
+            return 0;
+        }
         for (uint64_t i = 0; i < n; i++) {
             gguf_str s;
-            if (!cur_str(c, &s)) { *why = "string in array runs past the end of the file"; return 0; }
+            if (!cur_str(c, &s)) {
+                *why = "string in array runs past the end of the file";
+                return 0;
+            }
         }
         return 1;
     }
     if (et == GGUF_TYPE_ARRAY) {
-        if (depth >= 2) { *why = "arrays nested too deeply"; return 0; }
-        if (n > (c->size - c->off) / 12) { *why = "array is longer than the rest of the file"; return 0; }
+        if (depth >= 2) {
+            *why = "arrays nested too deeply";
+            return 0;
+        }
+        if (n > (c->size - c->off) / 12) {
+            *why = "array is longer than the rest of the file";
+            return 0;
+        }
         for (uint64_t i = 0; i < n; i++)
             if (!skip_value(c, GGUF_TYPE_ARRAY, depth + 1, NULL, NULL, why)) return 0;
         return 1;
@@ -155,10 +175,7 @@ static int cmp_str_ptr(const void *a, const void *b)
     return c ? c : (x->len > y->len) - (x->len < y->len);
 }
 
-static int cmp_str(const gguf_str *x, const gguf_str *y)
-{
-    return cmp_str_ptr(&x, &y);
-}
+static int cmp_str(const gguf_str *x, const gguf_str *y) { return cmp_str_ptr(&x, &y); }
 
 static int cmp_tensor_ptr(const void *a, const void *b)
 {
@@ -188,15 +205,14 @@ static int find_duplicate(const gguf_str *first, size_t stride, size_t n, const 
 
 static int parse(gguf_file *g, char *err, size_t errlen)
 {
-    cursor c = {g->data, g->size, 0};
+    cursor c = { g->data, g->size, 0 };
     char show[96];
     if (g->size < 4 || memcmp(g->data, "GGUF", 4) != 0) return GERR("not a GGUF file (bad magic)");
     c.off = 4;
     uint64_t n_tensors, n_kv;
     if (!cur_u32(&c, &g->version) || !cur_u64(&c, &n_tensors) || !cur_u64(&c, &n_kv))
         return GERR("truncated GGUF header (file is %zu bytes)", g->size);
-    if (g->version != 2 && g->version != 3)
-        return GERR("GGUF version %u is not supported (only 2 and 3)", g->version);
+    if (g->version != 2 && g->version != 3) return GERR("GGUF version %u is not supported (only 2 and 3)", g->version);
     /* a key/value pair takes at least 13 bytes, a tensor info at least 32 */
     if (n_kv > (g->size - c.off) / 13)
         return GERR("metadata count %llu is more than the file can hold", (unsigned long long)n_kv);
@@ -217,7 +233,8 @@ static int parse(gguf_file *g, char *err, size_t errlen)
         const char *why = NULL;
         if (!skip_value(&c, kv->type, 0, &kv->arr_type, &kv->arr_n, &why)) {
             if (kv->type >= GGUF_TYPE_COUNT)
-                return GERR("metadata '%s' has unknown value type %u", gguf_str_show(kv->key, show, sizeof show), kv->type);
+                return GERR("metadata '%s' has unknown value type %u", gguf_str_show(kv->key, show, sizeof show),
+                            kv->type);
             return GERR("metadata '%s': %s", gguf_str_show(kv->key, show, sizeof show), why);
         }
     }
@@ -253,8 +270,7 @@ static int parse(gguf_file *g, char *err, size_t errlen)
             if (!cur_u64(&c, &t->ne[d])) return GERR("tensor '%s': info runs past the end of the file", show);
             if (t->ne[d] == 0 || t->ne[d] > (uint64_t)INT32_MAX)
                 return GERR("tensor '%s' has dimension %u of size %llu", show, d, (unsigned long long)t->ne[d]);
-            if (!mul_ok(ne_prod, t->ne[d], &ne_prod))
-                return GERR("tensor '%s': element count overflows", show);
+            if (!mul_ok(ne_prod, t->ne[d], &ne_prod)) return GERR("tensor '%s': element count overflows", show);
         }
         if (!cur_u32(&c, &type) || !cur_u64(&c, &offset))
             return GERR("tensor '%s': info runs past the end of the file", show);
@@ -263,16 +279,17 @@ static int parse(gguf_file *g, char *err, size_t errlen)
         t->offset = offset;
         if (!mtensor_type_name((int)type))
             return GERR("tensor '%s' has unsupported type %u (supported: F32, F16, BF16, Q4_0, Q4_1, "
-                        "Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K)", show, type);
+                        "Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K)",
+                        show, type);
         int ok, blk = quant_block_elems((int)type);
         if (blk > 1 && t->ne[0] % (uint64_t)blk != 0)
-            return GERR("tensor '%s' is %s but its row length %llu is not a multiple of its block (%d)",
-                        show, mtensor_type_name((int)type), (unsigned long long)t->ne[0], blk);
+            return GERR("tensor '%s' is %s but its row length %llu is not a multiple of its block (%d)", show,
+                        mtensor_type_name((int)type), (unsigned long long)t->ne[0], blk);
         t->nbytes = mtensor_bytes((int)type, ne_prod, &ok);
         if (!ok) return GERR("tensor '%s': byte size overflows", show);
         if (offset % g->alignment != 0)
-            return GERR("tensor '%s' has offset %llu, not a multiple of the alignment %zu",
-                        show, (unsigned long long)offset, g->alignment);
+            return GERR("tensor '%s' has offset %llu, not a multiple of the alignment %zu", show,
+                        (unsigned long long)offset, g->alignment);
     }
     /* sorted by name for lookups; a name that sorts next to itself appears twice */
     g->by_name = malloc((g->n_tensors ? g->n_tensors : 1) * sizeof *g->by_name);
@@ -299,8 +316,8 @@ static int parse(gguf_file *g, char *err, size_t errlen)
         uint64_t end;
         if (!add_ok(t->offset, t->nbytes, &end) || end > data_size)
             return GERR("tensor '%s' (offset %llu, %zu bytes) runs past the end of the file "
-                        "(data section is %zu bytes)", gguf_str_show(t->name, show, sizeof show),
-                        (unsigned long long)t->offset, t->nbytes, data_size);
+                        "(data section is %zu bytes)",
+                        gguf_str_show(t->name, show, sizeof show), (unsigned long long)t->offset, t->nbytes, data_size);
         t->data = g->data + g->data_off + t->offset;
     }
     return MODEL_OK;
@@ -317,14 +334,16 @@ const gguf_kv *gguf_find(const gguf_file *g, const char *key)
 
 const gguf_tensor *gguf_find_tensor(const gguf_file *g, const char *name)
 {
-    gguf_str key = {name, strlen(name)};
+    gguf_str key = { name, strlen(name) };
     size_t lo = 0, hi = g->n_tensors;
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
         int c = cmp_str(&g->by_name[mid]->name, &key);
         if (c == 0) return g->by_name[mid];
-        if (c < 0) lo = mid + 1;
-        else hi = mid;
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
     }
     return NULL;
 }
@@ -334,13 +353,52 @@ int gguf_kv_uint(const gguf_file *g, const gguf_kv *kv, uint64_t *out)
     const uint8_t *p = g->data + kv->val_off;
     switch (kv->type) {
     case GGUF_TYPE_UINT8: *out = p[0]; return 1;
-    case GGUF_TYPE_UINT16: { uint16_t v; memcpy(&v, p, 2); *out = v; return 1; }
-    case GGUF_TYPE_UINT32: { uint32_t v; memcpy(&v, p, 4); *out = v; return 1; }
-    case GGUF_TYPE_UINT64: { uint64_t v; memcpy(&v, p, 8); *out = v; return 1; }
-    case GGUF_TYPE_INT8: { int8_t v; memcpy(&v, p, 1); if (v < 0) return 0; *out = (uint64_t)v; return 1; }
-    case GGUF_TYPE_INT16: { int16_t v; memcpy(&v, p, 2); if (v < 0) return 0; *out = (uint64_t)v; return 1; }
-    case GGUF_TYPE_INT32: { int32_t v; memcpy(&v, p, 4); if (v < 0) return 0; *out = (uint64_t)v; return 1; }
-    case GGUF_TYPE_INT64: { int64_t v; memcpy(&v, p, 8); if (v < 0) return 0; *out = (uint64_t)v; return 1; }
+    case GGUF_TYPE_UINT16: {
+        uint16_t v;
+        memcpy(&v, p, 2);
+        *out = v;
+        return 1;
+    }
+    case GGUF_TYPE_UINT32: {
+        uint32_t v;
+        memcpy(&v, p, 4);
+        *out = v;
+        return 1;
+    }
+    case GGUF_TYPE_UINT64: {
+        uint64_t v;
+        memcpy(&v, p, 8);
+        *out = v;
+        return 1;
+    }
+    case GGUF_TYPE_INT8: {
+        int8_t v;
+        memcpy(&v, p, 1);
+        if (v < 0) return 0;
+        *out = (uint64_t)v;
+        return 1;
+    }
+    case GGUF_TYPE_INT16: {
+        int16_t v;
+        memcpy(&v, p, 2);
+        if (v < 0) return 0;
+        *out = (uint64_t)v;
+        return 1;
+    }
+    case GGUF_TYPE_INT32: {
+        int32_t v;
+        memcpy(&v, p, 4);
+        if (v < 0) return 0;
+        *out = (uint64_t)v;
+        return 1;
+    }
+    case GGUF_TYPE_INT64: {
+        int64_t v;
+        memcpy(&v, p, 8);
+        if (v < 0) return 0;
+        *out = (uint64_t)v;
+        return 1;
+    }
     default: return 0;
     }
 }
@@ -348,10 +406,23 @@ int gguf_kv_uint(const gguf_file *g, const gguf_kv *kv, uint64_t *out)
 int gguf_kv_float(const gguf_file *g, const gguf_kv *kv, double *out)
 {
     const uint8_t *p = g->data + kv->val_off;
-    if (kv->type == GGUF_TYPE_FLOAT32) { float v; memcpy(&v, p, 4); *out = v; return 1; }
-    if (kv->type == GGUF_TYPE_FLOAT64) { double v; memcpy(&v, p, 8); *out = v; return 1; }
+    if (kv->type == GGUF_TYPE_FLOAT32) {
+        float v;
+        memcpy(&v, p, 4);
+        *out = v;
+        return 1;
+    }
+    if (kv->type == GGUF_TYPE_FLOAT64) {
+        double v;
+        memcpy(&v, p, 8);
+        *out = v;
+        return 1;
+    }
     uint64_t u;
-    if (gguf_kv_uint(g, kv, &u)) { *out = (double)u; return 1; }
+    if (gguf_kv_uint(g, kv, &u)) {
+        *out = (double)u;
+        return 1;
+    }
     return 0;
 }
 
@@ -365,12 +436,12 @@ int gguf_kv_bool(const gguf_file *g, const gguf_kv *kv, int *out)
 int gguf_kv_string(const gguf_file *g, const gguf_kv *kv, gguf_str *out)
 {
     if (kv->type != GGUF_TYPE_STRING) return 0;
-    cursor c = {g->data, g->size, kv->val_off};
+    cursor c = { g->data, g->size, kv->val_off };
     return cur_str(&c, out);
 }
 
-int gguf_get_int(const gguf_file *g, const char *key, int required, int64_t dflt, int64_t lo,
-                 int64_t hi, int *out, char *err, size_t errlen)
+int gguf_get_int(const gguf_file *g, const char *key, int required, int64_t dflt, int64_t lo, int64_t hi, int *out,
+                 char *err, size_t errlen)
 {
     const gguf_kv *kv = gguf_find(g, key);
     if (!kv) {
@@ -379,10 +450,11 @@ int gguf_get_int(const gguf_file *g, const char *key, int required, int64_t dflt
         return MODEL_OK;
     }
     uint64_t v;
-    if (!gguf_kv_uint(g, kv, &v)) return GERR("metadata '%s' is a %s, expected a non-negative integer", key, gv_name(kv->type));
+    if (!gguf_kv_uint(g, kv, &v))
+        return GERR("metadata '%s' is a %s, expected a non-negative integer", key, gv_name(kv->type));
     if (v < (uint64_t)lo || v > (uint64_t)hi)
-        return GERR("metadata '%s' = %llu is out of range [%lld, %lld]", key, (unsigned long long)v,
-                    (long long)lo, (long long)hi);
+        return GERR("metadata '%s' = %llu is out of range [%lld, %lld]", key, (unsigned long long)v, (long long)lo,
+                    (long long)hi);
     *out = (int)v;
     return MODEL_OK;
 }
@@ -401,8 +473,8 @@ int gguf_get_float(const gguf_file *g, const char *key, double dflt, float *out,
     return MODEL_OK;
 }
 
-int gguf_get_array(const gguf_file *g, const char *key, uint32_t elem_type, uint64_t n,
-                   const gguf_kv **out, char *err, size_t errlen)
+int gguf_get_array(const gguf_file *g, const char *key, uint32_t elem_type, uint64_t n, const gguf_kv **out, char *err,
+                   size_t errlen)
 {
     const gguf_kv *kv = gguf_find(g, key);
     *out = kv;
@@ -434,7 +506,7 @@ int gguf_str_iter_init(gguf_str_iter *it, const gguf_file *g, const gguf_kv *kv)
 int gguf_str_iter_next(gguf_str_iter *it, gguf_str *s)
 {
     if (it->left == 0) return 0;
-    cursor c = {it->g->data, it->g->size, it->off};
+    cursor c = { it->g->data, it->g->size, it->off };
     if (!cur_str(&c, s)) return 0; /* cannot happen: gguf_open validated every string */
     it->off = c.off;
     it->left--;
@@ -444,16 +516,16 @@ int gguf_str_iter_next(gguf_str_iter *it, gguf_str *s)
 /* ---- Tensors into the model ------------------------------------------------------------ */
 
 /* A row-major (rows, cols) matrix: GGUF ne = {cols, rows}. */
-int gguf_get_matrix(const gguf_file *g, const char *name, int rows, int cols, int optional,
-                    mtensor *out, char *err, size_t errlen)
+int gguf_get_matrix(const gguf_file *g, const char *name, int rows, int cols, int optional, mtensor *out, char *err,
+                    size_t errlen)
 {
     const gguf_tensor *t = gguf_find_tensor(g, name);
     memset(out, 0, sizeof *out);
     if (!t) return optional ? MODEL_OK : GERR("missing tensor '%s'", name);
     if (t->n_dims > 2 || t->ne[0] != (uint64_t)cols || t->ne[1] != (uint64_t)rows)
         return GERR("tensor '%s' has shape [%llu, %llu, %llu, %llu], expected [%d, %d] (cols, rows)", name,
-                    (unsigned long long)t->ne[0], (unsigned long long)t->ne[1],
-                    (unsigned long long)t->ne[2], (unsigned long long)t->ne[3], cols, rows);
+                    (unsigned long long)t->ne[0], (unsigned long long)t->ne[1], (unsigned long long)t->ne[2],
+                    (unsigned long long)t->ne[3], cols, rows);
     out->data = t->data;
     out->type = t->type;
     out->rows = rows;
@@ -462,16 +534,15 @@ int gguf_get_matrix(const gguf_file *g, const char *name, int rows, int cols, in
 }
 
 /* A vector of n floats, converted to a heap F32 copy when stored as F16/BF16. */
-int gguf_get_vector(model *m, const gguf_file *g, const char *name, int n, int optional,
-                    const float **out, char *err, size_t errlen)
+int gguf_get_vector(model *m, const gguf_file *g, const char *name, int n, int optional, const float **out, char *err,
+                    size_t errlen)
 {
     const gguf_tensor *t = gguf_find_tensor(g, name);
     *out = NULL;
     if (!t) return optional ? MODEL_OK : GERR("missing tensor '%s'", name);
     if (t->n_elems != (uint64_t)n || t->ne[0] != (uint64_t)n)
-        return GERR("tensor '%s' has shape [%llu, %llu, %llu, %llu], expected [%d]", name,
-                    (unsigned long long)t->ne[0], (unsigned long long)t->ne[1],
-                    (unsigned long long)t->ne[2], (unsigned long long)t->ne[3], n);
+        return GERR("tensor '%s' has shape [%llu, %llu, %llu, %llu], expected [%d]", name, (unsigned long long)t->ne[0],
+                    (unsigned long long)t->ne[1], (unsigned long long)t->ne[2], (unsigned long long)t->ne[3], n);
     if (t->type == MT_F32) {
         *out = (const float *)t->data; /* aligned: the data section and offsets are 8-aligned */
         return MODEL_OK;

@@ -16,9 +16,20 @@
 
 /* Metadata value types, as the GGUF specification numbers them. */
 enum {
-    GGUF_TYPE_UINT8 = 0, GGUF_TYPE_INT8, GGUF_TYPE_UINT16, GGUF_TYPE_INT16, GGUF_TYPE_UINT32,
-    GGUF_TYPE_INT32, GGUF_TYPE_FLOAT32, GGUF_TYPE_BOOL, GGUF_TYPE_STRING, GGUF_TYPE_ARRAY,
-    GGUF_TYPE_UINT64, GGUF_TYPE_INT64, GGUF_TYPE_FLOAT64, GGUF_TYPE_COUNT
+    GGUF_TYPE_UINT8 = 0,
+    GGUF_TYPE_INT8,
+    GGUF_TYPE_UINT16,
+    GGUF_TYPE_INT16,
+    GGUF_TYPE_UINT32,
+    GGUF_TYPE_INT32,
+    GGUF_TYPE_FLOAT32,
+    GGUF_TYPE_BOOL,
+    GGUF_TYPE_STRING,
+    GGUF_TYPE_ARRAY,
+    GGUF_TYPE_UINT64,
+    GGUF_TYPE_INT64,
+    GGUF_TYPE_FLOAT64,
+    GGUF_TYPE_COUNT
 };
 
 typedef struct {
@@ -37,9 +48,9 @@ typedef struct {
 typedef struct {
     gguf_str name;
     int n_dims;
-    uint64_t ne[4];     /* ne[0] = columns (fastest varying); unused dims are 1 */
-    int type;           /* MT_* (tensor_types.h) */
-    uint64_t offset;    /* relative to the data section */
+    uint64_t ne[4];  /* ne[0] = columns (fastest varying); unused dims are 1 */
+    int type;        /* MT_* (tensor_types.h) */
+    uint64_t offset; /* relative to the data section */
     uint64_t n_elems;
     size_t nbytes;
     const uint8_t *data;
@@ -75,20 +86,20 @@ int gguf_kv_float(const gguf_file *g, const gguf_kv *kv, double *out);
 int gguf_kv_bool(const gguf_file *g, const gguf_kv *kv, int *out);
 int gguf_kv_string(const gguf_file *g, const gguf_kv *kv, gguf_str *out);
 /* Keyed reads that write "PATH: ..." into err on failure. */
-int gguf_get_int(const gguf_file *g, const char *key, int required, int64_t dflt, int64_t lo,
-                 int64_t hi, int *out, char *err, size_t errlen);
+int gguf_get_int(const gguf_file *g, const char *key, int required, int64_t dflt, int64_t lo, int64_t hi, int *out,
+                 char *err, size_t errlen);
 int gguf_get_float(const gguf_file *g, const char *key, double dflt, float *out, char *err, size_t errlen);
 /* An optional array with elem_type and exactly n entries (*out NULL if absent). */
-int gguf_get_array(const gguf_file *g, const char *key, uint32_t elem_type, uint64_t n,
-                   const gguf_kv **out, char *err, size_t errlen);
+int gguf_get_array(const gguf_file *g, const char *key, uint32_t elem_type, uint64_t n, const gguf_kv **out, char *err,
+                   size_t errlen);
 /* The first element of an array of fixed-size elements. */
 const uint8_t *gguf_array_data(const gguf_file *g, const gguf_kv *kv);
 
 /* The strings of an array of strings, in order. */
 typedef struct {
     const gguf_file *g;
-    size_t off;       /* file offset of the next string */
-    uint64_t left;    /* strings not yet returned */
+    size_t off;    /* file offset of the next string */
+    uint64_t left; /* strings not yet returned */
 } gguf_str_iter;
 /* 0 if kv is not an array of strings. */
 int gguf_str_iter_init(gguf_str_iter *it, const gguf_file *g, const gguf_kv *kv);
@@ -103,10 +114,10 @@ const char *gguf_str_show(gguf_str s, char *buf, size_t cap);
 /* ---- For the model readers ---- */
 
 /* A row-major (rows, cols) matrix, pointing into the file: GGUF ne = {cols, rows}. */
-int gguf_get_matrix(const gguf_file *g, const char *name, int rows, int cols, int optional,
-                    struct mtensor *out, char *err, size_t errlen);
+int gguf_get_matrix(const gguf_file *g, const char *name, int rows, int cols, int optional, struct mtensor *out,
+                    char *err, size_t errlen);
 /* A vector of n floats (a heap F32 copy owned by m when stored as F16/BF16). */
-int gguf_get_vector(struct model *m, const gguf_file *g, const char *name, int n, int optional,
-                    const float **out, char *err, size_t errlen);
+int gguf_get_vector(struct model *m, const gguf_file *g, const char *name, int n, int optional, const float **out,
+                    char *err, size_t errlen);
 
 #endif /* LMSERVE_MODEL_GGUF_H */

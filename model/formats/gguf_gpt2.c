@@ -33,7 +33,10 @@ static char **read_strings(const gguf_file *g, const gguf_kv *kv, uint64_t n, ch
         total += s.len + 1;
     }
     char **v = malloc((size_t)n * sizeof *v + total);
-    if (!v) { model_errf(err, errlen, MODEL_ENOMEM, g->path, "out of memory"); return NULL; }
+    if (!v) {
+        model_errf(err, errlen, MODEL_ENOMEM, g->path, "out of memory");
+        return NULL;
+    }
     char *d = (char *)(v + n);
     gguf_str_iter_init(&it, g, kv);
     for (uint64_t i = 0; i < n && gguf_str_iter_next(&it, &s); i++) {
@@ -51,7 +54,8 @@ int gguf_load_bpe_tokenizer(tokenizer *t, const gguf_file *g, int n_vocab, char 
     gguf_str s;
     if (!kv || !gguf_kv_string(g, kv, &s)) return GERR("missing metadata 'tokenizer.ggml.model'");
     if (s.len != 4 || memcmp(s.s, "gpt2", 4) != 0)
-        return GERR("tokenizer model '%.*s' is not supported with gpt2 (gpt2 BPE only)", (int)(s.len > 40 ? 40 : s.len), s.s);
+        return GERR("tokenizer model '%.*s' is not supported with gpt2 (gpt2 BPE only)", (int)(s.len > 40 ? 40 : s.len),
+                    s.s);
     const gguf_kv *tk = gguf_find(g, "tokenizer.ggml.tokens");
     if (!tk || tk->arr_n == 0 || tk->arr_n > (1u << 22)) return GERR("missing or bad 'tokenizer.ggml.tokens'");
     uint64_t n = tk->arr_n;
@@ -76,14 +80,14 @@ int gguf_load_bpe_tokenizer(tokenizer *t, const gguf_file *g, int n_vocab, char 
     }
     if (ty) memcpy(types, gguf_array_data(g, ty), (size_t)n * 4);
     char why[256] = "";
-    rc = tok_bpe_load_lists(t, (int)n, (const char *const *)tokens, types, (int)mg->arr_n,
-                            (const char *const *)merges, why, sizeof why);
+    rc = tok_bpe_load_lists(t, (int)n, (const char *const *)tokens, types, (int)mg->arr_n, (const char *const *)merges,
+                            why, sizeof why);
     free(tokens);
     free(merges);
     free(types);
     if (rc) return model_errf(err, errlen, rc, g->path, "tokenizer: %s", why);
-    static const char *keys[2] = {"tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id"};
-    int32_t *dst[2] = {&t->bos_id, &t->eos_id};
+    static const char *keys[2] = { "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id" };
+    int32_t *dst[2] = { &t->bos_id, &t->eos_id };
     for (int k = 0; k < 2; k++) {
         const gguf_kv *e = gguf_find(g, keys[k]);
         uint64_t v;
@@ -113,7 +117,8 @@ int gguf_load_gpt2(model *m, const gguf_file *g, const model_load_opts *opts, ch
     in->head_dim = in->dim / in->n_heads;
     const gguf_tensor *emb = gguf_find_tensor(g, "token_embd.weight");
     if (!emb) return GERR("missing tensor 'token_embd.weight' (a vocabulary-only file cannot be served)");
-    if (emb->n_dims != 2 || emb->ne[1] > (1 << 22)) return GERR("tensor 'token_embd.weight' is not a (vocab, dim) matrix");
+    if (emb->n_dims != 2 || emb->ne[1] > (1 << 22))
+        return GERR("tensor 'token_embd.weight' is not a (vocab, dim) matrix");
     in->vocab_size = (int)emb->ne[1];
     if ((rc = gpt2_check_hparams(m, g->path, err, errlen))) return rc;
     int D = in->dim, F = in->hidden_dim, V = in->vocab_size;
@@ -147,9 +152,9 @@ int gguf_load_gpt2(model *m, const gguf_file *g, const model_load_opts *opts, ch
             return rc;
         size_t rb = mtensor_row_bytes(qkv.type, D);
         const uint8_t *base = qkv.data;
-        w->wq = (mtensor){base, qkv.type, D, D, 0};
-        w->wk = (mtensor){base + rb * (size_t)D, qkv.type, D, D, 0};
-        w->wv = (mtensor){base + 2 * rb * (size_t)D, qkv.type, D, D, 0};
+        w->wq = (mtensor){ base, qkv.type, D, D, 0 };
+        w->wk = (mtensor){ base + rb * (size_t)D, qkv.type, D, D, 0 };
+        w->wv = (mtensor){ base + 2 * rb * (size_t)D, qkv.type, D, D, 0 };
         w->bq = qkvb;
         w->bk = qkvb + D;
         w->bv = qkvb + 2 * D;

@@ -32,10 +32,7 @@ struct gguf_writer {
     int failed; /* an allocation failed: every later call fails */
 };
 
-gguf_writer *gguf_writer_new(void)
-{
-    return calloc(1, sizeof(gguf_writer));
-}
+gguf_writer *gguf_writer_new(void) { return calloc(1, sizeof(gguf_writer)); }
 
 void gguf_writer_free(gguf_writer *w)
 {
@@ -158,8 +155,8 @@ int gguf_writer_kv_raw(gguf_writer *w, const char *key, uint32_t vtype, const vo
     return rc ? rc : put(w, val, len);
 }
 
-int gguf_writer_tensor(gguf_writer *w, const char *name, int type, const int64_t *ne, int n_dims,
-                       const void *data, size_t nbytes)
+int gguf_writer_tensor(gguf_writer *w, const char *name, int type, const int64_t *ne, int n_dims, const void *data,
+                       size_t nbytes)
 {
     if (!w || !name || !ne || n_dims < 1 || n_dims > 4 || (nbytes && !data)) return MODEL_EINVAL;
     if (w->failed) return MODEL_ENOMEM;
@@ -208,18 +205,16 @@ int gguf_writer_write(gguf_writer *w, const char *path, char *err, size_t errlen
     uint32_t version = 3;
     uint64_t nt = w->n_t;
     size_t pos = 0;
-    int ok = fwrite("GGUF", 1, 4, f) == 4 && fwrite(&version, 4, 1, f) == 1 &&
-             fwrite(&nt, 8, 1, f) == 1 && fwrite(&w->n_kv, 8, 1, f) == 1 &&
-             fwrite(w->kv, 1, w->kv_len, f) == w->kv_len;
+    int ok = fwrite("GGUF", 1, 4, f) == 4 && fwrite(&version, 4, 1, f) == 1 && fwrite(&nt, 8, 1, f) == 1 &&
+             fwrite(&w->n_kv, 8, 1, f) == 1 && fwrite(w->kv, 1, w->kv_len, f) == w->kv_len;
     pos = 24 + w->kv_len;
     uint64_t off = 0;
     for (size_t i = 0; ok && i < w->n_t; i++) {
         const gw_tensor *t = &w->t[i];
         uint64_t len = strlen(t->name);
         uint32_t nd = (uint32_t)t->n_dims, ty = (uint32_t)t->type;
-        ok = fwrite(&len, 8, 1, f) == 1 && fwrite(t->name, 1, len, f) == len &&
-             fwrite(&nd, 4, 1, f) == 1 && fwrite(t->ne, 8, nd, f) == nd &&
-             fwrite(&ty, 4, 1, f) == 1 && fwrite(&off, 8, 1, f) == 1;
+        ok = fwrite(&len, 8, 1, f) == 1 && fwrite(t->name, 1, len, f) == len && fwrite(&nd, 4, 1, f) == 1 &&
+             fwrite(t->ne, 8, nd, f) == nd && fwrite(&ty, 4, 1, f) == 1 && fwrite(&off, 8, 1, f) == 1;
         pos += 8 + len + 4 + 8 * nd + 4 + 8;
         off = pad_to(off + t->nbytes);
     }

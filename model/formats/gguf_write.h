@@ -33,8 +33,8 @@ int gguf_writer_kv_arr_i32(gguf_writer *w, const char *key, const int32_t *vals,
 int gguf_writer_kv_raw(gguf_writer *w, const char *key, uint32_t vtype, const void *val, size_t len);
 
 /* type is an MT_* (tensor_types.h); nbytes must equal what ne and type imply. */
-int gguf_writer_tensor(gguf_writer *w, const char *name, int type,
-                       const int64_t *ne, int n_dims, const void *data, size_t nbytes);
+int gguf_writer_tensor(gguf_writer *w, const char *name, int type, const int64_t *ne, int n_dims, const void *data,
+                       size_t nbytes);
 
 /* Write the file (alignment 32).  On error writes one line into err. */
 int gguf_writer_write(gguf_writer *w, const char *path, char *err, size_t errlen);

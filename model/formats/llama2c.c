@@ -63,17 +63,17 @@ int model_load_llama2c(model *m, const char *path, const model_load_opts *opts, 
     uint64_t hd = (uint64_t)in->head_dim, vocab = (uint64_t)in->vocab_size;
     uint64_t q = (uint64_t)in->n_heads * hd, kv = (uint64_t)in->n_kv_heads * hd;
     uint64_t counts[] = {
-        vocab * dim,          /* token embedding */
-        L * dim,              /* rms_att */
-        L * q * dim,          /* wq */
-        L * kv * dim,         /* wk */
-        L * kv * dim,         /* wv */
-        L * dim * q,          /* wo */
-        L * dim,              /* rms_ffn */
-        L * hid * dim,        /* w1 */
-        L * dim * hid,        /* w2 */
-        L * hid * dim,        /* w3 */
-        dim,                  /* rms_final */
+        vocab * dim,                    /* token embedding */
+        L * dim,                        /* rms_att */
+        L * q * dim,                    /* wq */
+        L * kv * dim,                   /* wk */
+        L * kv * dim,                   /* wv */
+        L * dim * q,                    /* wo */
+        L * dim,                        /* rms_ffn */
+        L * hid * dim,                  /* w1 */
+        L * dim * hid,                  /* w2 */
+        L * hid * dim,                  /* w3 */
+        dim,                            /* rms_final */
         (uint64_t)in->ctx_len * hd / 2, /* freq_cis_real */
         (uint64_t)in->ctx_len * hd / 2, /* freq_cis_imag */
         shared ? 0 : vocab * dim,       /* wcls */
@@ -88,13 +88,13 @@ int model_load_llama2c(model *m, const char *path, const model_load_opts *opts, 
     if (off != size)
         return model_errf(err, errlen, MODEL_EFORMAT, path,
                           "file is %zu bytes but its llama2.c header (dim %d, hidden %d, %d layers, %d heads, "
-                          "%d kv heads, vocab %d%s, seq_len %d) implies %llu", size, in->dim,
-                          in->hidden_dim, in->n_layers, in->n_heads, in->n_kv_heads, in->vocab_size,
+                          "%d kv heads, vocab %d%s, seq_len %d) implies %llu",
+                          size, in->dim, in->hidden_dim, in->n_layers, in->n_heads, in->n_kv_heads, in->vocab_size,
                           shared ? "" : " unshared", in->ctx_len, (unsigned long long)off);
 
-    mtensor mat = {.type = MT_F32};
-    m->tok_embd = (mtensor){part[EMB], MT_F32, in->vocab_size, in->dim, 0};
-    m->output = shared ? m->tok_embd : (mtensor){part[WCLS], MT_F32, in->vocab_size, in->dim, 0};
+    mtensor mat = { .type = MT_F32 };
+    m->tok_embd = (mtensor){ part[EMB], MT_F32, in->vocab_size, in->dim, 0 };
+    m->output = shared ? m->tok_embd : (mtensor){ part[WCLS], MT_F32, in->vocab_size, in->dim, 0 };
     m->out_norm = part[RMS_FINAL];
     m->layers = model_calloc_owned(m, (size_t)L, sizeof *m->layers);
     if (!m->layers) return model_errf(err, errlen, MODEL_ENOMEM, path, "out of memory");
@@ -102,13 +102,29 @@ int model_load_llama2c(model *m, const char *path, const model_load_opts *opts, 
         layer_weights *w = &m->layers[l];
         w->attn_norm = part[RMS_ATT] + l * dim;
         w->ffn_norm = part[RMS_FFN] + l * dim;
-        mat.rows = (int)q; mat.cols = in->dim; mat.data = part[WQ] + l * q * dim; w->wq = mat;
-        mat.rows = (int)kv; mat.data = part[WK] + l * kv * dim; w->wk = mat;
-        mat.data = part[WV] + l * kv * dim; w->wv = mat;
-        mat.rows = in->dim; mat.cols = (int)q; mat.data = part[WO] + l * dim * q; w->wo = mat;
-        mat.rows = in->hidden_dim; mat.cols = in->dim; mat.data = part[W1] + l * hid * dim; w->w1 = mat;
-        mat.data = part[W3] + l * hid * dim; w->w3 = mat;
-        mat.rows = in->dim; mat.cols = in->hidden_dim; mat.data = part[W2] + l * dim * hid; w->w2 = mat;
+        mat.rows = (int)q;
+        mat.cols = in->dim;
+        mat.data = part[WQ] + l * q * dim;
+        w->wq = mat;
+        mat.rows = (int)kv;
+        mat.data = part[WK] + l * kv * dim;
+        w->wk = mat;
+        mat.data = part[WV] + l * kv * dim;
+        w->wv = mat;
+        mat.rows = in->dim;
+        mat.cols = (int)q;
+        mat.data = part[WO] + l * dim * q;
+        w->wo = mat;
+        mat.rows = in->hidden_dim;
+        mat.cols = in->dim;
+        mat.data = part[W1] + l * hid * dim;
+        w->w1 = mat;
+        mat.data = part[W3] + l * hid * dim;
+        w->w3 = mat;
+        mat.rows = in->dim;
+        mat.cols = in->hidden_dim;
+        mat.data = part[W2] + l * dim * hid;
+        w->w2 = mat;
     }
     model_fill_weight_stats(m);
 
@@ -144,7 +160,11 @@ int tokenizer_load_llama2c(tokenizer *t, const char *path, int vocab_size, char 
     size_t size;
     int rc = model_map_file(NULL, path, &d, &size, err, errlen);
     if (rc) return rc;
-#define TERR(...) do { rc = model_errf(err, errlen, MODEL_EFORMAT, path, __VA_ARGS__); goto done; } while (0)
+#define TERR(...)                                                       \
+    do {                                                                \
+        rc = model_errf(err, errlen, MODEL_EFORMAT, path, __VA_ARGS__); \
+        goto done;                                                      \
+    } while (0)
     size_t off = 4;
     if (size < 4) TERR("truncated tokenizer (file is %zu bytes)", size);
     if (vocab_size <= 0) TERR("vocabulary size %d is not positive", vocab_size);
@@ -160,8 +180,10 @@ int tokenizer_load_llama2c(tokenizer *t, const char *path, int vocab_size, char 
         memcpy(&score, d + off, 4);
         memcpy(&len, d + off + 4, 4);
         off += 8;
-        if (len < 0 || len > TOKENIZER_MAX_TOKEN_LEN) TERR("token %d has length %d (0 to %d allowed)", i, (int)len, TOKENIZER_MAX_TOKEN_LEN);
-        if ((size_t)len > size - off) TERR("token %d (length %d) runs past the end of the file (%zu bytes)", i, (int)len, size);
+        if (len < 0 || len > TOKENIZER_MAX_TOKEN_LEN)
+            TERR("token %d has length %d (0 to %d allowed)", i, (int)len, TOKENIZER_MAX_TOKEN_LEN);
+        if ((size_t)len > size - off)
+            TERR("token %d (length %d) runs past the end of the file (%zu bytes)", i, (int)len, size);
         if (isnan(score)) TERR("token %d has a NaN score", i);
         if (memchr(d + off, '\0', (size_t)len)) TERR("token %d contains a NUL byte", i);
         if ((rc = tokenizer_set_token(t, i, (const char *)d + off, len)) != MODEL_OK) {
@@ -172,8 +194,8 @@ int tokenizer_load_llama2c(tokenizer *t, const char *path, int vocab_size, char 
         off += (size_t)len;
     }
     if (off != size)
-        TERR("%zu bytes follow the last of the model's %d tokens (a tokenizer for another vocabulary?)",
-             size - off, vocab_size);
+        TERR("%zu bytes follow the last of the model's %d tokens (a tokenizer for another vocabulary?)", size - off,
+             vocab_size);
     tokenizer_guess_types(t);
     t->unk_id = 0;
     t->bos_id = 1;

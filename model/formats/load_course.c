@@ -27,25 +27,27 @@ int probe_course_dir(const char *dir)
 }
 
 /* Shape check of params[i] against (a) or (a, b). */
-static int want(const tz_value *ps, size_t i, int ndim, long long a, long long b, const char *what,
-                const char *path, char *err, size_t errlen)
+static int want(const tz_value *ps, size_t i, int ndim, long long a, long long b, const char *what, const char *path,
+                char *err, size_t errlen)
 {
     const tz_value *v = ps->items[i];
     if (v->kind != TZ_TENSOR)
         return model_errf(err, errlen, MODEL_EFORMAT, path, "params[%zu] (%s) is not a tensor", i, what);
     const tz_tensor *t = &v->t;
     if (t->dtype != TZ_F32 && t->dtype != TZ_F16 && t->dtype != TZ_BF16 && t->dtype != TZ_F64)
-        return model_errf(err, errlen, MODEL_EFORMAT, path, "params[%zu] (%s) is %s, not a float tensor", i,
-                          what, tz_dtype_name(t->dtype));
+        return model_errf(err, errlen, MODEL_EFORMAT, path, "params[%zu] (%s) is %s, not a float tensor", i, what,
+                          tz_dtype_name(t->dtype));
     if (t->ndim != ndim || t->shape[0] != a || (ndim == 2 && t->shape[1] != b)) {
         char got[64] = "";
         for (int d = 0; d < t->ndim && d < 4; d++)
             snprintf(got + strlen(got), sizeof got - strlen(got), d ? ", %lld" : "%lld", (long long)t->shape[d]);
         if (ndim == 1)
-            return model_errf(err, errlen, MODEL_EFORMAT, path, "params[%zu] (%s) has shape (%s), expected (%lld)",
-                              i, what, got, a);
-        return model_errf(err, errlen, MODEL_EFORMAT, path, "params[%zu] (%s) has shape (%s), expected "
-                          "(%lld, %lld)", i, what, got, a, b);
+            return model_errf(err, errlen, MODEL_EFORMAT, path, "params[%zu] (%s) has shape (%s), expected (%lld)", i,
+                              what, got, a);
+        return model_errf(err, errlen, MODEL_EFORMAT, path,
+                          "params[%zu] (%s) has shape (%s), expected "
+                          "(%lld, %lld)",
+                          i, what, got, a, b);
     }
     return 0;
 }
@@ -57,8 +59,8 @@ static float *as_f32(model *m, const tz_value *v)
     return d;
 }
 
-static int cfg_int(const json_t *cfg, const tz_value *mc, const char *key, long long dflt, int *out,
-                   const char *path, char *err, size_t errlen)
+static int cfg_int(const json_t *cfg, const tz_value *mc, const char *key, long long dflt, int *out, const char *path,
+                   char *err, size_t errlen)
 {
     long long v = fmt_json_int(cfg, key, -(1LL << 61));
     if (v == -(1LL << 61)) {
@@ -80,7 +82,8 @@ static int read_hparams(model *m, const tz_value *root, const char *dir, const c
     if (err && errlen) err[0] = 0;
     json_t *cfg = fmt_json_load(dir, "config.json", 0, err, errlen);
     if (!cfg && err && errlen && err[0]) return MODEL_EFORMAT;
-    const json_t *cj = json_is_object(json_object_get(cfg, "model_config")) ? json_object_get(cfg, "model_config") : cfg;
+    const json_t *cj =
+        json_is_object(json_object_get(cfg, "model_config")) ? json_object_get(cfg, "model_config") : cfg;
     int rc;
     if ((rc = cfg_int(cj, mc, "embedding_dim", -1, &in->dim, pt, err, errlen)) ||
         (rc = cfg_int(cj, mc, "num_layers", -1, &in->n_layers, pt, err, errlen)) ||
@@ -111,18 +114,31 @@ static int check_params(const tz_value *ps, const model_info *in, const char *pt
     int D = in->dim, H = in->hidden_dim, V = in->vocab_size, L = in->n_layers, rc;
     size_t need = 2 + 16 * (size_t)L + 3, k = 0;
     if (ps->n != need)
-        return model_errf(err, errlen, MODEL_EFORMAT, pt, "params has %zu tensors; a %d-layer model has %zu",
-                          ps->n, L, need);
-#define W(nd, a, b, what) do { if ((rc = want(ps, k++, nd, a, b, what, pt, err, errlen))) return rc; } while (0)
+        return model_errf(err, errlen, MODEL_EFORMAT, pt, "params has %zu tensors; a %d-layer model has %zu", ps->n, L,
+                          need);
+#define W(nd, a, b, what)                                                     \
+    do {                                                                      \
+        if ((rc = want(ps, k++, nd, a, b, what, pt, err, errlen))) return rc; \
+    } while (0)
     W(2, V, D, "token embedding");
     W(2, in->ctx_len, D, "position embedding");
     for (int l = 0; l < L; l++) {
-        W(1, D, 0, "ln1 gamma"); W(1, D, 0, "ln1 beta");
-        for (int j = 0; j < 4; j++) { W(2, D, D, "attention W"); W(1, D, 0, "attention b"); }
-        W(1, D, 0, "ln2 gamma"); W(1, D, 0, "ln2 beta");
-        W(2, D, H, "fc1 W"); W(1, H, 0, "fc1 b"); W(2, H, D, "fc2 W"); W(1, D, 0, "fc2 b");
+        W(1, D, 0, "ln1 gamma");
+        W(1, D, 0, "ln1 beta");
+        for (int j = 0; j < 4; j++) {
+            W(2, D, D, "attention W");
+            W(1, D, 0, "attention b");
+        }
+        W(1, D, 0, "ln2 gamma");
+        W(1, D, 0, "ln2 beta");
+        W(2, D, H, "fc1 W");
+        W(1, H, 0, "fc1 b");
+        W(2, H, D, "fc2 W");
+        W(1, D, 0, "fc2 b");
     }
-    W(1, D, 0, "final gamma"); W(1, D, 0, "final beta"); W(1, V, 0, "output bias");
+    W(1, D, 0, "final gamma");
+    W(1, D, 0, "final beta");
+    W(1, V, 0, "output bias");
 #undef W
     return 0;
 }
@@ -141,12 +157,12 @@ static int copy_layer(model *m, layer_weights *w, const tz_value *ps, size_t *k)
     int D = m->info.dim, H = m->info.hidden_dim;
     if (!(w->attn_norm = as_f32(m, ps->items[(*k)++])) || !(w->attn_norm_b = as_f32(m, ps->items[(*k)++])))
         return MODEL_ENOMEM;
-    mtensor *mats[4] = {&w->wq, &w->wk, &w->wv, &w->wo};
-    const float **bias[4] = {&w->bq, &w->bk, &w->bv, &w->bo};
+    mtensor *mats[4] = { &w->wq, &w->wk, &w->wv, &w->wo };
+    const float **bias[4] = { &w->bq, &w->bk, &w->bv, &w->bo };
     for (int j = 0; j < 4; j++) {
         float *t = next_matrix(m, ps, k, D, D);
         if (!t || !(*bias[j] = as_f32(m, ps->items[(*k)++]))) return MODEL_ENOMEM;
-        *mats[j] = (mtensor){t, MT_F32, D, D, 0};
+        *mats[j] = (mtensor){ t, MT_F32, D, D, 0 };
     }
     if (!(w->ffn_norm = as_f32(m, ps->items[(*k)++])) || !(w->ffn_norm_b = as_f32(m, ps->items[(*k)++])))
         return MODEL_ENOMEM;
@@ -154,8 +170,8 @@ static int copy_layer(model *m, layer_weights *w, const tz_value *ps, size_t *k)
     if (!f1t || !(w->b1 = as_f32(m, ps->items[(*k)++]))) return MODEL_ENOMEM;
     float *f2t = next_matrix(m, ps, k, H, D);
     if (!f2t || !(w->b2 = as_f32(m, ps->items[(*k)++]))) return MODEL_ENOMEM;
-    w->w1 = (mtensor){f1t, MT_F32, H, D, 0};
-    w->w2 = (mtensor){f2t, MT_F32, D, H, 0};
+    w->w1 = (mtensor){ f1t, MT_F32, H, D, 0 };
+    w->w2 = (mtensor){ f2t, MT_F32, D, H, 0 };
     return 0;
 }
 
@@ -168,8 +184,8 @@ static int copy_params(model *m, const tz_value *ps)
     if (!m->layers) return MODEL_ENOMEM;
     float *e = as_f32(m, ps->items[k++]), *p = as_f32(m, ps->items[k++]);
     if (!e || !p) return MODEL_ENOMEM;
-    m->tok_embd = (mtensor){e, MT_F32, V, D, 0};
-    m->pos_embd = (mtensor){p, MT_F32, m->info.ctx_len, D, 0};
+    m->tok_embd = (mtensor){ e, MT_F32, V, D, 0 };
+    m->pos_embd = (mtensor){ p, MT_F32, m->info.ctx_len, D, 0 };
     for (int l = 0; l < L; l++)
         if (copy_layer(m, &m->layers[l], ps, &k)) return MODEL_ENOMEM;
     if (!(m->out_norm = as_f32(m, ps->items[k++])) || !(m->out_norm_b = as_f32(m, ps->items[k++])) ||
@@ -211,7 +227,8 @@ int model_load_course(model *m, const char *dir, const model_load_opts *opts, ch
     const tz_value *root = tz_root(tz);
     const tz_value *ps = tz_dict_get(root, "params"), *vs = tz_dict_get(root, "vocab_size");
     if (!ps || ps->kind != TZ_LIST || !vs || vs->kind != TZ_INT)
-        rc = model_errf(err, errlen, MODEL_EFORMAT, pt, "not a course checkpoint (expected a dict with "
+        rc = model_errf(err, errlen, MODEL_EFORMAT, pt,
+                        "not a course checkpoint (expected a dict with "
                         "'vocab_size' and a 'params' list)");
     if (!rc) rc = read_hparams(m, root, dir, pt, err, errlen);
     if (!rc) rc = check_params(ps, &m->info, pt, err, errlen);

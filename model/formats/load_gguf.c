@@ -30,17 +30,21 @@ static int load_tokenizer_llama(model *m, const gguf_file *g, char *err, size_t 
         return GERR("unsupported tokenizer model '%s' (supported: llama, gpt2)", gguf_str_show(s, show, sizeof show));
     int n = m->info.vocab_size, rc;
     const gguf_kv *tokens, *scores, *types;
-    if ((rc = gguf_get_array(g, "tokenizer.ggml.tokens", GGUF_TYPE_STRING, (uint64_t)n, &tokens, err, errlen))) return rc;
+    if ((rc = gguf_get_array(g, "tokenizer.ggml.tokens", GGUF_TYPE_STRING, (uint64_t)n, &tokens, err, errlen)))
+        return rc;
     if (!tokens) return GERR("missing metadata 'tokenizer.ggml.tokens'");
-    if ((rc = gguf_get_array(g, "tokenizer.ggml.scores", GGUF_TYPE_FLOAT32, (uint64_t)n, &scores, err, errlen))) return rc;
-    if ((rc = gguf_get_array(g, "tokenizer.ggml.token_type", GGUF_TYPE_INT32, (uint64_t)n, &types, err, errlen))) return rc;
+    if ((rc = gguf_get_array(g, "tokenizer.ggml.scores", GGUF_TYPE_FLOAT32, (uint64_t)n, &scores, err, errlen)))
+        return rc;
+    if ((rc = gguf_get_array(g, "tokenizer.ggml.token_type", GGUF_TYPE_INT32, (uint64_t)n, &types, err, errlen)))
+        return rc;
 
     if ((rc = tokenizer_alloc(t, n)) != MODEL_OK) return model_errf(err, errlen, rc, g->path, "out of memory");
     t->kind = TOK_SPM;
     gguf_str_iter it;
     gguf_str_iter_init(&it, g, tokens);
     for (int i = 0; i < n; i++) {
-        if (!gguf_str_iter_next(&it, &s)) return GERR("token %d runs past the end of the file", i); /* validated already */
+        if (!gguf_str_iter_next(&it, &s))
+            return GERR("token %d runs past the end of the file", i); /* validated already */
         if (s.len > 4096) return GERR("token %d is %zu bytes long (at most 4096)", i, s.len);
         if (memchr(s.s, '\0', s.len)) return GERR("token %d contains a NUL byte", i);
         if ((rc = tokenizer_set_token(t, i, s.s, (int)s.len)) != MODEL_OK)
@@ -58,19 +62,24 @@ static int load_tokenizer_llama(model *m, const gguf_file *g, char *err, size_t 
     }
     if (!types) tokenizer_guess_types(t);
     /* special ids: absent -> the SentencePiece llama defaults; 0xFFFFFFFF -> none */
-    static const struct { const char *key; int dflt; } ids[3] = {
-        {"tokenizer.ggml.bos_token_id", 1}, {"tokenizer.ggml.eos_token_id", 2},
-        {"tokenizer.ggml.unknown_token_id", 0}};
-    int32_t *dst[3] = {&t->bos_id, &t->eos_id, &t->unk_id};
+    static const struct {
+        const char *key;
+        int dflt;
+    } ids[3] = { { "tokenizer.ggml.bos_token_id", 1 },
+                 { "tokenizer.ggml.eos_token_id", 2 },
+                 { "tokenizer.ggml.unknown_token_id", 0 } };
+    int32_t *dst[3] = { &t->bos_id, &t->eos_id, &t->unk_id };
     for (int k = 0; k < 3; k++) {
         const gguf_kv *e = gguf_find(g, ids[k].key);
         uint64_t v = (uint64_t)ids[k].dflt;
         if (e && !gguf_kv_uint(g, e, &v)) return GERR("metadata '%s' is not an unsigned integer", ids[k].key);
-        if (v == 0xFFFFFFFFu) *dst[k] = -1;
+        if (v == 0xFFFFFFFFu)
+            *dst[k] = -1;
         else if (v >= (uint64_t)n)
-            return GERR("metadata '%s' = %llu is not a token id (vocabulary has %d)", ids[k].key,
-                        (unsigned long long)v, n);
-        else *dst[k] = (int32_t)v;
+            return GERR("metadata '%s' = %llu is not a token id (vocabulary has %d)", ids[k].key, (unsigned long long)v,
+                        n);
+        else
+            *dst[k] = (int32_t)v;
         if (!e && *dst[k] >= n) *dst[k] = -1;
     }
     t->add_bos = 1;
@@ -94,9 +103,11 @@ static int load_llama(model *m, const gguf_file *g, const model_load_opts *opts,
     int rc;
     m->arch = ARCH_LLAMA;
     m->rope_neox = 0; /* llama.cpp's llama GGUFs rotate adjacent pairs */
-#define GETI(name, req, dflt, lo, hi, dst) \
-    do { snprintf(key, sizeof key, "llama.%s", name); \
-         if ((rc = gguf_get_int(g, key, req, dflt, lo, hi, dst, err, errlen))) return rc; } while (0)
+#define GETI(name, req, dflt, lo, hi, dst)                                               \
+    do {                                                                                 \
+        snprintf(key, sizeof key, "llama.%s", name);                                     \
+        if ((rc = gguf_get_int(g, key, req, dflt, lo, hi, dst, err, errlen))) return rc; \
+    } while (0)
     GETI("context_length", 1, 0, 1, 1 << 20, &in->ctx_len);
     GETI("embedding_length", 1, 0, 1, 1 << 16, &in->dim);
     GETI("block_count", 1, 0, 1, 1024, &in->n_layers);
@@ -132,11 +143,18 @@ static int load_llama(model *m, const gguf_file *g, const model_load_opts *opts,
     if (!m->layers) return model_errf(err, errlen, MODEL_ENOMEM, g->path, "out of memory");
     for (int l = 0; l < in->n_layers; l++) {
         layer_weights *w = &m->layers[l];
-        struct { const char *suffix; mtensor *t; int rows, cols; } mats[] = {
-            {"attn_q", &w->wq, q_dim, dim},      {"attn_k", &w->wk, kv_dim, dim},
-            {"attn_v", &w->wv, kv_dim, dim},     {"attn_output", &w->wo, dim, q_dim},
-            {"ffn_gate", &w->w1, in->hidden_dim, dim}, {"ffn_down", &w->w2, dim, in->hidden_dim},
-            {"ffn_up", &w->w3, in->hidden_dim, dim},
+        struct {
+            const char *suffix;
+            mtensor *t;
+            int rows, cols;
+        } mats[] = {
+            { "attn_q", &w->wq, q_dim, dim },
+            { "attn_k", &w->wk, kv_dim, dim },
+            { "attn_v", &w->wv, kv_dim, dim },
+            { "attn_output", &w->wo, dim, q_dim },
+            { "ffn_gate", &w->w1, in->hidden_dim, dim },
+            { "ffn_down", &w->w2, dim, in->hidden_dim },
+            { "ffn_up", &w->w3, in->hidden_dim, dim },
         };
         for (size_t k = 0; k < sizeof mats / sizeof mats[0]; k++) {
             snprintf(key, sizeof key, "blk.%d.%s.weight", l, mats[k].suffix);
@@ -158,8 +176,7 @@ static const struct {
     const char *name;
     int (*load)(model *, const gguf_file *, const model_load_opts *, char *, size_t);
 } arches[] = {
-    {"llama", load_llama},
-    {"gpt2", gguf_load_gpt2}, /* model/formats/gguf_gpt2.c */
+    { "llama", load_llama }, { "gpt2", gguf_load_gpt2 }, /* model/formats/gguf_gpt2.c */
 };
 
 /* A string value of the metadata as a NUL-terminated copy owned by m; NULL if the key is
@@ -186,8 +203,10 @@ int model_load_gguf(model *m, const char *path, const model_load_opts *opts, cha
     const gguf_kv *kv = gguf_find(g, "general.architecture");
     gguf_str arch;
     char show[96];
-    if (!kv) rc = GERR("missing metadata 'general.architecture'");
-    else if (!gguf_kv_string(g, kv, &arch)) rc = GERR("metadata 'general.architecture' is not a string");
+    if (!kv)
+        rc = GERR("missing metadata 'general.architecture'");
+    else if (!gguf_kv_string(g, kv, &arch))
+        rc = GERR("metadata 'general.architecture' is not a string");
     else {
         rc = GERR("unsupported architecture '%s' (supported: llama, gpt2)", gguf_str_show(arch, show, sizeof show));
         for (size_t i = 0; i < sizeof arches / sizeof arches[0]; i++)

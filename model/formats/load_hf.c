@@ -50,18 +50,21 @@ static const st_tensor *get(hf_ctx *c, const char *name, int optional, int ndim,
         return NULL;
     }
     if (t->mt_type < 0) {
-        model_errf(c->err, c->errlen, MODEL_EFORMAT, c->dir, "tensor '%s' is %s (F32, F16 or BF16 only)",
-                   full, t->dtype);
+        model_errf(c->err, c->errlen, MODEL_EFORMAT, c->dir, "tensor '%s' is %s (F32, F16 or BF16 only)", full,
+                   t->dtype);
         return NULL;
     }
     if (t->ndim != ndim || t->shape[0] != a || (ndim == 2 && t->shape[1] != b)) {
         if (ndim == 1)
-            model_errf(c->err, c->errlen, MODEL_EFORMAT, c->dir, "tensor '%s' has %d dims [%lld, ...], "
-                       "expected [%lld]", full, t->ndim, (long long)t->shape[0], a);
+            model_errf(c->err, c->errlen, MODEL_EFORMAT, c->dir,
+                       "tensor '%s' has %d dims [%lld, ...], "
+                       "expected [%lld]",
+                       full, t->ndim, (long long)t->shape[0], a);
         else
-            model_errf(c->err, c->errlen, MODEL_EFORMAT, c->dir, "tensor '%s' has %d dims [%lld, %lld], "
-                       "expected [%lld, %lld]", full, t->ndim, (long long)t->shape[0],
-                       t->ndim > 1 ? (long long)t->shape[1] : 0LL, a, b);
+            model_errf(c->err, c->errlen, MODEL_EFORMAT, c->dir,
+                       "tensor '%s' has %d dims [%lld, %lld], "
+                       "expected [%lld, %lld]",
+                       full, t->ndim, (long long)t->shape[0], t->ndim > 1 ? (long long)t->shape[1] : 0LL, a, b);
         return NULL;
     }
     return t;
@@ -81,10 +84,10 @@ static int mat(hf_ctx *c, const char *name, int rows, int cols, int optional, mt
     if ((uintptr_t)d % es) { /* unaligned: an F32 copy */
         d = fmt_f32_copy(c->m, t->data, t->mt_type, (size_t)t->numel);
         if (!d) return model_errf(c->err, c->errlen, MODEL_ENOMEM, c->dir, "out of memory");
-        *out = (mtensor){d, MT_F32, rows, cols, 0};
+        *out = (mtensor){ d, MT_F32, rows, cols, 0 };
         return 0;
     }
-    *out = (mtensor){d, t->mt_type, rows, cols, 0};
+    *out = (mtensor){ d, t->mt_type, rows, cols, 0 };
     return 0;
 }
 
@@ -107,13 +110,15 @@ static float *conv1d(hf_ctx *c, const char *name, int in, int out)
     return d;
 }
 
-#define CFG_INT(key, dflt, lo, hi, dst)                                                            \
-    do {                                                                                         \
-        long long v_ = fmt_json_int(cfg, key, dflt);                                             \
-        if (v_ < (lo) || v_ > (hi))                                                              \
-            return model_errf(err, errlen, MODEL_EFORMAT, dir, "config.json '%s' is missing or " \
-                              "out of range [%lld, %lld]", key, (long long)(lo), (long long)(hi)); \
-        dst = (int)v_;                                                                           \
+#define CFG_INT(key, dflt, lo, hi, dst)                               \
+    do {                                                              \
+        long long v_ = fmt_json_int(cfg, key, dflt);                  \
+        if (v_ < (lo) || v_ > (hi))                                   \
+            return model_errf(err, errlen, MODEL_EFORMAT, dir,        \
+                              "config.json '%s' is missing or "       \
+                              "out of range [%lld, %lld]",            \
+                              key, (long long)(lo), (long long)(hi)); \
+        dst = (int)v_;                                                \
     } while (0)
 
 static int load_llama(hf_ctx *c, const json_t *cfg)
@@ -139,8 +144,7 @@ static int load_llama(hf_ctx *c, const json_t *cfg)
     in->rope_theta = (float)fmt_json_num(cfg, "rope_theta", 10000.0);
     in->norm_eps = (float)fmt_json_num(cfg, "rms_norm_eps", 1e-6);
     json_t *rs = json_object_get(cfg, "rope_scaling");
-    if (rs && !json_is_null(rs))
-        return model_errf(err, errlen, MODEL_EFORMAT, dir, "rope_scaling is not supported");
+    if (rs && !json_is_null(rs)) return model_errf(err, errlen, MODEL_EFORMAT, dir, "rope_scaling is not supported");
     if (json_is_true(json_object_get(cfg, "attention_bias")) || json_is_true(json_object_get(cfg, "mlp_bias")))
         return model_errf(err, errlen, MODEL_EFORMAT, dir, "attention/mlp biases are not supported for llama");
     const char *act = json_string_value(json_object_get(cfg, "hidden_act"));
@@ -158,7 +162,8 @@ static int load_llama(hf_ctx *c, const json_t *cfg)
     if ((rc = mat(c, "lm_head.weight", V, D, 1, &m->output))) return rc;
     if (!m->output.data) {
         if (!tied && json_object_get(cfg, "tie_word_embeddings"))
-            return model_errf(err, errlen, MODEL_EFORMAT, dir, "missing tensor 'lm_head.weight' (the "
+            return model_errf(err, errlen, MODEL_EFORMAT, dir,
+                              "missing tensor 'lm_head.weight' (the "
                               "config says the head is not tied)");
         m->output = m->tok_embd;
     }
@@ -166,10 +171,15 @@ static int load_llama(hf_ctx *c, const json_t *cfg)
     if (!m->layers) return model_errf(err, errlen, MODEL_ENOMEM, dir, "out of memory");
     for (int l = 0; l < in->n_layers; l++) {
         layer_weights *w = &m->layers[l];
-        struct { const char *s; mtensor *t; int r, k; } mats[] = {
-            {"self_attn.q_proj", &w->wq, qd, D}, {"self_attn.k_proj", &w->wk, kvd, D},
-            {"self_attn.v_proj", &w->wv, kvd, D}, {"self_attn.o_proj", &w->wo, D, qd},
-            {"mlp.gate_proj", &w->w1, F, D}, {"mlp.down_proj", &w->w2, D, F}, {"mlp.up_proj", &w->w3, F, D},
+        struct {
+            const char *s;
+            mtensor *t;
+            int r, k;
+        } mats[] = {
+            { "self_attn.q_proj", &w->wq, qd, D },  { "self_attn.k_proj", &w->wk, kvd, D },
+            { "self_attn.v_proj", &w->wv, kvd, D }, { "self_attn.o_proj", &w->wo, D, qd },
+            { "mlp.gate_proj", &w->w1, F, D },      { "mlp.down_proj", &w->w2, D, F },
+            { "mlp.up_proj", &w->w3, F, D },
         };
         for (size_t k = 0; k < sizeof mats / sizeof mats[0]; k++) {
             snprintf(name, sizeof name, "model.layers.%d.%s.weight", l, mats[k].s);
@@ -234,21 +244,21 @@ static int load_gpt2(hf_ctx *c, const json_t *cfg)
         float *qkv = conv1d(c, NM("attn.c_attn.weight"), D, 3 * D); /* -> (3D, D) */
         const float *qkvb;
         if (!qkv || (rc = vec(c, NM("attn.c_attn.bias"), 3 * D, &qkvb))) return MODEL_EFORMAT;
-        w->wq = (mtensor){qkv, MT_F32, D, D, 0};
-        w->wk = (mtensor){qkv + (size_t)D * D, MT_F32, D, D, 0};
-        w->wv = (mtensor){qkv + 2 * (size_t)D * D, MT_F32, D, D, 0};
+        w->wq = (mtensor){ qkv, MT_F32, D, D, 0 };
+        w->wk = (mtensor){ qkv + (size_t)D * D, MT_F32, D, D, 0 };
+        w->wv = (mtensor){ qkv + 2 * (size_t)D * D, MT_F32, D, D, 0 };
         w->bq = qkvb;
         w->bk = qkvb + D;
         w->bv = qkvb + 2 * D;
         float *o = conv1d(c, NM("attn.c_proj.weight"), D, D);
         if (!o || (rc = vec(c, NM("attn.c_proj.bias"), D, &w->bo))) return MODEL_EFORMAT;
-        w->wo = (mtensor){o, MT_F32, D, D, 0};
+        w->wo = (mtensor){ o, MT_F32, D, D, 0 };
         float *f1 = conv1d(c, NM("mlp.c_fc.weight"), D, F);
         if (!f1 || (rc = vec(c, NM("mlp.c_fc.bias"), F, &w->b1))) return MODEL_EFORMAT;
         float *f2 = conv1d(c, NM("mlp.c_proj.weight"), F, D);
         if (!f2 || (rc = vec(c, NM("mlp.c_proj.bias"), D, &w->b2))) return MODEL_EFORMAT;
-        w->w1 = (mtensor){f1, MT_F32, F, D, 0};
-        w->w2 = (mtensor){f2, MT_F32, D, F, 0};
+        w->w1 = (mtensor){ f1, MT_F32, F, D, 0 };
+        w->w2 = (mtensor){ f2, MT_F32, D, F, 0 };
 #undef NM
     }
     snprintf(m->arch_name, sizeof m->arch_name, "gpt2");
@@ -284,7 +294,8 @@ static const char *hf_chat_template(model *m, const char *dir)
         if (json_is_array(t)) {
             json_t *pick = NULL, *item;
             size_t i;
-            json_array_foreach(t, i, item) {
+            json_array_foreach(t, i, item)
+            {
                 const char *name = json_string_value(json_object_get(item, "name"));
                 if (!pick || (name && !strcmp(name, "default"))) pick = json_object_get(item, "template");
                 if (name && !strcmp(name, "default")) break;
@@ -306,8 +317,11 @@ int model_load_hf(model *m, const char *dir, const model_load_opts *opts, char *
     if (!cfg) return MODEL_EFORMAT;
     st_file *st = NULL;
     int rc = st_open(&st, dir, err, errlen);
-    if (rc) { json_decref(cfg); return rc; }
-    hf_ctx c = {m, st, dir, "", err, errlen};
+    if (rc) {
+        json_decref(cfg);
+        return rc;
+    }
+    hf_ctx c = { m, st, dir, "", err, errlen };
     const char *arch = json_string_value(json_array_get(json_object_get(cfg, "architectures"), 0));
     const char *mt = json_string_value(json_object_get(cfg, "model_type"));
     if ((arch && !strcmp(arch, "LlamaForCausalLM")) || (!arch && mt && !strcmp(mt, "llama")))
@@ -315,8 +329,12 @@ int model_load_hf(model *m, const char *dir, const model_load_opts *opts, char *
     else if ((arch && !strcmp(arch, "GPT2LMHeadModel")) || (!arch && mt && !strcmp(mt, "gpt2")))
         rc = load_gpt2(&c, cfg);
     else
-        rc = model_errf(err, errlen, MODEL_EFORMAT, dir, "unsupported architecture '%s' (supported: "
-                        "LlamaForCausalLM, GPT2LMHeadModel)", arch ? arch : mt ? mt : "?");
+        rc = model_errf(err, errlen, MODEL_EFORMAT, dir,
+                        "unsupported architecture '%s' (supported: "
+                        "LlamaForCausalLM, GPT2LMHeadModel)",
+                        arch ? arch
+                        : mt ? mt
+                             : "?");
     if (!rc && (rc = st_give_maps(st, m)))
         model_errf(err, errlen, rc, dir, "too many safetensors shards for one model");
     st_close(st);
@@ -327,12 +345,15 @@ int model_load_hf(model *m, const char *dir, const model_load_opts *opts, char *
         if (opts && opts->tokenizer_path) {
             snprintf(tp, sizeof tp, "%s", opts->tokenizer_path);
             const char *dot = strrchr(tp, '.');
-            if (dot && !strcmp(dot, ".json")) rc = tok_bpe_load_hf(&m->tok, tp, err, errlen);
-            else rc = tokenizer_load_llama2c(&m->tok, tp, m->info.vocab_size, err, errlen);
+            if (dot && !strcmp(dot, ".json"))
+                rc = tok_bpe_load_hf(&m->tok, tp, err, errlen);
+            else
+                rc = tokenizer_load_llama2c(&m->tok, tp, m->info.vocab_size, err, errlen);
         } else if (access(tp, F_OK) == 0) {
             rc = tok_bpe_load_hf(&m->tok, tp, err, errlen);
         } else {
-            rc = model_errf(err, errlen, MODEL_EFORMAT, dir, "no tokenizer.json in the folder (pass a "
+            rc = model_errf(err, errlen, MODEL_EFORMAT, dir,
+                            "no tokenizer.json in the folder (pass a "
                             "tokenizer path to use another)");
         }
     }

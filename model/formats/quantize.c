@@ -41,26 +41,40 @@
 /* ---- Recipes ------------------------------------------------------------------------ */
 
 enum { /* llama.cpp's llama_ftype ids, written as general.file_type */
-    FT_F32 = 0, FT_F16 = 1, FT_Q4_0 = 2, FT_Q4_1 = 3, FT_Q8_0 = 7, FT_Q5_0 = 8, FT_Q5_1 = 9,
-    FT_Q2_K = 10, FT_Q3_K_S = 11, FT_Q3_K_M = 12, FT_Q3_K_L = 13, FT_Q4_K_S = 14, FT_Q4_K_M = 15,
-    FT_Q5_K_S = 16, FT_Q5_K_M = 17, FT_Q6_K = 18, FT_BF16 = 32,
+       FT_F32 = 0,
+       FT_F16 = 1,
+       FT_Q4_0 = 2,
+       FT_Q4_1 = 3,
+       FT_Q8_0 = 7,
+       FT_Q5_0 = 8,
+       FT_Q5_1 = 9,
+       FT_Q2_K = 10,
+       FT_Q3_K_S = 11,
+       FT_Q3_K_M = 12,
+       FT_Q3_K_L = 13,
+       FT_Q4_K_S = 14,
+       FT_Q4_K_M = 15,
+       FT_Q5_K_S = 16,
+       FT_Q5_K_M = 17,
+       FT_Q6_K = 18,
+       FT_BF16 = 32,
 };
 
 typedef struct {
     const char *name;
     int ftype;
-    int base;  /* MT_* */
-    int pure;  /* a plain K type: every tensor in the base type (llama-quantize --pure) */
+    int base; /* MT_* */
+    int pure; /* a plain K type: every tensor in the base type (llama-quantize --pure) */
 } recipe;
 
 static const recipe recipes[] = {
-    {"F32", FT_F32, MT_F32, 0},       {"F16", FT_F16, MT_F16, 0},       {"BF16", FT_BF16, MT_BF16, 0},
-    {"Q4_0", FT_Q4_0, MT_Q4_0, 0},    {"Q4_1", FT_Q4_1, MT_Q4_1, 0},    {"Q5_0", FT_Q5_0, MT_Q5_0, 0},
-    {"Q5_1", FT_Q5_1, MT_Q5_1, 0},    {"Q8_0", FT_Q8_0, MT_Q8_0, 0},    {"Q2_K", FT_Q2_K, MT_Q2_K, 0},
-    {"Q3_K_S", FT_Q3_K_S, MT_Q3_K, 0}, {"Q3_K_M", FT_Q3_K_M, MT_Q3_K, 0}, {"Q3_K_L", FT_Q3_K_L, MT_Q3_K, 0},
-    {"Q4_K_S", FT_Q4_K_S, MT_Q4_K, 0}, {"Q4_K_M", FT_Q4_K_M, MT_Q4_K, 0}, {"Q5_K_S", FT_Q5_K_S, MT_Q5_K, 0},
-    {"Q5_K_M", FT_Q5_K_M, MT_Q5_K, 0}, {"Q6_K", FT_Q6_K, MT_Q6_K, 0},
-    {"Q3_K", FT_Q3_K_M, MT_Q3_K, 1},  {"Q4_K", FT_Q4_K_M, MT_Q4_K, 1},  {"Q5_K", FT_Q5_K_M, MT_Q5_K, 1},
+    { "F32", FT_F32, MT_F32, 0 },        { "F16", FT_F16, MT_F16, 0 },        { "BF16", FT_BF16, MT_BF16, 0 },
+    { "Q4_0", FT_Q4_0, MT_Q4_0, 0 },     { "Q4_1", FT_Q4_1, MT_Q4_1, 0 },     { "Q5_0", FT_Q5_0, MT_Q5_0, 0 },
+    { "Q5_1", FT_Q5_1, MT_Q5_1, 0 },     { "Q8_0", FT_Q8_0, MT_Q8_0, 0 },     { "Q2_K", FT_Q2_K, MT_Q2_K, 0 },
+    { "Q3_K_S", FT_Q3_K_S, MT_Q3_K, 0 }, { "Q3_K_M", FT_Q3_K_M, MT_Q3_K, 0 }, { "Q3_K_L", FT_Q3_K_L, MT_Q3_K, 0 },
+    { "Q4_K_S", FT_Q4_K_S, MT_Q4_K, 0 }, { "Q4_K_M", FT_Q4_K_M, MT_Q4_K, 0 }, { "Q5_K_S", FT_Q5_K_S, MT_Q5_K, 0 },
+    { "Q5_K_M", FT_Q5_K_M, MT_Q5_K, 0 }, { "Q6_K", FT_Q6_K, MT_Q6_K, 0 },     { "Q3_K", FT_Q3_K_M, MT_Q3_K, 1 },
+    { "Q4_K", FT_Q4_K_M, MT_Q4_K, 1 },   { "Q5_K", FT_Q5_K_M, MT_Q5_K, 1 },
 };
 
 const char *model_quantize_types(void)
@@ -70,13 +84,21 @@ const char *model_quantize_types(void)
 }
 
 /* Tensor categories, from the names (llama.cpp's tensor_get_category). */
-enum { C_OTHER, C_OUTPUT, C_TOKEN_EMBD, C_ATTN_V, C_ATTN_K, C_ATTN_Q, C_ATTN_OUT, C_FFN_UP,
-       C_FFN_GATE, C_FFN_DOWN, C_ATTN_QKV };
+enum {
+    C_OTHER,
+    C_OUTPUT,
+    C_TOKEN_EMBD,
+    C_ATTN_V,
+    C_ATTN_K,
+    C_ATTN_Q,
+    C_ATTN_OUT,
+    C_FFN_UP,
+    C_FFN_GATE,
+    C_FFN_DOWN,
+    C_ATTN_QKV
+};
 
-static int has(const char *s, const char *sub)
-{
-    return strstr(s, sub) != NULL;
-}
+static int has(const char *s, const char *sub) { return strstr(s, sub) != NULL; }
 
 static int category(const char *name)
 {
@@ -111,10 +133,7 @@ typedef struct {
     int n_attn_v, i_attn_v, i_ffn_down;
 } qstate;
 
-static int use_more_bits(int i, int n)
-{
-    return i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2;
-}
+static int use_more_bits(int i, int n) { return i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2; }
 
 /* llama.cpp's per-tensor recipe for the file types above (dense models: no experts). */
 static int pick_type(qstate *s, int cat, int64_t ncols)
@@ -126,29 +145,43 @@ static int pick_type(qstate *s, int cat, int64_t ncols)
     }
     if (cat == C_TOKEN_EMBD) return t;
     if (cat == C_ATTN_V || cat == C_ATTN_QKV) {
-        if (ft == FT_Q2_K) t = s->n_gqa >= 4 ? MT_Q4_K : MT_Q3_K;
-        else if (ft == FT_Q3_K_M) t = s->i_attn_v < 2 ? MT_Q5_K : MT_Q4_K;
-        else if (ft == FT_Q3_K_L) t = MT_Q5_K;
-        else if ((ft == FT_Q4_K_M || ft == FT_Q5_K_M) && use_more_bits(s->i_attn_v, s->n_attn_v)) t = MT_Q6_K;
-        else if (ft == FT_Q4_K_S && s->i_attn_v < 4) t = MT_Q5_K;
+        if (ft == FT_Q2_K)
+            t = s->n_gqa >= 4 ? MT_Q4_K : MT_Q3_K;
+        else if (ft == FT_Q3_K_M)
+            t = s->i_attn_v < 2 ? MT_Q5_K : MT_Q4_K;
+        else if (ft == FT_Q3_K_L)
+            t = MT_Q5_K;
+        else if ((ft == FT_Q4_K_M || ft == FT_Q5_K_M) && use_more_bits(s->i_attn_v, s->n_attn_v))
+            t = MT_Q6_K;
+        else if (ft == FT_Q4_K_S && s->i_attn_v < 4)
+            t = MT_Q5_K;
         if (s->is_70b && (t == MT_Q3_K || t == MT_Q4_K)) t = MT_Q5_K;
         s->i_attn_v++;
         return t;
     }
     if (cat == C_FFN_DOWN) {
         int i = s->i_ffn_down++, n = s->n_layers;
-        if (ft == FT_Q2_K) t = MT_Q3_K;
-        else if (ft == FT_Q3_K_M) t = i < n / 16 ? MT_Q5_K : MT_Q4_K;
-        else if (ft == FT_Q3_K_L) t = MT_Q5_K;
-        else if (ft == FT_Q4_K_M && use_more_bits(i, n)) t = MT_Q6_K;
-        else if (ft == FT_Q5_K_M && use_more_bits(i, n)) t = MT_Q6_K;
-        else if (ft == FT_Q4_K_S && i < n / 8) t = MT_Q5_K;
+        if (ft == FT_Q2_K)
+            t = MT_Q3_K;
+        else if (ft == FT_Q3_K_M)
+            t = i < n / 16 ? MT_Q5_K : MT_Q4_K;
+        else if (ft == FT_Q3_K_L)
+            t = MT_Q5_K;
+        else if (ft == FT_Q4_K_M && use_more_bits(i, n))
+            t = MT_Q6_K;
+        else if (ft == FT_Q5_K_M && use_more_bits(i, n))
+            t = MT_Q6_K;
+        else if (ft == FT_Q4_K_S && i < n / 8)
+            t = MT_Q5_K;
         return t;
     }
     if (cat == C_ATTN_OUT) {
-        if (ft == FT_Q2_K) t = MT_Q3_K;
-        else if (ft == FT_Q3_K_M) t = MT_Q4_K;
-        else if (ft == FT_Q3_K_L) t = MT_Q5_K;
+        if (ft == FT_Q2_K)
+            t = MT_Q3_K;
+        else if (ft == FT_Q3_K_M)
+            t = MT_Q4_K;
+        else if (ft == FT_Q3_K_L)
+            t = MT_Q5_K;
     }
     return t;
 }
@@ -304,8 +337,7 @@ static size_t kv_value_len(const gguf_file *g, size_t i)
 
 #define QERR(code, ...) model_errf(err, errlen, code, in, __VA_ARGS__)
 
-int model_quantize(const char *in, const char *out, const model_quantize_opts *opts, char *err,
-                   size_t errlen)
+int model_quantize(const char *in, const char *out, const model_quantize_opts *opts, char *err, size_t errlen)
 {
     if (err && errlen) err[0] = '\0';
     if (!in || !out || !opts || !opts->type) return MODEL_EINVAL;
@@ -340,7 +372,7 @@ int model_quantize(const char *in, const char *out, const model_quantize_opts *o
         memcpy(arch, as.s, as.len);
         arch[as.len] = '\0';
     }
-    qstate st = {.r = r, .tied = 1};
+    qstate st = { .r = r, .tied = 1 };
     uint64_t v;
     const gguf_kv *kv = find_kv_prefixed(g, arch, "block_count");
     if (kv && gguf_kv_uint(g, kv, &v) && v < 100000) st.n_layers = (int)v;
@@ -419,11 +451,13 @@ int model_quantize(const char *in, const char *out, const model_quantize_opts *o
                 goto done;
             }
             if (quant_is_quantized(t->type) && !opts->allow_requantize) {
-                rc = QERR(MODEL_EINVAL, "tensor '%s' is already %s: quantizing it again loses more "
-                          "(allow it with --allow-requantize)", name, mtensor_type_name(t->type));
+                rc = QERR(MODEL_EINVAL,
+                          "tensor '%s' is already %s: quantizing it again loses more "
+                          "(allow it with --allow-requantize)",
+                          name, mtensor_type_name(t->type));
                 goto done;
             }
-            conv_job job = {t, type, rows, cols, dst, 0, 0};
+            conv_job job = { t, type, rows, cols, dst, 0, 0 };
             int nt = model_pool_size(pool) * 4;
             if (rows < nt) nt = rows > 0 ? (int)rows : 1;
             model_pool_run(pool, conv_task, &job, nt);

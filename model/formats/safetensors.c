@@ -19,18 +19,27 @@
 struct st_file {
     st_tensor *t;
     size_t n, cap;
-    struct { void *addr; size_t len; } maps[64];
+    struct {
+        void *addr;
+        size_t len;
+    } maps[64];
     int n_maps;
 };
 
-static const struct { const char *name; int size; int mt; } dtypes[] = {
-    {"F32", 4, MT_F32}, {"F16", 2, MT_F16}, {"BF16", 2, MT_BF16}, {"F64", 8, -1},
-    {"I64", 8, -1}, {"U64", 8, -1}, {"I32", 4, -1}, {"U32", 4, -1}, {"I16", 2, -1},
-    {"U16", 2, -1}, {"I8", 1, -1}, {"U8", 1, -1}, {"BOOL", 1, -1}, {"F8_E4M3", 1, -1},
-    {"F8_E5M2", 1, -1},
+static const struct {
+    const char *name;
+    int size;
+    int mt;
+} dtypes[] = {
+    { "F32", 4, MT_F32 }, { "F16", 2, MT_F16 }, { "BF16", 2, MT_BF16 }, { "F64", 8, -1 },     { "I64", 8, -1 },
+    { "U64", 8, -1 },     { "I32", 4, -1 },     { "U32", 4, -1 },       { "I16", 2, -1 },     { "U16", 2, -1 },
+    { "I8", 1, -1 },      { "U8", 1, -1 },      { "BOOL", 1, -1 },      { "F8_E4M3", 1, -1 }, { "F8_E5M2", 1, -1 },
 };
 
-typedef struct { size_t idx; uint64_t b, e; } range;
+typedef struct {
+    size_t idx;
+    uint64_t b, e;
+} range;
 
 static int cmp_range(const void *a, const void *b)
 {
@@ -40,20 +49,21 @@ static int cmp_range(const void *a, const void *b)
 
 /* The header of a file image: its JSON object into *h (caller json_decref's), the
  * data buffer after it into *data, *dlen. */
-static int read_header(const unsigned char *buf, size_t len, const char *name, json_t **h,
-                       const unsigned char **data, uint64_t *dlen, char *err, size_t errlen)
+static int read_header(const unsigned char *buf, size_t len, const char *name, json_t **h, const unsigned char **data,
+                       uint64_t *dlen, char *err, size_t errlen)
 {
     if (len < 8) return model_errf(err, errlen, MODEL_EFORMAT, name, "too short for a safetensors file");
     uint64_t hlen = 0;
     for (int i = 7; i >= 0; i--) hlen = hlen << 8 | buf[i];
     if (hlen > ST_MAX_HEADER)
         return model_errf(err, errlen, MODEL_EFORMAT, name, "header length %llu is absurd (not safetensors?)",
-                    (unsigned long long)hlen);
+                          (unsigned long long)hlen);
     if (hlen > len - 8)
-        return model_errf(err, errlen, MODEL_EFORMAT, name, "header (%llu bytes) runs past the end of the "
-                    "file (truncated?)", (unsigned long long)hlen);
-    if (hlen < 2 || buf[8] != '{')
-        return model_errf(err, errlen, MODEL_EFORMAT, name, "header is not a JSON object");
+        return model_errf(err, errlen, MODEL_EFORMAT, name,
+                          "header (%llu bytes) runs past the end of the "
+                          "file (truncated?)",
+                          (unsigned long long)hlen);
+    if (hlen < 2 || buf[8] != '{') return model_errf(err, errlen, MODEL_EFORMAT, name, "header is not a JSON object");
     *data = buf + 8 + hlen;
     *dlen = len - 8 - hlen;
     json_error_t je;
@@ -85,16 +95,18 @@ static st_tensor *add_tensor(st_file *f, const char *key)
 }
 
 /* The shape of entry key into t (ndim already set); *numel gets the product. */
-static int read_shape(st_tensor *t, const json_t *sh, const char *key, const char *name, uint64_t *numel,
-                      char *err, size_t errlen)
+static int read_shape(st_tensor *t, const json_t *sh, const char *key, const char *name, uint64_t *numel, char *err,
+                      size_t errlen)
 {
     *numel = 1;
     for (int d = 0; d < t->ndim; d++) {
         json_t *x = json_array_get(sh, (size_t)d);
         json_int_t s = json_is_integer(x) ? json_integer_value(x) : -1;
         if (s < 0 || s > ((json_int_t)1 << 40))
-            return model_errf(err, errlen, MODEL_EFORMAT, name, "tensor '%s': dimension %d is not a sane "
-                              "size", key, d);
+            return model_errf(err, errlen, MODEL_EFORMAT, name,
+                              "tensor '%s': dimension %d is not a sane "
+                              "size",
+                              key, d);
         t->shape[d] = s;
         if (s && *numel > (((uint64_t)1 << 48) / (uint64_t)s))
             return model_errf(err, errlen, MODEL_EFORMAT, name, "tensor '%s': absurd shape", key);
@@ -110,11 +122,13 @@ static int parse_entry(st_file *f, const char *key, const json_t *v, const unsig
 {
     json_t *dt = json_object_get(v, "dtype"), *sh = json_object_get(v, "shape"),
            *off = json_object_get(v, "data_offsets");
-    if (!json_is_object(v) || !json_is_string(dt) || !json_is_array(sh) || !json_is_array(off)
-        || json_array_size(off) != 2 || !json_is_integer(json_array_get(off, 0))
-        || !json_is_integer(json_array_get(off, 1)))
-        return model_errf(err, errlen, MODEL_EFORMAT, name, "tensor '%s': entry needs dtype, shape and "
-                          "data_offsets [begin, end]", key);
+    if (!json_is_object(v) || !json_is_string(dt) || !json_is_array(sh) || !json_is_array(off) ||
+        json_array_size(off) != 2 || !json_is_integer(json_array_get(off, 0)) ||
+        !json_is_integer(json_array_get(off, 1)))
+        return model_errf(err, errlen, MODEL_EFORMAT, name,
+                          "tensor '%s': entry needs dtype, shape and "
+                          "data_offsets [begin, end]",
+                          key);
     int di = -1;
     for (size_t i = 0; i < sizeof dtypes / sizeof dtypes[0]; i++)
         if (strcmp(json_string_value(dt), dtypes[i].name) == 0) di = (int)i;
@@ -122,14 +136,14 @@ static int parse_entry(st_file *f, const char *key, const json_t *v, const unsig
         return model_errf(err, errlen, MODEL_EFORMAT, name, "tensor '%s': unknown dtype '%.16s'", key,
                           json_string_value(dt));
     if (json_array_size(sh) > ST_MAX_DIMS)
-        return model_errf(err, errlen, MODEL_EFORMAT, name, "tensor '%s' has %zu dimensions", key,
-                          json_array_size(sh));
+        return model_errf(err, errlen, MODEL_EFORMAT, name, "tensor '%s' has %zu dimensions", key, json_array_size(sh));
     json_int_t b = json_integer_value(json_array_get(off, 0));
     json_int_t e = json_integer_value(json_array_get(off, 1));
     if (b < 0 || e < b || (uint64_t)e > dlen)
-        return model_errf(err, errlen, MODEL_EFORMAT, name, "tensor '%s': data_offsets [%lld, %lld] lie "
-                          "outside the %llu-byte data buffer", key, (long long)b, (long long)e,
-                          (unsigned long long)dlen);
+        return model_errf(err, errlen, MODEL_EFORMAT, name,
+                          "tensor '%s': data_offsets [%lld, %lld] lie "
+                          "outside the %llu-byte data buffer",
+                          key, (long long)b, (long long)e, (unsigned long long)dlen);
     st_tensor *t = add_tensor(f, key);
     if (!t) return model_errf(err, errlen, MODEL_ENOMEM, name, "out of memory");
     snprintf(t->dtype, sizeof t->dtype, "%s", dtypes[di].name);
@@ -140,42 +154,46 @@ static int parse_entry(st_file *f, const char *key, const json_t *v, const unsig
     if (rc) return rc;
     t->numel = (int64_t)numel;
     if (numel * (uint64_t)dtypes[di].size != (uint64_t)(e - b))
-        return model_errf(err, errlen, MODEL_EFORMAT, name, "tensor '%s': shape x %s size = %llu bytes but "
-                          "data_offsets span %lld", key, t->dtype,
-                          (unsigned long long)(numel * (uint64_t)dtypes[di].size), (long long)(e - b));
+        return model_errf(err, errlen, MODEL_EFORMAT, name,
+                          "tensor '%s': shape x %s size = %llu bytes but "
+                          "data_offsets span %lld",
+                          key, t->dtype, (unsigned long long)(numel * (uint64_t)dtypes[di].size), (long long)(e - b));
     t->data = data + b;
     t->nbytes = (size_t)(e - b);
-    *r = (range){f->n - 1, (uint64_t)b, (uint64_t)e};
+    *r = (range){ f->n - 1, (uint64_t)b, (uint64_t)e };
     return 0;
 }
 
 /* The tensors' byte ranges (rs, nr of them) must tile the dlen-byte data buffer:
  * no overlap, no hole, nothing left over. */
-static int check_tiling(const st_file *f, range *rs, size_t nr, uint64_t dlen, const char *name,
-                        char *err, size_t errlen)
+static int check_tiling(const st_file *f, range *rs, size_t nr, uint64_t dlen, const char *name, char *err,
+                        size_t errlen)
 {
     qsort(rs, nr, sizeof *rs, cmp_range);
     uint64_t at = 0;
     for (size_t i = 0; i < nr; i++) {
         if (rs[i].b < at)
-            return model_errf(err, errlen, MODEL_EFORMAT, name, "tensor '%s' overlaps the one before it "
-                              "(offset %llu < %llu)", f->t[rs[i].idx].name, (unsigned long long)rs[i].b,
-                              (unsigned long long)at);
+            return model_errf(err, errlen, MODEL_EFORMAT, name,
+                              "tensor '%s' overlaps the one before it "
+                              "(offset %llu < %llu)",
+                              f->t[rs[i].idx].name, (unsigned long long)rs[i].b, (unsigned long long)at);
         if (rs[i].b > at)
-            return model_errf(err, errlen, MODEL_EFORMAT, name, "hole in the data buffer before tensor "
-                              "'%s' (bytes %llu..%llu unused)", f->t[rs[i].idx].name,
-                              (unsigned long long)at, (unsigned long long)rs[i].b);
+            return model_errf(err, errlen, MODEL_EFORMAT, name,
+                              "hole in the data buffer before tensor "
+                              "'%s' (bytes %llu..%llu unused)",
+                              f->t[rs[i].idx].name, (unsigned long long)at, (unsigned long long)rs[i].b);
         at = rs[i].e;
     }
     if (at != dlen)
-        return model_errf(err, errlen, MODEL_EFORMAT, name, "data buffer has %llu bytes but tensors use "
-                          "%llu", (unsigned long long)dlen, (unsigned long long)at);
+        return model_errf(err, errlen, MODEL_EFORMAT, name,
+                          "data buffer has %llu bytes but tensors use "
+                          "%llu",
+                          (unsigned long long)dlen, (unsigned long long)at);
     return 0;
 }
 
 /* Parse one file image into f (appending tensors). */
-static int parse_one(st_file *f, const unsigned char *buf, size_t len, const char *name,
-                     char *err, size_t errlen)
+static int parse_one(st_file *f, const unsigned char *buf, size_t len, const char *name, char *err, size_t errlen)
 {
     json_t *h;
     const unsigned char *data;
@@ -190,7 +208,8 @@ static int parse_one(st_file *f, const unsigned char *buf, size_t len, const cha
     }
     const char *key;
     json_t *v;
-    json_object_foreach(h, key, v) {
+    json_object_foreach(h, key, v)
+    {
         if (strcmp(key, "__metadata__") == 0) continue;
         if ((rc = parse_entry(f, key, v, data, dlen, name, &rs[nr], err, errlen))) break;
         nr++;
@@ -238,7 +257,8 @@ static int open_index(st_file *f, const char *dir, const char *index, char *err,
     int ns = 0, rc = 0;
     const char *key;
     json_t *v;
-    json_object_foreach(wm, key, v) {
+    json_object_foreach(wm, key, v)
+    {
         const char *s = json_string_value(v);
         if (!s || strchr(s, '/') || strcmp(s, "..") == 0 || !*s) {
             rc = model_errf(err, errlen, MODEL_EFORMAT, index, "weight_map['%s'] is not a plain file name", key);
@@ -247,7 +267,10 @@ static int open_index(st_file *f, const char *dir, const char *index, char *err,
         int seen = 0;
         for (int i = 0; i < ns; i++) seen |= strcmp(shards[i], s) == 0;
         if (seen) continue;
-        if (ns == 64) { rc = model_errf(err, errlen, MODEL_EFORMAT, index, "more than 64 shards"); break; }
+        if (ns == 64) {
+            rc = model_errf(err, errlen, MODEL_EFORMAT, index, "more than 64 shards");
+            break;
+        }
         shards[ns++] = s;
     }
     for (int i = 0; i < ns && !rc; i++) {
@@ -257,7 +280,8 @@ static int open_index(st_file *f, const char *dir, const char *index, char *err,
     }
     /* Every name in the map must exist. */
     if (!rc) {
-        json_object_foreach(wm, key, v) {
+        json_object_foreach(wm, key, v)
+        {
             if (!st_find(f, key)) {
                 rc = model_errf(err, errlen, MODEL_EFORMAT, index, "tensor '%s' is listed but not in its shard", key);
                 break;
@@ -298,7 +322,10 @@ int st_open(st_file **out, const char *path, char *err, size_t errlen)
                     break;
                 }
     }
-    if (rc) { st_close(f); return rc; }
+    if (rc) {
+        st_close(f);
+        return rc;
+    }
     *out = f;
     return 0;
 }
@@ -309,7 +336,10 @@ int st_open_mem(st_file **out, const void *buf, size_t len, const char *name, ch
     st_file *f = calloc(1, sizeof *f);
     if (!f) return model_errf(err, errlen, MODEL_ENOMEM, name, "out of memory");
     int rc = parse_one(f, buf, len, name, err, errlen);
-    if (rc) { st_close(f); return rc; }
+    if (rc) {
+        st_close(f);
+        return rc;
+    }
     *out = f;
     return 0;
 }

@@ -22,12 +22,12 @@
 
 typedef struct {
     char *name;
-    char dtype[8];            /* "F32", "F16", "BF16", "F64", "I64", ... */
-    int mt_type;              /* MT_F32 / MT_F16 / MT_BF16, or -1 for other dtypes */
+    char dtype[8]; /* "F32", "F16", "BF16", "F64", "I64", ... */
+    int mt_type;   /* MT_F32 / MT_F16 / MT_BF16, or -1 for other dtypes */
     int ndim;
     int64_t shape[ST_MAX_DIMS];
     int64_t numel;
-    const void *data;         /* inside the mmap */
+    const void *data; /* inside the mmap */
     size_t nbytes;
 } st_tensor;
 

@@ -23,20 +23,20 @@
 #include <unistd.h>
 
 typedef struct {
-    char *name;              /* NUL-terminated copy */
-    uint64_t size;           /* uncompressed (== compressed, STORED) */
-    uint64_t data_off;       /* offset of the data in the file */
+    char *name;        /* NUL-terminated copy */
+    uint64_t size;     /* uncompressed (== compressed, STORED) */
+    uint64_t data_off; /* offset of the data in the file */
 } tz_entry;
 
 struct tz_file {
     const unsigned char *buf;
     size_t len;
-    void *map;               /* non-NULL if we mmapped buf */
+    void *map; /* non-NULL if we mmapped buf */
     char name[256];
     tz_entry *entries;
     size_t n_entries;
-    char *prefix;            /* "archive/" etc., with the slash */
-    tz_value **all;          /* every value allocated, freed at close */
+    char *prefix;   /* "archive/" etc., with the slash */
+    tz_value **all; /* every value allocated, freed at close */
     size_t n_all, cap_all;
     tz_value *root;
 };
@@ -59,11 +59,15 @@ static int zip_read(tz_file *f, char *err, size_t errlen)
     size_t eocd = (size_t)-1;
     size_t lo = len > 22 + 65535 ? len - 22 - 65535 : 0;
     for (size_t i = len - 22 + 1; i-- > lo;) {
-        if (b[i] == 'P' && b[i + 1] == 'K' && b[i + 2] == 5 && b[i + 3] == 6) { eocd = i; break; }
+        if (b[i] == 'P' && b[i + 1] == 'K' && b[i + 2] == 5 && b[i + 3] == 6) {
+            eocd = i;
+            break;
+        }
     }
     if (eocd == (size_t)-1)
-        return model_errf(err, errlen, MODEL_EFORMAT, f->name, "no zip end-of-central-directory record "
-                    "(truncated file, or not a zip archive)");
+        return model_errf(err, errlen, MODEL_EFORMAT, f->name,
+                          "no zip end-of-central-directory record "
+                          "(truncated file, or not a zip archive)");
     uint64_t n_ent = rd16(b + eocd + 10);
     uint64_t cd_size = rd32(b + eocd + 12);
     uint64_t cd_off = rd32(b + eocd + 16);
@@ -79,22 +83,28 @@ static int zip_read(tz_file *f, char *err, size_t errlen)
     if (cd_off > len || cd_size > len - cd_off)
         return model_errf(err, errlen, MODEL_EFORMAT, f->name, "zip central directory lies outside the file");
     if (n_ent > cd_size / 46)
-        return model_errf(err, errlen, MODEL_EFORMAT, f->name, "zip entry count %llu does not fit the "
-                    "central directory", (unsigned long long)n_ent);
+        return model_errf(err, errlen, MODEL_EFORMAT, f->name,
+                          "zip entry count %llu does not fit the "
+                          "central directory",
+                          (unsigned long long)n_ent);
     f->entries = calloc(n_ent ? n_ent : 1, sizeof *f->entries);
     if (!f->entries) return model_errf(err, errlen, MODEL_ENOMEM, f->name, "out of memory");
     size_t p = (size_t)cd_off, end = (size_t)(cd_off + cd_size);
     for (uint64_t e = 0; e < n_ent; e++) {
         if (end - p < 46 || rd32(b + p) != 0x02014b50)
-            return model_errf(err, errlen, MODEL_EFORMAT, f->name, "zip central directory entry %llu is "
-                        "damaged", (unsigned long long)e);
+            return model_errf(err, errlen, MODEL_EFORMAT, f->name,
+                              "zip central directory entry %llu is "
+                              "damaged",
+                              (unsigned long long)e);
         unsigned method = rd16(b + p + 10);
         uint64_t csize = rd32(b + p + 20), usize = rd32(b + p + 24);
         size_t nlen = rd16(b + p + 28), xlen = rd16(b + p + 30), clen = rd16(b + p + 32);
         uint64_t loff = rd32(b + p + 42);
         if (end - p - 46 < nlen + xlen + clen)
-            return model_errf(err, errlen, MODEL_EFORMAT, f->name, "zip central directory entry %llu runs "
-                        "past the directory", (unsigned long long)e);
+            return model_errf(err, errlen, MODEL_EFORMAT, f->name,
+                              "zip central directory entry %llu runs "
+                              "past the directory",
+                              (unsigned long long)e);
         const unsigned char *nm = b + p + 46, *x = nm + nlen, *xe = x + xlen;
         /* zip64 extended information: only the fields that are 0xFFFFFFFF, in order. */
         while (xe - x >= 4) {
@@ -102,9 +112,18 @@ static int zip_read(tz_file *f, char *err, size_t errlen)
             if ((size_t)(xe - x - 4) < sz) break;
             if (id == 1) {
                 const unsigned char *q = x + 4, *qe = q + sz;
-                if (usize == 0xFFFFFFFFu && qe - q >= 8) { usize = rd64(q); q += 8; }
-                if (csize == 0xFFFFFFFFu && qe - q >= 8) { csize = rd64(q); q += 8; }
-                if (loff == 0xFFFFFFFFu && qe - q >= 8) { loff = rd64(q); q += 8; }
+                if (usize == 0xFFFFFFFFu && qe - q >= 8) {
+                    usize = rd64(q);
+                    q += 8;
+                }
+                if (csize == 0xFFFFFFFFu && qe - q >= 8) {
+                    csize = rd64(q);
+                    q += 8;
+                }
+                if (loff == 0xFFFFFFFFu && qe - q >= 8) {
+                    loff = rd64(q);
+                    q += 8;
+                }
             }
             x += 4 + sz;
         }
@@ -115,18 +134,26 @@ static int zip_read(tz_file *f, char *err, size_t errlen)
         f->entries[f->n_entries].name = name;
         f->n_entries++;
         if (method != 0)
-            return model_errf(err, errlen, MODEL_EFORMAT, f->name, "zip entry '%s' is compressed (method "
-                        "%u); torch.save writes STORED entries only", name, method);
+            return model_errf(err, errlen, MODEL_EFORMAT, f->name,
+                              "zip entry '%s' is compressed (method "
+                              "%u); torch.save writes STORED entries only",
+                              name, method);
         if (csize != usize)
-            return model_errf(err, errlen, MODEL_EFORMAT, f->name, "zip entry '%s' has differing stored and "
-                        "real sizes", name);
+            return model_errf(err, errlen, MODEL_EFORMAT, f->name,
+                              "zip entry '%s' has differing stored and "
+                              "real sizes",
+                              name);
         if (loff > len || len - loff < 30 || rd32(b + loff) != 0x04034b50)
-            return model_errf(err, errlen, MODEL_EFORMAT, f->name, "zip entry '%s': local header missing "
-                        "or outside the file", name);
+            return model_errf(err, errlen, MODEL_EFORMAT, f->name,
+                              "zip entry '%s': local header missing "
+                              "or outside the file",
+                              name);
         uint64_t doff = loff + 30 + rd16(b + loff + 26) + rd16(b + loff + 28);
         if (doff > len || usize > len - doff)
-            return model_errf(err, errlen, MODEL_EFORMAT, f->name, "zip entry '%s' (%llu bytes) runs past "
-                        "the end of the file (truncated?)", name, (unsigned long long)usize);
+            return model_errf(err, errlen, MODEL_EFORMAT, f->name,
+                              "zip entry '%s' (%llu bytes) runs past "
+                              "the end of the file (truncated?)",
+                              name, (unsigned long long)usize);
         f->entries[f->n_entries - 1].size = usize;
         f->entries[f->n_entries - 1].data_off = doff;
         p += 46 + nlen + xlen + clen;
@@ -191,16 +218,20 @@ const tz_value *tz_dict_get(const tz_value *v, const char *key)
 size_t tz_dtype_size(int dtype)
 {
     switch (dtype) {
-    case TZ_F64: case TZ_I64: return 8;
-    case TZ_F32: case TZ_I32: return 4;
-    case TZ_F16: case TZ_BF16: case TZ_I16: return 2;
+    case TZ_F64:
+    case TZ_I64: return 8;
+    case TZ_F32:
+    case TZ_I32: return 4;
+    case TZ_F16:
+    case TZ_BF16:
+    case TZ_I16: return 2;
     default: return 1;
     }
 }
 
 const char *tz_dtype_name(int dtype)
 {
-    static const char *names[] = {"F32", "F16", "BF16", "F64", "I64", "I32", "I16", "I8", "U8", "BOOL"};
+    static const char *names[] = { "F32", "F16", "BF16", "F64", "I64", "I32", "I16", "I8", "U8", "BOOL" };
     return dtype >= 0 && dtype <= TZ_BOOL_T ? names[dtype] : "?";
 }
 
@@ -302,8 +333,8 @@ static int memo_put(pvm *m, uint64_t idx)
 
 static int memo_get(pvm *m, uint64_t idx)
 {
-    if (idx >= m->memo_cap || !m->memo[idx]) return perr(m, "memo index %llu was never stored",
-                                                          (unsigned long long)idx);
+    if (idx >= m->memo_cap || !m->memo[idx])
+        return perr(m, "memo index %llu was never stored", (unsigned long long)idx);
     return push(m, m->memo[idx]);
 }
 
@@ -328,15 +359,23 @@ static tz_value *new_int(pvm *m, int64_t i, int kind)
 
 /* The allow-list: callables a torch.save pickle may name.  Their effect is
  * re-implemented in reduce(); none is looked up or executed. */
-static const struct { const char *name; int dtype; } allowed_globals[] = {
-    {"torch._utils._rebuild_tensor_v2", -1},
-    {"torch._utils._rebuild_parameter", -1},
-    {"collections.OrderedDict", -1},
-    {"torch.FloatStorage", TZ_F32},   {"torch.HalfStorage", TZ_F16},
-    {"torch.BFloat16Storage", TZ_BF16}, {"torch.DoubleStorage", TZ_F64},
-    {"torch.LongStorage", TZ_I64},    {"torch.IntStorage", TZ_I32},
-    {"torch.ShortStorage", TZ_I16},   {"torch.CharStorage", TZ_I8},
-    {"torch.ByteStorage", TZ_U8},     {"torch.BoolStorage", TZ_BOOL_T},
+static const struct {
+    const char *name;
+    int dtype;
+} allowed_globals[] = {
+    { "torch._utils._rebuild_tensor_v2", -1 },
+    { "torch._utils._rebuild_parameter", -1 },
+    { "collections.OrderedDict", -1 },
+    { "torch.FloatStorage", TZ_F32 },
+    { "torch.HalfStorage", TZ_F16 },
+    { "torch.BFloat16Storage", TZ_BF16 },
+    { "torch.DoubleStorage", TZ_F64 },
+    { "torch.LongStorage", TZ_I64 },
+    { "torch.IntStorage", TZ_I32 },
+    { "torch.ShortStorage", TZ_I16 },
+    { "torch.CharStorage", TZ_I8 },
+    { "torch.ByteStorage", TZ_U8 },
+    { "torch.BoolStorage", TZ_BOOL_T },
 };
 
 static int storage_dtype(const tz_value *g)
@@ -367,8 +406,10 @@ static int op_global(pvm *m, const char *mod, size_t mlen, const char *name, siz
         for (size_t i = 0; i < g->slen && k + 1 < sizeof shown; i++)
             shown[k++] = (g->s[i] >= 32 && g->s[i] < 127) ? g->s[i] : '?';
         shown[k] = 0;
-        return perr(m, "pickle calls forbidden global '%s' (only torch tensor/storage rebuilds "
-                    "and collections.OrderedDict are accepted; nothing is executed)", shown);
+        return perr(m,
+                    "pickle calls forbidden global '%s' (only torch tensor/storage rebuilds "
+                    "and collections.OrderedDict are accepted; nothing is executed)",
+                    shown);
     }
     return push(m, g);
 }
@@ -383,17 +424,15 @@ static int as_int(const tz_value *v, int64_t *out)
 static int rebuild_tensor(pvm *m, tz_value *args, tz_value **out)
 {
     /* (storage, storage_offset, size, stride, requires_grad, backward_hooks[, metadata]) */
-    if (args->kind != TZ_TUPLE || args->n < 4)
-        return perr(m, "_rebuild_tensor_v2 called with %zu arguments", args->n);
+    if (args->kind != TZ_TUPLE || args->n < 4) return perr(m, "_rebuild_tensor_v2 called with %zu arguments", args->n);
     tz_value *st = args->items[0], *sz = args->items[2], *sd = args->items[3];
     int64_t off;
     if (st->kind != TZ_STORAGE) return perr(m, "_rebuild_tensor_v2: first argument is not a storage");
     if (as_int(args->items[1], &off) || off < 0) return perr(m, "_rebuild_tensor_v2: bad storage offset");
-    if ((sz->kind != TZ_TUPLE && sz->kind != TZ_LIST) || (sd->kind != TZ_TUPLE && sd->kind != TZ_LIST)
-        || sz->n != sd->n)
+    if ((sz->kind != TZ_TUPLE && sz->kind != TZ_LIST) || (sd->kind != TZ_TUPLE && sd->kind != TZ_LIST) ||
+        sz->n != sd->n)
         return perr(m, "_rebuild_tensor_v2: size and stride must be tuples of equal length");
-    if (sz->n > TZ_MAX_DIMS) return perr(m, "tensor has %zu dimensions (at most %d supported)",
-                                         sz->n, TZ_MAX_DIMS);
+    if (sz->n > TZ_MAX_DIMS) return perr(m, "tensor has %zu dimensions (at most %d supported)", sz->n, TZ_MAX_DIMS);
     tz_value *t = val_new(m->f, TZ_TENSOR);
     if (!t) return MODEL_ENOMEM;
     t->t.dtype = st->t.dtype;
@@ -411,8 +450,10 @@ static int rebuild_tensor(pvm *m, tz_value *args, tz_value **out)
             return perr(m, "tensor dimension %zu has an absurd size %lld", d, (long long)n);
         t->t.shape[d] = n;
         t->t.stride[d] = s;
-        if (n == 0) empty = 1;
-        else last += (n - 1) * s;
+        if (n == 0)
+            empty = 1;
+        else
+            last += (n - 1) * s;
         if (numel > ((int64_t)1 << 40) / (n ? n : 1)) return perr(m, "tensor has absurdly many elements");
         numel *= n;
     }
@@ -439,8 +480,7 @@ static int op_reduce(pvm *m)
         int rc = rebuild_tensor(m, args, &res);
         if (rc) return rc;
     } else if (strcmp(fn->s, "torch._utils._rebuild_parameter") == 0) {
-        if (args->n < 1 || args->items[0]->kind != TZ_TENSOR)
-            return perr(m, "_rebuild_parameter without a tensor");
+        if (args->n < 1 || args->items[0]->kind != TZ_TENSOR) return perr(m, "_rebuild_parameter without a tensor");
         res = args->items[0];
     } else {
         return perr(m, "REDUCE may not call '%s'", fn->s);
@@ -453,17 +493,21 @@ static int op_persid(pvm *m)
     tz_value *pid = pop(m);
     if (!pid) return perr(m, "BINPERSID with an empty stack");
     /* ('storage', <StorageType>, key, location, numel) */
-    if (pid->kind != TZ_TUPLE || pid->n != 5 || pid->items[0]->kind != TZ_STR
-        || strcmp(pid->items[0]->s, "storage") != 0 || pid->items[1]->kind != TZ_GLOBAL)
+    if (pid->kind != TZ_TUPLE || pid->n != 5 || pid->items[0]->kind != TZ_STR ||
+        strcmp(pid->items[0]->s, "storage") != 0 || pid->items[1]->kind != TZ_GLOBAL)
         return perr(m, "persistent id is not a ('storage', type, key, location, numel) tuple");
     int dtype = storage_dtype(pid->items[1]);
     if (dtype < 0) return perr(m, "'%s' is not a storage type", pid->items[1]->s);
     tz_value *key = pid->items[2];
     char kbuf[32];
     const char *k;
-    if (key->kind == TZ_STR) k = key->s;
-    else if (key->kind == TZ_INT) { snprintf(kbuf, sizeof kbuf, "%lld", (long long)key->i); k = kbuf; }
-    else return perr(m, "storage key is neither a string nor an int");
+    if (key->kind == TZ_STR)
+        k = key->s;
+    else if (key->kind == TZ_INT) {
+        snprintf(kbuf, sizeof kbuf, "%lld", (long long)key->i);
+        k = kbuf;
+    } else
+        return perr(m, "storage key is neither a string nor an int");
     int64_t numel;
     if (as_int(pid->items[4], &numel) || numel < 0) return perr(m, "storage has a bad element count");
     size_t plen = strlen(m->f->prefix), klen = strlen(k);
@@ -475,8 +519,8 @@ static int op_persid(pvm *m)
     if (!e) return perr(m, "storage '%s' has no data/%s entry in the archive", k, k);
     size_t es = tz_dtype_size(dtype);
     if ((uint64_t)numel > e->size / es)
-        return perr(m, "storage '%s' claims %lld elements of %zu bytes but its entry holds %llu bytes",
-                    k, (long long)numel, es, (unsigned long long)e->size);
+        return perr(m, "storage '%s' claims %lld elements of %zu bytes but its entry holds %llu bytes", k,
+                    (long long)numel, es, (unsigned long long)e->size);
     tz_value *s = val_new(m->f, TZ_STORAGE);
     if (!s) return MODEL_ENOMEM;
     s->t.dtype = dtype;
@@ -510,7 +554,7 @@ static int op_mark(pvm *m) /* MARK */
 
 static int op_int(pvm *m, unsigned op) /* BININT1, BININT2, BININT, LONG1 */
 {
-    static const unsigned width[4] = {1, 2, 4, 0}; /* K M J; LONG1 reads its width */
+    static const unsigned width[4] = { 1, 2, 4, 0 }; /* K M J; LONG1 reads its width */
     unsigned w = width[op == 'K' ? 0 : op == 'M' ? 1 : op == 'J' ? 2 : 3];
     int rc;
     int64_t i;
@@ -663,9 +707,7 @@ static int op_stack(pvm *m, unsigned op) /* POP, POP_MARK, DUP */
         if (!rc) m->sp = from;
         return rc;
     }
-    default:
-        v = top(m);
-        return v ? push(m, v) : perr(m, "DUP with an empty stack");
+    default: v = top(m); return v ? push(m, v) : perr(m, "DUP with an empty stack");
     }
 }
 
@@ -682,7 +724,7 @@ static int step(pvm *m, unsigned op)
 {
     switch (op) {
     case 0x80: return op_proto(m);
-    case 0x95: /* FRAME: an 8-byte frame length, not needed */
+    case 0x95:                                /* FRAME: an 8-byte frame length, not needed */
         if (need(m, 8)) return MODEL_EFORMAT; /* need wrote the message */
         m->p += 8;
         return 0;
@@ -693,16 +735,38 @@ static int step(pvm *m, unsigned op)
     case 'N': return push(m, val_new(m->f, TZ_NONE));  /* NONE */
     case 0x88: return push(m, new_int(m, 1, TZ_BOOL)); /* NEWTRUE */
     case 0x89: return push(m, new_int(m, 0, TZ_BOOL)); /* NEWFALSE */
-    case 'K': case 'M': case 'J': case 0x8a: return op_int(m, op);
+    case 'K':
+    case 'M':
+    case 'J':
+    case 0x8a: return op_int(m, op);
     case 'G': return op_binfloat(m);
-    case 'X': case 0x8c: case 'T': case 'U': case 'B': case 'C': case 0x8d: return op_string(m, op);
+    case 'X':
+    case 0x8c:
+    case 'T':
+    case 'U':
+    case 'B':
+    case 'C':
+    case 0x8d: return op_string(m, op);
     case 'c': return op_global_line(m);
     case 0x93: return op_stack_global(m);
-    case 't': case 'l': case 'd': return op_collect(m, op);
-    case 0x85: case 0x86: case 0x87: return op_tuple_n(m, op - 0x84);
-    case 's': case 'u': case 'a': case 'e': return op_fill(m, op);
-    case 'q': case 'r': case 0x94: case 'h': case 'j': return op_memo(m, op);
-    case '0': case '1': case '2': return op_stack(m, op);
+    case 't':
+    case 'l':
+    case 'd': return op_collect(m, op);
+    case 0x85:
+    case 0x86:
+    case 0x87: return op_tuple_n(m, op - 0x84);
+    case 's':
+    case 'u':
+    case 'a':
+    case 'e': return op_fill(m, op);
+    case 'q':
+    case 'r':
+    case 0x94:
+    case 'h':
+    case 'j': return op_memo(m, op);
+    case '0':
+    case '1':
+    case '2': return op_stack(m, op);
     case 'R': return op_reduce(m);
     case 'Q': return op_persid(m);
     case 'b': return op_build(m);
@@ -712,7 +776,7 @@ static int step(pvm *m, unsigned op)
 
 static int run_pickle(tz_file *f, const unsigned char *p, size_t len, char *err, size_t errlen)
 {
-    pvm m = {.f = f, .p = p, .end = p + len, .start = p, .err = err, .errlen = errlen};
+    pvm m = { .f = f, .p = p, .end = p + len, .start = p, .err = err, .errlen = errlen };
     int rc = 0;
     while (!rc) {
         if (m.p >= m.end) {
@@ -722,8 +786,10 @@ static int run_pickle(tz_file *f, const unsigned char *p, size_t len, char *err,
         unsigned op = *m.p++;
         if (op == '.') { /* STOP: the one value left is the result */
             tz_value *v = pop(&m);
-            if (!v || m.sp != 0) rc = perr(&m, "STOP with %zu stack items", m.sp + (v != NULL));
-            else f->root = v;
+            if (!v || m.sp != 0)
+                rc = perr(&m, "STOP with %zu stack items", m.sp + (v != NULL));
+            else
+                f->root = v;
             break;
         }
         rc = step(&m, op);
@@ -739,8 +805,9 @@ static int run_pickle(tz_file *f, const unsigned char *p, size_t len, char *err,
 static int tz_parse(tz_file *f, char *err, size_t errlen)
 {
     if (f->len >= 2 && f->buf[0] == 0x80 && f->buf[1] <= 5)
-        return model_errf(err, errlen, MODEL_EFORMAT, f->name, "legacy (pre-1.6, non-zip) torch.save format "
-                    "is not supported; re-save it with a current torch (zip format)");
+        return model_errf(err, errlen, MODEL_EFORMAT, f->name,
+                          "legacy (pre-1.6, non-zip) torch.save format "
+                          "is not supported; re-save it with a current torch (zip format)");
     if (f->len < 4 || rd32(f->buf) != 0x04034b50)
         return model_errf(err, errlen, MODEL_EFORMAT, f->name, "not a zip archive (torch.save zip format)");
     int rc = zip_read(f, err, errlen);
@@ -753,7 +820,9 @@ static int tz_parse(tz_file *f, char *err, size_t errlen)
             pkl = &f->entries[i];
         }
     }
-    if (!pkl) return model_errf(err, errlen, MODEL_EFORMAT, f->name, "zip archive has no <prefix>/data.pkl "
+    if (!pkl)
+        return model_errf(err, errlen, MODEL_EFORMAT, f->name,
+                          "zip archive has no <prefix>/data.pkl "
                           "record: not a torch.save file");
     size_t plen = (size_t)(strchr(pkl->name, '/') - pkl->name) + 1;
     f->prefix = malloc(plen + 1);
@@ -772,7 +841,10 @@ int tz_open_mem(tz_file **out, const void *buf, size_t len, const char *name, ch
     f->len = len;
     snprintf(f->name, sizeof f->name, "%s", name ? name : "(memory)");
     int rc = tz_parse(f, err, errlen);
-    if (rc) { tz_close(f); return rc; }
+    if (rc) {
+        tz_close(f);
+        return rc;
+    }
     *out = f;
     return 0;
 }
@@ -800,7 +872,10 @@ int tz_open(tz_file **out, const char *path, char *err, size_t errlen)
     f->map = map;
     snprintf(f->name, sizeof f->name, "%s", path);
     int rc = tz_parse(f, err, errlen);
-    if (rc) { tz_close(f); return rc; }
+    if (rc) {
+        tz_close(f);
+        return rc;
+    }
     *out = f;
     return 0;
 }
@@ -835,10 +910,18 @@ static double elem_at(const tz_tensor *t, int64_t idx)
 {
     const unsigned char *p = t->storage + (size_t)idx * tz_dtype_size(t->dtype);
     switch (t->dtype) {
-    case TZ_F32: { float v; memcpy(&v, p, 4); return v; }
+    case TZ_F32: {
+        float v;
+        memcpy(&v, p, 4);
+        return v;
+    }
     case TZ_F16: return model_f16_to_f32(rd16(p));
     case TZ_BF16: return model_bf16_to_f32(rd16(p));
-    case TZ_F64: { double v; memcpy(&v, p, 8); return v; }
+    case TZ_F64: {
+        double v;
+        memcpy(&v, p, 8);
+        return v;
+    }
     case TZ_I64: return (double)(int64_t)rd64(p);
     case TZ_I32: return (double)(int32_t)rd32(p);
     case TZ_I16: return (double)(int16_t)rd16(p);
@@ -847,18 +930,18 @@ static double elem_at(const tz_tensor *t, int64_t idx)
     }
 }
 
-#define TZ_WALK(T, OUT, CONV)                                                     \
-    do {                                                                         \
-        int64_t ix[TZ_MAX_DIMS] = {0};                                           \
-        for (int64_t k = 0; k < (T)->numel; k++) {                               \
-            int64_t e = (T)->offset;                                             \
-            for (int d = 0; d < (T)->ndim; d++) e += ix[d] * (T)->stride[d];     \
-            (OUT)[k] = CONV(elem_at((T), e));                                    \
-            for (int d = (T)->ndim - 1; d >= 0; d--) {                           \
-                if (++ix[d] < (T)->shape[d]) break;                              \
-                ix[d] = 0;                                                       \
-            }                                                                    \
-        }                                                                        \
+#define TZ_WALK(T, OUT, CONV)                                                \
+    do {                                                                     \
+        int64_t ix[TZ_MAX_DIMS] = { 0 };                                     \
+        for (int64_t k = 0; k < (T)->numel; k++) {                           \
+            int64_t e = (T)->offset;                                         \
+            for (int d = 0; d < (T)->ndim; d++) e += ix[d] * (T)->stride[d]; \
+            (OUT)[k] = CONV(elem_at((T), e));                                \
+            for (int d = (T)->ndim - 1; d >= 0; d--) {                       \
+                if (++ix[d] < (T)->shape[d]) break;                          \
+                ix[d] = 0;                                                   \
+            }                                                                \
+        }                                                                    \
     } while (0)
 
 void tz_tensor_to_f32(const tz_tensor *t, float *out)

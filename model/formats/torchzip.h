@@ -29,8 +29,17 @@
 /* ---- Types ---------------------------------------------------------------- */
 
 enum {
-    TZ_NONE, TZ_BOOL, TZ_INT, TZ_FLOAT, TZ_STR, TZ_TUPLE, TZ_LIST, TZ_DICT,
-    TZ_TENSOR, TZ_GLOBAL, TZ_STORAGE,
+    TZ_NONE,
+    TZ_BOOL,
+    TZ_INT,
+    TZ_FLOAT,
+    TZ_STR,
+    TZ_TUPLE,
+    TZ_LIST,
+    TZ_DICT,
+    TZ_TENSOR,
+    TZ_GLOBAL,
+    TZ_STORAGE,
 };
 
 /* Storage element types. */
@@ -39,27 +48,27 @@ enum { TZ_F32, TZ_F16, TZ_BF16, TZ_F64, TZ_I64, TZ_I32, TZ_I16, TZ_I8, TZ_U8, TZ
 #define TZ_MAX_DIMS 8
 
 typedef struct {
-    int dtype;                    /* TZ_F32 ... */
+    int dtype; /* TZ_F32 ... */
     int ndim;
     int64_t shape[TZ_MAX_DIMS];
     int64_t stride[TZ_MAX_DIMS];  /* in elements */
     int64_t offset;               /* storage offset, in elements */
     const unsigned char *storage; /* start of the storage (inside the mmap) */
     int64_t storage_numel;
-    int64_t numel;                /* product of shape */
+    int64_t numel; /* product of shape */
 } tz_tensor;
 
 typedef struct tz_value tz_value;
 struct tz_value {
-    int kind;                     /* TZ_* */
-    int64_t i;                    /* TZ_BOOL, TZ_INT */
-    double f;                     /* TZ_FLOAT */
-    char *s;                      /* TZ_STR (NUL-terminated), TZ_GLOBAL ("module.name") */
+    int kind;  /* TZ_* */
+    int64_t i; /* TZ_BOOL, TZ_INT */
+    double f;  /* TZ_FLOAT */
+    char *s;   /* TZ_STR (NUL-terminated), TZ_GLOBAL ("module.name") */
     size_t slen;
-    tz_value **items;             /* TUPLE/LIST items; DICT: key0, val0, key1, val1, ... */
-    size_t n;                     /* number of items (DICT: 2 * pairs) */
+    tz_value **items; /* TUPLE/LIST items; DICT: key0, val0, key1, val1, ... */
+    size_t n;         /* number of items (DICT: 2 * pairs) */
     size_t cap;
-    tz_tensor t;                  /* TZ_TENSOR; TZ_STORAGE uses dtype/storage/storage_numel */
+    tz_tensor t; /* TZ_TENSOR; TZ_STORAGE uses dtype/storage/storage_numel */
 };
 
 typedef struct tz_file tz_file;
@@ -69,8 +78,7 @@ typedef struct tz_file tz_file;
 /* Open and parse path.  Returns 0 or a negative MODEL_E* code with one line in err. */
 int tz_open(tz_file **out, const char *path, char *err, size_t errlen);
 /* Same, from a caller-owned buffer that must outlive the tz_file (tests, fuzzing). */
-int tz_open_mem(tz_file **out, const void *buf, size_t len, const char *name,
-                char *err, size_t errlen);
+int tz_open_mem(tz_file **out, const void *buf, size_t len, const char *name, char *err, size_t errlen);
 void tz_close(tz_file *f);
 
 const tz_value *tz_root(const tz_file *f);

@@ -47,8 +47,8 @@
 #include <time.h>
 
 #define CT_MAX_OUTPUT (8u << 20)
-#define CT_MAX_STEPS 1000000L
-#define CT_MAX_DEPTH 200
+#define CT_MAX_STEPS  1000000L
+#define CT_MAX_DEPTH  200
 #define CT_MAX_MEMORY (64u << 20) /* working memory of one compile or render */
 
 /* ---- Arena ------------------------------------------------------------------------- */
@@ -61,8 +61,8 @@ typedef struct arena_block {
 
 typedef struct {
     arena_block *head;
-    size_t total;              /* bytes taken from malloc */
-    int over;                  /* the last NULL was the budget, not malloc */
+    size_t total; /* bytes taken from malloc */
+    int over;     /* the last NULL was the budget, not malloc */
 } arena;
 
 static void arena_free(arena *a)
@@ -110,14 +110,13 @@ static void *arena_alloc(arena *a, size_t n)
 
 typedef struct {
     jmp_buf jb;
-    arena *mem;     /* where nodes (compile) or values (render) go */
+    arena *mem; /* where nodes (compile) or values (render) go */
     char *err;
     size_t errlen;
     int code;
 } failer;
 
-__attribute__((noreturn, format(printf, 4, 5)))
-static void fail(failer *f, int code, int line, const char *fmt, ...)
+__attribute__((noreturn, format(printf, 4, 5))) static void fail(failer *f, int code, int line, const char *fmt, ...)
 {
     if (f->err && f->errlen) {
         char msg[400];
@@ -137,7 +136,8 @@ static void fail(failer *f, int code, int line, const char *fmt, ...)
 static void *xalloc(failer *f, size_t n)
 {
     void *p = arena_alloc(f->mem, n ? n : 1);
-    if (!p && f->mem->over) fail(f, MODEL_ECHAT_EVAL, 0, "the template needs more than %u MiB of memory", CT_MAX_MEMORY >> 20);
+    if (!p && f->mem->over)
+        fail(f, MODEL_ECHAT_EVAL, 0, "the template needs more than %u MiB of memory", CT_MAX_MEMORY >> 20);
     if (!p) fail(f, MODEL_ENOMEM, 0, "out of memory");
     return p;
 }
@@ -164,8 +164,11 @@ struct value {
         str_t s;
         vlist *l;
         vdict *d;
-        int fn;                        /* V_FUNC: global function id */
-        struct { int id; value *self; } m; /* V_METHOD: method id, receiver */
+        int fn; /* V_FUNC: global function id */
+        struct {
+            int id;
+            value *self;
+        } m; /* V_METHOD: method id, receiver */
     } u;
 };
 
@@ -178,16 +181,37 @@ struct vdict {
     str_t *key;
     value *v;
     size_t n, cap;
-    int ns;                            /* a namespace(): its attributes may be set */
+    int ns; /* a namespace(): its attributes may be set */
 };
 
-static const value UNDEF = {V_UNDEF, {0}};
-static const value NONE = {V_NONE, {0}};
+static const value UNDEF = { V_UNDEF, { 0 } };
+static const value NONE = { V_NONE, { 0 } };
 
-static value vbool(int b) { value v = {V_BOOL, {0}}; v.u.b = !!b; return v; }
-static value vint(long long i) { value v = {V_INT, {0}}; v.u.i = i; return v; }
-static value vfloat(double f) { value v = {V_FLOAT, {0}}; v.u.f = f; return v; }
-static value vstr(const char *s, size_t n) { value v = {V_STR, {0}}; v.u.s.s = s; v.u.s.n = n; return v; }
+static value vbool(int b)
+{
+    value v = { V_BOOL, { 0 } };
+    v.u.b = !!b;
+    return v;
+}
+static value vint(long long i)
+{
+    value v = { V_INT, { 0 } };
+    v.u.i = i;
+    return v;
+}
+static value vfloat(double f)
+{
+    value v = { V_FLOAT, { 0 } };
+    v.u.f = f;
+    return v;
+}
+static value vstr(const char *s, size_t n)
+{
+    value v = { V_STR, { 0 } };
+    v.u.s.s = s;
+    v.u.s.n = n;
+    return v;
+}
 
 static int str_eq(str_t a, const char *b)
 {
@@ -257,8 +281,18 @@ static void dict_set(failer *f, vdict *d, str_t k, value v)
     d->v[d->n++] = v;
 }
 
-static value vlistv(vlist *l) { value v = {V_LIST, {0}}; v.u.l = l; return v; }
-static value vdictv(vdict *d) { value v = {V_DICT, {0}}; v.u.d = d; return v; }
+static value vlistv(vlist *l)
+{
+    value v = { V_LIST, { 0 } };
+    v.u.l = l;
+    return v;
+}
+static value vdictv(vdict *d)
+{
+    value v = { V_DICT, { 0 } };
+    v.u.d = d;
+    return v;
+}
 
 /* ---- Growing byte buffers (render output, string building) ---------------------------- */
 
@@ -297,7 +331,7 @@ static void buf_printf(failer *f, buf_t *b, const char *fmt, ...)
     if (n > 0) buf_put(f, b, tmp, (size_t)n < sizeof tmp ? (size_t)n : sizeof tmp - 1);
 }
 
-static str_t buf_str(buf_t *b) { return (str_t){b->p ? b->p : "", b->n}; }
+static str_t buf_str(buf_t *b) { return (str_t){ b->p ? b->p : "", b->n }; }
 
 /* ---- Template lexing: text and tags ---------------------------------------------------- */
 
@@ -305,7 +339,7 @@ enum { SEG_TEXT, SEG_EXPR, SEG_STMT };
 
 typedef struct {
     int kind;
-    str_t s;      /* text, or the tag's inside without the whitespace-control marks */
+    str_t s; /* text, or the tag's inside without the whitespace-control marks */
     int line;
 } segment;
 
@@ -355,8 +389,10 @@ static segment *lex_template(failer *f, const char *src, size_t len, size_t *n_o
         if (strip_next)
             while (ts < te && is_ws(*ts)) ts++;
         else if (trim_nl) {
-            if (ts < te && *ts == '\n') ts++;
-            else if (te - ts >= 2 && ts[0] == '\r' && ts[1] == '\n') ts += 2;
+            if (ts < te && *ts == '\n')
+                ts++;
+            else if (te - ts >= 2 && ts[0] == '\r' && ts[1] == '\n')
+                ts += 2;
         }
         int kind = j < end ? j[1] : 0;
         if (j < end) {
@@ -377,7 +413,7 @@ static segment *lex_template(failer *f, const char *src, size_t len, size_t *n_o
                 seg = ns;
                 cap *= 2;
             }
-            seg[n++] = (segment){SEG_TEXT, {ts, (size_t)(te - ts)}, line_of(src, ts)};
+            seg[n++] = (segment){ SEG_TEXT, { ts, (size_t)(te - ts) }, line_of(src, ts) };
         }
         if (j >= end) break;
         const char *close = tag_end(j, end);
@@ -393,7 +429,7 @@ static segment *lex_template(failer *f, const char *src, size_t len, size_t *n_o
                 seg = ns;
                 cap *= 2;
             }
-            seg[n++] = (segment){kind == '{' ? SEG_EXPR : SEG_STMT, {is, (size_t)(ie - is)}, line_of(src, j)};
+            seg[n++] = (segment){ kind == '{' ? SEG_EXPR : SEG_STMT, { is, (size_t)(ie - is) }, line_of(src, j) };
         }
         pos = close + 2;
         strip_next = end_minus;
@@ -409,7 +445,7 @@ enum { T_END, T_NAME, T_INT, T_FLOAT, T_STR, T_OP };
 
 typedef struct {
     int k;
-    str_t s;          /* name, operator spelling, or the decoded string */
+    str_t s; /* name, operator spelling, or the decoded string */
     long long i;
     double f;
 } token;
@@ -441,28 +477,47 @@ static str_t unescape(failer *f, const char *s, size_t n, int line)
         case '\'': o[k++] = '\''; break;
         case '"': o[k++] = '"'; break;
         case '\n': break; /* a backslash-newline continues the line */
-        case 'x': case 'u': case 'U': {
+        case 'x':
+        case 'u':
+        case 'U': {
             int digits = c == 'x' ? 2 : c == 'u' ? 4 : 8;
             unsigned long cp = 0;
             if (i + (size_t)digits > n - 1) fail(f, MODEL_EFORMAT, line, "bad escape \\%c", c);
             for (int d = 0; d < digits; d++) {
                 char h = s[++i];
-                int v = h >= '0' && h <= '9' ? h - '0' : h >= 'a' && h <= 'f' ? h - 'a' + 10 : h >= 'A' && h <= 'F' ? h - 'A' + 10 : -1;
+                int v = h >= '0' && h <= '9'   ? h - '0'
+                        : h >= 'a' && h <= 'f' ? h - 'a' + 10
+                        : h >= 'A' && h <= 'F' ? h - 'A' + 10
+                                               : -1;
                 if (v < 0) fail(f, MODEL_EFORMAT, line, "bad escape \\%c", c);
                 cp = cp * 16 + (unsigned long)v;
             }
-            if (cp < 0x80) o[k++] = (char)cp;
-            else if (cp < 0x800) { o[k++] = (char)(0xC0 | cp >> 6); o[k++] = (char)(0x80 | (cp & 63)); }
-            else if (cp < 0x10000) { o[k++] = (char)(0xE0 | cp >> 12); o[k++] = (char)(0x80 | (cp >> 6 & 63)); o[k++] = (char)(0x80 | (cp & 63)); }
-            else if (cp < 0x110000) { o[k++] = (char)(0xF0 | cp >> 18); o[k++] = (char)(0x80 | (cp >> 12 & 63)); o[k++] = (char)(0x80 | (cp >> 6 & 63)); o[k++] = (char)(0x80 | (cp & 63)); }
-            else fail(f, MODEL_EFORMAT, line, "bad code point in escape");
+            if (cp < 0x80)
+                o[k++] = (char)cp;
+            else if (cp < 0x800) {
+                o[k++] = (char)(0xC0 | cp >> 6);
+                o[k++] = (char)(0x80 | (cp & 63));
+            } else if (cp < 0x10000) {
+                o[k++] = (char)(0xE0 | cp >> 12);
+                o[k++] = (char)(0x80 | (cp >> 6 & 63));
+                o[k++] = (char)(0x80 | (cp & 63));
+            } else if (cp < 0x110000) {
+                o[k++] = (char)(0xF0 | cp >> 18);
+                o[k++] = (char)(0x80 | (cp >> 12 & 63));
+                o[k++] = (char)(0x80 | (cp >> 6 & 63));
+                o[k++] = (char)(0x80 | (cp & 63));
+            } else
+                fail(f, MODEL_EFORMAT, line, "bad code point in escape");
             break;
         }
-        default: o[k++] = '\\'; o[k++] = c; break; /* Python keeps unknown escapes */
+        default:
+            o[k++] = '\\';
+            o[k++] = c;
+            break; /* Python keeps unknown escapes */
         }
     }
     o[k] = '\0';
-    return (str_t){o, k};
+    return (str_t){ o, k };
 }
 
 static void tokenize_expr(parser *p, str_t src)
@@ -484,9 +539,11 @@ static void tokenize_expr(parser *p, str_t src)
         memset(k, 0, sizeof *k);
         if ((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || *s == '_') {
             const char *b = s;
-            while (s < e && ((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || *s == '_' || (*s >= '0' && *s <= '9'))) s++;
+            while (s < e &&
+                   ((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || *s == '_' || (*s >= '0' && *s <= '9')))
+                s++;
             k->k = T_NAME;
-            k->s = (str_t){b, (size_t)(s - b)};
+            k->s = (str_t){ b, (size_t)(s - b) };
         } else if (*s >= '0' && *s <= '9') {
             const char *b = s;
             int is_float = 0;
@@ -523,9 +580,9 @@ static void tokenize_expr(parser *p, str_t src)
             k->s = unescape(f, b, (size_t)(s - b), p->line);
             s++;
         } else {
-            static const char *const ops2[] = {"==", "!=", "<=", ">=", "//", "**"};
+            static const char *const ops2[] = { "==", "!=", "<=", ">=", "//", "**" };
             k->k = T_OP;
-            k->s = (str_t){s, 1};
+            k->s = (str_t){ s, 1 };
             for (size_t i = 0; i < sizeof ops2 / sizeof ops2[0]; i++)
                 if (e - s >= 2 && s[0] == ops2[i][0] && s[1] == ops2[i][1]) k->s.n = 2;
             if (!strchr("+-*/%~=<>!()[]{}.,:|", *s)) fail(f, MODEL_EFORMAT, p->line, "unexpected character '%c'", *s);
@@ -534,7 +591,7 @@ static void tokenize_expr(parser *p, str_t src)
         n++;
     }
     t[n].k = T_END;
-    t[n].s = (str_t){"", 0};
+    t[n].s = (str_t){ "", 0 };
     p->t = t;
     p->n = n;
     p->pos = 0;
@@ -542,11 +599,30 @@ static void tokenize_expr(parser *p, str_t src)
 
 static token *peek(parser *p) { return &p->t[p->pos]; }
 static token *peek2(parser *p) { return &p->t[p->pos + 1 <= p->n ? p->pos + 1 : p->n]; }
-static token *next(parser *p) { token *t = &p->t[p->pos]; if (p->pos < p->n) p->pos++; return t; }
+static token *next(parser *p)
+{
+    token *t = &p->t[p->pos];
+    if (p->pos < p->n) p->pos++;
+    return t;
+}
 static int is_op(const token *t, const char *op) { return t->k == T_OP && str_eq(t->s, op); }
 static int is_name(const token *t, const char *name) { return t->k == T_NAME && str_eq(t->s, name); }
-static int accept_op(parser *p, const char *op) { if (is_op(peek(p), op)) { next(p); return 1; } return 0; }
-static int accept_name(parser *p, const char *nm) { if (is_name(peek(p), nm)) { next(p); return 1; } return 0; }
+static int accept_op(parser *p, const char *op)
+{
+    if (is_op(peek(p), op)) {
+        next(p);
+        return 1;
+    }
+    return 0;
+}
+static int accept_name(parser *p, const char *nm)
+{
+    if (is_name(peek(p), nm)) {
+        next(p);
+        return 1;
+    }
+    return 0;
+}
 
 static void expect_op(parser *p, const char *op)
 {
@@ -565,21 +641,36 @@ static str_t expect_name(parser *p)
 /* ---- Expression trees ------------------------------------------------------------------------ */
 
 enum {
-    E_LIT, E_NAME, E_ATTR, E_INDEX, E_SLICE, E_CALL, E_FILTER, E_TEST, E_NOT, E_NEG, E_POS,
-    E_BIN, E_AND, E_OR, E_COND, E_LIST, E_DICT,
+    E_LIT,
+    E_NAME,
+    E_ATTR,
+    E_INDEX,
+    E_SLICE,
+    E_CALL,
+    E_FILTER,
+    E_TEST,
+    E_NOT,
+    E_NEG,
+    E_POS,
+    E_BIN,
+    E_AND,
+    E_OR,
+    E_COND,
+    E_LIST,
+    E_DICT,
 };
 
 typedef struct node node;
 struct node {
     int k, line;
-    value lit;          /* E_LIT */
-    str_t name;         /* E_NAME, E_ATTR (attribute), E_FILTER / E_TEST (name), E_BIN (operator) */
-    node *a, *b, *c;    /* operands; E_SLICE: object, start, stop (d: step) */
+    value lit;       /* E_LIT */
+    str_t name;      /* E_NAME, E_ATTR (attribute), E_FILTER / E_TEST (name), E_BIN (operator) */
+    node *a, *b, *c; /* operands; E_SLICE: object, start, stop (d: step) */
     node *d;
-    node **args;        /* E_CALL / E_FILTER / E_TEST arguments; E_LIST items; E_DICT keys,values */
-    str_t *kw;          /* keyword names (NULL name: positional) */
+    node **args; /* E_CALL / E_FILTER / E_TEST arguments; E_LIST items; E_DICT keys,values */
+    str_t *kw;   /* keyword names (NULL name: positional) */
     int nargs;
-    int negate;         /* E_TEST: "is not" */
+    int negate; /* E_TEST: "is not" */
 };
 
 static node *mk(parser *p, int k)
@@ -596,9 +687,9 @@ static node *parse_expr(parser *p, int with_cond);
 static int starts_primary(const token *t)
 {
     if (t->k == T_STR || t->k == T_INT || t->k == T_FLOAT) return 1;
-    if (t->k == T_NAME) return !(str_eq(t->s, "and") || str_eq(t->s, "or") || str_eq(t->s, "not") ||
-                                 str_eq(t->s, "in") || str_eq(t->s, "is") || str_eq(t->s, "if") ||
-                                 str_eq(t->s, "else"));
+    if (t->k == T_NAME)
+        return !(str_eq(t->s, "and") || str_eq(t->s, "or") || str_eq(t->s, "not") || str_eq(t->s, "in") ||
+                 str_eq(t->s, "is") || str_eq(t->s, "if") || str_eq(t->s, "else"));
     return is_op(t, "(") || is_op(t, "[") || is_op(t, "{");
 }
 
@@ -620,7 +711,7 @@ static void parse_args(parser *p, node *n)
             n->kw = nk;
             cap *= 2;
         }
-        str_t kw = {NULL, 0};
+        str_t kw = { NULL, 0 };
         if (peek(p)->k == T_NAME && is_op(peek2(p), "=")) {
             kw = next(p)->s;
             next(p);
@@ -643,7 +734,7 @@ static node *parse_primary(parser *p)
             memcpy(c, s.s, s.n);
             memcpy(c + s.n, more.s, more.n);
             c[s.n + more.n] = '\0';
-            s = (str_t){c, s.n + more.n};
+            s = (str_t){ c, s.n + more.n };
         }
         n = mk(p, E_LIT);
         n->lit = vstr(s.s, s.n);
@@ -658,9 +749,12 @@ static node *parse_primary(parser *p)
     if (t->k == T_NAME) {
         next(p);
         n = mk(p, E_LIT);
-        if (str_eq(t->s, "true") || str_eq(t->s, "True")) n->lit = vbool(1);
-        else if (str_eq(t->s, "false") || str_eq(t->s, "False")) n->lit = vbool(0);
-        else if (str_eq(t->s, "none") || str_eq(t->s, "None")) n->lit = NONE;
+        if (str_eq(t->s, "true") || str_eq(t->s, "True"))
+            n->lit = vbool(1);
+        else if (str_eq(t->s, "false") || str_eq(t->s, "False"))
+            n->lit = vbool(0);
+        else if (str_eq(t->s, "none") || str_eq(t->s, "None"))
+            n->lit = NONE;
         else {
             n->k = E_NAME;
             n->name = t->s;
@@ -729,12 +823,14 @@ static node *parse_postfix(parser *p, node *n)
             node *a = mk(p, E_ATTR);
             a->a = n;
             token *t = next(p);
-            if (t->k == T_NAME) a->name = t->s;
+            if (t->k == T_NAME)
+                a->name = t->s;
             else if (t->k == T_INT) { /* x.0 is x[0] */
                 a->k = E_INDEX;
                 a->b = mk(p, E_LIT);
                 a->b->lit = vint(t->i);
-            } else fail(p->f, MODEL_EFORMAT, p->line, "expected an attribute name after '.'");
+            } else
+                fail(p->f, MODEL_EFORMAT, p->line, "expected an attribute name after '.'");
             n = a;
         } else if (accept_op(p, "[")) {
             node *start = NULL, *stop = NULL, *step = NULL;
@@ -778,10 +874,14 @@ static node *parse_filters_tests(parser *p, node *n)
             t->a = n;
             t->negate = accept_name(p, "not");
             token *nm = next(p);
-            if (nm->k == T_NAME) t->name = nm->s;
-            else if (is_op(nm, "==")) t->name = (str_t){"eq", 2};
-            else if (is_op(nm, "!=")) t->name = (str_t){"ne", 2};
-            else fail(p->f, MODEL_EFORMAT, p->line, "expected a test name after 'is'");
+            if (nm->k == T_NAME)
+                t->name = nm->s;
+            else if (is_op(nm, "=="))
+                t->name = (str_t){ "eq", 2 };
+            else if (is_op(nm, "!="))
+                t->name = (str_t){ "ne", 2 };
+            else
+                fail(p->f, MODEL_EFORMAT, p->line, "expected a test name after 'is'");
             if (str_eq(t->name, "none") || str_eq(t->name, "true") || str_eq(t->name, "false") ||
                 str_eq(t->name, "defined") || str_eq(t->name, "undefined")) {
                 /* no argument */
@@ -790,7 +890,7 @@ static node *parse_filters_tests(parser *p, node *n)
             } else if (starts_primary(peek(p))) { /* "is divisibleby 3", "is sameas none" */
                 t->args = xalloc(p->f, sizeof *t->args);
                 t->kw = xalloc(p->f, sizeof *t->kw);
-                t->kw[0] = (str_t){NULL, 0};
+                t->kw[0] = (str_t){ NULL, 0 };
                 t->args[0] = parse_postfix(p, parse_primary(p));
                 t->nargs = 1;
             }
@@ -821,7 +921,7 @@ static node *parse_unary(parser *p)
 static node *bin(parser *p, const char *op, node *a, node *b)
 {
     node *n = mk(p, E_BIN);
-    n->name = (str_t){op, strlen(op)};
+    n->name = (str_t){ op, strlen(op) };
     n->a = a;
     n->b = b;
     return n;
@@ -838,11 +938,16 @@ static node *parse_mul(parser *p)
 {
     node *n = parse_pow(p);
     for (;;) {
-        if (accept_op(p, "*")) n = bin(p, "*", n, parse_pow(p));
-        else if (accept_op(p, "//")) n = bin(p, "//", n, parse_pow(p));
-        else if (accept_op(p, "/")) n = bin(p, "/", n, parse_pow(p));
-        else if (accept_op(p, "%")) n = bin(p, "%", n, parse_pow(p));
-        else return n;
+        if (accept_op(p, "*"))
+            n = bin(p, "*", n, parse_pow(p));
+        else if (accept_op(p, "//"))
+            n = bin(p, "//", n, parse_pow(p));
+        else if (accept_op(p, "/"))
+            n = bin(p, "/", n, parse_pow(p));
+        else if (accept_op(p, "%"))
+            n = bin(p, "%", n, parse_pow(p));
+        else
+            return n;
     }
 }
 
@@ -857,9 +962,12 @@ static node *parse_add(parser *p)
 {
     node *n = parse_concat(p);
     for (;;) {
-        if (accept_op(p, "+")) n = bin(p, "+", n, parse_concat(p));
-        else if (accept_op(p, "-")) n = bin(p, "-", n, parse_concat(p));
-        else return n;
+        if (accept_op(p, "+"))
+            n = bin(p, "+", n, parse_concat(p));
+        else if (accept_op(p, "-"))
+            n = bin(p, "-", n, parse_concat(p));
+        else
+            return n;
     }
 }
 
@@ -867,7 +975,7 @@ static node *parse_compare(parser *p)
 {
     node *n = parse_add(p);
     for (;;) {
-        static const char *const ops[] = {"==", "!=", "<=", ">=", "<", ">"};
+        static const char *const ops[] = { "==", "!=", "<=", ">=", "<", ">" };
         int done = 1;
         for (size_t i = 0; i < sizeof ops / sizeof ops[0]; i++)
             if (accept_op(p, ops[i])) {
@@ -876,7 +984,8 @@ static node *parse_compare(parser *p)
                 break;
             }
         if (!done) continue;
-        if (accept_name(p, "in")) n = bin(p, "in", n, parse_add(p));
+        if (accept_name(p, "in"))
+            n = bin(p, "in", n, parse_add(p));
         else if (is_name(peek(p), "not") && is_name(peek2(p), "in")) {
             next(p);
             next(p);
@@ -948,11 +1057,11 @@ typedef struct {
 
 struct stmt {
     int k, line;
-    str_t text;             /* S_TEXT */
-    node *expr;             /* S_OUT, S_SET value, S_FOR iterable */
-    node *cond;             /* S_FOR filter */
-    node **conds;           /* S_IF: one per branch */
-    stmt_list *bodies;      /* S_IF: one per branch */
+    str_t text;        /* S_TEXT */
+    node *expr;        /* S_OUT, S_SET value, S_FOR iterable */
+    node *cond;        /* S_FOR filter */
+    node **conds;      /* S_IF: one per branch */
+    stmt_list *bodies; /* S_IF: one per branch */
     int n_branches;
     stmt_list body, orelse; /* S_FOR body / else, S_IF else, S_SETBLOCK / S_BLOCK body */
     str_t target[2];        /* S_FOR: loop variables; S_SET: name (and attribute) */
@@ -979,7 +1088,8 @@ static str_t stmt_word(tparser *tp, segment *s)
 static void expect_end(tparser *tp)
 {
     token *t = peek(&tp->p);
-    if (t->k != T_END) fail(tp->p.f, MODEL_EFORMAT, tp->p.line, "unexpected '%.*s' at the end of the tag", (int)t->s.n, t->s.s);
+    if (t->k != T_END)
+        fail(tp->p.f, MODEL_EFORMAT, tp->p.line, "unexpected '%.*s' at the end of the tag", (int)t->s.n, t->s.s);
 }
 
 static stmt *mk_stmt(tparser *tp, int k, int line)
@@ -1041,7 +1151,7 @@ static str_t parse_body(tparser *tp, stmt_list *out, const char *const *ends)
             s->bodies = xalloc(f, bcap * sizeof *s->bodies);
             node *cond = parse_expr(&tp->p, 1);
             expect_end(tp);
-            static const char *const if_ends[] = {"elif", "else", "endif", NULL};
+            static const char *const if_ends[] = { "elif", "else", "endif", NULL };
             for (;;) {
                 if ((size_t)s->n_branches == bcap) {
                     node **nc = xalloc(f, 2 * bcap * sizeof *nc);
@@ -1061,7 +1171,7 @@ static str_t parse_body(tparser *tp, stmt_list *out, const char *const *ends)
                 }
                 if (str_eq(e, "else")) {
                     expect_end(tp);
-                    static const char *const else_ends[] = {"endif", NULL};
+                    static const char *const else_ends[] = { "endif", NULL };
                     if (!parse_body(tp, &s->orelse, else_ends).s)
                         fail(f, MODEL_EFORMAT, s->line, "'if' without 'endif'");
                 }
@@ -1076,15 +1186,16 @@ static str_t parse_body(tparser *tp, stmt_list *out, const char *const *ends)
             if (!accept_name(&tp->p, "in")) fail(f, MODEL_EFORMAT, sg->line, "expected 'in' in 'for'");
             s->expr = parse_expr(&tp->p, 0);
             if (accept_name(&tp->p, "if")) s->cond = parse_expr(&tp->p, 0);
-            if (accept_name(&tp->p, "recursive")) fail(f, MODEL_ECHAT_UNSUPPORTED, sg->line, "recursive loops are not supported");
+            if (accept_name(&tp->p, "recursive"))
+                fail(f, MODEL_ECHAT_UNSUPPORTED, sg->line, "recursive loops are not supported");
             expect_end(tp);
-            static const char *const for_ends[] = {"else", "endfor", NULL};
+            static const char *const for_ends[] = { "else", "endfor", NULL };
             tp->loop_depth++;
             str_t e = parse_body(tp, &s->body, for_ends);
             tp->loop_depth--;
             if (str_eq(e, "else")) {
                 expect_end(tp);
-                static const char *const else_ends[] = {"endfor", NULL};
+                static const char *const else_ends[] = { "endfor", NULL };
                 e = parse_body(tp, &s->orelse, else_ends);
             }
             if (!e.s) fail(f, MODEL_EFORMAT, s->line, "'for' without 'endfor'");
@@ -1100,7 +1211,7 @@ static str_t parse_body(tparser *tp, stmt_list *out, const char *const *ends)
                 expect_end(tp);
                 if (s->n_targets != 1) fail(f, MODEL_EFORMAT, sg->line, "a block 'set' takes one name");
                 s->k = S_SETBLOCK;
-                static const char *const set_ends[] = {"endset", NULL};
+                static const char *const set_ends[] = { "endset", NULL };
                 if (!parse_body(tp, &s->body, set_ends).s) fail(f, MODEL_EFORMAT, s->line, "'set' without 'endset'");
                 expect_end(tp);
             }
@@ -1112,8 +1223,9 @@ static str_t parse_body(tparser *tp, stmt_list *out, const char *const *ends)
             /* transformers' marker of the assistant's text (for training masks): render as is */
             s = mk_stmt(tp, S_BLOCK, sg->line);
             expect_end(tp);
-            static const char *const gen_ends[] = {"endgeneration", NULL};
-            if (!parse_body(tp, &s->body, gen_ends).s) fail(f, MODEL_EFORMAT, s->line, "'generation' without 'endgeneration'");
+            static const char *const gen_ends[] = { "endgeneration", NULL };
+            if (!parse_body(tp, &s->body, gen_ends).s)
+                fail(f, MODEL_EFORMAT, s->line, "'generation' without 'endgeneration'");
             expect_end(tp);
         } else if (str_eq(w, "macro") || str_eq(w, "call") || str_eq(w, "filter") || str_eq(w, "include") ||
                    str_eq(w, "import") || str_eq(w, "from") || str_eq(w, "extends") || str_eq(w, "block") ||
@@ -1129,7 +1241,7 @@ static str_t parse_body(tparser *tp, stmt_list *out, const char *const *ends)
         while (ends[last + 1]) last++;
         fail(f, MODEL_EFORMAT, 0, "missing '%s' at the end of the template", ends[last]);
     }
-    return (str_t){NULL, 0};
+    return (str_t){ NULL, 0 };
 }
 
 /* ---- The compiled template -------------------------------------------------------------------- */
@@ -1198,7 +1310,7 @@ typedef struct {
     buf_t *out;
     long steps;
     int depth;
-    int brk, cont;       /* a break / continue is unwinding to its loop */
+    int brk, cont; /* a break / continue is unwinding to its loop */
     frame *globals;
 } rctx;
 
@@ -1222,15 +1334,16 @@ static int truthy(value v)
     case V_STR: return v.u.s.n > 0;
     case V_LIST: return v.u.l->n > 0;
     case V_DICT: return v.u.d->n > 0;
-    case V_FUNC: case V_METHOD: return 1;
+    case V_FUNC:
+    case V_METHOD: return 1;
     default: return 0;
     }
 }
 
 static const char *kind_name(value v)
 {
-    static const char *const names[] = {"undefined", "none", "boolean", "integer", "float", "string",
-                                        "list", "dict", "function", "method"};
+    static const char *const names[] = { "undefined", "none", "boolean", "integer",  "float",
+                                         "string",    "list", "dict",    "function", "method" };
     return names[v.k];
 }
 
@@ -1238,8 +1351,14 @@ static const char *kind_name(value v)
  * it would look like an integer. */
 static void put_float(failer *f, buf_t *b, double d)
 {
-    if (isnan(d)) { buf_puts(f, b, "nan"); return; }
-    if (isinf(d)) { buf_puts(f, b, d > 0 ? "inf" : "-inf"); return; }
+    if (isnan(d)) {
+        buf_puts(f, b, "nan");
+        return;
+    }
+    if (isinf(d)) {
+        buf_puts(f, b, d > 0 ? "inf" : "-inf");
+        return;
+    }
     char tmp[40];
     for (int prec = 1; prec <= 17; prec++) {
         snprintf(tmp, sizeof tmp, "%.*g", prec, d);
@@ -1276,12 +1395,19 @@ static void put_repr(rctx *c, buf_t *b, value v)
         buf_put(f, b, &q, 1);
         for (size_t i = 0; i < v.u.s.n; i++) {
             unsigned char ch = (unsigned char)v.u.s.s[i];
-            if (ch == '\\' || ch == (unsigned char)q) { buf_put(f, b, "\\", 1); buf_put(f, b, &v.u.s.s[i], 1); }
-            else if (ch == '\n') buf_puts(f, b, "\\n");
-            else if (ch == '\t') buf_puts(f, b, "\\t");
-            else if (ch == '\r') buf_puts(f, b, "\\r");
-            else if (ch < 0x20 || ch == 0x7f) buf_printf(f, b, "\\x%02x", ch);
-            else buf_put(f, b, &v.u.s.s[i], 1);
+            if (ch == '\\' || ch == (unsigned char)q) {
+                buf_put(f, b, "\\", 1);
+                buf_put(f, b, &v.u.s.s[i], 1);
+            } else if (ch == '\n')
+                buf_puts(f, b, "\\n");
+            else if (ch == '\t')
+                buf_puts(f, b, "\\t");
+            else if (ch == '\r')
+                buf_puts(f, b, "\\r");
+            else if (ch < 0x20 || ch == 0x7f)
+                buf_printf(f, b, "\\x%02x", ch);
+            else
+                buf_put(f, b, &v.u.s.s[i], 1);
         }
         buf_put(f, b, &q, 1);
         break;
@@ -1304,7 +1430,8 @@ static void put_repr(rctx *c, buf_t *b, value v)
         }
         buf_puts(f, b, v.u.d->ns ? "}>" : "}");
         break;
-    case V_FUNC: case V_METHOD: buf_puts(f, b, "<function>"); break;
+    case V_FUNC:
+    case V_METHOD: buf_puts(f, b, "<function>"); break;
     default: put_str(c, b, v); break;
     }
     c->depth--;
@@ -1313,7 +1440,7 @@ static void put_repr(rctx *c, buf_t *b, value v)
 static str_t to_str(rctx *c, value v)
 {
     if (v.k == V_STR) return v.u.s;
-    buf_t b = {0};
+    buf_t b = { 0 };
     put_str(c, &b, v);
     return buf_str(&b);
 }
@@ -1329,8 +1456,10 @@ static void put_json(rctx *c, buf_t *b, value v, int indent, int level, int sort
     case V_BOOL: buf_puts(f, b, v.u.b ? "true" : "false"); break;
     case V_INT: buf_printf(f, b, "%lld", v.u.i); break;
     case V_FLOAT:
-        if (isnan(v.u.f) || isinf(v.u.f)) buf_puts(f, b, isnan(v.u.f) ? "NaN" : v.u.f > 0 ? "Infinity" : "-Infinity");
-        else put_float(f, b, v.u.f);
+        if (isnan(v.u.f) || isinf(v.u.f))
+            buf_puts(f, b, isnan(v.u.f) ? "NaN" : v.u.f > 0 ? "Infinity" : "-Infinity");
+        else
+            put_float(f, b, v.u.f);
         break;
     case V_STR:
         buf_puts(f, b, "\"");
@@ -1345,13 +1474,16 @@ static void put_json(rctx *c, buf_t *b, value v, int indent, int level, int sort
             case '\b': buf_puts(f, b, "\\b"); break;
             case '\f': buf_puts(f, b, "\\f"); break;
             default:
-                if (ch < 0x20 || ch == 0x7f) buf_printf(f, b, "\\u%04x", ch);
-                else buf_put(f, b, &v.u.s.s[i], 1);
+                if (ch < 0x20 || ch == 0x7f)
+                    buf_printf(f, b, "\\u%04x", ch);
+                else
+                    buf_put(f, b, &v.u.s.s[i], 1);
             }
         }
         buf_puts(f, b, "\"");
         break;
-    case V_LIST: case V_DICT: {
+    case V_LIST:
+    case V_DICT: {
         int is_list = v.k == V_LIST;
         size_t n = is_list ? v.u.l->n : v.u.d->n;
         buf_puts(f, b, is_list ? "[" : "{");
@@ -1420,7 +1552,8 @@ static value from_json(rctx *c, const json_t *j, int depth)
         vdict *d = dict_new(f, json_object_size(j));
         const char *key;
         json_t *val;
-        json_object_foreach((json_t *)j, key, val) dict_set(f, d, (str_t){key, strlen(key)}, from_json(c, val, depth + 1));
+        json_object_foreach((json_t *)j, key, val)
+            dict_set(f, d, (str_t){ key, strlen(key) }, from_json(c, val, depth + 1));
         return vdictv(d);
     }
     }
@@ -1433,15 +1566,16 @@ static value message_from_json(rctx *c, const json_t *m)
     if (v.k != V_DICT) return v;
     const json_t *content = json_object_get(m, "content");
     if (json_is_array(content)) {
-        buf_t b = {0};
+        buf_t b = { 0 };
         size_t i;
         json_t *part;
-        json_array_foreach((json_t *)content, i, part) {
+        json_array_foreach((json_t *)content, i, part)
+        {
             const json_t *t = json_object_get(part, "text");
             if (json_is_string(t)) buf_put(&c->f, &b, json_string_value(t), json_string_length(t));
         }
         str_t s = buf_str(&b);
-        dict_set(&c->f, v.u.d, (str_t){"content", 7}, vstr(s.s, s.n));
+        dict_set(&c->f, v.u.d, (str_t){ "content", 7 }, vstr(s.s, s.n));
     }
     return v;
 }
@@ -1457,7 +1591,8 @@ static int equal(rctx *c, value a, value b)
     if (is_num(a) && is_num(b)) return num(a) == num(b);
     if (a.k != b.k) return 0;
     switch (a.k) {
-    case V_UNDEF: case V_NONE: return 1;
+    case V_UNDEF:
+    case V_NONE: return 1;
     case V_STR: return str_same(a.u.s, b.u.s);
     case V_LIST:
         if (a.u.l->n != b.u.l->n) return 0;
@@ -1513,7 +1648,7 @@ static str_t concat(rctx *c, str_t a, str_t b)
     if (a.n) memcpy(s, a.s, a.n);
     if (b.n) memcpy(s + a.n, b.s, b.n);
     s[a.n + b.n] = '\0';
-    return (str_t){s, a.n + b.n};
+    return (str_t){ s, a.n + b.n };
 }
 
 static value binop(rctx *c, const char *op, value a, value b, int line)
@@ -1546,7 +1681,7 @@ static value binop(rctx *c, const char *op, value a, value b, int line)
     if (!strcmp(op, "*") && ((a.k == V_STR && b.k == V_INT) || (a.k == V_INT && b.k == V_STR))) {
         value s = a.k == V_STR ? a : b;
         long long times = a.k == V_INT ? a.u.i : b.u.i;
-        buf_t out = {0};
+        buf_t out = { 0 };
         for (long long i = 0; i < times; i++) buf_put(f, &out, s.u.s.s, s.u.s.n);
         str_t r = buf_str(&out);
         return vstr(r.s, r.n);
@@ -1565,13 +1700,17 @@ static value binop(rctx *c, const char *op, value a, value b, int line)
         if (num(b) == 0) fail(f, MODEL_ECHAT_EVAL, line, "division by zero");
         if (ints) { /* Python floors */
             long long x = inum(a), y = inum(b), q = x / y, r = x % y;
-            if (r && ((r < 0) != (y < 0))) { q--; r += y; }
+            if (r && ((r < 0) != (y < 0))) {
+                q--;
+                r += y;
+            }
             return !strcmp(op, "//") ? vint(q) : vint(r);
         }
         double q = floor(num(a) / num(b));
         return !strcmp(op, "//") ? vfloat(q) : vfloat(num(a) - q * num(b));
     }
-    if (!strcmp(op, "**")) return ints && inum(b) >= 0 ? vint((long long)llround(pow(num(a), num(b)))) : vfloat(pow(num(a), num(b)));
+    if (!strcmp(op, "**"))
+        return ints && inum(b) >= 0 ? vint((long long)llround(pow(num(a), num(b)))) : vfloat(pow(num(a), num(b)));
     fail(f, MODEL_ECHAT_EVAL, line, "unknown operator %s", op);
 }
 
@@ -1589,17 +1728,22 @@ static size_t *cp_offsets(rctx *c, str_t s, size_t *n_cp)
     return off;
 }
 
-static int is_space_byte(char ch) { return ch == ' ' || ch == '\t' || ch == '\n' || ch == '\r' || ch == '\f' || ch == '\v'; }
+static int is_space_byte(char ch)
+{
+    return ch == ' ' || ch == '\t' || ch == '\n' || ch == '\r' || ch == '\f' || ch == '\v';
+}
 
 /* strip / lstrip / rstrip: whitespace, or any of the bytes of chars (ASCII sets in practice) */
 static str_t strip(str_t s, int left, int right, const str_t *chars)
 {
     size_t a = 0, b = s.n;
 #define STRIPPABLE(ch) (chars ? memchr(chars->s, (ch), chars->n) != NULL : is_space_byte(ch))
-    if (left) while (a < b && STRIPPABLE(s.s[a])) a++;
-    if (right) while (b > a && STRIPPABLE(s.s[b - 1])) b--;
+    if (left)
+        while (a < b && STRIPPABLE(s.s[a])) a++;
+    if (right)
+        while (b > a && STRIPPABLE(s.s[b - 1])) b--;
 #undef STRIPPABLE
-    return (str_t){s.s + a, b - a};
+    return (str_t){ s.s + a, b - a };
 }
 
 static str_t map_case(rctx *c, str_t s, int mode) /* 0 lower, 1 upper, 2 title, 3 capitalize */
@@ -1610,19 +1754,24 @@ static str_t map_case(rctx *c, str_t s, int mode) /* 0 lower, 1 upper, 2 title, 
         char ch = s.s[i];
         int up = mode == 1 || ((mode == 2 || mode == 3) && start);
         if (mode == 3 && !start) up = 0;
-        if (up && ch >= 'a' && ch <= 'z') ch = (char)(ch - 32);
-        else if (!up && ch >= 'A' && ch <= 'Z') ch = (char)(ch + 32);
+        if (up && ch >= 'a' && ch <= 'z')
+            ch = (char)(ch - 32);
+        else if (!up && ch >= 'A' && ch <= 'Z')
+            ch = (char)(ch + 32);
         o[i] = ch;
-        if (mode == 2) start = !((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (unsigned char)ch >= 0x80 || (ch >= '0' && ch <= '9'));
-        else if (mode == 3) start = 0;
+        if (mode == 2)
+            start = !((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (unsigned char)ch >= 0x80 ||
+                      (ch >= '0' && ch <= '9'));
+        else if (mode == 3)
+            start = 0;
     }
     o[s.n] = '\0';
-    return (str_t){o, s.n};
+    return (str_t){ o, s.n };
 }
 
 static str_t replace_str(rctx *c, str_t s, str_t from, str_t to, long long count)
 {
-    buf_t b = {0};
+    buf_t b = { 0 };
     size_t i = 0;
     long long done = 0;
     if (from.n == 0) {
@@ -1707,15 +1856,32 @@ static str_t need_str(rctx *c, value v, const char *what, int line)
 }
 
 enum { FN_RAISE, FN_NAMESPACE, FN_RANGE, FN_STRFTIME, FN_DICT };
-static const char *const global_fns[] = {"raise_exception", "namespace", "range", "strftime_now", "dict", NULL};
+static const char *const global_fns[] = { "raise_exception", "namespace", "range", "strftime_now", "dict", NULL };
 
 enum {
-    M_STRIP, M_LSTRIP, M_RSTRIP, M_STARTSWITH, M_ENDSWITH, M_SPLIT, M_UPPER, M_LOWER, M_TITLE,
-    M_CAPITALIZE, M_REPLACE, M_FIND, M_COUNT, M_JOIN, M_ITEMS, M_KEYS, M_VALUES, M_GET,
+    M_STRIP,
+    M_LSTRIP,
+    M_RSTRIP,
+    M_STARTSWITH,
+    M_ENDSWITH,
+    M_SPLIT,
+    M_UPPER,
+    M_LOWER,
+    M_TITLE,
+    M_CAPITALIZE,
+    M_REPLACE,
+    M_FIND,
+    M_COUNT,
+    M_JOIN,
+    M_ITEMS,
+    M_KEYS,
+    M_VALUES,
+    M_GET,
 };
-static const char *const str_methods[] = {"strip", "lstrip", "rstrip", "startswith", "endswith", "split", "upper",
-                                          "lower", "title", "capitalize", "replace", "find", "count", "join", NULL};
-static const char *const dict_methods[] = {"items", "keys", "values", "get", NULL};
+static const char *const str_methods[] = { "strip",   "lstrip", "rstrip", "startswith", "endswith",
+                                           "split",   "upper",  "lower",  "title",      "capitalize",
+                                           "replace", "find",   "count",  "join",       NULL };
+static const char *const dict_methods[] = { "items", "keys", "values", "get", NULL };
 
 static int find_name(const char *const *names, str_t s)
 {
@@ -1740,7 +1906,8 @@ static value call_method(rctx *c, int id, value self, const argv_t *a, int line)
             }
             return vlistv(l);
         }
-        case M_KEYS: case M_VALUES: {
+        case M_KEYS:
+        case M_VALUES: {
             vlist *l = list_new(f, d->n);
             for (size_t i = 0; i < d->n; i++) list_push(f, l, id == M_KEYS ? vstr(d->key[i].s, d->key[i].n) : d->v[i]);
             return vlistv(l);
@@ -1754,15 +1921,18 @@ static value call_method(rctx *c, int id, value self, const argv_t *a, int line)
     }
     str_t s = need_str(c, self, "a string method", line);
     switch (id) {
-    case M_STRIP: case M_LSTRIP: case M_RSTRIP: {
+    case M_STRIP:
+    case M_LSTRIP:
+    case M_RSTRIP: {
         value ch = arg(c, a, 0, "chars", NONE);
-        str_t chars = ch.k == V_STR ? ch.u.s : (str_t){NULL, 0};
+        str_t chars = ch.k == V_STR ? ch.u.s : (str_t){ NULL, 0 };
         str_t r = strip(s, id != M_RSTRIP, id != M_LSTRIP, ch.k == V_STR ? &chars : NULL);
         return vstr(r.s, r.n);
     }
-    case M_STARTSWITH: case M_ENDSWITH: {
+    case M_STARTSWITH:
+    case M_ENDSWITH: {
         value p = arg(c, a, 0, "prefix", UNDEF);
-        vlist one = {&p, 1, 1};
+        vlist one = { &p, 1, 1 };
         vlist *cands = p.k == V_LIST ? p.u.l : &one;
         for (size_t i = 0; i < cands->n; i++) {
             str_t x = need_str(c, cands->v[i], id == M_STARTSWITH ? "startswith" : "endswith", line);
@@ -1773,19 +1943,24 @@ static value call_method(rctx *c, int id, value self, const argv_t *a, int line)
     case M_SPLIT: {
         value sep = arg(c, a, 0, "sep", NONE);
         value mx = arg(c, a, 1, "maxsplit", vint(-1));
-        str_t sp = sep.k == V_STR ? sep.u.s : (str_t){NULL, 0};
+        str_t sp = sep.k == V_STR ? sep.u.s : (str_t){ NULL, 0 };
         return split_str(c, s, sep.k == V_STR ? &sp : NULL, inum(mx));
     }
-    case M_UPPER: case M_LOWER: case M_TITLE: case M_CAPITALIZE: {
+    case M_UPPER:
+    case M_LOWER:
+    case M_TITLE:
+    case M_CAPITALIZE: {
         str_t r = map_case(c, s, id == M_LOWER ? 0 : id == M_UPPER ? 1 : id == M_TITLE ? 2 : 3);
         return vstr(r.s, r.n);
     }
     case M_REPLACE: {
         str_t r = replace_str(c, s, need_str(c, arg(c, a, 0, "old", UNDEF), "replace", line),
-                              need_str(c, arg(c, a, 1, "new", UNDEF), "replace", line), inum(arg(c, a, 2, "count", vint(-1))));
+                              need_str(c, arg(c, a, 1, "new", UNDEF), "replace", line),
+                              inum(arg(c, a, 2, "count", vint(-1))));
         return vstr(r.s, r.n);
     }
-    case M_FIND: case M_COUNT: {
+    case M_FIND:
+    case M_COUNT: {
         str_t x = need_str(c, arg(c, a, 0, "sub", UNDEF), id == M_FIND ? "find" : "count", line);
         long long count = 0;
         size_t n_cp = 0;
@@ -1803,7 +1978,7 @@ static value call_method(rctx *c, int id, value self, const argv_t *a, int line)
     case M_JOIN: {
         value items = arg(c, a, 0, "iterable", UNDEF);
         if (items.k != V_LIST) fail(f, MODEL_ECHAT_EVAL, line, "join needs a list");
-        buf_t b = {0};
+        buf_t b = { 0 };
         for (size_t i = 0; i < items.u.l->n; i++) {
             if (i) buf_put(f, &b, s.s, s.n);
             str_t x = need_str(c, items.u.l->v[i], "join", line);
@@ -1824,14 +1999,16 @@ static value call_global(rctx *c, int fn, const argv_t *a, int line)
         str_t msg = to_str(c, arg(c, a, 0, "message", vstr("error", 5)));
         fail(f, MODEL_ECHAT_RAISE, line, "%.*s", (int)(msg.n > 300 ? 300 : msg.n), msg.s);
     }
-    case FN_NAMESPACE: case FN_DICT: {
+    case FN_NAMESPACE:
+    case FN_DICT: {
         vdict *d = dict_new(f, (size_t)a->n);
         d->ns = fn == FN_NAMESPACE;
         for (int i = 0; i < a->n; i++) {
             if (!a->kw[i].s) {
                 if (a->v[i].k == V_DICT) /* namespace(other_dict) copies it */
                     for (size_t k = 0; k < a->v[i].u.d->n; k++) dict_set(f, d, a->v[i].u.d->key[k], a->v[i].u.d->v[k]);
-                else fail(f, MODEL_ECHAT_EVAL, line, "namespace/dict take keyword arguments");
+                else
+                    fail(f, MODEL_ECHAT_EVAL, line, "namespace/dict take keyword arguments");
                 continue;
             }
             dict_set(f, d, a->kw[i], a->v[i]);
@@ -1840,12 +2017,14 @@ static value call_global(rctx *c, int fn, const argv_t *a, int line)
     }
     case FN_RANGE: {
         long long start = 0, stop, step = 1;
-        if (a->n == 1) stop = inum(a->v[0]);
+        if (a->n == 1)
+            stop = inum(a->v[0]);
         else if (a->n >= 2) {
             start = inum(a->v[0]);
             stop = inum(a->v[1]);
             if (a->n >= 3) step = inum(a->v[2]);
-        } else fail(f, MODEL_ECHAT_EVAL, line, "range needs an argument");
+        } else
+            fail(f, MODEL_ECHAT_EVAL, line, "range needs an argument");
         if (step == 0) fail(f, MODEL_ECHAT_EVAL, line, "range step must not be zero");
         vlist *l = list_new(f, 8);
         for (long long i = start; step > 0 ? i < stop : i > stop; i += step) {
@@ -1920,7 +2099,7 @@ static value apply_filter(rctx *c, str_t name, value v, const argv_t *a, int lin
     failer *f = &c->f;
     if (str_eq(name, "trim")) {
         value ch = arg(c, a, 0, "chars", NONE);
-        str_t chars = ch.k == V_STR ? ch.u.s : (str_t){NULL, 0};
+        str_t chars = ch.k == V_STR ? ch.u.s : (str_t){ NULL, 0 };
         str_t r = strip(to_str(c, v), 1, 1, ch.k == V_STR ? &chars : NULL);
         return vstr(r.s, r.n);
     }
@@ -1936,7 +2115,11 @@ static value apply_filter(rctx *c, str_t name, value v, const argv_t *a, int lin
         fail(f, MODEL_ECHAT_EVAL, line, "length of %s", kind_name(v));
     }
     if (str_eq(name, "upper") || str_eq(name, "lower") || str_eq(name, "title") || str_eq(name, "capitalize")) {
-        str_t r = map_case(c, to_str(c, v), str_eq(name, "lower") ? 0 : str_eq(name, "upper") ? 1 : str_eq(name, "title") ? 2 : 3);
+        str_t r = map_case(c, to_str(c, v),
+                           str_eq(name, "lower")   ? 0
+                           : str_eq(name, "upper") ? 1
+                           : str_eq(name, "title") ? 2
+                                                   : 3);
         return vstr(r.s, r.n);
     }
     if (str_eq(name, "string")) {
@@ -1949,7 +2132,7 @@ static value apply_filter(rctx *c, str_t name, value v, const argv_t *a, int lin
     }
     if (str_eq(name, "tojson")) {
         value ind = arg(c, a, 0, "indent", NONE);
-        buf_t b = {0};
+        buf_t b = { 0 };
         put_json(c, &b, v, ind.k == V_INT ? (int)ind.u.i : -1, 0, truthy(arg(c, a, 99, "sort_keys", vbool(0))));
         str_t s = buf_str(&b);
         return vstr(s.s, s.n);
@@ -1975,7 +2158,7 @@ static value apply_filter(rctx *c, str_t name, value v, const argv_t *a, int lin
         str_t sep = to_str(c, arg(c, a, 0, "d", vstr("", 0)));
         value attr = arg(c, a, 1, "attribute", UNDEF);
         if (v.k != V_LIST) fail(f, MODEL_ECHAT_EVAL, line, "join needs a list");
-        buf_t b = {0};
+        buf_t b = { 0 };
         for (size_t i = 0; i < v.u.l->n; i++) {
             if (i) buf_put(f, &b, sep.s, sep.n);
             value x = attr.k == V_STR ? get_attr(c, v.u.l->v[i], attr.u.s) : v.u.l->v[i];
@@ -1999,14 +2182,15 @@ static value apply_filter(rctx *c, str_t name, value v, const argv_t *a, int lin
             size_t n_cp;
             size_t *off = cp_offsets(c, v.u.s, &n_cp);
             for (size_t i = 0; i < n_cp; i++) list_push(f, l, vstr(v.u.s.s + off[i], off[i + 1] - off[i]));
-        } else if (v.k != V_UNDEF) fail(f, MODEL_ECHAT_EVAL, line, "list of %s", kind_name(v));
+        } else if (v.k != V_UNDEF)
+            fail(f, MODEL_ECHAT_EVAL, line, "list of %s", kind_name(v));
         return vlistv(l);
     }
     if (str_eq(name, "reverse")) {
         if (v.k == V_STR) {
             size_t n_cp;
             size_t *off = cp_offsets(c, v.u.s, &n_cp);
-            buf_t b = {0};
+            buf_t b = { 0 };
             for (size_t i = n_cp; i > 0; i--) buf_put(f, &b, v.u.s.s + off[i - 1], off[i] - off[i - 1]);
             str_t r = buf_str(&b);
             return vstr(r.s, r.n);
@@ -2047,8 +2231,9 @@ static value apply_filter(rctx *c, str_t name, value v, const argv_t *a, int lin
         if (v.k != V_LIST) fail(f, MODEL_ECHAT_EVAL, line, "%.*s needs a list", (int)name.n, name.s);
         value attr = by_attr ? arg(c, a, 0, "attribute", UNDEF) : UNDEF;
         value test = arg(c, a, by_attr ? 1 : 0, "test", UNDEF);
-        if (by_attr && attr.k != V_STR) fail(f, MODEL_ECHAT_EVAL, line, "%.*s needs an attribute name", (int)name.n, name.s);
-        argv_t rest = {a->v + (by_attr ? 2 : 1), a->kw + (by_attr ? 2 : 1), a->n - (by_attr ? 2 : 1)};
+        if (by_attr && attr.k != V_STR)
+            fail(f, MODEL_ECHAT_EVAL, line, "%.*s needs an attribute name", (int)name.n, name.s);
+        argv_t rest = { a->v + (by_attr ? 2 : 1), a->kw + (by_attr ? 2 : 1), a->n - (by_attr ? 2 : 1) };
         if (rest.n < 0) rest.n = 0;
         vlist *l = list_new(f, v.u.l->n);
         for (size_t i = 0; i < v.u.l->n; i++) {
@@ -2063,11 +2248,14 @@ static value apply_filter(rctx *c, str_t name, value v, const argv_t *a, int lin
         value attr = arg(c, a, 99, "attribute", UNDEF);
         value fname = arg(c, a, 0, "filter", UNDEF);
         vlist *l = list_new(f, v.u.l->n);
-        argv_t rest = {a->v + 1, a->kw + 1, a->n > 0 ? a->n - 1 : 0};
+        argv_t rest = { a->v + 1, a->kw + 1, a->n > 0 ? a->n - 1 : 0 };
         for (size_t i = 0; i < v.u.l->n; i++) {
-            if (attr.k == V_STR) list_push(f, l, get_attr(c, v.u.l->v[i], attr.u.s));
-            else if (fname.k == V_STR) list_push(f, l, apply_filter(c, fname.u.s, v.u.l->v[i], &rest, line));
-            else fail(f, MODEL_ECHAT_EVAL, line, "map needs attribute= or a filter name");
+            if (attr.k == V_STR)
+                list_push(f, l, get_attr(c, v.u.l->v[i], attr.u.s));
+            else if (fname.k == V_STR)
+                list_push(f, l, apply_filter(c, fname.u.s, v.u.l->v[i], &rest, line));
+            else
+                fail(f, MODEL_ECHAT_EVAL, line, "map needs attribute= or a filter name");
         }
         return vlistv(l);
     }
@@ -2081,7 +2269,7 @@ static value get_attr(rctx *c, value obj, str_t name)
     if (obj.k == V_DICT) {
         int m = obj.u.d->ns ? -1 : find_name(dict_methods, name);
         if (m >= 0) {
-            value v = {V_METHOD, {0}};
+            value v = { V_METHOD, { 0 } };
             v.u.m.id = M_ITEMS + m;
             v.u.m.self = xalloc(&c->f, sizeof *v.u.m.self);
             *v.u.m.self = obj;
@@ -2093,7 +2281,7 @@ static value get_attr(rctx *c, value obj, str_t name)
     if (obj.k == V_STR) {
         int m = find_name(str_methods, name);
         if (m >= 0) {
-            value v = {V_METHOD, {0}};
+            value v = { V_METHOD, { 0 } };
             v.u.m.id = m;
             v.u.m.self = xalloc(&c->f, sizeof *v.u.m.self);
             *v.u.m.self = obj;
@@ -2151,34 +2339,43 @@ static value slice(rctx *c, value obj, value start, value stop, value step, int 
     size_t n_cp = 0;
     size_t *off = NULL;
     long long n;
-    if (obj.k == V_LIST) n = (long long)obj.u.l->n;
+    if (obj.k == V_LIST)
+        n = (long long)obj.u.l->n;
     else if (obj.k == V_STR) {
         off = cp_offsets(c, obj.u.s, &n_cp);
         n = (long long)n_cp;
-    } else if (obj.k == V_UNDEF) return UNDEF;
-    else fail(f, MODEL_ECHAT_EVAL, line, "cannot slice %s", kind_name(obj));
+    } else if (obj.k == V_UNDEF)
+        return UNDEF;
+    else
+        fail(f, MODEL_ECHAT_EVAL, line, "cannot slice %s", kind_name(obj));
     /* Python's rules for missing and negative bounds */
     long long lo, hi;
-    if (start.k == V_NONE || start.k == V_UNDEF) lo = st > 0 ? 0 : n - 1;
+    if (start.k == V_NONE || start.k == V_UNDEF)
+        lo = st > 0 ? 0 : n - 1;
     else {
         lo = inum(start);
         if (lo < 0) lo += n;
-        if (st > 0) lo = lo < 0 ? 0 : lo > n ? n : lo;
-        else lo = lo < -1 ? -1 : lo > n - 1 ? n - 1 : lo;
+        if (st > 0)
+            lo = lo < 0 ? 0 : lo > n ? n : lo;
+        else
+            lo = lo < -1 ? -1 : lo > n - 1 ? n - 1 : lo;
     }
-    if (stop.k == V_NONE || stop.k == V_UNDEF) hi = st > 0 ? n : -1;
+    if (stop.k == V_NONE || stop.k == V_UNDEF)
+        hi = st > 0 ? n : -1;
     else {
         hi = inum(stop);
         if (hi < 0) hi += n;
-        if (st > 0) hi = hi < 0 ? 0 : hi > n ? n : hi;
-        else hi = hi < -1 ? -1 : hi > n - 1 ? n - 1 : hi;
+        if (st > 0)
+            hi = hi < 0 ? 0 : hi > n ? n : hi;
+        else
+            hi = hi < -1 ? -1 : hi > n - 1 ? n - 1 : hi;
     }
     if (obj.k == V_LIST) {
         vlist *l = list_new(f, 8);
         for (long long i = lo; st > 0 ? i < hi : i > hi; i += st) list_push(f, l, obj.u.l->v[i]);
         return vlistv(l);
     }
-    buf_t b = {0};
+    buf_t b = { 0 };
     for (long long i = lo; st > 0 ? i < hi : i > hi; i += st) buf_put(f, &b, obj.u.s.s + off[i], off[i + 1] - off[i]);
     str_t r = buf_str(&b);
     return vstr(r.s, r.n);
@@ -2218,12 +2415,15 @@ static value eval(rctx *c, frame *fr, const node *n)
         value callee = eval(c, fr, n->a);
         argv_t a;
         eval_args(c, fr, n, &a, 0, UNDEF);
-        if (callee.k == V_FUNC) r = call_global(c, callee.u.fn, &a, n->line);
-        else if (callee.k == V_METHOD) r = call_method(c, callee.u.m.id, *callee.u.m.self, &a, n->line);
+        if (callee.k == V_FUNC)
+            r = call_global(c, callee.u.fn, &a, n->line);
+        else if (callee.k == V_METHOD)
+            r = call_method(c, callee.u.m.id, *callee.u.m.self, &a, n->line);
         else if (n->a->k == E_ATTR || n->a->k == E_NAME)
             fail(f, callee.k == V_UNDEF ? MODEL_ECHAT_UNSUPPORTED : MODEL_ECHAT_EVAL, n->line,
                  "'%.*s' is not a function this evaluator knows", (int)n->a->name.n, n->a->name.s);
-        else fail(f, MODEL_ECHAT_EVAL, n->line, "calling a value that is not a function");
+        else
+            fail(f, MODEL_ECHAT_EVAL, n->line, "calling a value that is not a function");
         break;
     }
     case E_FILTER: {
@@ -2242,11 +2442,15 @@ static value eval(rctx *c, frame *fr, const node *n)
         break;
     }
     case E_NOT: r = vbool(!truthy(eval(c, fr, n->a))); break;
-    case E_NEG: case E_POS: {
+    case E_NEG:
+    case E_POS: {
         value v = eval(c, fr, n->a);
-        if (v.k == V_INT) r = vint(n->k == E_NEG ? -v.u.i : v.u.i);
-        else if (v.k == V_FLOAT) r = vfloat(n->k == E_NEG ? -v.u.f : v.u.f);
-        else fail(f, MODEL_ECHAT_EVAL, n->line, "bad operand for unary %c: %s", n->k == E_NEG ? '-' : '+', kind_name(v));
+        if (v.k == V_INT)
+            r = vint(n->k == E_NEG ? -v.u.i : v.u.i);
+        else if (v.k == V_FLOAT)
+            r = vfloat(n->k == E_NEG ? -v.u.f : v.u.f);
+        else
+            fail(f, MODEL_ECHAT_EVAL, n->line, "bad operand for unary %c: %s", n->k == E_NEG ? '-' : '+', kind_name(v));
         break;
     }
     case E_BIN: {
@@ -2275,7 +2479,8 @@ static value eval(rctx *c, frame *fr, const node *n)
         vdict *d = dict_new(f, (size_t)n->nargs / 2 + 1);
         for (int i = 0; i + 1 < n->nargs; i += 2) {
             value k = eval(c, fr, n->args[i]);
-            if (k.k != V_STR) fail(f, MODEL_ECHAT_UNSUPPORTED, n->line, "dict keys other than strings are not supported");
+            if (k.k != V_STR)
+                fail(f, MODEL_ECHAT_UNSUPPORTED, n->line, "dict keys other than strings are not supported");
             dict_set(f, d, k.u.s, eval(c, fr, n->args[i + 1]));
         }
         r = vdictv(d);
@@ -2303,15 +2508,18 @@ static void exec_for(rctx *c, frame *fr, const stmt *s)
     failer *f = &c->f;
     value it = eval(c, fr, s->expr);
     vlist *items;
-    if (it.k == V_LIST) items = it.u.l;
+    if (it.k == V_LIST)
+        items = it.u.l;
     else if (it.k == V_DICT) { /* iterating a dict gives its keys */
         items = list_new(f, it.u.d->n);
         for (size_t i = 0; i < it.u.d->n; i++) list_push(f, items, vstr(it.u.d->key[i].s, it.u.d->key[i].n));
     } else if (it.k == V_STR) {
-        argv_t none = {NULL, NULL, 0};
-        items = apply_filter(c, (str_t){"list", 4}, it, &none, s->line).u.l;
-    } else if (it.k == V_UNDEF) items = list_new(f, 1);
-    else fail(f, MODEL_ECHAT_EVAL, s->line, "cannot loop over %s", kind_name(it));
+        argv_t none = { NULL, NULL, 0 };
+        items = apply_filter(c, (str_t){ "list", 4 }, it, &none, s->line).u.l;
+    } else if (it.k == V_UNDEF)
+        items = list_new(f, 1);
+    else
+        fail(f, MODEL_ECHAT_EVAL, s->line, "cannot loop over %s", kind_name(it));
 
     /* the "if" filter runs before loop.length and friends are known */
     if (s->cond) {
@@ -2339,16 +2547,16 @@ static void exec_for(rctx *c, frame *fr, const stmt *s)
         if (++c->steps > CT_MAX_STEPS) fail(f, MODEL_ECHAT_EVAL, s->line, "more than %ld loop steps", CT_MAX_STEPS);
         frame *it_fr = frame_new(c, fr);
         vdict *loop = dict_new(f, 10);
-        dict_set(f, loop, (str_t){"index", 5}, vint((long long)i + 1));
-        dict_set(f, loop, (str_t){"index0", 6}, vint((long long)i));
-        dict_set(f, loop, (str_t){"revindex", 8}, vint((long long)(n - i)));
-        dict_set(f, loop, (str_t){"revindex0", 9}, vint((long long)(n - i - 1)));
-        dict_set(f, loop, (str_t){"first", 5}, vbool(i == 0));
-        dict_set(f, loop, (str_t){"last", 4}, vbool(i + 1 == n));
-        dict_set(f, loop, (str_t){"length", 6}, vint((long long)n));
-        dict_set(f, loop, (str_t){"previtem", 8}, i ? items->v[i - 1] : UNDEF);
-        dict_set(f, loop, (str_t){"nextitem", 8}, i + 1 < n ? items->v[i + 1] : UNDEF);
-        dict_set(f, it_fr->vars, (str_t){"loop", 4}, vdictv(loop));
+        dict_set(f, loop, (str_t){ "index", 5 }, vint((long long)i + 1));
+        dict_set(f, loop, (str_t){ "index0", 6 }, vint((long long)i));
+        dict_set(f, loop, (str_t){ "revindex", 8 }, vint((long long)(n - i)));
+        dict_set(f, loop, (str_t){ "revindex0", 9 }, vint((long long)(n - i - 1)));
+        dict_set(f, loop, (str_t){ "first", 5 }, vbool(i == 0));
+        dict_set(f, loop, (str_t){ "last", 4 }, vbool(i + 1 == n));
+        dict_set(f, loop, (str_t){ "length", 6 }, vint((long long)n));
+        dict_set(f, loop, (str_t){ "previtem", 8 }, i ? items->v[i - 1] : UNDEF);
+        dict_set(f, loop, (str_t){ "nextitem", 8 }, i + 1 < n ? items->v[i + 1] : UNDEF);
+        dict_set(f, it_fr->vars, (str_t){ "loop", 4 }, vdictv(loop));
         value x = items->v[i];
         if (s->n_targets == 2) {
             if (x.k != V_LIST || x.u.l->n != 2) fail(f, MODEL_ECHAT_EVAL, s->line, "cannot unpack into two names");
@@ -2385,12 +2593,13 @@ static void exec_list(rctx *c, frame *fr, const stmt_list *l)
             break;
         }
         case S_FOR: exec_for(c, fr, s); break;
-        case S_SET: case S_SETBLOCK: {
+        case S_SET:
+        case S_SETBLOCK: {
             value v;
             if (s->k == S_SET) {
                 v = eval(c, fr, s->expr);
             } else {
-                buf_t b = {0}, *saved = c->out;
+                buf_t b = { 0 }, *saved = c->out;
                 c->out = &b;
                 exec_list(c, fr, &s->body);
                 c->out = saved;
@@ -2400,7 +2609,8 @@ static void exec_list(rctx *c, frame *fr, const stmt_list *l)
             if (s->n_targets == 2) {
                 value ns = lookup(c, fr, s->target[0]);
                 if (ns.k != V_DICT || !ns.u.d->ns)
-                    fail(f, MODEL_ECHAT_EVAL, s->line, "'%.*s' is not a namespace", (int)s->target[0].n, s->target[0].s);
+                    fail(f, MODEL_ECHAT_EVAL, s->line, "'%.*s' is not a namespace", (int)s->target[0].n,
+                         s->target[0].s);
                 dict_set(f, ns.u.d, s->target[1], v);
             } else {
                 dict_set(f, fr->vars, s->target[0], v);
@@ -2421,7 +2631,7 @@ int model_chat_template_render(const model_chat_template *t, const model_chat_in
     if (!t || !in || !out || (in->messages && !json_is_array(in->messages))) return MODEL_EINVAL;
     *out = NULL;
     if (len) *len = 0;
-    arena mem = {0};
+    arena mem = { 0 };
     rctx *c = calloc(1, sizeof *c);
     buf_t *o = calloc(1, sizeof *o);
     if (!c || !o) {
@@ -2446,10 +2656,10 @@ int model_chat_template_render(const model_chat_template *t, const model_chat_in
     for (size_t i = 0; in->messages && i < json_array_size(in->messages); i++)
         list_push(&c->f, msgs, message_from_json(c, json_array_get(in->messages, i)));
     const char *bos = in->bos_token ? in->bos_token : "", *eos = in->eos_token ? in->eos_token : "";
-    dict_set(&c->f, g->vars, (str_t){"messages", 8}, vlistv(msgs));
-    dict_set(&c->f, g->vars, (str_t){"add_generation_prompt", 21}, vbool(in->add_generation_prompt));
-    dict_set(&c->f, g->vars, (str_t){"bos_token", 9}, vstr(bos, strlen(bos)));
-    dict_set(&c->f, g->vars, (str_t){"eos_token", 9}, vstr(eos, strlen(eos)));
+    dict_set(&c->f, g->vars, (str_t){ "messages", 8 }, vlistv(msgs));
+    dict_set(&c->f, g->vars, (str_t){ "add_generation_prompt", 21 }, vbool(in->add_generation_prompt));
+    dict_set(&c->f, g->vars, (str_t){ "bos_token", 9 }, vstr(bos, strlen(bos)));
+    dict_set(&c->f, g->vars, (str_t){ "eos_token", 9 }, vstr(eos, strlen(eos)));
     exec_list(c, g, &t->body);
     char *res = malloc(o->n + 1);
     if (!res) {
@@ -2474,11 +2684,10 @@ int model_chat_template_render(const model_chat_template *t, const model_chat_in
  * templates differ between models (Gemma's refusal of a system turn, Phi-3's BOS), the
  * choice made is said in a comment. */
 
-static const char tpl_chatml[] =
-    "{%- for m in messages -%}\n"
-    "{{- '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>\\n' -}}\n"
-    "{%- endfor -%}\n"
-    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}\n";
+static const char tpl_chatml[] = "{%- for m in messages -%}\n"
+                                 "{{- '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>\\n' -}}\n"
+                                 "{%- endfor -%}\n"
+                                 "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}\n";
 
 /* Llama 2 chat: the system text folded into the first [INST], every user turn opened by
  * BOS, every answer closed by EOS. */
@@ -2490,7 +2699,8 @@ static const char tpl_llama2[] =
     "{%- for m in ns.rest -%}\n"
     "{%- if m.role == 'user' -%}\n"
     "{%- set text = m.content | trim -%}\n"
-    "{%- if loop.first and ns.sys is not none -%}{%- set text = '<<SYS>>\\n' + ns.sys + '\\n<</SYS>>\\n\\n' + text -%}{%- endif -%}\n"
+    "{%- if loop.first and ns.sys is not none -%}{%- set text = '<<SYS>>\\n' + ns.sys + '\\n<</SYS>>\\n\\n' + text "
+    "-%}{%- endif -%}\n"
     "{{- bos_token + '[INST] ' + text + ' [/INST]' -}}\n"
     "{%- elif m.role == 'assistant' -%}\n"
     "{{- ' ' + (m.content | trim) + ' ' + eos_token -}}\n"
@@ -2506,11 +2716,10 @@ static const char tpl_llama3[] =
     "{%- endfor -%}\n"
     "{%- if add_generation_prompt -%}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' -}}{%- endif -%}\n";
 
-static const char tpl_zephyr[] =
-    "{%- for m in messages -%}\n"
-    "{{- '<|' + m.role + '|>\\n' + m.content + eos_token + '\\n' -}}\n"
-    "{%- endfor -%}\n"
-    "{%- if add_generation_prompt -%}{{- '<|assistant|>\\n' -}}{%- endif -%}\n";
+static const char tpl_zephyr[] = "{%- for m in messages -%}\n"
+                                 "{{- '<|' + m.role + '|>\\n' + m.content + eos_token + '\\n' -}}\n"
+                                 "{%- endfor -%}\n"
+                                 "{%- if add_generation_prompt -%}{{- '<|assistant|>\\n' -}}{%- endif -%}\n";
 
 /* Gemma has no system turn: this one puts a system message's text at the head of the
  * first user turn (as Gemma 3's own template does) rather than refusing it (Gemma 1/2). */
@@ -2534,8 +2743,8 @@ static const char tpl_phi3[] =
     "{%- endfor -%}\n"
     "{%- if add_generation_prompt -%}{{- '<|assistant|>\\n' -}}{%- else -%}{{- eos_token -}}{%- endif -%}\n";
 
-const char *const model_chat_template_names[] = {"chatml", "llama2", "llama3", "zephyr", "gemma", "phi3", NULL};
-static const char *const builtin_src[] = {tpl_chatml, tpl_llama2, tpl_llama3, tpl_zephyr, tpl_gemma, tpl_phi3};
+const char *const model_chat_template_names[] = { "chatml", "llama2", "llama3", "zephyr", "gemma", "phi3", NULL };
+static const char *const builtin_src[] = { tpl_chatml, tpl_llama2, tpl_llama3, tpl_zephyr, tpl_gemma, tpl_phi3 };
 
 const char *model_chat_template_builtin(const char *name)
 {
@@ -2550,7 +2759,8 @@ const char *model_chat_template_family(const char *source)
     if (strstr(source, "<|im_start|>")) return "chatml";
     if (strstr(source, "<|start_header_id|>")) return "llama3";
     if (strstr(source, "<start_of_turn>")) return "gemma";
-    if (strstr(source, "<|end|>") && (strstr(source, "<|user|>") || strstr(source, "<|assistant|>") || strstr(source, "'<|' + message['role']")))
+    if (strstr(source, "<|end|>") &&
+        (strstr(source, "<|user|>") || strstr(source, "<|assistant|>") || strstr(source, "'<|' + message['role']")))
         return "phi3";
     if (strstr(source, "<|user|>") || strstr(source, "<|assistant|>")) return "zephyr";
     if (strstr(source, "[INST]")) return "llama2";

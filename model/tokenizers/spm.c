@@ -22,9 +22,9 @@
 #include <string.h>
 
 typedef struct {
-    uint32_t mask;   /* hash table of mergeable token ids (-1 = empty), size mask+1 */
+    uint32_t mask; /* hash table of mergeable token ids (-1 = empty), size mask+1 */
     int32_t *slots;
-    int marker;      /* 1: the vocabulary writes spaces as U+2581 */
+    int marker; /* 1: the vocabulary writes spaces as U+2581 */
 } spm_impl;
 
 static const char SPACE_MARK[] = "\xe2\x96\x81"; /* U+2581 */
@@ -36,10 +36,7 @@ static uint32_t hash_bytes(const char *s, size_t n)
     return h;
 }
 
-static int mergeable(const tokenizer *t, int id)
-{
-    return t->types[id] == TT_NORMAL || t->types[id] == TT_USER;
-}
+static int mergeable(const tokenizer *t, int id) { return t->types[id] == TT_NORMAL || t->types[id] == TT_USER; }
 
 static int32_t lookup(const tokenizer *t, const char *s, size_t n)
 {
@@ -65,7 +62,7 @@ int tokenizer_finish(tokenizer *t, char *err, size_t errlen)
         snprintf(err, errlen, "the vocabulary is empty");
         return MODEL_EFORMAT;
     }
-    int32_t *ids[3] = {&t->bos_id, &t->eos_id, &t->unk_id};
+    int32_t *ids[3] = { &t->bos_id, &t->eos_id, &t->unk_id };
     for (int k = 0; k < 3; k++)
         if (*ids[k] < -1 || *ids[k] >= n) *ids[k] = -1;
     spm_impl *im = calloc(1, sizeof *im);
@@ -204,7 +201,7 @@ static int try_pair(const tokenizer *t, const char *text, const symbol *sym, int
     size_t n = (size_t)sym[l].len + (size_t)sym[r].len;
     int32_t id = lookup(t, text + sym[l].start, n);
     if (id < 0) return MODEL_OK;
-    return heap_push(h, (bigram){t->scores[id], l, (int)n});
+    return heap_push(h, (bigram){ t->scores[id], l, (int)n });
 }
 
 int spm_encode(const tokenizer *t, const char *text, size_t len, int add_bos, int32_t *out, int cap)
@@ -213,24 +210,34 @@ int spm_encode(const tokenizer *t, const char *text, size_t len, int add_bos, in
     if (len > (size_t)(1 << 28)) return MODEL_EINVAL;
     const spm_impl *im = t->impl;
     int count = 0;
-#define EMIT(id) do { if (count < cap) out[count] = (id); count++; } while (0)
+#define EMIT(id)                            \
+    do {                                    \
+        if (count < cap) out[count] = (id); \
+        count++;                            \
+    } while (0)
     if (add_bos && t->bos_id >= 0) EMIT(t->bos_id);
     if (len == 0) return count;
 
     /* 1. normalise: dummy prefix, spaces as the vocabulary writes them */
     char *buf = malloc(3 * (len + 1));
     symbol *sym = NULL;
-    bigram_heap heap = {0};
+    bigram_heap heap = { 0 };
     int rc = MODEL_ENOMEM;
     if (!buf) goto out;
     size_t n = 0;
     if (t->add_space_prefix) {
-        if (im->marker) { memcpy(buf, SPACE_MARK, 3); n = 3; }
-        else buf[n++] = ' ';
+        if (im->marker) {
+            memcpy(buf, SPACE_MARK, 3);
+            n = 3;
+        } else
+            buf[n++] = ' ';
     }
     for (size_t i = 0; i < len; i++) {
-        if (text[i] == ' ' && im->marker) { memcpy(buf + n, SPACE_MARK, 3); n += 3; }
-        else buf[n++] = text[i];
+        if (text[i] == ' ' && im->marker) {
+            memcpy(buf + n, SPACE_MARK, 3);
+            n += 3;
+        } else
+            buf[n++] = text[i];
     }
 
     /* 2. one symbol per UTF-8 character */
@@ -244,7 +251,7 @@ int spm_encode(const tokenizer *t, const char *text, size_t len, int add_bos, in
          * ends up as byte tokens */
         uint32_t cp;
         size_t cl = model_utf8_decode(buf + i, n - i, &cp);
-        sym[n_sym] = (symbol){(int)i, (int)cl, n_sym - 1, n_sym + 1};
+        sym[n_sym] = (symbol){ (int)i, (int)cl, n_sym - 1, n_sym + 1 };
         n_sym++;
         i += cl;
     }

@@ -32,9 +32,9 @@ typedef struct {
     /* special / added tokens, matched before pre-splitting, longest first */
     int32_t *special;
     int n_special;
-    int digits_split;     /* HF Digits(individual_digits=true) before ByteLevel */
-    int prefix_space;     /* ByteLevel add_prefix_space */
-    int pre_split;        /* 1 = GPT-2 regex, 0 = none (g2c) */
+    int digits_split; /* HF Digits(individual_digits=true) before ByteLevel */
+    int prefix_space; /* ByteLevel add_prefix_space */
+    int pre_split;    /* 1 = GPT-2 regex, 0 = none (g2c) */
 } bpe_impl;
 
 static uint64_t hash_bytes(const char *s, size_t n)
@@ -130,7 +130,10 @@ static int pair_find(const bpe_impl *b, int32_t l, int32_t r, int32_t *res)
     uint64_t k = (uint64_t)(uint32_t)l << 32 | (uint32_t)r;
     for (uint32_t i = (uint32_t)hash_pair(k) & b->pmask;; i = (i + 1) & b->pmask) {
         if (b->pkey[i] == ~0ull) return -1;
-        if (b->pkey[i] == k) { *res = b->pres[i]; return b->prank[i]; }
+        if (b->pkey[i] == k) {
+            *res = b->pres[i];
+            return b->prank[i];
+        }
     }
 }
 
@@ -170,8 +173,15 @@ static uint32_t utf8_next(const unsigned char *s, size_t len, size_t *n)
 
 static size_t utf8_put(char *o, uint32_t cp)
 {
-    if (cp < 0x80) { o[0] = (char)cp; return 1; }
-    if (cp < 0x800) { o[0] = (char)(0xC0 | cp >> 6); o[1] = (char)(0x80 | (cp & 63)); return 2; }
+    if (cp < 0x80) {
+        o[0] = (char)cp;
+        return 1;
+    }
+    if (cp < 0x800) {
+        o[0] = (char)(0xC0 | cp >> 6);
+        o[1] = (char)(0x80 | (cp & 63));
+        return 2;
+    }
     o[0] = (char)(0xE0 | cp >> 12);
     o[1] = (char)(0x80 | ((cp >> 6) & 63));
     o[2] = (char)(0x80 | (cp & 63));
@@ -201,9 +211,12 @@ static int in_ranges(const uint32_t (*r)[2], size_t n, uint32_t cp)
     size_t lo = 0, hi = n;
     while (lo < hi) {
         size_t mid = (lo + hi) / 2;
-        if (cp < r[mid][0]) hi = mid;
-        else if (cp > r[mid][1]) lo = mid + 1;
-        else return 1;
+        if (cp < r[mid][0])
+            hi = mid;
+        else if (cp > r[mid][1])
+            lo = mid + 1;
+        else
+            return 1;
     }
     return 0;
 }
@@ -211,22 +224,20 @@ static int in_ranges(const uint32_t (*r)[2], size_t n, uint32_t cp)
 static int is_letter(uint32_t cp)
 {
     if (cp < 128) return (cp | 32) >= 'a' && (cp | 32) <= 'z';
-    return cp <= 0x10FFFF &&
-           in_ranges(uc_letter_ranges, sizeof uc_letter_ranges / sizeof uc_letter_ranges[0], cp);
+    return cp <= 0x10FFFF && in_ranges(uc_letter_ranges, sizeof uc_letter_ranges / sizeof uc_letter_ranges[0], cp);
 }
 
 static int is_number(uint32_t cp)
 {
     if (cp < 128) return cp >= '0' && cp <= '9';
-    return cp <= 0x10FFFF &&
-           in_ranges(uc_number_ranges, sizeof uc_number_ranges / sizeof uc_number_ranges[0], cp);
+    return cp <= 0x10FFFF && in_ranges(uc_number_ranges, sizeof uc_number_ranges / sizeof uc_number_ranges[0], cp);
 }
 
 static int is_space(uint32_t cp) /* Unicode White_Space */
 {
     return (cp >= 9 && cp <= 13) || cp == 32 || cp == 0x85 || cp == 0xA0 || cp == 0x1680 ||
-           (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 || cp == 0x202F ||
-           cp == 0x205F || cp == 0x3000;
+           (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 || cp == 0x202F || cp == 0x205F ||
+           cp == 0x3000;
 }
 
 enum { C_OTHER, C_LETTER, C_NUMBER, C_SPACE };
@@ -287,12 +298,11 @@ static size_t gpt2_match(const unsigned char *s, size_t len, size_t i)
 
 /* ---- BPE on one piece -------------------------------------------------------------- */
 
-typedef struct { int32_t rank, pos, l, r; } hent;
+typedef struct {
+    int32_t rank, pos, l, r;
+} hent;
 
-static int hless(const hent *a, const hent *b)
-{
-    return a->rank < b->rank || (a->rank == b->rank && a->pos < b->pos);
-}
+static int hless(const hent *a, const hent *b) { return a->rank < b->rank || (a->rank == b->rank && a->pos < b->pos); }
 
 static void hpush(hent *h, int *n, hent e)
 {
@@ -301,7 +311,9 @@ static void hpush(hent *h, int *n, hent e)
     while (i > 0) {
         int p = (i - 1) / 2;
         if (!hless(&h[i], &h[p])) break;
-        hent t = h[i]; h[i] = h[p]; h[p] = t;
+        hent t = h[i];
+        h[i] = h[p];
+        h[p] = t;
         i = p;
     }
 }
@@ -315,7 +327,9 @@ static hent hpop(hent *h, int *n)
         if (l < *n && hless(&h[l], &h[m])) m = l;
         if (r < *n && hless(&h[r], &h[m])) m = r;
         if (m == i) break;
-        hent t = h[i]; h[i] = h[m]; h[m] = t;
+        hent t = h[i];
+        h[i] = h[m];
+        h[m] = t;
         i = m;
     }
     return top;
@@ -344,7 +358,12 @@ static int bpe_piece(const tokenizer *t, const bpe_impl *b, const unsigned char 
     int32_t *nx = heap ? malloc(n * sizeof *nx) : s_nx, *pv = heap ? malloc(n * sizeof *pv) : s_pv;
     hent *h = heap ? malloc((2 * n + 1) * sizeof *h) : s_h;
     if (!id || !nx || !pv || !h) {
-        if (heap) { free(id); free(nx); free(pv); free(h); }
+        if (heap) {
+            free(id);
+            free(nx);
+            free(pv);
+            free(h);
+        }
         return MODEL_ENOMEM;
     }
     for (size_t i = 0; i < n; i++) {
@@ -358,7 +377,7 @@ static int bpe_piece(const tokenizer *t, const bpe_impl *b, const unsigned char 
     for (size_t i = 0; i + 1 < n; i++) {
         if (id[i] < 0 || id[i + 1] < 0) continue;
         int rk = pair_find(b, id[i], id[i + 1], &res);
-        if (rk >= 0) hpush(h, &hn, (hent){rk, (int32_t)i, id[i], id[i + 1]});
+        if (rk >= 0) hpush(h, &hn, (hent){ rk, (int32_t)i, id[i], id[i + 1] });
     }
     while (hn > 0) {
         hent x = hpop(h, &hn);
@@ -372,22 +391,26 @@ static int bpe_piece(const tokenizer *t, const bpe_impl *b, const unsigned char 
         /* A heap slot frees with every merge, so 2n entries always suffice. */
         if (pv[l] >= 0) {
             int rk = pair_find(b, id[pv[l]], id[l], &res);
-            if (rk >= 0) hpush(h, &hn, (hent){rk, pv[l], id[pv[l]], id[l]});
+            if (rk >= 0) hpush(h, &hn, (hent){ rk, pv[l], id[pv[l]], id[l] });
         }
         if (nx[l] >= 0) {
             int rk = pair_find(b, id[l], id[nx[l]], &res);
-            if (rk >= 0) hpush(h, &hn, (hent){rk, l, id[l], id[nx[l]]});
+            if (rk >= 0) hpush(h, &hn, (hent){ rk, l, id[l], id[nx[l]] });
         }
     }
     for (int32_t i = 0; i >= 0; i = nx[i])
         if (id[i] >= 0) emit(e, id[i]);
-    if (heap) { free(id); free(nx); free(pv); free(h); }
+    if (heap) {
+        free(id);
+        free(nx);
+        free(pv);
+        free(h);
+    }
     return 0;
 }
 
 /* A segment without special tokens. */
-static int encode_segment(const tokenizer *t, const bpe_impl *b, const unsigned char *s, size_t len,
-                          emit_t *e)
+static int encode_segment(const tokenizer *t, const bpe_impl *b, const unsigned char *s, size_t len, emit_t *e)
 {
     if (!b->pre_split) return bpe_piece(t, b, s, len, e);
     size_t i = 0;
@@ -423,7 +446,7 @@ int tok_bpe_encode(const tokenizer *t, const char *text, size_t len, int add_bos
     const bpe_impl *b = t->impl;
     if (!b || (t->kind != TOK_BPE_BYTES && t->kind != TOK_G2C)) return MODEL_EINVAL;
     if (len > (size_t)1 << 30) return MODEL_EINVAL;
-    emit_t e = {out, cap < 0 ? 0 : cap, 0};
+    emit_t e = { out, cap < 0 ? 0 : cap, 0 };
     if (add_bos && t->bos_id >= 0) emit(&e, t->bos_id);
     const unsigned char *s = (const unsigned char *)text;
     char *tmp = NULL;
@@ -447,7 +470,10 @@ int tok_bpe_encode(const tokenizer *t, const char *text, size_t len, int add_bos
                 break;
             }
         }
-        if (hit < 0) { i++; continue; }
+        if (hit < 0) {
+            i++;
+            continue;
+        }
         rc = encode_segment(t, b, s + seg, i - seg, &e);
         emit(&e, hit);
         i += (size_t)t->bytes_len[hit];
@@ -478,7 +504,10 @@ static int vocab_alloc(tokenizer *t, int n)
 static char *dupn(const char *s, size_t n)
 {
     char *d = malloc(n + 1);
-    if (d) { memcpy(d, s, n); d[n] = 0; }
+    if (d) {
+        memcpy(d, s, n);
+        d[n] = 0;
+    }
     return d;
 }
 
@@ -543,8 +572,8 @@ static bpe_impl *impl_new(tokenizer *t, int kind)
 }
 
 /* Add merge "a b" (byte-level spellings) with the given rank. */
-static int add_merge_str(tokenizer *t, bpe_impl *b, const char *a, size_t an, const char *c, size_t cn,
-                         int rank, char *scratch)
+static int add_merge_str(tokenizer *t, bpe_impl *b, const char *a, size_t an, const char *c, size_t cn, int rank,
+                         char *scratch)
 {
     int ka = unmap_bytes(a, an, scratch);
     if (ka < 0) return -1;
@@ -557,8 +586,8 @@ static int add_merge_str(tokenizer *t, bpe_impl *b, const char *a, size_t an, co
     return 0;
 }
 
-static int merges_from_strings(tokenizer *t, bpe_impl *b, int n, const char *const *m, const char *name,
-                               char *err, size_t errlen)
+static int merges_from_strings(tokenizer *t, bpe_impl *b, int n, const char *const *m, const char *name, char *err,
+                               size_t errlen)
 {
     int rc = pairs_alloc(b, n);
     if (rc) return model_errf(err, errlen, rc, name, "out of memory");
@@ -569,23 +598,28 @@ static int merges_from_strings(tokenizer *t, bpe_impl *b, int n, const char *con
         if (!sp || sp == m[i] || strlen(m[i]) > (size_t)t->max_str_len * 2 + 8 ||
             add_merge_str(t, b, m[i], (size_t)(sp - m[i]), sp + 1, strlen(sp + 1), i, scratch)) {
             free(scratch);
-            return model_errf(err, errlen, MODEL_EFORMAT, name, "merge %d ('%.40s') does not join two "
-                        "vocabulary tokens into a third", i, m[i]);
+            return model_errf(err, errlen, MODEL_EFORMAT, name,
+                              "merge %d ('%.40s') does not join two "
+                              "vocabulary tokens into a third",
+                              i, m[i]);
         }
     }
     free(scratch);
     return 0;
 }
 
-int tok_bpe_load_lists(tokenizer *t, int n_vocab, const char *const *tokens, const int32_t *types,
-                       int n_merges, const char *const *merges, char *err, size_t errlen)
+int tok_bpe_load_lists(tokenizer *t, int n_vocab, const char *const *tokens, const int32_t *types, int n_merges,
+                       const char *const *merges, char *err, size_t errlen)
 {
     const char *name = "gguf vocabulary";
     memset(t, 0, sizeof *t);
     if (n_vocab <= 0 || n_vocab > (1 << 24) || n_merges < 0)
         return model_errf(err, errlen, MODEL_EFORMAT, name, "bad vocabulary size %d", n_vocab);
     bpe_impl *b = impl_new(t, TOK_BPE_BYTES);
-    if (!b || vocab_alloc(t, n_vocab)) { tok_bpe_clear(t); return model_errf(err, errlen, MODEL_ENOMEM, name, "out of memory"); }
+    if (!b || vocab_alloc(t, n_vocab)) {
+        tok_bpe_clear(t);
+        return model_errf(err, errlen, MODEL_ENOMEM, name, "out of memory");
+    }
     for (int i = 0; i < n_vocab; i++) {
         int ty = types ? types[i] : TT_NORMAL;
         if (ty < TT_NORMAL || ty > TT_BYTE) ty = TT_NORMAL;
@@ -596,9 +630,14 @@ int tok_bpe_load_lists(tokenizer *t, int n_vocab, const char *const *tokens, con
         }
     }
     int rc = finish(t, b);
-    if (!rc) rc = merges_from_strings(t, b, n_merges, merges, name, err, errlen);
-    else model_errf(err, errlen, rc, name, "out of memory");
-    if (rc) { tok_bpe_clear(t); return rc; }
+    if (!rc)
+        rc = merges_from_strings(t, b, n_merges, merges, name, err, errlen);
+    else
+        model_errf(err, errlen, rc, name, "out of memory");
+    if (rc) {
+        tok_bpe_clear(t);
+        return rc;
+    }
     return 0;
 }
 
@@ -606,8 +645,9 @@ static json_t *load_json(const char *path, char *err, size_t errlen, int *rc)
 {
     json_error_t je;
     json_t *j = json_load_file(path, 0, &je);
-    if (!j) *rc = model_errf(err, errlen, je.line < 0 && je.position == 0 ? MODEL_EIO : MODEL_EFORMAT, path,
-                       "%s (line %d)", je.text, je.line);
+    if (!j)
+        *rc = model_errf(err, errlen, je.line < 0 && je.position == 0 ? MODEL_EIO : MODEL_EFORMAT, path, "%s (line %d)",
+                         je.text, je.line);
     return j;
 }
 
@@ -621,7 +661,12 @@ static int merge_pair(json_t *p, size_t max, const char **a, size_t *an, const c
     if (json_is_string(p)) {
         const char *s = json_string_value(p);
         const char *sp = strchr(s, ' ');
-        if (sp) { *a = s; *an = (size_t)(sp - s); *c = sp + 1; *cn = strlen(*c); }
+        if (sp) {
+            *a = s;
+            *an = (size_t)(sp - s);
+            *c = sp + 1;
+            *cn = strlen(*c);
+        }
     } else if (json_is_array(p) && json_array_size(p) == 2) {
         *a = json_string_value(json_array_get(p, 0));
         *c = json_string_value(json_array_get(p, 1));
@@ -642,8 +687,10 @@ static json_t *hf_list(const json_t *o, const char *seq_key)
     if (!list) return NULL;
     const char *ty = json_string_value(json_object_get(o, "type"));
     int rc = 0;
-    if (ty && strcmp(ty, "Sequence") == 0) rc = json_array_extend(list, json_object_get(o, seq_key));
-    else if (o && !json_is_null(o)) rc = json_array_append(list, (json_t *)o);
+    if (ty && strcmp(ty, "Sequence") == 0)
+        rc = json_array_extend(list, json_object_get(o, seq_key));
+    else if (o && !json_is_null(o))
+        rc = json_array_append(list, (json_t *)o);
     if (rc && json_is_array(json_object_get(o, seq_key))) { /* extend fails on a non-array: nothing */
         json_decref(list);
         return NULL;
@@ -658,13 +705,15 @@ static int hf_vocab_size(json_t *vocab, json_t *added, const char *path, int *n,
     json_t *v, *p;
     size_t k;
     *n = 0;
-    json_object_foreach(vocab, key, v) {
+    json_object_foreach(vocab, key, v)
+    {
         json_int_t id = json_integer_value(v);
         if (!json_is_integer(v) || id < 0 || id >= (1 << 24))
             return model_errf(err, errlen, MODEL_EFORMAT, path, "vocab entry '%.40s' has a bad id", key);
         if (id + 1 > *n) *n = (int)id + 1;
     }
-    json_array_foreach(added, k, p) {
+    json_array_foreach(added, k, p)
+    {
         json_int_t id = json_integer_value(json_object_get(p, "id"));
         if (!json_is_string(json_object_get(p, "content")) || id < 0 || id >= (1 << 24))
             return model_errf(err, errlen, MODEL_EFORMAT, path, "added_tokens[%zu] needs an id and content", k);
@@ -680,7 +729,8 @@ static int hf_template_bos(tokenizer *t, json_t *j, const char *path, char *err,
     json_t *procs = hf_list(json_object_get(j, "post_processor"), "processors"), *p;
     if (!procs) return model_errf(err, errlen, MODEL_ENOMEM, path, "out of memory");
     size_t k;
-    json_array_foreach(procs, k, p) {
+    json_array_foreach(procs, k, p)
+    {
         const char *ty = json_string_value(json_object_get(p, "type"));
         if (!ty || strcmp(ty, "TemplateProcessing") != 0) continue;
         json_t *first = json_array_get(json_object_get(p, "single"), 0);
@@ -700,29 +750,32 @@ static int hf_template_bos(tokenizer *t, json_t *j, const char *path, char *err,
 /* ---- tokenizer.json, SentencePiece-converted (byte_fallback) ---- */
 
 /* The vocabulary and added tokens into t (n ids; unnamed ids unused). */
-static int spm_vocab(tokenizer *t, json_t *vocab, json_t *added, int n, const char *path, char *err,
-                     size_t errlen)
+static int spm_vocab(tokenizer *t, json_t *vocab, json_t *added, int n, const char *path, char *err, size_t errlen)
 {
     const char *key;
     json_t *v, *p;
     size_t k;
     if (tokenizer_alloc(t, n)) return model_errf(err, errlen, MODEL_ENOMEM, path, "out of memory");
     t->kind = TOK_SPM;
-    json_object_foreach(vocab, key, v) {
+    json_object_foreach(vocab, key, v)
+    {
         int id = (int)json_integer_value(v);
         if (t->str[id]) return model_errf(err, errlen, MODEL_EFORMAT, path, "id %d appears twice in the vocab", id);
         if (strlen(key) > TOKENIZER_MAX_TOKEN_LEN || tokenizer_set_token(t, id, key, (int)strlen(key)))
             return model_errf(err, errlen, MODEL_EFORMAT, path, "vocab entry %d is unusable", id);
     }
     for (int id = 0; id < n; id++)
-        if (!t->str[id] && tokenizer_set_token(t, id, "", 0)) return model_errf(err, errlen, MODEL_ENOMEM, path, "out of memory");
+        if (!t->str[id] && tokenizer_set_token(t, id, "", 0))
+            return model_errf(err, errlen, MODEL_ENOMEM, path, "out of memory");
     tokenizer_guess_types(t);
     for (int id = 0; id < n; id++)
         if (!json_object_get(vocab, t->str[id]) && !t->str_len[id]) t->types[id] = TT_UNUSED;
-    json_array_foreach(added, k, p) {
+    json_array_foreach(added, k, p)
+    {
         int id = (int)json_integer_value(json_object_get(p, "id"));
         const char *c = json_string_value(json_object_get(p, "content"));
-        if (tokenizer_set_token(t, id, c, (int)strlen(c))) return model_errf(err, errlen, MODEL_ENOMEM, path, "out of memory");
+        if (tokenizer_set_token(t, id, c, (int)strlen(c)))
+            return model_errf(err, errlen, MODEL_ENOMEM, path, "out of memory");
         if (t->types[id] != TT_UNKNOWN)
             t->types[id] = json_is_true(json_object_get(p, "special")) ? TT_CONTROL : TT_USER;
     }
@@ -739,7 +792,11 @@ static int spm_scores(tokenizer *t, json_t *merges, const char *path, char *err,
     while (cap < 2u * (uint32_t)n) cap *= 2;
     int32_t *slot = malloc(cap * sizeof *slot);
     char *buf = malloc(2 * TOKENIZER_MAX_TOKEN_LEN + 2);
-    if (!slot || !buf) { free(slot); free(buf); return model_errf(err, errlen, MODEL_ENOMEM, path, "out of memory"); }
+    if (!slot || !buf) {
+        free(slot);
+        free(buf);
+        return model_errf(err, errlen, MODEL_ENOMEM, path, "out of memory");
+    }
     memset(slot, 0xff, cap * sizeof *slot);
     for (int id = 0; id < n; id++) {
         uint32_t h = (uint32_t)hash_bytes(t->str[id], (size_t)t->str_len[id]) & (cap - 1);
@@ -749,7 +806,8 @@ static int spm_scores(tokenizer *t, json_t *merges, const char *path, char *err,
     for (int id = 0; id < n; id++) t->scores[id] = -1e30f;
     size_t k;
     json_t *p;
-    json_array_foreach(merges, k, p) {
+    json_array_foreach(merges, k, p)
+    {
         const char *a, *c;
         size_t an, cn;
         if (merge_pair(p, 2 * TOKENIZER_MAX_TOKEN_LEN, &a, &an, &c, &cn)) {
@@ -783,10 +841,13 @@ static int spm_space_prefix(tokenizer *t, json_t *norm, json_t *pre, const char 
     if (!ns) return model_errf(err, errlen, MODEL_ENOMEM, path, "out of memory");
     int rc = 0;
     size_t k;
-    json_array_foreach(ns, k, p) {
+    json_array_foreach(ns, k, p)
+    {
         const char *ty = json_string_value(json_object_get(p, "type"));
-        if (ty && !strcmp(ty, "Prepend")) t->add_space_prefix = 1;
-        else if (ty && !strcmp(ty, "Replace")) continue;
+        if (ty && !strcmp(ty, "Prepend"))
+            t->add_space_prefix = 1;
+        else if (ty && !strcmp(ty, "Replace"))
+            continue;
         else {
             rc = model_errf(err, errlen, MODEL_EFORMAT, path, "normalizer '%s' is not supported", ty ? ty : "?");
             break;
@@ -801,7 +862,7 @@ static int spm_space_prefix(tokenizer *t, json_t *norm, json_t *pre, const char 
             t->add_space_prefix = 1;
     } else if (pre && !json_is_null(pre)) {
         return model_errf(err, errlen, MODEL_EFORMAT, path, "pre_tokenizer '%s' is not supported with byte_fallback",
-                    pt ? pt : "?");
+                          pt ? pt : "?");
     }
     return 0;
 }
@@ -822,9 +883,10 @@ static int load_hf_spm(tokenizer *t, json_t *j, const char *path, char *err, siz
         (rc = spm_scores(t, json_object_get(mdl, "merges"), path, err, errlen)))
         return rc;
     const char *unk = json_string_value(json_object_get(mdl, "unk_token"));
-    if (unk && json_is_integer(json_object_get(vocab, unk))) t->unk_id = (int32_t)json_integer_value(json_object_get(vocab, unk));
-    if ((rc = spm_space_prefix(t, json_object_get(j, "normalizer"), json_object_get(j, "pre_tokenizer"), path,
-                               err, errlen)) ||
+    if (unk && json_is_integer(json_object_get(vocab, unk)))
+        t->unk_id = (int32_t)json_integer_value(json_object_get(vocab, unk));
+    if ((rc = spm_space_prefix(t, json_object_get(j, "normalizer"), json_object_get(j, "pre_tokenizer"), path, err,
+                               errlen)) ||
         (rc = hf_template_bos(t, j, path, err, errlen)))
         return rc;
     char why[160] = "";
@@ -844,17 +906,20 @@ static int bytes_pretokenizer(json_t *pre, const char *path, int *digits, int *p
     if (!list) return model_errf(err, errlen, MODEL_ENOMEM, path, "out of memory");
     int bytelevel = 0, rc = 0;
     size_t k;
-    json_array_foreach(list, k, p) {
+    json_array_foreach(list, k, p)
+    {
         const char *ty = json_string_value(json_object_get(p, "type"));
         if (ty && strcmp(ty, "ByteLevel") == 0 && !json_is_false(json_object_get(p, "use_regex")) && !bytelevel) {
             bytelevel = 1;
             *prefix = json_is_true(json_object_get(p, "add_prefix_space"));
-        } else if (ty && strcmp(ty, "Digits") == 0 && json_is_true(json_object_get(p, "individual_digits"))
-                   && !bytelevel) {
+        } else if (ty && strcmp(ty, "Digits") == 0 && json_is_true(json_object_get(p, "individual_digits")) &&
+                   !bytelevel) {
             *digits = 1;
         } else {
-            rc = model_errf(err, errlen, MODEL_EFORMAT, path, "pre_tokenizer '%s' is not supported (ByteLevel "
-                      "with its regex, optionally after Digits(individual_digits))", ty ? ty : "?");
+            rc = model_errf(err, errlen, MODEL_EFORMAT, path,
+                            "pre_tokenizer '%s' is not supported (ByteLevel "
+                            "with its regex, optionally after Digits(individual_digits))",
+                            ty ? ty : "?");
             break;
         }
     }
@@ -870,12 +935,15 @@ static int bytes_vocab(tokenizer *t, json_t *vocab, json_t *added, const char *p
     const char *key;
     json_t *v, *p;
     size_t k;
-    json_object_foreach(vocab, key, v) {
+    json_object_foreach(vocab, key, v)
+    {
         int id = (int)json_integer_value(v);
         if (t->str[id]) return model_errf(err, errlen, MODEL_EFORMAT, path, "id %d appears twice in the vocab", id);
-        if (set_token(t, id, key, strlen(key), TT_NORMAL, 0)) return model_errf(err, errlen, MODEL_ENOMEM, path, "out of memory");
+        if (set_token(t, id, key, strlen(key), TT_NORMAL, 0))
+            return model_errf(err, errlen, MODEL_ENOMEM, path, "out of memory");
     }
-    json_array_foreach(added, k, p) {
+    json_array_foreach(added, k, p)
+    {
         int id = (int)json_integer_value(json_object_get(p, "id"));
         const char *c = json_string_value(json_object_get(p, "content"));
         int special = json_is_true(json_object_get(p, "special"));
@@ -894,13 +962,16 @@ static int bytes_merges(tokenizer *t, bpe_impl *b, json_t *merges, const char *p
     if (!scratch) return model_errf(err, errlen, MODEL_ENOMEM, path, "out of memory");
     size_t k;
     json_t *p;
-    json_array_foreach(merges, k, p) {
+    json_array_foreach(merges, k, p)
+    {
         const char *a, *c;
         size_t an, cn;
         if (merge_pair(p, (size_t)t->max_str_len * 2, &a, &an, &c, &cn) ||
             add_merge_str(t, b, a, an, c, cn, (int)k, scratch)) {
-            rc = model_errf(err, errlen, MODEL_EFORMAT, path, "merges[%zu] does not join two vocabulary "
-                      "tokens into a third", k);
+            rc = model_errf(err, errlen, MODEL_EFORMAT, path,
+                            "merges[%zu] does not join two vocabulary "
+                            "tokens into a third",
+                            k);
             break;
         }
     }
@@ -914,8 +985,10 @@ static int load_hf_bytes(tokenizer *t, json_t *j, const char *path, char *err, s
     json_t *vocab = json_object_get(mdl, "vocab"), *added = json_object_get(j, "added_tokens");
     if (norm && !json_is_null(norm)) {
         const char *ty = json_string_value(json_object_get(norm, "type"));
-        return model_errf(err, errlen, MODEL_EFORMAT, path, "normalizer '%s' is not supported (byte-level BPE "
-                          "without normalizer only)", ty ? ty : "?");
+        return model_errf(err, errlen, MODEL_EFORMAT, path,
+                          "normalizer '%s' is not supported (byte-level BPE "
+                          "without normalizer only)",
+                          ty ? ty : "?");
     }
     int digits, prefix, n, rc;
     if ((rc = bytes_pretokenizer(json_object_get(j, "pre_tokenizer"), path, &digits, &prefix, err, errlen)) ||
@@ -932,7 +1005,10 @@ static int load_hf_bytes(tokenizer *t, json_t *j, const char *path, char *err, s
         return rc;
     /* Default EOS: <|endoftext|> when present (the model's config may override). */
     for (int id = 0; id < t->n_vocab; id++)
-        if (t->types[id] == TT_CONTROL && strcmp(t->str[id], "<|endoftext|>") == 0) { t->eos_id = id; break; }
+        if (t->types[id] == TT_CONTROL && strcmp(t->str[id], "<|endoftext|>") == 0) {
+            t->eos_id = id;
+            break;
+        }
     return 0;
 }
 
@@ -946,8 +1022,10 @@ int tok_bpe_load_hf(tokenizer *t, const char *path, char *err, size_t errlen)
     const char *mtype = json_string_value(json_object_get(mdl, "type"));
     if (!mtype || strcmp(mtype, "BPE") != 0 || !json_is_object(json_object_get(mdl, "vocab")) ||
         !json_is_array(json_object_get(mdl, "merges")))
-        rc = model_errf(err, errlen, MODEL_EFORMAT, path, "model is not a BPE model with vocab and merges "
-                        "(type '%s')", mtype ? mtype : "?");
+        rc = model_errf(err, errlen, MODEL_EFORMAT, path,
+                        "model is not a BPE model with vocab and merges "
+                        "(type '%s')",
+                        mtype ? mtype : "?");
     else if (json_is_true(json_object_get(mdl, "byte_fallback"))) /* Llama / TinyLlama style */
         rc = load_hf_spm(t, j, path, err, errlen);
     else
@@ -957,8 +1035,7 @@ int tok_bpe_load_hf(tokenizer *t, const char *path, char *err, size_t errlen)
     return rc;
 }
 
-int tok_bpe_load_gpt2_files(tokenizer *t, const char *encoder_json, const char *vocab_bpe,
-                            char *err, size_t errlen)
+int tok_bpe_load_gpt2_files(tokenizer *t, const char *encoder_json, const char *vocab_bpe, char *err, size_t errlen)
 {
     memset(t, 0, sizeof *t);
     int rc = 0;
@@ -971,7 +1048,8 @@ int tok_bpe_load_gpt2_files(tokenizer *t, const char *encoder_json, const char *
     int n = 0;
     const char *key;
     json_t *v;
-    json_object_foreach(j, key, v) {
+    json_object_foreach(j, key, v)
+    {
         json_int_t id = json_integer_value(v);
         if (!json_is_integer(v) || id < 0 || id >= (1 << 24)) {
             json_decref(j);
@@ -981,16 +1059,26 @@ int tok_bpe_load_gpt2_files(tokenizer *t, const char *encoder_json, const char *
     }
     bpe_impl *b = impl_new(t, TOK_BPE_BYTES);
     char *text = NULL, **lines = NULL;
-    if (!b || vocab_alloc(t, n)) { rc = model_errf(err, errlen, MODEL_ENOMEM, encoder_json, "out of memory"); goto out; }
-    json_object_foreach(j, key, v) {
+    if (!b || vocab_alloc(t, n)) {
+        rc = model_errf(err, errlen, MODEL_ENOMEM, encoder_json, "out of memory");
+        goto out;
+    }
+    json_object_foreach(j, key, v)
+    {
         int id = (int)json_integer_value(v);
         int special = strcmp(key, "<|endoftext|>") == 0;
-        if (set_token(t, id, key, strlen(key), special ? TT_CONTROL : TT_NORMAL, special)) { rc = MODEL_ENOMEM; goto out; }
+        if (set_token(t, id, key, strlen(key), special ? TT_CONTROL : TT_NORMAL, special)) {
+            rc = MODEL_ENOMEM;
+            goto out;
+        }
         if (special) t->eos_id = t->bos_id = id;
     }
     if ((rc = finish(t, b))) goto out;
     FILE *f = fopen(vocab_bpe, "rb");
-    if (!f) { rc = model_errf(err, errlen, MODEL_EIO, vocab_bpe, "cannot open"); goto out; }
+    if (!f) {
+        rc = model_errf(err, errlen, MODEL_EIO, vocab_bpe, "cannot open");
+        goto out;
+    }
     fseek(f, 0, SEEK_END);
     long sz = ftell(f);
     fseek(f, 0, SEEK_SET);
@@ -1004,7 +1092,10 @@ int tok_bpe_load_gpt2_files(tokenizer *t, const char *encoder_json, const char *
     text[sz] = 0;
     int nl = 0, cap = 1024;
     lines = malloc((size_t)cap * sizeof *lines);
-    if (!lines) { rc = MODEL_ENOMEM; goto out; }
+    if (!lines) {
+        rc = MODEL_ENOMEM;
+        goto out;
+    }
     for (char *p = text, *e; p && *p; p = e ? e + 1 : NULL) {
         e = strchr(p, '\n');
         if (e) *e = 0;
@@ -1013,7 +1104,10 @@ int tok_bpe_load_gpt2_files(tokenizer *t, const char *encoder_json, const char *
         if (!*p || (p == text && strncmp(p, "#version", 8) == 0)) continue; /* header line only */
         if (nl == cap) {
             char **nlines = realloc(lines, (size_t)cap * 2 * sizeof *lines);
-            if (!nlines) { rc = MODEL_ENOMEM; goto out; }
+            if (!nlines) {
+                rc = MODEL_ENOMEM;
+                goto out;
+            }
             lines = nlines;
             cap *= 2;
         }
@@ -1039,8 +1133,9 @@ int tok_g2c_load(tokenizer *t, const char *path, char *err, size_t errlen)
     json_t *sp = json_object_get(j, "special_tokens"), *mg = json_object_get(j, "merges");
     bpe_impl *b = NULL;
     if (!fmt || strcmp(fmt, "g2c.bpe") != 0 || (ver != 1 && ver != 2)) {
-        rc = model_errf(err, errlen, MODEL_EFORMAT, path, "not a course tokenizer (format \"g2c.bpe\" "
-                  "version 1 or 2)");
+        rc = model_errf(err, errlen, MODEL_EFORMAT, path,
+                        "not a course tokenizer (format \"g2c.bpe\" "
+                        "version 1 or 2)");
         goto out;
     }
     if ((sp && !json_is_array(sp)) || !json_is_array(mg)) {
@@ -1063,30 +1158,48 @@ int tok_g2c_load(tokenizer *t, const char *path, char *err, size_t errlen)
     for (int c = 0; c < 256; c++) {
         char s[4];
         size_t k = utf8_put(s, cp_of[c]);
-        if (set_token(t, c, s, k, TT_BYTE, 0)) { rc = MODEL_ENOMEM; goto out; }
+        if (set_token(t, c, s, k, TT_BYTE, 0)) {
+            rc = MODEL_ENOMEM;
+            goto out;
+        }
     }
     for (size_t i = 0; i < ns; i++) {
         const char *s = json_string_value(json_array_get(sp, i));
-        if (!s || !*s) { rc = model_errf(err, errlen, MODEL_EFORMAT, path, "special_tokens[%zu] is not a "
-                                   "non-empty string", i); goto out; }
-        if (set_token(t, 256 + (int)i, s, strlen(s), TT_CONTROL, 1)) { rc = MODEL_ENOMEM; goto out; }
+        if (!s || !*s) {
+            rc = model_errf(err, errlen, MODEL_EFORMAT, path,
+                            "special_tokens[%zu] is not a "
+                            "non-empty string",
+                            i);
+            goto out;
+        }
+        if (set_token(t, 256 + (int)i, s, strlen(s), TT_CONTROL, 1)) {
+            rc = MODEL_ENOMEM;
+            goto out;
+        }
     }
     for (size_t i = 0; i < nm; i++) {
         json_t *m = json_array_get(mg, i);
         json_int_t a = json_integer_value(json_array_get(m, 0)), c = json_integer_value(json_array_get(m, 1));
         json_int_t id = json_integer_value(json_array_get(m, 2));
         json_int_t want = 256 + (json_int_t)ns + (json_int_t)i;
-        if (!json_is_array(m) || json_array_size(m) != 3 || id != want || a < 0 || c < 0 || a >= id ||
-            c >= id || (a >= 256 && a < 256 + (json_int_t)ns) || (c >= 256 && c < 256 + (json_int_t)ns)) {
-            rc = model_errf(err, errlen, MODEL_EFORMAT, path, "merges[%zu] must be [a, b, %lld] with a, b "
-                      "earlier non-special ids", i, (long long)want);
+        if (!json_is_array(m) || json_array_size(m) != 3 || id != want || a < 0 || c < 0 || a >= id || c >= id ||
+            (a >= 256 && a < 256 + (json_int_t)ns) || (c >= 256 && c < 256 + (json_int_t)ns)) {
+            rc = model_errf(err, errlen, MODEL_EFORMAT, path,
+                            "merges[%zu] must be [a, b, %lld] with a, b "
+                            "earlier non-special ids",
+                            i, (long long)want);
             goto out;
         }
         /* The new token's bytes (and byte-level spelling) are the concatenation. */
         size_t la = (size_t)t->bytes_len[a], lc = (size_t)t->bytes_len[c];
         size_t sa = (size_t)t->str_len[a], sc = (size_t)t->str_len[c];
         char *s = malloc(sa + sc + 1), *by = malloc(la + lc + 1);
-        if (!s || !by) { free(s); free(by); rc = MODEL_ENOMEM; goto out; }
+        if (!s || !by) {
+            free(s);
+            free(by);
+            rc = MODEL_ENOMEM;
+            goto out;
+        }
         memcpy(s, t->str[a], sa);
         memcpy(s + sa, t->str[c], sc);
         s[sa + sc] = 0;
@@ -1101,7 +1214,7 @@ int tok_g2c_load(tokenizer *t, const char *path, char *err, size_t errlen)
         if ((int)(sa + sc) > t->max_str_len) t->max_str_len = (int)(sa + sc);
         if (!pair_add(b, (int32_t)a, (int32_t)c, (int32_t)id, (int32_t)id)) {
             rc = model_errf(err, errlen, MODEL_EFORMAT, path, "merges[%zu] repeats the pair (%lld, %lld)", i,
-                      (long long)a, (long long)c);
+                            (long long)a, (long long)c);
             goto out;
         }
     }
@@ -1118,8 +1231,7 @@ int tok_bpe_trim(tokenizer *t, int n)
 {
     if (n >= t->n_vocab) return 0;
     for (int id = n; id < t->n_vocab; id++)
-        if (t->types[id] != TT_CONTROL && t->types[id] != TT_USER && t->types[id] != TT_UNUSED)
-            return MODEL_EFORMAT;
+        if (t->types[id] != TT_CONTROL && t->types[id] != TT_USER && t->types[id] != TT_UNUSED) return MODEL_EFORMAT;
     bpe_impl *b = t->impl;
     int k = 0;
     for (int i = 0; i < b->n_special; i++)

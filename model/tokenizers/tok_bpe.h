@@ -32,12 +32,11 @@
  * with scores from the merge ranks. */
 int tok_bpe_load_hf(tokenizer *t, const char *path, char *err, size_t errlen);
 /* OpenAI's encoder.json + vocab.bpe. */
-int tok_bpe_load_gpt2_files(tokenizer *t, const char *encoder_json, const char *vocab_bpe,
-                            char *err, size_t errlen);
+int tok_bpe_load_gpt2_files(tokenizer *t, const char *encoder_json, const char *vocab_bpe, char *err, size_t errlen);
 /* A GGUF vocabulary (tokenizer.ggml.model = "gpt2"): tokens as stored, token types
  * (NULL = all normal) and merges "a b".  Control/user-defined tokens are special. */
-int tok_bpe_load_lists(tokenizer *t, int n_vocab, const char *const *tokens, const int32_t *types,
-                       int n_merges, const char *const *merges, char *err, size_t errlen);
+int tok_bpe_load_lists(tokenizer *t, int n_vocab, const char *const *tokens, const int32_t *types, int n_merges,
+                       const char *const *merges, char *err, size_t errlen);
 /* A course artifact's tokenizer.json (format "g2c.bpe", version 1 or 2). */
 int tok_g2c_load(tokenizer *t, const char *path, char *err, size_t errlen);
 

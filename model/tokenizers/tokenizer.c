@@ -72,7 +72,8 @@ int model_tokenize_special(const model *m, const char *text, size_t len, int add
         /* the text before the special token (or the end): a piece of its own, with the
          * vocabulary's space prefix as at the start of a text */
         if (i > seg) {
-            rc = tokenizer_encode(t, text + seg, i - seg, 0, count < cap ? out + count : out, count < cap ? cap - count : 0);
+            rc = tokenizer_encode(t, text + seg, i - seg, 0, count < cap ? out + count : out,
+                                  count < cap ? cap - count : 0);
             if (rc < 0) break;
             count += rc;
             rc = 0;
@@ -184,8 +185,7 @@ int model_detok_push(const model *m, model_detok *d, int32_t id, char *out, size
      * not drop the space of the piece after it (" Once" after "fun.", as SentencePiece
      * and llama.cpp print it).  Without a BOS first, the space is kept, so the texts of
      * consecutive id lists concatenate (llama.cpp's /detokenize does the same). */
-    if (!d->emitted && d->prev >= 0 && d->prev == t->bos_id && t->add_space_prefix && n > 0 &&
-        p[0] == ' ') {
+    if (!d->emitted && d->prev >= 0 && d->prev == t->bos_id && t->add_space_prefix && n > 0 && p[0] == ' ') {
         p++;
         n--;
     }
@@ -226,13 +226,19 @@ char *model_detokenize(const model *m, const int32_t *ids, int n, size_t *len_ou
         if (cap - len < step + 1) {
             size_t nc = 2 * cap + step;
             char *ns = realloc(s, nc);
-            if (!ns) { free(s); return NULL; }
+            if (!ns) {
+                free(s);
+                return NULL;
+            }
             s = ns;
             cap = nc;
         }
         int w = i < n ? model_detok_push(m, &d, ids[i], s + len, cap - len - 1)
                       : model_detok_flush(m, &d, s + len, cap - len - 1);
-        if (w < 0) { free(s); return NULL; }
+        if (w < 0) {
+            free(s);
+            return NULL;
+        }
         len += (size_t)w;
     }
     s[len] = '\0';

@@ -19,9 +19,9 @@
 
 /* ---- The vocabulary (vocab.c) ---- */
 
-int tokenizer_alloc(tokenizer *t, int n_vocab);  /* zeroed arrays for n_vocab tokens; types TT_NORMAL */
+int tokenizer_alloc(tokenizer *t, int n_vocab); /* zeroed arrays for n_vocab tokens; types TT_NORMAL */
 int tokenizer_set_token(tokenizer *t, int id, const char *s, int len); /* copies s[0..len) */
-void tokenizer_guess_types(tokenizer *t);        /* <unk>, <s>, </s> (also llama2.c's "\n<s>\n"), <0xNN> */
+void tokenizer_guess_types(tokenizer *t); /* <unk>, <s>, </s> (also llama2.c's "\n<s>\n"), <0xNN> */
 /* "<0xNN>" (len 6) -> NN, else -1. */
 int tokenizer_byte_token(const char *s, int len);
 /* Release everything in t (arrays and impl) and zero the counts; t may be empty. */

@@ -41,8 +41,10 @@ int tokenizer_byte_token(const char *s, int len)
     int v = 0;
     for (int i = 3; i < 5; i++) {
         char c = s[i];
-        int d = c >= '0' && c <= '9' ? c - '0' : c >= 'A' && c <= 'F' ? c - 'A' + 10
-              : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+        int d = c >= '0' && c <= '9'   ? c - '0'
+                : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                                       : -1;
         if (d < 0) return -1;
         v = v * 16 + d;
     }
@@ -53,11 +55,14 @@ void tokenizer_guess_types(tokenizer *t)
 {
     for (int i = 0; i < t->n_vocab; i++) {
         const char *s = t->str[i] ? t->str[i] : "";
-        if (!strcmp(s, "<unk>")) t->types[i] = TT_UNKNOWN;
+        if (!strcmp(s, "<unk>"))
+            t->types[i] = TT_UNKNOWN;
         else if (!strcmp(s, "<s>") || !strcmp(s, "</s>") || !strcmp(s, "\n<s>\n") || !strcmp(s, "\n</s>\n"))
             t->types[i] = TT_CONTROL;
-        else if (tokenizer_byte_token(s, t->str_len[i]) >= 0) t->types[i] = TT_BYTE;
-        else t->types[i] = TT_NORMAL;
+        else if (tokenizer_byte_token(s, t->str_len[i]) >= 0)
+            t->types[i] = TT_BYTE;
+        else
+            t->types[i] = TT_NORMAL;
     }
 }
 

@@ -41,7 +41,7 @@ static int bound_socket(int listen_too, char port[16])
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     cr_assert(fd >= 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
     socklen_t len = sizeof a;
     cr_assert_eq(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
     cr_assert_eq(getsockname(fd, (struct sockaddr *)&a, &len), 0);
@@ -52,7 +52,7 @@ static int bound_socket(int listen_too, char port[16])
 
 static int health(const char *const *args)
 {
-    char *argv[16] = {"health"};
+    char *argv[16] = { "health" };
     int argc = 1;
     while (args[argc - 1]) {
         argv[argc] = (char *)args[argc - 1];
@@ -72,8 +72,8 @@ static int against(const char *answer, int equals_form, listener *l)
     pthread_t t;
     cr_assert_eq(pthread_create(&t, NULL, serve_one, l), 0);
     snprintf(port_eq, sizeof port_eq, "--port=%s", port);
-    int rc = equals_form ? health((const char *[]){"--host=127.0.0.1", port_eq, "--timeout=5", NULL})
-                         : health((const char *[]){"--host", "127.0.0.1", "--port", port, "--timeout", "5", NULL});
+    int rc = equals_form ? health((const char *[]){ "--host=127.0.0.1", port_eq, "--timeout=5", NULL })
+                         : health((const char *[]){ "--host", "127.0.0.1", "--port", port, "--timeout", "5", NULL });
     pthread_join(t, NULL);
     close(l->fd);
     return rc;
@@ -95,17 +95,17 @@ Test(health, nothing_listening_is_1)
     char port[16], port_eq[32];
     int fd = bound_socket(0, port); /* bound, not listening: connections are refused */
     snprintf(port_eq, sizeof port_eq, "--port=%s", port);
-    cr_assert_eq(health((const char *[]){port_eq, "--timeout=2", NULL}), 1);
+    cr_assert_eq(health((const char *[]){ port_eq, "--timeout=2", NULL }), 1);
     close(fd);
 }
 
 Test(health, bad_options_are_2_and_help_is_0)
 {
-    cr_assert_eq(health((const char *[]){"--timeout=0", NULL}), 2);
-    cr_assert_eq(health((const char *[]){"--timeout", "3601", NULL}), 2);
-    cr_assert_eq(health((const char *[]){"--timeout=soon", NULL}), 2);
-    cr_assert_eq(health((const char *[]){"--timeout=", NULL}), 2);
-    cr_assert_eq(health((const char *[]){"--port", NULL}), 2);
-    cr_assert_eq(health((const char *[]){"--bogus", "1", NULL}), 2);
-    cr_assert_eq(health((const char *[]){"--help", NULL}), 0);
+    cr_assert_eq(health((const char *[]){ "--timeout=0", NULL }), 2);
+    cr_assert_eq(health((const char *[]){ "--timeout", "3601", NULL }), 2);
+    cr_assert_eq(health((const char *[]){ "--timeout=soon", NULL }), 2);
+    cr_assert_eq(health((const char *[]){ "--timeout=", NULL }), 2);
+    cr_assert_eq(health((const char *[]){ "--port", NULL }), 2);
+    cr_assert_eq(health((const char *[]){ "--bogus", "1", NULL }), 2);
+    cr_assert_eq(health((const char *[]){ "--help", NULL }), 0);
 }

@@ -37,7 +37,7 @@ static int run(vals *v, const char *const *args)
         OPT_FLOAT("--lr", &v->lr, 1e-9, 10),
         OPT_FN("--kind", &v->kind, parse_kind, "f32 or f16"),
     };
-    char *argv[32] = {"test"};
+    char *argv[32] = { "test" };
     int argc = 1;
     while (args[argc - 1]) {
         argv[argc] = (char *)args[argc - 1];
@@ -50,10 +50,10 @@ static int run(vals *v, const char *const *args)
 Test(opt, both_spellings_give_the_same_values)
 {
     vals a, b;
-    const char *sep[] = {"--path", "m.gguf", "--port", "8081", "--bytes", "4096", "--seed",
-                         "18446744073709551615", "--lr", "2e-3", "--kind", "f16", "--quiet", NULL};
-    const char *eq[] = {"--path=m.gguf", "--port=8081", "--bytes=4096", "--seed=18446744073709551615",
-                        "--lr=2e-3", "--kind=f16", "--quiet", NULL};
+    const char *sep[] = { "--path", "m.gguf", "--port", "8081", "--bytes", "4096", "--seed", "18446744073709551615",
+                          "--lr",   "2e-3",   "--kind", "f16",  "--quiet", NULL };
+    const char *eq[] = { "--path=m.gguf", "--port=8081", "--bytes=4096", "--seed=18446744073709551615",
+                         "--lr=2e-3",     "--kind=f16",  "--quiet",      NULL };
     cr_assert_eq(run(&a, sep), CLI_OK);
     cr_assert_eq(run(&b, eq), CLI_OK);
     cr_assert_str_eq(a.path, "m.gguf");
@@ -69,13 +69,13 @@ Test(opt, both_spellings_give_the_same_values)
 Test(opt, values_may_contain_equals_signs_and_be_empty)
 {
     vals v;
-    const char *a[] = {"--path=a=b", NULL};
+    const char *a[] = { "--path=a=b", NULL };
     cr_assert_eq(run(&v, a), CLI_OK);
     cr_assert_str_eq(v.path, "a=b");
-    const char *b[] = {"--path=", NULL};
+    const char *b[] = { "--path=", NULL };
     cr_assert_eq(run(&v, b), CLI_OK);
     cr_assert_str_eq(v.path, "");
-    const char *c[] = {"--path", "--port", NULL}; /* a value may look like an option */
+    const char *c[] = { "--path", "--port", NULL }; /* a value may look like an option */
     cr_assert_eq(run(&v, c), CLI_OK);
     cr_assert_str_eq(v.path, "--port");
 }
@@ -83,10 +83,10 @@ Test(opt, values_may_contain_equals_signs_and_be_empty)
 Test(opt, later_repeats_win_and_ranges_are_inclusive)
 {
     vals v;
-    const char *a[] = {"--port", "1", "--port=65535", "--port", "0", NULL};
+    const char *a[] = { "--port", "1", "--port=65535", "--port", "0", NULL };
     cr_assert_eq(run(&v, a), CLI_OK);
     cr_assert_eq(v.port, 0);
-    const char *b[] = {"--bytes=64", "--lr=10", NULL};
+    const char *b[] = { "--bytes=64", "--lr=10", NULL };
     cr_assert_eq(run(&v, b), CLI_OK);
     cr_assert_eq(v.bytes, 64);
     cr_assert_eq(v.lr, 10.0f);
@@ -95,9 +95,9 @@ Test(opt, later_repeats_win_and_ranges_are_inclusive)
 Test(opt, help_stops_parsing)
 {
     vals v;
-    const char *a[] = {"--port", "1", "-h", "--frobnicate", NULL};
+    const char *a[] = { "--port", "1", "-h", "--frobnicate", NULL };
     cr_assert_eq(run(&v, a), CLI_HELP);
-    const char *b[] = {"--help", NULL};
+    const char *b[] = { "--help", NULL };
     cr_assert_eq(run(&v, b), CLI_HELP);
 }
 
@@ -122,24 +122,24 @@ static void refused(const char *const *args, const char *want)
 
 Test(opt, errors_name_the_option_and_the_value)
 {
-    refused((const char *[]){"--port", "http", NULL}, "--port expects an integer in [0, 65535], got 'http'");
-    refused((const char *[]){"--port=65536", NULL}, "--port expects an integer in [0, 65535], got '65536'");
-    refused((const char *[]){"--port=-1", NULL}, "got '-1'");
-    refused((const char *[]){"--port=", NULL}, "got ''");
-    refused((const char *[]){"--port=12x", NULL}, "got '12x'");
-    refused((const char *[]){"--port=99999999999999999999", NULL}, "--port expects an integer");
-    refused((const char *[]){"--bytes=63", NULL}, "--bytes expects an integer in [64, 1073741824]");
-    refused((const char *[]){"--seed=-1", NULL}, "--seed expects a non-negative integer, got '-1'");
-    refused((const char *[]){"--seed=18446744073709551616", NULL}, "--seed expects a non-negative integer");
-    refused((const char *[]){"--lr=0", NULL}, "--lr expects a number in [1e-09, 10], got '0'");
-    refused((const char *[]){"--lr=nan", NULL}, "--lr expects a number");
-    refused((const char *[]){"--lr=inf", NULL}, "--lr expects a number");
-    refused((const char *[]){"--kind", "f8", NULL}, "--kind expects f32 or f16, got 'f8'");
-    refused((const char *[]){"--port", NULL}, "--port needs a value");
-    refused((const char *[]){"--quiet=1", NULL}, "--quiet takes no value");
-    refused((const char *[]){"--frobnicate", "1", NULL}, "unknown option '--frobnicate'");
-    refused((const char *[]){"--frobnicate=1", NULL}, "unknown option '--frobnicate'");
-    refused((const char *[]){"--portx=1", NULL}, "unknown option '--portx'");
-    refused((const char *[]){"model.gguf", NULL}, "unexpected argument 'model.gguf'");
-    refused((const char *[]){"-p", "1", NULL}, "unexpected argument '-p'");
+    refused((const char *[]){ "--port", "http", NULL }, "--port expects an integer in [0, 65535], got 'http'");
+    refused((const char *[]){ "--port=65536", NULL }, "--port expects an integer in [0, 65535], got '65536'");
+    refused((const char *[]){ "--port=-1", NULL }, "got '-1'");
+    refused((const char *[]){ "--port=", NULL }, "got ''");
+    refused((const char *[]){ "--port=12x", NULL }, "got '12x'");
+    refused((const char *[]){ "--port=99999999999999999999", NULL }, "--port expects an integer");
+    refused((const char *[]){ "--bytes=63", NULL }, "--bytes expects an integer in [64, 1073741824]");
+    refused((const char *[]){ "--seed=-1", NULL }, "--seed expects a non-negative integer, got '-1'");
+    refused((const char *[]){ "--seed=18446744073709551616", NULL }, "--seed expects a non-negative integer");
+    refused((const char *[]){ "--lr=0", NULL }, "--lr expects a number in [1e-09, 10], got '0'");
+    refused((const char *[]){ "--lr=nan", NULL }, "--lr expects a number");
+    refused((const char *[]){ "--lr=inf", NULL }, "--lr expects a number");
+    refused((const char *[]){ "--kind", "f8", NULL }, "--kind expects f32 or f16, got 'f8'");
+    refused((const char *[]){ "--port", NULL }, "--port needs a value");
+    refused((const char *[]){ "--quiet=1", NULL }, "--quiet takes no value");
+    refused((const char *[]){ "--frobnicate", "1", NULL }, "unknown option '--frobnicate'");
+    refused((const char *[]){ "--frobnicate=1", NULL }, "unknown option '--frobnicate'");
+    refused((const char *[]){ "--portx=1", NULL }, "unknown option '--portx'");
+    refused((const char *[]){ "model.gguf", NULL }, "unexpected argument 'model.gguf'");
+    refused((const char *[]){ "-p", "1", NULL }, "unexpected argument '-p'");
 }

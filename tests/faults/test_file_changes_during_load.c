@@ -22,7 +22,7 @@
 
 enum { TRUNCATE, REWRITE, EXTEND };
 
-static atomic_int hook_left;   /* reads of the target to let through before acting (0: off) */
+static atomic_int hook_left; /* reads of the target to let through before acting (0: off) */
 static atomic_int hook_fired;
 static int hook_how;
 static dev_t hook_dev;
@@ -61,8 +61,7 @@ ssize_t pread(int fd, void *buf, size_t n, off_t off)
     int left = atomic_load(&hook_left);
     struct stat st;
     if (left > 0 && fstat(fd, &st) == 0 && st.st_dev == hook_dev && st.st_ino == hook_ino) {
-        while (left > 0 && !atomic_compare_exchange_weak(&hook_left, &left, left - 1)) {
-        }
+        while (left > 0 && !atomic_compare_exchange_weak(&hook_left, &left, left - 1)) {}
         if (left == 1) change_file();
     }
     return r;
@@ -72,7 +71,7 @@ ssize_t pread(int fd, void *buf, size_t n, off_t off)
  * from seed: two seeds give files of the same size with the same header. */
 static unsigned char *large_llama2c(uint64_t seed, size_t *len)
 {
-    int32_t h[7] = {256, 512, 8, 4, 4, 512, 64}; /* dim hidden layers heads kv vocab seq_len */
+    int32_t h[7] = { 256, 512, 8, 4, 4, 512, 64 }; /* dim hidden layers heads kv vocab seq_len */
     uint64_t dim = 256, hid = 512, L = 8, V = 512, hd = 64;
     uint64_t n = V * dim + L * dim + 4 * L * dim * dim + L * dim + 3 * L * hid * dim + dim + 64 * hd;
     *len = sizeof h + n * sizeof(float);
@@ -91,14 +90,22 @@ static unsigned char *large_llama2c(uint64_t seed, size_t *len)
 static uint64_t weights_hash(const model *m)
 {
     uint64_t h = 1469598103934665603ull;
-#define HASH(t) do { const uint8_t *p = (t).data; \
-        size_t n = (size_t)(t).rows * mtensor_row_bytes((t).type, (t).cols); \
-        for (size_t i = 0; p && i < n; i++) h = (h ^ p[i]) * 1099511628211ull; } while (0)
+#define HASH(t)                                                                \
+    do {                                                                       \
+        const uint8_t *p = (t).data;                                           \
+        size_t n = (size_t)(t).rows * mtensor_row_bytes((t).type, (t).cols);   \
+        for (size_t i = 0; p && i < n; i++) h = (h ^ p[i]) * 1099511628211ull; \
+    } while (0)
     HASH(m->tok_embd);
     HASH(m->output);
     for (int l = 0; l < m->info.n_layers; l++) {
-        HASH(m->layers[l].wq); HASH(m->layers[l].wk); HASH(m->layers[l].wv); HASH(m->layers[l].wo);
-        HASH(m->layers[l].w1); HASH(m->layers[l].w2); HASH(m->layers[l].w3);
+        HASH(m->layers[l].wq);
+        HASH(m->layers[l].wk);
+        HASH(m->layers[l].wv);
+        HASH(m->layers[l].wo);
+        HASH(m->layers[l].w1);
+        HASH(m->layers[l].w2);
+        HASH(m->layers[l].w3);
     }
 #undef HASH
     return h;
@@ -106,7 +113,7 @@ static uint64_t weights_hash(const model *m)
 
 static int try_load(const char *path, const char *tok, int threads, model **m, char *err, size_t errlen)
 {
-    model_load_opts opts = {.tokenizer_path = tok, .n_threads = threads};
+    model_load_opts opts = { .tokenizer_path = tok, .n_threads = threads };
     *m = NULL;
     return model_load(m, path, &opts, err, errlen);
 }

@@ -17,14 +17,22 @@
 static uint64_t weights_hash(const model *m)
 {
     uint64_t h = 1469598103934665603ull;
-#define HASH(t) do { const uint8_t *p = (t).data; \
-        size_t n = (size_t)(t).rows * mtensor_row_bytes((t).type, (t).cols); \
-        for (size_t i = 0; p && i < n; i++) h = (h ^ p[i]) * 1099511628211ull; } while (0)
+#define HASH(t)                                                                \
+    do {                                                                       \
+        const uint8_t *p = (t).data;                                           \
+        size_t n = (size_t)(t).rows * mtensor_row_bytes((t).type, (t).cols);   \
+        for (size_t i = 0; p && i < n; i++) h = (h ^ p[i]) * 1099511628211ull; \
+    } while (0)
     HASH(m->tok_embd);
     HASH(m->output);
     for (int l = 0; l < m->info.n_layers; l++) {
-        HASH(m->layers[l].wq); HASH(m->layers[l].wk); HASH(m->layers[l].wv); HASH(m->layers[l].wo);
-        HASH(m->layers[l].w1); HASH(m->layers[l].w2); HASH(m->layers[l].w3);
+        HASH(m->layers[l].wq);
+        HASH(m->layers[l].wk);
+        HASH(m->layers[l].wv);
+        HASH(m->layers[l].wo);
+        HASH(m->layers[l].w1);
+        HASH(m->layers[l].w2);
+        HASH(m->layers[l].w3);
     }
 #undef HASH
     const float *v = m->out_norm;
@@ -50,7 +58,7 @@ static void check_change(const char *name, const char *tok_name, int how)
     th_write_file(path, bytes, len);
 
     char *tok = tok_name ? th_model_path(tok_name) : NULL;
-    model_load_opts opts = {.tokenizer_path = tok, .n_threads = 1};
+    model_load_opts opts = { .tokenizer_path = tok, .n_threads = 1 };
     model *m = NULL;
     char err[512];
     cr_assert_eq(model_load(&m, path, &opts, err, sizeof err), 0, "%s", err);
@@ -83,7 +91,7 @@ Test(model_file, safetensors_truncated_while_loaded)
 {
     th_tmp t;
     th_tmp_init(&t);
-    const char *files[2] = {"config.json", "model.safetensors"};
+    const char *files[2] = { "config.json", "model.safetensors" };
     for (int i = 0; i < 2; i++) {
         char rel[128], src[512];
         snprintf(rel, sizeof rel, "hf/tiny-random-llama/%s", files[i]);
@@ -94,7 +102,7 @@ Test(model_file, safetensors_truncated_while_loaded)
         free(b);
     }
     char *tok = th_model_path("tokenizer.bin");
-    model_load_opts opts = {.tokenizer_path = tok, .n_threads = 1};
+    model_load_opts opts = { .tokenizer_path = tok, .n_threads = 1 };
     model *m = NULL;
     char err[512];
     cr_assert_eq(model_load(&m, t.dir, &opts, err, sizeof err), 0, "%s", err);

@@ -1,6 +1,6 @@
 /* test_fuzz_bpe.c -- replay fuzz/fuzz_bpe.c's committed inputs (see replay.h). */
 #define LLVMFuzzerTestOneInput fuzz_one
-#define LLVMFuzzerInitialize fuzz_init
+#define LLVMFuzzerInitialize   fuzz_init
 #include "fuzz/fuzz_bpe.c"
 #undef LLVMFuzzerTestOneInput
 #undef LLVMFuzzerInitialize

@@ -1,6 +1,6 @@
 /* test_fuzz_gguf_struct.c -- replay fuzz/fuzz_gguf_struct.c's committed inputs (see replay.h). */
 #define LLVMFuzzerTestOneInput fuzz_one
-#define LLVMFuzzerInitialize fuzz_init
+#define LLVMFuzzerInitialize   fuzz_init
 #include "fuzz/fuzz_gguf_struct.c"
 #undef LLVMFuzzerTestOneInput
 #undef LLVMFuzzerInitialize

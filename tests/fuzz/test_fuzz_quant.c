@@ -1,6 +1,6 @@
 /* test_fuzz_quant.c -- replay fuzz/fuzz_quant.c's committed inputs (see replay.h). */
 #define LLVMFuzzerTestOneInput fuzz_one
-#define LLVMFuzzerInitialize fuzz_init
+#define LLVMFuzzerInitialize   fuzz_init
 #include "fuzz/fuzz_quant.c"
 #undef LLVMFuzzerTestOneInput
 #undef LLVMFuzzerInitialize

@@ -48,10 +48,7 @@ static void *boot_alloc(size_t n)
     return p;
 }
 
-static int is_boot(const void *p)
-{
-    return (const char *)p >= boot && (const char *)p < boot + sizeof boot;
-}
+static int is_boot(const void *p) { return (const char *)p >= boot && (const char *)p < boot + sizeof boot; }
 
 static void say(const char *what, long n)
 {
@@ -59,7 +56,8 @@ static void say(const char *what, long n)
     size_t len = strlen(what), k = 0;
     memcpy(buf, what, len);
     if (n < 0) n = 0;
-    do digits[k++] = (char)('0' + n % 10); while ((n /= 10) && k < sizeof digits);
+    do digits[k++] = (char)('0' + n % 10);
+    while ((n /= 10) && k < sizeof digits);
     while (k) buf[len++] = digits[--k];
     buf[len++] = '\n';
     ssize_t w = write(2, buf, len);

@@ -40,12 +40,11 @@ static FX_UNUSED double fx_unif(uint64_t *s) /* [-1, 1) */
 static FX_UNUSED uint16_t fx_f32_to_f16(float f)
 {
     /* round to nearest even, finite inputs of moderate size (weights) */
-    if (f == 0.0f)
-        return signbit(f) ? 0x8000 : 0;
+    if (f == 0.0f) return signbit(f) ? 0x8000 : 0;
     uint16_t sign = signbit(f) ? 0x8000 : 0;
     double a = fabs((double)f);
     int e;
-    frexp(a, &e); /* a = m * 2^e, m in [0.5, 1) */
+    frexp(a, &e);  /* a = m * 2^e, m in [0.5, 1) */
     int E = e - 1; /* a = 1.x * 2^E */
     if (E < -14) { /* subnormal: units of 2^-24 */
         double u = nearbyint(a * 16777216.0);
@@ -107,8 +106,7 @@ static FX_UNUSED void *fx_pack(const double *src, int rows, int cols, int type, 
     for (size_t b = 0; b < nb; b++) {
         const double *x = src + b * 32;
         double amax = 0;
-        for (int i = 0; i < 32; i++)
-            amax = fmax(amax, fabs(x[i]));
+        for (int i = 0; i < 32; i++) amax = fmax(amax, fabs(x[i]));
         uint16_t hd = fx_f32_to_f16((float)(amax / 127.0));
         double dd = fx_f16_to_f64(hd);
         memcpy(d + b * 34, &hd, 2);
@@ -126,23 +124,23 @@ static FX_UNUSED void *fx_pack(const double *src, int rows, int cols, int type, 
 /* ---- A model in memory --------------------------------------------------------- */
 typedef struct {
     int dim, hidden, layers, heads, kv_heads, vocab, ctx;
-    int rope_dim;   /* 0 = head_dim */
+    int rope_dim; /* 0 = head_dim */
     int neox;
     int tied;
     float theta, eps;
 } fx_shape;
 
 typedef struct {
-    double *embd, *out;                    /* (vocab, dim) (out == embd when tied) */
-    double *out_norm;                      /* (dim) */
-    double *an[16], *fn[16];               /* (dim) */
+    double *embd, *out;      /* (vocab, dim) (out == embd when tied) */
+    double *out_norm;        /* (dim) */
+    double *an[16], *fn[16]; /* (dim) */
     double *wq[16], *wk[16], *wv[16], *wo[16], *w1[16], *w2[16], *w3[16];
 } fx_ref;
 
 typedef struct {
     model m;
     fx_shape sh;
-    fx_ref ref;        /* values the stored weights represent, as doubles */
+    fx_ref ref; /* values the stored weights represent, as doubles */
     void *blocks[256];
     int n_blocks;
 } fx_model;
@@ -156,8 +154,7 @@ static FX_UNUSED void *fx_keep(fx_model *f, void *p)
 static FX_UNUSED double *fx_rand(fx_model *f, size_t n, double scale, double offset, uint64_t *rng)
 {
     double *d = fx_keep(f, malloc(n * sizeof(double)));
-    for (size_t i = 0; i < n; i++)
-        d[i] = offset + scale * fx_unif(rng);
+    for (size_t i = 0; i < n; i++) d[i] = offset + scale * fx_unif(rng);
     return d;
 }
 
@@ -165,19 +162,17 @@ static FX_UNUSED mtensor fx_mat(fx_model *f, int rows, int cols, int type, uint6
 {
     double *src = malloc((size_t)rows * cols * sizeof(double));
     double a = sqrt(3.0 / cols);
-    for (size_t i = 0; i < (size_t)rows * cols; i++)
-        src[i] = a * fx_unif(rng);
+    for (size_t i = 0; i < (size_t)rows * cols; i++) src[i] = a * fx_unif(rng);
     *deq = fx_keep(f, malloc((size_t)rows * cols * sizeof(double)));
     void *data = fx_keep(f, fx_pack(src, rows, cols, type, *deq));
     free(src);
-    return (mtensor){.data = data, .type = type, .rows = rows, .cols = cols};
+    return (mtensor){ .data = data, .type = type, .rows = rows, .cols = cols };
 }
 
 static FX_UNUSED float *fx_floats(fx_model *f, const double *d, size_t n)
 {
     float *o = fx_keep(f, malloc(n * sizeof(float)));
-    for (size_t i = 0; i < n; i++)
-        o[i] = (float)d[i];
+    for (size_t i = 0; i < n; i++) o[i] = (float)d[i];
     return o;
 }
 
@@ -231,14 +226,14 @@ static FX_UNUSED fx_model *fx_model_new(const fx_shape *sh, int type, uint64_t s
     if (sh->tied) {
         double *deq = fx_keep(f, malloc((size_t)sh->vocab * sh->dim * sizeof(double)));
         void *data = fx_keep(f, fx_pack(e, sh->vocab, sh->dim, type, deq));
-        m->tok_embd = (mtensor){.data = data, .type = type, .rows = sh->vocab, .cols = sh->dim};
+        m->tok_embd = (mtensor){ .data = data, .type = type, .rows = sh->vocab, .cols = sh->dim };
         m->output = m->tok_embd;
         f->ref.embd = deq;
         f->ref.out = deq;
     } else {
         double *deq = fx_keep(f, malloc((size_t)sh->vocab * sh->dim * sizeof(double)));
         void *data = fx_keep(f, fx_pack(e, sh->vocab, sh->dim, MT_F32, deq));
-        m->tok_embd = (mtensor){.data = data, .type = MT_F32, .rows = sh->vocab, .cols = sh->dim};
+        m->tok_embd = (mtensor){ .data = data, .type = MT_F32, .rows = sh->vocab, .cols = sh->dim };
         f->ref.embd = deq;
         m->output = fx_mat(f, sh->vocab, sh->dim, type, &rng, &f->ref.out);
     }
@@ -248,12 +243,10 @@ static FX_UNUSED fx_model *fx_model_new(const fx_shape *sh, int type, uint64_t s
 
 static FX_UNUSED void fx_model_free(fx_model *f)
 {
-    if (!f)
-        return;
+    if (!f) return;
     model_pool_free(f->m.pool);
     forward_scratch_free(f->m.scratch);
-    for (int i = 0; i < f->n_blocks; i++)
-        free(f->blocks[i]);
+    for (int i = 0; i < f->n_blocks; i++) free(f->blocks[i]);
     free(f);
 }
 
@@ -262,19 +255,16 @@ static FX_UNUSED void fx_matvec(double *y, const double *W, const double *x, int
 {
     for (int j = 0; j < rows; j++) {
         double s = 0;
-        for (int k = 0; k < cols; k++)
-            s += W[(size_t)j * cols + k] * x[k];
+        for (int k = 0; k < cols; k++) s += W[(size_t)j * cols + k] * x[k];
         y[j] = s;
     }
 }
 static FX_UNUSED void fx_rmsnorm(double *o, const double *x, const double *g, int n, double eps)
 {
     double ss = 0;
-    for (int i = 0; i < n; i++)
-        ss += x[i] * x[i];
+    for (int i = 0; i < n; i++) ss += x[i] * x[i];
     double sc = 1.0 / sqrt(ss / n + eps);
-    for (int i = 0; i < n; i++)
-        o[i] = x[i] * sc * g[i];
+    for (int i = 0; i < n; i++) o[i] = x[i] * sc * g[i];
 }
 static FX_UNUSED void fx_rope(double *v, int n_heads, int hd, int rd, int neox, int pos, double theta)
 {
@@ -292,14 +282,13 @@ static FX_UNUSED void fx_rope(double *v, int n_heads, int hd, int rd, int neox, 
 static FX_UNUSED void fx_reference(const fx_model *f, const int32_t *toks, int n, double *logits)
 {
     const fx_shape *sh = &f->sh;
-    int D = sh->dim, H = sh->hidden, hd = sh->dim / sh->heads, qd = sh->heads * hd,
-        kvd = sh->kv_heads * hd, rd = sh->rope_dim ? sh->rope_dim : hd, grp = sh->heads / sh->kv_heads;
+    int D = sh->dim, H = sh->hidden, hd = sh->dim / sh->heads, qd = sh->heads * hd, kvd = sh->kv_heads * hd,
+        rd = sh->rope_dim ? sh->rope_dim : hd, grp = sh->heads / sh->kv_heads;
     double *x = calloc((size_t)n * D, 8), *h = malloc((size_t)D * 8), *q = malloc((size_t)n * qd * 8),
-           *K = malloc((size_t)n * kvd * 8), *V = malloc((size_t)n * kvd * 8),
-           *att = malloc((size_t)qd * 8), *o = malloc((size_t)D * 8), *g = malloc((size_t)H * 8),
-           *u = malloc((size_t)H * 8), *w = malloc((size_t)n * 8);
-    for (int p = 0; p < n; p++)
-        memcpy(x + (size_t)p * D, f->ref.embd + (size_t)toks[p] * D, (size_t)D * 8);
+           *K = malloc((size_t)n * kvd * 8), *V = malloc((size_t)n * kvd * 8), *att = malloc((size_t)qd * 8),
+           *o = malloc((size_t)D * 8), *g = malloc((size_t)H * 8), *u = malloc((size_t)H * 8),
+           *w = malloc((size_t)n * 8);
+    for (int p = 0; p < n; p++) memcpy(x + (size_t)p * D, f->ref.embd + (size_t)toks[p] * D, (size_t)D * 8);
     for (int l = 0; l < sh->layers; l++) {
         for (int p = 0; p < n; p++) {
             fx_rmsnorm(h, x + (size_t)p * D, f->ref.an[l], D, sh->eps);
@@ -316,31 +305,25 @@ static FX_UNUSED void fx_reference(const fx_model *f, const int32_t *toks, int n
                 double mx = -INFINITY, sum = 0;
                 for (int t = 0; t <= p; t++) {
                     double s = 0;
-                    for (int i = 0; i < hd; i++)
-                        s += qq[i] * K[(size_t)t * kvd + kh * hd + i];
+                    for (int i = 0; i < hd; i++) s += qq[i] * K[(size_t)t * kvd + kh * hd + i];
                     w[t] = s / sqrt((double)hd);
                     mx = fmax(mx, w[t]);
                 }
-                for (int t = 0; t <= p; t++)
-                    sum += (w[t] = exp(w[t] - mx));
+                for (int t = 0; t <= p; t++) sum += (w[t] = exp(w[t] - mx));
                 for (int i = 0; i < hd; i++) {
                     double a = 0;
-                    for (int t = 0; t <= p; t++)
-                        a += w[t] / sum * V[(size_t)t * kvd + kh * hd + i];
+                    for (int t = 0; t <= p; t++) a += w[t] / sum * V[(size_t)t * kvd + kh * hd + i];
                     att[hh * hd + i] = a;
                 }
             }
             fx_matvec(o, f->ref.wo[l], att, D, qd);
-            for (int i = 0; i < D; i++)
-                x[(size_t)p * D + i] += o[i];
+            for (int i = 0; i < D; i++) x[(size_t)p * D + i] += o[i];
             fx_rmsnorm(h, x + (size_t)p * D, f->ref.fn[l], D, sh->eps);
             fx_matvec(g, f->ref.w1[l], h, H, D);
             fx_matvec(u, f->ref.w3[l], h, H, D);
-            for (int i = 0; i < H; i++)
-                g[i] = g[i] / (1 + exp(-g[i])) * u[i];
+            for (int i = 0; i < H; i++) g[i] = g[i] / (1 + exp(-g[i])) * u[i];
             fx_matvec(o, f->ref.w2[l], g, D, H);
-            for (int i = 0; i < D; i++)
-                x[(size_t)p * D + i] += o[i];
+            for (int i = 0; i < D; i++) x[(size_t)p * D + i] += o[i];
         }
     }
     for (int p = 0; p < n; p++) {
@@ -358,15 +341,13 @@ static FX_UNUSED double fx_max_err(const float *a, const double *b, size_t n, do
         e = fmax(e, fabs(a[i] - b[i]));
         s = fmax(s, fabs(b[i]));
     }
-    if (scale)
-        *scale = s;
+    if (scale) *scale = s;
     return e;
 }
 
 static FX_UNUSED void fx_tokens(int32_t *t, int n, int vocab, uint64_t seed)
 {
-    for (int i = 0; i < n; i++)
-        t[i] = (int32_t)(fx_next(&seed) % (uint64_t)vocab);
+    for (int i = 0; i < n; i++) t[i] = (int32_t)(fx_next(&seed) % (uint64_t)vocab);
 }
 
 #endif

@@ -11,10 +11,7 @@
 #include <unistd.h>
 
 /* $LMSERVE_FIXTURES/rel into buf (tests/testdata.h); fails the test when it is missing. */
-static inline const char *fx_path(char *buf, size_t n, const char *rel)
-{
-    return td_fixture(buf, n, rel);
-}
+static inline const char *fx_path(char *buf, size_t n, const char *rel) { return td_fixture(buf, n, rel); }
 
 /* Whole file into a malloc'd buffer (NULL on error). */
 static inline unsigned char *fx_read(const char *path, size_t *len)
@@ -25,7 +22,10 @@ static inline unsigned char *fx_read(const char *path, size_t *len)
     long n = ftell(f);
     fseek(f, 0, SEEK_SET);
     unsigned char *b = malloc(n > 0 ? (size_t)n : 1);
-    if (b && fread(b, 1, (size_t)n, f) != (size_t)n) { free(b); b = NULL; }
+    if (b && fread(b, 1, (size_t)n, f) != (size_t)n) {
+        free(b);
+        b = NULL;
+    }
     fclose(f);
     if (b) *len = (size_t)n;
     return b;

@@ -47,7 +47,10 @@ static inline void th_write_file(const char *path, const void *data, size_t len)
 }
 
 /* A fresh temporary folder; th_tmp_file gives a path inside it. */
-typedef struct { char dir[64]; char path[128]; } th_tmp;
+typedef struct {
+    char dir[64];
+    char path[128];
+} th_tmp;
 
 static inline void th_tmp_init(th_tmp *t)
 {

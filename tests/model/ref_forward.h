@@ -17,8 +17,8 @@ typedef struct {
 typedef struct {
     int D, H, L, nh, nkv, V, T;
     double eps;
-    int gelu_tanh;     /* gpt2 */
-    int llama;         /* 1: RMSNorm, rotate-halves RoPE, SwiGLU, no biases, no positions */
+    int gelu_tanh; /* gpt2 */
+    int llama;     /* 1: RMSNorm, rotate-halves RoPE, SwiGLU, no biases, no positions */
     double rope_theta;
     double *tok, *pos, *lnfg, *lnfb, *out, *outb;
     ref_layer *layers;
@@ -90,7 +90,10 @@ static inline void ref_forward(const ref_model *r, const int *tokens, int n, dou
                     sc[s] = d / sqrt((double)hd);
                     if (sc[s] > mx) mx = sc[s];
                 }
-                for (int s = 0; s <= t; s++) { sc[s] = exp(sc[s] - mx); sum += sc[s]; }
+                for (int s = 0; s <= t; s++) {
+                    sc[s] = exp(sc[s] - mx);
+                    sum += sc[s];
+                }
                 for (int i = 0; i < hd; i++) {
                     double a = 0;
                     for (int s = 0; s <= t; s++) a += sc[s] / sum * v[(size_t)s * kvd + kh * hd + i];
@@ -119,7 +122,16 @@ static inline void ref_forward(const ref_model *r, const int *tokens, int n, dou
         ref_norm(xb, x + (size_t)t * D, r->lnfg, r->lnfb, D, r->eps, r->llama);
         ref_mv(logits + (size_t)t * r->V, r->out, r->outb, xb, r->V, D);
     }
-    free(x); free(xb); free(q); free(k); free(v); free(att); free(tmp); free(h1); free(h3); free(sc);
+    free(x);
+    free(xb);
+    free(q);
+    free(k);
+    free(v);
+    free(att);
+    free(tmp);
+    free(h1);
+    free(h3);
+    free(sc);
 }
 
 /* Largest |a - b| over n, and the largest |b|. */

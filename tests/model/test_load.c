@@ -14,9 +14,11 @@
 
 static model *load(const char *path, const char *tok, int threads, int pack)
 {
-    if (pack) unsetenv("LMSERVE_NO_PACK");
-    else setenv("LMSERVE_NO_PACK", "1", 1);
-    model_load_opts opts = {.tokenizer_path = tok, .n_threads = threads};
+    if (pack)
+        unsetenv("LMSERVE_NO_PACK");
+    else
+        setenv("LMSERVE_NO_PACK", "1", 1);
+    model_load_opts opts = { .tokenizer_path = tok, .n_threads = threads };
     model *m = NULL;
     char err[512];
     int rc = model_load(&m, path, &opts, err, sizeof err);
@@ -104,7 +106,7 @@ Test(load, llama2c_packed_in_place_equals_row_major)
 /* A llama2.c checkpoint of about 21 MB (three read chunks), random weights. */
 static void write_large_llama2c(const char *path)
 {
-    int32_t h[7] = {256, 512, 8, 4, 4, 512, 64}; /* dim hidden layers heads kv vocab seq_len */
+    int32_t h[7] = { 256, 512, 8, 4, 4, 512, 64 }; /* dim hidden layers heads kv vocab seq_len */
     uint64_t dim = 256, hid = 512, L = 8, V = 512, hd = 64;
     uint64_t n = V * dim + L * dim + 4 * L * dim * dim + L * dim + 3 * L * hid * dim + dim + 64 * hd;
     float *w = malloc(n * sizeof *w);

@@ -34,10 +34,12 @@ typedef struct {
 } tvocab;
 
 static const char *frags[] = {
-    "{", "}", "[", "]", "\"", ":", ",", " ", "\n", "  ", "\t", "true", "false", "null", "0", "1", "12",
-    "-", ".", "e", "E", "+", "\\", "u", "n", "a", "b", "c", "d", "x", "yes", "no", "maybe", " so", "name",
-    "age", "\xC3\xA9", "\xC3", "\xA9", "\xE2\x82\xAC", "\xE2\x82", "\xF0\x9F", "\x98\x80", "(", ")", "!",
-    "ab", "t", "\xC3\xA9t", "00", "9", "5", "d8", "00e9",
+    "{",        "}",        "[",        "]",    "\"",   ":",   ",",        " ",    "\n",        "  ",
+    "\t",       "true",     "false",    "null", "0",    "1",   "12",       "-",    ".",         "e",
+    "E",        "+",        "\\",       "u",    "n",    "a",   "b",        "c",    "d",         "x",
+    "yes",      "no",       "maybe",    " so",  "name", "age", "\xC3\xA9", "\xC3", "\xA9",      "\xE2\x82\xAC",
+    "\xE2\x82", "\xF0\x9F", "\x98\x80", "(",    ")",    "!",   "ab",       "t",    "\xC3\xA9t", "00",
+    "9",        "5",        "d8",       "00e9",
 };
 
 static void tv_add(tvocab *v, const char *b, size_t n)
@@ -83,8 +85,7 @@ static void tv_build(tvocab *v, int n_glued, uint64_t seed)
 
 static void tv_free(tvocab *v)
 {
-    for (int k = 0; k < v->n; k++)
-        free(v->bytes[k]);
+    for (int k = 0; k < v->n; k++) free(v->bytes[k]);
 }
 
 static const char *tv_bytes(void *user, int32_t id, size_t *len)
@@ -122,10 +123,8 @@ typedef struct {
 
 static int bf_allowed(const sampler_grammar *g, const tvocab *v, const tbuf *t, int id)
 {
-    if (id == 2)
-        return sampler_grammar_match(g, t->text, t->n) == SAMPLER_MATCH_FULL;
-    if (id <= 1 || v->len[id] == 0)
-        return 0;
+    if (id == 2) return sampler_grammar_match(g, t->text, t->n) == SAMPLER_MATCH_FULL;
+    if (id <= 1 || v->len[id] == 0) return 0;
     char buf[4096 + 64];
     memcpy(buf, t->text, t->n);
     memcpy(buf + t->n, v->bytes[id], v->len[id]);
@@ -137,16 +136,14 @@ static int bf_allowed(const sampler_grammar *g, const tvocab *v, const tbuf *t, 
 /* Walk: at each step compare the mask and the status with the brute force, then
  * take a random allowed token.  Returns the number of steps taken. */
 static int walk_and_check_in(sampler_constraint_cache *cc, const sampler_grammar *g, const tvocab *tv,
-                             const sampler_vocab *sv, uint64_t seed, int max_steps, size_t cache_limit,
-                             int *n_complete)
+                             const sampler_vocab *sv, uint64_t seed, int max_steps, size_t cache_limit, int *n_complete)
 {
     sampler_constraint *c = cc ? sampler_constraint_new_shared(cc) : sampler_constraint_new(g, sv);
     cr_assert_not_null(c);
-    if (cache_limit)
-        sampler__constraint_set_cache_limit(c, cache_limit);
+    if (cache_limit) sampler__constraint_set_cache_limit(c, cache_limit);
     sampler_rng r;
     sampler_rng_seed(&r, seed);
-    tbuf t = {.n = 0};
+    tbuf t = { .n = 0 };
     float *zero = calloc((size_t)tv->n, sizeof *zero), *out = malloc((size_t)tv->n * sizeof *out);
     int32_t *allowed = malloc((size_t)tv->n * sizeof *allowed);
     int steps = 0;
@@ -159,10 +156,8 @@ static int walk_and_check_in(sampler_constraint_cache *cc, const sampler_grammar
             cr_assert(got || out[id] == -INFINITY, "mask values are the logit or -INFINITY");
             cr_assert_eq(got, want, "seed %llu step %d text [%.*s]: token %d [%s] got %d want %d",
                          (unsigned long long)seed, steps, (int)t.n, t.text, id, tv->bytes[id], got, want);
-            if (got)
-                allowed[n_allowed++] = id;
-            if (got && id != 2)
-                any_text = 1;
+            if (got) allowed[n_allowed++] = id;
+            if (got && id != 2) any_text = 1;
         }
         int full = sampler_grammar_match(g, t.text, t.n) == SAMPLER_MATCH_FULL;
         int want_status = full ? (any_text ? SAMPLER_CONSTRAINT_MAY_END : SAMPLER_CONSTRAINT_COMPLETE)
@@ -206,8 +201,8 @@ static int walk_and_check_in(sampler_constraint_cache *cc, const sampler_grammar
     return steps;
 }
 
-static int walk_and_check(const sampler_grammar *g, const tvocab *tv, const sampler_vocab *sv,
-                          uint64_t seed, int max_steps, size_t cache_limit, int *n_complete)
+static int walk_and_check(const sampler_grammar *g, const tvocab *tv, const sampler_vocab *sv, uint64_t seed,
+                          int max_steps, size_t cache_limit, int *n_complete)
 {
     return walk_and_check_in(NULL, g, tv, sv, seed, max_steps, cache_limit, n_complete);
 }
@@ -266,8 +261,7 @@ Test(constrain, a_shared_cache_gives_the_same_masks_and_saves_the_work)
     cr_assert_not_null(cc);
     cr_assert_eq(sampler_constraint_cache_grammar(cc), g);
     int completes = 0;
-    for (uint64_t seed = 1; seed <= 3; seed++)
-        walk_and_check_in(cc, g, &tv, sv, seed, 20, 0, &completes);
+    for (uint64_t seed = 1; seed <= 3; seed++) walk_and_check_in(cc, g, &tv, sv, seed, 20, 0, &completes);
     /* the same walk again: every state and mask is already there */
     sampler_constraint *probe = sampler_constraint_new_shared(cc);
     int before = sampler__constraint_cached_states(probe);
@@ -276,8 +270,7 @@ Test(constrain, a_shared_cache_gives_the_same_masks_and_saves_the_work)
     sampler_constraint_free(probe);
     /* tables past the cache's limit: the next constraints start new ones, still exact */
     sampler__constraint_cache_set_limit(cc, 1);
-    for (uint64_t seed = 4; seed <= 5; seed++)
-        walk_and_check_in(cc, g, &tv, sv, seed, 20, 0, &completes);
+    for (uint64_t seed = 4; seed <= 5; seed++) walk_and_check_in(cc, g, &tv, sv, seed, 20, 0, &completes);
     /* a constraint outlives the holder's reference */
     sampler_constraint *late = sampler_constraint_new_shared(cc);
     sampler_constraint_cache_free(cc);
@@ -303,7 +296,8 @@ static int thread_walk(void *arg)
 {
     thread_job *j = arg;
     int V = j->tv->n;
-    float *zero = calloc((size_t)V, sizeof *zero), *a = malloc((size_t)V * sizeof *a), *b = malloc((size_t)V * sizeof *b);
+    float *zero = calloc((size_t)V, sizeof *zero), *a = malloc((size_t)V * sizeof *a),
+          *b = malloc((size_t)V * sizeof *b);
     for (int rep = 0; rep < 4; rep++) {
         sampler_constraint *shared = sampler_constraint_new_shared(j->cc), *own = sampler_constraint_new(j->g, j->sv);
         sampler_rng r;
@@ -315,14 +309,11 @@ static int thread_walk(void *arg)
             }
             j->mismatches += memcmp(a, b, (size_t)V * sizeof *a) != 0;
             int n_ok = 0;
-            for (int id = 3; id < V; id++)
-                n_ok += a[id] == 0.0f;
-            if (!n_ok)
-                break;
+            for (int id = 3; id < V; id++) n_ok += a[id] == 0.0f;
+            if (!n_ok) break;
             int k = (int)(sampler_rng_next(&r) % (uint64_t)n_ok), pick = -1;
             for (int id = 3; id < V && pick < 0; id++)
-                if (a[id] == 0.0f && k-- == 0)
-                    pick = id;
+                if (a[id] == 0.0f && k-- == 0) pick = id;
             j->mismatches += sampler_constraint_accept(shared, pick) != SAMPLER_OK;
             j->mismatches += sampler_constraint_accept(own, pick) != SAMPLER_OK;
             j->mismatches += sampler_constraint_status(shared) != sampler_constraint_status(own);
@@ -346,7 +337,7 @@ Test(constrain, threads_share_a_cache)
     thrd_t th[T];
     thread_job jobs[T];
     for (int k = 0; k < T; k++) {
-        jobs[k] = (thread_job){cc, g, &tv, sv, (uint64_t)k + 1, 0, 0};
+        jobs[k] = (thread_job){ cc, g, &tv, sv, (uint64_t)k + 1, 0, 0 };
         cr_assert_eq(thrd_create(&th[k], thread_walk, &jobs[k]), thrd_success);
     }
     int steps = 0;
@@ -367,12 +358,11 @@ Test(constrain, vocab_and_argument_checks)
     tvocab tv;
     tv_build(&tv, 10, 1);
     sampler_vocab *sv = tv_vocab(&tv);
-    for (int b = 0; b < 256; b++)
-        cr_assert(sampler_vocab_has_byte(sv, (unsigned char)b));
+    for (int b = 0; b < 256; b++) cr_assert(sampler_vocab_has_byte(sv, (unsigned char)b));
     sampler_vocab_free(sv);
     /* a vocabulary without the byte tokens */
     int32_t end = 2;
-    tvocab small = {0};
+    tvocab small = { 0 };
     tv_add(&small, "<unk>", 5);
     tv_add(&small, "<s>", 3);
     tv_add(&small, "</s>", 4);
@@ -387,12 +377,11 @@ Test(constrain, vocab_and_argument_checks)
     cr_assert_eq(sampler_constraint_status(c), SAMPLER_CONSTRAINT_OPEN);
     cr_assert_eq(sampler_constraint_accept(c, 4), SAMPLER_OK);
     cr_assert_eq(sampler_constraint_status(c), SAMPLER_CONSTRAINT_STUCK);
-    float lg[5] = {1, 2, 3, 4, 5}, out[5] = {9, 9, 9, 9, 9};
+    float lg[5] = { 1, 2, 3, 4, 5 }, out[5] = { 9, 9, 9, 9, 9 };
     cr_assert_eq(sampler_constraint_apply(c, lg, out, 4), SAMPLER_EINVAL, "wrong vocabulary size");
     cr_assert_eq(out[0], 9.0f, "out untouched on error");
     cr_assert_eq(sampler_constraint_apply(c, lg, out, 5), SAMPLER_OK);
-    for (int k = 0; k < 5; k++)
-        cr_assert_eq(out[k], -INFINITY);
+    for (int k = 0; k < 5; k++) cr_assert_eq(out[k], -INFINITY);
     cr_assert_eq(sampler_constraint_accept(c, -1), SAMPLER_EINVAL);
     cr_assert_eq(sampler_constraint_accept(c, 5), SAMPLER_EINVAL);
     cr_assert_eq(sampler_constraint_accept(c, 1), SAMPLER_EINVAL, "control tokens are never allowed");
@@ -443,15 +432,14 @@ Test(constrain, empty_language_is_complete_at_once)
  * pieces. */
 enum { V = 32 };
 static const char *toy_pieces[V] = {
-    NULL, NULL, "</s>", "a", "b", "c", "ab", "e", "abc", " ", "{", "}", "\"", ":", ",", "1",
-    "2", "0", "-", "x", "y", "yes", "no", "n", "o", "ye", "s", "\"a\"", "{\"", "\":", "12", "true",
+    NULL, NULL, "</s>", "a", "b", "c",   "ab", "e", "abc", " ",  "{", "}",     "\"",  ":",   ",",  "1",
+    "2",  "0",  "-",    "x", "y", "yes", "no", "n", "o",   "ye", "s", "\"a\"", "{\"", "\":", "12", "true",
 };
 
 static const char *toy_bytes(void *user, int32_t id, size_t *len)
 {
     (void)user;
-    if (!toy_pieces[id] || id == 2)
-        return NULL;
+    if (!toy_pieces[id] || id == 2) return NULL;
     *len = strlen(toy_pieces[id]);
     return toy_pieces[id];
 }
@@ -472,8 +460,7 @@ Test(constrain, a_constraints_own_end_token)
     sampler_vocab *sv = toy_vocab();
     sampler_grammar *g = compile("root ::= \"ab\" \"c\"?");
     float logits[V], out[V];
-    for (int i = 0; i < V; i++)
-        logits[i] = 0.25f * (float)i;
+    for (int i = 0; i < V; i++) logits[i] = 0.25f * (float)i;
     sampler_constraint *plain = sampler_constraint_new(g, sv), *c = sampler_constraint_new(g, sv);
     sampler_constraint *x = sampler_constraint_new(g, sv);
     cr_assert_eq(sampler_constraint_add_end(c, 1), SAMPLER_OK); /* <s>: no bytes */
@@ -489,7 +476,7 @@ Test(constrain, a_constraints_own_end_token)
     cr_assert_eq(sampler_constraint_apply(x, logits, out, V), SAMPLER_OK);
     cr_assert(isinf(out[19]) && out[19] < 0);
     cr_assert_eq(sampler_constraint_accept(x, 19), SAMPLER_EINVAL);
-    for (sampler_constraint **k = (sampler_constraint *[]){plain, c, x, NULL}; *k; k++) {
+    for (sampler_constraint **k = (sampler_constraint *[]){ plain, c, x, NULL }; *k; k++) {
         cr_assert_eq(sampler_constraint_accept(*k, 6), SAMPLER_OK);
         cr_assert_eq(sampler_constraint_status(*k), SAMPLER_CONSTRAINT_MAY_END);
     }
@@ -519,8 +506,7 @@ static void text_of(const int32_t *ids, int n, char *out)
 {
     out[0] = 0;
     for (int k = 0; k < n; k++)
-        if (ids[k] != 2)
-            strcat(out, toy_pieces[ids[k]]);
+        if (ids[k] != 2) strcat(out, toy_pieces[ids[k]]);
 }
 
 #define TOY_JSON "root ::= \"{\" ( \"\\\"\" [abc]+ \"\\\":\" [0-9]+ ( \",\\\"\" [abc]+ \"\\\":\" [0-9]+ )* )? \"}\""
@@ -530,18 +516,22 @@ Test(constrain, sampler_step_first_warper_greedy_logprobs_seeds)
     static toy_lm toy;
     sampler_vocab *sv = toy_vocab();
     sampler_grammar *g = compile(TOY_JSON);
-    const int32_t prompt[3] = {1, 3, 4};
+    const int32_t prompt[3] = { 1, 3, 4 };
     /* a bias of +50 on tokens the grammar forbids at the start ("a", "}") changes nothing:
      * the constraint runs first */
-    int32_t bias_ids[2] = {3, 11};
-    float bias_vals[2] = {50.0f, 50.0f};
+    int32_t bias_ids[2] = { 3, 11 };
+    float bias_vals[2] = { 50.0f, 50.0f };
     const sampler_params cases[] = {
-        {0},
-        {.temperature = 1.0f, .seed = 3},
-        {.temperature = 1.5f, .top_k = 3, .seed = 4},
-        {.temperature = 1.0f, .top_p = 0.5f, .min_p = 0.1f, .seed = 5},
-        {.temperature = 0.8f, .repetition_penalty = 1.5f, .bias_ids = bias_ids, .bias_values = bias_vals,
-         .n_bias = 2, .seed = 6},
+        { 0 },
+        { .temperature = 1.0f, .seed = 3 },
+        { .temperature = 1.5f, .top_k = 3, .seed = 4 },
+        { .temperature = 1.0f, .top_p = 0.5f, .min_p = 0.1f, .seed = 5 },
+        { .temperature = 0.8f,
+          .repetition_penalty = 1.5f,
+          .bias_ids = bias_ids,
+          .bias_values = bias_vals,
+          .n_bias = 2,
+          .seed = 6 },
     };
     for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
         int32_t runs[2][64];
@@ -561,15 +551,13 @@ Test(constrain, sampler_step_first_warper_greedy_logprobs_seeds)
                 /* what the constraint allows now, computed on a second constraint
                  * fed the same tokens */
                 sampler_constraint *c2 = sampler_constraint_new(g, sv);
-                for (int q = 3; q < n; q++)
-                    cr_assert_eq(sampler_constraint_accept(c2, ids[q]), SAMPLER_OK);
+                for (int q = 3; q < n; q++) cr_assert_eq(sampler_constraint_accept(c2, ids[q]), SAMPLER_OK);
                 cr_assert_eq(sampler_constraint_apply(c2, lg, masked, V), SAMPLER_OK);
                 sampler_constraint_free(c2);
                 sampler_choice ch;
                 cr_assert_eq(sampler_step(s, lg, ids, n, n - 3, 2, &ch), SAMPLER_OK);
                 cr_assert(masked[ch.token] != -INFINITY, "case %zu: token %d is not allowed", k, ch.token);
-                if (k == 0)
-                    cr_assert_eq(ch.token, sampler_argmax(masked, V), "greedy = argmax of the allowed tokens");
+                if (k == 0) cr_assert_eq(ch.token, sampler_argmax(masked, V), "greedy = argmax of the allowed tokens");
                 sampler_choice raw;
                 cr_assert_eq(sampler_logprobs(lg, V, ch.token, 2, &raw), SAMPLER_OK);
                 cr_assert_eq(ch.logprob, raw.logprob, "logprobs are the raw distribution's");
@@ -577,7 +565,8 @@ Test(constrain, sampler_step_first_warper_greedy_logprobs_seeds)
                 cr_assert_eq(ch.top[0].logprob, raw.top[0].logprob);
                 status = ch.constraint;
                 cr_assert(status == SAMPLER_CONSTRAINT_OPEN || status == SAMPLER_CONSTRAINT_MAY_END ||
-                          status == SAMPLER_CONSTRAINT_COMPLETE, "status %d", status);
+                              status == SAMPLER_CONSTRAINT_COMPLETE,
+                          "status %d", status);
                 ids[n++] = ch.token;
             }
             char text[512];
@@ -596,7 +585,7 @@ Test(constrain, sampler_step_first_warper_greedy_logprobs_seeds)
         cr_assert_arr_eq(runs[0], runs[1], (size_t)lens[0] * sizeof(int32_t), "case %zu: seeded runs differ", k);
     }
     /* without a constraint, the choice says so */
-    sampler_params p0 = {0};
+    sampler_params p0 = { 0 };
     sampler *s = sampler_new(V, &p0);
     float lg[V];
     toy_logits(TOY_WAVE, prompt, 3, V, lg);
@@ -609,7 +598,7 @@ Test(constrain, sampler_step_first_warper_greedy_logprobs_seeds)
     tv_build(&tv, 5, 1);
     sampler_vocab *other = tv_vocab(&tv);
     sampler_constraint *c = sampler_constraint_new(g, other);
-    sampler_params bad = {.constraint = c};
+    sampler_params bad = { .constraint = c };
     const char *name = NULL;
     cr_assert_eq(sampler_params_validate(&bad, V, &name), SAMPLER_EINVAL);
     cr_assert_str_eq(name, "constraint");
@@ -630,8 +619,8 @@ Test(constrain, sampler_generate_stops_when_the_text_is_complete)
     sampler_grammar *g = compile("root ::= \"yes\" | \"no\"");
     for (uint64_t seed = 1; seed <= 20; seed++) {
         sampler_constraint *c = sampler_constraint_new(g, sv);
-        sampler_params p = {.temperature = 1.0f, .seed = seed, .constraint = c};
-        const int32_t prompt[2] = {1, 5};
+        sampler_params p = { .temperature = 1.0f, .seed = seed, .constraint = c };
+        const int32_t prompt[2] = { 1, 5 };
         int32_t out[2 + 40];
         int n = sampler_generate(&toy.lm, prompt, 2, 40, &p, out);
         cr_assert_gt(n, 2);
@@ -639,8 +628,7 @@ Test(constrain, sampler_generate_stops_when_the_text_is_complete)
         text_of(out + 2, n - 2, text);
         cr_assert(!strcmp(text, "yes") || !strcmp(text, "no"), "seed %llu: [%s]", (unsigned long long)seed, text);
         /* it stopped at once: no end token was needed, none was drawn */
-        for (int k = 2; k < n; k++)
-            cr_assert_neq(out[k], 2);
+        for (int k = 2; k < n; k++) cr_assert_neq(out[k], 2);
         sampler_constraint_free(c);
     }
     sampler_grammar_free(g);

@@ -9,31 +9,30 @@
 enum { V = 32 };
 static toy_lm toy; /* large: keep it off the stack */
 
-static int gen(toy_kind kind, int max_seq_len, const int32_t *prompt, int n_prompt, int n_new,
-               const sampler_params *p, int32_t *out)
+static int gen(toy_kind kind, int max_seq_len, const int32_t *prompt, int n_prompt, int n_new, const sampler_params *p,
+               int32_t *out)
 {
     toy_init(&toy, kind, V, max_seq_len);
     return sampler_generate(&toy.lm, prompt, n_prompt, n_new, p, out);
 }
 
-static const int32_t prompt3[3] = {1, 2, 3};
+static const int32_t prompt3[3] = { 1, 2, 3 };
 
 Test(generate, output_length_prompt_prefix_and_valid_ids)
 {
     int32_t out[3 + 20];
-    sampler_params p = {.temperature = 1.0f, .seed = 9};
+    sampler_params p = { .temperature = 1.0f, .seed = 9 };
     int n = gen(TOY_WAVE, 64, prompt3, 3, 20, &p, out);
     cr_assert_eq(n, 23);
     cr_assert_eq(toy.calls, 20);
     cr_assert(memcmp(out, prompt3, sizeof prompt3) == 0);
-    for (int i = 0; i < n; i++)
-        cr_assert(out[i] >= 0 && out[i] < V);
+    for (int i = 0; i < n; i++) cr_assert(out[i] >= 0 && out[i] < V);
 }
 
 Test(generate, greedy_is_deterministic_argmax_and_ignores_seed)
 {
     int32_t a[3 + 15], b[3 + 15];
-    sampler_params p = {.temperature = 0.0f, .seed = 1};
+    sampler_params p = { .temperature = 0.0f, .seed = 1 };
     cr_assert_eq(gen(TOY_WAVE, 64, prompt3, 3, 15, &p, a), 18);
     p.seed = 999;
     cr_assert_eq(gen(TOY_WAVE, 64, prompt3, 3, 15, &p, b), 18);
@@ -48,7 +47,7 @@ Test(generate, greedy_is_deterministic_argmax_and_ignores_seed)
 Test(generate, seeded_reproducible_and_different_seeds_differ)
 {
     int32_t a[3 + 40], b[3 + 40], c[3 + 40];
-    sampler_params p = {.temperature = 1.0f, .top_p = 0.95f, .seed = 1234};
+    sampler_params p = { .temperature = 1.0f, .top_p = 0.95f, .seed = 1234 };
     gen(TOY_WAVE, 64, prompt3, 3, 40, &p, a);
     gen(TOY_WAVE, 64, prompt3, 3, 40, &p, b);
     p.seed = 1235;
@@ -60,10 +59,10 @@ Test(generate, seeded_reproducible_and_different_seeds_differ)
 Test(generate, top_k_one_equals_greedy)
 {
     int32_t g[3 + 25], k1[3 + 25];
-    sampler_params greedy = {0};
+    sampler_params greedy = { 0 };
     gen(TOY_WAVE, 64, prompt3, 3, 25, &greedy, g);
     for (uint64_t seed = 0; seed < 5; seed++) {
-        sampler_params p = {.temperature = 1.5f, .top_k = 1, .seed = seed};
+        sampler_params p = { .temperature = 1.5f, .top_k = 1, .seed = seed };
         cr_assert_eq(gen(TOY_WAVE, 64, prompt3, 3, 25, &p, k1), 28);
         cr_assert(memcmp(g, k1, sizeof g) == 0, "seed %d", (int)seed);
     }
@@ -72,13 +71,12 @@ Test(generate, top_k_one_equals_greedy)
 Test(generate, stop_id_ends_generation_and_is_included)
 {
     int32_t g[3 + 20], s[3 + 20];
-    sampler_params greedy = {0};
+    sampler_params greedy = { 0 };
     gen(TOY_WAVE, 64, prompt3, 3, 20, &greedy, g);
     int32_t stop = g[3 + 4]; /* the 5th generated token */
     int first = 3;
-    while (g[first] != stop)
-        first++;
-    sampler_params p = {.stop_ids = &stop, .n_stop_ids = 1};
+    while (g[first] != stop) first++;
+    sampler_params p = { .stop_ids = &stop, .n_stop_ids = 1 };
     int n = gen(TOY_WAVE, 64, prompt3, 3, 20, &p, s);
     cr_assert_eq(n, first + 1);
     cr_assert_eq(toy.calls, first + 1 - 3);
@@ -89,7 +87,7 @@ Test(generate, stop_id_ends_generation_and_is_included)
 Test(generate, stop_id_in_the_prompt_does_not_stop)
 {
     int32_t g[3 + 20], s[3 + 20];
-    sampler_params greedy = {0};
+    sampler_params greedy = { 0 };
     gen(TOY_WAVE, 64, prompt3, 3, 20, &greedy, g);
     int32_t stop = prompt3[0];
     int want = 23;
@@ -98,7 +96,7 @@ Test(generate, stop_id_in_the_prompt_does_not_stop)
             want = i + 1;
             break;
         }
-    sampler_params p = {.stop_ids = &stop, .n_stop_ids = 1};
+    sampler_params p = { .stop_ids = &stop, .n_stop_ids = 1 };
     cr_assert_eq(gen(TOY_WAVE, 64, prompt3, 3, 20, &p, s), want);
     cr_assert_gt(want, 3);
 }
@@ -107,9 +105,8 @@ Test(generate, crops_context_to_max_seq_len)
 {
     enum { L = 8, NP = 13, NEW = 30 };
     int32_t prompt[NP], out[NP + NEW];
-    for (int i = 0; i < NP; i++)
-        prompt[i] = (i * 5 + 1) % V;
-    sampler_params p = {.temperature = 0.8f, .seed = 77};
+    for (int i = 0; i < NP; i++) prompt[i] = (i * 5 + 1) % V;
+    sampler_params p = { .temperature = 0.8f, .seed = 77 };
     int n = gen(TOY_WAVE, L, prompt, NP, NEW, &p, out);
     cr_assert_eq(n, NP + NEW);
     cr_assert_eq(toy.calls, NEW);
@@ -133,7 +130,7 @@ Test(generate, shift_keeps_half_the_window_when_full)
 {
     enum { L = 8, NP = 3, NEW = 20 };
     int32_t out[NP + NEW];
-    sampler_params p = {.temperature = 0.8f, .seed = 77, .crop = SAMPLER_CROP_SHIFT};
+    sampler_params p = { .temperature = 0.8f, .seed = 77, .crop = SAMPLER_CROP_SHIFT };
     cr_assert_eq(gen(TOY_WAVE, L, prompt3, NP, NEW, &p, out), NP + NEW);
     int start = 0;
     for (int s = 0; s < NEW; s++) {
@@ -148,7 +145,7 @@ Test(generate, shift_keeps_half_the_window_when_full)
 Test(generate, stop_ends_when_the_window_is_full)
 {
     int32_t out[3 + 20];
-    sampler_params p = {.temperature = 0.8f, .seed = 77, .crop = SAMPLER_CROP_STOP};
+    sampler_params p = { .temperature = 0.8f, .seed = 77, .crop = SAMPLER_CROP_STOP };
     cr_assert_eq(gen(TOY_WAVE, 8, prompt3, 3, 20, &p, out), 8, "prompt + generated = the window");
     cr_assert_eq(toy.calls, 5);
     cr_assert_eq(gen(TOY_WAVE, 3, prompt3, 3, 20, &p, out), 3, "a prompt that fills the window");
@@ -183,26 +180,37 @@ Test(generate, invalid_params_and_prompt_rejected_before_the_model)
 {
     int32_t out[3 + 4];
     const sampler_params bad[] = {
-        {.temperature = -0.5f}, {.temperature = NAN}, {.temperature = INFINITY},
-        {.top_k = -1}, {.top_p = -0.1f}, {.top_p = 1.5f}, {.repetition_penalty = -1.0f},
-        {.min_p = 2.0f}, {.presence_penalty = 3.0f}, {.frequency_penalty = -2.5f},
-        {.penalty_last_n = -1}, {.n_stop_ids = 1}, {.n_bias = 1}, {.crop = 3}, {.crop = -1},
+        { .temperature = -0.5f },
+        { .temperature = NAN },
+        { .temperature = INFINITY },
+        { .top_k = -1 },
+        { .top_p = -0.1f },
+        { .top_p = 1.5f },
+        { .repetition_penalty = -1.0f },
+        { .min_p = 2.0f },
+        { .presence_penalty = 3.0f },
+        { .frequency_penalty = -2.5f },
+        { .penalty_last_n = -1 },
+        { .n_stop_ids = 1 },
+        { .n_bias = 1 },
+        { .crop = 3 },
+        { .crop = -1 },
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         cr_assert_eq(gen(TOY_WAVE, 64, prompt3, 3, 4, &bad[i], out), SAMPLER_EINVAL, "case %zu", i);
         cr_assert_eq(toy.calls, 0);
     }
-    sampler_params ok = {.temperature = 0.7f};
+    sampler_params ok = { .temperature = 0.7f };
     cr_assert_eq(gen(TOY_WAVE, 64, prompt3, 0, 4, &ok, out), SAMPLER_EINVAL); /* empty prompt */
     cr_assert_eq(toy.calls, 0);
     cr_assert_eq(gen(TOY_WAVE, 64, NULL, 3, 4, &ok, out), SAMPLER_EINVAL);
-    int32_t badp[2] = {1, V};
+    int32_t badp[2] = { 1, V };
     cr_assert_eq(gen(TOY_WAVE, 64, badp, 2, 4, &ok, out), SAMPLER_EINVAL);
     cr_assert_eq(gen(TOY_WAVE, 64, prompt3, 3, -1, &ok, out), SAMPLER_EINVAL);
     cr_assert_eq(gen(TOY_WAVE, 64, prompt3, 3, 4, NULL, out), SAMPLER_EINVAL);
     cr_assert_eq(toy.calls, 0);
-    int32_t stop_bad[1] = {V};
-    sampler_params s = {.stop_ids = stop_bad, .n_stop_ids = 1};
+    int32_t stop_bad[1] = { V };
+    sampler_params s = { .stop_ids = stop_bad, .n_stop_ids = 1 };
     cr_assert_eq(gen(TOY_WAVE, 64, prompt3, 3, 4, &s, out), SAMPLER_EINVAL);
     cr_assert_eq(toy.calls, 0);
 }
@@ -210,7 +218,7 @@ Test(generate, invalid_params_and_prompt_rejected_before_the_model)
 Test(generate, zero_new_tokens_and_model_failure)
 {
     int32_t out[3 + 6];
-    sampler_params p = {0};
+    sampler_params p = { 0 };
     cr_assert_eq(gen(TOY_WAVE, 64, prompt3, 3, 0, &p, out), 3);
     cr_assert_eq(toy.calls, 0);
     cr_assert(memcmp(out, prompt3, sizeof prompt3) == 0);
@@ -234,8 +242,8 @@ static int count_repeats(const int32_t *gen_ids, int n)
 
 Test(generate, repetition_penalty_reduces_repeats)
 {
-    int32_t pr[1] = {0}, a[1 + 20], b[1 + 20];
-    sampler_params off = {0}, on = {.repetition_penalty = 3.0f};
+    int32_t pr[1] = { 0 }, a[1 + 20], b[1 + 20];
+    sampler_params off = { 0 }, on = { .repetition_penalty = 3.0f };
     gen(TOY_REPEATER, 64, pr, 1, 20, &off, a);
     gen(TOY_REPEATER, 64, pr, 1, 20, &on, b);
     cr_assert_eq(count_repeats(a + 1, 20), 19); /* all 5s */
@@ -244,7 +252,7 @@ Test(generate, repetition_penalty_reduces_repeats)
     cr_assert_neq(b[2], 5);
     /* sampled too: over 200 tokens the penalty lowers the share of the favourite */
     int32_t c[1 + 200], d[1 + 200];
-    sampler_params s_off = {.temperature = 0.3f, .seed = 5}, s_on = s_off;
+    sampler_params s_off = { .temperature = 0.3f, .seed = 5 }, s_on = s_off;
     s_on.repetition_penalty = 1.8f;
     gen(TOY_REPEATER, 64, pr, 1, 200, &s_off, c);
     gen(TOY_REPEATER, 64, pr, 1, 200, &s_on, d);
@@ -258,43 +266,41 @@ Test(generate, repetition_penalty_reduces_repeats)
 
 Test(generate, repetition_penalty_counts_the_prompt_and_window_limits_it)
 {
-    int32_t pr[2] = {5, 0}, out[2 + 1];
-    sampler_params full = {.repetition_penalty = 3.0f};
+    int32_t pr[2] = { 5, 0 }, out[2 + 1];
+    sampler_params full = { .repetition_penalty = 3.0f };
     gen(TOY_REPEATER, 64, pr, 2, 1, &full, out);
     cr_assert_eq(out[2], V - 1); /* 5 penalised via the prompt: the next best is 1 + 0.01*31 */
-    sampler_params window = {.repetition_penalty = 3.0f, .penalty_last_n = 1};
+    sampler_params window = { .repetition_penalty = 3.0f, .penalty_last_n = 1 };
     gen(TOY_REPEATER, 64, pr, 2, 1, &window, out);
     cr_assert_eq(out[2], 5); /* 5 is outside the window of the last 1 id */
 }
 
 Test(generate, logit_bias_forbids_and_presence_frequency_penalise)
 {
-    int32_t pr[1] = {0}, out[1 + 10];
-    int32_t ids[1] = {5};
-    float forbid[1] = {-INFINITY};
-    sampler_params b = {.bias_ids = ids, .bias_values = forbid, .n_bias = 1};
+    int32_t pr[1] = { 0 }, out[1 + 10];
+    int32_t ids[1] = { 5 };
+    float forbid[1] = { -INFINITY };
+    sampler_params b = { .bias_ids = ids, .bias_values = forbid, .n_bias = 1 };
     gen(TOY_REPEATER, 64, pr, 1, 10, &b, out);
-    for (int i = 1; i <= 10; i++)
-        cr_assert_neq(out[i], 5);
+    for (int i = 1; i <= 10; i++) cr_assert_neq(out[i], 5);
     /* a sampled run with the bias never emits it either */
     sampler_params bs = b;
     bs.temperature = 2.0f;
     bs.seed = 3;
     int32_t many[1 + 200];
     gen(TOY_REPEATER, 64, pr, 1, 200, &bs, many);
-    for (int i = 1; i <= 200; i++)
-        cr_assert_neq(many[i], 5);
+    for (int i = 1; i <= 200; i++) cr_assert_neq(many[i], 5);
     /* presence penalty 1.5: once 5 has been generated it drops below the others */
-    sampler_params pp = {.presence_penalty = 1.5f};
+    sampler_params pp = { .presence_penalty = 1.5f };
     gen(TOY_REPEATER, 64, pr, 1, 3, &pp, out);
     cr_assert_eq(out[1], 5);
     cr_assert_eq(out[2], V - 1);
     /* presence counts only generated ids: a 5 in the prompt is not penalised */
-    int32_t pr5[1] = {5};
+    int32_t pr5[1] = { 5 };
     gen(TOY_REPEATER, 64, pr5, 1, 1, &pp, out);
     cr_assert_eq(out[1], 5);
     /* frequency 0.6: 5 (2.0) stays best after one use (1.4 > 1.31), not after two */
-    sampler_params fp = {.frequency_penalty = 0.6f};
+    sampler_params fp = { .frequency_penalty = 0.6f };
     gen(TOY_REPEATER, 64, pr, 1, 3, &fp, out);
     cr_assert_eq(out[1], 5);
     cr_assert_eq(out[2], 5);
@@ -303,13 +309,13 @@ Test(generate, logit_bias_forbids_and_presence_frequency_penalise)
 
 Test(generate, all_tokens_forbidden_is_an_error)
 {
-    int32_t ids[V], pr[1] = {0}, out[1 + 2];
+    int32_t ids[V], pr[1] = { 0 }, out[1 + 2];
     float bias[V];
     for (int i = 0; i < V; i++) {
         ids[i] = i;
         bias[i] = -INFINITY;
     }
-    sampler_params p = {.bias_ids = ids, .bias_values = bias, .n_bias = V};
+    sampler_params p = { .bias_ids = ids, .bias_values = bias, .n_bias = V };
     cr_assert_eq(gen(TOY_WAVE, 64, pr, 1, 2, &p, out), SAMPLER_EINVAL);
     p.temperature = 1.0f;
     cr_assert_eq(gen(TOY_WAVE, 64, pr, 1, 2, &p, out), SAMPLER_EINVAL);
@@ -318,7 +324,7 @@ Test(generate, all_tokens_forbidden_is_an_error)
 Test(generate, min_p_one_equals_greedy)
 {
     int32_t g[3 + 20], m[3 + 20];
-    sampler_params greedy = {0}, p = {.temperature = 1.0f, .min_p = 1.0f, .seed = 8};
+    sampler_params greedy = { 0 }, p = { .temperature = 1.0f, .min_p = 1.0f, .seed = 8 };
     gen(TOY_WAVE, 64, prompt3, 3, 20, &greedy, g);
     gen(TOY_WAVE, 64, prompt3, 3, 20, &p, m);
     cr_assert(memcmp(g, m, sizeof g) == 0);
@@ -326,8 +332,8 @@ Test(generate, min_p_one_equals_greedy)
 
 Test(generate, out_may_alias_prompt)
 {
-    int32_t buf[3 + 10] = {1, 2, 3}, ref[3 + 10];
-    sampler_params p = {.temperature = 0.9f, .seed = 4};
+    int32_t buf[3 + 10] = { 1, 2, 3 }, ref[3 + 10];
+    sampler_params p = { .temperature = 0.9f, .seed = 4 };
     gen(TOY_WAVE, 64, prompt3, 3, 10, &p, ref);
     cr_assert_eq(gen(TOY_WAVE, 64, buf, 3, 10, &p, buf), 13);
     cr_assert(memcmp(buf, ref, sizeof ref) == 0);
@@ -355,8 +361,8 @@ static int log_token(void *user, int32_t token, int n_generated)
 Test(generate, per_token_callback_and_cancellation_between_steps)
 {
     int32_t full[3 + 20], cut[3 + 20];
-    token_log all = {0}, some = {.cancel_after = 7};
-    sampler_params p = {.temperature = 0.9f, .seed = 77, .on_token = log_token, .on_token_user = &all};
+    token_log all = { 0 }, some = { .cancel_after = 7 };
+    sampler_params p = { .temperature = 0.9f, .seed = 77, .on_token = log_token, .on_token_user = &all };
     cr_assert_eq(gen(TOY_WAVE, 64, prompt3, 3, 20, &p, full), 23);
     cr_assert_eq(all.seen, 20);
     for (int i = 0; i < 20; i++) {

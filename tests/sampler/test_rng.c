@@ -32,7 +32,7 @@ Test(rng, xoshiro256starstar_reference_outputs)
 {
     /* From state {1, 2, 3, 4} the reference xoshiro256** (Blackman & Vigna) yields
      * 11520, 0, 1509978240, 1215971899390074240.  Exact. */
-    sampler_rng r = {{1, 2, 3, 4}};
+    sampler_rng r = { { 1, 2, 3, 4 } };
     cr_assert_eq(sampler_rng_next(&r), 11520ull);
     cr_assert_eq(sampler_rng_next(&r), 0ull);
     cr_assert_eq(sampler_rng_next(&r), 1509978240ull);

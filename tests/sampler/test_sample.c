@@ -7,11 +7,10 @@
 
 Test(softmax, sums_to_one_and_matches_double_reference)
 {
-    float x[5] = {1.0f, 2.0f, 3.0f, -1.0f, 0.5f}, p[5];
+    float x[5] = { 1.0f, 2.0f, 3.0f, -1.0f, 0.5f }, p[5];
     cr_assert_eq(sampler_softmax(x, p, 5), 0);
     double z = 0, s = 0;
-    for (int i = 0; i < 5; i++)
-        z += exp((double)x[i]);
+    for (int i = 0; i < 5; i++) z += exp((double)x[i]);
     for (int i = 0; i < 5; i++) {
         cr_assert_float_eq(p[i], exp((double)x[i]) / z, 1e-7);
         s += p[i];
@@ -21,28 +20,28 @@ Test(softmax, sums_to_one_and_matches_double_reference)
 
 Test(softmax, neg_infinity_is_exactly_zero_and_large_logits_do_not_overflow)
 {
-    float x[4] = {-INFINITY, 1000.0f, 999.0f, -INFINITY}, p[4];
+    float x[4] = { -INFINITY, 1000.0f, 999.0f, -INFINITY }, p[4];
     cr_assert_eq(sampler_softmax(x, p, 4), 0);
     cr_assert(p[0] == 0.0f && p[3] == 0.0f);
     cr_assert_float_eq(p[1], 1.0 / (1.0 + exp(-1.0)), 1e-6);
-    float y[3] = {-INFINITY, -INFINITY, -INFINITY}, q[3] = {7, 7, 7};
+    float y[3] = { -INFINITY, -INFINITY, -INFINITY }, q[3] = { 7, 7, 7 };
     cr_assert_eq(sampler_softmax(y, q, 3), SAMPLER_EINVAL); /* no distribution */
     cr_assert(q[0] == 7 && q[2] == 7);
-    float w[3] = {INFINITY, 0.0f, INFINITY}, r[3];
+    float w[3] = { INFINITY, 0.0f, INFINITY }, r[3];
     cr_assert_eq(sampler_softmax(w, r, 3), 0);
     cr_assert(r[0] == 0.5f && r[1] == 0.0f && r[2] == 0.5f);
 }
 
 Test(draw, inverse_cdf_with_given_coin)
 {
-    float p[4] = {0.1f, 0.0f, 0.6f, 0.3f};
+    float p[4] = { 0.1f, 0.0f, 0.6f, 0.3f };
     cr_assert_eq(sampler_draw(p, 4, 0.0f), 0);
     cr_assert_eq(sampler_draw(p, 4, 0.05f), 0);
     cr_assert_eq(sampler_draw(p, 4, 0.1f), 2); /* never the zero-probability 1 */
     cr_assert_eq(sampler_draw(p, 4, 0.69f), 2);
     cr_assert_eq(sampler_draw(p, 4, 0.71f), 3);
     cr_assert_eq(sampler_draw(p, 4, 0.99999994f), 3);
-    float q[3] = {0.3f, 0.3f, 0.0f}; /* sums below the coin: the last positive */
+    float q[3] = { 0.3f, 0.3f, 0.0f }; /* sums below the coin: the last positive */
     cr_assert_eq(sampler_draw(q, 3, 0.9f), 1);
     cr_assert_eq(sampler_draw(p, 4, 1.0f), SAMPLER_EINVAL);
     cr_assert_eq(sampler_draw(p, 4, -0.1f), SAMPLER_EINVAL);
@@ -51,9 +50,9 @@ Test(draw, inverse_cdf_with_given_coin)
 
 Test(argmax, lowest_index_among_equal_maxima)
 {
-    float x[5] = {1.0f, 3.0f, -2.0f, 3.0f, 0.0f};
+    float x[5] = { 1.0f, 3.0f, -2.0f, 3.0f, 0.0f };
     cr_assert_eq(sampler_argmax(x, 5), 1);
-    float y[3] = {-INFINITY, -INFINITY, -5.0f};
+    float y[3] = { -INFINITY, -INFINITY, -5.0f };
     cr_assert_eq(sampler_argmax(y, 3), 2);
     cr_assert_eq(sampler_argmax(y, 0), SAMPLER_EINVAL);
 }
@@ -64,14 +63,11 @@ Test(logprobs, match_double_log_softmax_and_rank_top)
     float x[V];
     sampler_rng r;
     sampler_rng_seed(&r, 5);
-    for (int i = 0; i < V; i++)
-        x[i] = (sampler_rng_uniform(&r) - 0.5f) * 12.0f;
+    for (int i = 0; i < V; i++) x[i] = (sampler_rng_uniform(&r) - 0.5f) * 12.0f;
     x[17] = x[42]; /* a tie somewhere */
     double m = -INFINITY, z = 0;
-    for (int i = 0; i < V; i++)
-        m = fmax(m, x[i]);
-    for (int i = 0; i < V; i++)
-        z += exp((double)x[i] - m);
+    for (int i = 0; i < V; i++) m = fmax(m, x[i]);
+    for (int i = 0; i < V; i++) z += exp((double)x[i] - m);
     double lse = m + log(z);
     sampler_choice c;
     cr_assert_eq(sampler_logprobs(x, V, 123, 10, &c), 0);
@@ -82,8 +78,7 @@ Test(logprobs, match_double_log_softmax_and_rank_top)
         int id = c.top[j].id;
         cr_assert_float_eq(c.top[j].logprob, (double)x[id] - lse, 1e-5);
         int better = 0; /* exactly j tokens rank above it (value desc, then id asc) */
-        for (int i = 0; i < V; i++)
-            better += x[i] > x[id] || (x[i] == x[id] && i < id);
+        for (int i = 0; i < V; i++) better += x[i] > x[id] || (x[i] == x[id] && i < id);
         cr_assert_eq(better, j, "rank %d id %d", j, id);
     }
     double s = 0;
@@ -97,7 +92,7 @@ Test(logprobs, match_double_log_softmax_and_rank_top)
 
 Test(logprobs, small_vocab_and_bad_args)
 {
-    float x[3] = {0.0f, -INFINITY, 1.0f};
+    float x[3] = { 0.0f, -INFINITY, 1.0f };
     sampler_choice c;
     cr_assert_eq(sampler_logprobs(x, 3, 1, SAMPLER_MAX_TOP, &c), 0);
     cr_assert_eq(c.n_top, 3); /* clamped to the vocabulary */
@@ -139,8 +134,7 @@ Test(internal, exp_neg_accuracy_and_edges)
 
 Test(internal, key_preserves_order)
 {
-    const float v[] = {-INFINITY, -3e38f, -2.5f, -1e-40f, -0.0f, 0.0f, 1e-40f, 1.0f, 2.5f,
-                       3e38f, INFINITY};
+    const float v[] = { -INFINITY, -3e38f, -2.5f, -1e-40f, -0.0f, 0.0f, 1e-40f, 1.0f, 2.5f, 3e38f, INFINITY };
     int n = (int)(sizeof v / sizeof v[0]);
     for (int i = 0; i < n; i++)
         for (int j = 0; j < n; j++) {
@@ -168,7 +162,7 @@ Test(internal, fixed_order_reductions)
     cr_assert(sampler__max(x, 37) == 24.5f); /* NaN ignored */
     x[0] = INFINITY;
     cr_assert(sampler__max(x, 37) == INFINITY);
-    float none[3] = {NAN, -INFINITY, NAN};
+    float none[3] = { NAN, -INFINITY, NAN };
     cr_assert(sampler__max(none, 3) == -INFINITY);
 }
 
@@ -177,17 +171,13 @@ Test(internal, fixed_order_reductions)
 static float ref_max(const float *x, int n)
 {
     float acc[8];
-    for (int j = 0; j < 8; j++)
-        acc[j] = -INFINITY;
+    for (int j = 0; j < 8; j++) acc[j] = -INFINITY;
     int i = 0;
     for (; i + 8 <= n; i += 8)
-        for (int j = 0; j < 8; j++)
-            acc[j] = x[i + j] > acc[j] ? x[i + j] : acc[j];
+        for (int j = 0; j < 8; j++) acc[j] = x[i + j] > acc[j] ? x[i + j] : acc[j];
     float m = -INFINITY;
-    for (; i < n; i++)
-        m = x[i] > m ? x[i] : m;
-    for (int j = 0; j < 8; j++)
-        m = acc[j] > m ? acc[j] : m;
+    for (; i < n; i++) m = x[i] > m ? x[i] : m;
+    for (int j = 0; j < 8; j++) m = acc[j] > m ? acc[j] : m;
     return m;
 }
 
@@ -201,38 +191,36 @@ Test(internal, max_and_argmax_equal_the_portable_loops)
 {
     static float x[32000 + 9];
     uint64_t s = 42;
-    int lens[] = {1, 2, 7, 8, 9, 15, 16, 17, 31, 33, 64, 100, 1001, 32000, 32009};
+    int lens[] = { 1, 2, 7, 8, 9, 15, 16, 17, 31, 33, 64, 100, 1001, 32000, 32009 };
     for (size_t li = 0; li < sizeof lens / sizeof lens[0]; li++) {
         int n = lens[li];
         for (int trial = 0; trial < 40; trial++) {
-            for (int i = 0; i < n; i++)
-                x[i] = (float)((int)(lcg(&s) % 2001) - 1000) / 64.0f;
+            for (int i = 0; i < n; i++) x[i] = (float)((int)(lcg(&s) % 2001) - 1000) / 64.0f;
             int kind = trial % 8, at = (int)(lcg(&s) % (uint64_t)n);
-            if (kind == 1) x[at] = NAN;                    /* NaN never wins */
+            if (kind == 1) x[at] = NAN; /* NaN never wins */
             if (kind == 2) x[at] = INFINITY;
-            if (kind == 3)                                   /* only -inf and NaN */
+            if (kind == 3) /* only -inf and NaN */
                 for (int i = 0; i < n; i++) x[i] = i % 3 ? -INFINITY : NAN;
-            if (kind == 4) {                                 /* ties: the first must win */
+            if (kind == 4) { /* ties: the first must win */
                 x[at] = 100.0f;
                 if ((at ^ 1) < n) x[at ^ 1] = 100.0f; /* two in one group of 8 */
                 x[(at + 1 + (int)(lcg(&s) % (uint64_t)n)) % n] = 100.0f;
             }
-            if (kind == 5) {                                 /* signed zeros at the top */
+            if (kind == 5) { /* signed zeros at the top */
                 for (int i = 0; i < n; i++) x[i] = -1.0f;
                 x[at] = -0.0f;
                 x[(int)(lcg(&s) % (uint64_t)n)] = 0.0f;
             }
-            if (kind == 6) x[n - 1] = 1000.0f;               /* in the tail past the lanes */
+            if (kind == 6) x[n - 1] = 1000.0f; /* in the tail past the lanes */
             if (kind == 7) x[0] = 1000.0f;
             float want = ref_max(x, n), got = sampler__max(x, n);
-            cr_assert_eq(memcmp(&want, &got, sizeof want), 0, "n %d kind %d: max %a, want %a",
-                         n, kind, (double)got, (double)want);
+            cr_assert_eq(memcmp(&want, &got, sizeof want), 0, "n %d kind %d: max %a, want %a", n, kind, (double)got,
+                         (double)want);
             int first = -1;
             for (int i = 0; i < n && first < 0; i++)
                 if (x[i] == want) first = i;
             int a = sampler_argmax(x, n);
-            cr_assert_eq(a, first < 0 ? SAMPLER_EINVAL : first, "n %d kind %d: argmax %d, want %d",
-                         n, kind, a, first);
+            cr_assert_eq(a, first < 0 ? SAMPLER_EINVAL : first, "n %d kind %d: argmax %d, want %d", n, kind, a, first);
         }
     }
 }
@@ -245,10 +233,8 @@ Test(draw, without_the_normalising_pass_equals_softmax_then_draw)
     for (int trial = 0; trial < 12; trial++) {
         int n = trial < 6 ? N : 1 + (int)(lcg(&s) % 300);
         float spread = trial % 3 == 0 ? 30.0f : 3.0f; /* wide spreads make tiny probabilities */
-        for (int i = 0; i < n; i++)
-            x[i] = spread * ((float)(lcg(&s) % 100000) / 100000.0f - 0.5f);
-        for (int k = 0; k < n / 50; k++)
-            x[lcg(&s) % (uint64_t)n] = -INFINITY;
+        for (int i = 0; i < n; i++) x[i] = spread * ((float)(lcg(&s) % 100000) / 100000.0f - 0.5f);
+        for (int k = 0; k < n / 50; k++) x[lcg(&s) % (uint64_t)n] = -INFINITY;
         if (trial == 5) x[n / 2] = x[n - 1] = INFINITY;
         double scale;
         cr_assert_eq(sampler_softmax(x, p, n), 0);
@@ -259,8 +245,8 @@ Test(draw, without_the_normalising_pass_equals_softmax_then_draw)
         }
         for (int c = 0; c < 400; c++) {
             float coin = (float)(lcg(&s) % 16777216) / 16777216.0f;
-            cr_assert_eq(sampler__draw_scaled(e, scale, n, coin), sampler_draw(p, n, coin),
-                         "trial %d coin %a", trial, (double)coin);
+            cr_assert_eq(sampler__draw_scaled(e, scale, n, coin), sampler_draw(p, n, coin), "trial %d coin %a", trial,
+                         (double)coin);
         }
         cr_assert_eq(sampler__draw_scaled(e, scale, n, 0.99999994f), sampler_draw(p, n, 0.99999994f));
         /* coins on the float grid around every CDF boundary: where a draw that kept
@@ -271,7 +257,7 @@ Test(draw, without_the_normalising_pass_equals_softmax_then_draw)
             cdf += p[i];
             if (i > 2000 && i % 97) continue; /* each check walks i entries: sample the far ones */
             float f = (float)cdf;
-            float coins[3] = {nextafterf(f, 0.0f), f, nextafterf(f, 1.0f)};
+            float coins[3] = { nextafterf(f, 0.0f), f, nextafterf(f, 1.0f) };
             for (int c = 0; c < 3; c++)
                 if (coins[c] >= 0.0f && coins[c] < 1.0f)
                     cr_assert_eq(sampler__draw_scaled(e, scale, n, coins[c]), sampler_draw(p, n, coins[c]),

@@ -19,8 +19,8 @@ typedef struct {
     int ran[SAMPLER_STAGE_COUNT];
 } reference;
 
-static void reference_rows(const sampler_params *p, const float *logits, const int32_t *ids,
-                           int n_ids, int n_gen, reference *r)
+static void reference_rows(const sampler_params *p, const float *logits, const int32_t *ids, int n_ids, int n_gen,
+                           reference *r)
 {
     memset(r->ran, 0, sizeof r->ran);
     float x[VB];
@@ -33,17 +33,16 @@ static void reference_rows(const sampler_params *p, const float *logits, const i
     }
     if (p->repetition_penalty != 0.0f && p->repetition_penalty != 1.0f) {
         int start = p->penalty_last_n && n_ids > p->penalty_last_n ? n_ids - p->penalty_last_n : 0;
-        cr_assert_eq(sampler_apply_repetition_penalty(x, x, VB, ids + start, n_ids - start,
-                                                      p->repetition_penalty), 0);
+        cr_assert_eq(sampler_apply_repetition_penalty(x, x, VB, ids + start, n_ids - start, p->repetition_penalty), 0);
         KEEP(SAMPLER_STAGE_REPETITION_PENALTY);
     }
     if (p->presence_penalty != 0.0f || p->frequency_penalty != 0.0f) {
-        cr_assert_eq(sampler_apply_presence_frequency(x, x, VB, ids + n_ids - n_gen, n_gen,
-                                                      p->presence_penalty, p->frequency_penalty), 0);
+        cr_assert_eq(sampler_apply_presence_frequency(x, x, VB, ids + n_ids - n_gen, n_gen, p->presence_penalty,
+                                                      p->frequency_penalty),
+                     0);
         KEEP(SAMPLER_STAGE_PRESENCE_FREQUENCY);
     }
-    if (p->temperature == 0.0f)
-        return;
+    if (p->temperature == 0.0f) return;
     if (p->temperature != 1.0f) {
         cr_assert_eq(sampler_apply_temperature(x, x, VB, p->temperature), 0);
         KEEP(SAMPLER_STAGE_TEMPERATURE);
@@ -65,16 +64,12 @@ static void reference_rows(const sampler_params *p, const float *logits, const i
 #undef KEEP
 }
 
-static int alive(float x, int softmax)
-{
-    return softmax ? x > 0.0f : !(x == -INFINITY || isnan(x));
-}
+static int alive(float x, int softmax) { return softmax ? x > 0.0f : !(x == -INFINITY || isnan(x)); }
 
 static int survivors(const float *row, int softmax)
 {
     int c = 0;
-    for (int i = 0; i < VB; i++)
-        c += alive(row[i], softmax);
+    for (int i = 0; i < VB; i++) c += alive(row[i], softmax);
     return c;
 }
 
@@ -85,8 +80,7 @@ static int by_value(const void *a, const void *b)
 {
     int32_t i = *(const int32_t *)a, j = *(const int32_t *)b;
     float x = sort_row[i], y = sort_row[j];
-    if (x != y)
-        return x > y ? -1 : 1;
+    if (x != y) return x > y ? -1 : 1;
     return i < j ? -1 : i > j;
 }
 
@@ -95,28 +89,23 @@ static void ranks(const float *row, int softmax, int *rank)
     static int32_t order[VB];
     int m = 0;
     for (int i = 0; i < VB; i++)
-        if (alive(row[i], softmax))
-            order[m++] = i;
+        if (alive(row[i], softmax)) order[m++] = i;
     sort_row = row;
     qsort(order, (size_t)m, sizeof *order, by_value);
-    for (int i = 0; i < VB; i++)
-        rank[i] = VB;
-    for (int r = 0; r < m; r++)
-        rank[order[r]] = r;
+    for (int i = 0; i < VB; i++) rank[i] = VB;
+    for (int r = 0; r < m; r++) rank[order[r]] = r;
 }
 
 static int cand_index(const sampler_trace *tr, int32_t t)
 {
     for (int c = 0; c < tr->n_candidates; c++)
-        if (tr->candidate[c] == t)
-            return c;
+        if (tr->candidate[c] == t) return c;
     return -1;
 }
 
 static void random_row(float *lg, sampler_rng *g)
 {
-    for (int v = 0; v < VB; v++)
-        lg[v] = 4.0f * (sampler_rng_uniform(g) + sampler_rng_uniform(g) - 1.0f);
+    for (int v = 0; v < VB; v++) lg[v] = 4.0f * (sampler_rng_uniform(g) + sampler_rng_uniform(g) - 1.0f);
     for (int j = 0; j < 6; j++) /* a few likely tokens, as a model has */
         lg[sampler_rng_next(g) % VB] += 3.0f + (float)j;
 }
@@ -128,20 +117,32 @@ Test(trace, equals_the_public_warpers_stage_by_stage)
 {
     static float lg[VB];
     static int32_t ids[HIST + 40];
-    int32_t bias_ids[4] = {10, 20, 30, 40};
-    float bias_v[4] = {9.0f, -INFINITY, 6.5f, -100.0f};
-    const struct { sampler_params p; int n; } cases[] = {
+    int32_t bias_ids[4] = { 10, 20, 30, 40 };
+    float bias_v[4] = { 9.0f, -INFINITY, 6.5f, -100.0f };
+    const struct {
+        sampler_params p;
+        int n;
+    } cases[] = {
         /* every stage on */
-        {{.temperature = 0.7f, .top_k = 40, .top_p = 0.9f, .min_p = 0.02f,
-          .repetition_penalty = 1.3f, .penalty_last_n = 16, .presence_penalty = 0.5f,
-          .frequency_penalty = 0.4f, .bias_ids = bias_ids, .bias_values = bias_v, .n_bias = 4,
-          .seed = 11}, 5},
-        {{.temperature = 1.3f, .top_p = 0.8f, .seed = 12}, 20},
-        {{.temperature = 0.9f, .min_p = 0.1f, .repetition_penalty = 0.8f, .seed = 13}, 3},
-        {{.temperature = 0.5f, .top_k = 5, .frequency_penalty = -1.5f, .seed = 14}, 8},
-        {{.temperature = 0.0f, .repetition_penalty = 1.5f, .bias_ids = bias_ids,
-          .bias_values = bias_v, .n_bias = 4}, 4},
-        {{.temperature = 1.0f, .seed = 15}, 1},
+        { { .temperature = 0.7f,
+            .top_k = 40,
+            .top_p = 0.9f,
+            .min_p = 0.02f,
+            .repetition_penalty = 1.3f,
+            .penalty_last_n = 16,
+            .presence_penalty = 0.5f,
+            .frequency_penalty = 0.4f,
+            .bias_ids = bias_ids,
+            .bias_values = bias_v,
+            .n_bias = 4,
+            .seed = 11 },
+          5 },
+        { { .temperature = 1.3f, .top_p = 0.8f, .seed = 12 }, 20 },
+        { { .temperature = 0.9f, .min_p = 0.1f, .repetition_penalty = 0.8f, .seed = 13 }, 3 },
+        { { .temperature = 0.5f, .top_k = 5, .frequency_penalty = -1.5f, .seed = 14 }, 8 },
+        { { .temperature = 0.0f, .repetition_penalty = 1.5f, .bias_ids = bias_ids, .bias_values = bias_v, .n_bias = 4 },
+          4 },
+        { { .temperature = 1.0f, .seed = 15 }, 1 },
     };
     for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
         const sampler_params *p = &cases[k].p;
@@ -153,8 +154,7 @@ Test(trace, equals_the_public_warpers_stage_by_stage)
         sampler_rng_seed(&g, 500 + k);
         sampler_rng_seed(&coins, p->seed); /* the sampler's own stream, drawn once per step */
         int n = HIST;
-        for (int i = 0; i < n; i++)
-            ids[i] = (int32_t)(sampler_rng_next(&g) % VB);
+        for (int i = 0; i < n; i++) ids[i] = (int32_t)(sampler_rng_next(&g) % VB);
         for (int st = 0; st < 40; st++) {
             random_row(lg, &g);
             sampler_choice ch;
@@ -166,39 +166,32 @@ Test(trace, equals_the_public_warpers_stage_by_stage)
             for (int sg = 0; sg < SAMPLER_STAGE_COUNT; sg++) {
                 const sampler_trace_stage *t = &tr.stage[sg];
                 int sm = sg == SAMPLER_STAGE_SOFTMAX;
-                cr_assert_eq(t->ran, ref.ran[sg], "case %zu step %d stage %s", k, st,
+                cr_assert_eq(t->ran, ref.ran[sg], "case %zu step %d stage %s", k, st, sampler_stage_name(sg));
+                if (!t->ran) continue;
+                cr_assert_eq(t->survivors, survivors(ref.row[sg], sm), "case %zu step %d stage %s", k, st,
                              sampler_stage_name(sg));
-                if (!t->ran)
-                    continue;
-                cr_assert_eq(t->survivors, survivors(ref.row[sg], sm), "case %zu step %d stage %s",
-                             k, st, sampler_stage_name(sg));
                 for (int c = 0; c < tr.n_candidates; c++) {
                     float want = ref.row[sg][tr.candidate[c]], got = t->value[c];
                     if (sm) /* the step sums the survivors only, the reference the whole row
                              * (zeros included): the same terms in another order */
                         cr_assert_float_eq(got, want, 1e-7, "case %zu step %d softmax", k, st);
                     else
-                        cr_assert(memcmp(&got, &want, sizeof got) == 0,
-                                  "case %zu step %d stage %s token %d: %a vs %a", k, st,
-                                  sampler_stage_name(sg), tr.candidate[c], got, want);
+                        cr_assert(memcmp(&got, &want, sizeof got) == 0, "case %zu step %d stage %s token %d: %a vs %a",
+                                  k, st, sampler_stage_name(sg), tr.candidate[c], got, want);
                 }
             }
             /* The candidates: every token in the top N of some stage's row, the raw top N
              * first (in order), and the drawn token -- nothing else. */
             static int rank[SAMPLER_STAGE_COUNT][VB];
             for (int sg = 0; sg < SAMPLER_STAGE_COUNT; sg++)
-                if (ref.ran[sg])
-                    ranks(ref.row[sg], sg == SAMPLER_STAGE_SOFTMAX, rank[sg]);
+                if (ref.ran[sg]) ranks(ref.row[sg], sg == SAMPLER_STAGE_SOFTMAX, rank[sg]);
             for (int c = 0; c < tr.n_candidates; c++) {
                 int32_t t = tr.candidate[c];
                 int top_somewhere = 0;
-                for (int sg = 0; sg < SAMPLER_STAGE_COUNT; sg++)
-                    top_somewhere |= ref.ran[sg] && rank[sg][t] < N;
+                for (int sg = 0; sg < SAMPLER_STAGE_COUNT; sg++) top_somewhere |= ref.ran[sg] && rank[sg][t] < N;
                 cr_assert(top_somewhere || t == tr.token, "case %zu step %d: candidate %d", k, st, t);
-                if (c < N)
-                    cr_assert_eq(rank[SAMPLER_STAGE_LOGITS][t], c, "raw top N first, in order");
-                for (int d = 0; d < c; d++)
-                    cr_assert_neq(tr.candidate[d], t, "each candidate once");
+                if (c < N) cr_assert_eq(rank[SAMPLER_STAGE_LOGITS][t], c, "raw top N first, in order");
+                for (int d = 0; d < c; d++) cr_assert_neq(tr.candidate[d], t, "each candidate once");
             }
             for (int sg = 0; sg < SAMPLER_STAGE_COUNT; sg++)
                 for (int v = 0; ref.ran[sg] && v < VB; v++)
@@ -209,11 +202,9 @@ Test(trace, equals_the_public_warpers_stage_by_stage)
              * the reference distribution. */
             if (p->temperature == 0.0f) {
                 cr_assert(isnan(tr.coin) && isnan(tr.probability));
-                for (int d = 0; d < tr.n_candidates; d++)
-                    cr_assert(isnan(tr.cdf_before[d]));
+                for (int d = 0; d < tr.n_candidates; d++) cr_assert(isnan(tr.cdf_before[d]));
                 int last = 0;
-                for (int sg = 0; sg < SAMPLER_STAGE_COUNT; sg++)
-                    last = ref.ran[sg] ? sg : last;
+                for (int sg = 0; sg < SAMPLER_STAGE_COUNT; sg++) last = ref.ran[sg] ? sg : last;
                 cr_assert_eq(tr.token, sampler_argmax(ref.row[last], VB), "greedy: the argmax");
             } else {
                 cr_assert(tr.coin == sampler_rng_uniform(&coins));
@@ -230,8 +221,7 @@ Test(trace, equals_the_public_warpers_stage_by_stage)
                         continue;
                     }
                     double below = 0;
-                    for (int v = 0; v < t; v++)
-                        below += pr[v];
+                    for (int v = 0; v < t; v++) below += pr[v];
                     cr_assert_float_eq(tr.cdf_before[d], below, 1e-6, "case %zu step %d", k, st);
                 }
                 cr_assert_leq(tr.cdf_before[c], (double)tr.coin);
@@ -249,7 +239,7 @@ Test(trace, top_k_5_leaves_5_survivors_and_more_only_on_ties)
     sampler_rng g;
     sampler_rng_seed(&g, 3);
     random_row(lg, &g);
-    sampler_params p = {.temperature = 0.8f, .top_k = 5, .seed = 1};
+    sampler_params p = { .temperature = 0.8f, .top_k = 5, .seed = 1 };
     sampler *s = sampler_new(VB, &p);
     cr_assert_eq(sampler_trace_enable(s, 10), 0);
     sampler_choice ch;
@@ -293,9 +283,9 @@ Test(trace, chosen_token_survives_and_final_probabilities_sum_to_one)
     static float lg[VB];
     static int32_t ids[64];
     const sampler_params cases[] = {
-        {.temperature = 1.5f, .top_k = 12, .top_p = 0.95f, .min_p = 0.01f, .seed = 21},
-        {.temperature = 0.9f, .top_k = 20, .repetition_penalty = 1.2f, .seed = 22},
-        {.temperature = 2.0f, .top_k = 3, .presence_penalty = 1.0f, .seed = 23},
+        { .temperature = 1.5f, .top_k = 12, .top_p = 0.95f, .min_p = 0.01f, .seed = 21 },
+        { .temperature = 0.9f, .top_k = 20, .repetition_penalty = 1.2f, .seed = 22 },
+        { .temperature = 2.0f, .top_k = 3, .presence_penalty = 1.0f, .seed = 23 },
     };
     for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
         sampler *s = sampler_new(VB, &cases[k]);
@@ -312,8 +302,7 @@ Test(trace, chosen_token_survives_and_final_probabilities_sum_to_one)
             for (int sg = 0; sg < SAMPLER_STAGE_COUNT; sg++)
                 if (tr.stage[sg].ran)
                     cr_assert(alive(tr.stage[sg].value[c], sg == SAMPLER_STAGE_SOFTMAX),
-                              "case %zu step %d: the chosen token dropped by %s", k, st,
-                              sampler_stage_name(sg));
+                              "case %zu step %d: the chosen token dropped by %s", k, st, sampler_stage_name(sg));
             const sampler_trace_stage *sm = &tr.stage[SAMPLER_STAGE_SOFTMAX];
             cr_assert_leq(sm->survivors, cases[k].top_k);
             double sum = 0;
@@ -338,9 +327,9 @@ Test(trace, traced_steps_draw_the_untraced_tokens)
     static float lg[VB];
     static int32_t ids[128];
     const sampler_params cases[] = {
-        {.temperature = 1.0f, .top_p = 0.9f, .seed = 31},
-        {.temperature = 0.8f, .top_k = 40, .repetition_penalty = 1.1f, .seed = 32},
-        {.temperature = 0.0f, .frequency_penalty = 0.5f},
+        { .temperature = 1.0f, .top_p = 0.9f, .seed = 31 },
+        { .temperature = 0.8f, .top_k = 40, .repetition_penalty = 1.1f, .seed = 32 },
+        { .temperature = 0.0f, .frequency_penalty = 0.5f },
     };
     for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
         sampler *a = sampler_new(VB, &cases[k]), *b = sampler_new(VB, &cases[k]);
@@ -369,22 +358,20 @@ Test(trace, stages_that_are_identities_do_not_run)
     sampler_rng_seed(&g, 9);
     random_row(lg, &g);
     /* temperature 1, top-p 1, top-k >= vocab, min-p 0, no penalties, no bias */
-    sampler_params p = {.temperature = 1.0f, .top_p = 1.0f, .top_k = VB, .repetition_penalty = 1.0f,
-                        .seed = 2};
+    sampler_params p = { .temperature = 1.0f, .top_p = 1.0f, .top_k = VB, .repetition_penalty = 1.0f, .seed = 2 };
     sampler *s = sampler_new(VB, &p);
     cr_assert_eq(sampler_trace_enable(s, 4), 0);
     sampler_choice ch;
     cr_assert_eq(sampler_step_traced(s, lg, NULL, 0, 0, 0, &ch, &tr), 0);
     for (int sg = 0; sg < SAMPLER_STAGE_COUNT; sg++)
-        cr_assert_eq(tr.stage[sg].ran, sg == SAMPLER_STAGE_LOGITS || sg == SAMPLER_STAGE_SOFTMAX,
-                     "%s", sampler_stage_name(sg));
+        cr_assert_eq(tr.stage[sg].ran, sg == SAMPLER_STAGE_LOGITS || sg == SAMPLER_STAGE_SOFTMAX, "%s",
+                     sampler_stage_name(sg));
     cr_assert_eq(tr.stage[SAMPLER_STAGE_LOGITS].survivors, VB);
     sampler_free(s);
 
     /* Greedy: the penalties run, then the argmax; nothing after it. */
-    sampler_params gp = {.temperature = 0.0f, .top_k = 5, .top_p = 0.5f, .min_p = 0.1f,
-                         .presence_penalty = 1.0f};
-    int32_t hist[3] = {7, 8, 7};
+    sampler_params gp = { .temperature = 0.0f, .top_k = 5, .top_p = 0.5f, .min_p = 0.1f, .presence_penalty = 1.0f };
+    int32_t hist[3] = { 7, 8, 7 };
     s = sampler_new(VB, &gp);
     cr_assert_eq(sampler_trace_enable(s, 4), 0);
     cr_assert_eq(sampler_step_traced(s, lg, hist, 3, 3, 0, &ch, &tr), 0);
@@ -403,7 +390,7 @@ Test(trace, stages_that_are_identities_do_not_run)
 Test(trace, the_drawn_token_is_a_candidate_even_outside_every_top_n)
 {
     static float lg[VB];
-    sampler_params p = {.temperature = 5.0f, .seed = 5};
+    sampler_params p = { .temperature = 5.0f, .seed = 5 };
     sampler *s = sampler_new(VB, &p);
     cr_assert_eq(sampler_trace_enable(s, 1), 0);
     sampler_rng g;
@@ -426,11 +413,10 @@ Test(trace, the_drawn_token_is_a_candidate_even_outside_every_top_n)
 
 Test(trace, rejects_bad_arguments)
 {
-    float lg[8] = {1, 2, 3, 4, 5, 6, 7, 8};
-    sampler *s = sampler_new(8, &(sampler_params){.temperature = 1.0f});
+    float lg[8] = { 1, 2, 3, 4, 5, 6, 7, 8 };
+    sampler *s = sampler_new(8, &(sampler_params){ .temperature = 1.0f });
     sampler_choice ch;
-    cr_assert_eq(sampler_step_traced(s, lg, NULL, 0, 0, 0, &ch, &tr), SAMPLER_EINVAL,
-                 "tracing not enabled");
+    cr_assert_eq(sampler_step_traced(s, lg, NULL, 0, 0, 0, &ch, &tr), SAMPLER_EINVAL, "tracing not enabled");
     cr_assert_eq(sampler_step_traced(s, lg, NULL, 0, 0, 0, &ch, NULL), 0, "NULL trace: a plain step");
     cr_assert_eq(sampler_trace_enable(s, 0), SAMPLER_EINVAL);
     cr_assert_eq(sampler_trace_enable(s, SAMPLER_TRACE_MAX + 1), SAMPLER_EINVAL);

@@ -19,11 +19,11 @@ typedef enum {
 } toy_kind;
 
 typedef struct {
-    sampler_lm lm;       /* first member: the callback gets &toy->lm */
+    sampler_lm lm; /* first member: the callback gets &toy->lm */
     toy_kind kind;
     int calls;
     int max_ctx_seen;
-    int fail_at_call;    /* > 0: return -5 on that call (1-based) */
+    int fail_at_call; /* > 0: return -5 on that call (1-based) */
     int n_ctx[TOY_MAX_CALLS];
     int32_t ctx[TOY_MAX_CALLS][TOY_MAX_CTX];
 } toy_lm;
@@ -32,8 +32,7 @@ static inline void toy_logits(toy_kind kind, const int32_t *ctx, int n_ctx, int 
 {
     int32_t last = ctx[n_ctx - 1];
     uint32_t h = 2166136261u; /* FNV-1a over the context */
-    for (int i = 0; i < n_ctx; i++)
-        h = (h ^ (uint32_t)ctx[i]) * 16777619u;
+    for (int i = 0; i < n_ctx; i++) h = (h ^ (uint32_t)ctx[i]) * 16777619u;
     for (int v = 0; v < vocab; v++) {
         if (kind == TOY_REPEATER)
             out[v] = v == 5 ? 2.0f : 1.0f + 0.01f * (float)v;
@@ -50,10 +49,8 @@ static inline int toy_next_logits(sampler_lm *lm, const int32_t *ctx, int n_ctx,
         memcpy(t->ctx[t->calls], ctx, (size_t)(n_ctx < TOY_MAX_CTX ? n_ctx : TOY_MAX_CTX) * sizeof *ctx);
     }
     t->calls++;
-    if (n_ctx > t->max_ctx_seen)
-        t->max_ctx_seen = n_ctx;
-    if (t->fail_at_call > 0 && t->calls == t->fail_at_call)
-        return -5;
+    if (n_ctx > t->max_ctx_seen) t->max_ctx_seen = n_ctx;
+    if (t->fail_at_call > 0 && t->calls == t->fail_at_call) return -5;
     toy_logits(t->kind, ctx, n_ctx, lm->vocab_size, logits);
     return 0;
 }

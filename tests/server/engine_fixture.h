@@ -48,7 +48,7 @@ static inline void ef_tensor(void *w, const char *name, int rows, int cols, floa
     cr_assert_not_null(x);
     for (size_t i = 0; i < n; i++)
         x[i] = a == 0 ? 1.0f : a * (float)((double)(ef_rng(s) >> 11) / 4503599627370496.0 - 1.0);
-    int64_t ne[2] = {cols, rows};
+    int64_t ne[2] = { cols, rows };
     cr_assert_eq(gguf_writer_tensor(w, name, 0 /* F32 */, ne, rows > 1 ? 2 : 1, x, n * sizeof *x), 0);
     free(x);
 }
@@ -135,7 +135,7 @@ static inline void ef_random_model(ef_model *f, int ctx, unsigned seed, int thre
     char err[512] = "";
     cr_assert_eq(gguf_writer_write(w, f->path, err, sizeof err), 0, "%s", err);
     gguf_writer_free(w);
-    model_load_opts o = {.n_threads = threads};
+    model_load_opts o = { .n_threads = threads };
     cr_assert_eq(model_load(&f->m, f->path, &o, err, sizeof err), 0, "%s", err);
 }
 
@@ -151,8 +151,13 @@ static inline void ef_model_free(ef_model *f)
 
 static inline engine *ef_engine(model *m, int parallel, int ctx, int queue, int chunk, int budget)
 {
-    engine_config c = {.model = m, .parallel = parallel, .ctx = ctx, .queue = queue,
-                       .prefill_chunk = chunk, .step_budget = budget, .outbox_limit = 1 << 20};
+    engine_config c = { .model = m,
+                        .parallel = parallel,
+                        .ctx = ctx,
+                        .queue = queue,
+                        .prefill_chunk = chunk,
+                        .step_budget = budget,
+                        .outbox_limit = 1 << 20 };
     engine *e = NULL;
     cr_assert_eq(engine_new(&e, &c), 0);
     return e;
@@ -166,9 +171,15 @@ static inline int ef_tokenize(void *cls, const char *text, size_t len, int add_b
 static inline validate_ctx ef_vc(model *m, int ctx)
 {
     const model_info *mi = model_get_info(m);
-    return (validate_ctx){.model_id = "random", .vocab = mi->vocab_size, .ctx = ctx,
-                          .add_bos = mi->add_bos, .bos_id = mi->bos_id, .max_tokens_limit = 4096,
-                          .max_choices = 64, .tokenize = ef_tokenize, .tok_cls = m};
+    return (validate_ctx){ .model_id = "random",
+                           .vocab = mi->vocab_size,
+                           .ctx = ctx,
+                           .add_bos = mi->add_bos,
+                           .bos_id = mi->bos_id,
+                           .max_tokens_limit = 4096,
+                           .max_choices = 64,
+                           .tokenize = ef_tokenize,
+                           .tok_cls = m };
 }
 
 /* A job from a /v1/completions body (kind JOB_COMPLETION) or a chat body. */
@@ -194,7 +205,7 @@ static inline int ef_run(engine *e, int max_steps)
 /* ---- collected events ------------------------------------------------------------------- */
 
 #define EF_MAX_CHOICES 8
-#define EF_MAX_TOKENS 512
+#define EF_MAX_TOKENS  512
 
 typedef struct {
     int n_tok;
@@ -203,7 +214,7 @@ typedef struct {
     char text[8192];
     size_t text_len;
     const char *finish;
-    int n_finish;             /* EV_FINISH events seen (exactly 1 when done) */
+    int n_finish; /* EV_FINISH events seen (exactly 1 when done) */
     int prompt_events;
 } ef_choice;
 

@@ -15,14 +15,12 @@ static const char *bytes_of(void *user, int32_t id, size_t *len)
 {
     static char one[256];
     (void)user;
-    if (id == 256)
-        return NULL;
+    if (id == 256) return NULL;
     if (id == 257) {
         *len = 2;
         return "ab";
     }
-    if (g_no_quote && id == '"')
-        return NULL;
+    if (g_no_quote && id == '"') return NULL;
     one[id] = (char)id;
     *len = 1;
     return &one[id];
@@ -70,9 +68,12 @@ Test(constraint, each_kind_gives_its_language)
     cr_assert_eq(match(cc, "[1]"), SAMPLER_MATCH_NONE);
     sampler_constraint_cache_free(cc);
 
-    cr_assert_eq(from_body(t, "{\"response_format\": {\"type\": \"json_schema\", \"json_schema\": {\"name\": \"n\", "
-                              "\"strict\": true, \"description\": \"d\", \"schema\": {\"type\": \"integer\", "
-                              "\"minimum\": 1, \"maximum\": 3}}}}", &cc, &e), 0, "%s", e.message);
+    cr_assert_eq(from_body(t,
+                           "{\"response_format\": {\"type\": \"json_schema\", \"json_schema\": {\"name\": \"n\", "
+                           "\"strict\": true, \"description\": \"d\", \"schema\": {\"type\": \"integer\", "
+                           "\"minimum\": 1, \"maximum\": 3}}}}",
+                           &cc, &e),
+                 0, "%s", e.message);
     cr_assert_eq(match(cc, "2"), SAMPLER_MATCH_FULL);
     cr_assert_eq(match(cc, "4"), SAMPLER_MATCH_NONE);
     sampler_constraint_cache_free(cc);
@@ -81,8 +82,8 @@ Test(constraint, each_kind_gives_its_language)
     cr_assert_eq(match(cc, "abc!"), SAMPLER_MATCH_FULL);
     sampler_constraint_cache_free(cc);
 
-    cr_assert_eq(from_body(t, "{\"choice\": [\"yes\", \"no\", \"a \\\"quoted\\\\ \\n\xC3\xA9\"]}", &cc, &e), 0,
-                 "%s", e.message);
+    cr_assert_eq(from_body(t, "{\"choice\": [\"yes\", \"no\", \"a \\\"quoted\\\\ \\n\xC3\xA9\"]}", &cc, &e), 0, "%s",
+                 e.message);
     cr_assert_eq(match(cc, "no"), SAMPLER_MATCH_FULL);
     cr_assert_eq(match(cc, "a \"quoted\\ \n\xC3\xA9"), SAMPLER_MATCH_FULL);
     cr_assert_eq(match(cc, "maybe"), SAMPLER_MATCH_NONE);
@@ -101,46 +102,46 @@ typedef struct {
 Test(constraint, refusals_name_the_parameter)
 {
     static const bad_case cs[] = {
-        {"{\"response_format\": \"json\"}", "response_format", "must be an object", "invalid_type"},
-        {"{\"response_format\": {}}", "response_format.type", "must be 'text'", "invalid_value"},
-        {"{\"response_format\": {\"type\": \"xml\"}}", "response_format.type", "got 'xml'", "invalid_value"},
-        {"{\"response_format\": {\"type\": \"text\", \"x\": 1}}", "response_format.x", "no field", "invalid_value"},
-        {"{\"response_format\": {\"type\": \"json_object\", \"schema\": {}}}", "response_format.schema", "no field",
-         "invalid_value"},
-        {"{\"response_format\": {\"type\": \"json_schema\"}}", "response_format.json_schema", "is required",
-         "invalid_value"},
-        {"{\"response_format\": {\"type\": \"json_schema\", \"json_schema\": []}}", "response_format.json_schema",
-         "must be an object", "invalid_type"},
-        {"{\"response_format\": {\"type\": \"json_schema\", \"json_schema\": {\"name\": 1, \"schema\": {}}}}",
-         "response_format.json_schema.name", "must be a string", "invalid_type"},
-        {"{\"response_format\": {\"type\": \"json_schema\", \"json_schema\": {\"strict\": 1, \"schema\": {}}}}",
-         "response_format.json_schema.strict", "must be a boolean", "invalid_type"},
-        {"{\"response_format\": {\"type\": \"json_schema\", \"json_schema\": {\"schema\": {}, \"extra\": 1}}}",
-         "response_format.json_schema.extra", "no field", "invalid_value"},
-        {"{\"response_format\": {\"type\": \"json_schema\", \"json_schema\": {\"name\": \"n\"}}}",
-         "response_format.json_schema.schema", "is required", "invalid_value"},
-        {"{\"response_format\": {\"type\": \"json_schema\", \"json_schema\": {\"schema\": {\"type\": \"object\", "
-         "\"properties\": {\"age\": {\"type\": \"integer\", \"format\": \"int32\"}}}}}}",
-         "response_format.json_schema.schema.properties.age.format", "unsupported JSON Schema keyword 'format'",
-         "invalid_value"},
-        {"{\"response_format\": {\"type\": \"json_schema\", \"json_schema\": {\"schema\": false}}}",
-         "response_format.json_schema.schema", "matches nothing", "invalid_value"},
-        {"{\"response_format\": {\"type\": \"json_schema\", \"json_schema\": {\"schema\": {\"$defs\": {\"a\": "
-         "{\"$ref\": \"#/$defs/a\"}}, \"$ref\": \"#/$defs/a\"}}}}",
-         "response_format.json_schema.schema.$defs.a", "no finite instance", "invalid_value"},
-        {"{\"grammar\": 5}", "grammar", "must be a string", "invalid_type"},
-        {"{\"grammar\": \"root ::= \\\"a\\\"\\nx ::= y\"}", "grammar", "line 2, column 7: undefined rule 'y'",
-         "invalid_value"},
-        {"{\"grammar\": \"\"}", "grammar", "no rule named 'root'", "invalid_value"},
-        {"{\"choice\": \"yes\"}", "choice", "must be an array", "invalid_type"},
-        {"{\"choice\": []}", "choice", "1 to 1024", "invalid_value"},
-        {"{\"choice\": [\"a\", 2]}", "choice[1]", "must be a string", "invalid_type"},
-        {"{\"choice\": [\"a\", \"\"]}", "choice[1]", "non-empty", "invalid_value"},
-        {"{\"choice\": [\"a\\u0000b\"]}", "choice[0]", "NUL", "invalid_value"},
-        {"{\"grammar\": \"root ::= \\\"a\\\"\", \"choice\": [\"a\"]}", "choice", "cannot be combined with 'grammar'",
-         "invalid_value"},
-        {"{\"response_format\": {\"type\": \"json_object\"}, \"grammar\": \"root ::= \\\"a\\\"\"}", "grammar",
-         "cannot be combined with 'response_format'", "invalid_value"},
+        { "{\"response_format\": \"json\"}", "response_format", "must be an object", "invalid_type" },
+        { "{\"response_format\": {}}", "response_format.type", "must be 'text'", "invalid_value" },
+        { "{\"response_format\": {\"type\": \"xml\"}}", "response_format.type", "got 'xml'", "invalid_value" },
+        { "{\"response_format\": {\"type\": \"text\", \"x\": 1}}", "response_format.x", "no field", "invalid_value" },
+        { "{\"response_format\": {\"type\": \"json_object\", \"schema\": {}}}", "response_format.schema", "no field",
+          "invalid_value" },
+        { "{\"response_format\": {\"type\": \"json_schema\"}}", "response_format.json_schema", "is required",
+          "invalid_value" },
+        { "{\"response_format\": {\"type\": \"json_schema\", \"json_schema\": []}}", "response_format.json_schema",
+          "must be an object", "invalid_type" },
+        { "{\"response_format\": {\"type\": \"json_schema\", \"json_schema\": {\"name\": 1, \"schema\": {}}}}",
+          "response_format.json_schema.name", "must be a string", "invalid_type" },
+        { "{\"response_format\": {\"type\": \"json_schema\", \"json_schema\": {\"strict\": 1, \"schema\": {}}}}",
+          "response_format.json_schema.strict", "must be a boolean", "invalid_type" },
+        { "{\"response_format\": {\"type\": \"json_schema\", \"json_schema\": {\"schema\": {}, \"extra\": 1}}}",
+          "response_format.json_schema.extra", "no field", "invalid_value" },
+        { "{\"response_format\": {\"type\": \"json_schema\", \"json_schema\": {\"name\": \"n\"}}}",
+          "response_format.json_schema.schema", "is required", "invalid_value" },
+        { "{\"response_format\": {\"type\": \"json_schema\", \"json_schema\": {\"schema\": {\"type\": \"object\", "
+          "\"properties\": {\"age\": {\"type\": \"integer\", \"format\": \"int32\"}}}}}}",
+          "response_format.json_schema.schema.properties.age.format", "unsupported JSON Schema keyword 'format'",
+          "invalid_value" },
+        { "{\"response_format\": {\"type\": \"json_schema\", \"json_schema\": {\"schema\": false}}}",
+          "response_format.json_schema.schema", "matches nothing", "invalid_value" },
+        { "{\"response_format\": {\"type\": \"json_schema\", \"json_schema\": {\"schema\": {\"$defs\": {\"a\": "
+          "{\"$ref\": \"#/$defs/a\"}}, \"$ref\": \"#/$defs/a\"}}}}",
+          "response_format.json_schema.schema.$defs.a", "no finite instance", "invalid_value" },
+        { "{\"grammar\": 5}", "grammar", "must be a string", "invalid_type" },
+        { "{\"grammar\": \"root ::= \\\"a\\\"\\nx ::= y\"}", "grammar", "line 2, column 7: undefined rule 'y'",
+          "invalid_value" },
+        { "{\"grammar\": \"\"}", "grammar", "no rule named 'root'", "invalid_value" },
+        { "{\"choice\": \"yes\"}", "choice", "must be an array", "invalid_type" },
+        { "{\"choice\": []}", "choice", "1 to 1024", "invalid_value" },
+        { "{\"choice\": [\"a\", 2]}", "choice[1]", "must be a string", "invalid_type" },
+        { "{\"choice\": [\"a\", \"\"]}", "choice[1]", "non-empty", "invalid_value" },
+        { "{\"choice\": [\"a\\u0000b\"]}", "choice[0]", "NUL", "invalid_value" },
+        { "{\"grammar\": \"root ::= \\\"a\\\"\", \"choice\": [\"a\"]}", "choice", "cannot be combined with 'grammar'",
+          "invalid_value" },
+        { "{\"response_format\": {\"type\": \"json_object\"}, \"grammar\": \"root ::= \\\"a\\\"\"}", "grammar",
+          "cannot be combined with 'response_format'", "invalid_value" },
     };
     sampler_vocab *v = vocab(0);
     constraint_table *t = constraint_table_new(v, 4);

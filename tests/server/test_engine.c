@@ -95,7 +95,8 @@ Test(engine, n_choices_are_seeded_with_seed_plus_index)
         char body[256];
         snprintf(body, sizeof body,
                  "{\"prompt\": \"the cat\", \"max_tokens\": 12, \"temperature\": 0.9, \"seed\": %d,"
-                 " \"logprobs\": 2, " NO_EOS "}", 7 + c);
+                 " \"logprobs\": 2, " NO_EOS "}",
+                 7 + c);
         job *k = ef_job(F.m, 64, JOB_COMPLETION, body);
         ef_complete(e, k, one);
         cr_assert_eq(memcmp(one->ch[0].tok, all->ch[c].tok, 12 * sizeof(int32_t)), 0, "choice %d", c);
@@ -113,10 +114,10 @@ Test(engine, n_choices_are_seeded_with_seed_plus_index)
 Test(engine, cancellation_between_steps_frees_the_slot)
 {
     engine *e = ef_engine(F.m, 1, 64, 4, 16, 64);
-    job *a = ef_job(F.m, 64, JOB_COMPLETION,
-                    "{\"prompt\": \"abc\", \"max_tokens\": 200, \"temperature\": 0, " NO_EOS "}");
-    job *b = ef_job(F.m, 64, JOB_COMPLETION,
-                    "{\"prompt\": \"xyz\", \"max_tokens\": 3, \"temperature\": 0, " NO_EOS "}");
+    job *a =
+        ef_job(F.m, 64, JOB_COMPLETION, "{\"prompt\": \"abc\", \"max_tokens\": 200, \"temperature\": 0, " NO_EOS "}");
+    job *b =
+        ef_job(F.m, 64, JOB_COMPLETION, "{\"prompt\": \"xyz\", \"max_tokens\": 3, \"temperature\": 0, " NO_EOS "}");
     cr_assert_eq(engine_submit(e, a), 0);
     for (int i = 0; i < 4; i++) cr_assert(engine_step(e, NULL));
     ef_result *r = result_new();
@@ -179,7 +180,7 @@ static void ref_greedy_shift(model *m, const int32_t *prompt, int n_prompt, int 
     for (int t = 0; t < n_new; t++) {
         if (n - win > W) win = n - W / 2;
         model_seq *s = model_seq_new(m, W);
-        model_batch_item it = {.seq = s, .tokens = hist + win, .n_tokens = n - win, .logits = logits};
+        model_batch_item it = { .seq = s, .tokens = hist + win, .n_tokens = n - win, .logits = logits };
         cr_assert_eq(model_forward(m, &it, 1), 0);
         model_seq_free(s);
         logits[2] = -INFINITY; /* the request bans EOS */
@@ -199,7 +200,7 @@ Test(engine, context_crop_keeps_half_the_window)
     ef_result *r = result_new();
     ef_complete(e, j, r);
     cr_assert_eq(r->ch[0].n_tok, 40);
-    int32_t want[40], prompt[5] = {1, 300, 301, 302, 303};
+    int32_t want[40], prompt[5] = { 1, 300, 301, 302, 303 };
     ref_greedy_shift(F.m, prompt, 5, W, 40, want);
     for (int t = 0; t < 40; t++) cr_assert_eq(r->ch[0].tok[t], want[t], "token %d", t);
     job_unref(j);
@@ -230,7 +231,7 @@ static void ref_course(model *m, const job *j, int choice, int W, int32_t *tok, 
     for (int t = 0; t < n_new; t++) {
         int start = n > W ? n - W : 0;
         model_seq *s = model_seq_new(m, W);
-        model_batch_item it = {.seq = s, .tokens = full + start, .n_tokens = n - start, .logits = logits};
+        model_batch_item it = { .seq = s, .tokens = full + start, .n_tokens = n - start, .logits = logits };
         cr_assert_eq(model_forward(m, &it, 1), 0);
         model_seq_free(s);
         cr_assert_eq(sampler_step(smp, logits, full, n, t, n_top, &sc[t]), 0);
@@ -248,8 +249,7 @@ static void check_against_course(ef_result *r, job *j, int W)
         sampler_choice wsc[EF_MAX_TOKENS];
         ref_course(F.m, j, c, W, want, wsc);
         cr_assert_eq(r->ch[c].n_tok, j->p.max_tokens, "choice %d", c);
-        for (int t = 0; t < j->p.max_tokens; t++)
-            cr_assert_eq(r->ch[c].tok[t], want[t], "choice %d token %d", c, t);
+        for (int t = 0; t < j->p.max_tokens; t++) cr_assert_eq(r->ch[c].tok[t], want[t], "choice %d token %d", c, t);
         cr_assert(score_eq(r->ch[c].score, wsc, j->p.max_tokens), "choice %d: scores differ", c);
     }
 }
@@ -280,9 +280,8 @@ Test(engine, slide_is_the_course_loop)
         job *others[7];
         for (int i = 0; i < 7; i++) {
             char body[256];
-            snprintf(body, sizeof body, "{\"prompt\": \"%.*s\", \"max_tokens\": %d, \"seed\": %d%s}",
-                     2 + 3 * i, "the brown fox and the lazy dog", 5 + 13 * i, i,
-                     i % 2 ? ", \"context_overflow\": \"shift\"" : "");
+            snprintf(body, sizeof body, "{\"prompt\": \"%.*s\", \"max_tokens\": %d, \"seed\": %d%s}", 2 + 3 * i,
+                     "the brown fox and the lazy dog", 5 + 13 * i, i, i % 2 ? ", \"context_overflow\": \"shift\"" : "");
             others[i] = ef_job(F.m, W, JOB_COMPLETION, body);
             if (i < 3) cr_assert_eq(engine_submit(e, others[i]), 0);
         }
@@ -337,7 +336,7 @@ Test(engine, slide_scores_each_prompt_position_from_its_own_window)
 {
     int W = 16, N = 30, V = model_get_info(F.m)->vocab_size;
     char body[512] = "{\"prompt\": [1";
-    int32_t prompt[30] = {1};
+    int32_t prompt[30] = { 1 };
     for (int i = 1; i < N; i++) {
         prompt[i] = 260 + 11 * i % 250;
         snprintf(body + strlen(body), sizeof body - strlen(body), ", %d", prompt[i]);
@@ -360,7 +359,7 @@ Test(engine, slide_scores_each_prompt_position_from_its_own_window)
     for (int t = 1; t < N; t++) {
         int start = t > W ? t - W : 0;
         model_seq *s = model_seq_new(F.m, W);
-        model_batch_item it = {.seq = s, .tokens = prompt + start, .n_tokens = t - start, .logits = logits};
+        model_batch_item it = { .seq = s, .tokens = prompt + start, .n_tokens = t - start, .logits = logits };
         cr_assert_eq(model_forward(F.m, &it, 1), 0);
         model_seq_free(s);
         sampler_choice want;
@@ -390,8 +389,9 @@ Test(engine, slide_reuses_what_the_cache_still_holds)
     int W = 16;
     metrics m;
     cr_assert_eq(metrics_init(&m), 0);
-    engine_config c = {.model = F.m, .parallel = 2, .ctx = W, .queue = 4, .prefill_chunk = 8,
-                       .step_budget = 16, .metrics = &m};
+    engine_config c = {
+        .model = F.m, .parallel = 2, .ctx = W, .queue = 4, .prefill_chunk = 8, .step_budget = 16, .metrics = &m
+    };
     engine *e = NULL;
     cr_assert_eq(engine_new(&e, &c), 0);
     job *j = ef_job(F.m, W, JOB_COMPLETION,
@@ -456,8 +456,9 @@ Test(engine, window_moves_are_counted)
     int W = 16;
     metrics m;
     cr_assert_eq(metrics_init(&m), 0);
-    engine_config c = {.model = F.m, .parallel = 2, .ctx = W, .queue = 4, .prefill_chunk = 8,
-                       .step_budget = 16, .metrics = &m};
+    engine_config c = {
+        .model = F.m, .parallel = 2, .ctx = W, .queue = 4, .prefill_chunk = 8, .step_budget = 16, .metrics = &m
+    };
     engine *e = NULL;
     cr_assert_eq(engine_new(&e, &c), 0);
     job *j = ef_job(F.m, W, JOB_COMPLETION,
@@ -488,8 +489,8 @@ Test(engine, chunked_prefill_under_the_step_budget)
     engine *e = ef_engine(F.m, 4, 64, 4, chunk, budget);
     job *d[2];
     for (int i = 0; i < 2; i++) {
-        d[i] = ef_job(F.m, 64, JOB_COMPLETION,
-                      "{\"prompt\": \"ab\", \"max_tokens\": 30, \"temperature\": 0, " NO_EOS "}");
+        d[i] =
+            ef_job(F.m, 64, JOB_COMPLETION, "{\"prompt\": \"ab\", \"max_tokens\": 30, \"temperature\": 0, " NO_EOS "}");
         cr_assert_eq(engine_submit(e, d[i]), 0);
     }
     cr_assert(engine_step(e, NULL)); /* both prompts in one step: 3 tokens each (BOS a b) */
@@ -501,7 +502,7 @@ Test(engine, chunked_prefill_under_the_step_budget)
         big[i] = ef_job(F.m, 64, JOB_COMPLETION, body);
         cr_assert_eq(engine_submit(e, big[i]), 0);
     }
-    ef_result *rd[2] = {result_new(), result_new()}, *rb = result_new();
+    ef_result *rd[2] = { result_new(), result_new() }, *rb = result_new();
     int steps = 0, first_token_step = -1;
     while (first_token_step < 0) {
         engine_step_info info;
@@ -556,10 +557,9 @@ Test(engine, identical_whatever_the_batch)
     job *others[7];
     for (int i = 0; i < 7; i++) {
         char body[512];
-        snprintf(body, sizeof body,
-                 "{\"prompt\": \"%.*s\", \"max_tokens\": %d, \"temperature\": 1, \"seed\": %d}",
-                 5 + 6 * i, "story of the big brown fox and the lazy dog who slept all day long in the sun",
-                 10 + 5 * i, i);
+        snprintf(body, sizeof body, "{\"prompt\": \"%.*s\", \"max_tokens\": %d, \"temperature\": 1, \"seed\": %d}",
+                 5 + 6 * i, "story of the big brown fox and the lazy dog who slept all day long in the sun", 10 + 5 * i,
+                 i);
         others[i] = ef_job(F.m, 64, JOB_COMPLETION, body);
         if (i < 4) cr_assert_eq(engine_submit(e, others[i]), 0);
     }
@@ -597,7 +597,7 @@ Test(engine, shutdown_ends_every_job_once)
     ef_result *r = result_new();
     for (int tries = 0; r->ch[0].n_tok < 2; tries++) {
         cr_assert_lt(tries, 5000, "no tokens from the engine thread");
-        struct timespec ts = {0, 1000000};
+        struct timespec ts = { 0, 1000000 };
         nanosleep(&ts, NULL);
         ef_collect(j[0], r);
     }
@@ -618,7 +618,7 @@ Test(engine, shutdown_ends_every_job_once)
 /* All of a job's output bytes (the output stage run as the loop thread would). */
 static char *drain_all(job *j, size_t *len)
 {
-    sbuf b = {0};
+    sbuf b = { 0 };
     char buf[4096];
     int done = 0;
     for (;;) {
@@ -634,11 +634,12 @@ static char *drain_all(job *j, size_t *len)
 Test(engine, stream_and_whole_answer_agree)
 {
     engine *e = ef_engine(F.m, 4, 64, 4, 16, 64);
-    const char *bodies[2] = {
-        "{\"prompt\": [5, 300, 301], \"max_tokens\": 10, \"temperature\": 0.7, \"seed\": 3, \"logprobs\": 2, \"echo\": true,"
-        " " NO_EOS "}",
-        "{\"prompt\": [5, 300, 301], \"max_tokens\": 10, \"temperature\": 0.7, \"seed\": 3, \"logprobs\": 2, \"echo\": true,"
-        " \"stream\": true, " NO_EOS "}"};
+    const char *bodies[2] = { "{\"prompt\": [5, 300, 301], \"max_tokens\": 10, \"temperature\": 0.7, \"seed\": 3, "
+                              "\"logprobs\": 2, \"echo\": true,"
+                              " " NO_EOS "}",
+                              "{\"prompt\": [5, 300, 301], \"max_tokens\": 10, \"temperature\": 0.7, \"seed\": 3, "
+                              "\"logprobs\": 2, \"echo\": true,"
+                              " \"stream\": true, " NO_EOS "}" };
     job *j[2];
     for (int i = 0; i < 2; i++) {
         j[i] = ef_job(F.m, 64, JOB_COMPLETION, bodies[i]);
@@ -655,10 +656,10 @@ Test(engine, stream_and_whole_answer_agree)
     cr_assert_not_null(text);
     /* the stream: its text and logprobs entries concatenated */
     char *stream = drain_all(j[1], &n);
-    sbuf st = {0};
+    sbuf st = { 0 };
     json_t *tokens = json_array(), *lps = json_array(), *offs = json_array();
     int done = 0;
-    for (char *p = stream; (p = strstr(p, "data: ")); ) {
+    for (char *p = stream; (p = strstr(p, "data: "));) {
         p += 6;
         char *end = strstr(p, "\n\n");
         cr_assert_not_null(end);
@@ -701,8 +702,9 @@ Test(engine, stream_and_whole_answer_agree)
 
 Test(engine, output_over_its_limit_cancels_the_job)
 {
-    engine_config c = {.model = F.m, .parallel = 2, .ctx = 64, .queue = 4, .prefill_chunk = 16,
-                       .step_budget = 64, .outbox_limit = 2000};
+    engine_config c = {
+        .model = F.m, .parallel = 2, .ctx = 64, .queue = 4, .prefill_chunk = 16, .step_budget = 64, .outbox_limit = 2000
+    };
     engine *e = NULL;
     cr_assert_eq(engine_new(&e, &c), 0);
     job *j = ef_job(F.m, 64, JOB_COMPLETION,

@@ -49,8 +49,7 @@ static int refuse(const char *body, api_error *err)
     vc.constraints = T;
     job_params p;
     int rc = validate_request(&vc, JOB_COMPLETION, body, strlen(body), &p, err);
-    if (rc == 0)
-        job_params_clear(&p);
+    if (rc == 0) job_params_clear(&p);
     return rc;
 }
 
@@ -72,8 +71,8 @@ static sampler_grammar *grammar_of(const char *gbnf)
     return g;
 }
 
-#define SCHEMA                                                                                         \
-    "{\"type\": \"object\", \"properties\": {\"name\": {\"type\": \"string\", \"maxLength\": 6}, "   \
+#define SCHEMA                                                                                             \
+    "{\"type\": \"object\", \"properties\": {\"name\": {\"type\": \"string\", \"maxLength\": 6}, "         \
     "\"n\": {\"type\": \"integer\", \"minimum\": -5, \"maximum\": 50}, \"ok\": {\"type\": \"boolean\"}}, " \
     "\"required\": [\"name\", \"n\"], \"additionalProperties\": false}"
 
@@ -101,8 +100,7 @@ Test(engine_constraint, texts_are_in_the_language_and_end_with_stop)
             json_t *o = json_loads(ch->text, 0, &je);
             cr_assert_not_null(o, "choice %d is not JSON (%s): %s", c, je.text, ch->text);
             json_t *n = json_object_get(o, "n");
-            cr_assert(json_is_integer(n) && json_integer_value(n) >= -5 && json_integer_value(n) <= 50, "%s",
-                      ch->text);
+            cr_assert(json_is_integer(n) && json_integer_value(n) >= -5 && json_integer_value(n) <= 50, "%s", ch->text);
             json_decref(o);
         } else {
             cr_assert_str_eq(ch->finish, "length");
@@ -128,12 +126,11 @@ Test(engine_constraint, seeded_tokens_do_not_depend_on_the_batch)
     ef_result *a = run_one(e, alone);
     /* the same request beside an unconstrained one and one with another grammar, sharing
      * the cache the first run filled */
-    job *busy[3] = {cjob(JOB_COMPLETION, "{\"prompt\": \"zz\", \"max_tokens\": 30, \"seed\": 2}"),
-                    cjob(JOB_COMPLETION, "{\"prompt\": \"q\", \"max_tokens\": 30, \"seed\": 4, \"grammar\": "
-                                         "\"root ::= [a-f]+ (\\\" \\\" [0-9]+)*\"}"),
-                    cjob(JOB_COMPLETION, body)};
-    for (int k = 0; k < 3; k++)
-        cr_assert_eq(engine_submit(e, busy[k]), 0);
+    job *busy[3] = { cjob(JOB_COMPLETION, "{\"prompt\": \"zz\", \"max_tokens\": 30, \"seed\": 2}"),
+                     cjob(JOB_COMPLETION, "{\"prompt\": \"q\", \"max_tokens\": 30, \"seed\": 4, \"grammar\": "
+                                          "\"root ::= [a-f]+ (\\\" \\\" [0-9]+)*\"}"),
+                     cjob(JOB_COMPLETION, body) };
+    for (int k = 0; k < 3; k++) cr_assert_eq(engine_submit(e, busy[k]), 0);
     ef_run(e, 100000);
     ef_result *b = calloc(1, sizeof *b);
     ef_collect(busy[2], b);
@@ -154,8 +151,7 @@ Test(engine_constraint, seeded_tokens_do_not_depend_on_the_batch)
     sampler_grammar_free(g);
     free(a), free(b), free(o);
     job_unref(alone);
-    for (int k = 0; k < 3; k++)
-        job_unref(busy[k]);
+    for (int k = 0; k < 3; k++) job_unref(busy[k]);
     engine_stop(e);
 }
 
@@ -187,8 +183,8 @@ Test(engine_constraint, choices_spaces_and_cut_characters)
     ef_result *r = run_one(e, j);
     for (int c = 0; c < 8; c++) {
         cr_assert_str_eq(r->ch[c].finish, "stop");
-        cr_assert(!strcmp(r->ch[c].text, " yes") || !strcmp(r->ch[c].text, " no") ||
-                  !strcmp(r->ch[c].text, "maybe"), "choice %d: [%s]", c, r->ch[c].text);
+        cr_assert(!strcmp(r->ch[c].text, " yes") || !strcmp(r->ch[c].text, " no") || !strcmp(r->ch[c].text, "maybe"),
+                  "choice %d: [%s]", c, r->ch[c].text);
     }
     free(r);
     job_unref(j);
@@ -239,9 +235,10 @@ Test(engine_constraint, eos_waits_for_a_whole_text)
     free(r);
     job_unref(j);
     /* a schema: every choice is whole JSON, ended by EOS as soon as EOS was allowed */
-    j = cjob(JOB_COMPLETION, "{\"prompt\": \"ab\", \"max_tokens\": 100, \"n\": 6, \"seed\": 9, "
-                             "\"temperature\": 1, \"logit_bias\": {\"2\": 100}, \"response_format\": "
-                             "{\"type\": \"json_schema\", \"json_schema\": {\"name\": \"t\", \"schema\": " SCHEMA "}}}");
+    j = cjob(JOB_COMPLETION,
+             "{\"prompt\": \"ab\", \"max_tokens\": 100, \"n\": 6, \"seed\": 9, "
+             "\"temperature\": 1, \"logit_bias\": {\"2\": 100}, \"response_format\": "
+             "{\"type\": \"json_schema\", \"json_schema\": {\"name\": \"t\", \"schema\": " SCHEMA "}}}");
     r = run_one(e, j);
     json_t *schema = json_loads(SCHEMA, 0, NULL);
     char *gbnf = NULL;
@@ -259,9 +256,10 @@ Test(engine_constraint, eos_waits_for_a_whole_text)
     free(r);
     job_unref(j);
     /* too few tokens for a whole object: EOS is never taken, the text is a prefix */
-    j = cjob(JOB_COMPLETION, "{\"prompt\": \"ab\", \"max_tokens\": 3, \"n\": 4, \"seed\": 9, "
-                             "\"temperature\": 1, \"logit_bias\": {\"2\": 100}, \"response_format\": "
-                             "{\"type\": \"json_schema\", \"json_schema\": {\"name\": \"t\", \"schema\": " SCHEMA "}}}");
+    j = cjob(JOB_COMPLETION,
+             "{\"prompt\": \"ab\", \"max_tokens\": 3, \"n\": 4, \"seed\": 9, "
+             "\"temperature\": 1, \"logit_bias\": {\"2\": 100}, \"response_format\": "
+             "{\"type\": \"json_schema\", \"json_schema\": {\"name\": \"t\", \"schema\": " SCHEMA "}}}");
     r = run_one(e, j);
     for (int c = 0; c < 4; c++) {
         const ef_choice *ch = &r->ch[c];
@@ -300,8 +298,8 @@ Test(engine_constraint, end_of_turn_waits_for_a_whole_text)
             cr_assert_str_eq(ch->finish, "stop", "choice %d: [%s]", c, ch->text);
             cr_assert_eq(ch->n_tok, k, "choice %d: [%s] in %d tokens", c, ch->text, ch->n_tok);
             if (k)
-                cr_assert_eq(sampler_grammar_match(g, ch->text, ch->text_len), SAMPLER_MATCH_FULL, "choice %d: [%s]",
-                             c, ch->text);
+                cr_assert_eq(sampler_grammar_match(g, ch->text, ch->text_len), SAMPLER_MATCH_FULL, "choice %d: [%s]", c,
+                             ch->text);
         }
         free(r);
         job_unref(j);
@@ -354,13 +352,16 @@ Test(engine_constraint, refusals_name_their_parameter)
     api_error err;
     cr_assert_eq(refuse("{\"prompt\": \"a\", \"response_format\": {\"type\": \"json_schema\", \"json_schema\": "
                         "{\"schema\": {\"type\": \"object\", \"properties\": {\"age\": {\"type\": \"integer\", "
-                        "\"format\": \"int32\"}}}}}}", &err), -1);
+                        "\"format\": \"int32\"}}}}}}",
+                        &err),
+                 -1);
     cr_assert_eq(err.status, 400);
     cr_assert_str_eq(err.param, "response_format.json_schema.schema.properties.age.format");
     cr_assert_str_eq(err.code, "invalid_value");
     char *json = api_error_json(&err);
     cr_assert(strstr(json, "\"param\": \"response_format.json_schema.schema.properties.age.format\"") ||
-              strstr(json, "\"param\":\"response_format.json_schema.schema.properties.age.format\""), "%s", json);
+                  strstr(json, "\"param\":\"response_format.json_schema.schema.properties.age.format\""),
+              "%s", json);
     free(json);
     cr_assert_eq(refuse("{\"prompt\": \"a\", \"grammar\": \"root ::= (\"}", &err), -1);
     cr_assert_str_eq(err.param, "grammar");

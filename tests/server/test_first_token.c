@@ -17,7 +17,7 @@ static void setup(void) { ef_random_model(&F, CTX, 29, 2); }
 static void teardown(void) { ef_model_free(&F); }
 TestSuite(first_token, .init = setup, .fini = teardown, .timeout = 120);
 
-#define NO_EOS "\"logit_bias\": {\"2\": -100}"
+#define NO_EOS  "\"logit_bias\": {\"2\": -100}"
 #define DECODER "{\"prompt\": \"the dog\", \"max_tokens\": 2000, \"temperature\": 0, " NO_EOS "}"
 
 typedef struct {
@@ -172,7 +172,7 @@ Test(first_token, on_the_engine_thread_within_two_steps)
         cr_assert_not_null(r);
         for (int k = 0; !r->ended; k++) {
             cr_assert_lt(k, 20000, "round %d: no end in 20 s", round);
-            struct timespec ts = {0, 1000000};
+            struct timespec ts = { 0, 1000000 };
             nanosleep(&ts, NULL);
             ef_collect(nj, r);
         }

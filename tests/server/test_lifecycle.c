@@ -14,16 +14,13 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-static void *run_thread(void *p)
-{
-    return (void *)(long)server_run(p);
-}
+static void *run_thread(void *p) { return (void *)(long)server_run(p); }
 
 static int connect_to(int port)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     cr_assert(fd >= 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
         close(fd);
@@ -83,8 +80,9 @@ Test(lifecycle, start_answer_stop_twice)
         cr_assert(strstr(out, "\"status\":\"ok\""), "%s", out);
         cr_assert_eq(request(port, "POST", "/tokenize", "{\"content\": \"Once upon a time\"}", out, sizeof out), 200);
         cr_assert(strstr(out, "\"tokens\":[1,403,407,261,378]"), "%s", out);
-        cr_assert_eq(request(port, "POST", "/v1/completions", "{\"prompt\": \"Once\", \"max_tokens\": 3}", out,
-                             sizeof out), 200, "%s", out);
+        cr_assert_eq(
+            request(port, "POST", "/v1/completions", "{\"prompt\": \"Once\", \"max_tokens\": 3}", out, sizeof out), 200,
+            "%s", out);
         cr_assert(strstr(out, "\"completion_tokens\":3"), "%s", out);
         /* the process's SIGTERM: the server's own watcher stops it gracefully */
         cr_assert_eq(kill(getpid(), SIGTERM), 0);
@@ -123,7 +121,7 @@ Test(lifecycle, failed_setups_return_an_error)
     /* a port that is taken (by a socket without SO_REUSEPORT, which the server's own
      * listening sockets share) */
     int taken = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET};
+    struct sockaddr_in a = { .sin_family = AF_INET };
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     socklen_t al = sizeof a;
     cr_assert(bind(taken, (struct sockaddr *)&a, sizeof a) == 0 && listen(taken, 1) == 0);

@@ -20,8 +20,15 @@ TestSuite(prefix, .init = setup, .fini = teardown, .timeout = 240);
 
 static engine *pf_engine(int parallel, int ctx, int chunk, int budget, size_t cache, metrics *met)
 {
-    engine_config c = {.model = F.m, .parallel = parallel, .ctx = ctx, .queue = 64, .prefill_chunk = chunk,
-                       .step_budget = budget, .outbox_limit = 1 << 20, .cache_bytes = cache, .metrics = met};
+    engine_config c = { .model = F.m,
+                        .parallel = parallel,
+                        .ctx = ctx,
+                        .queue = 64,
+                        .prefill_chunk = chunk,
+                        .step_budget = budget,
+                        .outbox_limit = 1 << 20,
+                        .cache_bytes = cache,
+                        .metrics = met };
     engine *e = NULL;
     cr_assert_eq(engine_new(&e, &c), 0);
     return e;
@@ -193,7 +200,10 @@ static void repeat_prompt(const char *params)
     engine_stop(on);
 }
 
-Test(prefix, repeated_prompt_greedy) { repeat_prompt("\"max_tokens\": 12, \"temperature\": 0, \"logprobs\": 3, " NO_EOS); }
+Test(prefix, repeated_prompt_greedy)
+{
+    repeat_prompt("\"max_tokens\": 12, \"temperature\": 0, \"logprobs\": 3, " NO_EOS);
+}
 Test(prefix, repeated_prompt_seeded)
 {
     repeat_prompt("\"max_tokens\": 12, \"temperature\": 0.8, \"seed\": 99, \"logprobs\": 2, " NO_EOS);
@@ -336,7 +346,8 @@ Test(prefix, eviction_under_a_tiny_budget)
         reused += r[1].r.end.cached_tokens;
         pf_assert_same(&r[0], &r[1], 1, "tiny budget");
         uv_mutex_lock(&met.mu);
-        cr_assert_leq(met.cache_bytes, budget, "the cache holds %zu bytes over its budget %zu", met.cache_bytes, budget);
+        cr_assert_leq(met.cache_bytes, budget, "the cache holds %zu bytes over its budget %zu", met.cache_bytes,
+                      budget);
         uv_mutex_unlock(&met.mu);
     }
     cr_assert_gt(met.cache_evictions, 0, "nothing was evicted");
@@ -391,10 +402,10 @@ Test(prefix, scoring_reuses_positions_with_their_scores)
     }
     engine *off = pf_engine(2, CTX, 64, 64, 0, NULL), *on = pf_engine(2, CTX, 64, 64, 64 * MB, NULL);
     pf_result *r = pf_new(2);
-    static const char *const params[3] = {"\"echo\": true, \"logprobs\": 0, \"max_tokens\": 0",
-                                          "\"echo\": true, \"logprobs\": 0, \"max_tokens\": 0",
-                                          "\"echo\": true, \"logprobs\": 2, \"max_tokens\": 3, \"temperature\": 0"};
-    static const int want_rows[3] = {180, 31, 180}; /* the second: positions 149.. (the score of token
+    static const char *const params[3] = { "\"echo\": true, \"logprobs\": 0, \"max_tokens\": 0",
+                                           "\"echo\": true, \"logprobs\": 0, \"max_tokens\": 0",
+                                           "\"echo\": true, \"logprobs\": 2, \"max_tokens\": 3, \"temperature\": 0" };
+    static const int want_rows[3] = { 180, 31, 180 }; /* the second: positions 149.. (the score of token
                                                       * 150, the first that differs, needs position 149) */
     for (int i = 0; i < 3; i++) {
         job *j = pf_job(ids[i], 180, params[i]);
@@ -469,7 +480,8 @@ Test(prefix, reuse_across_a_slide_only_where_exact)
     engine *off = pf_engine(2, W, 16, 32, 0, NULL), *on = pf_engine(2, W, 16, 32, 64 * MB, NULL);
     pf_result *r = pf_new(2);
     char params[160];
-    snprintf(params, sizeof params, "\"max_tokens\": %d, \"temperature\": 0.8, \"seed\": 21, \"logprobs\": 1, " NO_EOS, NG);
+    snprintf(params, sizeof params, "\"max_tokens\": %d, \"temperature\": 0.8, \"seed\": 21, \"logprobs\": 1, " NO_EOS,
+             NG);
     char *b = pf_body(ids, NP, params);
     job *j = ef_job(F.m, W, JOB_COMPLETION, b);
     pf_one(off, j, &r[0]);
@@ -491,9 +503,9 @@ Test(prefix, reuse_across_a_slide_only_where_exact)
         const char *what;
     } cases[3] = {
         /* first, while the store holds only that entry */
-        {all + last + 1, W, 0, 0, "the window one token later"},
-        {all + last, W, W - 1, 0, "a prompt that is the last window"},
-        {all, n - 1, W - 1, last, "a longer prompt cropped to the last window"},
+        { all + last + 1, W, 0, 0, "the window one token later" },
+        { all + last, W, W - 1, 0, "a prompt that is the last window" },
+        { all, n - 1, W - 1, last, "a longer prompt cropped to the last window" },
     };
     /* the later window takes what its ids share with the retained one from position 0 */
     while (cases[0].want_cached < W - 1 && all[last + 1 + cases[0].want_cached] == all[last + cases[0].want_cached])

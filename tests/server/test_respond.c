@@ -6,7 +6,7 @@
 #include <criterion/criterion.h>
 #include <string.h>
 
-static char *stops2[] = {"END", "\nuser:"};
+static char *stops2[] = { "END", "\nuser:" };
 
 /* Feed pieces; collect released text. */
 static int feed(stop_matcher *sm, const char *const *pieces, int n, char *out)
@@ -24,7 +24,7 @@ static int feed(stop_matcher *sm, const char *const *pieces, int n, char *out)
 
 Test(stop, holds_back_possible_prefix)
 {
-    stop_matcher sm = {0};
+    stop_matcher sm = { 0 };
     size_t rel;
     cr_expect_eq(stop_matcher_push(&sm, stops2, 2, "hello E", 7, &rel), 0);
     cr_expect_eq(rel, 6); /* "E" could start "END" */
@@ -36,14 +36,14 @@ Test(stop, holds_back_possible_prefix)
 
 Test(stop, match_across_pieces_is_never_emitted)
 {
-    stop_matcher sm = {0};
+    stop_matcher sm = { 0 };
     char out[128];
-    const char *pieces[] = {"The ", "E", "N", "D of it"};
+    const char *pieces[] = { "The ", "E", "N", "D of it" };
     cr_expect_eq(feed(&sm, pieces, 4, out), 1);
     cr_expect_str_eq(out, "The ");
     stop_matcher_free(&sm);
-    stop_matcher sm2 = {0};
-    const char *p2[] = {"a\nus", "er", "x: ok", "\nuser: hi"};
+    stop_matcher sm2 = { 0 };
+    const char *p2[] = { "a\nus", "er", "x: ok", "\nuser: hi" };
     cr_expect_eq(feed(&sm2, p2, 4, out), 1);
     cr_expect_str_eq(out, "a\nuserx: ok");
     stop_matcher_free(&sm2);
@@ -51,7 +51,7 @@ Test(stop, match_across_pieces_is_never_emitted)
 
 Test(stop, earliest_match_wins)
 {
-    stop_matcher sm = {0};
+    stop_matcher sm = { 0 };
     size_t rel;
     cr_expect_eq(stop_matcher_push(&sm, stops2, 2, "ab\nuser:cdEND", 13, &rel), 1);
     cr_expect_eq(rel, 2);
@@ -65,8 +65,11 @@ Test(utf8, helpers)
     cr_expect_eq(utf8_valid_prefix("\xED\xA0\x80", 3), 0); /* surrogate */
     cr_expect_eq(utf8_valid_prefix("\xC0\xAF", 2), 0);     /* overlong */
     cr_expect_eq(utf8_count("h\xC3\xA9\xF0\x9F\x98\x80", 7), 3);
-    json_t *s = json_bytes("a\xFF" "b", 3);
-    cr_expect_str_eq(json_string_value(s), "a\xEF\xBF\xBD" "b");
+    json_t *s = json_bytes("a\xFF"
+                           "b",
+                           3);
+    cr_expect_str_eq(json_string_value(s), "a\xEF\xBF\xBD"
+                                           "b");
     json_decref(s);
 }
 
@@ -87,7 +90,7 @@ Test(respond, error_json_shape)
 
 static job *make_job(int kind, int n, int stream)
 {
-    job_params p = {0};
+    job_params p = { 0 };
     p.kind = kind;
     p.n = n;
     p.stream = stream;
@@ -112,7 +115,7 @@ static void emit_text(job *j, int type, int choice, const char *text, const char
 
 static void end_job(job *j, int error, int completion_tokens)
 {
-    job_end e = {.error = error, .prompt_tokens = j->prompt_tokens, .completion_tokens = completion_tokens};
+    job_end e = { .error = error, .prompt_tokens = j->prompt_tokens, .completion_tokens = completion_tokens };
     job_set_end(j, &e);
 }
 
@@ -277,7 +280,7 @@ Test(metrics, prometheus_text)
     metrics_step(&m, 3, 0.5);
     metrics_context(&m, 31);
     metrics_context(&m, 0);
-    sbuf b = {0};
+    sbuf b = { 0 };
     metrics_render(&m, &b, 2, 3, 4, 16);
     cr_expect(strstr(b.data, "lmserve_requests_total{status=\"200\"} 2\n"));
     cr_expect(strstr(b.data, "lmserve_requests_total{status=\"503\"} 1\n"));

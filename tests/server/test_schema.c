@@ -29,10 +29,7 @@ static sampler_grammar *compile_schema(const char *json)
     return g;
 }
 
-static int match(const sampler_grammar *g, const char *text)
-{
-    return sampler_grammar_match(g, text, strlen(text));
-}
+static int match(const sampler_grammar *g, const char *text) { return sampler_grammar_match(g, text, strlen(text)); }
 
 typedef struct {
     const char *text;
@@ -49,41 +46,41 @@ static void check(const char *schema, const tcase *cs, size_t n)
     sampler_grammar_free(g);
 }
 
-#define CHECK(schema, ...)                                     \
-    do {                                                       \
-        static const tcase cs_[] = {__VA_ARGS__};              \
-        check(schema, cs_, sizeof cs_ / sizeof cs_[0]);        \
+#define CHECK(schema, ...)                              \
+    do {                                                \
+        static const tcase cs_[] = { __VA_ARGS__ };     \
+        check(schema, cs_, sizeof cs_ / sizeof cs_[0]); \
     } while (0)
 
 Test(schema, types)
 {
-    CHECK("{\"type\": \"null\"}", {"null", F}, {"nul", P}, {"0", N});
-    CHECK("{\"type\": \"boolean\"}", {"true", F}, {"false", F}, {"True", N}, {"1", N});
-    CHECK("{\"type\": \"integer\"}", {"0", F}, {"-17", F}, {"1234567890123456", F}, {"12345678901234567", N},
-          {"1.0", N}, {"01", N}, {"-0", N}, {"-", P});
-    CHECK("{\"type\": \"number\"}", {"0", F}, {"-1.5", F}, {"2e10", F}, {"2E-3", F}, {"1.", P}, {".5", N},
-          {"1e123", N}, {"NaN", N});
-    CHECK("{\"type\": \"string\"}", {"\"\"", F}, {"\"a b\\n\\\"\\u00e9\xC3\xA9\"", F}, {"\"abc", P},
-          {"'a'", N}, {"\"\t\"", N});
-    CHECK("{\"type\": \"array\"}", {"[]", F}, {"[1, \"a\", [null], {}]", F}, {"[1,]", N});
-    CHECK("{\"type\": \"object\"}", {"{}", F}, {"{\"a\": {\"b\": [1]}}", F}, {"{1: 2}", N});
-    CHECK("{\"type\": [\"string\", \"null\"]}", {"null", F}, {"\"x\"", F}, {"1", N});
-    CHECK("{\"type\": [\"integer\", \"number\"]}", {"1.5", F}, {"1", F});
+    CHECK("{\"type\": \"null\"}", { "null", F }, { "nul", P }, { "0", N });
+    CHECK("{\"type\": \"boolean\"}", { "true", F }, { "false", F }, { "True", N }, { "1", N });
+    CHECK("{\"type\": \"integer\"}", { "0", F }, { "-17", F }, { "1234567890123456", F }, { "12345678901234567", N },
+          { "1.0", N }, { "01", N }, { "-0", N }, { "-", P });
+    CHECK("{\"type\": \"number\"}", { "0", F }, { "-1.5", F }, { "2e10", F }, { "2E-3", F }, { "1.", P }, { ".5", N },
+          { "1e123", N }, { "NaN", N });
+    CHECK("{\"type\": \"string\"}", { "\"\"", F }, { "\"a b\\n\\\"\\u00e9\xC3\xA9\"", F }, { "\"abc", P }, { "'a'", N },
+          { "\"\t\"", N });
+    CHECK("{\"type\": \"array\"}", { "[]", F }, { "[1, \"a\", [null], {}]", F }, { "[1,]", N });
+    CHECK("{\"type\": \"object\"}", { "{}", F }, { "{\"a\": {\"b\": [1]}}", F }, { "{1: 2}", N });
+    CHECK("{\"type\": [\"string\", \"null\"]}", { "null", F }, { "\"x\"", F }, { "1", N });
+    CHECK("{\"type\": [\"integer\", \"number\"]}", { "1.5", F }, { "1", F });
     /* no type: any value; true: any value */
-    CHECK("{}", {"1", F}, {"\"s\"", F}, {"[{}]", F}, {"nope", N});
-    CHECK("true", {"{\"a\": [true]}", F});
+    CHECK("{}", { "1", F }, { "\"s\"", F }, { "[{}]", F }, { "nope", N });
+    CHECK("true", { "{\"a\": [true]}", F });
     CHECK("{\"title\": \"t\", \"description\": \"d\", \"default\": 1, \"examples\": [1], \"$comment\": \"c\"}",
-          {"false", F});
+          { "false", F });
 }
 
 Test(schema, whitespace)
 {
     /* nothing, one space, or a newline with up to 20 spaces/tabs; before the value too;
      * never after it */
-    CHECK("{\"type\": \"object\", \"properties\": {\"a\": {\"type\": \"array\"}}}",
-          {"{\"a\":[1,2]}", F}, {" {\"a\": [ 1 , 2 ] }", F}, {"{\n  \"a\": [\n    1\n  ]\n}", F},
-          {"{\n\t\"a\":\n\t\t[1]}", F}, {"{  \"a\": []}", N}, {"{\"a\": [] } ", N}, {"{\"a\": []}\n", N},
-          {"{\n                     \"a\": []}", N} /* 21 spaces */);
+    CHECK("{\"type\": \"object\", \"properties\": {\"a\": {\"type\": \"array\"}}}", { "{\"a\":[1,2]}", F },
+          { " {\"a\": [ 1 , 2 ] }", F }, { "{\n  \"a\": [\n    1\n  ]\n}", F }, { "{\n\t\"a\":\n\t\t[1]}", F },
+          { "{  \"a\": []}", N }, { "{\"a\": [] } ", N }, { "{\"a\": []}\n", N },
+          { "{\n                     \"a\": []}", N } /* 21 spaces */);
 }
 
 Test(schema, objects)
@@ -92,95 +89,98 @@ Test(schema, objects)
                          "\"name\": {\"type\": \"string\"}, \"age\": {\"type\": \"integer\"}, "
                          "\"tags\": {\"type\": \"array\", \"items\": {\"type\": \"string\"}}}, "
                          "\"required\": [\"name\", \"tags\"], \"additionalProperties\": false}";
-    CHECK(person, {"{\"name\": \"a\", \"age\": 3, \"tags\": []}", F}, {"{\"name\": \"a\", \"tags\": [\"x\"]}", F},
-          {"{\"name\": \"a\"}", N}, {"{\"name\": \"a\", \"tags\": [], \"age\": 3}", N} /* declaration order */,
-          {"{\"age\": 3, \"name\": \"a\", \"tags\": []}", N}, {"{\"name\": \"a\", \"x\": 1, \"tags\": []}", N},
-          {"{\"name\": \"a\", ", P}, {"{}", N});
+    CHECK(person, { "{\"name\": \"a\", \"age\": 3, \"tags\": []}", F }, { "{\"name\": \"a\", \"tags\": [\"x\"]}", F },
+          { "{\"name\": \"a\"}", N }, { "{\"name\": \"a\", \"tags\": [], \"age\": 3}", N } /* declaration order */,
+          { "{\"age\": 3, \"name\": \"a\", \"tags\": []}", N }, { "{\"name\": \"a\", \"x\": 1, \"tags\": []}", N },
+          { "{\"name\": \"a\", ", P }, { "{}", N });
     /* all optional: any subset in order, commas right */
     const char *opt = "{\"type\": \"object\", \"properties\": {\"a\": {\"type\": \"integer\"}, "
                       "\"b\": {\"type\": \"integer\"}, \"c\": {\"type\": \"integer\"}}}";
-    CHECK(opt, {"{}", F}, {"{\"b\": 1}", F}, {"{\"a\": 1, \"c\": 2}", F}, {"{\"a\": 1,\"b\": 2,\"c\": 3}", F},
-          {"{, \"a\": 1}", N}, {"{\"a\": 1,}", N}, {"{\"a\": 1 \"b\": 2}", N});
+    CHECK(opt, { "{}", F }, { "{\"b\": 1}", F }, { "{\"a\": 1, \"c\": 2}", F }, { "{\"a\": 1,\"b\": 2,\"c\": 3}", F },
+          { "{, \"a\": 1}", N }, { "{\"a\": 1,}", N }, { "{\"a\": 1 \"b\": 2}", N });
     /* required but not declared: any value */
-    CHECK("{\"type\": \"object\", \"required\": [\"z\"]}", {"{\"z\": [1]}", F}, {"{}", N});
+    CHECK("{\"type\": \"object\", \"required\": [\"z\"]}", { "{\"z\": [1]}", F }, { "{}", N });
     /* no properties, additionalProperties false: only the empty object */
-    CHECK("{\"type\": \"object\", \"additionalProperties\": false}", {"{}", F}, {"{ }", F}, {"{\"a\": 1}", N});
+    CHECK("{\"type\": \"object\", \"additionalProperties\": false}", { "{}", F }, { "{ }", F }, { "{\"a\": 1}", N });
     /* keys with characters that JSON escapes */
     CHECK("{\"properties\": {\"q\\\"\\\\\\n\xC3\xA9\": {\"const\": 1}}, \"required\": [\"q\\\"\\\\\\n\xC3\xA9\"]}",
-          {"{\"q\\\"\\\\\\n\xC3\xA9\": 1}", F});
+          { "{\"q\\\"\\\\\\n\xC3\xA9\": 1}", F });
     /* nested */
     CHECK("{\"type\": \"object\", \"properties\": {\"p\": {\"type\": \"object\", \"properties\": "
           "{\"q\": {\"type\": \"boolean\"}}, \"required\": [\"q\"]}}, \"required\": [\"p\"]}",
-          {"{\"p\": {\"q\": true}}", F}, {"{\"p\": {}}", N});
+          { "{\"p\": {\"q\": true}}", F }, { "{\"p\": {}}", N });
 }
 
 Test(schema, arrays)
 {
     CHECK("{\"type\": \"array\", \"items\": {\"type\": \"integer\"}, \"minItems\": 2, \"maxItems\": 3}",
-          {"[1, 2]", F}, {"[1,2,3]", F}, {"[1]", N}, {"[1, 2, 3, 4]", N}, {"[1, \"a\"]", N}, {"[]", N},
-          {"[1, 2", P});
-    CHECK("{\"type\": \"array\", \"maxItems\": 0}", {"[]", F}, {"[ ]", F}, {"[1]", N});
-    CHECK("{\"type\": \"array\", \"minItems\": 1}", {"[[]]", F}, {"[]", N});
-    CHECK("{\"type\": \"array\", \"items\": false}", {"[]", F}, {"[1]", N});
+          { "[1, 2]", F }, { "[1,2,3]", F }, { "[1]", N }, { "[1, 2, 3, 4]", N }, { "[1, \"a\"]", N }, { "[]", N },
+          { "[1, 2", P });
+    CHECK("{\"type\": \"array\", \"maxItems\": 0}", { "[]", F }, { "[ ]", F }, { "[1]", N });
+    CHECK("{\"type\": \"array\", \"minItems\": 1}", { "[[]]", F }, { "[]", N });
+    CHECK("{\"type\": \"array\", \"items\": false}", { "[]", F }, { "[1]", N });
     CHECK("{\"type\": \"array\", \"items\": {\"type\": \"array\", \"items\": {\"enum\": [\"x\", 2]}, \"maxItems\": 1}}",
-          {"[[\"x\"], [2], []]", F}, {"[[\"x\", 2]]", N});
-    CHECK("{\"type\": \"array\", \"uniqueItems\": false}", {"[1, 1]", F});
+          { "[[\"x\"], [2], []]", F }, { "[[\"x\", 2]]", N });
+    CHECK("{\"type\": \"array\", \"uniqueItems\": false}", { "[1, 1]", F });
 }
 
 Test(schema, enum_const_anyof_ref)
 {
-    CHECK("{\"enum\": [\"red\", 1.5, null, {\"a\": [1]}, true]}", {"\"red\"", F}, {"1.5", F}, {"null", F},
-          {"{\"a\":[1]}", F}, {"true", F}, {"\"blue\"", N}, {"{\"a\": [1]}", N} /* compact form only */);
-    CHECK("{\"type\": \"string\", \"enum\": [\"a\", 1, \"b\"]}", {"\"a\"", F}, {"1", N});
-    CHECK("{\"const\": \"\xC3\xA9t\xC3\xA9\\n\"}", {"\"\xC3\xA9t\xC3\xA9\\n\"", F}, {"\"x\"", N});
+    CHECK("{\"enum\": [\"red\", 1.5, null, {\"a\": [1]}, true]}", { "\"red\"", F }, { "1.5", F }, { "null", F },
+          { "{\"a\":[1]}", F }, { "true", F }, { "\"blue\"", N }, { "{\"a\": [1]}", N } /* compact form only */);
+    CHECK("{\"type\": \"string\", \"enum\": [\"a\", 1, \"b\"]}", { "\"a\"", F }, { "1", N });
+    CHECK("{\"const\": \"\xC3\xA9t\xC3\xA9\\n\"}", { "\"\xC3\xA9t\xC3\xA9\\n\"", F }, { "\"x\"", N });
     CHECK("{\"anyOf\": [{\"type\": \"integer\", \"minimum\": 5}, {\"type\": \"string\", \"maxLength\": 1}]}",
-          {"7", F}, {"\"a\"", F}, {"4", P} /* of 40 */, {"-4", N}, {"\"ab\"", N});
-    const char *tree = "{\"$defs\": {\"node\": {\"type\": \"object\", \"properties\": {"
-                       "\"v\": {\"type\": \"integer\"}, \"kids\": {\"type\": \"array\", \"items\": {\"$ref\": \"#/$defs/node\"}}}, "
-                       "\"required\": [\"v\", \"kids\"]}}, \"$ref\": \"#/$defs/node\"}";
-    CHECK(tree, {"{\"v\": 1, \"kids\": [{\"v\": 2, \"kids\": []}, {\"v\": 3, \"kids\": [{\"v\": 4, \"kids\": []}]}]}", F},
-          {"{\"v\": 1, \"kids\": [{\"v\": 2}]}", N});
-    CHECK("{\"definitions\": {\"a\": {\"type\": \"boolean\"}}, \"type\": \"array\", \"items\": {\"$ref\": \"#/definitions/a\"}}",
-          {"[true, false]", F}, {"[1]", N});
+          { "7", F }, { "\"a\"", F }, { "4", P } /* of 40 */, { "-4", N }, { "\"ab\"", N });
+    const char *tree =
+        "{\"$defs\": {\"node\": {\"type\": \"object\", \"properties\": {"
+        "\"v\": {\"type\": \"integer\"}, \"kids\": {\"type\": \"array\", \"items\": {\"$ref\": \"#/$defs/node\"}}}, "
+        "\"required\": [\"v\", \"kids\"]}}, \"$ref\": \"#/$defs/node\"}";
+    CHECK(tree,
+          { "{\"v\": 1, \"kids\": [{\"v\": 2, \"kids\": []}, {\"v\": 3, \"kids\": [{\"v\": 4, \"kids\": []}]}]}", F },
+          { "{\"v\": 1, \"kids\": [{\"v\": 2}]}", N });
+    CHECK("{\"definitions\": {\"a\": {\"type\": \"boolean\"}}, \"type\": \"array\", \"items\": {\"$ref\": "
+          "\"#/definitions/a\"}}",
+          { "[true, false]", F }, { "[1]", N });
     /* "#": the root itself, recursively */
     CHECK("{\"anyOf\": [{\"type\": \"null\"}, {\"type\": \"array\", \"items\": {\"$ref\": \"#\"}, \"maxItems\": 2}]}",
-          {"[[null, []], null]", F}, {"[1]", N});
+          { "[[null, []], null]", F }, { "[1]", N });
     /* a pointer with ~1 (slash) and ~0 (tilde) */
-    CHECK("{\"$defs\": {\"a/b~c\": {\"const\": 1}}, \"$ref\": \"#/$defs/a~1b~0c\"}", {"1", F});
+    CHECK("{\"$defs\": {\"a/b~c\": {\"const\": 1}}, \"$ref\": \"#/$defs/a~1b~0c\"}", { "1", F });
 }
 
 Test(schema, strings)
 {
     /* lengths count code points: an escape or a multi-byte character is one */
-    CHECK("{\"type\": \"string\", \"minLength\": 2, \"maxLength\": 3}", {"\"ab\"", F}, {"\"abc\"", F},
-          {"\"a\"", N}, {"\"abcd\"", N}, {"\"\xC3\xA9\xE2\x82\xAC\"", F}, {"\"\\n\\u00e9\\\"\"", F},
-          {"\"\xF0\x9F\x98\x80\xF0\x9F\x98\x80\"", F}, {"\"\\ud83d\\ude00\"", N} /* no surrogate escapes */);
-    CHECK("{\"type\": \"string\", \"maxLength\": 0}", {"\"\"", F}, {"\"a\"", N});
-    CHECK("{\"type\": \"string\", \"minLength\": 1}", {"\"\"", N}, {"\"abcdefghijklmnop\"", F});
+    CHECK("{\"type\": \"string\", \"minLength\": 2, \"maxLength\": 3}", { "\"ab\"", F }, { "\"abc\"", F },
+          { "\"a\"", N }, { "\"abcd\"", N }, { "\"\xC3\xA9\xE2\x82\xAC\"", F }, { "\"\\n\\u00e9\\\"\"", F },
+          { "\"\xF0\x9F\x98\x80\xF0\x9F\x98\x80\"", F }, { "\"\\ud83d\\ude00\"", N } /* no surrogate escapes */);
+    CHECK("{\"type\": \"string\", \"maxLength\": 0}", { "\"\"", F }, { "\"a\"", N });
+    CHECK("{\"type\": \"string\", \"minLength\": 1}", { "\"\"", N }, { "\"abcdefghijklmnop\"", F });
 }
 
 Test(schema, patterns)
 {
-    CHECK("{\"type\": \"string\", \"pattern\": \"^[A-Z][a-z]+ \\\\d{2}$\"}", {"\"Bob 12\"", F}, {"\"bob 12\"", N},
-          {"\"Bob 123\"", N}, {"\"Bo", P}, {"\"Bo\"", N});
+    CHECK("{\"type\": \"string\", \"pattern\": \"^[A-Z][a-z]+ \\\\d{2}$\"}", { "\"Bob 12\"", F }, { "\"bob 12\"", N },
+          { "\"Bob 123\"", N }, { "\"Bo", P }, { "\"Bo\"", N });
     /* unanchored: anywhere in the string */
-    CHECK("{\"type\": \"string\", \"pattern\": \"ab+c\"}", {"\"xxabbbcyy\"", F}, {"\"ac\"", N}, {"\"abc\"", F});
-    CHECK("{\"type\": \"string\", \"pattern\": \"^ab\"}", {"\"abzz\"", F}, {"\"zab\"", N});
-    CHECK("{\"type\": \"string\", \"pattern\": \"ab$\"}", {"\"zzab\"", F}, {"\"abz\"", N});
+    CHECK("{\"type\": \"string\", \"pattern\": \"ab+c\"}", { "\"xxabbbcyy\"", F }, { "\"ac\"", N }, { "\"abc\"", F });
+    CHECK("{\"type\": \"string\", \"pattern\": \"^ab\"}", { "\"abzz\"", F }, { "\"zab\"", N });
+    CHECK("{\"type\": \"string\", \"pattern\": \"ab$\"}", { "\"zzab\"", F }, { "\"abz\"", N });
     /* alternation with anchors per alternative, groups, quantifiers */
-    CHECK("{\"type\": \"string\", \"pattern\": \"^(?:yes|no)$|^maybe\"}", {"\"yes\"", F}, {"\"no\"", F},
-          {"\"maybe later\"", F}, {"\"yesno\"", N});
-    CHECK("{\"type\": \"string\", \"pattern\": \"^(ab){2,3}c?$\"}", {"\"abab\"", F}, {"\"abababc\"", F},
-          {"\"ab\"", N}, {"\"abababab\"", N});
+    CHECK("{\"type\": \"string\", \"pattern\": \"^(?:yes|no)$|^maybe\"}", { "\"yes\"", F }, { "\"no\"", F },
+          { "\"maybe later\"", F }, { "\"yesno\"", N });
+    CHECK("{\"type\": \"string\", \"pattern\": \"^(ab){2,3}c?$\"}", { "\"abab\"", F }, { "\"abababc\"", F },
+          { "\"ab\"", N }, { "\"abababab\"", N });
     /* the characters JSON escapes: the pattern is about the decoded string */
-    CHECK("{\"type\": \"string\", \"pattern\": \"^[\\\"\\\\\\\\\\n]+$\"}", {"\"\\\"\\\\\\n\"", F}, {"\"a\"", N},
-          {"\"\n\"", N} /* a raw newline is never valid JSON */);
-    CHECK("{\"type\": \"string\", \"pattern\": \"^.$\"}", {"\"\\\"\"", F}, {"\"\xE2\x82\xAC\"", F},
-          {"\"\\n\"", N}, {"\"ab\"", N});
-    CHECK("{\"type\": \"string\", \"pattern\": \"^[^a-c]$\"}", {"\"d\"", F}, {"\"\\\\\"", F}, {"\"b\"", N});
-    CHECK("{\"type\": \"string\", \"pattern\": \"^\\\\w\\\\s\\\\.\\\\x41\\\\u00e9$\"}", {"\"_\\t.A\xC3\xA9\"", F},
-          {"\"_ .A\xC3\xA9\"", F}, {"\"- .A\xC3\xA9\"", N});
-    CHECK("{\"type\": \"string\", \"pattern\": \"^a+?b*?$\"}", {"\"aab\"", F}); /* lazy: same strings */
+    CHECK("{\"type\": \"string\", \"pattern\": \"^[\\\"\\\\\\\\\\n]+$\"}", { "\"\\\"\\\\\\n\"", F }, { "\"a\"", N },
+          { "\"\n\"", N } /* a raw newline is never valid JSON */);
+    CHECK("{\"type\": \"string\", \"pattern\": \"^.$\"}", { "\"\\\"\"", F }, { "\"\xE2\x82\xAC\"", F },
+          { "\"\\n\"", N }, { "\"ab\"", N });
+    CHECK("{\"type\": \"string\", \"pattern\": \"^[^a-c]$\"}", { "\"d\"", F }, { "\"\\\\\"", F }, { "\"b\"", N });
+    CHECK("{\"type\": \"string\", \"pattern\": \"^\\\\w\\\\s\\\\.\\\\x41\\\\u00e9$\"}", { "\"_\\t.A\xC3\xA9\"", F },
+          { "\"_ .A\xC3\xA9\"", F }, { "\"- .A\xC3\xA9\"", N });
+    CHECK("{\"type\": \"string\", \"pattern\": \"^a+?b*?$\"}", { "\"aab\"", F }); /* lazy: same strings */
 }
 
 /* ---- Ranges against arithmetic --------------------------------------------------------- */
@@ -195,8 +195,7 @@ static void integer_window(const char *bounds, long long lo, long long hi, long 
         snprintf(t, sizeof t, "%lld", v);
         int want = v >= lo && v <= hi ? F : N;
         int got = match(g, t);
-        if (want == N && got == P)
-            got = N; /* e.g. "1" under minimum 10: a prefix of "10" */
+        if (want == N && got == P) got = N; /* e.g. "1" under minimum 10: a prefix of "10" */
         cr_assert_eq(got, want, "%s: %lld got %d", schema, v, got);
     }
     sampler_grammar_free(g);
@@ -212,8 +211,8 @@ Test(schema, integer_ranges_equal_arithmetic)
     integer_window("\"minimum\": 2.5, \"maximum\": 99.5", 3, 99, -10, 1000);
     integer_window("\"minimum\": 18", 18, 1000000000000000, -100, 5000);
     integer_window("\"maximum\": -3", -1000000000000000, -3, -5000, 100);
-    integer_window("\"minimum\": 95, \"exclusiveMinimum\": 99, \"maximum\": 10000, \"exclusiveMaximum\": 99999",
-                   100, 10000, 0, 11000);
+    integer_window("\"minimum\": 95, \"exclusiveMinimum\": 99, \"maximum\": 10000, \"exclusiveMaximum\": 99999", 100,
+                   10000, 0, 11000);
     /* leading zeros, "-0" and fractions are never produced */
     sampler_grammar *g = compile_schema("{\"type\": \"integer\", \"minimum\": -5, \"maximum\": 5}");
     cr_assert_eq(match(g, "-0"), N);
@@ -236,19 +235,17 @@ static void number_window(const char *bounds, double lo, int lo_ex, double hi, i
     char schema[256];
     snprintf(schema, sizeof schema, "{\"type\": \"number\", %s}", bounds);
     sampler_grammar *g = compile_schema(schema);
-    static const char *fmts[] = {"%.0f", "%.1f", "%.2f", "%.3f", "%.6f"};
+    static const char *fmts[] = { "%.0f", "%.1f", "%.2f", "%.3f", "%.6f" };
     for (int k = -480; k <= 480; k++) {
         double v = k / 16.0;
         for (size_t f = 0; f < sizeof fmts / sizeof fmts[0]; f++) {
             char t[64];
             snprintf(t, sizeof t, fmts[f], v);
             double pv = strtod(t, NULL);
-            if (t[0] == '-' && pv == 0.0)
-                continue; /* "-0...": never generated, and equal to 0 */
+            if (t[0] == '-' && pv == 0.0) continue; /* "-0...": never generated, and equal to 0 */
             int in = (lo_ex ? pv > lo : pv >= lo) && (hi_ex ? pv < hi : pv <= hi);
             int got = match(g, t);
-            if (!in && got == P)
-                got = N;
+            if (!in && got == P) got = N;
             cr_assert_eq(got, in ? F : N, "%s: [%s] got %d", schema, t, got);
         }
     }
@@ -279,76 +276,76 @@ typedef struct {
 Test(schema, refusals_name_the_keyword_path)
 {
     static const refusal cs[] = {
-        {"{\"type\": \"object\", \"properties\": {\"age\": {\"type\": \"integer\", \"format\": \"int32\"}}}",
-         "properties.age.format", "unsupported JSON Schema keyword 'format'"},
-        {"{\"oneOf\": [{}]}", "oneOf", "use anyOf"},
-        {"{\"allOf\": [{}]}", "allOf", "unsupported"},
-        {"{\"not\": {}}", "not", "unsupported"},
-        {"{\"type\": \"object\", \"patternProperties\": {}}", "patternProperties", "unsupported"},
-        {"{\"type\": \"object\", \"minProperties\": 1}", "minProperties", "unsupported"},
-        {"{\"type\": \"array\", \"prefixItems\": []}", "prefixItems", "unsupported"},
-        {"{\"type\": \"number\", \"multipleOf\": 2}", "multipleOf", "unsupported"},
-        {"{\"type\": \"array\", \"uniqueItems\": true}", "uniqueItems", "not supported"},
-        {"{\"type\": \"array\", \"items\": [{}]}", "items", "prefixItems"},
-        {"{\"anyOf\": [{\"type\": \"string\"}, {\"type\": \"array\", \"items\": {\"if\": {}}}]}", "anyOf[1].items.if",
-         "unsupported"},
-        {"{\"type\": \"objekt\"}", "type", "must be one of"},
-        {"{\"type\": []}", "type", "empty"},
-        {"false", "", "matches nothing"},
-        {"{\"properties\": {\"a\": false}}", "properties.a", "matches nothing"},
-        {"3", "", "object or a boolean"},
-        {"{\"type\": \"string\", \"minimum\": 1}", "minimum", "does not apply"},
-        {"{\"type\": \"integer\", \"maxLength\": 1}", "maxLength", "does not apply"},
-        {"{\"type\": \"string\", \"minLength\": -1}", "minLength", "non-negative integer"},
-        {"{\"type\": \"string\", \"minLength\": 1.5}", "minLength", "non-negative integer"},
-        {"{\"type\": \"string\", \"minLength\": 200000}", "minLength", "above"},
-        {"{\"type\": \"string\", \"minLength\": 3, \"maxLength\": 2}", "maxLength", "below"},
-        {"{\"type\": \"string\", \"pattern\": \"a\", \"maxLength\": 3}", "maxLength", "cannot be combined"},
-        {"{\"type\": \"array\", \"minItems\": 3, \"maxItems\": 1}", "maxItems", "below"},
-        {"{\"type\": \"integer\", \"minimum\": 5, \"maximum\": 4}", "maximum", "no integer"},
-        {"{\"type\": \"integer\", \"exclusiveMinimum\": true}", "exclusiveMinimum", "draft 4"},
-        {"{\"type\": \"integer\", \"minimum\": 1e16}", "minimum", "not supported"},
-        {"{\"type\": \"number\", \"minimum\": 0.5}", "minimum", "whole number"},
-        {"{\"type\": \"number\", \"maximum\": 2e9}", "maximum", "not supported"},
-        {"{\"type\": \"number\", \"exclusiveMinimum\": 1, \"exclusiveMaximum\": 1}", "exclusiveMaximum", "no number"},
-        {"{\"enum\": []}", "enum", "non-empty"},
-        {"{\"type\": \"string\", \"enum\": [1, 2]}", "enum", "no value"},
-        {"{\"enum\": [1], \"minimum\": 0}", "minimum", "beside 'enum'"},
-        {"{\"anyOf\": []}", "anyOf", "non-empty"},
-        {"{\"anyOf\": [{}], \"type\": \"string\"}", "type", "beside 'anyOf'"},
-        {"{\"$ref\": \"#/$defs/missing\"}", "$ref", "does not resolve"},
-        {"{\"$ref\": \"http://example.com/s.json\"}", "$ref", "does not resolve"},
-        {"{\"$defs\": {\"a\": {}}, \"$ref\": \"#/$defs/a\", \"type\": \"object\"}", "type", "beside '$ref'"},
-        {"{\"$defs\": {\"a\": {\"type\": \"integer\", \"format\": \"x\"}}, \"$ref\": \"#/$defs/a\"}", "$defs.a.format",
-         "unsupported"},
-        {"{\"$defs\": {\"a\": {\"$ref\": \"#/$defs/b\"}, \"b\": {\"$ref\": \"#/$defs/a\"}}, \"$ref\": \"#/$defs/a\"}",
-         "$defs", "no finite instance"},
-        {"{\"type\": \"object\", \"properties\": {\"x\": {\"$ref\": \"#\"}}, \"required\": [\"x\"]}", "properties.x",
-         "no finite instance"},
-        {"{\"type\": \"object\", \"properties\": {\"a\": {}}, \"additionalProperties\": {\"type\": \"string\"}}",
-         "additionalProperties", "true or false"},
-        {"{\"type\": \"object\", \"required\": [\"a\", \"a\"]}", "required", "twice"},
-        {"{\"type\": \"object\", \"required\": [1]}", "required[0]", "strings"},
-        {"{\"properties\": {\"p\": {\"$id\": \"x\"}}}", "properties.p.$id", "unsupported"},
-        {"{\"nullable\": true}", "nullable", "unsupported"},
+        { "{\"type\": \"object\", \"properties\": {\"age\": {\"type\": \"integer\", \"format\": \"int32\"}}}",
+          "properties.age.format", "unsupported JSON Schema keyword 'format'" },
+        { "{\"oneOf\": [{}]}", "oneOf", "use anyOf" },
+        { "{\"allOf\": [{}]}", "allOf", "unsupported" },
+        { "{\"not\": {}}", "not", "unsupported" },
+        { "{\"type\": \"object\", \"patternProperties\": {}}", "patternProperties", "unsupported" },
+        { "{\"type\": \"object\", \"minProperties\": 1}", "minProperties", "unsupported" },
+        { "{\"type\": \"array\", \"prefixItems\": []}", "prefixItems", "unsupported" },
+        { "{\"type\": \"number\", \"multipleOf\": 2}", "multipleOf", "unsupported" },
+        { "{\"type\": \"array\", \"uniqueItems\": true}", "uniqueItems", "not supported" },
+        { "{\"type\": \"array\", \"items\": [{}]}", "items", "prefixItems" },
+        { "{\"anyOf\": [{\"type\": \"string\"}, {\"type\": \"array\", \"items\": {\"if\": {}}}]}", "anyOf[1].items.if",
+          "unsupported" },
+        { "{\"type\": \"objekt\"}", "type", "must be one of" },
+        { "{\"type\": []}", "type", "empty" },
+        { "false", "", "matches nothing" },
+        { "{\"properties\": {\"a\": false}}", "properties.a", "matches nothing" },
+        { "3", "", "object or a boolean" },
+        { "{\"type\": \"string\", \"minimum\": 1}", "minimum", "does not apply" },
+        { "{\"type\": \"integer\", \"maxLength\": 1}", "maxLength", "does not apply" },
+        { "{\"type\": \"string\", \"minLength\": -1}", "minLength", "non-negative integer" },
+        { "{\"type\": \"string\", \"minLength\": 1.5}", "minLength", "non-negative integer" },
+        { "{\"type\": \"string\", \"minLength\": 200000}", "minLength", "above" },
+        { "{\"type\": \"string\", \"minLength\": 3, \"maxLength\": 2}", "maxLength", "below" },
+        { "{\"type\": \"string\", \"pattern\": \"a\", \"maxLength\": 3}", "maxLength", "cannot be combined" },
+        { "{\"type\": \"array\", \"minItems\": 3, \"maxItems\": 1}", "maxItems", "below" },
+        { "{\"type\": \"integer\", \"minimum\": 5, \"maximum\": 4}", "maximum", "no integer" },
+        { "{\"type\": \"integer\", \"exclusiveMinimum\": true}", "exclusiveMinimum", "draft 4" },
+        { "{\"type\": \"integer\", \"minimum\": 1e16}", "minimum", "not supported" },
+        { "{\"type\": \"number\", \"minimum\": 0.5}", "minimum", "whole number" },
+        { "{\"type\": \"number\", \"maximum\": 2e9}", "maximum", "not supported" },
+        { "{\"type\": \"number\", \"exclusiveMinimum\": 1, \"exclusiveMaximum\": 1}", "exclusiveMaximum", "no number" },
+        { "{\"enum\": []}", "enum", "non-empty" },
+        { "{\"type\": \"string\", \"enum\": [1, 2]}", "enum", "no value" },
+        { "{\"enum\": [1], \"minimum\": 0}", "minimum", "beside 'enum'" },
+        { "{\"anyOf\": []}", "anyOf", "non-empty" },
+        { "{\"anyOf\": [{}], \"type\": \"string\"}", "type", "beside 'anyOf'" },
+        { "{\"$ref\": \"#/$defs/missing\"}", "$ref", "does not resolve" },
+        { "{\"$ref\": \"http://example.com/s.json\"}", "$ref", "does not resolve" },
+        { "{\"$defs\": {\"a\": {}}, \"$ref\": \"#/$defs/a\", \"type\": \"object\"}", "type", "beside '$ref'" },
+        { "{\"$defs\": {\"a\": {\"type\": \"integer\", \"format\": \"x\"}}, \"$ref\": \"#/$defs/a\"}", "$defs.a.format",
+          "unsupported" },
+        { "{\"$defs\": {\"a\": {\"$ref\": \"#/$defs/b\"}, \"b\": {\"$ref\": \"#/$defs/a\"}}, \"$ref\": \"#/$defs/a\"}",
+          "$defs", "no finite instance" },
+        { "{\"type\": \"object\", \"properties\": {\"x\": {\"$ref\": \"#\"}}, \"required\": [\"x\"]}", "properties.x",
+          "no finite instance" },
+        { "{\"type\": \"object\", \"properties\": {\"a\": {}}, \"additionalProperties\": {\"type\": \"string\"}}",
+          "additionalProperties", "true or false" },
+        { "{\"type\": \"object\", \"required\": [\"a\", \"a\"]}", "required", "twice" },
+        { "{\"type\": \"object\", \"required\": [1]}", "required[0]", "strings" },
+        { "{\"properties\": {\"p\": {\"$id\": \"x\"}}}", "properties.p.$id", "unsupported" },
+        { "{\"nullable\": true}", "nullable", "unsupported" },
         /* patterns */
-        {"{\"type\": \"string\", \"pattern\": \"(?=a)\"}", "pattern", "lookarounds"},
-        {"{\"type\": \"string\", \"pattern\": \"\\\\bword\"}", "pattern", "'\\b' is not supported"},
-        {"{\"type\": \"string\", \"pattern\": \"\\\\D\"}", "pattern", "not supported"},
-        {"{\"type\": \"string\", \"pattern\": \"[^\\\\d]\"}", "pattern", "Unicode meaning"},
-        {"{\"type\": \"string\", \"pattern\": \"(a\"}", "pattern", "missing ')'"},
-        {"{\"type\": \"string\", \"pattern\": \"a)\"}", "pattern", "unmatched ')'"},
-        {"{\"type\": \"string\", \"pattern\": \"a{2,1}\"}", "pattern", "out of range"},
-        {"{\"type\": \"string\", \"pattern\": \"a{5000}\"}", "pattern", "out of range"},
-        {"{\"type\": \"string\", \"pattern\": \"a{x}\"}", "pattern", "repetition"},
-        {"{\"type\": \"string\", \"pattern\": \"*a\"}", "pattern", "needs something before"},
-        {"{\"type\": \"string\", \"pattern\": \"a**\"}", "pattern", "cannot follow"},
-        {"{\"type\": \"string\", \"pattern\": \"a^b\"}", "pattern", "'^'"},
-        {"{\"type\": \"string\", \"pattern\": \"a$b\"}", "pattern", "'$'"},
-        {"{\"type\": \"string\", \"pattern\": \"[z-a]\"}", "pattern", "reversed"},
-        {"{\"type\": \"string\", \"pattern\": \"[abc\"}", "pattern", "unterminated"},
-        {"{\"type\": \"string\", \"pattern\": \"\\\\uD800\"}", "pattern", "surrogate"},
-        {"{\"type\": \"string\", \"pattern\": \"a++\"}", "pattern", "possessive"},
+        { "{\"type\": \"string\", \"pattern\": \"(?=a)\"}", "pattern", "lookarounds" },
+        { "{\"type\": \"string\", \"pattern\": \"\\\\bword\"}", "pattern", "'\\b' is not supported" },
+        { "{\"type\": \"string\", \"pattern\": \"\\\\D\"}", "pattern", "not supported" },
+        { "{\"type\": \"string\", \"pattern\": \"[^\\\\d]\"}", "pattern", "Unicode meaning" },
+        { "{\"type\": \"string\", \"pattern\": \"(a\"}", "pattern", "missing ')'" },
+        { "{\"type\": \"string\", \"pattern\": \"a)\"}", "pattern", "unmatched ')'" },
+        { "{\"type\": \"string\", \"pattern\": \"a{2,1}\"}", "pattern", "out of range" },
+        { "{\"type\": \"string\", \"pattern\": \"a{5000}\"}", "pattern", "out of range" },
+        { "{\"type\": \"string\", \"pattern\": \"a{x}\"}", "pattern", "repetition" },
+        { "{\"type\": \"string\", \"pattern\": \"*a\"}", "pattern", "needs something before" },
+        { "{\"type\": \"string\", \"pattern\": \"a**\"}", "pattern", "cannot follow" },
+        { "{\"type\": \"string\", \"pattern\": \"a^b\"}", "pattern", "'^'" },
+        { "{\"type\": \"string\", \"pattern\": \"a$b\"}", "pattern", "'$'" },
+        { "{\"type\": \"string\", \"pattern\": \"[z-a]\"}", "pattern", "reversed" },
+        { "{\"type\": \"string\", \"pattern\": \"[abc\"}", "pattern", "unterminated" },
+        { "{\"type\": \"string\", \"pattern\": \"\\\\uD800\"}", "pattern", "surrogate" },
+        { "{\"type\": \"string\", \"pattern\": \"a++\"}", "pattern", "possessive" },
     };
     for (size_t k = 0; k < sizeof cs / sizeof cs[0]; k++) {
         json_error_t je;
@@ -390,8 +387,8 @@ Test(schema, json_object_and_choice)
     cr_assert_eq(match(g, "{\"a\": 1"), P);
     sampler_grammar_free(g);
 
-    const char *ch[] = {"yes", "no", "y\"e\\s\n", "\xC3\xA9t\xC3\xA9", "no way"};
-    size_t len[] = {3, 2, 6, 5, 6};
+    const char *ch[] = { "yes", "no", "y\"e\\s\n", "\xC3\xA9t\xC3\xA9", "no way" };
+    size_t len[] = { 3, 2, 6, 5, 6 };
     schema_error e;
     cr_assert_eq(schema_compile_choice(ch, len, 5, &g, &e), SCHEMA_OK);
     cr_assert_eq(match(g, "yes"), F);
@@ -411,7 +408,7 @@ Test(schema, json_object_and_choice)
  * A byte-level vocabulary (the 256 bytes, plus a few longer pieces) drives the
  * constraint with seeded random logits until the text is complete. */
 
-static const char *pieces[] = {"{\"", "\":", ", \"", "\"", "true", "null", "12", " ", "\n  ", "\xC3\xA9"};
+static const char *pieces[] = { "{\"", "\":", ", \"", "\"", "true", "null", "12", " ", "\n  ", "\xC3\xA9" };
 enum { NPIECES = sizeof pieces / sizeof pieces[0], VOCAB = 256 + 1 + NPIECES };
 
 static const char *bytes_of(void *user, int32_t id, size_t *len)
@@ -423,8 +420,7 @@ static const char *bytes_of(void *user, int32_t id, size_t *len)
         *len = 1;
         return &one[id];
     }
-    if (id == 256)
-        return NULL; /* the end token */
+    if (id == 256) return NULL; /* the end token */
     *len = strlen(pieces[id - 257]);
     return pieces[id - 257];
 }
@@ -432,8 +428,7 @@ static const char *bytes_of(void *user, int32_t id, size_t *len)
 static size_t cp_len(const char *s)
 {
     size_t n = 0;
-    for (; *s; s++)
-        n += ((unsigned char)*s & 0xC0) != 0x80;
+    for (; *s; s++) n += ((unsigned char)*s & 0xC0) != 0x80;
     return n;
 }
 
@@ -457,17 +452,16 @@ Test(schema, sampled_texts_parse_and_validate)
     int complete = 0;
     for (uint64_t seed = 1; seed <= 40; seed++) {
         sampler_constraint *c = sampler_constraint_new(g, v);
-        sampler_params p = {.temperature = 1.0f, .seed = seed, .constraint = c};
+        sampler_params p = { .temperature = 1.0f, .seed = seed, .constraint = c };
         sampler *s = sampler_new(VOCAB, &p);
         sampler_rng r;
         sampler_rng_seed(&r, seed * 7919);
         char text[8192];
         size_t n = 0;
-        int32_t ids[1] = {0};
+        int32_t ids[1] = { 0 };
         int status = SAMPLER_CONSTRAINT_OPEN;
         for (int step = 0; step < 400 && status != SAMPLER_CONSTRAINT_COMPLETE; step++) {
-            for (int k = 0; k < VOCAB; k++)
-                lg[k] = 4.0f * sampler_rng_uniform(&r);
+            for (int k = 0; k < VOCAB; k++) lg[k] = 4.0f * sampler_rng_uniform(&r);
             lg[end] += 2.0f;
             sampler_choice ch;
             cr_assert_eq(sampler_step(s, lg, ids, 1, 0, SAMPLER_TOKEN_ONLY, &ch), SAMPLER_OK);
@@ -494,17 +488,19 @@ Test(schema, sampled_texts_parse_and_validate)
         json_t *name = json_object_get(o, "name"), *age = json_object_get(o, "age");
         json_t *score = json_object_get(o, "score"), *tags = json_object_get(o, "tags");
         json_t *pet = json_object_get(o, "pet");
-        cr_assert(json_is_string(name) && cp_len(json_string_value(name)) >= 1 &&
-                  cp_len(json_string_value(name)) <= 4, "%s", text);
+        cr_assert(json_is_string(name) && cp_len(json_string_value(name)) >= 1 && cp_len(json_string_value(name)) <= 4,
+                  "%s", text);
         cr_assert(json_is_integer(age) && json_integer_value(age) >= 0 && json_integer_value(age) <= 130, "%s", text);
         if (score)
-            cr_assert(json_is_number(score) && json_number_value(score) > -1 && json_number_value(score) <= 1,
-                      "%s", text);
+            cr_assert(json_is_number(score) && json_number_value(score) > -1 && json_number_value(score) <= 1, "%s",
+                      text);
         cr_assert(json_is_array(tags) && json_array_size(tags) >= 1 && json_array_size(tags) <= 2, "%s", text);
         for (size_t i = 0; i < json_array_size(tags); i++) {
             json_t *t = json_array_get(tags, i);
-            cr_assert((json_is_string(t) && (!strcmp(json_string_value(t), "a") || !strcmp(json_string_value(t), "b"))) ||
-                      (json_is_integer(t) && json_integer_value(t) == 3), "%s", text);
+            cr_assert(
+                (json_is_string(t) && (!strcmp(json_string_value(t), "a") || !strcmp(json_string_value(t), "b"))) ||
+                    (json_is_integer(t) && json_integer_value(t) == 3),
+                "%s", text);
         }
         cr_assert(json_is_null(pet) || (json_is_object(pet) && json_is_string(json_object_get(pet, "kind")) &&
                                         !strcmp(json_string_value(json_object_get(pet, "kind")), "cat")),

@@ -23,9 +23,15 @@ static int byte_tok(void *cls, const char *text, size_t len, int add_bos, int32_
     return n;
 }
 
-static const validate_ctx VC = {
-    .model_id = "tiny", .vocab = 300, .ctx = 64, .add_bos = 1, .bos_id = 1,
-    .max_tokens_limit = 100, .max_choices = 4, .tokenize = byte_tok, .tok_cls = NULL};
+static const validate_ctx VC = { .model_id = "tiny",
+                                 .vocab = 300,
+                                 .ctx = 64,
+                                 .add_bos = 1,
+                                 .bos_id = 1,
+                                 .max_tokens_limit = 100,
+                                 .max_choices = 4,
+                                 .tokenize = byte_tok,
+                                 .tok_cls = NULL };
 
 static int run(int kind, const char *body, job_params *p, api_error *e)
 {
@@ -78,8 +84,10 @@ Test(validate, all_fields)
     cr_expect_float_eq(p.sp.frequency_penalty, 2.0f, 0);
     cr_assert_eq(p.sp.n_bias, 2);
     for (int i = 0; i < 2; i++) {
-        if (p.sp.bias_ids[i] == 10) cr_expect(isinf(p.sp.bias_values[i]) && p.sp.bias_values[i] < 0);
-        else cr_expect_float_eq(p.sp.bias_values[i], 2.5f, 0);
+        if (p.sp.bias_ids[i] == 10)
+            cr_expect(isinf(p.sp.bias_values[i]) && p.sp.bias_values[i] < 0);
+        else
+            cr_expect_float_eq(p.sp.bias_values[i], 2.5f, 0);
     }
     cr_expect_eq(p.sp.seed, UINT64_MAX);
     cr_expect_eq(p.has_seed, 1);
@@ -113,8 +121,11 @@ static void expect_400(int kind, const char *body, const char *param)
     api_error e;
     cr_assert_eq(run(kind, body, &p, &e), -1, "accepted: %s", body);
     cr_expect_eq(e.status, 400, "%s -> %d", body, e.status);
-    if (param) cr_expect(e.param && !strcmp(e.param, param), "%s -> param %s, want %s", body, e.param ? e.param : "(null)", param);
-    else cr_expect_null(e.param, "%s", body);
+    if (param)
+        cr_expect(e.param && !strcmp(e.param, param), "%s -> param %s, want %s", body, e.param ? e.param : "(null)",
+                  param);
+    else
+        cr_expect_null(e.param, "%s", body);
     cr_expect_str_eq(e.type, "invalid_request_error");
     cr_expect_gt(strlen(e.message), 0);
     char *json = api_error_json(&e);
@@ -177,8 +188,11 @@ Test(validate, errors_name_the_parameter)
     expect_400(JOB_CHAT, "{\"messages\": []}", "messages");
     expect_400(JOB_CHAT, "{\"messages\": [{\"content\": \"x\"}]}", "messages");
     expect_400(JOB_CHAT, "{\"messages\": [{\"role\": \"user\", \"content\": 5}]}", "messages");
-    expect_400(JOB_CHAT, "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"top_logprobs\": 2}", "top_logprobs");
-    expect_400(JOB_CHAT, "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"logprobs\": true, \"top_logprobs\": 21}", "top_logprobs");
+    expect_400(JOB_CHAT, "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"top_logprobs\": 2}",
+               "top_logprobs");
+    expect_400(JOB_CHAT,
+               "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"logprobs\": true, \"top_logprobs\": 21}",
+               "top_logprobs");
 }
 
 Test(validate, unknown_model_is_404)
@@ -194,7 +208,8 @@ Test(validate, chat_template)
 {
     api_error e;
     json_t *m = json_loads("[{\"role\": \"system\", \"content\": \"Be kind.\"},"
-                           " {\"role\": \"user\", \"content\": [{\"type\": \"text\", \"text\": \"Hi\"}, {\"type\": \"text\", \"text\": \"!\"}]}]",
+                           " {\"role\": \"user\", \"content\": [{\"type\": \"text\", \"text\": \"Hi\"}, {\"type\": "
+                           "\"text\", \"text\": \"!\"}]}]",
                            0, NULL);
     char *s = chat_render(m, &e);
     cr_assert_not_null(s);
@@ -202,7 +217,11 @@ Test(validate, chat_template)
     free(s);
     json_decref(m);
     job_params p;
-    cr_assert_eq(run(JOB_CHAT, "{\"messages\": [{\"role\": \"user\", \"content\": \"yo\"}], \"logprobs\": true, \"top_logprobs\": 3}", &p, &e), 0, "%s", e.message);
+    cr_assert_eq(
+        run(JOB_CHAT,
+            "{\"messages\": [{\"role\": \"user\", \"content\": \"yo\"}], \"logprobs\": true, \"top_logprobs\": 3}", &p,
+            &e),
+        0, "%s", e.message);
     /* BOS + "user: yo\nassistant:" */
     cr_expect_eq(p.prompt_lens[0], 1 + (int)strlen("user: yo\nassistant:"));
     cr_expect_eq(p.logprobs, 3);
@@ -216,11 +235,12 @@ Test(validate, penalty_last_n)
 {
     job_params p;
     api_error e;
-    cr_assert_eq(run(JOB_COMPLETION, "{\"prompt\": \"x\", \"penalty_last_n\": 8, \"repetition_penalty\": 1.2}", &p, &e), 0,
-                 "%s", e.message);
+    cr_assert_eq(run(JOB_COMPLETION, "{\"prompt\": \"x\", \"penalty_last_n\": 8, \"repetition_penalty\": 1.2}", &p, &e),
+                 0, "%s", e.message);
     cr_expect_eq(p.sp.penalty_last_n, 8);
     job_params_clear(&p);
-    cr_assert_eq(run(JOB_CHAT, "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"penalty_last_n\": 0}", &p, &e), 0);
+    cr_assert_eq(
+        run(JOB_CHAT, "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"penalty_last_n\": 0}", &p, &e), 0);
     cr_expect_eq(p.sp.penalty_last_n, 0);
     job_params_clear(&p);
     expect_400(JOB_COMPLETION, "{\"prompt\": \"x\", \"penalty_last_n\": -1}", "penalty_last_n");
@@ -259,11 +279,12 @@ Test(validate, context_overflow)
     expect_400(JOB_COMPLETION, "{\"prompt\": \"x\", \"context_overflow\": \"crop\"}", "context_overflow");
     expect_400(JOB_COMPLETION, "{\"prompt\": \"x\", \"context_overflow\": 1}", "context_overflow");
     /* echo + logprobs past the window: one window per position, at most max_tokens_limit (100) of them */
-    cr_assert_eq(run(JOB_COMPLETION, long_prompt(64 + 1 + 100, ", \"echo\": true, \"logprobs\": 0"), &p, &e), 0,
-                 "%s", e.message);
+    cr_assert_eq(run(JOB_COMPLETION, long_prompt(64 + 1 + 100, ", \"echo\": true, \"logprobs\": 0"), &p, &e), 0, "%s",
+                 e.message);
     job_params_clear(&p);
     expect_400(JOB_COMPLETION, long_prompt(64 + 1 + 101, ", \"echo\": true, \"logprobs\": 0"), "prompt");
-    cr_assert_eq(run(JOB_COMPLETION, long_prompt(64 + 1 + 101, ", \"echo\": true"), &p, &e), 0, "echo alone scores nothing");
+    cr_assert_eq(run(JOB_COMPLETION, long_prompt(64 + 1 + 101, ", \"echo\": true"), &p, &e), 0,
+                 "echo alone scores nothing");
     job_params_clear(&p);
     /* chat default under slide: the rest of the window, at least half of it */
     char chat[512];
@@ -279,8 +300,8 @@ Test(validate, logit_bias_keys_are_ids)
 {
     job_params p;
     api_error e;
-    const char *dups[] = {"{\"1\": 1, \"01\": 2}", "{\"7\": -100, \"007\": -100}", "{\"0\": 1, \"00\": 1}",
-                          "{\"299\": 1, \"5\": 1, \"0299\": 1}"};
+    const char *dups[] = { "{\"1\": 1, \"01\": 2}", "{\"7\": -100, \"007\": -100}", "{\"0\": 1, \"00\": 1}",
+                           "{\"299\": 1, \"5\": 1, \"0299\": 1}" };
     for (size_t i = 0; i < sizeof dups / sizeof dups[0]; i++) {
         char body[128];
         snprintf(body, sizeof body, "{\"prompt\": \"x\", \"logit_bias\": %s}", dups[i]);
@@ -289,15 +310,15 @@ Test(validate, logit_bias_keys_are_ids)
         cr_expect_str_eq(e.param ? e.param : "", "logit_bias");
         cr_expect(strstr(e.message, "more than once"), "%s", e.message);
     }
-    const char *bad[] = {"+1", " 1", "1 ", "-0", "0x1", "1e1", "1.0"};
+    const char *bad[] = { "+1", " 1", "1 ", "-0", "0x1", "1e1", "1.0" };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         char body[128];
         snprintf(body, sizeof body, "{\"prompt\": \"x\", \"logit_bias\": {\"%s\": 1}}", bad[i]);
         expect_400(JOB_COMPLETION, body, "logit_bias");
     }
     /* leading zeros name the plain id */
-    cr_assert_eq(run(JOB_COMPLETION, "{\"prompt\": \"x\", \"logit_bias\": {\"0042\": 3, \"7\": -1}}", &p, &e), 0,
-                 "%s", e.message);
+    cr_assert_eq(run(JOB_COMPLETION, "{\"prompt\": \"x\", \"logit_bias\": {\"0042\": 3, \"7\": -1}}", &p, &e), 0, "%s",
+                 e.message);
     cr_assert_eq(p.sp.n_bias, 2);
     int found = 0;
     for (int i = 0; i < 2; i++)
@@ -353,7 +374,8 @@ Test(validate, response_limit_estimate)
     job_params_clear(&p);
     /* echo counts the prompt's entries too */
     vc.response_limit = output_min_token_bytes(JOB_COMPLETION, 5, vc.vocab) * 10;
-    const char *echo = "{\"prompt\": \"abcdefghi\", \"max_tokens\": 0, \"logprobs\": 5, \"echo\": true}"; /* 10 tokens */
+    const char *echo =
+        "{\"prompt\": \"abcdefghi\", \"max_tokens\": 0, \"logprobs\": 5, \"echo\": true}"; /* 10 tokens */
     cr_assert_eq(validate_request(&vc, JOB_COMPLETION, echo, strlen(echo), &p, &e), 0, "%s", e.message);
     job_params_clear(&p);
     vc.response_limit--;

@@ -45,9 +45,16 @@ static void compare(int f16, int tied, int kv_heads)
     snprintf(path, sizeof path, "%s/m%d%d%d.gguf", dir, f16, tied, kv_heads);
     train_opts o;
     train_opts_default(&o);
-    o.shape = (train_shape){.dim = 32, .n_layers = 2, .n_heads = 4, .n_kv_heads = kv_heads,
-                            .hidden_dim = 72, .ctx_len = 48, .vocab_size = TRAIN_VOCAB,
-                            .tied = tied, .rope_theta = 10000.0f, .norm_eps = 1e-5f};
+    o.shape = (train_shape){ .dim = 32,
+                             .n_layers = 2,
+                             .n_heads = 4,
+                             .n_kv_heads = kv_heads,
+                             .hidden_dim = 72,
+                             .ctx_len = 48,
+                             .vocab_size = TRAIN_VOCAB,
+                             .tied = tied,
+                             .rope_theta = 10000.0f,
+                             .norm_eps = 1e-5f };
     o.steps = 20;
     o.batch = 4;
     o.n_threads = 1;
@@ -64,7 +71,7 @@ static void compare(int f16, int tied, int kv_heads)
     train_net *n = NULL;
     cr_assert_eq(train_net_load(&n, path, err, sizeof err), 0, "%s", err);
     model *m = NULL;
-    model_load_opts lo = {.n_threads = 1};
+    model_load_opts lo = { .n_threads = 1 };
     int rc = model_load(&m, path, &lo, err, sizeof err);
     cr_assert_eq(rc, 0, "model_load: %s", err);
     const model_info *in = model_get_info(m);
@@ -106,7 +113,7 @@ static void compare(int f16, int tied, int kv_heads)
     const int V = TRAIN_VOCAB;
     float *le = malloc(sizeof(float) * nt * V), *lt = malloc(sizeof(float) * nt * V);
     model_seq *s = model_seq_new(m, 0);
-    model_batch_item it = {.seq = s, .tokens = ids, .n_tokens = nt, .logits = le, .all_logits = 1};
+    model_batch_item it = { .seq = s, .tokens = ids, .n_tokens = nt, .logits = le, .all_logits = 1 };
     cr_assert_eq(model_forward(m, &it, 1), 0);
     train_act *a = train_act_new(&n->shape, nt);
     train_net_pass(n, a, ids, NULL, nt, NULL, 0.0f, lt);

@@ -11,9 +11,16 @@
 #include <string.h>
 #include <unistd.h>
 
-static const train_shape tiny = {.dim = 32, .n_layers = 2, .n_heads = 4, .n_kv_heads = 2,
-                                 .hidden_dim = 64, .ctx_len = 32, .vocab_size = TRAIN_VOCAB,
-                                 .tied = 1, .rope_theta = 10000.0f, .norm_eps = 1e-5f};
+static const train_shape tiny = { .dim = 32,
+                                  .n_layers = 2,
+                                  .n_heads = 4,
+                                  .n_kv_heads = 2,
+                                  .hidden_dim = 64,
+                                  .ctx_len = 32,
+                                  .vocab_size = TRAIN_VOCAB,
+                                  .tied = 1,
+                                  .rope_theta = 10000.0f,
+                                  .norm_eps = 1e-5f };
 
 static char tmpdir[64];
 static void mk_tmp(void)
@@ -40,8 +47,10 @@ static const char *tpath(const char *name)
 static unsigned char *repetitive_text(size_t *len)
 {
     static const char *const s[] = {
-        "In the beginning was the word. ", "The quick brown fox jumps over the lazy dog. ",
-        "And the evening and the morning were the first day.\n", "Let there be light. ",
+        "In the beginning was the word. ",
+        "The quick brown fox jumps over the lazy dog. ",
+        "And the evening and the morning were the first day.\n",
+        "Let there be light. ",
     };
     size_t cap = 24000, n = 0;
     unsigned char *t = malloc(cap);
@@ -83,8 +92,10 @@ Test(adamw, two_steps_by_hand)
     cr_assert(wq && nrm && wq->decay && !nrm->decay);
     float *w = n->w + wq->offset, *g = n->g + wq->offset, *wn = n->w + nrm->offset, *gn = n->g + nrm->offset;
     memset(n->g, 0, sizeof(float) * n->n_params);
-    w[0] = 0.5f; g[0] = 0.2f;
-    wn[0] = 1.0f; gn[0] = -0.4f;
+    w[0] = 0.5f;
+    g[0] = 0.2f;
+    wn[0] = 1.0f;
+    gn[0] = -0.4f;
     const double lr = 0.01, b1 = 0.9, b2 = 0.95, eps = 1e-8, wd = 0.1;
     adamw_update(n, (float)lr, (float)b1, (float)b2, (float)eps, (float)wd, 1);
     /* step 1: m = 0.1 g, v = 0.05 g^2, bias-corrected m/sqrt(v) = sign(g) */
@@ -111,8 +122,8 @@ Test(adamw, schedule)
 {
     cr_expect_float_eq(train_lr_at(0, 100, 10, 1.0f, 0.1f), 0.1f, 1e-7);
     cr_expect_float_eq(train_lr_at(9, 100, 10, 1.0f, 0.1f), 1.0f, 1e-7);
-    cr_expect_float_eq(train_lr_at(10, 100, 10, 1.0f, 0.1f), 1.0f, 1e-6);   /* cosine starts at the peak */
-    cr_expect_float_eq(train_lr_at(99, 100, 10, 1.0f, 0.1f), 0.1f, 1e-6);   /* ... and ends at min_lr */
+    cr_expect_float_eq(train_lr_at(10, 100, 10, 1.0f, 0.1f), 1.0f, 1e-6); /* cosine starts at the peak */
+    cr_expect_float_eq(train_lr_at(99, 100, 10, 1.0f, 0.1f), 0.1f, 1e-6); /* ... and ends at min_lr */
     float mid = train_lr_at(10 + 89 / 2, 100, 10, 1.0f, 0.1f);
     cr_expect(fabsf(mid - 0.55f) < 0.02f, "midpoint %g", mid);
 }
@@ -195,8 +206,7 @@ Test(run, loss_falls_well_below_uniform, .init = mk_tmp, .fini = rm_tmp)
 static int same_state(const train_net *a, const train_net *b)
 {
     return a->n_params == b->n_params && a->step == b->step && a->rng == b->rng &&
-           !memcmp(a->w, b->w, sizeof(float) * a->n_params) &&
-           !memcmp(a->m, b->m, sizeof(float) * a->n_params) &&
+           !memcmp(a->w, b->w, sizeof(float) * a->n_params) && !memcmp(a->m, b->m, sizeof(float) * a->n_params) &&
            !memcmp(a->v, b->v, sizeof(float) * a->n_params);
 }
 
@@ -218,7 +228,9 @@ Test(run, deterministic_for_seed_and_threads, .init = mk_tmp, .fini = rm_tmp)
     cr_expect_eq(a->step, 12);
     cr_expect(same_state(a, b), "two runs with one seed differ");
     cr_expect(!same_state(a, c), "a different seed gave the same weights");
-    train_net_free(a); train_net_free(b); train_net_free(c);
+    train_net_free(a);
+    train_net_free(b);
+    train_net_free(c);
     free(text);
 }
 
@@ -245,7 +257,9 @@ Test(run, resume_is_bit_identical, .init = mk_tmp, .fini = rm_tmp)
     cr_expect_eq(r->step, 16);
     cr_expect(same_state(s, r), "16 steps straight != 8 + resume + 8");
     cr_expect(!same_state(s, h));
-    train_net_free(s); train_net_free(h); train_net_free(r);
+    train_net_free(s);
+    train_net_free(h);
+    train_net_free(r);
     free(text);
 }
 
@@ -258,7 +272,10 @@ Test(ckpt, roundtrip_f32_and_f16, .init = mk_tmp, .fini = rm_tmp)
     train_net *n;
     char err[256];
     cr_assert_eq(train_net_new(&n, &s, 5), 0);
-    for (size_t i = 0; i < n->n_params; i++) { n->m[i] = 1e-3f * (float)i; n->v[i] = 2e-6f * (float)i; }
+    for (size_t i = 0; i < n->n_params; i++) {
+        n->m[i] = 1e-3f * (float)i;
+        n->v[i] = 2e-6f * (float)i;
+    }
     n->step = 77;
     n->rng = 0x0123456789ABCDEFull;
     cr_assert_eq(train_net_save(n, tpath("f32.gguf"), 0, 1, err, sizeof err), 0, "%s", err);
@@ -272,7 +289,10 @@ Test(ckpt, roundtrip_f32_and_f16, .init = mk_tmp, .fini = rm_tmp)
     double werr = 0;
     for (size_t i = 0; i < n->n_params; i++) {
         double e = fabs((double)b->w[i] - n->w[i]) / (fabs(n->w[i]) + 1e-4);
-        if (e > werr) { werr = e; worst = i; }
+        if (e > werr) {
+            werr = e;
+            worst = i;
+        }
     }
     /* F16 keeps 11 significant bits: relative error <= 2^-11 (plus subnormals near 1e-4) */
     cr_expect(werr < 1.0 / 2048 + 1e-3, "F16 relative error %g at %zu", werr, worst);
@@ -282,7 +302,9 @@ Test(ckpt, roundtrip_f32_and_f16, .init = mk_tmp, .fini = rm_tmp)
     long sz16 = ftell(f);
     fclose(f);
     cr_expect(sz16 < (long)(n->n_params * 2 + 16384), "F16 file %ld bytes", sz16);
-    train_net_free(a); train_net_free(b); train_net_free(n);
+    train_net_free(a);
+    train_net_free(b);
+    train_net_free(n);
 }
 
 Test(ckpt, hostile_files_are_refused, .init = mk_tmp, .fini = rm_tmp)
@@ -299,7 +321,7 @@ Test(ckpt, hostile_files_are_refused, .init = mk_tmp, .fini = rm_tmp)
     cr_assert_eq(fread(buf, 1, sz, f), (size_t)sz);
     fclose(f);
     /* every truncation is refused without crashing */
-    long cuts[] = {0, 3, 10, 24, 100, 1000, sz / 2, sz - 1};
+    long cuts[] = { 0, 3, 10, 24, 100, 1000, sz / 2, sz - 1 };
     for (size_t i = 0; i < sizeof cuts / sizeof *cuts; i++) {
         f = fopen(tpath("cut.gguf"), "wb");
         fwrite(buf, 1, cuts[i], f);
@@ -329,10 +351,13 @@ Test(shape, checks)
     cr_expect_eq(train_shape_check(&s, err, sizeof err), 0);
     s.dim = 30;
     cr_expect_eq(train_shape_check(&s, err, sizeof err), TRAIN_EINVAL);
-    s = tiny; s.n_kv_heads = 3;
+    s = tiny;
+    s.n_kv_heads = 3;
     cr_expect_eq(train_shape_check(&s, err, sizeof err), TRAIN_EINVAL);
-    s = tiny; s.n_heads = 32; /* head size 1 is odd: RoPE needs pairs */
+    s = tiny;
+    s.n_heads = 32; /* head size 1 is odd: RoPE needs pairs */
     cr_expect_eq(train_shape_check(&s, err, sizeof err), TRAIN_EINVAL);
-    s = tiny; s.ctx_len = 1;
+    s = tiny;
+    s.ctx_len = 1;
     cr_expect_eq(train_shape_check(&s, err, sizeof err), TRAIN_EINVAL);
 }

@@ -94,7 +94,7 @@ Test(web_assets, etags_are_quoted_and_distinct)
         cr_assert_eq(strchr(t + 1, '"'), t + n - 1, "one pair of quotes: %s", t);
         for (size_t j = 0; j < web_assets_count; j++)
             if (web_assets[j].data != web_assets[i].data)
-                cr_assert_str_neq(t, web_assets[j].etag, "%s and %s share an ETag",
-                                  web_assets[i].path, web_assets[j].path);
+                cr_assert_str_neq(t, web_assets[j].etag, "%s and %s share an ETag", web_assets[i].path,
+                                  web_assets[j].path);
     }
 }

@@ -23,17 +23,17 @@ typedef struct {
 } embed_mime;
 
 static const embed_mime embed_mimes[] = {
-    {".html", "text/html; charset=utf-8"},
-    {".htm", "text/html; charset=utf-8"},
-    {".js", "text/javascript; charset=utf-8"},
-    {".mjs", "text/javascript; charset=utf-8"},
-    {".css", "text/css; charset=utf-8"},
-    {".json", "application/json"},
-    {".txt", "text/plain; charset=utf-8"},
-    {".svg", "image/svg+xml"},
-    {".png", "image/png"},
-    {".ico", "image/x-icon"},
-    {".webmanifest", "application/manifest+json"},
+    { ".html", "text/html; charset=utf-8" },
+    { ".htm", "text/html; charset=utf-8" },
+    { ".js", "text/javascript; charset=utf-8" },
+    { ".mjs", "text/javascript; charset=utf-8" },
+    { ".css", "text/css; charset=utf-8" },
+    { ".json", "application/json" },
+    { ".txt", "text/plain; charset=utf-8" },
+    { ".svg", "image/svg+xml" },
+    { ".png", "image/png" },
+    { ".ico", "image/x-icon" },
+    { ".webmanifest", "application/manifest+json" },
 };
 
 static const char *embed_type_for(const char *path)
@@ -97,8 +97,8 @@ static int embed_path_ok(const char *s)
     if (!*s) return 0;
     for (; *s; s++) {
         char c = *s;
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              c == '.' || c == '_' || c == '-' || c == '/'))
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
+              c == '-' || c == '/'))
             return 0;
     }
     return 1;
@@ -172,8 +172,7 @@ int main(int argc, char **argv)
         hashes[i] = embed_hash(data, len);
         lens[i] = len;
         fprintf(out, "/* %s, %zu bytes */\nstatic const unsigned char embed_data_%d[%zu] = {", rel, len, i, len + 1);
-        for (size_t j = 0; j < len; j++)
-            fprintf(out, "%s%u,", j % 24 == 0 ? "\n    " : "", data[j]);
+        for (size_t j = 0; j < len; j++) fprintf(out, "%s%u,", j % 24 == 0 ? "\n    " : "", data[j]);
         fputs("\n    0 /* terminator, not counted in len */\n};\n\n", out);
         free(data);
     }

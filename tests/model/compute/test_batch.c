@@ -15,23 +15,28 @@
 
 #include "tests/model/fixture.h"
 
-static const fx_shape SHAPE = {.dim = 64, .hidden = 160, .layers = 3, .heads = 8, .kv_heads = 4,
-                               .vocab = 96, .ctx = 160, .theta = 10000.0f, .eps = 1e-5f};
+static const fx_shape SHAPE = { .dim = 64,
+                                .hidden = 160,
+                                .layers = 3,
+                                .heads = 8,
+                                .kv_heads = 4,
+                                .vocab = 96,
+                                .ctx = 160,
+                                .theta = 10000.0f,
+                                .eps = 1e-5f };
 
 #define NSEQ 6
-#define LEN 100
+#define LEN  100
 
 /* Run NSEQ sequences of LEN tokens through a schedule of batched calls and record
  * every position's logits into out[s][p][:].  Step i gives sequence s a chunk of
  * chunk(s, i) tokens (or skips it).  `alone`: each call holds one sequence only. */
 static int chunk_of(int s, int step, int mode)
 {
-    if (mode == 0)
-        return 1; /* token by token */
-    static const int pat[] = {5, 1, 1, 13, 1, 2, 1, 1, 7, 1, 1, 1, 30, 1};
+    if (mode == 0) return 1; /* token by token */
+    static const int pat[] = { 5, 1, 1, 13, 1, 2, 1, 1, 7, 1, 1, 1, 30, 1 };
     int v = pat[(s * 5 + step * 3) % 14];
-    if ((s + step) % 4 == 3)
-        return 0; /* sequences join and leave */
+    if ((s + step) % 4 == 3) return 0; /* sequences join and leave */
     return mode == 2 ? v + 1 : v;
 }
 
@@ -39,31 +44,27 @@ static void run_schedule(fx_model *f, const int32_t toks[NSEQ][LEN], float *out,
 {
     int V = f->sh.vocab;
     model_seq *seqs[NSEQ];
-    int pos[NSEQ] = {0};
-    for (int s = 0; s < NSEQ; s++)
-        seqs[s] = model_seq_new(&f->m, 0);
+    int pos[NSEQ] = { 0 };
+    for (int s = 0; s < NSEQ; s++) seqs[s] = model_seq_new(&f->m, 0);
     for (int step = 0;; step++) {
         model_batch_item items[NSEQ];
         int n = 0;
         for (int s = 0; s < NSEQ; s++) {
             int c = chunk_of(s, step, mode);
-            if (c > LEN - pos[s])
-                c = LEN - pos[s];
-            if (c <= 0)
-                continue;
-            items[n++] = (model_batch_item){.seq = seqs[s], .tokens = toks[s] + pos[s], .n_tokens = c,
-                                            .logits = out + ((size_t)s * LEN + pos[s]) * V,
-                                            .all_logits = 1};
+            if (c > LEN - pos[s]) c = LEN - pos[s];
+            if (c <= 0) continue;
+            items[n++] = (model_batch_item){ .seq = seqs[s],
+                                             .tokens = toks[s] + pos[s],
+                                             .n_tokens = c,
+                                             .logits = out + ((size_t)s * LEN + pos[s]) * V,
+                                             .all_logits = 1 };
             pos[s] += c;
         }
         int done = 1;
-        for (int s = 0; s < NSEQ; s++)
-            done &= pos[s] == LEN;
-        if (n == 0 && done)
-            break;
+        for (int s = 0; s < NSEQ; s++) done &= pos[s] == LEN;
+        if (n == 0 && done) break;
         if (alone) {
-            for (int i = 0; i < n; i++)
-                cr_assert_eq(model_forward(&f->m, &items[i], 1), 0);
+            for (int i = 0; i < n; i++) cr_assert_eq(model_forward(&f->m, &items[i], 1), 0);
         } else if (n) {
             cr_assert_eq(model_forward(&f->m, items, n), 0);
         }
@@ -78,8 +79,7 @@ static void check_type_kv(int type, int kv_f16)
 {
     int V = SHAPE.vocab;
     int32_t toks[NSEQ][LEN];
-    for (int s = 0; s < NSEQ; s++)
-        fx_tokens(toks[s], LEN, V, 100 + s);
+    for (int s = 0; s < NSEQ; s++) fx_tokens(toks[s], LEN, V, 100 + s);
     toks[1][0] = toks[0][0]; /* two sequences sharing a first token */
     size_t n = (size_t)NSEQ * LEN * V;
     float *base = malloc(n * 4), *got = malloc(n * 4);
@@ -93,19 +93,16 @@ static void check_type_kv(int type, int kv_f16)
         int mode, alone;
         const char *what;
     } runs[] = {
-        {f2, 0, 0, "batched token by token, 2 threads"},
-        {f1, 1, 1, "alone, mixed prefill chunks, 1 thread"},
-        {f2, 1, 0, "batched mixed chunks, 2 threads"},
-        {f1, 2, 0, "batched other chunks, 1 thread"},
-        {f2, 2, 1, "alone other chunks, 2 threads"},
+        { f2, 0, 0, "batched token by token, 2 threads" }, { f1, 1, 1, "alone, mixed prefill chunks, 1 thread" },
+        { f2, 1, 0, "batched mixed chunks, 2 threads" },   { f1, 2, 0, "batched other chunks, 1 thread" },
+        { f2, 2, 1, "alone other chunks, 2 threads" },
     };
     for (size_t r = 0; r < sizeof runs / sizeof runs[0]; r++) {
         memset(got, 0xff, n * 4);
         run_schedule(runs[r].f, toks, got, runs[r].mode, runs[r].alone);
         for (int s = 0; s < NSEQ; s++)
             for (int p = 0; p < LEN; p++)
-                cr_assert_eq(memcmp(got + ((size_t)s * LEN + p) * V, base + ((size_t)s * LEN + p) * V,
-                                    (size_t)V * 4),
+                cr_assert_eq(memcmp(got + ((size_t)s * LEN + p) * V, base + ((size_t)s * LEN + p) * V, (size_t)V * 4),
                              0, "type %d, %s: seq %d pos %d differs", type, runs[r].what, s, p);
     }
     if (type == MT_F32) {
@@ -156,10 +153,10 @@ Test(batch, last_logits_and_no_logits)
     fx_tokens(b, 9, V, 2);
     float la[96], all[20 * 96];
     model_seq *s1 = model_seq_new(&f->m, 0), *s2 = model_seq_new(&f->m, 0), *s3 = model_seq_new(&f->m, 0);
-    model_batch_item it[2] = {{.seq = s1, .tokens = a, .n_tokens = 20, .logits = la},
-                              {.seq = s2, .tokens = b, .n_tokens = 9, .logits = NULL}};
+    model_batch_item it[2] = { { .seq = s1, .tokens = a, .n_tokens = 20, .logits = la },
+                               { .seq = s2, .tokens = b, .n_tokens = 9, .logits = NULL } };
     cr_assert_eq(model_forward(&f->m, it, 2), 0);
-    model_batch_item one = {.seq = s3, .tokens = a, .n_tokens = 20, .logits = all, .all_logits = 1};
+    model_batch_item one = { .seq = s3, .tokens = a, .n_tokens = 20, .logits = all, .all_logits = 1 };
     cr_assert_eq(model_forward(&f->m, &one, 1), 0);
     cr_assert_eq(memcmp(la, all + 19 * V, sizeof la), 0);
     cr_assert_eq(model_seq_len(s2), 9);

@@ -11,8 +11,15 @@
 
 #include "tests/model/fixture.h"
 
-static const fx_shape SHAPE = {.dim = 64, .hidden = 172, .layers = 3, .heads = 8, .kv_heads = 4,
-                               .vocab = 96, .ctx = 200, .theta = 10000.0f, .eps = 1e-5f};
+static const fx_shape SHAPE = { .dim = 64,
+                                .hidden = 172,
+                                .layers = 3,
+                                .heads = 8,
+                                .kv_heads = 4,
+                                .vocab = 96,
+                                .ctx = 200,
+                                .theta = 10000.0f,
+                                .eps = 1e-5f };
 
 /* Prefill all n tokens with all_logits; compare every position with the reference. */
 static double prefill_err(fx_model *f, const int32_t *toks, int n, double *scale_out)
@@ -21,14 +28,13 @@ static double prefill_err(fx_model *f, const int32_t *toks, int n, double *scale
     float *lg = malloc((size_t)n * V * sizeof(float));
     double *ref = malloc((size_t)n * V * sizeof(double));
     model_seq *s = model_seq_new(&f->m, 0);
-    model_batch_item it = {.seq = s, .tokens = toks, .n_tokens = n, .logits = lg, .all_logits = 1};
+    model_batch_item it = { .seq = s, .tokens = toks, .n_tokens = n, .logits = lg, .all_logits = 1 };
     cr_assert_eq(model_forward(&f->m, &it, 1), 0);
     cr_assert_eq(model_seq_len(s), n);
     cr_assert_eq(memcmp(model_seq_tokens(s), toks, (size_t)n * 4), 0);
     fx_reference(f, toks, n, ref);
     double scale, err = fx_max_err(lg, ref, (size_t)n * V, &scale);
-    if (scale_out)
-        *scale_out = scale;
+    if (scale_out) *scale_out = scale;
     model_seq_free(s);
     free(lg);
     free(ref);
@@ -60,12 +66,12 @@ Test(forward, decode_step_by_step_matches_reference)
     float lg[96];
     double worst = 0;
     /* a 7-token prefill, then one token at a time */
-    model_batch_item it = {.seq = s, .tokens = toks, .n_tokens = 7, .logits = lg};
+    model_batch_item it = { .seq = s, .tokens = toks, .n_tokens = 7, .logits = lg };
     cr_assert_eq(model_forward(&f->m, &it, 1), 0);
     double sc;
     worst = fmax(worst, fx_max_err(lg, ref + 6 * V, V, &sc) / fmax(sc, 1));
     for (int p = 7; p < n; p++) {
-        it = (model_batch_item){.seq = s, .tokens = toks + p, .n_tokens = 1, .logits = lg};
+        it = (model_batch_item){ .seq = s, .tokens = toks + p, .n_tokens = 1, .logits = lg };
         cr_assert_eq(model_forward(&f->m, &it, 1), 0);
         worst = fmax(worst, fx_max_err(lg, ref + (size_t)p * V, V, &sc) / fmax(sc, 1));
     }
@@ -112,11 +118,11 @@ Test(forward, half_and_q8_types_match_reference)
     sh.hidden = 160; /* Q8_0 needs every cols % 32 == 0 */
     int32_t toks[33];
     fx_tokens(toks, 33, sh.vocab, 8);
-    const int types[] = {MT_F16, MT_BF16, MT_Q8_0};
+    const int types[] = { MT_F16, MT_BF16, MT_Q8_0 };
     /* F16 / BF16 matrices multiply activations rounded to half / bfloat16 (as ggml does:
      * relative error up to 2^-11 / 2^-8 per activation), which the double reference
      * does not */
-    const double tol[] = {3e-3, 3e-2, 3e-2};
+    const double tol[] = { 3e-3, 3e-2, 3e-2 };
     for (int i = 0; i < 3; i++) {
         fx_model *f = fx_model_new(&sh, types[i], 21, 2);
         double err = prefill_err(f, toks, 33, NULL);
@@ -134,13 +140,12 @@ Test(forward, half_and_q8_copies_close_to_f32)
     int32_t toks[24];
     fx_tokens(toks, n, V, 9);
     float *base = malloc((size_t)n * V * 4), *lg = malloc((size_t)n * V * 4);
-    const int types[] = {MT_F32, MT_F16, MT_BF16, MT_Q8_0};
-    const double tol[] = {0, 5e-3, 2e-2, 5e-2};
+    const int types[] = { MT_F32, MT_F16, MT_BF16, MT_Q8_0 };
+    const double tol[] = { 0, 5e-3, 2e-2, 5e-2 };
     for (int i = 0; i < 4; i++) {
         fx_model *f = fx_model_new(&sh, types[i], 22, 2);
         model_seq *s = model_seq_new(&f->m, 0);
-        model_batch_item it = {.seq = s, .tokens = toks, .n_tokens = n,
-                               .logits = i ? lg : base, .all_logits = 1};
+        model_batch_item it = { .seq = s, .tokens = toks, .n_tokens = n, .logits = i ? lg : base, .all_logits = 1 };
         cr_assert_eq(model_forward(&f->m, &it, 1), 0);
         if (i) {
             double e = 0, sc = 0;
@@ -149,8 +154,7 @@ Test(forward, half_and_q8_copies_close_to_f32)
                 sc = fmax(sc, fabs(base[j]));
             }
             cr_log_info("type %d vs F32: %g", types[i], e / fmax(sc, 1));
-            cr_assert(e / fmax(sc, 1) < tol[i], "type %d vs F32: %g (tol %g)", types[i],
-                      e / fmax(sc, 1), tol[i]);
+            cr_assert(e / fmax(sc, 1) < tol[i], "type %d vs F32: %g (tol %g)", types[i], e / fmax(sc, 1), tol[i]);
             cr_assert(e > 0, "type %d gave exactly the F32 logits: conversion not applied?", types[i]);
         }
         model_seq_free(s);
@@ -209,8 +213,8 @@ Test(forward, errors_leave_sequences_unchanged)
     int32_t toks[20];
     fx_tokens(toks, 20, SHAPE.vocab, 11);
     float lg[96];
-    model_batch_item it[2] = {{.seq = s, .tokens = toks, .n_tokens = 10, .logits = lg},
-                              {.seq = t, .tokens = toks, .n_tokens = 3, .logits = NULL}};
+    model_batch_item it[2] = { { .seq = s, .tokens = toks, .n_tokens = 10, .logits = lg },
+                               { .seq = t, .tokens = toks, .n_tokens = 3, .logits = NULL } };
     cr_assert_eq(model_forward(&f->m, it, 2), 0);
     cr_assert_eq(model_seq_len(s), 10);
     cr_assert_eq(model_seq_len(t), 3);
@@ -220,8 +224,8 @@ Test(forward, errors_leave_sequences_unchanged)
     cr_assert_eq(model_seq_len(s), 10);
     cr_assert_eq(model_seq_len(t), 3);
     /* bad token id */
-    int32_t bad[2] = {3, SHAPE.vocab};
-    it[0] = (model_batch_item){.seq = s, .tokens = bad, .n_tokens = 2, .logits = lg};
+    int32_t bad[2] = { 3, SHAPE.vocab };
+    it[0] = (model_batch_item){ .seq = s, .tokens = bad, .n_tokens = 2, .logits = lg };
     cr_assert_eq(model_forward(&f->m, it, 2), MODEL_EINVAL);
     bad[1] = -1;
     cr_assert_eq(model_forward(&f->m, it, 2), MODEL_EINVAL);
@@ -235,7 +239,7 @@ Test(forward, errors_leave_sequences_unchanged)
     cr_assert_eq(model_seq_len(s), 10);
     cr_assert_eq(model_seq_len(t), 3);
     /* still usable and exact after the errors */
-    it[0] = (model_batch_item){.seq = s, .tokens = toks + 10, .n_tokens = 6, .logits = lg};
+    it[0] = (model_batch_item){ .seq = s, .tokens = toks + 10, .n_tokens = 6, .logits = lg };
     cr_assert_eq(model_forward(&f->m, it, 1), 0);
     double ref[16 * 96], sc;
     fx_reference(f, toks, 16, ref);

@@ -16,7 +16,7 @@ static void greedy(const char *name, const char *tok_name)
     char *p = th_model_path(name), *t = tok_name ? th_model_path(tok_name) : NULL;
     char err[512] = "";
     model *m = NULL;
-    model_load_opts o = {.tokenizer_path = t, .n_threads = 2};
+    model_load_opts o = { .tokenizer_path = t, .n_threads = 2 };
     cr_assert_eq(model_load(&m, p, &o, err, sizeof err), 0, "%s", err);
     const model_info *info = model_get_info(m);
     int32_t ids[128];

@@ -54,16 +54,12 @@ static uint64_t sm_next(uint64_t *s)
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
     return z ^ (z >> 31);
 }
-static float u01(uint64_t *s)
-{
-    return (float)(sm_next(s) >> 40) * 0x1p-24f;
-}
+static float u01(uint64_t *s) { return (float)(sm_next(s) >> 40) * 0x1p-24f; }
 /* roughly normal (sum of four uniforms), an outlier one time in 64 */
 static float gen_value(uint64_t *s)
 {
     float v = ((u01(s) + u01(s)) + (u01(s) + u01(s))) - 2.0f;
-    if (sm_next(s) % 64 == 0)
-        v *= 6.0f;
+    if (sm_next(s) % 64 == 0) v *= 6.0f;
     return v;
 }
 /* each row its own scale in [0.05, 1.05) */
@@ -72,8 +68,7 @@ static void gen_matrix(float *m, int rows, int cols, uint64_t seed)
     uint64_t s = seed;
     for (int r = 0; r < rows; r++) {
         float sc = 0.05f + u01(&s);
-        for (int c = 0; c < cols; c++)
-            m[(size_t)r * cols + c] = gen_value(&s) * sc;
+        for (int c = 0; c < cols; c++) m[(size_t)r * cols + c] = gen_value(&s) * sc;
     }
 }
 static uint64_t fnv1a(const uint8_t *p, size_t n)
@@ -86,8 +81,8 @@ static uint64_t fnv1a(const uint8_t *p, size_t n)
     return h;
 }
 
-static const int all_types[] = {MT_Q4_0, MT_Q4_1, MT_Q5_0, MT_Q5_1, MT_Q8_0,
-                                MT_Q2_K, MT_Q3_K, MT_Q4_K, MT_Q5_K, MT_Q6_K};
+static const int all_types[] = { MT_Q4_0, MT_Q4_1, MT_Q5_0, MT_Q5_1, MT_Q8_0,
+                                 MT_Q2_K, MT_Q3_K, MT_Q4_K, MT_Q5_K, MT_Q6_K };
 #define N_TYPES ((int)(sizeof all_types / sizeof all_types[0]))
 
 /* W (rows, cols) of type from the generator; the caller frees. */
@@ -117,32 +112,112 @@ typedef struct {
 } golden;
 
 static const golden goldens[] = {
-    {MT_Q4_0, 5, 0x8eeca673aa05b989ull, {0x3ef7b7d6, 0x3e09d8b7, 0xbf05c83c, 0xbe5ccee5, 0x3e0d5c7d, 0xc12e051c, 0x3ff3183a, 0xc0df9790, 0x411cb9a1, 0xbfd1c488}},
-    {MT_Q4_0, 8, 0x76fa10eb49447877ull, {0x3f4f194e, 0xbf05b4d5, 0x4024558d, 0x3fa96603, 0x4003115e, 0x409fcb95, 0xbe33755a, 0x3f0d6678, 0x4069e919, 0x406d3c4c, 0x40190b56, 0x3f963cc2, 0x3e8dec5e, 0x3e0f5d2b, 0x3ee8f2ae, 0xc04eee9f}},
-    {MT_Q4_1, 5, 0xea986e8780125c97ull, {0xbe9113af, 0x40d8ac12, 0x3f15cefe, 0x404feb24, 0x3fe4973c, 0x3e73e088, 0x405264c0, 0xc00aa930, 0x3f71a780, 0x402a5490}},
-    {MT_Q4_1, 8, 0x79193ae0934124acull, {0xbe942ea4, 0x3e01cb10, 0x3e60b188, 0xbd1feae0, 0xbee8fb4a, 0x3fbca9dd, 0x3f17a70a, 0x3edfe2ac, 0xc1138a72, 0xbe3b5b40, 0xbf798240, 0x3f9d6f5c, 0x40a7bbb6, 0xc05b1e40, 0x40adca2e, 0xc0b25e80}},
-    {MT_Q5_0, 5, 0xcbc6db7309a8d907ull, {0x3eeb6398, 0x408b8c0d, 0x3f57fce8, 0xbe90b828, 0x403ddc97, 0x3eafec68, 0xc042544d, 0x409e0b6a, 0xc04b188e, 0x4100de5c}},
-    {MT_Q5_0, 8, 0x143997e823daa66eull, {0x3f486377, 0x3f441b14, 0x3dca38b8, 0x3dc08ef0, 0x3f0009e5, 0x3edac8df, 0x3e454721, 0xbd7449d9, 0x4180e320, 0xc165aa5a, 0xc00e84ed, 0xc0367bb8, 0x3fa34749, 0x4074cb24, 0x408785ae, 0x406e2b23}},
-    {MT_Q5_1, 5, 0xf7cab3f432f95b77ull, {0x3ec896f0, 0xc0642d5e, 0xc0387602, 0xbffe16d8, 0x3f55e732, 0xc02321c4, 0xc08f7d63, 0x3ef1e260, 0xbfb1b9f8, 0x3eeffee0}},
-    {MT_Q5_1, 8, 0x9ca36de9e26e0a5eull, {0xc0916c65, 0x3ed73768, 0xbf10a050, 0xc08f2fa2, 0xc0d8cf10, 0xbfac06e8, 0xbfb1c859, 0x4024f870, 0x3f0bf950, 0x3dcba6bc, 0x3f23ca30, 0x3fb6648f, 0x3fa384c2, 0x3f3adc94, 0xbe13b14c, 0x4052b7ee}},
-    {MT_Q8_0, 5, 0x5d043950dfdd908full, {0xbf7a7b60, 0xbf5b2b2f, 0x3dcab9d8, 0xbc2af480, 0x3f266816, 0xbfcef10a, 0xc06ea6b6, 0x3f926a24, 0xbfb40065, 0x401f4061}},
-    {MT_Q8_0, 8, 0xdba25e715b779f49ull, {0xbebeadd7, 0xbef51574, 0x3eb83c37, 0xbfce76d3, 0x3f4c7f99, 0xc02adbf9, 0x408d9e46, 0x3ec36caa, 0xbe769134, 0xc0141752, 0x3e1149d0, 0x401e8ab2, 0xbe9d06b2, 0x400bc674, 0x3eeac730, 0x3fbe9b7c}},
-    {MT_Q2_K, 5, 0x19a15d800bb952efull, {0x3fc4b1e2, 0xc0b0cf9b, 0xc0f2fbfe, 0x3d3de940, 0x3f2bd150, 0xc08b095d, 0xc0d2c11e, 0xc0b22da2, 0x3e8da537, 0x3f010f48}},
-    {MT_Q2_K, 8, 0x0526377be4bf5d8cull, {0x3e94bbf0, 0xc058e808, 0x41117f01, 0xbffe50f0, 0x3f8eda70, 0xc01bcab5, 0x40e70580, 0xc009bb1b, 0xbf4ace50, 0xc1928548, 0x40a6651a, 0xc05a57e0, 0x4155ebc6, 0xc00711a6, 0x3d918600, 0x3f68abb4}},
-    {MT_Q3_K, 5, 0x12c560afd4758262ull, {0x3f8c32f4, 0x4158320c, 0xc04b7ece, 0xbee64d48, 0xc0abc173, 0x3ffe87c0, 0x410e0aa0, 0xbf45f1dc, 0xc009d53e, 0x40a1610c}},
-    {MT_Q3_K, 8, 0x988d1f94d07311a1ull, {0x3db567f7, 0x3d883b2c, 0x40302b0d, 0xbf27a3ca, 0x3f9447dd, 0xbf7996ae, 0xbe2c470c, 0x3e7c4133, 0x3e87b1de, 0xbeb01363, 0x3f18577c, 0xbf595016, 0xbf5fddd2, 0x3f154424, 0x3e063146, 0x3ccb0768}},
-    {MT_Q4_K, 5, 0x8395e20aa4384b6bull, {0x3e15615a, 0xbe2baad0, 0x3f491200, 0xbec554f8, 0xbf0799ce, 0xbfd26208, 0x3f960c7c, 0x40229942, 0x40576eac, 0xc08c693a}},
-    {MT_Q4_K, 8, 0x96a5a79696f246e4ull, {0x3f3d1ccc, 0x4015f02a, 0xbdda0220, 0x3d360ca0, 0xbe6ab224, 0xbe85e3c2, 0x3d5b8b80, 0xbdf4a780, 0xbef14510, 0xbf047a44, 0x405d8752, 0x3ce6a840, 0xbe8f2c6c, 0xbe0956d0, 0x3f6f7514, 0xbe077480}},
-    {MT_Q5_K, 5, 0x68f034ccc8223981ull, {0xbe1bb260, 0x40750668, 0x4083c71e, 0x3e7fb286, 0xbfbaa534, 0xbf414530, 0xc17b4bae, 0x41648822, 0x3f71c59a, 0x40ad3f74}},
-    {MT_Q5_K, 8, 0xa1884e62b523a7abull, {0x3fcd362e, 0xbf22ba40, 0xbfb34f40, 0x3f02d6f0, 0x3f8a17aa, 0xbfd2b640, 0x4054d268, 0x3e1c6ae8, 0xbee5d810, 0x3f0e21d4, 0xc01a86ac, 0x4034e43a, 0x3e301698, 0xbfe180f8, 0x3fd75aa8, 0x3e1cc25c}},
-    {MT_Q6_K, 5, 0x7fe4c452f6d6a609ull, {0xbf262678, 0x3ff6c814, 0xbee3f6dc, 0x3e0df9b8, 0x3fcaa2e3, 0x3f211218, 0xc0268520, 0xbf5bb158, 0x404be78c, 0x40614a4a}},
-    {MT_Q6_K, 8, 0x4082ea1cb973a30aull, {0xbeb0c5aa, 0x3f1283a0, 0xc080dcc4, 0xbfb37b80, 0xbf688e06, 0x40b34a50, 0xc06aea0c, 0x3efb4cd0, 0xbf8cb1e6, 0xbe946984, 0x3f60b790, 0xbf170ea8, 0xbe9ccc4e, 0x4127aa07, 0x408010a7, 0xc08ebca0}},
+    { MT_Q4_0,
+      5,
+      0x8eeca673aa05b989ull,
+      { 0x3ef7b7d6, 0x3e09d8b7, 0xbf05c83c, 0xbe5ccee5, 0x3e0d5c7d, 0xc12e051c, 0x3ff3183a, 0xc0df9790, 0x411cb9a1,
+        0xbfd1c488 } },
+    { MT_Q4_0,
+      8,
+      0x76fa10eb49447877ull,
+      { 0x3f4f194e, 0xbf05b4d5, 0x4024558d, 0x3fa96603, 0x4003115e, 0x409fcb95, 0xbe33755a, 0x3f0d6678, 0x4069e919,
+        0x406d3c4c, 0x40190b56, 0x3f963cc2, 0x3e8dec5e, 0x3e0f5d2b, 0x3ee8f2ae, 0xc04eee9f } },
+    { MT_Q4_1,
+      5,
+      0xea986e8780125c97ull,
+      { 0xbe9113af, 0x40d8ac12, 0x3f15cefe, 0x404feb24, 0x3fe4973c, 0x3e73e088, 0x405264c0, 0xc00aa930, 0x3f71a780,
+        0x402a5490 } },
+    { MT_Q4_1,
+      8,
+      0x79193ae0934124acull,
+      { 0xbe942ea4, 0x3e01cb10, 0x3e60b188, 0xbd1feae0, 0xbee8fb4a, 0x3fbca9dd, 0x3f17a70a, 0x3edfe2ac, 0xc1138a72,
+        0xbe3b5b40, 0xbf798240, 0x3f9d6f5c, 0x40a7bbb6, 0xc05b1e40, 0x40adca2e, 0xc0b25e80 } },
+    { MT_Q5_0,
+      5,
+      0xcbc6db7309a8d907ull,
+      { 0x3eeb6398, 0x408b8c0d, 0x3f57fce8, 0xbe90b828, 0x403ddc97, 0x3eafec68, 0xc042544d, 0x409e0b6a, 0xc04b188e,
+        0x4100de5c } },
+    { MT_Q5_0,
+      8,
+      0x143997e823daa66eull,
+      { 0x3f486377, 0x3f441b14, 0x3dca38b8, 0x3dc08ef0, 0x3f0009e5, 0x3edac8df, 0x3e454721, 0xbd7449d9, 0x4180e320,
+        0xc165aa5a, 0xc00e84ed, 0xc0367bb8, 0x3fa34749, 0x4074cb24, 0x408785ae, 0x406e2b23 } },
+    { MT_Q5_1,
+      5,
+      0xf7cab3f432f95b77ull,
+      { 0x3ec896f0, 0xc0642d5e, 0xc0387602, 0xbffe16d8, 0x3f55e732, 0xc02321c4, 0xc08f7d63, 0x3ef1e260, 0xbfb1b9f8,
+        0x3eeffee0 } },
+    { MT_Q5_1,
+      8,
+      0x9ca36de9e26e0a5eull,
+      { 0xc0916c65, 0x3ed73768, 0xbf10a050, 0xc08f2fa2, 0xc0d8cf10, 0xbfac06e8, 0xbfb1c859, 0x4024f870, 0x3f0bf950,
+        0x3dcba6bc, 0x3f23ca30, 0x3fb6648f, 0x3fa384c2, 0x3f3adc94, 0xbe13b14c, 0x4052b7ee } },
+    { MT_Q8_0,
+      5,
+      0x5d043950dfdd908full,
+      { 0xbf7a7b60, 0xbf5b2b2f, 0x3dcab9d8, 0xbc2af480, 0x3f266816, 0xbfcef10a, 0xc06ea6b6, 0x3f926a24, 0xbfb40065,
+        0x401f4061 } },
+    { MT_Q8_0,
+      8,
+      0xdba25e715b779f49ull,
+      { 0xbebeadd7, 0xbef51574, 0x3eb83c37, 0xbfce76d3, 0x3f4c7f99, 0xc02adbf9, 0x408d9e46, 0x3ec36caa, 0xbe769134,
+        0xc0141752, 0x3e1149d0, 0x401e8ab2, 0xbe9d06b2, 0x400bc674, 0x3eeac730, 0x3fbe9b7c } },
+    { MT_Q2_K,
+      5,
+      0x19a15d800bb952efull,
+      { 0x3fc4b1e2, 0xc0b0cf9b, 0xc0f2fbfe, 0x3d3de940, 0x3f2bd150, 0xc08b095d, 0xc0d2c11e, 0xc0b22da2, 0x3e8da537,
+        0x3f010f48 } },
+    { MT_Q2_K,
+      8,
+      0x0526377be4bf5d8cull,
+      { 0x3e94bbf0, 0xc058e808, 0x41117f01, 0xbffe50f0, 0x3f8eda70, 0xc01bcab5, 0x40e70580, 0xc009bb1b, 0xbf4ace50,
+        0xc1928548, 0x40a6651a, 0xc05a57e0, 0x4155ebc6, 0xc00711a6, 0x3d918600, 0x3f68abb4 } },
+    { MT_Q3_K,
+      5,
+      0x12c560afd4758262ull,
+      { 0x3f8c32f4, 0x4158320c, 0xc04b7ece, 0xbee64d48, 0xc0abc173, 0x3ffe87c0, 0x410e0aa0, 0xbf45f1dc, 0xc009d53e,
+        0x40a1610c } },
+    { MT_Q3_K,
+      8,
+      0x988d1f94d07311a1ull,
+      { 0x3db567f7, 0x3d883b2c, 0x40302b0d, 0xbf27a3ca, 0x3f9447dd, 0xbf7996ae, 0xbe2c470c, 0x3e7c4133, 0x3e87b1de,
+        0xbeb01363, 0x3f18577c, 0xbf595016, 0xbf5fddd2, 0x3f154424, 0x3e063146, 0x3ccb0768 } },
+    { MT_Q4_K,
+      5,
+      0x8395e20aa4384b6bull,
+      { 0x3e15615a, 0xbe2baad0, 0x3f491200, 0xbec554f8, 0xbf0799ce, 0xbfd26208, 0x3f960c7c, 0x40229942, 0x40576eac,
+        0xc08c693a } },
+    { MT_Q4_K,
+      8,
+      0x96a5a79696f246e4ull,
+      { 0x3f3d1ccc, 0x4015f02a, 0xbdda0220, 0x3d360ca0, 0xbe6ab224, 0xbe85e3c2, 0x3d5b8b80, 0xbdf4a780, 0xbef14510,
+        0xbf047a44, 0x405d8752, 0x3ce6a840, 0xbe8f2c6c, 0xbe0956d0, 0x3f6f7514, 0xbe077480 } },
+    { MT_Q5_K,
+      5,
+      0x68f034ccc8223981ull,
+      { 0xbe1bb260, 0x40750668, 0x4083c71e, 0x3e7fb286, 0xbfbaa534, 0xbf414530, 0xc17b4bae, 0x41648822, 0x3f71c59a,
+        0x40ad3f74 } },
+    { MT_Q5_K,
+      8,
+      0xa1884e62b523a7abull,
+      { 0x3fcd362e, 0xbf22ba40, 0xbfb34f40, 0x3f02d6f0, 0x3f8a17aa, 0xbfd2b640, 0x4054d268, 0x3e1c6ae8, 0xbee5d810,
+        0x3f0e21d4, 0xc01a86ac, 0x4034e43a, 0x3e301698, 0xbfe180f8, 0x3fd75aa8, 0x3e1cc25c } },
+    { MT_Q6_K,
+      5,
+      0x7fe4c452f6d6a609ull,
+      { 0xbf262678, 0x3ff6c814, 0xbee3f6dc, 0x3e0df9b8, 0x3fcaa2e3, 0x3f211218, 0xc0268520, 0xbf5bb158, 0x404be78c,
+        0x40614a4a } },
+    { MT_Q6_K,
+      8,
+      0x4082ea1cb973a30aull,
+      { 0xbeb0c5aa, 0x3f1283a0, 0xc080dcc4, 0xbfb37b80, 0xbf688e06, 0x40b34a50, 0xc06aea0c, 0x3efb4cd0, 0xbf8cb1e6,
+        0xbe946984, 0x3f60b790, 0xbf170ea8, 0xbe9ccc4e, 0x4127aa07, 0x408010a7, 0xc08ebca0 } },
 };
 
 Test(quant, golden_values_of_llama_cpp)
 {
     const int K = 512, N = 2;
-    model_pool *pools[2] = {NULL, model_pool_new(2)};
+    model_pool *pools[2] = { NULL, model_pool_new(2) };
     cr_assert_not_null(pools[1]);
     for (size_t gi = 0; gi < sizeof goldens / sizeof goldens[0]; gi++) {
         const golden *g = &goldens[gi];
@@ -151,9 +226,9 @@ Test(quant, golden_values_of_llama_cpp)
         gen_matrix(x, N, K, 2000 + (uint64_t)t * 10 + (uint64_t)R);
         uint8_t *q = make_weights(t, R, K, 1000 + (uint64_t)t * 10 + (uint64_t)R, NULL);
         uint64_t h = fnv1a(q, mtensor_row_bytes(t, K) * (size_t)R);
-        cr_expect_eq(h, g->hash, "%s, %d rows: quantized bytes hash %016llx, llama.cpp's %016llx",
-                     quant_type_name(t), R, (unsigned long long)h, (unsigned long long)g->hash);
-        mtensor w = {.data = q, .type = t, .rows = R, .cols = K};
+        cr_expect_eq(h, g->hash, "%s, %d rows: quantized bytes hash %016llx, llama.cpp's %016llx", quant_type_name(t),
+                     R, (unsigned long long)h, (unsigned long long)g->hash);
+        mtensor w = { .data = q, .type = t, .rows = R, .cols = K };
         cr_assert_eq(quant_is_serial(t, R), (t == MT_Q4_0 || t == MT_Q4_K) && R == 8);
         for (int p = 0; p < 2; p++) {
             memset(y, 0, (size_t)N * R * 4);
@@ -178,13 +253,15 @@ Test(quant, kernels_equal_the_portable_statement)
 {
     model_pool *pool = model_pool_new(2);
     cr_assert_not_null(pool);
-    const struct { int rows, cols; } shapes[] = {{8, 256}, {24, 768}, {13, 512}, {3, 256}, {40, 1024}, {17, 256}};
+    const struct {
+        int rows, cols;
+    } shapes[] = { { 8, 256 }, { 24, 768 }, { 13, 512 }, { 3, 256 }, { 40, 1024 }, { 17, 256 } };
     for (int ti = 0; ti < N_TYPES; ti++) {
         int t = all_types[ti];
         for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
             int R = shapes[si].rows, K = shapes[si].cols, N = 9;
             uint8_t *q = make_weights(t, R, K, 77 + (uint64_t)ti * 100 + si, NULL);
-            mtensor w = {.data = q, .type = t, .rows = R, .cols = K};
+            mtensor w = { .data = q, .type = t, .rows = R, .cols = K };
             float *x = malloc((size_t)N * K * 4), *y = malloc((size_t)N * R * 4), *y1 = malloc((size_t)R * 4);
             gen_matrix(x, N, K, 999 + (uint64_t)si);
             /* the portable statement, row by row */
@@ -199,8 +276,8 @@ Test(quant, kernels_equal_the_portable_statement)
                     for (int j = 0; j < R; j++) {
                         float ref = quant_dot_ref(&a, r, &w, j);
                         cr_assert(memcmp(&ref, &y[(size_t)r * R + j], 4) == 0,
-                                  "%s %dx%d, %d rows: out[%d][%d] = %.9g, the statement %.9g",
-                                  quant_type_name(t), R, K, n, r, j, (double)y[(size_t)r * R + j], (double)ref);
+                                  "%s %dx%d, %d rows: out[%d][%d] = %.9g, the statement %.9g", quant_type_name(t), R, K,
+                                  n, r, j, (double)y[(size_t)r * R + j], (double)ref);
                     }
             }
             /* the packed layout (8-row panels): the same outputs and rows */
@@ -249,18 +326,19 @@ Test(quant, kernels_equal_the_portable_statement)
 Test(quant, dot_against_double)
 {
     model_pool *pool = model_pool_new(2);
-    const struct { int rows, cols, n; } shapes[] = {{16, 256, 3}, {12, 1024, 2}, {8, 2048, 1}, {7, 512, 5}};
+    const struct {
+        int rows, cols, n;
+    } shapes[] = { { 16, 256, 3 }, { 12, 1024, 2 }, { 8, 2048, 1 }, { 7, 512, 5 } };
     for (int ti = 0; ti < N_TYPES; ti++) {
         int t = all_types[ti], fmt = quant_act_format(t), blk = fmt == QACT_Q8_K ? 256 : 32;
         double worst = 0;
         for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
             int R = shapes[si].rows, K = shapes[si].cols, N = shapes[si].n;
             uint8_t *q = make_weights(t, R, K, 5 + (uint64_t)ti * 31 + si, NULL);
-            mtensor w = {.data = q, .type = t, .rows = R, .cols = K};
+            mtensor w = { .data = q, .type = t, .rows = R, .cols = K };
             float *x = malloc((size_t)N * K * 4), *y = malloc((size_t)N * R * 4), *wd = malloc((size_t)K * 4);
             gen_matrix(x, N, K, 4242 + (uint64_t)si);
-            for (size_t i = 0; i < (size_t)N * K; i++)
-                x[i] *= 3.0f;
+            for (size_t i = 0; i < (size_t)N * K; i++) x[i] *= 3.0f;
             kernel_matmul(pool, y, x, N, &w);
             for (int j = 0; j < R; j++) {
                 mtensor_get_row(&w, j, wd);
@@ -281,15 +359,15 @@ Test(quant, dot_against_double)
                         E += wsum * d * (blk == 32 ? 0.5 + 127.0 * 0x1p-11 : 0.5 + 0x1p-16);
                         if (t == MT_Q4_1 || t == MT_Q5_1) {
                             uint16_t mh;
-                            memcpy(&mh, q + (size_t)j * mtensor_row_bytes(t, K) + (size_t)b * quant_block_bytes(t) + 2, 2);
+                            memcpy(&mh, q + (size_t)j * mtensor_row_bytes(t, K) + (size_t)b * quant_block_bytes(t) + 2,
+                                   2);
                             M += fabs(model_f16_to_f32(mh)) * 32 * amax * 0x1p-11;
                         }
                     }
                     double tol = E + 1e-5 * S + M, err = fabs(y[(size_t)r * R + j] - exact);
                     cr_assert(err <= tol, "%s %dx%d: out[%d][%d] = %.9g, exact %.9g, error %.3g > %.3g",
                               quant_type_name(t), R, K, r, j, (double)y[(size_t)r * R + j], exact, err, tol);
-                    if (tol > 0 && err / tol > worst)
-                        worst = err / tol;
+                    if (tol > 0 && err / tol > worst) worst = err / tol;
                 }
             }
             free(q);
@@ -317,7 +395,7 @@ typedef struct {
 
 static void add_f32(gguf_writer *w, const fspec *s, const char *name, int rows, int cols, uint64_t seed)
 {
-    int64_t ne[2] = {cols, rows};
+    int64_t ne[2] = { cols, rows };
     if (s->raw_name && !strcmp(s->raw_name, name)) {
         cr_assert_eq(gguf_writer_tensor(w, name, s->raw_type, s->raw_ne, s->raw_dims, s->raw_data, s->raw_bytes), 0);
         return;
@@ -327,8 +405,7 @@ static void add_f32(gguf_writer *w, const fspec *s, const char *name, int rows, 
     if (rows)
         gen_matrix(v, rows, cols, seed);
     else
-        for (size_t i = 0; i < n; i++)
-            v[i] = 1.0f + 0.01f * (float)(i % 7);
+        for (size_t i = 0; i < n; i++) v[i] = 1.0f + 0.01f * (float)(i % 7);
     cr_assert_eq(gguf_writer_tensor(w, name, MT_F32, ne, rows ? 2 : 1, v, n * 4), 0, "%s", name);
     free(v);
 }
@@ -350,25 +427,30 @@ static void build_file(const fspec *s, const char *path)
     char **toks = calloc((size_t)s->vocab, sizeof *toks);
     for (int i = 0; i < s->vocab; i++) {
         toks[i] = malloc(16);
-        if (i == 0) strcpy(toks[i], "<unk>");
-        else if (i == 1) strcpy(toks[i], "<s>");
-        else if (i == 2) strcpy(toks[i], "</s>");
-        else snprintf(toks[i], 16, "\xe2\x96\x81t%d", i);
+        if (i == 0)
+            strcpy(toks[i], "<unk>");
+        else if (i == 1)
+            strcpy(toks[i], "<s>");
+        else if (i == 2)
+            strcpy(toks[i], "</s>");
+        else
+            snprintf(toks[i], 16, "\xe2\x96\x81t%d", i);
     }
     cr_assert_eq(gguf_writer_kv_arr_str(w, "tokenizer.ggml.tokens", (const char *const *)toks, (size_t)s->vocab), 0);
-    for (int i = 0; i < s->vocab; i++)
-        free(toks[i]);
+    for (int i = 0; i < s->vocab; i++) free(toks[i]);
     free(toks);
     int hd = s->dim / s->heads;
     add_f32(w, s, "token_embd.weight", s->vocab, s->dim, 1);
     add_f32(w, s, "output_norm.weight", 0, s->dim, 0);
-    if (!s->tied)
-        add_f32(w, s, "output.weight", s->vocab, s->dim, 2);
+    if (!s->tied) add_f32(w, s, "output.weight", s->vocab, s->dim, 2);
     for (int l = 0; l < s->layers; l++) {
         char n[64];
         uint64_t sd = 100 + 10 * (uint64_t)l;
-#define T(suffix, rows, cols) do { snprintf(n, sizeof n, "blk.%d.%s.weight", l, suffix); \
-        add_f32(w, s, n, rows, cols, sd++); } while (0)
+#define T(suffix, rows, cols)                                 \
+    do {                                                      \
+        snprintf(n, sizeof n, "blk.%d.%s.weight", l, suffix); \
+        add_f32(w, s, n, rows, cols, sd++);                   \
+    } while (0)
         T("attn_norm", 0, s->dim);
         T("attn_q", s->heads * hd, s->dim);
         T("attn_k", s->kv_heads * hd, s->dim);
@@ -388,7 +470,7 @@ static void build_file(const fspec *s, const char *path)
 static void quantize_ok(const char *in, const char *out, const char *type)
 {
     char err[512] = "";
-    model_quantize_opts o = {.type = type, .n_threads = 2};
+    model_quantize_opts o = { .type = type, .n_threads = 2 };
     int rc = model_quantize(in, out, &o, err, sizeof err);
     cr_assert_eq(rc, 0, "quantize %s to %s: %s", in, type, err);
 }
@@ -397,7 +479,7 @@ static model *load_ok(const char *path)
 {
     model *m = NULL;
     char err[512] = "";
-    model_load_opts lo = {.n_threads = 2};
+    model_load_opts lo = { .n_threads = 2 };
     cr_assert_eq(model_load(&m, path, &lo, err, sizeof err), 0, "%s", err);
     return m;
 }
@@ -409,20 +491,24 @@ static void layer_mats(model *m, int l, const mtensor *out[7])
     out[0] = &w->wq, out[1] = &w->wk, out[2] = &w->wv, out[3] = &w->wo;
     out[4] = &w->w1, out[5] = &w->w2, out[6] = &w->w3;
 }
-static const uint64_t mat_seed_off[7] = {1, 2, 3, 4, 6, 7, 8}; /* q k v o gate down up */
+static const uint64_t mat_seed_off[7] = { 1, 2, 3, 4, 6, 7, 8 }; /* q k v o gate down up */
 
 Test(quant, round_trip_quantize_load)
 {
     th_tmp t;
     th_tmp_init(&t);
-    fspec s = {.dim = 256, .hidden = 512, .layers = 2, .heads = 4, .kv_heads = 2, .vocab = 300, .tied = 0};
+    fspec s = { .dim = 256, .hidden = 512, .layers = 2, .heads = 4, .kv_heads = 2, .vocab = 300, .tied = 0 };
     char src[128];
     snprintf(src, sizeof src, "%s", th_tmp_file(&t, "f32.gguf"));
     build_file(&s, src);
-    const struct { const char *recipe; int type; double rms; } cases[] = {
-        {"Q8_0", MT_Q8_0, 0}, {"Q4_0", MT_Q4_0, 0}, {"Q4_1", MT_Q4_1, 0}, {"Q5_0", MT_Q5_0, 0},
-        {"Q5_1", MT_Q5_1, 0}, {"Q2_K", MT_Q2_K, 0.45}, {"Q3_K", MT_Q3_K, 0.25}, {"Q4_K", MT_Q4_K, 0.12},
-        {"Q5_K", MT_Q5_K, 0.06}, {"Q6_K", MT_Q6_K, 0.03},
+    const struct {
+        const char *recipe;
+        int type;
+        double rms;
+    } cases[] = {
+        { "Q8_0", MT_Q8_0, 0 },    { "Q4_0", MT_Q4_0, 0 },    { "Q4_1", MT_Q4_1, 0 },    { "Q5_0", MT_Q5_0, 0 },
+        { "Q5_1", MT_Q5_1, 0 },    { "Q2_K", MT_Q2_K, 0.45 }, { "Q3_K", MT_Q3_K, 0.25 }, { "Q4_K", MT_Q4_K, 0.12 },
+        { "Q5_K", MT_Q5_K, 0.06 }, { "Q6_K", MT_Q6_K, 0.03 },
     };
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
         char dst[128];
@@ -469,8 +555,7 @@ Test(quant, round_trip_quantize_load)
                             double e = fabs((double)row[k] - o[k]);
                             cr_assert(e <= bound, "%s: layer %d matrix %d row %d weight %d: %.6g for %.6g (bound %.3g)",
                                       mtensor_type_name(mt->type), l, i, r, k, (double)row[k], (double)o[k], bound);
-                            if (bound > 0 && e / bound > worst)
-                                worst = e / bound;
+                            if (bound > 0 && e / bound > worst) worst = e / bound;
                             if (mt->type == ty) {
                                 se += e * e;
                                 sw += (double)o[k] * o[k];
@@ -482,20 +567,20 @@ Test(quant, round_trip_quantize_load)
         }
         double rel = sqrt(se / sw);
         if (cases[c].rms > 0)
-            cr_assert(rel <= cases[c].rms, "%s: RMS error / RMS weight %.4f > %.2f", cases[c].recipe, rel, cases[c].rms);
+            cr_assert(rel <= cases[c].rms, "%s: RMS error / RMS weight %.4f > %.2f", cases[c].recipe, rel,
+                      cases[c].rms);
         cr_log_info("%s: RMS error / RMS weight %.4f, worst error / bound %.3f", cases[c].recipe, rel, worst);
         /* the classifier: Q6_K (Q8_0 stays Q8_0; the plain K types are every matrix) */
-        int pure = !strcmp(cases[c].recipe, "Q3_K") || !strcmp(cases[c].recipe, "Q4_K") ||
-                   !strcmp(cases[c].recipe, "Q5_K");
+        int pure =
+            !strcmp(cases[c].recipe, "Q3_K") || !strcmp(cases[c].recipe, "Q4_K") || !strcmp(cases[c].recipe, "Q5_K");
         cr_assert_eq(m->output.type, pure || ty == MT_Q8_0 ? ty : MT_Q6_K, "%s: output %s", cases[c].recipe,
                      mtensor_type_name(m->output.type));
         /* and the model runs: finite logits */
         model_seq *sq = model_seq_new(m, 16);
         float *lg = malloc((size_t)s.vocab * 4);
-        int32_t toks[3] = {1, 40, 77};
+        int32_t toks[3] = { 1, 40, 77 };
         cr_assert_eq(model_seq_eval(m, sq, toks, 3, lg), 0);
-        for (int i = 0; i < s.vocab; i++)
-            cr_assert(isfinite(lg[i]));
+        for (int i = 0; i < s.vocab; i++) cr_assert(isfinite(lg[i]));
         free(lg);
         model_seq_free(sq);
         free(orig);
@@ -512,11 +597,11 @@ Test(quant, k_m_recipes)
 {
     th_tmp t;
     th_tmp_init(&t);
-    fspec s = {.dim = 256, .hidden = 256, .layers = 8, .heads = 2, .kv_heads = 2, .vocab = 260, .tied = 1};
+    fspec s = { .dim = 256, .hidden = 256, .layers = 8, .heads = 2, .kv_heads = 2, .vocab = 260, .tied = 1 };
     char src[128];
     snprintf(src, sizeof src, "%s", th_tmp_file(&t, "f32.gguf"));
     build_file(&s, src);
-    const char *recipes[2] = {"Q4_K_M", "Q5_K_M"};
+    const char *recipes[2] = { "Q4_K_M", "Q5_K_M" };
     for (int c = 0; c < 2; c++) {
         char dst[128];
         snprintf(dst, sizeof dst, "%s", th_tmp_file(&t, "km.gguf"));
@@ -550,14 +635,17 @@ Test(quant, stories260k_fallbacks)
     th_tmp t;
     th_tmp_init(&t);
     char *src = th_model_path("stories260K.gguf");
-    const struct { const char *recipe; int mat, out; } cases[] = {
-        {"Q8_0", MT_Q8_0, MT_Q8_0}, {"Q4_0", MT_Q4_0, MT_Q8_0}, {"Q4_K_M", MT_Q5_0, MT_Q8_0},
-        {"Q5_K_M", MT_Q5_1, MT_Q8_0}, {"Q2_K", MT_Q4_0, MT_Q8_0},
+    const struct {
+        const char *recipe;
+        int mat, out;
+    } cases[] = {
+        { "Q8_0", MT_Q8_0, MT_Q8_0 },   { "Q4_0", MT_Q4_0, MT_Q8_0 }, { "Q4_K_M", MT_Q5_0, MT_Q8_0 },
+        { "Q5_K_M", MT_Q5_1, MT_Q8_0 }, { "Q2_K", MT_Q4_0, MT_Q8_0 },
     };
     model *ref = load_ok(src);
     int V = model_get_info(ref)->vocab_size;
     float *lr = malloc((size_t)V * 4), *lq = malloc((size_t)V * 4);
-    int32_t toks[6] = {1, 403, 407, 261, 378, 260};
+    int32_t toks[6] = { 1, 403, 407, 261, 378, 260 };
     model_seq *sr = model_seq_new(ref, 16);
     cr_assert_eq(model_seq_eval(ref, sr, toks, 6, lr), 0);
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
@@ -571,7 +659,8 @@ Test(quant, stories260k_fallbacks)
             cr_assert_eq(w->w1.type, cases[c].mat);
             cr_assert_eq(w->w2.type, MT_F16, "%s: ffn_down is %s", cases[c].recipe, mtensor_type_name(w->w2.type));
         }
-        cr_assert_eq(m->output.type, cases[c].out, "%s: output is %s", cases[c].recipe, mtensor_type_name(m->output.type));
+        cr_assert_eq(m->output.type, cases[c].out, "%s: output is %s", cases[c].recipe,
+                     mtensor_type_name(m->output.type));
         /* the quantized model's logits follow the F32 model's: correlation over the
          * vocabulary, and the F32 model's favourite among the quantized model's top 5 */
         model_seq *sq = model_seq_new(m, 16);
@@ -591,7 +680,8 @@ Test(quant, stories260k_fallbacks)
         }
         double corr = srq / sqrt(srr * sqq);
         cr_log_info("%s: logit correlation with F32 %.4f, F32's top token ranked %d", cases[c].recipe, corr, rank);
-        cr_assert(corr > 0.97 && rank < 5, "%s: correlation %.4f, F32's top token ranked %d", cases[c].recipe, corr, rank);
+        cr_assert(corr > 0.97 && rank < 5, "%s: correlation %.4f, F32's top token ranked %d", cases[c].recipe, corr,
+                  rank);
         model_seq_free(sq);
         model_free(m);
     }
@@ -609,7 +699,7 @@ Test(quant, corrupt_quantized_tensors_are_refused)
 {
     th_tmp t;
     th_tmp_init(&t);
-    fspec base = {.dim = 256, .hidden = 256, .layers = 1, .heads = 2, .kv_heads = 2, .vocab = 260, .tied = 1};
+    fspec base = { .dim = 256, .hidden = 256, .layers = 1, .heads = 2, .kv_heads = 2, .vocab = 260, .tied = 1 };
     uint8_t *q = make_weights(MT_Q4_K, 256, 256, 3, NULL);
     char p[128];
     const char *msg;
@@ -644,7 +734,7 @@ Test(quant, corrupt_quantized_tensors_are_refused)
 
     /* the same tensor declared Q6_K: its data would be 210 / 144 times longer, past the
      * end of the file */
-    memcpy(info + 4, &(uint64_t){256}, 8);
+    memcpy(info + 4, &(uint64_t){ 256 }, 8);
     uint32_t ty = MT_Q6_K;
     memcpy(info + 4 + 16, &ty, 4);
     snprintf(p, sizeof p, "%s", th_tmp_file(&t, "q6k.gguf"));
@@ -688,9 +778,9 @@ Test(quant, corrupt_quantized_tensors_are_refused)
     /* the writer refuses a quantized tensor whose rows are not whole blocks, or a byte
      * count that is not what the shape implies */
     gguf_writer *w = gguf_writer_new();
-    int64_t bad[2] = {288, 2};
+    int64_t bad[2] = { 288, 2 };
     cr_assert_eq(gguf_writer_tensor(w, "x", MT_Q4_K, bad, 2, q, 2 * 144), MODEL_EINVAL);
-    int64_t good[2] = {256, 2};
+    int64_t good[2] = { 256, 2 };
     cr_assert_eq(gguf_writer_tensor(w, "x", MT_Q4_K, good, 2, q, 2 * 144 - 1), MODEL_EINVAL);
     cr_assert_eq(gguf_writer_tensor(w, "x", MT_Q4_K, good, 2, q, 2 * 144), 0);
     gguf_writer_free(w);
@@ -704,7 +794,7 @@ Test(quant, quantize_refuses_bad_input)
     th_tmp_init(&t);
     char err[512];
     char *src = th_model_path("stories260K.gguf");
-    model_quantize_opts o = {.type = "Q7_X"};
+    model_quantize_opts o = { .type = "Q7_X" };
     char out[128];
     snprintf(out, sizeof out, "%s", th_tmp_file(&t, "o.gguf"));
     cr_assert_eq(model_quantize(src, out, &o, err, sizeof err), MODEL_EINVAL);
@@ -734,11 +824,16 @@ Test(quant, quantize_refuses_bad_input)
 /* The type table and the row sizes. */
 Test(quant, type_facts)
 {
-    const struct { int type; int blk; size_t bytes; const char *name; } f[] = {
-        {MT_Q4_0, 32, 18, "Q4_0"}, {MT_Q4_1, 32, 20, "Q4_1"}, {MT_Q5_0, 32, 22, "Q5_0"},
-        {MT_Q5_1, 32, 24, "Q5_1"}, {MT_Q8_0, 32, 34, "Q8_0"}, {MT_Q2_K, 256, 84, "Q2_K"},
-        {MT_Q3_K, 256, 110, "Q3_K"}, {MT_Q4_K, 256, 144, "Q4_K"}, {MT_Q5_K, 256, 176, "Q5_K"},
-        {MT_Q6_K, 256, 210, "Q6_K"},
+    const struct {
+        int type;
+        int blk;
+        size_t bytes;
+        const char *name;
+    } f[] = {
+        { MT_Q4_0, 32, 18, "Q4_0" },   { MT_Q4_1, 32, 20, "Q4_1" },   { MT_Q5_0, 32, 22, "Q5_0" },
+        { MT_Q5_1, 32, 24, "Q5_1" },   { MT_Q8_0, 32, 34, "Q8_0" },   { MT_Q2_K, 256, 84, "Q2_K" },
+        { MT_Q3_K, 256, 110, "Q3_K" }, { MT_Q4_K, 256, 144, "Q4_K" }, { MT_Q5_K, 256, 176, "Q5_K" },
+        { MT_Q6_K, 256, 210, "Q6_K" },
     };
     for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) {
         cr_assert_eq(quant_block_elems(f[i].type), f[i].blk);

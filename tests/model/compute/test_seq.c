@@ -16,8 +16,15 @@
 #include "model/compute/seq.h"
 #include "tests/model/fixture.h"
 
-static const fx_shape SHAPE = {.dim = 64, .hidden = 160, .layers = 3, .heads = 8, .kv_heads = 4,
-                               .vocab = 96, .ctx = 200, .theta = 10000.0f, .eps = 1e-5f};
+static const fx_shape SHAPE = { .dim = 64,
+                                .hidden = 160,
+                                .layers = 3,
+                                .heads = 8,
+                                .kv_heads = 4,
+                                .vocab = 96,
+                                .ctx = 200,
+                                .theta = 10000.0f,
+                                .eps = 1e-5f };
 
 #define LEN 150
 
@@ -28,8 +35,9 @@ static void feed(fx_model *f, model_seq *s, const int32_t *toks, int from, int t
     int V = f->sh.vocab;
     for (int a = from; a < to; a += chunk) {
         int k = to - a < chunk ? to - a : chunk;
-        model_batch_item it = {.seq = s, .tokens = toks + a, .n_tokens = k,
-                               .logits = logits + (size_t)a * V, .all_logits = 1};
+        model_batch_item it = {
+            .seq = s, .tokens = toks + a, .n_tokens = k, .logits = logits + (size_t)a * V, .all_logits = 1
+        };
         cr_assert_eq(model_forward(&f->m, &it, 1), 0);
     }
 }
@@ -61,8 +69,8 @@ static void check_copy(int type, int kv_f16)
     model_seq *orig = model_seq_new(&f->m, 0);
     feed(f, orig, toks, 0, LEN, 64, ref);
     /* copies of n positions, the rest in chunks that start where the copy ends */
-    static const int ns[] = {0, 1, 37, 63, 64, 65, 128, LEN - 1, LEN};
-    static const int chunks[] = {64, 5, 1};
+    static const int ns[] = { 0, 1, 37, 63, 64, 65, 128, LEN - 1, LEN };
+    static const int chunks[] = { 64, 5, 1 };
     for (size_t i = 0; i < sizeof ns / sizeof *ns; i++)
         for (size_t c = 0; c < sizeof chunks / sizeof *chunks; c++) {
             int n = ns[i];
@@ -73,9 +81,9 @@ static void check_copy(int type, int kv_f16)
             cr_assert(same_kv(s, orig, 0, n), "copied entries differ (n %d)", n);
             memset(got, 0, sizeof(float) * LEN * V);
             feed(f, s, toks, n, LEN, chunks[c], got);
-            cr_assert_eq(memcmp(got + (size_t)n * V, ref + (size_t)n * V, sizeof(float) * (size_t)(LEN - n) * V),
-                         0, "logits after a copy of %d positions, chunks of %d, differ (type %d, kv_f16 %d)",
-                         n, chunks[c], type, kv_f16);
+            cr_assert_eq(memcmp(got + (size_t)n * V, ref + (size_t)n * V, sizeof(float) * (size_t)(LEN - n) * V), 0,
+                         "logits after a copy of %d positions, chunks of %d, differ (type %d, kv_f16 %d)", n, chunks[c],
+                         type, kv_f16);
             cr_assert(same_kv(s, orig, 0, LEN));
             model_seq_free(s);
         }
@@ -145,8 +153,7 @@ Test(seq, copy_refuses_bad_arguments_and_leaves_the_target)
     cr_assert_eq(model_seq_copy(half, src, 5), MODEL_EINVAL, "another KV type");
     cr_assert_eq(model_seq_len(dst), 10, "a refused copy changed the target");
     cr_assert_eq(memcmp(model_seq_tokens(dst), a, sizeof(int32_t) * 10), 0);
-    model_seq_free(src), model_seq_free(dst), model_seq_free(small), model_seq_free(other),
-        model_seq_free(half);
+    model_seq_free(src), model_seq_free(dst), model_seq_free(small), model_seq_free(other), model_seq_free(half);
     free(l);
     fx_model_free(f);
     fx_model_free(g);
@@ -163,7 +170,7 @@ Test(seq, bytes_count_what_is_allocated)
     cr_assert_eq(model_seq_bytes(NULL), 0);
     int32_t t[70];
     fx_tokens(t, 70, SHAPE.vocab, 2);
-    model_batch_item it = {.seq = s, .tokens = t, .n_tokens = 70};
+    model_batch_item it = { .seq = s, .tokens = t, .n_tokens = 70 };
     cr_assert_eq(model_forward(&f->m, &it, 1), 0);
     cr_assert_eq(model_seq_bytes(s), 70 * per, "grown to exactly the first request (over 64)");
     model_seq *c = model_seq_new(&f->m, 0);

@@ -16,7 +16,7 @@ static model *load_ok(const char *path, const char *tok)
 {
     char err[512] = "";
     model *m = NULL;
-    model_load_opts o = {.tokenizer_path = tok, .n_threads = 1};
+    model_load_opts o = { .tokenizer_path = tok, .n_threads = 1 };
     int rc = model_load(&m, path, &o, err, sizeof err);
     cr_assert_eq(rc, 0, "load %s: %s", path, err);
     return m;
@@ -112,18 +112,18 @@ typedef struct {
     const char *arch, *tok_model;
     int dim, hidden, layers, heads, kv_heads, vocab, n_tokens, ctx;
     int mat_type, norm_type;
-    int tied;                 /* omit output.weight */
-    const char *skip_tensor;  /* omit this tensor */
-    const char *skip_key;     /* omit this key */
-    const char *wide_tensor;  /* give this tensor one column too many */
-    int64_t bos;              /* -2: omit */
-    uint32_t alignment;       /* 0: omit */
-    int dup;                  /* 1: a key twice, 2: a tensor twice */
+    int tied;                /* omit output.weight */
+    const char *skip_tensor; /* omit this tensor */
+    const char *skip_key;    /* omit this key */
+    const char *wide_tensor; /* give this tensor one column too many */
+    int64_t bos;             /* -2: omit */
+    uint32_t alignment;      /* 0: omit */
+    int dup;                 /* 1: a key twice, 2: a tensor twice */
 } spec;
 
 static spec tiny(void)
 {
-    return (spec){"llama", "llama", 64, 96, 2, 4, 2, 40, 40, 128, MT_F32, MT_F32, 0, NULL, NULL, NULL, 1, 0, 0};
+    return (spec){ "llama", "llama", 64, 96, 2, 4, 2, 40, 40, 128, MT_F32, MT_F32, 0, NULL, NULL, NULL, 1, 0, 0 };
 }
 
 static unsigned rng_state = 1;
@@ -159,16 +159,23 @@ static void add_tensor(gguf_writer *w, const spec *s, const char *name, int type
     for (size_t i = 0; i < n; i++) x[i] = rows ? frand() : 0.5f + (float)(i % 64) / 64.0f;
     size_t nb = mtensor_row_bytes(type, cols) * (size_t)(rows ? rows : 1);
     uint8_t *d = malloc(nb);
-    if (type == MT_F32) memcpy(d, x, nb);
+    if (type == MT_F32)
+        memcpy(d, x, nb);
     else if (type == MT_F16 || type == MT_BF16)
         for (size_t i = 0; i < n; i++) {
             uint16_t h;
-            if (type == MT_F16) h = model_f32_to_f16(x[i]);
-            else { uint32_t u; memcpy(&u, &x[i], 4); h = (uint16_t)(u >> 16); }
+            if (type == MT_F16)
+                h = model_f32_to_f16(x[i]);
+            else {
+                uint32_t u;
+                memcpy(&u, &x[i], 4);
+                h = (uint16_t)(u >> 16);
+            }
             memcpy(d + 2 * i, &h, 2);
         }
-    else quantize_q8_0(d, x, n);
-    int64_t ne[2] = {cols, rows};
+    else
+        quantize_q8_0(d, x, n);
+    int64_t ne[2] = { cols, rows };
     cr_assert_eq(gguf_writer_tensor(w, name, type, ne, rows ? 2 : 1, d, nb), 0, "%s", name);
     free(x);
     free(d);
@@ -180,8 +187,11 @@ static void build(const spec *s, const char *path)
     cr_assert_not_null(w);
     char key[96];
 #define KEY(k) (!s->skip_key || strcmp(s->skip_key, (k)) != 0)
-#define KV_U32(k, v) do { snprintf(key, sizeof key, "%s.%s", s->arch, k); \
-        if (KEY(key)) cr_assert_eq(gguf_writer_kv_u32(w, key, (uint32_t)(v)), 0); } while (0)
+#define KV_U32(k, v)                                                              \
+    do {                                                                          \
+        snprintf(key, sizeof key, "%s.%s", s->arch, k);                           \
+        if (KEY(key)) cr_assert_eq(gguf_writer_kv_u32(w, key, (uint32_t)(v)), 0); \
+    } while (0)
     if (KEY("general.architecture")) gguf_writer_kv_str(w, "general.architecture", s->arch);
     if (s->alignment) gguf_writer_kv_u32(w, "general.alignment", s->alignment);
     if (s->dup == 1) gguf_writer_kv_str(w, "general.architecture", s->arch);
@@ -201,14 +211,19 @@ static void build(const spec *s, const char *path)
     int32_t *types = calloc((size_t)s->n_tokens, sizeof *types);
     for (int i = 0; i < s->n_tokens; i++) {
         toks[i] = malloc(16);
-        if (i == 0) strcpy(toks[i], "<unk>");
-        else if (i == 1) strcpy(toks[i], "<s>");
-        else if (i == 2) strcpy(toks[i], "</s>");
-        else snprintf(toks[i], 16, "\xe2\x96\x81t%d", i);
+        if (i == 0)
+            strcpy(toks[i], "<unk>");
+        else if (i == 1)
+            strcpy(toks[i], "<s>");
+        else if (i == 2)
+            strcpy(toks[i], "</s>");
+        else
+            snprintf(toks[i], 16, "\xe2\x96\x81t%d", i);
         types[i] = i == 0 ? TT_UNKNOWN : i < 3 ? TT_CONTROL : TT_NORMAL;
         scores[i] = (float)-i;
     }
-    if (KEY("tokenizer.ggml.tokens")) gguf_writer_kv_arr_str(w, "tokenizer.ggml.tokens", (const char *const *)toks, (size_t)s->n_tokens);
+    if (KEY("tokenizer.ggml.tokens"))
+        gguf_writer_kv_arr_str(w, "tokenizer.ggml.tokens", (const char *const *)toks, (size_t)s->n_tokens);
     gguf_writer_kv_arr_f32(w, "tokenizer.ggml.scores", scores, (size_t)s->n_tokens);
     gguf_writer_kv_arr_i32(w, "tokenizer.ggml.token_type", types, (size_t)s->n_tokens);
     if (s->bos != -2) gguf_writer_kv_u32(w, "tokenizer.ggml.bos_token_id", (uint32_t)s->bos);
@@ -226,8 +241,11 @@ static void build(const spec *s, const char *path)
     if (!s->tied) add_tensor(w, s, "output.weight", s->mat_type, s->vocab, s->dim);
     for (int l = 0; l < s->layers; l++) {
         char n[64];
-#define T(suffix, rows, cols, type) do { snprintf(n, sizeof n, "blk.%d.%s.weight", l, suffix); \
-        add_tensor(w, s, n, type, rows, cols); } while (0)
+#define T(suffix, rows, cols, type)                           \
+    do {                                                      \
+        snprintf(n, sizeof n, "blk.%d.%s.weight", l, suffix); \
+        add_tensor(w, s, n, type, rows, cols);                \
+    } while (0)
         T("attn_norm", 0, s->dim, s->norm_type);
         T("attn_q", s->heads * hd, s->dim, s->mat_type);
         T("attn_k", s->kv_heads * hd, s->dim, s->mat_type);
@@ -251,8 +269,8 @@ Test(gguf, writer_round_trip_types)
     th_tmp t;
     th_tmp_init(&t);
     const char *p = th_tmp_file(&t, "tiny.gguf");
-    int mats[] = {MT_F32, MT_F16, MT_BF16, MT_Q8_0};
-    const char *names[] = {"F32", "F16", "BF16", "Q8_0"};
+    int mats[] = { MT_F32, MT_F16, MT_BF16, MT_Q8_0 };
+    const char *names[] = { "F32", "F16", "BF16", "Q8_0" };
     for (int k = 0; k < 4; k++) {
         spec s = tiny();
         s.mat_type = mats[k];
@@ -275,8 +293,10 @@ Test(gguf, writer_round_trip_types)
         cr_assert_eq(m->layers[1].w2.cols, 96);
         /* norms come out as F32 whatever they were stored as: 0.5 + (i % 64) / 64 is exact in all three */
         for (int j = 0; j < 64; j++) cr_assert_float_eq(m->layers[1].ffn_norm[j], 0.5f + (float)j / 64.0f, 0);
-        if (s.tied) cr_assert_eq(m->output.data, m->tok_embd.data);
-        else cr_assert_neq(m->output.data, m->tok_embd.data);
+        if (s.tied)
+            cr_assert_eq(m->output.data, m->tok_embd.data);
+        else
+            cr_assert_neq(m->output.data, m->tok_embd.data);
         /* the data stays in the mapping: the first row of token_embd is what was written */
         rng_state = 42;
         float x0 = frand();
@@ -331,9 +351,18 @@ Test(gguf, semantic_errors)
     th_tmp_init(&t);
     char p[160];
     snprintf(p, sizeof p, "%s", th_tmp_file(&t, "bad.gguf"));
-    struct { spec s; const char *want; } cases[20];
+    struct {
+        spec s;
+        const char *want;
+    } cases[20];
     int n = 0;
-#define CASE(field_assign, msg) do { cases[n].s = tiny(); cases[n].s.field_assign; cases[n].want = msg; n++; } while (0)
+#define CASE(field_assign, msg)  \
+    do {                         \
+        cases[n].s = tiny();     \
+        cases[n].s.field_assign; \
+        cases[n].want = msg;     \
+        n++;                     \
+    } while (0)
     CASE(arch = "bert", "unsupported architecture 'bert'"); /* gpt2 is supported since issue 10 */
     CASE(arch = "mamba", "unsupported architecture 'mamba'");
     CASE(skip_key = "general.architecture", "missing metadata 'general.architecture'");
@@ -346,7 +375,8 @@ Test(gguf, semantic_errors)
     CASE(n_tokens = 41, "'tokenizer.ggml.tokens' has 41 entries, expected 40");
     CASE(bos = 40, "'tokenizer.ggml.bos_token_id' = 40 is not a token id");
     CASE(tok_model = "bert", "unsupported tokenizer model 'bert'");
-    CASE(tok_model = "gpt2", "missing metadata 'tokenizer.ggml.merges'"); /* a byte-level BPE vocabulary needs its merges */
+    CASE(tok_model = "gpt2",
+         "missing metadata 'tokenizer.ggml.merges'"); /* a byte-level BPE vocabulary needs its merges */
     CASE(skip_key = "tokenizer.ggml.model", "no tokenizer in the file");
     CASE(norm_type = MT_Q8_0, "vectors must be F32, F16 or BF16");
     CASE(skip_tensor = "output_norm.weight", "missing tensor 'output_norm.weight'");
@@ -364,8 +394,8 @@ Test(gguf, semantic_errors)
 Test(gguf, writer_rejects_bad_tensors)
 {
     gguf_writer *w = gguf_writer_new();
-    float x[64] = {0};
-    int64_t ne[2] = {16, 4}, bad[2] = {16, 0};
+    float x[64] = { 0 };
+    int64_t ne[2] = { 16, 4 }, bad[2] = { 16, 0 };
     cr_assert_eq(gguf_writer_tensor(w, "a", MT_F32, ne, 2, x, 64 * 4), 0);
     cr_assert_eq(gguf_writer_tensor(w, "b", MT_F32, ne, 2, x, 63 * 4), MODEL_EINVAL, "size must match");
     cr_assert_eq(gguf_writer_tensor(w, "c", MT_Q8_0, ne, 2, x, 4 * 34), MODEL_EINVAL, "16 % 32 != 0");
@@ -444,29 +474,37 @@ Test(gguf, byte_surgery)
     const char *p = th_tmp_file(&t, "bad.gguf");
     size_t emb = tensor_info_of(raw, len, "token_embd.weight"); /* n_dims, ne[2], type, offset */
     size_t q0 = tensor_info_of(raw, len, "blk.0.attn_q.weight");
-    struct { int what; size_t off; uint64_t val; const char *want; } cases[] = {
-        {0, 0, 'X', "unknown model format"},                        /* magic */
-        {4, 4, 4, "GGUF version 4 is not supported"},
-        {8, 8, (uint64_t)1 << 62, "tensor count"},
-        {8, 16, (uint64_t)1 << 62, "metadata count"},
-        {8, 24, (uint64_t)1 << 40, "metadata key 0 runs past the end"}, /* first key's length */
-        {8, 24, 0xffffffffffffffffull, "metadata key 0 runs past the end"},
-        {4, emb, 5, "has 5 dimensions"},
-        {4, emb, 0, "has 0 dimensions"},
-        {8, emb + 4, 0, "has dimension 0 of size 0"},
-        {8, emb + 4, (uint64_t)1 << 40, "has dimension 0 of size"},
-        {8, emb + 4, 1 << 30, "runs past the end of the file"},
-        {4, emb + 20, 99, "unsupported type 99"},
-        {8, emb + 24, (uint64_t)len, "runs past the end of the file"},
-        {8, emb + 24, 0xffffffffffffffe0ull, "runs past the end of the file"},
-        {8, emb + 24, 4, "not a multiple of the alignment"},
-        {8, q0 + 4, 32, "tensor 'blk.0.attn_q.weight' has shape [32, 64"},
+    struct {
+        int what;
+        size_t off;
+        uint64_t val;
+        const char *want;
+    } cases[] = {
+        { 0, 0, 'X', "unknown model format" }, /* magic */
+        { 4, 4, 4, "GGUF version 4 is not supported" },
+        { 8, 8, (uint64_t)1 << 62, "tensor count" },
+        { 8, 16, (uint64_t)1 << 62, "metadata count" },
+        { 8, 24, (uint64_t)1 << 40, "metadata key 0 runs past the end" }, /* first key's length */
+        { 8, 24, 0xffffffffffffffffull, "metadata key 0 runs past the end" },
+        { 4, emb, 5, "has 5 dimensions" },
+        { 4, emb, 0, "has 0 dimensions" },
+        { 8, emb + 4, 0, "has dimension 0 of size 0" },
+        { 8, emb + 4, (uint64_t)1 << 40, "has dimension 0 of size" },
+        { 8, emb + 4, 1 << 30, "runs past the end of the file" },
+        { 4, emb + 20, 99, "unsupported type 99" },
+        { 8, emb + 24, (uint64_t)len, "runs past the end of the file" },
+        { 8, emb + 24, 0xffffffffffffffe0ull, "runs past the end of the file" },
+        { 8, emb + 24, 4, "not a multiple of the alignment" },
+        { 8, q0 + 4, 32, "tensor 'blk.0.attn_q.weight' has shape [32, 64" },
     };
     for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
         memcpy(b, raw, len);
-        if (cases[k].what == 0) b[cases[k].off] = (unsigned char)cases[k].val;
-        else if (cases[k].what == 4) put_u32(b, cases[k].off, (uint32_t)cases[k].val);
-        else put_u64(b, cases[k].off, cases[k].val);
+        if (cases[k].what == 0)
+            b[cases[k].off] = (unsigned char)cases[k].val;
+        else if (cases[k].what == 4)
+            put_u32(b, cases[k].off, (uint32_t)cases[k].val);
+        else
+            put_u64(b, cases[k].off, cases[k].val);
         th_write_file(p, b, len);
         cr_log_info("surgery case %zu", k);
         const char *e = th_expect_load_error(p, NULL);
@@ -505,12 +543,12 @@ Test(gguf, half_conversions)
         cr_assert_eq(model_f32_to_f16(f), h, "half 0x%04x -> %g -> 0x%04x", h, (double)f, model_f32_to_f16(f));
     }
     cr_assert_float_eq(model_f16_to_f32(0x3c00), 1.0f, 0);
-    cr_assert_float_eq(model_f16_to_f32(0x0001), 0x1p-24f, 0);   /* smallest subnormal */
+    cr_assert_float_eq(model_f16_to_f32(0x0001), 0x1p-24f, 0); /* smallest subnormal */
     cr_assert_float_eq(model_f16_to_f32(0x7bff), 65504.0f, 0);
-    cr_assert_eq(model_f32_to_f16(1.0f + 0x1p-11f), 0x3c00);      /* a tie rounds to even */
+    cr_assert_eq(model_f32_to_f16(1.0f + 0x1p-11f), 0x3c00); /* a tie rounds to even */
     cr_assert_eq(model_f32_to_f16(1.0f + 3 * 0x1p-11f), 0x3c02);
-    cr_assert_eq(model_f32_to_f16(65520.0f), 0x7c00);             /* rounds up to infinity */
-    cr_assert_eq(model_f32_to_f16(-0x1p-26f), 0x8000);            /* underflows to -0 */
+    cr_assert_eq(model_f32_to_f16(65520.0f), 0x7c00);  /* rounds up to infinity */
+    cr_assert_eq(model_f32_to_f16(-0x1p-26f), 0x8000); /* underflows to -0 */
     cr_assert_float_eq(model_bf16_to_f32(0x3fc0), 1.5f, 0);
     cr_assert_eq(mtensor_row_bytes(MT_F32, 64), 256u);
     cr_assert_eq(mtensor_row_bytes(MT_F16, 64), 128u);

@@ -54,7 +54,12 @@ static void ref_from_course(ref_model *r, const char *dir)
     cr_assert_eq(tz_open(&f, p, err, sizeof err), 0, "%s", err);
     const tz_value *ps = tz_dict_get(tz_root(f), "params");
     memset(r, 0, sizeof *r);
-    r->D = 16; r->H = 40; r->L = 2; r->nh = r->nkv = 4; r->T = 32; r->eps = 1e-5;
+    r->D = 16;
+    r->H = 40;
+    r->L = 2;
+    r->nh = r->nkv = 4;
+    r->T = 32;
+    r->eps = 1e-5;
     r->V = (int)tz_dict_get(tz_root(f), "vocab_size")->i;
     size_t k = 0;
     r->tok = tz_d(ps, k++);
@@ -62,14 +67,22 @@ static void ref_from_course(ref_model *r, const char *dir)
     r->layers = calloc((size_t)r->L, sizeof *r->layers);
     for (int l = 0; l < r->L; l++) {
         ref_layer *w = &r->layers[l];
-        w->ln1g = tz_d(ps, k++); w->ln1b = tz_d(ps, k++);
-        w->wq = tz_dT(ps, k++); w->bq = tz_d(ps, k++);
-        w->wk = tz_dT(ps, k++); w->bk = tz_d(ps, k++);
-        w->wv = tz_dT(ps, k++); w->bv = tz_d(ps, k++);
-        w->wo = tz_dT(ps, k++); w->bo = tz_d(ps, k++);
-        w->ln2g = tz_d(ps, k++); w->ln2b = tz_d(ps, k++);
-        w->w1 = tz_dT(ps, k++); w->b1 = tz_d(ps, k++);
-        w->w2 = tz_dT(ps, k++); w->b2 = tz_d(ps, k++);
+        w->ln1g = tz_d(ps, k++);
+        w->ln1b = tz_d(ps, k++);
+        w->wq = tz_dT(ps, k++);
+        w->bq = tz_d(ps, k++);
+        w->wk = tz_dT(ps, k++);
+        w->bk = tz_d(ps, k++);
+        w->wv = tz_dT(ps, k++);
+        w->bv = tz_d(ps, k++);
+        w->wo = tz_dT(ps, k++);
+        w->bo = tz_d(ps, k++);
+        w->ln2g = tz_d(ps, k++);
+        w->ln2b = tz_d(ps, k++);
+        w->w1 = tz_dT(ps, k++);
+        w->b1 = tz_d(ps, k++);
+        w->w2 = tz_dT(ps, k++);
+        w->b2 = tz_d(ps, k++);
     }
     r->lnfg = tz_d(ps, k++);
     r->lnfb = tz_d(ps, k++);
@@ -82,20 +95,24 @@ static void ref_free(ref_model *r)
 {
     for (int l = 0; l < r->L; l++) {
         ref_layer *w = &r->layers[l];
-        double *ps[] = {w->ln1g, w->ln1b, w->wq, w->bq, w->wk, w->bk, w->wv, w->bv, w->wo, w->bo,
-                        w->ln2g, w->ln2b, w->w1, w->b1, w->w2, w->b2, w->w3};
+        double *ps[] = { w->ln1g, w->ln1b, w->wq,   w->bq, w->wk, w->bk, w->wv, w->bv, w->wo,
+                         w->bo,   w->ln2g, w->ln2b, w->w1, w->b1, w->w2, w->b2, w->w3 };
         for (size_t i = 0; i < sizeof ps / sizeof ps[0]; i++) free(ps[i]);
     }
     free(r->layers);
     if (r->out != r->tok) free(r->out);
-    free(r->tok); free(r->pos); free(r->lnfg); free(r->lnfb); free(r->outb);
+    free(r->tok);
+    free(r->pos);
+    free(r->lnfg);
+    free(r->lnfb);
+    free(r->outb);
 }
 
 static model *load(const char *path)
 {
     char err[512] = "";
     model *m = NULL;
-    model_load_opts o = {.n_threads = 2};
+    model_load_opts o = { .n_threads = 2 };
     int rc = model_load(&m, path, &o, err, sizeof err);
     cr_assert_eq(rc, 0, "%s", err);
     return m;
@@ -109,14 +126,16 @@ static void check_all_logits(model *m, const ref_model *r, const int32_t *toks, 
     int *ti = malloc((size_t)n * sizeof *ti);
     for (int i = 0; i < n; i++) ti[i] = toks[i];
     model_seq *s = model_seq_new(m, 0);
-    model_batch_item it = {.seq = s, .tokens = toks, .n_tokens = n, .logits = lg, .all_logits = 1};
+    model_batch_item it = { .seq = s, .tokens = toks, .n_tokens = n, .logits = lg, .all_logits = 1 };
     cr_assert_eq(model_forward(m, &it, 1), 0);
     ref_forward(r, ti, n, want);
     double bmax, d = ref_maxdiff(lg, want, (size_t)n * V, &bmax);
     cr_assert_leq(d, 1e-4 * fmax(1.0, bmax), "max diff %g (max |ref| %g)", d, bmax);
     cr_assert_gt(bmax, 0.1, "reference logits are suspiciously flat");
     model_seq_free(s);
-    free(lg); free(want); free(ti);
+    free(lg);
+    free(want);
+    free(ti);
 }
 
 TestSuite(gpt2_course, .init = mk_course, .fini = rm_course);
@@ -174,22 +193,27 @@ Test(gpt2_course, incremental_and_batched_equal_prefill)
     float *all = malloc((size_t)20 * V * sizeof *all), *one = malloc((size_t)V * sizeof *one);
     float *b1 = malloc((size_t)V * sizeof *b1), *b2 = malloc((size_t)V * sizeof *b2);
     model_seq *s = model_seq_new(m, 0), *s2 = model_seq_new(m, 0), *s3 = model_seq_new(m, 0);
-    model_batch_item it = {.seq = s, .tokens = toks, .n_tokens = 20, .logits = all, .all_logits = 1};
+    model_batch_item it = { .seq = s, .tokens = toks, .n_tokens = 20, .logits = all, .all_logits = 1 };
     cr_assert_eq(model_forward(m, &it, 1), 0);
     /* One token at a time gives the same last-position logits (within float noise). */
     for (int i = 0; i < 20; i++) {
-        model_batch_item st = {.seq = s2, .tokens = toks + i, .n_tokens = 1, .logits = one};
+        model_batch_item st = { .seq = s2, .tokens = toks + i, .n_tokens = 1, .logits = one };
         cr_assert_eq(model_forward(m, &st, 1), 0);
     }
     for (int j = 0; j < V; j++) cr_assert_float_eq(one[j], all[(size_t)19 * V + j], 1e-4);
     /* In a batch beside another sequence: bit-identical to alone. */
     model_seq_truncate(s2, 0);
-    model_batch_item two[2] = {{.seq = s2, .tokens = toks, .n_tokens = 20, .logits = b1},
-                               {.seq = s3, .tokens = toks + 3, .n_tokens = 7, .logits = b2}};
+    model_batch_item two[2] = { { .seq = s2, .tokens = toks, .n_tokens = 20, .logits = b1 },
+                                { .seq = s3, .tokens = toks + 3, .n_tokens = 7, .logits = b2 } };
     cr_assert_eq(model_forward(m, two, 2), 0);
     cr_assert(memcmp(b1, all + (size_t)19 * V, (size_t)V * sizeof *b1) == 0);
-    model_seq_free(s); model_seq_free(s2); model_seq_free(s3);
-    free(all); free(one); free(b1); free(b2);
+    model_seq_free(s);
+    model_seq_free(s2);
+    model_seq_free(s3);
+    free(all);
+    free(one);
+    free(b1);
+    free(b2);
     model_free(m);
 }
 
@@ -209,7 +233,8 @@ Test(gpt2_course, greedy_generation_slides_past_the_window)
         int start = n > ctx ? n - ctx : 0; /* crop: positions restart at 0 */
         cr_assert_eq(model_seq_eval(m, s, hist + start, n - start, lg), 0);
         int best = 0;
-        for (int j = 1; j < V; j++) if (lg[j] > lg[best]) best = j;
+        for (int j = 1; j < V; j++)
+            if (lg[j] > lg[best]) best = j;
         hist[n++] = best;
     }
     /* The last step's logits equal the reference over the cropped window. */
@@ -226,7 +251,8 @@ Test(gpt2_course, greedy_generation_slides_past_the_window)
     cr_assert_not_null(text);
     cr_assert_eq(strncmp(text, "To be", 5), 0);
     free(text);
-    free(want); free(lg);
+    free(want);
+    free(lg);
     model_seq_free(s);
     ref_free(&r);
     model_free(m);
@@ -247,7 +273,8 @@ Test(gpt2_course, broken_folders_rejected)
     char p[512];
     /* config.json disagreeing with the params list */
     snprintf(p, sizeof p, "%s/config.json", mdir);
-    const char *cfg = "{\"embedding_dim\": 16, \"num_layers\": 3, \"num_heads\": 4, \"max_seq_len\": 32, \"hidden_dim\": 40}";
+    const char *cfg =
+        "{\"embedding_dim\": 16, \"num_layers\": 3, \"num_heads\": 4, \"max_seq_len\": 32, \"hidden_dim\": 40}";
     cr_assert_eq(fx_write(p, cfg, strlen(cfg)), 0);
     expect_load_error(mdir, "params has 37 tensors; a 3-layer model has 53");
     cfg = "{\"embedding_dim\": 16, \"num_layers\": 2, \"num_heads\": 4, \"max_seq_len\": 32, \"hidden_dim\": 41}";
@@ -278,7 +305,7 @@ static void put(gguf_writer *w, const char *name, const double *src, int rows, i
     size_t n = (size_t)rows * cols;
     float *f = malloc(n * sizeof *f);
     for (size_t i = 0; i < n; i++) f[i] = (float)src[i];
-    int64_t ne[2] = {cols, rows};
+    int64_t ne[2] = { cols, rows };
     cr_assert_eq(gguf_writer_tensor(w, name, MT_F32, ne, rows == 1 ? 1 : 2, f, n * sizeof *f), 0);
     free(f);
 }
@@ -318,7 +345,8 @@ Test(gpt2_course, gguf_gpt2_matches_reference_with_tanh_gelu)
             for (int b = 0; b < id; b++) {
                 if (b == 256 || b == 257) continue;
                 if (la + (size_t)t->bytes_len[b] != (size_t)t->bytes_len[id] ||
-                    memcmp(t->bytes[b], t->bytes[id] + la, (size_t)t->bytes_len[b])) continue;
+                    memcmp(t->bytes[b], t->bytes[id] + la, (size_t)t->bytes_len[b]))
+                    continue;
                 size_t sl = strlen(t->str[a]) + strlen(t->str[b]) + 2;
                 merges[nm] = malloc(sl);
                 snprintf(merges[nm], sl, "%s %s", t->str[a], t->str[b]);
@@ -346,14 +374,21 @@ Test(gpt2_course, gguf_gpt2_matches_reference_with_tanh_gelu)
         memcpy(qkvb + D, L->bk, (size_t)D * 8);
         memcpy(qkvb + 2 * D, L->bv, (size_t)D * 8);
 #define P(s, src, rr, cc) (snprintf(nm_, sizeof nm_, "blk.%d.%s", l, s), put(w, nm_, src, rr, cc))
-        P("attn_norm.weight", L->ln1g, 1, D); P("attn_norm.bias", L->ln1b, 1, D);
-        P("attn_qkv.weight", qkv, 3 * D, D); P("attn_qkv.bias", qkvb, 1, 3 * D);
-        P("attn_output.weight", L->wo, D, D); P("attn_output.bias", L->bo, 1, D);
-        P("ffn_norm.weight", L->ln2g, 1, D); P("ffn_norm.bias", L->ln2b, 1, D);
-        P("ffn_up.weight", L->w1, H, D); P("ffn_up.bias", L->b1, 1, H);
-        P("ffn_down.weight", L->w2, D, H); P("ffn_down.bias", L->b2, 1, D);
+        P("attn_norm.weight", L->ln1g, 1, D);
+        P("attn_norm.bias", L->ln1b, 1, D);
+        P("attn_qkv.weight", qkv, 3 * D, D);
+        P("attn_qkv.bias", qkvb, 1, 3 * D);
+        P("attn_output.weight", L->wo, D, D);
+        P("attn_output.bias", L->bo, 1, D);
+        P("ffn_norm.weight", L->ln2g, 1, D);
+        P("ffn_norm.bias", L->ln2b, 1, D);
+        P("ffn_up.weight", L->w1, H, D);
+        P("ffn_up.bias", L->b1, 1, H);
+        P("ffn_down.weight", L->w2, D, H);
+        P("ffn_down.bias", L->b2, 1, D);
 #undef P
-        free(qkv); free(qkvb);
+        free(qkv);
+        free(qkvb);
     }
     char path[512], err[256];
     snprintf(path, sizeof path, "%s/tiny-gpt2.gguf", root);
@@ -381,7 +416,9 @@ Test(gpt2_course, gguf_gpt2_matches_reference_with_tanh_gelu)
     cr_assert_str_eq(back, text);
     free(back);
     for (int i = 0; i < nm; i++) free(merges[i]);
-    free(merges); free(toks); free(types);
+    free(merges);
+    free(toks);
+    free(types);
     model_free(m);
     model_free(cm);
     ref_free(&r);

@@ -24,7 +24,8 @@ static double *st_d(const st_file *f, const char *name, long long expect_numel)
     for (long long i = 0; i < t->numel; i++) {
         uint16_t h;
         float v;
-        if (t->mt_type == MT_F32) memcpy(&v, (const char *)t->data + 4 * i, 4);
+        if (t->mt_type == MT_F32)
+            memcpy(&v, (const char *)t->data + 4 * i, 4);
         else {
             memcpy(&h, (const char *)t->data + 2 * i, 2);
             v = t->mt_type == MT_F16 ? model_f16_to_f32(h) : model_bf16_to_f32(h);
@@ -47,14 +48,13 @@ static model *load_opts(const char *path, const char *tok)
 {
     char err[512] = "";
     model *m = NULL;
-    model_load_opts o = {.n_threads = 2, .tokenizer_path = tok};
+    model_load_opts o = { .n_threads = 2, .tokenizer_path = tok };
     int rc = model_load(&m, path, &o, err, sizeof err);
     cr_assert_eq(rc, 0, "%s", err);
     return m;
 }
 
-static void compare(model *m, const ref_model *r, const int32_t *toks, int n, double min_scale,
-                    double tol)
+static void compare(model *m, const ref_model *r, const int32_t *toks, int n, double min_scale, double tol)
 {
     int V = r->V;
     float *lg = malloc((size_t)n * V * sizeof *lg);
@@ -62,7 +62,7 @@ static void compare(model *m, const ref_model *r, const int32_t *toks, int n, do
     int ti[64];
     for (int i = 0; i < n; i++) ti[i] = toks[i];
     model_seq *s = model_seq_new(m, 0);
-    model_batch_item it = {.seq = s, .tokens = toks, .n_tokens = n, .logits = lg, .all_logits = 1};
+    model_batch_item it = { .seq = s, .tokens = toks, .n_tokens = n, .logits = lg, .all_logits = 1 };
     cr_assert_eq(model_forward(m, &it, 1), 0);
     ref_forward(r, ti, n, want);
     double bmax, d = ref_maxdiff(lg, want, (size_t)n * V, &bmax);
@@ -110,7 +110,10 @@ Test(hf, tiny_gpt2_folder)
         if (w > 0) { /* every emitted chunk ends on a character boundary */
             unsigned char lead = 0;
             for (int j = w - 1; j >= 0; j--)
-                if (((unsigned char)piece[j] & 0xC0) != 0x80) { lead = (unsigned char)piece[j]; break; }
+                if (((unsigned char)piece[j] & 0xC0) != 0x80) {
+                    lead = (unsigned char)piece[j];
+                    break;
+                }
             int need = lead < 0x80 ? 1 : lead >= 0xF0 ? 4 : lead >= 0xE0 ? 3 : 2;
             int tail = 0;
             for (int j = w - 1; j >= 0 && ((unsigned char)piece[j] & 0xC0) == 0x80; j--) tail++;
@@ -127,7 +130,7 @@ Test(hf, tiny_gpt2_folder)
     snprintf(p, sizeof p, "%s/model.safetensors", dir);
     st_file *f;
     cr_assert_eq(st_open(&f, p, err, sizeof err), 0, "%s", err);
-    ref_model r = {.D = 2, .H = 8, .L = 2, .nh = 2, .nkv = 2, .V = 50257, .T = 1024, .eps = 1e-5, .gelu_tanh = 1};
+    ref_model r = { .D = 2, .H = 8, .L = 2, .nh = 2, .nkv = 2, .V = 50257, .T = 1024, .eps = 1e-5, .gelu_tanh = 1 };
     r.tok = st_d(f, "transformer.wte.weight", 50257LL * 2);
     r.pos = st_d(f, "transformer.wpe.weight", 1024LL * 2);
     r.lnfg = st_d(f, "transformer.ln_f.weight", 2);
@@ -138,17 +141,32 @@ Test(hf, tiny_gpt2_folder)
 #define G(s, n) (snprintf(k, sizeof k, "transformer.h.%d.%s", l, s), st_d(f, k, n))
     for (int l = 0; l < 2; l++) {
         ref_layer *w = &r.layers[l];
-        w->ln1g = G("ln_1.weight", 2); w->ln1b = G("ln_1.bias", 2);
-        w->ln2g = G("ln_2.weight", 2); w->ln2b = G("ln_2.bias", 2);
+        w->ln1g = G("ln_1.weight", 2);
+        w->ln1b = G("ln_1.bias", 2);
+        w->ln2g = G("ln_2.weight", 2);
+        w->ln2b = G("ln_2.bias", 2);
         double *ca = G("attn.c_attn.weight", 12), *cb = G("attn.c_attn.bias", 6);
-        w->wq = conv_cols(ca, 2, 6, 0, 2); w->wk = conv_cols(ca, 2, 6, 2, 2); w->wv = conv_cols(ca, 2, 6, 4, 2);
-        w->bq = malloc(2 * sizeof(double)); w->bk = malloc(2 * sizeof(double)); w->bv = malloc(2 * sizeof(double));
-        memcpy(w->bq, cb, 16); memcpy(w->bk, cb + 2, 16); memcpy(w->bv, cb + 4, 16);
+        w->wq = conv_cols(ca, 2, 6, 0, 2);
+        w->wk = conv_cols(ca, 2, 6, 2, 2);
+        w->wv = conv_cols(ca, 2, 6, 4, 2);
+        w->bq = malloc(2 * sizeof(double));
+        w->bk = malloc(2 * sizeof(double));
+        w->bv = malloc(2 * sizeof(double));
+        memcpy(w->bq, cb, 16);
+        memcpy(w->bk, cb + 2, 16);
+        memcpy(w->bv, cb + 4, 16);
         double *cp = G("attn.c_proj.weight", 4), *fc = G("mlp.c_fc.weight", 16), *fp = G("mlp.c_proj.weight", 16);
-        w->wo = conv_cols(cp, 2, 2, 0, 2); w->bo = G("attn.c_proj.bias", 2);
-        w->w1 = conv_cols(fc, 2, 8, 0, 8); w->b1 = G("mlp.c_fc.bias", 8);
-        w->w2 = conv_cols(fp, 8, 2, 0, 2); w->b2 = G("mlp.c_proj.bias", 2);
-        free(ca); free(cb); free(cp); free(fc); free(fp);
+        w->wo = conv_cols(cp, 2, 2, 0, 2);
+        w->bo = G("attn.c_proj.bias", 2);
+        w->w1 = conv_cols(fc, 2, 8, 0, 8);
+        w->b1 = G("mlp.c_fc.bias", 8);
+        w->w2 = conv_cols(fp, 8, 2, 0, 2);
+        w->b2 = G("mlp.c_proj.bias", 2);
+        free(ca);
+        free(cb);
+        free(cp);
+        free(fc);
+        free(fp);
     }
 #undef G
     st_close(f);
@@ -157,11 +175,15 @@ Test(hf, tiny_gpt2_folder)
     compare(m, &r, toks, 24, 1e-6, 1e-4);
     for (int l = 0; l < 2; l++) {
         ref_layer *w = &r.layers[l];
-        double *ps[] = {w->ln1g, w->ln1b, w->ln2g, w->ln2b, w->wq, w->wk, w->wv, w->bq, w->bk, w->bv,
-                        w->wo, w->bo, w->w1, w->b1, w->w2, w->b2};
+        double *ps[] = { w->ln1g, w->ln1b, w->ln2g, w->ln2b, w->wq, w->wk, w->wv, w->bq,
+                         w->bk,   w->bv,   w->wo,   w->bo,   w->w1, w->b1, w->w2, w->b2 };
         for (size_t i = 0; i < sizeof ps / sizeof ps[0]; i++) free(ps[i]);
     }
-    free(r.layers); free(r.tok); free(r.pos); free(r.lnfg); free(r.lnfb);
+    free(r.layers);
+    free(r.tok);
+    free(r.pos);
+    free(r.lnfg);
+    free(r.lnfb);
     model_free(m);
 }
 
@@ -170,8 +192,16 @@ Test(hf, tiny_gpt2_folder)
 static void ref_llama(ref_model *r, const st_file *f)
 {
     memset(r, 0, sizeof *r);
-    r->D = 16; r->H = 64; r->L = 2; r->nh = 4; r->nkv = 4; r->V = 32000; r->T = 2048;
-    r->eps = 1e-6; r->llama = 1; r->rope_theta = 10000.0;
+    r->D = 16;
+    r->H = 64;
+    r->L = 2;
+    r->nh = 4;
+    r->nkv = 4;
+    r->V = 32000;
+    r->T = 2048;
+    r->eps = 1e-6;
+    r->llama = 1;
+    r->rope_theta = 10000.0;
     r->tok = st_d(f, "model.embed_tokens.weight", 32000LL * 16);
     r->out = st_d(f, "lm_head.weight", 32000LL * 16);
     r->lnfg = st_d(f, "model.norm.weight", 16);
@@ -180,10 +210,15 @@ static void ref_llama(ref_model *r, const st_file *f)
 #define G(s, n) (snprintf(k, sizeof k, "model.layers.%d.%s.weight", l, s), st_d(f, k, n))
     for (int l = 0; l < 2; l++) {
         ref_layer *w = &r->layers[l];
-        w->ln1g = G("input_layernorm", 16); w->ln2g = G("post_attention_layernorm", 16);
-        w->wq = G("self_attn.q_proj", 256); w->wk = G("self_attn.k_proj", 256);
-        w->wv = G("self_attn.v_proj", 256); w->wo = G("self_attn.o_proj", 256);
-        w->w1 = G("mlp.gate_proj", 1024); w->w3 = G("mlp.up_proj", 1024); w->w2 = G("mlp.down_proj", 1024);
+        w->ln1g = G("input_layernorm", 16);
+        w->ln2g = G("post_attention_layernorm", 16);
+        w->wq = G("self_attn.q_proj", 256);
+        w->wk = G("self_attn.k_proj", 256);
+        w->wv = G("self_attn.v_proj", 256);
+        w->wo = G("self_attn.o_proj", 256);
+        w->w1 = G("mlp.gate_proj", 1024);
+        w->w3 = G("mlp.up_proj", 1024);
+        w->w2 = G("mlp.down_proj", 1024);
     }
 #undef G
 }
@@ -192,17 +227,17 @@ static void ref_llama_free(ref_model *r)
 {
     for (int l = 0; l < r->L; l++) {
         ref_layer *w = &r->layers[l];
-        double *ps[] = {w->ln1g, w->ln2g, w->wq, w->wk, w->wv, w->wo, w->w1, w->w2, w->w3};
+        double *ps[] = { w->ln1g, w->ln2g, w->wq, w->wk, w->wv, w->wo, w->w1, w->w2, w->w3 };
         for (size_t i = 0; i < sizeof ps / sizeof ps[0]; i++) free(ps[i]);
     }
-    free(r->layers); free(r->tok); free(r->out); free(r->lnfg);
+    free(r->layers);
+    free(r->tok);
+    free(r->out);
+    free(r->lnfg);
 }
 
 static char tokbin[512];
-static const char *tok_bin(void)
-{
-    return td_model(tokbin, sizeof tokbin, "tokenizer.bin");
-}
+static const char *tok_bin(void) { return td_model(tokbin, sizeof tokbin, "tokenizer.bin"); }
 
 Test(hf, tiny_llama_folder_rotate_halves)
 {
@@ -241,11 +276,14 @@ static void write_converted(const char *src_dir, const char *dst_dir, const char
     for (size_t i = 0; i < n; i++) {
         const st_tensor *t = st_at(f, i);
         char shape[64];
-        if (t->ndim == 1) snprintf(shape, sizeof shape, "%lld", (long long)t->shape[0]);
-        else snprintf(shape, sizeof shape, "%lld,%lld", (long long)t->shape[0], (long long)t->shape[1]);
-        hl += (size_t)snprintf(hdr + hl, cap - hl, ",\"%s\":{\"dtype\":\"%s\",\"shape\":[%s],"
-                               "\"data_offsets\":[%zu,%zu]}", t->name, dtype, shape, off,
-                               off + 2 * (size_t)t->numel);
+        if (t->ndim == 1)
+            snprintf(shape, sizeof shape, "%lld", (long long)t->shape[0]);
+        else
+            snprintf(shape, sizeof shape, "%lld,%lld", (long long)t->shape[0], (long long)t->shape[1]);
+        hl += (size_t)snprintf(hdr + hl, cap - hl,
+                               ",\"%s\":{\"dtype\":\"%s\",\"shape\":[%s],"
+                               "\"data_offsets\":[%zu,%zu]}",
+                               t->name, dtype, shape, off, off + 2 * (size_t)t->numel);
         off += 2 * (size_t)t->numel;
     }
     hl += (size_t)snprintf(hdr + hl, cap - hl, "}");
@@ -260,8 +298,13 @@ static void write_converted(const char *src_dir, const char *dst_dir, const char
             float v;
             memcpy(&v, (const char *)t->data + 4 * k, 4);
             uint16_t h;
-            if (!strcmp(dtype, "F16")) h = model_f32_to_f16(v);
-            else { uint32_t b; memcpy(&b, &v, 4); h = (uint16_t)((b + 0x7fff + ((b >> 16) & 1)) >> 16); }
+            if (!strcmp(dtype, "F16"))
+                h = model_f32_to_f16(v);
+            else {
+                uint32_t b;
+                memcpy(&b, &v, 4);
+                h = (uint16_t)((b + 0x7fff + ((b >> 16) & 1)) >> 16);
+            }
             memcpy(buf + at, &h, 2);
             at += 2;
         }
@@ -273,13 +316,15 @@ static void write_converted(const char *src_dir, const char *dst_dir, const char
     unsigned char *cfg = fx_read(p, &cl);
     snprintf(p, sizeof p, "%s/config.json", dst_dir);
     cr_assert_eq(fx_write(p, cfg, cl), 0);
-    free(cfg); free(buf); free(hdr);
+    free(cfg);
+    free(buf);
+    free(hdr);
     st_close(f);
 }
 
 Test(hf, llama_in_f16_and_bf16)
 {
-    const char *types[] = {"F16", "BF16"};
+    const char *types[] = { "F16", "BF16" };
     for (int ti = 0; ti < 2; ti++) {
         char src[512], dst[128], err[256];
         fx_path(src, sizeof src, "hf/tiny-random-llama");
@@ -306,7 +351,7 @@ static void expect_load_error(const char *path, const char *tok, const char *nee
 {
     char err[512] = "";
     model *m = NULL;
-    model_load_opts o = {.tokenizer_path = tok};
+    model_load_opts o = { .tokenizer_path = tok };
     int rc = model_load(&m, path, &o, err, sizeof err);
     cr_assert_lt(rc, 0, "%s loaded", path);
     cr_assert_null(m);
@@ -336,7 +381,8 @@ Test(hf, broken_folders_rejected)
     cr_assert_eq(fx_write(p, cfg, strlen(cfg)), 0);
     expect_load_error(dst, tok_bin(), "'hidden_size' is missing or out of range");
     cfg = "{\"architectures\":[\"LlamaForCausalLM\"],\"hidden_size\":16,\"intermediate_size\":64,"
-          "\"num_hidden_layers\":2,\"num_attention_heads\":4,\"vocab_size\":32000,\"rope_scaling\":{\"type\":\"linear\"}}";
+          "\"num_hidden_layers\":2,\"num_attention_heads\":4,\"vocab_size\":32000,\"rope_scaling\":{\"type\":"
+          "\"linear\"}}";
     cr_assert_eq(fx_write(p, cfg, strlen(cfg)), 0);
     expect_load_error(dst, tok_bin(), "rope_scaling");
     /* truncated weights */
@@ -351,7 +397,11 @@ Test(hf, broken_folders_rejected)
 
 /* ---- A SmolLM-shaped folder: tied head, grouped-query attention, the SmolLM tokenizer ---- */
 
-typedef struct { const char *name; int r, c; double *d; } st_in;
+typedef struct {
+    const char *name;
+    int r, c;
+    double *d;
+} st_in;
 
 /* Write tensors as F32 safetensors (header padded with spaces to 8). */
 static void st_write(const char *path, st_in *ts, int n)
@@ -362,10 +412,12 @@ static void st_write(const char *path, st_in *ts, int n)
     for (int i = 0; i < n; i++) {
         size_t bytes = (size_t)ts[i].r * ts[i].c * 4;
         if (ts[i].r == 1)
-            hl += (size_t)snprintf(hdr + hl, cap - hl, ",\"%s\":{\"dtype\":\"F32\",\"shape\":[%d],\"data_offsets\":[%zu,%zu]}",
-                                   ts[i].name, ts[i].c, off, off + bytes);
+            hl += (size_t)snprintf(hdr + hl, cap - hl,
+                                   ",\"%s\":{\"dtype\":\"F32\",\"shape\":[%d],\"data_offsets\":[%zu,%zu]}", ts[i].name,
+                                   ts[i].c, off, off + bytes);
         else
-            hl += (size_t)snprintf(hdr + hl, cap - hl, ",\"%s\":{\"dtype\":\"F32\",\"shape\":[%d,%d],\"data_offsets\":[%zu,%zu]}",
+            hl += (size_t)snprintf(hdr + hl, cap - hl,
+                                   ",\"%s\":{\"dtype\":\"F32\",\"shape\":[%d,%d],\"data_offsets\":[%zu,%zu]}",
                                    ts[i].name, ts[i].r, ts[i].c, off, off + bytes);
         off += bytes;
     }
@@ -403,8 +455,9 @@ Test(hf, smollm_shaped_llama_with_its_tokenizer)
     char dir[128], p[300], src[512];
     cr_assert_not_null(fx_tmpdir(dir, sizeof dir));
     unsigned seed = 42;
-    ref_model r = {.D = D, .H = F, .L = 1, .nh = NH, .nkv = NKV, .V = V, .T = 64, .eps = 1e-5, .llama = 1,
-                   .rope_theta = 10000.0};
+    ref_model r = {
+        .D = D, .H = F, .L = 1, .nh = NH, .nkv = NKV, .V = V, .T = 64, .eps = 1e-5, .llama = 1, .rope_theta = 10000.0
+    };
     r.tok = rnd(&seed, (size_t)V * D, 1.0, 0);
     r.out = r.tok; /* tied */
     r.lnfg = rnd(&seed, D, 0.2, 1.0);
@@ -420,16 +473,17 @@ Test(hf, smollm_shaped_llama_with_its_tokenizer)
     w->w3 = rnd(&seed, (size_t)F * D, 0.5, 0);
     w->w2 = rnd(&seed, (size_t)D * F, 0.5, 0);
     st_in ts[] = {
-        {"model.embed_tokens.weight", V, D, r.tok}, {"model.norm.weight", 1, D, r.lnfg},
-        {"model.layers.0.input_layernorm.weight", 1, D, w->ln1g},
-        {"model.layers.0.post_attention_layernorm.weight", 1, D, w->ln2g},
-        {"model.layers.0.self_attn.q_proj.weight", NH * HD, D, w->wq},
-        {"model.layers.0.self_attn.k_proj.weight", NKV * HD, D, w->wk},
-        {"model.layers.0.self_attn.v_proj.weight", NKV * HD, D, w->wv},
-        {"model.layers.0.self_attn.o_proj.weight", D, NH * HD, w->wo},
-        {"model.layers.0.mlp.gate_proj.weight", F, D, w->w1},
-        {"model.layers.0.mlp.up_proj.weight", F, D, w->w3},
-        {"model.layers.0.mlp.down_proj.weight", D, F, w->w2},
+        { "model.embed_tokens.weight", V, D, r.tok },
+        { "model.norm.weight", 1, D, r.lnfg },
+        { "model.layers.0.input_layernorm.weight", 1, D, w->ln1g },
+        { "model.layers.0.post_attention_layernorm.weight", 1, D, w->ln2g },
+        { "model.layers.0.self_attn.q_proj.weight", NH * HD, D, w->wq },
+        { "model.layers.0.self_attn.k_proj.weight", NKV * HD, D, w->wk },
+        { "model.layers.0.self_attn.v_proj.weight", NKV * HD, D, w->wv },
+        { "model.layers.0.self_attn.o_proj.weight", D, NH * HD, w->wo },
+        { "model.layers.0.mlp.gate_proj.weight", F, D, w->w1 },
+        { "model.layers.0.mlp.up_proj.weight", F, D, w->w3 },
+        { "model.layers.0.mlp.down_proj.weight", D, F, w->w2 },
     };
     snprintf(p, sizeof p, "%s/model.safetensors", dir);
     st_write(p, ts, (int)(sizeof ts / sizeof ts[0]));
@@ -453,9 +507,9 @@ Test(hf, smollm_shaped_llama_with_its_tokenizer)
     cr_assert_eq(in->vocab_size, V);
     cr_assert_eq(in->n_kv_heads, 1);
     cr_assert_eq(in->ctx_len, 64);
-    cr_assert_eq(in->add_bos, 0);     /* SmolLM's tokenizer adds no BOS */
-    cr_assert_eq(in->eos_id, 0);      /* <|endoftext|> */
-    cr_assert_eq(m->tok.n_vocab, V);  /* the saver's [PAD] (id 49152) is cut to the model */
+    cr_assert_eq(in->add_bos, 0);    /* SmolLM's tokenizer adds no BOS */
+    cr_assert_eq(in->eos_id, 0);     /* <|endoftext|> */
+    cr_assert_eq(m->tok.n_vocab, V); /* the saver's [PAD] (id 49152) is cut to the model */
     int32_t ids[64];
     int n = model_tokenize(m, "In 2024, 7 cats", 15, in->add_bos, ids, 64);
     int digits = 0;
@@ -469,8 +523,9 @@ Test(hf, smollm_shaped_llama_with_its_tokenizer)
     cr_assert_neq(ids[0], 0);
     compare(m, &r, ids, n, 1e-3, 1e-4);
     model_free(m);
-    free(r.tok); free(r.lnfg);
-    double *ps[] = {w->ln1g, w->ln2g, w->wq, w->wk, w->wv, w->wo, w->w1, w->w2, w->w3};
+    free(r.tok);
+    free(r.lnfg);
+    double *ps[] = { w->ln1g, w->ln2g, w->wq, w->wk, w->wv, w->wo, w->w1, w->w2, w->w3 };
     for (size_t i = 0; i < sizeof ps / sizeof ps[0]; i++) free(ps[i]);
     free(r.layers);
     fx_rmtree(dir);

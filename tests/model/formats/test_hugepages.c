@@ -130,8 +130,7 @@ Test(hugepages, filled_on_small_pages_then_collapsed)
     cr_assert_gt(touched_huge_kb(1), 0, "an 8 MiB weight block got no huge page");
     setenv("LMSERVE_NO_HUGEPAGES", "1", 1);
     cr_assert_eq(model_hugepages_wanted(), 0);
-    if (!thp_always())
-        cr_assert_eq(touched_huge_kb(1), 0, "LMSERVE_NO_HUGEPAGES=1 still got huge pages");
+    if (!thp_always()) cr_assert_eq(touched_huge_kb(1), 0, "LMSERVE_NO_HUGEPAGES=1 still got huge pages");
     unsetenv("LMSERVE_NO_HUGEPAGES");
 }
 

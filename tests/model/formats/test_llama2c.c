@@ -10,7 +10,7 @@ static model *load_ok(const char *path, const char *tok)
 {
     char err[512] = "";
     model *m = NULL;
-    model_load_opts o = {.tokenizer_path = tok, .n_threads = 1};
+    model_load_opts o = { .tokenizer_path = tok, .n_threads = 1 };
     int rc = model_load(&m, path, &o, err, sizeof err);
     cr_assert_eq(rc, 0, "load %s: %s", path, err);
     cr_assert_not_null(m);
@@ -60,13 +60,15 @@ Test(llama2c, stories260k_info)
 }
 
 /* A random model in llama2.c layout; vocab < 0 = unshared classifier. */
-static size_t write_l2c(const char *path, int dim, int hidden, int layers, int heads, int kv_heads,
-                        int vocab, int seq_len, unsigned seed)
+static size_t write_l2c(const char *path, int dim, int hidden, int layers, int heads, int kv_heads, int vocab,
+                        int seq_len, unsigned seed)
 {
-    int32_t h[7] = {dim, hidden, layers, heads, kv_heads, vocab, seq_len};
+    int32_t h[7] = { dim, hidden, layers, heads, kv_heads, vocab, seq_len };
     int V = vocab < 0 ? -vocab : vocab, hd = dim / heads;
-    size_t n = (size_t)V * dim + (size_t)layers * (2 * dim + (size_t)dim * dim * 2 + 2 * (size_t)dim * kv_heads * hd +
-                3 * (size_t)dim * hidden) + dim + (size_t)seq_len * hd + (vocab < 0 ? (size_t)V * dim : 0);
+    size_t n = (size_t)V * dim +
+               (size_t)layers *
+                   (2 * dim + (size_t)dim * dim * 2 + 2 * (size_t)dim * kv_heads * hd + 3 * (size_t)dim * hidden) +
+               dim + (size_t)seq_len * hd + (vocab < 0 ? (size_t)V * dim : 0);
     float *w = malloc(n * sizeof *w);
     for (size_t k = 0; k < n; k++) {
         seed = seed * 1103515245u + 12345u;
@@ -88,10 +90,14 @@ static void write_tok(const char *path, int n)
     fwrite(&maxlen, 4, 1, f);
     for (int i = 0; i < n; i++) {
         char s[16];
-        if (i == 0) strcpy(s, "<unk>");
-        else if (i == 1) strcpy(s, "\n<s>\n");
-        else if (i == 2) strcpy(s, "\n</s>\n");
-        else snprintf(s, sizeof s, "t%d", i);
+        if (i == 0)
+            strcpy(s, "<unk>");
+        else if (i == 1)
+            strcpy(s, "\n<s>\n");
+        else if (i == 2)
+            strcpy(s, "\n</s>\n");
+        else
+            snprintf(s, sizeof s, "t%d", i);
         float score = (float)-i;
         int32_t len = (int32_t)strlen(s);
         fwrite(&score, 4, 1, f);
@@ -147,7 +153,7 @@ Test(llama2c, truncated_everywhere)
     th_write_file(p, raw, len);
     int fd = open(p, O_RDWR);
     cr_assert_geq(fd, 0);
-    model_load_opts o = {.tokenizer_path = tok, .n_threads = 1};
+    model_load_opts o = { .tokenizer_path = tok, .n_threads = 1 };
     /* shrink one file in place, from long to short: every header offset, 300 spread offsets */
     size_t cuts[400];
     int nc = 0;
@@ -175,24 +181,28 @@ Test(llama2c, absurd_headers)
     th_tmp t;
     th_tmp_init(&t);
     const char *p = th_tmp_file(&t, "bad.bin");
-    model_load_opts o = {.tokenizer_path = tok, .n_threads = 1};
-    struct { int field; int32_t value; const char *want; } cases[] = {
-        {0, 0, "unknown model format"},           /* dim 0: not even plausible */
-        {0, -64, "unknown model format"},
-        {0, 1 << 30, "embedding width"},
-        {0, 80, "implies"},                       /* plausible but the size is wrong */
-        {1, 1 << 30, "feed-forward width"},
-        {2, 100000, "layer count"},
-        {3, 3, "unknown model format"},           /* 64 % 3 != 0 */
-        {3, 64, "head size 1 is odd"},
-        {4, 3, "head count 8 is not a multiple"},
-        {4, 16, "unknown model format"},          /* more kv heads than heads */
-        {5, INT32_MIN, "vocabulary size"},
-        {5, 1 << 30, "vocabulary size"},
-        {5, -512, "implies"},                     /* unshared: needs another vocab*dim floats */
-        {6, 0, "unknown model format"},
-        {6, 1 << 28, "context length"},
-        {6, 513, "implies"},
+    model_load_opts o = { .tokenizer_path = tok, .n_threads = 1 };
+    struct {
+        int field;
+        int32_t value;
+        const char *want;
+    } cases[] = {
+        { 0, 0, "unknown model format" }, /* dim 0: not even plausible */
+        { 0, -64, "unknown model format" },
+        { 0, 1 << 30, "embedding width" },
+        { 0, 80, "implies" }, /* plausible but the size is wrong */
+        { 1, 1 << 30, "feed-forward width" },
+        { 2, 100000, "layer count" },
+        { 3, 3, "unknown model format" }, /* 64 % 3 != 0 */
+        { 3, 64, "head size 1 is odd" },
+        { 4, 3, "head count 8 is not a multiple" },
+        { 4, 16, "unknown model format" }, /* more kv heads than heads */
+        { 5, INT32_MIN, "vocabulary size" },
+        { 5, 1 << 30, "vocabulary size" },
+        { 5, -512, "implies" }, /* unshared: needs another vocab*dim floats */
+        { 6, 0, "unknown model format" },
+        { 6, 1 << 28, "context length" },
+        { 6, 513, "implies" },
     };
     for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
         unsigned char *b = malloc(len);
@@ -200,8 +210,8 @@ Test(llama2c, absurd_headers)
         memcpy(b + 4 * cases[k].field, &cases[k].value, 4);
         th_write_file(p, b, len);
         const char *e = th_expect_load_error(p, &o);
-        cr_assert(strstr(e, cases[k].want), "field %d = %d: '%s' lacks '%s'", cases[k].field,
-                  (int)cases[k].value, e, cases[k].want);
+        cr_assert(strstr(e, cases[k].want), "field %d = %d: '%s' lacks '%s'", cases[k].field, (int)cases[k].value, e,
+                  cases[k].want);
         free(b);
     }
     free(raw);
@@ -220,7 +230,7 @@ Test(llama2c, bad_tokenizers)
     th_tmp_init(&t);
     char p[160];
     snprintf(p, sizeof p, "%s", th_tmp_file(&t, "tok.bin"));
-    model_load_opts o = {.tokenizer_path = p, .n_threads = 1};
+    model_load_opts o = { .tokenizer_path = p, .n_threads = 1 };
     /* every truncation of the tokenizer */
     th_write_file(p, raw, len);
     int fd = open(p, O_RDWR);
@@ -232,7 +242,7 @@ Test(llama2c, bad_tokenizers)
     }
     close(fd);
     /* a negative and a huge token length */
-    int32_t lens[2] = {-1, 0x7fffffff};
+    int32_t lens[2] = { -1, 0x7fffffff };
     for (int k = 0; k < 2; k++) {
         memcpy(raw + 4 + 4, &lens[k], 4); /* token 0's length */
         th_write_file(p, raw, len);
@@ -258,7 +268,7 @@ Test(llama2c, not_a_model)
 {
     th_tmp t;
     th_tmp_init(&t);
-    model_load_opts o = {.n_threads = 1};
+    model_load_opts o = { .n_threads = 1 };
     const char *e = th_expect_load_error(t.dir, &o);
     cr_assert(strstr(e, "unsupported folder"), "'%s'", e);
     const char *p = th_tmp_file(&t, "empty.bin");

@@ -11,8 +11,7 @@ Test(safetensors, tiny_gpt2_real_file)
 {
     char p[512], err[256] = "";
     st_file *f = NULL;
-    cr_assert_eq(st_open(&f, fx_path(p, sizeof p, "hf/tiny-gpt2/model.safetensors"), err, sizeof err), 0,
-                 "%s", err);
+    cr_assert_eq(st_open(&f, fx_path(p, sizeof p, "hf/tiny-gpt2/model.safetensors"), err, sizeof err), 0, "%s", err);
     cr_assert_eq(st_count(f), 28);
     const st_tensor *t = st_find(f, "transformer.h.0.attn.c_attn.weight");
     cr_assert_not_null(t);
@@ -75,13 +74,13 @@ Test(safetensors, hostile_headers)
 {
     expect("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", 8, NULL);
     expect("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
-           "\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}", 12, "overlaps");
+           "\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}",
+           12, "overlaps");
     expect("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", 4, "outside");
     expect("{\"a\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,8]}}", 8, "span 8");
     expect("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[8,16]}}", 16, "hole");
     expect("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", 12, "tensors use 8");
-    expect("{\"a\":{\"dtype\":\"F32\",\"shape\":[1099511627776,1099511627776],\"data_offsets\":[0,8]}}",
-           8, "absurd");
+    expect("{\"a\":{\"dtype\":\"F32\",\"shape\":[1099511627776,1099511627776],\"data_offsets\":[0,8]}}", 8, "absurd");
     expect("{\"a\":{\"dtype\":\"F32\",\"shape\":[-1],\"data_offsets\":[0,8]}}", 8, "not a sane size");
     expect("{\"a\":{\"dtype\":\"Q4\",\"shape\":[2],\"data_offsets\":[0,8]}}", 8, "unknown dtype");
     expect("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[8,0]}}", 8, "outside");
@@ -89,12 +88,13 @@ Test(safetensors, hostile_headers)
     expect("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}", 8, "header JSON");
     expect("{\"a\":1,\"a\":2}", 0, "header JSON"); /* duplicate keys */
     /* A header length that runs past the file. */
-    unsigned char b[16] = {200, 0, 0, 0, 0, 0, 0, 0, '{', '}'};
+    unsigned char b[16] = { 200, 0, 0, 0, 0, 0, 0, 0, '{', '}' };
     char err[256] = "";
     st_file *f = NULL;
     cr_assert_eq(st_open_mem(&f, b, 16, "short", err, sizeof err), MODEL_EFORMAT);
     cr_assert_not_null(strstr(err, "past the end"), "%s", err);
-    b[0] = 0xff; b[5] = 0xff;
+    b[0] = 0xff;
+    b[5] = 0xff;
     cr_assert_eq(st_open_mem(&f, b, 16, "huge", err, sizeof err), MODEL_EFORMAT);
     cr_assert_not_null(strstr(err, "absurd"), "%s", err);
 }
@@ -105,12 +105,12 @@ Test(safetensors, every_truncation_of_real_file_rejected)
     size_t len;
     unsigned char *buf = fx_read(fx_path(p, sizeof p, "hf/tiny-gpt2/model.safetensors"), &len);
     cr_assert_not_null(buf);
-    size_t cuts[] = {0, 7, 8, 100, 3000, len - 4, len - 1};
+    size_t cuts[] = { 0, 7, 8, 100, 3000, len - 4, len - 1 };
     for (size_t i = 0; i < sizeof cuts / sizeof cuts[0]; i++) {
         char err[256] = "";
         st_file *f = NULL;
-        cr_assert_eq(st_open_mem(&f, buf, cuts[i], "cut", err, sizeof err), MODEL_EFORMAT,
-                     "cut at %zu accepted", cuts[i]);
+        cr_assert_eq(st_open_mem(&f, buf, cuts[i], "cut", err, sizeof err), MODEL_EFORMAT, "cut at %zu accepted",
+                     cuts[i]);
         cr_assert_gt(strlen(err), 5);
     }
     free(buf);

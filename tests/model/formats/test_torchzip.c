@@ -54,7 +54,10 @@ Test(torchzip, bare_tensor_at_top_level)
     float *v = malloc(1024 * sizeof *v);
     tz_tensor_to_f32(&r->t, v);
     int finite = 0, nonzero = 0;
-    for (int i = 0; i < 1024; i++) { finite += isfinite(v[i]) != 0; nonzero += v[i] != 0; }
+    for (int i = 0; i < 1024; i++) {
+        finite += isfinite(v[i]) != 0;
+        nonzero += v[i] != 0;
+    }
     cr_assert_eq(finite, 1024);
     cr_assert_gt(nonzero, 1000);
     free(v);
@@ -280,7 +283,10 @@ Test(torchzip_writer, corrupted_bytes_never_crash)
         char err[256] = "";
         tz_file *f = NULL;
         int rc = tz_open_mem(&f, b, len, "flip", err, sizeof err);
-        if (rc) { rejected++; cr_assert_null(f); }
+        if (rc) {
+            rejected++;
+            cr_assert_null(f);
+        }
         tz_close(f);
         free(b);
     }

@@ -75,8 +75,8 @@ static void check_cases(const tokenizer *t)
         int n = tok_bpe_encode(t, c.text[i], c.len[i], 0, got, 256);
         cr_assert_eq(n, c.n_ids[i], "case %d ('%s'): %d ids, expected %d", i, c.text[i], n, c.n_ids[i]);
         for (int k = 0; k < n; k++)
-            cr_assert_eq(got[k], c.ids[i][k], "case %d ('%s') id %d: %d, expected %d", i, c.text[i], k,
-                         got[k], c.ids[i][k]);
+            cr_assert_eq(got[k], c.ids[i][k], "case %d ('%s') id %d: %d, expected %d", i, c.text[i], k, got[k],
+                         c.ids[i][k]);
         /* Byte round trip. */
         char buf[4096];
         size_t bl = 0;
@@ -123,7 +123,8 @@ Test(bpe, gguf_gpt2_vocabulary_reproduces_hf_ids)
 {
     char p[512], err[256] = "";
     gguf_file g;
-    cr_assert_eq(gguf_open(&g, NULL, fx_path(p, sizeof p, "gguf/ggml-vocab-gpt-2.gguf"), err, sizeof err), 0, "%s", err);
+    cr_assert_eq(gguf_open(&g, NULL, fx_path(p, sizeof p, "gguf/ggml-vocab-gpt-2.gguf"), err, sizeof err), 0, "%s",
+                 err);
     tokenizer t;
     cr_assert_eq(gguf_load_bpe_tokenizer(&t, &g, 0, err, sizeof err), 0, "%s", err);
     gguf_close(&g);
@@ -140,8 +141,8 @@ Test(bpe, gpt2_tokenizer_json_pair_merges)
 {
     char p[512], err[256] = "";
     tokenizer t;
-    cr_assert_eq(tok_bpe_load_hf(&t, fx_path(p, sizeof p, "hf/tiny-gpt2/tokenizer.json"), err, sizeof err), 0,
-                 "%s", err);
+    cr_assert_eq(tok_bpe_load_hf(&t, fx_path(p, sizeof p, "hf/tiny-gpt2/tokenizer.json"), err, sizeof err), 0, "%s",
+                 err);
     cr_assert_eq(t.n_vocab, 50257);
     cr_assert_eq(t.add_bos, 0); /* ByteLevel post-processor adds nothing */
     cr_assert_eq(t.types[50256], TT_CONTROL);
@@ -153,8 +154,9 @@ Test(bpe, smollm_splits_digits_and_adds_no_bos)
 {
     char p[512], err[256] = "";
     tokenizer t;
-    cr_assert_eq(tok_bpe_load_hf(&t, fx_path(p, sizeof p, "tokenizers/smollm-135m-derived/tokenizer.json"),
-                                 err, sizeof err), 0, "%s", err);
+    cr_assert_eq(
+        tok_bpe_load_hf(&t, fx_path(p, sizeof p, "tokenizers/smollm-135m-derived/tokenizer.json"), err, sizeof err), 0,
+        "%s", err);
     cr_assert_eq(t.n_vocab, 49153); /* 49152 + the saver's [PAD] */
     cr_assert_eq(t.add_bos, 0);
     cr_assert_eq(t.bos_id, -1);
@@ -189,7 +191,8 @@ Test(bpe, utf8_split_across_tokens_round_trips)
     char e[512], v[512], err[256] = "";
     tokenizer t;
     cr_assert_eq(tok_bpe_load_gpt2_files(&t, fx_path(e, sizeof e, "tokenizers/gpt2/encoder.json"),
-                                         fx_path(v, sizeof v, "tokenizers/gpt2/vocab.bpe"), err, sizeof err), 0);
+                                         fx_path(v, sizeof v, "tokenizers/gpt2/vocab.bpe"), err, sizeof err),
+                 0);
     const char *s = "\xf0\x9f\xa6\x99 emoji \xe7\x95\xb0\xe4\xbd\x93\xe5\xad\x97 \xff\xfe invalid";
     int32_t ids[64];
     int n = tok_bpe_encode(&t, s, strlen(s), 0, ids, 64);
@@ -214,21 +217,29 @@ Test(bpe, hostile_tokenizer_json_rejected)
     char dir[128], p[256], err[256];
     cr_assert_not_null(fx_tmpdir(dir, sizeof dir));
     snprintf(p, sizeof p, "%s/tokenizer.json", dir);
-    struct { const char *json, *needle; } bad[] = {
-        {"{\"model\":{\"type\":\"Unigram\"}}", "not a BPE model"},
-        {"{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":1},\"merges\":[\"a b\"],\"byte_fallback\":true},"
-         "\"pre_tokenizer\":null}", "merges[0] makes a string that is not in the vocab"},
-        {"{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[],\"byte_fallback\":true},"
-         "\"normalizer\":{\"type\":\"NFKC\"}}", "normalizer 'NFKC'"},
-        {"{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]},\"pre_tokenizer\":"
-         "{\"type\":\"Whitespace\"}}", "pre_tokenizer 'Whitespace'"},
-        {"{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":-4},\"merges\":[]},\"pre_tokenizer\":"
-         "{\"type\":\"ByteLevel\"}}", "bad id"},
-        {"{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":1},\"merges\":[\"a b\"]},\"pre_tokenizer\":"
-         "{\"type\":\"ByteLevel\"}}", "merges[0]"},
-        {"{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":0},\"merges\":[]},\"pre_tokenizer\":"
-         "{\"type\":\"ByteLevel\"}}", "appears twice"},
-        {"{\"model\":", "line"},
+    struct {
+        const char *json, *needle;
+    } bad[] = {
+        { "{\"model\":{\"type\":\"Unigram\"}}", "not a BPE model" },
+        { "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":1},\"merges\":[\"a b\"],\"byte_fallback\":true},"
+          "\"pre_tokenizer\":null}",
+          "merges[0] makes a string that is not in the vocab" },
+        { "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[],\"byte_fallback\":true},"
+          "\"normalizer\":{\"type\":\"NFKC\"}}",
+          "normalizer 'NFKC'" },
+        { "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]},\"pre_tokenizer\":"
+          "{\"type\":\"Whitespace\"}}",
+          "pre_tokenizer 'Whitespace'" },
+        { "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":-4},\"merges\":[]},\"pre_tokenizer\":"
+          "{\"type\":\"ByteLevel\"}}",
+          "bad id" },
+        { "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":1},\"merges\":[\"a b\"]},\"pre_tokenizer\":"
+          "{\"type\":\"ByteLevel\"}}",
+          "merges[0]" },
+        { "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":0},\"merges\":[]},\"pre_tokenizer\":"
+          "{\"type\":\"ByteLevel\"}}",
+          "appears twice" },
+        { "{\"model\":", "line" },
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         cr_assert_eq(fx_write(p, bad[i].json, strlen(bad[i].json)), 0);
@@ -270,8 +281,8 @@ static int ref_g2c_piece(const int (*merges)[3], int nm, const unsigned char *s,
     }
 }
 
-static int ref_g2c(const int (*merges)[3], int nm, const char *const *specials, int ns, const char *s,
-                   size_t n, int *out)
+static int ref_g2c(const int (*merges)[3], int nm, const char *const *specials, int ns, const char *s, size_t n,
+                   int *out)
 {
     int k = 0;
     size_t seg = 0, i = 0;
@@ -280,9 +291,15 @@ static int ref_g2c(const int (*merges)[3], int nm, const char *const *specials, 
         size_t hl = 0;
         for (int j = 0; j < ns; j++) {
             size_t l = strlen(specials[j]);
-            if (l <= n - i && l > hl && memcmp(s + i, specials[j], l) == 0) { hit = j; hl = l; }
+            if (l <= n - i && l > hl && memcmp(s + i, specials[j], l) == 0) {
+                hit = j;
+                hl = l;
+            }
         }
-        if (hit < 0) { i++; continue; }
+        if (hit < 0) {
+            i++;
+            continue;
+        }
         k += ref_g2c_piece(merges, nm, (const unsigned char *)s + seg, i - seg, out + k);
         out[k++] = 256 + hit;
         i += hl;
@@ -312,19 +329,24 @@ Test(bpe, g2c_matches_slow_reference)
     char *m = strstr(js, "\"merges\": [");
     cr_assert_not_null(m);
     m += strlen("\"merges\": [");
-    int (*merges)[3] = malloc((size_t)nm * sizeof *merges);
+    int(*merges)[3] = malloc((size_t)nm * sizeof *merges);
     for (int i = 0; i < nm; i++) {
         cr_assert_eq(sscanf(m, " [%d, %d, %d]", &merges[i][0], &merges[i][1], &merges[i][2]), 3);
         m = strchr(m, ']') + 2;
     }
     free(js);
-    const char *specials[] = {"<|endoftext|>", "<|pad|>"};
+    const char *specials[] = { "<|endoftext|>", "<|pad|>" };
     const char *texts[] = {
         "To be, or not to be, that is the question.",
         "the the the thethethe   the",
         "Once upon a time<|endoftext|>The dog<|pad|><|endoftext|>",
-        "\xc3\x9cn\xc3\xaf" "c\xc3\xb6" "d\xc3\xa9 \xe6\x97\xa5\xe6\x9c\xac\xe8\xaa\x9e and arrows of outrageous fortune",
-        "", "<|endoftext", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "\n\n\t  \x01\xff",
+        "\xc3\x9cn\xc3\xaf"
+        "c\xc3\xb6"
+        "d\xc3\xa9 \xe6\x97\xa5\xe6\x9c\xac\xe8\xaa\x9e and arrows of outrageous fortune",
+        "",
+        "<|endoftext",
+        "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+        "\n\n\t  \x01\xff",
     };
     for (size_t i = 0; i < sizeof texts / sizeof texts[0]; i++) {
         int want[512];
@@ -364,12 +386,16 @@ Test(bpe, g2c_hostile_files_rejected)
     char dir[128], p[256], err[256];
     cr_assert_not_null(fx_tmpdir(dir, sizeof dir));
     snprintf(p, sizeof p, "%s/tokenizer.json", dir);
-    struct { const char *json, *needle; } bad[] = {
-        {"{\"format\":\"g2c.bpe\",\"version\":3,\"merges\":[]}", "version 1 or 2"},
-        {"{\"format\":\"g2c.bpe\",\"version\":2,\"special_tokens\":[],\"merges\":[[97,98,300]]}", "merges[0]"},
-        {"{\"format\":\"g2c.bpe\",\"version\":2,\"special_tokens\":[\"<s>\"],\"merges\":[[256,98,257]]}", "merges[0]"},
-        {"{\"format\":\"g2c.bpe\",\"version\":2,\"special_tokens\":[],\"merges\":[[97,98,256],[97,98,257]]}", "repeats"},
-        {"{\"format\":\"g2c.bpe\",\"version\":2,\"special_tokens\":[5],\"merges\":[]}", "special_tokens[0]"},
+    struct {
+        const char *json, *needle;
+    } bad[] = {
+        { "{\"format\":\"g2c.bpe\",\"version\":3,\"merges\":[]}", "version 1 or 2" },
+        { "{\"format\":\"g2c.bpe\",\"version\":2,\"special_tokens\":[],\"merges\":[[97,98,300]]}", "merges[0]" },
+        { "{\"format\":\"g2c.bpe\",\"version\":2,\"special_tokens\":[\"<s>\"],\"merges\":[[256,98,257]]}",
+          "merges[0]" },
+        { "{\"format\":\"g2c.bpe\",\"version\":2,\"special_tokens\":[],\"merges\":[[97,98,256],[97,98,257]]}",
+          "repeats" },
+        { "{\"format\":\"g2c.bpe\",\"version\":2,\"special_tokens\":[5],\"merges\":[]}", "special_tokens[0]" },
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         cr_assert_eq(fx_write(p, bad[i].json, strlen(bad[i].json)), 0);
@@ -417,7 +443,8 @@ static void write_spm_json(const tokenizer *sp, const char *path)
             snprintf(b, sizeof b, "%s", s + cut);
             json_t *ia = json_object_get(vocab, a), *ib = json_object_get(vocab, b);
             if (!ia || !ib || sp->types[json_integer_value(ia)] != TT_NORMAL ||
-                sp->types[json_integer_value(ib)] != TT_NORMAL) continue;
+                sp->types[json_integer_value(ib)] != TT_NORMAL)
+                continue;
             json_array_append_new(merges, json_pack("[ss]", a, b));
         }
     }
@@ -426,15 +453,12 @@ static void write_spm_json(const tokenizer *sp, const char *path)
         "{s:s, s:[{s:i,s:s,s:b},{s:i,s:s,s:b},{s:i,s:s,s:b}], s:{s:s,s:[{s:s,s:s},{s:s,s:{s:s},s:s}]},"
         " s:n, s:{s:s,s:[{s:{s:s,s:i}},{s:{s:s,s:i}}],s:{s:{s:s,s:[i],s:[s]}}},"
         " s:{s:s,s:b,s:s,s:o,s:o}}",
-        "version", "1.0",
-        "added_tokens", "id", 0, "content", "<unk>", "special", 1, "id", 1, "content", "<s>", "special", 1,
-        "id", 2, "content", "</s>", "special", 1,
-        "normalizer", "type", "Sequence", "normalizers", "type", "Prepend", "prepend", "\xe2\x96\x81",
-        "type", "Replace", "pattern", "String", " ", "content", "\xe2\x96\x81",
-        "pre_tokenizer",
-        "post_processor", "type", "TemplateProcessing", "single", "SpecialToken", "id", "<s>", "type_id", 0,
-        "Sequence", "id", "A", "type_id", 0, "special_tokens", "<s>", "id", "<s>", "ids", 1, "tokens", "<s>",
-        "model", "type", "BPE", "byte_fallback", 1, "unk_token", "<unk>", "vocab", vocab, "merges", merges);
+        "version", "1.0", "added_tokens", "id", 0, "content", "<unk>", "special", 1, "id", 1, "content", "<s>",
+        "special", 1, "id", 2, "content", "</s>", "special", 1, "normalizer", "type", "Sequence", "normalizers", "type",
+        "Prepend", "prepend", "\xe2\x96\x81", "type", "Replace", "pattern", "String", " ", "content", "\xe2\x96\x81",
+        "pre_tokenizer", "post_processor", "type", "TemplateProcessing", "single", "SpecialToken", "id", "<s>",
+        "type_id", 0, "Sequence", "id", "A", "type_id", 0, "special_tokens", "<s>", "id", "<s>", "ids", 1, "tokens",
+        "<s>", "model", "type", "BPE", "byte_fallback", 1, "unk_token", "<unk>", "vocab", vocab, "merges", merges);
     cr_assert_not_null(root);
     cr_assert_eq(json_dump_file(root, path, 0), 0);
     json_decref(root);
@@ -459,8 +483,12 @@ Test(bpe, sentencepiece_tokenizer_json_matches_llama2c_vocab)
     const char *texts[] = {
         "Once upon a time, there was a little girl named Lily.",
         "She liked to play outside in the sun.  Two  spaces,\ttabs\nand lines.",
-        "caf\xc3\xa9 \xe6\x97\xa5\xe6\x9c\xac \xf0\x9f\x98\x80 (byte fallback)", "", " ", "123 4567",
-        "The quick brown fox jumps over the lazy dog!?", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+        "caf\xc3\xa9 \xe6\x97\xa5\xe6\x9c\xac \xf0\x9f\x98\x80 (byte fallback)",
+        "",
+        " ",
+        "123 4567",
+        "The quick brown fox jumps over the lazy dog!?",
+        "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
     };
     for (size_t i = 0; i < sizeof texts / sizeof texts[0]; i++) {
         int32_t a[256], b[256];

@@ -33,14 +33,14 @@ typedef struct {
 
 static rendered render_src(const char *src, size_t len, const char *conv, int gen, const char *bos, const char *eos)
 {
-    rendered r = {0};
+    rendered r = { 0 };
     model_chat_template *t = NULL;
     r.rc = model_chat_template_new(&t, src, len, r.err, sizeof r.err);
     if (r.rc) return r;
     json_error_t je;
     json_t *msgs = json_loads(conv, 0, &je);
     cr_assert_not_null(msgs, "bad test JSON: %s", je.text);
-    model_chat_input in = {msgs, gen, bos, eos};
+    model_chat_input in = { msgs, gen, bos, eos };
     size_t n = 0;
     r.rc = model_chat_template_render(t, &in, &r.text, &n, r.err, sizeof r.err);
     if (r.rc == 0) cr_assert_eq(n, strlen(r.text));
@@ -121,7 +121,8 @@ Test(published, qwen25_instruct_tool_call)
     expect_text(render_file("qwen2.5-instruct", conv, 1, "", "<|im_end|>"),
                 "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
                 "<|im_start|>user\nWeather in Oslo?<|im_end|>\n"
-                "<|im_start|>assistant\n<tool_call>\n{\"name\": \"weather\", \"arguments\": {\"city\": \"Oslo\", \"days\": 2}}\n</tool_call><|im_end|>\n"
+                "<|im_start|>assistant\n<tool_call>\n{\"name\": \"weather\", \"arguments\": {\"city\": \"Oslo\", "
+                "\"days\": 2}}\n</tool_call><|im_end|>\n"
                 "<|im_start|>user\n<tool_response>\nrain\n</tool_response><|im_end|>\n"
                 "<|im_start|>assistant\n");
 }
@@ -136,8 +137,9 @@ Test(published, llama2_chat)
 
 Test(published, llama2_chat_refuses_two_user_turns_in_a_row)
 {
-    rendered r = render_file("llama-2-chat", "[{\"role\": \"user\", \"content\": \"a\"}, {\"role\": \"user\", \"content\": \"b\"}]",
-                             1, "<s>", "</s>");
+    rendered r = render_file("llama-2-chat",
+                             "[{\"role\": \"user\", \"content\": \"a\"}, {\"role\": \"user\", \"content\": \"b\"}]", 1,
+                             "<s>", "</s>");
     cr_assert_eq(r.rc, MODEL_ECHAT_RAISE);
     cr_assert_str_eq(r.err, "Conversation roles must alternate user/assistant/user/assistant/...");
 }
@@ -169,13 +171,15 @@ Test(published, llama32_instruct_dates_its_system_turn)
              "<|start_header_id|>user<|end_header_id|>\n\nHi there<|eot_id|>"
              "<|start_header_id|>assistant<|end_header_id|>\n\nHello! How can I help?<|eot_id|>"
              "<|start_header_id|>user<|end_header_id|>\n\nWhat is 2+2?<|eot_id|>"
-             "<|start_header_id|>assistant<|end_header_id|>\n\n", today);
+             "<|start_header_id|>assistant<|end_header_id|>\n\n",
+             today);
     expect_text(render_file("llama-3.2-instruct", CONV_X, 1, "<|begin_of_text|>", "<|eot_id|>"), want);
     snprintf(want, sizeof want,
              "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n"
              "Cutting Knowledge Date: December 2023\nToday Date: %s\n\nBe brief.<|eot_id|>"
              "<|start_header_id|>user<|end_header_id|>\n\nHi there<|eot_id|>"
-             "<|start_header_id|>assistant<|end_header_id|>\n\nHello!<|eot_id|>", today);
+             "<|start_header_id|>assistant<|end_header_id|>\n\nHello!<|eot_id|>",
+             today);
     expect_text(render_file("llama-3.2-instruct", CONV_Y, 0, "<|begin_of_text|>", "<|eot_id|>"), want);
 }
 
@@ -211,10 +215,12 @@ Test(published, phi3_mini_instruct)
 
 Test(published, families_recognised_by_their_markers)
 {
-    static const struct { const char *file, *family; } cases[] = {
-        {"smollm-instruct", "chatml"}, {"smollm2-instruct", "chatml"}, {"qwen2.5-instruct", "chatml"},
-        {"llama-2-chat", "llama2"}, {"llama-3-instruct", "llama3"}, {"llama-3.2-instruct", "llama3"},
-        {"zephyr-7b-beta", "zephyr"}, {"gemma-2-it", "gemma"}, {"phi-3-mini-instruct", "phi3"},
+    static const struct {
+        const char *file, *family;
+    } cases[] = {
+        { "smollm-instruct", "chatml" }, { "smollm2-instruct", "chatml" }, { "qwen2.5-instruct", "chatml" },
+        { "llama-2-chat", "llama2" },    { "llama-3-instruct", "llama3" }, { "llama-3.2-instruct", "llama3" },
+        { "zephyr-7b-beta", "zephyr" },  { "gemma-2-it", "gemma" },        { "phi-3-mini-instruct", "phi3" },
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char path[256];
@@ -243,13 +249,15 @@ static rendered render_builtin(const char *name, const char *conv, int gen, cons
 Test(builtin, each_renders_its_family_as_published)
 {
     /* for conversation X every built-in gives exactly what its family's published template gives */
-    static const struct { const char *name, *file, *bos, *eos; } cases[] = {
-        {"chatml", "smollm-instruct", "", "<|im_end|>"},
-        {"llama2", "llama-2-chat", "<s>", "</s>"},
-        {"llama3", "llama-3-instruct", "<|begin_of_text|>", "<|end_of_text|>"},
-        {"zephyr", "zephyr-7b-beta", "<s>", "</s>"},
-        {"gemma", "gemma-2-it", "<bos>", "<eos>"},
-        {"phi3", "phi-3-mini-instruct", "<s>", "<|endoftext|>"},
+    static const struct {
+        const char *name, *file, *bos, *eos;
+    } cases[] = {
+        { "chatml", "smollm-instruct", "", "<|im_end|>" },
+        { "llama2", "llama-2-chat", "<s>", "</s>" },
+        { "llama3", "llama-3-instruct", "<|begin_of_text|>", "<|end_of_text|>" },
+        { "zephyr", "zephyr-7b-beta", "<s>", "</s>" },
+        { "gemma", "gemma-2-it", "<bos>", "<eos>" },
+        { "phi3", "phi-3-mini-instruct", "<s>", "<|endoftext|>" },
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         rendered a = render_builtin(cases[i].name, CONV_X, 1, cases[i].bos, cases[i].eos);
@@ -297,16 +305,18 @@ Test(jinja, whitespace_control_as_transformers_renders)
     expect_jinja("a {% if true %}b{% endif %}", "a b"); /* not at the start of a line: kept */
     expect_jinja("a  {{- 'b' -}}  \n c", "abc");
     expect_jinja("a\n{#- comment #}\nb", "ab");
-    expect_jinja("x{{ 'y' }}\nz", "xy\nz");        /* no trimming after an expression */
+    expect_jinja("x{{ 'y' }}\nz", "xy\nz");              /* no trimming after an expression */
     expect_jinja("  {%+ if true %}x{% endif %}", "  x"); /* "+" keeps the indentation */
 }
 
 Test(jinja, values_print_as_python_prints_them)
 {
-    expect_jinja("{{ none }} {{ true }} {{ False }} {{ 3 }} {{ 2.5 }} {{ 4.0 }} {{ undefined_name }}|", "None True False 3 2.5 4.0 |");
+    expect_jinja("{{ none }} {{ true }} {{ False }} {{ 3 }} {{ 2.5 }} {{ 4.0 }} {{ undefined_name }}|",
+                 "None True False 3 2.5 4.0 |");
     expect_jinja("{{ [1, 'a', none] }} {{ {'k': 'v'} }}", "[1, 'a', None] {'k': 'v'}");
     expect_jinja("{{ \"it's\" }} {{ ['it\\'s'] }}", "it's [\"it's\"]");
-    expect_jinja("{{ 7 // 2 }} {{ -7 // 2 }} {{ 7 % 3 }} {{ -7 % 3 }} {{ 7 / 2 }} {{ 2 ** 10 }} {{ 'ab' * 2 }}", "3 -4 1 2 3.5 1024 abab");
+    expect_jinja("{{ 7 // 2 }} {{ -7 // 2 }} {{ 7 % 3 }} {{ -7 % 3 }} {{ 7 / 2 }} {{ 2 ** 10 }} {{ 'ab' * 2 }}",
+                 "3 -4 1 2 3.5 1024 abab");
     expect_jinja("{{ 1 ~ 'x' ~ none }} {{ 'a' + 'b' }} {{ [1] + [2] }}", "1xNone ab [1, 2]");
 }
 
@@ -314,13 +324,16 @@ Test(jinja, operators_tests_and_precedence)
 {
     expect_jinja("{{ 'a' if messages[0].role == 'user' else 'b' }}", "a");
     expect_jinja("{{ 'x' in 'xyz' }} {{ 'w' not in ['w'] }} {{ 'role' in messages[0] }}", "True False True");
-    expect_jinja("{{ not none is none }} {{ messages is defined }} {{ nope is undefined }} {{ 3 is odd }} {{ 4 is divisibleby 2 }}",
+    expect_jinja("{{ not none is none }} {{ messages is defined }} {{ nope is undefined }} {{ 3 is odd }} {{ 4 is "
+                 "divisibleby 2 }}",
                  "False True True True True");
-    expect_jinja("{{ 1 or 2 }} {{ 0 or '' }}|{{ 0 and 1 }} {{ [] is iterable }} {{ {} is mapping }} {{ 'a' is string }}",
-                 "1 |0 True True True");
+    expect_jinja(
+        "{{ 1 or 2 }} {{ 0 or '' }}|{{ 0 and 1 }} {{ [] is iterable }} {{ {} is mapping }} {{ 'a' is string }}",
+        "1 |0 True True True");
     /* a filter binds tighter than +: this is how Llama 3's template trims only the content */
     expect_jinja("{{ '[' + messages[0]['content'] | trim + ']' }}", "[a b]");
-    expect_jinja("{{ [1, 2] == [1, 2] }} {{ 1 == 1.0 }} {{ '1' == 1 }} {{ 'b' > 'a' }} {{ {'a': 1} == {'a': 1} }}", "True True False True True");
+    expect_jinja("{{ [1, 2] == [1, 2] }} {{ 1 == 1.0 }} {{ '1' == 1 }} {{ 'b' > 'a' }} {{ {'a': 1} == {'a': 1} }}",
+                 "True True False True True");
 }
 
 Test(jinja, loops_sets_and_namespaces)
@@ -331,42 +344,55 @@ Test(jinja, loops_sets_and_namespaces)
     expect_jinja("{% for x in [1, 2, 3, 4] if x is even %}{{ x }}{{ loop.length }} {% endfor %}", "22 42 ");
     expect_jinja("{% for x in [] %}a{% else %}empty{% endfor %}", "empty");
     expect_jinja("{% for k, v in {'a': 1, 'b': 2}.items() %}{{ k }}={{ v }};{% endfor %}", "a=1;b=2;");
-    expect_jinja("{% for x in [1, 2, 3, 4] %}{% if x == 2 %}{% continue %}{% endif %}{% if x == 4 %}{% break %}{% endif %}{{ x }}{% endfor %}", "13");
+    expect_jinja("{% for x in [1, 2, 3, 4] %}{% if x == 2 %}{% continue %}{% endif %}{% if x == 4 %}{% break %}{% "
+                 "endif %}{{ x }}{% endfor %}",
+                 "13");
     /* a set inside a loop stays in the loop; a namespace carries state out */
-    expect_jinja("{% set n = 0 %}{% set ns = namespace(n=0) %}{% for x in [1, 2] %}{% set n = n + x %}{% set ns.n = ns.n + x %}{% endfor %}{{ n }} {{ ns.n }}",
+    expect_jinja("{% set n = 0 %}{% set ns = namespace(n=0) %}{% for x in [1, 2] %}{% set n = n + x %}{% set ns.n = "
+                 "ns.n + x %}{% endfor %}{{ n }} {{ ns.n }}",
                  "0 3");
     expect_jinja("{% set t %}[{{ 1 + 1 }}]{% endset %}{{ t }}{{ t | length }}", "[2]3");
-    expect_jinja("{% for m in messages[::-1] %}{{ m.role }}{% endfor %} {{ 'hello'[1:3] }} {{ 'hello'[-1] }} {{ [1,2,3][-2:] }}",
-                 "user el o [2, 3]");
-    expect_jinja("{% for i in range(3) %}{{ i }}{% endfor %}{% for i in range(5, 1, -2) %}{{ i }}{% endfor %}", "01253");
+    expect_jinja(
+        "{% for m in messages[::-1] %}{{ m.role }}{% endfor %} {{ 'hello'[1:3] }} {{ 'hello'[-1] }} {{ [1,2,3][-2:] }}",
+        "user el o [2, 3]");
+    expect_jinja("{% for i in range(3) %}{{ i }}{% endfor %}{% for i in range(5, 1, -2) %}{{ i }}{% endfor %}",
+                 "01253");
 }
 
 Test(jinja, filters_and_methods)
 {
-    expect_jinja("{{ '  x  ' | trim }}|{{ ' x '.strip() }}|{{ 'xxhixx'.strip('x') }}|{{ ' x '.lstrip() }}|{{ ' x '.rstrip() }}|",
-                 "x|x|hi|x | x|");
-    expect_jinja("{{ 'Ab' | upper }} {{ 'Ab' | lower }} {{ 'hello world' | title }} {{ 'hello' | capitalize }} {{ 'ab'.upper() }}",
+    expect_jinja(
+        "{{ '  x  ' | trim }}|{{ ' x '.strip() }}|{{ 'xxhixx'.strip('x') }}|{{ ' x '.lstrip() }}|{{ ' x '.rstrip() }}|",
+        "x|x|hi|x | x|");
+    expect_jinja("{{ 'Ab' | upper }} {{ 'Ab' | lower }} {{ 'hello world' | title }} {{ 'hello' | capitalize }} {{ "
+                 "'ab'.upper() }}",
                  "AB ab Hello World Hello AB");
-    expect_jinja("{{ [3, 4] | length }} {{ 'héllo' | length }} {{ [1, 2] | first }} {{ [1, 2] | last }} {{ ['a', 'b'] | join(', ') }}",
+    expect_jinja("{{ [3, 4] | length }} {{ 'héllo' | length }} {{ [1, 2] | first }} {{ [1, 2] | last }} {{ ['a', 'b'] "
+                 "| join(', ') }}",
                  "2 5 1 2 a, b");
-    expect_jinja("{{ nope | default('d') }} {{ '' | default('d', true) }} {{ 'a-b-c'.split('-') }} {{ ' a  b '.split() }}",
-                 "d d ['a', 'b', 'c'] ['a', 'b']");
-    expect_jinja("{{ 'aXbX'.replace('X', '.') }} {{ 'abc'.startswith('ab') }} {{ 'abc'.endswith(('x', 'c')) }} {{ 'abc' | replace('b', '') }}",
+    expect_jinja(
+        "{{ nope | default('d') }} {{ '' | default('d', true) }} {{ 'a-b-c'.split('-') }} {{ ' a  b '.split() }}",
+        "d d ['a', 'b', 'c'] ['a', 'b']");
+    expect_jinja("{{ 'aXbX'.replace('X', '.') }} {{ 'abc'.startswith('ab') }} {{ 'abc'.endswith(('x', 'c')) }} {{ "
+                 "'abc' | replace('b', '') }}",
                  "a.b. True True ac");
-    expect_jinja("{{ {'b': [1, 2.5, true, none], 'a': \"q\\\"\"} | tojson }}", "{\"b\": [1, 2.5, true, null], \"a\": \"q\\\"\"}");
+    expect_jinja("{{ {'b': [1, 2.5, true, none], 'a': \"q\\\"\"} | tojson }}",
+                 "{\"b\": [1, 2.5, true, null], \"a\": \"q\\\"\"}");
     expect_jinja("{{ {'a': [1]} | tojson(indent=2) }}", "{\n  \"a\": [\n    1\n  ]\n}");
     expect_jinja("{{ messages | selectattr('role', 'equalto', 'user') | list | length }}"
                  "{{ messages | rejectattr('role', 'equalto', 'user') | list | length }}"
                  "{{ messages | map(attribute='role') | join }}",
                  "10user");
-    expect_jinja("{{ {'k': 1}.get('k') }} {{ {'k': 1}.get('z', 'no') }} {% for k, v in {'a': 1, 'b': 2} | items %}{{ k }}{{ v }}{% endfor %} {{ [1, 2] | reverse | list }}",
+    expect_jinja("{{ {'k': 1}.get('k') }} {{ {'k': 1}.get('z', 'no') }} {% for k, v in {'a': 1, 'b': 2} | items %}{{ k "
+                 "}}{{ v }}{% endfor %} {{ [1, 2] | reverse | list }}",
                  "1 no a1b2 [2, 1]");
 }
 
 Test(jinja, messages_from_json)
 {
     /* content given as parts is joined; other fields pass through */
-    const char *conv = "[{\"role\": \"user\", \"content\": [{\"type\": \"text\", \"text\": \"a\"}, {\"type\": \"text\", \"text\": \"b\"}], \"name\": \"n\"}]";
+    const char *conv = "[{\"role\": \"user\", \"content\": [{\"type\": \"text\", \"text\": \"a\"}, {\"type\": "
+                       "\"text\", \"text\": \"b\"}], \"name\": \"n\"}]";
     const char *src = "{{ messages[0].content }} {{ messages[0].name }} {{ messages[0].tool_calls is defined }}";
     expect_text(render_src(src, strlen(src), conv, 0, "", ""), "ab n False");
 }
@@ -443,7 +469,7 @@ Test(errors, rendering_is_reentrant_and_repeatable)
     char err[256];
     cr_assert_eq(model_chat_template_new(&t, src, strlen(src), err, sizeof err), 0, "%s", err);
     json_t *msgs = json_loads(CONV_X, 0, NULL);
-    model_chat_input in = {msgs, 1, "", ""};
+    model_chat_input in = { msgs, 1, "", "" };
     char *a = NULL, *b = NULL;
     cr_assert_eq(model_chat_template_render(t, &in, &a, NULL, err, sizeof err), 0);
     cr_assert_eq(model_chat_template_render(t, &in, &b, NULL, err, sizeof err), 0);

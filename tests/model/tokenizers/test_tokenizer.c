@@ -18,7 +18,7 @@ static model *load_ok(const char *name, const char *tok_name)
     char *p = th_model_path(name), *t = tok_name ? th_model_path(tok_name) : NULL;
     char err[512] = "";
     model *m = NULL;
-    model_load_opts o = {.tokenizer_path = t, .n_threads = 1};
+    model_load_opts o = { .tokenizer_path = t, .n_threads = 1 };
     cr_assert_eq(model_load(&m, p, &o, err, sizeof err), 0, "%s", err);
     free(p);
     free(t);
@@ -48,7 +48,7 @@ typedef struct {
     const tokenizer *t;
     int *sorted; /* ids of normal tokens, by string then id */
     int n;
-    int marker;  /* spaces as U+2581 */
+    int marker; /* spaces as U+2581 */
 } ref_bpe;
 
 static const tokenizer *sort_tok;
@@ -76,9 +76,14 @@ static int ref_lookup(const ref_bpe *r, const char *s)
     int lo = 0, hi = r->n - 1, found = -1;
     while (lo <= hi) {
         int mid = (lo + hi) / 2, c = strcmp(r->t->str[r->sorted[mid]], s);
-        if (c == 0) { found = r->sorted[mid]; hi = mid - 1; } /* the lowest id among equals */
-        else if (c < 0) lo = mid + 1;
-        else hi = mid - 1;
+        if (c == 0) {
+            found = r->sorted[mid];
+            hi = mid - 1;
+        } /* the lowest id among equals */
+        else if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid - 1;
     }
     return found;
 }
@@ -140,7 +145,8 @@ static int ref_encode(const ref_bpe *r, const char *text, int add_bos, int32_t *
     }
     for (int i = 0; i < n; i++) {
         int id = ref_lookup(r, pc[i]);
-        if (id >= 0) out[n_out++] = id;
+        if (id >= 0)
+            out[n_out++] = id;
         else
             for (const unsigned char *b = (const unsigned char *)pc[i]; *b; b++) out[n_out++] = ref_byte_token(r, *b);
         free(pc[i]);
@@ -153,18 +159,43 @@ static int ref_encode(const ref_bpe *r, const char *text, int add_bos, int32_t *
 /* ---- Test strings ----------------------------------------------------------------------- */
 
 static const char *fixed[] = {
-    "Once upon a time", "Hello world", "hello", "Lily and Tom went to the park.",
-    "  two leading spaces", "trailing spaces   ", "a  b   c    d", "tabs\tand\nnewlines\n\n",
-    "café", "naïve résumé", "中文", "日本語のテキスト", "emoji 😀👍🏽 here", "Ω≈ç√∫", "ß", "\xc3\xa9",
-    "12345 67890", "It's a dog's life, isn't it?", "\"quoted\" (parens) [brackets] {braces}",
-    "x", " ", "  ", "\n", "<s>", "</s>", "<unk>", "<0x41>", "a<0x0A>b", "▁already▁marked",
+    "Once upon a time",
+    "Hello world",
+    "hello",
+    "Lily and Tom went to the park.",
+    "  two leading spaces",
+    "trailing spaces   ",
+    "a  b   c    d",
+    "tabs\tand\nnewlines\n\n",
+    "café",
+    "naïve résumé",
+    "中文",
+    "日本語のテキスト",
+    "emoji 😀👍🏽 here",
+    "Ω≈ç√∫",
+    "ß",
+    "\xc3\xa9",
+    "12345 67890",
+    "It's a dog's life, isn't it?",
+    "\"quoted\" (parens) [brackets] {braces}",
+    "x",
+    " ",
+    "  ",
+    "\n",
+    "<s>",
+    "</s>",
+    "<unk>",
+    "<0x41>",
+    "a<0x0A>b",
+    "▁already▁marked",
     "The quick brown fox jumps over the lazy dog. THE QUICK BROWN FOX!",
 };
 
 static const char *alphabet[] = {
-    "the", "Once", "upon", "a", "time", "Lily", "happy", "dog", "ran", "ing", "ed", " ", " ", " ", "  ",
-    "\n", "\t", ",", ".", "!", "?", "'", "0", "7", "42", "é", "中", "文", "😀", "ß", "Ω", "ü", "-", "_",
-    "\xe2\x96\x81", "abc", "xyz", "Q", "ZZ",
+    "the", "Once", "upon", "a", "time",         "Lily", "happy", "dog", "ran", "ing",
+    "ed",  " ",    " ",    " ", "  ",           "\n",   "\t",    ",",   ".",   "!",
+    "?",   "'",    "0",    "7", "42",           "é",    "中",    "文",  "😀",   "ß",
+    "Ω",   "ü",    "-",    "_", "\xe2\x96\x81", "abc",  "xyz",   "Q",   "ZZ",
 };
 
 /* A deterministic pseudo-random string (seeded LCG). */
@@ -193,11 +224,13 @@ static void compare_with_reference(model *m, int marker, int n_random)
     unsigned seed = 12345;
     int n_cases = (int)(sizeof fixed / sizeof fixed[0]) + n_random;
     for (int k = 0; k < n_cases; k++) {
-        const char *s = k < (int)(sizeof fixed / sizeof fixed[0]) ? fixed[k] : (random_text(buf, sizeof buf, &seed), buf);
+        const char *s =
+            k < (int)(sizeof fixed / sizeof fixed[0]) ? fixed[k] : (random_text(buf, sizeof buf, &seed), buf);
         int n = model_tokenize(m, s, strlen(s), 1, got, 2048);
         int nw = ref_encode(&r, s, 1, want);
         cr_assert_eq(n, nw, "'%s': %d tokens, reference %d", s, n, nw);
-        for (int i = 0; i < n; i++) cr_assert_eq(got[i], want[i], "'%s': token %d is %d, reference %d", s, i, got[i], want[i]);
+        for (int i = 0; i < n; i++)
+            cr_assert_eq(got[i], want[i], "'%s': token %d is %d, reference %d", s, i, got[i], want[i]);
     }
     free(r.sorted);
 }
@@ -212,7 +245,7 @@ Test(tokenizer, once_upon_a_time_same_in_both_files)
     int nx = model_tokenize(g, s, strlen(s), 1, x, 16), ny = model_tokenize(b, s, strlen(s), 1, y, 16);
     cr_assert_eq(nx, 5);
     cr_assert_eq(ny, 5);
-    static const int32_t want[5] = {1, 403, 407, 261, 378}; /* <s> ▁Once ▁upon ▁a ▁time */
+    static const int32_t want[5] = { 1, 403, 407, 261, 378 }; /* <s> ▁Once ▁upon ▁a ▁time */
     for (int i = 0; i < 5; i++) {
         cr_assert_eq(x[i], want[i]);
         cr_assert_eq(y[i], want[i]);
@@ -240,7 +273,7 @@ Test(tokenizer, llama2_known_ids)
     cr_assert_eq(ids[1], 15043); /* " Hello" */
     cr_assert_eq(ids[2], 3186);  /* " world" */
     n = model_tokenize(m, "Once upon a time", 16, 1, ids, 16);
-    static const int32_t want[5] = {1, 9038, 2501, 263, 931};
+    static const int32_t want[5] = { 1, 9038, 2501, 263, 931 };
     cr_assert_eq(n, 5);
     for (int i = 0; i < 5; i++) cr_assert_eq(ids[i], want[i]);
     n = model_tokenize(m, "\n", 1, 0, ids, 16); /* " " then the byte <0x0A> (id 3 + 10) */
@@ -281,11 +314,22 @@ static void round_trip(model *m, const char *s)
 
 Test(tokenizer, round_trips)
 {
-    model *ms[3] = {load_ok("stories260K.gguf", NULL), load_ok("stories260K.bin", "tok512.bin"), load_llama2_vocab()};
+    model *ms[3] = { load_ok("stories260K.gguf", NULL), load_ok("stories260K.bin", "tok512.bin"), load_llama2_vocab() };
     static const char *cases[] = {
-        "Once upon a time, there was a little girl named Lily.", "café au lait", "naïve", "中文字符",
-        "emoji: 😀 and 👍🏽", "  two spaces", "many     spaces\tand\ttabs\n\nand newlines", "ß∂ƒ©˙∆˚¬…æ",
-        " ", "x", "<s> is not a control token in text", "a\x01" "b\x7f" "c",
+        "Once upon a time, there was a little girl named Lily.",
+        "café au lait",
+        "naïve",
+        "中文字符",
+        "emoji: 😀 and 👍🏽",
+        "  two spaces",
+        "many     spaces\tand\ttabs\n\nand newlines",
+        "ß∂ƒ©˙∆˚¬…æ",
+        " ",
+        "x",
+        "<s> is not a control token in text",
+        "a\x01"
+        "b\x7f"
+        "c",
     };
     for (int k = 0; k < 3; k++) {
         for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) round_trip(ms[k], cases[c]);
@@ -330,8 +374,8 @@ Test(tokenizer, incremental_detok_never_splits_a_character)
 {
     model *m = load_ok("stories260K.gguf", NULL);
     /* 中 = E4 B8 AD, 😀 = F0 9F 98 80, then 'A' */
-    static const unsigned char bytes[] = {0xE4, 0xB8, 0xAD, 0xF0, 0x9F, 0x98, 0x80, 'A'};
-    static const int want_len[] = {0, 0, 3, 0, 0, 0, 4, 1};
+    static const unsigned char bytes[] = { 0xE4, 0xB8, 0xAD, 0xF0, 0x9F, 0x98, 0x80, 'A' };
+    static const int want_len[] = { 0, 0, 3, 0, 0, 0, 4, 1 };
     model_detok d;
     model_detok_init(&d);
     char out[128];
@@ -402,7 +446,7 @@ Test(tokenizer, leading_space_dropped_after_the_first_bos_only)
     size_t len;
     const char *bos = model_token_bytes(m, 1, &len);
     cr_assert_str_eq(bos, "<s>");
-    int32_t ids[3] = {1, 403, 407};
+    int32_t ids[3] = { 1, 403, 407 };
     char *s = model_detokenize(m, ids, 3, &len);
     cr_assert_str_eq(s, "Once upon");
     free(s);
@@ -412,12 +456,12 @@ Test(tokenizer, leading_space_dropped_after_the_first_bos_only)
     /* A BOS in the middle (stories260K ends a story with BOS and starts the next):
      * SentencePiece and llama.cpp print "fun. Once"; the space is dropped only at the
      * start.  (Fails with "fun.Once" if every BOS drops the next piece's space.) */
-    int32_t mid[6] = {1, 403, 407, 1, 403, 407};
+    int32_t mid[6] = { 1, 403, 407, 1, 403, 407 };
     s = model_detokenize(m, mid, 6, &len);
     cr_assert_str_eq(s, "Once upon Once upon");
     free(s);
     model_detok_init(&d);
-    int32_t two_bos[3] = {1, 1, 403}; /* nothing printed between: still the start */
+    int32_t two_bos[3] = { 1, 1, 403 }; /* nothing printed between: still the start */
     char buf[64];
     size_t used = 0;
     for (int i = 0; i < 3; i++) {
@@ -427,7 +471,7 @@ Test(tokenizer, leading_space_dropped_after_the_first_bos_only)
     }
     cr_assert_eq(used, 4);
     cr_assert_eq(memcmp(buf, "Once", 4), 0);
-    int32_t bad[2] = {1, 512};
+    int32_t bad[2] = { 1, 512 };
     cr_assert_null(model_detokenize(m, bad, 2, &len));
     model_free(m);
 }

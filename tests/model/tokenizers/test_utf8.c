@@ -25,7 +25,7 @@ static int ref_valid(const unsigned char *s, size_t n, uint32_t *cp)
         if ((s[i] >> 6) != 2) return 0;
         v = v << 6 | (s[i] & 0x3F);
     }
-    static const uint32_t min[5] = {0, 0, 0x80, 0x800, 0x10000};
+    static const uint32_t min[5] = { 0, 0, 0x80, 0x800, 0x10000 };
     if (v < min[len] || v > 0x10FFFF || (v >= 0xD800 && v <= 0xDFFF)) return 0;
     *cp = v;
     return 1;
@@ -41,15 +41,15 @@ static void check_seq(const unsigned char *s, size_t n)
         cr_assert_eq(got, want, "%02x %02x %02x %02x: code point", s[0], s[1], s[2], s[3]);
     } else {
         /* not one whole character: then never a code point for all n bytes */
-        cr_assert(got > 0x10FFFF || len < n, "%02x %02x %02x %02x (n %zu) accepted as U+%04X",
-                  s[0], s[1], s[2], s[3], n, got);
+        cr_assert(got > 0x10FFFF || len < n, "%02x %02x %02x %02x (n %zu) accepted as U+%04X", s[0], s[1], s[2], s[3],
+                  n, got);
         cr_assert(len >= 1 && len <= n);
     }
 }
 
 Test(utf8, every_short_sequence_agrees_with_the_value_rule)
 {
-    unsigned char s[4] = {0};
+    unsigned char s[4] = { 0 };
     for (uint32_t a = 0; a < 256; a++) {
         s[0] = (unsigned char)a;
         check_seq(s, 1);
@@ -66,7 +66,7 @@ Test(utf8, every_short_sequence_agrees_with_the_value_rule)
 
 Test(utf8, four_byte_sequences_agree_with_the_value_rule)
 {
-    static const unsigned char last[] = {0x00, 0x41, 0x7F, 0x80, 0x9F, 0xBF, 0xC0, 0xFF};
+    static const unsigned char last[] = { 0x00, 0x41, 0x7F, 0x80, 0x9F, 0xBF, 0xC0, 0xFF };
     unsigned char s[4];
     for (uint32_t a = 0xF0; a < 0x100; a++)
         for (uint32_t b = 0; b < 256; b++)
@@ -79,10 +79,19 @@ Test(utf8, four_byte_sequences_agree_with_the_value_rule)
 
 Test(utf8, boundaries)
 {
-    static const struct { const char *s; uint32_t cp; } ok[] = {
-        {"\x7F", 0x7F}, {"\xC2\x80", 0x80}, {"\xDF\xBF", 0x7FF}, {"\xE0\xA0\x80", 0x800},
-        {"\xED\x9F\xBF", 0xD7FF}, {"\xEE\x80\x80", 0xE000}, {"\xEF\xBF\xBF", 0xFFFF},
-        {"\xF0\x90\x80\x80", 0x10000}, {"\xF4\x8F\xBF\xBF", 0x10FFFF},
+    static const struct {
+        const char *s;
+        uint32_t cp;
+    } ok[] = {
+        { "\x7F", 0x7F },
+        { "\xC2\x80", 0x80 },
+        { "\xDF\xBF", 0x7FF },
+        { "\xE0\xA0\x80", 0x800 },
+        { "\xED\x9F\xBF", 0xD7FF },
+        { "\xEE\x80\x80", 0xE000 },
+        { "\xEF\xBF\xBF", 0xFFFF },
+        { "\xF0\x90\x80\x80", 0x10000 },
+        { "\xF4\x8F\xBF\xBF", 0x10FFFF },
     };
     for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
         uint32_t cp;
@@ -108,11 +117,11 @@ static void expect_part(const char *s, size_t n, size_t len, uint32_t kind)
 Test(utf8, ill_formed_parts_take_their_maximal_subpart)
 {
     const uint32_t BAD = MODEL_UTF8_INVALID, CUT = MODEL_UTF8_PARTIAL;
-    expect_part("\x80", 1, 1, BAD);             /* stray continuation byte */
+    expect_part("\x80", 1, 1, BAD); /* stray continuation byte */
     expect_part("\xBF\x80", 2, 1, BAD);
-    expect_part("\xC0\xAF", 2, 1, BAD);         /* overlong '/' (C0, C1 never lead) */
+    expect_part("\xC0\xAF", 2, 1, BAD); /* overlong '/' (C0, C1 never lead) */
     expect_part("\xC1\xBF", 2, 1, BAD);
-    expect_part("\xE0\x80\xAF", 3, 1, BAD);     /* overlong three-byte form */
+    expect_part("\xE0\x80\xAF", 3, 1, BAD); /* overlong three-byte form */
     expect_part("\xE0\x9F\xBF", 3, 1, BAD);
     expect_part("\xF0\x8F\xBF\xBF", 4, 1, BAD); /* overlong four-byte form */
     expect_part("\xED\xA0\x80", 3, 1, BAD);     /* surrogate U+D800 */
@@ -120,15 +129,15 @@ Test(utf8, ill_formed_parts_take_their_maximal_subpart)
     expect_part("\xF4\x90\x80\x80", 4, 1, BAD); /* U+110000 */
     expect_part("\xF5\x80\x80\x80", 4, 1, BAD); /* F5..FF never lead */
     expect_part("\xFF", 1, 1, BAD);
-    expect_part("\xE2\x82\x41", 3, 2, BAD);     /* broken off by 'A': both bytes, one part */
+    expect_part("\xE2\x82\x41", 3, 2, BAD); /* broken off by 'A': both bytes, one part */
     expect_part("\xF0\x9F\x98\x41", 4, 3, BAD);
-    expect_part("\xC3\xC3\xA9", 3, 1, BAD);     /* a lead where a continuation belongs */
+    expect_part("\xC3\xC3\xA9", 3, 1, BAD); /* a lead where a continuation belongs */
     /* a well-formed start that reaches the end is cut off, not wrong */
     expect_part("\xC3", 1, 1, CUT);
     expect_part("\xE2\x82", 2, 2, CUT);
     expect_part("\xF0\x9F\x98", 3, 3, CUT);
     expect_part("\xED", 1, 1, CUT);
-    expect_part("\xED\xA0", 2, 1, BAD);         /* ...unless the second byte already rules it out */
+    expect_part("\xED\xA0", 2, 1, BAD); /* ...unless the second byte already rules it out */
     expect_part("\xF4\x90", 2, 1, BAD);
 }
 
@@ -139,8 +148,13 @@ static size_t replace_all(const char *s, size_t n, char *out)
     for (size_t i = 0; i < n;) {
         uint32_t cp;
         size_t len = model_utf8_decode(s + i, n - i, &cp);
-        if (cp > 0x10FFFF) { memcpy(out + w, "\xEF\xBF\xBD", 3); w += 3; }
-        else { memcpy(out + w, s + i, len); w += len; }
+        if (cp > 0x10FFFF) {
+            memcpy(out + w, "\xEF\xBF\xBD", 3);
+            w += 3;
+        } else {
+            memcpy(out + w, s + i, len);
+            w += len;
+        }
         i += len;
     }
     return w;
@@ -148,18 +162,27 @@ static size_t replace_all(const char *s, size_t n, char *out)
 
 Test(utf8, replacement_equals_python_decode_replace)
 {
-    static const struct { const char *in, *want; } cases[] = {
-        {"\xE2\x82\x41", "\xEF\xBF\xBD" "A"},
-        {"\xED\xA0\x80", "\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD"},
-        {"\xF0\x9F\x98", "\xEF\xBF\xBD"},
-        {"\xC0\xAF", "\xEF\xBF\xBD\xEF\xBF\xBD"},
-        {"\xF4\x90\x80\x80", "\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD"},
-        {"\xE0\x80\xAF", "\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD"},
-        {"a\x80" "b", "a\xEF\xBF\xBD" "b"},
-        {"\xF0\x9F\x98\x80", "\xF0\x9F\x98\x80"},
-        {"\xEF\xBF\xBF", "\xEF\xBF\xBF"},
-        {"\xF5\x80", "\xEF\xBF\xBD\xEF\xBF\xBD"},
-        {"\xF0\x90\x80" "A\xC3", "\xEF\xBF\xBD" "A\xEF\xBF\xBD"},
+    static const struct {
+        const char *in, *want;
+    } cases[] = {
+        { "\xE2\x82\x41", "\xEF\xBF\xBD"
+                          "A" },
+        { "\xED\xA0\x80", "\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD" },
+        { "\xF0\x9F\x98", "\xEF\xBF\xBD" },
+        { "\xC0\xAF", "\xEF\xBF\xBD\xEF\xBF\xBD" },
+        { "\xF4\x90\x80\x80", "\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD" },
+        { "\xE0\x80\xAF", "\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD" },
+        { "a\x80"
+          "b",
+          "a\xEF\xBF\xBD"
+          "b" },
+        { "\xF0\x9F\x98\x80", "\xF0\x9F\x98\x80" },
+        { "\xEF\xBF\xBF", "\xEF\xBF\xBF" },
+        { "\xF5\x80", "\xEF\xBF\xBD\xEF\xBF\xBD" },
+        { "\xF0\x90\x80"
+          "A\xC3",
+          "\xEF\xBF\xBD"
+          "A\xEF\xBF\xBD" },
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char out[64];
