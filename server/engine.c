@@ -837,6 +837,20 @@ static void engine_main(void *arg)
 
 /* ---- API ---------------------------------------------------------------------------------- */
 
+/* What engine_new allocates before any sequence holds memory: the prefix store, the
+ * slot and batch arrays, and the engine itself (its failure path and engine_stop). */
+static void engine_free_shell(engine *e)
+{
+    kv_store_free(e->store);
+    free(e->seqs);
+    free(e->items);
+    free(e->item_seq);
+    free(e->starts);
+    free(e->to_sample);
+    free(e->logits);
+    free(e);
+}
+
 int engine_new(engine **out, const engine_config *c)
 {
     *out = NULL;
@@ -884,14 +898,7 @@ int engine_new(engine **out, const engine_config *c)
     *out = e;
     return 0;
 fail:
-    kv_store_free(e->store);
-    free(e->seqs);
-    free(e->items);
-    free(e->item_seq);
-    free(e->starts);
-    free(e->to_sample);
-    free(e->logits);
-    free(e);
+    engine_free_shell(e);
     return -1;
 }
 
@@ -1003,12 +1010,5 @@ void engine_stop(engine *e)
         free(e->seqs[i].score);
         free(e->seqs[i].trace);
     }
-    kv_store_free(e->store);
-    free(e->seqs);
-    free(e->items);
-    free(e->item_seq);
-    free(e->starts);
-    free(e->to_sample);
-    free(e->logits);
-    free(e);
+    engine_free_shell(e);
 }
