@@ -386,13 +386,15 @@ static void act_row_q8(int8_t *q, float *d, float *s, int32_t *x32, const float 
         for (int k = 0; k < 4; k++)
             iv[k] = _mm256_cvtps_epi32(
                 _mm256_round_ps(_mm256_mul_ps(v[k], mul), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-        __m256i s01 = _mm256_add_epi32(_mm256_add_epi32(iv[0], iv[1]), _mm256_add_epi32(iv[2], iv[3]));
+        __m256i p0 = _mm256_packs_epi32(iv[0], iv[1]), p2 = _mm256_packs_epi32(iv[2], iv[3]);
+        __m256i p = _mm256_packs_epi16(p0, p2);
+        /* the sum of the saturated int8 values (a NaN or inf converts to INT_MIN before the
+         * packs saturate it, so summing the int32 lanes would not give sum q) */
+        __m256i s01 = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), p), _mm256_set1_epi16(1));
         __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s01), _mm256_extracti128_si256(s01, 1));
         s4 = _mm_add_epi32(s4, _mm_unpackhi_epi64(s4, s4));
         s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 1));
         sum = _mm_cvtsi128_si32(s4);
-        __m256i p0 = _mm256_packs_epi32(iv[0], iv[1]), p2 = _mm256_packs_epi32(iv[2], iv[3]);
-        __m256i p = _mm256_packs_epi16(p0, p2);
         p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
         _mm256_storeu_si256((__m256i *)qb, p);
 #else

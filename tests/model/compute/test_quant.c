@@ -852,3 +852,32 @@ Test(quant, type_facts)
     cr_assert_eq(quant_type_from_name("IQ2_XXS"), -1);
     cr_assert_null(mtensor_type_name(16));
 }
+
+/* A NaN or inf in an activation row (a broken model's hidden state) quantizes to
+ * saturated int8 values, and the per-32 sums the kernels use are the sums of those
+ * int8 values -- not of the unsaturated conversions, which overflow (the kernels
+ * multiply the sum, so an INT_MIN there was undefined behaviour). */
+Test(quant, activation_sums_with_nan_and_inf)
+{
+    const int fmts[] = { QACT_Q8_0, QACT_Q8_1 };
+    const int K = 64;
+    float x[64];
+    for (int i = 0; i < K; i++) x[i] = (float)((i * 5) % 11 - 5) / 4.0f;
+    x[3] = NAN;
+    x[40] = INFINITY;
+    x[41] = -INFINITY;
+    for (size_t fi = 0; fi < sizeof fmts / sizeof fmts[0]; fi++) {
+        void *buf = malloc(quant_act_bytes(fmts[fi], K, 1));
+        cr_assert_not_null(buf);
+        quant_act a;
+        quant_act_init(&a, fmts[fi], K, 1, buf);
+        quant_act_rows(&a, x, 0, 1);
+        for (int b = 0; b < K / 32; b++) {
+            int32_t sum = 0;
+            for (int i = 0; i < 32; i++) sum += a.q[32 * b + i];
+            cr_assert_eq(a.x32[b], sum, "format %d block %d: x32 %d, sum of q %d", fmts[fi], b, a.x32[b], sum);
+            cr_assert(a.x32[b] >= -32 * 128 && a.x32[b] <= 32 * 127);
+        }
+        free(buf);
+    }
+}
