@@ -298,7 +298,9 @@ static void make_q2_k(const float *x, uint8_t *y)
     }
     if (max_min > 0.0f) {
         float iscale = 15.0f / max_min;
-        for (int j = 0; j < 16; j++) sc[j] |= (uint8_t)(nearest(iscale * mins[j]) << 4);
+        /* unsigned: a NaN min (from a NaN weight) rounds to a negative int, whose left
+         * shift C leaves undefined; the stored byte is the same either way */
+        for (int j = 0; j < 16; j++) sc[j] |= (uint8_t)((unsigned)nearest(iscale * mins[j]) << 4);
         put16(y + 82, f2h(max_min / 15.0f));
     } else {
         put16(y + 82, f2h(0.0f));
