@@ -10,7 +10,7 @@
  *     non-empty message, and api_error_json gives {"error": {"message": string,
  *     "type": string, ...}};
  *   - an accepted body gives parameters inside every documented range (choices,
- *     max_tokens, prompt lengths within the context, token ids within the
+ *     max_tokens, prompt lengths within the context unless slide crops them, token ids within the
  *     vocabulary, logprobs, stop strings, logit_bias ids, sampler ranges);
  *   - a constrained body (response_format, grammar, choice) has no stop strings;
  *   - validating the same body twice gives the same verdict;
@@ -108,7 +108,14 @@ static void check_params(const job_params *p, int kind)
     FZ_CHECK(p->n >= 1 && p->n_prompts >= 1 && (long long)p->n * p->n_prompts <= vc->max_choices, "choices");
     FZ_CHECK(p->max_tokens >= 0 && p->max_tokens <= vc->max_tokens_limit, "max_tokens");
     for (int i = 0; i < p->n_prompts; i++) {
-        FZ_CHECK(p->prompt_lens[i] >= 1 && p->prompt_lens[i] <= vc->ctx, "prompt length");
+        /* slide crops a longer prompt (echo with logprobs scores each position past the
+         * window from its own window, at most max_tokens_limit of them); shift and stop
+         * refuse it */
+        FZ_CHECK(p->prompt_lens[i] >= 1, "prompt length");
+        if (p->context_overflow != SAMPLER_CROP_SLIDE)
+            FZ_CHECK(p->prompt_lens[i] <= vc->ctx, "prompt longer than the window without slide");
+        else if (p->echo && p->logprobs >= 0)
+            FZ_CHECK(p->prompt_lens[i] - 1 - vc->ctx <= vc->max_tokens_limit, "echo scoring past the limit");
         FZ_CHECK(p->echo_from[i] >= 0 && p->echo_from[i] < p->prompt_lens[i], "echo_from");
         for (int k = 0; k < p->prompt_lens[i]; k++)
             FZ_CHECK(p->prompts[i][k] >= 0 && p->prompts[i][k] < vc->vocab, "prompt token id");
