@@ -10,7 +10,7 @@
  * (e.g. 512) for the DRAM figure, and the model's own weight size to see what the
  * forward pass can hope for.  The buffer is the memory the model's weights get
  * (model_alloc_weights, then model_weights_huge: 2 MiB-aligned, on transparent huge
- * pages; LMSERVE_NO_HUGEPAGES=1 for 4 KiB pages -- the read rate differs, see README).
+ * pages; LMSERVE_NO_HUGEPAGES=1 for 4 KiB pages -- the read rate differs, see docs/BENCHMARKS.md).
  *
  * --fma first prints one thread's rate of 8-lane fused multiply-adds (12 independent
  * chains, enough to fill both FMA pipes), in GFLOP/s: the arithmetic ceiling of one

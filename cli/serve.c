@@ -42,7 +42,7 @@ static void usage(FILE *f, const server_config *d)
             "                           the last ctx/2 when full (cheaper, approximate); stop = end the\n"
             "                           choice, finish_reason length (default: %s)\n"
             "  --kv-type f32|f16        KV cache element type: f16 halves its memory and attention's\n"
-            "                           memory traffic; logits move by ~1e-4 of their scale (default: f32)\n"
+            "                           memory traffic; logits move by <1e-3 of their scale (default: f32)\n"
             "  --cache-mb N             prefix cache: KV entries of finished requests kept for later ones\n"
             "                           with the same prompt start, within N MiB; 0 = no KV reuse at all,\n"
             "                           not even between the n choices of a request (default: room for 4\n"
