@@ -16,6 +16,10 @@
  * rows 8 at a time; batches take them 4 (or 2) at a time against up to 4
  * activation rows, to reuse each decoded block from registers.
  *
+ * Where the compiler targets AVX-512 (F, BW, VL, VNNI), decoding one activation row
+ * against a packed panel has kernels of its own for the commonest types, which put two
+ * weight rows in each 512-bit vector; each row's lanes see the operations above.
+ *
  * "Serial" matrices (quant.h) reduce each weight row's per-block integer sums
  * across lanes and 8 rows at once (two rows per 256-bit vector, then three
  * horizontal adds), so that the 8 outputs share one vector of accumulators, as
@@ -42,6 +46,12 @@
 #define QUANT_VNNI        1
 #define DPBUSD(acc, u, s) _mm256_dpbusd_avx_epi32(acc, u, s)
 #define DPWSSD(acc, a, b) _mm256_dpwssd_avx_epi32(acc, a, b)
+#endif
+/* AVX-512 (F, BW, VL, VNNI): decoding against packed panels takes two weight rows per
+ * 512-bit vector (row c in the low half, c + 1 in the high half), so each instruction
+ * does the work of two of the 256-bit kernels'; every lane's arithmetic is unchanged. */
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512VNNI__)
+#define QUANT_AVX512 1
 #endif
 #endif
 
@@ -563,6 +573,67 @@ AI void serial_q4_k(float *out, size_t ldo, const quant_act *a, int r0, const in
     for (int r = 0; r < R; r++) _mm256_storeu_ps(out + (size_t)r * ldo, _mm256_sub_ps(acc[r], accm[r]));
 }
 
+#ifdef QUANT_AVX512
+/* ---- AVX-512: one activation row against a packed panel ------------------------------- */
+
+AI __m256 hi256(__m512 v) { return _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)); }
+
+/* The 8 rows' half scales of a packed 8-row group of 34-byte Q8_0 blocks (row c's at byte
+ * 34 c, i.e. 16-bit word 17 c) as 8 floats: two two-source word permutes over the
+ * group's first 256 bytes, then one blend. */
+AI __m256 q8_0_group_scales(const uint8_t *g)
+{
+    const __m512i z0 = _mm512_loadu_si512(g), z1 = _mm512_loadu_si512(g + 64);
+    const __m512i z2 = _mm512_loadu_si512(g + 128), z3 = _mm512_loadu_si512(g + 192);
+    /* words 0..3 from z0:z1 (rows 0..3), words 4..7 from z2:z3 (rows 4..7: word 17 c - 64) */
+    const __m512i i03 = _mm512_set_epi16(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                                         0, 0, 51, 34, 17, 0);
+    const __m512i i47 = _mm512_set_epi16(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 55, 38,
+                                         21, 4, 0, 0, 0, 0);
+    __m512i h = _mm512_mask_blend_epi16(0xF0, _mm512_permutex2var_epi16(z0, i03, z1),
+                                        _mm512_permutex2var_epi16(z2, i47, z3));
+    return _mm256_cvtph_ps(_mm512_castsi512_si128(h));
+}
+
+/* Q8_0, one activation row x one packed panel of 8 rows (w: the panel; block b of row c at
+ * w + (8 b + c) 34).  Per block and row the same integers and the same
+ * fma(d_w d_x, lanes, acc) as lane32 (VNNI form: unsigned w + 128 against x, minus 128
+ * times each lane's sum of x), then ggml's lane tree per row. */
+static void q8_0_panel_1x8(float *out, const quant_act *a, int r, const uint8_t *w, int nb)
+{
+    const size_t cols = (size_t)a->cols;
+    const int8_t *xq = a->q + (size_t)r * cols;
+    const float *xd = a->d + (size_t)r * nb;
+    const __m512i flip = _mm512_set1_epi8((char)0x80);
+    __m512i dsel[4];
+    for (int p = 0; p < 4; p++) /* [d_2p x 8 | d_2p+1 x 8] from the 8 scales */
+        dsel[p] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi32(2 * p)), _mm256_set1_epi32(2 * p + 1), 1);
+    __m512 acc[4];
+    for (int p = 0; p < 4; p++) acc[p] = _mm512_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *g = w + (size_t)b * (8 * 34);
+        if (QPF)
+            for (int k = 0; k < 8 * 34; k += 64) _mm_prefetch((const char *)g + QPF + k, _MM_HINT_T0);
+        __m512i xv = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(xq + 32 * (size_t)b)));
+        __m512i corr = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_dpbusd_epi32(_mm512_setzero_si512(), flip, xv));
+        __m256 d8 = _mm256_mul_ps(q8_0_group_scales(g), _mm256_set1_ps(xd[b]));
+        __m512 d16 = _mm512_castps256_ps512(d8);
+        for (int p = 0; p < 4; p++) {
+            const uint8_t *b0 = g + (size_t)(2 * p) * 34;
+            __m512i wq = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(b0 + 2))),
+                                            _mm256_loadu_si256((const __m256i *)(b0 + 36)), 1);
+            __m512i s = _mm512_dpbusd_epi32(corr, _mm512_xor_si512(wq, flip), xv);
+            __m512 d = _mm512_permutexvar_ps(dsel[p], d16);
+            acc[p] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(s), acc[p]);
+        }
+    }
+    for (int p = 0; p < 4; p++) {
+        out[2 * p] = hsum8(_mm512_castps512_ps256(acc[p]));
+        out[2 * p + 1] = hsum8(hi256(acc[p]));
+    }
+}
+#endif /* QUANT_AVX512 */
+
 /* ---- Drivers ----------------------------------------------------------------------------- */
 
 /* One register block of a lane type. */
@@ -667,6 +738,13 @@ void quant_matmul_rows(float *out, size_t ldo, const quant_act *a, int n_rows, c
                 if (serial) {
                     block_serial(type, o, ldo, a, r, R, wj, rs, bs, nb);
                 } else if (group == 8 && re - rb == 1) {
+#ifdef QUANT_AVX512
+                    if (type == MT_Q8_0 && j < full) {
+                        q8_0_panel_1x8(o, a, r, wj, nb);
+                        r += R;
+                        continue;
+                    }
+#endif
                     block_lane(type, o, ldo, a, r, 1, wj, rs, bs, nb, 8);
                 } else if (group == 8) { /* a panel against a batch: its two halves */
                     block_lane(type, o, ldo, a, r, R, wj, rs, bs, nb, 4);

@@ -9,8 +9,8 @@
  *    one activation row at a time on the CPU backend -- a matrix of 8 rows Q4_0 / Q4_K
  *    in its CPU_REPACK buffer, as llama.cpp places it).  Exact equality: the kernels
  *    restate ggml's arithmetic, so any other operation order fails this test.
- *  - kernels_equal_the_portable_statement: the AVX2 kernels equal quant_dot_ref (the
- *    portable code) bit for bit, for every type, for shapes that exercise every register
+ *  - kernels_equal_the_portable_statement: the AVX2 (and AVX-512) kernels equal
+ *    quant_dot_ref (the portable code) bit for bit, for every type, for shapes that exercise every register
  *    block, 1..9 activation rows, 1 and 2 threads; a row's result is the same alone and
  *    inside any batch; a matrix packed in 8-row panels (quant_pack) gives the same
  *    outputs and rows.
@@ -293,6 +293,15 @@ Test(quant, kernels_equal_the_portable_statement)
                     kernel_matmul(n % 2 ? NULL : pool, yp, x, n, &wp);
                     cr_assert(memcmp(y, yp, (size_t)n * R * 4) == 0, "%s %dx%d, %d rows: packed differs",
                               quant_type_name(t), R, K, n);
+                    /* and each output against the statement itself (decoding one row takes
+                     * kernels of its own on packed panels) */
+                    for (int r = 0; r < n; r++)
+                        for (int j = 0; j < R; j++) {
+                            float ref = quant_dot_ref(&a, r, &wp, j);
+                            cr_assert(memcmp(&ref, &yp[(size_t)r * R + j], 4) == 0,
+                                      "%s %dx%d packed, %d rows: out[%d][%d] = %.9g, the statement %.9g",
+                                      quant_type_name(t), R, K, n, r, j, (double)yp[(size_t)r * R + j], (double)ref);
+                        }
                 }
                 for (int j = 0; j < R; j++) {
                     mtensor_get_row(&w, j, r1);
