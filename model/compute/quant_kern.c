@@ -632,6 +632,121 @@ static void q8_0_panel_1x8(float *out, const quant_act *a, int r, const uint8_t 
         out[2 * p + 1] = hsum8(hi256(acc[p]));
     }
 }
+
+/* Sum of each of 8 vectors' 16 int32 lanes: 8 sums, in order (integer adds: any order). */
+AI __m256i hsum16x8(const __m512i z[8])
+{
+    __m512i a[4], b[2];
+    for (int i = 0; i < 4; i++) /* per 128-bit lane: [z2i 0+2, z2i+1 0+2, z2i 1+3, z2i+1 1+3] */
+        a[i] = _mm512_add_epi32(_mm512_unpacklo_epi32(z[2 * i], z[2 * i + 1]),
+                                _mm512_unpackhi_epi32(z[2 * i], z[2 * i + 1]));
+    for (int i = 0; i < 2; i++) /* per 128-bit lane: rows 4i..4i+3 */
+        b[i] = _mm512_add_epi32(_mm512_unpacklo_epi64(a[2 * i], a[2 * i + 1]),
+                                _mm512_unpackhi_epi64(a[2 * i], a[2 * i + 1]));
+    /* the four 128-bit lanes of each: [b0 L0+L1, b0 L2+L3, b1 L0+L1, b1 L2+L3], then pairs */
+    __m512i c = _mm512_add_epi32(_mm512_shuffle_i32x4(b[0], b[1], 0x88), _mm512_shuffle_i32x4(b[0], b[1], 0xDD));
+    c = _mm512_add_epi32(_mm512_shuffle_i32x4(c, c, 0x08), _mm512_shuffle_i32x4(c, c, 0x0D));
+    return _mm512_castsi512_si256(c);
+}
+
+/* Four Q4_K super-block headers (one per 128-bit lane: d, dmin, then the 12 bytes of
+ * 6-bit scales and mins) -> per lane the bytes [sc0..sc7, mn0..mn7] (k4_scales_mins). */
+AI __m512i k4_headers_decode(__m512i h)
+{
+    /* dwords per lane: [d|dmin, u0, u1, u2] -> (u0, u2, u1, u2) and (u0, u0, u1, u1); then
+     * [u0 & 0x3f.., u2 & 0x0f.., u1 & 0x3f.., (u2 >> 4) & 0x0f..] or'ed with the top two
+     * bits of u0 and u1 moved to bits 4..5 of dwords 1 and 3 */
+    __m512i p = _mm512_shuffle_epi32(h, (_MM_PERM_ENUM)0xED), q = _mm512_shuffle_epi32(h, (_MM_PERM_ENUM)0xA5);
+    const __m512i sh = _mm512_broadcast_i32x4(_mm_setr_epi32(0, 0, 0, 4));
+    const __m512i lm = _mm512_broadcast_i32x4(_mm_setr_epi32(0x3f3f3f3f, 0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f));
+    const __m512i hm = _mm512_broadcast_i32x4(_mm_setr_epi32(0, 0x03030303, 0, 0x03030303));
+    __m512i lo = _mm512_and_si512(_mm512_srlv_epi32(p, sh), lm);
+    __m512i hi = _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(q, 6), hm), 4);
+    return _mm512_or_si512(lo, hi);
+}
+
+/* Q4_K serial, one activation row x one packed panel of 8 rows (block b of row c at
+ * w + (8 b + c) 144).  Per super-block and row the same two integers as serial_q4_k
+ * (isum: the scaled sum of q x over the 256 weights; imin: mins x the sums of x per 32),
+ * and the same fma(isum, d_w d_x, acc), fma(imin, dmin_w d_x, accm), out = acc - accm.
+ * A row's 128 bytes of nibbles are two 512-bit vectors: [chunk 0 | chunk 1] gives
+ * sub-blocks 0, 2 (low nibbles) and 1, 3 (high), [chunk 2 | 3] sub-blocks 4, 6 and 5, 7;
+ * x is arranged once per super-block to match.  The scales and mins of four rows are
+ * unpacked side by side (a row per 128-bit lane). */
+static void q4_k_panel_1x8(float *out, const quant_act *a, int r, const uint8_t *w, int nb)
+{
+    const size_t cols = (size_t)a->cols;
+    const int8_t *xq = a->q + (size_t)r * cols;
+    const float *xd = a->d + (size_t)r * nb;
+    const int16_t *bsr = a->bs + (size_t)r * (cols / 16);
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    const __mmask64 even = 0x5555555555555555ull;
+    /* byte selectors: for row L of a quad and vector k (sub-blocks (0, 2), (1, 3), (4, 6),
+     * (5, 7)), int16 lanes 0..15 take scale byte s_lo of lane L, lanes 16..31 s_hi */
+    __m512i sel[4][4], msel;
+    {
+        static const int slo[4] = { 0, 1, 4, 5 };
+        uint8_t t[64];
+        for (int L = 0; L < 4; L++)
+            for (int k = 0; k < 4; k++) {
+                for (int i = 0; i < 64; i++) t[i] = (uint8_t)(16 * L + slo[k] + (i >= 32 ? 2 : 0));
+                sel[L][k] = _mm512_loadu_si512(t);
+            }
+        for (int i = 0; i < 64; i++) t[i] = (uint8_t)((i / 16) * 16 + 8 + (i % 16) / 2); /* mins as int16 */
+        msel = _mm512_loadu_si512(t);
+    }
+    const __m512i first = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 0, 0, 0, 0, 0, 0, 0);
+    __m256 acc = _mm256_setzero_ps(), accm = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *g = w + (size_t)b * (8 * 144);
+        if (QPF)
+            for (int k = 0; k < 8 * 144; k += 64) _mm_prefetch((const char *)g + QPF + k, _MM_HINT_T0);
+        const int8_t *x = xq + (size_t)b * QK_K;
+        __m512i xs[4];
+        for (int k = 0; k < 4; k++) { /* [x of sub-block s_lo | s_hi] */
+            static const int lo_of[4] = { 0, 1, 4, 5 };
+            xs[k] = _mm512_inserti64x4(
+                _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(x + 32 * lo_of[k]))),
+                _mm256_loadu_si256((const __m256i *)(x + 32 * (lo_of[k] + 2))), 1);
+        }
+        __m256i bsv = _mm256_loadu_si256((const __m256i *)(bsr + 16 * (size_t)b));
+        __m512i q8s = _mm512_broadcast_i32x4(_mm_hadd_epi16(_mm256_castsi256_si128(bsv), _mm256_extracti128_si256(bsv, 1)));
+        __m512i hd[2], sm[2], mm[2];
+        for (int h = 0; h < 2; h++) {
+            const uint8_t *g4 = g + (size_t)(4 * h) * 144;
+            __m512i v = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)g4));
+            v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(g4 + 144)), 1);
+            v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(g4 + 288)), 2);
+            hd[h] = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(g4 + 432)), 3);
+            sm[h] = k4_headers_decode(hd[h]);
+            __m512i m = _mm512_madd_epi16(_mm512_maskz_permutexvar_epi8(even, msel, sm[h]), q8s);
+            m = _mm512_add_epi32(m, _mm512_shuffle_epi32(m, (_MM_PERM_ENUM)0x4E));
+            mm[h] = _mm512_add_epi32(m, _mm512_shuffle_epi32(m, (_MM_PERM_ENUM)0xB1));
+        }
+        __m512i z[8];
+        for (int c = 0; c < 8; c++) {
+            const uint8_t *qs = g + (size_t)c * 144 + 16;
+            __m512i A = _mm512_loadu_si512(qs), B = _mm512_loadu_si512(qs + 64);
+            __m512i nib[4] = { _mm512_and_si512(A, m4), _mm512_and_si512(_mm512_srli_epi16(A, 4), m4),
+                               _mm512_and_si512(B, m4), _mm512_and_si512(_mm512_srli_epi16(B, 4), m4) };
+            __m512i acc32 = _mm512_setzero_si512();
+            for (int k = 0; k < 4; k++) {
+                __m512i sc = _mm512_maskz_permutexvar_epi8(even, sel[c % 4][k], sm[c / 4]);
+                acc32 = _mm512_dpwssd_epi32(acc32, _mm512_maddubs_epi16(nib[k], xs[k]), sc);
+            }
+            z[c] = acc32;
+        }
+        __m256i isum = hsum16x8(z);
+        __m256i imin = _mm512_castsi512_si256(_mm512_permutex2var_epi32(mm[0], first, mm[1]));
+        __m256i dd = _mm512_castsi512_si256(_mm512_permutex2var_epi32(hd[0], first, hd[1])); /* d | dmin << 16 */
+        __m256 dw = _mm256_cvtph_ps(_mm256_cvtepi32_epi16(dd));
+        __m256 mw = _mm256_cvtph_ps(_mm256_cvtepi32_epi16(_mm256_srli_epi32(dd, 16)));
+        __m256 dx = _mm256_set1_ps(xd[b]);
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(dw, dx), acc);
+        accm = _mm256_fmadd_ps(_mm256_cvtepi32_ps(imin), _mm256_mul_ps(mw, dx), accm);
+    }
+    _mm256_storeu_ps(out, _mm256_sub_ps(acc, accm));
+}
 #endif /* QUANT_AVX512 */
 
 /* ---- Drivers ----------------------------------------------------------------------------- */
@@ -736,6 +851,13 @@ void quant_matmul_rows(float *out, size_t ldo, const quant_act *a, int n_rows, c
                 int R = re - r >= 4 ? 4 : re - r;
                 float *o = out + (size_t)r * ldo + j;
                 if (serial) {
+#ifdef QUANT_AVX512
+                    if (type == MT_Q4_K && j < full && R == 1 && re - rb == 1) {
+                        q4_k_panel_1x8(o, a, r, wj, nb);
+                        r += R;
+                        continue;
+                    }
+#endif
                     block_serial(type, o, ldo, a, r, R, wj, rs, bs, nb);
                 } else if (group == 8 && re - rb == 1) {
 #ifdef QUANT_AVX512
