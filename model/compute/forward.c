@@ -101,14 +101,19 @@ static int scratch_reserve(model *m, int n_rows, int n_items, size_t n_scores)
         int half = forward_rope_dim(in) / 2;
         float *t = malloc((size_t)in->ctx_len * (half ? half : 1) * 2 * sizeof(float));
         if (!t) return MODEL_ENOMEM;
-        double theta = in->rope_theta > 0 ? in->rope_theta : 10000.0;
-        for (int p = 0; p < in->ctx_len; p++)
+        /* ggml's arithmetic (ggml-cpu/ops.cpp, rope cache), in float: the angle of
+         * pair i at position p starts at p and is multiplied by
+         * powf(base, -2 / rope_dim) once per pair, then cosf / sinf. */
+        float base = in->rope_theta > 0 ? in->rope_theta : 10000.0f;
+        float step = powf(base, -2.0f / (float)(2 * half));
+        for (int p = 0; p < in->ctx_len; p++) {
+            float a = (float)p;
             for (int i = 0; i < half; i++) {
-                double freq = pow(theta, -2.0 * i / (2.0 * half));
-                double a = (double)p * freq;
-                t[((size_t)p * half + i) * 2] = (float)cos(a);
-                t[((size_t)p * half + i) * 2 + 1] = (float)sin(a);
+                t[((size_t)p * half + i) * 2] = cosf(a);
+                t[((size_t)p * half + i) * 2 + 1] = sinf(a);
+                a *= step;
             }
+        }
         sc->rope = t;
         sc->rope_ctx = in->ctx_len;
     }

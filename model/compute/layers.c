@@ -8,12 +8,17 @@
 #include <math.h>
 #include <string.h>
 
+/* ggml's arithmetic (ggml-cpu/ops.cpp, rms_norm then mul), so that the activations
+ * llama.cpp quantizes for the next matmul are the same bits: each square rounded to
+ * float, summed in double, the mean rounded to float, scale = 1 / sqrtf(mean + eps)
+ * in float, out = (x * scale) * w. */
 void forward_rmsnorm(float *out, const float *x, const float *w, int n, float eps)
 {
     double ss = 0.0;
-    for (int i = 0; i < n; i++) ss += (double)x[i] * x[i];
-    float scale = (float)(1.0 / sqrt(ss / n + eps));
-    for (int i = 0; i < n; i++) out[i] = w[i] * (x[i] * scale);
+    for (int i = 0; i < n; i++) ss += (double)(x[i] * x[i]);
+    float mean = (float)(ss / n);
+    float scale = 1.0f / sqrtf(mean + eps);
+    for (int i = 0; i < n; i++) out[i] = x[i] * scale * w[i];
 }
 
 /* Rotate the pairs of each head of one row (n_heads heads) at position pos. */

@@ -254,3 +254,60 @@ Test(forward, errors_leave_sequences_unchanged)
     forward_scratch_free(NULL);
     fx_model_free(f);
 }
+
+/* ---- ggml's arithmetic for RMSNorm and RoPE (llama.cpp's ggml-cpu/ops.cpp) ---- */
+
+/* forward_rmsnorm: each square rounded to float, summed in double, the mean rounded
+ * to float, scale = 1 / sqrtf(mean + eps), out = x * scale * w -- and on these rows
+ * the former arithmetic (squares and scale in double) gives other scales. */
+Test(forward, rmsnorm_is_ggmls)
+{
+    enum { N = 288 };
+    uint64_t rng = 3;
+    float x[N], w[N], out[N];
+    int other = 0;
+    for (int trial = 0; trial < 64; trial++) {
+        for (int i = 0; i < N; i++) x[i] = (float)(fx_unif(&rng) * (trial + 1)), w[i] = (float)fx_unif(&rng);
+        forward_rmsnorm(out, x, w, N, 1e-5f);
+        double ss = 0, ssd = 0;
+        for (int i = 0; i < N; i++) ss += (double)(x[i] * x[i]), ssd += (double)x[i] * x[i];
+        float mean = (float)(ss / N), scale = 1.0f / sqrtf(mean + 1e-5f);
+        for (int i = 0; i < N; i++) {
+            float want = x[i] * scale * w[i];
+            cr_assert(memcmp(&out[i], &want, 4) == 0, "trial %d [%d]: %a, want %a", trial, i, out[i], want);
+        }
+        other += (float)(1.0 / sqrt(ssd / N + 1e-5)) != scale;
+    }
+    cr_assert_gt(other, 0);
+}
+
+/* The RoPE table: the angle of pair i at position p starts at p and is multiplied by
+ * powf(theta, -2 / rope_dim) once per pair, in float, then cosf / sinf -- which
+ * differs from the angles computed in double in some entries. */
+Test(forward, rope_table_is_ggmls)
+{
+    fx_model *f = fx_model_new(&SHAPE, MT_F32, 13, 1);
+    model_seq *s = model_seq_new(&f->m, 0);
+    int32_t tok = 1;
+    float lg[96];
+    cr_assert_eq(model_seq_eval(&f->m, s, &tok, 1, lg), 0);
+    const fwd_scratch *sc = f->m.scratch;
+    cr_assert(sc && sc->rope);
+    int half = forward_rope_dim(&f->m.info) / 2, other = 0;
+    float step = powf(SHAPE.theta, -2.0f / (float)(2 * half));
+    for (int p = 0; p < f->m.info.ctx_len; p++) {
+        float a = (float)p;
+        for (int i = 0; i < half; i++) {
+            float c = cosf(a), sn = sinf(a);
+            const float *e = sc->rope + ((size_t)p * half + i) * 2;
+            cr_assert(memcmp(&e[0], &c, 4) == 0 && memcmp(&e[1], &sn, 4) == 0, "p %d i %d: %a %a, want %a %a", p, i,
+                      e[0], e[1], c, sn);
+            double ad = p * pow(SHAPE.theta, -2.0 * i / (2.0 * half));
+            other += (float)cos(ad) != c || (float)sin(ad) != sn;
+            a *= step;
+        }
+    }
+    cr_assert_gt(other, 0);
+    model_seq_free(s);
+    fx_model_free(f);
+}
