@@ -229,6 +229,103 @@ void kernel_axpy(float *y, float a, const float *x, int n)
 
 #endif
 
+/* ---- exp as ggml's vectorized CPU ops compute it ------------------------------- */
+
+/* llama.cpp's CPU backend takes the exponentials of its softmax and SiLU with its
+ * own vectorized exp (ggml-cpu/vec.h, ggml_v_expf, after Arm's optimized-routines
+ * expf), not libm's; a last-bit difference there moves the activations that are
+ * quantized for the next matmul.  The arithmetic, per lane (the AVX-512 build's,
+ * which the other widths share for results that are normal floats):
+ *   n = round(x * log2(e)) by adding and subtracting 1.5 * 2^23 (fma for the add),
+ *   b = x - n * ln2_hi - n * ln2_lo (two fmas),
+ *   p = ((c5 b + c4) b^2 + (c3 b + c2)) b^2 + (c1 b + 1) (fmas, b^2 rounded),
+ *   exp = p * 2^n (one rounding), 0 for n < -192, inf for n > 192.
+ * The constants are ggml's (numbers, in C99 hex-float notation). */
+#define GEXP_SHIFT 0x1.8p23f
+#define GEXP_LOG2E 0x1.715476p+0f
+#define GEXP_LN2HI 0x1.62e4p-1f
+#define GEXP_LN2LO 0x1.7f7d1cp-20f
+#define GEXP_C5    0x1.0e4020p-7f
+#define GEXP_C4    0x1.573e2ep-5f
+#define GEXP_C3    0x1.555e66p-3f
+#define GEXP_C2    0x1.fffdb6p-2f
+#define GEXP_C1    0x1.ffffecp-1f
+
+float kernel_expf_ggml(float x)
+{
+    float n = fmaf(x, GEXP_LOG2E, GEXP_SHIFT) - GEXP_SHIFT;
+    float b = fmaf(-n, GEXP_LN2LO, fmaf(-n, GEXP_LN2HI, x));
+    float u = b * b;
+    float p = fmaf(fmaf(fmaf(GEXP_C5, b, GEXP_C4), u, fmaf(GEXP_C3, b, GEXP_C2)), u, fmaf(GEXP_C1, b, 1.0f));
+    if (isnan(n)) return p; /* x NaN: p is NaN */
+    if (fabsf(n) > 192.0f) return n <= 0.0f ? 0.0f : INFINITY;
+    return ldexpf(p, (int)n); /* p * 2^n, rounded once (as AVX-512's scalef) */
+}
+
+#ifdef KERNEL_AVX2
+/* kernel_expf_ggml on 8 lanes: 2^n built in the exponent bits when every |n| <= 126
+ * (then p * 2^n is one correctly rounded multiply); otherwise lane by lane. */
+static inline __m256 expf8_ggml(__m256 x)
+{
+    __m256 shift = _mm256_set1_ps(GEXP_SHIFT);
+    __m256 n = _mm256_sub_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(GEXP_LOG2E), shift), shift);
+    __m256 b = _mm256_fnmadd_ps(n, _mm256_set1_ps(GEXP_LN2LO), _mm256_fnmadd_ps(n, _mm256_set1_ps(GEXP_LN2HI), x));
+    __m256 u = _mm256_mul_ps(b, b);
+    __m256 p = _mm256_fmadd_ps(_mm256_fmadd_ps(_mm256_fmadd_ps(_mm256_set1_ps(GEXP_C5), b, _mm256_set1_ps(GEXP_C4)), u,
+                                               _mm256_fmadd_ps(_mm256_set1_ps(GEXP_C3), b, _mm256_set1_ps(GEXP_C2))),
+                               u, _mm256_fmadd_ps(_mm256_set1_ps(GEXP_C1), b, _mm256_set1_ps(1.0f)));
+    __m256 an = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), n);
+    if (_mm256_movemask_ps(_mm256_cmp_ps(an, _mm256_set1_ps(126.0f), _CMP_LE_OQ)) == 0xff) {
+        __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+        return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+    }
+    float xs[8];
+    _mm256_storeu_ps(xs, x);
+    for (int i = 0; i < 8; i++) xs[i] = kernel_expf_ggml(xs[i]);
+    return _mm256_loadu_ps(xs);
+}
+#endif
+
+/* ggml's sum of 16 floats (AVX-512's horizontal add): a[i] + a[i + 8], then those
+ * 8 pairwise with the element 4 after, then 2 after, then the last two. */
+static inline float sum16_ggml(const float *a)
+{
+    float h[8];
+    for (int i = 0; i < 8; i++) h[i] = a[i] + a[i + 8];
+    for (int i = 0; i < 4; i++) h[i] = h[i] + h[i + 4];
+    return (h[0] + h[2]) + (h[1] + h[3]);
+}
+
+/* Softmax of x[0..n) in place, as ggml's CPU soft_max computes it: e = exp(x - max)
+ * by kernel_expf_ggml; the sum of each 16 consecutive e (a missing one counts 0:
+ * llama.cpp's rows are padded with masked positions) by sum16_ggml, added up in
+ * double; every e times (float)(1 / sum). */
+static void softmax_ggml(float *x, int n)
+{
+    float mx = -INFINITY;
+    for (int t = 0; t < n; t++)
+        if (x[t] > mx) mx = x[t];
+    double sum = 0.0;
+    int t = 0;
+#ifdef KERNEL_AVX2
+    __m256 vm = _mm256_set1_ps(mx);
+    for (; t + 16 <= n; t += 16) {
+        __m256 lo = expf8_ggml(_mm256_sub_ps(_mm256_loadu_ps(x + t), vm));
+        __m256 hi = expf8_ggml(_mm256_sub_ps(_mm256_loadu_ps(x + t + 8), vm));
+        _mm256_storeu_ps(x + t, lo);
+        _mm256_storeu_ps(x + t + 8, hi);
+        sum += hsum8(_mm256_add_ps(lo, hi)); /* = sum16_ggml */
+    }
+#endif
+    for (; t < n; t += 16) {
+        float a[16] = { 0 };
+        for (int j = 0; j < 16 && t + j < n; j++) a[j] = x[t + j] = kernel_expf_ggml(x[t + j] - mx);
+        sum += sum16_ggml(a);
+    }
+    float inv = (float)(1.0 / sum);
+    for (t = 0; t < n; t++) x[t] *= inv;
+}
+
 /* ---- Attention for one query row ------------------------------------------------ */
 
 /* The cache holds F32 or F16 (IEEE half) elements; both paths below do the same
@@ -239,87 +336,198 @@ static inline float kv_load1(const void *p, size_t i, const int F16)
     return F16 ? model_f16_to_f32(((const uint16_t *)p)[i]) : ((const float *)p)[i];
 }
 
-#ifdef KERNEL_AVX2
-/* out = sum_t p[t] * v_t with NV 8-lane accumulators kept in registers: per
- * element the same fma sequence as memset + kernel_axpy for t = 0, 1, ... */
-static inline __attribute__((always_inline)) void attend_v(float *out, const float *p, const void *v, int n, int hd,
-                                                           const int NV, const int F16)
+/* llama.cpp's attention without flash attention is two F32 matmuls, and in an
+ * AVX-512 build ggml takes both through ggml_vec_dot_f32 (ggml-cpu/vec.cpp; checked
+ * against its tensors for head sizes 8 and 64, one query row or a prompt): a dot
+ * product of n elements runs 4 accumulators x 16 lanes by fma over steps of 64
+ * (element e feeds accumulator (e / 16) % 4, lane e % 16), adds the accumulators
+ * lane-wise as (0 + 2) + (1 + 3), sums the 16 lanes by sum16_ggml, then adds the
+ * n % 64 elements left: products rounded then added in order, except the last
+ * (n % 64) % 8, which its compiled loop adds by fma.  dot_ggml is that for q . k_t
+ * over the head's elements; attend_v for the probabilities . V over the positions,
+ * where llama.cpp's cache rows are a multiple of 64 positions long (the unused ones
+ * with probability 0), so there are no elements left over. */
+static inline __attribute__((always_inline)) float dot_ggml(const float *q, const void *k, int hd, const int F16)
 {
-    __m256 acc[12];
-    for (int i = 0; i < NV; i++) acc[i] = _mm256_setzero_ps();
-    for (int t = 0; t < n; t++) {
-        __m256 pv = _mm256_set1_ps(p[t]);
-        for (int i = 0; i < NV; i++) {
-            size_t e = (size_t)t * hd + 8 * (size_t)i;
-            __m256 vv = F16 ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)v + e)))
-                            : _mm256_loadu_ps((const float *)v + e);
-            acc[i] = _mm256_fmadd_ps(pv, vv, acc[i]);
-        }
+    int np = hd & ~63, i = 0;
+    float s = 0.0f;
+    if (np) {
+#ifdef KERNEL_AVX2
+        __m256 acc[8]; /* accumulator a's lanes 0-7 in acc[2a], 8-15 in acc[2a + 1] */
+        for (int a = 0; a < 8; a++) acc[a] = _mm256_setzero_ps();
+        for (; i < np; i += 64)
+            for (int a = 0; a < 8; a++) {
+                __m256 kv = F16 ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)k + i + 8 * a)))
+                                : _mm256_loadu_ps((const float *)k + i + 8 * a);
+                acc[a] = _mm256_fmadd_ps(_mm256_loadu_ps(q + i + 8 * a), kv, acc[a]);
+            }
+        __m256 lo = _mm256_add_ps(_mm256_add_ps(acc[0], acc[4]), _mm256_add_ps(acc[2], acc[6]));
+        __m256 hi = _mm256_add_ps(_mm256_add_ps(acc[1], acc[5]), _mm256_add_ps(acc[3], acc[7]));
+        s = hsum8(_mm256_add_ps(lo, hi)); /* = sum16_ggml */
+#else
+        float acc[4][16] = { { 0 } };
+        for (; i < np; i += 64)
+            for (int a = 0; a < 4; a++)
+                for (int l = 0; l < 16; l++)
+                    acc[a][l] = fmaf(q[i + 16 * a + l], kv_load1(k, (size_t)i + 16 * a + l, F16), acc[a][l]);
+        for (int l = 0; l < 16; l++) acc[0][l] = (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]);
+        s = sum16_ggml(acc[0]);
+#endif
     }
-    for (int i = 0; i < NV; i++) _mm256_storeu_ps(out + 8 * i, acc[i]);
+    int rest = hd - np, nr = np + rest - rest % 8;
+    for (; i < nr; i++) s += q[i] * kv_load1(k, (size_t)i, F16);
+    for (; i < hd; i++) s = fmaf(q[i], kv_load1(k, (size_t)i, F16), s);
+    return s;
+}
+
+/* out = sum_t p[t] v_t in dot_ggml's order over the positions: position t feeds
+ * chain t % 64 of each output element by fma in t order from 0; then lane l is
+ * (c[l] + c[l + 32]) + (c[l + 16] + c[l + 48]) and the 16 lanes go through
+ * sum16_ggml.  The 64 chains live in a buffer (64 x hd floats, L1-resident for the
+ * usual head sizes) so that V is still read in position order. */
+#define ATT_CHAIN_HD 128 /* head sizes up to this (multiples of 8) take the vector path */
+static inline __attribute__((always_inline)) void attend_v(float *out, const float *p, const void *v, int n, int hd,
+                                                           const int F16)
+{
+#ifdef KERNEL_AVX2
+    if (hd % 8 == 0 && hd <= ATT_CHAIN_HD) {
+        float c[64 * ATT_CHAIN_HD] __attribute__((aligned(32)));
+        int used = n < 64 ? n : 64; /* chains that get a position; the others stay 0 */
+        memset(c, 0, (size_t)used * hd * sizeof(float));
+        for (int t = 0; t < n; t++) {
+            float *a = c + (size_t)(t & 63) * hd;
+            __m256 pv = _mm256_set1_ps(p[t]);
+            for (int i = 0; i < hd; i += 8) {
+                size_t e = (size_t)t * hd + i;
+                __m256 vv = F16 ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)v + e)))
+                                : _mm256_loadu_ps((const float *)v + e);
+                _mm256_store_ps(a + i, _mm256_fmadd_ps(pv, vv, _mm256_load_ps(a + i)));
+            }
+        }
+        if (used < 64) memset(c + (size_t)used * hd, 0, (size_t)(64 - used) * hd * sizeof(float));
+        for (int i = 0; i < hd; i += 8) { /* 8 output elements at once */
+            __m256 h[8];
+            for (int l = 0; l < 8; l++) {
+                __m256 lo = _mm256_add_ps(_mm256_add_ps(_mm256_load_ps(c + (size_t)l * hd + i),
+                                                        _mm256_load_ps(c + (size_t)(l + 32) * hd + i)),
+                                          _mm256_add_ps(_mm256_load_ps(c + (size_t)(l + 16) * hd + i),
+                                                        _mm256_load_ps(c + (size_t)(l + 48) * hd + i)));
+                __m256 hi = _mm256_add_ps(_mm256_add_ps(_mm256_load_ps(c + (size_t)(l + 8) * hd + i),
+                                                        _mm256_load_ps(c + (size_t)(l + 40) * hd + i)),
+                                          _mm256_add_ps(_mm256_load_ps(c + (size_t)(l + 24) * hd + i),
+                                                        _mm256_load_ps(c + (size_t)(l + 56) * hd + i)));
+                h[l] = _mm256_add_ps(lo, hi); /* sum16_ggml's first step: lane l + lane l + 8 */
+            }
+            for (int l = 0; l < 4; l++) h[l] = _mm256_add_ps(h[l], h[l + 4]);
+            _mm256_storeu_ps(out + i, _mm256_add_ps(_mm256_add_ps(h[0], h[2]), _mm256_add_ps(h[1], h[3])));
+        }
+        return;
+    }
+#endif
+    for (int i = 0; i < hd; i++) {
+        float c[64] = { 0 }, lane[16];
+        for (int t = 0; t < n; t++) c[t & 63] = fmaf(p[t], kv_load1(v, (size_t)t * hd + i, F16), c[t & 63]);
+        for (int l = 0; l < 16; l++) lane[l] = (c[l] + c[l + 32]) + (c[l + 16] + c[l + 48]);
+        out[i] = sum16_ggml(lane);
+    }
+}
+
+#ifdef KERNEL_AVX2
+/* r[e] = column e of the 8 x 8 block whose rows are r[0..7] (in registers). */
+static inline __attribute__((always_inline)) void transpose8x8(__m256 r[8])
+{
+    __m256 t[8];
+    for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 8; i += 4) {
+        r[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+        r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xee);
+        r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xee);
+    }
+    for (int i = 0; i < 4; i++) {
+        t[i] = _mm256_permute2f128_ps(r[i], r[i + 4], 0x20);
+        t[i + 4] = _mm256_permute2f128_ps(r[i], r[i + 4], 0x31);
+    }
+    for (int i = 0; i < 8; i++) r[i] = t[i];
+}
+
+/* dot_ggml for 8 consecutive cached positions at once (lanes = positions): the
+ * 64-element steps per position as dot_ggml does them, then the rest of every
+ * position's sum in the same order, element by element across the 8 lanes (the
+ * sequential adds that dominate short heads, e.g. 48 or 32 elements, no longer wait
+ * on each other). */
+static inline __attribute__((always_inline)) void dot_ggml8(float *s8, const float *q, const uint8_t *kb, size_t row,
+                                                            int hd, const int F16)
+{
+    int np = hd & ~63, rest = hd - np, nr = np + rest - rest % 8;
+    __m256 s = _mm256_setzero_ps();
+    if (np) {
+        float head[8];
+        for (int j = 0; j < 8; j++) head[j] = dot_ggml(q, kb + (size_t)j * row, np, F16);
+        s = _mm256_loadu_ps(head);
+    }
+    for (int i0 = np; i0 < nr; i0 += 8) {
+        __m256 r[8];
+        for (int j = 0; j < 8; j++) {
+            const uint8_t *kr = kb + (size_t)j * row;
+            r[j] = F16 ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)kr + i0)))
+                       : _mm256_loadu_ps((const float *)kr + i0);
+        }
+        transpose8x8(r);
+        for (int e = 0; e < 8; e++) s = _mm256_add_ps(s, _mm256_mul_ps(_mm256_set1_ps(q[i0 + e]), r[e]));
+    }
+    for (int i = nr; i < hd; i++) {
+        float c[8];
+        for (int j = 0; j < 8; j++) c[j] = kv_load1(kb + (size_t)j * row, (size_t)i, F16);
+        s = _mm256_fmadd_ps(_mm256_set1_ps(q[i]), _mm256_loadu_ps(c), s);
+    }
+    _mm256_storeu_ps(s8, s);
 }
 #endif
 
 static inline __attribute__((always_inline)) void attend(float *out, const float *q, const void *k, const void *v,
                                                          int n, int hd, float scale, float *scores, const int F16)
 {
-    const size_t esz = F16 ? 2 : 4, row = (size_t)hd * esz;
+    const size_t row = (size_t)hd * (F16 ? 2 : 4);
     const uint8_t *kb = k;
     int t = 0;
 #ifdef KERNEL_AVX2
-    /* four cached positions at a time: four independent chains, each position's
-     * dot product the same operations as kernel_dot */
-    for (; t + 4 <= n; t += 4) {
-        if (ATT_PF) {
+    if (hd % 64) /* a sequential rest in every position: 8 positions side by side */
+        for (; t + 8 <= n; t += 8) {
+            if (ATT_PF) { /* as below */
+                const char *kp = (const char *)kb + (size_t)(t + ATT_PF) * row;
+                const char *vp = (const char *)v + (size_t)t * row;
+                int kin = t + ATT_PF + 8 <= n;
+                for (size_t o = 0; o < 8 * row; o += 64) {
+                    if (kin) _mm_prefetch(kp + o, _MM_HINT_T0);
+                    _mm_prefetch(vp + o, _MM_HINT_T0);
+                }
+            }
+            dot_ggml8(scores + t, q, kb + (size_t)t * row, row, hd, F16);
+        }
+#endif
+    for (; t < n; t++) {
+#ifdef KERNEL_AVX2
+        if (ATT_PF && (t & 3) == 0) {
             /* the K rows ATT_PF positions ahead, and the V rows of these positions
              * (read after the softmax) */
             const char *kp = (const char *)kb + (size_t)(t + ATT_PF) * row;
             const char *vp = (const char *)v + (size_t)t * row;
-            int kin = t + ATT_PF + 4 <= n;
+            int kin = t + ATT_PF + 4 <= n, vin = t + 4 <= n;
             for (size_t o = 0; o < 4 * row; o += 64) {
                 if (kin) _mm_prefetch(kp + o, _MM_HINT_T0);
-                _mm_prefetch(vp + o, _MM_HINT_T0);
+                if (vin) _mm_prefetch(vp + o, _MM_HINT_T0);
             }
         }
-        if (F16)
-            block_f16(scores + t, 1, q, 0, kb + (size_t)t * row, row, hd, 1, 4, NULL);
-        else
-            block_f32(scores + t, 1, q, 0, kb + (size_t)t * row, row, hd, 1, 4, NULL);
-    }
 #endif
-    for (; t < n; t++) { /* = kernel_dot for F32 */
-        if (F16)
-            block_f16(scores + t, 1, q, 0, kb + (size_t)t * row, 0, hd, 1, 1, NULL);
-        else
-            block_f32(scores + t, 1, q, 0, kb + (size_t)t * row, 0, hd, 1, 1, NULL);
+        scores[t] = dot_ggml(q, kb + (size_t)t * row, hd, F16);
     }
-    float mx = -INFINITY;
-    for (t = 0; t < n; t++) {
-        float d = scores[t] * scale;
-        scores[t] = d;
-        if (d > mx) mx = d;
-    }
-    float sum = 0.0f;
-    for (t = 0; t < n; t++) {
-        float e = expf(scores[t] - mx);
-        scores[t] = e;
-        sum += e;
-    }
-    float isum = 1.0f / sum;
-    for (t = 0; t < n; t++) scores[t] *= isum;
-#ifdef KERNEL_AVX2
-    switch (hd) {
-    case 32: attend_v(out, scores, v, n, hd, 4, F16); return;
-    case 48: attend_v(out, scores, v, n, hd, 6, F16); return;
-    case 64: attend_v(out, scores, v, n, hd, 8, F16); return;
-    case 96: attend_v(out, scores, v, n, hd, 12, F16); return;
-    default: break;
-    }
-#endif
-    /* = memset + kernel_axpy per position for F32 */
-    memset(out, 0, (size_t)hd * sizeof(float));
-    for (t = 0; t < n; t++)
-        for (int i = 0; i < hd; i++) out[i] = fmaf(scores[t], kv_load1(v, (size_t)t * hd + i, F16), out[i]);
+    for (t = 0; t < n; t++) scores[t] *= scale;
+    softmax_ggml(scores, n);
+    attend_v(out, scores, v, n, hd, F16);
 }
 
 void kernel_attend(float *out, const float *q, const float *k, const float *v, int n, int hd, float scale,
@@ -631,6 +839,38 @@ typedef struct {
     int swiglu;                /* jobs (w1, w3): a task does both for its rows, then the gate */
 } mm_ctx;
 
+/* x . w for an F16 row whose length is not a multiple of 16, as ggml's
+ * ggml_vec_dot_f16 computes it in an AVX-512 build (llama.cpp's path there: its
+ * tinyBLAS takes only multiples of 16, which kernel_dot's order already matches):
+ * steps of 64 into 4 x 16 lanes by fma, those added (0 + 2, 1 + 3, then the two)
+ * and summed by sum16_ggml into a double; the rest as float products added in
+ * double; the result rounded to float.  (x holds half-rounded values: every
+ * product is exact.) */
+static float dot_f16_ggml(const float *x, const uint16_t *w, int n)
+{
+    int np = n & ~63, i = 0;
+    double s = 0.0;
+    if (np) {
+        float acc[4][16] = { { 0 } };
+        for (; i < np; i += 64)
+            for (int a = 0; a < 4; a++)
+                for (int l = 0; l < 16; l++)
+                    acc[a][l] = fmaf(x[i + 16 * a + l], model_f16_to_f32(w[i + 16 * a + l]), acc[a][l]);
+        for (int l = 0; l < 16; l++) acc[0][l] = (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]);
+        s = sum16_ggml(acc[0]);
+    }
+    for (; i < n; i++) s += (double)(x[i] * model_f16_to_f32(w[i]));
+    return (float)s;
+}
+
+static void rows_f16_ggml(float *out, int ldo, const float *x, int n_rows, int cols, const mtensor *w, int j0, int j1)
+{
+    const uint16_t *wd = w->data;
+    for (int r = 0; r < n_rows; r++)
+        for (int j = j0; j < j1; j++)
+            out[(size_t)r * ldo + j] = dot_f16_ggml(x + (size_t)r * cols, wd + (size_t)j * cols, cols);
+}
+
 static void mm_rows(const mm_ctx *c, const kernel_job *job, int j0, int j1)
 {
     const mtensor *w = job->w;
@@ -643,7 +883,12 @@ static void mm_rows(const mm_ctx *c, const kernel_job *job, int j0, int j1)
             rows_f32(job->out, w->rows, c->x, c->n_rows, c->cols, w, j0, j1);
         break;
     /* F16 / BF16: x rounded to the weights' type first, as ggml does */
-    case MT_F16: rows_f16(job->out, w->rows, a->xr ? a->xr : c->x, c->n_rows, c->cols, w, j0, j1); break;
+    case MT_F16:
+        if (c->cols % 16)
+            rows_f16_ggml(job->out, w->rows, a->xr ? a->xr : c->x, c->n_rows, c->cols, w, j0, j1);
+        else
+            rows_f16(job->out, w->rows, a->xr ? a->xr : c->x, c->n_rows, c->cols, w, j0, j1);
+        break;
     case MT_BF16: rows_bf16(job->out, w->rows, a->xr ? a->xr : c->x, c->n_rows, c->cols, w, j0, j1); break;
     default:
         if (quant_is_quantized(w->type) && a->q) {
@@ -655,10 +900,26 @@ static void mm_rows(const mm_ctx *c, const kernel_job *job, int j0, int j1)
     }
 }
 
-void kernel_swiglu(float *g, const float *u, int n)
+/* Elements [j0, j1) of a gate row of n: g = silu(g) * u as ggml's CPU swiglu computes
+ * it (ggml-cpu/vec.cpp): g / (1 + exp(0 - g)) * u, the exp by kernel_expf_ggml for
+ * the row's first n - n % 16 elements (its vector loop) and by libm's expf for the
+ * rest (its scalar tail).  Elementwise, so any split of the row gives the same bits. */
+static void swiglu_range(float *g, const float *u, int j0, int j1, int n)
 {
-    for (int i = 0; i < n; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+    int nv = n - n % 16, i = j0, iv = j1 < nv ? j1 : nv;
+#ifdef KERNEL_AVX2
+    __m256 one = _mm256_set1_ps(1.0f);
+    for (; i + 8 <= iv; i += 8) {
+        __m256 x = _mm256_loadu_ps(g + i);
+        __m256 e = expf8_ggml(_mm256_sub_ps(_mm256_setzero_ps(), x));
+        _mm256_storeu_ps(g + i, _mm256_mul_ps(_mm256_div_ps(x, _mm256_add_ps(one, e)), _mm256_loadu_ps(u + i)));
+    }
+#endif
+    for (; i < iv; i++) g[i] = g[i] / (1.0f + kernel_expf_ggml(0.0f - g[i])) * u[i];
+    for (; i < j1; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
 }
+
+void kernel_swiglu(float *g, const float *u, int n) { swiglu_range(g, u, 0, n, n); }
 
 static void mm_task(void *arg, int task, int n_tasks)
 {
@@ -674,7 +935,7 @@ static void mm_task(void *arg, int task, int n_tasks)
     if (c->swiglu) { /* the same rows of w3, then g = silu(g) * u on them, in every x row */
         mm_rows(c, &c->jobs[1], j0, j1);
         for (int r = 0; r < c->n_rows; r++)
-            kernel_swiglu(job->out + (size_t)r * rows + j0, c->jobs[1].out + (size_t)r * rows + j0, j1 - j0);
+            swiglu_range(job->out + (size_t)r * rows, c->jobs[1].out + (size_t)r * rows, j0, j1, rows);
     }
 }
 

@@ -33,8 +33,13 @@ void kernel_matmul_multi(model_pool *pool, const kernel_job *jobs, int n_jobs, c
  * Per element the same operations as kernel_matmul twice, then kernel_swiglu. */
 void kernel_matmul_swiglu(model_pool *pool, float *g, float *u, const float *x, int n_rows, const mtensor *w1,
                           const mtensor *w3);
-/* g[i] = g[i] / (1 + exp(-g[i])) * u[i] (SwiGLU's silu gate). */
+/* g[i] = g[i] / (1 + exp(-g[i])) * u[i] (SwiGLU's silu gate) over a whole row of n,
+ * with ggml's arithmetic: exp by kernel_expf_ggml for the first n - n % 16 elements,
+ * libm's expf for the last n % 16 (kernels.c). */
 void kernel_swiglu(float *g, const float *u, int n);
+/* exp(x) with the arithmetic of ggml's vectorized CPU exp (kernels.c): within about
+ * 2 ulp of expf, and the same bits as llama.cpp's softmax and SiLU take. */
+float kernel_expf_ggml(float x);
 
 /* F32 weights packed in 16-row panels (mtensor.panel): the batched kernel reads
  * one sequential stream per panel and keeps 6 x rows x 16 outputs in registers.

@@ -313,51 +313,240 @@ Test(kernels, dot_and_axpy)
     cr_assert_eq(mtensor_row_bytes(99, 3), 0);
 }
 
-/* kernel_attend has fast paths (four positions per block, the value sum kept in
- * registers for head sizes 32/48/64/96): each must give exactly what the plain
- * composition kernel_dot -> softmax -> kernel_axpy gives, and be close to a
- * double-precision softmax attention. */
+/* ---- ggml's arithmetic for the steps between the matmuls ------------------------------ */
+
+/* Golden values computed with llama.cpp's ggml (commit de3ff81, CPU backend built for
+ * AVX-512: ggml_vec_soft_max_f32 with max 0 for exp, ggml_vec_swiglu_f32, and
+ * ggml_vec_soft_max_f32 then the scale by 1 / sum for the softmax), as hex floats. */
+static const float expf_golden[][2] = {
+    { 0x0p+0, 0x1p+0 },
+    { -0x1.ad7f2ap-24, 0x1.fffffcp-1 },
+    { 0x1.ad7f2ap-24, 0x1.000002p+0 },
+    { -0x1p-1, 0x1.368b2ep-1 },
+    { 0x1p-1, 0x1.a61298p+0 },
+    { -0x1p+0, 0x1.78b566p-2 },
+    { 0x1p+0, 0x1.5bf0aap+1 },
+    { -0x1.6p+1, 0x1.05d938p-4 },
+    { 0x1.9p+1, 0x1.6c2886p+4 },
+    { -0x1.49999ap+3, 0x1.1a228p-15 },
+    { 0x1.49999ap+3, 0x1.d0927ep+14 },
+    { -0x1.45999ap+5, 0x1.375506p-59 },
+    { 0x1.45999ap+5, 0x1.a500f4p+58 },
+    { -0x1.5cp+6, 0x1.666d0cp-126 },
+    { 0x1.6p+6, 0x1.f1056ep+126 },
+    { -0x1.5f999ap+6, 0x1.237324p-127 },
+    { -0x1.7ep+6, 0x1.2acp-138 },
+    { -0x1.9cccccp+6, 0x1p-149 },
+    { -0x1.a2p+6, 0x0p+0 },
+    { -0x1.ep+6, 0x0p+0 },
+    { -0x1.2bccccp+7, 0x0p+0 },
+    { 0x1.63999ap+6, INFINITY },
+    { 0x1.ep+6, INFINITY },
+    { -0x1.7ep+7, 0x0p+0 },
+    { -0x1.9p+7, 0x0p+0 },
+    { 0x1.9p+7, INFINITY },
+    { -0x1.0624dep-10, 0x1.ff7cfep-1 },
+    { 0x1.62e42ap-1, 0x1.fffffap+0 },
+    { -0x1.8p+2, 0x1.44e52p-9 },
+    { 0x1.ep+2, 0x1.c402b6p+10 },
+    { -0x1.0a6666p+5, 0x1.f165d6p-49 },
+    { 0x1p-2, 0x1.48b5e6p+0 },
+};
+static const float swiglu_golden[2][27] = {
+    { -0x1.07bae4p-8, -0x1.9964aep-8, -0x1.38ac86p-7, -0x1.d454fep-7, -0x1.56466ap-6, -0x1.e4dd8p-6,  -0x1.496b56p-5,
+      -0x1.a66946p-5, -0x1.f1352cp-5, -0x1.fdfe7ap-5, -0x1.9505ccp-5, -0x1.3f596p-6,  0x1.c18f0ep-7,  0x1.a490b4p-8,
+      -0x1.bf308cp-4, -0x1.927afp-2,  -0x1.bdedfep-1, -0x1.89f1e8p+0, -0x1.30ebfap+1, -0x1.b1c35ep+1, -0x1.234fc8p+2,
+      -0x1.779544p+2, -0x1.d5ad6cp+2, -0x1.1ed208p+3, -0x1.57c4bp+3,  -0x1.95b64p+3,  -0x1.d8acdap+3 },
+    { -0x0p+0,         -0x0p+0,         -0x0p+0,         -0x0p+0,        -0x0p+0,        -0x1.42a02cp-109,
+      -0x1.7b503cp-95, -0x1.b4c7c6p-81, -0x1.e8d7fcp-67, -0x1.067b5p-52, -0x1.07fddp-38, -0x1.d6d1cap-25,
+      -0x1.37a4d8p-11, 0x1.60fp-3,      0x1.4996c4p+3,   0x1.44ccccp+4,  0x1.e4ccccp+4,  0x1.426666p+5,
+      0x1.926666p+5,   0x1.e26666p+5,   0x1.193334p+6,   0x1.413334p+6,  0x1.693334p+6,  0x1.913334p+6,
+      0x1.b93334p+6,   0x1.e13334p+6,   0x1.04999ap+7 },
+};
+static const float softmax_golden[21] = { 0x1.fbb1f8p-7, 0x1.29e49ap-6, 0x1.5d94ap-6,  0x1.9a3c92p-6, 0x1.e16accp-6,
+                                          0x1.939b34p-4, 0x1.d9a2e4p-4, 0x1.4d9458p-7, 0x1.877592p-7, 0x1.a84cb4p-4,
+                                          0x1.8121e4p-5, 0x1.c3f4fcp-5, 0x1.09303p-4,  0x1.373386p-4, 0x1.b65ad6p-8,
+                                          0x1.6f8106p-6, 0x1.af451ap-6, 0x1.fa1994p-6, 0x1.28f4f8p-5, 0x1.5c7b6ap-5,
+                                          0x1.24284ap-3 };
+
+static double half_value(uint16_t h);
+
+/* ggml's 16-float sum (AVX-512's horizontal add), written out. */
+static float plain_sum16(const float *a)
+{
+    float h[8];
+    for (int i = 0; i < 8; i++) h[i] = a[i] + a[i + 8];
+    for (int i = 0; i < 4; i++) h[i] = h[i] + h[i + 4];
+    return (h[0] + h[2]) + (h[1] + h[3]);
+}
+
+static uint32_t fbits(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u;
+}
+
+Test(kernels, expf_ggml_equals_ggml)
+{
+    int differs_from_libm = 0;
+    for (size_t i = 0; i < sizeof expf_golden / sizeof expf_golden[0]; i++) {
+        float x = expf_golden[i][0], want = expf_golden[i][1], got = kernel_expf_ggml(x);
+        cr_assert_eq(fbits(got), fbits(want), "exp(%a) = %a, ggml %a", x, got, want);
+        differs_from_libm += fbits(expf(x)) != fbits(want);
+    }
+    cr_assert_gt(differs_from_libm, 0); /* the table tells the two apart */
+    cr_assert(isnan(kernel_expf_ggml(NAN)));
+    cr_assert_eq(kernel_expf_ggml(-INFINITY), 0.0f);
+    cr_assert(isinf(kernel_expf_ggml(INFINITY)));
+}
+
+/* Rows of 27: the first 16 through the vector exp (whose lanes include ones far
+ * out of range in the second row), the last 11 through libm's expf. */
+Test(kernels, swiglu_equals_ggml)
+{
+    float g[27], u[27];
+    for (int row = 0; row < 2; row++) {
+        for (int i = 0; i < 27; i++) {
+            g[i] = row ? -130.0f + 10.0f * i + 0.3f : -8.0f + 0.61f * i;
+            u[i] = row ? 1.0f : 1.5f - 0.13f * i;
+        }
+        kernel_swiglu(g, u, 27);
+        for (int i = 0; i < 27; i++)
+            cr_assert_eq(fbits(g[i]), fbits(swiglu_golden[row][i]), "row %d [%d]: %a, ggml %a", row, i, g[i],
+                         swiglu_golden[row][i]);
+    }
+}
+
+/* kernel_attend's softmax against ggml's: q = e0 and k_t = (x_t, 0, ...) make the
+ * scores x_t exactly (scale 1), v_t = e_t makes out[t] the probability of t. */
+Test(kernels, attention_softmax_equals_ggml)
+{
+    enum { N = 21, HD = 32 };
+    float q[HD] = { 1.0f }, k[N * HD] = { 0 }, v[N * HD] = { 0 }, out[HD], sc[N];
+    for (int t = 0; t < N; t++) {
+        k[t * HD] = 0.37f * (t % 7) - 0.21f * (t % 5) + (t == 9 ? 2.0f : 0.0f);
+        v[t * HD + t] = 1.0f;
+    }
+    kernel_attend(out, q, k, v, N, HD, 1.0f, sc);
+    for (int t = 0; t < N; t++)
+        cr_assert_eq(fbits(out[t]), fbits(softmax_golden[t]), "p[%d] = %a, ggml %a", t, out[t], softmax_golden[t]);
+    for (int t = N; t < HD; t++) cr_assert_eq(out[t], 0.0f);
+}
+
+/* F16 matrices whose rows are not a multiple of 16 long (llama.cpp's tinyBLAS takes
+ * only multiples of 16; the rest go through ggml_vec_dot_f16): x rounded to half,
+ * 4 x 16 fma chains over steps of 64 combined as (0 + 2) + (1 + 3), summed as 16
+ * lanes into a double, the remaining products added in double, rounded to float. */
+Test(kernels, f16_rows_not_a_multiple_of_16_follow_ggml_vec_dot_f16)
+{
+    static const int colss[] = { 172, 100, 40, 200 };
+    uint64_t rng = 5;
+    for (size_t ci = 0; ci < sizeof colss / sizeof colss[0]; ci++) {
+        int R = 12, C = colss[ci], n = 3;
+        double *src = malloc((size_t)R * C * 8), *deq = malloc((size_t)R * C * 8);
+        for (size_t i = 0; i < (size_t)R * C; i++) src[i] = fx_unif(&rng);
+        void *data = fx_pack(src, R, C, MT_F16, deq);
+        mtensor w = { .data = data, .type = MT_F16, .rows = R, .cols = C };
+        float *x = malloc((size_t)n * C * 4), *out = malloc((size_t)n * R * 4);
+        for (size_t i = 0; i < (size_t)n * C; i++) x[i] = (float)(fx_unif(&rng) * 3.0);
+        kernel_matmul(NULL, out, x, n, &w);
+        for (int r = 0; r < n; r++)
+            for (int j = 0; j < R; j++) {
+                const float *xr = x + (size_t)r * C;
+                float xh[256], wr[256];
+                for (int i = 0; i < C; i++) {
+                    xh[i] = (float)half_value(fx_f32_to_f16(xr[i]));
+                    wr[i] = (float)deq[(size_t)j * C + i];
+                }
+                int np = C & ~63, i = 0;
+                double s = 0;
+                if (np) {
+                    float acc[64] = { 0 }, lane[16];
+                    for (; i < np; i++) acc[i % 64] = fmaf(xh[i], wr[i], acc[i % 64]);
+                    for (int l = 0; l < 16; l++) lane[l] = (acc[l] + acc[l + 32]) + (acc[l + 16] + acc[l + 48]);
+                    s = plain_sum16(lane);
+                }
+                for (; i < C; i++) s += (double)(xh[i] * wr[i]);
+                float want = (float)s, got = out[(size_t)r * R + j];
+                cr_assert_eq(fbits(got), fbits(want), "cols %d row %d out %d: %a, want %a", C, r, j, got, want);
+            }
+        free(src), free(deq), free(data), free(x), free(out);
+    }
+}
+
+/* The test's own statement of ggml_vec_dot_f32's order (kernels.c, dot_ggml). */
+static float plain_dot_ggml(const float *a, const float *b, int n)
+{
+    int np = n & ~63, i = 0;
+    float s = 0.0f;
+    if (np) {
+        float acc[64] = { 0 }, lane[16];
+        for (; i < np; i++) acc[i % 64] = fmaf(a[i], b[i], acc[i % 64]);
+        for (int l = 0; l < 16; l++) lane[l] = (acc[l] + acc[l + 32]) + (acc[l + 16] + acc[l + 48]);
+        s = plain_sum16(lane);
+    }
+    for (; i < n - (n - np) % 8; i++) s += a[i] * b[i];
+    for (; i < n; i++) s = fmaf(a[i], b[i], s);
+    return s;
+}
+
+/* kernel_attend (the vector paths for head sizes that are multiples of 8 up to 128,
+ * the scalar one otherwise) gives exactly the plain statement of ggml's order: scores
+ * by plain_dot_ggml, softmax by kernel_expf_ggml with sums of 16 in double, then
+ * out[i] = sum of 64 fma chains (position t in chain t % 64) combined as ggml's
+ * vec_dot does; and it is close to a double-precision softmax attention. */
 Test(kernels, attend_equals_plain_composition)
 {
-    static const int hds[] = { 32, 48, 64, 96, 40, 8, 13 };
+    static const int hds[] = { 32, 48, 64, 96, 128, 40, 8, 13, 136, 192 };
+    static const int ns[] = { 1, 2, 5, 16, 17, 23, 64, 65, 150 };
     uint64_t rng = 11;
-    for (size_t hi = 0; hi < sizeof hds / sizeof hds[0]; hi++) {
-        int hd = hds[hi];
-        for (int n = 1; n <= 23; n += 3) {
+    for (size_t hi = 0; hi < sizeof hds / sizeof hds[0]; hi++)
+        for (size_t ni = 0; ni < sizeof ns / sizeof ns[0]; ni++) {
+            int hd = hds[hi], n = ns[ni];
             float *q = malloc(sizeof(float) * hd), *k = malloc(sizeof(float) * hd * n),
                   *v = malloc(sizeof(float) * hd * n), *out = malloc(sizeof(float) * hd),
-                  *plain = calloc((size_t)hd, sizeof(float)), *sc = malloc(sizeof(float) * n),
-                  *sc2 = malloc(sizeof(float) * n);
+                  *plain = malloc(sizeof(float) * hd), *sc = malloc(sizeof(float) * n), *p = malloc(sizeof(float) * n);
             for (int i = 0; i < hd; i++) q[i] = (float)fx_unif(&rng);
             for (int i = 0; i < hd * n; i++) k[i] = (float)fx_unif(&rng), v[i] = (float)fx_unif(&rng);
             float scale = 1.0f / sqrtf((float)hd);
             kernel_attend(out, q, k, v, n, hd, scale, sc);
-            float mx = -INFINITY, sum = 0.0f;
+            float mx = -INFINITY;
             for (int t = 0; t < n; t++) {
-                sc2[t] = kernel_dot(q, k + (size_t)t * hd, hd) * scale;
-                mx = sc2[t] > mx ? sc2[t] : mx;
+                p[t] = plain_dot_ggml(q, k + (size_t)t * hd, hd) * scale;
+                mx = p[t] > mx ? p[t] : mx;
             }
-            for (int t = 0; t < n; t++) sc2[t] = expf(sc2[t] - mx), sum += sc2[t];
-            float isum = 1.0f / sum;
-            for (int t = 0; t < n; t++) kernel_axpy(plain, sc2[t] * isum, v + (size_t)t * hd, hd);
+            double sum = 0;
+            for (int t0 = 0; t0 < n; t0 += 16) {
+                float a[16] = { 0 };
+                for (int j = 0; j < 16 && t0 + j < n; j++) a[j] = p[t0 + j] = kernel_expf_ggml(p[t0 + j] - mx);
+                sum += plain_sum16(a);
+            }
+            float inv = (float)(1.0 / sum);
+            for (int t = 0; t < n; t++) p[t] *= inv;
+            for (int i = 0; i < hd; i++) {
+                float c[64] = { 0 }, lane[16];
+                for (int t = 0; t < n; t++) c[t % 64] = fmaf(p[t], v[(size_t)t * hd + i], c[t % 64]);
+                for (int l = 0; l < 16; l++) lane[l] = (c[l] + c[l + 32]) + (c[l + 16] + c[l + 48]);
+                plain[i] = plain_sum16(lane);
+            }
             cr_assert(memcmp(out, plain, sizeof(float) * hd) == 0, "hd=%d n=%d: not bit-identical", hd, n);
             /* double reference */
-            double dm = -INFINITY, ds = 0, *p = malloc(sizeof(double) * n);
+            double dm = -INFINITY, ds = 0, *pd = malloc(sizeof(double) * n);
             for (int t = 0; t < n; t++) {
                 double d = 0;
                 for (int i = 0; i < hd; i++) d += (double)q[i] * k[(size_t)t * hd + i];
-                p[t] = d * scale;
-                dm = p[t] > dm ? p[t] : dm;
+                pd[t] = d * scale;
+                dm = pd[t] > dm ? pd[t] : dm;
             }
-            for (int t = 0; t < n; t++) p[t] = exp(p[t] - dm), ds += p[t];
+            for (int t = 0; t < n; t++) pd[t] = exp(pd[t] - dm), ds += pd[t];
             for (int i = 0; i < hd; i++) {
                 double o = 0;
-                for (int t = 0; t < n; t++) o += p[t] / ds * v[(size_t)t * hd + i];
+                for (int t = 0; t < n; t++) o += pd[t] / ds * v[(size_t)t * hd + i];
                 cr_assert(fabs(out[i] - o) < 1e-5, "hd=%d n=%d i=%d: %g vs %g", hd, n, i, out[i], o);
             }
-            free(p), free(q), free(k), free(v), free(out), free(plain), free(sc), free(sc2);
+            free(pd), free(q), free(k), free(v), free(out), free(plain), free(sc), free(p);
         }
-    }
 }
 
 typedef struct {
