@@ -702,6 +702,55 @@ Test(quant, stories260k_fallbacks)
     th_tmp_cleanup(&t);
 }
 
+/* Agreement with llama.cpp, bit for bit: stories260K made Q8_0, Q4_0 and Q4_K_M by
+ * model_quantize (so ffn_down, 172 columns, falls back to F16), then the logits of
+ * "Once upon a time" (ids 1 403 407 261 378) and of 69 greedy steps after it, one
+ * token per step (positions up to 74: past 16 and 64, where the attention sums wrap
+ * their lanes).  The golden values are FNV-1a 64 hashes of the 70 logit rows' bytes,
+ * computed by llama.cpp (commit de3ff81, CPU backend built for AVX-512 without
+ * AVX512-FP16, F32 KV cache, no flash attention, 1 thread) through libllama on the
+ * files llama-quantize writes, which model_quantize reproduces byte for byte. */
+Test(quant, stories260k_logits_equal_llama_cpp)
+{
+    static const struct {
+        const char *type;
+        uint64_t hash;
+    } cases[] = { { "Q8_0", 0x674cb1b626257e4eull },
+                  { "Q4_0", 0x8a11ebb6ac17b602ull },
+                  { "Q4_K_M", 0xada9420899bf576aull } };
+    th_tmp t;
+    th_tmp_init(&t);
+    char *src = th_model_path("stories260K.gguf");
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        char dst[128];
+        snprintf(dst, sizeof dst, "%s", th_tmp_file(&t, "agree.gguf"));
+        quantize_ok(src, dst, cases[c].type);
+        model *m = load_ok(dst);
+        int V = model_get_info(m)->vocab_size;
+        float *lg = malloc((size_t)V * 4);
+        model_seq *sq = model_seq_new(m, 128);
+        int32_t toks[80] = { 1, 403, 407, 261, 378 };
+        int n = 5;
+        uint64_t h = 1469598103934665603ull;
+        for (int step = 0; step < 70; step++) {
+            cr_assert_eq(model_seq_eval(m, sq, toks, n, lg), 0);
+            const unsigned char *b = (const unsigned char *)lg;
+            for (size_t i = 0; i < (size_t)V * 4; i++) h = (h ^ b[i]) * 1099511628211ull;
+            int best = 0;
+            for (int i = 1; i < V; i++)
+                if (lg[i] > lg[best]) best = i;
+            toks[n++] = best;
+        }
+        cr_assert_eq(h, cases[c].hash, "%s: logits hash %016llx, llama.cpp's %016llx", cases[c].type,
+                     (unsigned long long)h, (unsigned long long)cases[c].hash);
+        model_seq_free(sq);
+        model_free(m);
+        free(lg);
+    }
+    free(src);
+    th_tmp_cleanup(&t);
+}
+
 /* ---- Refusals ------------------------------------------------------------------------------ */
 
 Test(quant, corrupt_quantized_tensors_are_refused)
