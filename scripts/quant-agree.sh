@@ -18,7 +18,7 @@
 # Environment: LLAMA_CPP_BIN [build/ref/llama.cpp/build/bin] (llama-quantize, llama-server);
 #   LLAMA_CPP_LIBS [none] a directory put first on LD_LIBRARY_PATH for llama-server (e.g. a
 #   ggml built without AVX512-FP16, whose F16 products accumulate in floats like lmserve's);
-#   AGREE_TYPES [all of llama-quantize's]; AGREE_MODELS [the three above, as FILE:PROMPTSET];
+#   AGREE_TYPES [all of llama-quantize's; "source" serves the unquantized file]; AGREE_MODELS [the three above, as FILE:PROMPTSET];
 #   AGREE_TOKENS [100]; THREADS [1] for the servers (the outputs do not depend on it; one thread
 #   keeps llama-server's spinning workers from crawling on a busy machine); COMPARE_PORT [18193].
 set -euo pipefail
@@ -80,6 +80,15 @@ printf '%-22s %-7s %-34s %s\n' model type "bytes (llama-quantize vs lmserve)" "g
 for pair in $MODELS; do
   f=${pair%:*} set=${pair##*:} base=$(basename "${pair%:*}" .gguf)
   for t in $TYPES; do
+    if [ "$t" = source ]; then # the unquantized file itself
+      start_server lmserve "$port" "$LM" serve --model "$f" --host 127.0.0.1 --port "$port" --threads "$THREADS"
+      start_server llama "$port2" env ${LLAMA_CPP_LIBS:+LD_LIBRARY_PATH="$LLAMA_CPP_LIBS"} \
+        "$LC/llama-server" -m "$f" -np 1 -t "$THREADS" -ctk f32 -ctv f32 -fa off --host 127.0.0.1 --port "$port2"
+      out=$(python3 scripts/compare-greedy.py "http://127.0.0.1:$port" "http://127.0.0.1:$port2" "$NTOK" "$set") || true
+      printf '%-22s %-7s %-34s %s\n' "$base" "$t" "-" "$(tail -1 <<<"$out")"
+      stop_server
+      continue
+    fi
     a=$tmp/$base-$t.lc.gguf b=$tmp/$base-$t.lm.gguf
     "$LC/llama-quantize" "$f" "$a" "$t" "$THREADS" >"$tmp/lq.log" 2>&1 ||
       { echo "$base $t: llama-quantize failed"; tail -5 "$tmp/lq.log"; continue; }
