@@ -19,6 +19,9 @@
 #   LLAMA_CPP_LIBS [none] a directory put first on LD_LIBRARY_PATH for llama-server (e.g. a
 #   ggml built without AVX512-FP16, whose F16 products accumulate in floats like lmserve's);
 #   AGREE_TYPES [all of llama-quantize's; "source" serves the unquantized file]; AGREE_MODELS [the three above, as FILE:PROMPTSET];
+#   AGREE_LLAMA_ARGS [none] more llama-server options (e.g. "-ub 1": one token per ubatch, so
+#   llama.cpp computes every row as it computes one decoded token -- lmserve's arithmetic for
+#   every row; with its default batching a prompt's rows go through its batched kernels);
 #   AGREE_TOKENS [100]; THREADS [1] for the servers (the outputs do not depend on it; one thread
 #   keeps llama-server's spinning workers from crawling on a busy machine); COMPARE_PORT [18193].
 set -euo pipefail
@@ -75,15 +78,16 @@ start_server() { # label port cmd...
 }
 
 echo "== quant-agree ($(date -u +%FT%TZ), load average:$(uptime | sed 's/.*load average://'))"
-echo "   llama.cpp: $LC ($("$LC/llama-server" --version 2>&1 | sed -n 's/^version: //p' | head -1))${LLAMA_CPP_LIBS:+, libraries from $LLAMA_CPP_LIBS}"
+echo "   llama.cpp: $LC ($("$LC/llama-server" --version 2>&1 | sed -n 's/^version: //p' | head -1))${LLAMA_CPP_LIBS:+, libraries from $LLAMA_CPP_LIBS}${AGREE_LLAMA_ARGS:+, llama-server $AGREE_LLAMA_ARGS}"
 printf '%-22s %-7s %-34s %s\n' model type "bytes (llama-quantize vs lmserve)" "greedy $NTOK tokens on llama-quantize's file"
 for pair in $MODELS; do
   f=${pair%:*} set=${pair##*:} base=$(basename "${pair%:*}" .gguf)
   for t in $TYPES; do
     if [ "$t" = source ]; then # the unquantized file itself
       start_server lmserve "$port" "$LM" serve --model "$f" --host 127.0.0.1 --port "$port" --threads "$THREADS"
+      # shellcheck disable=SC2086
       start_server llama "$port2" env ${LLAMA_CPP_LIBS:+LD_LIBRARY_PATH="$LLAMA_CPP_LIBS"} \
-        "$LC/llama-server" -m "$f" -np 1 -t "$THREADS" -ctk f32 -ctv f32 -fa off --host 127.0.0.1 --port "$port2"
+        "$LC/llama-server" -m "$f" -np 1 -t "$THREADS" -ctk f32 -ctv f32 -fa off ${AGREE_LLAMA_ARGS:-} --host 127.0.0.1 --port "$port2"
       out=$(python3 scripts/compare-greedy.py "http://127.0.0.1:$port" "http://127.0.0.1:$port2" "$NTOK" "$set") || true
       printf '%-22s %-7s %-34s %s\n' "$base" "$t" "-" "$(tail -1 <<<"$out")"
       stop_server
@@ -97,8 +101,9 @@ for pair in $MODELS; do
     if cmp -s "$a" "$b"; then bytes="identical ($(stat -c %s "$a") B)"
     else bytes="DIFFER: $(cmp "$a" "$b" 2>&1 | head -1 | sed 's/.*differ: //')"; fi
     start_server lmserve "$port" "$LM" serve --model "$a" --host 127.0.0.1 --port "$port" --threads "$THREADS"
+    # shellcheck disable=SC2086
     start_server llama "$port2" env ${LLAMA_CPP_LIBS:+LD_LIBRARY_PATH="$LLAMA_CPP_LIBS"} \
-      "$LC/llama-server" -m "$a" -np 1 -t "$THREADS" -ctk f32 -ctv f32 -fa off --host 127.0.0.1 --port "$port2"
+      "$LC/llama-server" -m "$a" -np 1 -t "$THREADS" -ctk f32 -ctv f32 -fa off ${AGREE_LLAMA_ARGS:-} --host 127.0.0.1 --port "$port2"
     out=$(python3 scripts/compare-greedy.py "http://127.0.0.1:$port" "http://127.0.0.1:$port2" "$NTOK" "$set") || true
     printf '%-22s %-7s %-34s %s\n' "$base" "$t" "$bytes" "$(tail -1 <<<"$out")"
     stop_server
