@@ -203,7 +203,10 @@ static void seq_prepare(engine *e, seq *s)
             return;
         }
     }
-    int got = seq_kv_reuse(&s->kv, w, n, scoring ? s->j->p.logprobs : -1, scoring ? s->plp + s->win : NULL);
+    /* a prompt whose generation fits in the window only appends to what it holds, so it
+     * may take a retained sequence whole (it retains all of it again when it ends) */
+    int grows_only = !s->prompt_done && s->win == 0 && s->n_prompt + s->j->p.max_tokens <= e->c.ctx;
+    int got = seq_kv_reuse(&s->kv, w, n, scoring ? s->j->p.logprobs : -1, scoring ? s->plp + s->win : NULL, grows_only);
     if (!s->prompt_done) {
         s->reused += got;
         e->step_reused += got;

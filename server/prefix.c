@@ -14,8 +14,10 @@
  * retained sequences (the model_seq of a finished request, handed over without a
  * copy) in a list ordered by last use; a lookup compares the window with every
  * retained sequence and every running one (the engine's slots) and copies from
- * the longest match.  Chosen over fixed-size token blocks keyed by a prefix hash or
- * a radix tree because the model keeps each sequence's K/V contiguous per (layer,
+ * the longest match -- or, when the match is a retained sequence all of whose tokens
+ * start the window and the new sequence has no memory yet, takes that sequence
+ * whole (no copy, no fresh pages to fault in; see takes_whole).  Chosen over
+ * fixed-size token blocks keyed by a prefix hash or a radix tree because the model keeps each sequence's K/V contiguous per (layer,
  * head) -- attention reads them as one run -- so entries cannot be shared by
  * reference without changing every kernel; they are copied, a prefix of one
  * sequence at a time, which a per-sequence list serves directly.  The costs: a
@@ -51,7 +53,7 @@ typedef struct kv_entry {
 struct kv_store {
     size_t budget, bytes;
     int n_entries;
-    unsigned long long evictions;
+    unsigned long long evictions, taken;
     kv_entry *head, *tail;
     seq_kv **slots; /* (cap_slots) attached sequences */
     int n_slots, cap_slots;
@@ -137,6 +139,7 @@ void kv_store_get_stats(const kv_store *st, kv_store_stats *out)
     out->bytes = st->bytes;
     out->entries = st->n_entries;
     out->evictions = st->evictions;
+    out->taken = st->taken;
 }
 
 /* ---- matching ------------------------------------------------------------------------- */
@@ -188,7 +191,41 @@ static int scores_reserve(seq_kv *kv, int n)
     return 0;
 }
 
-int seq_kv_reuse(seq_kv *kv, const int32_t *w, int n, int n_top, sampler_choice *plp)
+/* Whether kv may take the retained entry en whole instead of copying from it: kv has
+ * no memory of its own yet (a new request after its slot's sequence was retained),
+ * and every token en holds starts the window, so the request -- whose window never
+ * moves (the caller's may_take) -- computes again, and retains when it ends, all
+ * that en holds past what it takes: nothing is lost.
+ * Taking saves the copy and, above all, the fresh memory: a new model_seq's pages
+ * fault in on first touch (about 3.5 MB for a 240-token prompt on the 15M shape),
+ * while the entry's are already in place and warm in the caches. */
+static int takes_whole(const seq_kv *kv, const int32_t *w, int n, const kv_entry *en)
+{
+    int len = model_seq_len(en->kv.seq);
+    return model_seq_bytes(kv->seq) == 0 && lcp(w, n, model_seq_tokens(en->kv.seq), len) == len;
+}
+
+/* kv takes en's sequence and scores, keeping their first k positions; en, left with
+ * kv's empty sequence (and score buffer, if any), is freed. */
+static void entry_take(kv_store *st, kv_entry *en, seq_kv *kv, int k)
+{
+    seq_kv mine = *kv;
+    kv->seq = en->kv.seq;
+    kv->scores = en->kv.scores;
+    kv->n_scores = en->kv.n_scores;
+    kv->cap_scores = en->kv.cap_scores;
+    kv->score_top = en->kv.score_top;
+    en->kv.seq = mine.seq;
+    en->kv.scores = mine.scores;
+    en->kv.cap_scores = mine.cap_scores;
+    en->kv.n_scores = 0;
+    model_seq_truncate(kv->seq, k); /* positions [k, len) are the window's, computed again */
+    if (kv->n_scores > k) kv->n_scores = k;
+    entry_drop(st, en);
+    st->taken++;
+}
+
+int seq_kv_reuse(seq_kv *kv, const int32_t *w, int n, int n_top, sampler_choice *plp, int may_take)
 {
     kv_store *st = kv->store;
     if (!st || !kv->seq || n < 2) return 0;
@@ -209,6 +246,11 @@ int seq_kv_reuse(seq_kv *kv, const int32_t *w, int n, int n_top, sampler_choice 
         if (k > best) best = k, src = &en->kv, from = en;
     }
     if (!src) return 0;
+    if (from && may_take && takes_whole(kv, w, n, from)) {
+        if (scoring) memcpy(plp + 1, src->scores + 1, sizeof *plp * (size_t)best);
+        entry_take(st, from, kv, best);
+        return best - held;
+    }
     if (scoring && scores_reserve(kv, best) < 0) return 0;
     if (model_seq_copy(kv->seq, src->seq, best) != 0) return 0;
     if (scoring) {

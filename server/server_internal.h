@@ -410,6 +410,7 @@ typedef struct {
     size_t bytes; /* held by retained entries */
     int entries;
     unsigned long long evictions;
+    unsigned long long taken; /* entries a new sequence took whole instead of copying from */
 } kv_store_stats;
 void kv_store_get_stats(const kv_store *st, kv_store_stats *out);
 
@@ -423,8 +424,12 @@ int seq_kv_reuse_len(const int32_t *w, int n, const int32_t *src, int n_src, int
  * seq_kv_sync first), never the window's last token (its logits are needed).  When
  * scoring (n_top >= 0), only positions whose scores come with them, computed with
  * n_top alternatives, and those scores are written into plp[1..] (plp indexed like w).
+ * may_take: the caller's window never moves before kv is retained (it only appends),
+ * so a retained entry whose tokens all start w is taken whole (kv's empty sequence goes
+ * instead; the entry comes back, grown, when kv is retained) if kv has no memory of its
+ * own yet; anything else is copied.
  * Returns the positions gained (0: nothing better, or out of memory). */
-int seq_kv_reuse(seq_kv *kv, const int32_t *w, int n, int n_top, sampler_choice *plp);
+int seq_kv_reuse(seq_kv *kv, const int32_t *w, int n, int n_top, sampler_choice *plp, int may_take);
 /* Scoring: the scores of the held tokens [1, to) are plp[1..to) (n_top alternatives);
  * recorded with the entries (best effort: nothing is recorded if out of memory). */
 void seq_kv_scored(seq_kv *kv, const sampler_choice *plp, int to, int n_top);
