@@ -18,9 +18,10 @@
  * The register-block shape (1..4 x 1..4) only decides which elements are
  * computed side by side, never the operations of one element, so the result
  * is bit-identical for any n_rows, any position of the row in the batch and
- * any thread count.  kernel_attend's dot products use the same blocks, so
- * they equal kernel_dot's.  (This file relies on the ISO C default
- * -ffp-contract=off: no silent a*b+c fusion in the scalar tails.)
+ * any thread count.  kernel_attend and kernel_swiglu follow ggml's arithmetic
+ * for one query row instead (their sections below say which).  (This file
+ * relies on the ISO C default -ffp-contract=off: no silent a*b+c fusion in the
+ * scalar tails.)
  *
  * The block-quantized types (Q8_0, Q4_K, ...; model/compute/quant.h) go to
  * quant_matmul_rows (quant_kern.c), with the activations quantized once per

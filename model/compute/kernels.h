@@ -75,8 +75,10 @@ float kernel_dot(const float *a, const float *b, int n);
 void kernel_axpy(float *y, float a, const float *x, int n);
 
 /* One query row of causal attention over n cached positions (k, v: (n, hd) rows):
- * out = softmax(q.k_t * scale) . v, with scores (n floats) as scratch.  Fixed
- * order throughout, so a row's result does not depend on its batch. */
+ * out = softmax(q.k_t * scale) . v, with scores (n floats) as scratch, in the
+ * order llama.cpp's CPU backend takes for one row (kernels.c: ggml_vec_dot_f32's
+ * lanes for q.k and p.V, ggml's exp and softmax sums).  Fixed order throughout,
+ * so a row's result does not depend on its batch. */
 void kernel_attend(float *out, const float *q, const float *k, const float *v, int n, int hd, float scale,
                    float *scores);
 
