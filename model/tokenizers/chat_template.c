@@ -37,6 +37,7 @@
 #include "model/model.h"
 
 #include <jansson.h>
+#include <limits.h>
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -927,64 +928,41 @@ static node *bin(parser *p, const char *op, node *a, node *b)
     return n;
 }
 
-static node *parse_pow(parser *p)
+/* The operator of the NULL-terminated list ops that is the next token, consumed; NULL
+ * (nothing consumed) when the next token is none of them. */
+static const char *accept_any_op(parser *p, const char *const *ops)
 {
-    node *n = parse_unary(p);
-    while (accept_op(p, "**")) n = bin(p, "**", n, parse_unary(p));
+    for (; *ops; ops++)
+        if (accept_op(p, *ops)) return *ops;
+    return NULL;
+}
+
+/* One left-associative level of binary operators: operand (op operand)*. */
+static node *parse_binary(parser *p, node *(*operand)(parser *), const char *const *ops)
+{
+    node *n = operand(p);
+    const char *op;
+    while ((op = accept_any_op(p, ops))) n = bin(p, op, n, operand(p));
     return n;
 }
 
+static node *parse_pow(parser *p) { return parse_binary(p, parse_unary, (const char *const[]){ "**", NULL }); }
 static node *parse_mul(parser *p)
 {
-    node *n = parse_pow(p);
-    for (;;) {
-        if (accept_op(p, "*"))
-            n = bin(p, "*", n, parse_pow(p));
-        else if (accept_op(p, "//"))
-            n = bin(p, "//", n, parse_pow(p));
-        else if (accept_op(p, "/"))
-            n = bin(p, "/", n, parse_pow(p));
-        else if (accept_op(p, "%"))
-            n = bin(p, "%", n, parse_pow(p));
-        else
-            return n;
-    }
+    return parse_binary(p, parse_pow, (const char *const[]){ "*", "//", "/", "%", NULL });
 }
-
-static node *parse_concat(parser *p)
-{
-    node *n = parse_mul(p);
-    while (accept_op(p, "~")) n = bin(p, "~", n, parse_mul(p));
-    return n;
-}
-
-static node *parse_add(parser *p)
-{
-    node *n = parse_concat(p);
-    for (;;) {
-        if (accept_op(p, "+"))
-            n = bin(p, "+", n, parse_concat(p));
-        else if (accept_op(p, "-"))
-            n = bin(p, "-", n, parse_concat(p));
-        else
-            return n;
-    }
-}
+static node *parse_concat(parser *p) { return parse_binary(p, parse_mul, (const char *const[]){ "~", NULL }); }
+static node *parse_add(parser *p) { return parse_binary(p, parse_concat, (const char *const[]){ "+", "-", NULL }); }
 
 static node *parse_compare(parser *p)
 {
+    static const char *const ops[] = { "==", "!=", "<=", ">=", "<", ">", NULL };
     node *n = parse_add(p);
     for (;;) {
-        static const char *const ops[] = { "==", "!=", "<=", ">=", "<", ">" };
-        int done = 1;
-        for (size_t i = 0; i < sizeof ops / sizeof ops[0]; i++)
-            if (accept_op(p, ops[i])) {
-                n = bin(p, ops[i], n, parse_add(p));
-                done = 0;
-                break;
-            }
-        if (!done) continue;
-        if (accept_name(p, "in"))
+        const char *op = accept_any_op(p, ops);
+        if (op)
+            n = bin(p, op, n, parse_add(p));
+        else if (accept_name(p, "in"))
             n = bin(p, "in", n, parse_add(p));
         else if (is_name(peek(p), "not") && is_name(peek2(p), "in")) {
             next(p);
@@ -1006,29 +984,21 @@ static node *parse_not(parser *p)
     return parse_compare(p);
 }
 
-static node *parse_and(parser *p)
+/* A left-associative chain of `word` (and, or) as nodes of `kind`. */
+static node *parse_logic(parser *p, node *(*operand)(parser *), const char *word, int kind)
 {
-    node *n = parse_not(p);
-    while (accept_name(p, "and")) {
-        node *x = mk(p, E_AND);
+    node *n = operand(p);
+    while (accept_name(p, word)) {
+        node *x = mk(p, kind);
         x->a = n;
-        x->b = parse_not(p);
+        x->b = operand(p);
         n = x;
     }
     return n;
 }
 
-static node *parse_or(parser *p)
-{
-    node *n = parse_and(p);
-    while (accept_name(p, "or")) {
-        node *x = mk(p, E_OR);
-        x->a = n;
-        x->b = parse_and(p);
-        n = x;
-    }
-    return n;
-}
+static node *parse_and(parser *p) { return parse_logic(p, parse_not, "and", E_AND); }
+static node *parse_or(parser *p) { return parse_logic(p, parse_and, "or", E_OR); }
 
 static node *parse_expr(parser *p, int with_cond)
 {
@@ -1584,7 +1554,18 @@ static value message_from_json(rctx *c, const json_t *m)
 
 static int is_num(value v) { return v.k == V_INT || v.k == V_FLOAT || v.k == V_BOOL; }
 static double num(value v) { return v.k == V_FLOAT ? v.u.f : v.k == V_INT ? (double)v.u.i : v.u.b; }
-static long long inum(value v) { return v.k == V_INT ? v.u.i : v.k == V_BOOL ? v.u.b : (long long)v.u.f; }
+/* An integer of a number value; a float truncated toward zero, saturated at the long long
+ * range (NaN is 0): converting one outside the range would be undefined. */
+static long long inum(value v)
+{
+    if (v.k == V_INT) return v.u.i;
+    if (v.k == V_BOOL) return v.u.b;
+    double f = v.u.f;
+    if (!(f == f)) return 0;
+    if (f >= 0x1p63) return LLONG_MAX;
+    if (f < -0x1p63) return LLONG_MIN;
+    return (long long)f;
+}
 
 static int equal(rctx *c, value a, value b)
 {
@@ -2331,6 +2312,17 @@ static void eval_args(rctx *c, frame *fr, const node *n, argv_t *a, int extra_fi
     }
 }
 
+/* A slice bound as Python computes it: absent -> dflt; a negative one counts from the end;
+ * then clamped to [0, n] for a positive step, [-1, n - 1] for a negative one. */
+static long long slice_bound(value b, long long n, long long st, long long dflt)
+{
+    if (b.k == V_NONE || b.k == V_UNDEF) return dflt;
+    long long x = inum(b);
+    if (x < 0) x += n;
+    if (st > 0) return x < 0 ? 0 : x > n ? n : x;
+    return x < -1 ? -1 : x > n - 1 ? n - 1 : x;
+}
+
 static value slice(rctx *c, value obj, value start, value stop, value step, int line)
 {
     failer *f = &c->f;
@@ -2349,27 +2341,8 @@ static value slice(rctx *c, value obj, value start, value stop, value step, int 
     else
         fail(f, MODEL_ECHAT_EVAL, line, "cannot slice %s", kind_name(obj));
     /* Python's rules for missing and negative bounds */
-    long long lo, hi;
-    if (start.k == V_NONE || start.k == V_UNDEF)
-        lo = st > 0 ? 0 : n - 1;
-    else {
-        lo = inum(start);
-        if (lo < 0) lo += n;
-        if (st > 0)
-            lo = lo < 0 ? 0 : lo > n ? n : lo;
-        else
-            lo = lo < -1 ? -1 : lo > n - 1 ? n - 1 : lo;
-    }
-    if (stop.k == V_NONE || stop.k == V_UNDEF)
-        hi = st > 0 ? n : -1;
-    else {
-        hi = inum(stop);
-        if (hi < 0) hi += n;
-        if (st > 0)
-            hi = hi < 0 ? 0 : hi > n ? n : hi;
-        else
-            hi = hi < -1 ? -1 : hi > n - 1 ? n - 1 : hi;
-    }
+    long long lo = slice_bound(start, n, st, st > 0 ? 0 : n - 1);
+    long long hi = slice_bound(stop, n, st, st > 0 ? n : -1);
     if (obj.k == V_LIST) {
         vlist *l = list_new(f, 8);
         for (long long i = lo; st > 0 ? i < hi : i > hi; i += st) list_push(f, l, obj.u.l->v[i]);
