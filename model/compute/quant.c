@@ -417,15 +417,8 @@ static void act_row_q8k(int8_t *q, float *d, int16_t *bs, int32_t *x32, const fl
     for (int b = 0; b < cols / QK_K; b++) {
         const float *xb = x + QK_K * b;
         int8_t *qb = q + QK_K * b;
-        float amax = 0.0f, max = 0.0f;
-        for (int i = 0; i < QK_K; i++) {
-            float a = fabsf(xb[i]);
-            if (a > amax) {
-                amax = a;
-                max = xb[i];
-            }
-        }
-        if (amax == 0.0f) {
+        float max = quant_signed_max(xb, QK_K);
+        if (max == 0.0f) {
             d[b] = 0.0f;
             memset(qb, 0, QK_K);
             memset(bs + 16 * b, 0, 16 * sizeof *bs);

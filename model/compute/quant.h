@@ -41,6 +41,7 @@
 
 #include "model/model_internal.h"
 
+#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -114,6 +115,22 @@ void quant_dequantize_row(int type, const void *src, float *dst, int n);
  * header comment).  Returns the bytes written, 0 if the type is not a quantized
  * type or n_per_row is not a multiple of its block. */
 size_t quant_quantize_rows(int type, const float *src, void *dst, int64_t nrows, int n_per_row);
+
+/* The element of x[0..n) of largest magnitude, with its sign (the first of equals; 0
+ * when every element is 0 or NaN): the "max" from which ggml's quantizers derive a
+ * block's scale. */
+static inline float quant_signed_max(const float *x, int n)
+{
+    float amax = 0.0f, max = 0.0f;
+    for (int i = 0; i < n; i++) {
+        float a = fabsf(x[i]);
+        if (a > amax) {
+            amax = a;
+            max = x[i];
+        }
+    }
+    return max;
+}
 
 /* Bytes of the quant_act arrays for n_rows rows of cols in format fmt (0 if cols does
  * not fit the format), and carving them from one buffer (16-byte aligned pieces). */

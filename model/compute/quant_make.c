@@ -51,12 +51,7 @@ static inline int imax(int a, int b) { return a > b ? a : b; }
 
 static void make_q4_0_q5_0(int bits, const float *x, uint8_t *y)
 {
-    float amax = 0.0f, max = 0.0f;
-    for (int j = 0; j < 32; j++)
-        if (amax < fabsf(x[j])) {
-            amax = fabsf(x[j]);
-            max = x[j];
-        }
+    const float max = quant_signed_max(x, 32);
     const float d = max / (bits == 4 ? -8.0f : -16.0f);
     const float id = d != 0.0f ? 1.0f / d : 0.0f;
     const float off = bits == 4 ? 8.5f : 16.5f;
@@ -115,44 +110,51 @@ static void make_q8_0(const float *x, uint8_t *y)
 
 /* ---- Scale fitting for the K-quants ------------------------------------------------------ */
 
+/* The signed levels l = nearest(iscale x) clamped to [-nmax, nmax) of x[0..n), stored
+ * as l + offset in L (unless L is NULL), and their weighted sums (weights x^2):
+ * *sumlx = sum w x l, *suml2 = sum w l^2. */
+static void level_sums(int n, int nmax, float iscale, const float *x, int8_t *L, int offset, float *sumlx, float *suml2)
+{
+    float slx = 0.0f, sl2 = 0.0f;
+    for (int i = 0; i < n; i++) {
+        int l = imax(-nmax, imin(nmax - 1, nearest(iscale * x[i])));
+        if (L) L[i] = (int8_t)(l + offset);
+        float w = x[i] * x[i];
+        slx += w * x[i] * l;
+        sl2 += w * l * l;
+    }
+    *sumlx = slx;
+    *suml2 = sl2;
+}
+
+/* The first fit of fit_qx and fit_q3: the levels at scale -nmax / max, in L (plus offset),
+ * and their weighted sums.  Returns max, the value of largest magnitude; 0 for a group
+ * that is all but zero (L is then zeroed and the group's scale is 0). */
+static float first_levels(int n, int nmax, const float *x, int8_t *L, int offset, float *sumlx, float *suml2)
+{
+    const float max = quant_signed_max(x, n);
+    if (fabsf(max) < GROUP_MAX_EPS) {
+        for (int i = 0; i < n; i++) L[i] = 0;
+        return 0.0f;
+    }
+    level_sums(n, nmax, -nmax / max, x, L, offset, sumlx, suml2);
+    return max;
+}
+
 /* Signed levels L in [0, 2 nmax) (level - nmax is the value) for n weights with one scale:
  * start from -nmax / max, then try 18 nearby scales, keeping the one with the best
  * weighted fit (weights x^2).  Returns the scale. */
 static float fit_qx(int n, int nmax, const float *x, int8_t *L)
 {
-    float max = 0.0f, amax = 0.0f;
-    for (int i = 0; i < n; i++) {
-        float ax = fabsf(x[i]);
-        if (ax > amax) {
-            amax = ax;
-            max = x[i];
-        }
-    }
-    if (amax < GROUP_MAX_EPS) {
-        for (int i = 0; i < n; i++) L[i] = 0;
-        return 0.0f;
-    }
-    float iscale = -nmax / max;
-    float sumlx = 0.0f, suml2 = 0.0f;
-    for (int i = 0; i < n; i++) {
-        int l = imax(-nmax, imin(nmax - 1, nearest(iscale * x[i])));
-        L[i] = (int8_t)(l + nmax);
-        float w = x[i] * x[i];
-        sumlx += w * x[i] * l;
-        suml2 += w * l * l;
-    }
+    float sumlx, suml2;
+    const float max = first_levels(n, nmax, x, L, nmax, &sumlx, &suml2);
+    if (max == 0.0f) return 0.0f;
     float scale = suml2 != 0.0f ? sumlx / suml2 : 0.0f;
     float best = scale * sumlx;
     for (int is = -9; is <= 9; is++) {
         if (is == 0) continue;
-        iscale = -(nmax + 0.1f * is) / max;
-        sumlx = suml2 = 0.0f;
-        for (int i = 0; i < n; i++) {
-            int l = imax(-nmax, imin(nmax - 1, nearest(iscale * x[i])));
-            float w = x[i] * x[i];
-            sumlx += w * x[i] * l;
-            suml2 += w * l * l;
-        }
+        float iscale = -(nmax + 0.1f * is) / max;
+        level_sums(n, nmax, iscale, x, NULL, 0, &sumlx, &suml2);
         if (suml2 > 0.0f && sumlx * sumlx > best * suml2) {
             for (int i = 0; i < n; i++) L[i] = (int8_t)(nmax + imax(-nmax, imin(nmax - 1, nearest(iscale * x[i]))));
             scale = sumlx / suml2;
@@ -166,27 +168,9 @@ static float fit_qx(int n, int nmax, const float *x, int8_t *L)
  * the weighted fit improves (at most 5 rounds).  L returned offset by nmax. */
 static float fit_q3(int n, int nmax, const float *x, int8_t *L)
 {
-    float max = 0.0f, amax = 0.0f;
-    for (int i = 0; i < n; i++) {
-        float ax = fabsf(x[i]);
-        if (ax > amax) {
-            amax = ax;
-            max = x[i];
-        }
-    }
-    if (amax < GROUP_MAX_EPS) {
-        for (int i = 0; i < n; i++) L[i] = 0;
-        return 0.0f;
-    }
-    float iscale = -nmax / max;
-    float sumlx = 0.0f, suml2 = 0.0f;
-    for (int i = 0; i < n; i++) {
-        int l = imax(-nmax, imin(nmax - 1, nearest(iscale * x[i])));
-        L[i] = (int8_t)l;
-        float w = x[i] * x[i];
-        sumlx += w * x[i] * l;
-        suml2 += w * l * l;
-    }
+    float sumlx, suml2;
+    const float max = first_levels(n, nmax, x, L, 0, &sumlx, &suml2);
+    if (max == 0.0f) return 0.0f;
     for (int round = 0; round < 5; round++) {
         int changed = 0;
         for (int i = 0; i < n; i++) {
@@ -322,15 +306,9 @@ static void make_q2_k(const float *x, uint8_t *y)
 static void make_q3_k(const float *x, uint8_t *y)
 {
     int8_t L[QK_K];
-    float scales[16], max_scale = 0.0f, amax = 0.0f;
-    for (int j = 0; j < 16; j++) {
-        scales[j] = fit_q3(16, 4, x + 16 * j, L + 16 * j);
-        float s = fabsf(scales[j]);
-        if (s > amax) {
-            amax = s;
-            max_scale = scales[j];
-        }
-    }
+    float scales[16];
+    for (int j = 0; j < 16; j++) scales[j] = fit_q3(16, 4, x + 16 * j, L + 16 * j);
+    const float max_scale = quant_signed_max(scales, 16);
     uint8_t *sc = y + 96;
     memset(sc, 0, 12);
     if (max_scale != 0.0f) {
