@@ -35,6 +35,18 @@ int model_errf(char *err, size_t errlen, int code, const char *path, const char 
 
 /* ---- Memory the model owns -------------------------------------------------- */
 
+void *model_grow(void *p, size_t n, size_t *cap, size_t size, size_t first)
+{
+    if (n < *cap) return p;
+    size_t nc = *cap ? *cap : first;
+    if (*cap && nc > SIZE_MAX / 2) return NULL;
+    if (*cap) nc *= 2;
+    if (nc > SIZE_MAX / size) return NULL;
+    void *q = realloc(p, nc * size);
+    if (q) *cap = nc;
+    return q;
+}
+
 int model_own(model *m, void *block)
 {
     if (!block) return MODEL_OK;

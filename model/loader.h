@@ -44,6 +44,12 @@ void *model_alloc_weights(size_t n, size_t *len);
 int model_weights_huge(void *p, size_t len, atomic_int *stop);
 int model_hugepages_wanted(void);
 
+/* Room for one more element in an array p of elements of `size` bytes that holds n of
+ * *cap: p itself while n < *cap, else p reallocated to twice *cap (`first` when *cap
+ * is 0), with *cap updated.  NULL when that fails; p is then untouched and still the
+ * caller's.  Callers write `T *q = model_grow(a, n, &cap, sizeof *q, 16)`. */
+void *model_grow(void *p, size_t n, size_t *cap, size_t size, size_t first);
+
 /* calloc that is recorded as owned by m; NULL on failure (nothing leaks). */
 void *model_calloc_owned(model *m, size_t n, size_t size);
 

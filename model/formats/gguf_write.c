@@ -168,13 +168,9 @@ int gguf_writer_tensor(gguf_writer *w, const char *name, int type, const int64_t
     int ok;
     size_t want = mtensor_bytes(type, n, &ok);
     if (!ok || want != nbytes) return MODEL_EINVAL;
-    if (w->n_t == w->cap_t) {
-        size_t cap = w->cap_t ? 2 * w->cap_t : 16;
-        gw_tensor *t = realloc(w->t, cap * sizeof *t);
-        if (!t) return MODEL_ENOMEM;
-        w->t = t;
-        w->cap_t = cap;
-    }
+    gw_tensor *grown = model_grow(w->t, w->n_t, &w->cap_t, sizeof *grown, 16);
+    if (!grown) return MODEL_ENOMEM;
+    w->t = grown;
     gw_tensor *t = &w->t[w->n_t];
     memset(t, 0, sizeof *t);
     t->name = strdup(name);

@@ -79,13 +79,9 @@ static int read_header(const unsigned char *buf, size_t len, const char *name, j
 /* A new tensor named key at the end of f->t (zeroed but for its name). */
 static st_tensor *add_tensor(st_file *f, const char *key)
 {
-    if (f->n == f->cap) {
-        size_t nc = f->cap ? f->cap * 2 : 64;
-        st_tensor *nt = realloc(f->t, nc * sizeof *nt);
-        if (!nt) return NULL;
-        f->t = nt;
-        f->cap = nc;
-    }
+    st_tensor *nt = model_grow(f->t, f->n, &f->cap, sizeof *nt, 64);
+    if (!nt) return NULL;
+    f->t = nt;
     st_tensor *t = &f->t[f->n];
     memset(t, 0, sizeof *t);
     t->name = strdup(key);

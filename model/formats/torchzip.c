@@ -172,13 +172,9 @@ static const tz_entry *zip_find(const tz_file *f, const char *name)
 
 static tz_value *val_new(tz_file *f, int kind)
 {
-    if (f->n_all == f->cap_all) {
-        size_t nc = f->cap_all ? f->cap_all * 2 : 64;
-        tz_value **na = realloc(f->all, nc * sizeof *na);
-        if (!na) return NULL;
-        f->all = na;
-        f->cap_all = nc;
-    }
+    tz_value **na = model_grow(f->all, f->n_all, &f->cap_all, sizeof *na, 64);
+    if (!na) return NULL;
+    f->all = na;
     tz_value *v = calloc(1, sizeof *v);
     if (!v) return NULL;
     v->kind = kind;
@@ -188,13 +184,9 @@ static tz_value *val_new(tz_file *f, int kind)
 
 static int val_push(tz_value *c, tz_value *item)
 {
-    if (c->n == c->cap) {
-        size_t nc = c->cap ? c->cap * 2 : 4;
-        tz_value **na = realloc(c->items, nc * sizeof *na);
-        if (!na) return MODEL_ENOMEM;
-        c->items = na;
-        c->cap = nc;
-    }
+    tz_value **na = model_grow(c->items, c->n, &c->cap, sizeof *na, 4);
+    if (!na) return MODEL_ENOMEM;
+    c->items = na;
     c->items[c->n++] = item;
     return 0;
 }
@@ -270,13 +262,9 @@ static int perr(pvm *m, const char *fmt, ...)
 static int push(pvm *m, tz_value *v)
 {
     if (!v) return MODEL_ENOMEM;
-    if (m->sp == m->scap) {
-        size_t nc = m->scap ? m->scap * 2 : 64;
-        tz_value **na = realloc(m->stack, nc * sizeof *na);
-        if (!na) return MODEL_ENOMEM;
-        m->stack = na;
-        m->scap = nc;
-    }
+    tz_value **na = model_grow(m->stack, m->sp, &m->scap, sizeof *na, 64);
+    if (!na) return MODEL_ENOMEM;
+    m->stack = na;
     m->stack[m->sp++] = v;
     return 0;
 }
@@ -541,13 +529,9 @@ static int op_proto(pvm *m) /* PROTO: the protocol number */
 
 static int op_mark(pvm *m) /* MARK */
 {
-    if (m->n_marks == m->cap_marks) {
-        size_t nc = m->cap_marks ? m->cap_marks * 2 : 16;
-        size_t *na = realloc(m->marks, nc * sizeof *na);
-        if (!na) return MODEL_ENOMEM;
-        m->marks = na;
-        m->cap_marks = nc;
-    }
+    size_t *na = model_grow(m->marks, m->n_marks, &m->cap_marks, sizeof *na, 16);
+    if (!na) return MODEL_ENOMEM;
+    m->marks = na;
     m->marks[m->n_marks++] = m->sp;
     return 0;
 }
