@@ -6,7 +6,9 @@
 #include <math.h>
 #include <stdio.h>
 
-int model_check_hparams(const model *m, const char *path, char *err, size_t errlen)
+/* The checks both architectures share, in one order; GPT-2 (gpt2 != 0) has no RoPE and
+ * equal q and kv heads. */
+static int check_hparams(const model *m, int gpt2, const char *path, char *err, size_t errlen)
 {
     const model_info *i = &m->info;
 #define HP(cond, ...)                                                                  \
@@ -17,26 +19,43 @@ int model_check_hparams(const model *m, const char *path, char *err, size_t errl
     HP(i->hidden_dim > 0 && i->hidden_dim <= (1 << 18), "feed-forward width %d is out of range [1, 262144]",
        i->hidden_dim);
     HP(i->n_layers > 0 && i->n_layers <= 1024, "layer count %d is out of range [1, 1024]", i->n_layers);
-    HP(i->n_heads > 0 && i->n_heads <= i->dim, "head count %d is out of range [1, dim %d]", i->n_heads, i->dim);
-    HP(i->dim % i->n_heads == 0, "embedding width %d is not a multiple of the head count %d", i->dim, i->n_heads);
-    HP(i->n_kv_heads > 0 && i->n_kv_heads <= i->n_heads, "kv head count %d is out of range [1, %d]", i->n_kv_heads,
-       i->n_heads);
-    HP(i->n_heads % i->n_kv_heads == 0, "head count %d is not a multiple of the kv head count %d", i->n_heads,
-       i->n_kv_heads);
-    HP(i->head_dim * i->n_heads == i->dim, "head size %d times head count %d is not the width %d", i->head_dim,
-       i->n_heads, i->dim);
-    HP(i->head_dim % 2 == 0, "head size %d is odd (RoPE needs pairs)", i->head_dim);
-    HP(i->rope_dim > 0 && i->rope_dim <= i->head_dim && i->rope_dim % 2 == 0,
-       "rope dimension count %d must be even and in [2, head size %d]", i->rope_dim, i->head_dim);
+    if (gpt2) {
+        HP(i->n_heads > 0 && i->n_heads <= i->dim && i->dim % i->n_heads == 0,
+           "head count %d does not divide the width %d", i->n_heads, i->dim);
+        HP(i->n_kv_heads == i->n_heads && i->head_dim * i->n_heads == i->dim, "inconsistent head sizes");
+    } else {
+        HP(i->n_heads > 0 && i->n_heads <= i->dim, "head count %d is out of range [1, dim %d]", i->n_heads, i->dim);
+        HP(i->dim % i->n_heads == 0, "embedding width %d is not a multiple of the head count %d", i->dim, i->n_heads);
+        HP(i->n_kv_heads > 0 && i->n_kv_heads <= i->n_heads, "kv head count %d is out of range [1, %d]", i->n_kv_heads,
+           i->n_heads);
+        HP(i->n_heads % i->n_kv_heads == 0, "head count %d is not a multiple of the kv head count %d", i->n_heads,
+           i->n_kv_heads);
+        HP(i->head_dim * i->n_heads == i->dim, "head size %d times head count %d is not the width %d", i->head_dim,
+           i->n_heads, i->dim);
+        HP(i->head_dim % 2 == 0, "head size %d is odd (RoPE needs pairs)", i->head_dim);
+        HP(i->rope_dim > 0 && i->rope_dim <= i->head_dim && i->rope_dim % 2 == 0,
+           "rope dimension count %d must be even and in [2, head size %d]", i->rope_dim, i->head_dim);
+    }
     HP(i->vocab_size > 0 && i->vocab_size <= (1 << 22), "vocabulary size %d is out of range [1, 4194304]",
        i->vocab_size);
     HP(i->ctx_len > 0 && i->ctx_len <= (1 << 20), "context length %d is out of range [1, 1048576]", i->ctx_len);
-    HP(isfinite(i->rope_theta) && i->rope_theta > 0, "rope frequency base %g is not a positive number",
-       (double)i->rope_theta);
+    if (!gpt2)
+        HP(isfinite(i->rope_theta) && i->rope_theta > 0, "rope frequency base %g is not a positive number",
+           (double)i->rope_theta);
     HP(isfinite(i->norm_eps) && i->norm_eps > 0 && i->norm_eps < 1, "norm epsilon %g is out of range (0, 1)",
        (double)i->norm_eps);
 #undef HP
     return MODEL_OK;
+}
+
+int model_check_hparams(const model *m, const char *path, char *err, size_t errlen)
+{
+    return check_hparams(m, 0, path, err, errlen);
+}
+
+int gpt2_check_hparams(const model *m, const char *path, char *err, size_t errlen)
+{
+    return check_hparams(m, 1, path, err, errlen);
 }
 
 #define N_TYPE_SLOTS 32 /* MT_* ids are below 32 */
@@ -69,26 +88,4 @@ void model_fill_weight_stats(model *m)
     m->info.weight_type = m->type_name;
     m->info.n_params = params + vec;
     m->info.weight_bytes = bytes + vec * sizeof(float);
-}
-
-/* The GPT-2 architecture has no RoPE and equal q and kv heads. */
-int gpt2_check_hparams(const model *m, const char *path, char *err, size_t errlen)
-{
-    const model_info *i = &m->info;
-#define HP(cond, ...)                                                                  \
-    do {                                                                               \
-        if (!(cond)) return model_errf(err, errlen, MODEL_EFORMAT, path, __VA_ARGS__); \
-    } while (0)
-    HP(i->dim > 0 && i->dim <= (1 << 16), "embedding width %d is out of range [1, 65536]", i->dim);
-    HP(i->hidden_dim > 0 && i->hidden_dim <= (1 << 18), "feed-forward width %d is out of range", i->hidden_dim);
-    HP(i->n_layers > 0 && i->n_layers <= 1024, "layer count %d is out of range [1, 1024]", i->n_layers);
-    HP(i->n_heads > 0 && i->n_heads <= i->dim && i->dim % i->n_heads == 0, "head count %d does not divide the width %d",
-       i->n_heads, i->dim);
-    HP(i->n_kv_heads == i->n_heads && i->head_dim * i->n_heads == i->dim, "inconsistent head sizes");
-    HP(i->vocab_size > 0 && i->vocab_size <= (1 << 22), "vocabulary size %d is out of range", i->vocab_size);
-    HP(i->ctx_len > 0 && i->ctx_len <= (1 << 20), "context length %d is out of range", i->ctx_len);
-    HP(isfinite(i->norm_eps) && i->norm_eps > 0 && i->norm_eps < 1, "norm epsilon %g is out of range",
-       (double)i->norm_eps);
-#undef HP
-    return MODEL_OK;
 }
