@@ -92,7 +92,6 @@ int model_load_llama2c(model *m, const char *path, const model_load_opts *opts, 
                           size, in->dim, in->hidden_dim, in->n_layers, in->n_heads, in->n_kv_heads, in->vocab_size,
                           shared ? "" : " unshared", in->ctx_len, (unsigned long long)off);
 
-    mtensor mat = { .type = MT_F32 };
     m->tok_embd = (mtensor){ part[EMB], MT_F32, in->vocab_size, in->dim, 0 };
     m->output = shared ? m->tok_embd : (mtensor){ part[WCLS], MT_F32, in->vocab_size, in->dim, 0 };
     m->out_norm = part[RMS_FINAL];
@@ -102,29 +101,19 @@ int model_load_llama2c(model *m, const char *path, const model_load_opts *opts, 
         layer_weights *w = &m->layers[l];
         w->attn_norm = part[RMS_ATT] + l * dim;
         w->ffn_norm = part[RMS_FFN] + l * dim;
-        mat.rows = (int)q;
-        mat.cols = in->dim;
-        mat.data = part[WQ] + l * q * dim;
-        w->wq = mat;
-        mat.rows = (int)kv;
-        mat.data = part[WK] + l * kv * dim;
-        w->wk = mat;
-        mat.data = part[WV] + l * kv * dim;
-        w->wv = mat;
-        mat.rows = in->dim;
-        mat.cols = (int)q;
-        mat.data = part[WO] + l * dim * q;
-        w->wo = mat;
-        mat.rows = in->hidden_dim;
-        mat.cols = in->dim;
-        mat.data = part[W1] + l * hid * dim;
-        w->w1 = mat;
-        mat.data = part[W3] + l * hid * dim;
-        w->w3 = mat;
-        mat.rows = in->dim;
-        mat.cols = in->hidden_dim;
-        mat.data = part[W2] + l * dim * hid;
-        w->w2 = mat;
+        /* each matrix part holds L (rows, cols) matrices, layer after layer */
+        const struct {
+            mtensor *dst;
+            int part;
+            uint64_t rows, cols;
+        } mats[] = { { &w->wq, WQ, q, dim },  { &w->wk, WK, kv, dim },  { &w->wv, WV, kv, dim },
+                     { &w->wo, WO, dim, q },  { &w->w1, W1, hid, dim }, { &w->w3, W3, hid, dim },
+                     { &w->w2, W2, dim, hid } };
+        for (size_t k = 0; k < sizeof mats / sizeof mats[0]; k++)
+            *mats[k].dst = (mtensor){ .data = part[mats[k].part] + l * mats[k].rows * mats[k].cols,
+                                      .type = MT_F32,
+                                      .rows = (int)mats[k].rows,
+                                      .cols = (int)mats[k].cols };
     }
     model_fill_weight_stats(m);
 
