@@ -98,6 +98,17 @@ static int histogram(sbuf *b, const char *name, const char *help, const uint64_t
     return bad;
 }
 
+/* One counter or gauge: its HELP and TYPE lines, then its value. */
+static int metric_int(sbuf *b, const char *name, const char *type, const char *help, long long v)
+{
+    return sbuf_printf(b, "# HELP %s %s\n# TYPE %s %s\n%s %lld\n", name, help, name, type, name, v);
+}
+
+static int metric_float(sbuf *b, const char *name, const char *type, const char *help, double v)
+{
+    return sbuf_printf(b, "# HELP %s %s\n# TYPE %s %s\n%s %.6f\n", name, help, name, type, name, v);
+}
+
 int metrics_render(metrics *m, sbuf *b, int queued, int running_requests, int running_seqs, int slots)
 {
     int bad = 0; /* an append that failed for want of memory: no partial page is served */
@@ -108,92 +119,49 @@ int metrics_render(metrics *m, sbuf *b, int queued, int running_requests, int ru
         if (m->by_status[s])
             bad |=
                 sbuf_printf(b, "lmserve_requests_total{status=\"%d\"} %llu\n", s, (unsigned long long)m->by_status[s]);
-    bad |= sbuf_printf(b,
-                       "# HELP lmserve_prompt_tokens_total Prompt tokens processed.\n"
-                       "# TYPE lmserve_prompt_tokens_total counter\nlmserve_prompt_tokens_total %llu\n",
-                       (unsigned long long)m->prompt_tokens);
-    bad |= sbuf_printf(b,
-                       "# HELP lmserve_completion_tokens_total Tokens generated.\n"
-                       "# TYPE lmserve_completion_tokens_total counter\nlmserve_completion_tokens_total %llu\n",
-                       (unsigned long long)m->completion_tokens);
-    bad |= sbuf_printf(b,
-                       "# HELP lmserve_queue_length Requests waiting for a slot.\n"
-                       "# TYPE lmserve_queue_length gauge\nlmserve_queue_length %d\n",
-                       queued);
-    bad |= sbuf_printf(b,
-                       "# HELP lmserve_requests_running Requests with at least one sequence in the engine.\n"
-                       "# TYPE lmserve_requests_running gauge\nlmserve_requests_running %d\n",
-                       running_requests);
-    bad |= sbuf_printf(b,
-                       "# HELP lmserve_sequences_running Sequences being decoded.\n"
-                       "# TYPE lmserve_sequences_running gauge\nlmserve_sequences_running %d\n",
-                       running_seqs);
-    bad |= sbuf_printf(b,
-                       "# HELP lmserve_slots Sequences the engine decodes together (--parallel).\n"
-                       "# TYPE lmserve_slots gauge\nlmserve_slots %d\n",
-                       slots);
-    bad |= sbuf_printf(b,
-                       "# HELP lmserve_engine_steps_total Batched forward calls.\n"
-                       "# TYPE lmserve_engine_steps_total counter\nlmserve_engine_steps_total %llu\n",
-                       (unsigned long long)m->steps);
-    bad |= sbuf_printf(b,
-                       "# HELP lmserve_engine_rows_total Token rows fed to the model (prompt and generated).\n"
-                       "# TYPE lmserve_engine_rows_total counter\nlmserve_engine_rows_total %llu\n",
-                       (unsigned long long)m->rows);
-    bad |=
-        sbuf_printf(b,
-                    "# HELP lmserve_engine_forward_seconds_total Time spent in model_forward.\n"
-                    "# TYPE lmserve_engine_forward_seconds_total counter\nlmserve_engine_forward_seconds_total %.6f\n",
-                    m->forward_seconds);
-    bad |= sbuf_printf(b,
-                       "# HELP lmserve_context_window_moves_total Times a sequence's window moved past the context "
-                       "(slide: every token past it; shift: every time the window filled).\n"
-                       "# TYPE lmserve_context_window_moves_total counter\nlmserve_context_window_moves_total %llu\n",
-                       (unsigned long long)m->window_moves);
-    bad |= sbuf_printf(
-        b,
-        "# HELP lmserve_context_recomputed_tokens_total Tokens fed to the model again because their "
-        "window moved.\n"
-        "# TYPE lmserve_context_recomputed_tokens_total counter\nlmserve_context_recomputed_tokens_total %llu\n",
-        (unsigned long long)m->recomputed);
-    bad |= sbuf_printf(b,
-                       "# HELP lmserve_response_bytes Bytes held by answers: non-streamed answers being built "
-                       "or sent, and streamed output a client has not read yet.\n"
-                       "# TYPE lmserve_response_bytes gauge\nlmserve_response_bytes %lld\n",
-                       atomic_load(&m->response_bytes));
+    bad |= metric_int(b, "lmserve_prompt_tokens_total", "counter", "Prompt tokens processed.",
+                      (long long)m->prompt_tokens);
+    bad |= metric_int(b, "lmserve_completion_tokens_total", "counter", "Tokens generated.",
+                      (long long)m->completion_tokens);
+    bad |= metric_int(b, "lmserve_queue_length", "gauge", "Requests waiting for a slot.", queued);
+    bad |= metric_int(b, "lmserve_requests_running", "gauge", "Requests with at least one sequence in the engine.",
+                      running_requests);
+    bad |= metric_int(b, "lmserve_sequences_running", "gauge", "Sequences being decoded.", running_seqs);
+    bad |= metric_int(b, "lmserve_slots", "gauge", "Sequences the engine decodes together (--parallel).", slots);
+    bad |= metric_int(b, "lmserve_engine_steps_total", "counter", "Batched forward calls.", (long long)m->steps);
+    bad |= metric_int(b, "lmserve_engine_rows_total", "counter", "Token rows fed to the model (prompt and generated).",
+                      (long long)m->rows);
+    bad |= metric_float(b, "lmserve_engine_forward_seconds_total", "counter", "Time spent in model_forward.",
+                        m->forward_seconds);
+    bad |= metric_int(b, "lmserve_context_window_moves_total", "counter",
+                      "Times a sequence's window moved past the context (slide: every token past it; shift: every time "
+                      "the window filled).",
+                      (long long)m->window_moves);
+    bad |= metric_int(b, "lmserve_context_recomputed_tokens_total", "counter",
+                      "Tokens fed to the model again because their window moved.", (long long)m->recomputed);
+    bad |= metric_int(b, "lmserve_response_bytes", "gauge",
+                      "Bytes held by answers: non-streamed answers being built or sent, and streamed output a client "
+                      "has not read yet.",
+                      (long long)atomic_load(&m->response_bytes));
     bad |= histogram(b, "lmserve_time_to_first_token_seconds", "Time from request to first generated token.",
                      m->ttft_buckets, m->ttft_count, m->ttft_sum);
     bad |=
         histogram(b, "lmserve_time_per_output_token_seconds",
                   "Time between consecutive generated tokens of a sequence.", m->tok_buckets, m->tok_count, m->tok_sum);
-    sbuf_printf(b,
-                "# HELP lmserve_prompt_tokens_computed_total Prompt positions fed to the model (each "
-                "choice's, until it samples its first token).\n"
-                "# TYPE lmserve_prompt_tokens_computed_total counter\nlmserve_prompt_tokens_computed_total %llu\n",
-                (unsigned long long)m->prompt_computed);
-    sbuf_printf(b,
-                "# HELP lmserve_prompt_tokens_reused_total Prompt positions taken from the prefix cache "
-                "instead of computed.\n"
-                "# TYPE lmserve_prompt_tokens_reused_total counter\nlmserve_prompt_tokens_reused_total %llu\n",
-                (unsigned long long)m->prompt_reused);
-    sbuf_printf(b,
-                "# HELP lmserve_prefix_cache_budget_bytes The prefix cache's budget (--cache-mb; 0: off).\n"
-                "# TYPE lmserve_prefix_cache_budget_bytes gauge\nlmserve_prefix_cache_budget_bytes %zu\n",
-                m->cache_budget);
-    sbuf_printf(b,
-                "# HELP lmserve_prefix_cache_bytes Bytes of KV entries the prefix cache retains "
-                "(running sequences not included).\n"
-                "# TYPE lmserve_prefix_cache_bytes gauge\nlmserve_prefix_cache_bytes %zu\n",
-                m->cache_bytes);
-    sbuf_printf(b,
-                "# HELP lmserve_prefix_cache_entries Finished sequences the prefix cache retains.\n"
-                "# TYPE lmserve_prefix_cache_entries gauge\nlmserve_prefix_cache_entries %d\n",
-                m->cache_entries);
-    sbuf_printf(b,
-                "# HELP lmserve_prefix_cache_evictions_total Retained sequences freed to stay within the "
-                "budget.\n"
-                "# TYPE lmserve_prefix_cache_evictions_total counter\nlmserve_prefix_cache_evictions_total %llu\n",
-                (unsigned long long)m->cache_evictions);
+    bad |= metric_int(b, "lmserve_prompt_tokens_computed_total", "counter",
+                      "Prompt positions fed to the model (each choice's, until it samples its first token).",
+                      (long long)m->prompt_computed);
+    bad |= metric_int(b, "lmserve_prompt_tokens_reused_total", "counter",
+                      "Prompt positions taken from the prefix cache instead of computed.", (long long)m->prompt_reused);
+    bad |= metric_int(b, "lmserve_prefix_cache_budget_bytes", "gauge",
+                      "The prefix cache's budget (--cache-mb; 0: off).", (long long)m->cache_budget);
+    bad |= metric_int(b, "lmserve_prefix_cache_bytes", "gauge",
+                      "Bytes of KV entries the prefix cache retains (running sequences not included).",
+                      (long long)m->cache_bytes);
+    bad |= metric_int(b, "lmserve_prefix_cache_entries", "gauge", "Finished sequences the prefix cache retains.",
+                      m->cache_entries);
+    bad |= metric_int(b, "lmserve_prefix_cache_evictions_total", "counter",
+                      "Retained sequences freed to stay within the budget.", (long long)m->cache_evictions);
     uv_mutex_unlock(&m->mu);
     return bad ? -1 : 0;
 }
