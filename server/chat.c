@@ -209,51 +209,11 @@ json_t *chat_card(const chat_cfg *c)
     return o;
 }
 
-/* Messages must be an array of objects with a non-empty "role" string and a "content" that is a
- * string, null, or an array of {"text": string} parts: the same rules as the plain rendering. */
-static int check_messages(json_t *messages, api_error *err)
-{
-    if (!json_is_array(messages) || json_array_size(messages) == 0) {
-        api_error_set(err, 400, "invalid_request_error", "messages", "invalid_value",
-                      "'messages' must be a non-empty array");
-        return -1;
-    }
-    size_t i;
-    json_t *m;
-    json_array_foreach(messages, i, m)
-    {
-        json_t *role = json_object_get(m, "role");
-        if (!json_is_object(m) || !json_is_string(role) || json_string_length(role) == 0) {
-            api_error_set(err, 400, "invalid_request_error", "messages", "invalid_value",
-                          "'messages[%zu]' must be an object with a 'role' string", i);
-            return -1;
-        }
-        json_t *content = json_object_get(m, "content");
-        if (!content || json_is_null(content) || json_is_string(content)) continue;
-        if (!json_is_array(content)) {
-            api_error_set(err, 400, "invalid_request_error", "messages", "invalid_type",
-                          "'messages' content must be a string or an array of parts");
-            return -1;
-        }
-        size_t k;
-        json_t *part;
-        json_array_foreach(content, k, part)
-        {
-            if (!json_is_object(part) || !json_is_string(json_object_get(part, "text"))) {
-                api_error_set(err, 400, "invalid_request_error", "messages", "invalid_type",
-                              "'messages' content parts must be objects with a 'text' string");
-                return -1;
-            }
-        }
-    }
-    return 0;
-}
-
 int chat_prompt(const chat_cfg *c, struct model *m, json_t *messages, int32_t **out, int *n_out, api_error *err)
 {
     *out = NULL;
     *n_out = 0;
-    if (check_messages(messages, err) < 0) return -1;
+    if (chat_check_messages(messages, err) < 0) return -1;
     if (!c->tpl) {
         api_error_set(err, 501, "server_error", "messages", "chat_template_unsupported",
                       "this model's chat template cannot be rendered (%s); start the server with "

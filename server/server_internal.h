@@ -127,6 +127,11 @@ typedef struct {
 int validate_request(const validate_ctx *vc, int kind, const char *body, size_t len, job_params *out, api_error *err);
 void job_params_clear(job_params *p);
 
+/* The rules every chat's messages follow, whatever renders them: a non-empty array of
+ * objects with a non-empty "role" string and a "content" that is a string, null, or an
+ * array of {"text": string} parts.  0, or -1 with a 400 in err naming "messages". */
+int chat_check_messages(json_t *messages, api_error *err);
+
 /* Render chat messages with the documented base-model template:
  * "<role>: <content>\n" per message, then "assistant:".  malloc'd; NULL + err on bad input. */
 char *chat_render(json_t *messages, api_error *err);

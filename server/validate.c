@@ -338,71 +338,73 @@ type:
     return -1;
 }
 
-static int append_part(sbuf *b, json_t *content, api_error *err)
+/* The one set of message rules (server_internal.h), for the plain rendering below and for
+ * the chat templates (chat.c). */
+int chat_check_messages(json_t *messages, api_error *err)
+{
+    if (!json_is_array(messages) || json_array_size(messages) == 0)
+        BAD("messages", "'messages' must be a non-empty array");
+    size_t i;
+    json_t *m;
+    json_array_foreach(messages, i, m)
+    {
+        json_t *role = json_object_get(m, "role");
+        if (!json_is_object(m) || !json_is_string(role) || json_string_length(role) == 0)
+            BAD("messages", "'messages[%zu]' must be an object with a 'role' string", i);
+        json_t *content = json_object_get(m, "content");
+        if (!content || json_is_null(content) || json_is_string(content)) continue;
+        const char *bad = json_is_array(content) ? NULL : "'messages' content must be a string or an array of parts";
+        size_t k;
+        json_t *part;
+        json_array_foreach(content, k, part)
+        {
+            if (!bad && (!json_is_object(part) || !json_is_string(json_object_get(part, "text"))))
+                bad = "'messages' content parts must be objects with a 'text' string";
+        }
+        if (bad) {
+            api_error_set(err, 400, "invalid_request_error", "messages", "invalid_type", "%s", bad);
+            goto fail;
+        }
+    }
+    return 0;
+fail:
+    return -1;
+}
+
+/* A message's content (checked by chat_check_messages): a string, null, or text parts. */
+static int append_content(sbuf *b, json_t *content)
 {
     if (!content || json_is_null(content)) return 0;
-    if (json_is_string(content))
-        return sbuf_append(b, json_string_value(content), json_string_length(content)) < 0 ? oom(err) : 0;
-    if (json_is_array(content)) {
-        size_t i;
-        json_t *part;
-        json_array_foreach(content, i, part)
-        {
-            json_t *t = json_object_get(part, "text");
-            if (!json_is_object(part) || !json_is_string(t)) {
-                api_error_set(err, 400, "invalid_request_error", "messages", "invalid_type",
-                              "'messages' content parts must be objects with a 'text' string");
-                return -1;
-            }
-            if (sbuf_append(b, json_string_value(t), json_string_length(t)) < 0) return oom(err);
-        }
-        return 0;
+    if (json_is_string(content)) return sbuf_append(b, json_string_value(content), json_string_length(content));
+    size_t i;
+    json_t *part;
+    json_array_foreach(content, i, part)
+    {
+        json_t *t = json_object_get(part, "text");
+        if (sbuf_append(b, json_string_value(t), json_string_length(t)) < 0) return -1;
     }
-    api_error_set(err, 400, "invalid_request_error", "messages", "invalid_type",
-                  "'messages' content must be a string or an array of parts");
-    return -1;
+    return 0;
 }
 
 char *chat_render(json_t *messages, api_error *err)
 {
-    if (!json_is_array(messages) || json_array_size(messages) == 0) {
-        api_error_set(err, 400, "invalid_request_error", "messages", "invalid_value",
-                      "'messages' must be a non-empty array");
-        return NULL;
-    }
+    if (chat_check_messages(messages, err) < 0) return NULL;
     sbuf b = { 0 };
     size_t i;
     json_t *m;
     json_array_foreach(messages, i, m)
     {
         json_t *role = json_object_get(m, "role");
-        if (!json_is_object(m) || !json_is_string(role) || json_string_length(role) == 0) {
-            api_error_set(err, 400, "invalid_request_error", "messages", "invalid_value",
-                          "'messages[%zu]' must be an object with a 'role' string", i);
-            sbuf_free(&b);
-            return NULL;
-        }
-        if (sbuf_append(&b, json_string_value(role), json_string_length(role)) < 0 || sbuf_append(&b, ": ", 2) < 0) {
-            oom(err);
-            sbuf_free(&b);
-            return NULL;
-        }
-        if (append_part(&b, json_object_get(m, "content"), err) < 0) {
-            sbuf_free(&b);
-            return NULL;
-        }
-        if (sbuf_append(&b, "\n", 1) < 0) {
-            oom(err);
-            sbuf_free(&b);
-            return NULL;
-        }
+        if (sbuf_append(&b, json_string_value(role), json_string_length(role)) < 0 || sbuf_append(&b, ": ", 2) < 0 ||
+            append_content(&b, json_object_get(m, "content")) < 0 || sbuf_append(&b, "\n", 1) < 0)
+            goto nomem;
     }
-    if (sbuf_append(&b, "assistant:", 10) < 0) {
-        oom(err);
-        sbuf_free(&b);
-        return NULL;
-    }
+    if (sbuf_append(&b, "assistant:", 10) < 0) goto nomem;
     return b.data;
+nomem:
+    oom(err);
+    sbuf_free(&b);
+    return NULL;
 }
 
 static int parse_stop(job_params *p, json_t *x, api_error *err)
