@@ -112,6 +112,19 @@ static void gb_put(gbuf *b, const char *s, size_t n)
 
 static void gb_str(gbuf *b, const char *s) { gb_put(b, s, strlen(s)); }
 
+/* Release part, a scratch buffer, into o: when keep, its text goes to o between pre and
+ * post; its out-of-memory flag always carries over. */
+static void gb_merge(gbuf *o, int keep, const char *pre, gbuf *part, const char *post)
+{
+    if (keep) {
+        gb_str(o, pre);
+        gb_put(o, part->d, part->n);
+        gb_str(o, post);
+    }
+    o->oom |= part->oom;
+    free(part->d);
+}
+
 static void gb_printf(gbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void gb_printf(gbuf *b, const char *fmt, ...)
 {
@@ -528,24 +541,14 @@ static int number_range(gbuf *o, int has_lo, long long lo, int le, int has_hi, l
         long long b = has_lo ? -lo : -1;
         gbuf t = { 0 };
         int n = number_magnitude(&t, a, ae, b, le);
-        if (n) {
-            gb_str(o, "\"-\" (");
-            gb_put(o, t.d, t.n);
-            gb_str(o, ")");
-            alts++;
-        }
-        o->oom |= t.oom;
-        free(t.d);
+        gb_merge(o, n != 0, "\"-\" (", &t, ")");
+        alts += n != 0;
     }
     if (!has_hi || hi > 0 || (hi == 0 && !he)) {
         gbuf t = { 0 };
         int n = number_magnitude(&t, has_lo && lo >= 0 ? lo : 0, has_lo && lo >= 0 ? le : 0, has_hi ? hi : -1, he);
-        if (n) {
-            if (alts++) gb_str(o, " | ");
-            gb_put(o, t.d, t.n);
-        }
-        o->oom |= t.oom;
-        free(t.d);
+        gb_merge(o, n != 0, alts ? " | " : "", &t, "");
+        alts += n != 0;
     }
     gb_str(o, ")");
     return alts;
@@ -708,14 +711,8 @@ static void emit_cpset(gbuf *o, const cpset *s)
             lo = cut[q] <= hi ? cut[q] + 1 : hi + 1;
         }
     }
-    if (any) {
-        gb_str(o, "[");
-        gb_put(o, cls.d, cls.n);
-        gb_str(o, "]");
-        alts++;
-    }
-    o->oom |= cls.oom;
-    free(cls.d);
+    gb_merge(o, any, "[", &cls, "]");
+    alts += any != 0;
     for (uint32_t c = 0; c < 0x20; c++) {
         if (!cps_has(s, c)) continue;
         char b[8];
