@@ -403,6 +403,15 @@ static void on_prompt(job *j, out_choice *oc, const job_event *ev)
         out_put(j, &oc->text, ev->text, ev->text_len);
 }
 
+/* A streamed chat choice opens with a chunk whose delta carries the role: sent before
+ * its first token or its finish, whichever comes first.  0, or -1 when that failed. */
+static int role_chunk(job *j, out_choice *oc, int choice)
+{
+    if (j->p.kind != JOB_CHAT || oc->started) return 0;
+    oc->started = 1;
+    return chunk(j, choice, "", 0, NULL, NULL, NULL, 1);
+}
+
 static void on_token(job *j, out_choice *oc, const job_event *ev)
 {
     if (!j->p.stream) {
@@ -411,10 +420,7 @@ static void on_token(job *j, out_choice *oc, const job_event *ev)
         out_put(j, &oc->text, ev->text, ev->text_len);
         return;
     }
-    if (j->p.kind == JOB_CHAT && !oc->started) {
-        oc->started = 1;
-        if (chunk(j, ev->choice, "", 0, NULL, NULL, NULL, 1) < 0) return;
-    }
+    if (role_chunk(j, oc, ev->choice) < 0) return;
     if (!ev->text_len && !ev->scored && !ev->trace) return;
     json_t *lp = NULL;
     if (ev->scored) {
@@ -446,10 +452,7 @@ static void on_finish(job *j, out_choice *oc, const job_event *ev)
         out_put(j, &oc->text, ev->text, ev->text_len);
         return;
     }
-    if (j->p.kind == JOB_CHAT && !oc->started) {
-        oc->started = 1;
-        if (chunk(j, ev->choice, "", 0, NULL, NULL, NULL, 1) < 0) return;
-    }
+    if (role_chunk(j, oc, ev->choice) < 0) return;
     json_t *trace = NULL;
     if (ev->trace && !(trace = trace_array(j, ev->trace))) return;
     chunk(j, ev->choice, ev->text, ev->text_len, NULL, trace, ev->finish, 0);
