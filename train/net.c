@@ -82,37 +82,35 @@ static int layout_build(const train_shape *s, train_tensor *t, size_t *n_params)
     return n;
 }
 
+/* The next n floats of the parameter block at *c. */
+static float *take(float **c, size_t n)
+{
+    float *p = *c;
+    *c += n;
+    return p;
+}
+
 void train_params_view(const train_shape *s, float *base, train_params *p, train_layer *layers)
 {
-    const int D = s->dim, E = D / s->n_heads, Q = s->n_heads * E, KV = s->n_kv_heads * E;
-    const int F = s->hidden_dim, V = s->vocab_size;
+    const size_t D = (size_t)s->dim, E = D / (size_t)s->n_heads, Q = (size_t)s->n_heads * E,
+                 KV = (size_t)s->n_kv_heads * E;
+    const size_t F = (size_t)s->hidden_dim, V = (size_t)s->vocab_size;
     float *c = base;
-    p->tok_embd = c;
-    c += (size_t)V * D;
+    p->tok_embd = take(&c, V * D);
     p->layers = layers;
     for (int l = 0; l < s->n_layers; l++) {
         train_layer *L = &layers[l];
-        L->attn_norm = c;
-        c += D;
-        L->wq = c;
-        c += (size_t)Q * D;
-        L->wk = c;
-        c += (size_t)KV * D;
-        L->wv = c;
-        c += (size_t)KV * D;
-        L->wo = c;
-        c += (size_t)D * Q;
-        L->ffn_norm = c;
-        c += D;
-        L->w1 = c;
-        c += (size_t)F * D;
-        L->w2 = c;
-        c += (size_t)D * F;
-        L->w3 = c;
-        c += (size_t)F * D;
+        L->attn_norm = take(&c, D);
+        L->wq = take(&c, Q * D);
+        L->wk = take(&c, KV * D);
+        L->wv = take(&c, KV * D);
+        L->wo = take(&c, D * Q);
+        L->ffn_norm = take(&c, D);
+        L->w1 = take(&c, F * D);
+        L->w2 = take(&c, D * F);
+        L->w3 = take(&c, F * D);
     }
-    p->out_norm = c;
-    c += D;
+    p->out_norm = take(&c, D);
     p->output = s->tied ? p->tok_embd : c;
 }
 
