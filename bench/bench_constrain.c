@@ -41,6 +41,7 @@
  *                        [--vocab-tokenizer FILE] [--threads N] [--steps N] [--seqs N]
  *                        [--tokens N] [--seed N] [--decode N [--case NAME] [--cache cold|warm]]
  */
+#include "bench/bench_util.h"
 #include "model/model.h"
 #include "sampler/sampler.h"
 #include "server/schema.h"
@@ -51,28 +52,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-
-static double now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
-
-/* CPU time of the calling thread: the constraint's work runs on it alone, and this
- * clock does not count the time the thread waits while the machine is busy. */
-static double cpu_now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
 
 static const char *token_bytes(void *user, int32_t id, size_t *len)
 {
@@ -99,12 +78,12 @@ static double step_time(model *m, int steps, double *best)
     for (int k = 0; k < steps && model_seq_len(s) < model_seq_capacity(s); k++) {
         int32_t tok = 3 + (int32_t)((k * 40503u + 7) % (uint32_t)(in->vocab_size - 3));
         model_batch_item one = { .seq = s, .tokens = &tok, .n_tokens = 1, .logits = lg };
-        double t0 = now();
+        double t0 = cli_seconds(CLOCK_MONOTONIC);
         if (model_forward(m, &one, 1)) goto out;
-        t[done++] = now() - t0;
+        t[done++] = cli_seconds(CLOCK_MONOTONIC) - t0;
     }
     if (done == 0) goto out;
-    qsort(t, (size_t)done, sizeof *t, cmp_double);
+    qsort(t, (size_t)done, sizeof *t, bench_cmp_double);
     r = t[done / 2];
     *best = t[0];
 out:
@@ -205,9 +184,11 @@ static int decode_loop(model *m, const sampler_vocab *sv, const sampler_grammar 
             if (!(smp = sampler_new(V, &sp))) goto out;
         }
         sampler_choice c;
-        double t0 = cpu_now();
+        /* CPU time of this thread: the constraint's work runs on it alone, and this clock
+         * does not count the time the thread waits while the machine is busy */
+        double t0 = cli_seconds(CLOCK_THREAD_CPUTIME_ID);
         int rc = sampler_step(smp, lg, &tok, 1, 0, SAMPLER_TOKEN_ONLY, &c);
-        *sampler_cpu += cpu_now() - t0;
+        *sampler_cpu += cli_seconds(CLOCK_THREAD_CPUTIME_ID) - t0;
         if (rc) goto out;
         tok = c.token;
         if (con && c.constraint == SAMPLER_CONSTRAINT_COMPLETE) { /* the next text starts afresh */
@@ -297,12 +278,12 @@ int main(int argc, char **argv)
     if (vi->eos_id >= 0) ends[n_end++] = vi->eos_id;
     if (vi->bos_ends_text && vi->bos_id >= 0) ends[n_end++] = vi->bos_id;
     sampler_vocab *sv = NULL;
-    double t0 = now();
+    double t0 = cli_seconds(CLOCK_MONOTONIC);
     if (sampler_vocab_new(&sv, V, token_bytes, (void *)vocab_model, ends, n_end) != SAMPLER_OK) {
         fprintf(stderr, "bench_constrain: cannot build the vocabulary trie\n");
         return 1;
     }
-    double t_trie = now() - t0;
+    double t_trie = cli_seconds(CLOCK_MONOTONIC) - t0;
 
     bcase cases[4];
     for (int c = 0; c < 4; c++) {
@@ -324,7 +305,7 @@ int main(int argc, char **argv)
         }
         int completed = 0;
         double sampler_cpu = 0;
-        t0 = now();
+        t0 = cli_seconds(CLOCK_MONOTONIC);
         int n = decode_loop(m, sv, g, ci, warm_decode, decode, tokens, seed, &completed, &sampler_cpu);
         if (n < 0) {
             fprintf(stderr, "bench_constrain: the decode loop failed\n");
@@ -332,8 +313,8 @@ int main(int argc, char **argv)
         }
         printf("decode %s (%s cache): %d tokens, %d texts completed, %.3f s; sampler_step %.1f us/token "
                "(thread CPU); trie built in %.1f ms\n",
-               case_name, warm_decode ? "warm" : "cold", n, completed, now() - t0, n ? sampler_cpu * 1e6 / n : 0.0,
-               t_trie * 1e3);
+               case_name, warm_decode ? "warm" : "cold", n, completed, cli_seconds(CLOCK_MONOTONIC) - t0,
+               n ? sampler_cpu * 1e6 / n : 0.0, t_trie * 1e3);
         for (int c = 0; c < 4; c++) sampler_grammar_free(cases[c].g);
         sampler_vocab_free(sv);
         model_free(vm);
@@ -383,11 +364,11 @@ int main(int argc, char **argv)
             for (int k = 0; k < tokens; k++) {
                 gaussian(lg, V, &r);
                 sampler_choice a, b;
-                double ta = cpu_now();
+                double ta = cli_seconds(CLOCK_THREAD_CPUTIME_ID);
                 int rc = sampler_step(sw, lg, ids, 1, 0, SAMPLER_TOKEN_ONLY, &a);
-                double tb = cpu_now();
+                double tb = cli_seconds(CLOCK_THREAD_CPUTIME_ID);
                 sampler_step(so, lg, ids, 1, 0, SAMPLER_TOKEN_ONLY, &b);
-                double tc = cpu_now();
+                double tc = cli_seconds(CLOCK_THREAD_CPUTIME_ID);
                 if (rc) {
                     fprintf(stderr, "bench_constrain: sampler_step failed (%d)\n", rc);
                     return 1;
@@ -403,7 +384,7 @@ int main(int argc, char **argv)
             sampler_free(so);
             sampler_constraint_free(con);
         }
-        qsort(over, n, sizeof *over, cmp_double);
+        qsort(over, n, sizeof *over, bench_cmp_double);
         double mean = sum / (double)n, p50 = over[(n - 1) / 2], p99 = over[(size_t)((double)(n - 1) * 0.99)];
         printf("%-12s %-6s %7zu %6d/%-3d %10.1f %9.1f %9.1f %8.2f%% %10.2f%%\n", bc->name, warm ? "warm" : "cold", n,
                complete, seqs, mean * 1e6, p50 * 1e6, p99 * 1e6, 100.0 * mean / step, 100.0 * mean / best_step);

@@ -10,6 +10,7 @@
  * usage: bench_forward --model FILE [--tokenizer FILE] [--threads N] [--gen N]
  *                      [--prompt N] [--runs N] [--batch 1,4,16,64] [--steps N]
  */
+#include "bench/bench_util.h"
 #include "cli/opt.h"
 #include "model/model.h"
 
@@ -18,19 +19,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-
-static double now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
 
 static int argmax(const float *v, int n)
 {
@@ -59,16 +47,16 @@ static double single_run(model *m, int prompt, int gen, int run, double *pre)
     if (!s || !lg || !p) goto out;
     for (int i = 0; i < prompt; i++) p[i] = tok_at((uint64_t)run * 1000 + i, in->vocab_size);
     model_batch_item it = { .seq = s, .tokens = p, .n_tokens = prompt, .logits = lg };
-    double tp = now();
+    double tp = cli_seconds(CLOCK_MONOTONIC);
     if (model_forward(m, &it, 1)) goto out;
-    *pre = prompt / (now() - tp);
-    double t0 = now();
+    *pre = prompt / (cli_seconds(CLOCK_MONOTONIC) - tp);
+    double t0 = cli_seconds(CLOCK_MONOTONIC);
     for (int g = 0; g < gen; g++) {
         int32_t t = argmax(lg, in->vocab_size);
         it = (model_batch_item){ .seq = s, .tokens = &t, .n_tokens = 1, .logits = lg };
         if (model_forward(m, &it, 1)) goto out;
     }
-    r = gen / (now() - t0);
+    r = gen / (cli_seconds(CLOCK_MONOTONIC) - t0);
 out:
     model_seq_free(s);
     free(lg);
@@ -94,7 +82,7 @@ static double batch_run(model *m, int B, int prompt, int steps)
     }
     if (model_forward(m, it, B)) /* all prompts in one prefill call */
         goto out;
-    double t0 = now();
+    double t0 = cli_seconds(CLOCK_MONOTONIC);
     for (int st = 0; st < steps; st++) {
         for (int b = 0; b < B; b++) {
             t[b] = argmax(lg + (size_t)b * in->vocab_size, in->vocab_size);
@@ -103,7 +91,7 @@ static double batch_run(model *m, int B, int prompt, int steps)
         }
         if (model_forward(m, it, B)) goto out;
     }
-    r = (double)B * steps / (now() - t0);
+    r = (double)B * steps / (cli_seconds(CLOCK_MONOTONIC) - t0);
 out:
     for (int b = 0; s && b < B; b++) model_seq_free(s[b]);
     free(s);
@@ -164,8 +152,8 @@ int main(int argc, char **argv)
     double *pre = r + runs;
     single_run(m, prompt, gen < 16 ? gen : 16, 99, &ignored); /* warm-up: page in the weights */
     for (int k = 0; k < runs; k++) r[k] = single_run(m, prompt, gen, k, &pre[k]);
-    qsort(r, (size_t)runs, sizeof *r, cmp_double);
-    qsort(pre, (size_t)runs, sizeof *pre, cmp_double);
+    qsort(r, (size_t)runs, sizeof *r, bench_cmp_double);
+    qsort(pre, (size_t)runs, sizeof *pre, bench_cmp_double);
     printf("single stream: %.1f tok/s (median of %d runs of %d tokens after a %d-token prompt; min %.1f max %.1f)\n",
            r[runs / 2], runs, gen, prompt, r[0], r[runs - 1]);
     printf("prompt: %.1f tok/s (the %d-token prompt in one model_forward call; median of %d, min %.1f max %.1f)\n",

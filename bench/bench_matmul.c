@@ -13,13 +13,14 @@
  * to compare with bench/membw's read rate measured in the same minutes; with a small
  * SIZE (e.g. 1) it is the arithmetic rate on cached weights.
  */
+#include "bench/bench_util.h"
+#include "cli/opt.h"
 #include "model/compute/kernels.h"
 #include "model/compute/pool.h"
 #include "model/loader.h"
 #include "model/compute/quant.h"
 #include "model/half.h"
 
-#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,62 +28,27 @@
 #include <sys/mman.h>
 #include <time.h>
 
-static double now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static int int_arg(const char *s, long lo, long hi, long *out)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi) return -1;
-    *out = v;
-    return 0;
-}
-
 int main(int argc, char **argv)
 {
     const char *type_s = "Q8_0";
-    long mb = 512, cols = 2048, nx = 1, threads = 2, runs = 10;
-    int pack = 1;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "--no-pack")) {
-            pack = 0;
-            continue;
-        }
-        int bad = !v;
-        if (!bad && !strcmp(a, "--type"))
-            type_s = v;
-        else if (!bad && !strcmp(a, "--mb"))
-            bad = int_arg(v, 1, 1 << 16, &mb);
-        else if (!bad && !strcmp(a, "--cols"))
-            bad = int_arg(v, 256, 1 << 16, &cols);
-        else if (!bad && !strcmp(a, "--rows-x"))
-            bad = int_arg(v, 1, 1024, &nx);
-        else if (!bad && !strcmp(a, "--threads"))
-            bad = int_arg(v, 1, 256, &threads);
-        else if (!bad && !strcmp(a, "--runs"))
-            bad = int_arg(v, 1, 100000, &runs);
-        else
-            bad = 1;
-        if (bad) {
-            fprintf(stderr, "usage: bench_matmul [--type TYPE] [--mb SIZE] [--cols K] [--rows-x N] "
-                            "[--threads T] [--runs R]\n");
-            return 2;
-        }
-        i++;
+    int mb_i = 512, cols_i = 2048, nx_i = 1, threads_i = 2, runs_i = 10, pack = 1;
+    const cli_opt opts[] = {
+        OPT_STR("--type", &type_s),
+        OPT_INT("--mb", &mb_i, 1, 1 << 16),
+        OPT_INT("--cols", &cols_i, 256, 1 << 16),
+        OPT_INT("--rows-x", &nx_i, 1, 1024),
+        OPT_INT("--threads", &threads_i, 1, 256),
+        OPT_INT("--runs", &runs_i, 1, 100000),
+        OPT_FLAG("--no-pack", &pack, 0),
+    };
+    int prc = cli_parse("bench_matmul", opts, sizeof opts / sizeof opts[0], argc, argv);
+    if (prc != CLI_OK) {
+        fprintf(prc == CLI_HELP ? stdout : stderr,
+                "usage: bench_matmul [--type TYPE] [--mb SIZE] [--cols K] [--rows-x N] [--threads T] [--runs R] "
+                "[--no-pack]\n");
+        return prc == CLI_HELP ? 0 : 2;
     }
+    long mb = mb_i, cols = cols_i, nx = nx_i, threads = threads_i, runs = runs_i;
     int type = quant_type_from_name(type_s);
     size_t rb = type >= 0 ? mtensor_row_bytes(type, (int)cols) : 0;
     if (!rb) {
@@ -151,11 +117,11 @@ int main(int argc, char **argv)
     double *t = malloc((size_t)runs * sizeof *t);
     kernel_matmul(pool, out, x, (int)nx, &m); /* warm-up */
     for (long r = 0; r < runs; r++) {
-        double t0 = now();
+        double t0 = cli_seconds(CLOCK_MONOTONIC);
         kernel_matmul(pool, out, x, (int)nx, &m);
-        t[r] = now() - t0;
+        t[r] = cli_seconds(CLOCK_MONOTONIC) - t0;
     }
-    qsort(t, (size_t)runs, sizeof *t, cmp_double);
+    qsort(t, (size_t)runs, sizeof *t, bench_cmp_double);
     double gb = (double)total / 1e9;
     printf("%s%s %ld x %ld (%.1f MiB), %ld activation row(s), %ld thread(s): best %.2f GB/s, median %.2f GB/s "
            "(%.3f ms per pass, %.1f tokens/s)\n",

@@ -11,6 +11,7 @@
  *
  *   build/release/bench/bench_sampler [tokens]     (tokens per round, default 1000)
  */
+#include "cli/cli.h"
 #include "sampler/sampler.h"
 
 #include <math.h>
@@ -18,16 +19,10 @@
 #include <stdlib.h>
 #include <time.h>
 
+/* Times are CPU time of this thread (cli_seconds(CLOCK_THREAD_CPUTIME_ID)): the machine
+ * is shared, so wall time mostly measures the neighbours.  Each configuration reports
+ * the best of ROUNDS rounds. */
 enum { VOCAB = 32000, ROWS = 16, ROUNDS = 5 };
-
-/* CPU time of this thread: the machine is shared, so wall time mostly measures the
- * neighbours.  Each configuration reports the best of ROUNDS rounds. */
-static double now_sec(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static void gaussian_row(float *x, int n, sampler_rng *r)
 {
@@ -100,7 +95,7 @@ int main(int argc, char **argv)
         long sum = 0;
         double us = INFINITY;
         for (int round = 0; round < ROUNDS; round++) {
-            double t0 = now_sec();
+            double t0 = cli_seconds(CLOCK_THREAD_CPUTIME_ID);
             for (int i = 0; i < tokens; i++) {
                 const float *lg = rows + (size_t)(i % ROWS) * VOCAB;
                 int n_ids = i < 256 ? i : 256;
@@ -110,7 +105,7 @@ int main(int argc, char **argv)
                 if (rc < 0) return 1;
                 sum += ch.token;
             }
-            double t = (now_sec() - t0) * 1e6 / tokens;
+            double t = (cli_seconds(CLOCK_THREAD_CPUTIME_ID) - t0) * 1e6 / tokens;
             us = t < us ? t : us;
         }
         printf("  %-40s %8.1f us/token   (checksum %ld)\n", cfg[c].name, us, sum);
@@ -121,13 +116,13 @@ int main(int argc, char **argv)
     double best = INFINITY;
     for (int round = 0; round < ROUNDS; round++) {
         int n_sorts = tokens / 10 > 0 ? tokens / 10 : 1;
-        double t0 = now_sec();
+        double t0 = cli_seconds(CLOCK_THREAD_CPUTIME_ID);
         for (int i = 0; i < n_sorts; i++) {
             const float *lg = rows + (size_t)(i % ROWS) * VOCAB;
             for (int v = 0; v < VOCAB; v++) pairs[v] = (pair){ lg[v], v };
             qsort(pairs, VOCAB, sizeof *pairs, pair_desc);
         }
-        double t = (now_sec() - t0) * 1e6 / n_sorts;
+        double t = (cli_seconds(CLOCK_THREAD_CPUTIME_ID) - t0) * 1e6 / n_sorts;
         best = t < best ? t : best;
     }
     printf("  %-40s %8.1f us/token   (reference, not used)\n", "[one qsort of the vocabulary]", best);

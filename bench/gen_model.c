@@ -276,24 +276,19 @@ static int write_gguf(const char *path, const shape *sh, int type, char *err, si
     char name[96];
     rc = rc ? rc : add_matrix(w, "token_embd.weight", sh->vocab, D, type, 1.0f, &s);
     for (int l = 0; l < sh->layers && !rc; l++) {
-        snprintf(name, sizeof name, "blk.%d.attn_norm.weight", l);
-        rc |= add_ones(w, name, D);
-        snprintf(name, sizeof name, "blk.%d.attn_q.weight", l);
-        rc |= add_matrix(w, name, D, D, type, ad, &s);
-        snprintf(name, sizeof name, "blk.%d.attn_k.weight", l);
-        rc |= add_matrix(w, name, kvd, D, type, ad, &s);
-        snprintf(name, sizeof name, "blk.%d.attn_v.weight", l);
-        rc |= add_matrix(w, name, kvd, D, type, ad, &s);
-        snprintf(name, sizeof name, "blk.%d.attn_output.weight", l);
-        rc |= add_matrix(w, name, D, D, type, ad, &s);
-        snprintf(name, sizeof name, "blk.%d.ffn_norm.weight", l);
-        rc |= add_ones(w, name, D);
-        snprintf(name, sizeof name, "blk.%d.ffn_gate.weight", l);
-        rc |= add_matrix(w, name, H, D, type, ad, &s);
-        snprintf(name, sizeof name, "blk.%d.ffn_down.weight", l);
-        rc |= add_matrix(w, name, D, H, type, ah, &s);
-        snprintf(name, sizeof name, "blk.%d.ffn_up.weight", l);
-        rc |= add_matrix(w, name, H, D, type, ad, &s);
+        /* llama.cpp's tensor names and shapes, in its order; rows 0: a norm (ones) */
+        const struct {
+            const char *name;
+            int rows, cols;
+            float a;
+        } t[] = { { "attn_norm", 0, D, 0 }, { "attn_q", D, D, ad },      { "attn_k", kvd, D, ad },
+                  { "attn_v", kvd, D, ad }, { "attn_output", D, D, ad }, { "ffn_norm", 0, D, 0 },
+                  { "ffn_gate", H, D, ad }, { "ffn_down", D, H, ah },    { "ffn_up", H, D, ad } };
+        for (size_t k = 0; k < sizeof t / sizeof t[0]; k++) {
+            snprintf(name, sizeof name, "blk.%d.%s.weight", l, t[k].name);
+            rc |=
+                t[k].rows ? add_matrix(w, name, t[k].rows, t[k].cols, type, t[k].a, &s) : add_ones(w, name, t[k].cols);
+        }
     }
     if (!rc) rc = add_ones(w, "output_norm.weight", D);
     if (!rc)

@@ -31,6 +31,7 @@
  * Only loopback addresses are accepted: this is a benchmark, not a stress tool for
  * other people's servers.  CPU cost is kept low (one recv per socket read, memchr
  * scans, no allocation per chunk) because it shares the machine with the server. */
+#include "bench/bench_util.h"
 #include <arpa/inet.h>
 #include <errno.h>
 #include <math.h>
@@ -122,13 +123,6 @@ typedef struct {
     char first_error[LG_ERRLEN];
     lg_conn conn;
 } lg_client;
-
-static double lg_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static void lg_client_error(lg_client *cl, const char *fmt, ...)
 {
@@ -332,7 +326,7 @@ static void lg_sse_event(lg_sse *e)
     }
     int content = lg_json_count_nonempty(js, "text") + lg_json_count_nonempty(js, "content");
     if (content > 0) {
-        double t = lg_now() - e->t0;
+        double t = cli_seconds(CLOCK_MONOTONIC) - e->t0;
         if (e->s->t_first < 0) e->s->t_first = t;
         e->s->t_last = t;
         e->s->chunks += content;
@@ -605,7 +599,7 @@ static void *lg_client_run(void *arg)
     const double deadline = cl->t0 + cfg->duration;
 
     for (int r = 0; cfg->requests_per_client == 0 || r < cfg->requests_per_client; r++) {
-        if (lg_now() >= deadline || lg_stopped(cl->sh)) break;
+        if (cli_seconds(CLOCK_MONOTONIC) >= deadline || lg_stopped(cl->sh)) break;
         long long seed = cfg->seed + cl->index + (long long)r * cfg->concurrency;
         long rl = lg_build_request(cfg, prompt_esc, seed, &req, &req_cap);
         if (rl < 0) {
@@ -622,7 +616,7 @@ static void *lg_client_run(void *arg)
                 if (!lg_stopped(cl->sh)) lg_client_error(cl, "connect: %s", strerror(errno));
                 break;
             }
-            s.t_start = lg_now() - cl->t0;
+            s.t_start = cli_seconds(CLOCK_MONOTONIC) - cl->t0;
             sent = 1;
             lg_sse_reset(&sse, cl->t0, &s);
             if (lg_send_all(c->fd, req, (size_t)rl) == 0 && lg_read_headers(c, &resp) == 0) {
@@ -659,7 +653,7 @@ static void *lg_client_run(void *arg)
             continue;
         }
         int rc = lg_read_body(c, &resp, &sse, NULL, 0);
-        s.t_end = lg_now() - cl->t0;
+        s.t_end = cli_seconds(CLOCK_MONOTONIC) - cl->t0;
         int e = errno;
         if (rc != 0 || resp.close || !cfg->keep_alive) lg_conn_close(c);
         if (rc != 0 && lg_stopped(cl->sh)) {
@@ -702,12 +696,6 @@ out:
 }
 
 /* ---- Statistics -------------------------------------------------------------------------- */
-
-static int lg_cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
 
 /* Nearest-rank percentile of sorted v[n]; NAN when n == 0. */
 static double lg_pct(const double *v, int n, double p)
@@ -950,7 +938,7 @@ int main(int argc, char **argv)
     pthread_attr_t attr;
     pthread_attr_init(&attr);
     pthread_attr_setstacksize(&attr, 256 * 1024);
-    const double t0 = lg_now();
+    const double t0 = cli_seconds(CLOCK_MONOTONIC);
     int started = 0;
     for (int i = 0; i < cfg.concurrency; i++) {
         cl[i].cfg = &cfg;
@@ -981,9 +969,9 @@ int main(int argc, char **argv)
             continue;
         }
         double until = t0 + cfg.max_time;
-        if (lg_now() >= until) {
+        if (cli_seconds(CLOCK_MONOTONIC) >= until) {
             sh.stop = 1;
-            sh.t_stop = lg_now() - t0;
+            sh.t_stop = cli_seconds(CLOCK_MONOTONIC) - t0;
             break;
         }
         struct timespec ts = { .tv_sec = (time_t)until, .tv_nsec = (long)((until - floor(until)) * 1e9) };
@@ -999,7 +987,7 @@ int main(int argc, char **argv)
     }
     pthread_cond_destroy(&sh.cv);
     pthread_mutex_destroy(&sh.mu);
-    const double wall_end = lg_now() - t0;
+    const double wall_end = cli_seconds(CLOCK_MONOTONIC) - t0;
     struct rusage ru;
     double cpu = 0.0;
     if (getrusage(RUSAGE_SELF, &ru) == 0)
@@ -1069,9 +1057,9 @@ int main(int argc, char **argv)
             fclose(f);
         }
     }
-    qsort(ttft, (size_t)nt, sizeof *ttft, lg_cmp_double);
-    qsort(lat, (size_t)n, sizeof *lat, lg_cmp_double);
-    qsort(rate, (size_t)nr, sizeof *rate, lg_cmp_double);
+    qsort(ttft, (size_t)nt, sizeof *ttft, bench_cmp_double);
+    qsort(lat, (size_t)n, sizeof *lat, bench_cmp_double);
+    qsort(rate, (size_t)nr, sizeof *rate, bench_cmp_double);
     const double span = stopped ? sh.t_stop : last_end > 0 ? last_end : wall_end;
     const double tps = span > 0 ? (double)tokens / span : 0.0;
     const char *src = n_all == 0 ? "none" : !all_usage ? "chunks" : abandoned ? "usage+chunks" : "usage";

@@ -21,6 +21,7 @@
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #endif
+#include "cli/cli.h"
 #include "model/loader.h"
 
 #include <pthread.h>
@@ -37,13 +38,6 @@ typedef struct {
     double sum;
     double t0, t1; /* this round's start and end, taken by the reader itself */
 } share;
-
-static double now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
 
 /* Eight independent partial sums so the adds do not serialize on one register. */
 static double sum_floats(const float *a, size_t n)
@@ -63,9 +57,9 @@ static void *reader(void *arg)
     share *s = arg;
     for (int r = 0; r < s->rounds; r++) {
         pthread_barrier_wait(s->go);
-        s->t0 = now();
+        s->t0 = cli_seconds(CLOCK_MONOTONIC);
         s->sum += sum_floats(s->a, s->n);
-        s->t1 = now();
+        s->t1 = cli_seconds(CLOCK_MONOTONIC);
         pthread_barrier_wait(s->go);
     }
     return NULL;
@@ -136,7 +130,7 @@ static double fma_rate(void)
         __m256 b = _mm256_set1_ps(1.0000001f), c = _mm256_set1_ps(1e-9f), a[12];
         for (int k = 0; k < 12; k++) a[k] = _mm256_set1_ps((float)k);
         long n = 20000000;
-        double t0 = now();
+        double t0 = cli_seconds(CLOCK_MONOTONIC);
         for (long i = 0; i < n; i++) {
             for (int k = 0; k < 12; k++) /* unrolled by the compiler: 12 chains in registers */
                 a[k] = _mm256_fmadd_ps(a[k], b, c);
@@ -144,7 +138,7 @@ static double fma_rate(void)
                              : "+x"(a[0]), "+x"(a[1]), "+x"(a[2]), "+x"(a[3]), "+x"(a[4]), "+x"(a[5]), "+x"(a[6]),
                                "+x"(a[7]), "+x"(a[8]), "+x"(a[9]), "+x"(a[10]), "+x"(a[11]));
         }
-        double dt = now() - t0;
+        double dt = cli_seconds(CLOCK_MONOTONIC) - t0;
         float out[8];
         __m256 s = a[0];
         for (int k = 1; k < 12; k++) s = _mm256_add_ps(s, a[k]);

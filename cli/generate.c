@@ -32,13 +32,6 @@ typedef struct {
     int print_failed;
 } gen_lm;
 
-static double now_seconds(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 /* Print ids[from..to) through the incremental detokenizer. */
 static int print_tokens(gen_lm *g, const int32_t *ids, int from, int to)
 {
@@ -55,7 +48,7 @@ static int print_tokens(gen_lm *g, const int32_t *ids, int from, int to)
 static int gen_next_logits(sampler_lm *lm, const int32_t *ctx, int n_ctx, float *logits)
 {
     gen_lm *g = (gen_lm *)lm;
-    if (g->n_calls++ == 0) g->t_first = now_seconds();
+    if (g->n_calls++ == 0) g->t_first = cli_seconds(CLOCK_MONOTONIC);
     return model_seq_eval(g->m, g->seq, ctx, n_ctx, logits);
 }
 
@@ -209,7 +202,7 @@ int cli_generate(int argc, char **argv)
         goto done;
     }
     int total = sampler_generate(&g.lm, prompt_ids, n_prompt, (int)max_tokens, &sp, out);
-    double t_end = now_seconds();
+    double t_end = cli_seconds(CLOCK_MONOTONIC);
     if (total < 0 || g.print_failed) {
         fprintf(stdout, "\n");
         fprintf(stderr, "lmserve generate: generation failed (error %d)\n", total < 0 ? total : -1);

@@ -37,18 +37,11 @@ static int parse_seconds(const char *v, void *out)
     return 0;
 }
 
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 /* Wait until fd is ready for events or the deadline passes: 1 ready, 0 timeout, -1 error. */
 static int wait_fd(int fd, short events, double deadline)
 {
     for (;;) {
-        double left = deadline - now();
+        double left = deadline - cli_seconds(CLOCK_MONOTONIC);
         if (left <= 0) return 0;
         struct pollfd p = { .fd = fd, .events = events };
         int rc = poll(&p, 1, (int)(left * 1000) + 1);
@@ -69,7 +62,7 @@ int cli_health(int argc, char **argv)
     int rc = cli_parse("lmserve health", opts, sizeof opts / sizeof opts[0], argc, argv);
     if (rc == CLI_HELP) usage(stdout);
     if (rc != CLI_OK) return rc == CLI_HELP ? 0 : 2;
-    double deadline = now() + timeout;
+    double deadline = cli_seconds(CLOCK_MONOTONIC) + timeout;
     struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM }, *ai = NULL;
     int gai = getaddrinfo(host, port, &hints, &ai);
     if (gai != 0) {
