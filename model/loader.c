@@ -1,5 +1,6 @@
 /* loader.c -- helpers every part of the model module shares (loader.h): error
- * lines, memory the model owns, private copies of files, element-type sizes. */
+ * lines, memory the model owns, growing arrays, private copies of files,
+ * element-type sizes. */
 #include "model/loader.h"
 #include "model/compute/quant.h"
 
@@ -75,7 +76,7 @@ void *model_calloc_owned(model *m, size_t n, size_t size)
  * (so that model_weights_huge can later give it huge pages, whole).  It is not
  * advised for huge pages here: a fault on fresh huge-page memory must find and
  * clear a free 2 MiB block, and on a VM whose host takes free memory back
- * (balloon free-page reporting) that costs 0.2 to 1.8 s of CPU per 440 MB,
+ * (balloon free-page reporting) can cost seconds of CPU for a large model,
  * depending on what was freed before -- while 4 KiB pages come from memory the
  * guest just used.  So weights are read on 4 KiB pages and collapsed into huge
  * pages afterwards, off the start-up path.  The mapping is n bytes rounded up to

@@ -1,5 +1,6 @@
 /* loader.h -- helpers every part of the model module shares (loader.c): error
- * lines, memory the model owns, private copies of files, element-type sizes.
+ * lines, memory the model owns, growing arrays, private copies of files,
+ * element-type sizes.
  * Internal to model/; not a public header.
  *
  * Every reader validates sizes against the file before it reads, and reports

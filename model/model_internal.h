@@ -8,12 +8,14 @@
  *                                 private file copies, element-type sizes)
  *   model/formats/formats.h       the readers' entry points and helpers
  *   model/formats/gguf.h          the GGUF reader (gguf_write.h: the writer)
+ *   model/formats/safetensors.h, torchzip.h   the safetensors and torch.save readers
  *   model/tokenizers/tokenizer.h  building a vocabulary; SentencePiece-style BPE
  *   model/tokenizers/tok_bpe.h    byte-level BPE
  *   model/compute/forward.h       the forward pass's steps and scratch memory
  *   model/compute/seq.h           a sequence's KV cache
  *   model/compute/kernels.h       matrix products and attention
  *   model/compute/pool.h          the worker threads
+ *   model/compute/quant.h         the block-quantized types
  *   model/half.h, model/tensor_types.h   number formats (self-contained)
  *
  * Matrix convention: a `mtensor` is a row-major (rows, cols) matrix used as

@@ -29,8 +29,9 @@ static void mhd_run(server *s);
 
 /* the nice value of the threads that parse and tokenize request bodies (offload_work) */
 #define WORKER_NICE 10
-/* Bodies up to this size are parsed on the loop thread: parsing and tokenizing cost
- * about 0.3 us a byte on this VM (a 1 MiB body ~0.3 s), so at most a few milliseconds. */
+/* Bodies up to this size are parsed on the loop thread: parsing and tokenizing cost time
+ * in proportion to the body, and a body this small keeps the loop busy only briefly;
+ * a larger one (up to --body-limit) is parsed on a worker so the streams keep flowing. */
 #define OFFLOAD_MIN_BODY (8 * 1024)
 
 /* ---- how long the loop thread is busy ----------------------------------------------------

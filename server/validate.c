@@ -311,8 +311,8 @@ static int parse_prompt(const validate_ctx *vc, job_params *p, json_t *x, api_er
     json_t *first = json_array_get(x, 0);
     if (json_is_integer(first)) return prompt_from_ids(vc, p, x, err);
     /* a list of prompts: refuse more than the choice limit before tokenizing any
-     * (a 1 MB body holds 200,000 one-letter prompts: ~0.3 s of loop-thread work,
-     * minutes under ASan with add_prompt's reallocs) */
+     * (a 1 MB body holds 200,000 one-letter prompts: a long stall of the loop thread,
+     * far longer under ASan with add_prompt's reallocs) */
     if (json_array_size(x) > (size_t)vc->max_choices) {
         api_error_set(err, 400, "invalid_request_error", "prompt", "invalid_value",
                       "'prompt' may hold at most %d prompts (got %zu)", vc->max_choices, json_array_size(x));

@@ -1,4 +1,4 @@
-/* test_greedy.c -- the acceptance text of the engine issue: stories260K in both
+/* test_greedy.c -- the engine's acceptance test: stories260K in both
  * formats, greedy (argmax, lowest id on ties), prompt "Once upon a time", 60
  * new tokens, must print exactly the text llama2.c's run.c prints (-t 0).
  * Tolerance: none, the text must match byte for byte.

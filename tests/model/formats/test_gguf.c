@@ -363,7 +363,7 @@ Test(gguf, semantic_errors)
         cases[n].want = msg;     \
         n++;                     \
     } while (0)
-    CASE(arch = "bert", "unsupported architecture 'bert'"); /* gpt2 is supported since issue 10 */
+    CASE(arch = "bert", "unsupported architecture 'bert'"); /* llama and gpt2 are the supported ones */
     CASE(arch = "mamba", "unsupported architecture 'mamba'");
     CASE(skip_key = "general.architecture", "missing metadata 'general.architecture'");
     CASE(skip_key = "llama.context_length", "missing metadata 'llama.context_length'");
@@ -559,7 +559,7 @@ Test(gguf, half_conversions)
 Test(gguf, other_architecture_is_reported)
 {
     /* llama.cpp's vocab-only GPT-2 GGUF (no tensors, no padding after the metadata):
-     * it parses, reaches the gpt2 reader (issue 10), and is refused for its lack of weights */
+     * it parses, reaches the gpt2 reader, and is refused for its lack of weights */
     char p[512];
     td_fixture(p, sizeof p, "gguf/ggml-vocab-gpt-2.gguf");
     const char *e = th_expect_load_error(p, NULL);
