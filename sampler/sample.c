@@ -167,19 +167,8 @@ int sampler_logprobs(const float *logits, int vocab, int32_t token, int n_top, s
     int32_t best[SAMPLER_MAX_TOP];
     uint32_t bkey[SAMPLER_MAX_TOP];
     int nb = 0;
-    for (int i = 0; i < vocab && n_top > 0; i++) {
-        uint32_t k = sampler__key(logits[i]);
-        if (nb == n_top && k <= bkey[nb - 1])
-            continue; /* not strictly better than the current n-th: earlier id wins ties */
-        int j = nb < n_top ? nb++ : nb - 1;
-        while (j > 0 && bkey[j - 1] < k) {
-            bkey[j] = bkey[j - 1];
-            best[j] = best[j - 1];
-            j--;
-        }
-        bkey[j] = k;
-        best[j] = i;
-    }
+    for (int i = 0; i < vocab && n_top > 0; i++) /* ids in increasing order: the earlier id wins ties */
+        nb = sampler__top_offer(bkey, best, nb, n_top, sampler__key(logits[i]), i);
     out->token = token;
     out->logprob = logprob_of(logits[token], m, lse);
     out->n_top = n_top;

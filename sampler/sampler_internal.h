@@ -27,6 +27,23 @@ static inline uint32_t sampler__key(float x)
     return (b & 0x7fffffffu) > 0x7f800000u ? 0u : k; /* NaN -> 0 */
 }
 
+/* Offer (key k, value v) to a running top n kept in bkey/best[0..nb), largest key
+ * first and, among equal keys, the earlier offer first; returns the new count.  A small
+ * sorted insertion: usually one comparison per offer. */
+static inline int sampler__top_offer(uint32_t *bkey, int32_t *best, int nb, int n, uint32_t k, int32_t v)
+{
+    if (nb == n && (n == 0 || k <= bkey[nb - 1])) return nb; /* not strictly better than the n-th */
+    int j = nb < n ? nb++ : nb - 1;
+    while (j > 0 && bkey[j - 1] < k) {
+        bkey[j] = bkey[j - 1];
+        best[j] = best[j - 1];
+        j--;
+    }
+    bkey[j] = k;
+    best[j] = v;
+    return nb;
+}
+
 /* exp(x) in float for x <= 0 (a max-subtracted logit), without a libm call and
  * without branches, so the loops that call it vectorise.  exp(x) = 2^n * exp(r)
  * with n = round(x / ln 2) and |r| <= ln(2)/2 (Cody-Waite: ln 2 split into a

@@ -104,24 +104,15 @@ static float lookup(const float *row, const int32_t *id, int n, int32_t t)
 }
 
 /* The top n ids of a row (by value, equal values by increasing id; dropped entries
- * -- probability 0 after softmax -- never rank) into best[], returns how many.  A
- * small sorted insertion, as sampler_logprobs does: usually one comparison per entry. */
+ * -- probability 0 after softmax -- never rank) into best[], returns how many. */
 static int top_ids(const float *row, const int32_t *id, int len, int n, int probs, int32_t *best)
 {
     uint32_t bkey[SAMPLER_TRACE_MAX];
     int nb = 0;
     for (int i = 0; i < len; i++) {
         if (probs ? !(row[i] > 0.0f) : is_dropped(row[i])) continue;
-        uint32_t k = sampler__key(row[i]);
-        if (nb == n && k <= bkey[nb - 1]) continue; /* entries come in increasing id order: the earlier id wins ties */
-        int j = nb < n ? nb++ : nb - 1;
-        while (j > 0 && bkey[j - 1] < k) {
-            bkey[j] = bkey[j - 1];
-            best[j] = best[j - 1];
-            j--;
-        }
-        bkey[j] = k;
-        best[j] = id ? id[i] : i;
+        /* entries come in increasing id order: the earlier id wins ties */
+        nb = sampler__top_offer(bkey, best, nb, n, sampler__key(row[i]), id ? id[i] : i);
     }
     return nb;
 }
