@@ -58,10 +58,10 @@ int main(int argc, char **argv)
     /* one 8 MiB (or smaller) tile of valid rows, repeated */
     long tile_rows = (long)((8u << 20) / rb);
     long rows = (long)(((size_t)mb << 20) / rb);
-    if (tile_rows < 1) tile_rows = 1;
-    if (tile_rows > rows) tile_rows = rows;
     rows = rows / 8 * 8;
     if (rows < 8) rows = 8;
+    if (tile_rows < 1) tile_rows = 1;
+    if (tile_rows > rows) tile_rows = rows; /* after the rounding: the tile must fit the matrix */
     size_t maplen, total = (size_t)rows * rb;
     uint8_t *w = model_alloc_weights(total, &maplen);
     float *src = malloc((size_t)tile_rows * cols * sizeof *src);
