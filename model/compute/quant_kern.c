@@ -747,6 +747,78 @@ static void q4_k_panel_1x8(float *out, const quant_act *a, int r, const uint8_t 
     }
     _mm256_storeu_ps(out, _mm256_sub_ps(acc, accm));
 }
+
+/* Q6_K (lane arithmetic), one activation row x one packed panel of 8 rows (block b of row
+ * c at w + (8 b + c) 210): rows 2p and 2p + 1 share 512-bit vectors.  Per row and lane
+ * the same integers as k_block (the scaled sums of q x, minus 32 x the scales x the sums
+ * of x per 16) and the same fma(d_w d_x, lanes, acc); ggml's lane tree per row. */
+static void q6_k_panel_1x8(float *out, const quant_act *a, int r, const uint8_t *w, int nb)
+{
+    const size_t cols = (size_t)a->cols;
+    const int8_t *xq = a->q + (size_t)r * cols;
+    const float *xd = a->d + (size_t)r * nb;
+    const int16_t *bsr = a->bs + (size_t)r * (cols / 16);
+    const __m512i m4 = _mm512_set1_epi8(0x0F), m3 = _mm512_set1_epi8(3), c12 = _mm512_set1_epi8(12),
+                  c48 = _mm512_set1_epi8(48), cc0 = _mm512_set1_epi8((char)0xC0);
+    /* scales of group g (32 weights): int16 lanes 0..7 scale 2g of the low row, 8..15
+     * scale 2g + 1, 16..31 the same of the high row (s16: the two rows' 16 scales) */
+    __m512i gsel[8], dsel[4];
+    for (int gg = 0; gg < 8; gg++) {
+        int16_t t[32];
+        for (int i = 0; i < 32; i++) t[i] = (int16_t)((i / 16) * 16 + 2 * gg + (i % 16) / 8);
+        gsel[gg] = _mm512_loadu_si512(t);
+    }
+    for (int p = 0; p < 4; p++)
+        dsel[p] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi32(2 * p)), _mm256_set1_epi32(2 * p + 1), 1);
+    /* each row's d: the high half of the 4 bytes ending at byte 210 (within the block) */
+    const __m256i doff = _mm256_setr_epi32(206, 416, 626, 836, 1046, 1256, 1466, 1676);
+    __m512 acc[4];
+    for (int p = 0; p < 4; p++) acc[p] = _mm512_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *g = w + (size_t)b * (8 * 210);
+        if (QPF)
+            for (int k = 0; k < 8 * 210; k += 64) _mm_prefetch((const char *)g + QPF + k, _MM_HINT_T0);
+        const int8_t *x = xq + (size_t)b * QK_K;
+        __m512i xv[8];
+        for (int gg = 0; gg < 8; gg++)
+            xv[gg] = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(x + 32 * gg)));
+        __m512i bsv = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(bsr + 16 * (size_t)b)));
+        __m256i dd = _mm256_i32gather_epi32((const int *)g, doff, 1);
+        __m256 d8 = _mm256_mul_ps(_mm256_cvtph_ps(_mm256_cvtepi32_epi16(_mm256_srli_epi32(dd, 16))),
+                                  _mm256_set1_ps(xd[b]));
+        __m512 d16 = _mm512_castps256_ps512(d8);
+        for (int p = 0; p < 4; p++) {
+            const uint8_t *b0 = g + (size_t)(2 * p) * 210, *b1 = b0 + 210;
+#define PAIR256(off)                                                                                     \
+    _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(b0 + (off)))), \
+                       _mm256_loadu_si256((const __m256i *)(b1 + (off))), 1)
+            __m512i s16 = _mm512_cvtepi8_epi16(_mm256_inserti128_si256(
+                _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(b0 + 192))),
+                _mm_loadu_si128((const __m128i *)(b1 + 192)), 1));
+            __m512i lanes = _mm512_setzero_si512();
+            for (int n = 0; n < 2; n++) {
+                __m512i l1 = PAIR256(64 * n), l2 = PAIR256(64 * n + 32), hb = PAIR256(128 + 32 * n);
+                __m512i q[4] = {
+                    _mm512_or_si512(_mm512_and_si512(l1, m4), _mm512_slli_epi16(_mm512_and_si512(hb, m3), 4)),
+                    _mm512_or_si512(_mm512_and_si512(l2, m4), _mm512_slli_epi16(_mm512_and_si512(hb, c12), 2)),
+                    _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l1, 4), m4), _mm512_and_si512(hb, c48)),
+                    _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l2, 4), m4),
+                                    _mm512_srli_epi16(_mm512_and_si512(hb, cc0), 2)),
+                };
+                for (int k = 0; k < 4; k++)
+                    lanes = _mm512_dpwssd_epi32(lanes, _mm512_maddubs_epi16(q[k], xv[4 * n + k]),
+                                                _mm512_permutexvar_epi16(gsel[4 * n + k], s16));
+            }
+#undef PAIR256
+            lanes = _mm512_sub_epi32(lanes, _mm512_slli_epi32(_mm512_madd_epi16(bsv, s16), 5));
+            acc[p] = _mm512_fmadd_ps(_mm512_permutexvar_ps(dsel[p], d16), _mm512_cvtepi32_ps(lanes), acc[p]);
+        }
+    }
+    for (int p = 0; p < 4; p++) {
+        out[2 * p] = hsum8(_mm512_castps512_ps256(acc[p]));
+        out[2 * p + 1] = hsum8(hi256(acc[p]));
+    }
+}
 #endif /* QUANT_AVX512 */
 
 /* ---- Drivers ----------------------------------------------------------------------------- */
@@ -863,6 +935,11 @@ void quant_matmul_rows(float *out, size_t ldo, const quant_act *a, int n_rows, c
 #ifdef QUANT_AVX512
                     if (type == MT_Q8_0 && j < full) {
                         q8_0_panel_1x8(o, a, r, wj, nb);
+                        r += R;
+                        continue;
+                    }
+                    if (type == MT_Q6_K && j < full) {
+                        q6_k_panel_1x8(o, a, r, wj, nb);
                         r += R;
                         continue;
                     }
