@@ -47,6 +47,11 @@
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #define KERNEL_AVX2 1
 #include <immintrin.h>
+/* AVX-512: decoding one row against F16 / BF16 weights converts 16 weights per
+ * instruction (half_rows1 below); the arithmetic is block_f16's / block_bf16's. */
+#if defined(__AVX512F__)
+#define KERNEL_AVX512 1
+#endif
 #endif
 
 /* Attention prefetches the K rows this many positions ahead, and the V rows of the
@@ -635,6 +640,71 @@ DEF_ROWS(f32)
 DEF_ROWS(f16)
 DEF_ROWS(bf16)
 
+#ifdef KERNEL_AVX512
+/* One x row against C (<= 4) consecutive rows of F16 (BF = 0) or BF16 (BF = 1) weights,
+ * out[c]: per element the operations of block_f16 / block_bf16 with NACC 2 (checked
+ * below), since a 512-bit accumulator is exactly their pair: columns k..k+7 of each
+ * 16-column step in its low half (accumulator 0), k+8..k+15 in its high half
+ * (accumulator 1).  The leftover 8-column step goes to the low half, then low + high,
+ * hsum8 and the scalar tail, as there.  pf (or NULL): the same rows further on, to
+ * prefetch. */
+#if NACC != 2
+#error "half_rows1 restates block_f16 / block_bf16 with NACC 2"
+#endif
+static inline __attribute__((always_inline)) void half_block1(float *out, const float *x, const uint8_t *w,
+                                                              size_t ldw, int cols, const int C, const int BF,
+                                                              const uint8_t *pf)
+{
+    __m512 acc[4];
+    for (int c = 0; c < C; c++) acc[c] = _mm512_setzero_ps();
+    int k = 0;
+    for (; k + 16 <= cols; k += 16) {
+        __m512 xv = _mm512_loadu_ps(x + k);
+        if (pf && (k & 31) == 0)
+            for (int c = 0; c < C; c++) _mm_prefetch((const char *)pf + (size_t)c * ldw + (size_t)k * 2, _MM_HINT_T0);
+        for (int c = 0; c < C; c++) {
+            __m256i h = _mm256_loadu_si256((const __m256i *)(w + (size_t)c * ldw + (size_t)k * 2));
+            __m512 wv = BF ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)) : _mm512_cvtph_ps(h);
+            acc[c] = _mm512_fmadd_ps(xv, wv, acc[c]);
+        }
+    }
+    for (int c = 0; c < C; c++) {
+        const uint8_t *wc = w + (size_t)c * ldw;
+        __m256 a0 = _mm512_castps512_ps256(acc[c]);
+        __m256 a1 = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc[c]), 1));
+        int kk = k;
+        for (; kk + 8 <= cols; kk += 8)
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + kk), BF ? load8_bf16(wc, kk) : load8_f16(wc, kk), a0);
+        float s = hsum8(_mm256_add_ps(a0, a1));
+        for (; kk < cols; kk++) s += x[kk] * (BF ? load1_bf16(wc, kk) : load1_f16(wc, kk));
+        out[c] = s;
+    }
+}
+
+/* out[j] for j in [j0, j1): one x row against F16 / BF16 rows, four at a time. */
+static void half_rows1(float *out, const float *x, int cols, const mtensor *w, int j0, int j1)
+{
+    size_t ldw = mtensor_row_bytes(w->type, cols);
+    const uint8_t *wd = (const uint8_t *)w->data;
+    int bf = w->type == MT_BF16;
+    int j = j0;
+    for (; j + 4 <= j1; j += 4) {
+        const uint8_t *wr = wd + (size_t)j * ldw;
+        const uint8_t *pf = j + 8 <= w->rows ? wr + 4 * ldw : NULL;
+        if (bf)
+            half_block1(out + j, x, wr, ldw, cols, 4, 1, pf);
+        else
+            half_block1(out + j, x, wr, ldw, cols, 4, 0, pf);
+    }
+    for (; j < j1; j++) {
+        if (bf)
+            half_block1(out + j, x, wd + (size_t)j * ldw, ldw, cols, 1, 1, NULL);
+        else
+            half_block1(out + j, x, wd + (size_t)j * ldw, ldw, cols, 1, 0, NULL);
+    }
+}
+#endif
+
 /* ---- Packed layouts: F32 in 16-row panels, block types in 8-row panels (kernels.h) */
 
 int kernel_can_pack(int type)
@@ -885,12 +955,23 @@ static void mm_rows(const mm_ctx *c, const kernel_job *job, int j0, int j1)
         break;
     /* F16 / BF16: x rounded to the weights' type first, as ggml does */
     case MT_F16:
-        if (c->cols % 16)
+    case MT_BF16:
+        /* F16 rows not a multiple of 16: ggml_vec_dot_f16's order (rows_f16_ggml) */
+        if (w->type == MT_F16 && c->cols % 16) {
             rows_f16_ggml(job->out, w->rows, a->xr ? a->xr : c->x, c->n_rows, c->cols, w, j0, j1);
-        else
+            break;
+        }
+#ifdef KERNEL_AVX512
+        if (c->n_rows == 1) {
+            half_rows1(job->out, a->xr ? a->xr : c->x, c->cols, w, j0, j1);
+            break;
+        }
+#endif
+        if (w->type == MT_F16)
             rows_f16(job->out, w->rows, a->xr ? a->xr : c->x, c->n_rows, c->cols, w, j0, j1);
+        else
+            rows_bf16(job->out, w->rows, a->xr ? a->xr : c->x, c->n_rows, c->cols, w, j0, j1);
         break;
-    case MT_BF16: rows_bf16(job->out, w->rows, a->xr ? a->xr : c->x, c->n_rows, c->cols, w, j0, j1); break;
     default:
         if (quant_is_quantized(w->type) && a->q) {
             quant_matmul_rows(job->out, (size_t)w->rows, a, c->n_rows, w, j0, j1);
