@@ -6,7 +6,7 @@
  * (1..3), byte 4 bit 0 whether the activations are the input's raw floats (NaN and
  * infinity included) or its bytes / 16; the rest is cycled into the weight blocks and
  * the activations.  Checks: the kernels (through kernel_matmul, pool-less and on two
- * threads) equal quant_dot_ref bit for bit (both NaN counts as equal); dequantizing
+ * threads; row-major and, from 8 rows, packed in panels) equal quant_dot_ref bit for bit (both NaN counts as equal); dequantizing
  * and quantizing any of it neither crashes nor trips the sanitizers; quantizing finite
  * floats of moderate size and dequantizing gives finite values. */
 #include "model/compute/kernels.h"
@@ -59,6 +59,24 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 float ref = quant_dot_ref(&a, r, &m, j), got = y[(size_t)r * rows + j];
                 if (memcmp(&ref, &got, 4) != 0 && !(isnan(ref) && isnan(got))) abort();
             }
+    }
+    /* the same matrix packed in 8-row panels (as a model's is at load): the decoding
+     * and batched kernels of the packed layout, on a buffer of exactly its size */
+    if (rows >= QUANT_PANEL) {
+        uint8_t *wp = malloc(rb * (size_t)rows);
+        if (!wp) abort();
+        mtensor mp;
+        quant_pack(&m, wp, &mp);
+        for (int pass = 0; pass < 2; pass++) {
+            kernel_matmul(pass ? pool : NULL, y, x, n, &mp);
+            for (int r = 0; r < n; r++)
+                for (int j = 0; j < rows; j++) {
+                    float ref = quant_dot_ref(&a, r, &mp, j), got = y[(size_t)r * rows + j];
+                    if (memcmp(&ref, &got, 4) != 0 && !(isnan(ref) && isnan(got))) abort();
+                }
+        }
+        for (int j = 0; j < rows; j++) mtensor_get_row(&mp, j, deq);
+        free(wp);
     }
     for (int j = 0; j < rows; j++) mtensor_get_row(&m, j, deq);
     /* quantize the activations as weights, and back */
