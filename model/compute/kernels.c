@@ -735,23 +735,10 @@ void kernel_pack(const mtensor *w, void *dst, mtensor *out)
  * transpose in registers. */
 static void transpose8(float *dp, const float *sp, int cols, int i0, int k0)
 {
-    __m256 r[8], t[8];
+    __m256 r[8];
     for (int i = 0; i < 8; i++) r[i] = _mm256_loadu_ps(sp + (size_t)(i0 + i) * cols + k0);
-    for (int i = 0; i < 8; i += 2) {
-        t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
-        t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
-    }
-    for (int i = 0; i < 8; i += 4) {
-        r[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
-        r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xee);
-        r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
-        r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xee);
-    }
-    for (int i = 0; i < 4; i++) {
-        t[i] = _mm256_permute2f128_ps(r[i], r[i + 4], 0x20);
-        t[i + 4] = _mm256_permute2f128_ps(r[i], r[i + 4], 0x31);
-    }
-    for (int k = 0; k < 8; k++) _mm256_storeu_ps(dp + (size_t)(k0 + k) * KERNEL_PANEL + i0, t[k]);
+    transpose8x8(r);
+    for (int k = 0; k < 8; k++) _mm256_storeu_ps(dp + (size_t)(k0 + k) * KERNEL_PANEL + i0, r[k]);
 }
 #endif
 
