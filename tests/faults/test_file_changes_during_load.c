@@ -13,6 +13,7 @@
  * checks the error, that the hook fired, and that the same file, restored, loads
  * again to the same weights as before. */
 #include "model/loader.h"
+#include "tests/faults/weights_hash.h"
 #include "tests/model/helpers.h"
 
 #include <stdatomic.h>
@@ -84,31 +85,6 @@ static unsigned char *large_llama2c(uint64_t seed, size_t *len)
         memcpy(b + sizeof h + i * sizeof w, &w, sizeof w);
     }
     return b;
-}
-
-/* FNV-1a over the bytes of every matrix as the model holds them. */
-static uint64_t weights_hash(const model *m)
-{
-    uint64_t h = 1469598103934665603ull;
-#define HASH(t)                                                                \
-    do {                                                                       \
-        const uint8_t *p = (t).data;                                           \
-        size_t n = (size_t)(t).rows * mtensor_row_bytes((t).type, (t).cols);   \
-        for (size_t i = 0; p && i < n; i++) h = (h ^ p[i]) * 1099511628211ull; \
-    } while (0)
-    HASH(m->tok_embd);
-    HASH(m->output);
-    for (int l = 0; l < m->info.n_layers; l++) {
-        HASH(m->layers[l].wq);
-        HASH(m->layers[l].wk);
-        HASH(m->layers[l].wv);
-        HASH(m->layers[l].wo);
-        HASH(m->layers[l].w1);
-        HASH(m->layers[l].w2);
-        HASH(m->layers[l].w3);
-    }
-#undef HASH
-    return h;
 }
 
 static int try_load(const char *path, const char *tok, int threads, model **m, char *err, size_t errlen)
