@@ -225,8 +225,10 @@ typedef struct {
     job_end end;
 } ef_result;
 
-/* Take the job's new events into r (r accumulates across calls). */
-static inline void ef_collect(job *j, ef_result *r)
+/* Take the job's new events into r (r accumulates across calls); on_prompt, when
+ * given, also sees every EV_PROMPT event (with its prompt scores) before it is freed. */
+static inline void ef_collect_with(job *j, ef_result *r, void (*on_prompt)(const job_event *ev, void *ctx),
+                                   void *ctx)
 {
     int ended = 0;
     job_end end;
@@ -245,6 +247,7 @@ static inline void ef_collect(job *j, ef_result *r)
             c->n_finish++;
         } else if (ev->type == EV_PROMPT) {
             c->prompt_events++;
+            if (on_prompt) on_prompt(ev, ctx);
         }
         cr_assert_lt(c->text_len + ev->text_len, sizeof c->text);
         memcpy(c->text + c->text_len, ev->text, ev->text_len);
@@ -259,6 +262,11 @@ static inline void ef_collect(job *j, ef_result *r)
         r->ended = 1;
         r->end = end;
     }
+}
+
+static inline void ef_collect(job *j, ef_result *r)
+{
+    ef_collect_with(j, r, NULL, NULL);
 }
 
 /* Submit, run to the end on a stepped engine, collect. */

@@ -68,40 +68,19 @@ typedef struct {
     int n_pscore[EF_MAX_CHOICES];
 } pf_result;
 
+static void pf_prompt_scores(const job_event *ev, void *ctx)
+{
+    pf_result *out = ctx;
+    if (!ev->scores) return;
+    cr_assert_leq(ev->n_ids, CTX);
+    memcpy(out->pscore[ev->choice], ev->scores, sizeof *ev->scores * (size_t)ev->n_ids);
+    out->n_pscore[ev->choice] = ev->n_ids;
+}
+
+/* pf_run polls every job after each step, also after it ended (nothing more comes) */
 static void pf_collect(job *j, pf_result *out)
 {
-    int ended = 0;
-    job_end end;
-    job_event *ev = job_take_events(j, &ended, &end);
-    while (ev) {
-        job_event *next = ev->next;
-        ef_choice *c = &out->r.ch[ev->choice];
-        if (ev->type == EV_TOKEN) {
-            cr_assert_lt(c->n_tok, EF_MAX_TOKENS);
-            c->score[c->n_tok] = ev->tok;
-            c->tok[c->n_tok++] = ev->tok.token;
-        } else if (ev->type == EV_FINISH) {
-            c->finish = ev->finish;
-            c->n_finish++;
-        } else if (ev->type == EV_PROMPT) {
-            c->prompt_events++;
-            if (ev->scores) {
-                cr_assert_leq(ev->n_ids, CTX);
-                memcpy(out->pscore[ev->choice], ev->scores, sizeof *ev->scores * (size_t)ev->n_ids);
-                out->n_pscore[ev->choice] = ev->n_ids;
-            }
-        }
-        cr_assert_lt(c->text_len + ev->text_len, sizeof c->text);
-        memcpy(c->text + c->text_len, ev->text, ev->text_len);
-        c->text_len += ev->text_len;
-        c->text[c->text_len] = '\0';
-        job_event_free(ev);
-        ev = next;
-    }
-    if (ended) {
-        out->r.ended = 1;
-        out->r.end = end;
-    }
+    if (!out->r.ended) ef_collect_with(j, &out->r, pf_prompt_scores, out);
 }
 
 /* Step e until idle, collecting jobs[0..n) as events come; returns the prompt (and
