@@ -89,4 +89,17 @@ static inline const char *th_expect_load_error(const char *path, const model_loa
     return err;
 }
 
+/* The piece of token i in the tests' synthetic SentencePiece vocabularies: <unk>,
+ * <s>, </s>, then "\u2581t<i>"; malloc'd (the caller frees it), NULL when out of memory. */
+static inline char *th_fake_piece(int i)
+{
+    char *p = malloc(16);
+    if (!p) return NULL;
+    if (i < 3)
+        strcpy(p, i == 0 ? "<unk>" : i == 1 ? "<s>" : "</s>");
+    else
+        snprintf(p, 16, "\xe2\x96\x81t%d", i);
+    return p;
+}
+
 #endif

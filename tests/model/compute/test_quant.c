@@ -435,15 +435,8 @@ static void build_file(const fspec *s, const char *path)
     gguf_writer_kv_str(w, "tokenizer.ggml.model", "llama");
     char **toks = calloc((size_t)s->vocab, sizeof *toks);
     for (int i = 0; i < s->vocab; i++) {
-        toks[i] = malloc(16);
-        if (i == 0)
-            strcpy(toks[i], "<unk>");
-        else if (i == 1)
-            strcpy(toks[i], "<s>");
-        else if (i == 2)
-            strcpy(toks[i], "</s>");
-        else
-            snprintf(toks[i], 16, "\xe2\x96\x81t%d", i);
+        toks[i] = th_fake_piece(i);
+        cr_assert_not_null(toks[i]);
     }
     cr_assert_eq(gguf_writer_kv_arr_str(w, "tokenizer.ggml.tokens", (const char *const *)toks, (size_t)s->vocab), 0);
     for (int i = 0; i < s->vocab; i++) free(toks[i]);

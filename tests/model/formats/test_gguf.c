@@ -210,15 +210,8 @@ static void build(const spec *s, const char *path)
     float *scores = calloc((size_t)s->n_tokens, sizeof *scores);
     int32_t *types = calloc((size_t)s->n_tokens, sizeof *types);
     for (int i = 0; i < s->n_tokens; i++) {
-        toks[i] = malloc(16);
-        if (i == 0)
-            strcpy(toks[i], "<unk>");
-        else if (i == 1)
-            strcpy(toks[i], "<s>");
-        else if (i == 2)
-            strcpy(toks[i], "</s>");
-        else
-            snprintf(toks[i], 16, "\xe2\x96\x81t%d", i);
+        toks[i] = th_fake_piece(i);
+        cr_assert_not_null(toks[i]);
         types[i] = i == 0 ? TT_UNKNOWN : i < 3 ? TT_CONTROL : TT_NORMAL;
         scores[i] = (float)-i;
     }
