@@ -24,7 +24,7 @@ else
   log=build/bench/last.txt
   when=$(date -u '+%Y-%m-%d %H:%M UTC')
   # The sections' knobs (see each scripts/bench-*.sh header) go into the page with the run.
-  knobs=$(env | grep -E '^(BENCH|LOAD|CONTEXT|CONSTRAIN)_' | sort | tr '\n' ' ' || true)
+  knobs=$(env | grep -E '^(BENCH|LOAD|CONTEXT|CONSTRAIN|PREFIX)_' | sort | tr '\n' ' ' || true)
   make --no-print-directory bench 2>&1 | tee "$log"
   [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "bench-doc: make bench failed; $doc unchanged" >&2; exit 1; }
 fi
