@@ -109,6 +109,15 @@ static int pf_one(engine *e, job *j, pf_result *res)
     return pf_run(e, &j, 1, res);
 }
 
+/* One request of ids[0..n) with the parameters rest, run alone on e to its end. */
+static int pf_request(engine *e, const int32_t *ids, int n, const char *rest, pf_result *res)
+{
+    job *j = pf_job(ids, n, rest);
+    int rows = pf_one(e, j, res);
+    job_unref(j);
+    return rows;
+}
+
 static pf_result *pf_new(int n)
 {
     pf_result *r = calloc((size_t)n, sizeof *r);
@@ -157,19 +166,13 @@ static void repeat_prompt(const char *params)
     pf_ids(ids, 240, 1);
     engine *off = pf_engine(4, CTX, 64, 128, 0, NULL), *on = pf_engine(4, CTX, 64, 128, 64 * MB, NULL);
     pf_result *r = pf_new(3);
-    job *j = pf_job(ids, 240, params);
-    int rows_off = pf_one(off, j, &r[0]);
-    job_unref(j);
+    int rows_off = pf_request(off, ids, 240, params, &r[0]);
     cr_assert_eq(rows_off, 240);
     cr_assert_eq(r[0].r.end.cached_tokens, 0);
-    j = pf_job(ids, 240, params);
-    int rows1 = pf_one(on, j, &r[1]);
-    job_unref(j);
+    int rows1 = pf_request(on, ids, 240, params, &r[1]);
     cr_assert_eq(rows1, 240, "the first request computes its whole prompt");
     cr_assert_eq(r[1].r.end.cached_tokens, 0);
-    j = pf_job(ids, 240, params);
-    int rows2 = pf_one(on, j, &r[2]);
-    job_unref(j);
+    int rows2 = pf_request(on, ids, 240, params, &r[2]);
     cr_assert_eq(rows2, 1, "a repeated prompt computes only its last position (got %d rows)", rows2);
     cr_assert_eq(r[2].r.end.cached_tokens, 239);
     pf_assert_same(&r[0], &r[1], 1, "first request, cache on");
@@ -199,30 +202,19 @@ Test(prefix, longest_common_prefix_of_retained_sequences)
     const char *params = "\"max_tokens\": 6, \"temperature\": 0.8, \"seed\": 5, \"logprobs\": 1, " NO_EOS;
     engine *off = pf_engine(2, CTX, 32, 64, 0, NULL), *on = pf_engine(2, CTX, 32, 64, 64 * MB, NULL);
     pf_result *r = pf_new(2);
-    job *j;
-    j = pf_job(a, 120, params); /* a's first 120 */
-    cr_assert_eq(pf_one(on, j, &r[0]), 120);
-    job_unref(j);
+    cr_assert_eq(pf_request(on, a, 120, params, &r[0]), 120); /* a's first 120 */
     /* the first retained a[0..120) and 5 of its tokens; those may by chance go on as a does */
     int same = 0;
     while (same < 5 && r[0].r.ch[0].tok[same] == a[120 + same]) same++;
-    j = pf_job(a, 200, params);
-    int rows = pf_one(on, j, &r[1]);
-    job_unref(j);
+    int rows = pf_request(on, a, 200, params, &r[1]);
     cr_assert_eq(r[1].r.end.cached_tokens, 120 + same, "got %d", r[1].r.end.cached_tokens);
     cr_assert_eq(rows, 80 - same);
-    j = pf_job(a, 200, params);
-    pf_one(off, j, &r[0]);
-    job_unref(j);
+    pf_request(off, a, 200, params, &r[0]);
     pf_assert_same(&r[0], &r[1], 1, "continued prompt");
-    j = pf_job(b, 200, params); /* shares 150 with the retained a */
-    rows = pf_one(on, j, &r[1]);
-    job_unref(j);
+    rows = pf_request(on, b, 200, params, &r[1]); /* shares 150 with the retained a */
     cr_assert_eq(r[1].r.end.cached_tokens, 150);
     cr_assert_eq(rows, 50);
-    j = pf_job(b, 200, params);
-    pf_one(off, j, &r[0]);
-    job_unref(j);
+    pf_request(off, b, 200, params, &r[0]);
     pf_assert_same(&r[0], &r[1], 1, "prompt sharing a start");
     free(r);
     engine_stop(off);
@@ -238,21 +230,15 @@ Test(prefix, n_choices_prefill_the_prompt_once)
     const char *params = "\"n\": 4, \"max_tokens\": 10, \"temperature\": 0.8, \"seed\": 17, \"logprobs\": 2, " NO_EOS;
     engine *off = pf_engine(4, CTX, 16, 64, 0, NULL), *on = pf_engine(4, CTX, 16, 64, 64 * MB, NULL);
     pf_result *r = pf_new(2);
-    job *j = pf_job(ids, 100, params);
-    cr_assert_eq(pf_one(off, j, &r[0]), 400, "without the cache each choice prefills");
-    job_unref(j);
-    j = pf_job(ids, 100, params);
-    int rows = pf_one(on, j, &r[1]);
-    job_unref(j);
+    cr_assert_eq(pf_request(off, ids, 100, params, &r[0]), 400, "without the cache each choice prefills");
+    int rows = pf_request(on, ids, 100, params, &r[1]);
     cr_assert_eq(rows, 100 + 3, "the prompt once, then the last position for each other choice (got %d)", rows);
     cr_assert_eq(r[1].r.end.cached_tokens, 0, "the request computed its prompt: nothing was cached before it");
     pf_assert_same(&r[0], &r[1], 4, "n = 4");
     cr_assert_neq(memcmp(r[1].r.ch[0].tok, r[1].r.ch[1].tok, sizeof(int32_t) * 10), 0, "choices not distinct");
     /* n choices through fewer slots than choices: the later ones reuse too */
     engine *on2 = pf_engine(2, CTX, 16, 64, 64 * MB, NULL);
-    j = pf_job(ids, 100, params);
-    pf_one(on2, j, &r[1]);
-    job_unref(j);
+    pf_request(on2, ids, 100, params, &r[1]);
     pf_assert_same(&r[0], &r[1], 4, "n = 4 through 2 slots");
     free(r);
     engine_stop(off);
@@ -278,9 +264,7 @@ Test(prefix, sixteen_concurrent_requests_sharing_a_prefix)
         snprintf(params, sizeof params,
                  "\"max_tokens\": %d, \"temperature\": 0.8, \"top_p\": 0.9, \"seed\": %d, \"logprobs\": 1, " NO_EOS,
                  8 + i % 5, 1000 + i);
-        job *j = pf_job(ids[i], PRE + SUF, params);
-        pf_one(off, j, &alone[i]);
-        job_unref(j);
+        pf_request(off, ids[i], PRE + SUF, params, &alone[i]);
         jobs[i] = pf_job(ids[i], PRE + SUF, params);
     }
     engine_stop(off);
@@ -316,12 +300,8 @@ Test(prefix, eviction_under_a_tiny_budget)
         int p = (round / 2) % 3; /* each prompt twice: the second takes it from the first */
         char params[128];
         snprintf(params, sizeof params, "\"max_tokens\": 8, \"temperature\": 0.7, \"seed\": %d, " NO_EOS, round);
-        job *j = pf_job(ids[p], 120 - round, params);
-        pf_one(off, j, &r[0]);
-        job_unref(j);
-        j = pf_job(ids[p], 120 - round, params);
-        pf_one(on, j, &r[1]);
-        job_unref(j);
+        pf_request(off, ids[p], 120 - round, params, &r[0]);
+        pf_request(on, ids[p], 120 - round, params, &r[1]);
         reused += r[1].r.end.cached_tokens;
         pf_assert_same(&r[0], &r[1], 1, "tiny budget");
         uv_mutex_lock(&met.mu);
@@ -347,18 +327,14 @@ Test(prefix, prefix_left_by_a_cancelled_request)
     const char *params = "\"max_tokens\": 10, \"temperature\": 0.9, \"seed\": 3, \"logprobs\": 2, " NO_EOS;
     engine *off = pf_engine(2, CTX, 32, 32, 0, NULL), *on = pf_engine(2, CTX, 32, 32, 64 * MB, NULL);
     pf_result *r = pf_new(2);
-    job *j = pf_job(ids, 200, params);
-    pf_one(off, j, &r[0]);
-    job_unref(j);
+    pf_request(off, ids, 200, params, &r[0]);
     job *a = pf_job(ids, 200, params);
     cr_assert_eq(engine_submit(on, a), 0);
     for (int i = 0; i < 3; i++) cr_assert(engine_step(on, NULL)); /* 3 chunks of 32 */
     engine_cancel(on, a, CANCEL_CLIENT);
     ef_run(on, 10);
     job_unref(a);
-    j = pf_job(ids, 200, params);
-    int rows = pf_one(on, j, &r[1]);
-    job_unref(j);
+    int rows = pf_request(on, ids, 200, params, &r[1]);
     cr_assert_eq(r[1].r.end.cached_tokens, 96, "the 3 chunks computed before the cancel (got %d)",
                  r[1].r.end.cached_tokens);
     cr_assert_eq(rows, 200 - 96);
@@ -387,13 +363,9 @@ Test(prefix, scoring_reuses_positions_with_their_scores)
     static const int want_rows[3] = { 180, 31, 180 }; /* the second: positions 149.. (the score of token
                                                       * 150, the first that differs, needs position 149) */
     for (int i = 0; i < 3; i++) {
-        job *j = pf_job(ids[i], 180, params[i]);
-        pf_one(off, j, &r[0]);
-        job_unref(j);
+        pf_request(off, ids[i], 180, params[i], &r[0]);
         cr_assert_geq(r[0].n_pscore[0], 179, "every prompt token echoed with its score");
-        j = pf_job(ids[i], 180, params[i]);
-        int rows = pf_one(on, j, &r[1]);
-        job_unref(j);
+        int rows = pf_request(on, ids[i], 180, params[i], &r[1]);
         cr_assert_eq(rows, want_rows[i], "request %d: %d rows", i, rows);
         pf_assert_same(&r[0], &r[1], 1, "scoring");
     }
