@@ -90,36 +90,35 @@ static int steps_to_first_token(engine *e, decoders *d, job *nj)
     return steps;
 }
 
-/* Defaults of lmserve serve: --prefill-chunk 64 --step-budget 128. */
-Test(first_token, short_prompt_beside_15_decoders_in_one_step)
+/* Engine steps until a prompt of prompt_tokens tokens, submitted while 15 streams
+ * decode, gets its first token.  Defaults of lmserve serve: --prefill-chunk 64
+ * --step-budget 128. */
+static int first_token_beside_15_decoders(int prompt_tokens)
 {
     engine *e = ef_engine(F.m, 16, CTX, 16, 64, 128);
     decoders d;
     start_decoders(e, &d);
     char body[4096];
-    prompt_body(body, sizeof body, 12, 4);
+    prompt_body(body, sizeof body, prompt_tokens, 4);
     job *nj = ef_job(F.m, CTX, JOB_COMPLETION, body);
     cr_assert_eq(engine_submit(e, nj), 0);
     int steps = steps_to_first_token(e, &d, nj);
-    cr_assert_leq(steps, 2, "first token after %d steps", steps);
-    cr_assert_eq(steps, 1, "a 12-token prompt fits the step it is admitted in (%d steps)", steps);
     job_unref(nj);
     end_decoders(e, &d);
+    return steps;
+}
+
+Test(first_token, short_prompt_beside_15_decoders_in_one_step)
+{
+    int steps = first_token_beside_15_decoders(12);
+    cr_assert_leq(steps, 2, "first token after %d steps", steps);
+    cr_assert_eq(steps, 1, "a 12-token prompt fits the step it is admitted in (%d steps)", steps);
 }
 
 Test(first_token, prompt_of_one_full_chunk_beside_15_decoders)
 {
-    engine *e = ef_engine(F.m, 16, CTX, 16, 64, 128);
-    decoders d;
-    start_decoders(e, &d);
-    char body[4096];
-    prompt_body(body, sizeof body, 64, 4);
-    job *nj = ef_job(F.m, CTX, JOB_COMPLETION, body);
-    cr_assert_eq(engine_submit(e, nj), 0);
-    int steps = steps_to_first_token(e, &d, nj);
+    int steps = first_token_beside_15_decoders(64);
     cr_assert_leq(steps, 2, "first token after %d steps", steps);
-    job_unref(nj);
-    end_decoders(e, &d);
 }
 
 /* The slot frees as one stream ends and the next request takes it (a closed-loop
