@@ -37,15 +37,26 @@ def strip(r):
     return r
 
 
-class TestPrefixCache(unittest.TestCase):
+def same_answer(tc, on, off, body):
+    """The same request to a server with the cache (on) and one without (off); the answers
+    must be equal.  Returns (on's, off's)."""
+    st1, a = on.post_json("/v1/completions", body)
+    st2, b = off.post_json("/v1/completions", body)
+    tc.assertEqual((st1, st2), (200, 200), (a, b))
+    tc.assertEqual(strip(a), strip(b), "the cache changed the answer to %s" % json.dumps(body)[:200])
+    return a, b
+
+
+class CacheOnOff(unittest.TestCase):
+    """Two servers started with ARGS, the second with --cache-mb 0 (no test of its own)."""
+    ARGS = []
     on = off = None
 
     @classmethod
     def setUpClass(cls):
         require_model()
-        args = ["--parallel", "16", "--queue", "64", "--max-choices", "8"]
-        cls.on = Server(args)
-        cls.off = Server(args + ["--cache-mb", "0"])
+        cls.on = Server(cls.ARGS)
+        cls.off = Server(cls.ARGS + ["--cache-mb", "0"])
 
     @classmethod
     def tearDownClass(cls):
@@ -55,13 +66,11 @@ class TestPrefixCache(unittest.TestCase):
                 assert rc == 0, "server exit code %s\n%s" % (rc, s.stderr)
 
     def both(self, body):
-        """The same request to both servers; the answers must be equal.  Returns (on, off)."""
-        st1, a = self.on.post_json("/v1/completions", body)
-        st2, b = self.off.post_json("/v1/completions", body)
-        self.assertEqual(st1, 200, a)
-        self.assertEqual(st2, 200, b)
-        self.assertEqual(strip(a), strip(b), "the cache changed the answer to %s" % json.dumps(body)[:200])
-        return a, b
+        return same_answer(self, self.on, self.off, body)
+
+
+class TestPrefixCache(CacheOnOff):
+    ARGS = ["--parallel", "16", "--queue", "64", "--max-choices", "8"]
 
     def test_repeated_prompt_greedy_and_seeded(self):
         for params in ({"temperature": 0}, {"temperature": 0.8, "seed": 424242}):
@@ -174,32 +183,15 @@ class TestPrefixCache(unittest.TestCase):
         self.assertGreater(r["usage"]["prompt_tokens_details"]["cached_tokens"], 0)
 
 
-class TestPastTheWindow(unittest.TestCase):
+class TestPastTheWindow(CacheOnOff):
     """--ctx 32: prompts longer than the window are cropped and every choice slides past
     it (the default context_overflow), so every window is recomputed from position 0;
     what the cache holds is reusable only where a window starts with the same tokens.
     The answers must not change."""
-    on = off = None
-
-    @classmethod
-    def setUpClass(cls):
-        require_model()
-        args = ["--parallel", "4", "--ctx", "32"]
-        cls.on = Server(args)
-        cls.off = Server(args + ["--cache-mb", "0"])
-
-    @classmethod
-    def tearDownClass(cls):
-        for s in (cls.on, cls.off):
-            if s:
-                rc = s.stop()
-                assert rc == 0, "server exit code %s\n%s" % (rc, s.stderr)
+    ARGS = ["--parallel", "4", "--ctx", "32"]
 
     def both(self, body):
-        st1, a = self.on.post_json("/v1/completions", body)
-        st2, b = self.off.post_json("/v1/completions", body)
-        self.assertEqual((st1, st2), (200, 200), (a, b))
-        self.assertEqual(strip(a), strip(b), "the cache changed the answer to %s" % json.dumps(body)[:200])
+        a, b = super().both(body)
         self.assertEqual(a["usage"].get("prompt_tokens_dropped"), b["usage"].get("prompt_tokens_dropped"))
         return a
 
@@ -254,10 +246,7 @@ class TestTinyBudget(unittest.TestCase):
                 for i, suf in enumerate(SUFFIXES[:6]):
                     body = {"prompt": suf + " " + STORY + suf, "max_tokens": 12, "temperature": 0.8,
                             "seed": rnd * 10 + i, "logprobs": 1}
-                    st1, a = on.post_json("/v1/completions", body)
-                    st2, b = off.post_json("/v1/completions", body)
-                    self.assertEqual((st1, st2), (200, 200))
-                    self.assertEqual(strip(a), strip(b))
+                    same_answer(self, on, off, body)
                     m = on.metrics()
                     self.assertLessEqual(m["lmserve_prefix_cache_bytes"], 1 << 20)
             m = on.metrics()
