@@ -18,7 +18,10 @@
  *
  * Where the compiler targets AVX-512 (F, BW, VL, VNNI), decoding one activation row
  * against a packed panel has kernels of its own for the commonest types, which put two
- * weight rows in each 512-bit vector; each row's lanes see the operations above.
+ * weight rows in each 512-bit vector; each row's lanes see the operations above.  So
+ * do batches against a packed panel (Q8_0, Q5_0, Q4_0, Q4_1, Q5_1, Q6_K, serial Q4_K):
+ * up to 4 activation rows x the panel's 8 rows, each weight block unpacked once for
+ * those rows.
  *
  * "Serial" matrices (quant.h) reduce each weight row's per-block integer sums
  * across lanes and 8 rows at once (two rows per 256-bit vector, then three
@@ -819,6 +822,324 @@ static void q6_k_panel_1x8(float *out, const quant_act *a, int r, const uint8_t 
         out[2 * p + 1] = hsum8(hi256(acc[p]));
     }
 }
+
+/* ---- AVX-512: a batch of activation rows against a packed panel -------------------------
+ *
+ * R activation rows (1..4) x the 8 rows of a packed panel.  The weight side of a block (its
+ * bytes made unsigned, its scales unpacked) is done once and reused for the R rows; the
+ * activations' block quants are broadcast from memory (load-port work only).  Per output
+ * element the integers and the float operations are those of lane32, lane_k and
+ * serial_q4_k, in the same order. */
+
+/* The half at byte dpos of each of 8 consecutive blocks of bb bytes, as 8 floats: one
+ * gather of 4 bytes per block, starting with the half (or ending with it when it is the
+ * block's last two bytes, so that nothing past the block is read). */
+AI __m256 group_halves(const uint8_t *g, const int bb, const int dpos)
+{
+    const __m256i idx = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(bb));
+    if (dpos + 4 <= bb)
+        return _mm256_cvtph_ps(_mm256_cvtepi32_epi16(_mm256_i32gather_epi32((const int *)(g + dpos), idx, 1)));
+    __m256i v = _mm256_i32gather_epi32((const int *)(g + dpos - 2), idx, 1);
+    return _mm256_cvtph_ps(_mm256_cvtepi32_epi16(_mm256_srli_epi32(v, 16)));
+}
+
+/* Two rows' 32-weight blocks (b0 in the low half, b1 in the high) as b32_ubytes makes
+ * them: unsigned bytes w + off. */
+AI __m512i b32_ubytes2(const int type, const uint8_t *b0, const uint8_t *b1)
+{
+    if (type == MT_Q8_0) {
+        __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(b0 + 2))),
+                                       _mm256_loadu_si256((const __m256i *)(b1 + 2)), 1);
+        return _mm512_xor_si512(v, _mm512_set1_epi8((char)0x80));
+    }
+    return _mm512_inserti64x4(_mm512_castsi256_si512(b32_ubytes(type, b0)), b32_ubytes(type, b1), 1);
+}
+
+/* [v x 8 | v' x 8] selectors: lanes 0..7 take element 2p, 8..15 element 2p + 1. */
+AI __m512i pair_sel(int p)
+{
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi32(2 * p)), _mm256_set1_epi32(2 * p + 1), 1);
+}
+
+/* 32-weight types in lane arithmetic (Q8_0, Q5_0, Q4_0, Q4_1, Q5_1): R activation rows x
+ * one packed panel (block b of row c at w + (8 b + c) bytes).  Per block, row and lane:
+ * dpbusd(-off sum4(x), w + off, x) (lane32's VNNI integers), acc = fma(d_w d_x, lanes,
+ * acc); Q4_1 / Q5_1 also summs = fma(m_w, s_x, summs) (a vector of the panel's 8 rows,
+ * each lane the scalar fmaf of lane32); at the end ggml's lane tree per row, + summs. */
+AI void lane32_panel(const int type, float *out, size_t ldo, const quant_act *a, int r0, const int R,
+                     const uint8_t *w, int nb)
+{
+    const int bb = b32_bytes_of(type), off = b32_off(type);
+    const int mins = type == MT_Q4_1 || type == MT_Q5_1;
+    const size_t cols = (size_t)a->cols;
+    const int8_t *xq = a->q + (size_t)r0 * cols;
+    const float *xd = a->d + (size_t)r0 * nb;
+    const float *xs = mins ? a->s + (size_t)r0 * nb : NULL;
+    __m512 acc[4][4];
+    __m256 summs[4];
+    for (int r = 0; r < R; r++) {
+        summs[r] = _mm256_setzero_ps();
+        for (int p = 0; p < 4; p++) acc[r][p] = _mm512_setzero_ps();
+    }
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *g = w + (size_t)b * (8 * (size_t)bb);
+        if (QPF)
+            for (int k = 0; k < 8 * bb; k += 64) _mm_prefetch((const char *)g + QPF + k, _MM_HINT_T0);
+        __m512i xv[4], corr[4];
+        for (int r = 0; r < R; r++) {
+            xv[r] = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(xq + (size_t)r * cols + 32 * (size_t)b)));
+            corr[r] = off ? _mm512_sub_epi32(_mm512_setzero_si512(),
+                                             _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8((char)off), xv[r]))
+                          : _mm512_setzero_si512();
+        }
+        __m512 dw16 = _mm512_castps256_ps512(group_halves(g, bb, 0));
+        if (mins) {
+            __m256 mw = group_halves(g, bb, 2);
+            for (int r = 0; r < R; r++)
+                summs[r] = _mm256_fmadd_ps(mw, _mm256_set1_ps(xs[(size_t)r * nb + b]), summs[r]);
+        }
+        for (int p = 0; p < 4; p++) {
+            const uint8_t *b0 = g + (size_t)(2 * p) * bb;
+            __m512i wu = b32_ubytes2(type, b0, b0 + bb);
+            __m512 dp = _mm512_permutexvar_ps(pair_sel(p), dw16);
+            for (int r = 0; r < R; r++) {
+                __m512i s = _mm512_dpbusd_epi32(corr[r], wu, xv[r]);
+                __m512 d = _mm512_mul_ps(dp, _mm512_set1_ps(xd[(size_t)r * nb + b]));
+                acc[r][p] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(s), acc[r][p]);
+            }
+        }
+    }
+    for (int r = 0; r < R; r++) {
+        float sm[8];
+        _mm256_storeu_ps(sm, summs[r]);
+        for (int p = 0; p < 4; p++) {
+            float s0 = hsum8(_mm512_castps512_ps256(acc[r][p])), s1 = hsum8(hi256(acc[r][p]));
+            out[(size_t)r * ldo + 2 * p] = mins ? s0 + sm[2 * p] : s0;
+            out[(size_t)r * ldo + 2 * p + 1] = mins ? s1 + sm[2 * p + 1] : s1;
+        }
+    }
+}
+
+/* Q6_K (lane arithmetic): R activation rows x one packed panel (block b of row c at
+ * w + (8 b + c) 210); per row and lane k_block's integers and lane_k's fma(d_x d_w,
+ * lanes, acc), rows 2p and 2p + 1 of the panel sharing 512-bit vectors. */
+AI void q6_k_panel(float *out, size_t ldo, const quant_act *a, int r0, const int R, const uint8_t *w, int nb)
+{
+    const size_t cols = (size_t)a->cols;
+    const __m512i m4 = _mm512_set1_epi8(0x0F), m3 = _mm512_set1_epi8(3), c12 = _mm512_set1_epi8(12),
+                  c48 = _mm512_set1_epi8(48), cc0 = _mm512_set1_epi8((char)0xC0);
+    /* scales of group gg: int16 lanes 0..7 scale 2gg of the low row, 8..15 scale 2gg + 1,
+     * 16..31 the same of the high row (s16: the two rows' 16 scales) */
+    __m512i gsel[8];
+    for (int gg = 0; gg < 8; gg++) {
+        int16_t t[32];
+        for (int i = 0; i < 32; i++) t[i] = (int16_t)((i / 16) * 16 + 2 * gg + (i % 16) / 8);
+        gsel[gg] = _mm512_loadu_si512(t);
+    }
+    __m512 acc[4][4];
+    for (int r = 0; r < R; r++)
+        for (int p = 0; p < 4; p++) acc[r][p] = _mm512_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *g = w + (size_t)b * (8 * 210);
+        if (QPF)
+            for (int k = 0; k < 8 * 210; k += 64) _mm_prefetch((const char *)g + QPF + k, _MM_HINT_T0);
+        const int8_t *x[4];
+        const int16_t *bsr[4];
+        for (int r = 0; r < R; r++) {
+            x[r] = a->q + (size_t)(r0 + r) * cols + (size_t)b * QK_K;
+            bsr[r] = a->bs + (size_t)(r0 + r) * (cols / 16) + 16 * (size_t)b;
+        }
+        __m512 dw16 = _mm512_castps256_ps512(group_halves(g, 210, 208));
+        for (int p = 0; p < 4; p++) {
+            const uint8_t *b0 = g + (size_t)(2 * p) * 210, *b1 = b0 + 210;
+#define PAIR256(off)                                                                                     \
+    _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(b0 + (off)))), \
+                       _mm256_loadu_si256((const __m256i *)(b1 + (off))), 1)
+            __m512i s16 = _mm512_cvtepi8_epi16(_mm256_inserti128_si256(
+                _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(b0 + 192))),
+                _mm_loadu_si128((const __m128i *)(b1 + 192)), 1));
+            __m512i q[8], sc[8];
+            for (int n = 0; n < 2; n++) {
+                __m512i l1 = PAIR256(64 * n), l2 = PAIR256(64 * n + 32), hb = PAIR256(128 + 32 * n);
+                q[4 * n + 0] = _mm512_or_si512(_mm512_and_si512(l1, m4), _mm512_slli_epi16(_mm512_and_si512(hb, m3), 4));
+                q[4 * n + 1] = _mm512_or_si512(_mm512_and_si512(l2, m4), _mm512_slli_epi16(_mm512_and_si512(hb, c12), 2));
+                q[4 * n + 2] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l1, 4), m4), _mm512_and_si512(hb, c48));
+                q[4 * n + 3] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l2, 4), m4),
+                                               _mm512_srli_epi16(_mm512_and_si512(hb, cc0), 2));
+            }
+#undef PAIR256
+            for (int k = 0; k < 8; k++) sc[k] = _mm512_permutexvar_epi16(gsel[k], s16);
+            __m512 dp = _mm512_permutexvar_ps(pair_sel(p), dw16);
+            for (int r = 0; r < R; r++) {
+                __m512i lanes = _mm512_setzero_si512();
+                for (int k = 0; k < 8; k++) {
+                    __m512i xv = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(x[r] + 32 * k)));
+                    lanes = _mm512_dpwssd_epi32(lanes, _mm512_maddubs_epi16(q[k], xv), sc[k]);
+                }
+                __m512i bsv = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)bsr[r]));
+                lanes = _mm512_sub_epi32(lanes, _mm512_slli_epi32(_mm512_madd_epi16(bsv, s16), 5));
+                __m512 d = _mm512_mul_ps(_mm512_set1_ps(a->d[(size_t)(r0 + r) * nb + b]), dp);
+                acc[r][p] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(lanes), acc[r][p]);
+            }
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int p = 0; p < 4; p++) {
+            out[(size_t)r * ldo + 2 * p] = hsum8(_mm512_castps512_ps256(acc[r][p]));
+            out[(size_t)r * ldo + 2 * p + 1] = hsum8(hi256(acc[r][p]));
+        }
+}
+
+/* Q4_K serial: R activation rows x one packed panel (block b of row c at w + (8 b + c)
+ * 144).  Per super-block and row serial_q4_k's two integers (isum, imin) and its
+ * fma(isum, d_w d_x, acc), fma(imin, dmin_w d_x, accm), out = acc - accm.  The weights'
+ * nibbles and scales are unpacked once (as in q4_k_panel_1x8) and reused for the R rows;
+ * x is arranged per row to match. */
+AI void q4_k_panel(float *out, size_t ldo, const quant_act *a, int r0, const int R, const uint8_t *w, int nb)
+{
+    const size_t cols = (size_t)a->cols;
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    const __mmask64 even = 0x5555555555555555ull;
+    static const int lo_of[4] = { 0, 1, 4, 5 };
+    /* byte selectors: for row L of a quad and vector k (sub-blocks (0, 2), (1, 3), (4, 6),
+     * (5, 7)), int16 lanes 0..15 take scale byte lo_of[k] of lane L, lanes 16..31 that + 2 */
+    __m512i sel[4][4], msel;
+    {
+        uint8_t t[64];
+        for (int L = 0; L < 4; L++)
+            for (int k = 0; k < 4; k++) {
+                for (int i = 0; i < 64; i++) t[i] = (uint8_t)(16 * L + lo_of[k] + (i >= 32 ? 2 : 0));
+                sel[L][k] = _mm512_loadu_si512(t);
+            }
+        for (int i = 0; i < 64; i++) t[i] = (uint8_t)((i / 16) * 16 + 8 + (i % 16) / 2); /* mins as int16 */
+        msel = _mm512_loadu_si512(t);
+    }
+    const __m512i first = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 0, 0, 0, 0, 0, 0, 0);
+    __m256 acc[4], accm[4];
+    for (int r = 0; r < R; r++) acc[r] = accm[r] = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *g = w + (size_t)b * (8 * 144);
+        if (QPF)
+            for (int k = 0; k < 8 * 144; k += 64) _mm_prefetch((const char *)g + QPF + k, _MM_HINT_T0);
+        __m512i xs[4][4];
+        __m512i q8s[4];
+        for (int r = 0; r < R; r++) {
+            const int8_t *x = a->q + (size_t)(r0 + r) * cols + (size_t)b * QK_K;
+            for (int k = 0; k < 4; k++) /* [x of sub-block lo_of[k] | lo_of[k] + 2] */
+                xs[r][k] = _mm512_inserti64x4(
+                    _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(x + 32 * lo_of[k]))),
+                    _mm256_loadu_si256((const __m256i *)(x + 32 * (lo_of[k] + 2))), 1);
+            const int16_t *bsr = a->bs + (size_t)(r0 + r) * (cols / 16) + 16 * (size_t)b;
+            __m256i bsv = _mm256_loadu_si256((const __m256i *)bsr);
+            q8s[r] = _mm512_broadcast_i32x4(
+                _mm_hadd_epi16(_mm256_castsi256_si128(bsv), _mm256_extracti128_si256(bsv, 1)));
+        }
+        __m512i hd[2], sm[2], mins16[2];
+        for (int h = 0; h < 2; h++) {
+            const uint8_t *g4 = g + (size_t)(4 * h) * 144;
+            __m512i v = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)g4));
+            v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(g4 + 144)), 1);
+            v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(g4 + 288)), 2);
+            hd[h] = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(g4 + 432)), 3);
+            sm[h] = k4_headers_decode(hd[h]);
+            mins16[h] = _mm512_maskz_permutexvar_epi8(even, msel, sm[h]);
+        }
+        __m256i imin[4];
+        for (int r = 0; r < R; r++) {
+            __m512i mm[2];
+            for (int h = 0; h < 2; h++) {
+                __m512i m = _mm512_madd_epi16(mins16[h], q8s[r]);
+                m = _mm512_add_epi32(m, _mm512_shuffle_epi32(m, (_MM_PERM_ENUM)0x4E));
+                mm[h] = _mm512_add_epi32(m, _mm512_shuffle_epi32(m, (_MM_PERM_ENUM)0xB1));
+            }
+            imin[r] = _mm512_castsi512_si256(_mm512_permutex2var_epi32(mm[0], first, mm[1]));
+        }
+        __m512i z[4][8];
+        for (int c = 0; c < 8; c++) {
+            const uint8_t *qs = g + (size_t)c * 144 + 16;
+            __m512i A = _mm512_loadu_si512(qs), B = _mm512_loadu_si512(qs + 64);
+            __m512i nib[4] = { _mm512_and_si512(A, m4), _mm512_and_si512(_mm512_srli_epi16(A, 4), m4),
+                               _mm512_and_si512(B, m4), _mm512_and_si512(_mm512_srli_epi16(B, 4), m4) };
+            __m512i sc[4];
+            for (int k = 0; k < 4; k++) sc[k] = _mm512_maskz_permutexvar_epi8(even, sel[c % 4][k], sm[c / 4]);
+            for (int r = 0; r < R; r++) {
+                __m512i acc32 = _mm512_setzero_si512();
+                for (int k = 0; k < 4; k++)
+                    acc32 = _mm512_dpwssd_epi32(acc32, _mm512_maddubs_epi16(nib[k], xs[r][k]), sc[k]);
+                z[r][c] = acc32;
+            }
+        }
+        __m256i dd = _mm512_castsi512_si256(_mm512_permutex2var_epi32(hd[0], first, hd[1])); /* d | dmin << 16 */
+        __m256 dw = _mm256_cvtph_ps(_mm256_cvtepi32_epi16(dd));
+        __m256 mw = _mm256_cvtph_ps(_mm256_cvtepi32_epi16(_mm256_srli_epi32(dd, 16)));
+        for (int r = 0; r < R; r++) {
+            __m256i isum = hsum16x8(z[r]);
+            __m256 dx = _mm256_set1_ps(a->d[(size_t)(r0 + r) * nb + b]);
+            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(dw, dx), acc[r]);
+            accm[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(imin[r]), _mm256_mul_ps(mw, dx), accm[r]);
+        }
+    }
+    for (int r = 0; r < R; r++) _mm256_storeu_ps(out + (size_t)r * ldo, _mm256_sub_ps(acc[r], accm[r]));
+}
+
+/* One register block of R activation rows x a packed panel, if the type has a batched
+ * AVX-512 kernel (returns 0 otherwise). */
+static int block_panel(int type, int serial, float *out, size_t ldo, const quant_act *a, int r0, int R,
+                       const uint8_t *w, int nb)
+{
+#define BY_R(CALL)          \
+    do {                    \
+        if (R == 4)         \
+            CALL(4);        \
+        else if (R == 3)    \
+            CALL(3);        \
+        else if (R == 2)    \
+            CALL(2);        \
+        else                \
+            CALL(1);        \
+    } while (0)
+#define C_L32(RR) lane32_panel(type_c, out, ldo, a, r0, RR, w, nb)
+#define C_Q6K(RR) q6_k_panel(out, ldo, a, r0, RR, w, nb)
+#define C_Q4K(RR) q4_k_panel(out, ldo, a, r0, RR, w, nb)
+    if (serial) {
+        if (type != MT_Q4_K) return 0;
+        BY_R(C_Q4K);
+        return 1;
+    }
+    switch (type) {
+    case MT_Q8_0: {
+        const int type_c = MT_Q8_0;
+        BY_R(C_L32);
+        return 1;
+    }
+    case MT_Q5_0: {
+        const int type_c = MT_Q5_0;
+        BY_R(C_L32);
+        return 1;
+    }
+    case MT_Q4_0: {
+        const int type_c = MT_Q4_0;
+        BY_R(C_L32);
+        return 1;
+    }
+    case MT_Q4_1: {
+        const int type_c = MT_Q4_1;
+        BY_R(C_L32);
+        return 1;
+    }
+    case MT_Q5_1: {
+        const int type_c = MT_Q5_1;
+        BY_R(C_L32);
+        return 1;
+    }
+    case MT_Q6_K: BY_R(C_Q6K); return 1;
+    default: return 0;
+    }
+#undef C_Q4K
+#undef C_Q6K
+#undef C_L32
+#undef BY_R
+}
 #endif /* QUANT_AVX512 */
 
 /* ---- Drivers ----------------------------------------------------------------------------- */
@@ -930,6 +1251,12 @@ void quant_matmul_rows(float *out, size_t ldo, const quant_act *a, int n_rows, c
                         continue;
                     }
 #endif
+#ifdef QUANT_AVX512
+                    if (j < full && block_panel(type, 1, o, ldo, a, r, R, wj, nb)) {
+                        r += R;
+                        continue;
+                    }
+#endif
                     block_serial(type, o, ldo, a, r, R, wj, rs, bs, nb);
                 } else if (group == 8 && re - rb == 1) {
 #ifdef QUANT_AVX512
@@ -946,6 +1273,12 @@ void quant_matmul_rows(float *out, size_t ldo, const quant_act *a, int n_rows, c
 #endif
                     block_lane(type, o, ldo, a, r, 1, wj, rs, bs, nb, 8);
                 } else if (group == 8) { /* a panel against a batch: its two halves */
+#ifdef QUANT_AVX512
+                    if (j < full && block_panel(type, 0, o, ldo, a, r, R, wj, nb)) {
+                        r += R;
+                        continue;
+                    }
+#endif
                     block_lane(type, o, ldo, a, r, R, wj, rs, bs, nb, 4);
                     block_lane(type, o + 4, ldo, a, r, R, wj + 4 * rs, rs, bs, nb, 4);
                 } else {

@@ -14,6 +14,10 @@
  *    block, 1..9 activation rows, 1 and 2 threads; a row's result is the same alone and
  *    inside any batch; a matrix packed in 8-row panels (quant_pack) gives the same
  *    outputs and rows.
+ *  - every_batch_size_equals_one_row_and_the_statement: 2..70 activation rows against
+ *    packed matrices with and without a row-major tail, every type: each output equals
+ *    the row decoded alone and quant_dot_ref, bit for bit (the batched kernels' register
+ *    blocks of 1..4 rows and the 64-row passes).
  *  - dot_against_double: each output against sum_k w_k x_k in double over the
  *    dequantized weights and the unquantized activations.  Tolerance per output:
  *      |out - exact| <= sum_k |w_k| e_k + 1e-5 S + M
@@ -327,6 +331,69 @@ Test(quant, kernels_equal_the_portable_statement)
             free(y1);
         }
     }
+    model_pool_free(pool);
+}
+
+/* Every batch size from 2 to 70 rows (the batched kernels' register blocks of 1..4 rows,
+ * and past the 64-row pass over a task's weights), against a matrix packed in 8-row panels
+ * with a row-major tail and one without a tail (serial Q4_0 / Q4_K): each output equals
+ * the same row decoded alone and quant_dot_ref, bit for bit. */
+Test(quant, every_batch_size_equals_one_row_and_the_statement)
+{
+    model_pool *pool = model_pool_new(2);
+    cr_assert_not_null(pool);
+    const int NMAX = 70, K = 512;
+    const int shapes[] = { 24, 19 };
+    float *x = malloc((size_t)NMAX * K * 4);
+    cr_assert_not_null(x);
+    gen_matrix(x, NMAX, K, 4242);
+    for (int ti = 0; ti < N_TYPES; ti++) {
+        int t = all_types[ti];
+        for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+            int R = shapes[si];
+            uint8_t *q = make_weights(t, R, K, 555 + (uint64_t)ti * 10 + si, NULL);
+            mtensor w = { .data = q, .type = t, .rows = R, .cols = K }, wp;
+            uint8_t *pk = malloc(mtensor_row_bytes(t, K) * (size_t)R);
+            float *ref = malloc((size_t)NMAX * R * 4), *one = malloc((size_t)NMAX * R * 4),
+                  *y = malloc((size_t)NMAX * R * 4);
+            cr_assert(pk && ref && one && y);
+            quant_pack(&w, pk, &wp);
+            cr_assert_eq(wp.panel, QUANT_PANEL);
+            int fmt = quant_act_format(t);
+            void *abuf = malloc(quant_act_bytes(fmt, K, NMAX));
+            cr_assert_not_null(abuf);
+            quant_act a;
+            quant_act_init(&a, fmt, K, NMAX, abuf);
+            quant_act_rows(&a, x, 0, NMAX);
+            for (int r = 0; r < NMAX; r++) {
+                kernel_matmul(NULL, one + (size_t)r * R, x + (size_t)r * K, 1, &wp);
+                for (int j = 0; j < R; j++) ref[(size_t)r * R + j] = quant_dot_ref(&a, r, &wp, j);
+            }
+            cr_assert(memcmp(one, ref, (size_t)NMAX * R * 4) == 0, "%s %dx%d: one row differs from the statement",
+                      quant_type_name(t), R, K);
+            /* every type and shape is checked (a failure names its first differing output) */
+            int bad = 0, bn = 0, bi = 0;
+            float bv = 0.0f;
+            for (int n = 2; n <= NMAX; n++) {
+                kernel_matmul(n % 3 ? pool : NULL, y, x, n, &wp);
+                for (int i = 0; i < n * R; i++)
+                    if (memcmp(&y[i], &ref[i], 4) != 0 && bad++ == 0) {
+                        bn = n;
+                        bi = i;
+                        bv = y[i];
+                    }
+            }
+            cr_expect_eq(bad, 0, "%s %dx%d packed: %d outputs differ; first: %d rows, out[%d][%d] = %a, one row alone %a",
+                         quant_type_name(t), R, K, bad, bn, bi / R, bi % R, (double)bv, (double)ref[bi]);
+            free(abuf);
+            free(q);
+            free(pk);
+            free(ref);
+            free(one);
+            free(y);
+        }
+    }
+    free(x);
     model_pool_free(pool);
 }
 
