@@ -844,7 +844,9 @@ AI __m256 group_halves(const uint8_t *g, const int bb, const int dpos)
 }
 
 /* Two rows' 32-weight blocks (b0 in the low half, b1 in the high) as b32_ubytes makes
- * them: unsigned bytes w + off. */
+ * them: unsigned bytes w + off.  Nibble types: the two rows' 16 bytes each become
+ * [n0 | n0 | n1 | n1] (128-bit lanes), shifted right by 0 / 4 per lane and masked; the
+ * fifth bits of both rows (Q5_0, Q5_1) are one 64-bit mask adding 16 to their bytes. */
 AI __m512i b32_ubytes2(const int type, const uint8_t *b0, const uint8_t *b1)
 {
     if (type == MT_Q8_0) {
@@ -852,7 +854,20 @@ AI __m512i b32_ubytes2(const int type, const uint8_t *b0, const uint8_t *b1)
                                        _mm256_loadu_si256((const __m256i *)(b1 + 2)), 1);
         return _mm512_xor_si512(v, _mm512_set1_epi8((char)0x80));
     }
-    return _mm512_inserti64x4(_mm512_castsi256_si512(b32_ubytes(type, b0)), b32_ubytes(type, b1), 1);
+    const int qo = type == MT_Q4_0 ? 2 : type == MT_Q4_1 ? 4 : type == MT_Q5_0 ? 6 : 8;
+    __m256i t = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(b0 + qo))),
+                                        _mm_loadu_si128((const __m128i *)(b1 + qo)), 1);
+    __m512i z = _mm512_castsi256_si512(t);
+    __m512i u = _mm512_and_si512(_mm512_srlv_epi64(_mm512_shuffle_i64x2(z, z, 0x50), _mm512_set_epi64(4, 4, 0, 0, 4, 4, 0, 0)),
+                                 _mm512_set1_epi8(0x0F));
+    if (type == MT_Q5_0 || type == MT_Q5_1) {
+        const int ho = type == MT_Q5_0 ? 2 : 4;
+        uint32_t h0, h1;
+        memcpy(&h0, b0 + ho, 4);
+        memcpy(&h1, b1 + ho, 4);
+        u = _mm512_mask_add_epi8(u, _cvtu64_mask64((uint64_t)h0 | (uint64_t)h1 << 32), u, _mm512_set1_epi8(16));
+    }
+    return u;
 }
 
 /* [v x 8 | v' x 8] selectors: lanes 0..7 take element 2p, 8..15 element 2p + 1. */
