@@ -392,36 +392,46 @@ static inline __attribute__((always_inline)) float dot_ggml(const float *q, cons
  * sum16_ggml.  The 64 chains live in a buffer (64 x hd floats, L1-resident for the
  * usual head sizes) so that V is still read in position order. */
 #define ATT_CHAIN_HD 128 /* head sizes up to this (multiples of 8) take the vector path */
+#ifdef KERNEL_AVX2
+static const float att_zero[ATT_CHAIN_HD] __attribute__((aligned(32)));
+/* a[0..hd) = fma(pt, v_t, FIRST ? 0 : a) (one position into its chain). */
+static inline __attribute__((always_inline)) void chain_step(float *a, float pt, const void *v, int t, int hd,
+                                                             const int F16, const int FIRST)
+{
+    __m256 pv = _mm256_set1_ps(pt);
+    for (int i = 0; i < hd; i += 8) {
+        size_t e = (size_t)t * hd + i;
+        __m256 vv = F16 ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)v + e)))
+                        : _mm256_loadu_ps((const float *)v + e);
+        _mm256_store_ps(a + i, _mm256_fmadd_ps(pv, vv, FIRST ? _mm256_setzero_ps() : _mm256_load_ps(a + i)));
+    }
+}
+#endif
 static inline __attribute__((always_inline)) void attend_v(float *out, const float *p, const void *v, int n, int hd,
                                                            const int F16)
 {
 #ifdef KERNEL_AVX2
     if (hd % 8 == 0 && hd <= ATT_CHAIN_HD) {
         float c[64 * ATT_CHAIN_HD] __attribute__((aligned(32)));
-        int used = n < 64 ? n : 64; /* chains that get a position; the others stay 0 */
-        memset(c, 0, (size_t)used * hd * sizeof(float));
-        for (int t = 0; t < n; t++) {
-            float *a = c + (size_t)(t & 63) * hd;
-            __m256 pv = _mm256_set1_ps(p[t]);
-            for (int i = 0; i < hd; i += 8) {
-                size_t e = (size_t)t * hd + i;
-                __m256 vv = F16 ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)v + e)))
-                                : _mm256_loadu_ps((const float *)v + e);
-                _mm256_store_ps(a + i, _mm256_fmadd_ps(pv, vv, _mm256_load_ps(a + i)));
-            }
-        }
-        if (used < 64) memset(c + (size_t)used * hd, 0, (size_t)(64 - used) * hd * sizeof(float));
+        int used = n < 64 ? n : 64; /* chains that get a position */
+        /* A chain's first position is fma(p, v, 0), written without reading the chain
+         * (so the chains need no zeroing); later ones add to what is there. */
+        int t = 0;
+        for (; t < used; t++) chain_step(c + (size_t)t * hd, p[t], v, t, hd, F16, 1);
+        for (; t < n; t++) chain_step(c + (size_t)(t & 63) * hd, p[t], v, t, hd, F16, 0);
+        /* chains no position reached (a context shorter than 64) are read as zeros
+         * from att_zero instead: the same +0 operands without zeroing them */
+        const float *ch[64];
+        for (int l = 0; l < 64; l++) ch[l] = l < used ? c + (size_t)l * hd : att_zero;
         for (int i = 0; i < hd; i += 8) { /* 8 output elements at once */
             __m256 h[8];
             for (int l = 0; l < 8; l++) {
-                __m256 lo = _mm256_add_ps(_mm256_add_ps(_mm256_load_ps(c + (size_t)l * hd + i),
-                                                        _mm256_load_ps(c + (size_t)(l + 32) * hd + i)),
-                                          _mm256_add_ps(_mm256_load_ps(c + (size_t)(l + 16) * hd + i),
-                                                        _mm256_load_ps(c + (size_t)(l + 48) * hd + i)));
-                __m256 hi = _mm256_add_ps(_mm256_add_ps(_mm256_load_ps(c + (size_t)(l + 8) * hd + i),
-                                                        _mm256_load_ps(c + (size_t)(l + 40) * hd + i)),
-                                          _mm256_add_ps(_mm256_load_ps(c + (size_t)(l + 24) * hd + i),
-                                                        _mm256_load_ps(c + (size_t)(l + 56) * hd + i)));
+                __m256 lo =
+                    _mm256_add_ps(_mm256_add_ps(_mm256_load_ps(ch[l] + i), _mm256_load_ps(ch[l + 32] + i)),
+                                  _mm256_add_ps(_mm256_load_ps(ch[l + 16] + i), _mm256_load_ps(ch[l + 48] + i)));
+                __m256 hi =
+                    _mm256_add_ps(_mm256_add_ps(_mm256_load_ps(ch[l + 8] + i), _mm256_load_ps(ch[l + 40] + i)),
+                                  _mm256_add_ps(_mm256_load_ps(ch[l + 24] + i), _mm256_load_ps(ch[l + 56] + i)));
                 h[l] = _mm256_add_ps(lo, hi); /* sum16_ggml's first step: lane l + lane l + 8 */
             }
             for (int l = 0; l < 4; l++) h[l] = _mm256_add_ps(h[l], h[l + 4]);
