@@ -902,7 +902,7 @@ typedef struct {
     const float *x;
     int n_rows, cols;
     quant_act act[QACT_COUNT]; /* x quantized in each format some job needs (quant.h) */
-    int chunk[MAX_JOBS];       /* W rows per task, per job (even) */
+    int unit[MAX_JOBS];        /* per job: tasks start at multiples of this many W rows */
     int first[MAX_JOBS + 1];   /* first task of each job */
     int swiglu;                /* jobs (w1, w3): a task does both for its rows, then the gate */
 } mm_ctx;
@@ -1008,8 +1008,12 @@ static void mm_task(void *arg, int task, int n_tasks)
     while (task >= c->first[jb + 1]) jb++;
     const kernel_job *job = &c->jobs[jb];
     int rows = job->w->rows;
-    int j0 = (task - c->first[jb]) * c->chunk[jb];
-    int j1 = j0 + c->chunk[jb] < rows ? j0 + c->chunk[jb] : rows;
+    /* the job's units (of unit rows, the last maybe partial) split as evenly as whole
+     * units allow over its tasks */
+    long u = c->unit[jb], nu = (rows + u - 1) / u, k = task - c->first[jb], nk = c->first[jb + 1] - c->first[jb];
+    int j0 = (int)(u * (k * nu / nk));
+    int j1 = (int)(u * ((k + 1) * nu / nk));
+    if (j1 > rows) j1 = rows;
     mm_rows(c, job, j0, j1);
     if (c->swiglu) { /* the same rows of w3, then g = silu(g) * u on them, in every x row */
         mm_rows(c, &c->jobs[1], j0, j1);
@@ -1053,9 +1057,17 @@ static void matmul_group(model_pool *pool, const kernel_job *jobs, int n_jobs, c
         if (ch < 8) ch = 8;
         /* whole register blocks: pairs of 16-row panels, or 8 rows (the quantized
          * kernels take weight rows 8 at a time) */
-        ch = w->panel ? (ch + 2 * KERNEL_PANEL - 1) / (2 * KERNEL_PANEL) * (2 * KERNEL_PANEL) : (ch + 7) & ~(size_t)7;
-        c.chunk[i] = (int)ch;
-        c.first[i + 1] = c.first[i] + (int)(((size_t)w->rows + ch - 1) / ch);
+        size_t unit = w->panel == KERNEL_PANEL ? 2 * KERNEL_PANEL : 8;
+        ch = (ch + unit - 1) / unit * unit;
+        /* as many tasks as chunks of that size, rounded up to a multiple of the
+         * threads and spread evenly (mm_task): equal tasks end together, where
+         * uneven ones leave a thread idle at the dispatch's end (e.g. 13 tasks of a
+         * gate/up pair on 2 threads) */
+        size_t nu = ((size_t)w->rows + unit - 1) / unit, ntask = ((size_t)w->rows + ch - 1) / ch;
+        if (nt > 1) ntask = (ntask + nt - 1) / nt * nt;
+        if (ntask > nu) ntask = nu;
+        c.unit[i] = (int)unit;
+        c.first[i + 1] = c.first[i] + (int)ntask;
     }
     /* swiglu: the tasks of the first job also run the second's same rows */
     model_pool_run(pool, mm_task, &c, c.first[swiglu ? 1 : n_jobs]);
