@@ -59,52 +59,97 @@ typedef struct {
     int rope; /* 1: RoPE on q and k first (llama); 0: none (gpt2) */
 } attn_ctx;
 
-/* One (item, kv head): (with c->rope, RoPE on the item's rows of that kv head's k
- * and of its q heads, then) k, v of those rows into the cache; then every query
- * row of the item for each of those q heads.  Doing the RoPE and the cache store
- * here instead of in a step of their own saves one pool barrier per layer; each
- * element gets the same operations either way. */
+/* (With c->rope, RoPE on) the k rows of item's kv head kvh, then those k and v rows
+ * into the item's cache. */
+static void attn_store(const attn_ctx *c, int item, int kvh)
+{
+    const model_info *in = &c->m->info;
+    const fwd_batch *b = c->b;
+    fwd_scratch *sc = c->sc;
+    size_t kvd = (size_t)in->n_kv_heads * in->head_dim;
+    int rd = c->rope ? forward_rope_dim(in) : 0;
+    for (int r = b->row0[item]; r < b->row0[item + 1]; r++) {
+        if (c->rope)
+            rope_row(sc->k + r * kvd + (size_t)kvh * in->head_dim, 1, in->head_dim, rd, c->m->rope_neox,
+                     sc->rope + (size_t)b->pos[r] * (rd / 2) * 2);
+        store_kv_head(in, sc, b->items[item].seq, c->layer, r, b->pos[r], kvh);
+    }
+}
+
+/* (With c->rope, RoPE on) q head h of item's rows, then each of those query rows
+ * attends over the cache (whose new rows attn_store has stored); sc_buf: scores. */
+static void attn_head(const attn_ctx *c, int item, int h, float *sc_buf)
+{
+    const model_info *in = &c->m->info;
+    int hd = in->head_dim, kvh = h / (in->n_heads / in->n_kv_heads);
+    const fwd_batch *b = c->b;
+    model_seq *s = b->items[item].seq;
+    fwd_scratch *sc = c->sc;
+    float inv = 1.0f / sqrtf((float)hd);
+    size_t qd = (size_t)in->n_heads * hd;
+    int rd = c->rope ? forward_rope_dim(in) : 0;
+    if (c->rope)
+        for (int r = b->row0[item]; r < b->row0[item + 1]; r++)
+            rope_row(sc->q + r * qd + (size_t)h * hd, 1, hd, rd, c->m->rope_neox,
+                     sc->rope + (size_t)b->pos[r] * (rd / 2) * 2);
+    const void *kbase = seq_k(s, c->layer, kvh, 0), *vbase = seq_v(s, c->layer, kvh, 0);
+    for (int r = b->row0[item]; r < b->row0[item + 1]; r++) {
+        const float *q = sc->q + r * qd + (size_t)h * hd;
+        float *out = sc->att + r * qd + (size_t)h * hd;
+        if (s->kv_f16)
+            kernel_attend_f16(out, q, kbase, vbase, b->pos[r] + 1, hd, inv, sc_buf);
+        else
+            kernel_attend(out, q, kbase, vbase, b->pos[r] + 1, hd, inv, sc_buf);
+    }
+}
+
+/* One (item, kv head): its K/V rows into the cache, then its q heads.  Doing the
+ * RoPE and the cache store here instead of in a step of their own saves one pool
+ * barrier per layer; each element gets the same operations either way. */
 static void attn_task(void *arg, int task, int n_tasks)
 {
     (void)n_tasks;
     const attn_ctx *c = arg;
     const model_info *in = &c->m->info;
-    int nh = in->n_heads, nkv = in->n_kv_heads, hd = in->head_dim, group = nh / nkv;
+    int nkv = in->n_kv_heads, group = in->n_heads / nkv;
     int item = task / nkv, kvh = task % nkv;
-    const fwd_batch *b = c->b;
-    model_seq *s = b->items[item].seq;
-    fwd_scratch *sc = c->sc;
-    float *sc_buf = sc->scores + (size_t)task * b->max_len;
-    float inv = 1.0f / sqrtf((float)hd);
-    size_t qd = (size_t)nh * hd, kvd = (size_t)nkv * hd;
-    int rd = c->rope ? forward_rope_dim(in) : 0;
-    for (int r = b->row0[item]; r < b->row0[item + 1]; r++) {
-        if (c->rope) {
-            const float *cs = sc->rope + (size_t)b->pos[r] * (rd / 2) * 2;
-            for (int g = 0; g < group; g++)
-                rope_row(sc->q + r * qd + (size_t)(kvh * group + g) * hd, 1, hd, rd, c->m->rope_neox, cs);
-            rope_row(sc->k + r * kvd + (size_t)kvh * hd, 1, hd, rd, c->m->rope_neox, cs);
-        }
-        store_kv_head(in, sc, s, c->layer, r, b->pos[r], kvh);
-    }
-    const void *kbase = seq_k(s, c->layer, kvh, 0), *vbase = seq_v(s, c->layer, kvh, 0);
-    for (int g = 0; g < group; g++) {
-        int h = kvh * group + g;
-        for (int r = b->row0[item]; r < b->row0[item + 1]; r++) {
-            const float *q = sc->q + r * qd + (size_t)h * hd;
-            float *out = sc->att + r * qd + (size_t)h * hd;
-            if (s->kv_f16)
-                kernel_attend_f16(out, q, kbase, vbase, b->pos[r] + 1, hd, inv, sc_buf);
-            else
-                kernel_attend(out, q, kbase, vbase, b->pos[r] + 1, hd, inv, sc_buf);
-        }
-    }
+    attn_store(c, item, kvh);
+    for (int g = 0; g < group; g++) attn_head(c, item, kvh * group + g, c->sc->scores + (size_t)task * c->b->max_len);
+}
+
+static void store_task(void *arg, int task, int n_tasks)
+{
+    (void)n_tasks;
+    const attn_ctx *c = arg;
+    attn_store(c, task / c->m->info.n_kv_heads, task % c->m->info.n_kv_heads);
+}
+
+static void head_task(void *arg, int task, int n_tasks)
+{
+    (void)n_tasks;
+    const attn_ctx *c = arg;
+    attn_head(c, task / c->m->info.n_heads, task % c->m->info.n_heads, c->sc->scores + (size_t)task * c->b->max_len);
 }
 
 void forward_attention(model *m, fwd_scratch *sc, const fwd_batch *b, int layer, int rope)
 {
     attn_ctx c = { m, sc, b, layer, rope };
-    model_pool_run(m->pool, attn_task, &c, b->n_items * m->info.n_kv_heads);
+    int nkv = m->info.n_kv_heads, group = m->info.n_heads / nkv, nt = model_pool_size(m->pool);
+    int n_kv_tasks = b->n_items * nkv;
+    if (group == 1 || n_kv_tasks % nt == 0) {
+        model_pool_run(m->pool, attn_task, &c, n_kv_tasks);
+        return;
+    }
+    /* Grouped-query attention whose (item, kv head) tasks do not split evenly over
+     * the threads (e.g. 5 kv heads of 3 q heads each on 2 threads: one thread would
+     * run 9 heads, the other 6): the cache stores first, then a task per q head.
+     * A single decoding row stores inline (a few hundred elements: cheaper than a
+     * pool barrier); more rows take a dispatch of their own. */
+    if (b->n_rows <= 2)
+        for (int t = 0; t < n_kv_tasks; t++) store_task(&c, t, n_kv_tasks);
+    else
+        model_pool_run(m->pool, store_task, &c, n_kv_tasks);
+    model_pool_run(m->pool, head_task, &c, b->n_items * m->info.n_heads);
 }
 
 void forward_logits(model *m, fwd_scratch *sc, const fwd_batch *b)

@@ -75,16 +75,16 @@ static void run_schedule(fx_model *f, const int32_t toks[NSEQ][LEN], float *out,
     }
 }
 
-static void check_type_kv(int type, int kv_f16)
+static void check_shape(const fx_shape *sh, int type, int kv_f16)
 {
-    int V = SHAPE.vocab;
+    int V = sh->vocab;
     int32_t toks[NSEQ][LEN];
     for (int s = 0; s < NSEQ; s++) fx_tokens(toks[s], LEN, V, 100 + s);
     toks[1][0] = toks[0][0]; /* two sequences sharing a first token */
     size_t n = (size_t)NSEQ * LEN * V;
     float *base = malloc(n * 4), *got = malloc(n * 4);
-    fx_model *f1 = fx_model_new(&SHAPE, type, 77, 1);
-    fx_model *f2 = fx_model_new(&SHAPE, type, 77, 2);
+    fx_model *f1 = fx_model_new(sh, type, 77, 1);
+    fx_model *f2 = fx_model_new(sh, type, 77, 2);
     cr_assert_eq(model_set_kv_f16(&f1->m, kv_f16), 0);
     cr_assert_eq(model_set_kv_f16(&f2->m, kv_f16), 0);
     run_schedule(f1, toks, base, 0, 1); /* alone, token by token, 1 thread */
@@ -125,6 +125,7 @@ static void check_type_kv(int type, int kv_f16)
     free(got);
 }
 
+static void check_type_kv(int type, int kv_f16) { check_shape(&SHAPE, type, kv_f16); }
 static void check_type(int type) { check_type_kv(type, 0); }
 
 Test(batch, f32_bit_identical) { check_type(MT_F32); }
@@ -138,6 +139,19 @@ Test(batch, kv_type_rejects_other_values)
     cr_assert_eq(model_set_kv_f16(&f->m, 2), MODEL_EINVAL);
     cr_assert_eq(model_set_kv_f16(NULL, 1), MODEL_EINVAL);
     fx_model_free(f);
+}
+/* grouped-query attention with an odd number of kv heads (3, of 2 q heads each): on 2
+ * threads the (item, kv head) tasks do not split evenly, so odd batches store the
+ * cache first (inline for one row, as a dispatch for more) and then run a task per q
+ * head; the bits must not change */
+Test(batch, gqa_odd_kv_heads_bit_identical)
+{
+    fx_shape sh = SHAPE;
+    sh.dim = 96;
+    sh.heads = 6;
+    sh.kv_heads = 3;
+    check_shape(&sh, MT_F32, 0);
+    check_shape(&sh, MT_Q8_0, 1);
 }
 Test(batch, f16_bit_identical) { check_type(MT_F16); }
 Test(batch, bf16_bit_identical) { check_type(MT_BF16); }
