@@ -1229,6 +1229,40 @@ static void block_serial(int type, float *out, size_t ldo, const quant_act *a, i
 /* Activation rows per pass over a task's weight rows (their quants stay in L1/L2). */
 #define XBLK 64
 
+#ifdef QUANT_AVX2
+/* One activation row against the whole packed panels of [j0, j1) (j0 a multiple of
+ * 8): the kernel calls the loop below makes for them, without finding each panel's
+ * address and kernel again.  Returns the first row not done. */
+static int decode_panels(float *out, const quant_act *a, const mtensor *w, int j0, int j1, int nb)
+{
+    int type = w->type, serial = quant_is_serial(type, w->rows);
+    int full = w->panel ? w->rows / QUANT_PANEL * QUANT_PANEL : 0, je = j1 < full ? j1 : full;
+    if (j0 >= je) return j0;
+    size_t bs;
+    const uint8_t *p = quant_row_blocks(w, j0, &bs); /* bs: one block of each of the panel's rows */
+    size_t rs = bs / QUANT_PANEL, step = bs * (size_t)nb;
+#ifdef QUANT_AVX512
+    void (*kern)(float *, const quant_act *, int, const uint8_t *, int) = NULL;
+    if (type == MT_Q8_0)
+        kern = q8_0_panel_1x8;
+    else if (type == MT_Q6_K)
+        kern = q6_k_panel_1x8;
+    else if (type == MT_Q4_K && serial)
+        kern = q4_k_panel_1x8;
+    if (kern) {
+        for (int j = j0; j < je; j += QUANT_PANEL, p += step) kern(out + j, a, 0, p, nb);
+        return je;
+    }
+#endif
+    for (int j = j0; j < je; j += QUANT_PANEL, p += step)
+        if (serial)
+            block_serial(type, out + j, 0, a, 0, 1, p, rs, bs, nb);
+        else
+            block_lane(type, out + j, 0, a, 0, 1, p, rs, bs, nb, 8);
+    return je;
+}
+#endif
+
 void quant_matmul_rows(float *out, size_t ldo, const quant_act *a, int n_rows, const mtensor *w, int j0, int j1)
 {
 #ifdef QUANT_AVX2
@@ -1236,6 +1270,7 @@ void quant_matmul_rows(float *out, size_t ldo, const quant_act *a, int n_rows, c
     int serial = quant_is_serial(type, w->rows);
     int full = w->panel ? w->rows / QUANT_PANEL * QUANT_PANEL : 0;
     size_t row_bytes = mtensor_row_bytes(type, w->cols);
+    if (n_rows == 1) j0 = decode_panels(out, a, w, j0, j1, nb);
     for (int rb = 0; rb < n_rows; rb += XBLK) {
         int re = rb + XBLK < n_rows ? rb + XBLK : n_rows;
         for (int j = j0; j < j1;) {
