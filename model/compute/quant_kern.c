@@ -825,11 +825,14 @@ static void q6_k_panel_1x8(float *out, const quant_act *a, int r, const uint8_t 
 
 /* ---- AVX-512: a batch of activation rows against a packed panel -------------------------
  *
- * R activation rows (1..4) x the 8 rows of a packed panel.  The weight side of a block (its
+ * R activation rows (1..PR_MAX) x the 8 rows of a packed panel.  The weight side of a block (its
  * bytes made unsigned, its scales unpacked) is done once and reused for the R rows; the
  * activations' block quants are broadcast from memory (load-port work only).  Per output
  * element the integers and the float operations are those of lane32, lane_k and
  * serial_q4_k, in the same order. */
+
+/* Activation rows per register block of the batched kernels. */
+#define PR_MAX 8
 
 /* The half at byte dpos of each of 8 consecutive blocks of bb bytes, as 8 floats: one
  * gather of 4 bytes per block, starting with the half (or ending with it when it is the
@@ -890,8 +893,8 @@ AI void lane32_panel(const int type, float *out, size_t ldo, const quant_act *a,
     const int8_t *xq = a->q + (size_t)r0 * cols;
     const float *xd = a->d + (size_t)r0 * nb;
     const float *xs = mins ? a->s + (size_t)r0 * nb : NULL;
-    __m512 acc[4][4];
-    __m256 summs[4];
+    __m512 acc[PR_MAX][4];
+    __m256 summs[PR_MAX];
     for (int r = 0; r < R; r++) {
         summs[r] = _mm256_setzero_ps();
         for (int p = 0; p < 4; p++) acc[r][p] = _mm512_setzero_ps();
@@ -900,7 +903,7 @@ AI void lane32_panel(const int type, float *out, size_t ldo, const quant_act *a,
         const uint8_t *g = w + (size_t)b * (8 * (size_t)bb);
         if (QPF)
             for (int k = 0; k < 8 * bb; k += 64) _mm_prefetch((const char *)g + QPF + k, _MM_HINT_T0);
-        __m512i xv[4], corr[4];
+        __m512i xv[PR_MAX], corr[PR_MAX];
         for (int r = 0; r < R; r++) {
             xv[r] = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(xq + (size_t)r * cols + 32 * (size_t)b)));
             corr[r] = off ? _mm512_sub_epi32(_mm512_setzero_si512(),
@@ -951,15 +954,15 @@ AI void q6_k_panel(float *out, size_t ldo, const quant_act *a, int r0, const int
         for (int i = 0; i < 32; i++) t[i] = (int16_t)((i / 16) * 16 + 2 * gg + (i % 16) / 8);
         gsel[gg] = _mm512_loadu_si512(t);
     }
-    __m512 acc[4][4];
+    __m512 acc[PR_MAX][4];
     for (int r = 0; r < R; r++)
         for (int p = 0; p < 4; p++) acc[r][p] = _mm512_setzero_ps();
     for (int b = 0; b < nb; b++) {
         const uint8_t *g = w + (size_t)b * (8 * 210);
         if (QPF)
             for (int k = 0; k < 8 * 210; k += 64) _mm_prefetch((const char *)g + QPF + k, _MM_HINT_T0);
-        const int8_t *x[4];
-        const int16_t *bsr[4];
+        const int8_t *x[PR_MAX];
+        const int16_t *bsr[PR_MAX];
         for (int r = 0; r < R; r++) {
             x[r] = a->q + (size_t)(r0 + r) * cols + (size_t)b * QK_K;
             bsr[r] = a->bs + (size_t)(r0 + r) * (cols / 16) + 16 * (size_t)b;
@@ -1030,14 +1033,14 @@ AI void q4_k_panel(float *out, size_t ldo, const quant_act *a, int r0, const int
         msel = _mm512_loadu_si512(t);
     }
     const __m512i first = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 0, 0, 0, 0, 0, 0, 0);
-    __m256 acc[4], accm[4];
+    __m256 acc[PR_MAX], accm[PR_MAX];
     for (int r = 0; r < R; r++) acc[r] = accm[r] = _mm256_setzero_ps();
     for (int b = 0; b < nb; b++) {
         const uint8_t *g = w + (size_t)b * (8 * 144);
         if (QPF)
             for (int k = 0; k < 8 * 144; k += 64) _mm_prefetch((const char *)g + QPF + k, _MM_HINT_T0);
-        __m512i xs[4][4];
-        __m512i q8s[4];
+        __m512i xs[PR_MAX][4];
+        __m512i q8s[PR_MAX];
         for (int r = 0; r < R; r++) {
             const int8_t *x = a->q + (size_t)(r0 + r) * cols + (size_t)b * QK_K;
             for (int k = 0; k < 4; k++) /* [x of sub-block lo_of[k] | lo_of[k] + 2] */
@@ -1059,7 +1062,7 @@ AI void q4_k_panel(float *out, size_t ldo, const quant_act *a, int r0, const int
             sm[h] = k4_headers_decode(hd[h]);
             mins16[h] = _mm512_maskz_permutexvar_epi8(even, msel, sm[h]);
         }
-        __m256i imin[4];
+        __m256i imin[PR_MAX];
         for (int r = 0; r < R; r++) {
             __m512i mm[2];
             for (int h = 0; h < 2; h++) {
@@ -1069,7 +1072,7 @@ AI void q4_k_panel(float *out, size_t ldo, const quant_act *a, int r0, const int
             }
             imin[r] = _mm512_castsi512_si256(_mm512_permutex2var_epi32(mm[0], first, mm[1]));
         }
-        __m512i z[4][8];
+        __m512i z[PR_MAX][8];
         for (int c = 0; c < 8; c++) {
             const uint8_t *qs = g + (size_t)c * 144 + 16;
             __m512i A = _mm512_loadu_si512(qs), B = _mm512_loadu_si512(qs + 64);
@@ -1097,63 +1100,47 @@ AI void q4_k_panel(float *out, size_t ldo, const quant_act *a, int r0, const int
     for (int r = 0; r < R; r++) _mm256_storeu_ps(out + (size_t)r * ldo, _mm256_sub_ps(acc[r], accm[r]));
 }
 
-/* One register block of R activation rows x a packed panel, if the type has a batched
- * AVX-512 kernel (returns 0 otherwise). */
+/* R activation rows x a packed panel, in register blocks of 8, 4, then 1..3 rows, if the
+ * type has batched AVX-512 kernels (returns 0 otherwise). */
 static int block_panel(int type, int serial, float *out, size_t ldo, const quant_act *a, int r0, int R,
                        const uint8_t *w, int nb)
 {
-#define BY_R(CALL)          \
-    do {                    \
-        if (R == 4)         \
-            CALL(4);        \
-        else if (R == 3)    \
-            CALL(3);        \
-        else if (R == 2)    \
-            CALL(2);        \
-        else                \
-            CALL(1);        \
+    if (serial ? type != MT_Q4_K
+               : type != MT_Q8_0 && type != MT_Q5_0 && type != MT_Q4_0 && type != MT_Q4_1 && type != MT_Q5_1 &&
+                     type != MT_Q6_K)
+        return 0;
+    while (R > 0) {
+        int n = R >= 8 ? 8 : R >= 4 ? 4 : R;
+#define CALL(NN)                                                                                 \
+    do {                                                                                         \
+        if (serial)                                                                              \
+            q4_k_panel(out, ldo, a, r0, NN, w, nb);                                              \
+        else if (type == MT_Q6_K)                                                                \
+            q6_k_panel(out, ldo, a, r0, NN, w, nb);                                              \
+        else if (type == MT_Q8_0)                                                                \
+            lane32_panel(MT_Q8_0, out, ldo, a, r0, NN, w, nb);                                   \
+        else if (type == MT_Q5_0)                                                                \
+            lane32_panel(MT_Q5_0, out, ldo, a, r0, NN, w, nb);                                   \
+        else if (type == MT_Q4_0)                                                                \
+            lane32_panel(MT_Q4_0, out, ldo, a, r0, NN, w, nb);                                   \
+        else if (type == MT_Q4_1)                                                                \
+            lane32_panel(MT_Q4_1, out, ldo, a, r0, NN, w, nb);                                   \
+        else                                                                                     \
+            lane32_panel(MT_Q5_1, out, ldo, a, r0, NN, w, nb);                                   \
     } while (0)
-#define C_L32(RR) lane32_panel(type_c, out, ldo, a, r0, RR, w, nb)
-#define C_Q6K(RR) q6_k_panel(out, ldo, a, r0, RR, w, nb)
-#define C_Q4K(RR) q4_k_panel(out, ldo, a, r0, RR, w, nb)
-    if (serial) {
-        if (type != MT_Q4_K) return 0;
-        BY_R(C_Q4K);
-        return 1;
+        switch (n) {
+        case 8: CALL(8); break;
+        case 4: CALL(4); break;
+        case 3: CALL(3); break;
+        case 2: CALL(2); break;
+        default: CALL(1); break;
+        }
+#undef CALL
+        out += (size_t)n * ldo;
+        r0 += n;
+        R -= n;
     }
-    switch (type) {
-    case MT_Q8_0: {
-        const int type_c = MT_Q8_0;
-        BY_R(C_L32);
-        return 1;
-    }
-    case MT_Q5_0: {
-        const int type_c = MT_Q5_0;
-        BY_R(C_L32);
-        return 1;
-    }
-    case MT_Q4_0: {
-        const int type_c = MT_Q4_0;
-        BY_R(C_L32);
-        return 1;
-    }
-    case MT_Q4_1: {
-        const int type_c = MT_Q4_1;
-        BY_R(C_L32);
-        return 1;
-    }
-    case MT_Q5_1: {
-        const int type_c = MT_Q5_1;
-        BY_R(C_L32);
-        return 1;
-    }
-    case MT_Q6_K: BY_R(C_Q6K); return 1;
-    default: return 0;
-    }
-#undef C_Q4K
-#undef C_Q6K
-#undef C_L32
-#undef BY_R
+    return 1;
 }
 #endif /* QUANT_AVX512 */
 
@@ -1290,6 +1277,13 @@ void quant_matmul_rows(float *out, size_t ldo, const quant_act *a, int n_rows, c
                 j++;
                 continue;
             }
+#ifdef QUANT_AVX512
+            /* a packed panel against a batch: the pass's rows in the batched kernels */
+            if (j < full && re - rb > 1 && block_panel(type, serial, out + (size_t)rb * ldo + j, ldo, a, rb, re - rb, wj, nb)) {
+                j += group;
+                continue;
+            }
+#endif
             for (int r = rb; r < re;) {
                 int R = re - r >= 4 ? 4 : re - r;
                 float *o = out + (size_t)r * ldo + j;
@@ -1297,12 +1291,6 @@ void quant_matmul_rows(float *out, size_t ldo, const quant_act *a, int n_rows, c
 #ifdef QUANT_AVX512
                     if (type == MT_Q4_K && j < full && R == 1 && re - rb == 1) {
                         q4_k_panel_1x8(o, a, r, wj, nb);
-                        r += R;
-                        continue;
-                    }
-#endif
-#ifdef QUANT_AVX512
-                    if (j < full && block_panel(type, 1, o, ldo, a, r, R, wj, nb)) {
                         r += R;
                         continue;
                     }
@@ -1323,12 +1311,6 @@ void quant_matmul_rows(float *out, size_t ldo, const quant_act *a, int n_rows, c
 #endif
                     block_lane(type, o, ldo, a, r, 1, wj, rs, bs, nb, 8);
                 } else if (group == 8) { /* a panel against a batch: its two halves */
-#ifdef QUANT_AVX512
-                    if (j < full && block_panel(type, 0, o, ldo, a, r, R, wj, nb)) {
-                        r += R;
-                        continue;
-                    }
-#endif
                     block_lane(type, o, ldo, a, r, R, wj, rs, bs, nb, 4);
                     block_lane(type, o + 4, ldo, a, r, R, wj + 4 * rs, rs, bs, nb, 4);
                 } else {
