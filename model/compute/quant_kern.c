@@ -1010,48 +1010,39 @@ AI void q6_k_panel(float *out, size_t ldo, const quant_act *a, int r0, const int
 
 /* Q4_K serial: R activation rows x one packed panel (block b of row c at w + (8 b + c)
  * 144).  Per super-block and row serial_q4_k's two integers (isum, imin) and its
- * fma(isum, d_w d_x, acc), fma(imin, dmin_w d_x, accm), out = acc - accm.  The weights'
- * nibbles and scales are unpacked once (as in q4_k_panel_1x8) and reused for the R rows;
- * x is arranged per row to match. */
+ * fma(isum, d_w d_x, acc), fma(imin, dmin_w d_x, accm), out = acc - accm.  Rows 2p and
+ * 2p + 1 share 512-bit vectors (as in q6_k_panel): 32 bytes of nibbles j of both rows
+ * give sub-blocks 2j (low nibbles) and 2j + 1 (high), against x's sub-block broadcast to
+ * both halves; the scales of four rows are unpacked side by side (a row per 128-bit lane)
+ * once for the R rows.  The 8 outputs are kept in the order rows 0 2 4 6 1 3 5 7 (what
+ * the lane sums reduce to) and put back in order at the end. */
 AI void q4_k_panel(float *out, size_t ldo, const quant_act *a, int r0, const int R, const uint8_t *w, int nb)
 {
     const size_t cols = (size_t)a->cols;
     const __m512i m4 = _mm512_set1_epi8(0x0F);
     const __mmask64 even = 0x5555555555555555ull;
-    static const int lo_of[4] = { 0, 1, 4, 5 };
-    /* byte selectors: for row L of a quad and vector k (sub-blocks (0, 2), (1, 3), (4, 6),
-     * (5, 7)), int16 lanes 0..15 take scale byte lo_of[k] of lane L, lanes 16..31 that + 2 */
-    __m512i sel[4][4], msel;
+    /* byte selectors: for the rows of pair half q (0: rows 0 1 / 4 5 of a quad's lanes 0 1;
+     * 1: lanes 2 3) and sub-block s, int16 lanes 0..15 take scale byte s of the low row's
+     * lane, 16..31 of the high row's; msel: the mins as int16, per lane */
+    __m512i sel[2][8], msel;
     {
         uint8_t t[64];
-        for (int L = 0; L < 4; L++)
-            for (int k = 0; k < 4; k++) {
-                for (int i = 0; i < 64; i++) t[i] = (uint8_t)(16 * L + lo_of[k] + (i >= 32 ? 2 : 0));
-                sel[L][k] = _mm512_loadu_si512(t);
+        for (int q = 0; q < 2; q++)
+            for (int sb = 0; sb < 8; sb++) {
+                for (int i = 0; i < 64; i++) t[i] = (uint8_t)(16 * (2 * q + (i >= 32)) + sb);
+                sel[q][sb] = _mm512_loadu_si512(t);
             }
-        for (int i = 0; i < 64; i++) t[i] = (uint8_t)((i / 16) * 16 + 8 + (i % 16) / 2); /* mins as int16 */
+        for (int i = 0; i < 64; i++) t[i] = (uint8_t)((i / 16) * 16 + 8 + (i % 16) / 2);
         msel = _mm512_loadu_si512(t);
     }
-    const __m512i first = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 0, 0, 0, 0, 0, 0, 0);
+    /* dword 4L of hd[0] / hd[1]: rows L / 4 + L, taken in the order 0 2 4 6 1 3 5 7 */
+    const __m512i eo = _mm512_setr_epi32(0, 8, 16, 24, 4, 12, 20, 28, 0, 0, 0, 0, 0, 0, 0, 0);
     __m256 acc[PR_MAX], accm[PR_MAX];
     for (int r = 0; r < R; r++) acc[r] = accm[r] = _mm256_setzero_ps();
     for (int b = 0; b < nb; b++) {
         const uint8_t *g = w + (size_t)b * (8 * 144);
         if (QPF)
             for (int k = 0; k < 8 * 144; k += 64) _mm_prefetch((const char *)g + QPF + k, _MM_HINT_T0);
-        __m512i xs[PR_MAX][4];
-        __m512i q8s[PR_MAX];
-        for (int r = 0; r < R; r++) {
-            const int8_t *x = a->q + (size_t)(r0 + r) * cols + (size_t)b * QK_K;
-            for (int k = 0; k < 4; k++) /* [x of sub-block lo_of[k] | lo_of[k] + 2] */
-                xs[r][k] = _mm512_inserti64x4(
-                    _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(x + 32 * lo_of[k]))),
-                    _mm256_loadu_si256((const __m256i *)(x + 32 * (lo_of[k] + 2))), 1);
-            const int16_t *bsr = a->bs + (size_t)(r0 + r) * (cols / 16) + 16 * (size_t)b;
-            __m256i bsv = _mm256_loadu_si256((const __m256i *)bsr);
-            q8s[r] = _mm512_broadcast_i32x4(
-                _mm_hadd_epi16(_mm256_castsi256_si128(bsv), _mm256_extracti128_si256(bsv, 1)));
-        }
         __m512i hd[2], sm[2], mins16[2];
         for (int h = 0; h < 2; h++) {
             const uint8_t *g4 = g + (size_t)(4 * h) * 144;
@@ -1064,40 +1055,58 @@ AI void q4_k_panel(float *out, size_t ldo, const quant_act *a, int r0, const int
         }
         __m256i imin[PR_MAX];
         for (int r = 0; r < R; r++) {
+            const int16_t *bsr = a->bs + (size_t)(r0 + r) * (cols / 16) + 16 * (size_t)b;
+            __m256i bsv = _mm256_loadu_si256((const __m256i *)bsr);
+            __m512i q8s = _mm512_broadcast_i32x4(_mm_hadd_epi16(_mm256_castsi256_si128(bsv), _mm256_extracti128_si256(bsv, 1)));
             __m512i mm[2];
             for (int h = 0; h < 2; h++) {
-                __m512i m = _mm512_madd_epi16(mins16[h], q8s[r]);
+                __m512i m = _mm512_madd_epi16(mins16[h], q8s);
                 m = _mm512_add_epi32(m, _mm512_shuffle_epi32(m, (_MM_PERM_ENUM)0x4E));
                 mm[h] = _mm512_add_epi32(m, _mm512_shuffle_epi32(m, (_MM_PERM_ENUM)0xB1));
             }
-            imin[r] = _mm512_castsi512_si256(_mm512_permutex2var_epi32(mm[0], first, mm[1]));
+            imin[r] = _mm512_castsi512_si256(_mm512_permutex2var_epi32(mm[0], eo, mm[1]));
         }
-        __m512i z[PR_MAX][8];
-        for (int c = 0; c < 8; c++) {
-            const uint8_t *qs = g + (size_t)c * 144 + 16;
-            __m512i A = _mm512_loadu_si512(qs), B = _mm512_loadu_si512(qs + 64);
-            __m512i nib[4] = { _mm512_and_si512(A, m4), _mm512_and_si512(_mm512_srli_epi16(A, 4), m4),
-                               _mm512_and_si512(B, m4), _mm512_and_si512(_mm512_srli_epi16(B, 4), m4) };
-            __m512i sc[4];
-            for (int k = 0; k < 4; k++) sc[k] = _mm512_maskz_permutexvar_epi8(even, sel[c % 4][k], sm[c / 4]);
+        __m512i z[PR_MAX][4];
+        for (int p = 0; p < 4; p++) {
+            const uint8_t *b0 = g + (size_t)(2 * p) * 144 + 16, *b1 = b0 + 144;
+            __m512i q[8], sc[8];
+            for (int j = 0; j < 4; j++) {
+                __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(b0 + 32 * j))),
+                                               _mm256_loadu_si256((const __m256i *)(b1 + 32 * j)), 1);
+                q[2 * j] = _mm512_and_si512(v, m4);
+                q[2 * j + 1] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+            }
+            for (int sb = 0; sb < 8; sb++) sc[sb] = _mm512_maskz_permutexvar_epi8(even, sel[p % 2][sb], sm[p / 2]);
             for (int r = 0; r < R; r++) {
+                const int8_t *x = a->q + (size_t)(r0 + r) * cols + (size_t)b * QK_K;
                 __m512i acc32 = _mm512_setzero_si512();
-                for (int k = 0; k < 4; k++)
-                    acc32 = _mm512_dpwssd_epi32(acc32, _mm512_maddubs_epi16(nib[k], xs[r][k]), sc[k]);
-                z[r][c] = acc32;
+                for (int sb = 0; sb < 8; sb++) {
+                    __m512i xv = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(x + 32 * sb)));
+                    acc32 = _mm512_dpwssd_epi32(acc32, _mm512_maddubs_epi16(q[sb], xv), sc[sb]);
+                }
+                z[r][p] = acc32;
             }
         }
-        __m256i dd = _mm512_castsi512_si256(_mm512_permutex2var_epi32(hd[0], first, hd[1])); /* d | dmin << 16 */
+        __m256i dd = _mm512_castsi512_si256(_mm512_permutex2var_epi32(hd[0], eo, hd[1])); /* d | dmin << 16 */
         __m256 dw = _mm256_cvtph_ps(_mm256_cvtepi32_epi16(dd));
         __m256 mw = _mm256_cvtph_ps(_mm256_cvtepi32_epi16(_mm256_srli_epi32(dd, 16)));
         for (int r = 0; r < R; r++) {
-            __m256i isum = hsum16x8(z[r]);
+            /* z[r][p]: row 2p's 8 lane sums in 128-bit lanes 0 1, row 2p + 1's in 2 3 */
+            __m512i a0 = _mm512_add_epi32(_mm512_unpacklo_epi32(z[r][0], z[r][1]), _mm512_unpackhi_epi32(z[r][0], z[r][1]));
+            __m512i a1 = _mm512_add_epi32(_mm512_unpacklo_epi32(z[r][2], z[r][3]), _mm512_unpackhi_epi32(z[r][2], z[r][3]));
+            /* per 128-bit lane: the lane's sums of pairs 0 1 2 3 */
+            __m512i s4 = _mm512_add_epi32(_mm512_unpacklo_epi64(a0, a1), _mm512_unpackhi_epi64(a0, a1));
+            /* lanes 0 + 1: rows 0 2 4 6; lanes 2 + 3: rows 1 3 5 7 */
+            __m512i s8 = _mm512_add_epi32(_mm512_shuffle_i32x4(s4, s4, 0x08), _mm512_shuffle_i32x4(s4, s4, 0x0D));
+            __m256i isum = _mm512_castsi512_si256(s8);
             __m256 dx = _mm256_set1_ps(a->d[(size_t)(r0 + r) * nb + b]);
             acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(dw, dx), acc[r]);
             accm[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(imin[r]), _mm256_mul_ps(mw, dx), accm[r]);
         }
     }
-    for (int r = 0; r < R; r++) _mm256_storeu_ps(out + (size_t)r * ldo, _mm256_sub_ps(acc[r], accm[r]));
+    const __m256i back = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7); /* 0 2 4 6 1 3 5 7 -> 0..7 */
+    for (int r = 0; r < R; r++)
+        _mm256_storeu_ps(out + (size_t)r * ldo, _mm256_permutevar8x32_ps(_mm256_sub_ps(acc[r], accm[r]), back));
 }
 
 /* R activation rows x a packed panel, in register blocks of 8, 4, then 1..3 rows, if the
