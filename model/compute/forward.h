@@ -14,6 +14,7 @@
 #ifndef LMSERVE_MODEL_FORWARD_H
 #define LMSERVE_MODEL_FORWARD_H
 
+#include "model/compute/kernels.h"
 #include "model/compute/seq.h"
 #include "model/model_internal.h"
 
@@ -74,6 +75,10 @@ void forward_layernorm(float *out, const float *x, const float *w, const float *
  * their sequences' caches for `layer`, then causal grouped-query attention of
  * sc->q over the caches -> sc->att. */
 void forward_attention(model *m, fwd_scratch *sc, const fwd_batch *b, int layer, int rope);
+/* kernel_matmul_multi of qkv (the q, k, v projections of sc->xb into sc->q, sc->k,
+ * sc->v), then forward_attention with RoPE; for a few rows in one pool dispatch
+ * (layers.c). */
+void forward_qkv_attention(model *m, fwd_scratch *sc, const fwd_batch *b, int layer, const kernel_job qkv[3]);
 /* Classifier on the final rows in sc->xb for the items that want logits. */
 void forward_logits(model *m, fwd_scratch *sc, const fwd_batch *b);
 

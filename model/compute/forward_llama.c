@@ -71,8 +71,7 @@ void forward_llama(model *m, fwd_scratch *sc, const fwd_batch *b)
     for (int l = 0; l < in->n_layers; l++) {
         const layer_weights *lw = &m->layers[l];
         kernel_job qkv[3] = { { sc->q, &lw->wq }, { sc->k, &lw->wk }, { sc->v, &lw->wv } };
-        kernel_matmul_multi(m->pool, qkv, 3, sc->xb, T);
-        forward_attention(m, sc, b, l, 1); /* RoPE, KV store, attention */
+        forward_qkv_attention(m, sc, b, l, qkv); /* the projections, RoPE, KV store, attention */
         kernel_matmul(m->pool, sc->xb, sc->att, T, &lw->wo);
         elem_ctx ec = { sc, T, dim, lw->ffn_norm, eps };
         run_rows(m, T, residual_norm_task, &ec); /* x += attention out; xb = ffn_norm(x) */

@@ -62,7 +62,7 @@
 #define ATT_PF 16
 #endif
 #define L2_BLOCK (128 * 1024) /* bytes of x (or of W) a task keeps hot */
-#define MAX_JOBS 8
+#define MAX_JOBS KERNEL_MAX_JOBS
 
 /* ---- Element access ---------------------------------------------------------- */
 
@@ -896,16 +896,7 @@ static void rows_f32p(float *out, int ldo, const float *x, int n_rows, int cols,
 
 /* ---- Pool dispatch ----------------------------------------------------------- */
 
-typedef struct {
-    const kernel_job *jobs;
-    int n_jobs;
-    const float *x;
-    int n_rows, cols;
-    quant_act act[QACT_COUNT]; /* x quantized in each format some job needs (quant.h) */
-    int unit[MAX_JOBS];        /* per job: tasks start at multiples of this many W rows */
-    int first[MAX_JOBS + 1];   /* first task of each job */
-    int swiglu;                /* jobs (w1, w3): a task does both for its rows, then the gate */
-} mm_ctx;
+typedef kernel_mm mm_ctx; /* kernels.h */
 
 /* x . w for an F16 row whose length is not a multiple of 16, as ggml's
  * ggml_vec_dot_f16 computes it in an AVX-512 build (llama.cpp's path there: its
@@ -1031,21 +1022,71 @@ static void quantize_task(void *arg, int task, int n_tasks)
             for (int r = task; r < c->n_rows; r += n_tasks) quant_act_rows(&c->act[f], c->x, r, r + 1);
 }
 
+int kernel_mm_unit(const mtensor *w) { return w->panel == KERNEL_PANEL ? 2 * KERNEL_PANEL : 8; }
+
+/* c's jobs, x and shape set; fmt_buf[f]: a buffer for format f (quant_act_bytes) or
+ * NULL if no job needs it: x converted into each. */
+static void mm_convert_x(mm_ctx *c, model_pool *pool, void *const fmt_buf[QACT_COUNT])
+{
+    int nt = model_pool_size(pool), any = 0;
+    for (int f = 1; f < QACT_COUNT; f++)
+        if (fmt_buf[f]) {
+            quant_act_init(&c->act[f], f, c->cols, c->n_rows, fmt_buf[f]);
+            any = 1;
+        }
+    if (any) {
+        int qt = c->n_rows >= 8 * nt ? nt : 1;
+        model_pool_run(pool, quantize_task, c, qt);
+    }
+}
+
+/* Bytes of each activation format the jobs need (fmt_bytes[f], 0 if none); returns their sum. */
+static size_t mm_formats(const kernel_job *jobs, int n_jobs, int n_rows, size_t fmt_bytes[QACT_COUNT])
+{
+    size_t need = 0;
+    for (int f = 0; f < QACT_COUNT; f++) fmt_bytes[f] = 0;
+    for (int i = 0; i < n_jobs; i++) {
+        int f = quant_act_format(jobs[i].w->type);
+        if (f != QACT_NONE && !fmt_bytes[f]) need += fmt_bytes[f] = quant_act_bytes(f, jobs[0].w->cols, n_rows);
+    }
+    return need;
+}
+
+/* buf (need bytes) cut into the formats' buffers, in format order. */
+static void mm_cut(void *buf, const size_t fmt_bytes[QACT_COUNT], void *fmt_buf[QACT_COUNT])
+{
+    size_t off = 0;
+    for (int f = 0; f < QACT_COUNT; f++) {
+        fmt_buf[f] = NULL;
+        if (f != QACT_NONE && fmt_bytes[f]) {
+            fmt_buf[f] = (char *)buf + off;
+            off += fmt_bytes[f];
+        }
+    }
+}
+
+int kernel_mm_prepare(kernel_mm *c, model_pool *pool, const kernel_job *jobs, int n_jobs, const float *x, int n_rows)
+{
+    if (n_jobs <= 0 || n_jobs > MAX_JOBS || n_rows <= 0) return -1;
+    size_t fmt_bytes[QACT_COUNT];
+    size_t need = mm_formats(jobs, n_jobs, n_rows, fmt_bytes);
+    void *buf = need ? model_pool_scratch(pool, need) : NULL, *fmt_buf[QACT_COUNT];
+    if (need && !buf) return -1;
+    mm_cut(buf, fmt_bytes, fmt_buf);
+    *c = (kernel_mm){ .jobs = jobs, .n_jobs = n_jobs, .x = x, .n_rows = n_rows, .cols = jobs[0].w->cols };
+    mm_convert_x(c, pool, fmt_buf);
+    return 0;
+}
+
+void kernel_mm_rows(const kernel_mm *c, int i, int j0, int j1) { mm_rows(c, &c->jobs[i], j0, j1); }
+
 /* fmt_buf[f]: a buffer for format f (quant_act_bytes) or NULL if no job needs it. */
 static void matmul_group(model_pool *pool, const kernel_job *jobs, int n_jobs, const float *x, int n_rows,
                          void *const fmt_buf[QACT_COUNT], int swiglu)
 {
     mm_ctx c = { .jobs = jobs, .n_jobs = n_jobs, .x = x, .n_rows = n_rows, .cols = jobs[0].w->cols, .swiglu = swiglu };
-    int nt = model_pool_size(pool), any = 0;
-    for (int f = 1; f < QACT_COUNT; f++)
-        if (fmt_buf[f]) {
-            quant_act_init(&c.act[f], f, c.cols, n_rows, fmt_buf[f]);
-            any = 1;
-        }
-    if (any) {
-        int qt = n_rows >= 8 * nt ? nt : 1;
-        model_pool_run(pool, quantize_task, &c, qt);
-    }
+    int nt = model_pool_size(pool);
+    mm_convert_x(&c, pool, fmt_buf);
     c.first[0] = 0;
     for (int i = 0; i < n_jobs; i++) {
         const mtensor *w = jobs[i].w;
@@ -1057,7 +1098,7 @@ static void matmul_group(model_pool *pool, const kernel_job *jobs, int n_jobs, c
         if (ch < 8) ch = 8;
         /* whole register blocks: pairs of 16-row panels, or 8 rows (the quantized
          * kernels take weight rows 8 at a time) */
-        size_t unit = w->panel == KERNEL_PANEL ? 2 * KERNEL_PANEL : 8;
+        size_t unit = (size_t)kernel_mm_unit(w);
         ch = (ch + unit - 1) / unit * unit;
         /* as many tasks as chunks of that size, rounded up to a multiple of the
          * threads and spread evenly (mm_task): equal tasks end together, where
@@ -1084,11 +1125,8 @@ static void matmul_jobs(model_pool *pool, const kernel_job *jobs, int n_jobs, co
     /* The activation formats the jobs' types need (quant.h), each a quantized copy of
      * x in pool scratch, else malloc, else row chunks on the stack. */
     int cols = jobs[0].w->cols;
-    size_t fmt_bytes[QACT_COUNT] = { 0 }, need = 0;
-    for (int i = 0; i < n_jobs; i++) {
-        int f = quant_act_format(jobs[i].w->type);
-        if (f != QACT_NONE && !fmt_bytes[f]) need += fmt_bytes[f] = quant_act_bytes(f, cols, n_rows);
-    }
+    size_t fmt_bytes[QACT_COUNT];
+    size_t need = mm_formats(jobs, n_jobs, n_rows, fmt_bytes);
     void *fmt_buf[QACT_COUNT] = { NULL };
     if (!need) {
         matmul_group(pool, jobs, n_jobs, x, n_rows, fmt_buf, swiglu);
@@ -1097,12 +1135,7 @@ static void matmul_jobs(model_pool *pool, const kernel_job *jobs, int n_jobs, co
     void *buf = model_pool_scratch(pool, need), *own = NULL;
     if (!buf) buf = own = malloc(need);
     if (buf) {
-        size_t off = 0;
-        for (int f = 1; f < QACT_COUNT; f++)
-            if (fmt_bytes[f]) {
-                fmt_buf[f] = (char *)buf + off;
-                off += fmt_bytes[f];
-            }
+        mm_cut(buf, fmt_bytes, fmt_buf);
         matmul_group(pool, jobs, n_jobs, x, n_rows, fmt_buf, swiglu);
         free(own);
         return;

@@ -10,6 +10,7 @@
 #define LMSERVE_MODEL_KERNELS_H
 
 #include "model/compute/pool.h"
+#include "model/compute/quant.h"
 #include "model/model_internal.h"
 
 #include <stddef.h>
@@ -28,6 +29,30 @@ typedef struct {
 /* Run several matmuls that share the same input x in one pool dispatch
  * (e.g. Q, K and V).  All jobs must have w->cols equal. */
 void kernel_matmul_multi(model_pool *pool, const kernel_job *jobs, int n_jobs, const float *x, int n_rows);
+/* A grouped matmul prepared to be run by row ranges from the caller's own pool tasks
+ * (e.g. a task that makes one head's q, k and v rows and then attends with them):
+ * kernel_mm_prepare converts x once into every format the jobs' types multiply
+ * with (in the pool's scratch memory: valid until the next matmul on that pool);
+ * kernel_mm_rows then computes rows [j0, j1) of job i's output for every x row,
+ * with the same operations per element as kernel_matmul_multi (j0 a multiple of
+ * kernel_mm_unit(w), j1 too or w->rows).  prepare returns 0, or -1 when it cannot
+ * (no scratch memory, too many jobs): then nothing was done. */
+#define KERNEL_MAX_JOBS 8
+typedef struct kernel_mm {
+    const kernel_job *jobs;
+    int n_jobs;
+    const float *x;
+    int n_rows, cols;
+    quant_act act[QACT_COUNT];      /* x quantized in each format some job needs (quant.h) */
+    int unit[KERNEL_MAX_JOBS];      /* per job: tasks start at multiples of this many W rows */
+    int first[KERNEL_MAX_JOBS + 1]; /* first task of each job */
+    int swiglu;                     /* jobs (w1, w3): a task does both for its rows, then the gate */
+} kernel_mm;
+int kernel_mm_prepare(kernel_mm *c, model_pool *pool, const kernel_job *jobs, int n_jobs, const float *x, int n_rows);
+void kernel_mm_rows(const kernel_mm *c, int i, int j0, int j1);
+/* Row ranges of w's output start at multiples of this (its kernels' register blocks). */
+int kernel_mm_unit(const mtensor *w);
+
 /* g (n_rows, w1->rows) = silu(x W1^T) * (x W3^T), u = x W3^T (scratch): the two
  * matmuls and the gate in one pool dispatch (each task gates the rows it made).
  * Per element the same operations as kernel_matmul twice, then kernel_swiglu. */

@@ -152,6 +152,60 @@ void forward_attention(model *m, fwd_scratch *sc, const fwd_batch *b, int layer,
     model_pool_run(m->pool, head_task, &c, b->n_items * m->info.n_heads);
 }
 
+/* Q, K, V projections and attention in one dispatch, a task per kv head: the task
+ * makes that head's rows of q (its group of q heads), k and v for every row of the
+ * batch, then stores and attends with them, so no task waits for another's and one
+ * thread's attention overlaps the other's weight reads.  For batches of a few rows
+ * (decoding) when the kv heads split evenly over the threads, at least 4 each (a
+ * thread that starts late then costs at most a small task), and the heads' row
+ * ranges are whole register blocks; else the matmul dispatch, then
+ * forward_attention.  Each element's operations are the same either way. */
+#define QKV_FUSE_ROWS 8
+
+typedef struct {
+    attn_ctx a;
+    const kernel_mm *mm;
+} qkv_ctx;
+
+static void qkv_attn_task(void *arg, int task, int n_tasks)
+{
+    (void)n_tasks;
+    const qkv_ctx *c = arg;
+    const model_info *in = &c->a.m->info;
+    int hd = in->head_dim, group = in->n_heads / in->n_kv_heads, kvh = task;
+    kernel_mm_rows(c->mm, 0, kvh * group * hd, (kvh + 1) * group * hd);
+    kernel_mm_rows(c->mm, 1, kvh * hd, (kvh + 1) * hd);
+    kernel_mm_rows(c->mm, 2, kvh * hd, (kvh + 1) * hd);
+    const fwd_batch *b = c->a.b;
+    for (int item = 0; item < b->n_items; item++) {
+        attn_store(&c->a, item, kvh);
+        for (int g = 0; g < group; g++) {
+            int h = kvh * group + g;
+            attn_head(&c->a, item, h, c->a.sc->scores + ((size_t)item * in->n_heads + h) * b->max_len);
+        }
+    }
+}
+
+void forward_qkv_attention(model *m, fwd_scratch *sc, const fwd_batch *b, int layer, const kernel_job qkv[3])
+{
+    const model_info *in = &m->info;
+    int hd = in->head_dim, group = in->n_heads / in->n_kv_heads, nkv = in->n_kv_heads;
+    int nt = model_pool_size(m->pool);
+    int fuse = b->n_rows <= QKV_FUSE_ROWS && nkv % nt == 0 && nkv >= 4 * nt;
+    for (int i = 0; i < 3 && fuse; i++) {
+        int unit = kernel_mm_unit(qkv[i].w), span = i == 0 ? group * hd : hd;
+        fuse = span % unit == 0 && qkv[i].w->rows == nkv * span;
+    }
+    kernel_mm mm;
+    if (fuse && kernel_mm_prepare(&mm, m->pool, qkv, 3, sc->xb, b->n_rows) == 0) {
+        qkv_ctx c = { { m, sc, b, layer, 1 }, &mm };
+        model_pool_run(m->pool, qkv_attn_task, &c, nkv);
+        return;
+    }
+    kernel_matmul_multi(m->pool, qkv, 3, sc->xb, b->n_rows);
+    forward_attention(m, sc, b, layer, 1);
+}
+
 void forward_logits(model *m, fwd_scratch *sc, const fwd_batch *b)
 {
     const model_info *in = &m->info;

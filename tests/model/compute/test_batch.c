@@ -153,6 +153,17 @@ Test(batch, gqa_odd_kv_heads_bit_identical)
     check_shape(&sh, MT_F32, 0);
     check_shape(&sh, MT_Q8_0, 1);
 }
+/* 8 kv heads of 32 dims on 2 threads: decoding rows take one dispatch for the q, k, v
+ * projections and attention (a task per kv head), longer chunks the matmul dispatch
+ * then the attention dispatch; the bits must not change */
+Test(batch, mha_fused_qkv_attention_bit_identical)
+{
+    fx_shape sh = SHAPE;
+    sh.dim = 256;
+    sh.kv_heads = 8;
+    check_shape(&sh, MT_F32, 0);
+    check_shape(&sh, MT_Q8_0, 0);
+}
 Test(batch, f16_bit_identical) { check_type(MT_F16); }
 Test(batch, bf16_bit_identical) { check_type(MT_BF16); }
 Test(batch, q8_0_bit_identical) { check_type(MT_Q8_0); }
