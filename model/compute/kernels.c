@@ -31,8 +31,10 @@
  * The tunables below (prefetch distances, block shapes) change speed, never a
  * result; docs/TUNING.md has the measurements that chose their values.
  *
- * Built with AVX2+FMA+F16C when the compiler targets them (-march=native);
- * otherwise a portable scalar version (deterministic in the same sense).
+ * Built with AVX2+FMA+F16C when the compiler targets them (-march=native), and
+ * with AVX-512 for the batched packed F32 product (zblock) and single-row F16 /
+ * BF16 decoding where the compiler targets that too; otherwise a portable scalar
+ * version (deterministic in the same sense).
  */
 #include "model/compute/kernels.h"
 #include "model/compute/quant.h"
@@ -834,6 +836,116 @@ static inline __attribute__((always_inline)) void pblock(float *out, size_t ldo,
         for (int v = 0; v < 2 * NP; v++) _mm256_storeu_ps(out + (size_t)r * ldo + 8 * v, acc[r][v]);
 }
 
+#ifdef KERNEL_AVX512
+/* Batched packed F32 on AVX-512: R x rows times NP panels, one 16-lane vector
+ * acc[r][p] per (x row, panel), i.e. one lane per output element.  Per column k
+ * the NP panel vectors are loaded once, x[r][k] broadcast and fused-multiply-added
+ * into each: every output is the same single fmaf chain over k from 0 as
+ * rows_f32_tail and the AVX2 pblock, so the block shape never changes a bit.
+ * ZBLK_R x ZBLK_NP accumulators (at most 28) + NP panel vectors + a broadcast fit
+ * the 32 vector registers.
+ * pf, if not NULL: NP lines of a later panel group are prefetched every pf_every
+ * columns (see rows_f32p). */
+#ifndef ZBLK_R
+#define ZBLK_R 8 /* x rows per block, at most */
+#endif
+#ifndef ZBLK_NP
+#define ZBLK_NP 2 /* panels per block, at most (row ranges come in pairs of panels: kernel_mm_unit) */
+#endif
+#ifndef ZPF
+#define ZPF 1 /* prefetch the panel group this many groups ahead */
+#endif
+#ifndef ZPF_HINT
+#define ZPF_HINT _MM_HINT_T0
+#endif
+_Static_assert(ZBLK_R * ZBLK_NP <= 28 && ZBLK_NP <= 4 && ZBLK_R <= 16, "ZBLK_R x ZBLK_NP must fit the registers");
+static inline __attribute__((always_inline)) void zblock(float *out, size_t ldo, const float *x, size_t ldx,
+                                                         const float *wp, size_t pstride, int cols, const int R,
+                                                         const int NP, const float *pf, int pf_every)
+{
+    __m512 acc[ZBLK_R][ZBLK_NP];
+    for (int r = 0; r < R; r++)
+        for (int p = 0; p < NP; p++) acc[r][p] = _mm512_setzero_ps();
+    int pf_left = pf_every;
+    for (int k = 0; k < cols; k++) {
+        __m512 wv[ZBLK_NP];
+        if (pf && --pf_left == 0) {
+            for (int p = 0; p < NP; p++) _mm_prefetch((const char *)(pf + (size_t)p * KERNEL_PANEL), ZPF_HINT);
+            pf += (size_t)NP * KERNEL_PANEL;
+            pf_left = pf_every;
+        }
+        for (int p = 0; p < NP; p++) wv[p] = _mm512_loadu_ps(wp + (size_t)p * pstride + (size_t)k * KERNEL_PANEL);
+        for (int r = 0; r < R; r++) {
+            __m512 xb = _mm512_set1_ps(x[(size_t)r * ldx + k]);
+            for (int p = 0; p < NP; p++) acc[r][p] = _mm512_fmadd_ps(xb, wv[p], acc[r][p]);
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int p = 0; p < NP; p++) _mm512_storeu_ps(out + (size_t)r * ldo + (size_t)p * KERNEL_PANEL, acc[r][p]);
+}
+
+/* One case of the block height RR (a constant), np panels (rows_f32p_z's locals);
+ * heights above ZBLK_R and widths above ZBLK_NP never occur, and map to 1 so that
+ * they are not compiled. */
+#define ZCALL(RR, NN) \
+    zblock(o, ldo, xr, cols, wp, ps, cols, (RR) <= ZBLK_R ? (RR) : 1, ZBLK_NP >= (NN) ? (NN) : 1, pf, nxb)
+#define ZCASE(RR)                 \
+    case RR:                      \
+        if (np == 4)              \
+            ZCALL(RR, 4);         \
+        else if (np == 3)         \
+            ZCALL(RR, 3);         \
+        else if (np == 2)         \
+            ZCALL(RR, 2);         \
+        else                      \
+            ZCALL(RR, 1);         \
+        break;
+
+/* x rows [rb, re) (at least 2) against the full panels of W rows [j0, jp): groups of
+ * up to ZBLK_NP panels, each swept by near-equal blocks of at most ZBLK_R x rows. */
+static void rows_f32p_z(float *out, size_t ldo, const float *x, int rb, int re, int cols, const float *d, int j0,
+                        int jp, int full)
+{
+    size_t ps = (size_t)KERNEL_PANEL * cols;
+    int n = re - rb, nxb = (n + ZBLK_R - 1) / ZBLK_R, bsz = 0;
+    for (int j = j0; j < jp;) {
+        int np = (jp - j) / KERNEL_PANEL < ZBLK_NP ? (jp - j) / KERNEL_PANEL : ZBLK_NP;
+        const float *wp = d + (size_t)(j / KERNEL_PANEL) * ps;
+        /* The next group's np panels (contiguous) are prefetched while this group
+         * runs, split evenly over its x blocks: each block issues np lines every nxb
+         * columns, so W streams from memory during all of the group's arithmetic. */
+        const float *ahead =
+            PPF && j + (ZPF + 1) * np * KERNEL_PANEL <= full ? wp + (size_t)ZPF * np * ps : NULL;
+        size_t share = (size_t)(cols / nxb) * np * KERNEL_PANEL;
+        for (int r = rb, bi = 0; r < re; r += bsz, bi++) {
+            float *o = out + (size_t)r * ldo + j;
+            const float *xr = x + (size_t)r * cols;
+            const float *pf = ahead ? ahead + (size_t)bi * share : NULL;
+            bsz = n / nxb + (bi < n % nxb);
+            switch (bsz) {
+                ZCASE(16)
+                ZCASE(15)
+                ZCASE(14)
+                ZCASE(13)
+                ZCASE(12)
+                ZCASE(11)
+                ZCASE(10)
+                ZCASE(9)
+                ZCASE(8)
+                ZCASE(7)
+                ZCASE(6)
+                ZCASE(5)
+                ZCASE(4)
+                ZCASE(3)
+                ZCASE(2)
+            default: ZCALL(1, 1); break;
+            }
+        }
+        j += np * KERNEL_PANEL;
+    }
+}
+#endif
+
 static void rows_f32p(float *out, int ldo, const float *x, int n_rows, int cols, const mtensor *w, int j0, int j1)
 {
     const float *d = w->data;
@@ -856,6 +968,9 @@ static void rows_f32p(float *out, int ldo, const float *x, int n_rows, int cols,
                        d + (size_t)(j / KERNEL_PANEL) * ps, ps, cols, 1, 1, NULL, 0);
             continue;
         }
+#ifdef KERNEL_AVX512
+        rows_f32p_z(out, (size_t)ldo, x, rb, re, cols, d, j0, jp, full);
+#else
         /* The panel PPF ahead is prefetched while this one is used, spread evenly
          * over its x blocks (one line every nxb columns, each block its share), so
          * W streams from memory during all of the panel's arithmetic.
@@ -882,6 +997,7 @@ static void rows_f32p(float *out, int ldo, const float *x, int n_rows, int cols,
                 }
             }
         }
+#endif
     }
     int jt = j0 > full ? j0 : full;
     if (jt < j1) rows_f32_tail(out, ldo, x, n_rows, cols, d, jt, j1);

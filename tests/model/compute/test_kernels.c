@@ -241,6 +241,47 @@ Test(kernels, bit_identical_across_batches_and_threads)
     model_pool_free(p2);
 }
 
+/* The packed F32 product for every batch size from 1 to 70 x rows (the batched
+ * kernel's register blocks of every height and every split of the rows into blocks,
+ * x blocks cut for L2 when cols is large), on W row counts that give panel groups of
+ * each width and a row-major tail, on 1 and 2 threads: every element equals one fmaf
+ * chain over k from 0, bit for bit -- the arithmetic of the tail rows and of
+ * single-row decoding, so a sequence's logits do not depend on its batch. */
+Test(kernels, packed_f32_every_batch_size_is_one_fmaf_chain)
+{
+    if (!kernel_can_pack(MT_F32)) cr_skip_test("no packed F32 kernel in this build");
+    static const shape3 shapes[] = { { 117, 203, 70 }, { 131, 203, 70 }, { 64, 2048, 70 },
+                                     { 40, 1, 70 },    { 50, 16, 70 },   { 13, 37, 20 } };
+    model_pool *p2 = model_pool_new(2);
+    cr_assert(p2);
+    uint64_t rng = 4242;
+    for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++) {
+        int R = shapes[si].rows, C = shapes[si].cols, N = shapes[si].n;
+        float *wsrc = malloc((size_t)R * C * 4), *x = malloc((size_t)N * C * 4);
+        float *ref = malloc((size_t)N * R * 4), *out = malloc((size_t)N * R * 4);
+        float *pk = aligned_alloc(64, ((size_t)R * C * 4 + 63) / 64 * 64);
+        cr_assert(wsrc && x && ref && out && pk);
+        for (size_t i = 0; i < (size_t)R * C; i++) wsrc[i] = (float)fx_unif(&rng);
+        for (size_t i = 0; i < (size_t)N * C; i++) x[i] = (float)(fx_unif(&rng) * 3.0);
+        for (int r = 0; r < N; r++)
+            for (int j = 0; j < R; j++) {
+                float f = 0.0f;
+                for (int k = 0; k < C; k++) f = fmaf(x[(size_t)r * C + k], wsrc[(size_t)j * C + k], f);
+                ref[(size_t)r * R + j] = f;
+            }
+        mtensor w = { .data = wsrc, .type = MT_F32, .rows = R, .cols = C };
+        kernel_pack_f32(&w, pk, &w);
+        for (int n = 1; n <= N; n++) {
+            kernel_matmul(n % 2 ? p2 : NULL, out, x, n, &w);
+            for (size_t e = 0; e < (size_t)n * R; e++)
+                cr_assert(memcmp(&out[e], &ref[e], 4) == 0, "%dx%d, %d rows: out[%zu][%zu] %a, fmaf chain %a", R, C, n,
+                          e / R, e % R, out[e], ref[e]);
+        }
+        free(wsrc), free(x), free(ref), free(out), free(pk);
+    }
+    model_pool_free(p2);
+}
+
 /* The packed F32 layout element by element (k-major 16-row panels, the tail rows
  * row-major after them), and panel-local: packing each panel alone, in place
  * through a copy of it (as model_load does), gives the same bytes as packing the
