@@ -125,7 +125,10 @@ for ctx in $CTXS; do
         rates[$policy,$c]+="$(jget "$out" tokens_per_s) "
         ttfts[$policy,$c]+="$(jget "$out" ttft_ms_p50) "
         errs=$(jget "$out" errors)
-        [ "${errs:-0}" = 0 ] || echo "   round $r $policy c=$c: $errs errors: $(sed -n 's/.*"first_error":"\(.*\)"}$/\1/p' <<<"$out")"
+        if [ "${errs:-0}" != 0 ]; then
+          echo "   round $r $policy c=$c: $errs errors: $(sed -n 's/.*"first_error":"\(.*\)"}$/\1/p' <<<"$out")"
+          sed 's/^/     server: /' "$tmp/$policy.log" | tail -5 # why it stopped answering, if it said
+        fi
       done
     done
   done
@@ -138,7 +141,7 @@ r = [float(x) for x in sys.argv[1].split() if x not in ("null", "")]
 t = [float(x) for x in sys.argv[2].split() if x not in ("null", "")]
 o = [float(x) for x in sys.argv[3].split() if x not in ("null", "")]
 med = statistics.median(r) if r else float("nan")
-share = "%.3f" % (med / statistics.median(o)) if sys.argv[4] == "slide" and r and o else ""
+share = "%.3f" % (med / statistics.median(o)) if sys.argv[4] == "slide" and r and o and statistics.median(o) > 0 else ""
 print("%8.1f (%.1f-%.1f)|%.1f|%s" % (med, min(r or [0]), max(r or [0]), statistics.median(t) if t else float("nan"), share))
 ' "${rates[$policy,$c]}" "${ttfts[$policy,$c]}" "${rates[shift,$c]}" "$policy")
       IFS='|' read -r rate ttft share <<<"$line"
